@@ -1,0 +1,60 @@
+"""Trust bootstrap: find the server's CA and check it against the pinned fingerprint.
+
+Before enrolling, the agent knows only an address and the CA fingerprint.
+gRPC cannot skip server verification, so the agent first completes one TLS
+handshake itself without verifying (nothing is sent over it), takes the
+chain the server presents, and keeps the certificate whose SHA-256 matches
+the pin. Every later connection verifies the server against that CA, so a
+server that does not hold a key certified by the pinned CA never sees the
+join token.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from cryptography import x509
+
+from kms.errors import Unauthenticated, Unavailable
+from kms.identity import fingerprint, fingerprint_matches
+
+__all__ = ["pin_ca"]
+
+
+def _presented_chain(host: str, port: int, timeout: float) -> list[bytes]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # deliberate: the pin below is the check
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            public = getattr(tls, "get_unverified_chain", None)  # Python >= 3.13
+            if public is not None:
+                return [bytes(c) for c in public()]
+            # Python 3.11/3.12 have the same method on the private SSL object.
+            return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in tls._sslobj.get_unverified_chain()]  # type: ignore[attr-defined]
+    except (OSError, ssl.SSLError) as exc:
+        raise Unavailable(f"cannot reach the enrollment endpoint {host}:{port}: {exc}") from exc
+
+
+def pin_ca(host: str, port: int, pinned: str, timeout: float = 10.0) -> x509.Certificate:
+    """Returns the CA certificate the server presents, if it matches the pin.
+
+    Raises:
+        Unauthenticated: no certificate in the presented chain matches.
+        Unavailable: the endpoint cannot be reached.
+    """
+    chain = _presented_chain(host, port, timeout)
+    for der in chain:
+        if fingerprint_matches(der, pinned):
+            return x509.load_der_x509_certificate(der)
+    seen = fingerprint(chain[-1]) if chain else "none"
+    raise Unauthenticated(
+        f"the server's CA ({seen}) does not match --ca-fingerprint {pinned}: "
+        "check the fingerprint with `kms-server ca fingerprint`; the join token was not sent"
+    )

@@ -1,0 +1,66 @@
+"""The agent's gRPC client: channels, calls, and errors mapped back to KmsError."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from kms.errors import Unavailable, error_for_status
+from kms.v1 import enrollment_pb2, enrollment_pb2_grpc, identity_pb2, identity_pb2_grpc
+
+__all__ = ["KmsClient"]
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 15.0
+
+
+class KmsClient:
+    """One channel to one server address; mTLS when a key and certificate are given."""
+
+    def __init__(
+        self,
+        target: str,
+        ca_pem: bytes,
+        *,
+        key_pem: bytes | None = None,
+        cert_pem: bytes | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._target = target
+        self._timeout = timeout
+        creds = grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem)
+        self._channel = grpc.secure_channel(target, creds)
+        self._enrollment = enrollment_pb2_grpc.EnrollmentStub(self._channel)
+        self._identity = identity_pb2_grpc.IdentityStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> KmsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise Unavailable(
+                    f"cannot reach kms-server at {self._target} ({details.splitlines()[0] if details else 'unavailable'}); "
+                    "check the address, and that this agent's certificate is still valid"
+                ) from None
+            raise error_for_status(code, details) from None
+
+    def get_ca_bundle(self) -> str:
+        return self._call(self._enrollment.GetCABundle, enrollment_pb2.GetCABundleRequest()).ca_bundle_pem
+
+    def enroll(self, join_token: str, csr_der: bytes) -> enrollment_pb2.EnrollResponse:
+        return self._call(self._enrollment.Enroll, enrollment_pb2.EnrollRequest(join_token=join_token, csr_der=csr_der))
+
+    def whoami(self) -> identity_pb2.WhoAmIResponse:
+        return self._call(self._identity.WhoAmI, identity_pb2.WhoAmIRequest())

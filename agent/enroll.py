@@ -1,0 +1,81 @@
+"""Enrollment from the agent's side: pin the CA, make a key, trade a CSR and a token."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from agent.bootstrap import pin_ca
+from agent.client import KmsClient
+from agent.state import AgentIdentity, AgentSettings
+from kms.csr import ALLOWED_RSA_BITS
+from kms.errors import InvalidArgument, Unauthenticated
+from kms.identity import fingerprint, fingerprint_matches, parse_fingerprint
+from kms.policy import AgentIdentity as AgentIdentityPolicy
+from kms.policy import AllOf, CertificateRejected, ChainsTo, ClientAuth
+
+__all__ = ["enroll", "split_hostport"]
+
+
+def split_hostport(address: str, what: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"{what} {address!r} must be HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _pem_bundle(pem: str) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(pem.encode())
+    except ValueError:
+        raise Unauthenticated("the server sent a CA bundle that does not parse") from None
+
+
+def enroll(
+    *, server: str, enroll_server: str, token: str, ca_fingerprint: str, key_size: int, timeout: float
+) -> AgentIdentity:
+    """Runs the whole enrollment and returns the new identity (not yet saved).
+
+    The token is sent only after the enrollment endpoint proved it holds a key
+    certified by the pinned CA.
+    """
+    pinned = parse_fingerprint(ca_fingerprint)
+    if key_size not in ALLOWED_RSA_BITS:
+        raise InvalidArgument("--key-size must be 2048, 3072 or 4096")
+    split_hostport(server, "--server")
+    host, port = split_hostport(enroll_server, "--enroll-server")
+    ca = pin_ca(host, port, pinned, timeout)
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+    # The server takes nothing from the CSR but the key; the subject is empty.
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+
+    with KmsClient(enroll_server, ca_pem, timeout=timeout) as client:
+        bundle = _pem_bundle(client.get_ca_bundle())
+        if not any(fingerprint_matches(c.public_bytes(serialization.Encoding.DER), pinned) for c in bundle):
+            raise Unauthenticated("the server's CA bundle does not contain the pinned CA")
+        resp = client.enroll(token, csr.public_bytes(serialization.Encoding.DER))
+
+    cert = x509.load_der_x509_certificate(resp.certificate_der)
+    trust_domain = resp.spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
+    try:
+        AllOf(ChainsTo([ca]), ClientAuth(), AgentIdentityPolicy(trust_domain, resp.name)).verify(
+            cert, datetime.now(UTC)
+        )
+    except CertificateRejected as exc:
+        raise Unauthenticated(f"the server issued a certificate this agent cannot use: {exc.message}") from exc
+    if cert.public_key() != key.public_key():
+        raise Unauthenticated("the server issued a certificate for another key")
+    settings = AgentSettings(
+        name=resp.name,
+        groups=list(resp.groups),
+        spiffe_id=resp.spiffe_id,
+        server=server,
+        enroll_server=enroll_server,
+        ca_fingerprint=fingerprint(ca.public_bytes(serialization.Encoding.DER)),
+    )
+    return AgentIdentity(settings, key, cert, ca_pem)

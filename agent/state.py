@@ -1,0 +1,94 @@
+"""The agent's state directory (0700).
+
+    agent.key    the RSA private key, PEM PKCS#8, 0600; never leaves the machine
+    agent.crt    the agent certificate, PEM
+    ca.crt       the CA bundle pinned at enrollment, PEM
+    agent.json   name, groups, server addresses, CA fingerprint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from kms.errors import FailedPrecondition
+from kms.securefile import ensure_private_dir, write_atomic
+
+__all__ = ["AgentIdentity", "AgentSettings", "StateDir", "default_state_dir"]
+
+
+def default_state_dir() -> Path:
+    if os.environ.get("KMS_AGENT_DIR"):
+        return Path(os.environ["KMS_AGENT_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "kms-agent"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    name: str
+    groups: list[str]
+    spiffe_id: str
+    server: str
+    enroll_server: str
+    ca_fingerprint: str
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    settings: AgentSettings
+    key: rsa.RSAPrivateKey
+    cert: x509.Certificate
+    ca_bundle_pem: bytes
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+
+class StateDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.key = path / "agent.key"
+        self.cert = path / "agent.crt"
+        self.ca = path / "ca.crt"
+        self.settings = path / "agent.json"
+
+    @property
+    def enrolled(self) -> bool:
+        return self.settings.exists()
+
+    def save(self, identity: AgentIdentity) -> None:
+        """Writes the identity; agent.json last, so a crash leaves 'not enrolled'."""
+        ensure_private_dir(self.path)
+        write_atomic(self.key, identity.key_pem, mode=0o600)
+        write_atomic(self.cert, identity.cert_pem, mode=0o644)
+        write_atomic(self.ca, identity.ca_bundle_pem, mode=0o644)
+        write_atomic(self.settings, (json.dumps(asdict(identity.settings), indent=2) + "\n").encode(), mode=0o644)
+
+    def load(self) -> AgentIdentity:
+        """Reads the identity. Raises FailedPrecondition when not enrolled or unreadable."""
+        if not self.enrolled:
+            raise FailedPrecondition(f"this agent is not enrolled (no {self.settings}): run kms-agent enroll first")
+        try:
+            settings = AgentSettings(**json.loads(self.settings.read_text()))
+            key = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
+            cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
+            ca = self.ca.read_bytes()
+        except (OSError, ValueError, TypeError) as exc:
+            raise FailedPrecondition(f"agent state in {self.path} is unreadable ({exc}): enroll again with --force") from exc
+        if not isinstance(key, rsa.RSAPrivateKey) or key.public_key() != cert.public_key():
+            raise FailedPrecondition(f"{self.key} does not match {self.cert}: enroll again with --force")
+        return AgentIdentity(settings, key, cert, ca)

@@ -1,0 +1,78 @@
+"""What both command lines share: one-line errors, exit codes, logging setup.
+
+``run_main`` is the one place a KmsError becomes a line on stderr and an exit
+code (STYLE 11); a traceback is shown only with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from kms.errors import InvalidArgument, KmsError
+
+__all__ = ["ArgumentParser", "print_json", "print_table", "run_main"]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one stderr line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InvalidArgument(f"{message} (see {self.prog} --help)")
+
+
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class _FieldsFormatter(logging.Formatter):
+    """Appends the ``extra=`` fields of a record as key=value (never secrets: see STYLE 13)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = [f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")]
+        return f"{line} {' '.join(fields)}" if fields else line
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_FieldsFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    # grpc and asyncio chatter is noise at INFO.
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+def run_main(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parses argv and runs ``args.func(args)``, mapping every error to one line."""
+    verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+        _setup_logging(args.verbose)
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except KmsError as exc:
+        if verbose:
+            logging.getLogger(prog).exception("failed")
+        print(f"{prog}: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line unless --verbose
+        if verbose:
+            raise
+        print(f"{prog}: internal error: {type(exc).__name__}: {exc} (run with --verbose for details)", file=sys.stderr)
+        return 1
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())

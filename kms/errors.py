@@ -1,0 +1,114 @@
+"""One error hierarchy for server, agent and CLI.
+
+Each class carries the gRPC status code the server answers with and the exit
+code the CLI ends with, so the mapping lives here and nowhere else. Messages
+say what to do next; they never carry secrets.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "AlreadyExists",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "KmsError",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "error_for_status",
+]
+
+
+class KmsError(Exception):
+    """Base of every error Seed KMS reports to a caller or an operator."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(KmsError):
+    """The request or the command line is malformed."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    exit_code = 2
+
+
+class Unauthenticated(KmsError):
+    """No identity, or an invalid, expired, revoked or unknown one (tokens too)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    exit_code = 3
+
+
+class PermissionDenied(KmsError):
+    """The identity is known but not allowed to do this."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    exit_code = 4
+
+
+class NotFound(KmsError):
+    code = grpc.StatusCode.NOT_FOUND
+    exit_code = 5
+
+
+class FailedPrecondition(KmsError):
+    """The object is in the wrong state, or local state is missing or unusable."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    exit_code = 6
+
+
+class ResourceExhausted(KmsError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    exit_code = 7
+
+
+class Unavailable(KmsError):
+    """The server cannot be reached (or is not running)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    exit_code = 8
+
+
+class AlreadyExists(KmsError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    exit_code = 9
+
+
+_BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        Unauthenticated,
+        PermissionDenied,
+        NotFound,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        AlreadyExists,
+    )
+}
+
+
+def error_for_status(code: grpc.StatusCode, message: str) -> KmsError:
+    """Maps a gRPC status back to the error class the server raised.
+
+    Args:
+        code: the status code of a failed call.
+        message: its details string.
+
+    Returns:
+        An instance of the matching KmsError subclass (KmsError for codes we
+        do not raise ourselves, such as INTERNAL or DEADLINE_EXCEEDED).
+    """
+    cls = _BY_CODE.get(code, KmsError)
+    return cls(message or code.name.lower())

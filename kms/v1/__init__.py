@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for kms.v1. Do not edit: run scripts/gen_protos.py."""

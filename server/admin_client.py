@@ -1,0 +1,63 @@
+"""Client side of the admin socket, used by the kms-server admin subcommands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from kms.errors import Unavailable, error_for_status
+from kms.v1 import admin_pb2, admin_pb2_grpc
+
+__all__ = ["AdminClient"]
+
+T = TypeVar("T")
+_TIMEOUT = 15.0
+
+
+class AdminClient:
+    def __init__(self, socket_path: Path) -> None:
+        self._socket = socket_path
+        if not socket_path.exists():
+            raise Unavailable(
+                f"no kms-server is running for this data dir (no admin socket at {socket_path}): start it with kms-server run"
+            )
+        self._channel = grpc.secure_channel(
+            f"unix:{socket_path}", grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
+        )
+        self._stub = admin_pb2_grpc.AdminStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(request, timeout=_TIMEOUT)
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details()
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise Unavailable(
+                    f"no kms-server answers on {self._socket} (is it running?): start it with kms-server run"
+                ) from None
+            raise error_for_status(code, details) from None
+
+    def create_join_token(self, name: str, groups: list[str], ttl_seconds: int) -> admin_pb2.CreateJoinTokenResponse:
+        return self._call(
+            self._stub.CreateJoinToken, admin_pb2.CreateJoinTokenRequest(name=name, groups=groups, ttl_seconds=ttl_seconds)
+        )
+
+    def get_ca(self) -> admin_pb2.GetCAResponse:
+        return self._call(self._stub.GetCA, admin_pb2.GetCARequest())
+
+    def list_agents(self) -> admin_pb2.ListAgentsResponse:
+        return self._call(self._stub.ListAgents, admin_pb2.ListAgentsRequest())
+
+

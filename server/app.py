@@ -1,0 +1,177 @@
+"""The composition root: config -> data dir -> store -> CA -> services -> gRPC servers.
+
+``create_server`` builds everything and binds the ports but serves nothing
+until ``start``; ``serve`` runs it until SIGTERM/SIGINT. Tests build the same
+graph on a temp dir and port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+import grpc
+
+from kms.errors import FailedPrecondition
+from kms.v1 import admin_pb2_grpc, enrollment_pb2_grpc, identity_pb2_grpc
+from server.agents import AgentDirectory
+from server.auth import AuthInterceptor, Listener
+from server.authn import PeerAuthenticator
+from server.ca import CertificateAuthority, load_or_create_ca, load_or_issue_server_identity
+from server.clock import Clock, system_clock
+from server.config import ServerConfig
+from server.datadir import DataDir, DataDirError
+from server.enrollment import EnrollmentService
+from server.servicers import AdminServicer, EnrollmentServicer, IdentityServicer
+from server.store import SqliteStore
+
+__all__ = ["App", "create_server", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    config: ServerConfig
+    datadir: DataDir
+    store: SqliteStore
+    ca: CertificateAuthority
+    api: grpc.aio.Server
+    admin: grpc.aio.Server
+    port: int
+    enroll_port: int
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen_host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    @property
+    def enroll_address(self) -> str:
+        host = self.config.enroll_host
+        return f"[{host}]:{self.enroll_port}" if ":" in host else f"{host}:{self.enroll_port}"
+
+    def ready_line(self) -> str:
+        return (
+            f"kms-server ready address={self.address} ca-fingerprint={self.ca.fingerprint}"
+            f" admin-socket={self.datadir.admin_socket} enroll-address={self.enroll_address}"
+        )
+
+    async def start(self) -> None:
+        await self.api.start()
+        await self.admin.start()
+
+    async def stop(self) -> None:
+        """Graceful: refuse new calls, let in-flight ones finish within the grace period."""
+        grace = self.config.shutdown_grace.total_seconds()
+        await asyncio.gather(self.api.stop(grace), self.admin.stop(grace))
+        await self.store.close()
+        self.datadir.admin_socket.unlink(missing_ok=True)
+        self.datadir.release()
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials, what: str) -> int:
+    try:
+        port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise FailedPrecondition(f"cannot listen on {address} ({what}): {exc}") from exc
+    if port == 0:
+        raise FailedPrecondition(f"cannot listen on {address} ({what}): address in use or not available")
+    return int(port)
+
+
+async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
+    """Builds the whole server on cfg.data_dir and binds its listeners.
+
+    Raises:
+        FailedPrecondition: the data dir, store or a port cannot be used.
+    """
+    datadir = DataDir(cfg.data_dir)
+    datadir.prepare()
+    store: SqliteStore | None = None
+    try:
+        fresh = not datadir.initialized
+        if fresh and (datadir.db.exists() or datadir.ca_cert.exists()):
+            raise DataDirError(
+                f"data dir {cfg.data_dir} has a store or CA but no master.key: restore master.key from a backup"
+            )
+        master_key = datadir.create_master_key() if fresh else datadir.load_master_key()
+        store = await SqliteStore.open(datadir.db)
+        trust_domain = await store.set_meta_once("trust_domain", cfg.trust_domain or ServerConfig.DEFAULT_TRUST_DOMAIN)
+        if cfg.trust_domain is not None and cfg.trust_domain != trust_domain:
+            raise DataDirError(
+                f"data dir {cfg.data_dir} belongs to trust domain {trust_domain!r}; --trust-domain {cfg.trust_domain!r} "
+                "cannot change it"
+            )
+        root = load_or_create_ca(
+            datadir,
+            master_key,
+            create=fresh,
+            trust_domain=trust_domain,
+            key_type=cfg.ca_key_type,
+            ca_ttl=cfg.ca_ttl,
+            now=clock(),
+        )
+        ca = CertificateAuthority(root, trust_domain, cfg.cert_ttl, clock)
+        if cfg.cert_ttl > ca.certificate.not_valid_after_utc - clock():
+            logger.warning("certificates will be cut short: the CA expires %s", ca.certificate.not_valid_after_utc)
+        server_identity = load_or_issue_server_identity(
+            datadir, master_key, ca, cfg.sans, cfg.server_cert_ttl, clock()
+        )
+        del master_key
+
+        enrollment = EnrollmentService(
+            store, ca, clock, default_token_ttl=cfg.token_ttl, max_token_ttl=cfg.max_token_ttl
+        )
+        agents = AgentDirectory(store, trust_domain, clock)
+        authenticator = PeerAuthenticator(ca.certificate, trust_domain, store, clock)
+
+        limits = [
+            ("grpc.max_receive_message_length", cfg.max_request_bytes),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ]
+        api = grpc.aio.server(interceptors=[AuthInterceptor(Listener.API, authenticator)], options=limits)
+        enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(ca, enrollment), api)
+        identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(), api)
+        key_chain = [(server_identity.key_pem(), server_identity.cert_pem + ca.bundle_pem)]
+        mtls = grpc.ssl_server_credentials(key_chain, root_certificates=ca.bundle_pem, require_client_auth=True)
+        server_tls = grpc.ssl_server_credentials(key_chain)
+        port = _bind(api, cfg.listen, mtls, "--listen")
+        enroll_port = _bind(api, cfg.enroll_listen, server_tls, "--enroll-listen")
+
+        admin = grpc.aio.server(interceptors=[AuthInterceptor(Listener.ADMIN)], options=limits)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ca, enrollment, agents), admin)
+        datadir.admin_socket.unlink(missing_ok=True)  # stale: we hold the data dir lock
+        _bind(
+            admin,
+            f"unix:{datadir.admin_socket}",
+            grpc.local_server_credentials(grpc.LocalConnectionType.UDS),
+            "admin socket",
+        )
+        os.chmod(datadir.admin_socket, 0o600)
+        return App(cfg, datadir, store, ca, api, admin, port, enroll_port)
+    except BaseException:
+        if store is not None:
+            await store.close()
+        datadir.release()
+        raise
+
+
+async def serve(cfg: ServerConfig, clock: Clock = system_clock) -> None:
+    """Runs kms-server until SIGTERM or SIGINT, then stops gracefully."""
+    app = await create_server(cfg, clock)
+    await app.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    print(app.ready_line(), flush=True)
+    logger.info("serving", extra={"address": app.address, "enroll_address": app.enroll_address})
+    await stopping.wait()
+    logger.info("stopping")
+    await app.stop()
+    print("kms-server stopped", file=sys.stderr, flush=True)

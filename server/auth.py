@@ -1,0 +1,173 @@
+"""Authentication, authorization and the error boundary, in one place (STYLE 10, 11).
+
+``AUTH_POLICY`` lists every RPC and who may call it; a method missing from
+it is refused. ``AuthInterceptor`` wraps every handler: it identifies the
+caller on every call, checks the table, exposes the caller to the servicer
+through ``current_caller``, and turns KmsError into its status code and any
+other exception into INTERNAL without detail (logged with its traceback).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from enum import Enum
+from typing import Any
+
+import grpc
+
+from kms.errors import KmsError, PermissionDenied, Unauthenticated
+from server.authn import Caller, PeerAuthenticator
+
+__all__ = ["AUTH_POLICY", "AuthInterceptor", "Listener", "Role", "current_caller"]
+
+logger = logging.getLogger(__name__)
+
+
+class Role(Enum):
+    ANYONE = "anyone"  # no client certificate needed (enrollment, CA download)
+    AGENT = "agent"  # a valid, known agent certificate (mTLS)
+    ADMIN = "admin"  # the local admin socket
+
+
+class Listener(Enum):
+    API = "api"  # the mTLS and enrollment ports
+    ADMIN = "admin"  # the UNIX admin socket
+
+
+AUTH_POLICY: dict[str, frozenset[Role]] = {
+    "/kms.v1.Enrollment/GetCABundle": frozenset({Role.ANYONE}),
+    "/kms.v1.Enrollment/Enroll": frozenset({Role.ANYONE}),
+    "/kms.v1.Identity/WhoAmI": frozenset({Role.AGENT}),
+    "/kms.v1.Admin/CreateJoinToken": frozenset({Role.ADMIN}),
+    "/kms.v1.Admin/GetCA": frozenset({Role.ADMIN}),
+    "/kms.v1.Admin/ListAgents": frozenset({Role.ADMIN}),
+}
+
+current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("current_caller", default=None)
+
+_INTERNAL = "internal error: the server log has the details"
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, listener: Listener, authenticator: PeerAuthenticator | None = None) -> None:
+        if listener is Listener.API and authenticator is None:
+            raise ValueError("the API listener needs a PeerAuthenticator")
+        self._listener = listener
+        self._authenticator = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method: str = details.method
+        allowed = AUTH_POLICY.get(method)
+        authorize = self._authorizer(method, allowed)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, authorize),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, authorize),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, authorize),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(handler.stream_stream, authorize),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    # --- who is calling, and may they ---------------------------------------------
+
+    def _authorizer(
+        self, method: str, allowed: frozenset[Role] | None
+    ) -> Callable[[grpc.aio.ServicerContext], Awaitable[Caller | None]]:
+        async def authorize(context: grpc.aio.ServicerContext) -> Caller | None:
+            if allowed is None:
+                logger.error("refused %s: method is missing from AUTH_POLICY", method)
+                raise PermissionDenied(f"{method} is not allowed for anyone on this server")
+            auth = context.auth_context()
+            if self._listener is Listener.ADMIN:
+                # The admin server listens only on the 0600 UNIX socket with local credentials.
+                if Role.ADMIN not in allowed or auth.get("transport_security_type") != [b"local"]:
+                    raise PermissionDenied(f"{method} is not an admin method")
+                return None
+            peer_pem = auth.get("x509_pem_cert")
+            caller = None
+            if peer_pem:
+                assert self._authenticator is not None
+                caller = await self._authenticator.authenticate(peer_pem[0])
+            if Role.ANYONE in allowed:
+                return caller
+            if Role.AGENT in allowed:
+                if caller is None:
+                    raise Unauthenticated(
+                        f"{method} needs the agent's client certificate: call the mTLS address, not the enrollment one"
+                    )
+                return caller
+            raise PermissionDenied(f"{method} is not allowed on this listener")
+
+        return authorize
+
+    # --- wrappers: one per call shape ----------------------------------------------
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+        if isinstance(exc, KmsError):
+            await context.abort(exc.code, exc.message)
+        logger.error("unhandled error in %s", method, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
+
+    def _wrap_unary(
+        self,
+        behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+        authorize: Callable[[grpc.aio.ServicerContext], Awaitable[Caller | None]],
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                token = current_caller.set(await authorize(context))
+                try:
+                    return await behavior(request, context)
+                finally:
+                    current_caller.reset(token)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._abort(context, exc, behavior.__qualname__)
+
+        return wrapper
+
+    def _wrap_stream(
+        self,
+        behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+        authorize: Callable[[grpc.aio.ServicerContext], Awaitable[Caller | None]],
+    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                token = current_caller.set(await authorize(context))
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                finally:
+                    current_caller.reset(token)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._abort(context, exc, behavior.__qualname__)
+
+        return wrapper

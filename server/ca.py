@@ -1,0 +1,130 @@
+"""The certificate authority: owns the root key and issues certificates.
+
+Issuing follows STYLE 6: a template from kms.profile, the signature here, and
+the profile's re-check before anything leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from kms import profile
+from kms.identity import fingerprint
+from server.clock import Clock
+from server.config import CAKeyType
+from server.datadir import DataDir, DataDirError, KeyPair
+
+__all__ = ["CertificateAuthority", "generate_key", "key_type_of", "load_or_create_ca", "load_or_issue_server_identity"]
+
+logger = logging.getLogger(__name__)
+
+
+def generate_key(key_type: CAKeyType) -> profile.IssuerKey:
+    if key_type is CAKeyType.EC_P256:
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type is CAKeyType.EC_P384:
+        return ec.generate_private_key(ec.SECP384R1())
+    bits = 3072 if key_type is CAKeyType.RSA_3072 else 4096
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+def key_type_of(key: profile.IssuerKey) -> CAKeyType:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return CAKeyType.EC_P384 if key.curve.key_size == 384 else CAKeyType.EC_P256
+    return CAKeyType.RSA_3072 if key.key_size == 3072 else CAKeyType.RSA_4096
+
+
+class CertificateAuthority:
+    def __init__(self, root: KeyPair, trust_domain: str, cert_ttl: timedelta, clock: Clock) -> None:
+        self._root = root
+        self.trust_domain = trust_domain
+        self.cert_ttl = cert_ttl
+        self._clock = clock
+        der = root.cert.public_bytes(serialization.Encoding.DER)
+        self.fingerprint = fingerprint(der)
+        self.certificate = root.cert
+        self.bundle_pem = root.cert_pem
+        self.chain_der: tuple[bytes, ...] = (der,)
+
+    def issue_agent(self, public_key: rsa.RSAPublicKey, name: str) -> x509.Certificate:
+        """Issues an agent client certificate. Only public_key comes from the request."""
+        now = self._clock()
+        builder = profile.agent_builder(
+            public_key, self.certificate, self.trust_domain, name, x509.random_serial_number(), now, self.cert_ttl
+        )
+        cert = builder.sign(self._root.key, profile.signature_hash(self._root.key))
+        profile.check_agent_certificate(
+            cert,
+            self.certificate,
+            trust_domain=self.trust_domain,
+            name=name,
+            public_key=public_key,
+            max_ttl=self.cert_ttl,
+        )
+        return cert
+
+    def issue_server(self, sans: tuple[str, ...], ttl: timedelta) -> KeyPair:
+        """Issues the server's own TLS certificate on a fresh P-256 key."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = profile.server_builder(
+            key.public_key(), self.certificate, sans, x509.random_serial_number(), self._clock(), ttl
+        )
+        cert = builder.sign(self._root.key, profile.signature_hash(self._root.key))
+        profile.check_server_certificate(cert, self.certificate, sans, ttl)
+        return KeyPair(cert, key)
+
+
+def load_or_create_ca(
+    datadir: DataDir,
+    master_key: bytes,
+    *,
+    create: bool,
+    trust_domain: str,
+    key_type: CAKeyType | None,
+    ca_ttl: timedelta,
+    now: datetime,
+) -> KeyPair:
+    """Loads the root from the data dir, or creates it on first start."""
+    if create:
+        key = generate_key(key_type or CAKeyType.EC_P256)
+        cert = profile.ca_builder(
+            key.public_key(), trust_domain, x509.random_serial_number(), now, ca_ttl
+        ).sign(key, profile.signature_hash(key))
+        profile.check_ca_certificate(cert, ca_ttl)
+        root = KeyPair(cert, key)
+        datadir.save_pair(datadir.ca_cert, datadir.ca_key, master_key, root)
+        logger.info("created CA", extra={"ca_key_type": key_type_of(key).value})
+        return root
+    root = datadir.load_pair(datadir.ca_cert, datadir.ca_key, master_key)
+    if key_type is not None and key_type_of(root.key) is not key_type:
+        raise DataDirError(
+            f"the CA in {datadir.path} has a {key_type_of(root.key).value} key; --ca-key-type {key_type.value} "
+            "cannot change an existing CA"
+        )
+    return root
+
+
+def load_or_issue_server_identity(
+    datadir: DataDir, master_key: bytes, ca: CertificateAuthority, sans: tuple[str, ...], ttl: timedelta, now: datetime
+) -> KeyPair:
+    """Reuses the stored server certificate unless its names changed or it is past 2/3 of its life."""
+    if datadir.server_cert.exists():
+        pair = datadir.load_pair(datadir.server_cert, datadir.server_key, master_key)
+        start, end = pair.cert.not_valid_before_utc, pair.cert.not_valid_after_utc
+        renew_at = start + (end - start) * 2 / 3
+        try:
+            profile.check_server_certificate(pair.cert, ca.certificate, sans, max(ttl, end - start))
+            current = now < renew_at
+        except (profile.ProfileError, x509.ExtensionNotFound):
+            current = False  # names changed (--san) or issued under another profile
+        if current:
+            return pair
+        logger.info("reissuing server certificate (names changed or renewal due)")
+    pair = ca.issue_server(sans, ttl)
+    datadir.save_pair(datadir.server_cert, datadir.server_key, master_key, pair)
+    return pair

@@ -1,0 +1,156 @@
+"""kms-server: run the daemon, and talk to it over the admin socket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kms.cli import ArgumentParser, print_json, print_table, run_main
+from kms.durations import parse_duration
+from server.admin_client import AdminClient
+from server.app import serve
+from server.config import CAKeyType, ServerConfig, default_data_dir
+
+__all__ = ["main"]
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _admin(args: argparse.Namespace) -> AdminClient:
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    return AdminClient(data_dir / "admin.sock")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    flags = {
+        "data_dir": args.data_dir,
+        "listen": args.listen,
+        "enroll_listen": args.enroll_listen,
+        "san": args.san,
+        "trust_domain": args.trust_domain,
+        "ca_key_type": args.ca_key_type,
+        "cert_ttl": args.cert_ttl,
+        "token_ttl": args.token_ttl,
+    }
+    cfg = ServerConfig.load(flags)
+    asyncio.run(serve(cfg))
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    ttl = int(parse_duration(args.ttl, what="--ttl").total_seconds()) if args.ttl else 0
+    with _admin(args) as admin:
+        resp = admin.create_join_token(args.name, args.group or [], ttl)
+    if args.json:
+        print_json(
+            {
+                "token": resp.token,
+                "token_id": resp.token_id,
+                "name": resp.name,
+                "groups": list(resp.groups),
+                "expires_at": _iso(resp.expires_at),
+            }
+        )
+    else:
+        print(resp.token)
+    return 0
+
+
+def cmd_ca_fingerprint(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        print(admin.get_ca().fingerprint)
+    return 0
+
+
+def cmd_ca_cert(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        print(admin.get_ca().certificate_pem, end="")
+    return 0
+
+
+def cmd_agents_list(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        agents = admin.list_agents().agents
+    if args.json:
+        print_json(
+            [
+                {
+                    "name": a.name,
+                    "groups": list(a.groups),
+                    "spiffe_id": a.spiffe_id,
+                    "serial": a.serial,
+                    "not_after": _iso(a.not_after),
+                    "status": a.status,
+                }
+                for a in agents
+            ]
+        )
+    else:
+        print_table(
+            ["NAME", "GROUPS", "SERIAL", "NOT AFTER", "STATUS"],
+            [[a.name, ",".join(a.groups) or "-", a.serial, _iso(a.not_after), a.status] for a in agents],
+        )
+    return 0
+
+
+def build_parser() -> ArgumentParser:
+    common = ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="data directory (env KMS_DATA_DIR; default ~/.local/share/seed-kms)")
+    common.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+
+    parser = ArgumentParser(prog="kms-server", description="Seed KMS server: CA and key distributor.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[common], help="run the server (creates the CA on first start)")
+    run.add_argument("--listen", help="mTLS API address HOST:PORT, port 0 picks one (env KMS_LISTEN; 127.0.0.1:8443)")
+    run.add_argument(
+        "--enroll-listen", help="enrollment address HOST:PORT (env KMS_ENROLL_LISTEN; default: --listen port + 1)"
+    )
+    run.add_argument(
+        "--san", action="append", help="server certificate name, repeatable (env KMS_SAN, comma-separated; "
+        "default localhost and 127.0.0.1)"
+    )
+    run.add_argument("--trust-domain", help="SPIFFE trust domain, fixed at init (env KMS_TRUST_DOMAIN; seed-kms.local)")
+    run.add_argument(
+        "--ca-key-type",
+        choices=[k.value for k in CAKeyType],
+        help="CA key type, fixed at init (env KMS_CA_KEY_TYPE; default ecdsa-p256)",
+    )
+    run.add_argument("--cert-ttl", help="agent certificate lifetime, e.g. 24h (env KMS_CERT_TTL; default 24h)")
+    run.add_argument("--token-ttl", help="default join token lifetime (env KMS_TOKEN_TTL; default 15m)")
+    run.set_defaults(func=cmd_run)
+
+    token = sub.add_parser("token", help="join tokens").add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    create = token.add_parser("create", parents=[common], help="create a one-time join token for an agent")
+    create.add_argument("--name", required=True, help="the agent's name")
+    create.add_argument("--group", action="append", help="a group the agent joins, repeatable")
+    create.add_argument("--ttl", help="token lifetime, e.g. 15m (default: the server's --token-ttl)")
+    create.add_argument("--json", action="store_true", help="print token, name, groups and expiry as JSON")
+    create.set_defaults(func=cmd_token_create)
+
+    ca = sub.add_parser("ca", help="the certificate authority").add_subparsers(dest="ca_command", required=True, metavar="COMMAND")
+    ca.add_parser("fingerprint", parents=[common], help="print the CA fingerprint agents pin").set_defaults(
+        func=cmd_ca_fingerprint
+    )
+    ca.add_parser("cert", parents=[common], help="print the CA certificate (PEM)").set_defaults(func=cmd_ca_cert)
+
+    agents = sub.add_parser("agents", help="enrolled agents").add_subparsers(
+        dest="agents_command", required=True, metavar="COMMAND"
+    )
+    ls = agents.add_parser("list", parents=[common], help="list enrolled agents")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_agents_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("kms-server", build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""The data directory: which files it holds, and reading and writing them safely.
+
+Layout (directory 0700)::
+
+    kms.lock      flock held by the running server (one server per directory)
+    master.key    32 random bytes, 0600: seals every other secret
+    ca.crt        the root certificate, PEM (public)
+    ca.key        the root private key, sealed under the master key, 0600
+    server.crt    the server's TLS certificate, PEM (public)
+    server.key    its private key, sealed under the master key, 0600
+    kms.db        the SQLite store (WAL), 0600
+    admin.sock    the admin socket, 0600, while the server runs
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from kms.errors import FailedPrecondition
+from kms.profile import IssuerKey
+from kms.securefile import ensure_private_dir, write_atomic
+from server.sealing import MASTER_KEY_BYTES, SealError, open_sealed, seal
+
+__all__ = ["DataDir", "DataDirError", "KeyPair"]
+
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+
+class DataDirError(FailedPrecondition):
+    """The data directory cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    cert: x509.Certificate
+    key: IssuerKey
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+
+class DataDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.master_key = path / "master.key"
+        self.ca_cert = path / "ca.crt"
+        self.ca_key = path / "ca.key"
+        self.server_cert = path / "server.crt"
+        self.server_key = path / "server.key"
+        self.db = path / "kms.db"
+        self.admin_socket = path / "admin.sock"
+        self._lock_path = path / "kms.lock"
+        self._lock_file: IO[bytes] | None = None
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Creates the directory 0700 if needed and takes the one-server lock."""
+        try:
+            ensure_private_dir(self.path)
+        except OSError as exc:
+            raise DataDirError(f"cannot use data dir {self.path}: {exc.strerror}") from exc
+        if len(os.fsencode(self.admin_socket)) > _MAX_SOCKET_PATH:
+            raise DataDirError(
+                f"admin socket path {self.admin_socket} is longer than {_MAX_SOCKET_PATH} bytes: use a shorter --data-dir"
+            )
+        try:
+            lock = open(self._lock_path, "ab")  # noqa: SIM115 - held for the server's life
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataDirError(f"another kms-server is already running with data dir {self.path}") from None
+        except OSError as exc:
+            raise DataDirError(f"cannot lock {self._lock_path}: {exc.strerror}") from exc
+        self._lock_file = lock
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    @property
+    def initialized(self) -> bool:
+        return self.master_key.exists() or self.master_key.is_symlink()
+
+    # --- master key ------------------------------------------------------------
+
+    def create_master_key(self) -> bytes:
+        key = os.urandom(MASTER_KEY_BYTES)
+        write_atomic(self.master_key, key, mode=0o600)
+        return key
+
+    def load_master_key(self) -> bytes:
+        data = self._read(self.master_key)
+        mode = stat.S_IMODE(os.stat(self.master_key).st_mode)
+        if mode & 0o077:
+            raise DataDirError(f"master key {self.master_key} is readable by others (mode {mode:04o}): chmod 600 it")
+        if len(data) != MASTER_KEY_BYTES:
+            raise DataDirError(f"master key {self.master_key} must hold exactly {MASTER_KEY_BYTES} bytes")
+        return data
+
+    # --- key pairs -------------------------------------------------------------
+
+    def save_pair(self, cert_path: Path, key_path: Path, master_key: bytes, pair: KeyPair) -> None:
+        der_key = pair.key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        write_atomic(key_path, seal(master_key, key_path.name, der_key), mode=0o600)
+        write_atomic(cert_path, pair.cert_pem, mode=0o644)
+
+    def load_pair(self, cert_path: Path, key_path: Path, master_key: bytes) -> KeyPair:
+        try:
+            cert = x509.load_pem_x509_certificate(self._read(cert_path))
+        except ValueError:
+            raise DataDirError(f"{cert_path} is not a PEM certificate: restore it from a backup") from None
+        try:
+            der_key = open_sealed(master_key, key_path.name, self._read(key_path))
+        except SealError:
+            raise DataDirError(
+                f"{key_path} does not decrypt with {self.master_key}: wrong master key or a corrupt file"
+            ) from None
+        key = serialization.load_der_private_key(der_key, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            raise DataDirError(f"{key_path} holds an unsupported key type")
+        if key.public_key() != cert.public_key():
+            raise DataDirError(f"{key_path} does not belong to {cert_path}: restore both from the same backup")
+        return KeyPair(cert, key)
+
+    def _read(self, path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise DataDirError(
+                f"data dir {self.path} is incomplete: {path.name} is missing (restore it, or start over in an empty directory)"
+            ) from None
+        except OSError as exc:
+            raise DataDirError(f"cannot read {path}: {exc.strerror}") from exc

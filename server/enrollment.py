@@ -1,0 +1,128 @@
+"""Join tokens and enrollment: the one way an agent gets its first identity.
+
+The name and groups come from the token, the public key from the CSR, and
+nothing else from the request. A token is consumed in the same transaction
+that records the certificate, so a failed enrollment leaves it unused and
+two racing ones cannot both succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from kms.csr import check_csr
+from kms.errors import InvalidArgument, Unauthenticated
+from kms.identity import MAX_GROUPS, agent_spiffe_id, validate_agent_name, validate_group
+from kms.tokens import JoinToken, secret_matches
+from server.ca import CertificateAuthority
+from server.clock import Clock
+from server.store import AgentRecord, CertificateRecord, JoinTokenRecord, Store
+
+__all__ = ["Enrolled", "EnrollmentService", "IssuedToken", "serial_hex"]
+
+logger = logging.getLogger(__name__)
+
+# One message for unknown, used, expired and mismatched tokens: no oracle.
+_BAD_TOKEN = "join token is invalid, expired or already used: ask the administrator for a new one"
+MIN_TOKEN_TTL = timedelta(seconds=1)
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    return format(cert.serial_number, "x")
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: JoinToken
+    record: JoinTokenRecord
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    agent: AgentRecord
+    certificate: x509.Certificate
+    spiffe_id: str
+
+
+class EnrollmentService:
+    def __init__(
+        self,
+        store: Store,
+        ca: CertificateAuthority,
+        clock: Clock,
+        *,
+        default_token_ttl: timedelta,
+        max_token_ttl: timedelta,
+    ) -> None:
+        self._store = store
+        self._ca = ca
+        self._clock = clock
+        self._default_ttl = default_token_ttl
+        self._max_ttl = max_token_ttl
+
+    async def create_token(self, name: str, groups: list[str], ttl: timedelta | None) -> IssuedToken:
+        """Creates a single-use join token bound to name and groups.
+
+        Raises:
+            InvalidArgument: bad name or group, too many groups, TTL out of bounds.
+        """
+        validate_agent_name(name)
+        clean = sorted({validate_group(g) for g in groups})
+        if len(clean) > MAX_GROUPS:
+            raise InvalidArgument(f"a token may carry at most {MAX_GROUPS} groups")
+        ttl = ttl or self._default_ttl
+        if not MIN_TOKEN_TTL <= ttl <= self._max_ttl:
+            raise InvalidArgument(f"token TTL must be between 1s and {int(self._max_ttl.total_seconds())}s")
+        now = int(self._clock().timestamp())
+        token = JoinToken.generate()
+        record = JoinTokenRecord(
+            token.token_id, token.secret_hash, name, tuple(clean), now, now + int(ttl.total_seconds())
+        )
+        await self._store.add_join_token(record)
+        logger.info("join token created", extra={"token_id": token.token_id, "agent": name})
+        return IssuedToken(token, record)
+
+    async def enroll(self, token_text: str, csr_der: bytes) -> Enrolled:
+        """Checks the CSR and the token, issues, then consumes the token and records the certificate.
+
+        Raises:
+            InvalidArgument: the CSR or the token's shape is bad (token untouched).
+            Unauthenticated: the token is unknown, used, expired or wrong.
+        """
+        public_key = check_csr(csr_der)
+        token = JoinToken.parse(token_text)
+        record = await self._store.get_join_token(token.token_id)
+        now = self._clock()
+        if (
+            record is None
+            or not secret_matches(token, record.secret_hash)
+            or record.used_at is not None
+            or record.expires_at <= int(now.timestamp())
+        ):
+            logger.info("enrollment refused", extra={"token_id": token.token_id})
+            raise Unauthenticated(_BAD_TOKEN)
+
+        cert = self._ca.issue_agent(public_key, record.name)
+        cert_record = CertificateRecord(
+            serial=serial_hex(cert),
+            agent_name=record.name,
+            not_before=int(cert.not_valid_before_utc.timestamp()),
+            not_after=int(cert.not_valid_after_utc.timestamp()),
+            der=cert.public_bytes(serialization.Encoding.DER),
+            issued_at=int(now.timestamp()),
+            token_id=record.token_id,
+        )
+        agent = await self._store.enroll(record.token_id, token.secret_hash, int(now.timestamp()), cert_record)
+        if agent is None:  # lost a race for the token, or it expired meanwhile
+            logger.info("enrollment refused", extra={"token_id": token.token_id})
+            raise Unauthenticated(_BAD_TOKEN)
+        logger.info(
+            "agent enrolled",
+            extra={"agent": agent.name, "serial": cert_record.serial, "token_id": record.token_id},
+        )
+        return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name))

@@ -1,0 +1,54 @@
+"""Secrets at rest: AES-256-GCM under the master key, bound to what they are.
+
+Format (version 1): ``0x01 || nonce(12) || ciphertext+tag``. The associated
+data names the secret (``ca-key``, later ``aes-key/<name>/<version>``), so a
+ciphertext moved to another slot fails to open.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__all__ = ["MASTER_KEY_BYTES", "SealError", "open_sealed", "seal", "seal_with_nonce"]
+
+MASTER_KEY_BYTES = 32
+_VERSION = 1
+_NONCE = 12
+_AD_PREFIX = b"seed-kms sealed v1\x00"
+
+
+class SealError(Exception):
+    """A sealed blob did not open: wrong master key, wrong slot or tampered bytes."""
+
+
+def _check_key(master_key: bytes) -> AESGCM:
+    if len(master_key) != MASTER_KEY_BYTES:
+        raise ValueError("master key must be 32 bytes")
+    return AESGCM(master_key)
+
+
+def seal(master_key: bytes, slot: str, plaintext: bytes) -> bytes:
+    """Encrypts plaintext for slot with a fresh random nonce."""
+    return seal_with_nonce(master_key, slot, plaintext, os.urandom(_NONCE))
+
+
+def seal_with_nonce(master_key: bytes, slot: str, plaintext: bytes, nonce: bytes) -> bytes:
+    """The deterministic twin of seal, for known-answer tests."""
+    if len(nonce) != _NONCE:
+        raise ValueError("nonce must be 12 bytes")
+    ad = _AD_PREFIX + slot.encode()
+    return bytes([_VERSION]) + nonce + _check_key(master_key).encrypt(nonce, plaintext, ad)
+
+
+def open_sealed(master_key: bytes, slot: str, blob: bytes) -> bytes:
+    """Decrypts a sealed blob. Raises SealError, one opaque error for every failure."""
+    aead = _check_key(master_key)
+    if len(blob) < 1 + _NONCE + 16 or blob[0] != _VERSION:
+        raise SealError("sealed data is malformed")
+    try:
+        return aead.decrypt(blob[1 : 1 + _NONCE], blob[1 + _NONCE :], _AD_PREFIX + slot.encode())
+    except InvalidTag:
+        raise SealError("sealed data does not open with this master key") from None

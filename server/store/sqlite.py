@@ -1,0 +1,237 @@
+"""The embedded store: SQLite in WAL mode, driven from one worker thread.
+
+One thread owns the connection, so writes are serialised without locks and
+the event loop never blocks on an fsync. ``synchronous=FULL`` makes every
+committed transaction durable before the awaiting RPC answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from server.store.base import AgentRecord, CertificateRecord, JoinTokenRecord, StoreError
+from server.store.migrations import MIGRATIONS
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+
+_CERT_COLUMNS = "c.serial, c.agent_name, c.not_before, c.not_after, c.der, c.issued_at, c.token_id"
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteStore:
+        """Opens (creating 0600 if absent) and migrates the store. Raises StoreError."""
+        store = cls(path)
+        try:
+            await store._run(store._open_sync)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("store is closed")
+        return self._conn
+
+    # --- opening and migrations ----------------------------------------------
+
+    def _open_sync(self) -> None:
+        if not self._path.exists():
+            os.close(os.open(self._path, os.O_CREAT | os.O_WRONLY, 0o600))
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self._path}: {exc}") from exc
+        self._conn = conn
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+            row = conn.execute("PRAGMA quick_check").fetchone()
+            if row is None or row[0] != "ok":
+                raise StoreError(f"store {self._path} failed its integrity check: restore it from a backup")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"store {self._path} is corrupt or not a Seed KMS database ({exc})") from exc
+
+    def _migrate(self) -> None:
+        db = self._db
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "schema_version" not in tables:
+            raise StoreError(f"{self._path} is an SQLite database but not a Seed KMS store")
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER)")
+        current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+        if current > len(MIGRATIONS):
+            raise StoreError(
+                f"store {self._path} has schema version {current}, newer than this kms-server knows "
+                f"({len(MIGRATIONS)}): upgrade kms-server"
+            )
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[version - 1]:
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_version VALUES (?, strftime('%s','now'))", (version,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    async def schema_version(self) -> int:
+        def q() -> int:
+            return int(self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
+
+        return await self._run(q)
+
+    # --- meta ------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        def q() -> str | None:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(q)
+
+    async def set_meta_once(self, key: str, value: str) -> str:
+        def q() -> str:
+            self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            return str(self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
+
+        return await self._run(q)
+
+    # --- join tokens -----------------------------------------------------------
+
+    async def add_join_token(self, token: JoinTokenRecord) -> None:
+        def q() -> None:
+            self._db.execute(
+                "INSERT INTO join_tokens(token_id, secret_hash, name, groups_json, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    token.token_id,
+                    token.secret_hash,
+                    token.name,
+                    json.dumps(list(token.groups)),
+                    token.created_at,
+                    token.expires_at,
+                ),
+            )
+
+        await self._run(q)
+
+    async def get_join_token(self, token_id: str) -> JoinTokenRecord | None:
+        def q() -> JoinTokenRecord | None:
+            row = self._db.execute(
+                "SELECT token_id, secret_hash, name, groups_json, created_at, expires_at, used_at"
+                " FROM join_tokens WHERE token_id=?",
+                (token_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            return JoinTokenRecord(row[0], bytes(row[1]), row[2], tuple(json.loads(row[3])), row[4], row[5], row[6])
+
+        return await self._run(q)
+
+    # --- enrollment --------------------------------------------------------------
+
+    async def enroll(self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord) -> AgentRecord | None:
+        def q() -> AgentRecord | None:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # The conditional UPDATE is the single-use guarantee: of two
+                # racing enrollments only one sees rowcount 1.
+                consumed = db.execute(
+                    "UPDATE join_tokens SET used_at=?, used_by_serial=?"
+                    " WHERE token_id=? AND secret_hash=? AND used_at IS NULL AND expires_at>? AND name=?",
+                    (now, cert.serial, token_id, secret_hash, now, cert.agent_name),
+                ).rowcount
+                if consumed != 1:
+                    db.execute("ROLLBACK")
+                    return None
+                groups = tuple(
+                    json.loads(db.execute("SELECT groups_json FROM join_tokens WHERE token_id=?", (token_id,)).fetchone()[0])
+                )
+                db.execute(
+                    "INSERT INTO agents(name, created_at, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT(name) DO UPDATE SET updated_at=excluded.updated_at",
+                    (cert.agent_name, now, now),
+                )
+                # Groups are bound to the token: the newest enrollment defines them.
+                db.execute("DELETE FROM agent_groups WHERE agent_name=?", (cert.agent_name,))
+                db.executemany(
+                    "INSERT INTO agent_groups(agent_name, group_name) VALUES (?, ?)",
+                    [(cert.agent_name, g) for g in groups],
+                )
+                db.execute(
+                    "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (cert.serial, cert.agent_name, cert.not_before, cert.not_after, cert.der, cert.issued_at, token_id),
+                )
+                created = db.execute("SELECT created_at FROM agents WHERE name=?", (cert.agent_name,)).fetchone()[0]
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return AgentRecord(cert.agent_name, groups, created, cert)
+
+        return await self._run(q)
+
+    # --- agents ------------------------------------------------------------------
+
+    def _groups(self, name: str) -> tuple[str, ...]:
+        rows = self._db.execute("SELECT group_name FROM agent_groups WHERE agent_name=? ORDER BY group_name", (name,))
+        return tuple(r[0] for r in rows)
+
+    def _agent_row(self, row: tuple[Any, ...]) -> AgentRecord:
+        cert = CertificateRecord(row[2], row[3], row[4], row[5], bytes(row[6]), row[7], row[8])
+        return AgentRecord(row[0], self._groups(row[0]), row[1], cert)
+
+    async def get_agent_by_serial(self, serial: str) -> AgentRecord | None:
+        def q() -> AgentRecord | None:
+            row = self._db.execute(
+                f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM certificates c"
+                " JOIN agents a ON a.name = c.agent_name WHERE c.serial=?",
+                (serial,),
+            ).fetchone()
+            return None if row is None else self._agent_row(row)
+
+        return await self._run(q)
+
+    async def list_agents(self) -> list[AgentRecord]:
+        def q() -> list[AgentRecord]:
+            rows = self._db.execute(
+                f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM agents a JOIN certificates c"
+                " ON c.serial = (SELECT serial FROM certificates WHERE agent_name = a.name"
+                "                ORDER BY issued_at DESC, rowid DESC LIMIT 1)"
+                " ORDER BY a.name"
+            ).fetchall()
+            return [self._agent_row(r) for r in rows]
+
+        return await self._run(q)
