@@ -1,0 +1,186 @@
+"""Real processes for end-to-end tests: a kms-server, kms-agent invocations, admin commands.
+
+The server is started on port 0; its first stdout line (the readiness line)
+gives the bound addresses and the CA fingerprint. On any failure the child's
+output is included in the assertion message, and the child is always stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+READY_TIMEOUT = 30.0
+
+
+def exe(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+def short_tmpdir(prefix: str) -> Path:
+    # UNIX socket paths are limited to 107 bytes: keep data dirs short.
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_")}
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class ServerProcess:
+    data_dir: Path
+    extra_args: list[str] = field(default_factory=list)
+    listen: str = "127.0.0.1:0"
+    enroll_listen: str = "127.0.0.1:0"
+    proc: subprocess.Popen[str] | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    _stderr: list[str] = field(default_factory=list)
+    _stdout: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return self.fields["address"]
+
+    @property
+    def enroll_address(self) -> str:
+        return self.fields["enroll-address"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.fields["ca-fingerprint"]
+
+    @property
+    def db(self) -> Path:
+        return self.data_dir / "kms.db"
+
+    def output(self) -> str:
+        return "".join(self._stdout) + "\n--- stderr ---\n" + "".join(self._stderr)
+
+    def start(self) -> ServerProcess:
+        cmd = [
+            exe("kms-server"),
+            "run",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            self.listen,
+            "--enroll-listen",
+            self.enroll_listen,
+            *self.extra_args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), stdin=subprocess.DEVNULL
+        )
+        ready = threading.Event()
+
+        def pump_stdout() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self._stdout.append(line)
+                if line.startswith("kms-server ready "):
+                    self.fields = dict(part.split("=", 1) for part in line.split()[2:])
+                    ready.set()
+            ready.set()
+
+        def pump_stderr() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self._stderr.append(line)
+
+        threading.Thread(target=pump_stdout, daemon=True).start()
+        threading.Thread(target=pump_stderr, daemon=True).start()
+        if not ready.wait(READY_TIMEOUT) or not self.fields:
+            self.kill()
+            raise AssertionError(f"kms-server did not become ready:\n{self.output()}")
+        return self
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"kms-server did not stop on SIGTERM:\n{self.output()}") from None
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = run([exe("kms-server"), *args, "--data-dir", str(self.data_dir)])
+        if check:
+            assert result.returncode == 0, f"kms-server {' '.join(args)} failed: {result.stderr}\n{self.output()}"
+        return result
+
+    def token(self, name: str, *groups: str, ttl: str | None = None) -> str:
+        args = ["token", "create", "--name", name]
+        for g in groups:
+            args += ["--group", g]
+        if ttl:
+            args += ["--ttl", ttl]
+        return self.admin(*args).stdout.strip()
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env=_env(env), timeout=timeout, stdin=subprocess.DEVNULL, check=False
+    )
+
+
+def agent(state_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run([exe("kms-agent"), *args, "--dir", str(state_dir)], env=env)
+
+
+def enroll(server: ServerProcess, state_dir: Path, token: str, **overrides: str) -> subprocess.CompletedProcess[str]:
+    opts = {
+        "--server": server.address,
+        "--enroll-server": server.enroll_address,
+        "--token": token,
+        "--ca-fingerprint": server.fingerprint,
+    }
+    opts.update({f"--{k.replace('_', '-')}": v for k, v in overrides.items()})
+    args = ["enroll"]
+    for k, v in opts.items():
+        args += [k, v]
+    return agent(state_dir, *args)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], exit_code: int, *needles: str) -> None:
+    """A CLI failure: the expected exit code and exactly one stderr line, no traceback."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == exit_code, f"exit {result.returncode}, stderr: {result.stderr}"
+    assert len(lines) == 1, f"expected one stderr line, got: {result.stderr!r}"
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+
+
+def snapshot(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, read-only, to prove a failed call changed nothing."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}  # noqa: S608
+    finally:
+        conn.close()
