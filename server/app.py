@@ -77,8 +77,8 @@ class App:
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials, what: str) -> int:
     try:
         port = server.add_secure_port(address, credentials)
-    except RuntimeError as exc:
-        raise FailedPrecondition(f"cannot listen on {address} ({what}): {exc}") from exc
+    except RuntimeError:
+        port = 0
     if port == 0:
         raise FailedPrecondition(f"cannot listen on {address} ({what}): address in use or not available")
     return int(port)
@@ -131,6 +131,9 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         authenticator = PeerAuthenticator(ca.certificate, trust_domain, store, clock)
 
         limits = [
+            # Without this gRPC sets SO_REUSEPORT and a second process could
+            # share (and steal calls from) our port instead of failing to bind.
+            ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", cfg.max_request_bytes),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ]

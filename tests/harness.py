@@ -8,6 +8,7 @@ output is included in the assertion message, and the child is always stopped.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -166,11 +167,19 @@ def enroll(server: ServerProcess, state_dir: Path, token: str, **overrides: str)
     return agent(state_dir, *args)
 
 
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING) |[IW]\d{4} |E\d{4} .*add_port)")
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess[str], exit_code: int, *needles: str) -> None:
-    """A CLI failure: the expected exit code and exactly one stderr line, no traceback."""
-    lines = result.stderr.strip().splitlines()
+    """A CLI failure: the expected exit code and exactly one error line on stderr, no traceback.
+
+    A server that fails at start may have logged progress (INFO lines) before
+    the error; those are allowed, nothing else is.
+    """
+    lines = [line for line in result.stderr.strip().splitlines() if not _LOG_LINE.match(line)]
     assert result.returncode == exit_code, f"exit {result.returncode}, stderr: {result.stderr}"
     assert len(lines) == 1, f"expected one stderr line, got: {result.stderr!r}"
+    assert lines[0].startswith(("kms-server: error: ", "kms-agent: error: ")), lines[0]
     assert "Traceback" not in result.stderr
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
