@@ -19,7 +19,7 @@ def parse_duration(text: str, *, what: str = "duration") -> timedelta:
     Raises:
         InvalidArgument: the text is not <digits><s|m|h|d> or is zero.
     """
-    match = _PATTERN.match(text.strip())
+    match = _PATTERN.fullmatch(text.strip())
     if not match:
         raise InvalidArgument(f"{what} {text!r} is not a duration: use a number and s, m, h or d, like 15m")
     seconds = int(match.group(1)) * _UNITS[match.group(2)]

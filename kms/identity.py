@@ -31,7 +31,7 @@ _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 
 def validate_agent_name(name: str) -> str:
     """Returns name if it is a valid agent name, else raises InvalidArgument."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidArgument(
             f"agent name {name!r} is invalid: use 1-63 lowercase letters, digits, '.', '-' or '_', "
             "starting and ending with a letter or digit"
@@ -41,7 +41,7 @@ def validate_agent_name(name: str) -> str:
 
 def validate_group(group: str) -> str:
     """Returns group if it is a valid group name (same rules as agent names)."""
-    if not _NAME.match(group):
+    if not _NAME.fullmatch(group):
         raise InvalidArgument(
             f"group {group!r} is invalid: use 1-63 lowercase letters, digits, '.', '-' or '_'"
         )
@@ -50,7 +50,7 @@ def validate_group(group: str) -> str:
 
 def validate_trust_domain(trust_domain: str) -> str:
     """Returns trust_domain if it is a valid SPIFFE trust domain name."""
-    if not _TRUST_DOMAIN.match(trust_domain):
+    if not _TRUST_DOMAIN.fullmatch(trust_domain):
         raise InvalidArgument(
             f"trust domain {trust_domain!r} is invalid: use lowercase letters, digits, '.', '-' or '_'"
         )
@@ -89,7 +89,7 @@ def parse_fingerprint(text: str) -> str:
     if body.lower().startswith("sha256:"):
         body = body[len("sha256:") :]
     body = body.replace(":", "").lower()
-    if not _FINGERPRINT.match(body):
+    if not _FINGERPRINT.fullmatch(body):
         raise InvalidArgument(
             "CA fingerprint must be sha256: followed by 64 hex digits, as kms-server prints it"
         )

@@ -50,7 +50,7 @@ class JoinToken:
         Raises:
             InvalidArgument: the text does not have the shape of a join token.
         """
-        match = _SHAPE.match(text.strip())
+        match = _SHAPE.fullmatch(text.strip())
         if not match:
             raise InvalidArgument("join token is malformed: pass it exactly as `kms-server token create` printed it")
         try:

@@ -1,0 +1,60 @@
+"""server/auth.py: one table covers every RPC; a method missing from it is refused."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from kms.v1 import admin_pb2, enrollment_pb2, identity_pb2
+from server.auth import AUTH_POLICY, AuthInterceptor, Listener, Role
+
+
+def _all_methods() -> set[str]:
+    methods = set()
+    for module in (admin_pb2, enrollment_pb2, identity_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            methods |= {f"/{service.full_name}/{m.name}" for m in service.methods}
+    return methods
+
+
+def test_table_lists_exactly_the_rpcs_of_the_contract() -> None:
+    assert set(AUTH_POLICY) == _all_methods()
+
+
+def test_only_enrollment_is_open_to_anyone() -> None:
+    open_methods = {m for m, roles in AUTH_POLICY.items() if Role.ANYONE in roles}
+    assert open_methods == {"/kms.v1.Enrollment/Enroll", "/kms.v1.Enrollment/GetCABundle"}
+    assert all(roles == {Role.ADMIN} for m, roles in AUTH_POLICY.items() if m.startswith("/kms.v1.Admin/"))
+
+
+def test_method_missing_from_table_is_refused(tmp_path: Path) -> None:
+    """A real grpc.aio server with the interceptor and a handler nobody listed."""
+
+    async def body() -> tuple[grpc.StatusCode, str]:
+        async def unlisted(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return b"should never run"
+
+        server = grpc.aio.server(interceptors=[AuthInterceptor(Listener.ADMIN)])
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("kms.v1.Test", {"Unlisted": grpc.unary_unary_rpc_method_handler(unlisted)})]
+        )
+        sock = tmp_path / "t.sock"
+        server.add_secure_port(f"unix:{sock}", grpc.local_server_credentials(grpc.LocalConnectionType.UDS))
+        await server.start()
+        try:
+            async with grpc.aio.secure_channel(
+                f"unix:{sock}", grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
+            ) as channel:
+                call = channel.unary_unary("/kms.v1.Test/Unlisted")
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(b"", timeout=10)
+                return info.value.code(), info.value.details() or ""
+        finally:
+            await server.stop(0)
+
+    code, details = asyncio.run(body())
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "/kms.v1.Test/Unlisted" in details

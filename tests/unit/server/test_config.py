@@ -1,0 +1,51 @@
+"""server/config.py: precedence, defaults, and contradictions named."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from kms.errors import InvalidArgument
+from server.config import CAKeyType, ServerConfig
+
+
+def test_defaults() -> None:
+    cfg = ServerConfig.load({}, env={"HOME": "/home/op"})
+    assert cfg.data_dir == Path("/home/op/.local/share/seed-kms")
+    assert (cfg.listen, cfg.enroll_listen) == ("127.0.0.1:8443", "127.0.0.1:8444")
+    assert cfg.sans == ("localhost", "127.0.0.1")
+    assert cfg.cert_ttl == timedelta(hours=24) and cfg.token_ttl == timedelta(minutes=15)
+    assert cfg.trust_domain is None and cfg.ca_key_type is None  # decided by the data dir, else defaults
+
+
+def test_flags_beat_environment_beat_defaults() -> None:
+    env = {"KMS_LISTEN": "0.0.0.0:9000", "KMS_CERT_TTL": "12h", "KMS_SAN": "kms.example.org, 10.0.0.1",
+           "KMS_CA_KEY_TYPE": "rsa-3072", "KMS_DATA_DIR": "/srv/kms"}
+    cfg = ServerConfig.load({"cert_ttl": "6h"}, env=env)
+    assert cfg.listen == "0.0.0.0:9000" and cfg.enroll_listen == "0.0.0.0:9001"
+    assert cfg.cert_ttl == timedelta(hours=6)
+    assert cfg.sans == ("kms.example.org", "10.0.0.1")
+    assert cfg.ca_key_type is CAKeyType.RSA_3072
+    assert cfg.data_dir == Path("/srv/kms")
+    cfg = ServerConfig.load({"san": ["a.example"], "listen": "[::1]:0"}, env=env)
+    assert cfg.sans == ("a.example",) and cfg.listen == "[::1]:0" and cfg.enroll_port == 0
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        ({"cert_ttl": "4000d"}, "--cert-ttl is longer than --ca-ttl"),
+        ({"cert_ttl": "1m"}, "--cert-ttl must be at least"),
+        ({"listen": "localhost"}, "--listen"),
+        ({"listen": "h:70000"}, "--listen"),
+        ({"listen": "127.0.0.1:5000", "enroll_listen": "127.0.0.1:5000"}, "--enroll-listen must differ"),
+        ({"ca_key_type": "dsa-1024"}, "--ca-key-type"),
+        ({"trust_domain": "UPPER"}, "trust domain"),
+        ({"token_ttl": "30d"}, "--token-ttl"),
+    ],
+)
+def test_contradictions_name_the_setting(flags: dict[str, str], needle: str) -> None:
+    with pytest.raises(InvalidArgument, match=needle):
+        ServerConfig.load(flags, env={})

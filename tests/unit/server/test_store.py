@@ -1,0 +1,112 @@
+"""server/store: migrations, single-use tokens under concurrency, refusal of foreign files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from server.store import CertificateRecord, JoinTokenRecord, SqliteStore, StoreError
+from server.store.migrations import MIGRATIONS
+
+NOW = 1_800_000_000
+
+
+def _token(token_id: str = "00" * 8, *, expires: int = NOW + 900) -> JoinTokenRecord:
+    return JoinTokenRecord(token_id, b"h" * 32, "web-1", ("a", "b"), NOW, expires)
+
+
+def _cert(serial: str) -> CertificateRecord:
+    return CertificateRecord(serial, "web-1", NOW, NOW + 86400, b"der", NOW, None)
+
+
+def test_new_store_is_migrated_0600_and_wal(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        assert await store.schema_version() == len(MIGRATIONS)
+        await store.close()
+
+    asyncio.run(body())
+    assert (tmp_path / "kms.db").stat().st_mode & 0o777 == 0o600
+    conn = sqlite3.connect(tmp_path / "kms.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_enroll_consumes_token_once_even_when_racing(tmp_path: Path) -> None:
+    async def body() -> list[object]:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        await store.add_join_token(_token())
+        results = await asyncio.gather(
+            *(store.enroll("00" * 8, b"h" * 32, NOW + 1, _cert(f"{i:x}")) for i in range(1, 21))
+        )
+        agents = await store.list_agents()
+        await store.close()
+        assert len(agents) == 1 and agents[0].groups == ("a", "b")
+        return list(results)
+
+    results = asyncio.run(body())
+    assert sum(r is not None for r in results) == 1
+
+
+@pytest.mark.parametrize(
+    "token_id, secret_hash, now, name",
+    [
+        pytest.param("ff" * 8, b"h" * 32, NOW + 1, "web-1", id="unknown"),
+        pytest.param("00" * 8, b"x" * 32, NOW + 1, "web-1", id="wrong-hash"),
+        pytest.param("00" * 8, b"h" * 32, NOW + 900, "web-1", id="expired"),
+        pytest.param("00" * 8, b"h" * 32, NOW + 1, "web-2", id="other-name"),
+    ],
+)
+def test_enroll_refusals_write_nothing(tmp_path: Path, token_id: str, secret_hash: bytes, now: int, name: str) -> None:
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        await store.add_join_token(_token())
+        cert = CertificateRecord("1", name, NOW, NOW + 1, b"der", NOW, None)
+        assert await store.enroll(token_id, secret_hash, now, cert) is None
+        assert await store.list_agents() == []
+        assert (await store.get_join_token("00" * 8)).used_at is None  # type: ignore[union-attr]
+        await store.close()
+
+    asyncio.run(body())
+
+
+def test_meta_is_set_once(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        assert await store.set_meta_once("trust_domain", "a.org") == "a.org"
+        assert await store.set_meta_once("trust_domain", "b.org") == "a.org"
+        await store.close()
+
+    asyncio.run(body())
+
+
+def _open(path: Path) -> None:
+    async def body() -> None:
+        store = await SqliteStore.open(path)
+        await store.close()
+
+    asyncio.run(body())
+
+
+def test_refuses_garbage(tmp_path: Path) -> None:
+    (tmp_path / "kms.db").write_bytes(b"not sqlite" * 100)
+    with pytest.raises(StoreError, match="corrupt or not a Seed KMS database"):
+        _open(tmp_path / "kms.db")
+
+
+def test_refuses_another_apps_database(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "kms.db").execute("CREATE TABLE things (x)").connection.commit()
+    with pytest.raises(StoreError, match="not a Seed KMS store"):
+        _open(tmp_path / "kms.db")
+
+
+def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+    _open(tmp_path / "kms.db")
+    conn = sqlite3.connect(tmp_path / "kms.db")
+    conn.execute("INSERT INTO schema_version VALUES (?, 0)", (len(MIGRATIONS) + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="upgrade kms-server"):
+        _open(tmp_path / "kms.db")
