@@ -37,8 +37,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("KMS_JOIN_TOKEN")
     fp = args.ca_fingerprint or os.environ.get("KMS_CA_FINGERPRINT")
     if not server or not token or not fp:
-        raise InvalidArgument("enroll needs --server, --token and --ca-fingerprint (or KMS_SERVER, KMS_JOIN_TOKEN, KMS_CA_FINGERPRINT)")
-    enroll_server = args.enroll_server or os.environ.get("KMS_ENROLL_SERVER") or _default_enroll_server(server)
+        raise InvalidArgument(
+            "enroll needs --server, --token and --ca-fingerprint (or KMS_SERVER, KMS_JOIN_TOKEN, KMS_CA_FINGERPRINT)"
+        )
+    enroll_server = (
+        args.enroll_server or os.environ.get("KMS_ENROLL_SERVER") or _default_enroll_server(server)
+    )
     identity = enroll(
         server=server,
         enroll_server=enroll_server,
@@ -49,7 +53,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     )
     state.save(identity)
     not_after = identity.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
-    print(f"enrolled as {identity.settings.name} ({identity.settings.spiffe_id}), certificate {identity.cert.serial_number:x} valid until {not_after}")
+    print(
+        f"enrolled as {identity.settings.name} ({identity.settings.spiffe_id}), certificate {identity.cert.serial_number:x} valid until {not_after}"
+    )
     return 0
 
 
@@ -95,10 +101,13 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="kms-agent", description="Seed KMS agent.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    en = sub.add_parser("enroll", parents=[common], help="make a key and trade a join token for a certificate")
+    en = sub.add_parser(
+        "enroll", parents=[common], help="make a key and trade a join token for a certificate"
+    )
     en.add_argument("--server", help="the server's mTLS address HOST:PORT (env KMS_SERVER)")
     en.add_argument(
-        "--enroll-server", help="the enrollment address HOST:PORT (env KMS_ENROLL_SERVER; default: --server port + 1)"
+        "--enroll-server",
+        help="the enrollment address HOST:PORT (env KMS_ENROLL_SERVER; default: --server port + 1)",
     )
     en.add_argument("--token", help="one-time join token (env KMS_JOIN_TOKEN, which keeps it out of ps)")
     en.add_argument("--ca-fingerprint", help="sha256:HEX as kms-server prints it (env KMS_CA_FINGERPRINT)")

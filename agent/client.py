@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -30,7 +30,9 @@ class KmsClient:
     ) -> None:
         self._target = target
         self._timeout = timeout
-        creds = grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+        )
         self._channel = grpc.secure_channel(target, creds)
         self._enrollment = enrollment_pb2_grpc.EnrollmentStub(self._channel)
         self._identity = identity_pb2_grpc.IdentityStub(self._channel)
@@ -57,10 +59,17 @@ class KmsClient:
             raise error_for_status(code, details) from None
 
     def get_ca_bundle(self) -> str:
-        return self._call(self._enrollment.GetCABundle, enrollment_pb2.GetCABundleRequest()).ca_bundle_pem
+        resp = cast(
+            enrollment_pb2.GetCABundleResponse,
+            self._call(self._enrollment.GetCABundle, enrollment_pb2.GetCABundleRequest()),
+        )
+        return resp.ca_bundle_pem
 
     def enroll(self, join_token: str, csr_der: bytes) -> enrollment_pb2.EnrollResponse:
-        return self._call(self._enrollment.Enroll, enrollment_pb2.EnrollRequest(join_token=join_token, csr_der=csr_der))
+        request = enrollment_pb2.EnrollRequest(join_token=join_token, csr_der=csr_der)
+        return cast(enrollment_pb2.EnrollResponse, self._call(self._enrollment.Enroll, request))
 
     def whoami(self) -> identity_pb2.WhoAmIResponse:
-        return self._call(self._identity.WhoAmI, identity_pb2.WhoAmIRequest())
+        return cast(
+            identity_pb2.WhoAmIResponse, self._call(self._identity.WhoAmI, identity_pb2.WhoAmIRequest())
+        )

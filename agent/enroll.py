@@ -67,7 +67,9 @@ def enroll(
             cert, datetime.now(UTC)
         )
     except CertificateRejected as exc:
-        raise Unauthenticated(f"the server issued a certificate this agent cannot use: {exc.message}") from exc
+        raise Unauthenticated(
+            f"the server issued a certificate this agent cannot use: {exc.message}"
+        ) from exc
     if cert.public_key() != key.public_key():
         raise Unauthenticated("the server issued a certificate for another key")
     settings = AgentSettings(

@@ -1,9 +1,9 @@
 """The agent's state directory (0700).
 
-    agent.key    the RSA private key, PEM PKCS#8, 0600; never leaves the machine
-    agent.crt    the agent certificate, PEM
-    ca.crt       the CA bundle pinned at enrollment, PEM
-    agent.json   name, groups, server addresses, CA fingerprint
+agent.key    the RSA private key, PEM PKCS#8, 0600; never leaves the machine
+agent.crt    the agent certificate, PEM
+ca.crt       the CA bundle pinned at enrollment, PEM
+agent.json   name, groups, server addresses, CA fingerprint
 """
 
 from __future__ import annotations
@@ -76,19 +76,25 @@ class StateDir:
         write_atomic(self.key, identity.key_pem, mode=0o600)
         write_atomic(self.cert, identity.cert_pem, mode=0o644)
         write_atomic(self.ca, identity.ca_bundle_pem, mode=0o644)
-        write_atomic(self.settings, (json.dumps(asdict(identity.settings), indent=2) + "\n").encode(), mode=0o644)
+        write_atomic(
+            self.settings, (json.dumps(asdict(identity.settings), indent=2) + "\n").encode(), mode=0o644
+        )
 
     def load(self) -> AgentIdentity:
         """Reads the identity. Raises FailedPrecondition when not enrolled or unreadable."""
         if not self.enrolled:
-            raise FailedPrecondition(f"this agent is not enrolled (no {self.settings}): run kms-agent enroll first")
+            raise FailedPrecondition(
+                f"this agent is not enrolled (no {self.settings}): run kms-agent enroll first"
+            )
         try:
             settings = AgentSettings(**json.loads(self.settings.read_text()))
             key = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
             cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
             ca = self.ca.read_bytes()
         except (OSError, ValueError, TypeError) as exc:
-            raise FailedPrecondition(f"agent state in {self.path} is unreadable ({exc}): enroll again with --force") from exc
+            raise FailedPrecondition(
+                f"agent state in {self.path} is unreadable ({exc}): enroll again with --force"
+            ) from exc
         if not isinstance(key, rsa.RSAPrivateKey) or key.public_key() != cert.public_key():
             raise FailedPrecondition(f"{self.key} does not match {self.cert}: enroll again with --force")
         return AgentIdentity(settings, key, cert, ca)

@@ -33,7 +33,9 @@ class _FieldsFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        fields = [f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")]
+        fields = [
+            f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")
+        ]
         return f"{line} {' '.join(fields)}" if fields else line
 
 
@@ -64,7 +66,10 @@ def run_main(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | N
     except Exception as exc:  # a bug: still one line unless --verbose
         if verbose:
             raise
-        print(f"{prog}: internal error: {type(exc).__name__}: {exc} (run with --verbose for details)", file=sys.stderr)
+        print(
+            f"{prog}: internal error: {type(exc).__name__}: {exc} (run with --verbose for details)",
+            file=sys.stderr,
+        )
         return 1
 
 

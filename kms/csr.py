@@ -51,5 +51,7 @@ def check_csr(csr_der: bytes) -> rsa.RSAPublicKey:
     if key.public_numbers().e != _RSA_EXPONENT:
         raise InvalidArgument("CSR key must use the RSA public exponent 65537")
     if not signature_ok:
-        raise InvalidArgument("CSR signature does not verify with its own key: sign it with the key it carries")
+        raise InvalidArgument(
+            "CSR signature does not verify with its own key: sign it with the key it carries"
+        )
     return key

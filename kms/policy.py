@@ -18,7 +18,15 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from kms.errors import InvalidArgument, Unauthenticated
 from kms.identity import parse_agent_spiffe_id
 
-__all__ = ["AgentIdentity", "AllOf", "CertificateRejected", "ChainsTo", "ClientAuth", "Policy", "agent_name_of"]
+__all__ = [
+    "AgentIdentity",
+    "AllOf",
+    "CertificateRejected",
+    "ChainsTo",
+    "ClientAuth",
+    "Policy",
+    "agent_name_of",
+]
 
 
 class CertificateRejected(Unauthenticated):

@@ -46,7 +46,7 @@ class ProfileError(Exception):
     """An issued certificate does not match its profile (a CA bug, never user input)."""
 
 
-def signature_hash(key: IssuerKey) -> hashes.HashAlgorithm:
+def signature_hash(key: IssuerKey) -> hashes.SHA256 | hashes.SHA384:
     """Hash used when key signs: SHA-384 for P-384, SHA-256 otherwise."""
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
         return hashes.SHA384()
@@ -96,7 +96,9 @@ def ca_name(trust_domain: str) -> x509.Name:
     )
 
 
-def ca_builder(public_key: PublicKey, trust_domain: str, serial: int, now: datetime, ttl: timedelta) -> x509.CertificateBuilder:
+def ca_builder(
+    public_key: PublicKey, trust_domain: str, serial: int, now: datetime, ttl: timedelta
+) -> x509.CertificateBuilder:
     """Self-signed root: CA:true pathlen 0, keyCertSign+cRLSign (RFC 5280 §4.2.1.3, §4.2.1.9)."""
     name = ca_name(trust_domain)
     ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
@@ -121,7 +123,9 @@ def server_builder(
         raise ValueError("a server certificate needs at least one SAN")
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, sans[0])])
     return (
-        _base(subject, issuer.subject, public_key, serial, now, _not_after(now, ttl, issuer.not_valid_after_utc))
+        _base(
+            subject, issuer.subject, public_key, serial, now, _not_after(now, ttl, issuer.not_valid_after_utc)
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(key_encipherment=isinstance(public_key, rsa.RSAPublicKey)), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -143,7 +147,9 @@ def agent_builder(
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     uri = agent_spiffe_id(trust_domain, name)
     return (
-        _base(subject, issuer.subject, public_key, serial, now, _not_after(now, ttl, issuer.not_valid_after_utc))
+        _base(
+            subject, issuer.subject, public_key, serial, now, _not_after(now, ttl, issuer.not_valid_after_utc)
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(key_encipherment=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
@@ -190,9 +196,14 @@ def _require(condition: bool, what: str) -> None:
         raise ProfileError(what)
 
 
-def _check_common(cert: x509.Certificate, issuer: x509.Certificate, expect: _Expect, max_ttl: timedelta) -> None:
+def _check_common(
+    cert: x509.Certificate, issuer: x509.Certificate, expect: _Expect, max_ttl: timedelta
+) -> None:
     _require(cert.version == x509.Version.v3, "not an X.509 v3 certificate")
-    _require(0 < cert.serial_number and 64 <= cert.serial_number.bit_length() <= 159, "serial is not 64-159 random bits")
+    _require(
+        cert.serial_number > 0 and 64 <= cert.serial_number.bit_length() <= 159,
+        "serial is not 64-159 random bits",
+    )
     _require(cert.subject == expect.subject, "subject differs from the profile")
     _require(cert.issuer == issuer.subject, "issuer is not the CA's subject")
     try:
@@ -221,7 +232,10 @@ def _check_common(cert: x509.Certificate, issuer: x509.Certificate, expect: _Exp
     ku = exts.get_extension_for_class(x509.KeyUsage)
     _require(ku.critical and ku.value == expect.key_usage, "keyUsage wrong or not critical")
     ski = exts.get_extension_for_class(x509.SubjectKeyIdentifier)
-    _require(ski.value == x509.SubjectKeyIdentifier.from_public_key(cert.public_key()), "SKI does not match the key")
+    _require(
+        ski.value == x509.SubjectKeyIdentifier.from_public_key(cert.public_key()),
+        "SKI does not match the key",
+    )
     aki = exts.get_extension_for_class(x509.AuthorityKeyIdentifier)
     issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     _require(aki.value.key_identifier == issuer_ski.digest, "AKI does not match the CA's SKI")

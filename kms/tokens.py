@@ -52,7 +52,9 @@ class JoinToken:
         """
         match = _SHAPE.fullmatch(text.strip())
         if not match:
-            raise InvalidArgument("join token is malformed: pass it exactly as `kms-server token create` printed it")
+            raise InvalidArgument(
+                "join token is malformed: pass it exactly as `kms-server token create` printed it"
+            )
         try:
             secret = base64.urlsafe_b64decode(match.group(2) + "=")
         except (binascii.Error, ValueError) as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -49,15 +49,16 @@ class AdminClient:
                 ) from None
             raise error_for_status(code, details) from None
 
-    def create_join_token(self, name: str, groups: list[str], ttl_seconds: int) -> admin_pb2.CreateJoinTokenResponse:
-        return self._call(
-            self._stub.CreateJoinToken, admin_pb2.CreateJoinTokenRequest(name=name, groups=groups, ttl_seconds=ttl_seconds)
-        )
+    def create_join_token(
+        self, name: str, groups: list[str], ttl_seconds: int
+    ) -> admin_pb2.CreateJoinTokenResponse:
+        request = admin_pb2.CreateJoinTokenRequest(name=name, groups=groups, ttl_seconds=ttl_seconds)
+        return cast(admin_pb2.CreateJoinTokenResponse, self._call(self._stub.CreateJoinToken, request))
 
     def get_ca(self) -> admin_pb2.GetCAResponse:
-        return self._call(self._stub.GetCA, admin_pb2.GetCARequest())
+        return cast(admin_pb2.GetCAResponse, self._call(self._stub.GetCA, admin_pb2.GetCARequest()))
 
     def list_agents(self) -> admin_pb2.ListAgentsResponse:
-        return self._call(self._stub.ListAgents, admin_pb2.ListAgentsRequest())
-
-
+        return cast(
+            admin_pb2.ListAgentsResponse, self._call(self._stub.ListAgents, admin_pb2.ListAgentsRequest())
+        )

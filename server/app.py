@@ -101,7 +101,9 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             )
         master_key = datadir.create_master_key() if fresh else datadir.load_master_key()
         store = await SqliteStore.open(datadir.db)
-        trust_domain = await store.set_meta_once("trust_domain", cfg.trust_domain or ServerConfig.DEFAULT_TRUST_DOMAIN)
+        trust_domain = await store.set_meta_once(
+            "trust_domain", cfg.trust_domain or ServerConfig.DEFAULT_TRUST_DOMAIN
+        )
         if cfg.trust_domain is not None and cfg.trust_domain != trust_domain:
             raise DataDirError(
                 f"data dir {cfg.data_dir} belongs to trust domain {trust_domain!r}; --trust-domain {cfg.trust_domain!r} "
@@ -118,7 +120,9 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         )
         ca = CertificateAuthority(root, trust_domain, cfg.cert_ttl, clock)
         if cfg.cert_ttl > ca.certificate.not_valid_after_utc - clock():
-            logger.warning("certificates will be cut short: the CA expires %s", ca.certificate.not_valid_after_utc)
+            logger.warning(
+                "certificates will be cut short: the CA expires %s", ca.certificate.not_valid_after_utc
+            )
         server_identity = load_or_issue_server_identity(
             datadir, master_key, ca, cfg.sans, cfg.server_cert_ttl, clock()
         )
@@ -141,7 +145,9 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(ca, enrollment), api)
         identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(), api)
         key_chain = [(server_identity.key_pem(), server_identity.cert_pem + ca.bundle_pem)]
-        mtls = grpc.ssl_server_credentials(key_chain, root_certificates=ca.bundle_pem, require_client_auth=True)
+        mtls = grpc.ssl_server_credentials(
+            key_chain, root_certificates=ca.bundle_pem, require_client_auth=True
+        )
         server_tls = grpc.ssl_server_credentials(key_chain)
         port = _bind(api, cfg.listen, mtls, "--listen")
         enroll_port = _bind(api, cfg.enroll_listen, server_tls, "--enroll-listen")

@@ -43,7 +43,9 @@ class _Checked:
 
 
 class PeerAuthenticator:
-    def __init__(self, ca_cert: x509.Certificate, trust_domain: str, store: Store, clock: Clock, cache_size: int = 4096) -> None:
+    def __init__(
+        self, ca_cert: x509.Certificate, trust_domain: str, store: Store, clock: Clock, cache_size: int = 4096
+    ) -> None:
         self._policy = AllOf(ChainsTo([ca_cert]), ClientAuth(), AgentIdentity(trust_domain))
         self._trust_domain = trust_domain
         self._store = store
@@ -88,7 +90,9 @@ class PeerAuthenticator:
             )
         agent = await self._store.get_agent_by_serial(checked.serial)
         if agent is None or agent.name != checked.name:
-            raise Unauthenticated(f"client certificate {checked.serial} is not known to this server: enroll again")
+            raise Unauthenticated(
+                f"client certificate {checked.serial} is not known to this server: enroll again"
+            )
         return Caller(
             checked.name,
             agent.groups,

@@ -19,7 +19,13 @@ from server.clock import Clock
 from server.config import CAKeyType
 from server.datadir import DataDir, DataDirError, KeyPair
 
-__all__ = ["CertificateAuthority", "generate_key", "key_type_of", "load_or_create_ca", "load_or_issue_server_identity"]
+__all__ = [
+    "CertificateAuthority",
+    "generate_key",
+    "key_type_of",
+    "load_or_create_ca",
+    "load_or_issue_server_identity",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +61,13 @@ class CertificateAuthority:
         """Issues an agent client certificate. Only public_key comes from the request."""
         now = self._clock()
         builder = profile.agent_builder(
-            public_key, self.certificate, self.trust_domain, name, x509.random_serial_number(), now, self.cert_ttl
+            public_key,
+            self.certificate,
+            self.trust_domain,
+            name,
+            x509.random_serial_number(),
+            now,
+            self.cert_ttl,
         )
         cert = builder.sign(self._root.key, profile.signature_hash(self._root.key))
         profile.check_agent_certificate(
@@ -110,7 +122,12 @@ def load_or_create_ca(
 
 
 def load_or_issue_server_identity(
-    datadir: DataDir, master_key: bytes, ca: CertificateAuthority, sans: tuple[str, ...], ttl: timedelta, now: datetime
+    datadir: DataDir,
+    master_key: bytes,
+    ca: CertificateAuthority,
+    sans: tuple[str, ...],
+    ttl: timedelta,
+    now: datetime,
 ) -> KeyPair:
     """Reuses the stored server certificate unless its names changed or it is past 2/3 of its life."""
     if datadir.server_cert.exists():

@@ -100,32 +100,45 @@ def cmd_agents_list(args: argparse.Namespace) -> int:
 
 def build_parser() -> ArgumentParser:
     common = ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="data directory (env KMS_DATA_DIR; default ~/.local/share/seed-kms)")
+    common.add_argument(
+        "--data-dir", help="data directory (env KMS_DATA_DIR; default ~/.local/share/seed-kms)"
+    )
     common.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
 
     parser = ArgumentParser(prog="kms-server", description="Seed KMS server: CA and key distributor.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="run the server (creates the CA on first start)")
-    run.add_argument("--listen", help="mTLS API address HOST:PORT, port 0 picks one (env KMS_LISTEN; 127.0.0.1:8443)")
     run.add_argument(
-        "--enroll-listen", help="enrollment address HOST:PORT (env KMS_ENROLL_LISTEN; default: --listen port + 1)"
+        "--listen", help="mTLS API address HOST:PORT, port 0 picks one (env KMS_LISTEN; 127.0.0.1:8443)"
     )
     run.add_argument(
-        "--san", action="append", help="server certificate name, repeatable (env KMS_SAN, comma-separated; "
-        "default localhost and 127.0.0.1)"
+        "--enroll-listen",
+        help="enrollment address HOST:PORT (env KMS_ENROLL_LISTEN; default: --listen port + 1)",
     )
-    run.add_argument("--trust-domain", help="SPIFFE trust domain, fixed at init (env KMS_TRUST_DOMAIN; seed-kms.local)")
+    run.add_argument(
+        "--san",
+        action="append",
+        help="server certificate name, repeatable (env KMS_SAN, comma-separated; "
+        "default localhost and 127.0.0.1)",
+    )
+    run.add_argument(
+        "--trust-domain", help="SPIFFE trust domain, fixed at init (env KMS_TRUST_DOMAIN; seed-kms.local)"
+    )
     run.add_argument(
         "--ca-key-type",
         choices=[k.value for k in CAKeyType],
         help="CA key type, fixed at init (env KMS_CA_KEY_TYPE; default ecdsa-p256)",
     )
-    run.add_argument("--cert-ttl", help="agent certificate lifetime, e.g. 24h (env KMS_CERT_TTL; default 24h)")
+    run.add_argument(
+        "--cert-ttl", help="agent certificate lifetime, e.g. 24h (env KMS_CERT_TTL; default 24h)"
+    )
     run.add_argument("--token-ttl", help="default join token lifetime (env KMS_TOKEN_TTL; default 15m)")
     run.set_defaults(func=cmd_run)
 
-    token = sub.add_parser("token", help="join tokens").add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    token = sub.add_parser("token", help="join tokens").add_subparsers(
+        dest="token_command", required=True, metavar="COMMAND"
+    )
     create = token.add_parser("create", parents=[common], help="create a one-time join token for an agent")
     create.add_argument("--name", required=True, help="the agent's name")
     create.add_argument("--group", action="append", help="a group the agent joins, repeatable")
@@ -133,11 +146,15 @@ def build_parser() -> ArgumentParser:
     create.add_argument("--json", action="store_true", help="print token, name, groups and expiry as JSON")
     create.set_defaults(func=cmd_token_create)
 
-    ca = sub.add_parser("ca", help="the certificate authority").add_subparsers(dest="ca_command", required=True, metavar="COMMAND")
+    ca = sub.add_parser("ca", help="the certificate authority").add_subparsers(
+        dest="ca_command", required=True, metavar="COMMAND"
+    )
     ca.add_parser("fingerprint", parents=[common], help="print the CA fingerprint agents pin").set_defaults(
         func=cmd_ca_fingerprint
     )
-    ca.add_parser("cert", parents=[common], help="print the CA certificate (PEM)").set_defaults(func=cmd_ca_cert)
+    ca.add_parser("cert", parents=[common], help="print the CA certificate (PEM)").set_defaults(
+        func=cmd_ca_cert
+    )
 
     agents = sub.add_parser("agents", help="enrolled agents").add_subparsers(
         dest="agents_command", required=True, metavar="COMMAND"

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from kms.durations import parse_duration
@@ -28,7 +28,7 @@ __all__ = [
 MiB = 1024 * 1024
 
 
-class CAKeyType(str, Enum):
+class CAKeyType(StrEnum):
     # ECDSA P-256 is the default: the field's usual choice (step-ca, SPIRE),
     # 128-bit security, small certificates, and roughly ten times faster to
     # sign with than RSA-3072, which matters for a CA on the enrollment path.
@@ -92,7 +92,9 @@ class ServerConfig:
         return self.data_dir / "admin.sock"
 
     @classmethod
-    def load(cls, flags: Mapping[str, str | list[str] | None], env: Mapping[str, str] | None = None) -> ServerConfig:
+    def load(
+        cls, flags: Mapping[str, str | list[str] | None], env: Mapping[str, str] | None = None
+    ) -> ServerConfig:
         """Builds and validates the config from flags (None = unset) and the environment.
 
         Raises:
@@ -114,7 +116,9 @@ class ServerConfig:
         # The enrollment listener defaults to the next port (or a free one when
         # --listen asks for port 0); see docs/adr/0001-enrollment-listener.md.
         default_enroll = _join_hostport(listen_host, listen_port + 1 if listen_port else 0)
-        enroll_host, enroll_port = parse_hostport(pick("enroll_listen", default_enroll) or "", what="--enroll-listen")
+        enroll_host, enroll_port = parse_hostport(
+            pick("enroll_listen", default_enroll) or "", what="--enroll-listen"
+        )
 
         san_flag = flags.get("san")
         if isinstance(san_flag, list) and san_flag:

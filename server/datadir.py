@@ -109,7 +109,9 @@ class DataDir:
         data = self._read(self.master_key)
         mode = stat.S_IMODE(os.stat(self.master_key).st_mode)
         if mode & 0o077:
-            raise DataDirError(f"master key {self.master_key} is readable by others (mode {mode:04o}): chmod 600 it")
+            raise DataDirError(
+                f"master key {self.master_key} is readable by others (mode {mode:04o}): chmod 600 it"
+            )
         if len(data) != MASTER_KEY_BYTES:
             raise DataDirError(f"master key {self.master_key} must hold exactly {MASTER_KEY_BYTES} bytes")
         return data
@@ -138,7 +140,9 @@ class DataDir:
         if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise DataDirError(f"{key_path} holds an unsupported key type")
         if key.public_key() != cert.public_key():
-            raise DataDirError(f"{key_path} does not belong to {cert_path}: restore both from the same backup")
+            raise DataDirError(
+                f"{key_path} does not belong to {cert_path}: restore both from the same backup"
+            )
         return KeyPair(cert, key)
 
     def _read(self, path: Path) -> bytes:

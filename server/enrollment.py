@@ -28,7 +28,7 @@ __all__ = ["Enrolled", "EnrollmentService", "IssuedToken", "serial_hex"]
 logger = logging.getLogger(__name__)
 
 # One message for unknown, used, expired and mismatched tokens: no oracle.
-_BAD_TOKEN = "join token is invalid, expired or already used: ask the administrator for a new one"
+_BAD_TOKEN = "join token is invalid, expired or already used: ask the administrator for a new one"  # noqa: S105 - a message, not a secret
 MIN_TOKEN_TTL = timedelta(seconds=1)
 
 
@@ -117,7 +117,9 @@ class EnrollmentService:
             issued_at=int(now.timestamp()),
             token_id=record.token_id,
         )
-        agent = await self._store.enroll(record.token_id, token.secret_hash, int(now.timestamp()), cert_record)
+        agent = await self._store.enroll(
+            record.token_id, token.secret_hash, int(now.timestamp()), cert_record
+        )
         if agent is None:  # lost a race for the token, or it expired meanwhile
             logger.info("enrollment refused", extra={"token_id": token.token_id})
             raise Unauthenticated(_BAD_TOKEN)

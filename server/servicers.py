@@ -8,20 +8,27 @@ from __future__ import annotations
 from datetime import timedelta
 
 import grpc
+from cryptography.hazmat.primitives import serialization
 
-from kms.v1 import admin_pb2, admin_pb2_grpc, enrollment_pb2, enrollment_pb2_grpc, identity_pb2, identity_pb2_grpc
-from kms.v1 import types_pb2
+from kms.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    enrollment_pb2,
+    enrollment_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    types_pb2,
+)
 from server.agents import AgentDirectory
 from server.auth import current_caller
 from server.authn import Caller
 from server.ca import CertificateAuthority
 from server.enrollment import EnrollmentService
-from cryptography.hazmat.primitives import serialization
 
 __all__ = ["AdminServicer", "EnrollmentServicer", "IdentityServicer"]
 
 
-class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):  # type: ignore[misc]
+class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
     def __init__(self, ca: CertificateAuthority, enrollment: EnrollmentService) -> None:
         self._ca = ca
         self._enrollment = enrollment
@@ -56,7 +63,7 @@ def _caller_info(caller: Caller) -> types_pb2.AgentInfo:
     )
 
 
-class IdentityServicer(identity_pb2_grpc.IdentityServicer):  # type: ignore[misc]
+class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     async def WhoAmI(
         self, request: identity_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.WhoAmIResponse:
@@ -65,8 +72,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):  # type: ignore[misc
         return identity_pb2.WhoAmIResponse(agent=_caller_info(caller))
 
 
-class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
-    def __init__(self, ca: CertificateAuthority, enrollment: EnrollmentService, agents: AgentDirectory) -> None:
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(
+        self, ca: CertificateAuthority, enrollment: EnrollmentService, agents: AgentDirectory
+    ) -> None:
         self._ca = ca
         self._enrollment = enrollment
         self._agents = agents
@@ -84,7 +93,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             expires_at=issued.record.expires_at,
         )
 
-    async def GetCA(self, request: admin_pb2.GetCARequest, context: grpc.aio.ServicerContext) -> admin_pb2.GetCAResponse:
+    async def GetCA(
+        self, request: admin_pb2.GetCARequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.GetCAResponse:
         return admin_pb2.GetCAResponse(
             certificate_pem=self._ca.bundle_pem.decode(),
             fingerprint=self._ca.fingerprint,

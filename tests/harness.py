@@ -83,7 +83,12 @@ class ServerProcess:
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), stdin=subprocess.DEVNULL
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+            stdin=subprocess.DEVNULL,
         )
         ready = threading.Event()
 
@@ -131,7 +136,9 @@ class ServerProcess:
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = run([exe("kms-server"), *args, "--data-dir", str(self.data_dir)])
         if check:
-            assert result.returncode == 0, f"kms-server {' '.join(args)} failed: {result.stderr}\n{self.output()}"
+            assert result.returncode == 0, (
+                f"kms-server {' '.join(args)} failed: {result.stderr}\n{self.output()}"
+            )
         return result
 
     def token(self, name: str, *groups: str, ttl: str | None = None) -> str:
@@ -143,9 +150,17 @@ class ServerProcess:
         return self.admin(*args).stdout.strip()
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], env: dict[str, str] | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        cmd, capture_output=True, text=True, env=_env(env), timeout=timeout, stdin=subprocess.DEVNULL, check=False
+        cmd,
+        capture_output=True,
+        text=True,
+        env=_env(env),
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
     )
 
 
@@ -153,7 +168,9 @@ def agent(state_dir: Path, *args: str, env: dict[str, str] | None = None) -> sub
     return run([exe("kms-agent"), *args, "--dir", str(state_dir)], env=env)
 
 
-def enroll(server: ServerProcess, state_dir: Path, token: str, **overrides: str) -> subprocess.CompletedProcess[str]:
+def enroll(
+    server: ServerProcess, state_dir: Path, token: str, **overrides: str
+) -> subprocess.CompletedProcess[str]:
     opts = {
         "--server": server.address,
         "--enroll-server": server.enroll_address,
@@ -167,7 +184,9 @@ def enroll(server: ServerProcess, state_dir: Path, token: str, **overrides: str)
     return agent(state_dir, *args)
 
 
-_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING) |[IW]\d{4} |E\d{4} .*add_port)")
+_LOG_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING) |[IW]\d{4} |E\d{4} .*add_port)"
+)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], exit_code: int, *needles: str) -> None:
@@ -189,7 +208,9 @@ def snapshot(db: Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, read-only, to prove a failed call changed nothing."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        tables = [
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+        ]
         return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}  # noqa: S608
     finally:
         conn.close()

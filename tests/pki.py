@@ -15,15 +15,22 @@ def pem(cert: x509.Certificate) -> bytes:
 
 
 def key_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
-def csr_der(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, builder: x509.CertificateSigningRequestBuilder | None = None) -> bytes:
+def csr_der(
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    builder: x509.CertificateSigningRequestBuilder | None = None,
+) -> bytes:
     builder = builder or x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
-def foreign_ca_and_client(agent_key: rsa.RSAPrivateKey, trust_domain: str, name: str) -> tuple[x509.Certificate, x509.Certificate]:
+def foreign_ca_and_client(
+    agent_key: rsa.RSAPrivateKey, trust_domain: str, name: str
+) -> tuple[x509.Certificate, x509.Certificate]:
     """Another CA, and a client certificate from it that looks exactly like one of ours."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
@@ -53,10 +60,14 @@ def foreign_ca_and_client(agent_key: rsa.RSAPrivateKey, trust_domain: str, name:
         .not_valid_before(now - timedelta(minutes=1))
         .not_valid_after(now + timedelta(hours=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}/agent/{name}")]),
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}/agent/{name}")]
+            ),
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(agent_key.public_key()), critical=False)

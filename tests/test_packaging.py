@@ -22,7 +22,20 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 180) -> subprocess.Complete
 def test_wheel_installs_into_a_fresh_virtualenv() -> None:
     work = short_tmpdir("kmspk")
     try:
-        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(work / "dist"), str(ROOT)], work)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "-w",
+                str(work / "dist"),
+                str(ROOT),
+            ],
+            work,
+        )
         wheel = next((work / "dist").glob("seed_kms-*.whl"))
         venv = work / "venv"
         _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], work)
@@ -32,9 +45,28 @@ def test_wheel_installs_into_a_fresh_virtualenv() -> None:
         site = Path(sysconfig.get_paths()["purelib"])
         venv_site = next((venv / "lib").glob("python3*/site-packages"))
         (venv_site / "deps.pth").write_text(f"{site}\n")
-        _run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", str(wheel)], work)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                str(venv / "bin" / "python"),
+                "install",
+                "--no-deps",
+                str(wheel),
+            ],
+            work,
+        )
 
-        where = _run([str(venv / "bin" / "python"), "-c", "import server, kms.v1.enrollment_pb2 as p; print(server.__file__); print(p.__file__)"], work)
+        where = _run(
+            [
+                str(venv / "bin" / "python"),
+                "-c",
+                "import server, kms.v1.enrollment_pb2 as p; print(server.__file__); print(p.__file__)",
+            ],
+            work,
+        )
         assert all(line.startswith(str(venv_site)) for line in where.stdout.split()), where.stdout
         assert (venv_site / "kms" / "v1" / "enrollment_pb2_grpc.pyi").exists()
         for command in ("kms-server", "kms-agent"):
@@ -44,14 +76,30 @@ def test_wheel_installs_into_a_fresh_virtualenv() -> None:
         from tests.harness import ServerProcess, exe  # noqa: F401
 
         proc = subprocess.Popen(
-            [str(venv / "bin" / "kms-server"), "run", "--data-dir", str(work / "d"), "--listen", "127.0.0.1:0", "--enroll-listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work,
+            [
+                str(venv / "bin" / "kms-server"),
+                "run",
+                "--data-dir",
+                str(work / "d"),
+                "--listen",
+                "127.0.0.1:0",
+                "--enroll-listen",
+                "127.0.0.1:0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=work,
         )
         try:
             assert proc.stdout is not None
             line = proc.stdout.readline()
-            assert line.startswith("kms-server ready address=127.0.0.1:"), line + (proc.stderr.read() if proc.stderr else "")
-            fp = _run([str(venv / "bin" / "kms-server"), "ca", "fingerprint", "--data-dir", str(work / "d")], work).stdout.strip()
+            assert line.startswith("kms-server ready address=127.0.0.1:"), line + (
+                proc.stderr.read() if proc.stderr else ""
+            )
+            fp = _run(
+                [str(venv / "bin" / "kms-server"), "ca", "fingerprint", "--data-dir", str(work / "d")], work
+            ).stdout.strip()
             assert f"ca-fingerprint={fp}" in line
         finally:
             proc.terminate()

@@ -61,7 +61,9 @@ class Store(Protocol):
 
     async def get_join_token(self, token_id: str) -> JoinTokenRecord | None: ...
 
-    async def enroll(self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord) -> AgentRecord | None:
+    async def enroll(
+        self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord
+    ) -> AgentRecord | None:
         """Consumes the token and records the agent and its certificate, in one transaction.
 
         Returns None, and writes nothing, when the token is unknown, already

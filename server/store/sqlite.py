@@ -85,7 +85,9 @@ class SqliteStore:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if tables and "schema_version" not in tables:
             raise StoreError(f"{self._path} is an SQLite database but not a Seed KMS store")
-        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER)"
+        )
         current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
         if current > len(MIGRATIONS):
             raise StoreError(
@@ -153,13 +155,17 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return None
-            return JoinTokenRecord(row[0], bytes(row[1]), row[2], tuple(json.loads(row[3])), row[4], row[5], row[6])
+            return JoinTokenRecord(
+                row[0], bytes(row[1]), row[2], tuple(json.loads(row[3])), row[4], row[5], row[6]
+            )
 
         return await self._run(q)
 
     # --- enrollment --------------------------------------------------------------
 
-    async def enroll(self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord) -> AgentRecord | None:
+    async def enroll(
+        self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord
+    ) -> AgentRecord | None:
         def q() -> AgentRecord | None:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -175,7 +181,11 @@ class SqliteStore:
                     db.execute("ROLLBACK")
                     return None
                 groups = tuple(
-                    json.loads(db.execute("SELECT groups_json FROM join_tokens WHERE token_id=?", (token_id,)).fetchone()[0])
+                    json.loads(
+                        db.execute(
+                            "SELECT groups_json FROM join_tokens WHERE token_id=?", (token_id,)
+                        ).fetchone()[0]
+                    )
                 )
                 db.execute(
                     "INSERT INTO agents(name, created_at, updated_at) VALUES (?, ?, ?)"
@@ -191,9 +201,19 @@ class SqliteStore:
                 db.execute(
                     "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (cert.serial, cert.agent_name, cert.not_before, cert.not_after, cert.der, cert.issued_at, token_id),
+                    (
+                        cert.serial,
+                        cert.agent_name,
+                        cert.not_before,
+                        cert.not_after,
+                        cert.der,
+                        cert.issued_at,
+                        token_id,
+                    ),
                 )
-                created = db.execute("SELECT created_at FROM agents WHERE name=?", (cert.agent_name,)).fetchone()[0]
+                created = db.execute(
+                    "SELECT created_at FROM agents WHERE name=?", (cert.agent_name,)
+                ).fetchone()[0]
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -206,7 +226,9 @@ class SqliteStore:
     # --- agents ------------------------------------------------------------------
 
     def _groups(self, name: str) -> tuple[str, ...]:
-        rows = self._db.execute("SELECT group_name FROM agent_groups WHERE agent_name=? ORDER BY group_name", (name,))
+        rows = self._db.execute(
+            "SELECT group_name FROM agent_groups WHERE agent_name=? ORDER BY group_name", (name,)
+        )
         return tuple(r[0] for r in rows)
 
     def _agent_row(self, row: tuple[Any, ...]) -> AgentRecord:
@@ -216,7 +238,7 @@ class SqliteStore:
     async def get_agent_by_serial(self, serial: str) -> AgentRecord | None:
         def q() -> AgentRecord | None:
             row = self._db.execute(
-                f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM certificates c"
+                f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM certificates c"  # noqa: S608 - constant columns
                 " JOIN agents a ON a.name = c.agent_name WHERE c.serial=?",
                 (serial,),
             ).fetchone()
@@ -227,7 +249,7 @@ class SqliteStore:
     async def list_agents(self) -> list[AgentRecord]:
         def q() -> list[AgentRecord]:
             rows = self._db.execute(
-                f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM agents a JOIN certificates c"
+                f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM agents a JOIN certificates c"  # noqa: S608 - constant columns
                 " ON c.serial = (SELECT serial FROM certificates WHERE agent_name = a.name"
                 "                ORDER BY issued_at DESC, rowid DESC LIMIT 1)"
                 " ORDER BY a.name"

@@ -33,7 +33,9 @@ def _ca_pem(server: ServerProcess) -> bytes:
 
 
 @contextmanager
-def _channel(server: ServerProcess, *, api: bool = False, key: bytes | None = None, cert: bytes | None = None) -> Iterator[grpc.Channel]:
+def _channel(
+    server: ServerProcess, *, api: bool = False, key: bytes | None = None, cert: bytes | None = None
+) -> Iterator[grpc.Channel]:
     creds = grpc.ssl_channel_credentials(_ca_pem(server), private_key=key, certificate_chain=cert)
     with grpc.secure_channel(server.address if api else server.enroll_address, creds) as channel:
         yield channel
@@ -58,7 +60,9 @@ def _enroll_fails(server: ServerProcess, token: str, csr: bytes, code: grpc.Stat
 
 def _still_serving(server: ServerProcess) -> None:
     with _channel(server) as ch:
-        bundle = enrollment_pb2_grpc.EnrollmentStub(ch).GetCABundle(enrollment_pb2.GetCABundleRequest(), timeout=10)
+        bundle = enrollment_pb2_grpc.EnrollmentStub(ch).GetCABundle(
+            enrollment_pb2.GetCABundleRequest(), timeout=10
+        )
     assert "BEGIN CERTIFICATE" in bundle.ca_bundle_pem
 
 
@@ -79,11 +83,15 @@ def _bad_signature(key: rsa.RSAPrivateKey) -> bytes:
         pytest.param(_bad_signature, "signature does not verify", id="signature-mismatch"),
         pytest.param(lambda k: csr_der(ec.generate_private_key(ec.SECP256R1())), "must be RSA", id="ec-key"),
         pytest.param(
-            lambda k: csr_der(rsa.generate_private_key(public_exponent=65537, key_size=1024)), "RSA-1024", id="rsa-1024"
+            lambda k: csr_der(rsa.generate_private_key(public_exponent=65537, key_size=1024)),
+            "RSA-1024",
+            id="rsa-1024",
         ),
     ],
 )
-def test_bad_csr_is_invalid_argument_and_leaves_token_usable(server: ServerProcess, rsa_key: rsa.RSAPrivateKey, make_csr, needle) -> None:  # type: ignore[no-untyped-def]
+def test_bad_csr_is_invalid_argument_and_leaves_token_usable(
+    server: ServerProcess, rsa_key: rsa.RSAPrivateKey, make_csr, needle
+) -> None:  # type: ignore[no-untyped-def]
     token = server.token("csr-case")
     details = _enroll_fails(server, token, make_csr(rsa_key), grpc.StatusCode.INVALID_ARGUMENT)
     assert needle in details
@@ -99,7 +107,10 @@ def test_csr_asking_for_more_gets_only_the_profile(server: ServerProcess, rsa_ke
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("evil.example"), x509.UniformResourceIdentifier("spiffe://seed-kms.local/agent/admin")]
+                [
+                    x509.DNSName("evil.example"),
+                    x509.UniformResourceIdentifier("spiffe://seed-kms.local/agent/admin"),
+                ]
             ),
             critical=False,
         )
@@ -124,14 +135,17 @@ def test_oversized_request_is_resource_exhausted(server: ServerProcess, rsa_key:
 # --- tokens ------------------------------------------------------------------
 
 
-def test_reused_expired_unknown_tokens_are_one_unauthenticated(server: ServerProcess, rsa_key: rsa.RSAPrivateKey) -> None:
+def test_reused_expired_unknown_tokens_are_one_unauthenticated(
+    server: ServerProcess, rsa_key: rsa.RSAPrivateKey
+) -> None:
     used = server.token("reuse")
     _enroll(server, used, csr_der(rsa_key))
     expired = server.token("late", ttl="1s")
     time.sleep(1.2)
     unknown = f"{secrets.token_hex(8)}.{'A' * 43}"
     messages = {
-        _enroll_fails(server, t, csr_der(rsa_key), grpc.StatusCode.UNAUTHENTICATED) for t in (used, expired, unknown)
+        _enroll_fails(server, t, csr_der(rsa_key), grpc.StatusCode.UNAUTHENTICATED)
+        for t in (used, expired, unknown)
     }
     # One message for all three: nobody learns which tokens exist.
     assert len(messages) == 1 and BAD_TOKEN_MESSAGE in messages.pop()
@@ -141,7 +155,9 @@ def test_malformed_token_is_invalid_argument(server: ServerProcess, rsa_key: rsa
     _enroll_fails(server, "not-a-token", csr_der(rsa_key), grpc.StatusCode.INVALID_ARGUMENT)
 
 
-def test_racing_enrollments_on_one_token_exactly_one_wins(server: ServerProcess, rsa_key: rsa.RSAPrivateKey) -> None:
+def test_racing_enrollments_on_one_token_exactly_one_wins(
+    server: ServerProcess, rsa_key: rsa.RSAPrivateKey
+) -> None:
     token = server.token("racer")
     csr = csr_der(rsa_key)
     racers = 8
@@ -169,7 +185,9 @@ def test_racing_enrollments_on_one_token_exactly_one_wins(server: ServerProcess,
 # --- the agent CLI -------------------------------------------------------------
 
 
-def test_wrong_ca_fingerprint_aborts_before_the_token_is_sent(server: ServerProcess, tmpdir_short: Path) -> None:
+def test_wrong_ca_fingerprint_aborts_before_the_token_is_sent(
+    server: ServerProcess, tmpdir_short: Path
+) -> None:
     token = server.token("pinned")
     before = snapshot(server.db)
     wrong = "sha256:" + "ab" * 32
@@ -185,7 +203,9 @@ def test_wrong_ca_fingerprint_aborts_before_the_token_is_sent(server: ServerProc
     "args, code, needle",
     [
         pytest.param(["status"], 6, "not enrolled", id="status-unenrolled"),
-        pytest.param(["enroll", "--server", "127.0.0.1:1", "--token", "x.y"], 2, "--ca-fingerprint", id="missing-flag"),
+        pytest.param(
+            ["enroll", "--server", "127.0.0.1:1", "--token", "x.y"], 2, "--ca-fingerprint", id="missing-flag"
+        ),
         pytest.param(
             ["enroll", "--server", "127.0.0.1:1", "--token", "x", "--ca-fingerprint", "sha256:zz"],
             2,
@@ -218,9 +238,14 @@ def test_agent_cannot_reach_server_is_one_line(tmpdir_short: Path) -> None:
 # --- mutual TLS ------------------------------------------------------------------
 
 
-def test_client_certificate_from_another_ca_is_refused(server: ServerProcess, rsa_key: rsa.RSAPrivateKey) -> None:
+def test_client_certificate_from_another_ca_is_refused(
+    server: ServerProcess, rsa_key: rsa.RSAPrivateKey
+) -> None:
     _, forged = foreign_ca_and_client(rsa_key, "seed-kms.local", "web-1")
-    with _channel(server, api=True, key=key_pem(rsa_key), cert=pem(forged)) as ch, pytest.raises(grpc.RpcError) as info:
+    with (
+        _channel(server, api=True, key=key_pem(rsa_key), cert=pem(forged)) as ch,
+        pytest.raises(grpc.RpcError) as info,
+    ):
         identity_pb2_grpc.IdentityStub(ch).WhoAmI(identity_pb2.WhoAmIRequest(), timeout=10)
     # The TLS handshake itself refuses it: the call never reaches a handler.
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -256,11 +281,15 @@ def test_admin_methods_are_not_served_on_the_network(server: ServerProcess) -> N
     [
         pytest.param(["token", "create", "--name", "Bad Name"], "agent name", id="bad-name"),
         pytest.param(["token", "create", "--name", "ok", "--group", "a b"], "group", id="bad-group"),
-        pytest.param(["token", "create", "--name", "ok", "--ttl", "15 minutes"], "not a duration", id="bad-ttl"),
+        pytest.param(
+            ["token", "create", "--name", "ok", "--ttl", "15 minutes"], "not a duration", id="bad-ttl"
+        ),
         pytest.param(["token", "create", "--name", "ok", "--ttl", "30d"], "token TTL", id="ttl-too-long"),
     ],
 )
-def test_admin_bad_input_is_one_line_and_changes_nothing(server: ServerProcess, args: list[str], needle: str) -> None:
+def test_admin_bad_input_is_one_line_and_changes_nothing(
+    server: ServerProcess, args: list[str], needle: str
+) -> None:
     before = snapshot(server.db)
     assert_one_line_error(server.admin(*args, check=False), 2, needle)
     assert snapshot(server.db) == before

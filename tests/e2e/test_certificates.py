@@ -26,11 +26,15 @@ _KNOWN_FALSE_POSITIVES = {
     ("pkix.invalid_domain_name_syntax", "localhost"),
 }
 # RFC 3986 §3: scheme ":" "//" authority path-abempty
-_RFC3986_URI = re.compile(r"^[a-z][a-z0-9+.-]*://[a-z0-9._~!$&'()*+,;=-]+(/[a-z0-9._~!$&'()*+,;=:@%-]*)*$", re.I)
+_RFC3986_URI = re.compile(
+    r"^[a-z][a-z0-9+.-]*://[a-z0-9._~!$&'()*+,;=-]+(/[a-z0-9._~!$&'()*+,;=:@%-]*)*$", re.I
+)
 
 
 @pytest.fixture(scope="module")
-def issued(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, x509.Certificate, x509.Certificate]:
+def issued(
+    server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, x509.Certificate, x509.Certificate]:
     state = tmp_path_factory.mktemp("agent")
     result = enroll(server, state, server.token("lint-me", "ops"))
     assert result.returncode == 0, result.stderr
@@ -39,7 +43,9 @@ def issued(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> t
     return state, cert, ca
 
 
-def test_ca_certificate_profile(server: ServerProcess, issued: tuple[Path, x509.Certificate, x509.Certificate]) -> None:
+def test_ca_certificate_profile(
+    server: ServerProcess, issued: tuple[Path, x509.Certificate, x509.Certificate]
+) -> None:
     _, _, ca = issued
     assert_is_ca(ca, "seed-kms.local")
     assert ca == x509.load_pem_x509_certificate((server.data_dir / "ca.crt").read_bytes())
@@ -53,10 +59,14 @@ def test_agent_certificate_profile(issued: tuple[Path, x509.Certificate, x509.Ce
     key = serialization.load_pem_private_key((state / "agent.key").read_bytes(), password=None)
     assert_is_agent_cert(cert, ca, name="lint-me", trust_domain="seed-kms.local", public_key=key.public_key())  # type: ignore[arg-type]
     # The chain verifies with cryptography's RFC 5280 path validation.
-    AllOf(ChainsTo([ca]), ClientAuth(), AgentIdentity("seed-kms.local", "lint-me")).verify(cert, datetime.now(UTC))
+    AllOf(ChainsTo([ca]), ClientAuth(), AgentIdentity("seed-kms.local", "lint-me")).verify(
+        cert, datetime.now(UTC)
+    )
 
 
-def test_server_certificate_profile(server: ServerProcess, issued: tuple[Path, x509.Certificate, x509.Certificate]) -> None:
+def test_server_certificate_profile(
+    server: ServerProcess, issued: tuple[Path, x509.Certificate, x509.Certificate]
+) -> None:
     _, _, ca = issued
     cert = x509.load_pem_x509_certificate((server.data_dir / "server.crt").read_bytes())
     cert.verify_directly_issued_by(ca)
@@ -71,7 +81,10 @@ def test_server_certificate_profile(server: ServerProcess, issued: tuple[Path, x
 def _lint_errors(pem_path: Path) -> list[tuple[str, str]]:
     out = subprocess.run(
         [exe("lint_pkix_cert"), "lint", "-s", "WARNING", "-f", "JSON", str(pem_path)],
-        capture_output=True, text=True, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     assert out.stdout, out.stderr
     findings = []
@@ -88,7 +101,11 @@ def test_rfc5280_lint_has_no_errors(
     server: ServerProcess, issued: tuple[Path, x509.Certificate, x509.Certificate], which: str, tmp_path: Path
 ) -> None:
     state, cert, ca = issued
-    chosen = {"ca": ca, "agent": cert, "server": x509.load_pem_x509_certificate((server.data_dir / "server.crt").read_bytes())}[which]
+    chosen = {
+        "ca": ca,
+        "agent": cert,
+        "server": x509.load_pem_x509_certificate((server.data_dir / "server.crt").read_bytes()),
+    }[which]
     path = tmp_path / f"{which}.pem"
     path.write_bytes(chosen.public_bytes(serialization.Encoding.PEM))
     findings = _lint_errors(path)

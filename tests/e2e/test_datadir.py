@@ -27,7 +27,17 @@ def initialised(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _start(data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return run(
-        [exe("kms-server"), "run", "--data-dir", str(data), "--listen", "127.0.0.1:0", "--enroll-listen", "127.0.0.1:0", *extra],
+        [
+            exe("kms-server"),
+            "run",
+            "--data-dir",
+            str(data),
+            "--listen",
+            "127.0.0.1:0",
+            "--enroll-listen",
+            "127.0.0.1:0",
+            *extra,
+        ],
         timeout=30,
     )
 
@@ -83,7 +93,9 @@ def _lost_master_key(d: Path) -> None:
         pytest.param(_lost_master_key, ["no master.key"], id="lost-master-key"),
     ],
 )
-def test_unusable_data_dir_stops_with_one_line(initialised: Path, damage: Callable[[Path], None], needles: list[str]) -> None:
+def test_unusable_data_dir_stops_with_one_line(
+    initialised: Path, damage: Callable[[Path], None], needles: list[str]
+) -> None:
     copy = initialised.parent / f"c{os.getpid()}{abs(hash(damage.__name__)) % 10000}"
     shutil.copytree(initialised, copy)
     try:
@@ -104,7 +116,9 @@ def test_second_server_on_same_dir_is_refused(tmpdir_short: Path) -> None:
 
 
 def test_contradicting_flags_on_existing_dir(initialised: Path) -> None:
-    assert_one_line_error(_start(initialised, "--trust-domain", "other.example"), 6, "trust domain", "cannot change")
+    assert_one_line_error(
+        _start(initialised, "--trust-domain", "other.example"), 6, "trust domain", "cannot change"
+    )
     assert_one_line_error(_start(initialised, "--ca-key-type", "rsa-3072"), 6, "ecdsa-p256", "cannot change")
 
 
@@ -134,8 +148,16 @@ def test_port_in_use_is_one_line(tmpdir_short: Path) -> None:
     server = ServerProcess(tmpdir_short / "a").start()
     try:
         result = run(
-            [exe("kms-server"), "run", "--data-dir", str(tmpdir_short / "b"), "--listen", server.address,
-             "--enroll-listen", "127.0.0.1:0"],
+            [
+                exe("kms-server"),
+                "run",
+                "--data-dir",
+                str(tmpdir_short / "b"),
+                "--listen",
+                server.address,
+                "--enroll-listen",
+                "127.0.0.1:0",
+            ],
         )
         assert_one_line_error(result, 6, "cannot listen on", "--listen")
     finally:

@@ -13,8 +13,16 @@ from kms.durations import format_duration, parse_duration
 
 @pytest.mark.parametrize(
     "cls",
-    [errors.InvalidArgument, errors.Unauthenticated, errors.PermissionDenied, errors.NotFound,
-     errors.FailedPrecondition, errors.ResourceExhausted, errors.Unavailable, errors.AlreadyExists],
+    [
+        errors.InvalidArgument,
+        errors.Unauthenticated,
+        errors.PermissionDenied,
+        errors.NotFound,
+        errors.FailedPrecondition,
+        errors.ResourceExhausted,
+        errors.Unavailable,
+        errors.AlreadyExists,
+    ],
 )
 def test_status_round_trip(cls: type[errors.KmsError]) -> None:
     back = errors.error_for_status(cls.code, "what to do")

@@ -39,7 +39,11 @@ def test_spiffe_round_trip() -> None:
     uri = agent_spiffe_id("example.org", "web-1")
     assert uri == "spiffe://example.org/agent/web-1"
     assert parse_agent_spiffe_id(uri, "example.org") == "web-1"
-    for bad in ("spiffe://other.org/agent/web-1", "spiffe://example.org/server/x", "spiffe://example.org/agent/a/b"):
+    for bad in (
+        "spiffe://other.org/agent/web-1",
+        "spiffe://example.org/server/x",
+        "spiffe://example.org/agent/a/b",
+    ):
         with pytest.raises(InvalidArgument):
             parse_agent_spiffe_id(bad, "example.org")
 

@@ -20,10 +20,12 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 @pytest.fixture(scope="module")
 def pki(rsa_key: rsa.RSAPrivateKey) -> tuple[x509.Certificate, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    ca = profile.ca_builder(key.public_key(), "example.org", 1 << 70, NOW, timedelta(days=10)).sign(key, hashes.SHA256())
-    leaf = profile.agent_builder(rsa_key.public_key(), ca, "example.org", "web-1", 1 << 71, NOW, timedelta(hours=1)).sign(
+    ca = profile.ca_builder(key.public_key(), "example.org", 1 << 70, NOW, timedelta(days=10)).sign(
         key, hashes.SHA256()
     )
+    leaf = profile.agent_builder(
+        rsa_key.public_key(), ca, "example.org", "web-1", 1 << 71, NOW, timedelta(hours=1)
+    ).sign(key, hashes.SHA256())
     return ca, leaf
 
 

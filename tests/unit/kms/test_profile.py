@@ -31,7 +31,9 @@ def ca(ca_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     )
 
 
-def _agent(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, key: rsa.RSAPrivateKey) -> x509.Certificate:
+def _agent(
+    ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, key: rsa.RSAPrivateKey
+) -> x509.Certificate:
     return profile.agent_builder(key.public_key(), ca, "example.org", "web-1", SERIAL + 1, NOW, TTL).sign(
         ca_key, hashes.SHA256()
     )
@@ -44,7 +46,9 @@ def test_ca_template(ca: x509.Certificate) -> None:
     profile.check_ca_certificate(ca, timedelta(days=3650))
 
 
-def test_agent_template(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey) -> None:
+def test_agent_template(
+    ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey
+) -> None:
     cert = _agent(ca, ca_key, rsa_key)
     assert cert.not_valid_before_utc == NOW - profile.BACKDATE
     assert cert.not_valid_after_utc == NOW + TTL
@@ -59,7 +63,9 @@ def test_agent_template(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
     assert_is_agent_cert(live, ca, name="web-1", trust_domain="example.org", public_key=rsa_key.public_key())
 
 
-def test_lifetime_is_capped_by_the_ca(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey) -> None:
+def test_lifetime_is_capped_by_the_ca(
+    ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey
+) -> None:
     late = ca.not_valid_after_utc - timedelta(hours=1)
     cert = profile.agent_builder(rsa_key.public_key(), ca, "example.org", "web-1", SERIAL, late, TTL).sign(
         ca_key, hashes.SHA256()
@@ -73,7 +79,17 @@ def test_bad_serials_are_refused(ca: x509.Certificate, rsa_key: rsa.RSAPrivateKe
         profile.agent_builder(rsa_key.public_key(), ca, "example.org", "web-1", serial, NOW, TTL)
 
 
-def _defective(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, key: rsa.RSAPrivateKey, mutate: Callable[[x509.CertificateBuilder], x509.CertificateBuilder], *, skip: str | None = None, serial: int = SERIAL + 1, ttl: timedelta = TTL, signer: ec.EllipticCurvePrivateKey | None = None) -> x509.Certificate:
+def _defective(
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    key: rsa.RSAPrivateKey,
+    mutate: Callable[[x509.CertificateBuilder], x509.CertificateBuilder],
+    *,
+    skip: str | None = None,
+    serial: int = SERIAL + 1,
+    ttl: timedelta = TTL,
+    signer: ec.EllipticCurvePrivateKey | None = None,
+) -> x509.Certificate:
     """Rebuilds the agent template with one defect."""
     b = (
         x509.CertificateBuilder()
@@ -90,7 +106,10 @@ def _defective(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, key: rs
         "bc": (x509.BasicConstraints(ca=False, path_length=None), True),
         "ku": (x509.KeyUsage(True, False, True, False, False, False, False, False, False), True),
         "eku": (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
-        "san": (x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://example.org/agent/web-1")]), False),
+        "san": (
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://example.org/agent/web-1")]),
+            False,
+        ),
         "aki": (x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), False),
     }
     for name, (ext, critical) in parts.items():
@@ -114,12 +133,20 @@ def _same(b: x509.CertificateBuilder) -> x509.CertificateBuilder:
         pytest.param({"skip": "ski"}, id="no-ski"),
         pytest.param({"ttl": TTL * 2}, id="lifetime-too-long"),
         pytest.param({"serial": 12345}, id="serial-too-short"),
-        pytest.param({"mutate": lambda b: b.add_extension(x509.OCSPNoCheck(), critical=False)}, id="extra-extension"),
+        pytest.param(
+            {"mutate": lambda b: b.add_extension(x509.OCSPNoCheck(), critical=False)}, id="extra-extension"
+        ),
         pytest.param({"signer": "other"}, id="signed-by-another-key"),
         pytest.param({"key": "other"}, id="key-not-the-requested-one"),
     ],
 )
-def test_check_agent_certificate_catches(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey, other_rsa_key: rsa.RSAPrivateKey, defect: dict) -> None:  # type: ignore[type-arg]
+def test_check_agent_certificate_catches(
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    rsa_key: rsa.RSAPrivateKey,
+    other_rsa_key: rsa.RSAPrivateKey,
+    defect: dict,
+) -> None:  # type: ignore[type-arg]
     defect = dict(defect)
     mutate = defect.pop("mutate", _same)
     if defect.pop("signer", None):
@@ -132,7 +159,9 @@ def test_check_agent_certificate_catches(ca: x509.Certificate, ca_key: ec.Ellipt
         )
 
 
-def test_check_agent_certificate_accepts_the_undamaged_rebuild(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey) -> None:
+def test_check_agent_certificate_accepts_the_undamaged_rebuild(
+    ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey
+) -> None:
     # The defect table above is meaningful only if the same builder without a defect passes.
     cert = _defective(ca, ca_key, rsa_key, _same)
     profile.check_agent_certificate(
@@ -141,7 +170,13 @@ def test_check_agent_certificate_accepts_the_undamaged_rebuild(ca: x509.Certific
 
 
 @pytest.mark.parametrize("name, trust_domain", [("web-2", "example.org"), ("web-1", "other.org")])
-def test_check_agent_certificate_catches_wrong_identity(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey, name: str, trust_domain: str) -> None:
+def test_check_agent_certificate_catches_wrong_identity(
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    rsa_key: rsa.RSAPrivateKey,
+    name: str,
+    trust_domain: str,
+) -> None:
     cert = _agent(ca, ca_key, rsa_key)
     with pytest.raises(profile.ProfileError):
         profile.check_agent_certificate(

@@ -39,8 +39,14 @@ def test_repr_never_shows_the_secret() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "abc", "0001020304050607", "0001020304050607.short", "XYZ1020304050607.AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
-     "0001020304050607.AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8x"],
+    [
+        "",
+        "abc",
+        "0001020304050607",
+        "0001020304050607.short",
+        "XYZ1020304050607.AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+        "0001020304050607.AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8x",
+    ],
 )
 def test_malformed(text: str) -> None:
     with pytest.raises(InvalidArgument):

@@ -39,7 +39,11 @@ def test_method_missing_from_table_is_refused(tmp_path: Path) -> None:
 
         server = grpc.aio.server(interceptors=[AuthInterceptor(Listener.ADMIN)])
         server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler("kms.v1.Test", {"Unlisted": grpc.unary_unary_rpc_method_handler(unlisted)})]
+            [
+                grpc.method_handlers_generic_handler(
+                    "kms.v1.Test", {"Unlisted": grpc.unary_unary_rpc_method_handler(unlisted)}
+                )
+            ]
         )
         sock = tmp_path / "t.sock"
         server.add_secure_port(f"unix:{sock}", grpc.local_server_credentials(grpc.LocalConnectionType.UDS))

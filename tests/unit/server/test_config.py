@@ -21,8 +21,13 @@ def test_defaults() -> None:
 
 
 def test_flags_beat_environment_beat_defaults() -> None:
-    env = {"KMS_LISTEN": "0.0.0.0:9000", "KMS_CERT_TTL": "12h", "KMS_SAN": "kms.example.org, 10.0.0.1",
-           "KMS_CA_KEY_TYPE": "rsa-3072", "KMS_DATA_DIR": "/srv/kms"}
+    env = {
+        "KMS_LISTEN": "0.0.0.0:9000",
+        "KMS_CERT_TTL": "12h",
+        "KMS_SAN": "kms.example.org, 10.0.0.1",
+        "KMS_CA_KEY_TYPE": "rsa-3072",
+        "KMS_DATA_DIR": "/srv/kms",
+    }
     cfg = ServerConfig.load({"cert_ttl": "6h"}, env=env)
     assert cfg.listen == "0.0.0.0:9000" and cfg.enroll_listen == "0.0.0.0:9001"
     assert cfg.cert_ttl == timedelta(hours=6)

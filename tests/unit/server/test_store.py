@@ -59,7 +59,9 @@ def test_enroll_consumes_token_once_even_when_racing(tmp_path: Path) -> None:
         pytest.param("00" * 8, b"h" * 32, NOW + 1, "web-2", id="other-name"),
     ],
 )
-def test_enroll_refusals_write_nothing(tmp_path: Path, token_id: str, secret_hash: bytes, now: int, name: str) -> None:
+def test_enroll_refusals_write_nothing(
+    tmp_path: Path, token_id: str, secret_hash: bytes, now: int, name: str
+) -> None:
     async def body() -> None:
         store = await SqliteStore.open(tmp_path / "kms.db")
         await store.add_join_token(_token())
