@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.client import DEFAULT_TIMEOUT, KmsClient
-from agent.enroll import enroll, split_hostport
+from agent.enroll import enroll
 from agent.state import StateDir, default_state_dir
+from kms.addresses import join_hostport, parse_hostport
 from kms.cli import ArgumentParser, print_json, run_main
 from kms.errors import AlreadyExists, InvalidArgument
 
@@ -24,9 +25,8 @@ def _state(args: argparse.Namespace) -> StateDir:
 def _default_enroll_server(server: str) -> str:
     # Convention shared with kms-server: enrollment listens on the API port + 1
     # unless told otherwise (docs/adr/0001-enrollment-listener.md).
-    host, port = split_hostport(server, "--server")
-    host = f"[{host}]" if ":" in host else host
-    return f"{host}:{port + 1}"
+    host, port = parse_hostport(server, what="--server")
+    return join_hostport(host, port + 1)
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:

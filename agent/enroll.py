@@ -11,20 +11,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from agent.bootstrap import pin_ca
 from agent.client import KmsClient
 from agent.state import AgentIdentity, AgentSettings
+from kms.addresses import parse_hostport
 from kms.csr import ALLOWED_RSA_BITS
 from kms.errors import InvalidArgument, Unauthenticated
 from kms.identity import fingerprint, fingerprint_matches, parse_fingerprint
 from kms.policy import AgentIdentity as AgentIdentityPolicy
 from kms.policy import AllOf, CertificateRejected, ChainsTo, ClientAuth
 
-__all__ = ["enroll", "split_hostport"]
-
-
-def split_hostport(address: str, what: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidArgument(f"{what} {address!r} must be HOST:PORT")
-    return host.strip("[]"), int(port)
+__all__ = ["enroll"]
 
 
 def _pem_bundle(pem: str) -> list[x509.Certificate]:
@@ -45,8 +39,8 @@ def enroll(
     pinned = parse_fingerprint(ca_fingerprint)
     if key_size not in ALLOWED_RSA_BITS:
         raise InvalidArgument("--key-size must be 2048, 3072 or 4096")
-    split_hostport(server, "--server")
-    host, port = split_hostport(enroll_server, "--enroll-server")
+    parse_hostport(server, what="--server")
+    host, port = parse_hostport(enroll_server, what="--enroll-server")
     ca = pin_ca(host, port, pinned, timeout)
     ca_pem = ca.public_bytes(serialization.Encoding.PEM)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from kms.addresses import join_hostport
 from kms.errors import FailedPrecondition
 from kms.v1 import admin_pb2_grpc, enrollment_pb2_grpc, identity_pb2_grpc
 from server.agents import AgentDirectory
@@ -27,7 +28,7 @@ from server.config import ServerConfig
 from server.datadir import DataDir, DataDirError
 from server.enrollment import EnrollmentService
 from server.servicers import AdminServicer, EnrollmentServicer, IdentityServicer
-from server.store import SqliteStore
+from server.store import SqliteStore, Store
 
 __all__ = ["App", "create_server", "serve"]
 
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 class App:
     config: ServerConfig
     datadir: DataDir
-    store: SqliteStore
+    store: Store
     ca: CertificateAuthority
     api: grpc.aio.Server
     admin: grpc.aio.Server
@@ -47,13 +48,11 @@ class App:
 
     @property
     def address(self) -> str:
-        host = self.config.listen_host
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return join_hostport(self.config.listen_host, self.port)
 
     @property
     def enroll_address(self) -> str:
-        host = self.config.enroll_host
-        return f"[{host}]:{self.enroll_port}" if ":" in host else f"{host}:{self.enroll_port}"
+        return join_hostport(self.config.enroll_host, self.enroll_port)
 
     def ready_line(self) -> str:
         return (

@@ -36,6 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "ca_key_type": args.ca_key_type,
         "cert_ttl": args.cert_ttl,
         "token_ttl": args.token_ttl,
+        "ca_ttl": args.ca_ttl,
+        "shutdown_grace": args.shutdown_grace,
     }
     cfg = ServerConfig.load(flags)
     asyncio.run(serve(cfg))
@@ -134,6 +136,11 @@ def build_parser() -> ArgumentParser:
         "--cert-ttl", help="agent certificate lifetime, e.g. 24h (env KMS_CERT_TTL; default 24h)"
     )
     run.add_argument("--token-ttl", help="default join token lifetime (env KMS_TOKEN_TTL; default 15m)")
+    run.add_argument("--ca-ttl", help="CA lifetime, used at init (env KMS_CA_TTL; default 3650d)")
+    run.add_argument(
+        "--shutdown-grace",
+        help="how long in-flight calls may finish after SIGTERM (env KMS_SHUTDOWN_GRACE; 5s)",
+    )
     run.set_defaults(func=cmd_run)
 
     token = sub.add_parser("token", help="join tokens").add_subparsers(

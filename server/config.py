@@ -14,16 +14,12 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 
+from kms.addresses import join_hostport, parse_hostport
 from kms.durations import parse_duration
 from kms.errors import InvalidArgument
 from kms.identity import validate_trust_domain
 
-__all__ = [
-    "CAKeyType",
-    "ServerConfig",
-    "default_data_dir",
-    "parse_hostport",
-]
+__all__ = ["CAKeyType", "ServerConfig", "default_data_dir"]
 
 MiB = 1024 * 1024
 
@@ -45,18 +41,6 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     home = Path(env["HOME"]) if env.get("HOME") else Path.home()
     base = env.get("XDG_DATA_HOME") or str(home / ".local" / "share")
     return Path(base) / "seed-kms"
-
-
-def parse_hostport(text: str, *, what: str) -> tuple[str, int]:
-    """Splits HOST:PORT (IPv6 as [::1]:PORT). Raises InvalidArgument naming the setting."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise InvalidArgument(f"{what} {text!r} must be HOST:PORT, like 127.0.0.1:8443")
-    return host.strip("[]"), int(port)
-
-
-def _join_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -81,11 +65,11 @@ class ServerConfig:
 
     @property
     def listen(self) -> str:
-        return _join_hostport(self.listen_host, self.listen_port)
+        return join_hostport(self.listen_host, self.listen_port)
 
     @property
     def enroll_listen(self) -> str:
-        return _join_hostport(self.enroll_host, self.enroll_port)
+        return join_hostport(self.enroll_host, self.enroll_port)
 
     @property
     def admin_socket(self) -> Path:
@@ -112,12 +96,14 @@ class ServerConfig:
             return parse_duration(pick(name, default) or default, what=f"--{name.replace('_', '-')}")
 
         data_dir = Path(pick("data_dir", None) or default_data_dir(env))
-        listen_host, listen_port = parse_hostport(pick("listen", "127.0.0.1:8443") or "", what="--listen")
+        listen_host, listen_port = parse_hostport(
+            pick("listen", "127.0.0.1:8443") or "", what="--listen", allow_zero=True
+        )
         # The enrollment listener defaults to the next port (or a free one when
         # --listen asks for port 0); see docs/adr/0001-enrollment-listener.md.
-        default_enroll = _join_hostport(listen_host, listen_port + 1 if listen_port else 0)
+        default_enroll = join_hostport(listen_host, listen_port + 1 if listen_port else 0)
         enroll_host, enroll_port = parse_hostport(
-            pick("enroll_listen", default_enroll) or "", what="--enroll-listen"
+            pick("enroll_listen", default_enroll) or "", what="--enroll-listen", allow_zero=True
         )
 
         san_flag = flags.get("san")

@@ -11,7 +11,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.harness import ServerProcess, agent, enroll, short_tmpdir
+from tests.harness import ServerProcess, agent, enroll, short_tmpdir, snapshot
 
 
 def _mode(path: Path) -> int:
@@ -27,6 +27,20 @@ def test_enroll_two_agents_status_list_and_restart() -> None:
         assert fingerprint.startswith("sha256:") and len(fingerprint) == 7 + 64
         assert server.fields["admin-socket"] == str(data / "admin.sock")
         assert server.admin("ca", "fingerprint").stdout.strip() == fingerprint
+
+        # Tokens: --json shows what the token is bound to; the store keeps only a hash.
+        issued = json.loads(
+            server.admin("token", "create", "--name", "spare", "--group", "x", "--json").stdout
+        )
+        assert set(issued) == {"token", "token_id", "name", "groups", "expires_at"}
+        assert (issued["name"], issued["groups"]) == ("spare", ["x"])
+        token_id, secret = issued["token"].split(".")
+        assert token_id == issued["token_id"] and len(secret) == 43  # 256 random bits
+        rows = snapshot(server.db)["join_tokens"]
+        assert any(r[0] == token_id for r in rows)
+        assert secret not in repr(rows)
+        for path in data.glob("kms.db*"):
+            assert secret.encode() not in path.read_bytes()
 
         web, db = root / "web-1", root / "db-1"
         result = enroll(server, web, server.token("web-1", "web", "frontend"))
