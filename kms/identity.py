@@ -16,6 +16,7 @@ __all__ = [
     "parse_agent_spiffe_id",
     "parse_fingerprint",
     "validate_agent_name",
+    "validate_key_name",
     "validate_group",
     "validate_trust_domain",
 ]
@@ -26,6 +27,8 @@ MAX_GROUPS = 32
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
 # SPIFFE trust domain: lowercase letters, digits, dots, dashes, underscores.
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,253}[a-z0-9])?$")
+# Key names travel in envelope headers (at most 255 bytes) and file names.
+_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -46,6 +49,15 @@ def validate_group(group: str) -> str:
             f"group {group!r} is invalid: use 1-63 lowercase letters, digits, '.', '-' or '_'"
         )
     return group
+
+
+def validate_key_name(name: str) -> str:
+    """Returns name if it is a valid key name, else raises InvalidArgument."""
+    if not _KEY_NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"key name {name!r} is invalid: use 1-128 letters, digits, '.', '-' or '_', starting with a letter or digit"
+        )
+    return name
 
 
 def validate_trust_domain(trust_domain: str) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms.errors import Unauthenticated
 from kms.identity import agent_spiffe_id
@@ -32,6 +33,8 @@ class Caller:
     spiffe_id: str
     not_before: datetime
     not_after: datetime
+    # The calling certificate's key: keys are wrapped for it (parsed once, cached).
+    public_key: rsa.RSAPublicKey
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class _Checked:
     serial: str
     not_before: datetime
     not_after: datetime
+    public_key: rsa.RSAPublicKey
 
 
 class PeerAuthenticator:
@@ -63,11 +67,15 @@ class PeerAuthenticator:
         except ValueError:
             raise Unauthenticated("client certificate does not parse: enroll again") from None
         self._policy.verify(cert, now)
+        public_key = cert.public_key()
+        if not isinstance(public_key, rsa.RSAPublicKey):
+            raise Unauthenticated("client certificate key is not RSA: enroll again")
         checked = _Checked(
             agent_name_of(cert, self._trust_domain),
             format(cert.serial_number, "x"),
             cert.not_valid_before_utc,
             cert.not_valid_after_utc,
+            public_key,
         )
         self._cache[pem] = checked
         if len(self._cache) > self._cache_size:
@@ -100,4 +108,5 @@ class PeerAuthenticator:
             agent_spiffe_id(self._trust_domain, checked.name),
             checked.not_before,
             checked.not_after,
+            checked.public_key,
         )

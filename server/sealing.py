@@ -12,7 +12,7 @@ import os
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["MASTER_KEY_BYTES", "SealError", "open_sealed", "seal", "seal_with_nonce"]
+__all__ = ["MASTER_KEY_BYTES", "SealError", "Sealer", "open_sealed", "seal", "seal_with_nonce"]
 
 MASTER_KEY_BYTES = 32
 _VERSION = 1
@@ -52,3 +52,20 @@ def open_sealed(master_key: bytes, slot: str, blob: bytes) -> bytes:
         return aead.decrypt(blob[1 : 1 + _NONCE], blob[1 + _NONCE :], _AD_PREFIX + slot.encode())
     except InvalidTag:
         raise SealError("sealed data does not open with this master key") from None
+
+
+class Sealer:
+    """Holds the master key for the server's lifetime and seals secrets into named slots."""
+
+    def __init__(self, master_key: bytes) -> None:
+        _check_key(master_key)
+        self._master_key = master_key
+
+    def seal(self, slot: str, plaintext: bytes) -> bytes:
+        return seal(self._master_key, slot, plaintext)
+
+    def open(self, slot: str, blob: bytes) -> bytes:
+        return open_sealed(self._master_key, slot, blob)
+
+    def __repr__(self) -> str:
+        return "Sealer(<master key redacted>)"

@@ -3,10 +3,23 @@
 from server.store.base import (
     AgentRecord,
     CertificateRecord,
+    Grant,
     JoinTokenRecord,
+    KeyRecord,
+    KeyVersionRecord,
     Store,
     StoreError,
 )
 from server.store.sqlite import SqliteStore
 
-__all__ = ["AgentRecord", "CertificateRecord", "JoinTokenRecord", "SqliteStore", "Store", "StoreError"]
+__all__ = [
+    "AgentRecord",
+    "CertificateRecord",
+    "Grant",
+    "JoinTokenRecord",
+    "KeyRecord",
+    "KeyVersionRecord",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+]

@@ -5,12 +5,23 @@ Every method that writes is durable when it returns. Times are Unix seconds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from kms.errors import FailedPrecondition
 
-__all__ = ["AgentRecord", "CertificateRecord", "JoinTokenRecord", "Store", "StoreError"]
+__all__ = [
+    "AgentRecord",
+    "CertificateRecord",
+    "Grant",
+    "JoinTokenRecord",
+    "KeyRecord",
+    "KeyVersionRecord",
+    "SealFn",
+    "Store",
+    "StoreError",
+]
 
 
 class StoreError(FailedPrecondition):
@@ -48,6 +59,39 @@ class AgentRecord:
     latest: CertificateRecord
 
 
+@dataclass(frozen=True)
+class Grant:
+    kind: str  # "agent" or "group"
+    grantee: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.grantee}"
+
+
+@dataclass(frozen=True)
+class KeyVersionRecord:
+    key_name: str
+    version: int
+    state: str  # KMIP: active, deactivated, compromised, destroyed, destroyed_compromised
+    created_at: int
+    state_changed_at: int
+    # Only returned by fetch_key_version; never by listings.
+    sealed_material: bytes | None = None
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    name: str
+    current_version: int
+    created_at: int
+    versions: tuple[KeyVersionRecord, ...]
+    grants: tuple[Grant, ...]
+
+
+# Seals fresh material for a version number the store has just allocated.
+SealFn = Callable[[int], bytes]
+
+
 class Store(Protocol):
     async def close(self) -> None: ...
 
@@ -77,3 +121,33 @@ class Store(Protocol):
         ...
 
     async def list_agents(self) -> list[AgentRecord]: ...
+
+    async def create_key(self, name: str, now: int, seal: SealFn, grants: list[Grant]) -> KeyRecord:
+        """Creates key name with version 1. Raises AlreadyExists."""
+        ...
+
+    async def rotate_key(self, name: str, now: int, seal: SealFn) -> KeyRecord:
+        """Adds a new current version; the old current one becomes deactivated. Raises NotFound."""
+        ...
+
+    async def grant_key(self, name: str, grant: Grant, now: int) -> KeyRecord: ...
+
+    async def ungrant_key(self, name: str, grant: Grant) -> KeyRecord: ...
+
+    async def list_keys(self) -> list[KeyRecord]: ...
+
+    async def destroy_key_version(self, name: str, version: int, now: int) -> KeyRecord:
+        """Erases the material of a non-current version for good. Raises NotFound, FailedPrecondition."""
+        ...
+
+    async def release_key_version(
+        self, name: str, version: int | None, agent: str, groups: tuple[str, ...], serial: str, now: int
+    ) -> KeyVersionRecord:
+        """Checks the grant, then returns the version (with sealed material) and logs the release.
+
+        Raises:
+            PermissionDenied: no grant for agent or its groups (also when the key does not exist).
+            NotFound: no such version.
+            FailedPrecondition: the version was destroyed.
+        """
+        ...

@@ -47,4 +47,39 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX certificates_by_agent ON certificates(agent_name, issued_at)",
     ],
+    # 2: named AES keys with versions, grants and the release log.
+    [
+        """CREATE TABLE keys (
+            name TEXT PRIMARY KEY,
+            current_version INTEGER NOT NULL,
+            created_at INTEGER NOT NULL
+        )""",
+        """CREATE TABLE key_versions (
+            key_name TEXT NOT NULL REFERENCES keys(name),
+            version INTEGER NOT NULL CHECK (version > 0),
+            state TEXT NOT NULL
+                CHECK (state IN ('active', 'deactivated', 'compromised', 'destroyed', 'destroyed_compromised')),
+            sealed_material BLOB,
+            created_at INTEGER NOT NULL,
+            state_changed_at INTEGER NOT NULL,
+            PRIMARY KEY (key_name, version),
+            CHECK ((state LIKE 'destroyed%') = (sealed_material IS NULL))
+        )""",
+        """CREATE TABLE key_grants (
+            key_name TEXT NOT NULL REFERENCES keys(name),
+            kind TEXT NOT NULL CHECK (kind IN ('agent', 'group')),
+            grantee TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (key_name, kind, grantee)
+        )""",
+        """CREATE TABLE key_releases (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key_name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            agent_name TEXT NOT NULL,
+            cert_serial TEXT NOT NULL,
+            released_at INTEGER NOT NULL
+        )""",
+        "CREATE INDEX key_releases_by_key ON key_releases(key_name, version)",
+    ],
 ]

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from server.store.base import AgentRecord, CertificateRecord, JoinTokenRecord, StoreError
 from server.store.migrations import MIGRATIONS
+from server.store.sqlite_keys import SqliteKeys
 
 __all__ = ["SqliteStore"]
 
@@ -26,7 +27,7 @@ T = TypeVar("T")
 _CERT_COLUMNS = "c.serial, c.agent_name, c.not_before, c.not_after, c.der, c.issued_at, c.token_id"
 
 
-class SqliteStore:
+class SqliteStore(SqliteKeys):
     def __init__(self, path: Path) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
@@ -73,6 +74,8 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=5000")
+            # Destroyed key material must not linger in free pages.
+            conn.execute("PRAGMA secure_delete=ON")
             self._migrate()
             row = conn.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":

@@ -1,0 +1,124 @@
+"""The key distributor: named AES-256 keys with versions, grants, and wrapped release.
+
+Material is drawn from the OS CSPRNG, sealed under the master key in a slot
+named for its key and version (so a ciphertext moved to another row does not
+open), and leaves the server only wrapped for the certificate that asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from kms.errors import InvalidArgument
+from kms.identity import validate_agent_name, validate_group, validate_key_name
+from kms.wrap import KEY_BYTES, wrap
+from server.authn import Caller
+from server.clock import Clock
+from server.sealing import Sealer
+from server.store import Grant, KeyRecord, KeyVersionRecord, Store
+from server.store.base import SealFn
+
+__all__ = ["FetchedKey", "KeyService", "MAX_VERSION", "parse_grant"]
+
+logger = logging.getLogger(__name__)
+
+MAX_VERSION = 2**31 - 1
+
+
+def parse_grant(text: str) -> Grant:
+    """Parses ``agent:NAME`` or ``group:NAME``. Raises InvalidArgument."""
+    kind, sep, name = text.partition(":")
+    if not sep or kind not in ("agent", "group"):
+        raise InvalidArgument(f"grant {text!r} must be agent:NAME or group:NAME")
+    (validate_agent_name if kind == "agent" else validate_group)(name)
+    return Grant(kind, name)
+
+
+def _slot(name: str, version: int) -> str:
+    return f"aes-key/{name}/{version}"
+
+
+@dataclass(frozen=True)
+class FetchedKey:
+    version: KeyVersionRecord
+    wrapped: bytes
+
+
+class KeyService:
+    def __init__(self, store: Store, sealer: Sealer, clock: Clock) -> None:
+        self._store = store
+        self._sealer = sealer
+        self._clock = clock
+
+    def _now(self) -> int:
+        return int(self._clock().timestamp())
+
+    def _sealer_for(self, name: str) -> SealFn:
+        def seal(version: int) -> bytes:
+            return self._sealer.seal(_slot(name, version), os.urandom(KEY_BYTES))
+
+        return seal
+
+    async def create(self, name: str, grants: list[str]) -> KeyRecord:
+        validate_key_name(name)
+        parsed = [parse_grant(g) for g in grants]
+        record = await self._store.create_key(name, self._now(), self._sealer_for(name), parsed)
+        logger.info("key created", extra={"key": name, "grants": ",".join(map(str, parsed))})
+        return record
+
+    async def rotate(self, name: str) -> KeyRecord:
+        record = await self._store.rotate_key(validate_key_name(name), self._now(), self._sealer_for(name))
+        logger.info("key rotated", extra={"key": name, "version": record.current_version})
+        return record
+
+    async def grant(self, name: str, grant: str) -> KeyRecord:
+        parsed = parse_grant(grant)
+        record = await self._store.grant_key(validate_key_name(name), parsed, self._now())
+        logger.info("key granted", extra={"key": name, "grant": str(parsed)})
+        return record
+
+    async def ungrant(self, name: str, grant: str) -> KeyRecord:
+        parsed = parse_grant(grant)
+        record = await self._store.ungrant_key(validate_key_name(name), parsed)
+        logger.info("key ungranted", extra={"key": name, "grant": str(parsed)})
+        return record
+
+    async def list(self) -> list[KeyRecord]:
+        return await self._store.list_keys()
+
+    async def destroy(self, name: str, version: int) -> KeyRecord:
+        _check_version(version, allow_current=False)
+        record = await self._store.destroy_key_version(validate_key_name(name), version, self._now())
+        logger.info("key version destroyed", extra={"key": name, "version": version})
+        return record
+
+    async def fetch(self, caller: Caller, name: str, version: int) -> FetchedKey:
+        """Releases one version (0: the current one) wrapped for the calling certificate.
+
+        Raises:
+            InvalidArgument: bad name or version.
+            PermissionDenied: not granted to the caller or its groups (or no such key).
+            NotFound: no such version. FailedPrecondition: destroyed.
+        """
+        validate_key_name(name)
+        _check_version(version, allow_current=True)
+        record = await self._store.release_key_version(
+            name, version or None, caller.name, caller.groups, caller.serial, self._now()
+        )
+        assert record.sealed_material is not None
+        material = self._sealer.open(_slot(name, record.version), record.sealed_material)
+        wrapped = wrap(caller.public_key, material, name, record.version, caller.serial)
+        logger.info(
+            "key released",
+            extra={"key": name, "version": record.version, "agent": caller.name, "serial": caller.serial},
+        )
+        return FetchedKey(record, wrapped)
+
+
+def _check_version(version: int, *, allow_current: bool) -> None:
+    lowest = 0 if allow_current else 1
+    if not lowest <= version <= MAX_VERSION:
+        what = "0 (current) or a positive version" if allow_current else "a positive version"
+        raise InvalidArgument(f"version {version} is out of range: use {what} up to {MAX_VERSION}")

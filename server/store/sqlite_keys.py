@@ -1,0 +1,194 @@
+"""Key tables of the SQLite store: versions, grants and the release log."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from kms.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
+from server.store.base import Grant, KeyRecord, KeyVersionRecord, SealFn
+
+__all__ = ["SqliteKeys"]
+
+T = TypeVar("T")
+
+_VERSION_COLUMNS = "key_name, version, state, created_at, state_changed_at"
+
+
+def _not_granted(name: str) -> PermissionDenied:
+    # Same words whether or not the key exists: no oracle for key names.
+    return PermissionDenied(
+        f"this agent is not granted key {name!r} (or it does not exist): ask the administrator"
+    )
+
+
+class SqliteKeys:
+    """Mixed into SqliteStore; uses its worker thread and connection."""
+
+    _run: Callable[..., Awaitable[Any]]
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+            db.execute("COMMIT")
+            return result
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _key(self, db: sqlite3.Connection, name: str) -> KeyRecord:
+        row = db.execute(
+            "SELECT name, current_version, created_at FROM keys WHERE name=?", (name,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no key named {name!r}: see kms-server key list")
+        versions = tuple(
+            KeyVersionRecord(*r)
+            for r in db.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM key_versions WHERE key_name=? ORDER BY version",  # noqa: S608
+                (name,),
+            )
+        )
+        grants = tuple(
+            Grant(k, g)
+            for k, g in db.execute(
+                "SELECT kind, grantee FROM key_grants WHERE key_name=? ORDER BY kind, grantee", (name,)
+            )
+        )
+        return KeyRecord(row[0], row[1], row[2], versions, grants)
+
+    async def create_key(self, name: str, now: int, seal: SealFn, grants: list[Grant]) -> KeyRecord:
+        def q(db: sqlite3.Connection) -> KeyRecord:
+            if db.execute("SELECT 1 FROM keys WHERE name=?", (name,)).fetchone():
+                raise AlreadyExists(f"key {name!r} already exists: use kms-server key rotate")
+            db.execute("INSERT INTO keys(name, current_version, created_at) VALUES (?, 1, ?)", (name, now))
+            db.execute(
+                "INSERT INTO key_versions VALUES (?, 1, 'active', ?, ?, ?)",
+                (name, seal(1), now, now),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO key_grants VALUES (?, ?, ?, ?)",
+                [(name, g.kind, g.grantee, now) for g in grants],
+            )
+            return self._key(db, name)
+
+        return await self._run(self._tx, q)  # type: ignore[no-any-return]
+
+    async def rotate_key(self, name: str, now: int, seal: SealFn) -> KeyRecord:
+        def q(db: sqlite3.Connection) -> KeyRecord:
+            current = self._key(db, name).current_version
+            new = current + 1
+            # KMIP: a rotated-out version is Deactivated (decrypt only), unless already worse.
+            db.execute(
+                "UPDATE key_versions SET state='deactivated', state_changed_at=?"
+                " WHERE key_name=? AND version=? AND state='active'",
+                (now, name, current),
+            )
+            db.execute(
+                "INSERT INTO key_versions VALUES (?, ?, 'active', ?, ?, ?)", (name, new, seal(new), now, now)
+            )
+            db.execute("UPDATE keys SET current_version=? WHERE name=?", (new, name))
+            return self._key(db, name)
+
+        return await self._run(self._tx, q)  # type: ignore[no-any-return]
+
+    async def grant_key(self, name: str, grant: Grant, now: int) -> KeyRecord:
+        def q(db: sqlite3.Connection) -> KeyRecord:
+            self._key(db, name)
+            db.execute(
+                "INSERT OR IGNORE INTO key_grants VALUES (?, ?, ?, ?)", (name, grant.kind, grant.grantee, now)
+            )
+            return self._key(db, name)
+
+        return await self._run(self._tx, q)  # type: ignore[no-any-return]
+
+    async def ungrant_key(self, name: str, grant: Grant) -> KeyRecord:
+        def q(db: sqlite3.Connection) -> KeyRecord:
+            self._key(db, name)
+            removed = db.execute(
+                "DELETE FROM key_grants WHERE key_name=? AND kind=? AND grantee=?",
+                (name, grant.kind, grant.grantee),
+            ).rowcount
+            if not removed:
+                raise NotFound(f"key {name!r} has no grant {grant}")
+            return self._key(db, name)
+
+        return await self._run(self._tx, q)  # type: ignore[no-any-return]
+
+    async def list_keys(self) -> list[KeyRecord]:
+        def q() -> list[KeyRecord]:
+            names = [r[0] for r in self._db.execute("SELECT name FROM keys ORDER BY name")]
+            return [self._key(self._db, n) for n in names]
+
+        return await self._run(q)  # type: ignore[no-any-return]
+
+    async def destroy_key_version(self, name: str, version: int, now: int) -> KeyRecord:
+        def q(db: sqlite3.Connection) -> KeyRecord:
+            key = self._key(db, name)
+            found = [v for v in key.versions if v.version == version]
+            if not found:
+                raise NotFound(f"key {name!r} has no version {version}")
+            if version == key.current_version:
+                raise FailedPrecondition(
+                    f"version {version} is the current version of {name!r}: rotate the key first, then destroy it"
+                )
+            state = found[0].state
+            if not state.startswith("destroyed"):
+                new_state = "destroyed_compromised" if state == "compromised" else "destroyed"
+                db.execute(
+                    "UPDATE key_versions SET state=?, sealed_material=NULL, state_changed_at=?"
+                    " WHERE key_name=? AND version=?",
+                    (new_state, now, name, version),
+                )
+            return self._key(db, name)
+
+        def run() -> KeyRecord:
+            record = self._tx(q)
+            # secure_delete zeroed the old pages in the database file; move the
+            # WAL's copy into it and truncate the WAL so no copy survives there.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return record
+
+        return await self._run(run)  # type: ignore[no-any-return]
+
+    async def release_key_version(
+        self, name: str, version: int | None, agent: str, groups: tuple[str, ...], serial: str, now: int
+    ) -> KeyVersionRecord:
+        def q(db: sqlite3.Connection) -> KeyVersionRecord:
+            marks = ",".join("?" * len(groups))
+            group_clause = f" OR (kind='group' AND grantee IN ({marks}))" if groups else ""
+            granted = db.execute(
+                f"SELECT 1 FROM key_grants WHERE key_name=? AND ((kind='agent' AND grantee=?){group_clause})",  # noqa: S608
+                (name, agent, *groups),
+            ).fetchone()
+            if not granted:
+                raise _not_granted(name)
+            wanted = (
+                version or db.execute("SELECT current_version FROM keys WHERE name=?", (name,)).fetchone()[0]
+            )
+            row = db.execute(
+                f"SELECT {_VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=? AND version=?",  # noqa: S608
+                (name, wanted),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"key {name!r} has no version {wanted}")
+            record = KeyVersionRecord(*row)
+            if record.sealed_material is None:
+                raise FailedPrecondition(
+                    f"version {wanted} of key {name!r} was destroyed: its data cannot be decrypted"
+                )
+            db.execute(
+                "INSERT INTO key_releases(key_name, version, agent_name, cert_serial, released_at) VALUES (?, ?, ?, ?, ?)",
+                (name, wanted, agent, serial, now),
+            )
+            return record
+
+        return await self._run(self._tx, q)  # type: ignore[no-any-return]
