@@ -53,8 +53,9 @@ class KmsClient:
             code, details = exc.code(), exc.details() or ""
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise Unavailable(
-                    f"cannot reach kms-server at {self._target} ({details.splitlines()[0] if details else 'unavailable'}); "
-                    "check the address, and that this agent's certificate is still valid"
+                    f"cannot reach kms-server at {self._target} ({details.splitlines()[0] if details else 'unavailable'}):"
+                    " check the address; a TLS handshake also fails when the server does not verify against the"
+                    " pinned CA, or when this agent's certificate is expired or revoked"
                 ) from None
             raise error_for_status(code, details) from None
 

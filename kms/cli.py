@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -47,9 +48,18 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("asyncio").setLevel(logging.WARNING)
 
 
-def run_main(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parses argv and runs ``args.func(args)``, mapping every error to one line."""
+def run_main(
+    prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None, *, quiet_grpc: bool = True
+) -> int:
+    """Parses argv and runs ``args.func(args)``, mapping every error to one line.
+
+    With quiet_grpc, gRPC's C core is told not to log to stderr (it reads
+    GRPC_VERBOSITY when the first channel is made), so a failed call is the one
+    line this function prints; GRPC_VERBOSITY=debug in the environment still wins.
+    """
     verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
+    if quiet_grpc and not verbose:
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         args = parser.parse_args(argv)
         _setup_logging(args.verbose)

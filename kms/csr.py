@@ -41,7 +41,6 @@ def check_csr(csr_der: bytes) -> rsa.RSAPublicKey:
     try:
         csr = x509.load_der_x509_csr(csr_der)
         key = csr.public_key()
-        signature_ok = csr.is_signature_valid
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise InvalidArgument("CSR is not a valid DER PKCS#10 request") from exc
     if not isinstance(key, rsa.RSAPublicKey):
@@ -50,6 +49,11 @@ def check_csr(csr_der: bytes) -> rsa.RSAPublicKey:
         raise InvalidArgument(f"CSR key is RSA-{key.key_size}: use 2048, 3072 or 4096 bits")
     if key.public_numbers().e != _RSA_EXPONENT:
         raise InvalidArgument("CSR key must use the RSA public exponent 65537")
+    # Checked last: the cheap checks above turn junk away before any RSA work.
+    try:
+        signature_ok = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        signature_ok = False
     if not signature_ok:
         raise InvalidArgument(
             "CSR signature does not verify with its own key: sign it with the key it carries"

@@ -59,7 +59,12 @@ class JoinToken:
             secret = base64.urlsafe_b64decode(match.group(2) + "=")
         except (binascii.Error, ValueError) as exc:
             raise InvalidArgument("join token is malformed: pass it exactly as printed") from exc
-        return cls(match.group(1), secret)
+        token = cls(match.group(1), secret)
+        # base64 ignores the unused low bits of the last character: accept only
+        # the one canonical spelling.
+        if str(token) != text.strip():
+            raise InvalidArgument("join token is malformed: pass it exactly as printed")
+        return token
 
     def __str__(self) -> str:
         encoded = base64.urlsafe_b64encode(self.secret).rstrip(b"=").decode()

@@ -15,14 +15,16 @@ import sys
 from dataclasses import dataclass
 
 import grpc
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms.addresses import join_hostport
 from kms.errors import FailedPrecondition
+from kms.identity import fingerprint
 from kms.v1 import admin_pb2_grpc, enrollment_pb2_grpc, identity_pb2_grpc
 from server.agents import AgentDirectory
 from server.auth import AuthInterceptor, Listener
 from server.authn import PeerAuthenticator
-from server.ca import CertificateAuthority, load_or_create_ca, load_or_issue_server_identity
+from server.ca import CertificateAuthority, create_root, load_or_issue_server_identity, load_root
 from server.clock import Clock, system_clock
 from server.config import ServerConfig
 from server.datadir import DataDir, DataDirError
@@ -94,29 +96,34 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
     store: SqliteStore | None = None
     try:
         fresh = not datadir.initialized
-        if fresh and (datadir.db.exists() or datadir.ca_cert.exists()):
+        if fresh and datadir.ca_cert.exists():
             raise DataDirError(
-                f"data dir {cfg.data_dir} has a store or CA but no master.key: restore master.key from a backup"
+                f"data dir {cfg.data_dir} has a CA but no master.key: restore master.key from a backup"
             )
-        master_key = datadir.create_master_key() if fresh else datadir.load_master_key()
         store = await SqliteStore.open(datadir.db)
-        trust_domain = await store.set_meta_once(
-            "trust_domain", cfg.trust_domain or ServerConfig.DEFAULT_TRUST_DOMAIN
-        )
+        if fresh and not await store.is_empty():
+            raise DataDirError(
+                f"data dir {cfg.data_dir} has a store but no master.key: restore master.key from a backup"
+            )
+        wanted_domain = cfg.trust_domain or ServerConfig.DEFAULT_TRUST_DOMAIN
+        # Until the CA exists nothing was issued, so a retried first start may pick again.
+        trust_domain = await store.set_meta("trust_domain", wanted_domain, replace=fresh)
         if cfg.trust_domain is not None and cfg.trust_domain != trust_domain:
             raise DataDirError(
                 f"data dir {cfg.data_dir} belongs to trust domain {trust_domain!r}; --trust-domain {cfg.trust_domain!r} "
                 "cannot change it"
             )
-        root = load_or_create_ca(
-            datadir,
-            master_key,
-            create=fresh,
-            trust_domain=trust_domain,
-            key_type=cfg.ca_key_type,
-            ca_ttl=cfg.ca_ttl,
-            now=clock(),
-        )
+        if fresh:
+            # Everything that can fail comes before the first secret is written.
+            root = create_root(trust_domain, cfg.ca_key_type, cfg.ca_ttl, clock())
+            master_key = datadir.create_master_key()
+            datadir.save_pair(datadir.ca_cert, datadir.ca_key, master_key, root)
+            logger.info(
+                "created CA", extra={"fingerprint": fingerprint(root.cert.public_bytes(Encoding.DER))}
+            )
+        else:
+            master_key = datadir.load_master_key()
+            root = load_root(datadir, master_key, cfg.ca_key_type)
         ca = CertificateAuthority(root, trust_domain, cfg.cert_ttl, clock)
         if cfg.cert_ttl > ca.certificate.not_valid_after_utc - clock():
             logger.warning(

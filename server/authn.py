@@ -93,8 +93,8 @@ class PeerAuthenticator:
         checked = self._check(pem, now)
         if not checked.not_before <= now < checked.not_after:
             raise Unauthenticated(
-                f"client certificate {checked.serial} is not valid now (expired {checked.not_after:%Y-%m-%dT%H:%M:%SZ}):"
-                " enroll again with a new token"
+                f"client certificate {checked.serial} is valid only from {checked.not_before:%Y-%m-%dT%H:%M:%SZ}"
+                f" to {checked.not_after:%Y-%m-%dT%H:%M:%SZ}: check the clock, or enroll again with a new token"
             )
         agent = await self._store.get_agent_by_serial(checked.serial)
         if agent is None or agent.name != checked.name:

@@ -23,7 +23,6 @@ __all__ = [
     "CertificateAuthority",
     "generate_key",
     "key_type_of",
-    "load_or_create_ca",
     "load_or_issue_server_identity",
 ]
 
@@ -91,27 +90,18 @@ class CertificateAuthority:
         return KeyPair(cert, key)
 
 
-def load_or_create_ca(
-    datadir: DataDir,
-    master_key: bytes,
-    *,
-    create: bool,
-    trust_domain: str,
-    key_type: CAKeyType | None,
-    ca_ttl: timedelta,
-    now: datetime,
-) -> KeyPair:
-    """Loads the root from the data dir, or creates it on first start."""
-    if create:
-        key = generate_key(key_type or CAKeyType.EC_P256)
-        cert = profile.ca_builder(
-            key.public_key(), trust_domain, x509.random_serial_number(), now, ca_ttl
-        ).sign(key, profile.signature_hash(key))
-        profile.check_ca_certificate(cert, ca_ttl)
-        root = KeyPair(cert, key)
-        datadir.save_pair(datadir.ca_cert, datadir.ca_key, master_key, root)
-        logger.info("created CA", extra={"ca_key_type": key_type_of(key).value})
-        return root
+def create_root(trust_domain: str, key_type: CAKeyType | None, ca_ttl: timedelta, now: datetime) -> KeyPair:
+    """Makes a new root key and self-signed certificate, in memory only."""
+    key = generate_key(key_type or CAKeyType.EC_P256)
+    cert = profile.ca_builder(key.public_key(), trust_domain, x509.random_serial_number(), now, ca_ttl).sign(
+        key, profile.signature_hash(key)
+    )
+    profile.check_ca_certificate(cert, ca_ttl)
+    return KeyPair(cert, key)
+
+
+def load_root(datadir: DataDir, master_key: bytes, key_type: CAKeyType | None) -> KeyPair:
+    """Loads the root; a --ca-key-type that differs from it is an error (a CA's key cannot change)."""
     root = datadir.load_pair(datadir.ca_cert, datadir.ca_key, master_key)
     if key_type is not None and key_type_of(root.key) is not key_type:
         raise DataDirError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,7 +174,9 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main("kms-server", build_parser(), argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    # The daemon keeps gRPC's own error log; admin commands print one line.
+    return run_main("kms-server", build_parser(), argv, quiet_grpc=args[:1] != ["run"])
 
 
 if __name__ == "__main__":

@@ -150,6 +150,16 @@ class ServerConfig:
         """Rejects contradictions and out-of-bound limits, naming the setting."""
         if self.listen_port and self.listen_port == self.enroll_port and self.listen_host == self.enroll_host:
             raise InvalidArgument("--enroll-listen must differ from --listen")
+        if self.ca_ttl > timedelta(days=36500):
+            raise InvalidArgument("--ca-ttl must be at most 36500d (100 years)")
+        if self.cert_ttl > timedelta(days=366):
+            raise InvalidArgument(
+                "--cert-ttl must be at most 366d: agents renew, long lifetimes only widen exposure"
+            )
+        if self.server_cert_ttl > timedelta(days=825):
+            raise InvalidArgument("--server-cert-ttl must be at most 825d")
+        if self.max_token_ttl > timedelta(days=30):
+            raise InvalidArgument("--max-token-ttl must be at most 30d")
         if self.cert_ttl > self.ca_ttl:
             raise InvalidArgument("--cert-ttl is longer than --ca-ttl: a certificate cannot outlive its CA")
         if self.cert_ttl < timedelta(minutes=5):

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 # One message for unknown, used, expired and mismatched tokens: no oracle.
 _BAD_TOKEN = "join token is invalid, expired or already used: ask the administrator for a new one"  # noqa: S105 - a message, not a secret
-MIN_TOKEN_TTL = timedelta(seconds=1)
+MIN_TOKEN_TTL_SECONDS = 1
 
 
 def serial_hex(cert: x509.Certificate) -> str:
@@ -65,7 +65,7 @@ class EnrollmentService:
         self._default_ttl = default_token_ttl
         self._max_ttl = max_token_ttl
 
-    async def create_token(self, name: str, groups: list[str], ttl: timedelta | None) -> IssuedToken:
+    async def create_token(self, name: str, groups: list[str], ttl_seconds: int | None) -> IssuedToken:
         """Creates a single-use join token bound to name and groups.
 
         Raises:
@@ -75,9 +75,10 @@ class EnrollmentService:
         clean = sorted({validate_group(g) for g in groups})
         if len(clean) > MAX_GROUPS:
             raise InvalidArgument(f"a token may carry at most {MAX_GROUPS} groups")
-        ttl = ttl or self._default_ttl
-        if not MIN_TOKEN_TTL <= ttl <= self._max_ttl:
-            raise InvalidArgument(f"token TTL must be between 1s and {int(self._max_ttl.total_seconds())}s")
+        longest = int(self._max_ttl.total_seconds())
+        if ttl_seconds is not None and not MIN_TOKEN_TTL_SECONDS <= ttl_seconds <= longest:
+            raise InvalidArgument(f"token TTL must be between 1s and {longest}s")
+        ttl = timedelta(seconds=ttl_seconds) if ttl_seconds is not None else self._default_ttl
         now = int(self._clock().timestamp())
         token = JoinToken.generate()
         record = JoinTokenRecord(

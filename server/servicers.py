@@ -5,8 +5,6 @@ Authentication, authorization and error mapping happen in server.auth.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import grpc
 from cryptography.hazmat.primitives import serialization
 
@@ -83,7 +81,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def CreateJoinToken(
         self, request: admin_pb2.CreateJoinTokenRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.CreateJoinTokenResponse:
-        ttl = timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
+        ttl = request.ttl_seconds if request.ttl_seconds else None  # 0: the server's default
         issued = await self._enrollment.create_token(request.name, list(request.groups), ttl)
         return admin_pb2.CreateJoinTokenResponse(
             token=str(issued.token),

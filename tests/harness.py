@@ -180,7 +180,7 @@ def enroll(
     opts.update({f"--{k.replace('_', '-')}": v for k, v in overrides.items()})
     args = ["enroll"]
     for k, v in opts.items():
-        args += [k, v]
+        args += [k, v] if v else [k]  # an empty value is a bare flag, like --force
     return agent(state_dir, *args)
 
 

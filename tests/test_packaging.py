@@ -106,3 +106,4 @@ def test_wheel_installs_into_a_fresh_virtualenv() -> None:
             assert proc.wait(20) == 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools' in-tree leftovers

@@ -53,9 +53,10 @@ class CertificateRecord:
 @dataclass(frozen=True)
 class AgentRecord:
     name: str
+    # The groups of ``latest``: groups belong to a certificate, not to a name.
     groups: tuple[str, ...]
     created_at: int
-    # The newest certificate issued to the agent.
+    # The newest certificate issued to the agent (or the one asked for by serial).
     latest: CertificateRecord
 
 
@@ -97,8 +98,12 @@ class Store(Protocol):
 
     async def get_meta(self, key: str) -> str | None: ...
 
-    async def set_meta_once(self, key: str, value: str) -> str:
-        """Sets key if unset; returns the value now stored (the old one if it was set)."""
+    async def set_meta(self, key: str, value: str, *, replace: bool) -> str:
+        """Sets key (if unset, unless replace); returns the value now stored."""
+        ...
+
+    async def is_empty(self) -> bool:
+        """True while no token, certificate or key was ever stored."""
         ...
 
     async def add_join_token(self, token: JoinTokenRecord) -> None: ...

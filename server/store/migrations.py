@@ -30,12 +30,6 @@ MIGRATIONS: list[list[str]] = [
             created_at INTEGER NOT NULL,
             updated_at INTEGER NOT NULL
         )""",
-        """CREATE TABLE agent_groups (
-            agent_name TEXT NOT NULL REFERENCES agents(name),
-            group_name TEXT NOT NULL,
-            PRIMARY KEY (agent_name, group_name)
-        )""",
-        "CREATE INDEX agent_groups_by_group ON agent_groups(group_name)",
         """CREATE TABLE certificates (
             serial TEXT PRIMARY KEY,
             agent_name TEXT NOT NULL REFERENCES agents(name),
@@ -43,7 +37,10 @@ MIGRATIONS: list[list[str]] = [
             not_after INTEGER NOT NULL,
             der BLOB NOT NULL,
             issued_at INTEGER NOT NULL,
-            token_id TEXT REFERENCES join_tokens(token_id)
+            token_id TEXT REFERENCES join_tokens(token_id),
+            -- Groups belong to the certificate (from its token), so an older
+            -- certificate never gains the groups of a later enrollment.
+            groups_json TEXT NOT NULL
         )""",
         "CREATE INDEX certificates_by_agent ON certificates(agent_name, issued_at)",
     ],

@@ -7,12 +7,9 @@ committed transaction durable before the awaiting RPC answers.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,15 +21,12 @@ __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
-_CERT_COLUMNS = "c.serial, c.agent_name, c.not_before, c.not_after, c.der, c.issued_at, c.token_id"
+_CERT_COLUMNS = (
+    "c.serial, c.agent_name, c.not_before, c.not_after, c.der, c.issued_at, c.token_id, c.groups_json"
+)
 
 
 class SqliteStore(SqliteKeys):
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
-        self._conn: sqlite3.Connection | None = None
-
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
         """Opens (creating 0600 if absent) and migrates the store. Raises StoreError."""
@@ -43,21 +37,6 @@ class SqliteStore(SqliteKeys):
             await store.close()
             raise
         return store
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            await self._run(self._conn.close)
-            self._conn = None
-        self._executor.shutdown(wait=True)
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError("store is closed")
-        return self._conn
 
     # --- opening and migrations ----------------------------------------------
 
@@ -123,10 +102,18 @@ class SqliteStore(SqliteKeys):
 
         return await self._run(q)
 
-    async def set_meta_once(self, key: str, value: str) -> str:
+    async def set_meta(self, key: str, value: str, *, replace: bool) -> str:
         def q() -> str:
-            self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+            self._db.execute(f"{verb} INTO meta(key, value) VALUES (?, ?)", (key, value))
             return str(self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
+
+        return await self._run(q)
+
+    async def is_empty(self) -> bool:
+        def q() -> bool:
+            tables = ("join_tokens", "certificates", "keys")
+            return not any(self._db.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in tables)  # noqa: S608
 
         return await self._run(q)
 
@@ -169,74 +156,51 @@ class SqliteStore(SqliteKeys):
     async def enroll(
         self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord
     ) -> AgentRecord | None:
-        def q() -> AgentRecord | None:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                # The conditional UPDATE is the single-use guarantee: of two
-                # racing enrollments only one sees rowcount 1.
-                consumed = db.execute(
-                    "UPDATE join_tokens SET used_at=?, used_by_serial=?"
-                    " WHERE token_id=? AND secret_hash=? AND used_at IS NULL AND expires_at>? AND name=?",
-                    (now, cert.serial, token_id, secret_hash, now, cert.agent_name),
-                ).rowcount
-                if consumed != 1:
-                    db.execute("ROLLBACK")
-                    return None
-                groups = tuple(
-                    json.loads(
-                        db.execute(
-                            "SELECT groups_json FROM join_tokens WHERE token_id=?", (token_id,)
-                        ).fetchone()[0]
-                    )
-                )
-                db.execute(
-                    "INSERT INTO agents(name, created_at, updated_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT(name) DO UPDATE SET updated_at=excluded.updated_at",
-                    (cert.agent_name, now, now),
-                )
-                # Groups are bound to the token: the newest enrollment defines them.
-                db.execute("DELETE FROM agent_groups WHERE agent_name=?", (cert.agent_name,))
-                db.executemany(
-                    "INSERT INTO agent_groups(agent_name, group_name) VALUES (?, ?)",
-                    [(cert.agent_name, g) for g in groups],
-                )
-                db.execute(
-                    "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        cert.serial,
-                        cert.agent_name,
-                        cert.not_before,
-                        cert.not_after,
-                        cert.der,
-                        cert.issued_at,
-                        token_id,
-                    ),
-                )
-                created = db.execute(
-                    "SELECT created_at FROM agents WHERE name=?", (cert.agent_name,)
-                ).fetchone()[0]
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            return AgentRecord(cert.agent_name, groups, created, cert)
+        def q(db: sqlite3.Connection) -> AgentRecord | None:
+            # The conditional UPDATE is the single-use guarantee: of two
+            # racing enrollments only one sees rowcount 1.
+            consumed = db.execute(
+                "UPDATE join_tokens SET used_at=?, used_by_serial=?"
+                " WHERE token_id=? AND secret_hash=? AND used_at IS NULL AND expires_at>? AND name=?",
+                (now, cert.serial, token_id, secret_hash, now, cert.agent_name),
+            ).rowcount
+            if consumed != 1:
+                return None
+            groups_json = db.execute(
+                "SELECT groups_json FROM join_tokens WHERE token_id=?", (token_id,)
+            ).fetchone()[0]
+            db.execute(
+                "INSERT INTO agents(name, created_at, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET updated_at=excluded.updated_at",
+                (cert.agent_name, now, now),
+            )
+            db.execute(
+                "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id, groups_json)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    cert.serial,
+                    cert.agent_name,
+                    cert.not_before,
+                    cert.not_after,
+                    cert.der,
+                    cert.issued_at,
+                    token_id,
+                    groups_json,
+                ),
+            )
+            created = db.execute("SELECT created_at FROM agents WHERE name=?", (cert.agent_name,)).fetchone()[
+                0
+            ]
+            return AgentRecord(cert.agent_name, tuple(json.loads(groups_json)), created, cert)
 
-        return await self._run(q)
+        return await self._run(self._tx, q)
 
     # --- agents ------------------------------------------------------------------
 
-    def _groups(self, name: str) -> tuple[str, ...]:
-        rows = self._db.execute(
-            "SELECT group_name FROM agent_groups WHERE agent_name=? ORDER BY group_name", (name,)
-        )
-        return tuple(r[0] for r in rows)
-
-    def _agent_row(self, row: tuple[Any, ...]) -> AgentRecord:
+    @staticmethod
+    def _agent_row(row: tuple[Any, ...]) -> AgentRecord:
         cert = CertificateRecord(row[2], row[3], row[4], row[5], bytes(row[6]), row[7], row[8])
-        return AgentRecord(row[0], self._groups(row[0]), row[1], cert)
+        return AgentRecord(row[0], tuple(json.loads(row[9])), row[1], cert)
 
     async def get_agent_by_serial(self, serial: str) -> AgentRecord | None:
         def q() -> AgentRecord | None:

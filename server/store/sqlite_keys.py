@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from kms.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from server.store.base import Grant, KeyRecord, KeyVersionRecord, SealFn
+from server.store.sqlite_base import SqliteBase
 
 __all__ = ["SqliteKeys"]
 
@@ -23,26 +23,8 @@ def _not_granted(name: str) -> PermissionDenied:
     )
 
 
-class SqliteKeys:
-    """Mixed into SqliteStore; uses its worker thread and connection."""
-
-    _run: Callable[..., Awaitable[Any]]
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        raise NotImplementedError
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(db)
-            db.execute("COMMIT")
-            return result
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+class SqliteKeys(SqliteBase):
+    """Key methods of SqliteStore."""
 
     def _key(self, db: sqlite3.Connection, name: str) -> KeyRecord:
         row = db.execute(
@@ -80,7 +62,7 @@ class SqliteKeys:
             )
             return self._key(db, name)
 
-        return await self._run(self._tx, q)  # type: ignore[no-any-return]
+        return await self._run(self._tx, q)
 
     async def rotate_key(self, name: str, now: int, seal: SealFn) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
@@ -98,7 +80,7 @@ class SqliteKeys:
             db.execute("UPDATE keys SET current_version=? WHERE name=?", (new, name))
             return self._key(db, name)
 
-        return await self._run(self._tx, q)  # type: ignore[no-any-return]
+        return await self._run(self._tx, q)
 
     async def grant_key(self, name: str, grant: Grant, now: int) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
@@ -108,7 +90,7 @@ class SqliteKeys:
             )
             return self._key(db, name)
 
-        return await self._run(self._tx, q)  # type: ignore[no-any-return]
+        return await self._run(self._tx, q)
 
     async def ungrant_key(self, name: str, grant: Grant) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
@@ -121,14 +103,14 @@ class SqliteKeys:
                 raise NotFound(f"key {name!r} has no grant {grant}")
             return self._key(db, name)
 
-        return await self._run(self._tx, q)  # type: ignore[no-any-return]
+        return await self._run(self._tx, q)
 
     async def list_keys(self) -> list[KeyRecord]:
         def q() -> list[KeyRecord]:
             names = [r[0] for r in self._db.execute("SELECT name FROM keys ORDER BY name")]
             return [self._key(self._db, n) for n in names]
 
-        return await self._run(q)  # type: ignore[no-any-return]
+        return await self._run(q)
 
     async def destroy_key_version(self, name: str, version: int, now: int) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
@@ -157,7 +139,7 @@ class SqliteKeys:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return record
 
-        return await self._run(run)  # type: ignore[no-any-return]
+        return await self._run(run)
 
     async def release_key_version(
         self, name: str, version: int | None, agent: str, groups: tuple[str, ...], serial: str, now: int
@@ -191,4 +173,4 @@ class SqliteKeys:
             )
             return record
 
-        return await self._run(self._tx, q)  # type: ignore[no-any-return]
+        return await self._run(self._tx, q)

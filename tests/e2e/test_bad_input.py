@@ -273,6 +273,35 @@ def test_admin_methods_are_not_served_on_the_network(server: ServerProcess) -> N
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+def test_old_certificate_keeps_its_own_groups(server: ServerProcess, tmpdir_short: Path) -> None:
+    """Re-enrolling a name with new groups does not lend them to the earlier certificate."""
+    import json
+    import shutil
+
+    first, second = tmpdir_short / "first", tmpdir_short / "second"
+    assert enroll(server, first, server.token("reimaged", "staging")).returncode == 0
+    shutil.copytree(first, second)
+    result = enroll(server, second, server.token("reimaged", "prod"), force="")
+    assert result.returncode == 0, result.stderr
+    old = json.loads(agent(first, "status", "--json").stdout)
+    new = json.loads(agent(second, "status", "--json").stdout)
+    assert old["serial"] != new["serial"]
+    assert (old["groups"], new["groups"]) == (["staging"], ["prod"])
+
+
+def test_admin_rpc_with_absurd_ttl_is_invalid_argument(server: ServerProcess) -> None:
+    from kms.v1 import admin_pb2, admin_pb2_grpc
+
+    creds = grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
+    with grpc.secure_channel(f"unix:{server.data_dir / 'admin.sock'}", creds) as ch:
+        for ttl in (2**63 - 1, -5):
+            with pytest.raises(grpc.RpcError) as info:
+                admin_pb2_grpc.AdminStub(ch).CreateJoinToken(
+                    admin_pb2.CreateJoinTokenRequest(name="x", ttl_seconds=ttl), timeout=10
+                )
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 # --- the admin CLI -----------------------------------------------------------------
 
 

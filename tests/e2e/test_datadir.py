@@ -139,7 +139,7 @@ def test_bad_flags_stop_startup_naming_the_setting(tmpdir_short: Path, args: lis
 def test_contradiction_in_environment_names_the_key(tmpdir_short: Path) -> None:
     result = run(
         [exe("kms-server"), "run", "--data-dir", str(tmpdir_short / "d")],
-        env={"KMS_CERT_TTL": "4000d"},
+        env={"KMS_CA_TTL": "12h"},
     )
     assert_one_line_error(result, 2, "--cert-ttl", "--ca-ttl")
 
@@ -160,5 +160,8 @@ def test_port_in_use_is_one_line(tmpdir_short: Path) -> None:
             ],
         )
         assert_one_line_error(result, 6, "cannot listen on", "--listen")
+        # The failed first start left a directory that simply starts next time.
+        retry = ServerProcess(tmpdir_short / "b").start()
+        assert retry.stop() == 0
     finally:
         assert server.stop() == 0

@@ -55,3 +55,11 @@ def test_malformed(text: str) -> None:
 
 def test_hash_is_domain_separated() -> None:
     assert hash_secret(SECRET) != hashlib.sha256(SECRET).digest()
+
+
+def test_only_the_canonical_spelling_parses() -> None:
+    text = str(JoinToken.from_parts(ID, SECRET))
+    # The last base64 character carries 2 unused bits: '8' (60) and '9' (61) decode to the same secret.
+    assert text.endswith("8")
+    with pytest.raises(InvalidArgument):
+        JoinToken.parse(text[:-1] + "9")

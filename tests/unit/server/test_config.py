@@ -41,7 +41,7 @@ def test_flags_beat_environment_beat_defaults() -> None:
 @pytest.mark.parametrize(
     "flags, needle",
     [
-        ({"cert_ttl": "4000d"}, "--cert-ttl is longer than --ca-ttl"),
+        ({"cert_ttl": "48h", "ca_ttl": "1d"}, "--cert-ttl is longer than --ca-ttl"),
         ({"cert_ttl": "1m"}, "--cert-ttl must be at least"),
         ({"listen": "localhost"}, "--listen"),
         ({"listen": "h:70000"}, "--listen"),
@@ -52,5 +52,19 @@ def test_flags_beat_environment_beat_defaults() -> None:
     ],
 )
 def test_contradictions_name_the_setting(flags: dict[str, str], needle: str) -> None:
+    with pytest.raises(InvalidArgument, match=needle):
+        ServerConfig.load(flags, env={})
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        ({"ca_ttl": "3000000d"}, "--ca-ttl must be at most"),
+        ({"cert_ttl": "400d"}, "--cert-ttl must be at most"),
+        ({"server_cert_ttl": "900d"}, "--server-cert-ttl must be at most"),
+        ({"max_token_ttl": "60d"}, "--max-token-ttl must be at most"),
+    ],
+)
+def test_every_lifetime_has_a_bound(flags: dict[str, str], needle: str) -> None:
     with pytest.raises(InvalidArgument, match=needle):
         ServerConfig.load(flags, env={})

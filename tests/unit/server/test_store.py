@@ -74,11 +74,15 @@ def test_enroll_refusals_write_nothing(
     asyncio.run(body())
 
 
-def test_meta_is_set_once(tmp_path: Path) -> None:
+def test_meta_and_emptiness(tmp_path: Path) -> None:
     async def body() -> None:
         store = await SqliteStore.open(tmp_path / "kms.db")
-        assert await store.set_meta_once("trust_domain", "a.org") == "a.org"
-        assert await store.set_meta_once("trust_domain", "b.org") == "a.org"
+        assert await store.set_meta("trust_domain", "a.org", replace=False) == "a.org"
+        assert await store.set_meta("trust_domain", "b.org", replace=False) == "a.org"
+        assert await store.set_meta("trust_domain", "c.org", replace=True) == "c.org"
+        assert await store.is_empty()
+        await store.add_join_token(_token())
+        assert not await store.is_empty()
         await store.close()
 
     asyncio.run(body())
