@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import os
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.client import DEFAULT_TIMEOUT, KmsClient
 from agent.enroll import enroll
-from agent.state import StateDir, default_state_dir
+from agent.files import decrypt_file, encrypt_file
+from agent.keys import KeyFetcher
+from agent.state import AgentIdentity, StateDir, default_state_dir
 from kms.addresses import join_hostport, parse_hostport
 from kms.cli import ArgumentParser, print_json, run_main
-from kms.errors import AlreadyExists, InvalidArgument
+from kms.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from kms.securefile import write_atomic
 
 __all__ = ["main"]
 
@@ -59,17 +64,24 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _connect(args: argparse.Namespace) -> tuple[AgentIdentity, KmsClient]:
+    """Loads this agent's identity and opens an mTLS client to its server."""
     identity = _state(args).load()
-    with KmsClient(
+    client = KmsClient(
         identity.settings.server,
         identity.ca_bundle_pem,
         key_pem=identity.key_pem,
         cert_pem=identity.cert_pem,
         timeout=args.timeout,
-    ) as client:
+    )
+    return identity, client
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    identity, client = _connect(args)
+    with client:
         seen = client.whoami().agent
-    not_after = datetime.fromtimestamp(seen.not_after, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    not_after = _iso(seen.not_after)
     if args.json:
         print_json(
             {
@@ -92,13 +104,91 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encode(material: bytes, fmt: str) -> bytes:
+    if fmt == "hex":
+        return material.hex().encode() + b"\n"
+    if fmt == "base64":
+        return base64.b64encode(material) + b"\n"
+    return material
+
+
+def cmd_fetch_key(args: argparse.Namespace) -> int:
+    identity, client = _connect(args)
+    with client:
+        key = KeyFetcher(identity, client).fetch(args.name, args.version)
+    meta = {"name": key.name, "version": key.version, "state": key.state, "created_at": _iso(key.created_at)}
+    if args.out:
+        # A key file is raw bytes unless a text format is asked for.
+        write_atomic(Path(args.out), _encode(key.material, args.format or "raw"), mode=0o600)
+        meta["file"] = args.out
+    if args.json:
+        if args.include_key:
+            meta["key_base64"] = base64.b64encode(key.material).decode()
+        print_json(meta)
+    elif args.out:
+        print(f"wrote {key.name} version {key.version} to {args.out}")
+    else:
+        fmt = args.format or "base64"
+        if fmt == "raw" and sys.stdout.isatty():
+            raise InvalidArgument(
+                "refusing to print a raw key to a terminal: use --out FILE or --format base64"
+            )
+        sys.stdout.buffer.write(_encode(key.material, fmt))
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    identity, client = _connect(args)
+    with client:
+        key = KeyFetcher(identity, client).fetch(args.key)
+    if key.state != "active":
+        raise FailedPrecondition(
+            f"key {key.name!r} version {key.version} is {key.state}: it may only decrypt"
+        )
+    encrypt_file(Path(args.input), Path(args.output), key.material, key.name, key.version)
+    return 0
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    identity, client = _connect(args)
+    with client:
+        fetcher = KeyFetcher(identity, client)
+        decrypt_file(
+            Path(args.input), Path(args.output), lambda name, version: fetcher.fetch(name, version).material
+        )
+    return 0
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def build_parser() -> ArgumentParser:
+    # The shared options work before or after the subcommand: the subcommand's
+    # copies default to SUPPRESS so they never overwrite a value given earlier.
+    def shared(p: ArgumentParser, top: bool) -> None:
+        suppress = argparse.SUPPRESS
+        p.add_argument(
+            "--dir",
+            default=None if top else suppress,
+            help="state directory (env KMS_AGENT_DIR; default ~/.local/state/kms-agent)",
+        )
+        p.add_argument(
+            "--timeout", type=float, default=DEFAULT_TIMEOUT if top else suppress, help="seconds per call"
+        )
+        p.add_argument(
+            "--verbose",
+            action="store_true",
+            default=False if top else suppress,
+            help="debug logging and tracebacks",
+        )
+
     common = ArgumentParser(add_help=False)
-    common.add_argument("--dir", help="state directory (env KMS_AGENT_DIR; default ~/.local/state/kms-agent)")
-    common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per call")
-    common.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    shared(common, top=False)
 
     parser = ArgumentParser(prog="kms-agent", description="Seed KMS agent.")
+    shared(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     en = sub.add_parser(
@@ -118,6 +208,30 @@ def build_parser() -> ArgumentParser:
     st = sub.add_parser("status", parents=[common], help="show this agent's identity, proven over mTLS")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    fk = sub.add_parser("fetch-key", parents=[common], help="fetch a granted key, unwrap it locally")
+    fk.add_argument("name")
+    fk.add_argument("--version", type=int, default=0, help="key version (default: current)")
+    fk.add_argument("--out", help="write the key to FILE (0600, atomically) instead of stdout")
+    fk.add_argument(
+        "--format", choices=("raw", "base64", "hex"), help="raw for --out, base64 for stdout by default"
+    )
+    fk.add_argument(
+        "--json", action="store_true", help="print metadata as JSON (no key unless --include-key)"
+    )
+    fk.add_argument("--include-key", action="store_true", help="with --json: include the key, base64")
+    fk.set_defaults(func=cmd_fetch_key)
+
+    en = sub.add_parser("encrypt", parents=[common], help="encrypt a file with the current version of a key")
+    en.add_argument("--key", required=True, help="key name")
+    en.add_argument("input", metavar="IN")
+    en.add_argument("output", metavar="OUT")
+    en.set_defaults(func=cmd_encrypt)
+
+    de = sub.add_parser("decrypt", parents=[common], help="decrypt a file made by kms-agent encrypt")
+    de.add_argument("input", metavar="IN")
+    de.add_argument("output", metavar="OUT")
+    de.set_defaults(func=cmd_decrypt)
     return parser
 
 

@@ -8,7 +8,14 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from kms.errors import Unavailable, error_for_status
-from kms.v1 import enrollment_pb2, enrollment_pb2_grpc, identity_pb2, identity_pb2_grpc
+from kms.v1 import (
+    enrollment_pb2,
+    enrollment_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+)
 
 __all__ = ["KmsClient"]
 
@@ -36,6 +43,7 @@ class KmsClient:
         self._channel = grpc.secure_channel(target, creds)
         self._enrollment = enrollment_pb2_grpc.EnrollmentStub(self._channel)
         self._identity = identity_pb2_grpc.IdentityStub(self._channel)
+        self._keys = keys_pb2_grpc.KeysStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -74,3 +82,7 @@ class KmsClient:
         return cast(
             identity_pb2.WhoAmIResponse, self._call(self._identity.WhoAmI, identity_pb2.WhoAmIRequest())
         )
+
+    def fetch_key(self, name: str, version: int) -> keys_pb2.FetchKeyResponse:
+        request = keys_pb2.FetchKeyRequest(name=name, version=version)
+        return cast(keys_pb2.FetchKeyResponse, self._call(self._keys.FetchKey, request))

@@ -11,6 +11,7 @@ import grpc
 
 __all__ = [
     "AlreadyExists",
+    "DataLoss",
     "FailedPrecondition",
     "InvalidArgument",
     "KmsError",
@@ -84,6 +85,13 @@ class AlreadyExists(KmsError):
     exit_code = 9
 
 
+class DataLoss(KmsError):
+    """Data does not authenticate: damaged, truncated, or not ours. One opaque message."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    exit_code = 10
+
+
 _BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
     cls.code: cls
     for cls in (
@@ -95,6 +103,7 @@ _BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
         ResourceExhausted,
         Unavailable,
         AlreadyExists,
+        DataLoss,
     )
 }
 

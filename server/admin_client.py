@@ -62,3 +62,27 @@ class AdminClient:
         return cast(
             admin_pb2.ListAgentsResponse, self._call(self._stub.ListAgents, admin_pb2.ListAgentsRequest())
         )
+
+    def create_key(self, name: str, grants: list[str]) -> admin_pb2.KeyInfo:
+        request = admin_pb2.CreateKeyRequest(name=name, grants=grants)
+        return cast(admin_pb2.KeyInfo, self._call(self._stub.CreateKey, request))
+
+    def rotate_key(self, name: str) -> admin_pb2.KeyInfo:
+        return cast(
+            admin_pb2.KeyInfo, self._call(self._stub.RotateKey, admin_pb2.RotateKeyRequest(name=name))
+        )
+
+    def grant_key(self, name: str, grant: str) -> admin_pb2.KeyInfo:
+        request = admin_pb2.GrantKeyRequest(name=name, grant=grant)
+        return cast(admin_pb2.KeyInfo, self._call(self._stub.GrantKey, request))
+
+    def ungrant_key(self, name: str, grant: str) -> admin_pb2.KeyInfo:
+        request = admin_pb2.GrantKeyRequest(name=name, grant=grant)
+        return cast(admin_pb2.KeyInfo, self._call(self._stub.UngrantKey, request))
+
+    def list_keys(self) -> admin_pb2.ListKeysResponse:
+        return cast(admin_pb2.ListKeysResponse, self._call(self._stub.ListKeys, admin_pb2.ListKeysRequest()))
+
+    def destroy_key_version(self, name: str, version: int) -> admin_pb2.KeyInfo:
+        request = admin_pb2.DestroyKeyVersionRequest(name=name, version=version)
+        return cast(admin_pb2.KeyInfo, self._call(self._stub.DestroyKeyVersion, request))

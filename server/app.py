@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from kms.addresses import join_hostport
 from kms.errors import FailedPrecondition
 from kms.identity import fingerprint
-from kms.v1 import admin_pb2_grpc, enrollment_pb2_grpc, identity_pb2_grpc
+from kms.v1 import admin_pb2_grpc, enrollment_pb2_grpc, identity_pb2_grpc, keys_pb2_grpc
 from server.agents import AgentDirectory
 from server.auth import AuthInterceptor, Listener
 from server.authn import PeerAuthenticator
@@ -29,7 +29,9 @@ from server.clock import Clock, system_clock
 from server.config import ServerConfig
 from server.datadir import DataDir, DataDirError
 from server.enrollment import EnrollmentService
-from server.servicers import AdminServicer, EnrollmentServicer, IdentityServicer
+from server.keys import KeyService
+from server.sealing import Sealer
+from server.servicers import AdminServicer, EnrollmentServicer, IdentityServicer, KeysServicer
 from server.store import SqliteStore, Store
 
 __all__ = ["App", "create_server", "serve"]
@@ -132,12 +134,14 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         server_identity = load_or_issue_server_identity(
             datadir, master_key, ca, cfg.sans, cfg.server_cert_ttl, clock()
         )
+        sealer = Sealer(master_key)
         del master_key
 
         enrollment = EnrollmentService(
             store, ca, clock, default_token_ttl=cfg.token_ttl, max_token_ttl=cfg.max_token_ttl
         )
         agents = AgentDirectory(store, trust_domain, clock)
+        keys = KeyService(store, sealer, clock)
         authenticator = PeerAuthenticator(ca.certificate, trust_domain, store, clock)
 
         limits = [
@@ -150,6 +154,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         api = grpc.aio.server(interceptors=[AuthInterceptor(Listener.API, authenticator)], options=limits)
         enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(ca, enrollment), api)
         identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(), api)
+        keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys), api)
         key_chain = [(server_identity.key_pem(), server_identity.cert_pem + ca.bundle_pem)]
         mtls = grpc.ssl_server_credentials(
             key_chain, root_certificates=ca.bundle_pem, require_client_auth=True
@@ -159,7 +164,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         enroll_port = _bind(api, cfg.enroll_listen, server_tls, "--enroll-listen")
 
         admin = grpc.aio.server(interceptors=[AuthInterceptor(Listener.ADMIN)], options=limits)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ca, enrollment, agents), admin)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ca, enrollment, agents, keys), admin)
         datadir.admin_socket.unlink(missing_ok=True)  # stale: we hold the data dir lock
         _bind(
             admin,

@@ -43,6 +43,13 @@ AUTH_POLICY: dict[str, frozenset[Role]] = {
     "/kms.v1.Admin/CreateJoinToken": frozenset({Role.ADMIN}),
     "/kms.v1.Admin/GetCA": frozenset({Role.ADMIN}),
     "/kms.v1.Admin/ListAgents": frozenset({Role.ADMIN}),
+    "/kms.v1.Admin/CreateKey": frozenset({Role.ADMIN}),
+    "/kms.v1.Admin/RotateKey": frozenset({Role.ADMIN}),
+    "/kms.v1.Admin/GrantKey": frozenset({Role.ADMIN}),
+    "/kms.v1.Admin/UngrantKey": frozenset({Role.ADMIN}),
+    "/kms.v1.Admin/ListKeys": frozenset({Role.ADMIN}),
+    "/kms.v1.Admin/DestroyKeyVersion": frozenset({Role.ADMIN}),
+    "/kms.v1.Keys/FetchKey": frozenset({Role.AGENT}),
 }
 
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("current_caller", default=None)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kms.cli import ArgumentParser, print_json, print_table, run_main
 from kms.durations import parse_duration
+from kms.v1 import admin_pb2
 from server.admin_client import AdminClient
 from server.app import serve
 from server.config import CAKeyType, ServerConfig, default_data_dir
@@ -101,14 +102,100 @@ def cmd_agents_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> ArgumentParser:
-    common = ArgumentParser(add_help=False)
-    common.add_argument(
-        "--data-dir", help="data directory (env KMS_DATA_DIR; default ~/.local/share/seed-kms)"
+def _key_json(key: admin_pb2.KeyInfo) -> dict[str, object]:
+    return {
+        "name": key.name,
+        "current_version": key.current_version,
+        "created_at": _iso(key.created_at),
+        "versions": [
+            {"version": v.version, "state": v.state, "created_at": _iso(v.created_at)} for v in key.versions
+        ],
+        "grants": list(key.grants),
+    }
+
+
+def _print_key(key: admin_pb2.KeyInfo, as_json: bool) -> None:
+    if as_json:
+        print_json(_key_json(key))
+        return
+    versions = ", ".join(f"v{v.version} {v.state}" for v in key.versions)
+    print(
+        f"{key.name}: current version {key.current_version} ({versions}); grants: {', '.join(key.grants) or '-'}"
     )
-    common.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+
+
+def cmd_key_create(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        _print_key(admin.create_key(args.name, args.grant or []), args.json)
+    return 0
+
+
+def cmd_key_rotate(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        _print_key(admin.rotate_key(args.name), args.json)
+    return 0
+
+
+def cmd_key_grant(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        key = (
+            admin.grant_key(args.name, args.grantee)
+            if args.key_command == "grant"
+            else admin.ungrant_key(args.name, args.grantee)
+        )
+        _print_key(key, args.json)
+    return 0
+
+
+def cmd_key_destroy(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        _print_key(admin.destroy_key_version(args.name, args.version), args.json)
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        keys = admin.list_keys().keys
+    if args.json:
+        print_json([_key_json(k) for k in keys])
+    else:
+        print_table(
+            ["NAME", "CURRENT", "VERSIONS", "GRANTS"],
+            [
+                [
+                    k.name,
+                    str(k.current_version),
+                    " ".join(f"v{v.version}:{v.state}" for v in k.versions),
+                    ",".join(k.grants) or "-",
+                ]
+                for k in keys
+            ],
+        )
+    return 0
+
+
+def build_parser() -> ArgumentParser:
+    # The shared options work before or after the subcommand: the subcommand's
+    # copies default to SUPPRESS so they never overwrite a value given earlier.
+    def shared(p: ArgumentParser, top: bool) -> None:
+        suppress = argparse.SUPPRESS
+        p.add_argument(
+            "--data-dir",
+            default=None if top else suppress,
+            help="data directory (env KMS_DATA_DIR; default ~/.local/share/seed-kms)",
+        )
+        p.add_argument(
+            "--verbose",
+            action="store_true",
+            default=False if top else suppress,
+            help="debug logging and tracebacks",
+        )
+
+    common = ArgumentParser(add_help=False)
+    shared(common, top=False)
 
     parser = ArgumentParser(prog="kms-server", description="Seed KMS server: CA and key distributor.")
+    shared(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="run the server (creates the CA on first start)")
@@ -170,6 +257,31 @@ def build_parser() -> ArgumentParser:
     ls = agents.add_parser("list", parents=[common], help="list enrolled agents")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_agents_list)
+    key = sub.add_parser("key", help="AES keys: create, rotate, grant, list, destroy").add_subparsers(
+        dest="key_command", required=True, metavar="COMMAND"
+    )
+    kc = key.add_parser("create", parents=[common], help="create a key (version 1)")
+    kc.add_argument("name")
+    kc.add_argument("--grant", action="append", help="agent:NAME or group:NAME, repeatable")
+    kc.set_defaults(func=cmd_key_create)
+    kr = key.add_parser(
+        "rotate", parents=[common], help="make a new current version; older ones still decrypt"
+    )
+    kr.add_argument("name")
+    kr.set_defaults(func=cmd_key_rotate)
+    for verb, text in (("grant", "let an agent or group fetch the key"), ("ungrant", "withdraw a grant")):
+        kg = key.add_parser(verb, parents=[common], help=text)
+        kg.add_argument("name")
+        kg.add_argument("grantee", help="agent:NAME or group:NAME")
+        kg.set_defaults(func=cmd_key_grant)
+    kl = key.add_parser("list", parents=[common], help="list keys, versions and grants (never key material)")
+    kl.set_defaults(func=cmd_key_list)
+    kd = key.add_parser("destroy", parents=[common], help="erase one non-current version for good")
+    kd.add_argument("name")
+    kd.add_argument("--version", type=int, required=True)
+    kd.set_defaults(func=cmd_key_destroy)
+    for p in (kc, kr, kl, kd, *[key.choices[v] for v in ("grant", "ungrant")]):
+        p.add_argument("--json", action="store_true")
     return parser
 
 

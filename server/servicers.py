@@ -15,6 +15,8 @@ from kms.v1 import (
     enrollment_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
     types_pb2,
 )
 from server.agents import AgentDirectory
@@ -22,8 +24,10 @@ from server.auth import current_caller
 from server.authn import Caller
 from server.ca import CertificateAuthority
 from server.enrollment import EnrollmentService
+from server.keys import KeyService
+from server.store import KeyRecord
 
-__all__ = ["AdminServicer", "EnrollmentServicer", "IdentityServicer"]
+__all__ = ["AdminServicer", "EnrollmentServicer", "IdentityServicer", "KeysServicer"]
 
 
 class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
@@ -70,13 +74,83 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         return identity_pb2.WhoAmIResponse(agent=_caller_info(caller))
 
 
+class KeysServicer(keys_pb2_grpc.KeysServicer):
+    def __init__(self, keys: KeyService) -> None:
+        self._keys = keys
+
+    async def FetchKey(
+        self, request: keys_pb2.FetchKeyRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.FetchKeyResponse:
+        caller = current_caller.get()
+        assert caller is not None  # AUTH_POLICY: AGENT only
+        fetched = await self._keys.fetch(caller, request.name, request.version)
+        return keys_pb2.FetchKeyResponse(
+            name=fetched.version.key_name,
+            version=fetched.version.version,
+            state=fetched.version.state,
+            created_at=fetched.version.created_at,
+            wrapped_key=fetched.wrapped,
+            wrapped_for_serial=caller.serial,
+        )
+
+
+def _key_info(key: KeyRecord) -> admin_pb2.KeyInfo:
+    return admin_pb2.KeyInfo(
+        name=key.name,
+        current_version=key.current_version,
+        created_at=key.created_at,
+        versions=[
+            admin_pb2.KeyVersionInfo(
+                version=v.version, state=v.state, created_at=v.created_at, state_changed_at=v.state_changed_at
+            )
+            for v in key.versions
+        ],
+        grants=[str(g) for g in key.grants],
+    )
+
+
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(
-        self, ca: CertificateAuthority, enrollment: EnrollmentService, agents: AgentDirectory
+        self,
+        ca: CertificateAuthority,
+        enrollment: EnrollmentService,
+        agents: AgentDirectory,
+        keys: KeyService,
     ) -> None:
         self._ca = ca
         self._enrollment = enrollment
         self._agents = agents
+        self._keys = keys
+
+    async def CreateKey(
+        self, request: admin_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.KeyInfo:
+        return _key_info(await self._keys.create(request.name, list(request.grants)))
+
+    async def RotateKey(
+        self, request: admin_pb2.RotateKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.KeyInfo:
+        return _key_info(await self._keys.rotate(request.name))
+
+    async def GrantKey(
+        self, request: admin_pb2.GrantKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.KeyInfo:
+        return _key_info(await self._keys.grant(request.name, request.grant))
+
+    async def UngrantKey(
+        self, request: admin_pb2.GrantKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.KeyInfo:
+        return _key_info(await self._keys.ungrant(request.name, request.grant))
+
+    async def ListKeys(
+        self, request: admin_pb2.ListKeysRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListKeysResponse:
+        return admin_pb2.ListKeysResponse(keys=[_key_info(k) for k in await self._keys.list()])
+
+    async def DestroyKeyVersion(
+        self, request: admin_pb2.DestroyKeyVersionRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.KeyInfo:
+        return _key_info(await self._keys.destroy(request.name, request.version))
 
     async def CreateJoinToken(
         self, request: admin_pb2.CreateJoinTokenRequest, context: grpc.aio.ServicerContext

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from kms.v1 import types_pb2 as kms_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12kms/v1/admin.proto\x12\x06kms.v1\x1a\x12kms/v1/types.proto\"K\n\x16\x43reateJoinTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"l\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12\x12\n\nexpires_at\x18\x05 \x01(\x03\"\x0e\n\x0cGetCARequest\"S\n\rGetCAResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x03 \x01(\t\"\x13\n\x11ListAgentsRequest\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.kms.v1.AgentInfo2\xd6\x01\n\x05\x41\x64min\x12R\n\x0f\x43reateJoinToken\x12\x1e.kms.v1.CreateJoinTokenRequest\x1a\x1f.kms.v1.CreateJoinTokenResponse\x12\x34\n\x05GetCA\x12\x14.kms.v1.GetCARequest\x1a\x15.kms.v1.GetCAResponse\x12\x43\n\nListAgents\x12\x19.kms.v1.ListAgentsRequest\x1a\x1a.kms.v1.ListAgentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12kms/v1/admin.proto\x12\x06kms.v1\x1a\x12kms/v1/types.proto\"K\n\x16\x43reateJoinTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"l\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12\x12\n\nexpires_at\x18\x05 \x01(\x03\"\x0e\n\x0cGetCARequest\"S\n\rGetCAResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x03 \x01(\t\"\x13\n\x11ListAgentsRequest\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.kms.v1.AgentInfo\"0\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06grants\x18\x02 \x03(\t\" \n\x10RotateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\".\n\x0fGrantKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05grant\x18\x02 \x01(\t\"\x11\n\x0fListKeysRequest\"1\n\x10ListKeysResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.kms.v1.KeyInfo\"9\n\x18\x44\x65stroyKeyVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"^\n\x0eKeyVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12\x18\n\x10state_changed_at\x18\x04 \x01(\x03\"~\n\x07KeyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12(\n\x08versions\x18\x04 \x03(\x0b\x32\x16.kms.v1.KeyVersionInfo\x12\x0e\n\x06grants\x18\x05 \x03(\t2\xbb\x04\n\x05\x41\x64min\x12R\n\x0f\x43reateJoinToken\x12\x1e.kms.v1.CreateJoinTokenRequest\x1a\x1f.kms.v1.CreateJoinTokenResponse\x12\x34\n\x05GetCA\x12\x14.kms.v1.GetCARequest\x1a\x15.kms.v1.GetCAResponse\x12\x43\n\nListAgents\x12\x19.kms.v1.ListAgentsRequest\x1a\x1a.kms.v1.ListAgentsResponse\x12\x36\n\tCreateKey\x12\x18.kms.v1.CreateKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x36\n\tRotateKey\x12\x18.kms.v1.RotateKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x34\n\x08GrantKey\x12\x17.kms.v1.GrantKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x36\n\nUngrantKey\x12\x17.kms.v1.GrantKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12=\n\x08ListKeys\x12\x17.kms.v1.ListKeysRequest\x1a\x18.kms.v1.ListKeysResponse\x12\x46\n\x11\x44\x65stroyKeyVersion\x12 .kms.v1.DestroyKeyVersionRequest\x1a\x0f.kms.v1.KeyInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +44,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAGENTSREQUEST']._serialized_end=357
   _globals['_LISTAGENTSRESPONSE']._serialized_start=359
   _globals['_LISTAGENTSRESPONSE']._serialized_end=414
-  _globals['_ADMIN']._serialized_start=417
-  _globals['_ADMIN']._serialized_end=631
+  _globals['_CREATEKEYREQUEST']._serialized_start=416
+  _globals['_CREATEKEYREQUEST']._serialized_end=464
+  _globals['_ROTATEKEYREQUEST']._serialized_start=466
+  _globals['_ROTATEKEYREQUEST']._serialized_end=498
+  _globals['_GRANTKEYREQUEST']._serialized_start=500
+  _globals['_GRANTKEYREQUEST']._serialized_end=546
+  _globals['_LISTKEYSREQUEST']._serialized_start=548
+  _globals['_LISTKEYSREQUEST']._serialized_end=565
+  _globals['_LISTKEYSRESPONSE']._serialized_start=567
+  _globals['_LISTKEYSRESPONSE']._serialized_end=616
+  _globals['_DESTROYKEYVERSIONREQUEST']._serialized_start=618
+  _globals['_DESTROYKEYVERSIONREQUEST']._serialized_end=675
+  _globals['_KEYVERSIONINFO']._serialized_start=677
+  _globals['_KEYVERSIONINFO']._serialized_end=771
+  _globals['_KEYINFO']._serialized_start=773
+  _globals['_KEYINFO']._serialized_end=899
+  _globals['_ADMIN']._serialized_start=902
+  _globals['_ADMIN']._serialized_end=1473
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,36 @@ class AdminStub:
                 request_serializer=kms_dot_v1_dot_admin__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_admin__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/kms.v1.Admin/CreateKey',
+                request_serializer=kms_dot_v1_dot_admin__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+                _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/kms.v1.Admin/RotateKey',
+                request_serializer=kms_dot_v1_dot_admin__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+                _registered_method=True)
+        self.GrantKey = channel.unary_unary(
+                '/kms.v1.Admin/GrantKey',
+                request_serializer=kms_dot_v1_dot_admin__pb2.GrantKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+                _registered_method=True)
+        self.UngrantKey = channel.unary_unary(
+                '/kms.v1.Admin/UngrantKey',
+                request_serializer=kms_dot_v1_dot_admin__pb2.GrantKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/kms.v1.Admin/ListKeys',
+                request_serializer=kms_dot_v1_dot_admin__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.DestroyKeyVersion = channel.unary_unary(
+                '/kms.v1.Admin/DestroyKeyVersion',
+                request_serializer=kms_dot_v1_dot_admin__pb2.DestroyKeyVersionRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -72,6 +102,43 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateKey(self, request, context):
+        """Keys: never return key material.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UngrantKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DestroyKeyVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +156,36 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=kms_dot_v1_dot_admin__pb2.ListAgentsRequest.FromString,
                     response_serializer=kms_dot_v1_dot_admin__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.CreateKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.KeyInfo.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.RotateKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.KeyInfo.SerializeToString,
+            ),
+            'GrantKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantKey,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.GrantKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.KeyInfo.SerializeToString,
+            ),
+            'UngrantKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UngrantKey,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.GrantKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.KeyInfo.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.ListKeysRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'DestroyKeyVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DestroyKeyVersion,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.DestroyKeyVersionRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.KeyInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +269,168 @@ class Admin:
             '/kms.v1.Admin/ListAgents',
             kms_dot_v1_dot_admin__pb2.ListAgentsRequest.SerializeToString,
             kms_dot_v1_dot_admin__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/CreateKey',
+            kms_dot_v1_dot_admin__pb2.CreateKeyRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/RotateKey',
+            kms_dot_v1_dot_admin__pb2.RotateKeyRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/GrantKey',
+            kms_dot_v1_dot_admin__pb2.GrantKeyRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UngrantKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/UngrantKey',
+            kms_dot_v1_dot_admin__pb2.GrantKeyRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/ListKeys',
+            kms_dot_v1_dot_admin__pb2.ListKeysRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DestroyKeyVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/DestroyKeyVersion',
+            kms_dot_v1_dot_admin__pb2.DestroyKeyVersionRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,13 @@ class AdminStub:
     CreateJoinToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateJoinTokenRequest, _admin_pb2.CreateJoinTokenResponse]
     GetCA: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetCARequest, _admin_pb2.GetCAResponse]
     ListAgents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAgentsRequest, _admin_pb2.ListAgentsResponse]
+    CreateKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateKeyRequest, _admin_pb2.KeyInfo]
+    """Keys: never return key material."""
+    RotateKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateKeyRequest, _admin_pb2.KeyInfo]
+    GrantKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GrantKeyRequest, _admin_pb2.KeyInfo]
+    UngrantKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GrantKeyRequest, _admin_pb2.KeyInfo]
+    ListKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListKeysRequest, _admin_pb2.ListKeysResponse]
+    DestroyKeyVersion: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DestroyKeyVersionRequest, _admin_pb2.KeyInfo]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -41,6 +48,13 @@ class AdminAsyncStub(AdminStub):
     CreateJoinToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateJoinTokenRequest, _admin_pb2.CreateJoinTokenResponse]  # type: ignore[assignment]
     GetCA: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetCARequest, _admin_pb2.GetCAResponse]  # type: ignore[assignment]
     ListAgents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAgentsRequest, _admin_pb2.ListAgentsResponse]  # type: ignore[assignment]
+    CreateKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateKeyRequest, _admin_pb2.KeyInfo]  # type: ignore[assignment]
+    """Keys: never return key material."""
+    RotateKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateKeyRequest, _admin_pb2.KeyInfo]  # type: ignore[assignment]
+    GrantKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.GrantKeyRequest, _admin_pb2.KeyInfo]  # type: ignore[assignment]
+    UngrantKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.GrantKeyRequest, _admin_pb2.KeyInfo]  # type: ignore[assignment]
+    ListKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListKeysRequest, _admin_pb2.ListKeysResponse]  # type: ignore[assignment]
+    DestroyKeyVersion: _aio.UnaryUnaryMultiCallable[_admin_pb2.DestroyKeyVersionRequest, _admin_pb2.KeyInfo]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -63,5 +77,48 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListAgentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListAgentsResponse, _abc.Awaitable[_admin_pb2.ListAgentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateKey(
+        self,
+        request: _admin_pb2.CreateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.KeyInfo, _abc.Awaitable[_admin_pb2.KeyInfo]]:
+        """Keys: never return key material."""
+
+    @_abc_1.abstractmethod
+    def RotateKey(
+        self,
+        request: _admin_pb2.RotateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.KeyInfo, _abc.Awaitable[_admin_pb2.KeyInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def GrantKey(
+        self,
+        request: _admin_pb2.GrantKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.KeyInfo, _abc.Awaitable[_admin_pb2.KeyInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def UngrantKey(
+        self,
+        request: _admin_pb2.GrantKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.KeyInfo, _abc.Awaitable[_admin_pb2.KeyInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ListKeys(
+        self,
+        request: _admin_pb2.ListKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListKeysResponse, _abc.Awaitable[_admin_pb2.ListKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DestroyKeyVersion(
+        self,
+        request: _admin_pb2.DestroyKeyVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.KeyInfo, _abc.Awaitable[_admin_pb2.KeyInfo]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

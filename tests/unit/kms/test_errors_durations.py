@@ -22,6 +22,7 @@ from kms.durations import format_duration, parse_duration
         errors.ResourceExhausted,
         errors.Unavailable,
         errors.AlreadyExists,
+        errors.DataLoss,
     ],
 )
 def test_status_round_trip(cls: type[errors.KmsError]) -> None:

@@ -8,13 +8,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kms.v1 import admin_pb2, enrollment_pb2, identity_pb2
+from kms.v1 import admin_pb2, enrollment_pb2, identity_pb2, keys_pb2
 from server.auth import AUTH_POLICY, AuthInterceptor, Listener, Role
 
 
 def _all_methods() -> set[str]:
     methods = set()
-    for module in (admin_pb2, enrollment_pb2, identity_pb2):
+    for module in (admin_pb2, enrollment_pb2, identity_pb2, keys_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             methods |= {f"/{service.full_name}/{m.name}" for m in service.methods}
     return methods

@@ -1,0 +1,63 @@
+"""Fetching keys: ask the server over mTLS, unwrap locally with the agent's own key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.client import KmsClient
+from agent.state import AgentIdentity
+from kms.errors import DataLoss, InvalidArgument
+from kms.identity import validate_key_name
+from kms.wrap import UnwrapError, unwrap
+
+__all__ = ["FetchedKey", "KeyFetcher"]
+
+
+@dataclass(frozen=True)
+class FetchedKey:
+    name: str
+    version: int
+    state: str
+    created_at: int
+    material: bytes
+
+    def __repr__(self) -> str:  # never show key material, even in a traceback
+        return f"FetchedKey(name={self.name!r}, version={self.version}, state={self.state!r})"
+
+
+class KeyFetcher:
+    def __init__(self, identity: AgentIdentity, client: KmsClient) -> None:
+        self._identity = identity
+        self._client = client
+        self._serial = format(identity.cert.serial_number, "x")
+        self._cache: dict[tuple[str, int], FetchedKey] = {}
+
+    def fetch(self, name: str, version: int = 0) -> FetchedKey:
+        """Fetches and unwraps one version (0: the current one); cached for this process.
+
+        Raises:
+            InvalidArgument: bad name or version.
+            DataLoss: the wrapped key does not unwrap for this agent (label or key mismatch).
+            and whatever the server said (PermissionDenied, NotFound, FailedPrecondition, ...).
+        """
+        validate_key_name(name)
+        if version < 0:
+            raise InvalidArgument("--version must be a positive number (or 0 for the current version)")
+        if version and (name, version) in self._cache:
+            return self._cache[(name, version)]
+        resp = self._client.fetch_key(name, version)
+        if (
+            resp.name != name
+            or (version and resp.version != version)
+            or resp.wrapped_for_serial != self._serial
+        ):
+            raise DataLoss("the server answered for another key or certificate")
+        try:
+            material = unwrap(self._identity.key, resp.wrapped_key, name, resp.version, self._serial)
+        except UnwrapError:
+            raise DataLoss(
+                f"key {name!r} version {resp.version} does not unwrap with this agent's key: enroll again"
+            ) from None
+        fetched = FetchedKey(name, resp.version, resp.state, resp.created_at, material)
+        self._cache[(name, resp.version)] = fetched
+        return fetched
