@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kms.envelope import Decryptor, Encryptor, EnvelopeError, Header
-from kms.errors import DataLoss, InvalidArgument
+from kms.errors import DataLoss, InvalidArgument, NotFound
 from kms.securefile import atomic_output
 
 __all__ = ["decrypt_file", "encrypt_file", "read_header"]
@@ -74,7 +74,12 @@ def decrypt_file(src: Path, dst: Path, lookup: KeyLookup) -> Header:
             header = read_header(fin)
         except EnvelopeError:
             raise DataLoss(_OPAQUE.format(src)) from None
-        key = lookup(header.key_name, header.key_version)  # server errors pass through as they are
+        try:
+            # Authorization and state answers (not granted, destroyed) pass through
+            # as they are; a version that never existed means a damaged header.
+            key = lookup(header.key_name, header.key_version)
+        except NotFound:
+            raise DataLoss(_OPAQUE.format(src)) from None
         dec = Decryptor(key, header)
         size = dec.ciphertext_chunk_size
         try:

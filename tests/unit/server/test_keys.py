@@ -1,0 +1,80 @@
+"""server/keys.py over a real SQLite store: grants, versions, and sealed rows bound to their slot."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from kms.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from kms.wrap import unwrap
+from server.authn import Caller
+from server.keys import KeyService
+from server.sealing import Sealer, SealError
+from server.store import SqliteStore
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def _caller(key: rsa.RSAPrivateKey, name: str = "web-1", groups: tuple[str, ...] = ("web",)) -> Caller:
+    return Caller(name, groups, "abc123", f"spiffe://t/agent/{name}", NOW, NOW, key.public_key())
+
+
+def _run(tmp_path: Path, body):  # type: ignore[no-untyped-def]
+    async def main() -> object:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            return await body(KeyService(store, Sealer(bytes(range(32))), lambda: NOW))
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def test_grants_by_agent_and_group_and_versions(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    async def body(keys: KeyService) -> None:
+        await keys.create("app", ["group:web"])
+        got = await keys.fetch(_caller(rsa_key), "app", 0)
+        v1 = unwrap(rsa_key, got.wrapped, "app", 1, "abc123")
+        with pytest.raises(PermissionDenied):
+            await keys.fetch(_caller(rsa_key, "db-1", ("db",)), "app", 0)
+        await keys.grant("app", "agent:db-1")
+        assert (await keys.fetch(_caller(rsa_key, "db-1", ("db",)), "app", 0)).version.version == 1
+        await keys.rotate("app")
+        again = await keys.fetch(_caller(rsa_key), "app", 1)
+        assert unwrap(rsa_key, again.wrapped, "app", 1, "abc123") == v1
+        assert (await keys.fetch(_caller(rsa_key), "app", 0)).version.version == 2
+        with pytest.raises(NotFound):
+            await keys.fetch(_caller(rsa_key), "app", 3)
+        with pytest.raises(InvalidArgument):
+            await keys.fetch(_caller(rsa_key), "app", -1)
+        await keys.destroy("app", 1)
+        with pytest.raises(FailedPrecondition):
+            await keys.fetch(_caller(rsa_key), "app", 1)
+
+    _run(tmp_path, body)
+
+
+def test_sealed_material_moved_to_another_row_does_not_open(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    async def setup(keys: KeyService) -> None:
+        await keys.create("app", ["group:web"])
+        await keys.create("other", ["group:web"])
+
+    _run(tmp_path, setup)
+    conn = sqlite3.connect(tmp_path / "kms.db")
+    other = conn.execute("SELECT sealed_material FROM key_versions WHERE key_name='other'").fetchone()[0]
+    conn.execute("UPDATE key_versions SET sealed_material=? WHERE key_name='app'", (other,))
+    conn.commit()
+    conn.close()
+
+    async def fetch(keys: KeyService) -> None:
+        with pytest.raises(SealError):
+            await keys.fetch(_caller(rsa_key), "app", 0)
+
+    _run(tmp_path, fetch)
