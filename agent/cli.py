@@ -10,14 +10,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography import x509
+
 from agent.client import DEFAULT_TIMEOUT, KmsClient
 from agent.enroll import enroll
 from agent.files import decrypt_file, encrypt_file
 from agent.keys import KeyFetcher
 from agent.state import AgentIdentity, StateDir, default_state_dir
+from agent.watch import Watcher
 from kms.addresses import join_hostport, parse_hostport
 from kms.cli import ArgumentParser, print_json, run_main
-from kms.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from kms.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Revoked
 from kms.securefile import write_atomic
 
 __all__ = ["main"]
@@ -120,6 +123,8 @@ def cmd_fetch_key(args: argparse.Namespace) -> int:
     if args.out:
         # A key file is raw bytes unless a text format is asked for.
         write_atomic(Path(args.out), _encode(key.material, args.format or "raw"), mode=0o600)
+        # Remembered so that kms-agent watch can delete it if the version is compromised.
+        _state(args).remember_key_file(key.name, key.version, Path(args.out))
         meta["file"] = args.out
     if args.json:
         if args.include_key:
@@ -158,6 +163,50 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
             Path(args.input), Path(args.output), lambda name, version: fetcher.fetch(name, version).material
         )
     return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    state = _state(args)
+    identity = state.load()
+
+    def connect() -> KmsClient:
+        return KmsClient(
+            identity.settings.server,
+            identity.ca_bundle_pem,
+            key_pem=identity.key_pem,
+            cert_pem=identity.cert_pem,
+            timeout=args.timeout,
+        )
+
+    watcher = Watcher(
+        state, identity, connect, as_json=args.json, exec_cmd=args.exec, silence_timeout=args.silence_timeout
+    )
+    return watcher.run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    if bool(args.serial) == bool(args.cert):
+        raise InvalidArgument("check needs exactly one of --serial or --cert")
+    serial = args.serial
+    if args.cert:
+        try:
+            serial = format(x509.load_pem_x509_certificate(Path(args.cert).read_bytes()).serial_number, "x")
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"--cert {args.cert} is not a readable PEM certificate") from exc
+    _, client = _connect(args)
+    with client:
+        status = client.check_certificate(serial)
+    fields: dict[str, object] = {"serial": status.serial, "status": status.status}
+    if status.agent_name:
+        fields["agent"] = status.agent_name
+    if status.status == "revoked":
+        fields |= {"reason": status.reason, "revoked_at": _iso(status.revoked_at)}
+    if args.json:
+        print_json(fields)
+    else:
+        print(" ".join(f"{k}={v}" for k, v in fields.items()))
+    # Scripts read the answer from the exit code: 0 good, 11 revoked, 5 unknown.
+    return {"good": 0, "revoked": Revoked.exit_code}.get(status.status, NotFound.exit_code)
 
 
 def _iso(ts: int) -> str:
@@ -232,6 +281,25 @@ def build_parser() -> ArgumentParser:
     de.add_argument("input", metavar="IN")
     de.add_argument("output", metavar="OUT")
     de.set_defaults(func=cmd_decrypt)
+
+    wa = sub.add_parser("watch", parents=[common], help="follow revocations; resume where it left off")
+    wa.add_argument("--json", action="store_true", help="one JSON object per line")
+    wa.add_argument("--exec", help="shell command run per event, with KMS_EVENT_* variables")
+    wa.add_argument(
+        "--silence-timeout",
+        type=float,
+        default=20.0,
+        help="reconnect after this many seconds without a message",
+    )
+    wa.set_defaults(func=cmd_watch)
+
+    ck = sub.add_parser(
+        "check", parents=[common], help="revocation status of a certificate (exit 0 good, 11 revoked)"
+    )
+    ck.add_argument("--serial", help="certificate serial, hex")
+    ck.add_argument("--cert", help="a PEM certificate file")
+    ck.add_argument("--json", action="store_true")
+    ck.set_defaults(func=cmd_check)
     return parser
 
 

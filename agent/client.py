@@ -7,7 +7,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from kms.errors import Unavailable, error_for_status
+from kms.errors import KmsError, Unavailable, error_for_status
 from kms.v1 import (
     enrollment_pb2,
     enrollment_pb2_grpc,
@@ -15,6 +15,8 @@ from kms.v1 import (
     identity_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
+    revocation_pb2,
+    revocation_pb2_grpc,
 )
 
 __all__ = ["KmsClient"]
@@ -44,6 +46,7 @@ class KmsClient:
         self._enrollment = enrollment_pb2_grpc.EnrollmentStub(self._channel)
         self._identity = identity_pb2_grpc.IdentityStub(self._channel)
         self._keys = keys_pb2_grpc.KeysStub(self._channel)
+        self._revocation = revocation_pb2_grpc.RevocationStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -54,18 +57,22 @@ class KmsClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def map_error(self, exc: grpc.RpcError) -> KmsError:
+        """The KmsError for a failed call or stream."""
+        code, details = exc.code(), exc.details() or ""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return Unavailable(
+                f"cannot reach kms-server at {self._target} ({details.splitlines()[0] if details else 'unavailable'}):"
+                " check the address; a TLS handshake also fails when the server does not verify against the"
+                " pinned CA, or when this agent's certificate is expired"
+            )
+        return error_for_status(code, details)
+
     def _call(self, method: Callable[..., T], request: Any) -> T:
         try:
             return method(request, timeout=self._timeout)
         except grpc.RpcError as exc:
-            code, details = exc.code(), exc.details() or ""
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise Unavailable(
-                    f"cannot reach kms-server at {self._target} ({details.splitlines()[0] if details else 'unavailable'}):"
-                    " check the address; a TLS handshake also fails when the server does not verify against the"
-                    " pinned CA, or when this agent's certificate is expired or revoked"
-                ) from None
-            raise error_for_status(code, details) from None
+            raise self.map_error(exc) from None
 
     def get_ca_bundle(self) -> str:
         resp = cast(
@@ -86,3 +93,13 @@ class KmsClient:
     def fetch_key(self, name: str, version: int) -> keys_pb2.FetchKeyResponse:
         request = keys_pb2.FetchKeyRequest(name=name, version=version)
         return cast(keys_pb2.FetchKeyResponse, self._call(self._keys.FetchKey, request))
+
+    def check_certificate(self, serial: str) -> revocation_pb2.CheckCertificateResponse:
+        request = revocation_pb2.CheckCertificateRequest(serial=serial)
+        return cast(
+            revocation_pb2.CheckCertificateResponse, self._call(self._revocation.CheckCertificate, request)
+        )
+
+    def watch(self, after_seq: int) -> Any:
+        """Opens a Watch stream (no deadline); iterate it, cancel() it. Errors surface while iterating."""
+        return self._revocation.Watch(revocation_pb2.WatchRequest(after_seq=after_seq))

@@ -4,6 +4,8 @@ agent.key    the RSA private key, PEM PKCS#8, 0600; never leaves the machine
 agent.crt    the agent certificate, PEM
 ca.crt       the CA bundle pinned at enrollment, PEM
 agent.json   name, groups, server addresses, CA fingerprint
+watch.json   the last revocation sequence number kms-agent watch processed
+key-files.json  key files fetch-key --out wrote; deleted if their version is compromised
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class StateDir:
         self.cert = path / "agent.crt"
         self.ca = path / "ca.crt"
         self.settings = path / "agent.json"
+        self.watch = path / "watch.json"
+        self.key_files = path / "key-files.json"
 
     @property
     def enrolled(self) -> bool:
@@ -98,3 +102,46 @@ class StateDir:
         if not isinstance(key, rsa.RSAPrivateKey) or key.public_key() != cert.public_key():
             raise FailedPrecondition(f"{self.key} does not match {self.cert}: enroll again with --force")
         return AgentIdentity(settings, key, cert, ca)
+
+    # --- watch position and key files -------------------------------------------
+
+    def last_seq(self) -> int:
+        try:
+            return int(json.loads(self.watch.read_text())["last_seq"])
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FailedPrecondition(
+                f"{self.watch} is unreadable ({exc}): remove it to replay every event"
+            ) from exc
+
+    def save_last_seq(self, seq: int) -> None:
+        write_atomic(self.watch, json.dumps({"last_seq": seq}).encode() + b"\n", mode=0o600)
+
+    def _key_files(self) -> list[dict[str, object]]:
+        try:
+            entries = json.loads(self.key_files.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise FailedPrecondition(f"{self.key_files} is unreadable ({exc})") from exc
+        return [e for e in entries if isinstance(e, dict)]
+
+    def remember_key_file(self, name: str, version: int, path: Path) -> None:
+        entries = [e for e in self._key_files() if e.get("path") != str(path.resolve())]
+        entries.append({"name": name, "version": version, "path": str(path.resolve())})
+        write_atomic(self.key_files, json.dumps(entries, indent=2).encode() + b"\n", mode=0o600)
+
+    def forget_key_files(self, name: str, version: int) -> list[Path]:
+        """Deletes the key files written for (name, version); returns the paths deleted."""
+        keep, deleted = [], []
+        for entry in self._key_files():
+            if entry.get("name") == name and entry.get("version") == version:
+                path = Path(str(entry["path"]))
+                path.unlink(missing_ok=True)
+                deleted.append(path)
+            else:
+                keep.append(entry)
+        if deleted:
+            write_atomic(self.key_files, json.dumps(keep, indent=2).encode() + b"\n", mode=0o600)
+        return deleted

@@ -17,7 +17,9 @@ __all__ = [
     "KmsError",
     "NotFound",
     "PermissionDenied",
+    "REVOKED_MARK",
     "ResourceExhausted",
+    "Revoked",
     "Unauthenticated",
     "Unavailable",
     "error_for_status",
@@ -47,6 +49,15 @@ class Unauthenticated(KmsError):
 
     code = grpc.StatusCode.UNAUTHENTICATED
     exit_code = 3
+
+
+class Revoked(Unauthenticated):
+    """The caller's own certificate (or agent) was revoked. Its messages contain REVOKED_MARK."""
+
+    exit_code = 11
+
+
+REVOKED_MARK = "was revoked"
 
 
 class PermissionDenied(KmsError):
@@ -120,4 +131,6 @@ def error_for_status(code: grpc.StatusCode, message: str) -> KmsError:
         do not raise ourselves, such as INTERNAL or DEADLINE_EXCEEDED).
     """
     cls = _BY_CODE.get(code, KmsError)
+    if cls is Unauthenticated and REVOKED_MARK in message:
+        cls = Revoked
     return cls(message or code.name.lower())

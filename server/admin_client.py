@@ -50,9 +50,11 @@ class AdminClient:
             raise error_for_status(code, details) from None
 
     def create_join_token(
-        self, name: str, groups: list[str], ttl_seconds: int
+        self, name: str, groups: list[str], ttl_seconds: int, allow_reenroll: bool = False
     ) -> admin_pb2.CreateJoinTokenResponse:
-        request = admin_pb2.CreateJoinTokenRequest(name=name, groups=groups, ttl_seconds=ttl_seconds)
+        request = admin_pb2.CreateJoinTokenRequest(
+            name=name, groups=groups, ttl_seconds=ttl_seconds, allow_reenroll=allow_reenroll
+        )
         return cast(admin_pb2.CreateJoinTokenResponse, self._call(self._stub.CreateJoinToken, request))
 
     def get_ca(self) -> admin_pb2.GetCAResponse:
@@ -86,3 +88,19 @@ class AdminClient:
     def destroy_key_version(self, name: str, version: int) -> admin_pb2.KeyInfo:
         request = admin_pb2.DestroyKeyVersionRequest(name=name, version=version)
         return cast(admin_pb2.KeyInfo, self._call(self._stub.DestroyKeyVersion, request))
+
+    def revoke_certificate(self, serial: str, reason: str) -> admin_pb2.RevokeResponse:
+        request = admin_pb2.RevokeCertificateRequest(serial=serial, reason=reason)
+        return cast(admin_pb2.RevokeResponse, self._call(self._stub.RevokeCertificate, request))
+
+    def revoke_agent(self, name: str, reason: str) -> admin_pb2.RevokeResponse:
+        request = admin_pb2.RevokeAgentRequest(name=name, reason=reason)
+        return cast(admin_pb2.RevokeResponse, self._call(self._stub.RevokeAgent, request))
+
+    def revoke_key(self, name: str, version: int, reason: str) -> admin_pb2.RevokeResponse:
+        request = admin_pb2.RevokeKeyRequest(name=name, version=version, reason=reason)
+        return cast(admin_pb2.RevokeResponse, self._call(self._stub.RevokeKey, request))
+
+    def list_revocations(self) -> admin_pb2.ListRevocationsResponse:
+        request = admin_pb2.ListRevocationsRequest()
+        return cast(admin_pb2.ListRevocationsResponse, self._call(self._stub.ListRevocations, request))

@@ -20,19 +20,31 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from kms.addresses import join_hostport
 from kms.errors import FailedPrecondition
 from kms.identity import fingerprint
-from kms.v1 import admin_pb2_grpc, enrollment_pb2_grpc, identity_pb2_grpc, keys_pb2_grpc
+from kms.v1 import admin_pb2_grpc, enrollment_pb2_grpc, identity_pb2_grpc, keys_pb2_grpc, revocation_pb2_grpc
 from server.agents import AgentDirectory
 from server.auth import AuthInterceptor, Listener
 from server.authn import PeerAuthenticator
 from server.ca import CertificateAuthority, create_root, load_or_issue_server_identity, load_root
 from server.clock import Clock, system_clock
 from server.config import ServerConfig
+from server.crl import CrlPublisher
 from server.datadir import DataDir, DataDirError
 from server.enrollment import EnrollmentService
+from server.feed import RevocationFeed, StreamGuard
+from server.http import HttpSidePort
 from server.keys import KeyService
+from server.ocsp import OcspResponder
+from server.revocation import RevocationService
 from server.sealing import Sealer
-from server.servicers import AdminServicer, EnrollmentServicer, IdentityServicer, KeysServicer
+from server.servicers import (
+    AdminServicer,
+    EnrollmentServicer,
+    IdentityServicer,
+    KeysServicer,
+    RevocationServicer,
+)
 from server.store import SqliteStore, Store
+from server.watch import WatchService
 
 __all__ = ["App", "create_server", "serve"]
 
@@ -49,6 +61,10 @@ class App:
     admin: grpc.aio.Server
     port: int
     enroll_port: int
+    crl: CrlPublisher
+    http: HttpSidePort | None
+    http_port: int | None
+    _refresher: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -58,19 +74,31 @@ class App:
     def enroll_address(self) -> str:
         return join_hostport(self.config.enroll_host, self.enroll_port)
 
+    @property
+    def http_address(self) -> str | None:
+        if self.http_port is None or self.config.http_host is None:
+            return None
+        return join_hostport(self.config.http_host, self.http_port)
+
     def ready_line(self) -> str:
-        return (
+        line = (
             f"kms-server ready address={self.address} ca-fingerprint={self.ca.fingerprint}"
             f" admin-socket={self.datadir.admin_socket} enroll-address={self.enroll_address}"
         )
+        return line + (f" http-address={self.http_address}" if self.http_address else "")
 
     async def start(self) -> None:
         await self.api.start()
         await self.admin.start()
+        self._refresher = asyncio.create_task(self.crl.refresh_forever())
 
     async def stop(self) -> None:
         """Graceful: refuse new calls, let in-flight ones finish within the grace period."""
         grace = self.config.shutdown_grace.total_seconds()
+        if self._refresher is not None:
+            self._refresher.cancel()
+        if self.http is not None:
+            await self.http.stop()
         await asyncio.gather(self.api.stop(grace), self.admin.stop(grace))
         await self.store.close()
         self.datadir.admin_socket.unlink(missing_ok=True)
@@ -143,6 +171,12 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         agents = AgentDirectory(store, trust_domain, clock)
         keys = KeyService(store, sealer, clock)
         authenticator = PeerAuthenticator(ca.certificate, trust_domain, store, clock)
+        feed = RevocationFeed(await store.last_seq())
+        guard = StreamGuard()
+        crl = CrlPublisher(ca, store, clock)
+        revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
+        watch = WatchService(store, feed, cfg.heartbeat.total_seconds(), cfg.watch_buffer)
+        http = HttpSidePort(crl, OcspResponder(ca, store, clock)) if cfg.http_host is not None else None
 
         limits = [
             # Without this gRPC sets SO_REUSEPORT and a second process could
@@ -151,10 +185,13 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             ("grpc.max_receive_message_length", cfg.max_request_bytes),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ]
-        api = grpc.aio.server(interceptors=[AuthInterceptor(Listener.API, authenticator)], options=limits)
+        api = grpc.aio.server(
+            interceptors=[AuthInterceptor(Listener.API, authenticator, guard)], options=limits
+        )
         enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(ca, enrollment), api)
         identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(), api)
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys), api)
+        revocation_pb2_grpc.add_RevocationServicer_to_server(RevocationServicer(watch, revocations, crl), api)
         key_chain = [(server_identity.key_pem(), server_identity.cert_pem + ca.bundle_pem)]
         mtls = grpc.ssl_server_credentials(
             key_chain, root_certificates=ca.bundle_pem, require_client_auth=True
@@ -164,7 +201,9 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         enroll_port = _bind(api, cfg.enroll_listen, server_tls, "--enroll-listen")
 
         admin = grpc.aio.server(interceptors=[AuthInterceptor(Listener.ADMIN)], options=limits)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(ca, enrollment, agents, keys), admin)
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(ca, enrollment, agents, keys, revocations), admin
+        )
         datadir.admin_socket.unlink(missing_ok=True)  # stale: we hold the data dir lock
         _bind(
             admin,
@@ -173,7 +212,10 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             "admin socket",
         )
         os.chmod(datadir.admin_socket, 0o600)
-        return App(cfg, datadir, store, ca, api, admin, port, enroll_port)
+        http_port = (
+            await http.start(cfg.http_host, cfg.http_port) if http and cfg.http_host is not None else None
+        )
+        return App(cfg, datadir, store, ca, api, admin, port, enroll_port, crl, http, http_port)
     except BaseException:
         if store is not None:
             await store.close()

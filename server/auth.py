@@ -9,6 +9,7 @@ other exception into INTERNAL without detail (logged with its traceback).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ import grpc
 
 from kms.errors import KmsError, PermissionDenied, Unauthenticated
 from server.authn import Caller, PeerAuthenticator
+from server.feed import StreamGuard
 
 __all__ = ["AUTH_POLICY", "AuthInterceptor", "Listener", "Role", "current_caller"]
 
@@ -50,6 +52,13 @@ AUTH_POLICY: dict[str, frozenset[Role]] = {
     "/kms.v1.Admin/ListKeys": frozenset({Role.ADMIN}),
     "/kms.v1.Admin/DestroyKeyVersion": frozenset({Role.ADMIN}),
     "/kms.v1.Keys/FetchKey": frozenset({Role.AGENT}),
+    "/kms.v1.Admin/RevokeCertificate": frozenset({Role.ADMIN}),
+    "/kms.v1.Admin/RevokeAgent": frozenset({Role.ADMIN}),
+    "/kms.v1.Admin/RevokeKey": frozenset({Role.ADMIN}),
+    "/kms.v1.Admin/ListRevocations": frozenset({Role.ADMIN}),
+    "/kms.v1.Revocation/Watch": frozenset({Role.AGENT}),
+    "/kms.v1.Revocation/GetCRL": frozenset({Role.ANYONE}),
+    "/kms.v1.Revocation/CheckCertificate": frozenset({Role.AGENT}),
 }
 
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("current_caller", default=None)
@@ -58,11 +67,17 @@ _INTERNAL = "internal error: the server log has the details"
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, listener: Listener, authenticator: PeerAuthenticator | None = None) -> None:
-        if listener is Listener.API and authenticator is None:
-            raise ValueError("the API listener needs a PeerAuthenticator")
+    def __init__(
+        self,
+        listener: Listener,
+        authenticator: PeerAuthenticator | None = None,
+        guard: StreamGuard | None = None,
+    ) -> None:
+        if listener is Listener.API and (authenticator is None or guard is None):
+            raise ValueError("the API listener needs a PeerAuthenticator and a StreamGuard")
         self._listener = listener
         self._authenticator = authenticator
+        self._guard = guard
 
     async def intercept_service(
         self,
@@ -166,12 +181,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
-                token = current_caller.set(await authorize(context))
+                caller = await authorize(context)
+                token = current_caller.set(caller)
+                task = asyncio.current_task()
+                # Open streams of a certificate are closed when it is revoked:
+                # TLS and the per-call check act only on new calls.
+                if caller is not None and self._guard is not None and task is not None:
+                    self._guard.register(caller.serial, caller.name, task)
                 try:
                     async for response in behavior(request, context):
                         yield response
                 finally:
                     current_caller.reset(token)
+                    if caller is not None and self._guard is not None and task is not None:
+                        self._guard.unregister(caller.serial, caller.name, task)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:

@@ -16,7 +16,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kms.errors import Unauthenticated
+from kms.errors import REVOKED_MARK, Revoked, Unauthenticated
 from kms.identity import agent_spiffe_id
 from kms.policy import AgentIdentity, AllOf, ChainsTo, ClientAuth, agent_name_of
 from server.clock import Clock
@@ -100,6 +100,11 @@ class PeerAuthenticator:
         if agent is None or agent.name != checked.name:
             raise Unauthenticated(
                 f"client certificate {checked.serial} is not known to this server: enroll again"
+            )
+        if agent.latest.revoked_at is not None:
+            raise Revoked(
+                f"client certificate {checked.serial} {REVOKED_MARK} ({agent.latest.revocation_reason}):"
+                " enroll again with a token created with --allow-reenroll"
             )
         return Caller(
             checked.name,

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509 import ocsp
 
 from kms import profile
 from kms.identity import fingerprint
@@ -78,6 +79,38 @@ class CertificateAuthority:
             max_ttl=self.cert_ttl,
         )
         return cert
+
+    def sign_crl(
+        self,
+        revoked: list[tuple[int, datetime, x509.ReasonFlags]],
+        number: int,
+        now: datetime,
+        next_update: datetime,
+    ) -> x509.CertificateRevocationList:
+        """An X.509 v2 CRL (RFC 5280 §5): CRL number, AKI, nextUpdate, a reason code per entry."""
+        ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.certificate.subject)
+            .last_update(now - profile.BACKDATE)
+            .next_update(next_update)
+            .add_extension(x509.CRLNumber(number), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+            )
+        )
+        for serial, when, reason in revoked:
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when)
+            if reason is not x509.ReasonFlags.unspecified:  # RFC 5280 §5.3.1: omit rather than unspecified
+                entry = entry.add_extension(x509.CRLReason(reason), critical=False)
+            builder = builder.add_revoked_certificate(entry.build())
+        return builder.sign(self._root.key, profile.signature_hash(self._root.key))
+
+    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
+        """Signs an OCSP response as the CA itself (RFC 6960 §4.2.2.2: the issuer may respond)."""
+        return builder.responder_id(ocsp.OCSPResponderEncoding.HASH, self.certificate).sign(
+            self._root.key, profile.signature_hash(self._root.key)
+        )
 
     def issue_server(self, sans: tuple[str, ...], ttl: timedelta) -> KeyPair:
         """Issues the server's own TLS certificate on a fresh P-256 key."""

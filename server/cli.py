@@ -11,6 +11,8 @@ from pathlib import Path
 
 from kms.cli import ArgumentParser, print_json, print_table, run_main
 from kms.durations import parse_duration
+from kms.events import describe, event_fields
+from kms.revocation import REASONS
 from kms.v1 import admin_pb2
 from server.admin_client import AdminClient
 from server.app import serve
@@ -40,6 +42,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         "token_ttl": args.token_ttl,
         "ca_ttl": args.ca_ttl,
         "shutdown_grace": args.shutdown_grace,
+        "heartbeat": args.heartbeat,
+        "watch_buffer": args.watch_buffer,
+        "http_listen": args.http_listen,
     }
     cfg = ServerConfig.load(flags)
     asyncio.run(serve(cfg))
@@ -49,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_token_create(args: argparse.Namespace) -> int:
     ttl = int(parse_duration(args.ttl, what="--ttl").total_seconds()) if args.ttl else 0
     with _admin(args) as admin:
-        resp = admin.create_join_token(args.name, args.group or [], ttl)
+        resp = admin.create_join_token(args.name, args.group or [], ttl, args.allow_reenroll)
     if args.json:
         print_json(
             {
@@ -174,6 +179,36 @@ def cmd_key_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_revocation(resp: admin_pb2.RevokeResponse, as_json: bool) -> None:
+    if as_json:
+        print_json({**event_fields(resp.event), "already_revoked": resp.already_revoked})
+    else:
+        print(("already revoked: " if resp.already_revoked else "revoked: ") + describe(resp.event))
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        if args.revoke_command == "cert":
+            resp = admin.revoke_certificate(args.serial, args.reason)
+        elif args.revoke_command == "agent":
+            resp = admin.revoke_agent(args.name, args.reason)
+        else:
+            resp = admin.revoke_key(args.name, args.version, args.reason)
+    _print_revocation(resp, args.json)
+    return 0
+
+
+def cmd_revocations_list(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        events = admin.list_revocations().events
+    if args.json:
+        print_json([event_fields(e) for e in events])
+    else:
+        for event in events:
+            print(describe(event))
+    return 0
+
+
 def build_parser() -> ArgumentParser:
     # The shared options work before or after the subcommand: the subcommand's
     # copies default to SUPPRESS so they never overwrite a value given earlier.
@@ -229,6 +264,14 @@ def build_parser() -> ArgumentParser:
         "--shutdown-grace",
         help="how long in-flight calls may finish after SIGTERM (env KMS_SHUTDOWN_GRACE; 5s)",
     )
+    run.add_argument(
+        "--http-listen",
+        help="HTTP side port HOST:PORT for /crl and /ocsp (env KMS_HTTP_LISTEN; off by default)",
+    )
+    run.add_argument("--heartbeat", help="Watch heartbeat interval (env KMS_HEARTBEAT; default 5s)")
+    run.add_argument(
+        "--watch-buffer", help="events buffered per watcher before it is dropped (env KMS_WATCH_BUFFER; 1024)"
+    )
     run.set_defaults(func=cmd_run)
 
     token = sub.add_parser("token", help="join tokens").add_subparsers(
@@ -239,6 +282,9 @@ def build_parser() -> ArgumentParser:
     create.add_argument("--group", action="append", help="a group the agent joins, repeatable")
     create.add_argument("--ttl", help="token lifetime, e.g. 15m (default: the server's --token-ttl)")
     create.add_argument("--json", action="store_true", help="print token, name, groups and expiry as JSON")
+    create.add_argument(
+        "--allow-reenroll", action="store_true", help="let a revoked agent of this name enroll again"
+    )
     create.set_defaults(func=cmd_token_create)
 
     ca = sub.add_parser("ca", help="the certificate authority").add_subparsers(
@@ -282,6 +328,33 @@ def build_parser() -> ArgumentParser:
     kd.set_defaults(func=cmd_key_destroy)
     for p in (kc, kr, kl, kd, *[key.choices[v] for v in ("grant", "ungrant")]):
         p.add_argument("--json", action="store_true")
+
+    reasons = f"RFC 5280 reason: {', '.join(REASONS)} (default unspecified)"
+    revoke = sub.add_parser("revoke", help="revoke a certificate, an agent or a key version").add_subparsers(
+        dest="revoke_command", required=True, metavar="WHAT"
+    )
+    rc = revoke.add_parser("cert", parents=[common], help="revoke one certificate by serial")
+    rc.add_argument("serial")
+    ra = revoke.add_parser(
+        "agent", parents=[common], help="revoke every certificate of an agent; bar re-enrollment"
+    )
+    ra.add_argument("name")
+    rk = revoke.add_parser(
+        "key", parents=[common], help="mark a key version compromised (rotates if current)"
+    )
+    rk.add_argument("name")
+    rk.add_argument("--version", type=int, required=True)
+    for p in (rc, ra, rk):
+        p.add_argument("--reason", default="", help=reasons)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_revoke)
+
+    revocations = sub.add_parser("revocations", help="the revocation event log").add_subparsers(
+        dest="revocations_command", required=True, metavar="COMMAND"
+    )
+    rl = revocations.add_parser("list", parents=[common], help="list every revocation event")
+    rl.add_argument("--json", action="store_true")
+    rl.set_defaults(func=cmd_revocations_list)
     return parser
 
 

@@ -60,6 +60,10 @@ class ServerConfig:
     max_token_ttl: timedelta
     max_request_bytes: int
     shutdown_grace: timedelta
+    heartbeat: timedelta
+    watch_buffer: int
+    http_host: str | None  # None: no HTTP side port
+    http_port: int
 
     DEFAULT_TRUST_DOMAIN = "seed-kms.local"
 
@@ -126,6 +130,10 @@ class ServerConfig:
                 choices = ", ".join(k.value for k in CAKeyType)
                 raise InvalidArgument(f"--ca-key-type {key_type_text!r} is not one of {choices}") from None
 
+        http = pick("http_listen", None)
+        http_host, http_port = (
+            parse_hostport(http, what="--http-listen", allow_zero=True) if http else (None, 0)
+        )
         cfg = cls(
             data_dir=data_dir,
             listen_host=listen_host,
@@ -142,6 +150,10 @@ class ServerConfig:
             max_token_ttl=duration("max_token_ttl", "7d"),
             max_request_bytes=int(pick("max_request_bytes", str(256 * 1024)) or 0),
             shutdown_grace=duration("shutdown_grace", "5s"),
+            heartbeat=duration("heartbeat", "5s"),
+            watch_buffer=int(pick("watch_buffer", "1024") or 0),
+            http_host=http_host,
+            http_port=http_port,
         )
         cfg.validate()
         return cfg
@@ -170,5 +182,9 @@ class ServerConfig:
             raise InvalidArgument("--token-ttl is longer than --max-token-ttl")
         if not 4096 <= self.max_request_bytes <= 64 * MiB:
             raise InvalidArgument("--max-request-bytes must be between 4096 and 67108864")
+        if self.heartbeat > timedelta(minutes=5):
+            raise InvalidArgument("--heartbeat must be at most 5m")
+        if not 16 <= self.watch_buffer <= 65536:
+            raise InvalidArgument("--watch-buffer must be between 16 and 65536 events")
         if self.shutdown_grace > timedelta(minutes=5):
             raise InvalidArgument("--shutdown-grace must be at most 5m")

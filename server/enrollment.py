@@ -65,7 +65,9 @@ class EnrollmentService:
         self._default_ttl = default_token_ttl
         self._max_ttl = max_token_ttl
 
-    async def create_token(self, name: str, groups: list[str], ttl_seconds: int | None) -> IssuedToken:
+    async def create_token(
+        self, name: str, groups: list[str], ttl_seconds: int | None, *, allow_reenroll: bool = False
+    ) -> IssuedToken:
         """Creates a single-use join token bound to name and groups.
 
         Raises:
@@ -84,7 +86,7 @@ class EnrollmentService:
         record = JoinTokenRecord(
             token.token_id, token.secret_hash, name, tuple(clean), now, now + int(ttl.total_seconds())
         )
-        await self._store.add_join_token(record)
+        await self._store.add_join_token(record, allow_reenroll=allow_reenroll)
         logger.info("join token created", extra={"token_id": token.token_id, "agent": name})
         return IssuedToken(token, record)
 

@@ -55,7 +55,9 @@ class KeyService:
     def _now(self) -> int:
         return int(self._clock().timestamp())
 
-    def _sealer_for(self, name: str) -> SealFn:
+    def sealer_for(self, name: str) -> SealFn:
+        """Seals fresh random material for a version number the store allocates."""
+
         def seal(version: int) -> bytes:
             return self._sealer.seal(_slot(name, version), os.urandom(KEY_BYTES))
 
@@ -64,12 +66,12 @@ class KeyService:
     async def create(self, name: str, grants: list[str]) -> KeyRecord:
         validate_key_name(name)
         parsed = [parse_grant(g) for g in grants]
-        record = await self._store.create_key(name, self._now(), self._sealer_for(name), parsed)
+        record = await self._store.create_key(name, self._now(), self.sealer_for(name), parsed)
         logger.info("key created", extra={"key": name, "grants": ",".join(map(str, parsed))})
         return record
 
     async def rotate(self, name: str) -> KeyRecord:
-        record = await self._store.rotate_key(validate_key_name(name), self._now(), self._sealer_for(name))
+        record = await self._store.rotate_key(validate_key_name(name), self._now(), self.sealer_for(name))
         logger.info("key rotated", extra={"key": name, "version": record.current_version})
         return record
 

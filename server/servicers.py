@@ -5,6 +5,8 @@ Authentication, authorization and error mapping happen in server.auth.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 from cryptography.hazmat.primitives import serialization
 
@@ -17,17 +19,22 @@ from kms.v1 import (
     identity_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
+    revocation_pb2,
+    revocation_pb2_grpc,
     types_pb2,
 )
 from server.agents import AgentDirectory
 from server.auth import current_caller
 from server.authn import Caller
 from server.ca import CertificateAuthority
+from server.crl import CrlPublisher
 from server.enrollment import EnrollmentService
 from server.keys import KeyService
-from server.store import KeyRecord
+from server.revocation import Revocation, RevocationService
+from server.store import KeyRecord, RevocationEvent
+from server.watch import Heartbeat, Resume, WatchItem, WatchService
 
-__all__ = ["AdminServicer", "EnrollmentServicer", "IdentityServicer", "KeysServicer"]
+__all__ = ["AdminServicer", "EnrollmentServicer", "IdentityServicer", "KeysServicer", "RevocationServicer"]
 
 
 class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
@@ -109,6 +116,69 @@ def _key_info(key: KeyRecord) -> admin_pb2.KeyInfo:
     )
 
 
+def event_message(event: RevocationEvent) -> revocation_pb2.RevocationEvent:
+    return revocation_pb2.RevocationEvent(
+        seq=event.seq,
+        kind=event.kind,
+        serial=event.serial or "",
+        agent_name=event.agent_name or "",
+        key_name=event.key_name or "",
+        key_version=event.key_version or 0,
+        reason=event.reason,
+        at=event.at,
+    )
+
+
+def _watch_message(item: WatchItem) -> revocation_pb2.WatchResponse:
+    if isinstance(item, Heartbeat):
+        return revocation_pb2.WatchResponse(heartbeat=revocation_pb2.Heartbeat(current_seq=item.current_seq))
+    if isinstance(item, Resume):
+        return revocation_pb2.WatchResponse(
+            resume=revocation_pb2.Resume(after_seq=item.after_seq, reason="fell behind")
+        )
+    return revocation_pb2.WatchResponse(event=event_message(item))
+
+
+class RevocationServicer(revocation_pb2_grpc.RevocationServicer):
+    def __init__(self, watch: WatchService, revocations: RevocationService, crl: CrlPublisher) -> None:
+        self._watch = watch
+        self._revocations = revocations
+        self._crl = crl
+
+    async def Watch(
+        self, request: revocation_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[revocation_pb2.WatchResponse]:
+        caller = current_caller.get()
+        assert caller is not None  # AUTH_POLICY: AGENT only
+        async for item in self._watch.stream(caller, request.after_seq):
+            yield _watch_message(item)
+
+    async def GetCRL(
+        self, request: revocation_pb2.GetCRLRequest, context: grpc.aio.ServicerContext
+    ) -> revocation_pb2.GetCRLResponse:
+        return revocation_pb2.GetCRLResponse(crl_der=await self._crl.current())
+
+    async def CheckCertificate(
+        self, request: revocation_pb2.CheckCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> revocation_pb2.CheckCertificateResponse:
+        status = await self._revocations.status(request.serial)
+        record = status.record
+        return revocation_pb2.CheckCertificateResponse(
+            serial=status.serial,
+            status=status.status,
+            reason=(record.revocation_reason or "") if record else "",
+            revoked_at=(record.revoked_at or 0) if record else 0,
+            agent_name=record.agent_name if record else "",
+            not_after=record.not_after if record else 0,
+        )
+
+
+def _revoke_response(revocation: Revocation) -> admin_pb2.RevokeResponse:
+    return admin_pb2.RevokeResponse(
+        event=event_message(revocation.event), already_revoked=revocation.already_revoked
+    )
+
+
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(
         self,
@@ -116,11 +186,37 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         enrollment: EnrollmentService,
         agents: AgentDirectory,
         keys: KeyService,
+        revocations: RevocationService,
     ) -> None:
         self._ca = ca
         self._enrollment = enrollment
         self._agents = agents
         self._keys = keys
+        self._revocations = revocations
+
+    async def RevokeCertificate(
+        self, request: admin_pb2.RevokeCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RevokeResponse:
+        return _revoke_response(await self._revocations.revoke_certificate(request.serial, request.reason))
+
+    async def RevokeAgent(
+        self, request: admin_pb2.RevokeAgentRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RevokeResponse:
+        return _revoke_response(await self._revocations.revoke_agent(request.name, request.reason))
+
+    async def RevokeKey(
+        self, request: admin_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RevokeResponse:
+        return _revoke_response(
+            await self._revocations.revoke_key(request.name, request.version, request.reason)
+        )
+
+    async def ListRevocations(
+        self, request: admin_pb2.ListRevocationsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListRevocationsResponse:
+        return admin_pb2.ListRevocationsResponse(
+            events=[event_message(e) for e in await self._revocations.events()]
+        )
 
     async def CreateKey(
         self, request: admin_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext
@@ -156,7 +252,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.CreateJoinTokenRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.CreateJoinTokenResponse:
         ttl = request.ttl_seconds if request.ttl_seconds else None  # 0: the server's default
-        issued = await self._enrollment.create_token(request.name, list(request.groups), ttl)
+        issued = await self._enrollment.create_token(
+            request.name, list(request.groups), ttl, allow_reenroll=request.allow_reenroll
+        )
         return admin_pb2.CreateJoinTokenResponse(
             token=str(issued.token),
             token_id=issued.record.token_id,

@@ -22,44 +22,57 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from kms.v1 import revocation_pb2 as kms_dot_v1_dot_revocation__pb2
 from kms.v1 import types_pb2 as kms_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12kms/v1/admin.proto\x12\x06kms.v1\x1a\x12kms/v1/types.proto\"K\n\x16\x43reateJoinTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"l\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12\x12\n\nexpires_at\x18\x05 \x01(\x03\"\x0e\n\x0cGetCARequest\"S\n\rGetCAResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x03 \x01(\t\"\x13\n\x11ListAgentsRequest\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.kms.v1.AgentInfo\"0\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06grants\x18\x02 \x03(\t\" \n\x10RotateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\".\n\x0fGrantKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05grant\x18\x02 \x01(\t\"\x11\n\x0fListKeysRequest\"1\n\x10ListKeysResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.kms.v1.KeyInfo\"9\n\x18\x44\x65stroyKeyVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"^\n\x0eKeyVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12\x18\n\x10state_changed_at\x18\x04 \x01(\x03\"~\n\x07KeyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12(\n\x08versions\x18\x04 \x03(\x0b\x32\x16.kms.v1.KeyVersionInfo\x12\x0e\n\x06grants\x18\x05 \x03(\t2\xbb\x04\n\x05\x41\x64min\x12R\n\x0f\x43reateJoinToken\x12\x1e.kms.v1.CreateJoinTokenRequest\x1a\x1f.kms.v1.CreateJoinTokenResponse\x12\x34\n\x05GetCA\x12\x14.kms.v1.GetCARequest\x1a\x15.kms.v1.GetCAResponse\x12\x43\n\nListAgents\x12\x19.kms.v1.ListAgentsRequest\x1a\x1a.kms.v1.ListAgentsResponse\x12\x36\n\tCreateKey\x12\x18.kms.v1.CreateKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x36\n\tRotateKey\x12\x18.kms.v1.RotateKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x34\n\x08GrantKey\x12\x17.kms.v1.GrantKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x36\n\nUngrantKey\x12\x17.kms.v1.GrantKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12=\n\x08ListKeys\x12\x17.kms.v1.ListKeysRequest\x1a\x18.kms.v1.ListKeysResponse\x12\x46\n\x11\x44\x65stroyKeyVersion\x12 .kms.v1.DestroyKeyVersionRequest\x1a\x0f.kms.v1.KeyInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12kms/v1/admin.proto\x12\x06kms.v1\x1a\x17kms/v1/revocation.proto\x1a\x12kms/v1/types.proto\"c\n\x16\x43reateJoinTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\x12\x16\n\x0e\x61llow_reenroll\x18\x04 \x01(\x08\"l\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12\x12\n\nexpires_at\x18\x05 \x01(\x03\"\x0e\n\x0cGetCARequest\"S\n\rGetCAResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x03 \x01(\t\"\x13\n\x11ListAgentsRequest\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.kms.v1.AgentInfo\"0\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06grants\x18\x02 \x03(\t\" \n\x10RotateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\".\n\x0fGrantKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05grant\x18\x02 \x01(\t\"\x11\n\x0fListKeysRequest\"1\n\x10ListKeysResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.kms.v1.KeyInfo\"9\n\x18\x44\x65stroyKeyVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"^\n\x0eKeyVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12\x18\n\x10state_changed_at\x18\x04 \x01(\x03\"~\n\x07KeyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12(\n\x08versions\x18\x04 \x03(\x0b\x32\x16.kms.v1.KeyVersionInfo\x12\x0e\n\x06grants\x18\x05 \x03(\t\":\n\x18RevokeCertificateRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x12RevokeAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x10RevokeKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"Q\n\x0eRevokeResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.kms.v1.RevocationEvent\x12\x17\n\x0f\x61lready_revoked\x18\x02 \x01(\x08\"\x18\n\x16ListRevocationsRequest\"B\n\x17ListRevocationsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.kms.v1.RevocationEvent2\xe0\x06\n\x05\x41\x64min\x12R\n\x0f\x43reateJoinToken\x12\x1e.kms.v1.CreateJoinTokenRequest\x1a\x1f.kms.v1.CreateJoinTokenResponse\x12\x34\n\x05GetCA\x12\x14.kms.v1.GetCARequest\x1a\x15.kms.v1.GetCAResponse\x12\x43\n\nListAgents\x12\x19.kms.v1.ListAgentsRequest\x1a\x1a.kms.v1.ListAgentsResponse\x12\x36\n\tCreateKey\x12\x18.kms.v1.CreateKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x36\n\tRotateKey\x12\x18.kms.v1.RotateKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x34\n\x08GrantKey\x12\x17.kms.v1.GrantKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x36\n\nUngrantKey\x12\x17.kms.v1.GrantKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12=\n\x08ListKeys\x12\x17.kms.v1.ListKeysRequest\x1a\x18.kms.v1.ListKeysResponse\x12\x46\n\x11\x44\x65stroyKeyVersion\x12 .kms.v1.DestroyKeyVersionRequest\x1a\x0f.kms.v1.KeyInfo\x12M\n\x11RevokeCertificate\x12 .kms.v1.RevokeCertificateRequest\x1a\x16.kms.v1.RevokeResponse\x12\x41\n\x0bRevokeAgent\x12\x1a.kms.v1.RevokeAgentRequest\x1a\x16.kms.v1.RevokeResponse\x12=\n\tRevokeKey\x12\x18.kms.v1.RevokeKeyRequest\x1a\x16.kms.v1.RevokeResponse\x12R\n\x0fListRevocations\x12\x1e.kms.v1.ListRevocationsRequest\x1a\x1f.kms.v1.ListRevocationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kms.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEJOINTOKENREQUEST']._serialized_start=50
-  _globals['_CREATEJOINTOKENREQUEST']._serialized_end=125
-  _globals['_CREATEJOINTOKENRESPONSE']._serialized_start=127
-  _globals['_CREATEJOINTOKENRESPONSE']._serialized_end=235
-  _globals['_GETCAREQUEST']._serialized_start=237
-  _globals['_GETCAREQUEST']._serialized_end=251
-  _globals['_GETCARESPONSE']._serialized_start=253
-  _globals['_GETCARESPONSE']._serialized_end=336
-  _globals['_LISTAGENTSREQUEST']._serialized_start=338
-  _globals['_LISTAGENTSREQUEST']._serialized_end=357
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=359
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=414
-  _globals['_CREATEKEYREQUEST']._serialized_start=416
-  _globals['_CREATEKEYREQUEST']._serialized_end=464
-  _globals['_ROTATEKEYREQUEST']._serialized_start=466
-  _globals['_ROTATEKEYREQUEST']._serialized_end=498
-  _globals['_GRANTKEYREQUEST']._serialized_start=500
-  _globals['_GRANTKEYREQUEST']._serialized_end=546
-  _globals['_LISTKEYSREQUEST']._serialized_start=548
-  _globals['_LISTKEYSREQUEST']._serialized_end=565
-  _globals['_LISTKEYSRESPONSE']._serialized_start=567
-  _globals['_LISTKEYSRESPONSE']._serialized_end=616
-  _globals['_DESTROYKEYVERSIONREQUEST']._serialized_start=618
-  _globals['_DESTROYKEYVERSIONREQUEST']._serialized_end=675
-  _globals['_KEYVERSIONINFO']._serialized_start=677
-  _globals['_KEYVERSIONINFO']._serialized_end=771
-  _globals['_KEYINFO']._serialized_start=773
-  _globals['_KEYINFO']._serialized_end=899
-  _globals['_ADMIN']._serialized_start=902
-  _globals['_ADMIN']._serialized_end=1473
+  _globals['_CREATEJOINTOKENREQUEST']._serialized_start=75
+  _globals['_CREATEJOINTOKENREQUEST']._serialized_end=174
+  _globals['_CREATEJOINTOKENRESPONSE']._serialized_start=176
+  _globals['_CREATEJOINTOKENRESPONSE']._serialized_end=284
+  _globals['_GETCAREQUEST']._serialized_start=286
+  _globals['_GETCAREQUEST']._serialized_end=300
+  _globals['_GETCARESPONSE']._serialized_start=302
+  _globals['_GETCARESPONSE']._serialized_end=385
+  _globals['_LISTAGENTSREQUEST']._serialized_start=387
+  _globals['_LISTAGENTSREQUEST']._serialized_end=406
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=408
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=463
+  _globals['_CREATEKEYREQUEST']._serialized_start=465
+  _globals['_CREATEKEYREQUEST']._serialized_end=513
+  _globals['_ROTATEKEYREQUEST']._serialized_start=515
+  _globals['_ROTATEKEYREQUEST']._serialized_end=547
+  _globals['_GRANTKEYREQUEST']._serialized_start=549
+  _globals['_GRANTKEYREQUEST']._serialized_end=595
+  _globals['_LISTKEYSREQUEST']._serialized_start=597
+  _globals['_LISTKEYSREQUEST']._serialized_end=614
+  _globals['_LISTKEYSRESPONSE']._serialized_start=616
+  _globals['_LISTKEYSRESPONSE']._serialized_end=665
+  _globals['_DESTROYKEYVERSIONREQUEST']._serialized_start=667
+  _globals['_DESTROYKEYVERSIONREQUEST']._serialized_end=724
+  _globals['_KEYVERSIONINFO']._serialized_start=726
+  _globals['_KEYVERSIONINFO']._serialized_end=820
+  _globals['_KEYINFO']._serialized_start=822
+  _globals['_KEYINFO']._serialized_end=948
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_start=950
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_end=1008
+  _globals['_REVOKEAGENTREQUEST']._serialized_start=1010
+  _globals['_REVOKEAGENTREQUEST']._serialized_end=1060
+  _globals['_REVOKEKEYREQUEST']._serialized_start=1062
+  _globals['_REVOKEKEYREQUEST']._serialized_end=1127
+  _globals['_REVOKERESPONSE']._serialized_start=1129
+  _globals['_REVOKERESPONSE']._serialized_end=1210
+  _globals['_LISTREVOCATIONSREQUEST']._serialized_start=1212
+  _globals['_LISTREVOCATIONSREQUEST']._serialized_end=1236
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_start=1238
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_end=1304
+  _globals['_ADMIN']._serialized_start=1307
+  _globals['_ADMIN']._serialized_end=2171
 # @@protoc_insertion_point(module_scope)

@@ -79,6 +79,26 @@ class AdminStub:
                 request_serializer=kms_dot_v1_dot_admin__pb2.DestroyKeyVersionRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
                 _registered_method=True)
+        self.RevokeCertificate = channel.unary_unary(
+                '/kms.v1.Admin/RevokeCertificate',
+                request_serializer=kms_dot_v1_dot_admin__pb2.RevokeCertificateRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
+                _registered_method=True)
+        self.RevokeAgent = channel.unary_unary(
+                '/kms.v1.Admin/RevokeAgent',
+                request_serializer=kms_dot_v1_dot_admin__pb2.RevokeAgentRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/kms.v1.Admin/RevokeKey',
+                request_serializer=kms_dot_v1_dot_admin__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
+                _registered_method=True)
+        self.ListRevocations = channel.unary_unary(
+                '/kms.v1.Admin/ListRevocations',
+                request_serializer=kms_dot_v1_dot_admin__pb2.ListRevocationsRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.ListRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -139,6 +159,32 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeCertificate(self, request, context):
+        """Revocation: durable before the call returns; revoking twice is not an
+        error and makes one event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAgent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevocations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +232,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DestroyKeyVersion,
                     request_deserializer=kms_dot_v1_dot_admin__pb2.DestroyKeyVersionRequest.FromString,
                     response_serializer=kms_dot_v1_dot_admin__pb2.KeyInfo.SerializeToString,
+            ),
+            'RevokeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCertificate,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.RevokeCertificateRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.RevokeResponse.SerializeToString,
+            ),
+            'RevokeAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAgent,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.RevokeAgentRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.RevokeResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.RevokeResponse.SerializeToString,
+            ),
+            'ListRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevocations,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.ListRevocationsRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.ListRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -431,6 +497,114 @@ class Admin:
             '/kms.v1.Admin/DestroyKeyVersion',
             kms_dot_v1_dot_admin__pb2.DestroyKeyVersionRequest.SerializeToString,
             kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/RevokeCertificate',
+            kms_dot_v1_dot_admin__pb2.RevokeCertificateRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/RevokeAgent',
+            kms_dot_v1_dot_admin__pb2.RevokeAgentRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/RevokeKey',
+            kms_dot_v1_dot_admin__pb2.RevokeKeyRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/ListRevocations',
+            kms_dot_v1_dot_admin__pb2.ListRevocationsRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.ListRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,13 @@ class AdminStub:
     UngrantKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GrantKeyRequest, _admin_pb2.KeyInfo]
     ListKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListKeysRequest, _admin_pb2.ListKeysResponse]
     DestroyKeyVersion: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DestroyKeyVersionRequest, _admin_pb2.KeyInfo]
+    RevokeCertificate: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeCertificateRequest, _admin_pb2.RevokeResponse]
+    """Revocation: durable before the call returns; revoking twice is not an
+    error and makes one event.
+    """
+    RevokeAgent: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeAgentRequest, _admin_pb2.RevokeResponse]
+    RevokeKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeKeyRequest, _admin_pb2.RevokeResponse]
+    ListRevocations: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListRevocationsRequest, _admin_pb2.ListRevocationsResponse]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -55,6 +62,13 @@ class AdminAsyncStub(AdminStub):
     UngrantKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.GrantKeyRequest, _admin_pb2.KeyInfo]  # type: ignore[assignment]
     ListKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListKeysRequest, _admin_pb2.ListKeysResponse]  # type: ignore[assignment]
     DestroyKeyVersion: _aio.UnaryUnaryMultiCallable[_admin_pb2.DestroyKeyVersionRequest, _admin_pb2.KeyInfo]  # type: ignore[assignment]
+    RevokeCertificate: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeCertificateRequest, _admin_pb2.RevokeResponse]  # type: ignore[assignment]
+    """Revocation: durable before the call returns; revoking twice is not an
+    error and makes one event.
+    """
+    RevokeAgent: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeAgentRequest, _admin_pb2.RevokeResponse]  # type: ignore[assignment]
+    RevokeKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeKeyRequest, _admin_pb2.RevokeResponse]  # type: ignore[assignment]
+    ListRevocations: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListRevocationsRequest, _admin_pb2.ListRevocationsResponse]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -120,5 +134,36 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.DestroyKeyVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.KeyInfo, _abc.Awaitable[_admin_pb2.KeyInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeCertificate(
+        self,
+        request: _admin_pb2.RevokeCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeResponse, _abc.Awaitable[_admin_pb2.RevokeResponse]]:
+        """Revocation: durable before the call returns; revoking twice is not an
+        error and makes one event.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeAgent(
+        self,
+        request: _admin_pb2.RevokeAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeResponse, _abc.Awaitable[_admin_pb2.RevokeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeKey(
+        self,
+        request: _admin_pb2.RevokeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeResponse, _abc.Awaitable[_admin_pb2.RevokeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRevocations(
+        self,
+        request: _admin_pb2.ListRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListRevocationsResponse, _abc.Awaitable[_admin_pb2.ListRevocationsResponse]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,6 +7,7 @@ from server.store.base import (
     JoinTokenRecord,
     KeyRecord,
     KeyVersionRecord,
+    RevocationEvent,
     Store,
     StoreError,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "JoinTokenRecord",
     "KeyRecord",
     "KeyVersionRecord",
+    "RevocationEvent",
     "SqliteStore",
     "Store",
     "StoreError",

@@ -18,6 +18,7 @@ __all__ = [
     "JoinTokenRecord",
     "KeyRecord",
     "KeyVersionRecord",
+    "RevocationEvent",
     "SealFn",
     "Store",
     "StoreError",
@@ -48,6 +49,23 @@ class CertificateRecord:
     der: bytes
     issued_at: int
     token_id: str | None
+    revoked_at: int | None = None
+    revocation_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RevocationEvent:
+    seq: int
+    kind: str  # "cert", "agent" or "key"
+    serial: str | None  # kind cert: the serial; kind agent: the serials revoked with it, comma-separated
+    agent_name: str | None
+    key_name: str | None
+    key_version: int | None
+    reason: str
+    at: int
+
+    def serials(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.serial or "").split(",") if s)
 
 
 @dataclass(frozen=True)
@@ -106,7 +124,7 @@ class Store(Protocol):
         """True while no token, certificate or key was ever stored."""
         ...
 
-    async def add_join_token(self, token: JoinTokenRecord) -> None: ...
+    async def add_join_token(self, token: JoinTokenRecord, *, allow_reenroll: bool = False) -> None: ...
 
     async def get_join_token(self, token_id: str) -> JoinTokenRecord | None: ...
 
@@ -156,3 +174,38 @@ class Store(Protocol):
             FailedPrecondition: the version was destroyed.
         """
         ...
+
+    # --- revocation (each returns the new event, or None when already revoked) ---
+
+    async def revoke_certificate(self, serial: str, reason: str, now: int) -> RevocationEvent | None:
+        """Raises NotFound for a serial this CA never issued."""
+        ...
+
+    async def revoke_agent(self, name: str, reason: str, now: int) -> RevocationEvent | None:
+        """Revokes every certificate of name and bars re-enrollment. Raises NotFound."""
+        ...
+
+    async def revoke_key_version(
+        self, name: str, version: int, reason: str, now: int, seal: SealFn
+    ) -> RevocationEvent | None:
+        """Marks the version compromised (a new current version if it was current). Raises NotFound."""
+        ...
+
+    async def last_event(
+        self,
+        *,
+        kind: str,
+        serial: str | None = None,
+        agent: str | None = None,
+        key: tuple[str, int] | None = None,
+    ) -> RevocationEvent | None:
+        """The newest event about a subject (for idempotent answers)."""
+        ...
+
+    async def events_after(self, seq: int, limit: int) -> list[RevocationEvent]: ...
+
+    async def last_seq(self) -> int: ...
+
+    async def get_certificate(self, serial: str) -> CertificateRecord | None: ...
+
+    async def revoked_certificates(self) -> list[CertificateRecord]: ...

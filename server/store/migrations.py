@@ -79,4 +79,22 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX key_releases_by_key ON key_releases(key_name, version)",
     ],
+    # 3: revocation: certificate and agent state, the event log, re-enrollment consent.
+    [
+        "ALTER TABLE certificates ADD COLUMN revoked_at INTEGER",
+        "ALTER TABLE certificates ADD COLUMN revocation_reason TEXT",
+        "ALTER TABLE agents ADD COLUMN revoked_at INTEGER",
+        "ALTER TABLE join_tokens ADD COLUMN allow_reenroll INTEGER NOT NULL DEFAULT 0",
+        # AUTOINCREMENT: sequence numbers strictly increase and are never reused.
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('cert', 'agent', 'key')),
+            serial TEXT,
+            agent_name TEXT,
+            key_name TEXT,
+            key_version INTEGER,
+            reason TEXT NOT NULL,
+            at INTEGER NOT NULL
+        )""",
+    ],
 ]

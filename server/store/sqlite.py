@@ -13,8 +13,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kms.errors import PermissionDenied
 from server.store.base import AgentRecord, CertificateRecord, JoinTokenRecord, StoreError
 from server.store.migrations import MIGRATIONS
+from server.store.sqlite_events import SqliteEvents
 from server.store.sqlite_keys import SqliteKeys
 
 __all__ = ["SqliteStore"]
@@ -22,11 +24,12 @@ __all__ = ["SqliteStore"]
 T = TypeVar("T")
 
 _CERT_COLUMNS = (
-    "c.serial, c.agent_name, c.not_before, c.not_after, c.der, c.issued_at, c.token_id, c.groups_json"
+    "c.serial, c.agent_name, c.not_before, c.not_after, c.der, c.issued_at, c.token_id,"
+    " c.revoked_at, c.revocation_reason, c.groups_json"
 )
 
 
-class SqliteStore(SqliteKeys):
+class SqliteStore(SqliteKeys, SqliteEvents):
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
         """Opens (creating 0600 if absent) and migrates the store. Raises StoreError."""
@@ -119,11 +122,11 @@ class SqliteStore(SqliteKeys):
 
     # --- join tokens -----------------------------------------------------------
 
-    async def add_join_token(self, token: JoinTokenRecord) -> None:
+    async def add_join_token(self, token: JoinTokenRecord, *, allow_reenroll: bool = False) -> None:
         def q() -> None:
             self._db.execute(
-                "INSERT INTO join_tokens(token_id, secret_hash, name, groups_json, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO join_tokens(token_id, secret_hash, name, groups_json, created_at, expires_at,"
+                " allow_reenroll) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     token.token_id,
                     token.secret_hash,
@@ -131,6 +134,7 @@ class SqliteStore(SqliteKeys):
                     json.dumps(list(token.groups)),
                     token.created_at,
                     token.expires_at,
+                    int(allow_reenroll),
                 ),
             )
 
@@ -166,12 +170,19 @@ class SqliteStore(SqliteKeys):
             ).rowcount
             if consumed != 1:
                 return None
-            groups_json = db.execute(
-                "SELECT groups_json FROM join_tokens WHERE token_id=?", (token_id,)
-            ).fetchone()[0]
+            groups_json, allow = db.execute(
+                "SELECT groups_json, allow_reenroll FROM join_tokens WHERE token_id=?", (token_id,)
+            ).fetchone()
+            revoked = db.execute("SELECT revoked_at FROM agents WHERE name=?", (cert.agent_name,)).fetchone()
+            if revoked and revoked[0] is not None and not allow:
+                # Raising rolls back: the token stays unused.
+                raise PermissionDenied(
+                    f"agent {cert.agent_name!r} was revoked: it may enroll again only with a token created"
+                    " with --allow-reenroll"
+                )
             db.execute(
                 "INSERT INTO agents(name, created_at, updated_at) VALUES (?, ?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET updated_at=excluded.updated_at",
+                " ON CONFLICT(name) DO UPDATE SET updated_at=excluded.updated_at, revoked_at=NULL",
                 (cert.agent_name, now, now),
             )
             db.execute(
@@ -199,8 +210,10 @@ class SqliteStore(SqliteKeys):
 
     @staticmethod
     def _agent_row(row: tuple[Any, ...]) -> AgentRecord:
-        cert = CertificateRecord(row[2], row[3], row[4], row[5], bytes(row[6]), row[7], row[8])
-        return AgentRecord(row[0], tuple(json.loads(row[9])), row[1], cert)
+        cert = CertificateRecord(
+            row[2], row[3], row[4], row[5], bytes(row[6]), row[7], row[8], row[9], row[10]
+        )
+        return AgentRecord(row[0], tuple(json.loads(row[11])), row[1], cert)
 
     async def get_agent_by_serial(self, serial: str) -> AgentRecord | None:
         def q() -> AgentRecord | None:

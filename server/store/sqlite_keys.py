@@ -163,6 +163,11 @@ class SqliteKeys(SqliteBase):
             if row is None:
                 raise NotFound(f"key {name!r} has no version {wanted}")
             record = KeyVersionRecord(*row)
+            if record.state == "compromised":
+                raise FailedPrecondition(
+                    f"version {wanted} of key {name!r} is compromised: it is no longer released; "
+                    "use the current version for new data"
+                )
             if record.sealed_material is None:
                 raise FailedPrecondition(
                     f"version {wanted} of key {name!r} was destroyed: its data cannot be decrypted"

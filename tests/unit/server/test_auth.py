@@ -29,7 +29,11 @@ def test_table_lists_exactly_the_rpcs_of_the_contract() -> None:
 
 def test_only_enrollment_is_open_to_anyone() -> None:
     open_methods = {m for m, roles in AUTH_POLICY.items() if Role.ANYONE in roles}
-    assert open_methods == {"/kms.v1.Enrollment/Enroll", "/kms.v1.Enrollment/GetCABundle"}
+    assert open_methods == {
+        "/kms.v1.Enrollment/Enroll",
+        "/kms.v1.Enrollment/GetCABundle",
+        "/kms.v1.Revocation/GetCRL",
+    }
     assert all(roles == {Role.ADMIN} for m, roles in AUTH_POLICY.items() if m.startswith("/kms.v1.Admin/"))
 
 

@@ -1,0 +1,163 @@
+"""kms-agent watch: follow the revocation feed, act on each event, resume where it left off.
+
+Per event, in order: delete local key files of a compromised key version,
+run --exec, print the event, then persist its sequence number. The stream is
+reopened with exponential backoff (with jitter) when the server goes away or
+stays silent for longer than three heartbeats; it resumes from the persisted
+number, so the server neither skips nor repeats anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+import grpc
+
+from agent.client import KmsClient
+from agent.state import AgentIdentity, StateDir
+from kms.errors import REVOKED_MARK, ResourceExhausted, Revoked, Unauthenticated, Unavailable
+from kms.events import describe, event_fields
+from kms.v1 import revocation_pb2
+
+__all__ = ["Watcher"]
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_START = 0.2
+BACKOFF_MAX = 10.0
+
+
+class Watcher:
+    def __init__(
+        self,
+        state: StateDir,
+        identity: AgentIdentity,
+        connect: Callable[[], KmsClient],
+        *,
+        as_json: bool,
+        exec_cmd: str | None,
+        silence_timeout: float,
+    ) -> None:
+        self._state = state
+        self._identity = identity
+        self._connect = connect
+        self._json = as_json
+        self._exec = exec_cmd
+        self._silence = silence_timeout
+        self._serial = format(identity.cert.serial_number, "x")
+        self._stopping = threading.Event()
+        self._call: grpc.Future | None = None
+
+    def stop(self, *_: object) -> None:
+        self._stopping.set()
+        if self._call is not None:
+            self._call.cancel()
+
+    def run(self) -> int:
+        """Watches until stopped (exit 0) or this agent is revoked (Revoked raised)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        backoff = BACKOFF_START
+        while not self._stopping.is_set():
+            try:
+                if self._stream_once():
+                    backoff = BACKOFF_START
+            except Revoked:
+                raise
+            except (Unavailable, ResourceExhausted, Unauthenticated) as exc:
+                if isinstance(exc, Unauthenticated) and REVOKED_MARK in exc.message:
+                    raise Revoked(exc.message) from None
+                if isinstance(exc, Unauthenticated):
+                    raise
+                logger.warning("watch interrupted, reconnecting: %s", exc.message)
+            if self._stopping.is_set():
+                break
+            self._stopping.wait(backoff * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
+            backoff = min(backoff * 2, BACKOFF_MAX)
+        return 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop()
+
+    def _stream_once(self) -> bool:
+        """One stream; returns whether any message arrived (to reset the backoff)."""
+        got_any = False
+        with self._connect() as client:
+            call = client.watch(self._state.last_seq())
+            self._call = call
+            watchdog = _Watchdog(self._silence, call.cancel)
+            try:
+                for message in call:
+                    watchdog.reset()
+                    got_any = True
+                    which = message.WhichOneof("item")
+                    if which == "event":
+                        self._handle(message.event)
+                    elif which == "resume":
+                        logger.warning("server asked to resume after %d", message.resume.after_seq)
+            except grpc.RpcError as exc:
+                if self._stopping.is_set():
+                    return got_any
+                if exc.code() == grpc.StatusCode.CANCELLED and watchdog.fired:
+                    raise Unavailable("no message or heartbeat from the server in time") from None
+                mapped = client.map_error(exc)
+                if exc.code() == grpc.StatusCode.CANCELLED:
+                    raise Unavailable(mapped.message) from None
+                raise mapped from None
+            finally:
+                watchdog.cancel()
+                self._call = None
+        return got_any
+
+    def _handle(self, event: revocation_pb2.RevocationEvent) -> None:
+        fields = event_fields(event)
+        if event.kind == "key":
+            for path in self._state.forget_key_files(event.key_name, event.key_version):
+                logger.info(
+                    "deleted key file %s of compromised %s v%d", path, event.key_name, event.key_version
+                )
+        if self._exec:
+            env = {**os.environ, **{f"KMS_EVENT_{k.upper()}": str(v) for k, v in fields.items()}}
+            result = subprocess.run(self._exec, shell=True, env=env, check=False)  # noqa: S602 - operator's command
+            if result.returncode != 0:
+                logger.warning("--exec exited %d for event %d", result.returncode, event.seq)
+        print(json.dumps(fields, sort_keys=True) if self._json else describe(event), flush=True)
+        self._state.save_last_seq(event.seq)
+        mine = event.kind in ("cert", "agent") and self._serial in event.serial.split(",")
+        if mine:
+            raise Revoked(
+                f"this agent's certificate {self._serial} {REVOKED_MARK} ({event.reason}): enroll again"
+            )
+
+
+class _Watchdog:
+    """Calls on_silence when reset() is not called for timeout seconds."""
+
+    def __init__(self, timeout: float, on_silence: Callable[[], object]) -> None:
+        self._timeout = timeout
+        self._on_silence = on_silence
+        self.fired = False
+        self._timer: threading.Timer | None = None
+        self.reset()
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._on_silence()
+
+    def reset(self) -> None:
+        self.cancel()
+        self._timer = threading.Timer(self._timeout, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()

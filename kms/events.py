@@ -1,0 +1,41 @@
+"""Revocation events as people and scripts read them (both CLIs print them the same way)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from kms.v1 import revocation_pb2
+
+__all__ = ["describe", "event_fields"]
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def event_fields(event: revocation_pb2.RevocationEvent) -> dict[str, str | int]:
+    """The event as flat fields: JSON lines, and KMS_EVENT_* variables for --exec."""
+    fields: dict[str, str | int] = {
+        "seq": event.seq,
+        "kind": event.kind,
+        "reason": event.reason,
+        "at": _iso(event.at),
+    }
+    if event.serial:
+        fields["serial"] = event.serial
+    if event.agent_name:
+        fields["agent"] = event.agent_name
+    if event.key_name:
+        fields["key"] = event.key_name
+        fields["version"] = event.key_version
+    return fields
+
+
+def describe(event: revocation_pb2.RevocationEvent) -> str:
+    if event.kind == "key":
+        subject = f"key {event.key_name} version {event.key_version} compromised"
+    elif event.kind == "agent":
+        subject = f"agent {event.agent_name} revoked (certificates {event.serial or 'none'})"
+    else:
+        subject = f"certificate {event.serial} of {event.agent_name or '?'} revoked"
+    return f"#{event.seq} {_iso(event.at)} {subject}: {event.reason}"

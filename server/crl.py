@@ -1,0 +1,70 @@
+"""The CRL: rebuilt from the store on every revocation and before it expires."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from kms.revocation import REASONS
+from server.ca import CertificateAuthority
+from server.clock import Clock
+from server.store import Store
+
+__all__ = ["CrlPublisher"]
+
+logger = logging.getLogger(__name__)
+
+CRL_VALIDITY = timedelta(hours=24)
+
+
+class CrlPublisher:
+    def __init__(
+        self, ca: CertificateAuthority, store: Store, clock: Clock, validity: timedelta = CRL_VALIDITY
+    ) -> None:
+        self._ca = ca
+        self._store = store
+        self._clock = clock
+        self._validity = validity
+        self._der: bytes | None = None
+        self._next_update: datetime | None = None
+        self._lock = asyncio.Lock()
+        self._stale = True
+
+    def invalidate(self) -> None:
+        """Marks the CRL stale; the next reader (or the refresher) rebuilds it."""
+        self._stale = True
+
+    async def current(self) -> bytes:
+        """The current CRL (DER), rebuilt if a revocation happened or half its validity passed."""
+        async with self._lock:
+            now = self._clock()
+            due = self._next_update is None or now >= self._next_update - self._validity / 2
+            if self._der is None or self._stale or due:
+                self._stale = False
+                self._der = await self._build(now)
+            return self._der
+
+    async def _build(self, now: datetime) -> bytes:
+        revoked = [
+            (
+                int(r.serial, 16),
+                datetime.fromtimestamp(r.revoked_at or 0, UTC),
+                REASONS[r.revocation_reason or "unspecified"],
+            )
+            for r in await self._store.revoked_certificates()
+        ]
+        number = int(await self._store.set_meta("crl_number", "0", replace=False)) + 1
+        await self._store.set_meta("crl_number", str(number), replace=True)
+        self._next_update = min(now + self._validity, self._ca.certificate.not_valid_after_utc)
+        crl = self._ca.sign_crl(revoked, number, now, self._next_update)
+        logger.info("CRL issued", extra={"crl_number": number, "entries": len(revoked)})
+        return crl.public_bytes(Encoding.DER)
+
+    async def refresh_forever(self) -> None:
+        """Keeps a fresh CRL ready (so HTTP and GetCRL never serve an expired one)."""
+        while True:
+            await self.current()
+            await asyncio.sleep(max(60.0, self._validity.total_seconds() / 4))

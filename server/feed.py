@@ -1,0 +1,95 @@
+"""In-process fan-out of revocation events to watch streams, and closing revoked streams.
+
+Both sit behind small interfaces so that replicas can later share them
+through the database's notification channel; the event log in the store
+stays the truth (a subscriber that misses something backfills from it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from server.store import RevocationEvent
+
+__all__ = ["RevocationFeed", "StreamGuard", "Subscription"]
+
+logger = logging.getLogger(__name__)
+
+# How long a subscriber that overflowed may take to tell its client to resume
+# before its stream is cancelled (a stuck client reads nothing).
+DROP_GRACE = 1.0
+
+
+class Subscription:
+    def __init__(self, maxsize: int) -> None:
+        self.queue: asyncio.Queue[RevocationEvent] = asyncio.Queue(maxsize)
+        self.overflowed = False
+        self.task = asyncio.current_task()
+
+
+class RevocationFeed:
+    """Publishes committed events to every subscriber without ever blocking on one."""
+
+    def __init__(self, last_seq: int) -> None:
+        self.last_seq = last_seq
+        self._subs: set[Subscription] = set()
+
+    def subscribe(self, maxsize: int) -> Subscription:
+        sub = Subscription(maxsize)
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    def publish(self, event: RevocationEvent) -> None:
+        self.last_seq = max(self.last_seq, event.seq)
+        for sub in list(self._subs):
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                # Bounded memory: drop this subscriber, never wait for it.
+                self._subs.discard(sub)
+                sub.overflowed = True
+                if sub.task is not None:
+                    asyncio.get_running_loop().call_later(DROP_GRACE, sub.task.cancel)
+                logger.warning("dropped a watcher that fell behind", extra={"seq": event.seq})
+
+
+class StreamGuard:
+    """Knows which open streams belong to which certificate and agent, to close revoked ones."""
+
+    def __init__(self) -> None:
+        self._by_serial: dict[str, set[asyncio.Task[object]]] = defaultdict(set)
+        self._by_agent: dict[str, set[asyncio.Task[object]]] = defaultdict(set)
+
+    def register(self, serial: str, agent: str, task: asyncio.Task[object]) -> None:
+        self._by_serial[serial].add(task)
+        self._by_agent[agent].add(task)
+
+    def unregister(self, serial: str, agent: str, task: asyncio.Task[object]) -> None:
+        self._by_serial[serial].discard(task)
+        self._by_agent[agent].discard(task)
+        if not self._by_serial[serial]:
+            del self._by_serial[serial]
+        if not self._by_agent[agent]:
+            del self._by_agent[agent]
+
+    def close(self, event: RevocationEvent, grace: float) -> int:
+        """Cancels, after grace seconds, every stream the event revokes; returns how many."""
+        tasks: set[asyncio.Task[object]] = set()
+        if event.kind == "agent" and event.agent_name:
+            tasks |= self._by_agent.get(event.agent_name, set())
+        for serial in event.serials() if event.kind in ("cert", "agent") else ():
+            tasks |= self._by_serial.get(serial, set())
+        loop = asyncio.get_running_loop()
+        for task in tasks:
+            # The grace lets a Watch stream deliver the event to its own agent first.
+            loop.call_later(grace, task.cancel)
+        return len(tasks)

@@ -1,0 +1,93 @@
+"""An RFC 6960 OCSP responder for certificates this CA issued, signed by the CA."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509 import ocsp
+
+from kms.revocation import REASONS
+from server.ca import CertificateAuthority
+from server.clock import Clock
+from server.store import Store
+
+__all__ = ["OcspResponder"]
+
+VALIDITY = timedelta(hours=1)
+
+
+class OcspResponder:
+    def __init__(self, ca: CertificateAuthority, store: Store, clock: Clock) -> None:
+        self._ca = ca
+        self._store = store
+        self._clock = clock
+        # Requests may name the issuer with SHA-1 (openssl's default) or SHA-256.
+        self._issuer_key_hashes = {
+            algorithm.name: _key_hash(ca.certificate, algorithm)
+            for algorithm in (hashes.SHA1(), hashes.SHA256())  # noqa: S303 - RFC 6960 CertID, not a signature
+        }
+
+    async def respond(self, request_der: bytes) -> bytes:
+        """Answers one OCSP request (DER); malformed or foreign requests get an unsuccessful response."""
+        try:
+            request = ocsp.load_der_ocsp_request(request_der)
+        except ValueError:
+            return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+        algorithm = request.hash_algorithm
+        expected = self._issuer_key_hashes.get(algorithm.name)
+        if expected is None or request.issuer_key_hash != expected:
+            return _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
+        record = await self._store.get_certificate(format(request.serial_number, "x"))
+        if record is None:
+            return _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
+        cert = x509.load_der_x509_certificate(record.der)
+        now = self._clock()
+        builder = ocsp.OCSPResponseBuilder()
+        if record.revoked_at is None:
+            builder = builder.add_response(
+                cert,
+                self._ca.certificate,
+                algorithm,
+                ocsp.OCSPCertStatus.GOOD,
+                now,
+                now + VALIDITY,
+                None,
+                None,
+            )
+        else:
+            builder = builder.add_response(
+                cert,
+                self._ca.certificate,
+                algorithm,
+                ocsp.OCSPCertStatus.REVOKED,
+                now,
+                now + VALIDITY,
+                datetime.fromtimestamp(record.revoked_at, UTC),
+                REASONS[record.revocation_reason or "unspecified"],
+            )
+        for ext in request.extensions:
+            if isinstance(ext.value, x509.OCSPNonce):  # echo the nonce (RFC 8954)
+                builder = builder.add_extension(ext.value, critical=False)
+        return self._ca.sign_ocsp(builder).public_bytes(Encoding.DER)
+
+
+def _key_hash(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
+    """RFC 6960 §4.1.1 issuerKeyHash: the hash of the issuer's subjectPublicKey BIT STRING value."""
+    key = cert.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        bits = key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    elif isinstance(key, rsa.RSAPublicKey):
+        bits = key.public_bytes(Encoding.DER, PublicFormat.PKCS1)
+    else:
+        raise TypeError("unsupported CA key type")
+    digest = hashes.Hash(algorithm)
+    digest.update(bits)
+    return digest.finalize()
+
+
+def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
+    return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(Encoding.DER)

@@ -1,0 +1,132 @@
+"""Revoking certificates, agents and key versions, and telling everyone at once.
+
+Each revocation is one store transaction (state change + event), durable
+before the call returns; then the event is published to watchers, the
+revoked identity's open streams are closed, and the CRL is reissued.
+Revoking something already revoked changes nothing and returns the event
+that revoked it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kms.errors import InvalidArgument, NotFound
+from kms.identity import validate_agent_name, validate_key_name
+from kms.revocation import parse_reason
+from server.clock import Clock
+from server.feed import RevocationFeed, StreamGuard
+from server.keys import MAX_VERSION, KeyService
+from server.store import CertificateRecord, RevocationEvent, Store
+
+__all__ = ["CertificateStatus", "RevocationService", "normalize_serial"]
+
+logger = logging.getLogger(__name__)
+
+_SERIAL = re.compile(r"^[0-9a-f]{1,40}$")
+# Streams of a revoked identity close this long after the event is published,
+# which gives its own Watch stream the time to deliver the event first.
+CLOSE_GRACE = 0.3
+
+
+def normalize_serial(text: str) -> str:
+    """Lowercase hex without colons or leading zeros, as the store keeps serials. Raises InvalidArgument."""
+    body = text.strip().lower().replace(":", "")
+    body = body.removeprefix("0x")
+    if not _SERIAL.fullmatch(body):
+        raise InvalidArgument(f"serial {text!r} is not a hexadecimal certificate serial (up to 20 bytes)")
+    return body.lstrip("0") or "0"
+
+
+@dataclass(frozen=True)
+class Revocation:
+    event: RevocationEvent
+    already_revoked: bool
+
+
+@dataclass(frozen=True)
+class CertificateStatus:
+    serial: str
+    status: str  # "good", "revoked" or "unknown"
+    record: CertificateRecord | None
+
+
+class RevocationService:
+    def __init__(
+        self,
+        store: Store,
+        feed: RevocationFeed,
+        guard: StreamGuard,
+        keys: KeyService,
+        clock: Clock,
+        on_revoked: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._feed = feed
+        self._guard = guard
+        self._keys = keys
+        self._clock = clock
+        self._on_revoked = on_revoked
+
+    def _now(self) -> int:
+        return int(self._clock().timestamp())
+
+    def _committed(self, event: RevocationEvent) -> Revocation:
+        self._feed.publish(event)
+        closed = self._guard.close(event, CLOSE_GRACE)
+        self._on_revoked()
+        logger.info(
+            "revoked",
+            extra={
+                "seq": event.seq,
+                "kind": event.kind,
+                "serial": event.serial,
+                "agent": event.agent_name,
+                "key": event.key_name,
+                "version": event.key_version,
+                "reason": event.reason,
+                "streams_closed": closed,
+            },
+        )
+        return Revocation(event, already_revoked=False)
+
+    async def _already(self, **subject: object) -> Revocation:
+        earlier = await self._store.last_event(**subject)  # type: ignore[arg-type]
+        if earlier is None:  # revoked through another path (e.g. destroyed key): nothing to add
+            raise NotFound("already revoked, but no event records it")
+        return Revocation(earlier, already_revoked=True)
+
+    async def revoke_certificate(self, serial: str, reason: str) -> Revocation:
+        serial, reason = normalize_serial(serial), parse_reason(reason)
+        event = await self._store.revoke_certificate(serial, reason, self._now())
+        return self._committed(event) if event else await self._already(kind="cert", serial=serial)
+
+    async def revoke_agent(self, name: str, reason: str) -> Revocation:
+        name, reason = validate_agent_name(name), parse_reason(reason)
+        event = await self._store.revoke_agent(name, reason, self._now())
+        return self._committed(event) if event else await self._already(kind="agent", agent=name)
+
+    async def revoke_key(self, name: str, version: int, reason: str) -> Revocation:
+        name, reason = validate_key_name(name), parse_reason(reason)
+        if not 1 <= version <= MAX_VERSION:
+            raise InvalidArgument(f"--version {version} is out of range: use a positive version")
+        event = await self._store.revoke_key_version(
+            name, version, reason, self._now(), self._keys.sealer_for(name)
+        )
+        return self._committed(event) if event else await self._already(kind="key", key=(name, version))
+
+    async def events(self) -> list[RevocationEvent]:
+        out: list[RevocationEvent] = []
+        while batch := await self._store.events_after(out[-1].seq if out else 0, 1000):
+            out += batch
+        return out
+
+    async def status(self, serial: str) -> CertificateStatus:
+        serial = normalize_serial(serial)
+        record = await self._store.get_certificate(serial)
+        if record is None:
+            return CertificateStatus(serial, "unknown", None)
+        return CertificateStatus(serial, "revoked" if record.revoked_at is not None else "good", record)

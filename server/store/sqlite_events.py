@@ -1,0 +1,188 @@
+"""Revocation tables of the SQLite store: state changes and the event log, in one transaction each."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from kms.errors import NotFound
+from server.store.base import CertificateRecord, RevocationEvent, SealFn
+from server.store.sqlite_base import SqliteBase
+
+__all__ = ["SqliteEvents"]
+
+_EVENT_COLUMNS = "seq, kind, serial, agent_name, key_name, key_version, reason, at"
+_CERT_COLUMNS = (
+    "serial, agent_name, not_before, not_after, der, issued_at, token_id, revoked_at, revocation_reason"
+)
+
+
+def _cert(row: tuple[Any, ...]) -> CertificateRecord:
+    return CertificateRecord(row[0], row[1], row[2], row[3], bytes(row[4]), row[5], row[6], row[7], row[8])
+
+
+class SqliteEvents(SqliteBase):
+    """Revocation methods of SqliteStore."""
+
+    @staticmethod
+    def _append(
+        db: sqlite3.Connection,
+        kind: str,
+        reason: str,
+        now: int,
+        *,
+        serial: str | None = None,
+        agent: str | None = None,
+        key: tuple[str, int] | None = None,
+    ) -> RevocationEvent:
+        key_name, key_version = key if key else (None, None)
+        cur = db.execute(
+            "INSERT INTO events(kind, serial, agent_name, key_name, key_version, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (kind, serial, agent, key_name, key_version, reason, now),
+        )
+        assert cur.lastrowid is not None
+        return RevocationEvent(cur.lastrowid, kind, serial, agent, key_name, key_version, reason, now)
+
+    async def revoke_certificate(self, serial: str, reason: str, now: int) -> RevocationEvent | None:
+        def q(db: sqlite3.Connection) -> RevocationEvent | None:
+            row = db.execute(
+                "SELECT agent_name, revoked_at FROM certificates WHERE serial=?", (serial,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(
+                    f"no certificate with serial {serial} was issued by this CA: see kms-server agents list"
+                )
+            if row[1] is not None:
+                return None
+            db.execute(
+                "UPDATE certificates SET revoked_at=?, revocation_reason=? WHERE serial=?",
+                (now, reason, serial),
+            )
+            return self._append(db, "cert", reason, now, serial=serial, agent=row[0])
+
+        return await self._run(self._tx, q)
+
+    async def revoke_agent(self, name: str, reason: str, now: int) -> RevocationEvent | None:
+        def q(db: sqlite3.Connection) -> RevocationEvent | None:
+            row = db.execute("SELECT revoked_at FROM agents WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"no agent named {name!r}: see kms-server agents list")
+            serials = [
+                r[0]
+                for r in db.execute(
+                    "SELECT serial FROM certificates WHERE agent_name=? AND revoked_at IS NULL ORDER BY serial",
+                    (name,),
+                )
+            ]
+            if row[0] is not None and not serials:
+                return None
+            db.execute(
+                "UPDATE certificates SET revoked_at=?, revocation_reason=? WHERE agent_name=? AND revoked_at IS NULL",
+                (now, reason, name),
+            )
+            db.execute("UPDATE agents SET revoked_at=COALESCE(revoked_at, ?) WHERE name=?", (now, name))
+            return self._append(db, "agent", reason, now, serial=",".join(serials), agent=name)
+
+        return await self._run(self._tx, q)
+
+    async def revoke_key_version(
+        self, name: str, version: int, reason: str, now: int, seal: SealFn
+    ) -> RevocationEvent | None:
+        def q(db: sqlite3.Connection) -> RevocationEvent | None:
+            row = db.execute(
+                "SELECT v.state, k.current_version FROM key_versions v JOIN keys k ON k.name = v.key_name"
+                " WHERE v.key_name=? AND v.version=?",
+                (name, version),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"key {name!r} has no version {version}: see kms-server key list")
+            state, current = row
+            if state in ("compromised", "destroyed_compromised"):
+                return None
+            new_state = "destroyed_compromised" if state == "destroyed" else "compromised"
+            db.execute(
+                "UPDATE key_versions SET state=?, state_changed_at=? WHERE key_name=? AND version=?",
+                (new_state, now, name, version),
+            )
+            if version == current:
+                # Nothing may keep encrypting under a compromised version.
+                new = current + 1
+                db.execute(
+                    "INSERT INTO key_versions VALUES (?, ?, 'active', ?, ?, ?)",
+                    (name, new, seal(new), now, now),
+                )
+                db.execute("UPDATE keys SET current_version=? WHERE name=?", (new, name))
+            return self._append(db, "key", reason, now, key=(name, version))
+
+        return await self._run(self._tx, q)
+
+    async def last_event(
+        self,
+        *,
+        kind: str,
+        serial: str | None = None,
+        agent: str | None = None,
+        key: tuple[str, int] | None = None,
+    ) -> RevocationEvent | None:
+        def q() -> RevocationEvent | None:
+            clauses: list[str] = ["kind=?"]
+            args: list[object] = [kind]
+            if kind == "cert":
+                clauses.append("serial=?")
+                args.append(serial)
+            elif kind == "agent":
+                clauses.append("agent_name=?")
+                args.append(agent)
+            else:
+                assert key is not None
+                clauses += ["key_name=?", "key_version=?"]
+                args += [key[0], key[1]]
+            row = self._db.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT 1",  # noqa: S608
+                args,
+            ).fetchone()
+            if row is None and kind == "cert":
+                # Revoked together with its agent: that event covers it.
+                row = self._db.execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE kind='agent' AND ','||serial||',' LIKE ?"  # noqa: S608
+                    " ORDER BY seq DESC LIMIT 1",
+                    (f"%,{serial},%",),
+                ).fetchone()
+            return None if row is None else RevocationEvent(*row)
+
+        return await self._run(q)
+
+    async def events_after(self, seq: int, limit: int) -> list[RevocationEvent]:
+        def q() -> list[RevocationEvent]:
+            rows = self._db.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq>? ORDER BY seq LIMIT ?",  # noqa: S608
+                (seq, limit),
+            )
+            return [RevocationEvent(*r) for r in rows]
+
+        return await self._run(q)
+
+    async def last_seq(self) -> int:
+        def q() -> int:
+            return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+        return await self._run(q)
+
+    async def get_certificate(self, serial: str) -> CertificateRecord | None:
+        def q() -> CertificateRecord | None:
+            row = self._db.execute(
+                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial=?",  # noqa: S608
+                (serial,),
+            ).fetchone()
+            return None if row is None else _cert(row)
+
+        return await self._run(q)
+
+    async def revoked_certificates(self) -> list[CertificateRecord]:
+        def q() -> list[CertificateRecord]:
+            rows = self._db.execute(
+                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial"  # noqa: S608
+            )
+            return [_cert(r) for r in rows]
+
+        return await self._run(q)

@@ -1,0 +1,114 @@
+"""The Watch stream: replay from a sequence number, then live events, with no gap and no duplicate.
+
+Ordering rules, in one place:
+
+1. Subscribe to the live feed *before* reading the log, so nothing committed
+   during the replay is missed.
+2. Replay every event after ``after_seq`` from the log, in pages, until the
+   log has nothing newer.
+3. Then take live events; skip any at or below the last one sent (seen in
+   the replay); if one jumps ahead, backfill the gap from the log first.
+4. With nothing to send for one heartbeat interval, send a heartbeat with
+   the current sequence.
+5. A subscriber that overflowed its bounded buffer is told where to resume
+   and ends (RESOURCE_EXHAUSTED); the feed cancels it if it cannot even take
+   that message.
+6. An event that revokes the caller itself is sent, then the stream ends
+   (UNAUTHENTICATED, revoked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from kms.errors import REVOKED_MARK, InvalidArgument, ResourceExhausted, Revoked
+from server.authn import Caller
+from server.feed import RevocationFeed
+from server.store import RevocationEvent, Store
+
+__all__ = ["Heartbeat", "Resume", "WatchItem", "WatchService", "revokes"]
+
+_PAGE = 500
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    current_seq: int
+
+
+@dataclass(frozen=True)
+class Resume:
+    after_seq: int
+
+
+WatchItem = RevocationEvent | Heartbeat | Resume
+
+
+def revokes(event: RevocationEvent, caller: Caller) -> bool:
+    """Whether event revokes the caller's own certificate."""
+    return event.kind in ("cert", "agent") and caller.serial in event.serials()
+
+
+class WatchService:
+    def __init__(self, store: Store, feed: RevocationFeed, heartbeat: float, buffer: int) -> None:
+        self._store = store
+        self._feed = feed
+        self._heartbeat = heartbeat
+        self._buffer = buffer
+
+    async def stream(self, caller: Caller, after_seq: int) -> AsyncIterator[WatchItem]:
+        if after_seq < 0:
+            raise InvalidArgument("after_seq must be 0 or a sequence number this server gave")
+        sub = self._feed.subscribe(self._buffer)
+        try:
+            last = await self._store.last_seq()
+            if after_seq > last:
+                raise InvalidArgument(
+                    f"after_seq {after_seq} is ahead of this server's log (at {last}): resume from 0 or a seen number"
+                )
+            sent = after_seq
+            async for event in self._backfill(sent, None):
+                yield event
+                sent = event.seq
+                self._end_if_revoked(event, caller)
+            while True:
+                if sub.overflowed:
+                    yield Resume(sent)
+                    raise ResourceExhausted(f"this watcher fell behind: resume after sequence {sent}")
+                try:
+                    live = await asyncio.wait_for(sub.queue.get(), self._heartbeat)
+                except TimeoutError:
+                    yield Heartbeat(self._feed.last_seq)
+                    continue
+                if live.seq <= sent:
+                    continue
+                # In order (the usual case) the live event goes straight out;
+                # after a jump, the log fills the gap first.
+                catch_up = (
+                    [live] if live.seq == sent + 1 else [e async for e in self._backfill(sent, live.seq)]
+                )
+                for event in catch_up:
+                    yield event
+                    sent = event.seq
+                    self._end_if_revoked(event, caller)
+        finally:
+            self._feed.unsubscribe(sub)
+
+    async def _backfill(self, after: int, upto: int | None) -> AsyncIterator[RevocationEvent]:
+        """Events in (after, upto] from the log (to its end when upto is None)."""
+        while upto is None or after < upto:
+            page = await self._store.events_after(after, _PAGE)
+            if not page:
+                return
+            for event in page:
+                if upto is not None and event.seq > upto:
+                    return
+                yield event
+                after = event.seq
+
+    @staticmethod
+    def _end_if_revoked(event: RevocationEvent, caller: Caller) -> None:
+        if revokes(event, caller):
+            raise Revoked(f"this agent's certificate {caller.serial} {REVOKED_MARK} ({event.reason})")
