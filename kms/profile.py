@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from kms.identity import agent_spiffe_id
 
@@ -23,6 +23,7 @@ __all__ = [
     "BACKDATE",
     "IssuerKey",
     "ProfileError",
+    "StatusUrls",
     "PublicKey",
     "agent_builder",
     "ca_builder",
@@ -142,11 +143,17 @@ def agent_builder(
     serial: int,
     now: datetime,
     ttl: timedelta,
+    status: StatusUrls | None = None,
 ) -> x509.CertificateBuilder:
-    """An agent's client certificate: CN=name, URI SAN spiffe://td/agent/name, clientAuth."""
+    """An agent's client certificate: CN=name, URI SAN spiffe://td/agent/name, clientAuth.
+
+    With status URLs (the HTTP side port is on), it also names where to
+    check it: a CRL distribution point (RFC 5280 §4.2.1.13) and an OCSP
+    responder in authorityInfoAccess (§4.2.2.1).
+    """
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     uri = agent_spiffe_id(trust_domain, name)
-    return (
+    builder = (
         _base(
             subject, issuer.subject, public_key, serial, now, _not_after(now, ttl, issuer.not_valid_after_utc)
         )
@@ -156,6 +163,32 @@ def agent_builder(
         .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
         .add_extension(_aki(issuer), critical=False)
     )
+    if status is not None:
+        builder = builder.add_extension(status.distribution_points(), critical=False).add_extension(
+            status.authority_information_access(), critical=False
+        )
+    return builder
+
+
+@dataclass(frozen=True)
+class StatusUrls:
+    """Where relying parties find revocation status: the CRL and the OCSP responder."""
+
+    crl: str
+    ocsp: str
+
+    def distribution_points(self) -> x509.CRLDistributionPoints:
+        point = x509.DistributionPoint([x509.UniformResourceIdentifier(self.crl)], None, None, None)
+        return x509.CRLDistributionPoints([point])
+
+    def authority_information_access(self) -> x509.AuthorityInformationAccess:
+        return x509.AuthorityInformationAccess(
+            [
+                x509.AccessDescription(
+                    AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(self.ocsp)
+                )
+            ]
+        )
 
 
 def _key_usage(*, cert_sign: bool = False, key_encipherment: bool = False) -> x509.KeyUsage:
@@ -189,6 +222,7 @@ class _Expect:
     eku: tuple[x509.ObjectIdentifier, ...] | None
     sans: tuple[x509.GeneralName, ...] | None
     subject: x509.Name
+    status: StatusUrls | None = None
 
 
 def _require(condition: bool, what: str) -> None:
@@ -224,7 +258,14 @@ def _check_common(
         expected_oids.add(ExtensionOID.EXTENDED_KEY_USAGE)
     if expect.sans is not None:
         expected_oids.add(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+    if expect.status is not None:
+        expected_oids |= {ExtensionOID.CRL_DISTRIBUTION_POINTS, ExtensionOID.AUTHORITY_INFORMATION_ACCESS}
     _require({e.oid for e in cert.extensions} == expected_oids, "unexpected set of extensions")
+    if expect.status is not None:
+        cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+        _require(cdp.value == expect.status.distribution_points(), "CRL distribution point differs")
+        _require(aia.value == expect.status.authority_information_access(), "OCSP location differs")
 
     exts = cert.extensions
     bc = exts.get_extension_for_class(x509.BasicConstraints)
@@ -280,6 +321,7 @@ def check_agent_certificate(
     name: str,
     public_key: rsa.RSAPublicKey,
     max_ttl: timedelta,
+    status: StatusUrls | None = None,
 ) -> None:
     """Re-asserts the agent profile, including that the key is the CSR's. Raises ProfileError."""
     _require(cert.public_key() == public_key, "certificate key is not the requested key")
@@ -289,5 +331,6 @@ def check_agent_certificate(
         (ExtendedKeyUsageOID.CLIENT_AUTH,),
         (x509.UniformResourceIdentifier(agent_spiffe_id(trust_domain, name)),),
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]),
+        status,
     )
     _check_common(cert, issuer, expect, max_ttl)

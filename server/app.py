@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from kms.addresses import join_hostport
 from kms.errors import FailedPrecondition
 from kms.identity import fingerprint
+from kms.profile import StatusUrls
 from kms.v1 import admin_pb2_grpc, enrollment_pb2_grpc, identity_pb2_grpc, keys_pb2_grpc, revocation_pb2_grpc
 from server.agents import AgentDirectory
 from server.auth import AuthInterceptor, Listener
@@ -115,6 +117,27 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
     return int(port)
 
 
+def _bind_http(cfg: ServerConfig) -> tuple[socket.socket | None, StatusUrls | None]:
+    """Binds the HTTP side port first, so issued certificates can name its real port."""
+    if cfg.http_host is None:
+        return None, None
+    family = socket.AF_INET6 if ":" in cfg.http_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((cfg.http_host, cfg.http_port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise FailedPrecondition(
+            f"cannot listen on {cfg.http_host}:{cfg.http_port} (--http-listen): {exc.strerror}"
+        ) from None
+    port = sock.getsockname()[1]
+    # A wildcard address is no place to send relying parties: name the server instead.
+    host = cfg.sans[0] if cfg.http_host in ("0.0.0.0", "::") else cfg.http_host  # noqa: S104 - a comparison
+    base = f"http://{join_hostport(host, port)}"
+    return sock, StatusUrls(crl=f"{base}/crl", ocsp=f"{base}/ocsp")
+
+
 async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
     """Builds the whole server on cfg.data_dir and binds its listeners.
 
@@ -154,7 +177,8 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         else:
             master_key = datadir.load_master_key()
             root = load_root(datadir, master_key, cfg.ca_key_type)
-        ca = CertificateAuthority(root, trust_domain, cfg.cert_ttl, clock)
+        http_sock, status_urls = _bind_http(cfg)
+        ca = CertificateAuthority(root, trust_domain, cfg.cert_ttl, clock, status_urls)
         if cfg.cert_ttl > ca.certificate.not_valid_after_utc - clock():
             logger.warning(
                 "certificates will be cut short: the CA expires %s", ca.certificate.not_valid_after_utc
@@ -212,9 +236,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             "admin socket",
         )
         os.chmod(datadir.admin_socket, 0o600)
-        http_port = (
-            await http.start(cfg.http_host, cfg.http_port) if http and cfg.http_host is not None else None
-        )
+        http_port = await http.start(http_sock) if http and http_sock else None
         return App(cfg, datadir, store, ca, api, admin, port, enroll_port, crl, http, http_port)
     except BaseException:
         if store is not None:

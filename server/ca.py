@@ -46,8 +46,16 @@ def key_type_of(key: profile.IssuerKey) -> CAKeyType:
 
 
 class CertificateAuthority:
-    def __init__(self, root: KeyPair, trust_domain: str, cert_ttl: timedelta, clock: Clock) -> None:
+    def __init__(
+        self,
+        root: KeyPair,
+        trust_domain: str,
+        cert_ttl: timedelta,
+        clock: Clock,
+        status_urls: profile.StatusUrls | None = None,
+    ) -> None:
         self._root = root
+        self._status_urls = status_urls
         self.trust_domain = trust_domain
         self.cert_ttl = cert_ttl
         self._clock = clock
@@ -68,6 +76,7 @@ class CertificateAuthority:
             x509.random_serial_number(),
             now,
             self.cert_ttl,
+            self._status_urls,
         )
         cert = builder.sign(self._root.key, profile.signature_hash(self._root.key))
         profile.check_agent_certificate(
@@ -77,6 +86,7 @@ class CertificateAuthority:
             name=name,
             public_key=public_key,
             max_ttl=self.cert_ttl,
+            status=self._status_urls,
         )
         return cert
 

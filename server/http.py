@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import socket
 import urllib.parse
 
 from server.crl import CrlPublisher
@@ -38,8 +39,9 @@ class HttpSidePort:
         self._ocsp = ocsp
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._handle, host, port, limit=_MAX_HEADER)
+    async def start(self, sock: socket.socket) -> int:
+        """Serves on an already bound, listening socket; returns its port."""
+        self._server = await asyncio.start_server(self._handle, sock=sock, limit=_MAX_HEADER)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:

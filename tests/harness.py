@@ -7,6 +7,7 @@ output is included in the assertion message, and the child is always stopped.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,3 +216,70 @@ def snapshot(db: Path) -> dict[str, list[tuple[Any, ...]]]:
         return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}  # noqa: S608
     finally:
         conn.close()
+
+
+class WatchProcess:
+    """A real `kms-agent watch --json` child whose event lines are collected as they arrive."""
+
+    def __init__(self, state_dir: Path, *extra: str) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.stderr: list[str] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            [exe("kms-agent"), "watch", "--json", "--dir", str(state_dir), "--silence-timeout", "5", *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.events.append(json.loads(line))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _pump_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 20.0) -> None:
+        with self._cond:
+            if not self._cond.wait_for(
+                lambda: predicate(self.events) or self.proc.poll() is not None, timeout
+            ):
+                raise AssertionError(
+                    f"watch did not see it in {timeout}s: {self.events}\n{''.join(self.stderr)}"
+                )
+            if not predicate(self.events):
+                raise AssertionError(
+                    f"watch exited {self.proc.returncode}: {self.events}\n{''.join(self.stderr)}"
+                )
+
+    def seqs(self) -> list[int]:
+        with self._cond:
+            return [e["seq"] for e in self.events]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(15)
+
+
+def admin_stub(server: ServerProcess) -> Any:
+    """The Admin service over the server's UNIX socket, for tests that need many calls fast."""
+    import grpc
+
+    from kms.v1 import admin_pb2_grpc
+
+    channel = grpc.secure_channel(
+        f"unix:{server.data_dir / 'admin.sock'}", grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
+    )
+    return admin_pb2_grpc.AdminStub(channel)

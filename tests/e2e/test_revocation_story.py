@@ -1,0 +1,388 @@
+"""Story: agents watching revocations, enforcement, resume, crash safety, CRL and OCSP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from kms.v1 import admin_pb2, revocation_pb2, revocation_pb2_grpc
+from tests.harness import (
+    ServerProcess,
+    WatchProcess,
+    admin_stub,
+    agent,
+    assert_one_line_error,
+    enroll,
+    exe,
+    run,
+    short_tmpdir,
+    snapshot,
+)
+
+SERVER_ARGS = ["--heartbeat", "1s", "--http-listen", "127.0.0.1:0", "--watch-buffer", "16"]
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[tuple[ServerProcess, Path]]:
+    root = short_tmpdir("kmsrv")
+    server = ServerProcess(root / "d", extra_args=SERVER_ARGS).start()
+    for name in ("a", "b", "c", "d", "warm"):
+        result = enroll(server, root / name, server.token(name, "web"))
+        assert result.returncode == 0, result.stderr
+    server.admin("key", "create", "app", "--grant", "group:web")
+    try:
+        yield server, root
+    finally:
+        code = server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    assert code == 0, server.output()
+
+
+def _serial(state: Path) -> str:
+    out = subprocess.run(
+        ["openssl", "x509", "-in", str(state / "agent.crt"), "-noout", "-serial"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.strip().split("=")[1].lower().lstrip("0")
+
+
+def _warm_up(server: ServerProcess, watchers: list[WatchProcess], key: str) -> None:
+    """Makes one event (a fresh key version compromised) and waits until every watcher printed it."""
+    server.admin("key", "create", key)
+    server.admin("revoke", "key", key, "--version", "1")
+    for w in watchers:
+        w.wait_for(lambda events: any(e.get("key") == key for e in events))
+
+
+def test_three_watchers_hear_agent_b_revoked_and_key_files_go(rig: tuple[ServerProcess, Path]) -> None:
+    server, root = rig
+    key_file = root / "app-v1.key"
+    assert agent(root / "a", "fetch-key", "app", "--out", str(key_file)).returncode == 0
+    watchers = {n: WatchProcess(root / n) for n in ("a", "b", "c")}
+    try:
+        _warm_up(server, list(watchers.values()), "warm-1")
+        b_serial = _serial(root / "b")
+        done = server.admin("revoke", "agent", "b", "--reason", "keyCompromise", "--json")
+        event = json.loads(done.stdout)
+        assert event["kind"] == "agent" and event["serial"] == b_serial and not event["already_revoked"]
+
+        for name in ("a", "c"):
+            watchers[name].wait_for(lambda evs: any(e.get("agent") == "b" for e in evs))
+        # B hears it too, says so, and exits with the distinct code.
+        assert watchers["b"].proc.wait(10) == 11
+        assert any(e.get("agent") == "b" for e in watchers["b"].events)
+        assert "was revoked" in "".join(watchers["b"].stderr)
+        # B's next call is refused.
+        assert_one_line_error(agent(root / "b", "status"), 11, "was revoked")
+        assert_one_line_error(agent(root / "b", "fetch-key", "app"), 11, "was revoked")
+
+        # Revoking again is not an error and makes no new event.
+        before = len(snapshot(server.db)["events"])
+        again = json.loads(server.admin("revoke", "agent", "b", "--json").stdout)
+        assert again["already_revoked"] and again["seq"] == event["seq"]
+        assert len(snapshot(server.db)["events"]) == before
+
+        # A compromised key version: A's key file is deleted by its watcher.
+        assert key_file.exists()
+        server.admin("revoke", "key", "app", "--version", "1", "--reason", "keyCompromise")
+        watchers["a"].wait_for(lambda evs: any(e.get("key") == "app" for e in evs))
+        assert not key_file.exists()
+        assert_one_line_error(agent(root / "a", "fetch-key", "app", "--version", "1"), 6, "compromised")
+        assert json.loads(agent(root / "a", "fetch-key", "app", "--json").stdout)["version"] == 2
+        # Every watcher saw every event once, in order.
+        for name in ("a", "c"):
+            seqs = watchers[name].seqs()
+            assert seqs == sorted(set(seqs))
+    finally:
+        for w in watchers.values():
+            w.stop()
+
+
+def test_revoked_agent_reenrolls_only_when_allowed(rig: tuple[ServerProcess, Path]) -> None:
+    server, root = rig
+    server.admin("revoke", "agent", "b")
+    token = server.token("b", "web")
+    before = snapshot(server.db)
+    assert_one_line_error(enroll(server, root / "b2", token), 4, "allow-reenroll")
+    assert snapshot(server.db) == before  # the token was not consumed
+    allowed = server.admin("token", "create", "--name", "b", "--allow-reenroll").stdout.strip()
+    assert enroll(server, root / "b2", allowed).returncode == 0
+    assert agent(root / "b2", "status").returncode == 0
+
+
+def test_watch_resumes_with_exactly_the_missed_events(rig: tuple[ServerProcess, Path]) -> None:
+    server, root = rig
+    first = WatchProcess(root / "d")
+    _warm_up(server, [first], "warm-2")
+    assert first.stop() == 0
+    seen = first.seqs()
+
+    stub = admin_stub(server)
+    stub.CreateKey(admin_pb2.CreateKeyRequest(name="churn"), timeout=10)
+    made = []
+    for version in range(1, 51):  # each revocation of the current version rotates to the next
+        resp = stub.RevokeKey(admin_pb2.RevokeKeyRequest(name="churn", version=version), timeout=10)
+        made.append(resp.event.seq)
+
+    second = WatchProcess(root / "d")
+    try:
+        second.wait_for(lambda evs: len(evs) >= 50)
+        time.sleep(1.5)  # a heartbeat or two: nothing more may come
+        assert second.seqs() == made
+        assert not set(made) & set(seen)
+    finally:
+        assert second.stop() == 0
+
+
+def test_watch_bad_after_seq(rig: tuple[ServerProcess, Path]) -> None:
+    server, root = rig
+    state = root / "c"
+    creds = grpc.ssl_channel_credentials(
+        (state / "ca.crt").read_bytes(),
+        (state / "agent.key").read_bytes(),
+        (state / "agent.crt").read_bytes(),
+    )
+    with grpc.secure_channel(server.address, creds) as ch:
+        stub = revocation_pb2_grpc.RevocationStub(ch)
+        for after in (-1, 10**9):
+            with pytest.raises(grpc.RpcError) as info:
+                next(iter(stub.Watch(revocation_pb2.WatchRequest(after_seq=after), timeout=10)))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        pytest.param(["revoke", "cert", "abcdef0123"], 5, "no certificate with serial", id="unknown-serial"),
+        pytest.param(["revoke", "cert", "not-hex"], 2, "hexadecimal", id="bad-serial"),
+        pytest.param(["revoke", "agent", "nobody"], 5, "no agent named", id="unknown-agent"),
+        pytest.param(["revoke", "key", "nokey", "--version", "1"], 5, "has no version", id="unknown-key"),
+        pytest.param(["revoke", "key", "app", "--version", "0"], 2, "out of range", id="version-zero"),
+        pytest.param(
+            ["revoke", "agent", "a", "--reason", "becauseISaidSo"], 2, "keyCompromise", id="bad-reason"
+        ),
+        pytest.param(["revoke", "agent", "a", "--reason", "certificateHold"], 2, "is not one of", id="hold"),
+    ],
+)
+def test_revoke_bad_input_changes_nothing(
+    rig: tuple[ServerProcess, Path], args: list[str], code: int, needle: str
+) -> None:
+    server, _ = rig
+    before = snapshot(server.db)
+    assert_one_line_error(server.admin(*args, check=False), code, needle)
+    assert snapshot(server.db) == before
+
+
+def test_check_reports_status(rig: tuple[ServerProcess, Path]) -> None:
+    server, root = rig
+    good = agent(root / "c", "check", "--cert", str(root / "c" / "agent.crt"), "--json")
+    assert good.returncode == 0 and json.loads(good.stdout)["status"] == "good"
+    revoked = agent(root / "c", "check", "--serial", _serial(root / "b"))
+    assert revoked.returncode == 11 and "status=revoked" in revoked.stdout
+    unknown = agent(root / "c", "check", "--serial", "123456789abcdef")
+    assert unknown.returncode == 5 and "status=unknown" in unknown.stdout
+    listed = json.loads(server.admin("revocations", "list", "--json").stdout)
+    assert [e["seq"] for e in listed] == sorted(e["seq"] for e in listed)
+
+
+def test_crl_and_ocsp_agree_with_openssl(rig: tuple[ServerProcess, Path], tmp_path: Path) -> None:
+    server, root = rig
+    http = server.fields["http-address"]
+    good, revoked = root / "c" / "agent.crt", root / "b" / "agent.crt"
+    ca = server.data_dir / "ca.crt"
+    crl_der = tmp_path / "crl.der"
+    run(["curl", "-sf", "-o", str(crl_der), f"http://{http}/crl"])
+    crl_pem = tmp_path / "crl.pem"
+    assert (
+        run(["openssl", "crl", "-inform", "DER", "-in", str(crl_der), "-out", str(crl_pem)]).returncode == 0
+    )
+    bundle = tmp_path / "ca+crl.pem"
+    bundle.write_bytes(ca.read_bytes() + crl_pem.read_bytes())
+    ok = run(["openssl", "verify", "-crl_check", "-CAfile", str(bundle), str(good)])
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    bad = run(["openssl", "verify", "-crl_check", "-CAfile", str(bundle), str(revoked)])
+    assert bad.returncode != 0 and "certificate revoked" in bad.stdout + bad.stderr
+    # The same CRL over gRPC.
+    with grpc.secure_channel(server.enroll_address, grpc.ssl_channel_credentials(ca.read_bytes())) as ch:
+        der = (
+            revocation_pb2_grpc.RevocationStub(ch).GetCRL(revocation_pb2.GetCRLRequest(), timeout=10).crl_der
+        )
+    assert der[:2] == crl_der.read_bytes()[:2]
+    # RFC 5280 lint of the CRL.
+    lint = run([exe("lint_crl"), "lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING", str(crl_pem)])
+    assert lint.returncode == 0 and lint.stdout.strip() == "", lint.stdout
+    # OCSP, as openssl asks it.
+    for cert, expected in ((good, ": good"), (revoked, ": revoked")):
+        out = run(
+            [
+                "openssl",
+                "ocsp",
+                "-issuer",
+                str(ca),
+                "-cert",
+                str(cert),
+                "-url",
+                f"http://{http}/ocsp",
+                "-CAfile",
+                str(ca),
+            ]
+        )
+        assert "Response verify OK" in out.stdout + out.stderr and expected in out.stdout, (
+            out.stdout + out.stderr
+        )
+
+
+def test_thousand_watch_streams_each_get_the_event_once(rig: tuple[ServerProcess, Path]) -> None:
+    """Counts deliveries, not time: 1,000 concurrent streams, one event, 1,000 receipts."""
+    import asyncio
+
+    server, root = rig
+    state = root / "c"
+    creds = grpc.ssl_channel_credentials(
+        (state / "ca.crt").read_bytes(),
+        (state / "agent.key").read_bytes(),
+        (state / "agent.crt").read_bytes(),
+    )
+    streams, channels = 1000, 10
+
+    async def body() -> list[int]:
+        chans = [grpc.aio.secure_channel(server.address, creds) for _ in range(channels)]
+        start = await asyncio.to_thread(lambda: max(0, int(snapshot(server.db)["sqlite_sequence"][0][1])))
+        ready = asyncio.Semaphore(0)
+        received = [0] * streams
+
+        async def one(i: int) -> None:
+            stub = revocation_pb2_grpc.RevocationStub(chans[i % channels])
+            call = stub.Watch(revocation_pb2.WatchRequest(after_seq=start))
+            signalled = False
+            async for msg in call:
+                if not signalled:  # first heartbeat: the stream is open and subscribed
+                    signalled = True
+                    ready.release()
+                if msg.WhichOneof("item") == "event":
+                    received[i] += 1
+                    call.cancel()
+                    return
+
+        tasks = [asyncio.create_task(one(i)) for i in range(streams)]
+        for _ in range(streams):
+            await asyncio.wait_for(ready.acquire(), 60)
+        await asyncio.to_thread(server.admin, "revoke", "key", "app", "--version", "2")
+        done, pending = await asyncio.wait(tasks, timeout=60)
+        for t in pending:
+            t.cancel()
+        for c in chans:
+            await c.close()
+        return received
+
+    received = asyncio.run(body())
+    assert sum(received) == streams and set(received) == {1}
+
+
+def test_stuck_watcher_is_dropped_without_slowing_others(rig: tuple[ServerProcess, Path]) -> None:
+    server, root = rig
+    state = root / "c"
+    creds = grpc.ssl_channel_credentials(
+        (state / "ca.crt").read_bytes(),
+        (state / "agent.key").read_bytes(),
+        (state / "agent.crt").read_bytes(),
+    )
+    # A client that reads nothing, with a tiny receive window so the server's sends back up at once.
+    stuck_channel = grpc.secure_channel(
+        server.address, creds, options=[("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+    )
+    last = snapshot(server.db)["sqlite_sequence"][0][1]
+    stuck = revocation_pb2_grpc.RevocationStub(stuck_channel).Watch(
+        revocation_pb2.WatchRequest(after_seq=last)
+    )
+    healthy = WatchProcess(root / "d")
+    try:
+        _warm_up(server, [healthy], "warm-3")
+        rss_before = _rss_kib(server)
+        stub = admin_stub(server)
+        stub.CreateKey(admin_pb2.CreateKeyRequest(name="flood"), timeout=10)
+        for version in range(1, 201):
+            stub.RevokeKey(admin_pb2.RevokeKeyRequest(name="flood", version=version), timeout=10)
+        healthy.wait_for(lambda evs: sum(1 for e in evs if e.get("key") == "flood") == 200)
+        # The stuck stream was dropped: reading it now yields what was in flight, then an error.
+        got, error = 0, None
+        try:
+            for _ in stuck:
+                got += 1
+        except grpc.RpcError as exc:
+            error = exc.code()
+        assert error in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED), error
+        assert got < 200
+        assert "dropped a watcher that fell behind" in server.output()
+        assert _rss_kib(server) - rss_before < 64 * 1024
+    finally:
+        healthy.stop()
+        stuck_channel.close()
+
+
+def _rss_kib(server: ServerProcess) -> int:
+    assert server.proc is not None
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_sigkill_mid_stream_loses_nothing_reported_done(tmpdir_short: Path) -> None:
+    server = ServerProcess(tmpdir_short / "d", extra_args=["--heartbeat", "1s"]).start()
+    assert enroll(server, tmpdir_short / "w", server.token("w")).returncode == 0
+    server.admin("key", "create", "crash")
+    watcher = WatchProcess(tmpdir_short / "w")
+    done: list[int] = []
+    stop = threading.Event()
+
+    def revoke_forever() -> None:
+        stub = admin_stub(server)
+        version = 1
+        while not stop.is_set():
+            try:
+                resp = stub.RevokeKey(admin_pb2.RevokeKeyRequest(name="crash", version=version), timeout=5)
+            except grpc.RpcError:
+                return  # the server died under us; this one was not reported done
+            done.append(resp.event.seq)
+            version += 1
+
+    thread = threading.Thread(target=revoke_forever)
+    try:
+        thread.start()
+        watcher.wait_for(lambda evs: len(evs) >= 20)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        stop.set()
+        thread.join(10)
+        restarted = ServerProcess(
+            server.data_dir,
+            extra_args=["--heartbeat", "1s"],
+            listen=server.address,
+            enroll_listen=server.enroll_address,
+        ).start()
+        try:
+            logged = [e["seq"] for e in json.loads(restarted.admin("revocations", "list", "--json").stdout)]
+            assert set(done) <= set(logged)
+            assert logged == list(range(1, len(logged) + 1))  # no hole in the log
+            # The watcher reconnects by itself and ends up with the whole log, once, in order.
+            watcher.wait_for(lambda evs: len(evs) >= len(logged), timeout=40)
+            assert watcher.seqs() == logged
+        finally:
+            assert watcher.stop() == 0
+            assert restarted.stop() == 0
+    finally:
+        stop.set()
+        server.kill()
