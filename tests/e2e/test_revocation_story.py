@@ -145,6 +145,22 @@ def test_watch_resumes_with_exactly_the_missed_events(rig: tuple[ServerProcess, 
         assert second.stop() == 0
 
 
+def test_watch_exec_runs_per_event_with_the_event_in_the_environment(rig: tuple[ServerProcess, Path]) -> None:
+    server, root = rig
+    log = root / "exec.log"
+    watcher = WatchProcess(
+        root / "c",
+        "--exec",
+        f'echo "$KMS_EVENT_SEQ $KMS_EVENT_KIND $KMS_EVENT_KEY $KMS_EVENT_VERSION" >> {log}',
+    )
+    try:
+        _warm_up(server, [watcher], "warm-exec")
+        seq = next(e["seq"] for e in watcher.events if e.get("key") == "warm-exec")
+        assert f"{seq} key warm-exec 1" in log.read_text().splitlines()
+    finally:
+        assert watcher.stop() == 0
+
+
 def test_watch_bad_after_seq(rig: tuple[ServerProcess, Path]) -> None:
     server, root = rig
     state = root / "c"

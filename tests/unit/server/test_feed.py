@@ -1,0 +1,181 @@
+"""server/feed.py and server/watch.py over a real store: ordering, backfill, overflow, closing."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from kms.errors import InvalidArgument, ResourceExhausted, Revoked
+from server.authn import Caller
+from server.feed import RevocationFeed, StreamGuard
+from server.store import RevocationEvent, SqliteStore
+from server.watch import Heartbeat, Resume, WatchService
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def _event(
+    seq: int, kind: str = "key", serial: str | None = None, agent: str | None = None
+) -> RevocationEvent:
+    return RevocationEvent(
+        seq,
+        kind,
+        serial,
+        agent,
+        "k" if kind == "key" else None,
+        seq if kind == "key" else None,
+        "unspecified",
+        0,
+    )
+
+
+def test_guard_cancels_only_the_revoked_streams_after_the_grace() -> None:
+    async def body() -> tuple[bool, bool, bool]:
+        guard = StreamGuard()
+        mine = asyncio.create_task(asyncio.sleep(10))
+        other = asyncio.create_task(asyncio.sleep(10))
+        guard.register("aa", "web-1", mine)  # type: ignore[arg-type]
+        guard.register("bb", "web-2", other)  # type: ignore[arg-type]
+        assert guard.close(_event(1, "agent", serial="aa", agent="web-1"), grace=0.05) == 1
+        still_open = not mine.done()
+        await asyncio.sleep(0.2)
+        result = (still_open, mine.cancelled(), other.done())
+        other.cancel()
+        return result
+
+    assert asyncio.run(body()) == (True, True, False)
+
+
+def test_feed_drops_a_full_subscriber_and_keeps_the_others() -> None:
+    async def body() -> tuple[bool, int, int]:
+        feed = RevocationFeed(0)
+        slow, fast = feed.subscribe(2), feed.subscribe(100)
+        for seq in range(1, 6):
+            feed.publish(_event(seq))
+        return slow.overflowed, fast.queue.qsize(), feed.subscribers
+
+    assert asyncio.run(body()) == (True, 5, 1)
+
+
+def _caller(key: rsa.RSAPrivateKey) -> Caller:
+    return Caller("web-1", (), "aa", "spiffe://t/agent/web-1", NOW, NOW, key.public_key())
+
+
+def test_watch_replays_then_follows_live_with_backfill_and_no_duplicates(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    async def body() -> list[object]:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            from server.keys import KeyService
+            from server.sealing import Sealer
+
+            keys = KeyService(store, Sealer(bytes(32)), lambda: NOW)
+            await keys.create("k", [])
+            for v in (1, 2, 3):  # three events in the log before the watcher comes
+                await store.revoke_key_version("k", v, "unspecified", 0, keys.sealer_for("k"))
+            feed = RevocationFeed(await store.last_seq())
+            watch = WatchService(store, feed, heartbeat=0.05, buffer=16)
+            items: list[object] = []
+
+            async def consume() -> None:
+                async for item in watch.stream(_caller(rsa_key), after_seq=1):
+                    items.append(item)
+                    if len([i for i in items if isinstance(i, RevocationEvent)]) == 4:
+                        return
+
+            task = asyncio.create_task(consume())
+            await asyncio.sleep(0.1)
+            ev4 = await store.revoke_key_version("k", 4, "unspecified", 0, keys.sealer_for("k"))
+            ev5 = await store.revoke_key_version("k", 5, "unspecified", 0, keys.sealer_for("k"))
+            assert ev4 and ev5
+            feed.publish(ev5)  # 4 is never published: the watcher must backfill it from the log
+            feed.publish(ev5)  # and a duplicate must not come through
+            await asyncio.wait_for(task, 5)
+            return items
+        finally:
+            await store.close()
+
+    items = asyncio.run(body())
+    assert [i.seq for i in items if isinstance(i, RevocationEvent)] == [2, 3, 4, 5]
+    assert any(isinstance(i, Heartbeat) for i in items)  # the quiet 0.1 s before event 4
+
+
+@pytest.mark.parametrize("after", [-1, 99])
+def test_watch_refuses_bad_positions(tmp_path: Path, rsa_key: rsa.RSAPrivateKey, after: int) -> None:
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            watch = WatchService(store, RevocationFeed(0), heartbeat=1, buffer=16)
+            with pytest.raises(InvalidArgument):
+                async for _ in watch.stream(_caller(rsa_key), after):
+                    pass
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_overflowed_watcher_is_told_where_to_resume(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    async def body() -> tuple[list[object], str]:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            feed = RevocationFeed(0)
+            watch = WatchService(store, feed, heartbeat=5, buffer=16)
+            items: list[object] = []
+
+            async def consume() -> str:
+                stream = watch.stream(_caller(rsa_key), 0)
+                try:
+                    async for item in stream:
+                        items.append(item)
+                except ResourceExhausted as exc:
+                    return exc.message
+                return "ended"
+
+            # The consumer runs in its own task (as a gRPC handler does), so
+            # the feed's delayed cancel of an overflowed subscriber hits only it.
+            task = asyncio.create_task(consume())
+            while not feed.subscribers:
+                await asyncio.sleep(0.01)
+            for seq in range(1, 18):  # 17 events into a buffer of 16 before the consumer runs again
+                feed.publish(_event(seq))
+            return items, await asyncio.wait_for(task, 5)
+        finally:
+            await store.close()
+
+    items, message = asyncio.run(body())
+    # Whatever it managed to take, it is then told where to resume, and ends.
+    assert isinstance(items[-1], Resume)
+    assert "resume after sequence" in message
+
+
+def test_watch_ends_when_the_caller_itself_is_revoked(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    async def body() -> list[object]:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            feed = RevocationFeed(0)
+            watch = WatchService(store, feed, heartbeat=5, buffer=16)
+            items: list[object] = []
+
+            async def consume() -> None:
+                async for item in watch.stream(_caller(rsa_key), 0):
+                    items.append(item)
+
+            task = asyncio.create_task(consume())
+            while not feed.subscribers:
+                await asyncio.sleep(0.01)
+            feed.publish(_event(1, "cert", serial="bb"))  # someone else
+            feed.publish(_event(2, "agent", serial="aa,cc", agent="web-1"))  # us
+            with pytest.raises(Revoked):
+                await asyncio.wait_for(task, 5)
+            return items
+        finally:
+            await store.close()
+
+    items = asyncio.run(body())
+    assert [i.seq for i in items if isinstance(i, RevocationEvent)] == [1, 2]
