@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
+import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,16 +18,21 @@ from cryptography import x509
 
 from agent.client import DEFAULT_TIMEOUT, KmsClient
 from agent.enroll import enroll
+from agent.exchange import initiate, respond_once
 from agent.files import decrypt_file, encrypt_file
 from agent.keys import KeyFetcher
 from agent.state import AgentIdentity, StateDir, default_state_dir
 from agent.watch import Watcher
 from kms.addresses import join_hostport, parse_hostport
 from kms.cli import ArgumentParser, print_json, run_main
-from kms.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Revoked
-from kms.securefile import write_atomic
+from kms.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KmsError, NotFound, Revoked
+from kms.groups import Group
+from kms.handshake import Session
+from kms.securefile import ensure_private_dir, write_atomic
 
 __all__ = ["main"]
+
+logger = logging.getLogger(__name__)
 
 
 def _state(args: argparse.Namespace) -> StateDir:
@@ -209,6 +218,62 @@ def cmd_check(args: argparse.Namespace) -> int:
     return {"good": 0, "revoked": Revoked.exit_code}.get(status.status, NotFound.exit_code)
 
 
+def _print_session(session: Session, args: argparse.Namespace, path: Path | None) -> None:
+    fields: dict[str, object] = {"session_id": session.session_id, "peer": session.peer.name}
+    if path is not None:
+        fields["file"] = str(path)
+    elif getattr(args, "out", None) is None and getattr(args, "out_dir", None) is None:
+        fields["key_base64"] = base64.b64encode(session.key).decode()
+    if args.json:
+        print(json.dumps(fields, sort_keys=True), flush=True)
+    else:
+        print(" ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
+
+
+def cmd_exchange(args: argparse.Namespace) -> int:
+    identity, client = _connect(args)
+    with client:
+        session = initiate(identity, client, args.peer, Group(args.group), args.handshake_timeout)
+    path = None
+    if args.out:
+        path = Path(args.out)
+        write_atomic(path, session.key, mode=0o600)
+    _print_session(session, args, path)
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    state = _state(args)
+    identity, client = _connect(args)
+    out_dir = Path(args.out_dir) if args.out_dir else state.path / "sessions"
+    ensure_private_dir(out_dir)
+    stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        client.close()  # ends the waiting Listen stream
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    with client:
+        while not stop.is_set():
+            try:
+                session = respond_once(identity, client, args.handshake_timeout)
+            except KmsError as exc:
+                if stop.is_set():
+                    break
+                if args.once or isinstance(exc, Revoked):
+                    raise
+                logger.warning("exchange failed: %s", exc.message)
+                continue
+            path = out_dir / f"{session.session_id}.key"
+            write_atomic(path, session.key, mode=0o600)
+            _print_session(session, args, path)
+            if args.once:
+                break
+    return 0
+
+
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -292,6 +357,23 @@ def build_parser() -> ArgumentParser:
         help="reconnect after this many seconds without a message",
     )
     wa.set_defaults(func=cmd_watch)
+
+    ex = sub.add_parser(
+        "exchange", parents=[common], help="agree on a session key with the server or an agent"
+    )
+    ex.add_argument("--peer", required=True, help="'server' or an agent name")
+    ex.add_argument("--group", choices=[g.value for g in Group], default=Group.X25519.value)
+    ex.add_argument("--out", help="write the 32-byte session key to FILE (0600) instead of printing it")
+    ex.add_argument("--json", action="store_true")
+    ex.add_argument("--handshake-timeout", type=float, default=15.0, help="seconds to wait for each step")
+    ex.set_defaults(func=cmd_exchange)
+
+    li = sub.add_parser("listen", parents=[common], help="accept key exchanges from other agents")
+    li.add_argument("--once", action="store_true", help="exit after one exchange")
+    li.add_argument("--out-dir", help="where session keys go, as <id>.key (default: <state dir>/sessions)")
+    li.add_argument("--json", action="store_true")
+    li.add_argument("--handshake-timeout", type=float, default=15.0, help="seconds to wait for each step")
+    li.set_defaults(func=cmd_listen)
 
     ck = sub.add_parser(
         "check", parents=[common], help="revocation status of a certificate (exit 0 good, 11 revoked)"

@@ -11,6 +11,7 @@ from kms.errors import KmsError, Unavailable, error_for_status
 from kms.v1 import (
     enrollment_pb2,
     enrollment_pb2_grpc,
+    handshake_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
     keys_pb2,
@@ -47,6 +48,7 @@ class KmsClient:
         self._identity = identity_pb2_grpc.IdentityStub(self._channel)
         self._keys = keys_pb2_grpc.KeysStub(self._channel)
         self._revocation = revocation_pb2_grpc.RevocationStub(self._channel)
+        self.handshake_stub = handshake_pb2_grpc.HandshakeStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()

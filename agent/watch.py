@@ -23,6 +23,7 @@ import grpc
 
 from agent.client import KmsClient
 from agent.state import AgentIdentity, StateDir
+from agent.watchdog import Watchdog
 from kms.errors import REVOKED_MARK, ResourceExhausted, Revoked, Unauthenticated, Unavailable
 from kms.events import describe, event_fields
 from kms.v1 import revocation_pb2
@@ -93,7 +94,7 @@ class Watcher:
         with self._connect() as client:
             call = client.watch(self._state.last_seq())
             self._call = call
-            watchdog = _Watchdog(self._silence, call.cancel)
+            watchdog = Watchdog(self._silence, call.cancel)
             try:
                 for message in call:
                     watchdog.reset()
@@ -136,28 +137,3 @@ class Watcher:
             raise Revoked(
                 f"this agent's certificate {self._serial} {REVOKED_MARK} ({event.reason}): enroll again"
             )
-
-
-class _Watchdog:
-    """Calls on_silence when reset() is not called for timeout seconds."""
-
-    def __init__(self, timeout: float, on_silence: Callable[[], object]) -> None:
-        self._timeout = timeout
-        self._on_silence = on_silence
-        self.fired = False
-        self._timer: threading.Timer | None = None
-        self.reset()
-
-    def _fire(self) -> None:
-        self.fired = True
-        self._on_silence()
-
-    def reset(self) -> None:
-        self.cancel()
-        self._timer = threading.Timer(self._timeout, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()

@@ -12,6 +12,7 @@ import grpc
 __all__ = [
     "AlreadyExists",
     "DataLoss",
+    "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",
     "KmsError",
@@ -96,6 +97,13 @@ class AlreadyExists(KmsError):
     exit_code = 9
 
 
+class DeadlineExceeded(KmsError):
+    """A step did not happen in time (a stalled exchange, a silent peer)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    exit_code = 12
+
+
 class DataLoss(KmsError):
     """Data does not authenticate: damaged, truncated, or not ours. One opaque message."""
 
@@ -115,6 +123,7 @@ _BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
         Unavailable,
         AlreadyExists,
         DataLoss,
+        DeadlineExceeded,
     )
 }
 

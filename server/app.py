@@ -20,9 +20,17 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms.addresses import join_hostport
 from kms.errors import FailedPrecondition
+from kms.handshake import LocalIdentity
 from kms.identity import fingerprint
 from kms.profile import StatusUrls
-from kms.v1 import admin_pb2_grpc, enrollment_pb2_grpc, identity_pb2_grpc, keys_pb2_grpc, revocation_pb2_grpc
+from kms.v1 import (
+    admin_pb2_grpc,
+    enrollment_pb2_grpc,
+    handshake_pb2_grpc,
+    identity_pb2_grpc,
+    keys_pb2_grpc,
+    revocation_pb2_grpc,
+)
 from server.agents import AgentDirectory
 from server.auth import AuthInterceptor, Listener
 from server.authn import PeerAuthenticator
@@ -32,6 +40,7 @@ from server.config import ServerConfig
 from server.crl import CrlPublisher
 from server.datadir import DataDir, DataDirError
 from server.enrollment import EnrollmentService
+from server.exchange import ExchangeService
 from server.feed import RevocationFeed, StreamGuard
 from server.http import HttpSidePort
 from server.keys import KeyService
@@ -41,6 +50,7 @@ from server.sealing import Sealer
 from server.servicers import (
     AdminServicer,
     EnrollmentServicer,
+    HandshakeServicer,
     IdentityServicer,
     KeysServicer,
     RevocationServicer,
@@ -199,7 +209,20 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         guard = StreamGuard()
         crl = CrlPublisher(ca, store, clock)
         revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
+        await revocations.load()
         watch = WatchService(store, feed, cfg.heartbeat.total_seconds(), cfg.watch_buffer)
+        server_handshake_identity = LocalIdentity(
+            server_identity.key, (server_identity.cert.public_bytes(Encoding.DER),)
+        )
+        exchanges = ExchangeService(
+            server_handshake_identity,
+            ca.certificate,
+            trust_domain,
+            store,
+            revocations,
+            clock,
+            cfg.handshake_timeout.total_seconds(),
+        )
         http = HttpSidePort(crl, OcspResponder(ca, store, clock)) if cfg.http_host is not None else None
 
         limits = [
@@ -216,6 +239,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(), api)
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys), api)
         revocation_pb2_grpc.add_RevocationServicer_to_server(RevocationServicer(watch, revocations, crl), api)
+        handshake_pb2_grpc.add_HandshakeServicer_to_server(HandshakeServicer(exchanges), api)
         key_chain = [(server_identity.key_pem(), server_identity.cert_pem + ca.bundle_pem)]
         mtls = grpc.ssl_server_credentials(
             key_chain, root_certificates=ca.bundle_pem, require_client_auth=True

@@ -59,6 +59,8 @@ AUTH_POLICY: dict[str, frozenset[Role]] = {
     "/kms.v1.Revocation/Watch": frozenset({Role.AGENT}),
     "/kms.v1.Revocation/GetCRL": frozenset({Role.ANYONE}),
     "/kms.v1.Revocation/CheckCertificate": frozenset({Role.AGENT}),
+    "/kms.v1.Handshake/Exchange": frozenset({Role.AGENT}),
+    "/kms.v1.Handshake/Listen": frozenset({Role.AGENT}),
 }
 
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("current_caller", default=None)

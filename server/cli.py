@@ -43,6 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "ca_ttl": args.ca_ttl,
         "shutdown_grace": args.shutdown_grace,
         "heartbeat": args.heartbeat,
+        "handshake_timeout": args.handshake_timeout,
         "watch_buffer": args.watch_buffer,
         "http_listen": args.http_listen,
     }
@@ -269,6 +270,10 @@ def build_parser() -> ArgumentParser:
         help="HTTP side port HOST:PORT for /crl and /ocsp (env KMS_HTTP_LISTEN; off by default)",
     )
     run.add_argument("--heartbeat", help="Watch heartbeat interval (env KMS_HEARTBEAT; default 5s)")
+    run.add_argument(
+        "--handshake-timeout",
+        help="longest wait for one handshake step (env KMS_HANDSHAKE_TIMEOUT; default 10s)",
+    )
     run.add_argument(
         "--watch-buffer", help="events buffered per watcher before it is dropped (env KMS_WATCH_BUFFER; 1024)"
     )

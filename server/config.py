@@ -61,6 +61,7 @@ class ServerConfig:
     max_request_bytes: int
     shutdown_grace: timedelta
     heartbeat: timedelta
+    handshake_timeout: timedelta
     watch_buffer: int
     http_host: str | None  # None: no HTTP side port
     http_port: int
@@ -151,6 +152,7 @@ class ServerConfig:
             max_request_bytes=int(pick("max_request_bytes", str(256 * 1024)) or 0),
             shutdown_grace=duration("shutdown_grace", "5s"),
             heartbeat=duration("heartbeat", "5s"),
+            handshake_timeout=duration("handshake_timeout", "10s"),
             watch_buffer=int(pick("watch_buffer", "1024") or 0),
             http_host=http_host,
             http_port=http_port,
@@ -182,6 +184,8 @@ class ServerConfig:
             raise InvalidArgument("--token-ttl is longer than --max-token-ttl")
         if not 4096 <= self.max_request_bytes <= 64 * MiB:
             raise InvalidArgument("--max-request-bytes must be between 4096 and 67108864")
+        if self.handshake_timeout > timedelta(minutes=2):
+            raise InvalidArgument("--handshake-timeout must be at most 2m")
         if self.heartbeat > timedelta(minutes=5):
             raise InvalidArgument("--heartbeat must be at most 5m")
         if not 16 <= self.watch_buffer <= 65536:

@@ -70,11 +70,22 @@ class RevocationService:
         self._keys = keys
         self._clock = clock
         self._on_revoked = on_revoked
+        # Revoked serials, for the synchronous checks of handshake peers.
+        self._revoked: set[str] = set()
+
+    async def load(self) -> None:
+        """Reads the revoked serials once at start; revocations keep the set current."""
+        self._revoked = {r.serial for r in await self._store.revoked_certificates()}
+
+    def is_revoked(self, serial: str) -> bool:
+        return serial in self._revoked
 
     def _now(self) -> int:
         return int(self._clock().timestamp())
 
     def _committed(self, event: RevocationEvent) -> Revocation:
+        if event.kind in ("cert", "agent"):
+            self._revoked.update(event.serials())
         self._feed.publish(event)
         closed = self._guard.close(event, CLOSE_GRACE)
         self._on_revoked()

@@ -15,6 +15,8 @@ from kms.v1 import (
     admin_pb2_grpc,
     enrollment_pb2,
     enrollment_pb2_grpc,
+    handshake_pb2,
+    handshake_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
     keys_pb2,
@@ -29,12 +31,20 @@ from server.authn import Caller
 from server.ca import CertificateAuthority
 from server.crl import CrlPublisher
 from server.enrollment import EnrollmentService
+from server.exchange import ExchangeService
 from server.keys import KeyService
 from server.revocation import Revocation, RevocationService
 from server.store import KeyRecord, RevocationEvent
 from server.watch import Heartbeat, Resume, WatchItem, WatchService
 
-__all__ = ["AdminServicer", "EnrollmentServicer", "IdentityServicer", "KeysServicer", "RevocationServicer"]
+__all__ = [
+    "AdminServicer",
+    "EnrollmentServicer",
+    "IdentityServicer",
+    "HandshakeServicer",
+    "KeysServicer",
+    "RevocationServicer",
+]
 
 
 class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
@@ -171,6 +181,27 @@ class RevocationServicer(revocation_pb2_grpc.RevocationServicer):
             agent_name=record.agent_name if record else "",
             not_after=record.not_after if record else 0,
         )
+
+
+class HandshakeServicer(handshake_pb2_grpc.HandshakeServicer):
+    def __init__(self, exchanges: ExchangeService) -> None:
+        self._exchanges = exchanges
+
+    async def Exchange(
+        self, request_iterator: AsyncIterator[handshake_pb2.HandshakeFrame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[handshake_pb2.HandshakeFrame]:
+        caller = current_caller.get()
+        assert caller is not None  # AUTH_POLICY: AGENT only
+        async for frame in self._exchanges.exchange(caller, request_iterator):
+            yield frame
+
+    async def Listen(
+        self, request_iterator: AsyncIterator[handshake_pb2.HandshakeFrame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[handshake_pb2.HandshakeFrame]:
+        caller = current_caller.get()
+        assert caller is not None  # AUTH_POLICY: AGENT only
+        async for frame in self._exchanges.listen(caller, request_iterator):
+            yield frame
 
 
 def _revoke_response(revocation: Revocation) -> admin_pb2.RevokeResponse:

@@ -1,0 +1,146 @@
+"""Key exchanges from the agent's side: initiate (with the server or an agent), or listen for one.
+
+The agent runs kms.handshake's state machines and only moves frames over the
+stream. Peer checks: the server is verified as the server of the pinned CA
+for the configured host; an agent peer by chain, name, validity now, and a
+revocation check asked of the server (which relays but cannot forge a peer's
+signature).
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from cryptography import x509
+
+from agent.client import KmsClient
+from agent.state import AgentIdentity
+from agent.watchdog import Watchdog
+from kms.addresses import parse_hostport
+from kms.errors import DeadlineExceeded, FailedPrecondition
+from kms.groups import Group
+from kms.handshake import Hello, Initiator, LocalIdentity, Responder, Session
+from kms.handshake_wire import from_frame, to_frame
+from kms.peers import agent_peer, server_peer
+from kms.v1 import handshake_pb2
+
+__all__ = ["initiate", "respond_once"]
+
+Frame = handshake_pb2.HandshakeFrame
+
+
+def _local(identity: AgentIdentity) -> LocalIdentity:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return LocalIdentity(identity.key, (identity.cert.public_bytes(Encoding.DER),))
+
+
+def _trust_domain(identity: AgentIdentity) -> str:
+    return identity.settings.spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
+
+
+def _ca(identity: AgentIdentity) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(identity.ca_bundle_pem)
+
+
+def _revocation_check(client: KmsClient) -> Any:
+    def is_revoked(serial: str) -> bool:
+        return client.check_certificate(serial).status != "good"
+
+    return is_revoked
+
+
+class _Stream:
+    """A bidi call fed from a queue, read with a per-message deadline."""
+
+    def __init__(self, method: Any, timeout: float, first_timeout: float | None = None) -> None:
+        self._out: queue.Queue[Frame | None] = queue.Queue()
+        self._call = method(iter(self._out.get, None))
+        self._timeout = timeout
+        self._watchdog = Watchdog(first_timeout or timeout, self._call.cancel) if first_timeout != 0 else None
+        self._responses: Iterator[Frame] = iter(self._call)
+
+    def send(self, frame: Frame) -> None:
+        self._out.put(frame)
+
+    def receive(self, client: KmsClient, what: str) -> Frame:
+        try:
+            frame = next(self._responses)
+        except StopIteration:
+            raise FailedPrecondition(f"the server ended the exchange before {what}") from None
+        except grpc.RpcError as exc:
+            if (
+                exc.code() == grpc.StatusCode.CANCELLED
+                and self._watchdog is not None
+                and self._watchdog.fired
+            ):
+                raise DeadlineExceeded(f"the handshake stalled waiting for {what}") from None
+            raise client.map_error(exc) from None
+        if self._watchdog is not None:
+            self._watchdog.reset()
+        else:
+            self._watchdog = Watchdog(self._timeout, self._call.cancel)
+        return frame
+
+    def wait_end(self, client: KmsClient) -> None:
+        """Half-closes and waits until the server ends the stream (so the last frame was delivered)."""
+        self._out.put(None)
+        try:
+            for _ in self._responses:
+                raise FailedPrecondition("the server sent more than the exchange needs")
+        except grpc.RpcError as exc:
+            raise client.map_error(exc) from None
+
+    def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._out.put(None)
+        self._call.cancel()
+
+
+def initiate(identity: AgentIdentity, client: KmsClient, peer: str, group: Group, timeout: float) -> Session:
+    """Runs an exchange with peer ("server" or an agent name); returns the session."""
+    now = datetime.now(UTC)
+    if peer == "server":
+        host, _ = parse_hostport(identity.settings.server, what="server address")
+        check = server_peer(_ca(identity), host, now)
+    else:
+        check = agent_peer(_ca(identity), _trust_domain(identity), peer, now, _revocation_check(client))
+    machine = Initiator(_local(identity), check, peer, group)
+    stream = _Stream(client.handshake_stub.Exchange, timeout)
+    try:
+        stream.send(to_frame(machine.start()))
+        init_auth = machine.receive(from_frame(stream.receive(client, "the peer's answer")))
+        assert init_auth is not None
+        stream.send(to_frame(init_auth))
+        machine.receive(from_frame(stream.receive(client, "key confirmation")))
+    finally:
+        stream.close()
+    assert machine.session is not None
+    return machine.session
+
+
+def respond_once(identity: AgentIdentity, client: KmsClient, timeout: float) -> Session:
+    """Waits (without limit) for one incoming exchange, answers it, returns the session."""
+    check = agent_peer(
+        _ca(identity), _trust_domain(identity), None, datetime.now(UTC), _revocation_check(client)
+    )
+    machine = Responder(_local(identity), check, identity.settings.name)
+    stream = _Stream(client.handshake_stub.Listen, timeout, first_timeout=0)
+    try:
+        stream.send(Frame(listen=handshake_pb2.ListenStart()))
+        hello = from_frame(stream.receive(client, "an incoming exchange"))
+        if not isinstance(hello, Hello):
+            raise FailedPrecondition("expected a hello from the server")
+        stream.send(to_frame(machine.receive(hello)))
+        finished = machine.receive(from_frame(stream.receive(client, "the initiator's authentication")))
+        stream.send(to_frame(finished))
+        stream.wait_end(client)
+    finally:
+        stream.close()
+    assert machine.session is not None
+    return machine.session

@@ -1,0 +1,155 @@
+"""Key exchanges: the server as responder, and the rendezvous that relays agent to agent.
+
+The relay moves opaque frames between two streams; the handshake's
+signatures and MACs make any change it (or anyone) made fail on both ends.
+Every step has a deadline, so a stalled exchange ends on both sides; when
+one side fails, the other is told at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from kms.errors import DeadlineExceeded, FailedPrecondition, KmsError, NotFound
+from kms.handshake import Hello, LocalIdentity, Responder
+from kms.handshake_wire import from_frame, to_frame
+from kms.identity import validate_agent_name
+from kms.peers import agent_peer
+from kms.v1 import handshake_pb2
+from server.authn import Caller
+from server.clock import Clock
+from server.revocation import RevocationService
+from server.store import Store
+
+__all__ = ["ExchangeService"]
+
+logger = logging.getLogger(__name__)
+
+Frame = handshake_pb2.HandshakeFrame
+
+
+@dataclass
+class _Pairing:
+    initiator: str
+    to_responder: asyncio.Queue[Frame | KmsError] = field(default_factory=asyncio.Queue)
+    to_initiator: asyncio.Queue[Frame | KmsError] = field(default_factory=asyncio.Queue)
+
+
+class ExchangeService:
+    def __init__(
+        self,
+        identity: LocalIdentity,
+        ca_cert: x509.Certificate,
+        trust_domain: str,
+        store: Store,
+        revocations: RevocationService,
+        clock: Clock,
+        step_timeout: float,
+    ) -> None:
+        self._identity = identity
+        self._ca = ca_cert
+        self._trust_domain = trust_domain
+        self._store = store
+        self._revocations = revocations
+        self._clock = clock
+        self._timeout = step_timeout
+        self._listening: dict[str, asyncio.Queue[_Pairing]] = {}
+
+    async def _next(self, frames: AsyncIterator[Frame], what: str) -> Frame:
+        try:
+            return await asyncio.wait_for(anext(frames), self._timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"the handshake stalled waiting for {what}") from None
+        except StopAsyncIteration:
+            raise FailedPrecondition(f"the stream ended before {what}") from None
+
+    async def _from(self, queue: asyncio.Queue[Frame | KmsError], what: str) -> Frame:
+        try:
+            item = await asyncio.wait_for(queue.get(), self._timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"the handshake stalled waiting for {what} from the peer") from None
+        if isinstance(item, KmsError):
+            raise item
+        return item
+
+    # --- the caller is the initiator ---------------------------------------------------
+
+    async def exchange(self, caller: Caller, frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
+        hello = from_frame(await self._next(frames, "hello"))
+        if not isinstance(hello, Hello):
+            raise FailedPrecondition("an exchange starts with hello")
+        if hello.responder == "server":
+            async for out in self._answer(hello, frames):
+                yield out
+            return
+        async for out in self._relay_as_initiator(caller, hello, frames):
+            yield out
+
+    async def _answer(self, hello: Hello, frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
+        """The server's own side: nothing secret outlives this generator."""
+        check = agent_peer(self._ca, self._trust_domain, None, self._clock(), self._revocations.is_revoked)
+        responder = Responder(self._identity, check, "server")
+        yield to_frame(responder.receive(hello))
+        finished = responder.receive(from_frame(await self._next(frames, "init_auth")))
+        yield to_frame(finished)
+        assert responder.session is not None
+        logger.info(
+            "key exchange with server",
+            extra={"agent": responder.session.peer.name, "session": responder.session.session_id},
+        )
+
+    async def _relay_as_initiator(
+        self, caller: Caller, hello: Hello, frames: AsyncIterator[Frame]
+    ) -> AsyncIterator[Frame]:
+        peer = validate_agent_name(hello.responder)
+        agent = next((a for a in await self._store.list_agents() if a.name == peer), None)
+        if agent is None:
+            raise NotFound(f"no agent named {peer!r}")
+        if agent.latest.revoked_at is not None:
+            raise FailedPrecondition(f"agent {peer!r} is revoked: it cannot take part in an exchange")
+        waiting = self._listening.get(peer)
+        if waiting is None:
+            raise FailedPrecondition(
+                f"agent {peer!r} is not listening: run `kms-agent listen` there, then retry"
+            )
+        pairing = _Pairing(caller.name)
+        await waiting.put(pairing)
+        try:
+            pairing.to_responder.put_nowait(to_frame(hello))
+            yield await self._from(pairing.to_initiator, "resp_auth")
+            pairing.to_responder.put_nowait(await self._next(frames, "init_auth"))
+            yield await self._from(pairing.to_initiator, "finished")
+            logger.info("relayed a key exchange", extra={"initiator": caller.name, "responder": peer})
+        except BaseException as exc:  # including cancellation: the peer must not wait in vain
+            reason = exc.message if isinstance(exc, KmsError) else "it disconnected"
+            pairing.to_responder.put_nowait(FailedPrecondition(f"the initiator gave up: {reason}"))
+            raise
+
+    # --- the caller is a listener (responder) ----------------------------------------------
+
+    async def listen(self, caller: Caller, frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
+        first = await self._next(frames, "listen")
+        if first.WhichOneof("frame") != "listen":
+            raise FailedPrecondition("a Listen stream starts with listen")
+        if caller.name in self._listening:
+            raise FailedPrecondition(f"agent {caller.name!r} is already listening on another stream")
+        waiting: asyncio.Queue[_Pairing] = asyncio.Queue(maxsize=1)
+        self._listening[caller.name] = waiting
+        try:
+            pairing = await waiting.get()  # waits as long as the listener wants (revocation closes it)
+        finally:
+            del self._listening[caller.name]
+        try:
+            yield await self._from(pairing.to_responder, "hello")
+            pairing.to_initiator.put_nowait(await self._next(frames, "resp_auth"))
+            yield await self._from(pairing.to_responder, "init_auth")
+            pairing.to_initiator.put_nowait(await self._next(frames, "finished"))
+        except BaseException as exc:
+            reason = exc.message if isinstance(exc, KmsError) else "it disconnected"
+            pairing.to_initiator.put_nowait(FailedPrecondition(f"the responder gave up: {reason}"))
+            raise
