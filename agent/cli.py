@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -23,11 +24,13 @@ from agent.files import decrypt_file, encrypt_file
 from agent.keys import KeyFetcher
 from agent.state import AgentIdentity, StateDir, default_state_dir
 from agent.watch import Watcher
+from kms import filesig
 from kms.addresses import join_hostport, parse_hostport
 from kms.cli import ArgumentParser, print_json, run_main
 from kms.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KmsError, NotFound, Revoked
 from kms.groups import Group
 from kms.handshake import Session
+from kms.peers import agent_peer
 from kms.securefile import ensure_private_dir, write_atomic
 
 __all__ = ["main"]
@@ -274,6 +277,55 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sha256_file(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
+    return digest.digest()
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    identity = _state(args).load()
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    digest = _sha256_file(Path(args.file))
+    chain = (identity.cert.public_bytes(Encoding.DER),)
+    sig = filesig.create(identity.key, chain, digest, int(datetime.now(UTC).timestamp()))
+    out = Path(args.out) if args.out else Path(args.file + ".sig")
+    write_atomic(out, sig.encode(), mode=0o644)
+    print(f"signed {args.file} as {identity.settings.name}: {out}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        sig = filesig.parse(Path(args.signature).read_bytes())
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {args.signature}: {exc.strerror}") from None
+    digest = _sha256_file(Path(args.file))
+    identity, client = _connect(args)
+    ca = x509.load_pem_x509_certificate(identity.ca_bundle_pem)
+    trust_domain = identity.settings.spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
+    with client:
+
+        def is_revoked(serial: str) -> bool:  # revocation status now, from the server
+            return client.check_certificate(serial).status != "good"
+
+        signer = filesig.verify_file(
+            sig, digest, lambda when: agent_peer(ca, trust_domain, args.signer, when, is_revoked)
+        )
+    signed = datetime.fromtimestamp(sig.signed_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if args.json:
+        print_json({"valid": True, "signer": signer.name, "serial": signer.serial, "signed_at": signed})
+    else:
+        print(f"good signature by {signer.name} (certificate {signer.serial}) made {signed}")
+    return 0
+
+
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -374,6 +426,20 @@ def build_parser() -> ArgumentParser:
     li.add_argument("--json", action="store_true")
     li.add_argument("--handshake-timeout", type=float, default=15.0, help="seconds to wait for each step")
     li.set_defaults(func=cmd_listen)
+
+    sg = sub.add_parser("sign", parents=[common], help="sign a file with this agent's key (RSA-PSS)")
+    sg.add_argument("file", metavar="FILE")
+    sg.add_argument("--out", metavar="SIG", help="signature file (default FILE.sig)")
+    sg.set_defaults(func=cmd_sign)
+
+    vf = sub.add_parser(
+        "verify", parents=[common], help="verify a signature: chain, signer, time, revocation"
+    )
+    vf.add_argument("file", metavar="FILE")
+    vf.add_argument("signature", metavar="SIG")
+    vf.add_argument("--signer", help="the agent name the signature must be from")
+    vf.add_argument("--json", action="store_true")
+    vf.set_defaults(func=cmd_verify)
 
     ck = sub.add_parser(
         "check", parents=[common], help="revocation status of a certificate (exit 0 good, 11 revoked)"

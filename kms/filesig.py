@@ -1,0 +1,111 @@
+"""Detached file signatures by agent keys (RSA-PSS, SHA-256), carrying the signer's certificate.
+
+Format (JSON, version 1)::
+
+    {"format": "seed-kms-signature-v1", "signed_at": <unix seconds>,
+     "digest": "sha256:<hex>", "signer_chain": ["<PEM>", ...], "signature": "<base64>"}
+
+The signature covers the context string, the digest and the signing time, so
+it cannot be moved to another file or re-dated. Verification checks the
+chain to the CA and the signer's name *at the signing time*, revocation
+*now* (through the caller's check), then the signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from kms.errors import DataLoss, InvalidArgument
+from kms.handshake import PeerCheck, PeerInfo
+from kms.signing import PrivateKey, SignatureInvalid, sign, verify
+
+__all__ = ["FORMAT", "FileSignature", "create", "parse", "verify_file"]
+
+FORMAT = "seed-kms-signature-v1"
+_CONTEXT = b"seed-kms file signature v1"
+_MAX = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FileSignature:
+    signed_at: int
+    digest: bytes
+    chain: tuple[bytes, ...]  # DER, leaf first
+    signature: bytes
+
+    def encode(self) -> bytes:
+        doc = {
+            "format": FORMAT,
+            "signed_at": self.signed_at,
+            "digest": "sha256:" + self.digest.hex(),
+            "signer_chain": [
+                x509.load_der_x509_certificate(c).public_bytes(Encoding.PEM).decode() for c in self.chain
+            ],
+            "signature": base64.b64encode(self.signature).decode(),
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def _statement(digest: bytes, signed_at: int) -> bytes:
+    return struct.pack(">I", len(digest)) + digest + struct.pack(">q", signed_at)
+
+
+def create(key: PrivateKey, chain: tuple[bytes, ...], digest: bytes, signed_at: int) -> FileSignature:
+    if len(digest) != 32:
+        raise ValueError("digest must be SHA-256")
+    return FileSignature(signed_at, digest, chain, sign(key, _CONTEXT, _statement(digest, signed_at)))
+
+
+def parse(data: bytes) -> FileSignature:
+    """Raises InvalidArgument for anything that is not a version-1 signature file."""
+    if len(data) > _MAX:
+        raise InvalidArgument("signature file is too large")
+    try:
+        doc = json.loads(data)
+        if doc["format"] != FORMAT:
+            raise InvalidArgument(f"signature format {doc['format']!r} is not {FORMAT}")
+        digest_text = str(doc["digest"])
+        if not digest_text.startswith("sha256:"):
+            raise InvalidArgument("signature digest must be sha256")
+        chain = tuple(
+            x509.load_pem_x509_certificate(str(p).encode()).public_bytes(Encoding.DER)
+            for p in doc["signer_chain"]
+        )
+        sig = FileSignature(
+            int(doc["signed_at"]),
+            bytes.fromhex(digest_text[len("sha256:") :]),
+            chain,
+            base64.b64decode(doc["signature"], validate=True),
+        )
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise InvalidArgument(f"not a kms-agent signature file ({type(exc).__name__})") from None
+    if len(sig.digest) != 32 or not sig.chain:
+        raise InvalidArgument("not a kms-agent signature file (bad digest or no signer)")
+    return sig
+
+
+def verify_file(sig: FileSignature, digest: bytes, check_at: Callable[[datetime], PeerCheck]) -> PeerInfo:
+    """Returns the signer if all holds. Raises DataLoss (wrong file or signature) or PeerRejected.
+
+    Args:
+        sig: the parsed signature file.
+        digest: SHA-256 of the file being verified.
+        check_at: makes the signer check for a point in time (the signing time).
+    """
+    if digest != sig.digest:
+        raise DataLoss("the signature is for different contents: the file was changed, or it is another file")
+    signer = check_at(datetime.fromtimestamp(sig.signed_at, UTC))(sig.chain)
+    try:
+        verify(signer.public_key, sig.signature, _CONTEXT, _statement(sig.digest, sig.signed_at))
+    except SignatureInvalid:
+        raise DataLoss("the signature does not verify with the signer's certificate") from None
+    return signer
