@@ -1,0 +1,78 @@
+"""kms-agent key-exchange commands: exchange and listen."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from agent.context import connect, state_dir
+from agent.exchange import initiate, respond_once
+from kms.errors import KmsError, Revoked
+from kms.groups import Group
+from kms.handshake import Session
+from kms.securefile import ensure_private_dir, write_atomic
+
+__all__ = ["cmd_exchange", "cmd_listen"]
+
+logger = logging.getLogger(__name__)
+
+
+def _print_session(session: Session, args: argparse.Namespace, path: Path | None) -> None:
+    fields: dict[str, object] = {"session_id": session.session_id, "peer": session.peer.name}
+    if path is not None:
+        fields["file"] = str(path)
+    elif getattr(args, "out", None) is None and getattr(args, "out_dir", None) is None:
+        fields["key_base64"] = base64.b64encode(session.key).decode()
+    if args.json:
+        print(json.dumps(fields, sort_keys=True), flush=True)
+    else:
+        print(" ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
+
+
+def cmd_exchange(args: argparse.Namespace) -> int:
+    identity, client = connect(args)
+    with client:
+        session = initiate(identity, client, args.peer, Group(args.group), args.handshake_timeout)
+    path = None
+    if args.out:
+        path = Path(args.out)
+        write_atomic(path, session.key, mode=0o600)
+    _print_session(session, args, path)
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    state = state_dir(args)
+    identity, client = connect(args)
+    out_dir = Path(args.out_dir) if args.out_dir else state.path / "sessions"
+    ensure_private_dir(out_dir)
+    stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        client.close()  # ends the waiting Listen stream
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    with client:
+        while not stop.is_set():
+            try:
+                session = respond_once(identity, client, args.handshake_timeout)
+            except KmsError as exc:
+                if stop.is_set():
+                    break
+                if args.once or isinstance(exc, Revoked):
+                    raise
+                logger.warning("exchange failed: %s", exc.message)
+                continue
+            path = out_dir / f"{session.session_id}.key"
+            write_atomic(path, session.key, mode=0o600)
+            _print_session(session, args, path)
+            if args.once:
+                break
+    return 0

@@ -1,0 +1,78 @@
+"""kms-agent identity commands: enroll and status."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from agent.context import connect, iso, state_dir
+from agent.enroll import enroll
+from kms.addresses import join_hostport, parse_hostport
+from kms.cli import print_json
+from kms.errors import AlreadyExists, InvalidArgument
+
+__all__ = ["cmd_enroll", "cmd_status"]
+
+
+def _default_enroll_server(server: str) -> str:
+    # Convention shared with kms-server: enrollment listens on the API port + 1
+    # unless told otherwise (docs/adr/0001-enrollment-listener.md).
+    host, port = parse_hostport(server, what="--server")
+    return join_hostport(host, port + 1)
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    state = state_dir(args)
+    if state.enrolled and not args.force:
+        raise AlreadyExists(f"this agent is already enrolled ({state.path}): pass --force to enroll again")
+    server = args.server or os.environ.get("KMS_SERVER")
+    token = args.token or os.environ.get("KMS_JOIN_TOKEN")
+    fp = args.ca_fingerprint or os.environ.get("KMS_CA_FINGERPRINT")
+    if not server or not token or not fp:
+        raise InvalidArgument(
+            "enroll needs --server, --token and --ca-fingerprint (or KMS_SERVER, KMS_JOIN_TOKEN, KMS_CA_FINGERPRINT)"
+        )
+    enroll_server = (
+        args.enroll_server or os.environ.get("KMS_ENROLL_SERVER") or _default_enroll_server(server)
+    )
+    identity = enroll(
+        server=server,
+        enroll_server=enroll_server,
+        token=token,
+        ca_fingerprint=fp,
+        key_size=args.key_size,
+        timeout=args.timeout,
+    )
+    state.save(identity)
+    not_after = identity.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(
+        f"enrolled as {identity.settings.name} ({identity.settings.spiffe_id}), certificate {identity.cert.serial_number:x} valid until {not_after}"
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    identity, client = connect(args)
+    with client:
+        seen = client.whoami().agent
+    not_after = iso(seen.not_after)
+    if args.json:
+        print_json(
+            {
+                "name": seen.name,
+                "groups": list(seen.groups),
+                "spiffe_id": seen.spiffe_id,
+                "serial": seen.serial,
+                "not_after": not_after,
+                "server": identity.settings.server,
+                "status": seen.status,
+            }
+        )
+    else:
+        print(f"name:      {seen.name}")
+        print(f"groups:    {','.join(seen.groups) or '-'}")
+        print(f"spiffe id: {seen.spiffe_id}")
+        print(f"serial:    {seen.serial}")
+        print(f"expires:   {not_after}")
+        print(f"server:    {identity.settings.server} (verified over mTLS)")
+    return 0

@@ -1,0 +1,55 @@
+"""kms-agent revocation commands: watch and check."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cryptography import x509
+
+from agent.context import connect, iso, state_dir
+from agent.watch import Watcher
+from kms.cli import print_json
+from kms.errors import InvalidArgument, NotFound, Revoked
+
+__all__ = ["cmd_watch", "cmd_check"]
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    state = state_dir(args)
+    identity = state.load()
+
+    watcher = Watcher(
+        state,
+        identity,
+        lambda: connect(args)[1],
+        as_json=args.json,
+        exec_cmd=args.exec,
+        silence_timeout=args.silence_timeout,
+    )
+    return watcher.run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    if bool(args.serial) == bool(args.cert):
+        raise InvalidArgument("check needs exactly one of --serial or --cert")
+    serial = args.serial
+    if args.cert:
+        try:
+            serial = format(x509.load_pem_x509_certificate(Path(args.cert).read_bytes()).serial_number, "x")
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"--cert {args.cert} is not a readable PEM certificate") from exc
+    _, client = connect(args)
+    with client:
+        status = client.check_certificate(serial)
+    fields: dict[str, object] = {"serial": status.serial, "status": status.status}
+    if status.agent_name:
+        fields["agent"] = status.agent_name
+    if status.status == "revoked":
+        fields |= {"reason": status.reason, "revoked_at": iso(status.revoked_at)}
+    if args.json:
+        print_json(fields)
+    else:
+        print(" ".join(f"{k}={v}" for k, v in fields.items()))
+    # Scripts read the answer from the exit code: 0 good, 11 revoked, 5 unknown.
+    return {"good": 0, "revoked": Revoked.exit_code}.get(status.status, NotFound.exit_code)
