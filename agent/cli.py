@@ -112,6 +112,9 @@ def build_parser() -> ArgumentParser:
     li.add_argument("--once", action="store_true", help="exit after one exchange")
     li.add_argument("--out-dir", help="where session keys go, as <id>.key (default: <state dir>/sessions)")
     li.add_argument("--json", action="store_true")
+    li.add_argument(
+        "--from", dest="accept_from", metavar="AGENT", help="accept exchanges only from this agent"
+    )
     li.add_argument("--handshake-timeout", type=float, default=15.0, help="seconds to wait for each step")
     li.set_defaults(func=cmd_listen)
 

@@ -62,7 +62,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     with client:
         while not stop.is_set():
             try:
-                session = respond_once(identity, client, args.handshake_timeout)
+                session = respond_once(identity, client, args.handshake_timeout, args.accept_from)
             except KmsError as exc:
                 if stop.is_set():
                     break

@@ -58,7 +58,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             return client.check_certificate(serial).status != "good"
 
         signer = filesig.verify_file(
-            sig, digest, lambda when: agent_peer(ca, trust_domain, args.signer, when, is_revoked)
+            sig,
+            digest,
+            lambda when: agent_peer(ca, trust_domain, args.signer, when, is_revoked),
+            int(datetime.now(UTC).timestamp()),
         )
     signed = datetime.fromtimestamp(sig.signed_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if args.json:

@@ -23,7 +23,7 @@ from agent.watchdog import Watchdog
 from kms.addresses import parse_hostport
 from kms.errors import DeadlineExceeded, FailedPrecondition
 from kms.groups import Group
-from kms.handshake import Hello, Initiator, LocalIdentity, Responder, Session
+from kms.handshake import Hello, Initiator, LocalIdentity, PeerInfo, Responder, Session
 from kms.handshake_wire import from_frame, to_frame
 from kms.peers import agent_peer, server_peer
 from kms.v1 import handshake_pb2
@@ -124,11 +124,20 @@ def initiate(identity: AgentIdentity, client: KmsClient, peer: str, group: Group
     return machine.session
 
 
-def respond_once(identity: AgentIdentity, client: KmsClient, timeout: float) -> Session:
-    """Waits (without limit) for one incoming exchange, answers it, returns the session."""
-    check = agent_peer(
-        _ca(identity), _trust_domain(identity), None, datetime.now(UTC), _revocation_check(client)
-    )
+def respond_once(
+    identity: AgentIdentity, client: KmsClient, timeout: float, accept_from: str | None = None
+) -> Session:
+    """Waits (without limit) for one incoming exchange, answers it, returns the session.
+
+    Args:
+        accept_from: if given, only this agent may complete an exchange.
+    """
+    ca, trust_domain, is_revoked = _ca(identity), _trust_domain(identity), _revocation_check(client)
+
+    def check(chain: tuple[bytes, ...]) -> PeerInfo:
+        # The clock is read when the initiator's certificate arrives, not when listening began.
+        return agent_peer(ca, trust_domain, accept_from, datetime.now(UTC), is_revoked)(chain)
+
     machine = Responder(_local(identity), check, identity.settings.name)
     stream = _Stream(client.handshake_stub.Listen, timeout, first_timeout=0)
     try:

@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms.errors import DataLoss, InvalidArgument
-from kms.handshake import PeerCheck, PeerInfo
+from kms.handshake import PeerCheck, PeerInfo, PeerRejected
 from kms.signing import PrivateKey, SignatureInvalid, sign, verify
 
 __all__ = ["FORMAT", "FileSignature", "create", "parse", "verify_file"]
@@ -33,6 +33,7 @@ __all__ = ["FORMAT", "FileSignature", "create", "parse", "verify_file"]
 FORMAT = "seed-kms-signature-v1"
 _CONTEXT = b"seed-kms file signature v1"
 _MAX = 64 * 1024
+MAX_CLOCK_SKEW = 300
 
 
 @dataclass(frozen=True)
@@ -90,19 +91,30 @@ def parse(data: bytes) -> FileSignature:
         raise InvalidArgument(f"not a kms-agent signature file ({type(exc).__name__})") from None
     if len(sig.digest) != 32 or not sig.chain:
         raise InvalidArgument("not a kms-agent signature file (bad digest or no signer)")
+    if not 0 < sig.signed_at < 2**40:
+        raise InvalidArgument("not a kms-agent signature file (signing time out of range)")
     return sig
 
 
-def verify_file(sig: FileSignature, digest: bytes, check_at: Callable[[datetime], PeerCheck]) -> PeerInfo:
+def verify_file(
+    sig: FileSignature, digest: bytes, check_at: Callable[[datetime], PeerCheck], now: int
+) -> PeerInfo:
     """Returns the signer if all holds. Raises DataLoss (wrong file or signature) or PeerRejected.
 
     Args:
         sig: the parsed signature file.
         digest: SHA-256 of the file being verified.
         check_at: makes the signer check for a point in time (the signing time).
+        now: the verifier's clock (Unix seconds); a signing time beyond it is refused.
+
+    The signing time is the signer's own claim: a key whose certificate has
+    expired but was never revoked could still sign with an earlier date.
+    Revoke certificates whose keys may be exposed.
     """
     if digest != sig.digest:
         raise DataLoss("the signature is for different contents: the file was changed, or it is another file")
+    if sig.signed_at > now + MAX_CLOCK_SKEW:
+        raise PeerRejected("the signature claims to be made in the future: check the signer's clock")
     signer = check_at(datetime.fromtimestamp(sig.signed_at, UTC))(sig.chain)
     try:
         verify(signer.public_key, sig.signature, _CONTEXT, _statement(sig.digest, sig.signed_at))

@@ -13,6 +13,12 @@ exchange); the session key comes from HKDF-SHA256 over the shared secret
 with the final transcript hash. A relay that changes any byte changes the
 transcript, so a signature, a MAC or the confirmation fails on both ends.
 
+Threat model: the relay cannot read or alter an exchange between agents, but
+the server is also the CA, so it could issue itself a certificate under a
+peer's name and run two exchanges instead of relaying one. Both ends then
+hold different session ids: comparing the id out of band (both CLIs print
+it) detects that; pinning the peer's certificate would prevent it.
+
 Ordering rules: ``Initiator.start`` once, then ``receive`` RespAuth, then
 Finished. ``Responder.receive`` Hello, then InitAuth. Anything else — a
 repeated, out-of-order or post-completion message — raises OutOfOrder and
@@ -219,6 +225,9 @@ class _Machine:
 
     def _fail(self) -> None:
         self._state = "dead"
+        self.session = None
+
+    session: Session | None
 
 
 class Initiator(_Machine):
@@ -259,7 +268,7 @@ class Initiator(_Machine):
                 return None
             self._expect("never", type(message).__name__)
             raise AssertionError("unreachable")
-        except HandshakeError:
+        except BaseException:  # any failure, even in a caller's peer check, ends the machine
             self._fail()
             raise
 
@@ -272,6 +281,8 @@ class Initiator(_Machine):
         except InvalidShare as exc:
             raise Malformed(f"responder key share rejected: {exc}") from None
         peer = self._check_peer(m.chain)
+        if peer.name != self._responder:  # whatever the caller's check did, the peer must be who we asked for
+            raise PeerRejected(f"the responder is {peer.name!r}, not {self._responder!r}")
         th1 = _h(_enc(*_hello_fields(self._hello)), _enc(m.nonce, m.share, m.chain))
         keys = key_schedule(self._shared, self._nonce, m.nonce, th1)
         try:
@@ -333,7 +344,7 @@ class Responder(_Machine):
                 return self._on_init_auth(message)
             self._expect("never", type(message).__name__)
             raise AssertionError("unreachable")
-        except HandshakeError:
+        except BaseException:  # any failure, even in a caller's peer check, ends the machine
             self._fail()
             raise
 

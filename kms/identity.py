@@ -32,8 +32,14 @@ _KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 
 
+# "server" names the kms-server itself in key exchanges.
+_RESERVED = frozenset({"server"})
+
+
 def validate_agent_name(name: str) -> str:
     """Returns name if it is a valid agent name, else raises InvalidArgument."""
+    if name in _RESERVED:
+        raise InvalidArgument(f"agent name {name!r} is reserved: choose another name")
     if not _NAME.fullmatch(name):
         raise InvalidArgument(
             f"agent name {name!r} is invalid: use 1-63 lowercase letters, digits, '.', '-' or '_', "

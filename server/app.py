@@ -229,6 +229,10 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             # Without this gRPC sets SO_REUSEPORT and a second process could
             # share (and steal calls from) our port instead of failing to bind.
             ("grpc.so_reuseport", 0),
+            # Find dead peers (a Listen or Watch stream whose agent vanished) within a minute.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.max_receive_message_length", cfg.max_request_bytes),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ]

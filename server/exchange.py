@@ -107,18 +107,19 @@ class ExchangeService:
         self, caller: Caller, hello: Hello, frames: AsyncIterator[Frame]
     ) -> AsyncIterator[Frame]:
         peer = validate_agent_name(hello.responder)
-        agent = next((a for a in await self._store.list_agents() if a.name == peer), None)
+        agent = await self._store.get_agent(peer)
         if agent is None:
             raise NotFound(f"no agent named {peer!r}")
         if agent.latest.revoked_at is not None:
             raise FailedPrecondition(f"agent {peer!r} is revoked: it cannot take part in an exchange")
-        waiting = self._listening.get(peer)
+        # Claiming the listener removes it: one initiator per Listen stream.
+        waiting = self._listening.pop(peer, None)
         if waiting is None:
             raise FailedPrecondition(
                 f"agent {peer!r} is not listening: run `kms-agent listen` there, then retry"
             )
         pairing = _Pairing(caller.name)
-        await waiting.put(pairing)
+        waiting.put_nowait(pairing)
         try:
             pairing.to_responder.put_nowait(to_frame(hello))
             yield await self._from(pairing.to_initiator, "resp_auth")
@@ -143,7 +144,8 @@ class ExchangeService:
         try:
             pairing = await waiting.get()  # waits as long as the listener wants (revocation closes it)
         finally:
-            del self._listening[caller.name]
+            if self._listening.get(caller.name) is waiting:
+                del self._listening[caller.name]
         try:
             yield await self._from(pairing.to_responder, "hello")
             pairing.to_initiator.put_nowait(await self._next(frames, "resp_auth"))

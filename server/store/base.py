@@ -145,6 +145,10 @@ class Store(Protocol):
 
     async def list_agents(self) -> list[AgentRecord]: ...
 
+    async def get_agent(self, name: str) -> AgentRecord | None:
+        """The agent with its newest certificate, or None."""
+        ...
+
     async def create_key(self, name: str, now: int, seal: SealFn, grants: list[Grant]) -> KeyRecord:
         """Creates key name with version 1. Raises AlreadyExists."""
         ...

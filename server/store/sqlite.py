@@ -226,6 +226,19 @@ class SqliteStore(SqliteKeys, SqliteEvents):
 
         return await self._run(q)
 
+    async def get_agent(self, name: str) -> AgentRecord | None:
+        def q() -> AgentRecord | None:
+            row = self._db.execute(
+                f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM agents a JOIN certificates c"  # noqa: S608
+                " ON c.serial = (SELECT serial FROM certificates WHERE agent_name = a.name"
+                "                ORDER BY issued_at DESC, rowid DESC LIMIT 1)"
+                " WHERE a.name=?",
+                (name,),
+            ).fetchone()
+            return None if row is None else self._agent_row(row)
+
+        return await self._run(q)
+
     async def list_agents(self) -> list[AgentRecord]:
         def q() -> list[AgentRecord]:
             rows = self._db.execute(

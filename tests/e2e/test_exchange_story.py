@@ -146,6 +146,16 @@ def test_a_stalled_exchange_times_out_on_both_sides(rig: tuple[ServerProcess, Pa
         relay.stop()
 
 
+def test_listen_from_accepts_only_the_named_agent(rig: tuple[ServerProcess, Path], tmp_path: Path) -> None:
+    server, root = rig
+    listener = _listen(root / "b", "--out-dir", str(tmp_path), "--from", "lonely")
+    _wait_listening()
+    result = _exchange(root / "a", "b")
+    _, err_b = listener.communicate(timeout=20)
+    assert result.returncode != 0 and listener.returncode != 0
+    assert "expected 'lonely'" in err_b and not list(tmp_path.glob("*.key"))
+
+
 def test_unknown_offline_and_revoked_peers(rig: tuple[ServerProcess, Path]) -> None:
     server, root = rig
     assert_one_line_error(_exchange(root / "a", "nobody"), 5, "no agent named")

@@ -284,3 +284,27 @@ def test_ffdhe_primes_match_the_rfc7919_formula() -> None:
     for group, bits, x in ((Group.FFDHE2048, 2048, 560316), (Group.FFDHE3072, 3072, 2625351)):
         expected = 2**bits - 2 ** (bits - 64) + (floor_2k_e(bits - 130) + x) * 2**64 - 1
         assert ffdhe_prime(group) == expected
+
+
+def test_initiator_insists_on_the_responder_it_asked_for(pki: Pki) -> None:
+    """Even if a caller's check lets another identity through, the machine refuses it."""
+    lenient = agent_peer(pki.ca, TD, None, NOW, _never_revoked)
+    i = Initiator(pki.web1, lenient, "web-2")
+    r = Responder(pki.web2, lenient, "web-2")
+    impostor_responder = Responder(pki.web1, lenient, "web-2")  # web-1's certificate answering for web-2
+    with pytest.raises(PeerRejected, match="not 'web-2'"):
+        i.receive(impostor_responder.receive(i.start()))
+    del r
+
+
+def test_a_crashing_peer_check_kills_the_machine(pki: Pki) -> None:
+    def flaky(chain: tuple[bytes, ...]):  # type: ignore[no-untyped-def]
+        raise ConnectionError("revocation service unreachable")
+
+    i = Initiator(pki.web1, flaky, "web-2")
+    r = Responder(pki.web2, agent_peer(pki.ca, TD, None, NOW, _never_revoked), "web-2")
+    resp = r.receive(i.start())
+    with pytest.raises(ConnectionError):
+        i.receive(resp)
+    with pytest.raises(OutOfOrder):  # the same message again is not a second chance
+        i.receive(resp)

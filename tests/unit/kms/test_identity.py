@@ -23,7 +23,7 @@ def test_good_names(name: str) -> None:
     assert validate_agent_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "Web", "-a", "a-", "a b", "a/b", "x" * 64, "é", "a\n"])
+@pytest.mark.parametrize("name", ["", "Web", "-a", "a-", "a b", "a/b", "x" * 64, "é", "a\n", "server"])
 def test_bad_names(name: str) -> None:
     with pytest.raises(InvalidArgument):
         validate_agent_name(name)
