@@ -40,7 +40,13 @@ def _read_exactly(f: BinaryIO, n: int) -> bytes:
     return b"".join(chunks)
 
 
+def _check_output(dst: Path) -> None:
+    if not dst.parent.is_dir():
+        raise InvalidArgument(f"cannot write {dst}: the directory {dst.parent} does not exist")
+
+
 def encrypt_file(src: Path, dst: Path, key: bytes, key_name: str, key_version: int) -> None:
+    _check_output(dst)
     enc = Encryptor.new(key, key_name, key_version)
     size = enc.header.chunk_size
     with _open_input(src) as fin, atomic_output(dst) as fout:
@@ -69,6 +75,7 @@ def read_header(f: BinaryIO) -> Header:
 
 def decrypt_file(src: Path, dst: Path, lookup: KeyLookup) -> Header:
     """Decrypts src into dst; returns the header. Raises DataLoss (opaque) on any damage."""
+    _check_output(dst)
     with _open_input(src) as fin:
         try:
             header = read_header(fin)
@@ -78,7 +85,7 @@ def decrypt_file(src: Path, dst: Path, lookup: KeyLookup) -> Header:
             # Authorization and state answers (not granted, destroyed) pass through
             # as they are; a version that never existed means a damaged header.
             key = lookup(header.key_name, header.key_version)
-        except NotFound:
+        except (NotFound, InvalidArgument):
             raise DataLoss(_OPAQUE.format(src)) from None
         dec = Decryptor(key, header)
         size = dec.ciphertext_chunk_size

@@ -29,6 +29,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from kms.errors import InvalidArgument
+from kms.identity import validate_key_name
+
 __all__ = ["CHUNK_SIZE", "Decryptor", "EnvelopeError", "Encryptor", "Header", "TAG_BYTES"]
 
 CHUNK_SIZE = 64 * 1024
@@ -39,6 +42,17 @@ _SALT = 32
 _PREFIX = 7
 _INFO = b"seed-kms envelope v1\x00"
 _FIXED = struct.Struct(">II")
+
+
+MAX_KEY_VERSION = 2**31 - 1
+
+
+def _valid_key_name(name: str) -> bool:
+    try:
+        validate_key_name(name)
+    except InvalidArgument:
+        return False
+    return True
 
 
 class EnvelopeError(Exception):
@@ -76,12 +90,13 @@ class Header:
         except (IndexError, UnicodeDecodeError, struct.error):
             raise EnvelopeError("not a Seed KMS envelope") from None
         if (
-            not name
+            not _valid_key_name(name)
             or len(salt) != _SALT
             or len(prefix) != _PREFIX
             or not 0 < chunk <= MAX_CHUNK_SIZE
-            or version == 0
+            or not 0 < version <= MAX_KEY_VERSION
         ):
+            # A name or version no server could have issued is damage, reported like any other.
             raise EnvelopeError("not a Seed KMS envelope")
         return cls(name, version, chunk, salt, prefix), off
 
@@ -130,6 +145,8 @@ class Encryptor:
             raise ValueError("stream already finished")
         if len(plaintext) > self.header.chunk_size or (not last and len(plaintext) != self.header.chunk_size):
             raise ValueError("only the last chunk may be short")
+        if last and not plaintext and self._index:
+            raise ValueError("an empty last chunk only encodes an empty stream")
         out = self._aead.encrypt(
             _nonce(self.header.nonce_prefix, self._index, last), plaintext, self.header_bytes
         )
@@ -155,6 +172,11 @@ class Decryptor:
     def chunk(self, ciphertext: bytes, *, last: bool) -> bytes:
         if self._done:
             raise EnvelopeError("data after the last chunk")
+        # Accept only what Encryptor writes: full chunks, then one short (or
+        # full) last chunk; an empty last chunk only for an empty stream.
+        full = self.header.chunk_size + TAG_BYTES
+        if (not last and len(ciphertext) != full) or (last and self._index and len(ciphertext) == TAG_BYTES):
+            raise EnvelopeError("chunk boundaries are not canonical")
         try:
             plaintext = self._aead.decrypt(
                 _nonce(self.header.nonce_prefix, self._index, last), ciphertext, self._header_bytes

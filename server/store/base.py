@@ -6,7 +6,7 @@ Every method that writes is durable when it returns. Times are Unix seconds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from kms.errors import FailedPrecondition
@@ -94,8 +94,8 @@ class KeyVersionRecord:
     state: str  # KMIP: active, deactivated, compromised, destroyed, destroyed_compromised
     created_at: int
     state_changed_at: int
-    # Only returned by fetch_key_version; never by listings.
-    sealed_material: bytes | None = None
+    # Only returned by release_key_version; never by listings, never in a repr.
+    sealed_material: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

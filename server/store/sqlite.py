@@ -59,6 +59,8 @@ class SqliteStore(SqliteKeys, SqliteEvents):
             # Destroyed key material must not linger in free pages.
             conn.execute("PRAGMA secure_delete=ON")
             self._migrate()
+            # Finish any erasure a destroy could not complete (another reader held the WAL).
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             row = conn.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
                 raise StoreError(f"store {self._path} failed its integrity check: restore it from a backup")

@@ -134,12 +134,32 @@ class SqliteKeys(SqliteBase):
 
         def run() -> KeyRecord:
             record = self._tx(q)
-            # secure_delete zeroed the old pages in the database file; move the
-            # WAL's copy into it and truncate the WAL so no copy survives there.
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if not self._erase_wal():
+                raise FailedPrecondition(
+                    f"version {version} of {name!r} is destroyed, but its old bytes are still in the write-ahead log "
+                    "because another process has the database open: close it; the erasure completes at the next "
+                    "destroy or server start"
+                )
             return record
 
         return await self._run(run)
+
+    def _erase_wal(self) -> bool:
+        """Copies the WAL into the database (secure_delete zeroed freed pages) and truncates it.
+
+        Returns False when a reader in another process blocks the checkpoint;
+        the old page images then stay in the WAL until a later checkpoint.
+        """
+        db = self._db
+        db.execute("PRAGMA busy_timeout=200")  # never hold the store thread for long
+        try:
+            for _ in range(5):
+                busy, log, done = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy and log in (done, 0, -1):
+                    return True
+            return False
+        finally:
+            db.execute("PRAGMA busy_timeout=5000")
 
     async def release_key_version(
         self, name: str, version: int | None, agent: str, groups: tuple[str, ...], serial: str, now: int

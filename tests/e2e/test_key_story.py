@@ -123,6 +123,8 @@ def test_envelope_damage_is_one_opaque_error_and_no_output(fleet: dict[str, Path
         "truncated-mid-chunk": good[:-100],
         "flipped-in-salt": good[:20] + bytes([good[20] ^ 1]) + good[21:],
         "flipped-in-version": good[:6] + bytes([good[6] ^ 1]) + good[7:],
+        "version-high-bit": good[:5] + bytes([good[5] ^ 0x80]) + good[6:],
+        "name-made-invalid": good[:2] + b"\x00" + good[3:],
         "flipped-in-ciphertext": good[:-50] + bytes([good[-50] ^ 1]) + good[-49:],
         "appended": good + b"\x00" * 16,
         "not-an-envelope": b"hello world" * 10,
@@ -138,6 +140,10 @@ def test_envelope_damage_is_one_opaque_error_and_no_output(fleet: dict[str, Path
         messages.add(result.stderr)
     assert len(messages) == 1 and "damaged, truncated" in messages.pop()
     assert list(root.glob(".out-*")) == []  # no temporary files left behind either
+    # A missing output directory is a clear one-line error, not a crash.
+    assert_one_line_error(
+        agent(a, "decrypt", str(root / "e"), str(root / "no" / "such" / "dir")), 2, "does not exist"
+    )
 
 
 def test_envelope_naming_a_key_the_agent_may_not_fetch(server: ServerProcess, fleet: dict[str, Path]) -> None:

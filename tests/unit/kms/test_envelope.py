@@ -118,3 +118,29 @@ def test_encryptor_refuses_misuse() -> None:
     enc.chunk(b"", last=True)
     with pytest.raises(ValueError):
         enc.chunk(b"", last=True)
+
+
+@pytest.mark.parametrize(
+    "name, version",
+    [("a\x00p", 1), ("bad name", 1), ("app", 2**31), ("app", 2**32 - 1)],
+    ids=["nul-in-name", "space-in-name", "version-2^31", "version-max"],
+)
+def test_headers_no_server_could_issue_are_damage(name: str, version: int) -> None:
+    header = Header(name, version, 16, bytes(32), bytes(7))
+    with pytest.raises(EnvelopeError):
+        Header.parse(header.encode())
+
+
+def test_only_canonical_chunking_is_accepted() -> None:
+    enc = Encryptor.new(KEY, "app", 1, 16)
+    full = enc.chunk(b"A" * 16, last=False)
+    with pytest.raises(ValueError):  # the writer never ends with an empty chunk after a full one
+        enc.chunk(b"", last=True)
+    header, _ = Header.parse(enc.header_bytes)
+    dec = Decryptor(KEY, header)
+    dec.chunk(full, last=False)
+    with pytest.raises(EnvelopeError):
+        dec.chunk(b"\x00" * TAG_BYTES, last=True)
+    dec2 = Decryptor(KEY, header)
+    with pytest.raises(EnvelopeError):  # a non-last chunk of the wrong size
+        dec2.chunk(full[:-1], last=False)

@@ -78,3 +78,35 @@ def test_sealed_material_moved_to_another_row_does_not_open(
             await keys.fetch(_caller(rsa_key), "app", 0)
 
     _run(tmp_path, fetch)
+
+
+def test_destroy_reports_an_erasure_a_reader_blocks_and_completes_it_later(tmp_path: Path) -> None:
+    sealed: list[bytes] = []
+
+    async def setup(keys: KeyService) -> None:
+        await keys.create("app", [])
+        await keys.rotate("app")
+
+    _run(tmp_path, setup)
+    conn = sqlite3.connect(tmp_path / "kms.db")
+    sealed.append(conn.execute("SELECT sealed_material FROM key_versions WHERE version=1").fetchone()[0])
+    reader = sqlite3.connect(tmp_path / "kms.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM keys").fetchone()  # an open read transaction pins the WAL
+
+    async def destroy(keys: KeyService) -> None:
+        with pytest.raises(FailedPrecondition, match="write-ahead log"):
+            await keys.destroy("app", 1)
+
+    _run(tmp_path, destroy)
+    reader.execute("COMMIT")
+    reader.close()
+    conn.close()
+
+    async def reopen(keys: KeyService) -> None:  # the next start finishes the erasure
+        listed = await keys.list()
+        assert listed[0].versions[0].state == "destroyed"
+
+    _run(tmp_path, reopen)
+    for path in tmp_path.glob("kms.db*"):
+        assert sealed[0] not in path.read_bytes(), path.name
