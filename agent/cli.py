@@ -3,7 +3,6 @@ agent/commands_*.py, this module only parses the command line."""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 from agent.client import DEFAULT_TIMEOUT
@@ -12,37 +11,27 @@ from agent.commands_identity import cmd_enroll, cmd_status
 from agent.commands_keys import cmd_decrypt, cmd_encrypt, cmd_fetch_key
 from agent.commands_revocation import cmd_check, cmd_watch
 from agent.commands_signing import cmd_sign, cmd_verify
-from kms.cli import ArgumentParser, run_main
+from kms.cli import ArgumentParser, command_parsers, run_main
 from kms.groups import Group
 
 __all__ = ["main"]
 
 
 def build_parser() -> ArgumentParser:
-    # The shared options work before or after the subcommand: the subcommand's
-    # copies default to SUPPRESS so they never overwrite a value given earlier.
-    def shared(p: ArgumentParser, top: bool) -> None:
-        suppress = argparse.SUPPRESS
-        p.add_argument(
-            "--dir",
-            default=None if top else suppress,
-            help="state directory (env KMS_AGENT_DIR; default ~/.local/state/kms-agent)",
-        )
-        p.add_argument(
-            "--timeout", type=float, default=DEFAULT_TIMEOUT if top else suppress, help="seconds per call"
-        )
-        p.add_argument(
-            "--verbose",
-            action="store_true",
-            default=False if top else suppress,
-            help="debug logging and tracebacks",
-        )
-
-    common = ArgumentParser(add_help=False)
-    shared(common, top=False)
-
-    parser = ArgumentParser(prog="kms-agent", description="Seed KMS agent.")
-    shared(parser, top=True)
+    parser, common = command_parsers(
+        "kms-agent",
+        "Seed KMS agent.",
+        [
+            (
+                ("--dir",),
+                {
+                    "default": None,
+                    "help": "state directory (env KMS_AGENT_DIR; default ~/.local/state/kms-agent)",
+                },
+            ),
+            (("--timeout",), {"type": float, "default": DEFAULT_TIMEOUT, "help": "seconds per call"}),
+        ],
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     en = sub.add_parser(

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from kms.errors import InvalidArgument, KmsError
 
-__all__ = ["ArgumentParser", "print_json", "print_table", "run_main"]
+__all__ = ["ArgumentParser", "command_parsers", "print_json", "print_table", "run_main"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -38,6 +38,30 @@ class _FieldsFormatter(logging.Formatter):
             f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")
         ]
         return f"{line} {' '.join(fields)}" if fields else line
+
+
+Option = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def command_parsers(
+    prog: str, description: str, shared: Sequence[Option]
+) -> tuple[ArgumentParser, ArgumentParser]:
+    """The top-level parser and the parent parser of every subcommand, both with the shared options.
+
+    Shared options (and --verbose) work before or after the subcommand: the
+    subcommand's copies default to SUPPRESS, so they never overwrite a value
+    given before it.
+    """
+    verbose: Option = (
+        ("--verbose",),
+        {"action": "store_true", "default": False, "help": "debug logging and tracebacks"},
+    )
+    parser = ArgumentParser(prog=prog, description=description)
+    common = ArgumentParser(add_help=False)
+    for target, top in ((parser, True), (common, False)):
+        for flags, kwargs in (*shared, verbose):
+            target.add_argument(*flags, **(kwargs if top else {**kwargs, "default": argparse.SUPPRESS}))
+    return parser, common
 
 
 def _setup_logging(verbose: bool) -> None:

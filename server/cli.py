@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kms.cli import ArgumentParser, print_json, print_table, run_main
+from kms.cli import ArgumentParser, command_parsers, print_json, print_table, run_main
 from kms.durations import parse_duration
 from kms.events import describe, event_fields
 from kms.revocation import REASONS
@@ -211,27 +211,19 @@ def cmd_revocations_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> ArgumentParser:
-    # The shared options work before or after the subcommand: the subcommand's
-    # copies default to SUPPRESS so they never overwrite a value given earlier.
-    def shared(p: ArgumentParser, top: bool) -> None:
-        suppress = argparse.SUPPRESS
-        p.add_argument(
-            "--data-dir",
-            default=None if top else suppress,
-            help="data directory (env KMS_DATA_DIR; default ~/.local/share/seed-kms)",
-        )
-        p.add_argument(
-            "--verbose",
-            action="store_true",
-            default=False if top else suppress,
-            help="debug logging and tracebacks",
-        )
-
-    common = ArgumentParser(add_help=False)
-    shared(common, top=False)
-
-    parser = ArgumentParser(prog="kms-server", description="Seed KMS server: CA and key distributor.")
-    shared(parser, top=True)
+    parser, common = command_parsers(
+        "kms-server",
+        "Seed KMS server: CA and key distributor.",
+        [
+            (
+                ("--data-dir",),
+                {
+                    "default": None,
+                    "help": "data directory (env KMS_DATA_DIR; default ~/.local/share/seed-kms)",
+                },
+            )
+        ],
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="run the server (creates the CA on first start)")
