@@ -11,12 +11,14 @@ import json
 import logging
 import os
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from kms.errors import InvalidArgument, KmsError
 
-__all__ = ["ArgumentParser", "command_parsers", "print_json", "print_table", "run_main"]
+__all__ = ["ArgumentParser", "command_parsers", "print_json", "print_table", "read_toml", "run_main"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -105,6 +107,17 @@ def run_main(
             file=sys.stderr,
         )
         return 1
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A config file as a dict. Raises InvalidArgument naming the file and the problem."""
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"config file {path} is not valid TOML: {exc}") from None
 
 
 def print_json(value: Any) -> None:

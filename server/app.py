@@ -13,14 +13,13 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms.addresses import join_hostport
 from kms.errors import FailedPrecondition
-from kms.handshake import LocalIdentity
 from kms.identity import fingerprint
 from kms.profile import StatusUrls
 from kms.v1 import (
@@ -34,7 +33,7 @@ from kms.v1 import (
 from server.agents import AgentDirectory
 from server.auth import AuthInterceptor, Listener
 from server.authn import PeerAuthenticator
-from server.ca import CertificateAuthority, create_root, load_or_issue_server_identity, load_root
+from server.ca import CertificateAuthority, create_root, load_root
 from server.clock import Clock, system_clock
 from server.config import ServerConfig
 from server.crl import CrlPublisher
@@ -56,6 +55,7 @@ from server.servicers import (
     RevocationServicer,
 )
 from server.store import SqliteStore, Store
+from server.tls import ServerTls
 from server.watch import WatchService
 
 __all__ = ["App", "create_server", "serve"]
@@ -76,7 +76,8 @@ class App:
     crl: CrlPublisher
     http: HttpSidePort | None
     http_port: int | None
-    _refresher: asyncio.Task[None] | None = None
+    tls: ServerTls
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -102,13 +103,16 @@ class App:
     async def start(self) -> None:
         await self.api.start()
         await self.admin.start()
-        self._refresher = asyncio.create_task(self.crl.refresh_forever())
+        self._tasks = [
+            asyncio.create_task(self.crl.refresh_forever()),
+            asyncio.create_task(self.tls.rotate_forever()),
+        ]
 
     async def stop(self) -> None:
         """Graceful: refuse new calls, let in-flight ones finish within the grace period."""
         grace = self.config.shutdown_grace.total_seconds()
-        if self._refresher is not None:
-            self._refresher.cancel()
+        for task in self._tasks:
+            task.cancel()
         if self.http is not None:
             await self.http.stop()
         await asyncio.gather(self.api.stop(grace), self.admin.stop(grace))
@@ -179,25 +183,21 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         if fresh:
             # Everything that can fail comes before the first secret is written.
             root = create_root(trust_domain, cfg.ca_key_type, cfg.ca_ttl, clock())
-            master_key = datadir.create_master_key()
-            datadir.save_pair(datadir.ca_cert, datadir.ca_key, master_key, root)
+            sealer = Sealer(datadir.create_master_key())
+            datadir.save_pair(datadir.ca_cert, datadir.ca_key, sealer, root)
             logger.info(
                 "created CA", extra={"fingerprint": fingerprint(root.cert.public_bytes(Encoding.DER))}
             )
         else:
-            master_key = datadir.load_master_key()
-            root = load_root(datadir, master_key, cfg.ca_key_type)
+            sealer = Sealer(datadir.load_master_key())
+            root = load_root(datadir, sealer, cfg.ca_key_type)
         http_sock, status_urls = _bind_http(cfg)
         ca = CertificateAuthority(root, trust_domain, cfg.cert_ttl, clock, status_urls)
         if cfg.cert_ttl > ca.certificate.not_valid_after_utc - clock():
             logger.warning(
                 "certificates will be cut short: the CA expires %s", ca.certificate.not_valid_after_utc
             )
-        server_identity = load_or_issue_server_identity(
-            datadir, master_key, ca, cfg.sans, cfg.server_cert_ttl, clock()
-        )
-        sealer = Sealer(master_key)
-        del master_key
+        tls = ServerTls(datadir, sealer, ca, cfg.sans, cfg.server_cert_ttl, cfg.renew_fraction, clock)
 
         enrollment = EnrollmentService(
             store, ca, clock, default_token_ttl=cfg.token_ttl, max_token_ttl=cfg.max_token_ttl
@@ -211,11 +211,8 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
         await revocations.load()
         watch = WatchService(store, feed, cfg.heartbeat.total_seconds(), cfg.watch_buffer)
-        server_handshake_identity = LocalIdentity(
-            server_identity.key, (server_identity.cert.public_bytes(Encoding.DER),)
-        )
         exchanges = ExchangeService(
-            server_handshake_identity,
+            lambda: tls.handshake_identity,
             ca.certificate,
             trust_domain,
             store,
@@ -244,13 +241,10 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys), api)
         revocation_pb2_grpc.add_RevocationServicer_to_server(RevocationServicer(watch, revocations, crl), api)
         handshake_pb2_grpc.add_HandshakeServicer_to_server(HandshakeServicer(exchanges), api)
-        key_chain = [(server_identity.key_pem(), server_identity.cert_pem + ca.bundle_pem)]
-        mtls = grpc.ssl_server_credentials(
-            key_chain, root_certificates=ca.bundle_pem, require_client_auth=True
+        port = _bind(api, cfg.listen, tls.credentials(require_client_auth=True), "--listen")
+        enroll_port = _bind(
+            api, cfg.enroll_listen, tls.credentials(require_client_auth=False), "--enroll-listen"
         )
-        server_tls = grpc.ssl_server_credentials(key_chain)
-        port = _bind(api, cfg.listen, mtls, "--listen")
-        enroll_port = _bind(api, cfg.enroll_listen, server_tls, "--enroll-listen")
 
         admin = grpc.aio.server(interceptors=[AuthInterceptor(Listener.ADMIN)], options=limits)
         admin_pb2_grpc.add_AdminServicer_to_server(
@@ -265,7 +259,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         )
         os.chmod(datadir.admin_socket, 0o600)
         http_port = await http.start(http_sock) if http and http_sock else None
-        return App(cfg, datadir, store, ca, api, admin, port, enroll_port, crl, http, http_port)
+        return App(cfg, datadir, store, ca, api, admin, port, enroll_port, crl, http, http_port, tls)
     except BaseException:
         if store is not None:
             await store.close()

@@ -19,12 +19,12 @@ from kms.identity import fingerprint
 from server.clock import Clock
 from server.config import CAKeyType
 from server.datadir import DataDir, DataDirError, KeyPair
+from server.sealing import Sealer
 
 __all__ = [
     "CertificateAuthority",
     "generate_key",
     "key_type_of",
-    "load_or_issue_server_identity",
 ]
 
 logger = logging.getLogger(__name__)
@@ -143,38 +143,12 @@ def create_root(trust_domain: str, key_type: CAKeyType | None, ca_ttl: timedelta
     return KeyPair(cert, key)
 
 
-def load_root(datadir: DataDir, master_key: bytes, key_type: CAKeyType | None) -> KeyPair:
+def load_root(datadir: DataDir, sealer: Sealer, key_type: CAKeyType | None) -> KeyPair:
     """Loads the root; a --ca-key-type that differs from it is an error (a CA's key cannot change)."""
-    root = datadir.load_pair(datadir.ca_cert, datadir.ca_key, master_key)
+    root = datadir.load_pair(datadir.ca_cert, datadir.ca_key, sealer)
     if key_type is not None and key_type_of(root.key) is not key_type:
         raise DataDirError(
             f"the CA in {datadir.path} has a {key_type_of(root.key).value} key; --ca-key-type {key_type.value} "
             "cannot change an existing CA"
         )
     return root
-
-
-def load_or_issue_server_identity(
-    datadir: DataDir,
-    master_key: bytes,
-    ca: CertificateAuthority,
-    sans: tuple[str, ...],
-    ttl: timedelta,
-    now: datetime,
-) -> KeyPair:
-    """Reuses the stored server certificate unless its names changed or it is past 2/3 of its life."""
-    if datadir.server_cert.exists():
-        pair = datadir.load_pair(datadir.server_cert, datadir.server_key, master_key)
-        start, end = pair.cert.not_valid_before_utc, pair.cert.not_valid_after_utc
-        renew_at = start + (end - start) * 2 / 3
-        try:
-            profile.check_server_certificate(pair.cert, ca.certificate, sans, max(ttl, end - start))
-            current = now < renew_at
-        except (profile.ProfileError, x509.ExtensionNotFound):
-            current = False  # names changed (--san) or issued under another profile
-        if current:
-            return pair
-        logger.info("reissuing server certificate (names changed or renewal due)")
-    pair = ca.issue_server(sans, ttl)
-    datadir.save_pair(datadir.server_cert, datadir.server_key, master_key, pair)
-    return pair

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kms.cli import ArgumentParser, command_parsers, print_json, print_table, run_main
+from kms.cli import ArgumentParser, command_parsers, print_json, print_table, read_toml, run_main
 from kms.durations import parse_duration
 from kms.events import describe, event_fields
 from kms.revocation import REASONS
@@ -30,25 +31,47 @@ def _admin(args: argparse.Namespace) -> AdminClient:
     return AdminClient(data_dir / "admin.sock")
 
 
+# Every option of `kms-server run` (and `config show`): flag, help. Each also
+# reads KMS_<NAME> and the config file key <name>.
+RUN_OPTIONS: list[tuple[str, str]] = [
+    ("--listen", "mTLS API address HOST:PORT, port 0 picks one (default 127.0.0.1:8443)"),
+    ("--enroll-listen", "enrollment address HOST:PORT (default: --listen port + 1)"),
+    ("--san", "server certificate name, repeatable (KMS_SAN comma-separated; default localhost, 127.0.0.1)"),
+    ("--trust-domain", "SPIFFE trust domain, fixed at init (default seed-kms.local)"),
+    ("--ca-key-type", "CA key type, fixed at init (default ecdsa-p256)"),
+    ("--cert-ttl", "agent certificate lifetime, e.g. 24h (default 24h)"),
+    ("--ca-ttl", "CA lifetime, used at init (default 3650d)"),
+    ("--server-cert-ttl", "the server's own TLS certificate lifetime (default 30d)"),
+    ("--renew-fraction", "renew the server certificate at this fraction of its life (default 0.6667)"),
+    ("--token-ttl", "default join token lifetime (default 15m)"),
+    ("--max-token-ttl", "longest join token lifetime (default 7d)"),
+    ("--max-request-bytes", "largest request accepted (default 262144)"),
+    ("--shutdown-grace", "how long in-flight calls may finish after SIGTERM (default 5s)"),
+    ("--http-listen", "HTTP side port HOST:PORT for /crl, /ocsp, /metrics, /healthz (default off)"),
+    ("--heartbeat", "Watch heartbeat interval (default 5s)"),
+    ("--handshake-timeout", "longest wait for one handshake step (default 10s)"),
+    ("--watch-buffer", "events buffered per watcher before it is dropped (default 1024)"),
+    ("--log-format", "text or json (default text)"),
+    ("--enroll-rate", "enrollment attempts per peer address per minute (default 30)"),
+    ("--auth-failure-rate", "failed authentications per peer address per minute (default 30)"),
+    ("--max-streams-per-identity", "open streams one agent certificate may hold (default 64)"),
+]
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    flags = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in RUN_OPTIONS}
+    flags["data_dir"] = args.data_dir
+    path = args.config or os.environ.get("KMS_CONFIG")
+    return ServerConfig.load(flags, file=read_toml(Path(path)) if path else None)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    flags = {
-        "data_dir": args.data_dir,
-        "listen": args.listen,
-        "enroll_listen": args.enroll_listen,
-        "san": args.san,
-        "trust_domain": args.trust_domain,
-        "ca_key_type": args.ca_key_type,
-        "cert_ttl": args.cert_ttl,
-        "token_ttl": args.token_ttl,
-        "ca_ttl": args.ca_ttl,
-        "shutdown_grace": args.shutdown_grace,
-        "heartbeat": args.heartbeat,
-        "handshake_timeout": args.handshake_timeout,
-        "watch_buffer": args.watch_buffer,
-        "http_listen": args.http_listen,
-    }
-    cfg = ServerConfig.load(flags)
-    asyncio.run(serve(cfg))
+    asyncio.run(serve(_config(args)))
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    print_json(_config(args).to_dict())
     return 0
 
 
@@ -226,50 +249,28 @@ def build_parser() -> ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", parents=[common], help="run the server (creates the CA on first start)")
-    run.add_argument(
-        "--listen", help="mTLS API address HOST:PORT, port 0 picks one (env KMS_LISTEN; 127.0.0.1:8443)"
+    run_options = ArgumentParser(add_help=False)
+    run_options.add_argument(
+        "--config", help="TOML config file (env KMS_CONFIG); flags and KMS_* variables win"
     )
-    run.add_argument(
-        "--enroll-listen",
-        help="enrollment address HOST:PORT (env KMS_ENROLL_LISTEN; default: --listen port + 1)",
-    )
-    run.add_argument(
-        "--san",
-        action="append",
-        help="server certificate name, repeatable (env KMS_SAN, comma-separated; "
-        "default localhost and 127.0.0.1)",
-    )
-    run.add_argument(
-        "--trust-domain", help="SPIFFE trust domain, fixed at init (env KMS_TRUST_DOMAIN; seed-kms.local)"
-    )
-    run.add_argument(
-        "--ca-key-type",
-        choices=[k.value for k in CAKeyType],
-        help="CA key type, fixed at init (env KMS_CA_KEY_TYPE; default ecdsa-p256)",
-    )
-    run.add_argument(
-        "--cert-ttl", help="agent certificate lifetime, e.g. 24h (env KMS_CERT_TTL; default 24h)"
-    )
-    run.add_argument("--token-ttl", help="default join token lifetime (env KMS_TOKEN_TTL; default 15m)")
-    run.add_argument("--ca-ttl", help="CA lifetime, used at init (env KMS_CA_TTL; default 3650d)")
-    run.add_argument(
-        "--shutdown-grace",
-        help="how long in-flight calls may finish after SIGTERM (env KMS_SHUTDOWN_GRACE; 5s)",
-    )
-    run.add_argument(
-        "--http-listen",
-        help="HTTP side port HOST:PORT for /crl and /ocsp (env KMS_HTTP_LISTEN; off by default)",
-    )
-    run.add_argument("--heartbeat", help="Watch heartbeat interval (env KMS_HEARTBEAT; default 5s)")
-    run.add_argument(
-        "--handshake-timeout",
-        help="longest wait for one handshake step (env KMS_HANDSHAKE_TIMEOUT; default 10s)",
-    )
-    run.add_argument(
-        "--watch-buffer", help="events buffered per watcher before it is dropped (env KMS_WATCH_BUFFER; 1024)"
+    for flag, text in RUN_OPTIONS:
+        if flag == "--san":
+            run_options.add_argument(flag, action="append", help=text)
+        elif flag == "--ca-key-type":
+            run_options.add_argument(flag, choices=[k.value for k in CAKeyType], help=text)
+        else:
+            run_options.add_argument(flag, help=text)
+    run = sub.add_parser(
+        "run", parents=[common, run_options], help="run the server (creates the CA on first start)"
     )
     run.set_defaults(func=cmd_run)
+    config = sub.add_parser("config", help="the configuration").add_subparsers(
+        dest="config_command", required=True, metavar="COMMAND"
+    )
+    show = config.add_parser(
+        "show", parents=[common, run_options], help="print the effective config (no secrets)"
+    )
+    show.set_defaults(func=cmd_config_show)
 
     token = sub.add_parser("token", help="join tokens").add_subparsers(
         dest="token_command", required=True, metavar="COMMAND"

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 
 from kms.addresses import join_hostport, parse_hostport
-from kms.durations import parse_duration
+from kms.durations import format_duration, parse_duration
 from kms.errors import InvalidArgument
 from kms.identity import validate_trust_domain
 
@@ -43,6 +43,40 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "seed-kms"
 
 
+def _fraction(text: str | None) -> float:
+    try:
+        value = float(text or "")
+    except ValueError:
+        raise InvalidArgument(f"--renew-fraction {text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise InvalidArgument(f"--renew-fraction {value} must be between 0 and 1 (exclusive), like 0.67")
+    return value
+
+
+def _int(text: str | None, what: str) -> int:
+    try:
+        return int(text or "")
+    except ValueError:
+        raise InvalidArgument(f"{what} {text!r} is not a whole number") from None
+
+
+def _choice(text: str | None, what: str, choices: tuple[str, ...]) -> str:
+    if text not in choices:
+        raise InvalidArgument(f"{what} {text!r} is not one of {', '.join(choices)}")
+    return text
+
+
+# Every key a config file may hold (the flag names with underscores).
+KNOWN_KEYS = frozenset(
+    {
+        "data_dir", "listen", "enroll_listen", "san", "trust_domain", "ca_key_type", "cert_ttl", "ca_ttl",
+        "server_cert_ttl", "token_ttl", "max_token_ttl", "max_request_bytes", "shutdown_grace", "heartbeat",
+        "handshake_timeout", "watch_buffer", "http_listen", "renew_fraction", "log_format", "enroll_rate",
+        "auth_failure_rate", "max_streams_per_identity",
+    }
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     data_dir: Path
@@ -65,6 +99,11 @@ class ServerConfig:
     watch_buffer: int
     http_host: str | None  # None: no HTTP side port
     http_port: int
+    renew_fraction: float  # the server renews its own TLS certificate at this fraction of its life
+    log_format: str  # "text" or "json"
+    enroll_rate: int  # enrollment attempts per peer address per minute
+    auth_failure_rate: int  # failed authentications per peer address per minute
+    max_streams_per_identity: int
 
     DEFAULT_TRUST_DOMAIN = "seed-kms.local"
 
@@ -82,20 +121,35 @@ class ServerConfig:
 
     @classmethod
     def load(
-        cls, flags: Mapping[str, str | list[str] | None], env: Mapping[str, str] | None = None
+        cls,
+        flags: Mapping[str, str | list[str] | None],
+        env: Mapping[str, str] | None = None,
+        file: Mapping[str, object] | None = None,
     ) -> ServerConfig:
-        """Builds and validates the config from flags (None = unset) and the environment.
+        """Builds and validates the config: defaults < file < KMS_* environment < flags (None = unset).
 
         Raises:
-            InvalidArgument: naming the first setting that is wrong.
+            InvalidArgument: naming the first setting that is wrong or unknown.
         """
         env = os.environ if env is None else env
+        file = file or {}
+        unknown = sorted(set(file) - KNOWN_KEYS)
+        if unknown:
+            raise InvalidArgument(
+                f"config file key {unknown[0]!r} is unknown: known keys are {', '.join(sorted(KNOWN_KEYS))}"
+            )
 
         def pick(name: str, default: str | None) -> str | None:
             value = flags.get(name)
             if value is not None:
                 return str(value)
-            return env.get("KMS_" + name.upper(), default)
+            if "KMS_" + name.upper() in env:
+                return env["KMS_" + name.upper()]
+            if name in file:
+                if isinstance(file[name], list | dict | bool):
+                    raise InvalidArgument(f"config file key {name!r} must be a string or a number")
+                return str(file[name])
+            return default
 
         def duration(name: str, default: str) -> timedelta:
             return parse_duration(pick(name, default) or default, what=f"--{name.replace('_', '-')}")
@@ -114,8 +168,14 @@ class ServerConfig:
         san_flag = flags.get("san")
         if isinstance(san_flag, list) and san_flag:
             sans = tuple(san_flag)
-        else:
+        elif "KMS_SAN" in env or "san" not in file:
             sans = tuple(s.strip() for s in env.get("KMS_SAN", "localhost,127.0.0.1").split(",") if s.strip())
+        else:
+            if not isinstance(file["san"], list) or not all(isinstance(s, str) for s in file["san"]):
+                raise InvalidArgument(
+                    "config file key 'san' must be a list of names, like [\"kms.example.org\"]"
+                )
+            sans = tuple(file["san"])
         if not sans:
             raise InvalidArgument("--san needs at least one DNS name or IP address")
 
@@ -149,16 +209,45 @@ class ServerConfig:
             server_cert_ttl=duration("server_cert_ttl", "30d"),
             token_ttl=duration("token_ttl", "15m"),
             max_token_ttl=duration("max_token_ttl", "7d"),
-            max_request_bytes=int(pick("max_request_bytes", str(256 * 1024)) or 0),
+            max_request_bytes=_int(pick("max_request_bytes", str(256 * 1024)), "--max-request-bytes"),
             shutdown_grace=duration("shutdown_grace", "5s"),
             heartbeat=duration("heartbeat", "5s"),
             handshake_timeout=duration("handshake_timeout", "10s"),
-            watch_buffer=int(pick("watch_buffer", "1024") or 0),
+            watch_buffer=_int(pick("watch_buffer", "1024"), "--watch-buffer"),
             http_host=http_host,
             http_port=http_port,
+            renew_fraction=_fraction(pick("renew_fraction", "0.6667")),
+            log_format=_choice(pick("log_format", "text"), "--log-format", ("text", "json")),
+            enroll_rate=_int(pick("enroll_rate", "30"), "--enroll-rate"),
+            auth_failure_rate=_int(pick("auth_failure_rate", "30"), "--auth-failure-rate"),
+            max_streams_per_identity=_int(
+                pick("max_streams_per_identity", "64"), "--max-streams-per-identity"
+            ),
         )
         cfg.validate()
         return cfg
+
+    def to_dict(self) -> dict[str, object]:
+        """The effective config, as `kms-server config show` prints it (it holds no secret)."""
+        out: dict[str, object] = {
+            "data_dir": str(self.data_dir),
+            "listen": self.listen,
+            "enroll_listen": self.enroll_listen,
+            "san": list(self.sans),
+            "http_listen": join_hostport(self.http_host, self.http_port) if self.http_host else None,
+        }
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("data_dir", "sans") or f.name.startswith(
+                ("listen_", "enroll_h", "enroll_p", "http_")
+            ):
+                continue
+            if isinstance(value, timedelta):
+                value = format_duration(value)
+            elif isinstance(value, StrEnum):
+                value = value.value
+            out[f.name] = value
+        return out
 
     def validate(self) -> None:
         """Rejects contradictions and out-of-bound limits, naming the setting."""
@@ -190,5 +279,11 @@ class ServerConfig:
             raise InvalidArgument("--heartbeat must be at most 5m")
         if not 16 <= self.watch_buffer <= 65536:
             raise InvalidArgument("--watch-buffer must be between 16 and 65536 events")
+        if not 1 <= self.enroll_rate <= 100_000:
+            raise InvalidArgument("--enroll-rate must be between 1 and 100000 per minute")
+        if not 1 <= self.auth_failure_rate <= 100_000:
+            raise InvalidArgument("--auth-failure-rate must be between 1 and 100000 per minute")
+        if not 1 <= self.max_streams_per_identity <= 10_000:
+            raise InvalidArgument("--max-streams-per-identity must be between 1 and 10000")
         if self.shutdown_grace > timedelta(minutes=5):
             raise InvalidArgument("--shutdown-grace must be at most 5m")

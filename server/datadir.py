@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from kms.errors import FailedPrecondition
 from kms.profile import IssuerKey
 from kms.securefile import ensure_private_dir, write_atomic
-from server.sealing import MASTER_KEY_BYTES, SealError, open_sealed, seal
+from server.sealing import MASTER_KEY_BYTES, Sealer, SealError
 
 __all__ = ["DataDir", "DataDirError", "KeyPair"]
 
@@ -118,20 +118,20 @@ class DataDir:
 
     # --- key pairs -------------------------------------------------------------
 
-    def save_pair(self, cert_path: Path, key_path: Path, master_key: bytes, pair: KeyPair) -> None:
+    def save_pair(self, cert_path: Path, key_path: Path, sealer: Sealer, pair: KeyPair) -> None:
         der_key = pair.key.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        write_atomic(key_path, seal(master_key, key_path.name, der_key), mode=0o600)
+        write_atomic(key_path, sealer.seal(key_path.name, der_key), mode=0o600)
         write_atomic(cert_path, pair.cert_pem, mode=0o644)
 
-    def load_pair(self, cert_path: Path, key_path: Path, master_key: bytes) -> KeyPair:
+    def load_pair(self, cert_path: Path, key_path: Path, sealer: Sealer) -> KeyPair:
         try:
             cert = x509.load_pem_x509_certificate(self._read(cert_path))
         except ValueError:
             raise DataDirError(f"{cert_path} is not a PEM certificate: restore it from a backup") from None
         try:
-            der_key = open_sealed(master_key, key_path.name, self._read(key_path))
+            der_key = sealer.open(key_path.name, self._read(key_path))
         except SealError:
             raise DataDirError(
                 f"{key_path} does not decrypt with {self.master_key}: wrong master key or a corrupt file"

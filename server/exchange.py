@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -43,7 +43,7 @@ class _Pairing:
 class ExchangeService:
     def __init__(
         self,
-        identity: LocalIdentity,
+        identity: Callable[[], LocalIdentity],
         ca_cert: x509.Certificate,
         trust_domain: str,
         store: Store,
@@ -93,7 +93,7 @@ class ExchangeService:
     async def _answer(self, hello: Hello, frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
         """The server's own side: nothing secret outlives this generator."""
         check = agent_peer(self._ca, self._trust_domain, None, self._clock(), self._revocations.is_revoked)
-        responder = Responder(self._identity, check, "server")
+        responder = Responder(self._identity(), check, "server")  # the current (rotating) TLS identity
         yield to_frame(responder.receive(hello))
         finished = responder.receive(from_frame(await self._next(frames, "init_auth")))
         yield to_frame(finished)

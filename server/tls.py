@@ -1,0 +1,137 @@
+"""The server's own TLS identity: issued from the CA, renewed before it expires, served without restart.
+
+gRPC asks ``_fetcher`` for the certificate configuration on each new TLS
+handshake (dynamic credentials), so a renewed certificate reaches new
+connections at once while established connections keep theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import datetime, timedelta
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from kms import profile
+from kms.handshake import LocalIdentity
+from server.ca import CertificateAuthority
+from server.clock import Clock
+from server.datadir import DataDir, KeyPair
+from server.sealing import Sealer
+
+__all__ = ["ServerTls"]
+
+logger = logging.getLogger(__name__)
+
+
+class ServerTls:
+    def __init__(
+        self,
+        datadir: DataDir,
+        sealer: Sealer,
+        ca: CertificateAuthority,
+        sans: tuple[str, ...],
+        ttl: timedelta,
+        renew_fraction: float,
+        clock: Clock,
+    ) -> None:
+        self._datadir = datadir
+        self._sealer = sealer
+        self._ca = ca
+        self._sans = sans
+        self._ttl = ttl
+        self._fraction = renew_fraction
+        self._clock = clock
+        self._lock = threading.Lock()  # gRPC's fetcher runs on its own threads
+        self._generation = 0
+        self.current = self._load_or_issue()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def renew_at(self, pair: KeyPair | None = None) -> datetime:
+        cert = (pair or self.current).cert
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        return start + (end - start) * self._fraction
+
+    def _load_or_issue(self) -> KeyPair:
+        """Reuses the stored certificate unless its names changed or its renewal is due."""
+        d = self._datadir
+        if d.server_cert.exists():
+            pair = d.load_pair(d.server_cert, d.server_key, self._sealer)
+            lifetime = pair.cert.not_valid_after_utc - pair.cert.not_valid_before_utc
+            try:
+                profile.check_server_certificate(
+                    pair.cert, self._ca.certificate, self._sans, max(self._ttl, lifetime)
+                )
+                current = self._clock() < self.renew_at(pair)
+            except (profile.ProfileError, x509.ExtensionNotFound):
+                current = False  # names changed (--san) or issued under another profile
+            if current:
+                return pair
+            logger.info("reissuing server certificate (names changed or renewal due)")
+        return self._issue()
+
+    def _issue(self) -> KeyPair:
+        pair = self._ca.issue_server(self._sans, self._ttl)
+        self._datadir.save_pair(self._datadir.server_cert, self._datadir.server_key, self._sealer, pair)
+        return pair
+
+    def rotate(self) -> KeyPair:
+        """Issues and installs a new certificate (and key) now."""
+        pair = self._issue()
+        with self._lock:
+            self.current = pair
+            self._generation += 1
+        logger.info(
+            "server certificate rotated",
+            extra={
+                "serial": format(pair.cert.serial_number, "x"),
+                "not_after": pair.cert.not_valid_after_utc,
+            },
+        )
+        return pair
+
+    async def rotate_forever(self) -> None:
+        while True:
+            wait = (self.renew_at() - self._clock()).total_seconds()
+            if wait <= 0:
+                await asyncio.to_thread(self.rotate)
+                continue
+            await asyncio.sleep(min(wait, 60.0))
+
+    # --- what TLS and the handshake use ---------------------------------------------------
+
+    @property
+    def handshake_identity(self) -> LocalIdentity:
+        pair = self.current
+        return LocalIdentity(pair.key, (pair.cert.public_bytes(Encoding.DER),))
+
+    def _configuration(
+        self, pair: KeyPair, client_roots: bytes | None
+    ) -> grpc.ServerCertificateConfiguration:
+        chain = pair.cert_pem + self._ca.bundle_pem
+        return grpc.ssl_server_certificate_configuration(
+            [(pair.key_pem(), chain)], root_certificates=client_roots
+        )
+
+    def credentials(self, *, require_client_auth: bool) -> grpc.ServerCredentials:
+        roots = self._ca.bundle_pem if require_client_auth else None
+        served = {"generation": self._generation}
+
+        def fetcher() -> grpc.ServerCertificateConfiguration | None:
+            with self._lock:
+                if served["generation"] == self._generation:
+                    return None  # unchanged: keep serving the current configuration
+                served["generation"] = self._generation
+                pair = self.current
+            return self._configuration(pair, roots)
+
+        return grpc.dynamic_ssl_server_credentials(
+            self._configuration(self.current, roots),
+            fetcher,
+            require_client_authentication=require_client_auth,
+        )
