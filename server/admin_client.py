@@ -104,3 +104,12 @@ class AdminClient:
     def list_revocations(self) -> admin_pb2.ListRevocationsResponse:
         request = admin_pb2.ListRevocationsRequest()
         return cast(admin_pb2.ListRevocationsResponse, self._call(self._stub.ListRevocations, request))
+
+    def list_audit(self, after_seq: int) -> admin_pb2.ListAuditResponse:
+        request = admin_pb2.ListAuditRequest(after_seq=after_seq)
+        return cast(admin_pb2.ListAuditResponse, self._call(self._stub.ListAudit, request))
+
+    def verify_audit(self) -> admin_pb2.VerifyAuditResponse:
+        return cast(
+            admin_pb2.VerifyAuditResponse, self._call(self._stub.VerifyAudit, admin_pb2.VerifyAuditRequest())
+        )

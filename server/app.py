@@ -31,6 +31,7 @@ from kms.v1 import (
     revocation_pb2_grpc,
 )
 from server.agents import AgentDirectory
+from server.audit import AuditTrail
 from server.auth import AuthInterceptor, Listener
 from server.authn import PeerAuthenticator
 from server.ca import CertificateAuthority, create_root, load_root
@@ -248,7 +249,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
 
         admin = grpc.aio.server(interceptors=[AuthInterceptor(Listener.ADMIN)], options=limits)
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(ca, enrollment, agents, keys, revocations), admin
+            AdminServicer(ca, enrollment, agents, keys, revocations, AuditTrail(store)), admin
         )
         datadir.admin_socket.unlink(missing_ok=True)  # stale: we hold the data dir lock
         _bind(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kms.cli import ArgumentParser, command_parsers, print_json, print_table, read_toml, run_main
 from kms.durations import parse_duration
+from kms.errors import DataLoss
 from kms.events import describe, event_fields
 from kms.revocation import REASONS
 from kms.v1 import admin_pb2
@@ -233,6 +234,42 @@ def cmd_revocations_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_list(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        records = admin.list_audit(args.since).records
+    if args.json:
+        print_json(
+            [
+                {
+                    "seq": r.seq,
+                    "at": _iso(r.at),
+                    "actor": r.actor,
+                    "action": r.action,
+                    "object": r.object,
+                    "outcome": r.outcome,
+                    "prev_hash": r.prev_hash.hex(),
+                    "hash": r.hash.hex(),
+                }
+                for r in records
+            ]
+        )
+    else:
+        for r in records:
+            print(f"#{r.seq} {_iso(r.at)} {r.actor} {r.action} {r.object} {r.outcome}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        result = admin.verify_audit()
+    if not result.intact:
+        raise DataLoss(
+            f"the audit trail is broken at record {result.first_bad_seq}: it was edited, deleted or reordered there"
+        )
+    print(f"audit trail intact: {result.records} records")
+    return 0
+
+
 def build_parser() -> ArgumentParser:
     parser, common = command_parsers(
         "kms-server",
@@ -353,6 +390,17 @@ def build_parser() -> ArgumentParser:
     rl = revocations.add_parser("list", parents=[common], help="list every revocation event")
     rl.add_argument("--json", action="store_true")
     rl.set_defaults(func=cmd_revocations_list)
+
+    audit = sub.add_parser("audit", help="the hash-chained audit trail").add_subparsers(
+        dest="audit_command", required=True, metavar="COMMAND"
+    )
+    al = audit.add_parser("list", parents=[common], help="list audit records")
+    al.add_argument("--since", type=int, default=0, help="records after this sequence number")
+    al.add_argument("--json", action="store_true")
+    al.set_defaults(func=cmd_audit_list)
+    audit.add_parser(
+        "verify", parents=[common], help="check the chain; names the first bad record"
+    ).set_defaults(func=cmd_audit_verify)
     return parser
 
 

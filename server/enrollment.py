@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -21,7 +22,7 @@ from kms.identity import MAX_GROUPS, agent_spiffe_id, validate_agent_name, valid
 from kms.tokens import JoinToken, secret_matches
 from server.ca import CertificateAuthority
 from server.clock import Clock
-from server.store import AgentRecord, CertificateRecord, JoinTokenRecord, Store
+from server.store import AgentRecord, AuditEntry, CertificateRecord, JoinTokenRecord, Store
 
 __all__ = ["Enrolled", "EnrollmentService", "IssuedToken", "serial_hex"]
 
@@ -86,7 +87,11 @@ class EnrollmentService:
         record = JoinTokenRecord(
             token.token_id, token.secret_hash, name, tuple(clean), now, now + int(ttl.total_seconds())
         )
-        await self._store.add_join_token(record, allow_reenroll=allow_reenroll)
+        await self._store.add_join_token(
+            record,
+            allow_reenroll=allow_reenroll,
+            audit=AuditEntry(now, "admin", "token.create", f"agent:{name} token:{token.token_id}"),
+        )
         logger.info("join token created", extra={"token_id": token.token_id, "agent": name})
         return IssuedToken(token, record)
 
@@ -107,8 +112,7 @@ class EnrollmentService:
             or record.used_at is not None
             or record.expires_at <= int(now.timestamp())
         ):
-            logger.info("enrollment refused", extra={"token_id": token.token_id})
-            raise Unauthenticated(_BAD_TOKEN)
+            await self._refused(token, int(now.timestamp()))
 
         cert = self._ca.issue_agent(public_key, record.name)
         cert_record = CertificateRecord(
@@ -121,13 +125,26 @@ class EnrollmentService:
             token_id=record.token_id,
         )
         agent = await self._store.enroll(
-            record.token_id, token.secret_hash, int(now.timestamp()), cert_record
+            record.token_id,
+            token.secret_hash,
+            int(now.timestamp()),
+            cert_record,
+            audit=AuditEntry(
+                int(now.timestamp()),
+                f"token:{record.token_id}",
+                "enroll",
+                f"agent:{record.name} serial:{cert_record.serial}",
+            ),
         )
         if agent is None:  # lost a race for the token, or it expired meanwhile
-            logger.info("enrollment refused", extra={"token_id": token.token_id})
-            raise Unauthenticated(_BAD_TOKEN)
+            await self._refused(token, int(now.timestamp()))
         logger.info(
             "agent enrolled",
             extra={"agent": agent.name, "serial": cert_record.serial, "token_id": record.token_id},
         )
         return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name))
+
+    async def _refused(self, token: JoinToken, now: int) -> NoReturn:
+        logger.info("enrollment refused", extra={"token_id": token.token_id})
+        await self._store.append_audit(AuditEntry(now, f"token:{token.token_id}", "enroll", "-", "denied"))
+        raise Unauthenticated(_BAD_TOKEN)

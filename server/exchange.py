@@ -24,7 +24,7 @@ from kms.v1 import handshake_pb2
 from server.authn import Caller
 from server.clock import Clock
 from server.revocation import RevocationService
-from server.store import Store
+from server.store import AuditEntry, Store
 
 __all__ = ["ExchangeService"]
 
@@ -98,6 +98,14 @@ class ExchangeService:
         finished = responder.receive(from_frame(await self._next(frames, "init_auth")))
         yield to_frame(finished)
         assert responder.session is not None
+        await self._store.append_audit(
+            AuditEntry(
+                int(self._clock().timestamp()),
+                f"agent:{responder.session.peer.name}/{responder.session.peer.serial}",
+                "exchange",
+                f"server session:{responder.session.session_id}",
+            )
+        )
         logger.info(
             "key exchange with server",
             extra={"agent": responder.session.peer.name, "session": responder.session.session_id},
@@ -125,6 +133,14 @@ class ExchangeService:
             yield await self._from(pairing.to_initiator, "resp_auth")
             pairing.to_responder.put_nowait(await self._next(frames, "init_auth"))
             yield await self._from(pairing.to_initiator, "finished")
+            await self._store.append_audit(
+                AuditEntry(
+                    int(self._clock().timestamp()),
+                    f"agent:{caller.name}/{caller.serial}",
+                    "exchange.relay",
+                    f"agent:{peer}",
+                )
+            )
             logger.info("relayed a key exchange", extra={"initiator": caller.name, "responder": peer})
         except BaseException as exc:  # including cancellation: the peer must not wait in vain
             reason = exc.message if isinstance(exc, KmsError) else "it disconnected"

@@ -11,13 +11,13 @@ import logging
 import os
 from dataclasses import dataclass
 
-from kms.errors import InvalidArgument
+from kms.errors import InvalidArgument, PermissionDenied
 from kms.identity import validate_agent_name, validate_group, validate_key_name
 from kms.wrap import KEY_BYTES, wrap
 from server.authn import Caller
 from server.clock import Clock
 from server.sealing import Sealer
-from server.store import Grant, KeyRecord, KeyVersionRecord, Store
+from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, Store
 from server.store.base import SealFn
 
 __all__ = ["FetchedKey", "KeyService", "MAX_VERSION", "parse_grant"]
@@ -66,24 +66,47 @@ class KeyService:
     async def create(self, name: str, grants: list[str]) -> KeyRecord:
         validate_key_name(name)
         parsed = [parse_grant(g) for g in grants]
-        record = await self._store.create_key(name, self._now(), self.sealer_for(name), parsed)
+        now = self._now()
+        record = await self._store.create_key(
+            name,
+            now,
+            self.sealer_for(name),
+            parsed,
+            audit=AuditEntry(now, "admin", "key.create", f"key:{name}"),
+        )
         logger.info("key created", extra={"key": name, "grants": ",".join(map(str, parsed))})
         return record
 
     async def rotate(self, name: str) -> KeyRecord:
-        record = await self._store.rotate_key(validate_key_name(name), self._now(), self.sealer_for(name))
+        now = self._now()
+        record = await self._store.rotate_key(
+            validate_key_name(name),
+            now,
+            self.sealer_for(name),
+            audit=lambda k: AuditEntry(now, "admin", "key.rotate", f"key:{name}/v{k.current_version}"),
+        )
         logger.info("key rotated", extra={"key": name, "version": record.current_version})
         return record
 
     async def grant(self, name: str, grant: str) -> KeyRecord:
         parsed = parse_grant(grant)
-        record = await self._store.grant_key(validate_key_name(name), parsed, self._now())
+        now = self._now()
+        record = await self._store.grant_key(
+            validate_key_name(name),
+            parsed,
+            now,
+            audit=AuditEntry(now, "admin", "key.grant", f"key:{name} {parsed}"),
+        )
         logger.info("key granted", extra={"key": name, "grant": str(parsed)})
         return record
 
     async def ungrant(self, name: str, grant: str) -> KeyRecord:
         parsed = parse_grant(grant)
-        record = await self._store.ungrant_key(validate_key_name(name), parsed)
+        record = await self._store.ungrant_key(
+            validate_key_name(name),
+            parsed,
+            audit=AuditEntry(self._now(), "admin", "key.ungrant", f"key:{name} {parsed}"),
+        )
         logger.info("key ungranted", extra={"key": name, "grant": str(parsed)})
         return record
 
@@ -92,7 +115,13 @@ class KeyService:
 
     async def destroy(self, name: str, version: int) -> KeyRecord:
         _check_version(version, allow_current=False)
-        record = await self._store.destroy_key_version(validate_key_name(name), version, self._now())
+        now = self._now()
+        record = await self._store.destroy_key_version(
+            validate_key_name(name),
+            version,
+            now,
+            audit=AuditEntry(now, "admin", "key.destroy", f"key:{name}/v{version}"),
+        )
         logger.info("key version destroyed", extra={"key": name, "version": version})
         return record
 
@@ -106,9 +135,20 @@ class KeyService:
         """
         validate_key_name(name)
         _check_version(version, allow_current=True)
-        record = await self._store.release_key_version(
-            name, version or None, caller.name, caller.groups, caller.serial, self._now()
-        )
+        now, actor = self._now(), f"agent:{caller.name}/{caller.serial}"
+        try:
+            record = await self._store.release_key_version(
+                name,
+                version or None,
+                caller.name,
+                caller.groups,
+                caller.serial,
+                now,
+                audit=lambda v: AuditEntry(now, actor, "key.release", f"key:{name}/v{v.version}"),
+            )
+        except PermissionDenied:
+            await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", "denied"))
+            raise
         assert record.sealed_material is not None
         material = self._sealer.open(_slot(name, record.version), record.sealed_material)
         wrapped = wrap(caller.public_key, material, name, record.version, caller.serial)

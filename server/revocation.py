@@ -20,7 +20,7 @@ from kms.revocation import parse_reason
 from server.clock import Clock
 from server.feed import RevocationFeed, StreamGuard
 from server.keys import MAX_VERSION, KeyService
-from server.store import CertificateRecord, RevocationEvent, Store
+from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store
 
 __all__ = ["CertificateStatus", "RevocationService", "normalize_serial"]
 
@@ -112,12 +112,21 @@ class RevocationService:
 
     async def revoke_certificate(self, serial: str, reason: str) -> Revocation:
         serial, reason = normalize_serial(serial), parse_reason(reason)
-        event = await self._store.revoke_certificate(serial, reason, self._now())
+        now = self._now()
+        event = await self._store.revoke_certificate(
+            serial,
+            reason,
+            now,
+            audit=AuditEntry(now, "admin", "revoke.cert", f"serial:{serial} reason:{reason}"),
+        )
         return self._committed(event) if event else await self._already(kind="cert", serial=serial)
 
     async def revoke_agent(self, name: str, reason: str) -> Revocation:
         name, reason = validate_agent_name(name), parse_reason(reason)
-        event = await self._store.revoke_agent(name, reason, self._now())
+        now = self._now()
+        event = await self._store.revoke_agent(
+            name, reason, now, audit=AuditEntry(now, "admin", "revoke.agent", f"agent:{name} reason:{reason}")
+        )
         return self._committed(event) if event else await self._already(kind="agent", agent=name)
 
     async def revoke_key(self, name: str, version: int, reason: str) -> Revocation:

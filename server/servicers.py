@@ -26,6 +26,7 @@ from kms.v1 import (
     types_pb2,
 )
 from server.agents import AgentDirectory
+from server.audit import AuditTrail
 from server.auth import current_caller
 from server.authn import Caller
 from server.ca import CertificateAuthority
@@ -218,12 +219,26 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         agents: AgentDirectory,
         keys: KeyService,
         revocations: RevocationService,
+        audit: AuditTrail,
     ) -> None:
+        self._audit = audit
         self._ca = ca
         self._enrollment = enrollment
         self._agents = agents
         self._keys = keys
         self._revocations = revocations
+
+    async def ListAudit(
+        self, request: admin_pb2.ListAuditRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListAuditResponse:
+        records = [r async for r in self._audit.records(request.after_seq)]
+        return admin_pb2.ListAuditResponse(records=[admin_pb2.AuditRecord(**vars(r)) for r in records])
+
+    async def VerifyAudit(
+        self, request: admin_pb2.VerifyAuditRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.VerifyAuditResponse:
+        bad, count = await self._audit.verify()
+        return admin_pb2.VerifyAuditResponse(intact=bad is None, first_bad_seq=bad or 0, records=count)
 
     async def RevokeCertificate(
         self, request: admin_pb2.RevokeCertificateRequest, context: grpc.aio.ServicerContext

@@ -99,6 +99,16 @@ class AdminStub:
                 request_serializer=kms_dot_v1_dot_admin__pb2.ListRevocationsRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_admin__pb2.ListRevocationsResponse.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/kms.v1.Admin/ListAudit',
+                request_serializer=kms_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/kms.v1.Admin/VerifyAudit',
+                request_serializer=kms_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -185,6 +195,19 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """The hash-chained audit trail.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +275,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListRevocations,
                     request_deserializer=kms_dot_v1_dot_admin__pb2.ListRevocationsRequest.FromString,
                     response_serializer=kms_dot_v1_dot_admin__pb2.ListRevocationsResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.VerifyAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -605,6 +638,60 @@ class Admin:
             '/kms.v1.Admin/ListRevocations',
             kms_dot_v1_dot_admin__pb2.ListRevocationsRequest.SerializeToString,
             kms_dot_v1_dot_admin__pb2.ListRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/ListAudit',
+            kms_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/VerifyAudit',
+            kms_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.VerifyAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,9 @@ class AdminStub:
     RevokeAgent: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeAgentRequest, _admin_pb2.RevokeResponse]
     RevokeKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeKeyRequest, _admin_pb2.RevokeResponse]
     ListRevocations: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListRevocationsRequest, _admin_pb2.ListRevocationsResponse]
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]
+    """The hash-chained audit trail."""
+    VerifyAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -69,6 +72,9 @@ class AdminAsyncStub(AdminStub):
     RevokeAgent: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeAgentRequest, _admin_pb2.RevokeResponse]  # type: ignore[assignment]
     RevokeKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeKeyRequest, _admin_pb2.RevokeResponse]  # type: ignore[assignment]
     ListRevocations: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListRevocationsRequest, _admin_pb2.ListRevocationsResponse]  # type: ignore[assignment]
+    ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """The hash-chained audit trail."""
+    VerifyAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -165,5 +171,20 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListRevocationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListRevocationsResponse, _abc.Awaitable[_admin_pb2.ListRevocationsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _admin_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAuditResponse, _abc.Awaitable[_admin_pb2.ListAuditResponse]]:
+        """The hash-chained audit trail."""
+
+    @_abc_1.abstractmethod
+    def VerifyAudit(
+        self,
+        request: _admin_pb2.VerifyAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.VerifyAuditResponse, _abc.Awaitable[_admin_pb2.VerifyAuditResponse]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,6 +2,7 @@
 
 from server.store.base import (
     AgentRecord,
+    AuditEntry,
     CertificateRecord,
     Grant,
     JoinTokenRecord,
@@ -15,6 +16,7 @@ from server.store.sqlite import SqliteStore
 
 __all__ = [
     "AgentRecord",
+    "AuditEntry",
     "CertificateRecord",
     "Grant",
     "JoinTokenRecord",

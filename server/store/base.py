@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from kms.audit import AuditRecord
 from kms.errors import FailedPrecondition
 
 __all__ = [
     "AgentRecord",
+    "Audit",
+    "AuditEntry",
     "CertificateRecord",
     "Grant",
     "JoinTokenRecord",
@@ -111,6 +114,21 @@ class KeyRecord:
 SealFn = Callable[[int], bytes]
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """What happened, for the audit trail (never a secret: tokens and keys by id only)."""
+
+    at: int
+    actor: str  # "admin", "agent:<name>/<serial>", "token:<id>"
+    action: str  # e.g. "enroll", "key.release", "revoke.agent"
+    object: str
+    outcome: str = "ok"
+
+
+# An entry, or one made from the operation's result (when the object is known only then).
+Audit = AuditEntry | Callable[[Any], AuditEntry] | None
+
+
 class Store(Protocol):
     async def close(self) -> None: ...
 
@@ -124,12 +142,14 @@ class Store(Protocol):
         """True while no token, certificate or key was ever stored."""
         ...
 
-    async def add_join_token(self, token: JoinTokenRecord, *, allow_reenroll: bool = False) -> None: ...
+    async def add_join_token(
+        self, token: JoinTokenRecord, *, allow_reenroll: bool = False, audit: Audit = None
+    ) -> None: ...
 
     async def get_join_token(self, token_id: str) -> JoinTokenRecord | None: ...
 
     async def enroll(
-        self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord
+        self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord, *, audit: Audit = None
     ) -> AgentRecord | None:
         """Consumes the token and records the agent and its certificate, in one transaction.
 
@@ -149,26 +169,38 @@ class Store(Protocol):
         """The agent with its newest certificate, or None."""
         ...
 
-    async def create_key(self, name: str, now: int, seal: SealFn, grants: list[Grant]) -> KeyRecord:
+    async def create_key(
+        self, name: str, now: int, seal: SealFn, grants: list[Grant], *, audit: Audit = None
+    ) -> KeyRecord:
         """Creates key name with version 1. Raises AlreadyExists."""
         ...
 
-    async def rotate_key(self, name: str, now: int, seal: SealFn) -> KeyRecord:
+    async def rotate_key(self, name: str, now: int, seal: SealFn, *, audit: Audit = None) -> KeyRecord:
         """Adds a new current version; the old current one becomes deactivated. Raises NotFound."""
         ...
 
-    async def grant_key(self, name: str, grant: Grant, now: int) -> KeyRecord: ...
+    async def grant_key(self, name: str, grant: Grant, now: int, *, audit: Audit = None) -> KeyRecord: ...
 
-    async def ungrant_key(self, name: str, grant: Grant) -> KeyRecord: ...
+    async def ungrant_key(self, name: str, grant: Grant, *, audit: Audit = None) -> KeyRecord: ...
 
     async def list_keys(self) -> list[KeyRecord]: ...
 
-    async def destroy_key_version(self, name: str, version: int, now: int) -> KeyRecord:
+    async def destroy_key_version(
+        self, name: str, version: int, now: int, *, audit: Audit = None
+    ) -> KeyRecord:
         """Erases the material of a non-current version for good. Raises NotFound, FailedPrecondition."""
         ...
 
     async def release_key_version(
-        self, name: str, version: int | None, agent: str, groups: tuple[str, ...], serial: str, now: int
+        self,
+        name: str,
+        version: int | None,
+        agent: str,
+        groups: tuple[str, ...],
+        serial: str,
+        now: int,
+        *,
+        audit: Audit = None,
     ) -> KeyVersionRecord:
         """Checks the grant, then returns the version (with sealed material) and logs the release.
 
@@ -181,16 +213,20 @@ class Store(Protocol):
 
     # --- revocation (each returns the new event, or None when already revoked) ---
 
-    async def revoke_certificate(self, serial: str, reason: str, now: int) -> RevocationEvent | None:
+    async def revoke_certificate(
+        self, serial: str, reason: str, now: int, *, audit: Audit = None
+    ) -> RevocationEvent | None:
         """Raises NotFound for a serial this CA never issued."""
         ...
 
-    async def revoke_agent(self, name: str, reason: str, now: int) -> RevocationEvent | None:
+    async def revoke_agent(
+        self, name: str, reason: str, now: int, *, audit: Audit = None
+    ) -> RevocationEvent | None:
         """Revokes every certificate of name and bars re-enrollment. Raises NotFound."""
         ...
 
     async def revoke_key_version(
-        self, name: str, version: int, reason: str, now: int, seal: SealFn
+        self, name: str, version: int, reason: str, now: int, seal: SealFn, *, audit: Audit = None
     ) -> RevocationEvent | None:
         """Marks the version compromised (a new current version if it was current). Raises NotFound."""
         ...
@@ -213,3 +249,11 @@ class Store(Protocol):
     async def get_certificate(self, serial: str) -> CertificateRecord | None: ...
 
     async def revoked_certificates(self) -> list[CertificateRecord]: ...
+
+    # --- audit -------------------------------------------------------------------
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        """Appends an entry on its own (failures, and actions with no store write)."""
+        ...
+
+    async def audit_after(self, seq: int, limit: int) -> list[AuditRecord]: ...

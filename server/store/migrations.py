@@ -97,4 +97,17 @@ MIGRATIONS: list[list[str]] = [
             at INTEGER NOT NULL
         )""",
     ],
+    # 4: the hash-chained audit trail.
+    [
+        """CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY,
+            at INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            object TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            prev_hash BLOB NOT NULL,
+            hash BLOB NOT NULL
+        )""",
+    ],
 ]

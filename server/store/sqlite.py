@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kms.errors import PermissionDenied
-from server.store.base import AgentRecord, CertificateRecord, JoinTokenRecord, StoreError
+from server.store.base import AgentRecord, Audit, CertificateRecord, JoinTokenRecord, StoreError
 from server.store.migrations import MIGRATIONS
 from server.store.sqlite_events import SqliteEvents
 from server.store.sqlite_keys import SqliteKeys
@@ -124,9 +124,11 @@ class SqliteStore(SqliteKeys, SqliteEvents):
 
     # --- join tokens -----------------------------------------------------------
 
-    async def add_join_token(self, token: JoinTokenRecord, *, allow_reenroll: bool = False) -> None:
-        def q() -> None:
-            self._db.execute(
+    async def add_join_token(
+        self, token: JoinTokenRecord, *, allow_reenroll: bool = False, audit: Audit = None
+    ) -> None:
+        def q(db: sqlite3.Connection) -> bool:
+            db.execute(
                 "INSERT INTO join_tokens(token_id, secret_hash, name, groups_json, created_at, expires_at,"
                 " allow_reenroll) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -139,8 +141,9 @@ class SqliteStore(SqliteKeys, SqliteEvents):
                     int(allow_reenroll),
                 ),
             )
+            return True
 
-        await self._run(q)
+        await self._run(self._tx, q, audit)
 
     async def get_join_token(self, token_id: str) -> JoinTokenRecord | None:
         def q() -> JoinTokenRecord | None:
@@ -160,7 +163,7 @@ class SqliteStore(SqliteKeys, SqliteEvents):
     # --- enrollment --------------------------------------------------------------
 
     async def enroll(
-        self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord
+        self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord, *, audit: Audit = None
     ) -> AgentRecord | None:
         def q(db: sqlite3.Connection) -> AgentRecord | None:
             # The conditional UPDATE is the single-use guarantee: of two
@@ -206,7 +209,7 @@ class SqliteStore(SqliteKeys, SqliteEvents):
             ]
             return AgentRecord(cert.agent_name, tuple(json.loads(groups_json)), created, cert)
 
-        return await self._run(self._tx, q)
+        return await self._run(self._tx, q, audit)
 
     # --- agents ------------------------------------------------------------------
 

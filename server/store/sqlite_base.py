@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from server.store.base import StoreError
+from kms.audit import GENESIS, AuditRecord, record_hash
+from server.store.base import Audit, AuditEntry, StoreError
 
 __all__ = ["SqliteBase"]
 
@@ -37,15 +38,46 @@ class SqliteBase:
             raise StoreError("store is closed")
         return self._conn
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Runs fn in one BEGIN IMMEDIATE transaction (on the worker thread)."""
+    def _tx(self, fn: Callable[[sqlite3.Connection], T], audit: Audit = None) -> T:
+        """Runs fn in one BEGIN IMMEDIATE transaction (on the worker thread).
+
+        The audit entry, if any, is appended in the same transaction, so an
+        action is recorded exactly when it happens. A result of None means
+        nothing happened (an idempotent repeat, a refused token), and appends nothing.
+        """
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             result = fn(db)
+            if audit is not None and result is not None:
+                self._append_audit(db, audit(result) if callable(audit) else audit)
             db.execute("COMMIT")
             return result
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _append_audit(db: sqlite3.Connection, entry: AuditEntry) -> None:
+        last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (last[0] + 1, bytes(last[1])) if last else (1, GENESIS)
+        digest = record_hash(prev, seq, entry.at, entry.actor, entry.action, entry.object, entry.outcome)
+        db.execute(
+            "INSERT INTO audit(seq, at, actor, action, object, outcome, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, entry.at, entry.actor, entry.action, entry.object, entry.outcome, prev, digest),
+        )
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        await self._run(self._tx, lambda db: True, entry)
+
+    async def audit_after(self, seq: int, limit: int) -> list[AuditRecord]:
+        def q() -> list[AuditRecord]:
+            rows = self._db.execute(
+                "SELECT seq, at, actor, action, object, outcome, prev_hash, hash FROM audit"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            )
+            return [AuditRecord(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), bytes(r[7])) for r in rows]
+
+        return await self._run(q)

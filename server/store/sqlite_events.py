@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 from kms.errors import NotFound
-from server.store.base import CertificateRecord, RevocationEvent, SealFn
+from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
 from server.store.sqlite_base import SqliteBase
 
 __all__ = ["SqliteEvents"]
@@ -43,7 +43,9 @@ class SqliteEvents(SqliteBase):
         assert cur.lastrowid is not None
         return RevocationEvent(cur.lastrowid, kind, serial, agent, key_name, key_version, reason, now)
 
-    async def revoke_certificate(self, serial: str, reason: str, now: int) -> RevocationEvent | None:
+    async def revoke_certificate(
+        self, serial: str, reason: str, now: int, *, audit: Audit = None
+    ) -> RevocationEvent | None:
         def q(db: sqlite3.Connection) -> RevocationEvent | None:
             row = db.execute(
                 "SELECT agent_name, revoked_at FROM certificates WHERE serial=?", (serial,)
@@ -60,9 +62,11 @@ class SqliteEvents(SqliteBase):
             )
             return self._append(db, "cert", reason, now, serial=serial, agent=row[0])
 
-        return await self._run(self._tx, q)
+        return await self._run(self._tx, q, audit)
 
-    async def revoke_agent(self, name: str, reason: str, now: int) -> RevocationEvent | None:
+    async def revoke_agent(
+        self, name: str, reason: str, now: int, *, audit: Audit = None
+    ) -> RevocationEvent | None:
         def q(db: sqlite3.Connection) -> RevocationEvent | None:
             row = db.execute("SELECT revoked_at FROM agents WHERE name=?", (name,)).fetchone()
             if row is None:
@@ -83,10 +87,10 @@ class SqliteEvents(SqliteBase):
             db.execute("UPDATE agents SET revoked_at=COALESCE(revoked_at, ?) WHERE name=?", (now, name))
             return self._append(db, "agent", reason, now, serial=",".join(serials), agent=name)
 
-        return await self._run(self._tx, q)
+        return await self._run(self._tx, q, audit)
 
     async def revoke_key_version(
-        self, name: str, version: int, reason: str, now: int, seal: SealFn
+        self, name: str, version: int, reason: str, now: int, seal: SealFn, *, audit: Audit = None
     ) -> RevocationEvent | None:
         def q(db: sqlite3.Connection) -> RevocationEvent | None:
             row = db.execute(
@@ -114,7 +118,7 @@ class SqliteEvents(SqliteBase):
                 db.execute("UPDATE keys SET current_version=? WHERE name=?", (new, name))
             return self._append(db, "key", reason, now, key=(name, version))
 
-        return await self._run(self._tx, q)
+        return await self._run(self._tx, q, audit)
 
     async def last_event(
         self,

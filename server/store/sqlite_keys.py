@@ -6,7 +6,7 @@ import sqlite3
 from typing import TypeVar
 
 from kms.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
-from server.store.base import Grant, KeyRecord, KeyVersionRecord, SealFn
+from server.store.base import Audit, Grant, KeyRecord, KeyVersionRecord, SealFn
 from server.store.sqlite_base import SqliteBase
 
 __all__ = ["SqliteKeys"]
@@ -47,7 +47,9 @@ class SqliteKeys(SqliteBase):
         )
         return KeyRecord(row[0], row[1], row[2], versions, grants)
 
-    async def create_key(self, name: str, now: int, seal: SealFn, grants: list[Grant]) -> KeyRecord:
+    async def create_key(
+        self, name: str, now: int, seal: SealFn, grants: list[Grant], *, audit: Audit = None
+    ) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
             if db.execute("SELECT 1 FROM keys WHERE name=?", (name,)).fetchone():
                 raise AlreadyExists(f"key {name!r} already exists: use kms-server key rotate")
@@ -62,9 +64,9 @@ class SqliteKeys(SqliteBase):
             )
             return self._key(db, name)
 
-        return await self._run(self._tx, q)
+        return await self._run(self._tx, q, audit)
 
-    async def rotate_key(self, name: str, now: int, seal: SealFn) -> KeyRecord:
+    async def rotate_key(self, name: str, now: int, seal: SealFn, *, audit: Audit = None) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
             current = self._key(db, name).current_version
             new = current + 1
@@ -80,9 +82,9 @@ class SqliteKeys(SqliteBase):
             db.execute("UPDATE keys SET current_version=? WHERE name=?", (new, name))
             return self._key(db, name)
 
-        return await self._run(self._tx, q)
+        return await self._run(self._tx, q, audit)
 
-    async def grant_key(self, name: str, grant: Grant, now: int) -> KeyRecord:
+    async def grant_key(self, name: str, grant: Grant, now: int, *, audit: Audit = None) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
             self._key(db, name)
             db.execute(
@@ -90,9 +92,9 @@ class SqliteKeys(SqliteBase):
             )
             return self._key(db, name)
 
-        return await self._run(self._tx, q)
+        return await self._run(self._tx, q, audit)
 
-    async def ungrant_key(self, name: str, grant: Grant) -> KeyRecord:
+    async def ungrant_key(self, name: str, grant: Grant, *, audit: Audit = None) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
             self._key(db, name)
             removed = db.execute(
@@ -103,7 +105,7 @@ class SqliteKeys(SqliteBase):
                 raise NotFound(f"key {name!r} has no grant {grant}")
             return self._key(db, name)
 
-        return await self._run(self._tx, q)
+        return await self._run(self._tx, q, audit)
 
     async def list_keys(self) -> list[KeyRecord]:
         def q() -> list[KeyRecord]:
@@ -112,7 +114,9 @@ class SqliteKeys(SqliteBase):
 
         return await self._run(q)
 
-    async def destroy_key_version(self, name: str, version: int, now: int) -> KeyRecord:
+    async def destroy_key_version(
+        self, name: str, version: int, now: int, *, audit: Audit = None
+    ) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
             key = self._key(db, name)
             found = [v for v in key.versions if v.version == version]
@@ -133,7 +137,7 @@ class SqliteKeys(SqliteBase):
             return self._key(db, name)
 
         def run() -> KeyRecord:
-            record = self._tx(q)
+            record = self._tx(q, audit)
             if not self._erase_wal():
                 raise FailedPrecondition(
                     f"version {version} of {name!r} is destroyed, but its old bytes are still in the write-ahead log "
@@ -162,7 +166,15 @@ class SqliteKeys(SqliteBase):
             db.execute("PRAGMA busy_timeout=5000")
 
     async def release_key_version(
-        self, name: str, version: int | None, agent: str, groups: tuple[str, ...], serial: str, now: int
+        self,
+        name: str,
+        version: int | None,
+        agent: str,
+        groups: tuple[str, ...],
+        serial: str,
+        now: int,
+        *,
+        audit: Audit = None,
     ) -> KeyVersionRecord:
         def q(db: sqlite3.Connection) -> KeyVersionRecord:
             marks = ",".join("?" * len(groups))
@@ -198,4 +210,4 @@ class SqliteKeys(SqliteBase):
             )
             return record
 
-        return await self._run(self._tx, q)
+        return await self._run(self._tx, q, audit)
