@@ -206,13 +206,18 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], exit_code: i
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
 
 
-def snapshot(db: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, read-only, to prove a failed call changed nothing."""
+def snapshot(db: Path, *, with_audit: bool = False) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, read-only, to prove a failed call changed nothing.
+
+    The audit trail is left out unless asked for: it records refused attempts
+    too, which is not a change of state.
+    """
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         tables = [
             r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
         ]
+        tables = [t for t in tables if with_audit or t != "audit"]
         return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}  # noqa: S608
     finally:
         conn.close()
