@@ -7,10 +7,12 @@ from collections.abc import Sequence
 
 from agent.client import DEFAULT_TIMEOUT
 from agent.commands_exchange import cmd_exchange, cmd_listen
-from agent.commands_identity import cmd_enroll, cmd_status
+from agent.commands_identity import cmd_enroll, cmd_renew, cmd_status
 from agent.commands_keys import cmd_decrypt, cmd_encrypt, cmd_fetch_key
 from agent.commands_revocation import cmd_check, cmd_watch
 from agent.commands_signing import cmd_sign, cmd_verify
+from agent.config import apply_config
+from agent.renew import DEFAULT_RENEW_FRACTION
 from kms.cli import ArgumentParser, command_parsers, run_main
 from kms.groups import Group
 
@@ -30,6 +32,19 @@ def build_parser() -> ArgumentParser:
                 },
             ),
             (("--timeout",), {"type": float, "default": DEFAULT_TIMEOUT, "help": "seconds per call"}),
+            (("--config",), {"default": None, "help": "TOML config file (env KMS_AGENT_CONFIG)"}),
+            (
+                ("--log-format",),
+                {"default": "text", "choices": ("text", "json"), "help": "log lines as text or json"},
+            ),
+            (
+                ("--renew-fraction",),
+                {
+                    "type": float,
+                    "default": DEFAULT_RENEW_FRACTION,
+                    "help": "renew the certificate past this fraction of its life (default 2/3)",
+                },
+            ),
         ],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -47,6 +62,9 @@ def build_parser() -> ArgumentParser:
     en.add_argument("--key-size", type=int, choices=(2048, 3072, 4096), default=2048, help="RSA key size")
     en.add_argument("--force", action="store_true", help="replace an existing enrollment")
     en.set_defaults(func=cmd_enroll)
+
+    rn = sub.add_parser("renew", parents=[common], help="renew this agent's certificate now, with a new key")
+    rn.set_defaults(func=cmd_renew)
 
     st = sub.add_parser("status", parents=[common], help="show this agent's identity, proven over mTLS")
     st.add_argument("--json", action="store_true")
@@ -132,7 +150,8 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main("kms-agent", build_parser(), argv)
+    parser = build_parser()
+    return run_main("kms-agent", parser, argv, prepare=lambda args: apply_config(parser, args))
 
 
 if __name__ == "__main__":

@@ -105,3 +105,7 @@ class KmsClient:
     def watch(self, after_seq: int) -> Any:
         """Opens a Watch stream (no deadline); iterate it, cancel() it. Errors surface while iterating."""
         return self._revocation.Watch(revocation_pb2.WatchRequest(after_seq=after_seq))
+
+    def renew(self, csr_der: bytes) -> identity_pb2.RenewResponse:
+        request = identity_pb2.RenewRequest(csr_der=csr_der)
+        return cast(identity_pb2.RenewResponse, self._call(self._identity.Renew, request))

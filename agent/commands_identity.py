@@ -7,11 +7,12 @@ import os
 
 from agent.context import connect, iso, state_dir
 from agent.enroll import enroll
+from agent.renew import renew
 from kms.addresses import join_hostport, parse_hostport
 from kms.cli import print_json
 from kms.errors import AlreadyExists, InvalidArgument
 
-__all__ = ["cmd_enroll", "cmd_status"]
+__all__ = ["cmd_enroll", "cmd_renew", "cmd_status"]
 
 
 def _default_enroll_server(server: str) -> str:
@@ -75,4 +76,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"serial:    {seen.serial}")
         print(f"expires:   {not_after}")
         print(f"server:    {identity.settings.server} (verified over mTLS)")
+    return 0
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    state = state_dir(args)
+    identity, client = connect(args, auto_renew=False)
+    with client:
+        renewed = renew(state, identity, client)
+    not_after = renewed.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"renewed: certificate {renewed.cert.serial_number:x} (new key) valid until {not_after}")
     return 0

@@ -7,26 +7,39 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.client import KmsClient
+from agent.renew import renew, renewal_due
 from agent.state import AgentIdentity, StateDir, default_state_dir
 
-__all__ = ["connect", "iso", "state_dir"]
+__all__ = ["client_for", "connect", "iso", "state_dir"]
 
 
 def state_dir(args: argparse.Namespace) -> StateDir:
     return StateDir(Path(args.dir) if args.dir else default_state_dir())
 
 
-def connect(args: argparse.Namespace) -> tuple[AgentIdentity, KmsClient]:
-    """Loads this agent's identity and opens an mTLS client to its server."""
-    identity = state_dir(args).load()
-    client = KmsClient(
+def client_for(identity: AgentIdentity, timeout: float) -> KmsClient:
+    return KmsClient(
         identity.settings.server,
         identity.ca_bundle_pem,
         key_pem=identity.key_pem,
         cert_pem=identity.cert_pem,
-        timeout=args.timeout,
+        timeout=timeout,
     )
-    return identity, client
+
+
+def connect(args: argparse.Namespace, *, auto_renew: bool = True) -> tuple[AgentIdentity, KmsClient]:
+    """Loads this agent's identity and opens an mTLS client to its server.
+
+    Every command renews first when the certificate is past the renewal
+    fraction of its life (2/3 by default), so agents that run only now and
+    then never let it lapse.
+    """
+    state = state_dir(args)
+    identity = state.load()
+    if auto_renew and renewal_due(identity, args.renew_fraction):
+        with client_for(identity, args.timeout) as client:
+            identity = renew(state, identity, client)
+    return identity, client_for(identity, args.timeout)
 
 
 def iso(ts: int) -> str:

@@ -18,7 +18,15 @@ from typing import Any, NoReturn
 
 from kms.errors import InvalidArgument, KmsError
 
-__all__ = ["ArgumentParser", "command_parsers", "print_json", "print_table", "read_toml", "run_main"]
+__all__ = [
+    "ArgumentParser",
+    "command_parsers",
+    "use_json_logs",
+    "print_json",
+    "print_table",
+    "read_toml",
+    "run_main",
+]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -66,6 +74,30 @@ def command_parsers(
     return parser, common
 
 
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the extra= fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        doc.update(
+            {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+        )
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def use_json_logs() -> None:
+    """Switches the handlers set up by run_main to one JSON object per line (--log-format json)."""
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_JsonFormatter())
+
+
 def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_FieldsFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -75,7 +107,12 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def run_main(
-    prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None, *, quiet_grpc: bool = True
+    prog: str,
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    *,
+    quiet_grpc: bool = True,
+    prepare: Callable[[argparse.Namespace], None] | None = None,
 ) -> int:
     """Parses argv and runs ``args.func(args)``, mapping every error to one line.
 
@@ -89,6 +126,8 @@ def run_main(
     try:
         args = parser.parse_args(argv)
         _setup_logging(args.verbose)
+        if prepare is not None:  # config file values and checks, before anything runs
+            prepare(args)
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except KmsError as exc:

@@ -19,6 +19,7 @@ import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms.addresses import join_hostport
+from kms.cli import use_json_logs
 from kms.errors import FailedPrecondition
 from kms.identity import fingerprint
 from kms.profile import StatusUrls
@@ -238,7 +239,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             interceptors=[AuthInterceptor(Listener.API, authenticator, guard)], options=limits
         )
         enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(ca, enrollment), api)
-        identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(), api)
+        identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(ca, enrollment), api)
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys), api)
         revocation_pb2_grpc.add_RevocationServicer_to_server(RevocationServicer(watch, revocations, crl), api)
         handshake_pb2_grpc.add_HandshakeServicer_to_server(HandshakeServicer(exchanges), api)
@@ -270,6 +271,8 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
 
 async def serve(cfg: ServerConfig, clock: Clock = system_clock) -> None:
     """Runs kms-server until SIGTERM or SIGINT, then stops gracefully."""
+    if cfg.log_format == "json":
+        use_json_logs()
     app = await create_server(cfg, clock)
     await app.start()
     stopping = asyncio.Event()

@@ -42,6 +42,7 @@ AUTH_POLICY: dict[str, frozenset[Role]] = {
     "/kms.v1.Enrollment/GetCABundle": frozenset({Role.ANYONE}),
     "/kms.v1.Enrollment/Enroll": frozenset({Role.ANYONE}),
     "/kms.v1.Identity/WhoAmI": frozenset({Role.AGENT}),
+    "/kms.v1.Identity/Renew": frozenset({Role.AGENT}),
     "/kms.v1.Admin/CreateJoinToken": frozenset({Role.ADMIN}),
     "/kms.v1.Admin/GetCA": frozenset({Role.ADMIN}),
     "/kms.v1.Admin/ListAgents": frozenset({Role.ADMIN}),

@@ -20,6 +20,7 @@ from kms.csr import check_csr
 from kms.errors import InvalidArgument, Unauthenticated
 from kms.identity import MAX_GROUPS, agent_spiffe_id, validate_agent_name, validate_group
 from kms.tokens import JoinToken, secret_matches
+from server.authn import Caller
 from server.ca import CertificateAuthority
 from server.clock import Clock
 from server.store import AgentRecord, AuditEntry, CertificateRecord, JoinTokenRecord, Store
@@ -143,6 +144,36 @@ class EnrollmentService:
             extra={"agent": agent.name, "serial": cert_record.serial, "token_id": record.token_id},
         )
         return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name))
+
+    async def renew(self, caller: Caller, csr_der: bytes) -> x509.Certificate:
+        """Issues a new certificate for a new key, with the caller's identity and groups.
+
+        The caller was authenticated on this call (valid, unexpired, unrevoked);
+        the new key must differ from the current one (renewal rekeys).
+        """
+        public_key = check_csr(csr_der)
+        if public_key == caller.public_key:
+            raise InvalidArgument("renewal needs a new key: make a new RSA key and a CSR for it")
+        cert = self._ca.issue_agent(public_key, caller.name)
+        now = int(self._clock().timestamp())
+        record = CertificateRecord(
+            serial=serial_hex(cert),
+            agent_name=caller.name,
+            not_before=int(cert.not_valid_before_utc.timestamp()),
+            not_after=int(cert.not_valid_after_utc.timestamp()),
+            der=cert.public_bytes(serialization.Encoding.DER),
+            issued_at=now,
+            token_id=None,
+        )
+        await self._store.add_certificate(
+            record,
+            caller.groups,
+            audit=AuditEntry(now, f"agent:{caller.name}/{caller.serial}", "renew", f"serial:{record.serial}"),
+        )
+        logger.info(
+            "certificate renewed", extra={"agent": caller.name, "old": caller.serial, "new": record.serial}
+        )
+        return cert
 
     async def _refused(self, token: JoinToken, now: int) -> NoReturn:
         logger.info("enrollment refused", extra={"token_id": token.token_id})

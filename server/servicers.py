@@ -84,6 +84,21 @@ def _caller_info(caller: Caller) -> types_pb2.AgentInfo:
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServicer):
+    def __init__(self, ca: CertificateAuthority, enrollment: EnrollmentService) -> None:
+        self._ca = ca
+        self._enrollment = enrollment
+
+    async def Renew(
+        self, request: identity_pb2.RenewRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.RenewResponse:
+        caller = current_caller.get()
+        assert caller is not None  # AUTH_POLICY: AGENT only
+        cert = await self._enrollment.renew(caller, request.csr_der)
+        return identity_pb2.RenewResponse(
+            certificate_der=cert.public_bytes(serialization.Encoding.DER),
+            ca_chain_der=list(self._ca.chain_der),
+        )
+
     async def WhoAmI(
         self, request: identity_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.WhoAmIResponse:

@@ -25,17 +25,21 @@ _sym_db = _symbol_database.Default()
 from kms.v1 import types_pb2 as kms_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15kms/v1/identity.proto\x12\x06kms.v1\x1a\x12kms/v1/types.proto\"\x0f\n\rWhoAmIRequest\"2\n\x0eWhoAmIResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.kms.v1.AgentInfo2C\n\x08Identity\x12\x37\n\x06WhoAmI\x12\x15.kms.v1.WhoAmIRequest\x1a\x16.kms.v1.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15kms/v1/identity.proto\x12\x06kms.v1\x1a\x12kms/v1/types.proto\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_der\x18\x01 \x01(\x0c\">\n\rRenewResponse\x12\x17\n\x0f\x63\x65rtificate_der\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63\x61_chain_der\x18\x02 \x03(\x0c\"\x0f\n\rWhoAmIRequest\"2\n\x0eWhoAmIResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.kms.v1.AgentInfo2y\n\x08Identity\x12\x37\n\x06WhoAmI\x12\x15.kms.v1.WhoAmIRequest\x1a\x16.kms.v1.WhoAmIResponse\x12\x34\n\x05Renew\x12\x14.kms.v1.RenewRequest\x1a\x15.kms.v1.RenewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kms.v1.identity_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WHOAMIREQUEST']._serialized_start=53
-  _globals['_WHOAMIREQUEST']._serialized_end=68
-  _globals['_WHOAMIRESPONSE']._serialized_start=70
-  _globals['_WHOAMIRESPONSE']._serialized_end=120
-  _globals['_IDENTITY']._serialized_start=122
-  _globals['_IDENTITY']._serialized_end=189
+  _globals['_RENEWREQUEST']._serialized_start=53
+  _globals['_RENEWREQUEST']._serialized_end=84
+  _globals['_RENEWRESPONSE']._serialized_start=86
+  _globals['_RENEWRESPONSE']._serialized_end=148
+  _globals['_WHOAMIREQUEST']._serialized_start=150
+  _globals['_WHOAMIREQUEST']._serialized_end=165
+  _globals['_WHOAMIRESPONSE']._serialized_start=167
+  _globals['_WHOAMIRESPONSE']._serialized_end=217
+  _globals['_IDENTITY']._serialized_start=219
+  _globals['_IDENTITY']._serialized_end=340
 # @@protoc_insertion_point(module_scope)

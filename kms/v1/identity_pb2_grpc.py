@@ -39,6 +39,11 @@ class IdentityStub:
                 request_serializer=kms_dot_v1_dot_identity__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_identity__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/kms.v1.Identity/Renew',
+                request_serializer=kms_dot_v1_dot_identity__pb2.RenewRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_identity__pb2.RenewResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServicer:
@@ -51,6 +56,15 @@ class IdentityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Renew(self, request, context):
+        """Trades the caller's valid certificate and a CSR for a new key for a new
+        certificate with the same identity and groups (the old one stays valid
+        until it expires unless revoked).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +72,11 @@ def add_IdentityServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=kms_dot_v1_dot_identity__pb2.WhoAmIRequest.FromString,
                     response_serializer=kms_dot_v1_dot_identity__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=kms_dot_v1_dot_identity__pb2.RenewRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_identity__pb2.RenewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +106,33 @@ class Identity:
             '/kms.v1.Identity/WhoAmI',
             kms_dot_v1_dot_identity__pb2.WhoAmIRequest.SerializeToString,
             kms_dot_v1_dot_identity__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Identity/Renew',
+            kms_dot_v1_dot_identity__pb2.RenewRequest.SerializeToString,
+            kms_dot_v1_dot_identity__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,

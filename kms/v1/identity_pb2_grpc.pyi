@@ -33,12 +33,22 @@ class IdentityStub:
     def __new__(cls, channel: _aio.Channel) -> IdentityAsyncStub: ...
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_identity_pb2.WhoAmIRequest, _identity_pb2.WhoAmIResponse]
     """Returns the identity the server authenticated for this call."""
+    Renew: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RenewRequest, _identity_pb2.RenewResponse]
+    """Trades the caller's valid certificate and a CSR for a new key for a new
+    certificate with the same identity and groups (the old one stays valid
+    until it expires unless revoked).
+    """
 
 @_typing.type_check_only
 class IdentityAsyncStub(IdentityStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     WhoAmI: _aio.UnaryUnaryMultiCallable[_identity_pb2.WhoAmIRequest, _identity_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Returns the identity the server authenticated for this call."""
+    Renew: _aio.UnaryUnaryMultiCallable[_identity_pb2.RenewRequest, _identity_pb2.RenewResponse]  # type: ignore[assignment]
+    """Trades the caller's valid certificate and a CSR for a new key for a new
+    certificate with the same identity and groups (the old one stays valid
+    until it expires unless revoked).
+    """
 
 class IdentityServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -48,5 +58,16 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.WhoAmIResponse, _abc.Awaitable[_identity_pb2.WhoAmIResponse]]:
         """Returns the identity the server authenticated for this call."""
+
+    @_abc_1.abstractmethod
+    def Renew(
+        self,
+        request: _identity_pb2.RenewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.RenewResponse, _abc.Awaitable[_identity_pb2.RenewResponse]]:
+        """Trades the caller's valid certificate and a CSR for a new key for a new
+        certificate with the same identity and groups (the old one stays valid
+        until it expires unless revoked).
+        """
 
 def add_IdentityServicer_to_server(servicer: IdentityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -159,6 +159,12 @@ class Store(Protocol):
         """
         ...
 
+    async def add_certificate(
+        self, cert: CertificateRecord, groups: tuple[str, ...], *, audit: Audit = None
+    ) -> None:
+        """Records a renewed certificate of an existing agent."""
+        ...
+
     async def get_agent_by_serial(self, serial: str) -> AgentRecord | None:
         """The agent holding certificate ``serial`` (with that certificate as ``latest``)."""
         ...

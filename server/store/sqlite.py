@@ -211,6 +211,28 @@ class SqliteStore(SqliteKeys, SqliteEvents):
 
         return await self._run(self._tx, q, audit)
 
+    async def add_certificate(
+        self, cert: CertificateRecord, groups: tuple[str, ...], *, audit: Audit = None
+    ) -> None:
+        def q(db: sqlite3.Connection) -> bool:
+            db.execute(
+                "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id, groups_json)"
+                " VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                (
+                    cert.serial,
+                    cert.agent_name,
+                    cert.not_before,
+                    cert.not_after,
+                    cert.der,
+                    cert.issued_at,
+                    json.dumps(list(groups)),
+                ),
+            )
+            db.execute("UPDATE agents SET updated_at=? WHERE name=?", (cert.issued_at, cert.agent_name))
+            return True
+
+        await self._run(self._tx, q, audit)
+
     # --- agents ------------------------------------------------------------------
 
     @staticmethod
