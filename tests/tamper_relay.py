@@ -43,6 +43,7 @@ class TamperRelay(handshake_pb2_grpc.HandshakeServicer, revocation_pb2_grpc.Revo
     ) -> None:
         self.tamper = tamper  # (frame kind, field), e.g. ("resp_auth", "signature")
         self.stall = stall  # a frame kind never forwarded
+        self.listening = threading.Event()  # set once an agent's Listen stream is open
         self._to_listener: queue.Queue[Frame | None] = queue.Queue()
         self._to_initiator: queue.Queue[Frame | None] = queue.Queue()
         master = (data_dir / "master.key").read_bytes()
@@ -100,6 +101,7 @@ class TamperRelay(handshake_pb2_grpc.HandshakeServicer, revocation_pb2_grpc.Revo
 
     def Listen(self, request_iterator: Iterator[Frame], context: grpc.ServicerContext) -> Iterator[Frame]:
         next(request_iterator)  # the listen frame
+        self.listening.set()
         self._pump(request_iterator, self._to_initiator, context)
         yield from self._drain(self._to_listener)
 

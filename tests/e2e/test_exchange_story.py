@@ -6,6 +6,7 @@ import base64
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,10 +55,14 @@ def _exchange(state: Path, peer: str, *extra: str) -> subprocess.CompletedProces
     return agent(state, "exchange", "--peer", peer, "--json", "--handshake-timeout", "4", *extra)
 
 
-def _wait_listening(server_or_relay_ready: float = 0.8) -> None:
-    import time
-
-    time.sleep(server_or_relay_ready)  # the Listen stream is opened by a separate process
+def _exchange_with_listener(state: Path, peer: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The listener is a separate process: retry while the server says it is not listening yet."""
+    deadline = time.monotonic() + 20
+    while True:
+        result = _exchange(state, peer, *extra)
+        if "is not listening" not in result.stderr or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("group", ["x25519", "ffdhe2048", "ffdhe3072"])
@@ -74,8 +79,7 @@ def test_agent_and_server_agree(rig: tuple[ServerProcess, Path], group: str) -> 
 def test_agents_agree_through_the_server(rig: tuple[ServerProcess, Path], tmp_path: Path) -> None:
     server, root = rig
     listener = _listen(root / "b", "--out-dir", str(tmp_path))
-    _wait_listening()
-    result = _exchange(root / "a", "b", "--out", str(tmp_path / "a.key"))
+    result = _exchange_with_listener(root / "a", "b", "--out", str(tmp_path / "a.key"))
     out_b, err_b = listener.communicate(timeout=20)
     assert result.returncode == 0, result.stderr
     assert listener.returncode == 0, err_b
@@ -112,7 +116,7 @@ def test_a_relay_that_flips_one_byte_fails_both_sides(
             settings["server"] = f"127.0.0.1:{relay.port}"
             (dirs[name] / "agent.json").write_text(json.dumps(settings))
         listener = _listen(dirs["b"], "--out-dir", str(tmp_path / "keys"))
-        _wait_listening()
+        assert relay.listening.wait(20)
         result = _exchange(dirs["a"], "b")
         _, err_b = listener.communicate(timeout=20)
         assert result.returncode != 0 and "key_base64" not in result.stdout, result.stdout
@@ -137,7 +141,7 @@ def test_a_stalled_exchange_times_out_on_both_sides(rig: tuple[ServerProcess, Pa
             settings["server"] = f"127.0.0.1:{relay.port}"
             (tmp_path / name / "agent.json").write_text(json.dumps(settings))
         listener = _listen(tmp_path / "b", "--out-dir", str(tmp_path / "keys"))
-        _wait_listening()
+        assert relay.listening.wait(20)
         result = _exchange(tmp_path / "a", "b")
         _, err_b = listener.communicate(timeout=30)
         assert_one_line_error(result, DeadlineExceeded.exit_code, "stalled")
@@ -149,8 +153,7 @@ def test_a_stalled_exchange_times_out_on_both_sides(rig: tuple[ServerProcess, Pa
 def test_listen_from_accepts_only_the_named_agent(rig: tuple[ServerProcess, Path], tmp_path: Path) -> None:
     server, root = rig
     listener = _listen(root / "b", "--out-dir", str(tmp_path), "--from", "lonely")
-    _wait_listening()
-    result = _exchange(root / "a", "b")
+    result = _exchange_with_listener(root / "a", "b")
     _, err_b = listener.communicate(timeout=20)
     assert result.returncode != 0 and listener.returncode != 0
     assert "expected 'lonely'" in err_b and not list(tmp_path.glob("*.key"))
