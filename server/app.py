@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
 
 from kms.addresses import join_hostport
 from kms.cli import use_json_logs
@@ -25,10 +28,15 @@ from kms.identity import fingerprint
 from kms.profile import StatusUrls
 from kms.v1 import (
     admin_pb2_grpc,
+    enrollment_pb2,
     enrollment_pb2_grpc,
+    handshake_pb2,
     handshake_pb2_grpc,
+    identity_pb2,
     identity_pb2_grpc,
+    keys_pb2,
     keys_pb2_grpc,
+    revocation_pb2,
     revocation_pb2_grpc,
 )
 from server.agents import AgentDirectory
@@ -45,6 +53,7 @@ from server.exchange import ExchangeService
 from server.feed import RevocationFeed, StreamGuard
 from server.http import HttpSidePort
 from server.keys import KeyService
+from server.metrics import Metrics
 from server.ocsp import OcspResponder
 from server.revocation import RevocationService
 from server.sealing import Sealer
@@ -79,6 +88,7 @@ class App:
     http: HttpSidePort | None
     http_port: int | None
     tls: ServerTls
+    health: HealthServicer
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -105,6 +115,8 @@ class App:
     async def start(self) -> None:
         await self.api.start()
         await self.admin.start()
+        for service in ("", "kms.v1.Keys", "kms.v1.Enrollment", "kms.v1.Revocation"):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [
             asyncio.create_task(self.crl.refresh_forever()),
             asyncio.create_task(self.tls.rotate_forever()),
@@ -113,6 +125,7 @@ class App:
     async def stop(self) -> None:
         """Graceful: refuse new calls, let in-flight ones finish within the grace period."""
         grace = self.config.shutdown_grace.total_seconds()
+        await self.health.enter_graceful_shutdown()  # load balancers stop sending new calls
         for task in self._tasks:
             task.cancel()
         if self.http is not None:
@@ -207,7 +220,8 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         agents = AgentDirectory(store, trust_domain, clock)
         keys = KeyService(store, sealer, clock)
         authenticator = PeerAuthenticator(ca.certificate, trust_domain, store, clock)
-        feed = RevocationFeed(await store.last_seq())
+        metrics = Metrics()
+        feed = RevocationFeed(await store.last_seq(), metrics)
         guard = StreamGuard()
         crl = CrlPublisher(ca, store, clock)
         revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
@@ -222,7 +236,29 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             clock,
             cfg.handshake_timeout.total_seconds(),
         )
-        http = HttpSidePort(crl, OcspResponder(ca, store, clock)) if cfg.http_host is not None else None
+
+        async def refresh_metrics() -> None:
+            now = int(clock().timestamp())
+            valid = [
+                a.latest
+                for a in await store.list_agents()
+                if a.latest.revoked_at is None and a.latest.not_after > now
+            ]
+            for label, window in (("24h", 86400), ("7d", 7 * 86400)):
+                metrics.expiring.labels(label).set(sum(1 for c in valid if c.not_after <= now + window))
+
+        async def healthy() -> bool:
+            try:
+                await store.last_seq()
+            except Exception:  # a store that cannot answer is what /healthz reports
+                return False
+            return True
+
+        http = (
+            HttpSidePort(crl, OcspResponder(ca, store, clock), metrics, refresh_metrics, healthy)
+            if cfg.http_host is not None
+            else None
+        )
 
         limits = [
             # Without this gRPC sets SO_REUSEPORT and a second process could
@@ -236,13 +272,24 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ]
         api = grpc.aio.server(
-            interceptors=[AuthInterceptor(Listener.API, authenticator, guard)], options=limits
+            interceptors=[AuthInterceptor(Listener.API, authenticator, guard, metrics)], options=limits
         )
         enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(ca, enrollment), api)
         identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(ca, enrollment), api)
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys), api)
         revocation_pb2_grpc.add_RevocationServicer_to_server(RevocationServicer(watch, revocations, crl), api)
         handshake_pb2_grpc.add_HandshakeServicer_to_server(HandshakeServicer(exchanges), api)
+        health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, api)
+        services = [
+            s.full_name
+            for module in (enrollment_pb2, identity_pb2, keys_pb2, revocation_pb2, handshake_pb2)
+            for s in module.DESCRIPTOR.services_by_name.values()
+        ]
+        reflection.enable_server_reflection(
+            [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            api,
+        )
         port = _bind(api, cfg.listen, tls.credentials(require_client_auth=True), "--listen")
         enroll_port = _bind(
             api, cfg.enroll_listen, tls.credentials(require_client_auth=False), "--enroll-listen"
@@ -261,7 +308,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         )
         os.chmod(datadir.admin_socket, 0o600)
         http_port = await http.start(http_sock) if http and http_sock else None
-        return App(cfg, datadir, store, ca, api, admin, port, enroll_port, crl, http, http_port, tls)
+        return App(cfg, datadir, store, ca, api, admin, port, enroll_port, crl, http, http_port, tls, health)
     except BaseException:
         if store is not None:
             await store.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
 from typing import Any
@@ -21,6 +22,7 @@ import grpc
 from kms.errors import KmsError, PermissionDenied, Unauthenticated
 from server.authn import Caller, PeerAuthenticator
 from server.feed import StreamGuard
+from server.metrics import Metrics
 
 __all__ = ["AUTH_POLICY", "AuthInterceptor", "Listener", "Role", "current_caller"]
 
@@ -64,6 +66,11 @@ AUTH_POLICY: dict[str, frozenset[Role]] = {
     "/kms.v1.Revocation/CheckCertificate": frozenset({Role.AGENT}),
     "/kms.v1.Handshake/Exchange": frozenset({Role.AGENT}),
     "/kms.v1.Handshake/Listen": frozenset({Role.AGENT}),
+    # Standard services for load balancers and tools: public, like the CA bundle.
+    "/grpc.health.v1.Health/Check": frozenset({Role.ANYONE}),
+    "/grpc.health.v1.Health/Watch": frozenset({Role.ANYONE}),
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": frozenset({Role.ANYONE}),
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": frozenset({Role.ANYONE}),
 }
 
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("current_caller", default=None)
@@ -77,12 +84,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         listener: Listener,
         authenticator: PeerAuthenticator | None = None,
         guard: StreamGuard | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if listener is Listener.API and (authenticator is None or guard is None):
             raise ValueError("the API listener needs a PeerAuthenticator and a StreamGuard")
         self._listener = listener
         self._authenticator = authenticator
         self._guard = guard
+        self._metrics = metrics
 
     async def intercept_service(
         self,
@@ -97,7 +106,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         authorize = self._authorizer(method, allowed)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, authorize),
+                self._wrap_unary(handler.unary_unary, authorize, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -109,7 +118,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, authorize),
+                self._wrap_unary(handler.stream_unary, authorize, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -153,6 +162,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     # --- wrappers: one per call shape ----------------------------------------------
 
+    def _observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.rpcs.labels(method, code.name).inc()
+        self._metrics.rpc_seconds.labels(method).observe(seconds)
+        if code is grpc.StatusCode.OK:
+            if method in ("/kms.v1.Enrollment/Enroll", "/kms.v1.Identity/Renew"):
+                self._metrics.enrollments.inc()
+            elif method == "/kms.v1.Keys/FetchKey":
+                self._metrics.key_releases.inc()
+
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
         if isinstance(exc, KmsError):
@@ -164,8 +184,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self,
         behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
         authorize: Callable[[grpc.aio.ServicerContext], Awaitable[Caller | None]],
+        method: str,
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 token = current_caller.set(await authorize(context))
                 try:
@@ -173,9 +195,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 finally:
                     current_caller.reset(token)
             except grpc.aio.AbortError:
+                code = grpc.StatusCode.UNKNOWN
                 raise
             except Exception as exc:
+                code = exc.code if isinstance(exc, KmsError) else grpc.StatusCode.INTERNAL
                 await self._abort(context, exc, behavior.__qualname__)
+            finally:
+                self._observe(method, code, time.perf_counter() - started)
 
         return wrapper
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+import time
+from collections import OrderedDict, defaultdict
 
+from server.metrics import Metrics
 from server.store import RevocationEvent
 
 __all__ = ["RevocationFeed", "StreamGuard", "Subscription"]
@@ -32,9 +34,12 @@ class Subscription:
 class RevocationFeed:
     """Publishes committed events to every subscriber without ever blocking on one."""
 
-    def __init__(self, last_seq: int) -> None:
+    def __init__(self, last_seq: int, metrics: Metrics | None = None) -> None:
         self.last_seq = last_seq
         self._subs: set[Subscription] = set()
+        self._metrics = metrics
+        # When each recent event was published, for the delivery-lag metric.
+        self._published: OrderedDict[int, float] = OrderedDict()
 
     def subscribe(self, maxsize: int) -> Subscription:
         sub = Subscription(maxsize)
@@ -44,12 +49,27 @@ class RevocationFeed:
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
 
+    def delivered(self, event: RevocationEvent) -> None:
+        """A stream sent a live event: record how long after publication."""
+        published = self._published.get(event.seq)
+        if self._metrics is not None and published is not None:
+            self._metrics.watch_lag.observe(time.monotonic() - published)
+
+    def watching(self, delta: int) -> None:
+        if self._metrics is not None:
+            self._metrics.watchers.inc(delta)
+
     @property
     def subscribers(self) -> int:
         return len(self._subs)
 
     def publish(self, event: RevocationEvent) -> None:
         self.last_seq = max(self.last_seq, event.seq)
+        self._published[event.seq] = time.monotonic()
+        if len(self._published) > 10_000:
+            self._published.popitem(last=False)
+        if self._metrics is not None:
+            self._metrics.revocations.labels(event.kind).inc()
         for sub in list(self._subs):
             try:
                 sub.queue.put_nowait(event)

@@ -1,4 +1,4 @@
-"""The optional HTTP side port: the CRL at /crl (DER) and an OCSP responder at /ocsp.
+"""The optional HTTP side port: /crl (DER), /ocsp (RFC 6960), /metrics (Prometheus) and /healthz.
 
 Deliberately tiny: HTTP/1.1 with Connection: close, GET and POST only,
 bounded header and body sizes, a timeout per request. Standard tools
@@ -13,8 +13,10 @@ import binascii
 import logging
 import socket
 import urllib.parse
+from collections.abc import Awaitable, Callable
 
 from server.crl import CrlPublisher
+from server.metrics import Metrics
 from server.ocsp import OcspResponder
 
 __all__ = ["HttpSidePort"]
@@ -25,6 +27,7 @@ _MAX_HEADER = 8 * 1024
 _MAX_BODY = 64 * 1024
 _TIMEOUT = 10.0
 _REASONS = {
+    503: "Service Unavailable",
     200: "OK",
     400: "Bad Request",
     404: "Not Found",
@@ -34,9 +37,19 @@ _REASONS = {
 
 
 class HttpSidePort:
-    def __init__(self, crl: CrlPublisher, ocsp: OcspResponder) -> None:
+    def __init__(
+        self,
+        crl: CrlPublisher,
+        ocsp: OcspResponder,
+        metrics: Metrics,
+        refresh: Callable[[], Awaitable[None]],
+        healthy: Callable[[], Awaitable[bool]],
+    ) -> None:
         self._crl = crl
         self._ocsp = ocsp
+        self._metrics = metrics
+        self._refresh = refresh
+        self._healthy = healthy
         self._server: asyncio.Server | None = None
 
     async def start(self, sock: socket.socket) -> int:
@@ -80,6 +93,13 @@ class HttpSidePort:
             k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
         }
         path = urllib.parse.urlsplit(target).path
+        if path == "/metrics" and method == "GET":
+            await self._refresh()
+            return 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics.exposition()
+        if path == "/healthz" and method == "GET":
+            if await self._healthy():
+                return 200, "text/plain", b"ok\n"
+            return 503, "text/plain", b"store unavailable\n"
         if path == "/crl":
             if method != "GET":
                 return 405, "text/plain", b"use GET\n"
@@ -96,4 +116,4 @@ class HttpSidePort:
             except (binascii.Error, ValueError):
                 return 400, "text/plain", b"bad base64\n"
             return 200, "application/ocsp-response", await self._ocsp.respond(der)
-        return 404, "text/plain", b"not found: /crl or /ocsp\n"
+        return 404, "text/plain", b"not found: /crl, /ocsp, /metrics or /healthz\n"

@@ -62,6 +62,7 @@ class WatchService:
         if after_seq < 0:
             raise InvalidArgument("after_seq must be 0 or a sequence number this server gave")
         sub = self._feed.subscribe(self._buffer)
+        self._feed.watching(+1)
         try:
             last = await self._store.last_seq()
             if after_seq > last:
@@ -90,11 +91,13 @@ class WatchService:
                     [live] if live.seq == sent + 1 else [e async for e in self._backfill(sent, live.seq)]
                 )
                 for event in catch_up:
+                    self._feed.delivered(event)
                     yield event
                     sent = event.seq
                     self._end_if_revoked(event, caller)
         finally:
             self._feed.unsubscribe(sub)
+            self._feed.watching(-1)
 
     async def _backfill(self, after: int, upto: int | None) -> AsyncIterator[RevocationEvent]:
         """Events in (after, upto] from the log (to its end when upto is None)."""

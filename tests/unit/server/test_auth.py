@@ -23,17 +23,29 @@ def _all_methods() -> set[str]:
     return methods
 
 
+STANDARD = {
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+}
+
+
 def test_table_lists_exactly_the_rpcs_of_the_contract() -> None:
-    assert set(AUTH_POLICY) == _all_methods()
+    assert set(AUTH_POLICY) == _all_methods() | STANDARD
 
 
 def test_only_enrollment_is_open_to_anyone() -> None:
     open_methods = {m for m, roles in AUTH_POLICY.items() if Role.ANYONE in roles}
-    assert open_methods == {
-        "/kms.v1.Enrollment/Enroll",
-        "/kms.v1.Enrollment/GetCABundle",
-        "/kms.v1.Revocation/GetCRL",
-    }
+    assert (
+        open_methods
+        == {
+            "/kms.v1.Enrollment/Enroll",
+            "/kms.v1.Enrollment/GetCABundle",
+            "/kms.v1.Revocation/GetCRL",
+        }
+        | STANDARD
+    )
     assert all(roles == {Role.ADMIN} for m, roles in AUTH_POLICY.items() if m.startswith("/kms.v1.Admin/"))
 
 

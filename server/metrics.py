@@ -1,0 +1,41 @@
+"""Prometheus metrics for the HTTP side port: RPCs, enrollments, releases, revocations, watchers, expiry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """One registry per server (no module-level globals), so tests can build several."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rpcs = Counter(
+            "kms_rpc_total", "RPCs handled, by method and status code", ["method", "code"], registry=r
+        )
+        self.rpc_seconds = Histogram(
+            "kms_rpc_seconds", "RPC latency (unary; streams: time to first message)", ["method"], registry=r
+        )
+        self.enrollments = Counter(
+            "kms_enrollments_total", "Certificates issued to agents (enrollments and renewals)", registry=r
+        )
+        self.key_releases = Counter("kms_key_releases_total", "Key versions released to agents", registry=r)
+        self.revocations = Counter(
+            "kms_revocations_total", "Revocation events appended", ["kind"], registry=r
+        )
+        self.watchers = Gauge("kms_watch_streams", "Open Watch streams", registry=r)
+        self.watch_lag = Histogram(
+            "kms_watch_delivery_lag_seconds",
+            "From a revocation being durable to its delivery on a stream",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.expiring = Gauge(
+            "kms_certificates_expiring", "Valid agent certificates expiring within the window", ["within"], registry=r
+        )  # fmt: skip
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

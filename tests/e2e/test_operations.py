@@ -1,0 +1,97 @@
+"""Signals for operators: health and reflection, /metrics and /healthz, JSON logs, live certificate rotation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness import ServerProcess, WatchProcess, agent, enroll
+
+
+def _served_serial(address: str) -> int:
+    host, port = address.rsplit(":", 1)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_health_reflection_metrics_json_logs_and_live_rotation(tmp_path: Path) -> None:
+    server = ServerProcess(
+        tmp_path / "d",
+        extra_args=[
+            "--http-listen", "127.0.0.1:0", "--log-format", "json", "--heartbeat", "1s",
+            "--server-cert-ttl", "8s", "--renew-fraction", "0.5",
+        ],
+    ).start()  # fmt: skip
+    try:
+        ca = (server.data_dir / "ca.crt").read_bytes()
+        with grpc.secure_channel(server.enroll_address, grpc.ssl_channel_credentials(ca)) as ch:
+            health = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=10
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            services = set(ProtoReflectionDescriptorDatabase(ch).get_services())
+        assert {"kms.v1.Keys", "kms.v1.Revocation", "grpc.health.v1.Health"} <= services
+
+        state = tmp_path / "a"
+        assert enroll(server, state, server.token("metered", "web")).returncode == 0
+        server.admin("key", "create", "m", "--grant", "group:web")
+        assert agent(state, "fetch-key", "m").returncode == 0
+        watcher = WatchProcess(state)
+        try:
+            server.admin("key", "create", "w")
+            server.admin("revoke", "key", "w", "--version", "1")
+            watcher.wait_for(lambda evs: any(e.get("key") == "w" for e in evs))
+
+            http = server.fields["http-address"]
+            assert urllib.request.urlopen(f"http://{http}/healthz", timeout=10).read() == b"ok\n"  # noqa: S310
+            text = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()  # noqa: S310
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            for name in (
+                "kms_rpc", "kms_rpc_seconds", "kms_enrollments", "kms_key_releases", "kms_revocations",
+                "kms_watch_streams", "kms_watch_delivery_lag_seconds", "kms_certificates_expiring",
+            ):  # fmt: skip
+                assert name in families, (name, sorted(families))
+            value = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in families.values()
+                for s in f.samples
+            }
+            assert value[("kms_enrollments_total", ())] >= 1 and value[("kms_key_releases_total", ())] >= 1
+            assert value[("kms_watch_streams", ())] == 1
+            assert value[("kms_certificates_expiring", (("within", "24h"),))] == 1
+            assert value[("kms_rpc_total", (("code", "OK"), ("method", "/kms.v1.Keys/FetchKey")))] >= 1
+
+            # The server's certificate rotates under live connections.
+            first = _served_serial(server.enroll_address)
+            deadline = time.monotonic() + 20
+            while _served_serial(server.enroll_address) == first and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert _served_serial(server.enroll_address) != first
+            server.admin("key", "create", "after")
+            server.admin("revoke", "key", "after", "--version", "1")
+            # The watch stream opened before the rotation still works, and new calls too.
+            watcher.wait_for(lambda evs: any(e.get("key") == "after" for e in evs))
+            assert agent(state, "status").returncode == 0
+        finally:
+            assert watcher.stop() == 0
+    finally:
+        assert server.stop() == 0
+    logs = [line for line in server.output().split("--- stderr ---")[1].splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in logs if line.startswith("{")]
+    assert parsed and {"time", "level", "logger", "message"} <= set(parsed[0])
+    assert any(p.get("message") == "server certificate rotated" for p in parsed)
