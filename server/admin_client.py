@@ -113,3 +113,8 @@ class AdminClient:
         return cast(
             admin_pb2.VerifyAuditResponse, self._call(self._stub.VerifyAudit, admin_pb2.VerifyAuditRequest())
         )
+
+    def backup(self, path: str) -> admin_pb2.BackupResponse:
+        return cast(
+            admin_pb2.BackupResponse, self._call(self._stub.Backup, admin_pb2.BackupRequest(path=path))
+        )

@@ -43,6 +43,7 @@ from server.agents import AgentDirectory
 from server.audit import AuditTrail
 from server.auth import AuthInterceptor, Listener
 from server.authn import PeerAuthenticator
+from server.backup import backup
 from server.ca import CertificateAuthority, create_root, load_root
 from server.clock import Clock, system_clock
 from server.config import ServerConfig
@@ -297,7 +298,16 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
 
         admin = grpc.aio.server(interceptors=[AuthInterceptor(Listener.ADMIN)], options=limits)
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(ca, enrollment, agents, keys, revocations, AuditTrail(store)), admin
+            AdminServicer(
+                ca,
+                enrollment,
+                agents,
+                keys,
+                revocations,
+                AuditTrail(store),
+                lambda path: backup(store, datadir, path),
+            ),
+            admin,
         )
         datadir.admin_socket.unlink(missing_ok=True)  # stale: we hold the data dir lock
         _bind(

@@ -61,6 +61,7 @@ AUTH_POLICY: dict[str, frozenset[Role]] = {
     "/kms.v1.Admin/ListRevocations": frozenset({Role.ADMIN}),
     "/kms.v1.Admin/ListAudit": frozenset({Role.ADMIN}),
     "/kms.v1.Admin/VerifyAudit": frozenset({Role.ADMIN}),
+    "/kms.v1.Admin/Backup": frozenset({Role.ADMIN}),
     "/kms.v1.Revocation/Watch": frozenset({Role.AGENT}),
     "/kms.v1.Revocation/GetCRL": frozenset({Role.ANYONE}),
     "/kms.v1.Revocation/CheckCertificate": frozenset({Role.AGENT}),

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from kms.cli import ArgumentParser, command_parsers, print_json, print_table, read_toml, run_main
 from kms.durations import parse_duration
-from kms.errors import DataLoss
+from kms.errors import DataLoss, InvalidArgument
 from kms.events import describe, event_fields
 from kms.revocation import REASONS
 from kms.v1 import admin_pb2
 from server.admin_client import AdminClient
 from server.app import serve
+from server.backup import restore
 from server.config import CAKeyType, ServerConfig, default_data_dir
 
 __all__ = ["main"]
@@ -270,6 +271,24 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    target = Path(args.file).resolve()
+    with _admin(args) as admin:
+        resp = admin.backup(str(target))
+    print(f"backup written to {resp.path} ({resp.bytes} bytes); it does not contain the master key")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    master = Path(args.master_key) if args.master_key else None
+    if master is None:
+        raise InvalidArgument("restore needs --master-key FILE: the backup does not contain it")
+    restore(Path(args.file), data_dir, master)
+    print(f"restored {args.file} into {data_dir}: start it with kms-server run --data-dir {data_dir}")
+    return 0
+
+
 def build_parser() -> ArgumentParser:
     parser, common = command_parsers(
         "kms-server",
@@ -390,6 +409,18 @@ def build_parser() -> ArgumentParser:
     rl = revocations.add_parser("list", parents=[common], help="list every revocation event")
     rl.add_argument("--json", action="store_true")
     rl.set_defaults(func=cmd_revocations_list)
+
+    bk = sub.add_parser(
+        "backup", parents=[common], help="write a consistent online backup (no master key in it)"
+    )
+    bk.add_argument("file", metavar="FILE")
+    bk.set_defaults(func=cmd_backup)
+    rs = sub.add_parser(
+        "restore", parents=[common], help="unpack a backup into a new data dir (server stopped)"
+    )
+    rs.add_argument("file", metavar="FILE")
+    rs.add_argument("--master-key", help="the master key file of the backed-up server")
+    rs.set_defaults(func=cmd_restore)
 
     audit = sub.add_parser("audit", help="the hash-chained audit trail").add_subparsers(
         dest="audit_command", required=True, metavar="COMMAND"

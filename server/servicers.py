@@ -5,7 +5,8 @@ Authentication, authorization and error mapping happen in server.auth.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import grpc
 from cryptography.hazmat.primitives import serialization
@@ -235,8 +236,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         keys: KeyService,
         revocations: RevocationService,
         audit: AuditTrail,
+        backup: Callable[[Path], Awaitable[int]],
     ) -> None:
         self._audit = audit
+        self._backup = backup
         self._ca = ca
         self._enrollment = enrollment
         self._agents = agents
@@ -254,6 +257,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.VerifyAuditResponse:
         bad, count = await self._audit.verify()
         return admin_pb2.VerifyAuditResponse(intact=bad is None, first_bad_seq=bad or 0, records=count)
+
+    async def Backup(
+        self, request: admin_pb2.BackupRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.BackupResponse:
+        size = await self._backup(Path(request.path))
+        return admin_pb2.BackupResponse(path=request.path, bytes=size)
 
     async def RevokeCertificate(
         self, request: admin_pb2.RevokeCertificateRequest, context: grpc.aio.ServicerContext

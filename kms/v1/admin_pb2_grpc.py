@@ -109,6 +109,11 @@ class AdminStub:
                 request_serializer=kms_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_admin__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_unary(
+                '/kms.v1.Admin/Backup',
+                request_serializer=kms_dot_v1_dot_admin__pb2.BackupRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.BackupResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -208,6 +213,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """A consistent online snapshot (store, CA and server certificates, sealed
+        keys; never the master key) written by the server to an absolute path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -285,6 +298,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.VerifyAudit,
                     request_deserializer=kms_dot_v1_dot_admin__pb2.VerifyAuditRequest.FromString,
                     response_serializer=kms_dot_v1_dot_admin__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.BackupRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.BackupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -692,6 +710,33 @@ class Admin:
             '/kms.v1.Admin/VerifyAudit',
             kms_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
             kms_dot_v1_dot_admin__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/Backup',
+            kms_dot_v1_dot_admin__pb2.BackupRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.BackupResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,10 @@ class AdminStub:
     ListAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]
     """The hash-chained audit trail."""
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]
+    Backup: _grpc.UnaryUnaryMultiCallable[_admin_pb2.BackupRequest, _admin_pb2.BackupResponse]
+    """A consistent online snapshot (store, CA and server certificates, sealed
+    keys; never the master key) written by the server to an absolute path.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -75,6 +79,10 @@ class AdminAsyncStub(AdminStub):
     ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
     """The hash-chained audit trail."""
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]  # type: ignore[assignment]
+    Backup: _aio.UnaryUnaryMultiCallable[_admin_pb2.BackupRequest, _admin_pb2.BackupResponse]  # type: ignore[assignment]
+    """A consistent online snapshot (store, CA and server certificates, sealed
+    keys; never the master key) written by the server to an absolute path.
+    """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -186,5 +194,15 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.VerifyAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.VerifyAuditResponse, _abc.Awaitable[_admin_pb2.VerifyAuditResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Backup(
+        self,
+        request: _admin_pb2.BackupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.BackupResponse, _abc.Awaitable[_admin_pb2.BackupResponse]]:
+        """A consistent online snapshot (store, CA and server certificates, sealed
+        keys; never the master key) written by the server to an absolute path.
+        """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from kms.audit import AuditRecord
@@ -263,3 +264,7 @@ class Store(Protocol):
         ...
 
     async def audit_after(self, seq: int, limit: int) -> list[AuditRecord]: ...
+
+    async def snapshot_to(self, target: Path) -> None:
+        """Writes a consistent copy of the store to target (0600)."""
+        ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -81,3 +82,16 @@ class SqliteBase:
             return [AuditRecord(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), bytes(r[7])) for r in rows]
 
         return await self._run(q)
+
+    async def snapshot_to(self, target: Path) -> None:
+        """A consistent copy of the live database (SQLite's online backup API), 0600."""
+
+        def q() -> None:
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
+            out = sqlite3.connect(target)
+            try:
+                self._db.backup(out)
+            finally:
+                out.close()
+
+        await self._run(q)

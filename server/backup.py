@@ -1,0 +1,85 @@
+"""Backup and restore of a data directory.
+
+A backup is a tar file (0600) of a consistent store snapshot, the CA and
+server certificates and their keys *sealed* under the master key. The master
+key itself is never in it, so a backup alone reveals no key material;
+restoring needs the master key from wherever the operator keeps it.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from pathlib import Path
+
+from kms.errors import FailedPrecondition, InvalidArgument
+from kms.securefile import atomic_output, ensure_private_dir, write_atomic
+from server.datadir import DataDir, DataDirError
+from server.sealing import Sealer
+from server.store import Store
+
+__all__ = ["backup", "restore"]
+
+_FILES = ("ca.crt", "ca.key", "server.crt", "server.key")
+_DB = "kms.db"
+_MAX_MEMBER = 1 << 34  # 16 GiB: a sanity bound, not a product limit
+
+
+async def backup(store: Store, datadir: DataDir, target: Path) -> int:
+    """Writes the backup tar to target atomically; returns its size."""
+    if not target.is_absolute():
+        raise InvalidArgument("the backup path must be absolute")
+    if not target.parent.is_dir():
+        raise InvalidArgument(f"cannot write {target}: the directory {target.parent} does not exist")
+    with tempfile.TemporaryDirectory(dir=datadir.path) as tmp:
+        snapshot = Path(tmp) / _DB
+        await store.snapshot_to(snapshot)
+        with atomic_output(target, mode=0o600) as f, tarfile.open(fileobj=f, mode="w") as tar:
+            tar.add(snapshot, arcname=_DB)
+            for name in _FILES:
+                tar.add(datadir.path / name, arcname=name)
+    return target.stat().st_size
+
+
+def restore(source: Path, data_dir: Path, master_key_file: Path) -> None:
+    """Unpacks a backup into an empty data dir with the given master key, after checking they match."""
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise FailedPrecondition(f"{data_dir} is not empty: restore into a new directory")
+    try:
+        master = master_key_file.read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read master key {master_key_file}: {exc.strerror}") from None
+    try:
+        with tarfile.open(source, mode="r") as tar:
+            members = {m.name: m for m in tar.getmembers()}
+            expected = {_DB, *_FILES}
+            if set(members) != expected or any(
+                not m.isfile() or m.size > _MAX_MEMBER for m in members.values()
+            ):
+                raise InvalidArgument(f"{source} is not a kms-server backup")
+            contents = {name: _read(tar, members[name]) for name in expected}
+    except (OSError, tarfile.TarError) as exc:
+        raise InvalidArgument(f"{source} is not a readable kms-server backup ({exc})") from None
+    ensure_private_dir(data_dir)
+    target = DataDir(data_dir)
+    write_atomic(target.master_key, master, mode=0o600)
+    for name, data in contents.items():
+        write_atomic(data_dir / name, data, mode=0o644 if name.endswith(".crt") else 0o600)
+    try:
+        # Both sealed keys must open with this master key, or the restore is refused.
+        sealer = Sealer(target.load_master_key())
+        target.load_pair(target.ca_cert, target.ca_key, sealer)
+        target.load_pair(target.server_cert, target.server_key, sealer)
+    except (DataDirError, ValueError) as exc:
+        for name in (*contents, "master.key"):
+            (data_dir / name).unlink(missing_ok=True)
+        message = exc.message if isinstance(exc, DataDirError) else str(exc)
+        raise FailedPrecondition(f"the master key does not open this backup: {message}") from None
+
+
+def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    f = tar.extractfile(member)
+    if f is None:
+        raise InvalidArgument("backup member is not a file")
+    with f:
+        return f.read()
