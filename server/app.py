@@ -41,7 +41,7 @@ from kms.v1 import (
 )
 from server.agents import AgentDirectory
 from server.audit import AuditTrail
-from server.auth import AuthInterceptor, Listener
+from server.auth import AuthInterceptor, Limits, Listener
 from server.authn import PeerAuthenticator
 from server.backup import backup
 from server.ca import CertificateAuthority, create_root, load_root
@@ -54,6 +54,7 @@ from server.exchange import ExchangeService
 from server.feed import RevocationFeed, StreamGuard
 from server.http import HttpSidePort
 from server.keys import KeyService
+from server.limits import RateLimiter
 from server.metrics import Metrics
 from server.ocsp import OcspResponder
 from server.revocation import RevocationService
@@ -273,7 +274,20 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ]
         api = grpc.aio.server(
-            interceptors=[AuthInterceptor(Listener.API, authenticator, guard, metrics)], options=limits
+            interceptors=[
+                AuthInterceptor(
+                    Listener.API,
+                    authenticator,
+                    guard,
+                    metrics,
+                    Limits(
+                        RateLimiter(cfg.enroll_rate),
+                        RateLimiter(cfg.auth_failure_rate),
+                        cfg.max_streams_per_identity,
+                    ),
+                )
+            ],
+            options=limits,
         )
         enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(ca, enrollment), api)
         identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(ca, enrollment), api)

@@ -14,17 +14,19 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import grpc
 
-from kms.errors import KmsError, PermissionDenied, Unauthenticated
+from kms.errors import KmsError, PermissionDenied, ResourceExhausted, Unauthenticated
 from server.authn import Caller, PeerAuthenticator
 from server.feed import StreamGuard
+from server.limits import RateLimiter, peer_address
 from server.metrics import Metrics
 
-__all__ = ["AUTH_POLICY", "AuthInterceptor", "Listener", "Role", "current_caller"]
+__all__ = ["AUTH_POLICY", "AuthInterceptor", "Limits", "Listener", "Role", "current_caller"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,37 @@ AUTH_POLICY: dict[str, frozenset[Role]] = {
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": frozenset({Role.ANYONE}),
 }
 
+# Long-lived streams, bounded per identity.
+_STREAMS = frozenset({"/kms.v1.Revocation/Watch", "/kms.v1.Handshake/Exchange", "/kms.v1.Handshake/Listen"})
+
+
+@dataclass
+class Limits:
+    """Enrollment attempts and failed authentications per peer address; open streams per identity."""
+
+    enrollments: RateLimiter
+    auth_failures: RateLimiter
+    max_streams: int
+
+    def admit(self, method: str, address: str) -> None:
+        wait = self.auth_failures.retry_after(address)
+        if wait:
+            raise ResourceExhausted(f"too many failed authentications from {address}: retry in {wait:.0f}s")
+        if method == "/kms.v1.Enrollment/Enroll":
+            wait = self.enrollments.take(address)
+            if wait:
+                raise ResourceExhausted(f"too many enrollment attempts from {address}: retry in {wait:.0f}s")
+
+    def failed_authentication(self, address: str) -> None:
+        self.auth_failures.take(address)
+
+    def check_streams(self, open_now: int) -> None:
+        if open_now >= self.max_streams:
+            raise ResourceExhausted(
+                f"this identity already holds {open_now} open streams (the limit): close one, then retry"
+            )
+
+
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("current_caller", default=None)
 
 _INTERNAL = "internal error: the server log has the details"
@@ -86,6 +119,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         authenticator: PeerAuthenticator | None = None,
         guard: StreamGuard | None = None,
         metrics: Metrics | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if listener is Listener.API and (authenticator is None or guard is None):
             raise ValueError("the API listener needs a PeerAuthenticator and a StreamGuard")
@@ -93,6 +127,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._authenticator = authenticator
         self._guard = guard
         self._metrics = metrics
+        self._limits = limits
 
     async def intercept_service(
         self,
@@ -139,6 +174,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 logger.error("refused %s: method is missing from AUTH_POLICY", method)
                 raise PermissionDenied(f"{method} is not allowed for anyone on this server")
             auth = context.auth_context()
+            if self._limits is not None:
+                self._limits.admit(method, peer_address(context.peer()))
             if self._listener is Listener.ADMIN:
                 # The admin server listens only on the 0600 UNIX socket with local credentials.
                 if Role.ADMIN not in allowed or auth.get("transport_security_type") != [b"local"]:
@@ -149,6 +186,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if peer_pem:
                 assert self._authenticator is not None
                 caller = await self._authenticator.authenticate(peer_pem[0])
+                if self._limits is not None and self._guard is not None and method in _STREAMS:
+                    self._limits.check_streams(self._guard.open_streams(caller.serial))
             if Role.ANYONE in allowed:
                 return caller
             if Role.AGENT in allowed:
@@ -174,8 +213,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             elif method == "/kms.v1.Keys/FetchKey":
                 self._metrics.key_releases.inc()
 
-    @staticmethod
-    async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+        if isinstance(exc, Unauthenticated) and self._limits is not None:
+            self._limits.failed_authentication(peer_address(context.peer()))
         if isinstance(exc, KmsError):
             await context.abort(exc.code, exc.message)
         logger.error("unhandled error in %s", method, exc_info=exc)

@@ -101,6 +101,9 @@ class StreamGuard:
         if not self._by_agent[agent]:
             del self._by_agent[agent]
 
+    def open_streams(self, serial: str) -> int:
+        return len(self._by_serial.get(serial, ()))
+
     def close(self, event: RevocationEvent, grace: float) -> int:
         """Cancels, after grace seconds, every stream the event revokes; returns how many."""
         tasks: set[asyncio.Task[object]] = set()

@@ -15,7 +15,7 @@ from tests.pki import csr_der
 
 
 def test_backup_under_load_restores_a_consistent_working_server(tmp_path: Path, rsa_key) -> None:  # type: ignore[no-untyped-def]
-    server = ServerProcess(tmp_path / "d").start()
+    server = ServerProcess(tmp_path / "d", extra_args=["--enroll-rate", "100000"]).start()
     state = tmp_path / "a"
     try:
         assert enroll(server, state, server.token("keeper", "web")).returncode == 0

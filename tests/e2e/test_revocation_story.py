@@ -28,7 +28,10 @@ from tests.harness import (
     snapshot,
 )
 
-SERVER_ARGS = ["--heartbeat", "1s", "--http-listen", "127.0.0.1:0", "--watch-buffer", "16"]
+SERVER_ARGS = [
+    "--heartbeat", "1s", "--http-listen", "127.0.0.1:0", "--watch-buffer", "16",
+    "--max-streams-per-identity", "2000",  # the 1,000-stream test runs them all under one certificate
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,94 @@
+"""Limits: enrollment attempts and failed authentications per address, open streams per identity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from kms.v1 import enrollment_pb2, enrollment_pb2_grpc, revocation_pb2, revocation_pb2_grpc
+from tests.harness import ServerProcess, enroll
+
+
+def _enroll_raw(server: ServerProcess, token: str) -> grpc.StatusCode:
+    ca = (server.data_dir / "ca.crt").read_bytes()
+    with grpc.secure_channel(server.enroll_address, grpc.ssl_channel_credentials(ca)) as ch:
+        try:
+            enrollment_pb2_grpc.EnrollmentStub(ch).Enroll(
+                enrollment_pb2.EnrollRequest(join_token=token, csr_der=b"x"), timeout=10
+            )
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_enrollment_attempts_are_rate_limited(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "d", extra_args=["--enroll-rate", "3"]).start()
+    try:
+        codes = [_enroll_raw(server, "0123456789abcdef." + "A" * 43) for _ in range(5)]
+        assert codes[:3] == [grpc.StatusCode.INVALID_ARGUMENT] * 3  # the (bad) CSR is looked at
+        assert codes[3:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+    finally:
+        assert server.stop() == 0
+
+
+def test_failed_authentications_are_rate_limited(tmp_path: Path, rsa_key) -> None:  # type: ignore[no-untyped-def]
+    from tests.pki import csr_der
+
+    server = ServerProcess(tmp_path / "d", extra_args=["--auth-failure-rate", "3"]).start()
+    ca = (server.data_dir / "ca.crt").read_bytes()
+    try:
+        with grpc.secure_channel(server.enroll_address, grpc.ssl_channel_credentials(ca)) as ch:
+            stub = enrollment_pb2_grpc.EnrollmentStub(ch)
+            codes = []
+            for _ in range(5):
+                try:
+                    stub.Enroll(
+                        enrollment_pb2.EnrollRequest(
+                            join_token="0123456789abcdef." + "A" * 43, csr_der=csr_der(rsa_key)
+                        ),
+                        timeout=10,
+                    )
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+            assert codes[:3] == [grpc.StatusCode.UNAUTHENTICATED] * 3
+            assert codes[3:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+            # Even a good token is turned away until the window passes, with a retry hint.
+            good = server.token("late")
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Enroll(
+                    enrollment_pb2.EnrollRequest(join_token=good, csr_der=csr_der(rsa_key)), timeout=10
+                )
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry in" in (
+                info.value.details() or ""
+            )
+    finally:
+        assert server.stop() == 0
+
+
+def test_open_streams_per_identity_are_bounded(tmp_path: Path) -> None:
+    server = ServerProcess(
+        tmp_path / "d", extra_args=["--max-streams-per-identity", "2", "--heartbeat", "1s"]
+    ).start()
+    try:
+        state = tmp_path / "a"
+        assert enroll(server, state, server.token("streamer")).returncode == 0
+        creds = grpc.ssl_channel_credentials(
+            (state / "ca.crt").read_bytes(),
+            (state / "agent.key").read_bytes(),
+            (state / "agent.crt").read_bytes(),
+        )
+        with grpc.secure_channel(server.address, creds) as ch:
+            stub = revocation_pb2_grpc.RevocationStub(ch)
+            open_calls = [stub.Watch(revocation_pb2.WatchRequest(after_seq=0)) for _ in range(2)]
+            for call in open_calls:
+                next(call)  # a heartbeat: the stream is open
+            third = stub.Watch(revocation_pb2.WatchRequest(after_seq=0))
+            with pytest.raises(grpc.RpcError) as info:
+                next(third)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for call in open_calls:
+                call.cancel()
+    finally:
+        assert server.stop() == 0
