@@ -10,6 +10,7 @@ from agent.commands_exchange import cmd_exchange, cmd_listen
 from agent.commands_identity import cmd_enroll, cmd_renew, cmd_status
 from agent.commands_keys import cmd_decrypt, cmd_encrypt, cmd_fetch_key
 from agent.commands_revocation import cmd_check, cmd_watch
+from agent.commands_run import cmd_run
 from agent.commands_signing import cmd_sign, cmd_verify
 from agent.config import apply_config
 from agent.renew import DEFAULT_RENEW_FRACTION
@@ -62,6 +63,14 @@ def build_parser() -> ArgumentParser:
     en.add_argument("--key-size", type=int, choices=(2048, 3072, 4096), default=2048, help="RSA key size")
     en.add_argument("--force", action="store_true", help="replace an existing enrollment")
     en.set_defaults(func=cmd_enroll)
+
+    ru = sub.add_parser(
+        "run", parents=[common], help="run the agent: renew, watch revocations, answer exchanges"
+    )
+    ru.add_argument("--no-listen", action="store_true", help="do not answer key exchanges")
+    ru.add_argument("--sessions-dir", help="where answered exchanges' keys go (default <state dir>/sessions)")
+    ru.add_argument("--handshake-timeout", type=float, default=15.0, help="seconds to wait for each step")
+    ru.set_defaults(func=cmd_run)
 
     rn = sub.add_parser("renew", parents=[common], help="renew this agent's certificate now, with a new key")
     rn.set_defaults(func=cmd_renew)

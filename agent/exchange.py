@@ -10,7 +10,7 @@ signature).
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,17 +120,26 @@ def initiate(identity: AgentIdentity, client: KmsClient, peer: str, group: Group
         machine.receive(from_frame(stream.receive(client, "key confirmation")))
     finally:
         stream.close()
-    assert machine.session is not None
-    return machine.session
+    session = machine.session
+    assert session is not None
+    return session
 
 
 def respond_once(
-    identity: AgentIdentity, client: KmsClient, timeout: float, accept_from: str | None = None
+    identity: AgentIdentity,
+    client: KmsClient,
+    timeout: float,
+    accept_from: str | None = None,
+    current: Callable[[], AgentIdentity] | None = None,
+    idle: float = 0,
 ) -> Session:
     """Waits (without limit) for one incoming exchange, answers it, returns the session.
 
     Args:
         accept_from: if given, only this agent may complete an exchange.
+        current: gives the agent's identity when the exchange arrives (a
+            long-running agent renews while it waits); default: identity.
+        idle: give up (DeadlineExceeded) if nothing arrives in this many seconds; 0 waits forever.
     """
     ca, trust_domain, is_revoked = _ca(identity), _trust_domain(identity), _revocation_check(client)
 
@@ -138,18 +147,20 @@ def respond_once(
         # The clock is read when the initiator's certificate arrives, not when listening began.
         return agent_peer(ca, trust_domain, accept_from, datetime.now(UTC), is_revoked)(chain)
 
-    machine = Responder(_local(identity), check, identity.settings.name)
-    stream = _Stream(client.handshake_stub.Listen, timeout, first_timeout=0)
+    stream = _Stream(client.handshake_stub.Listen, timeout, first_timeout=idle)
     try:
         stream.send(Frame(listen=handshake_pb2.ListenStart()))
         hello = from_frame(stream.receive(client, "an incoming exchange"))
         if not isinstance(hello, Hello):
             raise FailedPrecondition("expected a hello from the server")
+        # Sign with the certificate we hold now, not the one we held when we started waiting.
+        machine = Responder(_local((current or (lambda: identity))()), check, identity.settings.name)
         stream.send(to_frame(machine.receive(hello)))
         finished = machine.receive(from_frame(stream.receive(client, "the initiator's authentication")))
         stream.send(to_frame(finished))
         stream.wait_end(client)
     finally:
         stream.close()
-    assert machine.session is not None
-    return machine.session
+    session = machine.session
+    assert session is not None
+    return session

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import grpc
@@ -46,7 +47,9 @@ class Watcher:
         as_json: bool,
         exec_cmd: str | None,
         silence_timeout: float,
+        on_key_files_deleted: Callable[[revocation_pb2.RevocationEvent, list[Path]], None] | None = None,
     ) -> None:
+        self._on_key_files_deleted = on_key_files_deleted
         self._state = state
         self._identity = identity
         self._connect = connect
@@ -62,10 +65,11 @@ class Watcher:
         if self._call is not None:
             self._call.cancel()
 
-    def run(self) -> int:
+    def run(self, *, install_signals: bool = True) -> int:
         """Watches until stopped (exit 0) or this agent is revoked (Revoked raised)."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        if install_signals:  # only the main thread may; kms-agent run handles signals itself
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_signal)
         backoff = BACKOFF_START
         while not self._stopping.is_set():
             try:
@@ -121,10 +125,13 @@ class Watcher:
     def _handle(self, event: revocation_pb2.RevocationEvent) -> None:
         fields = event_fields(event)
         if event.kind == "key":
-            for path in self._state.forget_key_files(event.key_name, event.key_version):
+            deleted = self._state.forget_key_files(event.key_name, event.key_version)
+            for path in deleted:
                 logger.info(
                     "deleted key file %s of compromised %s v%d", path, event.key_name, event.key_version
                 )
+            if deleted and self._on_key_files_deleted is not None:
+                self._on_key_files_deleted(event, deleted)
         if self._exec:
             env = {**os.environ, **{f"KMS_EVENT_{k.upper()}": str(v) for k, v in fields.items()}}
             result = subprocess.run(self._exec, shell=True, env=env, check=False)  # noqa: S602 - operator's command
@@ -132,8 +139,11 @@ class Watcher:
                 logger.warning("--exec exited %d for event %d", result.returncode, event.seq)
         print(json.dumps(fields, sort_keys=True) if self._json else describe(event), flush=True)
         self._state.save_last_seq(event.seq)
-        mine = event.kind in ("cert", "agent") and self._serial in event.serial.split(",")
+        # The current certificate (renewal may have replaced the one we started with).
+        current = self._state.load()
+        serial = format(current.cert.serial_number, "x")
+        mine = (event.kind == "agent" and event.agent_name == current.settings.name) or (
+            event.kind == "cert" and event.serial == serial
+        )
         if mine:
-            raise Revoked(
-                f"this agent's certificate {self._serial} {REVOKED_MARK} ({event.reason}): enroll again"
-            )
+            raise Revoked(f"this agent's certificate {serial} {REVOKED_MARK} ({event.reason}): enroll again")

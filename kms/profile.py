@@ -77,7 +77,9 @@ def _base(
         .issuer_name(issuer)
         .public_key(public_key)
         .serial_number(serial)
-        .not_valid_before(now - BACKDATE)
+        # Short-lived certificates (tests, demos) backdate by a twentieth of
+        # their life at most, so renewal at 2/3 still falls after issuance.
+        .not_valid_before(now - min(BACKDATE, (not_after - now) / 20))
         .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )

@@ -265,8 +265,8 @@ class ServerConfig:
             raise InvalidArgument("--max-token-ttl must be at most 30d")
         if self.cert_ttl > self.ca_ttl:
             raise InvalidArgument("--cert-ttl is longer than --ca-ttl: a certificate cannot outlive its CA")
-        if self.cert_ttl < timedelta(minutes=5):
-            raise InvalidArgument("--cert-ttl must be at least 5m")
+        if self.cert_ttl < timedelta(seconds=10):
+            raise InvalidArgument("--cert-ttl must be at least 10s")
         if self.server_cert_ttl > self.ca_ttl:
             raise InvalidArgument("--server-cert-ttl is longer than --ca-ttl")
         if self.token_ttl > self.max_token_ttl:

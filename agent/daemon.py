@@ -1,0 +1,195 @@
+"""kms-agent run: the long-running agent.
+
+It keeps the certificate fresh (renewing at the renewal fraction of its life,
+with jitter, retrying with backoff), holds the revocation watch (resuming
+from its last sequence number), answers key exchanges, and re-fetches the
+key files it keeps when their version is compromised. SIGTERM or SIGINT stop
+it cleanly (exit 0); its own revocation ends it with exit 11.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from agent.client import KmsClient
+from agent.exchange import respond_once
+from agent.keys import KeyFetcher
+from agent.renew import renew, renewal_due
+from agent.state import StateDir
+from agent.watch import Watcher
+from kms.errors import DeadlineExceeded, KmsError, Revoked
+from kms.securefile import ensure_private_dir, write_atomic
+from kms.v1 import revocation_pb2
+
+__all__ = ["AgentDaemon"]
+
+logger = logging.getLogger(__name__)
+
+RETRY_MAX = 60.0
+
+
+class AgentDaemon:
+    def __init__(
+        self,
+        state: StateDir,
+        *,
+        timeout: float,
+        renew_fraction: float,
+        handshake_timeout: float,
+        listen: bool,
+        sessions_dir: Path,
+    ) -> None:
+        self._state = state
+        self._timeout = timeout
+        self._fraction = renew_fraction
+        self._handshake_timeout = handshake_timeout
+        self._listen = listen
+        self._sessions = sessions_dir
+        self._stop = threading.Event()
+        self._failure: BaseException | None = None
+        self._clients: list[KmsClient] = []
+        self._lock = threading.Lock()
+
+    def _client(self) -> KmsClient:
+        identity = self._state.load()  # always the current (possibly renewed) certificate
+        client = KmsClient(
+            identity.settings.server,
+            identity.ca_bundle_pem,
+            key_pem=identity.key_pem,
+            cert_pem=identity.cert_pem,
+            timeout=self._timeout,
+        )
+        with self._lock:
+            self._clients.append(client)
+        return client
+
+    def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        self._stop.set()
+        self._watcher.stop()
+        with self._lock:
+            for client in self._clients:  # ends a waiting Listen stream
+                client.close()
+
+    def run(self) -> int:
+        identity = self._state.load()
+        self._watcher = Watcher(
+            self._state,
+            identity,
+            self._client,
+            as_json=True,
+            exec_cmd=None,
+            silence_timeout=30.0,
+            on_key_files_deleted=self._refetch,
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.stop)
+        threads = [threading.Thread(target=self._guarded, args=(self._watch,), name="watch", daemon=True)]
+        if self._listen:
+            threads.append(
+                threading.Thread(target=self._guarded, args=(self._answer,), name="listen", daemon=True)
+            )
+        for t in threads:
+            t.start()
+        logger.info(
+            "agent running", extra={"agent": identity.settings.name, "server": identity.settings.server}
+        )
+        self._renew_loop()
+        self.stop()
+        for t in threads:
+            t.join(10)
+        if isinstance(self._failure, KmsError):
+            raise self._failure
+        logger.info("agent stopped")
+        return 0
+
+    def _guarded(self, body: object) -> None:
+        try:
+            body()  # type: ignore[operator]
+        except BaseException as exc:  # a revoked agent, or a bug: stop everything and report it
+            self._failure = exc
+            self._stop.set()
+
+    # --- the three jobs ---------------------------------------------------------------
+
+    def _renew_loop(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            identity = self._state.load()
+            start, end = identity.cert.not_valid_before_utc, identity.cert.not_valid_after_utc
+            # Renew at the fraction, moved by up to 5% of the lifetime either way, so a
+            # fleet enrolled together does not renew together.
+            jitter = (end - start) * (random.uniform(-0.05, 0.05))  # noqa: S311 - jitter, not crypto
+            due = start + (end - start) * self._fraction + jitter
+            wait = (due - datetime.now(UTC)).total_seconds()
+            if wait > 0 and not renewal_due(identity, 0.95):
+                self._stop.wait(min(wait, 30.0))
+                continue
+            try:
+                with self._client() as client:
+                    renew(self._state, identity, client)
+                backoff = 1.0
+            except Revoked as exc:
+                self._failure = exc
+                return
+            except KmsError as exc:
+                logger.warning("renewal failed, retrying in %.0fs: %s", backoff, exc.message)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, RETRY_MAX)
+
+    def _watch(self) -> None:
+        self._watcher.run(install_signals=False)
+
+    def _answer(self) -> None:
+        ensure_private_dir(self._sessions)
+        backoff = 1.0
+        while not self._stop.is_set():
+            client = self._client()
+            identity = self._state.load()
+            # The Listen stream's connection carries the certificate it was opened with:
+            # reopen it well before that certificate expires.
+            left = (identity.cert.not_valid_after_utc - datetime.now(UTC)).total_seconds()
+            idle = max(1.0, min(60.0, left / 3))
+            try:
+                session = respond_once(
+                    identity, client, self._handshake_timeout, current=self._state.load, idle=idle
+                )
+                write_atomic(self._sessions / f"{session.session_id}.key", session.key, mode=0o600)
+                logger.info(
+                    "key exchange answered", extra={"session": session.session_id, "peer": session.peer.name}
+                )
+                backoff = 1.0
+            except Revoked:
+                raise
+            except DeadlineExceeded as exc:
+                if "incoming exchange" in exc.message:
+                    continue  # nobody came: reopen with the current certificate
+                logger.warning("exchange failed: %s", exc.message)
+            except KmsError as exc:
+                if self._stop.is_set():
+                    return
+                logger.warning("listen failed, retrying in %.0fs: %s", backoff, exc.message)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, RETRY_MAX)
+            finally:
+                client.close()
+
+    def _refetch(self, event: revocation_pb2.RevocationEvent, paths: list[Path]) -> None:
+        """A compromised version's key files are replaced by the key's new current version."""
+        try:
+            with self._client() as client:
+                key = KeyFetcher(self._state.load(), client).fetch(event.key_name)
+        except KmsError as exc:
+            logger.warning("could not re-fetch %s: %s", event.key_name, exc.message)
+            return
+        for path in paths:
+            write_atomic(path, key.material, mode=0o600)
+            self._state.remember_key_file(key.name, key.version, path)
+            logger.info(
+                "re-fetched key file", extra={"path": str(path), "key": key.name, "version": key.version}
+            )

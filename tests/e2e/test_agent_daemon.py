@@ -1,0 +1,87 @@
+"""kms-agent run for three certificate lifetimes: it renews on its own and keeps everything working."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from tests.harness import ServerProcess, agent, enroll, exe
+
+LIFETIME = 15  # seconds: short enough to watch three renewals in a test
+
+
+def test_agent_runs_across_three_lifetimes(tmp_path: Path) -> None:
+    server = ServerProcess(
+        tmp_path / "d", extra_args=["--cert-ttl", f"{LIFETIME}s", "--heartbeat", "1s"]
+    ).start()
+    state, peer = tmp_path / "runner", tmp_path / "peer"
+    daemon: subprocess.Popen[str] | None = None
+    try:
+        assert enroll(server, state, server.token("runner", "web")).returncode == 0
+        server.admin("key", "create", "app", "--grant", "group:web")
+        key_file = tmp_path / "app.key"
+        assert agent(state, "fetch-key", "app", "--out", str(key_file)).returncode == 0
+        v1 = key_file.read_bytes()
+
+        daemon = subprocess.Popen(
+            [exe("kms-agent"), "run", "--dir", str(state), "--renew-fraction", "0.5"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        events: list[dict[str, object]] = []
+        threading.Thread(
+            target=lambda: [events.append(json.loads(line)) for line in daemon.stdout], daemon=True
+        ).start()  # type: ignore[union-attr]
+
+        deadline = time.monotonic() + 3 * LIFETIME + 10
+        renewals = 0
+        while time.monotonic() < deadline and renewals < 4:
+            time.sleep(2)
+            records = json.loads(server.admin("audit", "list", "--json").stdout)
+            renewals = sum(
+                1 for r in records if r["action"] == "renew" and str(r["actor"]).startswith("agent:runner/")
+            )
+        assert renewals >= 4, f"only {renewals} renewals in three lifetimes"
+        assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
+
+        # Still working after three lifetimes: its current certificate is valid and the watch is live.
+        assert agent(state, "status", "--renew-fraction", "0.99").returncode == 0
+        server.admin("revoke", "key", "app", "--version", "1", "--reason", "keyCompromise")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (not key_file.exists() or key_file.read_bytes() == v1):
+            time.sleep(0.3)
+        assert any(e.get("key") == "app" for e in events)
+        assert key_file.exists() and key_file.read_bytes() != v1  # re-fetched: the new current version
+        assert (
+            agent(state, "fetch-key", "app", "--format", "hex").stdout.strip() == key_file.read_bytes().hex()
+        )
+
+        # It answers key exchanges too.
+        assert enroll(server, peer, server.token("peer")).returncode == 0
+        result = agent(peer, "exchange", "--peer", "runner", "--json")
+        deadline = time.monotonic() + 15
+        while "not listening" in result.stderr and time.monotonic() < deadline:
+            time.sleep(0.5)
+            result = agent(peer, "exchange", "--peer", "runner", "--json")
+        assert result.returncode == 0, result.stderr
+        session = json.loads(result.stdout)
+        key_path = state / "sessions" / f"{session['session_id']}.key"
+        deadline = time.monotonic() + 10
+        while not key_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (
+            key_path.read_bytes().hex()
+            == bytes.fromhex(__import__("base64").b64decode(session["key_base64"]).hex()).hex()
+        )
+
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.kill()
+        assert server.stop() == 0
