@@ -254,7 +254,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
                 caller = await authorize(context)
-                token = current_caller.set(caller)
+                # Not reset afterwards: each RPC runs in its own task (and so its own
+                # context), and a closing generator may run its cleanup in another.
+                current_caller.set(caller)
                 task = asyncio.current_task()
                 # Open streams of a certificate are closed when it is revoked:
                 # TLS and the per-call check act only on new calls.
@@ -264,7 +266,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     async for response in behavior(request, context):
                         yield response
                 finally:
-                    current_caller.reset(token)
                     if caller is not None and self._guard is not None and task is not None:
                         self._guard.unregister(caller.serial, caller.name, task)
             except grpc.aio.AbortError:

@@ -19,16 +19,11 @@ __all__ = ["RevocationFeed", "StreamGuard", "Subscription"]
 
 logger = logging.getLogger(__name__)
 
-# How long a subscriber that overflowed may take to tell its client to resume
-# before its stream is cancelled (a stuck client reads nothing).
-DROP_GRACE = 1.0
-
 
 class Subscription:
     def __init__(self, maxsize: int) -> None:
         self.queue: asyncio.Queue[RevocationEvent] = asyncio.Queue(maxsize)
         self.overflowed = False
-        self.task = asyncio.current_task()
 
 
 class RevocationFeed:
@@ -74,11 +69,12 @@ class RevocationFeed:
             try:
                 sub.queue.put_nowait(event)
             except asyncio.QueueFull:
-                # Bounded memory: drop this subscriber, never wait for it.
+                # Bounded memory: drop this subscriber, never wait for it. Its
+                # stream holds at most one flow-control window; when (if) the
+                # client reads again it is told where to resume, and the stream
+                # ends. A client that never reads is cut off by keepalive.
                 self._subs.discard(sub)
                 sub.overflowed = True
-                if sub.task is not None:
-                    asyncio.get_running_loop().call_later(DROP_GRACE, sub.task.cancel)
                 logger.warning("dropped a watcher that fell behind", extra={"seq": event.seq})
 
 

@@ -10,9 +10,9 @@ Ordering rules, in one place:
    the replay); if one jumps ahead, backfill the gap from the log first.
 4. With nothing to send for one heartbeat interval, send a heartbeat with
    the current sequence.
-5. A subscriber that overflowed its bounded buffer is told where to resume
-   and ends (RESOURCE_EXHAUSTED); the feed cancels it if it cannot even take
-   that message.
+5. A subscriber that overflowed its bounded buffer is dropped from the feed
+   at once; its stream is then told where to resume and ends
+   (RESOURCE_EXHAUSTED).
 6. An event that revokes the caller itself is sent, then the stream ends
    (UNAUTHENTICATED, revoked).
 """
