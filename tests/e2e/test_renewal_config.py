@@ -102,3 +102,19 @@ def test_server_config_file_precedence_and_show(tmp_path: Path) -> None:
     assert_one_line_error(run([exe("kms-server"), "run", "--config", str(bad)]), 2, "--renew-fraction")
     bad.write_text("listne = 1\n")
     assert_one_line_error(run([exe("kms-server"), "run", "--config", str(bad)]), 2, "'listne' is unknown")
+
+
+def test_an_expired_certificate_cannot_renew(tmp_path: Path) -> None:
+    import time
+
+    server = ServerProcess(tmp_path / "d", extra_args=["--cert-ttl", "10s"]).start()
+    try:
+        state = tmp_path / "short"
+        assert enroll(server, state, server.token("short")).returncode == 0
+        time.sleep(max(0.0, _cert(state).not_valid_after_utc.timestamp() - time.time()) + 1.5)
+        # The TLS handshake itself refuses an expired client certificate: re-enroll with a new token.
+        result = agent(state, "renew")
+        assert_one_line_error(result, 8, "cannot reach kms-server")
+        assert "expired" in result.stderr
+    finally:
+        assert server.stop() == 0
