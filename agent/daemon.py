@@ -13,6 +13,7 @@ import logging
 import random
 import signal
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -108,9 +109,9 @@ class AgentDaemon:
         logger.info("agent stopped")
         return 0
 
-    def _guarded(self, body: object) -> None:
+    def _guarded(self, body: Callable[[], None]) -> None:
         try:
-            body()  # type: ignore[operator]
+            body()
         except BaseException as exc:  # a revoked agent, or a bug: stop everything and report it
             self._failure = exc
             self._stop.set()
