@@ -10,6 +10,7 @@ from pathlib import Path
 from cryptography import x509
 
 from agent.context import connect, state_dir
+from agent.issuance import trust_domain_of
 from kms import filesig
 from kms.cli import print_json
 from kms.errors import InvalidArgument
@@ -51,7 +52,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     digest = _sha256_file(Path(args.file))
     identity, client = connect(args)
     ca = x509.load_pem_x509_certificate(identity.ca_bundle_pem)
-    trust_domain = identity.settings.spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
+    trust_domain = trust_domain_of(identity.settings.spiffe_id)
     with client:
 
         def is_revoked(serial: str) -> bool:  # revocation status now, from the server

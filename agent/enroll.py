@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import serialization
 
 from agent.bootstrap import pin_ca
 from agent.client import KmsClient
+from agent.issuance import accept_issued, new_key_and_csr, trust_domain_of
 from agent.state import AgentIdentity, AgentSettings
 from kms.addresses import parse_hostport
 from kms.csr import ALLOWED_RSA_BITS
 from kms.errors import InvalidArgument, Unauthenticated
 from kms.identity import fingerprint, fingerprint_matches, parse_fingerprint
-from kms.policy import AgentIdentity as AgentIdentityPolicy
-from kms.policy import AllOf, CertificateRejected, ChainsTo, ClientAuth
 
 __all__ = ["enroll"]
 
@@ -44,28 +40,15 @@ def enroll(
     ca = pin_ca(host, port, pinned, timeout)
     ca_pem = ca.public_bytes(serialization.Encoding.PEM)
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
-    # The server takes nothing from the CSR but the key; the subject is empty.
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    key, csr_der = new_key_and_csr(key_size)
 
     with KmsClient(enroll_server, ca_pem, timeout=timeout) as client:
         bundle = _pem_bundle(client.get_ca_bundle())
         if not any(fingerprint_matches(c.public_bytes(serialization.Encoding.DER), pinned) for c in bundle):
             raise Unauthenticated("the server's CA bundle does not contain the pinned CA")
-        resp = client.enroll(token, csr.public_bytes(serialization.Encoding.DER))
+        resp = client.enroll(token, csr_der)
 
-    cert = x509.load_der_x509_certificate(resp.certificate_der)
-    trust_domain = resp.spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
-    try:
-        AllOf(ChainsTo([ca]), ClientAuth(), AgentIdentityPolicy(trust_domain, resp.name)).verify(
-            cert, datetime.now(UTC)
-        )
-    except CertificateRejected as exc:
-        raise Unauthenticated(
-            f"the server issued a certificate this agent cannot use: {exc.message}"
-        ) from exc
-    if cert.public_key() != key.public_key():
-        raise Unauthenticated("the server issued a certificate for another key")
+    cert = accept_issued(resp.certificate_der, ca, trust_domain_of(resp.spiffe_id), resp.name, key)
     settings = AgentSettings(
         name=resp.name,
         groups=list(resp.groups),

@@ -18,6 +18,7 @@ import grpc
 from cryptography import x509
 
 from agent.client import KmsClient
+from agent.issuance import trust_domain_of
 from agent.state import AgentIdentity
 from agent.watchdog import Watchdog
 from kms.addresses import parse_hostport
@@ -40,7 +41,7 @@ def _local(identity: AgentIdentity) -> LocalIdentity:
 
 
 def _trust_domain(identity: AgentIdentity) -> str:
-    return identity.settings.spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
+    return trust_domain_of(identity.settings.spiffe_id)
 
 
 def _ca(identity: AgentIdentity) -> x509.Certificate:

@@ -288,3 +288,14 @@ def admin_stub(server: ServerProcess) -> Any:
         f"unix:{server.data_dir / 'admin.sock'}", grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
     )
     return admin_pb2_grpc.AdminStub(channel)
+
+
+def agent_credentials(state_dir: Path) -> Any:
+    """mTLS channel credentials from an enrolled agent's state directory."""
+    import grpc
+
+    return grpc.ssl_channel_credentials(
+        (state_dir / "ca.crt").read_bytes(),
+        (state_dir / "agent.key").read_bytes(),
+        (state_dir / "agent.crt").read_bytes(),
+    )

@@ -29,6 +29,33 @@ _CERT_COLUMNS = (
 )
 
 
+# Each agent with its newest certificate.
+_AGENTS_WITH_LATEST = (
+    f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM agents a JOIN certificates c"  # noqa: S608 - constant columns
+    " ON c.serial = (SELECT serial FROM certificates WHERE agent_name = a.name"
+    " ORDER BY issued_at DESC, rowid DESC LIMIT 1)"
+)
+
+
+def _insert_certificate(
+    db: sqlite3.Connection, cert: CertificateRecord, token_id: str | None, groups_json: str
+) -> None:
+    db.execute(
+        "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id, groups_json)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            cert.serial,
+            cert.agent_name,
+            cert.not_before,
+            cert.not_after,
+            cert.der,
+            cert.issued_at,
+            token_id,
+            groups_json,
+        ),
+    )
+
+
 class SqliteStore(SqliteKeys, SqliteEvents):
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -190,20 +217,7 @@ class SqliteStore(SqliteKeys, SqliteEvents):
                 " ON CONFLICT(name) DO UPDATE SET updated_at=excluded.updated_at, revoked_at=NULL",
                 (cert.agent_name, now, now),
             )
-            db.execute(
-                "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id, groups_json)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    cert.serial,
-                    cert.agent_name,
-                    cert.not_before,
-                    cert.not_after,
-                    cert.der,
-                    cert.issued_at,
-                    token_id,
-                    groups_json,
-                ),
-            )
+            _insert_certificate(db, cert, token_id, groups_json)
             created = db.execute("SELECT created_at FROM agents WHERE name=?", (cert.agent_name,)).fetchone()[
                 0
             ]
@@ -215,19 +229,7 @@ class SqliteStore(SqliteKeys, SqliteEvents):
         self, cert: CertificateRecord, groups: tuple[str, ...], *, audit: Audit = None
     ) -> None:
         def q(db: sqlite3.Connection) -> bool:
-            db.execute(
-                "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id, groups_json)"
-                " VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
-                (
-                    cert.serial,
-                    cert.agent_name,
-                    cert.not_before,
-                    cert.not_after,
-                    cert.der,
-                    cert.issued_at,
-                    json.dumps(list(groups)),
-                ),
-            )
+            _insert_certificate(db, cert, None, json.dumps(list(groups)))
             db.execute("UPDATE agents SET updated_at=? WHERE name=?", (cert.issued_at, cert.agent_name))
             return True
 
@@ -256,10 +258,7 @@ class SqliteStore(SqliteKeys, SqliteEvents):
     async def get_agent(self, name: str) -> AgentRecord | None:
         def q() -> AgentRecord | None:
             row = self._db.execute(
-                f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM agents a JOIN certificates c"  # noqa: S608
-                " ON c.serial = (SELECT serial FROM certificates WHERE agent_name = a.name"
-                "                ORDER BY issued_at DESC, rowid DESC LIMIT 1)"
-                " WHERE a.name=?",
+                f"{_AGENTS_WITH_LATEST} WHERE a.name=?",
                 (name,),
             ).fetchone()
             return None if row is None else self._agent_row(row)
@@ -268,12 +267,7 @@ class SqliteStore(SqliteKeys, SqliteEvents):
 
     async def list_agents(self) -> list[AgentRecord]:
         def q() -> list[AgentRecord]:
-            rows = self._db.execute(
-                f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM agents a JOIN certificates c"  # noqa: S608 - constant columns
-                " ON c.serial = (SELECT serial FROM certificates WHERE agent_name = a.name"
-                "                ORDER BY issued_at DESC, rowid DESC LIMIT 1)"
-                " ORDER BY a.name"
-            ).fetchall()
+            rows = self._db.execute(f"{_AGENTS_WITH_LATEST} ORDER BY a.name").fetchall()
             return [self._agent_row(r) for r in rows]
 
         return await self._run(q)

@@ -15,7 +15,15 @@ import grpc
 import pytest
 
 from kms.v1 import keys_pb2, keys_pb2_grpc
-from tests.harness import ServerProcess, agent, assert_one_line_error, enroll, short_tmpdir, snapshot
+from tests.harness import (
+    ServerProcess,
+    agent,
+    agent_credentials,
+    assert_one_line_error,
+    enroll,
+    short_tmpdir,
+    snapshot,
+)
 
 
 @pytest.fixture(scope="module")
@@ -181,11 +189,7 @@ def test_agent_key_bad_input(fleet: dict[str, Path], args: list[str], code: int,
 def test_fetchkey_rpc_bounds(server: ServerProcess, fleet: dict[str, Path]) -> None:
     """Raw gRPC with web-1's certificate: version out of range is INVALID_ARGUMENT."""
     state = fleet["web-1"]
-    creds = grpc.ssl_channel_credentials(
-        (state / "ca.crt").read_bytes(),
-        (state / "agent.key").read_bytes(),
-        (state / "agent.crt").read_bytes(),
-    )
+    creds = agent_credentials(state)
     with grpc.secure_channel(server.address, creds) as ch:
         stub = keys_pb2_grpc.KeysStub(ch)
         assert stub.FetchKey(keys_pb2.FetchKeyRequest(name="app", version=0), timeout=10).version >= 1

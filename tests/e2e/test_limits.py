@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from kms.v1 import enrollment_pb2, enrollment_pb2_grpc, revocation_pb2, revocation_pb2_grpc
-from tests.harness import ServerProcess, enroll
+from tests.harness import ServerProcess, agent_credentials, enroll
 
 
 def _enroll_raw(server: ServerProcess, token: str) -> grpc.StatusCode:
@@ -74,11 +74,7 @@ def test_open_streams_per_identity_are_bounded(tmp_path: Path) -> None:
     try:
         state = tmp_path / "a"
         assert enroll(server, state, server.token("streamer")).returncode == 0
-        creds = grpc.ssl_channel_credentials(
-            (state / "ca.crt").read_bytes(),
-            (state / "agent.key").read_bytes(),
-            (state / "agent.crt").read_bytes(),
-        )
+        creds = agent_credentials(state)
         with grpc.secure_channel(server.address, creds) as ch:
             stub = revocation_pb2_grpc.RevocationStub(ch)
             open_calls = [stub.Watch(revocation_pb2.WatchRequest(after_seq=0)) for _ in range(2)]

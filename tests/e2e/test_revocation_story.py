@@ -20,6 +20,7 @@ from tests.harness import (
     WatchProcess,
     admin_stub,
     agent,
+    agent_credentials,
     assert_one_line_error,
     enroll,
     exe,
@@ -167,11 +168,7 @@ def test_watch_exec_runs_per_event_with_the_event_in_the_environment(rig: tuple[
 def test_watch_bad_after_seq(rig: tuple[ServerProcess, Path]) -> None:
     server, root = rig
     state = root / "c"
-    creds = grpc.ssl_channel_credentials(
-        (state / "ca.crt").read_bytes(),
-        (state / "agent.key").read_bytes(),
-        (state / "agent.crt").read_bytes(),
-    )
+    creds = agent_credentials(state)
     with grpc.secure_channel(server.address, creds) as ch:
         stub = revocation_pb2_grpc.RevocationStub(ch)
         for after in (-1, 10**9):
@@ -268,11 +265,7 @@ def test_thousand_watch_streams_each_get_the_event_once(rig: tuple[ServerProcess
 
     server, root = rig
     state = root / "c"
-    creds = grpc.ssl_channel_credentials(
-        (state / "ca.crt").read_bytes(),
-        (state / "agent.key").read_bytes(),
-        (state / "agent.crt").read_bytes(),
-    )
+    creds = agent_credentials(state)
     streams, channels = 1000, 10
     server.admin("key", "create", "fanout")
 
@@ -313,11 +306,7 @@ def test_thousand_watch_streams_each_get_the_event_once(rig: tuple[ServerProcess
 def test_stuck_watcher_is_dropped_without_slowing_others(rig: tuple[ServerProcess, Path]) -> None:
     server, root = rig
     state = root / "c"
-    creds = grpc.ssl_channel_credentials(
-        (state / "ca.crt").read_bytes(),
-        (state / "agent.key").read_bytes(),
-        (state / "agent.crt").read_bytes(),
-    )
+    creds = agent_credentials(state)
     # A client that reads nothing, with a tiny receive window so the server's sends back up at once.
     stuck_channel = grpc.secure_channel(
         server.address, creds, options=[("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]

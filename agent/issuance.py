@@ -1,0 +1,44 @@
+"""What enrollment and renewal share: a fresh key and CSR, and checking what the server issued."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from kms.errors import Unauthenticated
+from kms.policy import AgentIdentity, AllOf, CertificateRejected, ChainsTo, ClientAuth
+
+__all__ = ["accept_issued", "new_key_and_csr", "trust_domain_of"]
+
+
+def new_key_and_csr(bits: int) -> tuple[rsa.RSAPrivateKey, bytes]:
+    """A new RSA key made here (it never leaves the machine) and a CSR (DER) for it.
+
+    The subject is empty: the server takes nothing from a CSR but its key.
+    """
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    return key, csr.public_bytes(serialization.Encoding.DER)
+
+
+def trust_domain_of(spiffe_id: str) -> str:
+    return spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
+
+
+def accept_issued(
+    cert_der: bytes, ca: x509.Certificate, trust_domain: str, name: str, key: rsa.RSAPrivateKey
+) -> x509.Certificate:
+    """The issued certificate, if it chains to the pinned CA, names this agent and carries our key."""
+    cert = x509.load_der_x509_certificate(cert_der)
+    try:
+        AllOf(ChainsTo([ca]), ClientAuth(), AgentIdentity(trust_domain, name)).verify(cert, datetime.now(UTC))
+    except CertificateRejected as exc:
+        raise Unauthenticated(
+            f"the server issued a certificate this agent cannot use: {exc.message}"
+        ) from exc
+    if cert.public_key() != key.public_key():
+        raise Unauthenticated("the server issued a certificate for another key")
+    return cert
