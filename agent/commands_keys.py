@@ -9,20 +9,13 @@ from pathlib import Path
 
 from agent.context import connect, iso, state_dir
 from agent.files import decrypt_file, encrypt_file
-from agent.keys import KeyFetcher
+from agent.keys import KeyFetcher, encode_key
+from agent.state import KeyFile
 from kms.cli import print_json
 from kms.errors import FailedPrecondition, InvalidArgument
 from kms.securefile import write_atomic
 
 __all__ = ["cmd_fetch_key", "cmd_encrypt", "cmd_decrypt"]
-
-
-def _encode(material: bytes, fmt: str) -> bytes:
-    if fmt == "hex":
-        return material.hex().encode() + b"\n"
-    if fmt == "base64":
-        return base64.b64encode(material) + b"\n"
-    return material
 
 
 def cmd_fetch_key(args: argparse.Namespace) -> int:
@@ -32,9 +25,13 @@ def cmd_fetch_key(args: argparse.Namespace) -> int:
     meta = {"name": key.name, "version": key.version, "state": key.state, "created_at": iso(key.created_at)}
     if args.out:
         # A key file is raw bytes unless a text format is asked for.
-        write_atomic(Path(args.out), _encode(key.material, args.format or "raw"), mode=0o600)
-        # Remembered so that kms-agent watch can delete it if the version is compromised.
-        state_dir(args).remember_key_file(key.name, key.version, Path(args.out))
+        fmt = args.format or "raw"
+        write_atomic(Path(args.out), encode_key(key.material, fmt), mode=0o600)
+        # Remembered so that kms-agent watch can delete it if the version is compromised,
+        # and kms-agent run can move it to the new version when the key rotates.
+        state_dir(args).remember_key_file(
+            KeyFile(key.name, key.version, Path(args.out), fmt, follows_current=not args.version)
+        )
         meta["file"] = args.out
     if args.json:
         if args.include_key:
@@ -48,7 +45,7 @@ def cmd_fetch_key(args: argparse.Namespace) -> int:
             raise InvalidArgument(
                 "refusing to print a raw key to a terminal: use --out FILE or --format base64"
             )
-        sys.stdout.buffer.write(_encode(key.material, fmt))
+        sys.stdout.buffer.write(encode_key(key.material, fmt))
         sys.stdout.flush()
     return 0
 

@@ -3,7 +3,7 @@
 It keeps the certificate fresh (renewing at the renewal fraction of its life,
 with jitter, retrying with backoff), holds the revocation watch (resuming
 from its last sequence number), answers key exchanges, and re-fetches the
-key files it keeps when their version is compromised. SIGTERM or SIGINT stop
+key files it keeps when the key rotates or their version is compromised. SIGTERM or SIGINT stop
 it cleanly (exit 0); its own revocation ends it with exit 11.
 """
 
@@ -14,15 +14,16 @@ import random
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 from agent.client import KmsClient
 from agent.exchange import respond_once
-from agent.keys import KeyFetcher
+from agent.keys import KeyFetcher, encode_key
 from agent.renew import renew, renewal_due
-from agent.state import StateDir
+from agent.state import KeyFile, StateDir
 from agent.watch import Watcher
 from kms.errors import DeadlineExceeded, KmsError, Revoked
 from kms.securefile import ensure_private_dir, write_atomic
@@ -86,7 +87,7 @@ class AgentDaemon:
             as_json=True,
             exec_cmd=None,
             silence_timeout=30.0,
-            on_key_files_deleted=self._refetch,
+            on_stale_key_files=self._refetch,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.stop)
@@ -180,17 +181,20 @@ class AgentDaemon:
             finally:
                 client.close()
 
-    def _refetch(self, event: revocation_pb2.RevocationEvent, paths: list[Path]) -> None:
-        """A compromised version's key files are replaced by the key's new current version."""
+    def _refetch(self, event: revocation_pb2.RevocationEvent, files: list[KeyFile]) -> None:
+        """Moves key files that follow a key to its current version (after a rotation or a compromise)."""
         try:
             with self._client() as client:
                 key = KeyFetcher(self._state.load(), client).fetch(event.key_name)
         except KmsError as exc:
+            # Not fatal: the file keeps its (still decryptable) version, or stays deleted
+            # if compromised, until the next event for this key or a manual fetch-key.
             logger.warning("could not re-fetch %s: %s", event.key_name, exc.message)
             return
-        for path in paths:
-            write_atomic(path, key.material, mode=0o600)
-            self._state.remember_key_file(key.name, key.version, path)
+        for file in files:
+            write_atomic(file.path, encode_key(key.material, file.format), mode=0o600)
+            self._state.remember_key_file(replace(file, version=key.version))
             logger.info(
-                "re-fetched key file", extra={"path": str(path), "key": key.name, "version": key.version}
+                "re-fetched key file",
+                extra={"path": str(file.path), "key": key.name, "version": key.version, "seq": event.seq},
             )

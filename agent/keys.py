@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 from agent.client import KmsClient
@@ -10,7 +11,16 @@ from kms.errors import DataLoss, InvalidArgument
 from kms.identity import validate_key_name
 from kms.wrap import UnwrapError, unwrap
 
-__all__ = ["FetchedKey", "KeyFetcher"]
+__all__ = ["FetchedKey", "KeyFetcher", "encode_key"]
+
+
+def encode_key(material: bytes, fmt: str) -> bytes:
+    """Key bytes as a key file holds them: raw, or hex/base64 text with a newline."""
+    if fmt == "hex":
+        return material.hex().encode() + b"\n"
+    if fmt == "base64":
+        return base64.b64encode(material) + b"\n"
+    return material
 
 
 @dataclass(frozen=True)

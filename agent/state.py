@@ -5,7 +5,9 @@ agent.crt    the agent certificate, PEM
 ca.crt       the CA bundle pinned at enrollment, PEM
 agent.json   name, groups, server addresses, CA fingerprint
 watch.json   the last revocation sequence number kms-agent watch processed
-key-files.json  key files fetch-key --out wrote; deleted if their version is compromised
+key-files.json  key files fetch-key --out wrote (with their format, and whether they follow the
+                current version); deleted if their version is compromised, refreshed by
+                kms-agent run when the key rotates
 """
 
 from __future__ import annotations
@@ -22,7 +24,32 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kms.errors import FailedPrecondition
 from kms.securefile import ensure_private_dir, write_atomic
 
-__all__ = ["AgentIdentity", "AgentSettings", "StateDir", "default_state_dir"]
+__all__ = ["AgentIdentity", "AgentSettings", "KeyFile", "StateDir", "default_state_dir"]
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """A key file fetch-key --out wrote."""
+
+    name: str
+    version: int
+    path: Path
+    format: str = "raw"  # raw, hex or base64
+    # Fetched without --version: kms-agent run moves it to each new current version.
+    follows_current: bool = True
+
+    @classmethod
+    def parse(cls, entry: dict[str, object]) -> KeyFile:
+        return cls(
+            str(entry["name"]),
+            int(str(entry["version"])),
+            Path(str(entry["path"])),
+            str(entry.get("format", "raw")),
+            bool(entry.get("follows_current", True)),
+        )
+
+    def entry(self) -> dict[str, object]:
+        return {**asdict(self), "path": str(self.path)}
 
 
 def default_state_dir() -> Path:
@@ -118,30 +145,36 @@ class StateDir:
     def save_last_seq(self, seq: int) -> None:
         write_atomic(self.watch, json.dumps({"last_seq": seq}).encode() + b"\n", mode=0o600)
 
-    def _key_files(self) -> list[dict[str, object]]:
+    def _key_files(self) -> list[KeyFile]:
         try:
             entries = json.loads(self.key_files.read_text())
+            return [KeyFile.parse(e) for e in entries if isinstance(e, dict)]
         except FileNotFoundError:
             return []
-        except (OSError, ValueError) as exc:
-            raise FailedPrecondition(f"{self.key_files} is unreadable ({exc})") from exc
-        return [e for e in entries if isinstance(e, dict)]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FailedPrecondition(f"{self.key_files} is unreadable ({exc}): remove it") from exc
 
-    def remember_key_file(self, name: str, version: int, path: Path) -> None:
-        entries = [e for e in self._key_files() if e.get("path") != str(path.resolve())]
-        entries.append({"name": name, "version": version, "path": str(path.resolve())})
-        write_atomic(self.key_files, json.dumps(entries, indent=2).encode() + b"\n", mode=0o600)
+    def _save_key_files(self, files: list[KeyFile]) -> None:
+        data = json.dumps([f.entry() for f in files], indent=2).encode() + b"\n"
+        write_atomic(self.key_files, data, mode=0o600)
 
-    def forget_key_files(self, name: str, version: int) -> list[Path]:
-        """Deletes the key files written for (name, version); returns the paths deleted."""
+    def remember_key_file(self, file: KeyFile) -> None:
+        file = KeyFile(file.name, file.version, file.path.resolve(), file.format, file.follows_current)
+        self._save_key_files([f for f in self._key_files() if f.path != file.path] + [file])
+
+    def forget_key_files(self, name: str, version: int) -> list[KeyFile]:
+        """Deletes the key files written for (name, version); returns them."""
         keep, deleted = [], []
-        for entry in self._key_files():
-            if entry.get("name") == name and entry.get("version") == version:
-                path = Path(str(entry["path"]))
-                path.unlink(missing_ok=True)
-                deleted.append(path)
+        for file in self._key_files():
+            if file.name == name and file.version == version:
+                file.path.unlink(missing_ok=True)
+                deleted.append(file)
             else:
-                keep.append(entry)
+                keep.append(file)
         if deleted:
-            write_atomic(self.key_files, json.dumps(keep, indent=2).encode() + b"\n", mode=0o600)
+            self._save_key_files(keep)
         return deleted
+
+    def key_files_behind(self, name: str, version: int) -> list[KeyFile]:
+        """The key files that follow key name's current version but hold one older than version."""
+        return [f for f in self._key_files() if f.name == name and f.follows_current and f.version < version]

@@ -17,13 +17,12 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 
 import grpc
 
 from agent.client import KmsClient
-from agent.state import AgentIdentity, StateDir
+from agent.state import AgentIdentity, KeyFile, StateDir
 from agent.watchdog import Watchdog
 from kms.errors import REVOKED_MARK, ResourceExhausted, Revoked, Unauthenticated, Unavailable
 from kms.events import describe, event_fields
@@ -47,9 +46,11 @@ class Watcher:
         as_json: bool,
         exec_cmd: str | None,
         silence_timeout: float,
-        on_key_files_deleted: Callable[[revocation_pb2.RevocationEvent, list[Path]], None] | None = None,
+        on_stale_key_files: Callable[[revocation_pb2.RevocationEvent, list[KeyFile]], None] | None = None,
     ) -> None:
-        self._on_key_files_deleted = on_key_files_deleted
+        # Called with the key files an event made stale (compromised and deleted, or
+        # rotated away from); kms-agent run re-fetches them, kms-agent watch does not.
+        self._on_stale_key_files = on_stale_key_files
         self._state = state
         self._identity = identity
         self._connect = connect
@@ -124,14 +125,20 @@ class Watcher:
 
     def _handle(self, event: revocation_pb2.RevocationEvent) -> None:
         fields = event_fields(event)
+        stale: list[KeyFile] = []
         if event.kind == "key":
             deleted = self._state.forget_key_files(event.key_name, event.key_version)
-            for path in deleted:
+            for file in deleted:
                 logger.info(
-                    "deleted key file %s of compromised %s v%d", path, event.key_name, event.key_version
+                    "deleted key file %s of compromised %s v%d", file.path, event.key_name, event.key_version
                 )
-            if deleted and self._on_key_files_deleted is not None:
-                self._on_key_files_deleted(event, deleted)
+            # A file pinned to the compromised version stays deleted; one that follows
+            # the current version is re-fetched.
+            stale = [f for f in deleted if f.follows_current]
+        elif event.kind == "rotate":
+            stale = self._state.key_files_behind(event.key_name, event.key_version)
+        if stale and self._on_stale_key_files is not None:
+            self._on_stale_key_files(event, stale)
         if self._exec:
             env = {**os.environ, **{f"KMS_EVENT_{k.upper()}": str(v) for k, v in fields.items()}}
             result = subprocess.run(self._exec, shell=True, env=env, check=False)  # noqa: S602 - operator's command

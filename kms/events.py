@@ -1,4 +1,4 @@
-"""Revocation events as people and scripts read them (both CLIs print them the same way)."""
+"""Watch-feed events (revocations and key rotations) as people and scripts read them (both CLIs print them the same way)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def event_fields(event: revocation_pb2.RevocationEvent) -> dict[str, str | int]:
 def describe(event: revocation_pb2.RevocationEvent) -> str:
     if event.kind == "key":
         subject = f"key {event.key_name} version {event.key_version} compromised"
+    elif event.kind == "rotate":
+        subject = f"key {event.key_name} rotated to version {event.key_version}"
     elif event.kind == "agent":
         subject = f"agent {event.agent_name} revoked (certificates {event.serial or 'none'})"
     else:

@@ -220,10 +220,10 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             store, ca, clock, default_token_ttl=cfg.token_ttl, max_token_ttl=cfg.max_token_ttl
         )
         agents = AgentDirectory(store, trust_domain, clock)
-        keys = KeyService(store, sealer, clock)
-        authenticator = PeerAuthenticator(ca.certificate, trust_domain, store, clock)
         metrics = Metrics()
         feed = RevocationFeed(await store.last_seq(), metrics)
+        keys = KeyService(store, sealer, clock, publish=feed.publish)
+        authenticator = PeerAuthenticator(ca.certificate, trust_domain, store, clock)
         guard = StreamGuard()
         crl = CrlPublisher(ca, store, clock)
         revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)

@@ -63,7 +63,7 @@ class RevocationFeed:
         self._published[event.seq] = time.monotonic()
         if len(self._published) > 10_000:
             self._published.popitem(last=False)
-        if self._metrics is not None:
+        if self._metrics is not None and event.kind != "rotate":
             self._metrics.revocations.labels(event.kind).inc()
         for sub in list(self._subs):
             try:

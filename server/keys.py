@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kms.errors import InvalidArgument, PermissionDenied
@@ -17,7 +18,7 @@ from kms.wrap import KEY_BYTES, wrap
 from server.authn import Caller
 from server.clock import Clock
 from server.sealing import Sealer
-from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, Store
+from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, Store
 from server.store.base import SealFn
 
 __all__ = ["FetchedKey", "KeyService", "MAX_VERSION", "parse_grant"]
@@ -47,10 +48,18 @@ class FetchedKey:
 
 
 class KeyService:
-    def __init__(self, store: Store, sealer: Sealer, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sealer: Sealer,
+        clock: Clock,
+        publish: Callable[[RevocationEvent], None] = lambda event: None,
+    ) -> None:
         self._store = store
         self._sealer = sealer
         self._clock = clock
+        # Rotation events go out on the watch feed, like revocations.
+        self._publish = publish
 
     def _now(self) -> int:
         return int(self._clock().timestamp())
@@ -79,13 +88,16 @@ class KeyService:
 
     async def rotate(self, name: str) -> KeyRecord:
         now = self._now()
-        record = await self._store.rotate_key(
+        record, event = await self._store.rotate_key(
             validate_key_name(name),
             now,
             self.sealer_for(name),
-            audit=lambda k: AuditEntry(now, "admin", "key.rotate", f"key:{name}/v{k.current_version}"),
+            audit=lambda done: AuditEntry(
+                now, "admin", "key.rotate", f"key:{name}/v{done[0].current_version}"
+            ),
         )
-        logger.info("key rotated", extra={"key": name, "version": record.current_version})
+        self._publish(event)
+        logger.info("key rotated", extra={"key": name, "version": record.current_version, "seq": event.seq})
         return record
 
     async def grant(self, name: str, grant: str) -> KeyRecord:

@@ -139,9 +139,12 @@ class RevocationService:
         return self._committed(event) if event else await self._already(kind="key", key=(name, version))
 
     async def events(self) -> list[RevocationEvent]:
+        """Every revocation so far (rotations share the log and the feed, but are not revocations)."""
         out: list[RevocationEvent] = []
-        while batch := await self._store.events_after(out[-1].seq if out else 0, 1000):
-            out += batch
+        after = 0
+        while batch := await self._store.events_after(after, 1000):
+            out += [e for e in batch if e.kind != "rotate"]
+            after = batch[-1].seq
         return out
 
     async def status(self, serial: str) -> CertificateStatus:

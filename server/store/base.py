@@ -60,7 +60,7 @@ class CertificateRecord:
 @dataclass(frozen=True)
 class RevocationEvent:
     seq: int
-    kind: str  # "cert", "agent" or "key"
+    kind: str  # "cert", "agent", "key" (a compromised version) or "rotate" (a key's new current version)
     serial: str | None  # kind cert: the serial; kind agent: the serials revoked with it, comma-separated
     agent_name: str | None
     key_name: str | None
@@ -182,8 +182,13 @@ class Store(Protocol):
         """Creates key name with version 1. Raises AlreadyExists."""
         ...
 
-    async def rotate_key(self, name: str, now: int, seal: SealFn, *, audit: Audit = None) -> KeyRecord:
-        """Adds a new current version; the old current one becomes deactivated. Raises NotFound."""
+    async def rotate_key(
+        self, name: str, now: int, seal: SealFn, *, audit: Audit = None
+    ) -> tuple[KeyRecord, RevocationEvent]:
+        """Adds a new current version; the old current one becomes deactivated. Raises NotFound.
+
+        Appends a 'rotate' event naming the new version, in the same transaction.
+        """
         ...
 
     async def grant_key(self, name: str, grant: Grant, now: int, *, audit: Audit = None) -> KeyRecord: ...

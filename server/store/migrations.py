@@ -110,4 +110,25 @@ MIGRATIONS: list[list[str]] = [
             hash BLOB NOT NULL
         )""",
     ],
+    # 5: key rotations join the event log (kind 'rotate'), so agents refresh
+    # their key files. SQLite cannot alter a CHECK: rebuild the table. Its rows
+    # are copied with their seq, so AUTOINCREMENT carries on from the same high mark.
+    [
+        """CREATE TABLE events_v5 (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('cert', 'agent', 'key', 'rotate')),
+            serial TEXT,
+            agent_name TEXT,
+            key_name TEXT,
+            key_version INTEGER,
+            reason TEXT NOT NULL,
+            at INTEGER NOT NULL
+        )""",
+        "INSERT INTO events_v5 SELECT seq, kind, serial, agent_name, key_name, key_version, reason, at FROM events",
+        # Keeps the high-water mark even if the newest events were ever removed.
+        """UPDATE sqlite_sequence SET seq = MAX(seq, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))
+            WHERE name = 'events_v5'""",
+        "DROP TABLE events",
+        "ALTER TABLE events_v5 RENAME TO events",
+    ],
 ]

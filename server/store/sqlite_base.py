@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kms.audit import GENESIS, AuditRecord, record_hash
-from server.store.base import Audit, AuditEntry, StoreError
+from server.store.base import Audit, AuditEntry, RevocationEvent, StoreError
 
 __all__ = ["SqliteBase"]
 
@@ -58,6 +58,25 @@ class SqliteBase:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _append_event(
+        db: sqlite3.Connection,
+        kind: str,
+        reason: str,
+        now: int,
+        *,
+        serial: str | None = None,
+        agent: str | None = None,
+        key: tuple[str, int] | None = None,
+    ) -> RevocationEvent:
+        key_name, key_version = key if key else (None, None)
+        cur = db.execute(
+            "INSERT INTO events(kind, serial, agent_name, key_name, key_version, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (kind, serial, agent, key_name, key_version, reason, now),
+        )
+        assert cur.lastrowid is not None
+        return RevocationEvent(cur.lastrowid, kind, serial, agent, key_name, key_version, reason, now)
 
     @staticmethod
     def _append_audit(db: sqlite3.Connection, entry: AuditEntry) -> None:

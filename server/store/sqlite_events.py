@@ -24,25 +24,6 @@ def _cert(row: tuple[Any, ...]) -> CertificateRecord:
 class SqliteEvents(SqliteBase):
     """Revocation methods of SqliteStore."""
 
-    @staticmethod
-    def _append(
-        db: sqlite3.Connection,
-        kind: str,
-        reason: str,
-        now: int,
-        *,
-        serial: str | None = None,
-        agent: str | None = None,
-        key: tuple[str, int] | None = None,
-    ) -> RevocationEvent:
-        key_name, key_version = key if key else (None, None)
-        cur = db.execute(
-            "INSERT INTO events(kind, serial, agent_name, key_name, key_version, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (kind, serial, agent, key_name, key_version, reason, now),
-        )
-        assert cur.lastrowid is not None
-        return RevocationEvent(cur.lastrowid, kind, serial, agent, key_name, key_version, reason, now)
-
     async def revoke_certificate(
         self, serial: str, reason: str, now: int, *, audit: Audit = None
     ) -> RevocationEvent | None:
@@ -60,7 +41,7 @@ class SqliteEvents(SqliteBase):
                 "UPDATE certificates SET revoked_at=?, revocation_reason=? WHERE serial=?",
                 (now, reason, serial),
             )
-            return self._append(db, "cert", reason, now, serial=serial, agent=row[0])
+            return self._append_event(db, "cert", reason, now, serial=serial, agent=row[0])
 
         return await self._run(self._tx, q, audit)
 
@@ -85,7 +66,7 @@ class SqliteEvents(SqliteBase):
                 (now, reason, name),
             )
             db.execute("UPDATE agents SET revoked_at=COALESCE(revoked_at, ?) WHERE name=?", (now, name))
-            return self._append(db, "agent", reason, now, serial=",".join(serials), agent=name)
+            return self._append_event(db, "agent", reason, now, serial=",".join(serials), agent=name)
 
         return await self._run(self._tx, q, audit)
 
@@ -116,7 +97,7 @@ class SqliteEvents(SqliteBase):
                     (name, new, seal(new), now, now),
                 )
                 db.execute("UPDATE keys SET current_version=? WHERE name=?", (new, name))
-            return self._append(db, "key", reason, now, key=(name, version))
+            return self._append_event(db, "key", reason, now, key=(name, version))
 
         return await self._run(self._tx, q, audit)
 

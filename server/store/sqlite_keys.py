@@ -6,7 +6,7 @@ import sqlite3
 from typing import TypeVar
 
 from kms.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
-from server.store.base import Audit, Grant, KeyRecord, KeyVersionRecord, SealFn
+from server.store.base import Audit, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, SealFn
 from server.store.sqlite_base import SqliteBase
 
 __all__ = ["SqliteKeys"]
@@ -66,8 +66,10 @@ class SqliteKeys(SqliteBase):
 
         return await self._run(self._tx, q, audit)
 
-    async def rotate_key(self, name: str, now: int, seal: SealFn, *, audit: Audit = None) -> KeyRecord:
-        def q(db: sqlite3.Connection) -> KeyRecord:
+    async def rotate_key(
+        self, name: str, now: int, seal: SealFn, *, audit: Audit = None
+    ) -> tuple[KeyRecord, RevocationEvent]:
+        def q(db: sqlite3.Connection) -> tuple[KeyRecord, RevocationEvent]:
             current = self._key(db, name).current_version
             new = current + 1
             # KMIP: a rotated-out version is Deactivated (decrypt only), unless already worse.
@@ -80,7 +82,9 @@ class SqliteKeys(SqliteBase):
                 "INSERT INTO key_versions VALUES (?, ?, 'active', ?, ?, ?)", (name, new, seal(new), now, now)
             )
             db.execute("UPDATE keys SET current_version=? WHERE name=?", (new, name))
-            return self._key(db, name)
+            # Tells watching agents to refresh key files that follow the current version.
+            event = self._append_event(db, "rotate", "superseded", now, key=(name, new))
+            return self._key(db, name), event
 
         return await self._run(self._tx, q, audit)
 

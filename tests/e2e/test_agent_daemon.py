@@ -23,9 +23,13 @@ def test_agent_runs_across_three_lifetimes(tmp_path: Path) -> None:
     try:
         assert enroll(server, state, server.token("runner", "web")).returncode == 0
         server.admin("key", "create", "app", "--grant", "group:web")
-        key_file = tmp_path / "app.key"
+        # Three key files: raw and hex ones that follow the current version, one pinned to v1.
+        key_file, hex_file, pinned = tmp_path / "app.key", tmp_path / "app.hex", tmp_path / "app-v1.key"
         assert agent(state, "fetch-key", "app", "--out", str(key_file)).returncode == 0
+        assert agent(state, "fetch-key", "app", "--out", str(hex_file), "--format", "hex").returncode == 0
+        assert agent(state, "fetch-key", "app", "--version", "1", "--out", str(pinned)).returncode == 0
         v1 = key_file.read_bytes()
+        assert hex_file.read_text() == v1.hex() + "\n" and pinned.read_bytes() == v1
 
         daemon = subprocess.Popen(
             [exe("kms-agent"), "run", "--dir", str(state), "--renew-fraction", "0.5"],
@@ -51,15 +55,32 @@ def test_agent_runs_across_three_lifetimes(tmp_path: Path) -> None:
 
         # Still working after three lifetimes: its current certificate is valid and the watch is live.
         assert agent(state, "status", "--renew-fraction", "0.99").returncode == 0
-        server.admin("revoke", "key", "app", "--version", "1", "--reason", "keyCompromise")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (not key_file.exists() or key_file.read_bytes() == v1):
-            time.sleep(0.3)
-        assert any(e.get("key") == "app" for e in events)
-        assert key_file.exists() and key_file.read_bytes() != v1  # re-fetched: the new current version
-        assert (
-            agent(state, "fetch-key", "app", "--format", "hex").stdout.strip() == key_file.read_bytes().hex()
-        )
+
+        def current_hex() -> str:
+            return agent(state, "fetch-key", "app", "--format", "hex").stdout.strip()
+
+        def wait_for_version(version: int) -> None:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not (
+                key_file.exists() and hex_file.exists() and hex_file.read_text().strip() == current_hex()
+            ):
+                time.sleep(0.3)
+            assert hex_file.read_text().strip() == current_hex(), f"key files not moved to v{version}"
+            assert key_file.read_bytes().hex() == current_hex()
+            listed = json.loads((state / "key-files.json").read_text())
+            assert sorted(e["version"] for e in listed) == [1, version, version]
+
+        # A plain rotation: following files move to v2 in their own format; the pinned one stays.
+        server.admin("key", "rotate", "app")
+        wait_for_version(2)
+        assert key_file.read_bytes() != v1 and pinned.read_bytes() == v1
+        assert any(e.get("kind") == "rotate" and e.get("version") == 2 for e in events)
+        # Compromise of the current version: the server rotates to v3 and the files follow.
+        v2 = key_file.read_bytes()
+        server.admin("revoke", "key", "app", "--version", "2", "--reason", "keyCompromise")
+        wait_for_version(3)
+        assert key_file.read_bytes() not in (v1, v2) and pinned.read_bytes() == v1
+        assert any(e.get("kind") == "key" and e.get("version") == 2 for e in events)
 
         # It answers key exchanges too.
         assert enroll(server, peer, server.token("peer")).returncode == 0

@@ -138,13 +138,20 @@ def test_watch_resumes_with_exactly_the_missed_events(rig: tuple[ServerProcess, 
     for version in range(1, 51):  # each revocation of the current version rotates to the next
         resp = stub.RevokeKey(admin_pb2.RevokeKeyRequest(name="churn", version=version), timeout=10)
         made.append(resp.event.seq)
+    # A plain rotation is on the feed too (agents refresh key files), but it is no revocation.
+    stub.RotateKey(admin_pb2.RotateKeyRequest(name="churn"), timeout=10)
+    listed = json.loads(server.admin("revocations", "list", "--json").stdout)
+    assert {e["kind"] for e in listed} <= {"cert", "agent", "key"} and made[-1] == listed[-1]["seq"]
 
     second = WatchProcess(root / "d")
     try:
-        second.wait_for(lambda evs: len(evs) >= 50)
+        second.wait_for(lambda evs: len(evs) >= 51)
         time.sleep(1.5)  # a heartbeat or two: nothing more may come
-        assert second.seqs() == made
-        assert not set(made) & set(seen)
+        assert second.seqs()[:-1] == made
+        rotated = second.events[-1]
+        assert (rotated["kind"], rotated["key"], rotated["version"]) == ("rotate", "churn", 52)
+        assert rotated["seq"] > made[-1]
+        assert not set(second.seqs()) & set(seen)
     finally:
         assert second.stop() == 0
 

@@ -116,3 +116,38 @@ def test_refuses_a_newer_schema(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="upgrade kms-server"):
         _open(tmp_path / "kms.db")
+
+
+def test_upgrade_to_rotation_events_keeps_every_event_and_the_sequence(tmp_path: Path) -> None:
+    """Migration 5 rebuilds the events table: rows, their seqs and the high-water mark survive."""
+    path = tmp_path / "kms.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER)")
+    for version, step in enumerate(MIGRATIONS[:4], start=1):
+        for statement in step:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version VALUES (?, 0)", (version,))
+    for serial in ("a1", "b2", "c3"):
+        conn.execute(
+            "INSERT INTO events(kind, serial, reason, at) VALUES ('cert', ?, 'unspecified', 1)", (serial,)
+        )
+    conn.execute("DELETE FROM events WHERE seq = 3")  # the high-water mark is 3, not 2
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO events(kind, reason, at) VALUES ('rotate', 'superseded', 1)")
+    conn.close()
+
+    async def body() -> None:
+        store = await SqliteStore.open(path)
+        try:
+            assert await store.schema_version() == len(MIGRATIONS)
+            assert [(e.seq, e.serial) for e in await store.events_after(0, 10)] == [(1, "a1"), (2, "b2")]
+            await store.create_key("app", NOW, lambda v: b"sealed-%d" % v, [])
+            record, event = await store.rotate_key("app", NOW, lambda v: b"sealed-%d" % v)
+            assert record.current_version == 2
+            assert (event.seq, event.kind, event.key_name, event.key_version) == (4, "rotate", "app", 2)
+            assert await store.events_after(2, 10) == [event]
+            assert await store.last_seq() == 4
+        finally:
+            await store.close()
+
+    asyncio.run(body())
