@@ -170,7 +170,7 @@ class SqliteStore(SqliteKeys, SqliteEvents):
             )
             return True
 
-        await self._run(self._tx, q, audit)
+        await self._write(q, audit)
 
     async def get_join_token(self, token_id: str) -> JoinTokenRecord | None:
         def q() -> JoinTokenRecord | None:
@@ -223,7 +223,7 @@ class SqliteStore(SqliteKeys, SqliteEvents):
             ]
             return AgentRecord(cert.agent_name, tuple(json.loads(groups_json)), created, cert)
 
-        return await self._run(self._tx, q, audit)
+        return await self._write(q, audit)
 
     async def add_certificate(
         self, cert: CertificateRecord, groups: tuple[str, ...], *, audit: Audit = None
@@ -233,7 +233,7 @@ class SqliteStore(SqliteKeys, SqliteEvents):
             db.execute("UPDATE agents SET updated_at=? WHERE name=?", (cert.issued_at, cert.agent_name))
             return True
 
-        await self._run(self._tx, q, audit)
+        await self._write(q, audit)
 
     # --- agents ------------------------------------------------------------------
 

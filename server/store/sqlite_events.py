@@ -43,7 +43,7 @@ class SqliteEvents(SqliteBase):
             )
             return self._append_event(db, "cert", reason, now, serial=serial, agent=row[0])
 
-        return await self._run(self._tx, q, audit)
+        return await self._write(q, audit)
 
     async def revoke_agent(
         self, name: str, reason: str, now: int, *, audit: Audit = None
@@ -68,7 +68,7 @@ class SqliteEvents(SqliteBase):
             db.execute("UPDATE agents SET revoked_at=COALESCE(revoked_at, ?) WHERE name=?", (now, name))
             return self._append_event(db, "agent", reason, now, serial=",".join(serials), agent=name)
 
-        return await self._run(self._tx, q, audit)
+        return await self._write(q, audit)
 
     async def revoke_key_version(
         self, name: str, version: int, reason: str, now: int, seal: SealFn, *, audit: Audit = None
@@ -99,7 +99,7 @@ class SqliteEvents(SqliteBase):
                 db.execute("UPDATE keys SET current_version=? WHERE name=?", (new, name))
             return self._append_event(db, "key", reason, now, key=(name, version))
 
-        return await self._run(self._tx, q, audit)
+        return await self._write(q, audit)
 
     async def last_event(
         self,

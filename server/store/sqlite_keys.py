@@ -64,7 +64,7 @@ class SqliteKeys(SqliteBase):
             )
             return self._key(db, name)
 
-        return await self._run(self._tx, q, audit)
+        return await self._write(q, audit)
 
     async def rotate_key(
         self, name: str, now: int, seal: SealFn, *, audit: Audit = None
@@ -86,7 +86,7 @@ class SqliteKeys(SqliteBase):
             event = self._append_event(db, "rotate", "superseded", now, key=(name, new))
             return self._key(db, name), event
 
-        return await self._run(self._tx, q, audit)
+        return await self._write(q, audit)
 
     async def grant_key(self, name: str, grant: Grant, now: int, *, audit: Audit = None) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
@@ -96,7 +96,7 @@ class SqliteKeys(SqliteBase):
             )
             return self._key(db, name)
 
-        return await self._run(self._tx, q, audit)
+        return await self._write(q, audit)
 
     async def ungrant_key(self, name: str, grant: Grant, *, audit: Audit = None) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
@@ -109,7 +109,7 @@ class SqliteKeys(SqliteBase):
                 raise NotFound(f"key {name!r} has no grant {grant}")
             return self._key(db, name)
 
-        return await self._run(self._tx, q, audit)
+        return await self._write(q, audit)
 
     async def list_keys(self) -> list[KeyRecord]:
         def q() -> list[KeyRecord]:
@@ -214,4 +214,4 @@ class SqliteKeys(SqliteBase):
             )
             return record
 
-        return await self._run(self._tx, q, audit)
+        return await self._write(q, audit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,36 @@ def test_upgrade_to_rotation_events_keeps_every_event_and_the_sequence(tmp_path:
             assert (event.seq, event.kind, event.key_name, event.key_version) == (4, "rotate", "app", 2)
             assert await store.events_after(2, 10) == [event]
             assert await store.last_seq() == 4
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_group_commit_isolates_a_failing_write_and_keeps_one_audit_chain(tmp_path: Path) -> None:
+    """Concurrent writes share commits; a refused one rolls back alone, the others all land."""
+    from kms.audit import first_break
+    from kms.errors import AlreadyExists
+    from server.store import AuditEntry
+
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+
+            def create(name: str) -> Awaitable[object]:
+                return store.create_key(
+                    name, NOW, lambda v: b"m", [], audit=AuditEntry(NOW, "admin", "key.create", f"key:{name}")
+                )
+
+            names = [f"k{i}" for i in range(30)] + ["k0"] * 5
+            results = await asyncio.gather(*(create(n) for n in names), return_exceptions=True)
+            assert sum(isinstance(r, AlreadyExists) for r in results) == 5
+            assert not [
+                r for r in results if isinstance(r, BaseException) and not isinstance(r, AlreadyExists)
+            ]
+            assert sorted(k.name for k in await store.list_keys()) == sorted(set(names))
+            audit = await store.audit_after(0, 100)
+            assert len(audit) == 30 and first_break(audit) is None
         finally:
             await store.close()
 
