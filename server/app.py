@@ -223,11 +223,13 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         metrics = Metrics()
         feed = RevocationFeed(await store.last_seq(), metrics)
         keys = KeyService(store, sealer, clock, publish=feed.publish)
-        authenticator = PeerAuthenticator(ca.certificate, trust_domain, store, clock)
         guard = StreamGuard()
         crl = CrlPublisher(ca, store, clock)
         revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
         await revocations.load()
+        authenticator = PeerAuthenticator(
+            ca.certificate, trust_domain, store, clock, revocations.revocation_reason
+        )
         watch = WatchService(store, feed, cfg.heartbeat.total_seconds(), cfg.watch_buffer)
         exchanges = ExchangeService(
             lambda: tls.handshake_identity,

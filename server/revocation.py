@@ -70,22 +70,29 @@ class RevocationService:
         self._keys = keys
         self._clock = clock
         self._on_revoked = on_revoked
-        # Revoked serials, for the synchronous checks of handshake peers.
-        self._revoked: set[str] = set()
+        # Revoked serials and their reasons: the per-call check of every caller and of
+        # handshake peers reads this, not the store.
+        self._revoked: dict[str, str] = {}
 
     async def load(self) -> None:
-        """Reads the revoked serials once at start; revocations keep the set current."""
-        self._revoked = {r.serial for r in await self._store.revoked_certificates()}
+        """Reads the revoked serials once at start; revocations keep the map current."""
+        self._revoked = {
+            r.serial: r.revocation_reason or "unspecified" for r in await self._store.revoked_certificates()
+        }
 
     def is_revoked(self, serial: str) -> bool:
         return serial in self._revoked
+
+    def revocation_reason(self, serial: str) -> str | None:
+        """The reason serial was revoked, or None while it is not."""
+        return self._revoked.get(serial)
 
     def _now(self) -> int:
         return int(self._clock().timestamp())
 
     def _committed(self, event: RevocationEvent) -> Revocation:
         if event.kind in ("cert", "agent"):
-            self._revoked.update(event.serials())
+            self._revoked.update(dict.fromkeys(event.serials(), event.reason))
         self._feed.publish(event)
         closed = self._guard.close(event, CLOSE_GRACE)
         self._on_revoked()

@@ -5,6 +5,7 @@ Authentication, authorization and error mapping happen in server.auth.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -156,6 +157,12 @@ def event_message(event: RevocationEvent) -> revocation_pb2.RevocationEvent:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _event_response(event: RevocationEvent) -> revocation_pb2.WatchResponse:
+    """Built once per event and shared by every stream that sends it (never mutated)."""
+    return revocation_pb2.WatchResponse(event=event_message(event))
+
+
 def _watch_message(item: WatchItem) -> revocation_pb2.WatchResponse:
     if isinstance(item, Heartbeat):
         return revocation_pb2.WatchResponse(heartbeat=revocation_pb2.Heartbeat(current_seq=item.current_seq))
@@ -163,7 +170,7 @@ def _watch_message(item: WatchItem) -> revocation_pb2.WatchResponse:
         return revocation_pb2.WatchResponse(
             resume=revocation_pb2.Resume(after_seq=item.after_seq, reason="fell behind")
         )
-    return revocation_pb2.WatchResponse(event=event_message(item))
+    return _event_response(item)
 
 
 class RevocationServicer(revocation_pb2_grpc.RevocationServicer):
