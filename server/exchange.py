@@ -62,7 +62,8 @@ class ExchangeService:
 
     async def _next(self, frames: AsyncIterator[Frame], what: str) -> Frame:
         try:
-            return await asyncio.wait_for(anext(frames), self._timeout)
+            async with asyncio.timeout(self._timeout):  # no task per step, unlike wait_for
+                return await anext(frames)
         except TimeoutError:
             raise DeadlineExceeded(f"the handshake stalled waiting for {what}") from None
         except StopAsyncIteration:
@@ -70,7 +71,8 @@ class ExchangeService:
 
     async def _from(self, queue: asyncio.Queue[Frame | KmsError], what: str) -> Frame:
         try:
-            item = await asyncio.wait_for(queue.get(), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                item = await queue.get()
         except TimeoutError:
             raise DeadlineExceeded(f"the handshake stalled waiting for {what} from the peer") from None
         if isinstance(item, KmsError):

@@ -1,0 +1,164 @@
+"""``python -m bench``: run every scenario, or some by name, and print a table or JSON.
+
+Exit status: 0 when every scenario ran (whether or not it met its target:
+that is a finding, not a failure), 1 when one could not run, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.procs import BenchError
+from bench.progress import Progress
+from bench.results import Result, render_json, render_table
+from bench.scenarios import SCENARIOS, scenario
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Seed KMS benchmarks, each beside its bare grpc.aio baseline measured in the same run.",
+    )
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"one or more of: {', '.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="measured seconds per side (Seed KMS and baseline) in each scenario (default 10)",
+    )
+    parser.add_argument(
+        "--scale",
+        choices=["full", "small"],
+        default="full",
+        help="small: few identities and watchers, a smoke run",
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG charts to DIR (needs matplotlib)")
+    parser.add_argument(
+        "--kms-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more `kms-server run` argument for every Seed KMS server, repeatable (e.g. --kms-arg=--heartbeat=30s)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp directory (server logs, data dirs)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"bench: error: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        print(
+            f"bench: error: unknown scenario {unknown[0]!r}: choose from {', '.join(SCENARIOS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.duration <= 0:
+        print("bench: error: --duration must be positive", file=sys.stderr)
+        return 2
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return _error(
+                "--plot needs matplotlib, which Seed KMS does not depend on: pip install matplotlib"
+            )
+    names = args.scenarios or list(SCENARIOS)
+
+    from bench.context import BenchContext, Scale
+    from bench.pki import make_agent_keys, make_baseline_pki
+
+    started = time.monotonic()
+    progress = Progress(quiet=args.quiet)
+    scale = Scale.named(args.scale)
+    # Short and under /tmp: UNIX socket paths (the admin sockets) are limited to 107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="kmsbench-", dir="/tmp"))
+    results: list[Result] = []
+    errors: dict[str, str] = {}
+    try:
+        progress.start("setup")
+        pool = scale.identities + 12
+        progress.step(f"making {pool} RSA-2048 agent keys and the baselines' PKI")
+        keys = make_agent_keys(pool, processes=os.cpu_count() or 2)
+        ctx = BenchContext(
+            args.duration, scale, root, progress, keys, make_baseline_pki(keys), list(args.kms_arg)
+        )
+        progress.done(f"{pool} agent keys ready")
+        for name in names:
+            progress.start(name)
+            try:
+                got = scenario(name)(ctx)
+            except BenchError as exc:
+                errors[name] = str(exc)
+                progress.done(f"FAILED: {str(exc).splitlines()[0]}")
+                continue
+            results += got
+            progress.done(
+                "; ".join(
+                    f"{r.name} {r.figure:.4g} {r.unit}, ratio {r.ratio:.2f} ({'pass' if r.passed else 'FAIL'})"
+                    for r in got
+                )
+            )
+    except KeyboardInterrupt:
+        return _error("interrupted")
+    finally:
+        if args.keep:
+            print(f"bench: kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    meta = {
+        "scenarios": names,
+        "duration": args.duration,
+        "scale": args.scale,
+        "kms_args": list(args.kms_arg),
+        "seconds": round(time.monotonic() - started, 1),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "grpcio": _version("grpcio"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "errors": errors,
+    }
+    sys.stdout.write(render_json(results, meta) if args.json else render_table(results))
+    for name, message in errors.items():
+        print(f"bench: error: {name}: {message}", file=sys.stderr)
+    if args.plot is not None and results:
+        from bench.plot import write_charts
+
+        for path in write_charts(results, args.plot):
+            print(f"bench: wrote {path}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,131 @@
+"""Server processes: start, wait for the readiness line, read memory, always stop.
+
+Both kms-server and the baseline server print one ``... ready key=value ...``
+line on stdout once they listen; that line gives the bound addresses (ports
+are 0, picked by the OS). Output is collected so a failure can show it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["BenchError", "ServerProcess", "cpu_seconds", "exe", "rss_bytes"]
+
+READY_TIMEOUT = 60.0
+
+
+class BenchError(Exception):
+    """A benchmark could not run (a server did not start, a client failed): one line for the user."""
+
+
+def exe(name: str) -> str:
+    """A console script of this virtualenv (the one running the bench), else from PATH."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc/PID/status (VmRSS, in kB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, from /proc/PID/stat."""
+    # The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _clean_env() -> dict[str, str]:
+    # KMS_* variables of the caller's shell would change the server under test.
+    return {k: v for k, v in os.environ.items() if not k.startswith("KMS_")}
+
+
+class ServerProcess:
+    """One server child; ``fields`` holds its readiness line as key=value pairs."""
+
+    def __init__(self, cmd: Sequence[str], ready_prefix: str, label: str, log: Path) -> None:
+        self._cmd = list(cmd)
+        self._prefix = ready_prefix
+        self.label = label
+        self.proc: subprocess.Popen[str] | None = None
+        self.fields: dict[str, str] = {}
+        self._out: list[str] = []
+        # stderr goes to a file, not a pipe: a server logging a line per request
+        # must not make the bench process spend CPU reading it.
+        self._log = log
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss(self) -> int:
+        return rss_bytes(self.pid)
+
+    def output(self, last: int = 30) -> str:
+        try:
+            tail = self._log.read_text(errors="replace").splitlines()[-last:]
+        except OSError:
+            tail = []
+        return "".join(self._out[-last:]) + "\n".join(tail)
+
+    def start(self) -> ServerProcess:
+        with self._log.open("w") as log:
+            self.proc = subprocess.Popen(
+                self._cmd,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                env=_clean_env(),
+            )
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self._out.append(line)
+                del self._out[:-50]
+                if line.startswith(self._prefix):
+                    self.fields = dict(part.split("=", 1) for part in line.split()[2:] if "=" in part)
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(READY_TIMEOUT) or not self.fields:
+            self.stop()
+            raise BenchError(f"{self.label} did not become ready:\n{self.output()}")
+        return self
+
+    def check_alive(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise BenchError(f"{self.label} exited during the run:\n{self.output()}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,117 @@
+"""enroll: enrollments/s, each a new connection, against a new mutual-TLS channel + one trivial call.
+
+Tokens and CSRs are made before timing (CSRs reuse the run's agent keys: the
+server takes only the public key and does the same checks for each). Both
+CA key types run against the same connect baseline (P-256 CA), alternating
+phases. Afterwards the store is asked how many agents it holds, which proves
+the certificates were stored (each Enroll commits before it returns).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from bench.context import BenchContext, split
+from bench.kms import KmsServer
+from bench.load import LoadSpec, Target
+from bench.results import Result
+from bench.scenarios.fetch_key import load_details
+from kms.v1 import enrollment_pb2
+
+__all__ = ["run"]
+
+CA_TYPES = ("ecdsa-p256", "rsa-3072")
+# Enrollments/s a server is assumed to reach at most, to size the tokens made in advance;
+# a phase that runs out says so (exhausted) and then under-reports.
+CEILING = {"ecdsa-p256": 500, "rsa-3072": 400}
+LANES = 4  # connections being made at once per client process
+WARMUP_TOKENS = 10
+
+
+def _tokens(ctx: BenchContext, kms: KmsServer, ca_type: str, workers: int) -> list[tuple[bytes, ...]]:
+    """Per worker: enrollment requests, each with its own token, made now (outside the timing)."""
+    count = math.ceil(CEILING[ca_type] * ctx.duration * 1.2) + workers * WARMUP_TOKENS
+    ctx.progress.step(f"making {count} join tokens ({ca_type} CA)")
+    tokens = kms.create_tokens([f"enroll-{i}" for i in range(count)])
+    keys = ctx.agent_keys
+    requests = [
+        enrollment_pb2.EnrollRequest(join_token=t, csr_der=keys[i % len(keys)].csr_der).SerializeToString()
+        for i, t in enumerate(tokens)
+    ]
+    return split(requests, workers)
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    workers = ctx.scale.client_processes
+    with (
+        ctx.baseline_server("enroll-connect") as base,
+        ctx.kms_server("enroll-p256", "--ca-key-type", "ecdsa-p256") as p256,
+        ctx.kms_server("enroll-rsa3072", "--ca-key-type", "rsa-3072") as rsa3072,
+    ):
+        servers = {"ecdsa-p256": p256, "rsa-3072": rsa3072}
+        per_server = {ca: _tokens(ctx, kms, ca, workers) for ca, kms in servers.items()}
+        baseline_ids = split(ctx.baseline_clients(LANES * workers), workers)
+        specs = []
+        for w in range(workers):
+            targets = [
+                Target(
+                    "connect",
+                    "connect",
+                    base.fields["address"],
+                    ctx.baseline_pki.ca_pem,
+                    baseline_ids[w],
+                    "/bench.Baseline/Echo",
+                    (b"c" * 16,),
+                    depth=LANES,
+                )
+            ]
+            for ca, kms in servers.items():
+                requests = per_server[ca][w]
+                targets.append(
+                    Target(
+                        ca,
+                        "connect",
+                        kms.enroll_address,
+                        kms.ca_pem,
+                        (),
+                        "/kms.v1.Enrollment/Enroll",
+                        requests[WARMUP_TOKENS:],
+                        warmup_requests=requests[:WARMUP_TOKENS],
+                        consume=True,
+                        depth=LANES,
+                    )
+                )
+            specs.append(LoadSpec(tuple(targets)))
+        started = time.monotonic()
+        out = ctx.run_load(
+            specs, "enroll", server_pids={"connect": base.pid, **{ca: k.pid for ca, k in servers.items()}}
+        )
+        ctx.progress.step(f"load done in {time.monotonic() - started:.0f}s; counting stored agents")
+        stored = {ca: kms.agents_enrolled() for ca, kms in servers.items()}
+    connect = out["connect"]
+    results = []
+    for ca in CA_TYPES:
+        kms_out = out[ca]
+        result = Result(
+            scenario="enroll",
+            variant=f"{ca} CA",
+            metric="enrollments",
+            unit="/s",
+            figure=kms_out.rate,
+            baseline_name="connect (P-256 CA)",
+            baseline=connect.rate,
+            target="ratio >= 0.60",
+            passed=False,
+            details={
+                "agents_stored": stored[ca],
+                "phases": len(kms_out.rates),
+                **load_details("", kms_out),
+                **load_details("connect_", connect),
+                **({"tokens_ran_out": True} if kms_out.exhausted else {}),
+            },
+            samples={ca: kms_out.latencies, "connect": connect.latencies},
+        )
+        result.passed = result.ratio >= 0.60 and not kms_out.errors and not kms_out.exhausted
+        results.append(result)
+    return results

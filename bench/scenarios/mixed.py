@@ -1,0 +1,123 @@
+"""mixed: 1,000 watchers open while fetch-key runs at full speed and revocations arrive at 10/s.
+
+The fetch-key load and its echo baseline alternate in phases as in
+fetch-key; the watchers stay open throughout, and during every Seed KMS phase
+a thread here revokes a key version every 100 ms through the admin socket.
+Afterwards every revocation must have reached every watcher; its latency is
+the last arrival minus the instant the Revoke call returned (durable).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from bench.context import BenchContext
+from bench.kms import KmsServer
+from bench.procs import BenchError
+from bench.results import Result, percentile
+from bench.scenarios.fan_out import REVOKED_KEY, Rounds, kms_watch_setup, watch_specs
+from bench.scenarios.fetch_key import fetch_setup, load_details, load_specs
+from bench.watchers import watch_worker
+from bench.workers import WorkerPool
+
+__all__ = ["run"]
+
+REVOCATIONS_PER_SECOND = 10
+DELIVERY_P99_MS = 250.0
+
+
+class _Revoker:
+    """Revokes at a steady rate during the Seed KMS phases, from its own thread."""
+
+    def __init__(self, kms: KmsServer) -> None:
+        self._kms = kms
+        self.sent: dict[int, tuple[float, float]] = {}  # seq -> (sent, returned)
+        self._thread: threading.Thread | None = None
+        self.error = ""
+
+    def start(self, phases: list[tuple[str, float, float]]) -> None:
+        windows = [(start, end) for name, start, end in phases if name == "seed-kms"]
+        self._thread = threading.Thread(target=self._run, args=(windows,), daemon=True)
+        self._thread.start()
+
+    def _run(self, windows: list[tuple[float, float]]) -> None:
+        step = 1.0 / REVOCATIONS_PER_SECOND
+        try:
+            for start, end in windows:
+                at = start + step / 2
+                while at < end:
+                    time.sleep(max(0.0, at - time.monotonic()))
+                    seq, sent, returned = self._kms.revoke_key(REVOKED_KEY)
+                    self.sent[seq] = (sent, returned)
+                    at += step
+        except Exception as exc:  # reported by join(): a failed Revoke fails the scenario
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join(60)
+        if self.error:
+            raise BenchError(f"a revocation failed: {self.error}")
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    workers = ctx.scale.client_processes
+    watchers = ctx.scale.mixed_watchers
+    with ctx.baseline_server("mixed-echo") as echo, ctx.kms_server("mixed") as kms:
+        identities = fetch_setup(ctx, kms)
+        watch_ids, open_seq = kms_watch_setup(ctx, kms, workers, "mwatch")
+        specs = watch_specs("kms", kms.address, kms.ca_pem, watch_ids, watchers, after_seq=open_seq - 1)
+        with WorkerPool(watch_worker, specs, "mixed watchers") as watch_pool:
+            tracker = Rounds(watch_pool)
+            ctx.progress.step(f"opening {watchers} watch streams")
+            watch_pool.wait_ready()
+            if not tracker.wait(open_seq, timeout=60 + watchers / 100):
+                raise BenchError("mixed: not every watch stream opened")
+            revoker = _Revoker(kms)
+            out = ctx.run_load(
+                load_specs(ctx, echo.fields["address"], kms, identities),
+                "mixed",
+                on_go=revoker.start,
+                server_pids={"echo": echo.pid, "seed-kms": kms.pid},
+            )
+            revoker.join()
+            ctx.progress.step(f"waiting for {len(revoker.sent)} revocations to reach every watcher")
+            watch_pool.pump(
+                lambda: all(tracker.complete(s) for s in revoker.sent) or bool(tracker.errors), 15
+            )
+            watch_pool.send("stop")
+            summaries = watch_pool.results(timeout=60)
+        kms.process.check_alive()
+    delivered = [s for s in revoker.sent if tracker.complete(s)]
+    latencies = [tracker.last(s) - revoker.sent[s][1] for s in delivered]
+    from_sent = [tracker.last(s) - revoker.sent[s][0] for s in delivered]
+    p99 = percentile(latencies, 99) * 1000
+    kms_out, echo_out = out["seed-kms"], out["echo"]
+    all_delivered = bool(revoker.sent) and len(delivered) == len(revoker.sent) and not tracker.errors
+    result = Result(
+        scenario="mixed",
+        variant=f"{watchers} watchers",
+        metric="FetchKey under load",
+        unit="calls/s",
+        figure=kms_out.rate,
+        baseline_name="echo",
+        baseline=echo_out.rate,
+        target=f"ratio >= 0.60; all revocations delivered, p99 < {DELIVERY_P99_MS:.0f} ms",
+        passed=False,
+        details={
+            "revocations": len(revoker.sent),
+            "delivered_to_all": len(delivered),
+            "delivery_p50_ms": percentile(latencies, 50) * 1000,
+            "delivery_p99_ms": p99,
+            "delivery_p99_from_call_ms": percentile(from_sent, 99) * 1000,
+            "watch_errors": sum(s.errors for s in summaries),
+            **load_details("", kms_out),
+            **load_details("echo_", echo_out),
+        },
+        samples={"seed-kms": kms_out.latencies, "echo": echo_out.latencies, "delivery": latencies},
+    )
+    if tracker.errors:
+        result.details["watch_error"] = tracker.errors[0]
+    result.passed = result.ratio >= 0.60 and all_delivered and p99 < DELIVERY_P99_MS and not kms_out.errors
+    return [result]

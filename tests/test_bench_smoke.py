@@ -1,0 +1,66 @@
+"""Smoke: the benchmark suite runs every scenario end to end and reports real figures.
+
+Targets are not asserted: shared machines are noisy, and a benchmark that
+misses its target is a finding for bench/RESULTS.md, not a broken build.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.scenarios import SCENARIOS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(180)
+def test_every_scenario_reports_a_figure_beside_its_baseline() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--duration", "1", "--scale", "small", "--json", "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
+    report = json.loads(proc.stdout)
+    assert report["meta"]["errors"] == {}
+    results = report["results"]
+    assert {r["scenario"] for r in results} == set(SCENARIOS)
+    for r in results:
+        for key in ("figure", "baseline", "ratio"):
+            assert isinstance(r[key], float | int) and math.isfinite(r[key]) and r[key] > 0, (
+                r["name"],
+                key,
+                r,
+            )
+        assert r["ratio"] == pytest.approx(r["figure"] / r["baseline"], rel=1e-2)
+        assert isinstance(r["pass"], bool) and r["target"]
+    names = {r["name"] for r in results}
+    assert {"enroll[ecdsa-p256 CA]", "enroll[rsa-3072 CA]"} <= names
+
+
+def test_plot_without_matplotlib_is_one_line(tmp_path: Path) -> None:
+    """--plot fails fast with one line when matplotlib is missing (it is not a dependency)."""
+    probe = subprocess.run([sys.executable, "-c", "import matplotlib"], capture_output=True, check=False)
+    if probe.returncode == 0:
+        pytest.skip("matplotlib is installed here")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "fetch-key", "--plot", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "bench: error: --plot needs matplotlib, which Seed KMS does not depend on: pip install matplotlib"
+    ]
