@@ -128,16 +128,25 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._guard = guard
         self._metrics = metrics
         self._limits = limits
+        # The wrapped handler of each method, built on its first call: the
+        # interceptor runs on every RPC, and the handlers never change.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return None
         method: str = details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         allowed = AUTH_POLICY.get(method)
         authorize = self._authorizer(method, allowed)
         if handler.unary_unary:
@@ -205,8 +214,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         if self._metrics is None:
             return
-        self._metrics.rpcs.labels(method, code.name).inc()
-        self._metrics.rpc_seconds.labels(method).observe(seconds)
+        self._metrics.observe_rpc(method, code.name, seconds)
         if code is grpc.StatusCode.OK:
             if method in ("/kms.v1.Enrollment/Enroll", "/kms.v1.Identity/Renew"):
                 self._metrics.enrollments.inc()

@@ -37,5 +37,16 @@ class Metrics:
             "kms_certificates_expiring", "Valid agent certificates expiring within the window", ["within"], registry=r
         )  # fmt: skip
 
+        # Labelled children looked up once: labels() takes a lock and hashes on every call.
+        self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+
+    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
+        children = self._rpc_children.get((method, code))
+        if children is None:  # methods are the registered ones, codes a fixed set: bounded
+            children = (self.rpcs.labels(method, code), self.rpc_seconds.labels(method))
+            self._rpc_children[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,7 +14,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +29,17 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class _Write:
+class _Step:
     fn: Callable[[sqlite3.Connection], Any]
     audit: Audit
+    # False for a step that only reads and defers its rows (see _defer): it
+    # needs no savepoint, since it changes nothing until the batch's end.
+    savepoint: bool = True
+
+
+@dataclass(frozen=True)
+class _Write:
+    step: _Step
     future: asyncio.Future[Any]
 
 
@@ -52,6 +60,15 @@ class SqliteBase:
         self._conn: sqlite3.Connection | None = None
         self._queued: list[_Write] = []
         self._queued_lock = threading.Lock()
+        # Worker-thread state. The audit chain's head, inside a transaction only.
+        self._audit_head: tuple[int, bytes] | None = None
+        # Derived reads that hot writes repeat (release authorizations). Cleared by
+        # every write that could change them, by any rollback, and when another
+        # connection has written, so a hit always equals what the query would say.
+        self._read_cache: dict[Hashable, Any] = {}
+        self._data_version: int | None = None
+        # INSERT statement -> rows, for the transaction in progress (see _defer).
+        self._deferred: dict[str, list[tuple[Any, ...]]] = {}
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -68,7 +85,9 @@ class SqliteBase:
             raise StoreError("store is closed")
         return self._conn
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T], audit: Audit = None) -> T:
+    async def _write(
+        self, fn: Callable[[sqlite3.Connection], T], audit: Audit = None, *, savepoint: bool = True
+    ) -> T:
         """Runs fn in a transaction (shared with other queued writes); returns once it is durable.
 
         As with _tx, a result of None appends no audit record.
@@ -76,7 +95,7 @@ class SqliteBase:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._queued_lock:
-            self._queued.append(_Write(fn, audit, future))
+            self._queued.append(_Write(_Step(fn, audit, savepoint), future))
             first = len(self._queued) == 1
         if first:
             self._executor.submit(self._commit_queued, loop)
@@ -86,51 +105,77 @@ class SqliteBase:
         """On the worker thread: everything queued so far, in one transaction."""
         with self._queued_lock:
             batch, self._queued = self._queued, []
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        try:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            for write in batch:
-                db.execute("SAVEPOINT write")
-                try:
-                    result = write.fn(db)
-                    if write.audit is not None and result is not None:
-                        self._append_audit(db, write.audit(result) if callable(write.audit) else write.audit)
-                except Exception as exc:
-                    db.execute("ROLLBACK TO write")
-                    outcomes.append((None, exc))
-                else:
-                    outcomes.append((result, None))
-                db.execute("RELEASE write")
-            db.execute("COMMIT")
-        except BaseException as exc:  # nothing of the batch is durable: every write fails
-            # A broken connection may refuse even this; the error below is what callers need.
-            with contextlib.suppress(sqlite3.Error):
-                if self._conn is not None and self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-            outcomes = [(None, exc)] * len(batch)
+        outcomes = self._transaction([write.step for write in batch])
         with contextlib.suppress(RuntimeError):  # the loop closed while we committed (shutdown)
             loop.call_soon_threadsafe(_settle, batch, outcomes)
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T], audit: Audit = None) -> T:
-        """Runs fn in one BEGIN IMMEDIATE transaction (on the worker thread).
+        """Runs fn alone in one transaction, now (on the worker thread)."""
+        ((result, error),) = self._transaction([_Step(fn, audit)])
+        if error is not None:
+            raise error
+        return result  # type: ignore[no-any-return]
 
-        The audit entry, if any, is appended in the same transaction, so an
-        action is recorded exactly when it happens. A result of None means
-        nothing happened (an idempotent repeat, a refused token), and appends nothing.
+    def _transaction(self, writes: list[_Step]) -> list[tuple[Any, BaseException | None]]:
+        """Runs each write in its own savepoint of one BEGIN IMMEDIATE ... COMMIT.
+
+        The audit entry of a write, if any, is appended with it, so an action is
+        recorded exactly when it happens. A result of None means nothing happened
+        (an idempotent repeat, a refused token), and appends nothing. A write
+        that raises rolls back alone; if the COMMIT fails, every write fails.
+        Deferred rows (audit records, release records) are inserted with one
+        executemany per table just before the COMMIT: each statement crosses
+        the GIL twice, and the event loop holds it between.
         """
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        outcomes: list[tuple[Any, BaseException | None]] = []
         try:
-            result = fn(db)
-            if audit is not None and result is not None:
-                self._append_audit(db, audit(result) if callable(audit) else audit)
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            # Another connection wrote (a tool, a restore): what we cached may be stale.
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._read_cache.clear()
+                self._data_version = version
+            for step in writes:
+                head = self._audit_head
+                deferred = {sql: len(rows) for sql, rows in self._deferred.items()}
+                if step.savepoint:
+                    db.execute("SAVEPOINT write")
+                try:
+                    result = step.fn(db)
+                    if step.audit is not None and result is not None:
+                        self._append_audit(db, step.audit(result) if callable(step.audit) else step.audit)
+                except Exception as exc:
+                    if step.savepoint:
+                        db.execute("ROLLBACK TO write")
+                    self._audit_head = head
+                    for sql, rows in self._deferred.items():
+                        del rows[deferred.get(sql, 0) :]
+                    self._read_cache.clear()
+                    outcomes.append((None, exc))
+                else:
+                    outcomes.append((result, None))
+                if step.savepoint:
+                    db.execute("RELEASE write")
+            for sql, rows in self._deferred.items():
+                if rows:
+                    db.executemany(sql, rows)
             db.execute("COMMIT")
-            return result
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        except BaseException as exc:  # nothing of the batch is durable: every write fails
+            self._read_cache.clear()
+            # A broken connection may refuse even this; the error below is what callers need.
+            with contextlib.suppress(sqlite3.Error):
+                if self._conn is not None and self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            outcomes = [(None, exc)] * len(writes)
+        finally:
+            self._audit_head = None
+            self._deferred.clear()
+        return outcomes
+
+    def _defer(self, sql: str, row: tuple[Any, ...]) -> None:
+        """An INSERT into a table no write of this batch reads, run at the batch's end."""
+        self._deferred.setdefault(sql, []).append(row)
 
     @staticmethod
     def _append_event(
@@ -151,15 +196,17 @@ class SqliteBase:
         assert cur.lastrowid is not None
         return RevocationEvent(cur.lastrowid, kind, serial, agent, key_name, key_version, reason, now)
 
-    @staticmethod
-    def _append_audit(db: sqlite3.Connection, entry: AuditEntry) -> None:
-        last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (last[0] + 1, bytes(last[1])) if last else (1, GENESIS)
+    def _append_audit(self, db: sqlite3.Connection, entry: AuditEntry) -> None:
+        if self._audit_head is None:  # read once per transaction, then carried along
+            last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            self._audit_head = (last[0], bytes(last[1])) if last else (0, GENESIS)
+        seq, prev = self._audit_head[0] + 1, self._audit_head[1]
         digest = record_hash(prev, seq, entry.at, entry.actor, entry.action, entry.object, entry.outcome)
-        db.execute(
+        self._defer(
             "INSERT INTO audit(seq, at, actor, action, object, outcome, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (seq, entry.at, entry.actor, entry.action, entry.object, entry.outcome, prev, digest),
         )
+        self._audit_head = (seq, digest)
 
     async def append_audit(self, entry: AuditEntry) -> None:
         await self._write(lambda db: True, entry)

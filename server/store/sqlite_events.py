@@ -74,6 +74,7 @@ class SqliteEvents(SqliteBase):
         self, name: str, version: int, reason: str, now: int, seal: SealFn, *, audit: Audit = None
     ) -> RevocationEvent | None:
         def q(db: sqlite3.Connection) -> RevocationEvent | None:
+            self._read_cache.clear()  # a version's state changes
             row = db.execute(
                 "SELECT v.state, k.current_version FROM key_versions v JOIN keys k ON k.name = v.key_name"
                 " WHERE v.key_name=? AND v.version=?",

@@ -13,6 +13,7 @@ __all__ = ["SqliteKeys"]
 
 T = TypeVar("T")
 
+_READ_CACHE_SIZE = 10_000
 _VERSION_COLUMNS = "key_name, version, state, created_at, state_changed_at"
 
 
@@ -51,6 +52,7 @@ class SqliteKeys(SqliteBase):
         self, name: str, now: int, seal: SealFn, grants: list[Grant], *, audit: Audit = None
     ) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
+            self._read_cache.clear()  # grants or versions change
             if db.execute("SELECT 1 FROM keys WHERE name=?", (name,)).fetchone():
                 raise AlreadyExists(f"key {name!r} already exists: use kms-server key rotate")
             db.execute("INSERT INTO keys(name, current_version, created_at) VALUES (?, 1, ?)", (name, now))
@@ -70,6 +72,7 @@ class SqliteKeys(SqliteBase):
         self, name: str, now: int, seal: SealFn, *, audit: Audit = None
     ) -> tuple[KeyRecord, RevocationEvent]:
         def q(db: sqlite3.Connection) -> tuple[KeyRecord, RevocationEvent]:
+            self._read_cache.clear()  # grants or versions change
             current = self._key(db, name).current_version
             new = current + 1
             # KMIP: a rotated-out version is Deactivated (decrypt only), unless already worse.
@@ -90,6 +93,7 @@ class SqliteKeys(SqliteBase):
 
     async def grant_key(self, name: str, grant: Grant, now: int, *, audit: Audit = None) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
+            self._read_cache.clear()  # grants or versions change
             self._key(db, name)
             db.execute(
                 "INSERT OR IGNORE INTO key_grants VALUES (?, ?, ?, ?)", (name, grant.kind, grant.grantee, now)
@@ -100,6 +104,7 @@ class SqliteKeys(SqliteBase):
 
     async def ungrant_key(self, name: str, grant: Grant, *, audit: Audit = None) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
+            self._read_cache.clear()  # grants or versions change
             self._key(db, name)
             removed = db.execute(
                 "DELETE FROM key_grants WHERE key_name=? AND kind=? AND grantee=?",
@@ -122,6 +127,7 @@ class SqliteKeys(SqliteBase):
         self, name: str, version: int, now: int, *, audit: Audit = None
     ) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
+            self._read_cache.clear()  # grants or versions change
             key = self._key(db, name)
             found = [v for v in key.versions if v.version == version]
             if not found:
@@ -181,37 +187,51 @@ class SqliteKeys(SqliteBase):
         audit: Audit = None,
     ) -> KeyVersionRecord:
         def q(db: sqlite3.Connection) -> KeyVersionRecord:
-            marks = ",".join("?" * len(groups))
-            group_clause = f" OR (kind='group' AND grantee IN ({marks}))" if groups else ""
-            granted = db.execute(
-                f"SELECT 1 FROM key_grants WHERE key_name=? AND ((kind='agent' AND grantee=?){group_clause})",  # noqa: S608
-                (name, agent, *groups),
-            ).fetchone()
-            if not granted:
-                raise _not_granted(name)
-            wanted = (
-                version or db.execute("SELECT current_version FROM keys WHERE name=?", (name,)).fetchone()[0]
-            )
-            row = db.execute(
-                f"SELECT {_VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=? AND version=?",  # noqa: S608
-                (name, wanted),
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"key {name!r} has no version {wanted}")
-            record = KeyVersionRecord(*row)
-            if record.state == "compromised":
-                raise FailedPrecondition(
-                    f"version {wanted} of key {name!r} is compromised: it is no longer released; "
-                    "use the current version for new data"
-                )
-            if record.sealed_material is None:
-                raise FailedPrecondition(
-                    f"version {wanted} of key {name!r} was destroyed: its data cannot be decrypted"
-                )
-            db.execute(
+            # The authorization is the same for every release until a key changes:
+            # cached on this thread, cleared by each change (see SqliteBase).
+            cache_key = ("release", name, version, agent, groups)
+            record = self._read_cache.get(cache_key)
+            if record is None:
+                record = self._releasable(db, name, version, agent, groups)
+                if len(self._read_cache) >= _READ_CACHE_SIZE:
+                    self._read_cache.clear()
+                self._read_cache[cache_key] = record
+            self._defer(
                 "INSERT INTO key_releases(key_name, version, agent_name, cert_serial, released_at) VALUES (?, ?, ?, ?, ?)",
-                (name, wanted, agent, serial, now),
+                (name, record.version, agent, serial, now),
             )
             return record
 
-        return await self._write(q, audit)
+        # Reads, then deferred rows only: no savepoint needed.
+        return await self._write(q, audit, savepoint=False)
+
+    def _releasable(
+        self, db: sqlite3.Connection, name: str, version: int | None, agent: str, groups: tuple[str, ...]
+    ) -> KeyVersionRecord:
+        """The version agent may have released, or the reason it may not."""
+        marks = ",".join("?" * len(groups))
+        group_clause = f" OR (kind='group' AND grantee IN ({marks}))" if groups else ""
+        granted = db.execute(
+            f"SELECT 1 FROM key_grants WHERE key_name=? AND ((kind='agent' AND grantee=?){group_clause})",  # noqa: S608
+            (name, agent, *groups),
+        ).fetchone()
+        if not granted:
+            raise _not_granted(name)
+        wanted = version or db.execute("SELECT current_version FROM keys WHERE name=?", (name,)).fetchone()[0]
+        row = db.execute(
+            f"SELECT {_VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=? AND version=?",  # noqa: S608
+            (name, wanted),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"key {name!r} has no version {wanted}")
+        record = KeyVersionRecord(*row)
+        if record.state == "compromised":
+            raise FailedPrecondition(
+                f"version {wanted} of key {name!r} is compromised: it is no longer released; "
+                "use the current version for new data"
+            )
+        if record.sealed_material is None:
+            raise FailedPrecondition(
+                f"version {wanted} of key {name!r} was destroyed: its data cannot be decrypted"
+            )
+        return record

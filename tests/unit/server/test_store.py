@@ -182,3 +182,54 @@ def test_group_commit_isolates_a_failing_write_and_keeps_one_audit_chain(tmp_pat
             await store.close()
 
     asyncio.run(body())
+
+
+def test_cached_release_authorizations_follow_every_key_change(tmp_path: Path) -> None:
+    """Releases reuse their authorization until a grant, version or state changes, here or elsewhere."""
+    from kms.errors import FailedPrecondition, PermissionDenied
+    from server.store import Grant
+
+    path = tmp_path / "kms.db"
+
+    async def body() -> None:
+        store = await SqliteStore.open(path)
+        try:
+
+            async def release(version: int | None = None) -> int:
+                got = await store.release_key_version("app", version, "web-1", ("web",), "abc", NOW)
+                return got.version
+
+            def seal(v: int) -> bytes:
+                return b"sealed-%d" % v
+
+            await store.create_key("app", NOW, seal, [Grant("group", "web")])
+            assert [await release(), await release()] == [1, 1]  # the second from the cache
+            await store.rotate_key("app", NOW, seal)
+            assert await release() == 2
+            await store.ungrant_key("app", Grant("group", "web"))
+            with pytest.raises(PermissionDenied):
+                await release()
+            await store.grant_key("app", Grant("agent", "web-1"), NOW)
+            assert await release(1) == 1
+            await store.revoke_key_version("app", 1, "keyCompromise", NOW, seal)
+            with pytest.raises(FailedPrecondition, match="compromised"):
+                await release(1)
+            assert await release(2) == 2
+            await store.rotate_key("app", NOW, seal)
+            assert await release(2) == 2  # cached again, and then destroyed
+            await store.destroy_key_version("app", 2, NOW)
+            with pytest.raises(FailedPrecondition, match="destroyed"):
+                await release(2)
+            assert await release() == 3
+            # Another connection takes the grant away: the next batch sees it.
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("DELETE FROM key_grants WHERE key_name='app'")
+            other.close()
+            with pytest.raises(PermissionDenied):
+                await release()
+            releases = sqlite3.connect(path).execute("SELECT COUNT(*) FROM key_releases").fetchone()[0]
+            assert releases == 7  # one row per release that was allowed
+        finally:
+            await store.close()
+
+    asyncio.run(body())
