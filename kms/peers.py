@@ -8,6 +8,7 @@ answers it from its own records, an agent asks the server.
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 
@@ -19,7 +20,7 @@ from kms.errors import KmsError
 from kms.handshake import PeerCheck, PeerInfo, PeerRejected
 from kms.policy import AgentIdentity, AllOf, ChainsTo, ClientAuth, agent_name_of
 
-__all__ = ["agent_peer", "server_peer"]
+__all__ = ["AgentPeers", "agent_peer", "server_peer"]
 
 IsRevoked = Callable[[str], bool]
 
@@ -37,6 +38,20 @@ def _not_revoked(serial: str, is_revoked: IsRevoked) -> None:
         raise PeerRejected(f"the peer's certificate {serial} was revoked")
 
 
+def _verified_agent(
+    policy: AllOf, trust_domain: str, chain: tuple[bytes, ...], now: datetime
+) -> tuple[PeerInfo, x509.Certificate]:
+    leaf, _ = _load(chain)
+    try:
+        policy.verify(leaf, now)
+    except KmsError as exc:
+        raise PeerRejected(f"the peer is not acceptable: {exc.message}") from None
+    key = leaf.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise PeerRejected("the peer's key is not RSA")
+    return PeerInfo(agent_name_of(leaf, trust_domain), format(leaf.serial_number, "x"), key), leaf
+
+
 def agent_peer(
     ca: x509.Certificate, trust_domain: str, expected: str | None, now: datetime, is_revoked: IsRevoked
 ) -> PeerCheck:
@@ -44,19 +59,50 @@ def agent_peer(
     policy = AllOf(ChainsTo([ca]), ClientAuth(), AgentIdentity(trust_domain, expected))
 
     def check(chain: tuple[bytes, ...]) -> PeerInfo:
-        leaf, _ = _load(chain)
-        try:
-            policy.verify(leaf, now)
-        except KmsError as exc:
-            raise PeerRejected(f"the peer is not acceptable: {exc.message}") from None
-        key = leaf.public_key()
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise PeerRejected("the peer's key is not RSA")
-        serial = format(leaf.serial_number, "x")
-        _not_revoked(serial, is_revoked)
-        return PeerInfo(agent_name_of(leaf, trust_domain), serial, key)
+        peer, _ = _verified_agent(policy, trust_domain, chain, now)
+        _not_revoked(peer.serial, is_revoked)
+        return peer
 
     return check
+
+
+class AgentPeers:
+    """agent_peer (any agent) for a long-lived process that sees the same agents again and again.
+
+    A certificate's chain signature and profile are verified once and
+    remembered by its DER; its validity at the time of use, and its
+    revocation, are checked on every use.
+    """
+
+    def __init__(
+        self, ca: x509.Certificate, trust_domain: str, is_revoked: IsRevoked, size: int = 4096
+    ) -> None:
+        self._policy = AllOf(ChainsTo([ca]), ClientAuth(), AgentIdentity(trust_domain))
+        self._trust_domain = trust_domain
+        self._ca_until = ca.not_valid_after_utc
+        self._is_revoked = is_revoked
+        self._verified: OrderedDict[bytes, tuple[PeerInfo, datetime, datetime]] = OrderedDict()
+        self._size = size
+
+    def at(self, now: datetime) -> PeerCheck:
+        def check(chain: tuple[bytes, ...]) -> PeerInfo:
+            hit = self._verified.get(chain[0]) if chain else None
+            if hit is None:
+                peer, leaf = _verified_agent(self._policy, self._trust_domain, chain, now)
+                until = min(leaf.not_valid_after_utc, self._ca_until)
+                self._verified[chain[0]] = (peer, leaf.not_valid_before_utc, until)
+                if len(self._verified) > self._size:
+                    self._verified.popitem(last=False)
+            else:
+                peer, since, until = hit
+                if not since <= now < until:
+                    raise PeerRejected(
+                        f"the peer is not acceptable: its certificate {peer.serial} is not valid now"
+                    )
+            _not_revoked(peer.serial, self._is_revoked)
+            return peer
+
+        return check
 
 
 def server_peer(ca: x509.Certificate, host: str, now: datetime) -> PeerCheck:

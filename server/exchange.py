@@ -19,7 +19,7 @@ from kms.errors import DeadlineExceeded, FailedPrecondition, KmsError, NotFound
 from kms.handshake import Hello, LocalIdentity, Responder
 from kms.handshake_wire import from_frame, to_frame
 from kms.identity import validate_agent_name
-from kms.peers import agent_peer
+from kms.peers import AgentPeers
 from kms.v1 import handshake_pb2
 from server.authn import Caller
 from server.clock import Clock
@@ -52,13 +52,12 @@ class ExchangeService:
         step_timeout: float,
     ) -> None:
         self._identity = identity
-        self._ca = ca_cert
-        self._trust_domain = trust_domain
         self._store = store
         self._revocations = revocations
         self._clock = clock
         self._timeout = step_timeout
         self._listening: dict[str, asyncio.Queue[_Pairing]] = {}
+        self._peers = AgentPeers(ca_cert, trust_domain, revocations.is_revoked)
 
     async def _next(self, frames: AsyncIterator[Frame], what: str) -> Frame:
         try:
@@ -94,7 +93,7 @@ class ExchangeService:
 
     async def _answer(self, hello: Hello, frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
         """The server's own side: nothing secret outlives this generator."""
-        check = agent_peer(self._ca, self._trust_domain, None, self._clock(), self._revocations.is_revoked)
+        check = self._peers.at(self._clock())
         responder = Responder(self._identity(), check, "server")  # the current (rotating) TLS identity
         yield to_frame(responder.receive(hello))
         finished = responder.receive(from_frame(await self._next(frames, "init_auth")))

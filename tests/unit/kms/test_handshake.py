@@ -308,3 +308,24 @@ def test_a_crashing_peer_check_kills_the_machine(pki: Pki) -> None:
         i.receive(resp)
     with pytest.raises(OutOfOrder):  # the same message again is not a second chance
         i.receive(resp)
+
+
+def test_agent_peers_cache_keeps_checking_time_and_revocation(pki: Pki) -> None:
+    """AgentPeers verifies a chain once, but validity and revocation on every use."""
+    from kms.peers import AgentPeers
+
+    revoked: set[str] = set()
+    peers = AgentPeers(pki.ca, TD, lambda s: s in revoked)
+    chain = pki.web1.chain
+    first = peers.at(NOW)(chain)
+    assert peers.at(NOW)(chain) == first
+    leaf = x509.load_der_x509_certificate(chain[0])
+    with pytest.raises(PeerRejected, match="not valid now"):
+        peers.at(leaf.not_valid_after_utc)(chain)
+    with pytest.raises(PeerRejected, match="not valid now"):
+        peers.at(leaf.not_valid_before_utc - timedelta(seconds=1))(chain)
+    revoked.add(first.serial)
+    with pytest.raises(PeerRejected, match="revoked"):
+        peers.at(NOW)(chain)
+    with pytest.raises(PeerRejected):  # a server certificate is no agent, cached or not
+        peers.at(NOW)(pki.server.chain)
