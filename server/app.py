@@ -52,6 +52,7 @@ from server.datadir import DataDir, DataDirError
 from server.enrollment import EnrollmentService
 from server.exchange import ExchangeService
 from server.feed import RevocationFeed, StreamGuard
+from server.heap import HeapKeeper
 from server.http import HttpSidePort
 from server.keys import KeyService
 from server.limits import RateLimiter
@@ -122,6 +123,7 @@ class App:
         self._tasks = [
             asyncio.create_task(self.crl.refresh_forever()),
             asyncio.create_task(self.tls.rotate_forever()),
+            asyncio.create_task(HeapKeeper().run_forever()),
         ]
 
     async def stop(self) -> None:
