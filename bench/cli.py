@@ -86,9 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            return _error(
-                "--plot needs matplotlib, which Seed KMS does not depend on: pip install matplotlib"
-            )
+            return _error("--plot needs matplotlib: pip install -e '.[bench]' (or pip install matplotlib)")
     names = args.scenarios or list(SCENARIOS)
 
     from bench.context import BenchContext, Scale
