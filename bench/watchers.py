@@ -25,11 +25,11 @@ from bench.workers import WorkerLink
 __all__ = ["WatchSpec", "WatchSummary", "watch_worker"]
 
 _OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
-# Streams being opened at once per worker. A gRPC core server cancels new
-# streams beyond grpc.server.max_pending_requests (default 1000) that the
-# application has not picked up yet, so a burst of thousands fails with
-# CANCELLED; opening in waves keeps both servers under that.
-OPENING_AT_ONCE = 200
+# Streams being opened at once per worker: all of them, like a fleet reconnecting
+# after a restart. A gRPC core server cancels new streams beyond
+# grpc.server.max_pending_requests (default 1,000) that the application has not
+# picked up yet; kms-server (and so the baseline) raise it to 20,000.
+OPENING_AT_ONCE = 5000
 
 
 @dataclass(frozen=True)

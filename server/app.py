@@ -276,6 +276,11 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.max_receive_message_length", cfg.max_request_bytes),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            # gRPC cancels new calls beyond this many not yet picked up by the
+            # application (default 1,000): a fleet reconnecting its watch streams at
+            # once after a restart must not be turned away in bulk.
+            ("grpc.server.max_pending_requests", 20_000),
+            ("grpc.server.max_pending_requests_hard_limit", 40_000),
         ]
         api = grpc.aio.server(
             interceptors=[
