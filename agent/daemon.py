@@ -192,7 +192,11 @@ class AgentDaemon:
             logger.warning("could not re-fetch %s: %s", event.key_name, exc.message)
             return
         for file in files:
-            write_atomic(file.path, encode_key(key.material, file.format), mode=0o600)
+            try:
+                write_atomic(file.path, encode_key(key.material, file.format), mode=0o600)
+            except OSError as exc:  # one unwritable file must not stop the agent
+                logger.warning("could not write key file %s: %s", file.path, exc.strerror or exc)
+                continue
             self._state.remember_key_file(replace(file, version=key.version))
             logger.info(
                 "re-fetched key file",

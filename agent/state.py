@@ -45,7 +45,8 @@ class KeyFile:
             int(str(entry["version"])),
             Path(str(entry["path"])),
             str(entry.get("format", "raw")),
-            bool(entry.get("follows_current", True)),
+            # Entries from before this field never move: a pinned file must not follow.
+            bool(entry.get("follows_current", False)),
         )
 
     def entry(self) -> dict[str, object]:

@@ -133,8 +133,10 @@ class Watcher:
                     "deleted key file %s of compromised %s v%d", file.path, event.key_name, event.key_version
                 )
             # A file pinned to the compromised version stays deleted; one that follows
-            # the current version is re-fetched.
-            stale = [f for f in deleted if f.follows_current]
+            # the current version is re-fetched, as is any such file still behind
+            # (a compromised current version rotates the key).
+            behind = self._state.key_files_behind(event.key_name, event.key_version + 1)
+            stale = [f for f in deleted if f.follows_current] + behind
         elif event.kind == "rotate":
             stale = self._state.key_files_behind(event.key_name, event.key_version)
         if stale and self._on_stale_key_files is not None:

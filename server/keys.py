@@ -18,6 +18,7 @@ from kms.identity import validate_agent_name, validate_group, validate_key_name
 from kms.wrap import KEY_BYTES, wrap
 from server.authn import Caller
 from server.clock import Clock
+from server.completion import to_completion
 from server.sealing import Sealer
 from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, Store
 from server.store.base import SealFn
@@ -56,7 +57,7 @@ class KeyService:
         store: Store,
         sealer: Sealer,
         clock: Clock,
-        publish: Callable[[RevocationEvent], None] = lambda event: None,
+        publish: Callable[[RevocationEvent], None],
     ) -> None:
         self._store = store
         self._sealer = sealer
@@ -92,17 +93,24 @@ class KeyService:
 
     async def rotate(self, name: str) -> KeyRecord:
         now = self._now()
-        record, event = await self._store.rotate_key(
-            validate_key_name(name),
-            now,
-            self.sealer_for(name),
-            audit=lambda done: AuditEntry(
-                now, "admin", "key.rotate", f"key:{name}/v{done[0].current_version}"
-            ),
-        )
-        self._publish(event)
-        logger.info("key rotated", extra={"key": name, "version": record.current_version, "seq": event.seq})
-        return record
+        validate_key_name(name)
+
+        async def write() -> KeyRecord:
+            record, event = await self._store.rotate_key(
+                name,
+                now,
+                self.sealer_for(name),
+                audit=lambda done: AuditEntry(
+                    now, "admin", "key.rotate", f"key:{name}/v{done[0].current_version}"
+                ),
+            )
+            self._publish(event)  # even if the caller has gone: watchers must hear of it
+            logger.info(
+                "key rotated", extra={"key": name, "version": record.current_version, "seq": event.seq}
+            )
+            return record
+
+        return await to_completion(write())
 
     async def grant(self, name: str, grant: str) -> KeyRecord:
         parsed = parse_grant(grant)
@@ -132,14 +140,22 @@ class KeyService:
     async def destroy(self, name: str, version: int) -> KeyRecord:
         _check_version(version, allow_current=False)
         now = self._now()
-        record = await self._store.destroy_key_version(
-            validate_key_name(name),
-            version,
-            now,
-            audit=AuditEntry(now, "admin", "key.destroy", f"key:{name}/v{version}"),
-        )
+        try:
+            record = await self._store.destroy_key_version(
+                validate_key_name(name),
+                version,
+                now,
+                audit=AuditEntry(now, "admin", "key.destroy", f"key:{name}/v{version}"),
+            )
+        finally:  # also when the erasure is left for later (FailedPrecondition after the commit)
+            self.forget_wrapped(name, version)
         logger.info("key version destroyed", extra={"key": name, "version": version})
         return record
+
+    def forget_wrapped(self, name: str, version: int) -> None:
+        """Drops the kept wrappings of a version that is compromised or destroyed."""
+        for slot in [s for s in self._wrapped if s[1:] == (name, version)]:
+            del self._wrapped[slot]
 
     def _wrapped_for(self, caller: Caller, record: KeyVersionRecord) -> bytes:
         """The version's material wrapped for the caller's certificate.

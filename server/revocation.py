@@ -18,6 +18,7 @@ from kms.errors import InvalidArgument, NotFound
 from kms.identity import validate_agent_name, validate_key_name
 from kms.revocation import parse_reason
 from server.clock import Clock
+from server.completion import to_completion
 from server.feed import RevocationFeed, StreamGuard
 from server.keys import MAX_VERSION, KeyService
 from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store
@@ -115,35 +116,55 @@ class RevocationService:
         earlier = await self._store.last_event(**subject)  # type: ignore[arg-type]
         if earlier is None:  # revoked through another path (e.g. destroyed key): nothing to add
             raise NotFound("already revoked, but no event records it")
+        if earlier.kind in ("cert", "agent"):  # idempotent: the map holds it already, or now does
+            self._revoked.update(dict.fromkeys(earlier.serials(), earlier.reason))
         return Revocation(earlier, already_revoked=True)
 
     async def revoke_certificate(self, serial: str, reason: str) -> Revocation:
         serial, reason = normalize_serial(serial), parse_reason(reason)
         now = self._now()
-        event = await self._store.revoke_certificate(
-            serial,
-            reason,
-            now,
-            audit=AuditEntry(now, "admin", "revoke.cert", f"serial:{serial} reason:{reason}"),
-        )
-        return self._committed(event) if event else await self._already(kind="cert", serial=serial)
+
+        async def write() -> Revocation:
+            event = await self._store.revoke_certificate(
+                serial,
+                reason,
+                now,
+                audit=AuditEntry(now, "admin", "revoke.cert", f"serial:{serial} reason:{reason}"),
+            )
+            return self._committed(event) if event else await self._already(kind="cert", serial=serial)
+
+        return await to_completion(write())
 
     async def revoke_agent(self, name: str, reason: str) -> Revocation:
         name, reason = validate_agent_name(name), parse_reason(reason)
         now = self._now()
-        event = await self._store.revoke_agent(
-            name, reason, now, audit=AuditEntry(now, "admin", "revoke.agent", f"agent:{name} reason:{reason}")
-        )
-        return self._committed(event) if event else await self._already(kind="agent", agent=name)
+
+        async def write() -> Revocation:
+            event = await self._store.revoke_agent(
+                name,
+                reason,
+                now,
+                audit=AuditEntry(now, "admin", "revoke.agent", f"agent:{name} reason:{reason}"),
+            )
+            return self._committed(event) if event else await self._already(kind="agent", agent=name)
+
+        return await to_completion(write())
 
     async def revoke_key(self, name: str, version: int, reason: str) -> Revocation:
         name, reason = validate_key_name(name), parse_reason(reason)
         if not 1 <= version <= MAX_VERSION:
             raise InvalidArgument(f"--version {version} is out of range: use a positive version")
-        event = await self._store.revoke_key_version(
-            name, version, reason, self._now(), self._keys.sealer_for(name)
-        )
-        return self._committed(event) if event else await self._already(kind="key", key=(name, version))
+
+        async def write() -> Revocation:
+            event = await self._store.revoke_key_version(
+                name, version, reason, self._now(), self._keys.sealer_for(name)
+            )
+            if event is None:
+                return await self._already(kind="key", key=(name, version))
+            self._keys.forget_wrapped(name, version)
+            return self._committed(event)
+
+        return await to_completion(write())
 
     async def events(self) -> list[RevocationEvent]:
         """Every revocation so far (rotations share the log and the feed, but are not revocations)."""

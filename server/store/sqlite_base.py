@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kms.audit import GENESIS, AuditRecord, record_hash
-from server.store.base import Audit, AuditEntry, RevocationEvent, StoreError
+from kms.errors import KmsError
+from server.store.base import Audit, AuditEntry, StoreError
 
 __all__ = ["SqliteBase"]
 
 T = TypeVar("T")
+
+_READ_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class _Step:
     # False for a step that only reads and defers its rows (see _defer): it
     # needs no savepoint, since it changes nothing until the batch's end.
     savepoint: bool = True
+    # True for a step that changes what the read cache holds (keys, grants,
+    # versions): the cache is cleared before it runs.
+    invalidates: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,15 @@ def _settle(batch: list[_Write], outcomes: list[tuple[Any, BaseException | None]
             write.future.set_result(result)
         else:
             write.future.set_exception(error)
+
+
+def _batch_failure(exc: BaseException) -> BaseException:
+    """The error each write of a failed batch gets: its own object (each is raised in its own task)."""
+    if isinstance(exc, KmsError):
+        return exc
+    failure = StoreError(f"the store could not commit ({exc}): the action did not happen; retry")
+    failure.__cause__ = exc
+    return failure
 
 
 class SqliteBase:
@@ -86,7 +101,12 @@ class SqliteBase:
         return self._conn
 
     async def _write(
-        self, fn: Callable[[sqlite3.Connection], T], audit: Audit = None, *, savepoint: bool = True
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        audit: Audit = None,
+        *,
+        savepoint: bool = True,
+        invalidates: bool = False,
     ) -> T:
         """Runs fn in a transaction (shared with other queued writes); returns once it is durable.
 
@@ -95,7 +115,7 @@ class SqliteBase:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._queued_lock:
-            self._queued.append(_Write(_Step(fn, audit, savepoint), future))
+            self._queued.append(_Write(_Step(fn, audit, savepoint, invalidates), future))
             first = len(self._queued) == 1
         if first:
             self._executor.submit(self._commit_queued, loop)
@@ -109,9 +129,11 @@ class SqliteBase:
         with contextlib.suppress(RuntimeError):  # the loop closed while we committed (shutdown)
             loop.call_soon_threadsafe(_settle, batch, outcomes)
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T], audit: Audit = None) -> T:
+    def _tx(
+        self, fn: Callable[[sqlite3.Connection], T], audit: Audit = None, *, invalidates: bool = False
+    ) -> T:
         """Runs fn alone in one transaction, now (on the worker thread)."""
-        ((result, error),) = self._transaction([_Step(fn, audit)])
+        ((result, error),) = self._transaction([_Step(fn, audit, invalidates=invalidates)])
         if error is not None:
             raise error
         return result  # type: ignore[no-any-return]
@@ -139,6 +161,8 @@ class SqliteBase:
             for step in writes:
                 head = self._audit_head
                 deferred = {sql: len(rows) for sql, rows in self._deferred.items()}
+                if step.invalidates:
+                    self._read_cache.clear()
                 if step.savepoint:
                     db.execute("SAVEPOINT write")
                 try:
@@ -146,12 +170,16 @@ class SqliteBase:
                     if step.audit is not None and result is not None:
                         self._append_audit(db, step.audit(result) if callable(step.audit) else step.audit)
                 except Exception as exc:
+                    if not db.in_transaction:
+                        # SQLite rolled the whole transaction back itself (I/O error, disk
+                        # full): the batch cannot go on, or later steps would each commit alone.
+                        raise
                     if step.savepoint:
                         db.execute("ROLLBACK TO write")
+                        self._read_cache.clear()  # what the step cached may have been rolled back
                     self._audit_head = head
                     for sql, rows in self._deferred.items():
                         del rows[deferred.get(sql, 0) :]
-                    self._read_cache.clear()
                     outcomes.append((None, exc))
                 else:
                     outcomes.append((result, None))
@@ -167,34 +195,21 @@ class SqliteBase:
             with contextlib.suppress(sqlite3.Error):
                 if self._conn is not None and self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
-            outcomes = [(None, exc)] * len(writes)
+            outcomes = [(None, _batch_failure(exc)) for _ in writes]
         finally:
             self._audit_head = None
             self._deferred.clear()
         return outcomes
 
+    def _remember(self, key: Hashable, value: Any) -> None:
+        """Caches a derived read (on the worker thread); bounded by starting over."""
+        if len(self._read_cache) >= _READ_CACHE_SIZE:
+            self._read_cache.clear()
+        self._read_cache[key] = value
+
     def _defer(self, sql: str, row: tuple[Any, ...]) -> None:
         """An INSERT into a table no write of this batch reads, run at the batch's end."""
         self._deferred.setdefault(sql, []).append(row)
-
-    @staticmethod
-    def _append_event(
-        db: sqlite3.Connection,
-        kind: str,
-        reason: str,
-        now: int,
-        *,
-        serial: str | None = None,
-        agent: str | None = None,
-        key: tuple[str, int] | None = None,
-    ) -> RevocationEvent:
-        key_name, key_version = key if key else (None, None)
-        cur = db.execute(
-            "INSERT INTO events(kind, serial, agent_name, key_name, key_version, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (kind, serial, agent, key_name, key_version, reason, now),
-        )
-        assert cur.lastrowid is not None
-        return RevocationEvent(cur.lastrowid, kind, serial, agent, key_name, key_version, reason, now)
 
     def _append_audit(self, db: sqlite3.Connection, entry: AuditEntry) -> None:
         if self._audit_head is None:  # read once per transaction, then carried along

@@ -9,12 +9,32 @@ from kms.errors import NotFound
 from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
 from server.store.sqlite_base import SqliteBase
 
-__all__ = ["SqliteEvents"]
+__all__ = ["SqliteEvents", "append_event"]
 
 _EVENT_COLUMNS = "seq, kind, serial, agent_name, key_name, key_version, reason, at"
 _CERT_COLUMNS = (
     "serial, agent_name, not_before, not_after, der, issued_at, token_id, revoked_at, revocation_reason"
 )
+
+
+def append_event(
+    db: sqlite3.Connection,
+    kind: str,
+    reason: str,
+    now: int,
+    *,
+    serial: str | None = None,
+    agent: str | None = None,
+    key: tuple[str, int] | None = None,
+) -> RevocationEvent:
+    """Appends one event to the log in the caller's transaction; its seq is the next one."""
+    key_name, key_version = key if key else (None, None)
+    cur = db.execute(
+        "INSERT INTO events(kind, serial, agent_name, key_name, key_version, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (kind, serial, agent, key_name, key_version, reason, now),
+    )
+    assert cur.lastrowid is not None
+    return RevocationEvent(cur.lastrowid, kind, serial, agent, key_name, key_version, reason, now)
 
 
 def _cert(row: tuple[Any, ...]) -> CertificateRecord:
@@ -41,7 +61,7 @@ class SqliteEvents(SqliteBase):
                 "UPDATE certificates SET revoked_at=?, revocation_reason=? WHERE serial=?",
                 (now, reason, serial),
             )
-            return self._append_event(db, "cert", reason, now, serial=serial, agent=row[0])
+            return append_event(db, "cert", reason, now, serial=serial, agent=row[0])
 
         return await self._write(q, audit)
 
@@ -66,7 +86,7 @@ class SqliteEvents(SqliteBase):
                 (now, reason, name),
             )
             db.execute("UPDATE agents SET revoked_at=COALESCE(revoked_at, ?) WHERE name=?", (now, name))
-            return self._append_event(db, "agent", reason, now, serial=",".join(serials), agent=name)
+            return append_event(db, "agent", reason, now, serial=",".join(serials), agent=name)
 
         return await self._write(q, audit)
 
@@ -74,7 +94,6 @@ class SqliteEvents(SqliteBase):
         self, name: str, version: int, reason: str, now: int, seal: SealFn, *, audit: Audit = None
     ) -> RevocationEvent | None:
         def q(db: sqlite3.Connection) -> RevocationEvent | None:
-            self._read_cache.clear()  # a version's state changes
             row = db.execute(
                 "SELECT v.state, k.current_version FROM key_versions v JOIN keys k ON k.name = v.key_name"
                 " WHERE v.key_name=? AND v.version=?",
@@ -98,9 +117,9 @@ class SqliteEvents(SqliteBase):
                     (name, new, seal(new), now, now),
                 )
                 db.execute("UPDATE keys SET current_version=? WHERE name=?", (new, name))
-            return self._append_event(db, "key", reason, now, key=(name, version))
+            return append_event(db, "key", reason, now, key=(name, version))
 
-        return await self._write(q, audit)
+        return await self._write(q, audit, invalidates=True)
 
     async def last_event(
         self,

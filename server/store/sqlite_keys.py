@@ -8,12 +8,12 @@ from typing import TypeVar
 from kms.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from server.store.base import Audit, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, SealFn
 from server.store.sqlite_base import SqliteBase
+from server.store.sqlite_events import append_event
 
 __all__ = ["SqliteKeys"]
 
 T = TypeVar("T")
 
-_READ_CACHE_SIZE = 10_000
 _VERSION_COLUMNS = "key_name, version, state, created_at, state_changed_at"
 
 
@@ -52,7 +52,6 @@ class SqliteKeys(SqliteBase):
         self, name: str, now: int, seal: SealFn, grants: list[Grant], *, audit: Audit = None
     ) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
-            self._read_cache.clear()  # grants or versions change
             if db.execute("SELECT 1 FROM keys WHERE name=?", (name,)).fetchone():
                 raise AlreadyExists(f"key {name!r} already exists: use kms-server key rotate")
             db.execute("INSERT INTO keys(name, current_version, created_at) VALUES (?, 1, ?)", (name, now))
@@ -66,13 +65,12 @@ class SqliteKeys(SqliteBase):
             )
             return self._key(db, name)
 
-        return await self._write(q, audit)
+        return await self._write(q, audit, invalidates=True)
 
     async def rotate_key(
         self, name: str, now: int, seal: SealFn, *, audit: Audit = None
     ) -> tuple[KeyRecord, RevocationEvent]:
         def q(db: sqlite3.Connection) -> tuple[KeyRecord, RevocationEvent]:
-            self._read_cache.clear()  # grants or versions change
             current = self._key(db, name).current_version
             new = current + 1
             # KMIP: a rotated-out version is Deactivated (decrypt only), unless already worse.
@@ -86,25 +84,23 @@ class SqliteKeys(SqliteBase):
             )
             db.execute("UPDATE keys SET current_version=? WHERE name=?", (new, name))
             # Tells watching agents to refresh key files that follow the current version.
-            event = self._append_event(db, "rotate", "superseded", now, key=(name, new))
+            event = append_event(db, "rotate", "superseded", now, key=(name, new))
             return self._key(db, name), event
 
-        return await self._write(q, audit)
+        return await self._write(q, audit, invalidates=True)
 
     async def grant_key(self, name: str, grant: Grant, now: int, *, audit: Audit = None) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
-            self._read_cache.clear()  # grants or versions change
             self._key(db, name)
             db.execute(
                 "INSERT OR IGNORE INTO key_grants VALUES (?, ?, ?, ?)", (name, grant.kind, grant.grantee, now)
             )
             return self._key(db, name)
 
-        return await self._write(q, audit)
+        return await self._write(q, audit, invalidates=True)
 
     async def ungrant_key(self, name: str, grant: Grant, *, audit: Audit = None) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
-            self._read_cache.clear()  # grants or versions change
             self._key(db, name)
             removed = db.execute(
                 "DELETE FROM key_grants WHERE key_name=? AND kind=? AND grantee=?",
@@ -114,7 +110,7 @@ class SqliteKeys(SqliteBase):
                 raise NotFound(f"key {name!r} has no grant {grant}")
             return self._key(db, name)
 
-        return await self._write(q, audit)
+        return await self._write(q, audit, invalidates=True)
 
     async def list_keys(self) -> list[KeyRecord]:
         def q() -> list[KeyRecord]:
@@ -127,7 +123,6 @@ class SqliteKeys(SqliteBase):
         self, name: str, version: int, now: int, *, audit: Audit = None
     ) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
-            self._read_cache.clear()  # grants or versions change
             key = self._key(db, name)
             found = [v for v in key.versions if v.version == version]
             if not found:
@@ -147,7 +142,7 @@ class SqliteKeys(SqliteBase):
             return self._key(db, name)
 
         def run() -> KeyRecord:
-            record = self._tx(q, audit)
+            record = self._tx(q, audit, invalidates=True)
             if not self._erase_wal():
                 raise FailedPrecondition(
                     f"version {version} of {name!r} is destroyed, but its old bytes are still in the write-ahead log "
@@ -193,9 +188,7 @@ class SqliteKeys(SqliteBase):
             record = self._read_cache.get(cache_key)
             if record is None:
                 record = self._releasable(db, name, version, agent, groups)
-                if len(self._read_cache) >= _READ_CACHE_SIZE:
-                    self._read_cache.clear()
-                self._read_cache[cache_key] = record
+                self._remember(cache_key, record)
             self._defer(
                 "INSERT INTO key_releases(key_name, version, agent_name, cert_serial, released_at) VALUES (?, ?, ?, ?, ?)",
                 (name, record.version, agent, serial, now),

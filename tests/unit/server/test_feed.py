@@ -74,7 +74,7 @@ def test_watch_replays_then_follows_live_with_backfill_and_no_duplicates(
             from server.keys import KeyService
             from server.sealing import Sealer
 
-            keys = KeyService(store, Sealer(bytes(32)), lambda: NOW)
+            keys = KeyService(store, Sealer(bytes(32)), lambda: NOW, publish=lambda event: None)
             await keys.create("k", [])
             for v in (1, 2, 3):  # three events in the log before the watcher comes
                 await store.revoke_key_version("k", v, "unspecified", 0, keys.sealer_for("k"))
@@ -179,3 +179,41 @@ def test_watch_ends_when_the_caller_itself_is_revoked(tmp_path: Path, rsa_key: r
 
     items = asyncio.run(body())
     assert [i.seq for i in items if isinstance(i, RevocationEvent)] == [1, 2]
+
+
+def test_a_revoke_whose_caller_is_cancelled_still_takes_effect(tmp_path: Path) -> None:
+    """The write may commit after the RPC is gone: the revoked map and the feed must follow it anyway."""
+    from server.keys import KeyService
+    from server.revocation import RevocationService
+    from server.sealing import Sealer
+    from server.store import CertificateRecord, JoinTokenRecord
+
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            now = int(NOW.timestamp())
+            await store.add_join_token(JoinTokenRecord("t1", b"h" * 32, "web-1", (), now, now + 900))
+            cert = CertificateRecord("aa", "web-1", now, now + 3600, b"der", now, None)
+            assert await store.enroll("t1", b"h" * 32, now, cert)
+            feed = RevocationFeed(await store.last_seq())
+            sub = feed.subscribe(8)
+            keys = KeyService(store, Sealer(bytes(32)), lambda: NOW, publish=feed.publish)
+            revocations = RevocationService(store, feed, StreamGuard(), keys, lambda: NOW)
+            await revocations.load()
+
+            call = asyncio.create_task(revocations.revoke_certificate("aa", "keyCompromise"))
+            await asyncio.sleep(0)  # the write is queued
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await asyncio.sleep(0.5)  # the commit lands
+            assert (await store.get_certificate("aa")).revoked_at is not None  # type: ignore[union-attr]
+            assert revocations.revocation_reason("aa") == "keyCompromise"
+            assert sub.queue.qsize() == 1
+            # A repeat is "already revoked" and leaves the map as it is.
+            again = await revocations.revoke_certificate("aa", "keyCompromise")
+            assert again.already_revoked and revocations.is_revoked("aa")
+        finally:
+            await store.close()
+
+    asyncio.run(body())

@@ -28,7 +28,9 @@ def _run(tmp_path: Path, body):  # type: ignore[no-untyped-def]
     async def main() -> object:
         store = await SqliteStore.open(tmp_path / "kms.db")
         try:
-            return await body(KeyService(store, Sealer(bytes(range(32))), lambda: NOW))
+            return await body(
+                KeyService(store, Sealer(bytes(range(32))), lambda: NOW, publish=lambda event: None)
+            )
         finally:
             await store.close()
 

@@ -233,3 +233,34 @@ def test_cached_release_authorizations_follow_every_key_change(tmp_path: Path) -
             await store.close()
 
     asyncio.run(body())
+
+
+def test_a_batch_that_sqlite_rolled_back_fails_whole_and_leaves_nothing(tmp_path: Path) -> None:
+    """If SQLite ends the transaction itself (I/O error, disk full), no later step may commit alone."""
+    from server.store import AuditEntry
+
+    async def body() -> tuple[list[object], str | None, int]:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+
+            def failing_read(db: sqlite3.Connection) -> bool:
+                db.execute("ROLLBACK")  # what SQLite does on SQLITE_IOERR or SQLITE_FULL
+                raise sqlite3.OperationalError("disk I/O error")
+
+            def meta(db: sqlite3.Connection) -> bool:
+                db.execute("INSERT INTO meta VALUES ('x', 'y')")
+                return True
+
+            results = await asyncio.gather(
+                store._write(failing_read, savepoint=False),
+                store._write(meta, AuditEntry(NOW, "admin", "t", "o")),
+                return_exceptions=True,
+            )
+            return results, await store.get_meta("x"), len(await store.audit_after(0, 10))
+        finally:
+            await store.close()
+
+    results, meta_value, audit_rows = asyncio.run(body())
+    assert all(isinstance(r, StoreError) for r in results), results
+    assert results[0] is not results[1]
+    assert (meta_value, audit_rows) == (None, 0)
