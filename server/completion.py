@@ -3,32 +3,40 @@
 Once a write is queued it may commit whether or not the RPC that asked for it
 is still waiting (a client timeout cancels the handler). What must follow a
 commit in memory (the revoked map that authenticates every call, the watch
-feed) therefore runs in a task of its own that the caller's cancellation
-does not reach.
+feed) is therefore applied by ``after_commit`` in the caller's task, or, if
+the caller was cancelled meanwhile, from a callback when the write finishes.
+
+In the usual case the follow-up runs synchronously right before the caller
+returns, so the reply is on its way before the streams it woke get the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-__all__ = ["to_completion"]
+__all__ = ["after_commit"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
-_running: set[asyncio.Task[Any]] = set()  # a reference, so no task is collected mid-way
-
-
-def _settled(task: asyncio.Task[Any]) -> None:
-    _running.discard(task)
-    if not task.cancelled():
-        task.exception()  # retrieved: a failure nobody awaited is not reported twice
+_running: set[asyncio.Future[Any]] = set()  # a reference, so no write is collected mid-way
 
 
-async def to_completion(work: Coroutine[Any, Any, T]) -> T:
-    """Runs work to its end; a cancelled caller stops waiting, the work does not stop."""
-    task = asyncio.ensure_future(work)
-    _running.add(task)
-    task.add_done_callback(_settled)
-    return await asyncio.shield(task)
+async def after_commit(write: Awaitable[T], then: Callable[[T], R]) -> R:
+    """Awaits write, then returns then(result); then runs exactly once if the write succeeds."""
+    task = asyncio.ensure_future(write)
+    try:
+        result = await asyncio.shield(task)
+    except asyncio.CancelledError:
+        _running.add(task)
+
+        def finish(done: asyncio.Future[T]) -> None:
+            _running.discard(done)
+            if not done.cancelled() and done.exception() is None:
+                then(done.result())
+
+        task.add_done_callback(finish)
+        raise
+    return then(result)

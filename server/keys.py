@@ -18,7 +18,7 @@ from kms.identity import validate_agent_name, validate_group, validate_key_name
 from kms.wrap import KEY_BYTES, wrap
 from server.authn import Caller
 from server.clock import Clock
-from server.completion import to_completion
+from server.completion import after_commit
 from server.sealing import Sealer
 from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, Store
 from server.store.base import SealFn
@@ -95,22 +95,23 @@ class KeyService:
         now = self._now()
         validate_key_name(name)
 
-        async def write() -> KeyRecord:
-            record, event = await self._store.rotate_key(
-                name,
-                now,
-                self.sealer_for(name),
-                audit=lambda done: AuditEntry(
-                    now, "admin", "key.rotate", f"key:{name}/v{done[0].current_version}"
-                ),
-            )
+        def committed(done: tuple[KeyRecord, RevocationEvent]) -> KeyRecord:
+            record, event = done
             self._publish(event)  # even if the caller has gone: watchers must hear of it
             logger.info(
                 "key rotated", extra={"key": name, "version": record.current_version, "seq": event.seq}
             )
             return record
 
-        return await to_completion(write())
+        write = self._store.rotate_key(
+            name,
+            now,
+            self.sealer_for(name),
+            audit=lambda done: AuditEntry(
+                now, "admin", "key.rotate", f"key:{name}/v{done[0].current_version}"
+            ),
+        )
+        return await after_commit(write, committed)
 
     async def grant(self, name: str, grant: str) -> KeyRecord:
         parsed = parse_grant(grant)

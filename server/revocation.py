@@ -18,7 +18,7 @@ from kms.errors import InvalidArgument, NotFound
 from kms.identity import validate_agent_name, validate_key_name
 from kms.revocation import parse_reason
 from server.clock import Clock
-from server.completion import to_completion
+from server.completion import after_commit
 from server.feed import RevocationFeed, StreamGuard
 from server.keys import MAX_VERSION, KeyService
 from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store
@@ -91,7 +91,10 @@ class RevocationService:
     def _now(self) -> int:
         return int(self._clock().timestamp())
 
-    def _committed(self, event: RevocationEvent) -> Revocation:
+    def _committed(self, event: RevocationEvent | None) -> Revocation | None:
+        """Applies a committed revocation in memory (None: nothing was revoked)."""
+        if event is None:
+            return None
         if event.kind in ("cert", "agent"):
             self._revoked.update(dict.fromkeys(event.serials(), event.reason))
         self._feed.publish(event)
@@ -124,47 +127,40 @@ class RevocationService:
         serial, reason = normalize_serial(serial), parse_reason(reason)
         now = self._now()
 
-        async def write() -> Revocation:
-            event = await self._store.revoke_certificate(
-                serial,
-                reason,
-                now,
-                audit=AuditEntry(now, "admin", "revoke.cert", f"serial:{serial} reason:{reason}"),
-            )
-            return self._committed(event) if event else await self._already(kind="cert", serial=serial)
-
-        return await to_completion(write())
+        write = self._store.revoke_certificate(
+            serial,
+            reason,
+            now,
+            audit=AuditEntry(now, "admin", "revoke.cert", f"serial:{serial} reason:{reason}"),
+        )
+        done = await after_commit(write, self._committed)
+        return done or await self._already(kind="cert", serial=serial)
 
     async def revoke_agent(self, name: str, reason: str) -> Revocation:
         name, reason = validate_agent_name(name), parse_reason(reason)
         now = self._now()
 
-        async def write() -> Revocation:
-            event = await self._store.revoke_agent(
-                name,
-                reason,
-                now,
-                audit=AuditEntry(now, "admin", "revoke.agent", f"agent:{name} reason:{reason}"),
-            )
-            return self._committed(event) if event else await self._already(kind="agent", agent=name)
-
-        return await to_completion(write())
+        write = self._store.revoke_agent(
+            name, reason, now, audit=AuditEntry(now, "admin", "revoke.agent", f"agent:{name} reason:{reason}")
+        )
+        done = await after_commit(write, self._committed)
+        return done or await self._already(kind="agent", agent=name)
 
     async def revoke_key(self, name: str, version: int, reason: str) -> Revocation:
         name, reason = validate_key_name(name), parse_reason(reason)
         if not 1 <= version <= MAX_VERSION:
             raise InvalidArgument(f"--version {version} is out of range: use a positive version")
 
-        async def write() -> Revocation:
-            event = await self._store.revoke_key_version(
-                name, version, reason, self._now(), self._keys.sealer_for(name)
-            )
-            if event is None:
-                return await self._already(kind="key", key=(name, version))
-            self._keys.forget_wrapped(name, version)
+        def committed(event: RevocationEvent | None) -> Revocation | None:
+            if event is not None:
+                self._keys.forget_wrapped(name, version)
             return self._committed(event)
 
-        return await to_completion(write())
+        write = self._store.revoke_key_version(
+            name, version, reason, self._now(), self._keys.sealer_for(name)
+        )
+        done = await after_commit(write, committed)
+        return done or await self._already(kind="key", key=(name, version))
 
     async def events(self) -> list[RevocationEvent]:
         """Every revocation so far (rotations share the log and the feed, but are not revocations)."""
