@@ -16,7 +16,7 @@ from bench.context import BenchContext, split
 from bench.kms import KmsServer
 from bench.load import LoadSpec, Target
 from bench.results import Result
-from bench.scenarios.fetch_key import load_details
+from bench.scenarios.common import throughput_result
 from kms.v1 import enrollment_pb2
 
 __all__ = ["run"]
@@ -93,25 +93,20 @@ def run(ctx: BenchContext) -> list[Result]:
     results = []
     for ca in CA_TYPES:
         kms_out = out[ca]
-        result = Result(
-            scenario="enroll",
-            variant=f"{ca} CA",
-            metric="enrollments",
-            unit="/s",
-            figure=kms_out.rate,
-            baseline_name="connect (P-256 CA)",
-            baseline=connect.rate,
-            target="ratio >= 0.60",
-            passed=False,
+        result = throughput_result(
+            "enroll",
+            f"{ca} CA",
+            "enrollments",
+            "/s",
+            kms_out,
+            connect,
+            "connect (P-256 CA)",
+            0.60,
             details={
                 "agents_stored": stored[ca],
-                "phases": len(kms_out.rates),
-                **load_details("", kms_out),
-                **load_details("connect_", connect),
                 **({"tokens_ran_out": True} if kms_out.exhausted else {}),
             },
             samples={ca: kms_out.latencies, "connect": connect.latencies},
         )
-        result.passed = result.ratio >= 0.60 and not kms_out.errors and not kms_out.exhausted
         results.append(result)
     return results

@@ -14,7 +14,7 @@ from __future__ import annotations
 from bench.context import BenchContext, split
 from bench.load import LoadSpec, Target
 from bench.results import Result
-from bench.scenarios.fetch_key import load_details
+from bench.scenarios.common import throughput_result
 
 __all__ = ["run"]
 
@@ -57,19 +57,8 @@ def run(ctx: BenchContext) -> list[Result]:
         ]
         out = ctx.run_load(specs, "exchange", server_pids={"bidi": base.pid, "seed-kms": kms.pid})
         kms.process.check_alive()
-    kms_out, bidi = out["seed-kms"], out["bidi"]
-    result = Result(
-        scenario="exchange",
-        variant="x25519",
-        metric="handshakes",
-        unit="/s",
-        figure=kms_out.rate,
-        baseline_name="bidi",
-        baseline=bidi.rate,
-        target="ratio >= 0.50",
-        passed=False,
-        details={"phases": len(kms_out.rates), **load_details("", kms_out), **load_details("bidi_", bidi)},
-        samples={"seed-kms": kms_out.latencies, "bidi": bidi.latencies},
-    )
-    result.passed = result.ratio >= 0.50 and not kms_out.errors
-    return [result]
+    return [
+        throughput_result(
+            "exchange", "x25519", "handshakes", "/s", out["seed-kms"], out["bidi"], "bidi", 0.50
+        )
+    ]

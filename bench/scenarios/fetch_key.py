@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
-from bench.context import BenchContext, LoadOutcome, split
+from bench.context import BenchContext, split
 from bench.kms import KmsServer
 from bench.load import LoadSpec, Target
 from bench.pki import Identity
-from bench.results import Result, summarize_latency
+from bench.results import Result
+from bench.scenarios.common import throughput_result
 from kms.v1 import keys_pb2
 
-__all__ = ["ECHO_REQUEST", "fetch_key_target", "fetch_setup", "load_details", "run"]
+__all__ = ["ECHO_REQUEST", "fetch_key_target", "fetch_setup", "run"]
 
 # "A few hundred bytes": about the size of a FetchKeyResponse (an RSA-2048 wrapped key and its names).
 ECHO_REQUEST = b"e" * 320
@@ -72,17 +71,6 @@ def load_specs(
     ]
 
 
-def load_details(prefix: str, out: LoadOutcome) -> dict[str, object]:
-    lat = summarize_latency(out.latencies)
-    details: dict[str, object] = {f"{prefix}p50_ms": lat["p50_ms"], f"{prefix}p99_ms": lat["p99_ms"]}
-    if not math.isnan(out.server_cpu_ms_per_op):
-        details[f"{prefix}server_cpu_ms_per_op"] = out.server_cpu_ms_per_op
-    if out.errors:
-        details[f"{prefix}errors"] = out.errors
-        details[f"{prefix}first_error"] = out.first_error
-    return details
-
-
 def run(ctx: BenchContext) -> list[Result]:
     with ctx.baseline_server("fetch-key-echo") as echo, ctx.kms_server("fetch-key") as kms:
         identities = fetch_setup(ctx, kms)
@@ -92,24 +80,16 @@ def run(ctx: BenchContext) -> list[Result]:
             server_pids={"echo": echo.pid, "seed-kms": kms.pid},
         )
         kms.process.check_alive()
-    kms_out, echo_out = out["seed-kms"], out["echo"]
-    result = Result(
-        scenario="fetch-key",
-        variant="",
-        metric="FetchKey",
-        unit="calls/s",
-        figure=kms_out.rate,
-        baseline_name="echo",
-        baseline=echo_out.rate,
-        target="ratio >= 0.70",
-        passed=False,
-        details={
-            "identities": len(identities),
-            "phases": len(kms_out.rates),
-            **load_details("", kms_out),
-            **load_details("echo_", echo_out),
-        },
-        samples={"seed-kms": kms_out.latencies, "echo": echo_out.latencies},
-    )
-    result.passed = result.ratio >= 0.70 and not kms_out.errors
-    return [result]
+    return [
+        throughput_result(
+            "fetch-key",
+            "",
+            "FetchKey",
+            "calls/s",
+            out["seed-kms"],
+            out["echo"],
+            "echo",
+            0.70,
+            details={"identities": len(identities)},
+        )
+    ]

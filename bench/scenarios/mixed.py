@@ -16,8 +16,9 @@ from bench.context import BenchContext
 from bench.kms import KmsServer
 from bench.procs import BenchError
 from bench.results import Result, percentile
+from bench.scenarios.common import throughput_result
 from bench.scenarios.fan_out import REVOKED_KEY, Rounds, kms_watch_setup, watch_specs
-from bench.scenarios.fetch_key import fetch_setup, load_details, load_specs
+from bench.scenarios.fetch_key import fetch_setup, load_specs
 from bench.watchers import watch_worker
 from bench.workers import WorkerPool
 
@@ -95,16 +96,16 @@ def run(ctx: BenchContext) -> list[Result]:
     p99 = percentile(latencies, 99) * 1000
     kms_out, echo_out = out["seed-kms"], out["echo"]
     all_delivered = bool(revoker.sent) and len(delivered) == len(revoker.sent) and not tracker.errors
-    result = Result(
-        scenario="mixed",
-        variant=f"{watchers} watchers",
-        metric="FetchKey under load",
-        unit="calls/s",
-        figure=kms_out.rate,
-        baseline_name="echo",
-        baseline=echo_out.rate,
+    result = throughput_result(
+        "mixed",
+        f"{watchers} watchers",
+        "FetchKey under load",
+        "calls/s",
+        kms_out,
+        echo_out,
+        "echo",
+        0.60,
         target=f"ratio >= 0.60; all revocations delivered, p99 < {DELIVERY_P99_MS:.0f} ms",
-        passed=False,
         details={
             "revocations": len(revoker.sent),
             "delivered_to_all": len(delivered),
@@ -112,8 +113,6 @@ def run(ctx: BenchContext) -> list[Result]:
             "delivery_p99_ms": p99,
             "delivery_p99_from_call_ms": percentile(from_sent, 99) * 1000,
             "watch_errors": sum(s.errors for s in summaries),
-            **load_details("", kms_out),
-            **load_details("echo_", echo_out),
         },
         samples={"seed-kms": kms_out.latencies, "echo": echo_out.latencies, "delivery": latencies},
     )
