@@ -119,6 +119,10 @@ def initiate(identity: AgentIdentity, client: KmsClient, peer: str, group: Group
         assert init_auth is not None
         stream.send(to_frame(init_auth))
         machine.receive(from_frame(stream.receive(client, "key confirmation")))
+        # End the call cleanly rather than cancel it: the server records the exchange
+        # before it ends the stream, and a call cancelled under a closing channel has
+        # been seen to hang the process at exit.
+        stream.wait_end(client)
     finally:
         stream.close()
     session = machine.session
