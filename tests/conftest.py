@@ -1,8 +1,9 @@
-"""Session-wide fixtures: slow RSA keys once per run, and one shared server per module."""
+"""Session-wide fixtures: slow RSA keys once per run, a PostgreSQL cluster, one shared server per module."""
 
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.harness import ServerProcess, short_tmpdir
+from tests.pg import PostgresCluster, find_bindir, missing_reason
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +29,33 @@ def tmpdir_short() -> Iterator[Path]:
     path = short_tmpdir("kmst")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster for the session (one per xdist worker), removed at the end.
+
+    Skipped, with the reason, only when no PostgreSQL server binaries are installed;
+    a cluster that exists but fails to start is an error, not a skip.
+    """
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip(missing_reason())
+    cluster = PostgresCluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_database(pg_cluster: PostgresCluster) -> Iterator[str]:
+    """The URL of a fresh, empty database in the session's cluster, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    url = pg_cluster.create_database(name)
+    yield url
+    pg_cluster.drop_database(name)
 
 
 @pytest.fixture(scope="module")
