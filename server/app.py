@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -44,14 +45,16 @@ from server.audit import AuditTrail
 from server.auth import AuthInterceptor, Limits, Listener
 from server.authn import PeerAuthenticator
 from server.backup import backup
-from server.ca import CertificateAuthority, create_root, load_root
+from server.ca import CertificateAuthority
 from server.clock import Clock, system_clock
 from server.config import ServerConfig
 from server.crl import CrlPublisher
-from server.datadir import DataDir, DataDirError
+from server.datadir import DataDir
+from server.deployment import open_deployment
 from server.enrollment import EnrollmentService
 from server.exchange import ExchangeService
 from server.feed import RevocationFeed, StreamGuard
+from server.follower import EventFollower
 from server.heap import HeapKeeper
 from server.http import HttpSidePort
 from server.keys import KeyService
@@ -59,7 +62,6 @@ from server.limits import RateLimiter
 from server.metrics import Metrics
 from server.ocsp import OcspResponder
 from server.revocation import RevocationService
-from server.sealing import Sealer
 from server.servicers import (
     AdminServicer,
     EnrollmentServicer,
@@ -68,11 +70,11 @@ from server.servicers import (
     KeysServicer,
     RevocationServicer,
 )
-from server.store import SqliteStore, Store
+from server.store import Store
 from server.tls import ServerTls
 from server.watch import WatchService
 
-__all__ = ["App", "create_server", "serve"]
+__all__ = ["App", "Initialized", "create_server", "initialize", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class App:
     http_port: int | None
     tls: ServerTls
     health: HealthServicer
+    follower: EventFollower
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -118,12 +121,13 @@ class App:
     async def start(self) -> None:
         await self.api.start()
         await self.admin.start()
-        for service in ("", "kms.v1.Keys", "kms.v1.Enrollment", "kms.v1.Revocation"):
+        for service in _HEALTH_SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [
             asyncio.create_task(self.crl.refresh_forever()),
             asyncio.create_task(self.tls.rotate_forever()),
             asyncio.create_task(HeapKeeper().run_forever()),
+            asyncio.create_task(self.follower.run()),
         ]
 
     async def stop(self) -> None:
@@ -138,6 +142,32 @@ class App:
         await self.store.close()
         self.datadir.admin_socket.unlink(missing_ok=True)
         self.datadir.release()
+
+
+_HEALTH_SERVICES = ("", "kms.v1.Keys", "kms.v1.Enrollment", "kms.v1.Revocation")
+
+
+def _health_follows_store(health: HealthServicer) -> Callable[[bool], None]:
+    """Reports NOT_SERVING while the store is unreachable, so load balancers send calls elsewhere."""
+    status = {True: health_pb2.HealthCheckResponse.SERVING, False: health_pb2.HealthCheckResponse.NOT_SERVING}
+    tasks: set[asyncio.Task[None]] = set()
+    last: list[bool] = [True]
+
+    def connected(up: bool) -> None:
+        if up == last[0]:
+            return
+        last[0] = up
+        logger.warning("store reachable again" if up else "store unreachable: health is NOT_SERVING")
+
+        async def set_all() -> None:
+            for service in _HEALTH_SERVICES:
+                await health.set(service, status[up])
+
+        task = asyncio.create_task(set_all())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return connected
 
 
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials, what: str) -> int:
@@ -179,37 +209,15 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
     """
     datadir = DataDir(cfg.data_dir)
     datadir.prepare()
-    store: SqliteStore | None = None
+    store: Store | None = None
     try:
-        fresh = not datadir.initialized
-        if fresh and datadir.ca_cert.exists():
-            raise DataDirError(
-                f"data dir {cfg.data_dir} has a CA but no master.key: restore master.key from a backup"
-            )
-        store = await SqliteStore.open(datadir.db)
-        if fresh and not await store.is_empty():
-            raise DataDirError(
-                f"data dir {cfg.data_dir} has a store but no master.key: restore master.key from a backup"
-            )
-        wanted_domain = cfg.trust_domain or ServerConfig.DEFAULT_TRUST_DOMAIN
-        # Until the CA exists nothing was issued, so a retried first start may pick again.
-        trust_domain = await store.set_meta("trust_domain", wanted_domain, replace=fresh)
-        if cfg.trust_domain is not None and cfg.trust_domain != trust_domain:
-            raise DataDirError(
-                f"data dir {cfg.data_dir} belongs to trust domain {trust_domain!r}; --trust-domain {cfg.trust_domain!r} "
-                "cannot change it"
-            )
-        if fresh:
-            # Everything that can fail comes before the first secret is written.
-            root = create_root(trust_domain, cfg.ca_key_type, cfg.ca_ttl, clock())
-            sealer = Sealer(datadir.create_master_key())
-            datadir.save_pair(datadir.ca_cert, datadir.ca_key, sealer, root)
-            logger.info(
-                "created CA", extra={"fingerprint": fingerprint(root.cert.public_bytes(Encoding.DER))}
-            )
-        else:
-            sealer = Sealer(datadir.load_master_key())
-            root = load_root(datadir, sealer, cfg.ca_key_type)
+        deployment = await open_deployment(cfg, datadir, clock)
+        store, sealer, root, trust_domain = (
+            deployment.store,
+            deployment.sealer,
+            deployment.root,
+            deployment.trust_domain,
+        )
         http_sock, status_urls = _bind_http(cfg)
         ca = CertificateAuthority(root, trust_domain, cfg.cert_ttl, clock, status_urls)
         if cfg.cert_ttl > ca.certificate.not_valid_after_utc - clock():
@@ -229,6 +237,8 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         crl = CrlPublisher(ca, store, clock)
         revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
         await revocations.load()
+        health = HealthServicer()
+        follower = EventFollower(store, feed, revocations.apply_remote, _health_follows_store(health))
         authenticator = PeerAuthenticator(
             ca.certificate, trust_domain, store, clock, revocations.revocation_reason
         )
@@ -303,7 +313,6 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys), api)
         revocation_pb2_grpc.add_RevocationServicer_to_server(RevocationServicer(watch, revocations, crl), api)
         handshake_pb2_grpc.add_HandshakeServicer_to_server(HandshakeServicer(exchanges), api)
-        health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, api)
         services = [
             s.full_name
@@ -341,12 +350,47 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         )
         os.chmod(datadir.admin_socket, 0o600)
         http_port = await http.start(http_sock) if http and http_sock else None
-        return App(cfg, datadir, store, ca, api, admin, port, enroll_port, crl, http, http_port, tls, health)
+        return App(
+            cfg,
+            datadir,
+            store,
+            ca,
+            api,
+            admin,
+            port,
+            enroll_port,
+            crl,
+            http,
+            http_port,
+            tls,
+            health,
+            follower,
+        )
     except BaseException:
         if store is not None:
             await store.close()
         datadir.release()
         raise
+
+
+@dataclass(frozen=True)
+class Initialized:
+    trust_domain: str
+    fingerprint: str
+    created: bool
+
+
+async def initialize(cfg: ServerConfig, clock: Clock = system_clock) -> Initialized:
+    """Creates the deployment's CA and master key if they do not exist yet (kms-server init)."""
+    datadir = DataDir(cfg.data_dir)
+    datadir.prepare()
+    try:
+        deployment = await open_deployment(cfg, datadir, clock)
+        await deployment.store.close()
+    finally:
+        datadir.release()
+    der = deployment.root.cert.public_bytes(Encoding.DER)
+    return Initialized(deployment.trust_domain, fingerprint(der), deployment.created)
 
 
 async def serve(cfg: ServerConfig, clock: Clock = system_clock) -> None:

@@ -23,6 +23,8 @@ from server.sealing import Sealer
 
 __all__ = [
     "CertificateAuthority",
+    "check_key_type",
+    "create_root",
     "generate_key",
     "key_type_of",
 ]
@@ -146,9 +148,13 @@ def create_root(trust_domain: str, key_type: CAKeyType | None, ca_ttl: timedelta
 def load_root(datadir: DataDir, sealer: Sealer, key_type: CAKeyType | None) -> KeyPair:
     """Loads the root; a --ca-key-type that differs from it is an error (a CA's key cannot change)."""
     root = datadir.load_pair(datadir.ca_cert, datadir.ca_key, sealer)
+    check_key_type(root, key_type, str(datadir.path))
+    return root
+
+
+def check_key_type(root: KeyPair, key_type: CAKeyType | None, where: str) -> None:
     if key_type is not None and key_type_of(root.key) is not key_type:
         raise DataDirError(
-            f"the CA in {datadir.path} has a {key_type_of(root.key).value} key; --ca-key-type {key_type.value} "
+            f"the CA in {where} has a {key_type_of(root.key).value} key; --ca-key-type {key_type.value} "
             "cannot change an existing CA"
         )
-    return root

@@ -17,7 +17,7 @@ from kms.events import describe, event_fields
 from kms.revocation import REASONS
 from kms.v1 import admin_pb2
 from server.admin_client import AdminClient
-from server.app import serve
+from server.app import initialize, serve
 from server.backup import restore
 from server.config import CAKeyType, ServerConfig, default_data_dir
 
@@ -57,6 +57,8 @@ RUN_OPTIONS: list[tuple[str, str]] = [
     ("--enroll-rate", "enrollment attempts per peer address per minute (default 30)"),
     ("--auth-failure-rate", "failed authentications per peer address per minute (default 30)"),
     ("--max-streams-per-identity", "open streams one agent certificate may hold (default 64)"),
+    ("--database", "postgresql://USER@HOST/DB shared by replicas (default: SQLite in the data dir)"),
+    ("--master-key-file", "a PostgreSQL replica's master key file (KMS_MASTER_KEY: base64 instead)"),
 ]
 
 
@@ -69,6 +71,13 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     asyncio.run(serve(_config(args)))
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    deployment = asyncio.run(initialize(_config(args)))
+    verb = "created" if deployment.created else "already initialised:"
+    print(f"{verb} trust-domain={deployment.trust_domain} ca-fingerprint={deployment.fingerprint}")
     return 0
 
 
@@ -320,6 +329,12 @@ def build_parser() -> ArgumentParser:
         "run", parents=[common, run_options], help="run the server (creates the CA on first start)"
     )
     run.set_defaults(func=cmd_run)
+    init = sub.add_parser(
+        "init",
+        parents=[common, run_options],
+        help="create the CA and master key (once per deployment), then exit; run does it on first start too",
+    )
+    init.set_defaults(func=cmd_init)
     config = sub.add_parser("config", help="the configuration").add_subparsers(
         dest="config_command", required=True, metavar="COMMAND"
     )

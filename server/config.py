@@ -19,7 +19,7 @@ from kms.durations import format_duration, parse_duration
 from kms.errors import InvalidArgument
 from kms.identity import validate_trust_domain
 
-__all__ = ["CAKeyType", "ServerConfig", "default_data_dir"]
+__all__ = ["CAKeyType", "ServerConfig", "default_data_dir", "redact_url"]
 
 MiB = 1024 * 1024
 
@@ -41,6 +41,15 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     home = Path(env["HOME"]) if env.get("HOME") else Path.home()
     base = env.get("XDG_DATA_HOME") or str(home / ".local" / "share")
     return Path(base) / "seed-kms"
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password, for messages and `config show`."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
 
 
 def _fraction(text: str | None) -> float:
@@ -72,7 +81,7 @@ KNOWN_KEYS = frozenset(
         "data_dir", "listen", "enroll_listen", "san", "trust_domain", "ca_key_type", "cert_ttl", "ca_ttl",
         "server_cert_ttl", "token_ttl", "max_token_ttl", "max_request_bytes", "shutdown_grace", "heartbeat",
         "handshake_timeout", "watch_buffer", "http_listen", "renew_fraction", "log_format", "enroll_rate",
-        "auth_failure_rate", "max_streams_per_identity",
+        "auth_failure_rate", "max_streams_per_identity", "database", "master_key_file",
     }
 )  # fmt: skip
 
@@ -104,6 +113,12 @@ class ServerConfig:
     enroll_rate: int  # enrollment attempts per peer address per minute
     auth_failure_rate: int  # failed authentications per peer address per minute
     max_streams_per_identity: int
+    # None: the embedded SQLite store in the data dir. Else a postgresql:// URL
+    # that several replicas share (it may hold a password: never print it whole).
+    database: str | None = None
+    # Where a replica of a PostgreSQL deployment reads the shared master key
+    # (None: KMS_MASTER_KEY, else master.key in the data dir).
+    master_key_file: Path | None = None
 
     DEFAULT_TRUST_DOMAIN = "seed-kms.local"
 
@@ -191,6 +206,7 @@ class ServerConfig:
                 choices = ", ".join(k.value for k in CAKeyType)
                 raise InvalidArgument(f"--ca-key-type {key_type_text!r} is not one of {choices}") from None
 
+        master_key_file = pick("master_key_file", None)
         http = pick("http_listen", None)
         http_host, http_port = (
             parse_hostport(http, what="--http-listen", allow_zero=True) if http else (None, 0)
@@ -223,6 +239,8 @@ class ServerConfig:
             max_streams_per_identity=_int(
                 pick("max_streams_per_identity", "64"), "--max-streams-per-identity"
             ),
+            database=pick("database", None) or None,
+            master_key_file=Path(master_key_file) if master_key_file else None,
         )
         cfg.validate()
         return cfg
@@ -235,10 +253,12 @@ class ServerConfig:
             "enroll_listen": self.enroll_listen,
             "san": list(self.sans),
             "http_listen": join_hostport(self.http_host, self.http_port) if self.http_host else None,
+            "database": redact_url(self.database) if self.database else None,
+            "master_key_file": str(self.master_key_file) if self.master_key_file else None,
         }
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("data_dir", "sans") or f.name.startswith(
+            if f.name in ("data_dir", "sans", "database", "master_key_file") or f.name.startswith(
                 ("listen_", "enroll_h", "enroll_p", "http_")
             ):
                 continue
@@ -287,3 +307,13 @@ class ServerConfig:
             raise InvalidArgument("--max-streams-per-identity must be between 1 and 10000")
         if self.shutdown_grace > timedelta(minutes=5):
             raise InvalidArgument("--shutdown-grace must be at most 5m")
+        if self.database is not None and not self.database.startswith(("postgresql://", "postgres://")):
+            raise InvalidArgument(
+                f"--database {redact_url(self.database)!r} is not a postgresql:// URL "
+                "(leave it unset for the embedded SQLite store)"
+            )
+        if self.master_key_file is not None and self.database is None:
+            raise InvalidArgument(
+                "--master-key-file is for replicas of a PostgreSQL deployment (--database); "
+                "the embedded store keeps master.key in its data dir"
+            )

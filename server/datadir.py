@@ -30,7 +30,7 @@ from kms.profile import IssuerKey
 from kms.securefile import ensure_private_dir, write_atomic
 from server.sealing import MASTER_KEY_BYTES, Sealer, SealError
 
-__all__ = ["DataDir", "DataDirError", "KeyPair"]
+__all__ = ["DataDir", "DataDirError", "KeyPair", "open_pair", "read_master_key", "seal_key"]
 
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
@@ -53,6 +53,52 @@ class KeyPair:
         return self.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
+
+
+def read_master_key(path: Path, data: bytes) -> bytes:
+    """Checks a master key file's mode and length (path is for messages and the mode)."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise DataDirError(f"master key {path} is readable by others (mode {mode:04o}): chmod 600 it")
+    if len(data) != MASTER_KEY_BYTES:
+        raise DataDirError(f"master key {path} must hold exactly {MASTER_KEY_BYTES} bytes")
+    return data
+
+
+def seal_key(pair: KeyPair, sealer: Sealer, slot: str) -> bytes:
+    der_key = pair.key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return sealer.seal(slot, der_key)
+
+
+def open_pair(
+    cert_pem: bytes,
+    sealed_key: bytes,
+    sealer: Sealer,
+    *,
+    slot: str,
+    cert_name: str,
+    key_name: str,
+    master_name: str,
+) -> KeyPair:
+    """A certificate and its sealed private key, checked to belong together."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise DataDirError(f"{cert_name} is not a PEM certificate: restore it from a backup") from None
+    try:
+        der_key = sealer.open(slot, sealed_key)
+    except SealError:
+        raise DataDirError(
+            f"{key_name} does not decrypt with {master_name}: wrong master key or a corrupt file"
+        ) from None
+    key = serialization.load_der_private_key(der_key, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise DataDirError(f"{key_name} holds an unsupported key type")
+    if key.public_key() != cert.public_key():
+        raise DataDirError(f"{key_name} does not belong to {cert_name}: restore both from the same backup")
+    return KeyPair(cert, key)
 
 
 class DataDir:
@@ -106,44 +152,24 @@ class DataDir:
         return key
 
     def load_master_key(self) -> bytes:
-        data = self._read(self.master_key)
-        mode = stat.S_IMODE(os.stat(self.master_key).st_mode)
-        if mode & 0o077:
-            raise DataDirError(
-                f"master key {self.master_key} is readable by others (mode {mode:04o}): chmod 600 it"
-            )
-        if len(data) != MASTER_KEY_BYTES:
-            raise DataDirError(f"master key {self.master_key} must hold exactly {MASTER_KEY_BYTES} bytes")
-        return data
+        return read_master_key(self.master_key, self._read(self.master_key))
 
     # --- key pairs -------------------------------------------------------------
 
     def save_pair(self, cert_path: Path, key_path: Path, sealer: Sealer, pair: KeyPair) -> None:
-        der_key = pair.key.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        write_atomic(key_path, sealer.seal(key_path.name, der_key), mode=0o600)
+        write_atomic(key_path, seal_key(pair, sealer, key_path.name), mode=0o600)
         write_atomic(cert_path, pair.cert_pem, mode=0o644)
 
     def load_pair(self, cert_path: Path, key_path: Path, sealer: Sealer) -> KeyPair:
-        try:
-            cert = x509.load_pem_x509_certificate(self._read(cert_path))
-        except ValueError:
-            raise DataDirError(f"{cert_path} is not a PEM certificate: restore it from a backup") from None
-        try:
-            der_key = sealer.open(key_path.name, self._read(key_path))
-        except SealError:
-            raise DataDirError(
-                f"{key_path} does not decrypt with {self.master_key}: wrong master key or a corrupt file"
-            ) from None
-        key = serialization.load_der_private_key(der_key, password=None)
-        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-            raise DataDirError(f"{key_path} holds an unsupported key type")
-        if key.public_key() != cert.public_key():
-            raise DataDirError(
-                f"{key_path} does not belong to {cert_path}: restore both from the same backup"
-            )
-        return KeyPair(cert, key)
+        return open_pair(
+            self._read(cert_path),
+            self._read(key_path),
+            sealer,
+            slot=key_path.name,
+            cert_name=str(cert_path),
+            key_name=str(key_path),
+            master_name=str(self.master_key),
+        )
 
     def _read(self, path: Path) -> bytes:
         try:

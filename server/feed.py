@@ -54,6 +54,10 @@ class RevocationFeed:
         if self._metrics is not None:
             self._metrics.watchers.inc(delta)
 
+    def has_published(self, seq: int) -> bool:
+        """Whether event seq went out on this feed recently (the last 10,000 events)."""
+        return seq in self._published
+
     @property
     def subscribers(self) -> int:
         return len(self._subs)

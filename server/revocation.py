@@ -115,6 +115,15 @@ class RevocationService:
         )
         return Revocation(event, already_revoked=False)
 
+    def apply_remote(self, event: RevocationEvent) -> None:
+        """Applies an event another replica committed, as if it had been made here."""
+        if event.kind == "rotate":
+            self._feed.publish(event)
+            return
+        if event.kind == "key" and event.key_name is not None and event.key_version is not None:
+            self._keys.forget_wrapped(event.key_name, event.key_version)
+        self._committed(event)
+
     async def _already(self, **subject: object) -> Revocation:
         earlier = await self._store.last_event(**subject)  # type: ignore[arg-type]
         if earlier is None:  # revoked through another path (e.g. destroyed key): nothing to add

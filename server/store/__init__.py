@@ -1,4 +1,6 @@
-"""Persistence behind one interface, so PostgreSQL can back replicas later."""
+"""Persistence behind one interface: SQLite embedded (the default), or PostgreSQL shared by replicas."""
+
+from pathlib import Path
 
 from server.store.base import (
     AgentRecord,
@@ -12,6 +14,7 @@ from server.store.base import (
     Store,
     StoreError,
 )
+from server.store.postgres import PostgresStore, is_postgres_url
 from server.store.sqlite import SqliteStore
 
 __all__ = [
@@ -22,8 +25,18 @@ __all__ = [
     "JoinTokenRecord",
     "KeyRecord",
     "KeyVersionRecord",
+    "PostgresStore",
     "RevocationEvent",
     "SqliteStore",
     "Store",
     "StoreError",
+    "is_postgres_url",
+    "open_store",
 ]
+
+
+async def open_store(database: str | None, sqlite_path: Path) -> Store:
+    """The store a server runs on: PostgreSQL at database, or SQLite at sqlite_path when database is None."""
+    if database is None:
+        return await SqliteStore.open(sqlite_path)
+    return await PostgresStore.open(database)

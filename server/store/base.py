@@ -6,6 +6,7 @@ Every method that writes is durable when it returns. Times are Unix seconds.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -272,4 +273,17 @@ class Store(Protocol):
 
     async def snapshot_to(self, target: Path) -> None:
         """Writes a consistent copy of the store to target (0600)."""
+        ...
+
+    # --- several servers on one store ------------------------------------------------
+
+    def exclusive(self) -> AbstractAsyncContextManager[None]:
+        """Held by one server at a time across every server of this store (first start)."""
+        ...
+
+    async def follow_events(self, wake: Callable[[], None], connected: Callable[[bool], None]) -> None:
+        """Runs until cancelled, calling wake() whenever other servers may have added events.
+
+        connected(False) while the store cannot be reached, then connected(True).
+        """
         ...

@@ -1,14 +1,15 @@
-"""Versioned schema migrations. Append only: never edit a released step.
+"""Versioned schema migrations, one numbered list per backend. Append only: never edit a released step.
 
-Each step is a list of statements applied in one transaction together with
-the bump of ``schema_version``.
+Step N is the same schema change on both backends, written in each one's
+SQL; a store's ``schema_version`` is the number of steps applied. Each step
+is applied in one transaction together with its row in ``schema_version``.
 """
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS"]
+__all__ = ["POSTGRES_MIGRATIONS", "SCHEMA_VERSION", "SQLITE_MIGRATIONS"]
 
-MIGRATIONS: list[list[str]] = [
+SQLITE_MIGRATIONS: list[list[str]] = [
     # 1: tokens, agents, certificates.
     [
         """CREATE TABLE meta (
@@ -132,3 +133,123 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE events_v5 RENAME TO events",
     ],
 ]
+
+# PostgreSQL: BYTEA for BLOB, BIGINT for Unix times. The event log's seq is
+# not a sequence: it comes from a counter row whose lock is held until
+# COMMIT, so events commit in seq order and a reader that sees seq N has
+# seen every seq below it (a watcher resuming after N can never miss one).
+POSTGRES_MIGRATIONS: list[list[str]] = [
+    # 1: tokens, agents, certificates.
+    [
+        """CREATE TABLE meta (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )""",
+        """CREATE TABLE join_tokens (
+            token_id TEXT PRIMARY KEY,
+            secret_hash BYTEA NOT NULL,
+            name TEXT NOT NULL,
+            groups_json TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            used_at BIGINT,
+            used_by_serial TEXT
+        )""",
+        """CREATE TABLE agents (
+            name TEXT PRIMARY KEY,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )""",
+        """CREATE TABLE certificates (
+            serial TEXT PRIMARY KEY,
+            agent_name TEXT NOT NULL REFERENCES agents(name),
+            not_before BIGINT NOT NULL,
+            not_after BIGINT NOT NULL,
+            der BYTEA NOT NULL,
+            issued_at BIGINT NOT NULL,
+            token_id TEXT REFERENCES join_tokens(token_id),
+            groups_json TEXT NOT NULL,
+            inserted BIGINT GENERATED ALWAYS AS IDENTITY
+        )""",
+        "CREATE INDEX certificates_by_agent ON certificates(agent_name, issued_at)",
+    ],
+    # 2: named AES keys with versions, grants and the release log.
+    [
+        """CREATE TABLE keys (
+            name TEXT PRIMARY KEY,
+            current_version INTEGER NOT NULL,
+            created_at BIGINT NOT NULL
+        )""",
+        """CREATE TABLE key_versions (
+            key_name TEXT NOT NULL REFERENCES keys(name),
+            version INTEGER NOT NULL CHECK (version > 0),
+            state TEXT NOT NULL
+                CHECK (state IN ('active', 'deactivated', 'compromised', 'destroyed', 'destroyed_compromised')),
+            sealed_material BYTEA,
+            created_at BIGINT NOT NULL,
+            state_changed_at BIGINT NOT NULL,
+            PRIMARY KEY (key_name, version),
+            CHECK ((state LIKE 'destroyed%') = (sealed_material IS NULL))
+        )""",
+        """CREATE TABLE key_grants (
+            key_name TEXT NOT NULL REFERENCES keys(name),
+            kind TEXT NOT NULL CHECK (kind IN ('agent', 'group')),
+            grantee TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (key_name, kind, grantee)
+        )""",
+        """CREATE TABLE key_releases (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            key_name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            agent_name TEXT NOT NULL,
+            cert_serial TEXT NOT NULL,
+            released_at BIGINT NOT NULL
+        )""",
+        "CREATE INDEX key_releases_by_key ON key_releases(key_name, version)",
+    ],
+    # 3: revocation: certificate and agent state, the event log, re-enrollment consent.
+    [
+        "ALTER TABLE certificates ADD COLUMN revoked_at BIGINT",
+        "ALTER TABLE certificates ADD COLUMN revocation_reason TEXT",
+        "ALTER TABLE agents ADD COLUMN revoked_at BIGINT",
+        "ALTER TABLE join_tokens ADD COLUMN allow_reenroll INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE counters (
+            name TEXT PRIMARY KEY,
+            value BIGINT NOT NULL
+        )""",
+        "INSERT INTO counters VALUES ('events', 0)",
+        """CREATE TABLE events (
+            seq BIGINT PRIMARY KEY,
+            kind TEXT NOT NULL CONSTRAINT events_kind_check CHECK (kind IN ('cert', 'agent', 'key')),
+            serial TEXT,
+            agent_name TEXT,
+            key_name TEXT,
+            key_version INTEGER,
+            reason TEXT NOT NULL,
+            at BIGINT NOT NULL
+        )""",
+    ],
+    # 4: the hash-chained audit trail.
+    [
+        """CREATE TABLE audit (
+            seq BIGINT PRIMARY KEY,
+            at BIGINT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            object TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            prev_hash BYTEA NOT NULL,
+            hash BYTEA NOT NULL
+        )""",
+    ],
+    # 5: key rotations join the event log (kind 'rotate').
+    [
+        "ALTER TABLE events DROP CONSTRAINT events_kind_check",
+        "ALTER TABLE events ADD CONSTRAINT events_kind_check CHECK (kind IN ('cert', 'agent', 'key', 'rotate'))",
+    ],
+]
+
+# The schema this kms-server writes; a store at a higher version is refused.
+SCHEMA_VERSION = len(SQLITE_MIGRATIONS)
+assert len(POSTGRES_MIGRATIONS) == SCHEMA_VERSION, "every step exists for both backends"

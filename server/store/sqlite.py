@@ -13,9 +13,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kms.errors import PermissionDenied
+from server.store import rules
 from server.store.base import AgentRecord, Audit, CertificateRecord, JoinTokenRecord, StoreError
-from server.store.migrations import MIGRATIONS
+from server.store.migrations import SQLITE_MIGRATIONS
 from server.store.sqlite_events import SqliteEvents
 from server.store.sqlite_keys import SqliteKeys
 
@@ -103,15 +103,15 @@ class SqliteStore(SqliteKeys, SqliteEvents):
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER)"
         )
         current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-        if current > len(MIGRATIONS):
+        if current > len(SQLITE_MIGRATIONS):
             raise StoreError(
                 f"store {self._path} has schema version {current}, newer than this kms-server knows "
-                f"({len(MIGRATIONS)}): upgrade kms-server"
+                f"({len(SQLITE_MIGRATIONS)}): upgrade kms-server"
             )
-        for version in range(current + 1, len(MIGRATIONS) + 1):
+        for version in range(current + 1, len(SQLITE_MIGRATIONS) + 1):
             db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in MIGRATIONS[version - 1]:
+                for statement in SQLITE_MIGRATIONS[version - 1]:
                     db.execute(statement)
                 db.execute("INSERT INTO schema_version VALUES (?, strftime('%s','now'))", (version,))
                 db.execute("COMMIT")
@@ -208,10 +208,7 @@ class SqliteStore(SqliteKeys, SqliteEvents):
             revoked = db.execute("SELECT revoked_at FROM agents WHERE name=?", (cert.agent_name,)).fetchone()
             if revoked and revoked[0] is not None and not allow:
                 # Raising rolls back: the token stays unused.
-                raise PermissionDenied(
-                    f"agent {cert.agent_name!r} was revoked: it may enroll again only with a token created"
-                    " with --allow-reenroll"
-                )
+                raise rules.reenroll_refused(cert.agent_name)
             db.execute(
                 "INSERT INTO agents(name, created_at, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT(name) DO UPDATE SET updated_at=excluded.updated_at, revoked_at=NULL",

@@ -14,7 +14,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +236,16 @@ class SqliteBase:
             return [AuditRecord(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), bytes(r[7])) for r in rows]
 
         return await self._run(q)
+
+    async def follow_events(self, wake: Callable[[], None], connected: Callable[[bool], None]) -> None:
+        """Never wakes: one process owns an embedded store, and publishes its own events as it commits them."""
+        connected(True)
+        await asyncio.Event().wait()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Already exclusive: the data dir lock keeps every other server off this store."""
+        yield
 
     async def snapshot_to(self, target: Path) -> None:
         """A consistent copy of the live database (SQLite's online backup API), 0600."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from kms.errors import NotFound
+from server.store import rules
 from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
 from server.store.sqlite_base import SqliteBase
 
@@ -52,9 +52,7 @@ class SqliteEvents(SqliteBase):
                 "SELECT agent_name, revoked_at FROM certificates WHERE serial=?", (serial,)
             ).fetchone()
             if row is None:
-                raise NotFound(
-                    f"no certificate with serial {serial} was issued by this CA: see kms-server agents list"
-                )
+                raise rules.no_certificate(serial)
             if row[1] is not None:
                 return None
             db.execute(
@@ -71,7 +69,7 @@ class SqliteEvents(SqliteBase):
         def q(db: sqlite3.Connection) -> RevocationEvent | None:
             row = db.execute("SELECT revoked_at FROM agents WHERE name=?", (name,)).fetchone()
             if row is None:
-                raise NotFound(f"no agent named {name!r}: see kms-server agents list")
+                raise rules.no_agent(name)
             serials = [
                 r[0]
                 for r in db.execute(
@@ -100,11 +98,11 @@ class SqliteEvents(SqliteBase):
                 (name, version),
             ).fetchone()
             if row is None:
-                raise NotFound(f"key {name!r} has no version {version}: see kms-server key list")
+                raise rules.no_version(name, version)
             state, current = row
-            if state in ("compromised", "destroyed_compromised"):
+            new_state = rules.compromised_state(state)
+            if new_state is None:
                 return None
-            new_state = "destroyed_compromised" if state == "destroyed" else "compromised"
             db.execute(
                 "UPDATE key_versions SET state=?, state_changed_at=? WHERE key_name=? AND version=?",
                 (new_state, now, name, version),

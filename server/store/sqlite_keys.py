@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 from typing import TypeVar
 
-from kms.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
+from kms.errors import FailedPrecondition
+from server.store import rules
 from server.store.base import Audit, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, SealFn
 from server.store.sqlite_base import SqliteBase
 from server.store.sqlite_events import append_event
@@ -17,13 +18,6 @@ T = TypeVar("T")
 _VERSION_COLUMNS = "key_name, version, state, created_at, state_changed_at"
 
 
-def _not_granted(name: str) -> PermissionDenied:
-    # Same words whether or not the key exists: no oracle for key names.
-    return PermissionDenied(
-        f"this agent is not granted key {name!r} (or it does not exist): ask the administrator"
-    )
-
-
 class SqliteKeys(SqliteBase):
     """Key methods of SqliteStore."""
 
@@ -32,7 +26,7 @@ class SqliteKeys(SqliteBase):
             "SELECT name, current_version, created_at FROM keys WHERE name=?", (name,)
         ).fetchone()
         if row is None:
-            raise NotFound(f"no key named {name!r}: see kms-server key list")
+            raise rules.no_key(name)
         versions = tuple(
             KeyVersionRecord(*r)
             for r in db.execute(
@@ -53,7 +47,7 @@ class SqliteKeys(SqliteBase):
     ) -> KeyRecord:
         def q(db: sqlite3.Connection) -> KeyRecord:
             if db.execute("SELECT 1 FROM keys WHERE name=?", (name,)).fetchone():
-                raise AlreadyExists(f"key {name!r} already exists: use kms-server key rotate")
+                raise rules.key_exists(name)
             db.execute("INSERT INTO keys(name, current_version, created_at) VALUES (?, 1, ?)", (name, now))
             db.execute(
                 "INSERT INTO key_versions VALUES (?, 1, 'active', ?, ?, ?)",
@@ -107,7 +101,7 @@ class SqliteKeys(SqliteBase):
                 (name, grant.kind, grant.grantee),
             ).rowcount
             if not removed:
-                raise NotFound(f"key {name!r} has no grant {grant}")
+                raise rules.no_grant(name, grant)
             return self._key(db, name)
 
         return await self._write(q, audit, invalidates=True)
@@ -126,14 +120,11 @@ class SqliteKeys(SqliteBase):
             key = self._key(db, name)
             found = [v for v in key.versions if v.version == version]
             if not found:
-                raise NotFound(f"key {name!r} has no version {version}")
+                raise rules.no_version(name, version)
             if version == key.current_version:
-                raise FailedPrecondition(
-                    f"version {version} is the current version of {name!r}: rotate the key first, then destroy it"
-                )
-            state = found[0].state
-            if not state.startswith("destroyed"):
-                new_state = "destroyed_compromised" if state == "compromised" else "destroyed"
+                raise rules.still_current(name, version)
+            new_state = rules.destroyed_state(found[0].state)
+            if new_state is not None:
                 db.execute(
                     "UPDATE key_versions SET state=?, sealed_material=NULL, state_changed_at=?"
                     " WHERE key_name=? AND version=?",
@@ -209,22 +200,10 @@ class SqliteKeys(SqliteBase):
             (name, agent, *groups),
         ).fetchone()
         if not granted:
-            raise _not_granted(name)
+            raise rules.not_granted(name)
         wanted = version or db.execute("SELECT current_version FROM keys WHERE name=?", (name,)).fetchone()[0]
         row = db.execute(
             f"SELECT {_VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=? AND version=?",  # noqa: S608
             (name, wanted),
         ).fetchone()
-        if row is None:
-            raise NotFound(f"key {name!r} has no version {wanted}")
-        record = KeyVersionRecord(*row)
-        if record.state == "compromised":
-            raise FailedPrecondition(
-                f"version {wanted} of key {name!r} is compromised: it is no longer released; "
-                "use the current version for new data"
-            )
-        if record.sealed_material is None:
-            raise FailedPrecondition(
-                f"version {wanted} of key {name!r} was destroyed: its data cannot be decrypted"
-            )
-        return record
+        return rules.check_releasable(name, wanted, None if row is None else KeyVersionRecord(*row))

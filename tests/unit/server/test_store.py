@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.store import CertificateRecord, JoinTokenRecord, SqliteStore, StoreError
-from server.store.migrations import MIGRATIONS
+from server.store.migrations import SQLITE_MIGRATIONS
 
 NOW = 1_800_000_000
 
@@ -26,7 +26,7 @@ def _cert(serial: str) -> CertificateRecord:
 def test_new_store_is_migrated_0600_and_wal(tmp_path: Path) -> None:
     async def body() -> None:
         store = await SqliteStore.open(tmp_path / "kms.db")
-        assert await store.schema_version() == len(MIGRATIONS)
+        assert await store.schema_version() == len(SQLITE_MIGRATIONS)
         await store.close()
 
     asyncio.run(body())
@@ -112,7 +112,7 @@ def test_refuses_another_apps_database(tmp_path: Path) -> None:
 def test_refuses_a_newer_schema(tmp_path: Path) -> None:
     _open(tmp_path / "kms.db")
     conn = sqlite3.connect(tmp_path / "kms.db")
-    conn.execute("INSERT INTO schema_version VALUES (?, 0)", (len(MIGRATIONS) + 1,))
+    conn.execute("INSERT INTO schema_version VALUES (?, 0)", (len(SQLITE_MIGRATIONS) + 1,))
     conn.commit()
     conn.close()
     with pytest.raises(StoreError, match="upgrade kms-server"):
@@ -124,7 +124,7 @@ def test_upgrade_to_rotation_events_keeps_every_event_and_the_sequence(tmp_path:
     path = tmp_path / "kms.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER)")
-    for version, step in enumerate(MIGRATIONS[:4], start=1):
+    for version, step in enumerate(SQLITE_MIGRATIONS[:4], start=1):
         for statement in step:
             conn.execute(statement)
         conn.execute("INSERT INTO schema_version VALUES (?, 0)", (version,))
@@ -140,7 +140,7 @@ def test_upgrade_to_rotation_events_keeps_every_event_and_the_sequence(tmp_path:
     async def body() -> None:
         store = await SqliteStore.open(path)
         try:
-            assert await store.schema_version() == len(MIGRATIONS)
+            assert await store.schema_version() == len(SQLITE_MIGRATIONS)
             assert [(e.seq, e.serial) for e in await store.events_after(0, 10)] == [(1, "a1"), (2, "b2")]
             await store.create_key("app", NOW, lambda v: b"sealed-%d" % v, [])
             record, event = await store.rotate_key("app", NOW, lambda v: b"sealed-%d" % v)

@@ -1,0 +1,173 @@
+"""A deployment's store, master key, trust domain and CA: created on first start, loaded after.
+
+Embedded (SQLite, the default): everything lives in the data dir, as
+datadir.py describes.
+
+Shared (PostgreSQL, several replicas): the CA certificate and its key,
+sealed under the master key, live in the database's ``meta`` table, so every
+replica serves the same CA. The master key never enters the database: each
+replica reads it from ``KMS_MASTER_KEY`` (base64), ``--master-key-file``, or
+master.key in its data dir. The first start of a deployment runs under a
+database-wide lock, so replicas starting at the same moment make exactly
+one CA; the others then load it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from kms.identity import fingerprint
+from kms.securefile import write_atomic
+from server.ca import check_key_type, create_root, load_root
+from server.clock import Clock
+from server.config import ServerConfig
+from server.datadir import DataDir, DataDirError, KeyPair, open_pair, read_master_key, seal_key
+from server.sealing import MASTER_KEY_BYTES, Sealer
+from server.store import Store, open_store
+
+__all__ = ["Deployment", "open_deployment"]
+
+logger = logging.getLogger(__name__)
+
+# The CA's sealing slot: the same name whether the sealed key is a file or a row.
+_CA_SLOT = "ca.key"
+
+
+@dataclass
+class Deployment:
+    store: Store
+    sealer: Sealer
+    root: KeyPair
+    trust_domain: str
+    created: bool  # this start made the CA
+
+
+async def open_deployment(cfg: ServerConfig, datadir: DataDir, clock: Clock) -> Deployment:
+    """Opens the store and the CA, making them on first start. The caller holds the data dir lock.
+
+    Raises:
+        FailedPrecondition: a missing, wrong or mismatched master key, store or CA.
+    """
+    store = await open_store(cfg.database, datadir.db)
+    try:
+        if cfg.database is None:
+            return await _embedded(cfg, datadir, store, clock)
+        async with store.exclusive():
+            return await _shared(cfg, datadir, store, clock)
+    except BaseException:
+        await store.close()
+        raise
+
+
+async def _trust_domain(cfg: ServerConfig, store: Store, where: str, *, fresh: bool) -> str:
+    wanted = cfg.trust_domain or ServerConfig.DEFAULT_TRUST_DOMAIN
+    # Until the CA exists nothing was issued, so a retried first start may pick again.
+    trust_domain = await store.set_meta("trust_domain", wanted, replace=fresh)
+    if cfg.trust_domain is not None and cfg.trust_domain != trust_domain:
+        raise DataDirError(
+            f"{where} belongs to trust domain {trust_domain!r}; --trust-domain {cfg.trust_domain!r} cannot change it"
+        )
+    return trust_domain
+
+
+def _created(root: KeyPair) -> None:
+    logger.info("created CA", extra={"fingerprint": fingerprint(root.cert.public_bytes(Encoding.DER))})
+
+
+async def _embedded(cfg: ServerConfig, datadir: DataDir, store: Store, clock: Clock) -> Deployment:
+    where = f"data dir {cfg.data_dir}"
+    fresh = not datadir.initialized
+    if fresh and datadir.ca_cert.exists():
+        raise DataDirError(f"{where} has a CA but no master.key: restore master.key from a backup")
+    if fresh and not await store.is_empty():
+        raise DataDirError(f"{where} has a store but no master.key: restore master.key from a backup")
+    trust_domain = await _trust_domain(cfg, store, where, fresh=fresh)
+    if not fresh:
+        sealer = Sealer(datadir.load_master_key())
+        return Deployment(store, sealer, load_root(datadir, sealer, cfg.ca_key_type), trust_domain, False)
+    # Everything that can fail comes before the first secret is written.
+    root = create_root(trust_domain, cfg.ca_key_type, cfg.ca_ttl, clock())
+    sealer = Sealer(datadir.create_master_key())
+    datadir.save_pair(datadir.ca_cert, datadir.ca_key, sealer, root)
+    _created(root)
+    return Deployment(store, sealer, root, trust_domain, True)
+
+
+async def _shared(cfg: ServerConfig, datadir: DataDir, store: Store, clock: Clock) -> Deployment:
+    where = "the database"
+    ca_pem = await store.get_meta("ca_cert")
+    if ca_pem is None:
+        if not await store.is_empty():
+            raise DataDirError(
+                "the database holds data but no CA: it was not made by kms-server init; restore it from a backup"
+            )
+        trust_domain = await _trust_domain(cfg, store, where, fresh=True)
+        root = create_root(trust_domain, cfg.ca_key_type, cfg.ca_ttl, clock())
+        sealer = Sealer(_master_key(cfg, datadir, create=True))
+        await store.set_meta(
+            "ca_key", base64.b64encode(seal_key(root, sealer, _CA_SLOT)).decode(), replace=True
+        )
+        # Last: a CA certificate in the database means the deployment is complete.
+        await store.set_meta("ca_cert", root.cert_pem.decode(), replace=False)
+        _created(root)
+        return Deployment(store, sealer, root, trust_domain, True)
+    trust_domain = await _trust_domain(cfg, store, where, fresh=False)
+    sealer = Sealer(_master_key(cfg, datadir, create=False))
+    sealed = await store.get_meta("ca_key")
+    root = open_pair(
+        ca_pem.encode(),
+        base64.b64decode(sealed or ""),
+        sealer,
+        slot=_CA_SLOT,
+        cert_name="the CA certificate in the database",
+        key_name="the CA key in the database",
+        master_name=_master_key_source(cfg, datadir)
+        + " (every replica of a deployment needs the master key it was initialised with)",
+    )
+    check_key_type(root, cfg.ca_key_type, where)
+    return Deployment(store, sealer, root, trust_domain, False)
+
+
+def _master_key_source(cfg: ServerConfig, datadir: DataDir) -> str:
+    if os.environ.get("KMS_MASTER_KEY"):
+        return "KMS_MASTER_KEY"
+    return str(cfg.master_key_file or datadir.master_key)
+
+
+def _master_key(cfg: ServerConfig, datadir: DataDir, *, create: bool) -> bytes:
+    """The shared master key: KMS_MASTER_KEY, else --master-key-file, else the data dir's master.key.
+
+    With create (a new deployment) a missing file is made, 0600.
+    """
+    text = os.environ.get("KMS_MASTER_KEY")
+    if text:
+        try:
+            key = base64.b64decode(text, validate=True)
+        except binascii.Error:
+            key = b""
+        if len(key) != MASTER_KEY_BYTES:
+            raise DataDirError(f"KMS_MASTER_KEY must be {MASTER_KEY_BYTES} bytes in base64")
+        return key
+    path: Path = cfg.master_key_file or datadir.master_key
+    if path.exists():
+        try:
+            return read_master_key(path, path.read_bytes())
+        except OSError as exc:
+            raise DataDirError(f"cannot read master key {path}: {exc.strerror}") from None
+    if not create:
+        raise DataDirError(
+            f"this deployment's CA already exists in the database, and {path} does not: give this replica "
+            "the deployment's master key (--master-key-file, or KMS_MASTER_KEY in base64), copied from the "
+            "replica that initialised it"
+        )
+    key = os.urandom(MASTER_KEY_BYTES)
+    write_atomic(path, key, mode=0o600)
+    logger.info("created master key", extra={"path": str(path)})
+    return key

@@ -1,0 +1,279 @@
+"""The shared store: PostgreSQL, for several kms-server replicas of one deployment.
+
+Chosen with ``--database postgresql://...``. Connections are pooled
+(asyncpg); each replica opens at most ``POOL_SIZE`` plus one listening
+connection. Migrations are the same numbered steps as SQLite's, applied by
+whichever replica gets the migration lock first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import asyncpg
+
+from kms.errors import InvalidArgument
+from server.config import redact_url
+from server.store import rules
+from server.store.base import AgentRecord, Audit, CertificateRecord, JoinTokenRecord, StoreError
+from server.store.migrations import POSTGRES_MIGRATIONS, SCHEMA_VERSION
+from server.store.postgres_base import CONNECTION_ERRORS, MIGRATE_LOCK, Conn
+from server.store.postgres_events import PostgresEvents
+from server.store.postgres_keys import PostgresKeys
+
+__all__ = ["PostgresStore", "is_postgres_url"]
+
+logger = logging.getLogger(__name__)
+
+POOL_SIZE = 10
+# How long a starting server waits for its database before giving up.
+CONNECT_PATIENCE = 30.0
+
+_CERT_COLUMNS = (
+    "c.serial, c.agent_name, c.not_before, c.not_after, c.der, c.issued_at, c.token_id,"
+    " c.revoked_at, c.revocation_reason, c.groups_json"
+)
+# Each agent with its newest certificate.
+_AGENTS_WITH_LATEST = (
+    f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM agents a JOIN certificates c"  # noqa: S608 - constant columns
+    " ON c.serial = (SELECT serial FROM certificates WHERE agent_name = a.name"
+    " ORDER BY issued_at DESC, inserted DESC LIMIT 1)"
+)
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+async def _insert_certificate(
+    conn: Conn, cert: CertificateRecord, token_id: str | None, groups_json: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id, groups_json)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        cert.serial,
+        cert.agent_name,
+        cert.not_before,
+        cert.not_after,
+        cert.der,
+        cert.issued_at,
+        token_id,
+        groups_json,
+    )
+
+
+def _agent(row: Any) -> AgentRecord:
+    cert = CertificateRecord(row[2], row[3], row[4], row[5], bytes(row[6]), row[7], row[8], row[9], row[10])
+    return AgentRecord(row[0], tuple(json.loads(row[11])), row[1], cert)
+
+
+class PostgresStore(PostgresKeys, PostgresEvents):
+    @classmethod
+    async def open(cls, url: str) -> PostgresStore:
+        """Connects (waiting up to CONNECT_PATIENCE for the database) and migrates. Raises StoreError."""
+        if not is_postgres_url(url):
+            raise InvalidArgument(f"--database {url!r} is not a postgresql:// URL")
+        deadline = time.monotonic() + CONNECT_PATIENCE
+        backoff = 0.2
+        while True:
+            try:
+                pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE, timeout=10)
+                break
+            except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError) as exc:
+                raise StoreError(f"cannot use database {redact_url(url)}: {exc}") from None
+            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"cannot reach database {redact_url(url)} ({exc}): check --database and that PostgreSQL runs"
+                    ) from None
+                logger.warning("database not reachable yet: retrying", extra={"error": type(exc).__name__})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        store = cls(url, pool)
+        try:
+            await store._migrate()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def _migrate(self) -> None:
+        async with self._conn() as conn, conn.transaction():
+            # One replica migrates; the others wait here, then find nothing to do.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
+            tables = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                )
+            }
+            if tables and "schema_version" not in tables:
+                raise StoreError(f"database {redact_url(self._url)} has tables but is not a Seed KMS store")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT)"
+            )
+            current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {redact_url(self._url)} has schema version {current}, newer than this kms-server "
+                    f"knows ({SCHEMA_VERSION}): upgrade kms-server"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in POSTGRES_MIGRATIONS[version - 1]:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_version VALUES ($1, EXTRACT(EPOCH FROM now())::bigint)", version
+                )
+
+    async def schema_version(self) -> int:
+        async def q(conn: Conn) -> int:
+            return int(await conn.fetchval("SELECT MAX(version) FROM schema_version"))
+
+        return await self._read(q)
+
+    # --- meta ------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        async def q(conn: Conn) -> str | None:
+            value = await conn.fetchval("SELECT value FROM meta WHERE key=$1", key)
+            return None if value is None else str(value)
+
+        return await self._read(q)
+
+    async def set_meta(self, key: str, value: str, *, replace: bool) -> str:
+        async def q(conn: Conn) -> str:
+            await conn.execute(
+                "INSERT INTO meta(key, value) VALUES ($1, $2)"
+                " ON CONFLICT (key) DO UPDATE SET value = CASE WHEN $3 THEN EXCLUDED.value ELSE meta.value END",
+                key,
+                value,
+                replace,
+            )
+            return str(await conn.fetchval("SELECT value FROM meta WHERE key=$1", key))
+
+        return await self._write(q)
+
+    async def is_empty(self) -> bool:
+        async def q(conn: Conn) -> bool:
+            for table in ("join_tokens", "certificates", "keys"):
+                if await conn.fetchval(f"SELECT 1 FROM {table} LIMIT 1"):  # noqa: S608 - constant names
+                    return False
+            return True
+
+        return await self._read(q)
+
+    # --- join tokens -----------------------------------------------------------
+
+    async def add_join_token(
+        self, token: JoinTokenRecord, *, allow_reenroll: bool = False, audit: Audit = None
+    ) -> None:
+        async def q(conn: Conn) -> bool:
+            await conn.execute(
+                "INSERT INTO join_tokens(token_id, secret_hash, name, groups_json, created_at, expires_at,"
+                " allow_reenroll) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                token.token_id,
+                token.secret_hash,
+                token.name,
+                json.dumps(list(token.groups)),
+                token.created_at,
+                token.expires_at,
+                int(allow_reenroll),
+            )
+            return True
+
+        await self._write(q, audit)
+
+    async def get_join_token(self, token_id: str) -> JoinTokenRecord | None:
+        async def q(conn: Conn) -> JoinTokenRecord | None:
+            row = await conn.fetchrow(
+                "SELECT token_id, secret_hash, name, groups_json, created_at, expires_at, used_at"
+                " FROM join_tokens WHERE token_id=$1",
+                token_id,
+            )
+            if row is None:
+                return None
+            return JoinTokenRecord(
+                row[0], bytes(row[1]), row[2], tuple(json.loads(row[3])), row[4], row[5], row[6]
+            )
+
+        return await self._read(q)
+
+    # --- enrollment --------------------------------------------------------------
+
+    async def enroll(
+        self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord, *, audit: Audit = None
+    ) -> AgentRecord | None:
+        async def q(conn: Conn) -> AgentRecord | None:
+            # The conditional UPDATE is the single-use guarantee: a second enrollment
+            # (on any replica) waits for the first's row lock, then finds used_at set.
+            token = await conn.fetchrow(
+                "UPDATE join_tokens SET used_at=$1, used_by_serial=$2"
+                " WHERE token_id=$3 AND secret_hash=$4 AND used_at IS NULL AND expires_at>$1 AND name=$5"
+                " RETURNING groups_json, allow_reenroll",
+                now,
+                cert.serial,
+                token_id,
+                secret_hash,
+                cert.agent_name,
+            )
+            if token is None:
+                return None
+            groups_json, allow = token
+            revoked = await conn.fetchrow(
+                "SELECT revoked_at FROM agents WHERE name=$1 FOR UPDATE", cert.agent_name
+            )
+            if revoked and revoked[0] is not None and not allow:
+                raise rules.reenroll_refused(cert.agent_name)  # rolls back: the token stays unused
+            created = await conn.fetchval(
+                "INSERT INTO agents(name, created_at, updated_at) VALUES ($1, $2, $2)"
+                " ON CONFLICT (name) DO UPDATE SET updated_at=EXCLUDED.updated_at, revoked_at=NULL"
+                " RETURNING created_at",
+                cert.agent_name,
+                now,
+            )
+            await _insert_certificate(conn, cert, token_id, groups_json)
+            return AgentRecord(cert.agent_name, tuple(json.loads(groups_json)), created, cert)
+
+        return await self._write(q, audit)
+
+    async def add_certificate(
+        self, cert: CertificateRecord, groups: tuple[str, ...], *, audit: Audit = None
+    ) -> None:
+        async def q(conn: Conn) -> bool:
+            await _insert_certificate(conn, cert, None, json.dumps(list(groups)))
+            await conn.execute(
+                "UPDATE agents SET updated_at=$1 WHERE name=$2", cert.issued_at, cert.agent_name
+            )
+            return True
+
+        await self._write(q, audit)
+
+    # --- agents ------------------------------------------------------------------
+
+    async def get_agent_by_serial(self, serial: str) -> AgentRecord | None:
+        async def q(conn: Conn) -> AgentRecord | None:
+            row = await conn.fetchrow(
+                f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM certificates c"  # noqa: S608 - constant columns
+                " JOIN agents a ON a.name = c.agent_name WHERE c.serial=$1",
+                serial,
+            )
+            return None if row is None else _agent(row)
+
+        return await self._read(q)
+
+    async def get_agent(self, name: str) -> AgentRecord | None:
+        async def q(conn: Conn) -> AgentRecord | None:
+            row = await conn.fetchrow(f"{_AGENTS_WITH_LATEST} WHERE a.name=$1", name)
+            return None if row is None else _agent(row)
+
+        return await self._read(q)
+
+    async def list_agents(self) -> list[AgentRecord]:
+        async def q(conn: Conn) -> list[AgentRecord]:
+            return [_agent(r) for r in await conn.fetch(f"{_AGENTS_WITH_LATEST} ORDER BY a.name")]
+
+        return await self._read(q)

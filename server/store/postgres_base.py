@@ -1,0 +1,162 @@
+"""The PostgreSQL store's plumbing: the pool, transactions, the audit chain, errors.
+
+Several kms-server replicas share one database, so what SQLite gets from its
+single writer thread comes from PostgreSQL locks here:
+
+- every write is one READ COMMITTED transaction; rows two replicas could race
+  on are locked (``FOR UPDATE``) before they are read for a decision;
+- the audit chain's head is read under a transaction-scoped advisory lock,
+  taken as the last step before COMMIT, so the chain stays one chain;
+- event sequence numbers come from a counter row (see postgres_events).
+
+A lost connection surfaces as Unavailable (the caller may retry); asyncpg's
+pool replaces broken connections on the next acquire, so the server recovers
+by itself when the database comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeAlias, TypeVar
+
+import asyncpg
+
+from kms.audit import GENESIS, AuditRecord, record_hash
+from kms.errors import FailedPrecondition, Unavailable
+from server.store.base import Audit, AuditEntry
+
+__all__ = ["CONNECTION_ERRORS", "Conn", "PostgresBase", "unavailable"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# asyncpg ships no type information: its connection is Any to the type checker.
+Conn: TypeAlias = Any
+
+# pg_advisory_xact_lock keys (any constants unique to this schema).
+AUDIT_LOCK = 0x6B6D_7301
+MIGRATE_LOCK = 0x6B6D_7302
+INIT_LOCK = 0x6B6D_7303
+
+# What a dead or restarting database looks like from here: worth a retry later.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.exceptions.TransactionRollbackError,  # serialization failure, deadlock
+)
+
+
+def unavailable(exc: BaseException) -> Unavailable:
+    error = Unavailable(
+        f"the database is not reachable from this kms-server ({type(exc).__name__}): nothing was changed "
+        "unless the server said so; retry shortly"
+    )
+    error.__cause__ = exc
+    return error
+
+
+class PostgresBase:
+    def __init__(self, url: str, pool: Any) -> None:
+        self._url = url
+        self._pool = pool
+
+    async def close(self) -> None:
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await asyncio.wait_for(self._pool.close(), 10)
+        self._pool.terminate()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Conn]:
+        try:
+            async with self._pool.acquire(timeout=10) as conn:
+                yield conn
+        except CONNECTION_ERRORS as exc:
+            raise unavailable(exc) from exc
+
+    async def _read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Runs a read; once more on a fresh connection if the first one had died (reads repeat safely)."""
+        try:
+            async with self._conn() as conn:
+                return await fn(conn)
+        except Unavailable:
+            async with self._conn() as conn:
+                return await fn(conn)
+
+    async def _write(self, fn: Callable[[Conn], Awaitable[T]], audit: Audit = None) -> T:
+        """Runs fn in one transaction with its audit record; returns once COMMIT is durable.
+
+        A result of None means nothing happened and appends no audit record.
+        A write is never retried here: if the connection dies during COMMIT
+        the outcome is unknown, and the caller is told Unavailable.
+        """
+        async with self._conn() as conn, conn.transaction():
+            result = await fn(conn)
+            if audit is not None and result is not None:
+                await self._append_audit(conn, audit(result) if callable(audit) else audit)
+        return result
+
+    async def _append_audit(self, conn: Conn, entry: AuditEntry) -> None:
+        # Held until COMMIT: the next writer reads the head this one wrote.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
+        last = await conn.fetchrow("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        seq, prev = (last["seq"] + 1, bytes(last["hash"])) if last else (1, GENESIS)
+        digest = record_hash(prev, seq, entry.at, entry.actor, entry.action, entry.object, entry.outcome)
+        await conn.execute(
+            "INSERT INTO audit(seq, at, actor, action, object, outcome, prev_hash, hash)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            seq,
+            entry.at,
+            entry.actor,
+            entry.action,
+            entry.object,
+            entry.outcome,
+            prev,
+            digest,
+        )
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        async def q(conn: Conn) -> bool:
+            return True
+
+        await self._write(q, entry)
+
+    async def audit_after(self, seq: int, limit: int) -> list[AuditRecord]:
+        async def q(conn: Conn) -> list[AuditRecord]:
+            rows = await conn.fetch(
+                "SELECT seq, at, actor, action, object, outcome, prev_hash, hash FROM audit"
+                " WHERE seq > $1 ORDER BY seq LIMIT $2",
+                seq,
+                limit,
+            )
+            return [AuditRecord(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), bytes(r[7])) for r in rows]
+
+        return await self._read(q)
+
+    async def snapshot_to(self, target: Path) -> None:
+        raise FailedPrecondition(
+            "kms-server backup copies the embedded SQLite store only: back up a PostgreSQL store with "
+            "pg_dump (or your database's own backups), and keep the master key apart from it"
+        )
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Held by one replica at a time across the deployment (first start: exactly one CA)."""
+        async with self._conn() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", INIT_LOCK)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", INIT_LOCK)
+
+    @staticmethod
+    def _rowcount(status: str) -> int:
+        """The row count of a command tag such as 'UPDATE 1'."""
+        return int(status.rsplit(" ", 1)[-1])

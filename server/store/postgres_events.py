@@ -1,0 +1,274 @@
+"""Revocation tables of the PostgreSQL store, and the wake-ups that tell replicas of new events.
+
+Sequence numbers: ``UPDATE counters ... RETURNING`` hands out the next seq
+and keeps that row locked until COMMIT, so event-writing transactions commit
+one after another in seq order. Any reader that sees seq N therefore sees
+every seq below it: a watcher resuming after N can never skip a number
+that commits late, and no two replicas ever hand out the same seq.
+
+Wake-ups: each event also sends ``NOTIFY kms_events`` inside its
+transaction (delivered only if it commits). A notification carries nothing
+but "look at the log": the log stays the truth, so a notification missed
+while a listener reconnects costs latency, never an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from server.store import rules
+from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
+from server.store.postgres_base import CONNECTION_ERRORS, Conn, PostgresBase
+
+__all__ = ["CHANNEL", "PostgresEvents", "append_event"]
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "kms_events"
+_EVENT_COLUMNS = "seq, kind, serial, agent_name, key_name, key_version, reason, at"
+_CERT_COLUMNS = (
+    "serial, agent_name, not_before, not_after, der, issued_at, token_id, revoked_at, revocation_reason"
+)
+# How often a listener checks its connection (and the log, in case).
+PROBE_INTERVAL = 5.0
+BACKOFF_MAX = 5.0
+
+
+async def append_event(
+    conn: Conn,
+    kind: str,
+    reason: str,
+    now: int,
+    *,
+    serial: str | None = None,
+    agent: str | None = None,
+    key: tuple[str, int] | None = None,
+) -> RevocationEvent:
+    """Appends one event in the caller's transaction, with the next seq, and wakes the other replicas."""
+    key_name, key_version = key if key else (None, None)
+    seq = await conn.fetchval("UPDATE counters SET value = value + 1 WHERE name = 'events' RETURNING value")
+    await conn.execute(
+        "INSERT INTO events(seq, kind, serial, agent_name, key_name, key_version, reason, at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        seq,
+        kind,
+        serial,
+        agent,
+        key_name,
+        key_version,
+        reason,
+        now,
+    )
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(seq))
+    return RevocationEvent(seq, kind, serial, agent, key_name, key_version, reason, now)
+
+
+def _cert(row: Any) -> CertificateRecord:
+    return CertificateRecord(row[0], row[1], row[2], row[3], bytes(row[4]), row[5], row[6], row[7], row[8])
+
+
+def _event(row: Any) -> RevocationEvent:
+    return RevocationEvent(*row)
+
+
+class PostgresEvents(PostgresBase):
+    """Revocation methods of PostgresStore."""
+
+    async def revoke_certificate(
+        self, serial: str, reason: str, now: int, *, audit: Audit = None
+    ) -> RevocationEvent | None:
+        async def q(conn: Conn) -> RevocationEvent | None:
+            row = await conn.fetchrow(
+                "SELECT agent_name, revoked_at FROM certificates WHERE serial=$1 FOR UPDATE", serial
+            )
+            if row is None:
+                raise rules.no_certificate(serial)
+            if row[1] is not None:
+                return None
+            await conn.execute(
+                "UPDATE certificates SET revoked_at=$1, revocation_reason=$2 WHERE serial=$3",
+                now,
+                reason,
+                serial,
+            )
+            return await append_event(conn, "cert", reason, now, serial=serial, agent=row[0])
+
+        return await self._write(q, audit)
+
+    async def revoke_agent(
+        self, name: str, reason: str, now: int, *, audit: Audit = None
+    ) -> RevocationEvent | None:
+        async def q(conn: Conn) -> RevocationEvent | None:
+            row = await conn.fetchrow("SELECT revoked_at FROM agents WHERE name=$1 FOR UPDATE", name)
+            if row is None:
+                raise rules.no_agent(name)
+            serials = [
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT serial FROM certificates WHERE agent_name=$1 AND revoked_at IS NULL ORDER BY serial"
+                    " FOR UPDATE",
+                    name,
+                )
+            ]
+            if row[0] is not None and not serials:
+                return None
+            await conn.execute(
+                "UPDATE certificates SET revoked_at=$1, revocation_reason=$2 WHERE agent_name=$3 AND revoked_at IS NULL",
+                now,
+                reason,
+                name,
+            )
+            await conn.execute(
+                "UPDATE agents SET revoked_at=COALESCE(revoked_at, $1) WHERE name=$2", now, name
+            )
+            return await append_event(conn, "agent", reason, now, serial=",".join(serials), agent=name)
+
+        return await self._write(q, audit)
+
+    async def revoke_key_version(
+        self, name: str, version: int, reason: str, now: int, seal: SealFn, *, audit: Audit = None
+    ) -> RevocationEvent | None:
+        async def q(conn: Conn) -> RevocationEvent | None:
+            current = await conn.fetchval("SELECT current_version FROM keys WHERE name=$1 FOR UPDATE", name)
+            state = await conn.fetchval(
+                "SELECT state FROM key_versions WHERE key_name=$1 AND version=$2", name, version
+            )
+            if current is None or state is None:
+                raise rules.no_version(name, version)
+            new_state = rules.compromised_state(state)
+            if new_state is None:
+                return None
+            await conn.execute(
+                "UPDATE key_versions SET state=$1, state_changed_at=$2 WHERE key_name=$3 AND version=$4",
+                new_state,
+                now,
+                name,
+                version,
+            )
+            if version == current:
+                # Nothing may keep encrypting under a compromised version.
+                new = current + 1
+                await conn.execute(
+                    "INSERT INTO key_versions VALUES ($1, $2, 'active', $3, $4, $5)",
+                    name,
+                    new,
+                    seal(new),
+                    now,
+                    now,
+                )
+                await conn.execute("UPDATE keys SET current_version=$1 WHERE name=$2", new, name)
+            return await append_event(conn, "key", reason, now, key=(name, version))
+
+        return await self._write(q, audit)
+
+    async def last_event(
+        self,
+        *,
+        kind: str,
+        serial: str | None = None,
+        agent: str | None = None,
+        key: tuple[str, int] | None = None,
+    ) -> RevocationEvent | None:
+        async def q(conn: Conn) -> RevocationEvent | None:
+            args: list[object]
+            if kind == "cert":
+                where, args = "kind='cert' AND serial=$1", [serial]
+            elif kind == "agent":
+                where, args = "kind='agent' AND agent_name=$1", [agent]
+            else:
+                assert key is not None
+                where, args = "kind=$1 AND key_name=$2 AND key_version=$3", [kind, key[0], key[1]]
+            row = await conn.fetchrow(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT 1",  # noqa: S608
+                *args,
+            )
+            if row is None and kind == "cert":
+                # Revoked together with its agent: that event covers it.
+                row = await conn.fetchrow(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE kind='agent' AND ','||serial||',' LIKE $1"  # noqa: S608
+                    " ORDER BY seq DESC LIMIT 1",
+                    f"%,{serial},%",
+                )
+            return None if row is None else _event(row)
+
+        return await self._read(q)
+
+    async def events_after(self, seq: int, limit: int) -> list[RevocationEvent]:
+        async def q(conn: Conn) -> list[RevocationEvent]:
+            rows = await conn.fetch(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq>$1 ORDER BY seq LIMIT $2",  # noqa: S608
+                seq,
+                limit,
+            )
+            return [_event(r) for r in rows]
+
+        return await self._read(q)
+
+    async def last_seq(self) -> int:
+        async def q(conn: Conn) -> int:
+            return int(await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM events"))
+
+        return await self._read(q)
+
+    async def get_certificate(self, serial: str) -> CertificateRecord | None:
+        async def q(conn: Conn) -> CertificateRecord | None:
+            row = await conn.fetchrow(f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial=$1", serial)  # noqa: S608
+            return None if row is None else _cert(row)
+
+        return await self._read(q)
+
+    async def revoked_certificates(self) -> list[CertificateRecord]:
+        async def q(conn: Conn) -> list[CertificateRecord]:
+            rows = await conn.fetch(
+                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial"  # noqa: S608
+            )
+            return [_cert(r) for r in rows]
+
+        return await self._read(q)
+
+    # --- wake-ups from other replicas ---------------------------------------------
+
+    async def follow_events(self, wake: Callable[[], None], connected: Callable[[bool], None]) -> None:
+        """Calls wake() whenever the log may have grown; runs until cancelled.
+
+        LISTENs on its own connection (a pooled one could not keep the
+        subscription). After every (re)connect it wakes once, since events may
+        have committed while nobody listened; every PROBE_INTERVAL it checks
+        the connection and wakes once more, in case. connected(False) while
+        the database is unreachable (retried with backoff), then True.
+        """
+        backoff = 0.2
+        while True:
+            try:
+                conn = await asyncpg.connect(self._url, timeout=10)
+            except CONNECTION_ERRORS as exc:
+                connected(False)
+                logger.warning("cannot listen for events: retrying", extra={"error": type(exc).__name__})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            lost = asyncio.Event()
+            try:
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, lambda *_: wake())
+                connected(True)
+                backoff = 0.2
+                wake()
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(PROBE_INTERVAL):
+                            await lost.wait()
+                    if not lost.is_set():
+                        await conn.fetchval("SELECT 1", timeout=PROBE_INTERVAL)
+                        wake()
+            except CONNECTION_ERRORS as exc:
+                logger.warning("lost the event listener connection", extra={"error": type(exc).__name__})
+            finally:
+                connected(False)
+                conn.terminate()

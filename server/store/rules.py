@@ -1,0 +1,97 @@
+"""What both store backends decide the same way: refusals and their words, and state changes.
+
+The SQL differs per backend; the answers must not, so they live here once.
+"""
+
+from __future__ import annotations
+
+from kms.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
+from server.store.base import Grant, KeyVersionRecord
+
+__all__ = [
+    "check_releasable",
+    "compromised_state",
+    "destroyed_state",
+    "key_exists",
+    "no_agent",
+    "no_certificate",
+    "no_grant",
+    "no_key",
+    "no_version",
+    "not_granted",
+    "reenroll_refused",
+    "still_current",
+]
+
+
+def not_granted(name: str) -> PermissionDenied:
+    # Same words whether or not the key exists: no oracle for key names.
+    return PermissionDenied(
+        f"this agent is not granted key {name!r} (or it does not exist): ask the administrator"
+    )
+
+
+def no_key(name: str) -> NotFound:
+    return NotFound(f"no key named {name!r}: see kms-server key list")
+
+
+def no_version(name: str, version: int) -> NotFound:
+    return NotFound(f"key {name!r} has no version {version}: see kms-server key list")
+
+
+def key_exists(name: str) -> AlreadyExists:
+    return AlreadyExists(f"key {name!r} already exists: use kms-server key rotate")
+
+
+def no_grant(name: str, grant: Grant) -> NotFound:
+    return NotFound(f"key {name!r} has no grant {grant}")
+
+
+def still_current(name: str, version: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"version {version} is the current version of {name!r}: rotate the key first, then destroy it"
+    )
+
+
+def no_certificate(serial: str) -> NotFound:
+    return NotFound(f"no certificate with serial {serial} was issued by this CA: see kms-server agents list")
+
+
+def no_agent(name: str) -> NotFound:
+    return NotFound(f"no agent named {name!r}: see kms-server agents list")
+
+
+def reenroll_refused(name: str) -> PermissionDenied:
+    return PermissionDenied(
+        f"agent {name!r} was revoked: it may enroll again only with a token created with --allow-reenroll"
+    )
+
+
+def destroyed_state(state: str) -> str | None:
+    """The state a version goes to when destroyed (None: it already is)."""
+    if state.startswith("destroyed"):
+        return None
+    return "destroyed_compromised" if state == "compromised" else "destroyed"
+
+
+def compromised_state(state: str) -> str | None:
+    """The state a version goes to when revoked as compromised (None: it already is)."""
+    if state in ("compromised", "destroyed_compromised"):
+        return None
+    return "destroyed_compromised" if state == "destroyed" else "compromised"
+
+
+def check_releasable(name: str, wanted: int, record: KeyVersionRecord | None) -> KeyVersionRecord:
+    """The version itself, if it may be released to a granted agent; raises why not."""
+    if record is None:
+        raise NotFound(f"key {name!r} has no version {wanted}")
+    if record.state == "compromised":
+        raise FailedPrecondition(
+            f"version {wanted} of key {name!r} is compromised: it is no longer released; "
+            "use the current version for new data"
+        )
+    if record.sealed_material is None:
+        raise FailedPrecondition(
+            f"version {wanted} of key {name!r} was destroyed: its data cannot be decrypted"
+        )
+    return record
