@@ -1,0 +1,173 @@
+"""server/store/postgres*: two store instances on one database behave as two replicas must.
+
+Each test opens two PostgresStore objects on the same fresh database (two
+pools, as two kms-server processes would have) and races them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+import pytest
+
+from kms.audit import first_break
+from server.store import AuditEntry, CertificateRecord, Grant, JoinTokenRecord, PostgresStore, StoreError
+from server.store.migrations import SCHEMA_VERSION
+
+NOW = 1_800_000_000
+T = TypeVar("T")
+
+
+def _run(url: str, body: Callable[[PostgresStore, PostgresStore], Awaitable[T]]) -> T:
+    async def main() -> T:
+        a, b = await asyncio.gather(PostgresStore.open(url), PostgresStore.open(url))
+        try:
+            return await body(a, b)
+        finally:
+            await a.close()
+            await b.close()
+
+    return asyncio.run(main())
+
+
+def _seal(version: int) -> bytes:
+    return b"sealed-%d" % version
+
+
+def test_two_replicas_migrating_at_once_make_one_schema(pg_database: str) -> None:
+    async def body(a: PostgresStore, b: PostgresStore) -> tuple[int, int]:
+        return await a.schema_version(), await b.schema_version()
+
+    assert _run(pg_database, body) == (SCHEMA_VERSION, SCHEMA_VERSION)
+
+
+def test_refuses_a_newer_schema_and_a_foreign_database(pg_database: str, pg_cluster: object) -> None:
+    async def main() -> None:
+        store = await PostgresStore.open(pg_database)
+        await store.close()
+        conn = await asyncpg.connect(pg_database)
+        await conn.execute("INSERT INTO schema_version VALUES ($1, 0)", SCHEMA_VERSION + 1)
+        await conn.close()
+        with pytest.raises(StoreError, match="newer than this kms-server knows"):
+            await PostgresStore.open(pg_database)
+        conn = await asyncpg.connect(pg_database)
+        await conn.execute("DROP TABLE schema_version")
+        await conn.close()
+        with pytest.raises(StoreError, match="not a Seed KMS store"):
+            await PostgresStore.open(pg_database)
+
+    asyncio.run(main())
+
+
+def test_a_token_is_consumed_once_across_replicas(pg_database: str) -> None:
+    async def body(a: PostgresStore, b: PostgresStore) -> list[object]:
+        await a.add_join_token(JoinTokenRecord("00" * 8, b"h" * 32, "web-1", ("g",), NOW, NOW + 900))
+        attempts = [
+            (a if i % 2 else b).enroll(
+                "00" * 8,
+                b"h" * 32,
+                NOW + 1,
+                CertificateRecord(f"{i:x}", "web-1", NOW, NOW + 86400, b"der", NOW, None),
+                audit=AuditEntry(NOW, "token", "enroll", f"serial:{i:x}"),
+            )
+            for i in range(1, 21)
+        ]
+        results = await asyncio.gather(*attempts)
+        assert len(await b.list_agents()) == 1
+        assert [r.action for r in await a.audit_after(0, 100)] == ["enroll"]
+        return list(results)
+
+    assert sum(r is not None for r in _run(pg_database, body)) == 1
+
+
+def test_racing_rotations_never_fork_versions_or_sequence_numbers(pg_database: str) -> None:
+    async def body(a: PostgresStore, b: PostgresStore) -> None:
+        await a.create_key("k", NOW, _seal, [Grant("agent", "web-1")])
+        audit = AuditEntry(NOW, "admin", "key.rotate", "key:k")
+        done = await asyncio.gather(
+            *((a if i % 2 else b).rotate_key("k", NOW, _seal, audit=audit) for i in range(30))
+        )
+        assert sorted(event.key_version for _, event in done) == list(range(2, 32))
+        assert sorted(event.seq for _, event in done) == list(range(1, 31))
+        key = (await b.list_keys())[0]
+        assert key.current_version == 31
+        assert [v.state for v in key.versions].count("active") == 1
+        records = await b.audit_after(0, 100)
+        assert [r.seq for r in records] == list(range(1, 31)) and first_break(records) is None
+
+    _run(pg_database, body)
+
+
+def test_a_reader_never_sees_a_later_event_before_an_earlier_one(pg_database: str) -> None:
+    """Events commit in seq order: every read of the log is a gap-free prefix."""
+
+    async def body(a: PostgresStore, b: PostgresStore) -> None:
+        for i in range(40):
+            await a.create_key(f"k{i}", NOW, _seal, [])
+        stop = asyncio.Event()
+        seen: list[int] = []
+
+        async def reader() -> None:
+            while not stop.is_set():
+                seen.extend(e.seq for e in await b.events_after(seen[-1] if seen else 0, 1000))
+
+        watching = asyncio.create_task(reader())
+        await asyncio.gather(
+            *(
+                (a if i % 2 else b).revoke_key_version(f"k{i}", 1, "keyCompromise", NOW, _seal)
+                for i in range(40)
+            )
+        )
+        stop.set()
+        await watching
+        seen.extend(e.seq for e in await b.events_after(seen[-1] if seen else 0, 1000))
+        assert seen == list(range(1, 41))
+
+    _run(pg_database, body)
+
+
+def test_a_replica_is_woken_by_another_replicas_event(pg_database: str) -> None:
+    async def body(a: PostgresStore, b: PostgresStore) -> None:
+        woken = asyncio.Event()
+        states: list[bool] = []
+        listening = asyncio.create_task(b.follow_events(woken.set, states.append))
+        async with asyncio.timeout(10):
+            await woken.wait()  # the wake-up after connecting
+        woken.clear()
+        await a.add_join_token(JoinTokenRecord("11" * 8, b"h" * 32, "web-2", (), NOW, NOW + 900))
+        await a.enroll(
+            "11" * 8, b"h" * 32, NOW + 1, CertificateRecord("ab", "web-2", NOW, NOW + 9, b"d", NOW, None)
+        )
+        await a.revoke_certificate("ab", "keyCompromise", NOW)
+        async with asyncio.timeout(PROBE_WAIT):
+            await woken.wait()
+        listening.cancel()
+        assert states[0] is True
+        assert [e.serial for e in await b.events_after(0, 10)] == ["ab"]
+
+    _run(pg_database, body)
+
+
+# Well under the listener's own 5 s probe, so the NOTIFY itself must have woken it.
+PROBE_WAIT = 2.0
+
+
+def test_first_start_lock_is_held_by_one_replica_at_a_time(pg_database: str) -> None:
+    async def body(a: PostgresStore, b: PostgresStore) -> None:
+        inside: list[str] = []
+        overlaps: list[bool] = []
+
+        async def hold(store: PostgresStore, name: str) -> None:
+            async with store.exclusive():
+                inside.append(name)
+                overlaps.append(len(inside) > 1)
+                await asyncio.sleep(0.2)
+                inside.remove(name)
+
+        await asyncio.gather(hold(a, "a"), hold(b, "b"))
+        assert overlaps == [False, False]
+
+    _run(pg_database, body)
