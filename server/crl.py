@@ -56,8 +56,8 @@ class CrlPublisher:
             )
             for r in await self._store.revoked_certificates()
         ]
-        number = int(await self._store.set_meta("crl_number", "0", replace=False)) + 1
-        await self._store.set_meta("crl_number", str(number), replace=True)
+        # One atomic increment: replicas sharing a store never issue the same number twice.
+        number = await self._store.increment_meta("crl_number")
         self._next_update = min(now + self._validity, self._ca.certificate.not_valid_after_utc)
         crl = self._ca.sign_crl(revoked, number, now, self._next_update)
         logger.info("CRL issued", extra={"crl_number": number, "entries": len(revoked)})

@@ -140,6 +140,10 @@ class Store(Protocol):
         """Sets key (if unset, unless replace); returns the value now stored."""
         ...
 
+    async def increment_meta(self, key: str) -> int:
+        """Adds one to the counter stored at key (0 when unset) and returns the new value, atomically."""
+        ...
+
     async def is_empty(self) -> bool:
         """True while no token, certificate or key was ever stored."""
         ...

@@ -157,6 +157,18 @@ class PostgresStore(PostgresKeys, PostgresEvents):
 
         return await self._write(q)
 
+    async def increment_meta(self, key: str) -> int:
+        async def q(conn: Conn) -> int:
+            return int(
+                await conn.fetchval(
+                    "INSERT INTO meta(key, value) VALUES ($1, '1')"
+                    " ON CONFLICT (key) DO UPDATE SET value = (meta.value::bigint + 1)::text RETURNING value",
+                    key,
+                )
+            )
+
+        return await self._write(q)
+
     async def is_empty(self) -> bool:
         async def q(conn: Conn) -> bool:
             for table in ("join_tokens", "certificates", "keys"):

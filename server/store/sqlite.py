@@ -142,6 +142,17 @@ class SqliteStore(SqliteKeys, SqliteEvents):
 
         return await self._run(q)
 
+    async def increment_meta(self, key: str) -> int:
+        def q(db: sqlite3.Connection) -> int:
+            row = db.execute(
+                "INSERT INTO meta(key, value) VALUES (?, '1')"
+                " ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value",
+                (key,),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._write(q)
+
     async def is_empty(self) -> bool:
         def q() -> bool:
             tables = ("join_tokens", "certificates", "keys")

@@ -171,3 +171,14 @@ def test_first_start_lock_is_held_by_one_replica_at_a_time(pg_database: str) -> 
         assert overlaps == [False, False]
 
     _run(pg_database, body)
+
+
+def test_counters_never_repeat_across_replicas(pg_database: str) -> None:
+    """The CRL number: two replicas reissuing at once still issue distinct, increasing numbers."""
+
+    async def body(a: PostgresStore, b: PostgresStore) -> list[int]:
+        return list(
+            await asyncio.gather(*((a if i % 2 else b).increment_meta("crl_number") for i in range(20)))
+        )
+
+    assert sorted(_run(pg_database, body)) == list(range(1, 21))
