@@ -19,6 +19,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "REVOKED_MARK",
+    "STORE_DOWN_MARK",
     "ResourceExhausted",
     "Revoked",
     "Unauthenticated",
@@ -59,6 +60,10 @@ class Revoked(Unauthenticated):
 
 
 REVOKED_MARK = "was revoked"
+
+# In the message of an UNAVAILABLE a server sends when its database is down: the
+# server itself answered, so clients must not report it as unreachable.
+STORE_DOWN_MARK = "the database is not reachable from this kms-server"
 
 
 class PermissionDenied(KmsError):

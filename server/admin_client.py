@@ -8,7 +8,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from kms.errors import Unavailable, error_for_status
+from kms.errors import STORE_DOWN_MARK, Unavailable, error_for_status
 from kms.v1 import admin_pb2, admin_pb2_grpc
 
 __all__ = ["AdminClient"]
@@ -43,7 +43,7 @@ class AdminClient:
             return method(request, timeout=_TIMEOUT)
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details()
-            if code == grpc.StatusCode.UNAVAILABLE:
+            if code == grpc.StatusCode.UNAVAILABLE and STORE_DOWN_MARK not in (details or ""):
                 raise Unavailable(
                     f"no kms-server answers on {self._socket} (is it running?): start it with kms-server run"
                 ) from None

@@ -77,29 +77,39 @@ class PostgresStore(PostgresKeys, PostgresEvents):
         """Connects (waiting up to CONNECT_PATIENCE for the database) and migrates. Raises StoreError."""
         if not is_postgres_url(url):
             raise InvalidArgument(f"--database {url!r} is not a postgresql:// URL")
-        deadline = time.monotonic() + CONNECT_PATIENCE
-        backoff = 0.2
-        while True:
-            try:
-                pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE, timeout=10)
-                break
-            except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError) as exc:
-                raise StoreError(f"cannot use database {redact_url(url)}: {exc}") from None
-            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-                if time.monotonic() > deadline:
-                    raise StoreError(
-                        f"cannot reach database {redact_url(url)} ({exc}): check --database and that PostgreSQL runs"
-                    ) from None
-                logger.warning("database not reachable yet: retrying", extra={"error": type(exc).__name__})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+        # min_size 0: connections open on demand, so a pool that lost them all
+        # (database restart) reconnects on the next call rather than in a
+        # background loop of its own.
+        pool = await asyncpg.create_pool(url, min_size=0, max_size=POOL_SIZE, timeout=10)
         store = cls(url, pool)
         try:
+            await store._first_connect()
             await store._migrate()
         except BaseException:
             await store.close()
             raise
         return store
+
+    async def _first_connect(self) -> None:
+        """Waits up to CONNECT_PATIENCE for the database (it may be starting with us)."""
+        deadline = time.monotonic() + CONNECT_PATIENCE
+        backoff = 0.2
+        while True:
+            try:
+                async with self._pool.acquire(timeout=10) as conn:
+                    await conn.fetchval("SELECT 1")
+                return
+            except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError) as exc:
+                raise StoreError(f"cannot use database {redact_url(self._url)}: {exc}") from None
+            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"cannot reach database {redact_url(self._url)} ({exc}): check --database and that "
+                        "PostgreSQL runs"
+                    ) from None
+                logger.warning("database not reachable yet: retrying", extra={"error": type(exc).__name__})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     async def _migrate(self) -> None:
         async with self._conn() as conn, conn.transaction():

@@ -26,7 +26,7 @@ from typing import Any, TypeAlias, TypeVar
 import asyncpg
 
 from kms.audit import GENESIS, AuditRecord, record_hash
-from kms.errors import FailedPrecondition, Unavailable
+from kms.errors import STORE_DOWN_MARK, FailedPrecondition, Unavailable
 from server.store.base import Audit, AuditEntry
 
 __all__ = ["CONNECTION_ERRORS", "Conn", "PostgresBase", "unavailable"]
@@ -56,8 +56,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 def unavailable(exc: BaseException) -> Unavailable:
     error = Unavailable(
-        f"the database is not reachable from this kms-server ({type(exc).__name__}): nothing was changed "
-        "unless the server said so; retry shortly"
+        f"{STORE_DOWN_MARK} ({type(exc).__name__}): retry shortly (if it broke while a change was "
+        "committing, check whether the change happened before repeating it)"
     )
     error.__cause__ = exc
     return error
