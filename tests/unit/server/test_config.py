@@ -68,3 +68,31 @@ def test_contradictions_name_the_setting(flags: dict[str, str], needle: str) -> 
 def test_every_lifetime_has_a_bound(flags: dict[str, str], needle: str) -> None:
     with pytest.raises(InvalidArgument, match=needle):
         ServerConfig.load(flags, env={})
+
+
+def test_database_comes_from_the_environment_and_never_shows_its_password() -> None:
+    cfg = ServerConfig.load(
+        {},
+        env={
+            "HOME": "/h",
+            "KMS_DATABASE": "postgresql://kms:s3cret@db:5432/kms",
+            "KMS_MASTER_KEY_FILE": "/k",
+        },
+    )
+    assert cfg.database == "postgresql://kms:s3cret@db:5432/kms" and cfg.master_key_file == Path("/k")
+    shown = cfg.to_dict()
+    assert shown["database"] == "postgresql://kms:***@db:5432/kms" and "s3cret" not in str(shown)
+    assert ServerConfig.load({}, env={"HOME": "/h"}).database is None  # SQLite
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        ({"database": "mysql://kms@db/kms"}, "is not a postgresql:// URL"),
+        ({"database": "sqlite:///x.db"}, "is not a postgresql:// URL"),
+        ({"master_key_file": "/k"}, "--master-key-file is for replicas"),
+    ],
+)
+def test_database_settings_are_checked(flags: dict[str, str], needle: str) -> None:
+    with pytest.raises(InvalidArgument, match=needle):
+        ServerConfig.load(flags, env={"HOME": "/h"})
