@@ -125,7 +125,8 @@ class ExchangeService:
         waiting = self._listening.pop(peer, None)
         if waiting is None:
             raise FailedPrecondition(
-                f"agent {peer!r} is not listening: run `kms-agent listen` there, then retry"
+                f"agent {peer!r} is not listening on this server: run `kms-agent listen` there (with several "
+                "replicas, connected to the same replica as this agent), then retry"
             )
         pairing = _Pairing(caller.name)
         waiting.put_nowait(pairing)
