@@ -94,14 +94,31 @@ class PostgresBase:
         """Runs fn in one transaction with its audit record; returns once COMMIT is durable.
 
         A result of None means nothing happened and appends no audit record.
-        A write is never retried here: if the connection dies during COMMIT
-        the outcome is unknown, and the caller is told Unavailable.
+        Retried once on a fresh connection only if the first could not even
+        BEGIN (a pooled connection that died while idle); once the write has
+        started it is not: if the connection dies during COMMIT the outcome is
+        unknown, and the caller is told Unavailable.
         """
-        async with self._conn() as conn, conn.transaction():
-            result = await fn(conn)
-            if audit is not None and result is not None:
-                await self._append_audit(conn, audit(result) if callable(audit) else audit)
-        return result
+        for attempt in (1, 2):
+            async with self._conn() as conn:
+                tx = conn.transaction()
+                try:
+                    await tx.start()
+                except CONNECTION_ERRORS:
+                    if attempt == 2:
+                        raise
+                    continue
+                try:
+                    result = await fn(conn)
+                    if audit is not None and result is not None:
+                        await self._append_audit(conn, audit(result) if callable(audit) else audit)
+                except BaseException:
+                    with contextlib.suppress(*CONNECTION_ERRORS):
+                        await tx.rollback()
+                    raise
+                await tx.commit()
+                return result
+        raise AssertionError("unreachable")
 
     async def _append_audit(self, conn: Conn, entry: AuditEntry) -> None:
         # Held until COMMIT: the next writer reads the head this one wrote.
