@@ -1,7 +1,9 @@
 """``python -m bench``: run every scenario, or some by name, and print a table or JSON.
 
 Exit status: 0 when every scenario ran (whether or not it met its target:
-that is a finding, not a failure), 1 when one could not run, 2 on bad usage.
+that is a finding, not a failure) or was skipped because this machine lacks
+what it needs (said on stderr and in the JSON's meta.skipped), 1 when one
+could not run, 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.postgres import BackgroundPostgres
+from bench.postgres import unavailable as postgres_unavailable
 from bench.procs import BenchError
 from bench.progress import Progress
 from bench.results import Result, render_json, render_table
-from bench.scenarios import SCENARIOS, scenario
+from bench.scenarios import SCENARIOS, needs_postgresql, scenario
 
 __all__ = ["main"]
 
@@ -88,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             return _error("--plot needs matplotlib: pip install -e '.[bench]' (or pip install matplotlib)")
     names = args.scenarios or list(SCENARIOS)
+    with_postgres = [name for name in names if needs_postgresql(name)]
+    no_postgres = postgres_unavailable() if with_postgres else None
+    skipped = dict.fromkeys(with_postgres, no_postgres) if no_postgres else {}
+    runnable = [name for name in names if name not in skipped]
 
     from bench.context import BenchContext, Scale
     from bench.pki import make_agent_keys, make_baseline_pki
@@ -99,16 +107,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="kmsbench-", dir="/tmp"))
     results: list[Result] = []
     errors: dict[str, str] = {}
+    postgres = None
     try:
-        progress.start("setup")
-        pool = scale.identities + 12
-        progress.step(f"making {pool} RSA-2048 agent keys and the baselines' PKI")
-        keys = make_agent_keys(pool, processes=os.cpu_count() or 2)
-        ctx = BenchContext(
-            args.duration, scale, root, progress, keys, make_baseline_pki(keys), list(args.kms_arg)
-        )
-        progress.done(f"{pool} agent keys ready")
-        for name in names:
+        if any(needs_postgresql(name) for name in runnable):
+            # Starts while the keys are made below: nothing is measured yet.
+            postgres = BackgroundPostgres(root / "postgres.log").start()
+        if runnable:
+            progress.start("setup")
+            pool = scale.identities + 12
+            progress.step(f"making {pool} RSA-2048 agent keys and the baselines' PKI")
+            keys = make_agent_keys(pool, processes=os.cpu_count() or 2)
+            ctx = BenchContext(
+                args.duration,
+                scale,
+                root,
+                progress,
+                keys,
+                make_baseline_pki(keys),
+                list(args.kms_arg),
+                postgres,
+            )
+            progress.done(f"{pool} agent keys ready")
+        for name in runnable:
             progress.start(name)
             try:
                 got = scenario(name)(ctx)
@@ -126,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _error("interrupted")
     finally:
+        if postgres is not None:
+            postgres.close()
         if args.keep:
             print(f"bench: kept {root}", file=sys.stderr)
         else:
@@ -141,8 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "grpcio": _version("grpcio"),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "errors": errors,
+        "skipped": skipped,
     }
     sys.stdout.write(render_json(results, meta) if args.json else render_table(results))
+    for name, reason in skipped.items():
+        print(f"bench: skipped {name}: {reason}", file=sys.stderr)
     for name, message in errors.items():
         print(f"bench: error: {name}: {message}", file=sys.stderr)
     if args.plot is not None and results:

@@ -10,15 +10,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from bench.kms import KmsServer
 from bench.load import LoadSpec, PhaseResult, load_worker
 from bench.pki import AgentKey, BaselinePki, Identity
+from bench.postgres import BackgroundPostgres
 from bench.procs import BenchError, ServerProcess, cpu_seconds
 from bench.progress import Progress
 from bench.results import median
 from bench.workers import WorkerPool
+
+if TYPE_CHECKING:
+    from bench.scenarios.fan_out import FanoutRun
+    from tests.pg import PostgresCluster
 
 __all__ = ["BenchContext", "LoadOutcome", "Scale", "split"]
 
@@ -80,6 +85,11 @@ class BenchContext:
     agent_keys: list[AgentKey]
     baseline_pki: BaselinePki
     kms_args: list[str] = field(default_factory=list)
+    # Started by the command line when a chosen scenario needs PostgreSQL.
+    postgres: BackgroundPostgres | None = None
+    # fan-out's broadcast baseline per N, measured once per run and shared with
+    # fan-out-replicas, so both ratios have the same denominator.
+    broadcast: dict[int, FanoutRun] = field(default_factory=dict)
 
     # --- servers ----------------------------------------------------------------------
 
@@ -116,6 +126,12 @@ class BenchContext:
             cmd, "bench-baseline ready ", f"baseline server ({label})", work / "server.log"
         ) as server:
             yield server
+
+    def postgres_cluster(self) -> PostgresCluster:
+        """The run's private PostgreSQL cluster, once it has started. Raises BenchError."""
+        if self.postgres is None:
+            raise BenchError("no PostgreSQL cluster was started for this run")
+        return self.postgres.cluster()
 
     def kms_server(self, label: str, *extra: str) -> KmsServer:
         return KmsServer(self.root / label, f"kms-server ({label})", [*extra, *self.kms_args])

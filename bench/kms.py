@@ -43,11 +43,12 @@ class KmsServer:
 
     def __init__(self, root: Path, label: str = "kms-server", extra_args: Sequence[str] = ()) -> None:
         root.mkdir(parents=True, exist_ok=True)
+        self.data_dir = root / "data"
         cmd = [
             exe("kms-server"),
             "run",
             "--data-dir",
-            str(root / "data"),
+            str(self.data_dir),
             "--listen",
             "127.0.0.1:0",
             "--enroll-listen",

@@ -11,7 +11,8 @@ __all__ = ["write_charts"]
 
 
 def write_charts(results: Sequence[Result], directory: Path) -> list[Path]:
-    """Writes fan-out-latency.png, throughput.png and latency-cdf.png (those that have data)."""
+    """Writes fan-out-latency.png (fan-out and fan-out-replicas), throughput.png and
+    latency-cdf.png (those that have data)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a server
@@ -20,7 +21,7 @@ def write_charts(results: Sequence[Result], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
-    fanout = [r for r in results if r.scenario == "fan-out" and r.samples]
+    fanout = [r for r in results if r.scenario.startswith("fan-out") and r.samples]
     if fanout:
         fig, axes = plt.subplots(1, len(fanout), figsize=(5 * len(fanout), 4), squeeze=False)
         for ax, r in zip(axes[0], fanout, strict=True):
@@ -30,7 +31,7 @@ def write_charts(results: Sequence[Result], directory: Path) -> list[Path]:
             ax.set_xticks(range(1, len(names) + 1), names)
             for i, values in enumerate(data, start=1):
                 ax.scatter([i] * len(values), values, s=10, alpha=0.6)
-            ax.set_title(f"fan-out {r.variant}: revoke -> last watcher")
+            ax.set_title(f"{r.name}: revoke -> last watcher")
             ax.set_ylabel("ms per round")
         fig.tight_layout()
         written.append(_save(fig, directory / "fan-out-latency.png"))

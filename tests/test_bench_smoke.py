@@ -2,6 +2,8 @@
 
 Targets are not asserted: shared machines are noisy, and a benchmark that
 misses its target is a finding for bench/RESULTS.md, not a broken build.
+fan-out-replicas needs PostgreSQL's server binaries: where they are missing
+it must be skipped (and said so), never fail the run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.cli import main
 from bench.scenarios import SCENARIOS
+from tests.pg import find_bindir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,8 +48,10 @@ def test_every_scenario_reports_a_figure_beside_its_baseline(tmp_path: Path) -> 
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
     report = json.loads(proc.stdout)
     assert report["meta"]["errors"] == {}
+    skipped = report["meta"]["skipped"]
+    assert set(skipped) == (set() if find_bindir() else {"fan-out-replicas"}), skipped
     results = report["results"]
-    assert {r["scenario"] for r in results} == set(SCENARIOS)
+    assert {r["scenario"] for r in results} == set(SCENARIOS) - set(skipped)
     for r in results:
         for key in ("figure", "baseline", "ratio"):
             assert isinstance(r[key], float | int) and math.isfinite(r[key]) and r[key] > 0, (
@@ -57,7 +63,27 @@ def test_every_scenario_reports_a_figure_beside_its_baseline(tmp_path: Path) -> 
         assert isinstance(r["pass"], bool) and r["target"]
     names = {r["name"] for r in results}
     assert {"enroll[ecdsa-p256 CA]", "enroll[rsa-3072 CA]"} <= names
+    for r in results:
+        if r["scenario"] == "fan-out-replicas":
+            # Watchers on A (where the revocation is made) and on B are timed apart.
+            for key in ("same_replica_p99_ms", "other_replica_p99_ms"):
+                assert isinstance(r["details"][key], float) and r["details"][key] > 0, (key, r)
+            assert r["details"]["missed_rounds"] == 0, r
     charts = sorted(p.name for p in tmp_path.glob("*.png"))
     assert {"fan-out-latency.png", "throughput.png"} <= set(charts), charts
     for chart in charts:
         assert (tmp_path / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fan_out_replicas_is_skipped_with_the_reason_without_postgresql(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import bench.postgres
+
+    monkeypatch.setattr(bench.postgres, "_bindir", lambda: None)
+    assert main(["fan-out-replicas", "--json", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["results"] == [] and report["meta"]["errors"] == {}
+    assert "no PostgreSQL server binaries" in report["meta"]["skipped"]["fan-out-replicas"]
+    assert "bench: skipped fan-out-replicas: no PostgreSQL server binaries" in err
