@@ -62,7 +62,10 @@ class RevocationFeed:
     def subscribers(self) -> int:
         return len(self._subs)
 
-    def publish(self, event: RevocationEvent) -> None:
+    def publish(self, event: RevocationEvent) -> bool:
+        """Sends event to every subscriber; False (and nothing sent) if it already went out."""
+        if event.seq in self._published:
+            return False
         self.last_seq = max(self.last_seq, event.seq)
         self._published[event.seq] = time.monotonic()
         if len(self._published) > 10_000:
@@ -80,6 +83,7 @@ class RevocationFeed:
                 self._subs.discard(sub)
                 sub.overflowed = True
                 logger.warning("dropped a watcher that fell behind", extra={"seq": event.seq})
+        return True
 
 
 class StreamGuard:

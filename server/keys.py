@@ -57,7 +57,7 @@ class KeyService:
         store: Store,
         sealer: Sealer,
         clock: Clock,
-        publish: Callable[[RevocationEvent], None],
+        publish: Callable[[RevocationEvent], object],
     ) -> None:
         self._store = store
         self._sealer = sealer

@@ -95,6 +95,9 @@ class RevocationService:
         """Applies a committed revocation in memory (None: nothing was revoked)."""
         if event is None:
             return None
+        if self._feed.has_published(event.seq):
+            # Applied already: another path (the follower, reading the shared log) got here first.
+            return Revocation(event, already_revoked=False)
         if event.kind in ("cert", "agent"):
             self._revoked.update(dict.fromkeys(event.serials(), event.reason))
         self._feed.publish(event)

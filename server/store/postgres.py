@@ -45,6 +45,19 @@ _AGENTS_WITH_LATEST = (
 )
 
 
+class _PooledConnection(asyncpg.Connection):  # type: ignore[misc]
+    """No reset query on release: one round trip fewer per call.
+
+    Safe because nothing here leaves session state on a pooled connection: no
+    SET, LISTEN (the listener has a connection of its own) or cursor, and the
+    one session-level advisory lock (exclusive) is unlocked before release.
+    asyncpg still rolls back any open transaction.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
@@ -80,7 +93,9 @@ class PostgresStore(PostgresKeys, PostgresEvents):
         # min_size 0: connections open on demand, so a pool that lost them all
         # (database restart) reconnects on the next call rather than in a
         # background loop of its own.
-        pool = await asyncpg.create_pool(url, min_size=0, max_size=POOL_SIZE, timeout=10)
+        pool = await asyncpg.create_pool(
+            url, min_size=0, max_size=POOL_SIZE, timeout=10, connection_class=_PooledConnection
+        )
         store = cls(url, pool)
         try:
             await store._first_connect()

@@ -269,6 +269,8 @@ class PostgresEvents(PostgresBase):
                         wake()
             except CONNECTION_ERRORS as exc:
                 logger.warning("lost the event listener connection", extra={"error": type(exc).__name__})
-            finally:
-                connected(False)
+            except asyncio.CancelledError:  # the server is stopping: not an outage
                 conn.terminate()
+                raise
+            connected(False)
+            conn.terminate()
