@@ -1,4 +1,8 @@
-"""Session-wide fixtures: slow RSA keys once per run, a PostgreSQL cluster, one shared server per module."""
+"""Session-wide fixtures: slow RSA keys once per run, a PostgreSQL cluster, one shared server per module.
+
+Also the store-backend switch (`--backend`, the `backend` fixture) and how tests are
+spread over xdist workers (one group per module and backend, long-running ones first).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,43 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.harness import ServerProcess, short_tmpdir
+from tests import harness
+from tests.harness import BACKENDS, ServerProcess, short_tmpdir
 from tests.pg import PostgresCluster, find_bindir, missing_reason
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        action="append",
+        choices=BACKENDS,
+        help="run the end-to-end tests on this store backend only (repeatable; default: all of "
+        f"{', '.join(BACKENDS)}; env KMS_TEST_BACKEND, comma-separated)",
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    """Groups for xdist, then long-running modules first.
+
+    Groups: one per (module, backend), so `--dist loadgroup` keeps one module's tests on
+    one backend together on one worker, in order, sharing its module-scoped servers,
+    while the same module on the other backend runs on another worker. Marked before
+    every other implementation runs, since xdist's reads them.
+
+    Order: after everything else (pytest's grouping of parametrized module fixtures,
+    xdist's renaming), modules marked `long_running` move to the front, so xdist
+    starts them first (with --no-loadscope-reorder) and their minutes of waiting
+    overlap the rest of the suite instead of trailing it.
+    """
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        module = item.nodeid.split("::", 1)[0]
+        group = f"{module}:{params['backend']}" if "backend" in params else module
+        item.add_marker(pytest.mark.xdist_group(group))
+    yield
+    items.sort(key=lambda item: item.get_closest_marker("long_running") is None)
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +98,25 @@ def pg_database(pg_cluster: PostgresCluster) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    """A real kms-server on a fresh data dir, shared by one test module."""
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The store backend of the servers this module starts: "sqlite" or "postgresql".
+
+    tests/e2e parametrizes it for every test there (test ids end in [sqlite] or
+    [postgresql]); elsewhere it is "sqlite". Module-scoped fixtures that start a
+    server must depend on it, so they are made again for each backend.
+    """
+    name = getattr(request, "param", "sqlite")
+    cluster = request.getfixturevalue("pg_cluster") if name == "postgresql" else None
+    previous = harness.use_backend(name, cluster)
+    try:
+        yield name
+    finally:
+        harness.use_backend(*previous)
+
+
+@pytest.fixture(scope="module")
+def server(backend: str) -> Iterator[ServerProcess]:
+    """A real kms-server on a fresh data dir (and database), shared by one test module."""
     data = short_tmpdir("kmss")
     proc = ServerProcess(data / "d").start()
     try:

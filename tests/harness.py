@@ -3,10 +3,19 @@
 The server is started on port 0; its first stdout line (the readiness line)
 gives the bound addresses and the CA fingerprint. On any failure the child's
 output is included in the assertion message, and the child is always stopped.
+
+Store backend: every end-to-end test runs once on SQLite and once on PostgreSQL
+(tests/e2e/conftest.py). The active backend is process-wide state set by the
+`backend` fixture through `use_backend()`: on "postgresql", a `ServerProcess`
+without an explicit `database` derives a database name from its data dir (so a
+restart on the same data dir finds the same store, and a fresh data dir a fresh
+one), creates it in the session's cluster and passes `--database`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import re
@@ -20,7 +29,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.pg import PostgresCluster
 
 BIN = Path(sys.executable).parent
 READY_TIMEOUT = 30.0
@@ -42,12 +54,72 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# --- store backend ----------------------------------------------------------------
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@dataclass
+class _Backend:
+    name: str = "sqlite"
+    cluster: PostgresCluster | None = None
+
+
+_active = _Backend()
+
+
+def use_backend(name: str, cluster: PostgresCluster | None = None) -> tuple[str, PostgresCluster | None]:
+    """Makes `name` the backend of every ServerProcess started from now on; returns the previous one."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}")
+    if name == "postgresql" and cluster is None:
+        raise ValueError("the postgresql backend needs a cluster")
+    previous = (_active.name, _active.cluster)
+    _active.name, _active.cluster = name, cluster
+    return previous
+
+
+def backend() -> str:
+    """The active store backend: "sqlite" or "postgresql"."""
+    return _active.name
+
+
+def cluster() -> PostgresCluster:
+    """The session's PostgreSQL cluster; only while the postgresql backend is active."""
+    if _active.cluster is None:
+        raise AssertionError("no PostgreSQL cluster: the active backend is sqlite")
+    return _active.cluster
+
+
+def database_name(data_dir: Path) -> str:
+    """The database a server on data_dir uses: one per data dir, stable across restarts."""
+    digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:24]
+    return f"kms_{digest}"
+
+
+def database_for(data_dir: Path) -> str | None:
+    """The --database URL for a server on data_dir (created if needed), or None on SQLite."""
+    if _active.name != "postgresql":
+        return None
+    return cluster().create_database(database_name(data_dir))
+
+
+def database_args(data_dir: Path) -> list[str]:
+    """`--database URL` for a kms-server started by hand on data_dir, or nothing on SQLite."""
+    url = database_for(data_dir)
+    return ["--database", url] if url else []
+
+
 @dataclass
 class ServerProcess:
     data_dir: Path
     extra_args: list[str] = field(default_factory=list)
     listen: str = "127.0.0.1:0"
     enroll_listen: str = "127.0.0.1:0"
+    # A postgresql:// URL. None: SQLite in the data dir, or on the postgresql backend
+    # the database derived from the data dir (created at start).
+    database: str | None = None
+    backend: str = field(default_factory=backend)
     proc: subprocess.Popen[str] | None = None
     fields: dict[str, str] = field(default_factory=dict)
     _stderr: list[str] = field(default_factory=list)
@@ -67,12 +139,15 @@ class ServerProcess:
 
     @property
     def db(self) -> Path:
+        """The SQLite store file; use snapshot(server) or store_bytes(server) to work on both backends."""
         return self.data_dir / "kms.db"
 
     def output(self) -> str:
         return "".join(self._stdout) + "\n--- stderr ---\n" + "".join(self._stderr)
 
     def start(self) -> ServerProcess:
+        if self.database is None and self.backend == "postgresql":
+            self.database = cluster().create_database(database_name(self.data_dir))
         cmd = [
             exe("kms-server"),
             "run",
@@ -82,6 +157,7 @@ class ServerProcess:
             self.listen,
             "--enroll-listen",
             self.enroll_listen,
+            *(["--database", self.database] if self.database else []),
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(
@@ -171,8 +247,9 @@ def agent(state_dir: Path, *args: str, env: dict[str, str] | None = None) -> sub
 
 
 def enroll(
-    server: ServerProcess, state_dir: Path, token: str, **overrides: str
+    server: ServerProcess, state_dir: Path, token: str, /, **overrides: str
 ) -> subprocess.CompletedProcess[str]:
+    """kms-agent enroll against server; overrides replace flags (server="A,B" gives --server A,B)."""
     opts = {
         "--server": server.address,
         "--enroll-server": server.enroll_address,
@@ -206,21 +283,142 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], exit_code: i
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
 
 
-def snapshot(db: Path, *, with_audit: bool = False) -> dict[str, list[tuple[Any, ...]]]:
+def snapshot(
+    source: ServerProcess | Path | str, *, with_audit: bool = False
+) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, read-only, to prove a failed call changed nothing.
 
+    source is a ServerProcess (its store, on either backend), a SQLite file or a
+    postgresql:// URL. Rows are tuples with the SQLite schema's column order on
+    both backends (columns only PostgreSQL has come last), BLOB/BYTEA as bytes.
     The audit trail is left out unless asked for: it records refused attempts
     too, which is not a change of state.
     """
+    if isinstance(source, ServerProcess):
+        source = source.database or source.db
+    tables = asyncio.run(_pg_tables(source)) if isinstance(source, str) else _sqlite_tables(source)
+    return {name: sorted(rows, key=repr) for name, rows in tables.items() if with_audit or name != "audit"}
+
+
+def store_bytes(server: ServerProcess) -> bytes:
+    """What the server's store holds, as bytes, to prove a secret is not in it.
+
+    SQLite: the raw database files (kms.db, -wal, -shm), free pages included.
+    PostgreSQL: every value of every row (its data files are the cluster's,
+    shared by every database of the run).
+    """
+    if server.database is None:
+        return b"".join(path.read_bytes() for path in sorted(server.data_dir.glob("kms.db*")))
+    parts: list[bytes] = []
+    for rows in snapshot(server, with_audit=True).values():
+        for row in rows:
+            for value in row:
+                parts.append(value if isinstance(value, bytes) else str(value).encode())
+    return b"\x00".join(parts)
+
+
+def _sqlite_tables(db: Path) -> dict[str, list[tuple[Any, ...]]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         tables = [
             r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
         ]
-        tables = [t for t in tables if with_audit or t != "audit"]
-        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}  # noqa: S608
+        return {t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in tables}  # noqa: S608
     finally:
         conn.close()
+
+
+_reference_columns: dict[str, list[str]] | None = None
+
+
+def _sqlite_column_order() -> dict[str, list[str]]:
+    """Each table's columns in the SQLite schema's order, from the migrations applied in memory.
+
+    Tests index snapshot rows by position; this keeps positions the same on both
+    backends even where PostgreSQL's schema orders (or adds) columns differently.
+    """
+    global _reference_columns
+    if _reference_columns is None:
+        _reference_columns = {}
+        try:
+            from server.store import migrations
+
+            steps = getattr(migrations, "SQLITE_MIGRATIONS", None) or migrations.MIGRATIONS
+            conn = sqlite3.connect(":memory:")
+            for step in steps:
+                for statement in step:
+                    conn.execute(statement)
+            for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+                _reference_columns[table] = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+            conn.close()
+        except Exception:  # no reference order: PostgreSQL's own column order it is
+            _reference_columns = {}
+    return _reference_columns
+
+
+async def _pg_tables(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    import asyncpg
+
+    reference = _sqlite_column_order()
+    conn = await asyncpg.connect(url, timeout=30)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            columns: dict[str, list[str]] = {}
+            for r in await conn.fetch(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+            ):
+                columns.setdefault(r["table_name"], []).append(r["column_name"])
+            result: dict[str, list[tuple[Any, ...]]] = {}
+            for table, cols in columns.items():
+                known = [c for c in reference.get(table, []) if c in cols]
+                ordered = known + [c for c in cols if c not in known]
+                select = ", ".join(f'"{c}"' for c in ordered)
+                rows = await conn.fetch(f'SELECT {select} FROM "{table}"')  # noqa: S608
+                result[table] = [tuple(row.values()) for row in rows]
+            return result
+    finally:
+        await conn.close()
+
+
+def execute_sql(server: ServerProcess, sql: str, *args: Any) -> None:
+    """Runs one statement on the server's store behind its back (tampering tests).
+
+    Written with SQLite's `?` placeholders; on PostgreSQL they become $1, $2, ...
+    """
+    _sql(server, sql, args, fetch=False)
+
+
+def query(server: ServerProcess, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """The rows of one query on the server's store, on either backend (`?` placeholders)."""
+    return _sql(server, sql, args, fetch=True)
+
+
+def _sql(server: ServerProcess, sql: str, args: tuple[Any, ...], *, fetch: bool) -> list[tuple[Any, ...]]:
+    if server.database is None:
+        conn = sqlite3.connect(server.db, timeout=10)
+        try:
+            rows = conn.execute(sql, args).fetchall()
+            conn.commit()
+            return rows
+        finally:
+            conn.close()
+    parts = sql.split("?")
+    numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
+
+    async def run_it(url: str) -> list[tuple[Any, ...]]:
+        import asyncpg
+
+        conn = await asyncpg.connect(url, timeout=30)
+        try:
+            if fetch:
+                return [tuple(r.values()) for r in await conn.fetch(numbered, *args)]
+            await conn.execute(numbered, *args)
+            return []
+        finally:
+            await conn.close()
+
+    return asyncio.run(run_it(server.database))
 
 
 class WatchProcess:
@@ -260,13 +458,13 @@ class WatchProcess:
             if not self._cond.wait_for(
                 lambda: predicate(self.events) or self.proc.poll() is not None, timeout
             ):
-                raise AssertionError(
-                    f"watch did not see it in {timeout}s: {self.events}\n{''.join(self.stderr)}"
-                )
+                raise AssertionError(f"watch did not see it in {timeout}s: {self._summary()}")
             if not predicate(self.events):
-                raise AssertionError(
-                    f"watch exited {self.proc.returncode}: {self.events}\n{''.join(self.stderr)}"
-                )
+                raise AssertionError(f"watch exited {self.proc.returncode}: {self._summary()}")
+
+    def _summary(self) -> str:
+        events = self.events if len(self.events) <= 20 else ["...", *self.events[-20:]]
+        return f"{len(self.events)} events: {events}\nstderr:\n{''.join(self.stderr[-50:])}"
 
     def seqs(self) -> list[int]:
         with self._cond:

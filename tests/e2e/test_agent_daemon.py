@@ -15,6 +15,9 @@ from tests.harness import ServerProcess, agent, enroll, exe
 
 LIFETIME = 60  # seconds: "about a minute", as operators would test it
 
+# Three minutes of mostly waiting: started first, so they overlap the rest of the suite.
+pytestmark = pytest.mark.long_running
+
 
 @pytest.mark.timeout(6 * LIFETIME)
 def test_agent_runs_across_three_lifetimes(tmp_path: Path) -> None:

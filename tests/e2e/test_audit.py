@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 
-from tests.harness import ServerProcess, agent, assert_one_line_error, enroll
+from tests.harness import ServerProcess, agent, assert_one_line_error, enroll, execute_sql
 
 
 def test_actions_are_recorded_in_order_and_tampering_is_found(server: ServerProcess, tmp_path: Path) -> None:
@@ -42,10 +41,7 @@ def test_actions_are_recorded_in_order_and_tampering_is_found(server: ServerProc
     ] == len(records)
 
     def tamper(sql: str, *args: object) -> None:
-        conn = sqlite3.connect(server.db, timeout=10)
-        conn.execute(sql, args)
-        conn.commit()
-        conn.close()
+        execute_sql(server, sql, *args)
 
     tamper("UPDATE audit SET object = 'key:other' WHERE seq = 3")
     assert_one_line_error(server.admin("audit", "verify", check=False), 10, "broken at record 3")

@@ -8,12 +8,14 @@ import threading
 from pathlib import Path
 
 import grpc
+import pytest
 
 from kms.v1 import admin_pb2, enrollment_pb2, enrollment_pb2_grpc
 from tests.harness import ServerProcess, admin_stub, agent, assert_one_line_error, enroll, exe, run
 from tests.pki import csr_der
 
 
+@pytest.mark.sqlite_only("kms-server backup/restore copy the embedded SQLite store; PostgreSQL uses pg_dump")
 def test_backup_under_load_restores_a_consistent_working_server(tmp_path: Path, rsa_key) -> None:  # type: ignore[no-untyped-def]
     server = ServerProcess(tmp_path / "d", extra_args=["--enroll-rate", "100000"]).start()
     state = tmp_path / "a"
@@ -120,3 +122,10 @@ def test_backup_under_load_restores_a_consistent_working_server(tmp_path: Path, 
         assert agent(state, "fetch-key", "vault", "--format", "hex").stdout.strip() == key
     finally:
         assert second.stop() == 0
+
+
+@pytest.mark.postgresql_only("backup on PostgreSQL is refused")
+def test_backup_on_postgresql_says_to_use_pg_dump(server: ServerProcess, tmp_path: Path) -> None:
+    result = server.admin("backup", str(tmp_path / "b.tar"), check=False)
+    assert_one_line_error(result, 6, "pg_dump")
+    assert not (tmp_path / "b.tar").exists()

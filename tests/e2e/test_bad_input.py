@@ -50,11 +50,11 @@ def _enroll(server: ServerProcess, token: str, csr: bytes) -> enrollment_pb2.Enr
 
 def _enroll_fails(server: ServerProcess, token: str, csr: bytes, code: grpc.StatusCode) -> str:
     """Asserts the enrollment fails with code and that nothing in the store changed."""
-    before = snapshot(server.db)
+    before = snapshot(server)
     with pytest.raises(grpc.RpcError) as info:
         _enroll(server, token, csr)
     assert info.value.code() == code, info.value.details()
-    assert snapshot(server.db) == before
+    assert snapshot(server) == before
     return info.value.details() or ""
 
 
@@ -178,7 +178,7 @@ def test_racing_enrollments_on_one_token_exactly_one_wins(
     for t in threads:
         t.join(30)
     assert sorted(outcomes) == ["UNAUTHENTICATED"] * (racers - 1) + ["ok"]
-    rows = snapshot(server.db)["certificates"]
+    rows = snapshot(server)["certificates"]
     assert sum(1 for r in rows if r[1] == "racer") == 1
 
 
@@ -189,11 +189,11 @@ def test_wrong_ca_fingerprint_aborts_before_the_token_is_sent(
     server: ServerProcess, tmpdir_short: Path
 ) -> None:
     token = server.token("pinned")
-    before = snapshot(server.db)
+    before = snapshot(server)
     wrong = "sha256:" + "ab" * 32
     result = enroll(server, tmpdir_short / "a", token, ca_fingerprint=wrong)
     assert_one_line_error(result, 3, "does not match --ca-fingerprint", "token was not sent")
-    assert snapshot(server.db) == before
+    assert snapshot(server) == before
     assert not (tmpdir_short / "a" / "agent.json").exists()
     # The token is still good with the right pin.
     assert enroll(server, tmpdir_short / "a", token).returncode == 0
@@ -319,9 +319,9 @@ def test_admin_rpc_with_absurd_ttl_is_invalid_argument(server: ServerProcess) ->
 def test_admin_bad_input_is_one_line_and_changes_nothing(
     server: ServerProcess, args: list[str], needle: str
 ) -> None:
-    before = snapshot(server.db)
+    before = snapshot(server)
     assert_one_line_error(server.admin(*args, check=False), 2, needle)
-    assert snapshot(server.db) == before
+    assert snapshot(server) == before
 
 
 def test_admin_without_server_is_one_line(tmpdir_short: Path) -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ServerProcess, assert_one_line_error, exe, run
+from tests.harness import ServerProcess, assert_one_line_error, database_args, exe, run
 
 
 @pytest.fixture(scope="module")
-def initialised(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def initialised(backend: str) -> Path:
     """A data dir made by one real start and stop; each case corrupts a copy."""
     from tests.harness import short_tmpdir
 
@@ -25,7 +25,8 @@ def initialised(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "d"
 
 
-def _start(data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _start(data: Path, *extra: str, store_of: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """kms-server run on data; on PostgreSQL with the database of store_of (default: data's own)."""
     return run(
         [
             exe("kms-server"),
@@ -36,6 +37,7 @@ def _start(data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
             "127.0.0.1:0",
             "--enroll-listen",
             "127.0.0.1:0",
+            *database_args(store_of or data),
             *extra,
         ],
         timeout=30,
@@ -80,27 +82,57 @@ def _lost_master_key(d: Path) -> None:
     (d / "master.key").unlink()
 
 
+# On PostgreSQL the store and the CA (certificate and sealed key) live in the database,
+# not in the data dir: damaging those files tests nothing there.
+_EMBEDDED_STORE = pytest.mark.sqlite_only("kms.db is the embedded SQLite store; PostgreSQL keeps none")
+_EMBEDDED_CA = pytest.mark.sqlite_only("ca.crt and ca.key are in the database on PostgreSQL, not files")
+
+
 @pytest.mark.parametrize(
     "damage, needles",
     [
-        pytest.param(_corrupt_store, ["kms.db", "corrupt or not a Seed KMS database"], id="corrupt-store"),
-        pytest.param(_wrong_master_key, ["ca.key", "wrong master key"], id="wrong-master-key"),
+        pytest.param(
+            _corrupt_store,
+            ["kms.db", "corrupt or not a Seed KMS database"],
+            id="corrupt-store",
+            marks=_EMBEDDED_STORE,
+        ),
+        pytest.param(
+            _wrong_master_key,
+            {
+                "sqlite": ["ca.key", "wrong master key"],
+                "postgresql": ["CA key in the database", "wrong master key"],
+            },
+            id="wrong-master-key",
+        ),
         pytest.param(_short_master_key, ["master.key", "exactly 32 bytes"], id="short-master-key"),
         pytest.param(_master_key_readable, ["master.key", "readable by others"], id="master-key-0644"),
-        pytest.param(_unreadable_ca_cert, ["cannot read", "ca.crt"], id="unreadable-ca-cert"),
-        pytest.param(_missing_ca_key, ["incomplete", "ca.key is missing"], id="missing-ca-key"),
-        pytest.param(_tampered_ca_key, ["ca.key", "does not decrypt"], id="tampered-ca-key"),
-        pytest.param(_lost_master_key, ["no master.key"], id="lost-master-key"),
+        pytest.param(
+            _unreadable_ca_cert, ["cannot read", "ca.crt"], id="unreadable-ca-cert", marks=_EMBEDDED_CA
+        ),
+        pytest.param(
+            _missing_ca_key, ["incomplete", "ca.key is missing"], id="missing-ca-key", marks=_EMBEDDED_CA
+        ),
+        pytest.param(
+            _tampered_ca_key, ["ca.key", "does not decrypt"], id="tampered-ca-key", marks=_EMBEDDED_CA
+        ),
+        pytest.param(
+            _lost_master_key,
+            {"sqlite": ["no master.key"], "postgresql": ["master.key does not", "--master-key-file"]},
+            id="lost-master-key",
+        ),
     ],
 )
 def test_unusable_data_dir_stops_with_one_line(
-    initialised: Path, damage: Callable[[Path], None], needles: list[str]
+    initialised: Path, damage: Callable[[Path], None], needles: list[str] | dict[str, list[str]], backend: str
 ) -> None:
+    if isinstance(needles, dict):  # the message names where the CA lives: files or the database
+        needles = needles[backend]
     copy = initialised.parent / f"c{os.getpid()}{abs(hash(damage.__name__)) % 10000}"
     shutil.copytree(initialised, copy)
     try:
         damage(copy)
-        result = _start(copy)
+        result = _start(copy, store_of=initialised)  # a copy of the data dir, the same database
         assert_one_line_error(result, 6, *needles)
         assert result.stdout == ""  # never claimed to be ready
     finally:
@@ -157,6 +189,7 @@ def test_port_in_use_is_one_line(tmpdir_short: Path) -> None:
                 server.address,
                 "--enroll-listen",
                 "127.0.0.1:0",
+                *database_args(tmpdir_short / "b"),
             ],
         )
         assert_one_line_error(result, 6, "cannot listen on", "--listen")

@@ -18,7 +18,7 @@ from tests.tamper_relay import TamperRelay
 
 
 @pytest.fixture(scope="module")
-def rig() -> Iterator[tuple[ServerProcess, Path]]:
+def rig(backend: str) -> Iterator[tuple[ServerProcess, Path]]:
     root = short_tmpdir("kmsex")
     server = ServerProcess(root / "d", extra_args=["--handshake-timeout", "3s"]).start()
     for name in ("a", "b", "c", "lonely"):

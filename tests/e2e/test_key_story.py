@@ -23,6 +23,7 @@ from tests.harness import (
     enroll,
     short_tmpdir,
     snapshot,
+    store_bytes,
 )
 
 
@@ -69,11 +70,10 @@ def test_insiders_share_the_key_and_each_others_data(server: ServerProcess, flee
     assert (root / "dec.bin").read_bytes() == plain.read_bytes()
 
     # No key material anywhere on the server side but sealed: not in the store, not in the log.
-    for path in server.data_dir.glob("kms.db*"):
-        assert key_a not in path.read_bytes()
+    assert key_a not in store_bytes(server)
     assert key_a.hex() not in server.output() and base64.b64encode(key_a).decode() not in server.output()
     # Every release is recorded: who, which key and version, when.
-    releases = snapshot(server.db)["key_releases"]
+    releases = snapshot(server)["key_releases"]
     assert {(r[1], r[2], r[3]) for r in releases} >= {("app", 1, "web-1"), ("app", 1, "web-2")}
 
 
@@ -102,12 +102,11 @@ def test_rotate_then_destroy(server: ServerProcess, fleet: dict[str, Path]) -> N
 
     # The current version cannot be destroyed; an old one can, for good.
     assert_one_line_error(server.admin("key", "destroy", "app", "--version", "2", check=False), 6, "rotate")
-    before = snapshot(server.db)["key_versions"]
+    before = snapshot(server)["key_versions"]
     sealed_v1 = next(r[3] for r in before if r[1] == 1)
     destroyed = json.loads(server.admin("key", "destroy", "app", "--version", "1", "--json").stdout)
     assert destroyed["versions"][0]["state"] == "destroyed"
-    for path in server.data_dir.glob("kms.db*"):
-        assert sealed_v1 not in path.read_bytes()
+    assert sealed_v1 not in store_bytes(server)
     assert_one_line_error(agent(a, "fetch-key", "app", "--version", "1"), 6, "was destroyed")
     result = agent(b, "decrypt", str(root / "old.enc"), str(root / "gone.dec"))
     assert_one_line_error(result, 6, "was destroyed")
@@ -194,11 +193,11 @@ def test_fetchkey_rpc_bounds(server: ServerProcess, fleet: dict[str, Path]) -> N
         stub = keys_pb2_grpc.KeysStub(ch)
         assert stub.FetchKey(keys_pb2.FetchKeyRequest(name="app", version=0), timeout=10).version >= 1
         for version in (-1, 2**31, 2**62):
-            before = snapshot(server.db)
+            before = snapshot(server)
             with pytest.raises(grpc.RpcError) as info:
                 stub.FetchKey(keys_pb2.FetchKeyRequest(name="app", version=version), timeout=10)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert snapshot(server.db) == before
+            assert snapshot(server) == before
 
 
 @pytest.mark.parametrize(
@@ -218,9 +217,9 @@ def test_fetchkey_rpc_bounds(server: ServerProcess, fleet: dict[str, Path]) -> N
 def test_admin_key_bad_input_changes_nothing(
     server: ServerProcess, fleet: dict[str, Path], args: list[str], code: int, needle: str
 ) -> None:
-    before = snapshot(server.db)
+    before = snapshot(server)
     assert_one_line_error(server.admin(*args, check=False), code, needle)
-    assert snapshot(server.db) == before
+    assert snapshot(server) == before
 
 
 def test_grant_and_ungrant_take_effect(server: ServerProcess, fleet: dict[str, Path]) -> None:

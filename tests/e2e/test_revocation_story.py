@@ -36,7 +36,7 @@ SERVER_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def rig() -> Iterator[tuple[ServerProcess, Path]]:
+def rig(backend: str) -> Iterator[tuple[ServerProcess, Path]]:
     root = short_tmpdir("kmsrv")
     server = ServerProcess(root / "d", extra_args=SERVER_ARGS).start()
     for name in ("a", "b", "c", "d", "warm"):
@@ -92,10 +92,10 @@ def test_three_watchers_hear_agent_b_revoked_and_key_files_go(rig: tuple[ServerP
         assert_one_line_error(agent(root / "b", "fetch-key", "app"), 11, "was revoked")
 
         # Revoking again is not an error and makes no new event.
-        before = len(snapshot(server.db)["events"])
+        before = len(snapshot(server)["events"])
         again = json.loads(server.admin("revoke", "agent", "b", "--json").stdout)
         assert again["already_revoked"] and again["seq"] == event["seq"]
-        assert len(snapshot(server.db)["events"]) == before
+        assert len(snapshot(server)["events"]) == before
 
         # A compromised key version: A's key file is deleted by its watcher.
         assert key_file.exists()
@@ -117,9 +117,9 @@ def test_revoked_agent_reenrolls_only_when_allowed(rig: tuple[ServerProcess, Pat
     server, root = rig
     server.admin("revoke", "agent", "b")
     token = server.token("b", "web")
-    before = snapshot(server.db)
+    before = snapshot(server)
     assert_one_line_error(enroll(server, root / "b2", token), 4, "allow-reenroll")
-    assert snapshot(server.db) == before  # the token was not consumed
+    assert snapshot(server) == before  # the token was not consumed
     allowed = server.admin("token", "create", "--name", "b", "--allow-reenroll").stdout.strip()
     assert enroll(server, root / "b2", allowed).returncode == 0
     assert agent(root / "b2", "status").returncode == 0
@@ -202,9 +202,9 @@ def test_revoke_bad_input_changes_nothing(
     rig: tuple[ServerProcess, Path], args: list[str], code: int, needle: str
 ) -> None:
     server, _ = rig
-    before = snapshot(server.db)
+    before = snapshot(server)
     assert_one_line_error(server.admin(*args, check=False), code, needle)
-    assert snapshot(server.db) == before
+    assert snapshot(server) == before
 
 
 def test_check_reports_status(rig: tuple[ServerProcess, Path]) -> None:
