@@ -16,7 +16,9 @@ import ssl
 
 from cryptography import x509
 
-from kms.errors import Unauthenticated, Unavailable
+from agent.servers import Unreachable
+from kms.addresses import join_hostport
+from kms.errors import Unauthenticated
 from kms.identity import fingerprint, fingerprint_matches
 
 __all__ = ["pin_ca"]
@@ -39,7 +41,10 @@ def _presented_chain(host: str, port: int, timeout: float) -> list[bytes]:
             # Python 3.11/3.12 have the same method on the private SSL object.
             return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in tls._sslobj.get_unverified_chain()]  # type: ignore[attr-defined]
     except (OSError, ssl.SSLError) as exc:
-        raise Unavailable(f"cannot reach the enrollment endpoint {host}:{port}: {exc}") from exc
+        address = join_hostport(host, port)
+        raise Unreachable(
+            address, str(exc), f"cannot reach the enrollment endpoint {address}: {exc}"
+        ) from exc
 
 
 def pin_ca(host: str, port: int, pinned: str, timeout: float = 10.0) -> x509.Certificate:
@@ -47,7 +52,7 @@ def pin_ca(host: str, port: int, pinned: str, timeout: float = 10.0) -> x509.Cer
 
     Raises:
         Unauthenticated: no certificate in the presented chain matches.
-        Unavailable: the endpoint cannot be reached.
+        Unreachable: the endpoint cannot be reached.
     """
     chain = _presented_chain(host, port, timeout)
     for der in chain:

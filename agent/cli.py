@@ -53,10 +53,18 @@ def build_parser() -> ArgumentParser:
     en = sub.add_parser(
         "enroll", parents=[common], help="make a key and trade a join token for a certificate"
     )
-    en.add_argument("--server", help="the server's mTLS address HOST:PORT (env KMS_SERVER)")
+    en.add_argument(
+        "--server",
+        action="append",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the server's mTLS address; repeat it or separate with commas for replicas, tried in order"
+        " (env KMS_SERVER, comma-separated)",
+    )
     en.add_argument(
         "--enroll-server",
-        help="the enrollment address HOST:PORT (env KMS_ENROLL_SERVER; default: --server port + 1)",
+        action="append",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="enrollment address(es), tried in order (env KMS_ENROLL_SERVER; default: each --server's port + 1)",
     )
     en.add_argument("--token", help="one-time join token (env KMS_JOIN_TOKEN, which keeps it out of ps)")
     en.add_argument("--ca-fingerprint", help="sha256:HEX as kms-server prints it (env KMS_CA_FINGERPRINT)")

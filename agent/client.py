@@ -1,13 +1,19 @@
-"""The agent's gRPC client: channels, calls, and errors mapped back to KmsError."""
+"""The agent's gRPC client: channels, calls, failover between replicas, errors mapped back to KmsError.
+
+An Endpoint is one channel to one address. A KmsClient holds every address of
+the deployment (agent/servers.py) and sends each call through
+Servers.first_available, so every command fails over the same way.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import grpc
 
-from kms.errors import KmsError, Unavailable, error_for_status
+from agent.servers import Servers, Unreachable
+from kms.errors import FailedPrecondition, KmsError, error_for_status
 from kms.v1 import (
     enrollment_pb2,
     enrollment_pb2_grpc,
@@ -20,38 +26,106 @@ from kms.v1 import (
     revocation_pb2_grpc,
 )
 
-__all__ = ["KmsClient"]
+__all__ = ["DEFAULT_TIMEOUT", "Endpoint", "KmsClient"]
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 15.0
 
+_UNREACHABLE_HINT = (
+    "a TLS handshake also fails when the server does not verify against the pinned CA,"
+    " or when this agent's certificate is expired"
+)
+
+
+class Endpoint:
+    """One channel to one server address."""
+
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials, timeout: float) -> None:
+        self.target = target
+        self._timeout = timeout
+        self._channel = grpc.secure_channel(target, credentials)
+        self.connected = False  # whether the channel ever got a connection (TCP and TLS)
+        self._channel.subscribe(self._on_state)
+        self.enrollment = enrollment_pb2_grpc.EnrollmentStub(self._channel)
+        self.identity = identity_pb2_grpc.IdentityStub(self._channel)
+        self.keys = keys_pb2_grpc.KeysStub(self._channel)
+        self.revocation = revocation_pb2_grpc.RevocationStub(self._channel)
+        self.handshake = handshake_pb2_grpc.HandshakeStub(self._channel)
+
+    def _on_state(self, state: grpc.ChannelConnectivity) -> None:
+        if state == grpc.ChannelConnectivity.READY:
+            self.connected = True
+
+    def close(self) -> None:
+        self._channel.unsubscribe(self._on_state)
+        self._channel.close()
+
+    def unreachable(self, reason: str) -> Unreachable:
+        return Unreachable(
+            self.target,
+            reason,
+            f"cannot reach kms-server at {self.target} ({reason}): check the address; {_UNREACHABLE_HINT}",
+        )
+
+    def map_error(self, exc: grpc.RpcError) -> KmsError:
+        """The KmsError for a failed call or stream on this address.
+
+        Unreachable for UNAVAILABLE, and for a deadline that passed before any
+        connection was made (a host that drops packets never refuses): both
+        mean "try the next address". A deadline on a connected server is its
+        answer, and final.
+        """
+        code, details = exc.code(), exc.details() or ""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return self.unreachable(details.splitlines()[0] if details else "unavailable")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and not self.connected:
+            return self.unreachable(f"no connection within {self._timeout:g}s")
+        return error_for_status(code, details)
+
+    def call(self, method: Callable[..., T], request: Any) -> T:
+        """A unary call with the client's deadline; errors raised as KmsError."""
+        try:
+            return method(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise self.map_error(exc) from None
+
+    def watch(self, after_seq: int) -> Any:
+        """Opens a Watch stream (no deadline); iterate it, cancel() it. Errors surface while iterating."""
+        return self.revocation.Watch(revocation_pb2.WatchRequest(after_seq=after_seq))
+
 
 class KmsClient:
-    """One channel to one server address; mTLS when a key and certificate are given."""
+    """Every address of one deployment; mTLS when a key and certificate are given.
+
+    Unary calls go to the address that answered last and move on to the next
+    only on UNAVAILABLE. Streams use failover() (a whole exchange) or endpoint()
+    (the watch, which rotates through the addresses itself).
+    """
 
     def __init__(
         self,
-        target: str,
+        servers: Servers | Sequence[str],
         ca_pem: bytes,
         *,
         key_pem: bytes | None = None,
         cert_pem: bytes | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self._target = target
+        if isinstance(servers, str):
+            servers = [servers]
+        self.servers = servers if isinstance(servers, Servers) else Servers(servers)
         self._timeout = timeout
-        creds = grpc.ssl_channel_credentials(
+        self._credentials = grpc.ssl_channel_credentials(
             root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
         )
-        self._channel = grpc.secure_channel(target, creds)
-        self._enrollment = enrollment_pb2_grpc.EnrollmentStub(self._channel)
-        self._identity = identity_pb2_grpc.IdentityStub(self._channel)
-        self._keys = keys_pb2_grpc.KeysStub(self._channel)
-        self._revocation = revocation_pb2_grpc.RevocationStub(self._channel)
-        self.handshake_stub = handshake_pb2_grpc.HandshakeStub(self._channel)
+        self._endpoints: dict[str, Endpoint] = {}
+        self._closed = False
 
     def close(self) -> None:
-        self._channel.close()
+        """Closes every channel; a stream waiting on one ends (how a listener is stopped)."""
+        self._closed = True
+        for endpoint in list(self._endpoints.values()):
+            endpoint.close()
 
     def __enter__(self) -> KmsClient:
         return self
@@ -59,53 +133,58 @@ class KmsClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def map_error(self, exc: grpc.RpcError) -> KmsError:
-        """The KmsError for a failed call or stream."""
-        code, details = exc.code(), exc.details() or ""
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return Unavailable(
-                f"cannot reach kms-server at {self._target} ({details.splitlines()[0] if details else 'unavailable'}):"
-                " check the address; a TLS handshake also fails when the server does not verify against the"
-                " pinned CA, or when this agent's certificate is expired"
-            )
-        return error_for_status(code, details)
+    def endpoint(self, address: str) -> Endpoint:
+        """The channel to one address (opened on first use; channels connect lazily)."""
+        if self._closed:  # stopped: failover must not open a fresh channel and wait on it
+            raise FailedPrecondition("the client was closed")
+        if address not in self._endpoints:
+            self._endpoints[address] = Endpoint(address, self._credentials, self._timeout)
+        return self._endpoints[address]
 
-    def _call(self, method: Callable[..., T], request: Any) -> T:
-        try:
-            return method(request, timeout=self._timeout)
-        except grpc.RpcError as exc:
-            raise self.map_error(exc) from None
+    def failover(self, attempt: Callable[[Endpoint], T]) -> T:
+        """attempt(endpoint) on each address in turn until one is not UNAVAILABLE.
+
+        Raises:
+            Unavailable: no address answered; one line naming each.
+            and any other error of attempt, at once (it is the deployment's answer).
+        """
+        return self.servers.first_available(
+            lambda address: attempt(self.endpoint(address)),
+            what="kms-server",
+            hint=f"check the addresses; {_UNREACHABLE_HINT}",
+        )
+
+    def _call(self, method: Callable[[Endpoint], Callable[..., Any]], request: Any) -> Any:
+        return self.failover(lambda endpoint: endpoint.call(method(endpoint), request))
 
     def get_ca_bundle(self) -> str:
         resp = cast(
             enrollment_pb2.GetCABundleResponse,
-            self._call(self._enrollment.GetCABundle, enrollment_pb2.GetCABundleRequest()),
+            self._call(lambda e: e.enrollment.GetCABundle, enrollment_pb2.GetCABundleRequest()),
         )
         return resp.ca_bundle_pem
 
     def enroll(self, join_token: str, csr_der: bytes) -> enrollment_pb2.EnrollResponse:
         request = enrollment_pb2.EnrollRequest(join_token=join_token, csr_der=csr_der)
-        return cast(enrollment_pb2.EnrollResponse, self._call(self._enrollment.Enroll, request))
+        return cast(enrollment_pb2.EnrollResponse, self._call(lambda e: e.enrollment.Enroll, request))
 
     def whoami(self) -> identity_pb2.WhoAmIResponse:
         return cast(
-            identity_pb2.WhoAmIResponse, self._call(self._identity.WhoAmI, identity_pb2.WhoAmIRequest())
+            identity_pb2.WhoAmIResponse,
+            self._call(lambda e: e.identity.WhoAmI, identity_pb2.WhoAmIRequest()),
         )
 
     def fetch_key(self, name: str, version: int) -> keys_pb2.FetchKeyResponse:
         request = keys_pb2.FetchKeyRequest(name=name, version=version)
-        return cast(keys_pb2.FetchKeyResponse, self._call(self._keys.FetchKey, request))
+        return cast(keys_pb2.FetchKeyResponse, self._call(lambda e: e.keys.FetchKey, request))
 
     def check_certificate(self, serial: str) -> revocation_pb2.CheckCertificateResponse:
         request = revocation_pb2.CheckCertificateRequest(serial=serial)
         return cast(
-            revocation_pb2.CheckCertificateResponse, self._call(self._revocation.CheckCertificate, request)
+            revocation_pb2.CheckCertificateResponse,
+            self._call(lambda e: e.revocation.CheckCertificate, request),
         )
-
-    def watch(self, after_seq: int) -> Any:
-        """Opens a Watch stream (no deadline); iterate it, cancel() it. Errors surface while iterating."""
-        return self._revocation.Watch(revocation_pb2.WatchRequest(after_seq=after_seq))
 
     def renew(self, csr_der: bytes) -> identity_pb2.RenewResponse:
         request = identity_pb2.RenewRequest(csr_der=csr_der)
-        return cast(identity_pb2.RenewResponse, self._call(self._identity.Renew, request))
+        return cast(identity_pb2.RenewResponse, self._call(lambda e: e.identity.Renew, request))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from agent.context import connect, state_dir
 from agent.exchange import initiate, respond_once
-from kms.errors import KmsError, Revoked
+from kms.errors import KmsError, Revoked, Unavailable
 from kms.groups import Group
 from kms.handshake import Session
 from kms.securefile import ensure_private_dir, write_atomic
@@ -69,6 +69,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
                 if args.once or isinstance(exc, Revoked):
                     raise
                 logger.warning("exchange failed: %s", exc.message)
+                if isinstance(exc, Unavailable):
+                    stop.wait(1.0)  # every server address is down: do not spin
                 continue
             path = out_dir / f"{session.session_id}.key"
             write_atomic(path, session.key, mode=0o600)

@@ -8,37 +8,41 @@ import os
 from agent.context import connect, iso, state_dir
 from agent.enroll import enroll
 from agent.renew import renew
-from kms.addresses import join_hostport, parse_hostport
+from agent.servers import default_enroll_addresses, parse_addresses
 from kms.cli import print_json
 from kms.errors import AlreadyExists, InvalidArgument
 
 __all__ = ["cmd_enroll", "cmd_renew", "cmd_status"]
 
 
-def _default_enroll_server(server: str) -> str:
-    # Convention shared with kms-server: enrollment listens on the API port + 1
-    # unless told otherwise (docs/adr/0001-enrollment-listener.md).
-    host, port = parse_hostport(server, what="--server")
-    return join_hostport(host, port + 1)
+def _addresses(flag: list[str] | None, env: str, what: str) -> tuple[str, ...] | None:
+    """Addresses from a repeatable, comma-separated flag, else its environment variable."""
+    if flag:
+        return parse_addresses(flag, what=what)
+    if os.environ.get(env):
+        return parse_addresses([os.environ[env]], what=env)
+    return None
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     state = state_dir(args)
     if state.enrolled and not args.force:
         raise AlreadyExists(f"this agent is already enrolled ({state.path}): pass --force to enroll again")
-    server = args.server or os.environ.get("KMS_SERVER")
+    servers = _addresses(args.server, "KMS_SERVER", "--server")
     token = args.token or os.environ.get("KMS_JOIN_TOKEN")
     fp = args.ca_fingerprint or os.environ.get("KMS_CA_FINGERPRINT")
-    if not server or not token or not fp:
+    if not servers or not token or not fp:
         raise InvalidArgument(
             "enroll needs --server, --token and --ca-fingerprint (or KMS_SERVER, KMS_JOIN_TOKEN, KMS_CA_FINGERPRINT)"
         )
-    enroll_server = (
-        args.enroll_server or os.environ.get("KMS_ENROLL_SERVER") or _default_enroll_server(server)
-    )
+    # Convention shared with kms-server: enrollment listens on the API port + 1
+    # unless told otherwise (docs/adr/0001-enrollment-listener.md).
+    enroll_servers = _addresses(
+        args.enroll_server, "KMS_ENROLL_SERVER", "--enroll-server"
+    ) or default_enroll_addresses(servers)
     identity = enroll(
-        server=server,
-        enroll_server=enroll_server,
+        servers=servers,
+        enroll_servers=enroll_servers,
         token=token,
         ca_fingerprint=fp,
         key_size=args.key_size,
@@ -56,6 +60,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     identity, client = connect(args)
     with client:
         seen = client.whoami().agent
+        answered = client.servers.current  # the address that answered
+    servers = identity.settings.servers
     not_after = iso(seen.not_after)
     if args.json:
         print_json(
@@ -65,7 +71,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "spiffe_id": seen.spiffe_id,
                 "serial": seen.serial,
                 "not_after": not_after,
-                "server": identity.settings.server,
+                "server": answered,
+                "servers": list(servers),
+                "enroll_servers": list(identity.settings.enroll_servers),
                 "status": seen.status,
             }
         )
@@ -75,7 +83,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"spiffe id: {seen.spiffe_id}")
         print(f"serial:    {seen.serial}")
         print(f"expires:   {not_after}")
-        print(f"server:    {identity.settings.server} (verified over mTLS)")
+        print(f"server:    {answered} (verified over mTLS)")
+        print(f"servers:   {', '.join(servers)}")
     return 0
 
 

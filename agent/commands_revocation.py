@@ -8,6 +8,7 @@ from pathlib import Path
 from cryptography import x509
 
 from agent.context import connect, iso, state_dir
+from agent.servers import Servers
 from agent.watch import Watcher
 from kms.cli import print_json
 from kms.errors import InvalidArgument, NotFound, Revoked
@@ -18,11 +19,12 @@ __all__ = ["cmd_watch", "cmd_check"]
 def cmd_watch(args: argparse.Namespace) -> int:
     state = state_dir(args)
     identity = state.load()
-
+    # One Servers for every reconnection: a broken stream moves on to the next address.
+    servers = Servers(identity.settings.servers)
     watcher = Watcher(
         state,
         identity,
-        lambda: connect(args)[1],
+        lambda: connect(args, servers=servers)[1],
         as_json=args.json,
         exec_cmd=args.exec,
         silence_timeout=args.silence_timeout,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from agent.client import KmsClient
 from agent.renew import renew, renewal_due
+from agent.servers import Servers
 from agent.state import AgentIdentity, StateDir, default_state_dir
 
 __all__ = ["client_for", "connect", "iso", "state_dir"]
@@ -17,9 +18,15 @@ def state_dir(args: argparse.Namespace) -> StateDir:
     return StateDir(Path(args.dir) if args.dir else default_state_dir())
 
 
-def client_for(identity: AgentIdentity, timeout: float) -> KmsClient:
+def client_for(identity: AgentIdentity, timeout: float, servers: Servers | None = None) -> KmsClient:
+    """A client for every server address of this agent.
+
+    Args:
+        servers: shared failover state (which address answered last); pass the same
+            object to every client a process opens. Default: a fresh one.
+    """
     return KmsClient(
-        identity.settings.server,
+        servers or Servers(identity.settings.servers),
         identity.ca_bundle_pem,
         key_pem=identity.key_pem,
         cert_pem=identity.cert_pem,
@@ -27,19 +34,23 @@ def client_for(identity: AgentIdentity, timeout: float) -> KmsClient:
     )
 
 
-def connect(args: argparse.Namespace, *, auto_renew: bool = True) -> tuple[AgentIdentity, KmsClient]:
-    """Loads this agent's identity and opens an mTLS client to its server.
+def connect(
+    args: argparse.Namespace, *, auto_renew: bool = True, servers: Servers | None = None
+) -> tuple[AgentIdentity, KmsClient]:
+    """Loads this agent's identity and opens an mTLS client to its servers.
 
     Every command renews first when the certificate is past the renewal
     fraction of its life (2/3 by default), so agents that run only now and
-    then never let it lapse.
+    then never let it lapse. Both clients share one Servers, so an address
+    found unavailable while renewing is not tried first again.
     """
     state = state_dir(args)
     identity = state.load()
+    servers = servers or Servers(identity.settings.servers)
     if auto_renew and renewal_due(identity, args.renew_fraction):
-        with client_for(identity, args.timeout) as client:
+        with client_for(identity, args.timeout, servers) as client:
             identity = renew(state, identity, client)
-    return identity, client_for(identity, args.timeout)
+    return identity, client_for(identity, args.timeout, servers)
 
 
 def iso(ts: int) -> str:

@@ -23,6 +23,7 @@ from agent.client import KmsClient
 from agent.exchange import respond_once
 from agent.keys import KeyFetcher, encode_key
 from agent.renew import renew, renewal_due
+from agent.servers import Servers
 from agent.state import KeyFile, StateDir
 from agent.watch import Watcher
 from kms.errors import DeadlineExceeded, KmsError, Revoked
@@ -61,7 +62,7 @@ class AgentDaemon:
     def _client(self) -> KmsClient:
         identity = self._state.load()  # always the current (possibly renewed) certificate
         client = KmsClient(
-            identity.settings.server,
+            self._servers,
             identity.ca_bundle_pem,
             key_pem=identity.key_pem,
             cert_pem=identity.cert_pem,
@@ -80,6 +81,9 @@ class AgentDaemon:
 
     def run(self) -> int:
         identity = self._state.load()
+        # One failover state for the three jobs: an address one of them found down is
+        # not tried first by the others.
+        self._servers = Servers(identity.settings.servers)
         self._watcher = Watcher(
             self._state,
             identity,
@@ -99,7 +103,8 @@ class AgentDaemon:
         for t in threads:
             t.start()
         logger.info(
-            "agent running", extra={"agent": identity.settings.name, "server": identity.settings.server}
+            "agent running",
+            extra={"agent": identity.settings.name, "servers": ",".join(identity.settings.servers)},
         )
         self._renew_loop()
         self.stop()

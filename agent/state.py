@@ -3,7 +3,7 @@
 agent.key    the RSA private key, PEM PKCS#8, 0600; never leaves the machine
 agent.crt    the agent certificate, PEM
 ca.crt       the CA bundle pinned at enrollment, PEM
-agent.json   name, groups, server addresses, CA fingerprint
+agent.json   name, groups, server and enrollment addresses (lists), CA fingerprint
 watch.json   the last revocation sequence number kms-agent watch processed
 key-files.json  key files fetch-key --out wrote (with their format, and whether they follow the
                 current version); deleted if their version is compromised, refreshed by
@@ -62,12 +62,76 @@ def default_state_dir() -> Path:
 
 @dataclass(frozen=True)
 class AgentSettings:
+    """What agent.json holds.
+
+    Format: name, groups, spiffe_id, ca_fingerprint, and the deployment's
+    addresses as lists -- ``servers`` (mTLS API, in order of preference) and
+    ``enroll_servers``. Agents before failover wrote one ``server`` and one
+    ``enroll_server`` string; those files are still read. A file holding both
+    forms (an old-style ``server`` written over a new file, by hand or by an
+    older tool) means that one address: the old key wins.
+    """
+
     name: str
     groups: list[str]
     spiffe_id: str
-    server: str
-    enroll_server: str
+    servers: tuple[str, ...]
+    enroll_servers: tuple[str, ...]
     ca_fingerprint: str
+
+    @property
+    def server(self) -> str:
+        """The first (preferred) server address."""
+        return self.servers[0]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "groups": list(self.groups),
+            "spiffe_id": self.spiffe_id,
+            "servers": list(self.servers),
+            "enroll_servers": list(self.enroll_servers),
+            "ca_fingerprint": self.ca_fingerprint,
+        }
+
+    @classmethod
+    def from_json(cls, doc: object) -> AgentSettings:
+        """Reads either format. Raises ValueError naming what is missing or malformed."""
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        unknown = set(doc) - {"name", "groups", "spiffe_id", "ca_fingerprint", *_ADDRESS_KEYS}
+        if unknown:
+            raise ValueError(f"unknown key {sorted(unknown)[0]!r}")
+        groups = doc.get("groups")
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise ValueError("groups must be a list of names")
+        return cls(
+            name=_text(doc, "name"),
+            groups=list(groups),
+            spiffe_id=_text(doc, "spiffe_id"),
+            servers=_addresses(doc, "servers", "server"),
+            enroll_servers=_addresses(doc, "enroll_servers", "enroll_server"),
+            ca_fingerprint=_text(doc, "ca_fingerprint"),
+        )
+
+
+_ADDRESS_KEYS = ("servers", "server", "enroll_servers", "enroll_server")
+
+
+def _text(doc: dict[str, object], key: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key} is missing")
+    return value
+
+
+def _addresses(doc: dict[str, object], key: str, old_key: str) -> tuple[str, ...]:
+    if old_key in doc:  # the format before failover: one address
+        return (_text(doc, old_key),)
+    value = doc.get(key)
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) and a for a in value):
+        raise ValueError(f"{key} must be a non-empty list of HOST:PORT")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -109,7 +173,7 @@ class StateDir:
         write_atomic(self.cert, identity.cert_pem, mode=0o644)
         write_atomic(self.ca, identity.ca_bundle_pem, mode=0o644)
         write_atomic(
-            self.settings, (json.dumps(asdict(identity.settings), indent=2) + "\n").encode(), mode=0o644
+            self.settings, (json.dumps(identity.settings.to_json(), indent=2) + "\n").encode(), mode=0o644
         )
 
     def load(self) -> AgentIdentity:
@@ -119,7 +183,7 @@ class StateDir:
                 f"this agent is not enrolled (no {self.settings}): run kms-agent enroll first"
             )
         try:
-            settings = AgentSettings(**json.loads(self.settings.read_text()))
+            settings = AgentSettings.from_json(json.loads(self.settings.read_text()))
             key = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
             cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
             ca = self.ca.read_bytes()
@@ -130,6 +194,16 @@ class StateDir:
         if not isinstance(key, rsa.RSAPrivateKey) or key.public_key() != cert.public_key():
             raise FailedPrecondition(f"{self.key} does not match {self.cert}: enroll again with --force")
         return AgentIdentity(settings, key, cert, ca)
+
+    def load_certificate(self) -> x509.Certificate:
+        """The current certificate alone: cheap enough per event (parsing the RSA key costs ~0.1 s).
+
+        Raises FailedPrecondition when it is unreadable.
+        """
+        try:
+            return x509.load_pem_x509_certificate(self.cert.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise FailedPrecondition(f"{self.cert} is unreadable ({exc}): enroll again with --force") from exc
 
     # --- watch position and key files -------------------------------------------
 

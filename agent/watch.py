@@ -3,7 +3,8 @@
 Per event, in order: delete local key files of a compromised key version,
 run --exec, print the event, then persist its sequence number. The stream is
 reopened with exponential backoff (with jitter) when the server goes away or
-stays silent for longer than three heartbeats; it resumes from the persisted
+stays silent for longer than three heartbeats, on the next of the agent's
+server addresses (rotating through them); it resumes from the persisted
 number, so the server neither skips nor repeats anything.
 """
 
@@ -21,7 +22,8 @@ from types import FrameType
 
 import grpc
 
-from agent.client import KmsClient
+from agent.client import Endpoint, KmsClient
+from agent.servers import Servers
 from agent.state import AgentIdentity, KeyFile, StateDir
 from agent.watchdog import Watchdog
 from kms.errors import REVOKED_MARK, ResourceExhausted, Revoked, Unauthenticated, Unavailable
@@ -94,33 +96,53 @@ class Watcher:
         self.stop()
 
     def _stream_once(self) -> bool:
-        """One stream; returns whether any message arrived (to reset the backoff)."""
-        got_any = False
+        """One stream; returns whether any message arrived (to reset the backoff).
+
+        However the stream ends, the next one goes to the next server address
+        (replicas share one event log, so the persisted sequence number is valid
+        on each); with one address, that is the same one again.
+        """
         with self._connect() as client:
-            call = client.watch(self._state.last_seq())
-            self._call = call
-            watchdog = Watchdog(self._silence, call.cancel)
+            endpoint = client.endpoint(client.servers.current)
             try:
-                for message in call:
-                    watchdog.reset()
-                    got_any = True
-                    which = message.WhichOneof("item")
-                    if which == "event":
-                        self._handle(message.event)
-                    elif which == "resume":
-                        logger.warning("server asked to resume after %d", message.resume.after_seq)
-            except grpc.RpcError as exc:
-                if self._stopping.is_set():
-                    return got_any
-                if exc.code() == grpc.StatusCode.CANCELLED and watchdog.fired:
-                    raise Unavailable("no message or heartbeat from the server in time") from None
-                mapped = client.map_error(exc)
-                if exc.code() == grpc.StatusCode.CANCELLED:
-                    raise Unavailable(mapped.message) from None
-                raise mapped from None
-            finally:
-                watchdog.cancel()
-                self._call = None
+                got_any = self._follow(endpoint)
+            except (Unavailable, ResourceExhausted):
+                self._move_on(client.servers, endpoint.target)
+                raise
+            self._move_on(client.servers, endpoint.target)
+            return got_any
+
+    def _move_on(self, servers: Servers, address: str) -> None:
+        following = servers.move_past(address)
+        if not self._stopping.is_set() and following != address:
+            logger.info("watch stream on %s ended; next: %s", address, following)
+
+    def _follow(self, endpoint: Endpoint) -> bool:
+        got_any = False
+        call = endpoint.watch(self._state.last_seq())
+        self._call = call
+        watchdog = Watchdog(self._silence, call.cancel)
+        try:
+            for message in call:
+                watchdog.reset()
+                got_any = True
+                which = message.WhichOneof("item")
+                if which == "event":
+                    self._handle(message.event)
+                elif which == "resume":
+                    logger.warning("server asked to resume after %d", message.resume.after_seq)
+        except grpc.RpcError as exc:
+            if self._stopping.is_set():
+                return got_any
+            if exc.code() == grpc.StatusCode.CANCELLED and watchdog.fired:
+                raise Unavailable(f"no message or heartbeat from {endpoint.target} in time") from None
+            mapped = endpoint.map_error(exc)
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                raise Unavailable(mapped.message) from None
+            raise mapped from None
+        finally:
+            watchdog.cancel()
+            self._call = None
         return got_any
 
     def _handle(self, event: revocation_pb2.RevocationEvent) -> None:
@@ -149,9 +171,8 @@ class Watcher:
         print(json.dumps(fields, sort_keys=True) if self._json else describe(event), flush=True)
         self._state.save_last_seq(event.seq)
         # The current certificate (renewal may have replaced the one we started with).
-        current = self._state.load()
-        serial = format(current.cert.serial_number, "x")
-        mine = (event.kind == "agent" and event.agent_name == current.settings.name) or (
+        serial = format(self._state.load_certificate().serial_number, "x")
+        mine = (event.kind == "agent" and event.agent_name == self._identity.settings.name) or (
             event.kind == "cert" and event.serial == serial
         )
         if mine:
