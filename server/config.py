@@ -253,9 +253,12 @@ class ServerConfig:
             "enroll_listen": self.enroll_listen,
             "san": list(self.sans),
             "http_listen": join_hostport(self.http_host, self.http_port) if self.http_host else None,
-            "database": redact_url(self.database) if self.database else None,
-            "master_key_file": str(self.master_key_file) if self.master_key_file else None,
         }
+        # Shown only when set: an embedded deployment has neither.
+        if self.database:
+            out["database"] = redact_url(self.database)
+        if self.master_key_file:
+            out["master_key_file"] = str(self.master_key_file)
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("data_dir", "sans", "database", "master_key_file") or f.name.startswith(

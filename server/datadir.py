@@ -10,6 +10,9 @@ Layout (directory 0700)::
     server.key    its private key, sealed under the master key, 0600
     kms.db        the SQLite store (WAL), 0600
     admin.sock    the admin socket, 0600, while the server runs
+
+A replica of a PostgreSQL deployment keeps ca.key and kms.db in the database
+instead, and master.key only if it created the deployment (see deployment.py).
 """
 
 from __future__ import annotations

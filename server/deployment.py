@@ -5,7 +5,8 @@ datadir.py describes.
 
 Shared (PostgreSQL, several replicas): the CA certificate and its key,
 sealed under the master key, live in the database's ``meta`` table, so every
-replica serves the same CA. The master key never enters the database: each
+replica serves the same CA (each replica copies the public certificate to
+ca.crt in its data dir). The master key never enters the database: each
 replica reads it from ``KMS_MASTER_KEY`` (base64), ``--master-key-file``, or
 master.key in its data dir. The first start of a deployment runs under a
 database-wide lock, so replicas starting at the same moment make exactly
@@ -117,6 +118,7 @@ async def _shared(cfg: ServerConfig, datadir: DataDir, store: Store, clock: Cloc
         # Last: a CA certificate in the database means the deployment is complete.
         await store.set_meta("ca_cert", root.cert_pem.decode(), replace=False)
         _created(root)
+        _publish_ca(datadir, root)
         return Deployment(store, sealer, root, trust_domain, True)
     trust_domain = await _trust_domain(cfg, store, where, fresh=False)
     sealer = Sealer(_master_key(cfg, datadir, create=False))
@@ -132,7 +134,14 @@ async def _shared(cfg: ServerConfig, datadir: DataDir, store: Store, clock: Cloc
         + " (every replica of a deployment needs the master key it was initialised with)",
     )
     check_key_type(root, cfg.ca_key_type, where)
+    _publish_ca(datadir, root)
     return Deployment(store, sealer, root, trust_domain, False)
+
+
+def _publish_ca(datadir: DataDir, root: KeyPair) -> None:
+    """A copy of the (public) CA certificate in the replica's data dir, where operators and tools look."""
+    if not datadir.ca_cert.exists() or datadir.ca_cert.read_bytes() != root.cert_pem:
+        write_atomic(datadir.ca_cert, root.cert_pem, mode=0o644)
 
 
 def _master_key_source(cfg: ServerConfig, datadir: DataDir) -> str:
