@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from agent.servers import Servers, Unreachable
-from kms.errors import FailedPrecondition, KmsError, error_for_status
+from kms.errors import STORE_DOWN_MARK, FailedPrecondition, KmsError, Unavailable, error_for_status
 from kms.v1 import (
     enrollment_pb2,
     enrollment_pb2_grpc,
@@ -76,6 +76,9 @@ class Endpoint:
         answer, and final.
         """
         code, details = exc.code(), exc.details() or ""
+        if code == grpc.StatusCode.UNAVAILABLE and STORE_DOWN_MARK in details:
+            # The server answered, but cannot reach its database: another replica may.
+            return Unavailable(f"kms-server at {self.target} says: {details}")
         if code == grpc.StatusCode.UNAVAILABLE:
             return self.unreachable(details.splitlines()[0] if details else "unavailable")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and not self.connected:
