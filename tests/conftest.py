@@ -6,6 +6,7 @@ spread over xdist workers (one group per module and backend, long-running ones f
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -51,6 +52,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.xdist_group(group))
     yield
     items.sort(key=lambda item: item.get_closest_marker("long_running") is None)
+
+
+_BACKEND_IN_ID = re.compile(r"\[(?:.*-)?(" + "|".join(BACKENDS) + r")(?:-.*)?\]$")
+
+
+def _group_of(nodeid: str) -> str:
+    """A test's xdist group: its module, and its backend if it has one (the xdist_group marks' names)."""
+    if "@" in nodeid.rsplit("]", 1)[-1]:  # xdist renamed it after its xdist_group marks
+        return nodeid.rsplit("@", 1)[1]
+    module = nodeid.split("::", 1)[0]
+    match = _BACKEND_IN_ID.search(nodeid)
+    return f"{module}:{match.group(1)}" if match else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """--dist loadgroup by (module, backend), working on pytest 9.
+
+    xdist 3.8 implements loadgroup by appending "@group" to each item's _nodeid,
+    which pytest 9 no longer reads, so every test became its own group (and a
+    module's tests ran on several workers, out of order, each with its own
+    module-scoped server). This scheduler finds the group from the node id itself.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class _ModuleBackendScheduling(LoadGroupScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return _group_of(nodeid)
+
+    return _ModuleBackendScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -138,9 +138,8 @@ def _errors_logged(*servers: ServerProcess) -> str:
     for s in servers:
         out.append(f"--- replica {s.data_dir.name}:")
         for line in s.output().splitlines():
-            if " ERROR " in line or (
-                line and not line[0].isspace() and not line.startswith(("Traceback", "20"))
-            ):
+            skip = ("Traceback", "20", "kms-server ready", "---")
+            if " ERROR " in line or (line and not line[0].isspace() and not line.startswith(skip)):
                 out.append(line)
     return "\n".join(out[:60])
 
