@@ -12,6 +12,7 @@ store wakes the follower again after every reconnect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ __all__ = ["EventFollower"]
 logger = logging.getLogger(__name__)
 
 _PAGE = 500
+POLL_INTERVAL = 5.0
 
 
 class EventFollower:
@@ -43,18 +45,29 @@ class EventFollower:
         self._wake = asyncio.Event()
 
     async def run(self) -> None:
-        """Follows until cancelled."""
-        listener = asyncio.create_task(self._store.follow_events(self._wake.set, self._connected))
+        """Follows until cancelled; nothing else stops it."""
+        listener: asyncio.Task[None] | None = None
         try:
             while True:
-                await self._wake.wait()
+                if listener is None or listener.done():
+                    if listener is not None and not listener.cancelled() and listener.exception():
+                        logger.error("event listener failed: restarting it", exc_info=listener.exception())
+                    listener = asyncio.create_task(self._store.follow_events(self._wake.set, self._connected))
+                # Wake-ups bring events within milliseconds; the poll is the floor
+                # if a wake-up is lost to a listener that died or reconnects.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_INTERVAL):
+                        await self._wake.wait()
                 self._wake.clear()
                 try:
                     await self.catch_up()
-                except KmsError as exc:  # the store is unreachable: its reconnect wakes us again
+                except KmsError as exc:  # the store is unreachable: the next wake-up or poll retries
                     logger.warning("cannot read the event log: will retry", extra={"error": str(exc)})
+                except Exception:  # never let one bad read end the fan-out between replicas
+                    logger.exception("reading the event log failed: will retry")
         finally:
-            listener.cancel()
+            if listener is not None:
+                listener.cancel()
 
     async def catch_up(self) -> int:
         """Applies every event after the last one applied; returns how many were new here."""

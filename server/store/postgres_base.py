@@ -51,6 +51,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.exceptions.TransactionRollbackError,  # serialization failure, deadlock
+    # The client protocol is out of step, e.g. still consuming the error of a
+    # connection the server just closed: this connection is done for.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -113,8 +116,12 @@ class PostgresBase:
                     if audit is not None and result is not None:
                         await self._append_audit(conn, audit(result) if callable(audit) else audit)
                 except BaseException:
-                    with contextlib.suppress(*CONNECTION_ERRORS):
+                    try:
                         await tx.rollback()
+                    except Exception:
+                        # Broken mid-write (or cancelled mid-query): never reuse it. The
+                        # original error is the one the caller needs.
+                        conn.terminate()
                     raise
                 await tx.commit()
                 return result

@@ -269,6 +269,9 @@ class PostgresEvents(PostgresBase):
                         wake()
             except CONNECTION_ERRORS as exc:
                 logger.warning("lost the event listener connection", extra={"error": type(exc).__name__})
+            except Exception:  # anything else: still reconnect, never stop listening
+                logger.exception("event listener failed: reconnecting")
+                await asyncio.sleep(backoff)
             except asyncio.CancelledError:  # the server is stopping: not an outage
                 conn.terminate()
                 raise
