@@ -85,7 +85,9 @@ def _lost_master_key(d: Path) -> None:
 # On PostgreSQL the store and the CA (certificate and sealed key) live in the database,
 # not in the data dir: damaging those files tests nothing there.
 _EMBEDDED_STORE = pytest.mark.sqlite_only("kms.db is the embedded SQLite store; PostgreSQL keeps none")
-_EMBEDDED_CA = pytest.mark.sqlite_only("ca.crt and ca.key are in the database on PostgreSQL, not files")
+_EMBEDDED_CA = pytest.mark.sqlite_only(
+    "on PostgreSQL the CA and its key live in the database (ca.crt in the data dir is a copy it rewrites)"
+)
 
 
 @pytest.mark.parametrize(
