@@ -8,6 +8,7 @@ setting so the operator knows what to fix.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
@@ -44,12 +45,12 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def redact_url(url: str) -> str:
-    """A database URL without its password, for messages and `config show`."""
+    """A database URL without its passwords (user:password@ and ?password=), for messages and `config show`."""
     scheme, sep, rest = url.partition("://")
     creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+    if at and ":" in creds:
+        rest = f"{creds.split(':', 1)[0]}:***@{host}"
+    return scheme + sep + re.sub(r"((?:^|[?&])(?:ssl)?password=)[^&]*", r"\1***", rest)
 
 
 def _fraction(text: str | None) -> float:

@@ -84,6 +84,11 @@ def _created(root: KeyPair) -> None:
 
 async def _embedded(cfg: ServerConfig, datadir: DataDir, store: Store, clock: Clock) -> Deployment:
     where = f"data dir {cfg.data_dir}"
+    if os.environ.get("KMS_MASTER_KEY"):
+        raise DataDirError(
+            "KMS_MASTER_KEY is for replicas of a PostgreSQL deployment (--database); the embedded store "
+            "keeps master.key in its data dir: unset it"
+        )
     fresh = not datadir.initialized
     if fresh and datadir.ca_cert.exists():
         raise DataDirError(f"{where} has a CA but no master.key: restore master.key from a backup")
@@ -112,20 +117,24 @@ async def _shared(cfg: ServerConfig, datadir: DataDir, store: Store, clock: Cloc
         trust_domain = await _trust_domain(cfg, store, where, fresh=True)
         root = create_root(trust_domain, cfg.ca_key_type, cfg.ca_ttl, clock())
         sealer = Sealer(_master_key(cfg, datadir, create=True))
-        await store.set_meta(
-            "ca_key", base64.b64encode(seal_key(root, sealer, _CA_SLOT)).decode(), replace=True
-        )
+        sealed = base64.b64encode(seal_key(root, sealer, _CA_SLOT)).decode()
+        stored_key = await store.set_meta("ca_key", sealed, replace=True)
         # Last: a CA certificate in the database means the deployment is complete.
-        await store.set_meta("ca_cert", root.cert_pem.decode(), replace=False)
+        stored_cert = await store.set_meta("ca_cert", root.cert_pem.decode(), replace=False)
+        if (stored_key, stored_cert) != (sealed, root.cert_pem.decode()):
+            # Another replica got here too (our lock's connection dropped): use nothing of ours.
+            raise DataDirError(
+                "another replica created the deployment's CA at the same moment: start this one again"
+            )
         _created(root)
         _publish_ca(datadir, root)
         return Deployment(store, sealer, root, trust_domain, True)
     trust_domain = await _trust_domain(cfg, store, where, fresh=False)
     sealer = Sealer(_master_key(cfg, datadir, create=False))
-    sealed = await store.get_meta("ca_key")
+    stored = await store.get_meta("ca_key")
     root = open_pair(
         ca_pem.encode(),
-        base64.b64decode(sealed or ""),
+        base64.b64decode(stored or ""),
         sealer,
         slot=_CA_SLOT,
         cert_name="the CA certificate in the database",

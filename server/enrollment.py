@@ -175,6 +175,7 @@ class EnrollmentService:
         await self._store.add_certificate(
             record,
             caller.groups,
+            renewed_from=caller.serial,
             audit=AuditEntry(now, f"agent:{caller.name}/{caller.serial}", "renew", f"serial:{record.serial}"),
         )
         logger.info(

@@ -166,9 +166,14 @@ class Store(Protocol):
         ...
 
     async def add_certificate(
-        self, cert: CertificateRecord, groups: tuple[str, ...], *, audit: Audit = None
+        self, cert: CertificateRecord, groups: tuple[str, ...], *, renewed_from: str, audit: Audit = None
     ) -> None:
-        """Records a renewed certificate of an existing agent."""
+        """Records a renewed certificate of an existing agent.
+
+        Raises Revoked, writing nothing, if the agent or the certificate renewed_from was
+        revoked meanwhile (a revocation that committed after the caller was authenticated,
+        possibly through another replica).
+        """
         ...
 
     async def get_agent_by_serial(self, serial: str) -> AgentRecord | None:

@@ -21,7 +21,13 @@ from server.config import redact_url
 from server.store import rules
 from server.store.base import AgentRecord, Audit, CertificateRecord, JoinTokenRecord, StoreError
 from server.store.migrations import POSTGRES_MIGRATIONS, SCHEMA_VERSION
-from server.store.postgres_base import CONNECTION_ERRORS, MIGRATE_LOCK, Conn
+from server.store.postgres_base import (
+    COMMAND_TIMEOUT,
+    CONNECTION_ERRORS,
+    MIGRATE_LOCK,
+    SESSION_SETTINGS,
+    Conn,
+)
 from server.store.postgres_events import PostgresEvents
 from server.store.postgres_keys import PostgresKeys
 
@@ -89,13 +95,22 @@ class PostgresStore(PostgresKeys, PostgresEvents):
     async def open(cls, url: str) -> PostgresStore:
         """Connects (waiting up to CONNECT_PATIENCE for the database) and migrates. Raises StoreError."""
         if not is_postgres_url(url):
-            raise InvalidArgument(f"--database {url!r} is not a postgresql:// URL")
+            raise InvalidArgument(f"--database {redact_url(url)!r} is not a postgresql:// URL")
         # min_size 0: connections open on demand, so a pool that lost them all
         # (database restart) reconnects on the next call rather than in a
         # background loop of its own.
-        pool = await asyncpg.create_pool(
-            url, min_size=0, max_size=POOL_SIZE, timeout=10, connection_class=_PooledConnection
-        )
+        try:
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=0,
+                max_size=POOL_SIZE,
+                timeout=10,
+                command_timeout=COMMAND_TIMEOUT,
+                server_settings=SESSION_SETTINGS,
+                connection_class=_PooledConnection,
+            )
+        except (ValueError, asyncpg.exceptions.ClientConfigurationError) as exc:
+            raise InvalidArgument(f"--database {redact_url(url)!r} is not a usable URL: {exc}") from None
         store = cls(url, pool)
         try:
             await store._first_connect()
@@ -114,7 +129,12 @@ class PostgresStore(PostgresKeys, PostgresEvents):
                 async with self._pool.acquire(timeout=10) as conn:
                     await conn.fetchval("SELECT 1")
                 return
-            except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError) as exc:
+            except (
+                asyncpg.InvalidAuthorizationSpecificationError,
+                asyncpg.InvalidCatalogNameError,
+                asyncpg.exceptions.ClientConfigurationError,
+                ValueError,
+            ) as exc:
                 raise StoreError(f"cannot use database {redact_url(self._url)}: {exc}") from None
             except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                 if time.monotonic() > deadline:
@@ -278,9 +298,19 @@ class PostgresStore(PostgresKeys, PostgresEvents):
         return await self._write(q, audit)
 
     async def add_certificate(
-        self, cert: CertificateRecord, groups: tuple[str, ...], *, audit: Audit = None
+        self, cert: CertificateRecord, groups: tuple[str, ...], *, renewed_from: str, audit: Audit = None
     ) -> None:
         async def q(conn: Conn) -> bool:
+            # FOR SHARE: a revocation on any replica either committed before (and is
+            # seen here) or waits for this renewal (and then revokes its certificate too).
+            agent = await conn.fetchval(
+                "SELECT revoked_at IS NULL FROM agents WHERE name=$1 FOR SHARE", cert.agent_name
+            )
+            old = await conn.fetchval(
+                "SELECT revoked_at IS NULL FROM certificates WHERE serial=$1 FOR SHARE", renewed_from
+            )
+            if not agent or not old:
+                raise rules.renewal_refused(cert.agent_name, renewed_from)
             await _insert_certificate(conn, cert, None, json.dumps(list(groups)))
             await conn.execute(
                 "UPDATE agents SET updated_at=$1 WHERE name=$2", cert.issued_at, cert.agent_name

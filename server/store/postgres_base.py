@@ -54,7 +54,29 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     # The client protocol is out of step, e.g. still consuming the error of a
     # connection the server just closed: this connection is done for.
     asyncpg.exceptions.InternalClientError,
+    # A standby after a failover, or a revoked login: the operator's to fix, the caller's to retry.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    # Our own timeouts (see SESSION_SETTINGS): another session held a lock too long.
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
 )
+
+# Every pooled and listening session. A replica frozen or cut off mid-transaction
+# holds the event counter or the audit lock, which every other replica waits on:
+# the database ends such a session after idle_in_transaction_session_timeout, a
+# waiter gives up after lock_timeout (the caller is told UNAVAILABLE), and TCP
+# keepalives find a vanished client in about a minute instead of two hours.
+SESSION_SETTINGS = {
+    "idle_in_transaction_session_timeout": "15s",
+    "lock_timeout": "10s",
+    "statement_timeout": "30s",
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+}
+# The client's own bound on one statement (a database that stopped answering).
+COMMAND_TIMEOUT = 30.0
 
 
 def unavailable(exc: BaseException) -> Unavailable:

@@ -24,7 +24,7 @@ import asyncpg
 
 from server.store import rules
 from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
-from server.store.postgres_base import CONNECTION_ERRORS, Conn, PostgresBase
+from server.store.postgres_base import CONNECTION_ERRORS, SESSION_SETTINGS, Conn, PostgresBase
 
 __all__ = ["CHANNEL", "PostgresEvents", "append_event"]
 
@@ -246,8 +246,8 @@ class PostgresEvents(PostgresBase):
         backoff = 0.2
         while True:
             try:
-                conn = await asyncpg.connect(self._url, timeout=10)
-            except CONNECTION_ERRORS as exc:
+                conn = await asyncpg.connect(self._url, timeout=10, server_settings=SESSION_SETTINGS)
+            except Exception as exc:  # any failure to connect is an outage here: keep trying
                 connected(False)
                 logger.warning("cannot listen for events: retrying", extra={"error": type(exc).__name__})
                 await asyncio.sleep(backoff)

@@ -188,8 +188,11 @@ class PostgresKeys(PostgresBase):
             if not granted:
                 raise rules.not_granted(name)
             wanted = version or await conn.fetchval("SELECT current_version FROM keys WHERE name=$1", name)
+            # FOR SHARE: a compromise or destroy committing meanwhile (on any replica)
+            # waits for this release, or this release sees it; never both announced and released.
             row = await conn.fetchrow(
-                f"SELECT {_VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=$1 AND version=$2",  # noqa: S608
+                f"SELECT {_VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=$1 AND version=$2"  # noqa: S608
+                " FOR SHARE",
                 name,
                 wanted,
             )

@@ -5,7 +5,7 @@ The SQL differs per backend; the answers must not, so they live here once.
 
 from __future__ import annotations
 
-from kms.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
+from kms.errors import REVOKED_MARK, AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Revoked
 from server.store.base import Grant, KeyVersionRecord
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "no_version",
     "not_granted",
     "reenroll_refused",
+    "renewal_refused",
     "still_current",
 ]
 
@@ -65,6 +66,10 @@ def reenroll_refused(name: str) -> PermissionDenied:
     return PermissionDenied(
         f"agent {name!r} was revoked: it may enroll again only with a token created with --allow-reenroll"
     )
+
+
+def renewal_refused(name: str, serial: str) -> Revoked:
+    return Revoked(f"this agent's certificate {serial} {REVOKED_MARK} (agent {name!r}): renewal refused")
 
 
 def destroyed_state(state: str) -> str | None:

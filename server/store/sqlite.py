@@ -234,9 +234,13 @@ class SqliteStore(SqliteKeys, SqliteEvents):
         return await self._write(q, audit)
 
     async def add_certificate(
-        self, cert: CertificateRecord, groups: tuple[str, ...], *, audit: Audit = None
+        self, cert: CertificateRecord, groups: tuple[str, ...], *, renewed_from: str, audit: Audit = None
     ) -> None:
         def q(db: sqlite3.Connection) -> bool:
+            agent = db.execute("SELECT revoked_at FROM agents WHERE name=?", (cert.agent_name,)).fetchone()
+            old = db.execute("SELECT revoked_at FROM certificates WHERE serial=?", (renewed_from,)).fetchone()
+            if agent is None or agent[0] is not None or old is None or old[0] is not None:
+                raise rules.renewal_refused(cert.agent_name, renewed_from)
             _insert_certificate(db, cert, None, json.dumps(list(groups)))
             db.execute("UPDATE agents SET updated_at=? WHERE name=?", (cert.issued_at, cert.agent_name))
             return True

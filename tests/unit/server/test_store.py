@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kms.errors import Revoked
 from server.store import CertificateRecord, JoinTokenRecord, SqliteStore, StoreError
 from server.store.migrations import SQLITE_MIGRATIONS
 
@@ -264,3 +265,23 @@ def test_a_batch_that_sqlite_rolled_back_fails_whole_and_leaves_nothing(tmp_path
     assert all(isinstance(r, StoreError) for r in results), results
     assert results[0] is not results[1]
     assert (meta_value, audit_rows) == (None, 0)
+
+
+def test_a_renewal_after_a_revocation_is_refused(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            await store.add_join_token(_token())
+            assert await store.enroll("00" * 8, b"h" * 32, NOW + 1, _cert("c1"))
+            await store.add_certificate(_cert("c2"), ("a",), renewed_from="c1")  # fine while unrevoked
+            await store.revoke_certificate("c2", "keyCompromise", NOW)
+            with pytest.raises(Revoked, match="renewal refused"):
+                await store.add_certificate(_cert("c3"), ("a",), renewed_from="c2")
+            await store.revoke_agent("web-1", "keyCompromise", NOW)
+            with pytest.raises(Revoked, match="renewal refused"):
+                await store.add_certificate(_cert("c4"), ("a",), renewed_from="c1")
+            assert await store.get_certificate("c3") is None and await store.get_certificate("c4") is None
+        finally:
+            await store.close()
+
+    asyncio.run(body())

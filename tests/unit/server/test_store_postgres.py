@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from kms.audit import first_break
+from kms.errors import Revoked
 from server.store import AuditEntry, CertificateRecord, Grant, JoinTokenRecord, PostgresStore, StoreError
 from server.store.migrations import SCHEMA_VERSION
 
@@ -182,3 +183,19 @@ def test_counters_never_repeat_across_replicas(pg_database: str) -> None:
         )
 
     assert sorted(_run(pg_database, body)) == list(range(1, 21))
+
+
+def test_a_renewal_racing_a_revocation_on_another_replica_is_refused(pg_database: str) -> None:
+    """Renew authenticated on A; the agent is revoked through B before A writes: no fresh certificate."""
+
+    async def body(a: PostgresStore, b: PostgresStore) -> None:
+        await a.add_join_token(JoinTokenRecord("22" * 8, b"h" * 32, "web-3", (), NOW, NOW + 900))
+        first = CertificateRecord("c1", "web-3", NOW, NOW + 9, b"d", NOW, None)
+        assert await a.enroll("22" * 8, b"h" * 32, NOW + 1, first)
+        await b.revoke_agent("web-3", "keyCompromise", NOW)
+        renewed = CertificateRecord("c2", "web-3", NOW, NOW + 9, b"d", NOW, None)
+        with pytest.raises(Revoked, match="renewal refused"):
+            await a.add_certificate(renewed, (), renewed_from="c1")
+        assert await a.get_certificate("c2") is None
+
+    _run(pg_database, body)
