@@ -21,7 +21,7 @@ from agent.servers import Servers
 from agent.state import AgentIdentity, AgentSettings
 from kms.addresses import parse_hostport
 from kms.csr import ALLOWED_RSA_BITS
-from kms.errors import InvalidArgument, Unauthenticated
+from kms.errors import FailedPrecondition, InvalidArgument, Unauthenticated, Unavailable
 from kms.identity import fingerprint, fingerprint_matches, parse_fingerprint
 from kms.v1 import enrollment_pb2
 
@@ -47,7 +47,16 @@ def _enroll_at(
         bundle = _pem_bundle(client.get_ca_bundle())
         if not any(fingerprint_matches(c.public_bytes(serialization.Encoding.DER), pinned) for c in bundle):
             raise Unauthenticated("the server's CA bundle does not contain the pinned CA")
-        return ca, client.enroll(token, csr_der)
+        try:
+            return ca, client.enroll(token, csr_der)
+        except Unavailable as exc:
+            # The token may have reached the server and been spent: another address
+            # would only refuse it, and hide what happened. Final, not failed over.
+            raise FailedPrecondition(
+                f"enrollment at {address} was cut off after the token was sent ({exc.message}): it may have "
+                "completed. If `kms-server agents list` does not show this agent, enroll again with the same "
+                "token; if it does, ask for a new token"
+            ) from None
 
 
 def enroll(

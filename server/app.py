@@ -242,7 +242,9 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         authenticator = PeerAuthenticator(
             ca.certificate, trust_domain, store, clock, revocations.revocation_reason
         )
-        watch = WatchService(store, feed, cfg.heartbeat.total_seconds(), cfg.watch_buffer)
+        watch = WatchService(
+            store, feed, cfg.heartbeat.total_seconds(), cfg.watch_buffer, follower.cut_off_for
+        )
         exchanges = ExchangeService(
             lambda: tls.handshake_identity,
             ca.certificate,

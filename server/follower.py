@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from kms.errors import KmsError
@@ -40,6 +41,7 @@ class EventFollower:
         self._feed = feed
         self._apply = apply
         self._connected = connected
+        self._down_since: float | None = None
         # Every event up to here was applied (or published by this replica).
         self._applied = feed.last_seq
         self._wake = asyncio.Event()
@@ -52,7 +54,9 @@ class EventFollower:
                 if listener is None or listener.done():
                     if listener is not None and not listener.cancelled() and listener.exception():
                         logger.error("event listener failed: restarting it", exc_info=listener.exception())
-                    listener = asyncio.create_task(self._store.follow_events(self._wake.set, self._connected))
+                    listener = asyncio.create_task(
+                        self._store.follow_events(self._wake.set, self._on_connected)
+                    )
                 # Wake-ups bring events within milliseconds; the poll is the floor
                 # if a wake-up is lost to a listener that died or reconnects.
                 with contextlib.suppress(TimeoutError):
@@ -61,6 +65,7 @@ class EventFollower:
                 self._wake.clear()
                 try:
                     await self.catch_up()
+                    await self._check_not_behind()
                 except KmsError as exc:  # the store is unreachable: the next wake-up or poll retries
                     logger.warning("cannot read the event log: will retry", extra={"error": str(exc)})
                 except Exception:  # never let one bad read end the fan-out between replicas
@@ -68,6 +73,31 @@ class EventFollower:
         finally:
             if listener is not None:
                 listener.cancel()
+
+    def _on_connected(self, up: bool) -> None:
+        if up:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = time.monotonic()
+        self._connected(up)
+
+    def cut_off_for(self) -> float:
+        """Seconds since this replica lost its store (0 while it has it): it hears no other replica meanwhile."""
+        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
+
+    async def _check_not_behind(self) -> None:
+        """A log that ends before what was applied was restored or failed over with a loss."""
+        last = await self._store.last_seq()
+        if last < self._applied:
+            logger.error(
+                "the event log ends at %d but this server applied up to %d: the database was restored or "
+                "failed over and lost events; revocations after %d must be repeated. Following from %d",
+                last,
+                self._applied,
+                last,
+                last,
+            )
+            self._applied = last
 
     async def catch_up(self) -> int:
         """Applies every event after the last one applied; returns how many were new here."""

@@ -20,10 +20,17 @@ Ordering rules, in one place:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from kms.errors import REVOKED_MARK, InvalidArgument, ResourceExhausted, Revoked
+from kms.errors import (
+    REVOKED_MARK,
+    STORE_DOWN_MARK,
+    InvalidArgument,
+    ResourceExhausted,
+    Revoked,
+    Unavailable,
+)
 from server.authn import Caller
 from server.feed import RevocationFeed
 from server.store import RevocationEvent, Store
@@ -31,6 +38,8 @@ from server.store import RevocationEvent, Store
 __all__ = ["Heartbeat", "Resume", "WatchItem", "WatchService", "revokes"]
 
 _PAGE = 500
+# Cut off from the shared store for longer than this, a Watch stream ends.
+CUT_OFF_LIMIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -52,11 +61,21 @@ def revokes(event: RevocationEvent, caller: Caller) -> bool:
 
 
 class WatchService:
-    def __init__(self, store: Store, feed: RevocationFeed, heartbeat: float, buffer: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        feed: RevocationFeed,
+        heartbeat: float,
+        buffer: int,
+        cut_off_for: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self._store = store
         self._feed = feed
         self._heartbeat = heartbeat
         self._buffer = buffer
+        # How long this server has not heard the shared store (replicas): its
+        # heartbeats would then claim a currency it no longer has.
+        self._cut_off_for = cut_off_for
 
     async def stream(self, caller: Caller, after_seq: int) -> AsyncIterator[WatchItem]:
         if after_seq < 0:
@@ -84,6 +103,13 @@ class WatchService:
                     async with asyncio.timeout(self._heartbeat):
                         live = await sub.queue.get()
                 except TimeoutError:
+                    if self._cut_off_for() > CUT_OFF_LIMIT:
+                        # Revocations made through other replicas cannot reach us: send the
+                        # agent elsewhere rather than reassure it with heartbeats.
+                        raise Unavailable(
+                            f"{STORE_DOWN_MARK}, so this replica hears no revocations: "
+                            f"resume after sequence {sent} on another one"
+                        ) from None
                     yield Heartbeat(self._feed.last_seq)
                     continue
                 if live.seq <= sent:

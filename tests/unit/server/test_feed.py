@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kms.errors import InvalidArgument, ResourceExhausted, Revoked
+from kms.errors import STORE_DOWN_MARK, InvalidArgument, ResourceExhausted, Revoked, Unavailable
 from server.authn import Caller
 from server.feed import RevocationFeed, StreamGuard
 from server.store import RevocationEvent, SqliteStore
@@ -217,3 +217,30 @@ def test_a_revoke_whose_caller_is_cancelled_still_takes_effect(tmp_path: Path) -
             await store.close()
 
     asyncio.run(body())
+
+
+def test_a_replica_cut_off_from_its_store_ends_watch_streams_instead_of_heartbeating(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    async def body() -> tuple[list[object], str]:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        cut_off = [0.0]
+        try:
+            watch = WatchService(
+                store, RevocationFeed(0), heartbeat=0.05, buffer=16, cut_off_for=lambda: cut_off[0]
+            )
+            items: list[object] = []
+            try:
+                async for item in watch.stream(_caller(rsa_key), 0):
+                    items.append(item)
+                    if len(items) == 2:  # heartbeats while the store is there
+                        cut_off[0] = 11.0
+            except Unavailable as exc:
+                return items, exc.message
+            return items, "ended"
+        finally:
+            await store.close()
+
+    items, message = asyncio.run(body())
+    assert len(items) == 2 and all(isinstance(i, Heartbeat) for i in items)
+    assert STORE_DOWN_MARK in message and "resume after sequence 0" in message
