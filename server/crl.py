@@ -48,16 +48,17 @@ class CrlPublisher:
             return self._der
 
     async def _build(self, now: datetime) -> bytes:
+        # Number and contents in one transaction: replicas sharing a store never issue
+        # the same number twice, and a higher number never lists less.
+        number, records = await self._store.next_crl()
         revoked = [
             (
                 int(r.serial, 16),
                 datetime.fromtimestamp(r.revoked_at or 0, UTC),
                 REASONS[r.revocation_reason or "unspecified"],
             )
-            for r in await self._store.revoked_certificates()
+            for r in records
         ]
-        # One atomic increment: replicas sharing a store never issue the same number twice.
-        number = await self._store.increment_meta("crl_number")
         self._next_update = min(now + self._validity, self._ca.certificate.not_valid_after_utc)
         crl = self._ca.sign_crl(revoked, number, now, self._next_update)
         logger.info("CRL issued", extra={"crl_number": number, "entries": len(revoked)})

@@ -140,8 +140,8 @@ class Store(Protocol):
         """Sets key (if unset, unless replace); returns the value now stored."""
         ...
 
-    async def increment_meta(self, key: str) -> int:
-        """Adds one to the counter stored at key (0 when unset) and returns the new value, atomically."""
+    async def next_crl(self) -> tuple[int, list[CertificateRecord]]:
+        """The next CRL number and every revoked certificate as of it, in one transaction."""
         ...
 
     async def is_empty(self) -> bool:

@@ -28,7 +28,7 @@ from server.store.postgres_base import (
     SESSION_SETTINGS,
     Conn,
 )
-from server.store.postgres_events import PostgresEvents
+from server.store.postgres_events import PostgresEvents, revoked_certificates
 from server.store.postgres_keys import PostgresKeys
 
 __all__ = ["PostgresStore", "is_postgres_url"]
@@ -202,15 +202,15 @@ class PostgresStore(PostgresKeys, PostgresEvents):
 
         return await self._write(q)
 
-    async def increment_meta(self, key: str) -> int:
-        async def q(conn: Conn) -> int:
-            return int(
-                await conn.fetchval(
-                    "INSERT INTO meta(key, value) VALUES ($1, '1')"
-                    " ON CONFLICT (key) DO UPDATE SET value = (meta.value::bigint + 1)::text RETURNING value",
-                    key,
-                )
+    async def next_crl(self) -> tuple[int, list[CertificateRecord]]:
+        async def q(conn: Conn) -> tuple[int, list[CertificateRecord]]:
+            # The number's row stays locked until COMMIT, and the list is read after
+            # it: the holder of the next number reads a list at least as new.
+            number = await conn.fetchval(
+                "INSERT INTO meta(key, value) VALUES ('crl_number', '1')"
+                " ON CONFLICT (key) DO UPDATE SET value = (meta.value::bigint + 1)::text RETURNING value"
             )
+            return int(number), await revoked_certificates(conn)
 
         return await self._write(q)
 

@@ -26,7 +26,7 @@ from server.store import rules
 from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
 from server.store.postgres_base import CONNECTION_ERRORS, SESSION_SETTINGS, Conn, PostgresBase
 
-__all__ = ["CHANNEL", "PostgresEvents", "append_event"]
+__all__ = ["CHANNEL", "PostgresEvents", "append_event", "revoked_certificates"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,13 @@ def _cert(row: Any) -> CertificateRecord:
 
 def _event(row: Any) -> RevocationEvent:
     return RevocationEvent(*row)
+
+
+async def revoked_certificates(conn: Conn) -> list[CertificateRecord]:
+    rows = await conn.fetch(
+        f"SELECT {_CERT_COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial"  # noqa: S608
+    )
+    return [_cert(r) for r in rows]
 
 
 class PostgresEvents(PostgresBase):
@@ -224,13 +231,7 @@ class PostgresEvents(PostgresBase):
         return await self._read(q)
 
     async def revoked_certificates(self) -> list[CertificateRecord]:
-        async def q(conn: Conn) -> list[CertificateRecord]:
-            rows = await conn.fetch(
-                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial"  # noqa: S608
-            )
-            return [_cert(r) for r in rows]
-
-        return await self._read(q)
+        return await self._read(revoked_certificates)
 
     # --- wake-ups from other replicas ---------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from server.store import rules
 from server.store.base import AgentRecord, Audit, CertificateRecord, JoinTokenRecord, StoreError
 from server.store.migrations import SQLITE_MIGRATIONS
-from server.store.sqlite_events import SqliteEvents
+from server.store.sqlite_events import SqliteEvents, revoked_certificates
 from server.store.sqlite_keys import SqliteKeys
 
 __all__ = ["SqliteStore"]
@@ -142,14 +142,13 @@ class SqliteStore(SqliteKeys, SqliteEvents):
 
         return await self._run(q)
 
-    async def increment_meta(self, key: str) -> int:
-        def q(db: sqlite3.Connection) -> int:
+    async def next_crl(self) -> tuple[int, list[CertificateRecord]]:
+        def q(db: sqlite3.Connection) -> tuple[int, list[CertificateRecord]]:
             row = db.execute(
-                "INSERT INTO meta(key, value) VALUES (?, '1')"
-                " ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value",
-                (key,),
+                "INSERT INTO meta(key, value) VALUES ('crl_number', '1')"
+                " ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value"
             ).fetchone()
-            return int(row[0])
+            return int(row[0]), revoked_certificates(db)
 
         return await self._write(q)
 

@@ -9,7 +9,7 @@ from server.store import rules
 from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
 from server.store.sqlite_base import SqliteBase
 
-__all__ = ["SqliteEvents", "append_event"]
+__all__ = ["SqliteEvents", "append_event", "revoked_certificates"]
 
 _EVENT_COLUMNS = "seq, kind, serial, agent_name, key_name, key_version, reason, at"
 _CERT_COLUMNS = (
@@ -39,6 +39,13 @@ def append_event(
 
 def _cert(row: tuple[Any, ...]) -> CertificateRecord:
     return CertificateRecord(row[0], row[1], row[2], row[3], bytes(row[4]), row[5], row[6], row[7], row[8])
+
+
+def revoked_certificates(db: sqlite3.Connection) -> list[CertificateRecord]:
+    rows = db.execute(
+        f"SELECT {_CERT_COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial"  # noqa: S608
+    )
+    return [_cert(r) for r in rows]
 
 
 class SqliteEvents(SqliteBase):
@@ -182,10 +189,4 @@ class SqliteEvents(SqliteBase):
         return await self._run(q)
 
     async def revoked_certificates(self) -> list[CertificateRecord]:
-        def q() -> list[CertificateRecord]:
-            rows = self._db.execute(
-                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial"  # noqa: S608
-            )
-            return [_cert(r) for r in rows]
-
-        return await self._run(q)
+        return await self._run(lambda: revoked_certificates(self._db))

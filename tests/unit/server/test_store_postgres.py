@@ -174,15 +174,34 @@ def test_first_start_lock_is_held_by_one_replica_at_a_time(pg_database: str) -> 
     _run(pg_database, body)
 
 
-def test_counters_never_repeat_across_replicas(pg_database: str) -> None:
-    """The CRL number: two replicas reissuing at once still issue distinct, increasing numbers."""
+def test_crl_numbers_never_repeat_and_never_list_less_across_replicas(pg_database: str) -> None:
+    """Two replicas reissuing CRLs while certificates are revoked: distinct numbers, contents only grow."""
 
-    async def body(a: PostgresStore, b: PostgresStore) -> list[int]:
-        return list(
-            await asyncio.gather(*((a if i % 2 else b).increment_meta("crl_number") for i in range(20)))
+    async def body(a: PostgresStore, b: PostgresStore) -> list[tuple[int, int]]:
+        await a.add_join_token(JoinTokenRecord("33" * 8, b"h" * 32, "web-4", (), NOW, NOW + 900))
+        await a.enroll(
+            "33" * 8, b"h" * 32, NOW + 1, CertificateRecord("d0", "web-4", NOW, NOW + 9, b"d", NOW, None)
         )
+        for i in range(1, 11):
+            await a.add_certificate(
+                CertificateRecord(f"d{i}", "web-4", NOW, NOW + 9, b"d", NOW, None), (), renewed_from="d0"
+            )
 
-    assert sorted(_run(pg_database, body)) == list(range(1, 21))
+        async def crl(store: PostgresStore) -> tuple[int, int]:
+            number, revoked = await store.next_crl()
+            return number, len(revoked)
+
+        revokes = [
+            (a if i % 2 else b).revoke_certificate(f"d{i}", "keyCompromise", NOW) for i in range(1, 11)
+        ]
+        crls = [crl(a if i % 2 else b) for i in range(20)]
+        done = await asyncio.gather(*crls, *revokes)
+        return sorted(d for d in done[:20] if isinstance(d, tuple))
+
+    issued = _run(pg_database, body)
+    assert [n for n, _ in issued] == list(range(1, 21))
+    sizes = [size for _, size in issued]
+    assert sizes == sorted(sizes)
 
 
 def test_a_renewal_racing_a_revocation_on_another_replica_is_refused(pg_database: str) -> None:
