@@ -77,6 +77,8 @@ SESSION_SETTINGS = {
 }
 # The client's own bound on one statement (a database that stopped answering).
 COMMAND_TIMEOUT = 30.0
+# How long a starting replica waits for another one to finish creating the deployment.
+INIT_PATIENCE = 120.0
 
 
 def unavailable(exc: BaseException) -> Unavailable:
@@ -196,7 +198,16 @@ class PostgresBase:
     async def exclusive(self) -> AsyncIterator[None]:
         """Held by one replica at a time across the deployment (first start: exactly one CA)."""
         async with self._conn() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", INIT_LOCK)
+            # Polled, not waited on: the holder may be making an RSA-4096 CA, which can
+            # outlast lock_timeout; a starting replica should wait that out, not fail.
+            deadline = asyncio.get_running_loop().time() + INIT_PATIENCE
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", INIT_LOCK):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise Unavailable(
+                        f"another kms-server has held the first-start lock for over {INIT_PATIENCE:.0f} s: "
+                        "retry, or look for a stuck replica"
+                    )
+                await asyncio.sleep(0.2)
             try:
                 yield
             finally:
