@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
 
 import asyncpg
 
@@ -30,6 +29,7 @@ from server.store.postgres_base import (
 )
 from server.store.postgres_events import PostgresEvents, revoked_certificates
 from server.store.postgres_keys import PostgresKeys
+from server.store.rows import AGENT_COLUMNS, TOKEN_COLUMNS, agent_record, token_record
 
 __all__ = ["PostgresStore", "is_postgres_url"]
 
@@ -39,13 +39,9 @@ POOL_SIZE = 10
 # How long a starting server waits for its database before giving up.
 CONNECT_PATIENCE = 30.0
 
-_CERT_COLUMNS = (
-    "c.serial, c.agent_name, c.not_before, c.not_after, c.der, c.issued_at, c.token_id,"
-    " c.revoked_at, c.revocation_reason, c.groups_json"
-)
 # Each agent with its newest certificate.
 _AGENTS_WITH_LATEST = (
-    f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM agents a JOIN certificates c"  # noqa: S608 - constant columns
+    f"SELECT {AGENT_COLUMNS} FROM agents a JOIN certificates c"  # noqa: S608 - constant columns
     " ON c.serial = (SELECT serial FROM certificates WHERE agent_name = a.name"
     " ORDER BY issued_at DESC, inserted DESC LIMIT 1)"
 )
@@ -83,11 +79,6 @@ async def _insert_certificate(
         token_id,
         groups_json,
     )
-
-
-def _agent(row: Any) -> AgentRecord:
-    cert = CertificateRecord(row[2], row[3], row[4], row[5], bytes(row[6]), row[7], row[8], row[9], row[10])
-    return AgentRecord(row[0], tuple(json.loads(row[11])), row[1], cert)
 
 
 class PostgresStore(PostgresKeys, PostgresEvents):
@@ -247,15 +238,10 @@ class PostgresStore(PostgresKeys, PostgresEvents):
     async def get_join_token(self, token_id: str) -> JoinTokenRecord | None:
         async def q(conn: Conn) -> JoinTokenRecord | None:
             row = await conn.fetchrow(
-                "SELECT token_id, secret_hash, name, groups_json, created_at, expires_at, used_at"
-                " FROM join_tokens WHERE token_id=$1",
+                f"SELECT {TOKEN_COLUMNS} FROM join_tokens WHERE token_id=$1",  # noqa: S608 - constant columns
                 token_id,
             )
-            if row is None:
-                return None
-            return JoinTokenRecord(
-                row[0], bytes(row[1]), row[2], tuple(json.loads(row[3])), row[4], row[5], row[6]
-            )
+            return None if row is None else token_record(row)
 
         return await self._read(q)
 
@@ -324,23 +310,23 @@ class PostgresStore(PostgresKeys, PostgresEvents):
     async def get_agent_by_serial(self, serial: str) -> AgentRecord | None:
         async def q(conn: Conn) -> AgentRecord | None:
             row = await conn.fetchrow(
-                f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM certificates c"  # noqa: S608 - constant columns
+                f"SELECT {AGENT_COLUMNS} FROM certificates c"  # noqa: S608 - constant columns
                 " JOIN agents a ON a.name = c.agent_name WHERE c.serial=$1",
                 serial,
             )
-            return None if row is None else _agent(row)
+            return None if row is None else agent_record(row)
 
         return await self._read(q)
 
     async def get_agent(self, name: str) -> AgentRecord | None:
         async def q(conn: Conn) -> AgentRecord | None:
             row = await conn.fetchrow(f"{_AGENTS_WITH_LATEST} WHERE a.name=$1", name)
-            return None if row is None else _agent(row)
+            return None if row is None else agent_record(row)
 
         return await self._read(q)
 
     async def list_agents(self) -> list[AgentRecord]:
         async def q(conn: Conn) -> list[AgentRecord]:
-            return [_agent(r) for r in await conn.fetch(f"{_AGENTS_WITH_LATEST} ORDER BY a.name")]
+            return [agent_record(r) for r in await conn.fetch(f"{_AGENTS_WITH_LATEST} ORDER BY a.name")]
 
         return await self._read(q)

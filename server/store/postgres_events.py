@@ -18,23 +18,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import asyncpg
 
 from server.store import rules
 from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
 from server.store.postgres_base import CONNECTION_ERRORS, SESSION_SETTINGS, Conn, PostgresBase
+from server.store.rows import CERT_COLUMNS, EVENT_COLUMNS, cert_record, event_record
 
 __all__ = ["CHANNEL", "PostgresEvents", "append_event", "revoked_certificates"]
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "kms_events"
-_EVENT_COLUMNS = "seq, kind, serial, agent_name, key_name, key_version, reason, at"
-_CERT_COLUMNS = (
-    "serial, agent_name, not_before, not_after, der, issued_at, token_id, revoked_at, revocation_reason"
-)
 # How often a listener checks its connection (and the log, in case).
 PROBE_INTERVAL = 5.0
 BACKOFF_MAX = 5.0
@@ -69,19 +65,11 @@ async def append_event(
     return RevocationEvent(seq, kind, serial, agent, key_name, key_version, reason, now)
 
 
-def _cert(row: Any) -> CertificateRecord:
-    return CertificateRecord(row[0], row[1], row[2], row[3], bytes(row[4]), row[5], row[6], row[7], row[8])
-
-
-def _event(row: Any) -> RevocationEvent:
-    return RevocationEvent(*row)
-
-
 async def revoked_certificates(conn: Conn) -> list[CertificateRecord]:
     rows = await conn.fetch(
-        f"SELECT {_CERT_COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial"  # noqa: S608
+        f"SELECT {CERT_COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial"  # noqa: S608
     )
-    return [_cert(r) for r in rows]
+    return [cert_record(r) for r in rows]
 
 
 class PostgresEvents(PostgresBase):
@@ -192,28 +180,28 @@ class PostgresEvents(PostgresBase):
                 assert key is not None
                 where, args = "kind=$1 AND key_name=$2 AND key_version=$3", [kind, key[0], key[1]]
             row = await conn.fetchrow(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT 1",  # noqa: S608
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT 1",  # noqa: S608
                 *args,
             )
             if row is None and kind == "cert":
                 # Revoked together with its agent: that event covers it.
                 row = await conn.fetchrow(
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE kind='agent' AND ','||serial||',' LIKE $1"  # noqa: S608
+                    f"SELECT {EVENT_COLUMNS} FROM events WHERE kind='agent' AND ','||serial||',' LIKE $1"  # noqa: S608
                     " ORDER BY seq DESC LIMIT 1",
                     f"%,{serial},%",
                 )
-            return None if row is None else _event(row)
+            return None if row is None else event_record(row)
 
         return await self._read(q)
 
     async def events_after(self, seq: int, limit: int) -> list[RevocationEvent]:
         async def q(conn: Conn) -> list[RevocationEvent]:
             rows = await conn.fetch(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq>$1 ORDER BY seq LIMIT $2",  # noqa: S608
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE seq>$1 ORDER BY seq LIMIT $2",  # noqa: S608
                 seq,
                 limit,
             )
-            return [_event(r) for r in rows]
+            return [event_record(r) for r in rows]
 
         return await self._read(q)
 
@@ -225,8 +213,8 @@ class PostgresEvents(PostgresBase):
 
     async def get_certificate(self, serial: str) -> CertificateRecord | None:
         async def q(conn: Conn) -> CertificateRecord | None:
-            row = await conn.fetchrow(f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial=$1", serial)  # noqa: S608
-            return None if row is None else _cert(row)
+            row = await conn.fetchrow(f"SELECT {CERT_COLUMNS} FROM certificates WHERE serial=$1", serial)  # noqa: S608
+            return None if row is None else cert_record(row)
 
         return await self._read(q)
 

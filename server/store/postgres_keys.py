@@ -15,10 +15,9 @@ from server.store import rules
 from server.store.base import Audit, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, SealFn
 from server.store.postgres_base import CONNECTION_ERRORS, Conn, PostgresBase
 from server.store.postgres_events import append_event
+from server.store.rows import VERSION_COLUMNS
 
 __all__ = ["PostgresKeys"]
-
-_VERSION_COLUMNS = "key_name, version, state, created_at, state_changed_at"
 
 
 class PostgresKeys(PostgresBase):
@@ -38,7 +37,7 @@ class PostgresKeys(PostgresBase):
         versions = tuple(
             KeyVersionRecord(*r)
             for r in await conn.fetch(
-                f"SELECT {_VERSION_COLUMNS} FROM key_versions WHERE key_name=$1 ORDER BY version",  # noqa: S608
+                f"SELECT {VERSION_COLUMNS} FROM key_versions WHERE key_name=$1 ORDER BY version",  # noqa: S608
                 name,
             )
         )
@@ -191,7 +190,7 @@ class PostgresKeys(PostgresBase):
             # FOR SHARE: a compromise or destroy committing meanwhile (on any replica)
             # waits for this release, or this release sees it; never both announced and released.
             row = await conn.fetchrow(
-                f"SELECT {_VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=$1 AND version=$2"  # noqa: S608
+                f"SELECT {VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=$1 AND version=$2"  # noqa: S608
                 " FOR SHARE",
                 name,
                 wanted,

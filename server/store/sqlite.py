@@ -11,11 +11,12 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from server.store import rules
 from server.store.base import AgentRecord, Audit, CertificateRecord, JoinTokenRecord, StoreError
 from server.store.migrations import SQLITE_MIGRATIONS
+from server.store.rows import AGENT_COLUMNS, TOKEN_COLUMNS, agent_record, token_record
 from server.store.sqlite_events import SqliteEvents, revoked_certificates
 from server.store.sqlite_keys import SqliteKeys
 
@@ -23,15 +24,10 @@ __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
-_CERT_COLUMNS = (
-    "c.serial, c.agent_name, c.not_before, c.not_after, c.der, c.issued_at, c.token_id,"
-    " c.revoked_at, c.revocation_reason, c.groups_json"
-)
-
 
 # Each agent with its newest certificate.
 _AGENTS_WITH_LATEST = (
-    f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM agents a JOIN certificates c"  # noqa: S608 - constant columns
+    f"SELECT {AGENT_COLUMNS} FROM agents a JOIN certificates c"  # noqa: S608 - constant columns
     " ON c.serial = (SELECT serial FROM certificates WHERE agent_name = a.name"
     " ORDER BY issued_at DESC, rowid DESC LIMIT 1)"
 )
@@ -185,15 +181,10 @@ class SqliteStore(SqliteKeys, SqliteEvents):
     async def get_join_token(self, token_id: str) -> JoinTokenRecord | None:
         def q() -> JoinTokenRecord | None:
             row = self._db.execute(
-                "SELECT token_id, secret_hash, name, groups_json, created_at, expires_at, used_at"
-                " FROM join_tokens WHERE token_id=?",
+                f"SELECT {TOKEN_COLUMNS} FROM join_tokens WHERE token_id=?",  # noqa: S608 - constant columns
                 (token_id,),
             ).fetchone()
-            if row is None:
-                return None
-            return JoinTokenRecord(
-                row[0], bytes(row[1]), row[2], tuple(json.loads(row[3])), row[4], row[5], row[6]
-            )
+            return None if row is None else token_record(row)
 
         return await self._run(q)
 
@@ -248,21 +239,14 @@ class SqliteStore(SqliteKeys, SqliteEvents):
 
     # --- agents ------------------------------------------------------------------
 
-    @staticmethod
-    def _agent_row(row: tuple[Any, ...]) -> AgentRecord:
-        cert = CertificateRecord(
-            row[2], row[3], row[4], row[5], bytes(row[6]), row[7], row[8], row[9], row[10]
-        )
-        return AgentRecord(row[0], tuple(json.loads(row[11])), row[1], cert)
-
     async def get_agent_by_serial(self, serial: str) -> AgentRecord | None:
         def q() -> AgentRecord | None:
             row = self._db.execute(
-                f"SELECT a.name, a.created_at, {_CERT_COLUMNS} FROM certificates c"  # noqa: S608 - constant columns
+                f"SELECT {AGENT_COLUMNS} FROM certificates c"  # noqa: S608 - constant columns
                 " JOIN agents a ON a.name = c.agent_name WHERE c.serial=?",
                 (serial,),
             ).fetchone()
-            return None if row is None else self._agent_row(row)
+            return None if row is None else agent_record(row)
 
         return await self._run(q)
 
@@ -272,13 +256,13 @@ class SqliteStore(SqliteKeys, SqliteEvents):
                 f"{_AGENTS_WITH_LATEST} WHERE a.name=?",
                 (name,),
             ).fetchone()
-            return None if row is None else self._agent_row(row)
+            return None if row is None else agent_record(row)
 
         return await self._run(q)
 
     async def list_agents(self) -> list[AgentRecord]:
         def q() -> list[AgentRecord]:
             rows = self._db.execute(f"{_AGENTS_WITH_LATEST} ORDER BY a.name").fetchall()
-            return [self._agent_row(r) for r in rows]
+            return [agent_record(r) for r in rows]
 
         return await self._run(q)

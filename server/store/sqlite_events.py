@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
 from server.store import rules
 from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
+from server.store.rows import CERT_COLUMNS, EVENT_COLUMNS, cert_record, event_record
 from server.store.sqlite_base import SqliteBase
 
 __all__ = ["SqliteEvents", "append_event", "revoked_certificates"]
-
-_EVENT_COLUMNS = "seq, kind, serial, agent_name, key_name, key_version, reason, at"
-_CERT_COLUMNS = (
-    "serial, agent_name, not_before, not_after, der, issued_at, token_id, revoked_at, revocation_reason"
-)
 
 
 def append_event(
@@ -37,15 +32,11 @@ def append_event(
     return RevocationEvent(cur.lastrowid, kind, serial, agent, key_name, key_version, reason, now)
 
 
-def _cert(row: tuple[Any, ...]) -> CertificateRecord:
-    return CertificateRecord(row[0], row[1], row[2], row[3], bytes(row[4]), row[5], row[6], row[7], row[8])
-
-
 def revoked_certificates(db: sqlite3.Connection) -> list[CertificateRecord]:
     rows = db.execute(
-        f"SELECT {_CERT_COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial"  # noqa: S608
+        f"SELECT {CERT_COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial"  # noqa: S608
     )
-    return [_cert(r) for r in rows]
+    return [cert_record(r) for r in rows]
 
 
 class SqliteEvents(SqliteBase):
@@ -148,27 +139,27 @@ class SqliteEvents(SqliteBase):
                 clauses += ["key_name=?", "key_version=?"]
                 args += [key[0], key[1]]
             row = self._db.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT 1",  # noqa: S608
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT 1",  # noqa: S608
                 args,
             ).fetchone()
             if row is None and kind == "cert":
                 # Revoked together with its agent: that event covers it.
                 row = self._db.execute(
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE kind='agent' AND ','||serial||',' LIKE ?"  # noqa: S608
+                    f"SELECT {EVENT_COLUMNS} FROM events WHERE kind='agent' AND ','||serial||',' LIKE ?"  # noqa: S608
                     " ORDER BY seq DESC LIMIT 1",
                     (f"%,{serial},%",),
                 ).fetchone()
-            return None if row is None else RevocationEvent(*row)
+            return None if row is None else event_record(row)
 
         return await self._run(q)
 
     async def events_after(self, seq: int, limit: int) -> list[RevocationEvent]:
         def q() -> list[RevocationEvent]:
             rows = self._db.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq>? ORDER BY seq LIMIT ?",  # noqa: S608
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE seq>? ORDER BY seq LIMIT ?",  # noqa: S608
                 (seq, limit),
             )
-            return [RevocationEvent(*r) for r in rows]
+            return [event_record(r) for r in rows]
 
         return await self._run(q)
 
@@ -181,10 +172,10 @@ class SqliteEvents(SqliteBase):
     async def get_certificate(self, serial: str) -> CertificateRecord | None:
         def q() -> CertificateRecord | None:
             row = self._db.execute(
-                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial=?",  # noqa: S608
+                f"SELECT {CERT_COLUMNS} FROM certificates WHERE serial=?",  # noqa: S608
                 (serial,),
             ).fetchone()
-            return None if row is None else _cert(row)
+            return None if row is None else cert_record(row)
 
         return await self._run(q)
 

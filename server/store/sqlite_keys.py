@@ -8,14 +8,13 @@ from typing import TypeVar
 from kms.errors import FailedPrecondition
 from server.store import rules
 from server.store.base import Audit, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, SealFn
+from server.store.rows import VERSION_COLUMNS
 from server.store.sqlite_base import SqliteBase
 from server.store.sqlite_events import append_event
 
 __all__ = ["SqliteKeys"]
 
 T = TypeVar("T")
-
-_VERSION_COLUMNS = "key_name, version, state, created_at, state_changed_at"
 
 
 class SqliteKeys(SqliteBase):
@@ -30,7 +29,7 @@ class SqliteKeys(SqliteBase):
         versions = tuple(
             KeyVersionRecord(*r)
             for r in db.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM key_versions WHERE key_name=? ORDER BY version",  # noqa: S608
+                f"SELECT {VERSION_COLUMNS} FROM key_versions WHERE key_name=? ORDER BY version",  # noqa: S608
                 (name,),
             )
         )
@@ -203,7 +202,7 @@ class SqliteKeys(SqliteBase):
             raise rules.not_granted(name)
         wanted = version or db.execute("SELECT current_version FROM keys WHERE name=?", (name,)).fetchone()[0]
         row = db.execute(
-            f"SELECT {_VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=? AND version=?",  # noqa: S608
+            f"SELECT {VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=? AND version=?",  # noqa: S608
             (name, wanted),
         ).fetchone()
         return rules.check_releasable(name, wanted, None if row is None else KeyVersionRecord(*row))

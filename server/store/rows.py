@@ -1,0 +1,48 @@
+"""Columns and row-to-record mapping, the same for both backends (only the SQL around them differs)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from server.store.base import AgentRecord, CertificateRecord, JoinTokenRecord, RevocationEvent
+
+__all__ = [
+    "AGENT_COLUMNS",
+    "CERT_COLUMNS",
+    "EVENT_COLUMNS",
+    "TOKEN_COLUMNS",
+    "VERSION_COLUMNS",
+    "agent_record",
+    "cert_record",
+    "event_record",
+    "token_record",
+]
+
+CERT_COLUMNS = (
+    "serial, agent_name, not_before, not_after, der, issued_at, token_id, revoked_at, revocation_reason"
+)
+# An agent with one certificate (aliases a, c) and that certificate's groups.
+AGENT_COLUMNS = (
+    "a.name, a.created_at, c.serial, c.agent_name, c.not_before, c.not_after, c.der, c.issued_at, c.token_id,"
+    " c.revoked_at, c.revocation_reason, c.groups_json"
+)
+EVENT_COLUMNS = "seq, kind, serial, agent_name, key_name, key_version, reason, at"
+TOKEN_COLUMNS = "token_id, secret_hash, name, groups_json, created_at, expires_at, used_at"  # noqa: S105 - column names
+VERSION_COLUMNS = "key_name, version, state, created_at, state_changed_at"
+
+
+def cert_record(row: Any) -> CertificateRecord:
+    return CertificateRecord(row[0], row[1], row[2], row[3], bytes(row[4]), row[5], row[6], row[7], row[8])
+
+
+def agent_record(row: Any) -> AgentRecord:
+    return AgentRecord(row[0], tuple(json.loads(row[11])), row[1], cert_record(row[2:11]))
+
+
+def event_record(row: Any) -> RevocationEvent:
+    return RevocationEvent(*row)
+
+
+def token_record(row: Any) -> JoinTokenRecord:
+    return JoinTokenRecord(row[0], bytes(row[1]), row[2], tuple(json.loads(row[3])), row[4], row[5], row[6])
