@@ -214,7 +214,7 @@ class _Driver:
             await call.done_writing()
             if await call.read() != grpc.aio.EOF:
                 raise RuntimeError("the server sent more than the exchange needs")
-            # The status: the server's side (its audit record) is done too.
+            # The status: the server's side is done too.
             if await call.code() != grpc.StatusCode.OK:
                 raise RuntimeError(f"the exchange ended with {await call.code()}")
 

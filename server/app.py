@@ -41,7 +41,7 @@ from kms.v1 import (
     revocation_pb2_grpc,
 )
 from server.agents import AgentDirectory
-from server.audit import AuditTrail
+from server.audit import AuditBatcher, AuditTrail
 from server.auth import AuthInterceptor, Limits, Listener
 from server.authn import PeerAuthenticator
 from server.backup import backup
@@ -95,6 +95,7 @@ class App:
     tls: ServerTls
     health: HealthServicer
     follower: EventFollower
+    audit: AuditBatcher
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -139,6 +140,7 @@ class App:
         if self.http is not None:
             await self.http.stop()
         await asyncio.gather(self.api.stop(grace), self.admin.stop(grace))
+        await self.audit.flush()
         await self.store.close()
         self.datadir.admin_socket.unlink(missing_ok=True)
         self.datadir.release()
@@ -245,10 +247,12 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         watch = WatchService(
             store, feed, cfg.heartbeat.total_seconds(), cfg.watch_buffer, follower.cut_off_for
         )
+        audit = AuditBatcher(store)
         exchanges = ExchangeService(
             lambda: tls.handshake_identity,
             ca.certificate,
             trust_domain,
+            audit,
             store,
             revocations,
             clock,
@@ -338,7 +342,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
                 agents,
                 keys,
                 revocations,
-                AuditTrail(store),
+                AuditTrail(store, audit),
                 lambda path: backup(store, datadir, path),
             ),
             admin,
@@ -367,6 +371,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             tls,
             health,
             follower,
+            audit,
         )
     except BaseException:
         if store is not None:

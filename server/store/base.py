@@ -5,7 +5,7 @@ Every method that writes is durable when it returns. Times are Unix seconds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +276,10 @@ class Store(Protocol):
 
     async def append_audit(self, entry: AuditEntry) -> None:
         """Appends an entry on its own (failures, and actions with no store write)."""
+        ...
+
+    async def append_audits(self, entries: Sequence[AuditEntry]) -> None:
+        """Appends entries in order, in one transaction (server/audit.py's batches)."""
         ...
 
     async def audit_after(self, seq: int, limit: int) -> list[AuditRecord]: ...

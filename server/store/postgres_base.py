@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
@@ -175,6 +175,13 @@ class PostgresBase:
             return True
 
         await self._write(q, entry)
+
+    async def append_audits(self, entries: Sequence[AuditEntry]) -> None:
+        async def q(conn: Conn) -> None:
+            for entry in entries:
+                await self._append_audit(conn, entry)
+
+        await self._write(q)
 
     async def audit_after(self, seq: int, limit: int) -> list[AuditRecord]:
         async def q(conn: Conn) -> list[AuditRecord]:

@@ -14,7 +14,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,7 +224,15 @@ class SqliteBase:
         self._audit_head = (seq, digest)
 
     async def append_audit(self, entry: AuditEntry) -> None:
-        await self._write(lambda db: True, entry)
+        # Only a deferred row: no savepoint needed (see _Step).
+        await self._write(lambda db: True, entry, savepoint=False)
+
+    async def append_audits(self, entries: Sequence[AuditEntry]) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            for entry in entries:
+                self._append_audit(db, entry)
+
+        await self._write(q, savepoint=False)
 
     async def audit_after(self, seq: int, limit: int) -> list[AuditRecord]:
         def q() -> list[AuditRecord]:
