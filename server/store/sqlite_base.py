@@ -4,7 +4,8 @@ Writes are group-committed: every write queued while the previous commit was
 syncing joins one transaction, each in its own savepoint (a failing write
 rolls back alone), and all of them are acknowledged only after that one
 COMMIT is durable. Under load this turns one fsync per write into one per
-batch; alone, a write commits at once.
+batch, and batches are paced (COMMIT_PACE) so that they grow; alone, a write
+commits at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +31,12 @@ __all__ = ["SqliteBase"]
 T = TypeVar("T")
 
 _READ_CACHE_SIZE = 10_000
+# Under load (the last batch had more than one write), a batch begins no
+# sooner than this after the one before, so that more writes share each
+# fsync. A commit's fsync and its GIL hand-offs cost the server more CPU
+# than the writes in it: FetchKey at full speed went from about 0.49 to 0.41
+# ms of server CPU per call (bench fetch-key). A lone write never waits.
+COMMIT_PACE = 0.008
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,9 @@ class SqliteBase:
         self._data_version: int | None = None
         # INSERT statement -> rows, for the transaction in progress (see _defer).
         self._deferred: dict[str, list[tuple[Any, ...]]] = {}
+        # Worker-thread state: when the last batch began, and how many writes it had.
+        self._last_commit = 0.0
+        self._last_batch = 0
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -123,8 +134,14 @@ class SqliteBase:
 
     def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the worker thread: everything queued so far, in one transaction."""
+        if self._last_batch > 1:  # under load: let the next batch gather (see COMMIT_PACE)
+            wait = self._last_commit + COMMIT_PACE - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        self._last_commit = time.monotonic()
         with self._queued_lock:
             batch, self._queued = self._queued, []
+        self._last_batch = len(batch)
         outcomes = self._transaction([write.step for write in batch])
         with contextlib.suppress(RuntimeError):  # the loop closed while we committed (shutdown)
             loop.call_soon_threadsafe(_settle, batch, outcomes)
