@@ -163,9 +163,15 @@ def _event_response(event: RevocationEvent) -> revocation_pb2.WatchResponse:
     return revocation_pb2.WatchResponse(event=event_message(event))
 
 
+@functools.lru_cache(maxsize=4)
+def _heartbeat_response(item: Heartbeat) -> revocation_pb2.WatchResponse:
+    """Built once per tick and shared by every stream that sends it (never mutated)."""
+    return revocation_pb2.WatchResponse(heartbeat=revocation_pb2.Heartbeat(current_seq=item.current_seq))
+
+
 def _watch_message(item: WatchItem) -> revocation_pb2.WatchResponse:
     if isinstance(item, Heartbeat):
-        return revocation_pb2.WatchResponse(heartbeat=revocation_pb2.Heartbeat(current_seq=item.current_seq))
+        return _heartbeat_response(item)
     if isinstance(item, Resume):
         return revocation_pb2.WatchResponse(
             resume=revocation_pb2.Resume(after_seq=item.after_seq, reason="fell behind")

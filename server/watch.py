@@ -9,7 +9,8 @@ Ordering rules, in one place:
 3. Then take live events; skip any at or below the last one sent (seen in
    the replay); if one jumps ahead, backfill the gap from the log first.
 4. With nothing to send for one heartbeat interval, send a heartbeat with
-   the current sequence.
+   the current sequence (the feed's ticks queue it, behind every event it
+   covers).
 5. A subscriber that overflowed its bounded buffer is dropped from the feed
    at once; its stream is then told where to resume and ends
    (RESOURCE_EXHAUSTED).
@@ -32,7 +33,7 @@ from kms.errors import (
     Unavailable,
 )
 from server.authn import Caller
-from server.feed import RevocationFeed
+from server.feed import Heartbeat, RevocationFeed
 from server.store import RevocationEvent, Store
 
 __all__ = ["Heartbeat", "Resume", "WatchItem", "WatchService", "revokes"]
@@ -40,11 +41,6 @@ __all__ = ["Heartbeat", "Resume", "WatchItem", "WatchService", "revokes"]
 _PAGE = 500
 # Cut off from the shared store for longer than this, a Watch stream ends.
 CUT_OFF_LIMIT = 10.0
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    current_seq: int
 
 
 @dataclass(frozen=True)
@@ -76,10 +72,18 @@ class WatchService:
         # How long this server has not heard the shared store (replicas): its
         # heartbeats would then claim a currency it no longer has.
         self._cut_off_for = cut_off_for
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat / 2)
+            self._feed.tick()
 
     async def stream(self, caller: Caller, after_seq: int) -> AsyncIterator[WatchItem]:
         if after_seq < 0:
             raise InvalidArgument("after_seq must be 0 or a sequence number this server gave")
+        if self._ticker is None:  # one timer for every stream's heartbeats
+            self._ticker = asyncio.create_task(self._tick_forever())
         sub = self._feed.subscribe(self._buffer)
         self._feed.watching(+1)
         try:
@@ -97,20 +101,16 @@ class WatchService:
                 if sub.overflowed:
                     yield Resume(sent)
                     raise ResourceExhausted(f"this watcher fell behind: resume after sequence {sent}")
-                try:
-                    # asyncio.timeout, not wait_for: no extra task per wake-up, which
-                    # matters when one event wakes ten thousand streams.
-                    async with asyncio.timeout(self._heartbeat):
-                        live = await sub.queue.get()
-                except TimeoutError:
+                live = await sub.queue.get()
+                if isinstance(live, Heartbeat):
                     if self._cut_off_for() > CUT_OFF_LIMIT:
                         # Revocations made through other replicas cannot reach us: send the
                         # agent elsewhere rather than reassure it with heartbeats.
                         raise Unavailable(
                             f"{STORE_DOWN_MARK}, so this replica hears no revocations: "
                             f"resume after sequence {sent} on another one"
-                        ) from None
-                    yield Heartbeat(self._feed.last_seq)
+                        )
+                    yield live
                     continue
                 if live.seq <= sent:
                     continue

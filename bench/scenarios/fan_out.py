@@ -71,6 +71,8 @@ class FanoutRun:
     memory_per_stream: float = math.nan
     open_seconds: float = math.nan
     missed: int = 0  # round deliveries that never completed
+    # Server CPU (all of pids) over the measured rounds, per stream message delivered.
+    cpu_per_message: float = math.nan
     summaries: list[WatchSummary] = field(default_factory=list)
     # Per group of watch workers (measure's ``groups``): per round, the group's last arrival
     # minus the instant the trigger returned.
@@ -152,7 +154,7 @@ def measure(
     """
     n = sum(s.streams for s in specs)
     run = FanoutRun(groups={name: [] for name in groups or {}})
-    from bench.procs import rss_bytes
+    from bench.procs import cpu_seconds, rss_bytes
 
     def rss() -> int:
         return sum(rss_bytes(pid) for pid in pids)
@@ -168,7 +170,10 @@ def measure(
         if not tracker.wait(open_seq, timeout=60 + n / 100):
             raise BenchError(f"{label}: not every stream opened")
         run.open_seconds = time.monotonic() - started
+        cpu_start = 0.0
         for r in range(WARMUP_ROUNDS + rounds):
+            if r == WARMUP_ROUNDS:
+                cpu_start = sum(cpu_seconds(pid) for pid in pids)
             ctx.progress.step(
                 f"{label}: round {r + 1 - WARMUP_ROUNDS}/{rounds}"
                 if r >= WARMUP_ROUNDS
@@ -189,6 +194,9 @@ def measure(
                 for name, workers in (groups or {}).items():
                     run.groups[name].append(tracker.last(seq, workers) - returned)
             time.sleep(0.1)  # rounds do not overlap
+        delivered = len(run.latencies) * n
+        if delivered:
+            run.cpu_per_message = (sum(cpu_seconds(pid) for pid in pids) - cpu_start) / delivered
         pool.send("stop")
         run.summaries = pool.results(timeout=60)
     return run
@@ -328,6 +336,9 @@ def fanout_result(
             "from_sent_p99_ms": percentile(kms.from_sent, 99) * 1000,
             "broadcast_from_sent_p99_ms": percentile(base.from_sent, 99) * 1000,
             "rounds": len(kms.latencies),
+            # Includes the trigger's own work (the Revoke write) and the idle gaps between rounds.
+            "server_cpu_us_per_message": kms.cpu_per_message * 1e6,
+            "broadcast_server_cpu_us_per_message": base.cpu_per_message * 1e6,
             "mem_per_stream_kib": kms.memory_per_stream / 1024,
             "broadcast_mem_per_stream_kib": base.memory_per_stream / 1024,
             "mem_ratio": mem_ratio,

@@ -92,7 +92,7 @@ class SqliteBase:
         self._data_version: int | None = None
         # INSERT statement -> rows, for the transaction in progress (see _defer).
         self._deferred: dict[str, list[tuple[Any, ...]]] = {}
-        # Worker-thread state: when the last batch began, and how many writes it had.
+        # When the last batch began, and how many writes it had (set on the worker thread).
         self._last_commit = 0.0
         self._last_batch = 0
 
@@ -129,15 +129,17 @@ class SqliteBase:
             self._queued.append(_Write(_Step(fn, audit, savepoint, invalidates), future))
             first = len(self._queued) == 1
         if first:
-            self._executor.submit(self._commit_queued, loop)
+            # Under load, let the batch gather (see COMMIT_PACE); the worker thread
+            # stays free for reads meanwhile.
+            wait = self._last_commit + COMMIT_PACE - time.monotonic() if self._last_batch > 1 else 0
+            if wait > 0:
+                loop.call_later(wait, self._executor.submit, self._commit_queued, loop)
+            else:
+                self._executor.submit(self._commit_queued, loop)
         return await future
 
     def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the worker thread: everything queued so far, in one transaction."""
-        if self._last_batch > 1:  # under load: let the next batch gather (see COMMIT_PACE)
-            wait = self._last_commit + COMMIT_PACE - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
         self._last_commit = time.monotonic()
         with self._queued_lock:
             batch, self._queued = self._queued, []

@@ -244,3 +244,50 @@ def test_a_replica_cut_off_from_its_store_ends_watch_streams_instead_of_heartbea
     items, message = asyncio.run(body())
     assert len(items) == 2 and all(isinstance(i, Heartbeat) for i in items)
     assert STORE_DOWN_MARK in message and "resume after sequence 0" in message
+
+
+def test_heartbeats_come_from_ticks_to_quiet_subscribers_only_and_cover_what_was_queued() -> None:
+    async def body() -> None:
+        feed = RevocationFeed(0)
+        quiet, busy = feed.subscribe(16), feed.subscribe(16)
+        feed.tick()
+        assert quiet.queue.empty() and busy.queue.empty()  # one tick: not quiet for an interval yet
+        feed.publish(_event(1))  # busy's quiet count starts again; quiet's queue gets the event too
+        quiet.queue.get_nowait()
+        busy.queue.get_nowait()
+        quiet.quiet = 1  # as if it had been quiet since the first tick
+        feed.tick()
+        assert quiet.queue.get_nowait() == Heartbeat(1)  # covers event 1, queued before it
+        assert busy.queue.empty()
+        feed.tick()
+        assert busy.queue.get_nowait() == Heartbeat(1) and quiet.queue.empty()
+
+    asyncio.run(body())
+
+
+def test_a_quiet_stream_hears_one_heartbeat_per_interval(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    async def body() -> list[float]:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            watch = WatchService(store, RevocationFeed(0), heartbeat=0.2, buffer=16)
+            arrivals: list[float] = []
+            started = asyncio.get_running_loop().time()
+
+            async def consume() -> None:
+                async for item in watch.stream(_caller(rsa_key), after_seq=0):
+                    assert isinstance(item, Heartbeat)
+                    arrivals.append(asyncio.get_running_loop().time() - started)
+                    if len(arrivals) == 4:
+                        return
+
+            await asyncio.wait_for(consume(), 5)
+            return arrivals
+        finally:
+            await store.close()
+
+    arrivals = asyncio.run(body())
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    # Between half an interval and one from the opening, then once per interval (two ticks,
+    # each a full sleep: never sooner); the upper bounds leave room for a loaded machine.
+    assert 0.1 <= arrivals[0] <= 1.0
+    assert all(0.19 <= g <= 1.0 for g in gaps), gaps
