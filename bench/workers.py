@@ -84,6 +84,10 @@ class WorkerPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p.pid is not None]
+
     def close(self) -> None:
         for proc in self._procs:
             if proc.is_alive():

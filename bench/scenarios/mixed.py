@@ -14,7 +14,7 @@ import time
 
 from bench.context import BenchContext
 from bench.kms import KmsServer
-from bench.procs import BenchError
+from bench.procs import BenchError, cpu_seconds
 from bench.results import Result, percentile
 from bench.scenarios.common import throughput_result
 from bench.scenarios.fan_out import REVOKED_KEY, Rounds, kms_watch_setup, watch_specs
@@ -76,6 +76,9 @@ def run(ctx: BenchContext) -> list[Result]:
             if not tracker.wait(open_seq, timeout=60 + watchers / 100):
                 raise BenchError("mixed: not every watch stream opened")
             revoker = _Revoker(kms)
+            # Where the two cores go: the watchers' processes stand for a fleet's machines.
+            kms_pid = kms.pid
+            cpu_before = {pid: cpu_seconds(pid) for pid in [kms_pid, *watch_pool.pids]}
             out = ctx.run_load(
                 load_specs(ctx, echo.fields["address"], kms, identities),
                 "mixed",
@@ -83,6 +86,7 @@ def run(ctx: BenchContext) -> list[Result]:
                 server_pids={"echo": echo.pid, "seed-kms": kms.pid},
             )
             revoker.join()
+            cpu_used = {pid: cpu_seconds(pid) - before for pid, before in cpu_before.items()}
             ctx.progress.step(f"waiting for {len(revoker.sent)} revocations to reach every watcher")
             watch_pool.pump(
                 lambda: all(tracker.complete(s) for s in revoker.sent) or bool(tracker.errors), 15
@@ -94,6 +98,9 @@ def run(ctx: BenchContext) -> list[Result]:
     latencies = [tracker.last(s) - revoker.sent[s][1] for s in delivered]
     from_sent = [tracker.last(s) - revoker.sent[s][0] for s in delivered]
     p99 = percentile(latencies, 99) * 1000
+    # The watchers and the server's fan-out work only while revocations flow (Seed KMS phases).
+    kms_seconds = ctx.duration  # each target's phases add up to --duration
+    watchers_cpu = sum(used for pid, used in cpu_used.items() if pid != kms_pid)
     kms_out, echo_out = out["seed-kms"], out["echo"]
     all_delivered = bool(revoker.sent) and len(delivered) == len(revoker.sent) and not tracker.errors
     result = throughput_result(
@@ -113,6 +120,9 @@ def run(ctx: BenchContext) -> list[Result]:
             "delivery_p99_ms": p99,
             "delivery_p99_from_call_ms": percentile(from_sent, 99) * 1000,
             "watch_errors": sum(s.errors for s in summaries),
+            # CPU seconds per second of Seed KMS phase, out of the machine's cores.
+            "watchers_cpu_cores": watchers_cpu / kms_seconds,
+            "server_cpu_cores": cpu_used[kms_pid] / kms_seconds,
         },
         samples={"seed-kms": kms_out.latencies, "echo": echo_out.latencies, "delivery": latencies},
     )
