@@ -168,7 +168,9 @@ class BenchContext:
         on_go, if given, is called with the phases in absolute monotonic time
         just before they start (to run something beside chosen phases).
         server_pids names each target's server process, to report its CPU time
-        per operation: the efficiency figure that noise moves least.
+        per operation: the efficiency figure that noise moves least. A server's
+        CPU counts only during its own target's phases (each with the gap before
+        it), so what it does while another target runs is left out.
         """
         pids = server_pids or {}
         names = [t.name for t in specs[0].targets]
@@ -176,7 +178,8 @@ class BenchContext:
         with WorkerPool(load_worker, specs, label) as pool:
             self.progress.step(f"{label}: connecting and warming up {len(specs)} client processes")
             pool.wait_ready()
-            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            cpu_used = dict.fromkeys(pids, 0.0)
+            cpu_mark = {pid: cpu_seconds(pid) for pid in pids.values()}
             go = time.monotonic() + 0.3
             absolute = [(name, go + start, go + end) for name, start, end in phases]
             pool.send(absolute)
@@ -185,8 +188,11 @@ class BenchContext:
             for i, (name, start, end) in enumerate(phases):
                 self.progress.step(f"{label}: {name} phase {i + 1}/{len(phases)}")
                 pool.pump(_after(go + end), timeout=end - start + 5 + PHASE_GAP * 2)
+                now = {pid: cpu_seconds(pid) for pid in cpu_mark}
+                if name in pids:
+                    cpu_used[name] += now[pids[name]] - cpu_mark[pids[name]]
+                cpu_mark = now
             per_worker: list[list[PhaseResult]] = pool.results(timeout=60)
-            cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         outcomes = {name: LoadOutcome([], []) for name in names}
         for i, (name, _, _) in enumerate(phases):
             results = [worker[i] for worker in per_worker]

@@ -69,6 +69,13 @@ def test_every_scenario_reports_a_figure_beside_its_baseline(tmp_path: Path) -> 
             for key in ("same_replica_p99_ms", "other_replica_p99_ms"):
                 assert isinstance(r["details"][key], float) and r["details"][key] > 0, (key, r)
             assert r["details"]["missed_rounds"] == 0, r
+        figures = {
+            "fan-out": ("server_cpu_us_per_message", "broadcast_server_cpu_us_per_message"),
+            # The bare stack under the same fan-out, and where the cores went.
+            "mixed": ("echo_loaded_calls_s", "watchers_cpu_cores", "server_cpu_cores"),
+        }
+        for key in figures.get(r["scenario"], ()):
+            assert isinstance(r["details"][key], float) and r["details"][key] > 0, (key, r)
     charts = sorted(p.name for p in tmp_path.glob("*.png"))
     assert {"fan-out-latency.png", "throughput.png"} <= set(charts), charts
     for chart in charts:

@@ -41,6 +41,7 @@ __all__ = [
     "REVOKED_KEY",
     "FanoutRun",
     "Rounds",
+    "baseline_trigger",
     "broadcast_baseline",
     "fanout_result",
     "kms_watch_setup",
@@ -202,7 +203,7 @@ def measure(
     return run
 
 
-def _baseline_trigger(control_socket: str) -> tuple[Trigger, Callable[[], None]]:
+def baseline_trigger(control_socket: str) -> tuple[Trigger, Callable[[], None]]:
     channel = grpc.secure_channel(
         f"unix:{control_socket}", grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
     )
@@ -260,7 +261,7 @@ def broadcast_baseline(ctx: BenchContext, n: int, workers: int) -> FanoutRun:
 
 def _run_baseline(ctx: BenchContext, n: int, workers: int) -> FanoutRun:
     with ctx.baseline_server(f"fan-out-{n}-broadcast") as server:
-        trigger, close = _baseline_trigger(server.fields["admin-socket"])
+        trigger, close = baseline_trigger(server.fields["admin-socket"])
         try:
             identities = ctx.baseline_clients(workers)
             address, ca = server.fields["address"], ctx.baseline_pki.ca_pem

@@ -5,19 +5,28 @@ fetch-key; the watchers stay open throughout, and during every Seed KMS phase
 a thread here revokes a key version every 100 ms through the admin socket.
 Afterwards every revocation must have reached every watcher; its latency is
 the last arrival minus the instant the Revoke call returned (durable).
+
+The target is against plain echo. A third phase, ``echo-loaded``, runs the
+same echo while the bare baseline server pushes a message every 100 ms to
+1,000 subscribers of its own (the same count, clients and processes as the
+watchers): what the stack itself keeps under the same fan-out on this
+machine. It is reported beside the result, not judged.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 
 from bench.context import BenchContext
-from bench.kms import KmsServer
+from bench.load import LoadSpec
 from bench.procs import BenchError, cpu_seconds
 from bench.results import Result, percentile
 from bench.scenarios.common import throughput_result
-from bench.scenarios.fan_out import REVOKED_KEY, Rounds, kms_watch_setup, watch_specs
+from bench.scenarios.fan_out import REVOKED_KEY, Rounds, baseline_trigger, kms_watch_setup, watch_specs
 from bench.scenarios.fetch_key import fetch_setup, load_specs
 from bench.watchers import watch_worker
 from bench.workers import WorkerPool
@@ -25,20 +34,25 @@ from bench.workers import WorkerPool
 __all__ = ["run"]
 
 REVOCATIONS_PER_SECOND = 10
+LOADED = "echo-loaded"
 DELIVERY_P99_MS = 250.0
 
 
-class _Revoker:
-    """Revokes at a steady rate during the Seed KMS phases, from its own thread."""
+class _Pacer:
+    """Triggers at a steady rate during the phases of one target, from its own thread.
 
-    def __init__(self, kms: KmsServer) -> None:
-        self._kms = kms
+    trigger() returns (seq, monotonic time sent, monotonic time returned).
+    """
+
+    def __init__(self, phase: str, trigger: Callable[[], tuple[int, float, float]]) -> None:
+        self._phase = phase
+        self._trigger = trigger
         self.sent: dict[int, tuple[float, float]] = {}  # seq -> (sent, returned)
         self._thread: threading.Thread | None = None
         self.error = ""
 
     def start(self, phases: list[tuple[str, float, float]]) -> None:
-        windows = [(start, end) for name, start, end in phases if name == "seed-kms"]
+        windows = [(start, end) for name, start, end in phases if name == self._phase]
         self._thread = threading.Thread(target=self._run, args=(windows,), daemon=True)
         self._thread.start()
 
@@ -49,7 +63,7 @@ class _Revoker:
                 at = start + step / 2
                 while at < end:
                     time.sleep(max(0.0, at - time.monotonic()))
-                    seq, sent, returned = self._kms.revoke_key(REVOKED_KEY)
+                    seq, sent, returned = self._trigger()
                     self.sent[seq] = (sent, returned)
                     at += step
         except Exception as exc:  # reported by join(): a failed Revoke fails the scenario
@@ -59,7 +73,13 @@ class _Revoker:
         if self._thread is not None:
             self._thread.join(60)
         if self.error:
-            raise BenchError(f"a revocation failed: {self.error}")
+            raise BenchError(f"a {self._phase} trigger failed: {self.error}")
+
+
+def _with_loaded_echo(spec: LoadSpec) -> LoadSpec:
+    """The spec's targets plus its echo target again, under the name of the loaded phases."""
+    (echo,) = (t for t in spec.targets if t.name == "echo")
+    return replace(spec, targets=(*spec.targets, replace(echo, name=LOADED)))
 
 
 def run(ctx: BenchContext) -> list[Result]:
@@ -69,30 +89,58 @@ def run(ctx: BenchContext) -> list[Result]:
         identities = fetch_setup(ctx, kms)
         watch_ids, open_seq = kms_watch_setup(ctx, kms, workers, "mwatch")
         specs = watch_specs("kms", kms.address, kms.ca_pem, watch_ids, watchers, after_seq=open_seq - 1)
-        with WorkerPool(watch_worker, specs, "mixed watchers") as watch_pool:
-            tracker = Rounds(watch_pool)
-            ctx.progress.step(f"opening {watchers} watch streams")
+        base_specs = watch_specs(
+            "baseline",
+            echo.fields["address"],
+            ctx.baseline_pki.ca_pem,
+            ctx.baseline_clients(workers),
+            watchers,
+        )
+        publish, close_publish = baseline_trigger(echo.fields["admin-socket"])
+        with (
+            WorkerPool(watch_worker, specs, "mixed watchers") as watch_pool,
+            WorkerPool(watch_worker, base_specs, "mixed baseline subscribers") as base_pool,
+        ):
+            tracker, base_tracker = Rounds(watch_pool), Rounds(base_pool)
+            ctx.progress.step(f"opening {watchers} watch streams and {watchers} baseline subscriptions")
             watch_pool.wait_ready()
-            if not tracker.wait(open_seq, timeout=60 + watchers / 100):
+            base_pool.wait_ready()
+            if not tracker.wait(open_seq, timeout=60 + watchers / 100) or not base_tracker.wait(
+                0, timeout=60 + watchers / 100
+            ):
                 raise BenchError("mixed: not every watch stream opened")
-            revoker = _Revoker(kms)
+            revoker = _Pacer("seed-kms", lambda: kms.revoke_key(REVOKED_KEY))
+            publisher = _Pacer(LOADED, publish)
             # Where the two cores go: the watchers' processes stand for a fleet's machines.
             kms_pid = kms.pid
             cpu_before = {pid: cpu_seconds(pid) for pid in [kms_pid, *watch_pool.pids]}
-            out = ctx.run_load(
-                load_specs(ctx, echo.fields["address"], kms, identities),
-                "mixed",
-                on_go=revoker.start,
-                server_pids={"echo": echo.pid, "seed-kms": kms.pid},
-            )
-            revoker.join()
+            try:
+                out = ctx.run_load(
+                    [
+                        _with_loaded_echo(spec)
+                        for spec in load_specs(ctx, echo.fields["address"], kms, identities)
+                    ],
+                    "mixed",
+                    on_go=lambda phases: (revoker.start(phases), publisher.start(phases)),
+                    server_pids={"echo": echo.pid, LOADED: echo.pid, "seed-kms": kms.pid},
+                )
+                revoker.join()
+                publisher.join()
+            finally:
+                close_publish()
             cpu_used = {pid: cpu_seconds(pid) - before for pid, before in cpu_before.items()}
             ctx.progress.step(f"waiting for {len(revoker.sent)} revocations to reach every watcher")
             watch_pool.pump(
                 lambda: all(tracker.complete(s) for s in revoker.sent) or bool(tracker.errors), 15
             )
-            watch_pool.send("stop")
+            base_pool.pump(
+                lambda: all(base_tracker.complete(s) for s in publisher.sent) or bool(base_tracker.errors), 15
+            )
+            base_delivered = sum(base_tracker.complete(s) for s in publisher.sent)
+            for pool in (watch_pool, base_pool):
+                pool.send("stop")
             summaries = watch_pool.results(timeout=60)
+            base_pool.results(timeout=60)
         kms.process.check_alive()
     delivered = [s for s in revoker.sent if tracker.complete(s)]
     latencies = [tracker.last(s) - revoker.sent[s][1] for s in delivered]
@@ -123,6 +171,11 @@ def run(ctx: BenchContext) -> list[Result]:
             # CPU seconds per second of Seed KMS phase, out of the machine's cores.
             "watchers_cpu_cores": watchers_cpu / kms_seconds,
             "server_cpu_cores": cpu_used[kms_pid] / kms_seconds,
+            # Informative (see the module docstring): echo under the same fan-out, bare stack.
+            "echo_loaded_calls_s": out[LOADED].rate,
+            "ratio_vs_echo_loaded": kms_out.rate / out[LOADED].rate if out[LOADED].rate else math.nan,
+            "echo_loaded_p50_ms": percentile(out[LOADED].latencies, 50) * 1000,
+            "echo_loaded_pushes_delivered": f"{base_delivered}/{len(publisher.sent)}",
         },
         samples={"seed-kms": kms_out.latencies, "echo": echo_out.latencies, "delivery": latencies},
     )
