@@ -68,8 +68,10 @@ class LoadOutcome:
     errors: int = 0
     exhausted: bool = False
     first_error: str = ""
-    # Server CPU time per counted operation over the whole run (its process, all threads).
+    # Server CPU time per counted operation during its phases (its process, all threads).
     server_cpu_ms_per_op: float = math.nan
+    # The client processes' CPU time per counted operation during the target's phases.
+    client_cpu_ms_per_op: float = math.nan
 
     @property
     def rate(self) -> float:
@@ -208,4 +210,8 @@ class BenchContext:
                 worker[i].count for worker in per_worker for i, phase in enumerate(phases) if phase[0] == name
             )
             outcomes[name].server_cpu_ms_per_op = used * 1000 / ops if ops else math.nan
+        for name, out in outcomes.items():
+            mine = [worker[i] for worker in per_worker for i, phase in enumerate(phases) if phase[0] == name]
+            ops = sum(r.count for r in mine)
+            out.client_cpu_ms_per_op = sum(r.cpu_seconds for r in mine) * 1000 / ops if ops else math.nan
         return outcomes

@@ -75,6 +75,7 @@ class PhaseResult:
     exhausted: bool = False
     first_error: str = ""
     latencies: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # this client process's CPU time during the phase
 
 
 class _Exhausted(Exception):
@@ -243,7 +244,10 @@ async def _lane(op: Op, requests: _Requests, start: float, end: float, result: P
 
 async def _run_phase(driver: _Driver, lanes: list[Op], start: float, end: float) -> PhaseResult:
     result = PhaseResult(driver.target.name, end - start)
+    await asyncio.sleep(max(0.0, start - time.monotonic()))
+    cpu = time.process_time()
     await asyncio.gather(*(_lane(op, driver.requests, start, end, result) for op in lanes))
+    result.cpu_seconds = time.process_time() - cpu
     return result
 
 

@@ -16,6 +16,8 @@ def load_details(prefix: str, out: LoadOutcome) -> dict[str, object]:
     details: dict[str, object] = {f"{prefix}p50_ms": lat["p50_ms"], f"{prefix}p99_ms": lat["p99_ms"]}
     if not math.isnan(out.server_cpu_ms_per_op):
         details[f"{prefix}server_cpu_ms_per_op"] = out.server_cpu_ms_per_op
+    if not math.isnan(out.client_cpu_ms_per_op):
+        details[f"{prefix}client_cpu_ms_per_op"] = out.client_cpu_ms_per_op
     if out.errors:
         details[f"{prefix}errors"] = out.errors
         details[f"{prefix}first_error"] = out.first_error
