@@ -136,7 +136,8 @@ def _initiate_on(
         assert init_auth is not None
         stream.send(to_frame(init_auth))
         machine.receive(from_frame(stream.receive(endpoint, "key confirmation")))
-        # End the call cleanly rather than cancel it: a call cancelled under a closing
+        # End the call cleanly rather than cancel it: the server records the exchange
+        # only once its last frame is sent, and a call cancelled under a closing
         # channel has been seen to hang the process at exit.
         stream.wait_end(endpoint)
     finally:

@@ -72,6 +72,8 @@ class LoadOutcome:
     server_cpu_ms_per_op: float = math.nan
     # The client processes' CPU time per counted operation during the target's phases.
     client_cpu_ms_per_op: float = math.nan
+    # CPU seconds of each watched process (run_load's servers and other_pids) during them.
+    cpu_seconds_by_pid: dict[int, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -164,6 +166,7 @@ class BenchContext:
         label: str,
         on_go: Callable[[list[tuple[str, float, float]]], None] | None = None,
         server_pids: dict[str, int] | None = None,
+        other_pids: Sequence[int] = (),
     ) -> dict[str, LoadOutcome]:
         """Runs load_worker in one process per spec through the same plan; results per target.
 
@@ -172,7 +175,9 @@ class BenchContext:
         server_pids names each target's server process, to report its CPU time
         per operation: the efficiency figure that noise moves least. A server's
         CPU counts only during its own target's phases (each with the gap before
-        it), so what it does while another target runs is left out.
+        it), so what it does while another target runs is left out. The CPU of
+        other_pids (and of the servers) during each target's phases is in its
+        outcome's cpu_seconds_by_pid.
         """
         pids = server_pids or {}
         names = [t.name for t in specs[0].targets]
@@ -180,8 +185,9 @@ class BenchContext:
         with WorkerPool(load_worker, specs, label) as pool:
             self.progress.step(f"{label}: connecting and warming up {len(specs)} client processes")
             pool.wait_ready()
-            cpu_used = dict.fromkeys(pids, 0.0)
-            cpu_mark = {pid: cpu_seconds(pid) for pid in pids.values()}
+            watched = sorted({*pids.values(), *other_pids})
+            cpu_by_target = {name: dict.fromkeys(watched, 0.0) for name in names}
+            cpu_mark = {pid: cpu_seconds(pid) for pid in watched}
             go = time.monotonic() + 0.3
             absolute = [(name, go + start, go + end) for name, start, end in phases]
             pool.send(absolute)
@@ -190,9 +196,9 @@ class BenchContext:
             for i, (name, start, end) in enumerate(phases):
                 self.progress.step(f"{label}: {name} phase {i + 1}/{len(phases)}")
                 pool.pump(_after(go + end), timeout=end - start + 5 + PHASE_GAP * 2)
-                now = {pid: cpu_seconds(pid) for pid in cpu_mark}
-                if name in pids:
-                    cpu_used[name] += now[pids[name]] - cpu_mark[pids[name]]
+                now = {pid: cpu_seconds(pid) for pid in watched}
+                for pid in watched:
+                    cpu_by_target[name][pid] += now[pid] - cpu_mark[pid]
                 cpu_mark = now
             per_worker: list[list[PhaseResult]] = pool.results(timeout=60)
         outcomes = {name: LoadOutcome([], []) for name in names}
@@ -205,13 +211,11 @@ class BenchContext:
                 out.errors += r.errors
                 out.exhausted |= r.exhausted
                 out.first_error = out.first_error or r.first_error
-        for name, used in cpu_used.items():
-            ops = sum(
-                worker[i].count for worker in per_worker for i, phase in enumerate(phases) if phase[0] == name
-            )
-            outcomes[name].server_cpu_ms_per_op = used * 1000 / ops if ops else math.nan
         for name, out in outcomes.items():
             mine = [worker[i] for worker in per_worker for i, phase in enumerate(phases) if phase[0] == name]
             ops = sum(r.count for r in mine)
+            out.cpu_seconds_by_pid = cpu_by_target[name]
+            if name in pids and ops:
+                out.server_cpu_ms_per_op = out.cpu_seconds_by_pid[pids[name]] * 1000 / ops
             out.client_cpu_ms_per_op = sum(r.cpu_seconds for r in mine) * 1000 / ops if ops else math.nan
         return outcomes

@@ -15,6 +15,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -334,6 +335,10 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             api, cfg.enroll_listen, tls.credentials(require_client_auth=False), "--enroll-listen"
         )
 
+        async def backup_now(path: Path) -> int:
+            await audit.flush()  # the snapshot holds every exchange already answered
+            return await backup(store, datadir, path)
+
         admin = grpc.aio.server(interceptors=[AuthInterceptor(Listener.ADMIN)], options=limits)
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminServicer(
@@ -343,7 +348,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
                 keys,
                 revocations,
                 AuditTrail(store, audit),
-                lambda path: backup(store, datadir, path),
+                backup_now,
             ),
             admin,
         )

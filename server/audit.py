@@ -23,6 +23,7 @@ __all__ = ["AuditBatcher", "AuditTrail"]
 logger = logging.getLogger(__name__)
 
 _PAGE = 1000
+_RETRY_PAUSE = 0.1
 
 
 class AuditBatcher:
@@ -60,16 +61,33 @@ class AuditBatcher:
         task.add_done_callback(self._writing.discard)
 
     async def _write(self, batch: list[AuditEntry]) -> None:
-        try:
-            await self._store.append_audits(batch)
-        except Exception as exc:  # nobody awaits this write: the log is where its failure shows
-            logger.error("could not append %d audit records: %s", len(batch), exc)
+        # Nobody awaits this write (flush waits without cancelling it): the log is
+        # where a failure shows. One retry covers a store that blinked (a busy
+        # SQLite file, a PostgreSQL failover).
+        for attempt in (1, 2):
+            try:
+                await self._store.append_audits(batch)
+                return
+            except asyncio.CancelledError:
+                logger.error("audit records lost: their write was cancelled", extra={"records": len(batch)})
+                raise
+            except Exception as exc:
+                if attempt == 2:
+                    logger.error(
+                        "audit records lost: the store refused them twice",
+                        extra={"records": len(batch), "error": str(exc)},
+                    )
+                    return
+                await asyncio.sleep(_RETRY_PAUSE)
 
     async def flush(self) -> None:
-        """Returns once every record added so far is durable (or its failure logged)."""
+        """Returns once every record added so far is durable (or its failure logged).
+
+        A cancelled caller does not cancel the writes it waited for.
+        """
         self._start_write()
         if self._writing:
-            await asyncio.gather(*self._writing)
+            await asyncio.wait(set(self._writing))
 
 
 class AuditTrail:

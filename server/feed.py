@@ -8,7 +8,6 @@ stays the truth (a subscriber that misses something backfills from it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict, defaultdict
@@ -109,8 +108,9 @@ class RevocationFeed:
             sub.quiet += 1
             if sub.quiet >= 2:
                 sub.quiet = 0
-                # A full queue is a subscriber far behind, with messages to read anyway.
-                with contextlib.suppress(asyncio.QueueFull):
+                # Only to an empty queue: a subscriber with messages to read needs no
+                # heartbeat, and one that stopped reading must not fill up on them.
+                if sub.queue.empty():
                     sub.queue.put_nowait(beat)
 
 

@@ -21,6 +21,7 @@ Ordering rules, in one place:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,8 @@ from server.feed import Heartbeat, RevocationFeed
 from server.store import RevocationEvent, Store
 
 __all__ = ["Heartbeat", "Resume", "WatchItem", "WatchService", "revokes"]
+
+logger = logging.getLogger(__name__)
 
 _PAGE = 500
 # Cut off from the shared store for longer than this, a Watch stream ends.
@@ -77,12 +80,15 @@ class WatchService:
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat / 2)
-            self._feed.tick()
+            try:
+                self._feed.tick()
+            except Exception:  # never let one bad tick end every stream's heartbeats
+                logger.exception("heartbeat tick failed")
 
     async def stream(self, caller: Caller, after_seq: int) -> AsyncIterator[WatchItem]:
         if after_seq < 0:
             raise InvalidArgument("after_seq must be 0 or a sequence number this server gave")
-        if self._ticker is None:  # one timer for every stream's heartbeats
+        if self._ticker is None or self._ticker.done():  # one timer for every stream's heartbeats
             self._ticker = asyncio.create_task(self._tick_forever())
         sub = self._feed.subscribe(self._buffer)
         self._feed.watching(+1)
@@ -110,7 +116,8 @@ class WatchService:
                             f"{STORE_DOWN_MARK}, so this replica hears no revocations: "
                             f"resume after sequence {sent} on another one"
                         )
-                    yield live
+                    # Queued during a replay, it may predate events the replay already sent.
+                    yield live if live.current_seq >= sent else Heartbeat(sent)
                     continue
                 if live.seq <= sent:
                     continue

@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from bench.context import BenchContext
 from bench.load import LoadSpec
-from bench.procs import BenchError, cpu_seconds
+from bench.procs import BenchError
 from bench.results import Result, percentile
 from bench.scenarios.common import throughput_result
 from bench.scenarios.fan_out import REVOKED_KEY, Rounds, baseline_trigger, kms_watch_setup, watch_specs
@@ -111,9 +111,7 @@ def run(ctx: BenchContext) -> list[Result]:
                 raise BenchError("mixed: not every watch stream opened")
             revoker = _Pacer("seed-kms", lambda: kms.revoke_key(REVOKED_KEY))
             publisher = _Pacer(LOADED, publish)
-            # Where the two cores go: the watchers' processes stand for a fleet's machines.
-            kms_pid = kms.pid
-            cpu_before = {pid: cpu_seconds(pid) for pid in [kms_pid, *watch_pool.pids]}
+            kms_pid, watcher_pids = kms.pid, watch_pool.pids
             try:
                 out = ctx.run_load(
                     [
@@ -123,12 +121,13 @@ def run(ctx: BenchContext) -> list[Result]:
                     "mixed",
                     on_go=lambda phases: (revoker.start(phases), publisher.start(phases)),
                     server_pids={"echo": echo.pid, LOADED: echo.pid, "seed-kms": kms.pid},
+                    # Where the two cores go: the watchers' processes stand for a fleet's machines.
+                    other_pids=watcher_pids,
                 )
                 revoker.join()
                 publisher.join()
             finally:
                 close_publish()
-            cpu_used = {pid: cpu_seconds(pid) - before for pid, before in cpu_before.items()}
             ctx.progress.step(f"waiting for {len(revoker.sent)} revocations to reach every watcher")
             watch_pool.pump(
                 lambda: all(tracker.complete(s) for s in revoker.sent) or bool(tracker.errors), 15
@@ -147,8 +146,9 @@ def run(ctx: BenchContext) -> list[Result]:
     from_sent = [tracker.last(s) - revoker.sent[s][0] for s in delivered]
     p99 = percentile(latencies, 99) * 1000
     # The watchers and the server's fan-out work only while revocations flow (Seed KMS phases).
-    kms_seconds = ctx.duration  # each target's phases add up to --duration
-    watchers_cpu = sum(used for pid, used in cpu_used.items() if pid != kms_pid)
+    kms_seconds = ctx.duration  # each target's phases add up to --duration (plus the gaps)
+    cpu_used = out["seed-kms"].cpu_seconds_by_pid
+    watchers_cpu = sum(cpu_used[pid] for pid in watcher_pids)
     kms_out, echo_out = out["seed-kms"], out["echo"]
     all_delivered = bool(revoker.sent) and len(delivered) == len(revoker.sent) and not tracker.errors
     result = throughput_result(

@@ -138,7 +138,7 @@ class PostgresBase:
                 try:
                     result = await fn(conn)
                     if audit is not None and result is not None:
-                        await self._append_audit(conn, audit(result) if callable(audit) else audit)
+                        await self._append_audit(conn, [audit(result) if callable(audit) else audit])
                 except BaseException:
                     try:
                         await tx.rollback()
@@ -151,23 +151,22 @@ class PostgresBase:
                 return result
         raise AssertionError("unreachable")
 
-    async def _append_audit(self, conn: Conn, entry: AuditEntry) -> None:
+    async def _append_audit(self, conn: Conn, entries: Sequence[AuditEntry]) -> None:
+        """Appends entries in order to the chain, under one lock and one read of its head."""
         # Held until COMMIT: the next writer reads the head this one wrote.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
         last = await conn.fetchrow("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-        seq, prev = (last["seq"] + 1, bytes(last["hash"])) if last else (1, GENESIS)
-        digest = record_hash(prev, seq, entry.at, entry.actor, entry.action, entry.object, entry.outcome)
-        await conn.execute(
+        seq, prev = (last["seq"], bytes(last["hash"])) if last else (0, GENESIS)
+        rows = []
+        for entry in entries:
+            seq += 1
+            digest = record_hash(prev, seq, entry.at, entry.actor, entry.action, entry.object, entry.outcome)
+            rows.append((seq, entry.at, entry.actor, entry.action, entry.object, entry.outcome, prev, digest))
+            prev = digest
+        await conn.executemany(
             "INSERT INTO audit(seq, at, actor, action, object, outcome, prev_hash, hash)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            seq,
-            entry.at,
-            entry.actor,
-            entry.action,
-            entry.object,
-            entry.outcome,
-            prev,
-            digest,
+            rows,
         )
 
     async def append_audit(self, entry: AuditEntry) -> None:
@@ -178,8 +177,7 @@ class PostgresBase:
 
     async def append_audits(self, entries: Sequence[AuditEntry]) -> None:
         async def q(conn: Conn) -> None:
-            for entry in entries:
-                await self._append_audit(conn, entry)
+            await self._append_audit(conn, entries)
 
         await self._write(q)
 

@@ -4,8 +4,8 @@ Writes are group-committed: every write queued while the previous commit was
 syncing joins one transaction, each in its own savepoint (a failing write
 rolls back alone), and all of them are acknowledged only after that one
 COMMIT is durable. Under load this turns one fsync per write into one per
-batch, and batches are paced (COMMIT_PACE) so that they grow; alone, a write
-commits at once.
+batch, and batches are paced (COMMIT_PACE) so that they grow; writes that
+come one at a time commit at once.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ _READ_CACHE_SIZE = 10_000
 # sooner than this after the one before, so that more writes share each
 # fsync. A commit's fsync and its GIL hand-offs cost the server more CPU
 # than the writes in it: FetchKey at full speed went from about 0.49 to 0.41
-# ms of server CPU per call (bench fetch-key). A lone write never waits.
+# ms of server CPU per call (bench fetch-key). When writes come one at a
+# time, each commits at once.
 COMMIT_PACE = 0.008
 
 
@@ -95,8 +96,14 @@ class SqliteBase:
         # When the last batch began, and how many writes it had (set on the worker thread).
         self._last_commit = 0.0
         self._last_batch = 0
+        self._commit_timer: asyncio.TimerHandle | None = None  # a paced commit, not yet submitted
+        self._closing = False
 
     async def close(self) -> None:
+        self._closing = True
+        if self._commit_timer is not None:  # commit what is queued now, before the connection goes
+            self._commit_timer.cancel()
+            self._submit_commit(asyncio.get_running_loop())
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
@@ -123,6 +130,8 @@ class SqliteBase:
 
         As with _tx, a result of None appends no audit record.
         """
+        if self._closing:
+            raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._queued_lock:
@@ -133,10 +142,19 @@ class SqliteBase:
             # stays free for reads meanwhile.
             wait = self._last_commit + COMMIT_PACE - time.monotonic() if self._last_batch > 1 else 0
             if wait > 0:
-                loop.call_later(wait, self._executor.submit, self._commit_queued, loop)
+                self._commit_timer = loop.call_later(wait, self._submit_commit, loop)
             else:
-                self._executor.submit(self._commit_queued, loop)
+                self._submit_commit(loop)
         return await future
+
+    def _submit_commit(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._commit_timer = None
+        try:
+            self._executor.submit(self._commit_queued, loop)
+        except RuntimeError:  # the executor is shut down: fail what is queued rather than leave it waiting
+            with self._queued_lock:
+                batch, self._queued = self._queued, []
+            _settle(batch, [(None, StoreError("store is closed")) for _ in batch])
 
     def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the worker thread: everything queued so far, in one transaction."""

@@ -249,7 +249,7 @@ def test_a_replica_cut_off_from_its_store_ends_watch_streams_instead_of_heartbea
 def test_heartbeats_come_from_ticks_to_quiet_subscribers_only_and_cover_what_was_queued() -> None:
     async def body() -> None:
         feed = RevocationFeed(0)
-        quiet, busy = feed.subscribe(16), feed.subscribe(16)
+        quiet, busy, stalled = feed.subscribe(16), feed.subscribe(16), feed.subscribe(16)
         feed.tick()
         assert quiet.queue.empty() and busy.queue.empty()  # one tick: not quiet for an interval yet
         feed.publish(_event(1))  # busy's quiet count starts again; quiet's queue gets the event too
@@ -261,6 +261,9 @@ def test_heartbeats_come_from_ticks_to_quiet_subscribers_only_and_cover_what_was
         assert busy.queue.empty()
         feed.tick()
         assert busy.queue.get_nowait() == Heartbeat(1) and quiet.queue.empty()
+        for _ in range(6):  # a subscriber that stopped reading does not fill up on heartbeats
+            feed.tick()
+        assert stalled.queue.qsize() == 1 and stalled.queue.get_nowait() == _event(1)
 
     asyncio.run(body())
 

@@ -285,3 +285,24 @@ def test_a_renewal_after_a_revocation_is_refused(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(body())
+
+
+def test_a_paced_write_is_committed_by_close_not_left_waiting(tmp_path: Path) -> None:
+    """Under load a commit waits for its pace; closing the store meanwhile commits it first."""
+    import time
+
+    from server.store import AuditEntry
+
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        store._last_batch, store._last_commit = 2, time.monotonic()  # as if the last batch was busy
+        write = asyncio.create_task(store.append_audit(AuditEntry(NOW, "admin", "token.create", "agent:x")))
+        await asyncio.sleep(0)  # queued, its commit paced
+        await asyncio.wait_for(store.close(), 5)
+        await asyncio.wait_for(write, 5)  # acknowledged: durable
+        with pytest.raises(StoreError, match="closed"):
+            await store.append_audit(AuditEntry(NOW, "admin", "token.create", "agent:y"))
+
+    asyncio.run(body())
+    conn = sqlite3.connect(tmp_path / "kms.db")
+    assert conn.execute("SELECT count(*) FROM audit").fetchone()[0] == 1
