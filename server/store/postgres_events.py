@@ -26,7 +26,7 @@ from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
 from server.store.postgres_base import CONNECTION_ERRORS, SESSION_SETTINGS, Conn, PostgresBase
 from server.store.rows import CERT_COLUMNS, EVENT_COLUMNS, cert_record, event_record
 
-__all__ = ["CHANNEL", "PostgresEvents", "append_event", "revoked_certificates"]
+__all__ = ["CHANNEL", "PostgresEvents", "add_current_version", "append_event", "revoked_certificates"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,14 @@ async def append_event(
     )
     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(seq))
     return RevocationEvent(seq, kind, serial, agent, key_name, key_version, reason, now)
+
+
+async def add_current_version(conn: Conn, name: str, new: int, seal: SealFn, now: int) -> None:
+    """Makes version new of key name, active and current (a rotation, or replacing a compromised one)."""
+    await conn.execute(
+        "INSERT INTO key_versions VALUES ($1, $2, 'active', $3, $4, $5)", name, new, seal(new), now, now
+    )
+    await conn.execute("UPDATE keys SET current_version=$1 WHERE name=$2", new, name)
 
 
 async def revoked_certificates(conn: Conn) -> list[CertificateRecord]:
@@ -148,16 +156,7 @@ class PostgresEvents(PostgresBase):
             )
             if version == current:
                 # Nothing may keep encrypting under a compromised version.
-                new = current + 1
-                await conn.execute(
-                    "INSERT INTO key_versions VALUES ($1, $2, 'active', $3, $4, $5)",
-                    name,
-                    new,
-                    seal(new),
-                    now,
-                    now,
-                )
-                await conn.execute("UPDATE keys SET current_version=$1 WHERE name=$2", new, name)
+                await add_current_version(conn, name, current + 1, seal, now)
             return await append_event(conn, "key", reason, now, key=(name, version))
 
         return await self._write(q, audit)

@@ -14,7 +14,7 @@ import asyncpg
 from server.store import rules
 from server.store.base import Audit, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, SealFn
 from server.store.postgres_base import CONNECTION_ERRORS, Conn, PostgresBase
-from server.store.postgres_events import append_event
+from server.store.postgres_events import add_current_version, append_event
 from server.store.rows import VERSION_COLUMNS
 
 __all__ = ["PostgresKeys"]
@@ -85,15 +85,7 @@ class PostgresKeys(PostgresBase):
                 name,
                 current,
             )
-            await conn.execute(
-                "INSERT INTO key_versions VALUES ($1, $2, 'active', $3, $4, $5)",
-                name,
-                new,
-                seal(new),
-                now,
-                now,
-            )
-            await conn.execute("UPDATE keys SET current_version=$1 WHERE name=$2", new, name)
+            await add_current_version(conn, name, new, seal, now)
             event = await append_event(conn, "rotate", "superseded", now, key=(name, new))
             return await self._key(conn, name), event
 

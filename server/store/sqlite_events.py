@@ -9,7 +9,7 @@ from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
 from server.store.rows import CERT_COLUMNS, EVENT_COLUMNS, cert_record, event_record
 from server.store.sqlite_base import SqliteBase
 
-__all__ = ["SqliteEvents", "append_event", "revoked_certificates"]
+__all__ = ["SqliteEvents", "append_event", "add_current_version", "revoked_certificates"]
 
 
 def append_event(
@@ -30,6 +30,12 @@ def append_event(
     )
     assert cur.lastrowid is not None
     return RevocationEvent(cur.lastrowid, kind, serial, agent, key_name, key_version, reason, now)
+
+
+def add_current_version(db: sqlite3.Connection, name: str, new: int, seal: SealFn, now: int) -> None:
+    """Makes version new of key name, active and current (a rotation, or replacing a compromised one)."""
+    db.execute("INSERT INTO key_versions VALUES (?, ?, 'active', ?, ?, ?)", (name, new, seal(new), now, now))
+    db.execute("UPDATE keys SET current_version=? WHERE name=?", (new, name))
 
 
 def revoked_certificates(db: sqlite3.Connection) -> list[CertificateRecord]:
@@ -107,12 +113,7 @@ class SqliteEvents(SqliteBase):
             )
             if version == current:
                 # Nothing may keep encrypting under a compromised version.
-                new = current + 1
-                db.execute(
-                    "INSERT INTO key_versions VALUES (?, ?, 'active', ?, ?, ?)",
-                    (name, new, seal(new), now, now),
-                )
-                db.execute("UPDATE keys SET current_version=? WHERE name=?", (new, name))
+                add_current_version(db, name, current + 1, seal, now)
             return append_event(db, "key", reason, now, key=(name, version))
 
         return await self._write(q, audit, invalidates=True)

@@ -10,7 +10,7 @@ from server.store import rules
 from server.store.base import Audit, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, SealFn
 from server.store.rows import VERSION_COLUMNS
 from server.store.sqlite_base import SqliteBase
-from server.store.sqlite_events import append_event
+from server.store.sqlite_events import add_current_version, append_event
 
 __all__ = ["SqliteKeys"]
 
@@ -72,10 +72,7 @@ class SqliteKeys(SqliteBase):
                 " WHERE key_name=? AND version=? AND state='active'",
                 (now, name, current),
             )
-            db.execute(
-                "INSERT INTO key_versions VALUES (?, ?, 'active', ?, ?, ?)", (name, new, seal(new), now, now)
-            )
-            db.execute("UPDATE keys SET current_version=? WHERE name=?", (new, name))
+            add_current_version(db, name, new, seal, now)
             # Tells watching agents to refresh key files that follow the current version.
             event = append_event(db, "rotate", "superseded", now, key=(name, new))
             return self._key(db, name), event
