@@ -29,7 +29,7 @@ _RETRY_PAUSE = 0.1
 class AuditBatcher:
     """Appends records in batches: one transaction per ``delay`` (or per ``max_batch`` records).
 
-    A crash loses at most the records of the last ``delay``, and a batched
+    A crash loses at most the records of about the last ``delay``, and a batched
     record may follow in the chain one of an action up to ``delay`` later;
     use it only for records of actions that leave no other trace in the store.
     """
@@ -69,7 +69,9 @@ class AuditBatcher:
                 await self._store.append_audits(batch)
                 return
             except asyncio.CancelledError:
-                logger.error("audit records lost: their write was cancelled", extra={"records": len(batch)})
+                logger.error(
+                    "audit records may be lost: their write was cancelled", extra={"records": len(batch)}
+                )
                 raise
             except Exception as exc:
                 if attempt == 2:
