@@ -105,6 +105,14 @@ def _enroll(server: ServerProcess, state: Path, name: str, *args: str) -> subpro
     )
 
 
+def _enroll_direct(server: ServerProcess, state: Path, name: str) -> None:
+    """Enrolls name at state through the live server's own two addresses."""
+    result = _enroll(
+        server, state, name, "--server", server.address, "--enroll-server", server.enroll_address
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def _set_servers(state: Path, servers: list[str]) -> None:
     settings = json.loads((state / "agent.json").read_text())
     settings["servers"] = servers
@@ -222,10 +230,7 @@ def test_a_silent_address_is_passed_after_the_deadline(
     silent = _Silent()
     try:
         state = tmpdir_short / "s"
-        result = _enroll(
-            server, state, "s", "--server", server.address, "--enroll-server", server.enroll_address
-        )
-        assert result.returncode == 0, result.stderr
+        _enroll_direct(server, state, "s")
         _set_servers(state, [silent.address, server.address])
         started = time.monotonic()
         fetched = agent(state, "fetch-key", "app", "--timeout", "1")
@@ -261,12 +266,7 @@ def test_when_every_address_is_down_one_line_names_each(
         assert not (tmpdir_short / "x" / "agent.json").exists()
 
         state = tmpdir_short / "c"
-        assert (
-            _enroll(
-                server, state, "c", "--server", server.address, "--enroll-server", server.enroll_address
-            ).returncode
-            == 0
-        )
+        _enroll_direct(server, state, "c")
         _set_servers(state, [dead.address, other.address])
         for args in (
             ["fetch-key", "app"],
@@ -385,10 +385,7 @@ def test_an_older_agents_single_address_state_still_works(
 ) -> None:
     server, _, _, _ = rig
     state = tmpdir_short / "old"
-    result = _enroll(
-        server, state, "old", "--server", server.address, "--enroll-server", server.enroll_address
-    )
-    assert result.returncode == 0, result.stderr
+    _enroll_direct(server, state, "old")
     settings = json.loads((state / "agent.json").read_text())
     old = {k: v for k, v in settings.items() if k not in ("servers", "enroll_servers")}
     old |= {"server": server.address, "enroll_server": server.enroll_address}
