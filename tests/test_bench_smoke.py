@@ -13,11 +13,15 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from bench.cli import main
+from bench.context import BenchContext
 from bench.scenarios import SCENARIOS
+from bench.scenarios.fan_out import rounds_for
 from tests.pg import find_bindir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,3 +98,13 @@ def test_fan_out_replicas_is_skipped_with_the_reason_without_postgresql(
     assert report["results"] == [] and report["meta"]["errors"] == {}
     assert "no PostgreSQL server binaries" in report["meta"]["skipped"]["fan-out-replicas"]
     assert "bench: skipped fan-out-replicas: no PostgreSQL server binaries" in err
+
+
+def test_fan_out_takes_enough_rounds_for_its_p99() -> None:
+    # Over 20 rounds the p99 is nearly the largest, one outlier of either side.
+    def at(duration: float) -> BenchContext:
+        return cast(BenchContext, SimpleNamespace(duration=duration))
+
+    assert rounds_for(at(10), 1_000) == 100
+    assert rounds_for(at(10), 10_000) == 10  # a round takes over a second there
+    assert rounds_for(at(1), 100) == 10  # the smoke run

@@ -246,9 +246,10 @@ def watch_request(open_seq: int) -> bytes:
 
 
 def rounds_for(ctx: BenchContext, n: int) -> int:
-    # A p99 over fewer than 100 rounds is their maximum, one outlier of either side.
-    # Rounds at N <= 1,000 are cheap (~0.17 s): 100 of them at the default --duration.
-    # At 10,000 a round takes over a second, so there the p99 stays near the maximum.
+    # A p99 over 20 rounds is nearly the largest of them, one outlier of either side;
+    # over 100 it is about the second largest. Rounds at N <= 1,000 are cheap (~0.17 s):
+    # 100 of them at the default --duration. At 10,000 a round takes over a second, so
+    # there it stays 10 rounds and the p99 near the largest.
     per_second = 10 if n <= 1000 else 1
     return max(3, min(100, round(ctx.duration * per_second)))
 
