@@ -64,6 +64,15 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
+def _unusable(url: str) -> InvalidArgument:
+    # Not the URL parser's own words: they can quote part of the password
+    # (asyncpg splits the user info at the first '@', redact_url at the last).
+    return InvalidArgument(
+        f"--database {redact_url(url)!r} is not a usable URL: check its form, and percent-encode"
+        " characters such as '@', ':' or '/' in the user name and password"
+    )
+
+
 async def _insert_certificate(
     conn: Conn, cert: CertificateRecord, token_id: str | None, groups_json: str
 ) -> None:
@@ -100,8 +109,8 @@ class PostgresStore(PostgresKeys, PostgresEvents):
                 server_settings=SESSION_SETTINGS,
                 connection_class=_PooledConnection,
             )
-        except (ValueError, asyncpg.exceptions.ClientConfigurationError) as exc:
-            raise InvalidArgument(f"--database {redact_url(url)!r} is not a usable URL: {exc}") from None
+        except (ValueError, asyncpg.exceptions.ClientConfigurationError):
+            raise _unusable(url) from None
         store = cls(url, pool)
         try:
             await store._first_connect()
@@ -120,13 +129,10 @@ class PostgresStore(PostgresKeys, PostgresEvents):
                 async with self._pool.acquire(timeout=10) as conn:
                     await conn.fetchval("SELECT 1")
                 return
-            except (
-                asyncpg.InvalidAuthorizationSpecificationError,
-                asyncpg.InvalidCatalogNameError,
-                asyncpg.exceptions.ClientConfigurationError,
-                ValueError,
-            ) as exc:
+            except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError) as exc:
                 raise StoreError(f"cannot use database {redact_url(self._url)}: {exc}") from None
+            except (asyncpg.exceptions.ClientConfigurationError, ValueError):  # parsed on first use
+                raise _unusable(self._url) from None
             except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                 if time.monotonic() > deadline:
                     raise StoreError(

@@ -218,3 +218,20 @@ def test_a_renewal_racing_a_revocation_on_another_replica_is_refused(pg_database
         assert await a.get_certificate("c2") is None
 
     _run(pg_database, body)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://kms:p@ss:w0rd-secret@127.0.0.1:1/kms",  # an unencoded '@' and ':' in the password
+        "postgresql://kms:w0rd-secret@127.0.0.1:notaport/kms",
+    ],
+)
+def test_a_url_that_does_not_parse_is_refused_without_any_of_its_password(url: str) -> None:
+    # No database needed: the URL fails before any connection is tried.
+    from kms.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument) as caught:
+        asyncio.run(PostgresStore.open(url))
+    assert "w0rd-secret" not in caught.value.message and "w0rd" not in caught.value.message
+    assert "percent-encode" in caught.value.message
