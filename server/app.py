@@ -97,6 +97,7 @@ class App:
     health: HealthServicer
     follower: EventFollower
     audit: AuditBatcher
+    watch: WatchService
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -141,6 +142,7 @@ class App:
         if self.http is not None:
             await self.http.stop()
         await asyncio.gather(self.api.stop(grace), self.admin.stop(grace))
+        self.watch.close()  # after the grace: streams still open in it get their heartbeats
         await self.audit.flush()
         await self.store.close()
         self.datadir.admin_socket.unlink(missing_ok=True)
@@ -377,6 +379,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             health,
             follower,
             audit,
+            watch,
         )
     except BaseException:
         if store is not None:

@@ -85,6 +85,12 @@ class WatchService:
             except Exception:  # never let one bad tick end every stream's heartbeats
                 logger.exception("heartbeat tick failed")
 
+    def close(self) -> None:
+        """Stops the heartbeat ticker; call it once the server's streams have ended."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
     async def stream(self, caller: Caller, after_seq: int) -> AsyncIterator[WatchItem]:
         if after_seq < 0:
             raise InvalidArgument("after_seq must be 0 or a sequence number this server gave")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -294,3 +295,30 @@ def test_a_quiet_stream_hears_one_heartbeat_per_interval(tmp_path: Path, rsa_key
     # each a full sleep: never sooner); the upper bounds leave room for a loaded machine.
     assert 0.1 <= arrivals[0] <= 1.0
     assert all(0.19 <= g <= 1.0 for g in gaps), gaps
+
+
+def test_closing_the_watch_service_stops_its_heartbeat_ticker(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    def tickers() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() if "_tick_forever" in repr(t.get_coro()) and not t.done()]
+
+    async def body() -> tuple[int, int]:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            watch = WatchService(store, RevocationFeed(0), heartbeat=5, buffer=16)
+            stream = watch.stream(_caller(rsa_key), after_seq=0)
+            waiting = asyncio.create_task(anext(stream))  # a stream starts the ticker
+            await asyncio.sleep(0.05)
+            running = len(tickers())
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            await stream.aclose()
+            watch.close()
+            await asyncio.sleep(0)  # let the cancellation land
+            return running, len(tickers())
+        finally:
+            await store.close()
+
+    assert asyncio.run(body()) == (1, 0)
