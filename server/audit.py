@@ -4,67 +4,129 @@ An action that changes the store appends its audit record in the same
 transaction, so it is recorded exactly when it happens (server/store).
 A key exchange with the server changes nothing: its record would cost a
 transaction and an fsync of its own per handshake, so AuditBatcher collects
-such records and appends them together, at most ``delay`` later. Readers
+such records and appends them together, normally within ``delay``. Readers
 of the trail flush it first, so they see every exchange already answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from kms.audit import AuditRecord, first_break
 from kms.errors import InvalidArgument
-from server.store import AuditEntry, Store
+from server.store import AuditEntry, Store, WriteOutcomeUnknown
 
 __all__ = ["AuditBatcher", "AuditTrail"]
 
 logger = logging.getLogger(__name__)
 
 _PAGE = 1000
-_RETRY_PAUSE = 0.1
 
 
 class AuditBatcher:
-    """Appends records in batches: one transaction per ``delay`` (or per ``max_batch`` records).
+    """Appends records in batches, in the order they were added, by one writer.
 
-    A crash loses at most the records of about the last ``delay``, and a batched
-    record may follow in the chain one of an action up to ``delay`` later;
-    use it only for records of actions that leave no other trace in the store.
+    A batch goes once ``delay`` has passed since the writer last woke, or at
+    once when ``max_batch`` records wait. A batch the store refuses is tried
+    again, with backoff, for up to ``retry_for``; later records wait behind it,
+    so the chain keeps their order. It is not tried again when the store went
+    away during its COMMIT (WriteOutcomeUnknown): it may have landed, and a
+    second copy would record each exchange twice. At most ``max_pending``
+    records wait; beyond that new ones are dropped and counted in the log.
+
+    So a crash loses the records not yet written: normally those of about the
+    last ``delay``; while the store refuses writes, all those waiting. Use it
+    only for records of actions that leave no other trace in the store.
     """
 
-    def __init__(self, store: Store, delay: float = 0.01, max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        delay: float = 0.01,
+        max_batch: int = 1000,
+        retry_for: float = 30.0,
+        max_pending: int = 100_000,
+    ) -> None:
         self._store = store
         self._delay = delay
         self._max_batch = max_batch
+        self._retry_for = retry_for
+        self._max_pending = max_pending
         self._pending: list[AuditEntry] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._writing: set[asyncio.Task[None]] = set()
+        self._added = 0  # records accepted so far
+        self._settled = 0  # of those, written or given up on (in order)
+        self._dropped = 0  # refused by the max_pending bound, not yet logged
+        self._hurry = asyncio.Event()  # a full batch or a flush: no more waiting
+        self._writer: asyncio.Task[None] | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def add(self, entry: AuditEntry) -> None:
-        self._pending.append(entry)
-        if len(self._pending) >= self._max_batch:
-            self._start_write()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._delay, self._start_write)
-
-    def _start_write(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._pending:
+        if len(self._pending) >= self._max_pending:
+            self._dropped += 1
             return
-        batch, self._pending = self._pending, []
-        task = asyncio.create_task(self._write(batch))
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
+        self._pending.append(entry)
+        self._added += 1
+        if len(self._pending) >= self._max_batch:
+            self._hurry.set()
+        self._ensure_writer()
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending())
+
+    async def flush(self) -> None:
+        """Returns once every record added so far is durable (or its loss logged).
+
+        Records added meanwhile are not waited for. A cancelled caller does not
+        cancel the writes it waited for: the writer is a task of its own.
+        """
+        if self._settled >= self._added:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._added, done))
+        self._hurry.set()
+        self._ensure_writer()
+        await done
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            if not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._delay):
+                        await self._hurry.wait()
+            self._hurry.clear()
+            batch = self._pending[: self._max_batch]
+            await self._write(batch)
+            del self._pending[: len(batch)]
+            self._settled += len(batch)
+            if len(self._pending) >= self._max_batch or any(n > self._settled for n, _ in self._waiters):
+                self._hurry.set()
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        waiting = []
+        for upto, done in self._waiters:
+            if upto <= self._settled:
+                if not done.done():  # a cancelled flush left its future cancelled
+                    done.set_result(None)
+            else:
+                waiting.append((upto, done))
+        self._waiters = waiting
 
     async def _write(self, batch: list[AuditEntry]) -> None:
-        # Nobody awaits this write (flush waits without cancelling it): the log is
-        # where a failure shows. One retry covers a store that blinked (a busy
-        # SQLite file, a PostgreSQL failover).
-        for attempt in (1, 2):
+        # Nobody awaits this write: the log is where a failure shows.
+        if self._dropped:
+            logger.error(
+                "audit records lost: too many were waiting for the store", extra={"records": self._dropped}
+            )
+            self._dropped = 0
+        give_up = time.monotonic() + self._retry_for
+        pause = 0.1
+        while True:
             try:
                 await self._store.append_audits(batch)
                 return
@@ -73,23 +135,21 @@ class AuditBatcher:
                     "audit records may be lost: their write was cancelled", extra={"records": len(batch)}
                 )
                 raise
+            except WriteOutcomeUnknown as exc:
+                logger.error(
+                    "audit records may be lost: the store went away while they were committing",
+                    extra={"records": len(batch), "error": str(exc)},
+                )
+                return
             except Exception as exc:
-                if attempt == 2:
+                if time.monotonic() + pause > give_up:
                     logger.error(
-                        "audit records lost: the store refused them twice",
+                        "audit records lost: the store refused them",
                         extra={"records": len(batch), "error": str(exc)},
                     )
                     return
-                await asyncio.sleep(_RETRY_PAUSE)
-
-    async def flush(self) -> None:
-        """Returns once every record added so far is durable (or its failure logged).
-
-        A cancelled caller does not cancel the writes it waited for.
-        """
-        self._start_write()
-        if self._writing:
-            await asyncio.wait(set(self._writing))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
 
 class AuditTrail:

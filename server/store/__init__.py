@@ -13,6 +13,7 @@ from server.store.base import (
     RevocationEvent,
     Store,
     StoreError,
+    WriteOutcomeUnknown,
 )
 from server.store.postgres import PostgresStore, is_postgres_url
 from server.store.sqlite import SqliteStore
@@ -30,6 +31,7 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoreError",
+    "WriteOutcomeUnknown",
     "is_postgres_url",
     "open_store",
 ]

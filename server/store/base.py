@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kms.audit import AuditRecord
-from kms.errors import FailedPrecondition
+from kms.errors import FailedPrecondition, Unavailable
 
 __all__ = [
     "AgentRecord",
@@ -27,11 +27,16 @@ __all__ = [
     "SealFn",
     "Store",
     "StoreError",
+    "WriteOutcomeUnknown",
 ]
 
 
 class StoreError(FailedPrecondition):
     """The store cannot be opened or used (corrupt, too new, unreadable)."""
+
+
+class WriteOutcomeUnknown(Unavailable):
+    """The store went away while a write was committing: it may or may not have happened."""
 
 
 @dataclass(frozen=True)

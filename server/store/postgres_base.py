@@ -27,7 +27,7 @@ import asyncpg
 
 from kms.audit import GENESIS, AuditRecord, record_hash
 from kms.errors import STORE_DOWN_MARK, FailedPrecondition, Unavailable
-from server.store.base import Audit, AuditEntry
+from server.store.base import Audit, AuditEntry, WriteOutcomeUnknown
 
 __all__ = ["CONNECTION_ERRORS", "Conn", "PostgresBase", "unavailable"]
 
@@ -81,6 +81,15 @@ COMMAND_TIMEOUT = 30.0
 INIT_PATIENCE = 120.0
 
 
+def _outcome_unknown(exc: BaseException) -> WriteOutcomeUnknown:
+    error = WriteOutcomeUnknown(
+        f"{STORE_DOWN_MARK} ({type(exc).__name__}) while a change was committing: it may or may not "
+        "have been made; check whether it happened before repeating it"
+    )
+    error.__cause__ = exc
+    return error
+
+
 def unavailable(exc: BaseException) -> Unavailable:
     error = Unavailable(
         f"{STORE_DOWN_MARK} ({type(exc).__name__}): retry shortly (if it broke while a change was "
@@ -124,7 +133,7 @@ class PostgresBase:
         Retried once on a fresh connection only if the first could not even
         BEGIN (a pooled connection that died while idle); once the write has
         started it is not: if the connection dies during COMMIT the outcome is
-        unknown, and the caller is told Unavailable.
+        unknown, and the caller is told so (WriteOutcomeUnknown, an Unavailable).
         """
         for attempt in (1, 2):
             async with self._conn() as conn:
@@ -147,7 +156,14 @@ class PostgresBase:
                         # original error is the one the caller needs.
                         conn.terminate()
                     raise
-                await tx.commit()
+                try:
+                    await tx.commit()
+                except CONNECTION_ERRORS as exc:
+                    if isinstance(exc, asyncpg.PostgresError) and not isinstance(
+                        exc, asyncpg.PostgresConnectionError | asyncpg.exceptions.OperatorInterventionError
+                    ):
+                        raise  # the database answered the COMMIT with a refusal: nothing happened
+                    raise _outcome_unknown(exc) from exc
                 return result
         raise AssertionError("unreachable")
 

@@ -1,17 +1,21 @@
-"""server/audit.py: batched audit records are appended in order, in one chain, and never lost on a flush."""
+"""server/audit.py: batched audit records are appended in order, in one chain, once, and never lost on a flush."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from kms.audit import first_break
+from kms.errors import Unavailable
 from server.audit import AuditBatcher, AuditTrail
-from server.store import AuditEntry, PostgresStore, SqliteStore, Store
+from server.store import AuditEntry, PostgresStore, SqliteStore, Store, WriteOutcomeUnknown
 
 NOW = 1_800_000_000
 
@@ -77,19 +81,136 @@ def test_records_are_written_after_the_delay_and_at_the_batch_limit(tmp_path: Pa
     assert (before, after_delay, at_limit) == (0, 1, 11)
 
 
-def test_a_failed_batch_is_logged_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    async def body() -> None:
+def test_a_batch_the_store_keeps_refusing_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body() -> float:
         store = await SqliteStore.open(tmp_path / "kms.db")
         await store.close()  # every write now fails
-        batcher = AuditBatcher(store, delay=60)
+        batcher = AuditBatcher(store, delay=60, retry_for=0.3)
         batcher.add(_entry(1))
         batcher.add(_entry(2))
+        started = time.monotonic()
         await batcher.flush()
+        return time.monotonic() - started
 
     with caplog.at_level(logging.ERROR, logger="server.audit"):
-        asyncio.run(body())
+        waited = asyncio.run(body())
     (record,) = [r for r in caplog.records if r.name == "server.audit"]
-    assert "refused them twice" in record.getMessage() and record.__dict__["records"] == 2
+    assert "refused them" in record.getMessage() and record.__dict__["records"] == 2
+    assert 0.09 <= waited < 5  # tried again (a pause of 0.1 s first) within retry_for, then given up
+
+
+class _Faulty:
+    """A real store whose append_audits fails as a database can: refused outright before
+    it ever writes (refuse), or gone during COMMIT after writing (unknown_after_write)."""
+
+    def __init__(self, store: Store, refuse: int = 0, unknown_after_write: int = 0) -> None:
+        self.store = store
+        self.refuse = refuse
+        self.unknown_after_write = unknown_after_write
+        self.calls = 0
+
+    async def append_audits(self, entries: Sequence[AuditEntry]) -> None:
+        self.calls += 1
+        if self.refuse:
+            self.refuse -= 1
+            raise Unavailable("the store is down for a moment")
+        await self.store.append_audits(entries)
+        if self.unknown_after_write:
+            self.unknown_after_write -= 1
+            raise WriteOutcomeUnknown("gone while committing")
+
+
+def test_a_refused_batch_is_tried_again_and_later_records_keep_their_order(store_at: tuple[str, str]) -> None:
+    async def body() -> tuple[list[str], int]:
+        store = await _open(*store_at)
+        try:
+            faulty = _Faulty(store, refuse=2)
+            batcher = AuditBatcher(cast(Store, faulty), delay=0.01, max_batch=5)
+            for i in range(1, 21):  # while the first batch waits to be retried, more come
+                batcher.add(_entry(i))
+                await asyncio.sleep(0.01)
+            await batcher.flush()
+            records = await store.audit_after(0, 100)
+            assert first_break(records) is None
+            return [r.actor for r in records], faulty.calls
+        finally:
+            await store.close()
+
+    actors, calls = asyncio.run(body())
+    assert actors == [f"agent:web-{i}/0{i:x}" for i in range(1, 21)]  # each once, in order
+    assert calls >= 3
+
+
+def test_a_batch_whose_commit_outcome_is_unknown_is_not_written_twice(
+    store_at: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body() -> list[str]:
+        store = await _open(*store_at)
+        try:
+            batcher = AuditBatcher(cast(Store, _Faulty(store, unknown_after_write=1)), delay=60)
+            for i in range(1, 4):
+                batcher.add(_entry(i))
+            await batcher.flush()
+            return [r.actor for r in await store.audit_after(0, 100)]
+        finally:
+            await store.close()
+
+    with caplog.at_level(logging.ERROR, logger="server.audit"):
+        actors = asyncio.run(body())
+    assert actors == [f"agent:web-{i}/0{i:x}" for i in range(1, 4)]
+    assert any("may be lost" in r.getMessage() for r in caplog.records if r.name == "server.audit")
+
+
+def test_records_beyond_the_bound_are_dropped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body() -> int:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            faulty = _Faulty(store, refuse=3)
+            batcher = AuditBatcher(cast(Store, faulty), delay=60, max_batch=10, max_pending=10)
+            for i in range(1, 16):  # five too many while nothing is written
+                batcher.add(_entry(i))
+            await batcher.flush()
+            batcher.add(_entry(16))  # the next write reports the loss
+            await batcher.flush()
+            return len(await store.audit_after(0, 100))
+        finally:
+            await store.close()
+
+    with caplog.at_level(logging.ERROR, logger="server.audit"):
+        written = asyncio.run(body())
+    assert written == 11
+    (lost,) = [r for r in caplog.records if r.name == "server.audit"]
+    assert "too many were waiting" in lost.getMessage() and lost.__dict__["records"] == 5
+
+
+def test_a_flush_under_steady_load_returns(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            batcher = AuditBatcher(store, delay=0.01)
+            stop = asyncio.Event()
+
+            async def steady() -> None:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    batcher.add(_entry(i))
+                    await asyncio.sleep(0.001)
+
+            producer = asyncio.create_task(steady())
+            await asyncio.sleep(0.05)
+            await asyncio.wait_for(batcher.flush(), 5)  # only what was added before it
+            stop.set()
+            await producer
+            await batcher.flush()
+        finally:
+            await store.close()
+
+    asyncio.run(body())
 
 
 def test_a_cancelled_reader_does_not_cancel_the_write_it_waited_for(store_at: tuple[str, str]) -> None:

@@ -235,3 +235,27 @@ def test_a_url_that_does_not_parse_is_refused_without_any_of_its_password(url: s
         asyncio.run(PostgresStore.open(url))
     assert "w0rd-secret" not in caught.value.message and "w0rd" not in caught.value.message
     assert "percent-encode" in caught.value.message
+
+
+def test_a_connection_lost_during_commit_is_an_unknown_outcome_not_a_plain_outage(pg_database: str) -> None:
+    # Whoever wrote cannot tell whether the change happened: an audit batch must not be
+    # appended twice on a retry (server/audit.py), and the caller is told to check first.
+    from server.store import WriteOutcomeUnknown
+
+    async def main() -> str:
+        store = await PostgresStore.open(pg_database)
+        try:
+
+            async def killed_before_commit(conn: asyncpg.Connection) -> bool:
+                pid = await conn.fetchval("SELECT pg_backend_pid()")
+                async with store._pool.acquire() as other:
+                    await other.execute("SELECT pg_terminate_backend($1)", pid)
+                return True
+
+            with pytest.raises(WriteOutcomeUnknown) as caught:
+                await store._write(killed_before_commit)
+            return caught.value.message
+        finally:
+            await store.close()
+
+    assert "may or may not have been made" in asyncio.run(main())
