@@ -118,10 +118,9 @@ async def _shared(cfg: ServerConfig, datadir: DataDir, store: Store, clock: Cloc
         root = create_root(trust_domain, cfg.ca_key_type, cfg.ca_ttl, clock())
         sealer = Sealer(_master_key(cfg, datadir, create=True))
         sealed = base64.b64encode(seal_key(root, sealer, _CA_SLOT)).decode()
-        stored_key = await store.set_meta("ca_key", sealed, replace=True)
-        # Last: a CA certificate in the database means the deployment is complete.
-        stored_cert = await store.set_meta("ca_cert", root.cert_pem.decode(), replace=False)
-        if (stored_key, stored_cert) != (sealed, root.cert_pem.decode()):
+        # Key and certificate in one transaction: a CA certificate in the database means
+        # the deployment is complete, and a racing replica can change neither.
+        if await store.create_ca(sealed, root.cert_pem.decode()) != (sealed, root.cert_pem.decode()):
             # Another replica got here too (our lock's connection dropped): use nothing of ours.
             raise DataDirError(
                 "another replica created the deployment's CA at the same moment: start this one again"

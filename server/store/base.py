@@ -145,6 +145,12 @@ class Store(Protocol):
         """Sets key (if unset, unless replace); returns the value now stored."""
         ...
 
+    async def create_ca(self, key: str, cert: str) -> tuple[str, str]:
+        """Stores the deployment's sealed CA key and its certificate together, unless a CA
+        certificate is stored already (the key of an attempt that never stored one is
+        replaced); returns the (key, certificate) now stored."""
+        ...
+
     async def next_crl(self) -> tuple[int, list[CertificateRecord]]:
         """The next CRL number and every revoked certificate as of it, in one transaction."""
         ...

@@ -199,6 +199,25 @@ class PostgresStore(PostgresKeys, PostgresEvents):
 
         return await self._write(q)
 
+    async def create_ca(self, key: str, cert: str) -> tuple[str, str]:
+        async def q(conn: Conn) -> tuple[str, str]:
+            # A replica racing us waits on our uncommitted certificate row, then inserts
+            # nothing and reads what we committed (each statement sees the latest commit).
+            if await conn.fetchval(
+                "INSERT INTO meta(key, value) VALUES ('ca_cert', $1) ON CONFLICT (key) DO NOTHING RETURNING value",
+                cert,
+            ):
+                await conn.execute(
+                    "INSERT INTO meta(key, value) VALUES ('ca_key', $1)"
+                    " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    key,
+                )
+            rows = await conn.fetch("SELECT key, value FROM meta WHERE key IN ('ca_key', 'ca_cert')")
+            stored = {r["key"]: str(r["value"]) for r in rows}
+            return stored.get("ca_key", ""), stored["ca_cert"]
+
+        return await self._write(q)
+
     async def next_crl(self) -> tuple[int, list[CertificateRecord]]:
         async def q(conn: Conn) -> tuple[int, list[CertificateRecord]]:
             # The number's row stays locked until COMMIT, and the list is read after

@@ -138,6 +138,22 @@ class SqliteStore(SqliteKeys, SqliteEvents):
 
         return await self._run(q)
 
+    async def create_ca(self, key: str, cert: str) -> tuple[str, str]:
+        def q(db: sqlite3.Connection) -> tuple[str, str]:
+            if db.execute(
+                "INSERT INTO meta(key, value) VALUES ('ca_cert', ?) ON CONFLICT(key) DO NOTHING RETURNING value",
+                (cert,),
+            ).fetchone():
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES ('ca_key', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key,),
+                )
+            stored = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('ca_key', 'ca_cert')"))
+            return str(stored.get("ca_key", "")), str(stored["ca_cert"])
+
+        return await self._write(q)
+
     async def next_crl(self) -> tuple[int, list[CertificateRecord]]:
         def q(db: sqlite3.Connection) -> tuple[int, list[CertificateRecord]]:
             row = db.execute(

@@ -90,6 +90,22 @@ def test_meta_and_emptiness(tmp_path: Path) -> None:
     asyncio.run(body())
 
 
+def test_the_ca_is_stored_once_with_its_key(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            await store.set_meta(
+                "ca_key", "stale key of an attempt that stored no certificate", replace=False
+            )
+            assert await store.create_ca("key A", "cert A") == ("key A", "cert A")
+            assert await store.create_ca("key B", "cert B") == ("key A", "cert A")  # neither is changed
+            assert (await store.get_meta("ca_key"), await store.get_meta("ca_cert")) == ("key A", "cert A")
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
 def _open(path: Path) -> None:
     async def body() -> None:
         store = await SqliteStore.open(path)

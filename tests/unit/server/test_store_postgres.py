@@ -63,6 +63,17 @@ def test_refuses_a_newer_schema_and_a_foreign_database(pg_database: str, pg_clus
     asyncio.run(main())
 
 
+def test_replicas_creating_the_ca_at_once_store_one_key_with_one_certificate(pg_database: str) -> None:
+    async def body(a: PostgresStore, b: PostgresStore) -> tuple[tuple[str, str], ...]:
+        await a.set_meta("ca_key", "stale key of an attempt that stored no certificate", replace=False)
+        results = await asyncio.gather(a.create_ca("key A", "cert A"), b.create_ca("key B", "cert B"))
+        stored = (await a.get_meta("ca_key") or "", await a.get_meta("ca_cert") or "")
+        return (*results, stored)
+
+    first, second, stored = _run(pg_database, body)
+    assert first == second == stored and stored in (("key A", "cert A"), ("key B", "cert B"))
+
+
 def test_a_token_is_consumed_once_across_replicas(pg_database: str) -> None:
     async def body(a: PostgresStore, b: PostgresStore) -> list[object]:
         await a.add_join_token(JoinTokenRecord("00" * 8, b"h" * 32, "web-1", ("g",), NOW, NOW + 900))
