@@ -72,8 +72,10 @@ class LoadOutcome:
     server_cpu_ms_per_op: float = math.nan
     # The client processes' CPU time per counted operation during the target's phases.
     client_cpu_ms_per_op: float = math.nan
-    # CPU seconds of each watched process (run_load's servers and other_pids) during them.
+    # CPU seconds of each watched process (run_load's servers and other_pids) during them,
+    # and the wall-clock seconds those phases took.
     cpu_seconds_by_pid: dict[int, float] = field(default_factory=dict)
+    cpu_window_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -174,10 +176,10 @@ class BenchContext:
         just before they start (to run something beside chosen phases).
         server_pids names each target's server process, to report its CPU time
         per operation: the efficiency figure that noise moves least. A server's
-        CPU counts only during its own target's phases (each with the gap before
-        it), so what it does while another target runs is left out. The CPU of
+        CPU counts only during its own target's phases (not the gaps between),
+        so what it does while another target runs is left out. The CPU of
         other_pids (and of the servers) during each target's phases is in its
-        outcome's cpu_seconds_by_pid.
+        outcome's cpu_seconds_by_pid, over cpu_window_seconds.
         """
         pids = server_pids or {}
         names = [t.name for t in specs[0].targets]
@@ -187,7 +189,7 @@ class BenchContext:
             pool.wait_ready()
             watched = sorted({*pids.values(), *other_pids})
             cpu_by_target = {name: dict.fromkeys(watched, 0.0) for name in names}
-            cpu_mark = {pid: cpu_seconds(pid) for pid in watched}
+            window = dict.fromkeys(names, 0.0)
             go = time.monotonic() + 0.3
             absolute = [(name, go + start, go + end) for name, start, end in phases]
             pool.send(absolute)
@@ -195,11 +197,15 @@ class BenchContext:
                 on_go(absolute)
             for i, (name, start, end) in enumerate(phases):
                 self.progress.step(f"{label}: {name} phase {i + 1}/{len(phases)}")
+                # Reports are handled meanwhile; a condition that never holds makes pump
+                # return at its timeout, i.e. at the phase's start, to the poll's precision.
+                pool.pump(lambda: False, timeout=max(0.0, go + start - time.monotonic()))
+                began, mark = time.monotonic(), {pid: cpu_seconds(pid) for pid in watched}
                 pool.pump(_after(go + end), timeout=end - start + 5 + PHASE_GAP * 2)
                 now = {pid: cpu_seconds(pid) for pid in watched}
                 for pid in watched:
-                    cpu_by_target[name][pid] += now[pid] - cpu_mark[pid]
-                cpu_mark = now
+                    cpu_by_target[name][pid] += now[pid] - mark[pid]
+                window[name] += time.monotonic() - began
             per_worker: list[list[PhaseResult]] = pool.results(timeout=60)
         outcomes = {name: LoadOutcome([], []) for name in names}
         for i, (name, _, _) in enumerate(phases):
@@ -215,6 +221,7 @@ class BenchContext:
             mine = [worker[i] for worker in per_worker for i, phase in enumerate(phases) if phase[0] == name]
             ops = sum(r.count for r in mine)
             out.cpu_seconds_by_pid = cpu_by_target[name]
+            out.cpu_window_seconds = window[name]
             if name in pids and ops:
                 out.server_cpu_ms_per_op = out.cpu_seconds_by_pid[pids[name]] * 1000 / ops
             out.client_cpu_ms_per_op = sum(r.cpu_seconds for r in mine) * 1000 / ops if ops else math.nan
