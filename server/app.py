@@ -99,6 +99,8 @@ class App:
     audit: AuditBatcher
     watch: WatchService
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # The event follower: it ends only when the shared log was rewritten (the server must stop).
+    following: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -126,11 +128,12 @@ class App:
         await self.admin.start()
         for service in _HEALTH_SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.following = asyncio.create_task(self.follower.run())
         self._tasks = [
             asyncio.create_task(self.crl.refresh_forever()),
             asyncio.create_task(self.tls.rotate_forever()),
             asyncio.create_task(HeapKeeper().run_forever()),
-            asyncio.create_task(self.follower.run()),
+            self.following,
         ]
 
     async def stop(self) -> None:
@@ -408,8 +411,9 @@ async def initialize(cfg: ServerConfig, clock: Clock = system_clock) -> Initiali
     return Initialized(deployment.trust_domain, fingerprint(der), deployment.created)
 
 
-async def serve(cfg: ServerConfig, clock: Clock = system_clock) -> None:
-    """Runs kms-server until SIGTERM or SIGINT, then stops gracefully."""
+async def serve(cfg: ServerConfig, clock: Clock = system_clock) -> int:
+    """Runs kms-server until SIGTERM or SIGINT (exit status 0), or until the shared event
+    log turns out rewritten (1), then stops gracefully."""
     if cfg.log_format == "json":
         use_json_logs()
     app = await create_server(cfg, clock)
@@ -420,7 +424,15 @@ async def serve(cfg: ServerConfig, clock: Clock = system_clock) -> None:
         loop.add_signal_handler(sig, stopping.set)
     print(app.ready_line(), flush=True)
     logger.info("serving", extra={"address": app.address, "enroll_address": app.enroll_address})
-    await stopping.wait()
-    logger.info("stopping")
+    signalled = asyncio.create_task(stopping.wait())
+    assert app.following is not None
+    await asyncio.wait({signalled, app.following}, return_when=asyncio.FIRST_COMPLETED)
+    signalled.cancel()
+    failure = None if app.following.cancelled() or not app.following.done() else app.following.exception()
+    if failure is not None:
+        logger.critical("stopping: %s", failure)
+    else:
+        logger.info("stopping")
     await app.stop()
     print("kms-server stopped", file=sys.stderr, flush=True)
+    return 1 if failure is not None else 0

@@ -70,8 +70,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    asyncio.run(serve(_config(args)))
-    return 0
+    return asyncio.run(serve(_config(args)))
 
 
 def cmd_init(args: argparse.Namespace) -> int:

@@ -21,12 +21,22 @@ from kms.errors import KmsError
 from server.feed import RevocationFeed
 from server.store import RevocationEvent, Store
 
-__all__ = ["EventFollower"]
+__all__ = ["EventFollower", "EventLogRewritten"]
 
 logger = logging.getLogger(__name__)
 
 _PAGE = 500
 POLL_INTERVAL = 5.0
+
+
+class EventLogRewritten(Exception):  # noqa: N818 - a state, like StopIteration
+    """The shared log no longer holds, unchanged, an event this server applied.
+
+    Not a KmsError on purpose: nothing retries it. Sequence numbers after the
+    restore point are handed out again, so the server's memory (published
+    events, revoked serials, open streams' positions) can no longer be matched
+    to the log: it stops, and starts again from the log as it now is.
+    """
 
 
 class EventFollower:
@@ -42,12 +52,14 @@ class EventFollower:
         self._apply = apply
         self._connected = connected
         self._down_since: float | None = None
-        # Every event up to here was applied (or published by this replica).
+        # Every event up to here was applied (or published by this replica) ...
         self._applied = feed.last_seq
+        # ... and this is the one at _applied as read from the log (None: not read yet).
+        self._last: RevocationEvent | None = None
         self._wake = asyncio.Event()
 
     async def run(self) -> None:
-        """Follows until cancelled; nothing else stops it."""
+        """Follows until cancelled; only EventLogRewritten ends it otherwise."""
         listener: asyncio.Task[None] | None = None
         try:
             while True:
@@ -64,8 +76,10 @@ class EventFollower:
                         await self._wake.wait()
                 self._wake.clear()
                 try:
+                    await self._check_log_intact()
                     await self.catch_up()
-                    await self._check_not_behind()
+                except EventLogRewritten:
+                    raise
                 except KmsError as exc:  # the store is unreachable: the next wake-up or poll retries
                     logger.warning("cannot read the event log: will retry", extra={"error": str(exc)})
                 except Exception:  # never let one bad read end the fan-out between replicas
@@ -85,19 +99,27 @@ class EventFollower:
         """Seconds since this replica lost its store (0 while it has it): it hears no other replica meanwhile."""
         return 0.0 if self._down_since is None else time.monotonic() - self._down_since
 
-    async def _check_not_behind(self) -> None:
-        """A log that ends before what was applied was restored or failed over with a loss."""
-        last = await self._store.last_seq()
-        if last < self._applied:
-            logger.error(
-                "the event log ends at %d but this server applied up to %d: the database was restored or "
-                "failed over and lost events; revocations after %d must be repeated. Following from %d",
-                last,
-                self._applied,
-                last,
-                last,
+    async def _check_log_intact(self) -> None:
+        """Raises EventLogRewritten unless the event last applied is still in the log, unchanged.
+
+        A restored database (or a failover that lost commits) ends the log
+        earlier, and new events then take the lost numbers: comparing the event
+        itself, not only the log's length, also sees a log that has grown past
+        the old end again by the time we look.
+        """
+        if self._applied == 0:
+            return
+        page = await self._store.events_after(self._applied - 1, 1)
+        now = page[0] if page and page[0].seq == self._applied else None
+        # Events are never deleted, so a missing one was lost; on the first look
+        # (_last unknown) that is all there is to compare.
+        if now is None or (self._last is not None and now != self._last):
+            raise EventLogRewritten(
+                f"the shared event log no longer holds event {self._applied} as this server applied it: the "
+                "database was restored or failed over and lost events. Stopping: start every replica again, "
+                "then repeat the revocations made after the restore point"
             )
-            self._applied = last
+        self._last = now
 
     async def catch_up(self) -> int:
         """Applies every event after the last one applied; returns how many were new here."""
@@ -107,5 +129,5 @@ class EventFollower:
                 if not self._feed.has_published(event.seq):
                     self._apply(event)
                     applied += 1
-                self._applied = event.seq
+                self._applied, self._last = event.seq, event
         return applied

@@ -35,6 +35,7 @@ from tests.harness import (
     assert_one_line_error,
     cluster,
     enroll,
+    execute_sql,
     query,
     short_tmpdir,
 )
@@ -508,3 +509,33 @@ def test_postgresql_restart_under_load_is_ridden_out_without_restarting_replicas
             on_b.stop()
             if not pg.running():
                 pg.start()
+
+
+def test_replicas_stop_when_the_shared_event_log_is_rewritten() -> None:
+    """A restored database (or a failover that lost commits) hands lost sequence numbers out
+    again: a replica that applied the old events cannot match what it holds in memory (the
+    revoked serials, the events it published, its streams' positions) to the log, so it
+    stops with exit status 1 and says why, rather than take a new revocation for a repeat."""
+    root = short_tmpdir("kmsrw")
+    a, b = _start_replicas(root)
+    try:
+        for key in ("r1", "r2", "r3"):
+            a.admin("key", "create", key)
+            a.admin("revoke", "key", key, "--version", "1")
+        restore_point = _log(a)[0]
+        time.sleep(1)  # B has heard all three (a wake-up each, within milliseconds)
+        execute_sql(a, "DELETE FROM events WHERE seq > ?", restore_point)
+        execute_sql(a, "UPDATE counters SET value = ? WHERE name = 'events'", restore_point)
+        b.admin("key", "create", "r4")
+        b.admin("revoke", "key", "r4", "--version", "1")  # takes the lost number restore_point + 1
+        for server in (a, b):
+            assert server.proc is not None
+            code = server.proc.wait(30)
+            assert code == 1, server.output()
+            assert (
+                "no longer holds event" in server.output() and "start every replica again" in server.output()
+            )
+    finally:
+        a.kill()
+        b.kill()
+        shutil.rmtree(root, ignore_errors=True)

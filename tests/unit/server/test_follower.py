@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+import pytest
+
 from server.feed import RevocationFeed
-from server.follower import EventFollower
+from server.follower import EventFollower, EventLogRewritten
 from server.store import PostgresStore, RevocationEvent
 
 NOW = 1_800_000_000
@@ -59,3 +62,39 @@ def test_follower_applies_remote_events_in_order_once_and_skips_its_own(pg_datab
     assert not set(applied) & set(own)
     assert applied == sorted(applied)  # the follower reads the log in order
     assert sorted(delivered) == list(range(1, 31)) and len(delivered) == 30  # nothing twice on the feed
+
+
+def test_a_rewritten_log_stops_the_follower_even_once_it_has_grown_back(pg_database: str) -> None:
+    async def body() -> str:
+        here, there = await PostgresStore.open(pg_database), await PostgresStore.open(pg_database)
+        try:
+            for i in range(5):
+                await there.create_key(f"k{i}", NOW, _seal, [])
+            feed = RevocationFeed(await here.last_seq())
+            follower = EventFollower(here, feed, feed.publish)
+            following = asyncio.create_task(follower.run())
+            events = [
+                await there.revoke_key_version(f"k{i}", 1, "keyCompromise", NOW, _seal) for i in range(3)
+            ]
+            assert all(events)
+            restore_point = events[0].seq  # type: ignore[union-attr]
+            async with asyncio.timeout(10):
+                while feed.last_seq < restore_point + 2:
+                    await asyncio.sleep(0.05)
+            # The database is restored to just after the first of them (as a restore or a
+            # failover that lost commits leaves it), then two new revocations take the lost
+            # numbers: the log is as long as before, but not the one this server applied.
+            conn = await asyncpg.connect(pg_database)
+            await conn.execute("DELETE FROM events WHERE seq > $1", restore_point)
+            await conn.execute("UPDATE counters SET value = $1 WHERE name = 'events'", restore_point)
+            await conn.close()
+            for i in (3, 4):
+                await there.revoke_key_version(f"k{i}", 1, "keyCompromise", NOW, _seal)
+            with pytest.raises(EventLogRewritten) as stopped:
+                await asyncio.wait_for(following, 10)
+            return str(stopped.value)
+        finally:
+            await here.close()
+            await there.close()
+
+    assert "no longer holds event" in asyncio.run(body())
