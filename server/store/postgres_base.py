@@ -81,19 +81,15 @@ COMMAND_TIMEOUT = 30.0
 INIT_PATIENCE = 120.0
 
 
-def _outcome_unknown(exc: BaseException) -> WriteOutcomeUnknown:
-    error = WriteOutcomeUnknown(
-        f"{STORE_DOWN_MARK} ({type(exc).__name__}) while a change was committing: it may or may not "
-        "have been made; check whether it happened before repeating it"
-    )
-    error.__cause__ = exc
-    return error
-
-
-def unavailable(exc: BaseException) -> Unavailable:
-    error = Unavailable(
-        f"{STORE_DOWN_MARK} ({type(exc).__name__}): retry shortly (if it broke while a change was "
-        "committing, check whether the change happened before repeating it)"
+def unavailable(exc: BaseException, *, committing: bool = False) -> Unavailable:
+    """The store is out of reach; committing: it went while a change was committing."""
+    error = (
+        WriteOutcomeUnknown(
+            f"{STORE_DOWN_MARK} ({type(exc).__name__}) while a change was committing: it may or may not "
+            "have been made; check whether it happened before repeating it"
+        )
+        if committing
+        else Unavailable(f"{STORE_DOWN_MARK} ({type(exc).__name__}): retry shortly")
     )
     error.__cause__ = exc
     return error
@@ -163,7 +159,7 @@ class PostgresBase:
                         exc, asyncpg.PostgresConnectionError | asyncpg.exceptions.OperatorInterventionError
                     ):
                         raise  # the database answered the COMMIT with a refusal: nothing happened
-                    raise _outcome_unknown(exc) from exc
+                    raise unavailable(exc, committing=True) from exc
                 return result
         raise AssertionError("unreachable")
 
