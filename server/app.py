@@ -146,11 +146,17 @@ class App:
             await self.http.stop()
         await asyncio.gather(self.api.stop(grace), self.admin.stop(grace))
         self.watch.close()  # after the grace: streams still open in it get their heartbeats
-        await self.audit.flush()
+        try:  # bounded: a store that refuses writes must not hold the stop past a supervisor's patience
+            await asyncio.wait_for(self.audit.flush(), AUDIT_FLUSH_AT_STOP)
+        except TimeoutError:
+            logger.error("stopping with audit records unwritten", extra={"records": self.audit.pending})
         await self.store.close()
         self.datadir.admin_socket.unlink(missing_ok=True)
         self.datadir.release()
 
+
+# How long a stop waits for batched audit records (exchanges) to be written.
+AUDIT_FLUSH_AT_STOP = 10.0
 
 _HEALTH_SERVICES = ("", "kms.v1.Keys", "kms.v1.Enrollment", "kms.v1.Revocation")
 

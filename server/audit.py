@@ -32,8 +32,10 @@ class AuditBatcher:
 
     A batch goes once ``delay`` has passed since the writer last woke, or at
     once when ``max_batch`` records wait. A batch the store refuses is tried
-    again, with backoff, for up to ``retry_for``; later records wait behind it,
-    so the chain keeps their order. It is not tried again when the store went
+    again, with backoff, until the store has refused writes for ``retry_for``
+    (counted from the first refusal of the outage, not per batch: after that
+    each batch gets one try until a write succeeds); later records wait behind
+    it, so the chain keeps their order. It is not tried again when the store went
     away during its COMMIT (WriteOutcomeUnknown): it may have landed, and a
     second copy would record each exchange twice. At most ``max_pending``
     records wait; beyond that new ones are dropped and counted in the log.
@@ -63,6 +65,12 @@ class AuditBatcher:
         self._hurry = asyncio.Event()  # a full batch or a flush: no more waiting
         self._writer: asyncio.Task[None] | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._refusing_since: float | None = None  # the store's current outage began
+
+    @property
+    def pending(self) -> int:
+        """Records accepted and not yet written or given up on."""
+        return self._added - self._settled
 
     def add(self, entry: AuditEntry) -> None:
         if len(self._pending) >= self._max_pending:
@@ -124,11 +132,11 @@ class AuditBatcher:
                 "audit records lost: too many were waiting for the store", extra={"records": self._dropped}
             )
             self._dropped = 0
-        give_up = time.monotonic() + self._retry_for
         pause = 0.1
         while True:
             try:
                 await self._store.append_audits(batch)
+                self._refusing_since = None
                 return
             except asyncio.CancelledError:
                 logger.error(
@@ -142,7 +150,10 @@ class AuditBatcher:
                 )
                 return
             except Exception as exc:
-                if time.monotonic() + pause > give_up:
+                now = time.monotonic()
+                if self._refusing_since is None:
+                    self._refusing_since = now
+                if now + pause > self._refusing_since + self._retry_for:
                     logger.error(
                         "audit records lost: the store refused them",
                         extra={"records": len(batch), "error": str(exc)},

@@ -187,30 +187,45 @@ def test_records_beyond_the_bound_are_dropped_and_counted(
     assert "too many were waiting" in lost.getMessage() and lost.__dict__["records"] == 5
 
 
-def test_a_flush_under_steady_load_returns(tmp_path: Path) -> None:
-    async def body() -> None:
+class _Slow:
+    """A real store that takes its time over each batch: a writer that cannot keep up."""
+
+    def __init__(self, store: Store, pause: float) -> None:
+        self.store, self.pause = store, pause
+
+    async def append_audits(self, entries: Sequence[AuditEntry]) -> None:
+        await asyncio.sleep(self.pause)
+        await self.store.append_audits(entries)
+
+
+def test_a_flush_waits_for_the_records_added_before_it_not_after(tmp_path: Path) -> None:
+    async def body() -> tuple[int, int, int]:
         store = await SqliteStore.open(tmp_path / "kms.db")
         try:
-            batcher = AuditBatcher(store, delay=0.01)
+            batcher = AuditBatcher(cast(Store, _Slow(store, 0.05)), delay=0.01, max_batch=5)
+            added = 0
             stop = asyncio.Event()
 
-            async def steady() -> None:
-                i = 0
+            async def steady() -> None:  # 500 a second against at most 100 written
+                nonlocal added
                 while not stop.is_set():
-                    i += 1
-                    batcher.add(_entry(i))
-                    await asyncio.sleep(0.001)
+                    added += 1
+                    batcher.add(_entry(added))
+                    await asyncio.sleep(0.002)
 
             producer = asyncio.create_task(steady())
-            await asyncio.sleep(0.05)
-            await asyncio.wait_for(batcher.flush(), 5)  # only what was added before it
+            await asyncio.sleep(0.1)
+            before = added
+            await asyncio.wait_for(batcher.flush(), 10)
+            written, after = len(await store.audit_after(0, 100_000)), added
             stop.set()
             await producer
-            await batcher.flush()
+            return before, written, after
         finally:
             await store.close()
 
-    asyncio.run(body())
+    before, written, after = asyncio.run(body())
+    assert before <= written < after  # everything before it, and it did not wait for the rest
 
 
 def test_a_cancelled_reader_does_not_cancel_the_write_it_waited_for(store_at: tuple[str, str]) -> None:
@@ -231,3 +246,26 @@ def test_a_cancelled_reader_does_not_cancel_the_write_it_waited_for(store_at: tu
             await store.close()
 
     assert asyncio.run(body()) == 50
+
+
+def test_an_outage_is_waited_out_once_not_once_per_batch(tmp_path: Path) -> None:
+    async def body() -> tuple[float, int]:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            faulty = _Faulty(store, refuse=1_000)  # down for good
+            batcher = AuditBatcher(cast(Store, faulty), delay=60, max_batch=1, retry_for=0.4)
+            for i in range(1, 6):
+                batcher.add(_entry(i))
+            started = time.monotonic()
+            await batcher.flush()
+            waited = time.monotonic() - started
+            faulty.refuse = 0  # back: a write succeeds, and the next outage is waited out again
+            batcher.add(_entry(6))
+            await batcher.flush()
+            return waited, len(await store.audit_after(0, 100))
+        finally:
+            await store.close()
+
+    waited, written = asyncio.run(body())
+    assert waited < 1.2  # five batches, one outage of 0.4 s: not five of them (2 s)
+    assert written == 1
