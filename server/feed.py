@@ -42,8 +42,8 @@ class RevocationFeed:
         self.last_seq = last_seq
         self._subs: set[Subscription] = set()
         self._metrics = metrics
-        # When each recent event was published, for the delivery-lag metric.
-        self._published: OrderedDict[int, float] = OrderedDict()
+        # Each recent event, and when it was published (for the delivery-lag metric).
+        self._published: OrderedDict[int, tuple[RevocationEvent, float]] = OrderedDict()
 
     def subscribe(self, maxsize: int) -> Subscription:
         sub = Subscription(maxsize)
@@ -57,7 +57,7 @@ class RevocationFeed:
         """A stream sent a live event: record how long after publication."""
         published = self._published.get(event.seq)
         if self._metrics is not None and published is not None:
-            self._metrics.watch_lag.observe(time.monotonic() - published)
+            self._metrics.watch_lag.observe(time.monotonic() - published[1])
 
     def watching(self, delta: int) -> None:
         if self._metrics is not None:
@@ -66,6 +66,11 @@ class RevocationFeed:
     def has_published(self, seq: int) -> bool:
         """Whether event seq went out on this feed recently (the last 10,000 events)."""
         return seq in self._published
+
+    def published(self, seq: int) -> RevocationEvent | None:
+        """The event seq this feed sent out, if it is one of the last 10,000."""
+        entry = self._published.get(seq)
+        return None if entry is None else entry[0]
 
     @property
     def subscribers(self) -> int:
@@ -76,7 +81,7 @@ class RevocationFeed:
         if event.seq in self._published:
             return False
         self.last_seq = max(self.last_seq, event.seq)
-        self._published[event.seq] = time.monotonic()
+        self._published[event.seq] = (event, time.monotonic())
         if len(self._published) > 10_000:
             self._published.popitem(last=False)
         if self._metrics is not None and event.kind != "rotate":

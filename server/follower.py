@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 _PAGE = 500
 POLL_INTERVAL = 5.0
+# A log that looks rewritten is read once more this much later before the server stops:
+# one read may have gone to a standby that lags.
+CONFIRM_AFTER = 1.0
 
 
 class EventLogRewritten(Exception):  # noqa: N818 - a state, like StopIteration
@@ -52,9 +55,9 @@ class EventFollower:
         self._apply = apply
         self._connected = connected
         self._down_since: float | None = None
-        # Every event up to here was applied (or published by this replica) ...
+        # Every event up to here was applied (or published by this replica).
         self._applied = feed.last_seq
-        # ... and this is the one at _applied as read from the log (None: not read yet).
+        # The log's event at the feed's last_seq when last checked (None: not yet).
         self._last: RevocationEvent | None = None
         self._wake = asyncio.Event()
 
@@ -100,26 +103,35 @@ class EventFollower:
         return 0.0 if self._down_since is None else time.monotonic() - self._down_since
 
     async def _check_log_intact(self) -> None:
-        """Raises EventLogRewritten unless the event last applied is still in the log, unchanged.
+        """Raises EventLogRewritten unless the last event this server sent out is still in the log, unchanged.
 
         A restored database (or a failover that lost commits) ends the log
         earlier, and new events then take the lost numbers: comparing the event
         itself, not only the log's length, also sees a log that has grown past
-        the old end again by the time we look.
+        the old end again by the time we look. The feed's last event covers
+        this replica's own revocations, published before the follower reads them.
         """
-        if self._applied == 0:
+        seq = self._feed.last_seq
+        if seq == 0:
             return
-        page = await self._store.events_after(self._applied - 1, 1)
-        now = page[0] if page and page[0].seq == self._applied else None
-        # Events are never deleted, so a missing one was lost; on the first look
-        # (_last unknown) that is all there is to compare.
-        if now is None or (self._last is not None and now != self._last):
-            raise EventLogRewritten(
-                f"the shared event log no longer holds event {self._applied} as this server applied it: the "
-                "database was restored or failed over and lost events. Stopping: start every replica again, "
-                "then repeat the revocations made after the restore point"
-            )
+        known = self._feed.published(seq) or (self._last if self._last and self._last.seq == seq else None)
+        now = await self._event_at(seq)
+        # Events are never deleted, so a missing one was lost; with nothing to compare
+        # (just started), that is all there is to check.
+        if now is None or (known is not None and now != known):
+            await asyncio.sleep(CONFIRM_AFTER)
+            now = await self._event_at(seq)
+            if now is None or (known is not None and now != known):
+                raise EventLogRewritten(
+                    f"the shared event log no longer holds event {seq} as this server sent it out: the "
+                    "database was restored or failed over and lost events. Stopping: start every replica "
+                    "again, then repeat the revocations made after the restore point"
+                )
         self._last = now
+
+    async def _event_at(self, seq: int) -> RevocationEvent | None:
+        page = await self._store.events_after(seq - 1, 1)
+        return page[0] if page and page[0].seq == seq else None
 
     async def catch_up(self) -> int:
         """Applies every event after the last one applied; returns how many were new here."""
@@ -129,5 +141,5 @@ class EventFollower:
                 if not self._feed.has_published(event.seq):
                     self._apply(event)
                     applied += 1
-                self._applied, self._last = event.seq, event
+                self._applied = event.seq
         return applied

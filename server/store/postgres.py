@@ -108,6 +108,8 @@ class PostgresStore(PostgresKeys, PostgresEvents):
                 command_timeout=COMMAND_TIMEOUT,
                 server_settings=SESSION_SETTINGS,
                 connection_class=_PooledConnection,
+                # With several hosts in the URL: the writable one, never a standby that lags.
+                target_session_attrs="read-write",
             )
         except (ValueError, asyncpg.exceptions.ClientConfigurationError):
             raise _unusable(url) from None

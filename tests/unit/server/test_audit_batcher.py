@@ -15,7 +15,8 @@ import pytest
 from kms.audit import first_break
 from kms.errors import Unavailable
 from server.audit import AuditBatcher, AuditTrail
-from server.store import AuditEntry, PostgresStore, SqliteStore, Store, WriteOutcomeUnknown
+from server.store import AuditEntry, SqliteStore, Store, WriteOutcomeUnknown
+from tests.unit.server.conftest import open_store_at
 
 NOW = 1_800_000_000
 
@@ -24,22 +25,9 @@ def _entry(i: int) -> AuditEntry:
     return AuditEntry(NOW, f"agent:web-{i}/0{i:x}", "exchange", f"server session:{i:032x}")
 
 
-async def _open(kind: str, where: str) -> Store:
-    if kind == "sqlite":
-        return await SqliteStore.open(Path(where) / "kms.db")
-    return await PostgresStore.open(where)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    if request.param == "sqlite":
-        return "sqlite", str(tmp_path)
-    return "postgresql", request.getfixturevalue("pg_database")
-
-
 def test_records_added_between_flushes_make_one_batch_and_one_chain(store_at: tuple[str, str]) -> None:
     async def body() -> tuple[list[str], int]:
-        store = await _open(*store_at)
+        store = await open_store_at(*store_at)
         try:
             # A long delay: only flush() (or the batch limit) writes.
             batcher = AuditBatcher(store, delay=60, max_batch=1000)
@@ -124,7 +112,7 @@ class _Faulty:
 
 def test_a_refused_batch_is_tried_again_and_later_records_keep_their_order(store_at: tuple[str, str]) -> None:
     async def body() -> tuple[list[str], int]:
-        store = await _open(*store_at)
+        store = await open_store_at(*store_at)
         try:
             faulty = _Faulty(store, refuse=2)
             batcher = AuditBatcher(cast(Store, faulty), delay=0.01, max_batch=5)
@@ -147,7 +135,7 @@ def test_a_batch_whose_commit_outcome_is_unknown_is_not_written_twice(
     store_at: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     async def body() -> list[str]:
-        store = await _open(*store_at)
+        store = await open_store_at(*store_at)
         try:
             batcher = AuditBatcher(cast(Store, _Faulty(store, unknown_after_write=1)), delay=60)
             for i in range(1, 4):
@@ -230,7 +218,7 @@ def test_a_flush_waits_for_the_records_added_before_it_not_after(tmp_path: Path)
 
 def test_a_cancelled_reader_does_not_cancel_the_write_it_waited_for(store_at: tuple[str, str]) -> None:
     async def body() -> int:
-        store = await _open(*store_at)
+        store = await open_store_at(*store_at)
         try:
             batcher = AuditBatcher(store, delay=60)
             for i in range(1, 51):
