@@ -105,8 +105,8 @@ class AdminClient:
         request = admin_pb2.ListRevocationsRequest()
         return cast(admin_pb2.ListRevocationsResponse, self._call(self._stub.ListRevocations, request))
 
-    def list_audit(self, after_seq: int) -> admin_pb2.ListAuditResponse:
-        request = admin_pb2.ListAuditRequest(after_seq=after_seq)
+    def list_audit(self, after_seq: int, limit: int = 0) -> admin_pb2.ListAuditResponse:
+        request = admin_pb2.ListAuditRequest(after_seq=after_seq, limit=limit)
         return cast(admin_pb2.ListAuditResponse, self._call(self._stub.ListAudit, request))
 
     def verify_audit(self) -> admin_pb2.VerifyAuditResponse:

@@ -43,6 +43,7 @@ from kms.v1 import (
 )
 from server.agents import AgentDirectory
 from server.audit import AuditBatcher, AuditTrail
+from server.audit_devices import AuditDevices
 from server.auth import AuthInterceptor, Limits, Listener
 from server.authn import PeerAuthenticator
 from server.backup import backup
@@ -51,7 +52,7 @@ from server.clock import Clock, system_clock
 from server.config import ServerConfig
 from server.crl import CrlPublisher
 from server.datadir import DataDir
-from server.deployment import open_deployment
+from server.deployment import Deployment, open_deployment
 from server.enrollment import EnrollmentService
 from server.exchange import ExchangeService
 from server.feed import RevocationFeed, StreamGuard
@@ -71,7 +72,7 @@ from server.servicers import (
     KeysServicer,
     RevocationServicer,
 )
-from server.store import Store
+from server.store import AuditEntry, Store
 from server.tls import ServerTls
 from server.watch import WatchService
 
@@ -101,6 +102,7 @@ class App:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # The event follower: it ends only when the shared log was rewritten (the server must stop).
     following: asyncio.Task[None] | None = None
+    devices: AuditDevices | None = None  # closed after the store, which hands them its last records
 
     @property
     def address(self) -> str:
@@ -151,6 +153,8 @@ class App:
         except TimeoutError:
             logger.error("stopping with audit records unwritten", extra={"records": self.audit.pending})
         await self.store.close()
+        if self.devices is not None:
+            self.devices.close()
         self.datadir.admin_socket.unlink(missing_ok=True)
         self.datadir.release()
 
@@ -223,7 +227,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
     """
     datadir = DataDir(cfg.data_dir)
     datadir.prepare()
-    store: Store | None = None
+    deployment: Deployment | None = None
     try:
         deployment = await open_deployment(cfg, datadir, clock)
         store, sealer, root, trust_domain = (
@@ -348,7 +352,10 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
 
         async def backup_now(path: Path) -> int:
             await audit.flush()  # the snapshot holds every exchange already answered
-            return await backup(store, datadir, path)
+            size = await backup(store, datadir, path)
+            # The store is unchanged, but a copy of every sealed key left it: worth a record.
+            await store.append_audit(AuditEntry(int(clock().timestamp()), "admin", "backup", f"file:{path}"))
+            return size
 
         admin = grpc.aio.server(interceptors=[AuthInterceptor(Listener.ADMIN)], options=limits)
         admin_pb2_grpc.add_AdminServicer_to_server(
@@ -358,7 +365,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
                 agents,
                 keys,
                 revocations,
-                AuditTrail(store, audit),
+                AuditTrail(store, audit, deployment.audit_key),
                 backup_now,
             ),
             admin,
@@ -389,10 +396,11 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             follower,
             audit,
             watch,
+            devices=deployment.devices,
         )
     except BaseException:
-        if store is not None:
-            await store.close()
+        if deployment is not None:
+            await deployment.close()
         datadir.release()
         raise
 
@@ -410,7 +418,7 @@ async def initialize(cfg: ServerConfig, clock: Clock = system_clock) -> Initiali
     datadir.prepare()
     try:
         deployment = await open_deployment(cfg, datadir, clock)
-        await deployment.store.close()
+        await deployment.close()
     finally:
         datadir.release()
     der = deployment.root.cert.public_bytes(Encoding.DER)

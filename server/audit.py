@@ -16,11 +16,16 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from kms.audit import AuditRecord, first_break
+from kms.audit import AuditRecord, Break, check_chain
 from kms.errors import InvalidArgument
 from server.store import AuditEntry, Store, WriteOutcomeUnknown
+from server.store.base import AUDIT_MARKER
 
-__all__ = ["AuditBatcher", "AuditTrail"]
+__all__ = ["AUDIT_CHAIN_KEY_LABEL", "AuditBatcher", "AuditTrail"]
+
+# The HKDF label of the audit chain's key (server/sealing.py): its own, so the key
+# is independent of every other use of the master key.
+AUDIT_CHAIN_KEY_LABEL = "audit-chain"
 
 logger = logging.getLogger(__name__)
 
@@ -164,21 +169,33 @@ class AuditBatcher:
 
 
 class AuditTrail:
-    def __init__(self, store: Store, batcher: AuditBatcher | None = None) -> None:
+    """Reads the trail and checks its chain with the key (None: an unkeyed store, tests and tools)."""
+
+    def __init__(self, store: Store, batcher: AuditBatcher | None = None, key: bytes | None = None) -> None:
         self._store = store
         self._batcher = batcher
+        self._key = key
 
-    async def records(self, after_seq: int = 0) -> AsyncIterator[AuditRecord]:
+    async def records(self, after_seq: int = 0, limit: int = 0) -> AsyncIterator[AuditRecord]:
+        """Records after after_seq, in order; at most limit of them (0: all)."""
         if after_seq < 0:
             raise InvalidArgument("--since must be 0 or a sequence number")
+        if limit < 0:
+            raise InvalidArgument("limit must be 0 (all) or a number of records")
         if self._batcher is not None:
             await self._batcher.flush()
-        while page := await self._store.audit_after(after_seq, _PAGE):
+        left = limit or -1
+        while left and (
+            page := await self._store.audit_after(after_seq, min(_PAGE, left) if left > 0 else _PAGE)
+        ):
             for record in page:
                 yield record
             after_seq = page[-1].seq
+            left = max(left - len(page), 0) if left > 0 else left
 
-    async def verify(self) -> tuple[int | None, int]:
-        """(first bad sequence number or None, number of records read)."""
+    async def verify(self) -> tuple[Break | None, int]:
+        """(the first record that does not check, or None; the number of records read)."""
+        marker = await self._store.get_meta(AUDIT_MARKER)
+        keyed_from = int(marker) if marker is not None and marker.isdigit() else None
         records = [r async for r in self.records()]
-        return first_break(records), len(records)
+        return check_chain(records, self._key, keyed_from), len(records)

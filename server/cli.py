@@ -12,12 +12,13 @@ from pathlib import Path
 
 from kms.cli import ArgumentParser, command_parsers, print_json, print_table, read_toml, run_main
 from kms.durations import parse_duration
-from kms.errors import DataLoss, InvalidArgument
+from kms.errors import InvalidArgument
 from kms.events import describe, event_fields
 from kms.revocation import REASONS
 from kms.v1 import admin_pb2
 from server.admin_client import AdminClient
 from server.app import initialize, serve
+from server.audit_cli import add_audit_commands
 from server.backup import restore
 from server.config import CAKeyType, ServerConfig, default_data_dir
 
@@ -59,6 +60,14 @@ RUN_OPTIONS: list[tuple[str, str]] = [
     ("--max-streams-per-identity", "open streams one agent certificate may hold (default 64)"),
     ("--database", "postgresql://USER@HOST/DB shared by replicas (default: SQLite in the data dir)"),
     ("--master-key-file", "a PostgreSQL replica's master key file (KMS_MASTER_KEY: base64 instead)"),
+    (
+        "--audit-file",
+        "also append every audit record to this file, one JSON line each, fsync'd (default off)",
+    ),
+    (
+        "--audit-syslog",
+        "also send every audit record to this local syslog socket, e.g. /dev/log (default off)",
+    ),
 ]
 
 
@@ -243,42 +252,6 @@ def cmd_revocations_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit_list(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
-        records = admin.list_audit(args.since).records
-    if args.json:
-        print_json(
-            [
-                {
-                    "seq": r.seq,
-                    "at": _iso(r.at),
-                    "actor": r.actor,
-                    "action": r.action,
-                    "object": r.object,
-                    "outcome": r.outcome,
-                    "prev_hash": r.prev_hash.hex(),
-                    "hash": r.hash.hex(),
-                }
-                for r in records
-            ]
-        )
-    else:
-        for r in records:
-            print(f"#{r.seq} {_iso(r.at)} {r.actor} {r.action} {r.object} {r.outcome}")
-    return 0
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
-        result = admin.verify_audit()
-    if not result.intact:
-        raise DataLoss(
-            f"the audit trail is broken at record {result.first_bad_seq}: it was edited, deleted or reordered there"
-        )
-    print(f"audit trail intact: {result.records} records")
-    return 0
-
-
 def cmd_backup(args: argparse.Namespace) -> int:
     target = Path(args.file).resolve()
     with _admin(args) as admin:
@@ -436,16 +409,7 @@ def build_parser() -> ArgumentParser:
     rs.add_argument("--master-key", help="the master key file of the backed-up server")
     rs.set_defaults(func=cmd_restore)
 
-    audit = sub.add_parser("audit", help="the hash-chained audit trail").add_subparsers(
-        dest="audit_command", required=True, metavar="COMMAND"
-    )
-    al = audit.add_parser("list", parents=[common], help="list audit records")
-    al.add_argument("--since", type=int, default=0, help="records after this sequence number")
-    al.add_argument("--json", action="store_true")
-    al.set_defaults(func=cmd_audit_list)
-    audit.add_parser(
-        "verify", parents=[common], help="check the chain; names the first bad record"
-    ).set_defaults(func=cmd_audit_verify)
+    add_audit_commands(sub, common, _admin)
     return parser
 
 

@@ -82,7 +82,8 @@ KNOWN_KEYS = frozenset(
         "data_dir", "listen", "enroll_listen", "san", "trust_domain", "ca_key_type", "cert_ttl", "ca_ttl",
         "server_cert_ttl", "token_ttl", "max_token_ttl", "max_request_bytes", "shutdown_grace", "heartbeat",
         "handshake_timeout", "watch_buffer", "http_listen", "renew_fraction", "log_format", "enroll_rate",
-        "auth_failure_rate", "max_streams_per_identity", "database", "master_key_file",
+        "auth_failure_rate", "max_streams_per_identity", "database", "master_key_file", "audit_file",
+        "audit_syslog",
     }
 )  # fmt: skip
 
@@ -120,6 +121,9 @@ class ServerConfig:
     # Where a replica of a PostgreSQL deployment reads the shared master key
     # (None: KMS_MASTER_KEY, else master.key in the data dir).
     master_key_file: Path | None = None
+    # Audit devices (server/audit_devices.py): a JSON-lines file, and a local syslog socket.
+    audit_file: Path | None = None
+    audit_syslog: str | None = None
 
     DEFAULT_TRUST_DOMAIN = "seed-kms.local"
 
@@ -208,6 +212,7 @@ class ServerConfig:
                 raise InvalidArgument(f"--ca-key-type {key_type_text!r} is not one of {choices}") from None
 
         master_key_file = pick("master_key_file", None)
+        audit_file = pick("audit_file", None)
         http = pick("http_listen", None)
         http_host, http_port = (
             parse_hostport(http, what="--http-listen", allow_zero=True) if http else (None, 0)
@@ -242,6 +247,9 @@ class ServerConfig:
             ),
             database=pick("database", None) or None,
             master_key_file=Path(master_key_file) if master_key_file else None,
+            # Absolute: `config show` says where it is, wherever the server was started from.
+            audit_file=Path(audit_file).absolute() if audit_file else None,
+            audit_syslog=pick("audit_syslog", None) or None,
         )
         cfg.validate()
         return cfg
@@ -260,11 +268,16 @@ class ServerConfig:
             out["database"] = redact_url(self.database)
         if self.master_key_file:
             out["master_key_file"] = str(self.master_key_file)
+        out["audit_file"] = str(self.audit_file) if self.audit_file else None
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("data_dir", "sans", "database", "master_key_file") or f.name.startswith(
-                ("listen_", "enroll_h", "enroll_p", "http_")
-            ):
+            if f.name in (
+                "data_dir",
+                "sans",
+                "database",
+                "master_key_file",
+                "audit_file",
+            ) or f.name.startswith(("listen_", "enroll_h", "enroll_p", "http_")):
                 continue
             if isinstance(value, timedelta):
                 value = format_duration(value)
@@ -316,6 +329,12 @@ class ServerConfig:
                 f"--database {redact_url(self.database)!r} is not a postgresql:// URL "
                 "(leave it unset for the embedded SQLite store)"
             )
+        if self.audit_syslog is not None and not self.audit_syslog.startswith("/"):
+            raise InvalidArgument(
+                f"--audit-syslog {self.audit_syslog!r} must be the absolute path of a local syslog socket, like /dev/log"
+            )
+        if self.audit_file is not None and self.audit_file.is_dir():
+            raise InvalidArgument(f"--audit-file {self.audit_file} is a directory: name a file in it")
         if self.master_key_file is not None and self.database is None:
             raise InvalidArgument(
                 "--master-key-file is for replicas of a PostgreSQL deployment (--database); "

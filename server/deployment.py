@@ -26,12 +26,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms.identity import fingerprint
 from kms.securefile import write_atomic
+from server.audit import AUDIT_CHAIN_KEY_LABEL
+from server.audit_devices import AuditDevices
 from server.ca import check_key_type, create_root, load_root
 from server.clock import Clock
 from server.config import ServerConfig
 from server.datadir import DataDir, DataDirError, KeyPair, open_pair, read_master_key, seal_key
 from server.sealing import MASTER_KEY_BYTES, Sealer
 from server.store import Store, open_store
+from server.store.base import AUDIT_MARKER
 
 __all__ = ["Deployment", "open_deployment"]
 
@@ -48,6 +51,16 @@ class Deployment:
     root: KeyPair
     trust_domain: str
     created: bool  # this start made the CA
+    # The audit chain's key (derived from the master key, never stored) and the
+    # devices that copy each record outside the database; set by open_deployment.
+    audit_key: bytes = b""
+    devices: AuditDevices | None = None
+
+    async def close(self) -> None:
+        """Closes the store, then the audit devices (the store hands them its last records)."""
+        await self.store.close()
+        if self.devices is not None:
+            self.devices.close()
 
 
 async def open_deployment(cfg: ServerConfig, datadir: DataDir, clock: Clock) -> Deployment:
@@ -56,15 +69,51 @@ async def open_deployment(cfg: ServerConfig, datadir: DataDir, clock: Clock) -> 
     Raises:
         FailedPrecondition: a missing, wrong or mismatched master key, store or CA.
     """
-    store = await open_store(cfg.database, datadir.db)
+    # Before anything is made: a device that cannot be opened stops the start.
+    devices = AuditDevices(cfg.audit_file, cfg.audit_syslog)
+    try:
+        store = await open_store(cfg.database, datadir.db)
+    except BaseException:
+        devices.close()
+        raise
     try:
         if cfg.database is None:
-            return await _embedded(cfg, datadir, store, clock)
-        async with store.exclusive():
-            return await _shared(cfg, datadir, store, clock)
+            deployment = await _embedded(cfg, datadir, store, clock)
+        else:
+            async with store.exclusive():
+                deployment = await _shared(cfg, datadir, store, clock)
+        deployment.devices = devices
+        deployment.audit_key = deployment.sealer.subkey(AUDIT_CHAIN_KEY_LABEL)
+        await _key_audit_chain(deployment, int(clock().timestamp()))
+        return deployment
     except BaseException:
         await store.close()
+        devices.close()
         raise
+
+
+async def _key_audit_chain(deployment: Deployment, now: int) -> None:
+    store = deployment.store
+    pending = await store.get_meta(AUDIT_MARKER) == "pending"
+    keyed_from = await store.open_audit_chain(
+        deployment.audit_key,
+        now,
+        deployment.devices if deployment.devices and deployment.devices.enabled else None,
+    )
+    if keyed_from is None:
+        logger.error(
+            "the audit trail's keying marker (meta %s) is missing or altered: the trail was tampered with, "
+            "and audit verify reports it broken",
+            AUDIT_MARKER,
+        )
+    elif pending and keyed_from > 1:
+        # Expected once, on the first start after an upgrade; at any other time,
+        # someone reset the marker to have older records checked unkeyed.
+        logger.warning(
+            "the audit chain is keyed from record %d on; records 1..%d, written before, keep unkeyed hashes",
+            keyed_from,
+            keyed_from - 1,
+        )
 
 
 async def _trust_domain(cfg: ServerConfig, store: Store, where: str, *, fresh: bool) -> str:

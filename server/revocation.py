@@ -168,8 +168,18 @@ class RevocationService:
                 self._keys.forget_wrapped(name, version)
             return self._committed(event)
 
+        now = self._now()
+
+        def audit(done: tuple[RevocationEvent, int | None]) -> list[AuditEntry]:
+            entries = [AuditEntry(now, "admin", "revoke.key", f"key:{name}/v{version} reason:{reason}")]
+            if done[1] is not None:  # it was current: a new current version replaced it
+                entries.append(
+                    AuditEntry(now, "admin", "key.rotate", f"key:{name}/v{done[1]} replaces:v{version}")
+                )
+            return entries
+
         write = self._store.revoke_key_version(
-            name, version, reason, self._now(), self._keys.sealer_for(name)
+            name, version, reason, now, self._keys.sealer_for(name), audit=audit
         )
         done = await after_commit(write, committed)
         return done or await self._already(kind="key", key=(name, version))

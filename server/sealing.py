@@ -10,14 +10,25 @@ from __future__ import annotations
 import os
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["MASTER_KEY_BYTES", "SealError", "Sealer", "open_sealed", "seal", "seal_with_nonce"]
+__all__ = [
+    "MASTER_KEY_BYTES",
+    "SealError",
+    "Sealer",
+    "derive_subkey",
+    "open_sealed",
+    "seal",
+    "seal_with_nonce",
+]
 
 MASTER_KEY_BYTES = 32
 _VERSION = 1
 _NONCE = 12
 _AD_PREFIX = b"seed-kms sealed v1\x00"
+_SUBKEY_PREFIX = b"seed-kms subkey v1\x00"
 
 
 class SealError(Exception):
@@ -54,6 +65,17 @@ def open_sealed(master_key: bytes, slot: str, blob: bytes) -> bytes:
         raise SealError("sealed data does not open with this master key") from None
 
 
+def derive_subkey(master_key: bytes, label: str) -> bytes:
+    """A 32-byte key for one purpose (HKDF-SHA256, RFC 5869, info naming the purpose).
+
+    Keys derived for different labels are independent, and none reveals the
+    master key or opens what it sealed.
+    """
+    _check_key(master_key)
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SUBKEY_PREFIX + label.encode())
+    return hkdf.derive(master_key)
+
+
 class Sealer:
     """Holds the master key for the server's lifetime and seals secrets into named slots."""
 
@@ -66,6 +88,10 @@ class Sealer:
 
     def open(self, slot: str, blob: bytes) -> bytes:
         return open_sealed(self._master_key, slot, blob)
+
+    def subkey(self, label: str) -> bytes:
+        """A key derived from the master key for one purpose (e.g. "audit-chain")."""
+        return derive_subkey(self._master_key, label)
 
     def __repr__(self) -> str:
         return "Sealer(<master key redacted>)"

@@ -262,14 +262,18 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def ListAudit(
         self, request: admin_pb2.ListAuditRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListAuditResponse:
-        records = [r async for r in self._audit.records(request.after_seq)]
+        records = [r async for r in self._audit.records(request.after_seq, request.limit)]
         return admin_pb2.ListAuditResponse(records=[admin_pb2.AuditRecord(**vars(r)) for r in records])
 
     async def VerifyAudit(
         self, request: admin_pb2.VerifyAuditRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.VerifyAuditResponse:
         bad, count = await self._audit.verify()
-        return admin_pb2.VerifyAuditResponse(intact=bad is None, first_bad_seq=bad or 0, records=count)
+        if bad is None:
+            return admin_pb2.VerifyAuditResponse(intact=True, records=count)
+        return admin_pb2.VerifyAuditResponse(
+            intact=False, first_bad_seq=bad.seq, records=count, problem=bad.problem
+        )
 
     async def Backup(
         self, request: admin_pb2.BackupRequest, context: grpc.aio.ServicerContext

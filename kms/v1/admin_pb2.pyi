@@ -189,10 +189,12 @@ class AuditRecord(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., at: _Optional[int] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., object: _Optional[str] = ..., outcome: _Optional[str] = ..., prev_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ...) -> None: ...
 
 class ListAuditRequest(_message.Message):
-    __slots__ = ("after_seq",)
+    __slots__ = ("after_seq", "limit")
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     after_seq: int
-    def __init__(self, after_seq: _Optional[int] = ...) -> None: ...
+    limit: int
+    def __init__(self, after_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListAuditResponse(_message.Message):
     __slots__ = ("records",)
@@ -205,14 +207,16 @@ class VerifyAuditRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VerifyAuditResponse(_message.Message):
-    __slots__ = ("intact", "first_bad_seq", "records")
+    __slots__ = ("intact", "first_bad_seq", "records", "problem")
     INTACT_FIELD_NUMBER: _ClassVar[int]
     FIRST_BAD_SEQ_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
     intact: bool
     first_bad_seq: int
     records: int
-    def __init__(self, intact: _Optional[bool] = ..., first_bad_seq: _Optional[int] = ..., records: _Optional[int] = ...) -> None: ...
+    problem: str
+    def __init__(self, intact: _Optional[bool] = ..., first_bad_seq: _Optional[int] = ..., records: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ("path",)

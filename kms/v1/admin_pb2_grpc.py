@@ -201,7 +201,7 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAudit(self, request, context):
-        """The hash-chained audit trail.
+        """The audit trail, chained with HMAC under a key derived from the master key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,7 +49,7 @@ class AdminStub:
     RevokeKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeKeyRequest, _admin_pb2.RevokeResponse]
     ListRevocations: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListRevocationsRequest, _admin_pb2.ListRevocationsResponse]
     ListAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]
-    """The hash-chained audit trail."""
+    """The audit trail, chained with HMAC under a key derived from the master key."""
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]
     Backup: _grpc.UnaryUnaryMultiCallable[_admin_pb2.BackupRequest, _admin_pb2.BackupResponse]
     """A consistent online snapshot (store, CA and server certificates, sealed
@@ -77,7 +77,7 @@ class AdminAsyncStub(AdminStub):
     RevokeKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeKeyRequest, _admin_pb2.RevokeResponse]  # type: ignore[assignment]
     ListRevocations: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListRevocationsRequest, _admin_pb2.ListRevocationsResponse]  # type: ignore[assignment]
     ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
-    """The hash-chained audit trail."""
+    """The audit trail, chained with HMAC under a key derived from the master key."""
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]  # type: ignore[assignment]
     Backup: _aio.UnaryUnaryMultiCallable[_admin_pb2.BackupRequest, _admin_pb2.BackupResponse]  # type: ignore[assignment]
     """A consistent online snapshot (store, CA and server certificates, sealed
@@ -186,7 +186,7 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListAuditResponse, _abc.Awaitable[_admin_pb2.ListAuditResponse]]:
-        """The hash-chained audit trail."""
+        """The audit trail, chained with HMAC under a key derived from the master key."""
 
     @_abc_1.abstractmethod
     def VerifyAudit(

@@ -15,9 +15,11 @@ from kms.audit import AuditRecord
 from kms.errors import FailedPrecondition, Unavailable
 
 __all__ = [
+    "AUDIT_MARKER",
     "AgentRecord",
     "Audit",
     "AuditEntry",
+    "AuditSink",
     "CertificateRecord",
     "Grant",
     "JoinTokenRecord",
@@ -28,6 +30,7 @@ __all__ = [
     "Store",
     "StoreError",
     "WriteOutcomeUnknown",
+    "audit_entries",
 ]
 
 
@@ -132,8 +135,33 @@ class AuditEntry:
     outcome: str = "ok"
 
 
-# An entry, or one made from the operation's result (when the object is known only then).
-Audit = AuditEntry | Callable[[Any], AuditEntry] | None
+# An entry, or one made from the operation's result (when the object is known only then);
+# several when one operation is several actions (a compromised current version is
+# revoked and replaced by a new one).
+Audit = AuditEntry | Sequence[AuditEntry] | Callable[[Any], AuditEntry | Sequence[AuditEntry]] | None
+
+
+def audit_entries(audit: Audit, result: Any) -> list[AuditEntry]:
+    """The entries a write appends, given its result (None: nothing happened, nothing to record)."""
+    if audit is None or result is None:
+        return []
+    made = audit(result) if callable(audit) else audit
+    return [made] if isinstance(made, AuditEntry) else list(made)
+
+
+# The meta row that says from which seq the audit chain is keyed: "pending" until
+# a server holding the master key first opens the store (server/store/*_base.py).
+AUDIT_MARKER = "audit_keyed_from"
+
+
+class AuditSink(Protocol):
+    """Where committed audit records are copied outside the database (server/audit_devices.py).
+
+    Called once per commit with its records in order, never concurrently;
+    it must not raise (the records are committed already).
+    """
+
+    def write(self, records: Sequence[AuditRecord]) -> None: ...
 
 
 class Store(Protocol):
@@ -261,7 +289,11 @@ class Store(Protocol):
     async def revoke_key_version(
         self, name: str, version: int, reason: str, now: int, seal: SealFn, *, audit: Audit = None
     ) -> RevocationEvent | None:
-        """Marks the version compromised (a new current version if it was current). Raises NotFound."""
+        """Marks the version compromised (a new current version if it was current). Raises NotFound.
+
+        A callable audit is given (event, the new current version or None), so
+        both actions can be recorded.
+        """
         ...
 
     async def last_event(
@@ -284,6 +316,17 @@ class Store(Protocol):
     async def revoked_certificates(self) -> list[CertificateRecord]: ...
 
     # --- audit -------------------------------------------------------------------
+
+    async def open_audit_chain(self, key: bytes, now: int, sink: AuditSink | None = None) -> int | None:
+        """From now on, keys the chain with key and copies each committed record to sink.
+
+        On a store that was never keyed (new, or from before the keyed chain),
+        appends the ``audit.keyed`` record that begins the keyed chain and sets
+        the marker to its seq, in one transaction. Returns that seq, or None
+        when the marker is missing or unreadable (tampering: verification will
+        say so; nothing is appended).
+        """
+        ...
 
     async def append_audit(self, entry: AuditEntry) -> None:
         """Appends an entry on its own (failures, and actions with no store write)."""

@@ -132,6 +132,11 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "DROP TABLE events",
         "ALTER TABLE events_v5 RENAME TO events",
     ],
+    # 6: the audit chain is keyed (HMAC under a key derived from the master key,
+    # which the database does not hold). A server that has the master key marks
+    # where keying begins at its first start (server/store/sqlite_base.py);
+    # records before that keep their plain hashes.
+    ["INSERT INTO meta(key, value) VALUES ('audit_keyed_from', 'pending')"],
 ]
 
 # PostgreSQL: BYTEA for BLOB, BIGINT for Unix times. The event log's seq is
@@ -248,6 +253,8 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
         "ALTER TABLE events DROP CONSTRAINT events_kind_check",
         "ALTER TABLE events ADD CONSTRAINT events_kind_check CHECK (kind IN ('cert', 'agent', 'key', 'rotate'))",
     ],
+    # 6: the audit chain is keyed (see the SQLite step).
+    ["INSERT INTO meta(key, value) VALUES ('audit_keyed_from', 'pending')"],
 ]
 
 # The schema this kms-server writes; a store at a higher version is refused.

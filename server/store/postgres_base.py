@@ -6,7 +6,9 @@ single writer thread comes from PostgreSQL locks here:
 - every write is one READ COMMITTED transaction; rows two replicas could race
   on are locked (``FOR UPDATE``) before they are read for a decision;
 - the audit chain's head is read under a transaction-scoped advisory lock,
-  taken as the last step before COMMIT, so the chain stays one chain;
+  taken as the last step before COMMIT, so the chain stays one chain (and
+  this process's records commit in the order their seqs were drawn, which is
+  the order they are copied to the audit devices in);
 - event sequence numbers come from a counter row (see postgres_events).
 
 A lost connection surfaces as Unavailable (the caller may retry); asyncpg's
@@ -20,14 +22,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 
-from kms.audit import GENESIS, AuditRecord, record_hash
+from kms.audit import GENESIS, KEYED_ACTION, KEYED_ACTOR, AuditRecord, extend, keyed_object
 from kms.errors import STORE_DOWN_MARK, FailedPrecondition, Unavailable
-from server.store.base import Audit, AuditEntry, WriteOutcomeUnknown
+from server.store.base import AUDIT_MARKER, Audit, AuditEntry, AuditSink, WriteOutcomeUnknown, audit_entries
+from server.store.ordered import InOrder
 
 __all__ = ["CONNECTION_ERRORS", "Conn", "PostgresBase", "unavailable"]
 
@@ -95,12 +99,25 @@ def unavailable(exc: BaseException, *, committing: bool = False) -> Unavailable:
     return error
 
 
+# The audit records the current task's transaction has appended (and their
+# place in the order of delivery to the audit devices), between _write's BEGIN and COMMIT.
+_appended: ContextVar[list[tuple[int | None, list[AuditRecord]]] | None] = ContextVar(
+    "_appended", default=None
+)
+
+
 class PostgresBase:
     def __init__(self, url: str, pool: Any) -> None:
         self._url = url
         self._pool = pool
+        # The chain key (None: unkeyed, format v1: stores opened by tests and tools)
+        # and where committed records are copied; both set once, at start.
+        self._audit_key: bytes | None = None
+        self._audit_copies: InOrder | None = None
 
     async def close(self) -> None:
+        if self._audit_copies is not None:
+            self._audit_copies.close()
         with contextlib.suppress(*CONNECTION_ERRORS):
             await asyncio.wait_for(self._pool.close(), 10)
         self._pool.terminate()
@@ -131,55 +148,95 @@ class PostgresBase:
         started it is not: if the connection dies during COMMIT the outcome is
         unknown, and the caller is told so (WriteOutcomeUnknown, an Unavailable).
         """
-        for attempt in (1, 2):
-            async with self._conn() as conn:
-                tx = conn.transaction()
-                try:
-                    await tx.start()
-                except CONNECTION_ERRORS:
-                    if attempt == 2:
-                        raise
-                    continue
-                try:
-                    result = await fn(conn)
-                    if audit is not None and result is not None:
-                        await self._append_audit(conn, [audit(result) if callable(audit) else audit])
-                except BaseException:
+        appended: list[tuple[int | None, list[AuditRecord]]] = []
+        outer = _appended.set(appended)
+        try:
+            for attempt in (1, 2):
+                async with self._conn() as conn:
+                    tx = conn.transaction()
                     try:
-                        await tx.rollback()
-                    except Exception:
-                        # Broken mid-write (or cancelled mid-query): never reuse it. The
-                        # original error is the one the caller needs.
-                        conn.terminate()
-                    raise
-                try:
-                    await tx.commit()
-                except CONNECTION_ERRORS as exc:
-                    if isinstance(exc, asyncpg.PostgresError) and not isinstance(
-                        exc, asyncpg.PostgresConnectionError | asyncpg.exceptions.OperatorInterventionError
-                    ):
-                        raise  # the database answered the COMMIT with a refusal: nothing happened
-                    raise unavailable(exc, committing=True) from exc
-                return result
-        raise AssertionError("unreachable")
+                        await tx.start()
+                    except CONNECTION_ERRORS:
+                        if attempt == 2:
+                            raise
+                        continue
+                    try:
+                        result = await fn(conn)
+                        entries = audit_entries(audit, result)
+                        if entries:
+                            await self._append_audit(conn, entries)
+                    except BaseException:
+                        try:
+                            await tx.rollback()
+                        except Exception:
+                            # Broken mid-write (or cancelled mid-query): never reuse it. The
+                            # original error is the one the caller needs.
+                            conn.terminate()
+                        raise
+                    try:
+                        await tx.commit()
+                    except CONNECTION_ERRORS as exc:
+                        if isinstance(exc, asyncpg.PostgresError) and not isinstance(
+                            exc,
+                            asyncpg.PostgresConnectionError | asyncpg.exceptions.OperatorInterventionError,
+                        ):
+                            raise  # the database answered the COMMIT with a refusal: nothing happened
+                        raise unavailable(exc, committing=True) from exc
+                    # Committed: copied out before the caller is answered (server/audit_devices.py).
+                    while appended:
+                        ticket, records = appended.pop(0)
+                        if ticket is not None and self._audit_copies is not None:
+                            await self._audit_copies.deliver(ticket, records)
+                    return result
+            raise AssertionError("unreachable")
+        finally:
+            _appended.reset(outer)
+            # Not committed (or its outcome unknown): their turn passes, uncopied.
+            for ticket, _ in appended:
+                if ticket is not None and self._audit_copies is not None:
+                    self._audit_copies.abandon(ticket)
 
     async def _append_audit(self, conn: Conn, entries: Sequence[AuditEntry]) -> None:
         """Appends entries in order to the chain, under one lock and one read of its head."""
         # Held until COMMIT: the next writer reads the head this one wrote.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
         last = await conn.fetchrow("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-        seq, prev = (last["seq"], bytes(last["hash"])) if last else (0, GENESIS)
-        rows = []
-        for entry in entries:
-            seq += 1
-            digest = record_hash(prev, seq, entry.at, entry.actor, entry.action, entry.object, entry.outcome)
-            rows.append((seq, entry.at, entry.actor, entry.action, entry.object, entry.outcome, prev, digest))
-            prev = digest
+        head_seq, head_hash = (int(last["seq"]), bytes(last["hash"])) if last else (0, GENESIS)
+        records = extend(
+            self._audit_key,
+            head_seq,
+            head_hash,
+            [(e.at, e.actor, e.action, e.object, e.outcome) for e in entries],
+        )
+        # Drawn under the lock: this process's transactions hold tickets in seq order.
+        appended = _appended.get()
+        if appended is not None:
+            appended.append((self._audit_copies.reserve() if self._audit_copies else None, records))
         await conn.executemany(
             "INSERT INTO audit(seq, at, actor, action, object, outcome, prev_hash, hash)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            rows,
+            [tuple(vars(r).values()) for r in records],
         )
+
+    async def open_audit_chain(self, key: bytes, now: int, sink: AuditSink | None = None) -> int | None:
+        self._audit_key = key
+        if sink is not None:
+            self._audit_copies = InOrder(sink)
+
+        async def q(conn: Conn) -> int | None:
+            # Every replica may start at once: the first to take the chain's lock marks it.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
+            value = await conn.fetchval("SELECT value FROM meta WHERE key=$1", AUDIT_MARKER)
+            if value is None or (value != "pending" and not value.isdigit()):
+                return None
+            if value != "pending":
+                return int(value)
+            first = int(await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM audit")) + 1
+            await conn.execute("UPDATE meta SET value=$1 WHERE key=$2", str(first), AUDIT_MARKER)
+            await self._append_audit(conn, [AuditEntry(now, KEYED_ACTOR, KEYED_ACTION, keyed_object(first))])
+            return first
+
+        return await self._write(q)
 
     async def append_audit(self, entry: AuditEntry) -> None:
         async def q(conn: Conn) -> bool:

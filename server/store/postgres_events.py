@@ -137,7 +137,7 @@ class PostgresEvents(PostgresBase):
     async def revoke_key_version(
         self, name: str, version: int, reason: str, now: int, seal: SealFn, *, audit: Audit = None
     ) -> RevocationEvent | None:
-        async def q(conn: Conn) -> RevocationEvent | None:
+        async def q(conn: Conn) -> tuple[RevocationEvent, int | None] | None:
             current = await conn.fetchval("SELECT current_version FROM keys WHERE name=$1 FOR UPDATE", name)
             state = await conn.fetchval(
                 "SELECT state FROM key_versions WHERE key_name=$1 AND version=$2", name, version
@@ -154,12 +154,15 @@ class PostgresEvents(PostgresBase):
                 name,
                 version,
             )
+            replaced_by = None
             if version == current:
                 # Nothing may keep encrypting under a compromised version.
-                await add_current_version(conn, name, current + 1, seal, now)
-            return await append_event(conn, "key", reason, now, key=(name, version))
+                replaced_by = current + 1
+                await add_current_version(conn, name, replaced_by, seal, now)
+            return await append_event(conn, "key", reason, now, key=(name, version)), replaced_by
 
-        return await self._write(q, audit)
+        done = await self._write(q, audit)
+        return None if done is None else done[0]
 
     async def last_event(
         self,

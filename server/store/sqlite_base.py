@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -22,13 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kms.audit import GENESIS, AuditRecord, record_hash
+from kms.audit import GENESIS, KEYED_ACTION, KEYED_ACTOR, AuditRecord, extend, keyed_object
 from kms.errors import KmsError
-from server.store.base import Audit, AuditEntry, StoreError
+from server.store.base import AUDIT_MARKER, Audit, AuditEntry, AuditSink, StoreError, audit_entries
 
 __all__ = ["SqliteBase"]
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
+
+_INSERT_AUDIT = "INSERT INTO audit(seq, at, actor, action, object, outcome, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 _READ_CACHE_SIZE = 10_000
 # Under load (the last batch had more than one write), a batch begins no
@@ -86,6 +91,10 @@ class SqliteBase:
         self._queued_lock = threading.Lock()
         # Worker-thread state. The audit chain's head, inside a transaction only.
         self._audit_head: tuple[int, bytes] | None = None
+        # The chain key (None: unkeyed, format v1: stores opened by tests and tools)
+        # and where committed records are copied; both set once, at start.
+        self._audit_key: bytes | None = None
+        self._audit_sink: AuditSink | None = None
         # Derived reads that hot writes repeat (release authorizations). Cleared by
         # every write that could change them, by any rollback, and when another
         # connection has written, so a hit always equals what the query would say.
@@ -204,8 +213,8 @@ class SqliteBase:
                     db.execute("SAVEPOINT write")
                 try:
                     result = step.fn(db)
-                    if step.audit is not None and result is not None:
-                        self._append_audit(db, step.audit(result) if callable(step.audit) else step.audit)
+                    for entry in audit_entries(step.audit, result):
+                        self._append_audit(db, entry)
                 except Exception as exc:
                     if not db.in_transaction:
                         # SQLite rolled the whole transaction back itself (I/O error, disk
@@ -226,6 +235,7 @@ class SqliteBase:
                 if rows:
                     db.executemany(sql, rows)
             db.execute("COMMIT")
+            committed = self._deferred.get(_INSERT_AUDIT, [])
         except BaseException as exc:  # nothing of the batch is durable: every write fails
             self._read_cache.clear()
             # A broken connection may refuse even this; the error below is what callers need.
@@ -233,9 +243,14 @@ class SqliteBase:
                 if self._conn is not None and self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
             outcomes = [(None, _batch_failure(exc)) for _ in writes]
+            committed = []
         finally:
             self._audit_head = None
             self._deferred.clear()
+        if committed and self._audit_sink is not None:
+            # Before any write of the batch is acknowledged: a record whose action was
+            # answered is outside the database too (see server/audit_devices.py).
+            self._audit_sink.write([AuditRecord(*row) for row in committed])
         return outcomes
 
     def _remember(self, key: Hashable, value: Any) -> None:
@@ -252,13 +267,30 @@ class SqliteBase:
         if self._audit_head is None:  # read once per transaction, then carried along
             last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
             self._audit_head = (last[0], bytes(last[1])) if last else (0, GENESIS)
-        seq, prev = self._audit_head[0] + 1, self._audit_head[1]
-        digest = record_hash(prev, seq, entry.at, entry.actor, entry.action, entry.object, entry.outcome)
-        self._defer(
-            "INSERT INTO audit(seq, at, actor, action, object, outcome, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (seq, entry.at, entry.actor, entry.action, entry.object, entry.outcome, prev, digest),
+        (record,) = extend(
+            self._audit_key,
+            *self._audit_head,
+            [(entry.at, entry.actor, entry.action, entry.object, entry.outcome)],
         )
-        self._audit_head = (seq, digest)
+        self._defer(_INSERT_AUDIT, tuple(vars(record).values()))
+        self._audit_head = (record.seq, record.hash)
+
+    async def open_audit_chain(self, key: bytes, now: int, sink: AuditSink | None = None) -> int | None:
+        self._audit_key, self._audit_sink = key, sink
+
+        def q(db: sqlite3.Connection) -> int | None:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (AUDIT_MARKER,)).fetchone()
+            if row is None or (row[0] != "pending" and not row[0].isdigit()):
+                return None
+            if row[0] != "pending":
+                return int(row[0])
+            last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0]
+            first = int(last) + 1
+            db.execute("UPDATE meta SET value=? WHERE key=?", (str(first), AUDIT_MARKER))
+            self._append_audit(db, AuditEntry(now, KEYED_ACTOR, KEYED_ACTION, keyed_object(first)))
+            return first
+
+        return await self._write(q)
 
     async def append_audit(self, entry: AuditEntry) -> None:
         # Only a deferred row: no savepoint needed (see _Step).

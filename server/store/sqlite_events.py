@@ -95,7 +95,7 @@ class SqliteEvents(SqliteBase):
     async def revoke_key_version(
         self, name: str, version: int, reason: str, now: int, seal: SealFn, *, audit: Audit = None
     ) -> RevocationEvent | None:
-        def q(db: sqlite3.Connection) -> RevocationEvent | None:
+        def q(db: sqlite3.Connection) -> tuple[RevocationEvent, int | None] | None:
             row = db.execute(
                 "SELECT v.state, k.current_version FROM key_versions v JOIN keys k ON k.name = v.key_name"
                 " WHERE v.key_name=? AND v.version=?",
@@ -111,12 +111,15 @@ class SqliteEvents(SqliteBase):
                 "UPDATE key_versions SET state=?, state_changed_at=? WHERE key_name=? AND version=?",
                 (new_state, now, name, version),
             )
+            replaced_by = None
             if version == current:
                 # Nothing may keep encrypting under a compromised version.
-                add_current_version(db, name, current + 1, seal, now)
-            return append_event(db, "key", reason, now, key=(name, version))
+                replaced_by = current + 1
+                add_current_version(db, name, replaced_by, seal, now)
+            return append_event(db, "key", reason, now, key=(name, version)), replaced_by
 
-        return await self._write(q, audit, invalidates=True)
+        done = await self._write(q, audit, invalidates=True)
+        return None if done is None else done[0]
 
     async def last_event(
         self,
