@@ -22,15 +22,17 @@ action: the record is committed in the store already.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import stat
 import threading
 from collections.abc import Sequence
 from logging.handlers import SysLogHandler
 from pathlib import Path
 
-from kms.audit import AuditRecord, record_line
+from kms.audit import AuditRecord, parse_line, record_line
 from kms.errors import FailedPrecondition
 
 __all__ = ["AuditDevices"]
@@ -57,17 +59,21 @@ class AuditDevices:
         self._syslog: _Syslog | None = None
         self._broken: set[str] = set()  # devices whose failure was logged and not yet cleared
         self._lock = threading.Lock()  # one write at a time, whichever thread calls
+        self._last: AuditRecord | None = None  # the file's newest record when it was opened
         if file is not None:
             self._fd = _open_file(file)
+            self._last = _mend_tail(self._fd, file)
         if syslog is not None:
             try:
-                handler = _Syslog(address=syslog, facility=SysLogHandler.LOG_AUTH)
+                _probe(syslog)
             except OSError as exc:
                 self.close()
                 raise FailedPrecondition(
                     f"--audit-syslog {syslog}: cannot reach the syslog socket ({exc.strerror or exc}); "
                     "give the path of a local syslog socket such as /dev/log"
                 ) from None
+            # It reconnects by itself when syslogd restarts.
+            handler = _Syslog(address=syslog, facility=SysLogHandler.LOG_AUTH)
             handler.ident = f"{SYSLOG_TAG}: "
             handler.setFormatter(logging.Formatter("%(message)s"))
             self._syslog = handler
@@ -75,6 +81,11 @@ class AuditDevices:
     @property
     def enabled(self) -> bool:
         return self._fd is not None or self._syslog is not None
+
+    @property
+    def last_in_file(self) -> AuditRecord | None:
+        """The newest record the audit file held at start (None: no file, or an empty one)."""
+        return self._last
 
     def write(self, records: Sequence[AuditRecord]) -> None:
         """Copies records to every device; never raises (failures are logged)."""
@@ -131,10 +142,53 @@ class AuditDevices:
                 self._syslog = None
 
 
+def _probe(path: str) -> None:
+    """Raises OSError unless a syslog daemon listens at path (datagram or stream, as SysLogHandler tries)."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(path)
+                return
+            except OSError as exc:
+                if kind == socket.SOCK_STREAM or exc.errno != errno.EPROTOTYPE:
+                    raise
+
+
+_TAIL = 1 << 16  # far more than one record
+
+
+def _mend_tail(fd: int, path: Path) -> AuditRecord | None:
+    """Cuts a torn last line (a crash while it was written) and returns the newest whole record.
+
+    A torn record is one the file lacks, which is the direction verify does not
+    refuse (its record is in the store, or was never committed).
+    """
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return None
+    start = max(0, size - _TAIL)
+    tail = os.pread(fd, size - start, start)
+    if not tail.endswith(b"\n"):
+        keep = start + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+        os.ftruncate(fd, keep)
+        logger.warning(
+            "the audit file %s ended in a partial record (a crash while writing it): cut it off", path
+        )
+        tail = tail[: keep - start] if keep > start else b""
+    lines = tail.splitlines()
+    if not lines or (start > 0 and len(lines) == 1):
+        return None
+    try:
+        return parse_line(lines[-1].decode())
+    except (ValueError, UnicodeDecodeError):
+        return None  # not ours to judge here: audit verify --against names the line
+
+
 def _open_file(path: Path) -> int:
     """Opens path for appending, creating it 0600; refuses what others could rewrite."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # O_RDWR to mend a torn tail; O_NONBLOCK so that no special file can hang the start.
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
     except OSError as exc:
         raise FailedPrecondition(f"--audit-file {path}: cannot open it ({exc.strerror})") from None
     info = os.fstat(fd)
@@ -146,4 +200,5 @@ def _open_file(path: Path) -> int:
     if problem:
         os.close(fd)
         raise FailedPrecondition(f"--audit-file {path} {problem}")
+    os.set_blocking(fd, True)
     return fd

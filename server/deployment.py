@@ -94,6 +94,7 @@ async def open_deployment(cfg: ServerConfig, datadir: DataDir, clock: Clock) -> 
 
 async def _key_audit_chain(deployment: Deployment, now: int) -> None:
     store = deployment.store
+    await _check_audit_file(deployment)
     pending = await store.get_meta(AUDIT_MARKER) == "pending"
     keyed_from = await store.open_audit_chain(
         deployment.audit_key,
@@ -113,6 +114,21 @@ async def _key_audit_chain(deployment: Deployment, now: int) -> None:
             "the audit chain is keyed from record %d on; records 1..%d, written before, keep unkeyed hashes",
             keyed_from,
             keyed_from - 1,
+        )
+
+
+async def _check_audit_file(deployment: Deployment) -> None:
+    """Says at once when the store lacks the newest record of the audit file (or holds it changed)."""
+    last = deployment.devices.last_in_file if deployment.devices else None
+    if last is None:
+        return
+    found = await deployment.store.audit_after(last.seq - 1, 1)
+    if not found or found[0] != last:
+        logger.error(
+            "the audit file's newest record (%d) is %s the store: its newest records were deleted, or it was "
+            "restored from a backup (then keep a new audit file); check with kms-server audit verify --against",
+            last.seq,
+            "not in" if not found or found[0].seq != last.seq else "different in",
         )
 
 

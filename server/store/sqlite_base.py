@@ -250,7 +250,10 @@ class SqliteBase:
         if committed and self._audit_sink is not None:
             # Before any write of the batch is acknowledged: a record whose action was
             # answered is outside the database too (see server/audit_devices.py).
-            self._audit_sink.write([AuditRecord(*row) for row in committed])
+            try:
+                self._audit_sink.write([AuditRecord(*row) for row in committed])
+            except Exception:  # committed: the writes stand whatever a device does
+                logger.exception("audit records were not copied to the audit devices")
         return outcomes
 
     def _remember(self, key: Hashable, value: Any) -> None:

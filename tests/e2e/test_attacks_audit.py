@@ -298,6 +298,10 @@ def test_deleting_the_newest_records_is_caught_against_the_audit_file(
         10,
         f"records {newest}..{newest + 1} are in the file but not in the store",
     )
+    # And a server started on that store says so at once.
+    fresh.stop()
+    fresh.start()
+    assert f"the audit file's newest record ({newest + 1}) is not in the store" in fresh.output()
     # A file that is not an audit file is one clear line, not a traceback.
     junk = tmp_path / "junk.txt"
     junk.write_text("hello\n")
@@ -334,6 +338,7 @@ def _recompute(server: ServerProcess, from_seq: int, edit: Callable[[str], str] 
 def test_an_edit_with_recomputed_hashes_and_the_newest_records_deleted_is_caught(
     fresh: ServerProcess,
 ) -> None:
+    fresh.admin("key", "create", "k0")
     fresh.admin("token", "create", "--name", "web-1")
     for name in ("k1", "k2", "k3"):
         fresh.admin("key", "create", name)

@@ -96,3 +96,28 @@ def test_database_comes_from_the_environment_and_never_shows_its_password() -> N
 def test_database_settings_are_checked(flags: dict[str, str], needle: str) -> None:
     with pytest.raises(InvalidArgument, match=needle):
         ServerConfig.load(flags, env={"HOME": "/h"})
+
+
+def test_audit_devices_come_from_flags_environment_or_file(tmp_path: Path) -> None:
+    cfg = ServerConfig.load({}, env={"HOME": "/h"})
+    assert (cfg.audit_file, cfg.audit_syslog) == (None, None)  # off by default
+    cfg = ServerConfig.load({}, env={"HOME": "/h", "KMS_AUDIT_FILE": "/var/log/kms/audit.jsonl"})
+    assert cfg.audit_file == Path("/var/log/kms/audit.jsonl") and cfg.to_dict()["audit_file"] == str(
+        cfg.audit_file
+    )
+    cfg = ServerConfig.load(
+        {}, env={"HOME": "/h"}, file={"audit_syslog": "/dev/log", "audit_file": "rel.jsonl"}
+    )
+    assert cfg.audit_syslog == "/dev/log" and cfg.audit_file == Path("rel.jsonl").absolute()
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        ({"audit_syslog": "localhost:514"}, "--audit-syslog 'localhost:514' must be the absolute path"),
+        ({"audit_file": "/"}, "--audit-file / is a directory"),
+    ],
+)
+def test_audit_device_settings_are_checked(flags: dict[str, str], needle: str) -> None:
+    with pytest.raises(InvalidArgument, match=needle):
+        ServerConfig.load(flags, env={"HOME": "/h"})

@@ -34,3 +34,17 @@ def test_wrong_key_wrong_slot_and_every_flipped_byte_fail() -> None:
             open_sealed(KEY, "ca.key", bytes(damaged))
     with pytest.raises(SealError):
         open_sealed(KEY, "ca.key", blob[:-1])
+
+
+def test_subkeys_are_hkdf_per_label_and_reveal_nothing_of_each_other() -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from server.sealing import Sealer, derive_subkey
+
+    audit = derive_subkey(KEY, "audit-chain")
+    expected = HKDF(hashes.SHA256(), 32, None, b"seed-kms subkey v1\x00audit-chain").derive(KEY)
+    assert audit == expected == Sealer(KEY).subkey("audit-chain")
+    assert len({audit, derive_subkey(KEY, "other"), derive_subkey(bytes(32), "audit-chain"), KEY}) == 4
+    with pytest.raises(ValueError, match="32 bytes"):
+        derive_subkey(b"short", "audit-chain")
