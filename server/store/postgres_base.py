@@ -182,13 +182,16 @@ class PostgresBase:
                         ):
                             raise  # the database answered the COMMIT with a refusal: nothing happened
                         raise unavailable(exc, committing=True) from exc
-                    # Committed: copied out before the caller is answered (server/audit_devices.py).
-                    while appended:
-                        ticket, records = appended.pop(0)
-                        if ticket is not None and self._audit_copies is not None:
-                            await self._audit_copies.deliver(ticket, records)
-                    return result
-            raise AssertionError("unreachable")
+                    break
+            else:
+                raise AssertionError("unreachable")
+            # Committed: copied out before the caller is answered (server/audit_devices.py),
+            # with the connection back in the pool.
+            while appended:
+                ticket, records = appended.pop(0)
+                if ticket is not None and self._audit_copies is not None:
+                    await self._audit_copies.deliver(ticket, records)
+            return result
         finally:
             _appended.reset(outer)
             # Not committed (or its outcome unknown): their turn passes, uncopied.
