@@ -17,7 +17,8 @@ in the order of their seqs. So a record whose action was answered is in the
 file already; what a crash can leave out is the commit in progress, and
 exchange records still waiting in the AuditBatcher (about 10 ms). A device
 that fails is logged (once until it works again) and does not fail the
-action: the record is committed in the store already.
+action: the record is committed in the store already. A syslog daemon that
+stops reading costs at most half a second, then is skipped for five.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import os
 import socket
 import stat
 import threading
+import time
 from collections.abc import Sequence
 from logging.handlers import SysLogHandler
 from pathlib import Path
@@ -42,10 +44,20 @@ logger = logging.getLogger(__name__)
 SYSLOG_TAG = "seed-kms-audit"
 
 
+# A syslog daemon that stops reading must not stall the store's writes: a send
+# waits at most this long, and after a failure syslog is skipped for a while.
+_SEND_TIMEOUT = 0.5
+_SYSLOG_BACKOFF = 5.0
+
+
 class _Syslog(SysLogHandler):
     """A SysLogHandler that reports failures to its owner instead of printing a traceback."""
 
     failed = False
+
+    def _connect_unixsocket(self, address: str) -> None:
+        super()._connect_unixsocket(address)  # type: ignore[misc]
+        self.socket.settimeout(_SEND_TIMEOUT)  # type: ignore[attr-defined]
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         self.failed = True
@@ -60,6 +72,7 @@ class AuditDevices:
         self._broken: set[str] = set()  # devices whose failure was logged and not yet cleared
         self._lock = threading.Lock()  # one write at a time, whichever thread calls
         self._last: AuditRecord | None = None  # the file's newest record when it was opened
+        self._syslog_paused_until = 0.0
         if file is not None:
             self._fd = _open_file(file)
             self._last = _mend_tail(self._fd, file)
@@ -110,15 +123,18 @@ class AuditDevices:
 
     def _send_syslog(self, lines: list[str]) -> None:
         assert self._syslog is not None
+        if time.monotonic() < self._syslog_paused_until:
+            return
         self._syslog.failed = False
         for line in lines:
             self._syslog.emit(
                 logging.makeLogRecord({"msg": line, "levelno": logging.INFO, "levelname": "INFO"})
             )
-        if self._syslog.failed:
-            self._failed("syslog", "cannot send audit records to syslog")
-        else:
-            self._recovered("syslog")
+            if self._syslog.failed:
+                self._syslog_paused_until = time.monotonic() + _SYSLOG_BACKOFF
+                self._failed("syslog", "cannot send audit records to syslog (trying again every few seconds)")
+                return
+        self._recovered("syslog")
 
     def _failed(self, device: str, message: str) -> None:
         if device not in self._broken:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ NOW = 1_800_000_000
 
 def _records(first: int, n: int) -> list[AuditRecord]:
     return [
-        AuditRecord(s, NOW, "admin", "key.create", f"key:k{s}", "ok", bytes([s]) * 32, bytes([s + 1]) * 32)
+        AuditRecord(s, NOW, "admin", "key.create", f"key:k{s}", "ok", bytes([s % 256]) * 32, bytes([(s + 1) % 256]) * 32)
         for s in range(first, first + n)
     ]
 
@@ -102,3 +103,21 @@ def test_a_torn_last_line_is_cut_off_and_the_newest_whole_record_read(tmp_path: 
     again.write(_records(3, 1))
     again.close()
     assert [parse_line(line) for line in path.read_text().splitlines()] == _records(1, 3)
+
+
+def test_a_syslog_that_stops_reading_does_not_stall_the_writes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    address = str(tmp_path / "log.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stuck:  # bound, never read
+        stuck.bind(address)
+        devices = AuditDevices(tmp_path / "audit.jsonl", syslog=address)
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="server.audit_devices"):
+            for i in range(20):
+                devices.write(_records(1 + 100 * i, 100))
+        elapsed = time.monotonic() - started
+        devices.close()
+    assert elapsed < 5, f"{elapsed:.1f} s"  # a blocked send times out, then syslog is skipped a while
+    assert len([r for r in caplog.records if "syslog" in r.getMessage()]) == 1
+    assert len((tmp_path / "audit.jsonl").read_text().splitlines()) == 2000  # the file still has them all
