@@ -19,7 +19,16 @@ NOW = 1_800_000_000
 
 def _records(first: int, n: int) -> list[AuditRecord]:
     return [
-        AuditRecord(s, NOW, "admin", "key.create", f"key:k{s}", "ok", bytes([s % 256]) * 32, bytes([(s + 1) % 256]) * 32)
+        AuditRecord(
+            s,
+            NOW,
+            "admin",
+            "key.create",
+            f"key:k{s}",
+            "ok",
+            bytes([s % 256]) * 32,
+            bytes([(s + 1) % 256]) * 32,
+        )
         for s in range(first, first + n)
     ]
 
