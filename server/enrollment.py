@@ -49,6 +49,9 @@ class Enrolled:
     agent: AgentRecord
     certificate: x509.Certificate
     spiffe_id: str
+    # The event log's position just before the enrollment committed: the agent's
+    # first Watch starts after it, so it is not replayed the history before it.
+    watch_from_seq: int = 0
 
 
 class EnrollmentService:
@@ -125,6 +128,9 @@ class EnrollmentService:
             issued_at=int(now.timestamp()),
             token_id=record.token_id,
         )
+        # Read before the enrollment commits: an event committed meanwhile is
+        # replayed to the new agent (harmless), never skipped.
+        watch_from_seq = await self._store.last_seq()
         agent = await self._store.enroll(
             record.token_id,
             token.secret_hash,
@@ -143,7 +149,7 @@ class EnrollmentService:
             "agent enrolled",
             extra={"agent": agent.name, "serial": cert_record.serial, "token_id": record.token_id},
         )
-        return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name))
+        return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name), watch_from_seq)
 
     async def renew(self, caller: Caller, csr_der: bytes) -> x509.Certificate:
         """Issues a new certificate for a new key, with the caller's identity and groups.

@@ -132,6 +132,15 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "DROP TABLE events",
         "ALTER TABLE events_v5 RENAME TO events",
     ],
+    # 6: key events record who was granted the key when they committed (a JSON
+    # list of "agent:NAME"/"group:NAME"), so Watch sends them only to those.
+    # Older key events get the key's grants as of the upgrade: the best known.
+    [
+        "ALTER TABLE events ADD COLUMN grantees TEXT",
+        """UPDATE events SET grantees = (
+            SELECT json_group_array(g.kind || ':' || g.grantee) FROM key_grants g WHERE g.key_name = events.key_name
+        ) WHERE key_name IS NOT NULL""",
+    ],
 ]
 
 # PostgreSQL: BYTEA for BLOB, BIGINT for Unix times. The event log's seq is
@@ -247,6 +256,13 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE events DROP CONSTRAINT events_kind_check",
         "ALTER TABLE events ADD CONSTRAINT events_kind_check CHECK (kind IN ('cert', 'agent', 'key', 'rotate'))",
+    ],
+    # 6: key events record who was granted the key when they committed.
+    [
+        "ALTER TABLE events ADD COLUMN grantees TEXT",
+        """UPDATE events SET grantees = COALESCE((
+            SELECT json_agg(g.kind || ':' || g.grantee)::text FROM key_grants g WHERE g.key_name = events.key_name
+        ), '[]') WHERE key_name IS NOT NULL""",
     ],
 ]
 
