@@ -21,10 +21,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kms.v1 import revocation_pb2, revocation_pb2_grpc
+from kms.v1 import admin_pb2, revocation_pb2, revocation_pb2_grpc
 from tests.harness import (
     ServerProcess,
     WatchProcess,
+    admin_stub,
     agent_credentials,
     enroll,
     query,
@@ -133,14 +134,15 @@ def test_a_new_agents_first_watch_starts_at_its_enrollment(rig: tuple[ServerProc
     server, root = rig
     # History the new agent would otherwise be read out: seven events on a key its group holds.
     server.admin("key", "create", "history", "--grant", "group:late")
+    stub = admin_stub(server)
     for _ in range(7):
-        server.admin("key", "rotate", "history")
+        stub.RotateKey(admin_pb2.RotateKeyRequest(name="history"), timeout=10)
     assert enroll(server, root / "late", server.token("late", "late")).returncode == 0
     ran = root / "exec-ran"
     watcher = WatchProcess(root / "late", "--exec", f'echo "$KMS_EVENT_SEQ" >> {ran}')
     try:
         time.sleep(1.5)  # connected, and past a heartbeat: any replay would have run by now
-        server.admin("key", "rotate", "history")
+        stub.RotateKey(admin_pb2.RotateKeyRequest(name="history"), timeout=10)
         news = _last_seq(server)
         watcher.wait_for(lambda evs: any(e["seq"] == news for e in evs))
     finally:
