@@ -9,6 +9,7 @@ two racing ones cannot both succeed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
@@ -63,8 +64,11 @@ class EnrollmentService:
         *,
         default_token_ttl: timedelta,
         max_token_ttl: timedelta,
+        on_issued: Callable[[CertificateRecord], None] = lambda cert: None,
     ) -> None:
         self._store = store
+        # Told of each certificate stored (enrollment or renewal): the expiry gauges.
+        self._on_issued = on_issued
         self._ca = ca
         self._clock = clock
         self._default_ttl = default_token_ttl
@@ -145,6 +149,7 @@ class EnrollmentService:
         )
         if agent is None:  # lost a race for the token, or it expired meanwhile
             await self._refused(token, int(now.timestamp()))
+        self._on_issued(cert_record)
         logger.info(
             "agent enrolled",
             extra={"agent": agent.name, "serial": cert_record.serial, "token_id": record.token_id},
@@ -177,6 +182,7 @@ class EnrollmentService:
             renewed_from=caller.serial,
             audit=AuditEntry(now, f"agent:{caller.name}/{caller.serial}", "renew", f"serial:{record.serial}"),
         )
+        self._on_issued(record)
         logger.info(
             "certificate renewed", extra={"agent": caller.name, "old": caller.serial, "new": record.serial}
         )

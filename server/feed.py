@@ -42,10 +42,17 @@ class Subscription:
 class RevocationFeed:
     """Publishes committed events to every subscriber without ever blocking on one."""
 
-    def __init__(self, last_seq: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        last_seq: int,
+        metrics: Metrics | None = None,
+        on_publish: Callable[[RevocationEvent], None] | None = None,
+    ) -> None:
         self.last_seq = last_seq
         self._subs: set[Subscription] = set()
         self._metrics = metrics
+        # Told of each event as it goes out (local or another replica's): the expiry gauges.
+        self._on_publish = on_publish
         # Each recent event, and when it was published (for the delivery-lag metric).
         self._published: OrderedDict[int, tuple[RevocationEvent, float]] = OrderedDict()
 
@@ -92,6 +99,8 @@ class RevocationFeed:
             self._published.popitem(last=False)
         if self._metrics is not None and event.kind != "rotate":
             self._metrics.revocations.labels(event.kind).inc()
+        if self._on_publish is not None:
+            self._on_publish(event)
         for sub in list(self._subs):
             if sub.wants is None or sub.wants(event):
                 sub.quiet = 0
