@@ -20,7 +20,7 @@ from kms.durations import format_duration, parse_duration
 from kms.errors import InvalidArgument
 from kms.identity import validate_trust_domain
 
-__all__ = ["CAKeyType", "ServerConfig", "default_data_dir", "redact_url"]
+__all__ = ["CAKeyType", "ServerConfig", "default_data_dir", "redact_url", "url_has_password", "url_holds_secret"]
 
 MiB = 1024 * 1024
 
@@ -53,6 +53,18 @@ def redact_url(url: str) -> str:
     return scheme + sep + re.sub(r"((?:^|[?&])(?:ssl)?password=)[^&]*", r"\1***", rest)
 
 
+def url_has_password(url: str) -> bool:
+    """Whether a database URL carries a password (user:password@ or ?password=)."""
+    rest = url.partition("://")[2]
+    creds, at, _ = rest.rpartition("@")
+    return bool(at and ":" in creds) or re.search(r"(?:^|[?&])password=", rest) is not None
+
+
+def url_holds_secret(url: str) -> bool:
+    """Whether a database URL carries anything secret: a password, or a client key's (sslpassword)."""
+    return url_has_password(url) or re.search(r"(?:^|[?&])sslpassword=", url.partition("://")[2]) is not None
+
+
 def _fraction(text: str | None) -> float:
     try:
         value = float(text or "")
@@ -82,7 +94,7 @@ KNOWN_KEYS = frozenset(
         "data_dir", "listen", "enroll_listen", "san", "trust_domain", "ca_key_type", "cert_ttl", "ca_ttl",
         "server_cert_ttl", "token_ttl", "max_token_ttl", "max_request_bytes", "shutdown_grace", "heartbeat",
         "handshake_timeout", "watch_buffer", "http_listen", "renew_fraction", "log_format", "enroll_rate",
-        "auth_failure_rate", "max_streams_per_identity", "database", "master_key_file",
+        "auth_failure_rate", "max_streams_per_identity", "database", "database_password_file", "master_key_file",
     }
 )  # fmt: skip
 
@@ -117,6 +129,9 @@ class ServerConfig:
     # None: the embedded SQLite store in the data dir. Else a postgresql:// URL
     # that several replicas share (it may hold a password: never print it whole).
     database: str | None = None
+    # A file (0600) holding the database's password, so that it is in neither the URL
+    # nor the command line; PGPASSFILE and PGPASSWORD work too, as in libpq.
+    database_password_file: Path | None = None
     # Where a replica of a PostgreSQL deployment reads the shared master key
     # (None: KMS_MASTER_KEY, else master.key in the data dir).
     master_key_file: Path | None = None
@@ -208,6 +223,7 @@ class ServerConfig:
                 raise InvalidArgument(f"--ca-key-type {key_type_text!r} is not one of {choices}") from None
 
         master_key_file = pick("master_key_file", None)
+        password_file = pick("database_password_file", None)
         http = pick("http_listen", None)
         http_host, http_port = (
             parse_hostport(http, what="--http-listen", allow_zero=True) if http else (None, 0)
@@ -241,6 +257,7 @@ class ServerConfig:
                 pick("max_streams_per_identity", "64"), "--max-streams-per-identity"
             ),
             database=pick("database", None) or None,
+            database_password_file=Path(password_file) if password_file else None,
             master_key_file=Path(master_key_file) if master_key_file else None,
         )
         cfg.validate()
@@ -258,11 +275,13 @@ class ServerConfig:
         # Shown only when set: an embedded deployment has neither.
         if self.database:
             out["database"] = redact_url(self.database)
+        if self.database_password_file:
+            out["database_password_file"] = str(self.database_password_file)
         if self.master_key_file:
             out["master_key_file"] = str(self.master_key_file)
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("data_dir", "sans", "database", "master_key_file") or f.name.startswith(
+            if f.name in ("data_dir", "sans", "database", "database_password_file", "master_key_file") or f.name.startswith(
                 ("listen_", "enroll_h", "enroll_p", "http_")
             ):
                 continue
@@ -315,6 +334,16 @@ class ServerConfig:
             raise InvalidArgument(
                 f"--database {redact_url(self.database)!r} is not a postgresql:// URL "
                 "(leave it unset for the embedded SQLite store)"
+            )
+        if self.database_password_file is not None and self.database is None:
+            raise InvalidArgument(
+                "--database-password-file is the password of a PostgreSQL store (--database); "
+                "the embedded SQLite store has none"
+            )
+        if self.database_password_file is not None and self.database and url_has_password(self.database):
+            raise InvalidArgument(
+                f"--database {redact_url(self.database)!r} has a password and --database-password-file gives "
+                "another: give it in one place (the file)"
             )
         if self.master_key_file is not None and self.database is None:
             raise InvalidArgument(

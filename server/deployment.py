@@ -56,7 +56,7 @@ async def open_deployment(cfg: ServerConfig, datadir: DataDir, clock: Clock) -> 
     Raises:
         FailedPrecondition: a missing, wrong or mismatched master key, store or CA.
     """
-    store = await open_store(cfg.database, datadir.db)
+    store = await open_store(cfg.database, datadir.db, password_file=cfg.database_password_file)
     try:
         if cfg.database is None:
             return await _embedded(cfg, datadir, store, clock)

@@ -8,12 +8,16 @@
   withheld from it, and the agent persists it, so a restart neither repeats nor skips.
 - A newly enrolled agent's first watch starts at its enrollment: its --exec does not
   run for the history before it.
+
+And what `ps` tells any local user (item 15): the database password, given in a 0600
+file, is not on the command line; given on the command line, the server says so.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +30,14 @@ from tests.harness import (
     ServerProcess,
     WatchProcess,
     admin_stub,
+    agent,
     agent_credentials,
+    assert_one_line_error,
+    cluster,
     enroll,
+    exe,
     query,
+    run,
     short_tmpdir,
 )
 
@@ -149,3 +158,68 @@ def test_a_new_agents_first_watch_starts_at_its_enrollment(rig: tuple[ServerProc
         assert watcher.stop() == 0
     assert ran.read_text().split() == [str(news)]
     assert watcher.seqs() == [news]
+
+
+DB_PASSWORD = "Pa55-only-in-a-file"  # noqa: S105 - a test role's password, in a throwaway cluster
+
+
+def _visible_in_ps(pid: int) -> str:
+    """What every local user sees of a process: its command line, as /proc and ps show it."""
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    ps = subprocess.run(["ps", "-ww", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, check=False)
+    return cmdline + "\n" + ps.stdout
+
+
+def _warnings(server: ServerProcess) -> list[str]:
+    return [line for line in server.output().splitlines() if "holds a password" in line]
+
+
+@pytest.mark.postgresql_only("a PostgreSQL role that needs its password")
+def test_the_database_password_stays_out_of_ps(backend: str, tmpdir_short: Path) -> None:
+    url = cluster().password_database("kms_pw", DB_PASSWORD)
+    secret = tmpdir_short / "db.password"
+    secret.write_text(DB_PASSWORD + "\n")
+    secret.chmod(0o600)
+    data = tmpdir_short / "d"
+
+    # The role really needs its password: without one the database refuses us.
+    refused = run([exe("kms-server"), "init", "--data-dir", str(data), "--database", url])
+    assert_one_line_error(refused, 6, "password authentication failed")
+    # A password file others can read is refused, saying so, and not read out.
+    secret.chmod(0o644)
+    loose = run(
+        [exe("kms-server"), "init", "--data-dir", str(data), "--database", url,
+         "--database-password-file", str(secret)]
+    )  # fmt: skip
+    assert_one_line_error(loose, 6, "readable by others", "chmod 600")
+    assert DB_PASSWORD not in loose.stderr
+    secret.chmod(0o600)
+
+    # From the file (the flag; KMS_DATABASE_PASSWORD_FILE and the config key are the same setting).
+    server = ServerProcess(data, database=url, extra_args=["--database-password-file", str(secret)]).start()
+    try:
+        assert server.proc is not None
+        assert DB_PASSWORD not in _visible_in_ps(server.proc.pid)
+        assert enroll(server, tmpdir_short / "a", server.token("pw-agent")).returncode == 0
+        assert agent(tmpdir_short / "a", "status").returncode == 0
+    finally:
+        assert server.stop() == 0
+    assert not _warnings(server) and DB_PASSWORD not in server.output()
+
+    # On the command line it works, but the server warns once, without echoing it.
+    scheme, rest = url.split("://", 1)
+    exposed = ServerProcess(
+        data,
+        database=f"{scheme}://kms_pw:{DB_PASSWORD}@{rest.split('@', 1)[1]}",
+        listen=server.address,
+        enroll_listen=server.enroll_address,
+    ).start()
+    try:
+        assert exposed.proc is not None
+        assert DB_PASSWORD in _visible_in_ps(exposed.proc.pid)  # what the warning is about
+        assert agent(tmpdir_short / "a", "status").returncode == 0
+    finally:
+        assert exposed.stop() == 0
+    warnings = _warnings(exposed)
+    assert len(warnings) == 1 and "WARNING" in warnings[0] and "--database-password-file" in warnings[0]
+    assert DB_PASSWORD not in exposed.output()
