@@ -107,4 +107,6 @@ def enroll(
         enroll_servers=tuple(enroll_servers),
         ca_fingerprint=fingerprint(ca.public_bytes(serialization.Encoding.DER)),
     )
-    return AgentIdentity(settings, key, cert, ca.public_bytes(serialization.Encoding.PEM)), resp.watch_from_seq
+    return AgentIdentity(
+        settings, key, cert, ca.public_bytes(serialization.Encoding.PEM)
+    ), resp.watch_from_seq

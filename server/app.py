@@ -55,14 +55,14 @@ from server.datadir import DataDir
 from server.deployment import open_deployment
 from server.enrollment import EnrollmentService
 from server.exchange import ExchangeService
+from server.expiry import WINDOWS as EXPIRY_WINDOWS
+from server.expiry import ExpiringCertificates
 from server.feed import RevocationFeed, StreamGuard
 from server.follower import EventFollower
 from server.heap import HeapKeeper
 from server.http import HttpSidePort
 from server.keys import KeyService
 from server.limits import RateLimiter
-from server.expiry import WINDOWS as EXPIRY_WINDOWS
-from server.expiry import ExpiringCertificates
 from server.metrics import Metrics
 from server.ocsp import OcspResponder
 from server.revocation import RevocationService

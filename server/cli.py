@@ -61,7 +61,10 @@ RUN_OPTIONS: list[tuple[str, str]] = [
     ("--auth-failure-rate", "failed authentications per peer address per minute (default 30)"),
     ("--max-streams-per-identity", "open streams one agent certificate may hold (default 64)"),
     ("--database", "postgresql://USER@HOST/DB shared by replicas (default: SQLite in the data dir)"),
-    ("--database-password-file", "file (0600) holding the database password; PGPASSFILE, PGPASSWORD work too"),
+    (
+        "--database-password-file",
+        "file (0600) holding the database password; PGPASSFILE, PGPASSWORD work too",
+    ),
     ("--master-key-file", "a PostgreSQL replica's master key file (KMS_MASTER_KEY: base64 instead)"),
 ]
 

@@ -20,7 +20,14 @@ from kms.durations import format_duration, parse_duration
 from kms.errors import InvalidArgument
 from kms.identity import validate_trust_domain
 
-__all__ = ["CAKeyType", "ServerConfig", "default_data_dir", "redact_url", "url_has_password", "url_holds_secret"]
+__all__ = [
+    "CAKeyType",
+    "ServerConfig",
+    "default_data_dir",
+    "redact_url",
+    "url_has_password",
+    "url_holds_secret",
+]
 
 MiB = 1024 * 1024
 
@@ -281,9 +288,13 @@ class ServerConfig:
             out["master_key_file"] = str(self.master_key_file)
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("data_dir", "sans", "database", "database_password_file", "master_key_file") or f.name.startswith(
-                ("listen_", "enroll_h", "enroll_p", "http_")
-            ):
+            if f.name in (
+                "data_dir",
+                "sans",
+                "database",
+                "database_password_file",
+                "master_key_file",
+            ) or f.name.startswith(("listen_", "enroll_h", "enroll_p", "http_")):
                 continue
             if isinstance(value, timedelta):
                 value = format_duration(value)

@@ -43,7 +43,9 @@ def agent_record(row: Any) -> AgentRecord:
 
 
 def event_record(row: Any) -> RevocationEvent:
-    return RevocationEvent(*row[:8], grantees_from_json(row[8]))
+    return RevocationEvent(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], grantees_from_json(row[8])
+    )
 
 
 def grantees_json(grantees: tuple[str, ...] | None) -> str | None:

@@ -166,7 +166,9 @@ DB_PASSWORD = "Pa55-only-in-a-file"  # noqa: S105 - a test role's password, in a
 def _visible_in_ps(pid: int) -> str:
     """What every local user sees of a process: its command line, as /proc and ps show it."""
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    ps = subprocess.run(["ps", "-ww", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, check=False)
+    ps = subprocess.run(
+        ["ps", "-ww", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, check=False
+    )
     return cmdline + "\n" + ps.stdout
 
 

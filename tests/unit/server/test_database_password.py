@@ -47,7 +47,11 @@ def test_the_password_file_setting_and_its_contradictions(tmp_path: Path) -> Non
         ServerConfig.load({"data_dir": str(tmp_path), "database_password_file": "pw"}, env={})
     with pytest.raises(InvalidArgument, match="in one place") as caught:
         ServerConfig.load(
-            {"data_dir": str(tmp_path), "database": "postgresql://kms:hunter2@db/kms", "database_password_file": "pw"},
+            {
+                "data_dir": str(tmp_path),
+                "database": "postgresql://kms:hunter2@db/kms",
+                "database_password_file": "pw",
+            },
             env={},
         )
     assert "hunter2" not in caught.value.message

@@ -45,9 +45,7 @@ def _counting(store: Store, name: str) -> list[int]:
 async def _old_count(store: Store, now: int, within: int) -> int:
     """What refresh_metrics computed per scrape before: every agent's newest certificate, read afresh."""
     agents: list[AgentRecord] = await store.list_agents()
-    return sum(
-        1 for a in agents if a.latest.revoked_at is None and now < a.latest.not_after <= now + within
-    )
+    return sum(1 for a in agents if a.latest.revoked_at is None and now < a.latest.not_after <= now + within)
 
 
 async def _enroll(store: Store, name: str, serial: str, not_after: int) -> CertificateRecord:
@@ -154,7 +152,9 @@ def test_a_metrics_scrape_reads_no_agents(rsa_key: object) -> None:
     with sqlite3.connect(root / "d" / "kms.db") as db:
         for i in range(3000):  # one in three expires within a day, one in three within a week
             end = now + (DAY // 2, 3 * DAY, 30 * DAY)[i % 3]
-            db.execute("INSERT INTO agents(name, created_at, updated_at) VALUES (?, ?, ?)", (f"a-{i}", now, now))
+            db.execute(
+                "INSERT INTO agents(name, created_at, updated_at) VALUES (?, ?, ?)", (f"a-{i}", now, now)
+            )
             db.execute(
                 "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, groups_json)"
                 " VALUES (?, ?, ?, ?, x'00', ?, '[]')",
