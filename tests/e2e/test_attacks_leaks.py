@@ -88,10 +88,12 @@ def _watch_position(state: Path) -> int:
 
 def test_an_agent_never_hears_the_name_of_a_key_it_is_not_granted(rig: tuple[ServerProcess, Path]) -> None:
     server, root = rig
-    server.admin("key", "create", SECRET, "--grant", "group:pay")
-    server.admin("key", "rotate", SECRET)
-    server.admin("revoke", "key", SECRET, "--version", "1")
-    server.admin("revoke", "agent", "victim")  # public, like a CRL entry
+    stub = admin_stub(server)
+    stub.CreateKey(admin_pb2.CreateKeyRequest(name=SECRET, grants=["group:pay"]), timeout=10)
+    rotate = admin_pb2.RotateKeyRequest(name=SECRET)
+    stub.RotateKey(rotate, timeout=10)
+    stub.RevokeKey(admin_pb2.RevokeKeyRequest(name=SECRET, version=1), timeout=10)
+    stub.RevokeAgent(admin_pb2.RevokeAgentRequest(name="victim"), timeout=10)  # public, like a CRL entry
     last = _last_seq(server)
 
     # Replay from the very beginning of the log, asked for explicitly with the agent's certificate.
@@ -106,8 +108,8 @@ def test_an_agent_never_hears_the_name_of_a_key_it_is_not_granted(rig: tuple[Ser
     try:
         for w in (blind, seeing):
             w.wait_for(lambda evs: any(e.get("agent") == "victim" for e in evs))
-        server.admin("key", "rotate", SECRET)
-        server.admin("revoke", "agent", "victim2")
+        stub.RotateKey(rotate, timeout=10)
+        stub.RevokeAgent(admin_pb2.RevokeAgentRequest(name="victim2"), timeout=10)
         for w in (blind, seeing):
             w.wait_for(lambda evs: any(e.get("agent") == "victim2" for e in evs))
         assert not any("key" in e for e in blind.events), blind.events
@@ -116,7 +118,7 @@ def test_an_agent_never_hears_the_name_of_a_key_it_is_not_granted(rig: tuple[Ser
 
         # Withheld events still move the agent's saved position (heartbeats carry it),
         # so a restart resumes after them instead of having them all read out again.
-        server.admin("key", "rotate", SECRET)
+        stub.RotateKey(rotate, timeout=10)
         hidden = _last_seq(server)
         deadline = time.monotonic() + 10
         while _watch_position(root / "nogrant") < hidden and time.monotonic() < deadline:
@@ -131,7 +133,7 @@ def test_an_agent_never_hears_the_name_of_a_key_it_is_not_granted(rig: tuple[Ser
     # Resume is exact: the restarted watcher hears the next public event, once, and nothing else.
     again = WatchProcess(root / "nogrant")
     try:
-        server.admin("revoke", "agent", "payroll")
+        stub.RevokeAgent(admin_pb2.RevokeAgentRequest(name="payroll"), timeout=10)
         again.wait_for(lambda evs: any(e.get("agent") == "payroll" for e in evs))
         time.sleep(1.5)  # a heartbeat or so: nothing more may come
         assert [e.get("agent") for e in again.events] == ["payroll"]
