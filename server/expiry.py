@@ -75,14 +75,19 @@ class ExpiringCertificates:
         self._apply(lambda: self._set(cert.agent_name, (cert.serial, cert.not_after)))
 
     def published(self, event: RevocationEvent) -> None:
-        """An event went out on the feed: a revocation of an agent, or of its newest certificate, drops it."""
+        """An event went out on the feed: one that revokes an agent's newest certificate drops the agent.
+
+        By serial, for agent revocations too (they list every serial they revoke):
+        a certificate issued after the event, as when an enrollment replaces an
+        agent's certificates, stays.
+        """
         if event.kind not in ("cert", "agent") or event.agent_name is None:
             return
         name, serials = event.agent_name, set(event.serials())
 
         def drop() -> None:
             entry = self._latest.get(name)
-            if entry is not None and (event.kind == "agent" or entry[0] in serials):
+            if entry is not None and entry[0] in serials:
                 self._set(name, None)
 
         self._apply(drop)

@@ -93,6 +93,10 @@ def test_the_index_follows_issuance_revocation_and_time_like_a_full_read(tmp_pat
             index.published(RevocationEvent(99, "rotate", None, None, "k", 2, "superseded", now, ()))
             await agree()
             assert (index.count(DAY), index.count(7 * DAY), len(index)) == (0, 0, 1)
+            # An enrollment that replaces an agent's certificates: the event names the old ones only.
+            replaced = RevocationEvent(100, "agent", "a1,x9", "a", None, None, "superseded", now)
+            index.published(replaced)
+            assert len(index) == 1
             clock.now = NOW + timedelta(days=4)  # a's renewed certificate comes within 7 days
             await agree()
             assert index.count(7 * DAY) == 1
