@@ -40,7 +40,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     enroll_servers = _addresses(
         args.enroll_server, "KMS_ENROLL_SERVER", "--enroll-server"
     ) or default_enroll_addresses(servers)
-    identity = enroll(
+    identity, watch_from_seq = enroll(
         servers=servers,
         enroll_servers=enroll_servers,
         token=token,
@@ -48,7 +48,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         key_size=args.key_size,
         timeout=args.timeout,
     )
-    state.save(identity)
+    state.save(identity, watch_from_seq=watch_from_seq)
     not_after = identity.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
     print(
         f"enrolled as {identity.settings.name} ({identity.settings.spiffe_id}), certificate {identity.cert.serial_number:x} valid until {not_after}"

@@ -67,8 +67,9 @@ def enroll(
     ca_fingerprint: str,
     key_size: int,
     timeout: float,
-) -> AgentIdentity:
-    """Runs the whole enrollment and returns the new identity (not yet saved).
+) -> tuple[AgentIdentity, int]:
+    """Runs the whole enrollment; returns the new identity (not yet saved) and the
+    event sequence number its first watch resumes after (the log's position at enrollment).
 
     The token is sent only after the enrollment endpoint proved it holds a key
     certified by the pinned CA.
@@ -106,4 +107,6 @@ def enroll(
         enroll_servers=tuple(enroll_servers),
         ca_fingerprint=fingerprint(ca.public_bytes(serialization.Encoding.DER)),
     )
-    return AgentIdentity(settings, key, cert, ca.public_bytes(serialization.Encoding.PEM))
+    return AgentIdentity(
+        settings, key, cert, ca.public_bytes(serialization.Encoding.PEM)
+    ), resp.watch_from_seq

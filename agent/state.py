@@ -166,12 +166,18 @@ class StateDir:
     def enrolled(self) -> bool:
         return self.settings.exists()
 
-    def save(self, identity: AgentIdentity) -> None:
-        """Writes the identity; agent.json last, so a crash leaves 'not enrolled'."""
+    def save(self, identity: AgentIdentity, *, watch_from_seq: int | None = None) -> None:
+        """Writes the identity; agent.json last, so a crash leaves 'not enrolled'.
+
+        watch_from_seq (a new enrollment): where watching starts, replacing any
+        position a previous identity in this directory had reached.
+        """
         ensure_private_dir(self.path)
         write_atomic(self.key, identity.key_pem, mode=0o600)
         write_atomic(self.cert, identity.cert_pem, mode=0o644)
         write_atomic(self.ca, identity.ca_bundle_pem, mode=0o644)
+        if watch_from_seq is not None:
+            self.save_last_seq(watch_from_seq)
         write_atomic(
             self.settings, (json.dumps(identity.settings.to_json(), indent=2) + "\n").encode(), mode=0o644
         )

@@ -1,7 +1,10 @@
 """kms-agent watch: follow the revocation feed, act on each event, resume where it left off.
 
 Per event, in order: delete local key files of a compromised key version,
-run --exec, print the event, then persist its sequence number. The stream is
+run --exec, print the event, then persist its sequence number. A heartbeat
+carries the server's position for this agent (every event up to it was sent,
+or is about a key this agent is not granted): it is persisted too, so a
+restart does not replay events withheld from this agent. The stream is
 reopened with exponential backoff (with jitter) when the server goes away or
 stays silent for longer than three heartbeats, on the next of the agent's
 server addresses (rotating through them); it resumes from the persisted
@@ -62,6 +65,7 @@ class Watcher:
         self._serial = format(identity.cert.serial_number, "x")
         self._stopping = threading.Event()
         self._call: grpc.Future | None = None
+        self._position = 0  # the last sequence number persisted
 
     def stop(self, *_: object) -> None:
         self._stopping.set()
@@ -119,7 +123,8 @@ class Watcher:
 
     def _follow(self, endpoint: Endpoint) -> bool:
         got_any = False
-        call = endpoint.watch(self._state.last_seq())
+        self._position = self._state.last_seq()
+        call = endpoint.watch(self._position)
         self._call = call
         watchdog = Watchdog(self._silence, call.cancel)
         try:
@@ -129,6 +134,8 @@ class Watcher:
                 which = message.WhichOneof("item")
                 if which == "event":
                     self._handle(message.event)
+                elif which == "heartbeat":
+                    self._advance(message.heartbeat.current_seq)
                 elif which == "resume":
                     logger.warning("server asked to resume after %d", message.resume.after_seq)
         except grpc.RpcError as exc:
@@ -144,6 +151,12 @@ class Watcher:
             watchdog.cancel()
             self._call = None
         return got_any
+
+    def _advance(self, seq: int) -> None:
+        """Persists the stream's position; only forward, and only when it moved (one write per heartbeat at most)."""
+        if seq > self._position:
+            self._state.save_last_seq(seq)
+            self._position = seq
 
     def _handle(self, event: revocation_pb2.RevocationEvent) -> None:
         fields = event_fields(event)
@@ -169,7 +182,7 @@ class Watcher:
             if result.returncode != 0:
                 logger.warning("--exec exited %d for event %d", result.returncode, event.seq)
         print(json.dumps(fields, sort_keys=True) if self._json else describe(event), flush=True)
-        self._state.save_last_seq(event.seq)
+        self._advance(event.seq)
         # The current certificate (renewal may have replaced the one we started with).
         serial = format(self._state.load_certificate().serial_number, "x")
         mine = (event.kind == "agent" and event.agent_name == self._identity.settings.name) or (

@@ -15,6 +15,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -55,6 +56,8 @@ from server.datadir import DataDir
 from server.deployment import Deployment, open_deployment
 from server.enrollment import EnrollmentService
 from server.exchange import ExchangeService
+from server.expiry import WINDOWS as EXPIRY_WINDOWS
+from server.expiry import ExpiringCertificates
 from server.feed import RevocationFeed, StreamGuard
 from server.follower import EventFollower
 from server.heap import HeapKeeper
@@ -244,12 +247,19 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             )
         tls = ServerTls(datadir, sealer, ca, cfg.sans, cfg.server_cert_ttl, cfg.renew_fraction, clock)
 
+        # The expiry gauges, kept as certificates are issued and revoked (a scrape reads no agents).
+        expiring = ExpiringCertificates(store, clock)
         enrollment = EnrollmentService(
-            store, ca, clock, default_token_ttl=cfg.token_ttl, max_token_ttl=cfg.max_token_ttl
+            store,
+            ca,
+            clock,
+            default_token_ttl=cfg.token_ttl,
+            max_token_ttl=cfg.max_token_ttl,
+            on_issued=expiring.issued,
         )
         agents = AgentDirectory(store, trust_domain, clock)
         metrics = Metrics()
-        feed = RevocationFeed(await store.last_seq(), metrics)
+        feed = RevocationFeed(await store.last_seq(), metrics, on_publish=expiring.published)
         keys = KeyService(store, sealer, clock, publish=feed.publish)
         guard = StreamGuard()
         crl = CrlPublisher(ca, store, clock)
@@ -275,15 +285,13 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             cfg.handshake_timeout.total_seconds(),
         )
 
+        if cfg.http_host is not None:  # only /metrics reads it
+            await expiring.load()
+            for label, window in EXPIRY_WINDOWS:
+                metrics.expiring.labels(label).set_function(partial(expiring.count, window))
+
         async def refresh_metrics() -> None:
-            now = int(clock().timestamp())
-            valid = [
-                a.latest
-                for a in await store.list_agents()
-                if a.latest.revoked_at is None and a.latest.not_after > now
-            ]
-            for label, window in (("24h", 86400), ("7d", 7 * 86400)):
-                metrics.expiring.labels(label).set(sum(1 for c in valid if c.not_after <= now + window))
+            expiring.refresh()  # O(1): at most starts a background re-read, once a minute
 
         async def healthy() -> bool:
             try:

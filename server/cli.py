@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -20,9 +21,11 @@ from server.admin_client import AdminClient
 from server.app import initialize, serve
 from server.audit_cli import add_audit_commands
 from server.backup import restore
-from server.config import CAKeyType, ServerConfig, default_data_dir
+from server.config import CAKeyType, ServerConfig, default_data_dir, url_holds_secret
 
 __all__ = ["main"]
+
+logger = logging.getLogger(__name__)
 
 
 def _iso(ts: int) -> str:
@@ -59,6 +62,10 @@ RUN_OPTIONS: list[tuple[str, str]] = [
     ("--auth-failure-rate", "failed authentications per peer address per minute (default 30)"),
     ("--max-streams-per-identity", "open streams one agent certificate may hold (default 64)"),
     ("--database", "postgresql://USER@HOST/DB shared by replicas (default: SQLite in the data dir)"),
+    (
+        "--database-password-file",
+        "file (0600) holding the database password; PGPASSFILE, PGPASSWORD work too",
+    ),
     ("--master-key-file", "a PostgreSQL replica's master key file (KMS_MASTER_KEY: base64 instead)"),
     (
         "--audit-file",
@@ -75,7 +82,15 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     flags = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in RUN_OPTIONS}
     flags["data_dir"] = args.data_dir
     path = args.config or os.environ.get("KMS_CONFIG")
-    return ServerConfig.load(flags, file=read_toml(Path(path)) if path else None)
+    cfg = ServerConfig.load(flags, file=read_toml(Path(path)) if path else None)
+    if args.database and url_holds_secret(args.database):
+        # The command line is world-readable (ps, /proc/PID/cmdline); the environment and files are not.
+        logger.warning(
+            "--database on the command line holds a password, which any local user can read in ps: give "
+            "the URL without it, and the password in --database-password-file (0600), PGPASSFILE or "
+            "PGPASSWORD, or the whole URL in KMS_DATABASE or the config file"
+        )
+    return cfg
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -20,7 +20,14 @@ from kms.durations import format_duration, parse_duration
 from kms.errors import InvalidArgument
 from kms.identity import validate_trust_domain
 
-__all__ = ["CAKeyType", "ServerConfig", "default_data_dir", "redact_url"]
+__all__ = [
+    "CAKeyType",
+    "ServerConfig",
+    "default_data_dir",
+    "redact_url",
+    "url_has_password",
+    "url_holds_secret",
+]
 
 MiB = 1024 * 1024
 
@@ -53,6 +60,18 @@ def redact_url(url: str) -> str:
     return scheme + sep + re.sub(r"((?:^|[?&])(?:ssl)?password=)[^&]*", r"\1***", rest)
 
 
+def url_has_password(url: str) -> bool:
+    """Whether a database URL carries a password (user:password@ or ?password=)."""
+    rest = url.partition("://")[2]
+    creds, at, _ = rest.rpartition("@")
+    return bool(at and ":" in creds) or re.search(r"(?:^|[?&])password=", rest) is not None
+
+
+def url_holds_secret(url: str) -> bool:
+    """Whether a database URL carries anything secret: a password, or a client key's (sslpassword)."""
+    return url_has_password(url) or re.search(r"(?:^|[?&])sslpassword=", url.partition("://")[2]) is not None
+
+
 def _fraction(text: str | None) -> float:
     try:
         value = float(text or "")
@@ -82,8 +101,8 @@ KNOWN_KEYS = frozenset(
         "data_dir", "listen", "enroll_listen", "san", "trust_domain", "ca_key_type", "cert_ttl", "ca_ttl",
         "server_cert_ttl", "token_ttl", "max_token_ttl", "max_request_bytes", "shutdown_grace", "heartbeat",
         "handshake_timeout", "watch_buffer", "http_listen", "renew_fraction", "log_format", "enroll_rate",
-        "auth_failure_rate", "max_streams_per_identity", "database", "master_key_file", "audit_file",
-        "audit_syslog",
+        "auth_failure_rate", "max_streams_per_identity", "database", "database_password_file", "master_key_file",
+        "audit_file", "audit_syslog",
     }
 )  # fmt: skip
 
@@ -118,6 +137,9 @@ class ServerConfig:
     # None: the embedded SQLite store in the data dir. Else a postgresql:// URL
     # that several replicas share (it may hold a password: never print it whole).
     database: str | None = None
+    # A file (0600) holding the database's password, so that it is in neither the URL
+    # nor the command line; PGPASSFILE and PGPASSWORD work too, as in libpq.
+    database_password_file: Path | None = None
     # Where a replica of a PostgreSQL deployment reads the shared master key
     # (None: KMS_MASTER_KEY, else master.key in the data dir).
     master_key_file: Path | None = None
@@ -213,6 +235,7 @@ class ServerConfig:
 
         master_key_file = pick("master_key_file", None)
         audit_file = pick("audit_file", None)
+        password_file = pick("database_password_file", None)
         http = pick("http_listen", None)
         http_host, http_port = (
             parse_hostport(http, what="--http-listen", allow_zero=True) if http else (None, 0)
@@ -246,6 +269,7 @@ class ServerConfig:
                 pick("max_streams_per_identity", "64"), "--max-streams-per-identity"
             ),
             database=pick("database", None) or None,
+            database_password_file=Path(password_file) if password_file else None,
             master_key_file=Path(master_key_file) if master_key_file else None,
             # Absolute: `config show` says where it is, wherever the server was started from.
             audit_file=Path(audit_file).absolute() if audit_file else None,
@@ -266,6 +290,8 @@ class ServerConfig:
         # Shown only when set: an embedded deployment has neither.
         if self.database:
             out["database"] = redact_url(self.database)
+        if self.database_password_file:
+            out["database_password_file"] = str(self.database_password_file)
         if self.master_key_file:
             out["master_key_file"] = str(self.master_key_file)
         out["audit_file"] = str(self.audit_file) if self.audit_file else None
@@ -275,6 +301,7 @@ class ServerConfig:
                 "data_dir",
                 "sans",
                 "database",
+                "database_password_file",
                 "master_key_file",
                 "audit_file",
             ) or f.name.startswith(("listen_", "enroll_h", "enroll_p", "http_")):
@@ -335,6 +362,16 @@ class ServerConfig:
             )
         if self.audit_file is not None and self.audit_file.is_dir():
             raise InvalidArgument(f"--audit-file {self.audit_file} is a directory: name a file in it")
+        if self.database_password_file is not None and self.database is None:
+            raise InvalidArgument(
+                "--database-password-file is the password of a PostgreSQL store (--database); "
+                "the embedded SQLite store has none"
+            )
+        if self.database_password_file is not None and self.database and url_has_password(self.database):
+            raise InvalidArgument(
+                f"--database {redact_url(self.database)!r} has a password and --database-password-file gives "
+                "another: give it in one place (the file)"
+            )
         if self.master_key_file is not None and self.database is None:
             raise InvalidArgument(
                 "--master-key-file is for replicas of a PostgreSQL deployment (--database); "

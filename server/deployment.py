@@ -72,7 +72,7 @@ async def open_deployment(cfg: ServerConfig, datadir: DataDir, clock: Clock) -> 
     # Before anything is made: a device that cannot be opened stops the start.
     devices = AuditDevices(cfg.audit_file, cfg.audit_syslog)
     try:
-        store = await open_store(cfg.database, datadir.db)
+        store = await open_store(cfg.database, datadir.db, password_file=cfg.database_password_file)
     except BaseException:
         devices.close()
         raise

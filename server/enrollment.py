@@ -9,6 +9,7 @@ two racing ones cannot both succeed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
@@ -49,6 +50,9 @@ class Enrolled:
     agent: AgentRecord
     certificate: x509.Certificate
     spiffe_id: str
+    # The event log's position just before the enrollment committed: the agent's
+    # first Watch starts after it, so it is not replayed the history before it.
+    watch_from_seq: int = 0
 
 
 class EnrollmentService:
@@ -60,8 +64,11 @@ class EnrollmentService:
         *,
         default_token_ttl: timedelta,
         max_token_ttl: timedelta,
+        on_issued: Callable[[CertificateRecord], None] = lambda cert: None,
     ) -> None:
         self._store = store
+        # Told of each certificate stored (enrollment or renewal): the expiry gauges.
+        self._on_issued = on_issued
         self._ca = ca
         self._clock = clock
         self._default_ttl = default_token_ttl
@@ -125,6 +132,9 @@ class EnrollmentService:
             issued_at=int(now.timestamp()),
             token_id=record.token_id,
         )
+        # Read before the enrollment commits: an event committed meanwhile is
+        # replayed to the new agent (harmless), never skipped.
+        watch_from_seq = await self._store.last_seq()
         agent = await self._store.enroll(
             record.token_id,
             token.secret_hash,
@@ -139,11 +149,12 @@ class EnrollmentService:
         )
         if agent is None:  # lost a race for the token, or it expired meanwhile
             await self._refused(token, int(now.timestamp()))
+        self._on_issued(cert_record)
         logger.info(
             "agent enrolled",
             extra={"agent": agent.name, "serial": cert_record.serial, "token_id": record.token_id},
         )
-        return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name))
+        return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name), watch_from_seq)
 
     async def renew(self, caller: Caller, csr_der: bytes) -> x509.Certificate:
         """Issues a new certificate for a new key, with the caller's identity and groups.
@@ -171,6 +182,7 @@ class EnrollmentService:
             renewed_from=caller.serial,
             audit=AuditEntry(now, f"agent:{caller.name}/{caller.serial}", "renew", f"serial:{record.serial}"),
         )
+        self._on_issued(record)
         logger.info(
             "certificate renewed", extra={"agent": caller.name, "old": caller.serial, "new": record.serial}
         )

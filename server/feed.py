@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.metrics import Metrics
@@ -29,24 +30,36 @@ class Heartbeat:
 
 
 class Subscription:
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, wants: Callable[[RevocationEvent], bool] | None = None) -> None:
         self.queue: asyncio.Queue[RevocationEvent | Heartbeat] = asyncio.Queue(maxsize)
         self.overflowed = False
         self.quiet = 0  # heartbeat ticks since this subscriber was last sent anything
+        # Which events its stream sends on (the others it only passes over): only
+        # those count as something sent, for the heartbeat's quiet count.
+        self.wants = wants
 
 
 class RevocationFeed:
     """Publishes committed events to every subscriber without ever blocking on one."""
 
-    def __init__(self, last_seq: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        last_seq: int,
+        metrics: Metrics | None = None,
+        on_publish: Callable[[RevocationEvent], None] | None = None,
+    ) -> None:
         self.last_seq = last_seq
         self._subs: set[Subscription] = set()
         self._metrics = metrics
+        # Told of each event as it goes out (local or another replica's): the expiry gauges.
+        self._on_publish = on_publish
         # Each recent event, and when it was published (for the delivery-lag metric).
         self._published: OrderedDict[int, tuple[RevocationEvent, float]] = OrderedDict()
 
-    def subscribe(self, maxsize: int) -> Subscription:
-        sub = Subscription(maxsize)
+    def subscribe(self, maxsize: int, wants: Callable[[RevocationEvent], bool] | None = None) -> Subscription:
+        """A new subscriber; it is queued every event (its stream tracks its position by
+        them), and wants says which of them it sends on (None: all)."""
+        sub = Subscription(maxsize, wants)
         self._subs.add(sub)
         return sub
 
@@ -86,8 +99,11 @@ class RevocationFeed:
             self._published.popitem(last=False)
         if self._metrics is not None and event.kind != "rotate":
             self._metrics.revocations.labels(event.kind).inc()
+        if self._on_publish is not None:
+            self._on_publish(event)
         for sub in list(self._subs):
-            sub.quiet = 0
+            if sub.wants is None or sub.wants(event):
+                sub.quiet = 0
             try:
                 sub.queue.put_nowait(event)
             except asyncio.QueueFull:
@@ -111,12 +127,12 @@ class RevocationFeed:
         beat = Heartbeat(self.last_seq)
         for sub in list(self._subs):
             sub.quiet += 1
-            if sub.quiet >= 2:
+            # Only to an empty queue: a subscriber with messages to read needs no
+            # heartbeat, and one that stopped reading must not fill up on them. One
+            # whose queue holds only events it passes over is tried again next tick.
+            if sub.quiet >= 2 and sub.queue.empty():
                 sub.quiet = 0
-                # Only to an empty queue: a subscriber with messages to read needs no
-                # heartbeat, and one that stopped reading must not fill up on them.
-                if sub.queue.empty():
-                    sub.queue.put_nowait(beat)
+                sub.queue.put_nowait(beat)
 
 
 class StreamGuard:

@@ -70,6 +70,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
             name=enrolled.agent.name,
             groups=list(enrolled.agent.groups),
             spiffe_id=enrolled.spiffe_id,
+            watch_from_seq=enrolled.watch_from_seq,
         )
 
 

@@ -6,16 +6,24 @@ Ordering rules, in one place:
    during the replay is missed.
 2. Replay every event after ``after_seq`` from the log, in pages, until the
    log has nothing newer.
-3. Then take live events; skip any at or below the last one sent (seen in
-   the replay); if one jumps ahead, backfill the gap from the log first.
+3. Then take live events; skip any at or below the stream's position (the
+   last event it sent or passed over); if one jumps ahead, backfill the gap
+   from the log first.
 4. With nothing to send for one heartbeat interval, send a heartbeat with
-   the current sequence (the feed's ticks queue it, behind every event it
-   covers).
+   the stream's position (the feed's ticks queue it, behind every event it
+   covers): every event up to it was sent or is not for this caller, so the
+   caller resumes after it.
 5. A subscriber that overflowed its bounded buffer is dropped from the feed
    at once; its stream is then told where to resume and ends
    (RESOURCE_EXHAUSTED).
 6. An event that revokes the caller itself is sent, then the stream ends
    (UNAUTHENTICATED, revoked).
+7. A key event (one with a key name: "key", "rotate") goes only to a caller
+   that held a grant on the key, as agent:NAME or through one of its
+   certificate's groups, when the event committed (its recorded grantees),
+   in the replay and live alike; the stream's position still moves past the
+   ones it withholds. Certificate and agent revocations go to every caller,
+   as on a CRL.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from server.authn import Caller
 from server.feed import Heartbeat, RevocationFeed
 from server.store import RevocationEvent, Store
 
-__all__ = ["Heartbeat", "Resume", "WatchItem", "WatchService", "revokes"]
+__all__ = ["Heartbeat", "Resume", "WatchItem", "WatchService", "grants_of", "revokes", "visible"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +65,23 @@ WatchItem = RevocationEvent | Heartbeat | Resume
 def revokes(event: RevocationEvent, caller: Caller) -> bool:
     """Whether event revokes the caller's own certificate."""
     return event.kind in ("cert", "agent") and caller.serial in event.serials()
+
+
+def grants_of(caller: Caller) -> frozenset[str]:
+    """Every grantee the caller answers to: agent:NAME and group:G for each group of its certificate."""
+    return frozenset({f"agent:{caller.name}", *(f"group:{g}" for g in caller.groups)})
+
+
+def visible(event: RevocationEvent, grants: frozenset[str]) -> bool:
+    """Whether a watcher holding grants may see event (rule 7).
+
+    Any event that names a key is a key event, whatever its kind, and a key
+    event without recorded grantees goes to no one: a new kind of key event
+    fails closed rather than leak key names.
+    """
+    if event.key_name is None:
+        return True
+    return event.grantees is not None and not grants.isdisjoint(event.grantees)
 
 
 class WatchService:
@@ -96,7 +121,8 @@ class WatchService:
             raise InvalidArgument("after_seq must be 0 or a sequence number this server gave")
         if self._ticker is None or self._ticker.done():  # one timer for every stream's heartbeats
             self._ticker = asyncio.create_task(self._tick_forever())
-        sub = self._feed.subscribe(self._buffer)
+        grants = grants_of(caller)
+        sub = self._feed.subscribe(self._buffer, wants=lambda event: visible(event, grants))
         self._feed.watching(+1)
         try:
             last = await self._store.last_seq()
@@ -104,15 +130,17 @@ class WatchService:
                 raise InvalidArgument(
                     f"after_seq {after_seq} is ahead of this server's log (at {last}): resume from 0 or a seen number"
                 )
-            sent = after_seq
-            async for event in self._backfill(sent, None):
-                yield event
-                sent = event.seq
-                self._end_if_revoked(event, caller)
+            # The last event sent, or passed over as not for this caller (rule 7).
+            position = after_seq
+            async for event in self._backfill(position, None):
+                position = event.seq
+                if visible(event, grants):
+                    yield event
+                    self._end_if_revoked(event, caller)
             while True:
                 if sub.overflowed:
-                    yield Resume(sent)
-                    raise ResourceExhausted(f"this watcher fell behind: resume after sequence {sent}")
+                    yield Resume(position)
+                    raise ResourceExhausted(f"this watcher fell behind: resume after sequence {position}")
                 live = await sub.queue.get()
                 if isinstance(live, Heartbeat):
                     if self._cut_off_for() > CUT_OFF_LIMIT:
@@ -120,22 +148,27 @@ class WatchService:
                         # agent elsewhere rather than reassure it with heartbeats.
                         raise Unavailable(
                             f"{STORE_DOWN_MARK}, so this replica hears no revocations: "
-                            f"resume after sequence {sent} on another one"
+                            f"resume after sequence {position} on another one"
                         )
-                    # Queued during a replay, it may predate events the replay already sent.
-                    yield live if live.current_seq >= sent else Heartbeat(sent)
+                    # Everything queued before it has been dealt with: the position covers it
+                    # (and never claims more than this stream has seen).
+                    yield Heartbeat(position)
                     continue
-                if live.seq <= sent:
+                if live.seq <= position:
                     continue
                 # In order (the usual case) the live event goes straight out;
                 # after a jump, the log fills the gap first.
                 catch_up = (
-                    [live] if live.seq == sent + 1 else [e async for e in self._backfill(sent, live.seq)]
+                    [live]
+                    if live.seq == position + 1
+                    else [e async for e in self._backfill(position, live.seq)]
                 )
                 for event in catch_up:
+                    position = event.seq
+                    if not visible(event, grants):
+                        continue
                     self._feed.delivered(event)
                     yield event
-                    sent = event.seq
                     self._end_if_revoked(event, caller)
         finally:
             self._feed.unsubscribe(sub)

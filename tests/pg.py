@@ -425,6 +425,30 @@ class PostgresCluster:
                     raise
         return self.url(name)
 
+    def password_database(self, role: str, password: str) -> str:
+        """A database owned by a login role that must give its password (scram-sha-256 over TCP),
+        unlike every other role here (trust); returns its URL, without the password.
+
+        The role's pg_hba.conf line goes first (the first matching line wins), so the
+        rest of the cluster keeps trust authentication.
+        """
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", role) or "'" in password:
+            raise ValueError("role: [a-z0-9_]; password: no single quote")
+        hba = self.data / "pg_hba.conf"
+        line = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+        text = hba.read_text()  # ours, or the cluster user's and we are root: writable in place either way
+        if line not in text:
+            hba.write_text(line + text)
+            self.psql("SELECT pg_reload_conf()")
+        exists = self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'").strip()  # noqa: S608
+        if not exists:
+            self.psql(f"CREATE ROLE {role} LOGIN")
+        self.psql(f"SET password_encryption = 'scram-sha-256'; ALTER ROLE {role} PASSWORD '{password}'")
+        name = f"{role}_db"
+        if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").strip():  # noqa: S608
+            self.psql(f'CREATE DATABASE "{name}" OWNER {role}')
+        return f"postgresql://{role}@127.0.0.1:{self.port}/{name}"
+
     def drop_database(self, name: str) -> None:
         """Drops database `name` if it exists, closing its connections first."""
         self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -25,15 +25,17 @@ class EnrollRequest(_message.Message):
     def __init__(self, join_token: _Optional[str] = ..., csr_der: _Optional[bytes] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
-    __slots__ = ("certificate_der", "ca_chain_der", "name", "groups", "spiffe_id")
+    __slots__ = ("certificate_der", "ca_chain_der", "name", "groups", "spiffe_id", "watch_from_seq")
     CERTIFICATE_DER_FIELD_NUMBER: _ClassVar[int]
     CA_CHAIN_DER_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    WATCH_FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
     certificate_der: bytes
     ca_chain_der: _containers.RepeatedScalarFieldContainer[bytes]
     name: str
     groups: _containers.RepeatedScalarFieldContainer[str]
     spiffe_id: str
-    def __init__(self, certificate_der: _Optional[bytes] = ..., ca_chain_der: _Optional[_Iterable[bytes]] = ..., name: _Optional[str] = ..., groups: _Optional[_Iterable[str]] = ..., spiffe_id: _Optional[str] = ...) -> None: ...
+    watch_from_seq: int
+    def __init__(self, certificate_der: _Optional[bytes] = ..., ca_chain_der: _Optional[_Iterable[bytes]] = ..., name: _Optional[str] = ..., groups: _Optional[_Iterable[str]] = ..., spiffe_id: _Optional[str] = ..., watch_from_seq: _Optional[int] = ...) -> None: ...

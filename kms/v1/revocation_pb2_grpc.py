@@ -56,7 +56,9 @@ class RevocationServicer:
 
     def Watch(self, request, context):
         """Replays every event after after_seq, then streams live events and
-        heartbeats, with no gap and no duplicate (mutual TLS).
+        heartbeats, with no gap and no duplicate (mutual TLS). Key events go only
+        to agents granted the key when the event happened; certificate and agent
+        revocations go to all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

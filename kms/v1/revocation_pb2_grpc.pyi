@@ -33,7 +33,9 @@ class RevocationStub:
     def __new__(cls, channel: _aio.Channel) -> RevocationAsyncStub: ...
     Watch: _grpc.UnaryStreamMultiCallable[_revocation_pb2.WatchRequest, _revocation_pb2.WatchResponse]
     """Replays every event after after_seq, then streams live events and
-    heartbeats, with no gap and no duplicate (mutual TLS).
+    heartbeats, with no gap and no duplicate (mutual TLS). Key events go only
+    to agents granted the key when the event happened; certificate and agent
+    revocations go to all.
     """
     GetCRL: _grpc.UnaryUnaryMultiCallable[_revocation_pb2.GetCRLRequest, _revocation_pb2.GetCRLResponse]
     """The current CRL, DER, signed by the CA (public, like the CA bundle)."""
@@ -45,7 +47,9 @@ class RevocationAsyncStub(RevocationStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Watch: _aio.UnaryStreamMultiCallable[_revocation_pb2.WatchRequest, _revocation_pb2.WatchResponse]  # type: ignore[assignment]
     """Replays every event after after_seq, then streams live events and
-    heartbeats, with no gap and no duplicate (mutual TLS).
+    heartbeats, with no gap and no duplicate (mutual TLS). Key events go only
+    to agents granted the key when the event happened; certificate and agent
+    revocations go to all.
     """
     GetCRL: _aio.UnaryUnaryMultiCallable[_revocation_pb2.GetCRLRequest, _revocation_pb2.GetCRLResponse]  # type: ignore[assignment]
     """The current CRL, DER, signed by the CA (public, like the CA bundle)."""
@@ -60,7 +64,9 @@ class RevocationServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_revocation_pb2.WatchResponse], _abc.AsyncIterator[_revocation_pb2.WatchResponse]]:
         """Replays every event after after_seq, then streams live events and
-        heartbeats, with no gap and no duplicate (mutual TLS).
+        heartbeats, with no gap and no duplicate (mutual TLS). Key events go only
+        to agents granted the key when the event happened; certificate and agent
+        revocations go to all.
         """
 
     @_abc_1.abstractmethod

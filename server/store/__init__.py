@@ -37,8 +37,9 @@ __all__ = [
 ]
 
 
-async def open_store(database: str | None, sqlite_path: Path) -> Store:
-    """The store a server runs on: PostgreSQL at database, or SQLite at sqlite_path when database is None."""
+async def open_store(database: str | None, sqlite_path: Path, *, password_file: Path | None = None) -> Store:
+    """The store a server runs on: PostgreSQL at database (its password in password_file, if
+    given), or SQLite at sqlite_path when database is None."""
     if database is None:
         return await SqliteStore.open(sqlite_path)
-    return await PostgresStore.open(database)
+    return await PostgresStore.open(database, password_file=password_file)

@@ -76,6 +76,10 @@ class RevocationEvent:
     key_version: int | None
     reason: str
     at: int
+    # Key events only (key_name set): who held a grant on the key when the event
+    # committed ("agent:NAME", "group:NAME", sorted). Watch sends a key event only
+    # to those, so an agent never learns the names of keys it is not granted.
+    grantees: tuple[str, ...] | None = None
 
     def serials(self) -> tuple[str, ...]:
         return tuple(s for s in (self.serial or "").split(",") if s)

@@ -137,6 +137,15 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     # where keying begins at its first start (server/store/sqlite_base.py);
     # records before that keep their plain hashes.
     ["INSERT INTO meta(key, value) VALUES ('audit_keyed_from', 'pending')"],
+    # 7: key events record who was granted the key when they committed (a JSON
+    # list of "agent:NAME"/"group:NAME"), so Watch sends them only to those.
+    # Older key events get the key's grants as of the upgrade: the best known.
+    [
+        "ALTER TABLE events ADD COLUMN grantees TEXT",
+        """UPDATE events SET grantees = (
+            SELECT json_group_array(g.kind || ':' || g.grantee) FROM key_grants g WHERE g.key_name = events.key_name
+        ) WHERE key_name IS NOT NULL""",
+    ],
 ]
 
 # PostgreSQL: BYTEA for BLOB, BIGINT for Unix times. The event log's seq is
@@ -255,6 +264,13 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
     ],
     # 6: the audit chain is keyed (see the SQLite step).
     ["INSERT INTO meta(key, value) VALUES ('audit_keyed_from', 'pending')"],
+    # 7: key events record who was granted the key when they committed.
+    [
+        "ALTER TABLE events ADD COLUMN grantees TEXT",
+        """UPDATE events SET grantees = COALESCE((
+            SELECT json_agg(g.kind || ':' || g.grantee)::text FROM key_grants g WHERE g.key_name = events.key_name
+        ), '[]') WHERE key_name IS NOT NULL""",
+    ],
 ]
 
 # The schema this kms-server writes; a store at a higher version is refused.

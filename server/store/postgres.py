@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import stat
 import time
+from pathlib import Path
 
 import asyncpg
 
@@ -31,7 +34,7 @@ from server.store.postgres_events import PostgresEvents, revoked_certificates
 from server.store.postgres_keys import PostgresKeys
 from server.store.rows import AGENT_COLUMNS, TOKEN_COLUMNS, agent_record, token_record
 
-__all__ = ["PostgresStore", "is_postgres_url"]
+__all__ = ["PostgresStore", "is_postgres_url", "read_password_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,18 +93,51 @@ async def _insert_certificate(
     )
 
 
+def read_password_file(path: Path) -> str:
+    """The database password from its file (--database-password-file): its first line.
+
+    Refused unless only its owner can read it, as the master key is (libpq
+    ignores such a ~/.pgpass; refusing says why instead).
+
+    Raises:
+        StoreError: the file cannot be read, is readable by others, or is empty.
+    """
+    what = f"--database-password-file {path}"
+    try:
+        with path.open("rb") as f:
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            data = f.read(4096)
+    except OSError as exc:
+        raise StoreError(f"cannot read {what}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise StoreError(f"{what} is readable by others (mode {mode:04o}): chmod 600 it")
+    try:
+        password = data.decode().splitlines()[0] if data.strip() else ""
+    except UnicodeDecodeError:
+        raise StoreError(f"{what} is not UTF-8 text") from None
+    if not password:
+        raise StoreError(f"{what} is empty: write the password on its first line")
+    return password
+
+
 class PostgresStore(PostgresKeys, PostgresEvents):
     @classmethod
-    async def open(cls, url: str) -> PostgresStore:
-        """Connects (waiting up to CONNECT_PATIENCE for the database) and migrates. Raises StoreError."""
+    async def open(cls, url: str, *, password_file: Path | None = None) -> PostgresStore:
+        """Connects (waiting up to CONNECT_PATIENCE for the database) and migrates. Raises StoreError.
+
+        The password comes from the URL, else password_file, else (as libpq does)
+        PGPASSWORD or the PGPASSFILE (~/.pgpass) entry for the host, which asyncpg reads.
+        """
         if not is_postgres_url(url):
             raise InvalidArgument(f"--database {redact_url(url)!r} is not a postgresql:// URL")
+        password = read_password_file(password_file) if password_file is not None else None
         # min_size 0: connections open on demand, so a pool that lost them all
         # (database restart) reconnects on the next call rather than in a
         # background loop of its own.
         try:
             pool = await asyncpg.create_pool(
                 url,
+                password=password,
                 min_size=0,
                 max_size=POOL_SIZE,
                 timeout=10,

@@ -24,7 +24,7 @@ import asyncpg
 from server.store import rules
 from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
 from server.store.postgres_base import CONNECTION_ERRORS, SESSION_SETTINGS, Conn, PostgresBase
-from server.store.rows import CERT_COLUMNS, EVENT_COLUMNS, cert_record, event_record
+from server.store.rows import CERT_COLUMNS, EVENT_COLUMNS, cert_record, event_record, grantees_json
 
 __all__ = ["CHANNEL", "PostgresEvents", "add_current_version", "append_event", "revoked_certificates"]
 
@@ -46,12 +46,25 @@ async def append_event(
     agent: str | None = None,
     key: tuple[str, int] | None = None,
 ) -> RevocationEvent:
-    """Appends one event in the caller's transaction, with the next seq, and wakes the other replicas."""
+    """Appends one event in the caller's transaction, with the next seq, and wakes the other replicas.
+
+    A key event records the key's grantees as of this transaction (see RevocationEvent.grantees).
+    """
     key_name, key_version = key if key else (None, None)
     seq = await conn.fetchval("UPDATE counters SET value = value + 1 WHERE name = 'events' RETURNING value")
+    grantees = (
+        tuple(
+            sorted(
+                f"{r[0]}:{r[1]}"
+                for r in await conn.fetch("SELECT kind, grantee FROM key_grants WHERE key_name=$1", key_name)
+            )
+        )
+        if key_name is not None
+        else None
+    )
     await conn.execute(
-        "INSERT INTO events(seq, kind, serial, agent_name, key_name, key_version, reason, at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO events(seq, kind, serial, agent_name, key_name, key_version, reason, at, grantees)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         seq,
         kind,
         serial,
@@ -60,9 +73,10 @@ async def append_event(
         key_version,
         reason,
         now,
+        grantees_json(grantees),
     )
     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(seq))
-    return RevocationEvent(seq, kind, serial, agent, key_name, key_version, reason, now)
+    return RevocationEvent(seq, kind, serial, agent, key_name, key_version, reason, now, grantees)
 
 
 async def add_current_version(conn: Conn, name: str, new: int, seal: SealFn, now: int) -> None:

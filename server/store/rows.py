@@ -16,6 +16,8 @@ __all__ = [
     "agent_record",
     "cert_record",
     "event_record",
+    "grantees_from_json",
+    "grantees_json",
     "token_record",
 ]
 
@@ -27,7 +29,7 @@ AGENT_COLUMNS = (
     "a.name, a.created_at, c.serial, c.agent_name, c.not_before, c.not_after, c.der, c.issued_at, c.token_id,"
     " c.revoked_at, c.revocation_reason, c.groups_json"
 )
-EVENT_COLUMNS = "seq, kind, serial, agent_name, key_name, key_version, reason, at"
+EVENT_COLUMNS = "seq, kind, serial, agent_name, key_name, key_version, reason, at, grantees"
 TOKEN_COLUMNS = "token_id, secret_hash, name, groups_json, created_at, expires_at, used_at"  # noqa: S105 - column names
 VERSION_COLUMNS = "key_name, version, state, created_at, state_changed_at"
 
@@ -41,7 +43,18 @@ def agent_record(row: Any) -> AgentRecord:
 
 
 def event_record(row: Any) -> RevocationEvent:
-    return RevocationEvent(*row)
+    return RevocationEvent(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], grantees_from_json(row[8])
+    )
+
+
+def grantees_json(grantees: tuple[str, ...] | None) -> str | None:
+    return None if grantees is None else json.dumps(sorted(grantees))
+
+
+def grantees_from_json(text: str | None) -> tuple[str, ...] | None:
+    """The stored grantee list, sorted (the backfill of step 6 wrote it in no particular order)."""
+    return None if text is None else tuple(sorted(json.loads(text)))
 
 
 def token_record(row: Any) -> JoinTokenRecord:

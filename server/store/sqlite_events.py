@@ -6,7 +6,7 @@ import sqlite3
 
 from server.store import rules
 from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
-from server.store.rows import CERT_COLUMNS, EVENT_COLUMNS, cert_record, event_record
+from server.store.rows import CERT_COLUMNS, EVENT_COLUMNS, cert_record, event_record, grantees_json
 from server.store.sqlite_base import SqliteBase
 
 __all__ = ["SqliteEvents", "append_event", "add_current_version", "revoked_certificates"]
@@ -22,14 +22,28 @@ def append_event(
     agent: str | None = None,
     key: tuple[str, int] | None = None,
 ) -> RevocationEvent:
-    """Appends one event to the log in the caller's transaction; its seq is the next one."""
+    """Appends one event to the log in the caller's transaction; its seq is the next one.
+
+    A key event records the key's grantees as of this transaction (see RevocationEvent.grantees).
+    """
     key_name, key_version = key if key else (None, None)
+    grantees = (
+        tuple(
+            sorted(
+                f"{r[0]}:{r[1]}"
+                for r in db.execute("SELECT kind, grantee FROM key_grants WHERE key_name=?", (key_name,))
+            )
+        )
+        if key_name is not None
+        else None
+    )
     cur = db.execute(
-        "INSERT INTO events(kind, serial, agent_name, key_name, key_version, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (kind, serial, agent, key_name, key_version, reason, now),
+        "INSERT INTO events(kind, serial, agent_name, key_name, key_version, reason, at, grantees)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (kind, serial, agent, key_name, key_version, reason, now, grantees_json(grantees)),
     )
     assert cur.lastrowid is not None
-    return RevocationEvent(cur.lastrowid, kind, serial, agent, key_name, key_version, reason, now)
+    return RevocationEvent(cur.lastrowid, kind, serial, agent, key_name, key_version, reason, now, grantees)
 
 
 def add_current_version(db: sqlite3.Connection, name: str, new: int, seal: SealFn, now: int) -> None:

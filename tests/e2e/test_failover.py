@@ -449,7 +449,7 @@ class _Followers:
     def events_through(self, server: ServerProcess, key: str, *, rotate: bool = True) -> None:
         """Three revocations and a rotation of app through server; waits until both agents acted on them."""
         stub = admin_stub(server)
-        stub.CreateKey(admin_pb2.CreateKeyRequest(name=key), timeout=10)
+        stub.CreateKey(admin_pb2.CreateKeyRequest(name=key, grants=["group:web"]), timeout=10)
         self.made += [
             stub.RevokeKey(admin_pb2.RevokeKeyRequest(name=key, version=v), timeout=10).event.seq
             for v in (1, 2, 3)

@@ -53,7 +53,7 @@ def test_health_reflection_metrics_json_logs_and_live_rotation(tmp_path: Path) -
         assert agent(state, "fetch-key", "m").returncode == 0
         watcher = WatchProcess(state)
         try:
-            server.admin("key", "create", "w")
+            server.admin("key", "create", "w", "--grant", "group:web")
             server.admin("revoke", "key", "w", "--version", "1")
             watcher.wait_for(lambda evs: any(e.get("key") == "w" for e in evs))
 
@@ -82,7 +82,7 @@ def test_health_reflection_metrics_json_logs_and_live_rotation(tmp_path: Path) -
             while _served_serial(server.enroll_address) == first and time.monotonic() < deadline:
                 time.sleep(0.5)
             assert _served_serial(server.enroll_address) != first
-            server.admin("key", "create", "after")
+            server.admin("key", "create", "after", "--grant", "group:web")
             server.admin("revoke", "key", "after", "--version", "1")
             # The watch stream opened before the rotation still works, and new calls too.
             watcher.wait_for(lambda evs: any(e.get("key") == "after" for e in evs))

@@ -116,8 +116,10 @@ def _key_events(watcher: WatchProcess, *keys: str) -> list[dict[str, Any]]:
 
 
 def _warm_up(server: ServerProcess, watchers: list[WatchProcess], key: str) -> None:
-    """One event through server, seen by every watcher: their streams are open and caught up."""
-    server.admin("key", "create", key)
+    """One event through server, seen by every watcher: their streams are open and caught up.
+
+    Watchers here are in group watch: key events go only to the key's grantees."""
+    server.admin("key", "create", key, "--grant", "group:watch")
     server.admin("revoke", "key", key, "--version", "1")
     for w in watchers:
         w.wait_for(lambda evs: any(e.get("key") == key for e in evs), timeout=30)
@@ -278,15 +280,15 @@ def test_revocations_through_both_reach_watchers_on_both_in_one_order(
     pair: tuple[ServerProcess, ServerProcess, Path],
 ) -> None:
     a, b, root = pair
-    assert enroll(a, root / "wa", a.token("watch-a")).returncode == 0
-    assert enroll(b, root / "wb", b.token("watch-b")).returncode == 0
+    assert enroll(a, root / "wa", a.token("watch-a", "watch")).returncode == 0
+    assert enroll(b, root / "wb", b.token("watch-b", "watch")).returncode == 0
     on_a, on_b = WatchProcess(root / "wa"), WatchProcess(root / "wb")
     try:
         _warm_up(a, [on_a, on_b], "warm-c")
         per_key = 500
         keys = ("churn-1", "churn-2")
         for key in keys:
-            a.admin("key", "create", key)
+            a.admin("key", "create", key, "--grant", "group:watch")
         acked: list[int] = []
         lock = threading.Lock()
         errors: list[BaseException] = []
@@ -346,9 +348,9 @@ def test_revocations_through_both_reach_watchers_on_both_in_one_order(
 def test_watcher_moves_to_b_when_a_is_killed_and_misses_nothing() -> None:
     with _replicas() as (a, b, root):
         state = root / "w"
-        result = enroll(a, state, a.token("mover"), server=f"{a.address},{b.address}")
+        result = enroll(a, state, a.token("mover", "watch"), server=f"{a.address},{b.address}")
         assert result.returncode == 0, result.stderr
-        b.admin("key", "create", "during")
+        b.admin("key", "create", "during", "--grant", "group:watch")
         watcher = WatchProcess(state)
         acked: list[int] = []
         stop = threading.Event()
@@ -410,9 +412,9 @@ def test_postgresql_restart_under_load_is_ridden_out_without_restarting_replicas
         result = enroll(a, state, a.token("loader", "web"), server=f"{a.address},{b.address}")
         assert result.returncode == 0, result.stderr
         a.admin("key", "create", "load", "--grant", "group:web")
-        a.admin("key", "create", "pg")
-        assert enroll(a, root / "wa", a.token("wa")).returncode == 0
-        assert enroll(b, root / "wb", b.token("wb")).returncode == 0
+        a.admin("key", "create", "pg", "--grant", "group:watch")
+        assert enroll(a, root / "wa", a.token("wa", "watch")).returncode == 0
+        assert enroll(b, root / "wb", b.token("wb", "watch")).returncode == 0
         on_a, on_b = WatchProcess(root / "wa"), WatchProcess(root / "wb")
         pids = (a.proc.pid if a.proc else 0, b.proc.pid if b.proc else 0)
 
@@ -473,7 +475,7 @@ def test_postgresql_restart_under_load_is_ridden_out_without_restarting_replicas
             assert pids == (a.proc.pid, b.proc.pid)
             assert agent(state, "renew").returncode == 0
             for server in (a, b):
-                server.admin("key", "create", f"after-{server.data_dir.name}")
+                server.admin("key", "create", f"after-{server.data_dir.name}", "--grant", "group:watch")
                 server.admin("revoke", "key", f"after-{server.data_dir.name}", "--version", "1")
 
             # Calls during the outages failed as UNAVAILABLE, nothing else.

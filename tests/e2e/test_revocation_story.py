@@ -62,8 +62,10 @@ def _serial(state: Path) -> str:
 
 
 def _warm_up(server: ServerProcess, watchers: list[WatchProcess], key: str) -> None:
-    """Makes one event (a fresh key version compromised) and waits until every watcher printed it."""
-    server.admin("key", "create", key)
+    """Makes one event (a fresh key version compromised) and waits until every watcher printed it.
+
+    The key is granted to group web (every watcher's): key events go only to its grantees."""
+    server.admin("key", "create", key, "--grant", "group:web")
     server.admin("revoke", "key", key, "--version", "1")
     for w in watchers:
         w.wait_for(lambda events: any(e.get("key") == key for e in events))
@@ -133,7 +135,7 @@ def test_watch_resumes_with_exactly_the_missed_events(rig: tuple[ServerProcess, 
     seen = first.seqs()
 
     stub = admin_stub(server)
-    stub.CreateKey(admin_pb2.CreateKeyRequest(name="churn"), timeout=10)
+    stub.CreateKey(admin_pb2.CreateKeyRequest(name="churn", grants=["group:web"]), timeout=10)
     made = []
     for version in range(1, 51):  # each revocation of the current version rotates to the next
         resp = stub.RevokeKey(admin_pb2.RevokeKeyRequest(name="churn", version=version), timeout=10)
@@ -274,7 +276,7 @@ def test_thousand_watch_streams_each_get_the_event_once(rig: tuple[ServerProcess
     state = root / "c"
     creds = agent_credentials(state)
     streams, channels = 1000, 10
-    server.admin("key", "create", "fanout")
+    server.admin("key", "create", "fanout", "--grant", "group:web")
 
     async def body() -> list[int]:
         chans = [grpc.aio.secure_channel(server.address, creds) for _ in range(channels)]
@@ -327,7 +329,7 @@ def test_stuck_watcher_is_dropped_without_slowing_others(rig: tuple[ServerProces
         _warm_up(server, [healthy], "warm-3")
         rss_before = _rss_kib(server)
         stub = admin_stub(server)
-        stub.CreateKey(admin_pb2.CreateKeyRequest(name="flood"), timeout=10)
+        stub.CreateKey(admin_pb2.CreateKeyRequest(name="flood", grants=["group:web"]), timeout=10)
         for version in range(1, 201):
             stub.RevokeKey(admin_pb2.RevokeKeyRequest(name="flood", version=version), timeout=10)
         healthy.wait_for(lambda evs: sum(1 for e in evs if e.get("key") == "flood") == 200)
@@ -363,7 +365,7 @@ def _rss_kib(server: ServerProcess) -> int:
 def test_sigkill_mid_stream_loses_nothing_reported_done(tmpdir_short: Path) -> None:
     server = ServerProcess(tmpdir_short / "d", extra_args=["--heartbeat", "1s"]).start()
     assert enroll(server, tmpdir_short / "w", server.token("w")).returncode == 0
-    server.admin("key", "create", "crash")
+    server.admin("key", "create", "crash", "--grant", "agent:w")
     watcher = WatchProcess(tmpdir_short / "w")
     done: list[int] = []
     stop = threading.Event()

@@ -31,6 +31,7 @@ def _event(
         seq if kind == "key" else None,
         "unspecified",
         0,
+        ("group:web",) if kind == "key" else None,
     )
 
 
@@ -63,7 +64,7 @@ def test_feed_drops_a_full_subscriber_and_keeps_the_others() -> None:
 
 
 def _caller(key: rsa.RSAPrivateKey) -> Caller:
-    return Caller("web-1", (), "aa", "spiffe://t/agent/web-1", NOW, NOW, key.public_key())
+    return Caller("web-1", ("web",), "aa", "spiffe://t/agent/web-1", NOW, NOW, key.public_key())
 
 
 def test_watch_replays_then_follows_live_with_backfill_and_no_duplicates(
@@ -76,7 +77,7 @@ def test_watch_replays_then_follows_live_with_backfill_and_no_duplicates(
             from server.sealing import Sealer
 
             keys = KeyService(store, Sealer(bytes(32)), lambda: NOW, publish=lambda event: None)
-            await keys.create("k", [])
+            await keys.create("k", ["group:web"])
             for v in (1, 2, 3):  # three events in the log before the watcher comes
                 await store.revoke_key_version("k", v, "unspecified", 0, keys.sealer_for("k"))
             feed = RevocationFeed(await store.last_seq())
