@@ -54,11 +54,20 @@ RUN_OPTIONS: list[tuple[str, str]] = [
     ("--handshake-timeout", "longest wait for one handshake step (default 10s)"),
     ("--watch-buffer", "events buffered per watcher before it is dropped (default 1024)"),
     ("--log-format", "text or json (default text)"),
-    ("--enroll-rate", "enrollment attempts per peer address per minute (default 30)"),
-    ("--auth-failure-rate", "failed authentications per peer address per minute (default 30)"),
+    ("--enroll-rate", "failed enrollment attempts per peer address per minute (default 30)"),
+    ("--auth-failure-rate", "refused join tokens per peer address per minute (default 30)"),
     ("--max-streams-per-identity", "open streams one agent certificate may hold (default 64)"),
     ("--database", "postgresql://USER@HOST/DB shared by replicas (default: SQLite in the data dir)"),
     ("--master-key-file", "a PostgreSQL replica's master key file (KMS_MASTER_KEY: base64 instead)"),
+    (
+        "--tls-handshake-timeout",
+        "drop a connection whose TLS handshake has not finished by then (default 5s)",
+    ),
+    (
+        "--max-anonymous-connections-per-address",
+        "open connections one peer address may hold on the enrollment port (default 32)",
+    ),
+    ("--failure-report-interval", "log and audit refusals once per peer address per interval (default 60s)"),
 ]
 
 

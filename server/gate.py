@@ -1,0 +1,273 @@
+"""The enrollment port's front door: bounded anonymous connections, and the descriptor budget.
+
+gRPC Python gives no hook per connection, so anybody could hold as many idle
+TCP connections to the anonymous port as the process has descriptors, and then
+nobody (agents on the mTLS port included) could connect at all. The gate is a
+small TCP relay in the server's own event loop on the public enrollment
+address. It accepts each connection itself and
+
+- closes it at once when its peer address already holds
+  ``per_address`` connections, or when the gate holds ``total`` (a fixed share
+  of the descriptor limit, so anonymous connections can never take the
+  descriptors the mTLS port and the store need);
+- drops it when it sends nothing within ``first_byte_timeout`` (the TLS
+  handshake timeout): an idle connection costs one descriptor, and only that long;
+- otherwise relays it to the real enrollment gRPC listener on a loopback port
+  (whose own handshake timeout then bounds a slow TLS handshake), remembering
+  which relay port carries which peer, so that rate limits and logs see the
+  real address (``peer_of``).
+
+The mTLS port has no gate: a relay on its hot path would cost every FetchKey,
+and a client without a certificate gets no further than a TLS handshake there,
+which gRPC drops at the same timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import resource
+import socket
+from collections import Counter
+from collections.abc import Callable
+
+from kms.addresses import join_hostport
+from kms.errors import FailedPrecondition
+from server.limits import peer_address
+
+__all__ = ["AnonymousGate", "gate_capacity", "raise_open_file_limit"]
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 64 * 1024
+# The gate may hold this fraction of the descriptor limit: a relayed connection
+# costs three (the client's, ours to the backend, the backend's accepted one).
+_SHARE = 8
+_MIN_TOTAL = 64
+
+
+def raise_open_file_limit() -> int:
+    """Raises the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now in force.
+
+    The usual soft limit (1024) is a compatibility default for select(); a
+    server that holds a connection per agent needs the hard limit (systemd:
+    LimitNOFILE=).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:  # e.g. above the kernel's nr_open
+            logger.warning("could not raise the open file limit to %s: %s", target, exc)
+    logger.info(
+        "open file limit: %s (hard limit %s)",
+        soft,
+        "unlimited" if hard == resource.RLIM_INFINITY else hard,
+    )
+    return int(soft)
+
+
+def gate_capacity() -> int:
+    """How many connections the gate holds at most: a share of the descriptor limit now in force."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(_MIN_TOTAL, int(soft) // _SHARE)
+
+
+def _address_of(peername: object) -> str:
+    """The peer's IP address (an IPv4-mapped IPv6 address as plain IPv4, so both count as one)."""
+    host = str(peername[0]) if isinstance(peername, tuple) and peername else "unknown"
+    with contextlib.suppress(ValueError):
+        mapped = ipaddress.ip_address(host.split("%", 1)[0])
+        if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+            return str(mapped.ipv4_mapped)
+    return host
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(_CHUNK):
+        writer.write(data)
+        await writer.drain()
+
+
+class AnonymousGate:
+    """Relays connections on the public enrollment address to a backend on loopback, within caps.
+
+    Args:
+        host, port: the public address (port 0 picks one; see ``port``).
+        per_address: open connections one peer address may hold.
+        total: open connections the gate holds at most.
+        first_byte_timeout: seconds a new connection may stay silent.
+        refused: told of each connection closed by a cap or by the timeout
+            (peer address, "connection-cap" or "idle-connection"), for the log and the audit.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        per_address: int,
+        total: int,
+        first_byte_timeout: float,
+        refused: Callable[[str, str], None],
+    ) -> None:
+        self._host = host
+        self._requested_port = port
+        self._per_address = per_address
+        self._total = total
+        self._timeout = first_byte_timeout
+        self._refused = refused
+        self._open: Counter[str] = Counter()
+        self._relays: dict[int, str] = {}  # our local port towards the backend -> the real peer address
+        self._servers: list[asyncio.Server] = []
+        self._connections: set[asyncio.Task[None]] = set()
+        self._backend = ("127.0.0.1", 0)
+        self.port = 0
+
+    @property
+    def open_connections(self) -> int:
+        return sum(self._open.values())
+
+    def peer_of(self, peer: str) -> str:
+        """The real address behind a gRPC peer string of the backend ("ipv4:127.0.0.1:PORT")."""
+        _, _, port = peer.rpartition(":")
+        if port.isdigit() and (real := self._relays.get(int(port))) is not None:
+            return real
+        return peer_address(peer)  # not relayed by us: a local client of the loopback port
+
+    async def bind(self, backend: tuple[str, int]) -> None:
+        """Binds the public address (``port`` tells which port); relays to backend once serving.
+
+        Raises:
+            FailedPrecondition: the address is in use or not available.
+        """
+        self._backend = backend
+        try:
+            for sock in self._bind():
+                self._servers.append(
+                    await asyncio.start_server(self._accept, sock=sock, limit=_CHUNK, start_serving=False)
+                )
+        except OSError as exc:
+            await self.stop()
+            address = join_hostport(self._host, self._requested_port)
+            raise FailedPrecondition(
+                f"cannot listen on {address} (--enroll-listen): {exc.strerror or exc}"
+            ) from None
+
+    def _bind(self) -> list[socket.socket]:
+        """One listening socket per address of the host, all on one port (the first's, for port 0)."""
+        infos = socket.getaddrinfo(
+            self._host or None, self._requested_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        port, sockets, seen = self._requested_port, [], set()
+        try:
+            for family, kind, proto, _, addr in infos:
+                if (family, addr[0]) in seen:
+                    continue
+                seen.add((family, addr[0]))
+                sock = socket.socket(family, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and len(infos) > 1:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((addr[0], port, *addr[2:]))
+                sock.listen(1024)
+                sock.setblocking(False)
+                port = sock.getsockname()[1]
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            raise
+        self.port = port
+        return sockets
+
+    async def start_serving(self) -> None:
+        for server in self._servers:
+            await server.start_serving()
+
+    def stop_listening(self) -> None:
+        """No new connections; the open ones go on (in-flight enrollments finish)."""
+        for server in self._servers:
+            server.close()
+
+    async def stop(self) -> None:
+        """Closes the listeners and every open connection."""
+        self.stop_listening()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        self._servers.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Cancelled: the gate is stopping (and Python 3.11 would log a cancelled connection task).
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._serve(reader, writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = _address_of(writer.get_extra_info("peername"))
+        if self._open[address] >= self._per_address or self.open_connections >= self._total:
+            writer.transport.abort()  # at once, and without a FIN handshake to wait for
+            self._refused(address, "connection-cap")
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        self._open[address] += 1
+        relay_port = None
+        upstream: asyncio.StreamWriter | None = None
+        try:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    first = await reader.read(_CHUNK)
+            except TimeoutError:
+                self._refused(address, "idle-connection")
+                return
+            if not first:
+                return
+            up_reader, upstream = await asyncio.open_connection(*self._backend, limit=_CHUNK)
+            relay_port = upstream.get_extra_info("sockname")[1]
+            self._relays[relay_port] = address  # before the backend sees a byte of it
+            upstream.write(first)
+            await self._relay(reader, writer, up_reader, upstream)
+        except (OSError, asyncio.IncompleteReadError):
+            pass  # a peer went away: nothing to report
+        finally:
+            if relay_port is not None and self._relays.get(relay_port) == address:
+                del self._relays[relay_port]
+            self._open[address] -= 1
+            if self._open[address] <= 0:
+                del self._open[address]
+            self._connections.discard(task)
+            for side in (writer, upstream):
+                if side is None:
+                    continue
+                if task.cancelling():  # the server is stopping: do not wait on the peer
+                    side.transport.abort()
+                else:
+                    side.close()
+
+    @staticmethod
+    async def _relay(
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        upstream: asyncio.StreamWriter,
+    ) -> None:
+        """Both directions until either side closes (then both close: gRPC does not half-close)."""
+        directions = {
+            asyncio.ensure_future(_pipe(reader, upstream)),
+            asyncio.ensure_future(_pipe(up_reader, writer)),
+        }
+        try:
+            await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for direction in directions:
+                direction.cancel()
+            await asyncio.gather(*directions, return_exceptions=True)
