@@ -71,7 +71,7 @@ class EnrollmentPort:
 
     async def start(self) -> None:
         await self.server.start()
-        await self.gate.start_serving()
+        self.gate.start_serving()
 
     async def stop(self, grace: float) -> None:
         """No new connections; calls in flight finish within grace; then every connection closes."""
@@ -127,5 +127,5 @@ async def open_enrollment_port(
     backend = server.add_secure_port("127.0.0.1:0", credentials)
     if not backend:
         raise FailedPrecondition("cannot listen on a loopback port (127.0.0.1:0) for the enrollment server")
-    await gate.bind(("127.0.0.1", backend))
+    gate.bind(("127.0.0.1", backend))
     return EnrollmentPort(server, gate)

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import resource
 import socket
+import struct
 from collections import Counter
 from collections.abc import Callable
 
@@ -42,6 +44,14 @@ __all__ = ["AnonymousGate", "gate_capacity", "raise_open_file_limit"]
 logger = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
+# Connections the kernel queues until the gate accepts them (capped by net.core.somaxconn).
+_BACKLOG = 4096
+# Connections decided on per wake-up of the listener, so that other work runs between batches.
+_ACCEPTS_PER_WAKE = 256
+# How long accepting pauses when the process is out of descriptors.
+_PAUSE = 0.1
+_WARN_EVERY = 60.0
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # The gate may hold this fraction of the descriptor limit: a relayed connection
 # costs three (the client's, ours to the backend, the backend's accepted one).
 _SHARE = 8
@@ -125,9 +135,10 @@ class AnonymousGate:
         self._refused = refused
         self._open: Counter[str] = Counter()
         self._relays: dict[int, str] = {}  # our local port towards the backend -> the real peer address
-        self._servers: list[asyncio.Server] = []
+        self._listeners: list[socket.socket] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._backend = ("127.0.0.1", 0)
+        self._warned_at = float("-inf")
         self.port = 0
 
     @property
@@ -141,7 +152,7 @@ class AnonymousGate:
             return real
         return peer_address(peer)  # not relayed by us: a local client of the loopback port
 
-    async def bind(self, backend: tuple[str, int]) -> None:
+    def bind(self, backend: tuple[str, int]) -> None:
         """Binds the public address (``port`` tells which port); relays to backend once serving.
 
         Raises:
@@ -149,12 +160,8 @@ class AnonymousGate:
         """
         self._backend = backend
         try:
-            for sock in self._bind():
-                self._servers.append(
-                    await asyncio.start_server(self._accept, sock=sock, limit=_CHUNK, start_serving=False)
-                )
+            self._listeners = self._bind()
         except OSError as exc:
-            await self.stop()
             address = join_hostport(self._host, self._requested_port)
             raise FailedPrecondition(
                 f"cannot listen on {address} (--enroll-listen): {exc.strerror or exc}"
@@ -177,7 +184,6 @@ class AnonymousGate:
                 if family == socket.AF_INET6 and len(infos) > 1:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((addr[0], port, *addr[2:]))
-                sock.listen(1024)
                 sock.setblocking(False)
                 port = sock.getsockname()[1]
         except OSError:
@@ -187,14 +193,19 @@ class AnonymousGate:
         self.port = port
         return sockets
 
-    async def start_serving(self) -> None:
-        for server in self._servers:
-            await server.start_serving()
+    def start_serving(self) -> None:
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            listener.listen(_BACKLOG)
+            loop.add_reader(listener, self._accept, listener)
 
     def stop_listening(self) -> None:
         """No new connections; the open ones go on (in-flight enrollments finish)."""
-        for server in self._servers:
-            server.close()
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            loop.remove_reader(listener)
+            listener.close()
+        self._listeners = []
 
     async def stop(self) -> None:
         """Closes the listeners and every open connection."""
@@ -203,26 +214,58 @@ class AnonymousGate:
             task.cancel()
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
-        self._servers.clear()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Cancelled: the gate is stopping (and Python 3.11 would log a cancelled connection task).
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._serve(reader, writer)
+    def _accept(self, listener: socket.socket) -> None:
+        """Accepts what the kernel queued, deciding on each connection before taking the next.
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        address = _address_of(writer.get_extra_info("peername"))
-        if self._open[address] >= self._per_address or self.open_connections >= self._total:
-            writer.transport.abort()  # at once, and without a FIN handshake to wait for
-            self._refused(address, "connection-cap")
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        self._open[address] += 1
+        Not asyncio's Server: it accepts up to its backlog at once and only then
+        runs the handlers, so a flood would take that many descriptors before
+        any cap could close one.
+        """
+        for _ in range(_ACCEPTS_PER_WAKE):
+            try:
+                conn, peer = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                self._pause(listener, exc)
+                return
+            address = _address_of(peer)
+            if self._open[address] >= self._per_address or self.open_connections >= self._total:
+                # Closed at once, with a reset: no FIN handshake to wait for.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+                self._refused(address, "connection-cap")
+                continue
+            self._open[address] += 1
+            conn.setblocking(False)
+            task = asyncio.get_running_loop().create_task(self._serve(conn, address))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    def _pause(self, listener: socket.socket, exc: OSError) -> None:
+        """Out of descriptors (other connections hold them): stop accepting for a moment; the kernel queues."""
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listener)
+        if loop.time() - self._warned_at >= _WARN_EVERY:
+            self._warned_at = loop.time()
+            logger.warning(
+                "enrollment connections wait: the process is out of descriptors (%s)", exc.strerror
+            )
+
+        def resume() -> None:
+            if listener in self._listeners:
+                loop.add_reader(listener, self._accept, listener)
+
+        loop.call_later(_PAUSE, resume)
+
+    async def _serve(self, conn: socket.socket, address: str) -> None:
         relay_port = None
-        upstream: asyncio.StreamWriter | None = None
+        writer = upstream = None
         try:
+            reader, writer = await asyncio.open_connection(sock=conn, limit=_CHUNK)
             try:
                 async with asyncio.timeout(self._timeout):
                     first = await reader.read(_CHUNK)
@@ -244,11 +287,13 @@ class AnonymousGate:
             self._open[address] -= 1
             if self._open[address] <= 0:
                 del self._open[address]
-            self._connections.discard(task)
+            if writer is None:
+                conn.close()
+            stopping = (task := asyncio.current_task()) is not None and task.cancelling()
             for side in (writer, upstream):
                 if side is None:
                     continue
-                if task.cancelling():  # the server is stopping: do not wait on the peer
+                if stopping:  # the server is stopping: do not wait on the peer
                     side.transport.abort()
                 else:
                     side.close()
