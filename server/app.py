@@ -324,7 +324,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         handshake = [
             ("grpc.server_handshake_timeout_ms", int(cfg.tls_handshake_timeout.total_seconds() * 1000))
         ]
-        failures = FailureReport(audit, cfg.failure_report_interval.total_seconds(), wall=clock)
+        failures = FailureReport(audit.add, cfg.failure_report_interval.total_seconds(), wall=clock)
         address_limits = Limits(
             RateLimiter(cfg.enroll_rate), RateLimiter(cfg.auth_failure_rate), cfg.max_streams_per_identity
         )

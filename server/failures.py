@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
-from server.audit import AuditBatcher
 from server.clock import Clock, system_clock
 from server.store import AuditEntry
 
@@ -38,16 +37,26 @@ _OTHERS = "*"
 
 
 class FailureReport:
+    """Counts refusals per peer address; see the module docstring.
+
+    Args:
+        record: where the interval's audit records go (AuditBatcher.add); None: not audited.
+        interval: seconds per interval.
+        clock: monotonic seconds (injected in tests).
+        wall: the time written into audit records.
+        max_addresses: addresses tracked apart per interval; the rest count as "*".
+    """
+
     def __init__(
         self,
-        audit: AuditBatcher | None,
+        record: Callable[[AuditEntry], None] | None,
         interval: float,
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Clock = system_clock,
         max_addresses: int = 10_000,
     ) -> None:
-        self._audit = audit
+        self._record = record  # AuditBatcher.add: batched, not a synced row each
         self._interval = interval
         self._clock = clock
         self._wall = wall
@@ -99,13 +108,13 @@ class FailureReport:
             else:
                 del self._logged_at[address]  # forgotten: its next refusal is logged at once
         counts, self._counts = self._counts, {}
-        if self._audit is None:
+        if self._record is None:
             return 0
         at = int(self._wall().timestamp())
         seconds = round(self._interval)
         for address, kinds in counts.items():
             by_kind = " ".join(f"{kind}:{n}" for kind, n in sorted(kinds.items()))
-            self._audit.add(
+            self._record(
                 AuditEntry(
                     at,
                     f"peer:{address}",
