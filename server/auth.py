@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import math
 import time
@@ -336,8 +337,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 if caller is not None and self._guard is not None and task is not None:
                     self._guard.register(caller.serial, caller.name, task)
                 try:
-                    async for response in behavior(request, context):
-                        yield response
+                    responses = behavior(request, context)
+                    if inspect.isawaitable(responses):
+                        # A handler that writes with context.write (grpc_health's Watch) is a
+                        # coroutine, not an async generator.
+                        await responses
+                    else:
+                        async for response in responses:
+                            yield response
                 finally:
                     if caller is not None and self._guard is not None and task is not None:
                         self._guard.unregister(caller.serial, caller.name, task)

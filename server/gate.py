@@ -38,12 +38,12 @@ from collections.abc import Callable
 from kms.addresses import join_hostport
 from kms.errors import FailedPrecondition
 from server.limits import peer_address
+from server.relay import Relay
 
 __all__ = ["AnonymousGate", "gate_capacity", "raise_open_file_limit"]
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 64 * 1024
 # Connections the kernel queues until the gate accepts them (capped by net.core.somaxconn).
 _BACKLOG = 4096
 # Connections decided on per wake-up of the listener, so that other work runs between batches.
@@ -99,12 +99,6 @@ def _address_of(peername: object) -> str:
     return host
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(_CHUNK):
-        writer.write(data)
-        await writer.drain()
-
-
 class AnonymousGate:
     """Relays connections on the public enrollment address to a backend on loopback, within caps.
 
@@ -134,16 +128,18 @@ class AnonymousGate:
         self._timeout = first_byte_timeout
         self._refused = refused
         self._open: Counter[str] = Counter()
+        self._open_total = 0
         self._relays: dict[int, str] = {}  # our local port towards the backend -> the real peer address
         self._listeners: list[socket.socket] = []
-        self._connections: set[asyncio.Task[None]] = set()
+        self._adopting: set[asyncio.Task[None]] = set()
+        self._open_relays: set[Relay] = set()
         self._backend = ("127.0.0.1", 0)
         self._warned_at = float("-inf")
         self.port = 0
 
     @property
     def open_connections(self) -> int:
-        return sum(self._open.values())
+        return self._open_total
 
     def peer_of(self, peer: str) -> str:
         """The real address behind a gRPC peer string of the backend ("ipv4:127.0.0.1:PORT")."""
@@ -210,10 +206,12 @@ class AnonymousGate:
     async def stop(self) -> None:
         """Closes the listeners and every open connection."""
         self.stop_listening()
-        for task in list(self._connections):
+        for task in list(self._adopting):
             task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._adopting:
+            await asyncio.gather(*self._adopting, return_exceptions=True)
+        for relay in list(self._open_relays):
+            relay.close(abort=True)  # stopping: do not wait on the peers
 
     def _accept(self, listener: socket.socket) -> None:
         """Accepts what the kernel queued, deciding on each connection before taking the next.
@@ -240,10 +238,11 @@ class AnonymousGate:
                 self._refused(address, "connection-cap")
                 continue
             self._open[address] += 1
+            self._open_total += 1
             conn.setblocking(False)
-            task = asyncio.get_running_loop().create_task(self._serve(conn, address))
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
+            task = asyncio.get_running_loop().create_task(self._adopt(conn, address))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
 
     def _pause(self, listener: socket.socket, exc: OSError) -> None:
         """Out of descriptors (other connections hold them): stop accepting for a moment; the kernel queues."""
@@ -261,58 +260,33 @@ class AnonymousGate:
 
         loop.call_later(_PAUSE, resume)
 
-    async def _serve(self, conn: socket.socket, address: str) -> None:
-        relay_port = None
-        writer = upstream = None
+    async def _adopt(self, conn: socket.socket, address: str) -> None:
+        """Hands an admitted connection to a relay of its own."""
+        relay = Relay(
+            self._backend,
+            self._timeout,
+            on_idle=lambda: self._refused(address, "idle-connection"),
+            on_backend=lambda port: self._relayed(port, address),
+            on_closed=lambda done: self._closed(done, address),
+        )
+        self._open_relays.add(relay)
         try:
-            reader, writer = await asyncio.open_connection(sock=conn, limit=_CHUNK)
-            try:
-                async with asyncio.timeout(self._timeout):
-                    first = await reader.read(_CHUNK)
-            except TimeoutError:
-                self._refused(address, "idle-connection")
-                return
-            if not first:
-                return
-            up_reader, upstream = await asyncio.open_connection(*self._backend, limit=_CHUNK)
-            relay_port = upstream.get_extra_info("sockname")[1]
-            self._relays[relay_port] = address  # before the backend sees a byte of it
-            upstream.write(first)
-            await self._relay(reader, writer, up_reader, upstream)
-        except (OSError, asyncio.IncompleteReadError):
-            pass  # a peer went away: nothing to report
-        finally:
-            if relay_port is not None and self._relays.get(relay_port) == address:
-                del self._relays[relay_port]
-            self._open[address] -= 1
-            if self._open[address] <= 0:
-                del self._open[address]
-            if writer is None:
-                conn.close()
-            stopping = (task := asyncio.current_task()) is not None and task.cancelling()
-            for side in (writer, upstream):
-                if side is None:
-                    continue
-                if stopping:  # the server is stopping: do not wait on the peer
-                    side.transport.abort()
-                else:
-                    side.close()
+            await asyncio.get_running_loop().connect_accepted_socket(relay.client_protocol, conn)
+        except (OSError, asyncio.CancelledError) as exc:
+            conn.close()
+            relay.close()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
 
-    @staticmethod
-    async def _relay(
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        up_reader: asyncio.StreamReader,
-        upstream: asyncio.StreamWriter,
-    ) -> None:
-        """Both directions until either side closes (then both close: gRPC does not half-close)."""
-        directions = {
-            asyncio.ensure_future(_pipe(reader, upstream)),
-            asyncio.ensure_future(_pipe(up_reader, writer)),
-        }
-        try:
-            await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for direction in directions:
-                direction.cancel()
-            await asyncio.gather(*directions, return_exceptions=True)
+    def _relayed(self, port: int, address: str) -> None:
+        self._relays[port] = address  # before the backend sees a byte of the connection
+
+    def _closed(self, relay: Relay, address: str) -> None:
+        """A relay ended: its address may connect once more."""
+        self._open_relays.discard(relay)
+        if relay.backend_port is not None and self._relays.get(relay.backend_port) == address:
+            del self._relays[relay.backend_port]
+        self._open[address] -= 1
+        self._open_total -= 1
+        if self._open[address] <= 0:
+            del self._open[address]

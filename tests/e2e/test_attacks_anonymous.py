@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kms.v1 import (
     admin_pb2,
@@ -189,7 +190,7 @@ with grpc.secure_channel(address, grpc.ssl_channel_credentials(ca)) as ch:
             code = exc.code().name
         key = f"{i % len(calls)}:{code}"
         codes[key] = codes.get(key, 0) + 1
-        if i == 64:  # every address budget is empty by now
+        if i == 200:  # 50 bad tokens: every address budget is empty by now
             print("flooding", flush=True)
         i += 1
 print(json.dumps(codes), flush=True)
@@ -314,6 +315,12 @@ def test_undecodable_requests_are_invalid_argument_with_bounded_log_and_aggregat
                 tally(bundle_raw, garbage)
             for _ in range(10):
                 tally(bad_token, enrollment_pb2.EnrollRequest(join_token=BAD_TOKEN, csr_der=b"x"))
+            # Health's Watch (a handler that writes with context.write) answers, without a traceback.
+            watch = health_pb2_grpc.HealthStub(ch).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=10
+            )
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
         invalid = {k: n for k, n in codes.items() if k[0] == "INVALID_ARGUMENT"}
         assert sum(invalid.values()) == 320, codes
         assert all("is not a valid kms.v1." in details for _, details in invalid), invalid
