@@ -113,8 +113,8 @@ class Limits:
         if not wait:
             return None
         return ResourceExhausted(
-            f"too many failed enrollment attempts from {address}: retry in {math.ceil(wait)}s"
-            " with a valid join token (a valid token is always accepted)"
+            f"too many failed enrollment attempts from {address}: check the join token, then retry in"
+            f" {math.ceil(wait)}s (a valid token is accepted even now)"
         )
 
     def check_streams(self, open_now: int) -> None:

@@ -34,7 +34,7 @@ ANONYMOUS_METHODS = frozenset(m for m, roles in AUTH_POLICY.items() if Role.ANYO
 
 # What the log says of a connection the gate closed.
 _GATE_REFUSALS = {
-    "connection-cap": "enrollment connection closed: its address holds the most allowed",
+    "connection-cap": "enrollment connection closed at once: its address holds as many as allowed",
     "idle-connection": "enrollment connection dropped: no TLS handshake within the timeout",
 }
 
