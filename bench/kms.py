@@ -3,7 +3,8 @@
 The server runs with its default durability settings (SQLite WAL,
 synchronous=FULL). Only limits that exist to slow down one abusive peer are
 raised, because every bench client connects from 127.0.0.1: the per-address
-enrollment and failed-authentication rates, and open streams per identity.
+enrollment and failed-authentication rates, connections to the enrollment
+port, and open streams per identity.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ KMS_LIMIT_FLAGS = (
     "100000",
     "--max-streams-per-identity",
     "10000",
+    "--max-anonymous-connections-per-address",
+    "100000",
 )
 
 

@@ -54,12 +54,15 @@ from server.config import ServerConfig
 from server.crl import CrlPublisher
 from server.datadir import DataDir
 from server.deployment import Deployment, open_deployment
+from server.enroll_port import EnrollmentPort, open_enrollment_port
 from server.enrollment import EnrollmentService
 from server.exchange import ExchangeService
 from server.expiry import WINDOWS as EXPIRY_WINDOWS
 from server.expiry import ExpiringCertificates
+from server.failures import FailureReport
 from server.feed import RevocationFeed, StreamGuard
 from server.follower import EventFollower
+from server.gate import raise_open_file_limit
 from server.heap import HeapKeeper
 from server.http import HttpSidePort
 from server.keys import KeyService
@@ -102,6 +105,9 @@ class App:
     follower: EventFollower
     audit: AuditBatcher
     watch: WatchService
+    # The enrollment port: its own gRPC server on loopback, behind the gate on the public address.
+    enroll: EnrollmentPort
+    failures: FailureReport
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # The event follower: it ends only when the shared log was rewritten (the server must stop).
     following: asyncio.Task[None] | None = None
@@ -130,6 +136,7 @@ class App:
 
     async def start(self) -> None:
         await self.api.start()
+        await self.enroll.start()
         await self.admin.start()
         for service in _HEALTH_SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -138,6 +145,7 @@ class App:
             asyncio.create_task(self.crl.refresh_forever()),
             asyncio.create_task(self.tls.rotate_forever()),
             asyncio.create_task(HeapKeeper().run_forever()),
+            asyncio.create_task(self.failures.run_forever()),
             self.following,
         ]
 
@@ -149,8 +157,9 @@ class App:
             task.cancel()
         if self.http is not None:
             await self.http.stop()
-        await asyncio.gather(self.api.stop(grace), self.admin.stop(grace))
+        await asyncio.gather(self.api.stop(grace), self.enroll.stop(grace), self.admin.stop(grace))
         self.watch.close()  # after the grace: streams still open in it get their heartbeats
+        self.failures.close_interval()  # the last refusals' audit records join the final flush
         try:  # bounded: a store that refuses writes must not hold the stop past a supervisor's patience
             await asyncio.wait_for(self.audit.flush(), AUDIT_FLUSH_AT_STOP)
         except TimeoutError:
@@ -322,26 +331,26 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             ("grpc.server.max_pending_requests", 20_000),
             ("grpc.server.max_pending_requests_hard_limit", 40_000),
         ]
+        # gRPC holds a connection whose TLS handshake has not finished for 120 s by
+        # default: an idle connect() would cost a descriptor for that long.
+        handshake = [
+            ("grpc.server_handshake_timeout_ms", int(cfg.tls_handshake_timeout.total_seconds() * 1000))
+        ]
+        failures = FailureReport(audit.add, cfg.failure_report_interval.total_seconds(), wall=clock)
+        address_limits = Limits(
+            RateLimiter(cfg.enroll_rate), RateLimiter(cfg.auth_failure_rate), cfg.max_streams_per_identity
+        )
         api = grpc.aio.server(
             interceptors=[
-                AuthInterceptor(
-                    Listener.API,
-                    authenticator,
-                    guard,
-                    metrics,
-                    Limits(
-                        RateLimiter(cfg.enroll_rate),
-                        RateLimiter(cfg.auth_failure_rate),
-                        cfg.max_streams_per_identity,
-                    ),
-                )
+                AuthInterceptor(Listener.API, authenticator, guard, metrics, address_limits, failures)
             ],
-            options=limits,
+            options=limits + handshake,
         )
         enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(ca, enrollment), api)
         identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(ca, enrollment), api)
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys), api)
-        revocation_pb2_grpc.add_RevocationServicer_to_server(RevocationServicer(watch, revocations, crl), api)
+        revocation_servicer = RevocationServicer(watch, revocations, crl)
+        revocation_pb2_grpc.add_RevocationServicer_to_server(revocation_servicer, api)
         handshake_pb2_grpc.add_HandshakeServicer_to_server(HandshakeServicer(exchanges), api)
         health_pb2_grpc.add_HealthServicer_to_server(health, api)
         services = [
@@ -354,8 +363,17 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             api,
         )
         port = _bind(api, cfg.listen, tls.credentials(require_client_auth=True), "--listen")
-        enroll_port = _bind(
-            api, cfg.enroll_listen, tls.credentials(require_client_auth=False), "--enroll-listen"
+
+        enroll = await open_enrollment_port(
+            cfg,
+            limits + handshake,
+            tls.credentials(require_client_auth=False),
+            enrollment=EnrollmentServicer(ca, enrollment),
+            revocation=revocation_servicer,
+            health=health,
+            metrics=metrics,
+            limits=address_limits,
+            failures=failures,
         )
 
         async def backup_now(path: Path) -> int:
@@ -395,7 +413,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             api,
             admin,
             port,
-            enroll_port,
+            enroll.port,
             crl,
             http,
             http_port,
@@ -404,6 +422,8 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             follower,
             audit,
             watch,
+            enroll,
+            failures,
             devices=deployment.devices,
         )
     except BaseException:
@@ -438,6 +458,7 @@ async def serve(cfg: ServerConfig, clock: Clock = system_clock) -> int:
     log turns out rewritten (1), then stops gracefully."""
     if cfg.log_format == "json":
         use_json_logs()
+    raise_open_file_limit()
     app = await create_server(cfg, clock)
     await app.start()
     stopping = asyncio.Event()

@@ -5,13 +5,20 @@ it is refused. ``AuthInterceptor`` wraps every handler: it identifies the
 caller on every call, checks the table, exposes the caller to the servicer
 through ``current_caller``, and turns KmsError into its status code and any
 other exception into INTERNAL without detail (logged with its traceback).
+A request that does not decode is INVALID_ARGUMENT, not gRPC's UNKNOWN and
+traceback. Refusals of anonymous callers (bad join tokens, refused
+certificates, undecodable requests) are counted per peer address
+(server/failures.py); address-based budgets apply only to those refusals,
+never to a caller with a valid token or certificate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,8 +29,10 @@ import grpc
 
 from kms.errors import KmsError, PermissionDenied, ResourceExhausted, Unauthenticated
 from server.authn import Caller, PeerAuthenticator
+from server.decoding import NotDecoded, Undecodable, decoded, lenient
+from server.failures import FailureReport
 from server.feed import StreamGuard
-from server.limits import RateLimiter, peer_address
+from server.limits import AnonymousFailure, RateLimiter, peer_address
 from server.metrics import Metrics
 
 __all__ = ["AUTH_POLICY", "AuthInterceptor", "Limits", "Listener", "Role", "current_caller"]
@@ -38,7 +47,8 @@ class Role(Enum):
 
 
 class Listener(Enum):
-    API = "api"  # the mTLS and enrollment ports
+    API = "api"  # the mTLS port
+    ENROLL = "enroll"  # the enrollment port: anonymous callers only (Role.ANYONE methods)
     ADMIN = "admin"  # the UNIX admin socket
 
 
@@ -76,29 +86,36 @@ AUTH_POLICY: dict[str, frozenset[Role]] = {
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": frozenset({Role.ANYONE}),
 }
 
+_ENROLL = "/kms.v1.Enrollment/Enroll"
+
 # Long-lived streams, bounded per identity.
 _STREAMS = frozenset({"/kms.v1.Revocation/Watch", "/kms.v1.Handshake/Exchange", "/kms.v1.Handshake/Listen"})
 
 
 @dataclass
 class Limits:
-    """Enrollment attempts and failed authentications per peer address; open streams per identity."""
+    """Failed enrollment attempts and refused join tokens per peer address; open streams per identity.
+
+    The address budgets count only attempts that fail without a valid secret
+    (AnonymousFailure): a valid join token enrolls, and a valid certificate is
+    served, whatever others at the same address (a NAT, a proxy) have done.
+    """
 
     enrollments: RateLimiter
     auth_failures: RateLimiter
     max_streams: int
 
-    def admit(self, method: str, address: str) -> None:
-        wait = self.auth_failures.retry_after(address)
-        if wait:
-            raise ResourceExhausted(f"too many failed authentications from {address}: retry in {wait:.0f}s")
-        if method == "/kms.v1.Enrollment/Enroll":
-            wait = self.enrollments.take(address)
-            if wait:
-                raise ResourceExhausted(f"too many enrollment attempts from {address}: retry in {wait:.0f}s")
-
-    def failed_authentication(self, address: str) -> None:
-        self.auth_failures.take(address)
+    def over_budget(self, method: str, address: str, failure: KmsError) -> ResourceExhausted | None:
+        """Counts a failed anonymous attempt; the answer to give instead once its address is over budget."""
+        wait = self.enrollments.take(address) if method == _ENROLL else 0.0
+        if not wait and isinstance(failure, Unauthenticated):
+            wait = self.auth_failures.take(address)
+        if not wait:
+            return None
+        return ResourceExhausted(
+            f"too many failed enrollment attempts from {address}: check the join token, then retry in"
+            f" {math.ceil(wait)}s (a valid token is accepted even now)"
+        )
 
     def check_streams(self, open_now: int) -> None:
         if open_now >= self.max_streams:
@@ -113,6 +130,18 @@ _INTERNAL = "internal error: the server log has the details"
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Wraps every handler of one listener.
+
+    Args:
+        listener: which port (or socket) the server serves.
+        authenticator, guard: the mTLS port's certificate check and stream registry.
+        metrics: RPC counts and latencies.
+        limits: address budgets for failed anonymous attempts, and streams per identity.
+        report: where refusals are counted (a bounded log, aggregate audit records).
+        peer: the real address of a gRPC peer string (the enrollment gate knows it
+            for the connections it relays).
+    """
+
     def __init__(
         self,
         listener: Listener,
@@ -120,6 +149,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         guard: StreamGuard | None = None,
         metrics: Metrics | None = None,
         limits: Limits | None = None,
+        report: FailureReport | None = None,
+        peer: Callable[[str], str] = peer_address,
     ) -> None:
         if listener is Listener.API and (authenticator is None or guard is None):
             raise ValueError("the API listener needs a PeerAuthenticator and a StreamGuard")
@@ -128,6 +159,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._guard = guard
         self._metrics = metrics
         self._limits = limits
+        self._report = report
+        self._peer = peer
         # The wrapped handler of each method, built on its first call: the
         # interceptor runs on every RPC, and the handlers never change.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
@@ -142,34 +175,35 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if wrapped is None:
             handler = await continuation(details)
             if handler is None:
-                return None
+                return None  # not served here: gRPC answers UNIMPLEMENTED, and nothing is counted
             wrapped = self._wrapped[method] = self._wrap(method, handler)
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         allowed = AUTH_POLICY.get(method)
         authorize = self._authorizer(method, allowed)
+        deserialize = lenient(handler.request_deserializer, method)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, authorize, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(handler.unary_unary, authorize, method, streaming=False),
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, authorize),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(handler.unary_stream, authorize, method, streaming=False),
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, authorize, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(handler.stream_unary, authorize, method, streaming=True),
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(handler.stream_stream, authorize),
-            request_deserializer=handler.request_deserializer,
+            self._wrap_stream(handler.stream_stream, authorize, method, streaming=True),
+            request_deserializer=deserialize,
             response_serializer=handler.response_serializer,
         )
 
@@ -183,12 +217,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 logger.error("refused %s: method is missing from AUTH_POLICY", method)
                 raise PermissionDenied(f"{method} is not allowed for anyone on this server")
             auth = context.auth_context()
-            if self._limits is not None:
-                self._limits.admit(method, peer_address(context.peer()))
             if self._listener is Listener.ADMIN:
                 # The admin server listens only on the 0600 UNIX socket with local credentials.
                 if Role.ADMIN not in allowed or auth.get("transport_security_type") != [b"local"]:
                     raise PermissionDenied(f"{method} is not an admin method")
+                return None
+            if self._listener is Listener.ENROLL:
+                # Only Role.ANYONE methods are registered there; this is the fail-closed backstop.
+                if Role.ANYONE not in allowed:
+                    raise PermissionDenied(f"{method} is not served on the enrollment address")
                 return None
             peer_pem = auth.get("x509_pem_cert")
             caller = None
@@ -221,9 +258,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             elif method == "/kms.v1.Keys/FetchKey":
                 self._metrics.key_releases.inc()
 
+    def _answer(self, context: grpc.aio.ServicerContext, exc: KmsError, method: str) -> KmsError:
+        """Counts a refusal where it must be counted; the error to answer with."""
+        anonymous = isinstance(exc, AnonymousFailure)
+        if not (anonymous or isinstance(exc, Unauthenticated | Undecodable)):
+            return exc
+        address = self._peer(context.peer())
+        answer = exc
+        if anonymous and self._limits is not None:
+            answer = self._limits.over_budget(method, address, exc) or exc
+        if self._report is not None:
+            # On the mTLS port, an undecodable request comes from a valid agent: logged, not audited.
+            audited = not (isinstance(exc, Undecodable) and self._listener is Listener.API)
+            kind = getattr(exc, "kind", "bad-certificate")
+            self._report.note(address, kind, f"{method}: {_detail(exc)}", anonymous=audited)
+        return answer
+
     async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
-        if isinstance(exc, Unauthenticated) and self._limits is not None:
-            self._limits.failed_authentication(peer_address(context.peer()))
         if isinstance(exc, KmsError):
             await context.abort(exc.code, exc.message)
         logger.error("unhandled error in %s", method, exc_info=exc)
@@ -234,12 +285,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
         authorize: Callable[[grpc.aio.ServicerContext], Awaitable[Caller | None]],
         method: str,
+        *,
+        streaming: bool,
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 token = current_caller.set(await authorize(context))
                 try:
+                    if streaming:
+                        request = decoded(request)
+                    elif isinstance(request, NotDecoded):
+                        raise request.error()
                     return await behavior(request, context)
                 finally:
                     current_caller.reset(token)
@@ -247,6 +304,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 code = grpc.StatusCode.UNKNOWN
                 raise
             except Exception as exc:
+                if isinstance(exc, KmsError):
+                    exc = self._answer(context, exc, method)
                 code = exc.code if isinstance(exc, KmsError) else grpc.StatusCode.INTERNAL
                 await self._abort(context, exc, behavior.__qualname__)
             finally:
@@ -258,10 +317,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self,
         behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
         authorize: Callable[[grpc.aio.ServicerContext], Awaitable[Caller | None]],
+        method: str,
+        *,
+        streaming: bool,
     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
                 caller = await authorize(context)
+                if streaming:
+                    request = decoded(request)
+                elif isinstance(request, NotDecoded):
+                    raise request.error()
                 # Not reset afterwards: each RPC runs in its own task (and so its own
                 # context), and a closing generator may run its cleanup in another.
                 current_caller.set(caller)
@@ -271,14 +337,28 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 if caller is not None and self._guard is not None and task is not None:
                     self._guard.register(caller.serial, caller.name, task)
                 try:
-                    async for response in behavior(request, context):
-                        yield response
+                    responses = behavior(request, context)
+                    if inspect.isawaitable(responses):
+                        # A handler that writes with context.write (grpc_health's Watch) is a
+                        # coroutine, not an async generator.
+                        await responses
+                    else:
+                        async for response in responses:
+                            yield response
                 finally:
                     if caller is not None and self._guard is not None and task is not None:
                         self._guard.unregister(caller.serial, caller.name, task)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
+                if isinstance(exc, KmsError):
+                    exc = self._answer(context, exc, method)
                 await self._abort(context, exc, behavior.__qualname__)
 
         return wrapper
+
+
+def _detail(exc: KmsError) -> str:
+    """What the log says of a refusal: the message, and the token's id (never its secret) if any."""
+    token_id = getattr(exc, "token_id", None)
+    return f"{exc.message} (token {token_id})" if token_id else exc.message

@@ -58,8 +58,8 @@ RUN_OPTIONS: list[tuple[str, str]] = [
     ("--handshake-timeout", "longest wait for one handshake step (default 10s)"),
     ("--watch-buffer", "events buffered per watcher before it is dropped (default 1024)"),
     ("--log-format", "text or json (default text)"),
-    ("--enroll-rate", "enrollment attempts per peer address per minute (default 30)"),
-    ("--auth-failure-rate", "failed authentications per peer address per minute (default 30)"),
+    ("--enroll-rate", "failed enrollment attempts per peer address per minute (default 30)"),
+    ("--auth-failure-rate", "refused join tokens per peer address per minute (default 30)"),
     ("--max-streams-per-identity", "open streams one agent certificate may hold (default 64)"),
     ("--database", "postgresql://USER@HOST/DB shared by replicas (default: SQLite in the data dir)"),
     (
@@ -75,6 +75,15 @@ RUN_OPTIONS: list[tuple[str, str]] = [
         "--audit-syslog",
         "also send every audit record to this local syslog socket, e.g. /dev/log (default off)",
     ),
+    (
+        "--tls-handshake-timeout",
+        "drop a connection whose TLS handshake has not finished by then (default 5s)",
+    ),
+    (
+        "--max-anonymous-connections-per-address",
+        "open connections one peer address may hold on the enrollment port (default 32)",
+    ),
+    ("--failure-report-interval", "log and audit refusals once per peer address per interval (default 60s)"),
 ]
 
 

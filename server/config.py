@@ -102,7 +102,8 @@ KNOWN_KEYS = frozenset(
         "server_cert_ttl", "token_ttl", "max_token_ttl", "max_request_bytes", "shutdown_grace", "heartbeat",
         "handshake_timeout", "watch_buffer", "http_listen", "renew_fraction", "log_format", "enroll_rate",
         "auth_failure_rate", "max_streams_per_identity", "database", "database_password_file", "master_key_file",
-        "audit_file", "audit_syslog",
+        "audit_file", "audit_syslog", "tls_handshake_timeout", "max_anonymous_connections_per_address",
+        "failure_report_interval",
     }
 )  # fmt: skip
 
@@ -146,6 +147,12 @@ class ServerConfig:
     # Audit devices (server/audit_devices.py): a JSON-lines file, and a local syslog socket.
     audit_file: Path | None = None
     audit_syslog: str | None = None
+    # A connection whose TLS handshake has not finished by then is dropped (both ports).
+    tls_handshake_timeout: timedelta = timedelta(seconds=5)
+    # Open connections one peer address may hold on the enrollment port (server/gate.py).
+    max_anonymous_connections_per_address: int = 32
+    # Refusals are logged and audited at most once per peer address per interval (server/failures.py).
+    failure_report_interval: timedelta = timedelta(seconds=60)
 
     DEFAULT_TRUST_DOMAIN = "seed-kms.local"
 
@@ -274,6 +281,11 @@ class ServerConfig:
             # Absolute: `config show` says where it is, wherever the server was started from.
             audit_file=Path(audit_file).absolute() if audit_file else None,
             audit_syslog=pick("audit_syslog", None) or None,
+            tls_handshake_timeout=duration("tls_handshake_timeout", "5s"),
+            max_anonymous_connections_per_address=_int(
+                pick("max_anonymous_connections_per_address", "32"), "--max-anonymous-connections-per-address"
+            ),
+            failure_report_interval=duration("failure_report_interval", "60s"),
         )
         cfg.validate()
         return cfg
@@ -349,6 +361,12 @@ class ServerConfig:
             raise InvalidArgument("--auth-failure-rate must be between 1 and 100000 per minute")
         if not 1 <= self.max_streams_per_identity <= 10_000:
             raise InvalidArgument("--max-streams-per-identity must be between 1 and 10000")
+        if not timedelta(seconds=1) <= self.tls_handshake_timeout <= timedelta(minutes=2):
+            raise InvalidArgument("--tls-handshake-timeout must be between 1s and 2m")
+        if not 1 <= self.max_anonymous_connections_per_address <= 100_000:
+            raise InvalidArgument("--max-anonymous-connections-per-address must be between 1 and 100000")
+        if not timedelta(seconds=1) <= self.failure_report_interval <= timedelta(hours=24):
+            raise InvalidArgument("--failure-report-interval must be between 1s and 24h")
         if self.shutdown_grace > timedelta(minutes=5):
             raise InvalidArgument("--shutdown-grace must be at most 5m")
         if self.database is not None and not self.database.startswith(("postgresql://", "postgres://")):

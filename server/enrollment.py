@@ -4,6 +4,12 @@ The name and groups come from the token, the public key from the CSR, and
 nothing else from the request. A token is consumed in the same transaction
 that records the certificate, so a failed enrollment leaves it unused and
 two racing ones cannot both succeed.
+
+The token is checked before the CSR is parsed: only the holder of a valid
+token reaches the ASN.1 parser, and a bad token is refused for the price of
+one store read. Refusals are neither logged nor audited here one by one: the
+interceptor counts them per peer address (server/failures.py), because
+anybody can send bad tokens as fast as the network allows.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -24,15 +29,32 @@ from kms.tokens import JoinToken, secret_matches
 from server.authn import Caller
 from server.ca import CertificateAuthority
 from server.clock import Clock
+from server.limits import AnonymousFailure
 from server.store import AgentRecord, AuditEntry, CertificateRecord, JoinTokenRecord, Store
 
-__all__ = ["Enrolled", "EnrollmentService", "IssuedToken", "serial_hex"]
+__all__ = ["Enrolled", "EnrollmentService", "IssuedToken", "MalformedToken", "RefusedToken", "serial_hex"]
 
 logger = logging.getLogger(__name__)
 
 # One message for unknown, used, expired and mismatched tokens: no oracle.
 _BAD_TOKEN = "join token is invalid, expired or already used: ask the administrator for a new one"  # noqa: S105 - a message, not a secret
 MIN_TOKEN_TTL_SECONDS = 1
+
+
+class RefusedToken(Unauthenticated, AnonymousFailure):
+    """A join token that is unknown, used, expired or wrong (one message for all: no oracle)."""
+
+    kind = "bad-token"
+
+    def __init__(self, token_id: str) -> None:
+        super().__init__(_BAD_TOKEN)
+        self.token_id = token_id  # not secret: it names the token in logs
+
+
+class MalformedToken(InvalidArgument, AnonymousFailure):
+    """Text that does not have the shape of a join token."""
+
+    kind = "malformed-token"
 
 
 def serial_hex(cert: x509.Certificate) -> str:
@@ -104,14 +126,17 @@ class EnrollmentService:
         return IssuedToken(token, record)
 
     async def enroll(self, token_text: str, csr_der: bytes) -> Enrolled:
-        """Checks the CSR and the token, issues, then consumes the token and records the certificate.
+        """Checks the token, then the CSR, issues, then consumes the token and records the certificate.
 
         Raises:
-            InvalidArgument: the CSR or the token's shape is bad (token untouched).
-            Unauthenticated: the token is unknown, used, expired or wrong.
+            MalformedToken: the token's shape is bad.
+            RefusedToken: the token is unknown, used, expired or wrong.
+            InvalidArgument: the CSR is bad (the token is left unused).
         """
-        public_key = check_csr(csr_der)
-        token = JoinToken.parse(token_text)
+        try:
+            token = JoinToken.parse(token_text)
+        except InvalidArgument as exc:
+            raise MalformedToken(exc.message) from None
         record = await self._store.get_join_token(token.token_id)
         now = self._clock()
         if (
@@ -120,7 +145,8 @@ class EnrollmentService:
             or record.used_at is not None
             or record.expires_at <= int(now.timestamp())
         ):
-            await self._refused(token, int(now.timestamp()))
+            raise RefusedToken(token.token_id)
+        public_key = check_csr(csr_der)
 
         cert = await self._ca.issue_agent(public_key, record.name)
         cert_record = CertificateRecord(
@@ -148,7 +174,7 @@ class EnrollmentService:
             ),
         )
         if agent is None:  # lost a race for the token, or it expired meanwhile
-            await self._refused(token, int(now.timestamp()))
+            raise RefusedToken(token.token_id)
         self._on_issued(cert_record)
         logger.info(
             "agent enrolled",
@@ -187,8 +213,3 @@ class EnrollmentService:
             "certificate renewed", extra={"agent": caller.name, "old": caller.serial, "new": record.serial}
         )
         return cert
-
-    async def _refused(self, token: JoinToken, now: int) -> NoReturn:
-        logger.info("enrollment refused", extra={"token_id": token.token_id})
-        await self._store.append_audit(AuditEntry(now, f"token:{token.token_id}", "enroll", "-", "denied"))
-        raise Unauthenticated(_BAD_TOKEN)

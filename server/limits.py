@@ -1,4 +1,4 @@
-"""Rate limits per peer address: token buckets with bounded memory."""
+"""Rate limits per peer address: token buckets with bounded memory, and what counts against them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-__all__ = ["RateLimiter", "peer_address"]
+__all__ = ["AnonymousFailure", "RateLimiter", "peer_address"]
+
+
+class AnonymousFailure:
+    """Mixin of the errors an anonymous caller earns without presenting a valid secret.
+
+    A malformed or refused join token: counted against its peer address's
+    budgets (server/auth.py Limits), audited in aggregate (server/failures.py).
+    A caller that presents a valid token or certificate never raises one, so
+    it is never refused because of others at its address.
+    """
+
+    kind = "anonymous"
+
 
 _MAX_KEYS = 100_000
 

@@ -120,6 +120,8 @@ class ServerProcess:
     # the database derived from the data dir (created at start).
     database: str | None = None
     backend: str = field(default_factory=backend)
+    # A command the server runs under, like ["prlimit", "--nofile=1024:1024"].
+    wrapper: list[str] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
     fields: dict[str, str] = field(default_factory=dict)
     _stderr: list[str] = field(default_factory=list)
@@ -149,6 +151,7 @@ class ServerProcess:
         if self.database is None and self.backend == "postgresql":
             self.database = cluster().create_database(database_name(self.data_dir))
         cmd = [
+            *self.wrapper,
             exe("kms-server"),
             "run",
             "--data-dir",

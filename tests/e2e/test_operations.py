@@ -45,7 +45,9 @@ def test_health_reflection_metrics_json_logs_and_live_rotation(tmp_path: Path) -
             )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             services = set(ProtoReflectionDescriptorDatabase(ch).get_services())
-        assert {"kms.v1.Keys", "kms.v1.Revocation", "grpc.health.v1.Health"} <= services
+        # The enrollment port lists what it serves: no agent service.
+        assert {"kms.v1.Enrollment", "kms.v1.Revocation", "grpc.health.v1.Health"} <= services
+        assert "kms.v1.Keys" not in services
 
         state = tmp_path / "a"
         assert enroll(server, state, server.token("metered", "web")).returncode == 0

@@ -121,3 +121,30 @@ def test_audit_devices_come_from_flags_environment_or_file(tmp_path: Path) -> No
 def test_audit_device_settings_are_checked(flags: dict[str, str], needle: str) -> None:
     with pytest.raises(InvalidArgument, match=needle):
         ServerConfig.load(flags, env={"HOME": "/h"})
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        ({"tls_handshake_timeout": "500ms"}, "--tls-handshake-timeout"),
+        ({"tls_handshake_timeout": "3m"}, "--tls-handshake-timeout must be between"),
+        ({"max_anonymous_connections_per_address": "0"}, "--max-anonymous-connections-per-address"),
+        ({"max_anonymous_connections_per_address": "many"}, "--max-anonymous-connections-per-address"),
+        ({"failure_report_interval": "2d"}, "--failure-report-interval must be between"),
+    ],
+)
+def test_anonymous_limits_have_bounds(flags: dict[str, str], needle: str) -> None:
+    with pytest.raises(InvalidArgument, match=needle):
+        ServerConfig.load(flags, env={})
+
+
+def test_anonymous_limits_defaults_and_environment() -> None:
+    cfg = ServerConfig.load({}, env={"HOME": "/h"})
+    assert cfg.tls_handshake_timeout == timedelta(seconds=5)
+    assert cfg.max_anonymous_connections_per_address == 32
+    assert cfg.failure_report_interval == timedelta(seconds=60)
+    env = {"HOME": "/h", "KMS_TLS_HANDSHAKE_TIMEOUT": "2s", "KMS_MAX_ANONYMOUS_CONNECTIONS_PER_ADDRESS": "4"}
+    cfg = ServerConfig.load({}, env=env, file={"failure_report_interval": "10s"})
+    assert cfg.tls_handshake_timeout == timedelta(seconds=2)
+    assert cfg.max_anonymous_connections_per_address == 4
+    assert cfg.failure_report_interval == timedelta(seconds=10)

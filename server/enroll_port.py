@@ -1,0 +1,131 @@
+"""The enrollment port: a gRPC server of its own, for anonymous callers only, behind the gate.
+
+It registers only the methods of AUTH_POLICY that anybody may call (enrollment,
+the CA bundle, the CRL, health, reflection), so any other method answers
+UNIMPLEMENTED from gRPC itself, before our code runs, and counts against
+nobody: an agent RPC sent there without a certificate cannot lock anybody
+out. It listens on a loopback port; the public enrollment address is the
+gate's (server/gate.py), which caps connections per peer address and tells
+the interceptor each connection's real peer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from kms.errors import FailedPrecondition
+from kms.v1 import enrollment_pb2, enrollment_pb2_grpc, revocation_pb2, revocation_pb2_grpc
+from server.auth import AUTH_POLICY, AuthInterceptor, Limits, Listener, Role
+from server.config import ServerConfig
+from server.failures import FailureReport
+from server.gate import AnonymousGate, gate_capacity
+from server.metrics import Metrics
+
+__all__ = ["ANONYMOUS_METHODS", "EnrollmentPort", "open_enrollment_port"]
+
+# The methods anybody may call: all the enrollment port serves.
+ANONYMOUS_METHODS = frozenset(m for m, roles in AUTH_POLICY.items() if Role.ANYONE in roles)
+
+# What the log says of a connection the gate closed.
+_GATE_REFUSALS = {
+    "connection-cap": "enrollment connection closed at once: its address holds as many as allowed",
+    "idle-connection": "enrollment connection dropped: no TLS handshake within the timeout",
+}
+
+# An enrollment needs a connection for a second or two; one left idle this long goes.
+_IDLE_MS = 30_000
+
+
+class _AnonymousOnly:
+    """Stands in for the server in generated add_*_to_server functions; registers only ANONYMOUS_METHODS."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass  # the generated code passes the same table to add_registered_method_handlers
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        kept = {name: h for name, h in handlers.items() if f"/{service}/{name}" in ANONYMOUS_METHODS}
+        if kept:
+            self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, kept),))
+            self._server.add_registered_method_handlers(service, kept)
+
+
+@dataclass
+class EnrollmentPort:
+    server: grpc.aio.Server
+    gate: AnonymousGate
+
+    @property
+    def port(self) -> int:
+        return self.gate.port
+
+    async def start(self) -> None:
+        await self.server.start()
+        self.gate.start_serving()
+
+    async def stop(self, grace: float) -> None:
+        """No new connections; calls in flight finish within grace; then every connection closes."""
+        self.gate.stop_listening()
+        await self.server.stop(grace)
+        await self.gate.stop()
+
+
+async def open_enrollment_port(
+    cfg: ServerConfig,
+    options: list[tuple[str, Any]],
+    credentials: grpc.ServerCredentials,
+    *,
+    enrollment: enrollment_pb2_grpc.EnrollmentServicer,
+    revocation: revocation_pb2_grpc.RevocationServicer,
+    health: HealthServicer,
+    metrics: Metrics,
+    limits: Limits,
+    failures: FailureReport,
+) -> EnrollmentPort:
+    """Builds the enrollment server and binds the public address (serving nothing until start).
+
+    Raises:
+        FailedPrecondition: the address (or a loopback port) cannot be bound.
+    """
+    gate = AnonymousGate(
+        cfg.enroll_host,
+        cfg.enroll_port,
+        per_address=cfg.max_anonymous_connections_per_address,
+        total=gate_capacity(),
+        first_byte_timeout=cfg.tls_handshake_timeout.total_seconds(),
+        refused=lambda address, kind: failures.note(address, kind, _GATE_REFUSALS[kind]),
+    )
+    interceptor = AuthInterceptor(
+        Listener.ENROLL, metrics=metrics, limits=limits, report=failures, peer=gate.peer_of
+    )
+    server = grpc.aio.server(
+        interceptors=[interceptor], options=[*options, ("grpc.max_connection_idle_ms", _IDLE_MS)]
+    )
+    only = _AnonymousOnly(server)
+    enrollment_pb2_grpc.add_EnrollmentServicer_to_server(enrollment, only)
+    revocation_pb2_grpc.add_RevocationServicer_to_server(revocation, only)  # GetCRL alone
+    health_pb2_grpc.add_HealthServicer_to_server(health, only)
+    reflection.enable_server_reflection(  # it needs the real server; it registers only itself
+        [
+            enrollment_pb2.DESCRIPTOR.services_by_name["Enrollment"].full_name,
+            revocation_pb2.DESCRIPTOR.services_by_name["Revocation"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    backend = server.add_secure_port("127.0.0.1:0", credentials)
+    if not backend:
+        raise FailedPrecondition("cannot listen on a loopback port (127.0.0.1:0) for the enrollment server")
+    gate.bind(("127.0.0.1", backend))
+    return EnrollmentPort(server, gate)
