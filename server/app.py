@@ -240,10 +240,6 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             )
         tls = ServerTls(datadir, sealer, ca, cfg.sans, cfg.server_cert_ttl, cfg.renew_fraction, clock)
 
-        enrollment = EnrollmentService(
-            store, ca, clock, default_token_ttl=cfg.token_ttl, max_token_ttl=cfg.max_token_ttl
-        )
-        agents = AgentDirectory(store, trust_domain, clock)
         metrics = Metrics()
         feed = RevocationFeed(await store.last_seq(), metrics)
         keys = KeyService(store, sealer, clock, publish=feed.publish)
@@ -251,6 +247,15 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         crl = CrlPublisher(ca, store, clock)
         revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
         await revocations.load()
+        enrollment = EnrollmentService(
+            store,
+            ca,
+            clock,
+            default_token_ttl=cfg.token_ttl,
+            max_token_ttl=cfg.max_token_ttl,
+            on_revoked=revocations.apply_committed,
+        )
+        agents = AgentDirectory(store, trust_domain, clock, revocations.revocation_reason)
         health = HealthServicer()
         follower = EventFollower(store, feed, revocations.apply_remote, _health_follows_store(health))
         authenticator = PeerAuthenticator(

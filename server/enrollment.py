@@ -3,18 +3,31 @@
 The name and groups come from the token, the public key from the CSR, and
 nothing else from the request. A token is consumed in the same transaction
 that records the certificate, so a failed enrollment leaves it unused and
-two racing ones cannot both succeed.
+two racing ones cannot both be issued a certificate.
+
+A reply can be lost after the commit (the server dies, the connection
+drops). The agent then retries with the same token and the same key: within
+the token's lifetime, that gets the certificate already issued for that key,
+not a refusal. Any other reuse of a token is refused exactly like an unknown
+one.
+
+One name is one identity: a token for a name that holds a valid certificate
+is made only with ``replace``, and enrolling with it revokes the earlier
+certificates (superseded) in the same transaction.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from kms.csr import check_csr
 from kms.errors import InvalidArgument, Unauthenticated
@@ -23,7 +36,16 @@ from kms.tokens import JoinToken, secret_matches
 from server.authn import Caller
 from server.ca import CertificateAuthority
 from server.clock import Clock
-from server.store import AgentRecord, AuditEntry, CertificateRecord, JoinTokenRecord, Store
+from server.completion import after_commit
+from server.store import (
+    AgentRecord,
+    AuditEntry,
+    CertificateRecord,
+    Enrollment,
+    JoinTokenRecord,
+    RevocationEvent,
+    Store,
+)
 
 __all__ = ["Enrolled", "EnrollmentService", "IssuedToken", "serial_hex"]
 
@@ -36,6 +58,11 @@ MIN_TOKEN_TTL_SECONDS = 1
 
 def serial_hex(cert: x509.Certificate) -> str:
     return format(cert.serial_number, "x")
+
+
+def _spki(key: CertificatePublicKeyTypes) -> bytes:
+    """The key's SubjectPublicKeyInfo, DER: one exact byte string per public key."""
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass(frozen=True)
@@ -60,20 +87,32 @@ class EnrollmentService:
         *,
         default_token_ttl: timedelta,
         max_token_ttl: timedelta,
+        on_revoked: Callable[[RevocationEvent], object] = lambda event: None,
     ) -> None:
         self._store = store
         self._ca = ca
         self._clock = clock
         self._default_ttl = default_token_ttl
         self._max_ttl = max_token_ttl
+        # Applies a revocation committed here (a superseded certificate) in memory:
+        # the revoked map that authenticates calls, the watch feed, open streams.
+        self._on_revoked = on_revoked
 
     async def create_token(
-        self, name: str, groups: list[str], ttl_seconds: int | None, *, allow_reenroll: bool = False
+        self,
+        name: str,
+        groups: list[str],
+        ttl_seconds: int | None,
+        *,
+        allow_reenroll: bool = False,
+        replace: bool = False,
     ) -> IssuedToken:
         """Creates a single-use join token bound to name and groups.
 
         Raises:
             InvalidArgument: bad name or group, too many groups, TTL out of bounds.
+            FailedPrecondition: the name was revoked (and not allow_reenroll), or holds a
+                valid certificate (and not replace).
         """
         validate_agent_name(name)
         clean = sorted({validate_group(g) for g in groups})
@@ -88,10 +127,12 @@ class EnrollmentService:
         record = JoinTokenRecord(
             token.token_id, token.secret_hash, name, tuple(clean), now, now + int(ttl.total_seconds())
         )
+        flags = "".join(f" {f}" for f, on in (("allow-reenroll", allow_reenroll), ("replace", replace)) if on)
         await self._store.add_join_token(
             record,
             allow_reenroll=allow_reenroll,
-            audit=AuditEntry(now, "admin", "token.create", f"agent:{name} token:{token.token_id}"),
+            replace=replace,
+            audit=AuditEntry(now, "admin", "token.create", f"agent:{name} token:{token.token_id}{flags}"),
         )
         logger.info("join token created", extra={"token_id": token.token_id, "agent": name})
         return IssuedToken(token, record)
@@ -99,9 +140,14 @@ class EnrollmentService:
     async def enroll(self, token_text: str, csr_der: bytes) -> Enrolled:
         """Checks the CSR and the token, issues, then consumes the token and records the certificate.
 
+        A token already spent on a certificate for this very key (a retry after a
+        lost reply) gets that certificate again, while the token is unexpired.
+
         Raises:
             InvalidArgument: the CSR or the token's shape is bad (token untouched).
-            Unauthenticated: the token is unknown, used, expired or wrong.
+            Unauthenticated: the token is unknown, used (for another key), expired or wrong.
+            PermissionDenied, FailedPrecondition: the name was revoked, or holds a valid
+                certificate the token does not replace (token untouched).
         """
         public_key = check_csr(csr_der)
         token = JoinToken.parse(token_text)
@@ -110,10 +156,11 @@ class EnrollmentService:
         if (
             record is None
             or not secret_matches(token, record.secret_hash)
-            or record.used_at is not None
             or record.expires_at <= int(now.timestamp())
         ):
             await self._refused(token, int(now.timestamp()))
+        if record.used_at is not None:
+            return await self._repeat(record, token, _spki(public_key), int(now.timestamp()))
 
         cert = await self._ca.issue_agent(public_key, record.name)
         cert_record = CertificateRecord(
@@ -125,23 +172,69 @@ class EnrollmentService:
             issued_at=int(now.timestamp()),
             token_id=record.token_id,
         )
-        agent = await self._store.enroll(
-            record.token_id,
-            token.secret_hash,
-            int(now.timestamp()),
-            cert_record,
-            audit=AuditEntry(
+
+        def audit(done: Enrollment) -> AuditEntry:
+            replaced = ",".join(e.serial or "" for e in done.superseded)
+            return AuditEntry(
                 int(now.timestamp()),
                 f"token:{record.token_id}",
                 "enroll",
-                f"agent:{record.name} serial:{cert_record.serial}",
-            ),
+                f"agent:{record.name} serial:{cert_record.serial}"
+                + (f" superseded:{replaced}" if replaced else ""),
+            )
+
+        def committed(done: Enrollment | None) -> Enrollment | None:
+            # Runs even if the caller has gone: the old certificates must stop working now.
+            for event in done.superseded if done else ():
+                self._on_revoked(event)
+            return done
+
+        write = self._store.enroll(
+            record.token_id, token.secret_hash, int(now.timestamp()), cert_record, audit=audit
         )
-        if agent is None:  # lost a race for the token, or it expired meanwhile
+        done = await after_commit(write, committed)
+        if done is None:
+            # Lost a race for the token (perhaps to this very request, sent twice), or it expired meanwhile.
+            again = await self._store.get_join_token(token.token_id)
+            if again is not None and again.used_at is not None and again.expires_at > int(now.timestamp()):
+                return await self._repeat(again, token, _spki(public_key), int(now.timestamp()))
             await self._refused(token, int(now.timestamp()))
+        agent = done.agent
         logger.info(
             "agent enrolled",
-            extra={"agent": agent.name, "serial": cert_record.serial, "token_id": record.token_id},
+            extra={
+                "agent": agent.name,
+                "serial": cert_record.serial,
+                "token_id": record.token_id,
+                "superseded": ",".join(e.serial or "" for e in done.superseded) or None,
+            },
+        )
+        return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name))
+
+    async def _repeat(self, record: JoinTokenRecord, token: JoinToken, spki: bytes, now: int) -> Enrolled:
+        """The certificate a spent token was issued for this same key, if it is still good; else refused.
+
+        Only the holder of the token's secret and of the private key behind the CSR
+        (check_csr verified its signature) gets here, and it gets nothing new: the
+        same certificate, still unrevoked and unexpired. Everything else is refused
+        with the one message of an unknown token.
+        """
+        issued = await self._store.get_certificate(record.used_by_serial) if record.used_by_serial else None
+        if issued is None or issued.revoked_at is not None or issued.not_after <= now:
+            await self._refused(token, now)
+        cert = x509.load_der_x509_certificate(issued.der)
+        agent = await self._store.get_agent_by_serial(issued.serial)
+        # Public keys are not secret, but compare_digest costs nothing and keeps the habit.
+        if agent is None or not hmac.compare_digest(_spki(cert.public_key()), spki):
+            await self._refused(token, now)
+        await self._store.append_audit(
+            AuditEntry(
+                now, f"token:{record.token_id}", "enroll.repeat", f"agent:{agent.name} serial:{issued.serial}"
+            )
+        )
+        logger.info(
+            "enrollment repeated: same token and key, same certificate",
+            extra={"agent": agent.name, "serial": issued.serial, "token_id": record.token_id},
         )
         return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name))
 

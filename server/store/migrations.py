@@ -132,6 +132,9 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "DROP TABLE events",
         "ALTER TABLE events_v5 RENAME TO events",
     ],
+    # 6: a join token may replace the name's valid certificates (token create --replace):
+    # they are revoked (superseded) in the transaction that enrolls with it.
+    ["ALTER TABLE join_tokens ADD COLUMN replace_existing INTEGER NOT NULL DEFAULT 0"],
 ]
 
 # PostgreSQL: BYTEA for BLOB, BIGINT for Unix times. The event log's seq is
@@ -248,6 +251,8 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
         "ALTER TABLE events DROP CONSTRAINT events_kind_check",
         "ALTER TABLE events ADD CONSTRAINT events_kind_check CHECK (kind IN ('cert', 'agent', 'key', 'rotate'))",
     ],
+    # 6: a join token may replace the name's valid certificates (token create --replace).
+    ["ALTER TABLE join_tokens ADD COLUMN replace_existing INTEGER NOT NULL DEFAULT 0"],
 ]
 
 # The schema this kms-server writes; a store at a higher version is refused.
