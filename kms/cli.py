@@ -7,6 +7,7 @@ code (STYLE 11); a traceback is shown only with ``--verbose``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -139,6 +140,12 @@ def run_main(
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Whoever read our output (stdout, a FIFO) went away, as `| head` does: stop quietly,
+        # as other tools do, and keep Python from failing again when it flushes stdout at exit.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
     except Exception as exc:  # a bug: still one line unless --verbose
         if verbose:
             raise
