@@ -92,7 +92,9 @@ def _bad_signature(key: rsa.RSAPrivateKey) -> bytes:
 def test_bad_csr_is_invalid_argument_and_leaves_token_usable(
     server: ServerProcess, rsa_key: rsa.RSAPrivateKey, make_csr, needle
 ) -> None:  # type: ignore[no-untyped-def]
-    name = "csr-" + "".join(c for c in needle.lower() if c.isalnum())[:20]  # one name per case: one identity each
+    name = (
+        "csr-" + "".join(c for c in needle.lower() if c.isalnum())[:20]
+    )  # one name per case: one identity each
     token = server.token(name)
     details = _enroll_fails(server, token, make_csr(rsa_key), grpc.StatusCode.INVALID_ARGUMENT)
     assert needle in details
@@ -292,7 +294,9 @@ def test_old_certificate_keeps_its_own_groups(server: ServerProcess, tmpdir_shor
     old = json.loads(agent(first, "status", "--json").stdout)
     shutil.copytree(first, second)
     # The name holds a valid certificate: re-enrolling it takes --replace, which revokes that one.
-    token = server.admin("token", "create", "--name", "reimaged", "--group", "prod", "--replace").stdout.strip()
+    token = server.admin(
+        "token", "create", "--name", "reimaged", "--group", "prod", "--replace"
+    ).stdout.strip()
     result = enroll(server, second, token, force="")
     assert result.returncode == 0, result.stderr
     new = json.loads(agent(second, "status", "--json").stdout)

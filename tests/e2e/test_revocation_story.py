@@ -120,7 +120,9 @@ def test_revoked_agent_reenrolls_only_when_allowed(rig: tuple[ServerProcess, Pat
     early = server.admin("token", "create", "--name", "reborn", "--group", "web", "--replace").stdout.strip()
     server.admin("revoke", "agent", "reborn")
     # After it, a token for the name is refused at once, not at enrollment.
-    assert_one_line_error(server.admin("token", "create", "--name", "reborn", check=False), 6, "--allow-reenroll")
+    assert_one_line_error(
+        server.admin("token", "create", "--name", "reborn", check=False), 6, "--allow-reenroll"
+    )
     before = snapshot(server)
     assert_one_line_error(enroll(server, root / "r2", early), 4, "allow-reenroll")
     assert snapshot(server) == before  # the token was not consumed
