@@ -19,6 +19,18 @@ from kms.groups import Group
 
 __all__ = ["main"]
 
+# Output files (see kms/securefile.py): a regular file is replaced atomically; "-" is stdout; a FIFO or
+# a character device (or a link to one, like /dev/stdout) is written through; a link to a regular file
+# is refused unless this flag is given.
+_FOLLOW = (
+    "an output that is a symbolic link to a regular file is refused unless this is given; then the file"
+    " it points to is replaced (atomically) and the link kept"
+)
+
+
+def _output_flags(parser: ArgumentParser) -> None:
+    parser.add_argument("--follow-symlinks", action="store_true", help=_FOLLOW)
+
 
 def build_parser() -> ArgumentParser:
     parser, common = command_parsers(
@@ -90,7 +102,11 @@ def build_parser() -> ArgumentParser:
     fk = sub.add_parser("fetch-key", parents=[common], help="fetch a granted key, unwrap it locally")
     fk.add_argument("name")
     fk.add_argument("--version", type=int, default=0, help="key version (default: current)")
-    fk.add_argument("--out", help="write the key to FILE (0600, atomically) instead of stdout")
+    fk.add_argument(
+        "--out",
+        help="write the key to FILE (0600, atomically; - for stdout, raw unless --format) instead of"
+        " printing it in base64",
+    )
     fk.add_argument(
         "--format", choices=("raw", "base64", "hex"), help="raw for --out, base64 for stdout by default"
     )
@@ -98,17 +114,20 @@ def build_parser() -> ArgumentParser:
         "--json", action="store_true", help="print metadata as JSON (no key unless --include-key)"
     )
     fk.add_argument("--include-key", action="store_true", help="with --json: include the key, base64")
+    _output_flags(fk)
     fk.set_defaults(func=cmd_fetch_key)
 
     en = sub.add_parser("encrypt", parents=[common], help="encrypt a file with the current version of a key")
     en.add_argument("--key", required=True, help="key name")
-    en.add_argument("input", metavar="IN")
-    en.add_argument("output", metavar="OUT")
+    en.add_argument("input", metavar="IN", help="file to encrypt; - for stdin")
+    en.add_argument("output", metavar="OUT", help="where the ciphertext goes; - for stdout")
+    _output_flags(en)
     en.set_defaults(func=cmd_encrypt)
 
     de = sub.add_parser("decrypt", parents=[common], help="decrypt a file made by kms-agent encrypt")
-    de.add_argument("input", metavar="IN")
-    de.add_argument("output", metavar="OUT")
+    de.add_argument("input", metavar="IN", help="file to decrypt; - for stdin")
+    de.add_argument("output", metavar="OUT", help="where the plaintext goes; - for stdout")
+    _output_flags(de)
     de.set_defaults(func=cmd_decrypt)
 
     wa = sub.add_parser("watch", parents=[common], help="follow revocations; resume where it left off")
@@ -127,7 +146,11 @@ def build_parser() -> ArgumentParser:
     )
     ex.add_argument("--peer", required=True, help="'server' or an agent name")
     ex.add_argument("--group", choices=[g.value for g in Group], default=Group.X25519.value)
-    ex.add_argument("--out", help="write the 32-byte session key to FILE (0600) instead of printing it")
+    ex.add_argument(
+        "--out",
+        help="write the 32-byte session key to FILE (0600; - for stdout, raw) instead of printing it in base64",
+    )
+    _output_flags(ex)
     ex.add_argument("--json", action="store_true")
     ex.add_argument("--handshake-timeout", type=float, default=15.0, help="seconds to wait for each step")
     ex.set_defaults(func=cmd_exchange)
@@ -143,15 +166,16 @@ def build_parser() -> ArgumentParser:
     li.set_defaults(func=cmd_listen)
 
     sg = sub.add_parser("sign", parents=[common], help="sign a file with this agent's key (RSA-PSS)")
-    sg.add_argument("file", metavar="FILE")
-    sg.add_argument("--out", metavar="SIG", help="signature file (default FILE.sig)")
+    sg.add_argument("file", metavar="FILE", help="file to sign; - for stdin (then --out is needed)")
+    sg.add_argument("--out", metavar="SIG", help="signature file (default FILE.sig); - for stdout")
+    _output_flags(sg)
     sg.set_defaults(func=cmd_sign)
 
     vf = sub.add_parser(
         "verify", parents=[common], help="verify a signature: chain, signer, time, revocation"
     )
-    vf.add_argument("file", metavar="FILE")
-    vf.add_argument("signature", metavar="SIG")
+    vf.add_argument("file", metavar="FILE", help="the signed file; - for stdin")
+    vf.add_argument("signature", metavar="SIG", help="its signature; - for stdin")
     vf.add_argument("--signer", help="the agent name the signature must be from")
     vf.add_argument("--json", action="store_true")
     vf.set_defaults(func=cmd_verify)
@@ -160,7 +184,7 @@ def build_parser() -> ArgumentParser:
         "check", parents=[common], help="revocation status of a certificate (exit 0 good, 11 revoked)"
     )
     ck.add_argument("--serial", help="certificate serial, hex")
-    ck.add_argument("--cert", help="a PEM certificate file")
+    ck.add_argument("--cert", help="a PEM certificate file; - for stdin")
     ck.add_argument("--json", action="store_true")
     ck.set_defaults(func=cmd_check)
     return parser

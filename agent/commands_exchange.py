@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from agent.exchange import initiate, respond_once
 from kms.errors import KmsError, Revoked, Unavailable
 from kms.groups import Group
 from kms.handshake import Session
-from kms.securefile import ensure_private_dir, write_atomic
+from kms.securefile import ensure_private_dir, is_stdio, output_is_regular, write_atomic, write_output
 
 __all__ = ["cmd_exchange", "cmd_listen"]
 
@@ -24,24 +25,28 @@ logger = logging.getLogger(__name__)
 
 def _print_session(session: Session, args: argparse.Namespace, path: Path | None) -> None:
     fields: dict[str, object] = {"session_id": session.session_id, "peer": session.peer.name}
-    if path is not None:
+    out = getattr(args, "out", None)
+    if path is not None and not is_stdio(path):
         fields["file"] = str(path)
-    elif getattr(args, "out", None) is None and getattr(args, "out_dir", None) is None:
+    elif out is None and getattr(args, "out_dir", None) is None:
         fields["key_base64"] = base64.b64encode(session.key).decode()
-    if args.json:
-        print(json.dumps(fields, sort_keys=True), flush=True)
-    else:
-        print(" ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
+    line = (
+        json.dumps(fields, sort_keys=True) if args.json else " ".join(f"{k}={v}" for k, v in fields.items())
+    )
+    # With the key itself on stdout (--out -), the description goes to stderr.
+    print(line, file=sys.stderr if out is not None and is_stdio(out) else sys.stdout, flush=True)
 
 
 def cmd_exchange(args: argparse.Namespace) -> int:
+    if args.out:  # refused before the exchange, not after it
+        output_is_regular(args.out, follow_symlink=args.follow_symlinks)
     identity, client = connect(args)
     with client:
         session = initiate(identity, client, args.peer, Group(args.group), args.handshake_timeout)
     path = None
     if args.out:
         path = Path(args.out)
-        write_atomic(path, session.key, mode=0o600)
+        write_output(path, session.key, mode=0o600, follow_symlink=args.follow_symlinks)
     _print_session(session, args, path)
     return 0
 

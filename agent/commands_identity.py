@@ -40,6 +40,10 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     enroll_servers = _addresses(
         args.enroll_server, "KMS_ENROLL_SERVER", "--enroll-server"
     ) or default_enroll_addresses(servers)
+    # A retry after a lost reply sends the same key again, so the server can answer
+    # with the certificate it issued instead of refusing the spent token.
+    # Only a local file key: a malformed token is the server's to refuse, after the CA pin is checked.
+    token_id = token.strip().split(".", 1)[0]
     identity, watch_from_seq = enroll(
         servers=servers,
         enroll_servers=enroll_servers,
@@ -47,6 +51,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         ca_fingerprint=fp,
         key_size=args.key_size,
         timeout=args.timeout,
+        key=state.pending_key(token_id),
+        keep_key=lambda key: state.save_pending_key(token_id, key),
     )
     state.save(identity, watch_from_seq=watch_from_seq)
     not_after = identity.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")

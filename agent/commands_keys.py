@@ -13,34 +13,43 @@ from agent.keys import KeyFetcher, encode_key
 from agent.state import KeyFile
 from kms.cli import print_json
 from kms.errors import FailedPrecondition, InvalidArgument
-from kms.securefile import write_atomic
+from kms.securefile import is_stdio, output_is_regular, write_output
 
 __all__ = ["cmd_fetch_key", "cmd_encrypt", "cmd_decrypt"]
 
 
 def cmd_fetch_key(args: argparse.Namespace) -> int:
+    out = args.out
+    follow = args.follow_symlinks
+    if out is not None and is_stdio(out) and args.json:
+        raise InvalidArgument("--out - and --json both write to stdout: use --json --include-key instead")
+    # Checked before the key is fetched: a refused output must not cost a release.
+    regular = out is not None and output_is_regular(out, follow_symlink=follow)
     identity, client = connect(args)
     with client:
         key = KeyFetcher(identity, client).fetch(args.name, args.version)
     meta = {"name": key.name, "version": key.version, "state": key.state, "created_at": iso(key.created_at)}
-    if args.out:
+    if out is not None and not is_stdio(out):
         # A key file is raw bytes unless a text format is asked for.
         fmt = args.format or "raw"
-        write_atomic(Path(args.out), encode_key(key.material, fmt), mode=0o600)
-        # Remembered so that kms-agent watch can delete it if the version is compromised,
-        # and kms-agent run can move it to the new version when the key rotates.
-        state_dir(args).remember_key_file(
-            KeyFile(key.name, key.version, Path(args.out), fmt, follows_current=not args.version)
-        )
-        meta["file"] = args.out
+        write_output(out, encode_key(key.material, fmt), mode=0o600, follow_symlink=follow)
+        if regular:
+            # Remembered so that kms-agent watch can delete it if the version is compromised,
+            # and kms-agent run can move it to the new version when the key rotates. A FIFO or
+            # a device is written once and never touched again.
+            state_dir(args).remember_key_file(
+                KeyFile(key.name, key.version, Path(out), fmt, follows_current=not args.version)
+            )
+        meta["file"] = out
     if args.json:
         if args.include_key:
             meta["key_base64"] = base64.b64encode(key.material).decode()
         print_json(meta)
-    elif args.out:
-        print(f"wrote {key.name} version {key.version} to {args.out}")
+    elif out is not None and not is_stdio(out):
+        print(f"wrote {key.name} version {key.version} to {out}")
     else:
-        fmt = args.format or "base64"
+        # Standard output (no --out, or --out -): base64 unless asked otherwise, never raw to a terminal.
+        fmt = args.format or ("raw" if out is not None else "base64")
         if fmt == "raw" and sys.stdout.isatty():
             raise InvalidArgument(
                 "refusing to print a raw key to a terminal: use --out FILE or --format base64"
@@ -51,6 +60,7 @@ def cmd_fetch_key(args: argparse.Namespace) -> int:
 
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
+    output_is_regular(args.output, follow_symlink=args.follow_symlinks)  # before fetching the key
     identity, client = connect(args)
     with client:
         key = KeyFetcher(identity, client).fetch(args.key)
@@ -58,7 +68,14 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         raise FailedPrecondition(
             f"key {key.name!r} version {key.version} is {key.state}: it may only decrypt"
         )
-    encrypt_file(Path(args.input), Path(args.output), key.material, key.name, key.version)
+    encrypt_file(
+        Path(args.input),
+        Path(args.output),
+        key.material,
+        key.name,
+        key.version,
+        follow_symlink=args.follow_symlinks,
+    )
     return 0
 
 
@@ -67,6 +84,9 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     with client:
         fetcher = KeyFetcher(identity, client)
         decrypt_file(
-            Path(args.input), Path(args.output), lambda name, version: fetcher.fetch(name, version).material
+            Path(args.input),
+            Path(args.output),
+            lambda name, version: fetcher.fetch(name, version).material,
+            follow_symlink=args.follow_symlinks,
         )
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from cryptography import x509
 
@@ -12,6 +11,7 @@ from agent.servers import Servers
 from agent.watch import Watcher
 from kms.cli import print_json
 from kms.errors import InvalidArgument, NotFound, Revoked
+from kms.securefile import open_input
 
 __all__ = ["cmd_watch", "cmd_check"]
 
@@ -38,7 +38,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     serial = args.serial
     if args.cert:
         try:
-            serial = format(x509.load_pem_x509_certificate(Path(args.cert).read_bytes()).serial_number, "x")
+            with open_input(args.cert) as f:
+                pem = f.read()
+            serial = format(x509.load_pem_x509_certificate(pem).serial_number, "x")
         except (OSError, ValueError) as exc:
             raise InvalidArgument(f"--cert {args.cert} is not a readable PEM certificate") from exc
     _, client = connect(args)

@@ -4,52 +4,70 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.context import connect, state_dir
 from agent.issuance import trust_domain_of
+from agent.standing import check_standing
 from kms import filesig
 from kms.cli import print_json
 from kms.errors import InvalidArgument
 from kms.peers import agent_peer
-from kms.securefile import write_atomic
+from kms.securefile import is_stdio, open_input, output_is_regular, write_output
 
 __all__ = ["cmd_sign", "cmd_verify"]
 
 
-def _sha256_file(path: Path) -> bytes:
+def _sha256_file(path: str) -> bytes:
+    """SHA-256 of a file, or of standard input for ``-``."""
     digest = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
+    with open_input(path) as f:
+        try:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
     return digest.digest()
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    identity = state_dir(args).load()
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    digest = _sha256_file(Path(args.file))
+    if is_stdio(args.file) and not args.out:
+        raise InvalidArgument("signing standard input (-) needs --out SIG (or --out - for stdout)")
+    out = args.out or args.file + ".sig"
+    output_is_regular(out, follow_symlink=args.follow_symlinks)  # refuses a bad output before anything else
+    state = state_dir(args)
+    identity = state.load()
+    now = datetime.now(UTC)
+    # Never sign with a certificate that is expired or revoked (a verifier would refuse it).
+    standing = check_standing(state, identity, args.timeout, now)
+    if standing.offline_note:
+        print(f"kms-agent: warning: {standing.offline_note}", file=sys.stderr)
+    digest = _sha256_file(args.file)
     chain = (identity.cert.public_bytes(Encoding.DER),)
-    sig = filesig.create(identity.key, chain, digest, int(datetime.now(UTC).timestamp()))
-    out = Path(args.out) if args.out else Path(args.file + ".sig")
-    write_atomic(out, sig.encode(), mode=0o644)
-    print(f"signed {args.file} as {identity.settings.name}: {out}")
+    sig = filesig.create(identity.key, chain, digest, int(now.timestamp()))
+    write_output(out, sig.encode(), mode=0o644, follow_symlink=args.follow_symlinks)
+    # With the signature on stdout, the note goes to stderr.
+    print(
+        f"signed {args.file} as {identity.settings.name}: {out}",
+        file=sys.stderr if is_stdio(out) else sys.stdout,
+    )
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    try:
-        sig = filesig.parse(Path(args.signature).read_bytes())
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read {args.signature}: {exc.strerror}") from None
-    digest = _sha256_file(Path(args.file))
+    if is_stdio(args.file) and is_stdio(args.signature):
+        raise InvalidArgument("only one of FILE and SIG can be standard input (-)")
+    with open_input(args.signature) as f:
+        try:
+            data = f.read()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read {args.signature}: {exc.strerror}") from None
+    sig = filesig.parse(data)
+    digest = _sha256_file(args.file)
     identity, client = connect(args)
     ca = x509.load_pem_x509_certificate(identity.ca_bundle_pem)
     trust_domain = trust_domain_of(identity.settings.spiffe_id)

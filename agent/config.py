@@ -1,4 +1,7 @@
-"""kms-agent settings from a TOML file (--config or KMS_AGENT_CONFIG): defaults < file < KMS_* < flags."""
+"""kms-agent settings from a TOML file (--config or KMS_AGENT_CONFIG): defaults < file < KMS_* < flags.
+
+The file's keys are the flag names, with ``-`` or ``_`` between words.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
-from kms.cli import read_toml
+from kms.cli import config_keys, read_toml
 from kms.errors import InvalidArgument
 
 __all__ = ["KNOWN_KEYS", "apply_config"]
@@ -23,12 +26,8 @@ KNOWN_KEYS: dict[str, tuple[type, str]] = {
 def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fills unset options from the environment, then the config file; checks the results."""
     path = getattr(args, "config", None) or os.environ.get("KMS_AGENT_CONFIG")
-    file = read_toml(Path(path)) if path else {}
-    unknown = sorted(set(file) - set(KNOWN_KEYS))
-    if unknown:
-        raise InvalidArgument(
-            f"config file key {unknown[0]!r} is unknown: known keys are {', '.join(KNOWN_KEYS)}"
-        )
+    # Keys are the flag names, with - or _ between words (renew-fraction, renew_fraction).
+    file = config_keys(read_toml(Path(path)), KNOWN_KEYS) if path else {}
     for key, (kind, env) in KNOWN_KEYS.items():
         if getattr(args, key, None) != parser.get_default(key):
             continue  # given on the command line: flags win

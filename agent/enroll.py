@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.bootstrap import pin_ca
 from agent.client import KmsClient
-from agent.issuance import accept_issued, new_key_and_csr, trust_domain_of
+from agent.issuance import accept_issued, csr_for, new_key_and_csr, trust_domain_of
 from agent.servers import Servers
 from agent.state import AgentIdentity, AgentSettings
 from kms.addresses import parse_hostport
@@ -54,8 +54,8 @@ def _enroll_at(
             # would only refuse it, and hide what happened. Final, not failed over.
             raise FailedPrecondition(
                 f"enrollment at {address} was cut off after the token was sent ({exc.message}): it may have "
-                "completed. If `kms-server agents list` does not show this agent, enroll again with the same "
-                "token; if it does, ask for a new token"
+                "completed. Run the same kms-agent enroll again, with the same token, before the token expires:"
+                " this agent kept its key, so the server answers with the certificate it issued, if it did"
             ) from None
 
 
@@ -67,12 +67,19 @@ def enroll(
     ca_fingerprint: str,
     key_size: int,
     timeout: float,
+    key: rsa.RSAPrivateKey | None = None,
+    keep_key: Callable[[rsa.RSAPrivateKey], None] = lambda key: None,
 ) -> tuple[AgentIdentity, int]:
     """Runs the whole enrollment; returns the new identity (not yet saved) and the
     event sequence number its first watch resumes after (the log's position at enrollment).
 
     The token is sent only after the enrollment endpoint proved it holds a key
     certified by the pinned CA.
+
+    Args:
+        key: the key of an earlier attempt with this token, whose reply was lost: the
+            server answers a retry with the same key with the certificate it issued.
+        keep_key: called with the key before the token is sent, to keep it for such a retry.
 
     Raises:
         Unavailable: no enrollment address answered (one line naming each).
@@ -88,7 +95,8 @@ def enroll(
 
     def csr() -> bytes:
         if not made:
-            made.append(new_key_and_csr(key_size))
+            made.append(csr_for(key) if key is not None else new_key_and_csr(key_size))
+            keep_key(made[0][0])
         return made[0][1]
 
     ca, resp = Servers(enroll_servers).first_available(

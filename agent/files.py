@@ -1,7 +1,11 @@
 """Encrypting and decrypting files in chunks, so files larger than memory work.
 
 The format is kms.envelope's; this module only moves bytes between files.
-Output goes through atomic_output, so a failure leaves no output file.
+``-`` is standard input or output. Output goes through kms.securefile's
+open_output: a regular file is replaced atomically, so a failure leaves no
+output file; stdout, a FIFO or a device gets each chunk as it is
+authenticated, so a damaged or truncated input is still refused, with one
+error, but only after the chunks before the damage were written.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import BinaryIO
 
 from kms.envelope import Decryptor, Encryptor, EnvelopeError, Header
 from kms.errors import DataLoss, InvalidArgument, NotFound
-from kms.securefile import atomic_output
+from kms.securefile import open_input, open_output, output_is_regular
 
 __all__ = ["decrypt_file", "encrypt_file", "read_header"]
 
@@ -20,13 +24,6 @@ __all__ = ["decrypt_file", "encrypt_file", "read_header"]
 KeyLookup = Callable[[str, int], bytes]
 
 _OPAQUE = "cannot decrypt {}: it is damaged, truncated, or was not made by kms-agent encrypt"
-
-
-def _open_input(path: Path) -> BinaryIO:
-    try:
-        return path.open("rb")
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _read_exactly(f: BinaryIO, n: int) -> bytes:
@@ -40,16 +37,13 @@ def _read_exactly(f: BinaryIO, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _check_output(dst: Path) -> None:
-    if not dst.parent.is_dir():
-        raise InvalidArgument(f"cannot write {dst}: the directory {dst.parent} does not exist")
-
-
-def encrypt_file(src: Path, dst: Path, key: bytes, key_name: str, key_version: int) -> None:
-    _check_output(dst)
+def encrypt_file(
+    src: Path, dst: Path, key: bytes, key_name: str, key_version: int, *, follow_symlink: bool = False
+) -> None:
+    output_is_regular(dst, follow_symlink=follow_symlink)  # refuses a bad output before reading anything
     enc = Encryptor.new(key, key_name, key_version)
     size = enc.header.chunk_size
-    with _open_input(src) as fin, atomic_output(dst) as fout:
+    with open_input(src) as fin, open_output(dst, follow_symlink=follow_symlink) as fout:
         fout.write(enc.header_bytes)
         current = _read_exactly(fin, size)
         while True:
@@ -73,10 +67,10 @@ def read_header(f: BinaryIO) -> Header:
     return header
 
 
-def decrypt_file(src: Path, dst: Path, lookup: KeyLookup) -> Header:
+def decrypt_file(src: Path, dst: Path, lookup: KeyLookup, *, follow_symlink: bool = False) -> Header:
     """Decrypts src into dst; returns the header. Raises DataLoss (opaque) on any damage."""
-    _check_output(dst)
-    with _open_input(src) as fin:
+    output_is_regular(dst, follow_symlink=follow_symlink)  # refuses a bad output before fetching a key
+    with open_input(src) as fin:
         try:
             header = read_header(fin)
         except EnvelopeError:
@@ -90,7 +84,7 @@ def decrypt_file(src: Path, dst: Path, lookup: KeyLookup) -> Header:
         dec = Decryptor(key, header)
         size = dec.ciphertext_chunk_size
         try:
-            with atomic_output(dst) as fout:
+            with open_output(dst, follow_symlink=follow_symlink) as fout:
                 current = _read_exactly(fin, size)
                 while True:
                     following = _read_exactly(fin, size) if len(current) == size else b""

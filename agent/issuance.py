@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kms.errors import Unauthenticated
 from kms.policy import AgentIdentity, AllOf, CertificateRejected, ChainsTo, ClientAuth
 
-__all__ = ["accept_issued", "new_key_and_csr", "trust_domain_of"]
+__all__ = ["accept_issued", "csr_for", "new_key_and_csr", "trust_domain_of"]
 
 
 def new_key_and_csr(bits: int) -> tuple[rsa.RSAPrivateKey, bytes]:
@@ -19,7 +19,11 @@ def new_key_and_csr(bits: int) -> tuple[rsa.RSAPrivateKey, bytes]:
 
     The subject is empty: the server takes nothing from a CSR but its key.
     """
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return csr_for(rsa.generate_private_key(public_exponent=65537, key_size=bits))
+
+
+def csr_for(key: rsa.RSAPrivateKey) -> tuple[rsa.RSAPrivateKey, bytes]:
+    """A CSR (DER) for an existing key, with an empty subject."""
     csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
     return key, csr.public_bytes(serialization.Encoding.DER)
 

@@ -5,6 +5,10 @@ agent.crt    the agent certificate, PEM
 ca.crt       the CA bundle pinned at enrollment, PEM
 agent.json   name, groups, server and enrollment addresses (lists), CA fingerprint
 watch.json   the last revocation sequence number kms-agent watch processed
+enroll-pending.json  the key (0600) an unfinished enrollment sent a CSR for, with the token's id: a
+             retry with the same token reuses it and gets the certificate already issued; removed by enroll
+revoked.json this agent's certificate serial and reason, once the watch feed or the server said it
+             was revoked (kms-agent sign reads it when no server answers); removed by enroll
 key-files.json  key files fetch-key --out wrote (with their format, and whether they follow the
                 current version); deleted if their version is compromised, refreshed by
                 kms-agent run when the key rotates
@@ -160,6 +164,8 @@ class StateDir:
         self.ca = path / "ca.crt"
         self.settings = path / "agent.json"
         self.watch = path / "watch.json"
+        self.revoked_file = path / "revoked.json"
+        self.pending = path / "enroll-pending.json"
         self.key_files = path / "key-files.json"
 
     @property
@@ -173,6 +179,8 @@ class StateDir:
         position a previous identity in this directory had reached.
         """
         ensure_private_dir(self.path)
+        self.revoked_file.unlink(missing_ok=True)  # about an earlier certificate
+        self.pending.unlink(missing_ok=True)  # this enrollment is done
         write_atomic(self.key, identity.key_pem, mode=0o600)
         write_atomic(self.cert, identity.cert_pem, mode=0o644)
         write_atomic(self.ca, identity.ca_bundle_pem, mode=0o644)
@@ -226,6 +234,44 @@ class StateDir:
     def save_last_seq(self, seq: int) -> None:
         write_atomic(self.watch, json.dumps({"last_seq": seq}).encode() + b"\n", mode=0o600)
 
+    def save_pending_key(self, token_id: str, key: rsa.RSAPrivateKey) -> None:
+        """Keeps the key of an enrollment about to send its token, until the enrollment is saved."""
+        ensure_private_dir(self.path)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        write_atomic(self.pending, json.dumps({"token_id": token_id, "key_pem": pem}).encode(), mode=0o600)
+
+    def pending_key(self, token_id: str) -> rsa.RSAPrivateKey | None:
+        """The key an unfinished enrollment with this token sent, if any (else None)."""
+        try:
+            doc = json.loads(self.pending.read_text())
+            if not isinstance(doc, dict) or doc.get("token_id") != token_id:
+                return None
+            key = serialization.load_pem_private_key(str(doc["key_pem"]).encode(), password=None)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unusable: a new key it is (the token then works only if it was never spent)
+        return key if isinstance(key, rsa.RSAPrivateKey) else None
+
+    def save_revoked(self, serial: str, reason: str) -> None:
+        """Remembers that this agent's certificate serial was revoked (for checks made offline)."""
+        doc = {"serial": serial, "reason": reason or "unspecified"}
+        write_atomic(self.revoked_file, json.dumps(doc).encode() + b"\n", mode=0o600)
+
+    def revoked(self, serial: str) -> str | None:
+        """The reason certificate serial was revoked, if this agent heard it; else None."""
+        try:
+            doc = json.loads(self.revoked_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise FailedPrecondition(f"{self.revoked_file} is unreadable ({exc}): remove it") from exc
+        if not isinstance(doc, dict) or doc.get("serial") != serial:
+            return None
+        return str(doc.get("reason") or "unspecified")
+
     def _key_files(self) -> list[KeyFile]:
         try:
             entries = json.loads(self.key_files.read_text())
@@ -248,7 +294,9 @@ class StateDir:
         keep, deleted = [], []
         for file in self._key_files():
             if file.name == name and file.version == version:
-                file.path.unlink(missing_ok=True)
+                # Only a regular file (or a link to one): never a device or FIFO put there since.
+                if file.path.is_file():
+                    file.path.unlink(missing_ok=True)
                 deleted.append(file)
             else:
                 keep.append(file)

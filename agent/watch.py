@@ -189,4 +189,5 @@ class Watcher:
             event.kind == "cert" and event.serial == serial
         )
         if mine:
+            self._state.save_revoked(serial, event.reason)  # kms-agent sign refuses, even offline
             raise Revoked(f"this agent's certificate {serial} {REVOKED_MARK} ({event.reason}): enroll again")

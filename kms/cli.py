@@ -7,12 +7,13 @@ code (STYLE 11); a traceback is shown only with ``--verbose``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,6 +22,7 @@ from kms.errors import InvalidArgument, KmsError
 __all__ = [
     "ArgumentParser",
     "command_parsers",
+    "config_keys",
     "use_json_logs",
     "print_json",
     "print_table",
@@ -138,6 +140,12 @@ def run_main(
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Whoever read our output (stdout, a FIFO) went away, as `| head` does: stop quietly,
+        # as other tools do, and keep Python from failing again when it flushes stdout at exit.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
     except Exception as exc:  # a bug: still one line unless --verbose
         if verbose:
             raise
@@ -157,6 +165,27 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise InvalidArgument(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def config_keys(file: Mapping[str, Any], known: Collection[str]) -> dict[str, Any]:
+    """A config file's keys in one spelling: the flag's (``cert-ttl``) and ``cert_ttl`` are one key.
+
+    Raises:
+        InvalidArgument: an unknown key, or one key given in both spellings.
+    """
+    out: dict[str, Any] = {}
+    for key, value in file.items():
+        name = key.replace("-", "_")
+        if name in out:
+            raise InvalidArgument(f"config file sets {key!r} twice (with - and with _): keep one")
+        out[name] = value
+    unknown = sorted(set(out) - set(known))
+    if unknown:
+        raise InvalidArgument(
+            f"config file key {unknown[0]!r} is unknown: known keys are {', '.join(sorted(known))}"
+            " (the flag names; - or _ between words)"
+        )
+    return out
 
 
 def print_json(value: Any) -> None:

@@ -50,10 +50,15 @@ class AdminClient:
             raise error_for_status(code, details) from None
 
     def create_join_token(
-        self, name: str, groups: list[str], ttl_seconds: int, allow_reenroll: bool = False
+        self,
+        name: str,
+        groups: list[str],
+        ttl_seconds: int,
+        allow_reenroll: bool = False,
+        replace: bool = False,
     ) -> admin_pb2.CreateJoinTokenResponse:
         request = admin_pb2.CreateJoinTokenRequest(
-            name=name, groups=groups, ttl_seconds=ttl_seconds, allow_reenroll=allow_reenroll
+            name=name, groups=groups, ttl_seconds=ttl_seconds, allow_reenroll=allow_reenroll, replace=replace
         )
         return cast(admin_pb2.CreateJoinTokenResponse, self._call(self._stub.CreateJoinToken, request))
 
@@ -65,8 +70,12 @@ class AdminClient:
             admin_pb2.ListAgentsResponse, self._call(self._stub.ListAgents, admin_pb2.ListAgentsRequest())
         )
 
-    def create_key(self, name: str, grants: list[str]) -> admin_pb2.KeyInfo:
-        request = admin_pb2.CreateKeyRequest(name=name, grants=grants)
+    def create_key(
+        self, name: str, grants: list[str], allow_unknown_grantee: bool = False
+    ) -> admin_pb2.KeyInfo:
+        request = admin_pb2.CreateKeyRequest(
+            name=name, grants=grants, allow_unknown_grantee=allow_unknown_grantee
+        )
         return cast(admin_pb2.KeyInfo, self._call(self._stub.CreateKey, request))
 
     def rotate_key(self, name: str) -> admin_pb2.KeyInfo:
@@ -74,8 +83,10 @@ class AdminClient:
             admin_pb2.KeyInfo, self._call(self._stub.RotateKey, admin_pb2.RotateKeyRequest(name=name))
         )
 
-    def grant_key(self, name: str, grant: str) -> admin_pb2.KeyInfo:
-        request = admin_pb2.GrantKeyRequest(name=name, grant=grant)
+    def grant_key(self, name: str, grant: str, allow_unknown_grantee: bool = False) -> admin_pb2.KeyInfo:
+        request = admin_pb2.GrantKeyRequest(
+            name=name, grant=grant, allow_unknown_grantee=allow_unknown_grantee
+        )
         return cast(admin_pb2.KeyInfo, self._call(self._stub.GrantKey, request))
 
     def ungrant_key(self, name: str, grant: str) -> admin_pb2.KeyInfo:

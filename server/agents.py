@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kms.identity import agent_spiffe_id
@@ -15,22 +16,37 @@ __all__ = ["AgentDirectory", "AgentView"]
 class AgentView:
     record: AgentRecord
     spiffe_id: str
-    status: str  # "valid" or "expired"
+    status: str  # of record.latest: "valid", "revoked", "expired" or "not yet valid"
 
 
 class AgentDirectory:
-    def __init__(self, store: Store, trust_domain: str, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        trust_domain: str,
+        clock: Clock,
+        revocation_reason: Callable[[str], str | None] = lambda serial: None,
+    ) -> None:
         self._store = store
         self._trust_domain = trust_domain
         self._clock = clock
+        # The revocation service's map, which every call is authenticated against:
+        # a listing must never call valid what the next call would refuse.
+        self._revocation_reason = revocation_reason
+
+    def _status(self, agent: AgentRecord, now: int) -> str:
+        cert = agent.latest
+        if cert.revoked_at is not None or self._revocation_reason(cert.serial) is not None:
+            return "revoked"
+        if now >= cert.not_after:
+            return "expired"
+        if now < cert.not_before:
+            return "not yet valid"
+        return "valid"
 
     async def list(self) -> list[AgentView]:
-        now = int(self._clock().timestamp())
+        agents = await self._store.list_agents()
+        now = int(self._clock().timestamp())  # after the read: the freshest word on expiry
         return [
-            AgentView(
-                a,
-                agent_spiffe_id(self._trust_domain, a.name),
-                "valid" if a.latest.not_before <= now < a.latest.not_after else "expired",
-            )
-            for a in await self._store.list_agents()
+            AgentView(a, agent_spiffe_id(self._trust_domain, a.name), self._status(a, now)) for a in agents
         ]

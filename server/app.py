@@ -258,15 +258,6 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
 
         # The expiry gauges, kept as certificates are issued and revoked (a scrape reads no agents).
         expiring = ExpiringCertificates(store, clock)
-        enrollment = EnrollmentService(
-            store,
-            ca,
-            clock,
-            default_token_ttl=cfg.token_ttl,
-            max_token_ttl=cfg.max_token_ttl,
-            on_issued=expiring.issued,
-        )
-        agents = AgentDirectory(store, trust_domain, clock)
         metrics = Metrics()
         feed = RevocationFeed(await store.last_seq(), metrics, on_publish=expiring.published)
         keys = KeyService(store, sealer, clock, publish=feed.publish)
@@ -274,6 +265,16 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         crl = CrlPublisher(ca, store, clock)
         revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
         await revocations.load()
+        enrollment = EnrollmentService(
+            store,
+            ca,
+            clock,
+            default_token_ttl=cfg.token_ttl,
+            max_token_ttl=cfg.max_token_ttl,
+            on_revoked=revocations.apply_committed,
+            on_issued=expiring.issued,
+        )
+        agents = AgentDirectory(store, trust_domain, clock, revocations.revocation_reason)
         health = HealthServicer()
         follower = EventFollower(store, feed, revocations.apply_remote, _health_follows_store(health))
         authenticator = PeerAuthenticator(

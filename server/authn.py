@@ -52,6 +52,11 @@ class _Checked:
 
 
 def _revoked(serial: str, reason: str) -> Revoked:
+    if reason == "superseded":  # another machine enrolled under this name with a --replace token
+        return Revoked(
+            f"client certificate {serial} {REVOKED_MARK} (superseded): another enrollment of this agent's name"
+            " replaced it"
+        )
     return Revoked(
         f"client certificate {serial} {REVOKED_MARK} ({reason}): enroll again with a token created with --allow-reenroll"
     )

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kms.cli import ArgumentParser, command_parsers, print_json, print_table, read_toml, run_main
+from kms.cli import ArgumentParser, command_parsers, config_keys, print_json, print_table, read_toml, run_main
 from kms.durations import parse_duration
 from kms.errors import InvalidArgument
 from kms.events import describe, event_fields
@@ -21,7 +21,7 @@ from server.admin_client import AdminClient
 from server.app import initialize, serve
 from server.audit_cli import add_audit_commands
 from server.backup import restore
-from server.config import CAKeyType, ServerConfig, default_data_dir, url_holds_secret
+from server.config import KNOWN_KEYS, CAKeyType, ServerConfig, resolve_data_dir, url_holds_secret
 
 __all__ = ["main"]
 
@@ -32,9 +32,19 @@ def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _config_file(args: argparse.Namespace) -> dict[str, object] | None:
+    """The config file of --config or KMS_CONFIG, with its keys in one spelling (None: no file)."""
+    path = args.config or os.environ.get("KMS_CONFIG")
+    return config_keys(read_toml(Path(path)), KNOWN_KEYS) if path else None
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    """The data dir exactly as `run` finds it: --data-dir, KMS_DATA_DIR, the config file, the default."""
+    return resolve_data_dir(args.data_dir, file=_config_file(args))
+
+
 def _admin(args: argparse.Namespace) -> AdminClient:
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    return AdminClient(data_dir / "admin.sock")
+    return AdminClient(_data_dir(args) / "admin.sock")
 
 
 # Every option of `kms-server run` (and `config show`): flag, help. Each also
@@ -90,8 +100,7 @@ RUN_OPTIONS: list[tuple[str, str]] = [
 def _config(args: argparse.Namespace) -> ServerConfig:
     flags = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in RUN_OPTIONS}
     flags["data_dir"] = args.data_dir
-    path = args.config or os.environ.get("KMS_CONFIG")
-    cfg = ServerConfig.load(flags, file=read_toml(Path(path)) if path else None)
+    cfg = ServerConfig.load(flags, file=_config_file(args))
     if args.database and url_holds_secret(args.database):
         # The command line is world-readable (ps, /proc/PID/cmdline); the environment and files are not.
         logger.warning(
@@ -121,7 +130,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 def cmd_token_create(args: argparse.Namespace) -> int:
     ttl = int(parse_duration(args.ttl, what="--ttl").total_seconds()) if args.ttl else 0
     with _admin(args) as admin:
-        resp = admin.create_join_token(args.name, args.group or [], ttl, args.allow_reenroll)
+        resp = admin.create_join_token(args.name, args.group or [], ttl, args.allow_reenroll, args.replace)
     if args.json:
         print_json(
             {
@@ -187,6 +196,8 @@ def _key_json(key: admin_pb2.KeyInfo) -> dict[str, object]:
 
 
 def _print_key(key: admin_pb2.KeyInfo, as_json: bool) -> None:
+    for warning in key.warnings:  # on stderr: stdout stays the key's description (or JSON)
+        print(f"kms-server: warning: {warning}", file=sys.stderr)
     if as_json:
         print_json(_key_json(key))
         return
@@ -198,7 +209,7 @@ def _print_key(key: admin_pb2.KeyInfo, as_json: bool) -> None:
 
 def cmd_key_create(args: argparse.Namespace) -> int:
     with _admin(args) as admin:
-        _print_key(admin.create_key(args.name, args.grant or []), args.json)
+        _print_key(admin.create_key(args.name, args.grant or [], args.allow_unknown_grantee), args.json)
     return 0
 
 
@@ -211,7 +222,7 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
 def cmd_key_grant(args: argparse.Namespace) -> int:
     with _admin(args) as admin:
         key = (
-            admin.grant_key(args.name, args.grantee)
+            admin.grant_key(args.name, args.grantee, args.allow_unknown_grantee)
             if args.key_command == "grant"
             else admin.ungrant_key(args.name, args.grantee)
         )
@@ -285,7 +296,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    data_dir = _data_dir(args)
     master = Path(args.master_key) if args.master_key else None
     if master is None:
         raise InvalidArgument("restore needs --master-key FILE: the backup does not contain it")
@@ -303,17 +314,23 @@ def build_parser() -> ArgumentParser:
                 ("--data-dir",),
                 {
                     "default": None,
-                    "help": "data directory (env KMS_DATA_DIR; default ~/.local/share/seed-kms)",
+                    "help": "data directory (env KMS_DATA_DIR; else the config file's data_dir;"
+                    " default ~/.local/share/seed-kms)",
                 },
-            )
+            ),
+            (
+                ("--config",),
+                {
+                    "default": None,
+                    "help": "TOML config file (env KMS_CONFIG): keys are the flag names; flags and KMS_*"
+                    " variables win. Every command reads it, so admin commands find the same data dir",
+                },
+            ),
         ],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run_options = ArgumentParser(add_help=False)
-    run_options.add_argument(
-        "--config", help="TOML config file (env KMS_CONFIG); flags and KMS_* variables win"
-    )
     for flag, text in RUN_OPTIONS:
         if flag == "--san":
             run_options.add_argument(flag, action="append", help=text)
@@ -350,6 +367,12 @@ def build_parser() -> ArgumentParser:
     create.add_argument(
         "--allow-reenroll", action="store_true", help="let a revoked agent of this name enroll again"
     )
+    create.add_argument(
+        "--replace",
+        action="store_true",
+        help="for a name that holds a valid certificate: enrolling with this token revokes it (superseded);"
+        " without it such a name is refused, so no two machines hold one identity",
+    )
     create.set_defaults(func=cmd_token_create)
 
     ca = sub.add_parser("ca", help="the certificate authority").add_subparsers(
@@ -375,6 +398,11 @@ def build_parser() -> ArgumentParser:
     kc.add_argument("name")
     kc.add_argument("--grant", action="append", help="agent:NAME or group:NAME, repeatable")
     kc.set_defaults(func=cmd_key_create)
+    unknown_grantee = (
+        "accept agent:NAME for an agent neither enrolled nor named by an unused join token (warns);"
+        " refused without it"
+    )
+    kc.add_argument("--allow-unknown-grantee", action="store_true", help=unknown_grantee)
     kr = key.add_parser(
         "rotate", parents=[common], help="make a new current version; older ones still decrypt"
     )
@@ -384,6 +412,8 @@ def build_parser() -> ArgumentParser:
         kg = key.add_parser(verb, parents=[common], help=text)
         kg.add_argument("name")
         kg.add_argument("grantee", help="agent:NAME or group:NAME")
+        if verb == "grant":
+            kg.add_argument("--allow-unknown-grantee", action="store_true", help=unknown_grantee)
         kg.set_defaults(func=cmd_key_grant)
     kl = key.add_parser("list", parents=[common], help="list keys, versions and grants (never key material)")
     kl.set_defaults(func=cmd_key_list)

@@ -1,8 +1,9 @@
 """kms-server configuration: one frozen, typed object, validated once at start.
 
-Precedence is defaults < ``KMS_*`` environment < flags (a config file joins
-between defaults and environment in a later change). Every error names the
-setting so the operator knows what to fix.
+Precedence is defaults < config file < ``KMS_*`` environment < flags. A
+config file's keys are the flag names, with ``-`` or ``_`` between words.
+Every error names the setting so the operator knows what to fix. The admin
+commands find the data dir (and so the admin socket) the same way as ``run``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from kms.addresses import join_hostport, parse_hostport
+from kms.cli import config_keys
 from kms.durations import format_duration, parse_duration
 from kms.errors import InvalidArgument
 from kms.identity import validate_trust_domain
@@ -25,6 +27,7 @@ __all__ = [
     "ServerConfig",
     "default_data_dir",
     "redact_url",
+    "resolve_data_dir",
     "url_has_password",
     "url_holds_secret",
 ]
@@ -49,6 +52,26 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     home = Path(env["HOME"]) if env.get("HOME") else Path.home()
     base = env.get("XDG_DATA_HOME") or str(home / ".local" / "share")
     return Path(base) / "seed-kms"
+
+
+def resolve_data_dir(
+    flag: str | None, env: Mapping[str, str] | None = None, file: Mapping[str, object] | None = None
+) -> Path:
+    """The data dir, as `run` and every admin command find it: --data-dir < KMS_DATA_DIR < config file < default.
+
+    ``file`` is the config file's keys as kms.cli.config_keys() returns them.
+    """
+    env = os.environ if env is None else env
+    if flag:
+        return Path(flag)
+    if env.get("KMS_DATA_DIR"):
+        return Path(env["KMS_DATA_DIR"])
+    value = (file or {}).get("data_dir")
+    if value is not None:
+        if not isinstance(value, str) or not value:
+            raise InvalidArgument("config file key 'data_dir' must be a path (a string)")
+        return Path(value)
+    return default_data_dir(env)
 
 
 def redact_url(url: str) -> str:
@@ -181,12 +204,8 @@ class ServerConfig:
             InvalidArgument: naming the first setting that is wrong or unknown.
         """
         env = os.environ if env is None else env
-        file = file or {}
-        unknown = sorted(set(file) - KNOWN_KEYS)
-        if unknown:
-            raise InvalidArgument(
-                f"config file key {unknown[0]!r} is unknown: known keys are {', '.join(sorted(KNOWN_KEYS))}"
-            )
+        # The README promises "TOML keys = flag names": cert-ttl, and cert_ttl too.
+        file = config_keys(file or {}, KNOWN_KEYS)
 
         def pick(name: str, default: str | None) -> str | None:
             value = flags.get(name)
@@ -203,7 +222,8 @@ class ServerConfig:
         def duration(name: str, default: str) -> timedelta:
             return parse_duration(pick(name, default) or default, what=f"--{name.replace('_', '-')}")
 
-        data_dir = Path(pick("data_dir", None) or default_data_dir(env))
+        data_dir_flag = flags.get("data_dir")
+        data_dir = resolve_data_dir(str(data_dir_flag) if data_dir_flag else None, env, file)
         listen_host, listen_port = parse_hostport(
             pick("listen", "127.0.0.1:8443") or "", what="--listen", allow_zero=True
         )

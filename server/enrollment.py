@@ -3,17 +3,28 @@
 The name and groups come from the token, the public key from the CSR, and
 nothing else from the request. A token is consumed in the same transaction
 that records the certificate, so a failed enrollment leaves it unused and
-two racing ones cannot both succeed.
+two racing ones cannot both be issued a certificate.
 
 The token is checked before the CSR is parsed: only the holder of a valid
 token reaches the ASN.1 parser, and a bad token is refused for the price of
 one store read. Refusals are neither logged nor audited here one by one: the
 interceptor counts them per peer address (server/failures.py), because
 anybody can send bad tokens as fast as the network allows.
+
+A reply can be lost after the commit (the server dies, the connection
+drops). The agent then retries with the same token and the same key: within
+the token's lifetime, that gets the certificate already issued for that key,
+not a refusal. Any other reuse of a token is refused exactly like an unknown
+one.
+
+One name is one identity: a token for a name that holds a valid certificate
+is made only with ``replace``, and enrolling with it revokes the earlier
+certificates (superseded) in the same transaction.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +32,7 @@ from datetime import timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from kms.csr import check_csr
 from kms.errors import InvalidArgument, Unauthenticated
@@ -29,8 +41,17 @@ from kms.tokens import JoinToken, secret_matches
 from server.authn import Caller
 from server.ca import CertificateAuthority
 from server.clock import Clock
+from server.completion import after_commit
 from server.limits import AnonymousFailure
-from server.store import AgentRecord, AuditEntry, CertificateRecord, JoinTokenRecord, Store
+from server.store import (
+    AgentRecord,
+    AuditEntry,
+    CertificateRecord,
+    Enrollment,
+    JoinTokenRecord,
+    RevocationEvent,
+    Store,
+)
 
 __all__ = ["Enrolled", "EnrollmentService", "IssuedToken", "MalformedToken", "RefusedToken", "serial_hex"]
 
@@ -61,6 +82,11 @@ def serial_hex(cert: x509.Certificate) -> str:
     return format(cert.serial_number, "x")
 
 
+def _spki(key: CertificatePublicKeyTypes) -> bytes:
+    """The key's SubjectPublicKeyInfo, DER: one exact byte string per public key."""
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 @dataclass(frozen=True)
 class IssuedToken:
     token: JoinToken
@@ -87,6 +113,7 @@ class EnrollmentService:
         default_token_ttl: timedelta,
         max_token_ttl: timedelta,
         on_issued: Callable[[CertificateRecord], None] = lambda cert: None,
+        on_revoked: Callable[[RevocationEvent], object] = lambda event: None,
     ) -> None:
         self._store = store
         # Told of each certificate stored (enrollment or renewal): the expiry gauges.
@@ -95,14 +122,25 @@ class EnrollmentService:
         self._clock = clock
         self._default_ttl = default_token_ttl
         self._max_ttl = max_token_ttl
+        # Applies a revocation committed here (a superseded certificate) in memory:
+        # the revoked map that authenticates calls, the watch feed, open streams.
+        self._on_revoked = on_revoked
 
     async def create_token(
-        self, name: str, groups: list[str], ttl_seconds: int | None, *, allow_reenroll: bool = False
+        self,
+        name: str,
+        groups: list[str],
+        ttl_seconds: int | None,
+        *,
+        allow_reenroll: bool = False,
+        replace: bool = False,
     ) -> IssuedToken:
         """Creates a single-use join token bound to name and groups.
 
         Raises:
             InvalidArgument: bad name or group, too many groups, TTL out of bounds.
+            FailedPrecondition: the name was revoked (and not allow_reenroll), or holds a
+                valid certificate (and not replace).
         """
         validate_agent_name(name)
         clean = sorted({validate_group(g) for g in groups})
@@ -117,10 +155,12 @@ class EnrollmentService:
         record = JoinTokenRecord(
             token.token_id, token.secret_hash, name, tuple(clean), now, now + int(ttl.total_seconds())
         )
+        flags = "".join(f" {f}" for f, on in (("allow-reenroll", allow_reenroll), ("replace", replace)) if on)
         await self._store.add_join_token(
             record,
             allow_reenroll=allow_reenroll,
-            audit=AuditEntry(now, "admin", "token.create", f"agent:{name} token:{token.token_id}"),
+            replace=replace,
+            audit=AuditEntry(now, "admin", "token.create", f"agent:{name} token:{token.token_id}{flags}"),
         )
         logger.info("join token created", extra={"token_id": token.token_id, "agent": name})
         return IssuedToken(token, record)
@@ -128,10 +168,15 @@ class EnrollmentService:
     async def enroll(self, token_text: str, csr_der: bytes) -> Enrolled:
         """Checks the token, then the CSR, issues, then consumes the token and records the certificate.
 
+        A token already spent on a certificate for this very key (a retry after a
+        lost reply) gets that certificate again, while the token is unexpired.
+
         Raises:
             MalformedToken: the token's shape is bad.
-            RefusedToken: the token is unknown, used, expired or wrong.
+            RefusedToken: the token is unknown, used (for another key), expired or wrong.
             InvalidArgument: the CSR is bad (the token is left unused).
+            PermissionDenied, FailedPrecondition: the name was revoked, or holds a valid
+                certificate the token does not replace (token untouched).
         """
         try:
             token = JoinToken.parse(token_text)
@@ -142,11 +187,12 @@ class EnrollmentService:
         if (
             record is None
             or not secret_matches(token, record.secret_hash)
-            or record.used_at is not None
             or record.expires_at <= int(now.timestamp())
         ):
             raise RefusedToken(token.token_id)
         public_key = check_csr(csr_der)
+        if record.used_at is not None:
+            return await self._repeat(record, token, _spki(public_key), int(now.timestamp()))
 
         cert = await self._ca.issue_agent(public_key, record.name)
         cert_record = CertificateRecord(
@@ -161,25 +207,73 @@ class EnrollmentService:
         # Read before the enrollment commits: an event committed meanwhile is
         # replayed to the new agent (harmless), never skipped.
         watch_from_seq = await self._store.last_seq()
-        agent = await self._store.enroll(
-            record.token_id,
-            token.secret_hash,
-            int(now.timestamp()),
-            cert_record,
-            audit=AuditEntry(
+
+        def audit(done: Enrollment) -> AuditEntry:
+            replaced = ",".join(e.serial or "" for e in done.superseded)
+            return AuditEntry(
                 int(now.timestamp()),
                 f"token:{record.token_id}",
                 "enroll",
-                f"agent:{record.name} serial:{cert_record.serial}",
-            ),
+                f"agent:{record.name} serial:{cert_record.serial}"
+                + (f" superseded:{replaced}" if replaced else ""),
+            )
+
+        def committed(done: Enrollment | None) -> Enrollment | None:
+            # Runs even if the caller has gone: the old certificates must stop working now.
+            for event in done.superseded if done else ():
+                self._on_revoked(event)
+            return done
+
+        write = self._store.enroll(
+            record.token_id, token.secret_hash, int(now.timestamp()), cert_record, audit=audit
         )
-        if agent is None:  # lost a race for the token, or it expired meanwhile
+        done = await after_commit(write, committed)
+        if done is None:
+            # Lost a race for the token (perhaps to this very request, sent twice), or it expired meanwhile.
+            again = await self._store.get_join_token(token.token_id)
+            if again is not None and again.used_at is not None and again.expires_at > int(now.timestamp()):
+                return await self._repeat(again, token, _spki(public_key), int(now.timestamp()))
             raise RefusedToken(token.token_id)
+        agent = done.agent
         self._on_issued(cert_record)
         logger.info(
             "agent enrolled",
-            extra={"agent": agent.name, "serial": cert_record.serial, "token_id": record.token_id},
+            extra={
+                "agent": agent.name,
+                "serial": cert_record.serial,
+                "token_id": record.token_id,
+                "superseded": ",".join(e.serial or "" for e in done.superseded) or None,
+            },
         )
+        return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name), watch_from_seq)
+
+    async def _repeat(self, record: JoinTokenRecord, token: JoinToken, spki: bytes, now: int) -> Enrolled:
+        """The certificate a spent token was issued for this same key, if it is still good; else refused.
+
+        Only the holder of the token's secret and of the private key behind the CSR
+        (check_csr verified its signature) gets here, and it gets nothing new: the
+        same certificate, still unrevoked and unexpired. Everything else is refused
+        with the one message of an unknown token.
+        """
+        issued = await self._store.get_certificate(record.used_by_serial) if record.used_by_serial else None
+        if issued is None or issued.revoked_at is not None or issued.not_after <= now:
+            raise RefusedToken(token.token_id)
+        cert = x509.load_der_x509_certificate(issued.der)
+        agent = await self._store.get_agent_by_serial(issued.serial)
+        # Public keys are not secret, but compare_digest costs nothing and keeps the habit.
+        if agent is None or not hmac.compare_digest(_spki(cert.public_key()), spki):
+            raise RefusedToken(token.token_id)
+        await self._store.append_audit(
+            AuditEntry(
+                now, f"token:{record.token_id}", "enroll.repeat", f"agent:{agent.name} serial:{issued.serial}"
+            )
+        )
+        logger.info(
+            "enrollment repeated: same token and key, same certificate",
+            extra={"agent": agent.name, "serial": issued.serial, "token_id": record.token_id},
+        )
+        # The agent has held nothing yet, so the log up to now is none of its business.
+        watch_from_seq = await self._store.last_seq()
         return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name), watch_from_seq)
 
     async def renew(self, caller: Caller, csr_der: bytes) -> x509.Certificate:

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kms.errors import InvalidArgument, PermissionDenied
+from kms.errors import InvalidArgument, NotFound, PermissionDenied
 from kms.identity import validate_agent_name, validate_group, validate_key_name
 from kms.wrap import KEY_BYTES, wrap
 from server.authn import Caller
@@ -23,7 +23,7 @@ from server.sealing import Sealer
 from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, Store
 from server.store.base import SealFn
 
-__all__ = ["FetchedKey", "KeyService", "MAX_VERSION", "parse_grant"]
+__all__ = ["FetchedKey", "KeyChange", "KeyService", "MAX_VERSION", "parse_grant"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,14 @@ def parse_grant(text: str) -> Grant:
 
 def _slot(name: str, version: int) -> str:
     return f"aes-key/{name}/{version}"
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """A key after a create or grant, and what the administrator should be told about it."""
+
+    record: KeyRecord
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,40 @@ class KeyService:
 
         return seal
 
-    async def create(self, name: str, grants: list[str]) -> KeyRecord:
+    async def _check_grantees(self, grants: list[Grant], allow_unknown: bool) -> tuple[str, ...]:
+        """Refuses (NotFound) a grant to an agent nobody knows, unless allowed; then it is a warning.
+
+        A typo in a grant would silently grant nothing today, and the key to whoever
+        enrolls under that name later. An agent counts as known when it enrolled, or
+        when an unused join token names it (the usual order: token, grant, enroll).
+        Groups are not checked: a group may be granted before any member exists.
+        """
+        now = self._now()
+        warnings = []
+        for grant in grants:
+            if grant.kind != "agent" or await self._store.is_known_agent(grant.grantee, now):
+                continue
+            if not allow_unknown:
+                raise NotFound(
+                    f"no agent named {grant.grantee!r} is enrolled or has an unused join token: check the "
+                    "name, or pass --allow-unknown-grantee to grant it before the agent exists"
+                )
+            warnings.append(
+                f"agent {grant.grantee!r} is not enrolled and no unused join token names it: whoever "
+                "enrolls under that name later gets this key"
+            )
+        return tuple(warnings)
+
+    async def create(self, name: str, grants: list[str], *, allow_unknown_grantee: bool = False) -> KeyChange:
+        """Creates key name (version 1) with its grants.
+
+        Raises:
+            InvalidArgument: a bad name or grant. AlreadyExists: the key exists.
+            NotFound: a grant to an unknown agent, unless allow_unknown_grantee.
+        """
         validate_key_name(name)
         parsed = [parse_grant(g) for g in grants]
+        warnings = await self._check_grantees(parsed, allow_unknown_grantee)
         now = self._now()
         record = await self._store.create_key(
             name,
@@ -89,7 +128,7 @@ class KeyService:
             audit=AuditEntry(now, "admin", "key.create", f"key:{name}"),
         )
         logger.info("key created", extra={"key": name, "grants": ",".join(map(str, parsed))})
-        return record
+        return KeyChange(record, warnings)
 
     async def rotate(self, name: str) -> KeyRecord:
         now = self._now()
@@ -113,17 +152,20 @@ class KeyService:
         )
         return await after_commit(write, committed)
 
-    async def grant(self, name: str, grant: str) -> KeyRecord:
+    async def grant(self, name: str, grant: str, *, allow_unknown_grantee: bool = False) -> KeyChange:
+        """Grants key name to an agent or group. Raises NotFound as create does, or for no such key."""
         parsed = parse_grant(grant)
+        validate_key_name(name)
+        warnings = await self._check_grantees([parsed], allow_unknown_grantee)
         now = self._now()
         record = await self._store.grant_key(
-            validate_key_name(name),
+            name,
             parsed,
             now,
             audit=AuditEntry(now, "admin", "key.grant", f"key:{name} {parsed}"),
         )
         logger.info("key granted", extra={"key": name, "grant": str(parsed)})
-        return record
+        return KeyChange(record, warnings)
 
     async def ungrant(self, name: str, grant: str) -> KeyRecord:
         parsed = parse_grant(grant)

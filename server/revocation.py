@@ -118,6 +118,11 @@ class RevocationService:
         )
         return Revocation(event, already_revoked=False)
 
+    def apply_committed(self, event: RevocationEvent) -> None:
+        """Applies a revocation another service of this server committed (a certificate
+        superseded by a --replace enrollment): the map, the feed, open streams, the CRL."""
+        self._committed(event)
+
     def apply_remote(self, event: RevocationEvent) -> None:
         """Applies an event another replica committed, as if it had been made here."""
         if event.kind == "rotate":

@@ -130,8 +130,9 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
         )
 
 
-def _key_info(key: KeyRecord) -> admin_pb2.KeyInfo:
+def _key_info(key: KeyRecord, warnings: tuple[str, ...] = ()) -> admin_pb2.KeyInfo:
     return admin_pb2.KeyInfo(
+        warnings=list(warnings),
         name=key.name,
         current_version=key.current_version,
         created_at=key.created_at,
@@ -309,7 +310,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def CreateKey(
         self, request: admin_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.KeyInfo:
-        return _key_info(await self._keys.create(request.name, list(request.grants)))
+        done = await self._keys.create(
+            request.name, list(request.grants), allow_unknown_grantee=request.allow_unknown_grantee
+        )
+        return _key_info(done.record, done.warnings)
 
     async def RotateKey(
         self, request: admin_pb2.RotateKeyRequest, context: grpc.aio.ServicerContext
@@ -319,7 +323,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def GrantKey(
         self, request: admin_pb2.GrantKeyRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.KeyInfo:
-        return _key_info(await self._keys.grant(request.name, request.grant))
+        done = await self._keys.grant(
+            request.name, request.grant, allow_unknown_grantee=request.allow_unknown_grantee
+        )
+        return _key_info(done.record, done.warnings)
 
     async def UngrantKey(
         self, request: admin_pb2.GrantKeyRequest, context: grpc.aio.ServicerContext
@@ -341,7 +348,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.CreateJoinTokenResponse:
         ttl = request.ttl_seconds if request.ttl_seconds else None  # 0: the server's default
         issued = await self._enrollment.create_token(
-            request.name, list(request.groups), ttl, allow_reenroll=request.allow_reenroll
+            request.name,
+            list(request.groups),
+            ttl,
+            allow_reenroll=request.allow_reenroll,
+            replace=request.replace,
         )
         return admin_pb2.CreateJoinTokenResponse(
             token=str(issued.token),

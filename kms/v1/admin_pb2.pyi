@@ -9,16 +9,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateJoinTokenRequest(_message.Message):
-    __slots__ = ("name", "groups", "ttl_seconds", "allow_reenroll")
+    __slots__ = ("name", "groups", "ttl_seconds", "allow_reenroll", "replace")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_REENROLL_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
     name: str
     groups: _containers.RepeatedScalarFieldContainer[str]
     ttl_seconds: int
     allow_reenroll: bool
-    def __init__(self, name: _Optional[str] = ..., groups: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., allow_reenroll: _Optional[bool] = ...) -> None: ...
+    replace: bool
+    def __init__(self, name: _Optional[str] = ..., groups: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., allow_reenroll: _Optional[bool] = ..., replace: _Optional[bool] = ...) -> None: ...
 
 class CreateJoinTokenResponse(_message.Message):
     __slots__ = ("token", "token_id", "name", "groups", "expires_at")
@@ -59,12 +61,14 @@ class ListAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[_types_pb2.AgentInfo, _Mapping]]] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("name", "grants")
+    __slots__ = ("name", "grants", "allow_unknown_grantee")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRANTS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_UNKNOWN_GRANTEE_FIELD_NUMBER: _ClassVar[int]
     name: str
     grants: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., grants: _Optional[_Iterable[str]] = ...) -> None: ...
+    allow_unknown_grantee: bool
+    def __init__(self, name: _Optional[str] = ..., grants: _Optional[_Iterable[str]] = ..., allow_unknown_grantee: _Optional[bool] = ...) -> None: ...
 
 class RotateKeyRequest(_message.Message):
     __slots__ = ("name",)
@@ -73,12 +77,14 @@ class RotateKeyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class GrantKeyRequest(_message.Message):
-    __slots__ = ("name", "grant")
+    __slots__ = ("name", "grant", "allow_unknown_grantee")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRANT_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_UNKNOWN_GRANTEE_FIELD_NUMBER: _ClassVar[int]
     name: str
     grant: str
-    def __init__(self, name: _Optional[str] = ..., grant: _Optional[str] = ...) -> None: ...
+    allow_unknown_grantee: bool
+    def __init__(self, name: _Optional[str] = ..., grant: _Optional[str] = ..., allow_unknown_grantee: _Optional[bool] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
     __slots__ = ()
@@ -111,18 +117,20 @@ class KeyVersionInfo(_message.Message):
     def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., state_changed_at: _Optional[int] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
-    __slots__ = ("name", "current_version", "created_at", "versions", "grants")
+    __slots__ = ("name", "current_version", "created_at", "versions", "grants", "warnings")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     GRANTS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     name: str
     current_version: int
     created_at: int
     versions: _containers.RepeatedCompositeFieldContainer[KeyVersionInfo]
     grants: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., created_at: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., grants: _Optional[_Iterable[str]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., created_at: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., grants: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RevokeCertificateRequest(_message.Message):
     __slots__ = ("serial", "reason")

@@ -21,6 +21,7 @@ __all__ = [
     "AuditEntry",
     "AuditSink",
     "CertificateRecord",
+    "Enrollment",
     "Grant",
     "JoinTokenRecord",
     "KeyRecord",
@@ -51,6 +52,8 @@ class JoinTokenRecord:
     created_at: int
     expires_at: int
     used_at: int | None = None
+    # The certificate the token was spent on (an enrollment retried with the same key gets it again).
+    used_by_serial: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,16 @@ class AgentRecord:
     created_at: int
     # The newest certificate issued to the agent (or the one asked for by serial).
     latest: CertificateRecord
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """What one enrollment committed."""
+
+    agent: AgentRecord
+    # The name's earlier certificates a --replace token revoked (reason superseded),
+    # one 'cert' event each, in the same transaction.
+    superseded: tuple[RevocationEvent, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,19 +205,39 @@ class Store(Protocol):
         ...
 
     async def add_join_token(
-        self, token: JoinTokenRecord, *, allow_reenroll: bool = False, audit: Audit = None
-    ) -> None: ...
+        self,
+        token: JoinTokenRecord,
+        *,
+        allow_reenroll: bool = False,
+        replace: bool = False,
+        audit: Audit = None,
+    ) -> None:
+        """Stores a join token for token.name, in one transaction with the checks on that name.
+
+        Raises:
+            FailedPrecondition: the name was revoked and allow_reenroll is not set, or it
+                holds a valid (unrevoked, unexpired at token.created_at) certificate and
+                replace is not set. Nothing is written.
+        """
+        ...
 
     async def get_join_token(self, token_id: str) -> JoinTokenRecord | None: ...
 
     async def enroll(
         self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord, *, audit: Audit = None
-    ) -> AgentRecord | None:
+    ) -> Enrollment | None:
         """Consumes the token and records the agent and its certificate, in one transaction.
+
+        A token created with replace also revokes (reason superseded) every valid
+        certificate the name held, each with its event, in the same transaction.
 
         Returns None, and writes nothing, when the token is unknown, already
         used, expired at ``now`` or its hash differs: the caller cannot tell
         which, by design.
+
+        Raises (writing nothing):
+            PermissionDenied: the name was revoked and the token does not allow re-enrollment.
+            FailedPrecondition: the name holds a valid certificate and the token does not replace it.
         """
         ...
 
@@ -224,6 +257,10 @@ class Store(Protocol):
         ...
 
     async def list_agents(self) -> list[AgentRecord]: ...
+
+    async def is_known_agent(self, name: str, now: int) -> bool:
+        """Whether name ever enrolled, or an unused join token unexpired at now names it."""
+        ...
 
     async def get_agent(self, name: str) -> AgentRecord | None:
         """The agent with its newest certificate, or None."""

@@ -146,6 +146,9 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             SELECT json_group_array(g.kind || ':' || g.grantee) FROM key_grants g WHERE g.key_name = events.key_name
         ) WHERE key_name IS NOT NULL""",
     ],
+    # 8: a join token may replace the name's valid certificates (token create --replace):
+    # they are revoked (superseded) in the transaction that enrolls with it.
+    ["ALTER TABLE join_tokens ADD COLUMN replace_existing INTEGER NOT NULL DEFAULT 0"],
 ]
 
 # PostgreSQL: BYTEA for BLOB, BIGINT for Unix times. The event log's seq is
@@ -271,6 +274,8 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
             SELECT json_agg(g.kind || ':' || g.grantee)::text FROM key_grants g WHERE g.key_name = events.key_name
         ), '[]') WHERE key_name IS NOT NULL""",
     ],
+    # 8: a join token may replace the name's valid certificates (token create --replace).
+    ["ALTER TABLE join_tokens ADD COLUMN replace_existing INTEGER NOT NULL DEFAULT 0"],
 ]
 
 # The schema this kms-server writes; a store at a higher version is refused.

@@ -21,7 +21,15 @@ import asyncpg
 from kms.errors import InvalidArgument
 from server.config import redact_url
 from server.store import rules
-from server.store.base import AgentRecord, Audit, CertificateRecord, JoinTokenRecord, StoreError
+from server.store.base import (
+    AgentRecord,
+    Audit,
+    CertificateRecord,
+    Enrollment,
+    JoinTokenRecord,
+    RevocationEvent,
+    StoreError,
+)
 from server.store.migrations import POSTGRES_MIGRATIONS, SCHEMA_VERSION
 from server.store.postgres_base import (
     COMMAND_TIMEOUT,
@@ -30,7 +38,7 @@ from server.store.postgres_base import (
     SESSION_SETTINGS,
     Conn,
 )
-from server.store.postgres_events import PostgresEvents, revoked_certificates
+from server.store.postgres_events import PostgresEvents, append_event, revoked_certificates
 from server.store.postgres_keys import PostgresKeys
 from server.store.rows import AGENT_COLUMNS, TOKEN_COLUMNS, agent_record, token_record
 
@@ -74,6 +82,17 @@ def _unusable(url: str) -> InvalidArgument:
         f"--database {redact_url(url)!r} is not a usable URL: check its form, and percent-encode"
         " characters such as '@', ':' or '/' in the user name and password"
     )
+
+
+async def _valid_serials(conn: Conn, name: str, now: int) -> list[str]:
+    """The name's certificates that still authenticate at now (unrevoked, unexpired), locked for update."""
+    rows = await conn.fetch(
+        "SELECT serial FROM certificates WHERE agent_name=$1 AND revoked_at IS NULL AND not_after>$2"
+        " ORDER BY serial FOR UPDATE",
+        name,
+        now,
+    )
+    return [r[0] for r in rows]
 
 
 async def _insert_certificate(
@@ -280,12 +299,22 @@ class PostgresStore(PostgresKeys, PostgresEvents):
     # --- join tokens -----------------------------------------------------------
 
     async def add_join_token(
-        self, token: JoinTokenRecord, *, allow_reenroll: bool = False, audit: Audit = None
+        self,
+        token: JoinTokenRecord,
+        *,
+        allow_reenroll: bool = False,
+        replace: bool = False,
+        audit: Audit = None,
     ) -> None:
         async def q(conn: Conn) -> bool:
+            revoked = await conn.fetchrow("SELECT revoked_at FROM agents WHERE name=$1", token.name)
+            if revoked and revoked[0] is not None and not allow_reenroll:
+                raise rules.name_revoked(token.name)
+            if not replace and await _valid_serials(conn, token.name, token.created_at):
+                raise rules.name_in_use(token.name)
             await conn.execute(
                 "INSERT INTO join_tokens(token_id, secret_hash, name, groups_json, created_at, expires_at,"
-                " allow_reenroll) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                " allow_reenroll, replace_existing) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 token.token_id,
                 token.secret_hash,
                 token.name,
@@ -293,6 +322,7 @@ class PostgresStore(PostgresKeys, PostgresEvents):
                 token.created_at,
                 token.expires_at,
                 int(allow_reenroll),
+                int(replace),
             )
             return True
 
@@ -312,14 +342,14 @@ class PostgresStore(PostgresKeys, PostgresEvents):
 
     async def enroll(
         self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord, *, audit: Audit = None
-    ) -> AgentRecord | None:
-        async def q(conn: Conn) -> AgentRecord | None:
+    ) -> Enrollment | None:
+        async def q(conn: Conn) -> Enrollment | None:
             # The conditional UPDATE is the single-use guarantee: a second enrollment
             # (on any replica) waits for the first's row lock, then finds used_at set.
             token = await conn.fetchrow(
                 "UPDATE join_tokens SET used_at=$1, used_by_serial=$2"
                 " WHERE token_id=$3 AND secret_hash=$4 AND used_at IS NULL AND expires_at>$1 AND name=$5"
-                " RETURNING groups_json, allow_reenroll",
+                " RETURNING groups_json, allow_reenroll, replace_existing",
                 now,
                 cert.serial,
                 token_id,
@@ -328,21 +358,40 @@ class PostgresStore(PostgresKeys, PostgresEvents):
             )
             if token is None:
                 return None
-            groups_json, allow = token
-            revoked = await conn.fetchrow(
-                "SELECT revoked_at FROM agents WHERE name=$1 FOR UPDATE", cert.agent_name
-            )
+            groups_json, allow, replace = token
+            name = cert.agent_name
+            # FOR UPDATE: renewals (FOR SHARE) and revocations of this name wait for us, or we for them.
+            revoked = await conn.fetchrow("SELECT revoked_at FROM agents WHERE name=$1 FOR UPDATE", name)
             if revoked and revoked[0] is not None and not allow:
-                raise rules.reenroll_refused(cert.agent_name)  # rolls back: the token stays unused
+                raise rules.reenroll_refused(name)  # rolls back: the token stays unused
+            # The upsert locks the name's row (a racing first enrollment of the name waits
+            # here for the other to commit), so the check below sees every certificate
+            # committed before it; a raise below rolls the upsert back too.
             created = await conn.fetchval(
                 "INSERT INTO agents(name, created_at, updated_at) VALUES ($1, $2, $2)"
                 " ON CONFLICT (name) DO UPDATE SET updated_at=EXCLUDED.updated_at, revoked_at=NULL"
                 " RETURNING created_at",
-                cert.agent_name,
+                name,
                 now,
             )
+            # Checked again here: the token may predate the certificate (two tokens for one name).
+            valid = await _valid_serials(conn, name, now)
+            if valid and not replace:
+                raise rules.name_in_use(name, at_enroll=True)
+            superseded: list[RevocationEvent] = []
+            for serial in valid:
+                await conn.execute(
+                    "UPDATE certificates SET revoked_at=$1, revocation_reason='superseded' WHERE serial=$2",
+                    now,
+                    serial,
+                )
+                superseded.append(
+                    await append_event(conn, "cert", "superseded", now, serial=serial, agent=name)
+                )
             await _insert_certificate(conn, cert, token_id, groups_json)
-            return AgentRecord(cert.agent_name, tuple(json.loads(groups_json)), created, cert)
+            return Enrollment(
+                AgentRecord(name, tuple(json.loads(groups_json)), created, cert), tuple(superseded)
+            )
 
         return await self._write(q, audit)
 
@@ -391,5 +440,18 @@ class PostgresStore(PostgresKeys, PostgresEvents):
     async def list_agents(self) -> list[AgentRecord]:
         async def q(conn: Conn) -> list[AgentRecord]:
             return [agent_record(r) for r in await conn.fetch(f"{_AGENTS_WITH_LATEST} ORDER BY a.name")]
+
+        return await self._read(q)
+
+    async def is_known_agent(self, name: str, now: int) -> bool:
+        async def q(conn: Conn) -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM agents WHERE name=$1) OR EXISTS (SELECT 1 FROM join_tokens"
+                    " WHERE name=$1 AND used_at IS NULL AND expires_at>$2)",
+                    name,
+                    now,
+                )
+            )
 
         return await self._read(q)

@@ -30,7 +30,7 @@ AGENT_COLUMNS = (
     " c.revoked_at, c.revocation_reason, c.groups_json"
 )
 EVENT_COLUMNS = "seq, kind, serial, agent_name, key_name, key_version, reason, at, grantees"
-TOKEN_COLUMNS = "token_id, secret_hash, name, groups_json, created_at, expires_at, used_at"  # noqa: S105 - column names
+TOKEN_COLUMNS = "token_id, secret_hash, name, groups_json, created_at, expires_at, used_at, used_by_serial"  # noqa: S105 - column names
 VERSION_COLUMNS = "key_name, version, state, created_at, state_changed_at"
 
 
@@ -58,4 +58,6 @@ def grantees_from_json(text: str | None) -> tuple[str, ...] | None:
 
 
 def token_record(row: Any) -> JoinTokenRecord:
-    return JoinTokenRecord(row[0], bytes(row[1]), row[2], tuple(json.loads(row[3])), row[4], row[5], row[6])
+    return JoinTokenRecord(
+        row[0], bytes(row[1]), row[2], tuple(json.loads(row[3])), row[4], row[5], row[6], row[7]
+    )

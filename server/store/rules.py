@@ -19,6 +19,8 @@ __all__ = [
     "no_key",
     "no_version",
     "not_granted",
+    "name_in_use",
+    "name_revoked",
     "reenroll_refused",
     "renewal_refused",
     "still_current",
@@ -65,6 +67,25 @@ def no_agent(name: str) -> NotFound:
 def reenroll_refused(name: str) -> PermissionDenied:
     return PermissionDenied(
         f"agent {name!r} was revoked: it may enroll again only with a token created with --allow-reenroll"
+    )
+
+
+def name_revoked(name: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"agent {name!r} was revoked: pass --allow-reenroll to let it enroll again with this token"
+    )
+
+
+def name_in_use(name: str, *, at_enroll: bool = False) -> FailedPrecondition:
+    # Two machines must not hold one identity: a second enrollment replaces the first, or nothing.
+    if at_enroll:
+        return FailedPrecondition(
+            f"agent {name!r} already holds a valid certificate: this token does not replace it; ask the "
+            "administrator for a token made with kms-server token create --replace"
+        )
+    return FailedPrecondition(
+        f"agent {name!r} already holds a valid certificate: pass --replace to let this token's enrollment "
+        "revoke it (superseded), or revoke it first"
     )
 
 

@@ -14,10 +14,18 @@ from pathlib import Path
 from typing import TypeVar
 
 from server.store import rules
-from server.store.base import AgentRecord, Audit, CertificateRecord, JoinTokenRecord, StoreError
+from server.store.base import (
+    AgentRecord,
+    Audit,
+    CertificateRecord,
+    Enrollment,
+    JoinTokenRecord,
+    RevocationEvent,
+    StoreError,
+)
 from server.store.migrations import SQLITE_MIGRATIONS
 from server.store.rows import AGENT_COLUMNS, TOKEN_COLUMNS, agent_record, token_record
-from server.store.sqlite_events import SqliteEvents, revoked_certificates
+from server.store.sqlite_events import SqliteEvents, append_event, revoked_certificates
 from server.store.sqlite_keys import SqliteKeys
 
 __all__ = ["SqliteStore"]
@@ -31,6 +39,15 @@ _AGENTS_WITH_LATEST = (
     " ON c.serial = (SELECT serial FROM certificates WHERE agent_name = a.name"
     " ORDER BY issued_at DESC, rowid DESC LIMIT 1)"
 )
+
+
+def _valid_serials(db: sqlite3.Connection, name: str, now: int) -> list[str]:
+    """The name's certificates that still authenticate at now (unrevoked, unexpired)."""
+    rows = db.execute(
+        "SELECT serial FROM certificates WHERE agent_name=? AND revoked_at IS NULL AND not_after>? ORDER BY serial",
+        (name, now),
+    )
+    return [r[0] for r in rows]
 
 
 def _insert_certificate(
@@ -174,12 +191,22 @@ class SqliteStore(SqliteKeys, SqliteEvents):
     # --- join tokens -----------------------------------------------------------
 
     async def add_join_token(
-        self, token: JoinTokenRecord, *, allow_reenroll: bool = False, audit: Audit = None
+        self,
+        token: JoinTokenRecord,
+        *,
+        allow_reenroll: bool = False,
+        replace: bool = False,
+        audit: Audit = None,
     ) -> None:
         def q(db: sqlite3.Connection) -> bool:
+            revoked = db.execute("SELECT revoked_at FROM agents WHERE name=?", (token.name,)).fetchone()
+            if revoked and revoked[0] is not None and not allow_reenroll:
+                raise rules.name_revoked(token.name)
+            if not replace and _valid_serials(db, token.name, token.created_at):
+                raise rules.name_in_use(token.name)
             db.execute(
                 "INSERT INTO join_tokens(token_id, secret_hash, name, groups_json, created_at, expires_at,"
-                " allow_reenroll) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " allow_reenroll, replace_existing) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     token.token_id,
                     token.secret_hash,
@@ -188,6 +215,7 @@ class SqliteStore(SqliteKeys, SqliteEvents):
                     token.created_at,
                     token.expires_at,
                     int(allow_reenroll),
+                    int(replace),
                 ),
             )
             return True
@@ -208,8 +236,8 @@ class SqliteStore(SqliteKeys, SqliteEvents):
 
     async def enroll(
         self, token_id: str, secret_hash: bytes, now: int, cert: CertificateRecord, *, audit: Audit = None
-    ) -> AgentRecord | None:
-        def q(db: sqlite3.Connection) -> AgentRecord | None:
+    ) -> Enrollment | None:
+        def q(db: sqlite3.Connection) -> Enrollment | None:
             # The conditional UPDATE is the single-use guarantee: of two
             # racing enrollments only one sees rowcount 1.
             consumed = db.execute(
@@ -219,23 +247,36 @@ class SqliteStore(SqliteKeys, SqliteEvents):
             ).rowcount
             if consumed != 1:
                 return None
-            groups_json, allow = db.execute(
-                "SELECT groups_json, allow_reenroll FROM join_tokens WHERE token_id=?", (token_id,)
+            groups_json, allow, replace = db.execute(
+                "SELECT groups_json, allow_reenroll, replace_existing FROM join_tokens WHERE token_id=?",
+                (token_id,),
             ).fetchone()
-            revoked = db.execute("SELECT revoked_at FROM agents WHERE name=?", (cert.agent_name,)).fetchone()
+            name = cert.agent_name
+            revoked = db.execute("SELECT revoked_at FROM agents WHERE name=?", (name,)).fetchone()
             if revoked and revoked[0] is not None and not allow:
                 # Raising rolls back: the token stays unused.
-                raise rules.reenroll_refused(cert.agent_name)
+                raise rules.reenroll_refused(name)
             db.execute(
                 "INSERT INTO agents(name, created_at, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT(name) DO UPDATE SET updated_at=excluded.updated_at, revoked_at=NULL",
-                (cert.agent_name, now, now),
+                (name, now, now),
             )
+            # Checked again here: the token may predate the certificate (two tokens for one name).
+            # A raise rolls back the whole write, the upsert above and the token included.
+            valid = _valid_serials(db, name, now)
+            if valid and not replace:
+                raise rules.name_in_use(name, at_enroll=True)
+            superseded: list[RevocationEvent] = []
+            for serial in valid:
+                db.execute(
+                    "UPDATE certificates SET revoked_at=?, revocation_reason='superseded' WHERE serial=?",
+                    (now, serial),
+                )
+                superseded.append(append_event(db, "cert", "superseded", now, serial=serial, agent=name))
             _insert_certificate(db, cert, token_id, groups_json)
-            created = db.execute("SELECT created_at FROM agents WHERE name=?", (cert.agent_name,)).fetchone()[
-                0
-            ]
-            return AgentRecord(cert.agent_name, tuple(json.loads(groups_json)), created, cert)
+            created = db.execute("SELECT created_at FROM agents WHERE name=?", (name,)).fetchone()[0]
+            agent = AgentRecord(name, tuple(json.loads(groups_json)), created, cert)
+            return Enrollment(agent, tuple(superseded))
 
         return await self._write(q, audit)
 
@@ -280,5 +321,17 @@ class SqliteStore(SqliteKeys, SqliteEvents):
         def q() -> list[AgentRecord]:
             rows = self._db.execute(f"{_AGENTS_WITH_LATEST} ORDER BY a.name").fetchall()
             return [agent_record(r) for r in rows]
+
+        return await self._run(q)
+
+    async def is_known_agent(self, name: str, now: int) -> bool:
+        def q() -> bool:
+            return bool(
+                self._db.execute(
+                    "SELECT EXISTS (SELECT 1 FROM agents WHERE name=?) OR EXISTS (SELECT 1 FROM join_tokens"
+                    " WHERE name=? AND used_at IS NULL AND expires_at>?)",
+                    (name, name, now),
+                ).fetchone()[0]
+            )
 
         return await self._run(q)

@@ -92,11 +92,14 @@ def _bad_signature(key: rsa.RSAPrivateKey) -> bytes:
 def test_bad_csr_is_invalid_argument_and_leaves_token_usable(
     server: ServerProcess, rsa_key: rsa.RSAPrivateKey, make_csr, needle
 ) -> None:  # type: ignore[no-untyped-def]
-    token = server.token("csr-case")
+    name = (
+        "csr-" + "".join(c for c in needle.lower() if c.isalnum())[:20]
+    )  # one name per case: one identity each
+    token = server.token(name)
     details = _enroll_fails(server, token, make_csr(rsa_key), grpc.StatusCode.INVALID_ARGUMENT)
     assert needle in details
     # The failed call consumed nothing: the same token still enrolls.
-    assert _enroll(server, token, csr_der(rsa_key)).name == "csr-case"
+    assert _enroll(server, token, csr_der(rsa_key)).name == name
     _still_serving(server)
 
 
@@ -136,15 +139,17 @@ def test_oversized_request_is_resource_exhausted(server: ServerProcess, rsa_key:
 
 
 def test_reused_expired_unknown_tokens_are_one_unauthenticated(
-    server: ServerProcess, rsa_key: rsa.RSAPrivateKey
+    server: ServerProcess, rsa_key: rsa.RSAPrivateKey, other_rsa_key: rsa.RSAPrivateKey
 ) -> None:
     used = server.token("reuse")
     _enroll(server, used, csr_der(rsa_key))
     expired = server.token("late", ttl="1s")
     time.sleep(1.2)
     unknown = f"{secrets.token_hex(8)}.{'A' * 43}"
+    # A used token is refused for any other key (the same key gets its certificate again:
+    # tests/e2e/test_attacks_admin.py).
     messages = {
-        _enroll_fails(server, t, csr_der(rsa_key), grpc.StatusCode.UNAUTHENTICATED)
+        _enroll_fails(server, t, csr_der(other_rsa_key), grpc.StatusCode.UNAUTHENTICATED)
         for t in (used, expired, unknown)
     }
     # One message for all three: nobody learns which tokens exist.
@@ -156,30 +161,36 @@ def test_malformed_token_is_invalid_argument(server: ServerProcess, rsa_key: rsa
 
 
 def test_racing_enrollments_on_one_token_exactly_one_wins(
-    server: ServerProcess, rsa_key: rsa.RSAPrivateKey
+    server: ServerProcess, rsa_key: rsa.RSAPrivateKey, other_rsa_key: rsa.RSAPrivateKey
 ) -> None:
+    """One certificate is issued; the racers with the winner's key get that one, the others are refused."""
     token = server.token("racer")
-    csr = csr_der(rsa_key)
+    csrs = [csr_der(rsa_key), csr_der(other_rsa_key)]
     racers = 8
     barrier = threading.Barrier(racers)
-    outcomes: list[str] = []
+    outcomes: list[tuple[int, str, bytes]] = []
 
-    def race() -> None:
+    def race(i: int) -> None:
         barrier.wait()
         try:
-            _enroll(server, token, csr)
-            outcomes.append("ok")
+            resp = _enroll(server, token, csrs[i % 2])
+            outcomes.append((i % 2, "ok", resp.certificate_der))
         except grpc.RpcError as exc:
-            outcomes.append(exc.code().name)
+            outcomes.append((i % 2, exc.code().name, b""))
 
-    threads = [threading.Thread(target=race) for _ in range(racers)]
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(racers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(outcomes) == ["UNAUTHENTICATED"] * (racers - 1) + ["ok"]
     rows = snapshot(server)["certificates"]
     assert sum(1 for r in rows if r[1] == "racer") == 1
+    winners = {key for key, outcome, _ in outcomes if outcome == "ok"}
+    assert len(winners) == 1, outcomes
+    (winner,) = winners
+    assert sorted(o for k, o, _ in outcomes if k == winner) == ["ok"] * (racers // 2)
+    assert sorted(o for k, o, _ in outcomes if k != winner) == ["UNAUTHENTICATED"] * (racers // 2)
+    assert len({der for _, o, der in outcomes if o == "ok"}) == 1  # the one certificate, every time
 
 
 # --- the agent CLI -------------------------------------------------------------
@@ -279,13 +290,20 @@ def test_old_certificate_keeps_its_own_groups(server: ServerProcess, tmpdir_shor
 
     first, second = tmpdir_short / "first", tmpdir_short / "second"
     assert enroll(server, first, server.token("reimaged", "staging")).returncode == 0
-    shutil.copytree(first, second)
-    result = enroll(server, second, server.token("reimaged", "prod"), force="")
-    assert result.returncode == 0, result.stderr
     old = json.loads(agent(first, "status", "--json").stdout)
+    shutil.copytree(first, second)
+    # The name holds a valid certificate: re-enrolling it takes --replace, which revokes that one.
+    token = server.admin(
+        "token", "create", "--name", "reimaged", "--group", "prod", "--replace"
+    ).stdout.strip()
+    result = enroll(server, second, token, force="")
+    assert result.returncode == 0, result.stderr
     new = json.loads(agent(second, "status", "--json").stdout)
     assert old["serial"] != new["serial"]
     assert (old["groups"], new["groups"]) == (["staging"], ["prod"])
+    assert_one_line_error(agent(first, "status"), 11, "superseded")
+    groups = {r[0]: json.loads(r[7]) for r in snapshot(server)["certificates"] if r[1] == "reimaged"}
+    assert groups == {old["serial"]: ["staging"], new["serial"]: ["prod"]}
 
 
 def test_admin_rpc_with_absurd_ttl_is_invalid_argument(server: ServerProcess) -> None:

@@ -117,14 +117,20 @@ def test_three_watchers_hear_agent_b_revoked_and_key_files_go(rig: tuple[ServerP
 
 def test_revoked_agent_reenrolls_only_when_allowed(rig: tuple[ServerProcess, Path]) -> None:
     server, root = rig
-    server.admin("revoke", "agent", "b")
-    token = server.token("b", "web")
+    assert enroll(server, root / "r1", server.token("reborn", "web")).returncode == 0
+    # A token made before the revocation (it must replace the valid certificate then).
+    early = server.admin("token", "create", "--name", "reborn", "--group", "web", "--replace").stdout.strip()
+    server.admin("revoke", "agent", "reborn")
+    # After it, a token for the name is refused at once, not at enrollment.
+    assert_one_line_error(
+        server.admin("token", "create", "--name", "reborn", check=False), 6, "--allow-reenroll"
+    )
     before = snapshot(server)
-    assert_one_line_error(enroll(server, root / "b2", token), 4, "allow-reenroll")
+    assert_one_line_error(enroll(server, root / "r2", early), 4, "allow-reenroll")
     assert snapshot(server) == before  # the token was not consumed
-    allowed = server.admin("token", "create", "--name", "b", "--allow-reenroll").stdout.strip()
-    assert enroll(server, root / "b2", allowed).returncode == 0
-    assert agent(root / "b2", "status").returncode == 0
+    allowed = server.admin("token", "create", "--name", "reborn", "--allow-reenroll").stdout.strip()
+    assert enroll(server, root / "r2", allowed).returncode == 0
+    assert agent(root / "r2", "status").returncode == 0
 
 
 def test_watch_resumes_with_exactly_the_missed_events(rig: tuple[ServerProcess, Path]) -> None:

@@ -148,3 +148,28 @@ def test_anonymous_limits_defaults_and_environment() -> None:
     assert cfg.tls_handshake_timeout == timedelta(seconds=2)
     assert cfg.max_anonymous_connections_per_address == 4
     assert cfg.failure_report_interval == timedelta(seconds=10)
+
+
+def test_config_file_keys_are_the_flag_names_with_dashes_or_underscores() -> None:
+    file = {"cert-ttl": "2h", "token_ttl": "5m", "max-streams-per-identity": 8}
+    cfg = ServerConfig.load({}, env={"HOME": "/h"}, file=file)
+    assert cfg.cert_ttl == timedelta(hours=2) and cfg.token_ttl == timedelta(minutes=5)
+    assert cfg.max_streams_per_identity == 8
+    with pytest.raises(InvalidArgument, match="'cert_ttl' twice"):
+        ServerConfig.load({}, env={}, file={"cert-ttl": "2h", "cert_ttl": "3h"})
+    with pytest.raises(InvalidArgument, match="'cert_tll' is unknown"):
+        ServerConfig.load({}, env={}, file={"cert-tll": "2h"})
+
+
+def test_the_data_dir_is_found_the_same_way_by_run_and_admin_commands() -> None:
+    from server.config import resolve_data_dir
+
+    file = {"data_dir": "/from/file"}
+    env = {"HOME": "/h"}
+    assert resolve_data_dir(None, env, file) == Path("/from/file")
+    assert resolve_data_dir(None, {**env, "KMS_DATA_DIR": "/from/env"}, file) == Path("/from/env")
+    assert resolve_data_dir("/from/flag", {**env, "KMS_DATA_DIR": "/from/env"}, file) == Path("/from/flag")
+    assert resolve_data_dir(None, env, None) == Path("/h/.local/share/seed-kms")
+    for flags, fenv in (({}, env), ({"data_dir": "/from/flag"}, env), ({}, {**env, "KMS_DATA_DIR": "/e"})):
+        loaded = ServerConfig.load(flags, env=fenv, file=file).data_dir
+        assert loaded == resolve_data_dir(flags.get("data_dir"), fenv, file)

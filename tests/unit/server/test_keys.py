@@ -44,7 +44,8 @@ def test_grants_by_agent_and_group_and_versions(tmp_path: Path, rsa_key: rsa.RSA
         v1 = unwrap(rsa_key, got.wrapped, "app", 1, "abc123")
         with pytest.raises(PermissionDenied):
             await keys.fetch(_caller(rsa_key, "db-1", ("db",)), "app", 0)
-        await keys.grant("app", "agent:db-1")
+        granted = await keys.grant("app", "agent:db-1", allow_unknown_grantee=True)
+        assert granted.warnings and "db-1" in granted.warnings[0]
         assert (await keys.fetch(_caller(rsa_key, "db-1", ("db",)), "app", 0)).version.version == 1
         await keys.rotate("app")
         again = await keys.fetch(_caller(rsa_key), "app", 1)
@@ -57,6 +58,24 @@ def test_grants_by_agent_and_group_and_versions(tmp_path: Path, rsa_key: rsa.RSA
         await keys.destroy("app", 1)
         with pytest.raises(FailedPrecondition):
             await keys.fetch(_caller(rsa_key), "app", 1)
+
+    _run(tmp_path, body)
+
+
+def test_a_grant_to_an_unknown_agent_needs_the_flag_and_warns(tmp_path: Path) -> None:
+    """A typo in agent:NAME must not silently grant the key to whoever enrolls as NAME later."""
+
+    async def body(keys: KeyService) -> None:
+        with pytest.raises(NotFound, match="allow-unknown-grantee"):
+            await keys.create("app", ["group:nobody-yet", "agent:nobody"])
+        assert await keys.list() == []  # refused before anything was written
+        created = await keys.create("app", ["group:nobody-yet"])  # groups may be empty
+        assert created.warnings == ()
+        with pytest.raises(NotFound, match="no agent named 'nobody'"):
+            await keys.grant("app", "agent:nobody")
+        assert [str(g) for g in (await keys.list())[0].grants] == ["group:nobody-yet"]
+        allowed = await keys.grant("app", "agent:nobody", allow_unknown_grantee=True)
+        assert len(allowed.warnings) == 1 and "'nobody' is not enrolled" in allowed.warnings[0]
 
     _run(tmp_path, body)
 

@@ -39,12 +39,12 @@ def test_key_events_follow_the_grants_held_when_each_event_committed(
         store = await SqliteStore.open(tmp_path / "kms.db")
         try:
             keys = KeyService(store, Sealer(bytes(32)), lambda: NOW, publish=lambda event: None)
-            await keys.create("k", ["agent:web-1"])
+            await keys.create("k", ["agent:web-1"], allow_unknown_grantee=True)  # no enrolled agents here
             await keys.rotate("k")  # 1: web-1 granted
             await keys.ungrant("k", "agent:web-1")
             await keys.grant("k", "group:ops")
             await keys.rotate("k")  # 2: only group ops
-            await keys.grant("k", "agent:web-1")
+            await keys.grant("k", "agent:web-1", allow_unknown_grantee=True)
             await keys.rotate("k")  # 3: web-1 and ops
             await keys.ungrant("k", "agent:web-1")  # later changes do not rewrite history
             watch = WatchService(store, RevocationFeed(await store.last_seq()), heartbeat=0.05, buffer=16)

@@ -1,0 +1,83 @@
+"""Is this agent's own certificate still good? Asked before the agent signs anything with its key.
+
+A signature made with a revoked or expired certificate fails every careful
+verifier, and a careless one would accept it: either way the signer must
+refuse, not exit 0. The dates are checked here (an expired certificate cannot
+even complete a TLS handshake). Revocation is asked of the server, whose
+answer comes from the same state that authenticates every call; when no
+server answers, the local watch state (what `kms-agent watch` or `run` last
+heard) decides, and the caller is told that it was only that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from agent.context import client_for
+from agent.state import AgentIdentity, StateDir
+from kms.errors import REVOKED_MARK, Revoked, Unauthenticated, Unavailable
+
+__all__ = ["Standing", "check_standing"]
+
+
+@dataclass(frozen=True)
+class Standing:
+    serial: str
+    # None: the server answered. Otherwise why only local state was used.
+    offline_note: str | None = None
+
+
+def _when(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_standing(state: StateDir, identity: AgentIdentity, timeout: float, now: datetime) -> Standing:
+    """Returns how the certificate was found good; raises if it is not.
+
+    Raises:
+        Unauthenticated: expired or not yet valid (by its own dates), or unknown to the server.
+        Revoked: revoked, as the server says or, with no server answering, as the watch state says.
+    """
+    cert = identity.cert
+    serial = format(cert.serial_number, "x")
+    if now >= cert.not_valid_after_utc:
+        raise Unauthenticated(
+            f"this agent's certificate {serial} expired at {_when(cert.not_valid_after_utc)} (checked locally,"
+            " by its dates): enroll again with a new token"
+        )
+    if now < cert.not_valid_before_utc:
+        raise Unauthenticated(
+            f"this agent's certificate {serial} is valid only from {_when(cert.not_valid_before_utc)}"
+            " (checked locally, by its dates): check the clock"
+        )
+    try:
+        with client_for(identity, timeout) as client:
+            status = client.check_certificate(serial)
+    except Revoked as exc:  # the server refused the call itself: this certificate is revoked
+        state.save_revoked(serial, exc.message)
+        raise Revoked(f"{exc.message} (the server says so)") from None
+    except Unauthenticated as exc:
+        raise Unauthenticated(f"{exc.message} (the server says so)") from None
+    except Unavailable as exc:
+        revoked = state.revoked(serial)
+        if revoked is not None:
+            raise Revoked(
+                f"this agent's certificate {serial} {REVOKED_MARK} ({revoked}), as the local watch state says"
+                " (no server answered): enroll again"
+            ) from None
+        return Standing(
+            serial,
+            f"no server answered ({exc.message}); the certificate was checked against the local watch state"
+            f" only, which has events up to #{state.last_seq()}",
+        )
+    if status.status == "revoked":
+        state.save_revoked(serial, status.reason)
+        raise Revoked(
+            f"this agent's certificate {serial} {REVOKED_MARK} ({status.reason}), as the server says: enroll again"
+        )
+    if status.status != "good":
+        raise Unauthenticated(
+            f"the server does not know this agent's certificate {serial} ({status.status}): enroll again"
+        )
+    return Standing(serial)
