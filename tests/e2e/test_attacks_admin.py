@@ -340,7 +340,9 @@ def test_an_enrollment_retried_with_the_same_key_gets_the_same_certificate(
     actions = [
         r[0] for r in query(server, "SELECT action FROM audit WHERE actor=?", f"token:{token.split('.')[0]}")
     ]
-    assert actions == ["enroll", "enroll.repeat", "enroll", "enroll"]  # ok, repeated, refused twice
+    # ok, repeated; the two refusals are not audited one by one (anyone can send bad tokens
+    # as fast as the network allows) but counted in the per-address auth.refused record.
+    assert actions == ["enroll", "enroll.repeat"]
 
 
 class _ReplyLosingEnrollment(enrollment_pb2_grpc.EnrollmentServicer):
