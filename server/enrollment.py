@@ -219,9 +219,12 @@ class EnrollmentService:
             )
 
         def committed(done: Enrollment | None) -> Enrollment | None:
-            # Runs even if the caller has gone: the old certificates must stop working now.
-            for event in done.superseded if done else ():
-                self._on_revoked(event)
+            # Runs even if the caller has gone: the old certificates must stop working now,
+            # and the expiry gauges count the new one (after the revocations, which drop the name).
+            if done is not None:
+                for event in done.superseded:
+                    self._on_revoked(event)
+                self._on_issued(cert_record)
             return done
 
         write = self._store.enroll(
@@ -235,7 +238,9 @@ class EnrollmentService:
                 return await self._repeat(again, token, _spki(public_key), int(now.timestamp()))
             raise RefusedToken(token.token_id)
         agent = done.agent
-        self._on_issued(cert_record)
+        # The superseded revocations committed with the enrollment are history before it:
+        # the new agent's first watch starts after them.
+        watch_from_seq = max([watch_from_seq, *(e.seq for e in done.superseded)])
         logger.info(
             "agent enrolled",
             extra={

@@ -161,6 +161,23 @@ def test_a_new_agents_first_watch_starts_at_its_enrollment(rig: tuple[ServerProc
     assert ran.read_text().split() == [str(news)]
     assert watcher.seqs() == [news]
 
+    # A machine that replaces it (--replace) does not start with the revocation of the
+    # certificates it replaced, committed with its own enrollment: that is history too.
+    token = server.admin("token", "create", "--name", "late", "--group", "late", "--replace").stdout.strip()
+    assert enroll(server, root / "late-2", token).returncode == 0
+    superseded = _last_seq(server)
+    ran.unlink()
+    watcher = WatchProcess(root / "late-2", "--exec", f'echo "$KMS_EVENT_SEQ" >> {ran}')
+    try:
+        time.sleep(1.5)
+        stub.RotateKey(admin_pb2.RotateKeyRequest(name="history"), timeout=10)
+        news = _last_seq(server)
+        assert news > superseded
+        watcher.wait_for(lambda evs: any(e["seq"] == news for e in evs))
+    finally:
+        assert watcher.stop() == 0
+    assert ran.read_text().split() == [str(news)]
+
 
 DB_PASSWORD = "Pa55-only-in-a-file"  # noqa: S105 - a test role's password, in a throwaway cluster
 
