@@ -247,6 +247,13 @@ def test_a_symlink_is_refused_unless_followed(
         agent(root / "writer", "fetch-key", "files", "--out", str(link)), 2, "symbolic link"
     )
     assert _releases(server) == releases
+    # Followed, the key file is remembered by its target (StateDir resolves it): a rotation rewrites the target (never
+    # the link) and a compromise deletes the target, where the key is.
+    fetched = agent(root / "writer", "fetch-key", "files", "--out", str(link), "--follow-symlinks")
+    assert fetched.returncode == 0, fetched.stderr
+    remembered = json.loads((root / "writer" / "key-files.json").read_text())
+    paths = [e["path"] for e in (remembered if isinstance(remembered, list) else remembered.values())]
+    assert str(target) in paths and str(link) not in paths
 
 
 def test_dash_is_stdin_and_stdout_everywhere(root: Path, plain: Path, tmp_path: Path) -> None:
