@@ -40,6 +40,9 @@ _GATE_REFUSALS = {
 
 # An enrollment needs a connection for a second or two; one left idle this long goes.
 _IDLE_MS = 30_000
+# The longest an anonymous connection lives, and the grace its calls then get to finish.
+_MAX_AGE_MS = 120_000
+_MAX_AGE_GRACE_MS = 10_000
 
 
 class _AnonymousOnly:
@@ -109,7 +112,15 @@ async def open_enrollment_port(
         Listener.ENROLL, metrics=metrics, limits=limits, report=failures, peer=gate.peer_of
     )
     server = grpc.aio.server(
-        interceptors=[interceptor], options=[*options, ("grpc.max_connection_idle_ms", _IDLE_MS)]
+        interceptors=[interceptor],
+        options=[
+            *options,
+            ("grpc.max_connection_idle_ms", _IDLE_MS),
+            # An open call keeps a connection from being idle: an anonymous Health/Watch stream
+            # would hold its gate slot for ever. Enrollment takes seconds; nothing here needs more.
+            ("grpc.max_connection_age_ms", _MAX_AGE_MS),
+            ("grpc.max_connection_age_grace_ms", _MAX_AGE_GRACE_MS),
+        ],
     )
     only = _AnonymousOnly(server)
     enrollment_pb2_grpc.add_EnrollmentServicer_to_server(enrollment, only)

@@ -99,6 +99,16 @@ def _address_of(peername: object) -> str:
     return host
 
 
+def _holder(address: str) -> str:
+    """Who a connection counts against: its IPv4 address, or its IPv6 /64 (the usual smallest
+    allocation to one site, so one host cannot take a fresh address per connection)."""
+    with contextlib.suppress(ValueError):
+        ip = ipaddress.ip_address(address)
+        if isinstance(ip, ipaddress.IPv6Address):
+            return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address
+
+
 class AnonymousGate:
     """Relays connections on the public enrollment address to a backend on loopback, within caps.
 
@@ -231,13 +241,14 @@ class AnonymousGate:
                 self._pause(listener, exc)
                 return
             address = _address_of(peer)
-            if self._open[address] >= self._per_address or self.open_connections >= self._total:
+            holder = _holder(address)
+            if self._open[holder] >= self._per_address or self.open_connections >= self._total:
                 # Closed at once, with a reset: no FIN handshake to wait for.
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 conn.close()
                 self._refused(address, "connection-cap")
                 continue
-            self._open[address] += 1
+            self._open[holder] += 1
             self._open_total += 1
             conn.setblocking(False)
             task = asyncio.get_running_loop().create_task(self._adopt(conn, address))
@@ -286,7 +297,7 @@ class AnonymousGate:
         self._open_relays.discard(relay)
         if relay.backend_port is not None and self._relays.get(relay.backend_port) == address:
             del self._relays[relay.backend_port]
-        self._open[address] -= 1
+        self._open[_holder(address)] -= 1
         self._open_total -= 1
         if self._open[address] <= 0:
             del self._open[address]

@@ -10,7 +10,7 @@ import pytest
 from kms.v1 import enrollment_pb2
 from server.decoding import NotDecoded, lenient
 from server.failures import AUDIT_ACTION, FailureReport
-from server.gate import _address_of, gate_capacity
+from server.gate import _address_of, _holder, gate_capacity
 from server.store import AuditEntry
 
 WALL = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
@@ -126,6 +126,19 @@ def test_lenient_deserializer_hands_on_what_did_not_decode() -> None:
 )
 def test_peer_addresses_count_ipv4_mapped_as_ipv4(peername: object, address: str) -> None:
     assert _address_of(peername) == address
+
+
+@pytest.mark.parametrize(
+    "address, holder",
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),  # another host of the same /64: one holder
+        ("unknown", "unknown"),
+    ],
+)
+def test_ipv6_peers_count_per_64(address: str, holder: str) -> None:
+    assert _holder(address) == holder
 
 
 def test_gate_holds_a_share_of_the_descriptor_limit() -> None:
