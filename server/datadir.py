@@ -114,6 +114,9 @@ class DataDir:
         self.server_key = path / "server.key"
         self.db = path / "kms.db"
         self.admin_socket = path / "admin.sock"
+        # Where this server saw the audit chain keyed from: a witness outside the database,
+        # so resetting the database's marker to "never keyed" cannot pass unnoticed.
+        self.audit_keyed = path / "audit-keyed-from"
         self._lock_path = path / "kms.lock"
         self._lock_file: IO[bytes] | None = None
 

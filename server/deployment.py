@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from kms.errors import FailedPrecondition
 from kms.identity import fingerprint
 from kms.securefile import write_atomic
 from server.audit import AUDIT_CHAIN_KEY_LABEL
@@ -84,7 +85,7 @@ async def open_deployment(cfg: ServerConfig, datadir: DataDir, clock: Clock) -> 
                 deployment = await _shared(cfg, datadir, store, clock)
         deployment.devices = devices
         deployment.audit_key = deployment.sealer.subkey(AUDIT_CHAIN_KEY_LABEL)
-        await _key_audit_chain(deployment, int(clock().timestamp()))
+        await _key_audit_chain(deployment, datadir, int(clock().timestamp()))
         return deployment
     except BaseException:
         await store.close()
@@ -92,15 +93,34 @@ async def open_deployment(cfg: ServerConfig, datadir: DataDir, clock: Clock) -> 
         raise
 
 
-async def _key_audit_chain(deployment: Deployment, now: int) -> None:
+async def _key_audit_chain(deployment: Deployment, datadir: DataDir, now: int) -> None:
     store = deployment.store
     await _check_audit_file(deployment)
     pending = await store.get_meta(AUDIT_MARKER) == "pending"
+    witness = _audit_witness(datadir)
+    if pending and witness is not None:
+        # The database says its chain was never keyed, yet this server saw it keyed: keying
+        # it again from the end would bless a trail rewritten with plain hashes.
+        raise FailedPrecondition(
+            f"the database says its audit trail was never keyed, but this server saw it keyed from record "
+            f"{witness} ({datadir.audit_keyed}): the trail was rewritten, or the database restored from "
+            "before the upgrade. Compare it with your audit file or syslog copies; to accept the database "
+            f"as it is, remove {datadir.audit_keyed} and start again"
+        )
     keyed_from = await store.open_audit_chain(
         deployment.audit_key,
         now,
         deployment.devices if deployment.devices and deployment.devices.enabled else None,
     )
+    if keyed_from is not None and witness is None:
+        write_atomic(datadir.audit_keyed, f"{keyed_from}\n".encode(), mode=0o600)
+    elif keyed_from is not None and witness != keyed_from:
+        logger.error(
+            "the audit trail is keyed from record %d, but this server saw it keyed from record %d: the "
+            "marker was moved, and audit verify reports it",
+            keyed_from,
+            witness,
+        )
     if keyed_from is None:
         logger.error(
             "the audit trail's keying marker (meta %s) is missing or altered: the trail was tampered with, "
@@ -115,6 +135,16 @@ async def _key_audit_chain(deployment: Deployment, now: int) -> None:
             keyed_from,
             keyed_from - 1,
         )
+
+
+def _audit_witness(datadir: DataDir) -> int | None:
+    """The record this server saw the audit chain keyed from, or None if it never saw it keyed."""
+    try:
+        return int(datadir.audit_keyed.read_text().strip())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        raise FailedPrecondition(f"{datadir.audit_keyed} is unreadable: it must hold one record number") from None
 
 
 async def _check_audit_file(deployment: Deployment) -> None:

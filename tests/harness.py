@@ -163,6 +163,7 @@ class ServerProcess:
             *(["--database", self.database] if self.database else []),
             *self.extra_args,
         ]
+        self.fields = {}  # a restart that dies before its ready line must not pass for the last start
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,

@@ -364,3 +364,20 @@ def test_an_edit_with_recomputed_hashes_and_the_newest_records_deleted_is_caught
     )
     execute_sql(fresh, "DELETE FROM meta WHERE key = 'audit_keyed_from'")
     assert_one_line_error(fresh.admin("audit", "verify", check=False), 10, "broken at record 1", "marker")
+
+
+def test_a_trail_passed_off_as_never_keyed_stops_the_next_start(fresh: ServerProcess) -> None:
+    # Rewritten with plain hashes and the marker set back to "pending" (as a store from before
+    # the keyed chain): a server would key it again from its end and call it intact. The data
+    # dir, which the database does not hold, remembers where keying began.
+    fresh.admin("token", "create", "--name", "web-1")
+    _recompute(fresh, 1)
+    execute_sql(fresh, "UPDATE meta SET value = 'pending' WHERE key = 'audit_keyed_from'")
+    assert fresh.stop() == 0
+    with pytest.raises(AssertionError, match="never keyed, but this server saw it keyed from record 1"):
+        fresh.start()
+    # The operator who accepts the database as it is says so by removing the witness.
+    (fresh.data_dir / "audit-keyed-from").unlink()
+    fresh.start()
+    assert "the audit chain is keyed from record" in fresh.output()  # and says so
+    assert (fresh.data_dir / "audit-keyed-from").exists()
