@@ -144,7 +144,9 @@ def _audit_witness(datadir: DataDir) -> int | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        raise FailedPrecondition(f"{datadir.audit_keyed} is unreadable: it must hold one record number") from None
+        raise FailedPrecondition(
+            f"{datadir.audit_keyed} is unreadable: it must hold one record number"
+        ) from None
 
 
 async def _check_audit_file(deployment: Deployment) -> None:
