@@ -10,6 +10,7 @@ other exception into INTERNAL without detail (logged with its traceback).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -22,7 +23,7 @@ import grpc
 
 from kms.errors import KmsError, PermissionDenied, ResourceExhausted, Unauthenticated
 from server.authn import Caller, PeerAuthenticator
-from server.feed import StreamGuard
+from server.feed import GuardedStream, StreamGuard
 from server.limits import RateLimiter, peer_address
 from server.metrics import Metrics
 
@@ -82,7 +83,7 @@ _STREAMS = frozenset({"/kms.v1.Revocation/Watch", "/kms.v1.Handshake/Exchange", 
 
 @dataclass
 class Limits:
-    """Enrollment attempts and failed authentications per peer address; open streams per identity."""
+    """Enrollment attempts and failed authentications per peer address; open streams per agent."""
 
     enrollments: RateLimiter
     auth_failures: RateLimiter
@@ -103,7 +104,8 @@ class Limits:
     def check_streams(self, open_now: int) -> None:
         if open_now >= self.max_streams:
             raise ResourceExhausted(
-                f"this identity already holds {open_now} open streams (the limit): close one, then retry"
+                f"this agent already holds {open_now} open streams, all its certificates together (the limit): "
+                "close one, then retry"
             )
 
 
@@ -196,7 +198,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 assert self._authenticator is not None
                 caller = await self._authenticator.authenticate(peer_pem[0])
                 if self._limits is not None and self._guard is not None and method in _STREAMS:
-                    self._limits.check_streams(self._guard.open_streams(caller.serial))
+                    self._limits.check_streams(self._guard.open_streams(caller.name))
             if Role.ANYONE in allowed:
                 return caller
             if Role.AGENT in allowed:
@@ -266,16 +268,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 # context), and a closing generator may run its cleanup in another.
                 current_caller.set(caller)
                 task = asyncio.current_task()
-                # Open streams of a certificate are closed when it is revoked:
-                # TLS and the per-call check act only on new calls.
-                if caller is not None and self._guard is not None and task is not None:
-                    self._guard.register(caller.serial, caller.name, task)
-                try:
+                if caller is None or self._guard is None or task is None:
                     async for response in behavior(request, context):
                         yield response
+                    return
+                # Open streams of a certificate are closed when it is revoked:
+                # TLS and the per-call check act only on new calls.
+                stream = GuardedStream(task, caller.serial, caller.name)
+                self._guard.register(stream)
+                try:
+                    async with contextlib.aclosing(behavior(request, context)) as responses:
+                        async for response in responses:
+                            stream.sending = True
+                            yield response
+                            stream.sending = False
+                            if stream.reason is not None:  # revoked while gRPC was sending
+                                raise stream.error()
+                except asyncio.CancelledError:
+                    if stream.reason is None:  # the client went away, or the server is stopping
+                        raise
+                    task.uncancel()  # revoked: end with a status, not silently (see GuardedStream)
+                    raise stream.error() from None
                 finally:
-                    if caller is not None and self._guard is not None and task is not None:
-                        self._guard.unregister(caller.serial, caller.name, task)
+                    self._guard.unregister(stream)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
