@@ -3,7 +3,8 @@
 The server runs with its default durability settings (SQLite WAL,
 synchronous=FULL). Only limits that exist to slow down one abusive peer are
 raised, because every bench client connects from 127.0.0.1: the per-address
-enrollment and failed-authentication rates, and open streams per identity.
+enrollment and failed-authentication rates, open streams per agent, and
+key exchanges per agent.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ KMS_LIMIT_FLAGS = (
     "--auth-failure-rate",
     "100000",
     "--max-streams-per-identity",
+    "10000",
+    # Each bench identity runs dozens of exchanges a second (the server's throughput is measured).
+    "--exchange-rate",
     "10000",
 )
 

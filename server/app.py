@@ -98,6 +98,7 @@ class App:
     follower: EventFollower
     audit: AuditBatcher
     watch: WatchService
+    exchanges: ExchangeService | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # The event follower: it ends only when the shared log was rewritten (the server must stop).
     following: asyncio.Task[None] | None = None
@@ -146,6 +147,8 @@ class App:
             await self.http.stop()
         await asyncio.gather(self.api.stop(grace), self.admin.stop(grace))
         self.watch.close()  # after the grace: streams still open in it get their heartbeats
+        if self.exchanges is not None:
+            self.exchanges.close()
         try:  # bounded: a store that refuses writes must not hold the stop past a supervisor's patience
             await asyncio.wait_for(self.audit.flush(), AUDIT_FLUSH_AT_STOP)
         except TimeoutError:
@@ -265,10 +268,10 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             ca.certificate,
             trust_domain,
             audit,
-            store,
             revocations,
             clock,
             cfg.handshake_timeout.total_seconds(),
+            cfg.exchange_rate,
         )
 
         async def refresh_metrics() -> None:
@@ -389,6 +392,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             follower,
             audit,
             watch,
+            exchanges,
         )
     except BaseException:
         if store is not None:

@@ -56,7 +56,9 @@ RUN_OPTIONS: list[tuple[str, str]] = [
     ("--log-format", "text or json (default text)"),
     ("--enroll-rate", "enrollment attempts per peer address per minute (default 30)"),
     ("--auth-failure-rate", "failed authentications per peer address per minute (default 30)"),
-    ("--max-streams-per-identity", "open streams one agent certificate may hold (default 64)"),
+    ("--max-streams-per-identity", "open streams per agent, all its certificates together (default 64)"),
+    ("--exchange-rate", "key exchanges one agent may start per second (default 10)"),
+    ("--renew-interval", "one renewal per agent in this long, at most cert-ttl/4 (default 1m)"),
     ("--database", "postgresql://USER@HOST/DB shared by replicas (default: SQLite in the data dir)"),
     ("--master-key-file", "a PostgreSQL replica's master key file (KMS_MASTER_KEY: base64 instead)"),
 ]

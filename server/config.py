@@ -82,7 +82,8 @@ KNOWN_KEYS = frozenset(
         "data_dir", "listen", "enroll_listen", "san", "trust_domain", "ca_key_type", "cert_ttl", "ca_ttl",
         "server_cert_ttl", "token_ttl", "max_token_ttl", "max_request_bytes", "shutdown_grace", "heartbeat",
         "handshake_timeout", "watch_buffer", "http_listen", "renew_fraction", "log_format", "enroll_rate",
-        "auth_failure_rate", "max_streams_per_identity", "database", "master_key_file",
+        "auth_failure_rate", "max_streams_per_identity", "database", "master_key_file", "exchange_rate",
+        "renew_interval",
     }
 )  # fmt: skip
 
@@ -113,7 +114,10 @@ class ServerConfig:
     log_format: str  # "text" or "json"
     enroll_rate: int  # enrollment attempts per peer address per minute
     auth_failure_rate: int  # failed authentications per peer address per minute
-    max_streams_per_identity: int
+    max_streams_per_identity: int  # open streams per agent, all its certificates together
+    exchange_rate: int = 10  # key exchanges one agent may start per second
+    # At most one renewal per agent in this long (capped at a quarter of cert_ttl: see renew_window).
+    renew_interval: timedelta = timedelta(minutes=1)
     # None: the embedded SQLite store in the data dir. Else a postgresql:// URL
     # that several replicas share (it may hold a password: never print it whole).
     database: str | None = None
@@ -130,6 +134,13 @@ class ServerConfig:
     @property
     def enroll_listen(self) -> str:
         return join_hostport(self.enroll_host, self.enroll_port)
+
+    @property
+    def renew_window(self) -> timedelta:
+        """How long after one renewal an agent's next is refused: renew_interval, but at most a
+        quarter of cert_ttl, so agents with short-lived certificates (which renew at 2/3 of
+        their life by default) always can."""
+        return min(self.renew_interval, self.cert_ttl / 4)
 
     @property
     def admin_socket(self) -> Path:
@@ -240,6 +251,8 @@ class ServerConfig:
             max_streams_per_identity=_int(
                 pick("max_streams_per_identity", "64"), "--max-streams-per-identity"
             ),
+            exchange_rate=_int(pick("exchange_rate", "10"), "--exchange-rate"),
+            renew_interval=duration("renew_interval", "1m"),
             database=pick("database", None) or None,
             master_key_file=Path(master_key_file) if master_key_file else None,
         )
@@ -309,6 +322,10 @@ class ServerConfig:
             raise InvalidArgument("--auth-failure-rate must be between 1 and 100000 per minute")
         if not 1 <= self.max_streams_per_identity <= 10_000:
             raise InvalidArgument("--max-streams-per-identity must be between 1 and 10000")
+        if not 1 <= self.exchange_rate <= 10_000:
+            raise InvalidArgument("--exchange-rate must be between 1 and 10000 per second")
+        if self.renew_interval > timedelta(days=1):
+            raise InvalidArgument("--renew-interval must be at most 1d")
         if self.shutdown_grace > timedelta(minutes=5):
             raise InvalidArgument("--shutdown-grace must be at most 5m")
         if self.database is not None and not self.database.startswith(("postgresql://", "postgres://")):

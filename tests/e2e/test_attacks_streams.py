@@ -5,9 +5,12 @@ Each test attacks as the review did and fails on the code before the fix.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import queue
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +27,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kms.groups import Group
 from kms.handshake import Hello, Initiator, LocalIdentity, PeerInfo
 from kms.handshake_wire import to_frame
-from kms.v1 import handshake_pb2, handshake_pb2_grpc, revocation_pb2, revocation_pb2_grpc
+from kms.v1 import (
+    handshake_pb2,
+    handshake_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    revocation_pb2,
+    revocation_pb2_grpc,
+)
 from tests.harness import (
     ServerProcess,
     WatchProcess,
@@ -35,6 +45,7 @@ from tests.harness import (
 )
 
 Frame = handshake_pb2.HandshakeFrame
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +253,136 @@ def test_revoked_agents_listen_watch_and_exchange_commands_exit_with_their_revok
                 proc.wait(10)
         listener.close()
         bait_ch.channel.close()
+
+
+# --- item 13: probing names and revocations, and hijacking a listener ------------------------------
+
+
+def test_exchange_gives_one_answer_for_unknown_revoked_and_absent_agents(
+    rig: tuple[ServerProcess, Path],
+) -> None:
+    server, root = rig
+    asker = _enroll(server, root, "asker")
+    _enroll(server, root, "gone")
+    _enroll(server, root, "idle")
+    server.admin("revoke", "agent", "gone")
+    ch = channel(server, asker)
+    try:
+        answers = {}
+        for peer in ("nobody-here", "gone", "idle"):
+            stream = ch.bidi("Exchange")
+            stream.send(to_frame(hello(asker, peer)))
+            assert stream.wait(10)
+            answers[peer] = (stream.code, stream.details.replace(repr(peer), "NAME"))
+        assert len(set(answers.values())) == 1, answers
+        assert answers["idle"][0] == grpc.StatusCode.FAILED_PRECONDITION, answers
+    finally:
+        ch.channel.close()
+
+
+def test_bogus_exchanges_neither_use_up_listen_once_nor_evict_the_listener(
+    rig: tuple[ServerProcess, Path], tmp_path: Path
+) -> None:
+    server, root = rig
+    victim, mallory, friend = (_enroll(server, root, n) for n in ("victim", "mallory", "friend"))
+    listener = _popen(victim, "listen", "--once", "--json", "--out-dir", str(tmp_path))
+    ch = channel(server, mallory)
+    try:
+        # A bogus hello (a key share of the wrong size), sent until the listener is there to refuse it.
+        bogus = dataclasses.replace(hello(mallory, "victim"), share=b"\x00" * 7)
+        deadline = time.monotonic() + 20
+        while True:
+            refused = ch.bidi("Exchange")
+            refused.send(to_frame(bogus))
+            assert refused.wait(10)
+            if "not listening" not in refused.details or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert refused.code == grpc.StatusCode.FAILED_PRECONDITION and "refused" in refused.details, (
+            refused.details
+        )
+        # A well-formed hello, and the initiator walks away once the listener has answered.
+        walked = ch.bidi("Exchange")
+        walked.send(to_frame(hello(mallory, "victim")))
+        assert walked.first.wait(10) and walked.code is None, walked.details
+        walked.close()
+        # The listener is still there, and its one exchange is still to come: the first try works.
+        result = subprocess.run(
+            [exe("kms-agent"), "exchange", "--peer", "victim", "--json", "--dir", str(friend)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 0, result.stderr
+        out, err = listener.communicate(timeout=20)
+        assert listener.returncode == 0, err
+        assert json.loads(out)["peer"] == "friend"
+        assert err.count("exchange failed") == 2 and "Traceback" not in err, err
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait(10)
+        ch.channel.close()
+
+
+# --- item 5: an exchange flood from one agent -------------------------------------------------------
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def whoami_under_exchange_flood(
+    server: ServerProcess, flooder: Path, quiet: Path, seconds: float, lanes: int = 8
+) -> tuple[list[float], dict[str, Any]]:
+    """Another agent's WhoAmI latencies (s) while flooder replays one ffdhe3072 Hello; the flood's outcome."""
+    hello_file = flooder / "hello.bin"
+    hello_file.write_bytes(to_frame(hello(flooder, "server", Group.FFDHE3072)).SerializeToString())
+    ch = grpc.secure_channel(server.address, agent_credentials(quiet))
+    stub = identity_pb2_grpc.IdentityStub(ch)
+    request = identity_pb2.WhoAmIRequest()
+    try:
+        for _ in range(20):  # warm: connection, caches
+            stub.WhoAmI(request, timeout=10)
+        attacker = subprocess.Popen(
+            [sys.executable, "-m", "tests.exchange_flood", server.address, str(flooder), str(hello_file)]
+            + [str(seconds), str(lanes)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # the flood is under way
+        latencies: list[float] = []
+        while attacker.poll() is None:
+            began = time.perf_counter()
+            stub.WhoAmI(request, timeout=10)
+            latencies.append(time.perf_counter() - began)
+            time.sleep(0.005)
+        out, err = attacker.communicate(timeout=30)
+        assert attacker.returncode == 0, err
+        return latencies, json.loads(out)
+    finally:
+        ch.close()
+
+
+def test_an_exchange_flood_is_limited_and_does_not_stall_other_agents(
+    rig: tuple[ServerProcess, Path],
+) -> None:
+    server, root = rig
+    flooder, quiet = _enroll(server, root, "flooder"), _enroll(server, root, "quiet")
+    seconds = 3.0
+    latencies, flood = whoami_under_exchange_flood(server, flooder, quiet, seconds)
+    counts, examples = flood["counts"], flood["examples"]
+    # At most --exchange-rate (10) a second, after a burst of as many: the rest are refused with a hint.
+    assert counts.get("answered", 0) <= 10 * (seconds + 1) + 10, flood
+    assert counts.get("RESOURCE_EXHAUSTED", 0) > 0 and "retry in" in examples["RESOURCE_EXHAUSTED"], flood
+    p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
+    print(
+        f"WhoAmI under the flood: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms over {len(latencies)} calls"
+    )
+    assert len(latencies) > 50
+    assert p99 < 0.050, f"another agent's WhoAmI p99 was {p99 * 1000:.0f} ms under an exchange flood"
