@@ -244,7 +244,12 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         tls = ServerTls(datadir, sealer, ca, cfg.sans, cfg.server_cert_ttl, cfg.renew_fraction, clock)
 
         enrollment = EnrollmentService(
-            store, ca, clock, default_token_ttl=cfg.token_ttl, max_token_ttl=cfg.max_token_ttl
+            store,
+            ca,
+            clock,
+            default_token_ttl=cfg.token_ttl,
+            max_token_ttl=cfg.max_token_ttl,
+            renew_window=cfg.renew_window,
         )
         agents = AgentDirectory(store, trust_domain, clock)
         metrics = Metrics()

@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -258,7 +258,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _wrap_stream(
         self,
-        behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+        behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]],
         authorize: Callable[[grpc.aio.ServicerContext], Awaitable[Caller | None]],
     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

@@ -217,9 +217,14 @@ def cmd_key_list(args: argparse.Namespace) -> int:
 
 def _print_revocation(resp: admin_pb2.RevokeResponse, as_json: bool) -> None:
     if as_json:
-        print_json({**event_fields(resp.event), "already_revoked": resp.already_revoked})
+        fields: dict[str, object] = {**event_fields(resp.event), "already_revoked": resp.already_revoked}
+        if resp.cascaded:
+            fields["cascaded"] = [event_fields(e) for e in resp.cascaded]
+        print_json(fields)
     else:
         print(("already revoked: " if resp.already_revoked else "revoked: ") + describe(resp.event))
+        for event in resp.cascaded:
+            print("renewed from it, revoked too: " + describe(event))
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:

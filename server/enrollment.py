@@ -9,6 +9,7 @@ two racing ones cannot both succeed.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
@@ -23,7 +24,7 @@ from kms.tokens import JoinToken, secret_matches
 from server.authn import Caller
 from server.ca import CertificateAuthority
 from server.clock import Clock
-from server.store import AgentRecord, AuditEntry, CertificateRecord, JoinTokenRecord, Store
+from server.store import AgentRecord, AuditEntry, CertificateRecord, JoinTokenRecord, Store, rules
 
 __all__ = ["Enrolled", "EnrollmentService", "IssuedToken", "serial_hex"]
 
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 # One message for unknown, used, expired and mismatched tokens: no oracle.
 _BAD_TOKEN = "join token is invalid, expired or already used: ask the administrator for a new one"  # noqa: S105 - a message, not a secret
 MIN_TOKEN_TTL_SECONDS = 1
+_RENEWALS_KEPT = 100_000
 
 
 def serial_hex(cert: x509.Certificate) -> str:
@@ -60,12 +62,19 @@ class EnrollmentService:
         *,
         default_token_ttl: timedelta,
         max_token_ttl: timedelta,
+        renew_window: timedelta = timedelta(0),
     ) -> None:
         self._store = store
         self._ca = ca
         self._clock = clock
         self._default_ttl = default_token_ttl
         self._max_ttl = max_token_ttl
+        # One renewal per agent in this long: a stolen certificate cannot mint certificates
+        # by the hundred, and its thief's renewals are bounded like its owner's.
+        self._renew_window = int(renew_window.total_seconds())
+        # When each agent last renewed through this server: refuses a renewal before the CA
+        # signs anything. The store's check, in the renewal's transaction, is the one that holds.
+        self._renewed_at: OrderedDict[str, int] = OrderedDict()
 
     async def create_token(
         self, name: str, groups: list[str], ttl_seconds: int | None, *, allow_reenroll: bool = False
@@ -149,13 +158,20 @@ class EnrollmentService:
         """Issues a new certificate for a new key, with the caller's identity and groups.
 
         The caller was authenticated on this call (valid, unexpired, unrevoked);
-        the new key must differ from the current one (renewal rekeys).
+        the new key must differ from the current one (renewal rekeys). The new
+        certificate records the caller's as the one it was renewed from.
+
+        Raises:
+            ResourceExhausted: the agent was issued a renewed certificate within the renewal window.
         """
         public_key = check_csr(csr_der)
         if public_key == caller.public_key:
             raise InvalidArgument("renewal needs a new key: make a new RSA key and a CSR for it")
-        cert = await self._ca.issue_agent(public_key, caller.name)
         now = int(self._clock().timestamp())
+        last = self._renewed_at.get(caller.name)
+        if self._renew_window and last is not None and last > now - self._renew_window:
+            raise rules.renewed_too_soon(caller.name, last, now - self._renew_window, now)
+        cert = await self._ca.issue_agent(public_key, caller.name)
         record = CertificateRecord(
             serial=serial_hex(cert),
             agent_name=caller.name,
@@ -169,8 +185,13 @@ class EnrollmentService:
             record,
             caller.groups,
             renewed_from=caller.serial,
+            not_renewed_since=now - self._renew_window if self._renew_window else None,
             audit=AuditEntry(now, f"agent:{caller.name}/{caller.serial}", "renew", f"serial:{record.serial}"),
         )
+        self._renewed_at[caller.name] = now
+        self._renewed_at.move_to_end(caller.name)
+        if len(self._renewed_at) > _RENEWALS_KEPT:
+            self._renewed_at.popitem(last=False)
         logger.info(
             "certificate renewed", extra={"agent": caller.name, "old": caller.serial, "new": record.serial}
         )

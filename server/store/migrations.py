@@ -132,6 +132,18 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "DROP TABLE events",
         "ALTER TABLE events_v5 RENAME TO events",
     ],
+    # 6: certificate lineage: the certificate each renewal was made from, so revoking a
+    # certificate for keyCompromise reaches every certificate renewed from it. Renewals
+    # made before this step are found in the audit trail ("renew" by agent:NAME/OLD, of
+    # serial:NEW).
+    [
+        "ALTER TABLE certificates ADD COLUMN renewed_from TEXT",
+        "CREATE INDEX certificates_by_parent ON certificates(renewed_from)",
+        """UPDATE certificates SET renewed_from = r.parent FROM (
+            SELECT substr(object, 8) AS child, substr(actor, instr(actor, '/') + 1) AS parent FROM audit
+            WHERE action = 'renew' AND outcome = 'ok' AND object LIKE 'serial:%' AND actor LIKE 'agent:%/%'
+        ) AS r WHERE certificates.serial = r.child""",
+    ],
 ]
 
 # PostgreSQL: BYTEA for BLOB, BIGINT for Unix times. The event log's seq is
@@ -247,6 +259,15 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE events DROP CONSTRAINT events_kind_check",
         "ALTER TABLE events ADD CONSTRAINT events_kind_check CHECK (kind IN ('cert', 'agent', 'key', 'rotate'))",
+    ],
+    # 6: certificate lineage (see the SQLite step).
+    [
+        "ALTER TABLE certificates ADD COLUMN renewed_from TEXT",
+        "CREATE INDEX certificates_by_parent ON certificates(renewed_from)",
+        """UPDATE certificates SET renewed_from = r.parent FROM (
+            SELECT substr(object, 8) AS child, split_part(actor, '/', 2) AS parent FROM audit
+            WHERE action = 'renew' AND outcome = 'ok' AND object LIKE 'serial:%' AND actor LIKE 'agent:%/%'
+        ) AS r WHERE certificates.serial = r.child""",
     ],
 ]
 

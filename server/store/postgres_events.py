@@ -24,7 +24,7 @@ import asyncpg
 from server.store import rules
 from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
 from server.store.postgres_base import CONNECTION_ERRORS, SESSION_SETTINGS, Conn, PostgresBase
-from server.store.rows import CERT_COLUMNS, EVENT_COLUMNS, cert_record, event_record
+from server.store.rows import CERT_COLUMNS, DESCENDANTS, EVENT_COLUMNS, cert_record, event_record
 
 __all__ = ["CHANNEL", "PostgresEvents", "add_current_version", "append_event", "revoked_certificates"]
 
@@ -101,6 +101,47 @@ class PostgresEvents(PostgresBase):
                 serial,
             )
             return await append_event(conn, "cert", reason, now, serial=serial, agent=row[0])
+
+        return await self._write(q, audit)
+
+    async def revoke_lineage(
+        self, serial: str, reason: str, now: int, *, audit: Audit = None
+    ) -> list[RevocationEvent] | None:
+        async def q(conn: Conn) -> list[RevocationEvent] | None:
+            row = await conn.fetchrow(
+                "SELECT agent_name, revoked_at FROM certificates WHERE serial=$1 FOR UPDATE", serial
+            )
+            if row is None:
+                raise rules.no_certificate(serial)
+            lineage = [(serial, row[0], row[1])]
+            seen = {serial}
+            # Locked rows cannot be renewed from any more (a renewal takes FOR SHARE on its
+            # parent), but one that committed before a row was locked escaped the snapshot
+            # of the statement that locked it: look again until a pass finds nothing new.
+            while True:
+                found = [
+                    tuple(r)
+                    for r in await conn.fetch(
+                        DESCENDANTS.format(parent="$1") + " ORDER BY c.issued_at, c.serial FOR UPDATE OF c",
+                        serial,
+                    )
+                    if r[0] not in seen
+                ]
+                if not found:
+                    break
+                seen.update(r[0] for r in found)
+                lineage += found
+            events = []
+            for cert, agent, revoked_at in lineage:
+                if revoked_at is None:
+                    await conn.execute(
+                        "UPDATE certificates SET revoked_at=$1, revocation_reason=$2 WHERE serial=$3",
+                        now,
+                        reason,
+                        cert,
+                    )
+                    events.append(await append_event(conn, "cert", reason, now, serial=cert, agent=agent))
+            return events or None
 
         return await self._write(q, audit)
 

@@ -169,6 +169,14 @@ class PostgresKeys(PostgresBase):
         audit: Audit = None,
     ) -> KeyVersionRecord:
         async def q(conn: Conn) -> KeyVersionRecord:
+            # FOR SHARE on the caller's certificate, which every revocation locks FOR UPDATE
+            # (revoke cert, revoke agent, on any replica): the release commits before the
+            # revocation, or waits for it and then reads it committed and is refused.
+            revoked = await conn.fetchrow(
+                "SELECT revoked_at, revocation_reason FROM certificates WHERE serial=$1 FOR SHARE", serial
+            )
+            if revoked is not None and revoked[0] is not None:
+                raise rules.release_refused(serial, revoked[1] or "unspecified")
             granted = await conn.fetchval(
                 "SELECT 1 FROM key_grants WHERE key_name=$1"
                 " AND ((kind='agent' AND grantee=$2) OR (kind='group' AND grantee = ANY($3::text[])))",
