@@ -3,8 +3,10 @@
     python -m tests.flood exchange ADDRESS STATE_DIR HELLO_FILE SECONDS LANES
         replays one pre-built Hello on Exchange streams as fast as the server answers, dropping
         each stream after the answer (item 5: the cost of a finite-field answer is the server's);
-    python -m tests.flood fetch-key ADDRESS STATE_DIR KEY SECONDS LANES
+    python -m tests.flood fetch-key ADDRESS STATE_DIR KEY SECONDS LANES [STOP_FILE]
         FetchKey calls back to back (item 12: releases in flight while the agent is revoked).
+
+With STOP_FILE, the load ends as soon as that file exists (or after SECONDS at most).
 
 Prints one JSON object: how many calls succeeded, and how many ended with each status code
 (with one example message per code).
@@ -48,7 +50,9 @@ def _fetch_key(name: str) -> Call:
     return call
 
 
-async def flood(address: str, state: Path, call: Call, seconds: float, lanes: int) -> dict[str, object]:
+async def flood(
+    address: str, state: Path, call: Call, seconds: float, lanes: int, stop: Path | None = None
+) -> dict[str, object]:
     creds = grpc.ssl_channel_credentials(
         (state / "ca.crt").read_bytes(),
         (state / "agent.key").read_bytes(),
@@ -61,7 +65,7 @@ async def flood(address: str, state: Path, call: Call, seconds: float, lanes: in
         end = time.monotonic() + seconds
 
         async def lane() -> None:
-            while time.monotonic() < end:
+            while time.monotonic() < end and not (stop is not None and stop.exists()):
                 try:
                     await call(channel)
                     counts["ok"] += 1
@@ -75,8 +79,9 @@ async def flood(address: str, state: Path, call: Call, seconds: float, lanes: in
 
 def main() -> None:
     mode, address, state, what, seconds, lanes = sys.argv[1:7]
+    stop = Path(sys.argv[7]) if len(sys.argv) > 7 else None
     call = _exchange(Path(what).read_bytes()) if mode == "exchange" else _fetch_key(what)
-    result = asyncio.run(flood(address, Path(state), call, float(seconds), int(lanes)))
+    result = asyncio.run(flood(address, Path(state), call, float(seconds), int(lanes), stop))
     print(json.dumps(result), flush=True)
 
 

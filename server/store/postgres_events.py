@@ -23,10 +23,17 @@ import asyncpg
 
 from server.store import rules
 from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
-from server.store.postgres_base import CONNECTION_ERRORS, SESSION_SETTINGS, Conn, PostgresBase
+from server.store.postgres_base import CERT_LOCKS, CONNECTION_ERRORS, SESSION_SETTINGS, Conn, PostgresBase
 from server.store.rows import CERT_COLUMNS, DESCENDANTS, EVENT_COLUMNS, cert_record, event_record
 
-__all__ = ["CHANNEL", "PostgresEvents", "add_current_version", "append_event", "revoked_certificates"]
+__all__ = [
+    "CHANNEL",
+    "PostgresEvents",
+    "add_current_version",
+    "append_event",
+    "lock_certificates",
+    "revoked_certificates",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +72,24 @@ async def append_event(
     return RevocationEvent(seq, kind, serial, agent, key_name, key_version, reason, now)
 
 
+async def lock_certificates(conn: Conn, serials: list[str], *, shared: bool = False) -> None:
+    """Takes each certificate's advisory lock until COMMIT: exclusive to revoke, shared to release.
+
+    Every path that revokes a certificate takes its lock before the UPDATE, and
+    a key release takes it (shared) before reading whether its caller is
+    revoked: a release either commits before the revocation, or reads it
+    committed and is refused. A row lock (FOR SHARE against FOR UPDATE) would
+    do the same, but shared row lockers can starve a waiting FOR UPDATE: an
+    agent fetching keys flat out held off its own revocation for as long as
+    it kept going. PostgreSQL's lock manager queues a new shared request
+    behind a waiting exclusive one, so a revocation waits only for the
+    releases already under way. In sorted order, so revocations never deadlock.
+    """
+    fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    for serial in sorted(set(serials)):
+        await conn.execute(f"SELECT {fn}($1, hashtext($2))", CERT_LOCKS, serial)
+
+
 async def add_current_version(conn: Conn, name: str, new: int, seal: SealFn, now: int) -> None:
     """Makes version new of key name, active and current (a rotation, or replacing a compromised one)."""
     await conn.execute(
@@ -94,6 +119,7 @@ class PostgresEvents(PostgresBase):
                 raise rules.no_certificate(serial)
             if row[1] is not None:
                 return None
+            await lock_certificates(conn, [serial])
             await conn.execute(
                 "UPDATE certificates SET revoked_at=$1, revocation_reason=$2 WHERE serial=$3",
                 now,
@@ -131,6 +157,7 @@ class PostgresEvents(PostgresBase):
                     break
                 seen.update(r[0] for r in found)
                 lineage += found
+            await lock_certificates(conn, [cert for cert, _, revoked_at in lineage if revoked_at is None])
             events = []
             for cert, agent, revoked_at in lineage:
                 if revoked_at is None:
@@ -162,6 +189,7 @@ class PostgresEvents(PostgresBase):
             ]
             if row[0] is not None and not serials:
                 return None
+            await lock_certificates(conn, serials)
             await conn.execute(
                 "UPDATE certificates SET revoked_at=$1, revocation_reason=$2 WHERE agent_name=$3 AND revoked_at IS NULL",
                 now,

@@ -469,6 +469,7 @@ def test_no_key_release_is_recorded_after_the_revocation_of_its_caller(
     names = [f"fetcher-{trial}" for trial in range(3)]
     for name in names:
         assert enroll(server, root / name, server.token(name, "fetchers")).returncode == 0
+    stop = root / "stop-fetching"
     floods = [
         subprocess.Popen(
             [
@@ -479,9 +480,10 @@ def test_no_key_release_is_recorded_after_the_revocation_of_its_caller(
                 server.address,
                 str(root / name),
                 "app",
-                "2.5",
+                "30",
                 "24",
-            ],
+            ]
+            + [str(stop)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -491,13 +493,25 @@ def test_no_key_release_is_recorded_after_the_revocation_of_its_caller(
         for name in names
     ]
     time.sleep(1.0)  # releases under way
-    for name in names:
-        server.admin("revoke", "agent", name)
+    revokes = [
+        subprocess.Popen(
+            [exe("kms-server"), "revoke", "agent", name, "--data-dir", str(server.data_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        for name in names
+    ]
+    for revoke in revokes:
+        assert revoke.wait(60) == 0, revoke.communicate()[1]
+    time.sleep(0.5)  # releases still under way after the revocations: they must all be refused
+    stop.touch()
+    outcomes = []
     for flood in floods:
         out, err = flood.communicate(timeout=60)
         assert flood.returncode == 0, err
-        outcome = json.loads(out)["counts"]
-        assert outcome.get("ok", 0) > 0 and outcome.get("UNAUTHENTICATED", 0) > 0, outcome
+        outcomes.append(json.loads(out)["counts"])
     records = json.loads(server.admin("audit", "list", "--json").stdout)
     late = {}
     for name in names:
@@ -510,3 +524,5 @@ def test_no_key_release_is_recorded_after_the_revocation_of_its_caller(
             if r["action"] == "key.release" and r["actor"].startswith(f"agent:{name}/") and r["seq"] > revoked
         )
     assert late == dict.fromkeys(names, 0), f"releases recorded after each agent's revocation: {late}"
+    # Each flood was refused once its agent was revoked, having been served until then.
+    assert all(o.get("ok", 0) > 0 and o.get("UNAUTHENTICATED", 0) > 0 for o in outcomes), outcomes
