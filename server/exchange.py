@@ -9,7 +9,7 @@ What one agent can do to others through here is bounded:
 
 - each agent starts at most ``rate`` exchanges a second (a burst of as many);
 - the server's finite-field Diffie-Hellman (RFC 7919 groups, milliseconds of
-  CPU each) runs on worker threads, never on the event loop;
+  CPU each) runs on a worker thread, never on the event loop;
 - ``responder=NAME`` gets one answer for an unknown, a revoked and a
   not-listening agent, so names and revocations cannot be probed;
 - a listener keeps its place across failed attempts: a bogus hello, a
@@ -49,8 +49,10 @@ Frame = handshake_pb2.HandshakeFrame
 
 # RFC 7919 groups: tens of milliseconds of modular arithmetic per exchange, kept off the event loop.
 _SLOW_GROUPS = frozenset({"ffdhe2048", "ffdhe3072"})
-# At most this many finite-field answers are computed at once; more wait their turn.
-_CRYPTO_THREADS = 2
+# Finite-field answers are computed one at a time, on one thread: its modular arithmetic holds
+# the GIL (two threads would not run it in parallel), and kms/groups.py silences cryptography's
+# FFDH deprecation warning with warnings.catch_warnings, which is process-wide, not thread-safe.
+_CRYPTO_THREADS = 1
 # Initiators that may wait for one busy listener; more are told to retry.
 _WAITING_MAX = 8
 
@@ -136,7 +138,8 @@ class ExchangeService:
         wait = self._limiter.take(caller.name)
         if wait:
             raise ResourceExhausted(
-                f"agent {caller.name!r} starts at most {self._rate} key exchanges a second: retry in {wait:.1f}s"
+                f"agent {caller.name!r} starts at most {self._rate} key exchanges a second: "
+                f"retry in {max(wait, 0.1):.1f}s"
             )
         hello = from_frame(await self._next(frames, "hello"))
         if not isinstance(hello, Hello):
