@@ -156,7 +156,9 @@ def build_parser() -> ArgumentParser:
     ex.set_defaults(func=cmd_exchange)
 
     li = sub.add_parser("listen", parents=[common], help="accept key exchanges from other agents")
-    li.add_argument("--once", action="store_true", help="exit after one exchange")
+    li.add_argument(
+        "--once", action="store_true", help="exit after one completed exchange (failed attempts do not count)"
+    )
     li.add_argument("--out-dir", help="where session keys go, as <id>.key (default: <state dir>/sessions)")
     li.add_argument("--json", action="store_true")
     li.add_argument(

@@ -64,10 +64,16 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+
+    def failed(exc: KmsError) -> None:  # another agent's failed attempt: it costs us nothing
+        logger.warning("exchange failed: %s", exc.message)
+
     with client:
         while not stop.is_set():
             try:
-                session = respond_once(identity, client, args.handshake_timeout, args.accept_from)
+                session = respond_once(
+                    identity, client, args.handshake_timeout, args.accept_from, on_failed=failed
+                )
             except KmsError as exc:
                 if stop.is_set():
                     break

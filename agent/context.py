@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,8 +11,11 @@ from agent.client import KmsClient
 from agent.renew import renew, renewal_due
 from agent.servers import Servers
 from agent.state import AgentIdentity, StateDir, default_state_dir
+from kms.errors import ResourceExhausted
 
 __all__ = ["client_for", "connect", "iso", "state_dir"]
+
+logger = logging.getLogger(__name__)
 
 
 def state_dir(args: argparse.Namespace) -> StateDir:
@@ -49,7 +53,13 @@ def connect(
     servers = servers or Servers(identity.settings.servers)
     if auto_renew and renewal_due(identity, args.renew_fraction):
         with client_for(identity, args.timeout, servers) as client:
-            identity = renew(state, identity, client)
+            try:
+                identity = renew(state, identity, client)
+            except ResourceExhausted as exc:
+                # The server limits renewals per agent; the certificate we hold is still valid.
+                logger.warning(
+                    "automatic renewal refused, carrying on with the current certificate: %s", exc.message
+                )
     return identity, client_for(identity, args.timeout, servers)
 
 

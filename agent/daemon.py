@@ -164,7 +164,12 @@ class AgentDaemon:
             idle = max(1.0, min(60.0, left / 3))
             try:
                 session = respond_once(
-                    identity, client, self._handshake_timeout, current=self._state.load, idle=idle
+                    identity,
+                    client,
+                    self._handshake_timeout,
+                    current=self._state.load,
+                    idle=idle,
+                    on_failed=lambda exc: logger.warning("exchange failed: %s", exc.message),
                 )
                 write_atomic(self._sessions / f"{session.session_id}.key", session.key, mode=0o600)
                 logger.info(

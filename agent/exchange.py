@@ -10,6 +10,7 @@ signature).
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -22,9 +23,9 @@ from agent.issuance import trust_domain_of
 from agent.state import AgentIdentity
 from agent.watchdog import Watchdog
 from kms.addresses import parse_hostport
-from kms.errors import DeadlineExceeded, FailedPrecondition
+from kms.errors import DeadlineExceeded, FailedPrecondition, KmsError, Revoked, Unavailable
 from kms.groups import Group
-from kms.handshake import Hello, Initiator, LocalIdentity, PeerInfo, Responder, Session
+from kms.handshake import Initiator, LocalIdentity, PeerInfo, Responder, Session
 from kms.handshake_wire import from_frame, to_frame
 from kms.peers import agent_peer, server_peer
 from kms.v1 import handshake_pb2, revocation_pb2
@@ -93,6 +94,12 @@ class _Stream:
             self._watchdog = Watchdog(self._timeout, self._call.cancel)
         return frame
 
+    def wait_idle(self, seconds: float | None) -> None:
+        """The next receive waits for a new exchange: up to seconds (None: without limit)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog = Watchdog(seconds, self._call.cancel) if seconds else None
+
     def wait_end(self, endpoint: Endpoint) -> None:
         """Half-closes and waits until the server ends the stream (so the last frame was delivered)."""
         self._out.put(None)
@@ -147,6 +154,14 @@ def _initiate_on(
     return session
 
 
+class _AttemptFailed(Exception):
+    """An incoming exchange failed after its hello arrived, and took its Listen stream with it."""
+
+    def __init__(self, error: KmsError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 def respond_once(
     identity: AgentIdentity,
     client: KmsClient,
@@ -154,21 +169,53 @@ def respond_once(
     accept_from: str | None = None,
     current: Callable[[], AgentIdentity] | None = None,
     idle: float = 0,
+    on_failed: Callable[[KmsError], object] | None = None,
 ) -> Session:
-    """Waits (without limit) for one incoming exchange, answers it, returns the session.
+    """Waits (without limit) for one incoming exchange that completes, answers it, returns the session.
 
     Listens on the current server address; one that is UNAVAILABLE (or goes
-    away while waiting) moves the wait to the next.
+    away while waiting) moves the wait to the next. An attempt that fails
+    (a bogus or refused hello or authentication, an initiator that gives up
+    or stalls, a stream cut mid-way) is reported to on_failed and does not
+    count: the wait goes on, on the same Listen stream when the server kept
+    it, else on a new one. So no other agent can use up a listener's one
+    exchange, nor push it off the server.
 
     Args:
         accept_from: if given, only this agent may complete an exchange.
         current: gives the agent's identity when the exchange arrives (a
             long-running agent renews while it waits); default: identity.
-        idle: give up (DeadlineExceeded) if nothing arrives in this many seconds; 0 waits forever.
+        idle: give up (DeadlineExceeded) if no exchange completes in this many seconds; 0 waits forever.
+        on_failed: told of each failed attempt (the listener's own revocation is raised instead).
     """
-    return client.failover(
-        lambda endpoint: _respond_on(endpoint, identity, timeout, accept_from, current, idle)
-    )
+    deadline = time.monotonic() + idle if idle else None
+    while True:
+        try:
+            return client.failover(
+                lambda endpoint: _respond_on(
+                    endpoint, identity, timeout, accept_from, current, deadline, on_failed or _ignore
+                )
+            )
+        except _AttemptFailed as failed:
+            (on_failed or _ignore)(failed.error)
+
+
+def _ignore(error: KmsError) -> None:
+    return None
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds left until deadline (None: no deadline); DeadlineExceeded once it has passed."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("the handshake stalled waiting for an incoming exchange")
+    return left
+
+
+def _abort(reason: str) -> Frame:
+    return Frame(abort=handshake_pb2.Abort(reason=reason[:200]))
 
 
 def _respond_on(
@@ -177,7 +224,8 @@ def _respond_on(
     timeout: float,
     accept_from: str | None,
     current: Callable[[], AgentIdentity] | None,
-    idle: float,
+    deadline: float | None,
+    on_failed: Callable[[KmsError], object],
 ) -> Session:
     ca, trust_domain, is_revoked = _ca(identity), _trust_domain(identity), _revocation_check(endpoint)
 
@@ -185,20 +233,49 @@ def _respond_on(
         # The clock is read when the initiator's certificate arrives, not when listening began.
         return agent_peer(ca, trust_domain, accept_from, datetime.now(UTC), is_revoked)(chain)
 
-    stream = _Stream(endpoint.handshake.Listen, timeout, first_timeout=idle)
+    stream = _Stream(endpoint.handshake.Listen, timeout, first_timeout=_left(deadline) or 0)
+    began = False
     try:
         stream.send(Frame(listen=handshake_pb2.ListenStart()))
-        hello = from_frame(stream.receive(endpoint, "an incoming exchange"))
-        if not isinstance(hello, Hello):
-            raise FailedPrecondition("expected a hello from the server")
-        # Sign with the certificate we hold now, not the one we held when we started waiting.
-        machine = Responder(_local((current or (lambda: identity))()), check, identity.settings.name)
-        stream.send(to_frame(machine.receive(hello)))
-        finished = machine.receive(from_frame(stream.receive(endpoint, "the initiator's authentication")))
-        stream.send(to_frame(finished))
-        stream.wait_end(endpoint)
+        while True:
+            frame = stream.receive(endpoint, "an incoming exchange")
+            began = True
+            if frame.WhichOneof("frame") != "hello":
+                raise FailedPrecondition("expected a hello from the server")
+            # Sign with the certificate we hold now, not the one we held when we started waiting.
+            machine = Responder(_local((current or (lambda: identity))()), check, identity.settings.name)
+            try:
+                answer = machine.receive(from_frame(frame))
+            except KmsError as exc:  # a hello this listener will not answer: refuse it, keep listening
+                stream.send(_abort(exc.message))
+                on_failed(exc)
+                stream.wait_idle(_left(deadline))
+                continue
+            stream.send(to_frame(answer))
+            frame = stream.receive(endpoint, "the initiator's authentication")
+            if frame.WhichOneof("frame") == "abort":  # the initiator gave up: keep listening
+                on_failed(FailedPrecondition(f"the exchange was abandoned: {frame.abort.reason}"))
+                stream.wait_idle(_left(deadline))
+                continue
+            try:
+                finished = machine.receive(from_frame(frame))
+            except (Revoked, Unavailable):
+                raise
+            except KmsError as exc:  # refused (not the agent expected, revoked, bad signature or MAC)
+                stream.send(_abort(exc.message))
+                on_failed(exc)
+                stream.wait_idle(_left(deadline))
+                continue
+            stream.send(to_frame(finished))
+            stream.wait_end(endpoint)
+            session = machine.session
+            assert session is not None
+            return session
+    except (Revoked, Unavailable):
+        raise
+    except KmsError as exc:
+        if began:  # an attempt was under way: it failed, the listener did not
+            raise _AttemptFailed(exc) from None
+        raise
     finally:
         stream.close()
-    session = machine.session
-    assert session is not None
-    return session

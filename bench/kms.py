@@ -4,7 +4,7 @@ The server runs with its default durability settings (SQLite WAL,
 synchronous=FULL). Only limits that exist to slow down one abusive peer are
 raised, because every bench client connects from 127.0.0.1: the per-address
 enrollment and failed-authentication rates, connections to the enrollment
-port, and open streams per identity.
+port, open streams per agent, and key exchanges per agent.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ KMS_LIMIT_FLAGS = (
     "10000",
     "--max-anonymous-connections-per-address",
     "100000",
+    # Each bench identity runs dozens of exchanges a second (the server's throughput is measured).
+    "--exchange-rate",
+    "10000",
 )
 
 

@@ -108,6 +108,7 @@ class App:
     # The enrollment port: its own gRPC server on loopback, behind the gate on the public address.
     enroll: EnrollmentPort
     failures: FailureReport
+    exchanges: ExchangeService | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # The event follower: it ends only when the shared log was rewritten (the server must stop).
     following: asyncio.Task[None] | None = None
@@ -160,6 +161,8 @@ class App:
         await asyncio.gather(self.api.stop(grace), self.enroll.stop(grace), self.admin.stop(grace))
         self.watch.close()  # after the grace: streams still open in it get their heartbeats
         self.failures.close_interval()  # the last refusals' audit records join the final flush
+        if self.exchanges is not None:
+            self.exchanges.close()
         try:  # bounded: a store that refuses writes must not hold the stop past a supervisor's patience
             await asyncio.wait_for(self.audit.flush(), AUDIT_FLUSH_AT_STOP)
         except TimeoutError:
@@ -273,6 +276,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             max_token_ttl=cfg.max_token_ttl,
             on_revoked=revocations.apply_committed,
             on_issued=expiring.issued,
+            renew_window=cfg.renew_window,
         )
         agents = AgentDirectory(store, trust_domain, clock, revocations.revocation_reason)
         health = HealthServicer()
@@ -289,10 +293,10 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             ca.certificate,
             trust_domain,
             audit,
-            store,
             revocations,
             clock,
             cfg.handshake_timeout.total_seconds(),
+            cfg.exchange_rate,
         )
 
         if cfg.http_host is not None:  # only /metrics reads it
@@ -425,6 +429,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             watch,
             enroll,
             failures,
+            exchanges=exchanges,
             devices=deployment.devices,
         )
     except BaseException:

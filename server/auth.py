@@ -15,12 +15,13 @@ never to a caller with a valid token or certificate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -31,7 +32,7 @@ from kms.errors import KmsError, PermissionDenied, ResourceExhausted, Unauthenti
 from server.authn import Caller, PeerAuthenticator
 from server.decoding import NotDecoded, Undecodable, decoded, lenient
 from server.failures import FailureReport
-from server.feed import StreamGuard
+from server.feed import GuardedStream, StreamGuard
 from server.limits import AnonymousFailure, RateLimiter, peer_address
 from server.metrics import Metrics
 
@@ -94,7 +95,7 @@ _STREAMS = frozenset({"/kms.v1.Revocation/Watch", "/kms.v1.Handshake/Exchange", 
 
 @dataclass
 class Limits:
-    """Failed enrollment attempts and refused join tokens per peer address; open streams per identity.
+    """Failed enrollment attempts and refused join tokens per peer address; open streams per agent.
 
     The address budgets count only attempts that fail without a valid secret
     (AnonymousFailure): a valid join token enrolls, and a valid certificate is
@@ -120,7 +121,8 @@ class Limits:
     def check_streams(self, open_now: int) -> None:
         if open_now >= self.max_streams:
             raise ResourceExhausted(
-                f"this identity already holds {open_now} open streams (the limit): close one, then retry"
+                f"this agent already holds {open_now} open streams, all its certificates together (the limit): "
+                "close one, then retry"
             )
 
 
@@ -233,7 +235,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 assert self._authenticator is not None
                 caller = await self._authenticator.authenticate(peer_pem[0])
                 if self._limits is not None and self._guard is not None and method in _STREAMS:
-                    self._limits.check_streams(self._guard.open_streams(caller.serial))
+                    self._limits.check_streams(self._guard.open_streams(caller.name))
             if Role.ANYONE in allowed:
                 return caller
             if Role.AGENT in allowed:
@@ -315,7 +317,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _wrap_stream(
         self,
-        behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+        behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]],
         authorize: Callable[[grpc.aio.ServicerContext], Awaitable[Caller | None]],
         method: str,
         *,
@@ -332,22 +334,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 # context), and a closing generator may run its cleanup in another.
                 current_caller.set(caller)
                 task = asyncio.current_task()
+                if caller is None or self._guard is None or task is None:
+                    async for response in _responses(behavior(request, context)):
+                        yield response
+                    return
                 # Open streams of a certificate are closed when it is revoked:
                 # TLS and the per-call check act only on new calls.
-                if caller is not None and self._guard is not None and task is not None:
-                    self._guard.register(caller.serial, caller.name, task)
+                stream = GuardedStream(task, caller.serial, caller.name)
+                self._guard.register(stream)
                 try:
-                    responses = behavior(request, context)
-                    if inspect.isawaitable(responses):
-                        # A handler that writes with context.write (grpc_health's Watch) is a
-                        # coroutine, not an async generator.
-                        await responses
-                    else:
+                    async with contextlib.aclosing(_responses(behavior(request, context))) as responses:
                         async for response in responses:
+                            stream.sending = True
                             yield response
+                            stream.sending = False
+                            if stream.reason is not None:  # revoked while gRPC was sending
+                                raise stream.error()
+                except asyncio.CancelledError:
+                    if stream.reason is None:  # the client went away, or the server is stopping
+                        raise
+                    task.uncancel()  # revoked: end with a status, not silently (see GuardedStream)
+                    raise stream.error() from None
                 finally:
-                    if caller is not None and self._guard is not None and task is not None:
-                        self._guard.unregister(caller.serial, caller.name, task)
+                    self._guard.unregister(stream)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
@@ -356,6 +365,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await self._abort(context, exc, behavior.__qualname__)
 
         return wrapper
+
+
+async def _responses(handled: Any) -> AsyncGenerator[Any, None]:
+    """A stream handler's responses as one async generator, closed when this one is.
+
+    A handler that writes with context.write (grpc_health's Watch) is a coroutine,
+    not an async generator: it is awaited, and its writes go out as it makes them.
+    """
+    if inspect.isawaitable(handled):
+        await handled
+        return
+    async with contextlib.aclosing(handled) as responses:
+        async for response in responses:
+            yield response
 
 
 def _detail(exc: KmsError) -> str:

@@ -70,7 +70,9 @@ RUN_OPTIONS: list[tuple[str, str]] = [
     ("--log-format", "text or json (default text)"),
     ("--enroll-rate", "failed enrollment attempts per peer address per minute (default 30)"),
     ("--auth-failure-rate", "refused join tokens per peer address per minute (default 30)"),
-    ("--max-streams-per-identity", "open streams one agent certificate may hold (default 64)"),
+    ("--max-streams-per-identity", "open streams per agent, all its certificates together (default 64)"),
+    ("--exchange-rate", "key exchanges one agent may start per second (default 10)"),
+    ("--renew-interval", "one renewal per agent in this long, at most cert-ttl/4 (default 1m)"),
     ("--database", "postgresql://USER@HOST/DB shared by replicas (default: SQLite in the data dir)"),
     (
         "--database-password-file",
@@ -259,9 +261,14 @@ def cmd_key_list(args: argparse.Namespace) -> int:
 
 def _print_revocation(resp: admin_pb2.RevokeResponse, as_json: bool) -> None:
     if as_json:
-        print_json({**event_fields(resp.event), "already_revoked": resp.already_revoked})
+        fields: dict[str, object] = {**event_fields(resp.event), "already_revoked": resp.already_revoked}
+        if resp.cascaded:
+            fields["cascaded"] = [event_fields(e) for e in resp.cascaded]
+        print_json(fields)
     else:
         print(("already revoked: " if resp.already_revoked else "revoked: ") + describe(resp.event))
+        for event in resp.cascaded:
+            print("renewed from it, revoked too: " + describe(event))
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:

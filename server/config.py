@@ -126,7 +126,7 @@ KNOWN_KEYS = frozenset(
         "handshake_timeout", "watch_buffer", "http_listen", "renew_fraction", "log_format", "enroll_rate",
         "auth_failure_rate", "max_streams_per_identity", "database", "database_password_file", "master_key_file",
         "audit_file", "audit_syslog", "tls_handshake_timeout", "max_anonymous_connections_per_address",
-        "failure_report_interval",
+        "failure_report_interval", "exchange_rate", "renew_interval",
     }
 )  # fmt: skip
 
@@ -157,7 +157,10 @@ class ServerConfig:
     log_format: str  # "text" or "json"
     enroll_rate: int  # enrollment attempts per peer address per minute
     auth_failure_rate: int  # failed authentications per peer address per minute
-    max_streams_per_identity: int
+    max_streams_per_identity: int  # open streams per agent, all its certificates together
+    exchange_rate: int = 10  # key exchanges one agent may start per second
+    # At most one renewal per agent in this long (capped at a quarter of cert_ttl: see renew_window).
+    renew_interval: timedelta = timedelta(minutes=1)
     # None: the embedded SQLite store in the data dir. Else a postgresql:// URL
     # that several replicas share (it may hold a password: never print it whole).
     database: str | None = None
@@ -186,6 +189,13 @@ class ServerConfig:
     @property
     def enroll_listen(self) -> str:
         return join_hostport(self.enroll_host, self.enroll_port)
+
+    @property
+    def renew_window(self) -> timedelta:
+        """How long after one renewal an agent's next is refused: renew_interval, but at most a
+        quarter of cert_ttl, so agents with short-lived certificates (which renew at 2/3 of
+        their life by default) always can."""
+        return min(self.renew_interval, self.cert_ttl / 4)
 
     @property
     def admin_socket(self) -> Path:
@@ -295,6 +305,8 @@ class ServerConfig:
             max_streams_per_identity=_int(
                 pick("max_streams_per_identity", "64"), "--max-streams-per-identity"
             ),
+            exchange_rate=_int(pick("exchange_rate", "10"), "--exchange-rate"),
+            renew_interval=duration("renew_interval", "1m"),
             database=pick("database", None) or None,
             database_password_file=Path(password_file) if password_file else None,
             master_key_file=Path(master_key_file) if master_key_file else None,
@@ -387,6 +399,10 @@ class ServerConfig:
             raise InvalidArgument("--max-anonymous-connections-per-address must be between 1 and 100000")
         if not timedelta(seconds=1) <= self.failure_report_interval <= timedelta(hours=24):
             raise InvalidArgument("--failure-report-interval must be between 1s and 24h")
+        if not 1 <= self.exchange_rate <= 10_000:
+            raise InvalidArgument("--exchange-rate must be between 1 and 10000 per second")
+        if self.renew_interval > timedelta(days=1):
+            raise InvalidArgument("--renew-interval must be at most 1d")
         if self.shutdown_grace > timedelta(minutes=5):
             raise InvalidArgument("--shutdown-grace must be at most 5m")
         if self.database is not None and not self.database.startswith(("postgresql://", "postgres://")):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -51,6 +52,7 @@ from server.store import (
     JoinTokenRecord,
     RevocationEvent,
     Store,
+    rules,
 )
 
 __all__ = ["Enrolled", "EnrollmentService", "IssuedToken", "MalformedToken", "RefusedToken", "serial_hex"]
@@ -60,6 +62,7 @@ logger = logging.getLogger(__name__)
 # One message for unknown, used, expired and mismatched tokens: no oracle.
 _BAD_TOKEN = "join token is invalid, expired or already used: ask the administrator for a new one"  # noqa: S105 - a message, not a secret
 MIN_TOKEN_TTL_SECONDS = 1
+_RENEWALS_KEPT = 100_000
 
 
 class RefusedToken(Unauthenticated, AnonymousFailure):
@@ -114,6 +117,7 @@ class EnrollmentService:
         max_token_ttl: timedelta,
         on_issued: Callable[[CertificateRecord], None] = lambda cert: None,
         on_revoked: Callable[[RevocationEvent], object] = lambda event: None,
+        renew_window: timedelta = timedelta(0),
     ) -> None:
         self._store = store
         # Told of each certificate stored (enrollment or renewal): the expiry gauges.
@@ -125,6 +129,12 @@ class EnrollmentService:
         # Applies a revocation committed here (a superseded certificate) in memory:
         # the revoked map that authenticates calls, the watch feed, open streams.
         self._on_revoked = on_revoked
+        # One renewal per agent in this long: a stolen certificate cannot mint certificates
+        # by the hundred, and its thief's renewals are bounded like its owner's.
+        self._renew_window = int(renew_window.total_seconds())
+        # When each agent last renewed through this server: refuses a renewal before the CA
+        # signs anything. The store's check, in the renewal's transaction, is the one that holds.
+        self._renewed_at: OrderedDict[str, int] = OrderedDict()
 
     async def create_token(
         self,
@@ -285,13 +295,20 @@ class EnrollmentService:
         """Issues a new certificate for a new key, with the caller's identity and groups.
 
         The caller was authenticated on this call (valid, unexpired, unrevoked);
-        the new key must differ from the current one (renewal rekeys).
+        the new key must differ from the current one (renewal rekeys). The new
+        certificate records the caller's as the one it was renewed from.
+
+        Raises:
+            ResourceExhausted: the agent was issued a renewed certificate within the renewal window.
         """
         public_key = check_csr(csr_der)
         if public_key == caller.public_key:
             raise InvalidArgument("renewal needs a new key: make a new RSA key and a CSR for it")
-        cert = await self._ca.issue_agent(public_key, caller.name)
         now = int(self._clock().timestamp())
+        last = self._renewed_at.get(caller.name)
+        if self._renew_window and last is not None and last > now - self._renew_window:
+            raise rules.renewed_too_soon(caller.name, last, now - self._renew_window, now)
+        cert = await self._ca.issue_agent(public_key, caller.name)
         record = CertificateRecord(
             serial=serial_hex(cert),
             agent_name=caller.name,
@@ -305,8 +322,13 @@ class EnrollmentService:
             record,
             caller.groups,
             renewed_from=caller.serial,
+            not_renewed_since=now - self._renew_window if self._renew_window else None,
             audit=AuditEntry(now, f"agent:{caller.name}/{caller.serial}", "renew", f"serial:{record.serial}"),
         )
+        self._renewed_at[caller.name] = now
+        self._renewed_at.move_to_end(caller.name)
+        if len(self._renewed_at) > _RENEWALS_KEPT:
+            self._renewed_at.popitem(last=False)
         self._on_issued(record)
         logger.info(
             "certificate renewed", extra={"agent": caller.name, "old": caller.serial, "new": record.serial}

@@ -4,6 +4,18 @@ The relay moves opaque frames between two streams; the handshake's
 signatures and MACs make any change it (or anyone) made fail on both ends.
 Every step has a deadline, so a stalled exchange ends on both sides; when
 one side fails, the other is told at once.
+
+What one agent can do to others through here is bounded:
+
+- each agent starts at most ``rate`` exchanges a second (a burst of as many);
+- the server's finite-field Diffie-Hellman (RFC 7919 groups, milliseconds of
+  CPU each) runs on a worker thread, never on the event loop;
+- ``responder=NAME`` gets one answer for an unknown, a revoked and a
+  not-listening agent, so names and revocations cannot be probed;
+- a listener keeps its place across failed attempts: a bogus hello, a
+  refused initiator or one that goes away costs the listener one aborted
+  attempt (an ``abort`` frame) on the same Listen stream, and the stream
+  ends only after an exchange completes.
 """
 
 from __future__ import annotations
@@ -11,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from kms.errors import DeadlineExceeded, FailedPrecondition, KmsError, NotFound
+from kms.errors import DeadlineExceeded, FailedPrecondition, KmsError, ResourceExhausted
 from kms.handshake import Hello, LocalIdentity, Responder
 from kms.handshake_wire import from_frame, to_frame
 from kms.identity import validate_agent_name
@@ -24,8 +37,9 @@ from kms.v1 import handshake_pb2
 from server.audit import AuditBatcher
 from server.authn import Caller
 from server.clock import Clock
+from server.limits import RateLimiter
 from server.revocation import RevocationService
-from server.store import AuditEntry, Store
+from server.store import AuditEntry
 
 __all__ = ["ExchangeService"]
 
@@ -33,12 +47,43 @@ logger = logging.getLogger(__name__)
 
 Frame = handshake_pb2.HandshakeFrame
 
+# RFC 7919 groups: tens of milliseconds of modular arithmetic per exchange, kept off the event loop.
+_SLOW_GROUPS = frozenset({"ffdhe2048", "ffdhe3072"})
+# Finite-field answers are computed one at a time, on one thread: its modular arithmetic holds
+# the GIL (two threads would not run it in parallel), and kms/groups.py silences cryptography's
+# FFDH deprecation warning with warnings.catch_warnings, which is process-wide, not thread-safe.
+_CRYPTO_THREADS = 1
+# Initiators that may wait for one busy listener; more are told to retry.
+_WAITING_MAX = 8
+
+
+def _not_listening(name: str) -> FailedPrecondition:
+    # One answer for unknown, revoked and absent agents: no oracle for names or revocations.
+    return FailedPrecondition(
+        f"agent {name!r} is not listening on this server: run `kms-agent listen` there (with several "
+        "replicas, connected to the same replica as this agent), then retry"
+    )
+
 
 @dataclass
 class _Pairing:
+    """One initiator's attempt with a listener; each side posts a KmsError to the other if it fails."""
+
     initiator: str
+    hello: Frame
     to_responder: asyncio.Queue[Frame | KmsError] = field(default_factory=asyncio.Queue)
     to_initiator: asyncio.Queue[Frame | KmsError] = field(default_factory=asyncio.Queue)
+    abandoned: bool = False  # the initiator gave up: a listener skips it
+
+
+@dataclass
+class _Listener:
+    serial: str  # the certificate its Listen stream was opened with
+    waiting: asyncio.Queue[_Pairing] = field(default_factory=lambda: asyncio.Queue(_WAITING_MAX))
+
+
+def _kind(frame: Frame) -> str:
+    return frame.WhichOneof("frame") or "an empty frame"
 
 
 class ExchangeService:
@@ -48,19 +93,25 @@ class ExchangeService:
         ca_cert: x509.Certificate,
         trust_domain: str,
         audit: AuditBatcher,
-        store: Store,
         revocations: RevocationService,
         clock: Clock,
         step_timeout: float,
+        rate: int,
     ) -> None:
         self._identity = identity
         self._audit = audit
-        self._store = store
         self._revocations = revocations
         self._clock = clock
         self._timeout = step_timeout
-        self._listening: dict[str, asyncio.Queue[_Pairing]] = {}
+        self._rate = rate
+        self._limiter = RateLimiter(rate * 60, burst=rate)
+        self._listening: dict[str, _Listener] = {}
         self._peers = AgentPeers(ca_cert, trust_domain, revocations.is_revoked)
+        self._crypto = ThreadPoolExecutor(max_workers=_CRYPTO_THREADS, thread_name_prefix="handshake")
+
+    def close(self) -> None:
+        """Lets the crypto threads go (work they have started finishes; nothing new starts)."""
+        self._crypto.shutdown(wait=False, cancel_futures=True)
 
     async def _next(self, frames: AsyncIterator[Frame], what: str) -> Frame:
         try:
@@ -84,6 +135,12 @@ class ExchangeService:
     # --- the caller is the initiator ---------------------------------------------------
 
     async def exchange(self, caller: Caller, frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
+        wait = self._limiter.take(caller.name)
+        if wait:
+            raise ResourceExhausted(
+                f"agent {caller.name!r} starts at most {self._rate} key exchanges a second: "
+                f"retry in {max(wait, 0.1):.1f}s"
+            )
         hello = from_frame(await self._next(frames, "hello"))
         if not isinstance(hello, Hello):
             raise FailedPrecondition("an exchange starts with hello")
@@ -98,7 +155,12 @@ class ExchangeService:
         """The server's own side: nothing secret outlives this generator."""
         check = self._peers.at(self._clock())
         responder = Responder(self._identity(), check, "server")  # the current (rotating) TLS identity
-        yield to_frame(responder.receive(hello))
+        if hello.group in _SLOW_GROUPS:
+            # Its own thread: the event loop keeps serving everyone else meanwhile.
+            answer = await asyncio.get_running_loop().run_in_executor(self._crypto, responder.receive, hello)
+        else:
+            answer = responder.receive(hello)  # X25519 and P-256: well under a millisecond
+        yield to_frame(answer)
         finished = responder.receive(from_frame(await self._next(frames, "init_auth")))
         yield to_frame(finished)
         assert responder.session is not None
@@ -121,24 +183,23 @@ class ExchangeService:
         self, caller: Caller, hello: Hello, frames: AsyncIterator[Frame]
     ) -> AsyncIterator[Frame]:
         peer = validate_agent_name(hello.responder)
-        agent = await self._store.get_agent(peer)
-        if agent is None:
-            raise NotFound(f"no agent named {peer!r}")
-        if agent.latest.revoked_at is not None:
-            raise FailedPrecondition(f"agent {peer!r} is revoked: it cannot take part in an exchange")
-        # Claiming the listener removes it: one initiator per Listen stream.
-        waiting = self._listening.pop(peer, None)
-        if waiting is None:
-            raise FailedPrecondition(
-                f"agent {peer!r} is not listening on this server: run `kms-agent listen` there (with several "
-                "replicas, connected to the same replica as this agent), then retry"
-            )
-        pairing = _Pairing(caller.name)
-        waiting.put_nowait(pairing)
+        listener = self._listening.get(peer)
+        # The store is not asked: unknown, revoked and absent agents look the same from here.
+        if listener is None or self._revocations.is_revoked(listener.serial):
+            raise _not_listening(peer)
+        pairing = _Pairing(caller.name, to_frame(hello))
         try:
-            pairing.to_responder.put_nowait(to_frame(hello))
+            listener.waiting.put_nowait(pairing)
+        except asyncio.QueueFull:
+            raise ResourceExhausted(
+                f"agent {peer!r} has {_WAITING_MAX} exchanges waiting for it already: retry in a few seconds"
+            ) from None
+        try:
             yield await self._from(pairing.to_initiator, "resp_auth")
-            pairing.to_responder.put_nowait(await self._next(frames, "init_auth"))
+            init_auth = await self._next(frames, "init_auth")
+            if _kind(init_auth) != "init_auth":
+                raise FailedPrecondition(f"an exchange continues with init_auth, not {_kind(init_auth)}")
+            pairing.to_responder.put_nowait(init_auth)
             yield await self._from(pairing.to_initiator, "finished")
             self._audit.add(
                 AuditEntry(
@@ -151,6 +212,7 @@ class ExchangeService:
             # DEBUG, like an exchange with the server: the audit trail has every relay.
             logger.debug("relayed a key exchange", extra={"initiator": caller.name, "responder": peer})
         except BaseException as exc:  # including cancellation: the peer must not wait in vain
+            pairing.abandoned = True
             reason = exc.message if isinstance(exc, KmsError) else "it disconnected"
             pairing.to_responder.put_nowait(FailedPrecondition(f"the initiator gave up: {reason}"))
             raise
@@ -163,19 +225,63 @@ class ExchangeService:
             raise FailedPrecondition("a Listen stream starts with listen")
         if caller.name in self._listening:
             raise FailedPrecondition(f"agent {caller.name!r} is already listening on another stream")
-        waiting: asyncio.Queue[_Pairing] = asyncio.Queue(maxsize=1)
-        self._listening[caller.name] = waiting
+        listener = _Listener(caller.serial)
+        self._listening[caller.name] = listener
         try:
-            pairing = await waiting.get()  # waits as long as the listener wants (revocation closes it)
+            while True:
+                # Waits as long as the listener wants (revocation closes the stream).
+                pairing = await listener.waiting.get()
+                if pairing.abandoned:
+                    continue
+                try:
+                    yield pairing.hello
+                    answer = await self._next(frames, "resp_auth")
+                    if self._refused(answer, "resp_auth", pairing, caller.name):
+                        continue
+                    pairing.to_initiator.put_nowait(answer)
+                    from_initiator = await self._initiator_step(pairing)
+                    if isinstance(from_initiator, KmsError):
+                        yield Frame(abort=handshake_pb2.Abort(reason=from_initiator.message))
+                        continue
+                    yield from_initiator
+                    answer = await self._next(frames, "finished")
+                    if self._refused(answer, "finished", pairing, caller.name):
+                        continue
+                    pairing.to_initiator.put_nowait(answer)
+                    return  # one genuine exchange: the Listen stream ends
+                except BaseException as exc:  # the listener failed or went: tell the initiator now
+                    reason = exc.message if isinstance(exc, KmsError) else "it disconnected"
+                    pairing.to_initiator.put_nowait(FailedPrecondition(f"the responder gave up: {reason}"))
+                    raise
         finally:
-            if self._listening.get(caller.name) is waiting:
+            if self._listening.get(caller.name) is listener:
                 del self._listening[caller.name]
+            while not listener.waiting.empty():
+                listener.waiting.get_nowait().to_initiator.put_nowait(_not_listening(caller.name))
+
+    def _refused(self, answer: Frame, expected: str, pairing: _Pairing, listener: str) -> bool:
+        """True if the listener aborted this attempt (the initiator is told); raises on a wrong frame."""
+        if _kind(answer) == "abort":
+            logger.debug(
+                "a listener refused an exchange", extra={"agent": listener, "initiator": pairing.initiator}
+            )
+            pairing.to_initiator.put_nowait(
+                FailedPrecondition(f"agent {listener!r} refused the exchange: its log says why")
+            )
+            return True
+        if _kind(answer) != expected:
+            raise FailedPrecondition(f"a listener answers with {expected} or abort, not {_kind(answer)}")
+        return False
+
+    async def _initiator_step(self, pairing: _Pairing) -> Frame | KmsError:
+        """The initiator's next frame, or why it has none (it gave up, or stalled)."""
         try:
-            yield await self._from(pairing.to_responder, "hello")
-            pairing.to_initiator.put_nowait(await self._next(frames, "resp_auth"))
-            yield await self._from(pairing.to_responder, "init_auth")
-            pairing.to_initiator.put_nowait(await self._next(frames, "finished"))
-        except BaseException as exc:
-            reason = exc.message if isinstance(exc, KmsError) else "it disconnected"
-            pairing.to_initiator.put_nowait(FailedPrecondition(f"the responder gave up: {reason}"))
-            raise
+            # Twice the step time: the initiator's own side times out first and says why.
+            async with asyncio.timeout(2 * self._timeout):
+                item = await pairing.to_responder.get()
+        except TimeoutError:
+            item = DeadlineExceeded("the handshake stalled waiting for init_auth from the initiator")
+        if isinstance(item, KmsError):
+            pairing.abandoned = True
+            pairing.to_initiator.put_nowait(FailedPrecondition(f"the exchange was abandoned: {item.message}"))
+        return item

@@ -14,10 +14,11 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kms.errors import REVOKED_MARK, Revoked
 from server.metrics import Metrics
 from server.store import RevocationEvent
 
-__all__ = ["Heartbeat", "RevocationFeed", "StreamGuard", "Subscription"]
+__all__ = ["GuardedStream", "Heartbeat", "RevocationFeed", "StreamGuard", "Subscription"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,37 +136,85 @@ class RevocationFeed:
                 sub.queue.put_nowait(beat)
 
 
+# How long a revoked stream may stay inside one send before its task is cancelled regardless.
+_STUCK_SEND = 1.0
+
+
+class GuardedStream:
+    """One open stream of an identity, which a revocation closes with UNAUTHENTICATED.
+
+    Cancelling the stream's task is not enough by itself: grpc.aio ends a
+    cancelled handler without sending any status, and the client's stream
+    then stays open until the client gives up (the Listen streams of revoked
+    agents stayed open for minutes). So the task is cancelled only while it
+    waits in our own code, where the stream wrapper (server/auth.py) turns
+    the cancellation into an UNAUTHENTICATED status; while gRPC is sending a
+    message for it, the wrapper checks ``reason`` as soon as the send is done.
+    """
+
+    def __init__(self, task: asyncio.Task[object], serial: str, agent: str) -> None:
+        self.task = task
+        self.serial = serial
+        self.agent = agent
+        self.reason: str | None = None  # the revocation's reason, once one covers this stream
+        self.sending = False  # control is in gRPC, sending a message of this stream
+
+    def revoke(self, reason: str) -> None:
+        if self.reason is not None or self.task.done():
+            return
+        self.reason = reason
+        if not self.sending:
+            self.task.cancel()
+        else:
+            # A client that stopped reading can hold a send for ever: end the task all the
+            # same after a while (no status can reach such a client before its data anyway).
+            asyncio.get_running_loop().call_later(_STUCK_SEND, self._force)
+
+    def _force(self) -> None:
+        if not self.task.done():
+            self.task.cancel()
+
+    def error(self) -> Revoked:
+        """What the client is told (the words of server/authn.py for a revoked caller)."""
+        return Revoked(
+            f"client certificate {self.serial} {REVOKED_MARK} ({self.reason}): "
+            "enroll again with a token created with --allow-reenroll"
+        )
+
+
 class StreamGuard:
     """Knows which open streams belong to which certificate and agent, to close revoked ones."""
 
     def __init__(self) -> None:
-        self._by_serial: dict[str, set[asyncio.Task[object]]] = defaultdict(set)
-        self._by_agent: dict[str, set[asyncio.Task[object]]] = defaultdict(set)
+        self._by_serial: dict[str, set[GuardedStream]] = defaultdict(set)
+        self._by_agent: dict[str, set[GuardedStream]] = defaultdict(set)
 
-    def register(self, serial: str, agent: str, task: asyncio.Task[object]) -> None:
-        self._by_serial[serial].add(task)
-        self._by_agent[agent].add(task)
+    def register(self, stream: GuardedStream) -> None:
+        self._by_serial[stream.serial].add(stream)
+        self._by_agent[stream.agent].add(stream)
 
-    def unregister(self, serial: str, agent: str, task: asyncio.Task[object]) -> None:
-        self._by_serial[serial].discard(task)
-        self._by_agent[agent].discard(task)
+    def unregister(self, stream: GuardedStream) -> None:
+        serial, agent = stream.serial, stream.agent
+        self._by_serial[serial].discard(stream)
+        self._by_agent[agent].discard(stream)
         if not self._by_serial[serial]:
             del self._by_serial[serial]
         if not self._by_agent[agent]:
             del self._by_agent[agent]
 
-    def open_streams(self, serial: str) -> int:
-        return len(self._by_serial.get(serial, ()))
+    def open_streams(self, agent: str) -> int:
+        """The open streams of an agent, all its certificates together (renewing gives no more)."""
+        return len(self._by_agent.get(agent, ()))
 
     def close(self, event: RevocationEvent, grace: float) -> int:
-        """Cancels, after grace seconds, every stream the event revokes; returns how many."""
-        tasks: set[asyncio.Task[object]] = set()
+        """Closes, after grace seconds, every stream the event revokes; returns how many."""
+        streams: set[GuardedStream] = set()
         if event.kind == "agent" and event.agent_name:
-            tasks |= self._by_agent.get(event.agent_name, set())
+            streams |= self._by_agent.get(event.agent_name, set())
         for serial in event.serials() if event.kind in ("cert", "agent") else ():
-            tasks |= self._by_serial.get(serial, set())
+            streams |= self._by_serial.get(serial, set())
         loop = asyncio.get_running_loop()
-        for task in tasks:
+        for stream in streams:
             # The grace lets a Watch stream deliver the event to its own agent first.
-            loop.call_later(grace, task.cancel)
-        return len(tasks)
+            loop.call_later(grace, stream.revoke, event.reason)
+        return len(streams)

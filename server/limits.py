@@ -33,10 +33,15 @@ def peer_address(peer: str) -> str:
 
 
 class RateLimiter:
-    """Allows ``per_minute`` events per key, refilled continuously; the oldest keys are forgotten first."""
+    """Allows ``per_minute`` events per key, refilled continuously; the oldest keys are forgotten first.
 
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._capacity = float(per_minute)
+    A full bucket holds ``burst`` events (default: a minute's worth).
+    """
+
+    def __init__(
+        self, per_minute: float, clock: Callable[[], float] = time.monotonic, *, burst: float | None = None
+    ) -> None:
+        self._capacity = float(per_minute if burst is None else burst)
         self._rate = per_minute / 60.0
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)

@@ -46,6 +46,8 @@ def normalize_serial(text: str) -> str:
 class Revocation:
     event: RevocationEvent
     already_revoked: bool
+    # keyCompromise of a certificate: the certificates renewed from it, revoked with it.
+    cascaded: tuple[RevocationEvent, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,17 +143,41 @@ class RevocationService:
         return Revocation(earlier, already_revoked=True)
 
     async def revoke_certificate(self, serial: str, reason: str) -> Revocation:
+        """Revokes one certificate; for keyCompromise, also every certificate renewed from it.
+
+        A stolen key renews as easily as its owner does: the certificates renewed
+        from a compromised one are its thief's as much as its owner's. They are
+        revoked in the same transaction, each with its own event, even when the
+        certificate itself was revoked already (for a lesser reason, say).
+        """
         serial, reason = normalize_serial(serial), parse_reason(reason)
         now = self._now()
+        if reason != "keyCompromise":
+            write = self._store.revoke_certificate(
+                serial,
+                reason,
+                now,
+                audit=AuditEntry(now, "admin", "revoke.cert", f"serial:{serial} reason:{reason}"),
+            )
+            done = await after_commit(write, self._committed)
+            return done or await self._already(kind="cert", serial=serial)
 
-        write = self._store.revoke_certificate(
-            serial,
-            reason,
-            now,
-            audit=AuditEntry(now, "admin", "revoke.cert", f"serial:{serial} reason:{reason}"),
-        )
-        done = await after_commit(write, self._committed)
-        return done or await self._already(kind="cert", serial=serial)
+        def audit(events: list[RevocationEvent]) -> AuditEntry:
+            renewed = [e.serial for e in events if e.serial != serial]
+            also = f" renewed:{','.join(s for s in renewed if s)}" if renewed else ""
+            return AuditEntry(now, "admin", "revoke.cert", f"serial:{serial} reason:{reason}{also}")
+
+        def committed(events: list[RevocationEvent] | None) -> list[RevocationEvent]:
+            for event in events or ():
+                self._committed(event)
+            return events or []
+
+        events = await after_commit(self._store.revoke_lineage(serial, reason, now, audit=audit), committed)
+        cascaded = tuple(e for e in events if e.serial != serial)
+        if events and events[0].serial == serial:
+            return Revocation(events[0], already_revoked=False, cascaded=cascaded)
+        earlier = await self._already(kind="cert", serial=serial)
+        return Revocation(earlier.event, already_revoked=True, cascaded=cascaded)
 
     async def revoke_agent(self, name: str, reason: str) -> Revocation:
         name, reason = validate_agent_name(name), parse_reason(reason)

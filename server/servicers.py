@@ -238,7 +238,9 @@ class HandshakeServicer(handshake_pb2_grpc.HandshakeServicer):
 
 def _revoke_response(revocation: Revocation) -> admin_pb2.RevokeResponse:
     return admin_pb2.RevokeResponse(
-        event=event_message(revocation.event), already_revoked=revocation.already_revoked
+        event=event_message(revocation.event),
+        already_revoked=revocation.already_revoked,
+        cascaded=[event_message(e) for e in revocation.cascaded],
     )
 
 

@@ -159,12 +159,14 @@ class RevokeKeyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RevokeResponse(_message.Message):
-    __slots__ = ("event", "already_revoked")
+    __slots__ = ("event", "already_revoked", "cascaded")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     ALREADY_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    CASCADED_FIELD_NUMBER: _ClassVar[int]
     event: _revocation_pb2.RevocationEvent
     already_revoked: bool
-    def __init__(self, event: _Optional[_Union[_revocation_pb2.RevocationEvent, _Mapping]] = ..., already_revoked: _Optional[bool] = ...) -> None: ...
+    cascaded: _containers.RepeatedCompositeFieldContainer[_revocation_pb2.RevocationEvent]
+    def __init__(self, event: _Optional[_Union[_revocation_pb2.RevocationEvent, _Mapping]] = ..., already_revoked: _Optional[bool] = ..., cascaded: _Optional[_Iterable[_Union[_revocation_pb2.RevocationEvent, _Mapping]]] = ...) -> None: ...
 
 class ListRevocationsRequest(_message.Message):
     __slots__ = ()

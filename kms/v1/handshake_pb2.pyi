@@ -54,16 +54,24 @@ class ListenStart(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class Abort(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
 class HandshakeFrame(_message.Message):
-    __slots__ = ("hello", "resp_auth", "init_auth", "finished", "listen")
+    __slots__ = ("hello", "resp_auth", "init_auth", "finished", "listen", "abort")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESP_AUTH_FIELD_NUMBER: _ClassVar[int]
     INIT_AUTH_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     LISTEN_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     resp_auth: RespAuth
     init_auth: InitAuth
     finished: Finished
     listen: ListenStart
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., resp_auth: _Optional[_Union[RespAuth, _Mapping]] = ..., init_auth: _Optional[_Union[InitAuth, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., listen: _Optional[_Union[ListenStart, _Mapping]] = ...) -> None: ...
+    abort: Abort
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., resp_auth: _Optional[_Union[RespAuth, _Mapping]] = ..., init_auth: _Optional[_Union[InitAuth, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., listen: _Optional[_Union[ListenStart, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ...) -> None: ...

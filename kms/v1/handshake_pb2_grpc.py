@@ -60,7 +60,10 @@ class HandshakeServicer:
 
     def Listen(self, request_iterator, context):
         """The caller offers to answer one exchange: it sends listen, receives a
-        hello, then the frames of that exchange; the stream ends after it.
+        hello, then the frames of that exchange; the stream ends after it. An
+        attempt that fails (either side sends abort, or the initiator goes away)
+        does not end the stream: the listener keeps its place and receives the
+        next hello on the same stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

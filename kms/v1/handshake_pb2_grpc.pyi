@@ -38,7 +38,10 @@ class HandshakeStub:
     """
     Listen: _grpc.StreamStreamMultiCallable[_handshake_pb2.HandshakeFrame, _handshake_pb2.HandshakeFrame]
     """The caller offers to answer one exchange: it sends listen, receives a
-    hello, then the frames of that exchange; the stream ends after it.
+    hello, then the frames of that exchange; the stream ends after it. An
+    attempt that fails (either side sends abort, or the initiator goes away)
+    does not end the stream: the listener keeps its place and receives the
+    next hello on the same stream.
     """
 
 @_typing.type_check_only
@@ -51,7 +54,10 @@ class HandshakeAsyncStub(HandshakeStub):
     """
     Listen: _aio.StreamStreamMultiCallable[_handshake_pb2.HandshakeFrame, _handshake_pb2.HandshakeFrame]  # type: ignore[assignment]
     """The caller offers to answer one exchange: it sends listen, receives a
-    hello, then the frames of that exchange; the stream ends after it.
+    hello, then the frames of that exchange; the stream ends after it. An
+    attempt that fails (either side sends abort, or the initiator goes away)
+    does not end the stream: the listener keeps its place and receives the
+    next hello on the same stream.
     """
 
 class HandshakeServicer(metaclass=_abc_1.ABCMeta):
@@ -73,7 +79,10 @@ class HandshakeServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_handshake_pb2.HandshakeFrame], _abc.AsyncIterator[_handshake_pb2.HandshakeFrame]]:
         """The caller offers to answer one exchange: it sends listen, receives a
-        hello, then the frames of that exchange; the stream ends after it.
+        hello, then the frames of that exchange; the stream ends after it. An
+        attempt that fails (either side sends abort, or the initiator goes away)
+        does not end the stream: the listener keeps its place and receives the
+        next hello on the same stream.
         """
 
 def add_HandshakeServicer_to_server(servicer: HandshakeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -242,13 +242,20 @@ class Store(Protocol):
         ...
 
     async def add_certificate(
-        self, cert: CertificateRecord, groups: tuple[str, ...], *, renewed_from: str, audit: Audit = None
+        self,
+        cert: CertificateRecord,
+        groups: tuple[str, ...],
+        *,
+        renewed_from: str,
+        not_renewed_since: int | None = None,
+        audit: Audit = None,
     ) -> None:
-        """Records a renewed certificate of an existing agent.
+        """Records a renewed certificate of an existing agent, and the one it was renewed from.
 
         Raises Revoked, writing nothing, if the agent or the certificate renewed_from was
         revoked meanwhile (a revocation that committed after the caller was authenticated,
-        possibly through another replica).
+        possibly through another replica); ResourceExhausted if the agent was issued a
+        renewed certificate after not_renewed_since (two renewals racing each other: one wins).
         """
         ...
 
@@ -306,7 +313,11 @@ class Store(Protocol):
     ) -> KeyVersionRecord:
         """Checks the grant, then returns the version (with sealed material) and logs the release.
 
+        A revocation of the certificate serial (or its agent) and a release never both commit
+        in the wrong order: once the revocation has committed, the release is refused.
+
         Raises:
+            Revoked: the certificate serial was revoked (after the caller was authenticated).
             PermissionDenied: no grant for agent or its groups (also when the key does not exist).
             NotFound: no such version.
             FailedPrecondition: the version was destroyed.
@@ -319,6 +330,18 @@ class Store(Protocol):
         self, serial: str, reason: str, now: int, *, audit: Audit = None
     ) -> RevocationEvent | None:
         """Raises NotFound for a serial this CA never issued."""
+        ...
+
+    async def revoke_lineage(
+        self, serial: str, reason: str, now: int, *, audit: Audit = None
+    ) -> list[RevocationEvent] | None:
+        """Revokes serial and every certificate renewed from it, directly or not, in one transaction.
+
+        One event per certificate newly revoked (serial's first, if it was not revoked yet),
+        or None when every one of them was revoked already. A renewal from any of them racing
+        this either commits first (and its certificate is revoked too) or is refused.
+        Raises NotFound for a serial this CA never issued.
+        """
         ...
 
     async def revoke_agent(

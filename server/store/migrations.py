@@ -149,6 +149,18 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     # 8: a join token may replace the name's valid certificates (token create --replace):
     # they are revoked (superseded) in the transaction that enrolls with it.
     ["ALTER TABLE join_tokens ADD COLUMN replace_existing INTEGER NOT NULL DEFAULT 0"],
+    # 9: certificate lineage: the certificate each renewal was made from, so revoking a
+    # certificate for keyCompromise reaches every certificate renewed from it. Renewals
+    # made before this step are found in the audit trail ("renew" by agent:NAME/OLD, of
+    # serial:NEW).
+    [
+        "ALTER TABLE certificates ADD COLUMN renewed_from TEXT",
+        "CREATE INDEX certificates_by_parent ON certificates(renewed_from)",
+        """UPDATE certificates SET renewed_from = r.parent FROM (
+            SELECT substr(object, 8) AS child, substr(actor, instr(actor, '/') + 1) AS parent FROM audit
+            WHERE action = 'renew' AND outcome = 'ok' AND object LIKE 'serial:%' AND actor LIKE 'agent:%/%'
+        ) AS r WHERE certificates.serial = r.child""",
+    ],
 ]
 
 # PostgreSQL: BYTEA for BLOB, BIGINT for Unix times. The event log's seq is
@@ -276,6 +288,15 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
     ],
     # 8: a join token may replace the name's valid certificates (token create --replace).
     ["ALTER TABLE join_tokens ADD COLUMN replace_existing INTEGER NOT NULL DEFAULT 0"],
+    # 9: certificate lineage (see the SQLite step).
+    [
+        "ALTER TABLE certificates ADD COLUMN renewed_from TEXT",
+        "CREATE INDEX certificates_by_parent ON certificates(renewed_from)",
+        """UPDATE certificates SET renewed_from = r.parent FROM (
+            SELECT substr(object, 8) AS child, split_part(actor, '/', 2) AS parent FROM audit
+            WHERE action = 'renew' AND outcome = 'ok' AND object LIKE 'serial:%' AND actor LIKE 'agent:%/%'
+        ) AS r WHERE certificates.serial = r.child""",
+    ],
 ]
 
 # The schema this kms-server writes; a store at a higher version is refused.

@@ -38,7 +38,7 @@ from server.store.postgres_base import (
     SESSION_SETTINGS,
     Conn,
 )
-from server.store.postgres_events import PostgresEvents, append_event, revoked_certificates
+from server.store.postgres_events import PostgresEvents, append_event, lock_certificates, revoked_certificates
 from server.store.postgres_keys import PostgresKeys
 from server.store.rows import AGENT_COLUMNS, TOKEN_COLUMNS, agent_record, token_record
 
@@ -84,11 +84,11 @@ def _unusable(url: str) -> InvalidArgument:
     )
 
 
-async def _valid_serials(conn: Conn, name: str, now: int) -> list[str]:
+async def _valid_serials(conn: Conn, name: str, now: int, *, lock: bool = True) -> list[str]:
     """The name's certificates that still authenticate at now (unrevoked, unexpired), locked for update."""
     rows = await conn.fetch(
         "SELECT serial FROM certificates WHERE agent_name=$1 AND revoked_at IS NULL AND not_after>$2"
-        " ORDER BY serial FOR UPDATE",
+        " ORDER BY serial" + (" FOR UPDATE" if lock else ""),  # noqa: S608 - a constant clause
         name,
         now,
     )
@@ -96,11 +96,15 @@ async def _valid_serials(conn: Conn, name: str, now: int) -> list[str]:
 
 
 async def _insert_certificate(
-    conn: Conn, cert: CertificateRecord, token_id: str | None, groups_json: str
+    conn: Conn,
+    cert: CertificateRecord,
+    token_id: str | None,
+    groups_json: str,
+    renewed_from: str | None = None,
 ) -> None:
     await conn.execute(
-        "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id, groups_json)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id, groups_json,"
+        " renewed_from) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         cert.serial,
         cert.agent_name,
         cert.not_before,
@@ -109,6 +113,7 @@ async def _insert_certificate(
         cert.issued_at,
         token_id,
         groups_json,
+        renewed_from,
     )
 
 
@@ -374,6 +379,11 @@ class PostgresStore(PostgresKeys, PostgresEvents):
                 name,
                 now,
             )
+            # As every revocation does, the certificates' advisory locks come before their rows
+            # (the same order, so no deadlock with one): a key release by a certificate this
+            # enrollment supersedes commits before it, or reads it revoked and is refused. No
+            # certificate of the name can be added meanwhile (renewals wait for the agents row).
+            await lock_certificates(conn, await _valid_serials(conn, name, now, lock=False))
             # Checked again here: the token may predate the certificate (two tokens for one name).
             valid = await _valid_serials(conn, name, now)
             if valid and not replace:
@@ -396,20 +406,35 @@ class PostgresStore(PostgresKeys, PostgresEvents):
         return await self._write(q, audit)
 
     async def add_certificate(
-        self, cert: CertificateRecord, groups: tuple[str, ...], *, renewed_from: str, audit: Audit = None
+        self,
+        cert: CertificateRecord,
+        groups: tuple[str, ...],
+        *,
+        renewed_from: str,
+        not_renewed_since: int | None = None,
+        audit: Audit = None,
     ) -> None:
         async def q(conn: Conn) -> bool:
-            # FOR SHARE: a revocation on any replica either committed before (and is
-            # seen here) or waits for this renewal (and then revokes its certificate too).
+            # The agent's row FOR NO KEY UPDATE: renewals of one agent (on any replica) take
+            # turns, so the second sees the first's certificate below. A revocation on any
+            # replica either committed before (and is seen here) or waits for this renewal
+            # (and then revokes its certificate too): FOR SHARE on the certificate renewed from.
             agent = await conn.fetchval(
-                "SELECT revoked_at IS NULL FROM agents WHERE name=$1 FOR SHARE", cert.agent_name
+                "SELECT revoked_at IS NULL FROM agents WHERE name=$1 FOR NO KEY UPDATE", cert.agent_name
             )
             old = await conn.fetchval(
                 "SELECT revoked_at IS NULL FROM certificates WHERE serial=$1 FOR SHARE", renewed_from
             )
             if not agent or not old:
                 raise rules.renewal_refused(cert.agent_name, renewed_from)
-            await _insert_certificate(conn, cert, None, json.dumps(list(groups)))
+            if not_renewed_since is not None:
+                last = await conn.fetchval(
+                    "SELECT MAX(issued_at) FROM certificates WHERE agent_name=$1 AND renewed_from IS NOT NULL",
+                    cert.agent_name,
+                )
+                if last is not None and last > not_renewed_since:
+                    raise rules.renewed_too_soon(cert.agent_name, last, not_renewed_since, cert.issued_at)
+            await _insert_certificate(conn, cert, None, json.dumps(list(groups)), renewed_from)
             await conn.execute(
                 "UPDATE agents SET updated_at=$1 WHERE name=$2", cert.issued_at, cert.agent_name
             )

@@ -9,7 +9,9 @@ single writer thread comes from PostgreSQL locks here:
   taken as the last step before COMMIT, so the chain stays one chain (and
   this process's records commit in the order their seqs were drawn, which is
   the order they are copied to the audit devices in);
-- event sequence numbers come from a counter row (see postgres_events).
+- event sequence numbers come from a counter row (see postgres_events);
+- a key release and a revocation of its caller's certificate take turns on
+  that certificate's advisory lock (see postgres_events.lock_certificates).
 
 A lost connection surfaces as Unavailable (the caller may retry); asyncpg's
 pool replaces broken connections on the next acquire, so the server recovers
@@ -33,7 +35,7 @@ from kms.errors import STORE_DOWN_MARK, FailedPrecondition, Unavailable
 from server.store.base import AUDIT_MARKER, Audit, AuditEntry, AuditSink, WriteOutcomeUnknown, audit_entries
 from server.store.ordered import InOrder
 
-__all__ = ["CONNECTION_ERRORS", "Conn", "PostgresBase", "unavailable"]
+__all__ = ["CERT_LOCKS", "CONNECTION_ERRORS", "Conn", "PostgresBase", "unavailable"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ Conn: TypeAlias = Any
 AUDIT_LOCK = 0x6B6D_7301
 MIGRATE_LOCK = 0x6B6D_7302
 INIT_LOCK = 0x6B6D_7303
+# pg_advisory_xact_lock(int4, int4) key space of per-certificate locks (with hashtext(serial)).
+CERT_LOCKS = 0x6B6D_7304
 
 # What a dead or restarting database looks like from here: worth a retry later.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (

@@ -23,10 +23,24 @@ import asyncpg
 
 from server.store import rules
 from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
-from server.store.postgres_base import CONNECTION_ERRORS, SESSION_SETTINGS, Conn, PostgresBase
-from server.store.rows import CERT_COLUMNS, EVENT_COLUMNS, cert_record, event_record, grantees_json
+from server.store.postgres_base import CERT_LOCKS, CONNECTION_ERRORS, SESSION_SETTINGS, Conn, PostgresBase
+from server.store.rows import (
+    CERT_COLUMNS,
+    DESCENDANTS,
+    EVENT_COLUMNS,
+    cert_record,
+    event_record,
+    grantees_json,
+)
 
-__all__ = ["CHANNEL", "PostgresEvents", "add_current_version", "append_event", "revoked_certificates"]
+__all__ = [
+    "CHANNEL",
+    "PostgresEvents",
+    "add_current_version",
+    "append_event",
+    "lock_certificates",
+    "revoked_certificates",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +93,31 @@ async def append_event(
     return RevocationEvent(seq, kind, serial, agent, key_name, key_version, reason, now, grantees)
 
 
+async def lock_certificates(conn: Conn, serials: list[str], *, shared: bool = False) -> None:
+    """Takes each certificate's advisory lock until COMMIT: exclusive to revoke, shared to release.
+
+    Every path that revokes a certificate takes its lock before the UPDATE, and
+    a key release takes it (shared) before reading whether its caller is
+    revoked: a release either commits before the revocation, or reads it
+    committed and is refused. A row lock (FOR SHARE against FOR UPDATE) would
+    do the same, but shared row lockers can starve a waiting FOR UPDATE: an
+    agent fetching keys flat out held off its own revocation for as long as
+    it kept going. PostgreSQL's lock manager queues a new shared request
+    behind a waiting exclusive one, so a revocation waits only for the
+    releases already under way. Taken in the order of their keys, in one
+    statement, so two revocations never deadlock on them.
+    """
+    if not serials:
+        return
+    fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    await conn.execute(
+        f"SELECT count({fn}($1, k)) FROM"  # noqa: S608 - one of two constant names
+        " (SELECT DISTINCT hashtext(s) AS k FROM unnest($2::text[]) AS s ORDER BY k) AS keys",
+        CERT_LOCKS,
+        serials,
+    )
+
+
 async def add_current_version(conn: Conn, name: str, new: int, seal: SealFn, now: int) -> None:
     """Makes version new of key name, active and current (a rotation, or replacing a compromised one)."""
     await conn.execute(
@@ -108,6 +147,7 @@ class PostgresEvents(PostgresBase):
                 raise rules.no_certificate(serial)
             if row[1] is not None:
                 return None
+            await lock_certificates(conn, [serial])
             await conn.execute(
                 "UPDATE certificates SET revoked_at=$1, revocation_reason=$2 WHERE serial=$3",
                 now,
@@ -115,6 +155,48 @@ class PostgresEvents(PostgresBase):
                 serial,
             )
             return await append_event(conn, "cert", reason, now, serial=serial, agent=row[0])
+
+        return await self._write(q, audit)
+
+    async def revoke_lineage(
+        self, serial: str, reason: str, now: int, *, audit: Audit = None
+    ) -> list[RevocationEvent] | None:
+        async def q(conn: Conn) -> list[RevocationEvent] | None:
+            row = await conn.fetchrow(
+                "SELECT agent_name, revoked_at FROM certificates WHERE serial=$1 FOR UPDATE", serial
+            )
+            if row is None:
+                raise rules.no_certificate(serial)
+            lineage = [(serial, row[0], row[1])]
+            seen = {serial}
+            # Locked rows cannot be renewed from any more (a renewal takes FOR SHARE on its
+            # parent), but one that committed before a row was locked escaped the snapshot
+            # of the statement that locked it: look again until a pass finds nothing new.
+            while True:
+                found = [
+                    tuple(r)
+                    for r in await conn.fetch(
+                        DESCENDANTS.format(parent="$1") + " ORDER BY c.issued_at, c.serial FOR UPDATE OF c",
+                        serial,
+                    )
+                    if r[0] not in seen
+                ]
+                if not found:
+                    break
+                seen.update(r[0] for r in found)
+                lineage += found
+            await lock_certificates(conn, [cert for cert, _, revoked_at in lineage if revoked_at is None])
+            events = []
+            for cert, agent, revoked_at in lineage:
+                if revoked_at is None:
+                    await conn.execute(
+                        "UPDATE certificates SET revoked_at=$1, revocation_reason=$2 WHERE serial=$3",
+                        now,
+                        reason,
+                        cert,
+                    )
+                    events.append(await append_event(conn, "cert", reason, now, serial=cert, agent=agent))
+            return events or None
 
         return await self._write(q, audit)
 
@@ -135,6 +217,7 @@ class PostgresEvents(PostgresBase):
             ]
             if row[0] is not None and not serials:
                 return None
+            await lock_certificates(conn, serials)
             await conn.execute(
                 "UPDATE certificates SET revoked_at=$1, revocation_reason=$2 WHERE agent_name=$3 AND revoked_at IS NULL",
                 now,

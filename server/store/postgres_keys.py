@@ -14,7 +14,7 @@ import asyncpg
 from server.store import rules
 from server.store.base import Audit, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, SealFn
 from server.store.postgres_base import CONNECTION_ERRORS, Conn, PostgresBase
-from server.store.postgres_events import add_current_version, append_event
+from server.store.postgres_events import add_current_version, append_event, lock_certificates
 from server.store.rows import VERSION_COLUMNS
 
 __all__ = ["PostgresKeys"]
@@ -169,13 +169,22 @@ class PostgresKeys(PostgresBase):
         audit: Audit = None,
     ) -> KeyVersionRecord:
         async def q(conn: Conn) -> KeyVersionRecord:
-            granted = await conn.fetchval(
-                "SELECT 1 FROM key_grants WHERE key_name=$1"
-                " AND ((kind='agent' AND grantee=$2) OR (kind='group' AND grantee = ANY($3::text[])))",
+            # The caller's certificate lock (shared): a revocation of it, on any replica, has
+            # either committed (and is read below) or waits until this release has.
+            await lock_certificates(conn, [serial], shared=True)
+            row = await conn.fetchrow(
+                "SELECT (SELECT COALESCE(revocation_reason, 'unspecified') FROM certificates"
+                " WHERE serial=$1 AND revoked_at IS NOT NULL),"
+                " EXISTS (SELECT 1 FROM key_grants WHERE key_name=$2"
+                " AND ((kind='agent' AND grantee=$3) OR (kind='group' AND grantee = ANY($4::text[]))))",
+                serial,
                 name,
                 agent,
                 list(groups),
             )
+            revoked, granted = row
+            if revoked is not None:
+                raise rules.release_refused(serial, revoked)
             if not granted:
                 raise rules.not_granted(name)
             wanted = version or await conn.fetchval("SELECT current_version FROM keys WHERE name=$1", name)

@@ -9,6 +9,7 @@ from server.store.base import AgentRecord, CertificateRecord, JoinTokenRecord, R
 
 __all__ = [
     "AGENT_COLUMNS",
+    "DESCENDANTS",
     "CERT_COLUMNS",
     "EVENT_COLUMNS",
     "TOKEN_COLUMNS",
@@ -28,6 +29,13 @@ CERT_COLUMNS = (
 AGENT_COLUMNS = (
     "a.name, a.created_at, c.serial, c.agent_name, c.not_before, c.not_after, c.der, c.issued_at, c.token_id,"
     " c.revoked_at, c.revocation_reason, c.groups_json"
+)
+# Every certificate renewed from one ({parent}: its placeholder), directly or not, oldest first.
+DESCENDANTS = (
+    "WITH RECURSIVE lineage(serial) AS ("
+    " SELECT serial FROM certificates WHERE renewed_from = {parent}"
+    " UNION SELECT c.serial FROM certificates c JOIN lineage l ON c.renewed_from = l.serial)"
+    " SELECT c.serial, c.agent_name, c.revoked_at FROM certificates c JOIN lineage l ON c.serial = l.serial"
 )
 EVENT_COLUMNS = "seq, kind, serial, agent_name, key_name, key_version, reason, at, grantees"
 TOKEN_COLUMNS = "token_id, secret_hash, name, groups_json, created_at, expires_at, used_at, used_by_serial"  # noqa: S105 - column names

@@ -5,7 +5,15 @@ The SQL differs per backend; the answers must not, so they live here once.
 
 from __future__ import annotations
 
-from kms.errors import REVOKED_MARK, AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Revoked
+from kms.errors import (
+    REVOKED_MARK,
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Revoked,
+)
 from server.store.base import Grant, KeyVersionRecord
 
 __all__ = [
@@ -22,7 +30,9 @@ __all__ = [
     "name_in_use",
     "name_revoked",
     "reenroll_refused",
+    "release_refused",
     "renewal_refused",
+    "renewed_too_soon",
     "still_current",
 ]
 
@@ -91,6 +101,22 @@ def name_in_use(name: str, *, at_enroll: bool = False) -> FailedPrecondition:
 
 def renewal_refused(name: str, serial: str) -> Revoked:
     return Revoked(f"this agent's certificate {serial} {REVOKED_MARK} (agent {name!r}): renewal refused")
+
+
+def renewed_too_soon(name: str, last: int, since: int, now: int) -> ResourceExhausted:
+    """A renewal while the agent's last one (at ``last``) is newer than ``since`` (now minus the window)."""
+    return ResourceExhausted(
+        f"agent {name!r} was issued a renewed certificate {max(0, now - last)}s ago and renews at most once in "
+        f"{now - since}s: use that certificate, or retry in {max(1, last - since)}s"
+    )
+
+
+def release_refused(serial: str, reason: str) -> Revoked:
+    """A release asked for by a certificate revoked before the release could commit."""
+    return Revoked(
+        f"client certificate {serial} {REVOKED_MARK} ({reason}): "
+        "enroll again with a token created with --allow-reenroll"
+    )
 
 
 def destroyed_state(state: str) -> str | None:

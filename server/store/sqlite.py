@@ -51,11 +51,15 @@ def _valid_serials(db: sqlite3.Connection, name: str, now: int) -> list[str]:
 
 
 def _insert_certificate(
-    db: sqlite3.Connection, cert: CertificateRecord, token_id: str | None, groups_json: str
+    db: sqlite3.Connection,
+    cert: CertificateRecord,
+    token_id: str | None,
+    groups_json: str,
+    renewed_from: str | None = None,
 ) -> None:
     db.execute(
-        "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id, groups_json)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id, groups_json,"
+        " renewed_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             cert.serial,
             cert.agent_name,
@@ -65,6 +69,7 @@ def _insert_certificate(
             cert.issued_at,
             token_id,
             groups_json,
+            renewed_from,
         ),
     )
 
@@ -281,14 +286,27 @@ class SqliteStore(SqliteKeys, SqliteEvents):
         return await self._write(q, audit)
 
     async def add_certificate(
-        self, cert: CertificateRecord, groups: tuple[str, ...], *, renewed_from: str, audit: Audit = None
+        self,
+        cert: CertificateRecord,
+        groups: tuple[str, ...],
+        *,
+        renewed_from: str,
+        not_renewed_since: int | None = None,
+        audit: Audit = None,
     ) -> None:
         def q(db: sqlite3.Connection) -> bool:
             agent = db.execute("SELECT revoked_at FROM agents WHERE name=?", (cert.agent_name,)).fetchone()
             old = db.execute("SELECT revoked_at FROM certificates WHERE serial=?", (renewed_from,)).fetchone()
             if agent is None or agent[0] is not None or old is None or old[0] is not None:
                 raise rules.renewal_refused(cert.agent_name, renewed_from)
-            _insert_certificate(db, cert, None, json.dumps(list(groups)))
+            if not_renewed_since is not None:
+                last = db.execute(
+                    "SELECT MAX(issued_at) FROM certificates WHERE agent_name=? AND renewed_from IS NOT NULL",
+                    (cert.agent_name,),
+                ).fetchone()[0]
+                if last is not None and last > not_renewed_since:
+                    raise rules.renewed_too_soon(cert.agent_name, last, not_renewed_since, cert.issued_at)
+            _insert_certificate(db, cert, None, json.dumps(list(groups)), renewed_from)
             db.execute("UPDATE agents SET updated_at=? WHERE name=?", (cert.issued_at, cert.agent_name))
             return True
 

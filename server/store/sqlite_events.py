@@ -6,7 +6,14 @@ import sqlite3
 
 from server.store import rules
 from server.store.base import Audit, CertificateRecord, RevocationEvent, SealFn
-from server.store.rows import CERT_COLUMNS, EVENT_COLUMNS, cert_record, event_record, grantees_json
+from server.store.rows import (
+    CERT_COLUMNS,
+    DESCENDANTS,
+    EVENT_COLUMNS,
+    cert_record,
+    event_record,
+    grantees_json,
+)
 from server.store.sqlite_base import SqliteBase
 
 __all__ = ["SqliteEvents", "append_event", "add_current_version", "revoked_certificates"]
@@ -78,6 +85,31 @@ class SqliteEvents(SqliteBase):
                 (now, reason, serial),
             )
             return append_event(db, "cert", reason, now, serial=serial, agent=row[0])
+
+        return await self._write(q, audit)
+
+    async def revoke_lineage(
+        self, serial: str, reason: str, now: int, *, audit: Audit = None
+    ) -> list[RevocationEvent] | None:
+        def q(db: sqlite3.Connection) -> list[RevocationEvent] | None:
+            row = db.execute(
+                "SELECT agent_name, revoked_at FROM certificates WHERE serial=?", (serial,)
+            ).fetchone()
+            if row is None:
+                raise rules.no_certificate(serial)
+            lineage = [(serial, row[0], row[1])]
+            lineage += db.execute(
+                DESCENDANTS.format(parent="?") + " ORDER BY c.issued_at, c.serial", (serial,)
+            )
+            events = []
+            for cert, agent, revoked_at in lineage:
+                if revoked_at is None:
+                    db.execute(
+                        "UPDATE certificates SET revoked_at=?, revocation_reason=? WHERE serial=?",
+                        (now, reason, cert),
+                    )
+                    events.append(append_event(db, "cert", reason, now, serial=cert, agent=agent))
+            return events or None
 
         return await self._write(q, audit)
 

@@ -169,6 +169,14 @@ class SqliteKeys(SqliteBase):
         audit: Audit = None,
     ) -> KeyVersionRecord:
         def q(db: sqlite3.Connection) -> KeyVersionRecord:
+            # Never cached: a revocation committed in an earlier batch, or earlier in this
+            # one, refuses the release (one writer, so nothing can commit in between).
+            revoked = db.execute(
+                "SELECT revocation_reason FROM certificates WHERE serial=? AND revoked_at IS NOT NULL",
+                (serial,),
+            ).fetchone()
+            if revoked is not None:
+                raise rules.release_refused(serial, revoked[0] or "unspecified")
             # The authorization is the same for every release until a key changes:
             # cached on this thread, cleared by each change (see SqliteBase).
             cache_key = ("release", name, version, agent, groups)

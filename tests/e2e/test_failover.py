@@ -341,10 +341,11 @@ def test_a_final_answer_is_not_asked_of_the_next_address(
         )
         assert_one_line_error(again, 3)
 
-        # PERMISSION_DENIED, NOT_FOUND: the deployment's answer, not a reason to try elsewhere.
+        # PERMISSION_DENIED, FAILED_PRECONDITION: the deployment's answer, not a reason to try elsewhere.
         _set_servers(state, [server.address, counting.address])
         assert_one_line_error(agent(state, "fetch-key", "app"), 4)  # p is in no group
-        assert_one_line_error(agent(state, "exchange", "--peer", "nobody"), 5, "no agent named")
+        # (An unknown agent is answered as one not listening: names cannot be probed.)
+        assert_one_line_error(agent(state, "exchange", "--peer", "nobody"), 6, "not listening")
         assert counting.connections == 0
     finally:
         counting.close()

@@ -36,13 +36,22 @@ def test_renew_rekeys_and_keeps_identity(server: ServerProcess, tmp_path: Path) 
     actions = [r["action"] for r in json.loads(server.admin("audit", "list", "--json").stdout)]
     assert "renew" in actions
 
+    # Renewals are limited per agent: an automatic one this soon is refused, and the command
+    # carries on with the certificate it has.
+    soon = agent(state, "status", "--json", "--renew-fraction", "0.0001")
+    assert soon.returncode == 0 and "automatic renewal refused" in soon.stderr, soon.stderr
+    assert json.loads(soon.stdout)["serial"] == format(after.serial_number, "x")
+
     # Automatic: any command renews first once the certificate is past the renewal fraction.
-    auto = agent(state, "status", "--json", "--renew-fraction", "0.0001")
+    fresh = tmp_path / "auto"
+    assert enroll(server, fresh, server.token("auto-renewer")).returncode == 0
+    enrolled = _cert(fresh)
+    auto = agent(fresh, "status", "--json", "--renew-fraction", "0.0001")
     assert auto.returncode == 0, auto.stderr
     assert (
         json.loads(auto.stdout)["serial"]
-        == format(_cert(state).serial_number, "x")
-        != format(after.serial_number, "x")
+        == format(_cert(fresh).serial_number, "x")
+        != format(enrolled.serial_number, "x")
     )
 
     # A revoked certificate cannot renew.

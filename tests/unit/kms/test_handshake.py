@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms import profile
-from kms.groups import Ephemeral, Group, ffdhe_prime
+from kms.groups import Ephemeral, Group, ffdhe_prime, quadratic_character
 from kms.handshake import (
     AuthenticationFailed,
     Finished,
@@ -242,6 +243,27 @@ def test_invalid_ffdhe_values_are_refused(pki: Pki, group: Group, value: str) ->
         r.receive(
             dataclasses.replace(hello, share=y.to_bytes(size + (1 if y >= 2 ** (8 * size) else 0), "big"))
         )
+
+
+@pytest.mark.parametrize("group", [Group.FFDHE2048, Group.FFDHE3072])
+def test_ffdhe_share_outside_the_prime_order_subgroup_is_refused(pki: Pki, group: Group) -> None:
+    """p - 2 = -2 is in range but not a quadratic residue (p = 7 mod 8, so 2 is one and -1 is not)."""
+    p = ffdhe_prime(group)
+    i, r = _pair(pki, group)
+    with pytest.raises(Malformed, match="subgroup"):
+        r.receive(dataclasses.replace(i.start(), share=(p - 2).to_bytes((p.bit_length() + 7) // 8, "big")))
+
+
+@pytest.mark.parametrize("group", [Group.FFDHE2048, Group.FFDHE3072])
+def test_quadratic_character_is_eulers_criterion(group: Group) -> None:
+    """The subgroup check equals RFC 7919's y^q = 1 (mod p), on random values of both kinds."""
+    p = ffdhe_prime(group)
+    rng = random.Random(7919)
+    for _ in range(40):
+        y = rng.randrange(2, p - 1)
+        euler = pow(y, (p - 1) // 2, p)
+        assert quadratic_character(y, p) == (1 if euler == 1 else -1)
+    assert quadratic_character(p, p) == 0 and quadratic_character(4, p) == 1
 
 
 def test_x25519_low_order_point_is_refused(pki: Pki) -> None:

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms.errors import STORE_DOWN_MARK, InvalidArgument, ResourceExhausted, Revoked, Unavailable
 from server.authn import Caller
-from server.feed import RevocationFeed, StreamGuard
+from server.feed import GuardedStream, RevocationFeed, StreamGuard
 from server.store import RevocationEvent, SqliteStore
 from server.watch import Heartbeat, Resume, WatchService
 
@@ -36,20 +36,40 @@ def _event(
 
 
 def test_guard_cancels_only_the_revoked_streams_after_the_grace() -> None:
-    async def body() -> tuple[bool, bool, bool]:
+    async def body() -> tuple[bool, bool, bool, str | None, int, int]:
         guard = StreamGuard()
-        mine = asyncio.create_task(asyncio.sleep(10))
-        other = asyncio.create_task(asyncio.sleep(10))
-        guard.register("aa", "web-1", mine)  # type: ignore[arg-type]
-        guard.register("bb", "web-2", other)  # type: ignore[arg-type]
-        assert guard.close(_event(1, "agent", serial="aa", agent="web-1"), grace=0.05) == 1
-        still_open = not mine.done()
+        mine = GuardedStream(asyncio.create_task(asyncio.sleep(10)), "aa", "web-1")  # type: ignore[arg-type]
+        renewed = GuardedStream(asyncio.create_task(asyncio.sleep(10)), "a2", "web-1")  # type: ignore[arg-type]
+        other = GuardedStream(asyncio.create_task(asyncio.sleep(10)), "bb", "web-2")  # type: ignore[arg-type]
+        for stream in (mine, renewed, other):
+            guard.register(stream)
+        per_agent = guard.open_streams("web-1")  # streams count per agent, not per certificate
+        assert guard.close(_event(1, "cert", serial="aa", agent="web-1"), grace=0.05) == 1
+        still_open = not mine.task.done()
         await asyncio.sleep(0.2)
-        result = (still_open, mine.cancelled(), other.done())
-        other.cancel()
-        return result
+        result = (still_open, mine.task.cancelled(), other.task.done(), mine.reason, per_agent)
+        for stream in (mine, renewed, other):
+            guard.unregister(stream)
+            stream.task.cancel()
+        return (*result, guard.open_streams("web-1"))
 
-    assert asyncio.run(body()) == (True, True, False)
+    assert asyncio.run(body()) == (True, True, False, "unspecified", 2, 0)
+
+
+def test_a_stream_revoked_while_sending_is_not_cancelled_in_the_send() -> None:
+    """gRPC would end the call without a status: the wrapper checks the reason after the send."""
+
+    async def body() -> tuple[bool, str | None, bool]:
+        stream = GuardedStream(asyncio.create_task(asyncio.sleep(10)), "aa", "web-1")  # type: ignore[arg-type]
+        stream.sending = True
+        stream.revoke("keyCompromise")
+        await asyncio.sleep(0)
+        spared = not stream.task.cancelled()
+        stream.sending = False
+        stream.task.cancel()
+        return spared, stream.reason, "was revoked (keyCompromise)" in stream.error().message
+
+    assert asyncio.run(body()) == (True, "keyCompromise", True)
 
 
 def test_feed_drops_a_full_subscriber_and_keeps_the_others() -> None:

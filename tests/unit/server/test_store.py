@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kms.errors import Revoked
-from server.store import CertificateRecord, JoinTokenRecord, SqliteStore, StoreError
+from kms.errors import ResourceExhausted, Revoked
+from server.store import CertificateRecord, Grant, JoinTokenRecord, SqliteStore, StoreError
 from server.store.migrations import SQLITE_MIGRATIONS
 
 NOW = 1_800_000_000
@@ -322,3 +322,115 @@ def test_a_paced_write_is_committed_by_close_not_left_waiting(tmp_path: Path) ->
     asyncio.run(body())
     conn = sqlite3.connect(tmp_path / "kms.db")
     assert conn.execute("SELECT count(*) FROM audit").fetchone()[0] == 1
+
+
+def test_lineage_revocation_reaches_every_renewed_certificate_and_no_other(tmp_path: Path) -> None:
+    """c1 -> c2 -> c3 and c1 -> c4: revoking c2 takes c3 too, never its parent or its sibling."""
+
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            await store.add_join_token(_token())
+            assert await store.enroll("00" * 8, b"h" * 32, NOW + 1, _cert("c1"))
+            for child, parent in (("c2", "c1"), ("c3", "c2"), ("c4", "c1")):
+                await store.add_certificate(_cert(child), ("a",), renewed_from=parent)
+            events = await store.revoke_lineage("c2", "keyCompromise", NOW)
+            assert [(e.kind, e.serial, e.agent_name) for e in events or []] == [
+                ("cert", "c2", "web-1"),
+                ("cert", "c3", "web-1"),
+            ]
+            assert [c.serial for c in await store.revoked_certificates()] == ["c2", "c3"]
+            # c1 already had a revoked child: revoking it reaches c4, and c1 itself.
+            events = await store.revoke_lineage("c1", "keyCompromise", NOW)
+            assert [e.serial for e in events or []] == ["c1", "c4"]
+            assert await store.revoke_lineage("c1", "keyCompromise", NOW) is None  # nothing left
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_a_second_renewal_within_the_window_is_refused(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            await store.add_join_token(_token())
+            assert await store.enroll("00" * 8, b"h" * 32, NOW + 1, _cert("c1"))
+            # The enrollment itself does not count: one renewal right after it is fine.
+            await store.add_certificate(_cert("c2"), ("a",), renewed_from="c1", not_renewed_since=NOW - 60)
+            with pytest.raises(ResourceExhausted, match="retry in 60s"):
+                await store.add_certificate(
+                    _cert("c3"), ("a",), renewed_from="c2", not_renewed_since=NOW - 60
+                )
+            await store.add_certificate(_cert("c3"), ("a",), renewed_from="c2", not_renewed_since=NOW)
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_no_release_commits_after_the_callers_revocation(tmp_path: Path) -> None:
+    """Even queued behind the revocation in the same group commit, the release is refused."""
+
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            await store.add_join_token(_token())
+            assert await store.enroll("00" * 8, b"h" * 32, NOW + 1, _cert("c1"))
+            await store.create_key("app", NOW, lambda v: b"sealed-%d" % v, [Grant("agent", "web-1")])
+            assert (await store.release_key_version("app", None, "web-1", (), "c1", NOW)).version == 1
+            results = await asyncio.gather(
+                store.revoke_agent("web-1", "keyCompromise", NOW),
+                *(store.release_key_version("app", None, "web-1", (), "c1", NOW) for _ in range(5)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(r, Revoked) for r in results[1:]), results
+            with pytest.raises(Revoked, match="was revoked"):
+                await store.release_key_version("app", None, "web-1", (), "c1", NOW)
+        finally:
+            await store.close()
+        conn = sqlite3.connect(tmp_path / "kms.db")
+        assert conn.execute("SELECT COUNT(*) FROM key_releases").fetchone()[0] == 1
+
+    asyncio.run(body())
+
+
+def test_upgrade_to_lineage_finds_earlier_renewals_in_the_audit_trail(tmp_path: Path) -> None:
+    path = tmp_path / "kms.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER)")
+    for version, step in enumerate(SQLITE_MIGRATIONS[:5], start=1):
+        for statement in step:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version VALUES (?, 0)", (version,))
+    conn.execute("INSERT INTO agents(name, created_at, updated_at) VALUES ('web-1', 1, 1)")
+    for serial in ("a1", "b2", "c3", "d4"):
+        conn.execute(
+            "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, groups_json)"
+            " VALUES (?, 'web-1', 1, 2, x'00', 1, '[]')",
+            (serial,),
+        )
+    for seq, (actor, obj, outcome) in enumerate(
+        [
+            ("agent:web-1/a1", "serial:b2", "ok"),
+            ("agent:web-1/b2", "serial:c3", "ok"),
+            ("agent:web-1/c3", "serial:d4", "denied"),  # refused: no lineage
+            ("agent:web-1/a1", "key:app/v1", "ok"),  # another action
+        ],
+        start=1,
+    ):
+        action = "renew" if obj.startswith("serial:") else "key.release"
+        conn.execute(
+            "INSERT INTO audit VALUES (?, 1, ?, ?, ?, ?, x'00', x'00')", (seq, actor, action, obj, outcome)
+        )
+    conn.close()
+
+    async def body() -> None:
+        store = await SqliteStore.open(path)
+        try:
+            events = await store.revoke_lineage("a1", "keyCompromise", NOW)
+            assert [e.serial for e in events or []] == ["a1", "b2", "c3"]
+        finally:
+            await store.close()
+
+    asyncio.run(body())

@@ -231,6 +231,76 @@ def test_a_renewal_racing_a_revocation_on_another_replica_is_refused(pg_database
     _run(pg_database, body)
 
 
+def test_a_lineage_revocation_racing_renewals_on_another_replica_leaves_none_valid(pg_database: str) -> None:
+    """Each renewal from the lineage either commits first (and is revoked too) or is refused."""
+
+    async def body(a: PostgresStore, b: PostgresStore) -> None:
+        await a.add_join_token(JoinTokenRecord("33" * 8, b"h" * 32, "web-4", (), NOW, NOW + 900))
+        assert await a.enroll(
+            "33" * 8, b"h" * 32, NOW + 1, CertificateRecord("l0", "web-4", NOW, NOW + 9, b"d", NOW, None)
+        )
+        for i in range(1, 4):  # l0 -> l1 -> l2 -> l3
+            cert = CertificateRecord(f"l{i}", "web-4", NOW, NOW + 9, b"d", NOW, None)
+            await a.add_certificate(cert, (), renewed_from=f"l{i - 1}")
+
+        async def renew(i: int) -> None:
+            cert = CertificateRecord(f"r{i}", "web-4", NOW, NOW + 9, b"d", NOW, None)
+            await a.add_certificate(cert, (), renewed_from=f"l{i % 4}")
+
+        results = await asyncio.gather(
+            *(renew(i) for i in range(6)),
+            b.revoke_lineage("l0", "keyCompromise", NOW),
+            return_exceptions=True,
+        )
+        assert all(r is None or isinstance(r, Revoked) for r in results[:6]), results
+        for i in range(6):
+            cert = await a.get_certificate(f"r{i}")
+            assert cert is None or cert.revoked_at is not None, f"r{i} renewed from the lineage survived it"
+        for i in range(4):
+            cert = await a.get_certificate(f"l{i}")
+            assert cert is not None and cert.revoked_at is not None
+
+    _run(pg_database, body)
+
+
+def test_no_release_commits_after_a_revocation_on_another_replica(pg_database: str) -> None:
+    """Releases in flight on A while B revokes the agent: none is recorded after the revocation."""
+
+    async def body(a: PostgresStore, b: PostgresStore) -> None:
+        await a.add_join_token(JoinTokenRecord("44" * 8, b"h" * 32, "web-5", (), NOW, NOW + 900))
+        assert await a.enroll(
+            "44" * 8, b"h" * 32, NOW + 1, CertificateRecord("f1", "web-5", NOW, NOW + 9, b"d", NOW, None)
+        )
+        await a.create_key("app5", NOW, _seal, [Grant("agent", "web-5")])
+
+        async def release() -> object:
+            return await a.release_key_version(
+                "app5",
+                None,
+                "web-5",
+                (),
+                "f1",
+                NOW,
+                audit=AuditEntry(NOW, "agent:web-5/f1", "key.release", "key:app5"),
+            )
+
+        async def revoke() -> object:
+            await asyncio.sleep(0.01)
+            return await b.revoke_agent(
+                "web-5", "keyCompromise", NOW, audit=AuditEntry(NOW, "admin", "revoke.agent", "agent:web-5")
+            )
+
+        results = await asyncio.gather(*(release() for _ in range(30)), revoke(), return_exceptions=True)
+        assert all(not isinstance(r, Exception) or isinstance(r, Revoked) for r in results), results
+        actions = [
+            r.action for r in await a.audit_after(0, 1000) if r.action in ("key.release", "revoke.agent")
+        ]
+        assert "revoke.agent" in actions
+        assert "key.release" not in actions[actions.index("revoke.agent") :], actions
+
+    _run(pg_database, body)
+
+
 @pytest.mark.parametrize(
     "url",
     [
