@@ -84,11 +84,14 @@ def _unusable(url: str) -> InvalidArgument:
     )
 
 
+_VALID_SERIALS = "SELECT serial FROM certificates WHERE agent_name=$1 AND revoked_at IS NULL AND not_after>$2 ORDER BY serial"
+
+
 async def _valid_serials(conn: Conn, name: str, now: int, *, lock: bool = True) -> list[str]:
     """The name's certificates that still authenticate at now (unrevoked, unexpired), locked for update."""
+    query = _VALID_SERIALS + (" FOR UPDATE" if lock else "")
     rows = await conn.fetch(
-        "SELECT serial FROM certificates WHERE agent_name=$1 AND revoked_at IS NULL AND not_after>$2"
-        " ORDER BY serial" + (" FOR UPDATE" if lock else ""),  # noqa: S608 - a constant clause
+        query,
         name,
         now,
     )
