@@ -89,9 +89,6 @@ AUTH_POLICY: dict[str, frozenset[Role]] = {
 
 _ENROLL = "/kms.v1.Enrollment/Enroll"
 
-# Long-lived streams, bounded per identity.
-_STREAMS = frozenset({"/kms.v1.Revocation/Watch", "/kms.v1.Handshake/Exchange", "/kms.v1.Handshake/Listen"})
-
 
 @dataclass
 class Limits:
@@ -183,7 +180,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         allowed = AUTH_POLICY.get(method)
-        authorize = self._authorizer(method, allowed)
+        # Every server stream is long-lived (ours, and health and reflection too): each one an
+        # agent opens counts against its bound, or it could hold any number of them.
+        streams = bool(handler.unary_stream or handler.stream_stream)
+        authorize = self._authorizer(method, allowed, streams)
         deserialize = lenient(handler.request_deserializer, method)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -212,7 +212,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     # --- who is calling, and may they ---------------------------------------------
 
     def _authorizer(
-        self, method: str, allowed: frozenset[Role] | None
+        self, method: str, allowed: frozenset[Role] | None, streams: bool
     ) -> Callable[[grpc.aio.ServicerContext], Awaitable[Caller | None]]:
         async def authorize(context: grpc.aio.ServicerContext) -> Caller | None:
             if allowed is None:
@@ -234,7 +234,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if peer_pem:
                 assert self._authenticator is not None
                 caller = await self._authenticator.authenticate(peer_pem[0])
-                if self._limits is not None and self._guard is not None and method in _STREAMS:
+                if self._limits is not None and self._guard is not None and streams:
                     self._limits.check_streams(self._guard.open_streams(caller.name))
             if Role.ANYONE in allowed:
                 return caller

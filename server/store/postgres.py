@@ -87,11 +87,10 @@ def _unusable(url: str) -> InvalidArgument:
 _VALID_SERIALS = "SELECT serial FROM certificates WHERE agent_name=$1 AND revoked_at IS NULL AND not_after>$2 ORDER BY serial"
 
 
-async def _valid_serials(conn: Conn, name: str, now: int, *, lock: bool = True) -> list[str]:
+async def _valid_serials(conn: Conn, name: str, now: int) -> list[str]:
     """The name's certificates that still authenticate at now (unrevoked, unexpired), locked for update."""
-    query = _VALID_SERIALS + (" FOR UPDATE" if lock else "")
     rows = await conn.fetch(
-        query,
+        _VALID_SERIALS + " FOR UPDATE",
         name,
         now,
     )
@@ -382,13 +381,12 @@ class PostgresStore(PostgresKeys, PostgresEvents):
                 name,
                 now,
             )
-            # As every revocation does, the certificates' advisory locks come before their rows
-            # (the same order, so no deadlock with one): a key release by a certificate this
-            # enrollment supersedes commits before it, or reads it revoked and is refused. No
-            # certificate of the name can be added meanwhile (renewals wait for the agents row).
-            await lock_certificates(conn, await _valid_serials(conn, name, now, lock=False))
             # Checked again here: the token may predate the certificate (two tokens for one name).
             valid = await _valid_serials(conn, name, now)
+            # As every revocation does, the certificates' advisory locks come after their rows
+            # (the same order, so no deadlock with one): a key release by a certificate this
+            # enrollment supersedes commits before it, or reads it revoked and is refused.
+            await lock_certificates(conn, valid)
             if valid and not replace:
                 raise rules.name_in_use(name, at_enroll=True)
             superseded: list[RevocationEvent] = []

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kms.v1 import enrollment_pb2, enrollment_pb2_grpc, revocation_pb2, revocation_pb2_grpc
 from tests.harness import ServerProcess, agent_credentials, enroll
@@ -96,6 +97,19 @@ def test_open_streams_per_identity_are_bounded(tmp_path: Path) -> None:
                 next(third)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             for call in open_calls:
+                call.cancel()
+        # Standard streams count too: health watches cannot pile up past the bound either.
+        # (Another agent: the cancelled streams above close on the server a moment later.)
+        assert enroll(server, tmp_path / "b", server.token("watcher")).returncode == 0
+        with grpc.secure_channel(server.address, agent_credentials(tmp_path / "b")) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            watches = [health.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(2)]
+            for call in watches:
+                next(call)  # SERVING: the stream is open
+            with pytest.raises(grpc.RpcError) as info:
+                next(health.Watch(health_pb2.HealthCheckRequest(service="")))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for call in watches:
                 call.cancel()
     finally:
         assert server.stop() == 0

@@ -340,3 +340,35 @@ def test_a_connection_lost_during_commit_is_an_unknown_outcome_not_a_plain_outag
             await store.close()
 
     assert "may or may not have been made" in asyncio.run(main())
+
+
+def test_a_replacing_enrollment_and_a_revocation_of_its_certificate_never_deadlock(pg_database: str) -> None:
+    """Both take a certificate's row lock before its advisory lock (postgres_events.lock_certificates)."""
+    from server.store.postgres_base import CERT_LOCKS
+
+    async def body(a: PostgresStore, b: PostgresStore) -> object:
+        await a.add_join_token(JoinTokenRecord("11" * 8, b"h" * 32, "web", (), NOW, NOW + 900))
+        old = CertificateRecord("c1", "web", NOW, NOW + 9999, b"d", NOW, None)
+        assert await a.enroll("11" * 8, b"h" * 32, NOW + 1, old)
+        await a.add_join_token(
+            JoinTokenRecord("22" * 8, b"h" * 32, "web", (), NOW + 2, NOW + 900), replace=True
+        )
+        # A revocation of c1 on another replica, caught between its row lock and its advisory lock.
+        conn = await asyncpg.connect(pg_database)
+        try:
+            revoking = conn.transaction()
+            await revoking.start()
+            await conn.fetchrow("SELECT revoked_at FROM certificates WHERE serial=$1 FOR UPDATE", "c1")
+            new = CertificateRecord("c2", "web", NOW, NOW + 9999, b"d", NOW + 3, None)
+            enrolling = asyncio.create_task(b.enroll("22" * 8, b"h" * 32, NOW + 3, new))
+            await asyncio.sleep(0.5)  # the enrollment waits for c1's row (or, wrongly, holds its lock)
+            await asyncio.wait_for(
+                conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", CERT_LOCKS, "c1"), 10
+            )
+            await revoking.rollback()
+            return await asyncio.wait_for(enrolling, 10)
+        finally:
+            await conn.close()
+
+    done = _run(pg_database, body)
+    assert done is not None and [e.serial for e in done.superseded] == ["c1"]  # type: ignore[attr-defined]
