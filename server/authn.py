@@ -21,11 +21,11 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kms.errors import REVOKED_MARK, Revoked, Unauthenticated
+from kms.errors import Unauthenticated
 from kms.identity import agent_spiffe_id
 from kms.policy import AgentIdentity, AllOf, ChainsTo, ClientAuth, agent_name_of
 from server.clock import Clock
-from server.store import Store
+from server.store import Store, rules
 
 __all__ = ["Caller", "PeerAuthenticator"]
 
@@ -49,17 +49,6 @@ class _Checked:
     not_before: datetime
     not_after: datetime
     public_key: rsa.RSAPublicKey
-
-
-def _revoked(serial: str, reason: str) -> Revoked:
-    if reason == "superseded":  # another machine enrolled under this name with a --replace token
-        return Revoked(
-            f"client certificate {serial} {REVOKED_MARK} (superseded): another enrollment of this agent's name"
-            " replaced it"
-        )
-    return Revoked(
-        f"client certificate {serial} {REVOKED_MARK} ({reason}): enroll again with a token created with --allow-reenroll"
-    )
 
 
 class PeerAuthenticator:
@@ -114,7 +103,7 @@ class PeerAuthenticator:
                 f"client certificate {checked.serial} is not known to this server: enroll again"
             )
         if agent.latest.revoked_at is not None:
-            raise _revoked(checked.serial, agent.latest.revocation_reason or "unspecified")
+            raise rules.caller_revoked(checked.serial, agent.latest.revocation_reason or "unspecified")
         self._groups[checked.serial] = agent.groups
         if len(self._groups) > self._cache_size:
             self._groups.popitem(last=False)
@@ -139,7 +128,7 @@ class PeerAuthenticator:
             groups = await self._lookup(checked)
         reason = self._revocation_reason(checked.serial)  # after any await: the freshest word
         if reason is not None:
-            raise _revoked(checked.serial, reason)
+            raise rules.caller_revoked(checked.serial, reason)
         return Caller(
             checked.name,
             groups,

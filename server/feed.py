@@ -14,9 +14,9 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kms.errors import REVOKED_MARK, Revoked
+from kms.errors import Revoked
 from server.metrics import Metrics
-from server.store import RevocationEvent
+from server.store import RevocationEvent, rules
 
 __all__ = ["GuardedStream", "Heartbeat", "RevocationFeed", "StreamGuard", "Subscription"]
 
@@ -175,11 +175,8 @@ class GuardedStream:
             self.task.cancel()
 
     def error(self) -> Revoked:
-        """What the client is told (the words of server/authn.py for a revoked caller)."""
-        return Revoked(
-            f"client certificate {self.serial} {REVOKED_MARK} ({self.reason}): "
-            "enroll again with a token created with --allow-reenroll"
-        )
+        """What the client is told: what its next call would be told."""
+        return rules.caller_revoked(self.serial, self.reason or "unspecified")
 
 
 class StreamGuard:

@@ -184,7 +184,7 @@ class PostgresKeys(PostgresBase):
             )
             revoked, granted = row
             if revoked is not None:
-                raise rules.release_refused(serial, revoked)
+                raise rules.caller_revoked(serial, revoked)
             if not granted:
                 raise rules.not_granted(name)
             wanted = version or await conn.fetchval("SELECT current_version FROM keys WHERE name=$1", name)

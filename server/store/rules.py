@@ -17,6 +17,7 @@ from kms.errors import (
 from server.store.base import Grant, KeyVersionRecord
 
 __all__ = [
+    "caller_revoked",
     "check_releasable",
     "compromised_state",
     "destroyed_state",
@@ -30,7 +31,6 @@ __all__ = [
     "name_in_use",
     "name_revoked",
     "reenroll_refused",
-    "release_refused",
     "renewal_refused",
     "renewed_too_soon",
     "still_current",
@@ -111,11 +111,16 @@ def renewed_too_soon(name: str, last: int, since: int, now: int) -> ResourceExha
     )
 
 
-def release_refused(serial: str, reason: str) -> Revoked:
-    """A release asked for by a certificate revoked before the release could commit."""
+def caller_revoked(serial: str, reason: str) -> Revoked:
+    """What a caller whose certificate is revoked is told: on its next call, on its open streams,
+    and by a key release that its revocation overtook. One text, so the advice never differs."""
+    if reason == "superseded":  # another machine enrolled under this name with a --replace token
+        return Revoked(
+            f"client certificate {serial} {REVOKED_MARK} (superseded): another enrollment of this agent's name"
+            " replaced it"
+        )
     return Revoked(
-        f"client certificate {serial} {REVOKED_MARK} ({reason}): "
-        "enroll again with a token created with --allow-reenroll"
+        f"client certificate {serial} {REVOKED_MARK} ({reason}): enroll again with a token created with --allow-reenroll"
     )
 
 

@@ -176,7 +176,7 @@ class SqliteKeys(SqliteBase):
                 (serial,),
             ).fetchone()
             if revoked is not None:
-                raise rules.release_refused(serial, revoked[0] or "unspecified")
+                raise rules.caller_revoked(serial, revoked[0] or "unspecified")
             # The authorization is the same for every release until a key changes:
             # cached on this thread, cleared by each change (see SqliteBase).
             cache_key = ("release", name, version, agent, groups)

@@ -14,13 +14,18 @@ from kms.errors import STORE_DOWN_MARK, InvalidArgument, ResourceExhausted, Revo
 from server.authn import Caller
 from server.feed import GuardedStream, RevocationFeed, StreamGuard
 from server.store import RevocationEvent, SqliteStore
+from server.store.rules import caller_revoked
 from server.watch import Heartbeat, Resume, WatchService
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
 def _event(
-    seq: int, kind: str = "key", serial: str | None = None, agent: str | None = None
+    seq: int,
+    kind: str = "key",
+    serial: str | None = None,
+    agent: str | None = None,
+    reason: str = "unspecified",
 ) -> RevocationEvent:
     return RevocationEvent(
         seq,
@@ -29,7 +34,7 @@ def _event(
         agent,
         "k" if kind == "key" else None,
         seq if kind == "key" else None,
-        "unspecified",
+        reason,
         0,
         ("group:web",) if kind == "key" else None,
     )
@@ -54,6 +59,27 @@ def test_guard_cancels_only_the_revoked_streams_after_the_grace() -> None:
         return (*result, guard.open_streams("web-1"))
 
     assert asyncio.run(body()) == (True, True, False, "unspecified", 2, 0)
+
+
+@pytest.mark.parametrize(
+    "reason, advice",
+    [
+        ("keyCompromise", "--allow-reenroll"),
+        ("superseded", "another enrollment of this agent's name replaced it"),
+    ],
+)
+def test_a_revoked_stream_is_told_what_its_next_call_would_be(reason: str, advice: str) -> None:
+    async def body() -> tuple[str, str]:
+        guard = StreamGuard()
+        stream = GuardedStream(asyncio.create_task(asyncio.sleep(10)), "aa", "web-1")  # type: ignore[arg-type]
+        guard.register(stream)
+        guard.close(_event(1, "cert", serial="aa", agent="web-1", reason=reason), grace=0)
+        await asyncio.sleep(0.05)
+        guard.unregister(stream)
+        return stream.error().message, caller_revoked("aa", reason).message
+
+    streamed, next_call = asyncio.run(body())
+    assert streamed == next_call and advice in streamed
 
 
 def test_a_stream_revoked_while_sending_is_not_cancelled_in_the_send() -> None:
