@@ -305,9 +305,13 @@ class EnrollmentService:
         if public_key == caller.public_key:
             raise InvalidArgument("renewal needs a new key: make a new RSA key and a CSR for it")
         now = int(self._clock().timestamp())
+        # Never more than a quarter of the caller's own lifetime: agents renew at 2/3 of it, so a
+        # certificate issued before a longer window (or cut short by the CA's end) still renews.
+        lifetime = int((caller.not_after - caller.not_before).total_seconds())
+        window = min(self._renew_window, lifetime // 4)
         last = self._renewed_at.get(caller.name)
-        if self._renew_window and last is not None and last > now - self._renew_window:
-            raise rules.renewed_too_soon(caller.name, last, now - self._renew_window, now)
+        if window and last is not None and last > now - window:
+            raise rules.renewed_too_soon(caller.name, last, now - window, now)
         cert = await self._ca.issue_agent(public_key, caller.name)
         record = CertificateRecord(
             serial=serial_hex(cert),
@@ -322,7 +326,7 @@ class EnrollmentService:
             record,
             caller.groups,
             renewed_from=caller.serial,
-            not_renewed_since=now - self._renew_window if self._renew_window else None,
+            not_renewed_since=now - window if window else None,
             audit=AuditEntry(now, f"agent:{caller.name}/{caller.serial}", "renew", f"serial:{record.serial}"),
         )
         self._renewed_at[caller.name] = now
