@@ -55,6 +55,9 @@ _SLOW_GROUPS = frozenset({"ffdhe2048", "ffdhe3072"})
 _CRYPTO_THREADS = 1
 # Initiators that may wait for one busy listener; more are told to retry.
 _WAITING_MAX = 8
+# How long a relayed initiator may take to send init_auth once it has the listener's answer:
+# it holds the listener meanwhile, and it needs no input to compute it (a few milliseconds).
+_INIT_AUTH_SECONDS = 3.0
 
 
 def _not_listening(name: str) -> FailedPrecondition:
@@ -80,6 +83,9 @@ class _Pairing:
 class _Listener:
     serial: str  # the certificate its Listen stream was opened with
     waiting: asyncio.Queue[_Pairing] = field(default_factory=lambda: asyncio.Queue(_WAITING_MAX))
+    # Initiators with an attempt queued or under way: one each, so that no agent can fill
+    # the queue (or keep the listener busy) with attempts of its own.
+    initiators: set[str] = field(default_factory=set)
 
 
 def _kind(frame: Frame) -> str:
@@ -113,9 +119,10 @@ class ExchangeService:
         """Lets the crypto threads go (work they have started finishes; nothing new starts)."""
         self._crypto.shutdown(wait=False, cancel_futures=True)
 
-    async def _next(self, frames: AsyncIterator[Frame], what: str) -> Frame:
+    async def _next(self, frames: AsyncIterator[Frame], what: str, timeout: float | None = None) -> Frame:
         try:
-            async with asyncio.timeout(self._timeout):  # no task per step, unlike wait_for
+            # No task per step, unlike wait_for.
+            async with asyncio.timeout(self._timeout if timeout is None else timeout):
                 return await anext(frames)
         except TimeoutError:
             raise DeadlineExceeded(f"the handshake stalled waiting for {what}") from None
@@ -187,6 +194,11 @@ class ExchangeService:
         # The store is not asked: unknown, revoked and absent agents look the same from here.
         if listener is None or self._revocations.is_revoked(listener.serial):
             raise _not_listening(peer)
+        if caller.name in listener.initiators:
+            raise ResourceExhausted(
+                f"an exchange of agent {caller.name!r} with {peer!r} is already waiting or under way: "
+                "finish it, then retry"
+            )
         pairing = _Pairing(caller.name, to_frame(hello))
         try:
             listener.waiting.put_nowait(pairing)
@@ -194,9 +206,10 @@ class ExchangeService:
             raise ResourceExhausted(
                 f"agent {peer!r} has {_WAITING_MAX} exchanges waiting for it already: retry in a few seconds"
             ) from None
+        listener.initiators.add(caller.name)
         try:
             yield await self._from(pairing.to_initiator, "resp_auth")
-            init_auth = await self._next(frames, "init_auth")
+            init_auth = await self._next(frames, "init_auth", min(self._timeout, _INIT_AUTH_SECONDS))
             if _kind(init_auth) != "init_auth":
                 raise FailedPrecondition(f"an exchange continues with init_auth, not {_kind(init_auth)}")
             pairing.to_responder.put_nowait(init_auth)
@@ -216,6 +229,8 @@ class ExchangeService:
             reason = exc.message if isinstance(exc, KmsError) else "it disconnected"
             pairing.to_responder.put_nowait(FailedPrecondition(f"the initiator gave up: {reason}"))
             raise
+        finally:
+            listener.initiators.discard(caller.name)
 
     # --- the caller is a listener (responder) ----------------------------------------------
 
@@ -276,8 +291,8 @@ class ExchangeService:
     async def _initiator_step(self, pairing: _Pairing) -> Frame | KmsError:
         """The initiator's next frame, or why it has none (it gave up, or stalled)."""
         try:
-            # Twice the step time: the initiator's own side times out first and says why.
-            async with asyncio.timeout(2 * self._timeout):
+            # Longer than the initiator is given: its own side times out first and says why.
+            async with asyncio.timeout(min(self._timeout, _INIT_AUTH_SECONDS) + 1):
                 item = await pairing.to_responder.get()
         except TimeoutError:
             item = DeadlineExceeded("the handshake stalled waiting for init_auth from the initiator")

@@ -318,6 +318,19 @@ def test_bogus_exchanges_neither_use_up_listen_once_nor_evict_the_listener(
         walked.send(to_frame(hello(mallory, "victim")))
         assert walked.first.wait(10) and walked.code is None, walked.details
         walked.close()
+        # One that stalls after the listener's answer holds it only briefly, and meanwhile the
+        # same initiator cannot queue more attempts (it would keep the listener to itself).
+        stalled = ch.bidi("Exchange")
+        stalled.send(to_frame(hello(mallory, "victim")))
+        assert stalled.first.wait(10) and stalled.code is None, stalled.details
+        again = ch.bidi("Exchange")
+        again.send(to_frame(hello(mallory, "victim")))
+        assert again.wait(10)
+        assert (
+            again.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and "already waiting or under way" in again.details
+        )
+        assert stalled.wait(10) and stalled.code == grpc.StatusCode.DEADLINE_EXCEEDED, stalled.details
         # The listener is still there, and its one exchange is still to come: the first try works.
         result = subprocess.run(
             [exe("kms-agent"), "exchange", "--peer", "victim", "--json", "--dir", str(friend)],
@@ -330,7 +343,7 @@ def test_bogus_exchanges_neither_use_up_listen_once_nor_evict_the_listener(
         out, err = listener.communicate(timeout=20)
         assert listener.returncode == 0, err
         assert json.loads(out)["peer"] == "friend"
-        assert err.count("exchange failed") == 2 and "Traceback" not in err, err
+        assert err.count("exchange failed") == 3 and "Traceback" not in err, err
     finally:
         if listener.poll() is None:
             listener.kill()
