@@ -144,6 +144,7 @@ def test_grants_to_unknown_agents_need_a_flag(server: ServerProcess, root: Path)
 # --- 9: admin commands find the server run finds -------------------------------------------------
 
 
+@pytest.mark.sqlite_only("how the admin commands find the data dir: the store plays no part")
 def test_admin_commands_honour_the_config_file(server: ServerProcess, backend: str) -> None:
     scratch = short_tmpdir("kmscfg")
     # A server on the default data dir of this environment: it must hear nothing.
@@ -192,6 +193,7 @@ def _decrypts_to(writer: Path, ciphertext: bytes, plaintext: bytes) -> None:
     assert result.stdout == plaintext
 
 
+@pytest.mark.sqlite_only("the agent's own output files: the store plays no part")
 def test_a_fifo_is_written_through(server: ServerProcess, root: Path, plain: Path, tmp_path: Path) -> None:
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
@@ -205,6 +207,7 @@ def test_a_fifo_is_written_through(server: ServerProcess, root: Path, plain: Pat
     _decrypts_to(root / "writer", got[0], plain.read_bytes())
 
 
+@pytest.mark.sqlite_only("the agent's own output files: the store plays no part")
 def test_a_character_device_is_written_through(root: Path, plain: Path, tmp_path: Path) -> None:
     # A private null device (as /dev/null is): renaming over it would replace the node with a file.
     null = tmp_path / "null"
@@ -228,6 +231,7 @@ def _releases(server: ServerProcess) -> int:
     return len(query(server, "SELECT seq FROM audit WHERE action='key.release'"))
 
 
+@pytest.mark.sqlite_only("the agent's own output files: the store plays no part")
 def test_a_symlink_is_refused_unless_followed(
     server: ServerProcess, root: Path, plain: Path, tmp_path: Path
 ) -> None:
@@ -256,6 +260,7 @@ def test_a_symlink_is_refused_unless_followed(
     assert str(target) in paths and str(link) not in paths
 
 
+@pytest.mark.sqlite_only("the agent's own output files: the store plays no part")
 def test_dash_is_stdin_and_stdout_everywhere(root: Path, plain: Path, tmp_path: Path) -> None:
     writer, data = root / "writer", plain.read_bytes()
     encrypted = _agent_stdio(writer, "encrypt", "--key", "files", "-", "-", stdin=data)
@@ -289,6 +294,7 @@ def test_dash_is_stdin_and_stdout_everywhere(root: Path, plain: Path, tmp_path: 
     assert b"Traceback" not in err and b"internal error" not in err
 
 
+@pytest.mark.sqlite_only("the agent's own output files: the store plays no part")
 @pytest.mark.parametrize(
     "command",
     [

@@ -109,6 +109,7 @@ def _tls_handshake(host: str, port: int, source: str) -> bool:
         return tls.version() is not None
 
 
+@pytest.mark.sqlite_only("the enrollment gate, limits and decoding are in memory: the store plays no part")
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
 def test_idle_connections_do_not_exhaust_descriptors(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -197,6 +198,7 @@ print(json.dumps(codes), flush=True)
 """
 
 
+@pytest.mark.sqlite_only("the enrollment gate, limits and decoding are in memory: the store plays no part")
 def test_anonymous_flood_does_not_lock_out_agents_at_the_same_address(
     tmp_path: Path, rsa_key: rsa.RSAPrivateKey, other_rsa_key: rsa.RSAPrivateKey
 ) -> None:
@@ -284,6 +286,7 @@ def test_anonymous_flood_does_not_lock_out_agents_at_the_same_address(
 # --- 7: log flood and decode errors ---------------------------------------------------
 
 
+@pytest.mark.sqlite_only("the enrollment gate, limits and decoding are in memory: the store plays no part")
 def test_undecodable_requests_are_invalid_argument_with_bounded_log_and_aggregate_audit(
     tmp_path: Path, rsa_key: rsa.RSAPrivateKey
 ) -> None:
