@@ -8,6 +8,7 @@ so small-subgroup and degenerate values are refused (RFC 7919 §5.1).
 
 from __future__ import annotations
 
+import functools
 import secrets
 import warnings
 from collections.abc import Iterator
@@ -99,6 +100,36 @@ def ffdhe_prime(group: Group) -> int:
     return {Group.FFDHE2048: FFDHE2048_P, Group.FFDHE3072: FFDHE3072_P}[group]
 
 
+# g^x is computed in pieces of this many exponent bits: the same multiplications as one pow(),
+# but Python may hand the GIL to another thread between pieces (one pow() of a 512-bit exponent
+# modulo a 3072-bit prime holds it for about 16 ms, stalling a server's event loop meanwhile).
+_PIECE_BITS = 64
+
+
+@functools.cache
+def _generator_bases(group: Group) -> tuple[int, ...]:
+    """g^(2^(64 i)) mod p for the pieces of an exponent below 2^1024 (computed once per group)."""
+    p = ffdhe_prime(group)
+    bases = [_GENERATOR]
+    for _ in range(1024 // _PIECE_BITS - 1):
+        bases.append(pow(bases[-1], 1 << _PIECE_BITS, p))
+    return tuple(bases)
+
+
+def _generator_power(group: Group, exponent: int) -> int:
+    """g^exponent mod p, as the product of g^(2^(64 i) * piece_i) (equal to pow(g, exponent, p))."""
+    p = ffdhe_prime(group)
+    bases = _generator_bases(group)
+    if not 0 <= exponent < 1 << (_PIECE_BITS * len(bases)):
+        return pow(_GENERATOR, exponent, p)
+    result, mask = 1, (1 << _PIECE_BITS) - 1
+    for i, base in enumerate(bases):
+        piece = (exponent >> (_PIECE_BITS * i)) & mask
+        if piece:
+            result = result * pow(base, piece, p) % p
+    return result
+
+
 @dataclass(frozen=True)
 class Ephemeral:
     """One side's ephemeral key: its public share, and exchange with the peer's share."""
@@ -123,7 +154,7 @@ class Ephemeral:
         p = ffdhe_prime(group)
         with _ffdh():
             numbers = dh.DHParameterNumbers(p, _GENERATOR)
-            public = dh.DHPublicNumbers(pow(_GENERATOR, value, p), numbers)
+            public = dh.DHPublicNumbers(_generator_power(group, value), numbers)
             return cls(group, dh.DHPrivateNumbers(value, public).private_key())
 
     @property

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms import profile
-from kms.groups import Ephemeral, Group, ffdhe_prime, quadratic_character
+from kms.groups import Ephemeral, Group, _generator_power, ffdhe_prime, quadratic_character
 from kms.handshake import (
     AuthenticationFailed,
     Finished,
@@ -264,6 +264,18 @@ def test_quadratic_character_is_eulers_criterion(group: Group) -> None:
         euler = pow(y, (p - 1) // 2, p)
         assert quadratic_character(y, p) == (1 if euler == 1 else -1)
     assert quadratic_character(p, p) == 0 and quadratic_character(4, p) == 1
+
+
+@pytest.mark.parametrize("group", [Group.FFDHE2048, Group.FFDHE3072])
+def test_the_public_share_in_pieces_is_the_generator_power(group: Group) -> None:
+    """g^x computed 64 exponent bits at a time (so the GIL can change hands) equals pow(g, x, p)."""
+    p = ffdhe_prime(group)
+    rng = random.Random(7748)
+    edges = [0, 1, 2, 2**64 - 1, 2**64, 2**511, 2**512 - 1, 2**1024 - 1, 2**1024 + 3]
+    for x in edges + [rng.getrandbits(512) for _ in range(20)]:
+        assert _generator_power(group, x) == pow(2, x, p)
+    share = Ephemeral.from_private_value(group, 12345).public_share
+    assert int.from_bytes(share, "big") == pow(2, 12345, p)
 
 
 def test_x25519_low_order_point_is_refused(pki: Pki) -> None:
