@@ -277,6 +277,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             on_revoked=revocations.apply_committed,
             on_issued=expiring.issued,
             renew_window=cfg.renew_window,
+            log_position=lambda: feed.last_seq,
         )
         agents = AgentDirectory(store, trust_domain, clock, revocations.revocation_reason)
         health = HealthServicer()

@@ -118,6 +118,7 @@ class EnrollmentService:
         on_issued: Callable[[CertificateRecord], None] = lambda cert: None,
         on_revoked: Callable[[RevocationEvent], object] = lambda event: None,
         renew_window: timedelta = timedelta(0),
+        log_position: Callable[[], int] | None = None,
     ) -> None:
         self._store = store
         # Told of each certificate stored (enrollment or renewal): the expiry gauges.
@@ -129,6 +130,10 @@ class EnrollmentService:
         # Applies a revocation committed here (a superseded certificate) in memory:
         # the revoked map that authenticates calls, the watch feed, open streams.
         self._on_revoked = on_revoked
+        # The event log's position as this server's feed knows it: never ahead of the store (an
+        # event is published after it commits), so an agent's first watch replays at most what
+        # committed meanwhile and skips nothing; and no store read on every enrollment.
+        self._log_position = log_position
         # One renewal per agent in this long: a stolen certificate cannot mint certificates
         # by the hundred, and its thief's renewals are bounded like its owner's.
         self._renew_window = int(renew_window.total_seconds())
@@ -216,7 +221,7 @@ class EnrollmentService:
         )
         # Read before the enrollment commits: an event committed meanwhile is
         # replayed to the new agent (harmless), never skipped.
-        watch_from_seq = await self._store.last_seq()
+        watch_from_seq = await self._position()
 
         def audit(done: Enrollment) -> AuditEntry:
             replaced = ",".join(e.serial or "" for e in done.superseded)
@@ -262,6 +267,9 @@ class EnrollmentService:
         )
         return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name), watch_from_seq)
 
+    async def _position(self) -> int:
+        return self._log_position() if self._log_position is not None else await self._store.last_seq()
+
     async def _repeat(self, record: JoinTokenRecord, token: JoinToken, spki: bytes, now: int) -> Enrolled:
         """The certificate a spent token was issued for this same key, if it is still good; else refused.
 
@@ -288,7 +296,7 @@ class EnrollmentService:
             extra={"agent": agent.name, "serial": issued.serial, "token_id": record.token_id},
         )
         # The agent has held nothing yet, so the log up to now is none of its business.
-        watch_from_seq = await self._store.last_seq()
+        watch_from_seq = await self._position()
         return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name), watch_from_seq)
 
     async def renew(self, caller: Caller, csr_der: bytes) -> x509.Certificate:
