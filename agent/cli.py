@@ -1,17 +1,17 @@
 """kms-agent: enroll with kms-server, then prove the identity over mutual TLS; the commands live in
-agent/commands_*.py, this module only parses the command line."""
+agent/commands/, this module only parses the command line."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from agent.client import DEFAULT_TIMEOUT
-from agent.commands_exchange import cmd_exchange, cmd_listen
-from agent.commands_identity import cmd_enroll, cmd_renew, cmd_status
-from agent.commands_keys import cmd_decrypt, cmd_encrypt, cmd_fetch_key
-from agent.commands_revocation import cmd_check, cmd_watch
-from agent.commands_run import cmd_run
-from agent.commands_signing import cmd_sign, cmd_verify
+from agent.commands.exchange import cmd_exchange, cmd_listen
+from agent.commands.identity import cmd_enroll, cmd_renew, cmd_status
+from agent.commands.keys import cmd_decrypt, cmd_encrypt, cmd_fetch_key
+from agent.commands.revocation import cmd_check, cmd_watch
+from agent.commands.run import cmd_run
+from agent.commands.signing import cmd_sign, cmd_verify
 from agent.config import apply_config
 from agent.renew import DEFAULT_RENEW_FRACTION
 from kms.cli import ArgumentParser, command_parsers, run_main

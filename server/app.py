@@ -42,35 +42,7 @@ from kms.v1 import (
     revocation_pb2,
     revocation_pb2_grpc,
 )
-from server.agents import AgentDirectory
-from server.audit import AuditBatcher, AuditTrail
-from server.audit_devices import AuditDevices
-from server.auth import AuthInterceptor, Limits, Listener
-from server.authn import PeerAuthenticator
-from server.backup import backup
-from server.ca import CertificateAuthority
-from server.clock import Clock, system_clock
-from server.config import ServerConfig
-from server.crl import CrlPublisher
-from server.datadir import DataDir
-from server.deployment import Deployment, open_deployment
-from server.enroll_port import EnrollmentPort, open_enrollment_port
-from server.enrollment import EnrollmentService
-from server.exchange import ExchangeService
-from server.expiry import WINDOWS as EXPIRY_WINDOWS
-from server.expiry import ExpiringCertificates
-from server.failures import FailureReport
-from server.feed import RevocationFeed, StreamGuard
-from server.follower import EventFollower
-from server.gate import raise_open_file_limit
-from server.heap import HeapKeeper
-from server.http import HttpSidePort
-from server.keys import KeyService
-from server.limits import RateLimiter
-from server.metrics import Metrics
-from server.ocsp import OcspResponder
-from server.revocation import RevocationService
-from server.servicers import (
+from server.api.servicers import (
     AdminServicer,
     EnrollmentServicer,
     HandshakeServicer,
@@ -78,9 +50,37 @@ from server.servicers import (
     KeysServicer,
     RevocationServicer,
 )
+from server.audit.devices import AuditDevices
+from server.audit.trail import AuditBatcher, AuditTrail
+from server.ca.authority import CertificateAuthority
+from server.ca.crl import CrlPublisher
+from server.ca.ocsp import OcspResponder
+from server.ca.tls import ServerTls
+from server.clock import Clock, system_clock
+from server.config import ServerConfig
+from server.deployment.backup import backup
+from server.deployment.datadir import DataDir
+from server.deployment.deployment import Deployment, open_deployment
+from server.endpoints.auth import AuthInterceptor, Limits, Listener
+from server.endpoints.authn import PeerAuthenticator
+from server.endpoints.enroll_port import EnrollmentPort, open_enrollment_port
+from server.endpoints.failures import FailureReport
+from server.endpoints.gate import raise_open_file_limit
+from server.endpoints.limits import RateLimiter
+from server.enrollment.agents import AgentDirectory
+from server.enrollment.service import EnrollmentService
+from server.exchange import ExchangeService
+from server.keys import KeyService
+from server.ops.expiry import WINDOWS as EXPIRY_WINDOWS
+from server.ops.expiry import ExpiringCertificates
+from server.ops.heap import HeapKeeper
+from server.ops.http import HttpSidePort
+from server.ops.metrics import Metrics
+from server.revocation.feed import RevocationFeed, StreamGuard
+from server.revocation.follower import EventFollower
+from server.revocation.service import RevocationService
+from server.revocation.watch import WatchService
 from server.store import AuditEntry, Store
-from server.tls import ServerTls
-from server.watch import WatchService
 
 __all__ = ["App", "Initialized", "create_server", "initialize", "serve"]
 

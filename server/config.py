@@ -170,14 +170,14 @@ class ServerConfig:
     # Where a replica of a PostgreSQL deployment reads the shared master key
     # (None: KMS_MASTER_KEY, else master.key in the data dir).
     master_key_file: Path | None = None
-    # Audit devices (server/audit_devices.py): a JSON-lines file, and a local syslog socket.
+    # Audit devices (server/audit/devices.py): a JSON-lines file, and a local syslog socket.
     audit_file: Path | None = None
     audit_syslog: str | None = None
     # A connection whose TLS handshake has not finished by then is dropped (both ports).
     tls_handshake_timeout: timedelta = timedelta(seconds=5)
-    # Open connections one peer address may hold on the enrollment port (server/gate.py).
+    # Open connections one peer address may hold on the enrollment port (server/endpoints/gate.py).
     max_anonymous_connections_per_address: int = 32
-    # Refusals are logged and audited at most once per peer address per interval (server/failures.py).
+    # Refusals are logged and audited at most once per peer address per interval (server/endpoints/failures.py).
     failure_report_interval: timedelta = timedelta(seconds=60)
 
     DEFAULT_TRUST_DOMAIN = "seed-kms.local"

@@ -34,11 +34,11 @@ from kms.handshake_wire import from_frame, to_frame
 from kms.identity import validate_agent_name
 from kms.peers import AgentPeers
 from kms.v1 import handshake_pb2
-from server.audit import AuditBatcher
-from server.authn import Caller
+from server.audit.trail import AuditBatcher
 from server.clock import Clock
-from server.limits import RateLimiter
-from server.revocation import RevocationService
+from server.endpoints.authn import Caller
+from server.endpoints.limits import RateLimiter
+from server.revocation.service import RevocationService
 from server.store import AuditEntry
 
 __all__ = ["ExchangeService"]
@@ -171,7 +171,7 @@ class ExchangeService:
         finished = responder.receive(from_frame(await self._next(frames, "init_auth")))
         yield to_frame(finished)
         assert responder.session is not None
-        # Batched, not awaited: the exchange writes nothing else (server/audit.py).
+        # Batched, not awaited: the exchange writes nothing else (server/audit/trail.py).
         self._audit.add(
             AuditEntry(
                 int(self._clock().timestamp()),

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from kms.errors import InvalidArgument, NotFound, PermissionDenied
 from kms.identity import validate_agent_name, validate_group, validate_key_name
 from kms.wrap import KEY_BYTES, wrap
-from server.authn import Caller
 from server.clock import Clock
-from server.completion import after_commit
-from server.sealing import Sealer
+from server.deployment.sealing import Sealer
+from server.endpoints.authn import Caller
 from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, Store
 from server.store.base import SealFn
+from server.store.completion import after_commit
 
 __all__ = ["FetchedKey", "KeyChange", "KeyService", "MAX_VERSION", "parse_grant"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 
 from kms.v1 import handshake_pb2, handshake_pb2_grpc, revocation_pb2, revocation_pb2_grpc
-from server.sealing import open_sealed
+from server.deployment.sealing import open_sealed
 
 Frame = handshake_pb2.HandshakeFrame
 

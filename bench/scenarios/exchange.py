@@ -2,7 +2,7 @@
 
 Each Seed KMS operation is one Handshake.Exchange stream on a long-lived mTLS
 channel: Hello -> RespAuth, InitAuth -> Finished, then the end of the stream
-(the server's audit record of it is batched with others: server/audit.py). The client runs the agent's state
+(the server's audit record of it is batched with others: server/audit/trail.py). The client runs the agent's state
 machine from kms.handshake and checks the server's chain (kms.peers); the
 server checks the agent's chain and revocation status and signs. The baseline
 is the same shape with no crypto: two round trips of the same sizes on a

@@ -172,7 +172,7 @@ AUDIT_MARKER = "audit_keyed_from"
 
 
 class AuditSink(Protocol):
-    """Where committed audit records are copied outside the database (server/audit_devices.py).
+    """Where committed audit records are copied outside the database (server/audit/devices.py).
 
     Called once per commit with its records in order, never concurrently;
     it must not raise (the records are committed already).
@@ -397,7 +397,7 @@ class Store(Protocol):
         ...
 
     async def append_audits(self, entries: Sequence[AuditEntry]) -> None:
-        """Appends entries in order, in one transaction (server/audit.py's batches)."""
+        """Appends entries in order, in one transaction (server/audit/trail.py's batches)."""
         ...
 
     async def audit_after(self, seq: int, limit: int) -> list[AuditRecord]: ...

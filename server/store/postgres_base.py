@@ -189,7 +189,7 @@ class PostgresBase:
                     break
             else:
                 raise AssertionError("unreachable")
-            # Committed: copied out before the caller is answered (server/audit_devices.py),
+            # Committed: copied out before the caller is answered (server/audit/devices.py),
             # with the connection back in the pool.
             while appended:
                 ticket, records = appended.pop(0)

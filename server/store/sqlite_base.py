@@ -249,7 +249,7 @@ class SqliteBase:
             self._deferred.clear()
         if committed and self._audit_sink is not None:
             # Before any write of the batch is acknowledged: a record whose action was
-            # answered is outside the database too (see server/audit_devices.py).
+            # answered is outside the database too (see server/audit/devices.py).
             try:
                 self._audit_sink.write([AuditRecord(*row) for row in committed])
             except Exception:  # committed: the writes stand whatever a device does

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms.v1 import admin_pb2, enrollment_pb2, enrollment_pb2_grpc
-from server.sealing import open_sealed
+from server.deployment.sealing import open_sealed
 from tests.harness import (
     ServerProcess,
     WatchProcess,

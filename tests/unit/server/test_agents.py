@@ -1,4 +1,4 @@
-"""server/agents.py: a listing says of each agent's newest certificate what authentication would."""
+"""server/enrollment/agents.py: a listing says of each agent's newest certificate what authentication would."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.agents import AgentDirectory
+from server.enrollment.agents import AgentDirectory
 from server.store import CertificateRecord, JoinTokenRecord, SqliteStore
 
 NOW = 1_800_000_000

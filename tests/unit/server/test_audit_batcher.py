@@ -1,4 +1,4 @@
-"""server/audit.py: batched audit records are appended in order, in one chain, once, and never lost on a flush."""
+"""server/audit/trail.py: batched audit records are appended in order, in one chain, once, and never lost on a flush."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from kms.audit import first_break
 from kms.errors import Unavailable
-from server.audit import AuditBatcher, AuditTrail
+from server.audit.trail import AuditBatcher, AuditTrail
 from server.store import AuditEntry, SqliteStore, Store, WriteOutcomeUnknown
 from tests.unit.server.conftest import open_store_at
 
@@ -82,9 +82,9 @@ def test_a_batch_the_store_keeps_refusing_is_logged_not_raised(
         await batcher.flush()
         return time.monotonic() - started
 
-    with caplog.at_level(logging.ERROR, logger="server.audit"):
+    with caplog.at_level(logging.ERROR, logger="server.audit.trail"):
         waited = asyncio.run(body())
-    (record,) = [r for r in caplog.records if r.name == "server.audit"]
+    (record,) = [r for r in caplog.records if r.name == "server.audit.trail"]
     assert "refused them" in record.getMessage() and record.__dict__["records"] == 2
     assert 0.09 <= waited < 5  # tried again (a pause of 0.1 s first) within retry_for, then given up
 
@@ -145,10 +145,10 @@ def test_a_batch_whose_commit_outcome_is_unknown_is_not_written_twice(
         finally:
             await store.close()
 
-    with caplog.at_level(logging.ERROR, logger="server.audit"):
+    with caplog.at_level(logging.ERROR, logger="server.audit.trail"):
         actors = asyncio.run(body())
     assert actors == [f"agent:web-{i}/0{i:x}" for i in range(1, 4)]
-    assert any("may be lost" in r.getMessage() for r in caplog.records if r.name == "server.audit")
+    assert any("may be lost" in r.getMessage() for r in caplog.records if r.name == "server.audit.trail")
 
 
 def test_records_beyond_the_bound_are_dropped_and_counted(
@@ -168,10 +168,10 @@ def test_records_beyond_the_bound_are_dropped_and_counted(
         finally:
             await store.close()
 
-    with caplog.at_level(logging.ERROR, logger="server.audit"):
+    with caplog.at_level(logging.ERROR, logger="server.audit.trail"):
         written = asyncio.run(body())
     assert written == 11
-    (lost,) = [r for r in caplog.records if r.name == "server.audit"]
+    (lost,) = [r for r in caplog.records if r.name == "server.audit.trail"]
     assert "too many were waiting" in lost.getMessage() and lost.__dict__["records"] == 5
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from kms.audit import KEYED_ACTION, AuditRecord, check_chain, first_break
 from kms.errors import NotFound
-from server.audit import AuditTrail
-from server.sealing import Sealer
+from server.audit.trail import AuditTrail
+from server.deployment.sealing import Sealer
 from server.store import AuditEntry, Grant, SqliteStore, Store
 from server.store.base import AUDIT_MARKER
 from server.store.ordered import InOrder

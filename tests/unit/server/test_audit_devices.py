@@ -1,4 +1,4 @@
-"""server/audit_devices.py: the JSON-lines file and syslog copies of each audit record."""
+"""server/audit/devices.py: the JSON-lines file and syslog copies of each audit record."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from kms.audit import AuditRecord, parse_line
 from kms.errors import FailedPrecondition
-from server.audit_devices import AuditDevices
+from server.audit.devices import AuditDevices
 
 NOW = 1_800_000_000
 
@@ -92,7 +92,7 @@ def test_a_failing_device_is_logged_once_and_never_raises(
     devices = AuditDevices(syslog=address)
     server.close()
     os.unlink(address)  # syslogd went away
-    with caplog.at_level(logging.ERROR, logger="server.audit_devices"):
+    with caplog.at_level(logging.ERROR, logger="server.audit.devices"):
         devices.write(_records(1, 1))
         devices.write(_records(2, 1))
     assert len([r for r in caplog.records if "syslog" in r.getMessage()]) == 1
@@ -122,7 +122,7 @@ def test_a_syslog_that_stops_reading_does_not_stall_the_writes(
         stuck.bind(address)
         devices = AuditDevices(tmp_path / "audit.jsonl", syslog=address)
         started = time.monotonic()
-        with caplog.at_level(logging.ERROR, logger="server.audit_devices"):
+        with caplog.at_level(logging.ERROR, logger="server.audit.devices"):
             for i in range(20):
                 devices.write(_records(1 + 100 * i, 100))
         elapsed = time.monotonic() - started

@@ -1,4 +1,4 @@
-"""server/auth.py: one table covers every RPC; a method missing from it is refused."""
+"""server/endpoints/auth.py: one table covers every RPC; a method missing from it is refused."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 import kms.v1
-from server.auth import AUTH_POLICY, AuthInterceptor, Listener, Role
+from server.endpoints.auth import AUTH_POLICY, AuthInterceptor, Listener, Role
 
 
 def _all_methods() -> set[str]:

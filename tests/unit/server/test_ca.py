@@ -1,4 +1,4 @@
-"""server/ca.py: agent certificates from every CA key type, signed on the loop only when that is cheap."""
+"""server/ca/authority.py: agent certificates from every CA key type, signed on the loop only when that is cheap."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms import profile
-from server.ca import CertificateAuthority, create_root
+from server.ca.authority import CertificateAuthority, create_root
 from server.config import CAKeyType
 
 TD = "example.org"

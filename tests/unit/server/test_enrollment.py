@@ -1,4 +1,4 @@
-"""server/enrollment.py: the renewal window, over a real SQLite store and a real CA."""
+"""server/enrollment/service.py: the renewal window, over a real SQLite store and a real CA."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms.errors import ResourceExhausted
-from server.authn import Caller
-from server.ca import CertificateAuthority, create_root
+from server.ca.authority import CertificateAuthority, create_root
 from server.config import CAKeyType
-from server.enrollment import EnrollmentService
+from server.endpoints.authn import Caller
+from server.enrollment.service import EnrollmentService
 from server.store import SqliteStore
 from tests.pki import csr_der
 

@@ -1,4 +1,4 @@
-"""server/expiry.py: the expiry gauges are kept as things change, so a /metrics scrape reads no agents."""
+"""server/ops/expiry.py: the expiry gauges are kept as things change, so a /metrics scrape reads no agents."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from server.app import create_server, initialize
 from server.config import ServerConfig
-from server.expiry import ExpiringCertificates
+from server.ops.expiry import ExpiringCertificates
 from server.store import AgentRecord, CertificateRecord, JoinTokenRecord, RevocationEvent, SqliteStore, Store
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

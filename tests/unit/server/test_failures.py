@@ -1,4 +1,4 @@
-"""server/failures.py, server/decoding.py, server/gate.py: refusals are counted, not logged or audited one by one."""
+"""server/endpoints/failures.py, server/endpoints/decoding.py, server/endpoints/gate.py: refusals are counted, not logged or audited one by one."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from kms.v1 import enrollment_pb2
-from server.decoding import NotDecoded, lenient
-from server.failures import AUDIT_ACTION, FailureReport
-from server.gate import _address_of, _holder, gate_capacity
+from server.endpoints.decoding import NotDecoded, lenient
+from server.endpoints.failures import AUDIT_ACTION, FailureReport
+from server.endpoints.gate import _address_of, _holder, gate_capacity
 from server.store import AuditEntry
 
 WALL = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
@@ -32,7 +32,7 @@ def _report(max_addresses: int = 10_000) -> tuple[FailureReport, list[AuditEntry
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "server.failures"]
+    return [r for r in caplog.records if r.name == "server.endpoints.failures"]
 
 
 def test_one_line_per_address_per_interval_with_the_count_left_out(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,4 +1,4 @@
-"""server/feed.py and server/watch.py over a real store: ordering, backfill, overflow, closing."""
+"""server/revocation/feed.py and server/revocation/watch.py over a real store: ordering, backfill, overflow, closing."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms.errors import STORE_DOWN_MARK, InvalidArgument, ResourceExhausted, Revoked, Unavailable
-from server.authn import Caller
-from server.feed import GuardedStream, RevocationFeed, StreamGuard
+from server.endpoints.authn import Caller
+from server.revocation.feed import GuardedStream, RevocationFeed, StreamGuard
+from server.revocation.watch import Heartbeat, Resume, WatchService
 from server.store import RevocationEvent, SqliteStore
 from server.store.rules import caller_revoked
-from server.watch import Heartbeat, Resume, WatchService
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -119,8 +119,8 @@ def test_watch_replays_then_follows_live_with_backfill_and_no_duplicates(
     async def body() -> list[object]:
         store = await SqliteStore.open(tmp_path / "kms.db")
         try:
+            from server.deployment.sealing import Sealer
             from server.keys import KeyService
-            from server.sealing import Sealer
 
             keys = KeyService(store, Sealer(bytes(32)), lambda: NOW, publish=lambda event: None)
             await keys.create("k", ["group:web"])
@@ -231,9 +231,9 @@ def test_watch_ends_when_the_caller_itself_is_revoked(tmp_path: Path, rsa_key: r
 
 def test_a_revoke_whose_caller_is_cancelled_still_takes_effect(tmp_path: Path) -> None:
     """The write may commit after the RPC is gone: the revoked map and the feed must follow it anyway."""
+    from server.deployment.sealing import Sealer
     from server.keys import KeyService
-    from server.revocation import RevocationService
-    from server.sealing import Sealer
+    from server.revocation.service import RevocationService
     from server.store import CertificateRecord, JoinTokenRecord
 
     async def body() -> None:

@@ -1,4 +1,4 @@
-"""server/follower.py: another replica's events applied here in log order, each once, none of our own twice."""
+"""server/revocation/follower.py: another replica's events applied here in log order, each once, none of our own twice."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import asyncio
 import asyncpg
 import pytest
 
-from server.feed import RevocationFeed
-from server.follower import EventFollower, EventLogRewritten
+from server.revocation.feed import RevocationFeed
+from server.revocation.follower import EventFollower, EventLogRewritten
 from server.store import CertificateRecord, JoinTokenRecord, PostgresStore, RevocationEvent
 from tests.unit.server.conftest import open_store_at
 

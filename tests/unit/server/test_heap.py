@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from server.heap import HeapKeeper
+from server.ops.heap import HeapKeeper
 
 
 class _Node:

@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kms.wrap import unwrap
-from server.authn import Caller
+from server.deployment.sealing import Sealer, SealError
+from server.endpoints.authn import Caller
 from server.keys import KeyService
-from server.sealing import Sealer, SealError
 from server.store import SqliteStore
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

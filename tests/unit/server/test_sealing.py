@@ -1,10 +1,10 @@
-"""server/sealing.py: AES-256-GCM bound to its slot, one opaque error for every failure."""
+"""server/deployment/sealing.py: AES-256-GCM bound to its slot, one opaque error for every failure."""
 
 from __future__ import annotations
 
 import pytest
 
-from server.sealing import SealError, open_sealed, seal, seal_with_nonce
+from server.deployment.sealing import SealError, open_sealed, seal, seal_with_nonce
 
 KEY = bytes(range(32))
 NONCE = bytes(12)
@@ -40,7 +40,7 @@ def test_subkeys_are_hkdf_per_label_and_reveal_nothing_of_each_other() -> None:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    from server.sealing import Sealer, derive_subkey
+    from server.deployment.sealing import Sealer, derive_subkey
 
     audit = derive_subkey(KEY, "audit-chain")
     expected = HKDF(hashes.SHA256(), 32, None, b"seed-kms subkey v1\x00audit-chain").derive(KEY)

@@ -320,7 +320,7 @@ def test_a_url_that_does_not_parse_is_refused_without_any_of_its_password(url: s
 
 def test_a_connection_lost_during_commit_is_an_unknown_outcome_not_a_plain_outage(pg_database: str) -> None:
     # Whoever wrote cannot tell whether the change happened: an audit batch must not be
-    # appended twice on a retry (server/audit.py), and the caller is told to check first.
+    # appended twice on a retry (server/audit/trail.py), and the caller is told to check first.
     from server.store import WriteOutcomeUnknown
 
     async def main() -> str:

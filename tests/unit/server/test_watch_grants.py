@@ -1,4 +1,4 @@
-"""server/watch.py rule 7 over a real store: key events go to the key's grantees at the time of the event."""
+"""server/revocation/watch.py rule 7 over a real store: key events go to the key's grantees at the time of the event."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from server.authn import Caller
-from server.feed import RevocationFeed
+from server.deployment.sealing import Sealer
+from server.endpoints.authn import Caller
 from server.keys import KeyService
-from server.sealing import Sealer
+from server.revocation.feed import RevocationFeed
+from server.revocation.watch import Heartbeat, WatchItem, WatchService
 from server.store import RevocationEvent, SqliteStore
-from server.watch import Heartbeat, WatchItem, WatchService
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ two racing ones cannot both be issued a certificate.
 The token is checked before the CSR is parsed: only the holder of a valid
 token reaches the ASN.1 parser, and a bad token is refused for the price of
 one store read. Refusals are neither logged nor audited here one by one: the
-interceptor counts them per peer address (server/failures.py), because
+interceptor counts them per peer address (server/endpoints/failures.py), because
 anybody can send bad tokens as fast as the network allows.
 
 A reply can be lost after the commit (the server dies, the connection
@@ -39,11 +39,10 @@ from kms.csr import check_csr
 from kms.errors import InvalidArgument, Unauthenticated
 from kms.identity import MAX_GROUPS, agent_spiffe_id, validate_agent_name, validate_group
 from kms.tokens import JoinToken, secret_matches
-from server.authn import Caller
-from server.ca import CertificateAuthority
+from server.ca.authority import CertificateAuthority
 from server.clock import Clock
-from server.completion import after_commit
-from server.limits import AnonymousFailure
+from server.endpoints.authn import Caller
+from server.endpoints.limits import AnonymousFailure
 from server.store import (
     AgentRecord,
     AuditEntry,
@@ -54,6 +53,7 @@ from server.store import (
     Store,
     rules,
 )
+from server.store.completion import after_commit
 
 __all__ = ["Enrolled", "EnrollmentService", "IssuedToken", "MalformedToken", "RefusedToken", "serial_hex"]
 

@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms import profile
 from kms.handshake import LocalIdentity
-from server.ca import CertificateAuthority
+from server.ca.authority import CertificateAuthority
 from server.clock import Clock
-from server.datadir import DataDir, KeyPair
-from server.sealing import Sealer
+from server.deployment.datadir import DataDir, KeyPair
+from server.deployment.sealing import Sealer
 
 __all__ = ["ServerTls"]
 

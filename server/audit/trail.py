@@ -23,7 +23,7 @@ from server.store.base import AUDIT_MARKER
 
 __all__ = ["AUDIT_CHAIN_KEY_LABEL", "AuditBatcher", "AuditTrail"]
 
-# The HKDF label of the audit chain's key (server/sealing.py): its own, so the key
+# The HKDF label of the audit chain's key (server/deployment/sealing.py): its own, so the key
 # is independent of every other use of the master key.
 AUDIT_CHAIN_KEY_LABEL = "audit-chain"
 

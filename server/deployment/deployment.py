@@ -27,13 +27,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from kms.errors import FailedPrecondition
 from kms.identity import fingerprint
 from kms.securefile import write_atomic
-from server.audit import AUDIT_CHAIN_KEY_LABEL
-from server.audit_devices import AuditDevices
-from server.ca import check_key_type, create_root, load_root
+from server.audit.devices import AuditDevices
+from server.audit.trail import AUDIT_CHAIN_KEY_LABEL
+from server.ca.authority import check_key_type, create_root, load_root
 from server.clock import Clock
 from server.config import ServerConfig
-from server.datadir import DataDir, DataDirError, KeyPair, open_pair, read_master_key, seal_key
-from server.sealing import MASTER_KEY_BYTES, Sealer
+from server.deployment.datadir import DataDir, DataDirError, KeyPair, open_pair, read_master_key, seal_key
+from server.deployment.sealing import MASTER_KEY_BYTES, Sealer
 from server.store import Store, open_store
 from server.store.base import AUDIT_MARKER
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from kms.errors import FailedPrecondition, InvalidArgument
 from kms.securefile import atomic_output, ensure_private_dir, write_atomic
-from server.datadir import DataDir, DataDirError
-from server.sealing import Sealer
+from server.deployment.datadir import DataDir, DataDirError
+from server.deployment.sealing import Sealer
 from server.store import Store
 
 __all__ = ["backup", "restore"]

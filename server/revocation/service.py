@@ -18,10 +18,10 @@ from kms.errors import InvalidArgument, NotFound
 from kms.identity import validate_agent_name, validate_key_name
 from kms.revocation import parse_reason
 from server.clock import Clock
-from server.completion import after_commit
-from server.feed import RevocationFeed, StreamGuard
 from server.keys import MAX_VERSION, KeyService
+from server.revocation.feed import RevocationFeed, StreamGuard
 from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store
+from server.store.completion import after_commit
 
 __all__ = ["CertificateStatus", "RevocationService", "normalize_serial"]
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms.revocation import REASONS
-from server.ca import CertificateAuthority
+from server.ca.authority import CertificateAuthority
 from server.clock import Clock
 from server.store import Store
 

@@ -41,8 +41,8 @@ from kms.errors import (
     Revoked,
     Unavailable,
 )
-from server.authn import Caller
-from server.feed import Heartbeat, RevocationFeed
+from server.endpoints.authn import Caller
+from server.revocation.feed import Heartbeat, RevocationFeed
 from server.store import RevocationEvent, Store
 
 __all__ = ["Heartbeat", "Resume", "WatchItem", "WatchService", "grants_of", "revokes", "visible"]

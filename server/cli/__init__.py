@@ -17,11 +17,11 @@ from kms.errors import InvalidArgument
 from kms.events import describe, event_fields
 from kms.revocation import REASONS
 from kms.v1 import admin_pb2
-from server.admin_client import AdminClient
 from server.app import initialize, serve
-from server.audit_cli import add_audit_commands
-from server.backup import restore
+from server.cli.admin_client import AdminClient
+from server.cli.audit import add_audit_commands
 from server.config import KNOWN_KEYS, CAKeyType, ServerConfig, resolve_data_dir, url_holds_secret
+from server.deployment.backup import restore
 
 __all__ = ["main"]
 

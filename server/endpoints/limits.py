@@ -13,7 +13,7 @@ class AnonymousFailure:
     """Mixin of the errors an anonymous caller earns without presenting a valid secret.
 
     A malformed or refused join token: counted against its peer address's
-    budgets (server/auth.py Limits), audited in aggregate (server/failures.py).
+    budgets (server/endpoints/auth.py Limits), audited in aggregate (server/endpoints/failures.py).
     A caller that presents a valid token or certificate never raises one, so
     it is never refused because of others at its address.
     """

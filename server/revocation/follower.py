@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from kms.errors import KmsError
-from server.feed import RevocationFeed
+from server.revocation.feed import RevocationFeed
 from server.store import RevocationEvent, Store
 
 __all__ = ["EventFollower", "EventLogRewritten"]

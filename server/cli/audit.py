@@ -19,7 +19,7 @@ from kms.audit import AuditRecord, compare, parse_line
 from kms.cli import ArgumentParser, print_json
 from kms.errors import DataLoss, InvalidArgument
 from kms.v1 import admin_pb2
-from server.admin_client import AdminClient
+from server.cli.admin_client import AdminClient
 
 __all__ = ["add_audit_commands"]
 

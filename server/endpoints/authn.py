@@ -8,7 +8,7 @@ says of a serial (its agent and groups, which never change) by serial, so the
 hot path neither re-parses, re-verifies nor waits for the store. Revocation
 is checked against the revocation service's in-memory map, which is loaded
 at start and updated as each revocation commits, before it is acknowledged
-and even if the revoking call was cancelled meanwhile (server/completion.py).
+and even if the revoking call was cancelled meanwhile (server/store/completion.py).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kms.errors import Revoked
-from server.metrics import Metrics
+from server.ops.metrics import Metrics
 from server.store import RevocationEvent, rules
 
 __all__ = ["GuardedStream", "Heartbeat", "RevocationFeed", "StreamGuard", "Subscription"]
@@ -147,7 +147,7 @@ class GuardedStream:
     cancelled handler without sending any status, and the client's stream
     then stays open until the client gives up (the Listen streams of revoked
     agents stayed open for minutes). So the task is cancelled only while it
-    waits in our own code, where the stream wrapper (server/auth.py) turns
+    waits in our own code, where the stream wrapper (server/endpoints/auth.py) turns
     the cancellation into an UNAUTHENTICATED status; while gRPC is sending a
     message for it, the wrapper checks ``reason`` as soon as the send is done.
     """

@@ -37,8 +37,8 @@ from collections.abc import Callable
 
 from kms.addresses import join_hostport
 from kms.errors import FailedPrecondition
-from server.limits import peer_address
-from server.relay import Relay
+from server.endpoints.limits import peer_address
+from server.endpoints.relay import Relay
 
 __all__ = ["AnonymousGate", "gate_capacity", "raise_open_file_limit"]
 

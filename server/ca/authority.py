@@ -20,8 +20,8 @@ from kms import profile
 from kms.identity import fingerprint
 from server.clock import Clock
 from server.config import CAKeyType
-from server.datadir import DataDir, DataDirError, KeyPair
-from server.sealing import Sealer
+from server.deployment.datadir import DataDir, DataDirError, KeyPair
+from server.deployment.sealing import Sealer
 
 __all__ = [
     "CertificateAuthority",

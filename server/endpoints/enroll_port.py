@@ -5,7 +5,7 @@ the CA bundle, the CRL, health, reflection), so any other method answers
 UNIMPLEMENTED from gRPC itself, before our code runs, and counts against
 nobody: an agent RPC sent there without a certificate cannot lock anybody
 out. It listens on a loopback port; the public enrollment address is the
-gate's (server/gate.py), which caps connections per peer address and tells
+gate's (server/endpoints/gate.py), which caps connections per peer address and tells
 the interceptor each connection's real peer.
 """
 
@@ -21,11 +21,11 @@ from grpc_reflection.v1alpha import reflection
 
 from kms.errors import FailedPrecondition
 from kms.v1 import enrollment_pb2, enrollment_pb2_grpc, revocation_pb2, revocation_pb2_grpc
-from server.auth import AUTH_POLICY, AuthInterceptor, Limits, Listener, Role
 from server.config import ServerConfig
-from server.failures import FailureReport
-from server.gate import AnonymousGate, gate_capacity
-from server.metrics import Metrics
+from server.endpoints.auth import AUTH_POLICY, AuthInterceptor, Limits, Listener, Role
+from server.endpoints.failures import FailureReport
+from server.endpoints.gate import AnonymousGate, gate_capacity
+from server.ops.metrics import Metrics
 
 __all__ = ["ANONYMOUS_METHODS", "EnrollmentPort", "open_enrollment_port"]
 

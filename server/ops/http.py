@@ -15,9 +15,9 @@ import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
-from server.crl import CrlPublisher
-from server.metrics import Metrics
-from server.ocsp import OcspResponder
+from server.ca.crl import CrlPublisher
+from server.ca.ocsp import OcspResponder
+from server.ops.metrics import Metrics
 
 __all__ = ["HttpSidePort"]
 

@@ -8,7 +8,7 @@ other exception into INTERNAL without detail (logged with its traceback).
 A request that does not decode is INVALID_ARGUMENT, not gRPC's UNKNOWN and
 traceback. Refusals of anonymous callers (bad join tokens, refused
 certificates, undecodable requests) are counted per peer address
-(server/failures.py); address-based budgets apply only to those refusals,
+(server/endpoints/failures.py); address-based budgets apply only to those refusals,
 never to a caller with a valid token or certificate.
 """
 
@@ -29,12 +29,12 @@ from typing import Any
 import grpc
 
 from kms.errors import KmsError, PermissionDenied, ResourceExhausted, Unauthenticated
-from server.authn import Caller, PeerAuthenticator
-from server.decoding import NotDecoded, Undecodable, decoded, lenient
-from server.failures import FailureReport
-from server.feed import GuardedStream, StreamGuard
-from server.limits import AnonymousFailure, RateLimiter, peer_address
-from server.metrics import Metrics
+from server.endpoints.authn import Caller, PeerAuthenticator
+from server.endpoints.decoding import NotDecoded, Undecodable, decoded, lenient
+from server.endpoints.failures import FailureReport
+from server.endpoints.limits import AnonymousFailure, RateLimiter, peer_address
+from server.ops.metrics import Metrics
+from server.revocation.feed import GuardedStream, StreamGuard
 
 __all__ = ["AUTH_POLICY", "AuthInterceptor", "Limits", "Listener", "Role", "current_caller"]
 

@@ -1,6 +1,6 @@
 """Thin gRPC servicers: decode, call one domain method, encode (STYLE 9).
 
-Authentication, authorization and error mapping happen in server.auth.
+Authentication, authorization and error mapping happen in server.endpoints.auth.
 """
 
 from __future__ import annotations
@@ -27,18 +27,18 @@ from kms.v1 import (
     revocation_pb2_grpc,
     types_pb2,
 )
-from server.agents import AgentDirectory
-from server.audit import AuditTrail
-from server.auth import current_caller
-from server.authn import Caller
-from server.ca import CertificateAuthority
-from server.crl import CrlPublisher
-from server.enrollment import EnrollmentService
+from server.audit.trail import AuditTrail
+from server.ca.authority import CertificateAuthority
+from server.ca.crl import CrlPublisher
+from server.endpoints.auth import current_caller
+from server.endpoints.authn import Caller
+from server.enrollment.agents import AgentDirectory
+from server.enrollment.service import EnrollmentService
 from server.exchange import ExchangeService
 from server.keys import KeyService
-from server.revocation import Revocation, RevocationService
+from server.revocation.service import Revocation, RevocationService
+from server.revocation.watch import Heartbeat, Resume, WatchItem, WatchService
 from server.store import KeyRecord, RevocationEvent
-from server.watch import Heartbeat, Resume, WatchItem, WatchService
 
 __all__ = [
     "AdminServicer",

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from kms.errors import FailedPrecondition
 from kms.profile import IssuerKey
 from kms.securefile import ensure_private_dir, write_atomic
-from server.sealing import MASTER_KEY_BYTES, Sealer, SealError
+from server.deployment.sealing import MASTER_KEY_BYTES, Sealer, SealError
 
 __all__ = ["DataDir", "DataDirError", "KeyPair", "open_pair", "read_master_key", "seal_key"]
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp
 
 from kms.revocation import REASONS
-from server.ca import CertificateAuthority
+from server.ca.authority import CertificateAuthority
 from server.clock import Clock
 from server.store import Store
 

@@ -1,0 +1,3 @@
+"""Revocation: the service, the in-process feed, Watch streams, and following other replicas."""
+
+__all__: list[str] = []
