@@ -56,7 +56,7 @@ from server.ca.authority import CertificateAuthority
 from server.ca.crl import CrlPublisher
 from server.ca.ocsp import OcspResponder
 from server.ca.tls import ServerTls
-from server.clock import Clock, system_clock
+from server.clock import Clock, now_seconds, system_clock
 from server.config import ServerConfig
 from server.deployment.backup import backup
 from server.deployment.datadir import DataDir
@@ -386,7 +386,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
             await audit.flush()  # the snapshot holds every exchange already answered
             size = await backup(store, datadir, path)
             # The store is unchanged, but a copy of every sealed key left it: worth a record.
-            await store.append_audit(AuditEntry(int(clock().timestamp()), "admin", "backup", f"file:{path}"))
+            await store.append_audit(AuditEntry(now_seconds(clock), "admin", "backup", f"file:{path}"))
             return size
 
         admin = grpc.aio.server(interceptors=[AuthInterceptor(Listener.ADMIN)], options=limits)

@@ -35,7 +35,7 @@ from kms.identity import validate_agent_name
 from kms.peers import AgentPeers
 from kms.v1 import handshake_pb2
 from server.audit.trail import AuditBatcher
-from server.clock import Clock
+from server.clock import Clock, now_seconds
 from server.endpoints.authn import Caller
 from server.endpoints.limits import RateLimiter
 from server.revocation.service import RevocationService
@@ -174,7 +174,7 @@ class ExchangeService:
         # Batched, not awaited: the exchange writes nothing else (server/audit/trail.py).
         self._audit.add(
             AuditEntry(
-                int(self._clock().timestamp()),
+                now_seconds(self._clock),
                 f"agent:{responder.session.peer.name}/{responder.session.peer.serial}",
                 "exchange",
                 f"server session:{responder.session.session_id}",
@@ -216,7 +216,7 @@ class ExchangeService:
             yield await self._from(pairing.to_initiator, "finished")
             self._audit.add(
                 AuditEntry(
-                    int(self._clock().timestamp()),
+                    now_seconds(self._clock),
                     f"agent:{caller.name}/{caller.serial}",
                     "exchange.relay",
                     f"agent:{peer}",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from kms.errors import InvalidArgument, NotFound, PermissionDenied
 from kms.identity import validate_agent_name, validate_group, validate_key_name
 from kms.wrap import KEY_BYTES, wrap
-from server.clock import Clock
+from server.clock import Clock, now_seconds
 from server.deployment.sealing import Sealer
 from server.endpoints.authn import Caller
 from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, Store
@@ -75,7 +75,7 @@ class KeyService:
         self._wrapped: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
 
     def _now(self) -> int:
-        return int(self._clock().timestamp())
+        return now_seconds(self._clock)
 
     def sealer_for(self, name: str) -> SealFn:
         """Seals fresh random material for a version number the store allocates."""

@@ -30,6 +30,7 @@ from kms.v1 import (
 from server.audit.trail import AuditTrail
 from server.ca.authority import CertificateAuthority
 from server.ca.crl import CrlPublisher
+from server.clock import seconds
 from server.endpoints.auth import current_caller
 from server.endpoints.authn import Caller
 from server.enrollment.agents import AgentDirectory
@@ -80,8 +81,8 @@ def _caller_info(caller: Caller) -> types_pb2.AgentInfo:
         groups=list(caller.groups),
         spiffe_id=caller.spiffe_id,
         serial=caller.serial,
-        not_before=int(caller.not_before.timestamp()),
-        not_after=int(caller.not_after.timestamp()),
+        not_before=seconds(caller.not_before),
+        not_after=seconds(caller.not_after),
         status="valid",
     )
 

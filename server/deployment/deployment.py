@@ -30,7 +30,7 @@ from kms.securefile import write_atomic
 from server.audit.devices import AuditDevices
 from server.audit.trail import AUDIT_CHAIN_KEY_LABEL
 from server.ca.authority import check_key_type, create_root, load_root
-from server.clock import Clock
+from server.clock import Clock, now_seconds
 from server.config import ServerConfig
 from server.deployment.datadir import DataDir, DataDirError, KeyPair, open_pair, read_master_key, seal_key
 from server.deployment.sealing import MASTER_KEY_BYTES, Sealer
@@ -85,7 +85,7 @@ async def open_deployment(cfg: ServerConfig, datadir: DataDir, clock: Clock) -> 
                 deployment = await _shared(cfg, datadir, store, clock)
         deployment.devices = devices
         deployment.audit_key = deployment.sealer.subkey(AUDIT_CHAIN_KEY_LABEL)
-        await _key_audit_chain(deployment, datadir, int(clock().timestamp()))
+        await _key_audit_chain(deployment, datadir, now_seconds(clock))
         return deployment
     except BaseException:
         await store.close()

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
-from server.clock import Clock, system_clock
+from server.clock import Clock, now_seconds, system_clock
 from server.store import AuditEntry
 
 __all__ = ["AUDIT_ACTION", "FailureReport"]
@@ -110,7 +110,7 @@ class FailureReport:
         counts, self._counts = self._counts, {}
         if self._record is None:
             return 0
-        at = int(self._wall().timestamp())
+        at = now_seconds(self._wall)
         seconds = round(self._interval)
         for address, kinds in counts.items():
             by_kind = " ".join(f"{kind}:{n}" for kind, n in sorted(kinds.items()))

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kms.identity import agent_spiffe_id
-from server.clock import Clock
+from server.clock import Clock, now_seconds
 from server.store import AgentRecord, Store
 
 __all__ = ["AgentDirectory", "AgentView"]
@@ -46,7 +46,7 @@ class AgentDirectory:
 
     async def list(self) -> list[AgentView]:
         agents = await self._store.list_agents()
-        now = int(self._clock().timestamp())  # after the read: the freshest word on expiry
+        now = now_seconds(self._clock)  # after the read: the freshest word on expiry
         return [
             AgentView(a, agent_spiffe_id(self._trust_domain, a.name), self._status(a, now)) for a in agents
         ]

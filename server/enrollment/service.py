@@ -40,7 +40,7 @@ from kms.errors import InvalidArgument, Unauthenticated
 from kms.identity import MAX_GROUPS, agent_spiffe_id, validate_agent_name, validate_group
 from kms.tokens import JoinToken, secret_matches
 from server.ca.authority import CertificateAuthority
-from server.clock import Clock
+from server.clock import Clock, now_seconds, seconds
 from server.endpoints.authn import Caller
 from server.endpoints.limits import AnonymousFailure
 from server.store import (
@@ -165,7 +165,7 @@ class EnrollmentService:
         if ttl_seconds is not None and not MIN_TOKEN_TTL_SECONDS <= ttl_seconds <= longest:
             raise InvalidArgument(f"token TTL must be between 1s and {longest}s")
         ttl = timedelta(seconds=ttl_seconds) if ttl_seconds is not None else self._default_ttl
-        now = int(self._clock().timestamp())
+        now = now_seconds(self._clock)
         token = JoinToken.generate()
         record = JoinTokenRecord(
             token.token_id, token.secret_hash, name, tuple(clean), now, now + int(ttl.total_seconds())
@@ -202,21 +202,21 @@ class EnrollmentService:
         if (
             record is None
             or not secret_matches(token, record.secret_hash)
-            or record.expires_at <= int(now.timestamp())
+            or record.expires_at <= seconds(now)
         ):
             raise RefusedToken(token.token_id)
         public_key = check_csr(csr_der)
         if record.used_at is not None:
-            return await self._repeat(record, token, _spki(public_key), int(now.timestamp()))
+            return await self._repeat(record, token, _spki(public_key), seconds(now))
 
         cert = await self._ca.issue_agent(public_key, record.name)
         cert_record = CertificateRecord(
             serial=serial_hex(cert),
             agent_name=record.name,
-            not_before=int(cert.not_valid_before_utc.timestamp()),
-            not_after=int(cert.not_valid_after_utc.timestamp()),
+            not_before=seconds(cert.not_valid_before_utc),
+            not_after=seconds(cert.not_valid_after_utc),
             der=cert.public_bytes(serialization.Encoding.DER),
-            issued_at=int(now.timestamp()),
+            issued_at=seconds(now),
             token_id=record.token_id,
         )
         # Read before the enrollment commits: an event committed meanwhile is
@@ -226,7 +226,7 @@ class EnrollmentService:
         def audit(done: Enrollment) -> AuditEntry:
             replaced = ",".join(e.serial or "" for e in done.superseded)
             return AuditEntry(
-                int(now.timestamp()),
+                seconds(now),
                 f"token:{record.token_id}",
                 "enroll",
                 f"agent:{record.name} serial:{cert_record.serial}"
@@ -242,15 +242,13 @@ class EnrollmentService:
                 self._on_issued(cert_record)
             return done
 
-        write = self._store.enroll(
-            record.token_id, token.secret_hash, int(now.timestamp()), cert_record, audit=audit
-        )
+        write = self._store.enroll(record.token_id, token.secret_hash, seconds(now), cert_record, audit=audit)
         done = await after_commit(write, committed)
         if done is None:
             # Lost a race for the token (perhaps to this very request, sent twice), or it expired meanwhile.
             again = await self._store.get_join_token(token.token_id)
-            if again is not None and again.used_at is not None and again.expires_at > int(now.timestamp()):
-                return await self._repeat(again, token, _spki(public_key), int(now.timestamp()))
+            if again is not None and again.used_at is not None and again.expires_at > seconds(now):
+                return await self._repeat(again, token, _spki(public_key), seconds(now))
             raise RefusedToken(token.token_id)
         agent = done.agent
         # The superseded revocations committed with the enrollment are history before it:
@@ -312,7 +310,7 @@ class EnrollmentService:
         public_key = check_csr(csr_der)
         if public_key == caller.public_key:
             raise InvalidArgument("renewal needs a new key: make a new RSA key and a CSR for it")
-        now = int(self._clock().timestamp())
+        now = now_seconds(self._clock)
         # Never more than a quarter of the caller's own lifetime: agents renew at 2/3 of it, so a
         # certificate issued before a longer window (or cut short by the CA's end) still renews.
         lifetime = int((caller.not_after - caller.not_before).total_seconds())
@@ -324,8 +322,8 @@ class EnrollmentService:
         record = CertificateRecord(
             serial=serial_hex(cert),
             agent_name=caller.name,
-            not_before=int(cert.not_valid_before_utc.timestamp()),
-            not_after=int(cert.not_valid_after_utc.timestamp()),
+            not_before=seconds(cert.not_valid_before_utc),
+            not_after=seconds(cert.not_valid_after_utc),
             der=cert.public_bytes(serialization.Encoding.DER),
             issued_at=now,
             token_id=None,

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from server.clock import Clock
+from server.clock import Clock, now_seconds
 from server.store import CertificateRecord, RevocationEvent, Store
 
 __all__ = ["RESYNC_EVERY", "WINDOWS", "ExpiringCertificates"]
@@ -67,7 +67,7 @@ class ExpiringCertificates:
 
     def count(self, within: int) -> int:
         """Valid newest certificates whose end is in (now, now + within]."""
-        now = int(self._clock().timestamp())
+        now = now_seconds(self._clock)
         return bisect.bisect_right(self._ends, now + within) - bisect.bisect_right(self._ends, now)
 
     def issued(self, cert: CertificateRecord) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from kms.errors import InvalidArgument, NotFound
 from kms.identity import validate_agent_name, validate_key_name
 from kms.revocation import parse_reason
-from server.clock import Clock
+from server.clock import Clock, now_seconds
 from server.keys import MAX_VERSION, KeyService
 from server.revocation.feed import RevocationFeed, StreamGuard
 from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store
@@ -91,7 +91,7 @@ class RevocationService:
         return self._revoked.get(serial)
 
     def _now(self) -> int:
-        return int(self._clock().timestamp())
+        return now_seconds(self._clock)
 
     def _committed(self, event: RevocationEvent | None) -> Revocation | None:
         """Applies a committed revocation in memory (None: nothing was revoked)."""
