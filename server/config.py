@@ -21,6 +21,7 @@ from kms.cli import config_keys
 from kms.durations import format_duration, parse_duration
 from kms.errors import InvalidArgument
 from kms.identity import validate_trust_domain
+from server.ca.keytype import CAKeyType
 
 __all__ = [
     "CAKeyType",
@@ -33,16 +34,6 @@ __all__ = [
 ]
 
 MiB = 1024 * 1024
-
-
-class CAKeyType(StrEnum):
-    # ECDSA P-256 is the default: the field's usual choice (step-ca, SPIRE),
-    # 128-bit security, small certificates, and roughly ten times faster to
-    # sign with than RSA-3072, which matters for a CA on the enrollment path.
-    EC_P256 = "ecdsa-p256"
-    EC_P384 = "ecdsa-p384"
-    RSA_3072 = "rsa-3072"
-    RSA_4096 = "rsa-4096"
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:

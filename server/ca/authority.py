@@ -18,8 +18,8 @@ from cryptography.x509 import ocsp
 
 from kms import profile
 from kms.identity import fingerprint
+from server.ca.keytype import CAKeyType
 from server.clock import Clock
-from server.config import CAKeyType
 from server.deployment.datadir import DataDir, DataDirError, KeyPair
 from server.deployment.sealing import Sealer
 

@@ -18,9 +18,10 @@ from kms.events import describe, event_fields
 from kms.revocation import REASONS
 from kms.v1 import admin_pb2
 from server.app import initialize, serve
+from server.ca.keytype import CAKeyType
 from server.cli.admin_client import AdminClient
 from server.cli.audit import add_audit_commands
-from server.config import KNOWN_KEYS, CAKeyType, ServerConfig, resolve_data_dir, url_holds_secret
+from server.config import KNOWN_KEYS, ServerConfig, resolve_data_dir, url_holds_secret
 from server.deployment.backup import restore
 
 __all__ = ["main"]

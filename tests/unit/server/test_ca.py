@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms import profile
 from server.ca.authority import CertificateAuthority, create_root
-from server.config import CAKeyType
+from server.ca.keytype import CAKeyType
 
 TD = "example.org"
 

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms.errors import ResourceExhausted
 from server.ca.authority import CertificateAuthority, create_root
-from server.config import CAKeyType
+from server.ca.keytype import CAKeyType
 from server.endpoints.authn import Caller
 from server.enrollment.service import EnrollmentService
 from server.store import SqliteStore
