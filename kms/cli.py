@@ -15,12 +15,13 @@ import sys
 import tomllib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 from kms.errors import InvalidArgument, KmsError
 
 __all__ = [
     "ArgumentParser",
+    "Subcommands",
     "command_parsers",
     "config_keys",
     "use_json_logs",
@@ -53,6 +54,9 @@ class _FieldsFormatter(logging.Formatter):
 
 
 Option = tuple[tuple[str, ...], dict[str, Any]]
+
+# What add_subparsers returns: each command module adds its own parsers to it.
+Subcommands: TypeAlias = "argparse._SubParsersAction[ArgumentParser]"
 
 
 def command_parsers(

@@ -1,133 +1,33 @@
-"""kms-server: run the daemon, and talk to it over the admin socket."""
+"""kms-server's admin commands over the admin socket: token, ca, agents, key, revoke, revocations,
+backup, and how their answers are printed."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import os
 import sys
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kms.cli import ArgumentParser, command_parsers, config_keys, print_json, print_table, read_toml, run_main
+from kms.cli import ArgumentParser, Subcommands, print_json, print_table
 from kms.durations import parse_duration
-from kms.errors import InvalidArgument
 from kms.events import describe, event_fields
 from kms.revocation import REASONS
 from kms.v1 import admin_pb2
-from server.app import initialize, serve
-from server.ca.keytype import CAKeyType
-from server.cli.admin_client import AdminClient
-from server.cli.audit import add_audit_commands
-from server.config import KNOWN_KEYS, ServerConfig, resolve_data_dir, url_holds_secret
-from server.deployment.backup import restore
+from server.cli.context import admin as _admin
 
-__all__ = ["main"]
-
-logger = logging.getLogger(__name__)
+__all__ = [
+    "add_agents",
+    "add_backup",
+    "add_ca",
+    "add_key",
+    "add_revocations",
+    "add_revoke",
+    "add_token",
+]
 
 
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _config_file(args: argparse.Namespace) -> dict[str, object] | None:
-    """The config file of --config or KMS_CONFIG, with its keys in one spelling (None: no file)."""
-    path = args.config or os.environ.get("KMS_CONFIG")
-    return config_keys(read_toml(Path(path)), KNOWN_KEYS) if path else None
-
-
-def _data_dir(args: argparse.Namespace) -> Path:
-    """The data dir exactly as `run` finds it: --data-dir, KMS_DATA_DIR, the config file, the default."""
-    return resolve_data_dir(args.data_dir, file=_config_file(args))
-
-
-def _admin(args: argparse.Namespace) -> AdminClient:
-    return AdminClient(_data_dir(args) / "admin.sock")
-
-
-# Every option of `kms-server run` (and `config show`): flag, help. Each also
-# reads KMS_<NAME> and the config file key <name>.
-RUN_OPTIONS: list[tuple[str, str]] = [
-    ("--listen", "mTLS API address HOST:PORT, port 0 picks one (default 127.0.0.1:8443)"),
-    ("--enroll-listen", "enrollment address HOST:PORT (default: --listen port + 1)"),
-    ("--san", "server certificate name, repeatable (KMS_SAN comma-separated; default localhost, 127.0.0.1)"),
-    ("--trust-domain", "SPIFFE trust domain, fixed at init (default seed-kms.local)"),
-    ("--ca-key-type", "CA key type, fixed at init (default ecdsa-p256)"),
-    ("--cert-ttl", "agent certificate lifetime, e.g. 24h (default 24h)"),
-    ("--ca-ttl", "CA lifetime, used at init (default 3650d)"),
-    ("--server-cert-ttl", "the server's own TLS certificate lifetime (default 30d)"),
-    ("--renew-fraction", "renew the server certificate at this fraction of its life (default 0.6667)"),
-    ("--token-ttl", "default join token lifetime (default 15m)"),
-    ("--max-token-ttl", "longest join token lifetime (default 7d)"),
-    ("--max-request-bytes", "largest request accepted (default 262144)"),
-    ("--shutdown-grace", "how long in-flight calls may finish after SIGTERM (default 5s)"),
-    ("--http-listen", "HTTP side port HOST:PORT for /crl, /ocsp, /metrics, /healthz (default off)"),
-    ("--heartbeat", "Watch heartbeat interval (default 5s)"),
-    ("--handshake-timeout", "longest wait for one handshake step (default 10s)"),
-    ("--watch-buffer", "events buffered per watcher before it is dropped (default 1024)"),
-    ("--log-format", "text or json (default text)"),
-    ("--enroll-rate", "failed enrollment attempts per peer address per minute (default 30)"),
-    ("--auth-failure-rate", "refused join tokens per peer address per minute (default 30)"),
-    ("--max-streams-per-identity", "open streams per agent, all its certificates together (default 64)"),
-    ("--exchange-rate", "key exchanges one agent may start per second (default 10)"),
-    ("--renew-interval", "one renewal per agent in this long, at most cert-ttl/4 (default 1m)"),
-    ("--database", "postgresql://USER@HOST/DB shared by replicas (default: SQLite in the data dir)"),
-    (
-        "--database-password-file",
-        "file (0600) holding the database password; PGPASSFILE, PGPASSWORD work too",
-    ),
-    ("--master-key-file", "a PostgreSQL replica's master key file (KMS_MASTER_KEY: base64 instead)"),
-    (
-        "--audit-file",
-        "also append every audit record to this file, one JSON line each, fsync'd (default off)",
-    ),
-    (
-        "--audit-syslog",
-        "also send every audit record to this local syslog socket, e.g. /dev/log (default off)",
-    ),
-    (
-        "--tls-handshake-timeout",
-        "drop a connection whose TLS handshake has not finished by then (default 5s)",
-    ),
-    (
-        "--max-anonymous-connections-per-address",
-        "open connections one peer address may hold on the enrollment port (default 32)",
-    ),
-    ("--failure-report-interval", "log and audit refusals once per peer address per interval (default 60s)"),
-]
-
-
-def _config(args: argparse.Namespace) -> ServerConfig:
-    flags = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _ in RUN_OPTIONS}
-    flags["data_dir"] = args.data_dir
-    cfg = ServerConfig.load(flags, file=_config_file(args))
-    if args.database and url_holds_secret(args.database):
-        # The command line is world-readable (ps, /proc/PID/cmdline); the environment and files are not.
-        logger.warning(
-            "--database on the command line holds a password, which any local user can read in ps: give "
-            "the URL without it, and the password in --database-password-file (0600), PGPASSFILE or "
-            "PGPASSWORD, or the whole URL in KMS_DATABASE or the config file"
-        )
-    return cfg
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    return asyncio.run(serve(_config(args)))
-
-
-def cmd_init(args: argparse.Namespace) -> int:
-    deployment = asyncio.run(initialize(_config(args)))
-    verb = "created" if deployment.created else "already initialised:"
-    print(f"{verb} trust-domain={deployment.trust_domain} ca-fingerprint={deployment.fingerprint}")
-    return 0
-
-
-def cmd_config_show(args: argparse.Namespace) -> int:
-    print_json(_config(args).to_dict())
-    return 0
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -303,67 +203,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
-    data_dir = _data_dir(args)
-    master = Path(args.master_key) if args.master_key else None
-    if master is None:
-        raise InvalidArgument("restore needs --master-key FILE: the backup does not contain it")
-    restore(Path(args.file), data_dir, master)
-    print(f"restored {args.file} into {data_dir}: start it with kms-server run --data-dir {data_dir}")
-    return 0
-
-
-def build_parser() -> ArgumentParser:
-    parser, common = command_parsers(
-        "kms-server",
-        "Seed KMS server: CA and key distributor.",
-        [
-            (
-                ("--data-dir",),
-                {
-                    "default": None,
-                    "help": "data directory (env KMS_DATA_DIR; else the config file's data_dir;"
-                    " default ~/.local/share/seed-kms)",
-                },
-            ),
-            (
-                ("--config",),
-                {
-                    "default": None,
-                    "help": "TOML config file (env KMS_CONFIG): keys are the flag names; flags and KMS_*"
-                    " variables win. Every command reads it, so admin commands find the same data dir",
-                },
-            ),
-        ],
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run_options = ArgumentParser(add_help=False)
-    for flag, text in RUN_OPTIONS:
-        if flag == "--san":
-            run_options.add_argument(flag, action="append", help=text)
-        elif flag == "--ca-key-type":
-            run_options.add_argument(flag, choices=[k.value for k in CAKeyType], help=text)
-        else:
-            run_options.add_argument(flag, help=text)
-    run = sub.add_parser(
-        "run", parents=[common, run_options], help="run the server (creates the CA on first start)"
-    )
-    run.set_defaults(func=cmd_run)
-    init = sub.add_parser(
-        "init",
-        parents=[common, run_options],
-        help="create the CA and master key (once per deployment), then exit; run does it on first start too",
-    )
-    init.set_defaults(func=cmd_init)
-    config = sub.add_parser("config", help="the configuration").add_subparsers(
-        dest="config_command", required=True, metavar="COMMAND"
-    )
-    show = config.add_parser(
-        "show", parents=[common, run_options], help="print the effective config (no secrets)"
-    )
-    show.set_defaults(func=cmd_config_show)
-
+def add_token(sub: Subcommands, common: ArgumentParser) -> None:
     token = sub.add_parser("token", help="join tokens").add_subparsers(
         dest="token_command", required=True, metavar="COMMAND"
     )
@@ -383,6 +223,8 @@ def build_parser() -> ArgumentParser:
     )
     create.set_defaults(func=cmd_token_create)
 
+
+def add_ca(sub: Subcommands, common: ArgumentParser) -> None:
     ca = sub.add_parser("ca", help="the certificate authority").add_subparsers(
         dest="ca_command", required=True, metavar="COMMAND"
     )
@@ -393,12 +235,17 @@ def build_parser() -> ArgumentParser:
         func=cmd_ca_cert
     )
 
+
+def add_agents(sub: Subcommands, common: ArgumentParser) -> None:
     agents = sub.add_parser("agents", help="enrolled agents").add_subparsers(
         dest="agents_command", required=True, metavar="COMMAND"
     )
     ls = agents.add_parser("list", parents=[common], help="list enrolled agents")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_agents_list)
+
+
+def add_key(sub: Subcommands, common: ArgumentParser) -> None:
     key = sub.add_parser("key", help="AES keys: create, rotate, grant, list, destroy").add_subparsers(
         dest="key_command", required=True, metavar="COMMAND"
     )
@@ -432,6 +279,8 @@ def build_parser() -> ArgumentParser:
     for p in (kc, kr, kl, kd, *[key.choices[v] for v in ("grant", "ungrant")]):
         p.add_argument("--json", action="store_true")
 
+
+def add_revoke(sub: Subcommands, common: ArgumentParser) -> None:
     reasons = f"RFC 5280 reason: {', '.join(REASONS)} (default unspecified)"
     revoke = sub.add_parser("revoke", help="revoke a certificate, an agent or a key version").add_subparsers(
         dest="revoke_command", required=True, metavar="WHAT"
@@ -452,6 +301,8 @@ def build_parser() -> ArgumentParser:
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_revoke)
 
+
+def add_revocations(sub: Subcommands, common: ArgumentParser) -> None:
     revocations = sub.add_parser("revocations", help="the revocation event log").add_subparsers(
         dest="revocations_command", required=True, metavar="COMMAND"
     )
@@ -459,27 +310,10 @@ def build_parser() -> ArgumentParser:
     rl.add_argument("--json", action="store_true")
     rl.set_defaults(func=cmd_revocations_list)
 
+
+def add_backup(sub: Subcommands, common: ArgumentParser) -> None:
     bk = sub.add_parser(
         "backup", parents=[common], help="write a consistent online backup (no master key in it)"
     )
     bk.add_argument("file", metavar="FILE")
     bk.set_defaults(func=cmd_backup)
-    rs = sub.add_parser(
-        "restore", parents=[common], help="unpack a backup into a new data dir (server stopped)"
-    )
-    rs.add_argument("file", metavar="FILE")
-    rs.add_argument("--master-key", help="the master key file of the backed-up server")
-    rs.set_defaults(func=cmd_restore)
-
-    add_audit_commands(sub, common, _admin)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else list(argv)
-    # The daemon keeps gRPC's own error log; admin commands print one line.
-    return run_main("kms-server", build_parser(), argv, quiet_grpc=args[:1] != ["run"])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

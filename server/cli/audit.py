@@ -16,12 +16,13 @@ from functools import partial
 from pathlib import Path
 
 from kms.audit import AuditRecord, compare, parse_line
-from kms.cli import ArgumentParser, print_json
+from kms.cli import ArgumentParser, Subcommands, print_json
 from kms.errors import DataLoss, InvalidArgument
 from kms.v1 import admin_pb2
 from server.cli.admin_client import AdminClient
+from server.cli.context import admin
 
-__all__ = ["add_audit_commands"]
+__all__ = ["add_audit"]
 
 Connect = Callable[[argparse.Namespace], AdminClient]
 
@@ -110,11 +111,7 @@ def cmd_audit_verify(args: argparse.Namespace, connect: Connect) -> int:
     return 0
 
 
-def add_audit_commands(
-    sub: argparse._SubParsersAction[ArgumentParser],
-    common: ArgumentParser,
-    connect: Connect,
-) -> None:
+def add_audit(sub: Subcommands, common: ArgumentParser, connect: Connect = admin) -> None:
     audit = sub.add_parser("audit", help="the keyed, hash-chained audit trail").add_subparsers(
         dest="audit_command", required=True, metavar="COMMAND"
     )
