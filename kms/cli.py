@@ -13,11 +13,12 @@ import logging
 import os
 import sys
 import tomllib
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
 from kms.errors import InvalidArgument, KmsError
+from kms.settings import config_keys
 
 __all__ = [
     "ArgumentParser",
@@ -169,27 +170,6 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise InvalidArgument(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"config file {path} is not valid TOML: {exc}") from None
-
-
-def config_keys(file: Mapping[str, Any], known: Collection[str]) -> dict[str, Any]:
-    """A config file's keys in one spelling: the flag's (``cert-ttl``) and ``cert_ttl`` are one key.
-
-    Raises:
-        InvalidArgument: an unknown key, or one key given in both spellings.
-    """
-    out: dict[str, Any] = {}
-    for key, value in file.items():
-        name = key.replace("-", "_")
-        if name in out:
-            raise InvalidArgument(f"config file sets {key!r} twice (with - and with _): keep one")
-        out[name] = value
-    unknown = sorted(set(out) - set(known))
-    if unknown:
-        raise InvalidArgument(
-            f"config file key {unknown[0]!r} is unknown: known keys are {', '.join(sorted(known))}"
-            " (the flag names; - or _ between words)"
-        )
-    return out
 
 
 def print_json(value: Any) -> None:
