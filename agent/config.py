@@ -1,6 +1,7 @@
-"""kms-agent settings from a TOML file (--config or KMS_AGENT_CONFIG): defaults < file < KMS_* < flags.
+"""kms-agent settings: one table (kms/settings.py), read from flags, KMS_* and a TOML file.
 
-The file's keys are the flag names, with ``-`` or ``_`` between words.
+Precedence is defaults < file (--config or KMS_AGENT_CONFIG) < environment < flags. The file's
+keys are the flag names, with ``-`` or ``_`` between words.
 """
 
 from __future__ import annotations
@@ -8,47 +9,59 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
-from kms.cli import config_keys, read_toml
+from agent.client import DEFAULT_TIMEOUT
+from agent.renew import DEFAULT_RENEW_FRACTION
+from kms.cli import read_toml, use_json_logs
 from kms.errors import InvalidArgument
+from kms.settings import Bound, Parse, Setting, check_bounds, config_keys, known_keys, resolve
 
-__all__ = ["KNOWN_KEYS", "apply_config"]
-
-# key -> (type, environment variable)
-KNOWN_KEYS: dict[str, tuple[type, str]] = {
-    "dir": (str, "KMS_AGENT_DIR"),
-    "timeout": (float, "KMS_TIMEOUT"),
-    "renew_fraction": (float, "KMS_RENEW_FRACTION"),
-    "log_format": (str, "KMS_LOG_FORMAT"),
-}
+__all__ = ["KNOWN_KEYS", "SETTINGS", "apply_config"]
 
 
-def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Fills unset options from the environment, then the config file; checks the results."""
+def _typed(kind: type) -> Parse:
+    def parse(text: str, s: Setting) -> Any:
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            raise InvalidArgument(
+                f"config key {s.name!r} ({s.env_name}) must be a {kind.__name__}, not {text!r}"
+            ) from None
+
+    return parse
+
+
+def _log_format(text: str, s: Setting) -> str:
+    if text not in ("text", "json"):
+        raise InvalidArgument(f"{s.name} {text!r} is not one of text, json")
+    return text
+
+
+_S = Setting
+# The options every kms-agent command takes, in --help's order (--config sits between timeout and log_format).
+SETTINGS: tuple[Setting, ...] = (
+    _S("dir", _typed(str), None, "state directory (env KMS_AGENT_DIR; default ~/.local/state/kms-agent)", env="KMS_AGENT_DIR", by_key=True),
+    _S("timeout", _typed(float), repr(DEFAULT_TIMEOUT), "seconds per call", (Bound(low="0", exclusive=True, says="must be a positive number of seconds"),), option={"type": float}, by_key=True),
+    _S("log_format", _log_format, "text", "log lines as text or json", option={"choices": ("text", "json")}, by_key=True),
+    _S("renew_fraction", _typed(float), repr(DEFAULT_RENEW_FRACTION), "renew the certificate past this fraction of its life (default 2/3)", (Bound("0", "1", ", like 0.67", exclusive=True),), option={"type": float}, by_key=True),
+)  # fmt: skip
+
+KNOWN_KEYS = known_keys(SETTINGS)
+
+
+def apply_config(args: argparse.Namespace) -> None:
+    """Fills every setting in args: flags, else the environment, else the config file, else the default.
+
+    Raises:
+        InvalidArgument: naming the setting that is unknown, malformed or out of bounds.
+    """
     path = getattr(args, "config", None) or os.environ.get("KMS_AGENT_CONFIG")
     # Keys are the flag names, with - or _ between words (renew-fraction, renew_fraction).
     file = config_keys(read_toml(Path(path)), KNOWN_KEYS) if path else {}
-    for key, (kind, env) in KNOWN_KEYS.items():
-        if getattr(args, key, None) != parser.get_default(key):
-            continue  # given on the command line: flags win
-        raw = os.environ.get(env, file.get(key))
-        if raw is None:
-            continue
-        try:
-            setattr(args, key, kind(raw))
-        except (TypeError, ValueError):
-            raise InvalidArgument(
-                f"config key {key!r} ({env}) must be a {kind.__name__}, not {raw!r}"
-            ) from None
-    if not 0 < args.renew_fraction < 1:
-        raise InvalidArgument(
-            f"renew_fraction {args.renew_fraction} must be between 0 and 1 (exclusive), like 0.67"
-        )
-    if args.timeout <= 0:
-        raise InvalidArgument("timeout must be a positive number of seconds")
-    if args.log_format not in ("text", "json"):
-        raise InvalidArgument(f"log_format {args.log_format!r} is not one of text, json")
+    values = resolve(SETTINGS, {s.name: getattr(args, s.name, None) for s in SETTINGS}, os.environ, file)
+    check_bounds(SETTINGS, values)
+    for name, value in values.items():
+        setattr(args, name, value)
     if args.log_format == "json":
-        from kms.cli import use_json_logs
-
         use_json_logs()

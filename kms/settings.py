@@ -25,6 +25,7 @@ from kms.errors import InvalidArgument
 
 __all__ = [
     "Bound",
+    "Parse",
     "Setting",
     "check_bounds",
     "config_keys",

@@ -11,14 +11,16 @@ import sys
 import threading
 from pathlib import Path
 
+from agent.commands import add_output_flags
 from agent.context import connect, state_dir
 from agent.exchange import initiate, respond_once
+from kms.cli import ArgumentParser, Subcommands
 from kms.errors import KmsError, Revoked, Unavailable
 from kms.groups import Group
 from kms.handshake import Session
 from kms.securefile import ensure_private_dir, is_stdio, output_is_regular, write_atomic, write_output
 
-__all__ = ["cmd_exchange", "cmd_listen"]
+__all__ = ["add_exchange", "add_listen", "cmd_exchange", "cmd_listen"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,3 +91,33 @@ def cmd_listen(args: argparse.Namespace) -> int:
             if args.once:
                 break
     return 0
+
+
+def add_exchange(sub: Subcommands, common: ArgumentParser) -> None:
+    ex = sub.add_parser(
+        "exchange", parents=[common], help="agree on a session key with the server or an agent"
+    )
+    ex.add_argument("--peer", required=True, help="'server' or an agent name")
+    ex.add_argument("--group", choices=[g.value for g in Group], default=Group.X25519.value)
+    ex.add_argument(
+        "--out",
+        help="write the 32-byte session key to FILE (0600; - for stdout, raw) instead of printing it in base64",
+    )
+    add_output_flags(ex)
+    ex.add_argument("--json", action="store_true")
+    ex.add_argument("--handshake-timeout", type=float, default=15.0, help="seconds to wait for each step")
+    ex.set_defaults(func=cmd_exchange)
+
+
+def add_listen(sub: Subcommands, common: ArgumentParser) -> None:
+    li = sub.add_parser("listen", parents=[common], help="accept key exchanges from other agents")
+    li.add_argument(
+        "--once", action="store_true", help="exit after one completed exchange (failed attempts do not count)"
+    )
+    li.add_argument("--out-dir", help="where session keys go, as <id>.key (default: <state dir>/sessions)")
+    li.add_argument("--json", action="store_true")
+    li.add_argument(
+        "--from", dest="accept_from", metavar="AGENT", help="accept exchanges only from this agent"
+    )
+    li.add_argument("--handshake-timeout", type=float, default=15.0, help="seconds to wait for each step")
+    li.set_defaults(func=cmd_listen)

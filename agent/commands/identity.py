@@ -9,10 +9,10 @@ from agent.context import connect, iso, state_dir
 from agent.enroll import enroll
 from agent.renew import renew
 from agent.servers import default_enroll_addresses, parse_addresses
-from kms.cli import print_json
+from kms.cli import ArgumentParser, Subcommands, print_json
 from kms.errors import AlreadyExists, InvalidArgument
 
-__all__ = ["cmd_enroll", "cmd_renew", "cmd_status"]
+__all__ = ["add_enroll", "add_renew", "add_status", "cmd_enroll", "cmd_renew", "cmd_status"]
 
 
 def _addresses(flag: list[str] | None, env: str, what: str) -> tuple[str, ...] | None:
@@ -102,3 +102,38 @@ def cmd_renew(args: argparse.Namespace) -> int:
     not_after = renewed.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
     print(f"renewed: certificate {renewed.cert.serial_number:x} (new key) valid until {not_after}")
     return 0
+
+
+def add_enroll(sub: Subcommands, common: ArgumentParser) -> None:
+    en = sub.add_parser(
+        "enroll", parents=[common], help="make a key and trade a join token for a certificate"
+    )
+    en.add_argument(
+        "--server",
+        action="append",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the server's mTLS address; repeat it or separate with commas for replicas, tried in order"
+        " (env KMS_SERVER, comma-separated)",
+    )
+    en.add_argument(
+        "--enroll-server",
+        action="append",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="enrollment address(es), tried in order (env KMS_ENROLL_SERVER; default: each --server's port + 1)",
+    )
+    en.add_argument("--token", help="one-time join token (env KMS_JOIN_TOKEN, which keeps it out of ps)")
+    en.add_argument("--ca-fingerprint", help="sha256:HEX as kms-server prints it (env KMS_CA_FINGERPRINT)")
+    en.add_argument("--key-size", type=int, choices=(2048, 3072, 4096), default=2048, help="RSA key size")
+    en.add_argument("--force", action="store_true", help="replace an existing enrollment")
+    en.set_defaults(func=cmd_enroll)
+
+
+def add_renew(sub: Subcommands, common: ArgumentParser) -> None:
+    rn = sub.add_parser("renew", parents=[common], help="renew this agent's certificate now, with a new key")
+    rn.set_defaults(func=cmd_renew)
+
+
+def add_status(sub: Subcommands, common: ArgumentParser) -> None:
+    st = sub.add_parser("status", parents=[common], help="show this agent's identity, proven over mTLS")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)

@@ -7,15 +7,16 @@ import base64
 import sys
 from pathlib import Path
 
+from agent.commands import add_output_flags
 from agent.context import connect, iso, state_dir
 from agent.files import decrypt_file, encrypt_file
 from agent.keys import KeyFetcher, encode_key
 from agent.state import KeyFile
-from kms.cli import print_json
+from kms.cli import ArgumentParser, Subcommands, print_json
 from kms.errors import FailedPrecondition, InvalidArgument
 from kms.securefile import is_stdio, output_is_regular, write_output
 
-__all__ = ["cmd_fetch_key", "cmd_encrypt", "cmd_decrypt"]
+__all__ = ["add_decrypt", "add_encrypt", "add_fetch_key", "cmd_decrypt", "cmd_encrypt", "cmd_fetch_key"]
 
 
 def cmd_fetch_key(args: argparse.Namespace) -> int:
@@ -90,3 +91,40 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
             follow_symlink=args.follow_symlinks,
         )
     return 0
+
+
+def add_fetch_key(sub: Subcommands, common: ArgumentParser) -> None:
+    fk = sub.add_parser("fetch-key", parents=[common], help="fetch a granted key, unwrap it locally")
+    fk.add_argument("name")
+    fk.add_argument("--version", type=int, default=0, help="key version (default: current)")
+    fk.add_argument(
+        "--out",
+        help="write the key to FILE (0600, atomically; - for stdout, raw unless --format) instead of"
+        " printing it in base64",
+    )
+    fk.add_argument(
+        "--format", choices=("raw", "base64", "hex"), help="raw for --out, base64 for stdout by default"
+    )
+    fk.add_argument(
+        "--json", action="store_true", help="print metadata as JSON (no key unless --include-key)"
+    )
+    fk.add_argument("--include-key", action="store_true", help="with --json: include the key, base64")
+    add_output_flags(fk)
+    fk.set_defaults(func=cmd_fetch_key)
+
+
+def add_encrypt(sub: Subcommands, common: ArgumentParser) -> None:
+    en = sub.add_parser("encrypt", parents=[common], help="encrypt a file with the current version of a key")
+    en.add_argument("--key", required=True, help="key name")
+    en.add_argument("input", metavar="IN", help="file to encrypt; - for stdin")
+    en.add_argument("output", metavar="OUT", help="where the ciphertext goes; - for stdout")
+    add_output_flags(en)
+    en.set_defaults(func=cmd_encrypt)
+
+
+def add_decrypt(sub: Subcommands, common: ArgumentParser) -> None:
+    de = sub.add_parser("decrypt", parents=[common], help="decrypt a file made by kms-agent encrypt")
+    de.add_argument("input", metavar="IN", help="file to decrypt; - for stdin")
+    de.add_argument("output", metavar="OUT", help="where the plaintext goes; - for stdout")
+    add_output_flags(de)
+    de.set_defaults(func=cmd_decrypt)

@@ -9,11 +9,11 @@ from cryptography import x509
 from agent.context import connect, iso, state_dir
 from agent.servers import Servers
 from agent.watch import Watcher
-from kms.cli import print_json
+from kms.cli import ArgumentParser, Subcommands, print_json
 from kms.errors import InvalidArgument, NotFound, Revoked
 from kms.securefile import open_input
 
-__all__ = ["cmd_watch", "cmd_check"]
+__all__ = ["add_check", "add_watch", "cmd_check", "cmd_watch"]
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -57,3 +57,26 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(" ".join(f"{k}={v}" for k, v in fields.items()))
     # Scripts read the answer from the exit code: 0 good, 11 revoked, 5 unknown.
     return {"good": 0, "revoked": Revoked.exit_code}.get(status.status, NotFound.exit_code)
+
+
+def add_watch(sub: Subcommands, common: ArgumentParser) -> None:
+    wa = sub.add_parser("watch", parents=[common], help="follow revocations; resume where it left off")
+    wa.add_argument("--json", action="store_true", help="one JSON object per line")
+    wa.add_argument("--exec", help="shell command run per event, with KMS_EVENT_* variables")
+    wa.add_argument(
+        "--silence-timeout",
+        type=float,
+        default=20.0,
+        help="reconnect after this many seconds without a message",
+    )
+    wa.set_defaults(func=cmd_watch)
+
+
+def add_check(sub: Subcommands, common: ArgumentParser) -> None:
+    ck = sub.add_parser(
+        "check", parents=[common], help="revocation status of a certificate (exit 0 good, 11 revoked)"
+    )
+    ck.add_argument("--serial", help="certificate serial, hex")
+    ck.add_argument("--cert", help="a PEM certificate file; - for stdin")
+    ck.add_argument("--json", action="store_true")
+    ck.set_defaults(func=cmd_check)

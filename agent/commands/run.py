@@ -7,8 +7,9 @@ from pathlib import Path
 
 from agent.context import state_dir
 from agent.daemon import AgentDaemon
+from kms.cli import ArgumentParser, Subcommands
 
-__all__ = ["cmd_run"]
+__all__ = ["add_run", "cmd_run"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -22,3 +23,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         sessions_dir=Path(args.sessions_dir) if args.sessions_dir else state.path / "sessions",
     )
     return daemon.run()
+
+
+def add_run(sub: Subcommands, common: ArgumentParser) -> None:
+    ru = sub.add_parser(
+        "run", parents=[common], help="run the agent: renew, watch revocations, answer exchanges"
+    )
+    ru.add_argument("--no-listen", action="store_true", help="do not answer key exchanges")
+    ru.add_argument("--sessions-dir", help="where answered exchanges' keys go (default <state dir>/sessions)")
+    ru.add_argument("--handshake-timeout", type=float, default=15.0, help="seconds to wait for each step")
+    ru.set_defaults(func=cmd_run)

@@ -10,16 +10,17 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from agent.commands import add_output_flags
 from agent.context import connect, state_dir
 from agent.issuance import trust_domain_of
 from agent.standing import check_standing
 from kms import filesig
-from kms.cli import print_json
+from kms.cli import ArgumentParser, Subcommands, print_json
 from kms.errors import InvalidArgument
 from kms.peers import agent_peer
 from kms.securefile import is_stdio, open_input, output_is_regular, write_output
 
-__all__ = ["cmd_sign", "cmd_verify"]
+__all__ = ["add_sign", "add_verify", "cmd_sign", "cmd_verify"]
 
 
 def _sha256_file(path: str) -> bytes:
@@ -88,3 +89,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         print(f"good signature by {signer.name} (certificate {signer.serial}) made {signed}")
     return 0
+
+
+def add_sign(sub: Subcommands, common: ArgumentParser) -> None:
+    sg = sub.add_parser("sign", parents=[common], help="sign a file with this agent's key (RSA-PSS)")
+    sg.add_argument("file", metavar="FILE", help="file to sign; - for stdin (then --out is needed)")
+    sg.add_argument("--out", metavar="SIG", help="signature file (default FILE.sig); - for stdout")
+    add_output_flags(sg)
+    sg.set_defaults(func=cmd_sign)
+
+
+def add_verify(sub: Subcommands, common: ArgumentParser) -> None:
+    vf = sub.add_parser(
+        "verify", parents=[common], help="verify a signature: chain, signer, time, revocation"
+    )
+    vf.add_argument("file", metavar="FILE", help="the signed file; - for stdin")
+    vf.add_argument("signature", metavar="SIG", help="its signature; - for stdin")
+    vf.add_argument("--signer", help="the agent name the signature must be from")
+    vf.add_argument("--json", action="store_true")
+    vf.set_defaults(func=cmd_verify)
