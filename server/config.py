@@ -213,6 +213,12 @@ KNOWN_KEYS = known_keys(SETTINGS) | {"data_dir"}
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """The server's settings, as the rest of the server reads them; build it with load().
+
+    One field per row of SETTINGS (their defaults live there), except the addresses,
+    split into host and port, and san, kept as sans.
+    """
+
     data_dir: Path
     listen_host: str
     listen_port: int
@@ -238,27 +244,27 @@ class ServerConfig:
     enroll_rate: int  # enrollment attempts per peer address per minute
     auth_failure_rate: int  # failed authentications per peer address per minute
     max_streams_per_identity: int  # open streams per agent, all its certificates together
-    exchange_rate: int = 10  # key exchanges one agent may start per second
+    exchange_rate: int  # key exchanges one agent may start per second
     # At most one renewal per agent in this long (capped at a quarter of cert_ttl: see renew_window).
-    renew_interval: timedelta = timedelta(minutes=1)
+    renew_interval: timedelta
     # None: the embedded SQLite store in the data dir. Else a postgresql:// URL
     # that several replicas share (it may hold a password: never print it whole).
-    database: str | None = None
+    database: str | None
     # A file (0600) holding the database's password, so that it is in neither the URL
     # nor the command line; PGPASSFILE and PGPASSWORD work too, as in libpq.
-    database_password_file: Path | None = None
+    database_password_file: Path | None
     # Where a replica of a PostgreSQL deployment reads the shared master key
     # (None: KMS_MASTER_KEY, else master.key in the data dir).
-    master_key_file: Path | None = None
+    master_key_file: Path | None
     # Audit devices (server/audit/devices.py): a JSON-lines file, and a local syslog socket.
-    audit_file: Path | None = None
-    audit_syslog: str | None = None
+    audit_file: Path | None
+    audit_syslog: str | None
     # A connection whose TLS handshake has not finished by then is dropped (both ports).
-    tls_handshake_timeout: timedelta = timedelta(seconds=5)
+    tls_handshake_timeout: timedelta
     # Open connections one peer address may hold on the enrollment port (server/endpoints/gate.py).
-    max_anonymous_connections_per_address: int = 32
+    max_anonymous_connections_per_address: int
     # Refusals are logged and audited at most once per peer address per interval (server/endpoints/failures.py).
-    failure_report_interval: timedelta = timedelta(seconds=60)
+    failure_report_interval: timedelta
 
     DEFAULT_TRUST_DOMAIN = "seed-kms.local"
 
