@@ -164,7 +164,8 @@ _BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
     )
 }
 # Every class by its reason: Revoked and StoreDown refine their code's class.
-_BY_REASON: dict[str, type[KmsError]] = {cls.reason: cls for cls in (Revoked, StoreDown, *_BY_CODE.values())}
+_REFINED: tuple[type[KmsError], ...] = (Revoked, StoreDown)
+_BY_REASON: dict[str, type[KmsError]] = {cls.reason: cls for cls in (*_REFINED, *_BY_CODE.values())}
 
 
 def reason_of(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
