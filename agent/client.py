@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from agent.servers import Servers, Unreachable
-from kms.errors import STORE_DOWN_MARK, FailedPrecondition, KmsError, Unavailable, error_for_status
+from kms.errors import FailedPrecondition, KmsError, StoreDown, Unavailable, from_rpc_error
 from kms.v1 import (
     enrollment_pb2,
     enrollment_pb2_grpc,
@@ -70,20 +70,22 @@ class Endpoint:
     def map_error(self, exc: grpc.RpcError) -> KmsError:
         """The KmsError for a failed call or stream on this address.
 
+        The server's error class comes back by kms.errors.from_rpc_error.
         Unreachable for UNAVAILABLE, and for a deadline that passed before any
         connection was made (a host that drops packets never refuses): both
         mean "try the next address". A deadline on a connected server is its
         answer, and final.
         """
         code, details = exc.code(), exc.details() or ""
-        if code == grpc.StatusCode.UNAVAILABLE and STORE_DOWN_MARK in details:
+        error = from_rpc_error(code, details, exc.trailing_metadata())
+        if isinstance(error, StoreDown):
             # The server answered, but cannot reach its database: another replica may.
-            return Unavailable(f"kms-server at {self.target} says: {details}")
-        if code == grpc.StatusCode.UNAVAILABLE:
+            return StoreDown(f"kms-server at {self.target} says: {details}")
+        if isinstance(error, Unavailable):
             return self.unreachable(details.splitlines()[0] if details else "unavailable")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and not self.connected:
             return self.unreachable(f"no connection within {self._timeout:g}s")
-        return error_for_status(code, details)
+        return error
 
     def call(self, method: Callable[..., T], request: Any) -> T:
         """A unary call with the client's deadline; errors raised as KmsError."""

@@ -233,6 +233,10 @@ def _respond_on(
         # The clock is read when the initiator's certificate arrives, not when listening began.
         return agent_peer(ca, trust_domain, accept_from, datetime.now(UTC), is_revoked)(chain)
 
+    def responder() -> Responder:
+        # Sign with the certificate we hold now, not the one we held when we started waiting.
+        return Responder(_local((current or (lambda: identity))()), check, identity.settings.name)
+
     stream = _Stream(endpoint.handshake.Listen, timeout, first_timeout=_left(deadline) or 0)
     began = False
     try:
@@ -240,37 +244,11 @@ def _respond_on(
         while True:
             frame = stream.receive(endpoint, "an incoming exchange")
             began = True
-            if frame.WhichOneof("frame") != "hello":
-                raise FailedPrecondition("expected a hello from the server")
-            # Sign with the certificate we hold now, not the one we held when we started waiting.
-            machine = Responder(_local((current or (lambda: identity))()), check, identity.settings.name)
             try:
-                answer = machine.receive(from_frame(frame))
-            except KmsError as exc:  # a hello this listener will not answer: refuse it, keep listening
-                stream.send(_abort(exc.message))
-                on_failed(exc)
+                return _answer(stream, endpoint, responder, frame)
+            except _Refused as refused:  # that attempt failed; the Listen stream goes on
+                on_failed(refused.error)
                 stream.wait_idle(_left(deadline))
-                continue
-            stream.send(to_frame(answer))
-            frame = stream.receive(endpoint, "the initiator's authentication")
-            if frame.WhichOneof("frame") == "abort":  # the initiator gave up: keep listening
-                on_failed(FailedPrecondition(f"the exchange was abandoned: {frame.abort.reason}"))
-                stream.wait_idle(_left(deadline))
-                continue
-            try:
-                finished = machine.receive(from_frame(frame))
-            except (Revoked, Unavailable):
-                raise
-            except KmsError as exc:  # refused (not the agent expected, revoked, bad signature or MAC)
-                stream.send(_abort(exc.message))
-                on_failed(exc)
-                stream.wait_idle(_left(deadline))
-                continue
-            stream.send(to_frame(finished))
-            stream.wait_end(endpoint)
-            session = machine.session
-            assert session is not None
-            return session
     except (Revoked, Unavailable):
         raise
     except KmsError as exc:
@@ -279,3 +257,43 @@ def _respond_on(
         raise
     finally:
         stream.close()
+
+
+class _Refused(Exception):
+    """An incoming exchange refused or abandoned on a Listen stream that stays open."""
+
+    def __init__(self, error: KmsError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _answer(stream: _Stream, endpoint: Endpoint, responder: Callable[[], Responder], hello: Frame) -> Session:
+    """Answers one incoming exchange, from its hello to the end of the call.
+
+    Raises:
+        _Refused: this listener refused the exchange (it told the server so), or the initiator gave up.
+    """
+    if hello.WhichOneof("frame") != "hello":
+        raise FailedPrecondition("expected a hello from the server")
+    machine = responder()
+    try:
+        answer = machine.receive(from_frame(hello))
+    except KmsError as exc:  # a hello this listener will not answer: refuse it, keep listening
+        stream.send(_abort(exc.message))
+        raise _Refused(exc) from None
+    stream.send(to_frame(answer))
+    frame = stream.receive(endpoint, "the initiator's authentication")
+    if frame.WhichOneof("frame") == "abort":  # the initiator gave up: keep listening
+        raise _Refused(FailedPrecondition(f"the exchange was abandoned: {frame.abort.reason}"))
+    try:
+        finished = machine.receive(from_frame(frame))
+    except (Revoked, Unavailable):
+        raise
+    except KmsError as exc:  # refused (not the agent expected, revoked, bad signature or MAC)
+        stream.send(_abort(exc.message))
+        raise _Refused(exc) from None
+    stream.send(to_frame(finished))
+    stream.wait_end(endpoint)
+    session = machine.session
+    assert session is not None
+    return session

@@ -30,10 +30,10 @@ T = TypeVar("T")
 class Unreachable(Unavailable):
     """One address did not answer; message is the full one-line error for that address alone."""
 
-    def __init__(self, address: str, reason: str, message: str) -> None:
+    def __init__(self, address: str, detail: str, message: str) -> None:
         super().__init__(message)
         self.address = address
-        self.reason = reason
+        self.detail = detail  # why, in a few words (the one-line summary over all addresses names it)
 
 
 def parse_addresses(values: Iterable[str], *, what: str) -> tuple[str, ...]:
@@ -146,7 +146,7 @@ class Servers:
         if len(failures) == 1:
             raise failures[0][1]
         tried = ", ".join(
-            f"{address} ({exc.reason if isinstance(exc, Unreachable) else exc.message})"
+            f"{address} ({exc.detail if isinstance(exc, Unreachable) else exc.message})"
             for address, exc in failures
         )
         raise Unavailable(f"cannot reach {what} at any of {tried}: {hint}")

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from agent.context import client_for
 from agent.state import AgentIdentity, StateDir
-from kms.errors import REVOKED_MARK, Revoked, Unauthenticated, Unavailable
+from kms.errors import Revoked, Unauthenticated, Unavailable
 
 __all__ = ["Standing", "check_standing"]
 
@@ -63,7 +63,7 @@ def check_standing(state: StateDir, identity: AgentIdentity, timeout: float, now
         revoked = state.revoked(serial)
         if revoked is not None:
             raise Revoked(
-                f"this agent's certificate {serial} {REVOKED_MARK} ({revoked}), as the local watch state says"
+                f"this agent's certificate {serial} was revoked ({revoked}), as the local watch state says"
                 " (no server answered): enroll again"
             ) from None
         return Standing(
@@ -74,7 +74,7 @@ def check_standing(state: StateDir, identity: AgentIdentity, timeout: float, now
     if status.status == "revoked":
         state.save_revoked(serial, status.reason)
         raise Revoked(
-            f"this agent's certificate {serial} {REVOKED_MARK} ({status.reason}), as the server says: enroll again"
+            f"this agent's certificate {serial} was revoked ({status.reason}), as the server says: enroll again"
         )
     if status.status != "good":
         raise Unauthenticated(

@@ -29,7 +29,7 @@ from agent.client import Endpoint, KmsClient
 from agent.servers import Servers
 from agent.state import AgentIdentity, KeyFile, StateDir
 from agent.watchdog import Watchdog
-from kms.errors import REVOKED_MARK, ResourceExhausted, Revoked, Unauthenticated, Unavailable
+from kms.errors import ResourceExhausted, Revoked, Unauthenticated, Unavailable
 from kms.events import describe, event_fields
 from kms.v1 import revocation_pb2
 
@@ -82,13 +82,9 @@ class Watcher:
             try:
                 if self._stream_once():
                     backoff = BACKOFF_START
-            except Revoked:
+            except Unauthenticated:  # Revoked among them: final, not a reason to reconnect
                 raise
-            except (Unavailable, ResourceExhausted, Unauthenticated) as exc:
-                if isinstance(exc, Unauthenticated) and REVOKED_MARK in exc.message:
-                    raise Revoked(exc.message) from None
-                if isinstance(exc, Unauthenticated):
-                    raise
+            except (Unavailable, ResourceExhausted) as exc:
                 logger.warning("watch interrupted, reconnecting: %s", exc.message)
             if self._stopping.is_set():
                 break
@@ -190,4 +186,4 @@ class Watcher:
         )
         if mine:
             self._state.save_revoked(serial, event.reason)  # kms-agent sign refuses, even offline
-            raise Revoked(f"this agent's certificate {serial} {REVOKED_MARK} ({event.reason}): enroll again")
+            raise Revoked(f"this agent's certificate {serial} was revoked ({event.reason}): enroll again")

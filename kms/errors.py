@@ -1,11 +1,18 @@
 """One error hierarchy for server, agent and CLI.
 
-Each class carries the gRPC status code the server answers with and the exit
-code the CLI ends with, so the mapping lives here and nowhere else. Messages
-say what to do next; they never carry secrets.
+Each class carries the gRPC status code the server answers with, the exit
+code the CLI ends with, and a reason: a short machine-readable name that the
+server's error boundary sends in the trailing metadata (``REASON_KEY``), so a
+client tells a revoked caller from an unknown one, or a server whose database
+is down from one that does not answer, without reading the message.
+``from_rpc_error`` maps a failed call back to the class raised. Messages say
+what to do next; they never carry secrets.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
 
 import grpc
 
@@ -18,14 +25,21 @@ __all__ = [
     "KmsError",
     "NotFound",
     "PermissionDenied",
+    "REASON_KEY",
     "REVOKED_MARK",
     "STORE_DOWN_MARK",
     "ResourceExhausted",
     "Revoked",
+    "StoreDown",
     "Unauthenticated",
     "Unavailable",
     "error_for_status",
+    "from_rpc_error",
+    "reason_of",
 ]
+
+# The trailing metadata key that carries an error's reason.
+REASON_KEY = "kms-reason"
 
 
 class KmsError(Exception):
@@ -33,6 +47,7 @@ class KmsError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     exit_code: int = 1
+    reason: ClassVar[str] = "internal"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -44,6 +59,7 @@ class InvalidArgument(KmsError):
 
     code = grpc.StatusCode.INVALID_ARGUMENT
     exit_code = 2
+    reason = "invalid-argument"
 
 
 class Unauthenticated(KmsError):
@@ -51,18 +67,20 @@ class Unauthenticated(KmsError):
 
     code = grpc.StatusCode.UNAUTHENTICATED
     exit_code = 3
+    reason = "unauthenticated"
 
 
 class Revoked(Unauthenticated):
-    """The caller's own certificate (or agent) was revoked. Its messages contain REVOKED_MARK."""
+    """The caller's own certificate (or agent) was revoked."""
 
     exit_code = 11
+    reason = "revoked"
 
 
+# Transitional: server/store/ still builds its messages with these (and the error
+# boundary still recognises a store-down Unavailable by STORE_DOWN_MARK) until
+# its raise sites use Revoked's literal text and StoreDown. Nothing else uses them.
 REVOKED_MARK = "was revoked"
-
-# In the message of an UNAVAILABLE a server sends when its database is down: the
-# server itself answered, so clients must not report it as unreachable.
 STORE_DOWN_MARK = "the database is not reachable from this kms-server"
 
 
@@ -71,11 +89,13 @@ class PermissionDenied(KmsError):
 
     code = grpc.StatusCode.PERMISSION_DENIED
     exit_code = 4
+    reason = "permission-denied"
 
 
 class NotFound(KmsError):
     code = grpc.StatusCode.NOT_FOUND
     exit_code = 5
+    reason = "not-found"
 
 
 class FailedPrecondition(KmsError):
@@ -83,11 +103,13 @@ class FailedPrecondition(KmsError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     exit_code = 6
+    reason = "failed-precondition"
 
 
 class ResourceExhausted(KmsError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     exit_code = 7
+    reason = "resource-exhausted"
 
 
 class Unavailable(KmsError):
@@ -95,11 +117,19 @@ class Unavailable(KmsError):
 
     code = grpc.StatusCode.UNAVAILABLE
     exit_code = 8
+    reason = "unavailable"
+
+
+class StoreDown(Unavailable):
+    """The server answered, but cannot reach its database: another replica may (clients fail over)."""
+
+    reason = "store-down"
 
 
 class AlreadyExists(KmsError):
     code = grpc.StatusCode.ALREADY_EXISTS
     exit_code = 9
+    reason = "already-exists"
 
 
 class DeadlineExceeded(KmsError):
@@ -107,6 +137,7 @@ class DeadlineExceeded(KmsError):
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     exit_code = 12
+    reason = "deadline-exceeded"
 
 
 class DataLoss(KmsError):
@@ -114,6 +145,7 @@ class DataLoss(KmsError):
 
     code = grpc.StatusCode.DATA_LOSS
     exit_code = 10
+    reason = "data-loss"
 
 
 _BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
@@ -131,20 +163,46 @@ _BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
         DeadlineExceeded,
     )
 }
+# Every class by its reason: Revoked and StoreDown refine their code's class.
+_REFINED: tuple[type[KmsError], ...] = (Revoked, StoreDown)
+_BY_REASON: dict[str, type[KmsError]] = {cls.reason: cls for cls in (*_REFINED, *_BY_CODE.values())}
 
 
-def error_for_status(code: grpc.StatusCode, message: str) -> KmsError:
-    """Maps a gRPC status back to the error class the server raised.
+def reason_of(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The reason a failed call's trailing metadata carries, if any."""
+    for key, value in trailing_metadata or ():
+        if key == REASON_KEY:
+            return value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    return None
+
+
+def from_rpc_error(
+    code: grpc.StatusCode,
+    details: str | None,
+    trailing_metadata: Iterable[tuple[str, str | bytes]] | None = None,
+) -> KmsError:
+    """Maps a failed call back to the error class the server raised.
+
+    The reason in the trailing metadata picks the class when it names one of
+    the call's status code (Revoked for UNAUTHENTICATED, StoreDown for
+    UNAVAILABLE); an unknown reason, a reason of another code or none at all
+    (a peer that sent none, or gRPC itself) leaves the class of the code.
 
     Args:
         code: the status code of a failed call.
-        message: its details string.
+        details: its details string.
+        trailing_metadata: its trailing metadata ((key, value) pairs), if any.
 
     Returns:
         An instance of the matching KmsError subclass (KmsError for codes we
-        do not raise ourselves, such as INTERNAL or DEADLINE_EXCEEDED).
+        do not raise ourselves, such as INTERNAL or CANCELLED).
     """
-    cls = _BY_CODE.get(code, KmsError)
-    if cls is Unauthenticated and REVOKED_MARK in message:
-        cls = Revoked
-    return cls(message or code.name.lower())
+    cls = _BY_REASON.get(reason_of(trailing_metadata) or "")
+    if cls is None or cls.code != code:
+        cls = _BY_CODE.get(code, KmsError)
+    return cls(details or code.name.lower())
+
+
+def error_for_status(code: grpc.StatusCode, message: str) -> KmsError:
+    """from_rpc_error for a status without trailing metadata."""
+    return from_rpc_error(code, message)

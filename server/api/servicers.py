@@ -1,6 +1,6 @@
 """Thin gRPC servicers: decode, call one domain method, encode (STYLE 9).
 
-Authentication, authorization and error mapping happen in server.endpoints.auth.
+Authentication, authorization and error mapping happen in the middleware chain (server/endpoints/).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         self, request: identity_pb2.RenewRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.RenewResponse:
         caller = current_caller.get()
-        assert caller is not None  # AUTH_POLICY: AGENT only
+        assert caller is not None  # the method table: Role.AGENT only
         cert = await self._enrollment.renew(caller, request.csr_der)
         return identity_pb2.RenewResponse(
             certificate_der=cert.public_bytes(serialization.Encoding.DER),
@@ -107,7 +107,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         self, request: identity_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.WhoAmIResponse:
         caller = current_caller.get()
-        assert caller is not None  # AUTH_POLICY: AGENT only
+        assert caller is not None  # the method table: Role.AGENT only
         return identity_pb2.WhoAmIResponse(agent=_caller_info(caller))
 
 
@@ -119,7 +119,7 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
         self, request: keys_pb2.FetchKeyRequest, context: grpc.aio.ServicerContext
     ) -> keys_pb2.FetchKeyResponse:
         caller = current_caller.get()
-        assert caller is not None  # AUTH_POLICY: AGENT only
+        assert caller is not None  # the method table: Role.AGENT only
         fetched = await self._keys.fetch(caller, request.name, request.version)
         return keys_pb2.FetchKeyResponse(
             name=fetched.version.key_name,
@@ -192,7 +192,7 @@ class RevocationServicer(revocation_pb2_grpc.RevocationServicer):
         self, request: revocation_pb2.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[revocation_pb2.WatchResponse]:
         caller = current_caller.get()
-        assert caller is not None  # AUTH_POLICY: AGENT only
+        assert caller is not None  # the method table: Role.AGENT only
         async for item in self._watch.stream(caller, request.after_seq):
             yield _watch_message(item)
 
@@ -224,7 +224,7 @@ class HandshakeServicer(handshake_pb2_grpc.HandshakeServicer):
         self, request_iterator: AsyncIterator[handshake_pb2.HandshakeFrame], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[handshake_pb2.HandshakeFrame]:
         caller = current_caller.get()
-        assert caller is not None  # AUTH_POLICY: AGENT only
+        assert caller is not None  # the method table: Role.AGENT only
         async for frame in self._exchanges.exchange(caller, request_iterator):
             yield frame
 
@@ -232,7 +232,7 @@ class HandshakeServicer(handshake_pb2_grpc.HandshakeServicer):
         self, request_iterator: AsyncIterator[handshake_pb2.HandshakeFrame], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[handshake_pb2.HandshakeFrame]:
         caller = current_caller.get()
-        assert caller is not None  # AUTH_POLICY: AGENT only
+        assert caller is not None  # the method table: Role.AGENT only
         async for frame in self._exchanges.listen(caller, request_iterator):
             yield frame
 

@@ -8,7 +8,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from kms.errors import STORE_DOWN_MARK, Unavailable, error_for_status
+from kms.errors import StoreDown, Unavailable, from_rpc_error
 from kms.v1 import admin_pb2, admin_pb2_grpc
 
 __all__ = ["AdminClient"]
@@ -42,12 +42,12 @@ class AdminClient:
         try:
             return method(request, timeout=_TIMEOUT)
         except grpc.RpcError as exc:
-            code, details = exc.code(), exc.details()
-            if code == grpc.StatusCode.UNAVAILABLE and STORE_DOWN_MARK not in (details or ""):
+            error = from_rpc_error(exc.code(), exc.details(), exc.trailing_metadata())
+            if isinstance(error, Unavailable) and not isinstance(error, StoreDown):
                 raise Unavailable(
                     f"no kms-server answers on {self._socket} (is it running?): start it with kms-server run"
                 ) from None
-            raise error_for_status(code, details) from None
+            raise error from None
 
     def create_join_token(
         self,

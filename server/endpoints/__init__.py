@@ -1,3 +1,3 @@
-"""The ports: the enrollment gate, authentication, the per-method policy, limits and the error boundary."""
+"""The ports: the enrollment gate, the method table, and the middleware chain (authentication, limits, the error boundary)."""
 
 __all__: list[str] = []

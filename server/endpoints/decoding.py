@@ -4,7 +4,7 @@ gRPC's asyncio server deserializes a request before any handler or
 interceptor code runs, and answers a DecodeError with UNKNOWN and a
 multi-line ERROR traceback in the log, so anybody could fill the log with
 garbage. ``lenient`` wraps a method's deserializer so that it never raises:
-it hands on a ``NotDecoded`` instead, which the interceptor (server/endpoints/auth.py)
+it hands on a ``NotDecoded`` instead, which the middleware chain (server/endpoints/chain.py)
 turns into ``Undecodable`` after identifying the caller, then counts like any
 other refusal (server/endpoints/failures.py).
 """

@@ -1,7 +1,7 @@
 """The enrollment port: a gRPC server of its own, for anonymous callers only, behind the gate.
 
-It registers only the methods of AUTH_POLICY that anybody may call (enrollment,
-the CA bundle, the CRL, health, reflection), so any other method answers
+It registers only the methods that the method table (server/endpoints/methods.py)
+opens to anybody (enrollment, the CA bundle, the CRL, health, reflection), so any other method answers
 UNIMPLEMENTED from gRPC itself, before our code runs, and counts against
 nobody: an agent RPC sent there without a certificate cannot lock anybody
 out. It listens on a loopback port; the public enrollment address is the
@@ -22,15 +22,13 @@ from grpc_reflection.v1alpha import reflection
 from kms.errors import FailedPrecondition
 from kms.v1 import enrollment_pb2, enrollment_pb2_grpc, revocation_pb2, revocation_pb2_grpc
 from server.config import ServerConfig
-from server.endpoints.auth import AUTH_POLICY, AuthInterceptor, Limits, Listener, Role
+from server.endpoints.auth import AuthInterceptor, Limits, Listener
 from server.endpoints.failures import FailureReport
 from server.endpoints.gate import AnonymousGate, gate_capacity
+from server.endpoints.methods import ANONYMOUS_METHODS
 from server.ops.metrics import Metrics
 
-__all__ = ["ANONYMOUS_METHODS", "EnrollmentPort", "open_enrollment_port"]
-
-# The methods anybody may call: all the enrollment port serves.
-ANONYMOUS_METHODS = frozenset(m for m, roles in AUTH_POLICY.items() if Role.ANYONE in roles)
+__all__ = ["EnrollmentPort", "open_enrollment_port"]
 
 # What the log says of a connection the gate closed.
 _GATE_REFUSALS = {

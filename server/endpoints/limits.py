@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
-__all__ = ["AnonymousFailure", "RateLimiter", "peer_address"]
+from kms.errors import KmsError, ResourceExhausted, Unauthenticated
+from server.endpoints.methods import Budget
+
+__all__ = ["AnonymousFailure", "Limits", "RateLimiter", "peer_address"]
 
 
 class AnonymousFailure:
     """Mixin of the errors an anonymous caller earns without presenting a valid secret.
 
     A malformed or refused join token: counted against its peer address's
-    budgets (server/endpoints/auth.py Limits), audited in aggregate (server/endpoints/failures.py).
+    budgets (Limits below), audited in aggregate (server/endpoints/failures.py).
     A caller that presents a valid token or certificate never raises one, so
     it is never refused because of others at its address.
     """
@@ -66,3 +71,42 @@ class RateLimiter:
         if len(self._buckets) > _MAX_KEYS:
             self._buckets.popitem(last=False)
         return 0.0
+
+
+@dataclass
+class Limits:
+    """Failed enrollment attempts and refused join tokens per peer address; open streams per agent.
+
+    The address budgets count only attempts that fail without a valid secret
+    (AnonymousFailure): a valid join token enrolls, and a valid certificate is
+    served, whatever others at the same address (a NAT, a proxy) have done.
+    """
+
+    enrollments: RateLimiter
+    auth_failures: RateLimiter
+    max_streams: int
+
+    def over_budget(self, budget: Budget | None, address: str, failure: KmsError) -> ResourceExhausted | None:
+        """Counts a failed anonymous attempt; the answer to give instead once its address is over budget.
+
+        Args:
+            budget: the method's own budget (server/endpoints/methods.py), drawn on first.
+            address: the caller's peer address.
+            failure: the refusal; a refused token (Unauthenticated) also draws on auth_failures.
+        """
+        wait = self.enrollments.take(address) if budget is Budget.ENROLLMENTS else 0.0
+        if not wait and isinstance(failure, Unauthenticated):
+            wait = self.auth_failures.take(address)
+        if not wait:
+            return None
+        return ResourceExhausted(
+            f"too many failed enrollment attempts from {address}: check the join token, then retry in"
+            f" {math.ceil(wait)}s (a valid token is accepted even now)"
+        )
+
+    def check_streams(self, open_now: int) -> None:
+        if open_now >= self.max_streams:
+            raise ResourceExhausted(
+                f"this agent already holds {open_now} open streams, all its certificates together (the limit): "
+                "close one, then retry"
+            )

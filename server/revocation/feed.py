@@ -147,7 +147,7 @@ class GuardedStream:
     cancelled handler without sending any status, and the client's stream
     then stays open until the client gives up (the Listen streams of revoked
     agents stayed open for minutes). So the task is cancelled only while it
-    waits in our own code, where the stream wrapper (server/endpoints/auth.py) turns
+    waits in our own code, where the stream wrapper (server/endpoints/chain.py) turns
     the cancellation into an UNAUTHENTICATED status; while gRPC is sending a
     message for it, the wrapper checks ``reason`` as soon as the send is done.
     """

@@ -33,14 +33,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from kms.errors import (
-    REVOKED_MARK,
-    STORE_DOWN_MARK,
-    InvalidArgument,
-    ResourceExhausted,
-    Revoked,
-    Unavailable,
-)
+from kms.errors import InvalidArgument, ResourceExhausted, Revoked, StoreDown
 from server.endpoints.authn import Caller
 from server.revocation.feed import Heartbeat, RevocationFeed
 from server.store import RevocationEvent, Store
@@ -146,8 +139,8 @@ class WatchService:
                     if self._cut_off_for() > CUT_OFF_LIMIT:
                         # Revocations made through other replicas cannot reach us: send the
                         # agent elsewhere rather than reassure it with heartbeats.
-                        raise Unavailable(
-                            f"{STORE_DOWN_MARK}, so this replica hears no revocations: "
+                        raise StoreDown(
+                            "the database is not reachable from this kms-server, so this replica hears no revocations: "
                             f"resume after sequence {position} on another one"
                         )
                     # Everything queued before it has been dealt with: the position covers it
@@ -189,4 +182,4 @@ class WatchService:
     @staticmethod
     def _end_if_revoked(event: RevocationEvent, caller: Caller) -> None:
         if revokes(event, caller):
-            raise Revoked(f"this agent's certificate {caller.serial} {REVOKED_MARK} ({event.reason})")
+            raise Revoked(f"this agent's certificate {caller.serial} was revoked ({event.reason})")

@@ -1,4 +1,4 @@
-"""server/endpoints/auth.py: one table covers every RPC; a method missing from it is refused."""
+"""server/endpoints/auth.py and methods.py: one table covers every RPC; a method missing from it is refused."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import grpc
 import pytest
 
 import kms.v1
-from server.endpoints.auth import AUTH_POLICY, AuthInterceptor, Listener, Role
+from server.endpoints.auth import AuthInterceptor, Listener, Role
+from server.endpoints.methods import METHODS
 
 
 def _all_methods() -> set[str]:
@@ -25,6 +26,7 @@ def _all_methods() -> set[str]:
 
 STANDARD = {
     "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/List",
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
@@ -32,11 +34,11 @@ STANDARD = {
 
 
 def test_table_lists_exactly_the_rpcs_of_the_contract() -> None:
-    assert set(AUTH_POLICY) == _all_methods() | STANDARD
+    assert set(METHODS) == _all_methods() | STANDARD
 
 
 def test_only_enrollment_is_open_to_anyone() -> None:
-    open_methods = {m for m, roles in AUTH_POLICY.items() if Role.ANYONE in roles}
+    open_methods = {m for m, row in METHODS.items() if row.role is Role.ANYONE}
     assert (
         open_methods
         == {
@@ -46,7 +48,7 @@ def test_only_enrollment_is_open_to_anyone() -> None:
         }
         | STANDARD
     )
-    assert all(roles == {Role.ADMIN} for m, roles in AUTH_POLICY.items() if m.startswith("/kms.v1.Admin/"))
+    assert all(row.role is Role.ADMIN for m, row in METHODS.items() if m.startswith("/kms.v1.Admin/"))
 
 
 def test_method_missing_from_table_is_refused(tmp_path: Path) -> None:
