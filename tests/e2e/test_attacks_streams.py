@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from kms.v1 import (
     revocation_pb2,
     revocation_pb2_grpc,
 )
+from tests.e2e.rig import Rig
 from tests.harness import (
     ServerProcess,
     WatchProcess,
@@ -43,7 +43,6 @@ from tests.harness import (
     assert_one_line_error,
     enroll,
     exe,
-    short_tmpdir,
 )
 
 Frame = handshake_pb2.HandshakeFrame
@@ -53,21 +52,12 @@ ROOT = Path(__file__).resolve().parents[2]
 _IN_MEMORY = pytest.mark.sqlite_only("in-memory relay, limits and stream closing: the store plays no part")
 
 
-@pytest.fixture(scope="module")
-def rig(backend: str) -> Iterator[tuple[ServerProcess, Path]]:
-    root = short_tmpdir("kmsat")
+RIG = Rig(
+    "kmsat",
     # A long handshake timeout: a stalled exchange must end because of the revocation, not the timeout.
-    server = ServerProcess(
-        root / "d",
-        # Revoked agents' refused calls must not lock every agent on 127.0.0.1 out (item 2, not ours).
-        extra_args=["--handshake-timeout", "60s", "--heartbeat", "1s", "--auth-failure-rate", "100000"],
-    ).start()
-    try:
-        yield server, root
-    finally:
-        code = server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-    assert code == 0, server.output()
+    # Revoked agents' refused calls must not lock every agent on 127.0.0.1 out (item 2, not ours).
+    ("--handshake-timeout", "60s", "--heartbeat", "1s", "--auth-failure-rate", "100000"),
+)
 
 
 def _enroll(server: ServerProcess, root: Path, name: str) -> Path:

@@ -10,10 +10,8 @@ prove an address was never tried). Watching across failovers: test_failover_watc
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,31 +24,18 @@ from tests.e2e.failover_addresses import (
     enroll_listed,
     set_servers,
 )
+from tests.e2e.rig import Rig
 from tests.harness import (
     ServerProcess,
     agent,
     assert_one_line_error,
     exe,
-    short_tmpdir,
 )
 
 AGENT_SIDE = pytest.mark.sqlite_only("agent-side failover: the store behind the server does not matter")
 
 
-@pytest.fixture(scope="module")
-def rig(backend: str) -> Iterator[tuple[ServerProcess, Path, Refusing, Refusing]]:
-    root = short_tmpdir("kmsfo")
-    server = ServerProcess(root / "d").start()
-    dead, dead_enroll = Refusing(), Refusing()
-    try:
-        server.admin("key", "create", "app", "--grant", "group:web")
-        yield server, root, dead, dead_enroll
-    finally:
-        dead.close()
-        dead_enroll.close()
-        code = server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-    assert code == 0, server.output()
+RIG = Rig("kmsfo", keys=(("app", "group:web"),), stand_ins=(Refusing, Refusing))
 
 
 @AGENT_SIDE
