@@ -42,14 +42,12 @@ from kms.v1 import (
     revocation_pb2,
     revocation_pb2_grpc,
 )
-from server.api.servicers import (
-    AdminServicer,
-    EnrollmentServicer,
-    HandshakeServicer,
-    IdentityServicer,
-    KeysServicer,
-    RevocationServicer,
-)
+from server.api.admin import AdminServicer
+from server.api.enrollment import EnrollmentServicer
+from server.api.handshake import HandshakeServicer
+from server.api.identity import IdentityServicer
+from server.api.keys import KeysServicer
+from server.api.revocation import RevocationServicer
 from server.audit.devices import AuditDevices
 from server.audit.trail import AuditBatcher, AuditTrail
 from server.ca.authority import CertificateAuthority
