@@ -32,7 +32,7 @@ __all__ = ["SUBSCRIBED", "main"]
 # The first frame of every Subscribe stream: sequence 0 means "you are subscribed".
 SUBSCRIBED = (0).to_bytes(8, "big") + b"subscribed"
 
-# The same channel-independent options kms-server sets (server/app.py), so only the code differs.
+# The same channel-independent options kms-server sets (server/listeners.py GRPC_OPTIONS), so only the code differs.
 OPTIONS = [
     ("grpc.so_reuseport", 0),
     ("grpc.keepalive_time_ms", 30_000),

@@ -23,7 +23,8 @@ from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, Revocat
 from server.store.base import SealFn
 from server.store.completion import after_commit
 
-__all__ = ["FetchedKey", "KeyChange", "KeyService", "MAX_VERSION", "parse_grant"]
+# KeyRecord is what KeyService answers with: re-exported so server/api needs no store import.
+__all__ = ["FetchedKey", "KeyChange", "KeyRecord", "KeyService", "MAX_VERSION", "parse_grant"]
 
 logger = logging.getLogger(__name__)
 

@@ -53,3 +53,40 @@ def test_protocol_modules_do_no_io() -> None:
             continue
         used = {m.split(".")[0] for m in _imports(path)} & io_modules
         assert not used, f"{path.relative_to(ROOT)} imports {used}"
+
+
+def _store_imports(path: Path) -> set[str]:
+    """The imports in path that reach server.store: `import server.store...`, `from server.store...
+    import`, and `from server import store`."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {
+                a.name for a in node.names if a.name == "server.store" or a.name.startswith("server.store.")
+            }
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "server.store" or node.module.startswith("server.store."):
+                found.add(node.module)
+            elif node.module == "server":
+                found |= {f"server.{a.name}" for a in node.names if a.name == "store"}
+    return found
+
+
+def test_api_goes_through_the_domain_services_not_the_store() -> None:
+    """server/api/ turns domain answers into messages: records reach it through the domain modules."""
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in _files("server/api")
+        for module in _store_imports(path)
+    ]
+    assert (ROOT / "server" / "api").is_dir() and offenders == []
+
+
+def test_the_store_import_check_sees_every_spelling(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "import server.store\nimport server.store.base as b\nfrom server.store import Store\n"
+        "from server import store\nfrom server.store.rows import x\nfrom server import keys\n"
+    )
+    assert _store_imports(source) == {"server.store", "server.store.base", "server.store.rows"}

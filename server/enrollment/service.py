@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -88,6 +89,39 @@ def serial_hex(cert: x509.Certificate) -> str:
 def _spki(key: CertificatePublicKeyTypes) -> bytes:
     """The key's SubjectPublicKeyInfo, DER: one exact byte string per public key."""
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _certificate_record(
+    cert: x509.Certificate, agent_name: str, issued_at: int, token_id: str | None
+) -> CertificateRecord:
+    """What the store keeps of a certificate issued to agent_name (token_id: None for a renewal)."""
+    return CertificateRecord(
+        serial=serial_hex(cert),
+        agent_name=agent_name,
+        not_before=seconds(cert.not_valid_before_utc),
+        not_after=seconds(cert.not_valid_after_utc),
+        der=cert.public_bytes(serialization.Encoding.DER),
+        issued_at=issued_at,
+        token_id=token_id,
+    )
+
+
+def _enroll_audit(
+    record: JoinTokenRecord, cert_record: CertificateRecord, now: int
+) -> Callable[[Enrollment], AuditEntry]:
+    """The enrollment's audit record, made in its transaction: it names the certificates it superseded."""
+
+    def audit(done: Enrollment) -> AuditEntry:
+        replaced = ",".join(e.serial or "" for e in done.superseded)
+        return AuditEntry(
+            now,
+            f"token:{record.token_id}",
+            "enroll",
+            f"agent:{record.name} serial:{cert_record.serial}"
+            + (f" superseded:{replaced}" if replaced else ""),
+        )
+
+    return audit
 
 
 @dataclass(frozen=True)
@@ -193,62 +227,29 @@ class EnrollmentService:
             PermissionDenied, FailedPrecondition: the name was revoked, or holds a valid
                 certificate the token does not replace (token untouched).
         """
-        try:
-            token = JoinToken.parse(token_text)
-        except InvalidArgument as exc:
-            raise MalformedToken(exc.message) from None
-        record = await self._store.get_join_token(token.token_id)
-        now = self._clock()
-        if (
-            record is None
-            or not secret_matches(token, record.secret_hash)
-            or record.expires_at <= seconds(now)
-        ):
-            raise RefusedToken(token.token_id)
+        token, record, now = await self._usable_token(token_text)
         public_key = check_csr(csr_der)
         if record.used_at is not None:
-            return await self._repeat(record, token, _spki(public_key), seconds(now))
+            return await self._repeat(record, token, _spki(public_key), now)
 
         cert = await self._ca.issue_agent(public_key, record.name)
-        cert_record = CertificateRecord(
-            serial=serial_hex(cert),
-            agent_name=record.name,
-            not_before=seconds(cert.not_valid_before_utc),
-            not_after=seconds(cert.not_valid_after_utc),
-            der=cert.public_bytes(serialization.Encoding.DER),
-            issued_at=seconds(now),
-            token_id=record.token_id,
-        )
+        cert_record = _certificate_record(cert, record.name, now, record.token_id)
         # Read before the enrollment commits: an event committed meanwhile is
         # replayed to the new agent (harmless), never skipped.
         watch_from_seq = await self._position()
-
-        def audit(done: Enrollment) -> AuditEntry:
-            replaced = ",".join(e.serial or "" for e in done.superseded)
-            return AuditEntry(
-                seconds(now),
-                f"token:{record.token_id}",
-                "enroll",
-                f"agent:{record.name} serial:{cert_record.serial}"
-                + (f" superseded:{replaced}" if replaced else ""),
-            )
-
-        def committed(done: Enrollment | None) -> Enrollment | None:
-            # Runs even if the caller has gone: the old certificates must stop working now,
-            # and the expiry gauges count the new one (after the revocations, which drop the name).
-            if done is not None:
-                for event in done.superseded:
-                    self._on_revoked(event)
-                self._on_issued(cert_record)
-            return done
-
-        write = self._store.enroll(record.token_id, token.secret_hash, seconds(now), cert_record, audit=audit)
-        done = await after_commit(write, committed)
+        write = self._store.enroll(
+            record.token_id,
+            token.secret_hash,
+            now,
+            cert_record,
+            audit=_enroll_audit(record, cert_record, now),
+        )
+        done = await after_commit(write, partial(self._committed, cert_record))
         if done is None:
             # Lost a race for the token (perhaps to this very request, sent twice), or it expired meanwhile.
             again = await self._store.get_join_token(token.token_id)
-            if again is not None and again.used_at is not None and again.expires_at > seconds(now):
-                return await self._repeat(again, token, _spki(public_key), seconds(now))
+            if again is not None and again.used_at is not None and again.expires_at > now:
+                return await self._repeat(again, token, _spki(public_key), now)
             raise RefusedToken(token.token_id)
         agent = done.agent
         # The superseded revocations committed with the enrollment are history before it:
@@ -264,6 +265,31 @@ class EnrollmentService:
             },
         )
         return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name), watch_from_seq)
+
+    async def _usable_token(self, token_text: str) -> tuple[JoinToken, JoinTokenRecord, int]:
+        """The token, its record and the time it was found unexpired at (the enrollment's time),
+        if it is well-formed, known and its secret right.
+
+        A spent one passes here: _repeat decides whether it earns anything.
+        """
+        try:
+            token = JoinToken.parse(token_text)
+        except InvalidArgument as exc:
+            raise MalformedToken(exc.message) from None
+        record = await self._store.get_join_token(token.token_id)
+        now = seconds(self._clock())
+        if record is None or not secret_matches(token, record.secret_hash) or record.expires_at <= now:
+            raise RefusedToken(token.token_id)
+        return token, record, now
+
+    def _committed(self, cert_record: CertificateRecord, done: Enrollment | None) -> Enrollment | None:
+        # Runs even if the caller has gone: the old certificates must stop working now,
+        # and the expiry gauges count the new one (after the revocations, which drop the name).
+        if done is not None:
+            for event in done.superseded:
+                self._on_revoked(event)
+            self._on_issued(cert_record)
+        return done
 
     async def _position(self) -> int:
         return self._log_position() if self._log_position is not None else await self._store.last_seq()
@@ -319,15 +345,7 @@ class EnrollmentService:
         if window and last is not None and last > now - window:
             raise rules.renewed_too_soon(caller.name, last, now - window, now)
         cert = await self._ca.issue_agent(public_key, caller.name)
-        record = CertificateRecord(
-            serial=serial_hex(cert),
-            agent_name=caller.name,
-            not_before=seconds(cert.not_valid_before_utc),
-            not_after=seconds(cert.not_valid_after_utc),
-            der=cert.public_bytes(serialization.Encoding.DER),
-            issued_at=now,
-            token_id=None,
-        )
+        record = _certificate_record(cert, caller.name, now, None)
         await self._store.add_certificate(
             record,
             caller.groups,

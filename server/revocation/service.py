@@ -23,7 +23,8 @@ from server.revocation.feed import RevocationFeed, StreamGuard
 from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store
 from server.store.completion import after_commit
 
-__all__ = ["CertificateStatus", "RevocationService", "normalize_serial"]
+# RevocationEvent is what RevocationService answers with: re-exported so server/api needs no store import.
+__all__ = ["CertificateStatus", "Revocation", "RevocationEvent", "RevocationService", "normalize_serial"]
 
 logger = logging.getLogger(__name__)
 

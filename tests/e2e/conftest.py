@@ -5,6 +5,9 @@ every test in tests/e2e, so a module's tests run on SQLite with their shared ser
 then on PostgreSQL with new ones. `--backend sqlite` (or KMS_TEST_BACKEND=sqlite)
 runs one backend only.
 
+A module whose tests share one server names it in RIG (tests/e2e/rig.py) and its
+tests take the `rig` fixture.
+
 Markers:
   sqlite_only(reason)      the PostgreSQL run is skipped with this reason
   postgresql_only(reason)  the test has no SQLite variant at all
@@ -18,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.rig import started
 from tests.harness import BACKENDS, ServerProcess
 
 
@@ -64,6 +68,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _every_test_has_a_backend(backend: str) -> str:
     """Puts `backend` in every e2e test's fixture closure, so each one is parametrized."""
     return backend
+
+
+@pytest.fixture(scope="module")
+def rig(backend: str, request: pytest.FixtureRequest) -> Iterator[tuple[Any, ...]]:
+    """The module's shared server, started as its RIG says (tests/e2e/rig.py), once per backend."""
+    with started(request.module.RIG) as value:
+        yield value
 
 
 def _servers(value: Any, depth: int = 0) -> Iterator[ServerProcess]:

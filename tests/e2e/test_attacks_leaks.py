@@ -16,16 +16,15 @@ file, is not on the command line; given on the command line, the server says so.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from kms.v1 import admin_pb2, revocation_pb2, revocation_pb2_grpc
+from tests.e2e.rig import Rig
 from tests.harness import (
     ServerProcess,
     WatchProcess,
@@ -38,25 +37,16 @@ from tests.harness import (
     exe,
     query,
     run,
-    short_tmpdir,
 )
 
 SECRET = "secret-payroll-key"
 
 
-@pytest.fixture(scope="module")
-def rig(backend: str) -> Iterator[tuple[ServerProcess, Path]]:
-    root = short_tmpdir("kmslk")
-    server = ServerProcess(root / "d", extra_args=["--heartbeat", "1s"]).start()
-    try:
-        for name, group in (("nogrant", "web"), ("payroll", "pay"), ("victim", "web"), ("victim2", "web")):
-            result = enroll(server, root / name, server.token(name, group))
-            assert result.returncode == 0, result.stderr
-        yield server, root
-    finally:
-        code = server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-    assert code == 0, server.output()
+RIG = Rig(
+    "kmslk",
+    ("--heartbeat", "1s"),
+    agents=(("nogrant", ("web",)), ("payroll", ("pay",)), ("victim", ("web",)), ("victim2", ("web",))),
+)
 
 
 def _last_seq(server: ServerProcess) -> int:

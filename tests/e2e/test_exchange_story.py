@@ -9,29 +9,16 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kms.errors import DeadlineExceeded
-from tests.harness import ServerProcess, agent, assert_one_line_error, enroll, exe, short_tmpdir
+from tests.e2e.rig import Rig
+from tests.harness import ServerProcess, agent, assert_one_line_error, exe
 from tests.tamper_relay import TamperRelay
 
-
-@pytest.fixture(scope="module")
-def rig(backend: str) -> Iterator[tuple[ServerProcess, Path]]:
-    root = short_tmpdir("kmsex")
-    server = ServerProcess(root / "d", extra_args=["--handshake-timeout", "3s"]).start()
-    for name in ("a", "b", "c", "lonely"):
-        result = enroll(server, root / name, server.token(name))
-        assert result.returncode == 0, result.stderr
-    try:
-        yield server, root
-    finally:
-        code = server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-    assert code == 0, server.output()
+RIG = Rig("kmsex", ("--handshake-timeout", "3s"), agents=tuple((n, ()) for n in ("a", "b", "c", "lonely")))
 
 
 def _listen(state: Path, *extra: str) -> subprocess.Popen[str]:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from kms.v1 import admin_pb2, revocation_pb2, revocation_pb2_grpc
+from tests.e2e.rig import Rig
 from tests.harness import (
     ServerProcess,
     WatchProcess,
@@ -25,7 +24,6 @@ from tests.harness import (
     enroll,
     exe,
     run,
-    short_tmpdir,
     snapshot,
 )
 
@@ -35,20 +33,12 @@ SERVER_ARGS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def rig(backend: str) -> Iterator[tuple[ServerProcess, Path]]:
-    root = short_tmpdir("kmsrv")
-    server = ServerProcess(root / "d", extra_args=SERVER_ARGS).start()
-    for name in ("a", "b", "c", "d", "warm"):
-        result = enroll(server, root / name, server.token(name, "web"))
-        assert result.returncode == 0, result.stderr
-    server.admin("key", "create", "app", "--grant", "group:web")
-    try:
-        yield server, root
-    finally:
-        code = server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-    assert code == 0, server.output()
+RIG = Rig(
+    "kmsrv",
+    tuple(SERVER_ARGS),
+    agents=tuple((name, ("web",)) for name in ("a", "b", "c", "d", "warm")),
+    keys=(("app", "group:web"),),
+)
 
 
 def _serial(state: Path) -> str:

@@ -1,0 +1,31 @@
+"""The Keys service: an agent fetches a key, wrapped for its certificate."""
+
+from __future__ import annotations
+
+import grpc
+
+from kms.v1 import keys_pb2, keys_pb2_grpc
+from server.endpoints.auth import current_caller
+from server.keys import KeyService
+
+__all__ = ["KeysServicer"]
+
+
+class KeysServicer(keys_pb2_grpc.KeysServicer):
+    def __init__(self, keys: KeyService) -> None:
+        self._keys = keys
+
+    async def FetchKey(
+        self, request: keys_pb2.FetchKeyRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.FetchKeyResponse:
+        caller = current_caller.get()
+        assert caller is not None  # the method table: Role.AGENT only
+        fetched = await self._keys.fetch(caller, request.name, request.version)
+        return keys_pb2.FetchKeyResponse(
+            name=fetched.version.key_name,
+            version=fetched.version.version,
+            state=fetched.version.state,
+            created_at=fetched.version.created_at,
+            wrapped_key=fetched.wrapped,
+            wrapped_for_serial=caller.serial,
+        )

@@ -1,0 +1,226 @@
+"""The domain graph: store -> CA -> domain services, built once by create_server (STYLE 3).
+
+Each service takes what it needs through its constructor; `Services` holds
+them by name, so the servers (server/listeners.py) and App (server/app.py) are
+handed one object instead of twenty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
+
+from kms.profile import StatusUrls
+from server.audit.trail import AuditBatcher, AuditTrail
+from server.ca.authority import CertificateAuthority
+from server.ca.crl import CrlPublisher
+from server.ca.tls import ServerTls
+from server.clock import Clock, now_seconds
+from server.config import ServerConfig
+from server.deployment.backup import backup
+from server.deployment.datadir import DataDir
+from server.deployment.deployment import Deployment
+from server.endpoints.auth import Limits
+from server.endpoints.authn import PeerAuthenticator
+from server.endpoints.failures import FailureReport
+from server.endpoints.limits import RateLimiter
+from server.enrollment.agents import AgentDirectory
+from server.enrollment.service import EnrollmentService
+from server.exchange import ExchangeService
+from server.keys import KeyService
+from server.ops.expiry import ExpiringCertificates
+from server.ops.metrics import Metrics
+from server.revocation.feed import RevocationFeed, StreamGuard
+from server.revocation.follower import EventFollower
+from server.revocation.service import RevocationService
+from server.revocation.watch import WatchService
+from server.store import AuditEntry, Store
+
+__all__ = ["HEALTH_SERVICES", "Services", "open_services"]
+
+logger = logging.getLogger(__name__)
+
+# The health service's names: the server as a whole ("") and each agent-facing service.
+HEALTH_SERVICES = ("", "kms.v1.Keys", "kms.v1.Enrollment", "kms.v1.Revocation")
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything behind the ports: the store, the CA, the domain services and their guards."""
+
+    clock: Clock
+    store: Store
+    ca: CertificateAuthority
+    tls: ServerTls
+    metrics: Metrics
+    expiring: ExpiringCertificates
+    feed: RevocationFeed
+    guard: StreamGuard
+    keys: KeyService
+    crl: CrlPublisher
+    revocations: RevocationService
+    enrollment: EnrollmentService
+    agents: AgentDirectory
+    health: HealthServicer
+    follower: EventFollower
+    authenticator: PeerAuthenticator
+    watch: WatchService
+    audit: AuditBatcher
+    trail: AuditTrail
+    exchanges: ExchangeService
+    # Per peer address: refused anonymous attempts, and the periodic report of them.
+    limits: Limits
+    failures: FailureReport
+
+
+async def open_services(
+    cfg: ServerConfig, deployment: Deployment, datadir: DataDir, clock: Clock, status_urls: StatusUrls | None
+) -> Services:
+    """Builds the domain graph on the deployment's store, sealer and root CA key."""
+    store, trust_domain = deployment.store, deployment.trust_domain
+    ca = _authority(cfg, deployment, clock, status_urls)
+    tls = ServerTls(datadir, deployment.sealer, ca, cfg.sans, cfg.server_cert_ttl, cfg.renew_fraction, clock)
+    # The expiry gauges, kept as certificates are issued and revoked (a scrape reads no agents).
+    expiring = ExpiringCertificates(store, clock)
+    metrics = Metrics()
+    feed = RevocationFeed(await store.last_seq(), metrics, on_publish=expiring.published)
+    keys = KeyService(store, deployment.sealer, clock, publish=feed.publish)
+    guard = StreamGuard()
+    crl = CrlPublisher(ca, store, clock)
+    revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
+    await revocations.load()
+    health = HealthServicer()
+    follower = EventFollower(store, feed, revocations.apply_remote, StoreHealth(health))
+    audit = AuditBatcher(store)
+    return Services(
+        clock=clock,
+        store=store,
+        ca=ca,
+        tls=tls,
+        metrics=metrics,
+        expiring=expiring,
+        feed=feed,
+        guard=guard,
+        keys=keys,
+        crl=crl,
+        revocations=revocations,
+        enrollment=_enrollment(cfg, store, ca, clock, revocations, expiring, feed),
+        agents=AgentDirectory(store, trust_domain, clock, revocations.revocation_reason),
+        health=health,
+        follower=follower,
+        authenticator=PeerAuthenticator(
+            ca.certificate, trust_domain, store, clock, revocations.revocation_reason
+        ),
+        watch=WatchService(
+            store, feed, cfg.heartbeat.total_seconds(), cfg.watch_buffer, follower.cut_off_for
+        ),
+        audit=audit,
+        trail=AuditTrail(store, audit, deployment.audit_key),
+        exchanges=_exchanges(cfg, ca, tls, trust_domain, audit, revocations, clock),
+        limits=Limits(
+            RateLimiter(cfg.enroll_rate), RateLimiter(cfg.auth_failure_rate), cfg.max_streams_per_identity
+        ),
+        failures=FailureReport(audit.add, cfg.failure_report_interval.total_seconds(), wall=clock),
+    )
+
+
+def _authority(
+    cfg: ServerConfig, deployment: Deployment, clock: Clock, status_urls: StatusUrls | None
+) -> CertificateAuthority:
+    ca = CertificateAuthority(deployment.root, deployment.trust_domain, cfg.cert_ttl, clock, status_urls)
+    if cfg.cert_ttl > ca.certificate.not_valid_after_utc - clock():
+        logger.warning(
+            "certificates will be cut short: the CA expires %s", ca.certificate.not_valid_after_utc
+        )
+    return ca
+
+
+def _enrollment(
+    cfg: ServerConfig,
+    store: Store,
+    ca: CertificateAuthority,
+    clock: Clock,
+    revocations: RevocationService,
+    expiring: ExpiringCertificates,
+    feed: RevocationFeed,
+) -> EnrollmentService:
+    return EnrollmentService(
+        store,
+        ca,
+        clock,
+        default_token_ttl=cfg.token_ttl,
+        max_token_ttl=cfg.max_token_ttl,
+        on_revoked=revocations.apply_committed,
+        on_issued=expiring.issued,
+        renew_window=cfg.renew_window,
+        log_position=lambda: feed.last_seq,
+    )
+
+
+def _exchanges(
+    cfg: ServerConfig,
+    ca: CertificateAuthority,
+    tls: ServerTls,
+    trust_domain: str,
+    audit: AuditBatcher,
+    revocations: RevocationService,
+    clock: Clock,
+) -> ExchangeService:
+    return ExchangeService(
+        lambda: tls.handshake_identity,
+        ca.certificate,
+        trust_domain,
+        audit,
+        revocations,
+        clock,
+        cfg.handshake_timeout.total_seconds(),
+        cfg.exchange_rate,
+    )
+
+
+@dataclass
+class StoreHealth:
+    """Reports NOT_SERVING while the store is unreachable, so load balancers send calls elsewhere.
+
+    The event follower calls it with each change of the store's reachability.
+    """
+
+    health: HealthServicer
+    _up: bool = True
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __call__(self, up: bool) -> None:
+        if up == self._up:
+            return
+        self._up = up
+        logger.warning("store reachable again" if up else "store unreachable: health is NOT_SERVING")
+        task = asyncio.create_task(self._set_all(up))
+        self._tasks.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._tasks.discard)
+
+    async def _set_all(self, up: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in HEALTH_SERVICES:
+            await self.health.set(service, status)
+
+
+@dataclass(frozen=True)
+class Backup:
+    """The admin Backup call: the store's snapshot, with every exchange already answered in it."""
+
+    store: Store
+    audit: AuditBatcher
+    datadir: DataDir
+    clock: Clock
+
+    async def __call__(self, path: Path) -> int:
+        await self.audit.flush()  # the snapshot holds every exchange already answered
+        size = await backup(self.store, self.datadir, path)
+        # The store is unchanged, but a copy of every sealed key left it: worth a record.
+        await self.store.append_audit(AuditEntry(now_seconds(self.clock), "admin", "backup", f"file:{path}"))
+        return size
