@@ -78,7 +78,8 @@ def served() -> Iterator[dict[Listener, Registered]]:
             app = await create_server(ServerConfig.load(flags, env={}))
         await app.start()
         await app.stop()
-        servers = {Listener.API: app.api, Listener.ENROLL: app.enroll.server, Listener.ADMIN: app.admin}
+        parts = app.listeners
+        servers = {Listener.API: parts.api, Listener.ENROLL: parts.enroll.server, Listener.ADMIN: parts.admin}
         return {listener: registered[id(server)] for listener, server in servers.items()}
 
     try:
