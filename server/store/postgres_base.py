@@ -31,8 +31,9 @@ from typing import Any, TypeAlias, TypeVar
 import asyncpg
 
 from kms.audit import GENESIS, KEYED_ACTION, KEYED_ACTOR, AuditRecord, extend, keyed_object
-from kms.errors import STORE_DOWN_MARK, FailedPrecondition, Unavailable
-from server.store.base import AUDIT_MARKER, Audit, AuditEntry, AuditSink, WriteOutcomeUnknown, audit_entries
+from kms.errors import FailedPrecondition, Unavailable
+from server.store import rules
+from server.store.base import AUDIT_MARKER, Audit, AuditEntry, AuditSink, audit_entries
 from server.store.ordered import InOrder
 
 __all__ = ["CERT_LOCKS", "CONNECTION_ERRORS", "Conn", "PostgresBase", "unavailable"]
@@ -91,14 +92,7 @@ INIT_PATIENCE = 120.0
 
 def unavailable(exc: BaseException, *, committing: bool = False) -> Unavailable:
     """The store is out of reach; committing: it went while a change was committing."""
-    error = (
-        WriteOutcomeUnknown(
-            f"{STORE_DOWN_MARK} ({type(exc).__name__}) while a change was committing: it may or may not "
-            "have been made; check whether it happened before repeating it"
-        )
-        if committing
-        else Unavailable(f"{STORE_DOWN_MARK} ({type(exc).__name__}): retry shortly")
-    )
+    error = rules.store_down(type(exc).__name__, committing=committing)
     error.__cause__ = exc
     return error
 

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from kms.errors import (
     REVOKED_MARK,
+    STORE_DOWN_MARK,
     AlreadyExists,
     FailedPrecondition,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
     Revoked,
+    Unavailable,
 )
-from server.store.base import Grant, KeyVersionRecord
+from server.store.base import Grant, KeyVersionRecord, WriteOutcomeUnknown
 
 __all__ = [
     "caller_revoked",
@@ -34,7 +36,19 @@ __all__ = [
     "renewal_refused",
     "renewed_too_soon",
     "still_current",
+    "store_down",
 ]
+
+
+def store_down(cause: str, *, committing: bool = False) -> Unavailable:
+    """The database is out of reach (cause: what failed); committing: it went while a change was
+    committing, so the change may or may not have been made. Every such error is made here."""
+    if committing:
+        return WriteOutcomeUnknown(
+            f"{STORE_DOWN_MARK} ({cause}) while a change was committing: it may or may not "
+            "have been made; check whether it happened before repeating it"
+        )
+    return Unavailable(f"{STORE_DOWN_MARK} ({cause}): retry shortly")
 
 
 def not_granted(name: str) -> PermissionDenied:
