@@ -29,6 +29,7 @@ __all__ = [
     "no_grant",
     "no_key",
     "no_version",
+    "not_erased",
     "not_granted",
     "name_in_use",
     "name_revoked",
@@ -68,6 +69,14 @@ def no_version(name: str, version: int) -> NotFound:
 
 def key_exists(name: str) -> AlreadyExists:
     return AlreadyExists(f"key {name!r} already exists: use kms-server key rotate")
+
+
+def not_erased(name: str, version: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"version {version} of {name!r} is destroyed, but its old bytes are still in the write-ahead log "
+        "because another process has the database open: close it; the erasure completes at the next "
+        "destroy or server start"
+    )
 
 
 def no_grant(name: str, grant: Grant) -> NotFound:
