@@ -92,9 +92,9 @@ Body = Callable[[Tx], Awaitable[T]]
 
 
 class Backend(Protocol):
-    async def read(self, body: Body[T]) -> T: ...
+    def read(self, body: Body[T]) -> Awaitable[T]: ...
 
-    async def write(self, body: Body[T], *, savepoint: bool = True, invalidates: bool = False) -> T:
+    def write(self, body: Body[T], *, savepoint: bool = True, invalidates: bool = False) -> Awaitable[T]:
         """Runs body in a transaction; returns once it is durable.
 
         savepoint False: body only reads and inserts later, so it needs no

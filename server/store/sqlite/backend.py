@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,11 +57,11 @@ class SqliteBackend:
             raise StoreError("store is closed")
         return self._tx
 
-    async def read(self, body: Body[T]) -> T:
-        return await self._run(lambda: run_now(body(self.tx)))  # type: ignore[arg-type]
+    def read(self, body: Body[T]) -> Awaitable[T]:
+        return self._run(lambda: run_now(body(self.tx)))  # type: ignore[arg-type]
 
-    async def write(self, body: Body[T], *, savepoint: bool = True, invalidates: bool = False) -> T:
-        return await self.commits.write(
+    def write(self, body: Body[T], *, savepoint: bool = True, invalidates: bool = False) -> Awaitable[T]:
+        return self.commits.write(
             lambda tx: run_now(body(tx)),  # type: ignore[arg-type]
             savepoint=savepoint,
             invalidates=invalidates,
