@@ -33,6 +33,7 @@ __all__ = [
     "AuditRecord",
     "Break",
     "Comparison",
+    "chain_after",
     "check_chain",
     "compare",
     "extend",
@@ -119,6 +120,19 @@ def extend(key: bytes | None, last_seq: int, last_hash: bytes, entries: Iterable
         out.append(AuditRecord(seq, at, actor, action, obj, outcome, prev, digest))
         prev = digest
     return out
+
+
+def chain_after(
+    key: bytes | None, head: tuple[int, bytes] | None, entries: Iterable[Entry]
+) -> list[AuditRecord]:
+    """The records that follow the trail's newest record, head (its seq and hash; None: the trail is empty).
+
+    The one way a store chains what it appends (server/store/sql/audit.py, for
+    both backends): it reads the head under its own lock, or carries it along
+    within one transaction, and inserts what this returns.
+    """
+    seq, prev = head if head is not None else (0, GENESIS)
+    return extend(key, seq, prev, entries)
 
 
 @dataclass(frozen=True)

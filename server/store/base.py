@@ -167,7 +167,7 @@ def audit_entries(audit: Audit, result: Any) -> list[AuditEntry]:
 
 
 # The meta row that says from which seq the audit chain is keyed: "pending" until
-# a server holding the master key first opens the store (server/store/*_base.py).
+# a server holding the master key first opens the store (server/store/sql/audit.py).
 AUDIT_MARKER = "audit_keyed_from"
 
 

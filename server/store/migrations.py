@@ -134,7 +134,7 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     ],
     # 6: the audit chain is keyed (HMAC under a key derived from the master key,
     # which the database does not hold). A server that has the master key marks
-    # where keying begins at its first start (server/store/sqlite_base.py);
+    # where keying begins at its first start (server/store/sql/audit.py);
     # records before that keep their plain hashes.
     ["INSERT INTO meta(key, value) VALUES ('audit_keyed_from', 'pending')"],
     # 7: key events record who was granted the key when they committed (a JSON

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from kms.errors import (
     REVOKED_MARK,
+    STORE_DOWN_MARK,
     AlreadyExists,
     FailedPrecondition,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
     Revoked,
+    Unavailable,
 )
-from server.store.base import Grant, KeyVersionRecord
+from server.store.base import Grant, KeyVersionRecord, WriteOutcomeUnknown
 
 __all__ = [
     "caller_revoked",
@@ -27,6 +29,7 @@ __all__ = [
     "no_grant",
     "no_key",
     "no_version",
+    "not_erased",
     "not_granted",
     "name_in_use",
     "name_revoked",
@@ -34,7 +37,19 @@ __all__ = [
     "renewal_refused",
     "renewed_too_soon",
     "still_current",
+    "store_down",
 ]
+
+
+def store_down(cause: str, *, committing: bool = False) -> Unavailable:
+    """The database is out of reach (cause: what failed); committing: it went while a change was
+    committing, so the change may or may not have been made. Every such error is made here."""
+    if committing:
+        return WriteOutcomeUnknown(
+            f"{STORE_DOWN_MARK} ({cause}) while a change was committing: it may or may not "
+            "have been made; check whether it happened before repeating it"
+        )
+    return Unavailable(f"{STORE_DOWN_MARK} ({cause}): retry shortly")
 
 
 def not_granted(name: str) -> PermissionDenied:
@@ -54,6 +69,14 @@ def no_version(name: str, version: int) -> NotFound:
 
 def key_exists(name: str) -> AlreadyExists:
     return AlreadyExists(f"key {name!r} already exists: use kms-server key rotate")
+
+
+def not_erased(name: str, version: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"version {version} of {name!r} is destroyed, but its old bytes are still in the write-ahead log "
+        "because another process has the database open: close it; the erasure completes at the next "
+        "destroy or server start"
+    )
 
 
 def no_grant(name: str, grant: Grant) -> NotFound:

@@ -17,6 +17,7 @@ from kms.audit import (
     AuditRecord,
     Break,
     Comparison,
+    chain_after,
     check_chain,
     compare,
     extend,
@@ -216,3 +217,29 @@ def test_compare_against_checkpoints() -> None:
     # Two stores' files mixed.
     found = compare(stored, [stored[1], dataclasses.replace(stored[1], at=1)])
     assert found.difference is not None and "two different records 2" in found.difference
+
+
+@pytest.mark.parametrize("key", [None, KEY], ids=["v1", "keyed"])
+def test_chaining_after_a_carried_head_equals_chaining_all_at_once(key: bytes | None) -> None:
+    """A store appends in several steps, carrying the head along: the chain is the same."""
+    entries = [(1000 + i, "admin", "key.create", f"key:k{i}", "ok") for i in range(5)]
+    at_once = chain_after(key, None, entries)
+    assert at_once == extend(key, 0, GENESIS, entries)
+    stepwise: list[AuditRecord] = []
+    head: tuple[int, bytes] | None = None
+    for entry in entries:
+        (record,) = chain_after(key, head, [entry])
+        stepwise.append(record)
+        head = (record.seq, record.hash)
+    assert stepwise == at_once
+    assert [r.seq for r in at_once] == [1, 2, 3, 4, 5] and at_once[0].prev_hash == GENESIS
+    assert first_break(at_once, key, 1 if key else None) == (
+        1 if key else None
+    )  # keyed: no audit.keyed first
+    assert chain_after(key, head, []) == []
+
+
+def test_chain_after_known_answer() -> None:
+    (record,) = chain_after(KEY, (7, b"\x01" * 32), [(1000, "admin", "key.create", "key:k", "ok")])
+    assert record.seq == 8 and record.prev_hash == b"\x01" * 32
+    assert record.hash == record_mac(KEY, b"\x01" * 32, 8, 1000, "admin", "key.create", "key:k", "ok")

@@ -344,7 +344,7 @@ def test_a_connection_lost_during_commit_is_an_unknown_outcome_not_a_plain_outag
 
 def test_a_replacing_enrollment_and_a_revocation_of_its_certificate_never_deadlock(pg_database: str) -> None:
     """Both take a certificate's row lock before its advisory lock (postgres_events.lock_certificates)."""
-    from server.store.postgres_base import CERT_LOCKS
+    from server.store.postgres.connect import CERT_LOCKS
 
     async def body(a: PostgresStore, b: PostgresStore) -> object:
         await a.add_join_token(JoinTokenRecord("11" * 8, b"h" * 32, "web", (), NOW, NOW + 900))

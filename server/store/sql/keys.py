@@ -1,0 +1,173 @@
+"""Keys: versions, grants and the release log.
+
+Every change to a key first locks its row in ``keys``, so two replicas
+rotating or revoking the same key at once take turns: versions never fork and
+never repeat. A release's authorization is a derived read: cached where the
+backend can (SQLite), and cleared by every write that changes keys.
+"""
+
+from __future__ import annotations
+
+from server.store import rules
+from server.store.base import Grant, KeyRecord, KeyVersionRecord, RevocationEvent, SealFn
+from server.store.dialect import Tx
+from server.store.rows import VERSION_COLUMNS
+from server.store.sql.events import add_current_version, append_event
+
+__all__ = [
+    "create_key",
+    "destroy_key_version",
+    "grant_key",
+    "list_keys",
+    "release_key_version",
+    "rotate_key",
+    "ungrant_key",
+]
+
+_KEY = "SELECT name, current_version, created_at FROM keys WHERE name=?"
+_VERSION = f"SELECT {VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=? AND version=?"  # noqa: S608
+_ADD_GRANT = "INSERT INTO key_grants VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+# Whether the caller's certificate is revoked (and why).
+_REVOKED = "SELECT COALESCE(revocation_reason, 'unspecified') FROM certificates WHERE serial=? AND revoked_at IS NOT NULL"
+
+
+async def key(tx: Tx, name: str, *, lock: bool = False) -> KeyRecord:
+    """The key with its versions and grants; lock: its row, until COMMIT (NO KEY UPDATE: the
+    weakest lock that still orders writers). Raises NotFound."""
+    row = await tx.fetchrow(
+        tx.locked(_KEY, "FOR NO KEY UPDATE") if lock else _KEY,
+        name,
+    )
+    if row is None:
+        raise rules.no_key(name)
+    versions = await tx.fetch(
+        f"SELECT {VERSION_COLUMNS} FROM key_versions WHERE key_name=? ORDER BY version",  # noqa: S608
+        name,
+    )
+    grants = await tx.fetch(
+        "SELECT kind, grantee FROM key_grants WHERE key_name=? ORDER BY kind, grantee", name
+    )
+    return KeyRecord(
+        row[0],
+        row[1],
+        row[2],
+        tuple(KeyVersionRecord(*v) for v in versions),
+        tuple(Grant(*g) for g in grants),
+    )
+
+
+async def create_key(tx: Tx, name: str, now: int, seal: SealFn, grants: list[Grant]) -> KeyRecord:
+    if not await tx.execute(
+        "INSERT INTO keys(name, current_version, created_at) VALUES (?, 1, ?) ON CONFLICT DO NOTHING",
+        name,
+        now,
+    ):
+        raise rules.key_exists(name)
+    await tx.execute("INSERT INTO key_versions VALUES (?, 1, 'active', ?, ?, ?)", name, seal(1), now, now)
+    await tx.executemany(_ADD_GRANT, [(name, g.kind, g.grantee, now) for g in grants])
+    return await key(tx, name)
+
+
+async def rotate_key(tx: Tx, name: str, now: int, seal: SealFn) -> tuple[KeyRecord, RevocationEvent]:
+    current = (await key(tx, name, lock=True)).current_version
+    new = current + 1
+    # KMIP: a rotated-out version is Deactivated (decrypt only), unless already worse.
+    await tx.execute(
+        "UPDATE key_versions SET state='deactivated', state_changed_at=? WHERE key_name=? AND version=? AND state='active'",
+        now,
+        name,
+        current,
+    )
+    await add_current_version(tx, name, new, seal, now)
+    # Tells watching agents to refresh key files that follow the current version.
+    event = await append_event(tx, "rotate", "superseded", now, key=(name, new))
+    return await key(tx, name), event
+
+
+async def grant_key(tx: Tx, name: str, grant: Grant, now: int) -> KeyRecord:
+    await key(tx, name, lock=True)
+    await tx.execute(_ADD_GRANT, name, grant.kind, grant.grantee, now)
+    return await key(tx, name)
+
+
+async def ungrant_key(tx: Tx, name: str, grant: Grant) -> KeyRecord:
+    await key(tx, name, lock=True)
+    if not await tx.execute(
+        "DELETE FROM key_grants WHERE key_name=? AND kind=? AND grantee=?", name, grant.kind, grant.grantee
+    ):
+        raise rules.no_grant(name, grant)
+    return await key(tx, name)
+
+
+async def list_keys(tx: Tx) -> list[KeyRecord]:
+    return [await key(tx, r[0]) for r in await tx.fetch("SELECT name FROM keys ORDER BY name")]
+
+
+async def destroy_key_version(tx: Tx, name: str, version: int, now: int) -> KeyRecord:
+    record = await key(tx, name, lock=True)
+    found = [v for v in record.versions if v.version == version]
+    if not found:
+        raise rules.no_version(name, version)
+    if version == record.current_version:
+        raise rules.still_current(name, version)
+    new_state = rules.destroyed_state(found[0].state)
+    if new_state is not None:
+        await tx.execute(
+            "UPDATE key_versions SET state=?, sealed_material=NULL, state_changed_at=? WHERE key_name=? AND version=?",
+            new_state,
+            now,
+            name,
+            version,
+        )
+    return await key(tx, name)
+
+
+async def release_key_version(
+    tx: Tx, name: str, version: int | None, agent: str, groups: tuple[str, ...], serial: str, now: int
+) -> KeyVersionRecord:
+    """Checks the caller's certificate, then the grant, then logs the release.
+
+    The caller's certificate lock (shared): a revocation of it, on any replica,
+    has either committed (and is read here) or waits until this release has.
+    Its revocation is never cached: one committed earlier refuses the release.
+    """
+    await tx.lock_certificates([serial], shared=True)
+    cache_key = ("release", name, version, agent, groups)
+    record: KeyVersionRecord | None = tx.cached(cache_key)
+    if record is not None:
+        revoked, granted = await tx.fetchval(_REVOKED, serial), True
+    else:
+        in_groups = f" OR (kind='group' AND grantee IN ({','.join('?' * len(groups))}))" if groups else ""
+        revoked, granted = await tx.fetchrow(
+            f"SELECT ({_REVOKED}), EXISTS (SELECT 1 FROM key_grants"  # noqa: S608 - placeholders only
+            f" WHERE key_name=? AND ((kind='agent' AND grantee=?){in_groups}))",
+            serial,
+            name,
+            agent,
+            *groups,
+        )
+    if revoked is not None:
+        raise rules.caller_revoked(serial, revoked)
+    if record is None:
+        if not granted:
+            raise rules.not_granted(name)
+        record = await _releasable(tx, name, version)
+        tx.remember(cache_key, record)
+    await tx.insert_later(
+        "INSERT INTO key_releases(key_name, version, agent_name, cert_serial, released_at) VALUES (?, ?, ?, ?, ?)",
+        [(name, record.version, agent, serial, now)],
+    )
+    return record
+
+
+async def _releasable(tx: Tx, name: str, version: int | None) -> KeyVersionRecord:
+    """The version a granted agent asks for, if it may be released; raises why not."""
+    wanted = version or await tx.fetchval("SELECT current_version FROM keys WHERE name=?", name)
+    # FOR SHARE: a compromise or destroy committing meanwhile (on any replica)
+    # waits for this release, or this release sees it; never both announced and released.
+    row = await tx.fetchrow(
+        tx.locked(_VERSION, "FOR SHARE"),
+        name,
+        wanted,
+    )
+    return rules.check_releasable(name, wanted, None if row is None else KeyVersionRecord(*row))
