@@ -26,8 +26,6 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "REASON_KEY",
-    "REVOKED_MARK",
-    "STORE_DOWN_MARK",
     "ResourceExhausted",
     "Revoked",
     "StoreDown",
@@ -75,13 +73,6 @@ class Revoked(Unauthenticated):
 
     exit_code = 11
     reason = "revoked"
-
-
-# Transitional: server/store/ still builds its messages with these (and the error
-# boundary still recognises a store-down Unavailable by STORE_DOWN_MARK) until
-# its raise sites use Revoked's literal text and StoreDown. Nothing else uses them.
-REVOKED_MARK = "was revoked"
-STORE_DOWN_MARK = "the database is not reachable from this kms-server"
 
 
 class PermissionDenied(KmsError):

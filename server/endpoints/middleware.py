@@ -30,12 +30,9 @@ import grpc
 
 from kms.errors import (
     REASON_KEY,
-    STORE_DOWN_MARK,
     KmsError,
     PermissionDenied,
-    StoreDown,
     Unauthenticated,
-    Unavailable,
 )
 from server.endpoints.authn import Caller, PeerAuthenticator
 from server.endpoints.decoding import Undecodable
@@ -136,14 +133,6 @@ class MapErrors(Middleware):
         if error is None or isinstance(error, grpc.aio.AbortError | asyncio.CancelledError):
             return error
         if isinstance(error, KmsError):
-            # Transitional, until server/store/ raises StoreDown itself: its store-down
-            # Unavailable is known by its text here, and nowhere else.
-            if (
-                isinstance(error, Unavailable)
-                and not isinstance(error, StoreDown)
-                and STORE_DOWN_MARK in error.message
-            ):
-                return StoreDown(error.message)
             return error
         logger.error("unhandled error in %s", call.handler, exc_info=error)
         return KmsError(_INTERNAL)

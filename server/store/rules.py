@@ -6,15 +6,13 @@ The SQL differs per backend; the answers must not, so they live here once.
 from __future__ import annotations
 
 from kms.errors import (
-    REVOKED_MARK,
-    STORE_DOWN_MARK,
     AlreadyExists,
     FailedPrecondition,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
     Revoked,
-    Unavailable,
+    StoreDown,
 )
 from server.store.base import Grant, KeyVersionRecord, WriteOutcomeUnknown
 
@@ -41,15 +39,15 @@ __all__ = [
 ]
 
 
-def store_down(cause: str, *, committing: bool = False) -> Unavailable:
+def store_down(cause: str, *, committing: bool = False) -> StoreDown:
     """The database is out of reach (cause: what failed); committing: it went while a change was
     committing, so the change may or may not have been made. Every such error is made here."""
     if committing:
         return WriteOutcomeUnknown(
-            f"{STORE_DOWN_MARK} ({cause}) while a change was committing: it may or may not "
+            f"the database is not reachable from this kms-server ({cause}) while a change was committing: it may or may not "
             "have been made; check whether it happened before repeating it"
         )
-    return Unavailable(f"{STORE_DOWN_MARK} ({cause}): retry shortly")
+    return StoreDown(f"the database is not reachable from this kms-server ({cause}): retry shortly")
 
 
 def not_granted(name: str) -> PermissionDenied:
@@ -123,7 +121,7 @@ def name_in_use(name: str, *, at_enroll: bool = False) -> FailedPrecondition:
 
 
 def renewal_refused(name: str, serial: str) -> Revoked:
-    return Revoked(f"this agent's certificate {serial} {REVOKED_MARK} (agent {name!r}): renewal refused")
+    return Revoked(f"this agent's certificate {serial} was revoked (agent {name!r}): renewal refused")
 
 
 def renewed_too_soon(name: str, last: int, since: int, now: int) -> ResourceExhausted:
@@ -139,11 +137,11 @@ def caller_revoked(serial: str, reason: str) -> Revoked:
     and by a key release that its revocation overtook. One text, so the advice never differs."""
     if reason == "superseded":  # another machine enrolled under this name with a --replace token
         return Revoked(
-            f"client certificate {serial} {REVOKED_MARK} (superseded): another enrollment of this agent's name"
+            f"client certificate {serial} was revoked (superseded): another enrollment of this agent's name"
             " replaced it"
         )
     return Revoked(
-        f"client certificate {serial} {REVOKED_MARK} ({reason}): enroll again with a token created with --allow-reenroll"
+        f"client certificate {serial} was revoked ({reason}): enroll again with a token created with --allow-reenroll"
     )
 
 

@@ -160,16 +160,10 @@ def _call_raising(tmp_path: Path, error: Exception) -> grpc.aio.AioRpcError:
     [
         (Revoked("client certificate 1f was revoked (key-compromise): enroll again"), Revoked, "revoked"),
         (StoreDown("the database is down: retry shortly"), StoreDown, "store-down"),
-        # Transitional: server/store/ raises a plain Unavailable with this text until it raises StoreDown.
-        (
-            Unavailable("the database is not reachable from this kms-server (OSError): retry shortly"),
-            StoreDown,
-            "store-down",
-        ),
         (Unavailable("not now"), Unavailable, "unavailable"),
         (InvalidArgument("bad name"), InvalidArgument, "invalid-argument"),
     ],
-    ids=["revoked", "store-down", "store-down-mark", "unavailable", "invalid-argument"],
+    ids=["revoked", "store-down", "unavailable", "invalid-argument"],
 )
 def test_boundary_sends_the_reason(
     tmp_path: Path, raised: KmsError, cls: type[KmsError], reason: str
