@@ -12,7 +12,7 @@ record is also written where whoever rewrites the database cannot reach:
   log shipper can carry it off the machine.
 
 The store hands each commit's records here after COMMIT and before any write
-of that commit is acknowledged (server/store/sqlite_base.py, postgres_base.py),
+of that commit is acknowledged (server/store/sqlite/commit.py, postgres/backend.py),
 in the order of their seqs. So a record whose action was answered is in the
 file already; what a crash can leave out is the commit in progress, and
 exchange records still waiting in the AuditBatcher (about 10 ms). A device

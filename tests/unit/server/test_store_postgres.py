@@ -343,7 +343,7 @@ def test_a_connection_lost_during_commit_is_an_unknown_outcome_not_a_plain_outag
 
 
 def test_a_replacing_enrollment_and_a_revocation_of_its_certificate_never_deadlock(pg_database: str) -> None:
-    """Both take a certificate's row lock before its advisory lock (postgres_events.lock_certificates)."""
+    """Both take a certificate's row lock before its advisory lock (the PostgreSQL Tx.lock_certificates)."""
     from server.store.postgres.connect import CERT_LOCKS
 
     async def body(a: PostgresStore, b: PostgresStore) -> object:
