@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from agent.client import KmsClient
-from agent.exchange import respond_once
+from agent.exchange import NoExchangeCame, respond_once
 from agent.keys import KeyFetcher, encode_key
 from agent.renew import renew, renewal_due
 from agent.servers import Servers
@@ -178,9 +178,9 @@ class AgentDaemon:
                 backoff = 1.0
             except Revoked:
                 raise
+            except NoExchangeCame:
+                continue  # nobody came: reopen with the current certificate
             except DeadlineExceeded as exc:
-                if "incoming exchange" in exc.message:
-                    continue  # nobody came: reopen with the current certificate
                 logger.warning("exchange failed: %s", exc.message)
             except KmsError as exc:
                 if self._stop.is_set():

@@ -30,7 +30,7 @@ from kms.handshake_wire import from_frame, to_frame
 from kms.peers import agent_peer, server_peer
 from kms.v1 import handshake_pb2, revocation_pb2
 
-__all__ = ["initiate", "respond_once"]
+__all__ = ["NoExchangeCame", "initiate", "respond_once"]
 
 Frame = handshake_pb2.HandshakeFrame
 
@@ -73,7 +73,9 @@ class _Stream:
     def send(self, frame: Frame) -> None:
         self._out.put(frame)
 
-    def receive(self, endpoint: Endpoint, what: str) -> Frame:
+    def receive(
+        self, endpoint: Endpoint, what: str, stalled: type[DeadlineExceeded] = DeadlineExceeded
+    ) -> Frame:
         try:
             frame = next(self._responses)
         except StopIteration:
@@ -86,7 +88,7 @@ class _Stream:
             ):
                 if not endpoint.connected:  # never connected: the address, not the peer, is silent
                     raise endpoint.unreachable(f"no connection while waiting for {what}") from None
-                raise DeadlineExceeded(f"the handshake stalled waiting for {what}") from None
+                raise stalled(f"the handshake stalled waiting for {what}") from None
             raise endpoint.map_error(exc) from None
         if self._watchdog is not None:
             self._watchdog.reset()
@@ -200,6 +202,10 @@ def respond_once(
             (on_failed or _ignore)(failed.error)
 
 
+class NoExchangeCame(DeadlineExceeded):
+    """Nobody opened an exchange while we listened (not a failed one): the listener may simply listen again."""
+
+
 def _ignore(error: KmsError) -> None:
     return None
 
@@ -210,7 +216,7 @@ def _left(deadline: float | None) -> float | None:
         return None
     left = deadline - time.monotonic()
     if left <= 0:
-        raise DeadlineExceeded("the handshake stalled waiting for an incoming exchange")
+        raise NoExchangeCame("the handshake stalled waiting for an incoming exchange")
     return left
 
 
@@ -242,7 +248,7 @@ def _respond_on(
     try:
         stream.send(Frame(listen=handshake_pb2.ListenStart()))
         while True:
-            frame = stream.receive(endpoint, "an incoming exchange")
+            frame = stream.receive(endpoint, "an incoming exchange", NoExchangeCame)
             began = True
             try:
                 return _answer(stream, endpoint, responder, frame)
