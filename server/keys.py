@@ -20,8 +20,8 @@ from server.clock import Clock, now_seconds
 from server.deployment.sealing import Sealer
 from server.endpoints.authn import Caller
 from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, Store
-from server.store.base import SealFn
 from server.store.completion import after_commit
+from server.store.records import SealFn
 
 # KeyRecord is what KeyService answers with: re-exported so server/api needs no store import.
 __all__ = ["FetchedKey", "KeyChange", "KeyRecord", "KeyService", "MAX_VERSION", "parse_grant"]

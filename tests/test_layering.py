@@ -86,7 +86,7 @@ def test_api_goes_through_the_domain_services_not_the_store() -> None:
 def test_the_store_import_check_sees_every_spelling(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
     source.write_text(
-        "import server.store\nimport server.store.base as b\nfrom server.store import Store\n"
+        "import server.store\nimport server.store.records as b\nfrom server.store import Store\n"
         "from server import store\nfrom server.store.rows import x\nfrom server import keys\n"
     )
-    assert _store_imports(source) == {"server.store", "server.store.base", "server.store.rows"}
+    assert _store_imports(source) == {"server.store", "server.store.records", "server.store.rows"}

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from kms.audit import AuditRecord, Break, check_chain
 from kms.errors import InvalidArgument
 from server.store import AuditEntry, Store, WriteOutcomeUnknown
-from server.store.base import AUDIT_MARKER
+from server.store.records import AUDIT_MARKER
 
 __all__ = ["AUDIT_CHAIN_KEY_LABEL", "AuditBatcher", "AuditTrail"]
 

@@ -35,7 +35,7 @@ from server.config import ServerConfig
 from server.deployment.datadir import DataDir, DataDirError, KeyPair, open_pair, read_master_key, seal_key
 from server.deployment.sealing import MASTER_KEY_BYTES, Sealer
 from server.store import Store, open_store
-from server.store.base import AUDIT_MARKER
+from server.store.records import AUDIT_MARKER
 
 __all__ = ["Deployment", "open_deployment"]
 

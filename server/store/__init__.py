@@ -1,8 +1,13 @@
-"""Persistence behind one interface: SQLite embedded (the default), or PostgreSQL shared by replicas."""
+"""Persistence behind one interface: SQLite embedded (the default), or PostgreSQL shared by replicas.
+
+``Store`` is the one implementation, sql/store.py's SqlStore, over either backend: the domain
+services type against it. Its records are in records.py.
+"""
 
 from pathlib import Path
 
-from server.store.base import (
+from server.store.postgres import PostgresStore, is_postgres_url
+from server.store.records import (
     AgentRecord,
     AuditEntry,
     CertificateRecord,
@@ -12,12 +17,14 @@ from server.store.base import (
     KeyRecord,
     KeyVersionRecord,
     RevocationEvent,
-    Store,
     StoreError,
     WriteOutcomeUnknown,
 )
-from server.store.postgres import PostgresStore, is_postgres_url
+from server.store.sql.store import SqlStore
 from server.store.sqlite import SqliteStore
+
+# One implementation over two backends (issue 21): no separate interface to keep in step.
+Store = SqlStore
 
 __all__ = [
     "AgentRecord",

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from kms.audit import AuditRecord
-from server.store.base import AuditSink
+from server.store.records import AuditSink
 
 __all__ = ["Backend", "Body", "Tx", "run_now"]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from kms.audit import AuditRecord
-from server.store.base import AuditSink
+from server.store.records import AuditSink
 
 __all__ = ["InOrder"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from server.store.base import AgentRecord, CertificateRecord, JoinTokenRecord, RevocationEvent
+from server.store.records import AgentRecord, CertificateRecord, JoinTokenRecord, RevocationEvent
 
 __all__ = [
     "AGENT_COLUMNS",

@@ -14,7 +14,7 @@ from kms.errors import (
     Revoked,
     StoreDown,
 )
-from server.store.base import Grant, KeyVersionRecord, WriteOutcomeUnknown
+from server.store.records import Grant, KeyVersionRecord, WriteOutcomeUnknown
 
 __all__ = [
     "caller_revoked",

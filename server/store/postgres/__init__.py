@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from server.store.base import Audit
 from server.store.postgres.backend import PgBackend
 from server.store.postgres.connect import Conn, create_pool, is_postgres_url, migrate, read_password_file
+from server.store.records import Audit
 from server.store.sql import SqlStore
 
 __all__ = ["PostgresStore", "is_postgres_url", "read_password_file"]

@@ -17,12 +17,12 @@ import asyncpg
 
 from kms.errors import FailedPrecondition, Unavailable
 from server.store import rules
-from server.store.base import AuditSink
 from server.store.dialect import Body
 from server.store.ordered import InOrder
 from server.store.postgres import notify
 from server.store.postgres.connect import CONNECTION_ERRORS, INIT_LOCK, Conn
 from server.store.postgres.tx import PgTx
+from server.store.records import AuditSink
 
 __all__ = ["PgBackend"]
 

@@ -19,8 +19,8 @@ import asyncpg
 
 from kms.errors import InvalidArgument
 from server.config import redact_url
-from server.store.base import StoreError
 from server.store.migrations import POSTGRES_MIGRATIONS, SCHEMA_VERSION
+from server.store.records import StoreError
 
 __all__ = [
     "CERT_LOCKS",

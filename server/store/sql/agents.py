@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 from server.store import rules
-from server.store.base import AgentRecord, CertificateRecord, Enrollment, JoinTokenRecord, RevocationEvent
 from server.store.dialect import Tx
+from server.store.records import AgentRecord, CertificateRecord, Enrollment, JoinTokenRecord, RevocationEvent
 from server.store.rows import AGENT_COLUMNS, TOKEN_COLUMNS, agent_record, token_record
 from server.store.sql.events import append_event, revoked_certificates
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kms.audit import KEYED_ACTION, KEYED_ACTOR, AuditRecord, chain_after, keyed_object
-from server.store.base import AUDIT_MARKER, AuditEntry
 from server.store.dialect import Tx
+from server.store.records import AUDIT_MARKER, AuditEntry
 
 __all__ = ["INSERT_AUDIT", "append", "audit_after", "open_chain"]
 

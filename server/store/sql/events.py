@@ -8,8 +8,8 @@ and key releases on several replicas take turns without deadlocking.
 from __future__ import annotations
 
 from server.store import rules
-from server.store.base import CertificateRecord, RevocationEvent, SealFn
 from server.store.dialect import Tx
+from server.store.records import CertificateRecord, RevocationEvent, SealFn
 from server.store.rows import (
     CERT_COLUMNS,
     DESCENDANTS,

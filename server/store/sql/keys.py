@@ -9,8 +9,8 @@ backend can (SQLite), and cleared by every write that changes keys.
 from __future__ import annotations
 
 from server.store import rules
-from server.store.base import Grant, KeyRecord, KeyVersionRecord, RevocationEvent, SealFn
 from server.store.dialect import Tx
+from server.store.records import Grant, KeyRecord, KeyVersionRecord, RevocationEvent, SealFn
 from server.store.rows import VERSION_COLUMNS
 from server.store.sql.events import add_current_version, append_event
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from server.store.base import Audit
+from server.store.records import Audit
 from server.store.sql import SqlStore
 from server.store.sqlite.backend import SqliteBackend
 

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from server.store.base import AuditSink, StoreError
 from server.store.dialect import Body, run_now
+from server.store.records import AuditSink, StoreError
 from server.store.sqlite import connection
 from server.store.sqlite.commit import GroupCommit
 from server.store.sqlite.tx import SqliteTx

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from kms.audit import AuditRecord
 from kms.errors import KmsError
-from server.store.base import AuditSink, StoreError
+from server.store.records import AuditSink, StoreError
 from server.store.sql.audit import INSERT_AUDIT
 from server.store.sqlite.tx import SqliteTx
 

@@ -9,8 +9,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from server.store.base import StoreError
 from server.store.migrations import SQLITE_MIGRATIONS
+from server.store.records import StoreError
 
 __all__ = ["connect", "erase_wal", "snapshot"]
 

@@ -13,8 +13,8 @@ from kms.errors import NotFound
 from server.audit.trail import AuditTrail
 from server.deployment.sealing import Sealer
 from server.store import AuditEntry, Grant, SqliteStore, Store
-from server.store.base import AUDIT_MARKER
 from server.store.ordered import InOrder
+from server.store.records import AUDIT_MARKER
 from tests.unit.server.conftest import open_store_at
 
 NOW = 1_800_000_000
