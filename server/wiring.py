@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grpc_health.v1 import health_pb2
-from grpc_health.v1._async import HealthServicer
 
 from kms.profile import StatusUrls
+from server.api.health import Health
 from server.audit.trail import AuditBatcher, AuditTrail
 from server.ca.authority import CertificateAuthority
 from server.ca.crl import CrlPublisher
@@ -66,7 +66,7 @@ class Services:
     revocations: RevocationService
     enrollment: EnrollmentService
     agents: AgentDirectory
-    health: HealthServicer
+    health: Health
     follower: EventFollower
     authenticator: PeerAuthenticator
     watch: WatchService
@@ -94,7 +94,7 @@ async def open_services(
     crl = CrlPublisher(ca, store, clock)
     revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
     await revocations.load()
-    health = HealthServicer()
+    health = Health()
     follower = EventFollower(store, feed, revocations.apply_remote, StoreHealth(health))
     audit = AuditBatcher(store)
     return Services(
@@ -190,7 +190,7 @@ class StoreHealth:
     The event follower calls it with each change of the store's reachability.
     """
 
-    health: HealthServicer
+    health: Health
     _up: bool = True
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 

@@ -44,6 +44,10 @@ def test_health_reflection_metrics_json_logs_and_live_rotation(tmp_path: Path) -
                 health_pb2.HealthCheckRequest(service=""), timeout=10
             )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
+            # List answers what Check would, to anonymous callers as Check does (not INTERNAL).
+            listed = health_pb2_grpc.HealthStub(ch).List(health_pb2.HealthListRequest(), timeout=10)
+            assert listed.statuses[""].status == health_pb2.HealthCheckResponse.SERVING
+            assert listed.statuses["kms.v1.Enrollment"].status == health_pb2.HealthCheckResponse.SERVING
             services = set(ProtoReflectionDescriptorDatabase(ch).get_services())
         # The enrollment port lists what it serves: no agent service.
         assert {"kms.v1.Enrollment", "kms.v1.Revocation", "grpc.health.v1.Health"} <= services

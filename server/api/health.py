@@ -1,0 +1,27 @@
+"""grpc.health.v1.Health, with the List method the asyncio servicer of grpcio-health-checking lacks.
+
+The library's asyncio HealthServicer (1.85) answers Check and Watch but not List: a List call
+fell through to the generated base class and raised NotImplementedError, so every call logged a
+traceback and answered INTERNAL, on the anonymous enrollment port too. List answers what Check
+would for every service whose status was set.
+"""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
+
+__all__ = ["Health"]
+
+
+class Health(HealthServicer):
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        # _server_status is the library's own table of what Check answers (set, graceful shutdown).
+        statuses = {
+            service: health_pb2.HealthCheckResponse(status=status)
+            for service, status in self._server_status.items()
+        }
+        return health_pb2.HealthListResponse(statuses=statuses)
