@@ -15,7 +15,7 @@ from grpc_health.v1._async import HealthServicer
 __all__ = ["Health"]
 
 
-class Health(HealthServicer):
+class Health(HealthServicer):  # type: ignore[misc]  # the library ships no types
     async def List(
         self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthListResponse:
