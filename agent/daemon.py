@@ -198,8 +198,12 @@ class AgentDaemon:
             with self._client() as client:
                 key = KeyFetcher(self._state.load(), client).fetch(event.key_name)
         except KeyDisabled as exc:
-            # Expected after a rotation while the key is disabled: its 'enable' event re-fetches.
+            # A rotation or compromise while the key is disabled: its 'enable' event re-fetches
+            # every file still listed behind the current version, so a file just deleted for a
+            # compromise stays listed (at its old version) to be written again then.
             logger.info("not re-fetching %s until it is enabled: %s", event.key_name, exc.message)
+            for file in files:
+                self._state.remember_key_file(file)
             return
         except KmsError as exc:
             # Not fatal: the file keeps its (still decryptable) version, or stays deleted

@@ -62,6 +62,9 @@ def test_disable_refuses_every_release_until_enabled(rig: tuple[ServerProcess, P
     key_file = root / "app.key"
     assert agent(web2, "fetch-key", "app", "--out", str(key_file)).returncode == 0
     v1 = key_file.read_bytes()
+    plain, sealed = root / "plain.txt", root / "plain.kms"
+    plain.write_text("written before the key was disabled\n")
+    assert agent(web, "encrypt", "--key", "app", str(plain), str(sealed)).returncode == 0
     insider, outsider = WatchProcess(web), WatchProcess(db)
     daemon = _Daemon(web2)
     try:
@@ -101,6 +104,17 @@ def test_disable_refuses_every_release_until_enabled(rig: tuple[ServerProcess, P
         assert_one_line_error(agent(web, "fetch-key", "app"), 6, "key app is disabled")
         time.sleep(0.5)
         assert key_file.read_bytes() == v1
+        # encrypt and decrypt fetch the key: refused alike.
+        assert_one_line_error(
+            agent(web, "decrypt", str(sealed), str(root / "out.bin")), 6, "key app is disabled"
+        )
+        # A compromise is still a compromise: the v1 file goes, disabled or not.
+        server.admin("revoke", "key", "app", "--version", "1", "--reason", "keyCompromise")
+        daemon.wait_for("key")
+        deadline = time.monotonic() + 10
+        while key_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not key_file.exists()
 
         done = server.admin("key", "enable", "app")
         assert done.stdout.strip() == "key app enabled: its versions are released again"
@@ -109,9 +123,9 @@ def test_disable_refuses_every_release_until_enabled(rig: tuple[ServerProcess, P
         assert fetched.returncode == 0 and json.loads(fetched.stdout)["version"] == 2
         assert _keys(server)["app"]["state"] == "enabled"
         insider.wait_for(lambda evs: any(e["kind"] == "enable" for e in evs))
-        # The daemon's file catches up with the version made while the key was disabled.
+        # The daemon's file comes back, at the version made while the key was disabled.
         deadline = time.monotonic() + 20
-        while key_file.read_bytes() == v1 and time.monotonic() < deadline:
+        while not key_file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert key_file.read_bytes() == bytes.fromhex(
             agent(web2, "fetch-key", "app", "--format", "hex").stdout.strip()
