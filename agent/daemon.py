@@ -3,7 +3,8 @@
 It keeps the certificate fresh (renewing at the renewal fraction of its life,
 with jitter, retrying with backoff), holds the revocation watch (resuming
 from its last sequence number), answers key exchanges, and re-fetches the
-key files it keeps when the key rotates or their version is compromised. SIGTERM or SIGINT stop
+key files it keeps when the key rotates, is enabled again, or their version is compromised
+(a disabled key's files are kept: disabling is a release decision, not a compromise). SIGTERM or SIGINT stop
 it cleanly (exit 0); its own revocation ends it with exit 11.
 """
 
@@ -26,7 +27,7 @@ from agent.renew import renew, renewal_due
 from agent.servers import Servers
 from agent.state import KeyFile, StateDir
 from agent.watch import Watcher
-from kms.errors import DeadlineExceeded, KmsError, Revoked
+from kms.errors import DeadlineExceeded, KeyDisabled, KmsError, Revoked
 from kms.securefile import ensure_private_dir, write_atomic
 from kms.v1 import revocation_pb2
 
@@ -196,6 +197,14 @@ class AgentDaemon:
         try:
             with self._client() as client:
                 key = KeyFetcher(self._state.load(), client).fetch(event.key_name)
+        except KeyDisabled as exc:
+            # A rotation or compromise while the key is disabled: its 'enable' event re-fetches
+            # every file still listed behind the current version, so a file just deleted for a
+            # compromise stays listed (at its old version) to be written again then.
+            logger.info("not re-fetching %s until it is enabled: %s", event.key_name, exc.message)
+            for file in files:
+                self._state.remember_key_file(file)
+            return
         except KmsError as exc:
             # Not fatal: the file keeps its (still decryptable) version, or stays deleted
             # if compromised, until the next event for this key or a manual fetch-key.

@@ -1,7 +1,8 @@
 """kms-agent watch: follow the revocation feed, act on each event, resume where it left off.
 
-Per event, in order: delete local key files of a compromised key version,
-run --exec, print the event, then persist its sequence number. A heartbeat
+Per event, in order: delete local key files of a compromised key version
+(a disabled key's files are kept: disabling stops releases, it says nothing
+leaked), run --exec, print the event, then persist its sequence number. A heartbeat
 carries the server's position for this agent (every event up to it was sent,
 or is about a key this agent is not granted): it is persisted too, so a
 restart does not replay events withheld from this agent. The stream is
@@ -168,8 +169,14 @@ class Watcher:
             # (a compromised current version rotates the key).
             behind = self._state.key_files_behind(event.key_name, event.key_version + 1)
             stale = [f for f in deleted if f.follows_current] + behind
-        elif event.kind == "rotate":
+        elif event.kind in ("rotate", "enable"):
+            # After an enable, files behind the current version (a rotation while the key
+            # was disabled could not be fetched) catch up.
             stale = self._state.key_files_behind(event.key_name, event.key_version)
+        elif event.kind == "disable":
+            # Not a compromise: the material did not leak, the administrator stopped its
+            # release. Key files stay, and data encrypted under them stays readable.
+            logger.info("key %s disabled (%s): its key files are kept", event.key_name, event.reason)
         if stale and self._on_stale_key_files is not None:
             self._on_stale_key_files(event, stale)
         if self._exec:

@@ -22,6 +22,7 @@ __all__ = [
     "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",
+    "KeyDisabled",
     "KmsError",
     "NotFound",
     "PermissionDenied",
@@ -97,6 +98,12 @@ class FailedPrecondition(KmsError):
     reason = "failed-precondition"
 
 
+class KeyDisabled(FailedPrecondition):
+    """The key is disabled by its administrator: nothing of it is released until it is enabled."""
+
+    reason = "key-disabled"
+
+
 class ResourceExhausted(KmsError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     exit_code = 7
@@ -155,7 +162,7 @@ _BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
     )
 }
 # Every class by its reason: Revoked and StoreDown refine their code's class.
-_REFINED: tuple[type[KmsError], ...] = (Revoked, StoreDown)
+_REFINED: tuple[type[KmsError], ...] = (Revoked, StoreDown, KeyDisabled)
 _BY_REASON: dict[str, type[KmsError]] = {cls.reason: cls for cls in (*_REFINED, *_BY_CODE.values())}
 
 

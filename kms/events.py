@@ -1,4 +1,5 @@
-"""Watch-feed events (revocations and key rotations) as people and scripts read them (both CLIs print them the same way)."""
+"""Watch-feed events (revocations, key rotations, disables and enables) as people and scripts read
+them (both CLIs print them the same way)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ from datetime import UTC, datetime
 
 from kms.v1 import revocation_pb2
 
-__all__ = ["describe", "event_fields"]
+__all__ = ["NOT_REVOCATIONS", "describe", "event_fields"]
+
+# Kinds of event that share the log and the feed but revoke nothing: news for the agents
+# granted a key (its new current version; its release stopped or resumed).
+NOT_REVOCATIONS = frozenset({"rotate", "disable", "enable"})
 
 
 def _iso(ts: int) -> str:
@@ -36,6 +41,10 @@ def describe(event: revocation_pb2.RevocationEvent) -> str:
         subject = f"key {event.key_name} version {event.key_version} compromised"
     elif event.kind == "rotate":
         subject = f"key {event.key_name} rotated to version {event.key_version}"
+    elif event.kind == "disable":
+        subject = f"key {event.key_name} disabled (no version is released until it is enabled)"
+    elif event.kind == "enable":
+        return f"#{event.seq} {_iso(event.at)} key {event.key_name} enabled (current version {event.key_version})"
     elif event.kind == "agent":
         subject = f"agent {event.agent_name} revoked (certificates {event.serial or 'none'})"
     else:

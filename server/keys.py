@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kms.errors import InvalidArgument, NotFound, PermissionDenied
+from kms.errors import InvalidArgument, KeyDisabled, NotFound, PermissionDenied
 from kms.identity import validate_agent_name, validate_group, validate_key_name
 from kms.wrap import KEY_BYTES, wrap
 from server.clock import Clock, now_seconds
@@ -24,7 +24,17 @@ from server.store.completion import after_commit
 from server.store.records import SealFn
 
 # KeyRecord is what KeyService answers with: re-exported so server/api needs no store import.
-__all__ = ["FetchedKey", "KeyChange", "KeyRecord", "KeyService", "MAX_VERSION", "parse_grant"]
+__all__ = [
+    "FetchedKey",
+    "KeyChange",
+    "KeyRecord",
+    "KeyService",
+    "KeyStateChange",
+    "MAX_VERSION",
+    "MAX_REASON",
+    "parse_disable_reason",
+    "parse_grant",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +52,27 @@ def parse_grant(text: str) -> Grant:
     return Grant(kind, name)
 
 
+# A disable reason is shown in listings, audit records and to every agent granted the key.
+MAX_REASON = 200
+
+
+def parse_disable_reason(text: str) -> str:
+    """The reason for disabling a key, trimmed: one printable line of 1 to MAX_REASON characters.
+
+    Raises InvalidArgument.
+    """
+    reason = text.strip()
+    if not reason:
+        raise InvalidArgument(
+            "disabling a key needs --reason TEXT: agents granted the key and the audit trail are told why"
+        )
+    if len(reason) > MAX_REASON:
+        raise InvalidArgument(f"--reason is {len(reason)} characters long: use at most {MAX_REASON}")
+    if not reason.isprintable():
+        raise InvalidArgument("--reason must be one line of printable text (no control characters)")
+    return reason
+
+
 def _slot(name: str, version: int) -> str:
     return f"aes-key/{name}/{version}"
 
@@ -52,6 +83,14 @@ class KeyChange:
 
     record: KeyRecord
     warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeyStateChange:
+    """A key after a disable or enable; changed is False when it was in that state already."""
+
+    record: KeyRecord
+    changed: bool
 
 
 @dataclass(frozen=True)
@@ -153,6 +192,37 @@ class KeyService:
         )
         return await after_commit(write, committed)
 
+    async def disable(self, name: str, reason: str) -> KeyStateChange:
+        """Stops every release of the key (reversible: enable). Idempotent, as AWS KMS DisableKey.
+
+        Raises:
+            InvalidArgument: a bad name or reason. NotFound: no such key.
+        """
+        validate_key_name(name)
+        reason = parse_disable_reason(reason)
+        now = self._now()
+        write = self._store.disable_key(
+            name, reason, now, audit=AuditEntry(now, "admin", "key.disable", f"key:{name} reason:{reason}")
+        )
+        return await after_commit(write, self._state_committed)
+
+    async def enable(self, name: str) -> KeyStateChange:
+        """Resumes releases of a disabled key. Idempotent. Raises InvalidArgument, NotFound."""
+        validate_key_name(name)
+        now = self._now()
+        write = self._store.enable_key(name, now, audit=AuditEntry(now, "admin", "key.enable", f"key:{name}"))
+        return await after_commit(write, self._state_committed)
+
+    def _state_committed(self, done: tuple[KeyRecord, RevocationEvent | None]) -> KeyStateChange:
+        record, event = done
+        if event is not None:
+            self._publish(event)  # even if the caller has gone: watchers must hear of it
+            logger.info(
+                f"key {event.kind}d",
+                extra={"key": record.name, "reason": event.reason, "seq": event.seq},
+            )
+        return KeyStateChange(record, changed=event is not None)
+
     async def grant(self, name: str, grant: str, *, allow_unknown_grantee: bool = False) -> KeyChange:
         """Grants key name to an agent or group. Raises NotFound as create does, or for no such key."""
         parsed = parse_grant(grant)
@@ -229,6 +299,7 @@ class KeyService:
             InvalidArgument: bad name or version.
             PermissionDenied: not granted to the caller or its groups (or no such key).
             NotFound: no such version. FailedPrecondition: destroyed.
+            KeyDisabled: the key is disabled (after the grant is checked).
         """
         validate_key_name(name)
         _check_version(version, allow_current=True)
@@ -245,6 +316,9 @@ class KeyService:
             )
         except PermissionDenied:
             await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", "denied"))
+            raise
+        except KeyDisabled:  # who still asks for a disabled key is what its administrator wants to know
+            await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", "disabled"))
             raise
         wrapped = self._wrapped_for(caller, record)
         # DEBUG: every release is in the audit trail already; at INFO this line

@@ -26,7 +26,7 @@ from kms.v1 import revocation_pb2 as kms_dot_v1_dot_revocation__pb2
 from kms.v1 import types_pb2 as kms_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12kms/v1/admin.proto\x12\x06kms.v1\x1a\x17kms/v1/revocation.proto\x1a\x12kms/v1/types.proto\"t\n\x16\x43reateJoinTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\x12\x16\n\x0e\x61llow_reenroll\x18\x04 \x01(\x08\x12\x0f\n\x07replace\x18\x05 \x01(\x08\"l\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12\x12\n\nexpires_at\x18\x05 \x01(\x03\"\x0e\n\x0cGetCARequest\"S\n\rGetCAResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x03 \x01(\t\"\x13\n\x11ListAgentsRequest\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.kms.v1.AgentInfo\"O\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06grants\x18\x02 \x03(\t\x12\x1d\n\x15\x61llow_unknown_grantee\x18\x03 \x01(\x08\" \n\x10RotateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x0fGrantKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05grant\x18\x02 \x01(\t\x12\x1d\n\x15\x61llow_unknown_grantee\x18\x03 \x01(\x08\"\x11\n\x0fListKeysRequest\"1\n\x10ListKeysResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.kms.v1.KeyInfo\"9\n\x18\x44\x65stroyKeyVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"^\n\x0eKeyVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12\x18\n\x10state_changed_at\x18\x04 \x01(\x03\"\x90\x01\n\x07KeyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12(\n\x08versions\x18\x04 \x03(\x0b\x32\x16.kms.v1.KeyVersionInfo\x12\x0e\n\x06grants\x18\x05 \x03(\t\x12\x10\n\x08warnings\x18\x06 \x03(\t\":\n\x18RevokeCertificateRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x12RevokeAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x10RevokeKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"|\n\x0eRevokeResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.kms.v1.RevocationEvent\x12\x17\n\x0f\x61lready_revoked\x18\x02 \x01(\x08\x12)\n\x08\x63\x61scaded\x18\x03 \x03(\x0b\x32\x17.kms.v1.RevocationEvent\"\x18\n\x16ListRevocationsRequest\"B\n\x17ListRevocationsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.kms.v1.RevocationEvent\"\x87\x01\n\x0b\x41uditRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\n\n\x02\x61t\x18\x02 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06object\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x11\n\tprev_hash\x18\x07 \x01(\x0c\x12\x0c\n\x04hash\x18\x08 \x01(\x0c\"4\n\x10ListAuditRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x03\"9\n\x11ListAuditResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.kms.v1.AuditRecord\"\x14\n\x12VerifyAuditRequest\"^\n\x13VerifyAuditResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x15\n\rfirst_bad_seq\x18\x02 \x01(\x03\x12\x0f\n\x07records\x18\x03 \x01(\x03\x12\x0f\n\x07problem\x18\x04 \x01(\t\"\x1d\n\rBackupRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"-\n\x0e\x42\x61\x63kupResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x32\xa3\x08\n\x05\x41\x64min\x12R\n\x0f\x43reateJoinToken\x12\x1e.kms.v1.CreateJoinTokenRequest\x1a\x1f.kms.v1.CreateJoinTokenResponse\x12\x34\n\x05GetCA\x12\x14.kms.v1.GetCARequest\x1a\x15.kms.v1.GetCAResponse\x12\x43\n\nListAgents\x12\x19.kms.v1.ListAgentsRequest\x1a\x1a.kms.v1.ListAgentsResponse\x12\x36\n\tCreateKey\x12\x18.kms.v1.CreateKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x36\n\tRotateKey\x12\x18.kms.v1.RotateKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x34\n\x08GrantKey\x12\x17.kms.v1.GrantKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x36\n\nUngrantKey\x12\x17.kms.v1.GrantKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12=\n\x08ListKeys\x12\x17.kms.v1.ListKeysRequest\x1a\x18.kms.v1.ListKeysResponse\x12\x46\n\x11\x44\x65stroyKeyVersion\x12 .kms.v1.DestroyKeyVersionRequest\x1a\x0f.kms.v1.KeyInfo\x12M\n\x11RevokeCertificate\x12 .kms.v1.RevokeCertificateRequest\x1a\x16.kms.v1.RevokeResponse\x12\x41\n\x0bRevokeAgent\x12\x1a.kms.v1.RevokeAgentRequest\x1a\x16.kms.v1.RevokeResponse\x12=\n\tRevokeKey\x12\x18.kms.v1.RevokeKeyRequest\x1a\x16.kms.v1.RevokeResponse\x12R\n\x0fListRevocations\x12\x1e.kms.v1.ListRevocationsRequest\x1a\x1f.kms.v1.ListRevocationsResponse\x12@\n\tListAudit\x12\x18.kms.v1.ListAuditRequest\x1a\x19.kms.v1.ListAuditResponse\x12\x46\n\x0bVerifyAudit\x12\x1a.kms.v1.VerifyAuditRequest\x1a\x1b.kms.v1.VerifyAuditResponse\x12\x37\n\x06\x42\x61\x63kup\x12\x15.kms.v1.BackupRequest\x1a\x16.kms.v1.BackupResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12kms/v1/admin.proto\x12\x06kms.v1\x1a\x17kms/v1/revocation.proto\x1a\x12kms/v1/types.proto\"t\n\x16\x43reateJoinTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\x12\x16\n\x0e\x61llow_reenroll\x18\x04 \x01(\x08\x12\x0f\n\x07replace\x18\x05 \x01(\x08\"l\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12\x12\n\nexpires_at\x18\x05 \x01(\x03\"\x0e\n\x0cGetCARequest\"S\n\rGetCAResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x03 \x01(\t\"\x13\n\x11ListAgentsRequest\"7\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.kms.v1.AgentInfo\"O\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06grants\x18\x02 \x03(\t\x12\x1d\n\x15\x61llow_unknown_grantee\x18\x03 \x01(\x08\" \n\x10RotateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x0fGrantKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05grant\x18\x02 \x01(\t\x12\x1d\n\x15\x61llow_unknown_grantee\x18\x03 \x01(\x08\"\x11\n\x0fListKeysRequest\"1\n\x10ListKeysResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.kms.v1.KeyInfo\"9\n\x18\x44\x65stroyKeyVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"^\n\x0eKeyVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12\x18\n\x10state_changed_at\x18\x04 \x01(\x03\"\xd0\x01\n\x07KeyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12(\n\x08versions\x18\x04 \x03(\x0b\x32\x16.kms.v1.KeyVersionInfo\x12\x0e\n\x06grants\x18\x05 \x03(\t\x12\x10\n\x08warnings\x18\x06 \x03(\t\x12\x10\n\x08\x64isabled\x18\x14 \x01(\x08\x12\x13\n\x0b\x64isabled_at\x18\x15 \x01(\x03\x12\x17\n\x0f\x64isabled_reason\x18\x16 \x01(\t\"1\n\x11\x44isableKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\" \n\x10\x45nableKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x10KeyStateResponse\x12\x1c\n\x03key\x18\x01 \x01(\x0b\x32\x0f.kms.v1.KeyInfo\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\":\n\x18RevokeCertificateRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x12RevokeAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x10RevokeKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"|\n\x0eRevokeResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.kms.v1.RevocationEvent\x12\x17\n\x0f\x61lready_revoked\x18\x02 \x01(\x08\x12)\n\x08\x63\x61scaded\x18\x03 \x03(\x0b\x32\x17.kms.v1.RevocationEvent\"\x18\n\x16ListRevocationsRequest\"B\n\x17ListRevocationsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.kms.v1.RevocationEvent\"\x87\x01\n\x0b\x41uditRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\n\n\x02\x61t\x18\x02 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06object\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x11\n\tprev_hash\x18\x07 \x01(\x0c\x12\x0c\n\x04hash\x18\x08 \x01(\x0c\"4\n\x10ListAuditRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x03\"9\n\x11ListAuditResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.kms.v1.AuditRecord\"\x14\n\x12VerifyAuditRequest\"^\n\x13VerifyAuditResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x15\n\rfirst_bad_seq\x18\x02 \x01(\x03\x12\x0f\n\x07records\x18\x03 \x01(\x03\x12\x0f\n\x07problem\x18\x04 \x01(\t\"\x1d\n\rBackupRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"-\n\x0e\x42\x61\x63kupResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x32\xa7\t\n\x05\x41\x64min\x12R\n\x0f\x43reateJoinToken\x12\x1e.kms.v1.CreateJoinTokenRequest\x1a\x1f.kms.v1.CreateJoinTokenResponse\x12\x34\n\x05GetCA\x12\x14.kms.v1.GetCARequest\x1a\x15.kms.v1.GetCAResponse\x12\x43\n\nListAgents\x12\x19.kms.v1.ListAgentsRequest\x1a\x1a.kms.v1.ListAgentsResponse\x12\x36\n\tCreateKey\x12\x18.kms.v1.CreateKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x36\n\tRotateKey\x12\x18.kms.v1.RotateKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x34\n\x08GrantKey\x12\x17.kms.v1.GrantKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12\x36\n\nUngrantKey\x12\x17.kms.v1.GrantKeyRequest\x1a\x0f.kms.v1.KeyInfo\x12=\n\x08ListKeys\x12\x17.kms.v1.ListKeysRequest\x1a\x18.kms.v1.ListKeysResponse\x12\x46\n\x11\x44\x65stroyKeyVersion\x12 .kms.v1.DestroyKeyVersionRequest\x1a\x0f.kms.v1.KeyInfo\x12\x41\n\nDisableKey\x12\x19.kms.v1.DisableKeyRequest\x1a\x18.kms.v1.KeyStateResponse\x12?\n\tEnableKey\x12\x18.kms.v1.EnableKeyRequest\x1a\x18.kms.v1.KeyStateResponse\x12M\n\x11RevokeCertificate\x12 .kms.v1.RevokeCertificateRequest\x1a\x16.kms.v1.RevokeResponse\x12\x41\n\x0bRevokeAgent\x12\x1a.kms.v1.RevokeAgentRequest\x1a\x16.kms.v1.RevokeResponse\x12=\n\tRevokeKey\x12\x18.kms.v1.RevokeKeyRequest\x1a\x16.kms.v1.RevokeResponse\x12R\n\x0fListRevocations\x12\x1e.kms.v1.ListRevocationsRequest\x1a\x1f.kms.v1.ListRevocationsResponse\x12@\n\tListAudit\x12\x18.kms.v1.ListAuditRequest\x1a\x19.kms.v1.ListAuditResponse\x12\x46\n\x0bVerifyAudit\x12\x1a.kms.v1.VerifyAuditRequest\x1a\x1b.kms.v1.VerifyAuditResponse\x12\x37\n\x06\x42\x61\x63kup\x12\x15.kms.v1.BackupRequest\x1a\x16.kms.v1.BackupResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -60,33 +60,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEYVERSIONINFO']._serialized_start=805
   _globals['_KEYVERSIONINFO']._serialized_end=899
   _globals['_KEYINFO']._serialized_start=902
-  _globals['_KEYINFO']._serialized_end=1046
-  _globals['_REVOKECERTIFICATEREQUEST']._serialized_start=1048
-  _globals['_REVOKECERTIFICATEREQUEST']._serialized_end=1106
-  _globals['_REVOKEAGENTREQUEST']._serialized_start=1108
-  _globals['_REVOKEAGENTREQUEST']._serialized_end=1158
-  _globals['_REVOKEKEYREQUEST']._serialized_start=1160
-  _globals['_REVOKEKEYREQUEST']._serialized_end=1225
-  _globals['_REVOKERESPONSE']._serialized_start=1227
-  _globals['_REVOKERESPONSE']._serialized_end=1351
-  _globals['_LISTREVOCATIONSREQUEST']._serialized_start=1353
-  _globals['_LISTREVOCATIONSREQUEST']._serialized_end=1377
-  _globals['_LISTREVOCATIONSRESPONSE']._serialized_start=1379
-  _globals['_LISTREVOCATIONSRESPONSE']._serialized_end=1445
-  _globals['_AUDITRECORD']._serialized_start=1448
-  _globals['_AUDITRECORD']._serialized_end=1583
-  _globals['_LISTAUDITREQUEST']._serialized_start=1585
-  _globals['_LISTAUDITREQUEST']._serialized_end=1637
-  _globals['_LISTAUDITRESPONSE']._serialized_start=1639
-  _globals['_LISTAUDITRESPONSE']._serialized_end=1696
-  _globals['_VERIFYAUDITREQUEST']._serialized_start=1698
-  _globals['_VERIFYAUDITREQUEST']._serialized_end=1718
-  _globals['_VERIFYAUDITRESPONSE']._serialized_start=1720
-  _globals['_VERIFYAUDITRESPONSE']._serialized_end=1814
-  _globals['_BACKUPREQUEST']._serialized_start=1816
-  _globals['_BACKUPREQUEST']._serialized_end=1845
-  _globals['_BACKUPRESPONSE']._serialized_start=1847
-  _globals['_BACKUPRESPONSE']._serialized_end=1892
-  _globals['_ADMIN']._serialized_start=1895
-  _globals['_ADMIN']._serialized_end=2954
+  _globals['_KEYINFO']._serialized_end=1110
+  _globals['_DISABLEKEYREQUEST']._serialized_start=1112
+  _globals['_DISABLEKEYREQUEST']._serialized_end=1161
+  _globals['_ENABLEKEYREQUEST']._serialized_start=1163
+  _globals['_ENABLEKEYREQUEST']._serialized_end=1195
+  _globals['_KEYSTATERESPONSE']._serialized_start=1197
+  _globals['_KEYSTATERESPONSE']._serialized_end=1262
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_start=1264
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_end=1322
+  _globals['_REVOKEAGENTREQUEST']._serialized_start=1324
+  _globals['_REVOKEAGENTREQUEST']._serialized_end=1374
+  _globals['_REVOKEKEYREQUEST']._serialized_start=1376
+  _globals['_REVOKEKEYREQUEST']._serialized_end=1441
+  _globals['_REVOKERESPONSE']._serialized_start=1443
+  _globals['_REVOKERESPONSE']._serialized_end=1567
+  _globals['_LISTREVOCATIONSREQUEST']._serialized_start=1569
+  _globals['_LISTREVOCATIONSREQUEST']._serialized_end=1593
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_start=1595
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_end=1661
+  _globals['_AUDITRECORD']._serialized_start=1664
+  _globals['_AUDITRECORD']._serialized_end=1799
+  _globals['_LISTAUDITREQUEST']._serialized_start=1801
+  _globals['_LISTAUDITREQUEST']._serialized_end=1853
+  _globals['_LISTAUDITRESPONSE']._serialized_start=1855
+  _globals['_LISTAUDITRESPONSE']._serialized_end=1912
+  _globals['_VERIFYAUDITREQUEST']._serialized_start=1914
+  _globals['_VERIFYAUDITREQUEST']._serialized_end=1934
+  _globals['_VERIFYAUDITRESPONSE']._serialized_start=1936
+  _globals['_VERIFYAUDITRESPONSE']._serialized_end=2030
+  _globals['_BACKUPREQUEST']._serialized_start=2032
+  _globals['_BACKUPREQUEST']._serialized_end=2061
+  _globals['_BACKUPRESPONSE']._serialized_start=2063
+  _globals['_BACKUPRESPONSE']._serialized_end=2108
+  _globals['_ADMIN']._serialized_start=2111
+  _globals['_ADMIN']._serialized_end=3302
 # @@protoc_insertion_point(module_scope)

@@ -117,20 +117,48 @@ class KeyVersionInfo(_message.Message):
     def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., state_changed_at: _Optional[int] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
-    __slots__ = ("name", "current_version", "created_at", "versions", "grants", "warnings")
+    __slots__ = ("name", "current_version", "created_at", "versions", "grants", "warnings", "disabled", "disabled_at", "disabled_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     GRANTS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_AT_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     current_version: int
     created_at: int
     versions: _containers.RepeatedCompositeFieldContainer[KeyVersionInfo]
     grants: _containers.RepeatedScalarFieldContainer[str]
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., created_at: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., grants: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    disabled: bool
+    disabled_at: int
+    disabled_reason: str
+    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., created_at: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., grants: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., disabled: _Optional[bool] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ...) -> None: ...
+
+class DisableKeyRequest(_message.Message):
+    __slots__ = ("name", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class EnableKeyRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class KeyStateResponse(_message.Message):
+    __slots__ = ("key", "changed")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    key: KeyInfo
+    changed: bool
+    def __init__(self, key: _Optional[_Union[KeyInfo, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
 
 class RevokeCertificateRequest(_message.Message):
     __slots__ = ("serial", "reason")

@@ -79,6 +79,16 @@ class AdminStub:
                 request_serializer=kms_dot_v1_dot_admin__pb2.DestroyKeyVersionRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
                 _registered_method=True)
+        self.DisableKey = channel.unary_unary(
+                '/kms.v1.Admin/DisableKey',
+                request_serializer=kms_dot_v1_dot_admin__pb2.DisableKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.KeyStateResponse.FromString,
+                _registered_method=True)
+        self.EnableKey = channel.unary_unary(
+                '/kms.v1.Admin/EnableKey',
+                request_serializer=kms_dot_v1_dot_admin__pb2.EnableKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.KeyStateResponse.FromString,
+                _registered_method=True)
         self.RevokeCertificate = channel.unary_unary(
                 '/kms.v1.Admin/RevokeCertificate',
                 request_serializer=kms_dot_v1_dot_admin__pb2.RevokeCertificateRequest.SerializeToString,
@@ -169,6 +179,20 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DestroyKeyVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableKey(self, request, context):
+        """Disable stops every release of a key (FetchKey: FAILED_PRECONDITION) until
+        Enable; both are idempotent (changed tells) and go out on the watch feed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,6 +292,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DestroyKeyVersion,
                     request_deserializer=kms_dot_v1_dot_admin__pb2.DestroyKeyVersionRequest.FromString,
                     response_serializer=kms_dot_v1_dot_admin__pb2.KeyInfo.SerializeToString,
+            ),
+            'DisableKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableKey,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.DisableKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.KeyStateResponse.SerializeToString,
+            ),
+            'EnableKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableKey,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.EnableKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.KeyStateResponse.SerializeToString,
             ),
             'RevokeCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeCertificate,
@@ -548,6 +582,60 @@ class Admin:
             '/kms.v1.Admin/DestroyKeyVersion',
             kms_dot_v1_dot_admin__pb2.DestroyKeyVersionRequest.SerializeToString,
             kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/DisableKey',
+            kms_dot_v1_dot_admin__pb2.DisableKeyRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.KeyStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/EnableKey',
+            kms_dot_v1_dot_admin__pb2.EnableKeyRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.KeyStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

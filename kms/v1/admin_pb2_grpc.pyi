@@ -41,6 +41,11 @@ class AdminStub:
     UngrantKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GrantKeyRequest, _admin_pb2.KeyInfo]
     ListKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListKeysRequest, _admin_pb2.ListKeysResponse]
     DestroyKeyVersion: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DestroyKeyVersionRequest, _admin_pb2.KeyInfo]
+    DisableKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DisableKeyRequest, _admin_pb2.KeyStateResponse]
+    """Disable stops every release of a key (FetchKey: FAILED_PRECONDITION) until
+    Enable; both are idempotent (changed tells) and go out on the watch feed.
+    """
+    EnableKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.EnableKeyRequest, _admin_pb2.KeyStateResponse]
     RevokeCertificate: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeCertificateRequest, _admin_pb2.RevokeResponse]
     """Revocation: durable before the call returns; revoking twice is not an
     error and makes one event.
@@ -69,6 +74,11 @@ class AdminAsyncStub(AdminStub):
     UngrantKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.GrantKeyRequest, _admin_pb2.KeyInfo]  # type: ignore[assignment]
     ListKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListKeysRequest, _admin_pb2.ListKeysResponse]  # type: ignore[assignment]
     DestroyKeyVersion: _aio.UnaryUnaryMultiCallable[_admin_pb2.DestroyKeyVersionRequest, _admin_pb2.KeyInfo]  # type: ignore[assignment]
+    DisableKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.DisableKeyRequest, _admin_pb2.KeyStateResponse]  # type: ignore[assignment]
+    """Disable stops every release of a key (FetchKey: FAILED_PRECONDITION) until
+    Enable; both are idempotent (changed tells) and go out on the watch feed.
+    """
+    EnableKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.EnableKeyRequest, _admin_pb2.KeyStateResponse]  # type: ignore[assignment]
     RevokeCertificate: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeCertificateRequest, _admin_pb2.RevokeResponse]  # type: ignore[assignment]
     """Revocation: durable before the call returns; revoking twice is not an
     error and makes one event.
@@ -148,6 +158,23 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.DestroyKeyVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.KeyInfo, _abc.Awaitable[_admin_pb2.KeyInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def DisableKey(
+        self,
+        request: _admin_pb2.DisableKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.KeyStateResponse, _abc.Awaitable[_admin_pb2.KeyStateResponse]]:
+        """Disable stops every release of a key (FetchKey: FAILED_PRECONDITION) until
+        Enable; both are idempotent (changed tells) and go out on the watch feed.
+        """
+
+    @_abc_1.abstractmethod
+    def EnableKey(
+        self,
+        request: _admin_pb2.EnableKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.KeyStateResponse, _abc.Awaitable[_admin_pb2.KeyStateResponse]]: ...
 
     @_abc_1.abstractmethod
     def RevokeCertificate(

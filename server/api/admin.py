@@ -120,6 +120,18 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.KeyInfo:
         return key_info(await self._keys.destroy(request.name, request.version))
 
+    async def DisableKey(
+        self, request: admin_pb2.DisableKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.KeyStateResponse:
+        done = await self._keys.disable(request.name, request.reason)
+        return admin_pb2.KeyStateResponse(key=key_info(done.record), changed=done.changed)
+
+    async def EnableKey(
+        self, request: admin_pb2.EnableKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.KeyStateResponse:
+        done = await self._keys.enable(request.name)
+        return admin_pb2.KeyStateResponse(key=key_info(done.record), changed=done.changed)
+
     async def CreateJoinToken(
         self, request: admin_pb2.CreateJoinTokenRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.CreateJoinTokenResponse:

@@ -59,6 +59,9 @@ def key_info(key: KeyRecord, warnings: tuple[str, ...] = ()) -> admin_pb2.KeyInf
             for v in key.versions
         ],
         grants=[str(g) for g in key.grants],
+        disabled=key.disabled_at is not None,
+        disabled_at=key.disabled_at or 0,
+        disabled_reason=key.disabled_reason or "",
     )
 
 

@@ -95,7 +95,18 @@ def _key_json(key: admin_pb2.KeyInfo) -> dict[str, object]:
             {"version": v.version, "state": v.state, "created_at": _iso(v.created_at)} for v in key.versions
         ],
         "grants": list(key.grants),
+        **_state_json(key),
     }
+
+
+def _state_json(key: admin_pb2.KeyInfo) -> dict[str, object]:
+    if not key.disabled:
+        return {"state": "enabled"}
+    return {"state": "disabled", "disabled_at": _iso(key.disabled_at), "disabled_reason": key.disabled_reason}
+
+
+def _state_text(key: admin_pb2.KeyInfo) -> str:
+    return f"disabled ({key.disabled_reason})" if key.disabled else "enabled"
 
 
 def _print_key(key: admin_pb2.KeyInfo, as_json: bool) -> None:
@@ -106,7 +117,8 @@ def _print_key(key: admin_pb2.KeyInfo, as_json: bool) -> None:
         return
     versions = ", ".join(f"v{v.version} {v.state}" for v in key.versions)
     print(
-        f"{key.name}: current version {key.current_version} ({versions}); grants: {', '.join(key.grants) or '-'}"
+        f"{key.name}: {_state_text(key)}, current version {key.current_version} ({versions});"
+        f" grants: {', '.join(key.grants) or '-'}"
     )
 
 
@@ -139,6 +151,33 @@ def cmd_key_destroy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_key_state(args: argparse.Namespace) -> int:
+    """key disable / key enable: idempotent, as AWS KMS; a repeat says so and exits 0."""
+    with _admin(args) as admin:
+        if args.key_command == "disable":
+            resp = admin.disable_key(args.name, args.reason)
+        else:
+            resp = admin.enable_key(args.name)
+    key = resp.key
+    if args.json:
+        print_json({**_key_json(key), "changed": resp.changed})
+    elif args.key_command == "disable" and resp.changed:
+        print(f"key {key.name} disabled: no version is released until kms-server key enable {key.name}")
+    elif args.key_command == "disable":
+        print(
+            f"key {key.name} was already disabled since {_iso(key.disabled_at)} ({key.disabled_reason}):"
+            " nothing changed; the first reason stays"
+        )
+    else:
+        done = (
+            "enabled: its versions are released again"
+            if resp.changed
+            else "was not disabled: nothing changed"
+        )
+        print(f"key {key.name} {done}")
+    return 0
+
+
 def cmd_key_list(args: argparse.Namespace) -> int:
     with _admin(args) as admin:
         keys = admin.list_keys().keys
@@ -146,10 +185,11 @@ def cmd_key_list(args: argparse.Namespace) -> int:
         print_json([_key_json(k) for k in keys])
     else:
         print_table(
-            ["NAME", "CURRENT", "VERSIONS", "GRANTS"],
+            ["NAME", "STATE", "CURRENT", "VERSIONS", "GRANTS"],
             [
                 [
                     k.name,
+                    _state_text(k),
                     str(k.current_version),
                     " ".join(f"v{v.version}:{v.state}" for v in k.versions),
                     ",".join(k.grants) or "-",
@@ -246,9 +286,9 @@ def add_agents(sub: Subcommands, common: ArgumentParser) -> None:
 
 
 def add_key(sub: Subcommands, common: ArgumentParser) -> None:
-    key = sub.add_parser("key", help="AES keys: create, rotate, grant, list, destroy").add_subparsers(
-        dest="key_command", required=True, metavar="COMMAND"
-    )
+    key = sub.add_parser(
+        "key", help="AES keys: create, rotate, grant, list, destroy, disable, enable"
+    ).add_subparsers(dest="key_command", required=True, metavar="COMMAND")
     kc = key.add_parser("create", parents=[common], help="create a key (version 1)")
     kc.add_argument("name")
     kc.add_argument("--grant", action="append", help="agent:NAME or group:NAME, repeatable")
@@ -276,7 +316,20 @@ def add_key(sub: Subcommands, common: ArgumentParser) -> None:
     kd.add_argument("name")
     kd.add_argument("--version", type=int, required=True)
     kd.set_defaults(func=cmd_key_destroy)
-    for p in (kc, kr, kl, kd, *[key.choices[v] for v in ("grant", "ungrant")]):
+    ks = key.add_parser(
+        "disable", parents=[common], help="stop releasing every version of a key, until enabled (reversible)"
+    )
+    ks.add_argument("name")
+    ks.add_argument(
+        "--reason",
+        required=True,
+        help="why, in one line (up to 200 characters): agents granted the key see it",
+    )
+    ke = key.add_parser("enable", parents=[common], help="release a disabled key's versions again")
+    ke.add_argument("name")
+    for p in (ks, ke):
+        p.set_defaults(func=cmd_key_state)
+    for p in (kc, kr, kl, kd, ks, ke, *[key.choices[v] for v in ("grant", "ungrant")]):
         p.add_argument("--json", action="store_true")
 
 

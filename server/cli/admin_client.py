@@ -100,6 +100,14 @@ class AdminClient:
         request = admin_pb2.DestroyKeyVersionRequest(name=name, version=version)
         return cast(admin_pb2.KeyInfo, self._call(self._stub.DestroyKeyVersion, request))
 
+    def disable_key(self, name: str, reason: str) -> admin_pb2.KeyStateResponse:
+        request = admin_pb2.DisableKeyRequest(name=name, reason=reason)
+        return cast(admin_pb2.KeyStateResponse, self._call(self._stub.DisableKey, request))
+
+    def enable_key(self, name: str) -> admin_pb2.KeyStateResponse:
+        request = admin_pb2.EnableKeyRequest(name=name)
+        return cast(admin_pb2.KeyStateResponse, self._call(self._stub.EnableKey, request))
+
     def revoke_certificate(self, serial: str, reason: str) -> admin_pb2.RevokeResponse:
         request = admin_pb2.RevokeCertificateRequest(serial=serial, reason=reason)
         return cast(admin_pb2.RevokeResponse, self._call(self._stub.RevokeCertificate, request))

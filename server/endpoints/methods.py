@@ -72,6 +72,8 @@ METHODS: dict[str, Method] = {
     "/kms.v1.Admin/UngrantKey": _ADMIN,
     "/kms.v1.Admin/ListKeys": _ADMIN,
     "/kms.v1.Admin/DestroyKeyVersion": _ADMIN,
+    "/kms.v1.Admin/DisableKey": _ADMIN,
+    "/kms.v1.Admin/EnableKey": _ADMIN,
     "/kms.v1.Keys/FetchKey": Method(Role.AGENT, counter=Counter.KEY_RELEASES),
     "/kms.v1.Admin/RevokeCertificate": _ADMIN,
     "/kms.v1.Admin/RevokeAgent": _ADMIN,

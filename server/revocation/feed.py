@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kms.errors import Revoked
+from kms.events import NOT_REVOCATIONS
 from server.ops.metrics import Metrics
 from server.store import RevocationEvent, rules
 
@@ -98,7 +99,7 @@ class RevocationFeed:
         self._published[event.seq] = (event, time.monotonic())
         if len(self._published) > 10_000:
             self._published.popitem(last=False)
-        if self._metrics is not None and event.kind != "rotate":
+        if self._metrics is not None and event.kind not in NOT_REVOCATIONS:
             self._metrics.revocations.labels(event.kind).inc()
         if self._on_publish is not None:
             self._on_publish(event)

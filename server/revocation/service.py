@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kms.errors import InvalidArgument, NotFound
+from kms.events import NOT_REVOCATIONS
 from kms.identity import validate_agent_name, validate_key_name
 from kms.revocation import parse_reason
 from server.clock import Clock, now_seconds
@@ -128,7 +129,7 @@ class RevocationService:
 
     def apply_remote(self, event: RevocationEvent) -> None:
         """Applies an event another replica committed, as if it had been made here."""
-        if event.kind == "rotate":
+        if event.kind in NOT_REVOCATIONS:  # news for key holders, nothing revoked
             self._feed.publish(event)
             return
         if event.kind == "key" and event.key_name is not None and event.key_version is not None:
@@ -217,11 +218,12 @@ class RevocationService:
         return done or await self._already(kind="key", key=(name, version))
 
     async def events(self) -> list[RevocationEvent]:
-        """Every revocation so far (rotations share the log and the feed, but are not revocations)."""
+        """Every revocation so far (rotations, disables and enables share the log and the feed, but
+        are not revocations)."""
         out: list[RevocationEvent] = []
         after = 0
         while batch := await self._store.events_after(after, 1000):
-            out += [e for e in batch if e.kind != "rotate"]
+            out += [e for e in batch if e.kind not in NOT_REVOCATIONS]
             after = batch[-1].seq
         return out
 

@@ -72,6 +72,14 @@ class Tx(Protocol):
         """Until COMMIT: exclusive to revoke, shared to release (postgres/tx.py says why)."""
         ...
 
+    async def lock_key(self, name: str) -> None:
+        """Until COMMIT, alone: the key's release is this transaction's to stop or resume."""
+        ...
+
+    async def lock_release(self, serial: str, key: str) -> None:
+        """Until COMMIT, shared: the caller's certificate and the key, for one release."""
+        ...
+
     async def lock_chain(self) -> None:
         """Until COMMIT: the audit chain's head is this transaction's to extend."""
         ...

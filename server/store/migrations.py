@@ -161,6 +161,31 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             WHERE action = 'renew' AND outcome = 'ok' AND object LIKE 'serial:%' AND actor LIKE 'agent:%/%'
         ) AS r WHERE certificates.serial = r.child""",
     ],
+    # 10: a key may be disabled (reversibly, as AWS KMS DisableKey): while disabled_at is
+    # set no version is released; disabling and enabling join the event log
+    # (kinds 'disable', 'enable'), so granted agents hear of them. The events table is
+    # rebuilt for its CHECK, as in step 5, keeping seq, grantees and the high-water mark.
+    [
+        "ALTER TABLE keys ADD COLUMN disabled_at INTEGER",
+        "ALTER TABLE keys ADD COLUMN disabled_reason TEXT",
+        """CREATE TABLE events_v10 (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'disable', 'enable')),
+            serial TEXT,
+            agent_name TEXT,
+            key_name TEXT,
+            key_version INTEGER,
+            reason TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            grantees TEXT
+        )""",
+        """INSERT INTO events_v10 SELECT seq, kind, serial, agent_name, key_name, key_version, reason, at, grantees
+            FROM events""",
+        """UPDATE sqlite_sequence SET seq = MAX(seq, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))
+            WHERE name = 'events_v10'""",
+        "DROP TABLE events",
+        "ALTER TABLE events_v10 RENAME TO events",
+    ],
 ]
 
 # PostgreSQL: BYTEA for BLOB, BIGINT for Unix times. The event log's seq is
@@ -296,6 +321,14 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
             SELECT substr(object, 8) AS child, split_part(actor, '/', 2) AS parent FROM audit
             WHERE action = 'renew' AND outcome = 'ok' AND object LIKE 'serial:%' AND actor LIKE 'agent:%/%'
         ) AS r WHERE certificates.serial = r.child""",
+    ],
+    # 10: disabled keys, and the 'disable' and 'enable' events (see the SQLite step).
+    [
+        "ALTER TABLE keys ADD COLUMN disabled_at BIGINT",
+        "ALTER TABLE keys ADD COLUMN disabled_reason TEXT",
+        "ALTER TABLE events DROP CONSTRAINT events_kind_check",
+        """ALTER TABLE events ADD CONSTRAINT events_kind_check
+            CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'disable', 'enable'))""",
     ],
 ]
 

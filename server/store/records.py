@@ -69,7 +69,9 @@ class CertificateRecord:
 @dataclass(frozen=True)
 class RevocationEvent:
     seq: int
-    kind: str  # "cert", "agent", "key" (a compromised version) or "rotate" (a key's new current version)
+    # "cert", "agent", "key" (a compromised version), "rotate" (a key's new current version),
+    # "disable" or "enable" (the key's release stopped or resumed; key_version: its current one)
+    kind: str
     serial: str | None  # kind cert: the serial; kind agent: the serials revoked with it, comma-separated
     agent_name: str | None
     key_name: str | None
@@ -132,6 +134,10 @@ class KeyRecord:
     created_at: int
     versions: tuple[KeyVersionRecord, ...]
     grants: tuple[Grant, ...]
+    # Set while the key is disabled (kms-server key disable): no version is released.
+    # A rotation scheduler must skip a key while disabled_at is set (rotation pauses).
+    disabled_at: int | None = None
+    disabled_reason: str | None = None
 
 
 # Seals fresh material for a version number the store has just allocated.

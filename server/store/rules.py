@@ -8,6 +8,7 @@ from __future__ import annotations
 from kms.errors import (
     AlreadyExists,
     FailedPrecondition,
+    KeyDisabled,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -21,6 +22,7 @@ __all__ = [
     "check_releasable",
     "compromised_state",
     "destroyed_state",
+    "key_disabled",
     "key_exists",
     "no_agent",
     "no_certificate",
@@ -74,6 +76,16 @@ def not_erased(name: str, version: int) -> FailedPrecondition:
         f"version {version} of {name!r} is destroyed, but its old bytes are still in the write-ahead log "
         "because another process has the database open: close it; the erasure completes at the next "
         "destroy or server start"
+    )
+
+
+def key_disabled(name: str, reason: str | None) -> KeyDisabled:
+    """What a granted agent is told while the key is disabled (only after its grant is checked:
+    an agent not granted the key learns nothing of its state)."""
+    why = f" ({reason})" if reason else ""
+    return KeyDisabled(
+        f"key {name} is disabled{why}: no version of it is released until an administrator runs "
+        f"kms-server key enable {name}"
     )
 
 

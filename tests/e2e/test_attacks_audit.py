@@ -101,6 +101,16 @@ def _destroy(ctx: _Ctx) -> list[tuple[str, str]]:
     return [("key.destroy", "key:aud-key/v1")]
 
 
+def _disable(ctx: _Ctx) -> list[tuple[str, str]]:
+    ctx.stub.DisableKey(admin_pb2.DisableKeyRequest(name="aud-key", reason="audit test"), timeout=10)
+    return [("key.disable", "key:aud-key reason:audit test")]
+
+
+def _enable(ctx: _Ctx) -> list[tuple[str, str]]:
+    ctx.stub.EnableKey(admin_pb2.EnableKeyRequest(name="aud-key"), timeout=10)
+    return [("key.enable", "key:aud-key")]
+
+
 def _revoke_key(ctx: _Ctx) -> list[tuple[str, str]]:
     # v2 is current: the compromise and the new version that replaces it are both recorded.
     reply = ctx.stub.RevokeKey(
@@ -141,6 +151,8 @@ DRIVERS: dict[str, Callable[[_Ctx], list[tuple[str, str]]]] = {
     "UngrantKey": _ungrant,
     "RotateKey": _rotate,
     "DestroyKeyVersion": _destroy,
+    "DisableKey": _disable,
+    "EnableKey": _enable,
     "RevokeKey": _revoke_key,
     "RevokeCertificate": _revoke_cert,
     "RevokeAgent": _revoke_agent,

@@ -25,6 +25,7 @@ from server.store.records import StoreError
 __all__ = [
     "CERT_LOCKS",
     "CONNECTION_ERRORS",
+    "KEY_LOCKS",
     "SESSION_SETTINGS",
     "Conn",
     "create_pool",
@@ -44,6 +45,8 @@ MIGRATE_LOCK = 0x6B6D_7302
 INIT_LOCK = 0x6B6D_7303
 # pg_advisory_xact_lock(int4, int4) key space of per-certificate locks (with hashtext(serial)).
 CERT_LOCKS = 0x6B6D_7304
+# The same, per key (with hashtext(name)): releases share it, disabling and enabling take it alone.
+KEY_LOCKS = 0x6B6D_7305
 
 POOL_SIZE = 10
 # How long a starting server waits for its database before giving up.

@@ -18,7 +18,7 @@ from typing import Any
 
 from kms.audit import AuditRecord
 from server.store.ordered import InOrder
-from server.store.postgres.connect import AUDIT_LOCK, CERT_LOCKS, Conn
+from server.store.postgres.connect import AUDIT_LOCK, CERT_LOCKS, KEY_LOCKS, Conn
 
 __all__ = ["CHANNEL", "PgTx"]
 
@@ -103,6 +103,28 @@ class PgTx:
             " (SELECT DISTINCT hashtext(s) AS k FROM unnest($2::text[]) AS s ORDER BY k) AS keys",
             CERT_LOCKS,
             serials,
+        )
+
+    async def lock_key(self, name: str) -> None:
+        """Takes the key's advisory lock until COMMIT, alone: to disable or enable it."""
+        await self.raw.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", KEY_LOCKS, name)
+
+    async def lock_release(self, serial: str, key: str) -> None:
+        """Takes the caller's certificate lock and the key's, both shared, in one statement.
+
+        A release then reads whether its caller is revoked and whether the key is
+        disabled, and either commits before a revocation or a disable that waits on
+        these locks, or reads it committed and is refused. Advisory locks rather than
+        row locks for the reason lock_certificates gives: a waiting exclusive request
+        is not starved by a flood of shared ones. No path takes both locks alone, so
+        no two transactions wait on each other through them.
+        """
+        await self.raw.execute(
+            "SELECT pg_advisory_xact_lock_shared($1, hashtext($2)), pg_advisory_xact_lock_shared($3, hashtext($4))",
+            CERT_LOCKS,
+            serial,
+            KEY_LOCKS,
+            key,
         )
 
     async def lock_chain(self) -> None:

@@ -17,6 +17,8 @@ from server.store.sql.events import add_current_version, append_event
 __all__ = [
     "create_key",
     "destroy_key_version",
+    "disable_key",
+    "enable_key",
     "grant_key",
     "list_keys",
     "release_key_version",
@@ -24,7 +26,7 @@ __all__ = [
     "ungrant_key",
 ]
 
-_KEY = "SELECT name, current_version, created_at FROM keys WHERE name=?"
+_KEY = "SELECT name, current_version, created_at, disabled_at, disabled_reason FROM keys WHERE name=?"
 _VERSION = f"SELECT {VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=? AND version=?"  # noqa: S608
 _ADD_GRANT = "INSERT INTO key_grants VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 # Whether the caller's certificate is revoked (and why).
@@ -53,6 +55,8 @@ async def key(tx: Tx, name: str, *, lock: bool = False) -> KeyRecord:
         row[2],
         tuple(KeyVersionRecord(*v) for v in versions),
         tuple(Grant(*g) for g in grants),
+        row[3],
+        row[4],
     )
 
 
@@ -81,6 +85,29 @@ async def rotate_key(tx: Tx, name: str, now: int, seal: SealFn) -> tuple[KeyReco
     await add_current_version(tx, name, new, seal, now)
     # Tells watching agents to refresh key files that follow the current version.
     event = await append_event(tx, "rotate", "superseded", now, key=(name, new))
+    return await key(tx, name), event
+
+
+async def disable_key(tx: Tx, name: str, reason: str, now: int) -> tuple[KeyRecord, RevocationEvent | None]:
+    """Stops every release of the key; None for the event when it was disabled already
+    (nothing changes: the first reason stays)."""
+    await tx.lock_key(name)
+    record = await key(tx, name, lock=True)
+    if record.disabled_at is not None:
+        return record, None
+    await tx.execute("UPDATE keys SET disabled_at=?, disabled_reason=? WHERE name=?", now, reason, name)
+    event = await append_event(tx, "disable", reason, now, key=(name, record.current_version))
+    return await key(tx, name), event
+
+
+async def enable_key(tx: Tx, name: str, now: int) -> tuple[KeyRecord, RevocationEvent | None]:
+    """Resumes releases of a disabled key; None for the event when it was not disabled."""
+    await tx.lock_key(name)
+    record = await key(tx, name, lock=True)
+    if record.disabled_at is None:
+        return record, None
+    await tx.execute("UPDATE keys SET disabled_at=NULL, disabled_reason=NULL WHERE name=?", name)
+    event = await append_event(tx, "enable", "", now, key=(name, record.current_version))
     return await key(tx, name), event
 
 
@@ -125,33 +152,39 @@ async def destroy_key_version(tx: Tx, name: str, version: int, now: int) -> KeyR
 async def release_key_version(
     tx: Tx, name: str, version: int | None, agent: str, groups: tuple[str, ...], serial: str, now: int
 ) -> KeyVersionRecord:
-    """Checks the caller's certificate, then the grant, then logs the release.
+    """Checks the caller's certificate, then the grant, then that the key is enabled; logs the release.
 
-    The caller's certificate lock (shared): a revocation of it, on any replica,
-    has either committed (and is read here) or waits until this release has.
-    Its revocation is never cached: one committed earlier refuses the release.
+    The caller's certificate lock and the key's (shared): a revocation of the
+    certificate, or a disable of the key, on any replica, has either committed
+    (and is read here) or waits until this release has. Neither is cached: one
+    committed earlier refuses the release (a disable also clears SQLite's cache).
     """
-    await tx.lock_certificates([serial], shared=True)
+    await tx.lock_release(serial, name)
     cache_key = ("release", name, version, agent, groups)
     record: KeyVersionRecord | None = tx.cached(cache_key)
     if record is not None:
-        revoked, granted = await tx.fetchval(_REVOKED, serial), True
+        revoked, granted, current, disabled = await tx.fetchval(_REVOKED, serial), True, 0, None
     else:
         in_groups = f" OR (kind='group' AND grantee IN ({','.join('?' * len(groups))}))" if groups else ""
-        revoked, granted = await tx.fetchrow(
+        revoked, granted, current, disabled = await tx.fetchrow(
             f"SELECT ({_REVOKED}), EXISTS (SELECT 1 FROM key_grants"  # noqa: S608 - placeholders only
-            f" WHERE key_name=? AND ((kind='agent' AND grantee=?){in_groups}))",
+            f" WHERE key_name=? AND ((kind='agent' AND grantee=?){in_groups})),"
+            " k.current_version, CASE WHEN k.disabled_at IS NULL THEN NULL ELSE COALESCE(k.disabled_reason, '') END"
+            " FROM (SELECT 1) AS one LEFT JOIN keys k ON k.name=?",
             serial,
             name,
             agent,
             *groups,
+            name,
         )
     if revoked is not None:
         raise rules.caller_revoked(serial, revoked)
     if record is None:
         if not granted:
             raise rules.not_granted(name)
-        record = await _releasable(tx, name, version)
+        if disabled is not None:
+            raise rules.key_disabled(name, disabled)
+        record = await _releasable(tx, name, version or current)
         tx.remember(cache_key, record)
     await tx.insert_later(
         "INSERT INTO key_releases(key_name, version, agent_name, cert_serial, released_at) VALUES (?, ?, ?, ?, ?)",
@@ -160,9 +193,8 @@ async def release_key_version(
     return record
 
 
-async def _releasable(tx: Tx, name: str, version: int | None) -> KeyVersionRecord:
+async def _releasable(tx: Tx, name: str, wanted: int) -> KeyVersionRecord:
     """The version a granted agent asks for, if it may be released; raises why not."""
-    wanted = version or await tx.fetchval("SELECT current_version FROM keys WHERE name=?", name)
     # FOR SHARE: a compromise or destroy committing meanwhile (on any replica)
     # waits for this release, or this release sees it; never both announced and released.
     row = await tx.fetchrow(

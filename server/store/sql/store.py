@@ -197,6 +197,29 @@ class SqlStore:
         """
         return await self._change(lambda tx: keys.rotate_key(tx, name, now, seal), audit, invalidates=True)
 
+    async def disable_key(
+        self, name: str, reason: str, now: int, *, audit: Audit = None
+    ) -> tuple[KeyRecord, RevocationEvent | None]:
+        """Stops every release of the key until enable_key, with a 'disable' event. Raises NotFound.
+
+        Once this has committed, no release of the key commits (on any replica). Disabling
+        a disabled key changes nothing: the event is None and nothing is audited.
+        """
+        return await self._change(
+            lambda tx: keys.disable_key(tx, name, reason, now), _if_changed(audit), invalidates=True
+        )
+
+    async def enable_key(
+        self, name: str, now: int, *, audit: Audit = None
+    ) -> tuple[KeyRecord, RevocationEvent | None]:
+        """Resumes releases of a disabled key, with an 'enable' event. Raises NotFound.
+
+        Enabling an enabled key changes nothing: the event is None and nothing is audited.
+        """
+        return await self._change(
+            lambda tx: keys.enable_key(tx, name, now), _if_changed(audit), invalidates=True
+        )
+
     async def grant_key(self, name: str, grant: Grant, now: int, *, audit: Audit = None) -> KeyRecord:
         return await self._change(lambda tx: keys.grant_key(tx, name, grant, now), audit, invalidates=True)
 
@@ -353,6 +376,13 @@ class SqlStore:
         connected(False) while the store cannot be reached, then connected(True).
         """
         await self._backend.follow_events(wake, connected)
+
+
+def _if_changed(audit: Audit) -> Audit:
+    """audit for a (record, event) result, and nothing when no event says something changed."""
+    if audit is None:
+        return None
+    return lambda done: audit_entries(audit, done) if done[1] is not None else []
 
 
 async def _int(value: Any) -> int:

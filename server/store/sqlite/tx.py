@@ -63,6 +63,12 @@ class SqliteTx:
     async def lock_certificates(self, serials: list[str], *, shared: bool = False) -> None:
         return None
 
+    async def lock_key(self, name: str) -> None:
+        return None
+
+    async def lock_release(self, serial: str, key: str) -> None:
+        return None
+
     async def lock_chain(self) -> None:
         return None
 
