@@ -4,7 +4,8 @@ It keeps the certificate fresh (renewing at the renewal fraction of its life,
 with jitter, retrying with backoff), holds the revocation watch (resuming
 from its last sequence number), answers key exchanges, and re-fetches the
 key files it keeps when the key rotates or their version is compromised. SIGTERM or SIGINT stop
-it cleanly (exit 0); its own revocation ends it with exit 11.
+it cleanly (exit 0); its own revocation ends it with exit 11. A hold (certificateHold)
+does not end it: each job retries, with backoff, until the hold is released.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from agent.renew import renew, renewal_due
 from agent.servers import Servers
 from agent.state import KeyFile, StateDir
 from agent.watch import Watcher
-from kms.errors import DeadlineExceeded, KmsError, Revoked
+from kms.errors import DeadlineExceeded, Held, KmsError, Revoked
 from kms.securefile import ensure_private_dir, write_atomic
 from kms.v1 import revocation_pb2
 
@@ -35,6 +36,8 @@ __all__ = ["AgentDaemon"]
 logger = logging.getLogger(__name__)
 
 RETRY_MAX = 60.0
+# While this agent's certificate is on hold: how often renewal and the Listen stream try again.
+HOLD_RETRY = 3.0
 
 
 class AgentDaemon:
@@ -141,6 +144,11 @@ class AgentDaemon:
                 with self._client() as client:
                     renew(self._state, identity, client)
                 backoff = 1.0
+            except Held as exc:  # suspended: renew once released
+                logger.warning(
+                    "renewal refused while on hold, retrying in %.0fs: %s", HOLD_RETRY, exc.message
+                )
+                self._stop.wait(HOLD_RETRY)
             except Revoked as exc:
                 self._failure = exc
                 return
@@ -176,6 +184,9 @@ class AgentDaemon:
                     "key exchange answered", extra={"session": session.session_id, "peer": session.peer.name}
                 )
                 backoff = 1.0
+            except Held as exc:  # suspended: listen again once released
+                logger.warning("listen refused while on hold, retrying in %.0fs: %s", HOLD_RETRY, exc.message)
+                self._stop.wait(HOLD_RETRY)
             except Revoked:
                 raise
             except NoExchangeCame:

@@ -98,7 +98,7 @@ class RevocationFeed:
         self._published[event.seq] = (event, time.monotonic())
         if len(self._published) > 10_000:
             self._published.popitem(last=False)
-        if self._metrics is not None and event.kind != "rotate":
+        if self._metrics is not None and event.kind not in ("rotate", "release"):
             self._metrics.revocations.labels(event.kind).inc()
         if self._on_publish is not None:
             self._on_publish(event)
