@@ -161,6 +161,27 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             WHERE action = 'renew' AND outcome = 'ok' AND object LIKE 'serial:%' AND actor LIKE 'agent:%/%'
         ) AS r WHERE certificates.serial = r.child""",
     ],
+    # 10: a hold (revocation reason certificateHold) can be lifted: a 'release' event
+    # lists the certificates that work again. The CHECK is rebuilt as in step 5.
+    [
+        """CREATE TABLE events_v10 (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'release')),
+            serial TEXT,
+            agent_name TEXT,
+            key_name TEXT,
+            key_version INTEGER,
+            reason TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            grantees TEXT
+        )""",
+        "INSERT INTO events_v10 SELECT seq, kind, serial, agent_name, key_name, key_version, reason, at, grantees"
+        " FROM events",
+        """UPDATE sqlite_sequence SET seq = MAX(seq, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))
+            WHERE name = 'events_v10'""",
+        "DROP TABLE events",
+        "ALTER TABLE events_v10 RENAME TO events",
+    ],
 ]
 
 # PostgreSQL: BYTEA for BLOB, BIGINT for Unix times. The event log's seq is
@@ -296,6 +317,12 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
             SELECT substr(object, 8) AS child, split_part(actor, '/', 2) AS parent FROM audit
             WHERE action = 'renew' AND outcome = 'ok' AND object LIKE 'serial:%' AND actor LIKE 'agent:%/%'
         ) AS r WHERE certificates.serial = r.child""",
+    ],
+    # 10: holds can be released ('release' events; see the SQLite step).
+    [
+        "ALTER TABLE events DROP CONSTRAINT events_kind_check",
+        "ALTER TABLE events ADD CONSTRAINT events_kind_check"
+        " CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'release'))",
     ],
 ]
 

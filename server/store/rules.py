@@ -188,14 +188,16 @@ def not_held(subject: str, reason: str | None, *, released: bool = False) -> Fai
     """Why a release of subject ("certificate SERIAL" or "agent NAME") is refused.
 
     reason: the subject's revocation in force (None: it is not revoked at all);
-    released: the hold there was has been released already.
+    released: there was a hold, but nothing it held is held still.
     """
     if reason is not None and reason != HOLD:
         return FailedPrecondition(
             f"{subject} was revoked ({reason}), which is final: only a hold (certificateHold) can be released"
         )
     if released:
-        return FailedPrecondition(f"{subject} is not held: its hold was released already")
+        return FailedPrecondition(
+            f"{subject} is not held any more: its last hold was released, or what it held was revoked for good since"
+        )
     return FailedPrecondition(
         f"{subject} is not held: only a hold (kms-server revoke ... certificateHold / --hold) can be released"
     )
