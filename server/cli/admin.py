@@ -168,7 +168,8 @@ def _print_revocation(resp: admin_pb2.RevokeResponse, as_json: bool) -> None:
             fields["cascaded"] = [event_fields(e) for e in resp.cascaded]
         print_json(fields)
     else:
-        print(("already revoked: " if resp.already_revoked else "revoked: ") + describe(resp.event))
+        verb = "held" if resp.event.reason == HOLD else "revoked"
+        print((f"already {verb}: " if resp.already_revoked else f"{verb}: ") + describe(resp.event))
         for event in resp.cascaded:
             print("renewed from it, revoked too: " + describe(event))
 
