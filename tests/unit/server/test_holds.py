@@ -137,3 +137,52 @@ def test_a_release_lifts_exactly_what_the_hold_still_holds(tmp_path: Path) -> No
             await store.close()
 
     asyncio.run(body())
+
+
+def test_service_holds_closes_streams_and_releases_on_this_replica_and_others(tmp_path: Path) -> None:
+    """The revoked map (every call's check) follows holds and releases, here and on a replica that
+    reads them from the log; a held identity's open stream ends with Held."""
+    from datetime import UTC, datetime
+
+    from server.deployment.sealing import Sealer
+    from server.keys import KeyService
+    from server.revocation.feed import GuardedStream, RevocationFeed, StreamGuard
+    from server.revocation.service import RevocationService
+
+    now = datetime.fromtimestamp(NOW, UTC)
+
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            await store.add_join_token(JoinTokenRecord("t1", b"h" * 32, "web-1", (), NOW, NOW + 900))
+            assert await store.enroll("t1", b"h" * 32, NOW, _cert("aa"))
+
+            async def service() -> tuple[RevocationService, RevocationFeed, StreamGuard]:
+                feed, guard = RevocationFeed(await store.last_seq()), StreamGuard()
+                keys = KeyService(store, Sealer(bytes(32)), lambda: now, publish=feed.publish)
+                revocations = RevocationService(store, feed, guard, keys, lambda: now)
+                await revocations.load()
+                return revocations, feed, guard
+
+            (here, feed, guard), (there, _, _) = await service(), await service()
+            sub = feed.subscribe(8)
+            stream = GuardedStream(asyncio.create_task(asyncio.sleep(60)), "aa", "web-1")
+            guard.register(stream)
+            held = await here.revoke_certificate("aa", HOLD)
+            assert here.revocation_reason("aa") == HOLD
+            await asyncio.sleep(0.5)  # the close grace
+            assert stream.task.cancelled() and type(stream.error()) is Held
+            there.apply_remote(held.event)
+            assert there.revocation_reason("aa") == HOLD
+
+            released = await here.release_certificate("AA")
+            assert released.event.kind == "release" and not here.is_revoked("aa")
+            assert [sub.queue.get_nowait().kind for _ in range(2)] == ["cert", "release"]  # type: ignore[union-attr]
+            there.apply_remote(released.event)
+            assert not there.is_revoked("aa")
+            states = [(e.event.seq, e.state) for e in await here.entries()]
+            assert states == [(held.event.seq, "released")] and await here.entries(active=True) == []
+        finally:
+            await store.close()
+
+    asyncio.run(body())
