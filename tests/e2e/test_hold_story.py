@@ -71,9 +71,7 @@ def _openssl_view(server: ServerProcess, cert: Path, tmp: Path) -> tuple[str, st
 def _open_watch(state: Path, server: ServerProcess) -> tuple[grpc.Channel, Any]:
     """A raw Watch stream of the agent at state, read on a thread: (channel, result dict)."""
     channel = grpc.secure_channel(server.address, agent_credentials(state))
-    call = revocation_pb2_grpc.RevocationStub(channel).Watch(
-        revocation_pb2.WatchRequest(after_seq=10**6 - 10**6)
-    )
+    call = revocation_pb2_grpc.RevocationStub(channel).Watch(revocation_pb2.WatchRequest(after_seq=0))
     result: dict[str, Any] = {}
 
     def read() -> None:
@@ -162,9 +160,12 @@ def test_agent_hold_keeps_kms_agent_run_waiting_until_release(rig: tuple[ServerP
         text=True,
     )
     events: list[dict[str, Any]] = []
-    threading.Thread(
-        target=lambda: [events.append(json.loads(line)) for line in daemon.stdout or ()], daemon=True
-    ).start()
+
+    def pump() -> None:
+        for line in daemon.stdout or ():
+            events.append(json.loads(line))
+
+    threading.Thread(target=pump, daemon=True).start()
     try:
         time.sleep(1.5)  # its watch stream is open
         held = json.loads(server.admin("revoke", "agent", "r", "--hold", "--json").stdout)
