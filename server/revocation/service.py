@@ -4,7 +4,8 @@ Each revocation is one store transaction (state change + event), durable
 before the call returns; then the event is published to watchers, the
 revoked identity's open streams are closed, and the CRL is reissued.
 Revoking something already revoked changes nothing and returns the event
-that revoked it.
+that revoked it, with one exception: a hold (certificateHold, RFC 5280 §5.3.1)
+is the one revocation that a release lifts, and that a final reason replaces.
 """
 
 from __future__ import annotations
