@@ -5,7 +5,8 @@ with jitter, retrying with backoff), holds the revocation watch (resuming
 from its last sequence number), answers key exchanges, and re-fetches the
 key files it keeps when the key rotates, is enabled again, or their version is compromised
 (a disabled key's files are kept: disabling is a release decision, not a compromise). SIGTERM or SIGINT stop
-it cleanly (exit 0); its own revocation ends it with exit 11.
+it cleanly (exit 0); its own revocation ends it with exit 11. A hold (certificateHold)
+does not end it: each job retries, with backoff, until the hold is released.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from agent.renew import renew, renewal_due
 from agent.servers import Servers
 from agent.state import KeyFile, StateDir
 from agent.watch import Watcher
-from kms.errors import DeadlineExceeded, KeyDisabled, KmsError, Revoked
+from kms.errors import DeadlineExceeded, Held, KeyDisabled, KmsError, Revoked
 from kms.securefile import ensure_private_dir, write_atomic
 from kms.v1 import revocation_pb2
 
@@ -36,6 +37,8 @@ __all__ = ["AgentDaemon"]
 logger = logging.getLogger(__name__)
 
 RETRY_MAX = 60.0
+# While this agent's certificate is on hold: how often renewal and the Listen stream try again.
+HOLD_RETRY = 3.0
 
 
 class AgentDaemon:
@@ -142,6 +145,11 @@ class AgentDaemon:
                 with self._client() as client:
                     renew(self._state, identity, client)
                 backoff = 1.0
+            except Held as exc:  # suspended: renew once released
+                logger.warning(
+                    "renewal refused while on hold, retrying in %.0fs: %s", HOLD_RETRY, exc.message
+                )
+                self._stop.wait(HOLD_RETRY)
             except Revoked as exc:
                 self._failure = exc
                 return
@@ -177,6 +185,9 @@ class AgentDaemon:
                     "key exchange answered", extra={"session": session.session_id, "peer": session.peer.name}
                 )
                 backoff = 1.0
+            except Held as exc:  # suspended: listen again once released
+                logger.warning("listen refused while on hold, retrying in %.0fs: %s", HOLD_RETRY, exc.message)
+                self._stop.wait(HOLD_RETRY)
             except Revoked:
                 raise
             except NoExchangeCame:

@@ -16,7 +16,8 @@ from datetime import datetime
 
 from agent.context import client_for
 from agent.state import AgentIdentity, StateDir
-from kms.errors import Revoked, Unauthenticated, Unavailable
+from kms.errors import Held, Revoked, Unauthenticated, Unavailable
+from kms.revocation import HOLD
 
 __all__ = ["Standing", "check_standing"]
 
@@ -54,6 +55,8 @@ def check_standing(state: StateDir, identity: AgentIdentity, timeout: float, now
     try:
         with client_for(identity, timeout) as client:
             status = client.check_certificate(serial)
+    except Held as exc:  # suspended, not revoked: nothing to remember, it may be released
+        raise Held(f"{exc.message} (the server says so)") from None
     except Revoked as exc:  # the server refused the call itself: this certificate is revoked
         state.save_revoked(serial, exc.message)
         raise Revoked(f"{exc.message} (the server says so)") from None
@@ -71,6 +74,8 @@ def check_standing(state: StateDir, identity: AgentIdentity, timeout: float, now
             f"no server answered ({exc.message}); the certificate was checked against the local watch state"
             f" only, which has events up to #{state.last_seq()}",
         )
+    if status.status == "revoked" and status.reason == HOLD:
+        raise Held(f"this agent's certificate {serial} is on hold (certificateHold), as the server says")
     if status.status == "revoked":
         state.save_revoked(serial, status.reason)
         raise Revoked(

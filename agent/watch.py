@@ -6,7 +6,8 @@ leaked), run --exec, print the event, then persist its sequence number. A heartb
 carries the server's position for this agent (every event up to it was sent,
 or is about a key this agent is not granted): it is persisted too, so a
 restart does not replay events withheld from this agent. The stream is
-reopened with exponential backoff (with jitter) when the server goes away or
+reopened with exponential backoff (with jitter) when the server goes away,
+this agent's certificate is on hold (until it is released), or the server
 stays silent for longer than three heartbeats, on the next of the agent's
 server addresses (rotating through them); it resumes from the persisted
 number, so the server neither skips nor repeats anything.
@@ -30,8 +31,9 @@ from agent.client import Endpoint, KmsClient
 from agent.servers import Servers
 from agent.state import AgentIdentity, KeyFile, StateDir
 from agent.watchdog import Watchdog
-from kms.errors import ResourceExhausted, Revoked, Unauthenticated, Unavailable
+from kms.errors import Held, ResourceExhausted, Revoked, Unauthenticated, Unavailable
 from kms.events import describe, event_fields
+from kms.revocation import HOLD
 from kms.v1 import revocation_pb2
 
 __all__ = ["Watcher"]
@@ -40,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_START = 0.2
 BACKOFF_MAX = 10.0
+# While on hold: how long at most between two attempts (a release is noticed within this).
+HOLD_RETRY_MAX = 5.0
 
 
 class Watcher:
@@ -74,7 +78,11 @@ class Watcher:
             self._call.cancel()
 
     def run(self, *, install_signals: bool = True) -> int:
-        """Watches until stopped (exit 0) or this agent is revoked (Revoked raised)."""
+        """Watches until stopped (exit 0) or this agent is revoked (Revoked raised).
+
+        A hold (certificateHold) is not the end: the stream is reopened, with backoff up to
+        HOLD_RETRY_MAX, until the hold is released, and resumes where it left off.
+        """
         if install_signals:  # only the main thread may; kms-agent run handles signals itself
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
@@ -83,6 +91,9 @@ class Watcher:
             try:
                 if self._stream_once():
                     backoff = BACKOFF_START
+            except Held as exc:  # suspended, not revoked: wait for the release, however long
+                logger.warning("on hold, retrying until released: %s", exc.message)
+                backoff = min(backoff, HOLD_RETRY_MAX / 2)
             except Unauthenticated:  # Revoked among them: final, not a reason to reconnect
                 raise
             except (Unavailable, ResourceExhausted) as exc:
@@ -191,6 +202,8 @@ class Watcher:
         mine = (event.kind == "agent" and event.agent_name == self._identity.settings.name) or (
             event.kind == "cert" and event.serial == serial
         )
+        if mine and event.reason == HOLD:  # the server closes the stream; reconnect until released
+            raise Held(f"this agent's certificate {serial} is on hold (certificateHold)")
         if mine:
             self._state.save_revoked(serial, event.reason)  # kms-agent sign refuses, even offline
             raise Revoked(f"this agent's certificate {serial} was revoked ({event.reason}): enroll again")

@@ -21,6 +21,7 @@ __all__ = [
     "DataLoss",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "Held",
     "InvalidArgument",
     "KeyDisabled",
     "KmsError",
@@ -74,6 +75,13 @@ class Revoked(Unauthenticated):
 
     exit_code = 11
     reason = "revoked"
+
+
+class Held(Revoked):
+    """The caller's certificate is on hold (RFC 5280 certificateHold): refused until released."""
+
+    exit_code = 13
+    reason = "held"
 
 
 class PermissionDenied(KmsError):
@@ -161,8 +169,8 @@ _BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
         DeadlineExceeded,
     )
 }
-# Every class by its reason: Revoked and StoreDown refine their code's class.
-_REFINED: tuple[type[KmsError], ...] = (Revoked, StoreDown, KeyDisabled)
+# Every class by its reason: Revoked, Held, StoreDown and KeyDisabled refine their code's class.
+_REFINED: tuple[type[KmsError], ...] = (Revoked, Held, StoreDown, KeyDisabled)
 _BY_REASON: dict[str, type[KmsError]] = {cls.reason: cls for cls in (*_REFINED, *_BY_CODE.values())}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from kms.revocation import HOLD
 from kms.v1 import revocation_pb2
 
 __all__ = ["NOT_REVOCATIONS", "describe", "event_fields"]
@@ -33,6 +34,10 @@ def event_fields(event: revocation_pb2.RevocationEvent) -> dict[str, str | int]:
     if event.key_name:
         fields["key"] = event.key_name
         fields["version"] = event.key_version
+    if event.state:  # listings only: "in force" or "released"
+        fields["state"] = event.state
+    if event.released_by:
+        fields["released_by"] = event.released_by
     return fields
 
 
@@ -45,8 +50,15 @@ def describe(event: revocation_pb2.RevocationEvent) -> str:
         subject = f"key {event.key_name} disabled (no version is released until it is enabled)"
     elif event.kind == "enable":
         return f"#{event.seq} {_iso(event.at)} key {event.key_name} enabled (current version {event.key_version})"
+    elif event.kind == "release":
+        subject = f"hold of {event.agent_name or '?'} released (certificates {event.serial or 'none'})"
     elif event.kind == "agent":
-        subject = f"agent {event.agent_name} revoked (certificates {event.serial or 'none'})"
+        verb = "held" if event.reason == HOLD else "revoked"
+        subject = f"agent {event.agent_name} {verb} (certificates {event.serial or 'none'})"
     else:
-        subject = f"certificate {event.serial} of {event.agent_name or '?'} revoked"
-    return f"#{event.seq} {_iso(event.at)} {subject}: {event.reason}"
+        verb = "held" if event.reason == HOLD else "revoked"
+        subject = f"certificate {event.serial} of {event.agent_name or '?'} {verb}"
+    line = f"#{event.seq} {_iso(event.at)} {subject}: {event.reason}"
+    if event.state:
+        line += f" [{event.state}" + (f" by #{event.released_by}]" if event.released_by else "]")
+    return line

@@ -10,7 +10,8 @@ from agent.context import connect, iso, state_dir
 from agent.servers import Servers
 from agent.watch import Watcher
 from kms.cli import ArgumentParser, Subcommands, print_json
-from kms.errors import InvalidArgument, NotFound, Revoked
+from kms.errors import Held, InvalidArgument, NotFound, Revoked
+from kms.revocation import HOLD
 from kms.securefile import open_input
 
 __all__ = ["add_check", "add_watch", "cmd_check", "cmd_watch"]
@@ -46,7 +47,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     _, client = connect(args)
     with client:
         status = client.check_certificate(serial)
-    fields: dict[str, object] = {"serial": status.serial, "status": status.status}
+    # A hold is "revoked" on the wire (reason certificateHold, as OCSP says it); here it is "held".
+    held = status.status == "revoked" and status.reason == HOLD
+    fields: dict[str, object] = {"serial": status.serial, "status": "held" if held else status.status}
     if status.agent_name:
         fields["agent"] = status.agent_name
     if status.status == "revoked":
@@ -55,7 +58,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print_json(fields)
     else:
         print(" ".join(f"{k}={v}" for k, v in fields.items()))
-    # Scripts read the answer from the exit code: 0 good, 11 revoked, 5 unknown.
+    # Scripts read the answer from the exit code: 0 good, 11 revoked, 13 held (may be released), 5 unknown.
+    if held:
+        return Held.exit_code
     return {"good": 0, "revoked": Revoked.exit_code}.get(status.status, NotFound.exit_code)
 
 
@@ -74,7 +79,9 @@ def add_watch(sub: Subcommands, common: ArgumentParser) -> None:
 
 def add_check(sub: Subcommands, common: ArgumentParser) -> None:
     ck = sub.add_parser(
-        "check", parents=[common], help="revocation status of a certificate (exit 0 good, 11 revoked)"
+        "check",
+        parents=[common],
+        help="revocation status of a certificate (exit 0 good, 11 revoked, 13 held, 5 unknown)",
     )
     ck.add_argument("--serial", help="certificate serial, hex")
     ck.add_argument("--cert", help="a PEM certificate file; - for stdin")

@@ -197,8 +197,10 @@ class RevokeResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[_revocation_pb2.RevocationEvent, _Mapping]] = ..., already_revoked: _Optional[bool] = ..., cascaded: _Optional[_Iterable[_Union[_revocation_pb2.RevocationEvent, _Mapping]]] = ...) -> None: ...
 
 class ListRevocationsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("active",)
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    active: bool
+    def __init__(self, active: _Optional[bool] = ...) -> None: ...
 
 class ListRevocationsResponse(_message.Message):
     __slots__ = ("events",)
@@ -269,3 +271,15 @@ class BackupResponse(_message.Message):
     path: str
     bytes: int
     def __init__(self, path: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class ReleaseCertificateRequest(_message.Message):
+    __slots__ = ("serial",)
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    def __init__(self, serial: _Optional[str] = ...) -> None: ...
+
+class ReleaseAgentRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...

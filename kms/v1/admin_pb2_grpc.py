@@ -124,6 +124,16 @@ class AdminStub:
                 request_serializer=kms_dot_v1_dot_admin__pb2.BackupRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_admin__pb2.BackupResponse.FromString,
                 _registered_method=True)
+        self.ReleaseCertificate = channel.unary_unary(
+                '/kms.v1.Admin/ReleaseCertificate',
+                request_serializer=kms_dot_v1_dot_admin__pb2.ReleaseCertificateRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
+                _registered_method=True)
+        self.ReleaseAgent = channel.unary_unary(
+                '/kms.v1.Admin/ReleaseAgent',
+                request_serializer=kms_dot_v1_dot_admin__pb2.ReleaseAgentRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -245,6 +255,22 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseCertificate(self, request, context):
+        """Holds (reason certificateHold) are the one revocation that can be lifted:
+        the certificates work again and drop out of the next CRL. Anything else
+        (in force, released already, revoked for good) is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseAgent(self, request, context):
+        """Lifts what the agent's newest hold still holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -337,6 +363,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Backup,
                     request_deserializer=kms_dot_v1_dot_admin__pb2.BackupRequest.FromString,
                     response_serializer=kms_dot_v1_dot_admin__pb2.BackupResponse.SerializeToString,
+            ),
+            'ReleaseCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseCertificate,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.ReleaseCertificateRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.RevokeResponse.SerializeToString,
+            ),
+            'ReleaseAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseAgent,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.ReleaseAgentRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.RevokeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -825,6 +861,60 @@ class Admin:
             '/kms.v1.Admin/Backup',
             kms_dot_v1_dot_admin__pb2.BackupRequest.SerializeToString,
             kms_dot_v1_dot_admin__pb2.BackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/ReleaseCertificate',
+            kms_dot_v1_dot_admin__pb2.ReleaseCertificateRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/ReleaseAgent',
+            kms_dot_v1_dot_admin__pb2.ReleaseAgentRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
             options,
             channel_credentials,
             insecure,

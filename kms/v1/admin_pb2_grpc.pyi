@@ -60,6 +60,13 @@ class AdminStub:
     """A consistent online snapshot (store, CA and server certificates, sealed
     keys; never the master key) written by the server to an absolute path.
     """
+    ReleaseCertificate: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReleaseCertificateRequest, _admin_pb2.RevokeResponse]
+    """Holds (reason certificateHold) are the one revocation that can be lifted:
+    the certificates work again and drop out of the next CRL. Anything else
+    (in force, released already, revoked for good) is FAILED_PRECONDITION.
+    """
+    ReleaseAgent: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReleaseAgentRequest, _admin_pb2.RevokeResponse]
+    """Lifts what the agent's newest hold still holds."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -93,6 +100,13 @@ class AdminAsyncStub(AdminStub):
     """A consistent online snapshot (store, CA and server certificates, sealed
     keys; never the master key) written by the server to an absolute path.
     """
+    ReleaseCertificate: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReleaseCertificateRequest, _admin_pb2.RevokeResponse]  # type: ignore[assignment]
+    """Holds (reason certificateHold) are the one revocation that can be lifted:
+    the certificates work again and drop out of the next CRL. Anything else
+    (in force, released already, revoked for good) is FAILED_PRECONDITION.
+    """
+    ReleaseAgent: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReleaseAgentRequest, _admin_pb2.RevokeResponse]  # type: ignore[assignment]
+    """Lifts what the agent's newest hold still holds."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -231,5 +245,24 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         """A consistent online snapshot (store, CA and server certificates, sealed
         keys; never the master key) written by the server to an absolute path.
         """
+
+    @_abc_1.abstractmethod
+    def ReleaseCertificate(
+        self,
+        request: _admin_pb2.ReleaseCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeResponse, _abc.Awaitable[_admin_pb2.RevokeResponse]]:
+        """Holds (reason certificateHold) are the one revocation that can be lifted:
+        the certificates work again and drop out of the next CRL. Anything else
+        (in force, released already, revoked for good) is FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseAgent(
+        self,
+        request: _admin_pb2.ReleaseAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeResponse, _abc.Awaitable[_admin_pb2.RevokeResponse]]:
+        """Lifts what the agent's newest hold still holds."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,7 +6,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RevocationEvent(_message.Message):
-    __slots__ = ("seq", "kind", "serial", "agent_name", "key_name", "key_version", "reason", "at")
+    __slots__ = ("seq", "kind", "serial", "agent_name", "key_name", "key_version", "reason", "at", "state", "released_by")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SERIAL_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,8 @@ class RevocationEvent(_message.Message):
     KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_BY_FIELD_NUMBER: _ClassVar[int]
     seq: int
     kind: str
     serial: str
@@ -23,7 +25,9 @@ class RevocationEvent(_message.Message):
     key_version: int
     reason: str
     at: int
-    def __init__(self, seq: _Optional[int] = ..., kind: _Optional[str] = ..., serial: _Optional[str] = ..., agent_name: _Optional[str] = ..., key_name: _Optional[str] = ..., key_version: _Optional[int] = ..., reason: _Optional[str] = ..., at: _Optional[int] = ...) -> None: ...
+    state: str
+    released_by: int
+    def __init__(self, seq: _Optional[int] = ..., kind: _Optional[str] = ..., serial: _Optional[str] = ..., agent_name: _Optional[str] = ..., key_name: _Optional[str] = ..., key_version: _Optional[int] = ..., reason: _Optional[str] = ..., at: _Optional[int] = ..., state: _Optional[str] = ..., released_by: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("after_seq",)

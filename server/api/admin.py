@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 
 from kms.v1 import admin_pb2, admin_pb2_grpc
-from server.api.convert import agent_info, event_message, key_info, revoke_response
+from server.api.convert import agent_info, entry_message, key_info, revoke_response
 from server.audit.trail import AuditTrail
 from server.ca.authority import CertificateAuthority
 from server.enrollment.agents import AgentDirectory
@@ -80,9 +80,18 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def ListRevocations(
         self, request: admin_pb2.ListRevocationsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListRevocationsResponse:
-        return admin_pb2.ListRevocationsResponse(
-            events=[event_message(e) for e in await self._revocations.events()]
-        )
+        entries = await self._revocations.entries(active=request.active)
+        return admin_pb2.ListRevocationsResponse(events=[entry_message(e) for e in entries])
+
+    async def ReleaseCertificate(
+        self, request: admin_pb2.ReleaseCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RevokeResponse:
+        return revoke_response(await self._revocations.release_certificate(request.serial))
+
+    async def ReleaseAgent(
+        self, request: admin_pb2.ReleaseAgentRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RevokeResponse:
+        return revoke_response(await self._revocations.release_agent(request.name))
 
     async def CreateKey(
         self, request: admin_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext

@@ -10,11 +10,13 @@ from server.endpoints.authn import Caller
 from server.enrollment.agents import AgentView
 from server.keys import KeyRecord
 from server.revocation.service import Revocation, RevocationEvent
+from server.revocation.states import Entry
 from server.revocation.watch import Heartbeat, Resume, WatchItem
 
 __all__ = [
     "agent_info",
     "caller_info",
+    "entry_message",
     "event_message",
     "key_info",
     "revoke_response",
@@ -76,6 +78,14 @@ def event_message(event: RevocationEvent) -> revocation_pb2.RevocationEvent:
         reason=event.reason,
         at=event.at,
     )
+
+
+def entry_message(entry: Entry) -> revocation_pb2.RevocationEvent:
+    """A revocation as ListRevocations lists it: with its state."""
+    message = event_message(entry.event)
+    message.state = entry.state
+    message.released_by = entry.released_by or 0
+    return message
 
 
 @functools.lru_cache(maxsize=64)

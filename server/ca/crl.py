@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from kms.revocation import REASONS
+from kms.revocation import CRL_REASONS
 from server.ca.authority import CertificateAuthority
 from server.clock import Clock
 from server.store import Store
@@ -55,7 +55,7 @@ class CrlPublisher:
             (
                 int(r.serial, 16),
                 datetime.fromtimestamp(r.revoked_at or 0, UTC),
-                REASONS[r.revocation_reason or "unspecified"],
+                CRL_REASONS[r.revocation_reason or "unspecified"],
             )
             for r in records
         ]

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp
 
-from kms.revocation import REASONS
+from kms.revocation import CRL_REASONS
 from server.ca.authority import CertificateAuthority
 from server.clock import Clock
 from server.store import Store
@@ -67,7 +67,7 @@ class OcspResponder:
                 now,
                 now + VALIDITY,
                 datetime.fromtimestamp(record.revoked_at, UTC),
-                REASONS[record.revocation_reason or "unspecified"],
+                CRL_REASONS[record.revocation_reason or "unspecified"],
             )
         for ext in request.extensions:
             if isinstance(ext.value, x509.OCSPNonce):  # echo the nonce (RFC 8954)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from kms.cli import ArgumentParser, command_parsers, run_main
-from server.cli import admin, audit, daemon
+from server.cli import admin, audit, daemon, release
 
 __all__ = ["main"]
 
@@ -24,6 +24,7 @@ _COMMANDS = (
     admin.add_agents,
     admin.add_key,
     admin.add_revoke,
+    release.add_release,
     admin.add_revocations,
     admin.add_backup,
     daemon.add_restore,

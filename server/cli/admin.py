@@ -10,8 +10,9 @@ from pathlib import Path
 
 from kms.cli import ArgumentParser, Subcommands, print_json, print_table
 from kms.durations import parse_duration
+from kms.errors import InvalidArgument
 from kms.events import describe, event_fields
-from kms.revocation import REASONS
+from kms.revocation import HOLD, REASONS
 from kms.v1 import admin_pb2
 from server.cli.context import admin as _admin
 
@@ -207,7 +208,8 @@ def _print_revocation(resp: admin_pb2.RevokeResponse, as_json: bool) -> None:
             fields["cascaded"] = [event_fields(e) for e in resp.cascaded]
         print_json(fields)
     else:
-        print(("already revoked: " if resp.already_revoked else "revoked: ") + describe(resp.event))
+        verb = "held" if resp.event.reason == HOLD else "revoked"
+        print((f"already {verb}: " if resp.already_revoked else f"{verb}: ") + describe(resp.event))
         for event in resp.cascaded:
             print("renewed from it, revoked too: " + describe(event))
 
@@ -217,7 +219,11 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         if args.revoke_command == "cert":
             resp = admin.revoke_certificate(args.serial, args.reason)
         elif args.revoke_command == "agent":
-            resp = admin.revoke_agent(args.name, args.reason)
+            if args.hold and args.reason not in ("", HOLD):
+                raise InvalidArgument(
+                    f"--hold is a reason (certificateHold): leave out --reason {args.reason}"
+                )
+            resp = admin.revoke_agent(args.name, HOLD if args.hold else args.reason)
         else:
             resp = admin.revoke_key(args.name, args.version, args.reason)
     _print_revocation(resp, args.json)
@@ -226,7 +232,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_revocations_list(args: argparse.Namespace) -> int:
     with _admin(args) as admin:
-        events = admin.list_revocations().events
+        events = admin.list_revocations(active=args.active).events
     if args.json:
         print_json([event_fields(e) for e in events])
     else:
@@ -334,7 +340,7 @@ def add_key(sub: Subcommands, common: ArgumentParser) -> None:
 
 
 def add_revoke(sub: Subcommands, common: ArgumentParser) -> None:
-    reasons = f"RFC 5280 reason: {', '.join(REASONS)} (default unspecified)"
+    reasons = f"RFC 5280 reason: {', '.join(REASONS)} (default unspecified); {HOLD} (not for keys) suspends until released"
     revoke = sub.add_parser("revoke", help="revoke a certificate, an agent or a key version").add_subparsers(
         dest="revoke_command", required=True, metavar="WHAT"
     )
@@ -344,6 +350,11 @@ def add_revoke(sub: Subcommands, common: ArgumentParser) -> None:
         "agent", parents=[common], help="revoke every certificate of an agent; bar re-enrollment"
     )
     ra.add_argument("name")
+    ra.add_argument(
+        "--hold",
+        action="store_true",
+        help="suspend instead (certificateHold): holds its certificates in force, until kms-server release agent",
+    )
     rk = revoke.add_parser(
         "key", parents=[common], help="mark a key version compromised (rotates if current)"
     )
@@ -359,8 +370,11 @@ def add_revocations(sub: Subcommands, common: ArgumentParser) -> None:
     revocations = sub.add_parser("revocations", help="the revocation event log").add_subparsers(
         dest="revocations_command", required=True, metavar="COMMAND"
     )
-    rl = revocations.add_parser("list", parents=[common], help="list every revocation event")
+    rl = revocations.add_parser(
+        "list", parents=[common], help="list every revocation event and its state (in force, released)"
+    )
     rl.add_argument("--json", action="store_true")
+    rl.add_argument("--active", action="store_true", help="only the revocations in force")
     rl.set_defaults(func=cmd_revocations_list)
 
 

@@ -120,9 +120,17 @@ class AdminClient:
         request = admin_pb2.RevokeKeyRequest(name=name, version=version, reason=reason)
         return cast(admin_pb2.RevokeResponse, self._call(self._stub.RevokeKey, request))
 
-    def list_revocations(self) -> admin_pb2.ListRevocationsResponse:
-        request = admin_pb2.ListRevocationsRequest()
+    def list_revocations(self, *, active: bool = False) -> admin_pb2.ListRevocationsResponse:
+        request = admin_pb2.ListRevocationsRequest(active=active)
         return cast(admin_pb2.ListRevocationsResponse, self._call(self._stub.ListRevocations, request))
+
+    def release_certificate(self, serial: str) -> admin_pb2.RevokeResponse:
+        request = admin_pb2.ReleaseCertificateRequest(serial=serial)
+        return cast(admin_pb2.RevokeResponse, self._call(self._stub.ReleaseCertificate, request))
+
+    def release_agent(self, name: str) -> admin_pb2.RevokeResponse:
+        request = admin_pb2.ReleaseAgentRequest(name=name)
+        return cast(admin_pb2.RevokeResponse, self._call(self._stub.ReleaseAgent, request))
 
     def list_audit(self, after_seq: int, limit: int = 0) -> admin_pb2.ListAuditResponse:
         request = admin_pb2.ListAuditRequest(after_seq=after_seq, limit=limit)

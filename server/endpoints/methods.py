@@ -79,6 +79,8 @@ METHODS: dict[str, Method] = {
     "/kms.v1.Admin/RevokeAgent": _ADMIN,
     "/kms.v1.Admin/RevokeKey": _ADMIN,
     "/kms.v1.Admin/ListRevocations": _ADMIN,
+    "/kms.v1.Admin/ReleaseCertificate": _ADMIN,
+    "/kms.v1.Admin/ReleaseAgent": _ADMIN,
     "/kms.v1.Admin/ListAudit": _ADMIN,
     "/kms.v1.Admin/VerifyAudit": _ADMIN,
     "/kms.v1.Admin/Backup": _ADMIN,

@@ -81,6 +81,11 @@ class ExpiringCertificates:
         a certificate issued after the event, as when an enrollment replaces an
         agent's certificates, stays.
         """
+        if event.kind == "release":
+            # A released certificate counts again: which one is its agent's newest, the next
+            # scrape's re-read says (a release is rare; the gauges need not be exact meanwhile).
+            self._tried_at = -float("inf")
+            return
         if event.kind not in ("cert", "agent") or event.agent_name is None:
             return
         name, serials = event.agent_name, set(event.serials())

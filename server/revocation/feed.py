@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kms.errors import Revoked
-from kms.events import NOT_REVOCATIONS
 from server.ops.metrics import Metrics
+from server.revocation.states import REVOCATION_KINDS
 from server.store import RevocationEvent, rules
 
 __all__ = ["GuardedStream", "Heartbeat", "RevocationFeed", "StreamGuard", "Subscription"]
@@ -99,7 +99,7 @@ class RevocationFeed:
         self._published[event.seq] = (event, time.monotonic())
         if len(self._published) > 10_000:
             self._published.popitem(last=False)
-        if self._metrics is not None and event.kind not in NOT_REVOCATIONS:
+        if self._metrics is not None and event.kind in REVOCATION_KINDS:  # not rotations, disables, releases
             self._metrics.revocations.labels(event.kind).inc()
         if self._on_publish is not None:
             self._on_publish(event)

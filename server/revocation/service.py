@@ -4,7 +4,8 @@ Each revocation is one store transaction (state change + event), durable
 before the call returns; then the event is published to watchers, the
 revoked identity's open streams are closed, and the CRL is reissued.
 Revoking something already revoked changes nothing and returns the event
-that revoked it.
+that revoked it, with one exception: a hold (certificateHold, RFC 5280 §5.3.1)
+is the one revocation that a release lifts, and that a final reason replaces.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kms.revocation import parse_reason
 from server.clock import Clock, now_seconds
 from server.keys import MAX_VERSION, KeyService
 from server.revocation.feed import RevocationFeed, StreamGuard
+from server.revocation.states import REVOCATION_KINDS, Entry, entries
 from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store
 from server.store.completion import after_commit
 
@@ -104,11 +106,14 @@ class RevocationService:
             return Revocation(event, already_revoked=False)
         if event.kind in ("cert", "agent"):
             self._revoked.update(dict.fromkeys(event.serials(), event.reason))
+        elif event.kind == "release":  # before the event goes out: a watcher told may call at once
+            for serial in event.serials():
+                self._revoked.pop(serial, None)
         self._feed.publish(event)
         closed = self._guard.close(event, CLOSE_GRACE)
         self._on_revoked()
         logger.info(
-            "revoked",
+            "released" if event.kind == "release" else "revoked",
             extra={
                 "seq": event.seq,
                 "kind": event.kind,
@@ -152,7 +157,7 @@ class RevocationService:
         revoked in the same transaction, each with its own event, even when the
         certificate itself was revoked already (for a lesser reason, say).
         """
-        serial, reason = normalize_serial(serial), parse_reason(reason)
+        serial, reason = normalize_serial(serial), parse_reason(reason, allow_hold=True)
         now = self._now()
         if reason != "keyCompromise":
             write = self._store.revoke_certificate(
@@ -182,7 +187,7 @@ class RevocationService:
         return Revocation(earlier.event, already_revoked=True, cascaded=cascaded)
 
     async def revoke_agent(self, name: str, reason: str) -> Revocation:
-        name, reason = validate_agent_name(name), parse_reason(reason)
+        name, reason = validate_agent_name(name), parse_reason(reason, allow_hold=True)
         now = self._now()
 
         write = self._store.revoke_agent(
@@ -190,6 +195,39 @@ class RevocationService:
         )
         done = await after_commit(write, self._committed)
         return done or await self._already(kind="agent", agent=name)
+
+    async def release_certificate(self, serial: str) -> Revocation:
+        """Lifts a certificate's hold: it works again, and drops out of the next CRL.
+
+        Raises:
+            NotFound: no such certificate.
+            FailedPrecondition: it is not held (in force, released already, or revoked for good).
+        """
+        serial = normalize_serial(serial)
+        now = self._now()
+        audit = AuditEntry(now, "admin", "release.cert", f"serial:{serial}")
+        event = await after_commit(self._store.release_certificate(serial, now, audit=audit), self._released)
+        return Revocation(event, already_revoked=False)
+
+    async def release_agent(self, name: str) -> Revocation:
+        """Lifts what the agent's newest hold still holds (never a certificate revoked for good since).
+
+        Raises:
+            NotFound: no such agent.
+            FailedPrecondition: the agent is not held (never was, released already, or revoked for good).
+        """
+        name = validate_agent_name(name)
+        now = self._now()
+
+        def audit(event: RevocationEvent) -> AuditEntry:
+            return AuditEntry(now, "admin", "release.agent", f"agent:{name} serials:{event.serial}")
+
+        event = await after_commit(self._store.release_agent(name, now, audit=audit), self._released)
+        return Revocation(event, already_revoked=False)
+
+    def _released(self, event: RevocationEvent) -> RevocationEvent:
+        self._committed(event)
+        return event
 
     async def revoke_key(self, name: str, version: int, reason: str) -> Revocation:
         name, reason = validate_key_name(name), parse_reason(reason)
@@ -218,12 +256,18 @@ class RevocationService:
         return done or await self._already(kind="key", key=(name, version))
 
     async def events(self) -> list[RevocationEvent]:
-        """Every revocation so far (rotations, disables and enables share the log and the feed, but
-        are not revocations)."""
+        """Every revocation so far (rotations, disables, enables and releases share the log and the feed, but are not revocations)."""
+        return [e for e in await self._log() if e.kind in REVOCATION_KINDS]
+
+    async def entries(self, *, active: bool = False) -> list[Entry]:
+        """Every revocation and whether it is in force or was released (active: only those in force)."""
+        return entries(await self._log(), active=active)
+
+    async def _log(self) -> list[RevocationEvent]:
         out: list[RevocationEvent] = []
         after = 0
         while batch := await self._store.events_after(after, 1000):
-            out += [e for e in batch if e.kind not in NOT_REVOCATIONS]
+            out += batch
             after = batch[-1].seq
         return out
 

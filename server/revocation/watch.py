@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from kms.errors import InvalidArgument, ResourceExhausted, Revoked, StoreDown
+from kms.revocation import HOLD
 from server.endpoints.authn import Caller
 from server.revocation.feed import Heartbeat, RevocationFeed
 from server.store import RevocationEvent, Store
@@ -181,5 +182,7 @@ class WatchService:
 
     @staticmethod
     def _end_if_revoked(event: RevocationEvent, caller: Caller) -> None:
-        if revokes(event, caller):
+        # Not for a hold: one in the backlog was released (the caller authenticated), and
+        # a live one closes the stream through the StreamGuard, with the Held error.
+        if revokes(event, caller) and event.reason != HOLD:
             raise Revoked(f"this agent's certificate {caller.serial} was revoked ({event.reason})")

@@ -163,14 +163,16 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     ],
     # 10: a key may be disabled (reversibly, as AWS KMS DisableKey): while disabled_at is
     # set no version is released; disabling and enabling join the event log
-    # (kinds 'disable', 'enable'), so granted agents hear of them. The events table is
-    # rebuilt for its CHECK, as in step 5, keeping seq, grantees and the high-water mark.
+    # (kinds 'disable', 'enable'), so granted agents hear of them. A hold (revocation
+    # reason certificateHold) can be lifted: a 'release' event lists the certificates
+    # that work again. The events table is rebuilt for its CHECK, as in step 5, keeping
+    # seq, grantees and the high-water mark.
     [
         "ALTER TABLE keys ADD COLUMN disabled_at INTEGER",
         "ALTER TABLE keys ADD COLUMN disabled_reason TEXT",
         """CREATE TABLE events_v10 (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            kind TEXT NOT NULL CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'disable', 'enable')),
+            kind TEXT NOT NULL CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'disable', 'enable', 'release')),
             serial TEXT,
             agent_name TEXT,
             key_name TEXT,
@@ -322,13 +324,14 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
             WHERE action = 'renew' AND outcome = 'ok' AND object LIKE 'serial:%' AND actor LIKE 'agent:%/%'
         ) AS r WHERE certificates.serial = r.child""",
     ],
-    # 10: disabled keys, and the 'disable' and 'enable' events (see the SQLite step).
+    # 10: disabled keys, the 'disable' and 'enable' events, and 'release' events that
+    # lift holds (see the SQLite step).
     [
         "ALTER TABLE keys ADD COLUMN disabled_at BIGINT",
         "ALTER TABLE keys ADD COLUMN disabled_reason TEXT",
         "ALTER TABLE events DROP CONSTRAINT events_kind_check",
         """ALTER TABLE events ADD CONSTRAINT events_kind_check
-            CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'disable', 'enable'))""",
+            CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'disable', 'enable', 'release'))""",
     ],
 ]
 

@@ -35,7 +35,7 @@ DESCENDANTS = (
     "WITH RECURSIVE lineage(serial) AS ("
     " SELECT serial FROM certificates WHERE renewed_from = {parent}"
     " UNION SELECT c.serial FROM certificates c JOIN lineage l ON c.renewed_from = l.serial)"
-    " SELECT c.serial, c.agent_name, c.revoked_at FROM certificates c JOIN lineage l ON c.serial = l.serial"
+    " SELECT c.serial, c.agent_name, c.revoked_at, c.revocation_reason FROM certificates c JOIN lineage l ON c.serial = l.serial"
 )
 EVENT_COLUMNS = "seq, kind, serial, agent_name, key_name, key_version, reason, at, grantees"
 TOKEN_COLUMNS = "token_id, secret_hash, name, groups_json, created_at, expires_at, used_at, used_by_serial"  # noqa: S105 - column names

@@ -8,6 +8,7 @@ from __future__ import annotations
 from kms.errors import (
     AlreadyExists,
     FailedPrecondition,
+    Held,
     KeyDisabled,
     NotFound,
     PermissionDenied,
@@ -15,6 +16,7 @@ from kms.errors import (
     Revoked,
     StoreDown,
 )
+from kms.revocation import HOLD
 from server.store.records import Grant, KeyVersionRecord, WriteOutcomeUnknown
 
 __all__ = [
@@ -33,8 +35,10 @@ __all__ = [
     "not_granted",
     "name_in_use",
     "name_revoked",
+    "not_held",
     "reenroll_refused",
     "renewal_refused",
+    "revocable",
     "renewed_too_soon",
     "still_current",
     "store_down",
@@ -147,6 +151,11 @@ def renewed_too_soon(name: str, last: int, since: int, now: int) -> ResourceExha
 def caller_revoked(serial: str, reason: str) -> Revoked:
     """What a caller whose certificate is revoked is told: on its next call, on its open streams,
     and by a key release that its revocation overtook. One text, so the advice never differs."""
+    if reason == HOLD:  # suspended, not revoked for good: the same certificate works again once released
+        return Held(
+            f"client certificate {serial} is on hold (certificateHold): wait for the administrator to release it"
+            " (kms-server release); no new enrollment is needed"
+        )
     if reason == "superseded":  # another machine enrolled under this name with a --replace token
         return Revoked(
             f"client certificate {serial} was revoked (superseded): another enrollment of this agent's name"
@@ -185,3 +194,33 @@ def check_releasable(name: str, wanted: int, record: KeyVersionRecord | None) ->
             f"version {wanted} of key {name!r} was destroyed: its data cannot be decrypted"
         )
     return record
+
+
+def not_held(subject: str, reason: str | None, *, released: bool = False) -> FailedPrecondition:
+    """Why a release of subject ("certificate SERIAL" or "agent NAME") is refused.
+
+    reason: the subject's revocation in force (None: it is not revoked at all);
+    released: there was a hold, but nothing it held is held still.
+    """
+    if reason is not None and reason != HOLD:
+        return FailedPrecondition(
+            f"{subject} was revoked ({reason}), which is final: only a hold (certificateHold) can be released"
+        )
+    if released:
+        return FailedPrecondition(
+            f"{subject} is not held any more: its last hold was released, or what it held was revoked for good since"
+        )
+    return FailedPrecondition(
+        f"{subject} is not held: only a hold (kms-server revoke ... certificateHold / --hold) can be released"
+    )
+
+
+def revocable(revoked_at: int | None, revoked_for: str | None, reason: str) -> bool:
+    """Whether a certificate (revoked at revoked_at for revoked_for, or not) is revoked anew for reason.
+
+    One in force is; a held one only for a final reason, which replaces the hold (RFC 5280
+    §5.3.1: a hold may end in a final revocation); a final revocation stays as it is.
+    """
+    if revoked_at is None:
+        return True
+    return revoked_for == HOLD and reason != HOLD

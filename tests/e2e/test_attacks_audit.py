@@ -120,6 +120,26 @@ def _revoke_key(ctx: _Ctx) -> list[tuple[str, str]]:
     return [("revoke.key", "key:aud-key/v2 reason:keyCompromise"), ("key.rotate", "key:aud-key/v3")]
 
 
+def _release_cert(ctx: _Ctx) -> list[tuple[str, str]]:
+    # A hold, then its release: both recorded (before the final revocations below).
+    hold = admin_pb2.RevokeCertificateRequest(serial=ctx.serial, reason="certificateHold")
+    ctx.stub.RevokeCertificate(hold, timeout=10)
+    ctx.stub.ReleaseCertificate(admin_pb2.ReleaseCertificateRequest(serial=ctx.serial), timeout=10)
+    return [
+        ("revoke.cert", f"serial:{ctx.serial} reason:certificateHold"),
+        ("release.cert", f"serial:{ctx.serial}"),
+    ]
+
+
+def _release_agent(ctx: _Ctx) -> list[tuple[str, str]]:
+    ctx.stub.RevokeAgent(admin_pb2.RevokeAgentRequest(name="aud-1", reason="certificateHold"), timeout=10)
+    ctx.stub.ReleaseAgent(admin_pb2.ReleaseAgentRequest(name="aud-1"), timeout=10)
+    return [
+        ("revoke.agent", "agent:aud-1 reason:certificateHold"),
+        ("release.agent", f"serials:{ctx.serial}"),
+    ]
+
+
 def _revoke_cert(ctx: _Ctx) -> list[tuple[str, str]]:
     ctx.stub.RevokeCertificate(
         admin_pb2.RevokeCertificateRequest(serial=ctx.serial, reason="superseded"), timeout=10
@@ -154,6 +174,8 @@ DRIVERS: dict[str, Callable[[_Ctx], list[tuple[str, str]]]] = {
     "DisableKey": _disable,
     "EnableKey": _enable,
     "RevokeKey": _revoke_key,
+    "ReleaseCertificate": _release_cert,
+    "ReleaseAgent": _release_agent,
     "RevokeCertificate": _revoke_cert,
     "RevokeAgent": _revoke_agent,
     "Backup": _backup,

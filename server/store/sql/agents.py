@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from kms.revocation import HOLD
 from server.store import rules
 from server.store.dialect import Tx
 from server.store.records import AgentRecord, CertificateRecord, Enrollment, JoinTokenRecord, RevocationEvent
@@ -42,13 +43,19 @@ def _agents_with_latest(tx: Tx) -> str:
 
 
 async def _valid_serials(tx: Tx, name: str, now: int) -> list[str]:
-    """The name's certificates that still authenticate at now (unrevoked, unexpired), locked for update."""
+    """The name's certificates that still authenticate at now (unrevoked, unexpired), locked for update.
+
+    A held one counts (a release makes it authenticate again): a second machine does not
+    enroll under a held name without --replace, which revokes the held ones for good.
+    """
     rows = await tx.fetch(
         tx.locked(
-            "SELECT serial FROM certificates WHERE agent_name=? AND revoked_at IS NULL AND not_after>? ORDER BY serial",
+            "SELECT serial FROM certificates WHERE agent_name=? AND (revoked_at IS NULL OR revocation_reason=?)"
+            " AND not_after>? ORDER BY serial",
             "FOR UPDATE",
         ),
         name,
+        HOLD,
         now,
     )
     return [r[0] for r in rows]
@@ -192,10 +199,15 @@ async def add_certificate(
         tx.locked("SELECT revoked_at IS NULL FROM agents WHERE name=?", "FOR NO KEY UPDATE"),
         cert.agent_name,
     )
-    old = await tx.fetchval(
-        tx.locked("SELECT revoked_at IS NULL FROM certificates WHERE serial=?", "FOR SHARE"), renewed_from
+    old = await tx.fetchrow(
+        tx.locked(
+            "SELECT revoked_at IS NULL, revocation_reason FROM certificates WHERE serial=?", "FOR SHARE"
+        ),
+        renewed_from,
     )
-    if not agent or not old:
+    if old is not None and old[1] == HOLD:  # held meanwhile: refused, but not for good
+        raise rules.caller_revoked(renewed_from, HOLD)
+    if not agent or old is None or not old[0]:
         raise rules.renewal_refused(cert.agent_name, renewed_from)
     if not_renewed_since is not None:
         last = await tx.fetchval(

@@ -7,6 +7,7 @@ and key releases on several replicas take turns without deadlocking.
 
 from __future__ import annotations
 
+from kms.revocation import HOLD
 from server.store import rules
 from server.store.dialect import Tx
 from server.store.records import CertificateRecord, RevocationEvent, SealFn
@@ -78,11 +79,14 @@ async def revoked_certificates(tx: Tx) -> list[CertificateRecord]:
 
 async def revoke_certificate(tx: Tx, serial: str, reason: str, now: int) -> RevocationEvent | None:
     row = await tx.fetchrow(
-        tx.locked("SELECT agent_name, revoked_at FROM certificates WHERE serial=?", "FOR UPDATE"), serial
+        tx.locked(
+            "SELECT agent_name, revoked_at, revocation_reason FROM certificates WHERE serial=?", "FOR UPDATE"
+        ),
+        serial,
     )
     if row is None:
         raise rules.no_certificate(serial)
-    if row[1] is not None:
+    if not rules.revocable(row[1], row[2], reason):
         return None
     await tx.lock_certificates([serial])
     await tx.execute(_REVOKE, now, reason, serial)
@@ -91,11 +95,14 @@ async def revoke_certificate(tx: Tx, serial: str, reason: str, now: int) -> Revo
 
 async def revoke_lineage(tx: Tx, serial: str, reason: str, now: int) -> list[RevocationEvent] | None:
     row = await tx.fetchrow(
-        tx.locked("SELECT agent_name, revoked_at FROM certificates WHERE serial=?", "FOR UPDATE"), serial
+        tx.locked(
+            "SELECT agent_name, revoked_at, revocation_reason FROM certificates WHERE serial=?", "FOR UPDATE"
+        ),
+        serial,
     )
     if row is None:
         raise rules.no_certificate(serial)
-    lineage = [(serial, row[0], row[1])]
+    lineage = [(serial, row[0], row[1], row[2])]
     seen = {serial}
     # Locked rows cannot be renewed from any more (a renewal takes FOR SHARE on its
     # parent), but one that committed before a row was locked escaped the snapshot
@@ -106,12 +113,15 @@ async def revoke_lineage(tx: Tx, serial: str, reason: str, now: int) -> list[Rev
     while found := [tuple(r) for r in await tx.fetch(descendants, serial) if r[0] not in seen]:
         seen.update(r[0] for r in found)
         lineage += found
-    await tx.lock_certificates([cert for cert, _, revoked_at in lineage if revoked_at is None])
+    # A held certificate is revoked for good too: a final reason replaces its hold.
+    todo = [
+        (cert, agent) for cert, agent, revoked_at, was in lineage if rules.revocable(revoked_at, was, reason)
+    ]
+    await tx.lock_certificates([cert for cert, _ in todo])
     events = []
-    for cert, agent, revoked_at in lineage:
-        if revoked_at is None:
-            await tx.execute(_REVOKE, now, reason, cert)
-            events.append(await append_event(tx, "cert", reason, now, serial=cert, agent=agent))
+    for cert, agent in todo:
+        await tx.execute(_REVOKE, now, reason, cert)
+        events.append(await append_event(tx, "cert", reason, now, serial=cert, agent=agent))
     return events or None
 
 
@@ -121,22 +131,22 @@ async def revoke_agent(tx: Tx, name: str, reason: str, now: int) -> RevocationEv
         raise rules.no_agent(name)
     rows = await tx.fetch(
         tx.locked(
-            "SELECT serial FROM certificates WHERE agent_name=? AND revoked_at IS NULL ORDER BY serial",
+            "SELECT serial, revoked_at, revocation_reason FROM certificates WHERE agent_name=?"
+            " AND (revoked_at IS NULL OR revocation_reason=?) ORDER BY serial",
             "FOR UPDATE",
         ),
         name,
+        HOLD,
     )
-    serials = [r[0] for r in rows]
-    if row[0] is not None and not serials:
+    # A hold holds the certificates in force; a final revocation also replaces holds.
+    serials = [r[0] for r in rows if rules.revocable(r[1], r[2], reason)]
+    if (row[0] is not None or reason == HOLD) and not serials:
         return None
     await tx.lock_certificates(serials)
-    await tx.execute(
-        "UPDATE certificates SET revoked_at=?, revocation_reason=? WHERE agent_name=? AND revoked_at IS NULL",
-        now,
-        reason,
-        name,
-    )
-    await tx.execute("UPDATE agents SET revoked_at=COALESCE(revoked_at, ?) WHERE name=?", now, name)
+    for serial in serials:
+        await tx.execute(_REVOKE, now, reason, serial)
+    if reason != HOLD:  # a hold suspends the certificates, it does not bar the name
+        await tx.execute("UPDATE agents SET revoked_at=COALESCE(revoked_at, ?) WHERE name=?", now, name)
     return await append_event(tx, "agent", reason, now, serial=",".join(serials), agent=name)
 
 

@@ -32,7 +32,7 @@ from server.store.records import (
     SealFn,
     audit_entries,
 )
-from server.store.sql import agents, audit, events, keys
+from server.store.sql import agents, audit, events, holds, keys
 
 __all__ = ["SqlStore"]
 
@@ -292,8 +292,17 @@ class SqlStore:
     async def revoke_agent(
         self, name: str, reason: str, now: int, *, audit: Audit = None
     ) -> RevocationEvent | None:
-        """Revokes every certificate of name and bars re-enrollment. Raises NotFound."""
+        """Revokes every certificate of name and bars re-enrollment (a hold: holds the certificates in
+        force, and bars nothing). Raises NotFound."""
         return await self._change(lambda tx: events.revoke_agent(tx, name, reason, now), audit)
+
+    async def release_certificate(self, serial: str, now: int, *, audit: Audit = None) -> RevocationEvent:
+        """Lifts a certificate's hold. Raises NotFound, or FailedPrecondition if it is not held."""
+        return await self._change(lambda tx: holds.release_certificate(tx, serial, now), audit)
+
+    async def release_agent(self, name: str, now: int, *, audit: Audit = None) -> RevocationEvent:
+        """Lifts what the agent's newest hold holds still. Raises NotFound, or FailedPrecondition."""
+        return await self._change(lambda tx: holds.release_agent(tx, name, now), audit)
 
     async def revoke_key_version(
         self, name: str, version: int, reason: str, now: int, seal: SealFn, *, audit: Audit = None

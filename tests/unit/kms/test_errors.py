@@ -32,7 +32,9 @@ def test_each_code_without_metadata_gives_its_class(cls: type[errors.KmsError]) 
 
 
 @pytest.mark.parametrize(
-    "cls", [*CODE_CLASSES, errors.Revoked, errors.StoreDown, errors.KeyDisabled], ids=lambda c: c.__name__
+    "cls",
+    [*CODE_CLASSES, errors.Revoked, errors.Held, errors.StoreDown, errors.KeyDisabled],
+    ids=lambda c: c.__name__,
 )
 def test_each_reason_with_its_code_gives_its_class(cls: type[errors.KmsError]) -> None:
     back = errors.from_rpc_error(cls.code, "what to do", _trailer(cls.reason))
@@ -85,5 +87,12 @@ def test_codes_we_never_raise_are_generic(code: grpc.StatusCode) -> None:
 
 
 def test_reasons_are_distinct() -> None:
-    classes = [*CODE_CLASSES, errors.Revoked, errors.StoreDown, errors.KeyDisabled, errors.KmsError]
+    classes = [
+        *CODE_CLASSES,
+        errors.Revoked,
+        errors.Held,
+        errors.StoreDown,
+        errors.KeyDisabled,
+        errors.KmsError,
+    ]
     assert len({c.reason for c in classes}) == len(classes)
