@@ -7,6 +7,8 @@ and key releases on several replicas take turns without deadlocking.
 
 from __future__ import annotations
 
+from typing import Any
+
 from kms.revocation import HOLD
 from server.store import rules
 from server.store.dialect import Tx
@@ -77,7 +79,8 @@ async def revoked_certificates(tx: Tx) -> list[CertificateRecord]:
     return [cert_record(r) for r in rows]
 
 
-async def revoke_certificate(tx: Tx, serial: str, reason: str, now: int) -> RevocationEvent | None:
+async def _locked_certificate(tx: Tx, serial: str) -> Any:
+    """The certificate's (agent_name, revoked_at, revocation_reason), its row locked until COMMIT."""
     row = await tx.fetchrow(
         tx.locked(
             "SELECT agent_name, revoked_at, revocation_reason FROM certificates WHERE serial=?", "FOR UPDATE"
@@ -86,6 +89,11 @@ async def revoke_certificate(tx: Tx, serial: str, reason: str, now: int) -> Revo
     )
     if row is None:
         raise rules.no_certificate(serial)
+    return row
+
+
+async def revoke_certificate(tx: Tx, serial: str, reason: str, now: int) -> RevocationEvent | None:
+    row = await _locked_certificate(tx, serial)
     if not rules.revocable(row[1], row[2], reason):
         return None
     await tx.lock_certificates([serial])
@@ -94,14 +102,7 @@ async def revoke_certificate(tx: Tx, serial: str, reason: str, now: int) -> Revo
 
 
 async def revoke_lineage(tx: Tx, serial: str, reason: str, now: int) -> list[RevocationEvent] | None:
-    row = await tx.fetchrow(
-        tx.locked(
-            "SELECT agent_name, revoked_at, revocation_reason FROM certificates WHERE serial=?", "FOR UPDATE"
-        ),
-        serial,
-    )
-    if row is None:
-        raise rules.no_certificate(serial)
+    row = await _locked_certificate(tx, serial)
     lineage = [(serial, row[0], row[1], row[2])]
     seen = {serial}
     # Locked rows cannot be renewed from any more (a renewal takes FOR SHARE on its
