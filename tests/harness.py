@@ -246,6 +246,24 @@ def run(
     )
 
 
+def openssl_ocsp(ca: Path, cert: Path, http: str) -> subprocess.CompletedProcess[str]:
+    """Asks the server's OCSP responder at http (HOST:PORT) about cert, as openssl's client does."""
+    return run(
+        [
+            "openssl",
+            "ocsp",
+            "-issuer",
+            str(ca),
+            "-cert",
+            str(cert),
+            "-url",
+            f"http://{http}/ocsp",
+            "-CAfile",
+            str(ca),
+        ]
+    )
+
+
 def agent(state_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return run([exe("kms-agent"), *args, "--dir", str(state_dir)], env=env)
 

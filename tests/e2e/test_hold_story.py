@@ -24,6 +24,7 @@ from tests.harness import (
     agent_credentials,
     assert_one_line_error,
     exe,
+    openssl_ocsp,
     run,
 )
 
@@ -50,20 +51,7 @@ def _openssl_view(server: ServerProcess, cert: Path, tmp: Path) -> tuple[str, st
     bundle.write_bytes(ca.read_bytes() + crl_pem.read_bytes())
     verify = run(["openssl", "verify", "-crl_check", "-CAfile", str(bundle), str(cert)])
     crl_text = run(["openssl", "crl", "-in", str(crl_pem), "-noout", "-text"]).stdout
-    ocsp = run(
-        [
-            "openssl",
-            "ocsp",
-            "-issuer",
-            str(ca),
-            "-cert",
-            str(cert),
-            "-url",
-            f"http://{http}/ocsp",
-            "-CAfile",
-            str(ca),
-        ]
-    )
+    ocsp = openssl_ocsp(ca, cert, http)
     assert "Response verify OK" in ocsp.stdout + ocsp.stderr, ocsp.stdout + ocsp.stderr
     return verify.stdout + verify.stderr, crl_text, ocsp.stdout
 

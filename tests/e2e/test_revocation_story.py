@@ -23,6 +23,7 @@ from tests.harness import (
     assert_one_line_error,
     enroll,
     exe,
+    openssl_ocsp,
     run,
     snapshot,
 )
@@ -251,20 +252,7 @@ def test_crl_and_ocsp_agree_with_openssl(rig: tuple[ServerProcess, Path], tmp_pa
     assert lint.returncode == 0 and lint.stdout.strip() == "", lint.stdout
     # OCSP, as openssl asks it.
     for cert, expected in ((good, ": good"), (revoked, ": revoked")):
-        out = run(
-            [
-                "openssl",
-                "ocsp",
-                "-issuer",
-                str(ca),
-                "-cert",
-                str(cert),
-                "-url",
-                f"http://{http}/ocsp",
-                "-CAfile",
-                str(ca),
-            ]
-        )
+        out = openssl_ocsp(ca, cert, http)
         assert "Response verify OK" in out.stdout + out.stderr and expected in out.stdout, (
             out.stdout + out.stderr
         )
