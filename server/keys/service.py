@@ -13,64 +13,24 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kms.errors import InvalidArgument, KeyDisabled, NotFound, PermissionDenied
-from kms.identity import validate_agent_name, validate_group, validate_key_name
+from kms.errors import KeyDisabled, NotFound, PermissionDenied
+from kms.identity import validate_key_name
 from kms.wrap import KEY_BYTES, wrap
 from server.clock import Clock, now_seconds
 from server.deployment.sealing import Sealer
 from server.endpoints.authn import Caller
+from server.keys.parsing import check_version, parse_disable_reason, parse_grant
 from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, Store
 from server.store.completion import after_commit
 from server.store.records import SealFn
 
 # KeyRecord is what KeyService answers with: re-exported so server/api needs no store import.
-__all__ = [
-    "FetchedKey",
-    "KeyChange",
-    "KeyRecord",
-    "KeyService",
-    "KeyStateChange",
-    "MAX_VERSION",
-    "MAX_REASON",
-    "parse_disable_reason",
-    "parse_grant",
-]
+__all__ = ["FetchedKey", "KeyChange", "KeyRecord", "KeyService", "KeyStateChange"]
 
 logger = logging.getLogger(__name__)
 
-MAX_VERSION = 2**31 - 1
 # Wrapped keys kept for repeated releases (a few hundred bytes each).
 _WRAPPED_CACHE = 10_000
-
-
-def parse_grant(text: str) -> Grant:
-    """Parses ``agent:NAME`` or ``group:NAME``. Raises InvalidArgument."""
-    kind, sep, name = text.partition(":")
-    if not sep or kind not in ("agent", "group"):
-        raise InvalidArgument(f"grant {text!r} must be agent:NAME or group:NAME")
-    (validate_agent_name if kind == "agent" else validate_group)(name)
-    return Grant(kind, name)
-
-
-# A disable reason is shown in listings, audit records and to every agent granted the key.
-MAX_REASON = 200
-
-
-def parse_disable_reason(text: str) -> str:
-    """The reason for disabling a key, trimmed: one printable line of 1 to MAX_REASON characters.
-
-    Raises InvalidArgument.
-    """
-    reason = text.strip()
-    if not reason:
-        raise InvalidArgument(
-            "disabling a key needs --reason TEXT: agents granted the key and the audit trail are told why"
-        )
-    if len(reason) > MAX_REASON:
-        raise InvalidArgument(f"--reason is {len(reason)} characters long: use at most {MAX_REASON}")
-    if not reason.isprintable():
-        raise InvalidArgument("--reason must be one line of printable text (no control characters)")
-    return reason
 
 
 def _slot(name: str, version: int) -> str:
@@ -252,7 +212,7 @@ class KeyService:
         return await self._store.list_keys()
 
     async def destroy(self, name: str, version: int) -> KeyRecord:
-        _check_version(version, allow_current=False)
+        check_version(version, allow_current=False)
         now = self._now()
         try:
             record = await self._store.destroy_key_version(
@@ -302,7 +262,7 @@ class KeyService:
             KeyDisabled: the key is disabled (after the grant is checked).
         """
         validate_key_name(name)
-        _check_version(version, allow_current=True)
+        check_version(version, allow_current=True)
         now, actor = self._now(), f"agent:{caller.name}/{caller.serial}"
         try:
             record = await self._store.release_key_version(
@@ -328,10 +288,3 @@ class KeyService:
             extra={"key": name, "version": record.version, "agent": caller.name, "serial": caller.serial},
         )
         return FetchedKey(record, wrapped)
-
-
-def _check_version(version: int, *, allow_current: bool) -> None:
-    lowest = 0 if allow_current else 1
-    if not lowest <= version <= MAX_VERSION:
-        what = "0 (current) or a positive version" if allow_current else "a positive version"
-        raise InvalidArgument(f"version {version} is out of range: use {what} up to {MAX_VERSION}")
