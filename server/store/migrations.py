@@ -188,6 +188,43 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "DROP TABLE events",
         "ALTER TABLE events_v10 RENAME TO events",
     ],
+    # 11: keys over time, and key types (issue 16). A key has a type ('aes-256', or a key
+    # pair the server made), an optional expiry and rotation period, the time its next
+    # scheduled rotation is due, and a bit set of the expiry notices already given (so
+    # each is given once, whatever the replicas and restarts). A version records when it
+    # was deactivated (rotated out, or its key expired) and, for a key pair, its public key
+    # (SubjectPublicKeyInfo DER). The event log gains kind 'expire'; rebuilt as in step 10.
+    [
+        """ALTER TABLE keys ADD COLUMN key_type TEXT NOT NULL DEFAULT 'aes-256'
+            CHECK (key_type IN ('aes-256', 'rsa-2048', 'rsa-3072', 'rsa-4096', 'ec-p256'))""",
+        "ALTER TABLE keys ADD COLUMN expires_at INTEGER",
+        "ALTER TABLE keys ADD COLUMN rotate_every INTEGER CHECK (rotate_every > 0)",
+        "ALTER TABLE keys ADD COLUMN rotation_due_at INTEGER",
+        "ALTER TABLE keys ADD COLUMN expiry_notices INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX keys_by_rotation_due ON keys(rotation_due_at) WHERE rotation_due_at IS NOT NULL",
+        "CREATE INDEX keys_by_expiry ON keys(expires_at) WHERE expires_at IS NOT NULL",
+        "ALTER TABLE key_versions ADD COLUMN deactivated_at INTEGER",
+        "UPDATE key_versions SET deactivated_at = state_changed_at WHERE state = 'deactivated'",
+        "ALTER TABLE key_versions ADD COLUMN public_key BLOB",
+        """CREATE TABLE events_v11 (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL
+                CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'disable', 'enable', 'release', 'expire')),
+            serial TEXT,
+            agent_name TEXT,
+            key_name TEXT,
+            key_version INTEGER,
+            reason TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            grantees TEXT
+        )""",
+        """INSERT INTO events_v11 SELECT seq, kind, serial, agent_name, key_name, key_version, reason, at, grantees
+            FROM events""",
+        """UPDATE sqlite_sequence SET seq = MAX(seq, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))
+            WHERE name = 'events_v11'""",
+        "DROP TABLE events",
+        "ALTER TABLE events_v11 RENAME TO events",
+    ],
 ]
 
 # PostgreSQL: BYTEA for BLOB, BIGINT for Unix times. The event log's seq is
@@ -332,6 +369,24 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
         "ALTER TABLE events DROP CONSTRAINT events_kind_check",
         """ALTER TABLE events ADD CONSTRAINT events_kind_check
             CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'disable', 'enable', 'release'))""",
+    ],
+    # 11: key types, expiry, rotation schedules, expiry notices, deactivation times,
+    # public keys, and the 'expire' event (see the SQLite step).
+    [
+        """ALTER TABLE keys ADD COLUMN key_type TEXT NOT NULL DEFAULT 'aes-256'
+            CHECK (key_type IN ('aes-256', 'rsa-2048', 'rsa-3072', 'rsa-4096', 'ec-p256'))""",
+        "ALTER TABLE keys ADD COLUMN expires_at BIGINT",
+        "ALTER TABLE keys ADD COLUMN rotate_every BIGINT CHECK (rotate_every > 0)",
+        "ALTER TABLE keys ADD COLUMN rotation_due_at BIGINT",
+        "ALTER TABLE keys ADD COLUMN expiry_notices INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX keys_by_rotation_due ON keys(rotation_due_at) WHERE rotation_due_at IS NOT NULL",
+        "CREATE INDEX keys_by_expiry ON keys(expires_at) WHERE expires_at IS NOT NULL",
+        "ALTER TABLE key_versions ADD COLUMN deactivated_at BIGINT",
+        "UPDATE key_versions SET deactivated_at = state_changed_at WHERE state = 'deactivated'",
+        "ALTER TABLE key_versions ADD COLUMN public_key BYTEA",
+        "ALTER TABLE events DROP CONSTRAINT events_kind_check",
+        """ALTER TABLE events ADD CONSTRAINT events_kind_check
+            CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'disable', 'enable', 'release', 'expire'))""",
     ],
 ]
 

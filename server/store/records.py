@@ -123,6 +123,10 @@ class KeyVersionRecord:
     state: str  # KMIP: active, deactivated, compromised, destroyed, destroyed_compromised
     created_at: int
     state_changed_at: int
+    # When it stopped being active (rotated out, or its key expired); None while active.
+    deactivated_at: int | None = None
+    # Key pairs: the public key, SubjectPublicKeyInfo DER (not secret); None for AES keys.
+    public_key: bytes | None = field(default=None, repr=False)
     # Only returned by release_key_version; never by listings, never in a repr.
     sealed_material: bytes | None = field(default=None, repr=False)
 
@@ -138,6 +142,15 @@ class KeyRecord:
     # A rotation scheduler must skip a key while disabled_at is set (rotation pauses).
     disabled_at: int | None = None
     disabled_reason: str | None = None
+    # "aes-256", or a key pair the server made: "rsa-2048", "rsa-3072", "rsa-4096", "ec-p256".
+    key_type: str = "aes-256"
+    # Unix seconds; None: never. From then on every version is deactivated (decrypt only).
+    expires_at: int | None = None
+    # Scheduled rotation: the period in seconds, and when the next rotation is due (None: none).
+    rotate_every: int | None = None
+    rotation_due_at: int | None = None
+    # Bit set of the expiry notices given (warnings, the expire event): each is given once.
+    expiry_notices: int = 0
 
 
 # Seals fresh material for a version number the store has just allocated.

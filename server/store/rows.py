@@ -39,7 +39,7 @@ DESCENDANTS = (
 )
 EVENT_COLUMNS = "seq, kind, serial, agent_name, key_name, key_version, reason, at, grantees"
 TOKEN_COLUMNS = "token_id, secret_hash, name, groups_json, created_at, expires_at, used_at, used_by_serial"  # noqa: S105 - column names
-VERSION_COLUMNS = "key_name, version, state, created_at, state_changed_at"
+VERSION_COLUMNS = "key_name, version, state, created_at, state_changed_at, deactivated_at, public_key"
 
 
 def cert_record(row: Any) -> CertificateRecord:

@@ -67,7 +67,13 @@ async def append_event(
 async def add_current_version(tx: Tx, name: str, new: int, seal: SealFn, now: int) -> None:
     """Makes version new of key name, active and current (a rotation, or replacing a compromised one)."""
     await tx.execute(
-        "INSERT INTO key_versions VALUES (?, ?, 'active', ?, ?, ?)", name, new, seal(new), now, now
+        "INSERT INTO key_versions(key_name, version, state, sealed_material, created_at, state_changed_at)"
+        " VALUES (?, ?, 'active', ?, ?, ?)",
+        name,
+        new,
+        seal(new),
+        now,
+        now,
     )
     await tx.execute("UPDATE keys SET current_version=? WHERE name=?", new, name)
 

@@ -26,8 +26,15 @@ __all__ = [
     "ungrant_key",
 ]
 
-_KEY = "SELECT name, current_version, created_at, disabled_at, disabled_reason FROM keys WHERE name=?"
+_KEY = (
+    "SELECT name, current_version, created_at, disabled_at, disabled_reason, key_type, expires_at,"
+    " rotate_every, rotation_due_at, expiry_notices FROM keys WHERE name=?"
+)
 _VERSION = f"SELECT {VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=? AND version=?"  # noqa: S608
+_ADD_VERSION = (
+    "INSERT INTO key_versions(key_name, version, state, sealed_material, created_at, state_changed_at)"
+    " VALUES (?, ?, 'active', ?, ?, ?)"
+)
 _ADD_GRANT = "INSERT INTO key_grants VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 # Whether the caller's certificate is revoked (and why).
 _REVOKED = "SELECT COALESCE(revocation_reason, 'unspecified') FROM certificates WHERE serial=? AND revoked_at IS NOT NULL"
@@ -55,8 +62,7 @@ async def key(tx: Tx, name: str, *, lock: bool = False) -> KeyRecord:
         row[2],
         tuple(KeyVersionRecord(*v) for v in versions),
         tuple(Grant(*g) for g in grants),
-        row[3],
-        row[4],
+        *row[3:],
     )
 
 
@@ -67,7 +73,7 @@ async def create_key(tx: Tx, name: str, now: int, seal: SealFn, grants: list[Gra
         now,
     ):
         raise rules.key_exists(name)
-    await tx.execute("INSERT INTO key_versions VALUES (?, 1, 'active', ?, ?, ?)", name, seal(1), now, now)
+    await tx.execute(_ADD_VERSION, name, 1, seal(1), now, now)
     await tx.executemany(_ADD_GRANT, [(name, g.kind, g.grantee, now) for g in grants])
     return await key(tx, name)
 
@@ -77,7 +83,9 @@ async def rotate_key(tx: Tx, name: str, now: int, seal: SealFn) -> tuple[KeyReco
     new = current + 1
     # KMIP: a rotated-out version is Deactivated (decrypt only), unless already worse.
     await tx.execute(
-        "UPDATE key_versions SET state='deactivated', state_changed_at=? WHERE key_name=? AND version=? AND state='active'",
+        "UPDATE key_versions SET state='deactivated', state_changed_at=?, deactivated_at=?"
+        " WHERE key_name=? AND version=? AND state='active'",
+        now,
         now,
         name,
         current,
