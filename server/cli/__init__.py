@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from kms.cli import ArgumentParser, command_parsers, run_main
-from server.cli import admin, audit, daemon, release
+from server.cli import admin, audit, daemon, keys, release
 
 __all__ = ["main"]
 
@@ -22,7 +22,7 @@ _COMMANDS = (
     admin.add_token,
     admin.add_ca,
     admin.add_agents,
-    admin.add_key,
+    keys.add_key,
     admin.add_revoke,
     release.add_release,
     admin.add_revocations,

@@ -1,11 +1,9 @@
-"""kms-server's admin commands over the admin socket: token, ca, agents, key, revoke, revocations,
-backup, and how their answers are printed."""
+"""kms-server's admin commands over the admin socket: token, ca, agents, revoke, revocations,
+backup, and how their answers are printed (key commands: server/cli/keys.py)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 from kms.cli import ArgumentParser, Subcommands, print_json, print_table
@@ -15,20 +13,16 @@ from kms.events import describe, event_fields
 from kms.revocation import HOLD, REASONS
 from kms.v1 import admin_pb2
 from server.cli.context import admin as _admin
+from server.cli.context import iso
 
 __all__ = [
     "add_agents",
     "add_backup",
     "add_ca",
-    "add_key",
     "add_revocations",
     "add_revoke",
     "add_token",
 ]
-
-
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -42,7 +36,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
                 "token_id": resp.token_id,
                 "name": resp.name,
                 "groups": list(resp.groups),
-                "expires_at": _iso(resp.expires_at),
+                "expires_at": iso(resp.expires_at),
             }
         )
     else:
@@ -73,7 +67,7 @@ def cmd_agents_list(args: argparse.Namespace) -> int:
                     "groups": list(a.groups),
                     "spiffe_id": a.spiffe_id,
                     "serial": a.serial,
-                    "not_after": _iso(a.not_after),
+                    "not_after": iso(a.not_after),
                     "status": a.status,
                 }
                 for a in agents
@@ -82,121 +76,7 @@ def cmd_agents_list(args: argparse.Namespace) -> int:
     else:
         print_table(
             ["NAME", "GROUPS", "SERIAL", "NOT AFTER", "STATUS"],
-            [[a.name, ",".join(a.groups) or "-", a.serial, _iso(a.not_after), a.status] for a in agents],
-        )
-    return 0
-
-
-def _key_json(key: admin_pb2.KeyInfo) -> dict[str, object]:
-    return {
-        "name": key.name,
-        "current_version": key.current_version,
-        "created_at": _iso(key.created_at),
-        "versions": [
-            {"version": v.version, "state": v.state, "created_at": _iso(v.created_at)} for v in key.versions
-        ],
-        "grants": list(key.grants),
-        **_state_json(key),
-    }
-
-
-def _state_json(key: admin_pb2.KeyInfo) -> dict[str, object]:
-    if not key.disabled:
-        return {"state": "enabled"}
-    return {"state": "disabled", "disabled_at": _iso(key.disabled_at), "disabled_reason": key.disabled_reason}
-
-
-def _state_text(key: admin_pb2.KeyInfo) -> str:
-    return f"disabled ({key.disabled_reason})" if key.disabled else "enabled"
-
-
-def _print_key(key: admin_pb2.KeyInfo, as_json: bool) -> None:
-    for warning in key.warnings:  # on stderr: stdout stays the key's description (or JSON)
-        print(f"kms-server: warning: {warning}", file=sys.stderr)
-    if as_json:
-        print_json(_key_json(key))
-        return
-    versions = ", ".join(f"v{v.version} {v.state}" for v in key.versions)
-    print(
-        f"{key.name}: {_state_text(key)}, current version {key.current_version} ({versions});"
-        f" grants: {', '.join(key.grants) or '-'}"
-    )
-
-
-def cmd_key_create(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
-        _print_key(admin.create_key(args.name, args.grant or [], args.allow_unknown_grantee), args.json)
-    return 0
-
-
-def cmd_key_rotate(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
-        _print_key(admin.rotate_key(args.name), args.json)
-    return 0
-
-
-def cmd_key_grant(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
-        key = (
-            admin.grant_key(args.name, args.grantee, args.allow_unknown_grantee)
-            if args.key_command == "grant"
-            else admin.ungrant_key(args.name, args.grantee)
-        )
-        _print_key(key, args.json)
-    return 0
-
-
-def cmd_key_destroy(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
-        _print_key(admin.destroy_key_version(args.name, args.version), args.json)
-    return 0
-
-
-def cmd_key_state(args: argparse.Namespace) -> int:
-    """key disable / key enable: idempotent, as AWS KMS; a repeat says so and exits 0."""
-    with _admin(args) as admin:
-        if args.key_command == "disable":
-            resp = admin.disable_key(args.name, args.reason)
-        else:
-            resp = admin.enable_key(args.name)
-    key = resp.key
-    if args.json:
-        print_json({**_key_json(key), "changed": resp.changed})
-    elif args.key_command == "disable" and resp.changed:
-        print(f"key {key.name} disabled: no version is released until kms-server key enable {key.name}")
-    elif args.key_command == "disable":
-        print(
-            f"key {key.name} was already disabled since {_iso(key.disabled_at)} ({key.disabled_reason}):"
-            " nothing changed; the first reason stays"
-        )
-    else:
-        done = (
-            "enabled: its versions are released again"
-            if resp.changed
-            else "was not disabled: nothing changed"
-        )
-        print(f"key {key.name} {done}")
-    return 0
-
-
-def cmd_key_list(args: argparse.Namespace) -> int:
-    with _admin(args) as admin:
-        keys = admin.list_keys().keys
-    if args.json:
-        print_json([_key_json(k) for k in keys])
-    else:
-        print_table(
-            ["NAME", "STATE", "CURRENT", "VERSIONS", "GRANTS"],
-            [
-                [
-                    k.name,
-                    _state_text(k),
-                    str(k.current_version),
-                    " ".join(f"v{v.version}:{v.state}" for v in k.versions),
-                    ",".join(k.grants) or "-",
-                ]
-                for k in keys
-            ],
+            [[a.name, ",".join(a.groups) or "-", a.serial, iso(a.not_after), a.status] for a in agents],
         )
     return 0
 
@@ -289,54 +169,6 @@ def add_agents(sub: Subcommands, common: ArgumentParser) -> None:
     ls = agents.add_parser("list", parents=[common], help="list enrolled agents")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_agents_list)
-
-
-def add_key(sub: Subcommands, common: ArgumentParser) -> None:
-    key = sub.add_parser(
-        "key", help="AES keys: create, rotate, grant, list, destroy, disable, enable"
-    ).add_subparsers(dest="key_command", required=True, metavar="COMMAND")
-    kc = key.add_parser("create", parents=[common], help="create a key (version 1)")
-    kc.add_argument("name")
-    kc.add_argument("--grant", action="append", help="agent:NAME or group:NAME, repeatable")
-    kc.set_defaults(func=cmd_key_create)
-    unknown_grantee = (
-        "accept agent:NAME for an agent neither enrolled nor named by an unused join token (warns);"
-        " refused without it"
-    )
-    kc.add_argument("--allow-unknown-grantee", action="store_true", help=unknown_grantee)
-    kr = key.add_parser(
-        "rotate", parents=[common], help="make a new current version; older ones still decrypt"
-    )
-    kr.add_argument("name")
-    kr.set_defaults(func=cmd_key_rotate)
-    for verb, text in (("grant", "let an agent or group fetch the key"), ("ungrant", "withdraw a grant")):
-        kg = key.add_parser(verb, parents=[common], help=text)
-        kg.add_argument("name")
-        kg.add_argument("grantee", help="agent:NAME or group:NAME")
-        if verb == "grant":
-            kg.add_argument("--allow-unknown-grantee", action="store_true", help=unknown_grantee)
-        kg.set_defaults(func=cmd_key_grant)
-    kl = key.add_parser("list", parents=[common], help="list keys, versions and grants (never key material)")
-    kl.set_defaults(func=cmd_key_list)
-    kd = key.add_parser("destroy", parents=[common], help="erase one non-current version for good")
-    kd.add_argument("name")
-    kd.add_argument("--version", type=int, required=True)
-    kd.set_defaults(func=cmd_key_destroy)
-    ks = key.add_parser(
-        "disable", parents=[common], help="stop releasing every version of a key, until enabled (reversible)"
-    )
-    ks.add_argument("name")
-    ks.add_argument(
-        "--reason",
-        required=True,
-        help="why, in one line (up to 200 characters): agents granted the key see it",
-    )
-    ke = key.add_parser("enable", parents=[common], help="release a disabled key's versions again")
-    ke.add_argument("name")
-    for p in (ks, ke):
-        p.set_defaults(func=cmd_key_state)
-    for p in (kc, kr, kl, kd, ks, ke, *[key.choices[v] for v in ("grant", "ungrant")]):
-        p.add_argument("--json", action="store_true")
 
 
 def add_revoke(sub: Subcommands, common: ArgumentParser) -> None:

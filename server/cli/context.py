@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kms.cli import config_keys, read_toml
 from server.cli.admin_client import AdminClient
 from server.config import KNOWN_KEYS, resolve_data_dir
 
-__all__ = ["admin", "config_file", "data_dir"]
+__all__ = ["admin", "config_file", "data_dir", "iso"]
 
 
 def config_file(args: argparse.Namespace) -> dict[str, object] | None:
@@ -31,3 +32,8 @@ def data_dir(args: argparse.Namespace) -> Path:
 def admin(args: argparse.Namespace) -> AdminClient:
     """A client of the admin socket in the data dir."""
     return AdminClient(data_dir(args) / "admin.sock")
+
+
+def iso(ts: int) -> str:
+    """Unix seconds as an ISO 8601 UTC time, as every admin command prints times."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
