@@ -239,6 +239,9 @@ class RevocationService:
                 self._keys.forget_wrapped(name, version)
             return self._committed(event)
 
+        # Made before the transaction (a key pair's generation is slow), used only if the
+        # version is current and must be replaced.
+        seal = await self._keys.make_sealer(name)
         now = self._now()
 
         def audit(done: tuple[RevocationEvent, int | None]) -> list[AuditEntry]:
@@ -249,9 +252,7 @@ class RevocationService:
                 )
             return entries
 
-        write = self._store.revoke_key_version(
-            name, version, reason, now, self._keys.sealer_for(name), audit=audit
-        )
+        write = self._store.revoke_key_version(name, version, reason, now, seal, audit=audit)
         done = await after_commit(write, committed)
         return done or await self._already(kind="key", key=(name, version))
 
