@@ -35,9 +35,10 @@ from typing import Any, cast
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from kms.errors import DataLoss, InvalidArgument
+from kms.errors import DataLoss, FailedPrecondition, InvalidArgument
 from kms.handshake import PeerCheck, PeerInfo, PeerRejected
-from kms.signing import PrivateKey, SignatureInvalid, sign, verify
+from kms.keypairs import load_public_key
+from kms.signing import PrivateKey, SignatureInvalid, sign, sign_digest, verify, verify_digest
 
 __all__ = [
     "FORMAT",
@@ -47,7 +48,9 @@ __all__ = [
     "create",
     "parse",
     "parse_key_signature",
+    "sign_key_file",
     "verify_file",
+    "verify_key_file",
 ]
 
 FORMAT = "seed-kms-signature-v1"
@@ -202,3 +205,27 @@ def verify_file(
     except SignatureInvalid:
         raise DataLoss("the signature does not verify with the signer's certificate") from None
     return signer
+
+
+def sign_key_file(key: PrivateKey, name: str, version: int, key_type: str, digest: bytes) -> KeySignature:
+    """Signs a file's SHA-256 with version `version` of key pair `name`."""
+    return KeySignature(name, version, key_type, digest, sign_digest(key, digest))
+
+
+def verify_key_file(sig: KeySignature, digest: bytes, key_type: str, state: str, public_key: bytes) -> None:
+    """Checks a key-pair signature against the version's public key (SPKI DER) and state, as the
+    server gave them for sig.key, sig.version. Raises FailedPrecondition (a compromised version:
+    nothing it signed is trusted) or DataLoss (wrong file, wrong key or a bad signature)."""
+    if state in ("compromised", "destroyed_compromised"):
+        raise FailedPrecondition(
+            f"version {sig.version} of key {sig.key} is compromised: signatures by it are not trusted"
+        )
+    if digest != sig.digest:
+        raise DataLoss("the signature is for different contents: the file was changed, or it is another file")
+    try:
+        key = load_public_key(public_key, key_type)
+        if key_type != sig.key_type:
+            raise ValueError("the key's type differs")
+        verify_digest(key, sig.signature, sig.digest)
+    except (ValueError, SignatureInvalid):
+        raise DataLoss(f"the signature does not verify with version {sig.version} of key {sig.key}") from None
