@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from tests.e2e.rig import Rig
-from tests.harness import ServerProcess, agent, assert_one_line_error
+from tests.harness import ServerProcess, agent, assert_one_line_error, exe
 
 RIG = Rig(
     "kmspair",
@@ -68,8 +70,26 @@ def test_key_pairs_are_fetched_published_and_sign_across_rotations(rig: tuple[Se
         good = agent(web, "verify", "--key", name, str(data), str(sig))
         assert good.stdout.strip() == f"good signature by key {name} version 1 (active)", good.stderr
 
-    # After a rotation the new version signs and the old signature still verifies.
-    server.admin("key", "rotate", "rsa-signer")
+    # After a rotation the new version signs and the old signature still verifies; kms-agent run
+    # moves the PEM file fetched without --version to the new pair (it replays the log from where
+    # the agent's watch position stands, so it needs no head start).
+    pem = root / "rsa-signer.pem"
+    daemon = subprocess.Popen(
+        [exe("kms-agent"), "run", "--no-listen", "--dir", str(web)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        server.admin("key", "rotate", "rsa-signer")
+        v2 = agent(web, "public-key", "rsa-signer").stdout
+        deadline = time.monotonic() + 20
+        while _openssl("pkey", "-in", str(pem), "-pubout").stdout != v2:
+            assert daemon.poll() is None and time.monotonic() < deadline, "the PEM file was not moved to v2"
+            time.sleep(0.2)
+        assert pem.stat().st_mode & 0o777 == 0o600
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0, daemon.stderr.read() if daemon.stderr else ""
     sig1, sig2 = root / "rsa-signer.v1.sig", root / "rsa-signer.v2.sig"
     assert agent(web, "sign", "--key", "rsa-signer", str(data), "--out", str(sig2)).returncode == 0
     assert json.loads(sig2.read_text())["version"] == 2
