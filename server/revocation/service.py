@@ -23,7 +23,7 @@ from server.clock import Clock, now_seconds
 from server.keys import MAX_VERSION, KeyService
 from server.revocation.feed import RevocationFeed, StreamGuard
 from server.revocation.states import REVOCATION_KINDS, Entry, entries
-from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store
+from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store, rules
 from server.store.completion import after_commit
 
 # RevocationEvent is what RevocationService answers with: re-exported so server/api needs no store import.
@@ -240,8 +240,11 @@ class RevocationService:
             return self._committed(event)
 
         # Made before the transaction (a key pair's generation is slow), used only if the
-        # version is current and must be replaced.
-        seal = await self._keys.make_sealer(name)
+        # version is current and must be replaced. No key: the store's answer for no version.
+        try:
+            seal = await self._keys.make_sealer(name)
+        except NotFound:
+            raise rules.no_version(name, version) from None
         now = self._now()
 
         def audit(done: tuple[RevocationEvent, int | None]) -> list[AuditEntry]:
