@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes, keywrap
@@ -22,8 +23,10 @@ from kms.wrap import (
     wrap_label,
     wrap_private_key,
 )
+from tests.unit.kms.test_wrap import _vector_key
 
 KEK = bytes(range(32))
+VECTORS = json.loads((Path(__file__).parents[2] / "vectors" / "wrap_private_key.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,19 @@ def test_encodings_round_trip_and_check_the_type(
 
 
 # --- wrap format 2 -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("v", VECTORS["valid"], ids=lambda v: f"{v['name']}-v{v['version']}")
+def test_format_2_known_answer(v: dict[str, str]) -> None:
+    """A blob wrapped once (tests/vectors/generate.py) under wrap.json's key still unwraps the same."""
+    name, version, serial = v["name"], int(v["version"]), v["serial"]
+    assert private_key_label(name, version, serial).hex() == v["label_hex"]
+    wrapped, pkcs8 = bytes.fromhex(v["wrapped_hex"]), bytes.fromhex(v["pkcs8_hex"])
+    assert unwrap_private_key(_vector_key(), wrapped, name, version, serial) == pkcs8
+    assert wrapped[257:] == keywrap.aes_key_wrap_with_padding(bytes.fromhex(v["kek_hex"]), pkcs8)
+    keypairs.load_private_key(pkcs8, "ec-p256")
+    with pytest.raises(UnwrapError):
+        unwrap_private_key(_vector_key(), wrapped, name, version + 1, serial)
 
 
 def test_format_2_is_oaep_of_the_kek_then_kwp_of_the_pkcs8(
