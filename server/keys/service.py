@@ -151,15 +151,14 @@ class KeyService:
         parsed = [parse_grant(g) for g in grants]
         warnings = await self._check_grantees(parsed, allow_unknown_grantee)
         seal = await self.make_sealer(name, key_type)
+        type_note = f" type:{key_type}" if is_key_pair(key_type) else ""  # AES keys' records as before
         now = self._now()
         record = await self._store.create_key(
             name,
             now,
             seal,
             parsed,
-            audit=AuditEntry(
-                now, "admin", "key.create", f"key:{name}" + (f" type:{key_type}" * is_key_pair(key_type))
-            ),
+            audit=AuditEntry(now, "admin", "key.create", f"key:{name}{type_note}"),
             key_type=key_type,
         )
         logger.info(
@@ -279,12 +278,13 @@ class KeyService:
         """
         slot = (caller.serial, record.key_name, record.version)
         wrapped = self._wrapped.get(slot)
-        if wrapped is None and record.public_key is not None:  # a key pair's private key
-            wrapped = self._wrapped[slot] = wrap_pair(self._sealer, caller, record)
-        elif wrapped is None:
-            assert record.sealed_material is not None
-            material = self._sealer.open(_slot(record.key_name, record.version), record.sealed_material)
-            wrapped = wrap(caller.public_key, material, record.key_name, record.version, caller.serial)
+        if wrapped is None:
+            if record.public_key is not None:  # a key pair's private key (wrap format 2)
+                wrapped = wrap_pair(self._sealer, caller, record)
+            else:
+                assert record.sealed_material is not None
+                material = self._sealer.open(_slot(record.key_name, record.version), record.sealed_material)
+                wrapped = wrap(caller.public_key, material, record.key_name, record.version, caller.serial)
             self._wrapped[slot] = wrapped
             if len(self._wrapped) > _WRAPPED_CACHE:
                 self._wrapped.popitem(last=False)
