@@ -19,6 +19,7 @@ _COMMANDS = (
     identity.add_renew,
     identity.add_status,
     keys.add_fetch_key,
+    keys.add_public_key,
     keys.add_encrypt,
     keys.add_decrypt,
     revocation.add_watch,

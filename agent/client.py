@@ -179,9 +179,13 @@ class KmsClient:
             self._call(lambda e: e.identity.WhoAmI, identity_pb2.WhoAmIRequest()),
         )
 
-    def fetch_key(self, name: str, version: int) -> keys_pb2.FetchKeyResponse:
-        request = keys_pb2.FetchKeyRequest(name=name, version=version)
+    def fetch_key(self, name: str, version: int, key_pair: bool = False) -> keys_pb2.FetchKeyResponse:
+        request = keys_pb2.FetchKeyRequest(name=name, version=version, key_pair=key_pair)
         return cast(keys_pb2.FetchKeyResponse, self._call(lambda e: e.keys.FetchKey, request))
+
+    def get_public_key(self, name: str, version: int) -> keys_pb2.GetPublicKeyResponse:
+        request = keys_pb2.GetPublicKeyRequest(name=name, version=version)
+        return cast(keys_pb2.GetPublicKeyResponse, self._call(lambda e: e.keys.GetPublicKey, request))
 
     def check_certificate(self, serial: str) -> revocation_pb2.CheckCertificateResponse:
         request = revocation_pb2.CheckCertificateRequest(serial=serial)

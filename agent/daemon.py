@@ -207,7 +207,9 @@ class AgentDaemon:
         """Moves key files that follow a key to its current version (after a rotation or a compromise)."""
         try:
             with self._client() as client:
-                key = KeyFetcher(self._state.load(), client).fetch(event.key_name)
+                # A key pair's files are PEM (fetch-key of a key pair), all of them: one key, one type.
+                pair = any(f.format == "pem" for f in files)
+                key = KeyFetcher(self._state.load(), client).fetch(event.key_name, key_pair=pair)
         except KeyDisabled as exc:
             # A rotation or compromise while the key is disabled: its 'enable' event re-fetches
             # every file still listed behind the current version, so a file just deleted for a

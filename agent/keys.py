@@ -5,17 +5,26 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import serialization
+
 from agent.client import KmsClient
 from agent.state import AgentIdentity
 from kms.errors import DataLoss, InvalidArgument
 from kms.identity import validate_key_name
-from kms.wrap import UnwrapError, unwrap
+from kms.keypairs import AES_256, load_private_key
+from kms.wrap import UnwrapError, unwrap, unwrap_private_key
 
 __all__ = ["FetchedKey", "KeyFetcher", "encode_key"]
 
 
 def encode_key(material: bytes, fmt: str) -> bytes:
-    """Key bytes as a key file holds them: raw, or hex/base64 text with a newline."""
+    """Key bytes as a key file holds them: raw, or hex/base64 text with a newline; pem: a key
+    pair's private key (material: PKCS#8 DER) as PKCS#8 PEM."""
+    if fmt == "pem":
+        key = serialization.load_der_private_key(material, password=None)
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     if fmt == "hex":
         return material.hex().encode() + b"\n"
     if fmt == "base64":
@@ -29,7 +38,8 @@ class FetchedKey:
     version: int
     state: str
     created_at: int
-    material: bytes
+    material: bytes  # the AES key, or a key pair's private key as PKCS#8 DER
+    key_type: str = AES_256
 
     def __repr__(self) -> str:  # never show key material, even in a traceback
         return f"FetchedKey(name={self.name!r}, version={self.version}, state={self.state!r})"
@@ -40,22 +50,25 @@ class KeyFetcher:
         self._identity = identity
         self._client = client
         self._serial = format(identity.cert.serial_number, "x")
-        self._cache: dict[tuple[str, int], FetchedKey] = {}
+        self._cache: dict[tuple[str, int, bool], FetchedKey] = {}
 
-    def fetch(self, name: str, version: int = 0) -> FetchedKey:
+    def fetch(self, name: str, version: int = 0, *, key_pair: bool = False) -> FetchedKey:
         """Fetches and unwraps one version (0: the current one); cached for this process.
+
+        key_pair: a key pair's private key (PKCS#8 DER); else an AES key.
 
         Raises:
             InvalidArgument: bad name or version.
             DataLoss: the wrapped key does not unwrap for this agent (label or key mismatch).
-            and whatever the server said (PermissionDenied, NotFound, FailedPrecondition, ...).
+            and whatever the server said (PermissionDenied, NotFound, FailedPrecondition,
+            WrongKeyType for a key of the other kind, ...).
         """
         validate_key_name(name)
         if version < 0:
             raise InvalidArgument("--version must be a positive number (or 0 for the current version)")
-        if version and (name, version) in self._cache:
-            return self._cache[(name, version)]
-        resp = self._client.fetch_key(name, version)
+        if version and (name, version, key_pair) in self._cache:
+            return self._cache[(name, version, key_pair)]
+        resp = self._client.fetch_key(name, version, key_pair)
         if (
             resp.name != name
             or (version and resp.version != version)
@@ -63,11 +76,19 @@ class KeyFetcher:
         ):
             raise DataLoss("the server answered for another key or certificate")
         try:
-            material = unwrap(self._identity.key, resp.wrapped_key, name, resp.version, self._serial)
-        except UnwrapError:
+            if key_pair:
+                material = unwrap_private_key(
+                    self._identity.key, resp.wrapped_private_key, name, resp.version, self._serial
+                )
+                load_private_key(material, resp.key_type)  # the type the server says, or refused
+            else:
+                material = unwrap(self._identity.key, resp.wrapped_key, name, resp.version, self._serial)
+        except (UnwrapError, ValueError):
             raise DataLoss(
                 f"key {name!r} version {resp.version} does not unwrap with this agent's key: enroll again"
             ) from None
-        fetched = FetchedKey(name, resp.version, resp.state, resp.created_at, material)
-        self._cache[(name, resp.version)] = fetched
+        fetched = FetchedKey(
+            name, resp.version, resp.state, resp.created_at, material, resp.key_type or AES_256
+        )
+        self._cache[(name, resp.version, key_pair)] = fetched
         return fetched

@@ -38,7 +38,7 @@ class KeyFile:
     name: str
     version: int
     path: Path
-    format: str = "raw"  # raw, hex or base64
+    format: str = "raw"  # raw, hex or base64; pem: a key pair's private key
     # Fetched without --version: kms-agent run moves it to each new current version.
     follows_current: bool = True
 

@@ -133,8 +133,11 @@ class KmsServer:
             certs = list(pool.map(self.enroll, tokens, [k.csr_der for k in keys]))
         return [Identity(k.key_pem, c) for k, c in zip(keys, certs, strict=True)]
 
-    def create_key(self, name: str, grants: Sequence[str] = (f"group:{BENCH_GROUP}",)) -> None:
-        info = self.admin.CreateKey(admin_pb2.CreateKeyRequest(name=name, grants=list(grants)), timeout=60)
+    def create_key(
+        self, name: str, grants: Sequence[str] = (f"group:{BENCH_GROUP}",), key_type: str = ""
+    ) -> None:
+        request = admin_pb2.CreateKeyRequest(name=name, grants=list(grants), key_type=key_type)
+        info = self.admin.CreateKey(request, timeout=60)
         self._versions[name] = int(info.current_version)
 
     def revoke_key(self, name: str) -> tuple[int, float, float]:

@@ -24,6 +24,7 @@ __all__ = [
     "Held",
     "InvalidArgument",
     "KeyDisabled",
+    "WrongKeyType",
     "KmsError",
     "NotFound",
     "PermissionDenied",
@@ -154,6 +155,12 @@ class DataLoss(KmsError):
     reason = "data-loss"
 
 
+class WrongKeyType(FailedPrecondition):
+    """An operation for AES keys asked of a key pair, or one for key pairs asked of an AES key."""
+
+    reason = "wrong-key-type"
+
+
 _BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
     cls.code: cls
     for cls in (
@@ -169,8 +176,8 @@ _BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
         DeadlineExceeded,
     )
 }
-# Every class by its reason: Revoked, Held, StoreDown and KeyDisabled refine their code's class.
-_REFINED: tuple[type[KmsError], ...] = (Revoked, Held, StoreDown, KeyDisabled)
+# Every class by its reason: these refine their code's class.
+_REFINED: tuple[type[KmsError], ...] = (Revoked, Held, StoreDown, KeyDisabled, WrongKeyType)
 _BY_REASON: dict[str, type[KmsError]] = {cls.reason: cls for cls in (*_REFINED, *_BY_CODE.values())}
 
 

@@ -1,4 +1,4 @@
-"""Detached file signatures by agent keys (RSA-PSS, SHA-256), carrying the signer's certificate.
+"""Detached file signatures: by agent keys, carrying the signer's certificate, or by managed key pairs.
 
 Format (JSON, version 1)::
 
@@ -9,6 +9,16 @@ The signature covers the context string, the digest and the signing time, so
 it cannot be moved to another file or re-dated. Verification checks the
 chain to the CA and the signer's name *at the signing time*, revocation
 *now* (through the caller's check), then the signature.
+
+A managed key pair's signature (``kms-agent sign --key NAME``) names the key
+and its version, so it still verifies after the key rotates::
+
+    {"format": "seed-kms-key-signature-v1", "key": "<name>", "version": <n>,
+     "key_type": "rsa-2048", "digest": "sha256:<hex>", "signature": "<base64>"}
+
+Its signature is over the file's SHA-256 as it is (kms.signing.sign_digest),
+so ``openssl dgst -sha256 -verify`` checks it with the version's public key.
+The verifier fetches that public key, with its state, from the server.
 """
 
 from __future__ import annotations
@@ -20,17 +30,31 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from kms.errors import DataLoss, InvalidArgument
+from kms.errors import DataLoss, FailedPrecondition, InvalidArgument
 from kms.handshake import PeerCheck, PeerInfo, PeerRejected
-from kms.signing import PrivateKey, SignatureInvalid, sign, verify
+from kms.keypairs import load_public_key
+from kms.signing import PrivateKey, SignatureInvalid, sign, sign_digest, verify, verify_digest
 
-__all__ = ["FORMAT", "FileSignature", "create", "parse", "verify_file"]
+__all__ = [
+    "FORMAT",
+    "KEY_FORMAT",
+    "FileSignature",
+    "KeySignature",
+    "create",
+    "parse",
+    "parse_key_signature",
+    "sign_key_file",
+    "verify_file",
+    "verify_key_file",
+]
 
 FORMAT = "seed-kms-signature-v1"
+KEY_FORMAT = "seed-kms-key-signature-v1"
 _CONTEXT = b"seed-kms file signature v1"
 _MAX = 64 * 1024
 MAX_CLOCK_SKEW = 300
@@ -66,24 +90,84 @@ def create(key: PrivateKey, chain: tuple[bytes, ...], digest: bytes, signed_at: 
     return FileSignature(signed_at, digest, chain, sign(key, _CONTEXT, _statement(digest, signed_at)))
 
 
-def parse(data: bytes) -> FileSignature:
-    """Raises InvalidArgument for anything that is not a version-1 signature file."""
+@dataclass(frozen=True)
+class KeySignature:
+    """A signature by version `version` of managed key pair `key`."""
+
+    key: str
+    version: int
+    key_type: str
+    digest: bytes
+    signature: bytes
+
+    def encode(self) -> bytes:
+        doc = {
+            "format": KEY_FORMAT,
+            "key": self.key,
+            "version": self.version,
+            "key_type": self.key_type,
+            "digest": "sha256:" + self.digest.hex(),
+            "signature": base64.b64encode(self.signature).decode(),
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def _document(data: bytes, want: str) -> dict[str, Any]:
+    """The JSON object of a signature file of format want; refuses the other format saying what to do."""
     if len(data) > _MAX:
         raise InvalidArgument("signature file is too large")
     try:
         doc = json.loads(data)
-        if doc["format"] != FORMAT:
-            raise InvalidArgument(f"signature format {doc['format']!r} is not {FORMAT}")
-        digest_text = str(doc["digest"])
-        if not digest_text.startswith("sha256:"):
-            raise InvalidArgument("signature digest must be sha256")
+        found = doc["format"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument(f"not a kms-agent signature file ({type(exc).__name__})") from None
+    if found == want:
+        return cast(dict[str, Any], doc)
+    if found == KEY_FORMAT:
+        raise InvalidArgument(f"this signature is by key {doc.get('key')!r}: verify it with --key NAME")
+    if found == FORMAT:
+        raise InvalidArgument(
+            "this signature is by an agent's certificate, not a key pair: verify it without --key"
+        )
+    raise InvalidArgument(f"signature format {found!r} is not {want}")
+
+
+def _digest(text: object) -> bytes:
+    digest_text = str(text)
+    if not digest_text.startswith("sha256:"):
+        raise InvalidArgument("signature digest must be sha256")
+    return bytes.fromhex(digest_text[len("sha256:") :])
+
+
+def parse_key_signature(data: bytes) -> KeySignature:
+    """Raises InvalidArgument for anything that is not a key-pair signature file."""
+    doc = _document(data, KEY_FORMAT)
+    try:
+        sig = KeySignature(
+            str(doc["key"]),
+            int(doc["version"]),
+            str(doc["key_type"]),
+            _digest(doc["digest"]),
+            base64.b64decode(doc["signature"], validate=True),
+        )
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise InvalidArgument(f"not a kms-agent key signature file ({type(exc).__name__})") from None
+    if len(sig.digest) != 32 or not 0 < sig.version < 2**31 or not sig.signature:
+        raise InvalidArgument("not a kms-agent key signature file (bad digest, version or signature)")
+    return sig
+
+
+def parse(data: bytes) -> FileSignature:
+    """Raises InvalidArgument for anything that is not a version-1 signature file."""
+    doc = _document(data, FORMAT)
+    try:
         chain = tuple(
             x509.load_pem_x509_certificate(str(p).encode()).public_bytes(Encoding.DER)
             for p in doc["signer_chain"]
         )
         sig = FileSignature(
             int(doc["signed_at"]),
-            bytes.fromhex(digest_text[len("sha256:") :]),
+            _digest(doc["digest"]),
             chain,
             base64.b64decode(doc["signature"], validate=True),
         )
@@ -121,3 +205,27 @@ def verify_file(
     except SignatureInvalid:
         raise DataLoss("the signature does not verify with the signer's certificate") from None
     return signer
+
+
+def sign_key_file(key: PrivateKey, name: str, version: int, key_type: str, digest: bytes) -> KeySignature:
+    """Signs a file's SHA-256 with version `version` of key pair `name`."""
+    return KeySignature(name, version, key_type, digest, sign_digest(key, digest))
+
+
+def verify_key_file(sig: KeySignature, digest: bytes, key_type: str, state: str, public_key: bytes) -> None:
+    """Checks a key-pair signature against the version's public key (SPKI DER) and state, as the
+    server gave them for sig.key, sig.version. Raises FailedPrecondition (a compromised version:
+    nothing it signed is trusted) or DataLoss (wrong file, wrong key or a bad signature)."""
+    if state in ("compromised", "destroyed_compromised"):
+        raise FailedPrecondition(
+            f"version {sig.version} of key {sig.key} is compromised: signatures by it are not trusted"
+        )
+    if digest != sig.digest:
+        raise DataLoss("the signature is for different contents: the file was changed, or it is another file")
+    try:
+        key = load_public_key(public_key, key_type)
+        if key_type != sig.key_type:
+            raise ValueError("the key's type differs")
+        verify_digest(key, sig.signature, sig.digest)
+    except (ValueError, SignatureInvalid):
+        raise DataLoss(f"the signature does not verify with version {sig.version} of key {sig.key}") from None

@@ -1,4 +1,4 @@
-"""kms-agent key commands: fetch-key, encrypt, decrypt."""
+"""kms-agent key commands: fetch-key, public-key, encrypt, decrypt."""
 
 from __future__ import annotations
 
@@ -7,16 +7,41 @@ import base64
 import sys
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
 from agent.commands import add_output_flags
 from agent.context import connect, iso, state_dir
 from agent.files import decrypt_file, encrypt_file
-from agent.keys import KeyFetcher, encode_key
+from agent.keys import FetchedKey, KeyFetcher, encode_key
 from agent.state import KeyFile
 from kms.cli import ArgumentParser, Subcommands, print_json
-from kms.errors import FailedPrecondition, InvalidArgument
+from kms.errors import FailedPrecondition, InvalidArgument, WrongKeyType
+from kms.keypairs import AES_256, load_public_key
 from kms.securefile import is_stdio, output_is_regular, write_output
 
-__all__ = ["add_decrypt", "add_encrypt", "add_fetch_key", "cmd_decrypt", "cmd_encrypt", "cmd_fetch_key"]
+__all__ = [
+    "add_decrypt",
+    "add_encrypt",
+    "add_fetch_key",
+    "add_public_key",
+    "cmd_decrypt",
+    "cmd_encrypt",
+    "cmd_fetch_key",
+    "cmd_public_key",
+]
+
+
+def _fetch_any(fetcher: KeyFetcher, name: str, version: int, fmt: str | None) -> FetchedKey:
+    """An AES key, or a key pair's private key: --format pem asks for a pair, a byte format for
+    an AES key, and no format for whichever the key is (a refused ask releases nothing)."""
+    if fmt == "pem":
+        return fetcher.fetch(name, version, key_pair=True)
+    try:
+        return fetcher.fetch(name, version)
+    except WrongKeyType:
+        if fmt is not None:
+            raise
+        return fetcher.fetch(name, version, key_pair=True)
 
 
 def cmd_fetch_key(args: argparse.Namespace) -> int:
@@ -28,11 +53,13 @@ def cmd_fetch_key(args: argparse.Namespace) -> int:
     regular = out is not None and output_is_regular(out, follow_symlink=follow)
     identity, client = connect(args)
     with client:
-        key = KeyFetcher(identity, client).fetch(args.name, args.version)
+        key = _fetch_any(KeyFetcher(identity, client), args.name, args.version, args.format)
+    pair = key.key_type != AES_256
     meta = {"name": key.name, "version": key.version, "state": key.state, "created_at": iso(key.created_at)}
+    meta["type"] = key.key_type
     if out is not None and not is_stdio(out):
-        # A key file is raw bytes unless a text format is asked for.
-        fmt = args.format or "raw"
+        # A key file is raw bytes unless a text format is asked for; a key pair's is PEM.
+        fmt = "pem" if pair else args.format or "raw"
         write_output(out, encode_key(key.material, fmt), mode=0o600, follow_symlink=follow)
         if regular:
             # Remembered so that kms-agent watch can delete it if the version is compromised,
@@ -43,20 +70,41 @@ def cmd_fetch_key(args: argparse.Namespace) -> int:
             )
         meta["file"] = out
     if args.json:
-        if args.include_key:
+        if args.include_key and pair:
+            meta["key_pem"] = encode_key(key.material, "pem").decode()
+        elif args.include_key:
             meta["key_base64"] = base64.b64encode(key.material).decode()
         print_json(meta)
     elif out is not None and not is_stdio(out):
         print(f"wrote {key.name} version {key.version} to {out}")
     else:
         # Standard output (no --out, or --out -): base64 unless asked otherwise, never raw to a terminal.
-        fmt = args.format or ("raw" if out is not None else "base64")
+        fmt = "pem" if pair else args.format or ("raw" if out is not None else "base64")
         if fmt == "raw" and sys.stdout.isatty():
             raise InvalidArgument(
                 "refusing to print a raw key to a terminal: use --out FILE or --format base64"
             )
         sys.stdout.buffer.write(encode_key(key.material, fmt))
         sys.stdout.flush()
+    return 0
+
+
+def cmd_public_key(args: argparse.Namespace) -> int:
+    if args.version < 0:
+        raise InvalidArgument("--version must be a positive number (or 0 for the current version)")
+    _, client = connect(args)
+    with client:
+        found = client.get_public_key(args.name, args.version)
+    pem = load_public_key(found.public_key, found.key_type).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if found.state in ("compromised", "destroyed_compromised"):
+        print(
+            f"kms-agent: warning: version {found.version} of key {found.name} is compromised:"
+            " do not trust signatures by it",
+            file=sys.stderr,
+        )
+    sys.stdout.write(pem.decode())
     return 0
 
 
@@ -94,7 +142,11 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 
 def add_fetch_key(sub: Subcommands, common: ArgumentParser) -> None:
-    fk = sub.add_parser("fetch-key", parents=[common], help="fetch a granted key, unwrap it locally")
+    fk = sub.add_parser(
+        "fetch-key",
+        parents=[common],
+        help="fetch a granted key (AES, or a key pair's private key as PEM), unwrap it locally",
+    )
     fk.add_argument("name")
     fk.add_argument("--version", type=int, default=0, help="key version (default: current)")
     fk.add_argument(
@@ -103,7 +155,9 @@ def add_fetch_key(sub: Subcommands, common: ArgumentParser) -> None:
         " printing it in base64",
     )
     fk.add_argument(
-        "--format", choices=("raw", "base64", "hex"), help="raw for --out, base64 for stdout by default"
+        "--format",
+        choices=("raw", "base64", "hex", "pem"),
+        help="AES keys: raw for --out, base64 for stdout by default; key pairs: pem (PKCS#8), always",
     )
     fk.add_argument(
         "--json", action="store_true", help="print metadata as JSON (no key unless --include-key)"
@@ -111,6 +165,15 @@ def add_fetch_key(sub: Subcommands, common: ArgumentParser) -> None:
     fk.add_argument("--include-key", action="store_true", help="with --json: include the key, base64")
     add_output_flags(fk)
     fk.set_defaults(func=cmd_fetch_key)
+
+
+def add_public_key(sub: Subcommands, common: ArgumentParser) -> None:
+    pk = sub.add_parser(
+        "public-key", parents=[common], help="print the public key (PEM) of a granted key pair's version"
+    )
+    pk.add_argument("name")
+    pk.add_argument("--version", type=int, default=0, help="key version (default: current)")
+    pk.set_defaults(func=cmd_public_key)
 
 
 def add_encrypt(sub: Subcommands, common: ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""kms-agent signature commands: sign and verify."""
+"""kms-agent signature commands: sign and verify, with this agent's certificate key or (--key NAME)
+with a managed key pair the agent is granted."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from agent.commands import add_output_flags
 from agent.context import connect, state_dir
 from agent.issuance import trust_domain_of
+from agent.keys import KeyFetcher
 from agent.standing import check_standing
 from kms import filesig
 from kms.cli import ArgumentParser, Subcommands, print_json
-from kms.errors import InvalidArgument
+from kms.errors import FailedPrecondition, InvalidArgument
+from kms.keypairs import load_private_key
 from kms.peers import agent_peer
 from kms.securefile import is_stdio, open_input, output_is_regular, write_output
 
@@ -35,11 +38,55 @@ def _sha256_file(path: str) -> bytes:
     return digest.digest()
 
 
+def _read_signature(path: str) -> bytes:
+    with open_input(path) as f:
+        try:
+            return f.read()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _sign_with_key(args: argparse.Namespace) -> tuple[bytes, str]:
+    """The signature file by the current version of key pair args.key, and who signed."""
+    digest = _sha256_file(args.file)
+    identity, client = connect(args)
+    with client:
+        key = KeyFetcher(identity, client).fetch(args.key, key_pair=True)
+    if key.state != "active":
+        raise FailedPrecondition(f"key {key.name} version {key.version} is {key.state}: it may only verify")
+    private = load_private_key(key.material, key.key_type)
+    sig = filesig.sign_key_file(private, key.name, key.version, key.key_type, digest)
+    return sig.encode(), f"key {key.name} version {key.version}"
+
+
+def _verify_with_key(args: argparse.Namespace) -> int:
+    if args.signer:
+        raise InvalidArgument("--signer names an agent: a signature by a key pair (--key) has none")
+    sig = filesig.parse_key_signature(_read_signature(args.signature))
+    if sig.key != args.key:
+        raise InvalidArgument(f"the signature is by key {sig.key}, not {args.key}")
+    digest = _sha256_file(args.file)
+    identity, client = connect(args)
+    with client:
+        found = client.get_public_key(sig.key, sig.version)
+    filesig.verify_key_file(sig, digest, found.key_type, found.state, found.public_key)
+    if args.json:
+        print_json({"valid": True, "key": sig.key, "version": sig.version, "key_type": sig.key_type})
+    else:
+        print(f"good signature by key {sig.key} version {sig.version} ({found.state})")
+    return 0
+
+
 def cmd_sign(args: argparse.Namespace) -> int:
     if is_stdio(args.file) and not args.out:
         raise InvalidArgument("signing standard input (-) needs --out SIG (or --out - for stdout)")
     out = args.out or args.file + ".sig"
     output_is_regular(out, follow_symlink=args.follow_symlinks)  # refuses a bad output before anything else
+    if args.key:
+        data, signer = _sign_with_key(args)
+        write_output(out, data, mode=0o644, follow_symlink=args.follow_symlinks)
+        print(f"signed {args.file} with {signer}: {out}", file=sys.stderr if is_stdio(out) else sys.stdout)
+        return 0
     state = state_dir(args)
     identity = state.load()
     now = datetime.now(UTC)
@@ -62,12 +109,9 @@ def cmd_sign(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     if is_stdio(args.file) and is_stdio(args.signature):
         raise InvalidArgument("only one of FILE and SIG can be standard input (-)")
-    with open_input(args.signature) as f:
-        try:
-            data = f.read()
-        except OSError as exc:
-            raise InvalidArgument(f"cannot read {args.signature}: {exc.strerror}") from None
-    sig = filesig.parse(data)
+    if args.key:
+        return _verify_with_key(args)
+    sig = filesig.parse(_read_signature(args.signature))
     digest = _sha256_file(args.file)
     identity, client = connect(args)
     ca = x509.load_pem_x509_certificate(identity.ca_bundle_pem)
@@ -92,8 +136,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def add_sign(sub: Subcommands, common: ArgumentParser) -> None:
-    sg = sub.add_parser("sign", parents=[common], help="sign a file with this agent's key (RSA-PSS)")
+    sg = sub.add_parser(
+        "sign", parents=[common], help="sign a file with this agent's key, or a granted key pair (--key)"
+    )
     sg.add_argument("file", metavar="FILE", help="file to sign; - for stdin (then --out is needed)")
+    sg.add_argument(
+        "--key",
+        metavar="NAME",
+        help="sign with the current version of key pair NAME (RSA-PSS or ECDSA, SHA-256) instead",
+    )
     sg.add_argument("--out", metavar="SIG", help="signature file (default FILE.sig); - for stdout")
     add_output_flags(sg)
     sg.set_defaults(func=cmd_sign)
@@ -106,5 +157,6 @@ def add_verify(sub: Subcommands, common: ArgumentParser) -> None:
     vf.add_argument("file", metavar="FILE", help="the signed file; - for stdin")
     vf.add_argument("signature", metavar="SIG", help="its signature; - for stdin")
     vf.add_argument("--signer", help="the agent name the signature must be from")
+    vf.add_argument("--key", metavar="NAME", help="a signature by key pair NAME (kms-agent sign --key)")
     vf.add_argument("--json", action="store_true")
     vf.set_defaults(func=cmd_verify)

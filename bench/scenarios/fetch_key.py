@@ -1,8 +1,9 @@
-"""fetch-key: FetchKey calls/s from 50+ enrolled identities, against a bare mTLS unary echo."""
+"""fetch-key: FetchKey calls/s from 50+ enrolled identities, against a bare mTLS unary echo; then
+FetchKey of an RSA-3072 managed key pair's private key against FetchKey of the AES key, same run."""
 
 from __future__ import annotations
 
-from bench.context import BenchContext, split
+from bench.context import BenchContext, LoadOutcome, split
 from bench.kms import KmsServer
 from bench.load import LoadSpec, Target
 from bench.pki import Identity
@@ -15,6 +16,8 @@ __all__ = ["ECHO_REQUEST", "fetch_key_target", "fetch_setup", "run"]
 # "A few hundred bytes": about the size of a FetchKeyResponse (an RSA-2048 wrapped key and its names).
 ECHO_REQUEST = b"e" * 320
 KEY_NAME = "bench-key"
+PAIR_NAME = "bench-pair"
+PAIR_TYPE = "rsa-3072"
 
 
 def depth_for(identities: int) -> int:
@@ -31,10 +34,19 @@ def fetch_setup(ctx: BenchContext, kms: KmsServer) -> list[Identity]:
     return identities
 
 
-def fetch_key_target(kms: KmsServer, identities: tuple[Identity, ...], depth: int) -> Target:
-    request = keys_pb2.FetchKeyRequest(name=KEY_NAME, version=0).SerializeToString()
+def fetch_key_target(
+    kms: KmsServer,
+    identities: tuple[Identity, ...],
+    depth: int,
+    name: str = "seed-kms",
+    *,
+    pair: bool = False,
+) -> Target:
+    request = keys_pb2.FetchKeyRequest(
+        name=PAIR_NAME if pair else KEY_NAME, version=0, key_pair=pair
+    ).SerializeToString()
     return Target(
-        "seed-kms",
+        name,
         "unary",
         kms.address,
         kms.ca_pem,
@@ -71,6 +83,31 @@ def load_specs(
     ]
 
 
+def pair_specs(ctx: BenchContext, kms: KmsServer, identities: list[Identity]) -> list[LoadSpec]:
+    """The key pair's and the AES key's FetchKey, from the same identities, channels and depth."""
+    depth = depth_for(len(identities))
+    return [
+        LoadSpec(
+            (fetch_key_target(kms, ids, depth, "pair", pair=True), fetch_key_target(kms, ids, depth, "aes"))
+        )
+        for ids in split(identities, ctx.scale.client_processes)
+    ]
+
+
+def _pair_result(out: dict[str, LoadOutcome]) -> Result:
+    return throughput_result(
+        "fetch-key",
+        f"{PAIR_TYPE} pair",
+        f"FetchKey of an {PAIR_TYPE} key pair",
+        "calls/s",
+        out["pair"],
+        out["aes"],
+        "aes FetchKey",
+        0.70,
+        details={"key_type": PAIR_TYPE},
+    )
+
+
 def run(ctx: BenchContext) -> list[Result]:
     with ctx.baseline_server("fetch-key-echo") as echo, ctx.kms_server("fetch-key") as kms:
         identities = fetch_setup(ctx, kms)
@@ -78,6 +115,11 @@ def run(ctx: BenchContext) -> list[Result]:
             load_specs(ctx, echo.fields["address"], kms, identities),
             "fetch-key",
             server_pids={"echo": echo.pid, "seed-kms": kms.pid},
+        )
+        ctx.progress.step(f"making an {PAIR_TYPE} key pair")
+        kms.create_key(PAIR_NAME, key_type=PAIR_TYPE)
+        pairs = ctx.run_load(
+            pair_specs(ctx, kms, identities), "fetch-key-pair", server_pids={"pair": kms.pid, "aes": kms.pid}
         )
         kms.process.check_alive()
     return [
@@ -91,5 +133,6 @@ def run(ctx: BenchContext) -> list[Result]:
             "echo",
             0.70,
             details={"identities": len(identities)},
-        )
+        ),
+        _pair_result(pairs),
     ]

@@ -61,14 +61,16 @@ class ListAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[_types_pb2.AgentInfo, _Mapping]]] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("name", "grants", "allow_unknown_grantee")
+    __slots__ = ("name", "grants", "allow_unknown_grantee", "key_type")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRANTS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_UNKNOWN_GRANTEE_FIELD_NUMBER: _ClassVar[int]
+    KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     grants: _containers.RepeatedScalarFieldContainer[str]
     allow_unknown_grantee: bool
-    def __init__(self, name: _Optional[str] = ..., grants: _Optional[_Iterable[str]] = ..., allow_unknown_grantee: _Optional[bool] = ...) -> None: ...
+    key_type: str
+    def __init__(self, name: _Optional[str] = ..., grants: _Optional[_Iterable[str]] = ..., allow_unknown_grantee: _Optional[bool] = ..., key_type: _Optional[str] = ...) -> None: ...
 
 class RotateKeyRequest(_message.Message):
     __slots__ = ("name",)
@@ -117,7 +119,7 @@ class KeyVersionInfo(_message.Message):
     def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., state_changed_at: _Optional[int] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
-    __slots__ = ("name", "current_version", "created_at", "versions", "grants", "warnings", "disabled", "disabled_at", "disabled_reason")
+    __slots__ = ("name", "current_version", "created_at", "versions", "grants", "warnings", "disabled", "disabled_at", "disabled_reason", "key_type")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +129,7 @@ class KeyInfo(_message.Message):
     DISABLED_FIELD_NUMBER: _ClassVar[int]
     DISABLED_AT_FIELD_NUMBER: _ClassVar[int]
     DISABLED_REASON_FIELD_NUMBER: _ClassVar[int]
+    KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     current_version: int
     created_at: int
@@ -136,7 +139,8 @@ class KeyInfo(_message.Message):
     disabled: bool
     disabled_at: int
     disabled_reason: str
-    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., created_at: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., grants: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., disabled: _Optional[bool] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ...) -> None: ...
+    key_type: str
+    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., created_at: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., grants: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., disabled: _Optional[bool] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ..., key_type: _Optional[str] = ...) -> None: ...
 
 class DisableKeyRequest(_message.Message):
     __slots__ = ("name", "reason")

@@ -5,6 +5,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FetchKeyRequest(_message.Message):
+    __slots__ = ("name", "version", "key_pair")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KEY_PAIR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    key_pair: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., key_pair: _Optional[bool] = ...) -> None: ...
+
+class FetchKeyResponse(_message.Message):
+    __slots__ = ("name", "version", "state", "created_at", "wrapped_key", "wrapped_for_serial", "key_type", "wrapped_private_key")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_FOR_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    state: str
+    created_at: int
+    wrapped_key: bytes
+    wrapped_for_serial: str
+    key_type: str
+    wrapped_private_key: bytes
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., wrapped_for_serial: _Optional[str] = ..., key_type: _Optional[str] = ..., wrapped_private_key: _Optional[bytes] = ...) -> None: ...
+
+class GetPublicKeyRequest(_message.Message):
     __slots__ = ("name", "version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -12,18 +42,18 @@ class FetchKeyRequest(_message.Message):
     version: int
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
-class FetchKeyResponse(_message.Message):
-    __slots__ = ("name", "version", "state", "created_at", "wrapped_key", "wrapped_for_serial")
+class GetPublicKeyResponse(_message.Message):
+    __slots__ = ("name", "version", "key_type", "state", "public_key", "created_at")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
-    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
-    WRAPPED_FOR_SERIAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
+    key_type: str
     state: str
+    public_key: bytes
     created_at: int
-    wrapped_key: bytes
-    wrapped_for_serial: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., wrapped_for_serial: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., key_type: _Optional[str] = ..., state: _Optional[str] = ..., public_key: _Optional[bytes] = ..., created_at: _Optional[int] = ...) -> None: ...

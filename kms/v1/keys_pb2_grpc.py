@@ -39,6 +39,11 @@ class KeysStub:
                 request_serializer=kms_dot_v1_dot_keys__pb2.FetchKeyRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_keys__pb2.FetchKeyResponse.FromString,
                 _registered_method=True)
+        self.GetPublicKey = channel.unary_unary(
+                '/kms.v1.Keys/GetPublicKey',
+                request_serializer=kms_dot_v1_dot_keys__pb2.GetPublicKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_keys__pb2.GetPublicKeyResponse.FromString,
+                _registered_method=True)
 
 
 class KeysServicer:
@@ -52,6 +57,16 @@ class KeysServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPublicKey(self, request, context):
+        """The public key of one version of a key pair the caller is granted (the
+        grant only: nothing secret is released, so nothing is logged as a
+        release). Refused for a destroyed version, a disabled key and an AES key;
+        a compromised version is answered with its state, for verifiers to refuse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeysServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +74,11 @@ def add_KeysServicer_to_server(servicer, server):
                     servicer.FetchKey,
                     request_deserializer=kms_dot_v1_dot_keys__pb2.FetchKeyRequest.FromString,
                     response_serializer=kms_dot_v1_dot_keys__pb2.FetchKeyResponse.SerializeToString,
+            ),
+            'GetPublicKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPublicKey,
+                    request_deserializer=kms_dot_v1_dot_keys__pb2.GetPublicKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_keys__pb2.GetPublicKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +108,33 @@ class Keys:
             '/kms.v1.Keys/FetchKey',
             kms_dot_v1_dot_keys__pb2.FetchKeyRequest.SerializeToString,
             kms_dot_v1_dot_keys__pb2.FetchKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPublicKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Keys/GetPublicKey',
+            kms_dot_v1_dot_keys__pb2.GetPublicKeyRequest.SerializeToString,
+            kms_dot_v1_dot_keys__pb2.GetPublicKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -97,7 +97,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.KeyInfo:
         done = await self._keys.create(
-            request.name, list(request.grants), allow_unknown_grantee=request.allow_unknown_grantee
+            request.name,
+            list(request.grants),
+            allow_unknown_grantee=request.allow_unknown_grantee,
+            key_type=request.key_type,
         )
         return key_info(done.record, done.warnings)
 

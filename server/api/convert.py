@@ -64,6 +64,7 @@ def key_info(key: KeyRecord, warnings: tuple[str, ...] = ()) -> admin_pb2.KeyInf
         disabled=key.disabled_at is not None,
         disabled_at=key.disabled_at or 0,
         disabled_reason=key.disabled_reason or "",
+        key_type=key.key_type,
     )
 
 

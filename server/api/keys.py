@@ -1,4 +1,4 @@
-"""The Keys service: an agent fetches a key, wrapped for its certificate."""
+"""The Keys service: an agent fetches a key, wrapped for its certificate, or a key pair's public key."""
 
 from __future__ import annotations
 
@@ -20,12 +20,30 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
     ) -> keys_pb2.FetchKeyResponse:
         caller = current_caller.get()
         assert caller is not None  # the method table: Role.AGENT only
-        fetched = await self._keys.fetch(caller, request.name, request.version)
+        fetched = await self._keys.fetch(caller, request.name, request.version, key_pair=request.key_pair)
+        pair = fetched.key_type != "aes-256"
         return keys_pb2.FetchKeyResponse(
             name=fetched.version.key_name,
             version=fetched.version.version,
             state=fetched.version.state,
             created_at=fetched.version.created_at,
-            wrapped_key=fetched.wrapped,
+            wrapped_key=b"" if pair else fetched.wrapped,
             wrapped_for_serial=caller.serial,
+            key_type=fetched.key_type,
+            wrapped_private_key=fetched.wrapped if pair else b"",
+        )
+
+    async def GetPublicKey(
+        self, request: keys_pb2.GetPublicKeyRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.GetPublicKeyResponse:
+        caller = current_caller.get()
+        assert caller is not None  # the method table: Role.AGENT only
+        found = await self._keys.public_key(caller, request.name, request.version)
+        return keys_pb2.GetPublicKeyResponse(
+            name=found.version.key_name,
+            version=found.version.version,
+            key_type=found.key_type,
+            state=found.version.state,
+            public_key=found.der,
+            created_at=found.version.created_at,
         )

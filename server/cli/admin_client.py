@@ -71,10 +71,10 @@ class AdminClient:
         )
 
     def create_key(
-        self, name: str, grants: list[str], allow_unknown_grantee: bool = False
+        self, name: str, grants: list[str], allow_unknown_grantee: bool = False, key_type: str = ""
     ) -> admin_pb2.KeyInfo:
         request = admin_pb2.CreateKeyRequest(
-            name=name, grants=grants, allow_unknown_grantee=allow_unknown_grantee
+            name=name, grants=grants, allow_unknown_grantee=allow_unknown_grantee, key_type=key_type
         )
         return cast(admin_pb2.KeyInfo, self._call(self._stub.CreateKey, request))
 

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from kms.cli import ArgumentParser, Subcommands, print_json, print_table
+from kms.keypairs import KEY_TYPES
 from kms.v1 import admin_pb2
 from server.cli.context import admin as _admin
 from server.cli.context import iso
@@ -17,6 +18,7 @@ __all__ = ["add_key"]
 def _key_json(key: admin_pb2.KeyInfo) -> dict[str, object]:
     return {
         "name": key.name,
+        "type": key.key_type or "aes-256",
         "current_version": key.current_version,
         "created_at": iso(key.created_at),
         "versions": [
@@ -45,14 +47,16 @@ def _print_key(key: admin_pb2.KeyInfo, as_json: bool) -> None:
         return
     versions = ", ".join(f"v{v.version} {v.state}" for v in key.versions)
     print(
-        f"{key.name}: {_state_text(key)}, current version {key.current_version} ({versions});"
+        f"{key.name}: {key.key_type or 'aes-256'}, {_state_text(key)}, current version {key.current_version} ({versions});"
         f" grants: {', '.join(key.grants) or '-'}"
     )
 
 
 def cmd_key_create(args: argparse.Namespace) -> int:
     with _admin(args) as admin:
-        _print_key(admin.create_key(args.name, args.grant or [], args.allow_unknown_grantee), args.json)
+        _print_key(
+            admin.create_key(args.name, args.grant or [], args.allow_unknown_grantee, args.type), args.json
+        )
     return 0
 
 
@@ -113,10 +117,11 @@ def cmd_key_list(args: argparse.Namespace) -> int:
         print_json([_key_json(k) for k in keys])
     else:
         print_table(
-            ["NAME", "STATE", "CURRENT", "VERSIONS", "GRANTS"],
+            ["NAME", "TYPE", "STATE", "CURRENT", "VERSIONS", "GRANTS"],
             [
                 [
                     k.name,
+                    k.key_type or "aes-256",
                     _state_text(k),
                     str(k.current_version),
                     " ".join(f"v{v.version}:{v.state}" for v in k.versions),
@@ -130,11 +135,17 @@ def cmd_key_list(args: argparse.Namespace) -> int:
 
 def add_key(sub: Subcommands, common: ArgumentParser) -> None:
     key = sub.add_parser(
-        "key", help="AES keys: create, rotate, grant, list, destroy, disable, enable"
+        "key", help="AES keys and key pairs: create, rotate, grant, list, destroy, disable, enable"
     ).add_subparsers(dest="key_command", required=True, metavar="COMMAND")
     kc = key.add_parser("create", parents=[common], help="create a key (version 1)")
     kc.add_argument("name")
     kc.add_argument("--grant", action="append", help="agent:NAME or group:NAME, repeatable")
+    kc.add_argument(
+        "--type",
+        choices=KEY_TYPES,
+        default="aes-256",
+        help="aes-256 (default), or a key pair the server generates (agents sign with it; fetch-key)",
+    )
     kc.set_defaults(func=cmd_key_create)
     unknown_grantee = (
         "accept agent:NAME for an agent neither enrolled nor named by an unused join token (warns);"

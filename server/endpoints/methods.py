@@ -75,6 +75,7 @@ METHODS: dict[str, Method] = {
     "/kms.v1.Admin/DisableKey": _ADMIN,
     "/kms.v1.Admin/EnableKey": _ADMIN,
     "/kms.v1.Keys/FetchKey": Method(Role.AGENT, counter=Counter.KEY_RELEASES),
+    "/kms.v1.Keys/GetPublicKey": _AGENT,
     "/kms.v1.Admin/RevokeCertificate": _ADMIN,
     "/kms.v1.Admin/RevokeAgent": _ADMIN,
     "/kms.v1.Admin/RevokeKey": _ADMIN,

@@ -1,12 +1,14 @@
-"""The key distributor: named AES-256 keys with versions, grants, and wrapped release.
+"""The key distributor: named keys (AES-256, or key pairs) with versions, grants, and wrapped release.
 
 Material is drawn from the OS CSPRNG, sealed under the master key in a slot
 named for its key and version (so a ciphertext moved to another row does not
 open), and leaves the server only wrapped for the certificate that asked.
+Key pairs are made and wrapped by pairs.py; a key's type never changes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections import OrderedDict
@@ -15,17 +17,19 @@ from dataclasses import dataclass
 
 from kms.errors import KeyDisabled, NotFound, PermissionDenied
 from kms.identity import validate_key_name
+from kms.keypairs import AES_256, is_key_pair, parse_key_type
 from kms.wrap import KEY_BYTES, wrap
 from server.clock import Clock, now_seconds
 from server.deployment.sealing import Sealer
 from server.endpoints.authn import Caller
+from server.keys.pairs import PublicKey, pair_sealer, wrap_pair
 from server.keys.parsing import check_version, parse_disable_reason, parse_grant
 from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, Store
 from server.store.completion import after_commit
 from server.store.records import SealFn
 
 # KeyRecord is what KeyService answers with: re-exported so server/api needs no store import.
-__all__ = ["FetchedKey", "KeyChange", "KeyRecord", "KeyService", "KeyStateChange"]
+__all__ = ["FetchedKey", "KeyChange", "KeyRecord", "KeyService", "KeyStateChange", "PublicKey"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +60,8 @@ class KeyStateChange:
 @dataclass(frozen=True)
 class FetchedKey:
     version: KeyVersionRecord
-    wrapped: bytes
+    wrapped: bytes  # kms.wrap format 1 (AES keys) or 2 (a key pair's private key)
+    key_type: str = AES_256
 
 
 class KeyService:
@@ -73,17 +78,40 @@ class KeyService:
         # Rotation events go out on the watch feed, like revocations.
         self._publish = publish
         self._wrapped: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        self._types: dict[str, str] = {}  # a key's type never changes, and keys are never deleted
 
     def _now(self) -> int:
         return now_seconds(self._clock)
 
-    def sealer_for(self, name: str) -> SealFn:
-        """Seals fresh random material for a version number the store allocates."""
+    def sealer_for(self, name: str, key_type: str) -> SealFn:
+        """Seals fresh material of key_type for a version number the store allocates.
+
+        A key pair is generated here, before the store's transaction (it may take
+        seconds): the function returned only seals. make_sealer does it off the event loop.
+        """
+        if is_key_pair(key_type):
+            return pair_sealer(self._sealer, name, key_type)
 
         def seal(version: int) -> bytes:
             return self._sealer.seal(_slot(name, version), os.urandom(KEY_BYTES))
 
         return seal
+
+    async def make_sealer(self, name: str, key_type: str | None = None) -> SealFn:
+        """sealer_for, with the key's stored type unless given, generating in a worker thread.
+
+        Raises NotFound when no key name exists (key_type None).
+        """
+        key_type = key_type or await self.key_type(name)
+        if not is_key_pair(key_type):
+            return self.sealer_for(name, key_type)
+        return await asyncio.to_thread(self.sealer_for, name, key_type)
+
+    async def key_type(self, name: str) -> str:
+        """The key's type, read once (it never changes). Raises NotFound."""
+        if name not in self._types:
+            self._types[name] = await self._store.key_type(name)
+        return self._types[name]
 
     async def _check_grantees(self, grants: list[Grant], allow_unknown: bool) -> tuple[str, ...]:
         """Refuses (NotFound) a grant to an agent nobody knows, unless allowed; then it is a warning.
@@ -109,30 +137,39 @@ class KeyService:
             )
         return tuple(warnings)
 
-    async def create(self, name: str, grants: list[str], *, allow_unknown_grantee: bool = False) -> KeyChange:
-        """Creates key name (version 1) with its grants.
+    async def create(
+        self, name: str, grants: list[str], *, allow_unknown_grantee: bool = False, key_type: str = ""
+    ) -> KeyChange:
+        """Creates key name (version 1) of key_type ("": aes-256) with its grants.
 
         Raises:
-            InvalidArgument: a bad name or grant. AlreadyExists: the key exists.
+            InvalidArgument: a bad name, type or grant. AlreadyExists: the key exists.
             NotFound: a grant to an unknown agent, unless allow_unknown_grantee.
         """
         validate_key_name(name)
+        key_type = parse_key_type(key_type)
         parsed = [parse_grant(g) for g in grants]
         warnings = await self._check_grantees(parsed, allow_unknown_grantee)
+        seal = await self.make_sealer(name, key_type)
+        type_note = f" type:{key_type}" if is_key_pair(key_type) else ""  # AES keys' records as before
         now = self._now()
         record = await self._store.create_key(
             name,
             now,
-            self.sealer_for(name),
+            seal,
             parsed,
-            audit=AuditEntry(now, "admin", "key.create", f"key:{name}"),
+            audit=AuditEntry(now, "admin", "key.create", f"key:{name}{type_note}"),
+            key_type=key_type,
         )
-        logger.info("key created", extra={"key": name, "grants": ",".join(map(str, parsed))})
+        logger.info(
+            "key created", extra={"key": name, "type": key_type, "grants": ",".join(map(str, parsed))}
+        )
         return KeyChange(record, warnings)
 
     async def rotate(self, name: str) -> KeyRecord:
-        now = self._now()
         validate_key_name(name)
+        seal = await self.make_sealer(name)  # of the key's type; before the clock is read
+        now = self._now()
 
         def committed(done: tuple[KeyRecord, RevocationEvent]) -> KeyRecord:
             record, event = done
@@ -145,7 +182,7 @@ class KeyService:
         write = self._store.rotate_key(
             name,
             now,
-            self.sealer_for(name),
+            seal,
             audit=lambda done: AuditEntry(
                 now, "admin", "key.rotate", f"key:{name}/v{done[0].current_version}"
             ),
@@ -242,9 +279,12 @@ class KeyService:
         slot = (caller.serial, record.key_name, record.version)
         wrapped = self._wrapped.get(slot)
         if wrapped is None:
-            assert record.sealed_material is not None
-            material = self._sealer.open(_slot(record.key_name, record.version), record.sealed_material)
-            wrapped = wrap(caller.public_key, material, record.key_name, record.version, caller.serial)
+            if record.public_key is not None:  # a key pair's private key (wrap format 2)
+                wrapped = wrap_pair(self._sealer, caller, record)
+            else:
+                assert record.sealed_material is not None
+                material = self._sealer.open(_slot(record.key_name, record.version), record.sealed_material)
+                wrapped = wrap(caller.public_key, material, record.key_name, record.version, caller.serial)
             self._wrapped[slot] = wrapped
             if len(self._wrapped) > _WRAPPED_CACHE:
                 self._wrapped.popitem(last=False)
@@ -252,14 +292,17 @@ class KeyService:
             self._wrapped.move_to_end(slot)
         return wrapped
 
-    async def fetch(self, caller: Caller, name: str, version: int) -> FetchedKey:
+    async def fetch(self, caller: Caller, name: str, version: int, *, key_pair: bool = False) -> FetchedKey:
         """Releases one version (0: the current one) wrapped for the calling certificate.
+
+        key_pair: the caller asks for a key pair's private key (wrap format 2); else an AES key.
 
         Raises:
             InvalidArgument: bad name or version.
             PermissionDenied: not granted to the caller or its groups (or no such key).
             NotFound: no such version. FailedPrecondition: destroyed.
             KeyDisabled: the key is disabled (after the grant is checked).
+            WrongKeyType: the key is not of the kind key_pair asks for (nothing is released).
         """
         validate_key_name(name)
         check_version(version, allow_current=True)
@@ -273,6 +316,7 @@ class KeyService:
                 caller.serial,
                 now,
                 audit=lambda v: AuditEntry(now, actor, "key.release", f"key:{name}/v{v.version}"),
+                key_pair=key_pair,
             )
         except PermissionDenied:
             await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", "denied"))
@@ -287,4 +331,21 @@ class KeyService:
             "key released",
             extra={"key": name, "version": record.version, "agent": caller.name, "serial": caller.serial},
         )
-        return FetchedKey(record, wrapped)
+        return FetchedKey(record, wrapped, await self.key_type(name) if key_pair else AES_256)
+
+    async def public_key(self, caller: Caller, name: str, version: int) -> PublicKey:
+        """A key pair's public key (version 0: the current one) for a caller granted the key.
+
+        Public: no release is recorded. A compromised version is answered, with its state.
+
+        Raises:
+            InvalidArgument: bad name or version. PermissionDenied: not granted (or no such key).
+            KeyDisabled, WrongKeyType (an AES key), NotFound (no such version),
+            FailedPrecondition (destroyed).
+        """
+        validate_key_name(name)
+        check_version(version, allow_current=True)
+        key_type, record = await self._store.public_key_version(
+            name, version or None, caller.name, caller.groups
+        )
+        return PublicKey(key_type, record)

@@ -23,7 +23,7 @@ from server.clock import Clock, now_seconds
 from server.keys import MAX_VERSION, KeyService
 from server.revocation.feed import RevocationFeed, StreamGuard
 from server.revocation.states import REVOCATION_KINDS, Entry, entries
-from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store
+from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store, rules
 from server.store.completion import after_commit
 
 # RevocationEvent is what RevocationService answers with: re-exported so server/api needs no store import.
@@ -239,6 +239,12 @@ class RevocationService:
                 self._keys.forget_wrapped(name, version)
             return self._committed(event)
 
+        # Made before the transaction (a key pair's generation is slow), used only if the
+        # version is current and must be replaced. No key: the store's answer for no version.
+        try:
+            seal = await self._keys.make_sealer(name)
+        except NotFound:
+            raise rules.no_version(name, version) from None
         now = self._now()
 
         def audit(done: tuple[RevocationEvent, int | None]) -> list[AuditEntry]:
@@ -249,9 +255,7 @@ class RevocationService:
                 )
             return entries
 
-        write = self._store.revoke_key_version(
-            name, version, reason, now, self._keys.sealer_for(name), audit=audit
-        )
+        write = self._store.revoke_key_version(name, version, reason, now, seal, audit=audit)
         done = await after_commit(write, committed)
         return done or await self._already(kind="key", key=(name, version))
 

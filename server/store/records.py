@@ -26,6 +26,7 @@ __all__ = [
     "KeyVersionRecord",
     "RevocationEvent",
     "SealFn",
+    "SealedVersion",
     "StoreError",
     "WriteOutcomeUnknown",
     "audit_entries",
@@ -153,8 +154,18 @@ class KeyRecord:
     expiry_notices: int = 0
 
 
-# Seals fresh material for a version number the store has just allocated.
-SealFn = Callable[[int], bytes]
+@dataclass(frozen=True)
+class SealedVersion:
+    """A new version's material sealed for its slot, and a key pair's public key (SPKI DER)."""
+
+    sealed_material: bytes = field(repr=False)
+    public_key: bytes | None = field(default=None, repr=False)
+
+
+# Seals material for a version number the store has just allocated: the sealed material
+# (AES keys), or a SealedVersion (key pairs). Material that is slow to make (a key pair)
+# is made before the transaction: this only seals it.
+SealFn = Callable[[int], bytes | SealedVersion]
 
 
 @dataclass(frozen=True)

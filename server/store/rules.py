@@ -16,11 +16,13 @@ from kms.errors import (
     Revoked,
     StoreDown,
 )
+from kms.keypairs import require_aes, require_key_pair
 from kms.revocation import HOLD
 from server.store.records import Grant, KeyVersionRecord, WriteOutcomeUnknown
 
 __all__ = [
     "caller_revoked",
+    "check_key_kind",
     "check_releasable",
     "compromised_state",
     "destroyed_state",
@@ -178,6 +180,14 @@ def compromised_state(state: str) -> str | None:
     if state in ("compromised", "destroyed_compromised"):
         return None
     return "destroyed_compromised" if state == "destroyed" else "compromised"
+
+
+def check_key_kind(name: str, key_type: str, key_pair: bool) -> None:
+    """Refuses (WrongKeyType) a release for an AES use of a key pair, or the other way round."""
+    if key_pair:
+        require_key_pair(name, key_type, "be fetched as a key pair")
+    else:
+        require_aes(name, key_type, "be released as an AES key")
 
 
 def check_releasable(name: str, wanted: int, record: KeyVersionRecord | None) -> KeyVersionRecord:

@@ -1,4 +1,5 @@
-"""Writes the known-answer vectors for kms/wrap.py and kms/envelope.py (run once; checked in).
+"""Writes the known-answer vectors for kms/wrap.py (formats 1 and 2) and kms/envelope.py (run once;
+checked in).
 
     python tests/vectors/generate.py
 
@@ -15,8 +16,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from kms import keypairs
 from kms.envelope import Encryptor, Header
-from kms.wrap import wrap, wrap_label
+from kms.wrap import private_key_label, wrap, wrap_label, wrap_private_key
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,6 +52,40 @@ def _wrap_vectors() -> dict[str, object]:
     }
 
 
+def _wrap_private_key_vectors(key: rsa.RSAPrivateKey) -> dict[str, object]:
+    """Format 2 under wrap.json's RSA key: an EC P-256 PKCS#8 key, wrapped with a fixed AES key."""
+    pkcs8 = keypairs.private_der(keypairs.generate("ec-p256"))
+    kek = os.urandom(32)
+    name, version, serial = "release-signer", 3, "5eed0000aa"
+    wrapped = wrap_private_key(key.public_key(), pkcs8, name, version, serial, kek=kek)
+    return {
+        "comment": "kms.wrap format 2 under wrap.json's throwaway RSA key; the EC key is throwaway too",
+        "valid": [
+            {
+                "name": name,
+                "version": version,
+                "serial": serial,
+                "label_hex": private_key_label(name, version, serial).hex(),
+                "kek_hex": kek.hex(),
+                "pkcs8_hex": pkcs8.hex(),
+                "wrapped_hex": wrapped.hex(),
+            }
+        ],
+    }
+
+
+def _wrap_json_key() -> rsa.RSAPrivateKey:
+    k = {
+        name: int(value, 16)
+        for name, value in json.loads((HERE / "wrap.json").read_text())["private_key"].items()
+    }
+    p, q, d = k["p"], k["q"], k["d"]
+    return rsa.RSAPrivateNumbers(
+        p, q, d, rsa.rsa_crt_dmp1(d, p), rsa.rsa_crt_dmq1(d, q), rsa.rsa_crt_iqmp(p, q),
+        rsa.RSAPublicNumbers(k["e"], p * q),
+    ).private_key()  # fmt: skip
+
+
 def _envelope_vectors() -> dict[str, object]:
     cases = []
     for plaintext, chunk in ((b"", 16), (b"exactly 16 bytes", 16), (b"three chunks: 16+16+5 bytes.", 16)):
@@ -74,3 +110,6 @@ def _envelope_vectors() -> dict[str, object]:
 if __name__ == "__main__":
     (HERE / "wrap.json").write_text(json.dumps(_wrap_vectors(), indent=2) + "\n")
     (HERE / "envelope.json").write_text(json.dumps(_envelope_vectors(), indent=2) + "\n")
+    (HERE / "wrap_private_key.json").write_text(
+        json.dumps(_wrap_private_key_vectors(_wrap_json_key()), indent=2) + "\n"
+    )

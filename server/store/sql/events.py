@@ -12,7 +12,7 @@ from typing import Any
 from kms.revocation import HOLD
 from server.store import rules
 from server.store.dialect import Tx
-from server.store.records import CertificateRecord, RevocationEvent, SealFn
+from server.store.records import CertificateRecord, RevocationEvent, SealedVersion, SealFn
 from server.store.rows import (
     CERT_COLUMNS,
     DESCENDANTS,
@@ -66,12 +66,16 @@ async def append_event(
 
 async def add_current_version(tx: Tx, name: str, new: int, seal: SealFn, now: int) -> None:
     """Makes version new of key name, active and current (a rotation, or replacing a compromised one)."""
+    sealed = seal(new)
+    if isinstance(sealed, bytes):
+        sealed = SealedVersion(sealed)
     await tx.execute(
-        "INSERT INTO key_versions(key_name, version, state, sealed_material, created_at, state_changed_at)"
-        " VALUES (?, ?, 'active', ?, ?, ?)",
+        "INSERT INTO key_versions(key_name, version, state, sealed_material, public_key, created_at,"
+        " state_changed_at) VALUES (?, ?, 'active', ?, ?, ?, ?)",
         name,
         new,
-        seal(new),
+        sealed.sealed_material,
+        sealed.public_key,
         now,
         now,
     )

@@ -20,6 +20,7 @@ __all__ = [
     "disable_key",
     "enable_key",
     "grant_key",
+    "granted_to",
     "list_keys",
     "release_key_version",
     "rotate_key",
@@ -31,13 +32,18 @@ _KEY = (
     " rotate_every, rotation_due_at, expiry_notices FROM keys WHERE name=?"
 )
 _VERSION = f"SELECT {VERSION_COLUMNS}, sealed_material FROM key_versions WHERE key_name=? AND version=?"  # noqa: S608
-_ADD_VERSION = (
-    "INSERT INTO key_versions(key_name, version, state, sealed_material, created_at, state_changed_at)"
-    " VALUES (?, ?, 'active', ?, ?, ?)"
-)
 _ADD_GRANT = "INSERT INTO key_grants VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 # Whether the caller's certificate is revoked (and why).
 _REVOKED = "SELECT COALESCE(revocation_reason, 'unspecified') FROM certificates WHERE serial=? AND revoked_at IS NOT NULL"
+
+
+def granted_to(groups: tuple[str, ...]) -> str:
+    """Whether key ? is granted to agent ? or one of groups (their placeholders follow)."""
+    in_groups = f" OR (kind='group' AND grantee IN ({','.join('?' * len(groups))}))" if groups else ""
+    return (
+        "EXISTS (SELECT 1 FROM key_grants"  # noqa: S608 - placeholders only
+        f" WHERE key_name=? AND ((kind='agent' AND grantee=?){in_groups}))"
+    )
 
 
 async def key(tx: Tx, name: str, *, lock: bool = False) -> KeyRecord:
@@ -66,14 +72,17 @@ async def key(tx: Tx, name: str, *, lock: bool = False) -> KeyRecord:
     )
 
 
-async def create_key(tx: Tx, name: str, now: int, seal: SealFn, grants: list[Grant]) -> KeyRecord:
+async def create_key(
+    tx: Tx, name: str, now: int, seal: SealFn, grants: list[Grant], key_type: str = "aes-256"
+) -> KeyRecord:
     if not await tx.execute(
-        "INSERT INTO keys(name, current_version, created_at) VALUES (?, 1, ?) ON CONFLICT DO NOTHING",
+        "INSERT INTO keys(name, current_version, created_at, key_type) VALUES (?, 1, ?, ?) ON CONFLICT DO NOTHING",
         name,
         now,
+        key_type,
     ):
         raise rules.key_exists(name)
-    await tx.execute(_ADD_VERSION, name, 1, seal(1), now, now)
+    await add_current_version(tx, name, 1, seal, now)
     await tx.executemany(_ADD_GRANT, [(name, g.kind, g.grantee, now) for g in grants])
     return await key(tx, name)
 
@@ -158,9 +167,17 @@ async def destroy_key_version(tx: Tx, name: str, version: int, now: int) -> KeyR
 
 
 async def release_key_version(
-    tx: Tx, name: str, version: int | None, agent: str, groups: tuple[str, ...], serial: str, now: int
+    tx: Tx,
+    name: str,
+    version: int | None,
+    agent: str,
+    groups: tuple[str, ...],
+    serial: str,
+    now: int,
+    key_pair: bool = False,
 ) -> KeyVersionRecord:
-    """Checks the caller's certificate, then the grant, then that the key is enabled; logs the release.
+    """Checks the caller's certificate, then the grant, then that the key is enabled and of the
+    kind asked for (key_pair: a key pair's private key; else an AES key); logs the release.
 
     The caller's certificate lock and the key's (shared): a revocation of the
     certificate, or a disable of the key, on any replica, has either committed
@@ -168,17 +185,16 @@ async def release_key_version(
     committed earlier refuses the release (a disable also clears SQLite's cache).
     """
     await tx.lock_release(serial, name)
-    cache_key = ("release", name, version, agent, groups)
+    # The kind asked for is part of the key: a key's type never changes.
+    cache_key = ("release", name, version, agent, groups, key_pair)
     record: KeyVersionRecord | None = tx.cached(cache_key)
     if record is not None:
-        revoked, granted, current, disabled = await tx.fetchval(_REVOKED, serial), True, 0, None
+        revoked, granted, current, disabled, key_type = await tx.fetchval(_REVOKED, serial), True, 0, None, ""
     else:
-        in_groups = f" OR (kind='group' AND grantee IN ({','.join('?' * len(groups))}))" if groups else ""
-        revoked, granted, current, disabled = await tx.fetchrow(
-            f"SELECT ({_REVOKED}), EXISTS (SELECT 1 FROM key_grants"  # noqa: S608 - placeholders only
-            f" WHERE key_name=? AND ((kind='agent' AND grantee=?){in_groups})),"
-            " k.current_version, CASE WHEN k.disabled_at IS NULL THEN NULL ELSE COALESCE(k.disabled_reason, '') END"
-            " FROM (SELECT 1) AS one LEFT JOIN keys k ON k.name=?",
+        revoked, granted, current, disabled, key_type = await tx.fetchrow(
+            f"SELECT ({_REVOKED}), {granted_to(groups)},"  # noqa: S608 - placeholders only
+            " k.current_version, CASE WHEN k.disabled_at IS NULL THEN NULL ELSE COALESCE(k.disabled_reason, '') END,"
+            " k.key_type FROM (SELECT 1) AS one LEFT JOIN keys k ON k.name=?",
             serial,
             name,
             agent,
@@ -192,6 +208,7 @@ async def release_key_version(
             raise rules.not_granted(name)
         if disabled is not None:
             raise rules.key_disabled(name, disabled)
+        rules.check_key_kind(name, key_type, key_pair)
         record = await _releasable(tx, name, version or current)
         tx.remember(cache_key, record)
     await tx.insert_later(

@@ -33,6 +33,7 @@ from server.store.records import (
     audit_entries,
 )
 from server.store.sql import agents, audit, events, holds, keys
+from server.store.sql.pairs import KeyTypeMethods
 
 __all__ = ["SqlStore"]
 
@@ -43,7 +44,7 @@ async def _done(tx: Tx) -> bool:
     return True
 
 
-class SqlStore:
+class SqlStore(KeyTypeMethods):
     """What the domain services may ask of persistence (``server.store.Store``)."""
 
     def __init__(self, backend: Backend) -> None:
@@ -178,15 +179,7 @@ class SqlStore:
         """The agent with its newest certificate, or None."""
         return await self._read(lambda tx: agents.get_agent(tx, name))
 
-    # --- keys ----------------------------------------------------------------------
-
-    async def create_key(
-        self, name: str, now: int, seal: SealFn, grants: list[Grant], *, audit: Audit = None
-    ) -> KeyRecord:
-        """Creates key name with version 1. Raises AlreadyExists."""
-        return await self._change(
-            lambda tx: keys.create_key(tx, name, now, seal, grants), audit, invalidates=True
-        )
+    # --- keys (creating a key, its type and public keys: KeyTypeMethods) -----------------
 
     async def rotate_key(
         self, name: str, now: int, seal: SealFn, *, audit: Audit = None
@@ -250,21 +243,22 @@ class SqlStore:
         now: int,
         *,
         audit: Audit = None,
+        key_pair: bool = False,
     ) -> KeyVersionRecord:
-        # Reads, then inserts later only: no savepoint needed.
         """Checks the grant, then returns the version (with sealed material) and logs the release.
 
         A revocation of the certificate serial (or its agent) and a release never both commit
-        in the wrong order: once the revocation has committed, the release is refused.
+        in the wrong order: once the revocation has committed, the release is refused. Reads,
+        then inserts later only: no savepoint needed.
 
         Raises:
             Revoked: the certificate serial was revoked (after the caller was authenticated).
             PermissionDenied: no grant for agent or its groups (also when the key does not exist).
-            NotFound: no such version.
-            FailedPrecondition: the version was destroyed.
+            NotFound: no such version. FailedPrecondition: the version was destroyed.
+            WrongKeyType: not of the kind asked for (key_pair: a key pair; else AES).
         """
         return await self._change(
-            lambda tx: keys.release_key_version(tx, name, version, agent, groups, serial, now),
+            lambda tx: keys.release_key_version(tx, name, version, agent, groups, serial, now, key_pair),
             audit,
             savepoint=False,
         )

@@ -125,7 +125,7 @@ def test_watch_replays_then_follows_live_with_backfill_and_no_duplicates(
             keys = KeyService(store, Sealer(bytes(32)), lambda: NOW, publish=lambda event: None)
             await keys.create("k", ["group:web"])
             for v in (1, 2, 3):  # three events in the log before the watcher comes
-                await store.revoke_key_version("k", v, "unspecified", 0, keys.sealer_for("k"))
+                await store.revoke_key_version("k", v, "unspecified", 0, keys.sealer_for("k", "aes-256"))
             feed = RevocationFeed(await store.last_seq())
             watch = WatchService(store, feed, heartbeat=0.05, buffer=16)
             items: list[object] = []
@@ -138,8 +138,8 @@ def test_watch_replays_then_follows_live_with_backfill_and_no_duplicates(
 
             task = asyncio.create_task(consume())
             await asyncio.sleep(0.1)
-            ev4 = await store.revoke_key_version("k", 4, "unspecified", 0, keys.sealer_for("k"))
-            ev5 = await store.revoke_key_version("k", 5, "unspecified", 0, keys.sealer_for("k"))
+            ev4 = await store.revoke_key_version("k", 4, "unspecified", 0, keys.sealer_for("k", "aes-256"))
+            ev5 = await store.revoke_key_version("k", 5, "unspecified", 0, keys.sealer_for("k", "aes-256"))
             assert ev4 and ev5
             feed.publish(ev5)  # 4 is never published: the watcher must backfill it from the log
             feed.publish(ev5)  # and a duplicate must not come through
