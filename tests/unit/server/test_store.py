@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -268,11 +269,24 @@ def test_a_batch_that_sqlite_rolled_back_fails_whole_and_leaves_nothing(tmp_path
                 db.execute("INSERT INTO meta VALUES ('x', 'y')")
                 return True
 
-            results = await asyncio.gather(
+            # Both writes must share one batch: the SQLite thread is held busy until both are
+            # queued (under load, it could otherwise take the first alone and the test prove nothing).
+            busy, go = threading.Event(), threading.Event()
+
+            def hold() -> None:
+                busy.set()
+                go.wait(10)
+
+            store._backend._executor.submit(hold)
+            busy.wait(10)
+            writes = asyncio.gather(
                 store._write(failing_read, savepoint=False),
                 store._write(meta, AuditEntry(NOW, "admin", "t", "o")),
                 return_exceptions=True,
             )
+            await asyncio.sleep(0.05)  # both coroutines run up to their queued write
+            go.set()
+            results: list[object] = list(await writes)
             return results, await store.get_meta("x"), len(await store.audit_after(0, 10))
         finally:
             await store.close()
