@@ -66,6 +66,7 @@ class KeyService:
         sealer: Sealer,
         clock: Clock,
         publish: Callable[[RevocationEvent], object],
+        schedule_changed: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._sealer = sealer
@@ -73,6 +74,9 @@ class KeyService:
         # Rotation events go out on the watch feed, like revocations.
         self._publish = publish
         self._wrapped: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        # Wakes the key scheduler: a schedule changed here (or a key was enabled: an overdue
+        # rotation is due at once).
+        self._schedule_changed = schedule_changed
 
     def _now(self) -> int:
         return now_seconds(self._clock)
@@ -181,6 +185,8 @@ class KeyService:
                 f"key {event.kind}d",
                 extra={"key": record.name, "reason": event.reason, "seq": event.seq},
             )
+        if event is not None and event.kind == "enable":
+            self._schedule_changed()
         return KeyStateChange(record, changed=event is not None)
 
     async def grant(self, name: str, grant: str, *, allow_unknown_grantee: bool = False) -> KeyChange:

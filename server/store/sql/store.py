@@ -33,6 +33,7 @@ from server.store.records import (
     audit_entries,
 )
 from server.store.sql import agents, audit, events, holds, keys
+from server.store.sql.scheduled import ScheduleStore
 
 __all__ = ["SqlStore"]
 
@@ -43,7 +44,7 @@ async def _done(tx: Tx) -> bool:
     return True
 
 
-class SqlStore:
+class SqlStore(ScheduleStore):
     """What the domain services may ask of persistence (``server.store.Store``)."""
 
     def __init__(self, backend: Backend) -> None:
