@@ -4,7 +4,8 @@ It keeps the certificate fresh (renewing at the renewal fraction of its life,
 with jitter, retrying with backoff), holds the revocation watch (resuming
 from its last sequence number), answers key exchanges, and re-fetches the
 key files it keeps when the key rotates, is enabled again, or their version is compromised
-(a disabled key's files are kept: disabling is a release decision, not a compromise). SIGTERM or SIGINT stop
+(a disabled key's files are kept: disabling is a release decision, not a compromise; so are an
+expired key's, whose versions still decrypt). SIGTERM or SIGINT stop
 it cleanly (exit 0); its own revocation ends it with exit 11. A hold (certificateHold)
 does not end it: each job retries, with backoff, until the hold is released.
 """

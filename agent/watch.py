@@ -188,6 +188,9 @@ class Watcher:
             # Not a compromise: the material did not leak, the administrator stopped its
             # release. Key files stay, and data encrypted under them stays readable.
             logger.info("key %s disabled (%s): its key files are kept", event.key_name, event.reason)
+        elif event.kind == "expire":
+            # Not a compromise either: the key's versions still decrypt, so its files stay.
+            logger.info("key %s expired: its key files are kept (decrypt only)", event.key_name)
         if stale and self._on_stale_key_files is not None:
             self._on_stale_key_files(event, stale)
         if self._exec:
