@@ -140,7 +140,9 @@ class KeyScheduler:
             due,
             now,
             self._keys.sealer_for(name),
-            audit=lambda done: AuditEntry(now, ACTOR, "key.rotate", f"key:{name}/v{done[0].current_version}"),
+            audit=lambda done: AuditEntry(
+                now, ACTOR, "key.rotate", f"key:{name}/v{done[0].current_version} due:{_iso(due)}"
+            ),
         )
         await after_commit(write, committed)
 

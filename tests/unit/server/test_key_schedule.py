@@ -93,7 +93,7 @@ def test_a_server_down_through_several_periods_rotates_once(store_at: tuple[str,
             assert [(e.kind, e.key_name, e.key_version, e.grantees) for e in published] == [
                 ("rotate", "app", 2, ("group:web",))
             ]
-            assert await _scheduler_audit(store) == [("key.rotate", "key:app/v2")]
+            assert await _scheduler_audit(store) == [("key.rotate", "key:app/v2 due:2027-01-15T06:30:00Z")]
             assert await store.next_schedule_due(NOW) == NOW + PERIOD // 2
             clock.now = NOW + PERIOD // 2  # the next due time: one more rotation
             assert await scheduler.run_once() == 0
