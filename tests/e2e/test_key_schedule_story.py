@@ -62,7 +62,7 @@ def _schedule(server: ServerProcess, key: str) -> tuple[int, int | None, int | N
         "SELECT current_version, rotate_every, rotation_due_at, expiry_notices FROM keys WHERE name=?",
         key,
     )
-    return row  # type: ignore[return-value]
+    return row
 
 
 def _scheduler_audit(server: ServerProcess) -> list[tuple[str, str]]:
