@@ -89,7 +89,13 @@ async def open_services(
     expiring = ExpiringCertificates(store, clock)
     metrics = Metrics()
     feed = RevocationFeed(await store.last_seq(), metrics, on_publish=expiring.published)
-    keys = KeyService(store, deployment.sealer, clock, publish=feed.publish)
+    keys = KeyService(
+        store,
+        deployment.sealer,
+        clock,
+        publish=feed.publish,
+        min_rotation_period=int(cfg.min_rotation_period.total_seconds()),
+    )
     guard = StreamGuard()
     crl = CrlPublisher(ca, store, clock)
     revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
