@@ -24,6 +24,7 @@ __all__ = [
     "Held",
     "InvalidArgument",
     "KeyDisabled",
+    "KeyExpired",
     "KmsError",
     "NotFound",
     "PermissionDenied",
@@ -112,6 +113,12 @@ class KeyDisabled(FailedPrecondition):
     reason = "key-disabled"
 
 
+class KeyExpired(FailedPrecondition):
+    """The key has expired: its versions may still decrypt, none may encrypt (KMIP Deactivated)."""
+
+    reason = "key-expired"
+
+
 class ResourceExhausted(KmsError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     exit_code = 7
@@ -169,8 +176,8 @@ _BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
         DeadlineExceeded,
     )
 }
-# Every class by its reason: Revoked, Held, StoreDown and KeyDisabled refine their code's class.
-_REFINED: tuple[type[KmsError], ...] = (Revoked, Held, StoreDown, KeyDisabled)
+# Every class by its reason: Revoked, Held, StoreDown, KeyDisabled and KeyExpired refine their code's class.
+_REFINED: tuple[type[KmsError], ...] = (Revoked, Held, StoreDown, KeyDisabled, KeyExpired)
 _BY_REASON: dict[str, type[KmsError]] = {cls.reason: cls for cls in (*_REFINED, *_BY_CODE.values())}
 
 

@@ -94,7 +94,12 @@ async def open_services(
     feed = RevocationFeed(await store.last_seq(), metrics, on_publish=expiring.published)
     schedule_changed = asyncio.Event()
     keys = KeyService(
-        store, deployment.sealer, clock, publish=feed.publish, schedule_changed=schedule_changed.set
+        store,
+        deployment.sealer,
+        clock,
+        publish=feed.publish,
+        schedule_changed=schedule_changed.set,
+        min_rotation_period=int(cfg.min_rotation_period.total_seconds()),
     )
     guard = StreamGuard()
     crl = CrlPublisher(ca, store, clock)

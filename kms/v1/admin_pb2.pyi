@@ -61,14 +61,18 @@ class ListAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[_types_pb2.AgentInfo, _Mapping]]] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("name", "grants", "allow_unknown_grantee")
+    __slots__ = ("name", "grants", "allow_unknown_grantee", "expires_at", "rotate_every")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRANTS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_UNKNOWN_GRANTEE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_EVERY_FIELD_NUMBER: _ClassVar[int]
     name: str
     grants: _containers.RepeatedScalarFieldContainer[str]
     allow_unknown_grantee: bool
-    def __init__(self, name: _Optional[str] = ..., grants: _Optional[_Iterable[str]] = ..., allow_unknown_grantee: _Optional[bool] = ...) -> None: ...
+    expires_at: int
+    rotate_every: int
+    def __init__(self, name: _Optional[str] = ..., grants: _Optional[_Iterable[str]] = ..., allow_unknown_grantee: _Optional[bool] = ..., expires_at: _Optional[int] = ..., rotate_every: _Optional[int] = ...) -> None: ...
 
 class RotateKeyRequest(_message.Message):
     __slots__ = ("name",)
@@ -105,19 +109,23 @@ class DestroyKeyVersionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class KeyVersionInfo(_message.Message):
-    __slots__ = ("version", "state", "created_at", "state_changed_at")
+    __slots__ = ("version", "state", "created_at", "state_changed_at", "activated_at", "deactivated_at")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEACTIVATED_AT_FIELD_NUMBER: _ClassVar[int]
     version: int
     state: str
     created_at: int
     state_changed_at: int
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., state_changed_at: _Optional[int] = ...) -> None: ...
+    activated_at: int
+    deactivated_at: int
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., state_changed_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., deactivated_at: _Optional[int] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
-    __slots__ = ("name", "current_version", "created_at", "versions", "grants", "warnings", "disabled", "disabled_at", "disabled_reason")
+    __slots__ = ("name", "current_version", "created_at", "versions", "grants", "warnings", "disabled", "disabled_at", "disabled_reason", "expires_at", "rotate_every", "rotation_due_at")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +135,9 @@ class KeyInfo(_message.Message):
     DISABLED_FIELD_NUMBER: _ClassVar[int]
     DISABLED_AT_FIELD_NUMBER: _ClassVar[int]
     DISABLED_REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_EVERY_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_DUE_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     current_version: int
     created_at: int
@@ -136,7 +147,10 @@ class KeyInfo(_message.Message):
     disabled: bool
     disabled_at: int
     disabled_reason: str
-    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., created_at: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., grants: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., disabled: _Optional[bool] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ...) -> None: ...
+    expires_at: int
+    rotate_every: int
+    rotation_due_at: int
+    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., created_at: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., grants: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., disabled: _Optional[bool] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ..., expires_at: _Optional[int] = ..., rotate_every: _Optional[int] = ..., rotation_due_at: _Optional[int] = ...) -> None: ...
 
 class DisableKeyRequest(_message.Message):
     __slots__ = ("name", "reason")
@@ -279,6 +293,22 @@ class ReleaseCertificateRequest(_message.Message):
     def __init__(self, serial: _Optional[str] = ...) -> None: ...
 
 class ReleaseAgentRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class SetKeyRequest(_message.Message):
+    __slots__ = ("name", "expires_at", "rotate_every")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_EVERY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    expires_at: int
+    rotate_every: int
+    def __init__(self, name: _Optional[str] = ..., expires_at: _Optional[int] = ..., rotate_every: _Optional[int] = ...) -> None: ...
+
+class GetKeyRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str

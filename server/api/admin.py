@@ -97,7 +97,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.KeyInfo:
         done = await self._keys.create(
-            request.name, list(request.grants), allow_unknown_grantee=request.allow_unknown_grantee
+            request.name,
+            list(request.grants),
+            allow_unknown_grantee=request.allow_unknown_grantee,
+            expires_at=request.expires_at,
+            rotate_every=request.rotate_every,
         )
         return key_info(done.record, done.warnings)
 
@@ -168,6 +172,18 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             fingerprint=self._ca.fingerprint,
             trust_domain=self._ca.trust_domain,
         )
+
+    async def SetKey(
+        self, request: admin_pb2.SetKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.KeyInfo:
+        expires_at = request.expires_at if request.HasField("expires_at") else None
+        rotate_every = request.rotate_every if request.HasField("rotate_every") else None
+        return key_info(await self._keys.set_schedule(request.name, expires_at, rotate_every))
+
+    async def GetKey(
+        self, request: admin_pb2.GetKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.KeyInfo:
+        return key_info(await self._keys.get(request.name))
 
     async def ListAgents(
         self, request: admin_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext

@@ -20,9 +20,10 @@ from server.clock import Clock, now_seconds
 from server.deployment.sealing import Sealer
 from server.endpoints.authn import Caller
 from server.keys.parsing import check_version, parse_disable_reason, parse_grant
+from server.keys.schedule import check_expiry, check_period, describe, schedule_change
 from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, Store
 from server.store.completion import after_commit
-from server.store.records import SealFn
+from server.store.records import ScheduleChange, SealFn
 
 # KeyRecord is what KeyService answers with: re-exported so server/api needs no store import.
 __all__ = ["FetchedKey", "KeyChange", "KeyRecord", "KeyService", "KeyStateChange"]
@@ -67,8 +68,12 @@ class KeyService:
         clock: Clock,
         publish: Callable[[RevocationEvent], object],
         schedule_changed: Callable[[], None] = lambda: None,
+        *,
+        min_rotation_period: int = 3600,
     ) -> None:
         self._store = store
+        # The shortest rotation period an administrator may set (setting min_rotation_period).
+        self._min_period = min_rotation_period
         self._sealer = sealer
         self._clock = clock
         # Rotation events go out on the watch feed, like revocations.
@@ -113,26 +118,68 @@ class KeyService:
             )
         return tuple(warnings)
 
-    async def create(self, name: str, grants: list[str], *, allow_unknown_grantee: bool = False) -> KeyChange:
-        """Creates key name (version 1) with its grants.
+    async def create(
+        self,
+        name: str,
+        grants: list[str],
+        *,
+        allow_unknown_grantee: bool = False,
+        expires_at: int = 0,
+        rotate_every: int = 0,
+    ) -> KeyChange:
+        """Creates key name (version 1) with its grants, and its schedule (0: no expiry, no rotation).
 
         Raises:
-            InvalidArgument: a bad name or grant. AlreadyExists: the key exists.
+            InvalidArgument: a bad name, grant, expiry or period. AlreadyExists: the key exists.
             NotFound: a grant to an unknown agent, unless allow_unknown_grantee.
         """
         validate_key_name(name)
         parsed = [parse_grant(g) for g in grants]
-        warnings = await self._check_grantees(parsed, allow_unknown_grantee)
         now = self._now()
+        schedule = ScheduleChange(
+            set_expiry=bool(expires_at),
+            expires_at=check_expiry(expires_at, now) if expires_at else None,
+            set_rotation=bool(rotate_every),
+            rotate_every=check_period(rotate_every, self._min_period) if rotate_every else None,
+        )
+        warnings = await self._check_grantees(parsed, allow_unknown_grantee)
         record = await self._store.create_key(
             name,
             now,
             self.sealer_for(name),
             parsed,
-            audit=AuditEntry(now, "admin", "key.create", f"key:{name}"),
+            audit=AuditEntry(now, "admin", "key.create", f"key:{name} {describe(schedule)}".rstrip()),
+            expires_at=schedule.expires_at,
+            rotate_every=schedule.rotate_every,
         )
-        logger.info("key created", extra={"key": name, "grants": ",".join(map(str, parsed))})
+        logger.info(
+            "key created",
+            extra={"key": name, "grants": ",".join(map(str, parsed)), "schedule": describe(schedule)},
+        )
+        if expires_at or rotate_every:
+            self._schedule_changed()
         return KeyChange(record, warnings)
+
+    async def set_schedule(self, name: str, expires_at: int | None, rotate_every: int | None) -> KeyRecord:
+        """Sets (or with 0 clears) a key's expiry and rotation period; None leaves one as it is.
+
+        Raises:
+            InvalidArgument: a bad name, expiry or period, or nothing to change. NotFound: no such key.
+            FailedPrecondition: the key has expired (expiry is final).
+        """
+        validate_key_name(name)
+        now = self._now()
+        change = schedule_change(expires_at, rotate_every, now, self._min_period)
+        record = await self._store.set_key_schedule(
+            name, change, now, audit=AuditEntry(now, "admin", "key.set", f"key:{name} {describe(change)}")
+        )
+        logger.info("key schedule set", extra={"key": name, "schedule": describe(change)})
+        self._schedule_changed()
+        return record
+
+    async def get(self, name: str) -> KeyRecord:
+        """One key, with its versions, grants and schedule. Raises InvalidArgument, NotFound."""
+        return await self._store.get_key(validate_key_name(name))
 
     async def rotate(self, name: str) -> KeyRecord:
         now = self._now()

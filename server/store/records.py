@@ -25,6 +25,7 @@ __all__ = [
     "KeyRecord",
     "KeyVersionRecord",
     "RevocationEvent",
+    "ScheduleChange",
     "SealFn",
     "StoreError",
     "WriteOutcomeUnknown",
@@ -151,6 +152,20 @@ class KeyRecord:
     rotation_due_at: int | None = None
     # Bit set of the expiry notices given (warnings, the expire event): each is given once.
     expiry_notices: int = 0
+
+
+@dataclass(frozen=True)
+class ScheduleChange:
+    """What ``key set`` changes of a key's schedule; set_expiry / set_rotation say which apply.
+
+    expires_at None (with set_expiry): never expires; rotate_every None (with
+    set_rotation): no scheduled rotation. Both checked by server/keys/schedule.py.
+    """
+
+    set_expiry: bool = False
+    expires_at: int | None = None
+    set_rotation: bool = False
+    rotate_every: int | None = None
 
 
 # Seals fresh material for a version number the store has just allocated.

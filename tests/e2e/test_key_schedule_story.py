@@ -1,146 +1,115 @@
-"""Story: the server rotates a key when its rotation falls due (a `rotate` event, and `kms-agent
-run` re-fetches its key file), expires it at its expiry (an `expire` event; the files stay),
-rotates once after a restart that missed several due times, and two replicas on one PostgreSQL
-make one rotation per due time."""
+"""Story: keys with an expiry and a rotation schedule (issue 16 §1): created, changed, shown and
+listed (text and --json), every bad input refused with one line and nothing changed, and a key
+that expires a few seconds ahead: from then on it encrypts nothing but still decrypts."""
 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
-from tests.e2e.replicas import replicas, wait_until
+from kms.v1 import admin_pb2
 from tests.e2e.rig import Rig
-from tests.harness import ServerProcess, WatchProcess, agent, enroll, exe, execute_sql, query
+from tests.harness import ServerProcess, admin_stub, assert_one_line_error
 
-POLL = ("--key-schedule-poll", "1s")
 RIG = Rig(
-    "kmssch",
-    ("--heartbeat", "1s", *POLL),
-    agents=(("web-1", ("web",)), ("web-2", ("web",))),
-    keys=(("app", "group:web"), ("late", "group:web")),
+    "kmsexp",
+    ("--min-rotation-period", "1m"),
+    agents=(("web-1", ("web",)),),
+    keys=(("plain", "group:web"),),
+)
+
+DAY = 86_400
+
+
+def _show(server: ServerProcess, name: str) -> dict[str, Any]:
+    return dict(json.loads(server.admin("key", "show", name, "--json").stdout))
+
+
+def _stamp(text: str) -> int:
+    return int(time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone)
+
+
+def test_schedules_are_set_shown_and_listed(rig: tuple[ServerProcess, Path]) -> None:
+    server, _ = rig
+    before = int(time.time())
+    server.admin(
+        "key", "create", "sched", "--grant", "group:web", "--expires-in", "90d", "--rotate-every", "30d"
+    )
+    shown = _show(server, "sched")
+    assert shown["type"] == "aes-256" and shown["state"] == "enabled"
+    assert before + 90 * DAY <= _stamp(shown["expires_at"]) <= int(time.time()) + 90 * DAY
+    assert (shown["rotate_every"], shown["rotate_every_seconds"]) == ("30d", 30 * DAY)
+    assert before + 30 * DAY <= _stamp(shown["rotation_due_at"]) <= int(time.time()) + 30 * DAY
+    assert not shown["expired"] and not shown["expires_soon"]
+    [v1] = shown["versions"]
+    assert v1["activated_at"] == v1["created_at"] and v1["deactivated_at"] is None
+    listed = {k["name"]: k for k in json.loads(server.admin("key", "list", "--json").stdout)}
+    assert listed["sched"] == shown and listed["plain"]["expires_at"] is None
+    assert listed["plain"]["rotate_every"] is None and listed["plain"]["rotation_due_at"] is None
+
+    # An offset is a zone: 2099-06-30T02:00:00+02:00 is midnight UTC.
+    server.admin("key", "set", "sched", "--expires", "2099-06-30T02:00:00+02:00", "--no-rotation")
+    shown = _show(server, "sched")
+    assert shown["expires_at"] == "2099-06-30T00:00:00Z"
+    assert shown["rotate_every"] is None and shown["rotation_due_at"] is None
+    # Within 7 days: marked in list and show, text and JSON.
+    server.admin("key", "set", "sched", "--expires-in", "3d", "--rotate-every", "2h")
+    shown = _show(server, "sched")
+    assert shown["expires_soon"] and shown["rotate_every"] == "2h"
+    text = server.admin("key", "show", "sched").stdout
+    assert "(EXPIRES SOON)" in text and "every 2h, next due" in text and "ACTIVATED" in text
+    row = [line for line in server.admin("key", "list").stdout.splitlines() if line.startswith("sched ")]
+    assert "!EXPIRES-SOON" in row[0] and "2h" in row[0]
+    server.admin("key", "set", "sched", "--no-expiry")
+    assert _show(server, "sched")["expires_at"] is None and _show(server, "sched")["rotate_every"] == "2h"
+
+
+# Each refused with one line on stderr (exit 2: bad input; 5: no such key), changing nothing.
+BAD = (
+    (("create", "bad", "--expires", "2020-01-01T00:00:00Z"), 2, "in the past"),
+    (("create", "bad", "--expires", "2099-01-01T00:00:00"), 2, "has no time zone"),
+    (("create", "bad", "--expires", "next tuesday"), 2, "not an ISO 8601 time"),
+    (("create", "bad", "--rotate-every", "0d"), 2, "longer than zero"),
+    (("create", "bad", "--rotate-every=-5d"), 2, "is not a duration"),
+    (("create", "bad", "--rotate-every", "30s"), 2, "shorter than this server's minimum of 1m"),
+    (("create", "bad", "--expires-in", "1d", "--expires", "2099-01-01T00:00:00Z"), 2, "not allowed with"),
+    (("set", "plain", "--expires", "2020-01-01T00:00:00+01:00"), 2, "in the past"),
+    (("set", "plain", "--expires", "2099-01-01"), 2, "has no time zone"),
+    (("set", "plain", "--rotate-every", "59s"), 2, "shorter than this server's minimum of 1m"),
+    (("set", "plain", "--rotate-every", "1m", "--no-rotation"), 2, "not allowed with"),
+    (("set", "plain"), 2, "key set needs"),
+    (("set", "nope", "--no-expiry"), 5, "no key named 'nope'"),
 )
 
 
-class _Daemon:
-    """A real `kms-agent run --no-listen`, its JSON event lines collected."""
-
-    def __init__(self, state: Path) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.proc = subprocess.Popen(
-            [exe("kms-agent"), "run", "--no-listen", "--dir", str(state)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.events.append(json.loads(line))
-
-    def saw(self, kind: str) -> bool:
-        assert self.proc.poll() is None, self.events
-        return any(e.get("kind") == kind and e.get("key") == "app" for e in self.events)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(20)
-
-
-def _schedule(server: ServerProcess, key: str) -> tuple[int, int | None, int | None, int]:
-    """(current_version, rotate_every, rotation_due_at, expiry_notices) as stored."""
-    [row] = query(
-        server,
-        "SELECT current_version, rotate_every, rotation_due_at, expiry_notices FROM keys WHERE name=?",
-        key,
-    )
-    return row
-
-
-def _scheduler_audit(server: ServerProcess) -> list[tuple[str, str]]:
-    records = json.loads(server.admin("audit", "list", "--json").stdout)
-    return [(r["action"], r["object"]) for r in records if r["actor"] == "scheduler"]
-
-
-def test_a_due_rotation_goes_out_as_rotate_and_an_expiry_as_expire(rig: tuple[ServerProcess, Path]) -> None:
-    server, root = rig
-    key_file = root / "app.key"
-    assert agent(root / "web-2", "fetch-key", "app", "--out", str(key_file)).returncode == 0
-    v1 = key_file.read_bytes()
-    watcher, daemon = WatchProcess(root / "web-1"), _Daemon(root / "web-2")
-    try:
-        due = int(time.time()) + 1
-        execute_sql(server, "UPDATE keys SET rotate_every=3600, rotation_due_at=? WHERE name='app'", due)
-        watcher.wait_for(lambda evs: any(e["kind"] == "rotate" and e["key"] == "app" for e in evs))
-        event = next(e for e in watcher.events if e["kind"] == "rotate")
-        assert (event["version"], event["reason"]) == (2, "superseded")
-        # kms-agent run re-fetches the file, as after `key rotate`.
-        wait_until(lambda: daemon.saw("rotate") and key_file.read_bytes() != v1, 20, "the file follows v2")
-        fetched = agent(root / "web-1", "fetch-key", "app", "--format", "hex")
-        assert key_file.read_bytes() == bytes.fromhex(fetched.stdout.strip())
-        assert _schedule(server, "app")[:3] == (2, 3600, due + 3600)
-        assert ("key.rotate", f"key:app/v2 due:{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(due))}") in (
-            _scheduler_audit(server)
-        )
-
-        # Expiry: every version deactivated (decrypt only), an `expire` event, the files kept.
-        # In a few seconds: first the warnings (both due at once: one line), at the next poll.
-        execute_sql(server, "UPDATE keys SET expires_at=? WHERE name='app'", int(time.time()) + 4)
-        watcher.wait_for(lambda evs: any(e["kind"] == "expire" and e["key"] == "app" for e in evs))
-        expired = next(e for e in watcher.events if e["kind"] == "expire")
-        assert (expired["version"], expired["reason"]) == (2, "expired")
-        wait_until(lambda: daemon.saw("expire"), 20, "kms-agent run hears the expiry")
-        [app] = [k for k in json.loads(server.admin("key", "list", "--json").stdout) if k["name"] == "app"]
-        assert [v["state"] for v in app["versions"]] == ["deactivated", "deactivated"]
-        assert _schedule(server, "app")[3] == 7  # both warnings and the expiry: given once
-        assert [a for a, _ in _scheduler_audit(server)].count("key.expire") == 1
-        assert "key app expires within 1 day" in server.output()  # warned before it expired
-        time.sleep(0.5)
-        assert key_file.exists() and _schedule(server, "app")[0] == 2  # an expired key does not rotate
-    finally:
-        watcher.stop()
-        assert daemon.stop() == 0, daemon.proc.stderr.read() if daemon.proc.stderr else ""
-
-
-def test_a_server_down_through_several_due_times_rotates_once(rig: tuple[ServerProcess, Path]) -> None:
+def test_bad_schedules_are_refused_with_one_line_and_change_nothing(rig: tuple[ServerProcess, Path]) -> None:
     server, _ = rig
-    assert server.stop() == 0
-    missed = int(time.time()) - 5 * 60 - 30  # five due times of a 60 s period missed, and half of one
-    execute_sql(server, "UPDATE keys SET rotate_every=60, rotation_due_at=? WHERE name='late'", missed)
-    server.start()
-    wait_until(lambda: _schedule(server, "late")[0] > 1, 20, "the overdue rotation")
-    time.sleep(2)  # two more polls: nothing more
-    assert _schedule(server, "late")[:3] == (2, 60, missed + 6 * 60)
-    assert [o for a, o in _scheduler_audit(server) if "key:late" in o] == [
-        f"key:late/v2 due:{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(missed))}"
-    ]
+    keys = server.admin("key", "list", "--json").stdout
+    for args, code, needle in BAD:
+        assert_one_line_error(server.admin("key", *args, check=False), code, needle)
+    assert server.admin("key", "list", "--json").stdout == keys
 
 
-@pytest.mark.postgresql_only("replicas share one PostgreSQL database")
-def test_two_replicas_make_one_rotation_per_due_time() -> None:
-    with replicas(*POLL) as (a, b, root):
-        assert enroll(a, root / "w", a.token("w", "web")).returncode == 0
-        keys = ("r1", "r2", "r3")
-        for key in keys:
-            a.admin("key", "create", key, "--grant", "group:web")
-        start = int(time.time()) + 1
-        execute_sql(a, "UPDATE keys SET rotate_every=1, rotation_due_at=? WHERE name LIKE 'r_'", start)
-        time.sleep(4)
-        execute_sql(a, "UPDATE keys SET rotate_every=NULL, rotation_due_at=NULL WHERE name LIKE 'r_'")
-        time.sleep(1.5)  # a rotation in flight commits
-        audit = [o for action, o in _scheduler_audit(b) if action == "key.rotate"]
-        logged = sum(s.output().count("key rotated on schedule") for s in (a, b))
-        for key in keys:
-            version = _schedule(a, key)[0]
-            dues = [o.split(" due:")[1] for o in audit if o.startswith(f"key:{key}/")]
-            assert version >= 3, (key, version)  # about one a second, for four seconds
-            assert len(dues) == len(set(dues)) == version - 1, (key, dues)  # one per due time
-        assert logged == len(audit)
+def test_the_server_checks_schedules_for_every_client(rig: tuple[ServerProcess, Path]) -> None:
+    """Not only the CLI: an API client sending a past expiry or a bad period is refused too."""
+    server, _ = rig
+    stub = admin_stub(server)
+    keys = server.admin("key", "list", "--json").stdout
+    for request, needle in (
+        (admin_pb2.SetKeyRequest(name="plain", expires_at=1), "is not in the future"),
+        (admin_pb2.SetKeyRequest(name="plain", rotate_every=-1), "longer than zero"),
+        (admin_pb2.SetKeyRequest(name="plain", rotate_every=59), "minimum of 1m"),
+        (admin_pb2.SetKeyRequest(name="plain"), "nothing to change"),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.SetKey(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in refused.value.details()
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.CreateKey(admin_pb2.CreateKeyRequest(name="api", rotate_every=-30))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert server.admin("key", "list", "--json").stdout == keys

@@ -66,11 +66,24 @@ async def key(tx: Tx, name: str, *, lock: bool = False) -> KeyRecord:
     )
 
 
-async def create_key(tx: Tx, name: str, now: int, seal: SealFn, grants: list[Grant]) -> KeyRecord:
+async def create_key(
+    tx: Tx,
+    name: str,
+    now: int,
+    seal: SealFn,
+    grants: list[Grant],
+    expires_at: int | None = None,
+    rotate_every: int | None = None,
+) -> KeyRecord:
+    """expires_at: None never; rotate_every: seconds (None: by hand only), the first rotation due then."""
     if not await tx.execute(
-        "INSERT INTO keys(name, current_version, created_at) VALUES (?, 1, ?) ON CONFLICT DO NOTHING",
+        "INSERT INTO keys(name, current_version, created_at, expires_at, rotate_every, rotation_due_at)"
+        " VALUES (?, 1, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         name,
         now,
+        expires_at,
+        rotate_every,
+        now + rotate_every if rotate_every else None,
     ):
         raise rules.key_exists(name)
     await tx.execute(_ADD_VERSION, name, 1, seal(1), now, now)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from kms.audit import AuditRecord
 from server.store import rules
@@ -34,6 +34,7 @@ from server.store.records import (
 )
 from server.store.sql import agents, audit, events, holds, keys
 from server.store.sql.scheduled import ScheduleStore
+from server.store.sql.schedules import ScheduleMethods
 
 __all__ = ["SqlStore"]
 
@@ -44,7 +45,7 @@ async def _done(tx: Tx) -> bool:
     return True
 
 
-class SqlStore(ScheduleStore):
+class SqlStore(ScheduleMethods, ScheduleStore):
     """What the domain services may ask of persistence (``server.store.Store``)."""
 
     def __init__(self, backend: Backend) -> None:
@@ -81,7 +82,7 @@ class SqlStore(ScheduleStore):
         return self._backend.write(step, savepoint=savepoint, invalidates=invalidates)
 
     async def schema_version(self) -> int:
-        return await self._read(lambda tx: _int(tx.fetchval("SELECT MAX(version) FROM schema_version")))
+        return int(await self._read(lambda tx: tx.fetchval("SELECT MAX(version) FROM schema_version")))
 
     # --- meta, CA, tokens, enrollment, agents ---------------------------------------
 
@@ -131,12 +132,9 @@ class SqlStore(ScheduleStore):
     ) -> Enrollment | None:
         """Consumes the token and records the agent and its certificate, in one transaction.
 
-        A token created with replace also revokes (reason superseded) every valid
-        certificate the name held, each with its event, in the same transaction.
-
-        Returns None, and writes nothing, when the token is unknown, already
-        used, expired at ``now`` or its hash differs: the caller cannot tell
-        which, by design.
+        A token created with replace also revokes (reason superseded) every valid certificate
+        the name held, each with its event. Returns None, and writes nothing, when the token is
+        unknown, already used, expired at ``now`` or its hash differs (which, by design, unsaid).
 
         Raises (writing nothing):
             PermissionDenied: the name was revoked and the token does not allow re-enrollment.
@@ -182,11 +180,18 @@ class SqlStore(ScheduleStore):
     # --- keys ----------------------------------------------------------------------
 
     async def create_key(
-        self, name: str, now: int, seal: SealFn, grants: list[Grant], *, audit: Audit = None
+        self,
+        name: str,
+        now: int,
+        seal: SealFn,
+        grants: list[Grant],
+        *,
+        audit: Audit = None,
+        **schedule: int | None,
     ) -> KeyRecord:
-        """Creates key name with version 1. Raises AlreadyExists."""
+        """Creates key name with version 1; schedule: expires_at, rotate_every. Raises AlreadyExists."""
         return await self._change(
-            lambda tx: keys.create_key(tx, name, now, seal, grants), audit, invalidates=True
+            lambda tx: keys.create_key(tx, name, now, seal, grants, **schedule), audit, invalidates=True
         )
 
     async def rotate_key(
@@ -393,7 +398,3 @@ def _if_changed(audit: Audit) -> Audit:
     if audit is None:
         return None
     return lambda done: audit_entries(audit, done) if done[1] is not None else []
-
-
-async def _int(value: Any) -> int:
-    return int(await value)

@@ -1,224 +1,222 @@
-"""The key scheduler (issue 16 §1) against a real store, on both backends: each scheduled rotation,
-expiry and warning commits exactly once, whatever the restarts, repeats and racing replicas."""
+"""Key schedules (issue 16 §1): what administrators type, checked on the client and the server,
+and the store's set_key_schedule and expiry counts on both backends."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import logging
-from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
-from kms.events import NOT_REVOCATIONS, describe
-from kms.v1 import revocation_pb2
-from server.deployment.sealing import Sealer
-from server.keys import KeyService
-from server.keys.scheduler import KeyScheduler
-from server.store import Grant, PostgresStore, RevocationEvent, Store
-from server.store.sql.schedule import EXPIRED, WARNED_1D, WARNED_7D, next_rotation_after
+from kms.errors import FailedPrecondition, InvalidArgument, NotFound
+from server.cli.key_schedule import expiry_mark, parse_expires, schedule_request
+from server.keys.schedule import MAX_PERIOD, check_expiry, check_period, describe, schedule_change
+from server.store import Grant
+from server.store.records import ScheduleChange
 from tests.unit.server.conftest import open_store_at
 
-NOW = 1_800_000_000
-PERIOD = 3600
+NOW = 1_800_000_000  # 2027-01-15T08:00:00Z
+DAY = 86_400
 
 
 def _seal(version: int) -> bytes:
     return b"sealed-%d" % version
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return datetime.fromtimestamp(self.now, UTC)
-
-
-def _scheduler(store: Store, clock: _Clock, published: list[RevocationEvent]) -> KeyScheduler:
-    keys = KeyService(store, Sealer(bytes(range(32))), clock, publish=published.append)
-    return KeyScheduler(store, keys, clock, published.append, poll=1.0)
-
-
-async def _set(store: Store, name: str, **columns: Any) -> None:
-    """The schedule columns, set as an administrator's `key create`/`key set` would."""
-    assignments = ", ".join(f"{column}=?" for column in columns)
-    await store._change(  # noqa: SLF001 - test setup
-        lambda tx: tx.execute(f"UPDATE keys SET {assignments} WHERE name=?", *columns.values(), name)  # noqa: S608
-    )
-
-
-async def _scheduler_audit(store: Store) -> list[tuple[str, str]]:
-    return [(r.action, r.object) for r in await store.audit_after(0, 1000) if r.actor == "scheduler"]
+# --- pure: the client's parsing ----------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "due, now, expected",
-    [(100, 100, 110), (100, 105, 110), (100, 150, 160), (100, 159, 160), (100, 99, 110)],
-    ids=["at-due", "within", "five-missed", "just-before-next", "early"],
+    "text, expected",
+    [
+        ("2027-06-30T00:00:00Z", 1_814_313_600),
+        ("2027-06-30T02:00:00+02:00", 1_814_313_600),
+        ("2027-06-29T19:00:00-05:00", 1_814_313_600),
+        (" 2027-06-30T00:00:00.900Z ", 1_814_313_600),
+    ],
+    ids=["utc", "east", "west", "fraction-and-spaces"],
 )
-def test_the_next_due_time_is_the_first_grid_point_after_now(due: int, now: int, expected: int) -> None:
-    assert next_rotation_after(due, 10, now) == expected
+def test_an_iso_time_with_a_zone_is_read(text: str, expected: int) -> None:
+    assert parse_expires(text) == expected
 
 
-def test_expire_is_news_for_key_holders_not_a_revocation() -> None:
-    assert "expire" in NOT_REVOCATIONS
-    event = revocation_pb2.RevocationEvent(
-        seq=9, kind="expire", key_name="app", key_version=3, reason="expired", at=NOW
-    )
-    assert describe(event) == (
-        "#9 2027-01-15T08:00:00Z key app expired (every version decrypts only; current version 3): expired"
-    )
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("2027-06-30T00:00:00", "has no time zone"),
+        ("2027-06-30", "has no time zone"),
+        ("30/06/2027", "not an ISO 8601 time"),
+        ("", "not an ISO 8601 time"),
+    ],
+    ids=["no-zone", "date-only", "not-iso", "empty"],
+)
+def test_a_time_without_a_zone_or_not_iso_is_refused(text: str, needle: str) -> None:
+    with pytest.raises(InvalidArgument, match=needle):
+        parse_expires(text)
 
 
-def test_a_server_down_through_several_periods_rotates_once(store_at: tuple[str, str]) -> None:
-    async def body() -> None:
-        store, clock = await open_store_at(*store_at), _Clock()
-        published: list[RevocationEvent] = []
-        try:
-            scheduler = _scheduler(store, clock, published)
-            await store.create_key("app", NOW - 10 * PERIOD, _seal, [Grant("group", "web")])
-            await store.create_key("other", NOW - 10 * PERIOD, _seal, [])
-            # Due five and a half periods ago: five due times were missed while it was down.
-            await _set(store, "app", rotate_every=PERIOD, rotation_due_at=NOW - 5 * PERIOD - PERIOD // 2)
-            assert await store.next_schedule_due(NOW) == NOW - 5 * PERIOD - PERIOD // 2
-            assert await scheduler.run_once() == 0
-            assert await scheduler.run_once() == 0  # again: nothing more
-            [key] = [k for k in await store.list_keys() if k.name == "app"]
-            assert key.current_version == 2 and key.rotation_due_at == NOW + PERIOD // 2  # on the grid
-            assert [(v.version, v.state, v.deactivated_at) for v in key.versions] == [
-                (1, "deactivated", NOW),
-                (2, "active", None),
-            ]
-            assert [(e.kind, e.key_name, e.key_version, e.grantees) for e in published] == [
-                ("rotate", "app", 2, ("group:web",))
-            ]
-            assert await _scheduler_audit(store) == [("key.rotate", "key:app/v2 due:2027-01-15T06:30:00Z")]
-            assert await store.next_schedule_due(NOW) == NOW + PERIOD // 2
-            clock.now = NOW + PERIOD // 2  # the next due time: one more rotation
-            assert await scheduler.run_once() == 0
-            assert [e.key_version for e in published] == [2, 3]
-            # A due time read before it moved does nothing (a replica that lost the race).
-            assert await store.rotate_if_due("app", NOW - 5 * PERIOD - PERIOD // 2, clock.now, _seal) is None
-        finally:
-            await store.close()
-
-    asyncio.run(body())
+def _args(**given: object) -> argparse.Namespace:
+    fields = {
+        "expires": None,
+        "expires_in": None,
+        "no_expiry": False,
+        "rotate_every": None,
+        "no_rotation": False,
+    }
+    return argparse.Namespace(**{**fields, **given})
 
 
-def test_a_disabled_key_is_skipped_and_rotates_once_when_enabled(store_at: tuple[str, str]) -> None:
-    async def body() -> None:
-        store, clock = await open_store_at(*store_at), _Clock()
-        published: list[RevocationEvent] = []
-        try:
-            scheduler = _scheduler(store, clock, published)
-            await store.create_key("app", NOW - PERIOD, _seal, [])
-            await _set(store, "app", rotate_every=PERIOD, rotation_due_at=NOW - 3 * PERIOD)
-            await store.disable_key("app", "maintenance", NOW - 4 * PERIOD)
-            assert await store.next_schedule_due(NOW) is None
-            assert await scheduler.run_once() == 0
-            assert (await store.list_keys())[0].current_version == 1 and not published
-            await store.enable_key("app", NOW)
-            assert await scheduler.run_once() == 0
-            assert await scheduler.run_once() == 0
-            assert [(e.kind, e.key_version) for e in published] == [("rotate", 2)]
-            assert (await store.list_keys())[0].rotation_due_at == NOW + PERIOD
-        finally:
-            await store.close()
-
-    asyncio.run(body())
-
-
-def test_expiry_deactivates_every_version_once_and_an_expired_key_never_rotates(
-    store_at: tuple[str, str],
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ({"expires_in": "90d", "rotate_every": "30d"}, (NOW + 90 * DAY, 30 * DAY)),
+        ({"expires": "2027-06-30T00:00:00Z"}, (1_814_313_600, None)),
+        ({"no_expiry": True, "no_rotation": True}, (0, 0)),
+        ({}, (None, None)),
+    ],
+    ids=["relative", "absolute", "clear-both", "nothing"],
+)
+def test_the_client_turns_flags_into_the_request(
+    given: dict[str, object], expected: tuple[object, ...]
 ) -> None:
+    assert schedule_request(_args(**given), NOW) == expected
+
+
+@pytest.mark.parametrize(
+    "given, needle",
+    [
+        ({"expires": "2020-01-01T00:00:00Z"}, "in the past"),
+        ({"expires_in": "0d"}, "longer than zero"),
+        ({"rotate_every": "0s"}, "longer than zero"),
+        ({"rotate_every": "-1d"}, "is not a duration"),
+        ({"rotate_every": "1 week"}, "is not a duration"),
+    ],
+    ids=["past", "zero-expiry", "zero-period", "negative-period", "words"],
+)
+def test_the_client_refuses_what_it_can(given: dict[str, object], needle: str) -> None:
+    with pytest.raises(InvalidArgument, match=needle):
+        schedule_request(_args(**given), NOW)
+
+
+@pytest.mark.parametrize(
+    "expires_at, mark",
+    [
+        (0, ""),
+        (NOW - 1, "expired"),
+        (NOW, "expired"),
+        (NOW + 7 * DAY, "expires soon"),
+        (NOW + 7 * DAY + 1, ""),
+    ],
+    ids=["never", "past", "now", "in-7-days", "after-7-days"],
+)
+def test_keys_expiring_within_7_days_are_marked(expires_at: int, mark: str) -> None:
+    assert expiry_mark(expires_at, NOW) == mark
+
+
+# --- pure: the server's checks -------------------------------------------------------
+
+
+def test_the_server_checks_expiry_and_period() -> None:
+    assert check_expiry(NOW + 1, NOW) == NOW + 1
+    assert check_period(3600, 3600) == 3600
+    for expires_at in (NOW, NOW - 1, -5, 0):
+        with pytest.raises(InvalidArgument, match="not in the future"):
+            check_expiry(expires_at, NOW)
+    with pytest.raises(InvalidArgument, match="after 9999"):
+        check_expiry(10**15, NOW)
+    for period, needle in ((0, "longer than zero"), (-1, "longer than zero"), (3599, "minimum of 1h")):
+        with pytest.raises(InvalidArgument, match=needle):
+            check_period(period, 3600)
+    with pytest.raises(InvalidArgument, match="longer than 100 years"):
+        check_period(MAX_PERIOD + 1, 1)
+
+
+def test_set_key_reads_absent_as_unchanged_and_zero_as_none() -> None:
+    assert schedule_change(None, 0, NOW, 60) == ScheduleChange(set_rotation=True)
+    assert schedule_change(0, None, NOW, 60) == ScheduleChange(set_expiry=True)
+    assert schedule_change(NOW + 5, 60, NOW, 60) == ScheduleChange(True, NOW + 5, True, 60)
+    with pytest.raises(InvalidArgument, match="nothing to change"):
+        schedule_change(None, None, NOW, 60)
+    assert (
+        describe(ScheduleChange(True, NOW, True, 30 * DAY))
+        == "expires_at:2027-01-15T08:00:00Z rotate_every:30d"
+    )
+    assert describe(ScheduleChange(True, None, True, None)) == "expires_at:never rotate_every:none"
+
+
+# --- the store, on both backends ---------------------------------------------------------
+
+
+def test_set_key_schedule_on_the_store(store_at: tuple[str, str]) -> None:
     async def body() -> None:
-        store, clock = await open_store_at(*store_at), _Clock()
-        published: list[RevocationEvent] = []
+        store = await open_store_at(*store_at)
         try:
-            scheduler = _scheduler(store, clock, published)
-            await store.create_key("app", NOW - 10 * PERIOD, _seal, [Grant("agent", "web-1")])
-            await store.rotate_key("app", NOW - 9 * PERIOD, _seal)
-            await _set(store, "app", rotate_every=PERIOD, rotation_due_at=NOW - PERIOD, expires_at=NOW - 5)
-            assert await store.next_schedule_due(NOW) == NOW - 7 * 86_400 - 5  # the warnings first
-            assert await scheduler.run_once() == 0
-            assert await scheduler.run_once() == 0
-            [key] = await store.list_keys()
-            assert key.current_version == 2 and key.expiry_notices == EXPIRED | WARNED_1D | WARNED_7D
-            assert [(v.state, v.deactivated_at) for v in key.versions] == [
-                ("deactivated", NOW - 9 * PERIOD),
-                ("deactivated", NOW),
-            ]
-            assert [(e.kind, e.key_version, e.reason, e.grantees) for e in published] == [
-                ("expire", 2, "expired", ("agent:web-1",))
-            ]
-            assert await _scheduler_audit(store) == [("key.expire", "key:app at:2027-01-15T07:59:55Z")]
-            assert await store.next_schedule_due(NOW) is None
-            assert await store.expire_key("app", NOW) is None
-        finally:
-            await store.close()
-
-    asyncio.run(body())
-
-
-def test_each_expiry_warning_is_logged_once(
-    store_at: tuple[str, str], caplog: pytest.LogCaptureFixture
-) -> None:
-    async def body() -> None:
-        store, clock = await open_store_at(*store_at), _Clock()
-        published: list[RevocationEvent] = []
-        try:
-            scheduler = _scheduler(store, clock, published)
-            await store.create_key("app", NOW, _seal, [])
-            expires = NOW + 3 * 86_400
-            await _set(store, "app", expires_at=expires)
-            caplog.set_level(logging.WARNING, "server.keys.scheduler")
-            for _ in range(2):
-                assert await scheduler.run_once() == 0
-            assert await store.next_schedule_due(NOW) == expires - 86_400
-            clock.now = expires - 3600  # within a day: the second warning
-            for _ in range(2):
-                assert await scheduler.run_once() == 0
-            # Restarted (a fresh scheduler): nothing is given twice.
-            assert await _scheduler(store, clock, published).run_once() == 0
-            warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-            assert [w.split(",")[0] for w in warnings] == [
-                "key app expires within 7 days",
-                "key app expires within 1 day",
-            ]
-            assert not published
-            assert [a for a, _ in await _scheduler_audit(store)] == ["key.expiry_warning"] * 2
-            assert (await store.list_keys())[0].expiry_notices == WARNED_7D | WARNED_1D
-        finally:
-            await store.close()
-
-    asyncio.run(body())
-
-
-def test_two_replicas_racing_make_one_rotation_and_one_expiry_per_due_time(pg_database: str) -> None:
-    async def body() -> None:
-        a, b = await asyncio.gather(PostgresStore.open(pg_database), PostgresStore.open(pg_database))
-        clock, published = _Clock(), list[RevocationEvent]()
-        try:
-            names = [f"k{i}" for i in range(20)]
-            for name in names:
-                await a.create_key(name, NOW - PERIOD, _seal, [])
-                await _set(a, name, rotate_every=PERIOD, rotation_due_at=NOW - 10)
-            await a.create_key("gone", NOW - PERIOD, _seal, [])
-            await _set(a, "gone", expires_at=NOW - 1, expiry_notices=WARNED_7D | WARNED_1D)
-            replicas = [_scheduler(store, clock, published) for store in (a, b, a, b)]
-            assert await asyncio.gather(*(r.run_once() for r in replicas)) == [0, 0, 0, 0]
-            assert sorted((e.kind, e.key_name, e.key_version) for e in published) == sorted(
-                [("rotate", name, 2) for name in names] + [("expire", "gone", 1)]
+            made = await store.create_key(
+                "app", NOW, _seal, [Grant("group", "web")], expires_at=NOW + 90 * DAY, rotate_every=30 * DAY
             )
-            assert {k.name: k.current_version for k in await b.list_keys()} == {
-                "gone": 1,
-                **dict.fromkeys(names, 2),
-            }
-            audit = await _scheduler_audit(a)
-            assert len(audit) == 21 and len(set(audit)) == 21
+            assert (made.expires_at, made.rotate_every, made.rotation_due_at) == (
+                NOW + 90 * DAY,
+                30 * DAY,
+                NOW + 30 * DAY,
+            )
+            plain = await store.create_key("plain", NOW, _seal, [])
+            assert (plain.expires_at, plain.rotate_every, plain.rotation_due_at) == (None, None, None)
+            # A new period restarts the count from now; the expiry notices given are forgotten
+            # only when the expiry changes.
+            await store._backend.write(lambda tx: tx.execute("UPDATE keys SET expiry_notices=3"))
+            later = NOW + 100
+            record = await store.set_key_schedule(
+                "app", ScheduleChange(set_rotation=True, rotate_every=7 * DAY), later
+            )
+            assert (record.rotate_every, record.rotation_due_at, record.expiry_notices) == (
+                7 * DAY,
+                later + 7 * DAY,
+                3,
+            )
+            same = ScheduleChange(set_expiry=True, expires_at=NOW + 90 * DAY)
+            assert (await store.set_key_schedule("app", same, later)).expiry_notices == 3
+            record = await store.set_key_schedule("app", ScheduleChange(True, NOW + 5 * DAY), later)
+            assert (record.expires_at, record.expiry_notices) == (NOW + 5 * DAY, 0)
+            record = await store.set_key_schedule("app", ScheduleChange(set_rotation=True), later)
+            assert (record.rotate_every, record.rotation_due_at, record.expires_at) == (
+                None,
+                None,
+                NOW + 5 * DAY,
+            )
+            assert await store.get_key("app") == record
+            assert await store.count_keys_expiring(NOW, (DAY, 7 * DAY)) == (0, 1)
+            with pytest.raises(NotFound, match="no key named 'nope'"):
+                await store.set_key_schedule("nope", ScheduleChange(set_expiry=True), NOW)
+            with pytest.raises(NotFound):
+                await store.get_key("nope")
         finally:
-            await a.close()
-            await b.close()
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_an_expired_key_gets_no_new_expiry(store_at: tuple[str, str]) -> None:
+    """Expiry is final (KMIP Deactivated): refused with what to do, and nothing changes."""
+
+    async def body() -> None:
+        store = await open_store_at(*store_at)
+        try:
+            await store.create_key("old", NOW, _seal, [], expires_at=NOW + 10, rotate_every=3600)
+            after = NOW + 10
+            assert await store.count_keys_expiring(after, (DAY,)) == (0,)
+            for change in (
+                ScheduleChange(set_expiry=True, expires_at=after + DAY),
+                ScheduleChange(set_expiry=True),
+                ScheduleChange(set_rotation=True, rotate_every=7200),
+            ):
+                with pytest.raises(FailedPrecondition, match="expiry is final.*create a new key"):
+                    await store.set_key_schedule("old", change, after)
+            record = await store.get_key("old")
+            assert (record.expires_at, record.rotate_every) == (NOW + 10, 3600)
+            # Dropping the period of an expired key is allowed: nothing left to rotate.
+            record = await store.set_key_schedule("old", ScheduleChange(set_rotation=True), after)
+            assert (record.expires_at, record.rotate_every, record.rotation_due_at) == (NOW + 10, None, None)
+        finally:
+            await store.close()
 
     asyncio.run(body())
