@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.replicas import replicas, wait_until
+from tests.e2e.replicas import key_events, replicas, wait_until
 from tests.e2e.rig import Rig
 from tests.harness import ServerProcess, WatchProcess, agent, enroll, exe, execute_sql, query
 
@@ -132,18 +132,31 @@ def test_a_server_down_through_several_due_times_rotates_once(rig: tuple[ServerP
 def test_two_replicas_make_one_rotation_per_due_time() -> None:
     with replicas(*POLL) as (a, b, root):
         assert enroll(a, root / "w", a.token("w", "web")).returncode == 0
-        keys = ("r1", "r2", "r3")
-        for key in keys:
-            a.admin("key", "create", key, "--grant", "group:web", "--rotate-every", "1s")
-        time.sleep(4)
-        for key in keys:
-            b.admin("key", "set", key, "--no-rotation")
-        time.sleep(1.5)  # a rotation in flight commits
-        audit = [o for action, o in _scheduler_audit(b) if action == "key.rotate"]
-        logged = sum(s.output().count("key rotated on schedule") for s in (a, b))
-        for key in keys:
-            version = _schedule(a, key)[0]
-            dues = [o.split(" due:")[1] for o in audit if o.startswith(f"key:{key}/")]
-            assert version >= 3, (key, version)  # about one a second, for four seconds
-            assert len(dues) == len(set(dues)) == version - 1, (key, dues)  # one per due time
-        assert logged == len(audit)
+        watcher = WatchProcess(root / "w")  # on A: B's rotations reach it through A's follower
+        try:
+            keys = ("r1", "r2", "r3")
+            for key in keys:
+                a.admin("key", "create", key, "--grant", "group:web", "--rotate-every", "1s")
+            a.admin("key", "create", "x1", "--grant", "group:web", "--expires-in", "3s")
+            time.sleep(4)
+            for key in keys:
+                b.admin("key", "set", key, "--no-rotation")
+            time.sleep(1.5)  # a rotation in flight commits
+            audit = [o for action, o in _scheduler_audit(b) if action == "key.rotate"]
+            logged = {s.data_dir.name: s.output().count("key rotated on schedule") for s in (a, b)}
+            versions = {key: _schedule(a, key)[0] for key in keys}
+            for key, version in versions.items():
+                dues = [o.split(" due:")[1] for o in audit if o.startswith(f"key:{key}/")]
+                assert version >= 3, (key, version)  # about one a second, for four seconds
+                assert len(dues) == len(set(dues)) == version - 1, (key, dues)  # one per due time
+            assert sum(logged.values()) == len(audit), logged
+            # Every rotation and the expiry, whichever replica made them, reach the watcher once.
+            expected = sorted([("rotate", k, v) for k, n in versions.items() for v in range(2, n + 1)])
+            expected.append(("expire", "x1", 1))
+
+            def heard() -> list[tuple[str, str, int]]:
+                return sorted((e["kind"], e["key"], e["version"]) for e in key_events(watcher, *keys, "x1"))
+
+            wait_until(lambda: heard() == sorted(expected), 10, lambda: f"watcher on A heard {heard()}")
+        finally:
+            watcher.stop()
