@@ -11,7 +11,7 @@ set through another replica is seen within it. A create, set or enable on this
 replica wakes it at once (``wake``).
 
 Exactly once. Each due action is its own transaction that locks the key's row and
-checks again what was read (store/sql/schedule.py): a rotation happens only if the
+checks again what was read (store/sql/due.py): a rotation happens only if the
 key's due time is still the one read, and it moves the due time to the next point of
 the key's grid after now (due + k * period), so a server that was down through
 several periods rotates once when it starts, and two replicas racing for the same
@@ -40,7 +40,7 @@ from server.clock import Clock, now_seconds
 from server.keys.service import KeyService
 from server.store import AuditEntry, KeyRecord, RevocationEvent, Store
 from server.store.completion import after_commit
-from server.store.sql.schedule import NOTICES
+from server.store.sql.due import NOTICES
 
 __all__ = ["ACTOR", "KeyScheduler"]
 

@@ -71,7 +71,8 @@ class CertificateRecord:
 class RevocationEvent:
     seq: int
     # "cert", "agent", "key" (a compromised version), "rotate" (a key's new current version),
-    # "disable" or "enable" (the key's release stopped or resumed; key_version: its current one)
+    # "disable" or "enable" (the key's release stopped or resumed; key_version: its current one),
+    # "expire" (the key's expiry came: every version deactivated; key_version: its current one)
     kind: str
     serial: str | None  # kind cert: the serial; kind agent: the serials revoked with it, comma-separated
     agent_name: str | None

@@ -16,7 +16,7 @@ from server.deployment.sealing import Sealer
 from server.keys import KeyService
 from server.keys.scheduler import KeyScheduler
 from server.store import Grant, PostgresStore, RevocationEvent, Store
-from server.store.sql.schedule import EXPIRED, WARNED_1D, WARNED_7D, next_rotation_after
+from server.store.sql.due import EXPIRED, WARNED_1D, WARNED_7D, next_rotation_after
 from tests.unit.server.conftest import open_store_at
 
 NOW = 1_800_000_000

@@ -1,4 +1,6 @@
-"""Keys over time: the scheduler's transactions (scheduled rotation, expiry, expiry warnings).
+"""What falls due on the key schedule (scheduled rotations, expiries, expiry warnings): the key
+scheduler's transactions (server/keys/scheduler.py), and the SqlStore methods that run them (a
+mixin, as sql/schedules.py's, so store.py stays small).
 
 Every due action is its own transaction that locks the key's row and checks
 again, under the lock, what the scheduler read before it: a rotation only if
@@ -11,10 +13,12 @@ replicas and restarts.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
-from server.store.dialect import Tx
-from server.store.records import KeyRecord, RevocationEvent, SealFn
+from server.store.dialect import Body, Tx
+from server.store.records import Audit, KeyRecord, RevocationEvent, SealFn
 from server.store.sql.events import append_event
 from server.store.sql.keys import key, rotate_key
 
@@ -24,6 +28,7 @@ __all__ = [
     "NOTICES",
     "WARNED_1D",
     "WARNED_7D",
+    "DueMethods",
     "DueWork",
     "due_work",
     "expire_key",
@@ -32,6 +37,8 @@ __all__ = [
     "note_expiry_warning",
     "rotate_if_due",
 ]
+
+T = TypeVar("T")
 
 DAY = 86_400
 # The bits of keys.expiry_notices: each notice is given once (by whichever replica sets the bit).
@@ -158,3 +165,45 @@ async def note_expiry_warning(tx: Tx, name: str, expires_at: int, bits: int) -> 
         bits,
     )
     return True if changed else None
+
+
+class DueMethods:
+    """SqlStore's methods for the key scheduler (see sql/store.py for _read and _change)."""
+
+    def _read(self, body: Body[T]) -> Awaitable[T]:
+        raise NotImplementedError  # SqlStore's
+
+    def _change(
+        self, body: Body[T], audit_with: Audit = None, *, savepoint: bool = True, invalidates: bool = False
+    ) -> Awaitable[T]:
+        raise NotImplementedError  # SqlStore's
+
+    async def next_schedule_due(self, now: int) -> int | None:
+        """The earliest time a scheduled rotation or an expiry notice is pending (maybe past), or None."""
+        return await self._read(lambda tx: next_due(tx, now))
+
+    async def schedule_due(self, now: int, limit: int) -> DueWork:
+        """Up to limit rotations and limit expiry notices due at now, oldest first."""
+        return await self._read(lambda tx: due_work(tx, now, limit))
+
+    async def rotate_if_due(
+        self, name: str, due: int, now: int, seal: SealFn, *, audit: Audit = None
+    ) -> tuple[KeyRecord, RevocationEvent] | None:
+        """Rotates the key as rotate_key does if its rotation is still due at due (and it is enabled and
+        not expired), and moves its next due time past now; None, writing nothing, otherwise."""
+        return await self._change(lambda tx: rotate_if_due(tx, name, due, now, seal), audit, invalidates=True)
+
+    async def expire_key(
+        self, name: str, now: int, *, audit: Audit = None
+    ) -> tuple[KeyRecord, RevocationEvent] | None:
+        """Deactivates every active version of a key whose expiry has come, with an 'expire' event;
+        None, writing nothing, when that was done already."""
+        return await self._change(lambda tx: expire_key(tx, name, now), audit, invalidates=True)
+
+    async def note_expiry_warning(
+        self, name: str, expires_at: int, bits: int, *, audit: Audit = None
+    ) -> bool:
+        """Records that the warnings bits were given for the expiry at expires_at; False (nothing
+        written) when they had been, or the expiry changed."""
+        done = await self._change(lambda tx: note_expiry_warning(tx, name, expires_at, bits), audit)
+        return done is not None
