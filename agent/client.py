@@ -179,8 +179,10 @@ class KmsClient:
             self._call(lambda e: e.identity.WhoAmI, identity_pb2.WhoAmIRequest()),
         )
 
-    def fetch_key(self, name: str, version: int) -> keys_pb2.FetchKeyResponse:
-        request = keys_pb2.FetchKeyRequest(name=name, version=version)
+    def fetch_key(self, name: str, version: int, *, decrypt: bool = False) -> keys_pb2.FetchKeyResponse:
+        """For encryption, unless decrypt (then version names the version the data is under)."""
+        purpose = keys_pb2.FETCH_PURPOSE_DECRYPT if decrypt else keys_pb2.FETCH_PURPOSE_ENCRYPT
+        request = keys_pb2.FetchKeyRequest(name=name, version=version, purpose=purpose)
         return cast(keys_pb2.FetchKeyResponse, self._call(lambda e: e.keys.FetchKey, request))
 
     def check_certificate(self, serial: str) -> revocation_pb2.CheckCertificateResponse:

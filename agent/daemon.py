@@ -29,7 +29,7 @@ from agent.renew import renew, renewal_due
 from agent.servers import Servers
 from agent.state import KeyFile, StateDir
 from agent.watch import Watcher
-from kms.errors import DeadlineExceeded, Held, KeyDisabled, KmsError, Revoked
+from kms.errors import DeadlineExceeded, Held, KeyDisabled, KeyExpired, KmsError, Revoked
 from kms.securefile import ensure_private_dir, write_atomic
 from kms.v1 import revocation_pb2
 
@@ -216,6 +216,10 @@ class AgentDaemon:
             logger.info("not re-fetching %s until it is enabled: %s", event.key_name, exc.message)
             for file in files:
                 self._state.remember_key_file(file)
+            return
+        except KeyExpired as exc:
+            # Nothing new to encrypt under: the files keep their versions, which still decrypt.
+            logger.info("not re-fetching %s: %s", event.key_name, exc.message)
             return
         except KmsError as exc:
             # Not fatal: the file keeps its (still decryptable) version, or stays deleted

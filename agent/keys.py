@@ -42,20 +42,27 @@ class KeyFetcher:
         self._serial = format(identity.cert.serial_number, "x")
         self._cache: dict[tuple[str, int], FetchedKey] = {}
 
-    def fetch(self, name: str, version: int = 0) -> FetchedKey:
+    def fetch(self, name: str, version: int = 0, *, decrypt: bool = False) -> FetchedKey:
         """Fetches and unwraps one version (0: the current one); cached for this process.
 
+        For encryption (refused once the key has expired), unless decrypt: then the
+        version must be named, and is released until it is destroyed, expired key or not.
+
         Raises:
-            InvalidArgument: bad name or version.
+            InvalidArgument: bad name or version (decrypt: version 0).
             DataLoss: the wrapped key does not unwrap for this agent (label or key mismatch).
             and whatever the server said (PermissionDenied, NotFound, FailedPrecondition, ...).
         """
         validate_key_name(name)
         if version < 0:
             raise InvalidArgument("--version must be a positive number (or 0 for the current version)")
+        if decrypt and not version:
+            raise InvalidArgument(
+                "fetching a key to decrypt needs the version the data is under: --version N"
+            )
         if version and (name, version) in self._cache:
             return self._cache[(name, version)]
-        resp = self._client.fetch_key(name, version)
+        resp = self._client.fetch_key(name, version, decrypt=decrypt)
         if (
             resp.name != name
             or (version and resp.version != version)

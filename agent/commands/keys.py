@@ -28,7 +28,7 @@ def cmd_fetch_key(args: argparse.Namespace) -> int:
     regular = out is not None and output_is_regular(out, follow_symlink=follow)
     identity, client = connect(args)
     with client:
-        key = KeyFetcher(identity, client).fetch(args.name, args.version)
+        key = KeyFetcher(identity, client).fetch(args.name, args.version, decrypt=args.purpose == "decrypt")
     meta = {"name": key.name, "version": key.version, "state": key.state, "created_at": iso(key.created_at)}
     if out is not None and not is_stdio(out):
         # A key file is raw bytes unless a text format is asked for.
@@ -87,7 +87,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         decrypt_file(
             Path(args.input),
             Path(args.output),
-            lambda name, version: fetcher.fetch(name, version).material,
+            lambda name, version: fetcher.fetch(name, version, decrypt=True).material,
             follow_symlink=args.follow_symlinks,
         )
     return 0
@@ -97,6 +97,13 @@ def add_fetch_key(sub: Subcommands, common: ArgumentParser) -> None:
     fk = sub.add_parser("fetch-key", parents=[common], help="fetch a granted key, unwrap it locally")
     fk.add_argument("name")
     fk.add_argument("--version", type=int, default=0, help="key version (default: current)")
+    fk.add_argument(
+        "--purpose",
+        choices=("encrypt", "decrypt"),
+        default="encrypt",
+        help="what the key is for (default encrypt: refused once the key has expired);"
+        " decrypt needs --version and works until that version is destroyed",
+    )
     fk.add_argument(
         "--out",
         help="write the key to FILE (0600, atomically; - for stdout, raw unless --format) instead of"

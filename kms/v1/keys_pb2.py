@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11kms/v1/keys.proto\x12\x06kms.v1\"W\n\x0f\x46\x65tchKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12%\n\x07purpose\x18\x03 \x01(\x0e\x32\x14.kms.v1.FetchPurpose\"\x99\x01\n\x10\x46\x65tchKeyResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x03\x12\x13\n\x0bwrapped_key\x18\x05 \x01(\x0c\x12\x1a\n\x12wrapped_for_serial\x18\x06 \x01(\t\x12\x12\n\nexpires_at\x18\x07 \x01(\x03*c\n\x0c\x46\x65tchPurpose\x12\x1d\n\x19\x46\x45TCH_PURPOSE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x45TCH_PURPOSE_ENCRYPT\x10\x01\x12\x19\n\x15\x46\x45TCH_PURPOSE_DECRYPT\x10\x02\x32\x45\n\x04Keys\x12=\n\x08\x46\x65tchKey\x12\x17.kms.v1.FetchKeyRequest\x1a\x18.kms.v1.FetchKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11kms/v1/keys.proto\x12\x06kms.v1\"W\n\x0f\x46\x65tchKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12%\n\x07purpose\x18\x03 \x01(\x0e\x32\x14.kms.v1.FetchPurpose\"\x85\x01\n\x10\x46\x65tchKeyResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x03\x12\x13\n\x0bwrapped_key\x18\x05 \x01(\x0c\x12\x1a\n\x12wrapped_for_serial\x18\x06 \x01(\t*c\n\x0c\x46\x65tchPurpose\x12\x1d\n\x19\x46\x45TCH_PURPOSE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x45TCH_PURPOSE_ENCRYPT\x10\x01\x12\x19\n\x15\x46\x45TCH_PURPOSE_DECRYPT\x10\x02\x32\x45\n\x04Keys\x12=\n\x08\x46\x65tchKey\x12\x17.kms.v1.FetchKeyRequest\x1a\x18.kms.v1.FetchKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kms.v1.keys_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FETCHPURPOSE']._serialized_start=274
-  _globals['_FETCHPURPOSE']._serialized_end=373
+  _globals['_FETCHPURPOSE']._serialized_start=254
+  _globals['_FETCHPURPOSE']._serialized_end=353
   _globals['_FETCHKEYREQUEST']._serialized_start=29
   _globals['_FETCHKEYREQUEST']._serialized_end=116
   _globals['_FETCHKEYRESPONSE']._serialized_start=119
-  _globals['_FETCHKEYRESPONSE']._serialized_end=272
-  _globals['_KEYS']._serialized_start=375
-  _globals['_KEYS']._serialized_end=444
+  _globals['_FETCHKEYRESPONSE']._serialized_end=252
+  _globals['_KEYS']._serialized_start=355
+  _globals['_KEYS']._serialized_end=424
 # @@protoc_insertion_point(module_scope)

@@ -25,19 +25,17 @@ class FetchKeyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., purpose: _Optional[_Union[FetchPurpose, str]] = ...) -> None: ...
 
 class FetchKeyResponse(_message.Message):
-    __slots__ = ("name", "version", "state", "created_at", "wrapped_key", "wrapped_for_serial", "expires_at")
+    __slots__ = ("name", "version", "state", "created_at", "wrapped_key", "wrapped_for_serial")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_FOR_SERIAL_FIELD_NUMBER: _ClassVar[int]
-    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     state: str
     created_at: int
     wrapped_key: bytes
     wrapped_for_serial: str
-    expires_at: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., wrapped_for_serial: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., wrapped_for_serial: _Optional[str] = ...) -> None: ...

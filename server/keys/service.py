@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kms.errors import KeyDisabled, NotFound, PermissionDenied
+from kms.errors import InvalidArgument, KeyDisabled, KeyExpired, NotFound, PermissionDenied
 from kms.identity import validate_key_name
 from kms.wrap import KEY_BYTES, wrap
 from server.clock import Clock, now_seconds
@@ -305,17 +305,25 @@ class KeyService:
             self._wrapped.move_to_end(slot)
         return wrapped
 
-    async def fetch(self, caller: Caller, name: str, version: int) -> FetchedKey:
+    async def fetch(self, caller: Caller, name: str, version: int, *, decrypt: bool = False) -> FetchedKey:
         """Releases one version (0: the current one) wrapped for the calling certificate.
 
+        For encryption unless decrypt: then the version must be named, and is released
+        whether or not the key has expired (KMIP: a deactivated key still decrypts).
+
         Raises:
-            InvalidArgument: bad name or version.
+            InvalidArgument: bad name or version (or decrypt without a version).
             PermissionDenied: not granted to the caller or its groups (or no such key).
             NotFound: no such version. FailedPrecondition: destroyed.
             KeyDisabled: the key is disabled (after the grant is checked).
+            KeyExpired: for encryption, the key has expired (after the grant is checked).
         """
         validate_key_name(name)
         check_version(version, allow_current=True)
+        if decrypt and not version:
+            raise InvalidArgument(
+                "fetching a key to decrypt names the version the data was encrypted under (version 0 is not one)"
+            )
         now, actor = self._now(), f"agent:{caller.name}/{caller.serial}"
         try:
             record = await self._store.release_key_version(
@@ -326,12 +334,16 @@ class KeyService:
                 caller.serial,
                 now,
                 audit=lambda v: AuditEntry(now, actor, "key.release", f"key:{name}/v{v.version}"),
+                encrypt=not decrypt,
             )
         except PermissionDenied:
             await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", "denied"))
             raise
         except KeyDisabled:  # who still asks for a disabled key is what its administrator wants to know
             await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", "disabled"))
+            raise
+        except KeyExpired:  # and who still tries to encrypt under an expired one
+            await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", "expired"))
             raise
         wrapped = self._wrapped_for(caller, record)
         # DEBUG: every release is in the audit trail already; at INFO this line

@@ -171,27 +171,37 @@ async def destroy_key_version(tx: Tx, name: str, version: int, now: int) -> KeyR
 
 
 async def release_key_version(
-    tx: Tx, name: str, version: int | None, agent: str, groups: tuple[str, ...], serial: str, now: int
+    tx: Tx,
+    name: str,
+    version: int | None,
+    agent: str,
+    groups: tuple[str, ...],
+    serial: str,
+    now: int,
+    encrypt: bool = True,
 ) -> KeyVersionRecord:
-    """Checks the caller's certificate, then the grant, then that the key is enabled; logs the release.
+    """Checks the caller's certificate, then the grant, then that the key is enabled and, for
+    encryption (encrypt), not expired at now; logs the release.
 
     The caller's certificate lock and the key's (shared): a revocation of the
     certificate, or a disable of the key, on any replica, has either committed
     (and is read here) or waits until this release has. Neither is cached: one
     committed earlier refuses the release (a disable also clears SQLite's cache).
+    Expiry is a matter of time, not of a write: the cached answer keeps the key's
+    expires_at, compared with now on every call.
     """
     await tx.lock_release(serial, name)
     cache_key = ("release", name, version, agent, groups)
-    record: KeyVersionRecord | None = tx.cached(cache_key)
-    if record is not None:
-        revoked, granted, current, disabled = await tx.fetchval(_REVOKED, serial), True, 0, None
+    cached: tuple[KeyVersionRecord, int | None] | None = tx.cached(cache_key)
+    if cached is not None:
+        (record, expires_at), revoked = cached, await tx.fetchval(_REVOKED, serial)
     else:
         in_groups = f" OR (kind='group' AND grantee IN ({','.join('?' * len(groups))}))" if groups else ""
-        revoked, granted, current, disabled = await tx.fetchrow(
+        revoked, granted, current, disabled, expires_at = await tx.fetchrow(
             f"SELECT ({_REVOKED}), EXISTS (SELECT 1 FROM key_grants"  # noqa: S608 - placeholders only
             f" WHERE key_name=? AND ((kind='agent' AND grantee=?){in_groups})),"
-            " k.current_version, CASE WHEN k.disabled_at IS NULL THEN NULL ELSE COALESCE(k.disabled_reason, '') END"
-            " FROM (SELECT 1) AS one LEFT JOIN keys k ON k.name=?",
+            " k.current_version, CASE WHEN k.disabled_at IS NULL THEN NULL ELSE COALESCE(k.disabled_reason, '') END,"
+            " k.expires_at FROM (SELECT 1) AS one LEFT JOIN keys k ON k.name=?",
             serial,
             name,
             agent,
@@ -200,13 +210,16 @@ async def release_key_version(
         )
     if revoked is not None:
         raise rules.caller_revoked(serial, revoked)
-    if record is None:
+    if cached is None:
         if not granted:
             raise rules.not_granted(name)
         if disabled is not None:
             raise rules.key_disabled(name, disabled)
+    if encrypt and expires_at is not None and expires_at <= now:
+        raise rules.key_expired(name, expires_at)
+    if cached is None:
         record = await _releasable(tx, name, version or current)
-        tx.remember(cache_key, record)
+        tx.remember(cache_key, (record, expires_at))
     await tx.insert_later(
         "INSERT INTO key_releases(key_name, version, agent_name, cert_serial, released_at) VALUES (?, ?, ?, ?, ?)",
         [(name, record.version, agent, serial, now)],

@@ -256,6 +256,7 @@ class SqlStore(ScheduleMethods, DueMethods):
         now: int,
         *,
         audit: Audit = None,
+        encrypt: bool = True,
     ) -> KeyVersionRecord:
         # Reads, then inserts later only: no savepoint needed.
         """Checks the grant, then returns the version (with sealed material) and logs the release.
@@ -266,11 +267,11 @@ class SqlStore(ScheduleMethods, DueMethods):
         Raises:
             Revoked: the certificate serial was revoked (after the caller was authenticated).
             PermissionDenied: no grant for agent or its groups (also when the key does not exist).
-            NotFound: no such version.
+            NotFound: no such version. KeyExpired: for encryption (encrypt), the key expired by now.
             FailedPrecondition: the version was destroyed.
         """
         return await self._change(
-            lambda tx: keys.release_key_version(tx, name, version, agent, groups, serial, now),
+            lambda tx: keys.release_key_version(tx, name, version, agent, groups, serial, now, encrypt),
             audit,
             savepoint=False,
         )

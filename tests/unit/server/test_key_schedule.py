@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from kms.errors import FailedPrecondition, InvalidArgument, NotFound
+from kms.errors import FailedPrecondition, InvalidArgument, KeyExpired, NotFound
 from server.cli.key_schedule import expiry_mark, parse_expires, schedule_request
 from server.keys.schedule import MAX_PERIOD, check_expiry, check_period, describe, schedule_change
 from server.store import Grant
@@ -216,6 +216,36 @@ def test_an_expired_key_gets_no_new_expiry(store_at: tuple[str, str]) -> None:
             # Dropping the period of an expired key is allowed: nothing left to rotate.
             record = await store.set_key_schedule("old", ScheduleChange(set_rotation=True), after)
             assert (record.expires_at, record.rotate_every, record.rotation_due_at) == (NOW + 10, None, None)
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_an_expired_key_is_released_for_decryption_only(store_at: tuple[str, str]) -> None:
+    """Checked on time inside the release, the cached one too (SQLite): encrypt refused from
+    expires_at on, naming it; decrypt of a named version released as before."""
+
+    async def body() -> None:
+        store = await open_store_at(*store_at)
+        try:
+            await store.create_key("app", NOW, _seal, [Grant("group", "web")], expires_at=NOW + 10)
+
+            def release(at: int, version: int | None = None, *, encrypt: bool = True) -> object:
+                return store.release_key_version("app", version, "web-1", ("web",), "c1", at, encrypt=encrypt)
+
+            for _ in range(2):  # the second from SQLite's cache
+                assert (await release(NOW + 9)).version == 1  # type: ignore[attr-defined]
+            for version in (None, 1):
+                with pytest.raises(KeyExpired, match="key app expired at 2027-01-15T08:00:10Z") as refused:
+                    await release(NOW + 10, version)
+                assert refused.value.reason == "key-expired" and refused.value.exit_code == 6
+            assert (await release(NOW + 10, 1, encrypt=False)).version == 1  # type: ignore[attr-defined]
+            # A later expiry set meanwhile lets it encrypt again (the cache is cleared by the change).
+            await store.set_key_schedule(
+                "app", ScheduleChange(set_expiry=True, expires_at=NOW + 100), NOW + 5
+            )
+            assert (await release(NOW + 50)).version == 1  # type: ignore[attr-defined]
         finally:
             await store.close()
 
