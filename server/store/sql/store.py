@@ -32,8 +32,7 @@ from server.store.records import (
     SealFn,
     audit_entries,
 )
-from server.store.sql import agents, audit, events, holds, keys
-from server.store.sql.due import DueMethods
+from server.store.sql import agents, audit, due, events, holds, keys
 from server.store.sql.schedules import ScheduleMethods
 
 __all__ = ["SqlStore"]
@@ -45,7 +44,7 @@ async def _done(tx: Tx) -> bool:
     return True
 
 
-class SqlStore(ScheduleMethods, DueMethods):
+class SqlStore(ScheduleMethods, due.DueMethods):
     """What the domain services may ask of persistence (``server.store.Store``)."""
 
     def __init__(self, backend: Backend) -> None:
