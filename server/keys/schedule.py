@@ -12,7 +12,15 @@ from kms.durations import format_duration
 from kms.errors import InvalidArgument
 from server.store.records import ScheduleChange
 
-__all__ = ["MAX_EXPIRES_AT", "MAX_PERIOD", "check_expiry", "check_period", "describe", "schedule_change"]
+__all__ = [
+    "MAX_EXPIRES_AT",
+    "MAX_PERIOD",
+    "check_expiry",
+    "check_period",
+    "creation_schedule",
+    "describe",
+    "schedule_change",
+]
 
 # 9999-12-31T23:59:59Z: the last time ISO 8601 writes with four digits.
 MAX_EXPIRES_AT = 253_402_300_799
@@ -20,7 +28,7 @@ MAX_EXPIRES_AT = 253_402_300_799
 MAX_PERIOD = 100 * 365 * 86_400
 
 
-def iso(ts: int) -> str:
+def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -29,9 +37,9 @@ def check_expiry(expires_at: int, now: int) -> int:
     if expires_at > MAX_EXPIRES_AT:
         raise InvalidArgument(f"expiry {expires_at} is after 9999-12-31: give an earlier time, or no expiry")
     if expires_at <= now:
-        when = iso(expires_at) if expires_at >= 0 else str(expires_at)
+        when = _iso(expires_at) if expires_at >= 0 else str(expires_at)
         raise InvalidArgument(
-            f"expiry {when} is not in the future (now is {iso(now)}): give a later time, like --expires-in 90d"
+            f"expiry {when} is not in the future (now is {_iso(now)}): give a later time, like --expires-in 90d"
         )
     return expires_at
 
@@ -78,11 +86,21 @@ def schedule_change(
     )
 
 
+def creation_schedule(expires_at: int, rotate_every: int, now: int, minimum: int) -> ScheduleChange:
+    """What CreateKey asks, checked: 0 is none (no expiry, rotation by hand only). Raises InvalidArgument."""
+    return ScheduleChange(
+        set_expiry=bool(expires_at),
+        expires_at=check_expiry(expires_at, now) if expires_at else None,
+        set_rotation=bool(rotate_every),
+        rotate_every=check_period(rotate_every, minimum) if rotate_every else None,
+    )
+
+
 def describe(change: ScheduleChange) -> str:
     """What changed, for the audit record and the log (never a secret)."""
     parts = []
     if change.set_expiry:
-        parts.append(f"expires_at:{iso(change.expires_at) if change.expires_at else 'never'}")
+        parts.append(f"expires_at:{_iso(change.expires_at) if change.expires_at else 'never'}")
     if change.set_rotation:
         period = change.rotate_every
         parts.append(f"rotate_every:{format_duration(timedelta(seconds=period)) if period else 'none'}")

@@ -20,10 +20,10 @@ from server.clock import Clock, now_seconds
 from server.deployment.sealing import Sealer
 from server.endpoints.authn import Caller
 from server.keys.parsing import check_version, parse_disable_reason, parse_grant
-from server.keys.schedule import check_expiry, check_period, describe, schedule_change
+from server.keys.schedule import creation_schedule, describe, schedule_change
 from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, Store
 from server.store.completion import after_commit
-from server.store.records import ScheduleChange, SealFn
+from server.store.records import SealFn
 
 # KeyRecord is what KeyService answers with: re-exported so server/api needs no store import.
 __all__ = ["FetchedKey", "KeyChange", "KeyRecord", "KeyService", "KeyStateChange"]
@@ -136,12 +136,7 @@ class KeyService:
         validate_key_name(name)
         parsed = [parse_grant(g) for g in grants]
         now = self._now()
-        schedule = ScheduleChange(
-            set_expiry=bool(expires_at),
-            expires_at=check_expiry(expires_at, now) if expires_at else None,
-            set_rotation=bool(rotate_every),
-            rotate_every=check_period(rotate_every, self._min_period) if rotate_every else None,
-        )
+        schedule = creation_schedule(expires_at, rotate_every, now, self._min_period)
         warnings = await self._check_grantees(parsed, allow_unknown_grantee)
         record = await self._store.create_key(
             name,

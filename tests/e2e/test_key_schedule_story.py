@@ -14,7 +14,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kms.v1 import admin_pb2
+from kms.v1 import admin_pb2, keys_pb2, keys_pb2_grpc
 from tests.e2e.rig import Rig
 from tests.harness import ServerProcess, admin_stub, agent, assert_one_line_error
 
@@ -164,6 +164,18 @@ def test_an_expired_key_encrypts_nothing_but_still_decrypts(rig: tuple[ServerPro
         == 0
     )
     assert_one_line_error(agent(web, "fetch-key", "short", "--purpose", "decrypt"), 2, "--version N")
+    # An agent from before purposes sends none: taken as encryption, it fails closed (any version).
+    creds = grpc.ssl_channel_credentials(
+        *((web / f).read_bytes() for f in ("ca.crt", "agent.key", "agent.crt"))
+    )
+    with grpc.secure_channel(server.address, creds) as channel:
+        for version in (0, 1):
+            with pytest.raises(grpc.RpcError) as refused:
+                keys_pb2_grpc.KeysStub(channel).FetchKey(
+                    keys_pb2.FetchKeyRequest(name="short", version=version), timeout=10
+                )
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert ("kms-reason", "key-expired") in (refused.value.trailing_metadata() or ())
 
     # Shown as expired; expiry is final.
     shown = _show(server, "short")
@@ -179,7 +191,7 @@ def test_an_expired_key_encrypts_nothing_but_still_decrypts(rig: tuple[ServerPro
     assert _show(server, "short") == shown
     # Each refused release is audited, as a disabled key's are.
     records = admin_stub(server).ListAudit(admin_pb2.ListAuditRequest(), timeout=10).records
-    refused = [
+    audited = [
         r for r in records if r.action == "key.release" and r.object == "key:short" and r.outcome == "expired"
     ]
-    assert len(refused) == 2
+    assert len(audited) == 4

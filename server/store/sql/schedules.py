@@ -13,7 +13,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from server.store import rules
-from server.store.dialect import Backend, Body, Tx
+from server.store.dialect import Body, Tx
 from server.store.records import Audit, KeyRecord, ScheduleChange
 from server.store.sql.keys import key
 
@@ -68,8 +68,6 @@ async def count_keys_expiring(tx: Tx, now: int, within: tuple[int, ...]) -> tupl
 
 class ScheduleMethods:
     """SqlStore's methods about key schedules (see sql/store.py for _read and _change)."""
-
-    _backend: Backend
 
     def _read(self, body: Body[T]) -> Awaitable[T]:
         raise NotImplementedError

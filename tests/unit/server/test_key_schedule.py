@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms.errors import FailedPrecondition, InvalidArgument, KeyExpired, NotFound
 from server.cli.key_schedule import expiry_mark, parse_expires, schedule_request
+from server.deployment.sealing import Sealer
+from server.endpoints.authn import Caller
+from server.keys import KeyService
 from server.keys.schedule import MAX_PERIOD, check_expiry, check_period, describe, schedule_change
-from server.store import Grant
+from server.store import Grant, SqliteStore
 from server.store.records import ScheduleChange
 from tests.unit.server.conftest import open_store_at
 
@@ -246,6 +252,45 @@ def test_an_expired_key_is_released_for_decryption_only(store_at: tuple[str, str
                 "app", ScheduleChange(set_expiry=True, expires_at=NOW + 100), NOW + 5
             )
             assert (await release(NOW + 50)).version == 1  # type: ignore[attr-defined]
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_the_key_service_checks_audits_and_refuses_expired_encryption(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """KeyService over a real store and a clock it is handed: the minimum period, the audit
+    records of create and set, and a release refused for encryption once expired (audited)."""
+    clock = [datetime.fromtimestamp(NOW, UTC)]
+
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        keys = KeyService(
+            store, Sealer(bytes(range(32))), lambda: clock[0], lambda e: None, min_rotation_period=60
+        )
+        caller = Caller(
+            "web-1", ("web",), "abc1", "spiffe://t/agent/web-1", clock[0], clock[0], rsa_key.public_key()
+        )
+        try:
+            with pytest.raises(InvalidArgument, match="minimum of 1m"):
+                await keys.create("app", ["group:web"], rotate_every=59)
+            await keys.create("app", ["group:web"], expires_at=NOW + 30, rotate_every=60)
+            record = await keys.set_schedule("app", None, 120)
+            assert (record.rotate_every, record.rotation_due_at) == (120, NOW + 120)
+            assert (await keys.fetch(caller, "app", 0)).version.version == 1
+            with pytest.raises(InvalidArgument, match="names the version"):
+                await keys.fetch(caller, "app", 0, decrypt=True)
+            clock[0] += timedelta(seconds=30)
+            with pytest.raises(KeyExpired, match="expired at 2027-01-15T08:00:30Z"):
+                await keys.fetch(caller, "app", 0)
+            assert (await keys.fetch(caller, "app", 1, decrypt=True)).version.version == 1
+            trail = [(r.action, r.object, r.outcome) for r in await store.audit_after(0, 100)]
+            assert ("key.create", "key:app expires_at:2027-01-15T08:00:30Z rotate_every:1m", "ok") in trail
+            assert ("key.set", "key:app rotate_every:2m", "ok") in trail
+            assert ("key.release", "key:app", "expired") in trail
+            assert [a for a, _, _ in trail].count("key.create") == 1  # the refused one wrote nothing
         finally:
             await store.close()
 
