@@ -179,8 +179,13 @@ class KmsClient:
             self._call(lambda e: e.identity.WhoAmI, identity_pb2.WhoAmIRequest()),
         )
 
-    def fetch_key(self, name: str, version: int, key_pair: bool = False) -> keys_pb2.FetchKeyResponse:
-        request = keys_pb2.FetchKeyRequest(name=name, version=version, key_pair=key_pair)
+    def fetch_key(
+        self, name: str, version: int, *, decrypt: bool = False, key_pair: bool = False
+    ) -> keys_pb2.FetchKeyResponse:
+        """For encryption, unless decrypt (then version names the version the data is under);
+        key_pair: a key pair's private key, not an AES key."""
+        purpose = keys_pb2.FETCH_PURPOSE_DECRYPT if decrypt else keys_pb2.FETCH_PURPOSE_ENCRYPT
+        request = keys_pb2.FetchKeyRequest(name=name, version=version, purpose=purpose, key_pair=key_pair)
         return cast(keys_pb2.FetchKeyResponse, self._call(lambda e: e.keys.FetchKey, request))
 
     def get_public_key(self, name: str, version: int) -> keys_pb2.GetPublicKeyResponse:

@@ -4,7 +4,8 @@ It keeps the certificate fresh (renewing at the renewal fraction of its life,
 with jitter, retrying with backoff), holds the revocation watch (resuming
 from its last sequence number), answers key exchanges, and re-fetches the
 key files it keeps when the key rotates, is enabled again, or their version is compromised
-(a disabled key's files are kept: disabling is a release decision, not a compromise). SIGTERM or SIGINT stop
+(a disabled key's files are kept: disabling is a release decision, not a compromise; so are an
+expired key's, whose versions still decrypt). SIGTERM or SIGINT stop
 it cleanly (exit 0); its own revocation ends it with exit 11. A hold (certificateHold)
 does not end it: each job retries, with backoff, until the hold is released.
 """
@@ -28,7 +29,7 @@ from agent.renew import renew, renewal_due
 from agent.servers import Servers
 from agent.state import KeyFile, StateDir
 from agent.watch import Watcher
-from kms.errors import DeadlineExceeded, Held, KeyDisabled, KmsError, Revoked
+from kms.errors import DeadlineExceeded, Held, KeyDisabled, KeyExpired, KmsError, Revoked
 from kms.securefile import ensure_private_dir, write_atomic
 from kms.v1 import revocation_pb2
 
@@ -217,6 +218,10 @@ class AgentDaemon:
             logger.info("not re-fetching %s until it is enabled: %s", event.key_name, exc.message)
             for file in files:
                 self._state.remember_key_file(file)
+            return
+        except KeyExpired as exc:
+            # Nothing new to encrypt under: the files keep their versions, which still decrypt.
+            logger.info("not re-fetching %s: %s", event.key_name, exc.message)
             return
         except KmsError as exc:
             # Not fatal: the file keeps its (still decryptable) version, or stays deleted

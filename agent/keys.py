@@ -50,15 +50,19 @@ class KeyFetcher:
         self._identity = identity
         self._client = client
         self._serial = format(identity.cert.serial_number, "x")
-        self._cache: dict[tuple[str, int, bool], FetchedKey] = {}
+        self._cache: dict[tuple[str, int, bool, bool], FetchedKey] = {}
 
-    def fetch(self, name: str, version: int = 0, *, key_pair: bool = False) -> FetchedKey:
+    def fetch(
+        self, name: str, version: int = 0, *, decrypt: bool = False, key_pair: bool = False
+    ) -> FetchedKey:
         """Fetches and unwraps one version (0: the current one); cached for this process.
 
         key_pair: a key pair's private key (PKCS#8 DER); else an AES key.
+        For encryption (refused once the key has expired), unless decrypt: then the
+        version must be named, and is released until it is destroyed, expired key or not.
 
         Raises:
-            InvalidArgument: bad name or version.
+            InvalidArgument: bad name or version (decrypt: version 0).
             DataLoss: the wrapped key does not unwrap for this agent (label or key mismatch).
             and whatever the server said (PermissionDenied, NotFound, FailedPrecondition,
             WrongKeyType for a key of the other kind, ...).
@@ -66,9 +70,14 @@ class KeyFetcher:
         validate_key_name(name)
         if version < 0:
             raise InvalidArgument("--version must be a positive number (or 0 for the current version)")
-        if version and (name, version, key_pair) in self._cache:
-            return self._cache[(name, version, key_pair)]
-        resp = self._client.fetch_key(name, version, key_pair)
+        if decrypt and not version:
+            raise InvalidArgument(
+                "fetching a key to decrypt needs the version the data is under: --version N"
+            )
+        cache_key = (name, version, key_pair, decrypt)
+        if version and cache_key in self._cache:
+            return self._cache[cache_key]
+        resp = self._client.fetch_key(name, version, decrypt=decrypt, key_pair=key_pair)
         if (
             resp.name != name
             or (version and resp.version != version)
@@ -90,5 +99,5 @@ class KeyFetcher:
         fetched = FetchedKey(
             name, resp.version, resp.state, resp.created_at, material, resp.key_type or AES_256
         )
-        self._cache[(name, resp.version, key_pair)] = fetched
+        self._cache[(name, resp.version, key_pair, decrypt)] = fetched
         return fetched

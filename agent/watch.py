@@ -188,6 +188,10 @@ class Watcher:
             # Not a compromise: the material did not leak, the administrator stopped its
             # release. Key files stay, and data encrypted under them stays readable.
             logger.info("key %s disabled (%s): its key files are kept", event.key_name, event.reason)
+        elif event.kind == "expire":
+            # Expired keys still decrypt (KMIP Deactivated): key files stay, only new
+            # encryption under the key is refused by the server.
+            logger.info("key %s expired: its key files are kept (they still decrypt)", event.key_name)
         if stale and self._on_stale_key_files is not None:
             self._on_stale_key_files(event, stale)
         if self._exec:

@@ -25,6 +25,7 @@ __all__ = [
     "InvalidArgument",
     "KeyDisabled",
     "WrongKeyType",
+    "KeyExpired",
     "KmsError",
     "NotFound",
     "PermissionDenied",
@@ -113,6 +114,12 @@ class KeyDisabled(FailedPrecondition):
     reason = "key-disabled"
 
 
+class KeyExpired(FailedPrecondition):
+    """The key has expired: its versions may still decrypt, none may encrypt (KMIP Deactivated)."""
+
+    reason = "key-expired"
+
+
 class ResourceExhausted(KmsError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     exit_code = 7
@@ -177,7 +184,7 @@ _BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
     )
 }
 # Every class by its reason: these refine their code's class.
-_REFINED: tuple[type[KmsError], ...] = (Revoked, Held, StoreDown, KeyDisabled, WrongKeyType)
+_REFINED: tuple[type[KmsError], ...] = (Revoked, Held, StoreDown, KeyDisabled, WrongKeyType, KeyExpired)
 _BY_REASON: dict[str, type[KmsError]] = {cls.reason: cls for cls in (*_REFINED, *_BY_CODE.values())}
 
 

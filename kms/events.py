@@ -1,4 +1,4 @@
-"""Watch-feed events (revocations, key rotations, disables and enables) as people and scripts read
+"""Watch-feed events (revocations, key rotations, disables, enables, expiries) as people and scripts read
 them (both CLIs print them the same way)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from kms.v1 import revocation_pb2
 __all__ = ["NOT_REVOCATIONS", "describe", "event_fields"]
 
 # Kinds of event that share the log and the feed but revoke nothing: news for the agents
-# granted a key (its new current version; its release stopped or resumed).
-NOT_REVOCATIONS = frozenset({"rotate", "disable", "enable"})
+# granted a key (its new current version; its release stopped or resumed; it expired).
+NOT_REVOCATIONS = frozenset({"rotate", "disable", "enable", "expire"})
 
 
 def _iso(ts: int) -> str:
@@ -50,6 +50,10 @@ def describe(event: revocation_pb2.RevocationEvent) -> str:
         subject = f"key {event.key_name} disabled (no version is released until it is enabled)"
     elif event.kind == "enable":
         return f"#{event.seq} {_iso(event.at)} key {event.key_name} enabled (current version {event.key_version})"
+    elif event.kind == "expire":
+        subject = (
+            f"key {event.key_name} expired (every version decrypts only; current version {event.key_version})"
+        )
     elif event.kind == "release":
         subject = f"hold of {event.agent_name or '?'} released (certificates {event.serial or 'none'})"
     elif event.kind == "agent":

@@ -89,6 +89,7 @@ class App:
             asyncio.create_task(s.tls.rotate_forever()),
             asyncio.create_task(HeapKeeper().run_forever()),
             asyncio.create_task(s.failures.run_forever()),
+            asyncio.create_task(s.scheduler.run_forever()),
             self.following,
         ]
 

@@ -205,6 +205,8 @@ SETTINGS: tuple[Setting, ...] = (
     _S("tls_handshake_timeout", _duration, "5s", "drop a connection whose TLS handshake has not finished by then (default 5s)", _between("1s", "2m")),
     _S("max_anonymous_connections_per_address", _whole, "32", "open connections one peer address may hold on the enrollment port (default 32)", _between("1", "100000")),
     _S("failure_report_interval", _duration, "60s", "log and audit refusals once per peer address per interval (default 60s)", _between("1s", "24h")),
+    _S("min_rotation_period", _duration, "1h", "shortest rotation period a key may be given: each rotation keeps a version for good and makes every agent holding the key fetch it again; Vault's auto_rotate_period minimum is 1h too (default 1h)", _between("1s", "366d")),
+    _S("key_schedule_poll", _duration, "5s", "look for scheduled rotations and expiries due at least this often (default 5s)", _between("1s", "1h")),
 )  # fmt: skip
 
 # Every key a config file may hold: the settings, and the data dir (which admin commands read too).
@@ -265,6 +267,10 @@ class ServerConfig:
     max_anonymous_connections_per_address: int
     # Refusals are logged and audited at most once per peer address per interval (server/endpoints/failures.py).
     failure_report_interval: timedelta
+    # The shortest rotation period `key create/set --rotate-every` may give (server/keys/schedule.py).
+    min_rotation_period: timedelta
+    # The key scheduler looks at the shared schedule at least this often (server/keys/scheduler.py).
+    key_schedule_poll: timedelta
 
     DEFAULT_TRUST_DOMAIN = "seed-kms.local"
 

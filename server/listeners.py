@@ -7,6 +7,7 @@ none serves until App.start.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from server.api.identity import IdentityServicer
 from server.api.keys import KeysServicer
 from server.api.revocation import RevocationServicer
 from server.ca.ocsp import OcspResponder
+from server.clock import now_seconds
 from server.config import ServerConfig
 from server.deployment.datadir import DataDir
 from server.endpoints.auth import AuthInterceptor, Listener
@@ -49,6 +51,8 @@ from server.ops.http import HttpSidePort
 from server.wiring import Backup, Services
 
 __all__ = ["GRPC_OPTIONS", "Listeners", "bind_http", "open_listeners"]
+
+logger = logging.getLogger(__name__)
 
 # What every gRPC server of ours is built with, but the size of a request (--max-request-bytes)
 # and the TLS handshake timeout. bench/baseline_server.py copies them.
@@ -209,6 +213,21 @@ class _HttpProbe:
 
     async def refresh_metrics(self) -> None:
         self.services.expiring.refresh()  # O(1): at most starts a background re-read, once a minute
+        await self._count_expiring_keys()
+
+    async def _count_expiring_keys(self) -> None:
+        """kms_keys_expiring, counted in the store at each scrape (one range of the keys_by_expiry
+        index), so it sees what other replicas changed; kept as it was if the store cannot answer."""
+        s = self.services
+        try:
+            counts = await s.store.count_keys_expiring(
+                now_seconds(s.clock), tuple(w for _, w in EXPIRY_WINDOWS)
+            )
+        except Exception as exc:
+            logger.warning("could not count expiring keys for /metrics: %s", type(exc).__name__)
+            return
+        for (label, _), count in zip(EXPIRY_WINDOWS, counts, strict=True):
+            s.metrics.keys_expiring.labels(label).set(count)
 
     async def healthy(self) -> bool:
         try:

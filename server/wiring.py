@@ -33,6 +33,7 @@ from server.enrollment.agents import AgentDirectory
 from server.enrollment.service import EnrollmentService
 from server.exchange import ExchangeService
 from server.keys import KeyService
+from server.keys.scheduler import KeyScheduler
 from server.ops.expiry import ExpiringCertificates
 from server.ops.metrics import Metrics
 from server.revocation.feed import RevocationFeed, StreamGuard
@@ -76,6 +77,8 @@ class Services:
     # Per peer address: refused anonymous attempts, and the periodic report of them.
     limits: Limits
     failures: FailureReport
+    # Scheduled rotations, expiries and expiry warnings.
+    scheduler: KeyScheduler
 
 
 async def open_services(
@@ -89,7 +92,15 @@ async def open_services(
     expiring = ExpiringCertificates(store, clock)
     metrics = Metrics()
     feed = RevocationFeed(await store.last_seq(), metrics, on_publish=expiring.published)
-    keys = KeyService(store, deployment.sealer, clock, publish=feed.publish)
+    schedule_changed = asyncio.Event()
+    keys = KeyService(
+        store,
+        deployment.sealer,
+        clock,
+        publish=feed.publish,
+        schedule_changed=schedule_changed.set,
+        min_rotation_period=int(cfg.min_rotation_period.total_seconds()),
+    )
     guard = StreamGuard()
     crl = CrlPublisher(ca, store, clock)
     revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
@@ -126,6 +137,9 @@ async def open_services(
             RateLimiter(cfg.enroll_rate), RateLimiter(cfg.auth_failure_rate), cfg.max_streams_per_identity
         ),
         failures=FailureReport(audit.add, cfg.failure_report_interval.total_seconds(), wall=clock),
+        scheduler=KeyScheduler(
+            store, keys, clock, feed.publish, cfg.key_schedule_poll.total_seconds(), schedule_changed
+        ),
     )
 
 

@@ -31,17 +31,17 @@ __all__ = [
 ]
 
 
-def _fetch_any(fetcher: KeyFetcher, name: str, version: int, fmt: str | None) -> FetchedKey:
+def _fetch_any(fetcher: KeyFetcher, name: str, version: int, fmt: str | None, *, decrypt: bool) -> FetchedKey:
     """An AES key, or a key pair's private key: --format pem asks for a pair, a byte format for
     an AES key, and no format for whichever the key is (a refused ask releases nothing)."""
     if fmt == "pem":
-        return fetcher.fetch(name, version, key_pair=True)
+        return fetcher.fetch(name, version, decrypt=decrypt, key_pair=True)
     try:
-        return fetcher.fetch(name, version)
+        return fetcher.fetch(name, version, decrypt=decrypt)
     except WrongKeyType:
         if fmt is not None:
             raise
-        return fetcher.fetch(name, version, key_pair=True)
+        return fetcher.fetch(name, version, decrypt=decrypt, key_pair=True)
 
 
 def cmd_fetch_key(args: argparse.Namespace) -> int:
@@ -53,7 +53,8 @@ def cmd_fetch_key(args: argparse.Namespace) -> int:
     regular = out is not None and output_is_regular(out, follow_symlink=follow)
     identity, client = connect(args)
     with client:
-        key = _fetch_any(KeyFetcher(identity, client), args.name, args.version, args.format)
+        fetcher, decrypt = KeyFetcher(identity, client), args.purpose == "decrypt"
+        key = _fetch_any(fetcher, args.name, args.version, args.format, decrypt=decrypt)
     pair = key.key_type != AES_256
     meta = {"name": key.name, "version": key.version, "state": key.state, "created_at": iso(key.created_at)}
     meta["type"] = key.key_type
@@ -135,7 +136,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         decrypt_file(
             Path(args.input),
             Path(args.output),
-            lambda name, version: fetcher.fetch(name, version).material,
+            lambda name, version: fetcher.fetch(name, version, decrypt=True).material,
             follow_symlink=args.follow_symlinks,
         )
     return 0
@@ -149,6 +150,13 @@ def add_fetch_key(sub: Subcommands, common: ArgumentParser) -> None:
     )
     fk.add_argument("name")
     fk.add_argument("--version", type=int, default=0, help="key version (default: current)")
+    fk.add_argument(
+        "--purpose",
+        choices=("encrypt", "decrypt"),
+        default="encrypt",
+        help="what the key is for (default encrypt: refused once the key has expired);"
+        " decrypt needs --version and works until that version is destroyed",
+    )
     fk.add_argument(
         "--out",
         help="write the key to FILE (0600, atomically; - for stdout, raw unless --format) instead of"

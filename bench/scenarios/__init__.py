@@ -22,6 +22,7 @@ SCENARIOS: dict[str, str] = {
     "fan-out-replicas": "bench.scenarios.fan_out_replicas",
     "exchange": "bench.scenarios.exchange",
     "mixed": "bench.scenarios.mixed",
+    "key-schedule": "bench.scenarios.key_schedule",
 }
 
 

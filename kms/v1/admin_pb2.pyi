@@ -61,16 +61,20 @@ class ListAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[_types_pb2.AgentInfo, _Mapping]]] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("name", "grants", "allow_unknown_grantee", "key_type")
+    __slots__ = ("name", "grants", "allow_unknown_grantee", "expires_at", "rotate_every", "key_type")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRANTS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_UNKNOWN_GRANTEE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_EVERY_FIELD_NUMBER: _ClassVar[int]
     KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     grants: _containers.RepeatedScalarFieldContainer[str]
     allow_unknown_grantee: bool
+    expires_at: int
+    rotate_every: int
     key_type: str
-    def __init__(self, name: _Optional[str] = ..., grants: _Optional[_Iterable[str]] = ..., allow_unknown_grantee: _Optional[bool] = ..., key_type: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., grants: _Optional[_Iterable[str]] = ..., allow_unknown_grantee: _Optional[bool] = ..., expires_at: _Optional[int] = ..., rotate_every: _Optional[int] = ..., key_type: _Optional[str] = ...) -> None: ...
 
 class RotateKeyRequest(_message.Message):
     __slots__ = ("name",)
@@ -107,19 +111,23 @@ class DestroyKeyVersionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class KeyVersionInfo(_message.Message):
-    __slots__ = ("version", "state", "created_at", "state_changed_at")
+    __slots__ = ("version", "state", "created_at", "state_changed_at", "activated_at", "deactivated_at")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEACTIVATED_AT_FIELD_NUMBER: _ClassVar[int]
     version: int
     state: str
     created_at: int
     state_changed_at: int
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., state_changed_at: _Optional[int] = ...) -> None: ...
+    activated_at: int
+    deactivated_at: int
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., state_changed_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., deactivated_at: _Optional[int] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
-    __slots__ = ("name", "current_version", "created_at", "versions", "grants", "warnings", "disabled", "disabled_at", "disabled_reason", "key_type")
+    __slots__ = ("name", "current_version", "created_at", "versions", "grants", "warnings", "disabled", "disabled_at", "disabled_reason", "expires_at", "rotate_every", "rotation_due_at", "key_type")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +137,9 @@ class KeyInfo(_message.Message):
     DISABLED_FIELD_NUMBER: _ClassVar[int]
     DISABLED_AT_FIELD_NUMBER: _ClassVar[int]
     DISABLED_REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_EVERY_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_DUE_AT_FIELD_NUMBER: _ClassVar[int]
     KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     current_version: int
@@ -139,8 +150,11 @@ class KeyInfo(_message.Message):
     disabled: bool
     disabled_at: int
     disabled_reason: str
+    expires_at: int
+    rotate_every: int
+    rotation_due_at: int
     key_type: str
-    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., created_at: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., grants: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., disabled: _Optional[bool] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ..., key_type: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., current_version: _Optional[int] = ..., created_at: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., grants: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., disabled: _Optional[bool] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ..., expires_at: _Optional[int] = ..., rotate_every: _Optional[int] = ..., rotation_due_at: _Optional[int] = ..., key_type: _Optional[str] = ...) -> None: ...
 
 class DisableKeyRequest(_message.Message):
     __slots__ = ("name", "reason")
@@ -283,6 +297,22 @@ class ReleaseCertificateRequest(_message.Message):
     def __init__(self, serial: _Optional[str] = ...) -> None: ...
 
 class ReleaseAgentRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class SetKeyRequest(_message.Message):
+    __slots__ = ("name", "expires_at", "rotate_every")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_EVERY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    expires_at: int
+    rotate_every: int
+    def __init__(self, name: _Optional[str] = ..., expires_at: _Optional[int] = ..., rotate_every: _Optional[int] = ...) -> None: ...
+
+class GetKeyRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str

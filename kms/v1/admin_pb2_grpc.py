@@ -134,6 +134,16 @@ class AdminStub:
                 request_serializer=kms_dot_v1_dot_admin__pb2.ReleaseAgentRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
                 _registered_method=True)
+        self.SetKey = channel.unary_unary(
+                '/kms.v1.Admin/SetKey',
+                request_serializer=kms_dot_v1_dot_admin__pb2.SetKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+                _registered_method=True)
+        self.GetKey = channel.unary_unary(
+                '/kms.v1.Admin/GetKey',
+                request_serializer=kms_dot_v1_dot_admin__pb2.GetKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -271,6 +281,23 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetKey(self, request, context):
+        """A key's schedule: sets or clears its expiry and its rotation period (each
+        left as it is when absent). An expiry in the past, a period below the
+        server's min_rotation_period, or a new expiry for a key that has expired
+        already (expiry is final: create a new key) is refused and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKey(self, request, context):
+        """One key, as ListKeys describes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -373,6 +400,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ReleaseAgent,
                     request_deserializer=kms_dot_v1_dot_admin__pb2.ReleaseAgentRequest.FromString,
                     response_serializer=kms_dot_v1_dot_admin__pb2.RevokeResponse.SerializeToString,
+            ),
+            'SetKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetKey,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.SetKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.KeyInfo.SerializeToString,
+            ),
+            'GetKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKey,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.GetKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.KeyInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -915,6 +952,60 @@ class Admin:
             '/kms.v1.Admin/ReleaseAgent',
             kms_dot_v1_dot_admin__pb2.ReleaseAgentRequest.SerializeToString,
             kms_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/SetKey',
+            kms_dot_v1_dot_admin__pb2.SetKeyRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/GetKey',
+            kms_dot_v1_dot_admin__pb2.GetKeyRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,14 @@ class AdminStub:
     """
     ReleaseAgent: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReleaseAgentRequest, _admin_pb2.RevokeResponse]
     """Lifts what the agent's newest hold still holds."""
+    SetKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetKeyRequest, _admin_pb2.KeyInfo]
+    """A key's schedule: sets or clears its expiry and its rotation period (each
+    left as it is when absent). An expiry in the past, a period below the
+    server's min_rotation_period, or a new expiry for a key that has expired
+    already (expiry is final: create a new key) is refused and changes nothing.
+    """
+    GetKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetKeyRequest, _admin_pb2.KeyInfo]
+    """One key, as ListKeys describes it."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -107,6 +115,14 @@ class AdminAsyncStub(AdminStub):
     """
     ReleaseAgent: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReleaseAgentRequest, _admin_pb2.RevokeResponse]  # type: ignore[assignment]
     """Lifts what the agent's newest hold still holds."""
+    SetKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetKeyRequest, _admin_pb2.KeyInfo]  # type: ignore[assignment]
+    """A key's schedule: sets or clears its expiry and its rotation period (each
+    left as it is when absent). An expiry in the past, a period below the
+    server's min_rotation_period, or a new expiry for a key that has expired
+    already (expiry is final: create a new key) is refused and changes nothing.
+    """
+    GetKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetKeyRequest, _admin_pb2.KeyInfo]  # type: ignore[assignment]
+    """One key, as ListKeys describes it."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -264,5 +280,25 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeResponse, _abc.Awaitable[_admin_pb2.RevokeResponse]]:
         """Lifts what the agent's newest hold still holds."""
+
+    @_abc_1.abstractmethod
+    def SetKey(
+        self,
+        request: _admin_pb2.SetKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.KeyInfo, _abc.Awaitable[_admin_pb2.KeyInfo]]:
+        """A key's schedule: sets or clears its expiry and its rotation period (each
+        left as it is when absent). An expiry in the past, a period below the
+        server's min_rotation_period, or a new expiry for a key that has expired
+        already (expiry is final: create a new key) is refused and changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetKey(
+        self,
+        request: _admin_pb2.GetKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.KeyInfo, _abc.Awaitable[_admin_pb2.KeyInfo]]:
+        """One key, as ListKeys describes it."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

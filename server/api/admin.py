@@ -101,6 +101,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             list(request.grants),
             allow_unknown_grantee=request.allow_unknown_grantee,
             key_type=request.key_type,
+            expires_at=request.expires_at,
+            rotate_every=request.rotate_every,
         )
         return key_info(done.record, done.warnings)
 
@@ -171,6 +173,18 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             fingerprint=self._ca.fingerprint,
             trust_domain=self._ca.trust_domain,
         )
+
+    async def SetKey(
+        self, request: admin_pb2.SetKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.KeyInfo:
+        expires_at = request.expires_at if request.HasField("expires_at") else None
+        rotate_every = request.rotate_every if request.HasField("rotate_every") else None
+        return key_info(await self._keys.set_schedule(request.name, expires_at, rotate_every))
+
+    async def GetKey(
+        self, request: admin_pb2.GetKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.KeyInfo:
+        return key_info(await self._keys.get(request.name))
 
     async def ListAgents(
         self, request: admin_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext

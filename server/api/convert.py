@@ -56,7 +56,12 @@ def key_info(key: KeyRecord, warnings: tuple[str, ...] = ()) -> admin_pb2.KeyInf
         created_at=key.created_at,
         versions=[
             admin_pb2.KeyVersionInfo(
-                version=v.version, state=v.state, created_at=v.created_at, state_changed_at=v.state_changed_at
+                version=v.version,
+                state=v.state,
+                created_at=v.created_at,
+                state_changed_at=v.state_changed_at,
+                activated_at=v.created_at,  # a version is the current one from its creation
+                deactivated_at=v.deactivated_at or 0,
             )
             for v in key.versions
         ],
@@ -65,6 +70,9 @@ def key_info(key: KeyRecord, warnings: tuple[str, ...] = ()) -> admin_pb2.KeyInf
         disabled_at=key.disabled_at or 0,
         disabled_reason=key.disabled_reason or "",
         key_type=key.key_type,
+        expires_at=key.expires_at or 0,
+        rotate_every=key.rotate_every or 0,
+        rotation_due_at=key.rotation_due_at or 0,
     )
 
 

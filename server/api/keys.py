@@ -20,7 +20,12 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
     ) -> keys_pb2.FetchKeyResponse:
         caller = current_caller.get()
         assert caller is not None  # the method table: Role.AGENT only
-        fetched = await self._keys.fetch(caller, request.name, request.version, key_pair=request.key_pair)
+        # UNSPECIFIED (an agent from before purposes) and any value unknown here are encryption:
+        # the stricter purpose, so an old agent fails closed on an expired key.
+        decrypt = request.purpose == keys_pb2.FETCH_PURPOSE_DECRYPT
+        fetched = await self._keys.fetch(
+            caller, request.name, request.version, decrypt=decrypt, key_pair=request.key_pair
+        )
         pair = fetched.key_type != "aes-256"
         return keys_pb2.FetchKeyResponse(
             name=fetched.version.key_name,

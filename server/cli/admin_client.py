@@ -71,10 +71,20 @@ class AdminClient:
         )
 
     def create_key(
-        self, name: str, grants: list[str], allow_unknown_grantee: bool = False, key_type: str = ""
+        self,
+        name: str,
+        grants: list[str],
+        allow_unknown_grantee: bool = False,
+        key_type: str = "",
+        **schedule: int,
     ) -> admin_pb2.KeyInfo:
+        """schedule: expires_at (Unix seconds), rotate_every (seconds); 0 or absent: none."""
         request = admin_pb2.CreateKeyRequest(
-            name=name, grants=grants, allow_unknown_grantee=allow_unknown_grantee, key_type=key_type
+            name=name,
+            grants=grants,
+            allow_unknown_grantee=allow_unknown_grantee,
+            key_type=key_type,
+            **schedule,
         )
         return cast(admin_pb2.KeyInfo, self._call(self._stub.CreateKey, request))
 
@@ -145,3 +155,11 @@ class AdminClient:
         return cast(
             admin_pb2.BackupResponse, self._call(self._stub.Backup, admin_pb2.BackupRequest(path=path))
         )
+
+    def set_key(self, name: str, *, expires_at: int | None, rotate_every: int | None) -> admin_pb2.KeyInfo:
+        """None leaves a field as it is; 0 clears it (no expiry, no scheduled rotation)."""
+        request = admin_pb2.SetKeyRequest(name=name, expires_at=expires_at, rotate_every=rotate_every)
+        return cast(admin_pb2.KeyInfo, self._call(self._stub.SetKey, request))
+
+    def get_key(self, name: str) -> admin_pb2.KeyInfo:
+        return cast(admin_pb2.KeyInfo, self._call(self._stub.GetKey, admin_pb2.GetKeyRequest(name=name)))

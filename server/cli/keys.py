@@ -5,34 +5,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from kms.cli import ArgumentParser, Subcommands, print_json, print_table
 from kms.keypairs import KEY_TYPES
 from kms.v1 import admin_pb2
 from server.cli.context import admin as _admin
 from server.cli.context import iso
+from server.cli.key_schedule import (
+    add_schedule_options,
+    add_set_and_show,
+    expiry_mark,
+    expiry_text,
+    key_json,
+    period_text,
+    schedule_request,
+)
 
 __all__ = ["add_key"]
 
 
 def _key_json(key: admin_pb2.KeyInfo) -> dict[str, object]:
-    return {
-        "name": key.name,
-        "type": key.key_type or "aes-256",
-        "current_version": key.current_version,
-        "created_at": iso(key.created_at),
-        "versions": [
-            {"version": v.version, "state": v.state, "created_at": iso(v.created_at)} for v in key.versions
-        ],
-        "grants": list(key.grants),
-        **_state_json(key),
-    }
-
-
-def _state_json(key: admin_pb2.KeyInfo) -> dict[str, object]:
-    if not key.disabled:
-        return {"state": "enabled"}
-    return {"state": "disabled", "disabled_at": iso(key.disabled_at), "disabled_reason": key.disabled_reason}
+    return key_json(key, int(time.time()))
 
 
 def _state_text(key: admin_pb2.KeyInfo) -> str:
@@ -47,16 +41,27 @@ def _print_key(key: admin_pb2.KeyInfo, as_json: bool) -> None:
         return
     versions = ", ".join(f"v{v.version} {v.state}" for v in key.versions)
     print(
-        f"{key.name}: {key.key_type or 'aes-256'}, {_state_text(key)}, current version {key.current_version} ({versions});"
-        f" grants: {', '.join(key.grants) or '-'}"
+        f"{key.name}: {key.key_type or 'aes-256'}, {_state_text(key)}, current version {key.current_version}"
+        f" ({versions}); grants: {', '.join(key.grants) or '-'}{_schedule_text(key)}"
     )
 
 
+def _schedule_text(key: admin_pb2.KeyInfo) -> str:
+    """'' for a key without a schedule (as before schedules existed)."""
+    parts = []
+    if key.expires_at:
+        parts.append(f"expires {expiry_text(key, int(time.time()))}")
+    if key.rotate_every:
+        parts.append(f"rotates every {period_text(key.rotate_every)}, next {iso(key.rotation_due_at)}")
+    return "; " + "; ".join(parts) if parts else ""
+
+
 def cmd_key_create(args: argparse.Namespace) -> int:
+    expires_at, rotate_every = schedule_request(args, int(time.time()))
+    schedule = {"expires_at": expires_at or 0, "rotate_every": rotate_every or 0}
     with _admin(args) as admin:
-        _print_key(
-            admin.create_key(args.name, args.grant or [], args.allow_unknown_grantee, args.type), args.json
-        )
+        key = admin.create_key(args.name, args.grant or [], args.allow_unknown_grantee, args.type, **schedule)
+    _print_key(key, args.json)
     return 0
 
 
@@ -113,11 +118,12 @@ def cmd_key_state(args: argparse.Namespace) -> int:
 def cmd_key_list(args: argparse.Namespace) -> int:
     with _admin(args) as admin:
         keys = admin.list_keys().keys
+    now = int(time.time())
     if args.json:
-        print_json([_key_json(k) for k in keys])
+        print_json([key_json(k, now) for k in keys])
     else:
         print_table(
-            ["NAME", "TYPE", "STATE", "CURRENT", "VERSIONS", "GRANTS"],
+            ["NAME", "TYPE", "STATE", "CURRENT", "VERSIONS", "GRANTS", "EXPIRES", "ROTATES"],
             [
                 [
                     k.name,
@@ -126,6 +132,8 @@ def cmd_key_list(args: argparse.Namespace) -> int:
                     str(k.current_version),
                     " ".join(f"v{v.version}:{v.state}" for v in k.versions),
                     ",".join(k.grants) or "-",
+                    _expires_cell(k.expires_at, now),
+                    period_text(k.rotate_every) or "-",
                 ]
                 for k in keys
             ],
@@ -133,9 +141,17 @@ def cmd_key_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expires_cell(expires_at: int, now: int) -> str:
+    """The expiry in `key list`, marked when within 7 days or past: '!' draws the eye in a column."""
+    if not expires_at:
+        return "-"
+    mark = expiry_mark(expires_at, now)
+    return f"{iso(expires_at)} !{mark.upper().replace(' ', '-')}" if mark else iso(expires_at)
+
+
 def add_key(sub: Subcommands, common: ArgumentParser) -> None:
     key = sub.add_parser(
-        "key", help="AES keys and key pairs: create, rotate, grant, list, destroy, disable, enable"
+        "key", help="AES keys and key pairs: create, rotate, grant, list, show, set, destroy, disable, enable"
     ).add_subparsers(dest="key_command", required=True, metavar="COMMAND")
     kc = key.add_parser("create", parents=[common], help="create a key (version 1)")
     kc.add_argument("name")
@@ -152,6 +168,7 @@ def add_key(sub: Subcommands, common: ArgumentParser) -> None:
         " refused without it"
     )
     kc.add_argument("--allow-unknown-grantee", action="store_true", help=unknown_grantee)
+    add_schedule_options(kc, clearing=False)
     kr = key.add_parser(
         "rotate", parents=[common], help="make a new current version; older ones still decrypt"
     )
@@ -185,3 +202,4 @@ def add_key(sub: Subcommands, common: ArgumentParser) -> None:
         p.set_defaults(func=cmd_key_state)
     for p in (kc, kr, kl, kd, ks, ke, *[key.choices[v] for v in ("grant", "ungrant")]):
         p.add_argument("--json", action="store_true")
+    add_set_and_show(key, common)

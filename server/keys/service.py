@@ -1,29 +1,26 @@
 """The key distributor: named keys (AES-256, or key pairs) with versions, grants, and wrapped release.
 
-Material is drawn from the OS CSPRNG, sealed under the master key in a slot
-named for its key and version (so a ciphertext moved to another row does not
-open), and leaves the server only wrapped for the certificate that asked.
-Key pairs are made and wrapped by pairs.py; a key's type never changes.
+Material (material.py; key pairs: pairs.py) is sealed at rest and leaves the
+server only wrapped for the certificate that asked. A key's type never changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kms.errors import KeyDisabled, NotFound, PermissionDenied
+from kms.errors import InvalidArgument, KeyDisabled, KeyExpired, NotFound, PermissionDenied
 from kms.identity import validate_key_name
 from kms.keypairs import AES_256, is_key_pair, parse_key_type
-from kms.wrap import KEY_BYTES, wrap
 from server.clock import Clock, now_seconds
 from server.deployment.sealing import Sealer
 from server.endpoints.authn import Caller
-from server.keys.pairs import PublicKey, pair_sealer, wrap_pair
+from server.keys.material import Material
+from server.keys.pairs import PublicKey
 from server.keys.parsing import check_version, parse_disable_reason, parse_grant
+from server.keys.schedule import creation_schedule, describe, schedule_change
 from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, Store
 from server.store.completion import after_commit
 from server.store.records import SealFn
@@ -32,13 +29,6 @@ from server.store.records import SealFn
 __all__ = ["FetchedKey", "KeyChange", "KeyRecord", "KeyService", "KeyStateChange", "PublicKey"]
 
 logger = logging.getLogger(__name__)
-
-# Wrapped keys kept for repeated releases (a few hundred bytes each).
-_WRAPPED_CACHE = 10_000
-
-
-def _slot(name: str, version: int) -> str:
-    return f"aes-key/{name}/{version}"
 
 
 @dataclass(frozen=True)
@@ -71,31 +61,29 @@ class KeyService:
         sealer: Sealer,
         clock: Clock,
         publish: Callable[[RevocationEvent], object],
+        schedule_changed: Callable[[], None] = lambda: None,
+        *,
+        min_rotation_period: int = 3600,
     ) -> None:
         self._store = store
-        self._sealer = sealer
+        # The shortest rotation period an administrator may set (setting min_rotation_period).
+        self._min_period = min_rotation_period
         self._clock = clock
         # Rotation events go out on the watch feed, like revocations.
         self._publish = publish
-        self._wrapped: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        self._material = Material(sealer)
         self._types: dict[str, str] = {}  # a key's type never changes, and keys are never deleted
+        # Wakes the key scheduler: a schedule changed here (or a key was enabled: an overdue
+        # rotation is due at once).
+        self._schedule_changed = schedule_changed
 
     def _now(self) -> int:
         return now_seconds(self._clock)
 
     def sealer_for(self, name: str, key_type: str) -> SealFn:
-        """Seals fresh material of key_type for a version number the store allocates.
-
-        A key pair is generated here, before the store's transaction (it may take
-        seconds): the function returned only seals. make_sealer does it off the event loop.
-        """
-        if is_key_pair(key_type):
-            return pair_sealer(self._sealer, name, key_type)
-
-        def seal(version: int) -> bytes:
-            return self._sealer.seal(_slot(name, version), os.urandom(KEY_BYTES))
-
-        return seal
+        """Seals fresh material of key_type (Material.sealer_for); a key pair is made here, now:
+        make_sealer does it off the event loop."""
+        return self._material.sealer_for(name, key_type)
 
     async def make_sealer(self, name: str, key_type: str | None = None) -> SealFn:
         """sealer_for, with the key's stored type unless given, generating in a worker thread.
@@ -138,33 +126,75 @@ class KeyService:
         return tuple(warnings)
 
     async def create(
-        self, name: str, grants: list[str], *, allow_unknown_grantee: bool = False, key_type: str = ""
+        self,
+        name: str,
+        grants: list[str],
+        *,
+        allow_unknown_grantee: bool = False,
+        key_type: str = "",
+        expires_at: int = 0,
+        rotate_every: int = 0,
     ) -> KeyChange:
-        """Creates key name (version 1) of key_type ("": aes-256) with its grants.
+        """Creates key name (version 1) of key_type ("": aes-256) with its grants, and its schedule
+        (0: no expiry, no rotation).
 
         Raises:
-            InvalidArgument: a bad name, type or grant. AlreadyExists: the key exists.
+            InvalidArgument: a bad name, type, grant, expiry or period. AlreadyExists: the key exists.
             NotFound: a grant to an unknown agent, unless allow_unknown_grantee.
         """
         validate_key_name(name)
         key_type = parse_key_type(key_type)
         parsed = [parse_grant(g) for g in grants]
-        warnings = await self._check_grantees(parsed, allow_unknown_grantee)
-        seal = await self.make_sealer(name, key_type)
-        type_note = f" type:{key_type}" if is_key_pair(key_type) else ""  # AES keys' records as before
         now = self._now()
+        schedule = creation_schedule(expires_at, rotate_every, now, self._min_period)
+        warnings = await self._check_grantees(parsed, allow_unknown_grantee)
+        seal = await self.make_sealer(name, key_type)  # checked first: generating a pair is slow
+        type_note = f" type:{key_type}" if is_key_pair(key_type) else ""  # AES keys' records as before
         record = await self._store.create_key(
             name,
             now,
             seal,
             parsed,
-            audit=AuditEntry(now, "admin", "key.create", f"key:{name}{type_note}"),
+            audit=AuditEntry(
+                now, "admin", "key.create", f"key:{name}{type_note} {describe(schedule)}".rstrip()
+            ),
             key_type=key_type,
+            expires_at=schedule.expires_at,
+            rotate_every=schedule.rotate_every,
         )
         logger.info(
-            "key created", extra={"key": name, "type": key_type, "grants": ",".join(map(str, parsed))}
+            "key created",
+            extra={
+                "key": name,
+                "type": key_type,
+                "grants": ",".join(map(str, parsed)),
+                "schedule": describe(schedule),
+            },
         )
+        if expires_at or rotate_every:
+            self._schedule_changed()
         return KeyChange(record, warnings)
+
+    async def set_schedule(self, name: str, expires_at: int | None, rotate_every: int | None) -> KeyRecord:
+        """Sets (or with 0 clears) a key's expiry and rotation period; None leaves one as it is.
+
+        Raises:
+            InvalidArgument: a bad name, expiry or period, or nothing to change. NotFound: no such key.
+            FailedPrecondition: the key has expired (expiry is final).
+        """
+        validate_key_name(name)
+        now = self._now()
+        change = schedule_change(expires_at, rotate_every, now, self._min_period)
+        record = await self._store.set_key_schedule(
+            name, change, now, audit=AuditEntry(now, "admin", "key.set", f"key:{name} {describe(change)}")
+        )
+        logger.info("key schedule set", extra={"key": name, "schedule": describe(change)})
+        self._schedule_changed()
+        return record
+
+    async def get(self, name: str) -> KeyRecord:
+        """One key, with its versions, grants and schedule. Raises InvalidArgument, NotFound."""
+        return await self._store.get_key(validate_key_name(name))
 
     async def rotate(self, name: str) -> KeyRecord:
         validate_key_name(name)
@@ -218,6 +248,8 @@ class KeyService:
                 f"key {event.kind}d",
                 extra={"key": record.name, "reason": event.reason, "seq": event.seq},
             )
+        if event is not None and event.kind == "enable":
+            self._schedule_changed()
         return KeyStateChange(record, changed=event is not None)
 
     async def grant(self, name: str, grant: str, *, allow_unknown_grantee: bool = False) -> KeyChange:
@@ -265,47 +297,31 @@ class KeyService:
 
     def forget_wrapped(self, name: str, version: int) -> None:
         """Drops the kept wrappings of a version that is compromised or destroyed."""
-        for slot in [s for s in self._wrapped if s[1:] == (name, version)]:
-            del self._wrapped[slot]
+        self._material.forget(name, version)
 
-    def _wrapped_for(self, caller: Caller, record: KeyVersionRecord) -> bytes:
-        """The version's material wrapped for the caller's certificate.
-
-        A certificate asking again for the same version gets the same wrapping:
-        it is public-key ciphertext only that certificate's key opens, so
-        reusing it reveals nothing, and it saves an unseal and an RSA operation
-        per release. The store has already decided this release is allowed.
-        """
-        slot = (caller.serial, record.key_name, record.version)
-        wrapped = self._wrapped.get(slot)
-        if wrapped is None:
-            if record.public_key is not None:  # a key pair's private key (wrap format 2)
-                wrapped = wrap_pair(self._sealer, caller, record)
-            else:
-                assert record.sealed_material is not None
-                material = self._sealer.open(_slot(record.key_name, record.version), record.sealed_material)
-                wrapped = wrap(caller.public_key, material, record.key_name, record.version, caller.serial)
-            self._wrapped[slot] = wrapped
-            if len(self._wrapped) > _WRAPPED_CACHE:
-                self._wrapped.popitem(last=False)
-        else:
-            self._wrapped.move_to_end(slot)
-        return wrapped
-
-    async def fetch(self, caller: Caller, name: str, version: int, *, key_pair: bool = False) -> FetchedKey:
+    async def fetch(
+        self, caller: Caller, name: str, version: int, *, decrypt: bool = False, key_pair: bool = False
+    ) -> FetchedKey:
         """Releases one version (0: the current one) wrapped for the calling certificate.
 
         key_pair: the caller asks for a key pair's private key (wrap format 2); else an AES key.
+        For encryption unless decrypt: then the version must be named, and is released
+        whether or not the key has expired (KMIP: a deactivated key still decrypts).
 
         Raises:
-            InvalidArgument: bad name or version.
+            InvalidArgument: bad name or version (or decrypt without a version).
             PermissionDenied: not granted to the caller or its groups (or no such key).
             NotFound: no such version. FailedPrecondition: destroyed.
             KeyDisabled: the key is disabled (after the grant is checked).
             WrongKeyType: the key is not of the kind key_pair asks for (nothing is released).
+            KeyExpired: for encryption, the key has expired (after the grant is checked).
         """
         validate_key_name(name)
         check_version(version, allow_current=True)
+        if decrypt and not version:
+            raise InvalidArgument(
+                "fetching a key to decrypt names the version the data was encrypted under (version 0 is not one)"
+            )
         now, actor = self._now(), f"agent:{caller.name}/{caller.serial}"
         try:
             record = await self._store.release_key_version(
@@ -316,6 +332,7 @@ class KeyService:
                 caller.serial,
                 now,
                 audit=lambda v: AuditEntry(now, actor, "key.release", f"key:{name}/v{v.version}"),
+                encrypt=not decrypt,
                 key_pair=key_pair,
             )
         except PermissionDenied:
@@ -324,7 +341,10 @@ class KeyService:
         except KeyDisabled:  # who still asks for a disabled key is what its administrator wants to know
             await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", "disabled"))
             raise
-        wrapped = self._wrapped_for(caller, record)
+        except KeyExpired:  # and who still tries to encrypt under an expired one
+            await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", "expired"))
+            raise
+        wrapped = self._material.wrapped_for(caller, record)
         # DEBUG: every release is in the audit trail already; at INFO this line
         # would cost as much as the release itself under load.
         logger.debug(

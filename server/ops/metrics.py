@@ -36,6 +36,9 @@ class Metrics:
         self.expiring = Gauge(
             "kms_certificates_expiring", "Valid agent certificates expiring within the window", ["within"], registry=r
         )  # fmt: skip
+        self.keys_expiring = Gauge(
+            "kms_keys_expiring", "Keys (not expired yet) whose expiry falls within the window", ["within"], registry=r
+        )  # fmt: skip
 
         # Labelled children looked up once: labels() takes a lock and hashes on every call.
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}

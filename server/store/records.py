@@ -25,6 +25,7 @@ __all__ = [
     "KeyRecord",
     "KeyVersionRecord",
     "RevocationEvent",
+    "ScheduleChange",
     "SealFn",
     "SealedVersion",
     "StoreError",
@@ -71,7 +72,8 @@ class CertificateRecord:
 class RevocationEvent:
     seq: int
     # "cert", "agent", "key" (a compromised version), "rotate" (a key's new current version),
-    # "disable" or "enable" (the key's release stopped or resumed; key_version: its current one)
+    # "disable" or "enable" (the key's release stopped or resumed; key_version: its current one),
+    # "expire" (the key's expiry came: every version deactivated; key_version: its current one)
     kind: str
     serial: str | None  # kind cert: the serial; kind agent: the serials revoked with it, comma-separated
     agent_name: str | None
@@ -152,6 +154,20 @@ class KeyRecord:
     rotation_due_at: int | None = None
     # Bit set of the expiry notices given (warnings, the expire event): each is given once.
     expiry_notices: int = 0
+
+
+@dataclass(frozen=True)
+class ScheduleChange:
+    """What ``key set`` changes of a key's schedule; set_expiry / set_rotation say which apply.
+
+    expires_at None (with set_expiry): never expires; rotate_every None (with
+    set_rotation): no scheduled rotation. Both checked by server/keys/schedule.py.
+    """
+
+    set_expiry: bool = False
+    expires_at: int | None = None
+    set_rotation: bool = False
+    rotate_every: int | None = None
 
 
 @dataclass(frozen=True)

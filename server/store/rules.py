@@ -5,11 +5,14 @@ The SQL differs per backend; the answers must not, so they live here once.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from kms.errors import (
     AlreadyExists,
     FailedPrecondition,
     Held,
     KeyDisabled,
+    KeyExpired,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -26,7 +29,9 @@ __all__ = [
     "check_releasable",
     "compromised_state",
     "destroyed_state",
+    "expiry_final",
     "key_disabled",
+    "key_expired",
     "key_exists",
     "no_agent",
     "no_certificate",
@@ -92,6 +97,26 @@ def key_disabled(name: str, reason: str | None) -> KeyDisabled:
     return KeyDisabled(
         f"key {name} is disabled{why}: no version of it is released until an administrator runs "
         f"kms-server key enable {name}"
+    )
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def key_expired(name: str, expires_at: int) -> KeyExpired:
+    """What a granted agent fetching for encryption is told once the key has expired."""
+    return KeyExpired(
+        f"key {name} expired at {_iso(expires_at)}: it may still decrypt but no longer encrypts; "
+        "use another key for new data"
+    )
+
+
+def expiry_final(name: str, expires_at: int) -> FailedPrecondition:
+    """An expired key's schedule cannot be changed (expiry is final, as KMIP's Deactivated)."""
+    return FailedPrecondition(
+        f"key {name} expired at {_iso(expires_at)} and expiry is final: its versions still decrypt, "
+        "but it gets no new expiry or rotation; create a new key for new data"
     )
 
 

@@ -40,7 +40,7 @@ from tests.pki import csr_der
 # Admin RPCs that only read. Every other Admin method must leave an audit record:
 # a new method fails test_every_store_changing_admin_rpc_is_audited until it does
 # (and has a driver below), or is added here because it changes nothing.
-READ_ONLY = {"GetCA", "ListAgents", "ListKeys", "ListRevocations", "ListAudit", "VerifyAudit"}
+READ_ONLY = {"GetCA", "ListAgents", "ListKeys", "GetKey", "ListRevocations", "ListAudit", "VerifyAudit"}
 
 
 def _admin_methods() -> set[str]:
@@ -111,6 +111,11 @@ def _enable(ctx: _Ctx) -> list[tuple[str, str]]:
     return [("key.enable", "key:aud-key")]
 
 
+def _set_key(ctx: _Ctx) -> list[tuple[str, str]]:
+    ctx.stub.SetKey(admin_pb2.SetKeyRequest(name="aud-key", rotate_every=86_400), timeout=10)
+    return [("key.set", "key:aud-key rotate_every:1d")]
+
+
 def _revoke_key(ctx: _Ctx) -> list[tuple[str, str]]:
     # v2 is current: the compromise and the new version that replaces it are both recorded.
     reply = ctx.stub.RevokeKey(
@@ -173,6 +178,7 @@ DRIVERS: dict[str, Callable[[_Ctx], list[tuple[str, str]]]] = {
     "DestroyKeyVersion": _destroy,
     "DisableKey": _disable,
     "EnableKey": _enable,
+    "SetKey": _set_key,
     "RevokeKey": _revoke_key,
     "ReleaseCertificate": _release_cert,
     "ReleaseAgent": _release_agent,
@@ -269,7 +275,8 @@ def test_every_store_changing_admin_rpc_is_audited(audited: Audited, rsa_key: An
     for method in sorted(READ_ONLY):
         request = admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods_by_name[method].input_type
         request_class = getattr(admin_pb2, request.name)
-        getattr(stub, method)(request_class(), timeout=10)
+        named = {"name": "aud-key"} if "name" in request.fields_by_name else {}  # GetKey: one key
+        getattr(stub, method)(request_class(**named), timeout=10)
     assert len(_records(stub)) == before
     assert audited.server.admin("audit", "verify").stdout.startswith("audit trail intact")
 

@@ -73,13 +73,25 @@ async def key(tx: Tx, name: str, *, lock: bool = False) -> KeyRecord:
 
 
 async def create_key(
-    tx: Tx, name: str, now: int, seal: SealFn, grants: list[Grant], key_type: str = "aes-256"
+    tx: Tx,
+    name: str,
+    now: int,
+    seal: SealFn,
+    grants: list[Grant],
+    key_type: str = "aes-256",
+    expires_at: int | None = None,
+    rotate_every: int | None = None,
 ) -> KeyRecord:
+    """expires_at: None never; rotate_every: seconds (None: by hand only), the first rotation due then."""
     if not await tx.execute(
-        "INSERT INTO keys(name, current_version, created_at, key_type) VALUES (?, 1, ?, ?) ON CONFLICT DO NOTHING",
+        "INSERT INTO keys(name, current_version, created_at, key_type, expires_at, rotate_every, rotation_due_at)"
+        " VALUES (?, 1, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         name,
         now,
         key_type,
+        expires_at,
+        rotate_every,
+        now + rotate_every if rotate_every else None,
     ):
         raise rules.key_exists(name)
     await add_current_version(tx, name, 1, seal, now)
@@ -174,27 +186,31 @@ async def release_key_version(
     groups: tuple[str, ...],
     serial: str,
     now: int,
+    encrypt: bool = True,
     key_pair: bool = False,
 ) -> KeyVersionRecord:
-    """Checks the caller's certificate, then the grant, then that the key is enabled and of the
-    kind asked for (key_pair: a key pair's private key; else an AES key); logs the release.
+    """Checks the caller's certificate, then the grant, then that the key is enabled, of the kind
+    asked for (key_pair: a key pair's private key; else an AES key) and, for encryption
+    (encrypt), not expired at now; logs the release.
 
     The caller's certificate lock and the key's (shared): a revocation of the
     certificate, or a disable of the key, on any replica, has either committed
     (and is read here) or waits until this release has. Neither is cached: one
     committed earlier refuses the release (a disable also clears SQLite's cache).
+    Expiry is a matter of time, not of a write: the cached answer keeps the key's
+    expires_at, compared with now on every call. The kind asked for is part of the
+    cache key: a key's type never changes.
     """
     await tx.lock_release(serial, name)
-    # The kind asked for is part of the key: a key's type never changes.
     cache_key = ("release", name, version, agent, groups, key_pair)
-    record: KeyVersionRecord | None = tx.cached(cache_key)
-    if record is not None:
-        revoked, granted, current, disabled, key_type = await tx.fetchval(_REVOKED, serial), True, 0, None, ""
+    cached: tuple[KeyVersionRecord, int | None] | None = tx.cached(cache_key)
+    if cached is not None:
+        (record, expires_at), revoked = cached, await tx.fetchval(_REVOKED, serial)
     else:
-        revoked, granted, current, disabled, key_type = await tx.fetchrow(
+        revoked, granted, current, disabled, key_type, expires_at = await tx.fetchrow(
             f"SELECT ({_REVOKED}), {granted_to(groups)},"  # noqa: S608 - placeholders only
             " k.current_version, CASE WHEN k.disabled_at IS NULL THEN NULL ELSE COALESCE(k.disabled_reason, '') END,"
-            " k.key_type FROM (SELECT 1) AS one LEFT JOIN keys k ON k.name=?",
+            " k.key_type, k.expires_at FROM (SELECT 1) AS one LEFT JOIN keys k ON k.name=?",
             serial,
             name,
             agent,
@@ -203,14 +219,17 @@ async def release_key_version(
         )
     if revoked is not None:
         raise rules.caller_revoked(serial, revoked)
-    if record is None:
+    if cached is None:
         if not granted:
             raise rules.not_granted(name)
         if disabled is not None:
             raise rules.key_disabled(name, disabled)
         rules.check_key_kind(name, key_type, key_pair)
+    if encrypt and expires_at is not None and expires_at <= now:
+        raise rules.key_expired(name, expires_at)
+    if cached is None:
         record = await _releasable(tx, name, version or current)
-        tx.remember(cache_key, record)
+        tx.remember(cache_key, (record, expires_at))
     await tx.insert_later(
         "INSERT INTO key_releases(key_name, version, agent_name, cert_serial, released_at) VALUES (?, ?, ?, ?, ?)",
         [(name, record.version, agent, serial, now)],

@@ -88,13 +88,18 @@ class KeyTypeMethods:
         *,
         audit: Audit = None,
         key_type: str = AES_256,
+        expires_at: int | None = None,
+        rotate_every: int | None = None,
     ) -> KeyRecord:
-        """Creates key name of key_type with version 1. Raises AlreadyExists.
+        """Creates key name of key_type with version 1, and its schedule (expires_at: Unix
+        seconds; rotate_every: seconds; None: none). Raises AlreadyExists.
 
         A key pair's material is made before: seal only seals it (and gives its public key).
         """
         return await self._change(
-            lambda tx: create_key(tx, name, now, seal, grants, key_type), audit, invalidates=True
+            lambda tx: create_key(tx, name, now, seal, grants, key_type, expires_at, rotate_every),
+            audit,
+            invalidates=True,
         )
 
     async def key_type(self, name: str) -> str:

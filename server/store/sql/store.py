@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from kms.audit import AuditRecord
 from server.store import rules
@@ -32,8 +32,9 @@ from server.store.records import (
     SealFn,
     audit_entries,
 )
-from server.store.sql import agents, audit, events, holds, keys
+from server.store.sql import agents, audit, due, events, holds, keys
 from server.store.sql.pairs import KeyTypeMethods
+from server.store.sql.schedules import ScheduleMethods
 
 __all__ = ["SqlStore"]
 
@@ -44,7 +45,7 @@ async def _done(tx: Tx) -> bool:
     return True
 
 
-class SqlStore(KeyTypeMethods):
+class SqlStore(KeyTypeMethods, ScheduleMethods, due.DueMethods):
     """What the domain services may ask of persistence (``server.store.Store``)."""
 
     def __init__(self, backend: Backend) -> None:
@@ -81,7 +82,7 @@ class SqlStore(KeyTypeMethods):
         return self._backend.write(step, savepoint=savepoint, invalidates=invalidates)
 
     async def schema_version(self) -> int:
-        return await self._read(lambda tx: _int(tx.fetchval("SELECT MAX(version) FROM schema_version")))
+        return int(await self._read(lambda tx: tx.fetchval("SELECT MAX(version) FROM schema_version")))
 
     # --- meta, CA, tokens, enrollment, agents ---------------------------------------
 
@@ -131,12 +132,9 @@ class SqlStore(KeyTypeMethods):
     ) -> Enrollment | None:
         """Consumes the token and records the agent and its certificate, in one transaction.
 
-        A token created with replace also revokes (reason superseded) every valid
-        certificate the name held, each with its event, in the same transaction.
-
-        Returns None, and writes nothing, when the token is unknown, already
-        used, expired at ``now`` or its hash differs: the caller cannot tell
-        which, by design.
+        A token created with replace also revokes (reason superseded) every valid certificate
+        the name held, each with its event. Returns None, and writes nothing, when the token is
+        unknown, already used, expired at ``now`` or its hash differs (which, by design, unsaid).
 
         Raises (writing nothing):
             PermissionDenied: the name was revoked and the token does not allow re-enrollment.
@@ -243,6 +241,7 @@ class SqlStore(KeyTypeMethods):
         now: int,
         *,
         audit: Audit = None,
+        encrypt: bool = True,
         key_pair: bool = False,
     ) -> KeyVersionRecord:
         """Checks the grant, then returns the version (with sealed material) and logs the release.
@@ -255,10 +254,13 @@ class SqlStore(KeyTypeMethods):
             Revoked: the certificate serial was revoked (after the caller was authenticated).
             PermissionDenied: no grant for agent or its groups (also when the key does not exist).
             NotFound: no such version. FailedPrecondition: the version was destroyed.
+            KeyExpired: for encryption (encrypt), the key expired by now.
             WrongKeyType: not of the kind asked for (key_pair: a key pair; else AES).
         """
         return await self._change(
-            lambda tx: keys.release_key_version(tx, name, version, agent, groups, serial, now, key_pair),
+            lambda tx: keys.release_key_version(
+                tx, name, version, agent, groups, serial, now, encrypt, key_pair
+            ),
             audit,
             savepoint=False,
         )
@@ -386,7 +388,3 @@ def _if_changed(audit: Audit) -> Audit:
     if audit is None:
         return None
     return lambda done: audit_entries(audit, done) if done[1] is not None else []
-
-
-async def _int(value: Any) -> int:
-    return int(await value)

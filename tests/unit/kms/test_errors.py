@@ -33,7 +33,7 @@ def test_each_code_without_metadata_gives_its_class(cls: type[errors.KmsError]) 
 
 @pytest.mark.parametrize(
     "cls",
-    [*CODE_CLASSES, errors.Revoked, errors.Held, errors.StoreDown, errors.KeyDisabled],
+    [*CODE_CLASSES, errors.Revoked, errors.Held, errors.StoreDown, errors.KeyDisabled, errors.KeyExpired],
     ids=lambda c: c.__name__,
 )
 def test_each_reason_with_its_code_gives_its_class(cls: type[errors.KmsError]) -> None:
@@ -93,6 +93,7 @@ def test_reasons_are_distinct() -> None:
         errors.Held,
         errors.StoreDown,
         errors.KeyDisabled,
+        errors.KeyExpired,
         errors.KmsError,
     ]
     assert len({c.reason for c in classes}) == len(classes)

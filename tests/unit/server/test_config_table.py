@@ -60,6 +60,8 @@ SAMPLES = {
     "database": "postgresql://kms@other/kms", "database_password_file": "/p", "master_key_file": "/k",
     "audit_file": "/var/log/kms.jsonl", "audit_syslog": "/dev/log", "tls_handshake_timeout": "4s",
     "max_anonymous_connections_per_address": "9", "failure_report_interval": "30s",
+    "min_rotation_period": "2h",
+    "key_schedule_poll": "2s",
 }  # fmt: skip
 
 

@@ -1,0 +1,221 @@
+"""kms-server key schedules: --expires / --expires-in / --rotate-every as typed, `key set`,
+`key show`, and how a key's schedule and versions are printed (show and list alike).
+
+Dates are ISO 8601 with a zone (``Z`` or ``+02:00``): a date without one means a different
+instant on every machine, so it is refused here, before the server is asked. The server
+checks again what it can (a time in the past, a period below its minimum).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime, timedelta
+
+from kms.cli import ArgumentParser, print_json, print_table
+from kms.durations import format_duration, parse_duration
+from kms.errors import InvalidArgument
+from kms.v1 import admin_pb2
+from server.cli.context import admin as _admin
+from server.cli.context import iso
+
+__all__ = [
+    "SOON",
+    "add_schedule_options",
+    "add_set_and_show",
+    "expiry_mark",
+    "expiry_text",
+    "key_json",
+    "parse_expires",
+    "period_text",
+    "schedule_json",
+    "schedule_request",
+]
+
+# Keys expiring within this long are marked in `key list` and `key show` (and logged by the server).
+SOON = 7 * 86_400
+
+
+def parse_expires(text: str) -> int:
+    """An ISO 8601 time that names its zone, as Unix seconds. Raises InvalidArgument."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidArgument(
+            f"--expires {text!r} is not an ISO 8601 time: use e.g. 2027-06-30T00:00:00Z"
+        ) from None
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise InvalidArgument(f"--expires {text!r} has no time zone: add Z (UTC) or an offset such as +02:00")
+    return int(when.timestamp())
+
+
+def _seconds(text: str, what: str) -> int:
+    return int(parse_duration(text, what=what).total_seconds())
+
+
+def schedule_request(args: argparse.Namespace, now: int) -> tuple[int | None, int | None]:
+    """(expires_at, rotate_every) as the admin API takes them: None unchanged, 0 none."""
+    expires_at: int | None = None
+    if args.expires is not None:
+        expires_at = parse_expires(args.expires)
+    elif args.expires_in is not None:
+        expires_at = now + _seconds(args.expires_in, "--expires-in")
+    elif getattr(args, "no_expiry", False):
+        expires_at = 0
+    rotate_every: int | None = None
+    if args.rotate_every is not None:
+        rotate_every = _seconds(args.rotate_every, "--rotate-every")
+    elif getattr(args, "no_rotation", False):
+        rotate_every = 0
+    if expires_at is not None and expires_at and expires_at <= now:
+        raise InvalidArgument(f"--expires {iso(expires_at)} is in the past: give a later time")
+    return expires_at, rotate_every
+
+
+def add_schedule_options(parser: ArgumentParser, *, clearing: bool) -> None:
+    """--expires | --expires-in [| --no-expiry], --rotate-every [| --no-rotation] (clearing: key set)."""
+    expiry = parser.add_mutually_exclusive_group()
+    expiry.add_argument(
+        "--expires", metavar="TIME", help="expiry, ISO 8601 with a zone, e.g. 2027-06-30T00:00:00Z"
+    )
+    expiry.add_argument("--expires-in", metavar="DURATION", help="expiry from now, e.g. 90d")
+    rotation = parser.add_mutually_exclusive_group()
+    rotation.add_argument(
+        "--rotate-every",
+        metavar="DURATION",
+        help="rotate on a schedule, e.g. 30d (at least the server's min-rotation-period, default 1h)",
+    )
+    if clearing:
+        expiry.add_argument("--no-expiry", action="store_true", help="the key never expires")
+        rotation.add_argument("--no-rotation", action="store_true", help="rotate by hand only")
+
+
+def expiry_mark(expires_at: int, now: int) -> str:
+    """'expired', 'expires soon' (within 7 days), or '' (no expiry, or later)."""
+    if not expires_at:
+        return ""
+    if expires_at <= now:
+        return "expired"
+    return "expires soon" if expires_at - now <= SOON else ""
+
+
+def period_text(seconds: int) -> str | None:
+    """A rotation period as typed (30d), or None for none."""
+    return format_duration(timedelta(seconds=seconds)) if seconds else None
+
+
+def _iso_or_none(ts: int) -> str | None:
+    return iso(ts) if ts else None
+
+
+def schedule_json(key: admin_pb2.KeyInfo, now: int) -> dict[str, object]:
+    """The schedule fields of `key show --json` and `key list --json`."""
+    return {
+        "expires_at": _iso_or_none(key.expires_at),
+        "expired": bool(key.expires_at) and key.expires_at <= now,
+        "expires_soon": expiry_mark(key.expires_at, now) == "expires soon",
+        "rotate_every": period_text(key.rotate_every),
+        "rotate_every_seconds": key.rotate_every or None,
+        "rotation_due_at": _iso_or_none(key.rotation_due_at),
+    }
+
+
+def version_json(v: admin_pb2.KeyVersionInfo) -> dict[str, object]:
+    return {
+        "version": v.version,
+        "state": v.state,
+        "created_at": iso(v.created_at),
+        "activated_at": _iso_or_none(v.activated_at),
+        "deactivated_at": _iso_or_none(v.deactivated_at),
+    }
+
+
+def expiry_text(key: admin_pb2.KeyInfo, now: int) -> str:
+    if not key.expires_at:
+        return "never"
+    mark = expiry_mark(key.expires_at, now)
+    return f"{iso(key.expires_at)} ({mark.upper()})" if mark else iso(key.expires_at)
+
+
+def rotation_text(key: admin_pb2.KeyInfo) -> str:
+    if not key.rotate_every:
+        return "by hand only"
+    return f"every {period_text(key.rotate_every)}, next due {iso(key.rotation_due_at)}"
+
+
+def state_json(key: admin_pb2.KeyInfo) -> dict[str, object]:
+    if not key.disabled:
+        return {"state": "enabled"}
+    return {"state": "disabled", "disabled_at": iso(key.disabled_at), "disabled_reason": key.disabled_reason}
+
+
+def key_json(key: admin_pb2.KeyInfo, now: int) -> dict[str, object]:
+    """A key as every --json of the key commands prints it (show and list: the same fields)."""
+    return {
+        "name": key.name,
+        "type": key.key_type or "aes-256",
+        "current_version": key.current_version,
+        "created_at": iso(key.created_at),
+        "versions": [version_json(v) for v in key.versions],
+        "grants": list(key.grants),
+        **state_json(key),
+        **schedule_json(key, now),
+    }
+
+
+def _print_show(key: admin_pb2.KeyInfo, now: int) -> None:
+    state = f"disabled since {iso(key.disabled_at)} ({key.disabled_reason})" if key.disabled else "enabled"
+    print(f"key {key.name}")
+    print(f"  type:     {key.key_type or 'aes-256'}")
+    print(f"  state:    {state}")
+    print(f"  expires:  {expiry_text(key, now)}")
+    print(f"  rotation: {rotation_text(key)}")
+    print(f"  grants:   {', '.join(key.grants) or '-'}")
+    print_table(
+        ["VERSION", "STATE", "CREATED", "ACTIVATED", "DEACTIVATED"],
+        [
+            [str(v.version), v.state, iso(v.created_at), _iso_or_none(v.activated_at) or "-",
+             _iso_or_none(v.deactivated_at) or "-"]
+            for v in key.versions
+        ],
+    )  # fmt: skip
+
+
+def cmd_key_show(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        key = admin.get_key(args.name)
+    now = int(time.time())
+    if args.json:
+        print_json(key_json(key, now))
+    else:
+        _print_show(key, now)
+    return 0
+
+
+def cmd_key_set(args: argparse.Namespace) -> int:
+    expires_at, rotate_every = schedule_request(args, int(time.time()))
+    if expires_at is None and rotate_every is None:
+        raise InvalidArgument(
+            "key set needs --expires, --expires-in or --no-expiry, and/or --rotate-every or --no-rotation"
+        )
+    with _admin(args) as admin:
+        key = admin.set_key(args.name, expires_at=expires_at, rotate_every=rotate_every)
+    if args.json:
+        print_json(key_json(key, int(time.time())))
+    else:
+        print(f"key {key.name}: expires {expiry_text(key, int(time.time()))}; rotation {rotation_text(key)}")
+    return 0
+
+
+def add_set_and_show(key: argparse._SubParsersAction[ArgumentParser], common: ArgumentParser) -> None:
+    ks = key.add_parser("set", parents=[common], help="set or clear a key's expiry and rotation period")
+    ks.add_argument("name")
+    add_schedule_options(ks, clearing=True)
+    ks.set_defaults(func=cmd_key_set)
+    sh = key.add_parser(
+        "show", parents=[common], help="a key's type, state, expiry, rotation schedule and versions"
+    )
+    sh.add_argument("name")
+    sh.set_defaults(func=cmd_key_show)
+    for p in (ks, sh):
+        p.add_argument("--json", action="store_true")
