@@ -10,11 +10,9 @@ from pathlib import Path
 from kms.cli import ArgumentParser, Subcommands, print_json
 from kms.errors import InvalidArgument
 from kms.settings import options
-from server.app import initialize, serve
 from server.cli.context import config_file
 from server.cli.context import data_dir as find_data_dir
 from server.config import SETTINGS, ServerConfig, url_holds_secret
-from server.deployment.backup import restore
 
 __all__ = ["add_config", "add_init", "add_restore", "add_run"]
 
@@ -36,10 +34,14 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from server.app import serve  # imported here: the whole server, which admin commands never need
+
     return asyncio.run(serve(_config(args)))
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from server.app import initialize  # as in cmd_run
+
     deployment = asyncio.run(initialize(_config(args)))
     verb = "created" if deployment.created else "already initialised:"
     print(f"{verb} trust-domain={deployment.trust_domain} ca-fingerprint={deployment.fingerprint}")
@@ -56,6 +58,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     master = Path(args.master_key) if args.master_key else None
     if master is None:
         raise InvalidArgument("restore needs --master-key FILE: the backup does not contain it")
+    from server.deployment.backup import restore  # as in cmd_run
+
     restore(Path(args.file), data_dir, master)
     print(f"restored {args.file} into {data_dir}: start it with kms-server run --data-dir {data_dir}")
     return 0
