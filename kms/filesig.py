@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms.errors import DataLoss, FailedPrecondition, InvalidArgument
 from kms.handshake import PeerCheck, PeerInfo, PeerRejected
+from kms.identity import validate_key_name
 from kms.keypairs import load_public_key
 from kms.signing import PrivateKey, SignatureInvalid, sign, sign_digest, verify, verify_digest
 
@@ -124,7 +125,9 @@ def _document(data: bytes, want: str) -> dict[str, Any]:
     if found == want:
         return cast(dict[str, Any], doc)
     if found == KEY_FORMAT:
-        raise InvalidArgument(f"this signature is by key {doc.get('key')!r}: verify it with --key NAME")
+        raise InvalidArgument(
+            f"this signature is by key {str(doc.get('key'))[:64]!r}: verify it with --key NAME"
+        )
     if found == FORMAT:
         raise InvalidArgument(
             "this signature is by an agent's certificate, not a key pair: verify it without --key"
@@ -142,10 +145,13 @@ def _digest(text: object) -> bytes:
 def parse_key_signature(data: bytes) -> KeySignature:
     """Raises InvalidArgument for anything that is not a key-pair signature file."""
     doc = _document(data, KEY_FORMAT)
+    version = doc.get("version")
+    if type(version) is not int:  # not 1.5, "1" or true: JSON's whole numbers only
+        raise InvalidArgument("not a kms-agent key signature file (its version is not a whole number)")
     try:
         sig = KeySignature(
-            str(doc["key"]),
-            int(doc["version"]),
+            validate_key_name(str(doc["key"])),
+            version,
             str(doc["key_type"]),
             _digest(doc["digest"]),
             base64.b64decode(doc["signature"], validate=True),

@@ -15,7 +15,7 @@ from agent.files import decrypt_file, encrypt_file
 from agent.keys import FetchedKey, KeyFetcher, encode_key
 from agent.state import KeyFile
 from kms.cli import ArgumentParser, Subcommands, print_json
-from kms.errors import FailedPrecondition, InvalidArgument, WrongKeyType
+from kms.errors import DataLoss, FailedPrecondition, InvalidArgument, WrongKeyType
 from kms.keypairs import AES_256, load_public_key
 from kms.securefile import is_stdio, output_is_regular, write_output
 
@@ -96,9 +96,14 @@ def cmd_public_key(args: argparse.Namespace) -> int:
     _, client = connect(args)
     with client:
         found = client.get_public_key(args.name, args.version)
-    pem = load_public_key(found.public_key, found.key_type).public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    try:
+        public = load_public_key(found.public_key, found.key_type)
+    except ValueError:
+        raise DataLoss(
+            f"the server's public key for {found.name} version {found.version} does not load as a"
+            f" {found.key_type} key: report it to the server's administrator"
+        ) from None
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     if found.state in ("compromised", "destroyed_compromised"):
         print(
             f"kms-agent: warning: version {found.version} of key {found.name} is compromised:"

@@ -20,11 +20,13 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
     ) -> keys_pb2.FetchKeyResponse:
         caller = current_caller.get()
         assert caller is not None  # the method table: Role.AGENT only
-        # UNSPECIFIED (an agent from before purposes) and any value unknown here are encryption:
-        # the stricter purpose, so an old agent fails closed on an expired key.
+        # UNSPECIFIED (an agent from before purposes) and any value unknown here are encryption
+        # as far as expiry goes, so an old agent fails closed on an expired key; but such an
+        # agent also decrypts under named versions, so it still gets rotated-out ones.
         decrypt = request.purpose == keys_pb2.FETCH_PURPOSE_DECRYPT
+        legacy = request.purpose not in (keys_pb2.FETCH_PURPOSE_ENCRYPT, keys_pb2.FETCH_PURPOSE_DECRYPT)
         fetched = await self._keys.fetch(
-            caller, request.name, request.version, decrypt=decrypt, key_pair=request.key_pair
+            caller, request.name, request.version, decrypt=decrypt, key_pair=request.key_pair, legacy=legacy
         )
         pair = fetched.key_type != "aes-256"
         return keys_pb2.FetchKeyResponse(

@@ -46,7 +46,13 @@ def parse_expires(text: str) -> int:
         ) from None
     if when.tzinfo is None or when.utcoffset() is None:
         raise InvalidArgument(f"--expires {text!r} has no time zone: add Z (UTC) or an offset such as +02:00")
-    return int(when.timestamp())
+    try:
+        seconds = int(when.timestamp())
+    except (OverflowError, ValueError):  # e.g. year 1 with a positive offset: before year 1 in UTC
+        seconds = 0
+    if seconds <= 0:  # before 1970: in the past, and not a time every printer can show
+        raise InvalidArgument(f"--expires {text.strip()} is in the past: give a later time")
+    return seconds
 
 
 def _seconds(text: str, what: str) -> int:

@@ -120,7 +120,7 @@ class KeyScheduler:
 
     async def _rotate(self, name: str, key_type: str, due: int, now: int) -> None:
         def committed(done: tuple[KeyRecord, RevocationEvent] | None) -> None:
-            if done is None:  # another replica, or an administrator, got there first
+            if done is None:  # another replica got there first, or `key set` moved the due time
                 return
             record, event = done
             self._publish(event)

@@ -31,6 +31,10 @@ __all__ = ["FetchedKey", "KeyChange", "KeyRecord", "KeyService", "KeyStateChange
 logger = logging.getLogger(__name__)
 
 
+# Refused releases that are audited, and their outcome in the trail.
+_AUDITED_REFUSALS = ((KeyDisabled, "disabled"), (KeyExpired, "expired"), (PermissionDenied, "denied"))
+
+
 @dataclass(frozen=True)
 class KeyChange:
     """A key after a create or grant, and what the administrator should be told about it."""
@@ -300,13 +304,23 @@ class KeyService:
         self._material.forget(name, version)
 
     async def fetch(
-        self, caller: Caller, name: str, version: int, *, decrypt: bool = False, key_pair: bool = False
+        self,
+        caller: Caller,
+        name: str,
+        version: int,
+        *,
+        decrypt: bool = False,
+        key_pair: bool = False,
+        legacy: bool = False,
     ) -> FetchedKey:
         """Releases one version (0: the current one) wrapped for the calling certificate.
 
         key_pair: the caller asks for a key pair's private key (wrap format 2); else an AES key.
-        For encryption unless decrypt: then the version must be named, and is released
-        whether or not the key has expired (KMIP: a deactivated key still decrypts).
+        For encryption unless decrypt: the key must not have expired and the version must be
+        active (a rotated-out one decrypts only). For decryption the version must be named, and
+        is released whether or not the key has expired (KMIP: a deactivated key still decrypts).
+        legacy: an agent from before purposes said nothing: encryption's expiry check, but any
+        version (it decrypts under named ones).
 
         Raises:
             InvalidArgument: bad name or version (or decrypt without a version).
@@ -334,15 +348,12 @@ class KeyService:
                 audit=lambda v: AuditEntry(now, actor, "key.release", f"key:{name}/v{v.version}"),
                 encrypt=not decrypt,
                 key_pair=key_pair,
+                active_only=not (decrypt or legacy),
             )
-        except PermissionDenied:
-            await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", "denied"))
-            raise
-        except KeyDisabled:  # who still asks for a disabled key is what its administrator wants to know
-            await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", "disabled"))
-            raise
-        except KeyExpired:  # and who still tries to encrypt under an expired one
-            await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", "expired"))
+        except (PermissionDenied, KeyDisabled, KeyExpired) as refused:
+            # Who asks for a key not granted, disabled or expired is what an administrator wants to know.
+            outcome = next(word for cls, word in _AUDITED_REFUSALS if isinstance(refused, cls))
+            await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", outcome))
             raise
         wrapped = self._material.wrapped_for(caller, record)
         # DEBUG: every release is in the audit trail already; at INFO this line

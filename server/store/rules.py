@@ -104,11 +104,25 @@ def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def key_expired(name: str, expires_at: int) -> KeyExpired:
-    """What a granted agent fetching for encryption is told once the key has expired."""
+def key_expired(name: str, expires_at: int, *, key_pair: bool = False) -> KeyExpired:
+    """What a granted agent fetching for encryption (or a key pair's private key) is told once
+    the key has expired."""
+    if key_pair:
+        return KeyExpired(
+            f"key {name} expired at {_iso(expires_at)}: its private key is no longer released (it "
+            "signed until then; its public key still verifies); use another key pair for new signatures"
+        )
     return KeyExpired(
         f"key {name} expired at {_iso(expires_at)}: it may still decrypt but no longer encrypts; "
         "use another key for new data"
+    )
+
+
+def decrypt_only(name: str, version: int) -> FailedPrecondition:
+    """A deactivated version asked for encryption: KMIP lets it decrypt only."""
+    return FailedPrecondition(
+        f"version {version} of key {name!r} is deactivated: it decrypts only (kms-agent fetch-key "
+        f"--purpose decrypt --version {version}); new data goes under the current version"
     )
 
 

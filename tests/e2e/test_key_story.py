@@ -94,7 +94,9 @@ def test_rotate_then_destroy(server: ServerProcess, fleet: dict[str, Path]) -> N
     rotated = json.loads(server.admin("key", "rotate", "app", "--json").stdout)
     assert rotated["current_version"] == 2
     assert [v["state"] for v in rotated["versions"]] == ["deactivated", "active"]
-    assert _fetch(a) != v1 and _fetch(a, "--version", "1") == v1
+    assert _fetch(a) != v1 and _fetch(a, "--purpose", "decrypt", "--version", "1") == v1
+    # For encryption a rotated-out version is refused (KMIP Deactivated: it decrypts only).
+    assert_one_line_error(agent(a, "fetch-key", "app", "--version", "1"), 6, "it decrypts only")
 
     # Old data still decrypts (the header names version 1); new data uses version 2.
     assert agent(b, "decrypt", str(root / "old.enc"), str(root / "old.dec")).returncode == 0

@@ -109,8 +109,9 @@ async def rotate_if_due(
     tx: Tx, name: str, due: int, now: int, seal: SealFn
 ) -> tuple[KeyRecord, RevocationEvent] | None:
     """A rotation exactly as `key rotate` makes it, if the key is still due at due; the next due
-    time advances past now. None (nothing written) when another replica, an earlier run or
-    an administrator got there first, or the key was disabled or expired meanwhile."""
+    time advances past now. None (nothing written) when another replica or an earlier run got
+    there first, an administrator changed the schedule (`key set`), or the key was disabled or
+    expired meanwhile. A manual `key rotate` moves no due time: the grid stays."""
     row = await tx.fetchrow(
         tx.locked(
             "SELECT rotation_due_at, rotate_every, disabled_at, expires_at FROM keys WHERE name=?",

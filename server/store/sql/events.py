@@ -64,20 +64,25 @@ async def append_event(
     return RevocationEvent(seq, kind, serial, agent, key_name, key_version, reason, now, grantees)
 
 
-async def add_current_version(tx: Tx, name: str, new: int, seal: SealFn, now: int) -> None:
-    """Makes version new of key name, active and current (a rotation, or replacing a compromised one)."""
+async def add_current_version(
+    tx: Tx, name: str, new: int, seal: SealFn, now: int, *, deactivated: bool = False
+) -> None:
+    """Makes version new of key name current: active (a creation or rotation), or deactivated
+    (replacing a compromised one of a key that has expired: it may only decrypt)."""
     sealed = seal(new)
     if isinstance(sealed, bytes):
         sealed = SealedVersion(sealed)
     await tx.execute(
         "INSERT INTO key_versions(key_name, version, state, sealed_material, public_key, created_at,"
-        " state_changed_at) VALUES (?, ?, 'active', ?, ?, ?, ?)",
+        " state_changed_at, deactivated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         name,
         new,
+        "deactivated" if deactivated else "active",
         sealed.sealed_material,
         sealed.public_key,
         now,
         now,
+        now if deactivated else None,
     )
     await tx.execute("UPDATE keys SET current_version=? WHERE name=?", new, name)
 
@@ -165,9 +170,10 @@ async def revoke_key_version(
     tx: Tx, name: str, version: int, reason: str, now: int, seal: SealFn
 ) -> tuple[RevocationEvent, int | None] | None:
     """The event, and the version that replaced a compromised current one (or None)."""
-    current = await tx.fetchval(
-        tx.locked("SELECT current_version FROM keys WHERE name=?", "FOR UPDATE"), name
+    row = await tx.fetchrow(
+        tx.locked("SELECT current_version, expires_at FROM keys WHERE name=?", "FOR UPDATE"), name
     )
+    current, expires_at = (None, None) if row is None else row
     state = await tx.fetchval("SELECT state FROM key_versions WHERE key_name=? AND version=?", name, version)
     if current is None or state is None:
         raise rules.no_version(name, version)
@@ -183,9 +189,11 @@ async def revoke_key_version(
     )
     replaced_by = None
     if version == current:
-        # Nothing may keep encrypting under a compromised version.
+        # Nothing may keep encrypting under a compromised version. The key expired? Then its
+        # replacement only decrypts, as every other version of it (it stays expired).
         replaced_by = current + 1
-        await add_current_version(tx, name, replaced_by, seal, now)
+        expired = expires_at is not None and expires_at <= now
+        await add_current_version(tx, name, replaced_by, seal, now, deactivated=expired)
     return await append_event(tx, "key", reason, now, key=(name, version)), replaced_by
 
 

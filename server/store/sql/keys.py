@@ -100,7 +100,10 @@ async def create_key(
 
 
 async def rotate_key(tx: Tx, name: str, now: int, seal: SealFn) -> tuple[KeyRecord, RevocationEvent]:
-    current = (await key(tx, name, lock=True)).current_version
+    record = await key(tx, name, lock=True)
+    if record.expires_at is not None and record.expires_at <= now:
+        raise rules.expiry_final(name, record.expires_at)  # an expired key makes no new version
+    current = record.current_version
     new = current + 1
     # KMIP: a rotated-out version is Deactivated (decrypt only), unless already worse.
     await tx.execute(
@@ -188,21 +191,20 @@ async def release_key_version(
     now: int,
     encrypt: bool = True,
     key_pair: bool = False,
+    active_only: bool = False,
 ) -> KeyVersionRecord:
     """Checks the caller's certificate, then the grant, then that the key is enabled, of the kind
     asked for (key_pair: a key pair's private key; else an AES key) and, for encryption
-    (encrypt), not expired at now; logs the release.
+    (encrypt; and for a key pair, whatever the purpose) not expired at now, and with
+    active_only that the version is active (KMIP: a deactivated one decrypts only); logs the release.
 
-    The caller's certificate lock and the key's (shared): a revocation of the
-    certificate, or a disable of the key, on any replica, has either committed
-    (and is read here) or waits until this release has. Neither is cached: one
-    committed earlier refuses the release (a disable also clears SQLite's cache).
-    Expiry is a matter of time, not of a write: the cached answer keeps the key's
-    expires_at, compared with now on every call. The kind asked for is part of the
-    cache key: a key's type never changes.
+    The caller's certificate lock and the key's (shared): a revocation of the certificate, or
+    a disable of the key, on any replica, has either committed (and is read here) or waits
+    until this release has; neither is cached (a disable also clears SQLite's cache). Expiry
+    is a matter of time: the cached answer keeps expires_at, compared with now on every call.
     """
     await tx.lock_release(serial, name)
-    cache_key = ("release", name, version, agent, groups, key_pair)
+    cache_key = ("release", name, version, agent, groups, key_pair)  # a key's type never changes
     cached: tuple[KeyVersionRecord, int | None] | None = tx.cached(cache_key)
     if cached is not None:
         (record, expires_at), revoked = cached, await tx.fetchval(_REVOKED, serial)
@@ -225,11 +227,14 @@ async def release_key_version(
         if disabled is not None:
             raise rules.key_disabled(name, disabled)
         rules.check_key_kind(name, key_type, key_pair)
-    if encrypt and expires_at is not None and expires_at <= now:
-        raise rules.key_expired(name, expires_at)
+    # A key pair's private key signs: never released once its key has expired, whatever the purpose.
+    if (encrypt or key_pair) and expires_at is not None and expires_at <= now:
+        raise rules.key_expired(name, expires_at, key_pair=key_pair)
     if cached is None:
         record = await _releasable(tx, name, version or current)
         tx.remember(cache_key, (record, expires_at))
+    if active_only and record.state != "active":  # KMIP Deactivated: decrypt only
+        raise rules.decrypt_only(name, record.version)
     await tx.insert_later(
         "INSERT INTO key_releases(key_name, version, agent_name, cert_serial, released_at) VALUES (?, ?, ?, ?, ?)",
         [(name, record.version, agent, serial, now)],

@@ -243,6 +243,7 @@ class SqlStore(KeyTypeMethods, ScheduleMethods, due.DueMethods):
         audit: Audit = None,
         encrypt: bool = True,
         key_pair: bool = False,
+        active_only: bool = False,
     ) -> KeyVersionRecord:
         """Checks the grant, then returns the version (with sealed material) and logs the release.
 
@@ -254,12 +255,13 @@ class SqlStore(KeyTypeMethods, ScheduleMethods, due.DueMethods):
             Revoked: the certificate serial was revoked (after the caller was authenticated).
             PermissionDenied: no grant for agent or its groups (also when the key does not exist).
             NotFound: no such version. FailedPrecondition: the version was destroyed.
-            KeyExpired: for encryption (encrypt), the key expired by now.
+            KeyExpired: for encryption (encrypt) or a key pair, the key expired by now.
+            FailedPrecondition: active_only, and the version is deactivated (decrypt only).
             WrongKeyType: not of the kind asked for (key_pair: a key pair; else AES).
         """
         return await self._change(
             lambda tx: keys.release_key_version(
-                tx, name, version, agent, groups, serial, now, encrypt, key_pair
+                tx, name, version, agent, groups, serial, now, encrypt, key_pair, active_only
             ),
             audit,
             savepoint=False,

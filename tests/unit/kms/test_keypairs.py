@@ -191,6 +191,16 @@ def test_the_two_signature_formats_say_which_flag_to_use(rsa_key: rsa.RSAPrivate
     with pytest.raises(InvalidArgument, match="verify it without --key"):
         filesig.parse_key_signature(agent_sig.encode())
     doc = json.loads(sig.encode())
-    for field, value in [("version", 0), ("digest", "md5:00"), ("signature", "%%%")]:
-        with pytest.raises(InvalidArgument):
+    for field, value in [
+        ("version", 0),
+        ("version", 1.5),
+        ("version", True),
+        ("version", "1"),
+        ("key", "bad\nname"),
+        ("key", "x" * 200),
+        ("digest", "md5:00"),
+        ("signature", "%%%"),
+    ]:
+        with pytest.raises(InvalidArgument) as refused:
             filesig.parse_key_signature(json.dumps({**doc, field: value}).encode())
+        assert "\n" not in str(refused.value)  # one line, whatever the file holds

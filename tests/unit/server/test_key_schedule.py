@@ -53,8 +53,10 @@ def test_an_iso_time_with_a_zone_is_read(text: str, expected: int) -> None:
         ("2027-06-30", "has no time zone"),
         ("30/06/2027", "not an ISO 8601 time"),
         ("", "not an ISO 8601 time"),
+        ("0001-01-01T00:00:00+01:00", "is in the past"),
+        ("1969-12-31T23:59:59Z", "is in the past"),
     ],
-    ids=["no-zone", "date-only", "not-iso", "empty"],
+    ids=["no-zone", "date-only", "not-iso", "empty", "before-year-1-in-utc", "before-1970"],
 )
 def test_a_time_without_a_zone_or_not_iso_is_refused(text: str, needle: str) -> None:
     with pytest.raises(InvalidArgument, match=needle):
@@ -252,6 +254,43 @@ def test_an_expired_key_is_released_for_decryption_only(store_at: tuple[str, str
                 "app", ScheduleChange(set_expiry=True, expires_at=NOW + 100), NOW + 5
             )
             assert (await release(NOW + 50)).version == 1  # type: ignore[attr-defined]
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_an_expired_key_makes_no_active_version_and_a_pair_signs_no_more(store_at: tuple[str, str]) -> None:
+    """After expiry: `key rotate` is refused (nothing changes); a compromised current version is
+    replaced by one that only decrypts; a key pair's private key is not released for any purpose."""
+
+    async def body() -> None:
+        store = await open_store_at(*store_at)
+        try:
+            await store.create_key("app", NOW, _seal, [Grant("group", "web")], expires_at=NOW + 10)
+            after = NOW + 10
+            with pytest.raises(FailedPrecondition, match="key app expired at .* expiry is final"):
+                await store.rotate_key("app", after, _seal)
+            assert (await store.get_key("app")).current_version == 1
+            await store.revoke_key_version("app", 1, "keyCompromise", after, _seal)
+            record = await store.get_key("app")
+            assert [(v.version, v.state, v.deactivated_at) for v in record.versions] == [
+                (1, "compromised", None),
+                (2, "deactivated", after),
+            ]
+            released = await store.release_key_version(
+                "app", 2, "web-1", ("web",), "c1", after, encrypt=False
+            )
+            assert released.version == 2
+
+            await store.create_key(
+                "signer", NOW, _seal, [Grant("group", "web")], key_type="ec-p256", expires_at=after
+            )
+            for encrypt in (True, False):
+                with pytest.raises(KeyExpired, match="its private key is no longer released"):
+                    await store.release_key_version(
+                        "signer", 1, "web-1", ("web",), "c1", after, encrypt=encrypt, key_pair=True
+                    )
         finally:
             await store.close()
 

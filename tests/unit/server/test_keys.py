@@ -48,7 +48,14 @@ def test_grants_by_agent_and_group_and_versions(tmp_path: Path, rsa_key: rsa.RSA
         assert granted.warnings and "db-1" in granted.warnings[0]
         assert (await keys.fetch(_caller(rsa_key, "db-1", ("db",)), "app", 0)).version.version == 1
         await keys.rotate("app")
-        again = await keys.fetch(_caller(rsa_key), "app", 1)
+        # A rotated-out version decrypts only (KMIP Deactivated): refused for encryption, given for
+        # decryption, and to an agent from before purposes (it decrypts under named versions).
+        with pytest.raises(
+            FailedPrecondition, match="version 1 of key 'app' is deactivated: it decrypts only"
+        ):
+            await keys.fetch(_caller(rsa_key), "app", 1)
+        assert (await keys.fetch(_caller(rsa_key), "app", 1, legacy=True)).version.version == 1
+        again = await keys.fetch(_caller(rsa_key), "app", 1, decrypt=True)
         assert unwrap(rsa_key, again.wrapped, "app", 1, "abc123") == v1
         assert (await keys.fetch(_caller(rsa_key), "app", 0)).version.version == 2
         with pytest.raises(NotFound):
