@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.client import KmsClient
@@ -12,6 +11,7 @@ from agent.renew import renew, renewal_due
 from agent.servers import Servers
 from agent.state import AgentIdentity, StateDir, default_state_dir
 from kms.errors import ResourceExhausted
+from kms.times import iso
 
 __all__ = ["client_for", "connect", "iso", "state_dir"]
 
@@ -61,7 +61,3 @@ def connect(
                     "automatic renewal refused, carrying on with the current certificate: %s", exc.message
                 )
     return identity, client_for(identity, args.timeout, servers)
-
-
-def iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

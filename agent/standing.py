@@ -18,6 +18,7 @@ from agent.context import client_for
 from agent.state import AgentIdentity, StateDir
 from kms.errors import Held, Revoked, Unauthenticated, Unavailable
 from kms.revocation import HOLD
+from kms.times import iso_datetime
 
 __all__ = ["Standing", "check_standing"]
 
@@ -27,10 +28,6 @@ class Standing:
     serial: str
     # None: the server answered. Otherwise why only local state was used.
     offline_note: str | None = None
-
-
-def _when(at: datetime) -> str:
-    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_standing(state: StateDir, identity: AgentIdentity, timeout: float, now: datetime) -> Standing:
@@ -44,12 +41,12 @@ def check_standing(state: StateDir, identity: AgentIdentity, timeout: float, now
     serial = format(cert.serial_number, "x")
     if now >= cert.not_valid_after_utc:
         raise Unauthenticated(
-            f"this agent's certificate {serial} expired at {_when(cert.not_valid_after_utc)} (checked locally,"
+            f"this agent's certificate {serial} expired at {iso_datetime(cert.not_valid_after_utc)} (checked locally,"
             " by its dates): enroll again with a new token"
         )
     if now < cert.not_valid_before_utc:
         raise Unauthenticated(
-            f"this agent's certificate {serial} is valid only from {_when(cert.not_valid_before_utc)}"
+            f"this agent's certificate {serial} is valid only from {iso_datetime(cert.not_valid_before_utc)}"
             " (checked locally, by its dates): check the clock"
         )
     try:

@@ -3,9 +3,8 @@ them (both CLIs print them the same way)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from kms.revocation import HOLD
+from kms.times import iso
 from kms.v1 import revocation_pb2
 
 __all__ = ["NOT_REVOCATIONS", "describe", "event_fields"]
@@ -15,17 +14,13 @@ __all__ = ["NOT_REVOCATIONS", "describe", "event_fields"]
 NOT_REVOCATIONS = frozenset({"rotate", "disable", "enable", "expire"})
 
 
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def event_fields(event: revocation_pb2.RevocationEvent) -> dict[str, str | int]:
     """The event as flat fields: JSON lines, and KMS_EVENT_* variables for --exec."""
     fields: dict[str, str | int] = {
         "seq": event.seq,
         "kind": event.kind,
         "reason": event.reason,
-        "at": _iso(event.at),
+        "at": iso(event.at),
     }
     if event.serial:
         fields["serial"] = event.serial
@@ -49,7 +44,9 @@ def describe(event: revocation_pb2.RevocationEvent) -> str:
     elif event.kind == "disable":
         subject = f"key {event.key_name} disabled (no version is released until it is enabled)"
     elif event.kind == "enable":
-        return f"#{event.seq} {_iso(event.at)} key {event.key_name} enabled (current version {event.key_version})"
+        return (
+            f"#{event.seq} {iso(event.at)} key {event.key_name} enabled (current version {event.key_version})"
+        )
     elif event.kind == "expire":
         subject = (
             f"key {event.key_name} expired (every version decrypts only; current version {event.key_version})"
@@ -62,7 +59,7 @@ def describe(event: revocation_pb2.RevocationEvent) -> str:
     else:
         verb = "held" if event.reason == HOLD else "revoked"
         subject = f"certificate {event.serial} of {event.agent_name or '?'} {verb}"
-    line = f"#{event.seq} {_iso(event.at)} {subject}: {event.reason}"
+    line = f"#{event.seq} {iso(event.at)} {subject}: {event.reason}"
     if event.state:
         line += f" [{event.state}" + (f" by #{event.released_by}]" if event.released_by else "]")
     return line

@@ -11,6 +11,7 @@ from agent.renew import renew
 from agent.servers import default_enroll_addresses, parse_addresses
 from kms.cli import ArgumentParser, Subcommands, print_json
 from kms.errors import AlreadyExists, InvalidArgument
+from kms.times import iso_datetime
 
 __all__ = ["add_enroll", "add_renew", "add_status", "cmd_enroll", "cmd_renew", "cmd_status"]
 
@@ -55,7 +56,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         keep_key=lambda key: state.save_pending_key(token_id, key),
     )
     state.save(identity, watch_from_seq=watch_from_seq)
-    not_after = identity.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    not_after = iso_datetime(identity.cert.not_valid_after_utc)
     print(
         f"enrolled as {identity.settings.name} ({identity.settings.spiffe_id}), certificate {identity.cert.serial_number:x} valid until {not_after}"
     )
@@ -99,7 +100,7 @@ def cmd_renew(args: argparse.Namespace) -> int:
     identity, client = connect(args, auto_renew=False)
     with client:
         renewed = renew(state, identity, client)
-    not_after = renewed.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    not_after = iso_datetime(renewed.cert.not_valid_after_utc)
     print(f"renewed: certificate {renewed.cert.serial_number:x} (new key) valid until {not_after}")
     return 0
 

@@ -22,6 +22,7 @@ from kms.errors import FailedPrecondition, InvalidArgument
 from kms.keypairs import load_private_key
 from kms.peers import agent_peer
 from kms.securefile import is_stdio, open_input, output_is_regular, write_output
+from kms.times import iso
 
 __all__ = ["add_sign", "add_verify", "cmd_sign", "cmd_verify"]
 
@@ -127,7 +128,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             lambda when: agent_peer(ca, trust_domain, args.signer, when, is_revoked),
             int(datetime.now(UTC).timestamp()),
         )
-    signed = datetime.fromtimestamp(sig.signed_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    signed = iso(sig.signed_at)
     if args.json:
         print_json({"valid": True, "signer": signer.name, "serial": signer.serial, "signed_at": signed})
     else:

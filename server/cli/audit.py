@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 from kms.audit import AuditRecord, compare, parse_line
 from kms.cli import ArgumentParser, Subcommands, print_json
 from kms.errors import DataLoss, InvalidArgument
+from kms.times import iso
 from kms.v1 import admin_pb2
 from server.cli.admin_client import AdminClient
 from server.cli.context import admin
@@ -28,10 +28,6 @@ Connect = Callable[[argparse.Namespace], AdminClient]
 
 # Records per ListAudit call: well under gRPC's 4 MiB message limit.
 _PAGE = 5000
-
-
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _records(admin: AdminClient, after_seq: int) -> Iterator[admin_pb2.AuditRecord]:
@@ -48,7 +44,7 @@ def cmd_audit_list(args: argparse.Namespace, connect: Connect) -> int:
             [
                 {
                     "seq": r.seq,
-                    "at": _iso(r.at),
+                    "at": iso(r.at),
                     "actor": r.actor,
                     "action": r.action,
                     "object": r.object,
@@ -61,7 +57,7 @@ def cmd_audit_list(args: argparse.Namespace, connect: Connect) -> int:
         )
     else:
         for r in records:
-            print(f"#{r.seq} {_iso(r.at)} {r.actor} {r.action} {r.object} {r.outcome}")
+            print(f"#{r.seq} {iso(r.at)} {r.actor} {r.action} {r.object} {r.outcome}")
     return 0
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 
 from kms.cli import config_keys, read_toml
+from kms.times import iso
 from server.cli.admin_client import AdminClient
 from server.config import KNOWN_KEYS, resolve_data_dir
 
@@ -32,8 +32,3 @@ def data_dir(args: argparse.Namespace) -> Path:
 def admin(args: argparse.Namespace) -> AdminClient:
     """A client of the admin socket in the data dir."""
     return AdminClient(data_dir(args) / "admin.sock")
-
-
-def iso(ts: int) -> str:
-    """Unix seconds as an ISO 8601 UTC time, as every admin command prints times."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

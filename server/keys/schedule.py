@@ -6,10 +6,11 @@ every client of the admin API. Times are Unix seconds.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from kms.durations import format_duration
 from kms.errors import InvalidArgument
+from kms.times import iso
 from server.store.records import ScheduleChange
 
 __all__ = [
@@ -28,18 +29,14 @@ MAX_EXPIRES_AT = 253_402_300_799
 MAX_PERIOD = 100 * 365 * 86_400
 
 
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def check_expiry(expires_at: int, now: int) -> int:
     """An expiry time, which must be after now. Raises InvalidArgument."""
     if expires_at > MAX_EXPIRES_AT:
         raise InvalidArgument(f"expiry {expires_at} is after 9999-12-31: give an earlier time, or no expiry")
     if expires_at <= now:
-        when = _iso(expires_at) if expires_at >= 0 else str(expires_at)
+        when = iso(expires_at) if expires_at >= 0 else str(expires_at)
         raise InvalidArgument(
-            f"expiry {when} is not in the future (now is {_iso(now)}): give a later time, like --expires-in 90d"
+            f"expiry {when} is not in the future (now is {iso(now)}): give a later time, like --expires-in 90d"
         )
     return expires_at
 
@@ -100,7 +97,7 @@ def describe(change: ScheduleChange) -> str:
     """What changed, for the audit record and the log (never a secret)."""
     parts = []
     if change.set_expiry:
-        parts.append(f"expires_at:{_iso(change.expires_at) if change.expires_at else 'never'}")
+        parts.append(f"expires_at:{iso(change.expires_at) if change.expires_at else 'never'}")
     if change.set_rotation:
         period = change.rotate_every
         parts.append(f"rotate_every:{format_duration(timedelta(seconds=period)) if period else 'none'}")

@@ -32,10 +32,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from typing import Any
 
 from kms.errors import KmsError
+from kms.times import iso
 from server.clock import Clock, now_seconds
 from server.keys.service import KeyService
 from server.store import AuditEntry, KeyRecord, RevocationEvent, Store
@@ -50,10 +50,6 @@ ACTOR = "scheduler"
 # Due work read per query, and due actions in flight at once (SQLite commits them in groups).
 _BATCH = 500
 _IN_FLIGHT = 32
-
-
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class KeyScheduler:
@@ -130,8 +126,8 @@ class KeyScheduler:
                     "key": name,
                     "version": record.current_version,
                     "seq": event.seq,
-                    "due": _iso(due),
-                    "next_due": _iso(record.rotation_due_at or 0),
+                    "due": iso(due),
+                    "next_due": iso(record.rotation_due_at or 0),
                 },
             )
 
@@ -143,7 +139,7 @@ class KeyScheduler:
             now,
             seal,
             audit=lambda done: AuditEntry(
-                now, ACTOR, "key.rotate", f"key:{name}/v{done[0].current_version} due:{_iso(due)}"
+                now, ACTOR, "key.rotate", f"key:{name}/v{done[0].current_version} due:{iso(due)}"
             ),
         )
         await after_commit(write, committed)
@@ -152,7 +148,7 @@ class KeyScheduler:
         if expires_at <= now:
             await after_commit(
                 self._store.expire_key(
-                    name, now, audit=AuditEntry(now, ACTOR, "key.expire", f"key:{name} at:{_iso(expires_at)}")
+                    name, now, audit=AuditEntry(now, ACTOR, "key.expire", f"key:{name} at:{iso(expires_at)}")
                 ),
                 self._expired,
             )
@@ -165,13 +161,13 @@ class KeyScheduler:
             name,
             expires_at,
             bits,
-            audit=AuditEntry(now, ACTOR, "key.expiry_warning", f"key:{name} at:{_iso(expires_at)}"),
+            audit=AuditEntry(now, ACTOR, "key.expiry_warning", f"key:{name} at:{iso(expires_at)}"),
         ):
             within = min(before for _, before in due) // 86_400
             logger.warning(
-                f"key {name} expires within {within} day{'s' if within > 1 else ''}, at {_iso(expires_at)}:"
+                f"key {name} expires within {within} day{'s' if within > 1 else ''}, at {iso(expires_at)}:"
                 " set a later expiry (kms-server key set) or move its users to another key",
-                extra={"key": name, "expires_at": _iso(expires_at)},
+                extra={"key": name, "expires_at": iso(expires_at)},
             )
 
     def _expired(self, done: tuple[KeyRecord, RevocationEvent] | None) -> None:

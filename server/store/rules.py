@@ -5,8 +5,6 @@ The SQL differs per backend; the answers must not, so they live here once.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from kms.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -21,6 +19,7 @@ from kms.errors import (
 )
 from kms.keypairs import require_aes, require_key_pair
 from kms.revocation import HOLD
+from kms.times import iso
 from server.store.records import Grant, KeyVersionRecord, WriteOutcomeUnknown
 
 __all__ = [
@@ -100,20 +99,16 @@ def key_disabled(name: str, reason: str | None) -> KeyDisabled:
     )
 
 
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def key_expired(name: str, expires_at: int, *, key_pair: bool = False) -> KeyExpired:
     """What a granted agent fetching for encryption (or a key pair's private key) is told once
     the key has expired."""
     if key_pair:
         return KeyExpired(
-            f"key {name} expired at {_iso(expires_at)}: its private key is no longer released (it "
+            f"key {name} expired at {iso(expires_at)}: its private key is no longer released (it "
             "signed until then; its public key still verifies); use another key pair for new signatures"
         )
     return KeyExpired(
-        f"key {name} expired at {_iso(expires_at)}: it may still decrypt but no longer encrypts; "
+        f"key {name} expired at {iso(expires_at)}: it may still decrypt but no longer encrypts; "
         "use another key for new data"
     )
 
@@ -129,7 +124,7 @@ def decrypt_only(name: str, version: int) -> FailedPrecondition:
 def expiry_final(name: str, expires_at: int) -> FailedPrecondition:
     """An expired key's schedule cannot be changed (expiry is final, as KMIP's Deactivated)."""
     return FailedPrecondition(
-        f"key {name} expired at {_iso(expires_at)} and expiry is final: its versions still decrypt, "
+        f"key {name} expired at {iso(expires_at)} and expiry is final: its versions still decrypt, "
         "but it gets no new expiry or rotation; create a new key for new data"
     )
 
