@@ -13,14 +13,14 @@ replicas and restarts.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from server.store.dialect import Body, Tx
+from server.store.dialect import Tx
 from server.store.records import Audit, KeyRecord, RevocationEvent, SealFn
 from server.store.sql.events import append_event
 from server.store.sql.keys import key, rotate_key
+from server.store.sql.methods import Methods
 
 __all__ = [
     "DAY",
@@ -168,16 +168,8 @@ async def note_expiry_warning(tx: Tx, name: str, expires_at: int, bits: int) -> 
     return True if changed else None
 
 
-class DueMethods:
+class DueMethods(Methods):
     """SqlStore's methods for the key scheduler (see sql/store.py for _read and _change)."""
-
-    def _read(self, body: Body[T]) -> Awaitable[T]:
-        raise NotImplementedError  # SqlStore's
-
-    def _change(
-        self, body: Body[T], audit_with: Audit = None, *, savepoint: bool = True, invalidates: bool = False
-    ) -> Awaitable[T]:
-        raise NotImplementedError  # SqlStore's
 
     async def next_schedule_due(self, now: int) -> int | None:
         """The earliest time a scheduled rotation or an expiry notice is pending (maybe past), or None."""

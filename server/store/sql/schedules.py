@@ -1,23 +1,21 @@
 """Key schedules: a key's expiry and rotation period, changed by ``key set``, and the keys
 expiring soon that /metrics counts.
 
-The transactions, and the SqlStore methods that run them (a mixin, so that
-store.py stays one screenful per concept). Each change locks the key's row
+The transactions (SqlStore's methods for them are in key_store.py). Each change locks the key's row
 first, as every key change does (sql/keys.py), and clears SQLite's release
 cache: a release reads expires_at inside its own transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import TypeVar
 
 from server.store import rules
-from server.store.dialect import Body, Tx
-from server.store.records import Audit, KeyRecord, ScheduleChange
+from server.store.dialect import Tx
+from server.store.records import KeyRecord, ScheduleChange
 from server.store.sql.keys import key
 
-__all__ = ["ScheduleMethods", "count_keys_expiring", "set_key_schedule"]
+__all__ = ["count_keys_expiring", "set_key_schedule"]
 
 T = TypeVar("T")
 
@@ -64,29 +62,3 @@ async def count_keys_expiring(tx: Tx, now: int, within: tuple[int, ...]) -> tupl
         now + max(within),
     )
     return tuple(int(n) for n in row)
-
-
-class ScheduleMethods:
-    """SqlStore's methods about key schedules (see sql/store.py for _read and _change)."""
-
-    def _read(self, body: Body[T]) -> Awaitable[T]:
-        raise NotImplementedError
-
-    def _change(
-        self, body: Body[T], audit_with: Audit = None, *, savepoint: bool = True, invalidates: bool = False
-    ) -> Awaitable[T]:
-        raise NotImplementedError
-
-    async def get_key(self, name: str) -> KeyRecord:
-        """The key with its versions and grants. Raises NotFound."""
-        return await self._read(lambda tx: key(tx, name))
-
-    async def set_key_schedule(
-        self, name: str, change: ScheduleChange, now: int, *, audit: Audit = None
-    ) -> KeyRecord:
-        """Sets or clears a key's expiry and rotation period. Raises NotFound, FailedPrecondition."""
-        return await self._change(lambda tx: set_key_schedule(tx, name, change, now), audit, invalidates=True)
-
-    async def count_keys_expiring(self, now: int, within: tuple[int, ...]) -> tuple[int, ...]:
-        """For each window in seconds, the keys not expired at now that expire within it."""
-        return await self._read(lambda tx: count_keys_expiring(tx, now, within))

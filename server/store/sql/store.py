@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from kms.audit import AuditRecord
-from server.store import rules
 from server.store.dialect import Backend, Body, Tx
 from server.store.records import (
     AgentRecord,
@@ -24,17 +23,13 @@ from server.store.records import (
     AuditSink,
     CertificateRecord,
     Enrollment,
-    Grant,
     JoinTokenRecord,
-    KeyRecord,
-    KeyVersionRecord,
     RevocationEvent,
     SealFn,
     audit_entries,
 )
-from server.store.sql import agents, audit, due, events, holds, keys
-from server.store.sql.pairs import KeyTypeMethods
-from server.store.sql.schedules import ScheduleMethods
+from server.store.sql import agents, audit, due, events, holds
+from server.store.sql.key_store import KeyMethods
 
 __all__ = ["SqlStore"]
 
@@ -45,8 +40,9 @@ async def _done(tx: Tx) -> bool:
     return True
 
 
-class SqlStore(KeyTypeMethods, ScheduleMethods, due.DueMethods):
-    """What the domain services may ask of persistence (``server.store.Store``)."""
+class SqlStore(KeyMethods, due.DueMethods):
+    """What the domain services may ask of persistence (``server.store.Store``); keys' methods
+    are KeyMethods (sql/key_store.py), the key scheduler's DueMethods (sql/due.py)."""
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
@@ -177,96 +173,6 @@ class SqlStore(KeyTypeMethods, ScheduleMethods, due.DueMethods):
         """The agent with its newest certificate, or None."""
         return await self._read(lambda tx: agents.get_agent(tx, name))
 
-    # --- keys (creating a key, its type and public keys: KeyTypeMethods) -----------------
-
-    async def rotate_key(
-        self, name: str, now: int, seal: SealFn, *, audit: Audit = None
-    ) -> tuple[KeyRecord, RevocationEvent]:
-        """Adds a new current version; the old current one becomes deactivated. Raises NotFound.
-
-        Appends a 'rotate' event naming the new version, in the same transaction.
-        """
-        return await self._change(lambda tx: keys.rotate_key(tx, name, now, seal), audit, invalidates=True)
-
-    async def disable_key(
-        self, name: str, reason: str, now: int, *, audit: Audit = None
-    ) -> tuple[KeyRecord, RevocationEvent | None]:
-        """Stops every release of the key until enable_key, with a 'disable' event. Raises NotFound.
-
-        Once this has committed, no release of the key commits (on any replica). Disabling
-        a disabled key changes nothing: the event is None and nothing is audited.
-        """
-        return await self._change(
-            lambda tx: keys.disable_key(tx, name, reason, now), _if_changed(audit), invalidates=True
-        )
-
-    async def enable_key(
-        self, name: str, now: int, *, audit: Audit = None
-    ) -> tuple[KeyRecord, RevocationEvent | None]:
-        """Resumes releases of a disabled key, with an 'enable' event. Raises NotFound.
-
-        Enabling an enabled key changes nothing: the event is None and nothing is audited.
-        """
-        return await self._change(
-            lambda tx: keys.enable_key(tx, name, now), _if_changed(audit), invalidates=True
-        )
-
-    async def grant_key(self, name: str, grant: Grant, now: int, *, audit: Audit = None) -> KeyRecord:
-        return await self._change(lambda tx: keys.grant_key(tx, name, grant, now), audit, invalidates=True)
-
-    async def ungrant_key(self, name: str, grant: Grant, *, audit: Audit = None) -> KeyRecord:
-        return await self._change(lambda tx: keys.ungrant_key(tx, name, grant), audit, invalidates=True)
-
-    async def list_keys(self) -> list[KeyRecord]:
-        return await self._read(keys.list_keys)
-
-    async def destroy_key_version(
-        self, name: str, version: int, now: int, *, audit: Audit = None
-    ) -> KeyRecord:
-        """Erases the material of a non-current version for good. Raises NotFound, FailedPrecondition."""
-        record = await self._change(
-            lambda tx: keys.destroy_key_version(tx, name, version, now), audit, invalidates=True
-        )
-        if not await self._backend.erase():
-            raise rules.not_erased(name, version)
-        return record
-
-    async def release_key_version(
-        self,
-        name: str,
-        version: int | None,
-        agent: str,
-        groups: tuple[str, ...],
-        serial: str,
-        now: int,
-        *,
-        audit: Audit = None,
-        encrypt: bool = True,
-        key_pair: bool = False,
-        active_only: bool = False,
-    ) -> KeyVersionRecord:
-        """Checks the grant, then returns the version (with sealed material) and logs the release.
-
-        A revocation of the certificate serial (or its agent) and a release never both commit
-        in the wrong order: once the revocation has committed, the release is refused. Reads,
-        then inserts later only: no savepoint needed.
-
-        Raises:
-            Revoked: the certificate serial was revoked (after the caller was authenticated).
-            PermissionDenied: no grant for agent or its groups (also when the key does not exist).
-            NotFound: no such version. FailedPrecondition: the version was destroyed.
-            KeyExpired: for encryption (encrypt) or a key pair, the key expired by now.
-            FailedPrecondition: active_only, and the version is deactivated (decrypt only).
-            WrongKeyType: not of the kind asked for (key_pair: a key pair; else AES).
-        """
-        return await self._change(
-            lambda tx: keys.release_key_version(
-                tx, name, version, agent, groups, serial, now, encrypt, key_pair, active_only
-            ),
-            audit,
-            savepoint=False,
-        )
-
     # --- revocation ------------------------------------------------------------------
 
     async def revoke_certificate(
@@ -383,10 +289,3 @@ class SqlStore(KeyTypeMethods, ScheduleMethods, due.DueMethods):
         connected(False) while the store cannot be reached, then connected(True).
         """
         await self._backend.follow_events(wake, connected)
-
-
-def _if_changed(audit: Audit) -> Audit:
-    """audit for a (record, event) result, and nothing when no event says something changed."""
-    if audit is None:
-        return None
-    return lambda done: audit_entries(audit, done) if done[1] is not None else []
