@@ -1,5 +1,5 @@
-"""kms-server key schedules: --expires / --expires-in / --rotate-every as typed, `key set`,
-`key show`, and how a key's schedule and versions are printed (show and list alike).
+"""kms-server key schedules: --expires / --expires-in / --rotate-every as typed, and the
+`key set` and `key show` commands (how a key is printed: key_view.py).
 
 Dates are ISO 8601 with a zone (``Z`` or ``+02:00``): a date without one means a different
 instant on every machine, so it is refused here, before the server is asked. The server
@@ -10,30 +10,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from kms.cli import ArgumentParser, print_json, print_table
-from kms.durations import format_duration, parse_duration
+from kms.cli import ArgumentParser, print_json
+from kms.durations import parse_duration
 from kms.errors import InvalidArgument
-from kms.v1 import admin_pb2
 from server.cli.context import admin as _admin
 from server.cli.context import iso
+from server.cli.key_view import expiry_text, key_json, print_show, rotation_text
 
-__all__ = [
-    "SOON",
-    "add_schedule_options",
-    "add_set_and_show",
-    "expiry_mark",
-    "expiry_text",
-    "key_json",
-    "parse_expires",
-    "period_text",
-    "schedule_json",
-    "schedule_request",
-]
-
-# Keys expiring within this long are marked in `key list` and `key show` (and logged by the server).
-SOON = 7 * 86_400
+__all__ = ["add_schedule_options", "add_set_and_show", "parse_expires", "schedule_request"]
 
 
 def parse_expires(text: str) -> int:
@@ -96,97 +82,6 @@ def add_schedule_options(parser: ArgumentParser, *, clearing: bool) -> None:
         rotation.add_argument("--no-rotation", action="store_true", help="rotate by hand only")
 
 
-def expiry_mark(expires_at: int, now: int) -> str:
-    """'expired', 'expires soon' (within 7 days), or '' (no expiry, or later)."""
-    if not expires_at:
-        return ""
-    if expires_at <= now:
-        return "expired"
-    return "expires soon" if expires_at - now <= SOON else ""
-
-
-def period_text(seconds: int) -> str | None:
-    """A rotation period as typed (30d), or None for none."""
-    return format_duration(timedelta(seconds=seconds)) if seconds else None
-
-
-def _iso_or_none(ts: int) -> str | None:
-    return iso(ts) if ts else None
-
-
-def schedule_json(key: admin_pb2.KeyInfo, now: int) -> dict[str, object]:
-    """The schedule fields of `key show --json` and `key list --json`."""
-    return {
-        "expires_at": _iso_or_none(key.expires_at),
-        "expired": bool(key.expires_at) and key.expires_at <= now,
-        "expires_soon": expiry_mark(key.expires_at, now) == "expires soon",
-        "rotate_every": period_text(key.rotate_every),
-        "rotate_every_seconds": key.rotate_every or None,
-        "rotation_due_at": _iso_or_none(key.rotation_due_at),
-    }
-
-
-def version_json(v: admin_pb2.KeyVersionInfo) -> dict[str, object]:
-    return {
-        "version": v.version,
-        "state": v.state,
-        "created_at": iso(v.created_at),
-        "activated_at": _iso_or_none(v.activated_at),
-        "deactivated_at": _iso_or_none(v.deactivated_at),
-    }
-
-
-def expiry_text(key: admin_pb2.KeyInfo, now: int) -> str:
-    if not key.expires_at:
-        return "never"
-    mark = expiry_mark(key.expires_at, now)
-    return f"{iso(key.expires_at)} ({mark.upper()})" if mark else iso(key.expires_at)
-
-
-def rotation_text(key: admin_pb2.KeyInfo) -> str:
-    if not key.rotate_every:
-        return "by hand only"
-    return f"every {period_text(key.rotate_every)}, next due {iso(key.rotation_due_at)}"
-
-
-def state_json(key: admin_pb2.KeyInfo) -> dict[str, object]:
-    if not key.disabled:
-        return {"state": "enabled"}
-    return {"state": "disabled", "disabled_at": iso(key.disabled_at), "disabled_reason": key.disabled_reason}
-
-
-def key_json(key: admin_pb2.KeyInfo, now: int) -> dict[str, object]:
-    """A key as every --json of the key commands prints it (show and list: the same fields)."""
-    return {
-        "name": key.name,
-        "type": key.key_type or "aes-256",
-        "current_version": key.current_version,
-        "created_at": iso(key.created_at),
-        "versions": [version_json(v) for v in key.versions],
-        "grants": list(key.grants),
-        **state_json(key),
-        **schedule_json(key, now),
-    }
-
-
-def _print_show(key: admin_pb2.KeyInfo, now: int) -> None:
-    state = f"disabled since {iso(key.disabled_at)} ({key.disabled_reason})" if key.disabled else "enabled"
-    print(f"key {key.name}")
-    print(f"  type:     {key.key_type or 'aes-256'}")
-    print(f"  state:    {state}")
-    print(f"  expires:  {expiry_text(key, now)}")
-    print(f"  rotation: {rotation_text(key)}")
-    print(f"  grants:   {', '.join(key.grants) or '-'}")
-    print_table(
-        ["VERSION", "STATE", "CREATED", "ACTIVATED", "DEACTIVATED"],
-        [
-            [str(v.version), v.state, iso(v.created_at), _iso_or_none(v.activated_at) or "-",
-             _iso_or_none(v.deactivated_at) or "-"]
-            for v in key.versions
-        ],
-    )  # fmt: skip
-
-
 def cmd_key_show(args: argparse.Namespace) -> int:
     with _admin(args) as admin:
         key = admin.get_key(args.name)
@@ -194,7 +89,7 @@ def cmd_key_show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(key_json(key, now))
     else:
-        _print_show(key, now)
+        print_show(key, now)
     return 0
 
 

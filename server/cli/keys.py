@@ -12,15 +12,8 @@ from kms.keypairs import KEY_TYPES
 from kms.v1 import admin_pb2
 from server.cli.context import admin as _admin
 from server.cli.context import iso
-from server.cli.key_schedule import (
-    add_schedule_options,
-    add_set_and_show,
-    expiry_mark,
-    expiry_text,
-    key_json,
-    period_text,
-    schedule_request,
-)
+from server.cli.key_schedule import add_schedule_options, add_set_and_show, schedule_request
+from server.cli.key_view import expiry_mark, expiry_text, key_json, period_text
 
 __all__ = ["add_key"]
 

@@ -12,7 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms.errors import FailedPrecondition, InvalidArgument, KeyExpired, NotFound
-from server.cli.key_schedule import expiry_mark, parse_expires, schedule_request
+from server.cli.key_schedule import parse_expires, schedule_request
+from server.cli.key_view import expiry_mark
 from server.deployment.sealing import Sealer
 from server.endpoints.authn import Caller
 from server.keys import KeyService
