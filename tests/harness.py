@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -441,6 +442,42 @@ def _sql(server: ServerProcess, sql: str, args: tuple[Any, ...], *, fetch: bool)
             await conn.close()
 
     return asyncio.run(run_it(server.database))
+
+
+class RunProcess:
+    """A real `kms-agent run --no-listen` child whose JSON event lines are collected."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.proc = subprocess.Popen(
+            [exe("kms-agent"), "run", "--no-listen", "--dir", str(state_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.append(json.loads(line))
+
+    def saw(self, kind: str, key: str) -> bool:
+        """Whether it reported an event of kind for key (it must still be running)."""
+        assert self.proc.poll() is None, self.events
+        return any(e.get("kind") == kind and e.get("key") == key for e in self.events)
+
+    def wait_for(self, kind: str, key: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.saw(kind, key):
+            assert time.monotonic() < deadline, self.events
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(20)
 
 
 class WatchProcess:

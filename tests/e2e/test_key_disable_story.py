@@ -5,15 +5,12 @@ input around disable and enable."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.rig import Rig
-from tests.harness import ServerProcess, WatchProcess, agent, assert_one_line_error, exe
+from tests.harness import RunProcess, ServerProcess, WatchProcess, agent, assert_one_line_error
 
 RIG = Rig(
     "kmsdis",
@@ -27,35 +24,6 @@ def _keys(server: ServerProcess) -> dict[str, dict[str, Any]]:
     return {k["name"]: k for k in json.loads(server.admin("key", "list", "--json").stdout)}
 
 
-class _Daemon:
-    """A real `kms-agent run --no-listen`, its JSON event lines collected."""
-
-    def __init__(self, state: Path) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.proc = subprocess.Popen(
-            [exe("kms-agent"), "run", "--no-listen", "--dir", str(state)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.events.append(json.loads(line))
-
-    def wait_for(self, kind: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(e.get("kind") == kind and e.get("key") == "app" for e in self.events):
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.events
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(20)
-
-
 def test_disable_refuses_every_release_until_enabled(rig: tuple[ServerProcess, Path]) -> None:
     server, root = rig
     web, web2, db = root / "web-1", root / "web-2", root / "db-1"
@@ -66,7 +34,7 @@ def test_disable_refuses_every_release_until_enabled(rig: tuple[ServerProcess, P
     plain.write_text("written before the key was disabled\n")
     assert agent(web, "encrypt", "--key", "app", str(plain), str(sealed)).returncode == 0
     insider, outsider = WatchProcess(web), WatchProcess(db)
-    daemon = _Daemon(web2)
+    daemon = RunProcess(web2)
     try:
         done = server.admin("key", "disable", "app", "--reason", "suspected misuse by web-3")
         assert done.stdout.startswith(
@@ -95,12 +63,12 @@ def test_disable_refuses_every_release_until_enabled(rig: tuple[ServerProcess, P
         event = next(e for e in insider.events if e["kind"] == "disable")
         assert (event["reason"], event["version"]) == ("suspected misuse by web-3", 1)
         # kms-agent run keeps its key file: disabling is not a compromise.
-        daemon.wait_for("disable")
+        daemon.wait_for("disable", "app")
         assert key_file.read_bytes() == v1
 
         # A rotation while disabled makes v2, released to nobody yet; the daemon's file stays v1.
         server.admin("key", "rotate", "app")
-        daemon.wait_for("rotate")
+        daemon.wait_for("rotate", "app")
         assert_one_line_error(agent(web, "fetch-key", "app"), 6, "key app is disabled")
         time.sleep(0.5)
         assert key_file.read_bytes() == v1
@@ -110,7 +78,7 @@ def test_disable_refuses_every_release_until_enabled(rig: tuple[ServerProcess, P
         )
         # A compromise is still a compromise: the v1 file goes, disabled or not.
         server.admin("revoke", "key", "app", "--version", "1", "--reason", "keyCompromise")
-        daemon.wait_for("key")
+        daemon.wait_for("key", "app")
         deadline = time.monotonic() + 10
         while key_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)

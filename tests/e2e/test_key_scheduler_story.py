@@ -6,18 +6,14 @@ make one rotation per due time."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.e2e.replicas import key_events, replicas, wait_until
 from tests.e2e.rig import Rig
-from tests.harness import ServerProcess, WatchProcess, agent, enroll, exe, execute_sql, query
+from tests.harness import RunProcess, ServerProcess, WatchProcess, agent, enroll, execute_sql, query
 
 # Periods of seconds: tests lower the server's minimum (1h by default).
 POLL = ("--key-schedule-poll", "1s", "--min-rotation-period", "1s")
@@ -27,33 +23,6 @@ RIG = Rig(
     agents=(("web-1", ("web",)), ("web-2", ("web",))),
     keys=(("app", "group:web"), ("late", "group:web")),
 )
-
-
-class _Daemon:
-    """A real `kms-agent run --no-listen`, its JSON event lines collected."""
-
-    def __init__(self, state: Path) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.proc = subprocess.Popen(
-            [exe("kms-agent"), "run", "--no-listen", "--dir", str(state)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.events.append(json.loads(line))
-
-    def saw(self, kind: str) -> bool:
-        assert self.proc.poll() is None, self.events
-        return any(e.get("kind") == kind and e.get("key") == "app" for e in self.events)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(20)
 
 
 def _schedule(server: ServerProcess, key: str) -> tuple[int, int | None, int | None, int]:
@@ -76,7 +45,7 @@ def test_a_due_rotation_goes_out_as_rotate_and_an_expiry_as_expire(rig: tuple[Se
     key_file = root / "app.key"
     assert agent(root / "web-2", "fetch-key", "app", "--out", str(key_file)).returncode == 0
     v1 = key_file.read_bytes()
-    watcher, daemon = WatchProcess(root / "web-1"), _Daemon(root / "web-2")
+    watcher, daemon = WatchProcess(root / "web-1"), RunProcess(root / "web-2")
     try:
         server.admin("key", "set", "app", "--rotate-every", "2s")
         watcher.wait_for(lambda evs: any(e["kind"] == "rotate" and e["key"] == "app" for e in evs))
@@ -84,7 +53,9 @@ def test_a_due_rotation_goes_out_as_rotate_and_an_expiry_as_expire(rig: tuple[Se
         first = next(e for e in watcher.events if e["kind"] == "rotate")
         assert (first["version"], first["reason"]) == (2, "superseded")
         # kms-agent run re-fetches the file, as after `key rotate`.
-        wait_until(lambda: daemon.saw("rotate") and key_file.read_bytes() != v1, 20, "the file follows")
+        wait_until(
+            lambda: daemon.saw("rotate", "app") and key_file.read_bytes() != v1, 20, "the file follows"
+        )
         time.sleep(1.5)  # a second rotation, if one slipped in before --no-rotation, is fetched too
         current, every, due, _ = _schedule(server, "app")
         assert (every, due) == (None, None) and current >= 2
@@ -99,7 +70,7 @@ def test_a_due_rotation_goes_out_as_rotate_and_an_expiry_as_expire(rig: tuple[Se
         watcher.wait_for(lambda evs: any(e["kind"] == "expire" and e["key"] == "app" for e in evs))
         expired = next(e for e in watcher.events if e["kind"] == "expire")
         assert (expired["version"], expired["reason"]) == (current, "expired")
-        wait_until(lambda: daemon.saw("expire"), 20, "kms-agent run hears the expiry")
+        wait_until(lambda: daemon.saw("expire", "app"), 20, "kms-agent run hears the expiry")
         [app] = [k for k in json.loads(server.admin("key", "list", "--json").stdout) if k["name"] == "app"]
         assert [v["state"] for v in app["versions"]] == ["deactivated"] * current
         assert _schedule(server, "app")[3] == 7  # both warnings and the expiry: given once
