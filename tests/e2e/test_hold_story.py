@@ -160,7 +160,9 @@ def test_agent_hold_keeps_kms_agent_run_waiting_until_release(rig: tuple[ServerP
         assert held["kind"] == "agent" and held["serial"] == _serial(root / "r")
         assert_one_line_error(_fetch(root, "r"), HELD, "on hold")
         # The held name is still in use: no second machine takes it without --replace.
-        assert_one_line_error(server.admin("token", "create", "--name", "r", check=False), 6, "--replace")
+        assert_one_line_error(
+            server.admin("token", "create", "--name", "r", check=False), 6, "--replace", "--yes"
+        )
         time.sleep(3)
         assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
         assert any(e.get("seq") == held["seq"] for e in events)
@@ -188,11 +190,13 @@ def test_only_holds_can_be_released(rig: tuple[ServerProcess, Path]) -> None:
     assert_one_line_error(server.admin("release", "agent", "x", check=False), 6, "is not held")
     # A hold that a final revocation replaces is no longer the hold's to lift.
     server.admin("revoke", "agent", "x", "--hold")
-    final = json.loads(server.admin("revoke", "cert", serial, "--reason", "keyCompromise", "--json").stdout)
+    final = json.loads(
+        server.admin("revoke", "cert", "--yes", serial, "--reason", "keyCompromise", "--json").stdout
+    )
     assert not final["already_revoked"] and final["reason"] == "keyCompromise"
     assert_one_line_error(server.admin("release", "cert", serial, check=False), 6, "keyCompromise", "final")
     assert_one_line_error(server.admin("release", "agent", "x", check=False), 6, "not held")
-    server.admin("revoke", "agent", "x", "--reason", "superseded")
+    server.admin("revoke", "agent", "--yes", "x", "--reason", "superseded")
     assert_one_line_error(server.admin("release", "agent", "x", check=False), 6, "superseded", "final")
     assert agent(root / "w", "check", "--serial", serial).returncode == 11
     # Key versions cannot be held.
