@@ -36,9 +36,13 @@ class NotInteractive(InvalidArgument):
 
 
 class Declined(KmsError):
-    """The operator answered No (or nothing) to a confirmation: nothing was done."""
+    """The operator answered No (or nothing) to a confirmation: nothing was done.
 
-    exit_code = 1
+    Its own exit code (every KmsError class has one): a person answered, and a script
+    never gets here (without a terminal the refusal is NotInteractive, exit 2).
+    """
+
+    exit_code = 14
     reason: ClassVar[str] = "declined"
 
 

@@ -57,7 +57,7 @@ def _ask_for_key(args: argparse.Namespace) -> None:
         return
     args.name = value_or_ask(None, "key name", flag="name", prog="kms-server key create")
     if not args.grant:
-        text = "grants: agent:NAME or group:NAME, comma-separated (empty for none)"
+        text = "grants (agent:NAME or group:NAME, comma-separated, empty for none)"
         args.grant = [
             g.strip() for g in ask_text(text, what="--grant", optional=True).split(",") if g.strip()
         ]

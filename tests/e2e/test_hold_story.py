@@ -160,9 +160,7 @@ def test_agent_hold_keeps_kms_agent_run_waiting_until_release(rig: tuple[ServerP
         assert held["kind"] == "agent" and held["serial"] == _serial(root / "r")
         assert_one_line_error(_fetch(root, "r"), HELD, "on hold")
         # The held name is still in use: no second machine takes it without --replace.
-        assert_one_line_error(
-            server.admin("token", "create", "--name", "r", check=False), 6, "--replace", "--yes"
-        )
+        assert_one_line_error(server.admin("token", "create", "--name", "r", check=False), 6, "--replace")
         time.sleep(3)
         assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
         assert any(e.get("seq") == held["seq"] for e in events)
