@@ -145,6 +145,13 @@ def test_revoke_agent_says_what_happens_and_yes_revokes(rig: tuple[ServerProcess
     )
     assert enrolled.returncode == 0, enrolled.stderr
     assert_one_line_error(server.admin("revoke", "agent", "doomed", check=False), 2, "--yes")
+    replacing = ("token", "create", "--name", "doomed", "--replace", "--data-dir", str(server.data_dir))
+    assert_one_line_error(server.admin(*replacing[:5], check=False), 2, "--yes")
+    child, _ = _spawn("kms-server", *replacing)
+    child.expect("agent doomed holds a valid certificate .*: enrolling with this token revokes it")
+    child.expect_exact("[y/N] ")
+    child.sendline("n")
+    assert _finish(child) == 14
     child, _ = _spawn("kms-server", "revoke", "agent", "doomed", "--data-dir", str(server.data_dir))
     child.expect(
         "agent doomed .*its certificates are revoked .*open streams are closed.*re-enrollment is barred"
