@@ -56,7 +56,7 @@ def is_interactive() -> bool:
 
 def _require_terminal(what: str) -> None:
     if not is_interactive():
-        raise NotInteractive(f"{what} is needed, and stdin is not a terminal to ask on")
+        raise NotInteractive(f"{what} is needed, and without a terminal (stdin and stdout) nothing is asked")
 
 
 def _read_line(prompt: str) -> str | None:
@@ -142,7 +142,8 @@ def confirm(summary: str, *, yes: bool, prog: str) -> None:
         return
     if not is_interactive():
         raise NotInteractive(
-            f"this cannot be undone and stdin is not a terminal to confirm it: pass --yes to {prog}"
+            f"{prog} cannot be undone, and without a terminal (stdin and stdout) to confirm it on"
+            " it is not done: pass --yes to do it"
         )
     print(summary, flush=True)
     if not ask_yes_no("Proceed?", what="--yes"):

@@ -37,7 +37,7 @@ def add_yes(parser: ArgumentParser) -> None:
         "-y",
         "--yes",
         action="store_true",
-        help="do it without asking (required when stdin is not a terminal)",
+        help="do it without asking (required without a terminal: scripts, pipes)",
     )
 
 
@@ -45,8 +45,8 @@ def refuse_unconfirmable(args: argparse.Namespace, command: str) -> None:
     """Without --yes, and no terminal to ask on: refused here, before the server is asked anything."""
     if not args.yes and not is_interactive():
         raise NotInteractive(
-            f"kms-server {command} cannot be undone and stdin is not a terminal to confirm it on:"
-            " pass --yes to do it"
+            f"kms-server {command} cannot be undone, and without a terminal (stdin and stdout) to"
+            " confirm it on it is not done: pass --yes to do it"
         )
 
 

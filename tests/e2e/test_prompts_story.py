@@ -122,7 +122,7 @@ def test_destroy_asks_and_no_keeps_the_key(rig: tuple[ServerProcess, Path]) -> N
 
     # Piped, without --yes: refused before anything is asked of the server, and nothing changes.
     refused = server.admin("key", "destroy", "precious", "--version", "1", check=False)
-    assert_one_line_error(refused, 2, "--yes", "not a terminal")
+    assert_one_line_error(refused, 2, "--yes", "without a terminal")
     assert _versions(server, "precious")[1] == "deactivated"
     server.admin("key", "destroy", "precious", "--version", "1", "--yes")
     assert _versions(server, "precious")[1] == "destroyed"
