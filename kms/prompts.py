@@ -101,7 +101,10 @@ def value_or_ask(value: str | None, question: str, *, flag: str, prog: str) -> s
 def ask_secret(question: str, *, what: str) -> str:
     """Asks with hidden input (nothing is echoed); an empty answer is refused."""
     _require_terminal(what)
-    answer = getpass.getpass(f"{question}: ").strip()
+    try:
+        answer = getpass.getpass(f"{question}: ").strip()
+    except EOFError:  # Ctrl-D
+        answer = ""
     if not answer:
         raise InvalidArgument(f"{what} is needed: nothing was typed")
     return answer
@@ -136,7 +139,7 @@ def confirm(summary: str, *, yes: bool, prog: str) -> None:
 
     Raises:
         NotInteractive: no terminal and no --yes (exit 2, naming --yes).
-        Declined: the answer was No (exit 1): nothing was done.
+        Declined: the answer was No (exit 14): nothing was done.
     """
     if yes:
         return

@@ -78,3 +78,14 @@ def test_ask_text_takes_the_default_and_refuses_end_of_input(monkeypatch: pytest
     _terminal(monkeypatch, "")
     with pytest.raises(InvalidArgument, match="--name is needed"):
         prompts.ask_text("name", what="--name")
+
+
+def test_ask_secret_end_of_input_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    _terminal(monkeypatch, "")
+
+    def ctrl_d(prompt: str) -> str:
+        raise EOFError
+
+    monkeypatch.setattr("getpass.getpass", ctrl_d)
+    with pytest.raises(InvalidArgument, match="--token is needed"):
+        prompts.ask_secret("join token", what="--token")
