@@ -21,7 +21,7 @@ from kms.addresses import join_hostport
 from kms.errors import Unauthenticated
 from kms.identity import fingerprint, fingerprint_matches
 
-__all__ = ["pin_ca"]
+__all__ = ["pin_ca", "presented_ca"]
 
 
 def _presented_chain(host: str, port: int, timeout: float) -> list[bytes]:
@@ -63,3 +63,23 @@ def pin_ca(host: str, port: int, pinned: str, timeout: float = 10.0) -> x509.Cer
         f"the server's CA ({seen}) does not match --ca-fingerprint {pinned}: "
         "check the fingerprint with `kms-server ca fingerprint`; the join token was not sent"
     )
+
+
+def presented_ca(host: str, port: int, timeout: float = 10.0) -> x509.Certificate:
+    """The CA certificate the server presents, unverified: for an operator to decide on (kms-agent
+    enroll without --ca-fingerprint, on a terminal). Nothing is sent over the connection.
+
+    Raises:
+        Unauthenticated: the chain holds no certificate, or none that parses.
+        Unreachable: the endpoint cannot be reached.
+    """
+    try:
+        chain = [x509.load_der_x509_certificate(der) for der in _presented_chain(host, port, timeout)]
+    except ValueError:
+        raise Unauthenticated(
+            f"the server at {join_hostport(host, port)} presented a certificate that does not parse"
+        ) from None
+    if not chain:
+        raise Unauthenticated(f"the server at {join_hostport(host, port)} presented no certificate")
+    roots = [c for c in chain if c.issuer == c.subject]
+    return roots[0] if roots else chain[-1]

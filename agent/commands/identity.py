@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 
+from agent.commands.guided import ask_missing
 from agent.context import connect, iso, state_dir
 from agent.enroll import enroll
 from agent.renew import renew
 from agent.servers import default_enroll_addresses, parse_addresses
 from kms.cli import ArgumentParser, Subcommands, print_json
 from kms.errors import AlreadyExists, InvalidArgument
+from kms.prompts import is_interactive
 from kms.times import iso_datetime
 
 __all__ = ["add_enroll", "add_renew", "add_status", "cmd_enroll", "cmd_renew", "cmd_status"]
@@ -32,15 +34,18 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     servers = _addresses(args.server, "KMS_SERVER", "--server")
     token = args.token or os.environ.get("KMS_JOIN_TOKEN")
     fp = args.ca_fingerprint or os.environ.get("KMS_CA_FINGERPRINT")
+    # Convention shared with kms-server: enrollment listens on the API port + 1
+    # unless told otherwise (docs/adr/0001-enrollment-listener.md).
+    enroll_servers = _addresses(args.enroll_server, "KMS_ENROLL_SERVER", "--enroll-server")
+    guided = not (servers and token and fp) and is_interactive()
+    if guided:
+        asked = ask_missing(servers, enroll_servers, token, fp, args.timeout)
+        servers, token, fp = asked.servers, asked.token, asked.ca_fingerprint
     if not servers or not token or not fp:
         raise InvalidArgument(
             "enroll needs --server, --token and --ca-fingerprint (or KMS_SERVER, KMS_JOIN_TOKEN, KMS_CA_FINGERPRINT)"
         )
-    # Convention shared with kms-server: enrollment listens on the API port + 1
-    # unless told otherwise (docs/adr/0001-enrollment-listener.md).
-    enroll_servers = _addresses(
-        args.enroll_server, "KMS_ENROLL_SERVER", "--enroll-server"
-    ) or default_enroll_addresses(servers)
+    enroll_servers = enroll_servers or default_enroll_addresses(servers)
     # A retry after a lost reply sends the same key again, so the server can answer
     # with the certificate it issued instead of refusing the spent token.
     # Only a local file key: a malformed token is the server's to refuse, after the CA pin is checked.
@@ -57,6 +62,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     )
     state.save(identity, watch_from_seq=watch_from_seq)
     not_after = iso_datetime(identity.cert.not_valid_after_utc)
+    if guided:
+        print(
+            f"in a script: kms-agent enroll --server {','.join(servers)} --ca-fingerprint {fp}"
+            " with the token in KMS_JOIN_TOKEN"
+        )
     print(
         f"enrolled as {identity.settings.name} ({identity.settings.spiffe_id}), certificate {identity.cert.serial_number:x} valid until {not_after}"
     )

@@ -10,8 +10,11 @@ from kms.cli import ArgumentParser, Subcommands, print_json, print_table
 from kms.durations import parse_duration
 from kms.errors import InvalidArgument
 from kms.events import describe, event_fields
+from kms.prompts import ask_text, value_or_ask
 from kms.revocation import HOLD, REASONS
 from kms.v1 import admin_pb2
+from server.cli import confirm
+from server.cli.admin_client import AdminClient
 from server.cli.context import admin as _admin
 from server.cli.context import iso
 
@@ -25,9 +28,24 @@ __all__ = [
 ]
 
 
+def _ask_for_agent(args: argparse.Namespace) -> None:
+    """token create without --name: on a terminal, asks for the name and the groups."""
+    if args.name:
+        return
+    args.name = value_or_ask(None, "agent name", flag="--name", prog="kms-server token create")
+    if not args.group:
+        groups = ask_text("groups (comma-separated, empty for none)", what="--group", optional=True)
+        args.group = [g.strip() for g in groups.split(",") if g.strip()]
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
+    _ask_for_agent(args)
     ttl = int(parse_duration(args.ttl, what="--ttl").total_seconds()) if args.ttl else 0
+    if args.replace:
+        confirm.refuse_unconfirmable(args, "token create --replace")
     with _admin(args) as admin:
+        if args.replace:
+            confirm.ask(args, "token create --replace", lambda: confirm.replace_summary(admin, args.name))
         resp = admin.create_join_token(args.name, args.group or [], ttl, args.allow_reenroll, args.replace)
     if args.json:
         print_json(
@@ -94,8 +112,23 @@ def _print_revocation(resp: admin_pb2.RevokeResponse, as_json: bool) -> None:
             print("renewed from it, revoked too: " + describe(event))
 
 
+def _revoke_summary(args: argparse.Namespace, admin: AdminClient) -> str | None:
+    if args.revoke_command == "cert":
+        return confirm.cert_summary(admin, args.serial)
+    if args.revoke_command == "agent":
+        return confirm.agent_summary(admin, args.name)
+    return confirm.key_revoke_summary(admin, args.name, args.version)
+
+
 def cmd_revoke(args: argparse.Namespace) -> int:
+    # A hold is undone by kms-server release: only a revocation for good is confirmed.
+    final = args.reason != HOLD and not getattr(args, "hold", False)
+    command = f"revoke {args.revoke_command}"
+    if final:
+        confirm.refuse_unconfirmable(args, command)
     with _admin(args) as admin:
+        if final:
+            confirm.ask(args, command, lambda: _revoke_summary(args, admin))
         if args.revoke_command == "cert":
             resp = admin.revoke_certificate(args.serial, args.reason)
         elif args.revoke_command == "agent":
@@ -134,7 +167,7 @@ def add_token(sub: Subcommands, common: ArgumentParser) -> None:
         dest="token_command", required=True, metavar="COMMAND"
     )
     create = token.add_parser("create", parents=[common], help="create a one-time join token for an agent")
-    create.add_argument("--name", required=True, help="the agent's name")
+    create.add_argument("--name", help="the agent's name (asked for on a terminal when absent)")
     create.add_argument("--group", action="append", help="a group the agent joins, repeatable")
     create.add_argument("--ttl", help="token lifetime, e.g. 15m (default: the server's --token-ttl)")
     create.add_argument("--json", action="store_true", help="print token, name, groups and expiry as JSON")
@@ -147,6 +180,7 @@ def add_token(sub: Subcommands, common: ArgumentParser) -> None:
         help="for a name that holds a valid certificate: enrolling with this token revokes it (superseded);"
         " without it such a name is refused, so no two machines hold one identity",
     )
+    confirm.add_yes(create)
     create.set_defaults(func=cmd_token_create)
 
 
@@ -195,6 +229,7 @@ def add_revoke(sub: Subcommands, common: ArgumentParser) -> None:
     for p in (rc, ra, rk):
         p.add_argument("--reason", default="", help=reasons)
         p.add_argument("--json", action="store_true")
+        confirm.add_yes(p)
         p.set_defaults(func=cmd_revoke)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from kms.cli import ArgumentParser, Subcommands, print_json
 from kms.errors import InvalidArgument
 from kms.settings import options
+from server.cli import confirm
 from server.cli.context import config_file
 from server.cli.context import data_dir as find_data_dir
 from server.config import SETTINGS, ServerConfig, url_holds_secret
@@ -58,10 +60,27 @@ def cmd_restore(args: argparse.Namespace) -> int:
     master = Path(args.master_key) if args.master_key else None
     if master is None:
         raise InvalidArgument("restore needs --master-key FILE: the backup does not contain it")
-    from server.deployment.backup import restore  # as in cmd_run
+    from server.deployment.backup import restore, restore_replacing  # as in cmd_run
 
-    restore(Path(args.file), data_dir, master)
-    print(f"restored {args.file} into {data_dir}: start it with kms-server run --data-dir {data_dir}")
+    entries = sorted(p.name for p in data_dir.iterdir()) if data_dir.is_dir() else []
+    if not entries:
+        restore(Path(args.file), data_dir, master)
+        print(f"restored {args.file} into {data_dir}: start it with kms-server run --data-dir {data_dir}")
+        return 0
+    aside = data_dir.with_name(
+        f"{data_dir.name}.before-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    )
+    shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+    confirm.ask(
+        args,
+        "restore",
+        lambda: (
+            f"{data_dir} is not empty ({len(entries)} entries: {shown}): they are moved to {aside},"
+            f" and {args.file} is unpacked in their place. The server must be stopped."
+        ),
+    )
+    restore_replacing(Path(args.file), data_dir, master, aside)
+    print(f"restored {args.file} into {data_dir}; what it held before is in {aside}")
     return 0
 
 
@@ -101,8 +120,11 @@ def add_config(sub: Subcommands, common: ArgumentParser) -> None:
 
 def add_restore(sub: Subcommands, common: ArgumentParser) -> None:
     rs = sub.add_parser(
-        "restore", parents=[common], help="unpack a backup into a new data dir (server stopped)"
+        "restore",
+        parents=[common],
+        help="unpack a backup into a new data dir (server stopped); a non-empty one is moved aside, after asking",
     )
     rs.add_argument("file", metavar="FILE")
     rs.add_argument("--master-key", help="the master key file of the backed-up server")
+    confirm.add_yes(rs)
     rs.set_defaults(func=cmd_restore)

@@ -9,7 +9,9 @@ import time
 
 from kms.cli import ArgumentParser, Subcommands, print_json, print_table
 from kms.keypairs import KEY_TYPES
+from kms.prompts import ask_text, value_or_ask
 from kms.v1 import admin_pb2
+from server.cli import confirm
 from server.cli.context import admin as _admin
 from server.cli.context import iso
 from server.cli.key_schedule import add_schedule_options, add_set_and_show, schedule_request
@@ -49,7 +51,20 @@ def _schedule_text(key: admin_pb2.KeyInfo) -> str:
     return "; " + "; ".join(parts) if parts else ""
 
 
+def _ask_for_key(args: argparse.Namespace) -> None:
+    """key create without a name: on a terminal, asks for the name and the grants."""
+    if args.name:
+        return
+    args.name = value_or_ask(None, "key name", flag="name", prog="kms-server key create")
+    if not args.grant:
+        text = "grants (agent:NAME or group:NAME, comma-separated, empty for none)"
+        args.grant = [
+            g.strip() for g in ask_text(text, what="--grant", optional=True).split(",") if g.strip()
+        ]
+
+
 def cmd_key_create(args: argparse.Namespace) -> int:
+    _ask_for_key(args)
     expires_at, rotate_every = schedule_request(args, int(time.time()))
     schedule = {"expires_at": expires_at or 0, "rotate_every": rotate_every or 0}
     with _admin(args) as admin:
@@ -76,7 +91,9 @@ def cmd_key_grant(args: argparse.Namespace) -> int:
 
 
 def cmd_key_destroy(args: argparse.Namespace) -> int:
+    confirm.refuse_unconfirmable(args, "key destroy")
     with _admin(args) as admin:
+        confirm.ask(args, "key destroy", lambda: confirm.destroy_summary(admin, args.name, args.version))
         _print_key(admin.destroy_key_version(args.name, args.version), args.json)
     return 0
 
@@ -147,7 +164,7 @@ def add_key(sub: Subcommands, common: ArgumentParser) -> None:
         "key", help="AES keys and key pairs: create, rotate, grant, list, show, set, destroy, disable, enable"
     ).add_subparsers(dest="key_command", required=True, metavar="COMMAND")
     kc = key.add_parser("create", parents=[common], help="create a key (version 1)")
-    kc.add_argument("name")
+    kc.add_argument("name", nargs="?", help="the key's name (asked for on a terminal when absent)")
     kc.add_argument("--grant", action="append", help="agent:NAME or group:NAME, repeatable")
     kc.add_argument(
         "--type",
@@ -179,6 +196,7 @@ def add_key(sub: Subcommands, common: ArgumentParser) -> None:
     kd = key.add_parser("destroy", parents=[common], help="erase one non-current version for good")
     kd.add_argument("name")
     kd.add_argument("--version", type=int, required=True)
+    confirm.add_yes(kd)
     kd.set_defaults(func=cmd_key_destroy)
     ks = key.add_parser(
         "disable", parents=[common], help="stop releasing every version of a key, until enabled (reversible)"

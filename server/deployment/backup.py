@@ -8,6 +8,8 @@ restoring needs the master key from wherever the operator keeps it.
 
 from __future__ import annotations
 
+import fcntl
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -18,7 +20,7 @@ from server.deployment.datadir import DataDir, DataDirError
 from server.deployment.sealing import Sealer
 from server.store import Store
 
-__all__ = ["backup", "restore"]
+__all__ = ["backup", "restore", "restore_replacing"]
 
 _FILES = ("ca.crt", "ca.key", "server.crt", "server.key")
 _DB = "kms.db"
@@ -75,6 +77,37 @@ def restore(source: Path, data_dir: Path, master_key_file: Path) -> None:
             (data_dir / name).unlink(missing_ok=True)
         message = exc.message if isinstance(exc, DataDirError) else str(exc)
         raise FailedPrecondition(f"the master key does not open this backup: {message}") from None
+
+
+def _refuse_running(data_dir: Path) -> None:
+    """A server running on data_dir holds its kms.lock (DataDir.prepare): then nothing is touched."""
+    lock_path = data_dir / "kms.lock"
+    if not lock_path.exists():
+        return
+    with lock_path.open("ab") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FailedPrecondition(
+                f"a kms-server is running with data dir {data_dir}: stop it before restoring into it"
+            ) from None
+
+
+def restore_replacing(source: Path, data_dir: Path, master_key_file: Path, aside: Path) -> None:
+    """Restores into a non-empty data dir: its contents move to ``aside`` first, and back if it fails.
+
+    Nothing is deleted: the former deployment stays whole in ``aside`` for the operator.
+    """
+    if aside.exists():
+        raise FailedPrecondition(f"{aside} exists already: move it away, then restore again")
+    _refuse_running(data_dir)
+    data_dir.rename(aside)
+    try:
+        restore(source, data_dir, master_key_file)
+    except BaseException:
+        shutil.rmtree(data_dir, ignore_errors=True)  # only what this restore made: the old data is aside
+        aside.rename(data_dir)
+        raise
 
 
 def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:

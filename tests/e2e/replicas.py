@@ -94,7 +94,7 @@ def warm_up(server: ServerProcess, watchers: list[WatchProcess], key: str) -> No
 
     Watchers here are in group watch: key events go only to the key's grantees."""
     server.admin("key", "create", key, "--grant", "group:watch")
-    server.admin("revoke", "key", key, "--version", "1")
+    server.admin("revoke", "key", "--yes", key, "--version", "1")
     for w in watchers:
         w.wait_for(lambda evs: any(e.get("key") == key for e in evs), timeout=30)
 

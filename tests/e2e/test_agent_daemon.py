@@ -86,7 +86,7 @@ def test_agent_runs_across_three_lifetimes(tmp_path: Path) -> None:
         assert any(e.get("kind") == "rotate" and e.get("version") == 2 for e in events)
         # Compromise of the current version: the server rotates to v3 and the files follow.
         v2 = key_file.read_bytes()
-        server.admin("revoke", "key", "app", "--version", "2", "--reason", "keyCompromise")
+        server.admin("revoke", "key", "--yes", "app", "--version", "2", "--reason", "keyCompromise")
         wait_for_version(3)
         assert key_file.read_bytes() not in (v1, v2) and pinned.read_bytes() == v1
         assert any(e.get("kind") == "key" and e.get("version") == 2 for e in events)

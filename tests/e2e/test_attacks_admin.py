@@ -90,7 +90,7 @@ def test_a_second_machine_cannot_enroll_beside_the_first(server: ServerProcess, 
     watch = WatchProcess(first)
     try:
         time.sleep(0.5)  # let the stream open: the event must come live, not by replay
-        token = server.admin("token", "create", "--name", "twin", "--replace").stdout.strip()
+        token = server.admin("token", "create", "--name", "twin", "--replace", "--yes").stdout.strip()
         assert enroll(server, second, token).returncode == 0
         # The first machine hears it at once, and its watch ends as revoked (exit 11).
         watch.wait_for(lambda evs: any(e.get("reason") == "superseded" for e in evs), timeout=10)
@@ -113,7 +113,7 @@ def test_a_second_machine_cannot_enroll_beside_the_first(server: ServerProcess, 
 
 def test_a_token_for_a_revoked_name_is_refused_when_made(server: ServerProcess, root: Path) -> None:
     assert enroll(server, root / "gone", server.token("gone")).returncode == 0
-    server.admin("revoke", "agent", "gone")
+    server.admin("revoke", "agent", "--yes", "gone")
     before = snapshot(server)
     assert_one_line_error(
         server.admin("token", "create", "--name", "gone", check=False), 6, "was revoked", "--allow-reenroll"
@@ -345,7 +345,7 @@ def test_an_enrollment_retried_with_the_same_key_gets_the_same_certificate(
     assert other_key.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert BAD_TOKEN in (other_key.value.details() or "")
     serial = format(x509.load_der_x509_certificate(first.certificate_der).serial_number, "x")
-    server.admin("revoke", "cert", serial)
+    server.admin("revoke", "cert", "--yes", serial)
     with pytest.raises(grpc.RpcError) as revoked:
         _enroll_raw(server, server.enroll_address, token, csr_der(rsa_key))
     assert revoked.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -460,7 +460,7 @@ def test_sign_refuses_a_revoked_certificate_online_and_offline(
     watch = WatchProcess(signer)
     try:
         time.sleep(0.5)
-        server.admin("revoke", "agent", "signer", "--reason", "keyCompromise")
+        server.admin("revoke", "agent", "--yes", "signer", "--reason", "keyCompromise")
         assert watch.proc.wait(15) == 11  # its watch heard it, and wrote it down
     finally:
         watch.stop()

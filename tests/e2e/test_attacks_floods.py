@@ -148,7 +148,7 @@ def test_a_stolen_certificate_does_not_survive_its_revocation_through_renewal(tm
         # keyCompromise of the stolen certificate reaches everything renewed from it.
         # (At any depth: tests/unit/server/test_store*.py.) Every watcher hears of each certificate.
         done = json.loads(
-            server.admin("revoke", "cert", stolen, "--reason", "keyCompromise", "--json").stdout
+            server.admin("revoke", "cert", "--yes", stolen, "--reason", "keyCompromise", "--json").stdout
         )
         assert done["serial"] == stolen and not done["already_revoked"]
         assert [e["serial"] for e in done["cascaded"]] == [renewed]
@@ -201,7 +201,7 @@ def test_no_key_release_is_recorded_after_the_revocation_of_its_caller(
     time.sleep(1.0)  # releases under way
     revokes = [
         subprocess.Popen(
-            [exe("kms-server"), "revoke", "agent", name, "--data-dir", str(server.data_dir)],
+            [exe("kms-server"), "revoke", "agent", "--yes", name, "--data-dir", str(server.data_dir)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

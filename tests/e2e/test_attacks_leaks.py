@@ -153,7 +153,9 @@ def test_a_new_agents_first_watch_starts_at_its_enrollment(rig: tuple[ServerProc
 
     # A machine that replaces it (--replace) does not start with the revocation of the
     # certificates it replaced, committed with its own enrollment: that is history too.
-    token = server.admin("token", "create", "--name", "late", "--group", "late", "--replace").stdout.strip()
+    token = server.admin(
+        "token", "create", "--name", "late", "--group", "late", "--replace", "--yes"
+    ).stdout.strip()
     assert enroll(server, root / "late-2", token).returncode == 0
     superseded = _last_seq(server)
     ran.unlink()

@@ -57,7 +57,7 @@ def _wait_until_listening(server: ServerProcess, state: Path, deadline: float = 
 
 
 def _revoke_timed(server: ServerProcess, *args: str) -> float:
-    server.admin("revoke", *args)
+    server.admin("revoke", *args, "--yes")
     return time.monotonic()
 
 
@@ -154,7 +154,7 @@ def test_exchange_gives_one_answer_for_unknown_revoked_and_absent_agents(
     asker = enrolled(server, root, "asker")
     enrolled(server, root, "gone")
     enrolled(server, root, "idle")
-    server.admin("revoke", "agent", "gone")
+    server.admin("revoke", "agent", "--yes", "gone")
     ch = channel(server, asker)
     try:
         answers = {}

@@ -17,7 +17,7 @@ def test_actions_are_recorded_in_order_and_tampering_is_found(server: ServerProc
     assert agent(tmp_path / "a", "fetch-key", "ledger").returncode == 0
     assert agent(tmp_path / "a", "fetch-key", "not-mine").returncode == 4
     assert agent(tmp_path / "a", "exchange", "--peer", "server").returncode == 0
-    server.admin("revoke", "agent", "auditee", "--reason", "superseded")
+    server.admin("revoke", "agent", "--yes", "auditee", "--reason", "superseded")
 
     records = json.loads(server.admin("audit", "list", "--json").stdout)
     actions = [(r["action"], r["outcome"]) for r in records]

@@ -65,7 +65,7 @@ def test_backup_under_load_restores_a_consistent_working_server(tmp_path: Path, 
     finally:
         assert server.stop() == 0
 
-    # Restore needs the master key, refuses a wrong one, and refuses a non-empty directory.
+    # Restore needs the master key and refuses a wrong one.
     wrong = tmp_path / "wrong.key"
     wrong.write_bytes(b"\x01" * 32)
     wrong.chmod(0o600)
@@ -97,10 +97,18 @@ def test_backup_under_load_restores_a_consistent_working_server(tmp_path: Path, 
         ]
     )
     assert ok.returncode == 0, ok.stderr
-    again = run(
-        [exe("kms-server"), "restore", str(backup), "--data-dir", str(restored), "--master-key", str(wrong)]
-    )
-    assert_one_line_error(again, 6, "not empty")
+    # Into a non-empty directory: only with --yes (no terminal here to ask on); its contents are
+    # moved aside first, and back when the restore fails.
+    again = [exe("kms-server"), "restore", str(backup), "--data-dir", str(restored), "--master-key"]
+    assert_one_line_error(run([*again, str(wrong)]), 2, "--yes")
+    before = sorted(p.name for p in restored.iterdir())
+    assert_one_line_error(run([*again, str(wrong), "--yes"]), 6, "does not open this backup")
+    assert sorted(p.name for p in restored.iterdir()) == before
+    assert not list(tmp_path.glob("r.before-restore-*"))
+    replaced = run([*again, str(tmp_path / "d" / "master.key"), "--yes"])
+    assert replaced.returncode == 0, replaced.stderr
+    (aside,) = tmp_path.glob("r.before-restore-*")
+    assert sorted(p.name for p in aside.iterdir()) == before
 
     second = ServerProcess(restored).start()
     try:

@@ -294,7 +294,7 @@ def test_old_certificate_keeps_its_own_groups(server: ServerProcess, tmpdir_shor
     shutil.copytree(first, second)
     # The name holds a valid certificate: re-enrolling it takes --replace, which revokes that one.
     token = server.admin(
-        "token", "create", "--name", "reimaged", "--group", "prod", "--replace"
+        "token", "create", "--name", "reimaged", "--group", "prod", "--replace", "--yes"
     ).stdout.strip()
     result = enroll(server, second, token, force="")
     assert result.returncode == 0, result.stderr

@@ -190,7 +190,7 @@ def test_listen_from_accepts_only_the_named_agent(rig: tuple[ServerProcess, Path
 
 def test_unknown_offline_and_revoked_peers(rig: tuple[ServerProcess, Path]) -> None:
     server, root = rig
-    server.admin("revoke", "agent", "c")
+    server.admin("revoke", "agent", "--yes", "c")
     # One answer for all three, so no agent can probe names or revocations through the relay.
     answers = {peer: _exchange(root / "a", peer) for peer in ("nobody", "lonely", "c")}
     for peer, result in answers.items():
@@ -226,7 +226,7 @@ def test_sign_and_verify(rig: tuple[ServerProcess, Path], tmp_path: Path) -> Non
     )
     # A signature by an agent revoked since: refused now.
     assert agent(root / "lonely", "sign", str(doc), "--out", str(tmp_path / "lonely.sig")).returncode == 0
-    server.admin("revoke", "agent", "lonely")
+    server.admin("revoke", "agent", "--yes", "lonely")
     assert_one_line_error(agent(root / "a", "verify", str(doc), str(tmp_path / "lonely.sig")), 3, "revoked")
     # Not a signature file at all.
     assert_one_line_error(agent(root / "a", "verify", str(doc), str(doc)), 2, "not a kms-agent signature")

@@ -188,11 +188,13 @@ def test_only_holds_can_be_released(rig: tuple[ServerProcess, Path]) -> None:
     assert_one_line_error(server.admin("release", "agent", "x", check=False), 6, "is not held")
     # A hold that a final revocation replaces is no longer the hold's to lift.
     server.admin("revoke", "agent", "x", "--hold")
-    final = json.loads(server.admin("revoke", "cert", serial, "--reason", "keyCompromise", "--json").stdout)
+    final = json.loads(
+        server.admin("revoke", "cert", "--yes", serial, "--reason", "keyCompromise", "--json").stdout
+    )
     assert not final["already_revoked"] and final["reason"] == "keyCompromise"
     assert_one_line_error(server.admin("release", "cert", serial, check=False), 6, "keyCompromise", "final")
     assert_one_line_error(server.admin("release", "agent", "x", check=False), 6, "not held")
-    server.admin("revoke", "agent", "x", "--reason", "superseded")
+    server.admin("revoke", "agent", "--yes", "x", "--reason", "superseded")
     assert_one_line_error(server.admin("release", "agent", "x", check=False), 6, "superseded", "final")
     assert agent(root / "w", "check", "--serial", serial).returncode == 11
     # Key versions cannot be held.

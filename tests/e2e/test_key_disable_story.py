@@ -77,7 +77,7 @@ def test_disable_refuses_every_release_until_enabled(rig: tuple[ServerProcess, P
             agent(web, "decrypt", str(sealed), str(root / "out.bin")), 6, "key app is disabled"
         )
         # A compromise is still a compromise: the v1 file goes, disabled or not.
-        server.admin("revoke", "key", "app", "--version", "1", "--reason", "keyCompromise")
+        server.admin("revoke", "key", "--yes", "app", "--version", "1", "--reason", "keyCompromise")
         daemon.wait_for("key", "app")
         deadline = time.monotonic() + 10
         while key_file.exists() and time.monotonic() < deadline:

@@ -111,7 +111,7 @@ def test_key_pairs_are_fetched_published_and_sign_across_rotations(rig: tuple[Se
         "by key rsa-signer, not ec-signer",
     )
     # A compromised version's signatures are refused; the current one's are not.
-    server.admin("revoke", "key", "rsa-signer", "--version", "1", "--reason", "keyCompromise")
+    server.admin("revoke", "key", "--yes", "rsa-signer", "--version", "1", "--reason", "keyCompromise")
     assert_one_line_error(
         agent(web, "verify", "--key", "rsa-signer", str(data), str(sig1)),
         6,

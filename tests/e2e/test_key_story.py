@@ -103,10 +103,12 @@ def test_rotate_then_destroy(server: ServerProcess, fleet: dict[str, Path]) -> N
     assert (root / "old.dec").read_bytes() == b"written under version 1"
 
     # The current version cannot be destroyed; an old one can, for good.
-    assert_one_line_error(server.admin("key", "destroy", "app", "--version", "2", check=False), 6, "rotate")
+    assert_one_line_error(
+        server.admin("key", "destroy", "--yes", "app", "--version", "2", check=False), 6, "rotate"
+    )
     before = snapshot(server)["key_versions"]
     sealed_v1 = next(r[3] for r in before if r[1] == 1)
-    destroyed = json.loads(server.admin("key", "destroy", "app", "--version", "1", "--json").stdout)
+    destroyed = json.loads(server.admin("key", "destroy", "--yes", "app", "--version", "1", "--json").stdout)
     assert destroyed["versions"][0]["state"] == "destroyed"
     assert sealed_v1 not in store_bytes(server)
     assert_one_line_error(agent(a, "fetch-key", "app", "--version", "1"), 6, "was destroyed")
@@ -212,8 +214,10 @@ def test_fetchkey_rpc_bounds(server: ServerProcess, fleet: dict[str, Path]) -> N
         ),
         pytest.param(["key", "rotate", "nope"], 5, "no key named", id="rotate-unknown"),
         pytest.param(["key", "ungrant", "app", "agent:nobody"], 5, "has no grant", id="ungrant-absent"),
-        pytest.param(["key", "destroy", "app", "--version", "0"], 2, "positive", id="destroy-zero"),
-        pytest.param(["key", "destroy", "app", "--version", "77"], 5, "no version 77", id="destroy-absent"),
+        pytest.param(["key", "destroy", "--yes", "app", "--version", "0"], 2, "positive", id="destroy-zero"),
+        pytest.param(
+            ["key", "destroy", "--yes", "app", "--version", "77"], 5, "no version 77", id="destroy-absent"
+        ),
     ],
 )
 def test_admin_key_bad_input_changes_nothing(

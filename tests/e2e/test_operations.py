@@ -60,7 +60,7 @@ def test_health_reflection_metrics_json_logs_and_live_rotation(tmp_path: Path) -
         watcher = WatchProcess(state)
         try:
             server.admin("key", "create", "w", "--grant", "group:web")
-            server.admin("revoke", "key", "w", "--version", "1")
+            server.admin("revoke", "key", "--yes", "w", "--version", "1")
             watcher.wait_for(lambda evs: any(e.get("key") == "w" for e in evs))
 
             http = server.fields["http-address"]
@@ -89,7 +89,7 @@ def test_health_reflection_metrics_json_logs_and_live_rotation(tmp_path: Path) -
                 time.sleep(0.5)
             assert _served_serial(server.enroll_address) != first
             server.admin("key", "create", "after", "--grant", "group:web")
-            server.admin("revoke", "key", "after", "--version", "1")
+            server.admin("revoke", "key", "--yes", "after", "--version", "1")
             # The watch stream opened before the rotation still works, and new calls too.
             watcher.wait_for(lambda evs: any(e.get("key") == "after" for e in evs))
             assert agent(state, "status").returncode == 0

@@ -55,7 +55,7 @@ def test_renew_rekeys_and_keeps_identity(server: ServerProcess, tmp_path: Path) 
     )
 
     # A revoked certificate cannot renew.
-    server.admin("revoke", "agent", "renewer")
+    server.admin("revoke", "agent", "--yes", "renewer")
     assert_one_line_error(agent(state, "renew"), 11, "was revoked")
 
 

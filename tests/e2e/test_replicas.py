@@ -97,7 +97,7 @@ def test_revocations_through_one_replica_are_enforced_by_the_other(
     assert agent(holder, "fetch-key", "opskey", "--version", "1").returncode == 0
 
     # A key version compromised through B: A stops releasing it.
-    b.admin("revoke", "key", "opskey", "--version", "1", "--reason", "keyCompromise")
+    b.admin("revoke", "key", "--yes", "opskey", "--version", "1", "--reason", "keyCompromise")
     wait_until(
         lambda: agent(holder, "fetch-key", "opskey", "--version", "1").returncode == 6,
         10,
@@ -106,7 +106,7 @@ def test_revocations_through_one_replica_are_enforced_by_the_other(
     assert_one_line_error(agent(holder, "fetch-key", "opskey", "--version", "1"), 6, "compromised")
 
     # An agent revoked through A: B refuses it.
-    a.admin("revoke", "agent", "victim", "--reason", "keyCompromise")
+    a.admin("revoke", "agent", "--yes", "victim", "--reason", "keyCompromise")
     wait_until(lambda: agent(victim, "status").returncode == 11, 10, "B refuses an agent revoked through A")
     assert_one_line_error(agent(victim, "fetch-key", "opskey"), 11, "was revoked")
 

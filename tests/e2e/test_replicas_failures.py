@@ -183,7 +183,7 @@ def test_postgresql_restart_under_load_is_ridden_out_without_restarting_replicas
             assert agent(state, "renew").returncode == 0
             for server in (a, b):
                 server.admin("key", "create", f"after-{server.data_dir.name}", "--grant", "group:watch")
-                server.admin("revoke", "key", f"after-{server.data_dir.name}", "--version", "1")
+                server.admin("revoke", "key", "--yes", f"after-{server.data_dir.name}", "--version", "1")
 
             # Calls during the outages failed as UNAVAILABLE, nothing else.
             assert rpc_errors, "the load never met the outage"
@@ -230,12 +230,12 @@ def test_a_replica_stops_when_the_shared_event_log_is_rewritten() -> None:
     try:
         for key in ("r1", "r2", "r3"):  # A sends these out itself, as they commit
             a.admin("key", "create", key)
-            a.admin("revoke", "key", key, "--version", "1")
+            a.admin("revoke", "key", "--yes", key, "--version", "1")
         restore_point = log_seqs(a)[0]
         execute_sql(a, "DELETE FROM events WHERE seq > ?", restore_point)
         execute_sql(a, "UPDATE counters SET value = ? WHERE name = 'events'", restore_point)
         b.admin("key", "create", "r4")
-        b.admin("revoke", "key", "r4", "--version", "1")  # takes the lost number, and wakes A
+        b.admin("revoke", "key", "--yes", "r4", "--version", "1")  # takes the lost number, and wakes A
         assert a.proc is not None
         assert a.proc.wait(30) == 1, a.output()
         assert "no longer holds event" in a.output() and "start every replica again" in a.output()

@@ -57,7 +57,7 @@ def _warm_up(server: ServerProcess, watchers: list[WatchProcess], key: str) -> N
 
     The key is granted to group web (every watcher's): key events go only to its grantees."""
     server.admin("key", "create", key, "--grant", "group:web")
-    server.admin("revoke", "key", key, "--version", "1")
+    server.admin("revoke", "key", "--yes", key, "--version", "1")
     for w in watchers:
         w.wait_for(lambda events: any(e.get("key") == key for e in events))
 
@@ -70,7 +70,7 @@ def test_three_watchers_hear_agent_b_revoked_and_key_files_go(rig: tuple[ServerP
     try:
         _warm_up(server, list(watchers.values()), "warm-1")
         b_serial = _serial(root / "b")
-        done = server.admin("revoke", "agent", "b", "--reason", "keyCompromise", "--json")
+        done = server.admin("revoke", "agent", "--yes", "b", "--reason", "keyCompromise", "--json")
         event = json.loads(done.stdout)
         assert event["kind"] == "agent" and event["serial"] == b_serial and not event["already_revoked"]
 
@@ -86,13 +86,13 @@ def test_three_watchers_hear_agent_b_revoked_and_key_files_go(rig: tuple[ServerP
 
         # Revoking again is not an error and makes no new event.
         before = len(snapshot(server)["events"])
-        again = json.loads(server.admin("revoke", "agent", "b", "--json").stdout)
+        again = json.loads(server.admin("revoke", "agent", "--yes", "b", "--json").stdout)
         assert again["already_revoked"] and again["seq"] == event["seq"]
         assert len(snapshot(server)["events"]) == before
 
         # A compromised key version: A's key file is deleted by its watcher.
         assert key_file.exists()
-        server.admin("revoke", "key", "app", "--version", "1", "--reason", "keyCompromise")
+        server.admin("revoke", "key", "--yes", "app", "--version", "1", "--reason", "keyCompromise")
         watchers["a"].wait_for(lambda evs: any(e.get("key") == "app" for e in evs))
         assert not key_file.exists()
         assert_one_line_error(agent(root / "a", "fetch-key", "app", "--version", "1"), 6, "compromised")
@@ -110,8 +110,10 @@ def test_revoked_agent_reenrolls_only_when_allowed(rig: tuple[ServerProcess, Pat
     server, root = rig
     assert enroll(server, root / "r1", server.token("reborn", "web")).returncode == 0
     # A token made before the revocation (it must replace the valid certificate then).
-    early = server.admin("token", "create", "--name", "reborn", "--group", "web", "--replace").stdout.strip()
-    server.admin("revoke", "agent", "reborn")
+    early = server.admin(
+        "token", "create", "--name", "reborn", "--group", "web", "--replace", "--yes"
+    ).stdout.strip()
+    server.admin("revoke", "agent", "--yes", "reborn")
     # After it, a token for the name is refused at once, not at enrollment.
     assert_one_line_error(
         server.admin("token", "create", "--name", "reborn", check=False), 6, "--allow-reenroll"
@@ -186,13 +188,22 @@ def test_watch_bad_after_seq(rig: tuple[ServerProcess, Path]) -> None:
 @pytest.mark.parametrize(
     "args, code, needle",
     [
-        pytest.param(["revoke", "cert", "abcdef0123"], 5, "no certificate with serial", id="unknown-serial"),
-        pytest.param(["revoke", "cert", "not-hex"], 2, "hexadecimal", id="bad-serial"),
-        pytest.param(["revoke", "agent", "nobody"], 5, "no agent named", id="unknown-agent"),
-        pytest.param(["revoke", "key", "nokey", "--version", "1"], 5, "has no version", id="unknown-key"),
-        pytest.param(["revoke", "key", "app", "--version", "0"], 2, "out of range", id="version-zero"),
         pytest.param(
-            ["revoke", "agent", "a", "--reason", "becauseISaidSo"], 2, "keyCompromise", id="bad-reason"
+            ["revoke", "cert", "--yes", "abcdef0123"], 5, "no certificate with serial", id="unknown-serial"
+        ),
+        pytest.param(["revoke", "cert", "--yes", "not-hex"], 2, "hexadecimal", id="bad-serial"),
+        pytest.param(["revoke", "agent", "--yes", "nobody"], 5, "no agent named", id="unknown-agent"),
+        pytest.param(
+            ["revoke", "key", "--yes", "nokey", "--version", "1"], 5, "has no version", id="unknown-key"
+        ),
+        pytest.param(
+            ["revoke", "key", "--yes", "app", "--version", "0"], 2, "out of range", id="version-zero"
+        ),
+        pytest.param(
+            ["revoke", "agent", "--yes", "a", "--reason", "becauseISaidSo"],
+            2,
+            "keyCompromise",
+            id="bad-reason",
         ),
         # Certificates and agents can be held (tests/e2e/test_hold_story.py); key versions cannot.
         pytest.param(
@@ -290,7 +301,7 @@ def test_thousand_watch_streams_each_get_the_event_once(rig: tuple[ServerProcess
         tasks = [asyncio.create_task(one(i)) for i in range(streams)]
         for _ in range(streams):
             await asyncio.wait_for(ready.acquire(), 60)
-        await asyncio.to_thread(server.admin, "revoke", "key", "fanout", "--version", "1")
+        await asyncio.to_thread(server.admin, "revoke", "key", "--yes", "fanout", "--version", "1")
         done, pending = await asyncio.wait(tasks, timeout=60)
         for t in pending:
             t.cancel()
