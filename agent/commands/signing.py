@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -26,6 +28,8 @@ from kms.times import iso
 
 __all__ = ["add_sign", "add_verify", "cmd_sign", "cmd_verify"]
 
+_Sig = TypeVar("_Sig", filesig.FileSignature, filesig.KeySignature)
+
 
 def _sha256_file(path: str) -> bytes:
     """SHA-256 of a file, or of standard input for ``-``."""
@@ -39,12 +43,18 @@ def _sha256_file(path: str) -> bytes:
     return digest.digest()
 
 
-def _read_signature(path: str) -> bytes:
+def _read_signature(path: str, parse: Callable[[bytes], _Sig]) -> _Sig:
+    """The signature file at path, parsed; a malformed one is refused naming the file and what is wrong."""
     with open_input(path) as f:
         try:
-            return f.read()
+            data = f.read()
         except OSError as exc:
             raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return parse(data)
+    except InvalidArgument as exc:
+        shown = "standard input" if is_stdio(path) else path
+        raise InvalidArgument(f"{shown}: {exc.message}") from None
 
 
 def _sign_with_key(args: argparse.Namespace) -> tuple[bytes, str]:
@@ -63,7 +73,7 @@ def _sign_with_key(args: argparse.Namespace) -> tuple[bytes, str]:
 def _verify_with_key(args: argparse.Namespace) -> int:
     if args.signer:
         raise InvalidArgument("--signer names an agent: a signature by a key pair (--key) has none")
-    sig = filesig.parse_key_signature(_read_signature(args.signature))
+    sig = _read_signature(args.signature, filesig.parse_key_signature)
     if sig.key != args.key:
         raise InvalidArgument(f"the signature is by key {sig.key}, not {args.key}")
     digest = _sha256_file(args.file)
@@ -112,7 +122,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise InvalidArgument("only one of FILE and SIG can be standard input (-)")
     if args.key:
         return _verify_with_key(args)
-    sig = filesig.parse(_read_signature(args.signature))
+    sig = _read_signature(args.signature, filesig.parse)
     digest = _sha256_file(args.file)
     identity, client = connect(args)
     ca = x509.load_pem_x509_certificate(identity.ca_bundle_pem)
