@@ -135,7 +135,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         signer = filesig.verify_file(
             sig,
             digest,
-            lambda when: agent_peer(ca, trust_domain, args.signer, when, is_revoked),
+            lambda when: agent_peer(ca, trust_domain, args.signer, when, is_revoked, "signer"),
             int(datetime.now(UTC).timestamp()),
         )
     signed = iso(sig.signed_at)

@@ -16,6 +16,7 @@ from kms import filesig, profile
 from kms.errors import DataLoss, InvalidArgument
 from kms.handshake import PeerRejected
 from kms.peers import agent_peer
+from tests.pki import foreign_ca_and_client
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -143,3 +144,19 @@ def test_malformed_key_signature_says_what_is_wrong(fields: dict[str, object], r
     with pytest.raises(InvalidArgument, match="not a kms-agent signature file: ") as info:
         filesig.parse_key_signature(data)
     assert reason in info.value.message
+
+
+def test_signature_from_another_ca_says_so(signer, rsa_key: rsa.RSAPrivateKey) -> None:  # type: ignore[no-untyped-def]
+    """Issue 17: a signature made in another deployment is not the verifier's to fix by enrolling again."""
+    ca, _ = signer
+    _, foreign = foreign_ca_and_client(rsa_key, "t.org", "web-1")
+    digest = hashlib.sha256(b"file").digest()
+    now = int(NOW.timestamp())
+    sig = filesig.create(rsa_key, (foreign.public_bytes(Encoding.DER),), digest, now)
+    check = lambda when: agent_peer(ca, "t.org", None, when, lambda s: False, "signer")  # noqa: E731
+    with pytest.raises(PeerRejected) as info:
+        filesig.verify_file(sig, digest, check, now)
+    assert info.value.message.startswith(
+        "the signer is not acceptable: certificate was not issued by this CA"
+    )
+    assert "enroll" not in info.value.message
