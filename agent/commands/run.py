@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.context import state_dir
+from agent.context import refuse_expired, state_dir
 from agent.daemon import AgentDaemon
 from kms.cli import ArgumentParser, Subcommands
 
@@ -14,6 +15,7 @@ __all__ = ["add_run", "cmd_run"]
 
 def cmd_run(args: argparse.Namespace) -> int:
     state = state_dir(args)
+    refuse_expired(state.load(), datetime.now(UTC))  # a daemon that could only log "cannot reach" forever
     daemon = AgentDaemon(
         state,
         timeout=args.timeout,

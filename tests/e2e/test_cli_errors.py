@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import io
 import tarfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.harness import assert_one_line_error, exe, run
+from agent.state import AgentIdentity, AgentSettings, StateDir
+from kms import profile
+from tests.harness import agent, assert_one_line_error, exe, run
 
 pytestmark = pytest.mark.sqlite_only("command-line errors before or beside the store")
 
@@ -43,3 +49,56 @@ def test_restore_of_a_file_that_is_not_a_backup(tmp_path: Path, make, code: int,
     assert_one_line_error(result, code, needle)
     assert "method gz" not in result.stderr
     assert not target.exists()  # nothing written before the backup is known good
+
+
+def _expired_agent(state: Path, key: rsa.RSAPrivateKey) -> None:
+    """A state dir as enrollment leaves it, whose certificate expired an hour ago (its server is gone:
+    the agent must not need one to tell)."""
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = profile.ca_builder(
+        ca_key.public_key(), "seed-kms.local", 1 << 70, now - timedelta(days=2), timedelta(days=3)
+    )
+    ca_cert = ca.sign(ca_key, hashes.SHA256())
+    start = now - timedelta(days=1)
+    cert = profile.agent_builder(
+        key.public_key(), ca_cert, "seed-kms.local", "web-1", 1 << 71, start, timedelta(hours=23)
+    ).sign(ca_key, hashes.SHA256())
+    settings = AgentSettings(
+        "web-1",
+        [],
+        "spiffe://seed-kms.local/agent/web-1",
+        ("127.0.0.1:1",),
+        ("127.0.0.1:2",),
+        "sha256:" + "ab" * 32,
+    )
+    StateDir(state).save(AgentIdentity(settings, key, cert, ca_cert.public_bytes(Encoding.PEM)))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["fetch-key", "app"],
+        ["watch"],
+        ["renew"],
+        ["check", "--serial", "1f"],
+        ["sign", "/etc/hostname"],
+        ["run", "--no-listen"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_expired_agent_certificate_says_so_and_what_to_do(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey, command: list[str]
+) -> None:
+    _expired_agent(tmp_path / "a", rsa_key)
+    result = agent(tmp_path / "a", *command)
+    assert_one_line_error(
+        result,
+        3,
+        "certificate",
+        "expired at",
+        "kms-server token create --name web-1",
+        "kms-agent enroll --force",
+    )
+    assert "cannot reach" not in result.stderr
