@@ -6,9 +6,12 @@ No store plays a part in these: they run on SQLite only.
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -17,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.state import AgentIdentity, AgentSettings, StateDir
 from kms import profile
+from tests.e2e.rig import Rig
 from tests.harness import agent, assert_one_line_error, exe, run
 
 pytestmark = pytest.mark.sqlite_only("command-line errors before or beside the store")
@@ -102,3 +106,41 @@ def test_expired_agent_certificate_says_so_and_what_to_do(
         "kms-agent enroll --force",
     )
     assert "cannot reach" not in result.stderr
+
+
+RIG = Rig("e17", agents=(("web", ()), ("gone", ())))
+
+
+def _into_closed_pipe(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """cmd with its stdout a pipe nobody reads any more, as `cmd | head -1` once head has exited."""
+    read, write = os.pipe()
+    os.close(read)
+    # Buffered, as in a user's shell: the last write happens when stdout is flushed at exit.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_") and k != "PYTHONUNBUFFERED"}
+    try:
+        return subprocess.run(
+            cmd,
+            env=env,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+
+
+def test_piping_into_a_reader_that_went_away_exits_quietly(rig: tuple[Any, ...]) -> None:
+    server, root = rig[:2]
+    server.admin("revoke", "agent", "gone")  # something for each listing to print
+    data_dir = ["--data-dir", str(server.data_dir)]
+    for cmd in (
+        [exe("kms-server"), "revocations", "list", *data_dir],
+        [exe("kms-server"), "audit", "list", *data_dir],
+        [exe("kms-server"), "audit", "list", "--json", *data_dir],
+        [exe("kms-agent"), "watch", "--json", "--dir", str(root / "web")],
+    ):
+        result = _into_closed_pipe(cmd)
+        assert (result.returncode, result.stderr) == (141, ""), (cmd, result.returncode, result.stderr)
