@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
+from kms.cli_help import SubcommandErrors, add_version
 from kms.errors import InvalidArgument, KmsError
 from kms.settings import config_keys
 
@@ -33,8 +34,8 @@ __all__ = [
 ]
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one stderr line and exit code 2."""
+class ArgumentParser(SubcommandErrors):
+    """argparse whose usage errors are one stderr line and exit code 2, naming the subcommand's help."""
 
     def error(self, message: str) -> NoReturn:
         raise InvalidArgument(f"{message} (see {self.prog} --help)")
@@ -74,6 +75,7 @@ def command_parsers(
         {"action": "store_true", "default": False, "help": "debug logging and tracebacks"},
     )
     parser = ArgumentParser(prog=prog, description=description)
+    add_version(parser, prog)
     common = ArgumentParser(add_help=False)
     for target, top in ((parser, True), (common, False)):
         for flags, kwargs in (*shared, verbose):

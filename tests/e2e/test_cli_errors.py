@@ -10,6 +10,7 @@ import os
 import subprocess
 import tarfile
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,9 @@ def test_piping_into_a_reader_that_went_away_exits_quietly(rig: tuple[Any, ...])
     ):
         result = _into_closed_pipe(cmd)
         assert (result.returncode, result.stderr) == (141, ""), (cmd, result.returncode, result.stderr)
+
+
+@pytest.mark.parametrize("program", ["kms-server", "kms-agent"])
+def test_version(program: str) -> None:
+    result = run([exe(program), "--version"])
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{program} {version('seed-kms')}\n", "")
