@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.commands import exchange, identity, keys, revocation, run, signing
-from agent.config import SETTINGS, apply_config
+from agent.commands import GLOBAL_SETTINGS, exchange, identity, keys, revocation, run, signing
+from agent.config import apply_config
 from kms.cli import ArgumentParser, command_parsers, run_main
 from kms.settings import options
 
@@ -34,7 +34,7 @@ _CONFIG = (("--config",), {"default": None, "help": "TOML config file (env KMS_A
 
 
 def build_parser() -> ArgumentParser:
-    settings = options(SETTINGS)
+    settings = options(GLOBAL_SETTINGS)  # --renew-fraction: only under the commands that renew
     # --config keeps its place in --help, after --dir and --timeout.
     parser, common = command_parsers("kms-agent", "Seed KMS agent.", [*settings[:2], _CONFIG, *settings[2:]])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

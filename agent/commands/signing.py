@@ -13,7 +13,7 @@ from typing import TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from agent.commands import add_output_flags
+from agent.commands import add_output_flags, add_renewal_options
 from agent.context import connect, state_dir
 from agent.issuance import trust_domain_of
 from agent.keys import KeyFetcher
@@ -158,6 +158,7 @@ def add_sign(sub: Subcommands, common: ArgumentParser) -> None:
     )
     sg.add_argument("--out", metavar="SIG", help="signature file (default FILE.sig); - for stdout")
     add_output_flags(sg)
+    add_renewal_options(sg)
     sg.set_defaults(func=cmd_sign)
 
 
@@ -170,4 +171,5 @@ def add_verify(sub: Subcommands, common: ArgumentParser) -> None:
     vf.add_argument("--signer", help="the agent name the signature must be from")
     vf.add_argument("--key", metavar="NAME", help="a signature by key pair NAME (kms-agent sign --key)")
     vf.add_argument("--json", action="store_true")
+    add_renewal_options(vf)
     vf.set_defaults(func=cmd_verify)
