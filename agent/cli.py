@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.commands import GLOBAL_SETTINGS, exchange, identity, keys, revocation, run, signing
+from agent.commands import GLOBAL_SETTINGS, examples, exchange, identity, keys, revocation, run, signing
 from agent.config import apply_config
 from kms.cli import ArgumentParser, command_parsers, run_main
+from kms.cli_help import document
 from kms.settings import options
 
 __all__ = ["main"]
@@ -40,6 +41,7 @@ def build_parser() -> ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
         add(sub, common)
+    document(parser, examples.EXAMPLES, examples.ARGUMENTS, examples.COMMON)
     return parser
 
 
