@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.commands import exchange, identity, keys, revocation, run, signing
-from agent.config import SETTINGS, apply_config
+from agent.commands import GLOBAL_SETTINGS, examples, exchange, identity, keys, revocation, run, signing
+from agent.config import apply_config
 from kms.cli import ArgumentParser, command_parsers, run_main
+from kms.cli_help import document
 from kms.settings import options
 
 __all__ = ["main"]
@@ -34,12 +35,13 @@ _CONFIG = (("--config",), {"default": None, "help": "TOML config file (env KMS_A
 
 
 def build_parser() -> ArgumentParser:
-    settings = options(SETTINGS)
+    settings = options(GLOBAL_SETTINGS)  # --renew-fraction: only under the commands that renew
     # --config keeps its place in --help, after --dir and --timeout.
     parser, common = command_parsers("kms-agent", "Seed KMS agent.", [*settings[:2], _CONFIG, *settings[2:]])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
         add(sub, common)
+    document(parser, examples.EXAMPLES, examples.ARGUMENTS, examples.COMMON)
     return parser
 
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.client import KmsClient
 from agent.renew import renew, renewal_due
 from agent.servers import Servers
 from agent.state import AgentIdentity, StateDir, default_state_dir
-from kms.errors import ResourceExhausted
-from kms.times import iso
+from kms.errors import ResourceExhausted, Unauthenticated
+from kms.times import iso, iso_datetime
 
-__all__ = ["client_for", "connect", "iso", "state_dir"]
+__all__ = ["client_for", "connect", "iso", "refuse_expired", "state_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,23 @@ def client_for(identity: AgentIdentity, timeout: float, servers: Servers | None 
     )
 
 
+def refuse_expired(identity: AgentIdentity, now: datetime) -> None:
+    """Raises Unauthenticated, saying what to do, when this agent's own certificate has expired.
+
+    Checked before any call: the server would refuse the TLS handshake, which an
+    agent can only report as "cannot reach kms-server", though it knows better.
+    """
+    cert = identity.cert
+    if now < cert.not_valid_after_utc:
+        return
+    raise Unauthenticated(
+        f"this agent's certificate {cert.serial_number:x} expired at {iso_datetime(cert.not_valid_after_utc)}"
+        " (checked locally, by its dates)"
+        " and can no longer be renewed: ask for a new join token (kms-server token create --name"
+        f" {identity.settings.name}) and run kms-agent enroll --force with it"
+    )
+
+
 def connect(
     args: argparse.Namespace, *, auto_renew: bool = True, servers: Servers | None = None
 ) -> tuple[AgentIdentity, KmsClient]:
@@ -50,6 +68,7 @@ def connect(
     """
     state = state_dir(args)
     identity = state.load()
+    refuse_expired(identity, datetime.now(UTC))  # not "cannot reach kms-server": the agent knows why
     servers = servers or Servers(identity.settings.servers)
     if auto_renew and renewal_due(identity, args.renew_fraction):
         with client_for(identity, args.timeout, servers) as client:

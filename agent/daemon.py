@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from agent.client import KmsClient
+from agent.context import refuse_expired
 from agent.exchange import NoExchangeCame, respond_once
 from agent.keys import KeyFetcher, encode_key
 from agent.renew import renew, renewal_due
@@ -133,6 +134,9 @@ class AgentDaemon:
         backoff = 1.0
         while not self._stop.is_set():
             identity = self._state.load()
+            # Lapsed (the server was out of reach until too late): no renewal can help any more, and
+            # retrying would only log "cannot reach" for ever. Stop, saying what to do.
+            refuse_expired(identity, datetime.now(UTC))
             start, end = identity.cert.not_valid_before_utc, identity.cert.not_valid_after_utc
             # Renew at the fraction, moved by up to 5% of the lifetime either way, so a
             # fleet enrolled together does not renew together.

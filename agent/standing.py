@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.context import client_for
+from agent.context import client_for, refuse_expired
 from agent.state import AgentIdentity, StateDir
 from kms.errors import Held, Revoked, Unauthenticated, Unavailable
 from kms.revocation import HOLD
@@ -39,11 +39,7 @@ def check_standing(state: StateDir, identity: AgentIdentity, timeout: float, now
     """
     cert = identity.cert
     serial = format(cert.serial_number, "x")
-    if now >= cert.not_valid_after_utc:
-        raise Unauthenticated(
-            f"this agent's certificate {serial} expired at {iso_datetime(cert.not_valid_after_utc)} (checked locally,"
-            " by its dates): enroll again with a new token"
-        )
+    refuse_expired(identity, now)
     if now < cert.not_valid_before_utc:
         raise Unauthenticated(
             f"this agent's certificate {serial} is valid only from {iso_datetime(cert.not_valid_before_utc)}"

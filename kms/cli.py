@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
+from kms.cli_help import SubcommandErrors, add_version
 from kms.errors import InvalidArgument, KmsError
 from kms.settings import config_keys
 
@@ -33,8 +34,8 @@ __all__ = [
 ]
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one stderr line and exit code 2."""
+class ArgumentParser(SubcommandErrors):
+    """argparse whose usage errors are one stderr line and exit code 2, naming the subcommand's help."""
 
     def error(self, message: str) -> NoReturn:
         raise InvalidArgument(f"{message} (see {self.prog} --help)")
@@ -74,6 +75,7 @@ def command_parsers(
         {"action": "store_true", "default": False, "help": "debug logging and tracebacks"},
     )
     parser = ArgumentParser(prog=prog, description=description)
+    add_version(parser, prog)
     common = ArgumentParser(add_help=False)
     for target, top in ((parser, True), (common, False)):
         for flags, kwargs in (*shared, verbose):
@@ -136,11 +138,16 @@ def run_main(
         if prepare is not None:  # config file values and checks, before anything runs
             prepare(args)
         func: Callable[[argparse.Namespace], int] = args.func
-        return func(args)
+        code = func(args)
+        # Piped, stdout is buffered: its last write happens here, where a reader that went away
+        # (`| head`) is caught below, not at interpreter exit ("Exception ignored ...", exit 120).
+        sys.stdout.flush()
+        return code
     except KmsError as exc:
         if verbose:
             logging.getLogger(prog).exception("failed")
         print(f"{prog}: error: {exc.message}", file=sys.stderr)
+        _flush_or_drop_stdout()  # what was printed before the error, to a reader that may be gone
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -148,8 +155,7 @@ def run_main(
     except BrokenPipeError:
         # Whoever read our output (stdout, a FIFO) went away, as `| head` does: stop quietly,
         # as other tools do, and keep Python from failing again when it flushes stdout at exit.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
     except Exception as exc:  # a bug: still one line unless --verbose
         if verbose:
@@ -159,6 +165,18 @@ def run_main(
             file=sys.stderr,
         )
         return 1
+
+
+def _drop_stdout() -> None:
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _flush_or_drop_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
 
 
 def read_toml(path: Path) -> dict[str, Any]:

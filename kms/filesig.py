@@ -30,7 +30,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -113,17 +113,29 @@ class KeySignature:
         return (json.dumps(doc, indent=2) + "\n").encode()
 
 
+_NOT_A_SIGNATURE = "not a kms-agent signature file"
+
+
+def _bad(what: str) -> InvalidArgument:
+    return InvalidArgument(f"{_NOT_A_SIGNATURE}: {what}")
+
+
 def _document(data: bytes, want: str) -> dict[str, Any]:
     """The JSON object of a signature file of format want; refuses the other format saying what to do."""
     if len(data) > _MAX:
-        raise InvalidArgument("signature file is too large")
+        raise _bad(f"it is over {_MAX // 1024} KiB (kms-agent sign writes a small JSON file)")
     try:
         doc = json.loads(data)
-        found = doc["format"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument(f"not a kms-agent signature file ({type(exc).__name__})") from None
+    except ValueError:  # UnicodeDecodeError too
+        what = "it is empty" if not data.strip() else "it is not JSON"
+        raise _bad(f"{what} (kms-agent sign writes a JSON file)") from None
+    if not isinstance(doc, dict):
+        raise _bad(f"it is a JSON {type(doc).__name__}, not an object")
+    found = doc.get("format")
+    if found is None:
+        raise _bad('it has no "format" field')
     if found == want:
-        return cast(dict[str, Any], doc)
+        return doc
     if found == KEY_FORMAT:
         raise InvalidArgument(
             f"this signature is by key {str(doc.get('key'))[:64]!r}: verify it with --key NAME"
@@ -132,58 +144,72 @@ def _document(data: bytes, want: str) -> dict[str, Any]:
         raise InvalidArgument(
             "this signature is by an agent's certificate, not a key pair: verify it without --key"
         )
-    raise InvalidArgument(f"signature format {found!r} is not {want}")
+    raise InvalidArgument(f"signature format {str(found)[:64]!r} is not {want}")
 
 
-def _digest(text: object) -> bytes:
-    digest_text = str(text)
-    if not digest_text.startswith("sha256:"):
-        raise InvalidArgument("signature digest must be sha256")
-    return bytes.fromhex(digest_text[len("sha256:") :])
+def _field(doc: dict[str, Any], name: str, kind: type) -> Any:
+    """doc[name], which must be of type kind (bool is not a whole number)."""
+    if name not in doc:
+        raise _bad(f'the "{name}" field is missing')
+    value = doc[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        noun = {int: "a whole number", str: "a string", list: "a list"}[kind]
+        raise _bad(f'the "{name}" field is not {noun}')
+    return value
+
+
+def _digest(doc: dict[str, Any]) -> bytes:
+    text = _field(doc, "digest", str)
+    if not text.startswith("sha256:"):
+        raise _bad('the "digest" field is not "sha256:" and 64 hex digits')
+    try:
+        digest = bytes.fromhex(text[len("sha256:") :])
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise _bad('the "digest" field is not "sha256:" and 64 hex digits')
+    return digest
+
+
+def _signature(doc: dict[str, Any]) -> bytes:
+    try:
+        value = base64.b64decode(_field(doc, "signature", str), validate=True)
+    except binascii.Error:
+        value = b""
+    if not value:
+        raise _bad('the "signature" field is not base64')
+    return value
 
 
 def parse_key_signature(data: bytes) -> KeySignature:
-    """Raises InvalidArgument for anything that is not a key-pair signature file."""
+    """Raises InvalidArgument for anything that is not a key-pair signature file, saying what is wrong."""
     doc = _document(data, KEY_FORMAT)
-    version = doc.get("version")
-    if type(version) is not int:  # not 1.5, "1" or true: JSON's whole numbers only
-        raise InvalidArgument("not a kms-agent key signature file (its version is not a whole number)")
+    version = _field(doc, "version", int)  # not 1.5, "1" or true: JSON's whole numbers only
+    if not 0 < version < 2**31:
+        raise _bad('the "version" field is out of range')
     try:
-        sig = KeySignature(
-            validate_key_name(str(doc["key"])),
-            version,
-            str(doc["key_type"]),
-            _digest(doc["digest"]),
-            base64.b64decode(doc["signature"], validate=True),
-        )
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise InvalidArgument(f"not a kms-agent key signature file ({type(exc).__name__})") from None
-    if len(sig.digest) != 32 or not 0 < sig.version < 2**31 or not sig.signature:
-        raise InvalidArgument("not a kms-agent key signature file (bad digest, version or signature)")
-    return sig
+        key = validate_key_name(_field(doc, "key", str))
+    except InvalidArgument as exc:
+        raise _bad(f'the "key" field is not a key name ({exc.message})') from None
+    return KeySignature(key, version, _field(doc, "key_type", str), _digest(doc), _signature(doc))
 
 
 def parse(data: bytes) -> FileSignature:
-    """Raises InvalidArgument for anything that is not a version-1 signature file."""
+    """Raises InvalidArgument for anything that is not a version-1 signature file, saying what is wrong."""
     doc = _document(data, FORMAT)
+    signed_at = _field(doc, "signed_at", int)
+    if not 0 < signed_at < 2**40:
+        raise _bad('the "signed_at" field (the signing time) is out of range')
+    pems = _field(doc, "signer_chain", list)
     try:
         chain = tuple(
-            x509.load_pem_x509_certificate(str(p).encode()).public_bytes(Encoding.DER)
-            for p in doc["signer_chain"]
+            x509.load_pem_x509_certificate(str(p).encode()).public_bytes(Encoding.DER) for p in pems
         )
-        sig = FileSignature(
-            int(doc["signed_at"]),
-            _digest(doc["digest"]),
-            chain,
-            base64.b64decode(doc["signature"], validate=True),
-        )
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise InvalidArgument(f"not a kms-agent signature file ({type(exc).__name__})") from None
-    if len(sig.digest) != 32 or not sig.chain:
-        raise InvalidArgument("not a kms-agent signature file (bad digest or no signer)")
-    if not 0 < sig.signed_at < 2**40:
-        raise InvalidArgument("not a kms-agent signature file (signing time out of range)")
-    return sig
+    except ValueError:
+        chain = ()
+    if not chain:
+        raise _bad('the "signer_chain" field is not a list of PEM certificates')
+    return FileSignature(signed_at, _digest(doc), chain, _signature(doc))
 
 
 def verify_file(

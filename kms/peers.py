@@ -39,13 +39,13 @@ def _not_revoked(serial: str, is_revoked: IsRevoked) -> None:
 
 
 def _verified_agent(
-    policy: AllOf, trust_domain: str, chain: tuple[bytes, ...], now: datetime
+    policy: AllOf, trust_domain: str, chain: tuple[bytes, ...], now: datetime, who: str = "peer"
 ) -> tuple[PeerInfo, x509.Certificate]:
     leaf, _ = _load(chain)
     try:
         policy.verify(leaf, now)
     except KmsError as exc:
-        raise PeerRejected(f"the peer is not acceptable: {exc.message}") from None
+        raise PeerRejected(f"the {who} is not acceptable: {exc.message}") from None
     key = leaf.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         raise PeerRejected("the peer's key is not RSA")
@@ -53,13 +53,21 @@ def _verified_agent(
 
 
 def agent_peer(
-    ca: x509.Certificate, trust_domain: str, expected: str | None, now: datetime, is_revoked: IsRevoked
+    ca: x509.Certificate,
+    trust_domain: str,
+    expected: str | None,
+    now: datetime,
+    is_revoked: IsRevoked,
+    who: str = "peer",
 ) -> PeerCheck:
-    """An agent of this CA (the one named expected, if given), valid at now and not revoked."""
+    """An agent of this CA (the one named expected, if given), valid at now and not revoked.
+
+    who names the agent in refusals: "peer" in a handshake, "signer" for a signature.
+    """
     policy = AllOf(ChainsTo([ca]), ClientAuth(), AgentIdentity(trust_domain, expected))
 
     def check(chain: tuple[bytes, ...]) -> PeerInfo:
-        peer, _ = _verified_agent(policy, trust_domain, chain, now)
+        peer, _ = _verified_agent(policy, trust_domain, chain, now, who)
         _not_revoked(peer.serial, is_revoked)
         return peer
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -41,22 +42,48 @@ class ChainsTo:
     """Chains to one of the given CA certificates and is valid at ``now``.
 
     Uses cryptography's verifier (RFC 5280 path validation with a
-    client-certificate policy), never a hand-written walk.
+    client-certificate policy), never a hand-written walk. A refusal says which
+    of the two failed; advice (what the holder of the certificate should do) is
+    added only where it fits: "enroll again" is right for a caller's own
+    certificate, wrong for a signature made in another deployment.
     """
 
-    def __init__(self, roots: Sequence[x509.Certificate]) -> None:
+    def __init__(self, roots: Sequence[x509.Certificate], advice: str | None = None) -> None:
         if not roots:
             raise ValueError("ChainsTo needs at least one root")
-        self._store = Store(list(roots))
+        self._roots = list(roots)
+        self._store = Store(self._roots)
+        self._advice = advice
 
     def verify(self, cert: x509.Certificate, now: datetime) -> None:
         verifier = PolicyBuilder().store(self._store).time(now).build_client_verifier()
         try:
             verifier.verify(cert, [])
         except VerificationError as exc:
-            raise CertificateRejected(
-                f"certificate does not chain to this CA or is not valid now ({exc}); enroll again"
-            ) from exc
+            reason = (
+                self._why(cert, now) or f"certificate does not chain to this CA or is not valid now ({exc})"
+            )
+            raise CertificateRejected(f"{reason}; {self._advice}" if self._advice else reason) from exc
+
+    def _why(self, cert: x509.Certificate, now: datetime) -> str | None:
+        """Which check failed, in words, when it is one of the two common ones."""
+        if not any(_issued_by(cert, root) for root in self._roots):
+            issuer = cert.issuer.rfc4514_string()
+            return f"certificate was not issued by this CA but by another (named {issuer!r}), even if the names match"
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return (
+                f"certificate is not valid at {now:%Y-%m-%dT%H:%M:%SZ} (valid from"
+                f" {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})"
+            )
+        return None
+
+
+def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 class ClientAuth:

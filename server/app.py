@@ -29,6 +29,7 @@ from server.deployment.deployment import Deployment, open_deployment
 from server.endpoints.gate import raise_open_file_limit
 from server.listeners import Listeners, bind_http, open_listeners
 from server.ops.heap import HeapKeeper
+from server.ports import check_ports
 from server.store import Store
 from server.wiring import HEALTH_SERVICES, Backup, Services, open_services
 
@@ -120,6 +121,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
     Raises:
         FailedPrecondition: the data dir, store or a port cannot be used.
     """
+    check_ports(cfg)  # before the data dir, the CA or the store: a taken port creates nothing
     datadir = DataDir(cfg.data_dir)
     datadir.prepare()
     deployment: Deployment | None = None
@@ -162,6 +164,7 @@ async def serve(cfg: ServerConfig, clock: Clock = system_clock) -> int:
     log turns out rewritten (1), then stops gracefully."""
     if cfg.log_format == "json":
         use_json_logs()
+    check_ports(cfg)  # also in create_server; here first, so a taken port is the only line
     raise_open_file_limit()
     app = await create_server(cfg, clock)
     await app.start()

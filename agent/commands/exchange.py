@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from agent.commands import add_output_flags
+from agent.commands import add_output_flags, add_renewal_options
 from agent.context import connect, state_dir
 from agent.exchange import initiate, respond_once
 from kms.cli import ArgumentParser, Subcommands
@@ -106,6 +106,7 @@ def add_exchange(sub: Subcommands, common: ArgumentParser) -> None:
     add_output_flags(ex)
     ex.add_argument("--json", action="store_true")
     ex.add_argument("--handshake-timeout", type=float, default=15.0, help="seconds to wait for each step")
+    add_renewal_options(ex)
     ex.set_defaults(func=cmd_exchange)
 
 
@@ -120,4 +121,5 @@ def add_listen(sub: Subcommands, common: ArgumentParser) -> None:
         "--from", dest="accept_from", metavar="AGENT", help="accept exchanges only from this agent"
     )
     li.add_argument("--handshake-timeout", type=float, default=15.0, help="seconds to wait for each step")
+    add_renewal_options(li)
     li.set_defaults(func=cmd_listen)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from agent.commands import add_renewal_options
 from agent.commands.guided import ask_missing
 from agent.context import connect, iso, state_dir
 from agent.enroll import enroll
@@ -147,4 +148,5 @@ def add_renew(sub: Subcommands, common: ArgumentParser) -> None:
 def add_status(sub: Subcommands, common: ArgumentParser) -> None:
     st = sub.add_parser("status", parents=[common], help="show this agent's identity, proven over mTLS")
     st.add_argument("--json", action="store_true")
+    add_renewal_options(st)
     st.set_defaults(func=cmd_status)

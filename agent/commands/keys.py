@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from agent.commands import add_output_flags
+from agent.commands import add_output_flags, add_renewal_options
 from agent.context import connect, iso, state_dir
 from agent.files import decrypt_file, encrypt_file
 from agent.keys import FetchedKey, KeyFetcher, encode_key
@@ -177,6 +177,7 @@ def add_fetch_key(sub: Subcommands, common: ArgumentParser) -> None:
     )
     fk.add_argument("--include-key", action="store_true", help="with --json: include the key, base64")
     add_output_flags(fk)
+    add_renewal_options(fk)
     fk.set_defaults(func=cmd_fetch_key)
 
 
@@ -186,6 +187,7 @@ def add_public_key(sub: Subcommands, common: ArgumentParser) -> None:
     )
     pk.add_argument("name")
     pk.add_argument("--version", type=int, default=0, help="key version (default: current)")
+    add_renewal_options(pk)
     pk.set_defaults(func=cmd_public_key)
 
 
@@ -195,6 +197,7 @@ def add_encrypt(sub: Subcommands, common: ArgumentParser) -> None:
     en.add_argument("input", metavar="IN", help="file to encrypt; - for stdin")
     en.add_argument("output", metavar="OUT", help="where the ciphertext goes; - for stdout")
     add_output_flags(en)
+    add_renewal_options(en)
     en.set_defaults(func=cmd_encrypt)
 
 
@@ -203,4 +206,5 @@ def add_decrypt(sub: Subcommands, common: ArgumentParser) -> None:
     de.add_argument("input", metavar="IN", help="file to decrypt; - for stdin")
     de.add_argument("output", metavar="OUT", help="where the plaintext goes; - for stdout")
     add_output_flags(de)
+    add_renewal_options(de)
     de.set_defaults(func=cmd_decrypt)

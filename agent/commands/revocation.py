@@ -6,6 +6,7 @@ import argparse
 
 from cryptography import x509
 
+from agent.commands import add_renewal_options
 from agent.context import connect, iso, state_dir
 from agent.servers import Servers
 from agent.watch import Watcher
@@ -44,7 +45,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             serial = format(x509.load_pem_x509_certificate(pem).serial_number, "x")
         except (OSError, ValueError) as exc:
             raise InvalidArgument(f"--cert {args.cert} is not a readable PEM certificate") from exc
-    _, client = connect(args)
+    # A question about any certificate, often a relying party's: it never renews this agent's own.
+    _, client = connect(args, auto_renew=False)
     with client:
         status = client.check_certificate(serial)
     # A hold is "revoked" on the wire (reason certificateHold, as OCSP says it); here it is "held".
@@ -74,6 +76,7 @@ def add_watch(sub: Subcommands, common: ArgumentParser) -> None:
         default=20.0,
         help="reconnect after this many seconds without a message",
     )
+    add_renewal_options(wa)
     wa.set_defaults(func=cmd_watch)
 
 

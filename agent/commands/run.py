@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.context import state_dir
+from agent.commands import add_renewal_options
+from agent.context import refuse_expired, state_dir
 from agent.daemon import AgentDaemon
 from kms.cli import ArgumentParser, Subcommands
 
@@ -14,6 +16,7 @@ __all__ = ["add_run", "cmd_run"]
 
 def cmd_run(args: argparse.Namespace) -> int:
     state = state_dir(args)
+    refuse_expired(state.load(), datetime.now(UTC))  # a daemon that could only log "cannot reach" forever
     daemon = AgentDaemon(
         state,
         timeout=args.timeout,
@@ -32,4 +35,5 @@ def add_run(sub: Subcommands, common: ArgumentParser) -> None:
     ru.add_argument("--no-listen", action="store_true", help="do not answer key exchanges")
     ru.add_argument("--sessions-dir", help="where answered exchanges' keys go (default <state dir>/sessions)")
     ru.add_argument("--handshake-timeout", type=float, default=15.0, help="seconds to wait for each step")
+    add_renewal_options(ru)
     ru.set_defaults(func=cmd_run)

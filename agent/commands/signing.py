@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from agent.commands import add_output_flags
+from agent.commands import add_output_flags, add_renewal_options
 from agent.context import connect, state_dir
 from agent.issuance import trust_domain_of
 from agent.keys import KeyFetcher
@@ -26,6 +28,8 @@ from kms.times import iso
 
 __all__ = ["add_sign", "add_verify", "cmd_sign", "cmd_verify"]
 
+_Sig = TypeVar("_Sig", filesig.FileSignature, filesig.KeySignature)
+
 
 def _sha256_file(path: str) -> bytes:
     """SHA-256 of a file, or of standard input for ``-``."""
@@ -39,12 +43,18 @@ def _sha256_file(path: str) -> bytes:
     return digest.digest()
 
 
-def _read_signature(path: str) -> bytes:
+def _read_signature(path: str, parse: Callable[[bytes], _Sig]) -> _Sig:
+    """The signature file at path, parsed; a malformed one is refused naming the file and what is wrong."""
     with open_input(path) as f:
         try:
-            return f.read()
+            data = f.read()
         except OSError as exc:
             raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return parse(data)
+    except InvalidArgument as exc:
+        shown = "standard input" if is_stdio(path) else path
+        raise InvalidArgument(f"{shown}: {exc.message}") from None
 
 
 def _sign_with_key(args: argparse.Namespace) -> tuple[bytes, str]:
@@ -63,7 +73,7 @@ def _sign_with_key(args: argparse.Namespace) -> tuple[bytes, str]:
 def _verify_with_key(args: argparse.Namespace) -> int:
     if args.signer:
         raise InvalidArgument("--signer names an agent: a signature by a key pair (--key) has none")
-    sig = filesig.parse_key_signature(_read_signature(args.signature))
+    sig = _read_signature(args.signature, filesig.parse_key_signature)
     if sig.key != args.key:
         raise InvalidArgument(f"the signature is by key {sig.key}, not {args.key}")
     digest = _sha256_file(args.file)
@@ -112,7 +122,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise InvalidArgument("only one of FILE and SIG can be standard input (-)")
     if args.key:
         return _verify_with_key(args)
-    sig = filesig.parse(_read_signature(args.signature))
+    sig = _read_signature(args.signature, filesig.parse)
     digest = _sha256_file(args.file)
     identity, client = connect(args)
     ca = x509.load_pem_x509_certificate(identity.ca_bundle_pem)
@@ -125,7 +135,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         signer = filesig.verify_file(
             sig,
             digest,
-            lambda when: agent_peer(ca, trust_domain, args.signer, when, is_revoked),
+            lambda when: agent_peer(ca, trust_domain, args.signer, when, is_revoked, "signer"),
             int(datetime.now(UTC).timestamp()),
         )
     signed = iso(sig.signed_at)
@@ -148,6 +158,7 @@ def add_sign(sub: Subcommands, common: ArgumentParser) -> None:
     )
     sg.add_argument("--out", metavar="SIG", help="signature file (default FILE.sig); - for stdout")
     add_output_flags(sg)
+    add_renewal_options(sg)
     sg.set_defaults(func=cmd_sign)
 
 
@@ -160,4 +171,5 @@ def add_verify(sub: Subcommands, common: ArgumentParser) -> None:
     vf.add_argument("--signer", help="the agent name the signature must be from")
     vf.add_argument("--key", metavar="NAME", help="a signature by key pair NAME (kms-agent sign --key)")
     vf.add_argument("--json", action="store_true")
+    add_renewal_options(vf)
     vf.set_defaults(func=cmd_verify)

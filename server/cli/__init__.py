@@ -10,7 +10,8 @@ import sys
 from collections.abc import Sequence
 
 from kms.cli import ArgumentParser, command_parsers, run_main
-from server.cli import admin, audit, daemon, keys, release
+from kms.cli_help import document
+from server.cli import admin, audit, daemon, examples, keys, release
 
 __all__ = ["main"]
 
@@ -58,6 +59,7 @@ def build_parser() -> ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
         add(sub, common)
+    document(parser, examples.EXAMPLES, examples.ARGUMENTS, examples.COMMON)
     return parser
 
 

@@ -60,8 +60,12 @@ def restore(source: Path, data_dir: Path, master_key_file: Path) -> None:
             ):
                 raise InvalidArgument(f"{source} is not a kms-server backup")
             contents = {name: _read(tar, members[name]) for name in expected}
-    except (OSError, tarfile.TarError) as exc:
-        raise InvalidArgument(f"{source} is not a readable kms-server backup ({exc})") from None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read backup {source}: {exc.strerror or exc}") from None
+    except tarfile.TarError:  # tarfile's own text lists every compression it tried: one line is enough
+        raise InvalidArgument(
+            f"{source} is not a kms-server backup (not a tar archive; kms-server backup writes one)"
+        ) from None
     ensure_private_dir(data_dir)
     target = DataDir(data_dir)
     write_atomic(target.master_key, master, mode=0o600)

@@ -61,7 +61,9 @@ class PeerAuthenticator:
         revocation_reason: Callable[[str], str | None],
         cache_size: int = 4096,
     ) -> None:
-        self._policy = AllOf(ChainsTo([ca_cert]), ClientAuth(), AgentIdentity(trust_domain))
+        self._policy = AllOf(
+            ChainsTo([ca_cert], advice="enroll again"), ClientAuth(), AgentIdentity(trust_domain)
+        )
         self._trust_domain = trust_domain
         self._store = store
         self._clock = clock

@@ -179,24 +179,25 @@ def test_contradiction_in_environment_names_the_key(tmpdir_short: Path) -> None:
 
 
 def test_port_in_use_is_one_line(tmpdir_short: Path) -> None:
+    """Issue 17: the ports are checked before anything is created, so no CA is made in a fresh data
+    dir and gRPC's C core never logs its own add_port line before ours."""
     server = ServerProcess(tmpdir_short / "a").start()
     try:
-        result = run(
-            [
-                exe("kms-server"),
-                "run",
-                "--data-dir",
-                str(tmpdir_short / "b"),
-                "--listen",
-                server.address,
-                "--enroll-listen",
-                "127.0.0.1:0",
-                *database_args(tmpdir_short / "b"),
-            ],
-        )
-        assert_one_line_error(result, 6, "cannot listen on", "--listen")
-        # The failed first start left a directory that simply starts next time.
-        retry = ServerProcess(tmpdir_short / "b").start()
-        assert retry.stop() == 0
+        for flag, taken in (("--listen", server.address), ("--enroll-listen", server.enroll_address)):
+            ports = {"--listen": "127.0.0.1:0", "--enroll-listen": "127.0.0.1:0", flag: taken}
+            fresh = tmpdir_short / f"b{flag}"
+            result = run(
+                [
+                    exe("kms-server"),
+                    "run",
+                    "--data-dir",
+                    str(fresh),
+                    *[part for item in ports.items() for part in item],
+                    *database_args(fresh),
+                ],
+            )
+            assert_one_line_error(result, 6, f"cannot listen on {taken} ({flag})", "already in use")
+            assert "add_port" not in result.stderr
+            assert not fresh.exists(), sorted(p.name for p in fresh.iterdir())
     finally:
         assert server.stop() == 0

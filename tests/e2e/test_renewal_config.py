@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from tests.harness import ServerProcess, agent, assert_one_line_error, enroll, exe, run
+from tests.harness import RunProcess, ServerProcess, agent, assert_one_line_error, enroll, exe, run
 
 
 def _cert(state: Path) -> x509.Certificate:
@@ -120,10 +120,19 @@ def test_an_expired_certificate_cannot_renew(tmp_path: Path) -> None:
     try:
         state = tmp_path / "short"
         assert enroll(server, state, server.token("short")).returncode == 0
+        assert server.stop() == 0  # out of reach until the certificate has lapsed
+        daemon = RunProcess(state)
         time.sleep(max(0.0, _cert(state).not_valid_after_utc.timestamp() - time.time()) + 1.5)
-        # The TLS handshake itself refuses an expired client certificate: re-enroll with a new token.
+        # The TLS handshake would refuse it; the agent knows its own expiry and says so (issue 17).
         result = agent(state, "renew")
-        assert_one_line_error(result, 8, "cannot reach kms-server")
-        assert "expired" in result.stderr
+        assert_one_line_error(
+            result, 3, "expired at", "kms-server token create --name short", "enroll --force"
+        )
+        assert "cannot reach" not in result.stderr
+        # kms-agent run, which could not renew in time, stops saying the same instead of retrying for ever.
+        assert daemon.proc.wait(15) == 3
+        assert daemon.proc.stderr is not None
+        last = daemon.proc.stderr.read().strip().splitlines()[-1]
+        assert last.startswith("kms-agent: error: this agent's certificate") and "expired at" in last, last
     finally:
         assert server.stop() == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import build_parser
+from agent.commands import GLOBAL_SETTINGS
 from agent.config import SETTINGS, apply_config
 from kms.errors import InvalidArgument
 
@@ -17,10 +18,12 @@ def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPar
     return dict(sub.choices)
 
 
-def test_every_setting_is_an_option_of_every_command() -> None:
+def test_every_global_setting_is_an_option_of_every_command() -> None:
+    """--renew-fraction is under the commands that renew only (tests/unit/test_cli_options.py)."""
     for name, command in _commands(build_parser()).items():
         flags = {flag for action in command._actions for flag in action.option_strings}
-        assert {s.flag for s in SETTINGS} <= flags, name
+        assert {s.flag for s in GLOBAL_SETTINGS} <= flags, name
+    assert {s.flag for s in SETTINGS} - {s.flag for s in GLOBAL_SETTINGS} == {"--renew-fraction"}
 
 
 def _applied(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:

@@ -37,15 +37,19 @@ def test_valid_agent_passes(pki: tuple[x509.Certificate, x509.Certificate]) -> N
 def test_expired_and_not_yet_valid(pki: tuple[x509.Certificate, x509.Certificate]) -> None:
     ca, leaf = pki
     for when in (NOW + timedelta(hours=2), NOW - timedelta(hours=1)):
-        with pytest.raises(CertificateRejected):
+        with pytest.raises(CertificateRejected, match="certificate is not valid at .* \\(valid from .* to "):
             ChainsTo([ca]).verify(leaf, when)
 
 
 def test_other_ca(pki: tuple[x509.Certificate, x509.Certificate], rsa_key: rsa.RSAPrivateKey) -> None:
     ca, _ = pki
     _, forged = foreign_ca_and_client(rsa_key, "example.org", "web-1")
-    with pytest.raises(CertificateRejected):
+    with pytest.raises(CertificateRejected) as info:
         ChainsTo([ca]).verify(forged, NOW)
+    assert "not issued by this CA" in info.value.message
+    assert "enroll again" not in info.value.message  # advice only where it fits: the caller's own certificate
+    with pytest.raises(CertificateRejected, match="not issued by this CA.*; enroll again$"):
+        ChainsTo([ca], advice="enroll again").verify(forged, NOW)
 
 
 def test_wrong_identity(pki: tuple[x509.Certificate, x509.Certificate]) -> None:

@@ -1,0 +1,55 @@
+"""Before kms-server creates anything: are its TCP ports free?
+
+A server started on a port that is already taken used to create a CA and a
+master key in a fresh data dir, then fail to bind, with a gRPC C-core log line
+before its own error. ``check_ports`` runs first, binding each configured port
+for a moment (with SO_REUSEADDR, as the real listeners do, so a port in
+TIME_WAIT is not mistaken for a taken one) and closing it again. Only "address
+in use" is decided here; any other failure (no such interface, a name that
+does not resolve) is left to the real bind, which reports it as before.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from kms.addresses import join_hostport
+from kms.errors import FailedPrecondition
+from server.config import ServerConfig
+
+__all__ = ["check_ports"]
+
+
+def check_ports(cfg: ServerConfig) -> None:
+    """Raises FailedPrecondition naming the flag of the first configured port already in use."""
+    ports = [
+        (cfg.listen_host, cfg.listen_port, "--listen"),
+        (cfg.enroll_host, cfg.enroll_port, "--enroll-listen"),
+    ]
+    if cfg.http_host is not None:
+        ports.append((cfg.http_host, cfg.http_port, "--http-listen"))
+    for host, port, flag in ports:
+        if port and _in_use(host, port):
+            raise FailedPrecondition(
+                f"cannot listen on {join_hostport(host, port)} ({flag}): the port is already in use"
+                " (another kms-server, or another program): stop it or choose another port"
+            )
+
+
+def _in_use(host: str, port: int) -> bool:
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and len(infos) > 1:  # as the listeners bind
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
