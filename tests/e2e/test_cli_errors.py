@@ -135,7 +135,7 @@ def _into_closed_pipe(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 def test_piping_into_a_reader_that_went_away_exits_quietly(rig: tuple[Any, ...]) -> None:
     server, root = rig[:2]
-    server.admin("revoke", "agent", "gone")  # something for each listing to print
+    server.admin("revoke", "agent", "gone", "--yes")  # something for each listing to print
     data_dir = ["--data-dir", str(server.data_dir)]
     for cmd in (
         [exe("kms-server"), "revocations", "list", *data_dir],
