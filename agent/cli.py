@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.commands import exchange, identity, keys, revocation, run, signing
+from agent.commands import complete, exchange, identity, keys, revocation, run, signing
 from agent.config import SETTINGS, apply_config
 from kms.cli import ArgumentParser, command_parsers, run_main
 from kms.settings import options
@@ -28,6 +28,7 @@ _COMMANDS = (
     signing.add_sign,
     signing.add_verify,
     revocation.add_check,
+    complete.add_completion,
 )
 
 _CONFIG = (("--config",), {"default": None, "help": "TOML config file (env KMS_AGENT_CONFIG)"})

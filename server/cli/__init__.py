@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from kms.cli import ArgumentParser, command_parsers, run_main
-from server.cli import admin, audit, daemon, keys, release
+from server.cli import admin, audit, complete, daemon, keys, release
 
 __all__ = ["main"]
 
@@ -29,6 +29,7 @@ _COMMANDS = (
     admin.add_backup,
     daemon.add_restore,
     audit.add_audit,
+    complete.add_completion,
 )
 
 
