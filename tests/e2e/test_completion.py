@@ -1,0 +1,80 @@
+"""Story: the completion scripts, run by bash itself against a running server: `complete -p`, then
+the generated function driven through COMP_WORDS, offering live key, agent, group and serial names
+and a key's versions; and silence when there is nothing to ask."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+from tests.e2e.rig import Rig
+from tests.harness import ServerProcess, agent, exe, run
+
+RIG = Rig("kmscmp", agents=(("web-1", ("web",)),), keys=(("payroll-db", "group:web"),))
+
+# Sources the script, shows what `complete -p` registered, then completes the words given as
+# arguments (the last one is the word under the cursor) as bash would on Tab.
+_DRIVER = """
+source "$1"; shift
+complete -p "$1"
+COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
+fn=$(complete -p "$1" | sed -E 's/.* -F ([^ ]+) .*/\\1/')
+"$fn" "$1" "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+printf '%s\\n' "${COMPREPLY[@]}"
+"""
+
+
+def _tab(root: Path, *words: str) -> tuple[str, list[str]]:
+    """(what complete -p printed, the completions offered) for the command line words."""
+    prog = words[0]
+    script = root / f"{prog}.bash"
+    if not script.exists():
+        made = run([exe(prog), "completion", "bash"])
+        assert made.returncode == 0, made.stderr
+        script.write_text(made.stdout)
+    env = {"PATH": f"{Path(exe(prog)).parent}:/usr/bin:/bin", "XDG_CACHE_HOME": str(root / "cache")}
+    result = run(["bash", "-c", _DRIVER, "driver", str(script), *words], env=env)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    registered, *offered = result.stdout.splitlines()
+    return registered, [w for w in offered if w]
+
+
+def test_bash_completes_live_names_from_the_server(rig: tuple[ServerProcess, Path]) -> None:
+    server, root = rig
+    d = ("--data-dir", str(server.data_dir))
+    registered, offered = _tab(root, "kms-server", "ke")
+    assert "-F _shtab_kms_server kms-server" in registered and offered == ["key"]
+    assert _tab(root, "kms-server", *d, "key", "show", "pay")[1] == ["payroll-db"]
+    assert _tab(root, "kms-server", *d, "revoke", "agent", "")[1] == ["web-1"]
+    assert _tab(root, "kms-server", *d, "key", "grant", "payroll-db", "gr")[1] == ["group:web"]
+    assert _tab(root, "kms-server", *d, "token", "create", "--group", "")[1] == ["web"]
+    serial = json.loads(server.admin("agents", "list", "--json").stdout)[0]["serial"]
+    assert _tab(root, "kms-server", *d, "revoke", "cert", "")[1] == [serial]
+    # One fetch served those Tabs: the names sit a few seconds in a private cache file.
+    (cache,) = (root / "cache" / "seed-kms").iterdir()
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600 and "payroll-db" in cache.read_text()
+    server.admin("key", "rotate", "payroll-db")
+    cache.unlink()
+    assert _tab(root, "kms-server", *d, "key", "destroy", "payroll-db", "--version", "")[1] == ["1", "2"]
+
+
+def test_nothing_to_ask_completes_nothing_silently(rig: tuple[ServerProcess, Path]) -> None:
+    _, root = rig
+    for prog, flag in (("kms-server", "--data-dir"), ("kms-agent", "--dir")):
+        live = run([exe(prog), "__complete", "keys", "--", prog, flag, str(root / "nowhere")])
+        assert (live.returncode, live.stdout, live.stderr) == (0, "", "")
+    assert _tab(root, "kms-server", "--data-dir", str(root / "nowhere"), "key", "show", "")[1] == []
+    assert "__complete" not in run([exe("kms-server"), "--help"]).stdout
+
+
+def test_bash_completes_what_the_agent_knows(rig: tuple[ServerProcess, Path]) -> None:
+    _, root = rig
+    web = root / "web-1"
+    assert agent(web, "fetch-key", "payroll-db", "--out", str(root / "payroll.key")).returncode == 0
+    d = ("--dir", str(web))
+    assert _tab(root, "kms-agent", *d, "fetch-key", "pay")[1] == ["payroll-db"]
+    assert _tab(root, "kms-agent", *d, "encrypt", "--key", "")[1] == ["payroll-db"]
+    assert _tab(root, "kms-agent", *d, "exchange", "--group", "")[1] == ["web"]
+    serial = json.loads(agent(web, "status", "--json").stdout)["serial"]
+    assert _tab(root, "kms-agent", *d, "check", "--serial", "")[1] == [serial]
