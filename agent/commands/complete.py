@@ -20,7 +20,7 @@ from agent.state import KeyFile, StateDir, default_state_dir
 from kms import completion
 from kms.cli import ArgumentParser, Subcommands
 
-__all__ = ["add_completion", "rule"]
+__all__ = ["add_completion", "live", "rule"]
 
 _EXAMPLE = """example:
   kms-agent completion bash > ~/.local/share/bash-completion/completions/kms-agent
@@ -77,9 +77,13 @@ def _cmd_live(args: argparse.Namespace) -> int:
     """Prints the live values of args.kind, one a line; nothing at all when they cannot be had."""
     words = [w for w in args.words if w != "--"]
     with contextlib.suppress(Exception):
-        names = _names(_state(args, words))
-        print("\n".join(completion.values(names, args.kind, words)))
+        print("\n".join(live(args, args.kind, words)))
     return 0
+
+
+def live(args: argparse.Namespace, kind: str, words: list[str]) -> list[str]:
+    """The live names of kind for the command line words (raises when they cannot be had)."""
+    return completion.values(_names(_state(args, words)), kind, words)
 
 
 def _state(args: argparse.Namespace, words: list[str]) -> StateDir:

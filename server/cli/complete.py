@@ -22,7 +22,7 @@ from kms.securefile import ensure_private_dir, write_atomic
 from server.cli.admin_client import AdminClient
 from server.cli.context import data_dir
 
-__all__ = ["add_completion", "rule"]
+__all__ = ["add_completion", "live", "rule"]
 
 _FETCH_TIMEOUT = 1.0
 
@@ -84,9 +84,13 @@ def _cmd_live(args: argparse.Namespace) -> int:
     """Prints the live values of args.kind, one a line; nothing at all when they cannot be had."""
     words = [w for w in args.words if w != "--"]
     with contextlib.suppress(Exception):
-        names = _names(_where(args, words))
-        print("\n".join(completion.values(names, args.kind, words)))
+        print("\n".join(live(args, args.kind, words)))
     return 0
+
+
+def live(args: argparse.Namespace, kind: str, words: list[str]) -> list[str]:
+    """The live names of kind for the command line words (raises when they cannot be had)."""
+    return completion.values(_names(_where(argparse.Namespace(**vars(args)), words)), kind, words)
 
 
 def _where(args: argparse.Namespace, words: list[str]) -> argparse.Namespace:
