@@ -199,7 +199,9 @@ class Shell:
             complete_while_typing=False,
         )
         # The menu's answers are not commands: they stay out of the history.
-        self._answers: PromptSession[str] = PromptSession(history=InMemoryHistory())
+        self._answers: PromptSession[str] = PromptSession(
+            history=InMemoryHistory(), complete_while_typing=False
+        )
 
     def loop(self) -> int:
         print(

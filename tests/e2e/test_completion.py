@@ -8,8 +8,12 @@ import json
 import stat
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.rig import Rig
 from tests.harness import ServerProcess, agent, exe, run
+
+pytestmark = pytest.mark.sqlite_only("the scripts and the admin socket work the same over either store")
 
 RIG = Rig("kmscmp", agents=(("web-1", ("web",)),), keys=(("payroll-db", "group:web"),))
 
