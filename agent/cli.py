@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, args = build_parser(), sys.argv[1:] if argv is None else list(argv)
     if shell.wants_shell(parser, args):
         argv = [*args, "shell"]
-    return run_main("kms-agent", parser, argv, prepare=apply_config)
+    return run_main("kms-agent", parser, argv, prepare=complete.quiet(args, apply_config))
 
 
 if __name__ == "__main__":

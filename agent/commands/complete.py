@@ -14,13 +14,14 @@ import argparse
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.state import KeyFile, StateDir, default_state_dir
 from kms import completion
 from kms.cli import ArgumentParser, Subcommands
 
-__all__ = ["add_completion", "live", "rule"]
+__all__ = ["add_completion", "live", "quiet", "rule"]
 
 _EXAMPLE = """example:
   kms-agent completion bash > ~/.local/share/bash-completion/completions/kms-agent
@@ -59,6 +60,19 @@ def add_completion(sub: Subcommands, common: ArgumentParser) -> None:
     hidden.add_argument("kind", help=argparse.SUPPRESS)
     hidden.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     hidden.set_defaults(func=_cmd_live)
+
+
+def quiet(
+    argv: list[str], prepare: Callable[[argparse.Namespace], None]
+) -> Callable[[argparse.Namespace], None]:
+    """prepare, made silent for the hidden subcommand: a bad config file must not print in the middle
+    of a command line being completed (the defaults then apply)."""
+
+    def quietly(args: argparse.Namespace) -> None:
+        with contextlib.suppress(Exception):
+            prepare(args)
+
+    return quietly if argv[:1] == [completion.HIDDEN] else prepare
 
 
 def rule(path: tuple[str, ...], action: argparse.Action) -> str | None:

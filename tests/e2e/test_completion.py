@@ -68,6 +68,10 @@ def test_nothing_to_ask_completes_nothing_silently(rig: tuple[ServerProcess, Pat
     for prog, flag in (("kms-server", "--data-dir"), ("kms-agent", "--dir")):
         live = run([exe(prog), "__complete", "keys", "--", prog, flag, str(root / "nowhere")])
         assert (live.returncode, live.stdout, live.stderr) == (0, "", "")
+    # A config file that cannot be read: still not a word in the middle of the command line.
+    for prog, variable in (("kms-server", "KMS_CONFIG"), ("kms-agent", "KMS_AGENT_CONFIG")):
+        live = run([exe(prog), "__complete", "keys", "--", prog], env={variable: str(root / "nowhere.toml")})
+        assert (live.returncode, live.stdout, live.stderr) == (0, "", "")
     assert _tab(root, "kms-server", "--data-dir", str(root / "nowhere"), "key", "show", "")[1] == []
     assert "__complete" not in run([exe("kms-server"), "--help"]).stdout
 
