@@ -1,25 +1,30 @@
 """kms-agent completion: the shell scripts (bash, zsh, fish), and the hidden subcommand they call
-for live names, read from this agent's state directory.
+for live names.
 
-What the agent knows is what it may know: its own name, groups and certificate serial
-(agent.json, agent.crt), and the keys and versions it has fetched to files (key-files.json).
-The server has no call that lists an agent's granted keys (FetchKey names one key at a time), so
-completion asks it nothing: Tab never waits on the network, and works with the server down. A
-state directory that is missing or unreadable completes nothing, silently.
+What the agent may know: the keys it is granted, and their versions it may still fetch, asked of
+its server (ListGrantedKeys: what it could learn one FetchKey at a time, with nothing released;
+other keys stay unnamed), with a one-second limit and kept a few seconds in a 0600 file under the
+user's cache directory; and from its state directory, its own name, groups and certificate
+serial, and the keys and versions it fetched to files (so completion still works, partly, with
+the server down). Nothing to be had completes nothing, silently.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.context import client_for
 from agent.state import KeyFile, StateDir, default_state_dir
 from kms import completion
 from kms.cli import ArgumentParser, Subcommands
+from kms.securefile import ensure_private_dir, write_atomic
 
 __all__ = ["add_completion", "live", "quiet", "rule"]
 
@@ -27,6 +32,8 @@ _EXAMPLE = """example:
   kms-agent completion bash > ~/.local/share/bash-completion/completions/kms-agent
   kms-agent completion zsh > "${fpath[1]}/_kms-agent"
   kms-agent completion fish > ~/.config/fish/completions/kms-agent.fish"""
+
+_FETCH_TIMEOUT = 1.0
 
 # (subcommand, argument) -> kind
 _RULES = {
@@ -49,7 +56,7 @@ def add_completion(sub: Subcommands, common: ArgumentParser) -> None:
         parents=[common],
         help="print a shell completion script (bash, zsh or fish), live names included",
         description="Print a completion script for kms-agent; Tab then completes subcommands, flags,"
-        " and the names this agent knows: the keys and versions it fetched, its groups, its serial.",
+        " and the names this agent may know: the keys it is granted and their versions, its groups, its serial.",
         epilog=_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -109,6 +116,18 @@ def _state(args: argparse.Namespace, words: list[str]) -> StateDir:
 
 
 def _names(state: StateDir) -> completion.Names:
+    names = _local(state)
+    with contextlib.suppress(Exception):  # the server's answer, when there is one
+        granted = _granted(state)
+        for kind, values in granted.items():
+            names[kind] = sorted(
+                {*names.get(kind, []), *values},
+                key=lambda v: (len(v), v) if kind.startswith("versions:") else (0, v),
+            )
+    return names
+
+
+def _local(state: StateDir) -> completion.Names:
     settings = json.loads(state.settings.read_text())
     names: completion.Names = {
         "agents": [str(settings["name"])],
@@ -123,4 +142,24 @@ def _names(state: StateDir) -> completion.Names:
     for name in names["keys"]:
         versions = sorted({f.version for f in files if f.name == name})
         names[f"versions:{name}"] = [str(v) for v in versions]
+    return names
+
+
+def _granted(state: StateDir) -> completion.Names:
+    """The granted keys and versions, from the cache while fresh, else from the server."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(str(state.path.resolve()).encode()).hexdigest()[:16]
+    cache = base / "seed-kms" / f"complete-agent-{digest}.json"
+    now = time.time()
+    with contextlib.suppress(OSError):
+        cached = completion.from_cache(cache.read_text(), now)
+        if cached is not None:
+            return cached
+    with client_for(state.load(), _FETCH_TIMEOUT) as client:
+        keys = client.list_granted_keys().keys
+    names: completion.Names = {"keys": [k.name for k in keys]}
+    names.update({f"versions:{k.name}": [str(v) for v in k.versions] for k in keys})
+    with contextlib.suppress(OSError):
+        ensure_private_dir(cache.parent)
+        write_atomic(cache, completion.cache_text(names, now).encode(), mode=0o600)
     return names

@@ -5,6 +5,7 @@ and a key's versions; and silence when there is nothing to ask."""
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 from pathlib import Path
 
@@ -15,7 +16,11 @@ from tests.harness import ServerProcess, agent, exe, run
 
 pytestmark = pytest.mark.sqlite_only("the scripts and the admin socket work the same over either store")
 
-RIG = Rig("kmscmp", agents=(("web-1", ("web",)),), keys=(("payroll-db", "group:web"),))
+RIG = Rig(
+    "kmscmp",
+    agents=(("web-1", ("web",)), ("db-1", ("db",))),
+    keys=(("payroll-db", "group:web"), ("ledger", "agent:web-1"), ("orders", "group:db")),
+)
 
 # Sources the script, shows what `complete -p` registered, then completes the words given as
 # arguments (the last one is the word under the cursor) as bash would on Tab.
@@ -50,11 +55,14 @@ def test_bash_completes_live_names_from_the_server(rig: tuple[ServerProcess, Pat
     registered, offered = _tab(root, "kms-server", "ke")
     assert "-F _shtab_kms_server kms-server" in registered and offered == ["key"]
     assert _tab(root, "kms-server", *d, "key", "show", "pay")[1] == ["payroll-db"]
-    assert _tab(root, "kms-server", *d, "revoke", "agent", "")[1] == ["web-1"]
-    assert _tab(root, "kms-server", *d, "key", "grant", "payroll-db", "gr")[1] == ["group:web"]
-    assert _tab(root, "kms-server", *d, "token", "create", "--group", "")[1] == ["web"]
-    serial = json.loads(server.admin("agents", "list", "--json").stdout)[0]["serial"]
-    assert _tab(root, "kms-server", *d, "revoke", "cert", "")[1] == [serial]
+    assert _tab(root, "kms-server", *d, "revoke", "agent", "")[1] == ["db-1", "web-1"]
+    assert _tab(root, "kms-server", *d, "key", "grant", "payroll-db", "group:")[1] == [
+        "group:db",
+        "group:web",
+    ]
+    assert _tab(root, "kms-server", *d, "token", "create", "--group", "w")[1] == ["web"]
+    serials = sorted(a["serial"] for a in json.loads(server.admin("agents", "list", "--json").stdout))
+    assert _tab(root, "kms-server", *d, "revoke", "cert", "")[1] == serials
     # One fetch served those Tabs: the names sit a few seconds in a private cache file.
     (cache,) = (root / "cache" / "seed-kms").iterdir()
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600 and "payroll-db" in cache.read_text()
@@ -77,12 +85,25 @@ def test_nothing_to_ask_completes_nothing_silently(rig: tuple[ServerProcess, Pat
 
 
 def test_bash_completes_what_the_agent_knows(rig: tuple[ServerProcess, Path]) -> None:
-    _, root = rig
+    server, root = rig
     web = root / "web-1"
-    assert agent(web, "fetch-key", "payroll-db", "--out", str(root / "payroll.key")).returncode == 0
     d = ("--dir", str(web))
-    assert _tab(root, "kms-agent", *d, "fetch-key", "pay")[1] == ["payroll-db"]
-    assert _tab(root, "kms-agent", *d, "encrypt", "--key", "")[1] == ["payroll-db"]
+    # Its granted keys, from its server: directly and through its group; never another's.
+    assert _tab(root, "kms-agent", *d, "fetch-key", "")[1] == ["ledger", "payroll-db"]
+    rotated = json.loads(server.admin("key", "rotate", "payroll-db", "--json").stdout)
+    for cache in (root / "cache" / "seed-kms").glob("complete-agent-*"):
+        cache.unlink()
+    versions = [str(v["version"]) for v in rotated["versions"]]
+    assert _tab(root, "kms-agent", *d, "public-key", "payroll-db", "--version", "")[1] == versions
+    assert _tab(root, "kms-agent", "--dir", str(root / "db-1"), "encrypt", "--key", "")[1] == ["orders"]
     assert _tab(root, "kms-agent", *d, "exchange", "--group", "")[1] == ["web"]
     serial = json.loads(agent(web, "status", "--json").stdout)["serial"]
     assert _tab(root, "kms-agent", *d, "check", "--serial", "")[1] == [serial]
+    # With its server gone, what it fetched to files still completes.
+    assert agent(web, "fetch-key", "payroll-db", "--out", str(root / "payroll.key")).returncode == 0
+    broken = root / "broken"
+    shutil.copytree(web, broken)
+    settings = json.loads((broken / "agent.json").read_text())
+    settings["servers"] = ["127.0.0.1:9"]
+    (broken / "agent.json").write_text(json.dumps(settings))
+    assert _tab(root, "kms-agent", "--dir", str(broken), "sign", "--key", "")[1] == ["payroll-db"]
