@@ -69,12 +69,13 @@ def _spec(prog: str, kind: str) -> dict[str, Any]:
         # bash: shtab calls the function with the word being completed; COMP_WORDS is the line.
         "bash": function,
         # zsh: an action that is a function runs at each Tab (a $(...) in shtab's spec arrays
-        # would run once, when the script is loaded).
+        # would run once, when the script is loaded); $words holds only the innermost
+        # subcommand's words, so the whole line left of the cursor is sent instead.
         "zsh": function,
         "fish": f"({call} (commandline -opc) 2>/dev/null)",
         "preamble": {
             "bash": f'{function}() {{\n  compgen -W "$({call} "${{COMP_WORDS[@]}}" 2>/dev/null)" -- "$1"\n}}',
-            "zsh": f'{function}() {{\n  local -a live\n  live=(${{(f)"$({call} ${{words[@]}} 2>/dev/null)"}})\n'
+            "zsh": f'{function}() {{\n  local -a live\n  live=(${{(f)"$({call} ${{(z)LBUFFER}} 2>/dev/null)"}})\n'
             "  compadd -a live\n}",
         },
     }

@@ -1,6 +1,7 @@
 """Story: the completion scripts, run by bash itself against a running server: `complete -p`, then
 the generated function driven through COMP_WORDS, offering live key, agent, group and serial names
-and a key's versions; and silence when there is nothing to ask."""
+and a key's versions (an agent's from its server: its granted keys only); zsh in its line editor and
+fish's `complete -C` where installed; and silence when there is nothing to ask."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from tests.e2e.rig import Rig
@@ -107,3 +109,31 @@ def test_bash_completes_what_the_agent_knows(rig: tuple[ServerProcess, Path]) ->
     settings["servers"] = ["127.0.0.1:9"]
     (broken / "agent.json").write_text(json.dumps(settings))
     assert _tab(root, "kms-agent", "--dir", str(broken), "sign", "--key", "")[1] == ["payroll-db"]
+
+
+def test_zsh_and_fish_complete_live_names_too(rig: tuple[ServerProcess, Path]) -> None:
+    server, root = rig
+    line = f"kms-server --data-dir {server.data_dir} key show pay"
+    env = {
+        "PATH": f"{Path(exe('kms-server')).parent}:/usr/bin:/bin",
+        "XDG_CACHE_HOME": str(root / "cache-zf"),
+    }
+    if shutil.which("fish"):
+        script = root / "kms-server.fish"
+        script.write_text(run([exe("kms-server"), "completion", "fish"]).stdout)
+        offered = run(["fish", "--no-config", "-c", f"source {script}; complete -C '{line}'"], env=env)
+        assert offered.stdout.split("\t")[0] == "payroll-db", offered.stderr
+    if shutil.which("zsh"):  # zsh completes only in its line editor: drive it in a pty
+        functions = root / "zfunc"
+        functions.mkdir()
+        (functions / "_kms-server").write_text(run([exe("kms-server"), "completion", "zsh"]).stdout)
+        zsh = pexpect.spawn("zsh", ["-f", "-i"], env={**env, "TERM": "dumb"}, encoding="utf-8", timeout=20)
+        try:
+            zsh.sendline(
+                f"PS1='> '; fpath=({functions} $fpath); autoload -Uz compinit; compinit -u -D; echo READY"
+            )
+            zsh.expect("READY\r\n")
+            zsh.send(line + "\t")
+            zsh.expect("payroll-db")
+        finally:
+            zsh.close(force=True)
