@@ -77,7 +77,8 @@ def test_server_shell_completes_runs_and_guides(rig: tuple[ServerProcess, Path])
         _line(child, "kms-server", "key rotate nosuch", "error: ", "nosuch")
         _line(child, "kms-server", "frobnicate", "no command 'frobnicate'")
         _line(child, "kms-server", "help revoke", "usage: kms-server revoke")
-        _line(child, "kms-server", "token create --name web-9", "")
+        printed = _line(child, "kms-server", "token create --name web-9")
+        (token,) = re.findall(r"[0-9a-f]{16}\.[A-Za-z0-9_-]{43}", printed)
         _type(child, "key destroy payroll-db --version 1")
         child.sendcontrol("c")  # cancels the line: nothing destroyed
         child.expect("kms-server>")
@@ -94,6 +95,7 @@ def test_server_shell_completes_runs_and_guides(rig: tuple[ServerProcess, Path])
     text = history.read_text()
     assert "key show payroll-db" in text and "token create --name web-9" in text
     assert "destroy" not in text and "billing" not in text  # cancelled; menu answers are not commands
+    assert token not in text and token.split(".")[1] not in text  # printed, never kept
 
 
 def test_agent_shell_completes_what_it_knows_and_keeps_secrets_out(rig: tuple[ServerProcess, Path]) -> None:
