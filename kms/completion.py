@@ -28,6 +28,7 @@ __all__ = [
     "TTL",
     "Names",
     "cache_text",
+    "hide",
     "from_cache",
     "script",
     "values",
@@ -56,6 +57,21 @@ def walk(
                 yield from walk(sub, (*path, name))
         else:
             yield path, action
+
+
+class _Hiding(dict[str, Any]):
+    """A subcommand table that still parses a hidden name but does not list it (argparse's
+    "invalid choice" message iterates the table)."""
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in super().__iter__() if name != HIDDEN)
+
+
+def hide(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Keeps the hidden subcommand out of the lists argparse prints."""
+    table = _Hiding(sub._name_parser_map)
+    sub._name_parser_map = table
+    sub.choices = table
 
 
 def _function(prog: str, kind: str) -> str:

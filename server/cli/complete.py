@@ -49,6 +49,7 @@ def add_completion(sub: Subcommands, common: ArgumentParser) -> None:
     hidden.add_argument("kind", help=argparse.SUPPRESS)
     hidden.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     hidden.set_defaults(func=_cmd_live)
+    completion.hide(sub)
 
 
 def rule(path: tuple[str, ...], action: argparse.Action) -> str | None:

@@ -78,3 +78,14 @@ def test_versions_are_those_of_the_key_on_the_command_line() -> None:
     assert completion.values(names, "versions", ["kms-server", "revoke", "key"]) == ["1", "2", "3", "10"]
     assert completion.values(names, "keys", []) == ["a", "b"]
     assert completion.values(names, "agents", []) == []
+
+
+@pytest.mark.parametrize("program", PROGRAMS, ids=[p[0] for p in PROGRAMS])
+def test_the_hidden_subcommand_parses_but_is_never_listed(program: tuple[object, ...]) -> None:
+    _, build, _ = program
+    parser = build()  # type: ignore[operator]
+    assert parser.parse_args(["__complete", "keys", "--", "x"]).kind == "keys"
+    with pytest.raises(Exception, match="invalid choice") as refused:
+        parser.parse_args(["bogus"])
+    assert "__complete" not in str(refused.value) and "'shell'" in str(refused.value)
+    assert "__complete" not in parser.format_help()
