@@ -22,13 +22,22 @@ MENU = (
         ("key", "create"),
         (
             Ask("key name"),
-            Ask("grant to (agent:NAME or group:NAME, comma-separated)", "--grant", "grants", False, True),
+            Ask(
+                "grant to (agent:NAME or group:NAME, comma-separated)",
+                "--grant",
+                kind="grants",
+                required=False,
+                several=True,
+            ),
         ),
     ),
     Task(
         "create a join token for a new agent",
         ("token", "create"),
-        (Ask("agent name", "--name"), Ask("groups (comma-separated)", "--group", "groups", False, True)),
+        (
+            Ask("agent name", "--name"),
+            Ask("groups (comma-separated)", "--group", kind="groups", required=False, several=True),
+        ),
     ),
     Task(
         "grant a key",
