@@ -3,9 +3,21 @@ agent/commands/, each module adding its own subcommands; this module only builds
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
-from agent.commands import GLOBAL_SETTINGS, examples, exchange, identity, keys, revocation, run, signing
+from agent.commands import (
+    GLOBAL_SETTINGS,
+    complete,
+    examples,
+    exchange,
+    identity,
+    keys,
+    revocation,
+    run,
+    shell,
+    signing,
+)
 from agent.config import apply_config
 from kms.cli import ArgumentParser, command_parsers, run_main
 from kms.cli_help import document
@@ -29,6 +41,8 @@ _COMMANDS = (
     signing.add_sign,
     signing.add_verify,
     revocation.add_check,
+    complete.add_completion,
+    shell.add_shell,
 )
 
 _CONFIG = (("--config",), {"default": None, "help": "TOML config file (env KMS_AGENT_CONFIG)"})
@@ -46,7 +60,10 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main("kms-agent", build_parser(), argv, prepare=apply_config)
+    parser, args = build_parser(), sys.argv[1:] if argv is None else list(argv)
+    if shell.wants_shell(parser, args):
+        argv = [*args, "shell"]
+    return run_main("kms-agent", parser, argv, prepare=complete.quiet(args, apply_config))
 
 
 if __name__ == "__main__":

@@ -173,6 +173,12 @@ class KmsClient:
         request = enrollment_pb2.EnrollRequest(join_token=join_token, csr_der=csr_der)
         return cast(enrollment_pb2.EnrollResponse, self._call(lambda e: e.enrollment.Enroll, request))
 
+    def list_granted_keys(self) -> keys_pb2.ListGrantedKeysResponse:
+        return cast(
+            keys_pb2.ListGrantedKeysResponse,
+            self._call(lambda e: e.keys.ListGrantedKeys, keys_pb2.ListGrantedKeysRequest()),
+        )
+
     def whoami(self) -> identity_pb2.WhoAmIResponse:
         return cast(
             identity_pb2.WhoAmIResponse,

@@ -24,23 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11kms/v1/keys.proto\x12\x06kms.v1\"i\n\x0f\x46\x65tchKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12%\n\x07purpose\x18\x03 \x01(\x0e\x32\x14.kms.v1.FetchPurpose\x12\x10\n\x08key_pair\x18\n \x01(\x08\"\xb4\x01\n\x10\x46\x65tchKeyResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x03\x12\x13\n\x0bwrapped_key\x18\x05 \x01(\x0c\x12\x1a\n\x12wrapped_for_serial\x18\x06 \x01(\t\x12\x10\n\x08key_type\x18\n \x01(\t\x12\x1b\n\x13wrapped_private_key\x18\x0b \x01(\x0c\"4\n\x13GetPublicKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"~\n\x14GetPublicKeyResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08key_type\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x12\n\npublic_key\x18\x05 \x01(\x0c\x12\x12\n\ncreated_at\x18\x06 \x01(\x03*c\n\x0c\x46\x65tchPurpose\x12\x1d\n\x19\x46\x45TCH_PURPOSE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x45TCH_PURPOSE_ENCRYPT\x10\x01\x12\x19\n\x15\x46\x45TCH_PURPOSE_DECRYPT\x10\x02\x32\x90\x01\n\x04Keys\x12=\n\x08\x46\x65tchKey\x12\x17.kms.v1.FetchKeyRequest\x1a\x18.kms.v1.FetchKeyResponse\x12I\n\x0cGetPublicKey\x12\x1b.kms.v1.GetPublicKeyRequest\x1a\x1c.kms.v1.GetPublicKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11kms/v1/keys.proto\x12\x06kms.v1\"\x18\n\x16ListGrantedKeysRequest\"W\n\nGrantedKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08key_type\x18\x02 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x03 \x01(\x03\x12\x10\n\x08versions\x18\x04 \x03(\x03\";\n\x17ListGrantedKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.kms.v1.GrantedKey\"i\n\x0f\x46\x65tchKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12%\n\x07purpose\x18\x03 \x01(\x0e\x32\x14.kms.v1.FetchPurpose\x12\x10\n\x08key_pair\x18\n \x01(\x08\"\xb4\x01\n\x10\x46\x65tchKeyResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x03\x12\x13\n\x0bwrapped_key\x18\x05 \x01(\x0c\x12\x1a\n\x12wrapped_for_serial\x18\x06 \x01(\t\x12\x10\n\x08key_type\x18\n \x01(\t\x12\x1b\n\x13wrapped_private_key\x18\x0b \x01(\x0c\"4\n\x13GetPublicKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"~\n\x14GetPublicKeyResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08key_type\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x12\n\npublic_key\x18\x05 \x01(\x0c\x12\x12\n\ncreated_at\x18\x06 \x01(\x03*c\n\x0c\x46\x65tchPurpose\x12\x1d\n\x19\x46\x45TCH_PURPOSE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x45TCH_PURPOSE_ENCRYPT\x10\x01\x12\x19\n\x15\x46\x45TCH_PURPOSE_DECRYPT\x10\x02\x32\xe4\x01\n\x04Keys\x12=\n\x08\x46\x65tchKey\x12\x17.kms.v1.FetchKeyRequest\x1a\x18.kms.v1.FetchKeyResponse\x12I\n\x0cGetPublicKey\x12\x1b.kms.v1.GetPublicKeyRequest\x1a\x1c.kms.v1.GetPublicKeyResponse\x12R\n\x0fListGrantedKeys\x12\x1e.kms.v1.ListGrantedKeysRequest\x1a\x1f.kms.v1.ListGrantedKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kms.v1.keys_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FETCHPURPOSE']._serialized_start=501
-  _globals['_FETCHPURPOSE']._serialized_end=600
-  _globals['_FETCHKEYREQUEST']._serialized_start=29
-  _globals['_FETCHKEYREQUEST']._serialized_end=134
-  _globals['_FETCHKEYRESPONSE']._serialized_start=137
-  _globals['_FETCHKEYRESPONSE']._serialized_end=317
-  _globals['_GETPUBLICKEYREQUEST']._serialized_start=319
-  _globals['_GETPUBLICKEYREQUEST']._serialized_end=371
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=373
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=499
-  _globals['_KEYS']._serialized_start=603
-  _globals['_KEYS']._serialized_end=747
+  _globals['_FETCHPURPOSE']._serialized_start=677
+  _globals['_FETCHPURPOSE']._serialized_end=776
+  _globals['_LISTGRANTEDKEYSREQUEST']._serialized_start=29
+  _globals['_LISTGRANTEDKEYSREQUEST']._serialized_end=53
+  _globals['_GRANTEDKEY']._serialized_start=55
+  _globals['_GRANTEDKEY']._serialized_end=142
+  _globals['_LISTGRANTEDKEYSRESPONSE']._serialized_start=144
+  _globals['_LISTGRANTEDKEYSRESPONSE']._serialized_end=203
+  _globals['_FETCHKEYREQUEST']._serialized_start=205
+  _globals['_FETCHKEYREQUEST']._serialized_end=310
+  _globals['_FETCHKEYRESPONSE']._serialized_start=313
+  _globals['_FETCHKEYRESPONSE']._serialized_end=493
+  _globals['_GETPUBLICKEYREQUEST']._serialized_start=495
+  _globals['_GETPUBLICKEYREQUEST']._serialized_end=547
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=549
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=675
+  _globals['_KEYS']._serialized_start=779
+  _globals['_KEYS']._serialized_end=1007
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -13,6 +15,28 @@ class FetchPurpose(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 FETCH_PURPOSE_UNSPECIFIED: FetchPurpose
 FETCH_PURPOSE_ENCRYPT: FetchPurpose
 FETCH_PURPOSE_DECRYPT: FetchPurpose
+
+class ListGrantedKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GrantedKey(_message.Message):
+    __slots__ = ("name", "key_type", "current_version", "versions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    key_type: str
+    current_version: int
+    versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., key_type: _Optional[str] = ..., current_version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ListGrantedKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[GrantedKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[GrantedKey, _Mapping]]] = ...) -> None: ...
 
 class FetchKeyRequest(_message.Message):
     __slots__ = ("name", "version", "purpose", "key_pair")

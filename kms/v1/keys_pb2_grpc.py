@@ -44,6 +44,11 @@ class KeysStub:
                 request_serializer=kms_dot_v1_dot_keys__pb2.GetPublicKeyRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_keys__pb2.GetPublicKeyResponse.FromString,
                 _registered_method=True)
+        self.ListGrantedKeys = channel.unary_unary(
+                '/kms.v1.Keys/ListGrantedKeys',
+                request_serializer=kms_dot_v1_dot_keys__pb2.ListGrantedKeysRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_keys__pb2.ListGrantedKeysResponse.FromString,
+                _registered_method=True)
 
 
 class KeysServicer:
@@ -67,6 +72,16 @@ class KeysServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListGrantedKeys(self, request, context):
+        """The keys the caller is granted (directly or through a group), by name, with
+        their versions that may still be fetched: what it could learn one FetchKey at a
+        time, without releasing anything (no release is recorded). Other keys stay
+        unnamed. kms-agent's shell completion asks it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeysServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +94,11 @@ def add_KeysServicer_to_server(servicer, server):
                     servicer.GetPublicKey,
                     request_deserializer=kms_dot_v1_dot_keys__pb2.GetPublicKeyRequest.FromString,
                     response_serializer=kms_dot_v1_dot_keys__pb2.GetPublicKeyResponse.SerializeToString,
+            ),
+            'ListGrantedKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrantedKeys,
+                    request_deserializer=kms_dot_v1_dot_keys__pb2.ListGrantedKeysRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_keys__pb2.ListGrantedKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +155,33 @@ class Keys:
             '/kms.v1.Keys/GetPublicKey',
             kms_dot_v1_dot_keys__pb2.GetPublicKeyRequest.SerializeToString,
             kms_dot_v1_dot_keys__pb2.GetPublicKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrantedKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Keys/ListGrantedKeys',
+            kms_dot_v1_dot_keys__pb2.ListGrantedKeysRequest.SerializeToString,
+            kms_dot_v1_dot_keys__pb2.ListGrantedKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,12 @@ class KeysStub:
     release). Refused for a destroyed version, a disabled key and an AES key;
     a compromised version is answered with its state, for verifiers to refuse.
     """
+    ListGrantedKeys: _grpc.UnaryUnaryMultiCallable[_keys_pb2.ListGrantedKeysRequest, _keys_pb2.ListGrantedKeysResponse]
+    """The keys the caller is granted (directly or through a group), by name, with
+    their versions that may still be fetched: what it could learn one FetchKey at a
+    time, without releasing anything (no release is recorded). Other keys stay
+    unnamed. kms-agent's shell completion asks it.
+    """
 
 @_typing.type_check_only
 class KeysAsyncStub(KeysStub):
@@ -54,6 +60,12 @@ class KeysAsyncStub(KeysStub):
     grant only: nothing secret is released, so nothing is logged as a
     release). Refused for a destroyed version, a disabled key and an AES key;
     a compromised version is answered with its state, for verifiers to refuse.
+    """
+    ListGrantedKeys: _aio.UnaryUnaryMultiCallable[_keys_pb2.ListGrantedKeysRequest, _keys_pb2.ListGrantedKeysResponse]  # type: ignore[assignment]
+    """The keys the caller is granted (directly or through a group), by name, with
+    their versions that may still be fetched: what it could learn one FetchKey at a
+    time, without releasing anything (no release is recorded). Other keys stay
+    unnamed. kms-agent's shell completion asks it.
     """
 
 class KeysServicer(metaclass=_abc_1.ABCMeta):
@@ -77,6 +89,18 @@ class KeysServicer(metaclass=_abc_1.ABCMeta):
         grant only: nothing secret is released, so nothing is logged as a
         release). Refused for a destroyed version, a disabled key and an AES key;
         a compromised version is answered with its state, for verifiers to refuse.
+        """
+
+    @_abc_1.abstractmethod
+    def ListGrantedKeys(
+        self,
+        request: _keys_pb2.ListGrantedKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_pb2.ListGrantedKeysResponse, _abc.Awaitable[_keys_pb2.ListGrantedKeysResponse]]:
+        """The keys the caller is granted (directly or through a group), by name, with
+        their versions that may still be fetched: what it could learn one FetchKey at a
+        time, without releasing anything (no release is recorded). Other keys stay
+        unnamed. kms-agent's shell completion asks it.
         """
 
 def add_KeysServicer_to_server(servicer: KeysServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -54,3 +54,21 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
             public_key=found.der,
             created_at=found.version.created_at,
         )
+
+    async def ListGrantedKeys(
+        self, request: keys_pb2.ListGrantedKeysRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.ListGrantedKeysResponse:
+        caller = current_caller.get()
+        assert caller is not None  # the method table: Role.AGENT only
+        fetchable = ("active", "deactivated")
+        return keys_pb2.ListGrantedKeysResponse(
+            keys=[
+                keys_pb2.GrantedKey(
+                    name=key.name,
+                    key_type=key.key_type,
+                    current_version=key.current_version,
+                    versions=[v.version for v in key.versions if v.state in fetchable],
+                )
+                for key in await self._keys.granted(caller)
+            ]
+        )

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from kms.cli import ArgumentParser, command_parsers, run_main
 from kms.cli_help import document
-from server.cli import admin, audit, daemon, examples, keys, release
+from server.cli import admin, audit, complete, daemon, examples, keys, release, shell
 
 __all__ = ["main"]
 
@@ -30,6 +30,8 @@ _COMMANDS = (
     admin.add_backup,
     daemon.add_restore,
     audit.add_audit,
+    complete.add_completion,
+    shell.add_shell,
 )
 
 
@@ -65,8 +67,11 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if shell.wants_shell(parser, args):
+        args = argv = [*args, "shell"]
     # The daemon keeps gRPC's own error log; admin commands print one line.
-    return run_main("kms-server", build_parser(), argv, quiet_grpc=args[:1] != ["run"])
+    return run_main("kms-server", parser, argv, quiet_grpc=args[:1] != ["run"])
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ _TIMEOUT = 15.0
 
 
 class AdminClient:
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(self, socket_path: Path, *, timeout: float = _TIMEOUT) -> None:
         self._socket = socket_path
+        self._timeout = timeout
         if not socket_path.exists():
             raise Unavailable(
                 f"no kms-server is running for this data dir (no admin socket at {socket_path}): start it with kms-server run"
@@ -40,7 +41,7 @@ class AdminClient:
 
     def _call(self, method: Callable[..., T], request: Any) -> T:
         try:
-            return method(request, timeout=_TIMEOUT)
+            return method(request, timeout=self._timeout)
         except grpc.RpcError as exc:
             error = from_rpc_error(exc.code(), exc.details(), exc.trailing_metadata())
             if isinstance(error, Unavailable) and not isinstance(error, StoreDown):

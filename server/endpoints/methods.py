@@ -76,6 +76,7 @@ METHODS: dict[str, Method] = {
     "/kms.v1.Admin/EnableKey": _ADMIN,
     "/kms.v1.Keys/FetchKey": Method(Role.AGENT, counter=Counter.KEY_RELEASES),
     "/kms.v1.Keys/GetPublicKey": _AGENT,
+    "/kms.v1.Keys/ListGrantedKeys": _AGENT,
     "/kms.v1.Admin/RevokeCertificate": _ADMIN,
     "/kms.v1.Admin/RevokeAgent": _ADMIN,
     "/kms.v1.Admin/RevokeKey": _ADMIN,

@@ -10,10 +10,14 @@ import pytest
 
 from agent.cli import build_parser as agent_parser
 from kms.cli_help import subcommands
+from kms.completion import HIDDEN
 from server.cli import build_parser as server_parser
 
 PROGRAMS = {"kms-agent": agent_parser, "kms-server": server_parser}
-PAGES = [(prog, path) for prog, build in PROGRAMS.items() for path, _, _ in subcommands(build())]
+# The hidden subcommand the completion scripts call is no page anyone reads.
+PAGES = [
+    (prog, path) for prog, build in PROGRAMS.items() for path, _, _ in subcommands(build()) if path != HIDDEN
+]
 
 
 def _page(prog: str, path: str) -> argparse.ArgumentParser:

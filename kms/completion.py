@@ -1,0 +1,134 @@
+"""Shell completion scripts generated from the real argparse parsers, with live names wired in.
+
+shtab writes the scripts (bash, zsh, fish) from the parser itself, so a new flag or subcommand
+is completed without anyone editing a script. Arguments that name something that exists (a key,
+an agent, a group, a serial, a key version, a grantee) get a ``complete`` spec that asks the
+program itself, ``PROG __complete KIND -- WORDS...`` (the hidden subcommand each program adds):
+it prints the names, one a line, from a short-lived cache or a fetch with a short time limit,
+and prints nothing when they cannot be had. The words typed so far go along, so a --data-dir,
+a --dir or a key name on the command line is used (the versions of *that* key).
+
+Pure: the programs fetch, read and write the cache; this module only turns values into text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import shtab
+
+__all__ = [
+    "HIDDEN",
+    "KINDS",
+    "SHELLS",
+    "TTL",
+    "Names",
+    "cache_text",
+    "hide",
+    "from_cache",
+    "script",
+    "values",
+    "walk",
+]
+
+SHELLS = ("bash", "zsh", "fish")
+HIDDEN = "__complete"
+# Seconds a fetched set of names is reused: one Tab after another costs one fetch.
+TTL = 5.0
+KINDS = ("keys", "agents", "groups", "serials", "versions", "grants")
+
+# kind -> values; "versions:NAME" -> the versions of key NAME.
+Names = dict[str, list[str]]
+# (command path, action) -> the kind of live value it takes, or None.
+Rule = Callable[[tuple[str, ...], argparse.Action], "str | None"]
+
+
+def walk(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.Action]]:
+    """Every action of parser and its subcommands, with the subcommand path that leads to it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from walk(sub, (*path, name))
+        else:
+            yield path, action
+
+
+class _Hiding(dict[str, Any]):
+    """A subcommand table that still parses a hidden name but does not list it (argparse's
+    "invalid choice" message iterates the table)."""
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in super().__iter__() if name != HIDDEN)
+
+
+def hide(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Keeps the hidden subcommand out of the lists argparse prints."""
+    table = _Hiding(sub._name_parser_map)
+    sub._name_parser_map = table
+    sub.choices = table
+
+
+def _function(prog: str, kind: str) -> str:
+    return "_" + re.sub(r"\W", "_", prog) + "_live_" + kind
+
+
+def _spec(prog: str, kind: str) -> dict[str, Any]:
+    call = f"{prog} {HIDDEN} {kind} --"
+    function = _function(prog, kind)
+    return {
+        # bash: shtab calls the function with the word being completed; COMP_WORDS is the line.
+        "bash": function,
+        # zsh: an action that is a function runs at each Tab (a $(...) in shtab's spec arrays
+        # would run once, when the script is loaded); $words holds only the innermost
+        # subcommand's words, so the whole line left of the cursor is sent instead.
+        "zsh": function,
+        "fish": f"({call} (commandline -opc) 2>/dev/null)",
+        "preamble": {
+            "bash": f'{function}() {{\n  compgen -W "$({call} "${{COMP_WORDS[@]}}" 2>/dev/null)" -- "$1"\n}}',
+            "zsh": f'{function}() {{\n  local -a live\n  live=(${{(f)"$({call} ${{(z)LBUFFER}} 2>/dev/null)"}})\n'
+            "  compadd -a live\n}",
+        },
+    }
+
+
+def script(parser: argparse.ArgumentParser, shell: str, rule: Rule) -> str:
+    """The completion script of parser for shell, live values where rule names a kind."""
+    prog = parser.prog
+    for path, action in walk(parser):
+        kind = rule(path, action)
+        if kind is not None:
+            action.complete = _spec(prog, kind)  # type: ignore[attr-defined]
+    return str(shtab.complete(parser, shell=shell))
+
+
+def values(names: Mapping[str, Sequence[str]], kind: str, words: Sequence[str]) -> list[str]:
+    """What to offer for kind: versions are those of the first key named in words (else all)."""
+    if kind != "versions":
+        return list(names.get(kind, ()))
+    for word in words:
+        if f"versions:{word}" in names:
+            return list(names[f"versions:{word}"])
+    every = {v for k, vs in names.items() if k.startswith("versions:") for v in vs}
+    return sorted(every, key=lambda v: (len(v), v))
+
+
+def cache_text(names: Names, now: float) -> str:
+    return json.dumps({"at": now, "names": names})
+
+
+def from_cache(text: str, now: float, ttl: float = TTL) -> Names | None:
+    """The names in a cache file's text, or None when it is stale, from the future or malformed."""
+    try:
+        doc = json.loads(text)
+        at, names = float(doc["at"]), doc["names"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not (0 <= now - at <= ttl) or not isinstance(names, dict):
+        return None
+    return {str(k): [str(v) for v in vs] for k, vs in names.items() if isinstance(vs, list)}
