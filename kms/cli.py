@@ -35,7 +35,15 @@ __all__ = [
 
 
 class ArgumentParser(SubcommandErrors):
-    """argparse whose usage errors are one stderr line and exit code 2, naming the subcommand's help."""
+    """argparse whose usage errors are one stderr line and exit code 2, naming the subcommand's help.
+
+    Flags are never abbreviated (--include for --include-key): a script keeps meaning the same
+    when a flag is added, and the shell's history filter can recognise secret-bearing flags.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise InvalidArgument(f"{message} (see {self.prog} --help)")

@@ -21,6 +21,9 @@ from typing import Any
 
 import shtab
 
+from kms.errors import InvalidArgument
+from kms.identity import validate_agent_name, validate_group, validate_key_name
+
 __all__ = [
     "HIDDEN",
     "KINDS",
@@ -40,6 +43,7 @@ HIDDEN = "__complete"
 # Seconds a fetched set of names is reused: one Tab after another costs one fetch.
 TTL = 5.0
 KINDS = ("keys", "agents", "groups", "serials", "versions", "grants")
+_SHAPES = {"serials": r"[0-9a-f]{1,64}", "versions": r"[1-9][0-9]{0,9}"}
 
 # kind -> values; "versions:NAME" -> the versions of key NAME.
 Names = dict[str, list[str]]
@@ -90,7 +94,10 @@ def _spec(prog: str, kind: str) -> dict[str, Any]:
         "zsh": function,
         "fish": f"({call} (commandline -opc) 2>/dev/null)",
         "preamble": {
-            "bash": f'{function}() {{\n  compgen -W "$({call} "${{COMP_WORDS[@]}}" 2>/dev/null)" -- "$1"\n}}',
+            # Each name is printed as it came, matched by prefix as a literal: never through
+            # compgen -W, which would expand a $(...) inside a name (names come from a server).
+            "bash": f'{function}() {{\n  local v\n  while IFS= read -r v; do [[ $v == "$1"* ]] && printf "%s\\n" "$v"; done'
+            f' < <({call} "${{COMP_WORDS[@]}}" 2>/dev/null)\n}}',
             "zsh": f'{function}() {{\n  local -a live\n  live=(${{(f)"$({call} ${{(z)LBUFFER}} 2>/dev/null)"}})\n'
             "  compadd -a live\n}",
         },
@@ -107,8 +114,30 @@ def script(parser: argparse.ArgumentParser, shell: str, rule: Rule) -> str:
     return str(shtab.complete(parser, shell=shell))
 
 
+def _well_formed(kind: str, value: str) -> bool:
+    """Whether value has the shape of its kind: names come from a server, a socket or a state
+    dir typed on the line, and a shell must never be handed anything else."""
+    if kind in ("keys", "agents", "groups"):
+        check = {"keys": validate_key_name, "agents": validate_agent_name, "groups": validate_group}[kind]
+    elif kind == "grants":
+        scope, _, rest = value.partition(":")
+        return scope in ("agent", "group") and _well_formed(scope + "s", rest)
+    else:
+        return re.fullmatch(_SHAPES[kind], value) is not None
+    try:
+        check(value)
+    except InvalidArgument:
+        return False
+    return True
+
+
 def values(names: Mapping[str, Sequence[str]], kind: str, words: Sequence[str]) -> list[str]:
-    """What to offer for kind: versions are those of the first key named in words (else all)."""
+    """What to offer for kind, well-formed only: versions are those of the first key named in
+    words (else all)."""
+    return [v for v in _values(names, kind, words) if _well_formed(kind, v)]
+
+
+def _values(names: Mapping[str, Sequence[str]], kind: str, words: Sequence[str]) -> list[str]:
     if kind != "versions":
         return list(names.get(kind, ()))
     for word in words:

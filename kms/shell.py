@@ -41,10 +41,17 @@ _SECRET_FLAGS = ("--token", "--include-key")
 
 
 def has_secret(line: str) -> bool:
-    """Whether a typed line holds a secret or asks for one to be printed: kept out of history."""
-    return bool(_TOKEN.search(line)) or any(
-        word == flag or word.startswith(flag + "=") for word in line.split() for flag in _SECRET_FLAGS
-    )
+    """Whether a typed line holds a secret or asks for one to be printed: kept out of history.
+
+    A flag cut short (--tok, --include=) counts too: the parsers refuse abbreviations, but the
+    line was typed, with whatever followed it, and a refused line is still kept in history.
+    """
+    return bool(_TOKEN.search(line)) or any(_secret_flag(word) for word in line.split())
+
+
+def _secret_flag(word: str) -> bool:
+    flag = word.split("=", 1)[0]
+    return len(flag) >= 4 and flag.startswith("--") and any(s.startswith(flag) for s in _SECRET_FLAGS)
 
 
 class SecretFreeHistory(FileHistory):

@@ -4,9 +4,10 @@ A server started on a port that is already taken used to create a CA and a
 master key in a fresh data dir, then fail to bind, with a gRPC C-core log line
 before its own error. ``check_ports`` runs first, binding each configured port
 for a moment (with SO_REUSEADDR, as the real listeners do, so a port in
-TIME_WAIT is not mistaken for a taken one) and closing it again. Only "address
-in use" is decided here; any other failure (no such interface, a name that
-does not resolve) is left to the real bind, which reports it as before.
+TIME_WAIT is not mistaken for a taken one) and closing it again. A port in use
+on any of the host's addresses, or a host none of whose addresses can be bound
+(no such interface, a privileged port, a name that does not resolve), is one
+line naming the flag, and nothing is created.
 """
 
 from __future__ import annotations
@@ -30,18 +31,18 @@ def check_ports(cfg: ServerConfig) -> None:
     if cfg.http_host is not None:
         ports.append((cfg.http_host, cfg.http_port, "--http-listen"))
     for host, port, flag in ports:
-        if port and _in_use(host, port):
-            raise FailedPrecondition(
-                f"cannot listen on {join_hostport(host, port)} ({flag}): the port is already in use"
-                " (another kms-server, or another program): stop it or choose another port"
-            )
+        problem = _bind_problem(host, port) if port else None
+        if problem is not None:
+            raise FailedPrecondition(f"cannot listen on {join_hostport(host, port)} ({flag}): {problem}")
 
 
-def _in_use(host: str, port: int) -> bool:
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why host:port cannot be listened on, or None."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError:
-        return False
+    except OSError as exc:
+        return f"the host does not resolve ({exc.strerror or exc}): give an address of this machine"
+    failures: list[OSError] = []
     for family, kind, proto, _, addr in infos:
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -51,5 +52,11 @@ def _in_use(host: str, port: int) -> bool:
                 sock.bind(addr)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    return True
-    return False
+                    return (
+                        "the port is already in use (another kms-server, or another program):"
+                        " stop it or choose another port"
+                    )
+                failures.append(exc)
+    if infos and len(failures) == len(infos):  # one address that binds is enough, as for the listeners
+        return f"{failures[0].strerror or failures[0]}: give an address of this machine and a port it may use"
+    return None

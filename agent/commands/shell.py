@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from agent.commands import complete
@@ -13,6 +12,7 @@ from agent.config import apply_config
 from agent.context import state_dir
 from kms.cli import ArgumentParser, Subcommands, run_main
 from kms.errors import InvalidArgument
+from kms.prompts import is_interactive
 from kms.shell import Ask, SecretFreeHistory, Shell, Task, only_options
 
 __all__ = ["add_shell", "wants_shell"]
@@ -48,16 +48,14 @@ def add_shell(sub: Subcommands, common: ArgumentParser) -> None:
 
 def wants_shell(parser: argparse.ArgumentParser, argv: list[str]) -> bool:
     """kms-agent with no command (its options alone), on a terminal: the shell; piped, the usage error."""
-    return only_options(parser, argv) and sys.stdin.isatty() and sys.stdout.isatty()
+    return only_options(parser, argv) and is_interactive()
 
 
 def _cmd_shell(args: argparse.Namespace) -> int:
     from agent.cli import build_parser  # the whole parser: this module is one of its parts
 
-    if not sys.stdin.isatty():
-        raise InvalidArgument(
-            "the shell needs a terminal (stdin is not a TTY): run kms-agent COMMAND instead"
-        )
+    if not is_interactive():
+        raise InvalidArgument("the shell needs a terminal (stdin and stdout): run kms-agent COMMAND instead")
     state = state_dir(args)
     base = ["--dir", str(state.path), *(["--config", args.config] if args.config else [])]
     shell = Shell(

@@ -60,7 +60,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     master = Path(args.master_key) if args.master_key else None
     if master is None:
         raise InvalidArgument("restore needs --master-key FILE: the backup does not contain it")
-    from server.deployment.backup import restore, restore_replacing  # as in cmd_run
+    from server.deployment.backup import check_restorable, restore, restore_replacing  # as in cmd_run
 
     entries = sorted(p.name for p in data_dir.iterdir()) if data_dir.is_dir() else []
     if not entries:
@@ -71,6 +71,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"{data_dir.name}.before-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     )
     shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+    check_restorable(Path(args.file), data_dir)  # refused now, not after the question
     confirm.ask(
         args,
         "restore",

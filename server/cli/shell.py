@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from kms.cli import ArgumentParser, Subcommands, run_main
 from kms.errors import InvalidArgument
+from kms.prompts import is_interactive
 from kms.shell import Ask, SecretFreeHistory, Shell, Task, only_options
 from server.cli import complete
 from server.cli.context import data_dir
@@ -73,16 +73,14 @@ def add_shell(sub: Subcommands, common: ArgumentParser) -> None:
 
 def wants_shell(parser: argparse.ArgumentParser, argv: list[str]) -> bool:
     """kms-server with no command (its options alone), on a terminal: the shell; piped, the usage error."""
-    return only_options(parser, argv) and sys.stdin.isatty() and sys.stdout.isatty()
+    return only_options(parser, argv) and is_interactive()
 
 
 def _cmd_shell(args: argparse.Namespace) -> int:
     from server.cli import build_parser  # the whole parser: this module is one of its parts
 
-    if not sys.stdin.isatty():
-        raise InvalidArgument(
-            "the shell needs a terminal (stdin is not a TTY): run kms-server COMMAND instead"
-        )
+    if not is_interactive():
+        raise InvalidArgument("the shell needs a terminal (stdin and stdout): run kms-server COMMAND instead")
     base = [
         f
         for name in ("data_dir", "config")

@@ -20,7 +20,7 @@ from server.deployment.datadir import DataDir, DataDirError
 from server.deployment.sealing import Sealer
 from server.store import Store
 
-__all__ = ["backup", "restore", "restore_replacing"]
+__all__ = ["backup", "check_restorable", "read_backup", "restore", "restore_replacing"]
 
 _FILES = ("ca.crt", "ca.key", "server.crt", "server.key")
 _DB = "kms.db"
@@ -43,14 +43,8 @@ async def backup(store: Store, datadir: DataDir, target: Path) -> int:
     return target.stat().st_size
 
 
-def restore(source: Path, data_dir: Path, master_key_file: Path) -> None:
-    """Unpacks a backup into an empty data dir with the given master key, after checking they match."""
-    if data_dir.exists() and any(data_dir.iterdir()):
-        raise FailedPrecondition(f"{data_dir} is not empty: restore into a new directory")
-    try:
-        master = master_key_file.read_bytes()
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read master key {master_key_file}: {exc.strerror}") from None
+def read_backup(source: Path) -> dict[str, bytes]:
+    """The files of a backup, by name. Raises InvalidArgument when it is not one."""
     try:
         with tarfile.open(source, mode="r") as tar:
             members = {m.name: m for m in tar.getmembers()}
@@ -66,6 +60,25 @@ def restore(source: Path, data_dir: Path, master_key_file: Path) -> None:
         raise InvalidArgument(
             f"{source} is not a kms-server backup (not a tar archive; kms-server backup writes one)"
         ) from None
+    return contents
+
+
+def check_restorable(source: Path, data_dir: Path) -> None:
+    """What restoring source into the non-empty data_dir would refuse, checked before anyone is
+    asked to confirm it: a file that is not a backup, a server running on data_dir."""
+    read_backup(source)
+    _refuse_running(data_dir)
+
+
+def restore(source: Path, data_dir: Path, master_key_file: Path) -> None:
+    """Unpacks a backup into an empty data dir with the given master key, after checking they match."""
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise FailedPrecondition(f"{data_dir} is not empty: restore into a new directory")
+    try:
+        master = master_key_file.read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read master key {master_key_file}: {exc.strerror}") from None
+    contents = read_backup(source)
     ensure_private_dir(data_dir)
     target = DataDir(data_dir)
     write_atomic(target.master_key, master, mode=0o600)

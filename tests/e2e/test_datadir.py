@@ -201,3 +201,20 @@ def test_port_in_use_is_one_line(tmpdir_short: Path) -> None:
             assert not fresh.exists(), sorted(p.name for p in fresh.iterdir())
     finally:
         assert server.stop() == 0
+    # An address of no interface here: the same one line, and nothing created.
+    fresh = tmpdir_short / "c"
+    result = run(
+        [
+            exe("kms-server"),
+            "run",
+            "--data-dir",
+            str(fresh),
+            "--listen",
+            "192.0.2.1:9999",
+            *database_args(fresh),
+        ]
+    )
+    assert_one_line_error(
+        result, 6, "cannot listen on 192.0.2.1:9999 (--listen)", "give an address of this machine"
+    )
+    assert "add_port" not in result.stderr and not fresh.exists()

@@ -89,3 +89,43 @@ def test_the_hidden_subcommand_parses_but_is_never_listed(program: tuple[object,
         parser.parse_args(["bogus"])
     assert "__complete" not in str(refused.value) and "'shell'" in str(refused.value)
     assert "__complete" not in parser.format_help()
+
+
+def test_only_well_formed_names_are_offered() -> None:
+    """Names come from a server, a socket or a state dir typed on the line: anything that is not
+    the shape of its kind (a $(...) a shell would run, a newline) is dropped."""
+    evil = ["$(touch /tmp/pwned)", "a`id`", "x\ny", "", "web-1"]
+    names = {
+        "keys": ["app", *evil],
+        "agents": evil,
+        "groups": evil,
+        "serials": ["3a84c4", "$(id)", "XYZ"],
+        "versions:app": ["1", "2", "$(id)", "0"],
+        "grants": ["agent:web-1", "group:$(id)", "other:x", "group:web"],
+    }
+    words = ["kms-server", "key", "destroy", "app"]
+    assert completion.values(names, "keys", words) == ["app", "web-1"]
+    assert completion.values(names, "agents", words) == ["web-1"]
+    assert completion.values(names, "groups", words) == ["web-1"]
+    assert completion.values(names, "serials", words) == ["3a84c4"]
+    assert completion.values(names, "versions", words) == ["1", "2"]
+    assert completion.values(names, "grants", words) == ["agent:web-1", "group:web"]
+
+
+def test_bash_takes_names_literally(tmp_path: Path) -> None:
+    """Even a name that slipped through is never expanded by bash: no compgen -W over output."""
+    marker = tmp_path / "ran"
+    fake = tmp_path / "kms-agent"
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' 'app' 'apple' '$(touch {marker})'\n")
+    fake.chmod(0o755)
+    script = completion.script(agent_parser(), "bash", agent_rule)
+    probe = f"{script}\n_kms_agent_live_keys ap\n_kms_agent_live_keys '$'\n"
+    result = subprocess.run(
+        ["bash", "-c", probe],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+    )
+    assert result.stdout.splitlines() == ["app", "apple", f"$(touch {marker})"], result.stderr
+    assert not marker.exists()

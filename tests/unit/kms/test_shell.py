@@ -47,6 +47,13 @@ def test_lines_with_a_secret_never_reach_the_history_file(tmp_path: Path) -> Non
     assert has_secret(f"enroll --token {TOKEN}") and has_secret("enroll --token=x")
     assert has_secret(f"check --serial {TOKEN}")  # a token pasted anywhere
     assert has_secret("fetch-key app --include-key --json")
+    # Cut short (the parsers refuse it, but the line was typed with what followed).
+    assert (
+        has_secret("enroll --tok abc")
+        and has_secret("enroll --to=abc")
+        and has_secret("fetch-key k --include")
+    )
+    assert not has_secret("verify --key app f s") and not has_secret("watch --timeout 5")
     assert not has_secret("key show app") and not has_secret("token create --name web-1")
     history = SecretFreeHistory(str(tmp_path / "h"))
     history.store_string("key list")
