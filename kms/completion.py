@@ -19,8 +19,6 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import shtab
-
 from kms.errors import InvalidArgument
 from kms.identity import validate_agent_name, validate_group, validate_key_name
 
@@ -111,6 +109,8 @@ def script(parser: argparse.ArgumentParser, shell: str, rule: Rule) -> str:
         kind = rule(path, action)
         if kind is not None:
             action.complete = _spec(prog, kind)  # type: ignore[attr-defined]
+    import shtab  # only for `completion`: not loaded by every command, nor by __complete
+
     return str(shtab.complete(parser, shell=shell))
 
 

@@ -14,7 +14,6 @@ import argparse
 import re
 import shlex
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -22,8 +21,9 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 
 from kms.completion import HIDDEN, Rule
+from kms.menu import Ask, Task, answers_to_args
 
-__all__ = ["Ask", "ParserCompleter", "SecretFreeHistory", "Shell", "Task", "has_secret", "only_options"]
+__all__ = ["ParserCompleter", "SecretFreeHistory", "Shell", "has_secret"]
 
 SHELL_WORDS = ("help", "menu", "exit")
 # Commands the shell does not offer: itself, and the hidden one its scripts call.
@@ -60,18 +60,6 @@ class SecretFreeHistory(FileHistory):
     def store_string(self, string: str) -> None:
         if not has_secret(string):
             super().store_string(string)
-
-
-def only_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> bool:
-    """Whether argv is only the program's own options (no subcommand): then a terminal gets the shell."""
-    words = iter(argv)
-    for word in words:
-        action = parser._option_string_actions.get(word.split("=", 1)[0])
-        if action is None or action.help == argparse.SUPPRESS or word in ("-h", "--help"):
-            return False
-        if action.nargs != 0 and "=" not in word:
-            next(words, None)
-    return True
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -155,34 +143,6 @@ class _Values(Completer):
         for value in values:
             if value.startswith(current):
                 yield Completion(value, start_position=-len(current))
-
-
-@dataclass(frozen=True)
-class Ask:
-    """One value the menu asks for: a positional (flag None) or a flag's value."""
-
-    prompt: str
-    flag: str | None = None
-    kind: str | None = None
-    required: bool = True
-    # Several values, comma-separated: the flag is repeated for each.
-    several: bool = False
-
-
-@dataclass(frozen=True)
-class Task:
-    title: str
-    command: tuple[str, ...]
-    asks: tuple[Ask, ...] = ()
-
-
-def _answers_to_args(task: Task, answers: Sequence[str]) -> list[str]:
-    argv = list(task.command)
-    for ask, answer in zip(task.asks, answers, strict=True):
-        values = [v.strip() for v in answer.split(",") if v.strip()] if ask.several else [answer]
-        for value in values if answer else []:
-            argv += [value] if ask.flag is None else [ask.flag, value]
-    return argv
 
 
 class Shell:
@@ -279,7 +239,7 @@ class Shell:
             return 130
         except ValueError as exc:
             return self._error(str(exc))
-        argv = _answers_to_args(task, answers)
+        argv = answers_to_args(task, answers)
         print(f"→ {self._prog} {shlex.join(argv)}")
         return self._command(argv)
 

@@ -6,14 +6,18 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.commands import complete
 from agent.config import apply_config
 from agent.context import state_dir
 from kms.cli import ArgumentParser, Subcommands, run_main
 from kms.errors import InvalidArgument
+from kms.menu import Ask, Task, only_options
 from kms.prompts import is_interactive
-from kms.shell import Ask, SecretFreeHistory, Shell, Task, only_options
+
+if TYPE_CHECKING:
+    from kms.shell import SecretFreeHistory
 
 __all__ = ["add_shell", "wants_shell"]
 
@@ -53,6 +57,7 @@ def wants_shell(parser: argparse.ArgumentParser, argv: list[str]) -> bool:
 
 def _cmd_shell(args: argparse.Namespace) -> int:
     from agent.cli import build_parser  # the whole parser: this module is one of its parts
+    from kms.shell import Shell  # prompt_toolkit: loaded only when a shell opens
 
     if not is_interactive():
         raise InvalidArgument("the shell needs a terminal (stdin and stdout): run kms-agent COMMAND instead")
@@ -76,4 +81,6 @@ def _history(directory: Path) -> SecretFreeHistory | None:
     path = directory / "shell-history"
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     os.chmod(path, 0o600)
+    from kms.shell import SecretFreeHistory
+
     return SecretFreeHistory(str(path))

@@ -6,13 +6,17 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kms.cli import ArgumentParser, Subcommands, run_main
 from kms.errors import InvalidArgument
+from kms.menu import Ask, Task, only_options
 from kms.prompts import is_interactive
-from kms.shell import Ask, SecretFreeHistory, Shell, Task, only_options
 from server.cli import complete
 from server.cli.context import data_dir
+
+if TYPE_CHECKING:
+    from kms.shell import SecretFreeHistory
 
 __all__ = ["add_shell", "wants_shell"]
 
@@ -77,6 +81,7 @@ def wants_shell(parser: argparse.ArgumentParser, argv: list[str]) -> bool:
 
 
 def _cmd_shell(args: argparse.Namespace) -> int:
+    from kms.shell import Shell  # prompt_toolkit: loaded only when a shell opens
     from server.cli import build_parser  # the whole parser: this module is one of its parts
 
     if not is_interactive():
@@ -105,4 +110,6 @@ def _history(directory: Path) -> SecretFreeHistory | None:
     path = directory / "shell-history"
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     os.chmod(path, 0o600)
+    from kms.shell import SecretFreeHistory
+
     return SecretFreeHistory(str(path))

@@ -8,15 +8,8 @@ from pathlib import Path
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
-from kms.shell import (
-    Ask,
-    ParserCompleter,
-    SecretFreeHistory,
-    Task,
-    _answers_to_args,
-    has_secret,
-    only_options,
-)
+from kms.menu import Ask, Task, answers_to_args, only_options
+from kms.shell import ParserCompleter, SecretFreeHistory, has_secret
 from server.cli import build_parser
 from server.cli.complete import rule
 
@@ -74,7 +67,7 @@ def test_menu_answers_become_the_command_line() -> None:
     task = Task(
         "create", ("key", "create"), (Ask("name"), Ask("grants", "--grant", several=True, required=False))
     )
-    assert _answers_to_args(task, ["app", "group:web, agent:db-1"]) == [
+    assert answers_to_args(task, ["app", "group:web, agent:db-1"]) == [
         "key",
         "create",
         "app",
@@ -83,4 +76,4 @@ def test_menu_answers_become_the_command_line() -> None:
         "--grant",
         "agent:db-1",
     ]
-    assert _answers_to_args(task, ["app", ""]) == ["key", "create", "app"]
+    assert answers_to_args(task, ["app", ""]) == ["key", "create", "app"]
