@@ -286,8 +286,7 @@ class KeyService:
 
     async def granted(self, caller: Caller) -> tuple[KeyRecord, ...]:
         """The keys granted to caller, by name or through one of its groups (no release recorded)."""
-        mine = {f"agent:{caller.name}", *(f"group:{g}" for g in caller.groups)}
-        return tuple(k for k in await self._store.list_keys() if mine & {str(g) for g in k.grants})
+        return tuple(await self._store.granted_keys(caller.name, caller.groups))
 
     async def destroy(self, name: str, version: int) -> KeyRecord:
         check_version(version, allow_current=False)

@@ -118,6 +118,10 @@ class KeyMethods(Methods):
     async def list_keys(self) -> list[KeyRecord]:
         return await self._read(keys.list_keys)
 
+    async def granted_keys(self, agent: str, groups: tuple[str, ...]) -> list[KeyRecord]:
+        """The keys granted to agent, by name or through one of groups (a read: nothing released)."""
+        return await self._read(lambda tx: keys.granted_keys(tx, agent, groups))
+
     async def destroy_key_version(
         self, name: str, version: int, now: int, *, audit: Audit = None
     ) -> KeyRecord:

@@ -20,6 +20,7 @@ __all__ = [
     "disable_key",
     "enable_key",
     "grant_key",
+    "granted_keys",
     "granted_to",
     "list_keys",
     "release_key_version",
@@ -37,12 +38,13 @@ _ADD_GRANT = "INSERT INTO key_grants VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 _REVOKED = "SELECT COALESCE(revocation_reason, 'unspecified') FROM certificates WHERE serial=? AND revoked_at IS NOT NULL"
 
 
-def granted_to(groups: tuple[str, ...]) -> str:
-    """Whether key ? is granted to agent ? or one of groups (their placeholders follow)."""
+def granted_to(groups: tuple[str, ...], key: str = "?") -> str:
+    """Whether key (a placeholder, or a column) is granted to agent ? or one of groups (their
+    placeholders follow)."""
     in_groups = f" OR (kind='group' AND grantee IN ({','.join('?' * len(groups))}))" if groups else ""
     return (
         "EXISTS (SELECT 1 FROM key_grants"  # noqa: S608 - placeholders only
-        f" WHERE key_name=? AND ((kind='agent' AND grantee=?){in_groups}))"
+        f" WHERE key_name={key} AND ((kind='agent' AND grantee=?){in_groups}))"
     )
 
 
@@ -160,6 +162,16 @@ async def ungrant_key(tx: Tx, name: str, grant: Grant) -> KeyRecord:
 
 async def list_keys(tx: Tx) -> list[KeyRecord]:
     return [await key(tx, r[0]) for r in await tx.fetch("SELECT name FROM keys ORDER BY name")]
+
+
+async def granted_keys(tx: Tx, agent: str, groups: tuple[str, ...]) -> list[KeyRecord]:
+    """The keys granted to agent or one of groups, and no other key."""
+    names = await tx.fetch(
+        f"SELECT name FROM keys k WHERE {granted_to(groups, 'k.name')} ORDER BY name",  # noqa: S608
+        agent,
+        *groups,
+    )
+    return [await key(tx, r[0]) for r in names]
 
 
 async def destroy_key_version(tx: Tx, name: str, version: int, now: int) -> KeyRecord:
