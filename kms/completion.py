@@ -14,6 +14,7 @@ Pure: the programs fetch, read and write the cache; this module only turns value
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,6 +25,7 @@ from kms.identity import validate_agent_name, validate_group, validate_key_name
 
 __all__ = [
     "HIDDEN",
+    "add_commands",
     "KINDS",
     "SHELLS",
     "TTL",
@@ -161,3 +163,57 @@ def from_cache(text: str, now: float, ttl: float = TTL) -> Names | None:
     if not (0 <= now - at <= ttl) or not isinstance(names, dict):
         return None
     return {str(k): [str(v) for v in vs] for k, vs in names.items() if isinstance(vs, list)}
+
+
+# (args, kind, words typed so far) -> the live names; raises when they cannot be had.
+LiveNames = Callable[[argparse.Namespace, str, list[str]], list[str]]
+
+
+def add_commands(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    common: argparse.ArgumentParser,
+    *,
+    knows: str,
+    build: Callable[[], argparse.ArgumentParser],
+    rule: Rule,
+    live: LiveNames,
+) -> None:
+    """Adds `completion SHELL` and the hidden subcommand its scripts call to a program's parser.
+
+    knows: what the live names are, for the description; build: the program's whole parser
+    (called only when a script is printed: this runs while that parser is being built).
+    """
+    prog = sub._prog_prefix.split()[0]
+    p = sub.add_parser(
+        "completion",
+        parents=[common],
+        help="print a shell completion script (bash, zsh or fish), live names included",
+        description=f"Print a completion script for {prog}; Tab then completes subcommands, flags, and {knows}.",
+        epilog=(
+            f"example:\n  {prog} completion bash > ~/.local/share/bash-completion/completions/{prog}\n"
+            f'  {prog} completion zsh > "${{fpath[1]}}/_{prog}"\n'
+            f"  {prog} completion fish > ~/.config/fish/completions/{prog}.fish"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("shell", choices=SHELLS, help="the shell the script is for")
+    p.set_defaults(func=lambda args: _print(script(build(), args.shell, rule)))
+    # Hidden (no help=): not in --help, nor in the scripts' own list of subcommands.
+    hidden = sub.add_parser(HIDDEN, parents=[common])
+    hidden.add_argument("kind", help=argparse.SUPPRESS)
+    hidden.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    hidden.set_defaults(func=lambda args: _print_live(live, args))
+    hide(sub)
+
+
+def _print(text: str) -> int:
+    print(text, end="")
+    return 0
+
+
+def _print_live(live: LiveNames, args: argparse.Namespace) -> int:
+    """Prints the live values of args.kind, one a line; nothing at all when they cannot be had."""
+    words = [w for w in args.words if w != "--"]
+    with contextlib.suppress(Exception):
+        print("\n".join(live(args, args.kind, words)))
+    return 0

@@ -28,10 +28,6 @@ from kms.securefile import ensure_private_dir, write_atomic
 
 __all__ = ["add_completion", "live", "quiet", "rule"]
 
-_EXAMPLE = """example:
-  kms-agent completion bash > ~/.local/share/bash-completion/completions/kms-agent
-  kms-agent completion zsh > "${fpath[1]}/_kms-agent"
-  kms-agent completion fish > ~/.config/fish/completions/kms-agent.fish"""
 
 _FETCH_TIMEOUT = 1.0
 
@@ -51,23 +47,20 @@ _RULES = {
 
 
 def add_completion(sub: Subcommands, common: ArgumentParser) -> None:
-    p = sub.add_parser(
-        "completion",
-        parents=[common],
-        help="print a shell completion script (bash, zsh or fish), live names included",
-        description="Print a completion script for kms-agent; Tab then completes subcommands, flags,"
-        " and the names this agent may know: the keys it is granted and their versions, its groups, its serial.",
-        epilog=_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    completion.add_commands(
+        sub,
+        common,
+        knows="the names this agent may know: the keys it is granted and their versions, its groups, its serial",
+        build=_build_parser,
+        rule=rule,
+        live=live,
     )
-    p.add_argument("shell", choices=completion.SHELLS, help="the shell the script is for")
-    p.set_defaults(func=_cmd_completion)
-    # Hidden (no help=): not in --help, nor in the scripts' own list of subcommands.
-    hidden = sub.add_parser(completion.HIDDEN, parents=[common])
-    hidden.add_argument("kind", help=argparse.SUPPRESS)
-    hidden.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    hidden.set_defaults(func=_cmd_live)
-    completion.hide(sub)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from agent.cli import build_parser  # the whole parser: this module is one of its parts
+
+    return build_parser()
 
 
 def quiet(
@@ -86,21 +79,6 @@ def quiet(
 def rule(path: tuple[str, ...], action: argparse.Action) -> str | None:
     """The live kind an argument of kms-agent takes, by its subcommand and name."""
     return _RULES.get((path[-1], action.dest)) if path else None
-
-
-def _cmd_completion(args: argparse.Namespace) -> int:
-    from agent.cli import build_parser  # the whole parser: this module is one of its parts
-
-    print(completion.script(build_parser(), args.shell, rule), end="")
-    return 0
-
-
-def _cmd_live(args: argparse.Namespace) -> int:
-    """Prints the live values of args.kind, one a line; nothing at all when they cannot be had."""
-    words = [w for w in args.words if w != "--"]
-    with contextlib.suppress(Exception):
-        print("\n".join(live(args, args.kind, words)))
-    return 0
 
 
 def live(args: argparse.Namespace, kind: str, words: list[str]) -> list[str]:

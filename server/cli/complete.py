@@ -26,30 +26,22 @@ __all__ = ["add_completion", "live", "rule"]
 
 _FETCH_TIMEOUT = 1.0
 
-_EXAMPLE = """example:
-  kms-server completion bash > ~/.local/share/bash-completion/completions/kms-server
-  kms-server completion zsh > "${fpath[1]}/_kms-server"
-  kms-server completion fish > ~/.config/fish/completions/kms-server.fish"""
-
 
 def add_completion(sub: Subcommands, common: ArgumentParser) -> None:
-    p = sub.add_parser(
-        "completion",
-        parents=[common],
-        help="print a shell completion script (bash, zsh or fish), live names included",
-        description="Print a completion script for kms-server; Tab then completes subcommands, flags,"
-        " and the names of keys, agents, groups, serials and key versions from the running server.",
-        epilog=_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    completion.add_commands(
+        sub,
+        common,
+        knows="the names of keys, agents, groups, serials and key versions from the running server",
+        build=_build_parser,
+        rule=rule,
+        live=live,
     )
-    p.add_argument("shell", choices=completion.SHELLS, help="the shell the script is for")
-    p.set_defaults(func=_cmd_completion)
-    # Hidden (no help=): not in --help, nor in the scripts' own list of subcommands.
-    hidden = sub.add_parser(completion.HIDDEN, parents=[common])
-    hidden.add_argument("kind", help=argparse.SUPPRESS)
-    hidden.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    hidden.set_defaults(func=_cmd_live)
-    completion.hide(sub)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from server.cli import build_parser  # the whole parser: this module is one of its parts
+
+    return build_parser()
 
 
 def rule(path: tuple[str, ...], action: argparse.Action) -> str | None:
@@ -72,21 +64,6 @@ def rule(path: tuple[str, ...], action: argparse.Action) -> str | None:
     if (dest, path) == ("group", ("token", "create")):
         return "groups"
     return None
-
-
-def _cmd_completion(args: argparse.Namespace) -> int:
-    from server.cli import build_parser  # the whole parser: this module is one of its parts
-
-    print(completion.script(build_parser(), args.shell, rule), end="")
-    return 0
-
-
-def _cmd_live(args: argparse.Namespace) -> int:
-    """Prints the live values of args.kind, one a line; nothing at all when they cannot be had."""
-    words = [w for w in args.words if w != "--"]
-    with contextlib.suppress(Exception):
-        print("\n".join(live(args, args.kind, words)))
-    return 0
 
 
 def live(args: argparse.Namespace, kind: str, words: list[str]) -> list[str]:
