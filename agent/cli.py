@@ -21,6 +21,7 @@ from agent.commands import (
 from agent.config import apply_config
 from kms.cli import ArgumentParser, command_parsers, run_main
 from kms.cli_help import document
+from kms.menu import wants_shell
 from kms.settings import options
 
 __all__ = ["main"]
@@ -61,7 +62,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, args = build_parser(), sys.argv[1:] if argv is None else list(argv)
-    if shell.wants_shell(parser, args):
+    if wants_shell(parser, args):
         argv = [*args, "shell"]
     return run_main("kms-agent", parser, argv, prepare=complete.quiet(args, apply_config))
 

@@ -9,7 +9,15 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Ask", "Task", "answers_to_args", "only_options"]
+from kms.prompts import is_interactive
+
+__all__ = ["Ask", "Task", "answers_to_args", "only_options", "wants_shell"]
+
+
+def wants_shell(parser: argparse.ArgumentParser, argv: Sequence[str]) -> bool:
+    """The program with no command (its own options alone), on a terminal: the shell opens;
+    piped, the usage error as before."""
+    return only_options(parser, argv) and is_interactive()
 
 
 def only_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> bool:

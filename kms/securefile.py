@@ -37,6 +37,7 @@ from typing import BinaryIO
 from kms.errors import InvalidArgument
 
 __all__ = [
+    "private_file",
     "STDIO",
     "atomic_output",
     "ensure_private_dir",
@@ -89,6 +90,13 @@ def ensure_private_dir(path: Path) -> None:
     """Creates path (and parents) if needed and makes it 0700."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
+
+
+def private_file(path: Path) -> Path:
+    """path, created empty if absent, readable by its owner only (0600, whatever it was)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    os.chmod(path, 0o600)
+    return path
 
 
 def is_stdio(path: Path | str) -> bool:

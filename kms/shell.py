@@ -14,6 +14,7 @@ import argparse
 import re
 import shlex
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -22,8 +23,9 @@ from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 
 from kms.completion import HIDDEN, Rule
 from kms.menu import Ask, Task, answers_to_args
+from kms.securefile import private_file
 
-__all__ = ["ParserCompleter", "SecretFreeHistory", "Shell", "has_secret"]
+__all__ = ["ParserCompleter", "SecretFreeHistory", "Shell", "has_secret", "history_in"]
 
 SHELL_WORDS = ("help", "menu", "exit")
 # Commands the shell does not offer: itself, and the hidden one its scripts call.
@@ -52,6 +54,14 @@ def has_secret(line: str) -> bool:
 def _secret_flag(word: str) -> bool:
     flag = word.split("=", 1)[0]
     return len(flag) >= 4 and flag.startswith("--") and any(s.startswith(flag) for s in _SECRET_FLAGS)
+
+
+def history_in(directory: Path) -> SecretFreeHistory | None:
+    """shell-history (0600) in a program's data or state dir; None (this session only, in
+    memory) while that dir does not exist."""
+    if not directory.is_dir():
+        return None
+    return SecretFreeHistory(str(private_file(directory / "shell-history")))
 
 
 class SecretFreeHistory(FileHistory):

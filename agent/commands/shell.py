@@ -4,22 +4,16 @@ names from the state dir, a menu of the common tasks, and its history in the sta
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from agent.commands import complete
 from agent.config import apply_config
 from agent.context import state_dir
 from kms.cli import ArgumentParser, Subcommands, run_main
 from kms.errors import InvalidArgument
-from kms.menu import Ask, Task, only_options
+from kms.menu import Ask, Task
 from kms.prompts import is_interactive
 
-if TYPE_CHECKING:
-    from kms.shell import SecretFreeHistory
-
-__all__ = ["add_shell", "wants_shell"]
+__all__ = ["add_shell"]
 
 MENU = (
     Task("show this agent's identity", ("status",)),
@@ -50,14 +44,9 @@ def add_shell(sub: Subcommands, common: ArgumentParser) -> None:
     p.set_defaults(func=_cmd_shell)
 
 
-def wants_shell(parser: argparse.ArgumentParser, argv: list[str]) -> bool:
-    """kms-agent with no command (its options alone), on a terminal: the shell; piped, the usage error."""
-    return only_options(parser, argv) and is_interactive()
-
-
 def _cmd_shell(args: argparse.Namespace) -> int:
     from agent.cli import build_parser  # the whole parser: this module is one of its parts
-    from kms.shell import Shell  # prompt_toolkit: loaded only when a shell opens
+    from kms.shell import Shell, history_in  # prompt_toolkit: loaded only when a shell opens
 
     if not is_interactive():
         raise InvalidArgument("the shell needs a terminal (stdin and stdout): run kms-agent COMMAND instead")
@@ -68,19 +57,7 @@ def _cmd_shell(args: argparse.Namespace) -> int:
         rule=complete.rule,
         live=lambda kind, words: complete.live(args, kind, [*base, *words]),
         run=lambda words: run_main("kms-agent", build_parser(), [*base, *words], prepare=apply_config),
-        history=_history(state.path),
+        history=history_in(state.path),
         menu=MENU,
     )
     return shell.loop()
-
-
-def _history(directory: Path) -> SecretFreeHistory | None:
-    """shell-history (0600) in the state dir; None (this session only) before there is one."""
-    if not directory.is_dir():
-        return None
-    path = directory / "shell-history"
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-    os.chmod(path, 0o600)
-    from kms.shell import SecretFreeHistory
-
-    return SecretFreeHistory(str(path))

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from kms.cli import ArgumentParser, command_parsers, run_main
 from kms.cli_help import document
+from kms.menu import wants_shell
 from server.cli import admin, audit, complete, daemon, examples, keys, release, shell
 
 __all__ = ["main"]
@@ -68,7 +69,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    if shell.wants_shell(parser, args):
+    if wants_shell(parser, args):
         args = argv = [*args, "shell"]
     # The daemon keeps gRPC's own error log; admin commands print one line.
     return run_main("kms-server", parser, argv, quiet_grpc=args[:1] != ["run"])

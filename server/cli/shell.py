@@ -4,21 +4,15 @@ names from the admin socket, a menu of the common admin tasks, and its history i
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kms.cli import ArgumentParser, Subcommands, run_main
 from kms.errors import InvalidArgument
-from kms.menu import Ask, Task, only_options
+from kms.menu import Ask, Task
 from kms.prompts import is_interactive
 from server.cli import complete
 from server.cli.context import data_dir
 
-if TYPE_CHECKING:
-    from kms.shell import SecretFreeHistory
-
-__all__ = ["add_shell", "wants_shell"]
+__all__ = ["add_shell"]
 
 MENU = (
     Task(
@@ -75,13 +69,8 @@ def add_shell(sub: Subcommands, common: ArgumentParser) -> None:
     p.set_defaults(func=_cmd_shell)
 
 
-def wants_shell(parser: argparse.ArgumentParser, argv: list[str]) -> bool:
-    """kms-server with no command (its options alone), on a terminal: the shell; piped, the usage error."""
-    return only_options(parser, argv) and is_interactive()
-
-
 def _cmd_shell(args: argparse.Namespace) -> int:
-    from kms.shell import Shell  # prompt_toolkit: loaded only when a shell opens
+    from kms.shell import Shell, history_in  # prompt_toolkit: loaded only when a shell opens
     from server.cli import build_parser  # the whole parser: this module is one of its parts
 
     if not is_interactive():
@@ -97,19 +86,7 @@ def _cmd_shell(args: argparse.Namespace) -> int:
         rule=complete.rule,
         live=lambda kind, words: complete.live(args, kind, [*base, *words]),
         run=lambda words: run_main("kms-server", build_parser(), [*base, *words]),
-        history=_history(data_dir(args)),
+        history=history_in(data_dir(args)),
         menu=MENU,
     )
     return shell.loop()
-
-
-def _history(directory: Path) -> SecretFreeHistory | None:
-    """shell-history (0600) in the data dir; None (this session only) while there is no data dir."""
-    if not directory.is_dir():
-        return None
-    path = directory / "shell-history"
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-    os.chmod(path, 0o600)
-    from kms.shell import SecretFreeHistory
-
-    return SecretFreeHistory(str(path))
