@@ -65,7 +65,7 @@ def _open_watch(state: Path, server: ServerProcess) -> tuple[grpc.Channel, Any]:
     def read() -> None:
         try:
             for _ in call:
-                pass
+                result.setdefault("first", time.monotonic())
         except grpc.RpcError as exc:
             result.update(at=time.monotonic(), code=exc.code(), trailers=dict(exc.trailing_metadata() or ()))
 
@@ -86,7 +86,15 @@ def test_hold_then_release_as_calls_streams_watchers_crl_and_ocsp_see_it(
     held_watch, other_watch = WatchProcess(root / "h"), WatchProcess(root / "w")
     channel, stream = _open_watch(root / "h", server)
     try:
-        time.sleep(0.5)  # the raw stream is open
+        # Both watchers' streams are open before the hold (a watcher that connects after it is
+        # refused until the release): both hear a rotation of the key they share.
+        server.admin("key", "rotate", "app")
+        for watcher in (held_watch, other_watch):
+            watcher.wait_for(lambda evs: any(e.get("kind") == "rotate" for e in evs))
+        deadline = time.monotonic() + 5
+        while "first" not in stream and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "first" in stream, stream  # the raw stream heard it too
         held = json.loads(
             server.admin("revoke", "cert", serial, "--reason", "certificateHold", "--json").stdout
         )
@@ -155,7 +163,12 @@ def test_agent_hold_keeps_kms_agent_run_waiting_until_release(rig: tuple[ServerP
 
     threading.Thread(target=pump, daemon=True).start()
     try:
-        time.sleep(1.5)  # its watch stream is open
+        # Its watch stream is open (it hears a rotation of its key) before the hold.
+        server.admin("key", "rotate", "app")
+        deadline = time.monotonic() + 20
+        while not any(e.get("kind") == "rotate" for e in events) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert any(e.get("kind") == "rotate" for e in events), events
         held = json.loads(server.admin("revoke", "agent", "r", "--hold", "--json").stdout)
         assert held["kind"] == "agent" and held["serial"] == _serial(root / "r")
         assert_one_line_error(_fetch(root, "r"), HELD, "on hold")
