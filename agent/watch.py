@@ -130,7 +130,7 @@ class Watcher:
             logger.info("watch stream on %s ended; next: %s", address, following)
 
     def _follow(self, endpoint: Endpoint) -> bool:
-        got_any = False
+        got_any = got_heartbeat = False
         self._position = self._state.last_seq()
         call = endpoint.watch(self._position)
         self._call = call
@@ -143,6 +143,9 @@ class Watcher:
                 if which == "event":
                     self._handle(message.event)
                 elif which == "heartbeat":
+                    if not got_heartbeat:  # the server sends one as soon as the stream is live
+                        got_heartbeat = True
+                        logger.info("following the feed on %s from seq %d", endpoint.target, self._position)
                     self._advance(message.heartbeat.current_seq)
                 elif which == "resume":
                     logger.warning("server asked to resume after %d", message.resume.after_seq)

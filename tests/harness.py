@@ -519,6 +519,14 @@ class WatchProcess:
             if not predicate(self.events):
                 raise AssertionError(f"watch exited {self.proc.returncode}: {self._summary()}")
 
+    def wait_live(self, timeout: float = 20.0) -> None:
+        """Waits until its stream is live (the agent logs it): events from now on come live."""
+        deadline = time.monotonic() + timeout
+        while not any("following the feed" in line for line in self.stderr):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"watch stream not live in {timeout}s: {self._summary()}")
+            time.sleep(0.05)
+
     def _summary(self) -> str:
         events = self.events if len(self.events) <= 20 else ["...", *self.events[-20:]]
         return f"{len(self.events)} events: {events}\nstderr:\n{''.join(self.stderr[-50:])}"

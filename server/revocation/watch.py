@@ -9,8 +9,8 @@ Ordering rules, in one place:
 3. Then take live events; skip any at or below the stream's position (the
    last event it sent or passed over); if one jumps ahead, backfill the gap
    from the log first.
-4. With nothing to send for one heartbeat interval, send a heartbeat with
-   the stream's position (the feed's ticks queue it, behind every event it
+4. Once the replay is done, and then with nothing to send for one heartbeat
+   interval, send a heartbeat with the stream's position (the feed's ticks queue it, behind every event it
    covers): every event up to it was sent or is not for this caller, so the
    caller resumes after it.
 5. A subscriber that overflowed its bounded buffer is dropped from the feed
@@ -131,6 +131,9 @@ class WatchService:
                 if visible(event, grants):
                     yield event
                     self._end_if_revoked(event, caller)
+            # Caught up: say so at once (rule 4's heartbeat, early), so the caller knows the
+            # stream is live without waiting a heartbeat interval.
+            yield Heartbeat(position)
             while True:
                 if sub.overflowed:
                     yield Resume(position)

@@ -89,7 +89,7 @@ def test_a_second_machine_cannot_enroll_beside_the_first(server: ServerProcess, 
 
     watch = WatchProcess(first)
     try:
-        time.sleep(0.5)  # let the stream open: the event must come live, not by replay
+        watch.wait_live()  # the event must come live, not by replay
         token = server.admin("token", "create", "--name", "twin", "--replace", "--yes").stdout.strip()
         assert enroll(server, second, token).returncode == 0
         # The first machine hears it at once, and its watch ends as revoked (exit 11).
@@ -459,7 +459,7 @@ def test_sign_refuses_a_revoked_certificate_online_and_offline(
 
     watch = WatchProcess(signer)
     try:
-        time.sleep(0.5)
+        watch.wait_live()
         server.admin("revoke", "agent", "--yes", "signer", "--reason", "keyCompromise")
         assert watch.proc.wait(15) == 11  # its watch heard it, and wrote it down
     finally:

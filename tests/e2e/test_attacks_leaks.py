@@ -142,7 +142,7 @@ def test_a_new_agents_first_watch_starts_at_its_enrollment(rig: tuple[ServerProc
     ran = root / "exec-ran"
     watcher = WatchProcess(root / "late", "--exec", f'echo "$KMS_EVENT_SEQ" >> {ran}')
     try:
-        time.sleep(1.5)  # connected, and past a heartbeat: any replay would have run by now
+        watcher.wait_live()  # live: any replay came before that
         stub.RotateKey(admin_pb2.RotateKeyRequest(name="history"), timeout=10)
         news = _last_seq(server)
         watcher.wait_for(lambda evs: any(e["seq"] == news for e in evs))
@@ -161,7 +161,7 @@ def test_a_new_agents_first_watch_starts_at_its_enrollment(rig: tuple[ServerProc
     ran.unlink()
     watcher = WatchProcess(root / "late-2", "--exec", f'echo "$KMS_EVENT_SEQ" >> {ran}')
     try:
-        time.sleep(1.5)
+        watcher.wait_live()
         stub.RotateKey(admin_pb2.RotateKeyRequest(name="history"), timeout=10)
         news = _last_seq(server)
         assert news > superseded
