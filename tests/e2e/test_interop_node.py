@@ -89,7 +89,7 @@ def test_the_vectors_check_in_node(node: str) -> None:
     }
 
 
-def test_node_exchanges_a_key_with_the_server(rig: tuple[ServerProcess, Path], node: str) -> None:
+def test_node_exchanges_a_key_with_the_server(node: str, rig: tuple[ServerProcess, Path]) -> None:
     server, root = rig
     result = _node(node, "exchange", "--dir", str(root / "a"), "--peer", "server")
     assert result.returncode == 0, result.stderr + server.output()
@@ -100,7 +100,7 @@ def test_node_exchanges_a_key_with_the_server(rig: tuple[ServerProcess, Path], n
 
 
 def test_node_exchanges_a_key_with_a_listening_agent(
-    rig: tuple[ServerProcess, Path], node: str, tmp_path: Path
+    node: str, rig: tuple[ServerProcess, Path], tmp_path: Path
 ) -> None:
     server, root = rig
     listener = subprocess.Popen(
@@ -136,7 +136,7 @@ def test_node_exchanges_a_key_with_a_listening_agent(
 
 
 def test_node_decrypts_what_kms_agent_encrypted(
-    rig: tuple[ServerProcess, Path], node: str, tmp_path: Path
+    node: str, rig: tuple[ServerProcess, Path], tmp_path: Path
 ) -> None:
     _, root = rig
     plain = tmp_path / "plain"
@@ -153,7 +153,7 @@ def test_node_decrypts_what_kms_agent_encrypted(
 
 
 def test_node_verifies_what_kms_agent_signed(
-    rig: tuple[ServerProcess, Path], node: str, tmp_path: Path
+    node: str, rig: tuple[ServerProcess, Path], tmp_path: Path
 ) -> None:
     _, root = rig
     doc = tmp_path / "release.txt"
