@@ -125,10 +125,11 @@ def test_node_exchanges_a_key_with_a_listening_agent(
             if "is not listening" not in result.stderr or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
+        assert result.returncode == 0, result.stderr
         heard, err = listener.communicate(timeout=20)
     finally:
         listener.kill()
-    assert result.returncode == 0, result.stderr
+        listener.wait(10)
     assert listener.returncode == 0, err
     mine, theirs = json.loads(result.stdout), json.loads(heard)
     assert (mine["peer"], theirs["peer"]) == ("b", "a") and mine["session_id"] == theirs["session_id"]
