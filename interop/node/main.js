@@ -5,7 +5,7 @@
 //   node main.js vectors DIR                       check tests/vectors
 //   node main.js exchange --dir STATE --peer P     X25519 exchange with "server" or an agent (listening)
 //   node main.js decrypt --dir STATE IN OUT        decrypt a kms-agent encrypt file
-//   node main.js verify --dir STATE FILE SIG       verify a kms-agent sign signature
+//   node main.js verify --dir STATE FILE SIG       verify a kms-agent sign signature (either format)
 //
 // Prints one JSON line; on failure one line on stderr (with the gRPC code, if any) and exit 1.
 const fs = require('node:fs');
@@ -15,7 +15,7 @@ const { Initiator } = require('./lib/handshake');
 const { checkAgent, checkServer } = require('./lib/certs');
 const { unwrap } = require('./lib/wrap');
 const envelope = require('./lib/envelope');
-const { parseSignature, verifyFile } = require('./lib/signature');
+const { parseSignature, parseKeySignature, verifyFile, verifyKeyFile } = require('./lib/signature');
 
 function options(argv) {
   const opts = { _: [] };
@@ -70,7 +70,15 @@ async function decrypt(agent, rpc, input, output) {
 }
 
 async function verify(agent, rpc, file, sigPath) {
-  const sig = parseSignature(fs.readFileSync(sigPath, 'utf8'));
+  const text = fs.readFileSync(sigPath, 'utf8');
+  if (JSON.parse(text).format === 'seed-kms-key-signature-v1') {
+    const sig = parseKeySignature(text);
+    const found = await unary(rpc.keys, 'GetPublicKey', { name: sig.key, version: sig.version });
+    if (found.name !== sig.key || found.version !== sig.version) throw new Error('the server answered for another key');
+    verifyKeyFile(sig, fs.readFileSync(file), { publicKey: found.public_key, keyType: found.key_type, state: found.state });
+    return { valid: true, key: sig.key, version: sig.version, state: found.state };
+  }
+  const sig = parseSignature(text);
   const signer = await verifyFile(sig, fs.readFileSync(file), {
     ca: agent.ca, trustDomain: agent.trustDomain, signer: null, isRevoked: isRevokedVia(rpc), now: Date.now() / 1000,
   });

@@ -85,7 +85,7 @@ def test_the_vectors_check_in_node(node: str) -> None:
         "key_schedule": 3,
         "transcript": 2,
         "join_token": 8,
-        "signature": 1,
+        "signature": 2,
     }
 
 
@@ -167,3 +167,18 @@ def test_node_verifies_what_kms_agent_signed(
     doc.write_text("release 1.1\n")
     changed = _node(node, "verify", "--dir", str(root / "b"), str(doc), str(tmp_path / "release.sig"))
     assert changed.returncode == 1 and "different contents" in changed.stderr
+
+
+def test_node_verifies_what_a_key_pair_signed(
+    node: str, rig: tuple[ServerProcess, Path], tmp_path: Path
+) -> None:
+    server, root = rig
+    server.admin("key", "create", "signer", "--type", "ec-p256", "--grant", "agent:a")
+    doc = tmp_path / "release.txt"
+    doc.write_text("release 2.0\n")
+    signed = agent(root / "a", "sign", "--key", "signer", str(doc), "--out", str(tmp_path / "release.sig"))
+    assert signed.returncode == 0, signed.stderr
+    # Node fetches the version's public key (Keys/GetPublicKey) and checks the signature with it.
+    result = _node(node, "verify", "--dir", str(root / "a"), str(doc), str(tmp_path / "release.sig"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"valid": True, "key": "signer", "version": 1, "state": "active"}

@@ -7,7 +7,8 @@ transcript.json  two whole exchanges (agent-server over X25519 with an EC P-256 
                  ephemeral keys; every message, the session key and id; the throwaway CA and
                  certificates are public only (their private keys are never written)
 join_token.json  join tokens from fixed random bytes, their stored hashes, and texts refused as tokens
-signature.json   a detached file signature (kms.filesig format 1) by a throwaway agent certificate
+signature.json   a detached file signature (kms.filesig format 1) by a throwaway agent certificate, and
+                 one by a throwaway EC P-256 key pair (the key-signature format), with its public key
 
 RSA-PSS and ECDSA draw randomness, so re-running changes the signatures (and what is derived from
 the transcript after them); only re-run when a format changes.
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from kms import filesig, profile
+from kms import filesig, keypairs, profile
 from kms.groups import Ephemeral, Group
 from kms.handshake import Initiator, LocalIdentity, PeerInfo, Responder
 from kms.tokens import JoinToken
@@ -170,7 +171,15 @@ def _signature(a: LocalIdentity, ca: x509.Certificate) -> dict[str, object]:
         "statement_hex": filesig._statement(sig.digest, signed_at).hex(),
         # The same file with one byte changed: the digest no longer matches.
         "tampered_file_hex": (content[:-2] + b"4\n").hex(),
+        "key_signature": _key_signature(content),
     }
+
+
+def _key_signature(content: bytes) -> dict[str, object]:
+    """Version 3 of key pair "release-signer" (ec-p256) signs content: the file and the public key."""
+    key = keypairs.generate("ec-p256")
+    sig = filesig.sign_key_file(key, "release-signer", 3, "ec-p256", hashlib.sha256(content).digest())
+    return {"public_key_spki_hex": keypairs.public_der(key).hex(), "signature_file": sig.encode().decode()}
 
 
 def main() -> None:

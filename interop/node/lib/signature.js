@@ -38,4 +38,36 @@ async function verifyFile(sig, content, { ca, trustDomain, signer, isRevoked, no
   return { name: peer.name, serial: peer.serial };
 }
 
-module.exports = { SignatureError, parseSignature, statement, verifyFile };
+const KEY_TYPES = ['rsa-2048', 'rsa-3072', 'rsa-4096', 'ec-p256'];
+
+// The key-pair format: {format: "seed-kms-key-signature-v1", key, version, key_type, digest, signature}.
+function parseKeySignature(text) {
+  if (text.length > 64 * 1024) throw new SignatureError('over 64 KiB');
+  const doc = JSON.parse(text);
+  if (doc === null || typeof doc !== 'object' || doc.format !== 'seed-kms-key-signature-v1') {
+    throw new SignatureError('not a seed-kms-key-signature-v1 file');
+  }
+  const m = /^sha256:([0-9a-f]{64})$/.exec(doc.digest);
+  if (!Number.isInteger(doc.version) || doc.version < 1 || doc.version >= 2 ** 31 || !m || typeof doc.key !== 'string') {
+    throw new SignatureError('bad key, version or digest');
+  }
+  return { key: doc.key, version: doc.version, keyType: doc.key_type, digest: Buffer.from(m[1], 'hex'), signature: Buffer.from(doc.signature, 'base64') };
+}
+
+// publicKey: the version's SubjectPublicKeyInfo DER, keyType and state as Keys/GetPublicKey gave them.
+function verifyKeyFile(sig, content, { publicKey, keyType, state }) {
+  if (state === 'compromised') throw new SignatureError(`version ${sig.version} of key ${sig.key} is compromised`);
+  const digest = crypto.createHash('sha256').update(content).digest();
+  if (!digest.equals(sig.digest)) throw new SignatureError('the signature is for different contents');
+  if (!KEY_TYPES.includes(keyType) || keyType !== sig.keyType) throw new SignatureError("the key's type differs");
+  const key = crypto.createPublicKey({ key: publicKey, format: 'der', type: 'spki' });
+  // Over the file's SHA-256 as it is, no context string: a plain SHA-256 signature of the file.
+  const options = key.asymmetricKeyType === 'rsa'
+    ? { key, padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }
+    : { key, dsaEncoding: 'der' };
+  if (!crypto.verify('sha256', content, options, sig.signature)) {
+    throw new SignatureError(`the signature does not verify with version ${sig.version} of key ${sig.key}`);
+  }
+}
+
+module.exports = { SignatureError, parseSignature, parseKeySignature, statement, verifyFile, verifyKeyFile };

@@ -11,7 +11,7 @@ const hs = require('./handshake');
 const { certificate, checkAgent, checkServer } = require('./certs');
 const signing = require('./signing');
 const { parseToken, secretHash } = require('./token');
-const { parseSignature, statement, verifyFile } = require('./signature');
+const { parseSignature, parseKeySignature, statement, verifyFile, verifyKeyFile } = require('./signature');
 
 const b64u = (n) => Buffer.from(n.toString(16).padStart(2 * Math.ceil(n.toString(16).length / 2), '0'), 'hex').toString('base64url');
 function modInverse(a, m) {
@@ -122,7 +122,12 @@ async function checkSignature(dir) {
   assert.equal((await verifyFile(sig, hex(v.file_hex), opts)).name, v.signer);
   await assert.rejects(verifyFile(sig, hex(v.tampered_file_hex), opts));
   await assert.rejects(verifyFile(sig, hex(v.file_hex), { ...opts, isRevoked: async () => true }));
-  return 1;
+  const ks = parseKeySignature(v.key_signature.signature_file);
+  const pub = { publicKey: hex(v.key_signature.public_key_spki_hex), keyType: 'ec-p256', state: 'active' };
+  verifyKeyFile(ks, hex(v.file_hex), pub);
+  assert.throws(() => verifyKeyFile(ks, hex(v.tampered_file_hex), pub));
+  assert.throws(() => verifyKeyFile(ks, hex(v.file_hex), { ...pub, state: 'compromised' }));
+  return 2;
 }
 
 async function checkVectors(dir) {

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from kms import filesig
-from kms.errors import DataLoss, InvalidArgument
+from kms.errors import DataLoss, FailedPrecondition, InvalidArgument
 from kms.handshake import key_schedule, session_keys
 from kms.peers import agent_peer
 from kms.signing import verify
@@ -104,3 +104,18 @@ def test_file_signature() -> None:
     with pytest.raises(DataLoss):
         filesig.verify_file(sig, tampered, check_at, now)
     assert datetime.fromtimestamp(sig.signed_at, UTC).year == 2026
+
+
+def test_key_pair_signature() -> None:
+    v = _load("signature.json")
+    ks = v["key_signature"]
+    sig = filesig.parse_key_signature(ks["signature_file"].encode())
+    spki = bytes.fromhex(ks["public_key_spki_hex"])
+    digest = hashlib.sha256(bytes.fromhex(v["file_hex"])).digest()
+    filesig.verify_key_file(sig, digest, "ec-p256", "active", spki)
+    with pytest.raises(FailedPrecondition):
+        filesig.verify_key_file(sig, digest, "ec-p256", "compromised", spki)
+    with pytest.raises(DataLoss):
+        filesig.verify_key_file(
+            sig, hashlib.sha256(bytes.fromhex(v["tampered_file_hex"])).digest(), "ec-p256", "active", spki
+        )
