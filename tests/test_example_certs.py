@@ -7,6 +7,7 @@ pkilint with only the findings certs/README.md explains, and `openssl verify -x5
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -14,7 +15,11 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from cryptography import x509
 
+from kms import filesig
+from kms.errors import DataLoss
+from kms.peers import agent_peer
 from tests.harness import exe, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +119,46 @@ def test_openssl_verifies_strictly(fresh: Path) -> None:
     certs = [str(fresh / name) for name in ("ca.crt", "server.crt", "agent.crt")]
     ok = run(["openssl", "verify", "-x509_strict", "-CAfile", certs[0], *certs])
     assert ok.returncode == 0 and ok.stdout.count(": OK") == 3, ok.stdout + ok.stderr
+    crl = run(
+        ["openssl", "crl", "-inform", "DER", "-in", str(fresh / "crl.der"), "-CAfile", certs[0], "-noout"]
+    )
+    assert crl.returncode == 0 and "verify OK" in crl.stdout + crl.stderr, crl.stdout + crl.stderr
+    status = run(
+        [
+            "openssl",
+            "ocsp",
+            "-respin",
+            str(fresh / "ocsp-response.der"),
+            "-CAfile",
+            certs[0],
+            "-VAfile",
+            certs[0],
+        ]
+        + ["-issuer", certs[0], "-sha256", "-cert", certs[2], "-no_nonce"]
+    )  # certs/README.md's command
+    assert "Response verify OK" in status.stdout + status.stderr and ": good" in status.stdout, status.stdout
     # The committed ones too: their dates have passed, not their structure.
     committed = [str(EXAMPLES / name) for name in ("ca.crt", "server.crt", "agent.crt")]
     ok = run(["openssl", "verify", "-x509_strict", "-no_check_time", "-CAfile", committed[0], *committed])
     assert ok.returncode == 0 and ok.stdout.count(": OK") == 3, ok.stdout + ok.stderr
+
+
+def test_committed_signature_file_verifies() -> None:
+    """example.txt.sig is a real signature by web-1 over example.txt, checked at its signing time."""
+    ca = x509.load_pem_x509_certificate((EXAMPLES / "ca.crt").read_bytes())
+    sig = filesig.parse((EXAMPLES / "example.txt.sig").read_bytes())
+    digest = hashlib.sha256((EXAMPLES / "example.txt").read_bytes()).digest()
+    signer = filesig.verify_file(
+        sig,
+        digest,
+        lambda when: agent_peer(ca, "seed-kms.local", "web-1", when, lambda s: False),
+        sig.signed_at,
+    )
+    assert signer.name == "web-1"
+    with pytest.raises(DataLoss):
+        filesig.verify_file(
+            sig,
+            bytes(32),
+            lambda when: agent_peer(ca, "seed-kms.local", None, when, lambda s: False),
+            sig.signed_at,
+        )
