@@ -42,12 +42,9 @@ from server.revocation.service import RevocationService
 from server.revocation.watch import WatchService
 from server.store import AuditEntry, Store
 
-__all__ = ["HEALTH_SERVICES", "Services", "open_services"]
+__all__ = ["Services", "open_services"]
 
 logger = logging.getLogger(__name__)
-
-# The health service's names: the server as a whole ("") and each agent-facing service.
-HEALTH_SERVICES = ("", "kms.v1.Keys", "kms.v1.Enrollment", "kms.v1.Revocation")
 
 
 @dataclass(frozen=True)
@@ -219,8 +216,7 @@ class StoreHealth:
 
     async def _set_all(self, up: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in HEALTH_SERVICES:
-            await self.health.set(service, status)
+        await self.health.set_all(status)
 
 
 @dataclass(frozen=True)
