@@ -40,6 +40,8 @@ class Metrics:
             "kms_keys_expiring", "Keys (not expired yet) whose expiry falls within the window", ["within"], registry=r
         )  # fmt: skip
 
+        # Every RPC observed, all methods and codes together (what `kms-server top` draws as RPCs/s).
+        self.rpc_total = 0
         # Labelled children looked up once: labels() takes a lock and hashes on every call.
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
@@ -50,6 +52,7 @@ class Metrics:
             self._rpc_children[(method, code)] = children
         children[0].inc()
         children[1].observe(seconds)
+        self.rpc_total += 1
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
