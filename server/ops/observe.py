@@ -17,7 +17,6 @@ few views, not one each).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -215,37 +214,31 @@ class Observer:
         )
 
     async def follow(self, windows: AsyncIterator[Window]) -> AsyncIterator[Overview]:
-        """An Overview of the newest window at once, then each interval and soon after each event.
-
-        Ends when the client has closed its side without ever sending a window.
-        """
-        wake = self._journal.listen()
+        """An Overview of the newest window at once, then each interval, at once after a new
+        window and soon after each event. Ends when the client closes its side before any window."""
+        events, changed = self._journal.listen(), asyncio.Event()
         latest: list[Window] = []
 
         async def read() -> None:
             async for window in windows:
                 latest[:] = [window.capped()]
-                wake.set()
+                changed.set()
 
         reader = asyncio.create_task(read())
         try:
-            while not latest:
-                waiter = asyncio.create_task(wake.wait())
-                await asyncio.wait((reader, waiter), return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                wake.clear()
-                if reader.done() and not latest:
-                    reader.result()  # the client's error, if any
-                    return
+            first = asyncio.create_task(changed.wait())
+            await asyncio.wait((reader, first), return_when=asyncio.FIRST_COMPLETED)
+            first.cancel()
+            if not latest:
+                reader.result()  # the client's error, if any
+                return
             while True:
+                changed.clear()
                 yield await self.overview(latest[0])
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), latest[0].interval)
-                await asyncio.sleep(MIN_GAP)  # events come in bursts: one view for the burst
-                wake.clear()
+                await _woken(events, changed, latest[0].interval)
         finally:
             reader.cancel()
-            self._journal.unlisten(wake)
+            self._journal.unlisten(events)
 
     async def standing(self, name: str, serial: str) -> Standing:
         """Raises NotFound for an agent (or a serial) this server does not know."""
@@ -271,3 +264,16 @@ class Observer:
             newest_status=self._roster.status(newest_of(newest), now),
             newest_not_after=newest.not_after,
         )
+
+
+async def _woken(events: asyncio.Event, changed: asyncio.Event, interval: float) -> None:
+    """Returns after interval, at once on a new window, or MIN_GAP after an event (one view a burst)."""
+    waits = [asyncio.create_task(events.wait()), asyncio.create_task(changed.wait())]
+    try:
+        await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    if events.is_set() and not changed.is_set():
+        await asyncio.sleep(MIN_GAP)
+    events.clear()
