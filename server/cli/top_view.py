@@ -90,7 +90,9 @@ def header_lines(o: monitor_pb2.Overview, where: str, width: int) -> list[Line]:
         ("enrollments/s", o.enrollment_rate),
     ):
         last = series[-1] if series else 0.0
-        second += [("", f"{label} "), ("ansicyan", sparkline(list(series), spark)), ("", f" {last:6.1f}   ")]
+        # Grows from the label as seconds go by (no history is drawn as none), newest rightmost.
+        line = sparkline(list(series), min(len(series), spark)).ljust(spark)
+        second += [("", f"{label} {last:6.1f} "), ("ansicyan", line), ("", "   ")]
     return [first, second]
 
 
@@ -104,7 +106,7 @@ def agent_lines(o: monitor_pb2.Overview, offset: int, focused: bool, filter_text
     ]
     for a in o.agents:
         online = f"● {a.open_streams}" if a.open_streams else "·"
-        seen = _until(a.last_seen, o.now) if a.last_seen else "-"
+        seen = "now" if a.open_streams else _until(a.last_seen, o.now) if a.last_seen else "-"
         lines.append(
             [
                 ("", f"{a.name[:28]:<28} "),

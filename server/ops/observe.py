@@ -31,7 +31,7 @@ from server.store import KeyRecord, Store, rules
 
 __all__ = ["AgentRow", "KeyRow", "Observer", "Overview", "SoonRow", "Standing", "Window"]
 
-KEYS_EVERY = 2.0
+KEYS_EVERY = 5.0
 MIN_GAP = 0.1
 _CAP = 500
 

@@ -20,17 +20,19 @@ def test_rows_read_as_the_overview_says() -> None:
     o = monitor_pb2.Overview(
         now=1000,
         agents_total=2,
-        agents_matching=1,
+        agents_matching=2,
         agents_online=1,
         agents=[
-            monitor_pb2.AgentRow(name="web-1", open_streams=2, last_seen=940, not_after=4600, status="valid")
+            monitor_pb2.AgentRow(name="web-1", open_streams=2, last_seen=940, not_after=4600, status="valid"),
+            monitor_pb2.AgentRow(name="web-3", last_seen=940, not_after=900, status="expired"),
         ],
         events=[
             monitor_pb2.ObservedEvent(at=990, kind="revoke", subject="agent web-2", detail="keyCompromise")
         ],
     )
     lines = [plain(line) for line in agent_lines(o, 0, True, "web")]
-    assert lines[0].startswith("▶ AGENTS") and "1-1 of 1 matching 'web' (1 online of 2)" in lines[0]
-    assert lines[2].split() == ["web-1", "●", "2", "1m", "ago", "in", "1h", "valid"]
+    assert lines[0].startswith("▶ AGENTS") and "1-2 of 2 matching 'web' (1 online of 2)" in lines[0]
+    assert lines[2].split() == ["web-1", "●", "2", "now", "in", "1h", "valid"]  # online: seen now
+    assert lines[3].split() == ["web-3", "·", "1m", "ago", "1m", "ago", "expired"]
     (title, event) = [plain(line) for line in event_lines(o.events, False)]
     assert title.startswith("  EVENTS") and event.split()[1:] == ["revoke", "agent", "web-2", "keyCompromise"]
