@@ -19,6 +19,7 @@ from server.ops.rates import Rates
 from server.ops.roster import Roster
 from server.revocation.feed import GuardedStream, StreamGuard
 from server.store import CertificateRecord, JoinTokenRecord, RevocationEvent, SqliteStore, Store
+from tests.unit.server.conftest import open_store_at
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 T = int(NOW.timestamp())
@@ -121,5 +122,28 @@ def test_follow_answers_at_once_then_on_each_event_well_before_the_interval(tmp_
         await views.aclose()
         hold.set()
         await store.close()
+
+    asyncio.run(body())
+
+
+def test_unrevoked_serials_leave_out_revoked_held_and_expired_on_both_backends(
+    store_at: tuple[str, str],
+) -> None:
+    async def body() -> None:
+        store = await open_store_at(*store_at)
+        try:
+            await _enroll(store, "a-1", "a1", T + DAY)
+            for serial, not_after in (("a2", T + DAY), ("a3", T + DAY), ("a4", T + DAY), ("a5", T - 1)):
+                await store.add_certificate(
+                    CertificateRecord(serial, "a-1", T, not_after, b"der", T, None),
+                    ("web",),
+                    renewed_from="a1",
+                )
+            await store.revoke_certificate("a2", "keyCompromise", T)
+            await store.revoke_certificate("a3", "certificateHold", T)
+            assert await store.unrevoked_serials("a-1", T) == ["a1", "a4"]  # a5 has expired
+            assert await store.unrevoked_serials("nobody", T) == []
+        finally:
+            await store.close()
 
     asyncio.run(body())
