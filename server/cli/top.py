@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from kms.cli import ArgumentParser, Subcommands, print_json
+from kms.errors import InvalidArgument
 from kms.prompts import NotInteractive, is_interactive
 from kms.v1 import monitor_pb2
 from server.cli.admin_client import AdminClient
@@ -75,6 +76,8 @@ def snapshot(client: AdminClient, request: monitor_pb2.ObserveRequest) -> monito
 
 def cmd_top(args: argparse.Namespace) -> int:
     once = args.once or args.json
+    if not 0.2 <= args.interval <= 3600:  # also refuses nan
+        raise InvalidArgument(f"--interval {args.interval}: give seconds from 0.2 to 3600")
     if not once and not is_interactive():
         raise NotInteractive(
             "kms-server top draws on a terminal, and stdin and stdout are not both one:"

@@ -184,10 +184,16 @@ class _Top:
         return app
 
     def _scroll(self, rows: int | None) -> None:
-        pane = PANES[self.focus]
-        if pane in self.offsets:
-            self.offsets[pane] = 0 if rows is None else max(0, self.offsets[pane] + rows)
-            self.resend()
+        """Moves the focused pane's window (None: to the top), never past its last row."""
+        pane, latest = PANES[self.focus], self.stream.latest
+        if pane not in self.offsets:
+            return
+        matching = (
+            0 if latest is None else latest.agents_matching if pane == "agents" else latest.keys_matching
+        )
+        offset = 0 if rows is None else self.offsets[pane] + rows
+        self.offsets[pane] = max(0, min(offset, matching - 1))
+        self.resend()
 
     def _keys(self, filtering: Condition) -> KeyBindings:
         kb, normal = KeyBindings(), ~filtering
