@@ -25,6 +25,7 @@ from kms.v1 import (
     handshake_pb2_grpc,
     identity_pb2_grpc,
     keys_pb2_grpc,
+    monitor_pb2_grpc,
     revocation_pb2_grpc,
 )
 from server.api.admin import AdminServicer
@@ -32,6 +33,7 @@ from server.api.enrollment import EnrollmentServicer
 from server.api.handshake import HandshakeServicer
 from server.api.identity import IdentityServicer
 from server.api.keys import KeysServicer
+from server.api.monitor import MonitorServicer
 from server.api.revocation import RevocationServicer
 from server.ca.ocsp import OcspResponder
 from server.clock import now_seconds
@@ -165,6 +167,7 @@ def _admin_server(cfg: ServerConfig, datadir: DataDir, services: Services, backu
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(s.ca, s.enrollment, s.agents, s.keys, s.revocations, s.trail, backup), admin
     )
+    monitor_pb2_grpc.add_MonitorServicer_to_server(MonitorServicer(s.observer), admin)
     datadir.admin_socket.unlink(missing_ok=True)  # stale: we hold the data dir lock
     _bind(
         admin,

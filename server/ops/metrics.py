@@ -64,6 +64,8 @@ class Metrics:
             "kms_keys_expiring", "Keys (not expired yet) whose expiry falls within the window", ["within"], registry=r
         )  # fmt: skip
 
+        # Every RPC observed, all methods and codes together (what `kms-server top` draws as RPCs/s).
+        self.rpc_total = 0
         # Labelled children looked up once: labels() takes a lock and hashes on every call.
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._started_children: dict[str, Counter] = {}
@@ -75,6 +77,7 @@ class Metrics:
             self._rpc_children[(method, code)] = children
         children[0].inc()
         children[1].observe(seconds)
+        self.rpc_total += 1
 
     def rpc_started(self, method: str) -> None:
         child = self._started_children.get(method)
