@@ -116,7 +116,7 @@ class AgentDaemon:
         self.stop()
         for t in threads:
             t.join(10)
-        if isinstance(self._failure, KmsError):
+        if self._failure is not None:  # revoked (one line, exit 11), or a bug: never a silent exit 0
             raise self._failure
         logger.info("agent stopped")
         return 0
