@@ -1,5 +1,7 @@
-"""Every --json command of both programs, run against one real server: each field it emits is
-documented in docs/cli.md, and each field documented there is emitted (issue 17 §5).
+"""Output for people and for scripts (issue 17 §5), against one real server: on a terminal (a real
+pty), listings are tables with headers and color, without color under NO_COLOR or --no-color;
+piped, the plain text as before; and every --json command of both programs emits exactly the
+fields docs/cli.md documents.
 
 The commands run in this process (main(argv), as the console scripts call it), against the
 server's real admin socket and mTLS port: a subprocess per command would cost ~0.2 s of CPU
@@ -17,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 
 from agent.cli import build_parser as agent_parser
@@ -25,7 +28,7 @@ from kms.cli_help import subcommands
 from server.cli import build_parser as server_parser
 from server.cli import main as server_main
 from tests.e2e.rig import Rig
-from tests.harness import ServerProcess, WatchProcess, _env, exe
+from tests.harness import ServerProcess, WatchProcess, _env, agent, exe
 
 pytestmark = pytest.mark.sqlite_only("what the command lines print; the store plays no part")
 
@@ -201,3 +204,39 @@ def _revocations(run: _Runner, srv: Callable[..., Any], agt: Callable[..., Any],
     agt("alice", "check", "--serial", renewed_from, exit_code=11)  # revoked: the exit code says so too
     srv("audit list")
     srv("audit verify")
+
+
+def _on_a_terminal(program: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """What the command prints in a real pty (wide enough for a table's every column)."""
+    child = pexpect.spawn(
+        exe(program), list(args), env=_env(env), encoding="utf-8", timeout=30, dimensions=(40, 200)
+    )
+    text = child.read()
+    child.close()
+    assert child.exitstatus == 0, text
+    return str(text)
+
+
+def test_a_terminal_gets_a_table_with_headers_and_color(rig: tuple[ServerProcess, Path]) -> None:
+    server, root = rig
+    d = ("--data-dir", str(server.data_dir))
+    shown = _on_a_terminal("kms-server", "agents", "list", *d, env={"NO_COLOR": ""})  # empty: no effect
+    assert re.search(r"\x1b\[1mNAME.*\x1b\[1mSTATUS", shown)  # bold headers
+    assert "\x1b[32mvalid" in shown  # a state in its color
+    assert re.search(r"in 2[34] h", shown)  # a certificate's expiry, relative (1-day certificates)
+
+    for program, args, env in [
+        ("kms-server", ("agents", "list", *d), {"NO_COLOR": "1"}),
+        ("kms-server", ("--no-color", "agents", "list", *d), None),
+        ("kms-agent", ("status", "--no-color", "--dir", str(root / "alice")), None),
+    ]:
+        plain = _on_a_terminal(program, *args, env=env)
+        assert "\x1b" not in plain, (args, env)
+        assert "NAME" in plain or "spiffe://" in plain
+        assert " ago" in plain or "in " in plain  # still a table for a person: relative times
+
+    # Piped: the plain columns and ISO times scripts read, as before.
+    piped = server.admin("agents", "list").stdout
+    assert piped.splitlines()[0].split() == ["NAME", "GROUPS", "SERIAL", "NOT", "AFTER", "STATUS"]
+    assert "\x1b" not in piped and re.search(r"  \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ  ", piped)
+    assert agent(root / "alice", "status").stdout.startswith("name:      alice\n")
