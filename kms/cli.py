@@ -150,12 +150,9 @@ def run_main(
     try:
         args = parser.parse_args(argv)
         _setup_logging(args.verbose)
-        if getattr(args, "no_color", False):  # --no-color: as NO_COLOR, for everything this process prints
-            os.environ["NO_COLOR"] = "1"
         if prepare is not None:  # config file values and checks, before anything runs
             prepare(args)
-        func: Callable[[argparse.Namespace], int] = args.func
-        code = func(args)
+        code = _call(args.func, args)
         # Piped, stdout is buffered: its last write happens here, where a reader that went away
         # (`| head`) is caught below, not at interpreter exit ("Exception ignored ...", exit 120).
         sys.stdout.flush()
@@ -182,6 +179,22 @@ def run_main(
             file=sys.stderr,
         )
         return 1
+
+
+def _call(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Runs the command; --no-color holds as NO_COLOR=1 while it runs (a shell's later lines are
+    not affected; `kms-server --no-color` opening the shell holds for the whole shell)."""
+    if not getattr(args, "no_color", False):
+        return func(args)
+    before = os.environ.get("NO_COLOR")
+    os.environ["NO_COLOR"] = "1"
+    try:
+        return func(args)
+    finally:
+        if before is None:
+            os.environ.pop("NO_COLOR", None)
+        else:
+            os.environ["NO_COLOR"] = before
 
 
 def _drop_stdout() -> None:
