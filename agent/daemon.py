@@ -125,6 +125,10 @@ class AgentDaemon:
         try:
             body()
         except BaseException as exc:  # a revoked agent, or a bug: stop everything and report it
+            if self._stop.is_set() and not isinstance(exc, KmsError):
+                # Stopping closes the clients under the jobs: what that breaks is not a failure.
+                logger.debug("%s ended while stopping: %r", threading.current_thread().name, exc)
+                return
             self._failure = exc
             self._stop.set()
 

@@ -34,10 +34,10 @@ _STYLES: dict[Tone, str] = {"good": "green", "bad": "red", "warn": "yellow", "in
 # What the words our listings print mean, by their first word (agents' status, key and version
 # states, revocation states, check's answer, audit outcomes).
 _TONES: dict[str, Tone] = {
-    **dict.fromkeys(("valid", "good", "active", "enabled", "ok", "intact", "yes"), "good"),
+    **dict.fromkeys(("valid", "good", "active", "enabled", "ok", "intact"), "good"),
     **dict.fromkeys(
         ("revoked", "compromised", "destroyed", "destroyed_compromised", "expired", "denied", "refused",
-         "failed", "in", "broken", "no"),
+         "failed", "in", "broken"),
         "bad",
     ),
     **dict.fromkeys(("held", "disabled", "deactivated", "superseded", "expires", "not", "unknown"), "warn"),

@@ -38,9 +38,12 @@ def expiry_mark(expires_at: int, now: int) -> str:
     return "expires soon" if expires_at - now <= SOON else ""
 
 
+_EXPIRY_TONES: dict[str, Tone] = {"expired": "bad", "expires soon": "warn"}
+
+
 def expiry_tone(expires_at: int, now: int) -> Tone | None:
     """How a terminal colors an expiry: red once past, yellow within 7 days."""
-    return {"expired": "bad", "expires soon": "warn"}.get(expiry_mark(expires_at, now))  # type: ignore[return-value]
+    return _EXPIRY_TONES.get(expiry_mark(expires_at, now))
 
 
 def period_text(seconds: int) -> str | None:
