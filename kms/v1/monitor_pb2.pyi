@@ -121,7 +121,7 @@ class GetStandingRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., serial: _Optional[str] = ...) -> None: ...
 
 class Standing(_message.Message):
-    __slots__ = ("agent", "groups", "valid_certificates", "serial_valid", "open_streams", "serial_open_streams", "newest_serial", "newest_status", "newest_not_after")
+    __slots__ = ("agent", "groups", "valid_certificates", "serial_valid", "open_streams", "serial_open_streams", "newest_serial", "newest_status", "newest_not_after", "renewed_valid", "renewed_open_streams")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     VALID_CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,8 @@ class Standing(_message.Message):
     NEWEST_SERIAL_FIELD_NUMBER: _ClassVar[int]
     NEWEST_STATUS_FIELD_NUMBER: _ClassVar[int]
     NEWEST_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    RENEWED_VALID_FIELD_NUMBER: _ClassVar[int]
+    RENEWED_OPEN_STREAMS_FIELD_NUMBER: _ClassVar[int]
     agent: str
     groups: _containers.RepeatedScalarFieldContainer[str]
     valid_certificates: int
@@ -140,4 +142,6 @@ class Standing(_message.Message):
     newest_serial: str
     newest_status: str
     newest_not_after: int
-    def __init__(self, agent: _Optional[str] = ..., groups: _Optional[_Iterable[str]] = ..., valid_certificates: _Optional[int] = ..., serial_valid: _Optional[bool] = ..., open_streams: _Optional[int] = ..., serial_open_streams: _Optional[int] = ..., newest_serial: _Optional[str] = ..., newest_status: _Optional[str] = ..., newest_not_after: _Optional[int] = ...) -> None: ...
+    renewed_valid: int
+    renewed_open_streams: int
+    def __init__(self, agent: _Optional[str] = ..., groups: _Optional[_Iterable[str]] = ..., valid_certificates: _Optional[int] = ..., serial_valid: _Optional[bool] = ..., open_streams: _Optional[int] = ..., serial_open_streams: _Optional[int] = ..., newest_serial: _Optional[str] = ..., newest_status: _Optional[str] = ..., newest_not_after: _Optional[int] = ..., renewed_valid: _Optional[int] = ..., renewed_open_streams: _Optional[int] = ...) -> None: ...

@@ -18,16 +18,23 @@ __all__ = ["CrlPublisher", "crl_this_update"]
 logger = logging.getLogger(__name__)
 
 CRL_VALIDITY = timedelta(hours=24)
+# How far thisUpdate may lie before the issue time (when no entry is newer): clock skew.
+BACKDATE = timedelta(seconds=60)
 
 
 def crl_this_update(now: datetime, revocation_dates: list[datetime]) -> datetime:
-    """A CRL's thisUpdate: its issue time, in whole seconds as encoded, never before its newest entry.
+    """A CRL's thisUpdate, in whole seconds as encoded: never before its newest entry, never after now.
 
-    Not backdated: a CRL dated before a revocation it lists contradicts itself (the outside
-    check of issue 18 found entries dated up to 60 s after thisUpdate). An entry dated after
-    now (written by a replica whose clock runs ahead) moves thisUpdate forward to it.
+    A CRL dated before a revocation it lists contradicts itself (the outside check of issue 18
+    found entries dated up to 60 s after a thisUpdate backdated 60 s). Within that rule it is
+    backdated up to BACKDATE, so relying parties whose clocks run a little slow do not find it
+    "not yet valid" (right after a revocation the newest entry is now, and that margin is gone).
+    An entry dated after now (a replica whose clock runs ahead) does not move it into the
+    future for everyone: thisUpdate stays now.
     """
-    return max([now.replace(microsecond=0), *revocation_dates])
+    now = now.replace(microsecond=0)
+    newest = max(revocation_dates, default=now - BACKDATE)
+    return min(max(now - BACKDATE, newest.replace(microsecond=0)), now)
 
 
 class CrlPublisher:

@@ -118,7 +118,7 @@ def _print_revocation(resp: admin_pb2.RevokeResponse, as_json: bool) -> None:
 
 def _revoke_summary(args: argparse.Namespace, admin: AdminClient) -> str | None:
     if args.revoke_command == "cert":
-        return confirm.cert_summary(admin, args.serial)
+        return confirm.cert_summary(admin, args.serial, args.reason)
     if args.revoke_command == "agent":
         return confirm.agent_summary(admin, args.name)
     return confirm.key_revoke_summary(admin, args.name, args.version)

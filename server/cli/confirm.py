@@ -89,20 +89,25 @@ def agent_summary(admin: AdminClient, name: str) -> str | None:
     )
 
 
-def cert_summary(admin: AdminClient, serial: str) -> str | None:
+def cert_summary(admin: AdminClient, serial: str, reason: str) -> str | None:
     s = _standing(admin, serial=serial)
     if s is None:
         return None  # the server answers "no certificate with serial ..."
-    others = s.valid_certificates - (1 if s.serial_valid else 0)
+    # keyCompromise also revokes every certificate renewed from this one (its thief renews as well).
+    lineage = reason == "keyCompromise"
+    going = (1 if s.serial_valid else 0) + (s.renewed_valid if lineage else 0)
+    streams = s.serial_open_streams + (s.renewed_open_streams if lineage else 0)
+    others = s.valid_certificates - going
     state = "valid" if s.serial_valid else "not valid now"
+    also = f", with {_count(s.renewed_valid, 'valid certificate')} renewed from it," if lineage else ""
     access = (
         f"agent {s.agent} keeps {_count(others, 'other valid certificate')}"
         if others
         else f"agent {s.agent} loses access until it enrolls again"
     )
     return (
-        f"certificate {serial} of agent {s.agent} ({state}) will be revoked for good:"
-        f" {_count(s.serial_open_streams, 'open stream')} on it will be closed, and {access}."
+        f"certificate {serial} of agent {s.agent} ({state}){also} will be revoked for good ({reason or 'unspecified'}):"
+        f" {_count(streams, 'open stream')} will be closed, and {access}."
     )
 
 

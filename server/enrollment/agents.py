@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kms.identity import agent_spiffe_id
+from kms.revocation import HOLD
 from server.clock import Clock, now_seconds
 from server.store import AgentRecord, Store
 
@@ -16,7 +17,7 @@ __all__ = ["AgentDirectory", "AgentView"]
 class AgentView:
     record: AgentRecord
     spiffe_id: str
-    status: str  # of record.latest: "valid", "revoked", "expired" or "not yet valid"
+    status: str  # of record.latest: "valid", "held", "revoked", "expired" or "not yet valid"
 
 
 class AgentDirectory:
@@ -36,8 +37,9 @@ class AgentDirectory:
 
     def _status(self, agent: AgentRecord, now: int) -> str:
         cert = agent.latest
-        if cert.revoked_at is not None or self._revocation_reason(cert.serial) is not None:
-            return "revoked"
+        reason = self._revocation_reason(cert.serial) or cert.revocation_reason
+        if cert.revoked_at is not None or reason is not None:
+            return "held" if reason == HOLD else "revoked"  # a hold may be released
         if now >= cert.not_after:
             return "expired"
         if now < cert.not_before:

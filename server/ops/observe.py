@@ -27,6 +27,7 @@ from server.ops.journal import Happening, Journal
 from server.ops.rates import Rates
 from server.ops.roster import Roster, newest_of
 from server.revocation.feed import StreamGuard
+from server.revocation.service import normalize_serial
 from server.store import KeyRecord, Store, rules
 
 __all__ = ["AgentRow", "KeyRow", "Observer", "Overview", "SoonRow", "Standing", "Window"]
@@ -122,6 +123,10 @@ class Standing:
     newest_serial: str
     newest_status: str
     newest_not_after: int
+    renewed_valid: int = (
+        0  # asked by serial: valid certificates renewed from it (keyCompromise takes them too)
+    )
+    renewed_open_streams: int = 0
 
 
 def _key_row(k: KeyRecord) -> KeyRow:
@@ -220,9 +225,12 @@ class Observer:
         latest: list[Window] = []
 
         async def read() -> None:
-            async for window in windows:
-                latest[:] = [window.capped()]
-                changed.set()
+            try:
+                async for window in windows:
+                    latest[:] = [window.capped()]
+                    changed.set()
+            finally:
+                changed.set()  # a bad message ends the stream at once (checked below)
 
         reader = asyncio.create_task(read())
         try:
@@ -233,6 +241,8 @@ class Observer:
                 reader.result()  # the client's error, if any
                 return
             while True:
+                if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                    reader.result()  # the client sent something undecodable: INVALID_ARGUMENT
                 changed.clear()
                 yield await self.overview(latest[0])
                 await _woken(events, changed, latest[0].interval)
@@ -243,7 +253,8 @@ class Observer:
     async def standing(self, name: str, serial: str) -> Standing:
         """Raises NotFound for an agent (or a serial) this server does not know."""
         if serial:
-            owner = await self._store.get_agent_by_serial(serial.lower())
+            serial = normalize_serial(serial)  # as revoke takes it: 0x, colons, leading zeros
+            owner = await self._store.get_agent_by_serial(serial)
             if owner is None:
                 raise rules.no_certificate(serial)
             name = owner.name
@@ -253,13 +264,16 @@ class Observer:
         now = now_seconds(self._clock)
         valid = [s for s in await self._store.unrevoked_serials(name, now) if self._roster.revoked(s) is None]
         newest = agent.latest
+        renewed = [s for s in await self._store.renewed_from(serial) if s in valid] if serial else []
         return Standing(
             agent=name,
             groups=agent.groups,
             valid_certificates=len(valid),
-            serial_valid=serial.lower() in valid,
+            serial_valid=serial in valid,
             open_streams=self._guard.open_streams(name),
-            serial_open_streams=self._guard.serial_streams(serial.lower()) if serial else 0,
+            serial_open_streams=self._guard.serial_streams(serial) if serial else 0,
+            renewed_valid=len(renewed),
+            renewed_open_streams=sum(self._guard.serial_streams(s) for s in renewed),
             newest_serial=newest.serial,
             newest_status=self._roster.status(newest_of(newest), now),
             newest_not_after=newest.not_after,

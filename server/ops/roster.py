@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kms.revocation import HOLD
 from server.store import CertificateRecord, Store
 
 __all__ = ["RESYNC_EVERY", "Newest", "Roster", "newest_of"]
@@ -103,8 +104,9 @@ class Roster:
 
     def status(self, newest: Newest, now: int) -> str:
         """As the next call of that certificate would find it (server/enrollment/agents.py's words)."""
-        if self._revocation_reason(newest.serial) is not None:
-            return "revoked"
+        reason = self._revocation_reason(newest.serial)
+        if reason is not None:
+            return "held" if reason == HOLD else "revoked"  # a hold may be released
         if now >= newest.not_after:
             return "expired"
         if now < newest.not_before:

@@ -133,23 +133,16 @@ class WatchService:
                     self._end_if_revoked(event, caller)
             # Caught up: say so at once (rule 4's heartbeat, early), so the caller knows the
             # stream is live without waiting a heartbeat interval.
-            yield Heartbeat(position)
+            yield self._live_heartbeat(position)
             while True:
                 if sub.overflowed:
                     yield Resume(position)
                     raise ResourceExhausted(f"this watcher fell behind: resume after sequence {position}")
                 live = await sub.queue.get()
                 if isinstance(live, Heartbeat):
-                    if self._cut_off_for() > CUT_OFF_LIMIT:
-                        # Revocations made through other replicas cannot reach us: send the
-                        # agent elsewhere rather than reassure it with heartbeats.
-                        raise StoreDown(
-                            "the database is not reachable from this kms-server, so this replica hears no revocations: "
-                            f"resume after sequence {position} on another one"
-                        )
                     # Everything queued before it has been dealt with: the position covers it
                     # (and never claims more than this stream has seen).
-                    yield Heartbeat(position)
+                    yield self._live_heartbeat(position)
                     continue
                 if live.seq <= position:
                     continue
@@ -170,6 +163,16 @@ class WatchService:
         finally:
             self._feed.unsubscribe(sub)
             self._feed.watching(-1)
+
+    def _live_heartbeat(self, position: int) -> Heartbeat:
+        if self._cut_off_for() > CUT_OFF_LIMIT:
+            # Revocations made through other replicas cannot reach us: send the agent
+            # elsewhere rather than reassure it with heartbeats.
+            raise StoreDown(
+                "the database is not reachable from this kms-server, so this replica hears no revocations: "
+                f"resume after sequence {position} on another one"
+            )
+        return Heartbeat(position)
 
     async def _backfill(self, after: int, upto: int | None) -> AsyncIterator[RevocationEvent]:
         """Events in (after, upto] from the log (to its end when upto is None)."""

@@ -204,6 +204,7 @@ def _revocations(run: _Runner, srv: Callable[..., Any], agt: Callable[..., Any],
     agt("alice", "check", "--serial", renewed_from, exit_code=11)  # revoked: the exit code says so too
     srv("audit list")
     srv("audit verify")
+    srv("top")
 
 
 def _on_a_terminal(program: str, *args: str, env: dict[str, str] | None = None) -> str:
@@ -212,8 +213,10 @@ def _on_a_terminal(program: str, *args: str, env: dict[str, str] | None = None) 
         exe(program), list(args), env=_env(env), encoding="utf-8", timeout=30, dimensions=(40, 200)
     )
     text = child.read()
+    # The pty's end can come before the process has exited: wait for it (close() would kill it).
+    code = child.wait()
     child.close()
-    assert child.exitstatus == 0, text
+    assert code == 0, text
     return str(text)
 
 

@@ -32,6 +32,7 @@ def _spawn(program: str, *args: str, env: dict[str, str] | None = None) -> tuple
 
 def _finish(child: pexpect.spawn) -> int:
     child.expect(pexpect.EOF)
+    child.wait()  # the pty's end can come before the exit; close() would kill it
     child.close()
     return int(child.exitstatus if child.exitstatus is not None else -1)
 

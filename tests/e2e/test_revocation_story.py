@@ -260,10 +260,10 @@ def test_crl_and_ocsp_agree_with_openssl(rig: tuple[ServerProcess, Path], tmp_pa
         assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
         bad = run(["openssl", "verify", "-crl_check", *how, "-CAfile", str(ca), str(revoked)])
         assert bad.returncode != 0 and "certificate revoked" in bad.stdout + bad.stderr
-    # Not backdated: no entry is dated after the CRL's own thisUpdate (RFC 5280 §5.1.2.4).
+    # No entry is dated after the CRL's own thisUpdate (RFC 5280 §5.1.2.4), backdated 60 s at most.
     crl = x509.load_der_x509_crl(crl_der.read_bytes())
     assert len(crl) >= 1 and all(e.revocation_date_utc <= crl.last_update_utc for e in crl)
-    assert abs((datetime.now(UTC) - crl.last_update_utc).total_seconds()) < 30
+    assert 0 <= (datetime.now(UTC) - crl.last_update_utc).total_seconds() < 90
     assert crl.next_update_utc is not None and crl.next_update_utc - crl.last_update_utc == timedelta(
         hours=24
     )

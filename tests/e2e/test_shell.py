@@ -85,6 +85,7 @@ def test_server_shell_completes_runs_and_guides(rig: tuple[ServerProcess, Path])
         assert child.waitnoecho(timeout=20)
         child.sendcontrol("d")
         child.expect(pexpect.EOF)
+        child.wait()  # the pty's end can come before the exit; close() would kill it
     finally:
         child.close()
     assert child.exitstatus == 0
@@ -115,6 +116,7 @@ def test_agent_shell_completes_what_it_knows_and_keeps_secrets_out(rig: tuple[Se
         assert child.waitnoecho(timeout=20)
         child.sendcontrol("d")
         child.expect(pexpect.EOF)
+        child.wait()  # the pty's end can come before the exit; close() would kill it
     finally:
         child.close()
     text = (web / "shell-history").read_text()

@@ -120,6 +120,7 @@ def test_shell_confirmation_counts_certificates_and_streams_and_no_changes_nothi
         assert child.waitnoecho(timeout=20)
         child.sendcontrol("d")
         child.expect(pexpect.EOF)
+        child.wait()  # the pty's end can come before the exit; close() would kill it
     finally:
         child.close()
     agents = {a["name"]: a for a in json.loads(server.admin("agents", "list", "--json").stdout)}
@@ -167,6 +168,7 @@ def test_top_shows_agents_filters_moves_and_a_revocation_within_2s(
         )
         child.send("q")
         child.expect(pexpect.EOF)
+        child.wait()  # the pty's end can come before the exit; close() would kill it
     finally:
         child.close()
     assert child.exitstatus == 0

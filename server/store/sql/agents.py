@@ -13,7 +13,7 @@ from kms.revocation import HOLD
 from server.store import rules
 from server.store.dialect import Tx
 from server.store.records import AgentRecord, CertificateRecord, Enrollment, JoinTokenRecord, RevocationEvent
-from server.store.rows import AGENT_COLUMNS, TOKEN_COLUMNS, agent_record, token_record
+from server.store.rows import AGENT_COLUMNS, DESCENDANTS, TOKEN_COLUMNS, agent_record, token_record
 from server.store.sql.events import append_event, revoked_certificates
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "next_crl",
     "set_meta",
     "unrevoked_serials",
+    "renewed_from",
 ]
 
 
@@ -257,3 +258,9 @@ async def is_known_agent(tx: Tx, name: str, now: int) -> bool:
             *(name, name, now),
         )
     )
+
+
+async def renewed_from(tx: Tx, serial: str) -> list[str]:
+    """The certificates renewed from serial, at any remove (what its keyCompromise also revokes)."""
+    rows = await tx.fetch(DESCENDANTS.format(parent="?") + " ORDER BY c.serial", serial)
+    return [r[0] for r in rows]

@@ -165,6 +165,10 @@ class SqlStore(KeyMethods, due.DueMethods):
     async def list_agents(self) -> list[AgentRecord]:
         return await self._read(agents.list_agents)
 
+    async def renewed_from(self, serial: str) -> list[str]:
+        """The certificates renewed from serial, at any remove."""
+        return await self._read(lambda tx: agents.renewed_from(tx, serial))
+
     async def unrevoked_serials(self, name: str, now: int) -> list[str]:
         """The serials of name's certificates that are neither revoked, held nor expired at now."""
         return await self._read(lambda tx: agents.unrevoked_serials(tx, name, now))

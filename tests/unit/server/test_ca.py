@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms import profile
 from server.ca.authority import CertificateAuthority, create_root
-from server.ca.crl import crl_this_update
+from server.ca.crl import BACKDATE, crl_this_update
 from server.ca.keytype import CAKeyType
 
 TD = "example.org"
@@ -43,10 +43,15 @@ def test_issues_a_checked_agent_certificate_with_each_key_type(
     )
 
 
-def test_crl_this_update_is_the_issue_time_or_the_newest_entry() -> None:
+def test_crl_this_update_is_never_before_the_newest_entry_nor_after_now() -> None:
     now = datetime(2026, 12, 7, 12, 0, 0, 750_000, tzinfo=UTC)
-    # Not backdated (only truncated to the second, as encoded), and never before an entry.
-    assert crl_this_update(now, [now - timedelta(seconds=5)]) == now.replace(microsecond=0)
-    ahead = now + timedelta(seconds=3)  # written by a replica whose clock runs ahead
-    assert crl_this_update(now, [now - timedelta(days=1), ahead]) == ahead
-    assert crl_this_update(now, []) == now.replace(microsecond=0)
+    second = now.replace(microsecond=0)
+    # No entry after it (the CRL would contradict itself), backdated no further than that.
+    entry = datetime(2026, 12, 7, 11, 59, 55, tzinfo=UTC)
+    assert crl_this_update(now, [entry]) == entry
+    assert crl_this_update(now, [now.replace(microsecond=0)]) == second  # just revoked
+    # Old entries only (or none): backdated BACKDATE, for relying parties whose clocks run slow.
+    assert crl_this_update(now, [now - timedelta(days=1)]) == second - BACKDATE
+    assert crl_this_update(now, []) == second - BACKDATE
+    # An entry from a replica whose clock runs ahead does not date the CRL in the future.
+    assert crl_this_update(now, [now + timedelta(seconds=3)]) == second

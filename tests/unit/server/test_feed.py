@@ -341,12 +341,32 @@ def test_a_quiet_stream_hears_one_heartbeat_per_interval(tmp_path: Path, rsa_key
 
     arrivals = asyncio.run(body())
     gaps = [b - a for a, b in zip(arrivals[1:], arrivals[2:], strict=False)]
-    # One at once (the replay is done: the stream is live), the next between half an interval
-    # and one from the opening, then once per interval (two ticks, each a full sleep: never
-    # sooner); the upper bounds leave room for a loaded machine.
-    assert arrivals[0] < 0.1
+    # One at once (the replay is done: the stream is live; see the test below), the next between
+    # half an interval and one from the opening, then once per interval (two ticks, each a full
+    # sleep: never sooner); the upper bounds leave room for a loaded machine.
     assert 0.1 <= arrivals[1] <= 1.0
     assert all(0.19 <= g <= 1.0 for g in gaps), gaps
+
+
+def test_a_stream_hears_a_heartbeat_as_soon_as_its_replay_is_done(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """Long before the first tick (30 s): the caller knows at once that its stream is live."""
+
+    async def body() -> Heartbeat:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            watch = WatchService(store, RevocationFeed(0), heartbeat=30, buffer=16)
+            stream = watch.stream(_caller(rsa_key), after_seq=0)
+            first = await asyncio.wait_for(anext(stream), 10)
+            await stream.aclose()
+            watch.close()
+            assert isinstance(first, Heartbeat)
+            return first
+        finally:
+            await store.close()
+
+    assert asyncio.run(body()).current_seq == 0
 
 
 def test_closing_the_watch_service_stops_its_heartbeat_ticker(

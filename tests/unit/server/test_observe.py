@@ -11,6 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
+from kms.errors import InvalidArgument
 from server.keys import KeyService
 from server.ops.journal import Journal
 from server.ops.metrics import Metrics
@@ -98,6 +101,17 @@ def test_an_overview_holds_the_window_and_standing_counts_certificates_and_strea
         by_serial = await observer.standing("", "A1")
         assert (by_serial.agent, by_serial.serial_valid, by_serial.serial_open_streams) == ("a-1", True, 1)
         assert (await observer.standing("b-2", "")).valid_certificates == 0
+        # Serials as revoke takes them (0x, colons, leading zeros); the certificates renewed from
+        # one, with their streams (a keyCompromise of it revokes them too).
+        await store.add_certificate(
+            CertificateRecord("a1e", "a-1", T, T + DAY, b"der", T, None), ("web",), renewed_from="a1"
+        )
+        guard.register(GuardedStream(task, "a1e", "a-1"))
+        for typed in ("0x00A1", "a1", "00:a1"):
+            s = await observer.standing("", typed)
+            assert (s.agent, s.serial_valid, s.valid_certificates) == ("a-1", True, 2), typed
+            assert (s.renewed_valid, s.renewed_open_streams) == (1, 1), typed
+        assert (await observer.standing("", "a1e")).renewed_valid == 0
         task.cancel()
         await store.close()
 
@@ -121,6 +135,26 @@ def test_follow_answers_at_once_then_on_each_event_well_before_the_interval(tmp_
         assert [(e.kind, e.subject) for e in second.events] == [("enroll", "agent e-5")]
         await views.aclose()
         hold.set()
+        await store.close()
+
+    asyncio.run(body())
+
+
+def test_follow_ends_at_once_with_the_error_of_a_bad_window_after_the_first(tmp_path: Path) -> None:
+    async def body() -> None:
+        store, _, _, _, _, observer = await _world(tmp_path)
+        sent = asyncio.Event()
+
+        async def windows() -> AsyncIterator[Window]:
+            yield Window(agent_limit=5, interval=30.0)
+            await sent.wait()
+            raise InvalidArgument("undecodable")  # what the servicer's reader raises for garbage
+
+        views = observer.follow(windows())
+        await asyncio.wait_for(anext(views), 5)
+        sent.set()
+        with pytest.raises(InvalidArgument):
+            await asyncio.wait_for(anext(views), 5)  # not after the 30 s interval
         await store.close()
 
     asyncio.run(body())
