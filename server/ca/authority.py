@@ -133,7 +133,7 @@ class CertificateAuthority:
 
     def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
         """Signs an OCSP response as the CA itself (RFC 6960 §4.2.2.2: the issuer may respond)."""
-        return self._signer.sign_ocsp(builder.responder_id(ocsp.OCSPResponderEncoding.HASH, self.certificate))
+        return self._signer.sign_ocsp(builder, self.certificate)
 
     def issue_server(self, sans: tuple[str, ...], ttl: timedelta) -> KeyPair:
         """Issues the server's own TLS certificate on a fresh P-256 key."""

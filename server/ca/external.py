@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from asn1crypto import crl as asn1_crl
 from asn1crypto import ocsp as asn1_ocsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 
@@ -36,11 +37,17 @@ class SignerError(Exception):
 
 
 @functools.cache
-def _stand_in(rsa_family: bool) -> profile.IssuerKey:
-    """A throwaway key of the family, only to have cryptography encode a TBS; its signature is discarded."""
+def _stand_in(rsa_family: bool) -> tuple[profile.IssuerKey, x509.Certificate]:
+    """A throwaway key of the family (and a certificate for it, which the OCSP builder wants) only to
+    have cryptography encode a TBS; its signature is discarded."""
+    key: profile.IssuerKey
     if rsa_family:
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return ec.generate_private_key(ec.SECP256R1())
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    builder = profile.ca_builder(key.public_key(), "stand-in.invalid", 1, now, timedelta(days=1))
+    return key, builder.sign(key, hashes.SHA256())
 
 
 class ExternalSigner:
@@ -57,7 +64,7 @@ class ExternalSigner:
         self._public = public
         self._sign = sign
         self._hash = signature_hash(key_type)
-        self._stand_in = _stand_in(isinstance(public, rsa.RSAPublicKey))
+        self._stand_in, self._stand_in_cert = _stand_in(isinstance(public, rsa.RSAPublicKey))
 
     def public_key(self) -> PublicKey:
         return self._public
@@ -94,15 +101,21 @@ class ExternalSigner:
         self._verify(crl.signature, crl.tbs_certlist_bytes, tbs)
         return crl
 
-    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
+    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder, responder: x509.Certificate) -> ocsp.OCSPResponse:
+        """builder has no responder ID yet: the stand-in's goes in the draft, the responder's in the TBS."""
+        draft_builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, self._stand_in_cert)
         draft = asn1_ocsp.OCSPResponse.load(
-            builder.sign(self._stand_in, self._hash).public_bytes(serialization.Encoding.DER)
+            draft_builder.sign(self._stand_in, self._hash).public_bytes(serialization.Encoding.DER)
         )
         basic = draft["response_bytes"]["response"].parsed
-        tbs = basic["tbs_response_data"].dump()
+        data = basic["tbs_response_data"]
+        # RFC 6960 KeyHash: SHA-1 of the responder's subjectPublicKey, as cryptography's HASH encoding writes it.
+        key_hash = x509.SubjectKeyIdentifier.from_public_key(responder.public_key()).digest
+        data["responder_id"] = asn1_ocsp.ResponderId(name="by_key", value=key_hash)
+        tbs = data.dump()
         signed = asn1_ocsp.BasicOCSPResponse(
             {
-                "tbs_response_data": basic["tbs_response_data"],
+                "tbs_response_data": data,
                 "signature_algorithm": basic["signature_algorithm"],
                 "signature": self._sign(tbs),
             }

@@ -139,6 +139,8 @@ def _login(lib: Any, uri: Pkcs11Uri, pin: str) -> Any:
         raise HsmError(f"several tokens are labelled {uri.token!r}: add serial=... to --ca-key") from None
     try:
         return token.open(user_pin=pin, rw=True)
+    except pkcs11.UserAlreadyLoggedIn:  # PKCS#11 logins are per process: this one is in already
+        return token.open(rw=True)
     except (pkcs11.PinIncorrect, pkcs11.PinInvalid, pkcs11.PinLenRange):
         raise HsmError(f"wrong PIN for token {uri.token!r}") from None
     except pkcs11.PinLocked:

@@ -31,7 +31,9 @@ class CASigner(Protocol):
     def public_key(self) -> PublicKey: ...
     def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate: ...
     def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList: ...
-    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse: ...
+    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder, responder: x509.Certificate) -> ocsp.OCSPResponse:
+        """Sets the responder ID (by key hash) to responder's and signs."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -82,5 +84,5 @@ class SoftwareSigner:
     def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
         return builder.sign(self.key, self._hash)
 
-    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
-        return builder.sign(self.key, self._hash)
+    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder, responder: x509.Certificate) -> ocsp.OCSPResponse:
+        return builder.responder_id(ocsp.OCSPResponderEncoding.HASH, responder).sign(self.key, self._hash)
