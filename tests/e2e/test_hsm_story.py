@@ -9,6 +9,7 @@ is one line, before anything is written to the data dir.
 from __future__ import annotations
 
 import shutil
+import tarfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -109,6 +110,25 @@ def test_the_key_is_in_the_token_only(served: tuple[ServerProcess, Path], hsm: S
     token = pkcs11.lib(str(hsm.module)).get_token(token_label=TOKEN)
     with token.open() as session:  # no login: a private object is not even listed
         assert not list(session.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY}))
+
+
+@pytest.mark.sqlite_only("kms-server backup copies the embedded SQLite store; PostgreSQL uses pg_dump")
+def test_backup_holds_no_ca_key_and_restores(served: tuple[ServerProcess, Path], hsm: SoftHsm) -> None:
+    server, root = served
+    backup = root / "backup.tar"
+    server.admin("backup", str(backup))
+    with tarfile.open(backup) as tar:
+        assert sorted(tar.getnames()) == ["ca.crt", "kms.db", "server.crt", "server.key"]
+    restored = root / "restored"
+    master = server.data_dir / "master.key"
+    result = run(
+        [exe("kms-server"), "restore", str(backup), "--data-dir", str(restored), "--master-key", str(master)]
+    )
+    assert result.returncode == 0, result.stderr
+    assert not (restored / "ca.key").exists()
+    # Without --ca-key, the restored data dir says where its CA key is, and starts nothing.
+    alone = run([exe("kms-server"), "init", "--data-dir", str(restored)])
+    assert_one_line_error(alone, 6, "its CA key is in a PKCS#11 token")
 
 
 @pytest.mark.sqlite_only("the token fails before any store is opened")
