@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ class HsmError(FailedPrecondition):
     """The token or its key cannot be used; the message says which and how to fix it."""
 
 
-def read_pin(pin_file: Path | None, env: dict[str, str] | os._Environ[str] = os.environ) -> str:
+def read_pin(pin_file: Path | None, env: Mapping[str, str] | None = None) -> str:
     """The user PIN: --pkcs11-pin-file (0600, one line), else KMS_PKCS11_PIN. Never a flag."""
     if pin_file is not None:
         try:
@@ -56,7 +57,7 @@ def read_pin(pin_file: Path | None, env: dict[str, str] | os._Environ[str] = os.
             )
         pin = text.rstrip("\r\n")
     else:
-        pin = env.get(PIN_ENV, "")
+        pin = (os.environ if env is None else env).get(PIN_ENV, "")
     if not pin:
         raise HsmError(f"the token's PIN is missing: give --pkcs11-pin-file FILE (0600) or {PIN_ENV}")
     return pin
