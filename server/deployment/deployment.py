@@ -243,8 +243,8 @@ def _load_embedded(cfg: ServerConfig, datadir: DataDir, sealer: Sealer, hsm: Hsm
     if hsm is None:
         if datadir.ca_cert.exists() and not datadir.ca_key.exists():
             raise DataDirError(
-                f"{where} has no ca.key: its CA key is in a PKCS#11 token (give --ca-key pkcs11:... and "
-                "--pkcs11-module), or restore ca.key from a backup"
+                f"{where} is incomplete: ca.key is missing (restore it from a backup; or, if this deployment's "
+                "CA key is in a PKCS#11 token, give --ca-key pkcs11:... and --pkcs11-module)"
             )
         return load_root(datadir, sealer, cfg.ca_key_type)
     if datadir.ca_key.exists():

@@ -128,7 +128,7 @@ def test_backup_holds_no_ca_key_and_restores(served: tuple[ServerProcess, Path],
     assert not (restored / "ca.key").exists()
     # Without --ca-key, the restored data dir says where its CA key is, and starts nothing.
     alone = run([exe("kms-server"), "init", "--data-dir", str(restored)])
-    assert_one_line_error(alone, 6, "its CA key is in a PKCS#11 token")
+    assert_one_line_error(alone, 6, "CA key is in a PKCS#11 token, give --ca-key")
 
 
 @pytest.mark.sqlite_only("the token fails before any store is opened")
