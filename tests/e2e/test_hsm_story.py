@@ -132,7 +132,10 @@ def test_backup_holds_no_ca_key_and_restores(served: tuple[ServerProcess, Path],
 
 
 @pytest.mark.sqlite_only("the token fails before any store is opened")
-def test_each_failure_is_one_line_and_creates_nothing(hsm: SoftHsm) -> None:
+def test_each_failure_is_one_line_and_creates_nothing(
+    served: tuple[ServerProcess, Path], hsm: SoftHsm
+) -> None:
+    """served: its init made the key object=ca in the token, which the cases below get wrong one by one."""
     fresh = hsm.root / "fresh"
     module = str(hsm.module)
     cases = [
@@ -148,6 +151,13 @@ def test_each_failure_is_one_line_and_creates_nothing(hsm: SoftHsm) -> None:
         )
         assert_one_line_error(result, 6, says)
         assert not fresh.exists(), says
+    # A CA key in software stays there: --ca-key cannot move it into a token.
+    software = hsm.root / "software"
+    assert run([exe("kms-server"), "init", "--data-dir", str(software)]).returncode == 0
+    moved = run(
+        [exe("kms-server"), "run", "--data-dir", str(software), "--listen", "127.0.0.1:0", *_flags(hsm)]
+    )
+    assert_one_line_error(moved, 6, "is ca.key, in software: --ca-key cannot move it")
 
 
 @pytest.mark.sqlite_only("no store here")
