@@ -116,7 +116,7 @@ class AgentDaemon:
         self.stop()
         for t in threads:
             t.join(10)
-        if isinstance(self._failure, KmsError):
+        if self._failure is not None:  # revoked (one line, exit 11), or a bug: never a silent exit 0
             raise self._failure
         logger.info("agent stopped")
         return 0
@@ -125,6 +125,10 @@ class AgentDaemon:
         try:
             body()
         except BaseException as exc:  # a revoked agent, or a bug: stop everything and report it
+            if self._stop.is_set() and not isinstance(exc, KmsError):
+                # Stopping closes the clients under the jobs: what that breaks is not a failure.
+                logger.debug("%s ended while stopping: %r", threading.current_thread().name, exc)
+                return
             self._failure = exc
             self._stop.set()
 

@@ -213,4 +213,18 @@ class Watcher:
             raise Held(f"this agent's certificate {serial} is on hold (certificateHold)")
         if mine:
             self._state.save_revoked(serial, event.reason)  # kms-agent sign refuses, even offline
-            raise Revoked(f"this agent's certificate {serial} was revoked ({event.reason}): enroll again")
+            raise Revoked(_revoked_line(event, self._identity.settings.name, serial))
+
+
+def _revoked_line(event: revocation_pb2.RevocationEvent, name: str, serial: str) -> str:
+    """What ends a watch (exit 11), in one line: what was revoked, which certificate, what to do."""
+    if event.kind == "agent":  # the server bars this name from enrolling again, unless told otherwise
+        return (
+            f"this agent ({name}) was revoked ({event.reason}), and with it its certificate {serial}:"
+            f" to enroll again, ask for a join token made with kms-server token create --name {name}"
+            " --allow-reenroll, then run kms-agent enroll --force"
+        )
+    return (
+        f"this agent's certificate {serial} was revoked ({event.reason}): ask for a new join token"
+        f" (kms-server token create --name {name}), then run kms-agent enroll --force"
+    )

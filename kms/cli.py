@@ -11,7 +11,9 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,16 +21,20 @@ from typing import Any, NoReturn, TypeAlias
 
 from kms.cli_help import SubcommandErrors, add_version
 from kms.errors import InvalidArgument, KmsError
+from kms.output import Cell, View, plain, terminal
+from kms.output import Table as _Table
 from kms.settings import config_keys
 
 __all__ = [
     "ArgumentParser",
     "Subcommands",
+    "add_listing_options",
     "command_parsers",
     "config_keys",
     "use_json_logs",
     "print_json",
     "print_table",
+    "print_views",
     "read_toml",
     "run_main",
 ]
@@ -88,6 +94,7 @@ def command_parsers(
     for target, top in ((parser, True), (common, False)):
         for flags, kwargs in (*shared, verbose):
             target.add_argument(*flags, **(kwargs if top else {**kwargs, "default": argparse.SUPPRESS}))
+    parser.add_argument("--no-color", action="store_true", default=False, help=_NO_COLOR)
     return parser, common
 
 
@@ -145,8 +152,7 @@ def run_main(
         _setup_logging(args.verbose)
         if prepare is not None:  # config file values and checks, before anything runs
             prepare(args)
-        func: Callable[[argparse.Namespace], int] = args.func
-        code = func(args)
+        code = _call(args.func, args)
         # Piped, stdout is buffered: its last write happens here, where a reader that went away
         # (`| head`) is caught below, not at interpreter exit ("Exception ignored ...", exit 120).
         sys.stdout.flush()
@@ -173,6 +179,22 @@ def run_main(
             file=sys.stderr,
         )
         return 1
+
+
+def _call(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Runs the command; --no-color holds as NO_COLOR=1 while it runs (a shell's later lines are
+    not affected; `kms-server --no-color` opening the shell holds for the whole shell)."""
+    if not getattr(args, "no_color", False):
+        return func(args)
+    before = os.environ.get("NO_COLOR")
+    os.environ["NO_COLOR"] = "1"
+    try:
+        return func(args)
+    finally:
+        if before is None:
+            os.environ.pop("NO_COLOR", None)
+        else:
+            os.environ["NO_COLOR"] = before
 
 
 def _drop_stdout() -> None:
@@ -202,7 +224,34 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    for line in [headers, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Cell]], *, lines: Sequence[str] | None = None
+) -> None:
+    """A listing: rows under headers (see kms/output.py, and print_views)."""
+    print_views(_Table(headers, rows, lines))
+
+
+_NO_COLOR = "no color on a terminal (as NO_COLOR=1 does)"
+
+
+def add_listing_options(parser: argparse.ArgumentParser, json_help: str | None = None) -> None:
+    """--json and --no-color, on every command that lists or reports a status."""
+    parser.add_argument("--json", action="store_true", help=json_help)
+    # SUPPRESS: `kms-server --no-color key list` stays colorless (the subcommand's default would reset it).
+    parser.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS, help=_NO_COLOR)
+
+
+def _may_color() -> bool:
+    """https://no-color.org: NO_COLOR set to anything but empty turns color off; so does a dumb terminal."""
+    return not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def print_views(*views: View) -> None:
+    """Every listing's way out, for both programs: on a terminal, aligned tables with headers, times
+    relative to now and states in color; piped, the plain, stable text scripts read (no rich loaded)."""
+    if sys.stdout.isatty():
+        width = shutil.get_terminal_size().columns
+        text = terminal(views, now=int(time.time()), color=_may_color(), width=width)
+    else:
+        text = plain(views)
+    sys.stdout.write(text)

@@ -7,7 +7,7 @@ from kms.revocation import HOLD
 from kms.times import iso
 from kms.v1 import revocation_pb2
 
-__all__ = ["NOT_REVOCATIONS", "describe", "event_fields"]
+__all__ = ["NOT_REVOCATIONS", "describe", "event_fields", "state_text", "subject"]
 
 # Kinds of event that share the log and the feed but revoke nothing: news for the agents
 # granted a key (its new current version; its release stopped or resumed; it expired).
@@ -36,30 +36,37 @@ def event_fields(event: revocation_pb2.RevocationEvent) -> dict[str, str | int]:
     return fields
 
 
-def describe(event: revocation_pb2.RevocationEvent) -> str:
+def subject(event: revocation_pb2.RevocationEvent) -> str:
+    """What the event is about, in words: 'agent web-1 revoked (certificates 1f)'."""
     if event.kind == "key":
-        subject = f"key {event.key_name} version {event.key_version} compromised"
-    elif event.kind == "rotate":
-        subject = f"key {event.key_name} rotated to version {event.key_version}"
-    elif event.kind == "disable":
-        subject = f"key {event.key_name} disabled (no version is released until it is enabled)"
-    elif event.kind == "enable":
+        return f"key {event.key_name} version {event.key_version} compromised"
+    if event.kind == "rotate":
+        return f"key {event.key_name} rotated to version {event.key_version}"
+    if event.kind == "disable":
+        return f"key {event.key_name} disabled (no version is released until it is enabled)"
+    if event.kind == "enable":
+        return f"key {event.key_name} enabled (current version {event.key_version})"
+    if event.kind == "expire":
         return (
-            f"#{event.seq} {iso(event.at)} key {event.key_name} enabled (current version {event.key_version})"
-        )
-    elif event.kind == "expire":
-        subject = (
             f"key {event.key_name} expired (every version decrypts only; current version {event.key_version})"
         )
-    elif event.kind == "release":
-        subject = f"hold of {event.agent_name or '?'} released (certificates {event.serial or 'none'})"
-    elif event.kind == "agent":
-        verb = "held" if event.reason == HOLD else "revoked"
-        subject = f"agent {event.agent_name} {verb} (certificates {event.serial or 'none'})"
-    else:
-        verb = "held" if event.reason == HOLD else "revoked"
-        subject = f"certificate {event.serial} of {event.agent_name or '?'} {verb}"
-    line = f"#{event.seq} {iso(event.at)} {subject}: {event.reason}"
+    if event.kind == "release":
+        return f"hold of {event.agent_name or '?'} released (certificates {event.serial or 'none'})"
+    verb = "held" if event.reason == HOLD else "revoked"
+    if event.kind == "agent":
+        return f"agent {event.agent_name} {verb} (certificates {event.serial or 'none'})"
+    return f"certificate {event.serial} of {event.agent_name or '?'} {verb}"
+
+
+def state_text(event: revocation_pb2.RevocationEvent) -> str:
+    """A listed event's state: 'in force', 'released by #12', or '' (not a listing)."""
+    return event.state + (f" by #{event.released_by}" if event.released_by and event.state else "")
+
+
+def describe(event: revocation_pb2.RevocationEvent) -> str:
+    if event.kind == "enable":
+        return f"#{event.seq} {iso(event.at)} {subject(event)}"
+    line = f"#{event.seq} {iso(event.at)} {subject(event)}: {event.reason}"
     if event.state:
-        line += f" [{event.state}" + (f" by #{event.released_by}]" if event.released_by else "]")
+        line += f" [{state_text(event)}]"
     return line

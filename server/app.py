@@ -33,7 +33,7 @@ from server.listeners import Listeners, bind_http, open_listeners
 from server.ops.heap import HeapKeeper
 from server.ports import check_ports
 from server.store import Store
-from server.wiring import HEALTH_SERVICES, Backup, Services, open_services
+from server.wiring import Backup, Services, open_services
 
 if TYPE_CHECKING:
     from server.ca.hsm import HsmKey
@@ -87,8 +87,7 @@ class App:
     async def start(self) -> None:
         s = self.services
         await self.listeners.start()
-        for service in HEALTH_SERVICES:
-            await s.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await s.health.set_all(health_pb2.HealthCheckResponse.SERVING)  # every service a port registered
         self.following = asyncio.create_task(s.follower.run())
         self._tasks = [
             asyncio.create_task(s.crl.refresh_forever()),

@@ -15,23 +15,17 @@ from functools import partial
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from kms.addresses import join_hostport
 from kms.errors import FailedPrecondition
 from kms.profile import StatusUrls
 from kms.v1 import (
     admin_pb2_grpc,
-    enrollment_pb2,
     enrollment_pb2_grpc,
-    handshake_pb2,
     handshake_pb2_grpc,
-    identity_pb2,
     identity_pb2_grpc,
-    keys_pb2,
     keys_pb2_grpc,
-    revocation_pb2,
+    monitor_pb2_grpc,
     revocation_pb2_grpc,
 )
 from server.api.admin import AdminServicer
@@ -39,6 +33,7 @@ from server.api.enrollment import EnrollmentServicer
 from server.api.handshake import HandshakeServicer
 from server.api.identity import IdentityServicer
 from server.api.keys import KeysServicer
+from server.api.monitor import MonitorServicer
 from server.api.revocation import RevocationServicer
 from server.ca.ocsp import OcspResponder
 from server.clock import now_seconds
@@ -46,6 +41,7 @@ from server.config import ServerConfig
 from server.deployment.datadir import DataDir
 from server.endpoints.auth import AuthInterceptor, Listener
 from server.endpoints.enroll_port import EnrollmentPort, open_enrollment_port
+from server.endpoints.registrar import Registrar, add_standard_services
 from server.ops.expiry import WINDOWS as EXPIRY_WINDOWS
 from server.ops.http import HttpSidePort
 from server.wiring import Backup, Services
@@ -71,9 +67,6 @@ GRPC_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.server.max_pending_requests", 20_000),
     ("grpc.server.max_pending_requests_hard_limit", 40_000),
 )
-
-# The services the API port lists through reflection (besides health and reflection itself).
-_REFLECTED = (enrollment_pb2, identity_pb2, keys_pb2, revocation_pb2, handshake_pb2)
 
 
 def _options(cfg: ServerConfig) -> list[tuple[str, Any]]:
@@ -138,21 +131,13 @@ def _api_server(
         ],
         options=_tls_options(cfg),
     )
-    enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(s.ca, s.enrollment), api)
-    identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(s.ca, s.enrollment), api)
-    keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(s.keys), api)
-    revocation_pb2_grpc.add_RevocationServicer_to_server(revocation, api)
-    handshake_pb2_grpc.add_HandshakeServicer_to_server(HandshakeServicer(s.exchanges), api)
-    health_pb2_grpc.add_HealthServicer_to_server(s.health, api)
-    services_names = [svc.full_name for m in _REFLECTED for svc in m.DESCRIPTOR.services_by_name.values()]
-    reflection.enable_server_reflection(
-        [
-            *services_names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        api,
-    )
+    served = Registrar(api)  # what it registers, for health and reflection
+    enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(s.ca, s.enrollment), served)
+    identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(s.ca, s.enrollment), served)
+    keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(s.keys), served)
+    revocation_pb2_grpc.add_RevocationServicer_to_server(revocation, served)
+    handshake_pb2_grpc.add_HandshakeServicer_to_server(HandshakeServicer(s.exchanges), served)
+    add_standard_services(served, s.health)
     port = _bind(api, cfg.listen, s.tls.credentials(require_client_auth=True), "--listen")
     return api, port
 
@@ -182,6 +167,7 @@ def _admin_server(cfg: ServerConfig, datadir: DataDir, services: Services, backu
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(s.ca, s.enrollment, s.agents, s.keys, s.revocations, s.trail, backup), admin
     )
+    monitor_pb2_grpc.add_MonitorServicer_to_server(MonitorServicer(s.observer), admin)
     datadir.admin_socket.unlink(missing_ok=True)  # stale: we hold the data dir lock
     _bind(
         admin,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from grpc_health.v1 import health_pb2
 
@@ -35,19 +37,21 @@ from server.exchange import ExchangeService
 from server.keys import KeyService
 from server.keys.scheduler import KeyScheduler
 from server.ops.expiry import ExpiringCertificates
+from server.ops.journal import Journal
 from server.ops.metrics import Metrics
+from server.ops.observe import Observer
+from server.ops.rates import Rates
+from server.ops.roster import Roster
 from server.revocation.feed import RevocationFeed, StreamGuard
 from server.revocation.follower import EventFollower
 from server.revocation.service import RevocationService
 from server.revocation.watch import WatchService
-from server.store import AuditEntry, Store
+from server.store import AuditEntry, CertificateRecord, Store
 
-__all__ = ["HEALTH_SERVICES", "Services", "open_services"]
+__all__ = ["Services", "open_services"]
 
 logger = logging.getLogger(__name__)
-
-# The health service's names: the server as a whole ("") and each agent-facing service.
-HEALTH_SERVICES = ("", "kms.v1.Keys", "kms.v1.Enrollment", "kms.v1.Revocation")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class Services:
     failures: FailureReport
     # Scheduled rotations, expiries and expiry warnings.
     scheduler: KeyScheduler
+    # What `kms-server top` shows (the Monitor service, on the admin socket).
+    observer: Observer
 
 
 async def open_services(
@@ -91,16 +97,11 @@ async def open_services(
     # The expiry gauges, kept as certificates are issued and revoked (a scrape reads no agents).
     expiring = ExpiringCertificates(store, clock)
     metrics = Metrics()
-    feed = RevocationFeed(await store.last_seq(), metrics, on_publish=expiring.published)
+    journal = Journal()
+    on_publish = _each(expiring.published, journal.published)
+    feed = RevocationFeed(await store.last_seq(), metrics, on_publish=on_publish)
     schedule_changed = asyncio.Event()
-    keys = KeyService(
-        store,
-        deployment.sealer,
-        clock,
-        publish=feed.publish,
-        schedule_changed=schedule_changed.set,
-        min_rotation_period=int(cfg.min_rotation_period.total_seconds()),
-    )
+    keys = _keys(cfg, deployment, clock, feed, schedule_changed)
     guard = StreamGuard()
     crl = CrlPublisher(ca, store, clock)
     revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
@@ -108,6 +109,10 @@ async def open_services(
     health = Health()
     follower = EventFollower(store, feed, revocations.apply_remote, StoreHealth(health))
     audit = AuditBatcher(store)
+    reason = revocations.revocation_reason
+    roster = Roster(store, reason)
+    authenticator = PeerAuthenticator(ca.certificate, trust_domain, store, clock, reason)
+    issued = _each(expiring.issued, journal.issued, roster.issued)
     return Services(
         clock=clock,
         store=store,
@@ -120,13 +125,11 @@ async def open_services(
         keys=keys,
         crl=crl,
         revocations=revocations,
-        enrollment=_enrollment(cfg, store, ca, clock, revocations, expiring, feed),
-        agents=AgentDirectory(store, trust_domain, clock, revocations.revocation_reason),
+        enrollment=_enrollment(cfg, store, ca, clock, revocations, issued, feed),
+        agents=AgentDirectory(store, trust_domain, clock, reason),
         health=health,
         follower=follower,
-        authenticator=PeerAuthenticator(
-            ca.certificate, trust_domain, store, clock, revocations.revocation_reason
-        ),
+        authenticator=authenticator,
         watch=WatchService(
             store, feed, cfg.heartbeat.total_seconds(), cfg.watch_buffer, follower.cut_off_for
         ),
@@ -140,6 +143,36 @@ async def open_services(
         scheduler=KeyScheduler(
             store, keys, clock, feed.publish, cfg.key_schedule_poll.total_seconds(), schedule_changed
         ),
+        observer=Observer(
+            store, roster, journal, keys, guard, Rates(metrics), clock, authenticator.last_seen
+        ),
+    )
+
+
+def _each(*calls: Callable[[T], None]) -> Callable[[T], None]:
+    """One callback that makes each call in turn (one event, several listeners)."""
+
+    def each(value: T) -> None:
+        for call in calls:
+            call(value)
+
+    return each
+
+
+def _keys(
+    cfg: ServerConfig,
+    deployment: Deployment,
+    clock: Clock,
+    feed: RevocationFeed,
+    schedule_changed: asyncio.Event,
+) -> KeyService:
+    return KeyService(
+        deployment.store,
+        deployment.sealer,
+        clock,
+        publish=feed.publish,
+        schedule_changed=schedule_changed.set,
+        min_rotation_period=int(cfg.min_rotation_period.total_seconds()),
     )
 
 
@@ -160,7 +193,7 @@ def _enrollment(
     ca: CertificateAuthority,
     clock: Clock,
     revocations: RevocationService,
-    expiring: ExpiringCertificates,
+    issued: Callable[[CertificateRecord], None],
     feed: RevocationFeed,
 ) -> EnrollmentService:
     return EnrollmentService(
@@ -170,7 +203,7 @@ def _enrollment(
         default_token_ttl=cfg.token_ttl,
         max_token_ttl=cfg.max_token_ttl,
         on_revoked=revocations.apply_committed,
-        on_issued=expiring.issued,
+        on_issued=issued,
         renew_window=cfg.renew_window,
         log_position=lambda: feed.last_seq,
     )
@@ -219,8 +252,7 @@ class StoreHealth:
 
     async def _set_all(self, up: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in HEALTH_SERVICES:
-            await self.health.set(service, status)
+        await self.health.set_all(status)
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,7 @@ class ServerProcess:
     fields: dict[str, str] = field(default_factory=dict)
     _stderr: list[str] = field(default_factory=list)
     _stdout: list[str] = field(default_factory=list)
+    _stub: Any = None
 
     @property
     def address(self) -> str:
@@ -225,12 +226,26 @@ class ServerProcess:
         return result
 
     def token(self, name: str, *groups: str, ttl: str | None = None) -> str:
-        args = ["token", "create", "--name", name]
-        for g in groups:
-            args += ["--group", g]
-        if ttl:
-            args += ["--ttl", ttl]
-        return self.admin(*args).stdout.strip()
+        """A join token. Set-up, not a test of the command: over the admin socket, as
+        `kms-server token create` does it, without starting a process (tests of the command
+        itself run it)."""
+        if ttl:  # the command parses durations
+            args = ["token", "create", "--name", name, "--ttl", ttl]
+            for g in groups:
+                args += ["--group", g]
+            return self.admin(*args).stdout.strip()
+        from kms.v1 import admin_pb2
+
+        request = admin_pb2.CreateJoinTokenRequest(name=name, groups=list(groups))
+        return str(self.stub.CreateJoinToken(request, timeout=30).token)
+
+    @property
+    def stub(self) -> Any:
+        """The Admin service over the admin socket, one channel per server (it reconnects
+        across restarts)."""
+        if self._stub is None:
+            self._stub = admin_stub(self)
+        return self._stub
 
 
 def run(

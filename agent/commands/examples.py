@@ -10,6 +10,7 @@ EXAMPLES = {
     "run": "kms-agent run --sessions-dir /run/kms-sessions",
     "renew": "kms-agent renew",
     "status": "kms-agent status --json",
+    "keys": "kms-agent keys --json",
     "fetch-key": "kms-agent fetch-key app --out /etc/app/app.key",
     "public-key": "kms-agent public-key signing --version 2",
     "encrypt": "kms-agent encrypt --key app report.pdf report.pdf.kms",

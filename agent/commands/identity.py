@@ -11,8 +11,9 @@ from agent.context import connect, iso, state_dir
 from agent.enroll import enroll
 from agent.renew import renew
 from agent.servers import default_enroll_addresses, parse_addresses
-from kms.cli import ArgumentParser, Subcommands, print_json
+from kms.cli import ArgumentParser, Subcommands, add_listing_options, print_json, print_views
 from kms.errors import AlreadyExists, InvalidArgument
+from kms.output import Cell, Record, State, When
 from kms.prompts import is_interactive
 from kms.times import iso_datetime
 
@@ -96,13 +97,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(f"name:      {seen.name}")
-        print(f"groups:    {','.join(seen.groups) or '-'}")
-        print(f"spiffe id: {seen.spiffe_id}")
-        print(f"serial:    {seen.serial}")
-        print(f"expires:   {not_after}")
-        print(f"server:    {answered} (verified over mTLS)")
-        print(f"servers:   {', '.join(servers)}")
+        shown = {
+            "name": seen.name,
+            "groups": ",".join(seen.groups) or "-",
+            "spiffe id": seen.spiffe_id,
+            "serial": seen.serial,
+            "expires": not_after,
+            "server": f"{answered} (verified over mTLS)",
+            "servers": ", ".join(servers),
+        }
+        cells: dict[str, Cell] = {**shown, "expires": When(seen.not_after), "status": State(seen.status)}
+        print_views(Record(None, list(cells.items()), [f"{k + ':':<10} {v}" for k, v in shown.items()]))
     return 0
 
 
@@ -147,6 +152,6 @@ def add_renew(sub: Subcommands, common: ArgumentParser) -> None:
 
 def add_status(sub: Subcommands, common: ArgumentParser) -> None:
     st = sub.add_parser("status", parents=[common], help="show this agent's identity, proven over mTLS")
-    st.add_argument("--json", action="store_true")
+    add_listing_options(st)
     add_renewal_options(st)
     st.set_defaults(func=cmd_status)

@@ -10,8 +10,9 @@ from agent.commands import add_renewal_options
 from agent.context import connect, iso, state_dir
 from agent.servers import Servers
 from agent.watch import Watcher
-from kms.cli import ArgumentParser, Subcommands, print_json
+from kms.cli import ArgumentParser, Subcommands, add_listing_options, print_json, print_views
 from kms.errors import Held, InvalidArgument, NotFound, Revoked
+from kms.output import Cell, Record, State, When
 from kms.revocation import HOLD
 from kms.securefile import open_input
 
@@ -59,7 +60,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print_json(fields)
     else:
-        print(" ".join(f"{k}={v}" for k, v in fields.items()))
+        cells: dict[str, Cell] = {k: str(v) for k, v in fields.items()}
+        cells["status"] = State(str(fields["status"]))
+        if status.status == "revoked":
+            cells["revoked_at"] = When(status.revoked_at)
+        line = " ".join(f"{k}={v}" for k, v in fields.items())
+        print_views(Record(None, [(k.replace("_", " "), v) for k, v in cells.items()], [line]))
     # Scripts read the answer from the exit code: 0 good, 11 revoked, 13 held (may be released), 5 unknown.
     if held:
         return Held.exit_code
@@ -88,5 +94,5 @@ def add_check(sub: Subcommands, common: ArgumentParser) -> None:
     )
     ck.add_argument("--serial", help="certificate serial, hex")
     ck.add_argument("--cert", help="a PEM certificate file; - for stdin")
-    ck.add_argument("--json", action="store_true")
+    add_listing_options(ck)
     ck.set_defaults(func=cmd_check)

@@ -23,6 +23,7 @@ SCENARIOS: dict[str, str] = {
     "exchange": "bench.scenarios.exchange",
     "mixed": "bench.scenarios.mixed",
     "key-schedule": "bench.scenarios.key_schedule",
+    "top": "bench.scenarios.top",
 }
 
 

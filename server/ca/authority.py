@@ -109,15 +109,19 @@ class CertificateAuthority:
         self,
         revoked: list[tuple[int, datetime, x509.ReasonFlags]],
         number: int,
-        now: datetime,
+        this_update: datetime,
         next_update: datetime,
     ) -> x509.CertificateRevocationList:
-        """An X.509 v2 CRL (RFC 5280 §5): CRL number, AKI, nextUpdate, a reason code per entry."""
+        """An X.509 v2 CRL (RFC 5280 §5): CRL number, AKI, nextUpdate, a reason code per entry.
+
+        this_update is used as given: not backdated, since a CRL must not list a revocation
+        dated after its own thisUpdate (RFC 5280 §5.1.2.4: the date this CRL was issued).
+        """
         ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.certificate.subject)
-            .last_update(now - profile.BACKDATE)
+            .last_update(this_update)
             .next_update(next_update)
             .add_extension(x509.CRLNumber(number), critical=False)
             .add_extension(

@@ -13,11 +13,21 @@ from server.ca.authority import CertificateAuthority
 from server.clock import Clock
 from server.store import Store
 
-__all__ = ["CrlPublisher"]
+__all__ = ["CrlPublisher", "crl_this_update"]
 
 logger = logging.getLogger(__name__)
 
 CRL_VALIDITY = timedelta(hours=24)
+
+
+def crl_this_update(now: datetime, revocation_dates: list[datetime]) -> datetime:
+    """A CRL's thisUpdate: its issue time, in whole seconds as encoded, never before its newest entry.
+
+    Not backdated: a CRL dated before a revocation it lists contradicts itself (the outside
+    check of issue 18 found entries dated up to 60 s after thisUpdate). An entry dated after
+    now (written by a replica whose clock runs ahead) moves thisUpdate forward to it.
+    """
+    return max([now.replace(microsecond=0), *revocation_dates])
 
 
 class CrlPublisher:
@@ -59,8 +69,9 @@ class CrlPublisher:
             )
             for r in records
         ]
-        self._next_update = min(now + self._validity, self._ca.certificate.not_valid_after_utc)
-        crl = self._ca.sign_crl(revoked, number, now, self._next_update)
+        this_update = crl_this_update(now, [when for _, when, _ in revoked])
+        self._next_update = min(this_update + self._validity, self._ca.certificate.not_valid_after_utc)
+        crl = self._ca.sign_crl(revoked, number, this_update, self._next_update)
         logger.info("CRL issued", extra={"crl_number": number, "entries": len(revoked)})
         return crl.public_bytes(Encoding.DER)
 

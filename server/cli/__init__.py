@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from kms.cli import ArgumentParser, command_parsers, run_main
 from kms.cli_help import document
 from kms.menu import wants_shell
-from server.cli import admin, audit, complete, daemon, examples, keys, release, shell
+from server.cli import admin, audit, complete, daemon, examples, keys, release, shell, top
 
 __all__ = ["main"]
 
@@ -33,6 +33,7 @@ _COMMANDS = (
     audit.add_audit,
     complete.add_completion,
     shell.add_shell,
+    top.add_top,
 )
 
 

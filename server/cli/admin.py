@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kms.cli import ArgumentParser, Subcommands, print_json, print_table
+from kms.cli import ArgumentParser, Subcommands, add_listing_options, print_json, print_table
 from kms.durations import parse_duration
 from kms.errors import InvalidArgument
-from kms.events import describe, event_fields
+from kms.events import describe, event_fields, state_text, subject
+from kms.output import State, When
 from kms.prompts import ask_text, value_or_ask
 from kms.revocation import HOLD, REASONS
 from kms.v1 import admin_pb2
@@ -94,7 +95,10 @@ def cmd_agents_list(args: argparse.Namespace) -> int:
     else:
         print_table(
             ["NAME", "GROUPS", "SERIAL", "NOT AFTER", "STATUS"],
-            [[a.name, ",".join(a.groups) or "-", a.serial, iso(a.not_after), a.status] for a in agents],
+            [
+                [a.name, ",".join(a.groups) or "-", a.serial, When(a.not_after), State(a.status)]
+                for a in agents
+            ],
         )
     return 0
 
@@ -149,8 +153,11 @@ def cmd_revocations_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json([event_fields(e) for e in events])
     else:
-        for event in events:
-            print(describe(event))
+        print_table(
+            ["SEQ", "AT", "EVENT", "REASON", "STATE"],
+            [[f"#{e.seq}", When(e.at), subject(e), e.reason, State(state_text(e))] for e in events],
+            lines=[describe(e) for e in events],
+        )
     return 0
 
 
@@ -201,7 +208,7 @@ def add_agents(sub: Subcommands, common: ArgumentParser) -> None:
         dest="agents_command", required=True, metavar="COMMAND"
     )
     ls = agents.add_parser("list", parents=[common], help="list enrolled agents")
-    ls.add_argument("--json", action="store_true")
+    add_listing_options(ls)
     ls.set_defaults(func=cmd_agents_list)
 
 
@@ -240,7 +247,7 @@ def add_revocations(sub: Subcommands, common: ArgumentParser) -> None:
     rl = revocations.add_parser(
         "list", parents=[common], help="list every revocation event and its state (in force, released)"
     )
-    rl.add_argument("--json", action="store_true")
+    add_listing_options(rl)
     rl.add_argument("--active", action="store_true", help="only the revocations in force")
     rl.set_defaults(func=cmd_revocations_list)
 

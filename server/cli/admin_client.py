@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import grpc
 
-from kms.errors import StoreDown, Unavailable, from_rpc_error
-from kms.v1 import admin_pb2, admin_pb2_grpc
+from kms.errors import KmsError, StoreDown, Unavailable, from_rpc_error
+from kms.v1 import admin_pb2, admin_pb2_grpc, monitor_pb2, monitor_pb2_grpc
 
 __all__ = ["AdminClient"]
 
@@ -43,12 +43,16 @@ class AdminClient:
         try:
             return method(request, timeout=self._timeout)
         except grpc.RpcError as exc:
-            error = from_rpc_error(exc.code(), exc.details(), exc.trailing_metadata())
-            if isinstance(error, Unavailable) and not isinstance(error, StoreDown):
-                raise Unavailable(
-                    f"no kms-server answers on {self._socket} (is it running?): start it with kms-server run"
-                ) from None
-            raise error from None
+            raise self.error_of(exc) from None
+
+    def error_of(self, exc: grpc.RpcError) -> KmsError:
+        """A failed call's status as our error (the server not answering: how to start it)."""
+        error = from_rpc_error(exc.code(), exc.details(), exc.trailing_metadata())
+        if isinstance(error, Unavailable) and not isinstance(error, StoreDown):
+            return Unavailable(
+                f"no kms-server answers on {self._socket} (is it running?): start it with kms-server run"
+            )
+        return error
 
     def create_join_token(
         self,
@@ -164,3 +168,17 @@ class AdminClient:
 
     def get_key(self, name: str) -> admin_pb2.KeyInfo:
         return cast(admin_pb2.KeyInfo, self._call(self._stub.GetKey, admin_pb2.GetKeyRequest(name=name)))
+
+    # --- the Monitor service, beside Admin on the socket (kms-server top, confirmations) ---
+
+    def standing(self, *, name: str = "", serial: str = "") -> monitor_pb2.Standing:
+        """An agent's valid certificates and open streams, by name or by one of its serials."""
+        stub = monitor_pb2_grpc.MonitorStub(self._channel)
+        request = monitor_pb2.GetStandingRequest(name=name, serial=serial)
+        return cast(monitor_pb2.Standing, self._call(stub.GetStanding, request))
+
+    def observe(self, windows: Iterator[monitor_pb2.ObserveRequest]) -> Iterator[monitor_pb2.Overview]:
+        """The live view's stream (no deadline: cancel() it); errors come out as grpc.RpcError."""
+        return cast(
+            Iterator[monitor_pb2.Overview], monitor_pb2_grpc.MonitorStub(self._channel).Observe(windows)
+        )

@@ -15,8 +15,9 @@ from functools import partial
 from pathlib import Path
 
 from kms.audit import AuditRecord, compare, parse_line
-from kms.cli import ArgumentParser, Subcommands, print_json
+from kms.cli import ArgumentParser, Subcommands, add_listing_options, print_json, print_table
 from kms.errors import DataLoss, InvalidArgument
+from kms.output import State, When
 from kms.times import iso
 from kms.v1 import admin_pb2
 from server.cli.admin_client import AdminClient
@@ -56,8 +57,11 @@ def cmd_audit_list(args: argparse.Namespace, connect: Connect) -> int:
             ]
         )
     else:
-        for r in records:
-            print(f"#{r.seq} {iso(r.at)} {r.actor} {r.action} {r.object} {r.outcome}")
+        print_table(
+            ["SEQ", "AT", "ACTOR", "ACTION", "OBJECT", "OUTCOME"],
+            [[f"#{r.seq}", When(r.at), r.actor, r.action, r.object, State(r.outcome)] for r in records],
+            lines=[f"#{r.seq} {iso(r.at)} {r.actor} {r.action} {r.object} {r.outcome}" for r in records],
+        )
     return 0
 
 
@@ -91,7 +95,10 @@ def cmd_audit_verify(args: argparse.Namespace, connect: Connect) -> int:
                 f"{result.problem or 'it was edited, deleted or reordered there'}"
             )
         if checkpoints is None:
-            print(f"audit trail intact: {result.records} records")
+            if args.json:  # the same fields with --against or without, so a script reads one shape
+                print_json({"intact": True, "records": result.records, "against": None, "matched": None})
+            else:
+                print(f"audit trail intact: {result.records} records")
             return 0
         stored = (
             AuditRecord(r.seq, r.at, r.actor, r.action, r.object, r.outcome, r.prev_hash, r.hash)
@@ -100,6 +107,11 @@ def cmd_audit_verify(args: argparse.Namespace, connect: Connect) -> int:
         found = compare(stored, checkpoints)
     if found.difference is not None:
         raise DataLoss(f"the audit trail does not match {args.against}: {found.difference}")
+    if args.json:
+        print_json(
+            {"intact": True, "records": result.records, "against": args.against, "matched": found.matched}
+        )
+        return 0
     print(
         f"audit trail intact: {result.records} records; all {found.matched} records of {args.against} "
         f"are in it, unchanged ({found.not_in_file} records are not in {args.against})"
@@ -113,7 +125,7 @@ def add_audit(sub: Subcommands, common: ArgumentParser, connect: Connect = admin
     )
     al = audit.add_parser("list", parents=[common], help="list audit records")
     al.add_argument("--since", type=int, default=0, help="records after this sequence number")
-    al.add_argument("--json", action="store_true")
+    add_listing_options(al)
     al.set_defaults(func=partial(cmd_audit_list, connect=connect))
     av = audit.add_parser("verify", parents=[common], help="check the chain; names the first bad record")
     av.add_argument(
@@ -122,4 +134,5 @@ def add_audit(sub: Subcommands, common: ArgumentParser, connect: Connect = admin
         help="also check that every record of this --audit-file (or syslog lines of it; - for stdin) "
         "is in the store, unchanged",
     )
+    add_listing_options(av, "print the answer as JSON (a broken trail is still an error: exit 10)")
     av.set_defaults(func=partial(cmd_audit_verify, connect=connect))

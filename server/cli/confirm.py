@@ -15,8 +15,9 @@ import argparse
 from collections.abc import Callable
 
 from kms.cli import ArgumentParser
+from kms.errors import NotFound
 from kms.prompts import NotInteractive, confirm, is_interactive
-from kms.v1 import admin_pb2, types_pb2
+from kms.v1 import admin_pb2, monitor_pb2, types_pb2
 from server.cli.admin_client import AdminClient
 from server.cli.context import iso
 
@@ -64,25 +65,44 @@ def _agent(admin: AdminClient, name: str) -> types_pb2.AgentInfo | None:
     return next((a for a in admin.list_agents().agents if a.name == name), None)
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _standing(admin: AdminClient, *, name: str = "", serial: str = "") -> monitor_pb2.Standing | None:
+    """What the server knows of the agent now (None: it knows no such agent or serial, and will say so)."""
+    try:
+        return admin.standing(name=name, serial=serial)
+    except NotFound:
+        return None
+
+
 def agent_summary(admin: AdminClient, name: str) -> str | None:
-    agent = _agent(admin, name)
-    if agent is None:
+    s = _standing(admin, name=name)
+    if s is None:
         return None  # the server answers "no agent named ..."
     return (
-        f"agent {name} (groups {','.join(agent.groups) or '-'}): its certificates are revoked"
-        f" (newest: {agent.serial}, {agent.status}, until {iso(agent.not_after)}), its open streams"
-        " are closed, and re-enrollment is barred (a new token needs --allow-reenroll)."
+        f"agent {name} (groups {','.join(s.groups) or '-'}): {_count(s.valid_certificates, 'valid certificate')},"
+        f" {_count(s.open_streams, 'open stream')} will be closed, re-enrollment barred (a new token needs"
+        f" --allow-reenroll). Newest certificate: {s.newest_serial}, {s.newest_status}, until"
+        f" {iso(s.newest_not_after)}."
     )
 
 
-def cert_summary(admin: AdminClient, serial: str) -> str:
-    owner = next((a for a in admin.list_agents().agents if a.serial == serial.lower()), None)
-    if owner is None:
-        return f"certificate {serial} (not the newest certificate of any agent) will be revoked for good."
+def cert_summary(admin: AdminClient, serial: str) -> str | None:
+    s = _standing(admin, serial=serial)
+    if s is None:
+        return None  # the server answers "no certificate with serial ..."
+    others = s.valid_certificates - (1 if s.serial_valid else 0)
+    state = "valid" if s.serial_valid else "not valid now"
+    access = (
+        f"agent {s.agent} keeps {_count(others, 'other valid certificate')}"
+        if others
+        else f"agent {s.agent} loses access until it enrolls again"
+    )
     return (
-        f"certificate {serial} of agent {owner.name} ({owner.status}, until {iso(owner.not_after)}) will be"
-        f" revoked for good: agent {owner.name} loses access until it enrolls again, and its open"
-        " streams are closed."
+        f"certificate {serial} of agent {s.agent} ({state}) will be revoked for good:"
+        f" {_count(s.serial_open_streams, 'open stream')} on it will be closed, and {access}."
     )
 
 

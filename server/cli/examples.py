@@ -28,6 +28,7 @@ EXAMPLES = {
     "revoke key": "kms-server revoke key app --version 1 --reason keyCompromise",
     "release cert": "kms-server release cert 1f68002b8bfa3e87",
     "release agent": "kms-server release agent web-1",
+    "top": "kms-server top --filter web",
     "revocations list": "kms-server revocations list --json",
     "backup": "kms-server backup /backups/kms.tar",
     "restore": "kms-server restore kms.tar --master-key master.key --data-dir /var/lib/seed-kms-new",

@@ -12,7 +12,7 @@ import argparse
 import time
 from datetime import datetime
 
-from kms.cli import ArgumentParser, print_json
+from kms.cli import ArgumentParser, add_listing_options, print_json
 from kms.durations import parse_duration
 from kms.errors import InvalidArgument
 from server.cli.context import admin as _admin
@@ -118,5 +118,5 @@ def add_set_and_show(key: argparse._SubParsersAction[ArgumentParser], common: Ar
     )
     sh.add_argument("name")
     sh.set_defaults(func=cmd_key_show)
-    for p in (ks, sh):
-        p.add_argument("--json", action="store_true")
+    ks.add_argument("--json", action="store_true")
+    add_listing_options(sh)

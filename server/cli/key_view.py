@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from kms.cli import print_table
+from kms.cli import print_views
 from kms.durations import format_duration
+from kms.output import Record, State, Table, Tone, When
 from kms.times import iso
 from kms.v1 import admin_pb2
 
 __all__ = [
     "SOON",
     "expiry_mark",
+    "expiry_tone",
     "expiry_text",
     "key_json",
     "period_text",
@@ -34,6 +36,14 @@ def expiry_mark(expires_at: int, now: int) -> str:
     if expires_at <= now:
         return "expired"
     return "expires soon" if expires_at - now <= SOON else ""
+
+
+_EXPIRY_TONES: dict[str, Tone] = {"expired": "bad", "expires soon": "warn"}
+
+
+def expiry_tone(expires_at: int, now: int) -> Tone | None:
+    """How a terminal colors an expiry: red once past, yellow within 7 days."""
+    return _EXPIRY_TONES.get(expiry_mark(expires_at, now))
 
 
 def period_text(seconds: int) -> str | None:
@@ -102,17 +112,35 @@ def key_json(key: admin_pb2.KeyInfo, now: int) -> dict[str, object]:
 
 def print_show(key: admin_pb2.KeyInfo, now: int) -> None:
     state = f"disabled since {iso(key.disabled_at)} ({key.disabled_reason})" if key.disabled else "enabled"
-    print(f"key {key.name}")
-    print(f"  type:     {key.key_type or 'aes-256'}")
-    print(f"  state:    {state}")
-    print(f"  expires:  {expiry_text(key, now)}")
-    print(f"  rotation: {rotation_text(key)}")
-    print(f"  grants:   {', '.join(key.grants) or '-'}")
-    print_table(
+    grants = ", ".join(key.grants) or "-"
+    expires: str | When = (
+        When(key.expires_at, tone=expiry_tone(key.expires_at, now)) if key.expires_at else "never"
+    )
+    page = Record(
+        f"key {key.name}",
+        [
+            ("type", key.key_type or "aes-256"),
+            ("state", State(f"disabled ({key.disabled_reason})" if key.disabled else "enabled")),
+            *([("disabled", When(key.disabled_at))] if key.disabled else []),
+            ("expires", expires),
+            ("rotation", f"every {period_text(key.rotate_every)}" if key.rotate_every else "by hand only"),
+            *([("next rotation", When(key.rotation_due_at))] if key.rotate_every else []),
+            ("grants", grants),
+        ],
+        [
+            f"key {key.name}",
+            f"  type:     {key.key_type or 'aes-256'}",
+            f"  state:    {state}",
+            f"  expires:  {expiry_text(key, now)}",
+            f"  rotation: {rotation_text(key)}",
+            f"  grants:   {grants}",
+        ],
+    )
+    versions = Table(
         ["VERSION", "STATE", "CREATED", "ACTIVATED", "DEACTIVATED"],
         [
-            [str(v.version), v.state, iso(v.created_at), _iso_or_none(v.activated_at) or "-",
-             _iso_or_none(v.deactivated_at) or "-"]
+            [str(v.version), State(v.state), When(v.created_at), When(v.activated_at), When(v.deactivated_at)]
             for v in key.versions
         ],
-    )  # fmt: skip
+    )
+    print_views(page, versions)

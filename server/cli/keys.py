@@ -7,15 +7,16 @@ import argparse
 import sys
 import time
 
-from kms.cli import ArgumentParser, Subcommands, print_json, print_table
+from kms.cli import ArgumentParser, Subcommands, add_listing_options, print_json, print_table
 from kms.keypairs import KEY_TYPES
+from kms.output import State, When
 from kms.prompts import ask_text, value_or_ask
 from kms.v1 import admin_pb2
 from server.cli import confirm
 from server.cli.context import admin as _admin
 from server.cli.context import iso
 from server.cli.key_schedule import add_schedule_options, add_set_and_show, schedule_request
-from server.cli.key_view import expiry_mark, expiry_text, key_json, period_text
+from server.cli.key_view import expiry_mark, expiry_text, expiry_tone, key_json, period_text
 
 __all__ = ["add_key"]
 
@@ -138,11 +139,11 @@ def cmd_key_list(args: argparse.Namespace) -> int:
                 [
                     k.name,
                     k.key_type or "aes-256",
-                    _state_text(k),
+                    State(_state_text(k)),
                     str(k.current_version),
                     " ".join(f"v{v.version}:{v.state}" for v in k.versions),
                     ",".join(k.grants) or "-",
-                    _expires_cell(k.expires_at, now),
+                    When(k.expires_at, _expires_cell(k.expires_at, now), expiry_tone(k.expires_at, now)),
                     period_text(k.rotate_every) or "-",
                 ]
                 for k in keys
@@ -211,6 +212,7 @@ def add_key(sub: Subcommands, common: ArgumentParser) -> None:
     ke.add_argument("name")
     for p in (ks, ke):
         p.set_defaults(func=cmd_key_state)
-    for p in (kc, kr, kl, kd, ks, ke, *[key.choices[v] for v in ("grant", "ungrant")]):
+    for p in (kc, kr, kd, ks, ke, *[key.choices[v] for v in ("grant", "ungrant")]):
         p.add_argument("--json", action="store_true")
+    add_listing_options(kl)
     add_set_and_show(key, common)

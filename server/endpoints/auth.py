@@ -29,6 +29,7 @@ from server.endpoints.middleware import (
     MapErrors,
     Middleware,
     Observe,
+    ObserveStreams,
     ReportRefusals,
     Unlisted,
 )
@@ -65,7 +66,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             raise ValueError("the API listener needs a PeerAuthenticator and a StreamGuard")
         self._guard = guard
         self._boundary = MapErrors()
-        chain: list[Middleware] = [Observe(metrics)] if metrics is not None else []
+        chain: list[Middleware] = [Observe(metrics), ObserveStreams(metrics)] if metrics is not None else []
         chain.append(self._boundary)
         if limits is not None:
             chain.append(LimitFailures(limits, peer))

@@ -71,6 +71,8 @@ class PeerAuthenticator:
         self._cache: OrderedDict[bytes, _Checked] = OrderedDict()
         self._groups: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._cache_size = cache_size
+        # Each agent's last authenticated call (Unix seconds), since start: `kms-server top`.
+        self._seen: dict[str, int] = {}
 
     def _check(self, pem: bytes, now: datetime) -> _Checked:
         checked = self._cache.get(pem)
@@ -111,6 +113,10 @@ class PeerAuthenticator:
             self._groups.popitem(last=False)
         return agent.groups
 
+    def last_seen(self, name: str) -> int:
+        """When name last made an authenticated call to this server (Unix seconds; 0: not since start)."""
+        return self._seen.get(name, 0)
+
     async def authenticate(self, pem: bytes) -> Caller:
         """Returns the caller named by a peer certificate (PEM).
 
@@ -131,6 +137,7 @@ class PeerAuthenticator:
         reason = self._revocation_reason(checked.serial)  # after any await: the freshest word
         if reason is not None:
             raise rules.caller_revoked(checked.serial, reason)
+        self._seen[checked.name] = int(now.timestamp())
         return Caller(
             checked.name,
             groups,

@@ -137,6 +137,13 @@ class Chain:
                 error = self._settle(call, exc)
                 assert error is not None
                 await self._boundary.answer(context, error)
+            except (asyncio.CancelledError, GeneratorExit) as exc:
+                self._settle(call, exc)  # the client went away, or the server is stopping
+                raise
+            else:
+                error = self._settle(call, None)
+                if error is not None:
+                    await self._boundary.answer(context, error)
 
         return handle
 

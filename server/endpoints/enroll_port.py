@@ -15,17 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from kms.errors import FailedPrecondition
-from kms.v1 import enrollment_pb2, enrollment_pb2_grpc, revocation_pb2, revocation_pb2_grpc
+from kms.v1 import enrollment_pb2_grpc, revocation_pb2_grpc
+from server.api.health import Health
 from server.config import ServerConfig
 from server.endpoints.auth import AuthInterceptor, Limits, Listener
 from server.endpoints.failures import FailureReport
 from server.endpoints.gate import AnonymousGate, gate_capacity
 from server.endpoints.methods import ANONYMOUS_METHODS
+from server.endpoints.registrar import Registrar, add_standard_services
 from server.ops.metrics import Metrics
 
 __all__ = ["EnrollmentPort", "open_enrollment_port"]
@@ -41,24 +40,6 @@ _IDLE_MS = 30_000
 # The longest an anonymous connection lives, and the grace its calls then get to finish.
 _MAX_AGE_MS = 120_000
 _MAX_AGE_GRACE_MS = 10_000
-
-
-class _AnonymousOnly:
-    """Stands in for the server in generated add_*_to_server functions; registers only ANONYMOUS_METHODS."""
-
-    def __init__(self, server: grpc.aio.Server) -> None:
-        self._server = server
-
-    def add_generic_rpc_handlers(self, handlers: object) -> None:
-        pass  # the generated code passes the same table to add_registered_method_handlers
-
-    def add_registered_method_handlers(
-        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
-    ) -> None:
-        kept = {name: h for name, h in handlers.items() if f"/{service}/{name}" in ANONYMOUS_METHODS}
-        if kept:
-            self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, kept),))
-            self._server.add_registered_method_handlers(service, kept)
 
 
 @dataclass
@@ -88,7 +69,7 @@ async def open_enrollment_port(
     *,
     enrollment: enrollment_pb2_grpc.EnrollmentServicer,
     revocation: revocation_pb2_grpc.RevocationServicer,
-    health: HealthServicer,
+    health: Health,
     metrics: Metrics,
     limits: Limits,
     failures: FailureReport,
@@ -120,19 +101,10 @@ async def open_enrollment_port(
             ("grpc.max_connection_age_grace_ms", _MAX_AGE_GRACE_MS),
         ],
     )
-    only = _AnonymousOnly(server)
+    only = Registrar(server, keep=ANONYMOUS_METHODS.__contains__)
     enrollment_pb2_grpc.add_EnrollmentServicer_to_server(enrollment, only)
     revocation_pb2_grpc.add_RevocationServicer_to_server(revocation, only)  # GetCRL alone
-    health_pb2_grpc.add_HealthServicer_to_server(health, only)
-    reflection.enable_server_reflection(  # it needs the real server; it registers only itself
-        [
-            enrollment_pb2.DESCRIPTOR.services_by_name["Enrollment"].full_name,
-            revocation_pb2.DESCRIPTOR.services_by_name["Revocation"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    add_standard_services(only, health)
     backend = server.add_secure_port("127.0.0.1:0", credentials)
     if not backend:
         raise FailedPrecondition("cannot listen on a loopback port (127.0.0.1:0) for the enrollment server")

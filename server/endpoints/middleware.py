@@ -6,7 +6,8 @@ may answer with another error). server/endpoints/chain.py runs them: the
 befores in chain order, then the handler, then the afters in reverse. A
 listener's chain, outermost first (server/endpoints/auth.py):
 
-- Observe: latency and status code per method, and the row's counter on OK (unary calls);
+- Observe (unary calls), ObserveStreams (streams): started, finished with the status code
+  sent, and duration, per method; the row's counter on an OK unary answer;
 - MapErrors: the error boundary: a KmsError answers with its code, its message and
   its reason in the trailing metadata (REASON_KEY), anything else with INTERNAL
   without detail (logged with its traceback);
@@ -52,6 +53,7 @@ __all__ = [
     "MapErrors",
     "Middleware",
     "Observe",
+    "ObserveStreams",
     "ReportRefusals",
     "Unlisted",
 ]
@@ -93,7 +95,7 @@ class Middleware:
 
 
 class Observe(Middleware):
-    """RPC counts and latencies by method and code; an OK answer increments its row's counter."""
+    """Unary RPCs: count and latency by method and the code sent; an OK answer increments its row's counter."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -103,24 +105,44 @@ class Observe(Middleware):
         }
 
     def applies(self, row: Method | None, streams: bool) -> bool:
-        return not streams  # a stream's latency is its lifetime: not observed
+        return not streams
 
     def after(self, call: Call, error: BaseException | None) -> BaseException | None:
-        code = _code_of(error)
+        code = _code_of(call, error)
+        self._metrics.rpc_started(call.method)  # a unary call is counted as started when it ends
         self._metrics.observe_rpc(call.method, code.name, time.perf_counter() - call.started)
         if code is grpc.StatusCode.OK and call.row is not None and call.row.counter is not None:
             self._counters[call.row.counter].inc()
         return error
 
 
-def _code_of(error: BaseException | None) -> grpc.StatusCode:
-    if error is None:
-        return grpc.StatusCode.OK
+class ObserveStreams(Observe):
+    """Streaming RPCs: counted when they open, and when they end with the code sent and their lifetime."""
+
+    def applies(self, row: Method | None, streams: bool) -> bool:
+        return streams
+
+    async def before(self, call: Call) -> None:
+        self._metrics.rpc_started(call.method)
+
+    def after(self, call: Call, error: BaseException | None) -> BaseException | None:
+        code = _code_of(call, error)
+        self._metrics.observe_rpc(call.method, code.name, time.perf_counter() - call.started)
+        return error
+
+
+def _code_of(call: Call, error: BaseException | None) -> grpc.StatusCode:
+    """The status code the client gets."""
     if isinstance(error, KmsError):
         return error.code
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
         return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.UNKNOWN  # the handler aborted the call itself (grpc.aio.AbortError)
+    # None: the handler answered, perhaps with a code it set (context.set_code); an
+    # AbortError: the handler aborted the call itself (grpc_health's NOT_FOUND), with that code.
+    code: grpc.StatusCode | None = call.context.code()
+    if code is not None:
+        return code
+    return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
 
 
 class MapErrors(Middleware):
@@ -130,7 +152,7 @@ class MapErrors(Middleware):
         return True
 
     def after(self, call: Call, error: BaseException | None) -> BaseException | None:
-        if error is None or isinstance(error, grpc.aio.AbortError | asyncio.CancelledError):
+        if error is None or isinstance(error, grpc.aio.AbortError | asyncio.CancelledError | GeneratorExit):
             return error
         if isinstance(error, KmsError):
             return error

@@ -1,8 +1,15 @@
-"""Prometheus metrics for the HTTP side port: RPCs, enrollments, releases, revocations, watchers, expiry."""
+"""Prometheus metrics for the HTTP side port: RPCs, enrollments, releases, revocations, watchers, expiry.
+
+Besides our own, the registry carries prometheus_client's standard collectors: process_*
+(CPU, memory, open descriptors), python_info and python_gc_*, as any Python exporter has.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 __all__ = ["Metrics"]
 
@@ -13,11 +20,28 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.rpcs_started = Counter(
+            "kms_rpc_started_total",
+            "RPCs started, by method (a stream when it opens; a unary call when it ends)",
+            ["method"],
+            registry=r,
+        )
         self.rpcs = Counter(
-            "kms_rpc_total", "RPCs handled, by method and status code", ["method", "code"], registry=r
+            "kms_rpc_total",
+            "RPCs finished, by method and the status code sent (streams included)",
+            ["method", "code"],
+            registry=r,
         )
         self.rpc_seconds = Histogram(
-            "kms_rpc_seconds", "RPC latency (unary; streams: time to first message)", ["method"], registry=r
+            "kms_rpc_seconds",
+            "RPC duration: a unary call's latency, a stream's lifetime",
+            ["method"],
+            # The default buckets, and longer ones for streams (Watch and Listen stay open for hours).
+            buckets=(*Histogram.DEFAULT_BUCKETS[:-1], 30, 300, 3600, float("inf")),
+            registry=r,
         )
         self.enrollments = Counter(
             "kms_enrollments_total", "Certificates issued to agents (enrollments and renewals)", registry=r
@@ -40,8 +64,11 @@ class Metrics:
             "kms_keys_expiring", "Keys (not expired yet) whose expiry falls within the window", ["within"], registry=r
         )  # fmt: skip
 
+        # Every RPC observed, all methods and codes together (what `kms-server top` draws as RPCs/s).
+        self.rpc_total = 0
         # Labelled children looked up once: labels() takes a lock and hashes on every call.
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._started_children: dict[str, Counter] = {}
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         children = self._rpc_children.get((method, code))
@@ -50,6 +77,13 @@ class Metrics:
             self._rpc_children[(method, code)] = children
         children[0].inc()
         children[1].observe(seconds)
+        self.rpc_total += 1
+
+    def rpc_started(self, method: str) -> None:
+        child = self._started_children.get(method)
+        if child is None:
+            child = self._started_children[method] = self.rpcs_started.labels(method)
+        child.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

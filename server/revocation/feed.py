@@ -204,6 +204,15 @@ class StreamGuard:
         """The open streams of an agent, all its certificates together (renewing gives no more)."""
         return len(self._by_agent.get(agent, ()))
 
+    def serial_streams(self, serial: str) -> int:
+        """The open streams of one certificate."""
+        return len(self._by_serial.get(serial, ()))
+
+    @property
+    def agents_online(self) -> int:
+        """How many agents hold at least one stream open."""
+        return len(self._by_agent)
+
     def close(self, event: RevocationEvent, grace: float) -> int:
         """Closes, after grace seconds, every stream the event revokes; returns how many."""
         streams: set[GuardedStream] = set()

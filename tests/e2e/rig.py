@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kms.v1 import admin_pb2
 from tests.harness import ServerProcess, enroll, short_tmpdir
 
 __all__ = ["Rig", "started"]
@@ -50,8 +51,8 @@ def started(spec: Rig) -> Iterator[tuple[Any, ...]]:
         for name, groups in spec.agents:
             result = enroll(server, root / name, server.token(name, *groups))
             assert result.returncode == 0, result.stderr
-        for key, grant in spec.keys:
-            server.admin("key", "create", key, "--grant", grant)
+        for key, grant in spec.keys:  # set-up, over the admin socket (no process to start)
+            server.stub.CreateKey(admin_pb2.CreateKeyRequest(name=key, grants=[grant]), timeout=30)
         stand_ins = [make() for make in spec.stand_ins]
         yield (server, root, *stand_ins)
     finally:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kms.v1 import admin_pb2
 from tests.harness import ServerProcess, agent, enroll, exe
 
 LIFETIME = 60  # seconds: "about a minute", as operators would test it
@@ -54,10 +55,8 @@ def test_agent_runs_across_three_lifetimes(tmp_path: Path) -> None:
         renewals = 0
         while time.monotonic() < started + 3 * LIFETIME:
             time.sleep(5)
-            records = json.loads(server.admin("audit", "list", "--json").stdout)
-            renewals = sum(
-                1 for r in records if r["action"] == "renew" and str(r["actor"]).startswith("agent:runner/")
-            )
+            records = server.stub.ListAudit(admin_pb2.ListAuditRequest(), timeout=30).records
+            renewals = sum(1 for r in records if r.action == "renew" and r.actor.startswith("agent:runner/"))
             assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
         assert renewals >= 5, f"only {renewals} renewals in three lifetimes"
         assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""

@@ -10,12 +10,61 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 from cryptography import x509
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import ServerProcess, WatchProcess, agent, enroll
+from tests.harness import ServerProcess, WatchProcess, agent, agent_credentials, enroll
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def _reflection_v1(channel: grpc.Channel) -> tuple[set[str], list[str]]:
+    """The services grpc.reflection.v1 lists, and the file it names for its own service.
+
+    v1's messages are v1alpha's under another package, field for field: these are its bytes.
+    """
+    call = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+    asked = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+    ]
+    listed, own = [
+        reflection_pb2.ServerReflectionResponse.FromString(raw)
+        for raw in call(iter([r.SerializeToString() for r in asked]), timeout=10)
+    ]
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw).name
+        for raw in own.file_descriptor_response.file_descriptor_proto
+    ]
+    return {s.name for s in listed.list_services_response.service}, files
+
+
+def _check_standard_services(channel: grpc.Channel) -> set[str]:
+    """Reflection v1 and v1alpha agree; health answers Check for every listed service and Watch."""
+    services, files = _reflection_v1(channel)
+    assert services == set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"grpc.reflection.v1.ServerReflection", "grpc.health.v1.Health"} <= services
+    assert files == ["grpc/reflection/v1/reflection.proto"]
+    stub = health_pb2_grpc.HealthStub(channel)
+    ours = sorted(s for s in services if not s.startswith("grpc."))
+    for service in ["", *ours]:
+        assert stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status == _SERVING, (
+            service
+        )
+    listed = stub.List(health_pb2.HealthListRequest(), timeout=10).statuses
+    assert all(listed[s].status == _SERVING for s in ours)
+    with pytest.raises(grpc.RpcError) as unknown:
+        stub.Check(health_pb2.HealthCheckRequest(service="kms.v1.Nothing"), timeout=10)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    watch = stub.Watch(health_pb2.HealthCheckRequest(service="kms.v1.Enrollment"), timeout=10)
+    assert next(watch).status == _SERVING  # a stream of statuses, not INTERNAL
+    watch.cancel()
+    return services
 
 
 def _served_serial(address: str) -> int:
@@ -40,15 +89,7 @@ def test_health_reflection_metrics_json_logs_and_live_rotation(tmp_path: Path) -
     try:
         ca = (server.data_dir / "ca.crt").read_bytes()
         with grpc.secure_channel(server.enroll_address, grpc.ssl_channel_credentials(ca)) as ch:
-            health = health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=10
-            )
-            assert health.status == health_pb2.HealthCheckResponse.SERVING
-            # List answers what Check would, to anonymous callers as Check does (not INTERNAL).
-            listed = health_pb2_grpc.HealthStub(ch).List(health_pb2.HealthListRequest(), timeout=10)
-            assert listed.statuses[""].status == health_pb2.HealthCheckResponse.SERVING
-            assert listed.statuses["kms.v1.Enrollment"].status == health_pb2.HealthCheckResponse.SERVING
-            services = set(ProtoReflectionDescriptorDatabase(ch).get_services())
+            services = _check_standard_services(ch)
         # The enrollment port lists what it serves: no agent service.
         assert {"kms.v1.Enrollment", "kms.v1.Revocation", "grpc.health.v1.Health"} <= services
         assert "kms.v1.Keys" not in services
@@ -57,6 +98,9 @@ def test_health_reflection_metrics_json_logs_and_live_rotation(tmp_path: Path) -
         assert enroll(server, state, server.token("metered", "web")).returncode == 0
         server.admin("key", "create", "m", "--grant", "group:web")
         assert agent(state, "fetch-key", "m").returncode == 0
+        with grpc.secure_channel(server.address, agent_credentials(state)) as ch:
+            services = _check_standard_services(ch)  # every service the mTLS port serves
+        assert {"kms.v1.Identity", "kms.v1.Handshake", "kms.v1.Keys"} <= services
         watcher = WatchProcess(state)
         try:
             server.admin("key", "create", "w", "--grant", "group:web")
@@ -81,6 +125,30 @@ def test_health_reflection_metrics_json_logs_and_live_rotation(tmp_path: Path) -
             assert value[("kms_watch_streams", ())] == 1
             assert value[("kms_certificates_expiring", (("within", "24h"),))] == 1
             assert value[("kms_rpc_total", (("code", "OK"), ("method", "/kms.v1.Keys/FetchKey")))] >= 1
+            # The code the client saw, not UNKNOWN; streams counted when they open and when they end.
+            check = "/grpc.health.v1.Health/Check"
+            assert value[("kms_rpc_total", (("code", "NOT_FOUND"), ("method", check)))] == 2
+            for stream in (
+                "/grpc.health.v1.Health/Watch",
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            ):
+                assert value[("kms_rpc_started_total", (("method", stream),))] == 2, stream
+                assert value[("kms_rpc_seconds_count", (("method", stream),))] >= 1, stream
+            assert (
+                value[
+                    (
+                        "kms_rpc_total",
+                        (
+                            ("code", "OK"),
+                            ("method", "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+                        ),
+                    )
+                ]
+                == 2
+            )
+            assert value[("kms_rpc_started_total", (("method", "/kms.v1.Revocation/Watch"),))] >= 1
+            assert value[("process_cpu_seconds_total", ())] > 0 and value[("process_open_fds", ())] > 0
+            assert ("python_gc_collections_total", (("generation", "0"),)) in value
 
             # The server's certificate rotates under live connections.
             first = _served_serial(server.enroll_address)

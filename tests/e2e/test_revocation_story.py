@@ -7,10 +7,12 @@ import signal
 import subprocess
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 
 from kms.v1 import admin_pb2, revocation_pb2, revocation_pb2_grpc
 from tests.e2e.rig import Rig
@@ -79,7 +81,13 @@ def test_three_watchers_hear_agent_b_revoked_and_key_files_go(rig: tuple[ServerP
         # B hears it too, says so, and exits with the distinct code.
         assert watchers["b"].proc.wait(10) == 11
         assert any(e.get("agent") == "b" for e in watchers["b"].events)
-        assert "was revoked" in "".join(watchers["b"].stderr)
+        # One line: what was revoked, which certificate, what to do.
+        deadline = time.monotonic() + 5  # the stderr reader may be a moment behind the exit
+        while "kms-agent: error:" not in "".join(watchers["b"].stderr) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        said = [line for line in "".join(watchers["b"].stderr).splitlines() if "kms-agent: error:" in line]
+        assert len(said) == 1 and "this agent (b) was revoked (keyCompromise)" in said[0], said
+        assert b_serial in said[0] and "--allow-reenroll" in said[0] and "kms-agent enroll" in said[0]
         # B's next call is refused.
         assert_one_line_error(agent(root / "b", "status"), 11, "was revoked")
         assert_one_line_error(agent(root / "b", "fetch-key", "app"), 11, "was revoked")
@@ -246,12 +254,19 @@ def test_crl_and_ocsp_agree_with_openssl(rig: tuple[ServerProcess, Path], tmp_pa
     assert (
         run(["openssl", "crl", "-inform", "DER", "-in", str(crl_der), "-out", str(crl_pem)]).returncode == 0
     )
-    bundle = tmp_path / "ca+crl.pem"
-    bundle.write_bytes(ca.read_bytes() + crl_pem.read_bytes())
-    ok = run(["openssl", "verify", "-crl_check", "-CAfile", str(bundle), str(good)])
-    assert ok.returncode == 0 and "OK" in ok.stdout
-    bad = run(["openssl", "verify", "-crl_check", "-CAfile", str(bundle), str(revoked)])
-    assert bad.returncode != 0 and "certificate revoked" in bad.stdout + bad.stderr
+    # The README's commands, word for word: the CRL as a file, or fetched from the certificate's CDP.
+    for how in (["-CRLfile", str(crl_pem)], ["-crl_download"]):
+        ok = run(["openssl", "verify", "-crl_check", *how, "-CAfile", str(ca), str(good)])
+        assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
+        bad = run(["openssl", "verify", "-crl_check", *how, "-CAfile", str(ca), str(revoked)])
+        assert bad.returncode != 0 and "certificate revoked" in bad.stdout + bad.stderr
+    # Not backdated: no entry is dated after the CRL's own thisUpdate (RFC 5280 §5.1.2.4).
+    crl = x509.load_der_x509_crl(crl_der.read_bytes())
+    assert len(crl) >= 1 and all(e.revocation_date_utc <= crl.last_update_utc for e in crl)
+    assert abs((datetime.now(UTC) - crl.last_update_utc).total_seconds()) < 30
+    assert crl.next_update_utc is not None and crl.next_update_utc - crl.last_update_utc == timedelta(
+        hours=24
+    )
     # The same CRL over gRPC.
     with grpc.secure_channel(server.enroll_address, grpc.ssl_channel_credentials(ca.read_bytes())) as ch:
         der = (

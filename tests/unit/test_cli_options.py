@@ -30,7 +30,7 @@ def flags(parser: argparse.ArgumentParser) -> set[str]:
 
 # The commands that may renew this agent's certificate first, or keep it renewed (run).
 RENEWING = {
-    "run", "status", "fetch-key", "public-key", "encrypt", "decrypt", "watch", "exchange", "listen", "sign", "verify",
+    "run", "status", "keys", "fetch-key", "public-key", "encrypt", "decrypt", "watch", "exchange", "listen", "sign", "verify",
 }  # fmt: skip
 
 
@@ -56,3 +56,19 @@ def test_server_options() -> None:
         # The daemon's settings only where the whole config is read.
         assert ("--listen" in flags(sub)) == (name in {"run", "init", "config show"}), name
     assert "--listen" not in flags(parser)
+
+
+# The commands that list or report a status: each takes --json and --no-color (issue 17 §5).
+LISTINGS = {
+    "kms-server": {"agents list", "key list", "key show", "revocations list", "audit list", "audit verify"},
+    "kms-agent": {"status", "keys", "check"},
+}
+
+
+@pytest.mark.parametrize("program", sorted(LISTINGS))
+def test_listings_take_json_and_no_color(program: str) -> None:
+    parser = server_parser() if program == "kms-server" else agent_parser()
+    assert "--no-color" in flags(parser)  # before the subcommand too
+    commands = dict(leaves(parser))
+    assert {name for name, sub in commands.items() if "--no-color" in flags(sub)} == LISTINGS[program]
+    assert all("--json" in flags(commands[name]) for name in LISTINGS[program])

@@ -30,6 +30,7 @@ __all__ = [
     "list_agents",
     "next_crl",
     "set_meta",
+    "unrevoked_serials",
 ]
 
 
@@ -236,6 +237,16 @@ async def get_agent(tx: Tx, name: str) -> AgentRecord | None:
 
 async def list_agents(tx: Tx) -> list[AgentRecord]:
     return [agent_record(r) for r in await tx.fetch(_agents_with_latest(tx) + " ORDER BY a.name")]
+
+
+async def unrevoked_serials(tx: Tx, name: str, now: int) -> list[str]:
+    """The name's certificates neither revoked nor held, nor expired at now (no lock: a read)."""
+    rows = await tx.fetch(
+        "SELECT serial FROM certificates WHERE agent_name=? AND revoked_at IS NULL AND not_after>? ORDER BY serial",
+        name,
+        now,
+    )
+    return [r[0] for r in rows]
 
 
 async def is_known_agent(tx: Tx, name: str, now: int) -> bool:

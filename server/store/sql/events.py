@@ -216,6 +216,13 @@ async def last_event(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE kind='agent' AND ','||serial||',' LIKE ?{newest}",  # noqa: S608
             f"%,{serial},%",
         )
+    if row is None and kind == "agent":
+        # Its certificates were revoked (or held) one by one: the newest of those events covers it.
+        row = await tx.fetchrow(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE kind='cert'"  # noqa: S608
+            f" AND serial IN (SELECT serial FROM certificates WHERE agent_name=?){newest}",
+            agent,
+        )
     return None if row is None else event_record(row)
 
 

@@ -165,6 +165,10 @@ class SqlStore(KeyMethods, due.DueMethods):
     async def list_agents(self) -> list[AgentRecord]:
         return await self._read(agents.list_agents)
 
+    async def unrevoked_serials(self, name: str, now: int) -> list[str]:
+        """The serials of name's certificates that are neither revoked, held nor expired at now."""
+        return await self._read(lambda tx: agents.unrevoked_serials(tx, name, now))
+
     async def is_known_agent(self, name: str, now: int) -> bool:
         """Whether name ever enrolled, or an unused join token unexpired at now names it."""
         return await self._read(lambda tx: agents.is_known_agent(tx, name, now))

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms import profile
 from server.ca.authority import CertificateAuthority, create_root, software_root
+from server.ca.crl import crl_this_update
 from server.ca.keytype import CAKeyType
 
 TD = "example.org"
@@ -40,3 +41,12 @@ def test_issues_a_checked_agent_certificate_with_each_key_type(
         public_key=rsa_key.public_key(),
         max_ttl=timedelta(hours=1),
     )
+
+
+def test_crl_this_update_is_the_issue_time_or_the_newest_entry() -> None:
+    now = datetime(2026, 12, 7, 12, 0, 0, 750_000, tzinfo=UTC)
+    # Not backdated (only truncated to the second, as encoded), and never before an entry.
+    assert crl_this_update(now, [now - timedelta(seconds=5)]) == now.replace(microsecond=0)
+    ahead = now + timedelta(seconds=3)  # written by a replica whose clock runs ahead
+    assert crl_this_update(now, [now - timedelta(days=1), ahead]) == ahead
+    assert crl_this_update(now, []) == now.replace(microsecond=0)

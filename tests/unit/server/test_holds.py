@@ -170,6 +170,9 @@ def test_service_holds_closes_streams_and_releases_on_this_replica_and_others(tm
             guard.register(stream)
             held = await here.revoke_certificate("aa", HOLD)
             assert here.revocation_reason("aa") == HOLD
+            # Holding the agent, whose only certificate is held already: that hold is the answer.
+            again = await here.revoke_agent("web-1", HOLD)
+            assert again.already_revoked and again.event.seq == held.event.seq
             await asyncio.sleep(0.5)  # the close grace
             assert stream.task.cancelled() and type(stream.error()) is Held
             there.apply_remote(held.event)

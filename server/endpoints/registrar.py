@@ -1,0 +1,56 @@
+"""What a gRPC server of ours serves, recorded as it is registered, so the lists derived from it cannot drift.
+
+The generated add_*_to_server functions are given a Registrar instead of the server: it
+registers the handlers it keeps (all, or on the enrollment port only the methods the
+method table opens to anybody) and notes each service that got at least one. Health
+(a status for each of those services) and reflection (listing them) are then added from
+that record (add_standard_services).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.api.health import Health
+from server.api.reflection import add_reflection
+
+__all__ = ["HEALTH", "Registrar", "add_standard_services"]
+
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class Registrar:
+    """Stands in for a server in generated add_*_to_server functions; registers what keep allows.
+
+    Args:
+        server: the real server.
+        keep: whether a full method name ("/pkg.Service/Method") is registered (default: all).
+    """
+
+    def __init__(self, server: grpc.aio.Server, keep: Callable[[str], bool] = lambda method: True) -> None:
+        self._server = server
+        self._keep = keep
+        self.services: list[str] = []  # in registration order
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass  # the generated code passes the same table to add_registered_method_handlers
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        kept = {name: h for name, h in handlers.items() if self._keep(f"/{service}/{name}")}
+        if kept:
+            self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, kept),))
+            self._server.add_registered_method_handlers(service, kept)
+            self.services.append(service)
+
+
+def add_standard_services(registrar: Registrar, health: Health) -> None:
+    """Health, reporting every service registered so far, and reflection v1 and v1alpha listing them all."""
+    served = list(registrar.services)
+    health.track(served)
+    health_pb2_grpc.add_HealthServicer_to_server(health, registrar)
+    add_reflection(registrar, [*served, HEALTH])

@@ -1,0 +1,55 @@
+"""RPCs, key releases and enrollments per second: the sparklines of `kms-server top`.
+
+Sampled from the metrics' running totals when a view is built (no task of its
+own: nothing is sampled while nobody looks), one value per second elapsed,
+the last ``keep`` seconds kept.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from prometheus_client import Counter
+
+from server.ops.metrics import Metrics
+
+__all__ = ["Rates"]
+
+
+def _total(counter: Counter) -> float:
+    """An unlabelled counter's value, through its public collect()."""
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                return float(sample.value)
+    return 0.0
+
+
+class Rates:
+    def __init__(self, metrics: Metrics, keep: int = 120) -> None:
+        self._metrics = metrics
+        self._keep = keep
+        self.rpcs: deque[float] = deque(maxlen=keep)
+        self.releases: deque[float] = deque(maxlen=keep)
+        self.enrollments: deque[float] = deque(maxlen=keep)
+        self._last: tuple[float, tuple[float, float, float]] | None = None
+
+    def _totals(self) -> tuple[float, float, float]:
+        m = self._metrics
+        return float(m.rpc_total), _total(m.key_releases), _total(m.enrollments)
+
+    def sample(self, monotonic: float) -> None:
+        """Appends the rates since the last sample, once per whole second elapsed (none before one)."""
+        totals = self._totals()
+        if self._last is None:
+            self._last = (monotonic, totals)
+            return
+        elapsed = monotonic - self._last[0]
+        if elapsed < 1.0:
+            return
+        seconds = min(int(elapsed), self._keep)
+        for series, now, before in zip(
+            (self.rpcs, self.releases, self.enrollments), totals, self._last[1], strict=True
+        ):
+            series.extend([(now - before) / elapsed] * seconds)
+        self._last = (monotonic, totals)
