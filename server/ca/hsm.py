@@ -7,8 +7,14 @@ mechanism every token has; SoftHSM2 2.6 has no CKM_ECDSA_SHA256), RSA as
 CKM_SHA256_RSA_PKCS.
 
 Every failure is one line (HsmError), raised before anything is written to the
-data dir. A later CA rotation prepares its key in the same session with
-``generate_key`` under a new label, and signs with ``ExternalSigner`` likewise.
+data dir.
+
+CA rotation (issue 19 §1, not built yet) needs nothing more from here: it
+prepares the new key in the same token with ``open_ca_key`` on the same token
+and a new label (``pkcs11:token=T;object=ca-2``, generate=its key type; the
+process is logged in already, so the session is reused without the PIN), and
+keeps each CA generation's URI beside its certificate; each key is its own
+``HsmKey``, so the old and the new CA sign side by side while both are live.
 """
 
 from __future__ import annotations
