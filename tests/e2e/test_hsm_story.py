@@ -181,3 +181,12 @@ def test_every_key_type_signs_in_the_token(hsm: SoftHsm) -> None:
         pair.cert.verify_directly_issued_by(root.cert)
         crl = ca.sign_crl([(5, now, x509.ReasonFlags.key_compromise)], 1, now, now + timedelta(hours=1))
         assert crl.is_signature_valid(public)
+
+
+@pytest.mark.postgresql_only("a replica of a deployment whose CA key is in a token")
+def test_a_replica_without_ca_key_says_where_the_key_is(served: tuple[ServerProcess, Path]) -> None:
+    server, root = served
+    assert server.database is not None
+    replica = [exe("kms-server"), "init", "--data-dir", str(root / "replica"), "--database", server.database]
+    result = run([*replica, "--master-key-file", str(server.data_dir / "master.key")])
+    assert_one_line_error(result, 6, "this deployment's CA key is in a PKCS#11 token: give --ca-key")
