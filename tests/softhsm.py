@@ -1,4 +1,4 @@
-"""SoftHSM2 for the HSM tests: a throwaway configuration and token directory per test session.
+"""SoftHSM2 for the HSM tests: a throwaway configuration and token directory per test module.
 
 Debian's softhsm2 package (.ci/run installs it when missing). Without it the
 tests that need a token skip, saying why.
@@ -7,25 +7,20 @@ tests that need a token skip, saying why.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-__all__ = ["SoftHsm", "module_path"]
+from bench.softhsm import softhsm_module
 
-_MODULES = (
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-)
+__all__ = ["SoftHsm", "module_path"]
 
 
 def module_path() -> Path:
     """The SoftHSM2 PKCS#11 module, or the test skips with the reason."""
-    found = next((Path(p) for p in _MODULES if Path(p).exists()), None)
-    if found is None or shutil.which("softhsm2-util") is None:
+    found = softhsm_module()
+    if found is None:
         pytest.skip(
             "SoftHSM2 is not installed (apt-get install softhsm2; .ci/run installs it): HSM tests skipped"
         )
