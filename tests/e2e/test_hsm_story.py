@@ -90,6 +90,9 @@ def test_an_agent_enrolls_and_crl_and_ocsp_verify(served: tuple[ServerProcess, P
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
     bad = run(["openssl", "verify", "-crl_check", "-CAfile", str(bundle), str(revoked)])
     assert bad.returncode != 0 and "certificate revoked" in bad.stdout + bad.stderr
+    # The CRL assembled around the token's signature is clean under an RFC 5280 linter.
+    lint = run([exe("lint_crl"), "lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING", str(crl_pem)])
+    assert lint.returncode == 0 and lint.stdout.strip() == "", lint.stdout
     for cert, expected in ((good, ": good"), (revoked, ": revoked")):
         out = openssl_ocsp(ca, cert, http)
         assert "Response verify OK" in out.stdout + out.stderr and expected in out.stdout, (

@@ -19,6 +19,7 @@ from kms import profile
 from server.ca.authority import CertificateAuthority, create_external_root, generate_key
 from server.ca.external import ExternalSigner, SignerError
 from server.ca.keytype import CAKeyType
+from server.ca.signer import SoftwareSigner
 
 TD = "example.org"
 
@@ -79,3 +80,13 @@ def test_a_signature_that_does_not_verify_is_never_used() -> None:
 def test_refuses_a_key_the_ca_cannot_use() -> None:
     with pytest.raises(ValueError, match="unsupported CA key"):
         ExternalSigner(ec.generate_private_key(ec.SECP521R1()).public_key(), lambda data: b"")
+
+
+def test_the_software_signer_signs_as_the_builders_always_did() -> None:
+    """RSA PKCS#1 v1.5 signatures are deterministic: the same bytes prove the same path."""
+    key = generate_key(CAKeyType.RSA_3072)
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    builder = profile.ca_builder(key.public_key(), TD, 42, now, timedelta(days=30))
+    direct = builder.sign(key, hashes.SHA256())
+    assert SoftwareSigner(key).sign_certificate(builder) == direct
+    assert SoftwareSigner(key).sign_certificate(builder).signature == direct.signature
