@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from grpc_health.v1 import health_pb2
@@ -22,6 +23,7 @@ from kms.addresses import join_hostport
 from kms.cli import use_json_logs
 from kms.identity import fingerprint
 from server.audit.devices import AuditDevices
+from server.ca.keytype import CAKeyType
 from server.clock import Clock, system_clock
 from server.config import ServerConfig
 from server.deployment.datadir import DataDir
@@ -32,6 +34,9 @@ from server.ops.heap import HeapKeeper
 from server.ports import check_ports
 from server.store import Store
 from server.wiring import Backup, Services, open_services
+
+if TYPE_CHECKING:
+    from server.ca.hsm import HsmKey
 
 __all__ = ["App", "Initialized", "create_server", "initialize", "serve"]
 
@@ -121,11 +126,12 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         FailedPrecondition: the data dir, store or a port cannot be used.
     """
     check_ports(cfg)  # before the data dir, the CA or the store: a taken port creates nothing
+    hsm = _open_hsm(cfg, generate=None)  # likewise: a token that cannot be used creates nothing
     datadir = DataDir(cfg.data_dir)
     datadir.prepare()
     deployment: Deployment | None = None
     try:
-        deployment = await open_deployment(cfg, datadir, clock)
+        deployment = await open_deployment(cfg, datadir, clock, hsm)
         http_sock, status_urls = bind_http(cfg)  # first: certificates name its real port
         services = await open_services(cfg, deployment, datadir, clock, status_urls)
         backup = Backup(services.store, services.audit, datadir, clock)
@@ -138,6 +144,14 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         raise
 
 
+def _open_hsm(cfg: ServerConfig, *, generate: CAKeyType | None) -> HsmKey | None:
+    if cfg.ca_key is None:
+        return None
+    from server.ca.hsm import open_configured  # only with --ca-key: python-pkcs11 is not needed otherwise
+
+    return open_configured(cfg.ca_key, cfg.pkcs11_module, cfg.pkcs11_pin_file, generate=generate)
+
+
 @dataclass(frozen=True)
 class Initialized:
     trust_domain: str
@@ -146,11 +160,15 @@ class Initialized:
 
 
 async def initialize(cfg: ServerConfig, clock: Clock = system_clock) -> Initialized:
-    """Creates the deployment's CA and master key if they do not exist yet (kms-server init)."""
+    """Creates the deployment's CA and master key if they do not exist yet (kms-server init).
+
+    With --ca-key, a key missing from the token is generated there (--ca-key-type), one there is used.
+    """
+    hsm = _open_hsm(cfg, generate=cfg.ca_key_type or CAKeyType.EC_P256)
     datadir = DataDir(cfg.data_dir)
     datadir.prepare()
     try:
-        deployment = await open_deployment(cfg, datadir, clock)
+        deployment = await open_deployment(cfg, datadir, clock, hsm)
         await deployment.close()
     finally:
         datadir.release()

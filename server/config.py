@@ -24,6 +24,7 @@ from kms.errors import InvalidArgument
 from kms.identity import validate_trust_domain
 from kms.settings import Bound, Setting, check_bounds, config_keys, known_keys, resolve, show
 from server.ca.keytype import CAKeyType
+from server.ca.pkcs11uri import uri_setting
 
 __all__ = [
     "CAKeyType",
@@ -179,6 +180,9 @@ SETTINGS: tuple[Setting, ...] = (
     _S("san", _text, "localhost,127.0.0.1", "server certificate name, repeatable (KMS_SAN comma-separated; default localhost, 127.0.0.1)", many=True),
     _S("trust_domain", _trust_domain, None, "SPIFFE trust domain, fixed at init (default seed-kms.local)"),
     _S("ca_key_type", _key_type, None, "CA key type, fixed at init (default ecdsa-p256)", option={"choices": [k.value for k in CAKeyType]}),
+    _S("ca_key", uri_setting, None, "the CA key in a PKCS#11 token (HSM), an RFC 7512 URI pkcs11:token=NAME;object=LABEL (default: in software, sealed in the data dir)", show_unset=False),
+    _S("pkcs11_module", _absolute_path, None, "the token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so (with --ca-key)", show_unset=False),
+    _S("pkcs11_pin_file", _absolute_path, None, "file (0600) holding the token's user PIN; else KMS_PKCS11_PIN (never a flag)", show_unset=False),
     _S("cert_ttl", _duration, "24h", "agent certificate lifetime, e.g. 24h (default 24h)", (Bound(high="366d", note=": agents renew, long lifetimes only widen exposure"), Bound(low="10s"))),
     _S("ca_ttl", _duration, "3650d", "CA lifetime, used at init (default 3650d)", _at_most("36500d", " (100 years)")),
     _S("server_cert_ttl", _duration, "30d", "the server's own TLS certificate lifetime (default 30d)", _at_most("825d")),
@@ -229,6 +233,9 @@ class ServerConfig:
     sans: tuple[str, ...]
     trust_domain: str | None  # None: as initialised (or "seed-kms.local" on first start)
     ca_key_type: CAKeyType | None  # None: as initialised (or ecdsa-p256 on first start)
+    ca_key: str | None  # a PKCS#11 URI (server/ca/hsm.py); None: the key in software
+    pkcs11_module: Path | None
+    pkcs11_pin_file: Path | None
     cert_ttl: timedelta
     ca_ttl: timedelta
     server_cert_ttl: timedelta

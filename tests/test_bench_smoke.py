@@ -22,6 +22,7 @@ from bench.cli import main
 from bench.context import BenchContext
 from bench.scenarios import SCENARIOS
 from bench.scenarios.fan_out import rounds_for
+from bench.softhsm import softhsm_module
 from tests.pg import find_bindir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +68,9 @@ def test_every_scenario_reports_a_figure_beside_its_baseline(tmp_path: Path) -> 
         assert isinstance(r["pass"], bool) and r["target"]
     names = {r["name"] for r in results}
     assert {"enroll[ecdsa-p256 CA]", "enroll[rsa-3072 CA]"} <= names
+    if softhsm_module() is not None:  # the P-256 CA key in a SoftHSM2 token, beside the software one
+        hsm = next(r for r in results if r["name"] == "enroll[ecdsa-p256 HSM CA]")
+        assert hsm["details"]["vs_software_p256"] > 0, hsm
     for r in results:
         if r["scenario"] == "fan-out-replicas":
             # Watchers on A (where the revocation is made) and on B are timed apart.

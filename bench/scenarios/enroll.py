@@ -3,12 +3,15 @@
 Tokens and CSRs are made before timing (CSRs reuse the run's agent keys: the
 server takes only the public key and does the same checks for each). Both
 CA key types run against the same connect baseline (P-256 CA), alternating
-phases. Afterwards the store is asked how many agents it holds, which proves
+phases, and so does a P-256 CA whose key is in a SoftHSM2 token (--ca-key
+pkcs11:...; left out, and said, where softhsm2 is not installed): its result
+also gives its ratio to the software P-256 CA. Afterwards the store is asked how many agents it holds, which proves
 the certificates were stored (each Enroll commits before it returns).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -17,14 +20,16 @@ from bench.kms import KmsServer
 from bench.load import LoadSpec, Target
 from bench.results import Result
 from bench.scenarios.common import throughput_result
+from bench.softhsm import BenchHsm, softhsm_module
 from kms.v1 import enrollment_pb2
 
 __all__ = ["run"]
 
-CA_TYPES = ("ecdsa-p256", "rsa-3072")
+HSM = "ecdsa-p256 HSM"  # the P-256 CA key in a SoftHSM2 token
+CA_TYPES = ("ecdsa-p256", "rsa-3072", HSM)
 # Enrollments/s a server is assumed to reach at most, to size the tokens made in advance;
 # a phase that runs out says so (exhausted) and then under-reports.
-CEILING = {"ecdsa-p256": 500, "rsa-3072": 400}
+CEILING = {"ecdsa-p256": 500, "rsa-3072": 400, HSM: 500}
 LANES = 4  # connections being made at once per client process
 WARMUP_TOKENS = 10
 
@@ -44,12 +49,19 @@ def _tokens(ctx: BenchContext, kms: KmsServer, ca_type: str, workers: int) -> li
 
 def run(ctx: BenchContext) -> list[Result]:
     workers = ctx.scale.client_processes
-    with (
-        ctx.baseline_server("enroll-connect") as base,
-        ctx.kms_server("enroll-p256", "--ca-key-type", "ecdsa-p256") as p256,
-        ctx.kms_server("enroll-rsa3072", "--ca-key-type", "rsa-3072") as rsa3072,
-    ):
-        servers = {"ecdsa-p256": p256, "rsa-3072": rsa3072}
+    with contextlib.ExitStack() as stack:
+        base = stack.enter_context(ctx.baseline_server("enroll-connect"))
+        servers = {
+            "ecdsa-p256": stack.enter_context(ctx.kms_server("enroll-p256", "--ca-key-type", "ecdsa-p256")),
+            "rsa-3072": stack.enter_context(ctx.kms_server("enroll-rsa3072", "--ca-key-type", "rsa-3072")),
+        }
+        module = softhsm_module()
+        if module is None:
+            ctx.progress.step("softhsm2 is not installed: enroll runs without its HSM-held CA")
+        else:
+            hsm = BenchHsm(ctx.root / "softhsm", module)
+            hsm.init(ctx.root / "enroll-hsm" / "data", "enroll-ca", "ecdsa-p256")
+            servers[HSM] = stack.enter_context(ctx.kms_server("enroll-hsm", *hsm.flags("enroll-ca")))
         per_server = {ca: _tokens(ctx, kms, ca, workers) for ca, kms in servers.items()}
         baseline_ids = split(ctx.baseline_clients(LANES * workers), workers)
         specs = []
@@ -91,8 +103,9 @@ def run(ctx: BenchContext) -> list[Result]:
         stored = {ca: kms.agents_enrolled() for ca, kms in servers.items()}
     connect = out["connect"]
     results = []
-    for ca in CA_TYPES:
+    for ca in (ca for ca in CA_TYPES if ca in out):
         kms_out = out[ca]
+        versus = {"vs_software_p256": kms_out.rate / out["ecdsa-p256"].rate} if ca == HSM else {}
         result = throughput_result(
             "enroll",
             f"{ca} CA",
@@ -104,6 +117,7 @@ def run(ctx: BenchContext) -> list[Result]:
             0.60,
             details={
                 "agents_stored": stored[ca],
+                **versus,
                 **({"tokens_ran_out": True} if kms_out.exhausted else {}),
             },
             samples={ca: kms_out.latencies, "connect": connect.latencies},

@@ -19,6 +19,7 @@ from cryptography.x509 import ocsp
 from kms import profile
 from kms.identity import fingerprint
 from server.ca.keytype import CAKeyType
+from server.ca.signer import CARoot, CASigner, SoftwareSigner
 from server.clock import Clock
 from server.deployment.datadir import DataDir, DataDirError, KeyPair
 from server.deployment.sealing import Sealer
@@ -26,7 +27,10 @@ from server.deployment.sealing import Sealer
 __all__ = [
     "CertificateAuthority",
     "check_key_type",
+    "create_external_root",
     "create_root",
+    "external_root",
+    "software_root",
     "generate_key",
     "key_type_of",
 ]
@@ -52,20 +56,14 @@ def key_type_of(key: profile.IssuerKey) -> CAKeyType:
 class CertificateAuthority:
     def __init__(
         self,
-        root: KeyPair,
+        root: CARoot,
         trust_domain: str,
         cert_ttl: timedelta,
         clock: Clock,
         status_urls: profile.StatusUrls | None = None,
     ) -> None:
-        self._root = root
-        # Signing with an RSA CA key takes about 1 ms (3072) to 2.5 ms (4096), with
-        # P-384 about 0.4 ms, and cryptography lets other threads run meanwhile;
-        # with P-256 about 50 us, less than handing it to a thread costs (bench
-        # enroll, P-256 CA: 0.58-0.61 in a thread, 0.71-0.73 on the loop).
-        self.slow_signing = not (
-            isinstance(root.key, ec.EllipticCurvePrivateKey) and isinstance(root.key.curve, ec.SECP256R1)
-        )
+        self._signer = root.signer
+        self.slow_signing = root.signer.slow  # see SoftwareSigner
         self._status_urls = status_urls
         self.trust_domain = trust_domain
         self.cert_ttl = cert_ttl
@@ -94,7 +92,7 @@ class CertificateAuthority:
             self.cert_ttl,
             self._status_urls,
         )
-        sign = functools.partial(builder.sign, self._root.key, profile.signature_hash(self._root.key))
+        sign = functools.partial(self._signer.sign_certificate, builder)
         cert = await asyncio.to_thread(sign) if self.slow_signing else sign()
         profile.check_agent_certificate(
             cert,
@@ -135,13 +133,11 @@ class CertificateAuthority:
             if reason is not x509.ReasonFlags.unspecified:  # RFC 5280 §5.3.1: omit rather than unspecified
                 entry = entry.add_extension(x509.CRLReason(reason), critical=False)
             builder = builder.add_revoked_certificate(entry.build())
-        return builder.sign(self._root.key, profile.signature_hash(self._root.key))
+        return self._signer.sign_crl(builder)
 
     def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
         """Signs an OCSP response as the CA itself (RFC 6960 §4.2.2.2: the issuer may respond)."""
-        return builder.responder_id(ocsp.OCSPResponderEncoding.HASH, self.certificate).sign(
-            self._root.key, profile.signature_hash(self._root.key)
-        )
+        return self._signer.sign_ocsp(builder, self.certificate)
 
     def issue_server(self, sans: tuple[str, ...], ttl: timedelta) -> KeyPair:
         """Issues the server's own TLS certificate on a fresh P-256 key."""
@@ -149,7 +145,7 @@ class CertificateAuthority:
         builder = profile.server_builder(
             key.public_key(), self.certificate, sans, x509.random_serial_number(), self._clock(), ttl
         )
-        cert = builder.sign(self._root.key, profile.signature_hash(self._root.key))
+        cert = self._signer.sign_certificate(builder)
         profile.check_server_certificate(cert, self.certificate, sans, ttl)
         return KeyPair(cert, key)
 
@@ -164,16 +160,37 @@ def create_root(trust_domain: str, key_type: CAKeyType | None, ca_ttl: timedelta
     return KeyPair(cert, key)
 
 
-def load_root(datadir: DataDir, sealer: Sealer, key_type: CAKeyType | None) -> KeyPair:
+def create_external_root(signer: CASigner, trust_domain: str, ca_ttl: timedelta, now: datetime) -> CARoot:
+    """A new self-signed CA certificate for a key held outside (a PKCS#11 token)."""
+    builder = profile.ca_builder(signer.public_key(), trust_domain, x509.random_serial_number(), now, ca_ttl)
+    cert = signer.sign_certificate(builder)
+    profile.check_ca_certificate(cert, ca_ttl)
+    return CARoot(cert, signer)
+
+
+def software_root(pair: KeyPair) -> CARoot:
+    return CARoot(pair.cert, SoftwareSigner(pair.key))
+
+
+def load_root(datadir: DataDir, sealer: Sealer, key_type: CAKeyType | None) -> CARoot:
     """Loads the root; a --ca-key-type that differs from it is an error (a CA's key cannot change)."""
     root = datadir.load_pair(datadir.ca_cert, datadir.ca_key, sealer)
-    check_key_type(root, key_type, str(datadir.path))
-    return root
+    check_key_type(key_type_of(root.key), key_type, str(datadir.path))
+    return software_root(root)
 
 
-def check_key_type(root: KeyPair, key_type: CAKeyType | None, where: str) -> None:
-    if key_type is not None and key_type_of(root.key) is not key_type:
+def external_root(cert: x509.Certificate, signer: CASigner, key_type: CAKeyType | None, where: str) -> CARoot:
+    """The CA certificate with the key held outside, checked to belong together."""
+    if cert.public_key() != signer.public_key():
         raise DataDirError(
-            f"the CA in {where} has a {key_type_of(root.key).value} key; --ca-key-type {key_type.value} "
-            "cannot change an existing CA"
+            f"{signer} is not the CA key of {where}: its public key is not the CA certificate's"
+        )
+    check_key_type(signer.key_type, key_type, where)
+    return CARoot(cert, signer)
+
+
+def check_key_type(actual: CAKeyType, key_type: CAKeyType | None, where: str) -> None:
+    if key_type is not None and actual is not key_type:
+        raise DataDirError(
+            f"the CA in {where} has a {actual.value} key; --ca-key-type {key_type.value} cannot change an existing CA"
         )

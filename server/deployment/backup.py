@@ -3,7 +3,9 @@
 A backup is a tar file (0600) of a consistent store snapshot, the CA and
 server certificates and their keys *sealed* under the master key. The master
 key itself is never in it, so a backup alone reveals no key material;
-restoring needs the master key from wherever the operator keeps it.
+restoring needs the master key from wherever the operator keeps it. When the
+CA key is in a PKCS#11 token (--ca-key), there is no ca.key to back up: the
+token's own backup keeps the key, and the backup holds only the CA certificate.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = ["backup", "check_restorable", "read_backup", "restore", "restore_repl
 
 _FILES = ("ca.crt", "ca.key", "server.crt", "server.key")
 _DB = "kms.db"
+_CA_KEY = "ca.key"
 _MAX_MEMBER = 1 << 34  # 16 GiB: a sanity bound, not a product limit
 
 
@@ -39,7 +42,8 @@ async def backup(store: Store, datadir: DataDir, target: Path) -> int:
         with atomic_output(target, mode=0o600) as f, tarfile.open(fileobj=f, mode="w") as tar:
             tar.add(snapshot, arcname=_DB)
             for name in _FILES:
-                tar.add(datadir.path / name, arcname=name)
+                if name != _CA_KEY or (datadir.path / name).exists():  # none when the key is in a token
+                    tar.add(datadir.path / name, arcname=name)
     return target.stat().st_size
 
 
@@ -48,7 +52,7 @@ def read_backup(source: Path) -> dict[str, bytes]:
     try:
         with tarfile.open(source, mode="r") as tar:
             members = {m.name: m for m in tar.getmembers()}
-            expected = {_DB, *_FILES}
+            expected = {_DB, *_FILES} - ({_CA_KEY} if _CA_KEY not in members else set())  # in a token
             if set(members) != expected or any(
                 not m.isfile() or m.size > _MAX_MEMBER for m in members.values()
             ):
@@ -87,7 +91,8 @@ def restore(source: Path, data_dir: Path, master_key_file: Path) -> None:
     try:
         # Both sealed keys must open with this master key, or the restore is refused.
         sealer = Sealer(target.load_master_key())
-        target.load_pair(target.ca_cert, target.ca_key, sealer)
+        if _CA_KEY in contents:
+            target.load_pair(target.ca_cert, target.ca_key, sealer)
         target.load_pair(target.server_cert, target.server_key, sealer)
     except (DataDirError, ValueError) as exc:
         for name in (*contents, "master.key"):

@@ -6,6 +6,7 @@ Layout (directory 0700)::
     master.key    32 random bytes, 0600: seals every other secret
     ca.crt        the root certificate, PEM (public)
     ca.key        the root private key, sealed under the master key, 0600
+                  (absent when the CA key is in a PKCS#11 token: --ca-key)
     server.crt    the server's TLS certificate, PEM (public)
     server.key    its private key, sealed under the master key, 0600
     kms.db        the SQLite store (WAL), 0600
@@ -33,7 +34,7 @@ from kms.profile import IssuerKey
 from kms.securefile import ensure_private_dir, write_atomic
 from server.deployment.sealing import MASTER_KEY_BYTES, Sealer, SealError
 
-__all__ = ["DataDir", "DataDirError", "KeyPair", "open_pair", "read_master_key", "seal_key"]
+__all__ = ["DataDir", "DataDirError", "KeyPair", "open_cert", "open_pair", "read_master_key", "seal_key"]
 
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
@@ -75,6 +76,13 @@ def seal_key(pair: KeyPair, sealer: Sealer, slot: str) -> bytes:
     return sealer.seal(slot, der_key)
 
 
+def open_cert(cert_pem: bytes, cert_name: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise DataDirError(f"{cert_name} is not a PEM certificate: restore it from a backup") from None
+
+
 def open_pair(
     cert_pem: bytes,
     sealed_key: bytes,
@@ -86,10 +94,7 @@ def open_pair(
     master_name: str,
 ) -> KeyPair:
     """A certificate and its sealed private key, checked to belong together."""
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError:
-        raise DataDirError(f"{cert_name} is not a PEM certificate: restore it from a backup") from None
+    cert = open_cert(cert_pem, cert_name)
     try:
         der_key = sealer.open(slot, sealed_key)
     except SealError:

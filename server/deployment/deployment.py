@@ -21,6 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -29,13 +30,32 @@ from kms.identity import fingerprint
 from kms.securefile import write_atomic
 from server.audit.devices import AuditDevices
 from server.audit.trail import AUDIT_CHAIN_KEY_LABEL
-from server.ca.authority import check_key_type, create_root, load_root
+from server.ca.authority import (
+    check_key_type,
+    create_external_root,
+    create_root,
+    external_root,
+    key_type_of,
+    load_root,
+    software_root,
+)
+from server.ca.signer import CARoot
 from server.clock import Clock, now_seconds
 from server.config import ServerConfig
-from server.deployment.datadir import DataDir, DataDirError, KeyPair, open_pair, read_master_key, seal_key
+from server.deployment.datadir import (
+    DataDir,
+    DataDirError,
+    open_cert,
+    open_pair,
+    read_master_key,
+    seal_key,
+)
 from server.deployment.sealing import MASTER_KEY_BYTES, Sealer
 from server.store import Store, open_store
 from server.store.records import AUDIT_MARKER
+
+if TYPE_CHECKING:
+    from server.ca.hsm import HsmKey  # imported only with --ca-key: python-pkcs11 is not needed otherwise
 
 __all__ = ["Deployment", "open_deployment"]
 
@@ -43,13 +63,15 @@ logger = logging.getLogger(__name__)
 
 # The CA's sealing slot: the same name whether the sealed key is a file or a row.
 _CA_SLOT = "ca.key"
+# The database's ca_key when the CA key is in a PKCS#11 token (it holds no key then).
+_IN_TOKEN = "pkcs11"  # noqa: S105 - a marker, not a secret
 
 
 @dataclass
 class Deployment:
     store: Store
     sealer: Sealer
-    root: KeyPair
+    root: CARoot
     trust_domain: str
     created: bool  # this start made the CA
     # The audit chain's key (derived from the master key, never stored) and the
@@ -64,8 +86,12 @@ class Deployment:
             self.devices.close()
 
 
-async def open_deployment(cfg: ServerConfig, datadir: DataDir, clock: Clock) -> Deployment:
+async def open_deployment(
+    cfg: ServerConfig, datadir: DataDir, clock: Clock, hsm: HsmKey | None = None
+) -> Deployment:
     """Opens the store and the CA, making them on first start. The caller holds the data dir lock.
+
+    With hsm (--ca-key pkcs11:...), the CA key is that token key: only its certificate is kept.
 
     Raises:
         FailedPrecondition: a missing, wrong or mismatched master key, store or CA.
@@ -79,10 +105,10 @@ async def open_deployment(cfg: ServerConfig, datadir: DataDir, clock: Clock) -> 
         raise
     try:
         if cfg.database is None:
-            deployment = await _embedded(cfg, datadir, store, clock)
+            deployment = await _embedded(cfg, datadir, store, clock, hsm)
         else:
             async with store.exclusive():
-                deployment = await _shared(cfg, datadir, store, clock)
+                deployment = await _shared(cfg, datadir, store, clock, hsm)
         deployment.devices = devices
         deployment.audit_key = deployment.sealer.subkey(AUDIT_CHAIN_KEY_LABEL)
         await _key_audit_chain(deployment, datadir, now_seconds(clock))
@@ -175,11 +201,13 @@ async def _trust_domain(cfg: ServerConfig, store: Store, where: str, *, fresh: b
     return trust_domain
 
 
-def _created(root: KeyPair) -> None:
+def _created(root: CARoot) -> None:
     logger.info("created CA", extra={"fingerprint": fingerprint(root.cert.public_bytes(Encoding.DER))})
 
 
-async def _embedded(cfg: ServerConfig, datadir: DataDir, store: Store, clock: Clock) -> Deployment:
+async def _embedded(
+    cfg: ServerConfig, datadir: DataDir, store: Store, clock: Clock, hsm: HsmKey | None
+) -> Deployment:
     where = f"data dir {cfg.data_dir}"
     if os.environ.get("KMS_MASTER_KEY"):
         raise DataDirError(
@@ -194,16 +222,42 @@ async def _embedded(cfg: ServerConfig, datadir: DataDir, store: Store, clock: Cl
     trust_domain = await _trust_domain(cfg, store, where, fresh=fresh)
     if not fresh:
         sealer = Sealer(datadir.load_master_key())
-        return Deployment(store, sealer, load_root(datadir, sealer, cfg.ca_key_type), trust_domain, False)
+        return Deployment(store, sealer, _load_embedded(cfg, datadir, sealer, hsm), trust_domain, False)
     # Everything that can fail comes before the first secret is written.
-    root = create_root(trust_domain, cfg.ca_key_type, cfg.ca_ttl, clock())
-    sealer = Sealer(datadir.create_master_key())
-    datadir.save_pair(datadir.ca_cert, datadir.ca_key, sealer, root)
+    if hsm is not None:
+        check_key_type(hsm.key_type, cfg.ca_key_type, f"{hsm}")
+        root = create_external_root(hsm, trust_domain, cfg.ca_ttl, clock())
+        sealer = Sealer(datadir.create_master_key())
+        write_atomic(datadir.ca_cert, root.cert_pem, mode=0o644)  # and no ca.key: the key is in the token
+    else:
+        pair = create_root(trust_domain, cfg.ca_key_type, cfg.ca_ttl, clock())
+        sealer = Sealer(datadir.create_master_key())
+        datadir.save_pair(datadir.ca_cert, datadir.ca_key, sealer, pair)
+        root = software_root(pair)
     _created(root)
     return Deployment(store, sealer, root, trust_domain, True)
 
 
-async def _shared(cfg: ServerConfig, datadir: DataDir, store: Store, clock: Clock) -> Deployment:
+def _load_embedded(cfg: ServerConfig, datadir: DataDir, sealer: Sealer, hsm: HsmKey | None) -> CARoot:
+    where = f"data dir {cfg.data_dir}"
+    if hsm is None:
+        if datadir.ca_cert.exists() and not datadir.ca_key.exists():
+            raise DataDirError(
+                f"{where} is incomplete: ca.key is missing (restore it from a backup; or, if this deployment's "
+                "CA key is in a PKCS#11 token, give --ca-key pkcs11:... and --pkcs11-module)"
+            )
+        return load_root(datadir, sealer, cfg.ca_key_type)
+    if datadir.ca_key.exists():
+        raise DataDirError(
+            f"the CA key of {where} is ca.key, in software: --ca-key cannot move it into a token"
+        )
+    cert = open_cert(datadir.ca_cert.read_bytes(), str(datadir.ca_cert))
+    return external_root(cert, hsm, cfg.ca_key_type, where)
+
+
+async def _shared(
+    cfg: ServerConfig, datadir: DataDir, store: Store, clock: Clock, hsm: HsmKey | None
+) -> Deployment:
     where = "the database"
     ca_pem = await store.get_meta("ca_cert")
     if ca_pem is None:
@@ -212,9 +266,14 @@ async def _shared(cfg: ServerConfig, datadir: DataDir, store: Store, clock: Cloc
                 "the database holds data but no CA: it was not made by kms-server init; restore it from a backup"
             )
         trust_domain = await _trust_domain(cfg, store, where, fresh=True)
-        root = create_root(trust_domain, cfg.ca_key_type, cfg.ca_ttl, clock())
+        if hsm is not None:
+            check_key_type(hsm.key_type, cfg.ca_key_type, f"{hsm}")
+            root = create_external_root(hsm, trust_domain, cfg.ca_ttl, clock())
+        else:
+            pair = create_root(trust_domain, cfg.ca_key_type, cfg.ca_ttl, clock())
+            root = software_root(pair)
         sealer = Sealer(_master_key(cfg, datadir, create=True))
-        sealed = base64.b64encode(seal_key(root, sealer, _CA_SLOT)).decode()
+        sealed = _IN_TOKEN if hsm is not None else base64.b64encode(seal_key(pair, sealer, _CA_SLOT)).decode()
         # Key and certificate in one transaction: a CA certificate in the database means
         # the deployment is complete, and a racing replica can change neither.
         if await store.create_ca(sealed, root.cert_pem.decode()) != (sealed, root.cert_pem.decode()):
@@ -227,8 +286,26 @@ async def _shared(cfg: ServerConfig, datadir: DataDir, store: Store, clock: Cloc
         return Deployment(store, sealer, root, trust_domain, True)
     trust_domain = await _trust_domain(cfg, store, where, fresh=False)
     sealer = Sealer(_master_key(cfg, datadir, create=False))
-    stored = await store.get_meta("ca_key")
-    root = open_pair(
+    root = _load_shared(cfg, datadir, ca_pem, await store.get_meta("ca_key"), sealer, hsm)
+    _publish_ca(datadir, root)
+    return Deployment(store, sealer, root, trust_domain, False)
+
+
+def _load_shared(
+    cfg: ServerConfig, datadir: DataDir, ca_pem: str, stored: str | None, sealer: Sealer, hsm: HsmKey | None
+) -> CARoot:
+    where = "the database"
+    if (stored == _IN_TOKEN) != (hsm is not None):
+        raise DataDirError(
+            "this deployment's CA key is in a PKCS#11 token: give --ca-key pkcs11:... and --pkcs11-module"
+            if hsm is None
+            else "this deployment's CA key is in software (sealed in the database): --ca-key cannot move it"
+        )
+    if hsm is not None:
+        return external_root(
+            open_cert(ca_pem.encode(), "the CA certificate in the database"), hsm, cfg.ca_key_type, where
+        )
+    pair = open_pair(
         ca_pem.encode(),
         base64.b64decode(stored or ""),
         sealer,
@@ -238,12 +315,11 @@ async def _shared(cfg: ServerConfig, datadir: DataDir, store: Store, clock: Cloc
         master_name=_master_key_source(cfg, datadir)
         + " (every replica of a deployment needs the master key it was initialised with)",
     )
-    check_key_type(root, cfg.ca_key_type, where)
-    _publish_ca(datadir, root)
-    return Deployment(store, sealer, root, trust_domain, False)
+    check_key_type(key_type_of(pair.key), cfg.ca_key_type, where)
+    return software_root(pair)
 
 
-def _publish_ca(datadir: DataDir, root: KeyPair) -> None:
+def _publish_ca(datadir: DataDir, root: CARoot) -> None:
     """A copy of the (public) CA certificate in the replica's data dir, where operators and tools look."""
     if not datadir.ca_cert.exists() or datadir.ca_cert.read_bytes() != root.cert_pem:
         write_atomic(datadir.ca_cert, root.cert_pem, mode=0o644)

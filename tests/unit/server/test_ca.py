@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms import profile
-from server.ca.authority import CertificateAuthority, create_root
+from server.ca.authority import CertificateAuthority, create_root, software_root
 from server.ca.crl import BACKDATE, crl_this_update
 from server.ca.keytype import CAKeyType
 
@@ -29,7 +29,7 @@ def test_issues_a_checked_agent_certificate_with_each_key_type(
 ) -> None:
     now = datetime.now(UTC)
     ca = CertificateAuthority(
-        create_root(TD, key_type, timedelta(days=30), now), TD, timedelta(hours=1), lambda: now
+        software_root(create_root(TD, key_type, timedelta(days=30), now)), TD, timedelta(hours=1), lambda: now
     )
     assert ca.slow_signing is slow  # a slow signature runs in a thread, a fast one on the loop
     cert = asyncio.run(ca.issue_agent(rsa_key.public_key(), "web-1"))

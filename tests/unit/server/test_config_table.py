@@ -34,6 +34,9 @@ def test_every_setting_has_a_config_show_line() -> None:
         "KMS_DATABASE": "postgresql://kms@db/kms?sslpassword=s3cret",
         "KMS_DATABASE_PASSWORD_FILE": "/p",
         "KMS_MASTER_KEY_FILE": "/k",
+        "KMS_CA_KEY": "pkcs11:token=t;object=ca",
+        "KMS_PKCS11_MODULE": "/m.so",
+        "KMS_PKCS11_PIN_FILE": "/pin",
     }
     shown = ServerConfig.load({}, env=env).to_dict()
     assert set(shown) == {s.name for s in SETTINGS} | {"data_dir"} == set(KNOWN_KEYS)
@@ -62,6 +65,7 @@ SAMPLES = {
     "max_anonymous_connections_per_address": "9", "failure_report_interval": "30s",
     "min_rotation_period": "2h",
     "key_schedule_poll": "2s",
+    "ca_key": "pkcs11:token=t;object=ca", "pkcs11_module": "/usr/lib/m.so", "pkcs11_pin_file": "/pin",
 }  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms.errors import ResourceExhausted
-from server.ca.authority import CertificateAuthority, create_root
+from server.ca.authority import CertificateAuthority, create_root, software_root
 from server.ca.keytype import CAKeyType
 from server.endpoints.authn import Caller
 from server.enrollment.service import EnrollmentService
@@ -66,7 +66,7 @@ def test_one_renewal_per_window_capped_by_the_callers_lifetime(
         store = await SqliteStore.open(tmp_path / "kms.db")
         try:
             root = create_root(TD, CAKeyType.EC_P256, timedelta(days=30), START - timedelta(hours=1))
-            ca = CertificateAuthority(root, TD, cert_ttl, clock)
+            ca = CertificateAuthority(software_root(root), TD, cert_ttl, clock)
             service = EnrollmentService(
                 store,
                 ca,

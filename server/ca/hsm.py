@@ -1,0 +1,211 @@
+"""The CA key in a PKCS#11 token (an HSM): found or generated there, and signing there.
+
+The binding is python-pkcs11. One logged-in session is kept for the server's
+life; PKCS#11 allows one operation at a time per session, so signatures take a
+lock. ECDSA is signed as CKM_ECDSA over a SHA-256/384 digest made here (the
+mechanism every token has; SoftHSM2 2.6 has no CKM_ECDSA_SHA256), RSA as
+CKM_SHA256_RSA_PKCS.
+
+Every failure is one line (HsmError), raised before anything is written to the
+data dir.
+
+CA rotation (issue 19 §1, not built yet) needs nothing more from here: it
+prepares the new key in the same token with ``open_ca_key`` on the same token
+and a new label (``pkcs11:token=T;object=ca-2``, generate=its key type; the
+process is logged in already, so the session is reused without the PIN), and
+keeps each CA generation's URI beside its certificate; each key is its own
+``HsmKey``, so the old and the new CA sign side by side while both are live.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pkcs11
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+from pkcs11.util.rsa import encode_rsa_public_key
+
+from kms.errors import FailedPrecondition
+from server.ca.external import ExternalSigner
+from server.ca.keytype import CAKeyType
+from server.ca.pkcs11uri import Pkcs11Uri, parse_pkcs11_uri
+from server.ca.signer import PublicKey, public_key_type
+
+__all__ = ["HsmError", "HsmKey", "open_ca_key", "open_configured", "read_pin"]
+
+PIN_ENV = "KMS_PKCS11_PIN"
+_CURVES = {CAKeyType.EC_P256: "secp256r1", CAKeyType.EC_P384: "secp384r1"}
+
+
+class HsmError(FailedPrecondition):
+    """The token or its key cannot be used; the message says which and how to fix it."""
+
+
+def read_pin(pin_file: Path | None, env: Mapping[str, str] | None = None) -> str:
+    """The user PIN: --pkcs11-pin-file (0600, one line), else KMS_PKCS11_PIN. Never a flag."""
+    if pin_file is not None:
+        try:
+            mode = stat.S_IMODE(os.stat(pin_file).st_mode)
+            text = pin_file.read_text()
+        except OSError as exc:
+            raise HsmError(f"cannot read --pkcs11-pin-file {pin_file}: {exc.strerror}") from None
+        if mode & 0o077:
+            raise HsmError(
+                f"--pkcs11-pin-file {pin_file} is readable by others (mode {mode:04o}): chmod 600 it"
+            )
+        pin = text.rstrip("\r\n")
+    else:
+        pin = (os.environ if env is None else env).get(PIN_ENV, "")
+    if not pin:
+        raise HsmError(f"the token's PIN is missing: give --pkcs11-pin-file FILE (0600) or {PIN_ENV}")
+    return pin
+
+
+class HsmKey(ExternalSigner):
+    """The CA's private key in a token: it signs there and never leaves it."""
+
+    def __init__(self, uri: Pkcs11Uri, session: Any, private: Any, public: PublicKey) -> None:
+        self.uri = uri
+        self._session = session
+        self._private = private
+        self._lock = threading.Lock()
+        super().__init__(public, self._sign_in_token)
+
+    def __str__(self) -> str:
+        return f"the token key {self.uri}"
+
+    def _sign_in_token(self, data: bytes) -> bytes:
+        if self.key_type in _CURVES:
+            digest = hashes.Hash(hashes.SHA384() if self.key_type is CAKeyType.EC_P384 else hashes.SHA256())
+            digest.update(data)
+            with self._lock:
+                raw = self._private.sign(digest.finalize(), mechanism=Mechanism.ECDSA)
+            half = len(raw) // 2
+            return encode_dss_signature(int.from_bytes(raw[:half]), int.from_bytes(raw[half:]))
+        with self._lock:
+            return bytes(self._private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS))
+
+
+def open_ca_key(uri_text: str, module: Path | None, pin: str, *, generate: CAKeyType | None = None) -> HsmKey:
+    """Logs in to the URI's token and finds its private key (or, with generate, makes it there).
+
+    Raises:
+        HsmError: the module, token, PIN or key cannot be used (one line each).
+    """
+    uri = parse_pkcs11_uri(uri_text)
+    if module is None:
+        raise HsmError("--ca-key pkcs11:... needs --pkcs11-module PATH (the token's PKCS#11 library)")
+    try:
+        lib = pkcs11.lib(str(module))
+    except pkcs11.PKCS11Error as exc:
+        # python-pkcs11 says "OS exception while loading PATH: PATH: why": the why is enough.
+        raise HsmError(
+            f"cannot load the PKCS#11 module {module}: {_reason(exc).rsplit(': ', 1)[-1]}"
+        ) from None
+    session = _login(lib, uri, pin)
+    private = _find(session, uri, ObjectClass.PRIVATE_KEY)
+    if private is None and generate is not None:
+        _generate_key(session, uri, generate)
+        private = _find(session, uri, ObjectClass.PRIVATE_KEY)
+    if private is None:
+        raise HsmError(
+            f"token {uri.token!r} has no private key {_named(uri)}: kms-server init generates it "
+            "(with --ca-key-type), or import one under that label"
+        )
+    public = _public_key(session, uri, private)
+    if public_key_type(public) is None:
+        raise HsmError(f"the key {uri} is not ECDSA P-256/P-384 or RSA-3072/4096")
+    return HsmKey(uri, session, private, public)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _named(uri: Pkcs11Uri) -> str:
+    return repr(uri.object) if uri.object is not None else f"with id {uri.id!r}"
+
+
+def _login(lib: Any, uri: Pkcs11Uri, pin: str) -> Any:
+    query: dict[str, Any] = {"token_label": uri.token}
+    if uri.serial is not None:
+        query["token_serial"] = uri.serial.encode()
+    try:
+        token = lib.get_token(**query)
+    except pkcs11.NoSuchToken:
+        raise HsmError(f"no PKCS#11 token labelled {uri.token!r} in {lib.so}") from None
+    except pkcs11.MultipleTokensReturned:
+        raise HsmError(f"several tokens are labelled {uri.token!r}: add serial=... to --ca-key") from None
+    try:
+        return token.open(user_pin=pin, rw=True)
+    except pkcs11.UserAlreadyLoggedIn:  # PKCS#11 logins are per process: this one is in already
+        return token.open(rw=True)
+    except (pkcs11.PinIncorrect, pkcs11.PinInvalid, pkcs11.PinLenRange):
+        raise HsmError(f"wrong PIN for token {uri.token!r}") from None
+    except pkcs11.PinLocked:
+        raise HsmError(f"the PIN of token {uri.token!r} is locked: reset it with the token's tools") from None
+    except pkcs11.PKCS11Error as exc:
+        raise HsmError(f"cannot log in to token {uri.token!r}: {_reason(exc)}") from None
+
+
+def _find(session: Any, uri: Pkcs11Uri, kind: ObjectClass) -> Any:
+    attrs: dict[Attribute, Any] = {Attribute.CLASS: kind}
+    if uri.object is not None:
+        attrs[Attribute.LABEL] = uri.object
+    if uri.id is not None:
+        attrs[Attribute.ID] = uri.id
+    found = list(session.get_objects(attrs))
+    if len(found) > 1:
+        raise HsmError(f"token {uri.token!r} holds several keys {_named(uri)}: name one with id=...")
+    return found[0] if found else None
+
+
+def _public_key(session: Any, uri: Pkcs11Uri, private: Any) -> PublicKey:
+    """The public half: the token's public key object with the same label and id."""
+    query = Pkcs11Uri(uri.token, private[Attribute.LABEL] or None, private[Attribute.ID] or None)
+    public = _find(session, query if query.object or query.id else uri, ObjectClass.PUBLIC_KEY)
+    if public is None:
+        raise HsmError(f"token {uri.token!r} has the private key {_named(uri)} but not its public key")
+    der = encode_ec_public_key(public) if private.key_type == KeyType.EC else encode_rsa_public_key(public)
+    key = serialization.load_der_public_key(der)
+    if not isinstance(key, PublicKey):
+        raise HsmError(f"the key {uri} is not ECDSA or RSA")
+    return key
+
+
+def _generate_key(session: Any, uri: Pkcs11Uri, key_type: CAKeyType) -> None:
+    """A new, non-extractable key pair in the token, under the URI's label and id."""
+    names: dict[str, Any] = {"store": True, "label": uri.object or "kms-ca", "id": uri.id or b"kms-ca"}
+    private = {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.SIGN: True}
+    try:
+        if key_type in _CURVES:
+            params = session.create_domain_parameters(
+                KeyType.EC,
+                {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVES[key_type])},
+                local=True,
+            )
+            params.generate_keypair(private_template=private, **names)
+        else:
+            bits = 3072 if key_type is CAKeyType.RSA_3072 else 4096
+            session.generate_keypair(KeyType.RSA, bits, private_template=private, **names)
+    except pkcs11.PKCS11Error as exc:
+        raise HsmError(
+            f"cannot generate a {key_type.value} key in token {uri.token!r}: {_reason(exc)}"
+        ) from None
+
+
+def open_configured(
+    ca_key: str | None, module: Path | None, pin_file: Path | None, *, generate: CAKeyType | None
+) -> HsmKey | None:
+    """The token key that --ca-key names (None without it), opened before the data dir is touched."""
+    if ca_key is None:
+        return None
+    return open_ca_key(ca_key, module, read_pin(pin_file), generate=generate)

@@ -1,0 +1,195 @@
+"""Story: the CA key in a PKCS#11 token (SoftHSM2), from kms-server init to CRL and OCSP.
+
+One server per backend, its CA key generated in a throwaway SoftHSM2 token by
+`kms-server init`: an agent enrolls, the CRL and an OCSP answer verify with
+openssl, and the key is nowhere but in the token. Each way the token can fail
+is one line, before anything is written to the data dir.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tests.harness import (
+    ServerProcess,
+    assert_one_line_error,
+    database_for,
+    enroll,
+    exe,
+    openssl_ocsp,
+    run,
+    short_tmpdir,
+    store_bytes,
+)
+from tests.softhsm import SoftHsm
+
+TOKEN, PIN = "kms-ca", "4821-test"
+URI = f"pkcs11:token={TOKEN};object=ca"
+
+
+@pytest.fixture(scope="module")
+def hsm(backend: str) -> Iterator[SoftHsm]:
+    root = short_tmpdir("kmshsm")
+    hsm = SoftHsm(root)
+    try:
+        hsm.init_token(TOKEN, PIN)
+        yield hsm
+    finally:
+        hsm.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _flags(hsm: SoftHsm, uri: str = URI) -> list[str]:
+    pin_file = hsm.root / "pin"
+    if not pin_file.exists():
+        pin_file.write_text(PIN + "\n")
+        pin_file.chmod(0o600)
+    return ["--ca-key", uri, "--pkcs11-module", str(hsm.module), "--pkcs11-pin-file", str(pin_file)]
+
+
+@pytest.fixture(scope="module")
+def served(hsm: SoftHsm) -> Iterator[tuple[ServerProcess, Path]]:
+    root = short_tmpdir("kmshsmd")
+    data, url = root / "d", database_for(root / "d")
+    db = ["--database", url] if url else []
+    made = run([exe("kms-server"), "init", "--data-dir", str(data), *db, *_flags(hsm)])
+    assert made.returncode == 0 and made.stdout.startswith("created "), made.stderr
+    server = ServerProcess(data, extra_args=[*_flags(hsm), "--http-listen", "127.0.0.1:0"], database=url)
+    server.start()
+    try:
+        yield server, root
+    finally:
+        assert server.stop() == 0, server.output()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_agent_enrolls_and_crl_and_ocsp_verify(served: tuple[ServerProcess, Path], tmp_path: Path) -> None:
+    server, root = served
+    for name in ("good", "gone"):
+        result = enroll(server, root / name, server.token(name))
+        assert result.returncode == 0, result.stderr
+    server.admin("revoke", "agent", "--yes", "gone")
+    ca, http = server.data_dir / "ca.crt", server.fields["http-address"]
+    good, revoked = root / "good" / "agent.crt", root / "gone" / "agent.crt"
+    crl_der, crl_pem = tmp_path / "crl.der", tmp_path / "crl.pem"
+    assert run(["curl", "-sf", "-o", str(crl_der), f"http://{http}/crl"]).returncode == 0
+    assert (
+        run(["openssl", "crl", "-inform", "DER", "-in", str(crl_der), "-out", str(crl_pem)]).returncode == 0
+    )
+    bundle = tmp_path / "ca+crl.pem"
+    bundle.write_bytes(ca.read_bytes() + crl_pem.read_bytes())
+    ok = run(["openssl", "verify", "-crl_check", "-CAfile", str(bundle), str(good)])
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
+    bad = run(["openssl", "verify", "-crl_check", "-CAfile", str(bundle), str(revoked)])
+    assert bad.returncode != 0 and "certificate revoked" in bad.stdout + bad.stderr
+    # The CRL assembled around the token's signature is clean under an RFC 5280 linter.
+    lint = run([exe("lint_crl"), "lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING", str(crl_pem)])
+    assert lint.returncode == 0 and lint.stdout.strip() == "", lint.stdout
+    for cert, expected in ((good, ": good"), (revoked, ": revoked")):
+        out = openssl_ocsp(ca, cert, http)
+        assert "Response verify OK" in out.stdout + out.stderr and expected in out.stdout, (
+            out.stdout + out.stderr
+        )
+
+
+def test_the_key_is_in_the_token_only(served: tuple[ServerProcess, Path], hsm: SoftHsm) -> None:
+    server, _ = served
+    assert not (server.data_dir / "ca.key").exists()
+    names = {p.name for p in server.data_dir.iterdir()}
+    assert names <= {"master.key", "ca.crt", "server.crt", "server.key", "kms.db", "kms.db-wal", "kms.db-shm",
+                      "kms.lock", "admin.sock", "audit-keyed-from"}, names  # fmt: skip
+    held = store_bytes(server)
+    assert b"PRIVATE KEY" not in held
+    import pkcs11  # the token's own word: the key was made there and can never be read out
+
+    token = pkcs11.lib(str(hsm.module)).get_token(token_label=TOKEN)
+    with token.open() as session:  # no login: a private object is not even listed
+        assert not list(session.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY}))
+
+
+@pytest.mark.sqlite_only("kms-server backup copies the embedded SQLite store; PostgreSQL uses pg_dump")
+def test_backup_holds_no_ca_key_and_restores(served: tuple[ServerProcess, Path], hsm: SoftHsm) -> None:
+    server, root = served
+    backup = root / "backup.tar"
+    server.admin("backup", str(backup))
+    with tarfile.open(backup) as tar:
+        assert sorted(tar.getnames()) == ["ca.crt", "kms.db", "server.crt", "server.key"]
+    restored = root / "restored"
+    master = server.data_dir / "master.key"
+    result = run(
+        [exe("kms-server"), "restore", str(backup), "--data-dir", str(restored), "--master-key", str(master)]
+    )
+    assert result.returncode == 0, result.stderr
+    assert not (restored / "ca.key").exists()
+    # Without --ca-key, the restored data dir says where its CA key is, and starts nothing.
+    alone = run([exe("kms-server"), "init", "--data-dir", str(restored)])
+    assert_one_line_error(alone, 6, "CA key is in a PKCS#11 token, give --ca-key")
+
+
+@pytest.mark.sqlite_only("the token fails before any store is opened")
+def test_each_failure_is_one_line_and_creates_nothing(
+    served: tuple[ServerProcess, Path], hsm: SoftHsm
+) -> None:
+    """served: its init made the key object=ca in the token, which the cases below get wrong one by one."""
+    fresh = hsm.root / "fresh"
+    module = str(hsm.module)
+    cases = [
+        (["--ca-key", URI, "--pkcs11-module", module], {"KMS_PKCS11_PIN": "0000"}, "wrong PIN for token 'kms-ca'"),
+        (["--ca-key", "pkcs11:token=none;object=ca", "--pkcs11-module", module], {}, "no PKCS#11 token labelled 'none'"),
+        (["--ca-key", f"pkcs11:token={TOKEN};object=none", "--pkcs11-module", module], {}, "has no private key 'none'"),
+        (["--ca-key", URI, "--pkcs11-module", "/etc/hostname"], {}, "cannot load the PKCS#11 module /etc/hostname"),
+    ]  # fmt: skip
+    for flags, env, says in cases:
+        result = run(
+            [exe("kms-server"), "run", "--data-dir", str(fresh), "--listen", "127.0.0.1:0", *flags],
+            env={"KMS_PKCS11_PIN": PIN, **env},
+        )
+        assert_one_line_error(result, 6, says)
+        assert not fresh.exists(), says
+    # A CA key in software stays there: --ca-key cannot move it into a token.
+    software = hsm.root / "software"
+    assert run([exe("kms-server"), "init", "--data-dir", str(software)]).returncode == 0
+    moved = run(
+        [exe("kms-server"), "run", "--data-dir", str(software), "--listen", "127.0.0.1:0", *_flags(hsm)]
+    )
+    assert_one_line_error(moved, 6, "is ca.key, in software: --ca-key cannot move it")
+
+
+@pytest.mark.sqlite_only("no store here")
+def test_every_key_type_signs_in_the_token(hsm: SoftHsm) -> None:
+    """In this process: init's generation of each key type, and certificates and CRLs signed with it."""
+    from server.ca.authority import CertificateAuthority, create_external_root
+    from server.ca.hsm import open_ca_key
+    from server.ca.keytype import CAKeyType
+
+    now = datetime.now(UTC)
+    for key_type in CAKeyType:
+        uri = f"pkcs11:token={TOKEN};object=types-{key_type.value}"
+        key = open_ca_key(uri, hsm.module, PIN, generate=key_type)
+        again = open_ca_key(uri, hsm.module, PIN, generate=key_type)  # one already there is used
+        assert key.key_type is key_type and again.public_key() == key.public_key()
+        root = create_external_root(key, "hsm.test", timedelta(days=1), now)
+        public = root.cert.public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+        ca = CertificateAuthority(root, "hsm.test", timedelta(hours=1), lambda: now)
+        pair = ca.issue_server(("localhost",), timedelta(hours=1))
+        pair.cert.verify_directly_issued_by(root.cert)
+        crl = ca.sign_crl([(5, now, x509.ReasonFlags.key_compromise)], 1, now, now + timedelta(hours=1))
+        assert crl.is_signature_valid(public)
+
+
+@pytest.mark.postgresql_only("a replica of a deployment whose CA key is in a token")
+def test_a_replica_without_ca_key_says_where_the_key_is(served: tuple[ServerProcess, Path]) -> None:
+    server, root = served
+    assert server.database is not None
+    replica = [exe("kms-server"), "init", "--data-dir", str(root / "replica"), "--database", server.database]
+    result = run([*replica, "--master-key-file", str(server.data_dir / "master.key")])
+    assert_one_line_error(result, 6, "this deployment's CA key is in a PKCS#11 token: give --ca-key")
