@@ -17,7 +17,7 @@ from typing import TypeVar
 from grpc_health.v1 import health_pb2
 
 from kms.profile import StatusUrls
-from server.api.health import Health
+from server.api.health import HealthBoard
 from server.audit.trail import AuditBatcher, AuditTrail
 from server.ca.authority import CertificateAuthority
 from server.ca.crl import CrlPublisher
@@ -71,7 +71,7 @@ class Services:
     revocations: RevocationService
     enrollment: EnrollmentService
     agents: AgentDirectory
-    health: Health
+    health: HealthBoard
     follower: EventFollower
     authenticator: PeerAuthenticator
     watch: WatchService
@@ -106,7 +106,7 @@ async def open_services(
     crl = CrlPublisher(ca, store, clock)
     revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
     await revocations.load()
-    health = Health()
+    health = HealthBoard()
     follower = EventFollower(store, feed, revocations.apply_remote, StoreHealth(health))
     audit = AuditBatcher(store)
     reason = revocations.revocation_reason
@@ -237,7 +237,7 @@ class StoreHealth:
     The event follower calls it with each change of the store's reachability.
     """
 
-    health: Health
+    health: HealthBoard
     _up: bool = True
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 

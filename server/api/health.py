@@ -5,9 +5,10 @@ fell through to the generated base class and raised NotImplementedError, so ever
 traceback and answered INTERNAL, on the anonymous enrollment port too. List answers what Check
 would for every service whose status was set.
 
-Which services it reports is not a list kept by hand: each port tells it the services it
-registered (track, from server/endpoints/registrar.py), and set_all sets them with the
-server as a whole ("").
+Which services it reports is not a list kept by hand: each port has its own Health, told the
+services that port registered (track, from server/endpoints/registrar.py), so the enrollment
+port does not report the agent services it does not serve. HealthBoard sets every port's
+Health at once, each with the server as a whole ("").
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-__all__ = ["Health"]
+__all__ = ["Health", "HealthBoard"]
 
 
 class Health(HealthServicer):  # type: ignore[misc]  # the library ships no types
@@ -44,3 +45,23 @@ class Health(HealthServicer):  # type: ignore[misc]  # the library ships no type
             for service, status in self._server_status.items()
         }
         return health_pb2.HealthListResponse(statuses=statuses)
+
+
+class HealthBoard:
+    """Every port's Health, set together (start, store outages, graceful shutdown)."""
+
+    def __init__(self) -> None:
+        self._ports: list[Health] = []
+
+    def for_port(self) -> Health:
+        health = Health()
+        self._ports.append(health)
+        return health
+
+    async def set_all(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for health in self._ports:
+            await health.set_all(status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        for health in self._ports:
+            await health.enter_graceful_shutdown()

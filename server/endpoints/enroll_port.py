@@ -18,7 +18,7 @@ import grpc
 
 from kms.errors import FailedPrecondition
 from kms.v1 import enrollment_pb2_grpc, revocation_pb2_grpc
-from server.api.health import Health
+from server.api.health import HealthBoard
 from server.config import ServerConfig
 from server.endpoints.auth import AuthInterceptor, Limits, Listener
 from server.endpoints.failures import FailureReport
@@ -69,7 +69,7 @@ async def open_enrollment_port(
     *,
     enrollment: enrollment_pb2_grpc.EnrollmentServicer,
     revocation: revocation_pb2_grpc.RevocationServicer,
-    health: Health,
+    health: HealthBoard,
     metrics: Metrics,
     limits: Limits,
     failures: FailureReport,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.api.health import Health
+from server.api.health import HealthBoard
 from server.api.reflection import add_reflection
 
 __all__ = ["HEALTH", "Registrar", "add_standard_services"]
@@ -48,9 +48,10 @@ class Registrar:
             self.services.append(service)
 
 
-def add_standard_services(registrar: Registrar, health: Health) -> None:
-    """Health, reporting every service registered so far, and reflection v1 and v1alpha listing them all."""
-    served = list(registrar.services)
-    health.track(served)
+def add_standard_services(registrar: Registrar, board: HealthBoard) -> None:
+    """This port's own Health and reflection v1 and v1alpha: both report every service the port
+    serves, themselves included (and nothing another port serves)."""
+    health = board.for_port()
     health_pb2_grpc.add_HealthServicer_to_server(health, registrar)
-    add_reflection(registrar, [*served, HEALTH])
+    add_reflection(registrar, [*registrar.services])
+    health.track(registrar.services)
