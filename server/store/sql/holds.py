@@ -8,6 +8,7 @@ the certificate rows, then their advisory locks (tx.lock_certificates).
 
 from __future__ import annotations
 
+from kms.errors import FailedPrecondition
 from kms.revocation import HOLD, RELEASE
 from server.store import rules
 from server.store.dialect import Tx
@@ -46,6 +47,7 @@ async def release_agent(tx: Tx, name: str, now: int) -> RevocationEvent:
     )
     last = None if row is None else event_record(row)
     if last is None or last.reason != HOLD:
+        await _held_on_their_own(tx, name)
         raise rules.not_held(f"agent {name!r}", None if last is None else last.reason)
     held = []
     for serial in last.serials():
@@ -60,3 +62,22 @@ async def release_agent(tx: Tx, name: str, now: int) -> RevocationEvent:
     for serial in held:
         await tx.execute(_RELEASE, serial)
     return await append_event(tx, "release", RELEASE, now, serial=",".join(held), agent=name)
+
+
+async def _held_on_their_own(tx: Tx, name: str) -> None:
+    """No hold of the agent, but of some of its certificates: say which, and how to release them."""
+    rows = await tx.fetch(
+        "SELECT serial FROM certificates WHERE agent_name=? AND revocation_reason=? ORDER BY serial",
+        name,
+        HOLD,
+    )
+    if rows:
+        which = (
+            f"certificate {rows[0][0]} is"
+            if len(rows) == 1
+            else f"certificates {', '.join(r[0] for r in rows)} are"
+        )
+        raise FailedPrecondition(
+            f"agent {name!r} is not held as a whole, but its {which} held on their own:"
+            f" release each with kms-server release cert SERIAL"
+        )

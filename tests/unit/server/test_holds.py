@@ -173,6 +173,11 @@ def test_service_holds_closes_streams_and_releases_on_this_replica_and_others(tm
             # Holding the agent, whose only certificate is held already: that hold is the answer.
             again = await here.revoke_agent("web-1", HOLD)
             assert again.already_revoked and again.event.seq == held.event.seq
+            with pytest.raises(
+                FailedPrecondition,
+                match="certificate aa is held on their own: release each with kms-server release cert",
+            ):  # the hold is the certificate's
+                await here.release_agent("web-1")
             await asyncio.sleep(0.5)  # the close grace
             assert stream.task.cancelled() and type(stream.error()) is Held
             there.apply_remote(held.event)
