@@ -175,7 +175,7 @@ def test_service_holds_closes_streams_and_releases_on_this_replica_and_others(tm
             assert again.already_revoked and again.event.seq == held.event.seq
             with pytest.raises(
                 FailedPrecondition,
-                match="certificate aa is held on their own: release each with kms-server release cert",
+                match="certificate aa is held on its own: release each with kms-server release cert",
             ):  # the hold is the certificate's
                 await here.release_agent("web-1")
             await asyncio.sleep(0.5)  # the close grace
