@@ -73,11 +73,11 @@ async def _held_on_their_own(tx: Tx, name: str) -> None:
     )
     if rows:
         which = (
-            f"certificate {rows[0][0]} is"
+            f"certificate {rows[0][0]} is held on its own"
             if len(rows) == 1
-            else f"certificates {', '.join(r[0] for r in rows)} are"
+            else f"certificates {', '.join(r[0] for r in rows)} are held on their own"
         )
         raise FailedPrecondition(
-            f"agent {name!r} is not held as a whole, but its {which} held on their own:"
-            f" release each with kms-server release cert SERIAL"
+            f"agent {name!r} is not held as a whole, but its {which}:"
+            " release each with kms-server release cert SERIAL"
         )
