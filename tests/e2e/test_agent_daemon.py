@@ -17,7 +17,13 @@ from tests.harness import ServerProcess, agent, enroll, exe
 LIFETIME = 60  # seconds: "about a minute", as operators would test it
 
 # Three minutes of mostly waiting: started first, so they overlap the rest of the suite.
-pytestmark = pytest.mark.long_running
+pytestmark = [
+    pytest.mark.long_running,
+    pytest.mark.sqlite_only(
+        "kms-agent run's own behaviour over three lifetimes; renewal on PostgreSQL is"
+        " test_renewal_config's, and the store's renewal rules run on both in the unit tests"
+    ),
+]
 
 
 @pytest.mark.timeout(6 * LIFETIME)

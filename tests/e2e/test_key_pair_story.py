@@ -12,8 +12,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.rig import Rig
 from tests.harness import ServerProcess, agent, assert_one_line_error, exe
+
+pytestmark = pytest.mark.sqlite_only(
+    "signing, publishing and refusals are the agent's and the server's; the store's key-pair"
+    " records run on both backends in tests/unit/server/test_key_pairs.py"
+)
 
 RIG = Rig(
     "kmspair",
