@@ -143,8 +143,14 @@ def _rich_view(view: View, now: int) -> RenderableType:
 
     if isinstance(view, Table):
         table = RichTable(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False)
-        for header in view.headers:
-            table.add_column(header)
+        for i, header in enumerate(view.headers):
+            # Names and serials are copied into the next command: never cut short with an
+            # ellipsis (columns of words wrap instead, and a word too long for its column folds).
+            widest = max(
+                (len(c) for c in (row[i] for row in view.rows) if isinstance(c, str) and " " not in c),
+                default=0,
+            )
+            table.add_column(header, overflow="fold", min_width=min(widest, 40) or None)
         for row in view.rows:
             table.add_row(*(_text(cell, now) for cell in row))
         return table
@@ -164,7 +170,7 @@ def terminal(views: Sequence[View], *, now: int, color: bool, width: int) -> str
     out = io.StringIO()
     console = Console(
         file=out,
-        width=width,
+        width=10_000,  # each view gets its own width below
         force_terminal=True,
         color_system="standard" if color else None,
         no_color=not color,

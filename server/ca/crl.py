@@ -47,6 +47,7 @@ class CrlPublisher:
         self._validity = validity
         self._der: bytes | None = None
         self._next_update: datetime | None = None
+        self._this_update: datetime | None = None  # of the last CRL issued here
         self._lock = asyncio.Lock()
         self._stale = True
 
@@ -77,6 +78,12 @@ class CrlPublisher:
             for r in records
         ]
         this_update = crl_this_update(now, [when for _, when, _ in revoked])
+        # Never before the CRL this server issued last: a client that keeps the newest CRL by
+        # thisUpdate must not keep an older one (a release within BACKDATE of a revocation would
+        # otherwise date the newer CRL first).
+        if self._this_update is not None:
+            this_update = max(this_update, self._this_update)
+        self._this_update = this_update
         self._next_update = min(this_update + self._validity, self._ca.certificate.not_valid_after_utc)
         crl = self._ca.sign_crl(revoked, number, this_update, self._next_update)
         logger.info("CRL issued", extra={"crl_number": number, "entries": len(revoked)})

@@ -41,6 +41,16 @@ def test_without_color_a_terminal_gets_no_escape_codes() -> None:
     assert "in 3 d" in text and "held" in text
 
 
+def test_a_narrow_terminal_never_cuts_a_serial_or_a_name_short() -> None:
+    serial = "4f3a9c2e1b7d6a5f8e9c0b1a2d3e4f5a6b7c8d9e"  # 40 hex digits, as issued
+    table = Table(
+        ["NAME", "GROUPS", "SERIAL", "NOT AFTER", "STATUS"],
+        [["payments-worker-17", "web,batch,billing", serial, When(NOW + 86_400), State("valid")]],
+    )
+    text = terminal([table], now=NOW, color=False, width=80)
+    assert serial in text and "payments-worker-17" in text and "…" not in text, text
+
+
 def test_cell_text_is_never_markup() -> None:
     text = terminal([Table(["NAME"], [["[bold]x[/bold]"]])], now=NOW, color=True, width=60)
     assert "[bold]x[/bold]" in text
