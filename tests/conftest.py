@@ -6,6 +6,16 @@ spread over xdist workers (one group per module and backend, long-running ones f
 
 from __future__ import annotations
 
+import os
+
+# Before anything imports grpc: tests that hold a gRPC channel in this process (the admin
+# socket's stub, commands run in-process) also fork children in a pty (pexpect's pty.fork,
+# which runs fork handlers, unlike subprocess). gRPC's fork support then restarted its poller
+# in the child, which closed every inherited descriptor before exec: "Epoll1Poller encountered
+# epoll_wait error: Bad file descriptor" and SIGABRT, in about 1 spawn of 10. The child only
+# execs, so it needs no fork support.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 import re
 import shutil
 import uuid

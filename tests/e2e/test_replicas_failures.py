@@ -234,8 +234,10 @@ def test_a_replica_stops_when_the_shared_event_log_is_rewritten() -> None:
         restore_point = log_seqs(a)[0]
         execute_sql(a, "DELETE FROM events WHERE seq > ?", restore_point)
         execute_sql(a, "UPDATE counters SET value = ? WHERE name = 'events'", restore_point)
-        b.admin("key", "create", "r4")
-        b.admin("revoke", "key", "--yes", "r4", "--version", "1")  # takes the lost number, and wakes A
+        # A new revocation takes the lost number, and wakes A. B heard A's events too, so its own
+        # poll may find the log rewritten first and stop B before that: A stops either way.
+        if b.admin("key", "create", "r4", check=False).returncode == 0:
+            b.admin("revoke", "key", "--yes", "r4", "--version", "1", check=False)
         assert a.proc is not None
         assert a.proc.wait(30) == 1, a.output()
         assert "no longer holds event" in a.output() and "start every replica again" in a.output()
