@@ -6,7 +6,9 @@ At most one is prepared and one active (unique partial indexes; the rotation tha
 prepares locks the active row, so replicas take turns). The deployment's first CA
 becomes generation 1, active, on the first start that sees this table empty
 (Store.adopt_ca): its key stays where it always was (ca.key in the data dir, the
-meta row ca_key, or a token), so both sealed_key and key_uri are NULL for it.
+meta row ca_key, or a token), so its sealed_key is NULL (and key_uri the token's
+URI when the key is in one). A later generation's key is sealed_key (sealed under
+the master key, slot ca.key), or key_uri for a key in a token.
 A certificate records the generation that signed it (all of them 1 until a later
 generation is activated). The event log gains kind 'bundle': the trust bundle
 changed; its serial is the new CA certificate's serial (hex).
