@@ -6,7 +6,9 @@ bundle carries both CAs and verifies from the old one."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -18,6 +20,7 @@ from server.ca.keytype import CAKeyType
 from server.ca.rotation import CARotation
 from server.deployment.sealing import Sealer
 from server.store import RevocationEvent, Store
+from server.store.migrations import SQLITE_MIGRATIONS
 from tests.unit.server.conftest import open_store_at
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -76,6 +79,50 @@ def test_adopt_prepare_refuse_and_bundle(store_at: tuple[str, str]) -> None:
         finally:
             if other is not store:
                 await other.close()
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_an_upgraded_store_adopts_its_ca_with_the_certificates_it_signed(tmp_path: Path) -> None:
+    """Step 12 on a store at step 11: events keep their seqs, the CA becomes generation 1 at the
+    next start, and it is counted as the signer of the valid certificates issued before."""
+    conn = sqlite3.connect(tmp_path / "kms.db", isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER)")
+    for version, step in enumerate(SQLITE_MIGRATIONS[:11], start=1):
+        for statement in step:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version VALUES (?, 0)", (version,))
+    conn.execute("INSERT INTO agents(name, created_at, updated_at) VALUES ('web-1', 0, 0)")
+    late = int((NOW + timedelta(days=1)).timestamp())
+    for serial, not_after in (("a1", late), ("b2", late), ("c3", 1)):  # c3 has expired
+        conn.execute(
+            "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, groups_json)"
+            " VALUES (?, 'web-1', 0, ?, x'00', 0, '[]')",
+            (serial, not_after),
+        )
+    conn.execute(
+        "INSERT INTO events(kind, serial, agent_name, reason, at) VALUES ('cert', 'b2', 'web-1', 'unspecified', 1)"
+    )
+    conn.execute(
+        "UPDATE certificates SET revoked_at = 1, revocation_reason = 'unspecified' WHERE serial = 'b2'"
+    )
+    conn.close()
+    ca = CertificateAuthority(
+        software_root(create_root("t", None, TTL, NOW)), "t", timedelta(hours=1), lambda: NOW
+    )
+
+    async def body() -> None:
+        store = await open_store_at("sqlite", str(tmp_path))
+        try:
+            assert await store.schema_version() == len(SQLITE_MIGRATIONS) == 12
+            rotation = _rotation(store, ca, [])
+            await rotation.adopt()
+            (first,) = await rotation.generations()
+            assert (first.generation, first.state, first.valid_certificates) == (1, "active", 1)
+            await rotation.rotate(None)
+            assert [(e.seq, e.kind) for e in await store.events_after(0, 10)] == [(1, "cert"), (2, "bundle")]
+        finally:
             await store.close()
 
     asyncio.run(body())
