@@ -169,6 +169,15 @@ class KmsClient:
         )
         return resp.ca_bundle_pem
 
+    def get_trust_bundle(self) -> str:
+        """The trust bundle (the active CA, each prepared CA and its cross-certificate), unchecked;
+        the active CA alone from a server that predates it."""
+        resp = cast(
+            enrollment_pb2.GetCABundleResponse,
+            self._call(lambda e: e.enrollment.GetCABundle, enrollment_pb2.GetCABundleRequest()),
+        )
+        return resp.trust_bundle_pem or resp.ca_bundle_pem
+
     def enroll(self, join_token: str, csr_der: bytes) -> enrollment_pb2.EnrollResponse:
         request = enrollment_pb2.EnrollRequest(join_token=join_token, csr_der=csr_der)
         return cast(enrollment_pb2.EnrollResponse, self._call(lambda e: e.enrollment.Enroll, request))

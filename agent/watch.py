@@ -23,10 +23,12 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from types import FrameType
 
 import grpc
 
+from agent.bundle import refresh_bundle
 from agent.client import Endpoint, KmsClient
 from agent.servers import Servers
 from agent.state import AgentIdentity, KeyFile, StateDir
@@ -169,6 +171,13 @@ class Watcher:
             self._state.save_last_seq(seq)
             self._position = seq
 
+    def _refresh_bundle(self) -> None:
+        """The new trust bundle, verified and stored (agent/bundle.py). A server that cannot be
+        reached raises: the stream reconnects and the event comes again."""
+        with self._connect() as client:
+            pem = client.get_trust_bundle()
+        refresh_bundle(self._state, pem, _now())
+
     def _handle(self, event: revocation_pb2.RevocationEvent) -> None:
         fields = event_fields(event)
         stale: list[KeyFile] = []
@@ -191,6 +200,8 @@ class Watcher:
             # Not a compromise: the material did not leak, the administrator stopped its
             # release. Key files stay, and data encrypted under them stays readable.
             logger.info("key %s disabled (%s): its key files are kept", event.key_name, event.reason)
+        elif event.kind == "bundle":
+            self._refresh_bundle()
         elif event.kind == "expire":
             # Expired keys still decrypt (KMIP Deactivated): key files stay, only new
             # encryption under the key is refused by the server.
@@ -214,6 +225,10 @@ class Watcher:
         if mine:
             self._state.save_revoked(serial, event.reason)  # kms-agent sign refuses, even offline
             raise Revoked(_revoked_line(event, self._identity.settings.name, serial))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _revoked_line(event: revocation_pb2.RevocationEvent, name: str, serial: str) -> str:

@@ -10,8 +10,9 @@ from kms.v1 import revocation_pb2
 __all__ = ["NOT_REVOCATIONS", "describe", "event_fields", "state_text", "subject"]
 
 # Kinds of event that share the log and the feed but revoke nothing: news for the agents
-# granted a key (its new current version; its release stopped or resumed; it expired).
-NOT_REVOCATIONS = frozenset({"rotate", "disable", "enable", "expire"})
+# granted a key (its new current version; its release stopped or resumed; it expired), and
+# for every agent, the CA trust bundle changed ("bundle": fetch it with GetCABundle).
+NOT_REVOCATIONS = frozenset({"rotate", "disable", "enable", "expire", "bundle"})
 
 
 def event_fields(event: revocation_pb2.RevocationEvent) -> dict[str, str | int]:
@@ -50,6 +51,8 @@ def subject(event: revocation_pb2.RevocationEvent) -> str:
         return (
             f"key {event.key_name} expired (every version decrypts only; current version {event.key_version})"
         )
+    if event.kind == "bundle":
+        return f"CA trust bundle changed (new CA certificate {event.serial or '?'})"
     if event.kind == "release":
         return f"hold of {event.agent_name or '?'} released (certificates {event.serial or 'none'})"
     verb = "held" if event.reason == HOLD else "revoked"
@@ -64,7 +67,7 @@ def state_text(event: revocation_pb2.RevocationEvent) -> str:
 
 
 def describe(event: revocation_pb2.RevocationEvent) -> str:
-    if event.kind == "enable":
+    if event.kind in ("enable", "bundle"):  # no reason to give
         return f"#{event.seq} {iso(event.at)} {subject(event)}"
     line = f"#{event.seq} {iso(event.at)} {subject(event)}: {event.reason}"
     if event.state:

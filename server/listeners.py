@@ -132,7 +132,9 @@ def _api_server(
         options=_tls_options(cfg),
     )
     served = Registrar(api)  # what it registers, for health and reflection
-    enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(s.ca, s.enrollment), served)
+    enrollment_pb2_grpc.add_EnrollmentServicer_to_server(
+        EnrollmentServicer(s.ca, s.enrollment, s.ca_rotation.bundle_pem), served
+    )
     identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(s.ca, s.enrollment), served)
     keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(s.keys), served)
     revocation_pb2_grpc.add_RevocationServicer_to_server(revocation, served)
@@ -151,7 +153,7 @@ async def _enrollment_server(
         cfg,
         _tls_options(cfg),
         s.tls.credentials(require_client_auth=False),
-        enrollment=EnrollmentServicer(s.ca, s.enrollment),
+        enrollment=EnrollmentServicer(s.ca, s.enrollment, s.ca_rotation.bundle_pem),
         revocation=revocation,
         health=s.health,
         metrics=s.metrics,
@@ -165,7 +167,8 @@ def _admin_server(cfg: ServerConfig, datadir: DataDir, services: Services, backu
     s = services
     admin = grpc.aio.server(interceptors=[AuthInterceptor(Listener.ADMIN)], options=_options(cfg))
     admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(s.ca, s.enrollment, s.agents, s.keys, s.revocations, s.trail, backup), admin
+        AdminServicer(s.ca, s.enrollment, s.agents, s.keys, s.revocations, s.trail, backup, s.ca_rotation),
+        admin,
     )
     monitor_pb2_grpc.add_MonitorServicer_to_server(MonitorServicer(s.observer), admin)
     datadir.admin_socket.unlink(missing_ok=True)  # stale: we hold the data dir lock

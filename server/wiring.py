@@ -21,6 +21,7 @@ from server.api.health import HealthBoard
 from server.audit.trail import AuditBatcher, AuditTrail
 from server.ca.authority import CertificateAuthority
 from server.ca.crl import CrlPublisher
+from server.ca.rotation import CARotation
 from server.ca.tls import ServerTls
 from server.clock import Clock, now_seconds
 from server.config import ServerConfig
@@ -85,6 +86,8 @@ class Services:
     scheduler: KeyScheduler
     # What `kms-server top` shows (the Monitor service, on the admin socket).
     observer: Observer
+    # The CA's generations: preparing the next, the trust bundle (issue 19).
+    ca_rotation: CARotation
 
 
 async def open_services(
@@ -96,8 +99,7 @@ async def open_services(
     tls = ServerTls(datadir, deployment.sealer, ca, cfg.sans, cfg.server_cert_ttl, cfg.renew_fraction, clock)
     # The expiry gauges, kept as certificates are issued and revoked (a scrape reads no agents).
     expiring = ExpiringCertificates(store, clock)
-    metrics = Metrics()
-    journal = Journal()
+    metrics, journal = Metrics(), Journal()
     on_publish = _each(expiring.published, journal.published)
     feed = RevocationFeed(await store.last_seq(), metrics, on_publish=on_publish)
     schedule_changed = asyncio.Event()
@@ -146,7 +148,19 @@ async def open_services(
         observer=Observer(
             store, roster, journal, keys, guard, Rates(metrics), clock, authenticator.last_seen
         ),
+        ca_rotation=await _ca_rotation(cfg, deployment, ca, clock, feed),
     )
+
+
+async def _ca_rotation(
+    cfg: ServerConfig, deployment: Deployment, ca: CertificateAuthority, clock: Clock, feed: RevocationFeed
+) -> CARotation:
+    """The CA's generations, the deployment's CA adopted as the first (once)."""
+    rotation = CARotation(
+        deployment.store, ca, deployment.sealer, clock, cfg.ca_ttl, cfg.ca_key, feed.publish
+    )
+    await rotation.adopt()
+    return rotation
 
 
 def _each(*calls: Callable[[T], None]) -> Callable[[T], None]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+from datetime import UTC, datetime
 
+from agent.bundle import stored_bundle
 from agent.commands import add_renewal_options
 from agent.commands.guided import ask_missing
 from agent.context import connect, iso, state_dir
 from agent.enroll import enroll
 from agent.renew import renew
 from agent.servers import default_enroll_addresses, parse_addresses
+from kms.cabundle import TrustedCA
 from kms.cli import ArgumentParser, Subcommands, add_listing_options, print_json, print_views
 from kms.errors import AlreadyExists, InvalidArgument
 from kms.output import Cell, Record, State, When
@@ -81,6 +84,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         seen = client.whoami().agent
         answered = client.servers.current  # the address that answered
     servers = identity.settings.servers
+    bundle = stored_bundle(state_dir(args), datetime.now(UTC)) or []
     not_after = iso(seen.not_after)
     if args.json:
         print_json(
@@ -94,6 +98,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "servers": list(servers),
                 "enroll_servers": list(identity.settings.enroll_servers),
                 "status": seen.status,
+                "trust_bundle": [t.fingerprint for t in bundle],
             }
         )
     else:
@@ -105,10 +110,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             "expires": not_after,
             "server": f"{answered} (verified over mTLS)",
             "servers": ", ".join(servers),
+            **({"trust": bundle_text(bundle)} if bundle else {}),
         }
         cells: dict[str, Cell] = {**shown, "expires": When(seen.not_after), "status": State(seen.status)}
         print_views(Record(None, list(cells.items()), [f"{k + ':':<10} {v}" for k, v in shown.items()]))
     return 0
+
+
+def bundle_text(bundle: list[TrustedCA]) -> str:
+    """The stored trust bundle in words: each CA, pinned or cross-certified by which."""
+    return "; ".join(
+        f"{t.fingerprint} ({'pinned' if t.vouched_by is None else 'cross-certified by ' + t.vouched_by})"
+        for t in bundle
+    )
 
 
 def cmd_renew(args: argparse.Namespace) -> int:

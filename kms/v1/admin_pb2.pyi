@@ -317,3 +317,47 @@ class GetKeyRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RotateCARequest(_message.Message):
+    __slots__ = ("key_type",)
+    KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    key_type: str
+    def __init__(self, key_type: _Optional[str] = ...) -> None: ...
+
+class CAGeneration(_message.Message):
+    __slots__ = ("generation", "state", "key_type", "fingerprint", "not_before", "not_after", "valid_certificates", "created_at", "activated_at", "retired_at", "certificate_pem", "cross_certificate_pem")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    VALID_CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_AT_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CROSS_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    state: str
+    key_type: str
+    fingerprint: str
+    not_before: int
+    not_after: int
+    valid_certificates: int
+    created_at: int
+    activated_at: int
+    retired_at: int
+    certificate_pem: str
+    cross_certificate_pem: str
+    def __init__(self, generation: _Optional[int] = ..., state: _Optional[str] = ..., key_type: _Optional[str] = ..., fingerprint: _Optional[str] = ..., not_before: _Optional[int] = ..., not_after: _Optional[int] = ..., valid_certificates: _Optional[int] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., retired_at: _Optional[int] = ..., certificate_pem: _Optional[str] = ..., cross_certificate_pem: _Optional[str] = ...) -> None: ...
+
+class ListCAsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListCAsResponse(_message.Message):
+    __slots__ = ("cas",)
+    CAS_FIELD_NUMBER: _ClassVar[int]
+    cas: _containers.RepeatedCompositeFieldContainer[CAGeneration]
+    def __init__(self, cas: _Optional[_Iterable[_Union[CAGeneration, _Mapping]]] = ...) -> None: ...

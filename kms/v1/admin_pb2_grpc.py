@@ -144,6 +144,16 @@ class AdminStub:
                 request_serializer=kms_dot_v1_dot_admin__pb2.GetKeyRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
                 _registered_method=True)
+        self.RotateCA = channel.unary_unary(
+                '/kms.v1.Admin/RotateCA',
+                request_serializer=kms_dot_v1_dot_admin__pb2.RotateCARequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.CAGeneration.FromString,
+                _registered_method=True)
+        self.ListCAs = channel.unary_unary(
+                '/kms.v1.Admin/ListCAs',
+                request_serializer=kms_dot_v1_dot_admin__pb2.ListCAsRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.ListCAsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -298,6 +308,22 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateCA(self, request, context):
+        """CA rotation (issue 19 §1): prepares the next CA generation, cross-certified
+        by the active one, and publishes it in the trust bundle (a 'bundle' event).
+        One is prepared at a time: another is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCAs(self, request, context):
+        """Every CA generation, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -410,6 +436,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetKey,
                     request_deserializer=kms_dot_v1_dot_admin__pb2.GetKeyRequest.FromString,
                     response_serializer=kms_dot_v1_dot_admin__pb2.KeyInfo.SerializeToString,
+            ),
+            'RotateCA': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateCA,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.RotateCARequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.CAGeneration.SerializeToString,
+            ),
+            'ListCAs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCAs,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.ListCAsRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.ListCAsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1006,6 +1042,60 @@ class Admin:
             '/kms.v1.Admin/GetKey',
             kms_dot_v1_dot_admin__pb2.GetKeyRequest.SerializeToString,
             kms_dot_v1_dot_admin__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateCA(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/RotateCA',
+            kms_dot_v1_dot_admin__pb2.RotateCARequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.CAGeneration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCAs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/ListCAs',
+            kms_dot_v1_dot_admin__pb2.ListCAsRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.ListCAsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,13 @@ class AdminStub:
     """
     GetKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetKeyRequest, _admin_pb2.KeyInfo]
     """One key, as ListKeys describes it."""
+    RotateCA: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateCARequest, _admin_pb2.CAGeneration]
+    """CA rotation (issue 19 §1): prepares the next CA generation, cross-certified
+    by the active one, and publishes it in the trust bundle (a 'bundle' event).
+    One is prepared at a time: another is FAILED_PRECONDITION.
+    """
+    ListCAs: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListCAsRequest, _admin_pb2.ListCAsResponse]
+    """Every CA generation, oldest first."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -123,6 +130,13 @@ class AdminAsyncStub(AdminStub):
     """
     GetKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetKeyRequest, _admin_pb2.KeyInfo]  # type: ignore[assignment]
     """One key, as ListKeys describes it."""
+    RotateCA: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateCARequest, _admin_pb2.CAGeneration]  # type: ignore[assignment]
+    """CA rotation (issue 19 §1): prepares the next CA generation, cross-certified
+    by the active one, and publishes it in the trust bundle (a 'bundle' event).
+    One is prepared at a time: another is FAILED_PRECONDITION.
+    """
+    ListCAs: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListCAsRequest, _admin_pb2.ListCAsResponse]  # type: ignore[assignment]
+    """Every CA generation, oldest first."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -300,5 +314,24 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.KeyInfo, _abc.Awaitable[_admin_pb2.KeyInfo]]:
         """One key, as ListKeys describes it."""
+
+    @_abc_1.abstractmethod
+    def RotateCA(
+        self,
+        request: _admin_pb2.RotateCARequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CAGeneration, _abc.Awaitable[_admin_pb2.CAGeneration]]:
+        """CA rotation (issue 19 §1): prepares the next CA generation, cross-certified
+        by the active one, and publishes it in the trust bundle (a 'bundle' event).
+        One is prepared at a time: another is FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCAs(
+        self,
+        request: _admin_pb2.ListCAsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListCAsResponse, _abc.Awaitable[_admin_pb2.ListCAsResponse]]:
+        """Every CA generation, oldest first."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import grpc
 
+from kms.errors import FailedPrecondition
 from kms.v1 import admin_pb2, admin_pb2_grpc
+from server.api.ca_convert import ca_generation, parse_ca_key_type
 from server.api.convert import agent_info, entry_message, key_info, revoke_response
 from server.audit.trail import AuditTrail
 from server.ca.authority import CertificateAuthority
+from server.ca.rotation import CARotation
 from server.enrollment.agents import AgentDirectory
 from server.enrollment.service import EnrollmentService
 from server.keys import KeyService
@@ -29,7 +32,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         revocations: RevocationService,
         audit: AuditTrail,
         backup: Callable[[Path], Awaitable[int]],
+        ca_rotation: CARotation | None = None,
     ) -> None:
+        self._ca_rotation = ca_rotation
         self._audit = audit
         self._backup = backup
         self._ca = ca
@@ -191,3 +196,19 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ListAgentsResponse:
         views = await self._agents.list()
         return admin_pb2.ListAgentsResponse(agents=[agent_info(v) for v in views])
+
+    async def RotateCA(
+        self, request: admin_pb2.RotateCARequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CAGeneration:
+        key_type = parse_ca_key_type(request.key_type) if request.key_type else None
+        return ca_generation(await self._rotation().rotate(key_type))
+
+    async def ListCAs(
+        self, request: admin_pb2.ListCAsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListCAsResponse:
+        return admin_pb2.ListCAsResponse(cas=[ca_generation(g) for g in await self._rotation().generations()])
+
+    def _rotation(self) -> CARotation:
+        if self._ca_rotation is None:
+            raise FailedPrecondition("CA rotation is not served here")
+        return self._ca_rotation

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 from cryptography.hazmat.primitives import serialization
 
@@ -13,14 +15,22 @@ __all__ = ["EnrollmentServicer"]
 
 
 class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
-    def __init__(self, ca: CertificateAuthority, enrollment: EnrollmentService) -> None:
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        enrollment: EnrollmentService,
+        trust_bundle: Callable[[], Awaitable[str]] | None = None,
+    ) -> None:
         self._ca = ca
         self._enrollment = enrollment
+        self._trust_bundle = trust_bundle  # None: the active CA alone
 
     async def GetCABundle(
         self, request: enrollment_pb2.GetCABundleRequest, context: grpc.aio.ServicerContext
     ) -> enrollment_pb2.GetCABundleResponse:
-        return enrollment_pb2.GetCABundleResponse(ca_bundle_pem=self._ca.bundle_pem.decode())
+        active = self._ca.bundle_pem.decode()
+        trust = await self._trust_bundle() if self._trust_bundle is not None else active
+        return enrollment_pb2.GetCABundleResponse(ca_bundle_pem=active, trust_bundle_pem=trust)
 
     async def Enroll(
         self, request: enrollment_pb2.EnrollRequest, context: grpc.aio.ServicerContext

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 
-from kms import profile
+from kms import cabundle, profile
 from kms.identity import fingerprint
 from server.ca.keytype import CAKeyType
 from server.ca.signer import CARoot, CASigner, SoftwareSigner
@@ -64,6 +64,8 @@ class CertificateAuthority:
     ) -> None:
         self._signer = root.signer
         self.slow_signing = root.signer.slow  # see SoftwareSigner
+        self.key_type = root.signer.key_type
+        self.key_in_software = root.signer.in_software
         self._status_urls = status_urls
         self.trust_domain = trust_domain
         self.cert_ttl = cert_ttl
@@ -138,6 +140,14 @@ class CertificateAuthority:
     def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
         """Signs an OCSP response as the CA itself (RFC 6960 §4.2.2.2: the issuer may respond)."""
         return self._signer.sign_ocsp(builder, self.certificate)
+
+    def cross_certify(self, new: x509.Certificate) -> x509.Certificate:
+        """new's key and subject certified by this CA (RFC 4210 newWithOld), checked before it leaves."""
+        cross = self._signer.sign_certificate(
+            cabundle.cross_builder(new, self.certificate, x509.random_serial_number(), self._clock())
+        )
+        cabundle.check_cross(cross, new, self.certificate, self._clock())
+        return cross
 
     def issue_server(self, sans: tuple[str, ...], ttl: timedelta) -> KeyPair:
         """Issues the server's own TLS certificate on a fresh P-256 key."""

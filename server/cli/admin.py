@@ -16,6 +16,7 @@ from kms.revocation import HOLD, REASONS
 from kms.v1 import admin_pb2
 from server.cli import confirm
 from server.cli.admin_client import AdminClient
+from server.cli.ca import add_ca_rotation
 from server.cli.context import admin as _admin
 from server.cli.context import iso
 
@@ -201,6 +202,7 @@ def add_ca(sub: Subcommands, common: ArgumentParser) -> None:
     ca.add_parser("cert", parents=[common], help="print the CA certificate (PEM)").set_defaults(
         func=cmd_ca_cert
     )
+    add_ca_rotation(ca, common)
 
 
 def add_agents(sub: Subcommands, common: ArgumentParser) -> None:

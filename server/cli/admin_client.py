@@ -182,3 +182,10 @@ class AdminClient:
         return cast(
             Iterator[monitor_pb2.Overview], monitor_pb2_grpc.MonitorStub(self._channel).Observe(windows)
         )
+
+    def rotate_ca(self, key_type: str) -> admin_pb2.CAGeneration:
+        request = admin_pb2.RotateCARequest(key_type=key_type)
+        return cast(admin_pb2.CAGeneration, self._call(self._stub.RotateCA, request))
+
+    def list_cas(self) -> admin_pb2.ListCAsResponse:
+        return cast(admin_pb2.ListCAsResponse, self._call(self._stub.ListCAs, admin_pb2.ListCAsRequest()))

@@ -12,6 +12,8 @@ EXAMPLES = {
     "token create": "kms-server token create --name web-1 --group web --ttl 15m",
     "ca fingerprint": "kms-server ca fingerprint",
     "ca cert": "kms-server ca cert > ca.crt",
+    "ca rotate": "kms-server ca rotate --key-type ecdsa-p384",
+    "ca status": "kms-server ca status --json",
     "agents list": "kms-server agents list --json",
     "key create": "kms-server key create app --grant group:web",
     "key rotate": "kms-server key rotate app",

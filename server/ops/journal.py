@@ -54,6 +54,8 @@ def _described(event: RevocationEvent) -> tuple[str, str, str]:
         return "disable", key, event.reason
     if event.kind == "expire":
         return "expire", key, "every version decrypts only"
+    if event.kind == "bundle":
+        return "bundle", "CA trust bundle", f"CA certificate {event.serial} prepared"
     return event.kind, key, f"current version {event.key_version}"
 
 

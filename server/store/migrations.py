@@ -7,6 +7,8 @@ is applied in one transaction together with its row in ``schema_version``.
 
 from __future__ import annotations
 
+from server.store.ca_migration import POSTGRES_CA_GENERATIONS, SQLITE_CA_GENERATIONS
+
 __all__ = ["POSTGRES_MIGRATIONS", "SCHEMA_VERSION", "SQLITE_MIGRATIONS"]
 
 SQLITE_MIGRATIONS: list[list[str]] = [
@@ -389,6 +391,9 @@ POSTGRES_MIGRATIONS: list[list[str]] = [
             CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'disable', 'enable', 'release', 'expire'))""",
     ],
 ]
+
+SQLITE_MIGRATIONS.append(SQLITE_CA_GENERATIONS)  # 12: CA generations, the 'bundle' event (issue 19)
+POSTGRES_MIGRATIONS.append(POSTGRES_CA_GENERATIONS)
 
 # The schema this kms-server writes; a store at a higher version is refused.
 SCHEMA_VERSION = len(SQLITE_MIGRATIONS)

@@ -148,6 +148,7 @@ def _keys(srv: Callable[..., Any]) -> None:
     srv("key list")  # with a disabled key: disabled_at, disabled_reason
     srv("key enable", "pair")
     srv("agents list")
+    srv("ca status")
 
 
 def _agent_side(run: _Runner, agt: Callable[..., Any], root: Path, tmp_path: Path) -> None:

@@ -60,7 +60,15 @@ def test_server_options() -> None:
 
 # The commands that list or report a status: each takes --json and --no-color (issue 17 §5).
 LISTINGS = {
-    "kms-server": {"agents list", "key list", "key show", "revocations list", "audit list", "audit verify"},
+    "kms-server": {
+        "agents list",
+        "key list",
+        "key show",
+        "revocations list",
+        "audit list",
+        "audit verify",
+        "ca status",
+    },
     "kms-agent": {"status", "keys", "check"},
 }
 

@@ -1,0 +1,64 @@
+"""The CA trust bundle in the agent's state dir (issue 19 §1).
+
+On a 'bundle' event, kms-agent watch and run fetch the server's trust bundle
+(Enrollment/GetCABundle's trust_bundle_pem) and keep it only if every CA in it is
+the pinned one (ca.crt, from enrollment) or is vouched for by a cross-certificate
+from a CA already trusted (kms/cabundle.py). It is then stored atomically as
+trust-bundle.pem (0644: certificates only, public). A bundle that does not verify
+changes nothing: the agent keeps its old trust and logs one line. ca.crt itself,
+which the agent verifies the server with, is not touched: nothing is activated yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from agent.state import StateDir
+from kms.cabundle import BundleError, TrustedCA, parse_bundle, verify_bundle
+from kms.securefile import write_atomic
+
+__all__ = ["bundle_path", "refresh_bundle", "stored_bundle"]
+
+logger = logging.getLogger(__name__)
+
+
+def bundle_path(state: StateDir) -> Path:
+    return state.path / "trust-bundle.pem"
+
+
+def _pinned(state: StateDir) -> x509.Certificate:
+    """The CA pinned at enrollment (ca.crt; the active CA first)."""
+    return x509.load_pem_x509_certificates(state.ca.read_bytes())[0]
+
+
+def refresh_bundle(state: StateDir, pem: str, now: datetime) -> list[TrustedCA] | None:
+    """Verifies pem from the pinned CA and stores it; None (and one line logged) when it does not verify."""
+    try:
+        trusted = verify_bundle(parse_bundle(pem), _pinned(state), now)
+    except (BundleError, OSError, ValueError) as exc:
+        logger.warning("kept the CA trust as it was: the server's trust bundle does not verify (%s)", exc)
+        return None
+    write_atomic(bundle_path(state), pem.encode(), mode=0o644)
+    logger.info(
+        "stored the CA trust bundle in %s: %s",
+        bundle_path(state),
+        ", ".join(t.fingerprint for t in trusted),
+    )
+    return trusted
+
+
+def stored_bundle(state: StateDir, now: datetime) -> list[TrustedCA] | None:
+    """The stored bundle's CAs, checked again from the pinned CA; None when none is stored, or it
+    no longer verifies (a bundle left from an earlier enrollment)."""
+    path = bundle_path(state)
+    try:
+        return verify_bundle(parse_bundle(path.read_bytes()), _pinned(state), now)
+    except FileNotFoundError:
+        return None
+    except (BundleError, OSError, ValueError) as exc:
+        logger.warning("%s does not verify from the pinned CA: %s", path, exc)
+        return None

@@ -1,0 +1,144 @@
+"""The CA's generations (schema step 12, ca_migration.py): adopting the first, preparing the next,
+listing them. SqlStore's methods about them are CAMethods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from kms.errors import FailedPrecondition
+from server.store.dialect import Tx
+from server.store.records import Audit, RevocationEvent
+from server.store.sql.events import append_event
+from server.store.sql.methods import Methods
+
+__all__ = ["CAGeneration", "CAMethods", "NewGeneration"]
+
+_COLUMNS = (
+    "generation, state, key_type, certificate, cross_certificate, sealed_key, key_uri,"
+    " created_at, activated_at, retired_at"
+)
+
+
+@dataclass(frozen=True)
+class NewGeneration:
+    """A CA made before the transaction that prepares it (its key sealed, or in a token)."""
+
+    key_type: str
+    certificate: str  # PEM, self-signed
+    cross_certificate: str  # PEM: its key certified by the active CA (RFC 4210 newWithOld)
+    sealed_key: bytes | None = None
+    key_uri: str | None = None  # a PKCS#11 URI (a key in a token)
+
+
+@dataclass(frozen=True)
+class CAGeneration:
+    generation: int
+    state: str  # "prepared", "active" or "retired"
+    key_type: str
+    certificate: str  # PEM
+    cross_certificate: str | None  # PEM; None for the first generation
+    sealed_key: bytes | None  # None: the deployment's own CA key (generation 1), or key_uri
+    key_uri: str | None
+    created_at: int
+    activated_at: int | None
+    retired_at: int | None
+    valid_certificates: int = 0  # unrevoked, unexpired certificates it signed (as of the listing)
+
+
+def _generation(r: Any, valid: int = 0) -> CAGeneration:
+    sealed = None if r[5] is None else bytes(r[5])
+    return CAGeneration(r[0], r[1], r[2], r[3], r[4], sealed, r[6], r[7], r[8], r[9], valid)
+
+
+async def adopt_ca(tx: Tx, certificate: str, key_type: str, key_uri: str | None, now: int) -> bool:
+    """Makes the deployment's CA generation 1, active, unless any generation exists."""
+    if await tx.fetchval("SELECT COUNT(*) FROM ca_generations"):
+        return False
+    await tx.execute(
+        "INSERT INTO ca_generations(generation, state, key_type, certificate, key_uri, created_at, activated_at)"
+        " VALUES (1, 'active', ?, ?, ?, ?, ?) ON CONFLICT (generation) DO NOTHING",
+        key_type,
+        certificate,
+        key_uri,
+        now,
+        now,
+    )
+    return True
+
+
+async def generations(tx: Tx, now: int | None) -> list[CAGeneration]:
+    rows = await tx.fetch(f"SELECT {_COLUMNS} FROM ca_generations ORDER BY generation")  # noqa: S608
+    if now is None:
+        return [_generation(r) for r in rows]
+    counts = {
+        r[0]: int(r[1])
+        for r in await tx.fetch(
+            "SELECT ca_generation, COUNT(*) FROM certificates WHERE revoked_at IS NULL AND not_after > ?"
+            " GROUP BY ca_generation",
+            now,
+        )
+    }
+    return [_generation(r, counts.get(r[0], 0)) for r in rows]
+
+
+async def prepare_ca(tx: Tx, new: NewGeneration, now: int) -> tuple[CAGeneration, RevocationEvent]:
+    """Adds new as the prepared generation and a 'bundle' event. Raises FailedPrecondition when one is
+    prepared already (replicas take turns on the active row: the second sees the first's)."""
+    active = await tx.fetchval(
+        tx.locked("SELECT generation FROM ca_generations WHERE state = 'active'", "FOR UPDATE")
+    )
+    if active is None:
+        raise FailedPrecondition("the store has no active CA: start the server once to adopt it")
+    prepared = await tx.fetchval("SELECT generation FROM ca_generations WHERE state = 'prepared'")
+    if prepared is not None:
+        raise _prepared_already(int(prepared))
+    generation = int(await tx.fetchval("SELECT MAX(generation) FROM ca_generations")) + 1
+    await tx.execute(
+        "INSERT INTO ca_generations(generation, state, key_type, certificate, cross_certificate, sealed_key,"
+        " key_uri, created_at) VALUES (?, 'prepared', ?, ?, ?, ?, ?, ?)",
+        generation,
+        new.key_type,
+        new.certificate,
+        new.cross_certificate,
+        new.sealed_key,
+        new.key_uri,
+        now,
+    )
+    row = await tx.fetchrow(f"SELECT {_COLUMNS} FROM ca_generations WHERE generation = ?", generation)  # noqa: S608
+    serial = _serial_of(new.certificate)
+    return _generation(row), await append_event(tx, "bundle", "", now, serial=serial)
+
+
+def _prepared_already(generation: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"CA generation {generation} is prepared already: activate it before preparing another"
+        " (kms-server ca status shows it)"
+    )
+
+
+def _serial_of(pem: str) -> str:
+    return format(x509.load_pem_x509_certificate(pem.encode()).serial_number, "x")
+
+
+class CAMethods(Methods):
+    async def adopt_ca(self, certificate: str, key_type: str, key_uri: str | None, now: int) -> bool:
+        """Records the deployment's CA as generation 1, active, when no generation is recorded
+        (the first start after the upgrade, or of a new deployment); returns whether it did."""
+        return await self._change(lambda tx: adopt_ca(tx, certificate, key_type, key_uri, now))
+
+    async def ca_generations(self, now: int | None) -> list[CAGeneration]:
+        """Every generation, oldest first, with how many valid certificates each signed as of now
+        (None: not counted)."""
+        return await self._read(lambda tx: generations(tx, now))
+
+    async def prepare_ca(
+        self, new: NewGeneration, now: int, *, audit: Audit = None
+    ) -> tuple[CAGeneration, RevocationEvent]:
+        """Prepares the next generation, with its 'bundle' event, in one transaction.
+
+        Raises FailedPrecondition when one is prepared already.
+        """
+        return await self._change(lambda tx: prepare_ca(tx, new, now), audit)

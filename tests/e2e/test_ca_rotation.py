@@ -1,0 +1,90 @@
+"""CA rotation, first slice (issue 19 §1), against one real server and a real kms-agent watch:
+ca rotate prepares the next CA, ca status lists both, the watching agent stores the trust bundle
+(verified through the cross-certificate) and status shows it, openssl verifies the new CA's
+cross-certificate with the old CA as the trust anchor, and a second rotate is refused. Nothing
+is activated: the server and the agent keep the CA they had.
+
+The commands run in this process (main(argv), as the console scripts call it), as in
+test_output.py; the watch is a real child process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from agent.cli import main as agent_main
+from kms.cabundle import parse_bundle
+from server.cli import main as server_main
+from tests.e2e.rig import Rig
+from tests.harness import ServerProcess, WatchProcess
+
+pytestmark = pytest.mark.sqlite_only(
+    "what the commands and the agent do; the store's part (adoption, one rotation among replicas)"
+    " runs on both backends in tests/unit/server/test_ca_generations.py"
+)
+
+RIG = Rig("carot", agents=(("alice", ("web",)),))
+
+
+def test_rotate_status_bundle_and_refusal(
+    rig: tuple[ServerProcess, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    server, root = rig
+    data = ["--data-dir", str(server.data_dir)]
+    old_pem = (server.data_dir / "ca.crt").read_bytes()
+    agent_ca = (root / "alice" / "ca.crt").read_bytes()
+    watch = WatchProcess(root / "alice")
+    try:
+        # Piped (no terminal): no question asked, since nothing issues from the prepared CA yet.
+        assert server_main(["ca", "rotate", "--key-type", "ecdsa-p384", *data]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("prepared CA generation 2 (ecdsa-p384, sha256:"), out
+        assert server_main(["ca", "status", "--json", *data]) == 0
+        cas = json.loads(capsys.readouterr().out)
+        assert [(c["generation"], c["state"], c["key_type"]) for c in cas] == [
+            (1, "active", "ecdsa-p256"),
+            (2, "prepared", "ecdsa-p384"),
+        ]
+        assert [(c["valid_certificates"], c["cross_certified"]) for c in cas] == [(1, False), (0, True)]
+        assert cas[1]["activated_at"] is None
+        # The agent hears the 'bundle' event, checks the bundle from its pinned CA and stores it
+        # (before it prints the event).
+        watch.wait_for(lambda evs: any(e["kind"] == "bundle" for e in evs))
+        stored = root / "alice" / "trust-bundle.pem"
+        assert stored.stat().st_mode & 0o777 == 0o644
+        assert agent_main(["status", "--json", "--dir", str(root / "alice")]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert status["trust_bundle"] == [cas[0]["fingerprint"], cas[1]["fingerprint"]]
+        # A second rotation while one is prepared: one line, wrong state (exit 6).
+        assert server_main(["ca", "rotate", *data]) == 6
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("kms-server: error: CA generation 2 is prepared already") and "\n" not in err
+    finally:
+        assert watch.stop() == 0
+    # openssl: the cross-certificate verifies with the old CA as the only trust anchor, and
+    # carries the new CA's key; the new CA alone does not verify there.
+    bundle = parse_bundle(stored.read_bytes())
+    (cross,) = bundle.crosses
+    assert cross.public_key() == bundle.cas[1].public_key()
+    (tmp_path / "old.pem").write_bytes(old_pem)
+    (tmp_path / "cross.pem").write_bytes(cross.public_bytes(Encoding.PEM))
+    (tmp_path / "new.pem").write_bytes(bundle.cas[1].public_bytes(Encoding.PEM))
+    ok = _openssl_verify(tmp_path / "old.pem", tmp_path / "cross.pem")
+    assert ok.returncode == 0 and ok.stdout.strip().endswith(": OK"), ok.stdout + ok.stderr
+    assert _openssl_verify(tmp_path / "old.pem", tmp_path / "new.pem").returncode != 0
+    # Nothing was activated: the server's CA and the agent's pinned CA are as they were.
+    assert (server.data_dir / "ca.crt").read_bytes() == old_pem == bundle.cas[0].public_bytes(Encoding.PEM)
+    assert (root / "alice" / "ca.crt").read_bytes() == agent_ca
+    assert x509.load_pem_x509_certificate(old_pem) == bundle.cas[0]
+
+
+def _openssl_verify(anchor: Path, cert: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", "verify", "-CAfile", str(anchor), str(cert)], capture_output=True, text=True, check=False
+    )
