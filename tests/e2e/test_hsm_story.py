@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509 import ocsp
 
 from tests.harness import (
     ServerProcess,
@@ -163,9 +165,34 @@ def test_each_failure_is_one_line_and_creates_nothing(
     assert_one_line_error(moved, 6, "is ca.key, in software: --ca-key cannot move it")
 
 
+@pytest.mark.sqlite_only("the data dir's checks, before any store is used")
+def test_init_makes_a_key_only_for_a_new_ca(served: tuple[ServerProcess, Path], hsm: SoftHsm) -> None:
+    """An init that refuses leaves no key in the token, nor a file in the data dir."""
+    from server.ca.hsm import HsmError, open_ca_key
+
+    init = [exe("kms-server"), "init", "--data-dir"]
+    software = hsm.root / "software-ca"
+    assert run([*init, str(software)]).returncode == 0
+    stray = f"pkcs11:token={TOKEN};object=stray"
+    refused = run([*init, str(software), *_flags(hsm, stray)])
+    assert_one_line_error(refused, 6, "is ca.key, in software: --ca-key cannot move it")
+    with pytest.raises(HsmError, match="has no private key 'stray'"):
+        open_ca_key(stray, hsm.module, PIN)
+    # served's init made object=ca as ECDSA P-256: another type is refused before anything is written.
+    fresh = hsm.root / "typed"
+    typed = run([*init, str(fresh), *_flags(hsm), "--ca-key-type", "rsa-3072"])
+    assert_one_line_error(typed, 6, "is ecdsa-p256, not --ca-key-type rsa-3072")
+    assert not (fresh / "master.key").exists() and not (fresh / "ca.crt").exists()
+    # A data dir whose ca.crt went missing says so, in one line.
+    assert run([*init, str(fresh), *_flags(hsm)]).returncode == 0
+    (fresh / "ca.crt").unlink()
+    assert_one_line_error(run([*init, str(fresh), *_flags(hsm)]), 6, "is incomplete: ca.crt is missing")
+
+
 @pytest.mark.sqlite_only("no store here")
 def test_every_key_type_signs_in_the_token(hsm: SoftHsm) -> None:
-    """In this process: init's generation of each key type, and certificates and CRLs signed with it."""
+    """In this process: init's generation of each key type, and certificates, CRLs and OCSP answers
+    signed with it."""
     from server.ca.authority import CertificateAuthority, create_external_root
     from server.ca.hsm import open_ca_key
     from server.ca.keytype import CAKeyType
@@ -184,6 +211,18 @@ def test_every_key_type_signs_in_the_token(hsm: SoftHsm) -> None:
         pair.cert.verify_directly_issued_by(root.cert)
         crl = ca.sign_crl([(5, now, x509.ReasonFlags.key_compromise)], 1, now, now + timedelta(hours=1))
         assert crl.is_signature_valid(public)
+        good = ocsp.OCSPCertStatus.GOOD
+        builder = ocsp.OCSPResponseBuilder().add_response(
+            pair.cert, root.cert, hashes.SHA256(), good, now, now + timedelta(hours=1), None, None
+        )
+        answer = ca.sign_ocsp(builder)  # ExternalSigner verifies it with the CA's public key; again here:
+        if isinstance(public, rsa.RSAPublicKey):
+            public.verify(answer.signature, answer.tbs_response_bytes, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            digest = hashes.SHA384() if key_type is CAKeyType.EC_P384 else hashes.SHA256()
+            public.verify(answer.signature, answer.tbs_response_bytes, ec.ECDSA(digest))
+        key.close()
+        again.close()
 
 
 @pytest.mark.postgresql_only("a replica of a deployment whose CA key is in a token")
