@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp
 
+from kms.errors import Unavailable
 from kms.revocation import CRL_REASONS
 from server.ca.authority import CertificateAuthority
 from server.clock import Clock
@@ -20,6 +22,8 @@ from server.store import Store
 from server.store.records import CertificateRecord
 
 __all__ = ["OcspResponder"]
+
+logger = logging.getLogger(__name__)
 
 VALIDITY = timedelta(hours=1)
 # How long, and for how many certificates, a signed answer is reused.
@@ -42,7 +46,16 @@ class OcspResponder:
         }
 
     async def respond(self, request_der: bytes) -> bytes:
-        """Answers one OCSP request (DER); malformed or foreign requests get an unsuccessful response.
+        """Answers one OCSP request (DER); malformed or foreign requests get an unsuccessful response,
+        and so do requests while the CA key cannot sign (a token down): tryLater."""
+        try:
+            return await self._respond(request_der)
+        except Unavailable as exc:
+            logger.warning("OCSP answered tryLater: %s", exc.message)
+            return _unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
+
+    async def _respond(self, request_der: bytes) -> bytes:
+        """respond, which a signer that cannot sign leaves with Unavailable.
 
         Answers are cached per certificate and status for up to CACHE_SECONDS (CACHE_SIZE at most),
         so requests, which anyone may send, do not each cost a signature. A nonce (RFC 8954) is

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
+from kms.errors import Unavailable
 from server.ca import crl as crl_module
 from server.ca import tls as tls_module
 from server.ca.authority import CertificateAuthority, create_external_root, generate_key
@@ -110,8 +111,11 @@ class _Store:
 def test_a_slow_key_signs_off_the_loop_and_ocsp_answers_are_reused() -> None:
     key = generate_key(CAKeyType.EC_P256)
     signed_on: list[threading.Thread] = []
+    down = False
 
     def sign(data: bytes) -> bytes:
+        if down:
+            raise Unavailable("the CA key's token 'kms' failed (DeviceRemoved)")
         signed_on.append(threading.current_thread())
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return key.sign(data, ec.ECDSA(hashes.SHA256()))
@@ -146,3 +150,5 @@ def test_a_slow_key_signs_off_the_loop_and_ocsp_answers_are_reused() -> None:
     assert len(signed_on) == 3
     asyncio.run(CrlPublisher(ca, store, lambda: clock[0]).current())
     assert len(signed_on) == 4 and signed_on[3] is not threading.main_thread()
+    down, clock[0] = True, NOW + timedelta(seconds=200)  # the token is down: tryLater, not a traceback
+    assert ask().response_status is ocsp.OCSPResponseStatus.TRY_LATER
