@@ -1,18 +1,22 @@
 """The CA key in a PKCS#11 token (an HSM): found or generated there, and signing there.
 
-The binding is python-pkcs11. One logged-in session is kept for the server's
-life; PKCS#11 allows one operation at a time per session, so signatures take a
-lock. ECDSA is signed as CKM_ECDSA over a SHA-256/384 digest made here (the
+The binding is python-pkcs11. One logged-in session is kept while the token
+works; PKCS#11 allows one operation at a time per session, so signatures take a
+lock. A token that fails at runtime (session lost, token removed) is TokenDown
+(UNAVAILABLE, one line naming the token); the next signature opens a new
+session and logs in again, reading the PIN again. ECDSA is signed as CKM_ECDSA over a SHA-256/384 digest made here (the
 mechanism every token has; SoftHSM2 2.6 has no CKM_ECDSA_SHA256), RSA as
 CKM_SHA256_RSA_PKCS.
 
-Every failure is one line (HsmError), raised before anything is written to the
-data dir.
+Every failure at start is one line (HsmError), raised before anything is
+written to the data dir; kms-server init generates a missing key only once the
+deployment is known to be new (PendingKey).
 
 CA rotation (issue 19 §1, not built yet) needs nothing more from here: it
 prepares the new key in the same token with ``open_ca_key`` on the same token
 and a new label (``pkcs11:token=T;object=ca-2``, generate=its key type; the
-process is logged in already, so the session is reused without the PIN), and
+process is logged in already, so the token does not check the PIN again: it is
+compared with the one the token accepted, see _login), and
 keeps each CA generation's URI beside its certificate; each key is its own
 ``HsmKey``, so the old and the new CA sign side by side while both are live.
 """
@@ -115,7 +119,7 @@ class HsmKey(ExternalSigner):
         return self
 
     def close(self) -> None:
-        """Logs out of the token (closing this key's session); a later signature logs in again."""
+        """Closes this key's session (the last one closed logs out); a later signature logs in again."""
         with self._lock:
             self._drop()
 
