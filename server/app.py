@@ -23,7 +23,6 @@ from kms.addresses import join_hostport
 from kms.cli import use_json_logs
 from kms.identity import fingerprint
 from server.audit.devices import AuditDevices
-from server.ca.keytype import CAKeyType
 from server.clock import Clock, system_clock
 from server.config import ServerConfig
 from server.deployment.datadir import DataDir
@@ -36,7 +35,7 @@ from server.store import Store
 from server.wiring import Backup, Services, open_services
 
 if TYPE_CHECKING:
-    from server.ca.hsm import HsmKey
+    from server.ca.hsm import HsmKey, PendingKey
 
 __all__ = ["App", "Initialized", "create_server", "initialize", "serve"]
 
@@ -55,6 +54,7 @@ class App:
     services: Services
     listeners: Listeners
     devices: AuditDevices | None = None  # closed after the store, which hands them its last records
+    hsm: HsmKey | PendingKey | None = None  # the CA key's token session (--ca-key), closed at stop
     # The event follower: it ends only when the shared log was rewritten (the server must stop).
     following: asyncio.Task[None] | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -115,6 +115,8 @@ class App:
         await s.store.close()
         if self.devices is not None:
             self.devices.close()
+        if self.hsm is not None:
+            self.hsm.close()
         self.datadir.admin_socket.unlink(missing_ok=True)
         self.datadir.release()
 
@@ -126,7 +128,7 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         FailedPrecondition: the data dir, store or a port cannot be used.
     """
     check_ports(cfg)  # before the data dir, the CA or the store: a taken port creates nothing
-    hsm = _open_hsm(cfg, generate=None)  # likewise: a token that cannot be used creates nothing
+    hsm = _open_hsm(cfg, pending=False)  # likewise: a token that cannot be used creates nothing
     datadir = DataDir(cfg.data_dir)
     datadir.prepare()
     deployment: Deployment | None = None
@@ -136,20 +138,22 @@ async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
         services = await open_services(cfg, deployment, datadir, clock, status_urls)
         backup = Backup(services.store, services.audit, datadir, clock)
         listeners = await open_listeners(cfg, datadir, services, backup, http_sock)
-        return App(cfg, datadir, services, listeners, devices=deployment.devices)
+        return App(cfg, datadir, services, listeners, devices=deployment.devices, hsm=hsm)
     except BaseException:
         if deployment is not None:
             await deployment.close()
         datadir.release()
+        if hsm is not None:
+            hsm.close()
         raise
 
 
-def _open_hsm(cfg: ServerConfig, *, generate: CAKeyType | None) -> HsmKey | None:
+def _open_hsm(cfg: ServerConfig, *, pending: bool) -> HsmKey | PendingKey | None:
     if cfg.ca_key is None:
         return None
     from server.ca.hsm import open_configured  # only with --ca-key: python-pkcs11 is not needed otherwise
 
-    return open_configured(cfg.ca_key, cfg.pkcs11_module, cfg.pkcs11_pin_file, generate=generate)
+    return open_configured(cfg.ca_key, cfg.pkcs11_module, cfg.pkcs11_pin_file, pending=pending)
 
 
 @dataclass(frozen=True)
@@ -162,16 +166,19 @@ class Initialized:
 async def initialize(cfg: ServerConfig, clock: Clock = system_clock) -> Initialized:
     """Creates the deployment's CA and master key if they do not exist yet (kms-server init).
 
-    With --ca-key, a key missing from the token is generated there (--ca-key-type), one there is used.
+    With --ca-key, a key missing from the token is generated there (--ca-key-type), one there is
+    used; it is generated only for a new deployment, once every check passed.
     """
-    hsm = _open_hsm(cfg, generate=cfg.ca_key_type or CAKeyType.EC_P256)
+    hsm = _open_hsm(cfg, pending=True)
     datadir = DataDir(cfg.data_dir)
-    datadir.prepare()
     try:
+        datadir.prepare()
         deployment = await open_deployment(cfg, datadir, clock, hsm)
         await deployment.close()
     finally:
         datadir.release()
+        if hsm is not None:
+            hsm.close()
     der = deployment.root.cert.public_bytes(Encoding.DER)
     return Initialized(deployment.trust_domain, fingerprint(der), deployment.created)
 

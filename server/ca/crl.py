@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +21,8 @@ logger = logging.getLogger(__name__)
 CRL_VALIDITY = timedelta(hours=24)
 # How far thisUpdate may lie before the issue time (when no entry is newer): clock skew.
 BACKDATE = timedelta(seconds=60)
+# How long refresh_forever waits after a failed refresh before trying again.
+RETRY_DELAY = 30.0
 
 
 def crl_this_update(now: datetime, revocation_dates: list[datetime]) -> datetime:
@@ -85,12 +88,24 @@ class CrlPublisher:
             this_update = max(this_update, self._this_update)
         self._this_update = this_update
         self._next_update = min(this_update + self._validity, self._ca.certificate.not_valid_after_utc)
-        crl = self._ca.sign_crl(revoked, number, this_update, self._next_update)
+        sign = functools.partial(self._ca.sign_crl, revoked, number, this_update, self._next_update)
+        crl = await asyncio.to_thread(sign) if self._ca.slow_signing else sign()  # a token: not on the loop
         logger.info("CRL issued", extra={"crl_number": number, "entries": len(revoked)})
         return crl.public_bytes(Encoding.DER)
 
     async def refresh_forever(self) -> None:
         """Keeps a fresh CRL ready (so HTTP and GetCRL never serve an expired one)."""
         while True:
-            await self.current()
+            try:
+                await self.current()
+            except Exception as exc:  # noqa: BLE001 - one failure (a token, the store) must not end the loop
+                logger.error("CRL refresh failed, retrying in %.0f s: %s", RETRY_DELAY, _one_line(exc))
+                await asyncio.sleep(RETRY_DELAY)
+                continue
             await asyncio.sleep(max(60.0, self._validity.total_seconds() / 4))
+
+
+def _one_line(exc: BaseException) -> str:
+    """What failed, without a traceback: the error's own one-line message (they carry no secret)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,28 +1,35 @@
 """The CA key in a PKCS#11 token (an HSM): found or generated there, and signing there.
 
-The binding is python-pkcs11. One logged-in session is kept for the server's
-life; PKCS#11 allows one operation at a time per session, so signatures take a
-lock. ECDSA is signed as CKM_ECDSA over a SHA-256/384 digest made here (the
+The binding is python-pkcs11. One logged-in session is kept while the token
+works; PKCS#11 allows one operation at a time per session, so signatures take a
+lock. A token that fails at runtime (session lost, token removed) is TokenDown
+(UNAVAILABLE, one line naming the token); the next signature opens a new
+session and logs in again, reading the PIN again. ECDSA is signed as CKM_ECDSA over a SHA-256/384 digest made here (the
 mechanism every token has; SoftHSM2 2.6 has no CKM_ECDSA_SHA256), RSA as
 CKM_SHA256_RSA_PKCS.
 
-Every failure is one line (HsmError), raised before anything is written to the
-data dir.
+Every failure at start is one line (HsmError), raised before anything is
+written to the data dir; kms-server init generates a missing key only once the
+deployment is known to be new (PendingKey).
 
 CA rotation (issue 19 §1, not built yet) needs nothing more from here: it
 prepares the new key in the same token with ``open_ca_key`` on the same token
 and a new label (``pkcs11:token=T;object=ca-2``, generate=its key type; the
-process is logged in already, so the session is reused without the PIN), and
+process is logged in already, so the token does not check the PIN again: it is
+compared with the one the token accepted, see _login), and
 keeps each CA generation's URI beside its certificate; each key is its own
 ``HsmKey``, so the old and the new CA sign side by side while both are live.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 import os
 import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +40,28 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 from pkcs11.util.rsa import encode_rsa_public_key
 
-from kms.errors import FailedPrecondition
+from kms.errors import FailedPrecondition, Unavailable
 from server.ca.external import ExternalSigner
 from server.ca.keytype import CAKeyType
 from server.ca.pkcs11uri import Pkcs11Uri, parse_pkcs11_uri
 from server.ca.signer import PublicKey, public_key_type
 
-__all__ = ["HsmError", "HsmKey", "open_ca_key", "open_configured", "read_pin"]
+__all__ = ["HsmError", "HsmKey", "PendingKey", "TokenDown", "open_ca_key", "open_configured", "read_pin"]
 
 PIN_ENV = "KMS_PKCS11_PIN"
 _CURVES = {CAKeyType.EC_P256: "secp256r1", CAKeyType.EC_P384: "secp384r1"}
+# The PIN each token accepted in this process (a digest), by (module, label, serial): a second
+# login to a token is refused as "already logged in" without the PIN being checked.
+_LOGINS: dict[tuple[str, str, str | None], bytes] = {}
 
 
 class HsmError(FailedPrecondition):
     """The token or its key cannot be used; the message says which and how to fix it."""
+
+
+class TokenDown(Unavailable):
+    """The token failed while the server runs (session lost, token removed): nothing is signed until
+    a later signature logs in to it again."""
 
 
 def read_pin(pin_file: Path | None, env: Mapping[str, str] | None = None) -> str:
@@ -70,36 +85,147 @@ def read_pin(pin_file: Path | None, env: Mapping[str, str] | None = None) -> str
 
 
 class HsmKey(ExternalSigner):
-    """The CA's private key in a token: it signs there and never leaves it."""
+    """The CA's private key in a token: it signs there and never leaves it.
 
-    def __init__(self, uri: Pkcs11Uri, session: Any, private: Any, public: PublicKey) -> None:
+    A token that fails at runtime (the session lost, the token removed) makes signing raise
+    TokenDown, one line naming the token; the session is dropped, and the next signature opens
+    a new one and logs in again, re-reading the PIN (pin: --pkcs11-pin-file or KMS_PKCS11_PIN).
+    """
+
+    def __init__(
+        self, uri: Pkcs11Uri, lib: Any, session: Any, private: Any, public: PublicKey, pin: Callable[[], str]
+    ) -> None:
         self.uri = uri
-        self._session = session
-        self._private = private
+        self._lib = lib
+        self._session: Any = session
+        self._private: Any = private
+        self._pin = pin
         self._lock = threading.Lock()
         super().__init__(public, self._sign_in_token)
 
     def __str__(self) -> str:
         return f"the token key {self.uri}"
 
+    def for_new_ca(self, key_type: CAKeyType | None) -> HsmKey:
+        """This key, for a new CA that asked for key_type (None: any)."""
+        if key_type is not None and key_type is not self.key_type:
+            raise HsmError(
+                f"{self} is {self.key_type.value}, not --ca-key-type {key_type.value}: "
+                "name another key, or leave --ca-key-type out"
+            )
+        return self
+
+    def existing(self) -> HsmKey:
+        return self
+
+    def close(self) -> None:
+        """Closes this key's session (the last one closed logs out); a later signature logs in again."""
+        with self._lock:
+            self._drop()
+
     def _sign_in_token(self, data: bytes) -> bytes:
         if self.key_type in _CURVES:
             digest = hashes.Hash(hashes.SHA384() if self.key_type is CAKeyType.EC_P384 else hashes.SHA256())
             digest.update(data)
-            with self._lock:
-                raw = self._private.sign(digest.finalize(), mechanism=Mechanism.ECDSA)
+            raw = self._in_token(digest.finalize(), Mechanism.ECDSA)
             half = len(raw) // 2
             return encode_dss_signature(int.from_bytes(raw[:half]), int.from_bytes(raw[half:]))
+        return self._in_token(data, Mechanism.SHA256_RSA_PKCS)
+
+    def _in_token(self, data: bytes, mechanism: Mechanism) -> bytes:
         with self._lock:
-            return bytes(self._private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS))
+            if self._private is None:
+                self._reopen()
+            try:
+                return bytes(self._private.sign(data, mechanism=mechanism))
+            except pkcs11.PKCS11Error as exc:
+                self._drop()
+                raise TokenDown(
+                    f"the CA key's token {self.uri.token!r} failed ({_reason(exc)}): nothing can be signed "
+                    "until it works again (the next signature logs in to it again)"
+                ) from None
+
+    def _reopen(self) -> None:
+        """A new session, logged in with the PIN read again, and the same key found in it."""
+        session = None
+        try:
+            session = _login(self._lib, self.uri, self._pin())
+            private = _find(session, self.uri, ObjectClass.PRIVATE_KEY)
+            if private is None or _public_key(session, self.uri, private) != self.public_key():
+                raise HsmError(f"token {self.uri.token!r} no longer holds the CA key {_named(self.uri)}")
+        except (HsmError, pkcs11.PKCS11Error) as exc:
+            _close(session)
+            why = exc.message if isinstance(exc, HsmError) else _reason(exc)
+            raise TokenDown(f"the CA key's token cannot be used: {why}") from None
+        self._session, self._private = session, private
+
+    def _drop(self) -> None:
+        _close(self._session)
+        self._session = self._private = None
 
 
-def open_ca_key(uri_text: str, module: Path | None, pin: str, *, generate: CAKeyType | None = None) -> HsmKey:
+class PendingKey:
+    """--ca-key names a key the token does not hold yet: kms-server init makes it for a new CA only."""
+
+    def __init__(self, uri: Pkcs11Uri, lib: Any, session: Any, pin: Callable[[], str]) -> None:
+        self.uri = uri
+        self._lib = lib
+        self._session = session
+        self._pin = pin
+
+    def __str__(self) -> str:
+        return f"the token key {self.uri}"
+
+    def for_new_ca(self, key_type: CAKeyType | None) -> HsmKey:
+        """Generates the key in the token (the caller checked everything else first)."""
+        _generate_key(self._session, self.uri, key_type or CAKeyType.EC_P256)
+        return _open_found(self.uri, self._lib, self._session, self._pin)
+
+    def existing(self) -> HsmKey:
+        _close(self._session)
+        raise _no_key(self.uri)
+
+    def close(self) -> None:
+        _close(self._session)
+
+
+def _close(session: Any) -> None:
+    if session is not None:
+        with contextlib.suppress(pkcs11.PKCS11Error):  # gone with the token: nothing to close
+            session.close()
+
+
+def _no_key(uri: Pkcs11Uri) -> HsmError:
+    return HsmError(
+        f"token {uri.token!r} has no private key {_named(uri)}: kms-server init generates it "
+        "(with --ca-key-type), or import one under that label"
+    )
+
+
+def open_ca_key(
+    uri_text: str, module: Path | None, pin: str | Callable[[], str], *, generate: CAKeyType | None = None
+) -> HsmKey:
     """Logs in to the URI's token and finds its private key (or, with generate, makes it there).
+
+    pin is the PIN, or how to read it (again, when the token has to be logged in to again).
 
     Raises:
         HsmError: the module, token, PIN or key cannot be used (one line each).
     """
+    key = _open(uri_text, module, pin, generate=generate, pending=False)
+    assert isinstance(key, HsmKey)
+    return key
+
+
+def _open(
+    uri_text: str,
+    module: Path | None,
+    pin: str | Callable[[], str],
+    *,
+    generate: CAKeyType | None,
+    pending: bool,
+) -> HsmKey | PendingKey:
+    """open_ca_key; with pending, a key the token lacks is a PendingKey, made when init knows the CA is new."""
     uri = parse_pkcs11_uri(uri_text)
     if module is None:
         raise HsmError("--ca-key pkcs11:... needs --pkcs11-module PATH (the token's PKCS#11 library)")
@@ -110,20 +236,29 @@ def open_ca_key(uri_text: str, module: Path | None, pin: str, *, generate: CAKey
         raise HsmError(
             f"cannot load the PKCS#11 module {module}: {_reason(exc).rsplit(': ', 1)[-1]}"
         ) from None
-    session = _login(lib, uri, pin)
+    read = pin if callable(pin) else (lambda: pin)
+    session = _login(lib, uri, read())
+    try:
+        if _find(session, uri, ObjectClass.PRIVATE_KEY) is None:
+            if pending:
+                return PendingKey(uri, lib, session, read)
+            if generate is None:
+                raise _no_key(uri)
+            _generate_key(session, uri, generate)
+        return _open_found(uri, lib, session, read)
+    except BaseException:
+        _close(session)
+        raise
+
+
+def _open_found(uri: Pkcs11Uri, lib: Any, session: Any, pin: Callable[[], str]) -> HsmKey:
     private = _find(session, uri, ObjectClass.PRIVATE_KEY)
-    if private is None and generate is not None:
-        _generate_key(session, uri, generate)
-        private = _find(session, uri, ObjectClass.PRIVATE_KEY)
     if private is None:
-        raise HsmError(
-            f"token {uri.token!r} has no private key {_named(uri)}: kms-server init generates it "
-            "(with --ca-key-type), or import one under that label"
-        )
+        raise _no_key(uri)
     public = _public_key(session, uri, private)
     if public_key_type(public) is None:
         raise HsmError(f"the key {uri} is not ECDSA P-256/P-384 or RSA-3072/4096")
-    return HsmKey(uri, session, private, public)
+    return HsmKey(uri, lib, session, private, public, pin)
 
 
 def _reason(exc: BaseException) -> str:
@@ -144,9 +279,14 @@ def _login(lib: Any, uri: Pkcs11Uri, pin: str) -> Any:
         raise HsmError(f"no PKCS#11 token labelled {uri.token!r} in {lib.so}") from None
     except pkcs11.MultipleTokensReturned:
         raise HsmError(f"several tokens are labelled {uri.token!r}: add serial=... to --ca-key") from None
+    logged_in = (str(lib.so), uri.token, uri.serial)
     try:
-        return token.open(user_pin=pin, rw=True)
+        session = token.open(user_pin=pin, rw=True)
     except pkcs11.UserAlreadyLoggedIn:  # PKCS#11 logins are per process: this one is in already
+        # ...so the token does not check this PIN: compare it with the one it accepted.
+        accepted = _LOGINS.get(logged_in)
+        if accepted is None or not hmac.compare_digest(accepted, _pin_digest(pin)):
+            raise HsmError(f"wrong PIN for token {uri.token!r}") from None
         return token.open(rw=True)
     except (pkcs11.PinIncorrect, pkcs11.PinInvalid, pkcs11.PinLenRange):
         raise HsmError(f"wrong PIN for token {uri.token!r}") from None
@@ -154,6 +294,12 @@ def _login(lib: Any, uri: Pkcs11Uri, pin: str) -> Any:
         raise HsmError(f"the PIN of token {uri.token!r} is locked: reset it with the token's tools") from None
     except pkcs11.PKCS11Error as exc:
         raise HsmError(f"cannot log in to token {uri.token!r}: {_reason(exc)}") from None
+    _LOGINS[logged_in] = _pin_digest(pin)
+    return session
+
+
+def _pin_digest(pin: str) -> bytes:
+    return hashlib.sha256(b"kms-pkcs11-pin\0" + pin.encode()).digest()
 
 
 def _find(session: Any, uri: Pkcs11Uri, kind: ObjectClass) -> Any:
@@ -203,9 +349,13 @@ def _generate_key(session: Any, uri: Pkcs11Uri, key_type: CAKeyType) -> None:
 
 
 def open_configured(
-    ca_key: str | None, module: Path | None, pin_file: Path | None, *, generate: CAKeyType | None
-) -> HsmKey | None:
-    """The token key that --ca-key names (None without it), opened before the data dir is touched."""
+    ca_key: str | None, module: Path | None, pin_file: Path | None, *, pending: bool
+) -> HsmKey | PendingKey | None:
+    """The token key that --ca-key names (None without it), opened before the data dir is touched.
+
+    With pending (kms-server init), a key the token lacks is made only once the deployment is
+    known to be new (PendingKey.for_new_ca), so an init that refuses leaves no stray key behind.
+    """
     if ca_key is None:
         return None
-    return open_ca_key(ca_key, module, read_pin(pin_file), generate=generate)
+    return _open(ca_key, module, lambda: read_pin(pin_file), generate=None, pending=pending)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -10,14 +14,21 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp
 
+from kms.errors import Unavailable
 from kms.revocation import CRL_REASONS
 from server.ca.authority import CertificateAuthority
 from server.clock import Clock
 from server.store import Store
+from server.store.records import CertificateRecord
 
 __all__ = ["OcspResponder"]
 
+logger = logging.getLogger(__name__)
+
 VALIDITY = timedelta(hours=1)
+# How long, and for how many certificates, a signed answer is reused.
+CACHE_TTL = timedelta(seconds=60)
+CACHE_SIZE = 4096
 
 
 class OcspResponder:
@@ -25,6 +36,9 @@ class OcspResponder:
         self._ca = ca
         self._store = store
         self._clock = clock
+        self._cache: OrderedDict[tuple[str, str, int | None, str | None], tuple[datetime, bytes]] = (
+            OrderedDict()
+        )
         # Requests may name the issuer with SHA-1 (openssl's default) or SHA-256.
         self._issuer_key_hashes = {
             algorithm.name: _key_hash(ca.certificate, algorithm)
@@ -32,7 +46,22 @@ class OcspResponder:
         }
 
     async def respond(self, request_der: bytes) -> bytes:
-        """Answers one OCSP request (DER); malformed or foreign requests get an unsuccessful response."""
+        """Answers one OCSP request (DER); malformed or foreign requests get an unsuccessful response,
+        and so do requests while the CA key cannot sign (a token down): tryLater."""
+        try:
+            return await self._respond(request_der)
+        except Unavailable as exc:
+            logger.warning("OCSP answered tryLater: %s", exc.message)
+            return _unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
+
+    async def _respond(self, request_der: bytes) -> bytes:
+        """respond, which a signer that cannot sign leaves with Unavailable.
+
+        Answers are cached per certificate and status for up to CACHE_SECONDS (CACHE_SIZE at most),
+        so requests, which anyone may send, do not each cost a signature. A nonce (RFC 8954) is
+        echoed in a fresh answer when the CA key is in software; with a slow key (a token) the
+        cached answer is sent without it, as RFC 8954 §2.1 allows, and that signature leaves the loop.
+        """
         try:
             request = ocsp.load_der_ocsp_request(request_der)
         except ValueError:
@@ -44,8 +73,29 @@ class OcspResponder:
         record = await self._store.get_certificate(format(request.serial_number, "x"))
         if record is None:
             return _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
-        cert = x509.load_der_x509_certificate(record.der)
+        nonces = [ext.value for ext in request.extensions if isinstance(ext.value, x509.OCSPNonce)]
         now = self._clock()
+        key = (algorithm.name, record.serial, record.revoked_at, record.revocation_reason)
+        if nonces and not self._ca.slow_signing:
+            return await self._sign(self._builder(record, algorithm, now, nonces))
+        cached = self._cache.get(key)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        der = await self._sign(self._builder(record, algorithm, now, []))
+        self._cache[key] = (now + CACHE_TTL, der)
+        self._cache.move_to_end(key)
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return der
+
+    def _builder(
+        self,
+        record: CertificateRecord,
+        algorithm: hashes.HashAlgorithm,
+        now: datetime,
+        nonces: list[x509.OCSPNonce],
+    ) -> ocsp.OCSPResponseBuilder:
+        cert = x509.load_der_x509_certificate(record.der)
         builder = ocsp.OCSPResponseBuilder()
         if record.revoked_at is None:
             builder = builder.add_response(
@@ -69,10 +119,16 @@ class OcspResponder:
                 datetime.fromtimestamp(record.revoked_at, UTC),
                 CRL_REASONS[record.revocation_reason or "unspecified"],
             )
-        for ext in request.extensions:
-            if isinstance(ext.value, x509.OCSPNonce):  # echo the nonce (RFC 8954)
-                builder = builder.add_extension(ext.value, critical=False)
-        return self._ca.sign_ocsp(builder).public_bytes(Encoding.DER)
+        for nonce in nonces:  # echo the nonce (RFC 8954)
+            builder = builder.add_extension(nonce, critical=False)
+        return builder
+
+    async def _sign(self, builder: ocsp.OCSPResponseBuilder) -> bytes:
+        sign = functools.partial(self._ca.sign_ocsp, builder)
+        response = (
+            await asyncio.to_thread(sign) if self._ca.slow_signing else sign()
+        )  # a token: not on the loop
+        return response.public_bytes(Encoding.DER)
 
 
 def _key_hash(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:

@@ -27,6 +27,9 @@ __all__ = ["ServerTls"]
 
 logger = logging.getLogger(__name__)
 
+# How long rotate_forever waits after a failed rotation before trying again.
+RETRY_DELAY = 30.0
+
 
 class ServerTls:
     def __init__(
@@ -99,7 +102,17 @@ class ServerTls:
         while True:
             wait = (self.renew_at() - self._clock()).total_seconds()
             if wait <= 0:
-                await asyncio.to_thread(self.rotate)
+                try:
+                    await asyncio.to_thread(self.rotate)
+                except Exception as exc:  # noqa: BLE001 - one failure (a token, the disk) must not end the loop
+                    why = str(exc).splitlines()[0] if str(exc) else ""
+                    logger.error(
+                        "server certificate rotation failed, retrying in %.0f s: %s%s",
+                        RETRY_DELAY,
+                        type(exc).__name__,
+                        f": {why}" if why else "",
+                    )
+                    await asyncio.sleep(RETRY_DELAY)
                 continue
             await asyncio.sleep(min(wait, 60.0))
 

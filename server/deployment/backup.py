@@ -6,12 +6,16 @@ key itself is never in it, so a backup alone reveals no key material;
 restoring needs the master key from wherever the operator keeps it. When the
 CA key is in a PKCS#11 token (--ca-key), there is no ca.key to back up: the
 token's own backup keeps the key, and the backup holds only the CA certificate.
+The store records that (meta ca_key = "pkcs11", set by deployment.py), so a
+backup without ca.key is accepted only when its own store says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import shutil
+import sqlite3
 import tarfile
 import tempfile
 from pathlib import Path
@@ -58,6 +62,11 @@ def read_backup(source: Path) -> dict[str, bytes]:
             ):
                 raise InvalidArgument(f"{source} is not a kms-server backup")
             contents = {name: _read(tar, members[name]) for name in expected}
+        if _CA_KEY not in contents and not _ca_key_in_token(contents[_DB]):
+            raise InvalidArgument(
+                f"{source} is not a whole kms-server backup: ca.key is missing, and its deployment's CA key "
+                "is not in a PKCS#11 token"
+            )
     except OSError as exc:
         raise InvalidArgument(f"cannot read backup {source}: {exc.strerror or exc}") from None
     except tarfile.TarError:  # tarfile's own text lists every compression it tried: one line is enough
@@ -65,6 +74,18 @@ def read_backup(source: Path) -> dict[str, bytes]:
             f"{source} is not a kms-server backup (not a tar archive; kms-server backup writes one)"
         ) from None
     return contents
+
+
+def _ca_key_in_token(db: bytes) -> bool:
+    """Whether the backup's store says its CA key is in a token (deployment.py records it)."""
+    try:
+        with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+            # Header bytes 18-19 say WAL (2), which an in-memory copy cannot use: read it as rollback (1).
+            conn.deserialize(db[:18] + b"\x01\x01" + db[20:] if db[18:20] == b"\x02\x02" else db)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'ca_key'").fetchone()
+    except sqlite3.Error:
+        return False
+    return row is not None and row[0] == "pkcs11"
 
 
 def check_restorable(source: Path, data_dir: Path) -> None:

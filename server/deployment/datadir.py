@@ -163,7 +163,7 @@ class DataDir:
         return key
 
     def load_master_key(self) -> bytes:
-        return read_master_key(self.master_key, self._read(self.master_key))
+        return read_master_key(self.master_key, self.read(self.master_key))
 
     # --- key pairs -------------------------------------------------------------
 
@@ -173,8 +173,8 @@ class DataDir:
 
     def load_pair(self, cert_path: Path, key_path: Path, sealer: Sealer) -> KeyPair:
         return open_pair(
-            self._read(cert_path),
-            self._read(key_path),
+            self.read(cert_path),
+            self.read(key_path),
             sealer,
             slot=key_path.name,
             cert_name=str(cert_path),
@@ -182,7 +182,8 @@ class DataDir:
             master_name=str(self.master_key),
         )
 
-    def _read(self, path: Path) -> bytes:
+    def read(self, path: Path) -> bytes:
+        """A file of the data dir; a missing one is the one-line "incomplete data dir" error."""
         try:
             return path.read_bytes()
         except FileNotFoundError:

@@ -55,7 +55,10 @@ from server.store import Store, open_store
 from server.store.records import AUDIT_MARKER
 
 if TYPE_CHECKING:
-    from server.ca.hsm import HsmKey  # imported only with --ca-key: python-pkcs11 is not needed otherwise
+    from server.ca.hsm import (  # imported only with --ca-key: python-pkcs11 is not needed otherwise
+        HsmKey,
+        PendingKey,
+    )
 
 __all__ = ["Deployment", "open_deployment"]
 
@@ -64,6 +67,8 @@ logger = logging.getLogger(__name__)
 # The CA's sealing slot: the same name whether the sealed key is a file or a row.
 _CA_SLOT = "ca.key"
 # The database's ca_key when the CA key is in a PKCS#11 token (it holds no key then).
+# The embedded store records it too (meta ca_key), for backups: see backup.py.
+_CA_KEY_META = "ca_key"
 _IN_TOKEN = "pkcs11"  # noqa: S105 - a marker, not a secret
 
 
@@ -87,11 +92,13 @@ class Deployment:
 
 
 async def open_deployment(
-    cfg: ServerConfig, datadir: DataDir, clock: Clock, hsm: HsmKey | None = None
+    cfg: ServerConfig, datadir: DataDir, clock: Clock, hsm: HsmKey | PendingKey | None = None
 ) -> Deployment:
     """Opens the store and the CA, making them on first start. The caller holds the data dir lock.
 
-    With hsm (--ca-key pkcs11:...), the CA key is that token key: only its certificate is kept.
+    With hsm (--ca-key pkcs11:...), the CA key is that token key: only its certificate is kept. A
+    PendingKey (kms-server init, the token lacks the key) is generated only for a new deployment,
+    after every check; an existing deployment needs the key there.
 
     Raises:
         FailedPrecondition: a missing, wrong or mismatched master key, store or CA.
@@ -206,7 +213,7 @@ def _created(root: CARoot) -> None:
 
 
 async def _embedded(
-    cfg: ServerConfig, datadir: DataDir, store: Store, clock: Clock, hsm: HsmKey | None
+    cfg: ServerConfig, datadir: DataDir, store: Store, clock: Clock, token: HsmKey | PendingKey | None
 ) -> Deployment:
     where = f"data dir {cfg.data_dir}"
     if os.environ.get("KMS_MASTER_KEY"):
@@ -219,14 +226,20 @@ async def _embedded(
         raise DataDirError(f"{where} has a CA but no master.key: restore master.key from a backup")
     if fresh and not await store.is_empty():
         raise DataDirError(f"{where} has a store but no master.key: restore master.key from a backup")
-    trust_domain = await _trust_domain(cfg, store, where, fresh=fresh)
     if not fresh:
+        trust_domain = await _trust_domain(cfg, store, where, fresh=fresh)
         sealer = Sealer(datadir.load_master_key())
-        return Deployment(store, sealer, _load_embedded(cfg, datadir, sealer, hsm), trust_domain, False)
-    # Everything that can fail comes before the first secret is written.
+        root = _load_embedded(cfg, datadir, sealer, token)
+        if token is not None and await store.get_meta(_CA_KEY_META) != _IN_TOKEN:
+            await store.set_meta(_CA_KEY_META, _IN_TOKEN, replace=True)  # made before the marker was
+        return Deployment(store, sealer, root, trust_domain, False)
+    # Everything that can fail comes before the first secret is written (or a key is made in the token).
+    hsm = None if token is None else token.for_new_ca(cfg.ca_key_type)
+    trust_domain = await _trust_domain(cfg, store, where, fresh=fresh)
     if hsm is not None:
-        check_key_type(hsm.key_type, cfg.ca_key_type, f"{hsm}")
         root = create_external_root(hsm, trust_domain, cfg.ca_ttl, clock())
+        # The marker backups check: a backup without ca.key is whole only for such a deployment.
+        await store.set_meta(_CA_KEY_META, _IN_TOKEN, replace=True)
         sealer = Sealer(datadir.create_master_key())
         write_atomic(datadir.ca_cert, root.cert_pem, mode=0o644)  # and no ca.key: the key is in the token
     else:
@@ -238,9 +251,11 @@ async def _embedded(
     return Deployment(store, sealer, root, trust_domain, True)
 
 
-def _load_embedded(cfg: ServerConfig, datadir: DataDir, sealer: Sealer, hsm: HsmKey | None) -> CARoot:
+def _load_embedded(
+    cfg: ServerConfig, datadir: DataDir, sealer: Sealer, token: HsmKey | PendingKey | None
+) -> CARoot:
     where = f"data dir {cfg.data_dir}"
-    if hsm is None:
+    if token is None:
         if datadir.ca_cert.exists() and not datadir.ca_key.exists():
             raise DataDirError(
                 f"{where} is incomplete: ca.key is missing (restore it from a backup; or, if this deployment's "
@@ -251,12 +266,12 @@ def _load_embedded(cfg: ServerConfig, datadir: DataDir, sealer: Sealer, hsm: Hsm
         raise DataDirError(
             f"the CA key of {where} is ca.key, in software: --ca-key cannot move it into a token"
         )
-    cert = open_cert(datadir.ca_cert.read_bytes(), str(datadir.ca_cert))
-    return external_root(cert, hsm, cfg.ca_key_type, where)
+    cert = open_cert(datadir.read(datadir.ca_cert), str(datadir.ca_cert))
+    return external_root(cert, token.existing(), cfg.ca_key_type, where)
 
 
 async def _shared(
-    cfg: ServerConfig, datadir: DataDir, store: Store, clock: Clock, hsm: HsmKey | None
+    cfg: ServerConfig, datadir: DataDir, store: Store, clock: Clock, token: HsmKey | PendingKey | None
 ) -> Deployment:
     where = "the database"
     ca_pem = await store.get_meta("ca_cert")
@@ -265,9 +280,9 @@ async def _shared(
             raise DataDirError(
                 "the database holds data but no CA: it was not made by kms-server init; restore it from a backup"
             )
+        hsm = None if token is None else token.for_new_ca(cfg.ca_key_type)
         trust_domain = await _trust_domain(cfg, store, where, fresh=True)
         if hsm is not None:
-            check_key_type(hsm.key_type, cfg.ca_key_type, f"{hsm}")
             root = create_external_root(hsm, trust_domain, cfg.ca_ttl, clock())
         else:
             pair = create_root(trust_domain, cfg.ca_key_type, cfg.ca_ttl, clock())
@@ -286,24 +301,32 @@ async def _shared(
         return Deployment(store, sealer, root, trust_domain, True)
     trust_domain = await _trust_domain(cfg, store, where, fresh=False)
     sealer = Sealer(_master_key(cfg, datadir, create=False))
-    root = _load_shared(cfg, datadir, ca_pem, await store.get_meta("ca_key"), sealer, hsm)
+    root = _load_shared(cfg, datadir, ca_pem, await store.get_meta(_CA_KEY_META), sealer, token)
     _publish_ca(datadir, root)
     return Deployment(store, sealer, root, trust_domain, False)
 
 
 def _load_shared(
-    cfg: ServerConfig, datadir: DataDir, ca_pem: str, stored: str | None, sealer: Sealer, hsm: HsmKey | None
+    cfg: ServerConfig,
+    datadir: DataDir,
+    ca_pem: str,
+    stored: str | None,
+    sealer: Sealer,
+    token: HsmKey | PendingKey | None,
 ) -> CARoot:
     where = "the database"
-    if (stored == _IN_TOKEN) != (hsm is not None):
+    if (stored == _IN_TOKEN) != (token is not None):
         raise DataDirError(
             "this deployment's CA key is in a PKCS#11 token: give --ca-key pkcs11:... and --pkcs11-module"
-            if hsm is None
+            if token is None
             else "this deployment's CA key is in software (sealed in the database): --ca-key cannot move it"
         )
-    if hsm is not None:
+    if token is not None:
         return external_root(
-            open_cert(ca_pem.encode(), "the CA certificate in the database"), hsm, cfg.ca_key_type, where
+            open_cert(ca_pem.encode(), "the CA certificate in the database"),
+            token.existing(),
+            cfg.ca_key_type,
+            where,
         )
     pair = open_pair(
         ca_pem.encode(),

@@ -15,6 +15,7 @@ import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
+from kms.errors import Unavailable
 from server.ca.crl import CrlPublisher
 from server.ca.ocsp import OcspResponder
 from server.ops.metrics import Metrics
@@ -73,6 +74,8 @@ class HttpSidePort:
             ConnectionError,
         ):
             status, ctype, body = 400, "text/plain", b"bad request\n"
+        except Unavailable as exc:  # the CA key cannot sign now (its token is down): one line, no traceback
+            status, ctype, body = 503, "text/plain", f"unavailable: {exc.message}\n".encode()
         head = (
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"

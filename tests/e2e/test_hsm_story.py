@@ -3,20 +3,27 @@
 One server per backend, its CA key generated in a throwaway SoftHSM2 token by
 `kms-server init`: an agent enrolls, the CRL and an OCSP answer verify with
 openssl, and the key is nowhere but in the token. Each way the token can fail
-is one line, before anything is written to the data dir.
+is one line, before anything is written to the data dir; a token that fails
+while the server runs is one UNAVAILABLE line, and is logged in to again. The
+in-process tests use this module's token: python-pkcs11 loads SoftHSM2 once per
+process, with the configuration of that moment (the SQLite module's).
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tarfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509 import ocsp
 
 from tests.harness import (
     ServerProcess,
@@ -100,7 +107,7 @@ def test_an_agent_enrolls_and_crl_and_ocsp_verify(served: tuple[ServerProcess, P
         )
 
 
-def test_the_key_is_in_the_token_only(served: tuple[ServerProcess, Path], hsm: SoftHsm) -> None:
+def test_the_key_is_in_the_token_only(served: tuple[ServerProcess, Path], hsm: SoftHsm, backend: str) -> None:
     server, _ = served
     assert not (server.data_dir / "ca.key").exists()
     names = {p.name for p in server.data_dir.iterdir()}
@@ -108,6 +115,8 @@ def test_the_key_is_in_the_token_only(served: tuple[ServerProcess, Path], hsm: S
                       "kms.lock", "admin.sock", "audit-keyed-from"}, names  # fmt: skip
     held = store_bytes(server)
     assert b"PRIVATE KEY" not in held
+    if backend != "sqlite":
+        return  # python-pkcs11 loads SoftHSM2 once per process, with the SQLite module's token directory
     import pkcs11  # the token's own word: the key was made there and can never be read out
 
     token = pkcs11.lib(str(hsm.module)).get_token(token_label=TOKEN)
@@ -163,9 +172,34 @@ def test_each_failure_is_one_line_and_creates_nothing(
     assert_one_line_error(moved, 6, "is ca.key, in software: --ca-key cannot move it")
 
 
+@pytest.mark.sqlite_only("the data dir's checks, before any store is used")
+def test_init_makes_a_key_only_for_a_new_ca(served: tuple[ServerProcess, Path], hsm: SoftHsm) -> None:
+    """An init that refuses leaves no key in the token, nor a file in the data dir."""
+    from server.ca.hsm import HsmError, open_ca_key
+
+    init = [exe("kms-server"), "init", "--data-dir"]
+    software = hsm.root / "software-ca"
+    assert run([*init, str(software)]).returncode == 0
+    stray = f"pkcs11:token={TOKEN};object=stray"
+    refused = run([*init, str(software), *_flags(hsm, stray)])
+    assert_one_line_error(refused, 6, "is ca.key, in software: --ca-key cannot move it")
+    with pytest.raises(HsmError, match="has no private key 'stray'"):
+        open_ca_key(stray, hsm.module, PIN)
+    # served's init made object=ca as ECDSA P-256: another type is refused before anything is written.
+    fresh = hsm.root / "typed"
+    typed = run([*init, str(fresh), *_flags(hsm), "--ca-key-type", "rsa-3072"])
+    assert_one_line_error(typed, 6, "is ecdsa-p256, not --ca-key-type rsa-3072")
+    assert not (fresh / "master.key").exists() and not (fresh / "ca.crt").exists()
+    # A data dir whose ca.crt went missing says so, in one line.
+    assert run([*init, str(fresh), *_flags(hsm)]).returncode == 0
+    (fresh / "ca.crt").unlink()
+    assert_one_line_error(run([*init, str(fresh), *_flags(hsm)]), 6, "is incomplete: ca.crt is missing")
+
+
 @pytest.mark.sqlite_only("no store here")
 def test_every_key_type_signs_in_the_token(hsm: SoftHsm) -> None:
-    """In this process: init's generation of each key type, and certificates and CRLs signed with it."""
+    """In this process: init's generation of each key type, and certificates, CRLs and OCSP answers
+    signed with it."""
     from server.ca.authority import CertificateAuthority, create_external_root
     from server.ca.hsm import open_ca_key
     from server.ca.keytype import CAKeyType
@@ -184,6 +218,90 @@ def test_every_key_type_signs_in_the_token(hsm: SoftHsm) -> None:
         pair.cert.verify_directly_issued_by(root.cert)
         crl = ca.sign_crl([(5, now, x509.ReasonFlags.key_compromise)], 1, now, now + timedelta(hours=1))
         assert crl.is_signature_valid(public)
+        good = ocsp.OCSPCertStatus.GOOD
+        builder = ocsp.OCSPResponseBuilder().add_response(
+            pair.cert, root.cert, hashes.SHA256(), good, now, now + timedelta(hours=1), None, None
+        )
+        answer = ca.sign_ocsp(builder)  # ExternalSigner verifies it with the CA's public key; again here:
+        if isinstance(public, rsa.RSAPublicKey):
+            public.verify(answer.signature, answer.tbs_response_bytes, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            digest = hashes.SHA384() if key_type is CAKeyType.EC_P384 else hashes.SHA256()
+            public.verify(answer.signature, answer.tbs_response_bytes, ec.ECDSA(digest))
+        key.close()
+        again.close()
+
+
+@pytest.mark.sqlite_only("no store here")
+def test_a_failed_token_is_unavailable_then_logged_in_to_again(
+    hsm: SoftHsm, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    from server.ca.authority import CertificateAuthority, create_external_root
+    from server.ca.hsm import TokenDown, open_ca_key
+    from server.ca.keytype import CAKeyType
+
+    reads: list[str] = []
+
+    def pin() -> str:
+        reads.append(PIN)
+        return PIN
+
+    key = open_ca_key(f"pkcs11:token={TOKEN};object=runtime", hsm.module, pin, generate=CAKeyType.EC_P256)
+    now = datetime.now(UTC)
+    root = create_external_root(key, "hsm.test", timedelta(days=1), now)
+    ca = CertificateAuthority(root, "hsm.test", timedelta(hours=1), lambda: now)
+    key._session.close()  # the session is gone under the live key (as when the token is pulled)
+    with pytest.raises(TokenDown) as err:
+        asyncio.run(ca.issue_agent(rsa_key.public_key(), "web-1"))
+    assert err.value.code is grpc.StatusCode.UNAVAILABLE
+    assert f"the CA key's token {TOKEN!r} failed (" in err.value.message and PIN not in err.value.message
+    assert len(reads) == 1
+    cert = asyncio.run(ca.issue_agent(rsa_key.public_key(), "web-1"))  # logged in again, PIN read again
+    cert.verify_directly_issued_by(root.cert)
+    assert len(reads) == 2
+    key.close()
+    reads.clear()
+    ca.issue_server(("localhost",), timedelta(hours=1))  # a closed key logs in again too
+    assert reads == [PIN]
+    key.close()
+
+
+@pytest.mark.sqlite_only("no store here")
+def test_a_key_is_made_only_for_a_new_ca_and_of_the_asked_type(hsm: SoftHsm) -> None:
+    from server.ca.hsm import HsmError, HsmKey, PendingKey, _open, open_ca_key
+    from server.ca.keytype import CAKeyType
+
+    uri = f"pkcs11:token={TOKEN};object=pending"
+    pending = _open(uri, hsm.module, PIN, generate=None, pending=True)
+    assert isinstance(pending, PendingKey)
+    with pytest.raises(HsmError, match="has no private key 'pending'"):
+        pending.existing()  # an existing deployment: nothing is made
+    with pytest.raises(HsmError, match="has no private key 'pending'"):
+        open_ca_key(uri, hsm.module, PIN)
+    pending = _open(uri, hsm.module, PIN, generate=None, pending=True)
+    assert isinstance(pending, PendingKey)
+    made = pending.for_new_ca(CAKeyType.EC_P384)
+    assert made.key_type is CAKeyType.EC_P384
+    found = _open(uri, hsm.module, PIN, generate=None, pending=True)
+    assert isinstance(found, HsmKey) and found.public_key() == made.public_key()
+    with pytest.raises(HsmError, match="is ecdsa-p384, not --ca-key-type rsa-3072"):
+        found.for_new_ca(CAKeyType.RSA_3072)
+    made.close()
+    found.close()
+
+
+@pytest.mark.sqlite_only("no store here")
+def test_a_second_login_in_the_process_still_checks_its_pin(hsm: SoftHsm) -> None:
+    from server.ca.hsm import HsmError, open_ca_key
+    from server.ca.keytype import CAKeyType
+
+    first = open_ca_key(f"pkcs11:token={TOKEN};object=one", hsm.module, PIN, generate=CAKeyType.EC_P256)
+    try:  # the token is logged in: it would let any PIN through as "already logged in"
+        with pytest.raises(HsmError, match=f"wrong PIN for token {TOKEN!r}"):
+            open_ca_key(f"pkcs11:token={TOKEN};object=one", hsm.module, "0000")
+        open_ca_key(f"pkcs11:token={TOKEN};object=one", hsm.module, PIN).close()
+    finally:
+        first.close()
 
 
 @pytest.mark.postgresql_only("a replica of a deployment whose CA key is in a token")

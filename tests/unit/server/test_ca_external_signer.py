@@ -10,9 +10,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from asn1crypto import crl as asn1_crl
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from kms import profile
@@ -90,3 +93,51 @@ def test_the_software_signer_signs_as_the_builders_always_did() -> None:
     direct = builder.sign(key, hashes.SHA256())
     assert SoftwareSigner(key).sign_certificate(builder) == direct
     assert SoftwareSigner(key).sign_certificate(builder).signature == direct.signature
+
+
+def _crl_builder(issuer: x509.Certificate, now: datetime) -> x509.CertificateRevocationListBuilder:
+    entry = x509.RevokedCertificateBuilder().serial_number(9).revocation_date(now)
+    entry = entry.add_extension(x509.CRLReason(x509.ReasonFlags.key_compromise), critical=False)
+    return (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(now)
+        .next_update(now + timedelta(hours=1))
+        .add_extension(x509.CRLNumber(3), critical=False)
+        .add_revoked_certificate(entry.build())
+    )
+
+
+@pytest.mark.parametrize("key_type", [CAKeyType.RSA_3072, CAKeyType.EC_P384])
+def test_the_external_signer_signs_what_the_builders_sign(key_type: CAKeyType) -> None:
+    """RSA: the very bytes cryptography's builders make with the key in memory. ECDSA signatures are
+    randomised: the same TBS and signature algorithm, and a signature that verifies."""
+    key = generate_key(key_type)
+    digest = hashes.SHA384() if key_type is CAKeyType.EC_P384 else hashes.SHA256()
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    cert_builder = profile.ca_builder(key.public_key(), TD, 42, now, timedelta(days=30))
+    direct = cert_builder.sign(key, digest)
+    external = _external(key, key_type)
+    cert = external.sign_certificate(cert_builder)
+    crl_builder = _crl_builder(direct, now)
+    direct_crl, crl = crl_builder.sign(key, digest), external.sign_crl(crl_builder)
+    if key_type is CAKeyType.RSA_3072:
+        assert cert.public_bytes(Encoding.DER) == direct.public_bytes(Encoding.DER)
+        assert crl.public_bytes(Encoding.DER) == direct_crl.public_bytes(Encoding.DER)
+    assert cert.tbs_certificate_bytes == direct.tbs_certificate_bytes
+    assert cert.signature_algorithm_oid == direct.signature_algorithm_oid
+    assert _algorithm(cert) == _algorithm(direct)  # the outer AlgorithmIdentifier, DER
+    assert crl.tbs_certlist_bytes == direct_crl.tbs_certlist_bytes
+    assert _algorithm(crl) == _algorithm(direct_crl)
+    cert.verify_directly_issued_by(direct)
+    assert crl.is_signature_valid(key.public_key())
+
+
+def _algorithm(signed: x509.Certificate | x509.CertificateRevocationList) -> bytes:
+    if isinstance(signed, x509.Certificate):
+        return bytes(
+            asn1_x509.Certificate.load(signed.public_bytes(Encoding.DER))["signature_algorithm"].dump()
+        )
+    return bytes(
+        asn1_crl.CertificateList.load(signed.public_bytes(Encoding.DER))["signature_algorithm"].dump()
+    )
