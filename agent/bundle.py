@@ -21,7 +21,7 @@ from agent.state import StateDir
 from kms.cabundle import BundleError, TrustedCA, parse_bundle, verify_bundle
 from kms.securefile import write_atomic
 
-__all__ = ["bundle_path", "refresh_bundle", "stored_bundle"]
+__all__ = ["bundle_path", "news", "refresh_bundle", "stored_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,11 @@ def refresh_bundle(state: StateDir, pem: str, now: datetime) -> list[TrustedCA] 
     except (BundleError, OSError, ValueError) as exc:
         logger.warning("kept the CA trust as it was: the server's trust bundle does not verify (%s)", exc)
         return None
-    write_atomic(bundle_path(state), pem.encode(), mode=0o644)
+    try:
+        write_atomic(bundle_path(state), pem.encode(), mode=0o644)
+    except OSError as exc:  # a full or read-only disk: the old trust stays, the agent goes on
+        logger.warning("kept the CA trust as it was: cannot store %s (%s)", bundle_path(state), exc)
+        return None
     logger.info(
         "stored the CA trust bundle in %s: %s",
         bundle_path(state),
@@ -62,3 +66,16 @@ def stored_bundle(state: StateDir, now: datetime) -> list[TrustedCA] | None:
     except (BundleError, OSError, ValueError) as exc:
         logger.warning("%s does not verify from the pinned CA: %s", path, exc)
         return None
+
+
+def news(state: StateDir, pem: str) -> bool:
+    """Whether the server's bundle says more than this agent keeps: a prepared CA (more than one
+    certificate) it has not stored yet. An agent enrolled, upgraded or offline since the 'bundle'
+    event never hears it: it checks at each stream's start instead."""
+    try:
+        stored = bundle_path(state).read_text()
+    except FileNotFoundError:
+        stored = ""
+    except (OSError, ValueError):
+        return True
+    return pem != stored and (bool(stored) or pem.count("BEGIN CERTIFICATE") > 1)

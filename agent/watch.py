@@ -28,12 +28,12 @@ from types import FrameType
 
 import grpc
 
-from agent.bundle import refresh_bundle
+from agent.bundle import news, refresh_bundle
 from agent.client import Endpoint, KmsClient
 from agent.servers import Servers
 from agent.state import AgentIdentity, KeyFile, StateDir
 from agent.watchdog import Watchdog
-from kms.errors import Held, ResourceExhausted, Revoked, Unauthenticated, Unavailable
+from kms.errors import Held, KmsError, ResourceExhausted, Revoked, Unauthenticated, Unavailable
 from kms.events import describe, event_fields
 from kms.revocation import HOLD
 from kms.v1 import revocation_pb2
@@ -148,6 +148,7 @@ class Watcher:
                     if not got_heartbeat:  # the server sends one as soon as the stream is live
                         got_heartbeat = True
                         logger.info("following the feed on %s from seq %d", endpoint.target, self._position)
+                        self._catch_up_bundle()
                     self._advance(message.heartbeat.current_seq)
                 elif which == "resume":
                     logger.warning("server asked to resume after %d", message.resume.after_seq)
@@ -173,10 +174,28 @@ class Watcher:
 
     def _refresh_bundle(self) -> None:
         """The new trust bundle, verified and stored (agent/bundle.py). A server that cannot be
-        reached raises: the stream reconnects and the event comes again."""
-        with self._connect() as client:
-            pem = client.get_trust_bundle()
+        reached raises: the stream reconnects and the event comes again. Any other refusal keeps
+        the old trust (one line): it must not end the watch."""
+        try:
+            with self._connect() as client:
+                pem = client.get_trust_bundle()
+        except Unavailable:
+            raise
+        except KmsError as exc:
+            logger.warning("kept the CA trust as it was: the server's trust bundle: %s", exc.message)
+            return
         refresh_bundle(self._state, pem, _now())
+
+    def _catch_up_bundle(self) -> None:
+        """At a stream's start: a bundle this agent missed (enrolled, upgraded or offline since its
+        event) is fetched now. Failing here changes nothing; the stream goes on."""
+        try:
+            with self._connect() as client:
+                pem = client.get_trust_bundle()
+            if news(self._state, pem):
+                refresh_bundle(self._state, pem, _now())
+        except KmsError as exc:
+            logger.warning("could not check the server's CA trust bundle: %s", exc.message)
 
     def _handle(self, event: revocation_pb2.RevocationEvent) -> None:
         fields = event_fields(event)

@@ -29,6 +29,7 @@ import hmac
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ from server.ca.signer import PublicKey, public_key_type
 __all__ = ["HsmError", "HsmKey", "PendingKey", "TokenDown", "open_ca_key", "open_configured", "read_pin"]
 
 PIN_ENV = "KMS_PKCS11_PIN"
+# After a failure other than a refused PIN, the token is tried again at most this often.
+REOPEN_EVERY = 5.0
 _CURVES = {CAKeyType.EC_P256: "secp256r1", CAKeyType.EC_P384: "secp384r1"}
 # The PIN each token accepted in this process (a digest), by (module, label, serial): a second
 # login to a token is refused as "already logged in" without the PIN being checked.
@@ -57,6 +60,10 @@ _LOGINS: dict[tuple[str, str, str | None], bytes] = {}
 
 class HsmError(FailedPrecondition):
     """The token or its key cannot be used; the message says which and how to fix it."""
+
+
+class PinRefused(HsmError):
+    """The token refused the PIN (wrong, or locked): offering it again only brings a lockout nearer."""
 
 
 class TokenDown(Unavailable):
@@ -101,6 +108,8 @@ class HsmKey(ExternalSigner):
         self._private: Any = private
         self._pin = pin
         self._lock = threading.Lock()
+        self._next_try = 0.0  # monotonic: no new login before (after a failure)
+        self._refused: bytes | None = None  # digest of a PIN the token refused
         super().__init__(public, self._sign_in_token)
 
     def __str__(self) -> str:
@@ -146,18 +155,38 @@ class HsmKey(ExternalSigner):
                 ) from None
 
     def _reopen(self) -> None:
-        """A new session, logged in with the PIN read again, and the same key found in it."""
+        """A new session, logged in with the PIN read again, and the same key found in it.
+
+        Anyone can make the server sign (an OCSP request), and a real token locks its PIN after
+        a few wrong ones: a PIN the token refused is not offered again until the PIN file (or
+        KMS_PKCS11_PIN) changes, and after any other failure the token is tried again at most
+        every REOPEN_EVERY seconds; in between, signing fails at once.
+        """
+        if time.monotonic() < self._next_try:
+            raise TokenDown(
+                f"the CA key's token {self.uri.token!r} is down: it is tried again within {REOPEN_EVERY:.0f} s"
+            )
         session = None
         try:
-            session = _login(self._lib, self.uri, self._pin())
+            pin = self._pin()
+            if self._refused is not None and hmac.compare_digest(self._refused, _pin_digest(pin)):
+                raise TokenDown(
+                    f"token {self.uri.token!r} refused the configured PIN: it is not offered again until the PIN"
+                    " file (or KMS_PKCS11_PIN) changes"
+                )
+            session = _login(self._lib, self.uri, pin)
             private = _find(session, self.uri, ObjectClass.PRIVATE_KEY)
             if private is None or _public_key(session, self.uri, private) != self.public_key():
                 raise HsmError(f"token {self.uri.token!r} no longer holds the CA key {_named(self.uri)}")
+        except PinRefused as exc:
+            self._refused = _pin_digest(pin)
+            raise TokenDown(f"the CA key's token cannot be used: {exc.message}") from None
         except (HsmError, pkcs11.PKCS11Error) as exc:
             _close(session)
+            self._next_try = time.monotonic() + REOPEN_EVERY
             why = exc.message if isinstance(exc, HsmError) else _reason(exc)
             raise TokenDown(f"the CA key's token cannot be used: {why}") from None
-        self._session, self._private = session, private
+        self._session, self._private, self._refused = session, private, None
 
     def _drop(self) -> None:
         _close(self._session)
@@ -286,12 +315,14 @@ def _login(lib: Any, uri: Pkcs11Uri, pin: str) -> Any:
         # ...so the token does not check this PIN: compare it with the one it accepted.
         accepted = _LOGINS.get(logged_in)
         if accepted is None or not hmac.compare_digest(accepted, _pin_digest(pin)):
-            raise HsmError(f"wrong PIN for token {uri.token!r}") from None
+            raise PinRefused(f"wrong PIN for token {uri.token!r}") from None
         return token.open(rw=True)
     except (pkcs11.PinIncorrect, pkcs11.PinInvalid, pkcs11.PinLenRange):
-        raise HsmError(f"wrong PIN for token {uri.token!r}") from None
+        raise PinRefused(f"wrong PIN for token {uri.token!r}") from None
     except pkcs11.PinLocked:
-        raise HsmError(f"the PIN of token {uri.token!r} is locked: reset it with the token's tools") from None
+        raise PinRefused(
+            f"the PIN of token {uri.token!r} is locked: reset it with the token's tools"
+        ) from None
     except pkcs11.PKCS11Error as exc:
         raise HsmError(f"cannot log in to token {uri.token!r}: {_reason(exc)}") from None
     _LOGINS[logged_in] = _pin_digest(pin)

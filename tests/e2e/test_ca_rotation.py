@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from agent.cli import main as agent_main
 from kms.cabundle import parse_bundle
 from server.cli import main as server_main
 from tests.e2e.rig import Rig
-from tests.harness import ServerProcess, WatchProcess
+from tests.harness import ServerProcess, WatchProcess, enroll
 
 pytestmark = pytest.mark.sqlite_only(
     "what the commands and the agent do; the store's part (adoption, one rotation among replicas)"
@@ -65,6 +66,18 @@ def test_rotate_status_bundle_and_refusal(
         assert server_main(["ca", "rotate", *data]) == 6
         err = capsys.readouterr().err.strip()
         assert err.startswith("kms-server: error: CA generation 2 is prepared already") and "\n" not in err
+        # An agent enrolled after the event never hears it: its watch fetches the bundle as its
+        # stream starts.
+        assert enroll(server, root / "late", server.token("late", "web")).returncode == 0
+        late = WatchProcess(root / "late")
+        try:
+            late.wait_live()
+            deadline = time.monotonic() + 15
+            while not (root / "late" / "trust-bundle.pem").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert (root / "late" / "trust-bundle.pem").read_bytes() == stored.read_bytes()
+        finally:
+            assert late.stop() == 0
     finally:
         assert watch.stop() == 0
     # openssl: the cross-certificate verifies with the old CA as the only trust anchor, and

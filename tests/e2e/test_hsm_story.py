@@ -267,6 +267,26 @@ def test_a_failed_token_is_unavailable_then_logged_in_to_again(
 
 
 @pytest.mark.sqlite_only("no store here")
+def test_a_refused_pin_is_not_offered_again_until_it_changes(hsm: SoftHsm) -> None:
+    """Anyone can make the server sign (OCSP): a wrong PIN must not be tried once per request."""
+    from server.ca.hsm import TokenDown, open_ca_key
+    from server.ca.keytype import CAKeyType
+
+    pins = [PIN]
+    key = open_ca_key(
+        f"pkcs11:token={TOKEN};object=refused", hsm.module, lambda: pins[-1], generate=CAKeyType.EC_P256
+    )
+    key.close()  # as after a token failure: the next signature logs in again
+    pins.append("0000")  # the PIN file now holds a wrong PIN
+    with pytest.raises(TokenDown, match="wrong PIN"):
+        key._sign_in_token(b"tbs")
+    with pytest.raises(TokenDown, match="not offered again until the PIN"):
+        key._sign_in_token(b"tbs")  # no login: the token never sees that PIN twice
+    pins.append(PIN)  # fixed: tried at once
+    key._sign_in_token(b"tbs")
+    key.close()
+
+
 def test_a_key_is_made_only_for_a_new_ca_and_of_the_asked_type(hsm: SoftHsm) -> None:
     from server.ca.hsm import HsmError, HsmKey, PendingKey, _open, open_ca_key
     from server.ca.keytype import CAKeyType
