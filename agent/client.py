@@ -7,7 +7,9 @@ Servers.first_available, so every command fails over the same way.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -26,7 +28,7 @@ from kms.v1 import (
     revocation_pb2_grpc,
 )
 
-__all__ = ["DEFAULT_TIMEOUT", "Endpoint", "KmsClient"]
+__all__ = ["DEFAULT_TIMEOUT", "Endpoint", "KmsClient", "quiet_closed_channel_polling"]
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 15.0
@@ -35,6 +37,28 @@ _UNREACHABLE_HINT = (
     "a TLS handshake also fails when the server does not verify against the pinned CA,"
     " or when this agent's certificate is expired"
 )
+
+
+def quiet_closed_channel_polling(
+    args: threading.ExceptHookArgs, fallback: Any = threading.excepthook
+) -> None:
+    """threading.excepthook: drops what grpc's connectivity-polling thread raises when its channel
+    is closed under it (the thread Endpoint's subscribe starts; grpc closes a channel with it still
+    polling, and as the process exited it printed a traceback before the one-line error).
+    Anything else goes to the usual hook."""
+    tb = args.exc_traceback
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "_poll_connectivity" and Path(code.co_filename).parts[-2:] == (
+            "grpc",
+            "_channel.py",
+        ):
+            return
+        tb = tb.tb_next
+    fallback(args)
+
+
+threading.excepthook = quiet_closed_channel_polling
 
 
 class Endpoint:

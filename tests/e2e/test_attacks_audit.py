@@ -40,7 +40,16 @@ from tests.pki import csr_der
 # Admin RPCs that only read. Every other Admin method must leave an audit record:
 # a new method fails test_every_store_changing_admin_rpc_is_audited until it does
 # (and has a driver below), or is added here because it changes nothing.
-READ_ONLY = {"GetCA", "ListAgents", "ListKeys", "GetKey", "ListRevocations", "ListAudit", "VerifyAudit"}
+READ_ONLY = {
+    "GetCA",
+    "ListAgents",
+    "ListKeys",
+    "GetKey",
+    "ListRevocations",
+    "ListAudit",
+    "VerifyAudit",
+    "ListCAs",
+}
 
 
 def _admin_methods() -> set[str]:
@@ -169,6 +178,11 @@ def _backup(ctx: _Ctx) -> list[tuple[str, str]]:
     return [("backup", f"file:{target}")]
 
 
+def _rotate_ca(ctx: _Ctx) -> list[tuple[str, str]]:
+    ctx.stub.RotateCA(admin_pb2.RotateCARequest(), timeout=30)
+    return [("ca.rotate", "ca:2 ")]
+
+
 DRIVERS: dict[str, Callable[[_Ctx], list[tuple[str, str]]]] = {
     "CreateJoinToken": _create_token,
     "CreateKey": _create_key,
@@ -185,6 +199,7 @@ DRIVERS: dict[str, Callable[[_Ctx], list[tuple[str, str]]]] = {
     "RevokeCertificate": _revoke_cert,
     "RevokeAgent": _revoke_agent,
     "Backup": _backup,
+    "RotateCA": _rotate_ca,
 }
 
 
