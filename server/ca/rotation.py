@@ -97,6 +97,7 @@ class CARotation:
             pair.cert.public_bytes(Encoding.PEM).decode(),
             cross.public_bytes(Encoding.PEM).decode(),
             sealed_key=seal_key(pair, self._sealer, _CA_SLOT),
+            cross_signed_by=self._ca.certificate.public_bytes(Encoding.PEM).decode(),
         )
         at = now_seconds(self._clock)
         print_fp = fingerprint(pair.cert.public_bytes(Encoding.DER))

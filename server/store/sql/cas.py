@@ -31,6 +31,8 @@ class NewGeneration:
     cross_certificate: str  # PEM: its key certified by the active CA (RFC 4210 newWithOld)
     sealed_key: bytes | None = None
     key_uri: str | None = None  # a PKCS#11 URI (a key in a token)
+    # PEM of the CA that made the cross-certificate: it must be the store's active one.
+    cross_signed_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,18 @@ async def generations(tx: Tx, now: int | None) -> list[CAGeneration]:
 async def prepare_ca(tx: Tx, new: NewGeneration, now: int) -> tuple[CAGeneration, RevocationEvent]:
     """Adds new as the prepared generation and a 'bundle' event. Raises FailedPrecondition when one is
     prepared already (replicas take turns on the active row: the second sees the first's)."""
-    active = await tx.fetchval(
-        tx.locked("SELECT generation FROM ca_generations WHERE state = 'active'", "FOR UPDATE")
+    row = await tx.fetchrow(
+        tx.locked("SELECT generation, certificate FROM ca_generations WHERE state = 'active'", "FOR UPDATE")
     )
-    if active is None:
+    if row is None:
         raise FailedPrecondition("the store has no active CA: start the server once to adopt it")
+    if new.cross_signed_by is not None and new.cross_signed_by != row[1]:
+        # A replica started with another CA would prepare a CA no agent can verify, and block
+        # the slot for the right one.
+        raise FailedPrecondition(
+            f"this kms-server's CA is not the store's active CA (generation {row[0]}): start it with"
+            " the deployment's CA (the data dir or database every replica shares) before rotating"
+        )
     prepared = await tx.fetchval("SELECT generation FROM ca_generations WHERE state = 'prepared'")
     if prepared is not None:
         raise _prepared_already(int(prepared))

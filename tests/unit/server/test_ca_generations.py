@@ -126,3 +126,26 @@ def test_an_upgraded_store_adopts_its_ca_with_the_certificates_it_signed(tmp_pat
             await store.close()
 
     asyncio.run(body())
+
+
+def test_a_server_with_another_ca_cannot_prepare_one(store_at: tuple[str, str]) -> None:
+    """A replica started with the wrong CA would prepare a CA no agent can verify, and block the slot."""
+
+    def authority() -> CertificateAuthority:
+        return CertificateAuthority(
+            software_root(create_root("t", None, TTL, NOW)), "t", timedelta(hours=1), lambda: NOW
+        )
+
+    async def body() -> None:
+        store = await open_store_at(*store_at)
+        published: list[RevocationEvent] = []
+        try:
+            await _rotation(store, authority(), published).adopt()
+            with pytest.raises(FailedPrecondition, match="not the store's active CA"):
+                await _rotation(store, authority(), published).rotate(None)
+            assert [g.state for g in await store.ca_generations(None)] == ["active"]
+            assert published == [] and await store.events_after(0, 10) == []
+        finally:
+            await store.close()
+
+    asyncio.run(body())
