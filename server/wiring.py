@@ -157,7 +157,14 @@ async def _ca_rotation(
 ) -> CARotation:
     """The CA's generations, the deployment's CA adopted as the first (once)."""
     rotation = CARotation(
-        deployment.store, ca, deployment.sealer, clock, cfg.ca_ttl, cfg.ca_key, feed.publish
+        deployment.store,
+        ca,
+        deployment.sealer,
+        clock,
+        cfg.ca_ttl,
+        cfg.ca_key,
+        feed.publish,
+        lambda: feed.last_seq,
     )
     await rotation.adopt()
     return rotation

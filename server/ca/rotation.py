@@ -54,7 +54,12 @@ class CARotation:
         ca_ttl: timedelta,
         key_uri: str | None,
         publish: Callable[[RevocationEvent], object],
+        last_seq: Callable[[], int] = lambda: -1,
     ) -> None:
+        # The bundle is served to anonymous callers: read from the store once per position of the
+        # event feed (a 'bundle' event, here or from another replica, moves it), not per call.
+        self._last_seq = last_seq
+        self._bundle: tuple[int, str] | None = None
         self._store = store
         self._ca = ca
         self._sealer = sealer
@@ -119,7 +124,12 @@ class CARotation:
 
     async def bundle_pem(self) -> str:
         """The trust bundle: the active CA, then each prepared CA followed by its cross-certificate."""
+        seq = self._last_seq()
+        if self._bundle is not None and self._bundle[0] == seq >= 0:
+            return self._bundle[1]
         generations = await self._store.ca_generations(None)
         active = [g.certificate for g in generations if g.state == "active"]
         prepared = [g.certificate + (g.cross_certificate or "") for g in generations if g.state == "prepared"]
-        return "".join(active + prepared) or self._ca.bundle_pem.decode()
+        pem = "".join(active + prepared) or self._ca.bundle_pem.decode()
+        self._bundle = (seq, pem)
+        return pem

@@ -149,3 +149,26 @@ def test_a_server_with_another_ca_cannot_prepare_one(store_at: tuple[str, str]) 
             await store.close()
 
     asyncio.run(body())
+
+
+def test_the_bundle_is_read_once_per_position_of_the_feed(tmp_path: Path) -> None:
+    """GetCABundle is anonymous: the store is read again only when an event moved the feed."""
+    ca = CertificateAuthority(
+        software_root(create_root("t", None, TTL, NOW)), "t", timedelta(hours=1), lambda: NOW
+    )
+
+    async def body() -> None:
+        store = await open_store_at("sqlite", str(tmp_path))
+        seq = [5]
+        try:
+            served = CARotation(store, ca, SEALER, lambda: NOW, TTL, None, lambda e: None, lambda: seq[0])
+            await served.adopt()
+            before = await served.bundle_pem()
+            await _rotation(store, ca, []).rotate(None)  # another replica, say
+            assert await served.bundle_pem() == before  # the feed has not moved: no read
+            seq[0] = 6  # its 'bundle' event reached this server's feed
+            assert len(cabundle.parse_bundle(await served.bundle_pem()).cas) == 2
+        finally:
+            await store.close()
+
+    asyncio.run(body())
