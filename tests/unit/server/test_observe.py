@@ -79,6 +79,19 @@ def test_the_roster_windows_names_and_orders_ends_from_memory(tmp_path: Path) ->
     asyncio.run(body())
 
 
+def test_the_soonest_expiries_skip_any_number_of_revoked_agents(tmp_path: Path) -> None:
+    async def body() -> None:
+        store, revoked, roster, _, _, _ = await _world(tmp_path)
+        await roster.fresh()
+        for i in range(1500):  # revoked, and all ending before any valid one
+            roster.issued(CertificateRecord(f"r{i}", f"gone-{i:04}", T, T + 60 + i, b"der", T, None))
+            revoked[f"r{i}"] = "keyCompromise"
+        assert roster.ending(T, 1) == [(T + DAY, "b-2")]
+        await store.close()
+
+    asyncio.run(body())
+
+
 def test_an_overview_holds_the_window_and_standing_counts_certificates_and_streams(tmp_path: Path) -> None:
     async def body() -> None:
         store, revoked, _, journal, guard, observer = await _world(tmp_path)
