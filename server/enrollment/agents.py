@@ -10,7 +10,7 @@ from kms.revocation import HOLD
 from server.clock import Clock, now_seconds
 from server.store import AgentRecord, Store
 
-__all__ = ["AgentDirectory", "AgentView"]
+__all__ = ["AgentDirectory", "AgentView", "certificate_status"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,18 @@ class AgentView:
     record: AgentRecord
     spiffe_id: str
     status: str  # of record.latest: "valid", "held", "revoked", "expired" or "not yet valid"
+
+
+def certificate_status(revocation_reason: str | None, not_before: int, not_after: int, now: int) -> str:
+    """A certificate's state as its next call would find it: "valid", "held" (a hold may be
+    released), "revoked", "expired" or "not yet valid" (agents list, top, confirmations)."""
+    if revocation_reason is not None:
+        return "held" if revocation_reason == HOLD else "revoked"
+    if now >= not_after:
+        return "expired"
+    if now < not_before:
+        return "not yet valid"
+    return "valid"
 
 
 class AgentDirectory:
@@ -38,13 +50,9 @@ class AgentDirectory:
     def _status(self, agent: AgentRecord, now: int) -> str:
         cert = agent.latest
         reason = self._revocation_reason(cert.serial) or cert.revocation_reason
-        if cert.revoked_at is not None or reason is not None:
-            return "held" if reason == HOLD else "revoked"  # a hold may be released
-        if now >= cert.not_after:
-            return "expired"
-        if now < cert.not_before:
-            return "not yet valid"
-        return "valid"
+        if cert.revoked_at is not None and reason is None:
+            reason = "unspecified"
+        return certificate_status(reason, cert.not_before, cert.not_after, now)
 
     async def list(self) -> list[AgentView]:
         agents = await self._store.list_agents()

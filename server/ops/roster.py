@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kms.revocation import HOLD
+from server.enrollment.agents import certificate_status
 from server.store import AgentRecord, CertificateRecord, Store
 
 __all__ = ["RESYNC_EVERY", "Newest", "Roster", "newest_of"]
@@ -102,14 +102,9 @@ class Roster:
 
     def status(self, newest: Newest, now: int) -> str:
         """As the next call of that certificate would find it (server/enrollment/agents.py's words)."""
-        reason = self._revocation_reason(newest.serial)
-        if reason is not None:
-            return "held" if reason == HOLD else "revoked"  # a hold may be released
-        if now >= newest.not_after:
-            return "expired"
-        if now < newest.not_before:
-            return "not yet valid"
-        return "valid"
+        return certificate_status(
+            self._revocation_reason(newest.serial), newest.not_before, newest.not_after, now
+        )
 
     def window(self, text: str, offset: int, limit: int) -> tuple[int, list[str]]:
         """How many names contain text, and those from offset, at most limit of them, in order."""
