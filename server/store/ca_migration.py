@@ -16,6 +16,8 @@ changed; its serial is the new CA certificate's serial (hex).
 
 from __future__ import annotations
 
+from server.store.event_table import rebuild_sqlite_events
+
 __all__ = ["POSTGRES_CA_GENERATIONS", "SQLITE_CA_GENERATIONS"]
 
 
@@ -40,32 +42,16 @@ def _generations(blob: str, time: str) -> list[str]:
     ]
 
 
-_KINDS = "'cert', 'agent', 'key', 'rotate', 'disable', 'enable', 'release', 'expire', 'bundle'"
+_KINDS = ("cert", "agent", "key", "rotate", "disable", "enable", "release", "expire", "bundle")
+_ALLOWED = ", ".join(f"'{kind}'" for kind in _KINDS)
 
 SQLITE_CA_GENERATIONS: list[str] = [
     *_generations("BLOB", "INTEGER"),
-    # The event log is rebuilt for its CHECK, as in step 11.
-    f"""CREATE TABLE events_v12 (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        kind TEXT NOT NULL CHECK (kind IN ({_KINDS})),
-        serial TEXT,
-        agent_name TEXT,
-        key_name TEXT,
-        key_version INTEGER,
-        reason TEXT NOT NULL,
-        at INTEGER NOT NULL,
-        grantees TEXT
-    )""",
-    """INSERT INTO events_v12 SELECT seq, kind, serial, agent_name, key_name, key_version, reason, at, grantees
-        FROM events""",
-    """UPDATE sqlite_sequence SET seq = MAX(seq, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))
-        WHERE name = 'events_v12'""",
-    "DROP TABLE events",
-    "ALTER TABLE events_v12 RENAME TO events",
+    *rebuild_sqlite_events(12, _KINDS),  # the event log, for its CHECK, as in step 11
 ]
 
 POSTGRES_CA_GENERATIONS: list[str] = [
     *_generations("BYTEA", "BIGINT"),
     "ALTER TABLE events DROP CONSTRAINT events_kind_check",
-    f"ALTER TABLE events ADD CONSTRAINT events_kind_check CHECK (kind IN ({_KINDS}))",
+    f"ALTER TABLE events ADD CONSTRAINT events_kind_check CHECK (kind IN ({_ALLOWED}))",
 ]

@@ -8,6 +8,7 @@ is applied in one transaction together with its row in ``schema_version``.
 from __future__ import annotations
 
 from server.store.ca_migration import POSTGRES_CA_GENERATIONS, SQLITE_CA_GENERATIONS
+from server.store.event_table import rebuild_sqlite_events
 
 __all__ = ["POSTGRES_MIGRATIONS", "SCHEMA_VERSION", "SQLITE_MIGRATIONS"]
 
@@ -172,23 +173,7 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE keys ADD COLUMN disabled_at INTEGER",
         "ALTER TABLE keys ADD COLUMN disabled_reason TEXT",
-        """CREATE TABLE events_v10 (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            kind TEXT NOT NULL CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'disable', 'enable', 'release')),
-            serial TEXT,
-            agent_name TEXT,
-            key_name TEXT,
-            key_version INTEGER,
-            reason TEXT NOT NULL,
-            at INTEGER NOT NULL,
-            grantees TEXT
-        )""",
-        """INSERT INTO events_v10 SELECT seq, kind, serial, agent_name, key_name, key_version, reason, at, grantees
-            FROM events""",
-        """UPDATE sqlite_sequence SET seq = MAX(seq, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))
-            WHERE name = 'events_v10'""",
-        "DROP TABLE events",
-        "ALTER TABLE events_v10 RENAME TO events",
+        *rebuild_sqlite_events(10, ("cert", "agent", "key", "rotate", "disable", "enable", "release")),
     ],
     # 11: keys over time, and key types (issue 16). A key has a type ('aes-256', or a key
     # pair the server made), an optional expiry and rotation period, the time its next
@@ -208,24 +193,9 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "ALTER TABLE key_versions ADD COLUMN deactivated_at INTEGER",
         "UPDATE key_versions SET deactivated_at = state_changed_at WHERE state = 'deactivated'",
         "ALTER TABLE key_versions ADD COLUMN public_key BLOB",
-        """CREATE TABLE events_v11 (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            kind TEXT NOT NULL
-                CHECK (kind IN ('cert', 'agent', 'key', 'rotate', 'disable', 'enable', 'release', 'expire')),
-            serial TEXT,
-            agent_name TEXT,
-            key_name TEXT,
-            key_version INTEGER,
-            reason TEXT NOT NULL,
-            at INTEGER NOT NULL,
-            grantees TEXT
-        )""",
-        """INSERT INTO events_v11 SELECT seq, kind, serial, agent_name, key_name, key_version, reason, at, grantees
-            FROM events""",
-        """UPDATE sqlite_sequence SET seq = MAX(seq, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))
-            WHERE name = 'events_v11'""",
-        "DROP TABLE events",
-        "ALTER TABLE events_v11 RENAME TO events",
+        *rebuild_sqlite_events(
+            11, ("cert", "agent", "key", "rotate", "disable", "enable", "release", "expire")
+        ),
     ],
 ]
 
