@@ -149,7 +149,7 @@ async def open_services(
         observer=Observer(
             store, roster, journal, keys, guard, Rates(metrics), clock, authenticator.last_seen
         ),
-        ca_rotation=await _ca_rotation(cfg, deployment, ca, clock, feed, trust),
+        ca_rotation=await _ca_rotation(cfg, deployment, ca, clock, feed, trust, tls),
     )
 
 
@@ -160,6 +160,7 @@ async def _ca_rotation(
     clock: Clock,
     feed: RevocationFeed,
     trust: CATrust,
+    tls: ServerTls,
 ) -> CARotation:
     """The CA's generations, the deployment's CA adopted as the first (once), and the ones trusted."""
     rotation = CARotation(
@@ -171,8 +172,11 @@ async def _ca_rotation(
         cfg.ca_key,
         feed.publish,
         lambda: feed.last_seq,
+        cfg.ca_propagation,
+        tls.rotate,
     )
     await rotation.adopt()
+    trust.on_bundle(rotation.follow)
     await trust.refresh()
     return rotation
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from cryptography import x509
 
@@ -31,6 +31,7 @@ class CATrust:
         self._store = store
         self.roots: list[x509.Certificate] = [own]
         self._listeners: list[Listener] = []
+        self._before: list[Callable[[], Awaitable[None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading = asyncio.Lock()  # one read at a time: an older one never lands after a newer
 
@@ -39,6 +40,10 @@ class CATrust:
         for listener in listeners:
             self._listeners.append(listener)
             listener(self.roots)
+
+    def on_bundle(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """hook runs on each 'bundle' event, before the roots are re-read (CARotation.follow)."""
+        self._before.append(hook)
 
     async def refresh(self) -> None:
         """Reads the generations not retired; this server's own CA is always among them."""
@@ -64,6 +69,8 @@ class CATrust:
 
     async def _refresh_logged(self) -> None:
         try:
+            for hook in self._before:
+                await hook()
             await self.refresh()
         except Exception as exc:  # noqa: BLE001 - the store unreachable: the next event or start reads again
-            logger.error("could not re-read the CA generations: %s: %s", type(exc).__name__, exc)
+            logger.error("could not follow the CA generations: %s: %s", type(exc).__name__, exc)

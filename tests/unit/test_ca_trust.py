@@ -124,10 +124,9 @@ def test_server_accepts_every_generation_not_retired(tmp_path: Path, key: rsa.RS
             assert heard[-1] == [old.certificate, new.certificate]
             assert peers.at(NOW)(_chain(new_leaf)).name == "web-1"
             assert authn._check(new_leaf.public_bytes(PEM), NOW).name == "web-1"
-            # Retired generations are no longer trusted.
-            await store._change(  # type: ignore[attr-defined]
-                lambda tx: tx.execute("UPDATE ca_generations SET state = 'retired' WHERE generation = 2")
-            )
+            # Retired generations are no longer trusted (retiring ones are: retired_at not set yet).
+            sql = "UPDATE ca_generations SET state = 'retired', retired_at = 1 WHERE generation = 2"
+            await store._change(lambda tx: tx.execute(sql))  # type: ignore[attr-defined]
             await trust.refresh()
             assert heard[-1] == [old.certificate]
             with pytest.raises(PeerRejected):
