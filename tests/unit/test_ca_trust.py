@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.issuance import accept_issued
 from agent.state import AgentIdentity, AgentSettings, StateDir
+from kms import cabundle
+from kms.errors import FailedPrecondition
 from kms.handshake import PeerRejected
 from kms.peers import AgentPeers, agent_peer, server_peer
 from server.ca.authority import CertificateAuthority, create_root, software_root
@@ -141,3 +143,41 @@ def _pair(cert_pem: str, sealed: bytes | None) -> KeyPair:
     assert sealed is not None
     key = serialization.load_der_private_key(SEALER.open("ca.key", sealed), password=None)
     return KeyPair(x509.load_pem_x509_certificate(cert_pem.encode()), key)  # type: ignore[arg-type]
+
+
+def test_activation_switches_the_issuer_and_the_bundle_verifies_from_either_pin(tmp_path: Path) -> None:
+    old = _authority()
+    published: list[RevocationEvent] = []
+    switched: list[int] = []
+
+    async def body() -> None:
+        store = await open_store_at("sqlite", str(tmp_path))
+        try:
+            rotation = CARotation(
+                store, old, SEALER, lambda: NOW, TTL, None, published.append, lambda: len(published),
+                timedelta(hours=1), lambda: switched.append(old.generation),
+            )  # fmt: skip
+            await rotation.adopt()
+            with pytest.raises(FailedPrecondition, match="no CA generation is prepared"):
+                await rotation.activate(True)
+            first = old.certificate
+            prepared = await rotation.rotate(None)
+            with pytest.raises(FailedPrecondition, match="activate it 3600 s from now"):
+                await rotation.activate(False)
+            active = await rotation.activate(True)
+            assert (active.generation, active.state) == (2, "active") and switched == [2]
+            assert old.generation == 2 and old.certificate.public_bytes(PEM).decode() == prepared.certificate
+            assert [g.state for g in await rotation.generations()] == ["retiring", "active"]
+            assert [(e.kind, e.reason) for e in published] == [("bundle", ""), ("bundle", "activated")]
+            assert [r.action for r in await store.audit_after(0, 10)] == ["ca.rotate", "ca.activate"]
+            # Agents pinned to either generation verify the whole bundle.
+            bundle = cabundle.parse_bundle(await rotation.bundle_pem())
+            assert bundle.cas == (old.certificate, first) and len(bundle.crosses) == 2
+            for pin in bundle.cas:
+                assert len(cabundle.verify_bundle(bundle, pin, NOW)) == 2
+            await rotation.follow()  # the event heard again: nothing changes
+            assert switched == [2]
+        finally:
+            await store.close()
+
+    asyncio.run(body())
