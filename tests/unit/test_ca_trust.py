@@ -121,8 +121,9 @@ def test_server_accepts_every_generation_not_retired(tmp_path: Path, key: rsa.RS
             # The 'bundle' event (here or from another replica) re-reads the generations.
             (event,) = published
             trust.published(event)
-            while len(heard) < 2:
-                await asyncio.sleep(0.01)
+            async with asyncio.timeout(10):
+                while len(heard) < 2:
+                    await asyncio.sleep(0.01)
             assert heard[-1] == [old.certificate, new.certificate]
             assert peers.at(NOW)(_chain(new_leaf)).name == "web-1"
             assert authn._check(new_leaf.public_bytes(PEM), NOW).name == "web-1"
@@ -146,7 +147,8 @@ def _pair(cert_pem: str, sealed: bytes | None) -> KeyPair:
 
 
 def test_activation_switches_the_issuer_and_the_bundle_verifies_from_either_pin(tmp_path: Path) -> None:
-    old = _authority()
+    pair = create_root(TD, None, TTL, NOW)
+    old, replica = _authority(pair), _authority(pair)  # two replicas of one deployment
     published: list[RevocationEvent] = []
     switched: list[int] = []
 
@@ -177,6 +179,15 @@ def test_activation_switches_the_issuer_and_the_bundle_verifies_from_either_pin(
                 assert len(cabundle.verify_bundle(bundle, pin, NOW)) == 2
             await rotation.follow()  # the event heard again: nothing changes
             assert switched == [2]
+            # The other replica switches when it hears the event, in memory.
+            other = CARotation(store, replica, SEALER, lambda: NOW, TTL, None, published.append)
+            trust = CATrust(store, replica.certificate)
+            trust.on_bundle(other.follow)
+            trust.published(published[-1])
+            async with asyncio.timeout(10):
+                while replica.generation != 2:
+                    await asyncio.sleep(0.01)
+            assert replica.certificate == old.certificate
         finally:
             await store.close()
 
