@@ -101,7 +101,7 @@ async def open_services(
     # The expiry gauges, kept as certificates are issued and revoked (a scrape reads no agents).
     expiring = ExpiringCertificates(store, clock)
     metrics, journal = Metrics(), Journal()
-    trust = CATrust(store, ca.certificate)
+    trust = CATrust(store, lambda: ca.certificate)
     on_publish = _each(expiring.published, journal.published, trust.published)
     feed = RevocationFeed(await store.last_seq(), metrics, on_publish=on_publish)
     schedule_changed = asyncio.Event()

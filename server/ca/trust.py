@@ -27,9 +27,10 @@ Listener = Callable[[Sequence[x509.Certificate]], None]
 
 
 class CATrust:
-    def __init__(self, store: Store, own: x509.Certificate) -> None:
+    def __init__(self, store: Store, own: Callable[[], x509.Certificate]) -> None:
         self._store = store
-        self.roots: list[x509.Certificate] = [own]
+        self._own = own  # the CA this server issues with (it changes when it follows an activation)
+        self.roots: list[x509.Certificate] = [own()]
         self._listeners: list[Listener] = []
         self._before: list[Callable[[], Awaitable[None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -46,12 +47,13 @@ class CATrust:
         self._before.append(hook)
 
     async def refresh(self) -> None:
-        """Reads the generations not retired; this server's own CA is always among them."""
+        """Reads the generations not retired; the CA this server issues with is always among them."""
         async with self._reading:
             generations = await self._store.ca_generations(None)
             certs = [g.certificate for g in generations if g.state != "retired"]
             read = [x509.load_pem_x509_certificate(pem.encode()) for pem in certs]
-            roots = [self.roots[0], *[r for r in read if r != self.roots[0]]]
+            own = self._own()
+            roots = [own, *[r for r in read if r != own]]
             if roots == self.roots:
                 return
             self.roots = roots

@@ -107,7 +107,7 @@ def test_server_accepts_every_generation_not_retired(tmp_path: Path, key: rsa.RS
         try:
             rotation = CARotation(store, old, SEALER, lambda: NOW, TTL, None, published.append)
             await rotation.adopt()
-            trust, heard = CATrust(store, old.certificate), []
+            trust, heard = CATrust(store, lambda: old.certificate), []
             authn = PeerAuthenticator(old.certificate, TD, store, lambda: NOW, lambda s: None)
             peers = AgentPeers([old.certificate], TD, lambda s: False)
             trust.listen(heard.append, authn.trust, peers.trust)
@@ -181,7 +181,7 @@ def test_activation_switches_the_issuer_and_the_bundle_verifies_from_either_pin(
             assert switched == [2]
             # The other replica switches when it hears the event, in memory.
             other = CARotation(store, replica, SEALER, lambda: NOW, TTL, None, published.append)
-            trust = CATrust(store, replica.certificate)
+            trust = CATrust(store, lambda: replica.certificate)
             trust.on_bundle(other.follow)
             trust.published(published[-1])
             async with asyncio.timeout(10):
