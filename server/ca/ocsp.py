@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
@@ -29,6 +30,8 @@ VALIDITY = timedelta(hours=1)
 # How long, and for how many certificates, a signed answer is reused.
 CACHE_TTL = timedelta(seconds=60)
 CACHE_SIZE = 4096
+# While the CA key cannot sign, the tryLater answers are logged at most this often (seconds).
+LOG_EVERY = 30
 
 
 class OcspResponder:
@@ -36,6 +39,7 @@ class OcspResponder:
         self._ca = ca
         self._store = store
         self._clock = clock
+        self._quiet_until = 0.0  # monotonic: no tryLater line logged before
         self._cache: OrderedDict[tuple[str, str, int | None, str | None], tuple[datetime, bytes]] = (
             OrderedDict()
         )
@@ -51,7 +55,10 @@ class OcspResponder:
         try:
             return await self._respond(request_der)
         except Unavailable as exc:
-            logger.warning("OCSP answered tryLater: %s", exc.message)
+            # Anyone may send requests: one line per LOG_EVERY while it lasts, not one per request.
+            if time.monotonic() >= self._quiet_until:
+                self._quiet_until = time.monotonic() + LOG_EVERY
+                logger.warning("OCSP answers tryLater (for %d s at least): %s", LOG_EVERY, exc.message)
             return _unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
 
     async def _respond(self, request_der: bytes) -> bytes:

@@ -107,8 +107,12 @@ class _Store:
         return 1, []
 
 
-def test_a_slow_key_signs_off_the_loop_and_ocsp_answers_are_reused() -> None:
+def test_a_slow_key_signs_off_the_loop_and_ocsp_answers_are_reused(caplog: pytest.LogCaptureFixture) -> None:
     key = generate_key(CAKeyType.EC_P256)
+
+    def ocsp_lines() -> int:
+        return sum("tryLater" in r.getMessage() for r in caplog.records)
+
     signed_on: list[threading.Thread] = []
     down = False
 
@@ -151,3 +155,5 @@ def test_a_slow_key_signs_off_the_loop_and_ocsp_answers_are_reused() -> None:
     assert len(signed_on) == 4 and signed_on[3] is not threading.main_thread()
     down, clock[0] = True, NOW + timedelta(seconds=200)  # the token is down: tryLater, not a traceback
     assert ask().response_status is ocsp.OCSPResponseStatus.TRY_LATER
+    assert all(ask(bytes([i]) * 16).response_status is ocsp.OCSPResponseStatus.TRY_LATER for i in range(5))
+    assert ocsp_lines() == 1  # one line while it lasts, not one per (anonymous) request
