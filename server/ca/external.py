@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from asn1crypto import crl as asn1_crl
 from asn1crypto import ocsp as asn1_ocsp
@@ -70,32 +71,18 @@ class ExternalSigner:
         return self._public
 
     def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate:
-        draft = asn1_x509.Certificate.load(
-            builder.sign(self._stand_in, self._hash).public_bytes(serialization.Encoding.DER)
-        )
-        tbs = draft["tbs_certificate"].dump()
-        signed = asn1_x509.Certificate(
-            {
-                "tbs_certificate": draft["tbs_certificate"],
-                "signature_algorithm": draft["signature_algorithm"],
-                "signature_value": self._sign(tbs),
-            }
+        draft = asn1_x509.Certificate.load(self._draft(builder))
+        signed, tbs = self._around(
+            asn1_x509.Certificate, "tbs_certificate", draft["tbs_certificate"], draft, "signature_value"
         )
         cert = x509.load_der_x509_certificate(signed.dump())
         self._verify(cert.signature, cert.tbs_certificate_bytes, tbs)
         return cert
 
     def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
-        draft = asn1_crl.CertificateList.load(
-            builder.sign(self._stand_in, self._hash).public_bytes(serialization.Encoding.DER)
-        )
-        tbs = draft["tbs_cert_list"].dump()
-        signed = asn1_crl.CertificateList(
-            {
-                "tbs_cert_list": draft["tbs_cert_list"],
-                "signature_algorithm": draft["signature_algorithm"],
-                "signature": self._sign(tbs),
-            }
+        draft = asn1_crl.CertificateList.load(self._draft(builder))
+        signed, tbs = self._around(
+            asn1_crl.CertificateList, "tbs_cert_list", draft["tbs_cert_list"], draft, "signature"
         )
         crl = x509.load_der_x509_crl(signed.dump())
         self._verify(crl.signature, crl.tbs_certlist_bytes, tbs)
@@ -104,22 +91,13 @@ class ExternalSigner:
     def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder, responder: x509.Certificate) -> ocsp.OCSPResponse:
         """builder has no responder ID yet: the stand-in's goes in the draft, the responder's in the TBS."""
         draft_builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, self._stand_in_cert)
-        draft = asn1_ocsp.OCSPResponse.load(
-            draft_builder.sign(self._stand_in, self._hash).public_bytes(serialization.Encoding.DER)
-        )
+        draft = asn1_ocsp.OCSPResponse.load(self._draft(draft_builder))
         basic = draft["response_bytes"]["response"].parsed
         data = basic["tbs_response_data"]
         # RFC 6960 KeyHash: SHA-1 of the responder's subjectPublicKey, as cryptography's HASH encoding writes it.
         key_hash = x509.SubjectKeyIdentifier.from_public_key(responder.public_key()).digest
         data["responder_id"] = asn1_ocsp.ResponderId(name="by_key", value=key_hash)
-        tbs = data.dump()
-        signed = asn1_ocsp.BasicOCSPResponse(
-            {
-                "tbs_response_data": data,
-                "signature_algorithm": basic["signature_algorithm"],
-                "signature": self._sign(tbs),
-            }
-        )
+        signed, tbs = self._around(asn1_ocsp.BasicOCSPResponse, "tbs_response_data", data, basic, "signature")
         response = asn1_ocsp.OCSPResponse(
             {
                 "response_status": "successful",
@@ -129,6 +107,26 @@ class ExternalSigner:
         loaded = ocsp.load_der_ocsp_response(response.dump())
         self._verify(loaded.signature, loaded.tbs_response_bytes, tbs)
         return loaded
+
+    def _draft(
+        self,
+        builder: x509.CertificateBuilder | x509.CertificateRevocationListBuilder | ocsp.OCSPResponseBuilder,
+    ) -> bytes:
+        """The object signed by the stand-in: cryptography's encoding of the TBS, to re-sign."""
+        return builder.sign(self._stand_in, self._hash).public_bytes(serialization.Encoding.DER)
+
+    def _around(
+        self, kind: Any, tbs_field: str, tbs_value: Any, draft: Any, signature_field: str
+    ) -> tuple[Any, bytes]:
+        """kind (Certificate, CertificateList, BasicOCSPResponse) around tbs_value, signed here, with
+        the draft's signature algorithm; and the TBS bytes that were signed."""
+        tbs = tbs_value.dump()
+        fields = {
+            tbs_field: tbs_value,
+            "signature_algorithm": draft["signature_algorithm"],
+            signature_field: self._sign(tbs),
+        }
+        return kind(fields), tbs
 
     def _verify(self, signature: bytes, tbs_loaded: bytes, tbs: bytes) -> None:
         """The assembled object must carry the very TBS that was signed, under a valid signature."""
