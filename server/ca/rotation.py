@@ -26,7 +26,7 @@ from server.clock import Clock, now_seconds
 from server.deployment.datadir import seal_key
 from server.deployment.sealing import Sealer
 from server.store import AuditEntry, RevocationEvent, Store
-from server.store.sql.cas import CAGeneration, NewGeneration
+from server.store.sql.cas import CAGeneration, NewGeneration, prepared_already
 
 __all__ = ["CAGeneration", "CARotation", "generation_fingerprint"]
 
@@ -89,10 +89,7 @@ class CARotation:
             )
         generations = await self._store.ca_generations(None)
         if prepared := [g for g in generations if g.state == "prepared"]:  # the store decides; this is early
-            raise FailedPrecondition(
-                f"CA generation {prepared[0].generation} is prepared already: activate it before preparing"
-                " another (kms-server ca status shows it)"
-            )
+            raise prepared_already(prepared[0].generation)
         key_type = key_type or self._ca.key_type
         now = self._clock()
         pair = await asyncio.to_thread(create_root, self._ca.trust_domain, key_type, self._ca_ttl, now)

@@ -14,7 +14,7 @@ from server.store.records import Audit, RevocationEvent
 from server.store.sql.events import append_event
 from server.store.sql.methods import Methods
 
-__all__ = ["CAGeneration", "CAMethods", "NewGeneration"]
+__all__ = ["CAGeneration", "CAMethods", "NewGeneration", "prepared_already"]
 
 _COLUMNS = (
     "generation, state, key_type, certificate, cross_certificate, sealed_key, key_uri,"
@@ -103,7 +103,7 @@ async def prepare_ca(tx: Tx, new: NewGeneration, now: int) -> tuple[CAGeneration
         )
     prepared = await tx.fetchval("SELECT generation FROM ca_generations WHERE state = 'prepared'")
     if prepared is not None:
-        raise _prepared_already(int(prepared))
+        raise prepared_already(int(prepared))
     generation = int(await tx.fetchval("SELECT MAX(generation) FROM ca_generations")) + 1
     await tx.execute(
         "INSERT INTO ca_generations(generation, state, key_type, certificate, cross_certificate, sealed_key,"
@@ -121,10 +121,11 @@ async def prepare_ca(tx: Tx, new: NewGeneration, now: int) -> tuple[CAGeneration
     return _generation(row), await append_event(tx, "bundle", "", now, serial=serial)
 
 
-def _prepared_already(generation: int) -> FailedPrecondition:
+def prepared_already(generation: int) -> FailedPrecondition:
+    """One rotation at a time: a prepared CA stays prepared until it is activated (a later slice)."""
     return FailedPrecondition(
-        f"CA generation {generation} is prepared already: activate it before preparing another"
-        " (kms-server ca status shows it)"
+        f"CA generation {generation} is prepared already: one CA is prepared at a time, and activating it"
+        " is not built yet (kms-server ca status shows it)"
     )
 
 
