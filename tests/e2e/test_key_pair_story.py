@@ -1,7 +1,8 @@
 """Story: managed key pairs (issue 16 §4). The server makes an RSA and an EC pair; a granted agent
 fetches the private key (openssl reads the PEM, 0600), prints the public key, signs and verifies
 (openssl checks the signatures too); a rotation leaves old signatures verifiable, a compromise
-does not; AES-only and pair-only commands refuse the other kind in one line."""
+or a destroy does not; AES-only and pair-only commands refuse the other kind in one line; a
+disabled pair gives neither its private key, nor a signature, nor its public key."""
 
 from __future__ import annotations
 
@@ -127,9 +128,30 @@ def test_key_pairs_are_fetched_published_and_sign_across_rotations(rig: tuple[Se
     assert agent(web, "verify", "--key", "rsa-signer", str(data), str(sig2)).returncode == 0
     compromised = agent(web, "public-key", "rsa-signer", "--version", "1")
     assert compromised.returncode == 0 and "is compromised" in compromised.stderr
+    # A destroyed version's signatures are refused too, in one line naming the version; the
+    # version after it still signs and verifies.
+    server.admin("key", "rotate", "ec-signer")
+    ec1, ec2 = root / "ec-signer.v1.sig", root / "ec-signer.v2.sig"
+    assert agent(web, "verify", "--key", "ec-signer", str(data), str(ec1)).returncode == 0
+    server.admin("key", "destroy", "--yes", "ec-signer", "--version", "1")
+    assert_one_line_error(
+        agent(web, "verify", "--key", "ec-signer", str(data), str(ec1)),
+        6,
+        "version 1 of key 'ec-signer' was destroyed",
+    )
+    assert_one_line_error(
+        agent(web, "public-key", "ec-signer", "--version", "1"),
+        6,
+        "version 1 of key 'ec-signer' was destroyed",
+    )
+    assert agent(web, "sign", "--key", "ec-signer", str(data), "--out", str(ec2)).returncode == 0
+    assert json.loads(ec2.read_text())["version"] == 2
+    assert agent(web, "verify", "--key", "ec-signer", str(data), str(ec2)).returncode == 0
 
 
-def test_each_kind_refuses_the_others_commands_in_one_line(rig: tuple[ServerProcess, Path]) -> None:
+def test_each_kind_refuses_the_others_commands_and_a_disabled_pair_gives_nothing(
+    rig: tuple[ServerProcess, Path],
+) -> None:
     server, root = rig
     web, db = root / "web-1", root / "db-1"
     server.admin("key", "create", "pair", "--type", "ec-p256", "--grant", "group:web")
@@ -156,3 +178,25 @@ def test_each_kind_refuses_the_others_commands_in_one_line(rig: tuple[ServerProc
     trail = server.admin("audit", "list", "--json").stdout
     releases = [r["object"] for r in json.loads(trail) if r["action"] == "key.release"]
     assert "key:app/v1" in releases and not [r for r in releases if r.startswith("key:pair")], releases
+
+    # A disabled pair gives nothing: not the private key, not a signature, not even the public key
+    # (GetPublicKey checks the key is enabled, as a release does), so verify is refused too.
+    sig = root / "plain.txt.sig"
+    assert agent(web, "sign", "--key", "pair", str(plain), "--out", str(sig)).returncode == 0
+    server.admin("key", "disable", "pair", "--reason", "pipeline under review")
+    pem, late = root / "pair.pem", root / "late.sig"
+    for args in (
+        ("fetch-key", "pair", "--out", str(pem)),
+        ("sign", "--key", "pair", str(plain), "--out", str(late)),
+        ("public-key", "pair"),
+        ("verify", "--key", "pair", str(plain), str(sig)),
+    ):
+        assert_one_line_error(
+            agent(web, *args), 6, "key pair is disabled (pipeline under review)", "kms-server key enable pair"
+        )
+    assert not pem.exists() and not late.exists()
+    # An agent not granted the pair learns nothing of its state.
+    assert_one_line_error(agent(db, "public-key", "pair"), 4, "not granted key 'pair'")
+    server.admin("key", "enable", "pair")
+    assert agent(web, "verify", "--key", "pair", str(plain), str(sig)).returncode == 0
+    assert agent(web, "fetch-key", "pair", "--out", str(pem)).returncode == 0 and pem.exists()

@@ -1,7 +1,8 @@
 """Story: the server rotates a key when its rotation falls due (a `rotate` event, and `kms-agent
 run` re-fetches its key file), expires it at its expiry (an `expire` event; the files stay),
-rotates once after a restart that missed several due times, and two replicas on one PostgreSQL
-make one rotation per due time."""
+rotates once after a restart that missed several due times, pauses while the key is disabled
+and rotates once when it is enabled, and two replicas on one PostgreSQL make one rotation per
+due time."""
 
 from __future__ import annotations
 
@@ -96,6 +97,40 @@ def test_a_server_down_through_several_due_times_rotates_once(rig: tuple[ServerP
     assert _schedule(server, "late")[:3] == (2, 60, missed + 6 * 60)
     assert [o for a, o in _scheduler_audit(server) if "key:late" in o] == [
         f"key:late/v2 due:{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(missed))}"
+    ]
+
+
+@pytest.mark.sqlite_only(
+    "the pause and the single catch-up are the store's due query and rotate_if_due, run on both"
+    " backends in tests/unit/server/test_key_scheduler.py; this is the CLI and the scheduler end to end"
+)
+def test_scheduled_rotation_pauses_while_disabled_and_catches_up_once(
+    rig: tuple[ServerProcess, Path],
+) -> None:
+    server, _ = rig
+    period = 4
+    server.admin("key", "create", "paused", "--grant", "group:web")
+    server.admin("key", "disable", "paused", "--reason", "maintenance window")
+    server.admin("key", "set", "paused", "--rotate-every", f"{period}s")  # set while disabled
+    current, every, due0, _ = _schedule(server, "paused")
+    assert (current, every) == (1, period) and due0 is not None
+    # Disabled through two due times: no rotation, and the due time stays where it was.
+    time.sleep(max(0.0, due0 + period + 0.2 - time.time()))  # due0 and due0 + period passed
+    assert _schedule(server, "paused")[:3] == (1, period, due0)
+    assert not [o for _, o in _scheduler_audit(server) if o.startswith("key:paused/")]
+
+    # Enabled just after the second missed due time (the next one is a period away): it rotates
+    # once, at once, for the first due time missed, and the grid moves past both.
+    server.admin("key", "enable", "paused")
+    wait_until(lambda: _schedule(server, "paused")[0] > 1, 10, "the rotation after enable")
+    time.sleep(1)  # a poll: a rotation per missed due time would have come by now (they were all due)
+    after = _schedule(server, "paused")[:3]
+    assert time.time() < due0 + 2 * period, "too slow to tell: the next due time came before the check"
+    assert after == (2, period, due0 + 2 * period)
+    server.admin("key", "set", "paused", "--no-rotation")
+    label = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due0))
+    assert [o for a, o in _scheduler_audit(server) if o.startswith("key:paused/")] == [
+        f"key:paused/v2 due:{label}"
     ]
 
 

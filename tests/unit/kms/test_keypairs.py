@@ -65,6 +65,38 @@ def test_encodings_round_trip_and_check_the_type(
         keypairs.type_of(ec.generate_private_key(ec.SECP384R1()))
 
 
+@pytest.mark.parametrize("key_type, bits", [("rsa-2048", 2048), ("rsa-3072", 3072), ("rsa-4096", 4096)])
+def test_rsa_types_generate_keys_of_exactly_their_size(key_type: str, bits: int) -> None:
+    key = keypairs.generate(key_type)  # once per size: RSA-4096 takes a while
+    assert isinstance(key, rsa.RSAPrivateKey)
+    numbers = key.private_numbers()
+    # The modulus itself, not only the library's key_size: exactly `bits` bits, e = 65537.
+    assert (key.key_size, numbers.public_numbers.n.bit_length()) == (bits, bits)
+    assert numbers.public_numbers.e == 65537
+    assert keypairs.type_of(key) == keypairs.type_of(key.public_key()) == key_type
+    # What is sealed and published reads back as that type and the same key.
+    der = keypairs.private_der(key)
+    loaded = keypairs.load_private_key(der, key_type)
+    assert keypairs.public_der(loaded) == keypairs.public_der(key)
+    assert keypairs.load_public_key(keypairs.public_der(key), key_type).key_size == bits
+
+
+def test_ec_p256_generates_a_key_on_p256(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    assert isinstance(ec_key.curve, ec.SECP256R1) and ec_key.curve.name == "secp256r1"
+    assert ec_key.key_size == 256
+    point = ec_key.public_key().public_numbers()
+    # The point is on y^2 = x^3 - 3x + b over P-256's field (FIPS 186-4 D.1.2.3).
+    p = 2**256 - 2**224 + 2**192 + 2**96 - 1
+    b = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+    assert (point.y**2 - (point.x**3 - 3 * point.x + b)) % p == 0
+    assert keypairs.type_of(ec_key) == "ec-p256"
+    assert keypairs.public_der(keypairs.load_private_key(keypairs.private_der(ec_key), "ec-p256")) == (
+        keypairs.public_der(ec_key)
+    )
+    with pytest.raises(ValueError, match="not a key-pair type"):
+        keypairs.generate("aes-256")
+
+
 # --- wrap format 2 -------------------------------------------------------------------
 
 
