@@ -5,8 +5,10 @@ On a 'bundle' event, kms-agent watch and run fetch the server's trust bundle
 the pinned one (ca.crt, from enrollment) or is vouched for by a cross-certificate
 from a CA already trusted (kms/cabundle.py). It is then stored atomically as
 trust-bundle.pem (0644: certificates only, public). A bundle that does not verify
-changes nothing: the agent keeps its old trust and logs one line. ca.crt itself,
-which the agent verifies the server with, is not touched: nothing is activated yet.
+changes nothing: the agent keeps its old trust and logs one line. ca.crt itself is
+not touched: StateDir.load verifies the stored bundle from it again, and every CA of
+it is then a trust anchor beside the pinned one (the server's certificate, peers',
+this agent's renewed certificate), so a CA activated later is already trusted.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 def bundle_path(state: StateDir) -> Path:
-    return state.path / "trust-bundle.pem"
+    return state.trust_bundle
 
 
 def _pinned(state: StateDir) -> x509.Certificate:

@@ -106,7 +106,7 @@ def enroll(
     )
 
     key = made[0][0]
-    cert = accept_issued(resp.certificate_der, ca, trust_domain_of(resp.spiffe_id), resp.name, key)
+    cert = accept_issued(resp.certificate_der, [ca], trust_domain_of(resp.spiffe_id), resp.name, key)
     settings = AgentSettings(
         name=resp.name,
         groups=list(resp.groups),

@@ -3,6 +3,8 @@
 agent.key    the RSA private key, PEM PKCS#8, 0600; never leaves the machine
 agent.crt    the agent certificate, PEM
 ca.crt       the CA bundle pinned at enrollment, PEM
+trust-bundle.pem  the server's CA trust bundle, stored once it verified from ca.crt (agent/bundle.py);
+             its CAs are trusted with the pinned one (each verified again as the identity loads)
 agent.json   name, groups, server and enrollment addresses (lists), CA fingerprint
 watch.json   the last revocation sequence number kms-agent watch processed
 enroll-pending.json  the key (0600) an unfinished enrollment sent a CSR for, with the token's id: a
@@ -17,18 +19,23 @@ key-files.json  key files fetch-key --out wrote (with their format, and whether 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from kms.cabundle import BundleError, parse_bundle, verify_bundle
 from kms.errors import FailedPrecondition
 from kms.securefile import ensure_private_dir, write_atomic
 
 __all__ = ["AgentIdentity", "AgentSettings", "KeyFile", "StateDir", "default_state_dir"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,21 @@ class AgentIdentity:
     settings: AgentSettings
     key: rsa.RSAPrivateKey
     cert: x509.Certificate
-    ca_bundle_pem: bytes
+    ca_bundle_pem: bytes  # ca.crt: the CA pinned at enrollment
+    # The other CAs of the stored trust bundle, verified from the pinned one (issue 19 §1): trust
+    # anchors too, for the server's certificate, peers' and this agent's own renewed ones.
+    anchors: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def roots(self) -> list[x509.Certificate]:
+        """Every CA this agent trusts: the pinned one, then the trust bundle's."""
+        return [*x509.load_pem_x509_certificates(self.ca_bundle_pem), *self.anchors]
+
+    @property
+    def roots_pem(self) -> bytes:
+        """roots as PEM (a gRPC channel's root certificates)."""
+        pem = serialization.Encoding.PEM
+        return self.ca_bundle_pem + b"".join(a.public_bytes(pem) for a in self.anchors)
 
     @property
     def key_pem(self) -> bytes:
@@ -162,6 +183,7 @@ class StateDir:
         self.key = path / "agent.key"
         self.cert = path / "agent.crt"
         self.ca = path / "ca.crt"
+        self.trust_bundle = path / "trust-bundle.pem"
         self.settings = path / "agent.json"
         self.watch = path / "watch.json"
         self.revoked_file = path / "revoked.json"
@@ -207,7 +229,24 @@ class StateDir:
             ) from exc
         if not isinstance(key, rsa.RSAPrivateKey) or key.public_key() != cert.public_key():
             raise FailedPrecondition(f"{self.key} does not match {self.cert}: enroll again with --force")
-        return AgentIdentity(settings, key, cert, ca)
+        return AgentIdentity(settings, key, cert, ca, self._anchors(ca))
+
+    def _anchors(self, ca_pem: bytes) -> tuple[x509.Certificate, ...]:
+        """The stored trust bundle's CAs other than the pinned one, if it verifies from it now; none
+        when no bundle is stored, or it does not verify (one left from an earlier enrollment)."""
+        try:
+            pinned = x509.load_pem_x509_certificates(ca_pem)
+            trusted = verify_bundle(
+                parse_bundle(self.trust_bundle.read_bytes()), pinned[0], datetime.now(UTC)
+            )
+        except FileNotFoundError:
+            return ()
+        except (BundleError, OSError, ValueError) as exc:
+            logger.warning(
+                "trusting only the pinned CA: %s does not verify from it (%s)", self.trust_bundle, exc
+            )
+            return ()
+        return tuple(t.cert for t in trusted if t.cert not in pinned)
 
     def load_certificate(self) -> x509.Certificate:
         """The current certificate alone: cheap enough per event (parsing the RSA key costs ~0.1 s).

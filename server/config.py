@@ -185,6 +185,7 @@ SETTINGS: tuple[Setting, ...] = (
     _S("pkcs11_pin_file", _absolute_path, None, "file (0600) holding the token's user PIN; else KMS_PKCS11_PIN (never a flag)", show_unset=False),
     _S("cert_ttl", _duration, "24h", "agent certificate lifetime, e.g. 24h (default 24h)", (Bound(high="366d", note=": agents renew, long lifetimes only widen exposure"), Bound(low="10s"))),
     _S("ca_ttl", _duration, "3650d", "CA lifetime, used at init (default 3650d)", _at_most("36500d", " (100 years)")),
+    _S("ca_propagation", _duration, "24h", "how long a prepared CA is published before ca activate takes it (--now skips it): agents fetch the trust bundle when they connect, so at least --cert-ttl leaves none that still holds a valid certificate behind (default 24h)", _between("5m", "366d")),
     _S("server_cert_ttl", _duration, "30d", "the server's own TLS certificate lifetime (default 30d)", _at_most("825d")),
     _S("renew_fraction", _number, "0.6667", "renew the server certificate at this fraction of its life (default 0.6667)", (Bound("0", "1", ", like 0.67", exclusive=True),)),
     _S("token_ttl", _duration, "15m", "default join token lifetime (default 15m)"),
@@ -238,6 +239,7 @@ class ServerConfig:
     pkcs11_pin_file: Path | None
     cert_ttl: timedelta
     ca_ttl: timedelta
+    ca_propagation: timedelta  # the least time between ca rotate and ca activate (without --now)
     server_cert_ttl: timedelta
     token_ttl: timedelta
     max_token_ttl: timedelta

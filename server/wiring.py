@@ -23,6 +23,7 @@ from server.ca.authority import CertificateAuthority
 from server.ca.crl import CrlPublisher
 from server.ca.rotation import CARotation
 from server.ca.tls import ServerTls
+from server.ca.trust import CATrust
 from server.clock import Clock, now_seconds
 from server.config import ServerConfig
 from server.deployment.backup import backup
@@ -100,7 +101,8 @@ async def open_services(
     # The expiry gauges, kept as certificates are issued and revoked (a scrape reads no agents).
     expiring = ExpiringCertificates(store, clock)
     metrics, journal = Metrics(), Journal()
-    on_publish = _each(expiring.published, journal.published)
+    trust = CATrust(store, lambda: ca.certificate)
+    on_publish = _each(expiring.published, journal.published, trust.published)
     feed = RevocationFeed(await store.last_seq(), metrics, on_publish=on_publish)
     schedule_changed = asyncio.Event()
     keys = _keys(cfg, deployment, clock, feed, schedule_changed)
@@ -115,6 +117,7 @@ async def open_services(
     roster = Roster(store, reason)
     authenticator = PeerAuthenticator(ca.certificate, trust_domain, store, clock, reason)
     issued = _each(expiring.issued, journal.issued, roster.issued)
+    trust.listen(authenticator.trust, tls.trust_clients)
     return Services(
         clock=clock,
         store=store,
@@ -137,10 +140,8 @@ async def open_services(
         ),
         audit=audit,
         trail=AuditTrail(store, audit, deployment.audit_key),
-        exchanges=_exchanges(cfg, ca, tls, trust_domain, audit, revocations, clock),
-        limits=Limits(
-            RateLimiter(cfg.enroll_rate), RateLimiter(cfg.auth_failure_rate), cfg.max_streams_per_identity
-        ),
+        exchanges=_exchanges(cfg, ca, tls, trust_domain, audit, revocations, clock, trust),
+        limits=_limits(cfg),
         failures=FailureReport(audit.add, cfg.failure_report_interval.total_seconds(), wall=clock),
         scheduler=KeyScheduler(
             store, keys, clock, feed.publish, cfg.key_schedule_poll.total_seconds(), schedule_changed
@@ -148,14 +149,20 @@ async def open_services(
         observer=Observer(
             store, roster, journal, keys, guard, Rates(metrics), clock, authenticator.last_seen
         ),
-        ca_rotation=await _ca_rotation(cfg, deployment, ca, clock, feed),
+        ca_rotation=await _ca_rotation(cfg, deployment, ca, clock, feed, trust, tls),
     )
 
 
 async def _ca_rotation(
-    cfg: ServerConfig, deployment: Deployment, ca: CertificateAuthority, clock: Clock, feed: RevocationFeed
+    cfg: ServerConfig,
+    deployment: Deployment,
+    ca: CertificateAuthority,
+    clock: Clock,
+    feed: RevocationFeed,
+    trust: CATrust,
+    tls: ServerTls,
 ) -> CARotation:
-    """The CA's generations, the deployment's CA adopted as the first (once)."""
+    """The CA's generations, the deployment's CA adopted as the first (once), and the ones trusted."""
     rotation = CARotation(
         deployment.store,
         ca,
@@ -165,9 +172,19 @@ async def _ca_rotation(
         cfg.ca_key,
         feed.publish,
         lambda: feed.last_seq,
+        cfg.ca_propagation,
+        tls.rotate,
     )
     await rotation.adopt()
+    trust.on_bundle(rotation.follow)
+    await trust.refresh()
     return rotation
+
+
+def _limits(cfg: ServerConfig) -> Limits:
+    return Limits(
+        RateLimiter(cfg.enroll_rate), RateLimiter(cfg.auth_failure_rate), cfg.max_streams_per_identity
+    )
 
 
 def _each(*calls: Callable[[T], None]) -> Callable[[T], None]:
@@ -238,8 +255,9 @@ def _exchanges(
     audit: AuditBatcher,
     revocations: RevocationService,
     clock: Clock,
+    trust: CATrust,
 ) -> ExchangeService:
-    return ExchangeService(
+    exchanges = ExchangeService(
         lambda: tls.handshake_identity,
         ca.certificate,
         trust_domain,
@@ -249,6 +267,8 @@ def _exchanges(
         cfg.handshake_timeout.total_seconds(),
         cfg.exchange_rate,
     )
+    trust.listen(exchanges.trust)
+    return exchanges
 
 
 @dataclass

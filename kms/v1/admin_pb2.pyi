@@ -352,6 +352,12 @@ class CAGeneration(_message.Message):
     cross_certificate_pem: str
     def __init__(self, generation: _Optional[int] = ..., state: _Optional[str] = ..., key_type: _Optional[str] = ..., fingerprint: _Optional[str] = ..., not_before: _Optional[int] = ..., not_after: _Optional[int] = ..., valid_certificates: _Optional[int] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., retired_at: _Optional[int] = ..., certificate_pem: _Optional[str] = ..., cross_certificate_pem: _Optional[str] = ...) -> None: ...
 
+class ActivateCARequest(_message.Message):
+    __slots__ = ("now",)
+    NOW_FIELD_NUMBER: _ClassVar[int]
+    now: bool
+    def __init__(self, now: _Optional[bool] = ...) -> None: ...
+
 class ListCAsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

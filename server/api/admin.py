@@ -208,6 +208,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ListCAsResponse:
         return admin_pb2.ListCAsResponse(cas=[ca_generation(g) for g in await self._rotation().generations()])
 
+    async def ActivateCA(
+        self, request: admin_pb2.ActivateCARequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CAGeneration:
+        return ca_generation(await self._rotation().activate(request.now))
+
     def _rotation(self) -> CARotation:
         if self._ca_rotation is None:
             raise FailedPrecondition("CA rotation is not served here")

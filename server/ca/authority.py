@@ -62,19 +62,25 @@ class CertificateAuthority:
         clock: Clock,
         status_urls: profile.StatusUrls | None = None,
     ) -> None:
-        self._signer = root.signer
-        self.slow_signing = root.signer.slow  # see SoftwareSigner
-        self.key_type = root.signer.key_type
-        self.key_in_software = root.signer.in_software
         self._status_urls = status_urls
         self.trust_domain = trust_domain
         self.cert_ttl = cert_ttl
         self._clock = clock
+        self.switch(root, 1)
+
+    def switch(self, root: CARoot, generation: int) -> None:
+        """Issues with root from now on: the CA generation an activation made active (issue 19 §1),
+        in memory, without a restart; whoever holds this authority issues with the new one."""
+        self._signer = root.signer
+        self.slow_signing = root.signer.slow  # see SoftwareSigner
+        self.key_type = root.signer.key_type
+        self.key_in_software = root.signer.in_software
         der = root.cert.public_bytes(serialization.Encoding.DER)
         self.fingerprint = fingerprint(der)
         self.certificate = root.cert
         self.bundle_pem = root.cert_pem
         self.chain_der: tuple[bytes, ...] = (der,)
+        self.generation = generation  # the CA generation it is (1: the deployment's own)
 
     async def issue_agent(self, public_key: rsa.RSAPublicKey, name: str) -> x509.Certificate:
         """Issues an agent client certificate. Only public_key comes from the request.

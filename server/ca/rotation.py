@@ -1,11 +1,14 @@
-"""CA rotation, its first part (issue 19 §1): generations, preparing the next CA, the trust bundle.
+"""CA rotation (issue 19 §1): generations, preparing the next CA, the trust bundle, activation.
 
 The deployment's CA is generation 1 (adopted at start). ``rotate`` prepares the next:
 a new key (sealed under the master key, in the store) and self-signed certificate, and
 a cross-certificate of the new key signed by the active CA (newWithOld), so an agent
 that pinned the active CA can verify the new one. The prepared CA goes out in the
-trust bundle (GetCABundle) and as a 'bundle' event on the watch feed. Nothing is
-activated yet: the active CA keeps issuing, and agents keep verifying the server with it.
+trust bundle (GetCABundle) and as a 'bundle' event on the watch feed. ``activate``
+(after the propagation period) makes it the active one and the old one retiring (still
+trusted, no longer issuing); every replica, on the 'bundle' event or at start
+(``follow``), issues with the store's active generation from then on, and reissues its
+own TLS certificate from it, without a restart.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms.errors import FailedPrecondition
 from kms.identity import fingerprint
-from server.ca.authority import CertificateAuthority, create_root
+from server.ca.authority import CertificateAuthority, create_root, software_root
 from server.ca.keytype import CAKeyType
 from server.clock import Clock, now_seconds
-from server.deployment.datadir import seal_key
+from server.deployment.datadir import open_pair, seal_key
 from server.deployment.sealing import Sealer
 from server.store import AuditEntry, RevocationEvent, Store
 from server.store.sql.cas import CAGeneration, NewGeneration, prepared_already
@@ -55,7 +58,11 @@ class CARotation:
         key_uri: str | None,
         publish: Callable[[RevocationEvent], object],
         last_seq: Callable[[], int] = lambda: -1,
+        propagation: timedelta = timedelta(hours=24),
+        on_switch: Callable[[], object] = lambda: None,
     ) -> None:
+        self._propagation = propagation
+        self._on_switch = on_switch  # the server's TLS certificate, reissued from the new CA
         # The bundle is served to anonymous callers: read from the store once per position of the
         # event feed (a 'bundle' event, here or from another replica, moves it), not per call.
         self._last_seq = last_seq
@@ -74,11 +81,52 @@ class CARotation:
         key_type = self._ca.key_type.value
         if await self._store.adopt_ca(cert, key_type, self._key_uri, now_seconds(self._clock)):
             logger.info("CA recorded as generation 1, active", extra={"fingerprint": self._ca.fingerprint})
+        await self.follow()
+
+    async def follow(self) -> None:
+        """Issues with the store's active generation, when it is not the one this server issues with:
+        at start, and on each 'bundle' event (an activation here or on another replica)."""
         active = [g for g in await self._store.ca_generations(None) if g.state == "active"]
-        if active and active[0].certificate != cert:
+        if not active or active[0].certificate.encode() == self._ca.bundle_pem:
+            return
+        if (
+            active[0].sealed_key is None
+        ):  # generation 1 is the deployment's own CA: a replica started with another
             logger.error(
                 "the store's active CA (generation %d) is not this server's CA", active[0].generation
             )
+            return
+        generation = active[0].generation
+        pair = open_pair(
+            active[0].certificate.encode(),
+            active[0].sealed_key,
+            self._sealer,
+            slot=_CA_SLOT,
+            cert_name=f"CA generation {generation}'s certificate",
+            key_name=f"CA generation {generation}'s key",
+            master_name="the master key",
+        )
+        self._ca.switch(software_root(pair), generation)
+        self._bundle = None
+        logger.info("issuing with CA generation %d", generation, extra={"fingerprint": self._ca.fingerprint})
+        self._on_switch()
+
+    async def activate(self, now: bool) -> CAGeneration:
+        """Activates the prepared generation once its propagation period is over (now: at once).
+        Raises FailedPrecondition when none is prepared, or it is too early."""
+        at = now_seconds(self._clock)
+        ready_at = None if now else at - int(self._propagation.total_seconds())
+        generation, event = await self._store.activate_ca(
+            at,
+            ready_at,
+            audit=lambda done: AuditEntry(
+                at, "admin", "ca.activate", f"ca:{done[0].generation} {generation_fingerprint(done[0])}"
+            ),
+        )
+        await self.follow()  # this replica issues with it before its event goes out
+        self._publish(event)
+        logger.info("activated CA generation %d", generation.generation, extra={"seq": event.seq})
+        return generation
 
     async def rotate(self, key_type: CAKeyType | None) -> CAGeneration:
         """Prepares the next generation. Raises FailedPrecondition when one is prepared already,
@@ -120,13 +168,23 @@ class CARotation:
         return await self._store.ca_generations(now_seconds(self._clock))
 
     async def bundle_pem(self) -> str:
-        """The trust bundle: the active CA, then each prepared CA followed by its cross-certificate."""
+        """The trust bundle: the active CA with its cross-certificate (from the CA before it), each
+        retiring CA with one made by the active CA (oldWithNew: for agents that pinned the active
+        one), then each prepared CA followed by its cross-certificate."""
         seq = self._last_seq()
         if self._bundle is not None and self._bundle[0] == seq >= 0:
             return self._bundle[1]
         generations = await self._store.ca_generations(None)
-        active = [g.certificate for g in generations if g.state == "active"]
+        active = [g.certificate + (g.cross_certificate or "") for g in generations if g.state == "active"]
+        issuing = bool(active) and active[0].startswith(self._ca.bundle_pem.decode())
+        retiring = [
+            g.certificate + self._old_with_new(g) for g in generations if issuing and g.state == "retiring"
+        ]
         prepared = [g.certificate + (g.cross_certificate or "") for g in generations if g.state == "prepared"]
-        pem = "".join(active + prepared) or self._ca.bundle_pem.decode()
-        self._bundle = (seq, pem)
+        pem = "".join(active + retiring + prepared) or self._ca.bundle_pem.decode()
+        if issuing or not active:  # not before this replica follows an activation
+            self._bundle = (seq, pem)
         return pem
+
+    def _old_with_new(self, generation: CAGeneration) -> str:
+        return self._ca.cross_certify(_cert(generation.certificate)).public_bytes(Encoding.PEM).decode()

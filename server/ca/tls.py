@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import grpc
@@ -51,6 +52,8 @@ class ServerTls:
         self._clock = clock
         self._lock = threading.Lock()  # gRPC's fetcher runs on its own threads
         self._generation = 0
+        # The CAs the mTLS port accepts client certificates from (trust_clients; at first this CA).
+        self._client_roots = ca.bundle_pem
         self.current = self._load_or_issue()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -131,8 +134,16 @@ class ServerTls:
             [(pair.key_pem(), chain)], root_certificates=client_roots
         )
 
+    def trust_clients(self, roots: Sequence[x509.Certificate]) -> None:
+        """The mTLS port accepts client certificates of these CAs from the next handshake on
+        (server/ca/trust.py: every CA generation not retired)."""
+        pem = b"".join(root.public_bytes(Encoding.PEM) for root in roots)
+        with self._lock:
+            if pem != self._client_roots:
+                self._client_roots = pem
+                self._generation += 1
+
     def credentials(self, *, require_client_auth: bool) -> grpc.ServerCredentials:
-        roots = self._ca.bundle_pem if require_client_auth else None
         served = {"generation": self._generation}
 
         def fetcher() -> grpc.ServerCertificateConfiguration | None:
@@ -140,9 +151,11 @@ class ServerTls:
                 if served["generation"] == self._generation:
                     return None  # unchanged: keep serving the current configuration
                 served["generation"] = self._generation
-                pair = self.current
-            return self._configuration(pair, roots)
+                pair, roots = self.current, self._client_roots
+            return self._configuration(pair, roots if require_client_auth else None)
 
+        with self._lock:
+            roots = self._client_roots if require_client_auth else None
         return grpc.dynamic_ssl_server_credentials(
             self._configuration(self.current, roots),
             fetcher,

@@ -187,5 +187,9 @@ class AdminClient:
         request = admin_pb2.RotateCARequest(key_type=key_type)
         return cast(admin_pb2.CAGeneration, self._call(self._stub.RotateCA, request))
 
+    def activate_ca(self, now: bool) -> admin_pb2.CAGeneration:
+        request = admin_pb2.ActivateCARequest(now=now)
+        return cast(admin_pb2.CAGeneration, self._call(self._stub.ActivateCA, request))
+
     def list_cas(self) -> admin_pb2.ListCAsResponse:
         return cast(admin_pb2.ListCAsResponse, self._call(self._stub.ListCAs, admin_pb2.ListCAsRequest()))

@@ -1,8 +1,10 @@
-"""kms-server ca rotate and ca status: the CA's generations (issue 19 §1), over the admin socket.
+"""kms-server ca rotate, activate and status: the CA's generations (issue 19 §1), over the admin socket.
 
 ca rotate only prepares the next CA (published in the trust bundle, cross-certified by the
 active one): it changes nothing that issues or verifies, and a prepared CA is never used
-until it is activated, so it asks no confirmation.
+until it is activated, so it asks no confirmation. ca activate makes it the one that
+issues, after the propagation period (ca-propagation; --now skips it); it asks none either:
+it is refused before then, and the CA before it stays trusted.
 """
 
 from __future__ import annotations
@@ -49,6 +51,16 @@ def cmd_ca_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ca_activate(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        g = admin.activate_ca(args.now)
+    print(
+        f"activated CA generation {g.generation} ({g.key_type}, {g.fingerprint}): it issues from now on,"
+        " and the CA before it stays trusted until the certificates it signed expire"
+    )
+    return 0
+
+
 def cmd_ca_status(args: argparse.Namespace) -> int:
     with _admin(args) as admin:
         cas = admin.list_cas().cas
@@ -84,6 +96,17 @@ def add_ca_rotation(ca: Subcommands, common: ArgumentParser) -> None:
         help="the new CA's key type (default: the active CA's)",
     )
     rotate.set_defaults(func=cmd_ca_rotate)
+    activate = ca.add_parser(
+        "activate",
+        parents=[common],
+        help="make the prepared CA the one that issues, once ca-propagation has passed since ca rotate",
+    )
+    activate.add_argument(
+        "--now",
+        action="store_true",
+        help="skip the propagation period: agents that have not fetched the trust bundle cannot verify the server",
+    )
+    activate.set_defaults(func=cmd_ca_activate)
     status = ca.add_parser(
         "status", parents=[common], help="list the CA generations: state, validity, fingerprint, certificates"
     )

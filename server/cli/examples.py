@@ -14,6 +14,7 @@ EXAMPLES = {
     "ca cert": "kms-server ca cert > ca.crt",
     "ca rotate": "kms-server ca rotate --key-type ecdsa-p384",
     "ca status": "kms-server ca status --json",
+    "ca activate": "kms-server ca activate",
     "agents list": "kms-server agents list --json",
     "key create": "kms-server key create app --grant group:web",
     "key rotate": "kms-server key rotate app",

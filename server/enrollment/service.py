@@ -92,7 +92,7 @@ def _spki(key: CertificatePublicKeyTypes) -> bytes:
 
 
 def _certificate_record(
-    cert: x509.Certificate, agent_name: str, issued_at: int, token_id: str | None
+    cert: x509.Certificate, agent_name: str, issued_at: int, token_id: str | None, generation: int
 ) -> CertificateRecord:
     """What the store keeps of a certificate issued to agent_name (token_id: None for a renewal)."""
     return CertificateRecord(
@@ -103,6 +103,7 @@ def _certificate_record(
         der=cert.public_bytes(serialization.Encoding.DER),
         issued_at=issued_at,
         token_id=token_id,
+        ca_generation=generation,
     )
 
 
@@ -232,8 +233,9 @@ class EnrollmentService:
         if record.used_at is not None:
             return await self._repeat(record, token, _spki(public_key), now)
 
+        generation = self._ca.generation
         cert = await self._ca.issue_agent(public_key, record.name)
-        cert_record = _certificate_record(cert, record.name, now, record.token_id)
+        cert_record = _certificate_record(cert, record.name, now, record.token_id, generation)
         # Read before the enrollment commits: an event committed meanwhile is
         # replayed to the new agent (harmless), never skipped.
         watch_from_seq = await self._position()
@@ -344,8 +346,9 @@ class EnrollmentService:
         last = self._renewed_at.get(caller.name)
         if window and last is not None and last > now - window:
             raise rules.renewed_too_soon(caller.name, last, now - window, now)
+        generation = self._ca.generation
         cert = await self._ca.issue_agent(public_key, caller.name)
-        record = _certificate_record(cert, caller.name, now, None)
+        record = _certificate_record(cert, caller.name, now, None, generation)
         await self._store.add_certificate(
             record,
             caller.groups,

@@ -1,8 +1,10 @@
-"""CA rotation, first slice (issue 19 §1), against one real server and a real kms-agent watch:
-ca rotate prepares the next CA, ca status lists both, the watching agent stores the trust bundle
-(verified through the cross-certificate) and status shows it, openssl verifies the new CA's
-cross-certificate with the old CA as the trust anchor, and a second rotate is refused. Nothing
-is activated: the server and the agent keep the CA they had.
+"""CA rotation (issue 19 §1), against one real server and a real kms-agent watch: ca rotate
+prepares the next CA, ca status lists both, the watching agent stores the trust bundle (verified
+through the cross-certificate) and status shows it, openssl verifies the new CA's
+cross-certificate with the old CA as the trust anchor, and a second rotate is refused. Until
+then the server and the agent keep the CA they had. Then ca activate (refused before
+ca-propagation, --now skips it): the server's TLS certificate comes from the new CA, the agent
+still calls it with its old certificate, and its renewal chains to the new CA.
 
 The commands run in this process (main(argv), as the console scripts call it), as in
 test_output.py; the watch is a real child process.
@@ -95,6 +97,35 @@ def test_rotate_status_bundle_and_refusal(
     assert (server.data_dir / "ca.crt").read_bytes() == old_pem == bundle.cas[0].public_bytes(Encoding.PEM)
     assert (root / "alice" / "ca.crt").read_bytes() == agent_ca
     assert x509.load_pem_x509_certificate(old_pem) == bundle.cas[0]
+    _activate(server, root / "alice", bundle.cas[1], capsys)
+
+
+def _activate(
+    server: ServerProcess, agent: Path, new: x509.Certificate, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ["--data-dir", str(server.data_dir)]
+    assert server_main(["ca", "activate", *data]) == 6  # ca-propagation (24h) has not passed
+    err = capsys.readouterr().err.strip()
+    assert "agents may not have its trust bundle yet" in err and "\n" not in err, err
+    assert server_main(["ca", "activate", "--now", *data]) == 0
+    assert capsys.readouterr().out.startswith("activated CA generation 2 (ecdsa-p384, sha256:")
+    assert server_main(["ca", "status", "--json", *data]) == 0
+    cas = json.loads(capsys.readouterr().out)
+    assert [(c["generation"], c["state"]) for c in cas] == [(1, "retiring"), (2, "active")]
+    # The server's own TLS certificate was reissued from the new CA, without a restart.
+    served = x509.load_pem_x509_certificate((server.data_dir / "server.crt").read_bytes())
+    served.verify_directly_issued_by(new)
+    # The agent (its trust bundle stored) still calls the server with its old certificate...
+    old_cert = x509.load_pem_x509_certificate((agent / "agent.crt").read_bytes())
+    assert agent_main(["status", "--json", "--dir", str(agent)]) == 0
+    assert json.loads(capsys.readouterr().out)["serial"] == format(old_cert.serial_number, "x")
+    # ...and its renewal comes from the new CA, which it then calls the server with.
+    assert agent_main(["renew", "--dir", str(agent)]) == 0
+    capsys.readouterr()
+    renewed = x509.load_pem_x509_certificate((agent / "agent.crt").read_bytes())
+    renewed.verify_directly_issued_by(new)
+    assert agent_main(["status", "--json", "--dir", str(agent)]) == 0
+    assert json.loads(capsys.readouterr().out)["serial"] == format(renewed.serial_number, "x")
 
 
 def _openssl_verify(anchor: Path, cert: Path) -> subprocess.CompletedProcess[str]:

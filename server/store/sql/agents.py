@@ -68,9 +68,9 @@ async def _insert_certificate(
 ) -> None:
     await tx.execute(
         "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id, groups_json,"
-        " renewed_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " renewed_from, ca_generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         *(cert.serial, cert.agent_name, cert.not_before, cert.not_after, cert.der, cert.issued_at),
-        *(token_id, groups_json, renewed_from),
+        *(token_id, groups_json, renewed_from, cert.ca_generation),
     )
 
 

@@ -1,5 +1,11 @@
 """The CA's generations (schema step 12, ca_migration.py): adopting the first, preparing the next,
-listing them. SqlStore's methods about them are CAMethods."""
+activating it, listing them. SqlStore's methods about them are CAMethods.
+
+A generation that activation replaced no longer issues but is still trusted until every
+certificate it signed has expired: "retiring". The schema's states are prepared, active and
+retired, so it is stored as 'retired' with retired_at NULL (retired_at is set when it is no
+longer trusted), and read back as "retiring".
+"""
 
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ class NewGeneration:
 @dataclass(frozen=True)
 class CAGeneration:
     generation: int
-    state: str  # "prepared", "active" or "retired"
+    state: str  # "prepared", "active", "retiring" (trusted, not issuing) or "retired"
     key_type: str
     certificate: str  # PEM
     cross_certificate: str | None  # PEM; None for the first generation
@@ -52,7 +58,8 @@ class CAGeneration:
 
 def _generation(r: Any, valid: int = 0) -> CAGeneration:
     sealed = None if r[5] is None else bytes(r[5])
-    return CAGeneration(r[0], r[1], r[2], r[3], r[4], sealed, r[6], r[7], r[8], r[9], valid)
+    state = "retiring" if r[1] == "retired" and r[9] is None else r[1]
+    return CAGeneration(r[0], state, r[2], r[3], r[4], sealed, r[6], r[7], r[8], r[9], valid)
 
 
 async def adopt_ca(tx: Tx, certificate: str, key_type: str, key_uri: str | None, now: int) -> bool:
@@ -121,11 +128,41 @@ async def prepare_ca(tx: Tx, new: NewGeneration, now: int) -> tuple[CAGeneration
     return _generation(row), await append_event(tx, "bundle", "", now, serial=serial)
 
 
+async def activate_ca(tx: Tx, now: int, ready_at: int | None) -> tuple[CAGeneration, RevocationEvent]:
+    """The prepared generation becomes active, the active one retiring (trusted, no longer issuing),
+    with a 'bundle' event (reason "activated"). ready_at: the latest created_at the prepared one may
+    have (its propagation period over; None: at once). Raises FailedPrecondition."""
+    active = await tx.fetchval(
+        tx.locked("SELECT generation FROM ca_generations WHERE state = 'active'", "FOR UPDATE")
+    )
+    row = await tx.fetchrow(f"SELECT {_COLUMNS} FROM ca_generations WHERE state = 'prepared'")  # noqa: S608
+    if active is None or row is None:
+        raise FailedPrecondition("no CA generation is prepared: kms-server ca rotate prepares one")
+    prepared = _generation(row)
+    if ready_at is not None and prepared.created_at > ready_at:
+        raise FailedPrecondition(
+            f"CA generation {prepared.generation} was prepared {now - prepared.created_at} s ago: agents may"
+            f" not have its trust bundle yet; activate it {prepared.created_at - ready_at} s from now"
+            " (ca-propagation), or with --now"
+        )
+    if prepared.sealed_key is None:
+        raise FailedPrecondition(f"CA generation {prepared.generation} has no key this server can use")
+    await tx.execute("UPDATE ca_generations SET state = 'retired' WHERE generation = ?", active)
+    await tx.execute(
+        "UPDATE ca_generations SET state = 'active', activated_at = ? WHERE generation = ?",
+        now,
+        prepared.generation,
+    )
+    by_generation = f"SELECT {_COLUMNS} FROM ca_generations WHERE generation = ?"  # noqa: S608
+    row = await tx.fetchrow(by_generation, prepared.generation)
+    event = await append_event(tx, "bundle", "activated", now, serial=_serial_of(prepared.certificate))
+    return _generation(row), event
+
+
 def prepared_already(generation: int) -> FailedPrecondition:
-    """One rotation at a time: a prepared CA stays prepared until it is activated (a later slice)."""
     return FailedPrecondition(
-        f"CA generation {generation} is prepared already: one CA is prepared at a time, and activating it"
-        " is not built yet (kms-server ca status shows it)"
+        f"CA generation {generation} is prepared already: activate it before preparing another"
+        " (kms-server ca status shows it)"
     )
 
 
@@ -152,3 +189,10 @@ class CAMethods(Methods):
         Raises FailedPrecondition when one is prepared already.
         """
         return await self._change(lambda tx: prepare_ca(tx, new, now), audit)
+
+    async def activate_ca(
+        self, now: int, ready_at: int | None, *, audit: Audit = None
+    ) -> tuple[CAGeneration, RevocationEvent]:
+        """Activates the prepared generation (the active one retiring), with its 'bundle' event, in
+        one transaction. Raises FailedPrecondition when none is prepared, or it is not ready_at."""
+        return await self._change(lambda tx: activate_ca(tx, now, ready_at), audit)
