@@ -173,14 +173,14 @@ class Watcher:
             self._position = seq
 
     def _refresh_bundle(self) -> None:
-        """The new trust bundle, verified and stored (agent/bundle.py). A server that cannot be
-        reached raises: the stream reconnects and the event comes again. Any other refusal keeps
-        the old trust (one line): it must not end the watch."""
+        """The new trust bundle, verified and stored (agent/bundle.py). A refusal, or a server that
+        cannot be reached, keeps the old trust (one line) and the stream goes on: the events after
+        this one still count (an emergency rotation retires this agent's CA and revokes its
+        certificate in one go, and a new connection with that certificate is refused), and the
+        next stream's start checks the bundle again (_catch_up_bundle)."""
         try:
             with self._connect() as client:
                 pem = client.get_trust_bundle()
-        except Unavailable:
-            raise
         except KmsError as exc:
             logger.warning("kept the CA trust as it was: the server's trust bundle: %s", exc.message)
             return

@@ -48,7 +48,7 @@ from server.revocation.feed import RevocationFeed, StreamGuard
 from server.revocation.follower import EventFollower
 from server.revocation.service import RevocationService
 from server.revocation.watch import WatchService
-from server.store import AuditEntry, CertificateRecord, Store
+from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store
 
 __all__ = ["Services", "open_services"]
 
@@ -149,7 +149,7 @@ async def open_services(
         observer=Observer(
             store, roster, journal, keys, guard, Rates(metrics), clock, authenticator.last_seen
         ),
-        ca_rotation=await _ca_rotation(cfg, deployment, ca, clock, feed, trust, tls),
+        ca_rotation=await _ca_rotation(cfg, deployment, ca, clock, (feed, revocations), trust, tls),
     )
 
 
@@ -158,7 +158,7 @@ async def _ca_rotation(
     deployment: Deployment,
     ca: CertificateAuthority,
     clock: Clock,
-    feed: RevocationFeed,
+    feeds: tuple[RevocationFeed, RevocationService],
     trust: CATrust,
     tls: ServerTls,
 ) -> CARotation:
@@ -170,8 +170,8 @@ async def _ca_rotation(
         clock,
         cfg.ca_ttl,
         cfg.ca_key,
-        feed.publish,
-        lambda: feed.last_seq,
+        _ca_events(*feeds),
+        lambda: feeds[0].last_seq,
         cfg.ca_propagation,
         tls.rotate,
     )
@@ -179,6 +179,19 @@ async def _ca_rotation(
     trust.on_bundle(rotation.follow)
     await trust.refresh()
     return rotation
+
+
+def _ca_events(feed: RevocationFeed, revocations: RevocationService) -> Callable[[RevocationEvent], None]:
+    """A CA rotation's events: 'bundle' ones go to watchers; the revocations of an emergency
+    rotation (--revoke-old) are applied as every revocation is (the map, streams, the CRL)."""
+
+    def publish(event: RevocationEvent) -> None:
+        if event.kind == "bundle":
+            feed.publish(event)
+        else:
+            revocations.apply_committed(event)
+
+    return publish
 
 
 def _limits(cfg: ServerConfig) -> Limits:

@@ -319,10 +319,14 @@ class GetKeyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class RotateCARequest(_message.Message):
-    __slots__ = ("key_type",)
+    __slots__ = ("key_type", "now", "revoke_old")
     KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    NOW_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_OLD_FIELD_NUMBER: _ClassVar[int]
     key_type: str
-    def __init__(self, key_type: _Optional[str] = ...) -> None: ...
+    now: bool
+    revoke_old: bool
+    def __init__(self, key_type: _Optional[str] = ..., now: _Optional[bool] = ..., revoke_old: _Optional[bool] = ...) -> None: ...
 
 class CAGeneration(_message.Message):
     __slots__ = ("generation", "state", "key_type", "fingerprint", "not_before", "not_after", "valid_certificates", "created_at", "activated_at", "retired_at", "certificate_pem", "cross_certificate_pem")
@@ -353,10 +357,12 @@ class CAGeneration(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., state: _Optional[str] = ..., key_type: _Optional[str] = ..., fingerprint: _Optional[str] = ..., not_before: _Optional[int] = ..., not_after: _Optional[int] = ..., valid_certificates: _Optional[int] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., retired_at: _Optional[int] = ..., certificate_pem: _Optional[str] = ..., cross_certificate_pem: _Optional[str] = ...) -> None: ...
 
 class ActivateCARequest(_message.Message):
-    __slots__ = ("now",)
+    __slots__ = ("now", "revoke_old")
     NOW_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_OLD_FIELD_NUMBER: _ClassVar[int]
     now: bool
-    def __init__(self, now: _Optional[bool] = ...) -> None: ...
+    revoke_old: bool
+    def __init__(self, now: _Optional[bool] = ..., revoke_old: _Optional[bool] = ...) -> None: ...
 
 class ListCAsRequest(_message.Message):
     __slots__ = ()

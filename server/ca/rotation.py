@@ -21,7 +21,7 @@ from datetime import timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from kms.errors import FailedPrecondition
+from kms.errors import FailedPrecondition, InvalidArgument
 from kms.identity import fingerprint
 from server.ca.authority import CertificateAuthority, create_root, software_root
 from server.ca.keytype import CAKeyType
@@ -111,26 +111,49 @@ class CARotation:
         logger.info("issuing with CA generation %d", generation, extra={"fingerprint": self._ca.fingerprint})
         self._on_switch()
 
-    async def activate(self, now: bool) -> CAGeneration:
+    async def activate(self, now: bool, revoke_old: bool = False) -> CAGeneration:
         """Activates the prepared generation once its propagation period is over (now: at once).
+        revoke_old (with now): the active CA is compromised; see server/store/sql/ca_compromise.py.
         Raises FailedPrecondition when none is prepared, or it is too early."""
+        if revoke_old and not now:
+            raise InvalidArgument(
+                "--revoke-old needs --now: a compromised CA must stop issuing at once, not after ca-propagation"
+            )
         at = now_seconds(self._clock)
-        ready_at = None if now else at - int(self._propagation.total_seconds())
-        generation, event = await self._store.activate_ca(
-            at,
-            ready_at,
-            audit=lambda done: AuditEntry(
-                at, "admin", "ca.activate", f"ca:{done[0].generation} {generation_fingerprint(done[0])}"
-            ),
+
+        def audit(done: tuple[CAGeneration, object]) -> AuditEntry:
+            action = "ca.activate.revoke_old" if revoke_old else "ca.activate"
+            return AuditEntry(
+                at, "admin", action, f"ca:{done[0].generation} {generation_fingerprint(done[0])}"
+            )
+
+        if revoke_old:
+            generation, events = await self._store.activate_ca_revoking_old(at, audit=audit)
+        else:
+            ready_at = None if now else at - int(self._propagation.total_seconds())
+            generation, event = await self._store.activate_ca(at, ready_at, audit=audit)
+            events = [event]
+        await self.follow()  # this replica issues with it before its events go out
+        for (
+            event
+        ) in events:  # the activation's 'bundle' event; with revoke_old, each revocation, the retirement
+            self._publish(event)
+        logger.info(
+            "activated CA generation %d%s",
+            generation.generation,
+            f", revoking {len(events) - 2} certificates of the CA before it, retired" if revoke_old else "",
+            extra={"seq": events[-1].seq},
         )
-        await self.follow()  # this replica issues with it before its event goes out
-        self._publish(event)
-        logger.info("activated CA generation %d", generation.generation, extra={"seq": event.seq})
         return generation
 
-    async def rotate(self, key_type: CAKeyType | None) -> CAGeneration:
-        """Prepares the next generation. Raises FailedPrecondition when one is prepared already,
-        or when the CA key is in a PKCS#11 token (rotation in the token comes later)."""
+    async def rotate(
+        self, key_type: CAKeyType | None, at_once: bool = False, revoke_old: bool = False
+    ) -> CAGeneration:
+        """Prepares the next generation; at_once, activates it too (see activate). Raises
+        FailedPrecondition when one is prepared already, or when the CA key is in a PKCS#11 token
+        (rotation in the token comes later)."""
+        if revoke_old and not at_once:
+            raise InvalidArgument("--revoke-old needs --now: a compromised CA must stop issuing at once")
         if not self._ca.key_in_software:
             raise FailedPrecondition(
                 "the CA key is in a PKCS#11 token: preparing the next CA in the token is not supported yet"
@@ -162,7 +185,7 @@ class CARotation:
             generation.generation,
             extra={"fingerprint": print_fp, "seq": event.seq},
         )
-        return generation
+        return await self.activate(True, revoke_old) if at_once else generation
 
     async def generations(self) -> list[CAGeneration]:
         return await self._store.ca_generations(now_seconds(self._clock))

@@ -20,7 +20,7 @@ from server.store.records import Audit, RevocationEvent
 from server.store.sql.events import append_event
 from server.store.sql.methods import Methods
 
-__all__ = ["CAGeneration", "CAMethods", "NewGeneration", "prepared_already"]
+__all__ = ["CAGeneration", "CAMethods", "NewGeneration", "prepared_already", "serial_of"]
 
 _COLUMNS = (
     "generation, state, key_type, certificate, cross_certificate, sealed_key, key_uri,"
@@ -124,7 +124,7 @@ async def prepare_ca(tx: Tx, new: NewGeneration, now: int) -> tuple[CAGeneration
         now,
     )
     row = await tx.fetchrow(f"SELECT {_COLUMNS} FROM ca_generations WHERE generation = ?", generation)  # noqa: S608
-    serial = _serial_of(new.certificate)
+    serial = serial_of(new.certificate)
     return _generation(row), await append_event(tx, "bundle", "", now, serial=serial)
 
 
@@ -155,7 +155,7 @@ async def activate_ca(tx: Tx, now: int, ready_at: int | None) -> tuple[CAGenerat
     )
     by_generation = f"SELECT {_COLUMNS} FROM ca_generations WHERE generation = ?"  # noqa: S608
     row = await tx.fetchrow(by_generation, prepared.generation)
-    event = await append_event(tx, "bundle", "activated", now, serial=_serial_of(prepared.certificate))
+    event = await append_event(tx, "bundle", "activated", now, serial=serial_of(prepared.certificate))
     return _generation(row), event
 
 
@@ -166,7 +166,7 @@ def prepared_already(generation: int) -> FailedPrecondition:
     )
 
 
-def _serial_of(pem: str) -> str:
+def serial_of(pem: str) -> str:
     return format(x509.load_pem_x509_certificate(pem.encode()).serial_number, "x")
 
 
