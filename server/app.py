@@ -23,6 +23,7 @@ from kms.addresses import join_hostport
 from kms.cli import use_json_logs
 from kms.identity import fingerprint
 from server.audit.devices import AuditDevices
+from server.ca.autorotate import AutoRotation
 from server.clock import Clock, system_clock
 from server.config import ServerConfig
 from server.deployment.datadir import DataDir
@@ -97,6 +98,15 @@ class App:
             asyncio.create_task(s.scheduler.run_forever()),
             self.following,
         ]
+        if self.config.ca_rotate_at is not None:
+            auto = AutoRotation(
+                s.ca_rotation,
+                lambda: (s.ca.certificate.not_valid_before_utc, s.ca.certificate.not_valid_after_utc),
+                self.config.ca_rotate_at,
+                self.config.ca_propagation,
+                s.clock,
+            )
+            self._tasks.append(asyncio.create_task(auto.run_forever()))
 
     async def stop(self) -> None:
         """Graceful: refuse new calls, let in-flight ones finish within the grace period."""

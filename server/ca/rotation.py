@@ -111,7 +111,7 @@ class CARotation:
         logger.info("issuing with CA generation %d", generation, extra={"fingerprint": self._ca.fingerprint})
         self._on_switch()
 
-    async def activate(self, now: bool, revoke_old: bool = False) -> CAGeneration:
+    async def activate(self, now: bool, revoke_old: bool = False, *, actor: str = "admin") -> CAGeneration:
         """Activates the prepared generation once its propagation period is over (now: at once).
         revoke_old (with now): the active CA is compromised; see server/store/sql/ca_compromise.py.
         Raises FailedPrecondition when none is prepared, or it is too early."""
@@ -123,9 +123,7 @@ class CARotation:
 
         def audit(done: tuple[CAGeneration, object]) -> AuditEntry:
             action = "ca.activate.revoke_old" if revoke_old else "ca.activate"
-            return AuditEntry(
-                at, "admin", action, f"ca:{done[0].generation} {generation_fingerprint(done[0])}"
-            )
+            return AuditEntry(at, actor, action, f"ca:{done[0].generation} {generation_fingerprint(done[0])}")
 
         if revoke_old:
             generation, events = await self._store.activate_ca_revoking_old(at, audit=audit)
@@ -147,7 +145,12 @@ class CARotation:
         return generation
 
     async def rotate(
-        self, key_type: CAKeyType | None, at_once: bool = False, revoke_old: bool = False
+        self,
+        key_type: CAKeyType | None,
+        at_once: bool = False,
+        revoke_old: bool = False,
+        *,
+        actor: str = "admin",
     ) -> CAGeneration:
         """Prepares the next generation; at_once, activates it too (see activate). Raises
         FailedPrecondition when one is prepared already, or when the CA key is in a PKCS#11 token
@@ -177,7 +180,7 @@ class CARotation:
         generation, event = await self._store.prepare_ca(
             new,
             at,
-            audit=lambda done: AuditEntry(at, "admin", "ca.rotate", f"ca:{done[0].generation} {print_fp}"),
+            audit=lambda done: AuditEntry(at, actor, "ca.rotate", f"ca:{done[0].generation} {print_fp}"),
         )
         self._publish(event)
         logger.info(
@@ -185,7 +188,7 @@ class CARotation:
             generation.generation,
             extra={"fingerprint": print_fp, "seq": event.seq},
         )
-        return await self.activate(True, revoke_old) if at_once else generation
+        return await self.activate(True, revoke_old, actor=actor) if at_once else generation
 
     async def generations(self) -> list[CAGeneration]:
         return await self._store.ca_generations(now_seconds(self._clock))

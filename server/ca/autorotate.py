@@ -1,0 +1,100 @@
+"""Automatic CA rotation (issue 19 §1, the ``ca_rotate_at`` setting), the way SPIRE rotates its CA.
+
+Once the active CA has lived ``ca_rotate_at`` of its life (0.5: half way), the server prepares
+the next one, as ``kms-server ca rotate`` would; once a prepared CA has been published for
+``ca_propagation``, it activates it, as ``kms-server ca activate`` would. Both are audited with
+the actor ``ca-rotation``. It looks once a minute, and at the exact due time when that comes
+sooner. Replicas may all look at once: the store prepares one generation and activates it
+once (the second replica is refused, and says nothing of it). Off by default: with the default
+ten-year CA, an operator turns it on knowingly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from kms.errors import FailedPrecondition
+from server.ca.rotation import CARotation
+from server.store.sql.cas import CAGeneration
+
+__all__ = ["ACTOR", "AutoRotation", "next_step"]
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "ca-rotation"
+LOOK_EVERY = 60.0  # seconds between looks, at most
+RETRY_DELAY = 30.0  # after a failure (a token down, the store unreachable)
+
+
+def next_step(
+    generations: list[CAGeneration],
+    active_cert_life: tuple[datetime, datetime],
+    fraction: float,
+    propagation: timedelta,
+    now: datetime,
+) -> tuple[str | None, datetime | None]:
+    """What is due now ("prepare", "activate" or None) and, when nothing is, when the next step is
+    (None: not before something else changes). Pure: the active CA's validity is given."""
+    prepared = [g for g in generations if g.state == "prepared"]
+    if prepared:
+        ready = datetime.fromtimestamp(prepared[0].created_at, now.tzinfo) + propagation
+        return ("activate", None) if now >= ready else (None, ready)
+    start, end = active_cert_life
+    due = start + (end - start) * fraction
+    return ("prepare", None) if now >= due else (None, due)
+
+
+class AutoRotation:
+    def __init__(
+        self,
+        rotation: CARotation,
+        active_life: Callable[[], tuple[datetime, datetime]],
+        fraction: float,
+        propagation: timedelta,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._rotation = rotation
+        self._active_life = active_life  # the validity of the CA this server issues with
+        self._fraction = fraction
+        self._propagation = propagation
+        self._clock = clock
+
+    async def step(self) -> datetime | None:
+        """Does what is due; returns when to look again (None: at the next regular look)."""
+        now = self._clock()
+        generations = await self._rotation.generations()
+        what, when = next_step(generations, self._active_life(), self._fraction, self._propagation, now)
+        try:
+            if what == "prepare":
+                done = await self._rotation.rotate(None, actor=ACTOR)
+                logger.info(
+                    "prepared CA generation %d: the active CA has lived %.0f%% of its life",
+                    done.generation,
+                    self._fraction * 100,
+                )
+            elif what == "activate":
+                done = await self._rotation.activate(False, actor=ACTOR)
+                logger.info(
+                    "activated CA generation %d: it was published for ca-propagation", done.generation
+                )
+        except FailedPrecondition:
+            return None  # another replica did it first (or the state moved): look again
+        return when
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                when = await self.step()
+                wait = LOOK_EVERY if when is None else (when - self._clock()).total_seconds()
+            except Exception as exc:  # noqa: BLE001 - one failure must not end the loop
+                logger.error(
+                    "automatic CA rotation failed, retrying in %.0f s: %s: %s",
+                    RETRY_DELAY,
+                    type(exc).__name__,
+                    exc,
+                )
+                wait = RETRY_DELAY
+            await asyncio.sleep(min(max(wait, 1.0), LOOK_EVERY))

@@ -1,0 +1,89 @@
+"""Automatic CA rotation (server/ca/autorotate.py): what is due when (pure), and two replicas on one
+store (both backends) stepping at each moment: nothing before the fraction of the CA's life, one
+prepared generation at it (audited as ca-rotation), nothing until ca-propagation has passed, then
+one activation; the replica that comes second is refused quietly."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from server.ca.authority import CertificateAuthority, create_root, software_root
+from server.ca.autorotate import ACTOR, AutoRotation, next_step
+from server.ca.rotation import CARotation
+from server.deployment.sealing import Sealer
+from server.store import RevocationEvent, Store
+from server.store.sql.cas import CAGeneration
+from tests.unit.server.conftest import open_store_at
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+LIFE = timedelta(days=100)
+PROPAGATION = timedelta(days=2)
+
+
+def _generation(state: str, created_at: datetime) -> CAGeneration:
+    return CAGeneration(2, state, "ecdsa-p256", "", None, None, None, int(created_at.timestamp()), None, None)
+
+
+def test_next_step() -> None:
+    life = (START, START + LIFE)
+    assert next_step([], life, 0.5, PROPAGATION, START) == (None, START + LIFE / 2)
+    assert next_step([], life, 0.5, PROPAGATION, START + LIFE / 2) == ("prepare", None)
+    prepared = [_generation("prepared", START + LIFE / 2)]
+    assert next_step(prepared, life, 0.5, PROPAGATION, START + LIFE / 2) == (
+        None,
+        START + LIFE / 2 + PROPAGATION,
+    )
+    assert next_step(prepared, life, 0.5, PROPAGATION, START + LIFE / 2 + PROPAGATION) == ("activate", None)
+
+
+def test_two_replicas_rotate_once(store_at: tuple[str, str]) -> None:
+    now = [START]
+    root = software_root(create_root("t", None, LIFE, START))
+
+    def replica(store: Store) -> tuple[AutoRotation, CertificateAuthority]:
+        ca = CertificateAuthority(root, "t", timedelta(hours=1), lambda: now[0])
+        published: list[RevocationEvent] = []
+        rotation = CARotation(
+            store,
+            ca,
+            Sealer(bytes(range(32))),
+            lambda: now[0],
+            LIFE,
+            None,
+            published.append,
+            propagation=PROPAGATION,
+        )
+        life = lambda: (ca.certificate.not_valid_before_utc, ca.certificate.not_valid_after_utc)  # noqa: E731
+        return AutoRotation(rotation, life, 0.5, PROPAGATION, lambda: now[0]), ca
+
+    async def body() -> None:
+        store = await open_store_at(*store_at)
+        other = await open_store_at(*store_at) if store_at[0] == "postgresql" else store
+        try:
+            (a, ca_a), (b, ca_b) = replica(store), replica(other)
+            await a._rotation.adopt()
+            start = root.cert.not_valid_before_utc  # backdated a little by the profile
+            life = root.cert.not_valid_after_utc - start
+            now[0] = start + life * 0.4
+            assert await a.step() == start + life / 2
+            assert [g.state for g in await store.ca_generations(None)] == ["active"]
+            now[0] = start + life * 0.6
+            await asyncio.gather(a.step(), b.step())
+            assert [g.state for g in await store.ca_generations(None)] == ["active", "prepared"]
+            now[0] += PROPAGATION - timedelta(seconds=1)
+            await asyncio.gather(a.step(), b.step())
+            assert [g.state for g in await store.ca_generations(None)] == ["active", "prepared"]
+            now[0] += timedelta(seconds=1)
+            await asyncio.gather(a.step(), b.step())
+            assert [g.state for g in await store.ca_generations(None)] == ["retiring", "active"]
+            # The replica that activated issues with the new CA (the other follows on the 'bundle' event).
+            assert sum(ca.certificate != root.cert for ca in (ca_a, ca_b)) == 1
+            audit = [(r.actor, r.action) for r in await store.audit_after(0, 10)]
+            assert audit == [(ACTOR, "ca.rotate"), (ACTOR, "ca.activate")]
+        finally:
+            if other is not store:
+                await other.close()
+            await store.close()
+
+    asyncio.run(body())
