@@ -17,6 +17,7 @@ import tarfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -322,6 +323,91 @@ def test_a_second_login_in_the_process_still_checks_its_pin(hsm: SoftHsm) -> Non
         open_ca_key(f"pkcs11:token={TOKEN};object=one", hsm.module, PIN).close()
     finally:
         first.close()
+
+
+@pytest.mark.sqlite_only("in this process: python-pkcs11 loads SoftHSM2 once, with the SQLite module's token")
+def test_rotation_makes_the_next_key_in_the_same_token(hsm: SoftHsm, tmp_path: Path) -> None:
+    """ca rotate on a token CA: the next key is made in the token under its own label, never
+    extractable; activation opens it from its key_uri; a label already taken is refused, and a key
+    the store did not record is destroyed."""
+    from kms.errors import FailedPrecondition
+    from server.ca.authority import CertificateAuthority, create_external_root
+    from server.ca.generation_keys import TokenAccess, open_generation_signer
+    from server.ca.hsm import HsmError, open_ca_key
+    from server.ca.keytype import CAKeyType
+    from server.ca.rotation import CARotation
+    from server.deployment.sealing import Sealer
+    from server.store import open_store
+
+    uri, now, ttl = f"pkcs11:token={TOKEN};object=rot", datetime.now(UTC), timedelta(days=30)
+    _flags(hsm)  # writes the PIN file
+    access = TokenAccess(uri, hsm.module, hsm.root / "pin")
+    first = create_external_root(open_ca_key(uri, hsm.module, PIN, generate=CAKeyType.EC_P256), "t", ttl, now)
+
+    def rotation(store: Any, ca: CertificateAuthority, token: TokenAccess | None = access) -> CARotation:
+        return CARotation(store, ca, Sealer(bytes(32)), lambda: now, ttl, uri, lambda e: None, token=token)
+
+    async def body() -> None:
+        store = await open_store(None, tmp_path / "kms.db")
+        ca = CertificateAuthority(first, "t", timedelta(hours=1), lambda: now)
+        try:
+            rotating = rotation(store, ca)
+            await rotating.adopt()
+            made = await rotating.rotate(None)  # the active CA's type
+            assert (made.key_type, made.sealed_key) == ("ecdsa-p256", None)
+            assert made.key_uri == f"pkcs11:token={TOKEN};object=rot-g2"
+            new = x509.load_pem_x509_certificate(made.certificate.encode())
+            assert _token_key("rot-g2", hsm) == new.public_key()
+            # Activation opens it from key_uri: this CA issues from the token's new key.
+            await rotating.activate(now=True)
+            assert ca.generation == 2 and ca.certificate == new
+            ca.issue_server(("localhost",), timedelta(hours=1)).cert.verify_directly_issued_by(new)
+            # A key made for a generation the store refuses (here: a server whose CA is not the
+            # active one) is destroyed, and its label free again.
+            stale = CertificateAuthority(first, "t", timedelta(hours=1), lambda: now)
+            with pytest.raises(FailedPrecondition, match="is not the store's active CA"):
+                await rotation(store, stale).rotate(CAKeyType.EC_P384)
+            assert _token_key("rot-g3", hsm) is None
+            # A label the token holds already is never overwritten.
+            taken = open_ca_key(
+                f"pkcs11:token={TOKEN};object=rot-g3", hsm.module, PIN, generate=CAKeyType.EC_P256
+            )
+            with pytest.raises(HsmError, match="already holds an object labelled 'rot-g3'"):
+                await rotating.rotate(None)
+            assert _token_key("rot-g3", hsm) == taken.public_key()
+            assert [g.generation for g in await rotating.generations()] == [1, 2]
+            taken.close()
+            # Keys stay where the first CA's is: a server without the token cannot use them.
+            with pytest.raises(FailedPrecondition, match="moving between them by rotation is not supported"):
+                await rotation(store, ca, None).rotate(None)
+            (active,) = [g for g in await rotating.generations() if g.state == "active"]
+            with pytest.raises(FailedPrecondition, match="give --ca-key|start kms-server with --ca-key"):
+                open_generation_signer(active, Sealer(bytes(32)), None)
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def _token_key(label: str, hsm: SoftHsm) -> Any:
+    """The public key of the token's key labelled label (None: none), after checking that its
+    private half is sensitive and was never extractable."""
+    import pkcs11
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+    from pkcs11 import Attribute, KeyType, ObjectClass
+    from pkcs11.util.ec import encode_ec_public_key
+
+    token = pkcs11.lib(str(hsm.module)).get_token(token_label=TOKEN)
+    with token.open() as session:  # this process is logged in: private objects are listed
+        found = list(session.get_objects({Attribute.LABEL: label, Attribute.CLASS: ObjectClass.PRIVATE_KEY}))
+        if not found:
+            return None
+        (private,) = found
+        assert private[Attribute.SENSITIVE] and not private[Attribute.EXTRACTABLE]
+        assert private[Attribute.NEVER_EXTRACTABLE] and private[Attribute.TOKEN]
+        assert private.key_type == KeyType.EC
+        public = session.get_key(label=label, object_class=ObjectClass.PUBLIC_KEY)
+        return load_der_public_key(encode_ec_public_key(public))
 
 
 @pytest.mark.postgresql_only("a replica of a deployment whose CA key is in a token")
