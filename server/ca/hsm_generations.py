@@ -4,9 +4,9 @@
 generation's key pair in the same token, with hsm.py's login and key generation:
 non-extractable and sensitive like init's key, of the active CA's type unless
 ``--key-type`` asks another, under a label of its own derived from the configured
-one and the generation number (``object=ca`` -> ``ca-g2``, ``ca-g3``...; an id
-made the same way). A label already in the token is refused: a key there is never
-overwritten, nor two keys given one label. The generation's RFC 7512 URI
+one and the generation number (``object=ca`` -> ``ca-g2``, ``ca-g3``...; its id
+is the label, or the configured id with ``-gN``). A label or id already in the
+token is refused: a key there is never overwritten, nor two keys given one name. The generation's RFC 7512 URI
 (``pkcs11:token=T;object=ca-g2``, never a PIN) is what the store keeps as its
 key_uri; ``open_generation_key`` opens it again with the server's module and PIN
 source, as the configured key is opened (the same login, reopen and throttle).
@@ -38,7 +38,9 @@ _DEFAULT_LABEL = "kms-ca"
 def generation_uri(configured: Pkcs11Uri, generation: int) -> Pkcs11Uri:
     """The URI of generation's key: the configured token, its label with -gN (kms-ca-gN without one)."""
     label = f"{configured.object or _DEFAULT_LABEL}-g{generation}"
-    key_id = (configured.id or _DEFAULT_LABEL.encode()) + f"-g{generation}".encode()
+    # Its id: the configured one with -gN, or (without one) the label, so that two deployments
+    # sharing a token (object=ca-prod, object=ca-test) never make keys with one id.
+    key_id = label.encode() if configured.id is None else configured.id + f"-g{generation}".encode()
     return replace(configured, object=label, id=key_id)
 
 
@@ -67,7 +69,7 @@ def new_generation_key(access: TokenAccess, generation: int, key_type: CAKeyType
     try:
         for attribute, value in ((Attribute.LABEL, uri.object), (Attribute.ID, uri.id)):
             if list(session.get_objects({attribute: value})):
-                raise _taken(uri, generation)
+                raise _taken(uri, generation, attribute)
         made = _generate_key(session, uri, key_type)
     except BaseException:
         _close(session)
@@ -81,10 +83,11 @@ def new_generation_key(access: TokenAccess, generation: int, key_type: CAKeyType
     return NewTokenKey(key, str(replace(uri, id=None)), made)
 
 
-def _taken(uri: Pkcs11Uri, generation: int) -> HsmError:
+def _taken(uri: Pkcs11Uri, generation: int, attribute: Attribute) -> HsmError:
+    what = f"labelled {uri.object!r}" if attribute is Attribute.LABEL else f"with the id {uri.id!r}"
     return HsmError(
-        f"token {uri.token!r} already holds an object labelled {uri.object!r} (or with its id), which CA"
-        f" generation {generation}'s key would get: a key is never overwritten. If ca status lists no"
+        f"token {uri.token!r} already holds an object {what}, which CA generation {generation}'s key"
+        " would get: a key is never overwritten, nor given another's label or id. If ca status lists no"
         " such generation it is left from a failed rotation: delete it with the token's tools"
         " (pkcs11-tool --delete-object), then rotate again"
     )

@@ -12,6 +12,7 @@ process, with the configuration of that moment (the SQLite module's).
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import tarfile
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 
+from kms.v1 import admin_pb2
 from tests.harness import (
     ServerProcess,
     assert_one_line_error,
@@ -417,3 +419,34 @@ def test_a_replica_without_ca_key_says_where_the_key_is(served: tuple[ServerProc
     replica = [exe("kms-server"), "init", "--data-dir", str(root / "replica"), "--database", server.database]
     result = run([*replica, "--master-key-file", str(server.data_dir / "master.key")])
     assert_one_line_error(result, 6, "this deployment's CA key is in a PKCS#11 token: give --ca-key")
+
+
+def test_ca_rotate_and_activate_in_the_token(served: tuple[ServerProcess, Path], tmp_path: Path) -> None:
+    """Last in this module (it changes served's CA): ca rotate makes the next CA's key in the token,
+    ca activate --now issues from it, a new agent's certificate chains to it (also after a restart,
+    which opens it from key_uri), and ca status shows where each key is."""
+    server, root = served
+    rotated = server.admin("ca", "rotate")
+    assert rotated.stdout.startswith("prepared CA generation 2 (ecdsa-p256, sha256:"), rotated.stdout
+    assert server.admin("ca", "activate", "--now").stdout.startswith("activated CA generation 2")
+    cas = json.loads(server.admin("ca", "status", "--json").stdout)
+    assert [(c["generation"], c["state"], c["key_uri"]) for c in cas] == [
+        (1, "retiring", URI),
+        (2, "active", f"{URI}-g2"),
+    ]
+    (listed,) = [
+        g for g in server.stub.ListCAs(admin_pb2.ListCAsRequest(), timeout=30).cas if g.generation == 2
+    ]
+    new = tmp_path / "new-ca.pem"
+    new.write_text(listed.certificate_pem)
+    for name, restart in (("after", False), ("restarted", True)):
+        if restart:
+            assert server.stop() == 0, server.output()
+            server.start()
+        # New agents pin the active CA (kms-server ca fingerprint), generation 2.
+        result = enroll(server, root / name, server.token(name), ca_fingerprint=cas[1]["fingerprint"])
+        assert result.returncode == 0, result.stderr
+        ok = run(["openssl", "verify", "-CAfile", str(new), str(root / name / "agent.crt")])
+        assert ok.returncode == 0 and ok.stdout.strip().endswith(": OK"), ok.stdout + ok.stderr
+    assert server.fingerprint == cas[1]["fingerprint"]  # the restarted server issues with generation 2
+    assert b"PRIVATE KEY" not in store_bytes(server) and not (server.data_dir / "ca.key").exists()
