@@ -20,7 +20,7 @@ from server.deployment.datadir import open_cert, open_pair
 from server.deployment.sealing import Sealer
 from server.store.sql.cas import CAGeneration
 
-__all__ = ["TokenAccess", "open_generation_signer", "KEYS_STAY_PUT"]
+__all__ = ["KEYS_STAY_PUT", "TokenAccess", "check_generation_key", "open_generation_signer"]
 
 # The sealing slot of every CA key, as the deployment's own (deployment.py's _CA_SLOT).
 CA_SLOT = "ca.key"
@@ -79,3 +79,12 @@ def open_generation_signer(generation: CAGeneration, sealer: Sealer, token: Toke
         master_name="the master key",
     )
     return software_root(pair)
+
+
+def check_generation_key(generation: CAGeneration, sealer: Sealer, token: TokenAccess | None) -> None:
+    """Opens generation's key and closes it again, before an activation makes it the one that
+    issues: a key that cannot be opened (gone from the token) leaves it prepared, rather than
+    active with no replica able to follow it. Raises as open_generation_signer does."""
+    close = getattr(open_generation_signer(generation, sealer, token).signer, "close", None)
+    if close is not None:  # a token key's session
+        close()

@@ -24,7 +24,17 @@ from pkcs11 import Attribute
 
 from server.ca.authority import create_external_root
 from server.ca.generation_keys import TokenAccess
-from server.ca.hsm import HsmError, HsmKey, _close, _generate_key, _login, _open_found, _reason, open_ca_key
+from server.ca.hsm import (
+    HsmError,
+    HsmKey,
+    PendingKey,
+    _close,
+    _generate_key,
+    _login,
+    _open,
+    _open_found,
+    _reason,
+)
 from server.ca.keytype import CAKeyType
 from server.ca.pkcs11uri import Pkcs11Uri, parse_pkcs11_uri
 from server.ca.signer import CARoot
@@ -94,9 +104,17 @@ def _taken(uri: Pkcs11Uri, generation: int, attribute: Attribute) -> HsmError:
 
 
 def open_generation_key(access: TokenAccess, key_uri: str) -> HsmKey:
-    """A generation's key from its stored URI, logged in with the configured module and PIN source.
+    """A generation's key from its stored URI, logged in with the configured module and PIN source
+    (hsm.py's open, so the same login, reopen and throttle as the configured key's).
     Raises HsmError (one line)."""
-    return open_ca_key(key_uri, access.module, access.pin)
+    key = _open(key_uri, access.module, access.pin, generate=None, pending=True)
+    if isinstance(key, PendingKey):  # never made here: a CA generation's key is made by ca rotate only
+        key.close()
+        raise HsmError(
+            f"token {key.uri.token!r} no longer holds the key {key_uri} of a CA generation:"
+            " restore it into the token (from the token's own backup) under that label"
+        )
+    return key
 
 
 def _load(access: TokenAccess) -> Any:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from kms.errors import FailedPrecondition
 from kms.identity import fingerprint
 from server.ca.authority import CertificateAuthority, create_root, software_root
-from server.ca.generation_keys import KEYS_STAY_PUT, TokenAccess, open_generation_signer
+from server.ca.generation_keys import KEYS_STAY_PUT, TokenAccess, check_generation_key, open_generation_signer
 from server.ca.keytype import CAKeyType
 from server.ca.signer import CARoot
 from server.clock import Clock, now_seconds
@@ -121,6 +121,9 @@ class CARotation:
     async def activate(self, now: bool) -> CAGeneration:
         """Activates the prepared generation once its propagation period is over (now: at once).
         Raises FailedPrecondition when none is prepared, or it is too early."""
+        prepared = [g for g in await self._store.ca_generations(None) if g.state == "prepared"]
+        if prepared:  # its key opens (a token's may be gone) before the store makes it active
+            await asyncio.to_thread(check_generation_key, prepared[0], self._sealer, self._token)
         at = now_seconds(self._clock)
         ready_at = None if now else at - int(self._propagation.total_seconds())
         generation, event = await self._store.activate_ca(

@@ -378,7 +378,16 @@ def test_rotation_makes_the_next_key_in_the_same_token(hsm: SoftHsm, tmp_path: P
                 await rotating.rotate(None)
             assert _token_key("rot-g3", hsm) == taken.public_key()
             assert [g.generation for g in await rotating.generations()] == [1, 2]
+            _destroy_key("rot-g3", hsm)
             taken.close()
+            # A prepared key gone from the token: activation refuses, and generation 2 stays active.
+            await rotating.rotate(None)
+            _destroy_key("rot-g3", hsm)
+            with pytest.raises(
+                HsmError, match="no longer holds the key pkcs11:token=kms-ca;object=rot-g3 of"
+            ):
+                await rotating.activate(now=True)
+            assert [g.state for g in await rotating.generations()] == ["retiring", "active", "prepared"]
             # Keys stay where the first CA's is: a server without the token cannot use them.
             with pytest.raises(FailedPrecondition, match="moving between them by rotation is not supported"):
                 await rotation(store, ca, None).rotate(None)
@@ -389,6 +398,14 @@ def test_rotation_makes_the_next_key_in_the_same_token(hsm: SoftHsm, tmp_path: P
             await store.close()
 
     asyncio.run(body())
+
+
+def _destroy_key(label: str, hsm: SoftHsm) -> None:
+    import pkcs11
+
+    with pkcs11.lib(str(hsm.module)).get_token(token_label=TOKEN).open(rw=True) as session:
+        for found in list(session.get_objects({pkcs11.Attribute.LABEL: label})):
+            found.destroy()
 
 
 def _token_key(label: str, hsm: SoftHsm) -> Any:
