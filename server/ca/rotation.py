@@ -15,6 +15,7 @@ own TLS certificate from it, without a restart.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -182,7 +183,10 @@ class CARotation:
 
     async def _prepare(self, made: _NewCA) -> tuple[CAGeneration, RevocationEvent]:
         """Cross-certifies made by the active CA and records it as the prepared generation."""
-        cross = await asyncio.to_thread(self._ca.cross_certify, made.root.cert)
+        certify = functools.partial(self._ca.cross_certify, made.root.cert)
+        cross = (
+            await asyncio.to_thread(certify) if self._ca.slow_signing else certify()
+        )  # a token: in a thread
         new = NewGeneration(
             made.root.signer.key_type.value,
             made.root.cert_pem.decode(),
