@@ -21,6 +21,7 @@ from server.api.health import HealthBoard
 from server.audit.trail import AuditBatcher, AuditTrail
 from server.ca.authority import CertificateAuthority
 from server.ca.crl import CrlPublisher
+from server.ca.generation_keys import TokenAccess
 from server.ca.rotation import CARotation
 from server.ca.tls import ServerTls
 from server.ca.trust import CATrust
@@ -174,6 +175,7 @@ async def _ca_rotation(
         lambda: feeds[0].last_seq,
         cfg.ca_propagation,
         tls.rotate,
+        token=None if cfg.ca_key is None else TokenAccess(cfg.ca_key, cfg.pkcs11_module, cfg.pkcs11_pin_file),
     )
     await rotation.adopt()
     trust.on_bundle(rotation.follow)

@@ -329,7 +329,7 @@ class RotateCARequest(_message.Message):
     def __init__(self, key_type: _Optional[str] = ..., now: _Optional[bool] = ..., revoke_old: _Optional[bool] = ...) -> None: ...
 
 class CAGeneration(_message.Message):
-    __slots__ = ("generation", "state", "key_type", "fingerprint", "not_before", "not_after", "valid_certificates", "created_at", "activated_at", "retired_at", "certificate_pem", "cross_certificate_pem")
+    __slots__ = ("generation", "state", "key_type", "fingerprint", "not_before", "not_after", "valid_certificates", "created_at", "activated_at", "retired_at", "certificate_pem", "cross_certificate_pem", "key_uri")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -342,6 +342,7 @@ class CAGeneration(_message.Message):
     RETIRED_AT_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     CROSS_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    KEY_URI_FIELD_NUMBER: _ClassVar[int]
     generation: int
     state: str
     key_type: str
@@ -354,7 +355,8 @@ class CAGeneration(_message.Message):
     retired_at: int
     certificate_pem: str
     cross_certificate_pem: str
-    def __init__(self, generation: _Optional[int] = ..., state: _Optional[str] = ..., key_type: _Optional[str] = ..., fingerprint: _Optional[str] = ..., not_before: _Optional[int] = ..., not_after: _Optional[int] = ..., valid_certificates: _Optional[int] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., retired_at: _Optional[int] = ..., certificate_pem: _Optional[str] = ..., cross_certificate_pem: _Optional[str] = ...) -> None: ...
+    key_uri: str
+    def __init__(self, generation: _Optional[int] = ..., state: _Optional[str] = ..., key_type: _Optional[str] = ..., fingerprint: _Optional[str] = ..., not_before: _Optional[int] = ..., not_after: _Optional[int] = ..., valid_certificates: _Optional[int] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., retired_at: _Optional[int] = ..., certificate_pem: _Optional[str] = ..., cross_certificate_pem: _Optional[str] = ..., key_uri: _Optional[str] = ...) -> None: ...
 
 class ActivateCARequest(_message.Message):
     __slots__ = ("now", "revoke_old")

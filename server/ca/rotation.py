@@ -1,7 +1,8 @@
 """CA rotation (issue 19 §1): generations, preparing the next CA, the trust bundle, activation.
 
 The deployment's CA is generation 1 (adopted at start). ``rotate`` prepares the next:
-a new key (sealed under the master key, in the store) and self-signed certificate, and
+a new key (sealed under the master key, in the store; or, when the CA key is in a PKCS#11
+token, made in the same token: hsm_generations.py) and self-signed certificate, and
 a cross-certificate of the new key signed by the active CA (newWithOld), so an agent
 that pinned the active CA can verify the new one. The prepared CA goes out in the
 trust bundle (GetCABundle) and as a 'bundle' event on the watch feed. ``activate``
@@ -14,8 +15,10 @@ own TLS certificate from it, without a restart.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from cryptography import x509
@@ -24,9 +27,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from kms.errors import FailedPrecondition, InvalidArgument
 from kms.identity import fingerprint
 from server.ca.authority import CertificateAuthority, create_root, software_root
+from server.ca.generation_keys import KEYS_STAY_PUT, TokenAccess, check_generation_key, open_generation_signer
 from server.ca.keytype import CAKeyType
+from server.ca.signer import CARoot
 from server.clock import Clock, now_seconds
-from server.deployment.datadir import open_pair, seal_key
+from server.deployment.datadir import seal_key
 from server.deployment.sealing import Sealer
 from server.store import AuditEntry, RevocationEvent, Store
 from server.store.sql.cas import CAGeneration, NewGeneration, prepared_already
@@ -47,6 +52,16 @@ def _cert(pem: str) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem.encode())
 
 
+@dataclass(frozen=True)
+class _NewCA:
+    """A next CA made before its transaction: its key sealed, or in the token (key_uri)."""
+
+    root: CARoot
+    sealed_key: bytes | None
+    key_uri: str | None = None
+    settle: Callable[[bool], object] = lambda recorded: None  # told whether the store recorded it
+
+
 class CARotation:
     def __init__(
         self,
@@ -60,7 +75,9 @@ class CARotation:
         last_seq: Callable[[], int] = lambda: -1,
         propagation: timedelta = timedelta(hours=24),
         on_switch: Callable[[], object] = lambda: None,
+        token: TokenAccess | None = None,
     ) -> None:
+        self._token = token  # the CA keys' PKCS#11 token (--ca-key); None: they are in software
         self._propagation = propagation
         self._on_switch = on_switch  # the server's TLS certificate, reissued from the new CA
         # The bundle is served to anonymous callers: read from the store once per position of the
@@ -89,24 +106,15 @@ class CARotation:
         active = [g for g in await self._store.ca_generations(None) if g.state == "active"]
         if not active or active[0].certificate.encode() == self._ca.bundle_pem:
             return
-        if (
-            active[0].sealed_key is None
-        ):  # generation 1 is the deployment's own CA: a replica started with another
+        if active[0].generation == 1:  # the deployment's own CA: a replica started with another
             logger.error(
                 "the store's active CA (generation %d) is not this server's CA", active[0].generation
             )
             return
         generation = active[0].generation
-        pair = open_pair(
-            active[0].certificate.encode(),
-            active[0].sealed_key,
-            self._sealer,
-            slot=_CA_SLOT,
-            cert_name=f"CA generation {generation}'s certificate",
-            key_name=f"CA generation {generation}'s key",
-            master_name="the master key",
-        )
-        self._ca.switch(software_root(pair), generation)
+        # Its key sealed in the store, or in the token (generation_keys.py: the one way to open one).
+        root = await asyncio.to_thread(open_generation_signer, active[0], self._sealer, self._token)
+        self._ca.switch(root, generation)
         self._bundle = None
         logger.info("issuing with CA generation %d", generation, extra={"fingerprint": self._ca.fingerprint})
         self._on_switch()
@@ -119,6 +127,9 @@ class CARotation:
             raise InvalidArgument(
                 "--revoke-old needs --now: a compromised CA must stop issuing at once, not after ca-propagation"
             )
+        prepared = [g for g in await self._store.ca_generations(None) if g.state == "prepared"]
+        if prepared:  # its key opens (a token's may be gone) before the store makes it active
+            await asyncio.to_thread(check_generation_key, prepared[0], self._sealer, self._token)
         at = now_seconds(self._clock)
 
         def audit(done: tuple[CAGeneration, object]) -> AuditEntry:
@@ -152,36 +163,27 @@ class CARotation:
         *,
         actor: str = "admin",
     ) -> CAGeneration:
-        """Prepares the next generation; at_once, activates it too (see activate). Raises
-        FailedPrecondition when one is prepared already, or when the CA key is in a PKCS#11 token
-        (rotation in the token comes later)."""
+        """Prepares the next generation: its key where the active CA's is (in software, sealed in the
+        store; or in the same PKCS#11 token); at_once, activates it too (see activate). Raises
+        FailedPrecondition when one is prepared already, or the token cannot make the key."""
         if revoke_old and not at_once:
             raise InvalidArgument("--revoke-old needs --now: a compromised CA must stop issuing at once")
-        if not self._ca.key_in_software:
+        if self._ca.key_in_software != (self._token is None):
             raise FailedPrecondition(
-                "the CA key is in a PKCS#11 token: preparing the next CA in the token is not supported yet"
+                f"the active CA's key is not where this server keeps them: {KEYS_STAY_PUT}"
             )
         generations = await self._store.ca_generations(None)
         if prepared := [g for g in generations if g.state == "prepared"]:  # the store decides; this is early
             raise prepared_already(prepared[0].generation)
-        key_type = key_type or self._ca.key_type
-        now = self._clock()
-        pair = await asyncio.to_thread(create_root, self._ca.trust_domain, key_type, self._ca_ttl, now)
-        cross = self._ca.cross_certify(pair.cert)
-        new = NewGeneration(
-            key_type.value,
-            pair.cert.public_bytes(Encoding.PEM).decode(),
-            cross.public_bytes(Encoding.PEM).decode(),
-            sealed_key=seal_key(pair, self._sealer, _CA_SLOT),
-            cross_signed_by=self._ca.certificate.public_bytes(Encoding.PEM).decode(),
-        )
-        at = now_seconds(self._clock)
-        print_fp = fingerprint(pair.cert.public_bytes(Encoding.DER))
-        generation, event = await self._store.prepare_ca(
-            new,
-            at,
-            audit=lambda done: AuditEntry(at, actor, "ca.rotate", f"ca:{done[0].generation} {print_fp}"),
-        )
+        number = max(g.generation for g in generations) + 1
+        made = await asyncio.to_thread(self._new_ca, number, key_type or self._ca.key_type)
+        try:
+            generation, event = await self._prepare(made, actor)
+        except BaseException:
+            made.settle(False)
+            raise
+        made.settle(True)
+        print_fp = generation_fingerprint(generation)
         self._publish(event)
         logger.info(
             "prepared CA generation %d",
@@ -189,6 +191,42 @@ class CARotation:
             extra={"fingerprint": print_fp, "seq": event.seq},
         )
         return await self.activate(True, revoke_old, actor=actor) if at_once else generation
+
+    def _new_ca(self, generation: int, key_type: CAKeyType) -> _NewCA:
+        """The next CA's key and self-signed certificate, in a thread (a token takes seconds for RSA)."""
+        now = self._clock()
+        if self._token is None:
+            pair = create_root(self._ca.trust_domain, key_type, self._ca_ttl, now)
+            return _NewCA(software_root(pair), seal_key(pair, self._sealer, _CA_SLOT))
+        from server.ca.hsm_generations import new_token_root  # python-pkcs11 is imported only with --ca-key
+
+        root, made = new_token_root(
+            self._token, generation, key_type, self._ca.trust_domain, self._ca_ttl, now
+        )
+        # Recorded: its session closes (activation opens it from key_uri); not: it is destroyed.
+        return _NewCA(root, None, made.uri, lambda recorded: made.key.close() if recorded else made.discard())
+
+    async def _prepare(self, made: _NewCA, actor: str) -> tuple[CAGeneration, RevocationEvent]:
+        """Cross-certifies made by the active CA and records it as the prepared generation."""
+        certify = functools.partial(self._ca.cross_certify, made.root.cert)
+        cross = (
+            await asyncio.to_thread(certify) if self._ca.slow_signing else certify()
+        )  # a token: in a thread
+        new = NewGeneration(
+            made.root.signer.key_type.value,
+            made.root.cert_pem.decode(),
+            cross.public_bytes(Encoding.PEM).decode(),
+            sealed_key=made.sealed_key,
+            key_uri=made.key_uri,
+            cross_signed_by=self._ca.certificate.public_bytes(Encoding.PEM).decode(),
+        )
+        at = now_seconds(self._clock)
+        print_fp = fingerprint(made.root.cert.public_bytes(Encoding.DER))
+        return await self._store.prepare_ca(
+            new,
+            at,
+            audit=lambda done: AuditEntry(at, actor, "ca.rotate", f"ca:{done[0].generation} {print_fp}"),
+        )
 
     async def generations(self) -> list[CAGeneration]:
         return await self._store.ca_generations(now_seconds(self._clock))

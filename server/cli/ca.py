@@ -46,6 +46,7 @@ def ca_fields(g: admin_pb2.CAGeneration) -> dict[str, object]:
         "retired_at": _at(g.retired_at),
         "cross_certified": bool(g.cross_certificate_pem),
         "certificate_pem": g.certificate_pem,
+        "key_uri": g.key_uri or None,
     }
 
 
@@ -153,7 +154,7 @@ def add_ca_rotation(ca: Subcommands, common: ArgumentParser) -> None:
     rotate = ca.add_parser(
         "rotate",
         parents=[common],
-        help="prepare the next CA: a new key and certificate, cross-certified by the active CA",
+        help="prepare the next CA: a new key (in the same PKCS#11 token when the CA key is in one) and certificate, cross-certified by the active CA",
     )
     rotate.add_argument(
         "--key-type",

@@ -145,7 +145,7 @@ async def activate_ca(tx: Tx, now: int, ready_at: int | None) -> tuple[CAGenerat
             f" not have its trust bundle yet; activate it {prepared.created_at - ready_at} s from now"
             " (ca-propagation), or with --now"
         )
-    if prepared.sealed_key is None:
+    if prepared.sealed_key is None and prepared.key_uri is None:  # its key: sealed, or in a token
         raise FailedPrecondition(f"CA generation {prepared.generation} has no key this server can use")
     await tx.execute("UPDATE ca_generations SET state = 'retired' WHERE generation = ?", active)
     await tx.execute(
