@@ -41,7 +41,9 @@ class Enrolled:
     trust_bundle_pem: bytes  # the server's trust bundle, verified from the pinned CA
 
 
-def _trust_from_pin(address: str, pem: str, pinned: str) -> tuple[x509.Certificate, list[x509.Certificate]]:
+def _trust_from_pin(
+    address: str, pem: str, pinned: str, now: datetime
+) -> tuple[x509.Certificate, list[x509.Certificate]]:
     """The pinned CA and every CA of the server's trust bundle (pem), verified from it.
 
     Raises:
@@ -65,7 +67,7 @@ def _trust_from_pin(address: str, pem: str, pinned: str) -> tuple[x509.Certifica
             f"the server's CAs at {address} ({offered}) do not match --ca-fingerprint {pinned}: {fix}"
         )
     try:
-        trusted = verify_bundle(bundle, held[0], datetime.now(UTC))
+        trusted = verify_bundle(bundle, held[0], now)
     except BundleError as exc:
         raise Unauthenticated(
             f"the server's trust bundle at {address} does not verify from the CA of --ca-fingerprint"
@@ -89,7 +91,7 @@ def _enroll_at(
     presented = presented_ca(host, port, timeout)
     with KmsClient([address], presented.public_bytes(serialization.Encoding.PEM), timeout=timeout) as client:
         pem = client.get_trust_bundle()
-    ca, trusted = _trust_from_pin(address, pem, pinned)
+    ca, trusted = _trust_from_pin(address, pem, pinned, datetime.now(UTC))
     if presented not in trusted:  # else the connection below fails, and looks like a network fault
         seen = fingerprint(presented.public_bytes(serialization.Encoding.DER))
         raise Unauthenticated(

@@ -7,7 +7,8 @@ included. A bundle that does not verify changes nothing, with one line logged; a
 that no longer verifies at load leaves the pinned CA alone, with one line. The bundles are built
 as server/ca/rotation.py's bundle_pem builds them: the active CA and its cross-certificate from
 the CA before, each retiring CA with one the active CA made (oldWithNew), each prepared CA with
-its cross-certificate.
+its cross-certificate. Enrollment (agent/enroll.py) requires the pinned CA in the server's bundle
+and verifies the bundle from it, or fails with one line before the token is sent.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.bundle import bundle_path, news, refresh_bundle, trusted_now
+from agent.enroll import _trust_from_pin
 from agent.state import StateDir
 from kms import cabundle, profile
+from kms.errors import Unauthenticated
 from kms.identity import fingerprint
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -160,3 +163,25 @@ def test_a_stale_stored_bundle_falls_back_to_the_pinned_ca(
     with caplog.at_level(logging.WARNING, logger="agent.state"):
         assert trusted_now(state, NOW + timedelta(days=2)) == [g1]
     assert caplog.records == []
+
+
+def test_enrollment_verifies_the_server_s_bundle_from_the_pin(gens: list) -> None:
+    (g1, k1), (g2, k2), _ = gens
+    # After an activation: the token's pin (g1) is the retiring CA, vouched for by the active one.
+    after = _pem(g2, _cross(g2, g1, k1), g1, _cross(g1, g2, k2))
+    assert _trust_from_pin("h:1", after, _fp(g1), NOW) == (g1, [g2, g1])
+    assert _trust_from_pin("h:1", after, _fp(g2), NOW) == (g2, [g2, g1])
+
+
+@pytest.mark.parametrize("case", ["pin not in the bundle", "a CA that does not verify"])
+def test_enrollment_refuses_a_bundle_without_the_pin_or_with_an_unverified_ca(gens: list, case: str) -> None:
+    (g1, k1), (g2, _), (g3, _) = gens
+    if case == "pin not in the bundle":  # the pinned CA retired, or a wrong fingerprint
+        pem, needle = _pem(g2, g3), f"the server's CAs at h:1 ({_fp(g2)}, {_fp(g3)}) do not match"
+    else:  # g3 rides along without a cross-certificate
+        pem, needle = _pem(g1, g2, _cross(g2, g1, k1), g3), "does not verify from the CA of --ca-fingerprint"
+    with pytest.raises(Unauthenticated) as err:
+        _trust_from_pin("h:1", pem, _fp(g1), NOW)
+    message = err.value.message
+    assert needle in message and f"--ca-fingerprint {_fp(g1)}" in message and "\n" not in message
+    assert message.endswith("the join token was not sent") and "kms-server ca status" in message
