@@ -64,7 +64,7 @@ def _trust_from_pin(
     if not held:
         offered = ", ".join(fingerprint(c.public_bytes(serialization.Encoding.DER)) for c in bundle.cas)
         raise Unauthenticated(
-            f"the server's CAs at {address} ({offered}) do not match --ca-fingerprint {pinned}: {fix}"
+            f"the server's trust bundle at {address} (CAs {offered}) does not match --ca-fingerprint {pinned}: {fix}"
         )
     try:
         trusted = verify_bundle(bundle, held[0], now)

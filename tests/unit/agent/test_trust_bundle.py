@@ -177,7 +177,10 @@ def test_enrollment_verifies_the_server_s_bundle_from_the_pin(gens: list) -> Non
 def test_enrollment_refuses_a_bundle_without_the_pin_or_with_an_unverified_ca(gens: list, case: str) -> None:
     (g1, k1), (g2, _), (g3, _) = gens
     if case == "pin not in the bundle":  # the pinned CA retired, or a wrong fingerprint
-        pem, needle = _pem(g2, g3), f"the server's CAs at h:1 ({_fp(g2)}, {_fp(g3)}) do not match"
+        pem, needle = (
+            _pem(g2, g3),
+            f"the server's trust bundle at h:1 (CAs {_fp(g2)}, {_fp(g3)}) does not match",
+        )
     else:  # g3 rides along without a cross-certificate
         pem, needle = _pem(g1, g2, _cross(g2, g1, k1), g3), "does not verify from the CA of --ca-fingerprint"
     with pytest.raises(Unauthenticated) as err:
