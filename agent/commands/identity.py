@@ -136,9 +136,10 @@ def trusted_cas(identity: AgentIdentity) -> list[dict[str, object]]:
 
 
 def trusted_text(trusted: list[dict[str, object]]) -> str:
-    """trusted_cas in words: each fingerprint, until when, and which one is pinned."""
+    """trusted_cas in words: each fingerprint, its validity, and which one is pinned."""
     return "; ".join(
-        f"{ca['fingerprint']} (until {ca['not_after']}{', pinned' if ca['pinned'] else ''})" for ca in trusted
+        f"{ca['fingerprint']} ({ca['not_before']} to {ca['not_after']}{', pinned' if ca['pinned'] else ''})"
+        for ca in trusted
     )
 
 

@@ -120,13 +120,15 @@ def test_a_ca_dropped_from_a_newer_bundle_is_no_longer_trusted(tmp_path: Path, g
     assert trusted_now(state, NOW) == [g1]
 
 
-def test_an_agent_that_trusts_only_the_active_ca_verifies_the_retiring_one(
-    tmp_path: Path, gens: list
-) -> None:
-    (g1, k1), (g2, k2), _ = gens
-    state = _pinned(tmp_path, g2)  # enrolled after the activation, pinning the active CA
-    assert refresh_bundle(state, _pem(g2, _cross(g2, g1, k1), g1, _cross(g1, g2, k2)), NOW) is not None
-    assert trusted_now(state, NOW) == [g2, g1]
+@pytest.mark.parametrize("holds", ["only the retiring CA", "only the active CA"])
+def test_an_agent_holding_one_generation_verifies_the_others(tmp_path: Path, gens: list, holds: str) -> None:
+    (g1, k1), (g2, k2), (g3, _) = gens
+    # As bundle_pem builds it after an activation and a second rotation: active (g2) with its
+    # cross-certificate from g1, retiring (g1) with oldWithNew from g2, prepared (g3) with its own.
+    pem = _pem(g2, _cross(g2, g1, k1), g1, _cross(g1, g2, k2), g3, _cross(g3, g2, k2))
+    state = _pinned(tmp_path, g1 if holds == "only the retiring CA" else g2)
+    assert refresh_bundle(state, pem, NOW) is not None
+    assert trusted_now(state, NOW) == [g2, g1, g3]
 
 
 @pytest.mark.parametrize("forgery", ["the stranger's signature", "for another CA's key"])
