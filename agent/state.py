@@ -2,9 +2,10 @@
 
 agent.key    the RSA private key, PEM PKCS#8, 0600; never leaves the machine
 agent.crt    the agent certificate, PEM
-ca.crt       the CA bundle pinned at enrollment, PEM
-trust-bundle.pem  the server's CA trust bundle, stored once it verified from ca.crt (agent/bundle.py);
-             its CAs are trusted with the pinned one (each verified again as the identity loads)
+ca.crt       the CA pinned at enrollment (the one --ca-fingerprint names), PEM
+trust-bundle.pem  the latest CA trust bundle this agent verified (agent/bundle.py), 0644: its CAs,
+             and only they, are what the agent trusts (the pinned CA too only while it is in it);
+             without it (or when it no longer verifies), the pinned CA alone
 agent.json   name, groups, server and enrollment addresses (lists), CA fingerprint
 watch.json   the last revocation sequence number kms-agent watch processed
 enroll-pending.json  the key (0600) an unfinished enrollment sent a CSR for, with the token's id: a
@@ -29,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kms.cabundle import BundleError, parse_bundle, verify_bundle
+from kms.cabundle import BundleError, parse_bundle, verify_stored
 from kms.errors import FailedPrecondition
 from kms.securefile import ensure_private_dir, write_atomic
 
@@ -151,20 +152,21 @@ class AgentIdentity:
     key: rsa.RSAPrivateKey
     cert: x509.Certificate
     ca_bundle_pem: bytes  # ca.crt: the CA pinned at enrollment
-    # The other CAs of the stored trust bundle, verified from the pinned one (issue 19 §1): trust
-    # anchors too, for the server's certificate, peers' and this agent's own renewed ones.
+    # The CAs of the latest verified trust bundle (issue 19 §1, SPIRE's model): the trust anchors
+    # for the server's certificate, peers' and this agent's own renewed ones, in place of the
+    # pinned CA. Empty: no bundle stored (or it no longer verifies), the pinned CA alone.
     anchors: tuple[x509.Certificate, ...] = ()
 
     @property
     def roots(self) -> list[x509.Certificate]:
-        """Every CA this agent trusts: the pinned one, then the trust bundle's."""
-        return [*x509.load_pem_x509_certificates(self.ca_bundle_pem), *self.anchors]
+        """Every CA this agent trusts: the trust bundle's, else the pinned one."""
+        return list(self.anchors) or x509.load_pem_x509_certificates(self.ca_bundle_pem)
 
     @property
     def roots_pem(self) -> bytes:
         """roots as PEM (a gRPC channel's root certificates)."""
         pem = serialization.Encoding.PEM
-        return self.ca_bundle_pem + b"".join(a.public_bytes(pem) for a in self.anchors)
+        return b"".join(a.public_bytes(pem) for a in self.anchors) or self.ca_bundle_pem
 
     @property
     def key_pem(self) -> bytes:
@@ -194,11 +196,15 @@ class StateDir:
     def enrolled(self) -> bool:
         return self.settings.exists()
 
-    def save(self, identity: AgentIdentity, *, watch_from_seq: int | None = None) -> None:
+    def save(
+        self, identity: AgentIdentity, *, watch_from_seq: int | None = None, trust_bundle: bytes | None = None
+    ) -> None:
         """Writes the identity; agent.json last, so a crash leaves 'not enrolled'.
 
         watch_from_seq (a new enrollment): where watching starts, replacing any
         position a previous identity in this directory had reached.
+        trust_bundle (a new enrollment): the trust bundle verified from the pinned CA, replacing
+        any stored one. A renewal passes none: the stored bundle may be newer than its identity's.
         """
         ensure_private_dir(self.path)
         self.revoked_file.unlink(missing_ok=True)  # about an earlier certificate
@@ -206,6 +212,8 @@ class StateDir:
         write_atomic(self.key, identity.key_pem, mode=0o600)
         write_atomic(self.cert, identity.cert_pem, mode=0o644)
         write_atomic(self.ca, identity.ca_bundle_pem, mode=0o644)
+        if trust_bundle is not None:
+            self.save_trust_bundle(trust_bundle)
         if watch_from_seq is not None:
             self.save_last_seq(watch_from_seq)
         write_atomic(
@@ -229,24 +237,24 @@ class StateDir:
             ) from exc
         if not isinstance(key, rsa.RSAPrivateKey) or key.public_key() != cert.public_key():
             raise FailedPrecondition(f"{self.key} does not match {self.cert}: enroll again with --force")
-        return AgentIdentity(settings, key, cert, ca, self._anchors(ca))
+        return AgentIdentity(settings, key, cert, ca, self.anchors(datetime.now(UTC)))
 
-    def _anchors(self, ca_pem: bytes) -> tuple[x509.Certificate, ...]:
-        """The stored trust bundle's CAs other than the pinned one, if it verifies from it now; none
-        when no bundle is stored, or it does not verify (one left from an earlier enrollment)."""
+    def anchors(self, now: datetime) -> tuple[x509.Certificate, ...]:
+        """The stored trust bundle's CAs valid at now, when it still verifies as one family (every
+        CA reached from one of them through valid cross-certificates: kms.cabundle.verify_stored);
+        none when no bundle is stored, or it does not verify (one line logged): the pinned CA then."""
         try:
-            pinned = x509.load_pem_x509_certificates(ca_pem)
-            trusted = verify_bundle(
-                parse_bundle(self.trust_bundle.read_bytes()), pinned[0], datetime.now(UTC)
-            )
+            trusted = verify_stored(parse_bundle(self.trust_bundle.read_bytes()), now)
         except FileNotFoundError:
             return ()
         except (BundleError, OSError, ValueError) as exc:
-            logger.warning(
-                "trusting only the pinned CA: %s does not verify from it (%s)", self.trust_bundle, exc
-            )
+            logger.warning("trusting only the pinned CA: %s does not verify (%s)", self.trust_bundle, exc)
             return ()
-        return tuple(t.cert for t in trusted if t.cert not in pinned)
+        return tuple(t.cert for t in trusted)
+
+    def save_trust_bundle(self, pem: bytes) -> None:
+        """Stores a verified trust bundle: atomically, 0644 (certificates only)."""
+        write_atomic(self.trust_bundle, pem, mode=0o644)
 
     def load_certificate(self) -> x509.Certificate:
         """The current certificate alone: cheap enough per event (parsing the RSA key costs ~0.1 s).

@@ -4,7 +4,9 @@ through the cross-certificate) and status shows it, openssl verifies the new CA'
 cross-certificate with the old CA as the trust anchor, and a second rotate is refused. Until
 then the server and the agent keep the CA they had. Then ca activate (refused before
 ca-propagation, --now skips it): the server's TLS certificate comes from the new CA, the agent
-still calls it with its old certificate, and its renewal chains to the new CA.
+still calls it with its old certificate, and its renewal chains to the new CA. A join token made
+before the rotation, with the old CA's fingerprint, still enrolls after the activation: the agent
+verifies the server's trust bundle from the pinned CA and then calls the server.
 
 The commands run in this process (main(argv), as the console scripts call it), as in
 test_output.py; the watch is a real child process.
@@ -42,6 +44,7 @@ def test_rotate_status_bundle_and_refusal(
     data = ["--data-dir", str(server.data_dir)]
     old_pem = (server.data_dir / "ca.crt").read_bytes()
     agent_ca = (root / "alice" / "ca.crt").read_bytes()
+    early = server.token("newbie", "web")  # pins generation 1 (server.fingerprint)
     watch = WatchProcess(root / "alice")
     try:
         # Piped (no terminal): no question asked, since nothing issues from the prepared CA yet.
@@ -56,28 +59,35 @@ def test_rotate_status_bundle_and_refusal(
         ]
         assert [(c["valid_certificates"], c["cross_certified"]) for c in cas] == [(1, False), (0, True)]
         assert cas[1]["activated_at"] is None
-        # The agent hears the 'bundle' event, checks the bundle from its pinned CA and stores it
-        # (before it prints the event).
+        # The agent hears the 'bundle' event, checks the bundle from the CA it trusts (the pinned
+        # one, alone in the bundle stored at enrollment) and stores it (before it prints the event).
         watch.wait_for(lambda evs: any(e["kind"] == "bundle" for e in evs))
         stored = root / "alice" / "trust-bundle.pem"
         assert stored.stat().st_mode & 0o777 == 0o644
         assert agent_main(["status", "--json", "--dir", str(root / "alice")]) == 0
-        status = json.loads(capsys.readouterr().out)
-        assert status["trust_bundle"] == [cas[0]["fingerprint"], cas[1]["fingerprint"]]
+        trusted = json.loads(capsys.readouterr().out)["trusted_cas"]
+        assert [(c["fingerprint"], c["pinned"]) for c in trusted] == [
+            (cas[0]["fingerprint"], True),
+            (cas[1]["fingerprint"], False),
+        ]
+        assert trusted[1]["not_after"] == cas[1]["not_after"]
         # A second rotation while one is prepared: one line, wrong state (exit 6).
         assert server_main(["ca", "rotate", *data]) == 6
         err = capsys.readouterr().err.strip()
         assert err.startswith("kms-server: error: CA generation 2 is prepared already") and "\n" not in err
-        # An agent enrolled after the event never hears it: its watch fetches the bundle as its
-        # stream starts.
+        # An agent enrolled after the event stores the bundle as it enrolls. One offline during
+        # the event (its bundle from before it) fetches the bundle as its watch stream starts.
         assert enroll(server, root / "late", server.token("late", "web")).returncode == 0
+        late_bundle = root / "late" / "trust-bundle.pem"
+        assert late_bundle.read_bytes() == stored.read_bytes()
+        late_bundle.write_bytes(old_pem)
         late = WatchProcess(root / "late")
         try:
             late.wait_live()
             deadline = time.monotonic() + 15
-            while not (root / "late" / "trust-bundle.pem").exists() and time.monotonic() < deadline:
+            while late_bundle.read_bytes() == old_pem and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert (root / "late" / "trust-bundle.pem").read_bytes() == stored.read_bytes()
+            assert late_bundle.read_bytes() == stored.read_bytes()
         finally:
             assert late.stop() == 0
     finally:
@@ -98,6 +108,7 @@ def test_rotate_status_bundle_and_refusal(
     assert (root / "alice" / "ca.crt").read_bytes() == agent_ca
     assert x509.load_pem_x509_certificate(old_pem) == bundle.cas[0]
     _activate(server, root / "alice", bundle.cas[1], capsys)
+    _enroll_with_a_token_from_before(server, root / "newbie", early, bundle.cas, capsys)
 
 
 def _activate(
@@ -126,6 +137,25 @@ def _activate(
     renewed.verify_directly_issued_by(new)
     assert agent_main(["status", "--json", "--dir", str(agent)]) == 0
     assert json.loads(capsys.readouterr().out)["serial"] == format(renewed.serial_number, "x")
+
+
+def _enroll_with_a_token_from_before(
+    server: ServerProcess,
+    agent: Path,
+    token: str,
+    cas: tuple[x509.Certificate, ...],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    old, new = cas
+    result = enroll(server, agent, token)  # --ca-fingerprint: generation 1's, as the token was made
+    assert result.returncode == 0, result.stderr
+    x509.load_pem_x509_certificate((agent / "agent.crt").read_bytes()).verify_directly_issued_by(new)
+    assert (agent / "ca.crt").read_bytes() == old.public_bytes(Encoding.PEM)  # the pinned CA
+    # It calls the server (whose certificate is the new CA's) over mTLS, trusting both generations.
+    assert agent_main(["status", "--json", "--dir", str(agent)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["name"] == "newbie" and status["status"] == "valid"
+    assert [c["pinned"] for c in status["trusted_cas"]] == [False, True]
 
 
 def _openssl_verify(anchor: Path, cert: Path) -> subprocess.CompletedProcess[str]:
