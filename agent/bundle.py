@@ -21,11 +21,15 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from agent.bootstrap import presented_ca
+from agent.client import KmsClient
 from agent.state import StateDir
+from kms.addresses import parse_hostport
 from kms.cabundle import BundleError, TrustedCA, parse_bundle, verify_bundle
+from kms.errors import KmsError
 from kms.identity import fingerprint
 
-__all__ = ["bundle_path", "news", "refresh_bundle", "trusted_now"]
+__all__ = ["bundle_path", "catch_up", "news", "refresh_bundle", "trusted_now", "untrusted_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,3 +86,33 @@ def news(state: StateDir, pem: str) -> bool:
     except (OSError, ValueError):
         return True
     return pem != stored and (bool(stored) or pem.count("BEGIN CERTIFICATE") > 1)
+
+
+def untrusted_server(message: str) -> bool:
+    """Whether a failed connection failed because this agent could not verify the server's
+    certificate (gRPC says so only in the message)."""
+    return "CERTIFICATE_VERIFY_FAILED" in message
+
+
+def catch_up(state: StateDir, enroll_servers: tuple[str, ...], now: datetime, timeout: float) -> bool:
+    """After a `ca activate` this agent missed (offline through ca-propagation, or an activation
+    --now), the server's certificate comes from a CA it has not heard of, and no verified
+    connection can fetch the bundle that vouches for it. The bundle is public and checked by its
+    cross-certificates, so it is read as enrollment reads it: over a connection to an enrollment
+    address verified only under the CA that address presents (nothing is sent over it but the
+    request), then accepted only if it verifies from what this agent trusts now (refresh_bundle).
+    Returns whether the trust changed."""
+    trusted = trusted_now(state, now)
+    for address in enroll_servers:
+        try:
+            host, port = parse_hostport(address, what="enrollment address")
+            presented = presented_ca(host, port, timeout)
+            if presented in trusted:
+                return False  # the server's CA is trusted: the failure is not about trust
+            with KmsClient([address], presented.public_bytes(Encoding.PEM), timeout=timeout) as client:
+                pem = client.get_trust_bundle()
+        except KmsError as exc:  # Unreachable among them
+            logger.warning("could not read the trust bundle at %s: %s", address, exc)
+            continue
+        return refresh_bundle(state, pem, now) is not None
+    return False

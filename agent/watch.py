@@ -28,7 +28,7 @@ from types import FrameType
 
 import grpc
 
-from agent.bundle import news, refresh_bundle
+from agent.bundle import catch_up, news, refresh_bundle, untrusted_server
 from agent.client import Endpoint, KmsClient
 from agent.servers import Servers
 from agent.state import AgentIdentity, KeyFile, StateDir
@@ -46,6 +46,9 @@ BACKOFF_START = 0.2
 BACKOFF_MAX = 10.0
 # While on hold: how long at most between two attempts (a release is noticed within this).
 HOLD_RETRY_MAX = 5.0
+# How long reading the trust bundle from an enrollment address may take, after a server this
+# agent could not verify (agent/bundle.py catch_up).
+CATCH_UP_TIMEOUT = 10.0
 
 
 class Watcher:
@@ -100,6 +103,10 @@ class Watcher:
                 raise
             except (Unavailable, ResourceExhausted) as exc:
                 logger.warning("watch interrupted, reconnecting: %s", exc.message)
+                if untrusted_server(exc.message) and catch_up(
+                    self._state, self._identity.settings.enroll_servers, _now(), CATCH_UP_TIMEOUT
+                ):
+                    backoff = BACKOFF_START  # a CA activated while this agent was away: trusted now
             if self._stopping.is_set():
                 break
             self._stopping.wait(backoff * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
