@@ -92,6 +92,7 @@ class App:
         self._tasks = [
             asyncio.create_task(s.crl.refresh_forever()),
             asyncio.create_task(s.tls.rotate_forever()),
+            asyncio.create_task(s.ca_retirement.run_forever()),
             asyncio.create_task(HeapKeeper().run_forever()),
             asyncio.create_task(s.failures.run_forever()),
             asyncio.create_task(s.scheduler.run_forever()),

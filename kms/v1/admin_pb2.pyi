@@ -358,6 +358,10 @@ class ActivateCARequest(_message.Message):
     now: bool
     def __init__(self, now: _Optional[bool] = ...) -> None: ...
 
+class CancelCARotationRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ListCAsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from kms import cabundle
 from kms.errors import FailedPrecondition
 from kms.identity import fingerprint
-from server.ca.authority import CertificateAuthority, create_root, software_root
+from server.ca.authority import CertificateAuthority, create_root
+from server.ca.generation_keys import CA_SLOT
+from server.ca.issuer import Issuer
 from server.ca.keytype import CAKeyType
+from server.ca.trust import CATrust
 from server.clock import Clock, now_seconds
-from server.deployment.datadir import open_pair, seal_key
+from server.deployment.datadir import seal_key
 from server.deployment.sealing import Sealer
 from server.store import AuditEntry, RevocationEvent, Store
 from server.store.sql.cas import CAGeneration, NewGeneration, prepared_already
@@ -34,9 +38,6 @@ from server.store.sql.cas import CAGeneration, NewGeneration, prepared_already
 __all__ = ["CAGeneration", "CARotation", "generation_fingerprint"]
 
 logger = logging.getLogger(__name__)
-
-# The sealing slot of every CA key, as the deployment's own (deployment.py's _CA_SLOT).
-_CA_SLOT = "ca.key"
 
 
 def generation_fingerprint(generation: CAGeneration) -> str:
@@ -52,64 +53,55 @@ class CARotation:
         self,
         store: Store,
         ca: CertificateAuthority,
+        trust: CATrust,
         sealer: Sealer,
         clock: Clock,
         ca_ttl: timedelta,
         key_uri: str | None,
         publish: Callable[[RevocationEvent], object],
-        last_seq: Callable[[], int] = lambda: -1,
         propagation: timedelta = timedelta(hours=24),
-        on_switch: Callable[[], object] = lambda: None,
+        on_switch: Callable[[], Awaitable[object]] | None = None,
+        on_activated: Callable[[], object] = lambda: None,
     ) -> None:
         self._propagation = propagation
         self._on_switch = on_switch  # the server's TLS certificate, reissued from the new CA
-        # The bundle is served to anonymous callers: read from the store once per position of the
-        # event feed (a 'bundle' event, here or from another replica, moves it), not per call.
-        self._last_seq = last_seq
-        self._bundle: tuple[int, str] | None = None
+        self._on_activated = on_activated  # the retirement check (server/ca/retire.py)
         self._store = store
         self._ca = ca
+        self._trust = trust
         self._sealer = sealer
         self._clock = clock
         self._ca_ttl = ca_ttl
         self._key_uri = key_uri
         self._publish = publish
+        # oldWithNew per (retiring generation, active generation): signed once, not per bundle.
+        self._old_with_new: dict[tuple[int, int], str] = {}
+        trust.on_bundle(self.follow)
 
     async def adopt(self) -> None:
-        """Records the deployment's CA as generation 1 (once), and says when the store's active CA differs."""
+        """Records the deployment's CA as generation 1 (once), then reads the verified generations
+        and follows the store's active one."""
         cert = self._ca.certificate.public_bytes(Encoding.PEM).decode()
         key_type = self._ca.key_type.value
         if await self._store.adopt_ca(cert, key_type, self._key_uri, now_seconds(self._clock)):
             logger.info("CA recorded as generation 1, active", extra={"fingerprint": self._ca.fingerprint})
-        await self.follow()
+        await self._trust.refresh()
 
     async def follow(self) -> None:
-        """Issues with the store's active generation, when it is not the one this server issues with:
-        at start, and on each 'bundle' event (an activation here or on another replica)."""
-        active = [g for g in await self._store.ca_generations(None) if g.state == "active"]
-        if not active or active[0].certificate.encode() == self._ca.bundle_pem:
+        """Issues with the verified active generation when it is not the one this server issues with:
+        a CATrust hook, at start and on each 'bundle' event (an activation here or on another replica)."""
+        active = [g for g in self._trust.generations if g.state == "active"]
+        issuer = self._trust.active
+        if not active or active[0].generation == self._ca.generation:
             return
-        if (
-            active[0].sealed_key is None
-        ):  # generation 1 is the deployment's own CA: a replica started with another
-            logger.error(
-                "the store's active CA (generation %d) is not this server's CA", active[0].generation
-            )
+        if issuer is None:  # its key did not open here (logged by CATrust): keep issuing as before
             return
-        generation = active[0].generation
-        pair = open_pair(
-            active[0].certificate.encode(),
-            active[0].sealed_key,
-            self._sealer,
-            slot=_CA_SLOT,
-            cert_name=f"CA generation {generation}'s certificate",
-            key_name=f"CA generation {generation}'s key",
-            master_name="the master key",
+        self._ca.switch(issuer)
+        logger.info(
+            "issuing with CA generation %d", issuer.generation, extra={"fingerprint": issuer.fingerprint}
         )
-        self._ca.switch(software_root(pair), generation)
-        self._bundle = None
-        logger.info("issuing with CA generation %d", generation, extra={"fingerprint": self._ca.fingerprint})
-        self._on_switch()
+        if self._on_switch is not None:
+            await self._on_switch()
 
     async def activate(self, now: bool) -> CAGeneration:
         """Activates the prepared generation once its propagation period is over (now: at once).
@@ -123,9 +115,25 @@ class CARotation:
                 at, "admin", "ca.activate", f"ca:{done[0].generation} {generation_fingerprint(done[0])}"
             ),
         )
-        await self.follow()  # this replica issues with it before its event goes out
+        await self._trust.refresh()  # this replica issues with it before its event goes out
         self._publish(event)
+        self._on_activated()
         logger.info("activated CA generation %d", generation.generation, extra={"seq": event.seq})
+        return generation
+
+    async def cancel(self) -> CAGeneration:
+        """Removes the prepared generation (agents drop it on the 'bundle' event).
+        Raises FailedPrecondition when none is prepared."""
+        at = now_seconds(self._clock)
+        generation, event = await self._store.cancel_ca(
+            at,
+            audit=lambda done: AuditEntry(
+                at, "admin", "ca.cancel", f"ca:{done[0].generation} {generation_fingerprint(done[0])}"
+            ),
+        )
+        await self._trust.refresh()
+        self._publish(event)
+        logger.info("cancelled CA generation %d", generation.generation, extra={"seq": event.seq})
         return generation
 
     async def rotate(self, key_type: CAKeyType | None) -> CAGeneration:
@@ -138,16 +146,20 @@ class CARotation:
         generations = await self._store.ca_generations(None)
         if prepared := [g for g in generations if g.state == "prepared"]:  # the store decides; this is early
             raise prepared_already(prepared[0].generation)
-        key_type = key_type or self._ca.key_type
+        issuer = self._ca.current
+        key_type = key_type or issuer.key_type
         now = self._clock()
         pair = await asyncio.to_thread(create_root, self._ca.trust_domain, key_type, self._ca_ttl, now)
-        cross = self._ca.cross_certify(pair.cert)
+        cross = issuer.signer.sign_certificate(
+            cabundle.cross_builder(pair.cert, issuer.cert, x509.random_serial_number(), now)
+        )
+        cabundle.check_cross(cross, pair.cert, issuer.cert, now)
         new = NewGeneration(
             key_type.value,
             pair.cert.public_bytes(Encoding.PEM).decode(),
             cross.public_bytes(Encoding.PEM).decode(),
-            sealed_key=seal_key(pair, self._sealer, _CA_SLOT),
-            cross_signed_by=self._ca.certificate.public_bytes(Encoding.PEM).decode(),
+            sealed_key=seal_key(pair, self._sealer, CA_SLOT),
+            cross_signed_by=issuer.bundle_pem.decode(),
         )
         at = now_seconds(self._clock)
         print_fp = fingerprint(pair.cert.public_bytes(Encoding.DER))
@@ -156,6 +168,7 @@ class CARotation:
             at,
             audit=lambda done: AuditEntry(at, "admin", "ca.rotate", f"ca:{done[0].generation} {print_fp}"),
         )
+        await self._trust.refresh()
         self._publish(event)
         logger.info(
             "prepared CA generation %d",
@@ -168,23 +181,29 @@ class CARotation:
         return await self._store.ca_generations(now_seconds(self._clock))
 
     async def bundle_pem(self) -> str:
-        """The trust bundle: the active CA with its cross-certificate (from the CA before it), each
-        retiring CA with one made by the active CA (oldWithNew: for agents that pinned the active
-        one), then each prepared CA followed by its cross-certificate."""
-        seq = self._last_seq()
-        if self._bundle is not None and self._bundle[0] == seq >= 0:
-            return self._bundle[1]
-        generations = await self._store.ca_generations(None)
-        active = [g.certificate + (g.cross_certificate or "") for g in generations if g.state == "active"]
-        issuing = bool(active) and active[0].startswith(self._ca.bundle_pem.decode())
-        retiring = [
-            g.certificate + self._old_with_new(g) for g in generations if issuing and g.state == "retiring"
-        ]
-        prepared = [g.certificate + (g.cross_certificate or "") for g in generations if g.state == "prepared"]
-        pem = "".join(active + retiring + prepared) or self._ca.bundle_pem.decode()
-        if issuing or not active:  # not before this replica follows an activation
-            self._bundle = (seq, pem)
-        return pem
+        """The trust bundle, from the verified generations not retired: the active CA with its
+        cross-certificate (from the CA before it), each retiring CA with one made by the active CA
+        (oldWithNew: for agents that pinned the active one), then each prepared CA followed by its
+        cross-certificate. Served to anonymous callers: from memory (CATrust re-reads the store on
+        each 'bundle' event), each oldWithNew signed once."""
+        generations = self._trust.generations
+        issuer = self._ca.current
+        active = [g for g in generations if g.state == "active"]
+        if not active or active[0].generation != issuer.generation:  # not followed (yet): its own CA
+            return issuer.bundle_pem.decode()
+        parts = [active[0].certificate + (active[0].cross_certificate or "")]
+        parts += [g.certificate + self._cross_from(issuer, g) for g in generations if g.state == "retiring"]
+        parts += [g.certificate + (g.cross_certificate or "") for g in generations if g.state == "prepared"]
+        return "".join(parts)
 
-    def _old_with_new(self, generation: CAGeneration) -> str:
-        return self._ca.cross_certify(_cert(generation.certificate)).public_bytes(Encoding.PEM).decode()
+    def _cross_from(self, issuer: Issuer, generation: CAGeneration) -> str:
+        key = (generation.generation, issuer.generation)
+        if (pem := self._old_with_new.get(key)) is None:
+            old = _cert(generation.certificate)
+            now = self._clock()
+            cross = issuer.signer.sign_certificate(
+                cabundle.cross_builder(old, issuer.cert, x509.random_serial_number(), now)
+            )
+            cabundle.check_cross(cross, old, issuer.cert, now)
+            pem = self._old_with_new[key] = cross.public_bytes(Encoding.PEM).decode()
+        return pem

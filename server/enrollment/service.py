@@ -233,8 +233,7 @@ class EnrollmentService:
         if record.used_at is not None:
             return await self._repeat(record, token, _spki(public_key), now)
 
-        generation = self._ca.generation
-        cert = await self._ca.issue_agent(public_key, record.name)
+        cert, generation = await self._ca.issue(public_key, record.name)  # one CA for both
         cert_record = _certificate_record(cert, record.name, now, record.token_id, generation)
         # Read before the enrollment commits: an event committed meanwhile is
         # replayed to the new agent (harmless), never skipped.
@@ -346,8 +345,7 @@ class EnrollmentService:
         last = self._renewed_at.get(caller.name)
         if window and last is not None and last > now - window:
             raise rules.renewed_too_soon(caller.name, last, now - window, now)
-        generation = self._ca.generation
-        cert = await self._ca.issue_agent(public_key, caller.name)
+        cert, generation = await self._ca.issue(public_key, caller.name)  # one CA for both
         record = _certificate_record(cert, caller.name, now, None, generation)
         await self._store.add_certificate(
             record,
