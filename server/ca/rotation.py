@@ -185,25 +185,37 @@ class CARotation:
         cross-certificate (from the CA before it), each retiring CA with one made by the active CA
         (oldWithNew: for agents that pinned the active one), then each prepared CA followed by its
         cross-certificate. Served to anonymous callers: from memory (CATrust re-reads the store on
-        each 'bundle' event), each oldWithNew signed once."""
+        each 'bundle' event); each oldWithNew is made once, kept in the store, so every replica
+        serves the same bundle."""
         generations = self._trust.generations
         issuer = self._ca.current
         active = [g for g in generations if g.state == "active"]
         if not active or active[0].generation != issuer.generation:  # not followed (yet): its own CA
             return issuer.bundle_pem.decode()
         parts = [active[0].certificate + (active[0].cross_certificate or "")]
-        parts += [g.certificate + self._cross_from(issuer, g) for g in generations if g.state == "retiring"]
+        parts += [
+            g.certificate + await self._cross_from(issuer, g) for g in generations if g.state == "retiring"
+        ]
         parts += [g.certificate + (g.cross_certificate or "") for g in generations if g.state == "prepared"]
         return "".join(parts)
 
-    def _cross_from(self, issuer: Issuer, generation: CAGeneration) -> str:
+    async def _cross_from(self, issuer: Issuer, generation: CAGeneration) -> str:
+        """oldWithNew for generation, by issuer: signed by the first replica that needs it, stored
+        (meta, first one wins), checked when read back; then kept in memory."""
         key = (generation.generation, issuer.generation)
-        if (pem := self._old_with_new.get(key)) is None:
-            old = _cert(generation.certificate)
-            now = self._clock()
-            cross = issuer.signer.sign_certificate(
-                cabundle.cross_builder(old, issuer.cert, x509.random_serial_number(), now)
-            )
-            cabundle.check_cross(cross, old, issuer.cert, now)
-            pem = self._old_with_new[key] = cross.public_bytes(Encoding.PEM).decode()
-        return pem
+        if (pem := self._old_with_new.get(key)) is not None:
+            return pem
+        old, now = _cert(generation.certificate), self._clock()
+        cross = issuer.signer.sign_certificate(
+            cabundle.cross_builder(old, issuer.cert, x509.random_serial_number(), now)
+        )
+        cabundle.check_cross(cross, old, issuer.cert, now)
+        name = f"ca_old_with_new:{generation.generation}:{issuer.generation}"
+        stored = await self._store.set_meta(name, cross.public_bytes(Encoding.PEM).decode(), replace=False)
+        try:
+            cabundle.check_cross(_cert(stored), old, issuer.cert, now)
+        except (ValueError, cabundle.BundleError) as exc:  # a forged row: not served
+            logger.error("the stored cross-certificate %s is ignored: %s", name, exc)
+            stored = ""  # logged once: the bundle goes out without it
+        self._old_with_new[key] = stored
+        return stored
