@@ -3,8 +3,9 @@ prepares the next CA, ca status lists both, the watching agent stores the trust 
 through the cross-certificate) and status shows it, openssl verifies the new CA's
 cross-certificate with the old CA as the trust anchor, and a second rotate is refused. Until
 then the server and the agent keep the CA they had. Then ca activate (refused before
-ca-propagation, --now skips it): the server's TLS certificate comes from the new CA, the agent
-still calls it with its old certificate, and its renewal chains to the new CA.
+ca-propagation, --now skips it): the certificate the mTLS port serves comes from the new CA, the
+agent still calls it with its old certificate, its renewal chains to the new CA, and a restart
+with the old TLS certificate in the data dir serves the new CA's from its first handshake.
 
 The commands run in this process (main(argv), as the console scripts call it), as in
 test_output.py; the watch is a real child process.
@@ -13,6 +14,8 @@ test_output.py; the watch is a real child process.
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -104,6 +107,10 @@ def _activate(
     server: ServerProcess, agent: Path, new: x509.Certificate, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = ["--data-dir", str(server.data_dir)]
+    # The server's TLS certificate and key as they are before the activation (for the restart below).
+    before = {name: (server.data_dir / name).read_bytes() for name in ("server.crt", "server.key")}
+    old = x509.load_pem_x509_certificate(before["server.crt"])
+    assert _served(server, agent) == old
     assert server_main(["ca", "activate", *data]) == 6  # ca-propagation (24h) has not passed
     err = capsys.readouterr().err.strip()
     assert "agents may not have its trust bundle yet" in err and "\n" not in err, err
@@ -112,9 +119,11 @@ def _activate(
     assert server_main(["ca", "status", "--json", *data]) == 0
     cas = json.loads(capsys.readouterr().out)
     assert [(c["generation"], c["state"]) for c in cas] == [(1, "retiring"), (2, "active")]
-    # The server's own TLS certificate was reissued from the new CA, without a restart.
+    # The server's own TLS certificate was reissued from the new CA, without a restart: the one the
+    # mTLS port serves from the next handshake on.
     served = x509.load_pem_x509_certificate((server.data_dir / "server.crt").read_bytes())
     served.verify_directly_issued_by(new)
+    assert _served(server, agent) == served
     # The agent (its trust bundle stored) still calls the server with its old certificate...
     old_cert = x509.load_pem_x509_certificate((agent / "agent.crt").read_bytes())
     assert agent_main(["status", "--json", "--dir", str(agent)]) == 0
@@ -126,6 +135,31 @@ def _activate(
     renewed.verify_directly_issued_by(new)
     assert agent_main(["status", "--json", "--dir", str(agent)]) == 0
     assert json.loads(capsys.readouterr().out)["serial"] == format(renewed.serial_number, "x")
+    # A replica restarted with the old CA's TLS certificate in its data dir (down during the
+    # activation, say) follows the active CA before it serves: its first handshake is the new CA's.
+    assert server.stop() == 0
+    for name, content in before.items():
+        (server.data_dir / name).write_bytes(content)
+    server.start()
+    _served(server, agent).verify_directly_issued_by(new)
+    assert server_main(["ca", "status", "--json", *data]) == 0
+    assert [c["state"] for c in json.loads(capsys.readouterr().out)] == ["retiring", "active"]
+
+
+def _served(server: ServerProcess, agent: Path) -> x509.Certificate:
+    """The certificate the mTLS port serves, as a TLS client (the agent's certificate) reads it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # read it, whoever issued it
+    context.load_cert_chain(agent / "agent.crt", agent / "agent.key")
+    host, port = server.address.rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
 
 
 def _openssl_verify(anchor: Path, cert: Path) -> subprocess.CompletedProcess[str]:
