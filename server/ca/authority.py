@@ -116,9 +116,9 @@ class CertificateAuthority:
     async def issue_agent(self, public_key: rsa.RSAPublicKey, name: str) -> x509.Certificate:
         return (await self.issue(public_key, name))[0]
 
-    async def issue(self, public_key: rsa.RSAPublicKey, name: str) -> tuple[x509.Certificate, int]:
-        """Issues an agent client certificate; returns it with the generation that signed it (the one
-        its record must carry). Only public_key comes from the request.
+    async def issue(self, public_key: rsa.RSAPublicKey, name: str) -> tuple[x509.Certificate, Issuer]:
+        """Issues an agent client certificate; returns it with the CA generation that signed it (the
+        generation its record carries, the chain sent with it). Only public_key comes from the request.
 
         Only the signature leaves the event loop, and only when it is slow (see
         slow_signing): building and checking the certificate hold the GIL
@@ -147,7 +147,7 @@ class CertificateAuthority:
             max_ttl=self.cert_ttl,
             status=self._status_urls_for(issuer.generation),
         )
-        return cert, issuer.generation
+        return cert, issuer
 
     def _status_urls_for(self, generation: int) -> profile.StatusUrls | None:
         """Generation 1's certificates point at <base>/crl (as they always did), a later generation's

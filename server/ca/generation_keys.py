@@ -9,6 +9,8 @@ built yet and raises FailedPrecondition; it plugs in here.
 
 from __future__ import annotations
 
+from cryptography import x509
+
 from kms.errors import FailedPrecondition
 from server.ca.signer import CARoot, CASigner, SoftwareSigner
 from server.deployment.datadir import open_pair
@@ -40,9 +42,16 @@ def open_generation_signer(generation: CAGeneration, sealer: Sealer, own: CARoot
             f"CA generation {generation.generation}'s key is in a PKCS#11 token ({generation.key_uri}):"
             " signing with a later generation's token key is not supported yet"
         )
-    if generation.generation == 1 and generation.certificate.encode() == own.cert_pem:
+    if generation.generation == 1 and _cert(generation.certificate) == own.cert:
         return own.signer
     raise FailedPrecondition(
         f"CA generation {generation.generation} has no key this server can use"
         " (generation 1 is the deployment's CA: start every replica with the same data dir's CA)"
     )
+
+
+def _cert(pem: str) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return None

@@ -78,7 +78,7 @@ def cmd_ca_status(args: argparse.Namespace) -> int:
         print_json([ca_fields(g) for g in cas])
         return 0
     print_table(
-        ["GEN", "STATE", "KEY TYPE", "NOT AFTER", "VALID CERTS", "FINGERPRINT"],
+        ["GEN", "STATE", "KEY TYPE", "NOT AFTER", "VALID CERTS", "RETIRED", "FINGERPRINT"],
         [
             [
                 str(g.generation),
@@ -86,6 +86,7 @@ def cmd_ca_status(args: argparse.Namespace) -> int:
                 g.key_type,
                 When(g.not_after),
                 str(g.valid_certificates),
+                When(g.retired_at),
                 g.fingerprint,
             ]
             for g in cas

@@ -21,7 +21,7 @@ from kms import cabundle, profile
 from kms.errors import FailedPrecondition, NotFound
 from server.ca.authority import CertificateAuthority, create_root, software_root
 from server.ca.crl import CrlPublisher
-from server.ca.issuer import make_issuer
+from server.ca.issuer import Issuer, make_issuer
 from server.ca.ocsp import OcspResponder
 from server.ca.retire import CARetirement
 from server.ca.rotation import CARotation
@@ -77,7 +77,8 @@ async def _issue(
     r: Replica, key: rsa.RSAPrivateKey, name: str, ttl: timedelta | None = None
 ) -> x509.Certificate:
     """Issues and records an agent certificate, as enrollment does (the generation from the signature)."""
-    cert, generation = await r.ca.issue(key.public_key(), name)
+    cert, issuer = await r.ca.issue(key.public_key(), name)
+    generation = issuer.generation
     not_after = int(cert.not_valid_after_utc.timestamp()) if ttl is None else int((NOW + ttl).timestamp())
     der = cert.public_bytes(serialization.Encoding.DER)
 
@@ -257,7 +258,7 @@ def test_a_switch_during_a_signature_never_mixes_two_cas(key: rsa.RSAPrivateKey)
     ca = _authority(CARoot(pair.cert, gated))
     new = make_issuer(software_root(create_root(TD, None, TTL, NOW)), 2)
 
-    async def body() -> tuple[x509.Certificate, int]:
+    async def body() -> tuple[x509.Certificate, Issuer]:
         task = asyncio.create_task(ca.issue(key.public_key(), "web-1"))
         while not gated.entered.is_set():
             await asyncio.sleep(0.01)
@@ -265,8 +266,10 @@ def test_a_switch_during_a_signature_never_mixes_two_cas(key: rsa.RSAPrivateKey)
         gated.go.set()
         return await task
 
-    cert, generation = asyncio.run(body())
-    assert generation == 1
+    cert, issuer = asyncio.run(body())
+    assert issuer.generation == 1 and issuer.chain_der == (
+        pair.cert.public_bytes(serialization.Encoding.DER),
+    )
     cert.verify_directly_issued_by(pair.cert)
     assert ca.generation == 2
 
