@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.sqlite_only(
     " runs on both backends in tests/unit/server/test_ca_generations.py"
 )
 
-RIG = Rig("carot", agents=(("alice", ("web",)),))
+RIG = Rig("carot", args=("--http-listen", "127.0.0.1:0"), agents=(("alice", ("web",)),))
 
 
 def test_rotate_status_bundle_and_refusal(
@@ -135,6 +136,16 @@ def _activate(
     renewed.verify_directly_issued_by(new)
     assert agent_main(["status", "--json", "--dir", str(agent)]) == 0
     assert json.loads(capsys.readouterr().out)["serial"] == format(renewed.serial_number, "x")
+    # Each certificate names its own generation's CRL, signed by that generation's key.
+    first = x509.load_pem_x509_certificate((agent / "ca.crt").read_bytes())
+    for cert, url_end, ca in ((old_cert, "/crl", first), (renewed, "/crl/2", new)):
+        (point,) = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        assert point.full_name is not None
+        url = str(point.full_name[0].value)
+        assert url.endswith(url_end), url
+        with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - the server's own http URL
+            crl = x509.load_der_x509_crl(answer.read())
+        assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
     # A replica restarted with the old CA's TLS certificate in its data dir (down during the
     # activation, say) follows the active CA before it serves: its first handshake is the new CA's.
     assert server.stop() == 0
