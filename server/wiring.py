@@ -103,7 +103,7 @@ async def open_services(
     # The expiry gauges, kept as certificates are issued and revoked (a scrape reads no agents).
     expiring = ExpiringCertificates(store, clock)
     metrics, journal = Metrics(), Journal()
-    trust = CATrust(store, ca, deployment.sealer, clock)
+    trust = CATrust(store, ca, deployment.sealer)
     on_publish = _each(expiring.published, journal.published, trust.published)
     feed = RevocationFeed(await store.last_seq(), metrics, on_publish=on_publish)
     rotation, retirement, tls = await _ca_generations(cfg, deployment, datadir, ca, clock, feed, trust)

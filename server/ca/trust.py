@@ -27,7 +27,6 @@ from server.ca.generation_keys import open_generation_signer
 from server.ca.issuer import Issuer, make_issuer
 from server.ca.signer import CARoot
 from server.ca.verify import GenerationCheck
-from server.clock import Clock
 from server.deployment.sealing import Sealer
 from server.store import RevocationEvent, Store
 from server.store.sql.cas import CAGeneration
@@ -40,11 +39,10 @@ Listener = Callable[[Sequence[x509.Certificate]], None]
 
 
 class CATrust:
-    def __init__(self, store: Store, ca: CertificateAuthority, sealer: Sealer, clock: Clock) -> None:
+    def __init__(self, store: Store, ca: CertificateAuthority, sealer: Sealer) -> None:
         self._store = store
         self._ca = ca  # the CA this server issues with (it changes when it follows an activation)
         self._sealer = sealer
-        self._clock = clock
         # Built while the authority issues with the deployment's own CA: generation 1.
         self._own = CARoot(ca.current.cert, ca.current.signer)
         self._check = GenerationCheck(ca.current.cert)
@@ -82,7 +80,7 @@ class CATrust:
         the roots (every verified generation not retired, and the CA this server issues with) on."""
         async with self._reading:
             rows = await self._store.ca_generations(None)
-            verified = self._check.verified(rows, self._clock())
+            verified = self._check.verified(rows)
             issuers = {g.generation: i for g in verified if (i := self._issuer(g)) is not None}
             active = [issuers.get(g.generation) for g in verified if g.state == "active"]
             self.generations, self.active = verified, active[0] if active else None

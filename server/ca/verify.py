@@ -3,14 +3,15 @@
 The store is not trusted on its own word. Generation 1 must be this deployment's own CA (the
 data dir's, or the token's the server started with); a generation N ≥ 2 is used (trusted,
 issued with, put in the bundle) only when its certificate is self-signed and its
-cross-certificate verifies (kms.cabundle.check_cross) from a generation already verified.
+cross-certificate verifies (kms.cabundle.check_cross) from a generation already verified: its
+signature and form, as of its own start (the check is about where a row comes from, not time:
+a generation stays usable after the CA that vouched for it expired).
 A row that fails is logged once, as an error, and ignored: fail closed.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 
 from cryptography import x509
 
@@ -27,11 +28,11 @@ class GenerationCheck:
         self._own = own  # generation 1: the deployment's CA
         self._logged: set[tuple[int, str]] = set()  # (generation, why): each bad row once
 
-    def verified(self, rows: list[CAGeneration], now: datetime) -> list[CAGeneration]:
+    def verified(self, rows: list[CAGeneration]) -> list[CAGeneration]:
         """The rows that verify, oldest first (every state: a retired one still vouches for the next)."""
         good: list[tuple[CAGeneration, x509.Certificate]] = []
         for row in sorted(rows, key=lambda r: r.generation):
-            why, cert = self._check(row, [c for _, c in good], now)
+            why, cert = self._check(row, [c for _, c in good])
             if why is None and cert is not None:
                 good.append((row, cert))
             elif (row.generation, why or "") not in self._logged:
@@ -44,7 +45,7 @@ class GenerationCheck:
         return [row for row, _ in good]
 
     def _check(
-        self, row: CAGeneration, anchors: list[x509.Certificate], now: datetime
+        self, row: CAGeneration, anchors: list[x509.Certificate]
     ) -> tuple[str | None, x509.Certificate | None]:
         try:
             cert = x509.load_pem_x509_certificate(row.certificate.encode())
@@ -67,7 +68,9 @@ class GenerationCheck:
         last = "no earlier generation verified"
         for anchor in reversed(anchors):
             try:
-                cabundle.check_cross(cross, cert, anchor, now)
+                # Integrity, not time: checked as of its own start, so the generation stays usable
+                # after the CA that vouched for it (and with it the cross-certificate) expired.
+                cabundle.check_cross(cross, cert, anchor, cross.not_valid_before_utc)
             except cabundle.BundleError as exc:
                 last = str(exc)
                 continue

@@ -106,10 +106,10 @@ def test_server_accepts_every_generation_not_retired(tmp_path: Path, key: rsa.RS
     async def body() -> None:
         store = await open_store_at("sqlite", str(tmp_path))
         try:
-            here = CATrust(store, old, SEALER, lambda: NOW)
+            here = CATrust(store, old, SEALER)
             rotation = CARotation(store, old, here, SEALER, lambda: NOW, TTL, None, published.append)
             await rotation.adopt()
-            trust, heard = CATrust(store, replica, SEALER, lambda: NOW), []  # the other replica's
+            trust, heard = CATrust(store, replica, SEALER), []  # the other replica's
             authn = PeerAuthenticator(old.certificate, TD, store, lambda: NOW, lambda s: None)
             peers = AgentPeers([old.certificate], TD, lambda s: False)
             trust.listen(heard.append, authn.trust, peers.trust)
@@ -162,7 +162,7 @@ def test_activation_switches_the_issuer_and_the_bundle_verifies_from_either_pin(
                 switched.append(old.generation)
 
             rotation = CARotation(
-                store, old, CATrust(store, old, SEALER, lambda: NOW), SEALER, lambda: NOW, TTL, None,
+                store, old, CATrust(store, old, SEALER), SEALER, lambda: NOW, TTL, None,
                 published.append, timedelta(hours=1), on_switch,
             )  # fmt: skip
             await rotation.adopt()
@@ -186,7 +186,7 @@ def test_activation_switches_the_issuer_and_the_bundle_verifies_from_either_pin(
             await rotation.follow()  # the event heard again: nothing changes
             assert switched == [2]
             # The other replica switches when it hears the event, in memory.
-            trust = CATrust(store, replica, SEALER, lambda: NOW)
+            trust = CATrust(store, replica, SEALER)
             CARotation(store, replica, trust, SEALER, lambda: NOW, TTL, None, published.append)
             trust.published(published[-1])
             async with asyncio.timeout(10):

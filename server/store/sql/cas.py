@@ -206,6 +206,9 @@ async def retire_cas(tx: Tx, now: int) -> Retirement:
 async def cancel_ca(tx: Tx, now: int) -> tuple[CAGeneration, RevocationEvent]:
     """Removes the prepared generation, with a 'bundle' event (reason "cancelled"), so agents drop
     it from their trust bundle. Raises FailedPrecondition when none is prepared."""
+    # The active row first, as activate_ca and prepare_ca lock it: a cancel and an activation on
+    # two replicas take turns, and the second sees what the first did.
+    await tx.fetchval(tx.locked("SELECT generation FROM ca_generations WHERE state = 'active'", "FOR UPDATE"))
     row = await tx.fetchrow(
         tx.locked(f"SELECT {_COLUMNS} FROM ca_generations WHERE state = 'prepared'", "FOR UPDATE")  # noqa: S608
     )

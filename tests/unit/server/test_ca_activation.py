@@ -55,7 +55,7 @@ def _authority(root: CARoot | None = None) -> CertificateAuthority:
 
 async def _replica(store: Store, root: CARoot, published: list[RevocationEvent] | None = None) -> Replica:
     ca = _authority(root)
-    trust = CATrust(store, ca, SEALER, lambda: NOW)
+    trust = CATrust(store, ca, SEALER)
     events = [] if published is None else published
     rotation = CARotation(store, ca, trust, SEALER, lambda: NOW, TTL, None, events.append)
     await rotation.adopt()
@@ -365,5 +365,33 @@ def test_two_replicas_follow_one_activation(store_at: tuple[str, str]) -> None:
         finally:
             if other_store is not store:
                 await other_store.close()
+
+    _run(store_at, body)
+
+
+def test_a_generation_stays_verified_after_the_ca_that_vouched_for_it_expired(
+    store_at: tuple[str, str],
+) -> None:
+    """Rows are checked for where they come from, not for time: the cross-certificate from an
+    expired CA (expired with it) still shows the next generation is the deployment's."""
+
+    async def body(store: Store) -> None:
+        then = NOW - timedelta(days=5)
+        old = create_root(TD, None, timedelta(days=9), NOW - timedelta(days=10))  # expired a day ago
+        r = await _replica(store, software_root(old))
+        new = create_root(TD, None, TTL, then)
+        cross = software_root(old).signer.sign_certificate(
+            cabundle.cross_builder(new.cert, old.cert, x509.random_serial_number(), then)
+        )
+        assert cross.not_valid_after_utc < NOW  # expired with the old CA
+        pem = serialization.Encoding.PEM
+        sql = (
+            "INSERT INTO ca_generations(generation, state, key_type, certificate, cross_certificate, created_at)"
+            " VALUES (2, 'prepared', 'ecdsa-p256', ?, ?, 0)"
+        )
+        args = (new.cert.public_bytes(pem).decode(), cross.public_bytes(pem).decode())
+        await store._change(lambda tx: tx.execute(sql, *args))  # type: ignore[attr-defined]
+        await r.trust.refresh()
+        assert r.trust.roots == [old.cert, new.cert]
 
     _run(store_at, body)

@@ -30,7 +30,7 @@ TTL = timedelta(days=365)
 
 
 def _rotation(store: Store, ca: CertificateAuthority, published: list[RevocationEvent]) -> CARotation:
-    trust = CATrust(store, ca, SEALER, lambda: NOW)
+    trust = CATrust(store, ca, SEALER)
     return CARotation(store, ca, trust, SEALER, lambda: NOW, TTL, None, published.append)
 
 
@@ -44,7 +44,7 @@ def test_adopt_prepare_refuse_and_bundle(store_at: tuple[str, str]) -> None:
         other = await open_store_at(*store_at) if store_at[0] == "postgresql" else store
         published: list[RevocationEvent] = []
         try:
-            trust = CATrust(store, ca, SEALER, lambda: NOW)
+            trust = CATrust(store, ca, SEALER)
             rotation = CARotation(store, ca, trust, SEALER, lambda: NOW, TTL, None, published.append)
             await rotation.adopt()
             await rotation.adopt()  # once only
@@ -165,7 +165,7 @@ def test_the_bundle_is_read_once_per_bundle_event(tmp_path: Path) -> None:
     async def body() -> None:
         store = await open_store_at("sqlite", str(tmp_path))
         try:
-            trust = CATrust(store, ca, SEALER, lambda: NOW)
+            trust = CATrust(store, ca, SEALER)
             served = CARotation(store, ca, trust, SEALER, lambda: NOW, TTL, None, lambda e: None)
             await served.adopt()
             before = await served.bundle_pem()
