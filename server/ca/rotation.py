@@ -182,9 +182,10 @@ class CARotation:
 
     async def bundle_pem(self) -> str:
         """The trust bundle, from the verified generations not retired: the active CA with its
-        cross-certificate (from the CA before it), each retiring CA with one made by the active CA
-        (oldWithNew: for agents that pinned the active one), then each prepared CA followed by its
-        cross-certificate. Served to anonymous callers: from memory (CATrust re-reads the store on
+        cross-certificate (from the CA before it), each retiring CA with its own and one made by the
+        active CA (oldWithNew: for agents that pinned the active one; its own links an agent pinned
+        to an older one through it, when several are retiring), then each prepared CA followed by
+        its cross-certificate. Served to anonymous callers: from memory (CATrust re-reads the store on
         each 'bundle' event); each oldWithNew is made once, kept in the store, so every replica
         serves the same bundle."""
         generations = self._trust.generations
@@ -194,7 +195,9 @@ class CARotation:
             return issuer.bundle_pem.decode()
         parts = [active[0].certificate + (active[0].cross_certificate or "")]
         parts += [
-            g.certificate + await self._cross_from(issuer, g) for g in generations if g.state == "retiring"
+            g.certificate + (g.cross_certificate or "") + await self._cross_from(issuer, g)
+            for g in generations
+            if g.state == "retiring"
         ]
         parts += [g.certificate + (g.cross_certificate or "") for g in generations if g.state == "prepared"]
         return "".join(parts)

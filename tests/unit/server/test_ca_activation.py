@@ -395,3 +395,21 @@ def test_a_generation_stays_verified_after_the_ca_that_vouched_for_it_expired(
         assert r.trust.roots == [old.cert, new.cert]
 
     _run(store_at, body)
+
+
+def test_several_generations_retiring_at_once(tmp_path: object, key: rsa.RSAPrivateKey) -> None:
+    async def body(store: Store) -> None:
+        r = await _replica(store, _old_root())
+        await _issue(r, key, "web-1")
+        for _ in range(2):
+            await r.rotation.rotate(None)
+            await r.rotation.activate(True)
+            await _issue(r, key, "web-1")
+        assert [g.state for g in await r.rotation.generations()] == ["retiring", "retiring", "active"]
+        assert set(r.trust.issuers) == {1, 2, 3} and len(r.trust.roots) == 3
+        bundle = cabundle.parse_bundle(await r.rotation.bundle_pem())
+        assert len(bundle.cas) == 3
+        for pin in bundle.cas:  # an agent pinned to any of them verifies the whole bundle
+            assert len(cabundle.verify_bundle(bundle, pin, NOW)) == 3
+
+    _run(("sqlite", str(tmp_path)), body)
