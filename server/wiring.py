@@ -176,6 +176,7 @@ async def _ca_generations(
             await each.reissue()
 
     retirement = CARetirement(deployment.store, clock, feed.publish)
+    trust.on_bundle(retirement.heard)  # an activation on another replica: its timer set at once
 
     rotation = CARotation(
         deployment.store,

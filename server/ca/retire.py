@@ -44,6 +44,10 @@ class CARetirement:
         """Check now (an activation made a generation retiring)."""
         self._wake.set()
 
+    async def heard(self) -> None:
+        """A CATrust hook: the generations changed (here or on another replica): check now."""
+        self._wake.set()
+
     async def check(self) -> Retirement:
         """Retires each retiring generation with no valid certificate left; returns what it did."""
         at = now_seconds(self._clock)
