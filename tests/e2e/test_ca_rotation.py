@@ -21,12 +21,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.cli import main as agent_main
 from kms.cabundle import parse_bundle
+from kms.v1 import revocation_pb2, revocation_pb2_grpc
 from server.cli import main as server_main
 from tests.e2e.rig import Rig
 from tests.harness import ServerProcess, WatchProcess, enroll
@@ -146,6 +148,16 @@ def _activate(
         with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - the server's own http URL
             crl = x509.load_der_x509_crl(answer.read())
         assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    # The same over gRPC (anonymous, on the enrollment port): GetCRL{generation}.
+    roots = first.public_bytes(Encoding.PEM) + new.public_bytes(Encoding.PEM)
+    with grpc.secure_channel(server.enroll_address, grpc.ssl_channel_credentials(roots)) as channel:
+        get_crl = revocation_pb2_grpc.RevocationStub(channel).GetCRL
+        for generation, ca in ((0, first), (1, first), (2, new)):
+            der = get_crl(revocation_pb2.GetCRLRequest(generation=generation), timeout=10).crl_der
+            assert x509.load_der_x509_crl(der).is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+        with pytest.raises(grpc.RpcError) as refused:
+            get_crl(revocation_pb2.GetCRLRequest(generation=9), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     # A replica restarted with the old CA's TLS certificate in its data dir (down during the
     # activation, say) follows the active CA before it serves: its first handshake is the new CA's.
     assert server.stop() == 0
