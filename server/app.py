@@ -93,6 +93,7 @@ class App:
         self._tasks = [
             asyncio.create_task(s.crl.refresh_forever()),
             asyncio.create_task(s.tls.rotate_forever()),
+            asyncio.create_task(s.ca_retirement.run_forever()),
             asyncio.create_task(HeapKeeper().run_forever()),
             asyncio.create_task(s.failures.run_forever()),
             asyncio.create_task(s.scheduler.run_forever()),
@@ -101,7 +102,6 @@ class App:
         if self.config.ca_rotate_at is not None:
             auto = AutoRotation(
                 s.ca_rotation,
-                lambda: (s.ca.certificate.not_valid_before_utc, s.ca.certificate.not_valid_after_utc),
                 self.config.ca_rotate_at,
                 self.config.ca_propagation,
                 s.clock,

@@ -192,7 +192,11 @@ async def _http_side(cfg: ServerConfig, services: Services) -> HttpSidePort | No
         s.metrics.expiring.labels(label).set_function(partial(s.expiring.count, window))
     probe = _HttpProbe(s)
     return HttpSidePort(
-        s.crl, OcspResponder(s.ca, s.store, s.clock), s.metrics, probe.refresh_metrics, probe.healthy
+        s.crl,
+        OcspResponder(s.ca, s.store, s.clock, s.ca_trust),
+        s.metrics,
+        probe.refresh_metrics,
+        probe.healthy,
     )
 
 

@@ -22,6 +22,7 @@ from server.audit.trail import AuditBatcher, AuditTrail
 from server.ca.authority import CertificateAuthority
 from server.ca.crl import CrlPublisher
 from server.ca.generation_keys import TokenAccess
+from server.ca.retire import CARetirement
 from server.ca.rotation import CARotation
 from server.ca.tls import ServerTls
 from server.ca.trust import CATrust
@@ -88,8 +89,10 @@ class Services:
     scheduler: KeyScheduler
     # What `kms-server top` shows (the Monitor service, on the admin socket).
     observer: Observer
-    # The CA's generations: preparing the next, the trust bundle (issue 19).
+    # The CA's generations: preparing the next, the trust bundle, retiring replaced ones (issue 19).
     ca_rotation: CARotation
+    ca_trust: CATrust
+    ca_retirement: CARetirement
 
 
 async def open_services(
@@ -98,22 +101,23 @@ async def open_services(
     """Builds the domain graph on the deployment's store, sealer and root CA key."""
     store, trust_domain = deployment.store, deployment.trust_domain
     ca = _authority(cfg, deployment, clock, status_urls)
-    tls = ServerTls(datadir, deployment.sealer, ca, cfg.sans, cfg.server_cert_ttl, cfg.renew_fraction, clock)
     # The expiry gauges, kept as certificates are issued and revoked (a scrape reads no agents).
     expiring = ExpiringCertificates(store, clock)
     metrics, journal = Metrics(), Journal()
-    trust = CATrust(store, lambda: ca.certificate)
+    token = None if cfg.ca_key is None else TokenAccess(cfg.ca_key, cfg.pkcs11_module, cfg.pkcs11_pin_file)
+    trust = CATrust(store, ca, deployment.sealer, token)
     on_publish = _each(expiring.published, journal.published, trust.published)
     feed = RevocationFeed(await store.last_seq(), metrics, on_publish=on_publish)
+    ca_events = _CAEvents(feed)
+    rotation, retirement, tls = await _ca_generations(cfg, deployment, datadir, ca, clock, ca_events, trust)
     schedule_changed = asyncio.Event()
     keys = _keys(cfg, deployment, clock, feed, schedule_changed)
-    guard = StreamGuard()
-    crl = CrlPublisher(ca, store, clock)
+    guard, health, audit = StreamGuard(), HealthBoard(), AuditBatcher(store)
+    crl = CrlPublisher(ca, store, clock, trust=trust)
     revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
     await revocations.load()
-    health = HealthBoard()
+    ca_events.revocations = revocations
     follower = EventFollower(store, feed, revocations.apply_remote, StoreHealth(health))
-    audit = AuditBatcher(store)
     reason = revocations.revocation_reason
     roster = Roster(store, reason)
     authenticator = PeerAuthenticator(ca.certificate, trust_domain, store, clock, reason)
@@ -150,50 +154,71 @@ async def open_services(
         observer=Observer(
             store, roster, journal, keys, guard, Rates(metrics), clock, authenticator.last_seen
         ),
-        ca_rotation=await _ca_rotation(cfg, deployment, ca, clock, (feed, revocations), trust, tls),
+        ca_rotation=rotation,
+        ca_trust=trust,
+        ca_retirement=retirement,
     )
 
 
-async def _ca_rotation(
+async def _ca_generations(
     cfg: ServerConfig,
     deployment: Deployment,
+    datadir: DataDir,
     ca: CertificateAuthority,
     clock: Clock,
-    feeds: tuple[RevocationFeed, RevocationService],
+    events: _CAEvents,
     trust: CATrust,
-    tls: ServerTls,
-) -> CARotation:
-    """The CA's generations, the deployment's CA adopted as the first (once), and the ones trusted."""
+) -> tuple[CARotation, CARetirement, ServerTls]:
+    """The CA's generations, the deployment's CA adopted as the first (once), the ones trusted, and
+    the store's active one followed; then the server's TLS identity. The active CA is followed
+    before the TLS certificate is loaded or issued: a replica restarted after an activation serves
+    one from the active CA from its first handshake (later switches reissue it)."""
+    tls: list[ServerTls] = []
+
+    async def reissue() -> None:
+        for each in tls:  # none yet at start: it is built after, from the active CA
+            await each.reissue()
+
+    retirement = CARetirement(deployment.store, clock, events.feed.publish)
+    trust.on_bundle(retirement.heard)  # an activation on another replica: its timer set at once
+
     rotation = CARotation(
         deployment.store,
         ca,
+        trust,
         deployment.sealer,
         clock,
         cfg.ca_ttl,
         cfg.ca_key,
-        _ca_events(*feeds),
-        lambda: feeds[0].last_seq,
+        events,
         cfg.ca_propagation,
-        tls.rotate,
-        token=None if cfg.ca_key is None else TokenAccess(cfg.ca_key, cfg.pkcs11_module, cfg.pkcs11_pin_file),
+        reissue,
+        retirement.wake,
+        trust.token,
     )
     await rotation.adopt()
-    trust.on_bundle(rotation.follow)
-    await trust.refresh()
-    return rotation
+    tls.append(
+        ServerTls(datadir, deployment.sealer, ca, cfg.sans, cfg.server_cert_ttl, cfg.renew_fraction, clock)
+    )
+    return rotation, retirement, tls[0]
 
 
-def _ca_events(feed: RevocationFeed, revocations: RevocationService) -> Callable[[RevocationEvent], None]:
+class _CAEvents:
     """A CA rotation's events: 'bundle' ones go to watchers; the revocations of an emergency
-    rotation (--revoke-old) are applied as every revocation is (the map, streams, the CRL)."""
+    rotation (--revoke-old) are applied as every revocation is (the map, open streams, the CRL),
+    by the RevocationService, which is built after the rotation (it is set here then)."""
 
-    def publish(event: RevocationEvent) -> None:
+    def __init__(self, feed: RevocationFeed) -> None:
+        self.feed = feed
+        self.revocations: RevocationService | None = None
+
+    def __call__(self, event: RevocationEvent) -> None:
         if event.kind == "bundle":
-            feed.publish(event)
+            self.feed.publish(event)
+        elif self.revocations is None:  # never at run time: the server serves once wiring is done
+            raise RuntimeError("a revocation before the revocation service exists")
         else:
-            revocations.apply_committed(event)
-
-    return publish
+            self.revocations.apply_committed(event)
 
 
 def _limits(cfg: ServerConfig) -> Limits:

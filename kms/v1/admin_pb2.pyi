@@ -366,6 +366,10 @@ class ActivateCARequest(_message.Message):
     revoke_old: bool
     def __init__(self, now: _Optional[bool] = ..., revoke_old: _Optional[bool] = ...) -> None: ...
 
+class CancelCARotationRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ListCAsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

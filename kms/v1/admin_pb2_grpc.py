@@ -159,6 +159,11 @@ class AdminStub:
                 request_serializer=kms_dot_v1_dot_admin__pb2.ActivateCARequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_admin__pb2.CAGeneration.FromString,
                 _registered_method=True)
+        self.CancelCARotation = channel.unary_unary(
+                '/kms.v1.Admin/CancelCARotation',
+                request_serializer=kms_dot_v1_dot_admin__pb2.CancelCARotationRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.CAGeneration.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -339,6 +344,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelCARotation(self, request, context):
+        """Removes the prepared CA generation (it never issued): it leaves the trust
+        bundle (a 'bundle' event, so agents drop it). With none prepared:
+        FAILED_PRECONDITION. Returns the generation removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -465,6 +479,11 @@ def add_AdminServicer_to_server(servicer, server):
             'ActivateCA': grpc.unary_unary_rpc_method_handler(
                     servicer.ActivateCA,
                     request_deserializer=kms_dot_v1_dot_admin__pb2.ActivateCARequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.CAGeneration.SerializeToString,
+            ),
+            'CancelCARotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCARotation,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.CancelCARotationRequest.FromString,
                     response_serializer=kms_dot_v1_dot_admin__pb2.CAGeneration.SerializeToString,
             ),
     }
@@ -1142,6 +1161,33 @@ class Admin:
             target,
             '/kms.v1.Admin/ActivateCA',
             kms_dot_v1_dot_admin__pb2.ActivateCARequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.CAGeneration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelCARotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/CancelCARotation',
+            kms_dot_v1_dot_admin__pb2.CancelCARotationRequest.SerializeToString,
             kms_dot_v1_dot_admin__pb2.CAGeneration.FromString,
             options,
             channel_credentials,

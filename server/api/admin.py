@@ -213,6 +213,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.CAGeneration:
         return ca_generation(await self._rotation().activate(request.now, request.revoke_old))
 
+    async def CancelCARotation(
+        self, request: admin_pb2.CancelCARotationRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CAGeneration:
+        return ca_generation(await self._rotation().cancel())
+
     def _rotation(self) -> CARotation:
         if self._ca_rotation is None:
             raise FailedPrecondition("CA rotation is not served here")

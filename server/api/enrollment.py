@@ -38,7 +38,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         enrolled = await self._enrollment.enroll(request.join_token, request.csr_der)
         return enrollment_pb2.EnrollResponse(
             certificate_der=enrolled.certificate.public_bytes(serialization.Encoding.DER),
-            ca_chain_der=list(self._ca.chain_der),
+            ca_chain_der=list(enrolled.ca_chain_der or self._ca.chain_der),
             name=enrolled.agent.name,
             groups=list(enrolled.agent.groups),
             spiffe_id=enrolled.spiffe_id,

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from cryptography import x509
+
 from kms.errors import FailedPrecondition
 from server.ca.rotation import CARotation
 from server.store.sql.cas import CAGeneration
@@ -30,19 +32,21 @@ RETRY_DELAY = 30.0  # after a failure (a token down, the store unreachable)
 
 
 def next_step(
-    generations: list[CAGeneration],
-    active_cert_life: tuple[datetime, datetime],
-    fraction: float,
-    propagation: timedelta,
-    now: datetime,
+    generations: list[CAGeneration], fraction: float, propagation: timedelta, now: datetime
 ) -> tuple[str | None, datetime | None]:
     """What is due now ("prepare", "activate" or None) and, when nothing is, when the next step is
-    (None: not before something else changes). Pure: the active CA's validity is given."""
+    (None: not before something else changes). Read from the store's generations, not from the CA
+    this replica issues with: a replica that has not followed an activation yet must not take the
+    old CA to be due again."""
     prepared = [g for g in generations if g.state == "prepared"]
     if prepared:
         ready = datetime.fromtimestamp(prepared[0].created_at, now.tzinfo) + propagation
         return ("activate", None) if now >= ready else (None, ready)
-    start, end = active_cert_life
+    active = [g for g in generations if g.state == "active"]
+    if not active:
+        return None, None
+    cert = x509.load_pem_x509_certificate(active[0].certificate.encode())
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     due = start + (end - start) * fraction
     return ("prepare", None) if now >= due else (None, due)
 
@@ -51,13 +55,11 @@ class AutoRotation:
     def __init__(
         self,
         rotation: CARotation,
-        active_life: Callable[[], tuple[datetime, datetime]],
         fraction: float,
         propagation: timedelta,
         clock: Callable[[], datetime],
     ) -> None:
         self._rotation = rotation
-        self._active_life = active_life  # the validity of the CA this server issues with
         self._fraction = fraction
         self._propagation = propagation
         self._clock = clock
@@ -66,7 +68,7 @@ class AutoRotation:
         """Does what is due; returns when to look again (None: at the next regular look)."""
         now = self._clock()
         generations = await self._rotation.generations()
-        what, when = next_step(generations, self._active_life(), self._fraction, self._propagation, now)
+        what, when = next_step(generations, self._fraction, self._propagation, now)
         try:
             if what == "prepare":
                 done = await self._rotation.rotate(None, actor=ACTOR)

@@ -1,11 +1,11 @@
-"""Each CA generation's key, opened from what the store keeps of it (issue 19): the one place that
-turns a generation into something that signs.
+"""Opening a CA generation's key (issue 19): the one place that turns a stored generation into
+something that signs.
 
-A generation's key is either sealed under the master key (sealed_key: the software CA) or in
-the deployment's PKCS#11 token (key_uri: hsm_generations.py, opened with the server's
---pkcs11-module and PIN source). Generation 1 is the deployment's own CA, opened at start
-(its key is ca.key, the database's, or --ca-key), never here. A deployment keeps its keys
-where its first CA's is: a software CA rotates in software, a token CA in the same token.
+Generation 1 is the deployment's own CA: its key is the data dir's (or the token the server was
+started with), which the caller passes as ``own``. A later generation's key is either sealed in
+the store under the master key (software) or in the deployment's PKCS#11 token (key_uri:
+hsm_generations.py, opened with the server's --pkcs11-module and PIN source). A deployment keeps
+its keys where its first CA's is: a software CA rotates in software, a token CA in the same token.
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from kms.errors import FailedPrecondition
-from server.ca.authority import external_root, software_root
-from server.ca.signer import CARoot
+from server.ca.authority import external_root
+from server.ca.signer import CARoot, CASigner, SoftwareSigner
 from server.deployment.datadir import open_cert, open_pair
 from server.deployment.sealing import Sealer
 from server.store.sql.cas import CAGeneration
 
-__all__ = ["KEYS_STAY_PUT", "TokenAccess", "check_generation_key", "open_generation_signer"]
+__all__ = ["CA_SLOT", "KEYS_STAY_PUT", "TokenAccess", "check_generation_key", "open_generation_signer"]
 
 # The sealing slot of every CA key, as the deployment's own (deployment.py's _CA_SLOT).
 CA_SLOT = "ca.key"
@@ -45,13 +47,22 @@ class TokenAccess:
         return read_pin(self.pin_file)
 
 
-def open_generation_signer(generation: CAGeneration, sealer: Sealer, token: TokenAccess | None) -> CARoot:
-    """generation's certificate with what signs for it, checked to belong together.
+def open_generation_signer(
+    generation: CAGeneration, sealer: Sealer, own: CARoot, token: TokenAccess | None
+) -> CASigner:
+    """The signer of generation, checked to be its certificate's key.
 
     Raises:
         FailedPrecondition: the key cannot be opened (one line: which generation, why, what to do).
+        DataDirError: a sealed key that does not open, or is not the certificate's.
     """
     name = f"CA generation {generation.generation}"
+    if generation.generation == 1:
+        if _cert(generation.certificate) == own.cert:
+            return own.signer
+        raise FailedPrecondition(
+            f"{name} is not this server's CA: start every replica with the same data dir's CA"
+        )
     if generation.key_uri is not None:
         if token is None:
             raise FailedPrecondition(
@@ -63,7 +74,7 @@ def open_generation_signer(generation: CAGeneration, sealer: Sealer, token: Toke
         key = open_generation_key(token, generation.key_uri)
         cert = open_cert(generation.certificate.encode(), f"{name}'s certificate")
         try:
-            return external_root(cert, key, None, f"{name} ({generation.key_uri})")
+            return external_root(cert, key, None, f"{name} ({generation.key_uri})").signer
         except BaseException:
             key.close()
             raise
@@ -78,13 +89,23 @@ def open_generation_signer(generation: CAGeneration, sealer: Sealer, token: Toke
         key_name=f"{name}'s key",
         master_name="the master key",
     )
-    return software_root(pair)
+    return SoftwareSigner(pair.key)
 
 
-def check_generation_key(generation: CAGeneration, sealer: Sealer, token: TokenAccess | None) -> None:
+def check_generation_key(
+    generation: CAGeneration, sealer: Sealer, own: CARoot, token: TokenAccess | None
+) -> None:
     """Opens generation's key and closes it again, before an activation makes it the one that
     issues: a key that cannot be opened (gone from the token) leaves it prepared, rather than
     active with no replica able to follow it. Raises as open_generation_signer does."""
-    close = getattr(open_generation_signer(generation, sealer, token).signer, "close", None)
-    if close is not None:  # a token key's session
+    signer = open_generation_signer(generation, sealer, own, token)
+    close = getattr(signer, "close", None)
+    if close is not None and signer is not own.signer:  # a token key's own session
         close()
+
+
+def _cert(pem: str) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return None

@@ -1,15 +1,16 @@
 """CA rotation (issue 19 §1): generations, preparing the next CA, the trust bundle, activation.
 
 The deployment's CA is generation 1 (adopted at start). ``rotate`` prepares the next:
-a new key (sealed under the master key, in the store; or, when the CA key is in a PKCS#11
-token, made in the same token: hsm_generations.py) and self-signed certificate, and
+a new key (sealed under the master key, in the store) and self-signed certificate, and
 a cross-certificate of the new key signed by the active CA (newWithOld), so an agent
 that pinned the active CA can verify the new one. The prepared CA goes out in the
 trust bundle (GetCABundle) and as a 'bundle' event on the watch feed. ``activate``
 (after the propagation period) makes it the active one and the old one retiring (still
 trusted, no longer issuing); every replica, on the 'bundle' event or at start
 (``follow``), issues with the store's active generation from then on, and reissues its
-own TLS certificate from it, without a restart.
+own TLS certificate from it, without a restart. With the CA key in a PKCS#11 token, the next
+key is made in the same token (hsm_generations.py). ``activate(revoke_old=True)`` is the
+emergency path: the active CA is taken to be compromised (server/store/sql/ca_compromise.py).
 """
 
 from __future__ import annotations
@@ -17,19 +18,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from kms import cabundle
 from kms.errors import FailedPrecondition, InvalidArgument
 from kms.identity import fingerprint
 from server.ca.authority import CertificateAuthority, create_root, software_root
-from server.ca.generation_keys import KEYS_STAY_PUT, TokenAccess, check_generation_key, open_generation_signer
+from server.ca.generation_keys import CA_SLOT, KEYS_STAY_PUT, TokenAccess, check_generation_key
+from server.ca.issuer import Issuer
 from server.ca.keytype import CAKeyType
 from server.ca.signer import CARoot
+from server.ca.trust import CATrust
 from server.clock import Clock, now_seconds
 from server.deployment.datadir import seal_key
 from server.deployment.sealing import Sealer
@@ -39,9 +43,6 @@ from server.store.sql.cas import CAGeneration, NewGeneration, prepared_already
 __all__ = ["CAGeneration", "CARotation", "generation_fingerprint"]
 
 logger = logging.getLogger(__name__)
-
-# The sealing slot of every CA key, as the deployment's own (deployment.py's _CA_SLOT).
-_CA_SLOT = "ca.key"
 
 
 def generation_fingerprint(generation: CAGeneration) -> str:
@@ -67,57 +68,57 @@ class CARotation:
         self,
         store: Store,
         ca: CertificateAuthority,
+        trust: CATrust,
         sealer: Sealer,
         clock: Clock,
         ca_ttl: timedelta,
         key_uri: str | None,
         publish: Callable[[RevocationEvent], object],
-        last_seq: Callable[[], int] = lambda: -1,
         propagation: timedelta = timedelta(hours=24),
-        on_switch: Callable[[], object] = lambda: None,
+        on_switch: Callable[[], Awaitable[object]] | None = None,
+        on_activated: Callable[[], object] = lambda: None,
         token: TokenAccess | None = None,
     ) -> None:
         self._token = token  # the CA keys' PKCS#11 token (--ca-key); None: they are in software
         self._propagation = propagation
         self._on_switch = on_switch  # the server's TLS certificate, reissued from the new CA
-        # The bundle is served to anonymous callers: read from the store once per position of the
-        # event feed (a 'bundle' event, here or from another replica, moves it), not per call.
-        self._last_seq = last_seq
-        self._bundle: tuple[int, str] | None = None
+        self._on_activated = on_activated  # the retirement check (server/ca/retire.py)
         self._store = store
         self._ca = ca
+        self._trust = trust
         self._sealer = sealer
         self._clock = clock
         self._ca_ttl = ca_ttl
         self._key_uri = key_uri
         self._publish = publish
+        # oldWithNew per (retiring generation, active generation): signed once, not per bundle.
+        self._old_with_new: dict[tuple[int, int], str] = {}
+        trust.on_bundle(self.follow)
 
     async def adopt(self) -> None:
-        """Records the deployment's CA as generation 1 (once), and says when the store's active CA differs."""
+        """Records the deployment's CA as generation 1 (once), then reads the verified generations
+        and follows the store's active one."""
         cert = self._ca.certificate.public_bytes(Encoding.PEM).decode()
         key_type = self._ca.key_type.value
         if await self._store.adopt_ca(cert, key_type, self._key_uri, now_seconds(self._clock)):
             logger.info("CA recorded as generation 1, active", extra={"fingerprint": self._ca.fingerprint})
-        await self.follow()
+        await self._trust.refresh()
 
     async def follow(self) -> None:
-        """Issues with the store's active generation, when it is not the one this server issues with:
-        at start, and on each 'bundle' event (an activation here or on another replica)."""
-        active = [g for g in await self._store.ca_generations(None) if g.state == "active"]
-        if not active or active[0].certificate.encode() == self._ca.bundle_pem:
+        """Issues with the verified active generation when it is not the one this server issues with:
+        a CATrust hook, at start and on each 'bundle' event (an activation here or on another replica)."""
+        active = [g for g in self._trust.generations if g.state == "active"]
+        issuer = self._trust.active
+        if not active or active[0].generation == self._ca.generation:
             return
-        if active[0].generation == 1:  # the deployment's own CA: a replica started with another
-            logger.error(
-                "the store's active CA (generation %d) is not this server's CA", active[0].generation
-            )
+        if issuer is None:  # its key did not open here (logged by CATrust): keep issuing as before
             return
-        generation = active[0].generation
-        # Its key sealed in the store, or in the token (generation_keys.py: the one way to open one).
-        root = await asyncio.to_thread(open_generation_signer, active[0], self._sealer, self._token)
-        self._ca.switch(root, generation)
-        self._bundle = None
-        logger.info("issuing with CA generation %d", generation, extra={"fingerprint": self._ca.fingerprint})
-        self._on_switch()
+        self._ca.switch(issuer)
+        logger.info(
+            "issuing with CA generation %d", issuer.generation, extra={"fingerprint": issuer.fingerprint}
+        )
+        if self._on_switch is not None:
+            await self._on_switch()
 
     async def activate(self, now: bool, revoke_old: bool = False, *, actor: str = "admin") -> CAGeneration:
         """Activates the prepared generation once its propagation period is over (now: at once).
@@ -129,7 +130,8 @@ class CARotation:
             )
         prepared = [g for g in await self._store.ca_generations(None) if g.state == "prepared"]
         if prepared:  # its key opens (a token's may be gone) before the store makes it active
-            await asyncio.to_thread(check_generation_key, prepared[0], self._sealer, self._token)
+            own = self._trust.own
+            await asyncio.to_thread(check_generation_key, prepared[0], self._sealer, own, self._token)
         at = now_seconds(self._clock)
 
         def audit(done: tuple[CAGeneration, object]) -> AuditEntry:
@@ -142,17 +144,31 @@ class CARotation:
             ready_at = None if now else at - int(self._propagation.total_seconds())
             generation, event = await self._store.activate_ca(at, ready_at, audit=audit)
             events = [event]
-        await self.follow()  # this replica issues with it before its events go out
-        for (
-            event
-        ) in events:  # the activation's 'bundle' event; with revoke_old, each revocation, the retirement
+        await self._trust.refresh()  # this replica issues with it before its events go out
+        for event in events:  # the activation's 'bundle'; with revoke_old, each revocation, the retirement
             self._publish(event)
-        logger.info(
-            "activated CA generation %d%s",
-            generation.generation,
-            f", revoking {len(events) - 2} certificates of the CA before it, retired" if revoke_old else "",
-            extra={"seq": events[-1].seq},
+        self._on_activated()
+        revoked = (
+            f", revoking {len(events) - 2} certificates of the CA before it, retired" if revoke_old else ""
         )
+        logger.info(
+            "activated CA generation %d%s", generation.generation, revoked, extra={"seq": events[-1].seq}
+        )
+        return generation
+
+    async def cancel(self) -> CAGeneration:
+        """Removes the prepared generation (agents drop it on the 'bundle' event).
+        Raises FailedPrecondition when none is prepared."""
+        at = now_seconds(self._clock)
+        generation, event = await self._store.cancel_ca(
+            at,
+            audit=lambda done: AuditEntry(
+                at, "admin", "ca.cancel", f"ca:{done[0].generation} {generation_fingerprint(done[0])}"
+            ),
+        )
+        await self._trust.refresh()
+        self._publish(event)
+        logger.info("cancelled CA generation %d", generation.generation, extra={"seq": event.seq})
         return generation
 
     async def rotate(
@@ -175,20 +191,21 @@ class CARotation:
         generations = await self._store.ca_generations(None)
         if prepared := [g for g in generations if g.state == "prepared"]:  # the store decides; this is early
             raise prepared_already(prepared[0].generation)
+        issuer = self._ca.current
         number = max(g.generation for g in generations) + 1
-        made = await asyncio.to_thread(self._new_ca, number, key_type or self._ca.key_type)
+        made = await asyncio.to_thread(self._new_ca, number, key_type or issuer.key_type)
         try:
-            generation, event = await self._prepare(made, actor)
+            generation, event = await self._prepare(issuer, made, actor)
         except BaseException:
             made.settle(False)
             raise
         made.settle(True)
-        print_fp = generation_fingerprint(generation)
+        await self._trust.refresh()
         self._publish(event)
         logger.info(
             "prepared CA generation %d",
             generation.generation,
-            extra={"fingerprint": print_fp, "seq": event.seq},
+            extra={"fingerprint": generation_fingerprint(generation), "seq": event.seq},
         )
         return await self.activate(True, revoke_old, actor=actor) if at_once else generation
 
@@ -197,7 +214,7 @@ class CARotation:
         now = self._clock()
         if self._token is None:
             pair = create_root(self._ca.trust_domain, key_type, self._ca_ttl, now)
-            return _NewCA(software_root(pair), seal_key(pair, self._sealer, _CA_SLOT))
+            return _NewCA(software_root(pair), seal_key(pair, self._sealer, CA_SLOT))
         from server.ca.hsm_generations import new_token_root  # python-pkcs11 is imported only with --ca-key
 
         root, made = new_token_root(
@@ -206,19 +223,22 @@ class CARotation:
         # Recorded: its session closes (activation opens it from key_uri); not: it is destroyed.
         return _NewCA(root, None, made.uri, lambda recorded: made.key.close() if recorded else made.discard())
 
-    async def _prepare(self, made: _NewCA, actor: str) -> tuple[CAGeneration, RevocationEvent]:
-        """Cross-certifies made by the active CA and records it as the prepared generation."""
-        certify = functools.partial(self._ca.cross_certify, made.root.cert)
-        cross = (
-            await asyncio.to_thread(certify) if self._ca.slow_signing else certify()
-        )  # a token: in a thread
+    async def _prepare(
+        self, issuer: Issuer, made: _NewCA, actor: str
+    ) -> tuple[CAGeneration, RevocationEvent]:
+        """Cross-certifies made by the active CA (issuer) and records it as the prepared generation."""
+        now = self._clock()
+        builder = cabundle.cross_builder(made.root.cert, issuer.cert, x509.random_serial_number(), now)
+        sign = functools.partial(issuer.signer.sign_certificate, builder)
+        cross = await asyncio.to_thread(sign) if issuer.signer.slow else sign()  # a token: in a thread
+        cabundle.check_cross(cross, made.root.cert, issuer.cert, now)
         new = NewGeneration(
             made.root.signer.key_type.value,
             made.root.cert_pem.decode(),
             cross.public_bytes(Encoding.PEM).decode(),
             sealed_key=made.sealed_key,
             key_uri=made.key_uri,
-            cross_signed_by=self._ca.certificate.public_bytes(Encoding.PEM).decode(),
+            cross_signed_by=issuer.bundle_pem.decode(),
         )
         at = now_seconds(self._clock)
         print_fp = fingerprint(made.root.cert.public_bytes(Encoding.DER))
@@ -232,23 +252,44 @@ class CARotation:
         return await self._store.ca_generations(now_seconds(self._clock))
 
     async def bundle_pem(self) -> str:
-        """The trust bundle: the active CA with its cross-certificate (from the CA before it), each
-        retiring CA with one made by the active CA (oldWithNew: for agents that pinned the active
-        one), then each prepared CA followed by its cross-certificate."""
-        seq = self._last_seq()
-        if self._bundle is not None and self._bundle[0] == seq >= 0:
-            return self._bundle[1]
-        generations = await self._store.ca_generations(None)
-        active = [g.certificate + (g.cross_certificate or "") for g in generations if g.state == "active"]
-        issuing = bool(active) and active[0].startswith(self._ca.bundle_pem.decode())
-        retiring = [
-            g.certificate + self._old_with_new(g) for g in generations if issuing and g.state == "retiring"
+        """The trust bundle, from the verified generations not retired: the active CA with its
+        cross-certificate (from the CA before it), each retiring CA with its own and one made by the
+        active CA (oldWithNew: for agents that pinned the active one; its own links an agent pinned
+        to an older one through it, when several are retiring), then each prepared CA followed by
+        its cross-certificate. Served to anonymous callers: from memory (CATrust re-reads the store on
+        each 'bundle' event); each oldWithNew is made once, kept in the store, so every replica
+        serves the same bundle."""
+        generations = self._trust.generations
+        issuer = self._ca.current
+        active = [g for g in generations if g.state == "active"]
+        if not active or active[0].generation != issuer.generation:  # not followed (yet): its own CA
+            return issuer.bundle_pem.decode()
+        parts = [active[0].certificate + (active[0].cross_certificate or "")]
+        parts += [
+            g.certificate + (g.cross_certificate or "") + await self._cross_from(issuer, g)
+            for g in generations
+            if g.state == "retiring"
         ]
-        prepared = [g.certificate + (g.cross_certificate or "") for g in generations if g.state == "prepared"]
-        pem = "".join(active + retiring + prepared) or self._ca.bundle_pem.decode()
-        if issuing or not active:  # not before this replica follows an activation
-            self._bundle = (seq, pem)
-        return pem
+        parts += [g.certificate + (g.cross_certificate or "") for g in generations if g.state == "prepared"]
+        return "".join(parts)
 
-    def _old_with_new(self, generation: CAGeneration) -> str:
-        return self._ca.cross_certify(_cert(generation.certificate)).public_bytes(Encoding.PEM).decode()
+    async def _cross_from(self, issuer: Issuer, generation: CAGeneration) -> str:
+        """oldWithNew for generation, by issuer: signed by the first replica that needs it, stored
+        (meta, first one wins), checked when read back; then kept in memory."""
+        key = (generation.generation, issuer.generation)
+        if (pem := self._old_with_new.get(key)) is not None:
+            return pem
+        old, now = _cert(generation.certificate), self._clock()
+        cross = issuer.signer.sign_certificate(
+            cabundle.cross_builder(old, issuer.cert, x509.random_serial_number(), now)
+        )
+        cabundle.check_cross(cross, old, issuer.cert, now)
+        name = f"ca_old_with_new:{generation.generation}:{issuer.generation}"
+        stored = await self._store.set_meta(name, cross.public_bytes(Encoding.PEM).decode(), replace=False)
+        try:
+            cabundle.check_cross(_cert(stored), old, issuer.cert, now)
+        except (ValueError, cabundle.BundleError) as exc:  # a forged row: not served
+            logger.error("the stored cross-certificate %s is ignored: %s", name, exc)
+            stored = ""  # logged once: the bundle goes out without it
+        self._old_with_new[key] = stored
+        return stored

@@ -1,11 +1,16 @@
-"""The CAs this server accepts agents' certificates from (issue 19 §1): every generation not retired.
+"""The CA generations this server uses (issue 19 §1): verified, then trusted and signed with.
 
-That is the active CA, a prepared one, and (once activation exists) an old one that still
-has valid certificates out. A prepared CA issues nothing, but trusting it from the moment
-it is prepared means that when any replica activates it, the others already accept what
-it issues, before they hear of the activation; its key never left the store, sealed.
-The set is read from the store at start and again on each 'bundle' event (this replica's
-or another's, from the feed), and handed to each listener: the caller authenticator, the
+Trusted (agents' certificates accepted): every verified generation not retired: the active CA,
+a prepared one, and a retiring one (replaced, with valid certificates still out). A prepared
+CA issues nothing, but trusting it from the moment it is prepared means that when any replica
+activates it, the others already accept what it issues, before they hear of the activation;
+its key never left the store, sealed. Live (answering OCSP, signing CRLs): the active and the
+retiring ones, each as an Issuer with its own key. A generation is verified first
+(server/ca/verify.py): a row that does not verify is ignored.
+
+The set is read from the store at start and again on each 'bundle' event (this replica's or
+another's, from the feed); then the hooks run (CARotation.follow switches the CA to the
+verified active one), then each listener gets the roots: the caller authenticator, the
 handshake peers' check and the mTLS port's client CA list.
 """
 
@@ -17,7 +22,14 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from cryptography import x509
 
+from server.ca.authority import CertificateAuthority
+from server.ca.generation_keys import TokenAccess, open_generation_signer
+from server.ca.issuer import Issuer, make_issuer
+from server.ca.signer import CARoot
+from server.ca.verify import GenerationCheck
+from server.deployment.sealing import Sealer
 from server.store import RevocationEvent, Store
+from server.store.sql.cas import CAGeneration
 
 __all__ = ["CATrust"]
 
@@ -27,10 +39,22 @@ Listener = Callable[[Sequence[x509.Certificate]], None]
 
 
 class CATrust:
-    def __init__(self, store: Store, own: Callable[[], x509.Certificate]) -> None:
+    def __init__(
+        self, store: Store, ca: CertificateAuthority, sealer: Sealer, token: TokenAccess | None = None
+    ) -> None:
         self._store = store
-        self._own = own  # the CA this server issues with (it changes when it follows an activation)
-        self.roots: list[x509.Certificate] = [own()]
+        self.token = token  # the CA keys' PKCS#11 token (--ca-key); None: they are in software
+        self._ca = ca  # the CA this server issues with (it changes when it follows an activation)
+        self._sealer = sealer
+        # Built while the authority issues with the deployment's own CA: generation 1.
+        self.own = CARoot(ca.current.cert, ca.current.signer)
+        self._check = GenerationCheck(ca.current.cert)
+        self.roots: list[x509.Certificate] = [ca.certificate]
+        self.generations: list[CAGeneration] = []  # verified, oldest first
+        self.issuers: dict[int, Issuer] = {1: ca.current}  # live: active and retiring
+        self.active: Issuer | None = None  # the verified active generation, its key opened
+        self._opened: dict[tuple[int, str], Issuer] = {}
+        self._failed: set[tuple[int, str]] = set()  # keys that did not open, logged once
         self._listeners: list[Listener] = []
         self._before: list[Callable[[], Awaitable[None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -43,23 +67,59 @@ class CATrust:
             listener(self.roots)
 
     def on_bundle(self, hook: Callable[[], Awaitable[None]]) -> None:
-        """hook runs on each 'bundle' event, before the roots are re-read (CARotation.follow)."""
+        """hook runs on each refresh, after the generations are verified and before the roots go to
+        the listeners (CARotation.follow)."""
         self._before.append(hook)
 
+    def issuer_by_key_hash(self, algorithm: str, key_hash: bytes) -> Issuer | None:
+        """The live generation an OCSP request names (RFC 6960 issuerKeyHash), or None."""
+        for issuer in list(self.issuers.values()):
+            if issuer.key_hashes.get(algorithm) == key_hash:
+                return issuer
+        return None
+
     async def refresh(self) -> None:
-        """Reads the generations not retired; the CA this server issues with is always among them."""
+        """Reads and verifies the generations, opens the live ones' keys, runs the hooks and hands
+        the roots (every verified generation not retired, and the CA this server issues with) on."""
         async with self._reading:
-            generations = await self._store.ca_generations(None)
-            certs = [g.certificate for g in generations if g.state != "retired"]
-            read = [x509.load_pem_x509_certificate(pem.encode()) for pem in certs]
-            own = self._own()
-            roots = [own, *[r for r in read if r != own]]
+            rows = await self._store.ca_generations(None)
+            verified = self._check.verified(rows)
+            issuers = {g.generation: i for g in verified if (i := self._issuer(g)) is not None}
+            active = [issuers.get(g.generation) for g in verified if g.state == "active"]
+            self.generations, self.active = verified, active[0] if active else None
+            for hook in self._before:
+                await hook()
+            current = self._ca.current
+            self.issuers = {current.generation: current, **issuers}
+            trusted = [x509.load_pem_x509_certificate(g.certificate.encode()) for g in verified]
+            own = current.cert
+            live = [c for g, c in zip(verified, trusted, strict=True) if g.state != "retired" and c != own]
+            roots = [own, *live]
             if roots == self.roots:
                 return
             self.roots = roots
             logger.info("accepting agents of %d CA generations", len(roots))
             for listener in self._listeners:
                 listener(roots)
+
+    def _issuer(self, generation: CAGeneration) -> Issuer | None:
+        """The generation as an Issuer when it is live (active or retiring) and its key opens."""
+        if generation.state not in ("active", "retiring"):
+            return None
+        key = (generation.generation, generation.certificate)
+        if (issuer := self._opened.get(key)) is not None:
+            return issuer
+        try:
+            signer = open_generation_signer(generation, self._sealer, self.own, self.token)
+        except Exception as exc:  # noqa: BLE001 - FailedPrecondition, DataDirError: this generation only
+            if key not in self._failed:
+                self._failed.add(key)
+                logger.error("CA generation %d cannot sign here: %s", generation.generation, exc)
+            return None
+        cert = x509.load_pem_x509_certificate(generation.certificate.encode())
+        issuer = make_issuer(CARoot(cert, signer), generation.generation)
+        self._opened[key] = issuer
+        return issuer
 
     def published(self, event: RevocationEvent) -> None:
         """A feed listener: a 'bundle' event (a generation prepared, activated or retired) re-reads them."""
@@ -71,8 +131,6 @@ class CATrust:
 
     async def _refresh_logged(self) -> None:
         try:
-            for hook in self._before:
-                await hook()
             await self.refresh()
         except Exception as exc:  # noqa: BLE001 - the store unreachable: the next event or start reads again
             logger.error("could not follow the CA generations: %s: %s", type(exc).__name__, exc)

@@ -191,5 +191,9 @@ class AdminClient:
         request = admin_pb2.ActivateCARequest(now=now, revoke_old=revoke_old)
         return cast(admin_pb2.CAGeneration, self._call(self._stub.ActivateCA, request))
 
+    def cancel_ca(self) -> admin_pb2.CAGeneration:
+        request = admin_pb2.CancelCARotationRequest()
+        return cast(admin_pb2.CAGeneration, self._call(self._stub.CancelCARotation, request))
+
     def list_cas(self) -> admin_pb2.ListCAsResponse:
         return cast(admin_pb2.ListCAsResponse, self._call(self._stub.ListCAs, admin_pb2.ListCAsRequest()))

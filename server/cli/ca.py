@@ -1,4 +1,4 @@
-"""kms-server ca rotate, activate and status: the CA's generations (issue 19 §1), over the admin socket.
+"""kms-server ca rotate, activate, cancel and status: the CA's generations (issue 19 §1), over the admin socket.
 
 ca rotate only prepares the next CA (published in the trust bundle, cross-certified by the
 active one): it changes nothing that issues or verifies, and a prepared CA is never used
@@ -127,6 +127,16 @@ def _add_emergency(parser: ArgumentParser, now_help: str) -> None:
     add_yes(parser)
 
 
+def cmd_ca_cancel(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        g = admin.cancel_ca()
+    print(
+        f"cancelled CA generation {g.generation} ({g.key_type}, {g.fingerprint}): it never issued, and"
+        " leaves the trust bundle; the active CA still issues"
+    )
+    return 0
+
+
 def cmd_ca_status(args: argparse.Namespace) -> int:
     with _admin(args) as admin:
         cas = admin.list_cas().cas
@@ -134,7 +144,7 @@ def cmd_ca_status(args: argparse.Namespace) -> int:
         print_json([ca_fields(g) for g in cas])
         return 0
     print_table(
-        ["GEN", "STATE", "KEY TYPE", "NOT AFTER", "VALID CERTS", "FINGERPRINT"],
+        ["GEN", "STATE", "KEY TYPE", "NOT AFTER", "VALID CERTS", "RETIRED", "FINGERPRINT"],
         [
             [
                 str(g.generation),
@@ -142,6 +152,7 @@ def cmd_ca_status(args: argparse.Namespace) -> int:
                 g.key_type,
                 When(g.not_after),
                 str(g.valid_certificates),
+                When(g.retired_at),
                 g.fingerprint,
             ]
             for g in cas
@@ -173,6 +184,12 @@ def add_ca_rotation(ca: Subcommands, common: ArgumentParser) -> None:
         "skip the propagation period: agents that have not fetched the trust bundle cannot verify the server",
     )
     activate.set_defaults(func=cmd_ca_activate)
+    cancel = ca.add_parser(
+        "cancel",
+        parents=[common],
+        help="remove the prepared CA (before ca activate): it leaves the trust bundle",
+    )
+    cancel.set_defaults(func=cmd_ca_cancel)
     status = ca.add_parser(
         "status", parents=[common], help="list the CA generations: state, validity, fingerprint, certificates"
     )

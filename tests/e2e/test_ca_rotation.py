@@ -3,10 +3,11 @@ prepares the next CA, ca status lists both, the watching agent stores the trust 
 through the cross-certificate) and status shows it, openssl verifies the new CA's
 cross-certificate with the old CA as the trust anchor, and a second rotate is refused. Until
 then the server and the agent keep the CA they had. Then ca activate (refused before
-ca-propagation, --now skips it): the server's TLS certificate comes from the new CA, the agent
-still calls it with its old certificate, and its renewal chains to the new CA. A join token made
-before the rotation, with the old CA's fingerprint, still enrolls after the activation: the agent
-verifies the server's trust bundle from the pinned CA and then calls the server.
+ca-propagation, --now skips it): the certificate the mTLS port serves comes from the new CA, the
+agent still calls it with its old certificate, its renewal chains to the new CA, and a restart
+with the old TLS certificate in the data dir serves the new CA's from its first handshake. A join
+token made before the rotation, with the old CA's fingerprint, still enrolls after the activation:
+the agent verifies the server's trust bundle from the pinned CA and then calls the server.
 
 The commands run in this process (main(argv), as the console scripts call it), as in
 test_output.py; the watch is a real child process.
@@ -15,16 +16,21 @@ test_output.py; the watch is a real child process.
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.cli import main as agent_main
 from kms.cabundle import parse_bundle
+from kms.v1 import revocation_pb2, revocation_pb2_grpc
 from server.cli import main as server_main
 from tests.e2e.rig import Rig
 from tests.harness import ServerProcess, WatchProcess, enroll
@@ -34,7 +40,7 @@ pytestmark = pytest.mark.sqlite_only(
     " runs on both backends in tests/unit/server/test_ca_generations.py"
 )
 
-RIG = Rig("carot", agents=(("alice", ("web",)),))
+RIG = Rig("carot", args=("--http-listen", "127.0.0.1:0"), agents=(("alice", ("web",)),))
 
 
 def test_rotate_status_bundle_and_refusal(
@@ -115,6 +121,10 @@ def _activate(
     server: ServerProcess, agent: Path, new: x509.Certificate, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = ["--data-dir", str(server.data_dir)]
+    # The server's TLS certificate and key as they are before the activation (for the restart below).
+    before = {name: (server.data_dir / name).read_bytes() for name in ("server.crt", "server.key")}
+    old = x509.load_pem_x509_certificate(before["server.crt"])
+    assert _served(server, agent) == old
     assert server_main(["ca", "activate", *data]) == 6  # ca-propagation (24h) has not passed
     err = capsys.readouterr().err.strip()
     assert "agents may not have its trust bundle yet" in err and "\n" not in err, err
@@ -123,9 +133,11 @@ def _activate(
     assert server_main(["ca", "status", "--json", *data]) == 0
     cas = json.loads(capsys.readouterr().out)
     assert [(c["generation"], c["state"]) for c in cas] == [(1, "retiring"), (2, "active")]
-    # The server's own TLS certificate was reissued from the new CA, without a restart.
+    # The server's own TLS certificate was reissued from the new CA, without a restart: the one the
+    # mTLS port serves from the next handshake on.
     served = x509.load_pem_x509_certificate((server.data_dir / "server.crt").read_bytes())
     served.verify_directly_issued_by(new)
+    assert _served(server, agent) == served
     # The agent (its trust bundle stored) still calls the server with its old certificate...
     old_cert = x509.load_pem_x509_certificate((agent / "agent.crt").read_bytes())
     assert agent_main(["status", "--json", "--dir", str(agent)]) == 0
@@ -137,6 +149,51 @@ def _activate(
     renewed.verify_directly_issued_by(new)
     assert agent_main(["status", "--json", "--dir", str(agent)]) == 0
     assert json.loads(capsys.readouterr().out)["serial"] == format(renewed.serial_number, "x")
+    # Each certificate names its own generation's CRL, signed by that generation's key.
+    first = x509.load_pem_x509_certificate((agent / "ca.crt").read_bytes())
+    for cert, url_end, ca in ((old_cert, "/crl", first), (renewed, "/crl/2", new)):
+        (point,) = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        assert point.full_name is not None
+        url = str(point.full_name[0].value)
+        assert url.endswith(url_end), url
+        with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - the server's own http URL
+            crl = x509.load_der_x509_crl(answer.read())
+        assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    # The same over gRPC (anonymous, on the enrollment port): GetCRL{generation}.
+    roots = first.public_bytes(Encoding.PEM) + new.public_bytes(Encoding.PEM)
+    with grpc.secure_channel(server.enroll_address, grpc.ssl_channel_credentials(roots)) as channel:
+        get_crl = revocation_pb2_grpc.RevocationStub(channel).GetCRL
+        for generation, ca in ((0, first), (1, first), (2, new)):
+            der = get_crl(revocation_pb2.GetCRLRequest(generation=generation), timeout=10).crl_der
+            assert x509.load_der_x509_crl(der).is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+        with pytest.raises(grpc.RpcError) as refused:
+            get_crl(revocation_pb2.GetCRLRequest(generation=9), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    # A replica restarted with the old CA's TLS certificate in its data dir (down during the
+    # activation, say) follows the active CA before it serves: its first handshake is the new CA's.
+    assert server.stop() == 0
+    for name, content in before.items():
+        (server.data_dir / name).write_bytes(content)
+    server.start()
+    _served(server, agent).verify_directly_issued_by(new)
+    assert server_main(["ca", "status", "--json", *data]) == 0
+    assert [c["state"] for c in json.loads(capsys.readouterr().out)] == ["retiring", "active"]
+
+
+def _served(server: ServerProcess, agent: Path) -> x509.Certificate:
+    """The certificate the mTLS port serves, as a TLS client (the agent's certificate) reads it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # read it, whoever issued it
+    context.load_cert_chain(agent / "agent.crt", agent / "agent.key")
+    host, port = server.address.rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
 
 
 def _enroll_with_a_token_from_before(

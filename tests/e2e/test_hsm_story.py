@@ -338,6 +338,7 @@ def test_rotation_makes_the_next_key_in_the_same_token(hsm: SoftHsm, tmp_path: P
     from server.ca.hsm import HsmError, open_ca_key
     from server.ca.keytype import CAKeyType
     from server.ca.rotation import CARotation
+    from server.ca.trust import CATrust
     from server.deployment.sealing import Sealer
     from server.store import open_store
 
@@ -347,7 +348,10 @@ def test_rotation_makes_the_next_key_in_the_same_token(hsm: SoftHsm, tmp_path: P
     first = create_external_root(open_ca_key(uri, hsm.module, PIN, generate=CAKeyType.EC_P256), "t", ttl, now)
 
     def rotation(store: Any, ca: CertificateAuthority, token: TokenAccess | None = access) -> CARotation:
-        return CARotation(store, ca, Sealer(bytes(32)), lambda: now, ttl, uri, lambda e: None, token=token)
+        trust = CATrust(store, ca, Sealer(bytes(32)), token)
+        return CARotation(
+            store, ca, trust, Sealer(bytes(32)), lambda: now, ttl, uri, lambda e: None, token=token
+        )
 
     async def body() -> None:
         store = await open_store(None, tmp_path / "kms.db")
@@ -393,7 +397,9 @@ def test_rotation_makes_the_next_key_in_the_same_token(hsm: SoftHsm, tmp_path: P
                 await rotation(store, ca, None).rotate(None)
             (active,) = [g for g in await rotating.generations() if g.state == "active"]
             with pytest.raises(FailedPrecondition, match="give --ca-key|start kms-server with --ca-key"):
-                open_generation_signer(active, Sealer(bytes(32)), None)
+                open_generation_signer(
+                    active, Sealer(bytes(32)), CATrust(store, ca, Sealer(bytes(32))).own, None
+                )
         finally:
             await store.close()
 

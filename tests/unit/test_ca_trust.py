@@ -99,15 +99,17 @@ def test_agent_trusts_the_verified_bundle_s_cas(
 
 
 def test_server_accepts_every_generation_not_retired(tmp_path: Path, key: rsa.RSAPrivateKey) -> None:
-    old = _authority()
+    pair = create_root(TD, None, TTL, NOW)
+    old, replica = _authority(pair), _authority(pair)  # two replicas of one deployment
     published: list[RevocationEvent] = []
 
     async def body() -> None:
         store = await open_store_at("sqlite", str(tmp_path))
         try:
-            rotation = CARotation(store, old, SEALER, lambda: NOW, TTL, None, published.append)
+            here = CATrust(store, old, SEALER)
+            rotation = CARotation(store, old, here, SEALER, lambda: NOW, TTL, None, published.append)
             await rotation.adopt()
-            trust, heard = CATrust(store, lambda: old.certificate), []
+            trust, heard = CATrust(store, replica, SEALER), []  # the other replica's
             authn = PeerAuthenticator(old.certificate, TD, store, lambda: NOW, lambda s: None)
             peers = AgentPeers([old.certificate], TD, lambda s: False)
             trust.listen(heard.append, authn.trust, peers.trust)
@@ -155,9 +157,13 @@ def test_activation_switches_the_issuer_and_the_bundle_verifies_from_either_pin(
     async def body() -> None:
         store = await open_store_at("sqlite", str(tmp_path))
         try:
+
+            async def on_switch() -> None:
+                switched.append(old.generation)
+
             rotation = CARotation(
-                store, old, SEALER, lambda: NOW, TTL, None, published.append, lambda: len(published),
-                timedelta(hours=1), lambda: switched.append(old.generation),
+                store, old, CATrust(store, old, SEALER), SEALER, lambda: NOW, TTL, None,
+                published.append, timedelta(hours=1), on_switch,
             )  # fmt: skip
             await rotation.adopt()
             with pytest.raises(FailedPrecondition, match="no CA generation is prepared"):
@@ -180,9 +186,8 @@ def test_activation_switches_the_issuer_and_the_bundle_verifies_from_either_pin(
             await rotation.follow()  # the event heard again: nothing changes
             assert switched == [2]
             # The other replica switches when it hears the event, in memory.
-            other = CARotation(store, replica, SEALER, lambda: NOW, TTL, None, published.append)
-            trust = CATrust(store, lambda: replica.certificate)
-            trust.on_bundle(other.follow)
+            trust = CATrust(store, replica, SEALER)
+            CARotation(store, replica, trust, SEALER, lambda: NOW, TTL, None, published.append)
             trust.published(published[-1])
             async with asyncio.timeout(10):
                 while replica.generation != 2:

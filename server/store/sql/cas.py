@@ -15,12 +15,17 @@ from typing import Any
 from cryptography import x509
 
 from kms.errors import FailedPrecondition
+from kms.revocation import HOLD
 from server.store.dialect import Tx
 from server.store.records import Audit, RevocationEvent
 from server.store.sql.events import append_event
 from server.store.sql.methods import Methods
 
-__all__ = ["CAGeneration", "CAMethods", "NewGeneration", "prepared_already", "serial_of"]
+__all__ = ["CAGeneration", "CAMethods", "NewGeneration", "Retirement", "prepared_already", "serial_of"]
+
+# A certificate still valid for retirement: unexpired and unrevoked, or only held (a hold can be
+# released, and then the certificate works again).
+_VALID = "not_after > ? AND (revoked_at IS NULL OR revocation_reason = ?)"
 
 _COLUMNS = (
     "generation, state, key_type, certificate, cross_certificate, sealed_key, key_uri,"
@@ -85,9 +90,9 @@ async def generations(tx: Tx, now: int | None) -> list[CAGeneration]:
     counts = {
         r[0]: int(r[1])
         for r in await tx.fetch(
-            "SELECT ca_generation, COUNT(*) FROM certificates WHERE revoked_at IS NULL AND not_after > ?"
-            " GROUP BY ca_generation",
+            f"SELECT ca_generation, COUNT(*) FROM certificates WHERE {_VALID} GROUP BY ca_generation",  # noqa: S608
             now,
+            HOLD,
         )
     }
     return [_generation(r, counts.get(r[0], 0)) for r in rows]
@@ -159,6 +164,65 @@ async def activate_ca(tx: Tx, now: int, ready_at: int | None) -> tuple[CAGenerat
     return _generation(row), event
 
 
+@dataclass(frozen=True)
+class Retirement:
+    """What one retirement check did: the generations it retired (each with its 'bundle' event),
+    and when the next retiring one's last valid certificate expires (None: none is retiring)."""
+
+    retired: tuple[tuple[CAGeneration, RevocationEvent], ...]
+    next_at: int | None
+
+
+async def retire_cas(tx: Tx, now: int) -> Retirement:
+    """Retires each retiring generation none of whose certificates is still valid (retired_at set,
+    a 'bundle' event, reason "retired"). The retiring rows are locked first, so replicas checking
+    at once take turns, and the second finds them retired."""
+    rows = await tx.fetch(
+        tx.locked(
+            f"SELECT {_COLUMNS} FROM ca_generations WHERE state = 'retired' AND retired_at IS NULL"  # noqa: S608
+            " ORDER BY generation",
+            "FOR UPDATE",
+        )
+    )
+    retired, next_at = [], None
+    for row in rows:
+        generation = int(row[0])
+        last = await tx.fetchval(
+            f"SELECT MAX(not_after) FROM certificates WHERE ca_generation = ? AND {_VALID}",  # noqa: S608
+            generation,
+            now,
+            HOLD,
+        )
+        if last is not None:
+            next_at = int(last) if next_at is None else min(next_at, int(last))
+            continue
+        await tx.execute("UPDATE ca_generations SET retired_at = ? WHERE generation = ?", now, generation)
+        event = await append_event(tx, "bundle", "retired", now, serial=serial_of(row[3]))
+        done = await tx.fetchrow(f"SELECT {_COLUMNS} FROM ca_generations WHERE generation = ?", generation)  # noqa: S608
+        retired.append((_generation(done), event))
+    return Retirement(tuple(retired), next_at)
+
+
+async def cancel_ca(tx: Tx, now: int) -> tuple[CAGeneration, RevocationEvent]:
+    """Removes the prepared generation, with a 'bundle' event (reason "cancelled"), so agents drop
+    it from their trust bundle. Raises FailedPrecondition when none is prepared."""
+    # The active row first, as activate_ca and prepare_ca lock it: a cancel and an activation on
+    # two replicas take turns, and the second sees what the first did.
+    await tx.fetchval(tx.locked("SELECT generation FROM ca_generations WHERE state = 'active'", "FOR UPDATE"))
+    row = await tx.fetchrow(
+        tx.locked(f"SELECT {_COLUMNS} FROM ca_generations WHERE state = 'prepared'", "FOR UPDATE")  # noqa: S608
+    )
+    if row is None:
+        raise FailedPrecondition(
+            "no CA generation is prepared: there is nothing to cancel (kms-server ca status)"
+        )
+    prepared = _generation(row)
+    await tx.execute("DELETE FROM ca_generations WHERE generation = ?", prepared.generation)
+    return prepared, await append_event(
+        tx, "bundle", "cancelled", now, serial=serial_of(prepared.certificate)
+    )
+
+
 def prepared_already(generation: int) -> FailedPrecondition:
     return FailedPrecondition(
         f"CA generation {generation} is prepared already: activate it before preparing another"
@@ -196,3 +260,12 @@ class CAMethods(Methods):
         """Activates the prepared generation (the active one retiring), with its 'bundle' event, in
         one transaction. Raises FailedPrecondition when none is prepared, or it is not ready_at."""
         return await self._change(lambda tx: activate_ca(tx, now, ready_at), audit)
+
+    async def retire_cas(self, now: int, *, audit: Audit = None) -> Retirement:
+        """Retires, in one transaction, each retiring generation with no valid certificate left."""
+        return await self._change(lambda tx: retire_cas(tx, now), audit)
+
+    async def cancel_ca(self, now: int, *, audit: Audit = None) -> tuple[CAGeneration, RevocationEvent]:
+        """Removes the prepared generation, with its 'bundle' event. Raises FailedPrecondition when
+        none is prepared."""
+        return await self._change(lambda tx: cancel_ca(tx, now), audit)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from server.ca.authority import CertificateAuthority, create_root, software_root
 from server.ca.autorotate import ACTOR, AutoRotation, next_step
 from server.ca.rotation import CARotation
+from server.ca.trust import CATrust
 from server.deployment.sealing import Sealer
 from server.store import RevocationEvent, Store
 from server.store.sql.cas import CAGeneration
@@ -44,18 +45,19 @@ def test_two_replicas_rotate_once(store_at: tuple[str, str]) -> None:
     def replica(store: Store) -> tuple[AutoRotation, CertificateAuthority]:
         ca = CertificateAuthority(root, "t", timedelta(hours=1), lambda: now[0])
         published: list[RevocationEvent] = []
+        sealer = Sealer(bytes(range(32)))
         rotation = CARotation(
             store,
             ca,
-            Sealer(bytes(range(32))),
+            CATrust(store, ca, sealer),
+            sealer,
             lambda: now[0],
             LIFE,
             None,
             published.append,
             propagation=PROPAGATION,
         )
-        life = lambda: (ca.certificate.not_valid_before_utc, ca.certificate.not_valid_after_utc)  # noqa: E731
-        return AutoRotation(rotation, life, 0.5, PROPAGATION, lambda: now[0]), ca
+        return AutoRotation(rotation, 0.5, PROPAGATION, lambda: now[0]), ca
 
     async def body() -> None:
         store = await open_store_at(*store_at)

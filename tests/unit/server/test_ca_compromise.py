@@ -13,6 +13,7 @@ import pytest
 from kms.errors import FailedPrecondition
 from server.ca.authority import CertificateAuthority, create_root, software_root
 from server.ca.rotation import CARotation
+from server.ca.trust import CATrust
 from server.deployment.sealing import Sealer
 from server.store import CertificateRecord, JoinTokenRecord, RevocationEvent, Store
 from tests.unit.server.conftest import open_store_at
@@ -46,9 +47,9 @@ def test_activate_revoking_old(store_at: tuple[str, str]) -> None:
         store = await open_store_at(*store_at)
         published: list[RevocationEvent] = []
         try:
-            rotation = CARotation(
-                store, ca, Sealer(bytes(range(32))), lambda: NOW, TTL, None, published.append
-            )
+            sealer = Sealer(bytes(range(32)))
+            trust = CATrust(store, ca, sealer)
+            rotation = CARotation(store, ca, trust, sealer, lambda: NOW, TTL, None, published.append)
             await rotation.adopt()
             await _fleet(store)
             with pytest.raises(FailedPrecondition, match="no CA generation is prepared"):
