@@ -104,14 +104,11 @@ async def open_services(
     # The expiry gauges, kept as certificates are issued and revoked (a scrape reads no agents).
     expiring = ExpiringCertificates(store, clock)
     metrics, journal = Metrics(), Journal()
-    token = None if cfg.ca_key is None else TokenAccess(cfg.ca_key, cfg.pkcs11_module, cfg.pkcs11_pin_file)
-    trust = CATrust(store, ca, deployment.sealer, token)
+    trust = CATrust(store, ca, deployment.sealer, _token(cfg))
     on_publish = _each(expiring.published, journal.published, trust.published)
-    feed = RevocationFeed(await store.last_seq(), metrics, on_publish=on_publish)
-    ca_events = _CAEvents(feed)
+    ca_events = _CAEvents(feed := RevocationFeed(await store.last_seq(), metrics, on_publish=on_publish))
     rotation, retirement, tls = await _ca_generations(cfg, deployment, datadir, ca, clock, ca_events, trust)
-    schedule_changed = asyncio.Event()
-    keys = _keys(cfg, deployment, clock, feed, schedule_changed)
+    keys = _keys(cfg, deployment, clock, feed, schedule_changed := asyncio.Event())
     guard, health, audit = StreamGuard(), HealthBoard(), AuditBatcher(store)
     crl = CrlPublisher(ca, store, clock, trust=trust)
     revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
@@ -201,6 +198,11 @@ async def _ca_generations(
         ServerTls(datadir, deployment.sealer, ca, cfg.sans, cfg.server_cert_ttl, cfg.renew_fraction, clock)
     )
     return rotation, retirement, tls[0]
+
+
+def _token(cfg: ServerConfig) -> TokenAccess | None:
+    """How to reach the CA keys' PKCS#11 token (--ca-key); None: the keys are in software."""
+    return None if cfg.ca_key is None else TokenAccess(cfg.ca_key, cfg.pkcs11_module, cfg.pkcs11_pin_file)
 
 
 class _CAEvents:

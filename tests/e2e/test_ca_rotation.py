@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.cli import main as agent_main
 from kms.cabundle import parse_bundle
+from kms.identity import fingerprint
 from kms.v1 import revocation_pb2, revocation_pb2_grpc
 from server.cli import main as server_main
 from tests.e2e.rig import Rig
@@ -204,7 +205,9 @@ def _enroll_with_a_token_from_before(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     old, new = cas
-    result = enroll(server, agent, token)  # --ca-fingerprint: generation 1's, as the token was made
+    # --ca-fingerprint: generation 1's, as the token was made (the server, restarted since, now
+    # names the active CA's in its ready line).
+    result = enroll(server, agent, token, ca_fingerprint=fingerprint(old.public_bytes(Encoding.DER)))
     assert result.returncode == 0, result.stderr
     x509.load_pem_x509_certificate((agent / "agent.crt").read_bytes()).verify_directly_issued_by(new)
     assert (agent / "ca.crt").read_bytes() == old.public_bytes(Encoding.PEM)  # the pinned CA

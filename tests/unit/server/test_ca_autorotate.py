@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from server.ca.authority import CertificateAuthority, create_root, software_root
 from server.ca.autorotate import ACTOR, AutoRotation, next_step
 from server.ca.rotation import CARotation
@@ -22,20 +24,23 @@ LIFE = timedelta(days=100)
 PROPAGATION = timedelta(days=2)
 
 
-def _generation(state: str, created_at: datetime) -> CAGeneration:
-    return CAGeneration(2, state, "ecdsa-p256", "", None, None, None, int(created_at.timestamp()), None, None)
+def _generation(number: int, state: str, created_at: datetime, pem: str = "") -> CAGeneration:
+    return CAGeneration(
+        number, state, "ecdsa-p256", pem, None, None, None, int(created_at.timestamp()), None, None
+    )
 
 
 def test_next_step() -> None:
-    life = (START, START + LIFE)
-    assert next_step([], life, 0.5, PROPAGATION, START) == (None, START + LIFE / 2)
-    assert next_step([], life, 0.5, PROPAGATION, START + LIFE / 2) == ("prepare", None)
-    prepared = [_generation("prepared", START + LIFE / 2)]
-    assert next_step(prepared, life, 0.5, PROPAGATION, START + LIFE / 2) == (
-        None,
-        START + LIFE / 2 + PROPAGATION,
-    )
-    assert next_step(prepared, life, 0.5, PROPAGATION, START + LIFE / 2 + PROPAGATION) == ("activate", None)
+    cert = create_root("t", None, LIFE, START).cert
+    start, life = cert.not_valid_before_utc, cert.not_valid_after_utc - cert.not_valid_before_utc
+    active = [_generation(1, "active", START, cert.public_bytes(Encoding.PEM).decode())]
+    assert next_step(active, 0.5, PROPAGATION, start) == (None, start + life / 2)
+    assert next_step(active, 0.5, PROPAGATION, start + life / 2) == ("prepare", None)
+    prepared = [*active, _generation(2, "prepared", start + life / 2)]
+    ready = datetime.fromtimestamp(prepared[1].created_at, UTC) + PROPAGATION
+    assert next_step(prepared, 0.5, PROPAGATION, ready - timedelta(seconds=1)) == (None, ready)
+    assert next_step(prepared, 0.5, PROPAGATION, ready) == ("activate", None)
+    assert next_step([], 0.5, PROPAGATION, start) == (None, None)
 
 
 def test_two_replicas_rotate_once(store_at: tuple[str, str]) -> None:
