@@ -39,7 +39,14 @@ from server.ca.keytype import CAKeyType
 from server.ca.pkcs11uri import Pkcs11Uri, parse_pkcs11_uri
 from server.ca.signer import CARoot
 
-__all__ = ["NewTokenKey", "generation_uri", "new_generation_key", "new_token_root", "open_generation_key"]
+__all__ = [
+    "NewTokenKey",
+    "destroy_generation_key",
+    "generation_uri",
+    "new_generation_key",
+    "new_token_root",
+    "open_generation_key",
+]
 
 # The label (and id) of a key init made without object= (hsm.py's _generate_key).
 _DEFAULT_LABEL = "kms-ca"
@@ -115,6 +122,21 @@ def open_generation_key(access: TokenAccess, key_uri: str) -> HsmKey:
             " restore it into the token (from the token's own backup) under that label"
         )
     return key
+
+
+def destroy_generation_key(access: TokenAccess, generation: int) -> int:
+    """Destroys a cancelled generation's key pair (never activated: nothing it signed is out), so
+    that the next rotation may make generation N's key under its label again. Only objects with
+    both its label and its id. Returns how many were destroyed. Raises HsmError."""
+    uri = generation_uri(parse_pkcs11_uri(access.uri), generation)
+    session = _login(_load(access), uri, access.pin())
+    try:
+        found = list(session.get_objects({Attribute.LABEL: uri.object, Attribute.ID: uri.id}))
+        for obj in found:
+            obj.destroy()
+        return len(found)
+    finally:
+        _close(session)
 
 
 def _load(access: TokenAccess) -> Any:

@@ -169,7 +169,26 @@ class CARotation:
         await self._trust.refresh()
         self._publish(event)
         logger.info("cancelled CA generation %d", generation.generation, extra={"seq": event.seq})
+        if generation.key_uri is not None and self._token is not None:
+            await self._destroy_token_key(self._token, generation)
         return generation
+
+    @staticmethod
+    async def _destroy_token_key(token: TokenAccess, generation: CAGeneration) -> None:
+        """A cancelled generation's key leaves the token: the next rotation makes generation N again,
+        under the same label, and a label is never overwritten (hsm_generations.py)."""
+        from server.ca.hsm_generations import destroy_generation_key  # python-pkcs11: only with --ca-key
+
+        try:
+            await asyncio.to_thread(destroy_generation_key, token, generation.generation)
+        except Exception as exc:  # noqa: BLE001 - HsmError, a token down: cancelled all the same
+            logger.error(
+                "cancelled CA generation %d, but its key %s stays in the token (%s): delete it with the"
+                " token's tools before the next ca rotate",
+                generation.generation,
+                generation.key_uri,
+                exc,
+            )
 
     async def rotate(
         self,

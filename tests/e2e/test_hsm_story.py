@@ -400,6 +400,14 @@ def test_rotation_makes_the_next_key_in_the_same_token(hsm: SoftHsm, tmp_path: P
                 open_generation_signer(
                     active, Sealer(bytes(32)), CATrust(store, ca, Sealer(bytes(32))).own, None
                 )
+            # ca cancel takes the prepared key out of the token (here gone already), so generation 3
+            # can be made again under its label; cancelled again, its key leaves the token.
+            await rotating.cancel()
+            again = await rotating.rotate(None)
+            assert again.generation == 3 and _token_key("rot-g3", hsm) is not None
+            await rotating.cancel()
+            assert _token_key("rot-g3", hsm) is None
+            assert (await rotating.rotate(None)).key_uri == f"pkcs11:token={TOKEN};object=rot-g3"
         finally:
             await store.close()
 
