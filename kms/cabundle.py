@@ -48,10 +48,11 @@ def _ski(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
 
 
 def cross_builder(
-    new: x509.Certificate, old: x509.Certificate, serial: int, now: datetime
+    new: x509.Certificate, old: x509.Certificate, serial: int, now: datetime, until: datetime | None = None
 ) -> x509.CertificateBuilder:
-    """newWithOld: new's subject, key and CA extensions, issued by old; valid while both are."""
-    not_after = min(new.not_valid_after_utc, old.not_valid_after_utc)
+    """newWithOld: new's subject, key and CA extensions, issued by old; valid while both are (and,
+    given until, no longer than that)."""
+    not_after = min(new.not_valid_after_utc, old.not_valid_after_utc, *([until] if until else []))
     bc = new.extensions.get_extension_for_class(x509.BasicConstraints).value
     ku = new.extensions.get_extension_for_class(x509.KeyUsage).value
     return (

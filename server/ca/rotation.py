@@ -20,7 +20,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -43,6 +43,10 @@ from server.store.sql.cas import CAGeneration, NewGeneration, prepared_already
 __all__ = ["CAGeneration", "CARotation", "generation_fingerprint"]
 
 logger = logging.getLogger(__name__)
+
+# How long an oldWithNew outlives the last certificate of the CA it vouches for: the retirement
+# check runs at that moment and at least every 10 minutes (server/ca/retire.py).
+RETIRE_MARGIN = timedelta(minutes=15)
 
 
 def generation_fingerprint(generation: CAGeneration) -> str:
@@ -292,6 +296,16 @@ class CARotation:
         parts += [g.certificate + (g.cross_certificate or "") for g in generations if g.state == "prepared"]
         return "".join(parts)
 
+    async def _old_with_new_until(self, generation: int, now: datetime) -> datetime:
+        """How long an oldWithNew for generation (retiring) may vouch for it: until the last
+        certificate it signed expires (then it is retired), or one signed in flight as it was
+        replaced (within cert_ttl of now), with RETIRE_MARGIN for the retirement check to run. No
+        longer: a bundle replayed later (catch_up in the agent reads it over an unverified
+        connection) must not vouch for a retired CA, whose key may since have leaked."""
+        last = await self._store.ca_last_not_after(generation)
+        latest = max(now + self._ca.cert_ttl, datetime.fromtimestamp(last or 0, UTC))
+        return latest + RETIRE_MARGIN
+
     async def _cross_from(self, issuer: Issuer, generation: CAGeneration) -> str:
         """oldWithNew for generation, by issuer: signed by the first replica that needs it, stored
         (meta, first one wins), checked when read back; then kept in memory."""
@@ -299,8 +313,9 @@ class CARotation:
         if (pem := self._old_with_new.get(key)) is not None:
             return pem
         old, now = _cert(generation.certificate), self._clock()
+        until = await self._old_with_new_until(generation.generation, now)
         cross = issuer.signer.sign_certificate(
-            cabundle.cross_builder(old, issuer.cert, x509.random_serial_number(), now)
+            cabundle.cross_builder(old, issuer.cert, x509.random_serial_number(), now, until)
         )
         cabundle.check_cross(cross, old, issuer.cert, now)
         name = f"ca_old_with_new:{generation.generation}:{issuer.generation}"

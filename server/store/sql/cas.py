@@ -240,6 +240,14 @@ class CAMethods(Methods):
         (the first start after the upgrade, or of a new deployment); returns whether it did."""
         return await self._change(lambda tx: adopt_ca(tx, certificate, key_type, key_uri, now))
 
+    async def ca_last_not_after(self, generation: int) -> int | None:
+        """When the last certificate generation signed expires (None: it signed none)."""
+        return await self._read(
+            lambda tx: tx.fetchval(
+                "SELECT MAX(not_after) FROM certificates WHERE ca_generation = ?", generation
+            )
+        )
+
     async def ca_generations(self, now: int | None) -> list[CAGeneration]:
         """Every generation, oldest first, with how many valid certificates each signed as of now
         (None: not counted)."""

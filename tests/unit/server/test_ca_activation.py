@@ -24,7 +24,7 @@ from server.ca.crl import CrlPublisher
 from server.ca.issuer import Issuer, make_issuer
 from server.ca.ocsp import OcspResponder
 from server.ca.retire import CARetirement
-from server.ca.rotation import CARotation
+from server.ca.rotation import RETIRE_MARGIN, CARotation
 from server.ca.signer import CARoot, SoftwareSigner
 from server.ca.trust import CATrust
 from server.deployment.sealing import Sealer
@@ -332,14 +332,23 @@ def test_cancel_removes_the_prepared_ca(store_at: tuple[str, str]) -> None:
     _run(store_at, body)
 
 
-def test_old_with_new_is_signed_once_per_generation(tmp_path: object) -> None:
+def test_old_with_new_is_signed_once_per_generation(tmp_path: object, key: rsa.RSAPrivateKey) -> None:
     async def body(store: Store) -> None:
         r = await _replica(store, _old_root())
+        await _issue(r, key, "late", ttl=timedelta(days=3))  # the old CA's last certificate
         await r.rotation.rotate(None)
         await r.rotation.activate(True)
         first = cabundle.parse_bundle(await r.rotation.bundle_pem())
         again = cabundle.parse_bundle(await r.rotation.bundle_pem())
         assert len(first.crosses) == 2 and first.crosses == again.crosses  # same serials: not re-signed
+        # oldWithNew vouches for the old CA only until its last certificate expires (then it is
+        # retired), with the margin: not for the rest of its ten years, should a bundle be replayed.
+        (old_with_new,) = [
+            c
+            for c in first.crosses
+            if c.subject == c.issuer and c.public_key() == r.trust.own.cert.public_key()
+        ]
+        assert old_with_new.not_valid_after_utc == NOW + timedelta(days=3) + RETIRE_MARGIN
 
     _run(("sqlite", str(tmp_path)), body)
 
