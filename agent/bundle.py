@@ -7,9 +7,14 @@ trust bundle (Enrollment/GetCABundle's trust_bundle_pem) and accept it when ever
 is one the agent trusts now or is vouched for by a cross-certificate from one
 (kms/cabundle.py); it is then stored atomically (0644: certificates only, public) and
 becomes the trust. A CA the new bundle leaves out (retired by the server, or a prepared
-one cancelled) is no longer trusted, the pinned CA included. A bundle that does not verify
-changes nothing: the agent keeps its trust and logs one line. ca.crt itself is not
-touched: it records what enrollment pinned.
+one cancelled) is no longer trusted, the pinned CA included, and is recorded as dropped
+(dropped-cas.json): never trusted again. A cancelled CA's cross-certificate stays valid for
+years, so an old bundle replayed through catch_up (an unverified connection) would verify
+again: a bundle holding a dropped CA is refused. A bundle that does not verify changes nothing:
+the agent keeps its trust and logs one line. ca.crt itself is not touched: it records what
+enrollment pinned (and is no longer trusted once dropped, even as the fallback).
+An agent whose own certificate's CA is no longer trusted (retired, or dropped after its
+certificate was revoked for cACompromise) cannot be served any more: retired_issuer names it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,15 @@ from kms.cabundle import BundleError, TrustedCA, parse_bundle, verify_bundle
 from kms.errors import KmsError
 from kms.identity import fingerprint
 
-__all__ = ["bundle_path", "catch_up", "news", "refresh_bundle", "trusted_now", "untrusted_server"]
+__all__ = [
+    "bundle_path",
+    "catch_up",
+    "drop_issuer",
+    "news",
+    "refresh_bundle",
+    "retired_issuer",
+    "trusted_now",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +52,65 @@ def bundle_path(state: StateDir) -> Path:
 
 
 def trusted_now(state: StateDir, now: datetime) -> list[x509.Certificate]:
-    """The CAs this agent trusts now: the stored bundle's, else the pinned one.
+    """The CAs this agent trusts now: the stored bundle's, else the pinned one; never a dropped one.
 
     Raises:
-        OSError, ValueError: ca.crt is unreadable.
+        OSError, ValueError: ca.crt is unreadable. FailedPrecondition: dropped-cas.json is.
     """
-    return list(state.anchors(now)) or x509.load_pem_x509_certificates(state.ca.read_bytes())
+    return list(state.trust(now))
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return fingerprint(cert.public_bytes(Encoding.DER))
 
 
 def _fingerprints(certs: list[x509.Certificate]) -> set[str]:
-    return {fingerprint(c.public_bytes(Encoding.DER)) for c in certs}
+    return {_fingerprint(c) for c in certs}
+
+
+def _issuer(cert: x509.Certificate, cas: list[x509.Certificate]) -> x509.Certificate | None:
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+        except Exception:  # noqa: BLE001, S112 - InvalidSignature, ValueError, TypeError: another CA
+            continue
+        return ca
+    return None
+
+
+def _known(state: StateDir, now: datetime) -> list[x509.Certificate]:
+    """Every CA this agent knows of: trusted, dropped, or pinned."""
+    pinned = x509.load_pem_x509_certificates(state.ca.read_bytes())
+    return [*trusted_now(state, now), *state.dropped().values(), *pinned]
+
+
+def retired_issuer(state: StateDir, now: datetime) -> str | None:
+    """The CA that issued this agent's certificate (its fingerprint, else its name) when this agent
+    no longer trusts it: the server retired it (the agent took a bundle without it) or it was
+    compromised. Such an agent cannot be served any more. None: its CA is trusted.
+
+    Raises:
+        KmsError, OSError, ValueError: the state is unreadable.
+    """
+    cert = state.load_certificate()
+    if _issuer(cert, trusted_now(state, now)) is not None:
+        return None
+    ca = _issuer(cert, _known(state, now))
+    return _fingerprint(ca) if ca is not None else cert.issuer.rfc4514_string()
+
+
+def drop_issuer(state: StateDir, now: datetime) -> None:
+    """This agent's certificate was revoked for cACompromise: the CA that issued it is dropped, never
+    trusted again (signatures and peers it vouches for are refused, offline too). One line logged."""
+    try:
+        ca = _issuer(state.load_certificate(), _known(state, now))
+        if ca is not None:
+            state.save_dropped([ca])
+    except (KmsError, OSError, ValueError) as exc:
+        logger.warning("could not drop the compromised CA of this agent's certificate: %s", exc)
+        return
+    if ca is not None:
+        logger.warning("no longer trusting CA %s: compromised (cACompromise)", _fingerprint(ca))
 
 
 def refresh_bundle(state: StateDir, pem: str, now: datetime) -> list[TrustedCA] | None:
@@ -57,15 +119,27 @@ def refresh_bundle(state: StateDir, pem: str, now: datetime) -> list[TrustedCA] 
     try:
         before = trusted_now(state, now)
         trusted = verify_bundle(parse_bundle(pem), before, now)
-    except (BundleError, OSError, ValueError) as exc:
+        back = sorted({t.fingerprint for t in trusted} & set(state.dropped()))
+    except (BundleError, OSError, ValueError, KmsError) as exc:
         logger.warning("kept the CA trust as it was: the server's trust bundle does not verify (%s)", exc)
         return None
-    try:
+    if back:  # an old bundle replayed, say: a cancelled CA's cross-certificate is valid for years
+        logger.warning(
+            "kept the CA trust as it was: the server's trust bundle holds CA %s, which this agent"
+            " dropped before (retired, cancelled or compromised) and never trusts again",
+            ", ".join(back),
+        )
+        return None
+    kept = {t.fingerprint for t in trusted}
+    gone = [c for c in before if _fingerprint(c) not in kept]
+    try:  # dropped first: a crash in between leaves the stored bundle, minus the dropped CAs
+        if gone:
+            state.save_dropped(gone)
         state.save_trust_bundle(pem.encode())
     except OSError as exc:  # a full or read-only disk: the old trust stays, the agent goes on
         logger.warning("kept the CA trust as it was: cannot store %s (%s)", bundle_path(state), exc)
         return None
-    dropped = _fingerprints(before) - {t.fingerprint for t in trusted}
+    dropped = _fingerprints(before) - kept
     logger.info(
         "stored the CA trust bundle in %s: trusting %s%s",
         bundle_path(state),
@@ -86,12 +160,6 @@ def news(state: StateDir, pem: str) -> bool:
     except (OSError, ValueError):
         return True
     return pem != stored and (bool(stored) or pem.count("BEGIN CERTIFICATE") > 1)
-
-
-def untrusted_server(message: str) -> bool:
-    """Whether a failed connection failed because this agent could not verify the server's
-    certificate (gRPC says so only in the message)."""
-    return "CERTIFICATE_VERIFY_FAILED" in message
 
 
 def catch_up(state: StateDir, enroll_servers: tuple[str, ...], now: datetime, timeout: float) -> bool:

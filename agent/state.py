@@ -6,6 +6,8 @@ ca.crt       the CA pinned at enrollment (the one --ca-fingerprint names), PEM
 trust-bundle.pem  the latest CA trust bundle this agent verified (agent/bundle.py), 0644: its CAs,
              and only they, are what the agent trusts (the pinned CA too only while it is in it);
              without it (or when it no longer verifies), the pinned CA alone
+dropped-cas.json  every CA this agent stopped trusting (a newer bundle left it out, or its own
+             certificate was revoked for cACompromise): never trusted again (agent/bundle.py), 0644
 agent.json   name, groups, server and enrollment addresses (lists), CA fingerprint
 watch.json   the last revocation sequence number kms-agent watch processed
 enroll-pending.json  the key (0600) an unfinished enrollment sent a CSR for, with the token's id: a
@@ -32,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms.cabundle import BundleError, parse_bundle, verify_stored
 from kms.errors import FailedPrecondition
+from kms.identity import fingerprint
 from kms.securefile import ensure_private_dir, write_atomic
 
 __all__ = ["AgentIdentity", "AgentSettings", "KeyFile", "StateDir", "default_state_dir"]
@@ -63,6 +66,10 @@ class KeyFile:
 
     def entry(self) -> dict[str, object]:
         return {**asdict(self), "path": str(self.path)}
+
+
+def _fp(cert: x509.Certificate) -> str:
+    return fingerprint(cert.public_bytes(serialization.Encoding.DER))
 
 
 def default_state_dir() -> Path:
@@ -191,6 +198,7 @@ class StateDir:
         self.revoked_file = path / "revoked.json"
         self.pending = path / "enroll-pending.json"
         self.key_files = path / "key-files.json"
+        self.dropped_file = path / "dropped-cas.json"
 
     @property
     def enrolled(self) -> bool:
@@ -231,13 +239,29 @@ class StateDir:
             key = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
             cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
             ca = self.ca.read_bytes()
+            trust = self.trust(datetime.now(UTC))
         except (OSError, ValueError, TypeError) as exc:
             raise FailedPrecondition(
                 f"agent state in {self.path} is unreadable ({exc}): enroll again with --force"
             ) from exc
         if not isinstance(key, rsa.RSAPrivateKey) or key.public_key() != cert.public_key():
             raise FailedPrecondition(f"{self.key} does not match {self.cert}: enroll again with --force")
-        return AgentIdentity(settings, key, cert, ca, self.anchors(datetime.now(UTC)))
+        if not trust:
+            raise FailedPrecondition(
+                f"this agent trusts no CA it can use (each one it knows was dropped, see {self.dropped_file}):"
+                f" ask for a new join token (kms-server token create --name {settings.name}) and run"
+                " kms-agent enroll --force"
+            )
+        return AgentIdentity(settings, key, cert, ca, trust)
+
+    def trust(self, now: datetime) -> tuple[x509.Certificate, ...]:
+        """What this agent trusts at now: the stored trust bundle's CAs, else (none stored, or it
+        does not verify) the pinned one; never a dropped CA. Empty: nothing it can use.
+        Raises OSError, ValueError (ca.crt unreadable) or FailedPrecondition (dropped-cas.json)."""
+        dropped = self.dropped()
+        stored = self.anchors(now)
+        cas = stored or tuple(x509.load_pem_x509_certificates(self.ca.read_bytes()))
+        return tuple(c for c in cas if _fp(c) not in dropped)
 
     def anchors(self, now: datetime) -> tuple[x509.Certificate, ...]:
         """The stored trust bundle's CAs valid at now, when it still verifies as one family (every
@@ -251,6 +275,25 @@ class StateDir:
             logger.warning("trusting only the pinned CA: %s does not verify (%s)", self.trust_bundle, exc)
             return ()
         return tuple(t.cert for t in trusted)
+
+    def dropped(self) -> dict[str, x509.Certificate]:
+        """Every CA this agent dropped, by fingerprint. Raises FailedPrecondition when unreadable."""
+        try:
+            doc = json.loads(self.dropped_file.read_text())
+            certs = [x509.load_pem_x509_certificate(str(e).encode()) for e in doc["dropped"]]
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FailedPrecondition(
+                f"{self.dropped_file} is unreadable ({exc}): enroll again with --force"
+            ) from exc
+        return {_fp(c): c for c in certs}
+
+    def save_dropped(self, cas: list[x509.Certificate]) -> None:
+        """Adds cas to the dropped CAs: atomically, 0644 (certificates only)."""
+        every = {**self.dropped(), **{_fp(c): c for c in cas}}
+        pems = [c.public_bytes(serialization.Encoding.PEM).decode() for c in every.values()]
+        write_atomic(self.dropped_file, json.dumps({"dropped": pems}, indent=2).encode() + b"\n", mode=0o644)
 
     def save_trust_bundle(self, pem: bytes) -> None:
         """Stores a verified trust bundle: atomically, 0644 (certificates only)."""

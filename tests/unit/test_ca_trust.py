@@ -77,7 +77,7 @@ def test_agent_trusts_the_verified_bundle_s_cas(
     state.save(AgentIdentity(settings, key, old_leaf, old.bundle_pem))
     # No bundle stored: the pinned CA alone; an agent of the new CA is refused.
     identity = state.load()
-    assert identity.anchors == () and identity.roots == [old.certificate]
+    assert identity.anchors == (old.certificate,) and identity.roots == [old.certificate]
     with pytest.raises(PeerRejected):
         agent_peer(identity.roots, TD, None, NOW, lambda s: False)(_chain(new_leaf))
     # The bundle, verified through the cross-certificate: both CAs are anchors.
@@ -94,7 +94,7 @@ def test_agent_trusts_the_verified_bundle_s_cas(
     # A bundle without the cross-certificate: the pinned CA alone again, one line logged.
     state.trust_bundle.write_bytes(_pem(old.certificate, new.certificate))
     with caplog.at_level(logging.WARNING, logger="agent.state"):
-        assert state.load().anchors == ()
+        assert state.load().anchors == (old.certificate,)
     assert "trusting only the pinned CA" in caplog.text
 
 
