@@ -169,18 +169,26 @@ def catch_up(state: StateDir, enroll_servers: tuple[str, ...], now: datetime, ti
     cross-certificates, so it is read as enrollment reads it: over a connection to an enrollment
     address verified only under the CA that address presents (nothing is sent over it but the
     request), then accepted only if it verifies from what this agent trusts now (refresh_bundle).
+    When the address presents a CA this agent trusts, the bundle is read over a connection
+    verified under its trust, and taken only if it says more than the stored one (news): after
+    an emergency rotation the server refuses this agent's certificate, whose CA it retired, and
+    only the bundle tells the agent so (the watch then ends: retired_issuer).
     Returns whether the trust changed."""
     trusted = trusted_now(state, now)
     for address in enroll_servers:
         try:
             host, port = parse_hostport(address, what="enrollment address")
             presented = presented_ca(host, port, timeout)
-            if presented in trusted:
-                return False  # the server's CA is trusted: the failure is not about trust
-            with KmsClient([address], presented.public_bytes(Encoding.PEM), timeout=timeout) as client:
+            known = presented in trusted
+            roots = trusted if known else [presented]
+            with KmsClient(
+                [address], b"".join(c.public_bytes(Encoding.PEM) for c in roots), timeout=timeout
+            ) as client:
                 pem = client.get_trust_bundle()
         except KmsError as exc:  # Unreachable among them
             logger.warning("could not read the trust bundle at %s: %s", address, exc)
             continue
+        if known and not news(state, pem):
+            return False  # nothing new: the failure is not about trust
         return refresh_bundle(state, pem, now) is not None
     return False

@@ -1,14 +1,18 @@
 """Emergency CA rotation (issue 19 §1): ``kms-server ca rotate --now --revoke-old``, against one real
 server and real agents. Without a terminal and --yes it is refused and changes nothing. With --yes the
 new CA issues at once; every valid certificate of the old one is revoked (cACompromise): the watching
-agent hears its own revocation and exits 11, another agent's next call is refused; the old CA is
-retired, out of the trust bundle. Each agent gets back in with a new join token (no --allow-reenroll:
-the agents were not barred) and `kms-agent enroll --force`, and its certificate chains to the new CA.
+agent hears its own revocation and exits 11, dropping the old CA from its trust; another agent's
+next call is refused; the old CA is retired, out of the trust bundle. An agent that was offline
+(bob, who never heard of the new CA; carol, who heard of it prepared) starts its watch, reads the
+bundle from the enrollment address, and ends with exit 11 saying its CA was retired. Each agent gets
+back in with a new join token (no --allow-reenroll: the agents were not barred) and
+`kms-agent enroll --force`, and its certificate chains to the new CA.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -16,6 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from agent.state import StateDir
 from kms.cabundle import parse_bundle
 from kms.identity import fingerprint
 from kms.v1 import enrollment_pb2, enrollment_pb2_grpc
@@ -27,7 +32,7 @@ pytestmark = pytest.mark.sqlite_only(
     " tests/unit/server/test_ca_generations.py"
 )
 
-RIG = Rig("cacomp", agents=(("alice", ("web",)), ("bob", ("web",))))
+RIG = Rig("cacomp", agents=(("alice", ("web",)), ("bob", ("web",)), ("carol", ("web",))))
 
 
 def _status(server: ServerProcess) -> list[dict[str, object]]:
@@ -44,12 +49,16 @@ def test_emergency_rotation_revokes_the_old_ca_and_agents_reenroll(rig: tuple[Se
     assert _status(server) == before
     assert agent(root / "bob", "check", "--cert", str(root / "bob" / "agent.crt")).returncode == 0
 
-    watch = WatchProcess(root / "alice")
+    watch, carol = WatchProcess(root / "alice"), WatchProcess(root / "carol")
     try:
         watch.wait_live()
-        # alice hears of a prepared CA first (bob, offline, does not); then it is activated at once.
+        carol.wait_live()
+        # alice and carol hear of a prepared CA first (bob, offline, does not); carol goes offline;
+        # then it is activated at once.
         assert server.admin("ca", "rotate").stdout.startswith("prepared CA generation 2")
         watch.wait_for(lambda evs: any(e["kind"] == "bundle" for e in evs))
+        carol.wait_for(lambda evs: any(e["kind"] == "bundle" for e in evs))
+        assert carol.stop() == 0
         done = server.admin("ca", "activate", "--now", "--revoke-old", "--yes")
         assert done.stdout.startswith("activated CA generation 2"), done.stdout
         assert "kms-agent enroll --force" in done.stdout
@@ -64,12 +73,32 @@ def test_emergency_rotation_revokes_the_old_ca_and_agents_reenroll(rig: tuple[Se
         (2, "active", 0),
     ]
     assert cas[0]["retired_at"] is not None
+    # alice dropped the compromised CA when she heard of her revocation: she trusts the new one alone.
+    trust = StateDir(root / "alice").trust(datetime.now(UTC))
+    assert [fingerprint(c.public_bytes(Encoding.DER)) for c in trust] == [cas[1]["fingerprint"]]
+    dropped = json.loads((root / "alice" / "dropped-cas.json").read_text())["dropped"]
+    assert [
+        fingerprint(x509.load_pem_x509_certificate(d.encode()).public_bytes(Encoding.DER)) for d in dropped
+    ] == [cas[0]["fingerprint"]]
     # bob never heard of the new CA: he cannot verify the server any more (nor should he trust
     # anything the old CA vouches for). His next call fails, in one line.
     cut_off = agent(root / "bob", "check", "--cert", str(root / "bob" / "agent.crt"))
     assert_one_line_error(cut_off, 8, "does not verify against the pinned CA")
+    # bob and carol (whose certificate the server now refuses, though she trusts its CA) start their
+    # watch: each reads the bundle, learns its CA was retired, and stops, saying what to do.
+    for name in ("bob", "carol"):
+        late = WatchProcess(root / name)
+        try:
+            assert late.proc.wait(30) == 11, "".join(late.stderr)
+        finally:
+            late.stop()
+        assert late.stderr[-1].strip() == (
+            f"kms-agent: error: this agent's certificate was issued by CA {cas[0]['fingerprint']} which the server"
+            f" no longer trusts (retired): ask for a new join token (kms-server token create --name {name})"
+            " and run kms-agent enroll --force"
+        ), late.stderr
     revoked = json.loads(server.admin("revocations", "list", "--json").stdout)
-    assert {r["reason"] for r in revoked} == {"cACompromise"} and len(revoked) == 2, revoked
+    assert {r["reason"] for r in revoked} == {"cACompromise"} and len(revoked) == 3, revoked
     # The old CA is out of the trust bundle: the new one alone, which the server's TLS chains to.
     bundle = parse_bundle(_bundle(server, cas[1]["certificate_pem"]))
     assert [fingerprint(c.public_bytes(Encoding.DER)) for c in bundle.cas] == [cas[1]["fingerprint"]]
