@@ -84,8 +84,8 @@ def test_emergency_rotation_revokes_the_old_ca_and_agents_reenroll(rig: tuple[Se
     # anything the old CA vouches for). His next call fails, in one line.
     cut_off = agent(root / "bob", "check", "--cert", str(root / "bob" / "agent.crt"))
     assert_one_line_error(cut_off, 8, "does not verify against the pinned CA")
-    # bob and carol (whose certificate the server now refuses, though she trusts its CA) start their
-    # watch: each reads the bundle, learns its CA was retired, and stops, saying what to do.
+    # bob (watch) and carol (run; the server now refuses her certificate, though she trusts its CA)
+    # come back online: each reads the bundle, learns its CA was retired, and stops, saying what to do.
     for name, command in (("bob", ("watch",)), ("carol", ("run", "--no-listen"))):
         late = agent(root / name, *command)
         assert late.returncode == 11, late.stderr

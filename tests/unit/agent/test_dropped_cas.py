@@ -157,6 +157,7 @@ def test_revoked_for_ca_compromise_drops_its_ca(tmp_path: Path, gens: list) -> N
             revocation_pb2.RevocationEvent(seq=2, kind="cert", serial=serial, reason="cACompromise")
         )
     assert set(state.dropped()) == {_fp(g1)} and trusted_now(state, NOW) == [g2]
+    assert state.load().roots == [g2]  # what kms-agent verify and key-exchange peers check against
     assert state.revoked(serial) == "cACompromise"
 
 
