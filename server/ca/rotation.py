@@ -133,9 +133,11 @@ class CARotation:
                 "--revoke-old needs --now: a compromised CA must stop issuing at once, not after ca-propagation"
             )
         prepared = [g for g in await self._store.ca_generations(None) if g.state == "prepared"]
+        expected = None
         if prepared:  # its key opens (a token's may be gone) before the store makes it active
             own = self._trust.own
             await asyncio.to_thread(check_generation_key, prepared[0], self._sealer, own, self._token)
+            expected = (prepared[0].generation, prepared[0].certificate)  # the one checked, or refused
         at = now_seconds(self._clock)
 
         def audit(done: tuple[CAGeneration, object]) -> AuditEntry:
@@ -143,10 +145,12 @@ class CARotation:
             return AuditEntry(at, actor, action, f"ca:{done[0].generation} {generation_fingerprint(done[0])}")
 
         if revoke_old:
-            generation, events = await self._store.activate_ca_revoking_old(at, audit=audit)
+            generation, events = await self._store.activate_ca_revoking_old(
+                at, audit=audit, expected=expected
+            )
         else:
             ready_at = None if now else at - int(self._propagation.total_seconds())
-            generation, event = await self._store.activate_ca(at, ready_at, audit=audit)
+            generation, event = await self._store.activate_ca(at, ready_at, audit=audit, expected=expected)
             events = [event]
         await self._trust.refresh()  # this replica issues with it before its events go out
         for event in events:  # the activation's 'bundle'; with revoke_old, each revocation, the retirement
