@@ -113,9 +113,13 @@ class CARotation:
         a CATrust hook, at start and on each 'bundle' event (an activation here or on another replica)."""
         active = [g for g in self._trust.generations if g.state == "active"]
         issuer = self._trust.active
-        if not active or active[0].generation == self._ca.generation:
+        if not active:
             return
-        if issuer is None:  # its key did not open here (logged by CATrust): keep issuing as before
+        if active[0].generation == self._ca.generation:
+            self._ca.refuse(None)
+            return
+        if issuer is None:  # its key did not open here (logged by CATrust): never issue with the old CA
+            self._refuse(active[0].generation)
             return
         self._ca.switch(issuer)
         logger.info(
@@ -123,6 +127,27 @@ class CARotation:
         )
         if self._on_switch is not None:
             await self._on_switch()
+
+    def _refuse(self, active: int) -> None:
+        why = (
+            f"this kms-server replica cannot open the active CA's key (generation {active}), so it issues no"
+            " certificate: enroll or renew through another replica, and fix this one's CA key access"
+            " (its token, --ca-key, the master key; its log says why): it issues again once that key opens"
+        )
+        if self._ca.refusing != why:
+            logger.error(
+                "refusing to issue: the store's active CA is generation %d, whose key does not open here,"
+                " and this replica issues with generation %d (replaced%s)",
+                active,
+                self._ca.generation,
+                ", retired"
+                if any(
+                    g.state == "retired" and g.generation == self._ca.generation
+                    for g in self._trust.generations
+                )
+                else "",
+            )
+        self._ca.refuse(why)
 
     async def activate(self, now: bool, revoke_old: bool = False, *, actor: str = "admin") -> CAGeneration:
         """Activates the prepared generation once its propagation period is over (now: at once).
