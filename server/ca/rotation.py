@@ -107,6 +107,8 @@ class CARotation:
         if await self._store.adopt_ca(cert, key_type, self._key_uri, now_seconds(self._clock)):
             logger.info("CA recorded as generation 1, active", extra={"fingerprint": self._ca.fingerprint})
         await self._trust.refresh()
+        if self._ca.refusing is not None:  # the active CA's key did not open: try again until it does
+            self._trust.refresh_in_background()
 
     async def follow(self) -> None:
         """Issues with the verified active generation when it is not the one this server issues with:

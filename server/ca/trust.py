@@ -154,8 +154,11 @@ class CATrust:
 
     def published(self, event: RevocationEvent) -> None:
         """A feed listener: a 'bundle' event (a generation prepared, activated or retired) re-reads them."""
-        if event.kind != "bundle":
-            return
+        if event.kind == "bundle":
+            self.refresh_in_background()
+
+    def refresh_in_background(self) -> None:
+        """Refreshes in a task, retried until it succeeds (and while this replica refuses to issue)."""
         task = asyncio.create_task(self._refresh_logged())
         self._tasks.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._tasks.discard)

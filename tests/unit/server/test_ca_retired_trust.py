@@ -57,6 +57,7 @@ async def _blind_replica(store: Any, root: CARoot) -> Replica:
     ca = CertificateAuthority(CARoot(root.cert, root.signer), TD, timedelta(hours=1), lambda: NOW, URLS)
     sealer = Sealer(bytes(range(1, 33)))
     trust = CATrust(store, ca, sealer)
+    trust.retry_first = trust.retry_max = 0.01
     events: list[RevocationEvent] = []
     rotation = CARotation(store, ca, trust, sealer, lambda: NOW, TTL, None, events.append)
     await rotation.adopt()
@@ -91,6 +92,26 @@ def test_a_replica_that_cannot_open_the_active_key_refuses_to_issue(
             assert 1 not in b.trust.issuers  # it signed nothing: no CRL, no OCSP
         else:
             assert b.trust.roots == [root.cert, new]  # retiring: still trusted
+
+    _run(store_at, body)
+
+
+def test_a_replica_started_after_an_activation_it_cannot_follow_issues_once_the_key_opens(
+    store_at: tuple[str, str], key: rsa.RSAPrivateKey
+) -> None:
+    async def body(store: Store) -> None:
+        root = _root()
+        a = await _replica(store, root)
+        await a.rotation.rotate(None, at_once=True)
+        b = await _blind_replica(store, root)  # starts: generation 2's key does not open here
+        with pytest.raises(Unavailable, match="cannot open the active CA's key"):
+            await b.ca.issue(key.public_key(), "web-1")
+        b.trust._sealer = SEALER  # type: ignore[attr-defined]  # the key opens again (the token is back)
+        async with asyncio.timeout(10):
+            while b.ca.generation != 2:
+                await asyncio.sleep(0.01)
+        cert, issuer = await b.ca.issue(key.public_key(), "web-1")
+        assert issuer.generation == 2 and b.ca.refusing is None
 
     _run(store_at, body)
 
