@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 
 from kms import cabundle, profile
+from kms.errors import Unavailable
 from server.ca.issuer import Issuer, make_issuer
 from server.ca.keytype import CAKeyType
 from server.ca.signer import CARoot, CASigner, SoftwareSigner
@@ -72,12 +73,21 @@ class CertificateAuthority:
         self.trust_domain = trust_domain
         self.cert_ttl = cert_ttl
         self._clock = clock
+        self.clock = clock
         self.current: Issuer = make_issuer(root, 1)
+        # Why this server issues nothing (None: it issues): the store's active CA is another
+        # generation than current, and its key does not open here (issue 19 §1).
+        self.refusing: str | None = None
 
     def switch(self, issuer: Issuer) -> None:
         """Issues with issuer from now on: the CA generation an activation made active (issue 19 §1),
         in memory, without a restart; one assignment, so readers see the old CA or the new, whole."""
         self.current = issuer
+        self.refusing = None
+
+    def refuse(self, why: str | None) -> None:
+        """Issues no agent certificate while why is set (UNAVAILABLE, why): never with a replaced CA."""
+        self.refusing = why
 
     # Each of these reads the snapshot once: for a single value only (a method that needs two
     # reads current itself).
@@ -125,6 +135,8 @@ class CertificateAuthority:
         wherever they run.
         """
         issuer = self.current
+        if (why := self.refusing) is not None:
+            raise Unavailable(why)
         now = self._clock()
         builder = profile.agent_builder(
             public_key,

@@ -5,7 +5,8 @@ the next one, as ``kms-server ca rotate`` would; once a prepared CA has been pub
 ``ca_propagation``, it activates it, as ``kms-server ca activate`` would. Both are audited with
 the actor ``ca-rotation``. It looks once a minute, and at the exact due time when that comes
 sooner. Replicas may all look at once: the store prepares one generation and activates it
-once (the second replica is refused, and says nothing of it). Off by default: with the default
+once (the second replica is refused, and says nothing of it; any other refusal, such as a
+token that cannot make the key, is logged as an error, once per message). Off by default: with the default
 ten-year CA, an operator turns it on knowingly.
 """
 
@@ -20,7 +21,7 @@ from cryptography import x509
 
 from kms.errors import FailedPrecondition
 from server.ca.rotation import CARotation
-from server.store.sql.cas import CAGeneration
+from server.store.sql.cas import CAGeneration, RotationRace
 
 __all__ = ["ACTOR", "AutoRotation", "next_step"]
 
@@ -63,6 +64,7 @@ class AutoRotation:
         self._fraction = fraction
         self._propagation = propagation
         self._clock = clock
+        self._refusals: set[str] = set()  # each refusal other than a race, logged once
 
     async def step(self) -> datetime | None:
         """Does what is due; returns when to look again (None: at the next regular look)."""
@@ -82,8 +84,13 @@ class AutoRotation:
                 logger.info(
                     "activated CA generation %d: it was published for ca-propagation", done.generation
                 )
-        except FailedPrecondition:
+        except RotationRace:
             return None  # another replica did it first (or the state moved): look again
+        except FailedPrecondition as exc:
+            if exc.message not in self._refusals:
+                self._refusals.add(exc.message)
+                logger.error("automatic CA rotation could not %s the next CA: %s", what, exc.message)
+            return None
         return when
 
     async def run_forever(self) -> None:

@@ -1,4 +1,6 @@
-"""The CRLs, one per live CA generation: rebuilt from the store on every revocation and before they expire."""
+"""The CRLs, one per live CA generation (server/ca/trust.py: the active one, each retiring one, and
+any retired one while a certificate it signed is unexpired): rebuilt from the store on every
+revocation and before they expire."""
 
 from __future__ import annotations
 
@@ -55,12 +57,14 @@ class _Crl:
 
 
 class CrlPublisher:
-    """One CRL per live CA generation (the active one and each retiring one, issue 19 §1), each
+    """One CRL per live CA generation (the active one, each retiring one, and a retired one while a
+    certificate it signed is unexpired: RFC 5280, issue 19 §1), each
     signed by that generation's key and listing the revoked and held certificates it signed.
 
     ``current(N)`` is generation N's (served at /crl/N, the distribution point of the
     certificates N ≥ 2 issues); ``current()`` is the one at /crl and GetCRL, the distribution
-    point of generation 1's certificates: generation 1's while it is live, then the active one's.
+    point of generation 1's certificates: generation 1's while it is live (until its last
+    certificate expires), then the active one's.
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """An RFC 6960 OCSP responder for certificates this CA issued, signed by the CA that issued them.
 
-After an activation two or more generations are live (the active one and each retiring one,
-server/ca/trust.py): a request names its issuer by key hash (SHA-1 or SHA-256), and is answered
+After an activation two or more generations are live (the active one, each retiring one, and
+a retired one while a certificate it signed is unexpired, server/ca/trust.py): a request names its issuer by key hash (SHA-1 or SHA-256), and is answered
 by that generation, with its own certificate and key, for the certificates it signed; a
 request naming any other issuer, or a certificate another generation signed, gets unauthorized.
 """

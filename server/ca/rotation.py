@@ -107,15 +107,21 @@ class CARotation:
         if await self._store.adopt_ca(cert, key_type, self._key_uri, now_seconds(self._clock)):
             logger.info("CA recorded as generation 1, active", extra={"fingerprint": self._ca.fingerprint})
         await self._trust.refresh()
+        if self._ca.refusing is not None:  # the active CA's key did not open: try again until it does
+            self._trust.refresh_in_background()
 
     async def follow(self) -> None:
         """Issues with the verified active generation when it is not the one this server issues with:
         a CATrust hook, at start and on each 'bundle' event (an activation here or on another replica)."""
         active = [g for g in self._trust.generations if g.state == "active"]
         issuer = self._trust.active
-        if not active or active[0].generation == self._ca.generation:
+        if not active:
             return
-        if issuer is None:  # its key did not open here (logged by CATrust): keep issuing as before
+        if active[0].generation == self._ca.generation:
+            self._ca.refuse(None)
+            return
+        if issuer is None:  # its key did not open here (logged by CATrust): never issue with the old CA
+            self._refuse(active[0].generation)
             return
         self._ca.switch(issuer)
         logger.info(
@@ -123,6 +129,27 @@ class CARotation:
         )
         if self._on_switch is not None:
             await self._on_switch()
+
+    def _refuse(self, active: int) -> None:
+        why = (
+            f"this kms-server replica cannot open the active CA's key (generation {active}), so it issues no"
+            " certificate: enroll or renew through another replica, and fix this one's CA key access"
+            " (its token, --ca-key, the master key; its log says why): it issues again once that key opens"
+        )
+        if self._ca.refusing != why:
+            logger.error(
+                "refusing to issue: the store's active CA is generation %d, whose key does not open here,"
+                " and this replica issues with generation %d (replaced%s)",
+                active,
+                self._ca.generation,
+                ", retired"
+                if any(
+                    g.state == "retired" and g.generation == self._ca.generation
+                    for g in self._trust.generations
+                )
+                else "",
+            )
+        self._ca.refuse(why)
 
     async def activate(self, now: bool, revoke_old: bool = False, *, actor: str = "admin") -> CAGeneration:
         """Activates the prepared generation once its propagation period is over (now: at once).
@@ -133,9 +160,11 @@ class CARotation:
                 "--revoke-old needs --now: a compromised CA must stop issuing at once, not after ca-propagation"
             )
         prepared = [g for g in await self._store.ca_generations(None) if g.state == "prepared"]
+        expected = None
         if prepared:  # its key opens (a token's may be gone) before the store makes it active
             own = self._trust.own
             await asyncio.to_thread(check_generation_key, prepared[0], self._sealer, own, self._token)
+            expected = (prepared[0].generation, prepared[0].certificate)  # the one checked, or refused
         at = now_seconds(self._clock)
 
         def audit(done: tuple[CAGeneration, object]) -> AuditEntry:
@@ -143,10 +172,12 @@ class CARotation:
             return AuditEntry(at, actor, action, f"ca:{done[0].generation} {generation_fingerprint(done[0])}")
 
         if revoke_old:
-            generation, events = await self._store.activate_ca_revoking_old(at, audit=audit)
+            generation, events = await self._store.activate_ca_revoking_old(
+                at, audit=audit, expected=expected
+            )
         else:
             ready_at = None if now else at - int(self._propagation.total_seconds())
-            generation, event = await self._store.activate_ca(at, ready_at, audit=audit)
+            generation, event = await self._store.activate_ca(at, ready_at, audit=audit, expected=expected)
             events = [event]
         await self._trust.refresh()  # this replica issues with it before its events go out
         for event in events:  # the activation's 'bundle'; with revoke_old, each revocation, the retirement

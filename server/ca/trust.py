@@ -4,12 +4,16 @@ Trusted (agents' certificates accepted): every verified generation not retired: 
 a prepared one, and a retiring one (replaced, with valid certificates still out). A prepared
 CA issues nothing, but trusting it from the moment it is prepared means that when any replica
 activates it, the others already accept what it issues, before they hear of the activation;
-its key never left the store, sealed. Live (answering OCSP, signing CRLs): the active and the
-retiring ones, each as an Issuer with its own key. A generation is verified first
+its key never left the store, sealed. A retired one is never trusted, not even the one this
+replica still issues with (CARotation.follow then refuses to issue). Live (answering OCSP,
+signing CRLs, each as an Issuer with its own key): the active and the retiring ones, and any
+other while a certificate it signed is unexpired, retired included (RFC 5280: a revoked
+certificate stays on its issuer's CRL until it expires). A generation is verified first
 (server/ca/verify.py): a row that does not verify is ignored.
 
 The set is read from the store at start and again on each 'bundle' event (this replica's or
-another's, from the feed); then the hooks run (CARotation.follow switches the CA to the
+another's, from the feed), retried with backoff while the store cannot be read (or the active
+CA's key cannot be opened here); then the hooks run (CARotation.follow switches the CA to the
 verified active one), then each listener gets the roots: the caller authenticator, the
 handshake peers' check and the mTLS port's client CA list.
 """
@@ -37,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 Listener = Callable[[Sequence[x509.Certificate]], None]
 
+RETRY_FIRST = 1.0  # seconds before the first retry of a failed refresh; doubling up to RETRY_MAX
+RETRY_MAX = 30.0
+
 
 class CATrust:
     def __init__(
@@ -59,6 +66,9 @@ class CATrust:
         self._before: list[Callable[[], Awaitable[None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading = asyncio.Lock()  # one read at a time: an older one never lands after a newer
+        self._refreshed = 0  # successful refreshes: a retry stops once a later one succeeded
+        self._loops = 0  # retry loops started: one stops when a newer one started (it reads itself)
+        self.retry_first, self.retry_max = RETRY_FIRST, RETRY_MAX
 
     def listen(self, *listeners: Listener) -> None:
         """Each listener gets the roots now, and again each time they change."""
@@ -80,21 +90,30 @@ class CATrust:
 
     async def refresh(self) -> None:
         """Reads and verifies the generations, opens the live ones' keys, runs the hooks and hands
-        the roots (every verified generation not retired, and the CA this server issues with) on."""
+        the roots (every verified generation not retired) on."""
         async with self._reading:
             rows = await self._store.ca_generations(None)
             verified = self._check.verified(rows)
-            issuers = {g.generation: i for g in verified if (i := self._issuer(g)) is not None}
+            signing = await self._signing(verified)
+            issuers = {g.generation: i for g in signing if (i := self._issuer(g)) is not None}
             active = [issuers.get(g.generation) for g in verified if g.state == "active"]
             self.generations, self.active = verified, active[0] if active else None
             for hook in self._before:
                 await hook()
             current = self._ca.current
-            self.issuers = {current.generation: current, **issuers}
+            states = {g.generation: g.state for g in verified}
+            if current.generation not in states or any(g.generation == current.generation for g in signing):
+                issuers = {current.generation: current, **issuers}
+            self.issuers = issuers
+            self._refreshed += 1
+            own = [] if states.get(current.generation) == "retired" else [current.cert]
             trusted = [x509.load_pem_x509_certificate(g.certificate.encode()) for g in verified]
-            own = current.cert
-            live = [c for g, c in zip(verified, trusted, strict=True) if g.state != "retired" and c != own]
-            roots = [own, *live]
+            live = [
+                c
+                for g, c in zip(verified, trusted, strict=True)
+                if g.state != "retired" and c != current.cert
+            ]
+            roots = [*own, *live]
             if roots == self.roots:
                 return
             self.roots = roots
@@ -102,10 +121,22 @@ class CATrust:
             for listener in self._listeners:
                 listener(roots)
 
+    async def _signing(self, verified: list[CAGeneration]) -> list[CAGeneration]:
+        """The generations that answer OCSP and sign CRLs: the active and retiring ones, and any
+        other (retired) while a certificate it signed is unexpired."""
+        now = self._ca.clock().timestamp()
+        out = []
+        for g in verified:
+            if (
+                g.state in ("active", "retiring")
+                or g.state == "retired"
+                and (await self._store.ca_last_not_after(g.generation) or 0) > now
+            ):
+                out.append(g)
+        return out
+
     def _issuer(self, generation: CAGeneration) -> Issuer | None:
-        """The generation as an Issuer when it is live (active or retiring) and its key opens."""
-        if generation.state not in ("active", "retiring"):
-            return None
+        """The generation as an Issuer when its key opens."""
         key = (generation.generation, generation.certificate)
         if (issuer := self._opened.get(key)) is not None:
             return issuer
@@ -123,14 +154,36 @@ class CATrust:
 
     def published(self, event: RevocationEvent) -> None:
         """A feed listener: a 'bundle' event (a generation prepared, activated or retired) re-reads them."""
-        if event.kind != "bundle":
-            return
+        if event.kind == "bundle":
+            self.refresh_in_background()
+
+    def refresh_in_background(self) -> None:
+        """Refreshes in a task, retried until it succeeds (and while this replica refuses to issue)."""
         task = asyncio.create_task(self._refresh_logged())
         self._tasks.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._tasks.discard)
 
     async def _refresh_logged(self) -> None:
-        try:
-            await self.refresh()
-        except Exception as exc:  # noqa: BLE001 - the store unreachable: the next event or start reads again
-            logger.error("could not follow the CA generations: %s: %s", type(exc).__name__, exc)
+        """refresh, retried with backoff (retry_first doubling to retry_max) until one succeeds, and
+        while this replica refuses to issue (the active CA's key did not open here). A later
+        successful refresh (another event's, an activation's here) ends the retries, and so does a
+        newer event's (its own loop reads at once and retries in its turn)."""
+        delay, self._loops = self.retry_first, self._loops + 1
+        me = self._loops
+        while True:
+            try:
+                await self.refresh()
+                if self._ca.refusing is None:
+                    return
+            except Exception as exc:  # noqa: BLE001 - the store unreachable: read again
+                logger.error(
+                    "could not follow the CA generations, retrying in %.0f s: %s: %s",
+                    delay,
+                    type(exc).__name__,
+                    exc,
+                )
+            done = self._refreshed
+            await asyncio.sleep(delay)
+            if me != self._loops or (self._refreshed != done and self._ca.refusing is None):
+                return
+            delay = min(delay * 2, self.retry_max)

@@ -3,9 +3,12 @@
 The store is not trusted on its own word. Generation 1 must be this deployment's own CA (the
 data dir's, or the token's the server started with); a generation N ≥ 2 is used (trusted,
 issued with, put in the bundle) only when its certificate is self-signed and its
-cross-certificate verifies (kms.cabundle.check_cross) from a generation already verified: its
+cross-certificate verifies (kms.cabundle.check_cross) from generation N-1, itself verified: its
 signature and form, as of its own start (the check is about where a row comes from, not time:
 a generation stays usable after the CA that vouched for it expired).
+Only N-1: rotation always cross-certifies generation N by the CA active when N was prepared, which
+is N-1 (numbers are MAX+1, a cancelled one's number is used again). Any other generation vouching
+for N (a retired one, whose key may have leaked) marks a row written by someone else.
 A row that fails is logged once, as an error, and ignored: fail closed.
 """
 
@@ -30,11 +33,12 @@ class GenerationCheck:
 
     def verified(self, rows: list[CAGeneration]) -> list[CAGeneration]:
         """The rows that verify, oldest first (every state: a retired one still vouches for the next)."""
-        good: list[tuple[CAGeneration, x509.Certificate]] = []
+        good: dict[int, tuple[CAGeneration, x509.Certificate]] = {}
         for row in sorted(rows, key=lambda r: r.generation):
-            why, cert = self._check(row, [c for _, c in good])
+            before = good.get(row.generation - 1)
+            why, cert = self._check(row, None if before is None else before[1])
             if why is None and cert is not None:
-                good.append((row, cert))
+                good[row.generation] = (row, cert)
             elif (row.generation, why or "") not in self._logged:
                 self._logged.add((row.generation, why or ""))
                 logger.error(
@@ -42,10 +46,10 @@ class GenerationCheck:
                     row.generation,
                     why,
                 )
-        return [row for row, _ in good]
+        return [row for row, _ in good.values()]
 
     def _check(
-        self, row: CAGeneration, anchors: list[x509.Certificate]
+        self, row: CAGeneration, anchor: x509.Certificate | None
     ) -> tuple[str | None, x509.Certificate | None]:
         try:
             cert = x509.load_pem_x509_certificate(row.certificate.encode())
@@ -60,19 +64,17 @@ class GenerationCheck:
         except Exception:  # noqa: BLE001 - InvalidSignature, ValueError, TypeError
             return "its certificate is not self-signed", None
         if row.cross_certificate is None:
-            return "it has no cross-certificate from an earlier generation", None
+            return f"it has no cross-certificate from generation {row.generation - 1}", None
         try:
             cross = x509.load_pem_x509_certificate(row.cross_certificate.encode())
         except ValueError:
             return "its cross-certificate is not PEM", None
-        last = "no earlier generation verified"
-        for anchor in reversed(anchors):
-            try:
-                # Integrity, not time: checked as of its own start, so the generation stays usable
-                # after the CA that vouched for it (and with it the cross-certificate) expired.
-                cabundle.check_cross(cross, cert, anchor, cross.not_valid_before_utc)
-            except cabundle.BundleError as exc:
-                last = str(exc)
-                continue
-            return None, cert
-        return f"its cross-certificate does not verify from an earlier generation: {last}", None
+        if anchor is None:
+            return f"generation {row.generation - 1}, which must vouch for it, is not verified", None
+        try:
+            # Integrity, not time: checked as of its own start, so the generation stays usable
+            # after the CA that vouched for it (and with it the cross-certificate) expired.
+            cabundle.check_cross(cross, cert, anchor, cross.not_valid_before_utc)
+        except cabundle.BundleError as exc:
+            return f"its cross-certificate does not verify from generation {row.generation - 1}: {exc}", None
+        return None, cert

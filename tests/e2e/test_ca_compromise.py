@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from agent.state import StateDir
 from kms.cabundle import parse_bundle
 from kms.identity import fingerprint
-from kms.v1 import enrollment_pb2, enrollment_pb2_grpc
+from kms.v1 import enrollment_pb2, enrollment_pb2_grpc, revocation_pb2, revocation_pb2_grpc
 from tests.e2e.rig import Rig
 from tests.harness import ServerProcess, WatchProcess, agent, assert_one_line_error, enroll
 
@@ -96,6 +96,12 @@ def test_emergency_rotation_revokes_the_old_ca_and_agents_reenroll(rig: tuple[Se
         ), late.stderr
     revoked = json.loads(server.admin("revocations", "list", "--json").stdout)
     assert {r["reason"] for r in revoked} == {"cACompromise"} and len(revoked) == 3, revoked
+    # The retired CA still signs its CRL (served at /crl, which its certificates name) until they
+    # expire, listing them as cACompromise (RFC 5280): with its own key.
+    crl = x509.load_der_x509_crl(_crl(server, cas[1]["certificate_pem"]))
+    old_ca = x509.load_pem_x509_certificate(str(cas[0]["certificate_pem"]).encode())
+    assert crl.issuer == old_ca.subject and crl.is_signature_valid(old_ca.public_key())  # type: ignore[arg-type]
+    assert {format(c.serial_number, "x") for c in crl} == {r["serial"] for r in revoked}
     # The old CA is out of the trust bundle: the new one alone, which the server's TLS chains to.
     bundle = parse_bundle(_bundle(server, cas[1]["certificate_pem"]))
     assert [fingerprint(c.public_bytes(Encoding.DER)) for c in bundle.cas] == [cas[1]["fingerprint"]]
@@ -116,6 +122,14 @@ def _bundle(server: ServerProcess, ca_pem: object) -> str:
     with grpc.secure_channel(server.enroll_address, creds) as channel:
         stub = enrollment_pb2_grpc.EnrollmentStub(channel)
         return str(stub.GetCABundle(enrollment_pb2.GetCABundleRequest(), timeout=10).trust_bundle_pem)
+
+
+def _crl(server: ServerProcess, ca_pem: object) -> bytes:
+    """GetCRL{} (what /crl serves), over TLS verified with the new CA."""
+    creds = grpc.ssl_channel_credentials(str(ca_pem).encode())
+    with grpc.secure_channel(server.enroll_address, creds) as channel:
+        stub = revocation_pb2_grpc.RevocationStub(channel)
+        return bytes(stub.GetCRL(revocation_pb2.GetCRLRequest(), timeout=10).crl_der)
 
 
 def _rotate_now_revoke_old_in_one_command(server: ServerProcess) -> None:

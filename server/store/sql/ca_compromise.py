@@ -11,10 +11,11 @@ since none of its certificates is valid any more).
 
 from __future__ import annotations
 
+from kms.errors import FailedPrecondition
 from kms.revocation import HOLD
 from server.store.dialect import Tx
 from server.store.records import Audit, RevocationEvent
-from server.store.sql.cas import CAGeneration, activate_ca, generations, serial_of
+from server.store.sql.cas import CAGeneration, Expected, activate_ca, serial_of
 from server.store.sql.events import append_event
 from server.store.sql.methods import Methods
 
@@ -47,22 +48,31 @@ async def _revoke_generation(tx: Tx, generation: int, now: int) -> list[Revocati
 Compromise = tuple[CAGeneration, list[RevocationEvent]]
 
 
-async def activate_revoking_old(tx: Tx, now: int) -> Compromise:
+async def activate_revoking_old(tx: Tx, now: int, expected: Expected = None) -> Compromise:
     """Activates the prepared generation at once, revokes what the old active one signed and
     retires it. The events: the activation's 'bundle', one 'cert' per certificate, the
     retirement's 'bundle' (reason "retired"). Raises FailedPrecondition as activate_ca does."""
-    old = [g for g in await generations(tx, None) if g.state == "active"]
-    active, activated = await activate_ca(tx, now, None)  # locks the active row; raises when none is prepared
-    revoked = await _revoke_generation(tx, old[0].generation, now)
-    await tx.execute(
-        "UPDATE ca_generations SET state='retired', retired_at=? WHERE generation=?", now, old[0].generation
+    # The active row locked first, and the old generation read from it: a concurrent activation
+    # (another replica) commits before, and this one then finds the generation it made active.
+    old = await tx.fetchrow(
+        tx.locked("SELECT generation, certificate FROM ca_generations WHERE state = 'active'", "FOR UPDATE")
     )
-    retired = await append_event(tx, "bundle", "retired", now, serial=serial_of(old[0].certificate))
+    if old is None:
+        raise FailedPrecondition("the store has no active CA: start the server once to adopt it")
+    active, activated = await activate_ca(tx, now, None, expected)  # raises when none is prepared
+    revoked = await _revoke_generation(tx, int(old[0]), now)
+    await tx.execute(
+        "UPDATE ca_generations SET state='retired', retired_at=? WHERE generation=?", now, old[0]
+    )
+    retired = await append_event(tx, "bundle", "retired", now, serial=serial_of(old[1]))
     return active, [activated, *revoked, retired]
 
 
 class CACompromiseMethods(Methods):
-    async def activate_ca_revoking_old(self, now: int, *, audit: Audit = None) -> Compromise:
+    async def activate_ca_revoking_old(
+        self, now: int, *, audit: Audit = None, expected: Expected = None
+    ) -> Compromise:
         """The prepared CA activated at once, the old one's certificates revoked and the old one
-        retired, in one transaction (see the module). Raises FailedPrecondition when none is prepared."""
-        return await self._change(lambda tx: activate_revoking_old(tx, now), audit)
+        retired, in one transaction (see the module). Raises FailedPrecondition when none is
+        prepared, or it is not expected (see activate_ca)."""
+        return await self._change(lambda tx: activate_revoking_old(tx, now, expected), audit)

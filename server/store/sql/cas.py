@@ -21,7 +21,26 @@ from server.store.records import Audit, RevocationEvent
 from server.store.sql.events import append_event
 from server.store.sql.methods import Methods
 
-__all__ = ["CAGeneration", "CAMethods", "NewGeneration", "Retirement", "prepared_already", "serial_of"]
+__all__ = [
+    "CAGeneration",
+    "CAMethods",
+    "Expected",
+    "NewGeneration",
+    "RotationRace",
+    "Retirement",
+    "prepared_already",
+    "serial_of",
+]
+
+
+class RotationRace(FailedPrecondition):
+    """Another replica (or admin) moved the rotation first: one prepared already, none prepared, or
+    another one prepared than the one checked. Automatic rotation says nothing of these."""
+
+
+# The prepared generation a caller checked (its number and certificate PEM): activation refuses
+# another one (cancelled and prepared again meanwhile).
+Expected = tuple[int, str] | None
 
 # A certificate still valid for retirement: unexpired and unrevoked, or only held (a hold can be
 # released, and then the certificate works again).
@@ -133,17 +152,25 @@ async def prepare_ca(tx: Tx, new: NewGeneration, now: int) -> tuple[CAGeneration
     return _generation(row), await append_event(tx, "bundle", "", now, serial=serial)
 
 
-async def activate_ca(tx: Tx, now: int, ready_at: int | None) -> tuple[CAGeneration, RevocationEvent]:
+async def activate_ca(
+    tx: Tx, now: int, ready_at: int | None, expected: Expected = None
+) -> tuple[CAGeneration, RevocationEvent]:
     """The prepared generation becomes active, the active one retiring (trusted, no longer issuing),
     with a 'bundle' event (reason "activated"). ready_at: the latest created_at the prepared one may
-    have (its propagation period over; None: at once). Raises FailedPrecondition."""
+    have (its propagation period over; None: at once). expected: the prepared generation the caller
+    checked (None: any). Raises FailedPrecondition."""
     active = await tx.fetchval(
         tx.locked("SELECT generation FROM ca_generations WHERE state = 'active'", "FOR UPDATE")
     )
     row = await tx.fetchrow(f"SELECT {_COLUMNS} FROM ca_generations WHERE state = 'prepared'")  # noqa: S608
     if active is None or row is None:
-        raise FailedPrecondition("no CA generation is prepared: kms-server ca rotate prepares one")
+        raise RotationRace("no CA generation is prepared: kms-server ca rotate prepares one")
     prepared = _generation(row)
+    if expected is not None and (prepared.generation, prepared.certificate) != expected:
+        raise RotationRace(
+            f"the prepared CA generation changed while it was being activated (cancelled and prepared"
+            f" again: generation {prepared.generation} now): check kms-server ca status, then activate again"
+        )
     if ready_at is not None and prepared.created_at > ready_at:
         raise FailedPrecondition(
             f"CA generation {prepared.generation} was prepared {now - prepared.created_at} s ago: agents may"
@@ -224,7 +251,7 @@ async def cancel_ca(tx: Tx, now: int) -> tuple[CAGeneration, RevocationEvent]:
 
 
 def prepared_already(generation: int) -> FailedPrecondition:
-    return FailedPrecondition(
+    return RotationRace(
         f"CA generation {generation} is prepared already: activate it before preparing another"
         " (kms-server ca status shows it)"
     )
@@ -263,11 +290,12 @@ class CAMethods(Methods):
         return await self._change(lambda tx: prepare_ca(tx, new, now), audit)
 
     async def activate_ca(
-        self, now: int, ready_at: int | None, *, audit: Audit = None
+        self, now: int, ready_at: int | None, *, audit: Audit = None, expected: Expected = None
     ) -> tuple[CAGeneration, RevocationEvent]:
         """Activates the prepared generation (the active one retiring), with its 'bundle' event, in
-        one transaction. Raises FailedPrecondition when none is prepared, or it is not ready_at."""
-        return await self._change(lambda tx: activate_ca(tx, now, ready_at), audit)
+        one transaction. Raises FailedPrecondition when none is prepared, it is not ready_at, or it
+        is not expected (the generation number and certificate the caller checked)."""
+        return await self._change(lambda tx: activate_ca(tx, now, ready_at, expected), audit)
 
     async def retire_cas(self, now: int, *, audit: Audit = None) -> Retirement:
         """Retires, in one transaction, each retiring generation with no valid certificate left."""

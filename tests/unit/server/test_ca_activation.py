@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 
 from kms import cabundle, profile
-from kms.errors import FailedPrecondition, NotFound
+from kms.errors import FailedPrecondition
 from server.ca.authority import CertificateAuthority, create_root, software_root
 from server.ca.crl import CrlPublisher
 from server.ca.issuer import Issuer, make_issuer
@@ -197,19 +197,23 @@ def test_a_retiring_ca_is_retired_once_its_certificates_end(
         assert [(e.kind, e.reason) for e in r.published][-1] == ("bundle", "retired")
         (record,) = [a for a in await store.audit_after(0, 100) if a.action == "ca.retire"]
         assert record.actor == "ca" and record.object.startswith("ca:1 ")
-        # It leaves the trust, the bundle, OCSP and the CRLs.
+        # It leaves the trust and the bundle; it still answers OCSP and signs its CRL (at /crl) for
+        # the certificates it signed until they expire (RFC 5280), with its own key.
         await r.trust.refresh()
-        assert r.trust.roots == [r.ca.certificate] and set(r.trust.issuers) == {2}
+        assert r.trust.roots == [r.ca.certificate] and set(r.trust.issuers) == {1, 2}
         assert cabundle.parse_bundle(await r.rotation.bundle_pem()).cas == (r.ca.certificate,)
         answer = ocsp.load_der_ocsp_response(
             await OcspResponder(r.ca, store, lambda: NOW, r.trust).respond(_request(held, first, SHA1))
         )
-        assert answer.response_status is ocsp.OCSPResponseStatus.UNAUTHORIZED
+        assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
+        public = first.public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        public.verify(answer.signature, answer.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
         crls = CrlPublisher(r.ca, store, lambda: NOW, trust=r.trust)
-        with pytest.raises(NotFound):
-            await crls.current(1)
-        crl = x509.load_der_x509_crl(await crls.current())  # /crl: the active CA's now
-        assert crl.is_signature_valid(r.ca.certificate.public_key())  # type: ignore[arg-type]
+        crl = x509.load_der_x509_crl(await crls.current())  # /crl: still generation 1's
+        assert crl.is_signature_valid(first.public_key())  # type: ignore[arg-type]
+        assert {c.serial_number for c in crl} == {held.serial_number, revoked.serial_number}
+        assert await crls.current(1) == await crls.current()
 
     _run(store_at, body)
 

@@ -6,8 +6,10 @@ one activation; the replica that comes second is refused quietly."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from server.ca.authority import CertificateAuthority, create_root, software_root
@@ -43,7 +45,7 @@ def test_next_step() -> None:
     assert next_step([], 0.5, PROPAGATION, start) == (None, None)
 
 
-def test_two_replicas_rotate_once(store_at: tuple[str, str]) -> None:
+def test_two_replicas_rotate_once(store_at: tuple[str, str], caplog: pytest.LogCaptureFixture) -> None:
     now = [START]
     root = software_root(create_root("t", None, LIFE, START))
 
@@ -88,9 +90,47 @@ def test_two_replicas_rotate_once(store_at: tuple[str, str]) -> None:
             assert sum(ca.certificate != root.cert for ca in (ca_a, ca_b)) == 1
             audit = [(r.actor, r.action) for r in await store.audit_after(0, 10)]
             assert audit == [(ACTOR, "ca.rotate"), (ACTOR, "ca.activate")]
+            # The replica that came second was refused each time, and said nothing of it.
+            assert [
+                r for r in caplog.records if r.name == "server.ca.autorotate" and r.levelno >= logging.ERROR
+            ] == []
         finally:
             if other is not store:
                 await other.close()
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_a_refusal_other_than_a_race_is_logged_once(
+    store_at: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A prepared CA whose key this replica cannot use is not a replica racing: an error, once."""
+    now = [START]
+    root = software_root(create_root("t", None, LIFE, START))
+
+    async def body() -> None:
+        store = await open_store_at(*store_at)
+        try:
+            ca = CertificateAuthority(root, "t", timedelta(hours=1), lambda: now[0])
+            sealer = Sealer(bytes(range(32)))
+            trust = CATrust(store, ca, sealer)
+            rotation = CARotation(store, ca, trust, sealer, lambda: now[0], LIFE, None, lambda e: None)
+            auto = AutoRotation(rotation, 0.5, PROPAGATION, lambda: now[0])
+            await rotation.adopt()
+            pem = create_root("t", None, LIFE, START).cert.public_bytes(Encoding.PEM).decode()
+            sql = (
+                "INSERT INTO ca_generations(generation, state, key_type, certificate, cross_certificate,"
+                " created_at) VALUES (2, 'prepared', 'ecdsa-p256', ?, ?, 0)"
+            )
+            await store._change(lambda tx: tx.execute(sql, pem, pem))  # type: ignore[attr-defined]
+            now[0] = START + PROPAGATION * 2
+            with caplog.at_level(logging.ERROR, logger="server.ca.autorotate"):
+                assert await auto.step() is None
+                assert await auto.step() is None
+            errors = [r.getMessage() for r in caplog.records if r.name == "server.ca.autorotate"]
+            assert len(errors) == 1 and "could not activate" in errors[0] and "has no key" in errors[0]
+        finally:
             await store.close()
 
     asyncio.run(body())
