@@ -11,7 +11,11 @@ one cancelled) is no longer trusted, the pinned CA included, and is recorded as 
 (dropped-cas.json): never trusted again. A cancelled CA's cross-certificate stays valid for
 years, so an old bundle replayed through catch_up (an unverified connection) would verify
 again: a bundle holding a dropped CA is refused. A bundle that does not verify changes nothing:
-the agent keeps its trust and logs one line. ca.crt itself is not touched: it records what
+the agent keeps its trust and logs one line. Nor does an older one: the server versions its
+bundle (GetCABundle's trust_bundle_version, the event-log seq of the newest 'bundle' event it
+reflects), the agent stores the version with it (agent/bundlefile.py) and refuses a bundle whose
+version is lower (one line): a replica that lags serves one, and taking it would drop a prepared
+CA for good, or the CA of this agent's own certificate (SPIRE's bundle sequence numbers). ca.crt itself is not touched: it records what
 enrollment pinned (and is no longer trusted once dropped, even as the fallback).
 An agent whose own certificate's CA is no longer trusted (retired, or dropped after its
 certificate was revoked for cACompromise) cannot be served any more: retired_issuer names it.
@@ -113,10 +117,20 @@ def drop_issuer(state: StateDir, now: datetime) -> None:
         logger.warning("no longer trusting CA %s: compromised (cACompromise)", _fingerprint(ca))
 
 
-def refresh_bundle(state: StateDir, pem: str, now: datetime) -> list[TrustedCA] | None:
-    """Verifies pem from the CAs trusted now and stores it: it is the trust from then on. None (and
-    one line logged) when it does not verify, or cannot be stored: the trust stays as it was."""
+def refresh_bundle(state: StateDir, pem: str, now: datetime, version: int) -> list[TrustedCA] | None:
+    """Verifies pem (the server's bundle, at version) from the CAs trusted now and stores it with its
+    version: it is the trust from then on. None (and one line logged) when it is older than the
+    stored one, does not verify, or cannot be stored: the trust stays as it was, nothing dropped."""
     try:
+        held = state.stored_bundle()[1]
+        if version < held:
+            logger.warning(
+                "the server's trust bundle (version %d) is older than the one this agent holds"
+                " (version %d): kept the trust as it was; a replica that lags serves it",
+                version,
+                held,
+            )
+            return None
         before = trusted_now(state, now)
         trusted = verify_bundle(parse_bundle(pem), before, now)
         back = sorted({t.fingerprint for t in trusted} & set(state.dropped()))
@@ -135,30 +149,32 @@ def refresh_bundle(state: StateDir, pem: str, now: datetime) -> list[TrustedCA] 
     try:  # dropped first: a crash in between leaves the stored bundle, minus the dropped CAs
         if gone:
             state.save_dropped(gone)
-        state.save_trust_bundle(pem.encode())
+        state.save_trust_bundle(pem.encode(), version)
     except OSError as exc:  # a full or read-only disk: the old trust stays, the agent goes on
         logger.warning("kept the CA trust as it was: cannot store %s (%s)", bundle_path(state), exc)
         return None
     dropped = _fingerprints(before) - kept
     logger.info(
-        "stored the CA trust bundle in %s: trusting %s%s",
+        "stored the CA trust bundle in %s (version %d): trusting %s%s",
         bundle_path(state),
+        version,
         ", ".join(t.fingerprint for t in trusted),
         f"; no longer {', '.join(sorted(dropped))}" if dropped else "",
     )
     return trusted
 
 
-def news(state: StateDir, pem: str) -> bool:
-    """Whether the server's bundle says more than this agent keeps: a bundle other than the stored
-    one, or (none stored) more than one certificate. An agent enrolled, upgraded or offline since
-    the 'bundle' event never hears it: it checks at each stream's start instead."""
+def news(state: StateDir, pem: str, version: int) -> bool:
+    """Whether the server's bundle (at version) says more than this agent keeps: never an older one
+    than the stored one; a newer one; at the same version, a bundle other than the stored one, or
+    (none stored) more than one certificate. An agent enrolled, upgraded or offline since the
+    'bundle' event never hears it: it checks at each stream's start instead."""
     try:
-        stored = bundle_path(state).read_text()
-    except FileNotFoundError:
-        stored = ""
+        stored, held = state.stored_bundle()
     except (OSError, ValueError):
         return True
+    if version != held:
+        return version > held
     return pem != stored and (bool(stored) or pem.count("BEGIN CERTIFICATE") > 1)
 
 
@@ -184,11 +200,11 @@ def catch_up(state: StateDir, enroll_servers: tuple[str, ...], now: datetime, ti
             with KmsClient(
                 [address], b"".join(c.public_bytes(Encoding.PEM) for c in roots), timeout=timeout
             ) as client:
-                pem = client.get_trust_bundle()
+                pem, version = client.get_trust_bundle()
         except KmsError as exc:  # Unreachable among them
             logger.warning("could not read the trust bundle at %s: %s", address, exc)
             continue
-        if known and not news(state, pem):
-            return False  # nothing new: the failure is not about trust
-        return refresh_bundle(state, pem, now) is not None
+        if known and not news(state, pem, version):
+            return False  # nothing new (or older): the failure is not about trust
+        return refresh_bundle(state, pem, now, version) is not None
     return False

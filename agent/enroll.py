@@ -39,6 +39,7 @@ class Enrolled:
     identity: AgentIdentity
     watch_from_seq: int  # the event log's position at enrollment: the first watch resumes after it
     trust_bundle_pem: bytes  # the server's trust bundle, verified from the pinned CA
+    trust_bundle_version: int  # its version (GetCABundle's trust_bundle_version), stored with it
 
 
 def _trust_from_pin(
@@ -78,9 +79,9 @@ def _trust_from_pin(
 
 def _enroll_at(
     address: str, pinned: str, token: str, csr: Callable[[], bytes], timeout: float
-) -> tuple[x509.Certificate, list[x509.Certificate], str, enrollment_pb2.EnrollResponse]:
+) -> tuple[x509.Certificate, list[x509.Certificate], tuple[str, int], enrollment_pb2.EnrollResponse]:
     """The whole exchange with one enrollment address: the pinned CA, the CAs of the server's
-    trust bundle verified from it, the bundle, and the server's answer.
+    trust bundle verified from it, the bundle and its version, and the server's answer.
 
     The bundle is public and checked by its signatures, so it is read over a connection that
     verifies the server only under the CA it presents; the token then goes over one that
@@ -90,7 +91,7 @@ def _enroll_at(
     host, port = parse_hostport(address, what="--enroll-server")
     presented = presented_ca(host, port, timeout)
     with KmsClient([address], presented.public_bytes(serialization.Encoding.PEM), timeout=timeout) as client:
-        pem = client.get_trust_bundle()
+        pem, version = client.get_trust_bundle()
     ca, trusted = _trust_from_pin(address, pem, pinned, datetime.now(UTC))
     if presented not in trusted:  # else the connection below fails, and looks like a network fault
         seen = fingerprint(presented.public_bytes(serialization.Encoding.DER))
@@ -102,7 +103,7 @@ def _enroll_at(
     csr_der = csr()  # made once a server answered: no slow key generation before a quick failure
     with KmsClient([address], roots, timeout=timeout) as client:
         try:
-            return ca, trusted, pem, client.enroll(token, csr_der)
+            return ca, trusted, (pem, version), client.enroll(token, csr_der)
         except Unavailable as exc:
             # The token may have reached the server and been spent: another address
             # would only refuse it, and hide what happened. Final, not failed over.
@@ -154,7 +155,7 @@ def enroll(
             keep_key(made[0][0])
         return made[0][1]
 
-    ca, trusted, bundle_pem, resp = Servers(enroll_servers).first_available(
+    ca, trusted, (bundle_pem, version), resp = Servers(enroll_servers).first_available(
         lambda address: _enroll_at(address, pinned, token, csr, timeout),
         what="the enrollment endpoint",
         hint="check --enroll-server (default: each --server's port + 1)",
@@ -171,4 +172,4 @@ def enroll(
         ca_fingerprint=fingerprint(ca.public_bytes(serialization.Encoding.DER)),
     )
     identity = AgentIdentity(settings, key, cert, ca.public_bytes(serialization.Encoding.PEM), tuple(trusted))
-    return Enrolled(identity, resp.watch_from_seq, bundle_pem.encode())
+    return Enrolled(identity, resp.watch_from_seq, bundle_pem.encode(), version)

@@ -3,9 +3,9 @@
 agent.key    the RSA private key, PEM PKCS#8, 0600; never leaves the machine
 agent.crt    the agent certificate, PEM
 ca.crt       the CA pinned at enrollment (the one --ca-fingerprint names), PEM
-trust-bundle.pem  the latest CA trust bundle this agent verified (agent/bundle.py), 0644: its CAs,
-             and only they, are what the agent trusts (the pinned CA too only while it is in it);
-             without it (or when it no longer verifies), the pinned CA alone
+trust-bundle.pem  the latest CA trust bundle this agent verified (agent/bundle.py), 0644, its version
+             the first line (agent/bundlefile.py): its CAs, and only they, are what the agent trusts
+             (the pinned CA too only while in it); without it (or it no longer verifies), the pinned CA
 dropped-cas.json  every CA this agent stopped trusting (a newer bundle left it out, or its own
              certificate was revoked for cACompromise): never trusted again (agent/bundle.py), 0644
 agent.json   name, groups, server and enrollment addresses (lists), CA fingerprint
@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +32,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from agent.bundlefile import read_versioned, versioned
+from agent.keyfile import KeyFile
 from kms.cabundle import BundleError, parse_bundle, verify_stored
 from kms.errors import FailedPrecondition
 from kms.identity import fingerprint
@@ -40,32 +42,6 @@ from kms.securefile import ensure_private_dir, write_atomic
 __all__ = ["AgentIdentity", "AgentSettings", "KeyFile", "StateDir", "default_state_dir"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class KeyFile:
-    """A key file fetch-key --out wrote."""
-
-    name: str
-    version: int
-    path: Path
-    format: str = "raw"  # raw, hex or base64; pem: a key pair's private key
-    # Fetched without --version: kms-agent run moves it to each new current version.
-    follows_current: bool = True
-
-    @classmethod
-    def parse(cls, entry: dict[str, object]) -> KeyFile:
-        return cls(
-            str(entry["name"]),
-            int(str(entry["version"])),
-            Path(str(entry["path"])),
-            str(entry.get("format", "raw")),
-            # Entries from before this field never move: a pinned file must not follow.
-            bool(entry.get("follows_current", False)),
-        )
-
-    def entry(self) -> dict[str, object]:
-        return {**asdict(self), "path": str(self.path)}
 
 
 def _fp(cert: x509.Certificate) -> str:
@@ -205,14 +181,18 @@ class StateDir:
         return self.settings.exists()
 
     def save(
-        self, identity: AgentIdentity, *, watch_from_seq: int | None = None, trust_bundle: bytes | None = None
+        self,
+        identity: AgentIdentity,
+        *,
+        watch_from_seq: int | None = None,
+        trust_bundle: tuple[bytes, int] | None = None,
     ) -> None:
         """Writes the identity; agent.json last, so a crash leaves 'not enrolled'.
 
         watch_from_seq (a new enrollment): where watching starts, replacing any
         position a previous identity in this directory had reached.
-        trust_bundle (a new enrollment): the trust bundle verified from the pinned CA, replacing
-        any stored one. A renewal passes none: the stored bundle may be newer than its identity's.
+        trust_bundle (a new enrollment): the trust bundle verified from the pinned CA and its version,
+        replacing any stored one. A renewal passes none: the stored bundle may be newer than its identity's.
         """
         ensure_private_dir(self.path)
         self.revoked_file.unlink(missing_ok=True)  # about an earlier certificate
@@ -221,7 +201,7 @@ class StateDir:
         write_atomic(self.cert, identity.cert_pem, mode=0o644)
         write_atomic(self.ca, identity.ca_bundle_pem, mode=0o644)
         if trust_bundle is not None:
-            self.save_trust_bundle(trust_bundle)
+            self.save_trust_bundle(*trust_bundle)
         if watch_from_seq is not None:
             self.save_last_seq(watch_from_seq)
         write_atomic(
@@ -295,9 +275,13 @@ class StateDir:
         pems = [c.public_bytes(serialization.Encoding.PEM).decode() for c in every.values()]
         write_atomic(self.dropped_file, json.dumps({"dropped": pems}, indent=2).encode() + b"\n", mode=0o644)
 
-    def save_trust_bundle(self, pem: bytes) -> None:
-        """Stores a verified trust bundle: atomically, 0644 (certificates only)."""
-        write_atomic(self.trust_bundle, pem, mode=0o644)
+    def save_trust_bundle(self, pem: bytes, version: int) -> None:
+        """Stores a verified trust bundle with its version: atomically, 0644 (certificates only)."""
+        write_atomic(self.trust_bundle, versioned(pem, version), mode=0o644)
+
+    def stored_bundle(self) -> tuple[str, int]:
+        """The stored trust bundle and its version (("", 0): none). Raises OSError, ValueError."""
+        return read_versioned(self.trust_bundle)
 
     def load_certificate(self) -> x509.Certificate:
         """The current certificate alone: cheap enough per event (parsing the RSA key costs ~0.1 s).

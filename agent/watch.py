@@ -220,11 +220,11 @@ class Watcher:
         next stream's start checks the bundle again (_catch_up_bundle)."""
         try:
             with self._connect() as client:
-                pem = client.get_trust_bundle()
+                pem, version = client.get_trust_bundle()
         except KmsError as exc:
             logger.warning("kept the CA trust as it was: the server's trust bundle: %s", exc.message)
             return
-        if refresh_bundle(self._state, pem, _now()) is not None:
+        if refresh_bundle(self._state, pem, _now(), version) is not None:
             self._check_issuer()
 
     def _catch_up_bundle(self) -> None:
@@ -232,8 +232,11 @@ class Watcher:
         event) is fetched now. Failing here changes nothing; the stream goes on."""
         try:
             with self._connect() as client:
-                pem = client.get_trust_bundle()
-            taken = news(self._state, pem) and refresh_bundle(self._state, pem, _now()) is not None
+                pem, version = client.get_trust_bundle()
+            taken = (
+                news(self._state, pem, version)
+                and refresh_bundle(self._state, pem, _now(), version) is not None
+            )
         except KmsError as exc:
             logger.warning("could not check the server's CA trust bundle: %s", exc.message)
             return

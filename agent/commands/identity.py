@@ -14,9 +14,9 @@ from agent.context import connect, iso, state_dir
 from agent.enroll import enroll
 from agent.renew import renew
 from agent.servers import default_enroll_addresses, parse_addresses
-from agent.state import AgentIdentity
+from agent.state import AgentIdentity, StateDir
 from kms.cli import ArgumentParser, Subcommands, add_listing_options, print_json, print_views
-from kms.errors import AlreadyExists, InvalidArgument
+from kms.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from kms.identity import fingerprint
 from kms.output import Cell, Record, State, When
 from kms.prompts import is_interactive
@@ -68,7 +68,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         keep_key=lambda key: state.save_pending_key(token_id, key),
     )
     identity = enrolled.identity
-    state.save(identity, watch_from_seq=enrolled.watch_from_seq, trust_bundle=enrolled.trust_bundle_pem)
+    trust_bundle = (enrolled.trust_bundle_pem, enrolled.trust_bundle_version)
+    state.save(identity, watch_from_seq=enrolled.watch_from_seq, trust_bundle=trust_bundle)
     not_after = iso_datetime(identity.cert.not_valid_after_utc)
     if guided:
         print(
@@ -88,6 +89,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         answered = client.servers.current  # the address that answered
     servers = identity.settings.servers
     trusted = trusted_cas(identity)
+    version = _bundle_version(state_dir(args))
     not_after = iso(seen.not_after)
     if args.json:
         print_json(
@@ -102,6 +104,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "enroll_servers": list(identity.settings.enroll_servers),
                 "status": seen.status,
                 "trusted_cas": trusted,
+                "trust_bundle_version": version,
             }
         )
     else:
@@ -118,6 +121,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         cells: dict[str, Cell] = {**shown, "expires": When(seen.not_after), "status": State(seen.status)}
         print_views(Record(None, list(cells.items()), [f"{k + ':':<10} {v}" for k, v in shown.items()]))
     return 0
+
+
+def _bundle_version(state: StateDir) -> int:
+    """The stored trust bundle's version (0: none stored, or from a server that predates versions)."""
+    try:
+        return state.stored_bundle()[1]
+    except (OSError, ValueError) as exc:
+        raise FailedPrecondition(
+            f"{state.trust_bundle} is unreadable ({exc}): enroll again with --force"
+        ) from exc
 
 
 def trusted_cas(identity: AgentIdentity) -> list[dict[str, object]]:

@@ -306,18 +306,25 @@ class CARotation:
         return await self._store.ca_generations(now_seconds(self._clock))
 
     async def bundle_pem(self) -> str:
-        """The trust bundle, from the verified generations not retired: the active CA with its
+        """The trust bundle (served_bundle's)."""
+        return (await self.served_bundle())[0]
+
+    async def served_bundle(self) -> tuple[str, int]:
+        """The trust bundle and its version (the seq of the newest 'bundle' event the generations
+        reflect, CATrust.version: both from one CATrust state; 0 for this replica's own CA, served
+        while it has not followed the active one: it reflects no event). The bundle: from the
+        verified generations not retired: the active CA with its
         cross-certificate (from the CA before it), each retiring CA with its own and one made by the
         active CA (oldWithNew: for agents that pinned the active one; its own links an agent pinned
         to an older one through it, when several are retiring), then each prepared CA followed by
         its cross-certificate. Served to anonymous callers: from memory (CATrust re-reads the store on
         each 'bundle' event); each oldWithNew is made once, kept in the store, so every replica
         serves the same bundle."""
-        generations = self._trust.generations
+        generations, version = self._trust.generations, self._trust.version  # one state: no await between
         issuer = self._ca.current
         active = [g for g in generations if g.state == "active"]
         if not active or active[0].generation != issuer.generation:  # not followed (yet): its own CA
-            return issuer.bundle_pem.decode()
+            return issuer.bundle_pem.decode(), 0
         parts = [active[0].certificate + (active[0].cross_certificate or "")]
         parts += [
             g.certificate + (g.cross_certificate or "") + await self._cross_from(issuer, g)
@@ -325,7 +332,7 @@ class CARotation:
             if g.state == "retiring"
         ]
         parts += [g.certificate + (g.cross_certificate or "") for g in generations if g.state == "prepared"]
-        return "".join(parts)
+        return "".join(parts), version
 
     async def _old_with_new_until(self, generation: int, now: datetime) -> datetime:
         """How long an oldWithNew for generation (retiring) may vouch for it: until the last

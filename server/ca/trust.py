@@ -58,6 +58,8 @@ class CATrust:
         self._check = GenerationCheck(ca.current.cert)
         self.roots: list[x509.Certificate] = [ca.certificate]
         self.generations: list[CAGeneration] = []  # verified, oldest first
+        # The trust bundle's version: the seq of the newest 'bundle' event the generations reflect.
+        self.version = 0
         self.issuers: dict[int, Issuer] = {1: ca.current}  # live: active and retiring
         self.active: Issuer | None = None  # the verified active generation, its key opened
         self._opened: dict[tuple[int, str], Issuer] = {}
@@ -89,15 +91,19 @@ class CATrust:
         return None
 
     async def refresh(self) -> None:
-        """Reads and verifies the generations, opens the live ones' keys, runs the hooks and hands
+        """Reads the bundle's version, then reads and verifies the generations, opens the live ones' keys, runs the hooks and hands
         the roots (every verified generation not retired) on."""
         async with self._reading:
+            # The version first: a 'bundle' event committed between the reads then shows in the
+            # generations but not in the version, which never claims more than the bundle shows.
+            version = await self._store.ca_bundle_version()
             rows = await self._store.ca_generations(None)
             verified = self._check.verified(rows)
             signing = await self._signing(verified)
             issuers = {g.generation: i for g in signing if (i := self._issuer(g)) is not None}
             active = [issuers.get(g.generation) for g in verified if g.state == "active"]
             self.generations, self.active = verified, active[0] if active else None
+            self.version = version
             for hook in self._before:
                 await hook()
             current = self._ca.current

@@ -275,6 +275,14 @@ class CAMethods(Methods):
             )
         )
 
+    async def ca_bundle_version(self) -> int:
+        """The sequence number of the newest 'bundle' event (0: none): the version of the trust bundle
+        the CA generations make (read before them, it never claims more than they show)."""
+        seq = await self._read(
+            lambda tx: tx.fetchval("SELECT seq FROM events WHERE kind = 'bundle' ORDER BY seq DESC LIMIT 1")
+        )
+        return int(seq or 0)
+
     async def ca_generations(self, now: int | None) -> list[CAGeneration]:
         """Every generation, oldest first, with how many valid certificates each signed as of now
         (None: not counted)."""

@@ -94,19 +94,19 @@ def test_a_dropped_ca_is_never_trusted_again(
     state = StateDir(tmp_path)
     state.ca.write_text(_pem(g1))
     prepared = _pem(g1, g2, _cross(g2, g1, k1))
-    assert refresh_bundle(state, prepared, NOW) is not None
-    assert refresh_bundle(state, _pem(g1), NOW) is not None  # g2 cancelled: dropped, recorded
+    assert refresh_bundle(state, prepared, NOW, 0) is not None
+    assert refresh_bundle(state, _pem(g1), NOW, 0) is not None  # g2 cancelled: dropped, recorded
     assert set(state.dropped()) == {_fp(g2)} and state.dropped_file.stat().st_mode & 0o777 == 0o644
     # The old bundle replayed (its cross-certificate still valid): refused, one line, trust unchanged.
     with caplog.at_level(logging.WARNING, logger="agent.bundle"):
-        assert refresh_bundle(state, prepared, NOW) is None
+        assert refresh_bundle(state, prepared, NOW, 0) is None
     assert [r.getMessage() for r in caplog.records] == [
         f"kept the CA trust as it was: the server's trust bundle holds CA {_fp(g2)}, which this agent"
         " dropped before (retired, cancelled or compromised) and never trusts again"
     ]
     assert trusted_now(state, NOW) == [g1] and bundle_path(state).read_text() == _pem(g1)
     # A CA prepared since, under a new key, is trusted as any other.
-    assert refresh_bundle(state, _pem(g1, g3, _cross(g3, g1, k1)), NOW) is not None
+    assert refresh_bundle(state, _pem(g1, g3, _cross(g3, g1, k1)), NOW, 0) is not None
     assert trusted_now(state, NOW) == [g1, g3]
 
 
@@ -114,8 +114,8 @@ def test_a_damaged_bundle_does_not_bring_back_a_dropped_pinned_ca(tmp_path: Path
     (g1, k1), (g2, k2), _ = gens
     state = _enrolled(tmp_path, g1, k1)
     c12 = _cross(g2, g1, k1)
-    assert refresh_bundle(state, _pem(g1, g2, c12), NOW) is not None
-    assert refresh_bundle(state, _pem(g2, c12), NOW) is not None  # g1 retired: dropped
+    assert refresh_bundle(state, _pem(g1, g2, c12), NOW, 0) is not None
+    assert refresh_bundle(state, _pem(g2, c12), NOW, 0) is not None  # g1 retired: dropped
     assert trusted_now(state, NOW) == [g2]
     state.trust_bundle.write_text("damaged")
     assert trusted_now(state, NOW) == []  # not the pinned g1
@@ -131,7 +131,7 @@ def test_a_damaged_bundle_does_not_bring_back_a_dropped_pinned_ca(tmp_path: Path
 def test_the_watch_ends_when_its_own_ca_is_no_longer_trusted(tmp_path: Path, gens: list) -> None:
     (g1, k1), (g2, _), _ = gens
     state = _enrolled(tmp_path, g1, k1)
-    assert refresh_bundle(state, _pem(g2, _cross(g2, g1, k1)), NOW) is not None  # g1 retired
+    assert refresh_bundle(state, _pem(g2, _cross(g2, g1, k1)), NOW, 0) is not None  # g1 retired
     with pytest.raises(Revoked) as err:
         _watcher(state).run(install_signals=False)
     assert err.value.exit_code == 11
@@ -144,7 +144,7 @@ def test_the_watch_ends_when_its_own_ca_is_no_longer_trusted(tmp_path: Path, gen
 def test_revoked_for_ca_compromise_drops_its_ca(tmp_path: Path, gens: list) -> None:
     (g1, k1), (g2, _), _ = gens
     state = _enrolled(tmp_path, g1, k1)
-    assert refresh_bundle(state, _pem(g1, g2, _cross(g2, g1, k1)), NOW) is not None
+    assert refresh_bundle(state, _pem(g1, g2, _cross(g2, g1, k1)), NOW, 0) is not None
     serial = format(state.load_certificate().serial_number, "x")
     watcher = _watcher(state)
     with pytest.raises(Revoked):  # another reason: the CA stays trusted

@@ -70,7 +70,7 @@ def test_stored_only_when_it_verifies(tmp_path: Path, caplog: pytest.LogCaptureF
     state = _pinned(tmp_path, old)
     # Without the cross-certificate: nothing stored, one line.
     with caplog.at_level(logging.WARNING, logger="agent.bundle"):
-        assert refresh_bundle(state, _pem(old, new), NOW) is None
+        assert refresh_bundle(state, _pem(old, new), NOW, 0) is None
     assert [r.getMessage() for r in caplog.records] == [
         "kept the CA trust as it was: the server's trust bundle does not verify (CA "
         + _fp(new)
@@ -79,10 +79,10 @@ def test_stored_only_when_it_verifies(tmp_path: Path, caplog: pytest.LogCaptureF
     assert not bundle_path(state).exists() and trusted_now(state, NOW) == [old]
     # With it: stored, public, and read back as the trust.
     pem = _pem(old, new, _cross(new, old, old_key))
-    trusted = refresh_bundle(state, pem, NOW)
+    trusted = refresh_bundle(state, pem, NOW, 0)
     assert trusted is not None and [t.cert for t in trusted] == [old, new]
     assert bundle_path(state).stat().st_mode & 0o777 == 0o644 and bundle_path(state).read_text() == pem
-    assert trusted_now(state, NOW) == [old, new] and not news(state, pem)
+    assert trusted_now(state, NOW) == [old, new] and not news(state, pem, 0)
 
 
 def test_trust_follows_rotation_activation_retirement_and_the_pin_goes(tmp_path: Path, gens: list) -> None:
@@ -98,25 +98,25 @@ def test_trust_follows_rotation_activation_retirement_and_the_pin_goes(tmp_path:
         (_pem(g2, c12, g3, c23), [g2, g3]),
     ]
     for pem, cas in steps:
-        assert refresh_bundle(state, pem, NOW) is not None
+        assert refresh_bundle(state, pem, NOW, 0) is not None
         assert trusted_now(state, NOW) == cas
     # The pinned CA is gone from the bundle: no longer trusted, though ca.crt still names it.
     assert g1 not in trusted_now(state, NOW) and state.ca.read_text() == _pem(g1)
     # g3 activated, g2 retired: the bundle no longer reaches the pinned CA, only the stored one.
     final = _pem(g3, c23)
-    assert refresh_bundle(state, final, NOW) is not None
+    assert refresh_bundle(state, final, NOW, 0) is not None
     assert trusted_now(state, NOW) == [g3]
     # A bundle signed for the pinned CA alone is no longer accepted: it is not trusted.
-    assert refresh_bundle(state, _pem(g1), NOW) is None
+    assert refresh_bundle(state, _pem(g1), NOW, 0) is None
     assert bundle_path(state).read_text() == final
 
 
 def test_a_ca_dropped_from_a_newer_bundle_is_no_longer_trusted(tmp_path: Path, gens: list) -> None:
     (g1, k1), (g2, _), _ = gens
     state = _pinned(tmp_path, g1)
-    assert refresh_bundle(state, _pem(g1, g2, _cross(g2, g1, k1)), NOW) is not None
+    assert refresh_bundle(state, _pem(g1, g2, _cross(g2, g1, k1)), NOW, 0) is not None
     # The prepared CA cancelled: the bundle is the pinned CA alone again.
-    assert refresh_bundle(state, _pem(g1), NOW) is not None
+    assert refresh_bundle(state, _pem(g1), NOW, 0) is not None
     assert trusted_now(state, NOW) == [g1]
 
 
@@ -127,7 +127,7 @@ def test_an_agent_holding_one_generation_verifies_the_others(tmp_path: Path, gen
     # cross-certificate from g1, retiring (g1) with oldWithNew from g2, prepared (g3) with its own.
     pem = _pem(g2, _cross(g2, g1, k1), g1, _cross(g1, g2, k2), g3, _cross(g3, g2, k2))
     state = _pinned(tmp_path, g1 if holds == "only the retiring CA" else g2)
-    assert refresh_bundle(state, pem, NOW) is not None
+    assert refresh_bundle(state, pem, NOW, 0) is not None
     assert trusted_now(state, NOW) == [g2, g1, g3]
 
 
@@ -141,7 +141,7 @@ def test_a_forged_cross_certificate_is_refused(tmp_path: Path, gens: list, forge
         forged = cabundle.cross_builder(g2, g1, 7, NOW).sign(stranger_key, hashes.SHA256())
     else:
         forged = _cross(stranger, g1, gens[0][1])  # signed by the trusted CA, but for the stranger's key
-    assert refresh_bundle(state, _pem(g1, g2, forged), NOW) is None
+    assert refresh_bundle(state, _pem(g1, g2, forged), NOW, 0) is None
     assert not bundle_path(state).exists() and trusted_now(state, NOW) == [g1]
 
 
