@@ -117,19 +117,24 @@ def drop_issuer(state: StateDir, now: datetime) -> None:
         logger.warning("no longer trusting CA %s: compromised (cACompromise)", _fingerprint(ca))
 
 
+def _older(version: int, held: int) -> bool:
+    """Whether the server's bundle (at version) is older than the stored one (at held): then one line."""
+    if version < held:
+        logger.warning(
+            "the server's trust bundle (version %d) is older than the one this agent holds"
+            " (version %d): kept the trust as it was; a replica that lags serves it",
+            version,
+            held,
+        )
+    return version < held
+
+
 def refresh_bundle(state: StateDir, pem: str, now: datetime, version: int) -> list[TrustedCA] | None:
     """Verifies pem (the server's bundle, at version) from the CAs trusted now and stores it with its
     version: it is the trust from then on. None (and one line logged) when it is older than the
     stored one, does not verify, or cannot be stored: the trust stays as it was, nothing dropped."""
     try:
-        held = state.stored_bundle()[1]
-        if version < held:
-            logger.warning(
-                "the server's trust bundle (version %d) is older than the one this agent holds"
-                " (version %d): kept the trust as it was; a replica that lags serves it",
-                version,
-                held,
-            )
+        if _older(version, state.stored_bundle()[1]):
             return None
         before = trusted_now(state, now)
         trusted = verify_bundle(parse_bundle(pem), before, now)
@@ -166,15 +171,15 @@ def refresh_bundle(state: StateDir, pem: str, now: datetime, version: int) -> li
 
 def news(state: StateDir, pem: str, version: int) -> bool:
     """Whether the server's bundle (at version) says more than this agent keeps: never an older one
-    than the stored one; a newer one; at the same version, a bundle other than the stored one, or
-    (none stored) more than one certificate. An agent enrolled, upgraded or offline since the
-    'bundle' event never hears it: it checks at each stream's start instead."""
+    than the stored one (one line logged); a newer one; at the same version, a bundle other than the
+    stored one, or (none stored) more than one certificate. An agent enrolled, upgraded or offline
+    since the 'bundle' event never hears it: it checks at each stream's start instead."""
     try:
         stored, held = state.stored_bundle()
     except (OSError, ValueError):
         return True
     if version != held:
-        return version > held
+        return not _older(version, held)  # an older one logged
     return pem != stored and (bool(stored) or pem.count("BEGIN CERTIFICATE") > 1)
 
 

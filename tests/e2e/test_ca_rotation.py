@@ -28,10 +28,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from agent.bootstrap import presented_ca
 from agent.cli import main as agent_main
 from kms.cabundle import parse_bundle
 from kms.identity import fingerprint
-from kms.v1 import revocation_pb2, revocation_pb2_grpc
+from kms.v1 import enrollment_pb2, enrollment_pb2_grpc, revocation_pb2, revocation_pb2_grpc
 from server.cli import main as server_main
 from tests.e2e.rig import Rig
 from tests.harness import ServerProcess, WatchProcess, enroll
@@ -71,8 +72,14 @@ def test_rotate_status_bundle_and_refusal(
         watch.wait_for(lambda evs: any(e["kind"] == "bundle" for e in evs))
         stored = root / "alice" / "trust-bundle.pem"
         assert stored.stat().st_mode & 0o777 == 0o644
+        # The bundle's version: the seq of the 'bundle' event (the prepare), as the server serves it.
+        (prepared,) = [e["seq"] for e in watch.events if e["kind"] == "bundle"]
+        assert _served_version(server) == prepared > 0
         assert agent_main(["status", "--json", "--dir", str(root / "alice")]) == 0
-        trusted = json.loads(capsys.readouterr().out)["trusted_cas"]
+        shown = json.loads(capsys.readouterr().out)
+        trusted = shown["trusted_cas"]
+        assert shown["trust_bundle_version"] == prepared
+        assert stored.read_text().startswith(f"# trust bundle version {prepared}\n")
         assert [(c["fingerprint"], c["pinned"]) for c in trusted] == [
             (cas[0]["fingerprint"], True),
             (cas[1]["fingerprint"], False),
@@ -97,6 +104,25 @@ def test_rotate_status_bundle_and_refusal(
             assert late_bundle.read_bytes() == stored.read_bytes()
         finally:
             assert late.stop() == 0
+        # Its bundle from before, at a higher version than the server's (as a lagging replica's
+        # looks to an agent that took a newer one): refused at the stream's start, one line.
+        late_bundle.write_bytes(b"# trust bundle version %d\n" % (prepared + 100) + old_pem)
+        late = WatchProcess(root / "late")
+        try:
+            late.wait_live()
+            deadline = time.monotonic() + 15
+            while not any("is older than the one this agent holds" in line for line in late.stderr):
+                assert time.monotonic() < deadline, late.stderr
+                time.sleep(0.1)
+        finally:
+            assert late.stop() == 0
+        refused = [line for line in late.stderr if "is older than" in line]
+        assert (
+            f"the server's trust bundle (version {prepared}) is older than the one this agent holds"
+            f" (version {prepared + 100}): kept the trust as it was; a replica that lags serves it"
+            in refused[0]
+        )
+        assert late_bundle.read_bytes() == b"# trust bundle version %d\n" % (prepared + 100) + old_pem
     finally:
         assert watch.stop() == 0
     # openssl: the cross-certificate verifies with the old CA as the only trust anchor, and
@@ -216,6 +242,18 @@ def _enroll_with_a_token_from_before(
     status = json.loads(capsys.readouterr().out)
     assert status["name"] == "newbie" and status["status"] == "valid"
     assert [c["pinned"] for c in status["trusted_cas"]] == [False, True]
+    # Enrollment stored the bundle's version: the activation's (the newest 'bundle' event).
+    assert status["trust_bundle_version"] == _served_version(server) > 0
+
+
+def _served_version(server: ServerProcess) -> int:
+    """GetCABundle's trust_bundle_version, read anonymously on the enrollment port (verified under
+    the CA it presents, as enrollment reads the bundle)."""
+    host, port = server.enroll_address.rsplit(":", 1)
+    creds = grpc.ssl_channel_credentials(presented_ca(host, int(port), 10).public_bytes(Encoding.PEM))
+    with grpc.secure_channel(server.enroll_address, creds) as channel:
+        stub = enrollment_pb2_grpc.EnrollmentStub(channel)
+        return int(stub.GetCABundle(enrollment_pb2.GetCABundleRequest(), timeout=10).trust_bundle_version)
 
 
 def _openssl_verify(anchor: Path, cert: Path) -> subprocess.CompletedProcess[str]:

@@ -62,10 +62,10 @@ def test_an_older_bundle_is_refused_and_drops_nothing(
     # A lagging replica's bundle from before the prepare (version 3), or an older server's (0).
     for version in (3, 0):
         caplog.clear()
-        assert not news(state, _pem(g1), version)
         with caplog.at_level(logging.WARNING, logger="agent.bundle"):
-            assert refresh_bundle(state, _pem(g1), NOW, version) is None
-        assert [r.getMessage() for r in caplog.records] == [OLDER.format(version, 5)]
+            assert not news(state, _pem(g1), version)  # at a stream's start: not news, one line
+            assert refresh_bundle(state, _pem(g1), NOW, version) is None  # at a 'bundle' event
+        assert [r.getMessage() for r in caplog.records] == [OLDER.format(version, 5)] * 2
         assert trusted_now(state, NOW) == [g1, g2] and not state.dropped_file.exists()
         assert state.stored_bundle() == (prepared, 5)
 
