@@ -24,9 +24,15 @@ PEM = Encoding.PEM
 
 
 def _bundle(server: ServerProcess, roots: bytes) -> str:
+    return _versioned(server, roots)[0]
+
+
+def _versioned(server: ServerProcess, roots: bytes) -> tuple[str, int]:
+    """GetCABundle's trust bundle and its version."""
     with grpc.secure_channel(server.enroll_address, grpc.ssl_channel_credentials(roots)) as channel:
         stub = enrollment_pb2_grpc.EnrollmentStub(channel)
-        return str(stub.GetCABundle(enrollment_pb2.GetCABundleRequest(), timeout=10).trust_bundle_pem)
+        resp = stub.GetCABundle(enrollment_pb2.GetCABundleRequest(), timeout=10)
+        return str(resp.trust_bundle_pem), int(resp.trust_bundle_version)
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -53,3 +59,6 @@ def test_b_follows_a_s_activation(backend: str) -> None:
         roots = old.public_bytes(PEM) + new.public_bytes(PEM)
         wait_until(lambda: _bundle(a, roots) == _bundle(b, roots), 30, "A and B serve one trust bundle")
         assert parse_bundle(_bundle(b, roots).encode()).cas == (new, old)
+        # The same version too, from either replica: the seq of the activation's 'bundle' event.
+        wait_until(lambda: _versioned(a, roots) == _versioned(b, roots), 30, "A and B serve one version")
+        assert _versioned(b, roots)[1] > 0
