@@ -15,8 +15,9 @@ the agent keeps its trust and logs one line. Nor does an older one: the server v
 bundle (GetCABundle's trust_bundle_version, the event-log seq of the newest 'bundle' event it
 reflects), the agent stores the version with it (agent/bundlefile.py) and refuses a bundle whose
 version is lower (one line): a replica that lags serves one, and taking it would drop a prepared
-CA for good, or the CA of this agent's own certificate (SPIRE's bundle sequence numbers). ca.crt itself is not touched: it records what
-enrollment pinned (and is no longer trusted once dropped, even as the fallback).
+CA for good, or the CA of this agent's own certificate (SPIRE's bundle sequence numbers).
+ca.crt itself is not touched: it records what enrollment pinned (and is no longer trusted once
+dropped, even as the fallback).
 An agent whose own certificate's CA is no longer trusted (retired, or dropped after its
 certificate was revoked for cACompromise) cannot be served any more: retired_issuer names it.
 """
