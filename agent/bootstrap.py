@@ -1,12 +1,13 @@
-"""Trust bootstrap: find the server's CA and check it against the pinned fingerprint.
+"""Trust bootstrap: the CA the server presents, before anything is trusted.
 
 Before enrolling, the agent knows only an address and the CA fingerprint.
 gRPC cannot skip server verification, so the agent first completes one TLS
-handshake itself without verifying (nothing is sent over it), takes the
-chain the server presents, and keeps the certificate whose SHA-256 matches
-the pin. Every later connection verifies the server against that CA, so a
-server that does not hold a key certified by the pinned CA never sees the
-join token.
+handshake itself without verifying (nothing is sent over it) and takes the CA
+of the chain the server presents. It reads the server's trust bundle over a
+connection verified under that CA alone (the bundle is public, and checked by
+its signatures from the pinned CA: agent/enroll.py), and sends the join token
+only over one verified under the bundle's CAs, so a server that does not hold
+a key certified by a CA the pin vouches for never sees the token.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from cryptography import x509
 from agent.servers import Unreachable
 from kms.addresses import join_hostport
 from kms.errors import Unauthenticated
-from kms.identity import fingerprint, fingerprint_matches
 
-__all__ = ["pin_ca", "presented_ca"]
+__all__ = ["presented_ca"]
 
 
 def _presented_chain(host: str, port: int, timeout: float) -> list[bytes]:
@@ -45,24 +45,6 @@ def _presented_chain(host: str, port: int, timeout: float) -> list[bytes]:
         raise Unreachable(
             address, str(exc), f"cannot reach the enrollment endpoint {address}: {exc}"
         ) from exc
-
-
-def pin_ca(host: str, port: int, pinned: str, timeout: float = 10.0) -> x509.Certificate:
-    """Returns the CA certificate the server presents, if it matches the pin.
-
-    Raises:
-        Unauthenticated: no certificate in the presented chain matches.
-        Unreachable: the endpoint cannot be reached.
-    """
-    chain = _presented_chain(host, port, timeout)
-    for der in chain:
-        if fingerprint_matches(der, pinned):
-            return x509.load_der_x509_certificate(der)
-    seen = fingerprint(chain[-1]) if chain else "none"
-    raise Unauthenticated(
-        f"the server's CA ({seen}) does not match --ca-fingerprint {pinned}: "
-        "check the fingerprint with `kms-server ca fingerprint`; the join token was not sent"
-    )
 
 
 def presented_ca(host: str, port: int, timeout: float = 10.0) -> x509.Certificate:

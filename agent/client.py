@@ -193,14 +193,15 @@ class KmsClient:
         )
         return resp.ca_bundle_pem
 
-    def get_trust_bundle(self) -> str:
-        """The trust bundle (the active CA, each prepared CA and its cross-certificate), unchecked;
-        the active CA alone from a server that predates it."""
+    def get_trust_bundle(self) -> tuple[str, int]:
+        """The trust bundle (the active CA, each prepared CA and its cross-certificate), unchecked,
+        and its version (0 from a server that predates versions); the active CA alone from a server
+        that predates the trust bundle."""
         resp = cast(
             enrollment_pb2.GetCABundleResponse,
             self._call(lambda e: e.enrollment.GetCABundle, enrollment_pb2.GetCABundleRequest()),
         )
-        return resp.trust_bundle_pem or resp.ca_bundle_pem
+        return resp.trust_bundle_pem or resp.ca_bundle_pem, resp.trust_bundle_version
 
     def enroll(self, join_token: str, csr_der: bytes) -> enrollment_pb2.EnrollResponse:
         request = enrollment_pb2.EnrollRequest(join_token=join_token, csr_der=csr_der)

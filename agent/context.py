@@ -32,7 +32,7 @@ def client_for(identity: AgentIdentity, timeout: float, servers: Servers | None 
     """
     return KmsClient(
         servers or Servers(identity.settings.servers),
-        identity.ca_bundle_pem,
+        identity.roots_pem,
         key_pem=identity.key_pem,
         cert_pem=identity.cert_pem,
         timeout=timeout,

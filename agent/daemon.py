@@ -69,7 +69,7 @@ class AgentDaemon:
         identity = self._state.load()  # always the current (possibly renewed) certificate
         client = KmsClient(
             self._servers,
-            identity.ca_bundle_pem,
+            identity.roots_pem,
             key_pem=identity.key_pem,
             cert_pem=identity.cert_pem,
             timeout=self._timeout,

@@ -45,8 +45,8 @@ def _trust_domain(identity: AgentIdentity) -> str:
     return trust_domain_of(identity.settings.spiffe_id)
 
 
-def _ca(identity: AgentIdentity) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(identity.ca_bundle_pem)
+def _ca(identity: AgentIdentity) -> list[x509.Certificate]:
+    return identity.roots
 
 
 def _revocation_check(endpoint: Endpoint) -> Callable[[str], bool]:

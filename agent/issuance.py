@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -33,12 +34,15 @@ def trust_domain_of(spiffe_id: str) -> str:
 
 
 def accept_issued(
-    cert_der: bytes, ca: x509.Certificate, trust_domain: str, name: str, key: rsa.RSAPrivateKey
+    cert_der: bytes, roots: Sequence[x509.Certificate], trust_domain: str, name: str, key: rsa.RSAPrivateKey
 ) -> x509.Certificate:
-    """The issued certificate, if it chains to the pinned CA, names this agent and carries our key."""
+    """The issued certificate, if it chains to a trusted CA (the pinned one, or one of its verified
+    trust bundle), names this agent and carries our key."""
     cert = x509.load_der_x509_certificate(cert_der)
     try:
-        AllOf(ChainsTo([ca]), ClientAuth(), AgentIdentity(trust_domain, name)).verify(cert, datetime.now(UTC))
+        AllOf(ChainsTo(roots), ClientAuth(), AgentIdentity(trust_domain, name)).verify(
+            cert, datetime.now(UTC)
+        )
     except CertificateRejected as exc:
         raise Unauthenticated(
             f"the server issued a certificate this agent cannot use: {exc.message}"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from cryptography import x509
-
 from agent.client import KmsClient
 from agent.issuance import accept_issued, new_key_and_csr, trust_domain_of
 from agent.state import AgentIdentity, StateDir
@@ -27,10 +25,10 @@ def renew(state: StateDir, identity: AgentIdentity, client: KmsClient) -> AgentI
     """Renews now (with a new key of the same size) and saves the result; returns the new identity."""
     key, csr_der = new_key_and_csr(identity.key.key_size)
     resp = client.renew(csr_der)
-    ca = x509.load_pem_x509_certificate(identity.ca_bundle_pem)
+    ca = identity.roots
     trust_domain = trust_domain_of(identity.settings.spiffe_id)
     cert = accept_issued(resp.certificate_der, ca, trust_domain, identity.settings.name, key)
-    renewed = AgentIdentity(identity.settings, key, cert, identity.ca_bundle_pem)
+    renewed = AgentIdentity(identity.settings, key, cert, identity.ca_bundle_pem, identity.anchors)
     state.save(renewed)
     logger.info(
         "certificate renewed",

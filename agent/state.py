@@ -2,7 +2,12 @@
 
 agent.key    the RSA private key, PEM PKCS#8, 0600; never leaves the machine
 agent.crt    the agent certificate, PEM
-ca.crt       the CA bundle pinned at enrollment, PEM
+ca.crt       the CA pinned at enrollment (the one --ca-fingerprint names), PEM
+trust-bundle.pem  the latest CA trust bundle this agent verified (agent/bundle.py), 0644, its version
+             the first line (agent/bundlefile.py): its CAs, and only they, are what the agent trusts
+             (the pinned CA too only while in it); without it (or it no longer verifies), the pinned CA
+dropped-cas.json  every CA this agent stopped trusting (a newer bundle left it out, or its own
+             certificate was revoked for cACompromise): never trusted again (agent/bundle.py), 0644
 agent.json   name, groups, server and enrollment addresses (lists), CA fingerprint
 watch.json   the last revocation sequence number kms-agent watch processed
 enroll-pending.json  the key (0600) an unfinished enrollment sent a CSR for, with the token's id: a
@@ -17,44 +22,30 @@ key-files.json  key files fetch-key --out wrote (with their format, and whether 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from agent.bundlefile import read_versioned, versioned
+from agent.keyfile import KeyFile
+from kms.cabundle import BundleError, parse_bundle, verify_stored
 from kms.errors import FailedPrecondition
+from kms.identity import fingerprint
 from kms.securefile import ensure_private_dir, write_atomic
 
 __all__ = ["AgentIdentity", "AgentSettings", "KeyFile", "StateDir", "default_state_dir"]
 
+logger = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class KeyFile:
-    """A key file fetch-key --out wrote."""
 
-    name: str
-    version: int
-    path: Path
-    format: str = "raw"  # raw, hex or base64; pem: a key pair's private key
-    # Fetched without --version: kms-agent run moves it to each new current version.
-    follows_current: bool = True
-
-    @classmethod
-    def parse(cls, entry: dict[str, object]) -> KeyFile:
-        return cls(
-            str(entry["name"]),
-            int(str(entry["version"])),
-            Path(str(entry["path"])),
-            str(entry.get("format", "raw")),
-            # Entries from before this field never move: a pinned file must not follow.
-            bool(entry.get("follows_current", False)),
-        )
-
-    def entry(self) -> dict[str, object]:
-        return {**asdict(self), "path": str(self.path)}
+def _fp(cert: x509.Certificate) -> str:
+    return fingerprint(cert.public_bytes(serialization.Encoding.DER))
 
 
 def default_state_dir() -> Path:
@@ -143,7 +134,22 @@ class AgentIdentity:
     settings: AgentSettings
     key: rsa.RSAPrivateKey
     cert: x509.Certificate
-    ca_bundle_pem: bytes
+    ca_bundle_pem: bytes  # ca.crt: the CA pinned at enrollment
+    # The CAs of the latest verified trust bundle (issue 19 §1, SPIRE's model): the trust anchors
+    # for the server's certificate, peers' and this agent's own renewed ones, in place of the
+    # pinned CA. Empty: no bundle stored (or it no longer verifies), the pinned CA alone.
+    anchors: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def roots(self) -> list[x509.Certificate]:
+        """Every CA this agent trusts: the trust bundle's, else the pinned one."""
+        return list(self.anchors) or x509.load_pem_x509_certificates(self.ca_bundle_pem)
+
+    @property
+    def roots_pem(self) -> bytes:
+        """roots as PEM (a gRPC channel's root certificates)."""
+        pem = serialization.Encoding.PEM
+        return b"".join(a.public_bytes(pem) for a in self.anchors) or self.ca_bundle_pem
 
     @property
     def key_pem(self) -> bytes:
@@ -162,21 +168,31 @@ class StateDir:
         self.key = path / "agent.key"
         self.cert = path / "agent.crt"
         self.ca = path / "ca.crt"
+        self.trust_bundle = path / "trust-bundle.pem"
         self.settings = path / "agent.json"
         self.watch = path / "watch.json"
         self.revoked_file = path / "revoked.json"
         self.pending = path / "enroll-pending.json"
         self.key_files = path / "key-files.json"
+        self.dropped_file = path / "dropped-cas.json"
 
     @property
     def enrolled(self) -> bool:
         return self.settings.exists()
 
-    def save(self, identity: AgentIdentity, *, watch_from_seq: int | None = None) -> None:
+    def save(
+        self,
+        identity: AgentIdentity,
+        *,
+        watch_from_seq: int | None = None,
+        trust_bundle: tuple[bytes, int] | None = None,
+    ) -> None:
         """Writes the identity; agent.json last, so a crash leaves 'not enrolled'.
 
         watch_from_seq (a new enrollment): where watching starts, replacing any
         position a previous identity in this directory had reached.
+        trust_bundle (a new enrollment): the trust bundle verified from the pinned CA and its version,
+        replacing any stored one. A renewal passes none: the stored bundle may be newer than its identity's.
         """
         ensure_private_dir(self.path)
         self.revoked_file.unlink(missing_ok=True)  # about an earlier certificate
@@ -184,6 +200,8 @@ class StateDir:
         write_atomic(self.key, identity.key_pem, mode=0o600)
         write_atomic(self.cert, identity.cert_pem, mode=0o644)
         write_atomic(self.ca, identity.ca_bundle_pem, mode=0o644)
+        if trust_bundle is not None:
+            self.save_trust_bundle(*trust_bundle)
         if watch_from_seq is not None:
             self.save_last_seq(watch_from_seq)
         write_atomic(
@@ -201,13 +219,69 @@ class StateDir:
             key = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
             cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
             ca = self.ca.read_bytes()
+            trust = self.trust(datetime.now(UTC))
         except (OSError, ValueError, TypeError) as exc:
             raise FailedPrecondition(
                 f"agent state in {self.path} is unreadable ({exc}): enroll again with --force"
             ) from exc
         if not isinstance(key, rsa.RSAPrivateKey) or key.public_key() != cert.public_key():
             raise FailedPrecondition(f"{self.key} does not match {self.cert}: enroll again with --force")
-        return AgentIdentity(settings, key, cert, ca)
+        if not trust:
+            raise FailedPrecondition(
+                f"this agent trusts no CA it can use (each one it knows was dropped, see {self.dropped_file}):"
+                f" ask for a new join token (kms-server token create --name {settings.name}) and run"
+                " kms-agent enroll --force"
+            )
+        return AgentIdentity(settings, key, cert, ca, trust)
+
+    def trust(self, now: datetime) -> tuple[x509.Certificate, ...]:
+        """What this agent trusts at now: the stored trust bundle's CAs, else (none stored, or it
+        does not verify) the pinned one; never a dropped CA. Empty: nothing it can use.
+        Raises OSError, ValueError (ca.crt unreadable) or FailedPrecondition (dropped-cas.json)."""
+        dropped = self.dropped()
+        stored = self.anchors(now)
+        cas = stored or tuple(x509.load_pem_x509_certificates(self.ca.read_bytes()))
+        return tuple(c for c in cas if _fp(c) not in dropped)
+
+    def anchors(self, now: datetime) -> tuple[x509.Certificate, ...]:
+        """The stored trust bundle's CAs valid at now, when it still verifies as one family (every
+        CA reached from one of them through valid cross-certificates: kms.cabundle.verify_stored);
+        none when no bundle is stored, or it does not verify (one line logged): the pinned CA then."""
+        try:
+            trusted = verify_stored(parse_bundle(self.trust_bundle.read_bytes()), now)
+        except FileNotFoundError:
+            return ()
+        except (BundleError, OSError, ValueError) as exc:
+            logger.warning("trusting only the pinned CA: %s does not verify (%s)", self.trust_bundle, exc)
+            return ()
+        return tuple(t.cert for t in trusted)
+
+    def dropped(self) -> dict[str, x509.Certificate]:
+        """Every CA this agent dropped, by fingerprint. Raises FailedPrecondition when unreadable."""
+        try:
+            doc = json.loads(self.dropped_file.read_text())
+            certs = [x509.load_pem_x509_certificate(str(e).encode()) for e in doc["dropped"]]
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FailedPrecondition(
+                f"{self.dropped_file} is unreadable ({exc}): enroll again with --force"
+            ) from exc
+        return {_fp(c): c for c in certs}
+
+    def save_dropped(self, cas: list[x509.Certificate]) -> None:
+        """Adds cas to the dropped CAs: atomically, 0644 (certificates only)."""
+        every = {**self.dropped(), **{_fp(c): c for c in cas}}
+        pems = [c.public_bytes(serialization.Encoding.PEM).decode() for c in every.values()]
+        write_atomic(self.dropped_file, json.dumps({"dropped": pems}, indent=2).encode() + b"\n", mode=0o644)
+
+    def save_trust_bundle(self, pem: bytes, version: int) -> None:
+        """Stores a verified trust bundle with its version: atomically, 0644 (certificates only)."""
+        write_atomic(self.trust_bundle, versioned(pem, version), mode=0o644)
+
+    def stored_bundle(self) -> tuple[str, int]:
+        """The stored trust bundle and its version (("", 0): none). Raises OSError, ValueError."""
+        return read_versioned(self.trust_bundle)
 
     def load_certificate(self) -> x509.Certificate:
         """The current certificate alone: cheap enough per event (parsing the RSA key costs ~0.1 s).

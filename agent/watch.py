@@ -22,13 +22,14 @@ import random
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
 
 import grpc
 
-from agent.bundle import news, refresh_bundle
+from agent.bundle import catch_up, drop_issuer, news, refresh_bundle, retired_issuer
 from agent.client import Endpoint, KmsClient
 from agent.servers import Servers
 from agent.state import AgentIdentity, KeyFile, StateDir
@@ -46,6 +47,14 @@ BACKOFF_START = 0.2
 BACKOFF_MAX = 10.0
 # While on hold: how long at most between two attempts (a release is noticed within this).
 HOLD_RETRY_MAX = 5.0
+# How long reading the trust bundle from an enrollment address may take, after a server this
+# agent could not verify (agent/bundle.py catch_up).
+CATCH_UP_TIMEOUT = 10.0
+# How often at most a failed connection reads the trust bundle from an enrollment address: any
+# Unavailable may mean this agent missed an activation (a refused client certificate after an
+# emergency rotation says nothing of trust), and catch_up returns at once when it did not.
+CATCH_UP_EVERY = 60.0
+COMPROMISE = "cACompromise"
 
 
 class Watcher:
@@ -73,6 +82,7 @@ class Watcher:
         self._stopping = threading.Event()
         self._call: grpc.Future | None = None
         self._position = 0  # the last sequence number persisted
+        self._caught_up_at = -CATCH_UP_EVERY  # time.monotonic() of the last catch_up
 
     def stop(self, *_: object) -> None:
         self._stopping.set()
@@ -88,6 +98,7 @@ class Watcher:
         if install_signals:  # only the main thread may; kms-agent run handles signals itself
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
+        self._check_issuer()  # a bundle taken before a restart may have retired this agent's CA
         backoff = BACKOFF_START
         while not self._stopping.is_set():
             try:
@@ -100,11 +111,40 @@ class Watcher:
                 raise
             except (Unavailable, ResourceExhausted) as exc:
                 logger.warning("watch interrupted, reconnecting: %s", exc.message)
+                if isinstance(exc, Unavailable) and self._catch_up():
+                    backoff = BACKOFF_START  # a CA activated while this agent was away: trusted now
             if self._stopping.is_set():
                 break
             self._stopping.wait(backoff * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
             backoff = min(backoff * 2, BACKOFF_MAX)
         return 0
+
+    def _catch_up(self) -> bool:
+        """catch_up (agent/bundle.py), at most once per CATCH_UP_EVERY; whether the trust changed.
+
+        Raises:
+            Revoked: the new trust leaves out the CA of this agent's certificate.
+        """
+        if time.monotonic() - self._caught_up_at < CATCH_UP_EVERY:
+            return False
+        self._caught_up_at = time.monotonic()
+        changed = catch_up(self._state, self._identity.settings.enroll_servers, _now(), CATCH_UP_TIMEOUT)
+        if changed:
+            self._check_issuer()
+        return changed
+
+    def _check_issuer(self) -> None:
+        """Raises Revoked (exit 11) when this agent no longer trusts the CA of its own certificate:
+        the server retired it (no connection with that certificate is accepted any more) or it was
+        compromised. Only a new enrollment brings the agent back."""
+        ca = retired_issuer(self._state, _now())
+        if ca is not None:
+            name = self._identity.settings.name
+            raise Revoked(
+                f"this agent's certificate was issued by CA {ca} which the server no longer trusts"
+                f" (retired): ask for a new join token (kms-server token create --name {name}) and run"
+                " kms-agent enroll --force"
+            )
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop()
@@ -173,29 +213,35 @@ class Watcher:
             self._position = seq
 
     def _refresh_bundle(self) -> None:
-        """The new trust bundle, verified and stored (agent/bundle.py). A server that cannot be
-        reached raises: the stream reconnects and the event comes again. Any other refusal keeps
-        the old trust (one line): it must not end the watch."""
+        """The new trust bundle, verified and stored (agent/bundle.py). A refusal, or a server that
+        cannot be reached, keeps the old trust (one line) and the stream goes on: the events after
+        this one still count (an emergency rotation retires this agent's CA and revokes its
+        certificate in one go, and a new connection with that certificate is refused), and the
+        next stream's start checks the bundle again (_catch_up_bundle)."""
         try:
             with self._connect() as client:
-                pem = client.get_trust_bundle()
-        except Unavailable:
-            raise
+                pem, version = client.get_trust_bundle()
         except KmsError as exc:
             logger.warning("kept the CA trust as it was: the server's trust bundle: %s", exc.message)
             return
-        refresh_bundle(self._state, pem, _now())
+        if refresh_bundle(self._state, pem, _now(), version) is not None:
+            self._check_issuer()
 
     def _catch_up_bundle(self) -> None:
         """At a stream's start: a bundle this agent missed (enrolled, upgraded or offline since its
         event) is fetched now. Failing here changes nothing; the stream goes on."""
         try:
             with self._connect() as client:
-                pem = client.get_trust_bundle()
-            if news(self._state, pem):
-                refresh_bundle(self._state, pem, _now())
+                pem, version = client.get_trust_bundle()
+            taken = (
+                news(self._state, pem, version)
+                and refresh_bundle(self._state, pem, _now(), version) is not None
+            )
         except KmsError as exc:
             logger.warning("could not check the server's CA trust bundle: %s", exc.message)
+            return
+        if taken:
+            self._check_issuer()
 
     def _handle(self, event: revocation_pb2.RevocationEvent) -> None:
         fields = event_fields(event)
@@ -241,6 +287,8 @@ class Watcher:
         )
         if mine and event.reason == HOLD:  # the server closes the stream; reconnect until released
             raise Held(f"this agent's certificate {serial} is on hold (certificateHold)")
+        if mine and event.reason == COMPROMISE:  # its CA signed it: nothing it vouches for holds
+            drop_issuer(self._state, _now())
         if mine:
             self._state.save_revoked(serial, event.reason)  # kms-agent sign refuses, even offline
             raise Revoked(_revoked_line(event, self._identity.settings.name, serial))

@@ -203,7 +203,7 @@ class _Driver:
         )
 
         async def op(request: bytes) -> None:
-            machine = Initiator(local, server_peer(ca, host, datetime.now(UTC)), "server", Group.X25519)
+            machine = Initiator(local, server_peer([ca], host, datetime.now(UTC)), "server", Group.X25519)
             call = method(timeout=_TIMEOUT)
             await call.write(to_frame(machine.start()))
             init_auth = machine.receive(from_frame(await call.read()))

@@ -3,12 +3,16 @@
 A cross-certificate (RFC 4210 §4.4, newWithOld) carries the new CA's subject and key,
 with the old CA as issuer and signer: whoever trusts the old CA can check that the
 new one is the same authority's, without trusting anything new on faith. The bundle
-is PEM: the active CA first, then each newer CA followed by its cross-certificate.
-Pure: the time to check validity at is given.
+is PEM: the active CA followed by its cross-certificate from the CA before it, each
+retiring CA followed by one the active CA made for it (oldWithNew: for whoever trusts
+only the active one), then each prepared CA followed by its cross-certificate. So a
+holder of any one generation verifies all of them. Pure: the time to check validity at
+is given.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,6 +29,7 @@ __all__ = [
     "cross_builder",
     "parse_bundle",
     "verify_bundle",
+    "verify_stored",
 ]
 
 _BACKDATE = timedelta(seconds=60)
@@ -43,10 +48,11 @@ def _ski(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
 
 
 def cross_builder(
-    new: x509.Certificate, old: x509.Certificate, serial: int, now: datetime
+    new: x509.Certificate, old: x509.Certificate, serial: int, now: datetime, until: datetime | None = None
 ) -> x509.CertificateBuilder:
-    """newWithOld: new's subject, key and CA extensions, issued by old; valid while both are."""
-    not_after = min(new.not_valid_after_utc, old.not_valid_after_utc)
+    """newWithOld: new's subject, key and CA extensions, issued by old; valid while both are (and,
+    given until, no longer than that)."""
+    not_after = min(new.not_valid_after_utc, old.not_valid_after_utc, *([until] if until else []))
     bc = new.extensions.get_extension_for_class(x509.BasicConstraints).value
     ku = new.extensions.get_extension_for_class(x509.KeyUsage).value
     return (
@@ -118,24 +124,59 @@ def _self_signed(cert: x509.Certificate) -> bool:
 class TrustedCA:
     cert: x509.Certificate
     fingerprint: str
-    vouched_by: str | None  # the fingerprint of the CA whose cross-certificate vouches for it; None: pinned
+    # The fingerprint of the CA whose cross-certificate vouches for it; None: trusted already (one of
+    # the CAs the bundle was verified from).
+    vouched_by: str | None
 
 
-def verify_bundle(bundle: TrustBundle, pinned: x509.Certificate, now: datetime) -> list[TrustedCA]:
-    """Every CA of the bundle, each pinned or vouched for by a cross-certificate from one already
-    trusted (in bundle order). Raises BundleError for a CA that is neither."""
-    trusted = {_der(pinned): TrustedCA(pinned, fingerprint(_der(pinned)), None)}
-    waiting = [c for c in bundle.cas if _der(c) not in trusted]
+def verify_bundle(
+    bundle: TrustBundle, trusted: x509.Certificate | Sequence[x509.Certificate], now: datetime
+) -> list[TrustedCA]:
+    """The bundle's CAs (in bundle order), each one of the trusted CAs or vouched for by a valid
+    cross-certificate from one (trusted, or vouched for in turn).
+
+    A CA of the bundle already expired at now is left out: it verifies nothing any more, and a
+    server that has not retired it yet must not make the whole bundle fail. A trusted CA that is
+    not in the bundle is not in the answer: the bundle is the new trust (SPIRE's model).
+
+    Raises:
+        BundleError: a CA valid now that is neither trusted nor vouched for, or no CA valid now.
+    """
+    given = [trusted] if isinstance(trusted, x509.Certificate) else list(trusted)
+    known = {_der(c): TrustedCA(c, fingerprint(_der(c)), None) for c in given}
+    live = [c for c in bundle.cas if now <= c.not_valid_after_utc]
+    if not live:
+        raise BundleError("no CA of the bundle is valid now")
+    waiting = [c for c in live if _der(c) not in known]
     while waiting:
-        vouched = [(ca, by) for ca in waiting if (by := _voucher(ca, bundle, trusted, now)) is not None]
+        vouched = [(ca, by) for ca in waiting if (by := _voucher(ca, bundle, known, now)) is not None]
         if not vouched:
             raise BundleError(
                 f"CA {fingerprint(_der(waiting[0]))} has no valid cross-certificate from a trusted CA"
             )
         for ca, by in vouched:
-            trusted[_der(ca)] = TrustedCA(ca, fingerprint(_der(ca)), by)
-        waiting = [c for c in waiting if _der(c) not in trusted]
-    return [trusted[_der(c)] for c in bundle.cas if _der(c) in trusted]
+            known[_der(ca)] = TrustedCA(ca, fingerprint(_der(ca)), by)
+        waiting = [c for c in waiting if _der(c) not in known]
+    return [known[_der(c)] for c in live]
+
+
+def verify_stored(bundle: TrustBundle, now: datetime) -> list[TrustedCA]:
+    """A bundle verified before (the agent's stored one), checked again: one family, every CA
+    valid now reached from one of them through valid cross-certificates (an appended CA, a
+    cross-certificate since expired or a damaged file fails).
+
+    The CAs it was first verified from may be gone from it (retired), so they are no anchor here.
+
+    Raises:
+        BundleError: no CA of the bundle reaches every other.
+    """
+    first: BundleError | None = None
+    for root in bundle.cas:
+        try:
+            return verify_bundle(bundle, root, now)
+        except BundleError as exc:
+            first = first or exc
+    raise first or BundleError("the bundle holds no CA certificate")
 
 
 def _voucher(

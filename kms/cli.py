@@ -140,9 +140,10 @@ def run_main(
 ) -> int:
     """Parses argv and runs ``args.func(args)``, mapping every error to one line.
 
-    With quiet_grpc, gRPC's C core is told not to log to stderr (it reads
-    GRPC_VERBOSITY when the first channel is made), so a failed call is the one
-    line this function prints; GRPC_VERBOSITY=debug in the environment still wins.
+    With quiet_grpc, gRPC's C core is told not to log to stderr, so a failed call is the
+    one line this function prints; GRPC_VERBOSITY=debug in the environment still wins.
+    gRPC reads it as grpc is imported: the console scripts set it earlier still, in their
+    packages' __init__ (kms/grpc_quiet.py); this covers main(argv) called in-process.
     """
     verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
     if quiet_grpc and not verbose:

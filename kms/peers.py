@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from cryptography import x509
@@ -18,7 +18,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from kms.errors import KmsError
 from kms.handshake import PeerCheck, PeerInfo, PeerRejected
-from kms.policy import AgentIdentity, AllOf, ChainsTo, ClientAuth, agent_name_of
+from kms.policy import AgentIdentity, AllOf, ChainsTo, ClientAuth, agent_name_of, issued_by
 
 __all__ = ["AgentPeers", "agent_peer", "server_peer"]
 
@@ -53,18 +53,18 @@ def _verified_agent(
 
 
 def agent_peer(
-    ca: x509.Certificate,
+    roots: Sequence[x509.Certificate],
     trust_domain: str,
     expected: str | None,
     now: datetime,
     is_revoked: IsRevoked,
     who: str = "peer",
 ) -> PeerCheck:
-    """An agent of this CA (the one named expected, if given), valid at now and not revoked.
+    """An agent of one of these CAs (the one named expected, if given), valid at now and not revoked.
 
     who names the agent in refusals: "peer" in a handshake, "signer" for a signature.
     """
-    policy = AllOf(ChainsTo([ca]), ClientAuth(), AgentIdentity(trust_domain, expected))
+    policy = AllOf(ChainsTo(roots), ClientAuth(), AgentIdentity(trust_domain, expected))
 
     def check(chain: tuple[bytes, ...]) -> PeerInfo:
         peer, _ = _verified_agent(policy, trust_domain, chain, now, who)
@@ -83,21 +83,32 @@ class AgentPeers:
     """
 
     def __init__(
-        self, ca: x509.Certificate, trust_domain: str, is_revoked: IsRevoked, size: int = 4096
+        self, roots: Sequence[x509.Certificate], trust_domain: str, is_revoked: IsRevoked, size: int = 4096
     ) -> None:
-        self._policy = AllOf(ChainsTo([ca]), ClientAuth(), AgentIdentity(trust_domain))
         self._trust_domain = trust_domain
-        self._ca_until = ca.not_valid_after_utc
         self._is_revoked = is_revoked
         self._verified: OrderedDict[bytes, tuple[PeerInfo, datetime, datetime]] = OrderedDict()
         self._size = size
+        self.trust(roots)
+
+    def trust(self, roots: Sequence[x509.Certificate]) -> None:
+        """Accepts agents of these CAs from now on (a CA generation prepared, activated or retired):
+        what was verified under the old ones is verified again."""
+        self._roots = list(roots)
+        self._policy = AllOf(ChainsTo(self._roots), ClientAuth(), AgentIdentity(self._trust_domain))
+        self._verified.clear()
+
+    def _ca_until(self, leaf: x509.Certificate) -> datetime:
+        """When the CA that issued leaf (a verified one) expires: a cached certificate lasts no longer."""
+        issuers = [root.not_valid_after_utc for root in self._roots if issued_by(leaf, root)]
+        return max(issuers, default=leaf.not_valid_after_utc)
 
     def at(self, now: datetime) -> PeerCheck:
         def check(chain: tuple[bytes, ...]) -> PeerInfo:
             hit = self._verified.get(chain[0]) if chain else None
             if hit is None:
                 peer, leaf = _verified_agent(self._policy, self._trust_domain, chain, now)
-                until = min(leaf.not_valid_after_utc, self._ca_until)
+                until = min(leaf.not_valid_after_utc, self._ca_until(leaf))
                 self._verified[chain[0]] = (peer, leaf.not_valid_before_utc, until)
                 if len(self._verified) > self._size:
                     self._verified.popitem(last=False)
@@ -113,8 +124,8 @@ class AgentPeers:
         return check
 
 
-def server_peer(ca: x509.Certificate, host: str, now: datetime) -> PeerCheck:
-    """The kms-server itself: a serverAuth certificate of this CA for host, valid at now."""
+def server_peer(roots: Sequence[x509.Certificate], host: str, now: datetime) -> PeerCheck:
+    """The kms-server itself: a serverAuth certificate of one of these CAs for host, valid at now."""
     try:
         subject: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
@@ -122,7 +133,7 @@ def server_peer(ca: x509.Certificate, host: str, now: datetime) -> PeerCheck:
 
     def check(chain: tuple[bytes, ...]) -> PeerInfo:
         leaf, intermediates = _load(chain)
-        verifier = PolicyBuilder().store(Store([ca])).time(now).build_server_verifier(subject)  # type: ignore[arg-type]
+        verifier = PolicyBuilder().store(Store(list(roots))).time(now).build_server_verifier(subject)  # type: ignore[arg-type]
         try:
             verifier.verify(leaf, intermediates)
         except VerificationError as exc:

@@ -27,6 +27,7 @@ __all__ = [
     "ClientAuth",
     "Policy",
     "agent_name_of",
+    "issued_by",
 ]
 
 
@@ -67,7 +68,7 @@ class ChainsTo:
 
     def _why(self, cert: x509.Certificate, now: datetime) -> str | None:
         """Which check failed, in words, when it is one of the two common ones."""
-        if not any(_issued_by(cert, root) for root in self._roots):
+        if not any(issued_by(cert, root) for root in self._roots):
             issuer = cert.issuer.rfc4514_string()
             return f"certificate was not issued by this CA but by another (named {issuer!r}), even if the names match"
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
@@ -78,7 +79,8 @@ class ChainsTo:
         return None
 
 
-def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+def issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    """Whether root's key signed cert (and root's subject is cert's issuer)."""
     try:
         cert.verify_directly_issued_by(root)
     except (ValueError, TypeError, InvalidSignature):

@@ -23,6 +23,7 @@ from kms.addresses import join_hostport
 from kms.cli import use_json_logs
 from kms.identity import fingerprint
 from server.audit.devices import AuditDevices
+from server.ca.autorotate import AutoRotation
 from server.clock import Clock, system_clock
 from server.config import ServerConfig
 from server.deployment.datadir import DataDir
@@ -92,11 +93,20 @@ class App:
         self._tasks = [
             asyncio.create_task(s.crl.refresh_forever()),
             asyncio.create_task(s.tls.rotate_forever()),
+            asyncio.create_task(s.ca_retirement.run_forever()),
             asyncio.create_task(HeapKeeper().run_forever()),
             asyncio.create_task(s.failures.run_forever()),
             asyncio.create_task(s.scheduler.run_forever()),
             self.following,
         ]
+        if self.config.ca_rotate_at is not None:
+            auto = AutoRotation(
+                s.ca_rotation,
+                self.config.ca_rotate_at,
+                self.config.ca_propagation,
+                s.clock,
+            )
+            self._tasks.append(asyncio.create_task(auto.run_forever()))
 
     async def stop(self) -> None:
         """Graceful: refuse new calls, let in-flight ones finish within the grace period."""

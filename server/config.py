@@ -185,6 +185,8 @@ SETTINGS: tuple[Setting, ...] = (
     _S("pkcs11_pin_file", _absolute_path, None, "file (0600) holding the token's user PIN; else KMS_PKCS11_PIN (never a flag)", show_unset=False),
     _S("cert_ttl", _duration, "24h", "agent certificate lifetime, e.g. 24h (default 24h)", (Bound(high="366d", note=": agents renew, long lifetimes only widen exposure"), Bound(low="10s"))),
     _S("ca_ttl", _duration, "3650d", "CA lifetime, used at init (default 3650d)", _at_most("36500d", " (100 years)")),
+    _S("ca_propagation", _duration, "24h", "how long a prepared CA is published before ca activate takes it (--now skips it): agents fetch the trust bundle when they connect, so at least --cert-ttl leaves none that still holds a valid certificate behind (default 24h)", _between("5m", "366d")),
+    _S("ca_rotate_at", _number, None, "prepare the next CA when the active one has lived this fraction of its life, and activate it ca-propagation later, like 0.5 (default off: ca rotate and ca activate by hand)", (Bound("0", "1", ", like 0.5", exclusive=True),)),
     _S("server_cert_ttl", _duration, "30d", "the server's own TLS certificate lifetime (default 30d)", _at_most("825d")),
     _S("renew_fraction", _number, "0.6667", "renew the server certificate at this fraction of its life (default 0.6667)", (Bound("0", "1", ", like 0.67", exclusive=True),)),
     _S("token_ttl", _duration, "15m", "default join token lifetime (default 15m)"),
@@ -238,6 +240,8 @@ class ServerConfig:
     pkcs11_pin_file: Path | None
     cert_ttl: timedelta
     ca_ttl: timedelta
+    ca_propagation: timedelta  # the least time between ca rotate and ca activate (without --now)
+    ca_rotate_at: float | None  # automatic CA rotation at this fraction of the active CA's life (None: off)
     server_cert_ttl: timedelta
     token_ttl: timedelta
     max_token_ttl: timedelta
@@ -256,8 +260,7 @@ class ServerConfig:
     exchange_rate: int  # key exchanges one agent may start per second
     # At most one renewal per agent in this long (capped at a quarter of cert_ttl: see renew_window).
     renew_interval: timedelta
-    # None: the embedded SQLite store in the data dir. Else a postgresql:// URL
-    # that several replicas share (it may hold a password: never print it whole).
+    # None: SQLite in the data dir. Else a postgresql:// URL replicas share (may hold a password: never print it).
     database: str | None
     # A file (0600) holding the database's password, so that it is in neither the URL
     # nor the command line; PGPASSFILE and PGPASSWORD work too, as in libpq.

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -112,8 +112,12 @@ class ExchangeService:
         self._rate = rate
         self._limiter = RateLimiter(rate * 60, burst=rate)
         self._listening: dict[str, _Listener] = {}
-        self._peers = AgentPeers(ca_cert, trust_domain, revocations.is_revoked)
+        self._peers = AgentPeers([ca_cert], trust_domain, revocations.is_revoked)
         self._crypto = ThreadPoolExecutor(max_workers=_CRYPTO_THREADS, thread_name_prefix="handshake")
+
+    def trust(self, roots: Sequence[x509.Certificate]) -> None:
+        """Accepts agents of these CAs from now on (server/ca/trust.py: every generation not retired)."""
+        self._peers.trust(roots)
 
     def close(self) -> None:
         """Lets the crypto threads go (work they have started finishes; nothing new starts)."""

@@ -133,7 +133,7 @@ def _api_server(
     )
     served = Registrar(api)  # what it registers, for health and reflection
     enrollment_pb2_grpc.add_EnrollmentServicer_to_server(
-        EnrollmentServicer(s.ca, s.enrollment, s.ca_rotation.bundle_pem), served
+        EnrollmentServicer(s.ca, s.enrollment, s.ca_rotation.served_bundle), served
     )
     identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(s.ca, s.enrollment), served)
     keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(s.keys), served)
@@ -153,7 +153,7 @@ async def _enrollment_server(
         cfg,
         _tls_options(cfg),
         s.tls.credentials(require_client_auth=False),
-        enrollment=EnrollmentServicer(s.ca, s.enrollment, s.ca_rotation.bundle_pem),
+        enrollment=EnrollmentServicer(s.ca, s.enrollment, s.ca_rotation.served_bundle),
         revocation=revocation,
         health=s.health,
         metrics=s.metrics,
@@ -192,7 +192,11 @@ async def _http_side(cfg: ServerConfig, services: Services) -> HttpSidePort | No
         s.metrics.expiring.labels(label).set_function(partial(s.expiring.count, window))
     probe = _HttpProbe(s)
     return HttpSidePort(
-        s.crl, OcspResponder(s.ca, s.store, s.clock), s.metrics, probe.refresh_metrics, probe.healthy
+        s.crl,
+        OcspResponder(s.ca, s.store, s.clock, s.ca_trust),
+        s.metrics,
+        probe.refresh_metrics,
+        probe.healthy,
     )
 
 

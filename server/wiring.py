@@ -21,8 +21,11 @@ from server.api.health import HealthBoard
 from server.audit.trail import AuditBatcher, AuditTrail
 from server.ca.authority import CertificateAuthority
 from server.ca.crl import CrlPublisher
+from server.ca.generation_keys import TokenAccess
+from server.ca.retire import CARetirement
 from server.ca.rotation import CARotation
 from server.ca.tls import ServerTls
+from server.ca.trust import CATrust
 from server.clock import Clock, now_seconds
 from server.config import ServerConfig
 from server.deployment.backup import backup
@@ -47,7 +50,7 @@ from server.revocation.feed import RevocationFeed, StreamGuard
 from server.revocation.follower import EventFollower
 from server.revocation.service import RevocationService
 from server.revocation.watch import WatchService
-from server.store import AuditEntry, CertificateRecord, Store
+from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store
 
 __all__ = ["Services", "open_services"]
 
@@ -86,8 +89,10 @@ class Services:
     scheduler: KeyScheduler
     # What `kms-server top` shows (the Monitor service, on the admin socket).
     observer: Observer
-    # The CA's generations: preparing the next, the trust bundle (issue 19).
+    # The CA's generations: preparing the next, the trust bundle, retiring replaced ones (issue 19).
     ca_rotation: CARotation
+    ca_trust: CATrust
+    ca_retirement: CARetirement
 
 
 async def open_services(
@@ -96,25 +101,25 @@ async def open_services(
     """Builds the domain graph on the deployment's store, sealer and root CA key."""
     store, trust_domain = deployment.store, deployment.trust_domain
     ca = _authority(cfg, deployment, clock, status_urls)
-    tls = ServerTls(datadir, deployment.sealer, ca, cfg.sans, cfg.server_cert_ttl, cfg.renew_fraction, clock)
     # The expiry gauges, kept as certificates are issued and revoked (a scrape reads no agents).
     expiring = ExpiringCertificates(store, clock)
     metrics, journal = Metrics(), Journal()
-    on_publish = _each(expiring.published, journal.published)
-    feed = RevocationFeed(await store.last_seq(), metrics, on_publish=on_publish)
-    schedule_changed = asyncio.Event()
-    keys = _keys(cfg, deployment, clock, feed, schedule_changed)
-    guard = StreamGuard()
-    crl = CrlPublisher(ca, store, clock)
+    trust = CATrust(store, ca, deployment.sealer, _token(cfg))
+    on_publish = _each(expiring.published, journal.published, trust.published)
+    ca_events = _CAEvents(feed := RevocationFeed(await store.last_seq(), metrics, on_publish=on_publish))
+    rotation, retirement, tls = await _ca_generations(cfg, deployment, datadir, ca, clock, ca_events, trust)
+    keys = _keys(cfg, deployment, clock, feed, schedule_changed := asyncio.Event())
+    guard, health, audit = StreamGuard(), HealthBoard(), AuditBatcher(store)
+    crl = CrlPublisher(ca, store, clock, trust=trust)
     revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
     await revocations.load()
-    health = HealthBoard()
+    ca_events.revocations = revocations
     follower = EventFollower(store, feed, revocations.apply_remote, StoreHealth(health))
-    audit = AuditBatcher(store)
     reason = revocations.revocation_reason
     roster = Roster(store, reason)
     authenticator = PeerAuthenticator(ca.certificate, trust_domain, store, clock, reason)
     issued = _each(expiring.issued, journal.issued, roster.issued)
+    trust.listen(authenticator.trust, tls.trust_clients)
     return Services(
         clock=clock,
         store=store,
@@ -137,10 +142,8 @@ async def open_services(
         ),
         audit=audit,
         trail=AuditTrail(store, audit, deployment.audit_key),
-        exchanges=_exchanges(cfg, ca, tls, trust_domain, audit, revocations, clock),
-        limits=Limits(
-            RateLimiter(cfg.enroll_rate), RateLimiter(cfg.auth_failure_rate), cfg.max_streams_per_identity
-        ),
+        exchanges=_exchanges(cfg, ca, tls, trust_domain, audit, revocations, clock, trust),
+        limits=_limits(cfg),
         failures=FailureReport(audit.add, cfg.failure_report_interval.total_seconds(), wall=clock),
         scheduler=KeyScheduler(
             store, keys, clock, feed.publish, cfg.key_schedule_poll.total_seconds(), schedule_changed
@@ -148,26 +151,82 @@ async def open_services(
         observer=Observer(
             store, roster, journal, keys, guard, Rates(metrics), clock, authenticator.last_seen
         ),
-        ca_rotation=await _ca_rotation(cfg, deployment, ca, clock, feed),
+        ca_rotation=rotation,
+        ca_trust=trust,
+        ca_retirement=retirement,
     )
 
 
-async def _ca_rotation(
-    cfg: ServerConfig, deployment: Deployment, ca: CertificateAuthority, clock: Clock, feed: RevocationFeed
-) -> CARotation:
-    """The CA's generations, the deployment's CA adopted as the first (once)."""
+async def _ca_generations(
+    cfg: ServerConfig,
+    deployment: Deployment,
+    datadir: DataDir,
+    ca: CertificateAuthority,
+    clock: Clock,
+    events: _CAEvents,
+    trust: CATrust,
+) -> tuple[CARotation, CARetirement, ServerTls]:
+    """The CA's generations, the deployment's CA adopted as the first (once), the ones trusted, and
+    the store's active one followed; then the server's TLS identity. The active CA is followed
+    before the TLS certificate is loaded or issued: a replica restarted after an activation serves
+    one from the active CA from its first handshake (later switches reissue it)."""
+    tls: list[ServerTls] = []
+
+    async def reissue() -> None:
+        for each in tls:  # none yet at start: it is built after, from the active CA
+            await each.reissue()
+
+    retirement = CARetirement(deployment.store, clock, events.feed.publish)
+    trust.on_bundle(retirement.heard)  # an activation on another replica: its timer set at once
+
     rotation = CARotation(
         deployment.store,
         ca,
+        trust,
         deployment.sealer,
         clock,
         cfg.ca_ttl,
         cfg.ca_key,
-        feed.publish,
-        lambda: feed.last_seq,
+        events,
+        cfg.ca_propagation,
+        reissue,
+        retirement.wake,
+        trust.token,
     )
     await rotation.adopt()
-    return rotation
+    tls.append(
+        ServerTls(datadir, deployment.sealer, ca, cfg.sans, cfg.server_cert_ttl, cfg.renew_fraction, clock)
+    )
+    return rotation, retirement, tls[0]
+
+
+def _token(cfg: ServerConfig) -> TokenAccess | None:
+    """How to reach the CA keys' PKCS#11 token (--ca-key); None: the keys are in software."""
+    return None if cfg.ca_key is None else TokenAccess(cfg.ca_key, cfg.pkcs11_module, cfg.pkcs11_pin_file)
+
+
+class _CAEvents:
+    """A CA rotation's events: 'bundle' ones go to watchers; the revocations of an emergency
+    rotation (--revoke-old) are applied as every revocation is (the map, open streams, the CRL),
+    by the RevocationService, which is built after the rotation (it is set here then)."""
+
+    def __init__(self, feed: RevocationFeed) -> None:
+        self.feed = feed
+        self.revocations: RevocationService | None = None
+
+    def __call__(self, event: RevocationEvent) -> None:
+        if event.kind == "bundle":
+            self.feed.publish(event)
+        elif self.revocations is None:  # never at run time: the server serves once wiring is done
+            raise RuntimeError("a revocation before the revocation service exists")
+        else:
+            self.revocations.apply_committed(event)
+
+
+def _limits(cfg: ServerConfig) -> Limits:
+    return Limits(
+        RateLimiter(cfg.enroll_rate), RateLimiter(cfg.auth_failure_rate), cfg.max_streams_per_identity
+    )
 
 
 def _each(*calls: Callable[[T], None]) -> Callable[[T], None]:
@@ -238,8 +297,9 @@ def _exchanges(
     audit: AuditBatcher,
     revocations: RevocationService,
     clock: Clock,
+    trust: CATrust,
 ) -> ExchangeService:
-    return ExchangeService(
+    exchanges = ExchangeService(
         lambda: tls.handshake_identity,
         ca.certificate,
         trust_domain,
@@ -249,6 +309,8 @@ def _exchanges(
         cfg.handshake_timeout.total_seconds(),
         cfg.exchange_rate,
     )
+    trust.listen(exchanges.trust)
+    return exchanges
 
 
 @dataclass

@@ -151,7 +151,7 @@ def test_committed_signature_file_verifies() -> None:
     signer = filesig.verify_file(
         sig,
         digest,
-        lambda when: agent_peer(ca, "seed-kms.local", "web-1", when, lambda s: False),
+        lambda when: agent_peer([ca], "seed-kms.local", "web-1", when, lambda s: False),
         sig.signed_at,
     )
     assert signer.name == "web-1"
@@ -159,6 +159,6 @@ def test_committed_signature_file_verifies() -> None:
         filesig.verify_file(
             sig,
             bytes(32),
-            lambda when: agent_peer(ca, "seed-kms.local", None, when, lambda s: False),
+            lambda when: agent_peer([ca], "seed-kms.local", None, when, lambda s: False),
             sig.signed_at,
         )

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
-from datetime import UTC, datetime
 
-from agent.bundle import stored_bundle
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from agent.commands import add_renewal_options
 from agent.commands.guided import ask_missing
 from agent.context import connect, iso, state_dir
 from agent.enroll import enroll
 from agent.renew import renew
 from agent.servers import default_enroll_addresses, parse_addresses
-from kms.cabundle import TrustedCA
+from agent.state import AgentIdentity, StateDir
 from kms.cli import ArgumentParser, Subcommands, add_listing_options, print_json, print_views
-from kms.errors import AlreadyExists, InvalidArgument
+from kms.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from kms.identity import fingerprint
 from kms.output import Cell, Record, State, When
 from kms.prompts import is_interactive
 from kms.times import iso_datetime
@@ -55,7 +57,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     # with the certificate it issued instead of refusing the spent token.
     # Only a local file key: a malformed token is the server's to refuse, after the CA pin is checked.
     token_id = token.strip().split(".", 1)[0]
-    identity, watch_from_seq = enroll(
+    enrolled = enroll(
         servers=servers,
         enroll_servers=enroll_servers,
         token=token,
@@ -65,7 +67,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         key=state.pending_key(token_id),
         keep_key=lambda key: state.save_pending_key(token_id, key),
     )
-    state.save(identity, watch_from_seq=watch_from_seq)
+    identity = enrolled.identity
+    trust_bundle = (enrolled.trust_bundle_pem, enrolled.trust_bundle_version)
+    state.save(identity, watch_from_seq=enrolled.watch_from_seq, trust_bundle=trust_bundle)
     not_after = iso_datetime(identity.cert.not_valid_after_utc)
     if guided:
         print(
@@ -84,7 +88,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         seen = client.whoami().agent
         answered = client.servers.current  # the address that answered
     servers = identity.settings.servers
-    bundle = stored_bundle(state_dir(args), datetime.now(UTC)) or []
+    trusted = trusted_cas(identity)
+    version = _bundle_version(state_dir(args))
     not_after = iso(seen.not_after)
     if args.json:
         print_json(
@@ -98,7 +103,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "servers": list(servers),
                 "enroll_servers": list(identity.settings.enroll_servers),
                 "status": seen.status,
-                "trust_bundle": [t.fingerprint for t in bundle],
+                "trusted_cas": trusted,
+                "trust_bundle_version": version,
             }
         )
     else:
@@ -110,18 +116,43 @@ def cmd_status(args: argparse.Namespace) -> int:
             "expires": not_after,
             "server": f"{answered} (verified over mTLS)",
             "servers": ", ".join(servers),
-            **({"trust": bundle_text(bundle)} if bundle else {}),
+            "trusts": trusted_text(trusted),
         }
         cells: dict[str, Cell] = {**shown, "expires": When(seen.not_after), "status": State(seen.status)}
         print_views(Record(None, list(cells.items()), [f"{k + ':':<10} {v}" for k, v in shown.items()]))
     return 0
 
 
-def bundle_text(bundle: list[TrustedCA]) -> str:
-    """The stored trust bundle in words: each CA, pinned or cross-certified by which."""
+def _bundle_version(state: StateDir) -> int:
+    """The stored trust bundle's version (0: none stored, or from a server that predates versions)."""
+    try:
+        return state.stored_bundle()[1]
+    except (OSError, ValueError) as exc:
+        raise FailedPrecondition(
+            f"{state.trust_bundle} is unreadable ({exc}): enroll again with --force"
+        ) from exc
+
+
+def trusted_cas(identity: AgentIdentity) -> list[dict[str, object]]:
+    """The CAs this agent trusts (its latest verified trust bundle's, else the pinned one), each
+    with its validity and whether it is the CA enrollment pinned."""
+    pinned = x509.load_pem_x509_certificates(identity.ca_bundle_pem)
+    return [
+        {
+            "fingerprint": fingerprint(ca.public_bytes(Encoding.DER)),
+            "not_before": iso_datetime(ca.not_valid_before_utc),
+            "not_after": iso_datetime(ca.not_valid_after_utc),
+            "pinned": ca in pinned,
+        }
+        for ca in identity.roots
+    ]
+
+
+def trusted_text(trusted: list[dict[str, object]]) -> str:
+    """trusted_cas in words: each fingerprint, its validity, and which one is pinned."""
     return "; ".join(
-        f"{t.fingerprint} ({'pinned' if t.vouched_by is None else 'cross-certified by ' + t.vouched_by})"
-        for t in bundle
+        f"{ca['fingerprint']} ({ca['not_before']} to {ca['not_after']}{', pinned' if ca['pinned'] else ''})"
+        for ca in trusted
     )
 
 

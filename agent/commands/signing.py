@@ -10,7 +10,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.commands import add_output_flags, add_renewal_options
@@ -125,7 +124,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     sig = _read_signature(args.signature, filesig.parse)
     digest = _sha256_file(args.file)
     identity, client = connect(args)
-    ca = x509.load_pem_x509_certificate(identity.ca_bundle_pem)
+    ca = identity.roots
     trust_domain = trust_domain_of(identity.settings.spiffe_id)
     with client:
 

@@ -319,13 +319,17 @@ class GetKeyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class RotateCARequest(_message.Message):
-    __slots__ = ("key_type",)
+    __slots__ = ("key_type", "now", "revoke_old")
     KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    NOW_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_OLD_FIELD_NUMBER: _ClassVar[int]
     key_type: str
-    def __init__(self, key_type: _Optional[str] = ...) -> None: ...
+    now: bool
+    revoke_old: bool
+    def __init__(self, key_type: _Optional[str] = ..., now: _Optional[bool] = ..., revoke_old: _Optional[bool] = ...) -> None: ...
 
 class CAGeneration(_message.Message):
-    __slots__ = ("generation", "state", "key_type", "fingerprint", "not_before", "not_after", "valid_certificates", "created_at", "activated_at", "retired_at", "certificate_pem", "cross_certificate_pem")
+    __slots__ = ("generation", "state", "key_type", "fingerprint", "not_before", "not_after", "valid_certificates", "created_at", "activated_at", "retired_at", "certificate_pem", "cross_certificate_pem", "key_uri")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -338,6 +342,7 @@ class CAGeneration(_message.Message):
     RETIRED_AT_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     CROSS_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    KEY_URI_FIELD_NUMBER: _ClassVar[int]
     generation: int
     state: str
     key_type: str
@@ -350,7 +355,20 @@ class CAGeneration(_message.Message):
     retired_at: int
     certificate_pem: str
     cross_certificate_pem: str
-    def __init__(self, generation: _Optional[int] = ..., state: _Optional[str] = ..., key_type: _Optional[str] = ..., fingerprint: _Optional[str] = ..., not_before: _Optional[int] = ..., not_after: _Optional[int] = ..., valid_certificates: _Optional[int] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., retired_at: _Optional[int] = ..., certificate_pem: _Optional[str] = ..., cross_certificate_pem: _Optional[str] = ...) -> None: ...
+    key_uri: str
+    def __init__(self, generation: _Optional[int] = ..., state: _Optional[str] = ..., key_type: _Optional[str] = ..., fingerprint: _Optional[str] = ..., not_before: _Optional[int] = ..., not_after: _Optional[int] = ..., valid_certificates: _Optional[int] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., retired_at: _Optional[int] = ..., certificate_pem: _Optional[str] = ..., cross_certificate_pem: _Optional[str] = ..., key_uri: _Optional[str] = ...) -> None: ...
+
+class ActivateCARequest(_message.Message):
+    __slots__ = ("now", "revoke_old")
+    NOW_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_OLD_FIELD_NUMBER: _ClassVar[int]
+    now: bool
+    revoke_old: bool
+    def __init__(self, now: _Optional[bool] = ..., revoke_old: _Optional[bool] = ...) -> None: ...
+
+class CancelCARotationRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class ListCAsRequest(_message.Message):
     __slots__ = ()

@@ -154,6 +154,16 @@ class AdminStub:
                 request_serializer=kms_dot_v1_dot_admin__pb2.ListCAsRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_admin__pb2.ListCAsResponse.FromString,
                 _registered_method=True)
+        self.ActivateCA = channel.unary_unary(
+                '/kms.v1.Admin/ActivateCA',
+                request_serializer=kms_dot_v1_dot_admin__pb2.ActivateCARequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.CAGeneration.FromString,
+                _registered_method=True)
+        self.CancelCARotation = channel.unary_unary(
+                '/kms.v1.Admin/CancelCARotation',
+                request_serializer=kms_dot_v1_dot_admin__pb2.CancelCARotationRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_admin__pb2.CAGeneration.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -324,6 +334,25 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ActivateCA(self, request, context):
+        """Activates the prepared CA generation: it issues from then on (every replica,
+        on the 'bundle' event), and the active one becomes "retiring" (trusted, not
+        issuing). Before the server's ca_propagation has passed since it was prepared
+        (unless now), or with none prepared: FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelCARotation(self, request, context):
+        """Removes the prepared CA generation (it never issued): it leaves the trust
+        bundle (a 'bundle' event, so agents drop it). With none prepared:
+        FAILED_PRECONDITION. Returns the generation removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -446,6 +475,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListCAs,
                     request_deserializer=kms_dot_v1_dot_admin__pb2.ListCAsRequest.FromString,
                     response_serializer=kms_dot_v1_dot_admin__pb2.ListCAsResponse.SerializeToString,
+            ),
+            'ActivateCA': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateCA,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.ActivateCARequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.CAGeneration.SerializeToString,
+            ),
+            'CancelCARotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCARotation,
+                    request_deserializer=kms_dot_v1_dot_admin__pb2.CancelCARotationRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_admin__pb2.CAGeneration.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1096,6 +1135,60 @@ class Admin:
             '/kms.v1.Admin/ListCAs',
             kms_dot_v1_dot_admin__pb2.ListCAsRequest.SerializeToString,
             kms_dot_v1_dot_admin__pb2.ListCAsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateCA(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/ActivateCA',
+            kms_dot_v1_dot_admin__pb2.ActivateCARequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.CAGeneration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelCARotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.Admin/CancelCARotation',
+            kms_dot_v1_dot_admin__pb2.CancelCARotationRequest.SerializeToString,
+            kms_dot_v1_dot_admin__pb2.CAGeneration.FromString,
             options,
             channel_credentials,
             insecure,

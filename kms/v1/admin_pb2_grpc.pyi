@@ -82,6 +82,17 @@ class AdminStub:
     """
     ListCAs: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListCAsRequest, _admin_pb2.ListCAsResponse]
     """Every CA generation, oldest first."""
+    ActivateCA: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ActivateCARequest, _admin_pb2.CAGeneration]
+    """Activates the prepared CA generation: it issues from then on (every replica,
+    on the 'bundle' event), and the active one becomes "retiring" (trusted, not
+    issuing). Before the server's ca_propagation has passed since it was prepared
+    (unless now), or with none prepared: FAILED_PRECONDITION.
+    """
+    CancelCARotation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CancelCARotationRequest, _admin_pb2.CAGeneration]
+    """Removes the prepared CA generation (it never issued): it leaves the trust
+    bundle (a 'bundle' event, so agents drop it). With none prepared:
+    FAILED_PRECONDITION. Returns the generation removed.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -137,6 +148,17 @@ class AdminAsyncStub(AdminStub):
     """
     ListCAs: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListCAsRequest, _admin_pb2.ListCAsResponse]  # type: ignore[assignment]
     """Every CA generation, oldest first."""
+    ActivateCA: _aio.UnaryUnaryMultiCallable[_admin_pb2.ActivateCARequest, _admin_pb2.CAGeneration]  # type: ignore[assignment]
+    """Activates the prepared CA generation: it issues from then on (every replica,
+    on the 'bundle' event), and the active one becomes "retiring" (trusted, not
+    issuing). Before the server's ca_propagation has passed since it was prepared
+    (unless now), or with none prepared: FAILED_PRECONDITION.
+    """
+    CancelCARotation: _aio.UnaryUnaryMultiCallable[_admin_pb2.CancelCARotationRequest, _admin_pb2.CAGeneration]  # type: ignore[assignment]
+    """Removes the prepared CA generation (it never issued): it leaves the trust
+    bundle (a 'bundle' event, so agents drop it). With none prepared:
+    FAILED_PRECONDITION. Returns the generation removed.
+    """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -333,5 +355,28 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListCAsResponse, _abc.Awaitable[_admin_pb2.ListCAsResponse]]:
         """Every CA generation, oldest first."""
+
+    @_abc_1.abstractmethod
+    def ActivateCA(
+        self,
+        request: _admin_pb2.ActivateCARequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CAGeneration, _abc.Awaitable[_admin_pb2.CAGeneration]]:
+        """Activates the prepared CA generation: it issues from then on (every replica,
+        on the 'bundle' event), and the active one becomes "retiring" (trusted, not
+        issuing). Before the server's ca_propagation has passed since it was prepared
+        (unless now), or with none prepared: FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelCARotation(
+        self,
+        request: _admin_pb2.CancelCARotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CAGeneration, _abc.Awaitable[_admin_pb2.CAGeneration]]:
+        """Removes the prepared CA generation (it never issued): it leaves the trust
+        bundle (a 'bundle' event, so agents drop it). With none prepared:
+        FAILED_PRECONDITION. Returns the generation removed.
+        """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

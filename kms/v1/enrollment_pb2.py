@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kms/v1/enrollment.proto\x12\x06kms.v1\"\x14\n\x12GetCABundleRequest\"F\n\x13GetCABundleResponse\x12\x15\n\rca_bundle_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\"4\n\rEnrollRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_der\x18\x02 \x01(\x0c\"\x88\x01\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63\x65rtificate_der\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63\x61_chain_der\x18\x02 \x03(\x0c\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12\x11\n\tspiffe_id\x18\x05 \x01(\t\x12\x16\n\x0ewatch_from_seq\x18\x06 \x01(\x03\x32\x8d\x01\n\nEnrollment\x12\x46\n\x0bGetCABundle\x12\x1a.kms.v1.GetCABundleRequest\x1a\x1b.kms.v1.GetCABundleResponse\x12\x37\n\x06\x45nroll\x12\x15.kms.v1.EnrollRequest\x1a\x16.kms.v1.EnrollResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kms/v1/enrollment.proto\x12\x06kms.v1\"\x14\n\x12GetCABundleRequest\"d\n\x13GetCABundleResponse\x12\x15\n\rca_bundle_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x1c\n\x14trust_bundle_version\x18\x03 \x01(\x04\"4\n\rEnrollRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_der\x18\x02 \x01(\x0c\"\x88\x01\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63\x65rtificate_der\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63\x61_chain_der\x18\x02 \x03(\x0c\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12\x11\n\tspiffe_id\x18\x05 \x01(\t\x12\x16\n\x0ewatch_from_seq\x18\x06 \x01(\x03\x32\x8d\x01\n\nEnrollment\x12\x46\n\x0bGetCABundle\x12\x1a.kms.v1.GetCABundleRequest\x1a\x1b.kms.v1.GetCABundleResponse\x12\x37\n\x06\x45nroll\x12\x15.kms.v1.EnrollRequest\x1a\x16.kms.v1.EnrollResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCABUNDLEREQUEST']._serialized_start=35
   _globals['_GETCABUNDLEREQUEST']._serialized_end=55
   _globals['_GETCABUNDLERESPONSE']._serialized_start=57
-  _globals['_GETCABUNDLERESPONSE']._serialized_end=127
-  _globals['_ENROLLREQUEST']._serialized_start=129
-  _globals['_ENROLLREQUEST']._serialized_end=181
-  _globals['_ENROLLRESPONSE']._serialized_start=184
-  _globals['_ENROLLRESPONSE']._serialized_end=320
-  _globals['_ENROLLMENT']._serialized_start=323
-  _globals['_ENROLLMENT']._serialized_end=464
+  _globals['_GETCABUNDLERESPONSE']._serialized_end=157
+  _globals['_ENROLLREQUEST']._serialized_start=159
+  _globals['_ENROLLREQUEST']._serialized_end=211
+  _globals['_ENROLLRESPONSE']._serialized_start=214
+  _globals['_ENROLLRESPONSE']._serialized_end=350
+  _globals['_ENROLLMENT']._serialized_start=353
+  _globals['_ENROLLMENT']._serialized_end=494
 # @@protoc_insertion_point(module_scope)

@@ -11,12 +11,14 @@ class GetCABundleRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetCABundleResponse(_message.Message):
-    __slots__ = ("ca_bundle_pem", "trust_bundle_pem")
+    __slots__ = ("ca_bundle_pem", "trust_bundle_pem", "trust_bundle_version")
     CA_BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
     TRUST_BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     ca_bundle_pem: str
     trust_bundle_pem: str
-    def __init__(self, ca_bundle_pem: _Optional[str] = ..., trust_bundle_pem: _Optional[str] = ...) -> None: ...
+    trust_bundle_version: int
+    def __init__(self, ca_bundle_pem: _Optional[str] = ..., trust_bundle_pem: _Optional[str] = ..., trust_bundle_version: _Optional[int] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
     __slots__ = ("join_token", "csr_der")

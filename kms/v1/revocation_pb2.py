@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kms/v1/revocation.proto\x12\x06kms.v1\"\xb7\x01\n\x0fRevocationEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\x12\x12\n\nagent_name\x18\x04 \x01(\t\x12\x10\n\x08key_name\x18\x05 \x01(\t\x12\x13\n\x0bkey_version\x18\x06 \x01(\x03\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\n\n\x02\x61t\x18\x08 \x01(\x03\x12\r\n\x05state\x18\t \x01(\t\x12\x13\n\x0breleased_by\x18\n \x01(\x03\"!\n\x0cWatchRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\" \n\tHeartbeat\x12\x13\n\x0b\x63urrent_seq\x18\x01 \x01(\x03\"+\n\x06Resume\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8b\x01\n\rWatchResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.kms.v1.RevocationEventH\x00\x12&\n\theartbeat\x18\x02 \x01(\x0b\x32\x11.kms.v1.HeartbeatH\x00\x12 \n\x06resume\x18\x03 \x01(\x0b\x32\x0e.kms.v1.ResumeH\x00\x42\x06\n\x04item\"\x0f\n\rGetCRLRequest\"!\n\x0eGetCRLResponse\x12\x0f\n\x07\x63rl_der\x18\x01 \x01(\x0c\")\n\x17\x43heckCertificateRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\"\x85\x01\n\x18\x43heckCertificateResponse\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrevoked_at\x18\x04 \x01(\x03\x12\x12\n\nagent_name\x18\x05 \x01(\t\x12\x11\n\tnot_after\x18\x06 \x01(\x03\x32\xd4\x01\n\nRevocation\x12\x36\n\x05Watch\x12\x14.kms.v1.WatchRequest\x1a\x15.kms.v1.WatchResponse0\x01\x12\x37\n\x06GetCRL\x12\x15.kms.v1.GetCRLRequest\x1a\x16.kms.v1.GetCRLResponse\x12U\n\x10\x43heckCertificate\x12\x1f.kms.v1.CheckCertificateRequest\x1a .kms.v1.CheckCertificateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kms/v1/revocation.proto\x12\x06kms.v1\"\xb7\x01\n\x0fRevocationEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\x12\x12\n\nagent_name\x18\x04 \x01(\t\x12\x10\n\x08key_name\x18\x05 \x01(\t\x12\x13\n\x0bkey_version\x18\x06 \x01(\x03\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\n\n\x02\x61t\x18\x08 \x01(\x03\x12\r\n\x05state\x18\t \x01(\t\x12\x13\n\x0breleased_by\x18\n \x01(\x03\"!\n\x0cWatchRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\" \n\tHeartbeat\x12\x13\n\x0b\x63urrent_seq\x18\x01 \x01(\x03\"+\n\x06Resume\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8b\x01\n\rWatchResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.kms.v1.RevocationEventH\x00\x12&\n\theartbeat\x18\x02 \x01(\x0b\x32\x11.kms.v1.HeartbeatH\x00\x12 \n\x06resume\x18\x03 \x01(\x0b\x32\x0e.kms.v1.ResumeH\x00\x42\x06\n\x04item\"#\n\rGetCRLRequest\x12\x12\n\ngeneration\x18\x01 \x01(\x05\"!\n\x0eGetCRLResponse\x12\x0f\n\x07\x63rl_der\x18\x01 \x01(\x0c\")\n\x17\x43heckCertificateRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\"\x85\x01\n\x18\x43heckCertificateResponse\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrevoked_at\x18\x04 \x01(\x03\x12\x12\n\nagent_name\x18\x05 \x01(\t\x12\x11\n\tnot_after\x18\x06 \x01(\x03\x32\xd4\x01\n\nRevocation\x12\x36\n\x05Watch\x12\x14.kms.v1.WatchRequest\x1a\x15.kms.v1.WatchResponse0\x01\x12\x37\n\x06GetCRL\x12\x15.kms.v1.GetCRLRequest\x1a\x16.kms.v1.GetCRLResponse\x12U\n\x10\x43heckCertificate\x12\x1f.kms.v1.CheckCertificateRequest\x1a .kms.v1.CheckCertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,13 +42,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHRESPONSE']._serialized_start=336
   _globals['_WATCHRESPONSE']._serialized_end=475
   _globals['_GETCRLREQUEST']._serialized_start=477
-  _globals['_GETCRLREQUEST']._serialized_end=492
-  _globals['_GETCRLRESPONSE']._serialized_start=494
-  _globals['_GETCRLRESPONSE']._serialized_end=527
-  _globals['_CHECKCERTIFICATEREQUEST']._serialized_start=529
-  _globals['_CHECKCERTIFICATEREQUEST']._serialized_end=570
-  _globals['_CHECKCERTIFICATERESPONSE']._serialized_start=573
-  _globals['_CHECKCERTIFICATERESPONSE']._serialized_end=706
-  _globals['_REVOCATION']._serialized_start=709
-  _globals['_REVOCATION']._serialized_end=921
+  _globals['_GETCRLREQUEST']._serialized_end=512
+  _globals['_GETCRLRESPONSE']._serialized_start=514
+  _globals['_GETCRLRESPONSE']._serialized_end=547
+  _globals['_CHECKCERTIFICATEREQUEST']._serialized_start=549
+  _globals['_CHECKCERTIFICATEREQUEST']._serialized_end=590
+  _globals['_CHECKCERTIFICATERESPONSE']._serialized_start=593
+  _globals['_CHECKCERTIFICATERESPONSE']._serialized_end=726
+  _globals['_REVOCATION']._serialized_start=729
+  _globals['_REVOCATION']._serialized_end=941
 # @@protoc_insertion_point(module_scope)

@@ -60,8 +60,10 @@ class WatchResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[RevocationEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ...) -> None: ...
 
 class GetCRLRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...
 
 class GetCRLResponse(_message.Message):
     __slots__ = ("crl_der",)

@@ -201,12 +201,22 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.RotateCARequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.CAGeneration:
         key_type = parse_ca_key_type(request.key_type) if request.key_type else None
-        return ca_generation(await self._rotation().rotate(key_type))
+        return ca_generation(await self._rotation().rotate(key_type, request.now, request.revoke_old))
 
     async def ListCAs(
         self, request: admin_pb2.ListCAsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListCAsResponse:
         return admin_pb2.ListCAsResponse(cas=[ca_generation(g) for g in await self._rotation().generations()])
+
+    async def ActivateCA(
+        self, request: admin_pb2.ActivateCARequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CAGeneration:
+        return ca_generation(await self._rotation().activate(request.now, request.revoke_old))
+
+    async def CancelCARotation(
+        self, request: admin_pb2.CancelCARotationRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CAGeneration:
+        return ca_generation(await self._rotation().cancel())
 
     def _rotation(self) -> CARotation:
         if self._ca_rotation is None:

@@ -35,4 +35,5 @@ def ca_generation(g: CAGeneration) -> admin_pb2.CAGeneration:
         retired_at=g.retired_at or 0,
         certificate_pem=g.certificate,
         cross_certificate_pem=g.cross_certificate or "",
+        key_uri=g.key_uri or "",
     )

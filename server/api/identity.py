@@ -24,10 +24,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     ) -> identity_pb2.RenewResponse:
         caller = current_caller.get()
         assert caller is not None  # the method table: Role.AGENT only
-        cert = await self._enrollment.renew(caller, request.csr_der)
+        cert, chain = await self._enrollment.renew_chained(caller, request.csr_der)
         return identity_pb2.RenewResponse(
-            certificate_der=cert.public_bytes(serialization.Encoding.DER),
-            ca_chain_der=list(self._ca.chain_der),
+            certificate_der=cert.public_bytes(serialization.Encoding.DER), ca_chain_der=list(chain)
         )
 
     async def WhoAmI(

@@ -33,7 +33,8 @@ class RevocationServicer(revocation_pb2_grpc.RevocationServicer):
     async def GetCRL(
         self, request: revocation_pb2.GetCRLRequest, context: grpc.aio.ServicerContext
     ) -> revocation_pb2.GetCRLResponse:
-        return revocation_pb2.GetCRLResponse(crl_der=await self._crl.current())
+        generation = request.generation or None  # 0: the one at /crl
+        return revocation_pb2.GetCRLResponse(crl_der=await self._crl.current(generation))
 
     async def CheckCertificate(
         self, request: revocation_pb2.CheckCertificateRequest, context: grpc.aio.ServicerContext

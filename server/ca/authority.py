@@ -7,17 +7,18 @@ the profile's re-check before anything leaves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 
 from kms import cabundle, profile
-from kms.identity import fingerprint
+from kms.errors import Unavailable
+from server.ca.issuer import Issuer, make_issuer
 from server.ca.keytype import CAKeyType
 from server.ca.signer import CARoot, CASigner, SoftwareSigner
 from server.clock import Clock
@@ -54,6 +55,12 @@ def key_type_of(key: profile.IssuerKey) -> CAKeyType:
 
 
 class CertificateAuthority:
+    """Issues with one CA generation at a time: ``current``, an immutable Issuer swapped whole.
+
+    Every method reads ``current`` once at its start and uses only that snapshot, so an activation
+    followed while another thread signs never mixes two CAs in one certificate or record.
+    """
+
     def __init__(
         self,
         root: CARoot,
@@ -62,50 +69,105 @@ class CertificateAuthority:
         clock: Clock,
         status_urls: profile.StatusUrls | None = None,
     ) -> None:
-        self._signer = root.signer
-        self.slow_signing = root.signer.slow  # see SoftwareSigner
-        self.key_type = root.signer.key_type
-        self.key_in_software = root.signer.in_software
         self._status_urls = status_urls
         self.trust_domain = trust_domain
         self.cert_ttl = cert_ttl
         self._clock = clock
-        der = root.cert.public_bytes(serialization.Encoding.DER)
-        self.fingerprint = fingerprint(der)
-        self.certificate = root.cert
-        self.bundle_pem = root.cert_pem
-        self.chain_der: tuple[bytes, ...] = (der,)
+        self.clock = clock
+        self.current: Issuer = make_issuer(root, 1)
+        # Why this server issues nothing (None: it issues): the store's active CA is another
+        # generation than current, and its key does not open here (issue 19 §1).
+        self.refusing: str | None = None
+
+    def switch(self, issuer: Issuer) -> None:
+        """Issues with issuer from now on: the CA generation an activation made active (issue 19 §1),
+        in memory, without a restart; one assignment, so readers see the old CA or the new, whole."""
+        self.current = issuer
+        self.refusing = None
+
+    def refuse(self, why: str | None) -> None:
+        """Issues no agent certificate while why is set (UNAVAILABLE, why): never with a replaced CA."""
+        self.refusing = why
+
+    # Each of these reads the snapshot once: for a single value only (a method that needs two
+    # reads current itself).
+    @property
+    def generation(self) -> int:
+        return self.current.generation
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self.current.cert
+
+    @property
+    def bundle_pem(self) -> bytes:
+        return self.current.bundle_pem
+
+    @property
+    def chain_der(self) -> tuple[bytes, ...]:
+        return self.current.chain_der
+
+    @property
+    def fingerprint(self) -> str:
+        return self.current.fingerprint
+
+    @property
+    def key_type(self) -> CAKeyType:
+        return self.current.key_type
+
+    @property
+    def key_in_software(self) -> bool:
+        return self.current.signer.in_software
+
+    @property
+    def slow_signing(self) -> bool:
+        return self.current.slow
 
     async def issue_agent(self, public_key: rsa.RSAPublicKey, name: str) -> x509.Certificate:
-        """Issues an agent client certificate. Only public_key comes from the request.
+        return (await self.issue(public_key, name))[0]
+
+    async def issue(self, public_key: rsa.RSAPublicKey, name: str) -> tuple[x509.Certificate, Issuer]:
+        """Issues an agent client certificate; returns it with the CA generation that signed it (the
+        generation its record carries, the chain sent with it). Only public_key comes from the request.
 
         Only the signature leaves the event loop, and only when it is slow (see
         slow_signing): building and checking the certificate hold the GIL
         wherever they run.
         """
+        issuer = self.current
+        if (why := self.refusing) is not None:
+            raise Unavailable(why)
         now = self._clock()
         builder = profile.agent_builder(
             public_key,
-            self.certificate,
+            issuer.cert,
             self.trust_domain,
             name,
             x509.random_serial_number(),
             now,
             self.cert_ttl,
-            self._status_urls,
+            self._status_urls_for(issuer.generation),
         )
-        sign = functools.partial(self._signer.sign_certificate, builder)
-        cert = await asyncio.to_thread(sign) if self.slow_signing else sign()
+        sign = functools.partial(issuer.signer.sign_certificate, builder)
+        cert = await asyncio.to_thread(sign) if issuer.slow else sign()
         profile.check_agent_certificate(
             cert,
-            self.certificate,
+            issuer.cert,
             trust_domain=self.trust_domain,
             name=name,
             public_key=public_key,
             max_ttl=self.cert_ttl,
-            status=self._status_urls,
+            status=self._status_urls_for(issuer.generation),
         )
-        return cert
+        return cert, issuer
+
+    def _status_urls_for(self, generation: int) -> profile.StatusUrls | None:
+        """Generation 1's certificates point at <base>/crl (as they always did), a later generation's
+        at its own CRL, <base>/crl/N (server/ca/crl.py); OCSP answers for every live generation."""
+        urls = self._status_urls
+        if urls is None or generation == 1:
+            return urls
+        return dataclasses.replace(urls, crl=f"{urls.crl}/{generation}")
 
     def sign_crl(
         self,
@@ -113,16 +175,19 @@ class CertificateAuthority:
         number: int,
         this_update: datetime,
         next_update: datetime,
+        issuer: Issuer | None = None,
     ) -> x509.CertificateRevocationList:
-        """An X.509 v2 CRL (RFC 5280 §5): CRL number, AKI, nextUpdate, a reason code per entry.
+        """An X.509 v2 CRL (RFC 5280 §5) of issuer (default: the current CA): CRL number, AKI,
+        nextUpdate, a reason code per entry.
 
         this_update is used as given: not backdated, since a CRL must not list a revocation
         dated after its own thisUpdate (RFC 5280 §5.1.2.4: the date this CRL was issued).
         """
-        ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        issuer = issuer or self.current
+        ski = issuer.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         builder = (
             x509.CertificateRevocationListBuilder()
-            .issuer_name(self.certificate.subject)
+            .issuer_name(issuer.cert.subject)
             .last_update(this_update)
             .next_update(next_update)
             .add_extension(x509.CRLNumber(number), critical=False)
@@ -135,28 +200,31 @@ class CertificateAuthority:
             if reason is not x509.ReasonFlags.unspecified:  # RFC 5280 §5.3.1: omit rather than unspecified
                 entry = entry.add_extension(x509.CRLReason(reason), critical=False)
             builder = builder.add_revoked_certificate(entry.build())
-        return self._signer.sign_crl(builder)
+        return issuer.signer.sign_crl(builder)
 
-    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
+    def sign_ocsp(self, builder: ocsp.OCSPResponseBuilder, issuer: Issuer | None = None) -> ocsp.OCSPResponse:
         """Signs an OCSP response as the CA itself (RFC 6960 §4.2.2.2: the issuer may respond)."""
-        return self._signer.sign_ocsp(builder, self.certificate)
+        issuer = issuer or self.current
+        return issuer.signer.sign_ocsp(builder, issuer.cert)
 
     def cross_certify(self, new: x509.Certificate) -> x509.Certificate:
         """new's key and subject certified by this CA (RFC 4210 newWithOld), checked before it leaves."""
-        cross = self._signer.sign_certificate(
-            cabundle.cross_builder(new, self.certificate, x509.random_serial_number(), self._clock())
+        issuer = self.current
+        cross = issuer.signer.sign_certificate(
+            cabundle.cross_builder(new, issuer.cert, x509.random_serial_number(), self._clock())
         )
-        cabundle.check_cross(cross, new, self.certificate, self._clock())
+        cabundle.check_cross(cross, new, issuer.cert, self._clock())
         return cross
 
-    def issue_server(self, sans: tuple[str, ...], ttl: timedelta) -> KeyPair:
-        """Issues the server's own TLS certificate on a fresh P-256 key."""
+    def issue_server(self, sans: tuple[str, ...], ttl: timedelta, issuer: Issuer | None = None) -> KeyPair:
+        """Issues the server's own TLS certificate on a fresh P-256 key (from issuer: default current)."""
+        issuer = issuer or self.current
         key = ec.generate_private_key(ec.SECP256R1())
         builder = profile.server_builder(
-            key.public_key(), self.certificate, sans, x509.random_serial_number(), self._clock(), ttl
+            key.public_key(), issuer.cert, sans, x509.random_serial_number(), self._clock(), ttl
         )
-        cert = self._signer.sign_certificate(builder)
-        profile.check_server_certificate(cert, self.certificate, sans, ttl)
+        cert = issuer.signer.sign_certificate(builder)
+        profile.check_server_certificate(cert, issuer.cert, sans, ttl)
         return KeyPair(cert, key)
 
 

@@ -12,13 +12,10 @@ Every failure at start is one line (HsmError), raised before anything is
 written to the data dir; kms-server init generates a missing key only once the
 deployment is known to be new (PendingKey).
 
-CA rotation (issue 19 §1, not built yet) needs nothing more from here: it
-prepares the new key in the same token with ``open_ca_key`` on the same token
-and a new label (``pkcs11:token=T;object=ca-2``, generate=its key type; the
-process is logged in already, so the token does not check the PIN again: it is
-compared with the one the token accepted, see _login), and
-keeps each CA generation's URI beside its certificate; each key is its own
-``HsmKey``, so the old and the new CA sign side by side while both are live.
+CA rotation (issue 19 §1) prepares each next CA's key in the same token, under
+a label of its own (hsm_generations.py, with this module's login and key
+generation); each key is its own ``HsmKey``, so the old and the new CA sign side
+by side while both are live.
 """
 
 from __future__ import annotations
@@ -358,8 +355,8 @@ def _public_key(session: Any, uri: Pkcs11Uri, private: Any) -> PublicKey:
     return key
 
 
-def _generate_key(session: Any, uri: Pkcs11Uri, key_type: CAKeyType) -> None:
-    """A new, non-extractable key pair in the token, under the URI's label and id."""
+def _generate_key(session: Any, uri: Pkcs11Uri, key_type: CAKeyType) -> Any:
+    """A new, non-extractable key pair in the token, under the URI's label and id: (public, private)."""
     names: dict[str, Any] = {"store": True, "label": uri.object or "kms-ca", "id": uri.id or b"kms-ca"}
     private = {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.SIGN: True}
     try:
@@ -369,10 +366,10 @@ def _generate_key(session: Any, uri: Pkcs11Uri, key_type: CAKeyType) -> None:
                 {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVES[key_type])},
                 local=True,
             )
-            params.generate_keypair(private_template=private, **names)
+            return params.generate_keypair(private_template=private, **names)
         else:
             bits = 3072 if key_type is CAKeyType.RSA_3072 else 4096
-            session.generate_keypair(KeyType.RSA, bits, private_template=private, **names)
+            return session.generate_keypair(KeyType.RSA, bits, private_template=private, **names)
     except pkcs11.PKCS11Error as exc:
         raise HsmError(
             f"cannot generate a {key_type.value} key in token {uri.token!r}: {_reason(exc)}"

@@ -1,4 +1,10 @@
-"""An RFC 6960 OCSP responder for certificates this CA issued, signed by the CA."""
+"""An RFC 6960 OCSP responder for certificates this CA issued, signed by the CA that issued them.
+
+After an activation two or more generations are live (the active one, each retiring one, and
+a retired one while a certificate it signed is unexpired, server/ca/trust.py): a request names its issuer by key hash (SHA-1 or SHA-256), and is answered
+by that generation, with its own certificate and key, for the certificates it signed; a
+request naming any other issuer, or a certificate another generation signed, gets unauthorized.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,14 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from kms.errors import Unavailable
 from kms.revocation import CRL_REASONS
 from server.ca.authority import CertificateAuthority
+from server.ca.issuer import Issuer
+from server.ca.trust import CATrust
 from server.clock import Clock
 from server.store import Store
 from server.store.records import CertificateRecord
@@ -35,19 +42,24 @@ LOG_EVERY = 30
 
 
 class OcspResponder:
-    def __init__(self, ca: CertificateAuthority, store: Store, clock: Clock) -> None:
+    def __init__(
+        self, ca: CertificateAuthority, store: Store, clock: Clock, trust: CATrust | None = None
+    ) -> None:
         self._ca = ca
+        self._trust = trust  # the live generations; None: the CA's current one only
         self._store = store
         self._clock = clock
         self._quiet_until = 0.0  # monotonic: no tryLater line logged before
-        self._cache: OrderedDict[tuple[str, str, int | None, str | None], tuple[datetime, bytes]] = (
+        self._cache: OrderedDict[tuple[int, str, str, int | None, str | None], tuple[datetime, bytes]] = (
             OrderedDict()
         )
-        # Requests may name the issuer with SHA-1 (openssl's default) or SHA-256.
-        self._issuer_key_hashes = {
-            algorithm.name: _key_hash(ca.certificate, algorithm)
-            for algorithm in (hashes.SHA1(), hashes.SHA256())  # noqa: S303 - RFC 6960 CertID, not a signature
-        }
+
+    def _issuer(self, algorithm: str, key_hash: bytes) -> Issuer | None:
+        """The live generation whose key the request names (SHA-1, openssl's default, or SHA-256)."""
+        if self._trust is not None:
+            return self._trust.issuer_by_key_hash(algorithm, key_hash)
+        current = self._ca.current
+        return current if current.key_hashes.get(algorithm) == key_hash else None
 
     async def respond(self, request_der: bytes) -> bytes:
         """Answers one OCSP request (DER); malformed or foreign requests get an unsuccessful response,
@@ -74,21 +86,21 @@ class OcspResponder:
         except ValueError:
             return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
         algorithm = request.hash_algorithm
-        expected = self._issuer_key_hashes.get(algorithm.name)
-        if expected is None or request.issuer_key_hash != expected:
+        issuer = self._issuer(algorithm.name, request.issuer_key_hash)
+        if issuer is None:
             return _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
         record = await self._store.get_certificate(format(request.serial_number, "x"))
-        if record is None:
+        if record is None or record.ca_generation != issuer.generation:
             return _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
         nonces = [ext.value for ext in request.extensions if isinstance(ext.value, x509.OCSPNonce)]
         now = self._clock()
-        key = (algorithm.name, record.serial, record.revoked_at, record.revocation_reason)
-        if nonces and not self._ca.slow_signing:
-            return await self._sign(self._builder(record, algorithm, now, nonces))
+        key = (issuer.generation, algorithm.name, record.serial, record.revoked_at, record.revocation_reason)
+        if nonces and not issuer.slow:
+            return await self._sign(issuer, self._builder(issuer, record, algorithm, now, nonces))
         cached = self._cache.get(key)
         if cached is not None and now < cached[0]:
             return cached[1]
-        der = await self._sign(self._builder(record, algorithm, now, []))
+        der = await self._sign(issuer, self._builder(issuer, record, algorithm, now, []))
         self._cache[key] = (now + CACHE_TTL, der)
         self._cache.move_to_end(key)
         while len(self._cache) > CACHE_SIZE:
@@ -97,6 +109,7 @@ class OcspResponder:
 
     def _builder(
         self,
+        issuer: Issuer,
         record: CertificateRecord,
         algorithm: hashes.HashAlgorithm,
         now: datetime,
@@ -107,7 +120,7 @@ class OcspResponder:
         if record.revoked_at is None:
             builder = builder.add_response(
                 cert,
-                self._ca.certificate,
+                issuer.cert,
                 algorithm,
                 ocsp.OCSPCertStatus.GOOD,
                 now,
@@ -118,7 +131,7 @@ class OcspResponder:
         else:
             builder = builder.add_response(
                 cert,
-                self._ca.certificate,
+                issuer.cert,
                 algorithm,
                 ocsp.OCSPCertStatus.REVOKED,
                 now,
@@ -130,26 +143,10 @@ class OcspResponder:
             builder = builder.add_extension(nonce, critical=False)
         return builder
 
-    async def _sign(self, builder: ocsp.OCSPResponseBuilder) -> bytes:
-        sign = functools.partial(self._ca.sign_ocsp, builder)
-        response = (
-            await asyncio.to_thread(sign) if self._ca.slow_signing else sign()
-        )  # a token: not on the loop
+    async def _sign(self, issuer: Issuer, builder: ocsp.OCSPResponseBuilder) -> bytes:
+        sign = functools.partial(issuer.signer.sign_ocsp, builder, issuer.cert)
+        response = await asyncio.to_thread(sign) if issuer.slow else sign()  # a token: not on the loop
         return response.public_bytes(Encoding.DER)
-
-
-def _key_hash(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
-    """RFC 6960 §4.1.1 issuerKeyHash: the hash of the issuer's subjectPublicKey BIT STRING value."""
-    key = cert.public_key()
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        bits = key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-    elif isinstance(key, rsa.RSAPublicKey):
-        bits = key.public_bytes(Encoding.DER, PublicFormat.PKCS1)
-    else:
-        raise TypeError("unsupported CA key type")
-    digest = hashes.Hash(algorithm)
-    digest.update(bits)
-    return digest.finalize()
 
 
 def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import grpc
@@ -50,7 +51,11 @@ class ServerTls:
         self._fraction = renew_fraction
         self._clock = clock
         self._lock = threading.Lock()  # gRPC's fetcher runs on its own threads
+        self._issuing = threading.Lock()  # one reissue at a time (renewal, an activation followed)
         self._generation = 0
+        # The CAs the mTLS port accepts client certificates from (trust_clients; at first this CA).
+        self._client_roots = ca.bundle_pem
+        self._chain_ca = ca.bundle_pem  # the CA that issued current, sent after it
         self.current = self._load_or_issue()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -75,20 +80,36 @@ class ServerTls:
                 current = False  # names changed (--san) or issued under another profile
             if current:
                 return pair
-            logger.info("reissuing server certificate (names changed or renewal due)")
-        return self._issue()
-
-    def _issue(self) -> KeyPair:
-        pair = self._ca.issue_server(self._sans, self._ttl)
-        self._datadir.save_pair(self._datadir.server_cert, self._datadir.server_key, self._sealer, pair)
+            logger.info("reissuing server certificate (names changed, renewal due or another CA)")
+        pair, self._chain_ca = self._issue()
         return pair
 
+    def _issue(self) -> tuple[KeyPair, bytes]:
+        """A new certificate and the PEM of the CA that issued it (one snapshot for both)."""
+        issuer = self._ca.current
+        pair = self._ca.issue_server(self._sans, self._ttl, issuer)
+        self._datadir.save_pair(self._datadir.server_cert, self._datadir.server_key, self._sealer, pair)
+        return pair, issuer.bundle_pem
+
+    def from_active_ca(self) -> bool:
+        """Whether the certificate served was issued by the CA this server issues with now."""
+        try:
+            self.current.cert.verify_directly_issued_by(self._ca.certificate)
+        except Exception:  # noqa: BLE001 - InvalidSignature, ValueError, TypeError: another CA
+            return False
+        return True
+
+    def due(self) -> bool:
+        """Renewal is due, or the certificate is not from the active CA (an activation followed)."""
+        return self._clock() >= self.renew_at() or not self.from_active_ca()
+
     def rotate(self) -> KeyPair:
-        """Issues and installs a new certificate (and key) now."""
-        pair = self._issue()
-        with self._lock:
-            self.current = pair
-            self._generation += 1
+        """Issues and installs a new certificate (and key) now (one at a time)."""
+        with self._issuing:
+            pair, chain = self._issue()
+            with self._lock:
+                self.current, self._chain_ca = pair, chain
+                self._generation += 1
         logger.info(
             "server certificate rotated",
             extra={
@@ -98,22 +119,34 @@ class ServerTls:
         )
         return pair
 
+    async def reissue(self) -> bool:
+        """Reissues now when the certificate is not from the active CA (after an activation was
+        followed); a failure is logged, and rotate_forever retries it. Returns whether it is."""
+        if self.from_active_ca():
+            return True
+        return await self._rotate_logged()
+
+    async def _rotate_logged(self) -> bool:
+        try:
+            await asyncio.to_thread(self.rotate)
+        except Exception as exc:  # noqa: BLE001 - one failure (a token, the disk) must not end the loop
+            why = str(exc).splitlines()[0] if str(exc) else ""
+            logger.error(
+                "server certificate rotation failed, retrying in %.0f s: %s%s",
+                RETRY_DELAY,
+                type(exc).__name__,
+                f": {why}" if why else "",
+            )
+            return False
+        return True
+
     async def rotate_forever(self) -> None:
         while True:
-            wait = (self.renew_at() - self._clock()).total_seconds()
-            if wait <= 0:
-                try:
-                    await asyncio.to_thread(self.rotate)
-                except Exception as exc:  # noqa: BLE001 - one failure (a token, the disk) must not end the loop
-                    why = str(exc).splitlines()[0] if str(exc) else ""
-                    logger.error(
-                        "server certificate rotation failed, retrying in %.0f s: %s%s",
-                        RETRY_DELAY,
-                        type(exc).__name__,
-                        f": {why}" if why else "",
-                    )
+            if self.due():
+                if not await self._rotate_logged():
                     await asyncio.sleep(RETRY_DELAY)
                 continue
+            wait = (self.renew_at() - self._clock()).total_seconds()
             await asyncio.sleep(min(wait, 60.0))
 
     # --- what TLS and the handshake use ---------------------------------------------------
@@ -124,15 +157,23 @@ class ServerTls:
         return LocalIdentity(pair.key, (pair.cert.public_bytes(Encoding.DER),))
 
     def _configuration(
-        self, pair: KeyPair, client_roots: bytes | None
+        self, pair: KeyPair, chain_ca: bytes, client_roots: bytes | None
     ) -> grpc.ServerCertificateConfiguration:
-        chain = pair.cert_pem + self._ca.bundle_pem
+        chain = pair.cert_pem + chain_ca
         return grpc.ssl_server_certificate_configuration(
             [(pair.key_pem(), chain)], root_certificates=client_roots
         )
 
+    def trust_clients(self, roots: Sequence[x509.Certificate]) -> None:
+        """The mTLS port accepts client certificates of these CAs from the next handshake on
+        (server/ca/trust.py: every CA generation not retired)."""
+        pem = b"".join(root.public_bytes(Encoding.PEM) for root in roots)
+        with self._lock:
+            if pem != self._client_roots:
+                self._client_roots = pem
+                self._generation += 1
+
     def credentials(self, *, require_client_auth: bool) -> grpc.ServerCredentials:
-        roots = self._ca.bundle_pem if require_client_auth else None
         served = {"generation": self._generation}
 
         def fetcher() -> grpc.ServerCertificateConfiguration | None:
@@ -140,11 +181,14 @@ class ServerTls:
                 if served["generation"] == self._generation:
                     return None  # unchanged: keep serving the current configuration
                 served["generation"] = self._generation
-                pair = self.current
-            return self._configuration(pair, roots)
+                pair, chain_ca, roots = self.current, self._chain_ca, self._client_roots
+            return self._configuration(pair, chain_ca, roots if require_client_auth else None)
 
+        with self._lock:
+            roots = self._client_roots if require_client_auth else None
+            pair, chain_ca = self.current, self._chain_ca
         return grpc.dynamic_ssl_server_credentials(
-            self._configuration(self.current, roots),
+            self._configuration(pair, chain_ca, roots),
             fetcher,
             require_client_authentication=require_client_auth,
         )

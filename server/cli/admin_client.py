@@ -183,9 +183,17 @@ class AdminClient:
             Iterator[monitor_pb2.Overview], monitor_pb2_grpc.MonitorStub(self._channel).Observe(windows)
         )
 
-    def rotate_ca(self, key_type: str) -> admin_pb2.CAGeneration:
-        request = admin_pb2.RotateCARequest(key_type=key_type)
+    def rotate_ca(self, key_type: str, now: bool = False, revoke_old: bool = False) -> admin_pb2.CAGeneration:
+        request = admin_pb2.RotateCARequest(key_type=key_type, now=now, revoke_old=revoke_old)
         return cast(admin_pb2.CAGeneration, self._call(self._stub.RotateCA, request))
+
+    def activate_ca(self, now: bool, revoke_old: bool = False) -> admin_pb2.CAGeneration:
+        request = admin_pb2.ActivateCARequest(now=now, revoke_old=revoke_old)
+        return cast(admin_pb2.CAGeneration, self._call(self._stub.ActivateCA, request))
+
+    def cancel_ca(self) -> admin_pb2.CAGeneration:
+        request = admin_pb2.CancelCARotationRequest()
+        return cast(admin_pb2.CAGeneration, self._call(self._stub.CancelCARotation, request))
 
     def list_cas(self) -> admin_pb2.ListCAsResponse:
         return cast(admin_pb2.ListCAsResponse, self._call(self._stub.ListCAs, admin_pb2.ListCAsRequest()))

@@ -14,6 +14,8 @@ EXAMPLES = {
     "ca cert": "kms-server ca cert > ca.crt",
     "ca rotate": "kms-server ca rotate --key-type ecdsa-p384",
     "ca status": "kms-server ca status --json",
+    "ca activate": "kms-server ca activate",
+    "ca cancel": "kms-server ca cancel",
     "agents list": "kms-server agents list --json",
     "key create": "kms-server key create app --grant group:web",
     "key rotate": "kms-server key rotate app",

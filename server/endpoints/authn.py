@@ -14,7 +14,7 @@ and even if the revoking call was cancelled meanwhile (server/store/completion.p
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -61,9 +61,6 @@ class PeerAuthenticator:
         revocation_reason: Callable[[str], str | None],
         cache_size: int = 4096,
     ) -> None:
-        self._policy = AllOf(
-            ChainsTo([ca_cert], advice="enroll again"), ClientAuth(), AgentIdentity(trust_domain)
-        )
         self._trust_domain = trust_domain
         self._store = store
         self._clock = clock
@@ -73,6 +70,15 @@ class PeerAuthenticator:
         self._cache_size = cache_size
         # Each agent's last authenticated call (Unix seconds), since start: `kms-server top`.
         self._seen: dict[str, int] = {}
+        self.trust([ca_cert])
+
+    def trust(self, roots: Sequence[x509.Certificate]) -> None:
+        """Accepts certificates of these CAs from now on (server/ca/trust.py: every generation not
+        retired); what was checked under the old ones is checked again."""
+        self._policy = AllOf(
+            ChainsTo(roots, advice="enroll again"), ClientAuth(), AgentIdentity(self._trust_domain)
+        )
+        self._cache.clear()
 
     def _check(self, pem: bytes, now: datetime) -> _Checked:
         checked = self._cache.get(pem)

@@ -90,6 +90,8 @@ METHODS: dict[str, Method] = {
     "/kms.v1.Admin/GetKey": _ADMIN,
     "/kms.v1.Admin/RotateCA": _ADMIN,
     "/kms.v1.Admin/ListCAs": _ADMIN,
+    "/kms.v1.Admin/ActivateCA": _ADMIN,
+    "/kms.v1.Admin/CancelCARotation": _ADMIN,
     "/kms.v1.Monitor/Observe": Method(Role.ADMIN, streams=True),
     "/kms.v1.Monitor/GetStanding": _ADMIN,
     "/kms.v1.Revocation/Watch": _AGENT_STREAM,

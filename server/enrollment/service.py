@@ -92,7 +92,7 @@ def _spki(key: CertificatePublicKeyTypes) -> bytes:
 
 
 def _certificate_record(
-    cert: x509.Certificate, agent_name: str, issued_at: int, token_id: str | None
+    cert: x509.Certificate, agent_name: str, issued_at: int, token_id: str | None, generation: int
 ) -> CertificateRecord:
     """What the store keeps of a certificate issued to agent_name (token_id: None for a renewal)."""
     return CertificateRecord(
@@ -103,6 +103,7 @@ def _certificate_record(
         der=cert.public_bytes(serialization.Encoding.DER),
         issued_at=issued_at,
         token_id=token_id,
+        ca_generation=generation,
     )
 
 
@@ -138,6 +139,8 @@ class Enrolled:
     # The event log's position just before the enrollment committed: the agent's
     # first Watch starts after it, so it is not replayed the history before it.
     watch_from_seq: int = 0
+    # The chain of the CA generation that signed certificate (empty: the active CA's).
+    ca_chain_der: tuple[bytes, ...] = ()
 
 
 class EnrollmentService:
@@ -232,8 +235,8 @@ class EnrollmentService:
         if record.used_at is not None:
             return await self._repeat(record, token, _spki(public_key), now)
 
-        cert = await self._ca.issue_agent(public_key, record.name)
-        cert_record = _certificate_record(cert, record.name, now, record.token_id)
+        cert, issuer = await self._ca.issue(public_key, record.name)  # one CA for all three
+        cert_record = _certificate_record(cert, record.name, now, record.token_id, issuer.generation)
         # Read before the enrollment commits: an event committed meanwhile is
         # replayed to the new agent (harmless), never skipped.
         watch_from_seq = await self._position()
@@ -264,7 +267,8 @@ class EnrollmentService:
                 "superseded": ",".join(e.serial or "" for e in done.superseded) or None,
             },
         )
-        return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name), watch_from_seq)
+        spiffe_id = agent_spiffe_id(self._ca.trust_domain, agent.name)
+        return Enrolled(agent, cert, spiffe_id, watch_from_seq, issuer.chain_der)
 
     async def _usable_token(self, token_text: str) -> tuple[JoinToken, JoinTokenRecord, int]:
         """The token, its record and the time it was found unexpired at (the enrollment's time),
@@ -324,7 +328,13 @@ class EnrollmentService:
         return Enrolled(agent, cert, agent_spiffe_id(self._ca.trust_domain, agent.name), watch_from_seq)
 
     async def renew(self, caller: Caller, csr_der: bytes) -> x509.Certificate:
-        """Issues a new certificate for a new key, with the caller's identity and groups.
+        return (await self.renew_chained(caller, csr_der))[0]
+
+    async def renew_chained(
+        self, caller: Caller, csr_der: bytes
+    ) -> tuple[x509.Certificate, tuple[bytes, ...]]:
+        """Issues a new certificate for a new key, with the caller's identity and groups; returns it
+        with the chain of the CA generation that signed it.
 
         The caller was authenticated on this call (valid, unexpired, unrevoked);
         the new key must differ from the current one (renewal rekeys). The new
@@ -344,8 +354,8 @@ class EnrollmentService:
         last = self._renewed_at.get(caller.name)
         if window and last is not None and last > now - window:
             raise rules.renewed_too_soon(caller.name, last, now - window, now)
-        cert = await self._ca.issue_agent(public_key, caller.name)
-        record = _certificate_record(cert, caller.name, now, None)
+        cert, issuer = await self._ca.issue(public_key, caller.name)  # one CA for all three
+        record = _certificate_record(cert, caller.name, now, None, issuer.generation)
         await self._store.add_certificate(
             record,
             caller.groups,
@@ -361,4 +371,4 @@ class EnrollmentService:
         logger.info(
             "certificate renewed", extra={"agent": caller.name, "old": caller.serial, "new": record.serial}
         )
-        return cert
+        return cert, issuer.chain_der

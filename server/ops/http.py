@@ -15,7 +15,7 @@ import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
-from kms.errors import Unavailable
+from kms.errors import NotFound, Unavailable
 from server.ca.crl import CrlPublisher
 from server.ca.ocsp import OcspResponder
 from server.ops.metrics import Metrics
@@ -103,10 +103,10 @@ class HttpSidePort:
             if await self._healthy():
                 return 200, "text/plain", b"ok\n"
             return 503, "text/plain", b"store unavailable\n"
-        if path == "/crl":
+        if path == "/crl" or path.startswith("/crl/"):
             if method != "GET":
                 return 405, "text/plain", b"use GET\n"
-            return 200, "application/pkix-crl", await self._crl.current()
+            return await self._crl_of(path)
         if path == "/ocsp" and method == "POST":
             length = int(headers.get("content-length", "0"))
             if not 0 < length <= _MAX_BODY:
@@ -119,4 +119,16 @@ class HttpSidePort:
             except (binascii.Error, ValueError):
                 return 400, "text/plain", b"bad base64\n"
             return 200, "application/ocsp-response", await self._ocsp.respond(der)
-        return 404, "text/plain", b"not found: /crl, /ocsp, /metrics or /healthz\n"
+        return 404, "text/plain", b"not found: /crl, /crl/N, /ocsp, /metrics or /healthz\n"
+
+    async def _crl_of(self, path: str) -> tuple[int, str, bytes]:
+        """/crl: generation 1's CRL while it is live, then the active CA's; /crl/N: generation N's."""
+        if path == "/crl":
+            return 200, "application/pkix-crl", await self._crl.current()
+        number = path[len("/crl/") :]
+        if not number.isdigit() or len(number) > 9:
+            return 404, "text/plain", b"not found: /crl/N takes a CA generation number\n"
+        try:
+            return 200, "application/pkix-crl", await self._crl.current(int(number))
+        except NotFound as exc:
+            return 404, "text/plain", exc.message.encode() + b"\n"

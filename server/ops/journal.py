@@ -55,7 +55,7 @@ def _described(event: RevocationEvent) -> tuple[str, str, str]:
     if event.kind == "expire":
         return "expire", key, "every version decrypts only"
     if event.kind == "bundle":
-        return "bundle", "CA trust bundle", f"CA certificate {event.serial} prepared"
+        return "bundle", "CA trust bundle", f"CA certificate {event.serial} {event.reason or 'prepared'}"
     return event.kind, key, f"current version {event.key_version}"
 
 

@@ -66,6 +66,7 @@ class CertificateRecord:
     token_id: str | None
     revoked_at: int | None = None
     revocation_reason: str | None = None
+    ca_generation: int = 1  # the CA generation that signed it
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ __all__ = [
 ]
 
 CERT_COLUMNS = (
-    "serial, agent_name, not_before, not_after, der, issued_at, token_id, revoked_at, revocation_reason"
+    "serial, agent_name, not_before, not_after, der, issued_at, token_id, revoked_at, revocation_reason,"
+    " ca_generation"
 )
 # An agent with one certificate (aliases a, c) and that certificate's groups.
 AGENT_COLUMNS = (
@@ -43,7 +44,10 @@ VERSION_COLUMNS = "key_name, version, state, created_at, state_changed_at, deact
 
 
 def cert_record(row: Any) -> CertificateRecord:
-    return CertificateRecord(row[0], row[1], row[2], row[3], bytes(row[4]), row[5], row[6], row[7], row[8])
+    generation = int(row[9]) if len(row) > 9 and row[9] is not None else 1  # AGENT_COLUMNS has none
+    return CertificateRecord(
+        row[0], row[1], row[2], row[3], bytes(row[4]), row[5], row[6], row[7], row[8], generation
+    )
 
 
 def agent_record(row: Any) -> AgentRecord:

@@ -16,6 +16,7 @@ from kms.errors import (
     ResourceExhausted,
     Revoked,
     StoreDown,
+    Unavailable,
 )
 from kms.keypairs import require_aes, require_key_pair
 from kms.revocation import HOLD
@@ -23,6 +24,7 @@ from kms.times import iso
 from server.store.records import Grant, KeyVersionRecord, WriteOutcomeUnknown
 
 __all__ = [
+    "ca_retired",
     "caller_revoked",
     "check_key_kind",
     "check_releasable",
@@ -169,6 +171,13 @@ def name_in_use(name: str, *, at_enroll: bool = False) -> FailedPrecondition:
     return FailedPrecondition(
         f"agent {name!r} already holds a valid certificate: pass --replace to let this token's enrollment "
         "revoke it (superseded), or revoke it first"
+    )
+
+
+def ca_retired(generation: int) -> Unavailable:
+    return Unavailable(
+        f"the certificate was signed by CA generation {generation}, which was retired meanwhile (a CA"
+        " rotation): nothing was recorded (a join token stays unused); try again"
     )
 
 

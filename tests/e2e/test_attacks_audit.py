@@ -183,6 +183,17 @@ def _rotate_ca(ctx: _Ctx) -> list[tuple[str, str]]:
     return [("ca.rotate", "ca:2 ")]
 
 
+def _cancel_ca(ctx: _Ctx) -> list[tuple[str, str]]:
+    ctx.stub.CancelCARotation(admin_pb2.CancelCARotationRequest(), timeout=30)  # after _rotate_ca
+    ctx.stub.RotateCA(admin_pb2.RotateCARequest(), timeout=30)  # prepared again, for _activate_ca
+    return [("ca.cancel", "ca:2 "), ("ca.rotate", "ca:2 ")]
+
+
+def _activate_ca(ctx: _Ctx) -> list[tuple[str, str]]:
+    ctx.stub.ActivateCA(admin_pb2.ActivateCARequest(now=True), timeout=30)  # after _rotate_ca
+    return [("ca.activate", "ca:2 ")]
+
+
 DRIVERS: dict[str, Callable[[_Ctx], list[tuple[str, str]]]] = {
     "CreateJoinToken": _create_token,
     "CreateKey": _create_key,
@@ -200,6 +211,8 @@ DRIVERS: dict[str, Callable[[_Ctx], list[tuple[str, str]]]] = {
     "RevokeAgent": _revoke_agent,
     "Backup": _backup,
     "RotateCA": _rotate_ca,
+    "CancelCARotation": _cancel_ca,
+    "ActivateCA": _activate_ca,
 }
 
 

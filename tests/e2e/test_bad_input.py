@@ -203,9 +203,10 @@ def test_wrong_ca_fingerprint_aborts_before_the_token_is_sent(
     before = snapshot(server)
     wrong = "sha256:" + "ab" * 32
     result = enroll(server, tmpdir_short / "a", token, ca_fingerprint=wrong)
-    assert_one_line_error(result, 3, "does not match --ca-fingerprint", "token was not sent")
+    assert_one_line_error(result, 3, "does not match --ca-fingerprint " + wrong, "token was not sent")
+    assert server.fingerprint in result.stderr  # what the server offers
     assert snapshot(server) == before
-    assert not (tmpdir_short / "a" / "agent.json").exists()
+    assert not (tmpdir_short / "a").exists()  # nothing written, not even the key
     # The token is still good with the right pin.
     assert enroll(server, tmpdir_short / "a", token).returncode == 0
 

@@ -12,11 +12,13 @@ process, with the configuration of that moment (the SQLite module's).
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import tarfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -25,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 
+from kms.v1 import admin_pb2
 from tests.harness import (
     ServerProcess,
     assert_one_line_error,
@@ -324,6 +327,122 @@ def test_a_second_login_in_the_process_still_checks_its_pin(hsm: SoftHsm) -> Non
         first.close()
 
 
+@pytest.mark.sqlite_only("in this process: python-pkcs11 loads SoftHSM2 once, with the SQLite module's token")
+def test_rotation_makes_the_next_key_in_the_same_token(hsm: SoftHsm, tmp_path: Path) -> None:
+    """ca rotate on a token CA: the next key is made in the token under its own label, never
+    extractable; activation opens it from its key_uri; a label already taken is refused, and a key
+    the store did not record is destroyed."""
+    from kms.errors import FailedPrecondition
+    from server.ca.authority import CertificateAuthority, create_external_root
+    from server.ca.generation_keys import TokenAccess, open_generation_signer
+    from server.ca.hsm import HsmError, open_ca_key
+    from server.ca.keytype import CAKeyType
+    from server.ca.rotation import CARotation
+    from server.ca.trust import CATrust
+    from server.deployment.sealing import Sealer
+    from server.store import open_store
+
+    uri, now, ttl = f"pkcs11:token={TOKEN};object=rot", datetime.now(UTC), timedelta(days=30)
+    _flags(hsm)  # writes the PIN file
+    access = TokenAccess(uri, hsm.module, hsm.root / "pin")
+    first = create_external_root(open_ca_key(uri, hsm.module, PIN, generate=CAKeyType.EC_P256), "t", ttl, now)
+
+    def rotation(store: Any, ca: CertificateAuthority, token: TokenAccess | None = access) -> CARotation:
+        trust = CATrust(store, ca, Sealer(bytes(32)), token)
+        return CARotation(
+            store, ca, trust, Sealer(bytes(32)), lambda: now, ttl, uri, lambda e: None, token=token
+        )
+
+    async def body() -> None:
+        store = await open_store(None, tmp_path / "kms.db")
+        ca = CertificateAuthority(first, "t", timedelta(hours=1), lambda: now)
+        try:
+            rotating = rotation(store, ca)
+            await rotating.adopt()
+            made = await rotating.rotate(None)  # the active CA's type
+            assert (made.key_type, made.sealed_key) == ("ecdsa-p256", None)
+            assert made.key_uri == f"pkcs11:token={TOKEN};object=rot-g2"
+            new = x509.load_pem_x509_certificate(made.certificate.encode())
+            assert _token_key("rot-g2", hsm) == new.public_key()
+            # Activation opens it from key_uri: this CA issues from the token's new key.
+            await rotating.activate(now=True)
+            assert ca.generation == 2 and ca.certificate == new
+            ca.issue_server(("localhost",), timedelta(hours=1)).cert.verify_directly_issued_by(new)
+            # A key made for a generation the store refuses (here: a server whose CA is not the
+            # active one) is destroyed, and its label free again.
+            stale = CertificateAuthority(first, "t", timedelta(hours=1), lambda: now)
+            with pytest.raises(FailedPrecondition, match="is not the store's active CA"):
+                await rotation(store, stale).rotate(CAKeyType.EC_P384)
+            assert _token_key("rot-g3", hsm) is None
+            # A label the token holds already is never overwritten.
+            taken = open_ca_key(
+                f"pkcs11:token={TOKEN};object=rot-g3", hsm.module, PIN, generate=CAKeyType.EC_P256
+            )
+            with pytest.raises(HsmError, match="already holds an object labelled 'rot-g3'"):
+                await rotating.rotate(None)
+            assert _token_key("rot-g3", hsm) == taken.public_key()
+            assert [g.generation for g in await rotating.generations()] == [1, 2]
+            _destroy_key("rot-g3", hsm)
+            taken.close()
+            # A prepared key gone from the token: activation refuses, and generation 2 stays active.
+            await rotating.rotate(None)
+            _destroy_key("rot-g3", hsm)
+            with pytest.raises(
+                HsmError, match="no longer holds the key pkcs11:token=kms-ca;object=rot-g3 of"
+            ):
+                await rotating.activate(now=True)
+            assert [g.state for g in await rotating.generations()] == ["retiring", "active", "prepared"]
+            # Keys stay where the first CA's is: a server without the token cannot use them.
+            with pytest.raises(FailedPrecondition, match="moving between them by rotation is not supported"):
+                await rotation(store, ca, None).rotate(None)
+            (active,) = [g for g in await rotating.generations() if g.state == "active"]
+            with pytest.raises(FailedPrecondition, match="give --ca-key|start kms-server with --ca-key"):
+                open_generation_signer(
+                    active, Sealer(bytes(32)), CATrust(store, ca, Sealer(bytes(32))).own, None
+                )
+            # ca cancel takes the prepared key out of the token (here gone already), so generation 3
+            # can be made again under its label; cancelled again, its key leaves the token.
+            await rotating.cancel()
+            again = await rotating.rotate(None)
+            assert again.generation == 3 and _token_key("rot-g3", hsm) is not None
+            await rotating.cancel()
+            assert _token_key("rot-g3", hsm) is None
+            assert (await rotating.rotate(None)).key_uri == f"pkcs11:token={TOKEN};object=rot-g3"
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def _destroy_key(label: str, hsm: SoftHsm) -> None:
+    import pkcs11
+
+    with pkcs11.lib(str(hsm.module)).get_token(token_label=TOKEN).open(rw=True) as session:
+        for found in list(session.get_objects({pkcs11.Attribute.LABEL: label})):
+            found.destroy()
+
+
+def _token_key(label: str, hsm: SoftHsm) -> Any:
+    """The public key of the token's key labelled label (None: none), after checking that its
+    private half is sensitive and was never extractable."""
+    import pkcs11
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+    from pkcs11 import Attribute, KeyType, ObjectClass
+    from pkcs11.util.ec import encode_ec_public_key
+
+    token = pkcs11.lib(str(hsm.module)).get_token(token_label=TOKEN)
+    with token.open() as session:  # this process is logged in: private objects are listed
+        found = list(session.get_objects({Attribute.LABEL: label, Attribute.CLASS: ObjectClass.PRIVATE_KEY}))
+        if not found:
+            return None
+        (private,) = found
+        assert private[Attribute.SENSITIVE] and not private[Attribute.EXTRACTABLE]
+        assert private[Attribute.NEVER_EXTRACTABLE] and private[Attribute.TOKEN]
+        assert private.key_type == KeyType.EC
+        public = session.get_key(label=label, object_class=ObjectClass.PUBLIC_KEY)
+        return load_der_public_key(encode_ec_public_key(public))
+
+
 @pytest.mark.postgresql_only("a replica of a deployment whose CA key is in a token")
 def test_a_replica_without_ca_key_says_where_the_key_is(served: tuple[ServerProcess, Path]) -> None:
     server, root = served
@@ -331,3 +450,34 @@ def test_a_replica_without_ca_key_says_where_the_key_is(served: tuple[ServerProc
     replica = [exe("kms-server"), "init", "--data-dir", str(root / "replica"), "--database", server.database]
     result = run([*replica, "--master-key-file", str(server.data_dir / "master.key")])
     assert_one_line_error(result, 6, "this deployment's CA key is in a PKCS#11 token: give --ca-key")
+
+
+def test_ca_rotate_and_activate_in_the_token(served: tuple[ServerProcess, Path], tmp_path: Path) -> None:
+    """Last in this module (it changes served's CA): ca rotate makes the next CA's key in the token,
+    ca activate --now issues from it, a new agent's certificate chains to it (also after a restart,
+    which opens it from key_uri), and ca status shows where each key is."""
+    server, root = served
+    rotated = server.admin("ca", "rotate")
+    assert rotated.stdout.startswith("prepared CA generation 2 (ecdsa-p256, sha256:"), rotated.stdout
+    assert server.admin("ca", "activate", "--now").stdout.startswith("activated CA generation 2")
+    cas = json.loads(server.admin("ca", "status", "--json").stdout)
+    assert [(c["generation"], c["state"], c["key_uri"]) for c in cas] == [
+        (1, "retiring", URI),
+        (2, "active", f"{URI}-g2"),
+    ]
+    (listed,) = [
+        g for g in server.stub.ListCAs(admin_pb2.ListCAsRequest(), timeout=30).cas if g.generation == 2
+    ]
+    new = tmp_path / "new-ca.pem"
+    new.write_text(listed.certificate_pem)
+    for name, restart in (("after", False), ("restarted", True)):
+        if restart:
+            assert server.stop() == 0, server.output()
+            server.start()
+        # New agents pin the active CA (kms-server ca fingerprint), generation 2.
+        result = enroll(server, root / name, server.token(name), ca_fingerprint=cas[1]["fingerprint"])
+        assert result.returncode == 0, result.stderr
+        ok = run(["openssl", "verify", "-CAfile", str(new), str(root / name / "agent.crt")])
+        assert ok.returncode == 0 and ok.stdout.strip().endswith(": OK"), ok.stdout + ok.stderr
+    assert server.fingerprint == cas[1]["fingerprint"]  # the restarted server issues with generation 2
+    assert b"PRIVATE KEY" not in store_bytes(server) and not (server.data_dir / "ca.key").exists()

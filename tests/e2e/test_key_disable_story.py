@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.rig import Rig
 from tests.harness import RunProcess, ServerProcess, WatchProcess, agent, assert_one_line_error
 
@@ -24,6 +26,10 @@ def _keys(server: ServerProcess) -> dict[str, dict[str, Any]]:
     return {k["name"]: k for k in json.loads(server.admin("key", "list", "--json").stdout)}
 
 
+@pytest.mark.sqlite_only(
+    "the release refusal's store part runs on both backends in tests/unit/server/test_key_disable.py"
+    " (on PostgreSQL: releases racing a disable on two replicas)"
+)
 def test_disable_refuses_every_release_until_enabled(rig: tuple[ServerProcess, Path]) -> None:
     server, root = rig
     web, web2, db = root / "web-1", root / "web-2", root / "db-1"

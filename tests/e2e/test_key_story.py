@@ -122,6 +122,7 @@ def test_rotate_then_destroy(server: ServerProcess, fleet: dict[str, Path]) -> N
 # --- bad input -----------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only("the envelope format is the agent's own: the store plays no part")
 def test_envelope_damage_is_one_opaque_error_and_no_output(fleet: dict[str, Path]) -> None:
     a, root = fleet["web-1"], fleet["root"]
     (root / "p").write_bytes(os.urandom(200_000))  # four chunks
@@ -236,6 +237,7 @@ def test_grant_and_ungrant_take_effect(server: ServerProcess, fleet: dict[str, P
     assert_one_line_error(agent(db, "fetch-key", "app"), 4, "not granted")
 
 
+@pytest.mark.sqlite_only("streaming encryption is the agent's own: the store plays no part")
 def test_one_gib_file_round_trips_in_bounded_memory(fleet: dict[str, Path]) -> None:
     import hashlib
     import resource

@@ -63,14 +63,26 @@ async def _valid_serials(tx: Tx, name: str, now: int) -> list[str]:
     return [r[0] for r in rows]
 
 
+async def _check_generation(tx: Tx, generation: int) -> None:
+    """Refuses a certificate of a retired CA generation (signed before an emergency rotation, or by
+    a replica that has not followed an activation). FOR SHARE: an activation or retirement (which
+    locks the row FOR UPDATE) commits first and is seen here, or waits for this certificate, and then
+    revokes it with the others."""
+    row = await tx.fetchrow(
+        tx.locked("SELECT retired_at FROM ca_generations WHERE generation=?", "FOR SHARE"), generation
+    )
+    if row is not None and row[0] is not None:
+        raise rules.ca_retired(generation)
+
+
 async def _insert_certificate(
     tx: Tx, cert: CertificateRecord, token_id: str | None, groups_json: str, renewed_from: str | None = None
 ) -> None:
     await tx.execute(
         "INSERT INTO certificates(serial, agent_name, not_before, not_after, der, issued_at, token_id, groups_json,"
-        " renewed_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " renewed_from, ca_generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         *(cert.serial, cert.agent_name, cert.not_before, cert.not_after, cert.der, cert.issued_at),
-        *(token_id, groups_json, renewed_from),
+        *(token_id, groups_json, renewed_from, cert.ca_generation),
     )
 
 
@@ -158,6 +170,7 @@ async def enroll(
     )
     if token is None:
         return None
+    await _check_generation(tx, cert.ca_generation)  # raises: rolled back, the token stays unused
     groups_json, allow, replace = token
     name = cert.agent_name
     # FOR UPDATE: renewals (FOR SHARE) and revocations of this name wait for us, or we for them.
@@ -193,6 +206,7 @@ async def enroll(
 async def add_certificate(
     tx: Tx, cert: CertificateRecord, groups: tuple[str, ...], renewed_from: str, not_renewed_since: int | None
 ) -> bool:
+    await _check_generation(tx, cert.ca_generation)  # first: an activation locks that row first too
     # The agent's row FOR NO KEY UPDATE: renewals of one agent (on any replica) take
     # turns, so the second sees the first's certificate below. A revocation on any
     # replica either committed before (and is seen here) or waits for this renewal

@@ -29,6 +29,7 @@ from server.store.records import (
     audit_entries,
 )
 from server.store.sql import agents, audit, due, events, holds
+from server.store.sql.ca_compromise import CACompromiseMethods
 from server.store.sql.cas import CAMethods
 from server.store.sql.key_store import KeyMethods
 
@@ -41,7 +42,7 @@ async def _done(tx: Tx) -> bool:
     return True
 
 
-class SqlStore(KeyMethods, due.DueMethods, CAMethods):
+class SqlStore(KeyMethods, due.DueMethods, CAMethods, CACompromiseMethods):
     """What the domain services may ask of persistence (``server.store.Store``); keys' methods
     are KeyMethods (sql/key_store.py), the key scheduler's DueMethods (sql/due.py)."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
@@ -88,7 +88,7 @@ def _identity(key: rsa.RSAPrivateKey, settings: AgentSettings) -> AgentIdentity:
         .not_valid_after(now + timedelta(hours=1))
         .sign(key, hashes.SHA256())
     )
-    return AgentIdentity(settings, key, cert, b"")
+    return AgentIdentity(settings, key, cert, cert.public_bytes(serialization.Encoding.PEM))  # its own CA
 
 
 def test_state_dir_reads_an_old_file_and_writes_the_new_form(

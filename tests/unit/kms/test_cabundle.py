@@ -15,10 +15,10 @@ from kms import cabundle, profile
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
-def _ca(trust_domain: str = "t") -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _ca(trust_domain: str = "t", days: int = 30) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = profile.ca_builder(
-        key.public_key(), trust_domain, x509.random_serial_number(), NOW, timedelta(days=30)
+        key.public_key(), trust_domain, x509.random_serial_number(), NOW, timedelta(days=days)
     )
     return cert.sign(key, hashes.SHA256()), key
 
@@ -51,7 +51,7 @@ def test_a_cross_certified_ca_is_trusted_from_the_pinned_one() -> None:
 @pytest.mark.parametrize("case", ["no cross", "signed by a stranger", "expired", "another key"])
 def test_a_ca_without_a_valid_cross_certificate_is_not_trusted(case: str) -> None:
     old, old_key = _ca()
-    new, _ = _ca()
+    new, _ = _ca(days=90)  # valid after the cross-certificate (and old) expired
     stranger, stranger_key = _ca()
     crosses = {
         "no cross": [],
@@ -71,3 +71,39 @@ def test_garbage_is_refused() -> None:
     new, _ = _ca()
     with pytest.raises(cabundle.BundleError, match="holds no CA certificate"):
         cabundle.parse_bundle(_pem(_cross(new, old, old_key)))
+
+
+def test_verified_from_any_of_several_trusted_cas_and_only_the_bundle_s_cas_come_back() -> None:
+    old, old_key = _ca()
+    new, new_key = _ca()
+    newer, _ = _ca()
+    other, _ = _ca()
+    # Trusting other and new: newer is vouched for by new; old (trusted before, absent) is not returned.
+    bundle = cabundle.parse_bundle(_pem(new, _cross(new, old, old_key), newer, _cross(newer, new, new_key)))
+    trusted = cabundle.verify_bundle(bundle, [other, new], NOW)
+    assert [(t.cert, t.vouched_by) for t in trusted] == [(new, None), (newer, trusted[0].fingerprint)]
+    with pytest.raises(cabundle.BundleError, match="has no valid cross-certificate"):
+        cabundle.verify_bundle(bundle, [other], NOW)
+
+
+def test_an_expired_ca_is_left_out_and_a_bundle_of_expired_cas_fails() -> None:
+    old, old_key = _ca()
+    new, _ = _ca()
+    later = NOW + timedelta(days=40)
+    young = profile.ca_builder(
+        (young_key := ec.generate_private_key(ec.SECP256R1())).public_key(), "t", 5, later, timedelta(days=30)
+    ).sign(young_key, hashes.SHA256())
+    assert cabundle.verify_bundle(cabundle.parse_bundle(_pem(young, old)), young, later)[0].cert == young
+    with pytest.raises(cabundle.BundleError, match="no CA of the bundle is valid now"):
+        cabundle.verify_bundle(cabundle.parse_bundle(_pem(old, new, _cross(new, old, old_key))), old, later)
+
+
+def test_a_stored_bundle_is_one_family_from_any_of_its_cas() -> None:
+    old, old_key = _ca()
+    new, new_key = _ca()
+    stranger, _ = _ca()
+    # After an activation: the active CA first, the retiring one vouched for by it (oldWithNew).
+    family = _pem(new, _cross(new, old, old_key), old, _cross(old, new, new_key))
+    assert [t.cert for t in cabundle.verify_stored(cabundle.parse_bundle(family), NOW)] == [new, old]
+    with pytest.raises(cabundle.BundleError, match="has no valid cross-certificate"):
+        cabundle.verify_stored(cabundle.parse_bundle(family + _pem(stranger)), NOW)

@@ -34,7 +34,7 @@ def signer(rsa_key: rsa.RSAPrivateKey):  # type: ignore[no-untyped-def]
 
 
 def _check(ca, name="web-1"):  # type: ignore[no-untyped-def]
-    return lambda when: agent_peer(ca, "t.org", name, when, lambda s: False)
+    return lambda when: agent_peer([ca], "t.org", name, when, lambda s: False)
 
 
 def test_round_trip_and_binding(signer, rsa_key: rsa.RSAPrivateKey) -> None:  # type: ignore[no-untyped-def]
@@ -153,7 +153,7 @@ def test_signature_from_another_ca_says_so(signer, rsa_key: rsa.RSAPrivateKey) -
     digest = hashlib.sha256(b"file").digest()
     now = int(NOW.timestamp())
     sig = filesig.create(rsa_key, (foreign.public_bytes(Encoding.DER),), digest, now)
-    check = lambda when: agent_peer(ca, "t.org", None, when, lambda s: False, "signer")  # noqa: E731
+    check = lambda when: agent_peer([ca], "t.org", None, when, lambda s: False, "signer")  # noqa: E731
     with pytest.raises(PeerRejected) as info:
         filesig.verify_file(sig, digest, check, now)
     assert info.value.message.startswith(

@@ -79,8 +79,8 @@ def _pair(
     now: datetime = NOW,
     want: str = "web-2",
 ):  # type: ignore[no-untyped-def]
-    i = Initiator(pki.web1, agent_peer(pki.ca, TD, want, now, lambda s: s in revoked), "web-2", group)
-    r = Responder(pki.web2, agent_peer(pki.ca, TD, None, now, lambda s: s in revoked), "web-2")
+    i = Initiator(pki.web1, agent_peer([pki.ca], TD, want, now, lambda s: s in revoked), "web-2", group)
+    r = Responder(pki.web2, agent_peer([pki.ca], TD, None, now, lambda s: s in revoked), "web-2")
     return i, r
 
 
@@ -101,8 +101,8 @@ def test_agents_agree_for_each_group(pki: Pki, group: Group) -> None:
 
 
 def test_agent_and_server(pki: Pki) -> None:
-    i = Initiator(pki.web1, server_peer(pki.ca, "127.0.0.1", NOW), "server")
-    r = Responder(pki.server, agent_peer(pki.ca, TD, None, NOW, _never_revoked), "server")
+    i = Initiator(pki.web1, server_peer([pki.ca], "127.0.0.1", NOW), "server")
+    r = Responder(pki.server, agent_peer([pki.ca], TD, None, NOW, _never_revoked), "server")
     _run(i, r)
     assert i.session and r.session and i.session.key == r.session.key
 
@@ -195,7 +195,7 @@ def test_wrong_peer_identity(pki: Pki) -> None:
     i, r = _pair(pki, want="web-3")  # the initiator asked for web-3 but web-2 answers
     with pytest.raises(PeerRejected):
         i.receive(r.receive(i.start()))
-    other = Responder(pki.web2, agent_peer(pki.ca, TD, None, NOW, _never_revoked), "web-9")
+    other = Responder(pki.web2, agent_peer([pki.ca], TD, None, NOW, _never_revoked), "web-9")
     with pytest.raises(PeerRejected):  # the hello names someone else
         other.receive(Initiator(pki.web1, _never, "web-2").start())
 
@@ -322,7 +322,7 @@ def test_ffdhe_primes_match_the_rfc7919_formula() -> None:
 
 def test_initiator_insists_on_the_responder_it_asked_for(pki: Pki) -> None:
     """Even if a caller's check lets another identity through, the machine refuses it."""
-    lenient = agent_peer(pki.ca, TD, None, NOW, _never_revoked)
+    lenient = agent_peer([pki.ca], TD, None, NOW, _never_revoked)
     i = Initiator(pki.web1, lenient, "web-2")
     r = Responder(pki.web2, lenient, "web-2")
     impostor_responder = Responder(pki.web1, lenient, "web-2")  # web-1's certificate answering for web-2
@@ -336,7 +336,7 @@ def test_a_crashing_peer_check_kills_the_machine(pki: Pki) -> None:
         raise ConnectionError("revocation service unreachable")
 
     i = Initiator(pki.web1, flaky, "web-2")
-    r = Responder(pki.web2, agent_peer(pki.ca, TD, None, NOW, _never_revoked), "web-2")
+    r = Responder(pki.web2, agent_peer([pki.ca], TD, None, NOW, _never_revoked), "web-2")
     resp = r.receive(i.start())
     with pytest.raises(ConnectionError):
         i.receive(resp)
@@ -349,7 +349,7 @@ def test_agent_peers_cache_keeps_checking_time_and_revocation(pki: Pki) -> None:
     from kms.peers import AgentPeers
 
     revoked: set[str] = set()
-    peers = AgentPeers(pki.ca, TD, lambda s: s in revoked)
+    peers = AgentPeers([pki.ca], TD, lambda s: s in revoked)
     chain = pki.web1.chain
     first = peers.at(NOW)(chain)
     assert peers.at(NOW)(chain) == first

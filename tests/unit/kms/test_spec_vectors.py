@@ -96,7 +96,7 @@ def test_file_signature() -> None:
     assert filesig._statement(digest, sig.signed_at).hex() == v["statement_hex"]
 
     def check_at(when: datetime) -> Any:
-        return agent_peer(ca, v["trust_domain"], v["signer"], when, lambda serial: False, "signer")
+        return agent_peer([ca], v["trust_domain"], v["signer"], when, lambda serial: False, "signer")
 
     now = sig.signed_at + 60
     assert filesig.verify_file(sig, digest, check_at, now).name == v["signer"]

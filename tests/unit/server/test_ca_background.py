@@ -46,7 +46,7 @@ def test_the_crl_refresher_outlives_a_failure(
     publisher = CrlPublisher.__new__(CrlPublisher)
     done, calls = asyncio.Event(), []
 
-    async def current() -> bytes:
+    async def current(generation: int | None = None) -> bytes:
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("the CA key's token 'kms' failed (DeviceRemoved)\nsecond line")
@@ -54,6 +54,7 @@ def test_the_crl_refresher_outlives_a_failure(
         return b""
 
     monkeypatch.setattr(publisher, "current", current)
+    monkeypatch.setattr(publisher, "_live", lambda: {1: None})  # one live CA generation
 
     async def main() -> None:
         await _until(done, asyncio.create_task(publisher.refresh_forever()))
@@ -84,6 +85,7 @@ def test_the_tls_rotator_outlives_a_failure(
 
     monkeypatch.setattr(tls, "rotate", rotate)
     monkeypatch.setattr(tls, "renew_at", lambda: renew[0])
+    monkeypatch.setattr(tls, "from_active_ca", lambda: True)
     tls._clock = lambda: NOW
 
     async def main() -> None:
@@ -94,6 +96,36 @@ def test_the_tls_rotator_outlives_a_failure(
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "server certificate rotation failed, retrying in 0 s: OSError:" in record.getMessage()
     assert record.exc_info is None and len(calls) == 2
+
+
+def test_a_certificate_from_another_ca_is_reissued_until_it_works(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After an activation the server's TLS certificate is due (not from the active CA) whatever its
+    renewal time: a failed reissue is retried every RETRY_DELAY until one succeeds."""
+    monkeypatch.setattr(tls_module, "RETRY_DELAY", 0.0)
+    tls = ServerTls.__new__(ServerTls)
+    done, calls, from_active = threading.Event(), [], [False]
+
+    def rotate() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError(28, "No space left on device")
+        from_active[0] = True
+        done.set()
+
+    monkeypatch.setattr(tls, "rotate", rotate)
+    monkeypatch.setattr(tls, "renew_at", lambda: NOW + timedelta(days=1))  # renewal not due
+    monkeypatch.setattr(tls, "from_active_ca", lambda: from_active[0])
+    tls._clock = lambda: NOW
+
+    async def main() -> None:
+        assert tls.due()
+        await _until(done, asyncio.create_task(tls.rotate_forever()))
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+    assert len(calls) == 3 and not tls.due()
 
 
 class _Store:

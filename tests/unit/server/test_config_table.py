@@ -55,7 +55,8 @@ def test_a_default_named_in_the_help_is_the_default() -> None:
 # A value other than the default for each setting (a new setting needs one here).
 SAMPLES = {
     "listen": "127.0.0.1:9100", "enroll_listen": "127.0.0.1:9200", "san": "kms.example.org",
-    "trust_domain": "t.example", "ca_key_type": "rsa-3072", "cert_ttl": "7h", "ca_ttl": "3000d",
+    "trust_domain": "t.example", "ca_key_type": "rsa-3072", "cert_ttl": "7h", "ca_ttl": "3000d", "ca_propagation": "2d",
+    "ca_rotate_at": "0.5",
     "server_cert_ttl": "20d", "renew_fraction": "0.5", "token_ttl": "10m", "max_token_ttl": "6d",
     "max_request_bytes": "8192", "shutdown_grace": "4s", "http_listen": "127.0.0.1:9300", "heartbeat": "4s",
     "handshake_timeout": "9s", "watch_buffer": "64", "log_format": "json", "enroll_rate": "5",
