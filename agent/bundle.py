@@ -186,31 +186,53 @@ def news(state: StateDir, pem: str, version: int) -> bool:
 
 def catch_up(state: StateDir, enroll_servers: tuple[str, ...], now: datetime, timeout: float) -> bool:
     """After a `ca activate` this agent missed (offline through ca-propagation, or an activation
-    --now), the server's certificate comes from a CA it has not heard of, and no verified
-    connection can fetch the bundle that vouches for it. The bundle is public and checked by its
-    cross-certificates, so it is read as enrollment reads it: over a connection to an enrollment
-    address verified only under the CA that address presents (nothing is sent over it but the
-    request), then accepted only if it verifies from what this agent trusts now (refresh_bundle).
-    When the address presents a CA this agent trusts, the bundle is read over a connection
-    verified under its trust, and taken only if it says more than the stored one (news): after
-    an emergency rotation the server refuses this agent's certificate, whose CA it retired, and
-    only the bundle tells the agent so (the watch then ends: retired_issuer).
+    --now), the server's certificate comes from a CA it has not heard of, and no connection it can
+    verify reaches the bundle that vouches for it. The bundle is public and checked by its
+    cross-certificates, so it is first read as enrollment reads it: over a connection to an
+    enrollment address verified only under the CA that address presents. Nothing read there is
+    stored: it only says which CAs the ones this agent trusts vouch for, and the presented CA must
+    be one of them (else an impostor answered). The bundle that counts is then read again over a
+    connection verified under those CAs, and taken as any bundle is (refresh_bundle: its version,
+    dropped CAs). After an emergency rotation the server refuses this agent's certificate, whose
+    CA it retired, and only the bundle tells the agent so (the watch then ends: retired_issuer).
     Returns whether the trust changed."""
     trusted = trusted_now(state, now)
     for address in enroll_servers:
         try:
-            host, port = parse_hostport(address, what="enrollment address")
-            presented = presented_ca(host, port, timeout)
-            known = presented in trusted
-            roots = trusted if known else [presented]
+            roots = _roots_at(address, trusted, state, now, timeout)
+            if roots is None:
+                continue
             with KmsClient(
                 [address], b"".join(c.public_bytes(Encoding.PEM) for c in roots), timeout=timeout
             ) as client:
                 pem, version = client.get_trust_bundle()
-        except KmsError as exc:  # Unreachable among them
+        except (KmsError, BundleError) as exc:  # Unreachable among them
             logger.warning("could not read the trust bundle at %s: %s", address, exc)
             continue
-        if known and not news(state, pem, version):
+        if not news(state, pem, version):
             return False  # nothing new (or older): the failure is not about trust
         return refresh_bundle(state, pem, now, version) is not None
     return False
+
+
+def _roots_at(
+    address: str, trusted: list[x509.Certificate], state: StateDir, now: datetime, timeout: float
+) -> list[x509.Certificate] | None:
+    """The CAs to verify address under: those trusted, and (when it presents another) the ones its
+    trust bundle vouches for from them, if the presented CA is among those. None: an address that
+    presents a CA nothing trusted vouches for (one line logged). Raises KmsError, BundleError."""
+    host, port = parse_hostport(address, what="enrollment address")
+    presented = presented_ca(host, port, timeout)
+    if presented in trusted:
+        return trusted
+    with KmsClient([address], presented.public_bytes(Encoding.PEM), timeout=timeout) as client:
+        pem, _ = client.get_trust_bundle()  # unverified: only read, never stored
+    vouched = [t.cert for t in verify_bundle(parse_bundle(pem), trusted, now)]
+    if presented not in vouched or _fingerprint(presented) in state.dropped():
+        logger.warning(
+            "the server at %s presents CA %s, which nothing this agent trusts vouches for: kept the trust",
+            address,
+            _fingerprint(presented),
+        )
+        return None
+    return [*trusted, *(c for c in vouched if c not in trusted)]

@@ -192,7 +192,8 @@ class StateDir:
         watch_from_seq (a new enrollment): where watching starts, replacing any
         position a previous identity in this directory had reached.
         trust_bundle (a new enrollment): the trust bundle verified from the pinned CA and its version,
-        replacing any stored one. A renewal passes none: the stored bundle may be newer than its identity's.
+        replacing any stored one; a CA of it dropped before is trusted again (the operator's new pin
+        decides). A renewal passes none: the stored bundle may be newer than its identity's.
         """
         ensure_private_dir(self.path)
         self.revoked_file.unlink(missing_ok=True)  # about an earlier certificate
@@ -201,6 +202,7 @@ class StateDir:
         write_atomic(self.cert, identity.cert_pem, mode=0o644)
         write_atomic(self.ca, identity.ca_bundle_pem, mode=0o644)
         if trust_bundle is not None:
+            self.forget_dropped(x509.load_pem_x509_certificates(trust_bundle[0]))
             self.save_trust_bundle(*trust_bundle)
         if watch_from_seq is not None:
             self.save_last_seq(watch_from_seq)
@@ -271,8 +273,18 @@ class StateDir:
 
     def save_dropped(self, cas: list[x509.Certificate]) -> None:
         """Adds cas to the dropped CAs: atomically, 0644 (certificates only)."""
-        every = {**self.dropped(), **{_fp(c): c for c in cas}}
-        pems = [c.public_bytes(serialization.Encoding.PEM).decode() for c in every.values()]
+        self._write_dropped([*self.dropped().values(), *cas])
+
+    def forget_dropped(self, cas: list[x509.Certificate]) -> None:
+        """Trusts cas again (a new enrollment verified them from the operator's pin)."""
+        dropped = self.dropped()
+        keep = [c for c in dropped.values() if c not in cas]
+        if len(keep) < len(dropped):
+            self._write_dropped(keep)
+
+    def _write_dropped(self, cas: list[x509.Certificate]) -> None:
+        unique = {_fp(c): c for c in cas}
+        pems = [c.public_bytes(serialization.Encoding.PEM).decode() for c in unique.values()]
         write_atomic(self.dropped_file, json.dumps({"dropped": pems}, indent=2).encode() + b"\n", mode=0o644)
 
     def save_trust_bundle(self, pem: bytes, version: int) -> None:

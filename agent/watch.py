@@ -36,7 +36,7 @@ from agent.state import AgentIdentity, KeyFile, StateDir
 from agent.watchdog import Watchdog
 from kms.errors import Held, KmsError, ResourceExhausted, Revoked, Unauthenticated, Unavailable
 from kms.events import describe, event_fields
-from kms.revocation import HOLD
+from kms.revocation import CA_COMPROMISE, HOLD
 from kms.v1 import revocation_pb2
 
 __all__ = ["Watcher"]
@@ -54,7 +54,6 @@ CATCH_UP_TIMEOUT = 10.0
 # Unavailable may mean this agent missed an activation (a refused client certificate after an
 # emergency rotation says nothing of trust), and catch_up returns at once when it did not.
 CATCH_UP_EVERY = 60.0
-COMPROMISE = "cACompromise"
 
 
 class Watcher:
@@ -141,8 +140,8 @@ class Watcher:
         if ca is not None:
             name = self._identity.settings.name
             raise Revoked(
-                f"this agent's certificate was issued by CA {ca} which the server no longer trusts"
-                f" (retired): ask for a new join token (kms-server token create --name {name}) and run"
+                f"this agent's certificate was issued by CA {ca} which this agent no longer trusts"
+                f" (retired, or compromised): ask for a new join token (kms-server token create --name {name}) and run"
                 " kms-agent enroll --force"
             )
 
@@ -287,7 +286,7 @@ class Watcher:
         )
         if mine and event.reason == HOLD:  # the server closes the stream; reconnect until released
             raise Held(f"this agent's certificate {serial} is on hold (certificateHold)")
-        if mine and event.reason == COMPROMISE:  # its CA signed it: nothing it vouches for holds
+        if mine and event.reason == CA_COMPROMISE:  # its CA signed it: nothing it vouches for holds
             drop_issuer(self._state, _now())
         if mine:
             self._state.save_revoked(serial, event.reason)  # kms-agent sign refuses, even offline

@@ -90,8 +90,8 @@ def test_emergency_rotation_revokes_the_old_ca_and_agents_reenroll(rig: tuple[Se
         late = agent(root / name, *command)
         assert late.returncode == 11, late.stderr
         assert late.stderr.splitlines()[-1] == (
-            f"kms-agent: error: this agent's certificate was issued by CA {cas[0]['fingerprint']} which the"
-            f" server no longer trusts (retired): ask for a new join token (kms-server token create --name"
+            f"kms-agent: error: this agent's certificate was issued by CA {cas[0]['fingerprint']} which this"
+            f" agent no longer trusts (retired, or compromised): ask for a new join token (kms-server token create --name"
             f" {name}) and run kms-agent enroll --force"
         ), late.stderr
     revoked = json.loads(server.admin("revocations", "list", "--json").stdout)

@@ -21,21 +21,30 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.bootstrap import presented_ca
+from agent.bundle import catch_up
 from agent.cli import main as agent_main
+from agent.state import StateDir
+from kms import profile
 from kms.cabundle import parse_bundle
 from kms.identity import fingerprint
 from kms.v1 import enrollment_pb2, enrollment_pb2_grpc, revocation_pb2, revocation_pb2_grpc
+from server.ca.authority import create_root
 from server.cli import main as server_main
+from tests import pki
 from tests.e2e.rig import Rig
-from tests.harness import ServerProcess, WatchProcess, enroll
+from tests.harness import ServerProcess, WatchProcess, enroll, short_tmpdir
 
 pytestmark = pytest.mark.sqlite_only(
     "what the commands and the agent do; the store's part (adoption, one rotation among replicas)"
@@ -260,3 +269,68 @@ def _openssl_verify(anchor: Path, cert: Path) -> subprocess.CompletedProcess[str
     return subprocess.run(
         ["openssl", "verify", "-CAfile", str(anchor), str(cert)], capture_output=True, text=True, check=False
     )
+
+
+def test_catch_up_takes_nothing_from_an_impostor(
+    rig: tuple[ServerProcess, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """catch_up reads a bundle over a connection it cannot verify yet: from another deployment (an
+    impostor on the network, with its own CA), it stores nothing and drops nothing."""
+    _, root = rig
+    state = StateDir(root / "alice")
+    before = (state.stored_bundle() if state.trust_bundle.exists() else None, state.dropped())
+    impostor = ServerProcess(short_tmpdir("carimp") / "d").start()
+    try:
+        with caplog.at_level("WARNING", logger="agent.bundle"):
+            assert not catch_up(state, (impostor.enroll_address,), datetime.now(UTC), 10)
+    finally:
+        assert impostor.stop() == 0
+    after = (state.stored_bundle() if state.trust_bundle.exists() else None, state.dropped())
+    assert after == before
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"could not read the trust bundle at {impostor.enroll_address}: CA "), line
+    assert line.endswith("has no valid cross-certificate from a trusted CA"), line
+
+
+class _Replay(enrollment_pb2_grpc.EnrollmentServicer):
+    """An impostor on the network: the deployment's real, public trust bundle (verified by its
+    cross-certificates) with a version far ahead, behind a TLS certificate of its own CA."""
+
+    def __init__(self, pem: str) -> None:
+        self._pem = pem
+
+    def GetCABundle(self, request: object, context: object) -> enrollment_pb2.GetCABundleResponse:  # noqa: N802
+        return enrollment_pb2.GetCABundleResponse(trust_bundle_pem=self._pem, trust_bundle_version=2**63)
+
+
+def test_catch_up_takes_nothing_from_an_impostor_replaying_the_real_bundle(
+    rig: tuple[ServerProcess, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The replayed bundle verifies, but the CA the impostor presents is none it vouches for:
+    nothing is stored, dropped or frozen (its version is never taken)."""
+    _, root = rig
+    state = StateDir(root / "alice")
+    real = state.trust_bundle.read_text() if state.trust_bundle.exists() else state.ca.read_text()
+    now = datetime.now(UTC)
+    ca = create_root("impostor.example", None, timedelta(days=1), now)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = profile.server_builder(
+        leaf_key.public_key(), ca.cert, ("127.0.0.1",), x509.random_serial_number(), now, timedelta(hours=1)
+    ).sign(ca.key, hashes.SHA256())
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    enrollment_pb2_grpc.add_EnrollmentServicer_to_server(_Replay(real), server)
+    creds = grpc.ssl_server_credentials([(pki.key_pem(leaf_key), pki.pem(leaf) + pki.pem(ca.cert))])
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    before = (state.trust_bundle.read_bytes() if state.trust_bundle.exists() else None, state.dropped())
+    try:
+        with caplog.at_level("WARNING", logger="agent.bundle"):
+            assert not catch_up(state, (f"127.0.0.1:{port}",), now, 10)
+    finally:
+        server.stop(None)
+    assert (
+        state.trust_bundle.read_bytes() if state.trust_bundle.exists() else None,
+        state.dropped(),
+    ) == before
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "which nothing this agent trusts vouches for: kept the trust" in line, line

@@ -12,7 +12,7 @@ since none of its certificates is valid any more).
 from __future__ import annotations
 
 from kms.errors import FailedPrecondition
-from kms.revocation import HOLD
+from kms.revocation import CA_COMPROMISE, HOLD
 from server.store.dialect import Tx
 from server.store.records import Audit, RevocationEvent
 from server.store.sql.cas import CAGeneration, Expected, activate_ca, serial_of
@@ -21,7 +21,7 @@ from server.store.sql.methods import Methods
 
 __all__ = ["CACompromiseMethods", "Compromise"]
 
-REASON = "cACompromise"
+REASON = CA_COMPROMISE
 
 
 async def _revoke_generation(tx: Tx, generation: int, now: int) -> list[RevocationEvent]:

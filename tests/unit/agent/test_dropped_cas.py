@@ -110,6 +110,19 @@ def test_a_dropped_ca_is_never_trusted_again(
     assert trusted_now(state, NOW) == [g1, g3]
 
 
+def test_a_new_enrollment_trusts_its_bundle_again(tmp_path: Path, gens: list) -> None:
+    """The operator's new pin decides: a CA dropped before (its own certificate revoked for
+    cACompromise, say) is trusted again when an enrollment's bundle, verified from it, holds it."""
+    (g1, k1), (g2, _), _ = gens
+    state = _enrolled(tmp_path, g1, k1)
+    state.save_dropped([g1, g2])
+    identity = state.load_certificate()
+    again = _enrolled(tmp_path / "again", g1, k1).load()
+    state.save(again, trust_bundle=(_pem(g1).encode(), 7))
+    assert set(state.dropped()) == {_fp(g2)} and identity != state.load_certificate()
+    assert trusted_now(state, NOW) == [g1]
+
+
 def test_a_damaged_bundle_does_not_bring_back_a_dropped_pinned_ca(tmp_path: Path, gens: list) -> None:
     (g1, k1), (g2, k2), _ = gens
     state = _enrolled(tmp_path, g1, k1)
@@ -136,7 +149,7 @@ def test_the_watch_ends_when_its_own_ca_is_no_longer_trusted(tmp_path: Path, gen
         _watcher(state).run(install_signals=False)
     assert err.value.exit_code == 11
     assert err.value.message == (
-        f"this agent's certificate was issued by CA {_fp(g1)} which the server no longer trusts (retired):"
+        f"this agent's certificate was issued by CA {_fp(g1)} which this agent no longer trusts (retired, or compromised):"
         " ask for a new join token (kms-server token create --name web-1) and run kms-agent enroll --force"
     )
 

@@ -6,7 +6,7 @@ import pytest
 from cryptography import x509
 
 from kms.errors import InvalidArgument
-from kms.revocation import CRL_REASONS, HOLD, REASONS, parse_reason
+from kms.revocation import CA_COMPROMISE, CRL_REASONS, HOLD, REASONS, parse_reason
 
 
 @pytest.mark.parametrize(
@@ -35,7 +35,15 @@ def test_refused(name: str, allow_hold: bool) -> None:
         parse_reason(name, allow_hold=allow_hold)
 
 
-def test_crl_reasons_add_only_the_hold() -> None:
+def test_ca_compromise_is_the_cas_not_an_operators_for_one_certificate() -> None:
+    """Only an emergency CA rotation revokes with it (agents then stop trusting that CA)."""
+    for allow_hold in (False, True):
+        with pytest.raises(InvalidArgument, match="kms-server ca rotate --now --revoke-old"):
+            parse_reason(CA_COMPROMISE, allow_hold=allow_hold)
+
+
+def test_crl_reasons_add_the_hold_and_the_cas_compromise() -> None:
     assert CRL_REASONS[HOLD] is x509.ReasonFlags.certificate_hold
-    assert {k: v for k, v in CRL_REASONS.items() if k != HOLD} == REASONS
+    assert CRL_REASONS[CA_COMPROMISE] is x509.ReasonFlags.ca_compromise
+    assert {k: v for k, v in CRL_REASONS.items() if k not in (HOLD, CA_COMPROMISE)} == REASONS
     assert HOLD not in REASONS and "removeFromCRL" not in CRL_REASONS
