@@ -20,38 +20,30 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 import agent.watch
 from agent.bundle import bundle_path, refresh_bundle, trusted_now
 from agent.state import AgentIdentity, AgentSettings, StateDir
 from agent.watch import Watcher
-from kms import cabundle, profile
 from kms.errors import FailedPrecondition, Revoked, Unavailable
-from kms.identity import fingerprint
 from kms.v1 import revocation_pb2
+from tests.unit.agent.cas import Key, cross, fp, make_ca
+from tests.unit.agent.cas import pem as _pem
 
 NOW = datetime.now(UTC)  # the watch checks at the real time
-Key = ec.EllipticCurvePrivateKey
 
 
 def _ca() -> tuple[x509.Certificate, Key]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = profile.ca_builder(key.public_key(), "t", x509.random_serial_number(), NOW, timedelta(days=30))
-    return builder.sign(key, hashes.SHA256()), key
+    return make_ca(NOW)
 
 
 def _cross(new: x509.Certificate, old: x509.Certificate, old_key: Key) -> x509.Certificate:
-    return cabundle.cross_builder(new, old, x509.random_serial_number(), NOW).sign(old_key, hashes.SHA256())
+    return cross(new, old, old_key, NOW)
 
 
-def _pem(*certs: x509.Certificate) -> str:
-    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
-
-
-def _fp(cert: x509.Certificate) -> str:
-    return fingerprint(cert.public_bytes(serialization.Encoding.DER))
+_fp = fp
 
 
 @pytest.fixture(scope="module")

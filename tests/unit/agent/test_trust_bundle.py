@@ -19,38 +19,28 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes
 
 from agent.bundle import bundle_path, news, refresh_bundle, trusted_now
 from agent.enroll import _trust_from_pin
 from agent.state import StateDir
-from kms import cabundle, profile
+from kms import cabundle
 from kms.errors import Unauthenticated
-from kms.identity import fingerprint
+from tests.unit.agent.cas import Key, cross, fp, make_ca
+from tests.unit.agent.cas import pem as _pem
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
-Key = ec.EllipticCurvePrivateKey
 
 
 def _ca(days: int = 30) -> tuple[x509.Certificate, Key]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = profile.ca_builder(
-        key.public_key(), "t", x509.random_serial_number(), NOW, timedelta(days=days)
-    )
-    return builder.sign(key, hashes.SHA256()), key
+    return make_ca(NOW, days)
 
 
 def _cross(new: x509.Certificate, old: x509.Certificate, old_key: Key) -> x509.Certificate:
-    return cabundle.cross_builder(new, old, x509.random_serial_number(), NOW).sign(old_key, hashes.SHA256())
+    return cross(new, old, old_key, NOW)
 
 
-def _pem(*certs: x509.Certificate) -> str:
-    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
-
-
-def _fp(cert: x509.Certificate) -> str:
-    return fingerprint(cert.public_bytes(serialization.Encoding.DER))
+_fp = fp
 
 
 @pytest.fixture(scope="module")

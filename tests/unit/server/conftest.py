@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from server.store import PostgresStore, SqliteStore, Store
+
+T = TypeVar("T")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -21,3 +26,16 @@ async def open_store_at(kind: str, where: str) -> Store:
     if kind == "sqlite":
         return await SqliteStore.open(Path(where) / "kms.db")
     return await PostgresStore.open(where)
+
+
+def run_with_store(store_at: tuple[str, str], body: Callable[[Store], Awaitable[T]]) -> T:
+    """Runs body on a store opened at store_at, closed after."""
+
+    async def main() -> T:
+        store = await open_store_at(*store_at)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())

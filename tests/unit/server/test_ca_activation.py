@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -29,7 +28,7 @@ from server.ca.signer import CARoot, SoftwareSigner
 from server.ca.trust import CATrust
 from server.deployment.sealing import Sealer
 from server.store import RevocationEvent, Store
-from tests.unit.server.conftest import open_store_at
+from tests.unit.server.conftest import open_store_at, run_with_store
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 SEALER = Sealer(bytes(range(32)))
@@ -60,17 +59,6 @@ async def _replica(store: Store, root: CARoot, published: list[RevocationEvent] 
     rotation = CARotation(store, ca, trust, SEALER, lambda: NOW, TTL, None, events.append)
     await rotation.adopt()
     return Replica(store, ca, trust, rotation, events)
-
-
-def _run(store_at: tuple[str, str], body: Callable[[Store], Awaitable[None]]) -> None:
-    async def main() -> None:
-        store = await open_store_at(*store_at)
-        try:
-            await body(store)
-        finally:
-            await store.close()
-
-    asyncio.run(main())
 
 
 async def _issue(
@@ -154,7 +142,7 @@ def test_ocsp_answers_for_each_live_generation_with_its_own_key(
             answer = ocsp.load_der_ocsp_response(await responder.respond(_request(leaf, issuer, SHA1)))
             assert answer.response_status is ocsp.OCSPResponseStatus.UNAUTHORIZED
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_a_retiring_ca_is_retired_once_its_certificates_end(
@@ -215,7 +203,7 @@ def test_a_retiring_ca_is_retired_once_its_certificates_end(
         assert {c.serial_number for c in crl} == {held.serial_number, revoked.serial_number}
         assert await crls.current(1) == await crls.current()
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_the_timer_retires_at_the_latest_not_after(tmp_path: object, key: rsa.RSAPrivateKey) -> None:
@@ -238,7 +226,7 @@ def test_the_timer_retires_at_the_latest_not_after(tmp_path: object, key: rsa.RS
         finally:
             task.cancel()
 
-    _run(("sqlite", str(tmp_path)), body)
+    run_with_store(("sqlite", str(tmp_path)), body)
 
 
 class _GatedSigner(SoftwareSigner):
@@ -313,7 +301,7 @@ def test_a_forged_row_is_ignored_and_logged_once(
         assert forged.cert not in r.trust.roots and 2 not in r.trust.issuers
         assert forged.cert.public_bytes(pem).decode() not in await r.rotation.bundle_pem()
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_cancel_removes_the_prepared_ca(store_at: tuple[str, str]) -> None:
@@ -333,7 +321,7 @@ def test_cancel_removes_the_prepared_ca(store_at: tuple[str, str]) -> None:
         with pytest.raises(FailedPrecondition, match="no CA generation is prepared"):
             await r.rotation.cancel()
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_old_with_new_is_signed_once_per_generation(tmp_path: object, key: rsa.RSAPrivateKey) -> None:
@@ -354,7 +342,7 @@ def test_old_with_new_is_signed_once_per_generation(tmp_path: object, key: rsa.R
         ]
         assert old_with_new.not_valid_after_utc == NOW + timedelta(days=3) + RETIRE_MARGIN
 
-    _run(("sqlite", str(tmp_path)), body)
+    run_with_store(("sqlite", str(tmp_path)), body)
 
 
 def test_two_replicas_follow_one_activation(store_at: tuple[str, str]) -> None:
@@ -379,7 +367,7 @@ def test_two_replicas_follow_one_activation(store_at: tuple[str, str]) -> None:
             if other_store is not store:
                 await other_store.close()
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_a_generation_stays_verified_after_the_ca_that_vouched_for_it_expired(
@@ -407,7 +395,7 @@ def test_a_generation_stays_verified_after_the_ca_that_vouched_for_it_expired(
         await r.trust.refresh()
         assert r.trust.roots == [old.cert, new.cert]
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_several_generations_retiring_at_once(tmp_path: object, key: rsa.RSAPrivateKey) -> None:
@@ -425,4 +413,4 @@ def test_several_generations_retiring_at_once(tmp_path: object, key: rsa.RSAPriv
         for pin in bundle.cas:  # an agent pinned to any of them verifies the whole bundle
             assert len(cabundle.verify_bundle(bundle, pin, NOW)) == 3
 
-    _run(("sqlite", str(tmp_path)), body)
+    run_with_store(("sqlite", str(tmp_path)), body)

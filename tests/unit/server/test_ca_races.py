@@ -21,7 +21,7 @@ from server.deployment.sealing import Sealer
 from server.store import CertificateRecord, JoinTokenRecord, Store
 from server.store.sql.ca_compromise import activate_revoking_old
 from server.store.sql.cas import NewGeneration
-from tests.unit.server.conftest import open_store_at
+from tests.unit.server.conftest import open_store_at, run_with_store
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 T = int(NOW.timestamp())
@@ -42,17 +42,6 @@ async def _rotation(store: Store) -> CARotation:
     rotation = CARotation(store, ca, trust, SEALER, lambda: NOW, TTL, None, lambda e: None)
     await rotation.adopt()
     return rotation
-
-
-def _run(store_at: tuple[str, str], body: Callable[[Store], Awaitable[None]]) -> None:
-    async def main() -> None:
-        store = await open_store_at(*store_at)
-        try:
-            await body(store)
-        finally:
-            await store.close()
-
-    asyncio.run(main())
 
 
 class _Between:
@@ -119,7 +108,7 @@ def test_revoke_old_revokes_the_generation_active_when_it_locks(store_at: tuple[
         assert states == [(1, "retired", T), (2, "active", None)], (states, outcome)
         assert isinstance(outcome[0], FailedPrecondition)
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_revoke_old_without_an_active_ca_is_a_failed_precondition(store_at: tuple[str, str]) -> None:
@@ -127,7 +116,7 @@ def test_revoke_old_without_an_active_ca_is_a_failed_precondition(store_at: tupl
         with pytest.raises(FailedPrecondition, match="no active CA"):
             await store.activate_ca_revoking_old(T)
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_activation_refuses_another_prepared_generation(store_at: tuple[str, str]) -> None:
@@ -148,7 +137,7 @@ def test_activation_refuses_another_prepared_generation(store_at: tuple[str, str
         done, _ = await store.activate_ca(T, None, expected=(again.generation, again.certificate))
         assert done.state == "active"
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def _cert(serial: str, generation: int) -> CertificateRecord:
@@ -176,4 +165,4 @@ def test_a_certificate_of_a_retired_generation_is_not_recorded(store_at: tuple[s
         await store.add_certificate(_cert("b4", 2), ("a",), renewed_from="b2")
         assert await store.get_certificate("b4") is not None and await store.get_certificate("b3") is None
 
-    _run(store_at, body)
+    run_with_store(store_at, body)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
 
 from kms.errors import FailedPrecondition, PermissionDenied
 from server.store import CertificateRecord, JoinTokenRecord, Store
-from tests.unit.server.conftest import open_store_at
+from tests.unit.server.conftest import run_with_store
 
 NOW = 1_800_000_000
 T = TypeVar("T")
@@ -22,17 +21,6 @@ def _token(token_id: str, name: str = "web-1", *, at: int = NOW) -> JoinTokenRec
 
 def _cert(serial: str, name: str = "web-1", *, at: int = NOW) -> CertificateRecord:
     return CertificateRecord(serial, name, at, at + 86400, b"der", at, None)
-
-
-def _run(store_at: tuple[str, str], body: Callable[[Store], Awaitable[T]]) -> T:
-    async def main() -> T:
-        store = await open_store_at(*store_at)
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
 
 
 def _id(n: int) -> str:
@@ -62,7 +50,7 @@ def test_a_name_with_a_valid_certificate_needs_replace(store_at: tuple[str, str]
         agent = await store.get_agent("web-1")
         assert agent is not None and agent.latest.serial == "b2" and agent.latest.revoked_at is None
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_a_token_older_than_the_certificate_does_not_enroll_a_twin(store_at: tuple[str, str]) -> None:
@@ -81,7 +69,7 @@ def test_a_token_older_than_the_certificate_does_not_enroll_a_twin(store_at: tup
         # An expired certificate does not hold the name.
         assert await store.enroll(_id(2), b"h" * 32, NOW + 100, _cert("b2", at=NOW + 100))
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_racing_plain_enrollments_of_a_new_name_make_one_identity(store_at: tuple[str, str]) -> None:
@@ -97,7 +85,7 @@ def test_racing_plain_enrollments_of_a_new_name_make_one_identity(store_at: tupl
         agents = await store.list_agents()
         assert len(agents) == 1
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_a_revoked_name_needs_allow_reenroll_at_token_create(store_at: tuple[str, str]) -> None:
@@ -117,7 +105,7 @@ def test_a_revoked_name_needs_allow_reenroll_at_token_create(store_at: tuple[str
         back = await store.enroll(_id(3), b"h" * 32, NOW + 4, _cert("c3"))
         assert back is not None and back.superseded == ()  # nothing valid was left to replace
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_known_agents_are_enrolled_or_expected(store_at: tuple[str, str]) -> None:
@@ -130,4 +118,4 @@ def test_known_agents_are_enrolled_or_expected(store_at: tuple[str, str]) -> Non
         assert await store.is_known_agent("web-1", NOW + 10**6)  # enrolled: known for good
         assert not await store.is_known_agent("web-2", NOW)
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
