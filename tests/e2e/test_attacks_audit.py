@@ -298,14 +298,19 @@ def test_every_store_changing_admin_rpc_is_audited(audited: Audited, rsa_key: An
                 f"Admin.{method}: no {action} record naming {piece!r} in {[(r.action, r.object) for r in new]}"
             )
 
-    # The read-only ones add nothing (an honest READ_ONLY).
-    before = len(_records(stub))
+    # The read-only ones add nothing (an honest READ_ONLY). Only the administrator's records count:
+    # the server's own work goes on meanwhile (a CA retired once its last certificate is revoked,
+    # say, audited by "ca").
+    def admins() -> list[Any]:
+        return [r for r in _records(stub) if r.actor == "admin"]
+
+    before = len(admins())
     for method in sorted(READ_ONLY):
         request = admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods_by_name[method].input_type
         request_class = getattr(admin_pb2, request.name)
         named = {"name": "aud-key"} if "name" in request.fields_by_name else {}  # GetKey: one key
         getattr(stub, method)(request_class(**named), timeout=10)
-    assert len(_records(stub)) == before
+    assert len(admins()) == before
     assert audited.server.admin("audit", "verify").stdout.startswith("audit trail intact")
 
 
