@@ -12,7 +12,8 @@ from server.api.enrollment import EnrollmentServicer
 from server.ca.retire import CARetirement
 from server.enrollment.service import EnrollmentService
 from server.store import Store
-from tests.unit.server.test_ca_activation import NOW, Replica, _old_root, _replica, _run
+from tests.unit.server.conftest import run_with_store
+from tests.unit.server.test_ca_activation import NOW, Replica, _old_root, _replica
 
 
 async def _served(r: Replica) -> tuple[str, int]:
@@ -51,7 +52,7 @@ def test_the_version_moves_with_prepare_activate_cancel_and_retire(store_at: tup
         await lagging.trust.refresh()
         assert await _served(lagging) == (pem, seqs[-1])
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_each_step_serves_its_own_version(store_at: tuple[str, str]) -> None:
@@ -65,7 +66,7 @@ def test_each_step_serves_its_own_version(store_at: tuple[str, str]) -> None:
         await r.rotation.activate(True)
         assert (await _served(r))[1] == r.published[-1].seq
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_the_version_is_read_before_the_generations(store_at: tuple[str, str], monkeypatch: object) -> None:
@@ -94,4 +95,4 @@ def test_the_version_is_read_before_the_generations(store_at: tuple[str, str], m
         await r.trust.refresh()
         assert (await _served(r))[1] == prepared.seq
 
-    _run(store_at, body)
+    run_with_store(store_at, body)

@@ -27,6 +27,7 @@ from server.ca.signer import CARoot
 from server.ca.trust import CATrust
 from server.deployment.sealing import Sealer
 from server.store import RevocationEvent, Store
+from tests.unit.server.conftest import run_with_store
 from tests.unit.server.test_ca_activation import (
     NOW,
     SEALER,
@@ -38,7 +39,6 @@ from tests.unit.server.test_ca_activation import (
     _issue,
     _replica,
     _request,
-    _run,
 )
 
 
@@ -93,7 +93,7 @@ def test_a_replica_that_cannot_open_the_active_key_refuses_to_issue(
         else:
             assert b.trust.roots == [root.cert, new]  # retiring: still trusted
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_a_replica_started_after_an_activation_it_cannot_follow_issues_once_the_key_opens(
@@ -113,7 +113,7 @@ def test_a_replica_started_after_an_activation_it_cannot_follow_issues_once_the_
         cert, issuer = await b.ca.issue(key.public_key(), "web-1")
         assert issuer.generation == 2 and b.ca.refusing is None
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_a_retired_generation_signs_its_crl_until_its_certificates_expire(
@@ -151,7 +151,7 @@ def test_a_retired_generation_signs_its_crl_until_its_certificates_expire(
         crl = x509.load_der_x509_crl(await crls.current())
         assert crl.is_signature_valid(r.ca.certificate.public_key())  # type: ignore[arg-type]
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 def test_only_the_generation_before_vouches(
@@ -182,7 +182,7 @@ def test_only_the_generation_before_vouches(
         lines = [rec.getMessage() for rec in caplog.records if rec.name == "server.ca.verify"]
         assert len(lines) == 1 and "does not verify from generation 2" in lines[0], lines
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
 
 
 class _Flaky:
@@ -216,4 +216,4 @@ def test_a_failed_read_on_a_bundle_event_is_retried(store_at: tuple[str, str]) -
                 await asyncio.sleep(0.01)
         assert flaky.failures == 0 and b.trust.roots == a.trust.roots
 
-    _run(store_at, body)
+    run_with_store(store_at, body)
