@@ -16,6 +16,7 @@ from cryptography import x509
 
 from kms.errors import FailedPrecondition
 from kms.revocation import HOLD
+from kms.times import iso, span
 from server.store.dialect import Tx
 from server.store.records import Audit, RevocationEvent
 from server.store.sql.events import append_event
@@ -173,9 +174,9 @@ async def activate_ca(
         )
     if ready_at is not None and prepared.created_at > ready_at:
         raise FailedPrecondition(
-            f"CA generation {prepared.generation} was prepared {now - prepared.created_at} s ago: agents may"
-            f" not have its trust bundle yet; activate it {prepared.created_at - ready_at} s from now"
-            " (ca-propagation), or with --now"
+            f"CA generation {prepared.generation} was prepared {span(now - prepared.created_at)} ago: agents"
+            f" may not have its trust bundle yet; activate it at {iso(now + prepared.created_at - ready_at)}"
+            f" (in {span(prepared.created_at - ready_at)}: ca-propagation), or with --now"
         )
     if prepared.sealed_key is None and prepared.key_uri is None:  # its key: sealed, or in a token
         raise FailedPrecondition(f"CA generation {prepared.generation} has no key this server can use")
