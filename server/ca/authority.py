@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 
-from kms import cabundle, profile
+from kms import profile
 from kms.errors import Unavailable
 from server.ca.issuer import Issuer, make_issuer
 from server.ca.keytype import CAKeyType
@@ -206,15 +206,6 @@ class CertificateAuthority:
         """Signs an OCSP response as the CA itself (RFC 6960 §4.2.2.2: the issuer may respond)."""
         issuer = issuer or self.current
         return issuer.signer.sign_ocsp(builder, issuer.cert)
-
-    def cross_certify(self, new: x509.Certificate) -> x509.Certificate:
-        """new's key and subject certified by this CA (RFC 4210 newWithOld), checked before it leaves."""
-        issuer = self.current
-        cross = issuer.signer.sign_certificate(
-            cabundle.cross_builder(new, issuer.cert, x509.random_serial_number(), self._clock())
-        )
-        cabundle.check_cross(cross, new, issuer.cert, self._clock())
-        return cross
 
     def issue_server(self, sans: tuple[str, ...], ttl: timedelta, issuer: Issuer | None = None) -> KeyPair:
         """Issues the server's own TLS certificate on a fresh P-256 key (from issuer: default current)."""

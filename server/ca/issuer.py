@@ -9,12 +9,14 @@ OCSP and the CRLs hold one per live generation (active and retiring).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from kms import cabundle
 from kms.identity import fingerprint
 from server.ca.keytype import CAKeyType
 from server.ca.signer import CARoot, CASigner
@@ -43,6 +45,16 @@ class Issuer:
     @property
     def slow(self) -> bool:
         return self.signer.slow
+
+    def cross_certify(
+        self, new: x509.Certificate, now: datetime, until: datetime | None = None
+    ) -> x509.Certificate:
+        """new's key and subject certified by this CA (RFC 4210 newWithOld, or oldWithNew for an
+        older CA), valid no longer than until when given; checked before it leaves."""
+        builder = cabundle.cross_builder(new, self.cert, x509.random_serial_number(), now, until)
+        cross = self.signer.sign_certificate(builder)
+        cabundle.check_cross(cross, new, self.cert, now)
+        return cross
 
 
 def make_issuer(root: CARoot, generation: int) -> Issuer:

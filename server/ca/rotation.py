@@ -53,6 +53,14 @@ def generation_fingerprint(generation: CAGeneration) -> str:
     return fingerprint(_cert(generation.certificate).public_bytes(Encoding.DER))
 
 
+async def _cross_certify(
+    issuer: Issuer, new: x509.Certificate, now: datetime, until: datetime | None = None
+) -> x509.Certificate:
+    """issuer.cross_certify, in a thread when its key is slow to sign (a token)."""
+    certify = functools.partial(issuer.cross_certify, new, now, until)
+    return await asyncio.to_thread(certify) if issuer.slow else certify()
+
+
 def _cert(pem: str) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem.encode())
 
@@ -281,11 +289,7 @@ class CARotation:
         self, issuer: Issuer, made: _NewCA, actor: str
     ) -> tuple[CAGeneration, RevocationEvent]:
         """Cross-certifies made by the active CA (issuer) and records it as the prepared generation."""
-        now = self._clock()
-        builder = cabundle.cross_builder(made.root.cert, issuer.cert, x509.random_serial_number(), now)
-        sign = functools.partial(issuer.signer.sign_certificate, builder)
-        cross = await asyncio.to_thread(sign) if issuer.signer.slow else sign()  # a token: in a thread
-        cabundle.check_cross(cross, made.root.cert, issuer.cert, now)
+        cross = await _cross_certify(issuer, made.root.cert, self._clock())
         new = NewGeneration(
             made.root.signer.key_type.value,
             made.root.cert_pem.decode(),
@@ -352,10 +356,7 @@ class CARotation:
             return pem
         old, now = _cert(generation.certificate), self._clock()
         until = await self._old_with_new_until(generation.generation, now)
-        cross = issuer.signer.sign_certificate(
-            cabundle.cross_builder(old, issuer.cert, x509.random_serial_number(), now, until)
-        )
-        cabundle.check_cross(cross, old, issuer.cert, now)
+        cross = await _cross_certify(issuer, old, now, until)
         name = f"ca_old_with_new:{generation.generation}:{issuer.generation}"
         stored = await self._store.set_meta(name, cross.public_bytes(Encoding.PEM).decode(), replace=False)
         try:

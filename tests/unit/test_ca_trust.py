@@ -81,7 +81,9 @@ def test_agent_trusts_the_verified_bundle_s_cas(
     with pytest.raises(PeerRejected):
         agent_peer(identity.roots, TD, None, NOW, lambda s: False)(_chain(new_leaf))
     # The bundle, verified through the cross-certificate: both CAs are anchors.
-    state.trust_bundle.write_bytes(_pem(old.certificate, new.certificate, old.cross_certify(new.certificate)))
+    state.trust_bundle.write_bytes(
+        _pem(old.certificate, new.certificate, old.current.cross_certify(new.certificate, NOW))
+    )
     identity = state.load()
     assert identity.roots == [old.certificate, new.certificate]
     assert identity.roots_pem == _pem(old.certificate, new.certificate)

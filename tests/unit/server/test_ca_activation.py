@@ -275,7 +275,7 @@ def test_a_forged_row_is_ignored_and_logged_once(
         # A CA the store says is active, cross-certified by a CA that is not this deployment's.
         forged = create_root(TD, None, TTL, NOW)
         outsider = _authority()
-        cross = outsider.cross_certify(forged.cert)
+        cross = outsider.current.cross_certify(forged.cert, NOW)
         from server.deployment.datadir import seal_key
 
         pem = serialization.Encoding.PEM
