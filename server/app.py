@@ -37,6 +37,7 @@ from server.wiring import Backup, Services, open_services
 
 if TYPE_CHECKING:
     from server.ca.hsm import HsmKey, PendingKey
+    from server.workers.link import WorkerLink, WorkerRole
 
 __all__ = ["App", "Initialized", "create_server", "initialize", "serve"]
 
@@ -58,6 +59,7 @@ class App:
     hsm: HsmKey | PendingKey | None = None  # the CA key's token session (--ca-key), closed at stop
     # The event follower: it ends only when the shared log was rewritten (the server must stop).
     following: asyncio.Task[None] | None = None
+    role: WorkerRole | None = None  # None: the one process; else which worker (server/workers/)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -92,12 +94,18 @@ class App:
         self.following = asyncio.create_task(s.follower.run())
         self._tasks = [
             asyncio.create_task(s.crl.refresh_forever()),
-            asyncio.create_task(s.tls.rotate_forever()),
-            asyncio.create_task(s.ca_retirement.run_forever()),
             asyncio.create_task(HeapKeeper().run_forever()),
             asyncio.create_task(s.failures.run_forever()),
-            asyncio.create_task(s.scheduler.run_forever()),
             self.following,
+        ]
+        if self.role is not None and not self.role.primary:
+            # The primary issues the TLS identity; this worker serves what it wrote (server/workers/).
+            self._tasks.append(asyncio.create_task(s.tls.follow_forever()))
+            return
+        self._tasks += [
+            asyncio.create_task(s.tls.rotate_forever()),
+            asyncio.create_task(s.ca_retirement.run_forever()),
+            asyncio.create_task(s.scheduler.run_forever()),
         ]
         if self.config.ca_rotate_at is not None:
             auto = AutoRotation(
@@ -127,28 +135,37 @@ class App:
             self.devices.close()
         if self.hsm is not None:
             self.hsm.close()
-        self.datadir.admin_socket.unlink(missing_ok=True)
+        if self.listeners.admin is not None:
+            self.datadir.admin_socket.unlink(missing_ok=True)
         self.datadir.release()
 
 
-async def create_server(cfg: ServerConfig, clock: Clock = system_clock) -> App:
-    """Builds the whole server on cfg.data_dir and binds its listeners.
+async def create_server(
+    cfg: ServerConfig, clock: Clock = system_clock, link: WorkerLink | None = None
+) -> App:
+    """Builds the whole server on cfg.data_dir and binds its listeners (link: as one worker of
+    several, server/workers/; its supervisor checked the ports and holds the data dir lock).
 
     Raises:
         FailedPrecondition: the data dir, store or a port cannot be used.
     """
-    check_ports(cfg)  # before the data dir, the CA or the store: a taken port creates nothing
+    role = None if link is None else link.role
+    if role is None:
+        check_ports(cfg)  # before the data dir, the CA or the store: a taken port creates nothing
     hsm = _open_hsm(cfg, pending=False)  # likewise: a token that cannot be used creates nothing
     datadir = DataDir(cfg.data_dir)
-    datadir.prepare()
+    datadir.prepare(lock=role is None)
     deployment: Deployment | None = None
     try:
         deployment = await open_deployment(cfg, datadir, clock, hsm)
-        http_sock, status_urls = bind_http(cfg)  # first: certificates name its real port
-        services = await open_services(cfg, deployment, datadir, clock, status_urls)
+        # First: certificates name its real port. Of several workers, the primary serves it.
+        http_sock, status_urls = bind_http(cfg, serve=role is None or role.primary, shared=role is not None)
+        services = await open_services(cfg, deployment, datadir, clock, status_urls, link)
         backup = Backup(services.store, services.audit, datadir, clock)
-        listeners = await open_listeners(cfg, datadir, services, backup, http_sock)
-        return App(cfg, datadir, services, listeners, devices=deployment.devices, hsm=hsm)
+        listeners = await open_listeners(cfg, datadir, services, backup, http_sock, role)
+        app = App(cfg, datadir, services, listeners, devices=deployment.devices, hsm=hsm)
+        app.role = role
+        return app
     except BaseException:
         if deployment is not None:
             await deployment.close()
@@ -193,13 +210,22 @@ async def initialize(cfg: ServerConfig, clock: Clock = system_clock) -> Initiali
     return Initialized(deployment.trust_domain, fingerprint(der), deployment.created)
 
 
-async def serve(cfg: ServerConfig, clock: Clock = system_clock) -> int:
+async def serve(cfg: ServerConfig, argv: list[str], clock: Clock = system_clock) -> int:
     """Runs kms-server until SIGTERM or SIGINT (exit status 0), or until the shared event
-    log turns out rewritten (1), then stops gracefully."""
+    log turns out rewritten (1), then stops gracefully. With --workers N > 1 this process
+    supervises N workers (server/workers/), each of which runs serve_worker.
+
+    Args:
+        argv: the command line after the program name, which the workers are started with.
+    """
     if cfg.log_format == "json":
         use_json_logs()
     check_ports(cfg)  # also in create_server; here first, so a taken port is the only line
     raise_open_file_limit()
+    if cfg.workers > 1:
+        from server.workers.supervisor import supervise
+
+        return await supervise(cfg, argv)
     app = await create_server(cfg, clock)
     await app.start()
     stopping = asyncio.Event()

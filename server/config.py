@@ -11,7 +11,6 @@ commands find the data dir (and so the admin socket) the same way as ``run``.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +24,7 @@ from kms.identity import validate_trust_domain
 from kms.settings import Bound, Setting, check_bounds, config_keys, known_keys, resolve, show
 from server.ca.keytype import CAKeyType
 from server.ca.pkcs11uri import uri_setting
+from server.database_url import redact_url, url_has_password
 
 __all__ = [
     "CAKeyType",
@@ -32,10 +32,7 @@ __all__ = [
     "SETTINGS",
     "ServerConfig",
     "default_data_dir",
-    "redact_url",
     "resolve_data_dir",
-    "url_has_password",
-    "url_holds_secret",
 ]
 
 
@@ -66,27 +63,6 @@ def resolve_data_dir(
             raise InvalidArgument("config file key 'data_dir' must be a path (a string)")
         return Path(value)
     return default_data_dir(env)
-
-
-def redact_url(url: str) -> str:
-    """A database URL without its passwords (user:password@ and ?password=), for messages and `config show`."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if at and ":" in creds:
-        rest = f"{creds.split(':', 1)[0]}:***@{host}"
-    return scheme + sep + re.sub(r"((?:^|[?&])(?:ssl)?password=)[^&]*", r"\1***", rest)
-
-
-def url_has_password(url: str) -> bool:
-    """Whether a database URL carries a password (user:password@ or ?password=)."""
-    rest = url.partition("://")[2]
-    creds, at, _ = rest.rpartition("@")
-    return bool(at and ":" in creds) or re.search(r"(?:^|[?&])password=", rest) is not None
-
-
-def url_holds_secret(url: str) -> bool:
-    """Whether a database URL carries anything secret: a password, or a client key's (sslpassword)."""
-    return url_has_password(url) or re.search(r"(?:^|[?&])sslpassword=", url.partition("://")[2]) is not None
 
 
 def _duration(text: str, s: Setting) -> timedelta:
@@ -163,6 +139,14 @@ def _syslog_socket(text: str, s: Setting) -> str | None:
     return text or None
 
 
+def _workers(text: str, s: Setting) -> int:
+    """auto: one worker per core this process may run on (its CPU affinity, as a container's
+    cpuset limits it), the count at which a CPU-bound server stops gaining."""
+    if text.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0))
+    return _whole(text, s)
+
+
 def _at_most(high: str, note: str = "") -> tuple[Bound, ...]:
     return (Bound(high=high, note=note),)
 
@@ -212,6 +196,7 @@ SETTINGS: tuple[Setting, ...] = (
     _S("max_anonymous_connections_per_address", _whole, "32", "open connections one peer address may hold on the enrollment port (default 32)", _between("1", "100000")),
     _S("failure_report_interval", _duration, "60s", "log and audit refusals once per peer address per interval (default 60s)", _between("1s", "24h")),
     _S("min_rotation_period", _duration, "1h", "shortest rotation period a key may be given: each rotation keeps a version for good and makes every agent holding the key fetch it again; Vault's auto_rotate_period minimum is 1h too (default 1h)", _between("1s", "366d")),
+    _S("workers", _workers, "auto", "worker processes serving the ports, each on its own core (SO_REUSEPORT) under one supervisor; 1 runs the server in one process (default auto: one per usable core)", _between("1", "64")),
     _S("key_schedule_poll", _duration, "5s", "look for scheduled rotations and expiries due at least this often (default 5s)", _between("1s", "1h")),
 )  # fmt: skip
 
@@ -281,6 +266,8 @@ class ServerConfig:
     min_rotation_period: timedelta
     # The key scheduler looks at the shared schedule at least this often (server/keys/scheduler.py).
     key_schedule_poll: timedelta
+    # Worker processes (server/workers/): 1 is one process, as a server always was.
+    workers: int
 
     DEFAULT_TRUST_DOMAIN = "seed-kms.local"
 

@@ -45,6 +45,7 @@ from server.endpoints.registrar import Registrar, add_standard_services
 from server.ops.expiry import WINDOWS as EXPIRY_WINDOWS
 from server.ops.http import HttpSidePort
 from server.wiring import Backup, Services
+from server.workers.link import WorkerRole
 
 __all__ = ["GRPC_OPTIONS", "Listeners", "bind_http", "open_listeners"]
 
@@ -73,11 +74,14 @@ def _options(cfg: ServerConfig) -> list[tuple[str, Any]]:
     return [*GRPC_OPTIONS, ("grpc.max_receive_message_length", cfg.max_request_bytes)]
 
 
-def _tls_options(cfg: ServerConfig) -> list[tuple[str, Any]]:
+def _tls_options(cfg: ServerConfig, *, shared: bool = False) -> list[tuple[str, Any]]:
     # gRPC holds a connection whose TLS handshake has not finished for 120 s by
     # default: an idle connect() would cost a descriptor for that long.
     handshake_ms = int(cfg.tls_handshake_timeout.total_seconds() * 1000)
-    return [*_options(cfg), ("grpc.server_handshake_timeout_ms", handshake_ms)]
+    options = [*_options(cfg), ("grpc.server_handshake_timeout_ms", handshake_ms)]
+    if shared:  # workers share the port; their supervisor holds it against everyone else
+        options = [o for o in options if o[0] != "grpc.so_reuseport"] + [("grpc.so_reuseport", 1)]
+    return options
 
 
 @dataclass
@@ -87,49 +91,61 @@ class Listeners:
     api: grpc.aio.Server
     port: int
     enroll: EnrollmentPort
-    admin: grpc.aio.Server
+    admin: grpc.aio.Server | None  # None: a worker other than the primary (server/workers/)
     http: HttpSidePort | None
     http_port: int | None
 
     async def start(self) -> None:
         await self.api.start()
         await self.enroll.start()
-        await self.admin.start()
+        if self.admin is not None:
+            await self.admin.start()
 
     async def stop(self, grace: float) -> None:
         """No new calls; calls in flight finish within grace."""
         if self.http is not None:
             await self.http.stop()
-        await asyncio.gather(self.api.stop(grace), self.enroll.stop(grace), self.admin.stop(grace))
+        admin = [] if self.admin is None else [self.admin.stop(grace)]
+        await asyncio.gather(self.api.stop(grace), self.enroll.stop(grace), *admin)
 
 
 async def open_listeners(
-    cfg: ServerConfig, datadir: DataDir, services: Services, backup: Backup, http_sock: socket.socket | None
+    cfg: ServerConfig,
+    datadir: DataDir,
+    services: Services,
+    backup: Backup,
+    http_sock: socket.socket | None,
+    role: WorkerRole | None = None,
 ) -> Listeners:
     """Builds and binds every listener over services (http_sock: bound by bind_http, or None).
+    One worker of several (role) shares the TCP ports with the others (SO_REUSEPORT); only the
+    primary serves the admin socket and the HTTP side port.
 
     Raises:
         FailedPrecondition: an address cannot be bound.
     """
     revocation = RevocationServicer(services.watch, services.revocations, services.crl)
-    api, port = _api_server(cfg, services, revocation)
-    enroll = await _enrollment_server(cfg, services, revocation)
-    admin = _admin_server(cfg, datadir, services, backup)
-    http = await _http_side(cfg, services)
+    api, port = _api_server(cfg, services, revocation, shared=role is not None)
+    enroll = await _enrollment_server(cfg, services, revocation, shared=role is not None)
+    primary = role is None or role.primary
+    admin = _admin_server(cfg, datadir, services, backup) if primary else None
+    http = await _http_side(cfg, services) if primary else None
     http_port = await http.start(http_sock) if http and http_sock else None
     return Listeners(api, port, enroll, admin, http, http_port)
 
 
 def _api_server(
-    cfg: ServerConfig, services: Services, revocation: RevocationServicer
+    cfg: ServerConfig, services: Services, revocation: RevocationServicer, *, shared: bool
 ) -> tuple[grpc.aio.Server, int]:
     """The mTLS port: every agent-facing service, behind the interceptor."""
     s = services
     api = grpc.aio.server(
         interceptors=[
-            AuthInterceptor(Listener.API, s.authenticator, s.guard, s.metrics, s.limits, s.failures)
+            AuthInterceptor(
+                Listener.API, s.authenticator, s.guard, s.metrics, s.limits, s.failures, settle=s.link
+            )
         ],
-        options=_tls_options(cfg),
+        options=_tls_options(cfg, shared=shared),
     )
     served = Registrar(api)  # what it registers, for health and reflection
     enrollment_pb2_grpc.add_EnrollmentServicer_to_server(
@@ -145,7 +161,7 @@ def _api_server(
 
 
 async def _enrollment_server(
-    cfg: ServerConfig, services: Services, revocation: RevocationServicer
+    cfg: ServerConfig, services: Services, revocation: RevocationServicer, *, shared: bool
 ) -> EnrollmentPort:
     """The enrollment port: anonymous callers, behind the gate (server/endpoints/enroll_port.py)."""
     s = services
@@ -153,6 +169,8 @@ async def _enrollment_server(
         cfg,
         _tls_options(cfg),
         s.tls.credentials(require_client_auth=False),
+        shared=shared,
+        settle=s.link,
         enrollment=EnrollmentServicer(s.ca, s.enrollment, s.ca_rotation.served_bundle),
         revocation=revocation,
         health=s.health,
@@ -165,7 +183,9 @@ async def _enrollment_server(
 def _admin_server(cfg: ServerConfig, datadir: DataDir, services: Services, backup: Backup) -> grpc.aio.Server:
     """The admin socket: a UNIX socket only the data dir's owner can open (0600)."""
     s = services
-    admin = grpc.aio.server(interceptors=[AuthInterceptor(Listener.ADMIN)], options=_options(cfg))
+    admin = grpc.aio.server(
+        interceptors=[AuthInterceptor(Listener.ADMIN, settle=s.link)], options=_options(cfg)
+    )
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(s.ca, s.enrollment, s.agents, s.keys, s.revocations, s.trail, backup, s.ca_rotation),
         admin,
@@ -240,13 +260,24 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
     return int(port)
 
 
-def bind_http(cfg: ServerConfig) -> tuple[socket.socket | None, StatusUrls | None]:
-    """Binds the HTTP side port first, so issued certificates can name its real port."""
+def bind_http(
+    cfg: ServerConfig, *, serve: bool = True, shared: bool = False
+) -> tuple[socket.socket | None, StatusUrls | None]:
+    """Binds the HTTP side port first, so issued certificates can name its real port.
+
+    Args:
+        serve: False: only the URLs (a worker other than the primary, which serves the port).
+        shared: the supervisor holds the port (SO_REUSEPORT) for its workers (server/workers/).
+    """
     if cfg.http_host is None:
         return None, None
+    if not serve:
+        return None, _status_urls(cfg, cfg.http_port)
     family = socket.AF_INET6 if ":" in cfg.http_host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((cfg.http_host, cfg.http_port))
         sock.listen(128)
     except OSError as exc:
@@ -254,8 +285,12 @@ def bind_http(cfg: ServerConfig) -> tuple[socket.socket | None, StatusUrls | Non
         raise FailedPrecondition(
             f"cannot listen on {cfg.http_host}:{cfg.http_port} (--http-listen): {exc.strerror}"
         ) from None
-    port = sock.getsockname()[1]
+    return sock, _status_urls(cfg, sock.getsockname()[1])
+
+
+def _status_urls(cfg: ServerConfig, port: int) -> StatusUrls:
+    assert cfg.http_host is not None
     # A wildcard address is no place to send relying parties: name the server instead.
     host = cfg.sans[0] if cfg.http_host in ("0.0.0.0", "::") else cfg.http_host  # noqa: S104 - a comparison
     base = f"http://{join_hostport(host, port)}"
-    return sock, StatusUrls(crl=f"{base}/crl", ocsp=f"{base}/ocsp")
+    return StatusUrls(crl=f"{base}/crl", ocsp=f"{base}/ocsp")

@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from grpc_health.v1 import health_pb2
-
 from kms.profile import StatusUrls
-from server.api.health import HealthBoard
+from server.api.health import HealthBoard, StoreHealth
 from server.audit.trail import AuditBatcher, AuditTrail
 from server.ca.authority import CertificateAuthority
 from server.ca.crl import CrlPublisher
@@ -51,6 +49,7 @@ from server.revocation.follower import EventFollower
 from server.revocation.service import RevocationService
 from server.revocation.watch import WatchService
 from server.store import AuditEntry, CertificateRecord, RevocationEvent, Store
+from server.workers.link import WorkerLink
 
 __all__ = ["Services", "open_services"]
 
@@ -93,30 +92,36 @@ class Services:
     ca_rotation: CARotation
     ca_trust: CATrust
     ca_retirement: CARetirement
+    # One worker's link to the others (server/workers/); None: the server is one process.
+    link: WorkerLink | None = None
 
 
 async def open_services(
-    cfg: ServerConfig, deployment: Deployment, datadir: DataDir, clock: Clock, status_urls: StatusUrls | None
+    cfg: ServerConfig,
+    deployment: Deployment,
+    datadir: DataDir,
+    clock: Clock,
+    status_urls: StatusUrls | None,
+    link: WorkerLink | None = None,
 ) -> Services:
-    """Builds the domain graph on the deployment's store, sealer and root CA key."""
+    """Builds the domain graph on the deployment's store, sealer and root CA key (link: server/workers/)."""
     store, trust_domain = deployment.store, deployment.trust_domain
     ca = _authority(cfg, deployment, clock, status_urls)
     # The expiry gauges, kept as certificates are issued and revoked (a scrape reads no agents).
     expiring = ExpiringCertificates(store, clock)
     metrics, journal = Metrics(), Journal()
     trust = CATrust(store, ca, deployment.sealer, _token(cfg))
-    on_publish = _each(expiring.published, journal.published, trust.published)
-    ca_events = _CAEvents(feed := RevocationFeed(await store.last_seq(), metrics, on_publish=on_publish))
-    rotation, retirement, tls = await _ca_generations(cfg, deployment, datadir, ca, clock, ca_events, trust)
+    on_publish = _each(expiring.published, journal.published, trust.published, *_told(link))
+    events = _CAEvents(feed := RevocationFeed(await store.last_seq(), metrics, on_publish=on_publish))
+    rotation, retirement, tls = await _generations(cfg, deployment, datadir, ca, clock, events, trust, link)
     keys = _keys(cfg, deployment, clock, feed, schedule_changed := asyncio.Event())
     guard, health, audit = StreamGuard(), HealthBoard(), AuditBatcher(store)
     crl = CrlPublisher(ca, store, clock, trust=trust)
     revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
     await revocations.load()
-    ca_events.revocations = revocations
-    follower = EventFollower(store, feed, revocations.apply_remote, StoreHealth(health))
-    reason = revocations.revocation_reason
-    roster = Roster(store, reason)
+    events.revocations = revocations
+    follower = _follower(store, feed, revocations, health, link)
+    roster = Roster(store, reason := revocations.revocation_reason)
     authenticator = PeerAuthenticator(ca.certificate, trust_domain, store, clock, reason)
     issued = _each(expiring.issued, journal.issued, roster.issued)
     trust.listen(authenticator.trust, tls.trust_clients)
@@ -137,27 +142,22 @@ async def open_services(
         health=health,
         follower=follower,
         authenticator=authenticator,
-        watch=WatchService(
-            store, feed, cfg.heartbeat.total_seconds(), cfg.watch_buffer, follower.cut_off_for
-        ),
+        watch=_watch(cfg, store, feed, follower),
         audit=audit,
         trail=AuditTrail(store, audit, deployment.audit_key),
         exchanges=_exchanges(cfg, ca, tls, trust_domain, audit, revocations, clock, trust),
         limits=_limits(cfg),
         failures=FailureReport(audit.add, cfg.failure_report_interval.total_seconds(), wall=clock),
-        scheduler=KeyScheduler(
-            store, keys, clock, feed.publish, cfg.key_schedule_poll.total_seconds(), schedule_changed
-        ),
-        observer=Observer(
-            store, roster, journal, keys, guard, Rates(metrics), clock, authenticator.last_seen
-        ),
+        scheduler=_scheduler(cfg, store, keys, clock, feed, schedule_changed),
+        observer=_observer(store, roster, journal, keys, guard, metrics, clock, authenticator),
         ca_rotation=rotation,
         ca_trust=trust,
         ca_retirement=retirement,
+        link=link,
     )
 
 
-async def _ca_generations(
+async def _generations(
     cfg: ServerConfig,
     deployment: Deployment,
     datadir: DataDir,
@@ -165,6 +165,7 @@ async def _ca_generations(
     clock: Clock,
     events: _CAEvents,
     trust: CATrust,
+    link: WorkerLink | None,
 ) -> tuple[CARotation, CARetirement, ServerTls]:
     """The CA's generations, the deployment's CA adopted as the first (once), the ones trusted, and
     the store's active one followed; then the server's TLS identity. The active CA is followed
@@ -194,10 +195,73 @@ async def _ca_generations(
         trust.token,
     )
     await rotation.adopt()
-    tls.append(
-        ServerTls(datadir, deployment.sealer, ca, cfg.sans, cfg.server_cert_ttl, cfg.renew_fraction, clock)
+    # Of several workers, the primary issues the TLS identity and the others load what it wrote.
+    issues = link is None or link.role.primary
+    server_tls = ServerTls(
+        datadir,
+        deployment.sealer,
+        ca,
+        cfg.sans,
+        cfg.server_cert_ttl,
+        cfg.renew_fraction,
+        clock,
+        issues=issues,
     )
-    return rotation, retirement, tls[0]
+    if link is not None:
+        if issues:
+            server_tls.on_rotated = lambda: link.cast("tls")
+        else:
+            link.on_cast("tls", lambda _message: server_tls.changed.set())
+    tls.append(server_tls)
+    return rotation, retirement, server_tls
+
+
+def _observer(
+    store: Store,
+    roster: Roster,
+    journal: Journal,
+    keys: KeyService,
+    guard: StreamGuard,
+    metrics: Metrics,
+    clock: Clock,
+    authenticator: PeerAuthenticator,
+) -> Observer:
+    return Observer(store, roster, journal, keys, guard, Rates(metrics), clock, authenticator.last_seen)
+
+
+def _told(link: WorkerLink | None) -> list[Callable[[RevocationEvent], None]]:
+    """The other workers are told of each event this one commits (server/workers/link.py)."""
+    return [] if link is None else [link.published]
+
+
+def _watch(cfg: ServerConfig, store: Store, feed: RevocationFeed, follower: EventFollower) -> WatchService:
+    return WatchService(store, feed, cfg.heartbeat.total_seconds(), cfg.watch_buffer, follower.cut_off_for)
+
+
+def _scheduler(
+    cfg: ServerConfig,
+    store: Store,
+    keys: KeyService,
+    clock: Clock,
+    feed: RevocationFeed,
+    changed: asyncio.Event,
+) -> KeyScheduler:
+    return KeyScheduler(store, keys, clock, feed.publish, cfg.key_schedule_poll.total_seconds(), changed)
+
+
+def _follower(
+    store: Store,
+    feed: RevocationFeed,
+    revocations: RevocationService,
+    health: HealthBoard,
+    link: WorkerLink | None,
+) -> EventFollower:
+    """What reads the events other replicas (and other workers: link) commit, and applies them here."""
+    apply = revocations.apply_remote if link is None else link.remote(revocations.apply_remote)
+    follower = EventFollower(store, feed, apply, StoreHealth(health))
+    if link is not None:
+        link.follow(follower)
+    return follower
 
 
 def _token(cfg: ServerConfig) -> TokenAccess | None:
@@ -311,31 +375,6 @@ def _exchanges(
     )
     trust.listen(exchanges.trust)
     return exchanges
-
-
-@dataclass
-class StoreHealth:
-    """Reports NOT_SERVING while the store is unreachable, so load balancers send calls elsewhere.
-
-    The event follower calls it with each change of the store's reachability.
-    """
-
-    health: HealthBoard
-    _up: bool = True
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    def __call__(self, up: bool) -> None:
-        if up == self._up:
-            return
-        self._up = up
-        logger.warning("store reachable again" if up else "store unreachable: health is NOT_SERVING")
-        task = asyncio.create_task(self._set_all(up))
-        self._tasks.add(task)  # held until done: the loop keeps only weak references
-        task.add_done_callback(self._tasks.discard)
-
-    async def _set_all(self, up: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
-        await self.health.set_all(status)
 
 
 @dataclass(frozen=True)

@@ -59,12 +59,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = callspec.params if callspec is not None else {}
         module = item.nodeid.split("::", 1)[0]
         group = f"{module}:{params['backend']}" if "backend" in params else module
+        if params.get("server_workers", 1) != 1:  # the module again with --workers N: a group of its own
+            group += f":w{params['server_workers']}"
         item.add_marker(pytest.mark.xdist_group(group))
     yield
     items.sort(key=lambda item: item.get_closest_marker("long_running") is None)
 
 
-_BACKEND_IN_ID = re.compile(r"\[(?:.*-)?(" + "|".join(BACKENDS) + r")(?:-.*)?\]$")
+_BACKEND_IN_ID = re.compile(r"\[(?:.*-)?(" + "|".join(BACKENDS) + r")(?:-(w[2-9]))?(?:-.*)?\]$")
 
 
 def _group_of(nodeid: str) -> str:
@@ -73,7 +75,9 @@ def _group_of(nodeid: str) -> str:
         return nodeid.rsplit("@", 1)[1]
     module = nodeid.split("::", 1)[0]
     match = _BACKEND_IN_ID.search(nodeid)
-    return f"{module}:{match.group(1)}" if match else module
+    if match is None:
+        return module
+    return f"{module}:{match.group(1)}" + (f":{match.group(2)}" if match.group(2) else "")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -141,7 +145,19 @@ def pg_database(pg_cluster: PostgresCluster) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+def server_workers(request: pytest.FixtureRequest) -> Iterator[int]:
+    """The --workers of the servers this module starts: 1, or 1 and then 2 for the modules marked
+    every_worker_setting (tests/e2e/conftest.py; test ids end in -w2 for the second)."""
+    count = getattr(request, "param", 1)
+    previous = harness.use_workers(count)
+    try:
+        yield count
+    finally:
+        harness.use_workers(previous)
+
+
+@pytest.fixture(scope="module")
+def backend(request: pytest.FixtureRequest, server_workers: int) -> Iterator[str]:
     """The store backend of the servers this module starts: "sqlite" or "postgresql".
 
     tests/e2e parametrizes it for every test there (test ids end in [sqlite] or

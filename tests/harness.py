@@ -64,6 +64,8 @@ BACKENDS = ("sqlite", "postgresql")
 class _Backend:
     name: str = "sqlite"
     cluster: PostgresCluster | None = None
+    # kms-server --workers: 1 (one process) unless a module runs on both settings (tests/e2e/conftest.py).
+    workers: int = 1
 
 
 _active = _Backend()
@@ -83,6 +85,17 @@ def use_backend(name: str, cluster: PostgresCluster | None = None) -> tuple[str,
 def backend() -> str:
     """The active store backend: "sqlite" or "postgresql"."""
     return _active.name
+
+
+def use_workers(count: int) -> int:
+    """Makes every ServerProcess started from now on run `--workers count`; returns the previous count."""
+    previous, _active.workers = _active.workers, count
+    return previous
+
+
+def workers() -> int:
+    """The --workers of the servers started now (1 unless the module runs on both settings)."""
+    return _active.workers
 
 
 def cluster() -> PostgresCluster:
@@ -121,6 +134,8 @@ class ServerProcess:
     # the database derived from the data dir (created at start).
     database: str | None = None
     backend: str = field(default_factory=backend)
+    # --workers, always given: the server's default (one per core) would vary with the machine.
+    workers: int = field(default_factory=workers)
     # A command the server runs under, like ["prlimit", "--nofile=1024:1024"].
     wrapper: list[str] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
@@ -163,6 +178,8 @@ class ServerProcess:
             "--enroll-listen",
             self.enroll_listen,
             *(["--database", self.database] if self.database else []),
+            "--workers",
+            str(self.workers),
             *self.extra_args,
         ]
         self.fields = {}  # a restart that dies before its ready line must not pass for the last start

@@ -13,13 +13,18 @@ Health at once, each with the server as a whole ("").
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-__all__ = ["Health", "HealthBoard"]
+__all__ = ["Health", "HealthBoard", "StoreHealth"]
+
+logger = logging.getLogger(__name__)
 
 
 class Health(HealthServicer):  # type: ignore[misc]  # the library ships no types
@@ -65,3 +70,28 @@ class HealthBoard:
     async def enter_graceful_shutdown(self) -> None:
         for health in self._ports:
             await health.enter_graceful_shutdown()
+
+
+@dataclass
+class StoreHealth:
+    """Reports NOT_SERVING while the store is unreachable, so load balancers send calls elsewhere.
+
+    The event follower calls it with each change of the store's reachability.
+    """
+
+    health: HealthBoard
+    _up: bool = True
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __call__(self, up: bool) -> None:
+        if up == self._up:
+            return
+        self._up = up
+        logger.warning("store reachable again" if up else "store unreachable: health is NOT_SERVING")
+        task = asyncio.create_task(self._set_all(up))
+        self._tasks.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._tasks.discard)
+
+    async def _set_all(self, up: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set_all(status)

@@ -8,9 +8,11 @@ connections at once while established connections keep theirs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import grpc
@@ -21,7 +23,7 @@ from kms import profile
 from kms.handshake import LocalIdentity
 from server.ca.authority import CertificateAuthority
 from server.clock import Clock
-from server.deployment.datadir import DataDir, KeyPair
+from server.deployment.datadir import DataDir, DataDirError, KeyPair
 from server.deployment.sealing import Sealer
 
 __all__ = ["ServerTls"]
@@ -30,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 # How long rotate_forever waits after a failed rotation before trying again.
 RETRY_DELAY = 30.0
+# How often a worker that does not issue looks for the primary's new certificate, told or not.
+FOLLOW_EVERY = 30.0
 
 
 class ServerTls:
@@ -42,6 +46,8 @@ class ServerTls:
         ttl: timedelta,
         renew_fraction: float,
         clock: Clock,
+        *,
+        issues: bool = True,
     ) -> None:
         self._datadir = datadir
         self._sealer = sealer
@@ -56,7 +62,12 @@ class ServerTls:
         # The CAs the mTLS port accepts client certificates from (trust_clients; at first this CA).
         self._client_roots = ca.bundle_pem
         self._chain_ca = ca.bundle_pem  # the CA that issued current, sent after it
-        self.current = self._load_or_issue()
+        # False in a worker other than the primary (server/workers/): it serves what the primary
+        # issued and wrote, reloaded when told (changed) and every FOLLOW_EVERY seconds.
+        self._issues = issues
+        self.changed = asyncio.Event()
+        self.on_rotated: Callable[[], None] = lambda: None  # the primary tells the other workers
+        self.current = self._load_or_issue() if issues else self._load()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -84,8 +95,21 @@ class ServerTls:
         pair, self._chain_ca = self._issue()
         return pair
 
+    def _load(self) -> KeyPair:
+        """The pair the primary wrote (read again if it was between its two writes)."""
+        d = self._datadir
+        for _ in range(20):
+            try:
+                return d.load_pair(d.server_cert, d.server_key, self._sealer)
+            except DataDirError:
+                time.sleep(0.05)
+        return d.load_pair(d.server_cert, d.server_key, self._sealer)
+
     def _issue(self) -> tuple[KeyPair, bytes]:
         """A new certificate and the PEM of the CA that issued it (one snapshot for both)."""
+        if not self._issues:
+            pair = self._load()
+            return pair, self._ca.bundle_pem if self._issued_by_active(pair) else self._chain_ca
         issuer = self._ca.current
         pair = self._ca.issue_server(self._sans, self._ttl, issuer)
         self._datadir.save_pair(self._datadir.server_cert, self._datadir.server_key, self._sealer, pair)
@@ -93,8 +117,11 @@ class ServerTls:
 
     def from_active_ca(self) -> bool:
         """Whether the certificate served was issued by the CA this server issues with now."""
+        return self._issued_by_active(self.current)
+
+    def _issued_by_active(self, pair: KeyPair) -> bool:
         try:
-            self.current.cert.verify_directly_issued_by(self._ca.certificate)
+            pair.cert.verify_directly_issued_by(self._ca.certificate)
         except Exception:  # noqa: BLE001 - InvalidSignature, ValueError, TypeError: another CA
             return False
         return True
@@ -108,8 +135,12 @@ class ServerTls:
         with self._issuing:
             pair, chain = self._issue()
             with self._lock:
+                if pair.cert == self.current.cert:
+                    return pair  # a worker reloading what it serves already
                 self.current, self._chain_ca = pair, chain
                 self._generation += 1
+        if self._issues:
+            self.on_rotated()
         logger.info(
             "server certificate rotated",
             extra={
@@ -148,6 +179,15 @@ class ServerTls:
                 continue
             wait = (self.renew_at() - self._clock()).total_seconds()
             await asyncio.sleep(min(wait, 60.0))
+
+    async def follow_forever(self) -> None:
+        """A worker other than the primary: serves each certificate the primary writes."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FOLLOW_EVERY):
+                    await self.changed.wait()
+            self.changed.clear()
+            await self._rotate_logged()
 
     # --- what TLS and the handshake use ---------------------------------------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +16,8 @@ from kms.settings import options
 from server.cli import confirm
 from server.cli.context import config_file
 from server.cli.context import data_dir as find_data_dir
-from server.config import SETTINGS, ServerConfig, url_holds_secret
+from server.config import SETTINGS, ServerConfig
+from server.database_url import url_holds_secret
 
 __all__ = ["add_config", "add_init", "add_restore", "add_run"]
 
@@ -36,9 +39,16 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from server.app import serve  # imported here: the whole server, which admin commands never need
+    # Imported here: the whole server, which admin commands never need.
+    from server.workers.supervisor import ROLE_ENV
 
-    return asyncio.run(serve(_config(args)))
+    if ROLE_ENV in os.environ:  # started by a supervisor, as one of its workers
+        from server.workers.worker import serve_worker
+
+        return asyncio.run(serve_worker(_config(args), os.environ[ROLE_ENV]))
+    from server.app import serve
+
+    return asyncio.run(serve(_config(args), sys.argv[1:]))
 
 
 def cmd_init(args: argparse.Namespace) -> int:

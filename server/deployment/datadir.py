@@ -127,8 +127,9 @@ class DataDir:
 
     # --- lifecycle -----------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Creates the directory 0700 if needed and takes the one-server lock."""
+    def prepare(self, *, lock: bool = True) -> None:
+        """Creates the directory 0700 if needed and takes the one-server lock (a worker process
+        does not: its supervisor holds it for all of them, server/workers/)."""
         try:
             ensure_private_dir(self.path)
         except OSError as exc:
@@ -137,14 +138,16 @@ class DataDir:
             raise DataDirError(
                 f"admin socket path {self.admin_socket} is longer than {_MAX_SOCKET_PATH} bytes: use a shorter --data-dir"
             )
+        if not lock:
+            return
         try:
-            lock = open(self._lock_path, "ab")  # noqa: SIM115 - held for the server's life
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = open(self._lock_path, "ab")  # noqa: SIM115 - held for the server's life
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise DataDirError(f"another kms-server is already running with data dir {self.path}") from None
         except OSError as exc:
             raise DataDirError(f"cannot lock {self._lock_path}: {exc.strerror}") from exc
-        self._lock_file = lock
+        self._lock_file = held
 
     def release(self) -> None:
         if self._lock_file is not None:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from server.endpoints.authn import PeerAuthenticator
-from server.endpoints.chain import Chain, current_caller
+from server.endpoints.chain import Chain, Settle, current_caller
 from server.endpoints.failures import FailureReport
 from server.endpoints.limits import Limits, peer_address
 from server.endpoints.methods import METHODS, Listener, Role
@@ -50,6 +50,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         report: where refusals are counted (a bounded log, aggregate audit records).
         peer: the real address of a gRPC peer string (the enrollment gate knows it
             for the connections it relays).
+        settle: one worker's link to the others: a call that committed an event answers once
+            every worker applied it (None: one process).
     """
 
     def __init__(
@@ -61,10 +63,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         limits: Limits | None = None,
         report: FailureReport | None = None,
         peer: Callable[[str], str] = peer_address,
+        settle: Settle | None = None,
     ) -> None:
         if listener is Listener.API and (authenticator is None or guard is None):
             raise ValueError("the API listener needs a PeerAuthenticator and a StreamGuard")
         self._guard = guard
+        self._settle = settle
         self._boundary = MapErrors()
         chain: list[Middleware] = [Observe(metrics), ObserveStreams(metrics)] if metrics is not None else []
         chain.append(self._boundary)
@@ -104,4 +108,4 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         row = METHODS.get(method)
         streams = bool(handler.unary_stream or handler.stream_stream)
         applied = [m for m in self._chain if m.applies(row, streams)]
-        return Chain(method, row, applied, self._boundary, self._guard).wrap(handler)
+        return Chain(method, row, applied, self._boundary, self._guard, self._settle).wrap(handler)

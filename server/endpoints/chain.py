@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -25,10 +25,20 @@ from server.endpoints.methods import Method
 from server.endpoints.middleware import Call, MapErrors, Middleware
 from server.revocation.feed import GuardedStream, StreamGuard
 
-__all__ = ["Chain", "current_caller"]
+__all__ = ["Chain", "Settle", "current_caller"]
 
 # Who is calling, for the servicer (None: no client certificate, or the admin socket).
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("current_caller", default=None)
+
+
+class Settle(Protocol):
+    """Holds back a call's answer until what it committed took effect in every worker (server/workers/link.py)."""
+
+    @property
+    def unsettled(self) -> bool: ...
+
+    async def settle(self) -> None: ...
+
 
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -51,6 +61,7 @@ class Chain:
         middlewares: Sequence[Middleware],
         boundary: MapErrors,
         guard: StreamGuard | None,
+        settle: Settle | None = None,
     ) -> None:
         self._method = method
         self._row = row
@@ -59,6 +70,7 @@ class Chain:
         self._afters = [m.after for m in reversed(middlewares) if type(m).after is not Middleware.after]
         self._boundary = boundary
         self._guard = guard
+        self._settle_with = settle
 
     def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         deserialize = lenient(handler.request_deserializer, self._method)
@@ -104,6 +116,9 @@ class Chain:
                     response = await behavior(request, context)
                 finally:
                     current_caller.reset(token)
+                # A revocation returns once every worker refuses what it revoked (one worker: never waits).
+                if self._settle_with is not None and self._settle_with.unsettled:
+                    await self._settle_with.settle()
             except Exception as exc:
                 failure = exc
             except asyncio.CancelledError as exc:

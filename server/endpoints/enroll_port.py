@@ -21,6 +21,7 @@ from kms.v1 import enrollment_pb2_grpc, revocation_pb2_grpc
 from server.api.health import HealthBoard
 from server.config import ServerConfig
 from server.endpoints.auth import AuthInterceptor, Limits, Listener
+from server.endpoints.chain import Settle
 from server.endpoints.failures import FailureReport
 from server.endpoints.gate import AnonymousGate, gate_capacity
 from server.endpoints.methods import ANONYMOUS_METHODS
@@ -73,6 +74,8 @@ async def open_enrollment_port(
     metrics: Metrics,
     limits: Limits,
     failures: FailureReport,
+    shared: bool = False,
+    settle: Settle | None = None,
 ) -> EnrollmentPort:
     """Builds the enrollment server and binds the public address (serving nothing until start).
 
@@ -86,9 +89,10 @@ async def open_enrollment_port(
         total=gate_capacity(),
         first_byte_timeout=cfg.tls_handshake_timeout.total_seconds(),
         refused=lambda address, kind: failures.note(address, kind, _GATE_REFUSALS[kind]),
+        shared=shared,
     )
     interceptor = AuthInterceptor(
-        Listener.ENROLL, metrics=metrics, limits=limits, report=failures, peer=gate.peer_of
+        Listener.ENROLL, metrics=metrics, limits=limits, report=failures, peer=gate.peer_of, settle=settle
     )
     server = grpc.aio.server(
         interceptors=[interceptor],

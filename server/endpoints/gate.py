@@ -130,8 +130,10 @@ class AnonymousGate:
         total: int,
         first_byte_timeout: float,
         refused: Callable[[str, str], None],
+        shared: bool = False,
     ) -> None:
         self._host = host
+        self._shared = shared  # workers share the port (SO_REUSEPORT; server/workers/)
         self._requested_port = port
         self._per_address = per_address
         self._total = total
@@ -187,6 +189,8 @@ class AnonymousGate:
                 sock = socket.socket(family, kind, proto)
                 sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self._shared:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6 and len(infos) > 1:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((addr[0], port, *addr[2:]))

@@ -60,6 +60,17 @@ class EventFollower:
         # The log's event at the feed's last_seq when last checked (None: not yet).
         self._last: RevocationEvent | None = None
         self._wake = asyncio.Event()
+        # One reader of the log at a time: the loop below and a worker's wake-ups (server/workers/link.py).
+        self._reading = asyncio.Lock()
+
+    @property
+    def applied(self) -> int:
+        """Every event up to this seq was applied here."""
+        return self._applied
+
+    def wake(self) -> None:
+        """Read the log now (another worker committed an event)."""
+        self._wake.set()
 
     async def run(self) -> None:
         """Follows until cancelled; only EventLogRewritten ends it otherwise."""
@@ -136,10 +147,16 @@ class EventFollower:
     async def catch_up(self) -> int:
         """Applies every event after the last one applied; returns how many were new here."""
         applied = 0
-        while page := await self._store.events_after(self._applied, _PAGE):
-            for event in page:
-                if not self._feed.has_published(event.seq):
-                    self._apply(event)
-                    applied += 1
-                self._applied = event.seq
+        async with self._reading:
+            while page := await self._store.events_after(self._applied, _PAGE):
+                for event in page:
+                    if not self._feed.has_published(event.seq):
+                        self._apply(event)
+                        applied += 1
+                    self._applied = event.seq
         return applied
+
+    async def catch_up_to(self, seq: int) -> None:
+        """Reads the log until every event up to seq is applied here (no read if it already is)."""
+        if self._applied < seq:
+            await self.catch_up()

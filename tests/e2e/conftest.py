@@ -11,6 +11,9 @@ tests take the `rig` fixture.
 Markers:
   sqlite_only(reason)      the PostgreSQL run is skipped with this reason
   postgresql_only(reason)  the test has no SQLite variant at all
+  every_worker_setting     the module runs with `kms-server run --workers 1`, then again with
+                           `--workers 2` (ids [sqlite-w1], [sqlite-w2]): the guarantees that
+                           must hold across worker processes (issue 20)
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     postgresql_only = metafunc.definition.get_closest_marker("postgresql_only") is not None
     backends = ["postgresql"] if postgresql_only else list(BACKENDS)
     metafunc.parametrize("backend", backends, indirect=True, scope="module")
+    if metafunc.definition.get_closest_marker("every_worker_setting") is not None:
+        metafunc.parametrize("server_workers", [1, 2], indirect=True, scope="module", ids=["w1", "w2"])
 
 
 @pytest.hookimpl(tryfirst=True)

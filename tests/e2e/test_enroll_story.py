@@ -8,10 +8,14 @@ import shutil
 import stat
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.harness import ServerProcess, agent, backend, enroll, short_tmpdir, snapshot, store_bytes
+
+# The guarantees must hold across worker processes too (issue 20).
+pytestmark = pytest.mark.every_worker_setting
 
 
 def _mode(path: Path) -> int:

@@ -28,6 +28,9 @@ from tests.harness import (
     run,
 )
 
+# The guarantees must hold across worker processes too (issue 20).
+pytestmark = pytest.mark.every_worker_setting
+
 RIG = Rig(
     "kmshold",
     ("--heartbeat", "1s", "--http-listen", "127.0.0.1:0"),

@@ -30,6 +30,9 @@ from tests.harness import (
     snapshot,
 )
 
+# The guarantees must hold across worker processes too (issue 20).
+pytestmark = pytest.mark.every_worker_setting
+
 SERVER_ARGS = [
     "--heartbeat", "1s", "--http-listen", "127.0.0.1:0", "--watch-buffer", "16",
     "--max-streams-per-identity", "2000",  # the 1,000-stream test runs them all under one certificate

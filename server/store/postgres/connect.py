@@ -18,7 +18,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from kms.errors import InvalidArgument
-from server.config import redact_url
+from server.database_url import redact_url
 from server.store.migrations import POSTGRES_MIGRATIONS, SCHEMA_VERSION
 from server.store.records import StoreError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 
 import pytest
@@ -65,7 +66,7 @@ SAMPLES = {
     "audit_file": "/var/log/kms.jsonl", "audit_syslog": "/dev/log", "tls_handshake_timeout": "4s",
     "max_anonymous_connections_per_address": "9", "failure_report_interval": "30s",
     "min_rotation_period": "2h",
-    "key_schedule_poll": "2s",
+    "key_schedule_poll": "2s", "workers": "3",
     "ca_key": "pkcs11:token=t;object=ca", "pkcs11_module": "/usr/lib/m.so", "pkcs11_pin_file": "/pin",
 }  # fmt: skip
 
@@ -90,3 +91,9 @@ def test_every_setting_reads_its_flag_variable_and_both_file_spellings(setting: 
 
 def test_every_setting_has_a_sample() -> None:
     assert set(SAMPLES) == {s.name for s in SETTINGS}
+
+
+def test_workers_auto_is_one_per_core_this_process_may_run_on() -> None:
+    assert ServerConfig.load({}, env={"HOME": "/h"}).workers == len(os.sched_getaffinity(0))
+    assert ServerConfig.load({"workers": "AUTO"}, env={"HOME": "/h"}).workers == len(os.sched_getaffinity(0))
+    assert ServerConfig.load({"workers": "1"}, env={"HOME": "/h"}).workers == 1

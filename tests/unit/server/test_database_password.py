@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kms.errors import InvalidArgument
-from server.config import ServerConfig, url_has_password, url_holds_secret
+from server.config import ServerConfig
+from server.database_url import url_has_password, url_holds_secret
 from server.store import PostgresStore, StoreError
 from server.store.postgres import read_password_file
 from tests.pg import PostgresCluster

@@ -1,0 +1,1 @@
+"""Worker processes: one supervisor, N workers serving the same ports (kms-server run --workers N)."""

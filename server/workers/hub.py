@@ -1,0 +1,184 @@
+"""The supervisor's end of the workers' socket: event positions in, confirmations out.
+
+A worker that commits events announces the newest one's seq; the hub wakes
+every other worker, which reads the log up to there (server/revocation/follower.py)
+and answers with the seq it has applied. Once every live worker has applied
+it, the announcing worker is told ``confirmed``: a revocation then refuses the
+revoked certificate on every worker, and closes its streams there, before
+the call that made it returns. A worker that has not answered within
+``bound`` is killed (the supervisor restarts it, and it reads the store
+afresh before it serves): failing closed, never confirming what was not done.
+
+Other messages are cast as they are to every other worker (``cast``), for
+what each worker keeps in memory from its peers' notes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.workers.protocol import Message, read_message, write_message
+
+__all__ = ["CONFIRM_BOUND", "Hub"]
+
+logger = logging.getLogger(__name__)
+
+# How long every worker has to apply an event before the laggards are killed.
+CONFIRM_BOUND = 1.0
+
+
+@dataclass(eq=False)
+class _Peer:
+    index: int
+    pid: int
+    writer: asyncio.StreamWriter
+    applied: int = 0
+    ready: bool = False
+    details: Message = field(default_factory=dict)
+
+    def send(self, message: Message) -> None:
+        if not self.writer.is_closing():
+            write_message(self.writer, message)
+
+
+class Hub:
+    """Args:
+    path: the UNIX socket to listen on (0600, in the data dir).
+    kill: ends a worker that could not confirm in time (returns once it is gone).
+    bound: CONFIRM_BOUND, in seconds.
+    """
+
+    def __init__(
+        self, path: Path, kill: Callable[[int], Awaitable[None]], bound: float = CONFIRM_BOUND
+    ) -> None:
+        self.path = path
+        self._kill = kill
+        self._bound = bound
+        self._peers: dict[int, _Peer] = {}
+        self._changed = asyncio.Condition()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections: set[asyncio.Task[object]] = set()
+        # The newest seq any worker announced: a worker that joins reads up to it before serving.
+        self.announced = 0
+
+    async def start(self) -> None:
+        self.path.unlink(missing_ok=True)  # stale: the supervisor holds the data dir lock
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        os.chmod(self.path, 0o600)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for peer in list(self._peers.values()):
+            peer.writer.close()
+        if self._connections:  # each ends once its socket is closed (never cancelled mid-read)
+            await asyncio.wait(self._connections, timeout=5)
+        self.path.unlink(missing_ok=True)
+
+    def ready(self, index: int) -> Message | None:
+        """What worker index said when it became ready to serve (None: not ready)."""
+        peer = self._peers.get(index)
+        return peer.details if peer is not None and peer.ready else None
+
+    async def wait_ready(self, index: int) -> Message:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.ready(index) is not None)
+        details = self.ready(index)
+        assert details is not None
+        return details
+
+    async def gone(self, index: int) -> None:
+        """Worker index exited: nothing waits for it any more."""
+        peer = self._peers.pop(index, None)
+        if peer is not None:
+            peer.writer.close()
+        async with self._changed:
+            self._changed.notify_all()
+
+    # --- one worker's connection ---------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer: _Peer | None = None
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+        try:
+            hello = await read_message(reader)
+            if hello is None or hello["op"] != "hello":
+                return
+            peer = _Peer(int(hello["index"]), int(hello["pid"]), writer, int(hello["applied"]))
+            old = self._peers.get(peer.index)
+            if old is not None:
+                old.writer.close()
+            self._peers[peer.index] = peer
+            peer.send({"op": "welcome", "seq": self.announced})
+            while (message := await read_message(reader)) is not None:
+                await self._dispatch(peer, message)
+        except (ConnectionError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("dropped a worker's connection: %s", exc)
+        finally:
+            writer.close()
+            if peer is not None and self._peers.get(peer.index) is peer:
+                del self._peers[peer.index]
+                async with self._changed:
+                    self._changed.notify_all()
+
+    async def _dispatch(self, peer: _Peer, message: Message) -> None:
+        op = message["op"]
+        if op == "announce":
+            seq = int(message["seq"])
+            peer.applied = max(peer.applied, seq)
+            self.announced = max(self.announced, seq)
+            self._spawn(self._confirm(peer, seq))
+        elif op == "applied":
+            peer.applied = max(peer.applied, int(message["seq"]))
+            async with self._changed:
+                self._changed.notify_all()
+        elif op == "ready":
+            peer.ready, peer.details = True, message
+            async with self._changed:
+                self._changed.notify_all()
+        elif op == "cast":
+            for other in list(self._peers.values()):
+                if other is not peer:
+                    other.send(message)
+        else:
+            logger.warning("unknown message from worker %d: %s", peer.index, op)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _confirm(self, origin: _Peer, seq: int) -> None:
+        """Wakes the others; confirms seq to origin once every live worker applied it."""
+        for peer in list(self._peers.values()):
+            if peer is not origin and peer.applied < seq:
+                peer.send({"op": "wake", "seq": seq})
+
+        def behind() -> list[_Peer]:
+            return [p for p in self._peers.values() if p.applied < seq]
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._bound), self._changed:
+                await self._changed.wait_for(lambda: not behind())
+        laggards = behind()
+        for peer in laggards:
+            logger.error(
+                "worker %d did not apply event %d within %.1f s: restarting it (fail closed)",
+                peer.index,
+                seq,
+                self._bound,
+            )
+        await asyncio.gather(*(self._kill(peer.index) for peer in laggards))
+        origin.send({"op": "confirmed", "seq": seq})

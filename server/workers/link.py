@@ -1,0 +1,200 @@
+"""A worker's end of the supervisor's socket (server/workers/hub.py).
+
+It tells the hub of every event this worker commits, answers wake-ups by
+reading the log (the EventFollower), and holds back the answer of a call that
+committed an event until every worker applied it (``settle``). The link is
+the worker's life line: once the supervisor is gone, the worker stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kms.errors import Unavailable
+from server.revocation.follower import EventFollower
+from server.store import RevocationEvent
+from server.workers.protocol import Message, read_message, write_message
+
+__all__ = ["WorkerLink", "WorkerRole"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """Which worker this process is (0: the primary, which also serves the admin socket, the HTTP
+    side port and the server-wide timers), and where its supervisor listens."""
+
+    index: int
+    hub: Path
+
+    @property
+    def primary(self) -> bool:
+        return self.index == 0
+
+
+class WorkerLink:
+    def __init__(self, role: WorkerRole) -> None:
+        self.role = role
+        self._follower: EventFollower | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._remote = False  # the follower is applying another worker's event
+        self._local = 0  # the newest seq this worker committed
+        self._announced = 0
+        self._confirmed = 0
+        self._confirmations: dict[int, list[asyncio.Future[None]]] = {}
+        self._handlers: dict[str, Callable[[Message], None]] = {}
+        self._lost = asyncio.Event()
+
+    # --- joining ------------------------------------------------------------------
+
+    def follow(self, follower: EventFollower) -> None:
+        """The follower that reads the log on wake-ups (built with the services, after the link)."""
+        self._follower = follower
+
+    @property
+    def follower(self) -> EventFollower:
+        if self._follower is None:
+            raise RuntimeError("the worker link has no event follower yet")
+        return self._follower
+
+    async def connect(self) -> None:
+        """Joins the hub and reads the log up to what any worker announced, before serving."""
+        reader, self._writer = await asyncio.open_unix_connection(str(self.role.hub))
+        self._send(
+            {"op": "hello", "index": self.role.index, "pid": os.getpid(), "applied": self.follower.applied}
+        )
+        welcome = await read_message(reader)
+        if welcome is None or welcome["op"] != "welcome":
+            raise Unavailable("the supervisor closed its socket: this worker stops")
+        await self.follower.catch_up_to(int(welcome["seq"]))
+        self._reader = reader
+
+    def ready(self, **details: Any) -> None:
+        self._send({"op": "ready", **details})
+
+    async def run(self) -> None:
+        """Serves the hub's messages until the supervisor goes away (then returns)."""
+        assert self._reader is not None, "connect first"
+        try:
+            while (message := await read_message(self._reader)) is not None:
+                self._dispatch(message)
+        except (ConnectionError, ValueError) as exc:
+            logger.error("lost the supervisor's socket: %s", exc)
+        finally:
+            self._lost.set()
+            for waiters in self._confirmations.values():
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(_unconfirmed())
+            self._confirmations.clear()
+
+    def _dispatch(self, message: Message) -> None:
+        op = message["op"]
+        if op == "wake":
+            asyncio.get_running_loop().create_task(self._wake(int(message["seq"])))
+        elif op == "confirmed":
+            self._confirm(int(message["seq"]))
+        elif op == "cast":
+            handler = self._handlers.get(str(message.get("topic")))
+            if handler is not None:
+                handler(message)
+
+    async def _wake(self, seq: int) -> None:
+        try:
+            await self.follower.catch_up_to(seq)
+        except Exception:  # the hub's bound then restarts this worker: it reads the store afresh
+            logger.exception("could not read the event log after a wake-up")
+            return
+        self._send({"op": "applied", "seq": self.follower.applied})
+
+    # --- casts between workers ----------------------------------------------------------
+
+    def on_cast(self, topic: str, handler: Callable[[Message], None]) -> None:
+        """handler gets each message another worker casts on topic."""
+        self._handlers[topic] = handler
+
+    def cast(self, topic: str, **body: Any) -> None:
+        self._send({"op": "cast", "topic": topic, **body})
+
+    # --- events this worker commits ----------------------------------------------------
+
+    def remote(self, apply: Callable[[RevocationEvent], None]) -> Callable[[RevocationEvent], None]:
+        """apply, marked as applying another worker's event (it needs no announcing)."""
+
+        def applying(event: RevocationEvent) -> None:
+            self._remote = True
+            try:
+                apply(event)
+            finally:
+                self._remote = False
+
+        return applying
+
+    def published(self, event: RevocationEvent) -> None:
+        """The feed sent an event out; one this worker committed is announced (batched per loop turn)."""
+        if self._remote or event.seq <= self._local:
+            return
+        first = self._local <= self._announced
+        self._local = event.seq
+        if first:
+            asyncio.get_running_loop().call_soon(self._announce)
+
+    def _announce(self) -> None:
+        if self._local > self._announced:
+            self._announced = self._local
+            self._send({"op": "announce", "seq": self._local})
+
+    @property
+    def unsettled(self) -> bool:
+        """Whether an event this worker committed is not yet confirmed applied by every worker."""
+        return self._local > self._confirmed
+
+    async def settle(self) -> None:
+        """Returns once every worker applied every event this worker committed so far.
+
+        Raises:
+            Unavailable: the supervisor is gone (this worker is stopping).
+        """
+        target = self._local
+        if target <= self._confirmed:
+            return
+        if self._lost.is_set():
+            raise _unconfirmed()
+        self._announce()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirmations.setdefault(target, []).append(waiter)
+        await waiter
+
+    def _confirm(self, seq: int) -> None:
+        self._confirmed = max(self._confirmed, seq)
+        for target in [t for t in self._confirmations if t <= seq]:
+            for waiter in self._confirmations.pop(target):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    @property
+    def lost(self) -> asyncio.Event:
+        return self._lost
+
+    def _send(self, message: Message) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            write_message(self._writer, message)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _unconfirmed() -> Unavailable:
+    return Unavailable(
+        "the change is recorded, but this server's workers could not all confirm it: the server is"
+        " restarting; check with a read before retrying"
+    )
