@@ -9,8 +9,11 @@ the call that made it returns. A worker that has not answered within
 ``bound`` is killed (the supervisor restarts it, and it reads the store
 afresh before it serves): failing closed, never confirming what was not done.
 
-Other messages are cast as they are to every other worker (``cast``), for
-what each worker keeps in memory from its peers' notes.
+Other messages are relayed: ``cast`` to every other worker, ``to`` one worker
+(both arrive as ``cast``, with the sender's index in ``from``), and ``ask``
+every other worker, whose ``answer``s come back together as ``answers``: for
+what each worker keeps in memory from its peers' notes, and for the figures
+of the whole server.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from pathlib import Path
 
 from server.workers.protocol import Message, read_message, write_message
 
-__all__ = ["CONFIRM_BOUND", "Hub"]
+__all__ = ["ASK_BOUND", "CONFIRM_BOUND", "Hub"]
 
 logger = logging.getLogger(__name__)
 
 # How long every worker has to apply an event before the laggards are killed.
 CONFIRM_BOUND = 1.0
+# How long a question to every worker (their figures for /metrics, `top`) waits for answers.
+ASK_BOUND = 2.0
 
 
 @dataclass(eq=False)
@@ -67,6 +72,9 @@ class Hub:
         self._connections: set[asyncio.Task[object]] = set()
         # The newest seq any worker announced: a worker that joins reads up to it before serving.
         self.announced = 0
+        # Questions to every other worker, by the hub's id: the answers so far, by worker index.
+        self._asks: dict[int, dict[int, object]] = {}
+        self._next_ask = 0
 
     async def start(self) -> None:
         self.path.unlink(missing_ok=True)  # stale: the supervisor holds the data dir lock
@@ -151,7 +159,19 @@ class Hub:
         elif op == "cast":
             for other in list(self._peers.values()):
                 if other is not peer:
-                    other.send(message)
+                    other.send({**message, "from": peer.index})
+        elif op == "to":
+            target = self._peers.get(int(message["index"]))
+            if target is not None:
+                target.send({**message, "op": "cast", "from": peer.index})
+        elif op == "ask":
+            self._spawn(self._ask(peer, message))
+        elif op == "answer":
+            pending = self._asks.get(int(message["id"]))
+            if pending is not None:
+                pending[peer.index] = message.get("body")
+                async with self._changed:
+                    self._changed.notify_all()
         else:
             logger.warning("unknown message from worker %d: %s", peer.index, op)
 
@@ -159,6 +179,24 @@ class Hub:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _ask(self, origin: _Peer, message: Message) -> None:
+        """Asks every other live worker; answers origin with what they said within ASK_BOUND."""
+        self._next_ask += 1
+        ask_id, answers = self._next_ask, dict[int, object]()
+        self._asks[ask_id] = answers
+        asked = [p for p in self._peers.values() if p is not origin]
+        for peer in asked:
+            peer.send({**message, "id": ask_id, "from": origin.index})
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ASK_BOUND), self._changed:
+                    await self._changed.wait_for(
+                        lambda: all(p.index in answers or self._peers.get(p.index) is not p for p in asked)
+                    )
+        finally:
+            del self._asks[ask_id]
+        origin.send({"op": "answers", "id": message["id"], "answers": list(answers.values())})
 
     async def _confirm(self, origin: _Peer, seq: int) -> None:
         """Wakes the others; confirms seq to origin once every live worker applied it."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,9 @@ class WorkerLink:
         self._confirmed = 0
         self._confirmations: dict[int, list[asyncio.Future[None]]] = {}
         self._handlers: dict[str, Callable[[Message], None]] = {}
+        self._questions: dict[str, Callable[[Message], Awaitable[Any]]] = {}
+        self._asked: dict[int, asyncio.Future[list[Any]]] = {}
+        self._next_ask = 0
         self._lost = asyncio.Event()
 
     # --- joining ------------------------------------------------------------------
@@ -90,6 +93,10 @@ class WorkerLink:
             logger.error("lost the supervisor's socket: %s", exc)
         finally:
             self._lost.set()
+            for asked in self._asked.values():
+                if not asked.done():
+                    asked.set_result([])
+            self._asked.clear()
             for waiters in self._confirmations.values():
                 for waiter in waiters:
                     if not waiter.done():
@@ -106,6 +113,12 @@ class WorkerLink:
             handler = self._handlers.get(str(message.get("topic")))
             if handler is not None:
                 handler(message)
+        elif op == "ask":
+            asyncio.get_running_loop().create_task(self._answer(message))
+        elif op == "answers":
+            waiter = self._asked.pop(int(message["id"]), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(list(message["answers"]))
 
     async def _wake(self, seq: int) -> None:
         try:
@@ -122,7 +135,36 @@ class WorkerLink:
         self._handlers[topic] = handler
 
     def cast(self, topic: str, **body: Any) -> None:
+        """To every other worker (each gets it with "from": this worker's index)."""
         self._send({"op": "cast", "topic": topic, **body})
+
+    def send_to(self, index: int, topic: str, **body: Any) -> None:
+        """To worker index only (it gets it as a cast)."""
+        self._send({"op": "to", "index": index, "topic": topic, **body})
+
+    def on_ask(self, topic: str, answer: Callable[[Message], Awaitable[Any]]) -> None:
+        """answer makes this worker's reply (JSON-able) to each question on topic."""
+        self._questions[topic] = answer
+
+    async def ask(self, topic: str, **body: Any) -> list[Any]:
+        """Every other worker's answer on topic (those that answered within the hub's ASK_BOUND)."""
+        if self._lost.is_set():
+            return []
+        self._next_ask += 1
+        waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._asked[self._next_ask] = waiter
+        self._send({"op": "ask", "id": self._next_ask, "topic": topic, **body})
+        return await waiter
+
+    async def _answer(self, message: Message) -> None:
+        answer = self._questions.get(str(message.get("topic")))
+        body = None
+        if answer is not None:
+            try:
+                body = await answer(message)
+            except Exception:  # one figure missing from a total, never a worker down
+                logger.exception("could not answer another worker's question")
+        self._send({"op": "answer", "id": message["id"], "body": body})
 
     # --- events this worker commits ----------------------------------------------------
 

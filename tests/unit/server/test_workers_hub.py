@@ -1,0 +1,106 @@
+"""The supervisor's hub between workers (server/workers/hub.py), driven over its real UNIX socket."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from server.workers.hub import Hub
+from server.workers.protocol import Message, read_message, write_message
+
+
+class _Worker:
+    """A worker's end, speaking the protocol by hand."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def join(cls, hub: Hub, index: int, applied: int = 0) -> tuple[_Worker, Message]:
+        reader, writer = await asyncio.open_unix_connection(str(hub.path))
+        worker = cls(reader, writer)
+        worker.send({"op": "hello", "index": index, "pid": 1000 + index, "applied": applied})
+        return worker, await worker.next()
+
+    def send(self, message: Message) -> None:
+        write_message(self.writer, message)
+
+    async def next(self) -> Message:
+        message = await asyncio.wait_for(read_message(self.reader), 5)
+        assert message is not None
+        return message
+
+
+def _run(tmp_path: Path, body: object) -> None:
+    async def main() -> None:
+        killed: list[int] = []
+
+        async def kill(index: int) -> None:
+            killed.append(index)
+            await hub.gone(index)
+
+        hub = Hub(tmp_path / "w.sock", kill, bound=0.3)
+        await hub.start()
+        try:
+            await body(hub, killed)  # type: ignore[operator]
+        finally:
+            await hub.stop()
+
+    asyncio.run(main())
+
+
+def test_an_announced_event_is_confirmed_once_every_other_worker_applied_it(tmp_path: Path) -> None:
+    async def body(hub: Hub, killed: list[int]) -> None:
+        a, welcome = await _Worker.join(hub, 0)
+        b, _ = await _Worker.join(hub, 1)
+        assert welcome == {"op": "welcome", "seq": 0}
+        a.send({"op": "announce", "seq": 7})
+        assert await b.next() == {"op": "wake", "seq": 7}
+        b.send({"op": "applied", "seq": 6})  # not yet: no confirmation
+        await asyncio.sleep(0.1)
+        b.send({"op": "applied", "seq": 7})
+        assert await a.next() == {"op": "confirmed", "seq": 7}
+        assert killed == []
+        c, welcome = await _Worker.join(hub, 2)  # a worker joining later reads up to 7 before serving
+        assert welcome == {"op": "welcome", "seq": 7}
+
+    _run(tmp_path, body)
+
+
+def test_a_worker_that_does_not_apply_within_the_bound_is_killed_then_the_event_confirmed(
+    tmp_path: Path,
+) -> None:
+    async def body(hub: Hub, killed: list[int]) -> None:
+        a, _ = await _Worker.join(hub, 0)
+        b, _ = await _Worker.join(hub, 1)
+        started = time.monotonic()
+        a.send({"op": "announce", "seq": 3})
+        assert await b.next() == {"op": "wake", "seq": 3}  # and b never answers
+        assert await a.next() == {"op": "confirmed", "seq": 3}
+        assert killed == [1]
+        assert 0.25 <= time.monotonic() - started < 2
+
+    _run(tmp_path, body)
+
+
+def test_casts_go_to_the_others_and_questions_gather_every_answer(tmp_path: Path) -> None:
+    async def body(hub: Hub, killed: list[int]) -> None:
+        a, _ = await _Worker.join(hub, 0)
+        b, _ = await _Worker.join(hub, 1)
+        c, _ = await _Worker.join(hub, 2)
+        a.send({"op": "cast", "topic": "tls"})
+        assert await b.next() == {"op": "cast", "topic": "tls", "from": 0}
+        assert await c.next() == {"op": "cast", "topic": "tls", "from": 0}
+        b.send({"op": "to", "index": 2, "topic": "hi", "n": 1})
+        assert await c.next() == {"op": "cast", "index": 2, "topic": "hi", "n": 1, "from": 1}
+        a.send({"op": "ask", "id": 5, "topic": "figures"})
+        for worker, n in ((b, 10), (c, 20)):
+            question = await worker.next()
+            assert question["topic"] == "figures" and question["from"] == 0
+            worker.send({"op": "answer", "id": question["id"], "body": {"n": n}})
+        answers = await a.next()
+        assert answers["op"] == "answers" and answers["id"] == 5
+        assert sorted(x["n"] for x in answers["answers"]) == [10, 20]
+
+    _run(tmp_path, body)
