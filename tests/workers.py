@@ -1,0 +1,107 @@
+"""Which worker process holds a connection: read from /proc, so tests of `--workers N` are deterministic.
+
+The kernel spreads connections over the workers' SO_REUSEPORT sockets by a hash
+of the addresses; a test opens channels one by one and asks, for each, which
+worker accepted it, until it has one on every worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tests.harness import ServerProcess
+
+__all__ = ["channel_on_each_worker", "worker_pids"]
+
+
+def worker_pids(server: ServerProcess, count: int, timeout: float = 10.0) -> list[int]:
+    """The supervisor's children (its workers), once there are count of them."""
+    assert server.proc is not None
+    path = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = [int(p) for p in path.read_text().split()]
+        if len(pids) == count or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.05)
+
+
+def _connections() -> Iterator[tuple[int, int, int]]:
+    """(local port, remote port, inode) of every established TCP socket of the host's namespace."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "01":  # ESTABLISHED
+                continue
+            local, remote = (int(a.rsplit(":", 1)[1], 16) for a in (fields[1], fields[2]))
+            yield local, remote, int(fields[9])
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _own_ports(server_port: int) -> set[int]:
+    """The local ports of this process's connections to server_port."""
+    mine = _socket_inodes(os.getpid())
+    return {local for local, remote, inode in _connections() if remote == server_port and inode in mine}
+
+
+def _worker_of(client_port: int, server_port: int, pids: list[int]) -> int | None:
+    inodes = {
+        inode for local, remote, inode in _connections() if local == server_port and remote == client_port
+    }
+    for pid in pids:
+        if inodes & _socket_inodes(pid):
+            return pid
+    return None
+
+
+def channel_on_each_worker(
+    server: ServerProcess, credentials: grpc.ChannelCredentials, count: int, tries: int = 64
+) -> dict[int, grpc.Channel]:
+    """One open mTLS channel accepted by each of the server's count workers (by worker pid).
+
+    Raises:
+        AssertionError: after tries channels, some worker still has none (odds 2**-63 for 2).
+    """
+    from kms.v1 import identity_pb2, identity_pb2_grpc
+
+    port = int(server.address.rsplit(":", 1)[1])
+    pids = worker_pids(server, count)
+    found: dict[int, grpc.Channel] = {}
+    spare: list[Any] = []
+    for _ in range(tries):
+        before = _own_ports(port)
+        # A subchannel pool of its own: a new TCP connection, not one shared with earlier channels.
+        channel = grpc.secure_channel(
+            server.address, credentials, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        identity_pb2_grpc.IdentityStub(channel).WhoAmI(identity_pb2.WhoAmIRequest(), timeout=10)
+        new = _own_ports(port) - before
+        assert len(new) == 1, f"expected one new connection, saw {sorted(new)}"
+        pid = _worker_of(new.pop(), port, pids)
+        if pid is not None and pid not in found:
+            found[pid] = channel
+            if len(found) == count:
+                break
+        else:
+            spare.append(channel)
+    for channel in spare:
+        channel.close()
+    assert len(found) == count, f"connections reached only workers {sorted(found)} of {pids}"
+    return found
