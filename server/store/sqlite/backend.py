@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,10 +27,11 @@ T = TypeVar("T")
 
 
 class SqliteBackend:
-    def __init__(self, executor: ThreadPoolExecutor, tx: SqliteTx) -> None:
+    def __init__(self, executor: ThreadPoolExecutor, tx: SqliteTx, writer_lock: int | None = None) -> None:
         self._executor = executor
         self._tx: SqliteTx | None = tx
-        self.commits = GroupCommit(executor, tx)
+        self._writer_lock = writer_lock
+        self.commits = GroupCommit(executor, tx, writer_lock)
 
     @classmethod
     async def open(cls, path: Path) -> SqliteBackend:
@@ -39,7 +41,9 @@ class SqliteBackend:
         except BaseException:
             executor.shutdown(wait=True)
             raise
-        return cls(executor, SqliteTx(db))
+        # Beside the store, 0600: the lock its batches take, one process at a time (commit.py).
+        lock = os.open(path.with_name(path.name + ".writer"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        return cls(executor, SqliteTx(db), lock)
 
     async def close(self) -> None:
         self.commits.close()
@@ -47,6 +51,9 @@ class SqliteBackend:
             await self._run(self._tx.raw.close)
             self._tx = None
         self._executor.shutdown(wait=True)
+        if self._writer_lock is not None:
+            os.close(self._writer_lock)
+            self._writer_lock = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -75,11 +82,13 @@ class SqliteBackend:
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        """Already exclusive: the data dir lock keeps every other server off this store."""
+        """Already exclusive: the data dir lock keeps every other server off this store (its
+        workers share it, but only the primary runs what needs this: server/workers/)."""
         yield
 
     async def follow_events(self, wake: Callable[[], None], connected: Callable[[bool], None]) -> None:
-        """Never wakes: one process owns an embedded store, and publishes its own events as it commits them."""
+        """Never wakes: one process publishes its own events as it commits them, and worker
+        processes sharing the store are woken by their supervisor (server/workers/hub.py)."""
         connected(True)
         await asyncio.Event().wait()
 

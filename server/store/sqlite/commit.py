@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import sqlite3
 import threading
@@ -72,9 +73,11 @@ def _batch_failure(exc: BaseException) -> BaseException:
 
 
 class GroupCommit:
-    def __init__(self, executor: ThreadPoolExecutor, tx: SqliteTx) -> None:
+    def __init__(self, executor: ThreadPoolExecutor, tx: SqliteTx, writer_lock: int | None = None) -> None:
         self._executor = executor
         self._tx = tx
+        # A descriptor of the store's writer lock file (see _transaction), or None.
+        self._writer_lock = writer_lock
         self._queued: list[_Write] = []
         self._queued_lock = threading.Lock()
         # Where committed audit records are copied (set once, at start).
@@ -140,6 +143,13 @@ class GroupCommit:
         """
         tx = self._tx
         outcomes: list[tuple[Any, BaseException | None]] = []
+        if self._writer_lock is not None:
+            # Worker processes share the store (server/workers/): each still commits its queued
+            # writes as one batch, and this lock hands the write lock from one process's batch to
+            # the next's the moment it is released, where SQLite's busy handler would poll (and
+            # sleep up to 100 ms between tries). BEGIN IMMEDIATE then never waits on another
+            # process's batch; busy_timeout stays for other writers (a backup, a tool).
+            fcntl.flock(self._writer_lock, fcntl.LOCK_EX)
         try:
             db = tx.raw
             db.execute("BEGIN IMMEDIATE")
@@ -160,6 +170,8 @@ class GroupCommit:
         finally:
             tx.chain_head = None
             tx.later.clear()
+            if self._writer_lock is not None:
+                fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
         if committed and self.sink is not None:
             # Before any write of the batch is acknowledged: a record whose action was
             # answered is outside the database too (see server/audit/devices.py).
