@@ -11,6 +11,8 @@ Layout (directory 0700)::
     server.key    its private key, sealed under the master key, 0600
     kms.db        the SQLite store (WAL), 0600
     admin.sock    the admin socket, 0600, while the server runs
+    hub.sock      the socket between worker processes (--workers N), 0600, while they run
+    kms.db.writer the lock each batch of writes to kms.db takes (flock), passed between workers
 
 A replica of a PostgreSQL deployment keeps ca.key and kms.db in the database
 instead, and master.key only if it created the deployment (see deployment.py).

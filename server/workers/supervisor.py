@@ -20,7 +20,6 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 from server.config import ServerConfig
@@ -53,7 +52,7 @@ class Supervisor:
     def __init__(self, cfg: ServerConfig, datadir: DataDir, argv: list[str]) -> None:
         self._cfg = cfg
         self._argv = argv
-        self._hub = Hub(datadir.path / "workers.sock", self._kill)
+        self._hub = Hub(datadir.path / "hub.sock", self._kill)
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
         self.failed = asyncio.Event()  # a worker asked the whole server to stop
@@ -149,10 +148,11 @@ class Supervisor:
 
 
 async def supervise(cfg: ServerConfig, argv: list[str]) -> int:
-    """Runs N workers until SIGTERM or SIGINT (0), or until one says the server must stop (1)."""
-    from server.app import initialize  # the deployment is created once, here, not by N workers at once
+    """Runs N workers until SIGTERM or SIGINT (0), or until one says the server must stop (1).
 
-    await initialize(cfg)
+    A new deployment is created by the primary, which starts alone, as one process would
+    (under this process's data dir lock): never by N workers at once.
+    """
     held, cfg = reserve(cfg)
     datadir = DataDir(cfg.data_dir)
     datadir.prepare()
@@ -184,7 +184,7 @@ async def supervise(cfg: ServerConfig, argv: list[str]) -> int:
     finally:
         held.close()
         datadir.release()
-        Path(datadir.path / "workers.sock").unlink(missing_ok=True)
+        (datadir.path / "hub.sock").unlink(missing_ok=True)
 
 
 async def _until(work: Coroutine[Any, Any, str], stop: asyncio.Event) -> str | None:
