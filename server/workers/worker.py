@@ -36,12 +36,14 @@ async def serve_worker(cfg: ServerConfig, role_text: str) -> int:
     link = WorkerLink(WorkerRole(int(index), Path(hub)))
     app = await create_server(worker_config(cfg), link=link)
     await link.connect()
+    # Wake-ups are answered from now on, while the ports open: a revocation made meanwhile
+    # waits for this worker too, and must not find it deaf for the hub's whole bound.
+    joined = asyncio.create_task(link.run())
     await app.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    joined = asyncio.create_task(link.run())
     link.ready(line=app.ready_line())
     logger.info("worker serving", extra={"worker": link.role.index, "address": app.address})
     signalled = asyncio.create_task(stopping.wait())
