@@ -139,10 +139,10 @@ class _Driver:
             identities = itertools.cycle(t.identities or (None,))
             return [self._connect_op(identities) for _ in range(t.depth)]
         make = {"unary": self._unary_op, "bidi": self._bidi_op, "handshake": self._handshake_op}[t.kind]
-        identities = t.identities or (None,) * t.channels
+        owners = t.identities or (None,) * t.channels
         return [
             make(channel, identity)
-            for channel, identity in zip(self._channels, identities, strict=True)
+            for channel, identity in zip(self._channels, owners, strict=True)
             for _ in range(t.depth)
         ]
 

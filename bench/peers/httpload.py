@@ -87,7 +87,9 @@ def _ab(tool: str, base: str, request: HttpRequest, in_flight: int, seconds: int
     # ab counts an answer whose length differs from the first as failed ("Length"): not an error here.
     broken = re.search(r"\(Connect: (\d+), Receive: (\d+), Length: \d+, Exceptions: (\d+)\)", out)
     non_2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
-    failed = (sum(int(n) for n in broken.groups()) if broken else 0) + (int(non_2xx.group(1)) if non_2xx else 0)
+    failed = (sum(int(n) for n in broken.groups()) if broken else 0) + (
+        int(non_2xx.group(1)) if non_2xx else 0
+    )
     return HttpOutcome("ab", float(taken.group(1)), max(0, int(complete.group(1)) - failed), failed)
 
 

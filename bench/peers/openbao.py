@@ -24,14 +24,13 @@ from cryptography.hazmat.primitives import serialization
 
 from bench.capacity import capacity, cores_used, machine_cores, usable_cores, workers_args
 from bench.context import BenchContext, LoadOutcome, split
-from bench.kms import KmsServer
 from bench.load import LoadSpec, Target
 from bench.peers.baoserver import PKI_ROLE, TRANSIT_KEY, WRAPPING_KEY, BaoServer, bao_binary
 from bench.peers.httpload import HttpRequest, drive, load_tool
 from bench.procs import BenchSkip, tree_cpu_seconds
 from bench.results import Result
+from bench.scenarios.enroll import enroll_requests
 from bench.scenarios.fetch_key import fetch_key_target, fetch_setup
-from kms.v1 import enrollment_pb2
 
 __all__ = ["run", "unavailable"]
 
@@ -105,18 +104,6 @@ def _measure_openbao(ctx: BenchContext) -> dict[str, _Peer]:
     return peers
 
 
-def _enroll_requests(ctx: BenchContext, kms: KmsServer, workers: int) -> list[tuple[bytes, ...]]:
-    count = math.ceil(ENROLL_CEILING * ctx.duration * 1.2) + workers * 10
-    ctx.progress.step(f"making {count} join tokens")
-    tokens = kms.create_tokens([f"enroll-{i}" for i in range(count)])
-    keys = ctx.agent_keys
-    requests = [
-        enrollment_pb2.EnrollRequest(join_token=t, csr_der=keys[i % len(keys)].csr_der).SerializeToString()
-        for i, t in enumerate(tokens)
-    ]
-    return split(requests, workers)
-
-
 def _measure_seed(ctx: BenchContext) -> tuple[dict[str, LoadOutcome], int, int]:
     """FetchKey and Enroll at about IN_FLIGHT calls in flight; the outcomes, server pid and workers."""
     flags, workers = workers_args(machine_cores())
@@ -124,7 +111,8 @@ def _measure_seed(ctx: BenchContext) -> tuple[dict[str, LoadOutcome], int, int]:
     with ctx.kms_server("openbao-seed", *flags) as kms:
         identities = fetch_setup(ctx, kms)
         depth = max(1, round(IN_FLIGHT / len(identities)))
-        enrolls = _enroll_requests(ctx, kms, clients)
+        count = math.ceil(ENROLL_CEILING * ctx.duration * 1.2) + clients * 10
+        enrolls = enroll_requests(ctx, kms, count, clients)
         enroll_depth = max(1, round(IN_FLIGHT / (ENROLL_CHANNELS * clients)))
         specs = [
             LoadSpec(
