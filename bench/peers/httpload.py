@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.procs import BenchError
 
-__all__ = ["HttpOutcome", "HttpRequest", "drive", "load_tool"]
+__all__ = ["HttpOutcome", "HttpRequest", "drive", "load_tool", "parse_ab", "parse_wrk"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,10 @@ def _wrk(tool: str, base: str, request: HttpRequest, in_flight: int, seconds: in
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o600)  # it may hold the peer's token
     cmd = [tool, "-t", "2", "-c", str(in_flight), "-d", f"{seconds}s", "--timeout", "10s", "-s", str(script)]
-    out = _run([*cmd, base + request.path], seconds)
+    return parse_wrk(_run([*cmd, base + request.path], seconds))
+
+
+def parse_wrk(out: str) -> HttpOutcome:
     done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)\b", out)
     if done is None:
         raise BenchError(f"wrk printed no request count:\n{out[-2000:]}")
@@ -79,7 +82,10 @@ def _ab(tool: str, base: str, request: HttpRequest, in_flight: int, seconds: int
         cmd += ["-p" if request.method == "POST" else "-u", str(body)]
     elif request.method != "GET":
         cmd += ["-m", request.method]
-    out = _run([*cmd, base + request.path], seconds)
+    return parse_ab(_run([*cmd, base + request.path], seconds))
+
+
+def parse_ab(out: str) -> HttpOutcome:
     complete = re.search(r"Complete requests:\s+(\d+)", out)
     taken = re.search(r"Time taken for tests:\s+([\d.]+) seconds", out)
     if complete is None or taken is None:
