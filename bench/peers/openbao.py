@@ -35,7 +35,7 @@ from bench.scenarios.fetch_key import fetch_key_target, fetch_setup
 __all__ = ["run", "unavailable"]
 
 IN_FLIGHT = 50
-ENROLL_CHANNELS = 10  # per client process; IN_FLIGHT calls in flight over all of them
+ENROLL_CHANNELS = 5  # per client process; IN_FLIGHT calls in flight over all of them
 ENROLL_CEILING = 1000  # enrollments/s at most, to size the tokens made in advance
 
 
