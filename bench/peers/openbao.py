@@ -27,7 +27,7 @@ from bench.context import BenchContext, LoadOutcome, split
 from bench.load import LoadSpec, Target
 from bench.peers.baoserver import PKI_ROLE, TRANSIT_KEY, WRAPPING_KEY, BaoServer, bao_binary
 from bench.peers.httpload import HttpRequest, drive, load_tool
-from bench.procs import BenchSkip, tree_cpu_seconds
+from bench.procs import BenchError, BenchSkip, tree_cpu_seconds
 from bench.results import Result
 from bench.scenarios.enroll import enroll_requests
 from bench.scenarios.fetch_key import fetch_key_target, fetch_setup
@@ -100,7 +100,7 @@ def _measure_openbao(ctx: BenchContext) -> dict[str, _Peer]:
             peer.seconds += got.seconds
             peer.tool = got.tool
         if bao.audit_log.stat().st_size == 0:
-            raise BenchSkip("openbao wrote nothing to its audit log")  # pragma: no cover
+            raise BenchError("openbao wrote nothing to its audit log: its audit device was not on")
     return peers
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 from bench.capacity import capacity, cores_used, usable_cores, workers_args
 from bench.context import BenchContext, LoadOutcome, split
@@ -30,7 +31,7 @@ __all__ = ["run"]
 
 SETTINGS = (1, 2)
 TARGET = 1.6
-ENROLL_CEILING = 700  # enrollments/s per worker at most, to size the tokens made in advance
+ENROLL_CEILING = 500  # enrollments/s per worker at most, to size the tokens made in advance
 
 
 def _name(workers: int) -> str:
@@ -61,16 +62,13 @@ def _fetch_specs(ctx: BenchContext, echo_address: str, servers: dict[int, KmsSer
 
 def _enroll_specs(ctx: BenchContext, connect_address: str, servers: dict[int, KmsServer]) -> list[LoadSpec]:
     clients = ctx.scale.client_processes
-    requests = {
-        n: enroll_requests(
-            ctx,
-            kms,
-            math.ceil(ENROLL_CEILING * n * ctx.duration * 1.2) + clients * WARMUP_TOKENS,
-            clients,
-            _name(n),
-        )
-        for n, kms in servers.items()
-    }
+
+    def tokens(n: int) -> list[tuple[bytes, ...]]:
+        count = math.ceil(ENROLL_CEILING * n * ctx.duration * 1.2) + clients * WARMUP_TOKENS
+        return enroll_requests(ctx, servers[n], count, clients, _name(n))
+
+    with ThreadPoolExecutor(len(servers)) as pool:  # each server makes its own, at once
+        requests = dict(zip(servers, pool.map(tokens, servers), strict=True))
     base_ids = split(ctx.baseline_clients(LANES * clients), clients)
     specs = []
     for c in range(clients):
