@@ -23,7 +23,9 @@ __all__ = [
     "cpu_seconds",
     "exe",
     "rss_bytes",
+    "tree",
     "tree_cpu_seconds",
+    "tree_rss_bytes",
 ]
 
 READY_TIMEOUT = 60.0
@@ -62,13 +64,8 @@ def _stat_fields(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU time of a process and all its descendants, from /proc: a supervisor and its workers.
-
-    Each member counts its own user + system time and that of its children it
-    has already reaped (cutime + cstime), so a worker that exits between two
-    readings moves its time to its parent's count instead of losing it.
-    """
+def tree(root: int) -> list[int]:
+    """A process and all its descendants alive now (a supervisor and its workers), from /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -76,16 +73,39 @@ def tree_cpu_seconds(root: int) -> float:
                 children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
             except (OSError, IndexError, ValueError):
                 continue  # exited meanwhile
-    total, todo = 0.0, [root]
+    found, todo = [], [root]
     while todo:
         pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of a process and all its descendants: a supervisor and its workers.
+
+    Each member counts its own user + system time and that of its children it
+    has already reaped (cutime + cstime), so a worker that exits between two
+    readings moves its time to its parent's count instead of losing it.
+    """
+    total = 0
+    for pid in tree(root):
         try:
-            fields = _stat_fields(pid)
+            total += sum(int(f) for f in _stat_fields(pid)[11:15])
         except OSError:
             continue
-        total += sum(int(f) for f in fields[11:15])
-        todo += children.get(pid, [])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident set size of a process and its descendants (pages they share count in each)."""
+    total = 0
+    for pid in tree(root):
+        try:
+            total += rss_bytes(pid)
+        except (OSError, BenchError):
+            continue
+    return total
 
 
 def _clean_env() -> dict[str, str]:

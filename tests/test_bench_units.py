@@ -17,7 +17,7 @@ import bench.peers.openbao
 from bench.cli import main
 from bench.context import LoadOutcome
 from bench.peers.httpload import parse_ab, parse_wrk
-from bench.procs import cpu_seconds, tree_cpu_seconds
+from bench.procs import cpu_seconds, rss_bytes, tree, tree_cpu_seconds, tree_rss_bytes
 from bench.scenarios import scaling
 
 WRK = """Running 2s test @ https://127.0.0.1:50149/v1/pki/sign/bench
@@ -61,6 +61,7 @@ def test_tree_cpu_counts_every_descendant_alive_or_reaped() -> None:
         assert proc.stdout is not None and proc.stdout.readline() == "ok\n"
         time.sleep(0.4)  # the second child's busy loop
         assert tree_cpu_seconds(proc.pid) - cpu_seconds(proc.pid) >= 0.25
+        assert len(tree(proc.pid)) == 2 and tree_rss_bytes(proc.pid) > rss_bytes(proc.pid)
     finally:
         proc.kill()
         proc.wait()
