@@ -21,10 +21,10 @@ from pathlib import Path
 
 from bench.postgres import BackgroundPostgres
 from bench.postgres import unavailable as postgres_unavailable
-from bench.procs import BenchError
+from bench.procs import BenchError, BenchSkip
 from bench.progress import Progress
 from bench.results import Result, render_json, render_table
-from bench.scenarios import SCENARIOS, needs_postgresql, scenario
+from bench.scenarios import ALL_SCENARIOS, ON_REQUEST, SCENARIOS, needs_postgresql, scenario, unavailable
 
 __all__ = ["main"]
 
@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help=f"one or more of: {', '.join(SCENARIOS)} (default: all)",
+        help=f"one or more of: {', '.join(SCENARIOS)} (default: these), "
+        f"or, only when named: {', '.join(ON_REQUEST)}",
     )
     parser.add_argument(
         "--duration",
@@ -76,10 +77,10 @@ def _error(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    unknown = [s for s in args.scenarios if s not in ALL_SCENARIOS]
     if unknown:
         print(
-            f"bench: error: unknown scenario {unknown[0]!r}: choose from {', '.join(SCENARIOS)}",
+            f"bench: error: unknown scenario {unknown[0]!r}: choose from {', '.join(ALL_SCENARIOS)}",
             file=sys.stderr,
         )
         return 2
@@ -95,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with_postgres = [name for name in names if needs_postgresql(name)]
     no_postgres = postgres_unavailable() if with_postgres else None
     skipped = dict.fromkeys(with_postgres, no_postgres) if no_postgres else {}
+    skipped |= {name: reason for name in names if (reason := unavailable(name))}
     runnable = [name for name in names if name not in skipped]
 
     from bench.context import BenchContext, Scale
@@ -132,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress.start(name)
             try:
                 got = scenario(name)(ctx)
+            except BenchSkip as exc:
+                skipped[name] = str(exc)
+                progress.done(f"skipped: {exc}")
+                continue
             except BenchError as exc:
                 errors[name] = str(exc)
                 progress.done(f"FAILED: {str(exc).splitlines()[0]}")

@@ -16,7 +16,7 @@ from bench.kms import KmsServer
 from bench.load import LoadSpec, PhaseResult, load_worker
 from bench.pki import AgentKey, BaselinePki, Identity
 from bench.postgres import BackgroundPostgres
-from bench.procs import BenchError, ServerProcess, cpu_seconds
+from bench.procs import BenchError, ServerProcess, cpu_seconds, tree_cpu_seconds
 from bench.progress import Progress
 from bench.results import median
 from bench.workers import WorkerPool
@@ -179,7 +179,8 @@ class BenchContext:
         CPU counts only during its own target's phases (not the gaps between),
         so what it does while another target runs is left out. The CPU of
         other_pids (and of the servers) during each target's phases is in its
-        outcome's cpu_seconds_by_pid, over cpu_window_seconds.
+        outcome's cpu_seconds_by_pid, over cpu_window_seconds. A server's CPU
+        is that of its whole process tree (a supervisor and its workers).
         """
         pids = server_pids or {}
         names = [t.name for t in specs[0].targets]
@@ -188,6 +189,11 @@ class BenchContext:
             self.progress.step(f"{label}: connecting and warming up {len(specs)} client processes")
             pool.wait_ready()
             watched = sorted({*pids.values(), *other_pids})
+            servers = set(pids.values())
+
+            def cpu(pid: int) -> float:
+                return tree_cpu_seconds(pid) if pid in servers else cpu_seconds(pid)
+
             cpu_by_target = {name: dict.fromkeys(watched, 0.0) for name in names}
             window = dict.fromkeys(names, 0.0)
             go = time.monotonic() + 0.3
@@ -200,9 +206,9 @@ class BenchContext:
                 # Reports are handled meanwhile; a condition that never holds makes pump
                 # return at its timeout, i.e. at the phase's start, to the poll's precision.
                 pool.pump(lambda: False, timeout=max(0.0, go + start - time.monotonic()))
-                began, mark = time.monotonic(), {pid: cpu_seconds(pid) for pid in watched}
+                began, mark = time.monotonic(), {pid: cpu(pid) for pid in watched}
                 pool.pump(_after(go + end), timeout=end - start + 5 + PHASE_GAP * 2)
-                now = {pid: cpu_seconds(pid) for pid in watched}
+                now = {pid: cpu(pid) for pid in watched}
                 for pid in watched:
                     cpu_by_target[name][pid] += now[pid] - mark[pid]
                 window[name] += time.monotonic() - began

@@ -58,6 +58,8 @@ class Target:
     warmup_requests: tuple[bytes, ...] = ()
     consume: bool = False
     depth: int = 1
+    # unary with no identities: this many long-lived server-authenticated channels (enrollment).
+    channels: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ class _Driver:
         t = self.target
         if t.kind == "connect":
             return
-        for identity in t.identities:
+        for identity in t.identities or (None,) * t.channels:
             self._channels.append(
                 grpc.aio.secure_channel(t.address, _credentials(t.ca_pem, identity), options=_OWN_CONNECTION)
             )
@@ -137,13 +139,14 @@ class _Driver:
             identities = itertools.cycle(t.identities or (None,))
             return [self._connect_op(identities) for _ in range(t.depth)]
         make = {"unary": self._unary_op, "bidi": self._bidi_op, "handshake": self._handshake_op}[t.kind]
+        owners = t.identities or (None,) * t.channels
         return [
             make(channel, identity)
-            for channel, identity in zip(self._channels, t.identities, strict=True)
+            for channel, identity in zip(self._channels, owners, strict=True)
             for _ in range(t.depth)
         ]
 
-    def _unary_op(self, channel: grpc.aio.Channel, identity: Identity) -> Op:
+    def _unary_op(self, channel: grpc.aio.Channel, identity: Identity | None) -> Op:
         call = channel.unary_unary(self.target.method)
 
         async def op(request: bytes) -> None:
@@ -164,7 +167,7 @@ class _Driver:
 
         return op
 
-    def _bidi_op(self, channel: grpc.aio.Channel, identity: Identity) -> Op:
+    def _bidi_op(self, channel: grpc.aio.Channel, identity: Identity | None) -> Op:
         method = channel.stream_stream(self.target.method)
 
         async def op(request: bytes) -> None:
@@ -180,7 +183,7 @@ class _Driver:
 
         return op
 
-    def _handshake_op(self, channel: grpc.aio.Channel, identity: Identity) -> Op:
+    def _handshake_op(self, channel: grpc.aio.Channel, identity: Identity | None) -> Op:
         # The agent's side of the exchange with the server, from the shared pure modules
         # (what agent/exchange.py runs, without its thread-per-stream sync plumbing).
         from kms.groups import Group
@@ -189,6 +192,7 @@ class _Driver:
         from kms.peers import server_peer
         from kms.v1 import handshake_pb2
 
+        assert identity is not None, "a handshake target needs identities"
         key = serialization.load_pem_private_key(identity.key_pem, None)
         assert isinstance(key, rsa.RSAPrivateKey)
         cert = x509.load_pem_x509_certificate(identity.cert_pem)

@@ -16,13 +16,27 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["BenchError", "ServerProcess", "cpu_seconds", "exe", "rss_bytes"]
+__all__ = [
+    "BenchError",
+    "BenchSkip",
+    "ServerProcess",
+    "cpu_seconds",
+    "exe",
+    "rss_bytes",
+    "tree",
+    "tree_cpu_seconds",
+    "tree_rss_bytes",
+]
 
 READY_TIMEOUT = 60.0
 
 
 class BenchError(Exception):
     """A benchmark could not run (a server did not start, a client failed): one line for the user."""
+
+
+class BenchSkip(BenchError):
+    """A scenario cannot run on this machine (a tool is missing): said in one line, not an error."""
 
 
 def exe(name: str) -> str:
@@ -41,9 +55,57 @@ def rss_bytes(pid: int) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far, from /proc/PID/stat."""
-    # The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    # The command name (field 2) may hold spaces: fields after its closing parenthesis, from field 3.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def tree(root: int) -> list[int]:
+    """A process and all its descendants alive now (a supervisor and its workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue  # exited meanwhile
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of a process and all its descendants: a supervisor and its workers.
+
+    Each member counts its own user + system time and that of its children it
+    has already reaped (cutime + cstime), so a worker that exits between two
+    readings moves its time to its parent's count instead of losing it.
+    """
+    total = 0
+    for pid in tree(root):
+        try:
+            total += sum(int(f) for f in _stat_fields(pid)[11:15])
+        except OSError:
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident set size of a process and its descendants (pages they share count in each)."""
+    total = 0
+    for pid in tree(root):
+        try:
+            total += rss_bytes(pid)
+        except (OSError, BenchError):
+            continue
+    return total
 
 
 def _clean_env() -> dict[str, str]:

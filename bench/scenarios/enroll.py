@@ -23,7 +23,7 @@ from bench.scenarios.common import throughput_result
 from bench.softhsm import BenchHsm, softhsm_module
 from kms.v1 import enrollment_pb2
 
-__all__ = ["run"]
+__all__ = ["enroll_requests", "run"]
 
 HSM = "ecdsa-p256 HSM"  # the P-256 CA key in a SoftHSM2 token
 CA_TYPES = ("ecdsa-p256", "rsa-3072", HSM)
@@ -34,10 +34,11 @@ LANES = 4  # connections being made at once per client process
 WARMUP_TOKENS = 10
 
 
-def _tokens(ctx: BenchContext, kms: KmsServer, ca_type: str, workers: int) -> list[tuple[bytes, ...]]:
+def enroll_requests(
+    ctx: BenchContext, kms: KmsServer, count: int, workers: int, label: str = ""
+) -> list[tuple[bytes, ...]]:
     """Per worker: enrollment requests, each with its own token, made now (outside the timing)."""
-    count = math.ceil(CEILING[ca_type] * ctx.duration * 1.2) + workers * WARMUP_TOKENS
-    ctx.progress.step(f"making {count} join tokens ({ca_type} CA)")
+    ctx.progress.step(f"making {count} join tokens{f' ({label})' if label else ''}")
     tokens = kms.create_tokens([f"enroll-{i}" for i in range(count)])
     keys = ctx.agent_keys
     requests = [
@@ -45,6 +46,11 @@ def _tokens(ctx: BenchContext, kms: KmsServer, ca_type: str, workers: int) -> li
         for i, t in enumerate(tokens)
     ]
     return split(requests, workers)
+
+
+def _tokens(ctx: BenchContext, kms: KmsServer, ca_type: str, workers: int) -> list[tuple[bytes, ...]]:
+    count = math.ceil(CEILING[ca_type] * ctx.duration * 1.2) + workers * WARMUP_TOKENS
+    return enroll_requests(ctx, kms, count, workers, f"{ca_type} CA")
 
 
 def run(ctx: BenchContext) -> list[Result]:

@@ -155,10 +155,11 @@ def measure(
     """
     n = sum(s.streams for s in specs)
     run = FanoutRun(groups={name: [] for name in groups or {}})
-    from bench.procs import cpu_seconds, rss_bytes
+    from bench.procs import tree_cpu_seconds, tree_rss_bytes
 
+    # Each server's whole process tree: a supervisor and its workers.
     def rss() -> int:
-        return sum(rss_bytes(pid) for pid in pids)
+        return sum(tree_rss_bytes(pid) for pid in pids)
 
     prime()
     time.sleep(0.3)
@@ -174,7 +175,7 @@ def measure(
         cpu_start = 0.0
         for r in range(WARMUP_ROUNDS + rounds):
             if r == WARMUP_ROUNDS:
-                cpu_start = sum(cpu_seconds(pid) for pid in pids)
+                cpu_start = sum(tree_cpu_seconds(pid) for pid in pids)
             ctx.progress.step(
                 f"{label}: round {r + 1 - WARMUP_ROUNDS}/{rounds}"
                 if r >= WARMUP_ROUNDS
@@ -197,7 +198,7 @@ def measure(
             time.sleep(0.1)  # rounds do not overlap
         delivered = len(run.latencies) * n
         if delivered:
-            run.cpu_per_message = (sum(cpu_seconds(pid) for pid in pids) - cpu_start) / delivered
+            run.cpu_per_message = (sum(tree_cpu_seconds(pid) for pid in pids) - cpu_start) / delivered
         pool.send("stop")
         run.summaries = pool.results(timeout=60)
     return run

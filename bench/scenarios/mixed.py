@@ -6,11 +6,12 @@ a thread here revokes a key version every 100 ms through the admin socket.
 Afterwards every revocation must have reached every watcher; its latency is
 the last arrival minus the instant the Revoke call returned (durable).
 
-The target is against plain echo. A third phase, ``echo-loaded``, runs the
-same echo while the bare baseline server pushes a message every 100 ms to
-1,000 subscribers of its own (the same count, clients and processes as the
-watchers): what the stack itself keeps under the same fan-out on this
-machine. It is reported beside the result, not judged.
+The target is against ``echo-loaded``: the same echo while the bare
+baseline server pushes a message every 100 ms to 1,000 subscribers of its
+own (the same count, clients and processes as the watchers), i.e. what the
+stack itself keeps under the same fan-out on this machine (issue 20 redefined
+it so; it was plain echo before). Plain echo still runs in phases of its own
+and is reported beside (``echo_calls_s``, ``ratio_vs_echo``), not judged.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = ["run"]
 REVOCATIONS_PER_SECOND = 10
 LOADED = "echo-loaded"
 DELIVERY_P99_MS = 250.0
+MIN_RATIO = 0.80  # FetchKey under the fan-out / echo under the same fan-out
 
 
 class _Pacer:
@@ -149,7 +151,7 @@ def run(ctx: BenchContext) -> list[Result]:
     kms_seconds = out["seed-kms"].cpu_window_seconds  # its phases, as measured
     cpu_used = out["seed-kms"].cpu_seconds_by_pid
     watchers_cpu = sum(cpu_used[pid] for pid in watcher_pids)
-    kms_out, echo_out = out["seed-kms"], out["echo"]
+    kms_out, echo_out, loaded_out = out["seed-kms"], out["echo"], out[LOADED]
     all_delivered = bool(revoker.sent) and len(delivered) == len(revoker.sent) and not tracker.errors
     result = throughput_result(
         "mixed",
@@ -157,10 +159,10 @@ def run(ctx: BenchContext) -> list[Result]:
         "FetchKey under load",
         "calls/s",
         kms_out,
-        echo_out,
-        "echo",
-        0.60,
-        target=f"ratio >= 0.60; all revocations delivered, p99 < {DELIVERY_P99_MS:.0f} ms",
+        loaded_out,
+        LOADED,
+        MIN_RATIO,
+        target=f"ratio >= {MIN_RATIO:.2f}; all revocations delivered, p99 < {DELIVERY_P99_MS:.0f} ms",
         details={
             "revocations": len(revoker.sent),
             "delivered_to_all": len(delivered),
@@ -171,15 +173,19 @@ def run(ctx: BenchContext) -> list[Result]:
             # CPU seconds per second of Seed KMS phase, out of the machine's cores.
             "watchers_cpu_cores": watchers_cpu / kms_seconds,
             "server_cpu_cores": cpu_used[kms_pid] / kms_seconds,
-            # Informative (see the module docstring): echo under the same fan-out, bare stack.
-            "echo_loaded_calls_s": out[LOADED].rate,
-            "ratio_vs_echo_loaded": kms_out.rate / out[LOADED].rate if out[LOADED].rate else math.nan,
-            "echo_loaded_p50_ms": percentile(out[LOADED].latencies, 50) * 1000,
             "echo_loaded_pushes_delivered": f"{base_delivered}/{len(publisher.sent)}",
+            # Informative (see the module docstring): plain echo, no fan-out.
+            "echo_calls_s": echo_out.rate,
+            "ratio_vs_echo": kms_out.rate / echo_out.rate if echo_out.rate else math.nan,
+            "echo_p50_ms": percentile(echo_out.latencies, 50) * 1000,
         },
-        samples={"seed-kms": kms_out.latencies, "echo": echo_out.latencies, "delivery": latencies},
+        samples={"seed-kms": kms_out.latencies, LOADED: loaded_out.latencies, "delivery": latencies},
     )
+    # throughput_result names the baseline's figures after it: echo_loaded_p50_ms, not echo-loaded_...
+    result.details = {k.replace(f"{LOADED}_", "echo_loaded_"): v for k, v in result.details.items()}
     if tracker.errors:
         result.details["watch_error"] = tracker.errors[0]
-    result.passed = result.ratio >= 0.60 and all_delivered and p99 < DELIVERY_P99_MS and not kms_out.errors
+    result.passed = (
+        result.ratio >= MIN_RATIO and all_delivered and p99 < DELIVERY_P99_MS and not kms_out.errors
+    )
     return [result]

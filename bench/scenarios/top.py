@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 
 from bench.context import BenchContext
-from bench.procs import cpu_seconds, exe
+from bench.procs import exe, tree_cpu_seconds
 from bench.results import Result
 from kms.v1 import admin_pb2, monitor_pb2, monitor_pb2_grpc
 
@@ -66,12 +66,12 @@ def _seed(data_dir: Path, count: int) -> None:
 
 def _timed(pid: int, rounds: int, one: Callable[[int], object]) -> tuple[list[float], float]:
     """Latencies (s) of rounds calls of one(i), and the server's CPU seconds per call."""
-    latencies, cpu = [], cpu_seconds(pid)
+    latencies, cpu = [], tree_cpu_seconds(pid)
     for i in range(rounds):
         start = time.perf_counter()
         one(i)
         latencies.append(time.perf_counter() - start)
-    return latencies, (cpu_seconds(pid) - cpu) / rounds
+    return latencies, (tree_cpu_seconds(pid) - cpu) / rounds
 
 
 class _View:
@@ -141,10 +141,10 @@ def _idle_ticks(channel: grpc.Channel, pid: int) -> float:
     view = _View(channel, 200)
     try:
         view.update(0, 1)
-        cpu, ticks = cpu_seconds(pid), 10
+        cpu, ticks = tree_cpu_seconds(pid), 10
         for _ in range(ticks):
             next(view.stream)
-        return (cpu_seconds(pid) - cpu) / ticks
+        return (tree_cpu_seconds(pid) - cpu) / ticks
     finally:
         view.close()
 
