@@ -60,6 +60,9 @@ class KmsServer:
             "--enroll-listen",
             "127.0.0.1:0",
             *KMS_LIMIT_FLAGS,
+            # One process unless the scenario says otherwise (scaling, openbao): the server's
+            # default, one worker per core, would change every ratio with the machine.
+            *([] if "--workers" in extra_args else ["--workers", "1"]),
             *extra_args,
         ]
         self.process = ServerProcess(cmd, "kms-server ready ", label, root / "server.log")
