@@ -71,27 +71,43 @@ def _worker_of(client_port: int, server_port: int, pids: list[int]) -> int | Non
     return None
 
 
+def _who_am_i(channel: grpc.Channel) -> None:
+    from kms.v1 import identity_pb2, identity_pb2_grpc
+
+    identity_pb2_grpc.IdentityStub(channel).WhoAmI(identity_pb2.WhoAmIRequest(), timeout=10)
+
+
+def _ca_bundle(channel: grpc.Channel) -> None:
+    from kms.v1 import enrollment_pb2, enrollment_pb2_grpc
+
+    enrollment_pb2_grpc.EnrollmentStub(channel).GetCABundle(enrollment_pb2.GetCABundleRequest(), timeout=10)
+
+
 def channel_on_each_worker(
-    server: ServerProcess, credentials: grpc.ChannelCredentials, count: int, tries: int = 64
+    server: ServerProcess,
+    credentials: grpc.ChannelCredentials,
+    count: int,
+    tries: int = 64,
+    *,
+    enrollment: bool = False,
 ) -> dict[int, grpc.Channel]:
-    """One open mTLS channel accepted by each of the server's count workers (by worker pid).
+    """One open channel accepted by each of the server's count workers (by worker pid): to the
+    mTLS port with an agent's credentials, or (enrollment) to the enrollment port.
 
     Raises:
         AssertionError: after tries channels, some worker still has none (odds 2**-63 for 2).
     """
-    from kms.v1 import identity_pb2, identity_pb2_grpc
-
-    port = int(server.address.rsplit(":", 1)[1])
+    address = server.enroll_address if enrollment else server.address
+    probe = _ca_bundle if enrollment else _who_am_i
+    port = int(address.rsplit(":", 1)[1])
     pids = worker_pids(server, count)
     found: dict[int, grpc.Channel] = {}
     spare: list[Any] = []
     for _ in range(tries):
         before = _own_ports(port)
         # A subchannel pool of its own: a new TCP connection, not one shared with earlier channels.
-        channel = grpc.secure_channel(
-            server.address, credentials, options=[("grpc.use_local_subchannel_pool", 1)]
-        )
-        identity_pb2_grpc.IdentityStub(channel).WhoAmI(identity_pb2.WhoAmIRequest(), timeout=10)
+        channel = grpc.secure_channel(address, credentials, options=[("grpc.use_local_subchannel_pool", 1)])
+        probe(channel)
         new = _own_ports(port) - before
         assert len(new) == 1, f"expected one new connection, saw {sorted(new)}"
         pid = _worker_of(new.pop(), port, pids)

@@ -4,23 +4,35 @@ Connections are put on each worker deterministically (tests/workers.py reads whi
 accepted each from /proc): a revocation is refused on every worker before the call that made it
 returns and closes the streams on every worker within a second; watchers on either worker get
 every event in order and resume exactly on the other; a worker that cannot confirm a revocation
-is killed and replaced (fail closed), as is one that dies; the workers end with their supervisor.
+is killed and replaced (fail closed), as is one that dies; a join token raced through both is
+used once, and the audit chain both write stays one chain; the workers end with their supervisor.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kms.v1 import admin_pb2, identity_pb2, identity_pb2_grpc, revocation_pb2, revocation_pb2_grpc
+from kms.v1 import (
+    admin_pb2,
+    enrollment_pb2,
+    enrollment_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    revocation_pb2,
+    revocation_pb2_grpc,
+)
 from tests.e2e.raw_streams import RawStream
 from tests.e2e.rig import Rig
-from tests.harness import ServerProcess, agent_credentials, enroll, short_tmpdir
+from tests.harness import ServerProcess, agent_credentials, enroll, short_tmpdir, snapshot
+from tests.pki import csr_der
 from tests.workers import channel_on_each_worker, worker_pids
 
 RIG = Rig("kmswk", ("--workers", "2", "--key-schedule-poll", "1h"), agents=(("a", ("web",)), ("b", ("web",))))
@@ -147,6 +159,44 @@ def test_a_worker_that_cannot_confirm_is_replaced_and_a_dead_one_restarted(
     again = channel_on_each_worker(server, agent_credentials(root / "b"), 2)
     for ch in again.values():
         ch.close()
+
+
+def test_one_token_raced_through_both_workers_is_used_once_and_the_audit_chain_holds(
+    rig: tuple[ServerProcess, Path], rsa_key: rsa.RSAPrivateKey, other_rsa_key: rsa.RSAPrivateKey
+) -> None:
+    server, root = rig
+    ca = grpc.ssl_channel_credentials((root / "a" / "ca.crt").read_bytes())
+    channels = list(channel_on_each_worker(server, ca, 2, enrollment=True).values())
+    csrs = (csr_der(rsa_key), csr_der(other_rsa_key))
+    try:
+        for round_ in range(4):  # each round: one token, one racer on each worker at once
+            name = f"racer-{round_}"
+            token = server.token(name)
+            barrier = threading.Barrier(2)
+            outcomes: list[str] = []
+
+            def race(i: int, token: str = token) -> None:
+                barrier.wait()
+                request = enrollment_pb2.EnrollRequest(join_token=token, csr_der=csrs[i])
+                try:
+                    enrollment_pb2_grpc.EnrollmentStub(channels[i]).Enroll(request, timeout=15)
+                    outcomes.append("ok")
+                except grpc.RpcError as exc:
+                    outcomes.append(exc.code().name)
+
+            racers = [threading.Thread(target=race, args=(i,)) for i in (0, 1)]
+            for racer in racers:
+                racer.start()
+            for racer in racers:
+                racer.join(30)
+            assert sorted(outcomes) == ["UNAUTHENTICATED", "ok"], outcomes
+            assert sum(1 for r in snapshot(server)["certificates"] if r[1] == name) == 1
+    finally:
+        for ch in channels:
+            ch.close()
+    # Both workers wrote the audit chain all along, each in its own batches: it is one chain.
+    verified = server.admin("audit", "verify")
+    assert verified.returncode == 0, verified.stderr
 
 
 @pytest.mark.sqlite_only("the supervisor's life line does not depend on the store")
