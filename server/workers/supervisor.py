@@ -22,6 +22,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from kms.errors import FailedPrecondition
 from server.config import ServerConfig
 from server.deployment.datadir import DataDir
 from server.workers.hub import Hub
@@ -35,6 +36,10 @@ logger = logging.getLogger(__name__)
 MUST_STOP = 3
 # The worker's index and the hub's socket: "INDEX:PATH" (set only in a worker's environment).
 ROLE_ENV = "SEED_KMS_WORKER"
+# A worker's refusal that no restart can fix (FailedPrecondition: a wrong data dir, master key or
+# token PIN): the whole server stops with it, as one process would, rather than retry (a wrong
+# PIN retried would lock the token).
+REFUSED = FailedPrecondition.exit_code
 # A worker that dies again within this long of starting waits longer before the next start.
 _STABLE = 10.0
 _MAX_PAUSE = 10.0
@@ -56,6 +61,7 @@ class Supervisor:
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
         self.failed = asyncio.Event()  # a worker asked the whole server to stop
+        self.status = 1  # the exit status then
 
     def _environment(self, index: int) -> dict[str, str]:
         cfg = self._cfg
@@ -109,7 +115,8 @@ class Supervisor:
             await self._hub.gone(index)
             if self._stopping:
                 return
-            if code == MUST_STOP:
+            if code in (MUST_STOP, REFUSED):
+                self.status = 1 if code == MUST_STOP else REFUSED
                 self.failed.set()
                 return
             logger.error("worker %d exited (status %s): starting it again", index, code)
@@ -180,7 +187,7 @@ async def supervise(cfg: ServerConfig, argv: list[str]) -> int:
         for keeper in keepers:
             keeper.cancel()
         print("kms-server stopped", file=sys.stderr, flush=True)
-        return 1 if failed.done() else 0
+        return supervisor.status if failed.done() else 0
     finally:
         held.close()
         datadir.release()
