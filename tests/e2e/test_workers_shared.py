@@ -9,6 +9,7 @@ service, on the primary's admin socket) sees a stream, and an enrollment, on the
 from __future__ import annotations
 
 import re
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from kms.v1 import (
     revocation_pb2,
     revocation_pb2_grpc,
 )
-from tests.e2e.worker_sockets import on_worker, worker_pids
+from tests.e2e.worker_sockets import held, on_worker, worker_pids
 from tests.harness import ServerProcess, agent_credentials, enroll, short_tmpdir
 
 _ONE_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # each channel its own TCP connection
@@ -38,6 +39,7 @@ _BAD_TOKEN = "0123456789abcdef." + "A" * 43
 def server(backend: str) -> Iterator[ServerProcess]:
     root = short_tmpdir("kmsshare")
     args = ["--max-streams-per-identity", "2", "--auth-failure-rate", "3", "--heartbeat", "1s"]
+    args += ["--max-anonymous-connections-per-address", "4", "--tls-handshake-timeout", "30s"]
     started = ServerProcess(root / "d", extra_args=[*args, "--http-listen", "127.0.0.1:0"], workers=2)
     started.start()
     try:
@@ -148,6 +150,30 @@ def test_an_address_over_its_failure_budget_on_one_worker_is_refused_on_the_othe
     with _enroll_channel(server, other) as second:
         stub = enrollment_pb2_grpc.EnrollmentStub(second)
         assert _refused(lambda: stub.Enroll(bad, timeout=10)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_an_address_holds_its_anonymous_connections_on_both_workers_together(server: ServerProcess) -> None:
+    assert server.proc is not None
+    supervisor, port = server.proc.pid, _port(server.enroll_address)
+    deadline = time.monotonic() + 10
+    while any(held(supervisor, port).values()):  # the other tests' connections closed
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    kept: list[socket.socket] = []
+    try:
+        for pid in _workers(server) * 2:  # two on each: the address's cap (4) together
+            kept.append(
+                on_worker(supervisor, port, pid, lambda: socket.create_connection(("127.0.0.1", port)))
+            )
+        time.sleep(0.2)  # the notes cross: one loop turn, and the hub's relay
+        for _ in range(3):  # whichever worker takes the next one closes it at once
+            with socket.create_connection(("127.0.0.1", port)) as extra:
+                extra.settimeout(5)
+                with pytest.raises(ConnectionResetError):
+                    assert extra.recv(1) == b"x"  # an admitted connection would wait for our bytes
+    finally:
+        for sock in kept:
+            sock.close()
 
 
 def _health_checks(text: str) -> float:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["on_worker", "worker_pids"]
+__all__ = ["held", "on_worker", "worker_pids"]
 
 T = TypeVar("T")
 _ESTABLISHED = "01"
