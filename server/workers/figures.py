@@ -16,10 +16,11 @@ call's path:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from server.ops.merge import Families, families_of
+from server.ops.merge import Families, families_of, packed, unpacked
 from server.ops.observe import Elsewhere
 from server.store import CertificateRecord
 from server.workers.link import WorkerLink
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["share_figures"]
 
 _PRIMARY = 0
+_PER_NOTE = 1000  # certificates per message: a frame stays far below protocol.MAX_FRAME
 _CERT_FIELDS = ("serial", "agent_name", "not_before", "not_after", "issued_at", "token_id", "ca_generation")
 
 
@@ -38,8 +40,8 @@ def share_figures(app: App, link: WorkerLink) -> None:
     """Every worker answers for its figures; the primary asks, and hears of every certificate issued."""
     s = app.services
 
-    async def samples(_message: Message) -> Families:
-        return families_of(s.metrics.registry)
+    async def samples(_message: Message) -> str:
+        return packed(families_of(s.metrics.registry))
 
     async def part(message: Message) -> dict[str, Any]:
         here = s.observer.here([str(n) for n in message.get("names", [])])
@@ -48,11 +50,12 @@ def share_figures(app: App, link: WorkerLink) -> None:
     link.on_ask("metrics", samples)
     link.on_ask("observe", part)
     if not link.role.primary:
-        s.enrollment.tell(lambda cert: link.send_to(_PRIMARY, "issued", cert=_cert_note(cert)))
+        s.enrollment.tell(_IssuedNotes(link).note)
         return
 
     async def others() -> list[Families]:
-        return [a for a in await link.ask("metrics") if a is not None]
+        answers = await link.ask("metrics")
+        return [unpacked(a) for a in answers if isinstance(a, str)]  # None: that worker could not say
 
     async def elsewhere(names: Sequence[str]) -> Elsewhere:
         totals, seen = [0.0, 0.0, 0.0], dict[str, int]()
@@ -65,13 +68,32 @@ def share_figures(app: App, link: WorkerLink) -> None:
         return Elsewhere((totals[0], totals[1], totals[2]), seen)
 
     def issued(message: Message) -> None:
-        cert = _cert_of(dict(message["cert"]))
-        s.observer.issued_elsewhere(cert)
-        s.expiring.issued(cert)
+        for note in message["certs"]:
+            cert = _cert_of(dict(note))
+            s.observer.issued_elsewhere(cert)
+            s.expiring.issued(cert)
 
     s.metrics.others = others
     s.observer.elsewhere = elsewhere
     link.on_cast("issued", issued)
+
+
+class _IssuedNotes:
+    """The certificates this worker issued during one loop turn, sent to the primary once it ends."""
+
+    def __init__(self, link: WorkerLink) -> None:
+        self._link = link
+        self._certs: list[dict[str, Any]] = []
+
+    def note(self, cert: CertificateRecord) -> None:
+        if not self._certs:
+            asyncio.get_running_loop().call_soon(self._send)
+        self._certs.append(_cert_note(cert))
+
+    def _send(self) -> None:
+        certs, self._certs = self._certs, []
+        for start in range(0, len(certs), _PER_NOTE):
+            self._link.send_to(_PRIMARY, "issued", certs=certs[start : start + _PER_NOTE])
 
 
 def _cert_note(cert: CertificateRecord) -> dict[str, Any]:

@@ -174,9 +174,9 @@ class SharedLimits:
             self._on_holders(message, replace=True)
         else:
             for name, levels in dict(message.get("levels") or {}).items():
-                limiter = self._buckets.get(name)
-                for key, level in levels if limiter is not None else ():
-                    limiter.at_most(str(key), float(level))  # type: ignore[union-attr]
+                if (limiter := self._buckets.get(name)) is not None:
+                    for key, level in levels:
+                        limiter.at_most(str(key), float(level))
 
     def _on_gone(self, message: Message) -> None:
         worker = int(message["from"])
