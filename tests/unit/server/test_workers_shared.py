@@ -72,3 +72,14 @@ def test_metrics_add_up_over_workers_except_what_the_primary_says_once() -> None
     # Alone, the primary's exposition is what one process shows.
     alone = generate_latest(_Collected(merged(families_of(primary), [])))
     assert alone == generate_latest(primary)
+
+
+def test_top_rates_add_the_other_workers_totals_and_never_go_negative() -> None:
+    from server.ops.metrics import Metrics
+    from server.ops.rates import Rates
+
+    rates = Rates(Metrics())
+    rates.sample(0.0, (10.0, 0.0, 0.0))
+    rates.sample(2.0, (30.0, 4.0, 0.0))  # another worker served 20 RPCs and 4 releases in 2 s
+    rates.sample(3.0, (0.0, 0.0, 0.0))  # it restarted: its totals start again from zero
+    assert list(rates.rpcs) == [10.0, 10.0, 0.0] and list(rates.releases) == [2.0, 2.0, 0.0]
