@@ -62,7 +62,10 @@ class _Batch:
 
     def note(self, key: str, count: int = 1) -> None:
         if not self._keys:
-            asyncio.get_running_loop().call_soon(self._flush)
+            try:
+                asyncio.get_running_loop().call_soon(self._flush)
+            except RuntimeError:  # no loop: the worker is stopping, and the hub casts "gone" for it
+                return
         self._keys[key] = self._keys.get(key, 0) + count
 
     def _flush(self) -> None:
