@@ -110,7 +110,7 @@ class ExchangeService:
         self._clock = clock
         self._timeout = step_timeout
         self._rate = rate
-        self._limiter = RateLimiter(rate * 60, burst=rate)
+        self.limiter = RateLimiter(rate * 60, burst=rate)  # shared by workers: server/workers/shared.py
         self._listening: dict[str, _Listener] = {}
         self._peers = AgentPeers([ca_cert], trust_domain, revocations.is_revoked)
         self._crypto = ThreadPoolExecutor(max_workers=_CRYPTO_THREADS, thread_name_prefix="handshake")
@@ -146,7 +146,7 @@ class ExchangeService:
     # --- the caller is the initiator ---------------------------------------------------
 
     async def exchange(self, caller: Caller, frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
-        wait = self._limiter.take(caller.name)
+        wait = self.limiter.take(caller.name)
         if wait:
             raise ResourceExhausted(
                 f"agent {caller.name!r} starts at most {self._rate} key exchanges a second: "

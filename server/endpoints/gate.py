@@ -39,6 +39,7 @@ from kms.addresses import join_hostport
 from kms.errors import FailedPrecondition
 from server.endpoints.limits import peer_address
 from server.endpoints.relay import Relay
+from server.workers.tally import Tally
 
 __all__ = ["AnonymousGate", "gate_capacity", "raise_open_file_limit"]
 
@@ -141,6 +142,11 @@ class AnonymousGate:
         self._refused = refused
         self._open: Counter[str] = Counter()
         self._open_total = 0
+        # Of several workers (server/workers/shared.py): the others' open connections per
+        # holder, which count against per_address too, and who to tell of this one's.
+        # The total stays this process's own: it guards this process's descriptors.
+        self.elsewhere = Tally()
+        self.changed: Callable[[str], None] | None = None
         self._relays: dict[int, str] = {}  # our local port towards the backend -> the real peer address
         self._listeners: list[socket.socket] = []
         self._adopting: set[asyncio.Task[None]] = set()
@@ -152,6 +158,10 @@ class AnonymousGate:
     @property
     def open_connections(self) -> int:
         return self._open_total
+
+    def held_here(self, holder: str | None = None) -> dict[str, int]:
+        """This worker's open connections of holder (or of every holder)."""
+        return dict(self._open) if holder is None else {holder: self._open.get(holder, 0)}
 
     def peer_of(self, peer: str) -> str:
         """The real address behind a gRPC peer string of the backend ("ipv4:127.0.0.1:PORT")."""
@@ -246,7 +256,8 @@ class AnonymousGate:
                 return
             address = _address_of(peer)
             holder = _holder(address)
-            if self._open[holder] >= self._per_address or self.open_connections >= self._total:
+            held = self._open[holder] + self.elsewhere.count(holder)
+            if held >= self._per_address or self.open_connections >= self._total:
                 # Closed at once, with a reset: no FIN handshake to wait for.
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 conn.close()
@@ -254,6 +265,8 @@ class AnonymousGate:
                 continue
             self._open[holder] += 1
             self._open_total += 1
+            if self.changed is not None:
+                self.changed(holder)
             conn.setblocking(False)
             task = asyncio.get_running_loop().create_task(self._adopt(conn, address))
             self._adopting.add(task)
@@ -301,7 +314,10 @@ class AnonymousGate:
         self._open_relays.discard(relay)
         if relay.backend_port is not None and self._relays.get(relay.backend_port) == address:
             del self._relays[relay.backend_port]
-        self._open[_holder(address)] -= 1
+        holder = _holder(address)
+        self._open[holder] -= 1
         self._open_total -= 1
-        if self._open[address] <= 0:
-            del self._open[address]
+        if self._open[holder] <= 0:
+            del self._open[holder]
+        if self.changed is not None:
+            self.changed(holder)

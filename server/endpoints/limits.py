@@ -40,7 +40,10 @@ def peer_address(peer: str) -> str:
 class RateLimiter:
     """Allows ``per_minute`` events per key, refilled continuously; the oldest keys are forgotten first.
 
-    A full bucket holds ``burst`` events (default: a minute's worth).
+    A full bucket holds ``burst`` events (default: a minute's worth). Of several
+    workers (server/workers/shared.py), each is told of what the others took
+    (``consume``) and tells them of what it takes (``on_take``): one budget per
+    key for the whole server.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class RateLimiter:
         self._rate = per_minute / 60.0
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+        self.on_take: Callable[[str], None] | None = None  # told of each event allowed
 
     def _level(self, key: str) -> float:
         now = self._clock()
@@ -66,11 +70,30 @@ class RateLimiter:
         level = self._level(key)
         if level < 1:
             return (1 - level) / self._rate
-        self._buckets[key] = (level - 1, self._clock())
+        self._put(key, level - 1)
+        if self.on_take is not None:
+            self.on_take(key)
+        return 0.0
+
+    def consume(self, key: str, count: float) -> None:
+        """Events taken elsewhere (another worker): the level may go below zero, a longer wait."""
+        self._put(key, self._level(key) - count)
+
+    def depleted(self, limit: int) -> list[tuple[str, float]]:
+        """The levels now of at most limit keys below a full bucket, the lowest first."""
+        levels = [(key, self._level(key)) for key in list(self._buckets)]
+        return sorted(((k, v) for k, v in levels if v < self._capacity), key=lambda kv: kv[1])[:limit]
+
+    def at_most(self, key: str, level: float) -> None:
+        """Lowers key's level to level now, if it is higher (a joining worker learns the others')."""
+        if level < self._level(key):
+            self._put(key, level)
+
+    def _put(self, key: str, level: float) -> None:
+        self._buckets[key] = (level, self._clock())
         self._buckets.move_to_end(key)
         if len(self._buckets) > _MAX_KEYS:
             self._buckets.popitem(last=False)
-        return 0.0
 
 
 @dataclass

@@ -178,6 +178,16 @@ class EnrollmentService:
         # signs anything. The store's check, in the renewal's transaction, is the one that holds.
         self._renewed_at: OrderedDict[str, int] = OrderedDict()
 
+    def tell(self, hook: Callable[[CertificateRecord], None]) -> None:
+        """hook is told of each certificate stored here too (of several workers: server/workers/figures.py)."""
+        told = self._on_issued
+
+        def both(cert: CertificateRecord) -> None:
+            told(cert)
+            hook(cert)
+
+        self._on_issued = both
+
     async def create_token(
         self,
         name: str,

@@ -98,7 +98,7 @@ class HttpSidePort:
         path = urllib.parse.urlsplit(target).path
         if path == "/metrics" and method == "GET":
             await self._refresh()
-            return 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics.exposition()
+            return 200, "text/plain; version=0.0.4; charset=utf-8", await self._metrics.whole()
         if path == "/healthz" and method == "GET":
             if await self._healthy():
                 return 200, "text/plain", b"ok\n"

@@ -6,10 +6,15 @@ Besides our own, the registry carries prometheus_client's standard collectors: p
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+
+from server.ops.merge import Families, families_of, merged
 
 __all__ = ["Metrics"]
 
@@ -69,6 +74,8 @@ class Metrics:
         # Labelled children looked up once: labels() takes a lock and hashes on every call.
         self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._started_children: dict[str, Counter] = {}
+        # Of several workers: the others' samples (server/workers/figures.py); None: one process.
+        self.others: Callable[[], Awaitable[list[Families]]] | None = None
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         children = self._rpc_children.get((method, code))
@@ -87,3 +94,20 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    async def whole(self) -> bytes:
+        """The exposition of the whole server: this process's, or every worker's merged (server/ops/merge.py)."""
+        if self.others is None:
+            return self.exposition()
+        others = await self.others()
+        return generate_latest(_Collected(merged(families_of(self.registry), others)))
+
+
+class _Collected:
+    """Metrics already gathered, as generate_latest takes a registry."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self._metrics

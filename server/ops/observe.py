@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 from server.clock import Clock, now_seconds
 from server.keys import KeyService
@@ -28,9 +28,9 @@ from server.ops.rates import Rates
 from server.ops.roster import Roster, newest_of
 from server.revocation.feed import StreamGuard
 from server.revocation.service import normalize_serial
-from server.store import KeyRecord, Store, rules
+from server.store import CertificateRecord, KeyRecord, Store, rules
 
-__all__ = ["AgentRow", "KeyRow", "Observer", "Overview", "SoonRow", "Standing", "Window"]
+__all__ = ["AgentRow", "Elsewhere", "KeyRow", "Observer", "Overview", "SoonRow", "Standing", "Window"]
 
 KEYS_EVERY = 5.0
 MIN_GAP = 0.1
@@ -129,6 +129,15 @@ class Standing:
     renewed_open_streams: int = 0
 
 
+@dataclass(frozen=True)
+class Elsewhere:
+    """The other workers' part of a view (server/workers/figures.py): their running totals
+    (RPCs, key releases, enrollments, summed) and when each agent shown last called one of them."""
+
+    totals: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    seen: dict[str, int] = field(default_factory=dict)
+
+
 def _key_row(k: KeyRecord) -> KeyRow:
     return KeyRow(
         k.name,
@@ -168,6 +177,17 @@ class Observer:
         self._last_seen = last_seen
         self._key_list: list[KeyRecord] = []
         self._keys_read: tuple[float, int] = (-float("inf"), -1)  # (monotonic, journal.key_changes)
+        # Of several workers: asks the others for their part of a view (the agents shown); None: one process.
+        self.elsewhere: Callable[[Sequence[str]], Awaitable[Elsewhere]] | None = None
+
+    def here(self, names: Sequence[str]) -> Elsewhere:
+        """This worker's part of another worker's view: its totals, and when names last called here."""
+        return Elsewhere(self._rates.totals(), {n: seen for n in names if (seen := self._last_seen(n))})
+
+    def issued_elsewhere(self, cert: CertificateRecord) -> None:
+        """Another worker issued cert: the roster and the journal show it as if issued here."""
+        self._roster.issued(cert)
+        self._journal.issued(cert)
 
     async def _key_records(self) -> list[KeyRecord]:
         read_at, changes = self._keys_read
@@ -177,13 +197,13 @@ class Observer:
             self._keys_read = (time.monotonic(), changes)
         return self._key_list
 
-    def _agent_rows(self, names: Sequence[str], now: int) -> tuple[AgentRow, ...]:
+    def _agent_rows(self, names: Sequence[str], now: int, elsewhere: Elsewhere) -> tuple[AgentRow, ...]:
         rows = []
         for name in names:
             newest = self._roster.newest(name)
             if newest is None:
                 continue
-            seen = max(self._last_seen(name), newest.issued_at)
+            seen = max(self._last_seen(name), elsewhere.seen.get(name, 0), newest.issued_at)
             status = self._roster.status(newest, now)
             streams = self._guard.open_streams(name)
             rows.append(AgentRow(name, streams, seen, newest.serial, newest.not_after, status))
@@ -195,8 +215,9 @@ class Observer:
         await self._roster.fresh()
         keys = await self._key_records()
         now = now_seconds(self._clock)
-        self._rates.sample(time.monotonic())
         matching, names = self._roster.window(w.filter, w.agent_offset, w.agent_limit)
+        elsewhere = Elsewhere() if self.elsewhere is None else await self.elsewhere(names)
+        self._rates.sample(time.monotonic(), elsewhere.totals)
         shown_keys = [k for k in keys if w.filter in k.name] if w.filter else keys
         soon = [
             SoonRow("certificate expires", name, at) for at, name in self._roster.ending(now, w.soon_limit)
@@ -207,7 +228,7 @@ class Observer:
             agents_total=len(self._roster),
             agents_matching=matching,
             agents_online=self._guard.agents_online,
-            agents=self._agent_rows(names, now),
+            agents=self._agent_rows(names, now, elsewhere),
             keys_total=len(keys),
             keys_matching=len(shown_keys),
             keys=tuple(_key_row(k) for k in shown_keys[w.key_offset : w.key_offset + w.key_limit]),

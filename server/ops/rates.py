@@ -8,6 +8,7 @@ the last ``keep`` seconds kept.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 from prometheus_client import Counter
 
@@ -34,13 +35,19 @@ class Rates:
         self.enrollments: deque[float] = deque(maxlen=keep)
         self._last: tuple[float, tuple[float, float, float]] | None = None
 
-    def _totals(self) -> tuple[float, float, float]:
+    def totals(self) -> tuple[float, float, float]:
+        """This process's running totals: RPCs, key releases, enrollments."""
         m = self._metrics
         return float(m.rpc_total), _total(m.key_releases), _total(m.enrollments)
 
-    def sample(self, monotonic: float) -> None:
-        """Appends the rates since the last sample, once per whole second elapsed (none before one)."""
-        totals = self._totals()
+    def sample(self, monotonic: float, others: Sequence[float] = (0.0, 0.0, 0.0)) -> None:
+        """Appends the rates since the last sample, once per whole second elapsed (none before one).
+
+        others: the other workers' totals, added to this one's (a worker that restarted makes
+        the sum dip: that second's rate shows 0, never a negative one).
+        """
+        here = self.totals()
+        totals = (here[0] + others[0], here[1] + others[1], here[2] + others[2])
         if self._last is None:
             self._last = (monotonic, totals)
             return
@@ -51,5 +58,5 @@ class Rates:
         for series, now, before in zip(
             (self.rpcs, self.releases, self.enrollments), totals, self._last[1], strict=True
         ):
-            series.extend([(now - before) / elapsed] * seconds)
+            series.extend([max(0.0, now - before) / elapsed] * seconds)
         self._last = (monotonic, totals)

@@ -18,6 +18,7 @@ from kms.errors import Revoked
 from server.ops.metrics import Metrics
 from server.revocation.states import REVOCATION_KINDS
 from server.store import RevocationEvent, rules
+from server.workers.tally import Tally
 
 __all__ = ["GuardedStream", "Heartbeat", "RevocationFeed", "StreamGuard", "Subscription"]
 
@@ -181,15 +182,24 @@ class GuardedStream:
 
 
 class StreamGuard:
-    """Knows which open streams belong to which certificate and agent, to close revoked ones."""
+    """Knows which open streams belong to which certificate and agent, to close revoked ones.
+
+    The counts (open_streams, serial_streams, agents_online) are the whole
+    server's: of several workers, the others' as they last noted them
+    (``elsewhere_*``, kept by server/workers/shared.py, told through ``changed``).
+    """
 
     def __init__(self) -> None:
         self._by_serial: dict[str, set[GuardedStream]] = defaultdict(set)
         self._by_agent: dict[str, set[GuardedStream]] = defaultdict(set)
+        self.elsewhere_agents, self.elsewhere_serials = Tally(), Tally()
+        self.changed: Callable[[str, str], None] | None = None  # (agent, serial) opened or closed one
 
     def register(self, stream: GuardedStream) -> None:
         self._by_serial[stream.serial].add(stream)
         self._by_agent[stream.agent].add(stream)
+        if self.changed is not None:
+            self.changed(stream.agent, stream.serial)
 
     def unregister(self, stream: GuardedStream) -> None:
         serial, agent = stream.serial, stream.agent
@@ -199,19 +209,30 @@ class StreamGuard:
             del self._by_serial[serial]
         if not self._by_agent[agent]:
             del self._by_agent[agent]
+        if self.changed is not None:
+            self.changed(agent, serial)
+
+    def here(self, agent: str = "", serial: str = "") -> int:
+        """The open streams on this worker of agent (or of serial)."""
+        return len(self._by_agent.get(agent, ()) if agent else self._by_serial.get(serial, ()))
+
+    def held_here(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Every open count on this worker: by agent, by serial."""
+        return {a: len(s) for a, s in self._by_agent.items()}, {c: len(s) for c, s in self._by_serial.items()}
 
     def open_streams(self, agent: str) -> int:
         """The open streams of an agent, all its certificates together (renewing gives no more)."""
-        return len(self._by_agent.get(agent, ()))
+        return len(self._by_agent.get(agent, ())) + self.elsewhere_agents.count(agent)
 
     def serial_streams(self, serial: str) -> int:
         """The open streams of one certificate."""
-        return len(self._by_serial.get(serial, ()))
+        return len(self._by_serial.get(serial, ())) + self.elsewhere_serials.count(serial)
 
     @property
     def agents_online(self) -> int:
         """How many agents hold at least one stream open."""
-        return len(self._by_agent)
+        elsewhere = self.elsewhere_agents.keys()
+        return len(self._by_agent.keys() | elsewhere) if elsewhere else len(self._by_agent)
 
     def close(self, event: RevocationEvent, grace: float) -> int:
         """Closes, after grace seconds, every stream the event revokes; returns how many."""

@@ -105,10 +105,12 @@ class Hub:
         return details
 
     async def gone(self, index: int) -> None:
-        """Worker index exited: nothing waits for it any more."""
+        """Worker index exited: nothing waits for it any more, and the others drop what it held open."""
         peer = self._peers.pop(index, None)
         if peer is not None:
             peer.writer.close()
+        for other in list(self._peers.values()):
+            other.send({"op": "cast", "topic": "gone", "from": index})
         async with self._changed:
             self._changed.notify_all()
 

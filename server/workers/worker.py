@@ -17,8 +17,10 @@ from kms.cli import use_json_logs
 from server.app import create_server
 from server.config import ServerConfig
 from server.endpoints.gate import raise_open_file_limit
+from server.workers.figures import share_figures
 from server.workers.link import WorkerLink, WorkerRole
 from server.workers.ports import worker_config
+from server.workers.shared import share_limits
 from server.workers.supervisor import MUST_STOP
 
 __all__ = ["serve_worker"]
@@ -36,6 +38,8 @@ async def serve_worker(cfg: ServerConfig, role_text: str) -> int:
     link = WorkerLink(WorkerRole(int(index), Path(hub)))
     app = await create_server(worker_config(cfg), link=link)
     await link.connect()
+    share_limits(app, link)  # one budget per client and agent, whole-server counts
+    share_figures(app, link)  # /metrics and `top` of the whole server, on the primary
     # Wake-ups are answered from now on, while the ports open: a revocation made meanwhile
     # waits for this worker too, and must not find it deaf for the hub's whole bound.
     joined = asyncio.create_task(link.run())

@@ -77,6 +77,8 @@ def test_a_worker_that_does_not_apply_within_the_bound_is_killed_then_the_event_
         started = time.monotonic()
         a.send({"op": "announce", "seq": 3})
         assert await b.next() == {"op": "wake", "seq": 3}  # and b never answers
+        # The others drop what b held open (server/workers/shared.py), then a has its confirmation.
+        assert await a.next() == {"op": "cast", "topic": "gone", "from": 1}
         assert await a.next() == {"op": "confirmed", "seq": 3}
         assert killed == [1]
         assert 0.25 <= time.monotonic() - started < 2
