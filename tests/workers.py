@@ -9,24 +9,30 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from tests.harness import ServerProcess
 
-__all__ = ["channel_on_each_worker", "worker_pids"]
+__all__ = ["channel_on_each_worker", "children", "held", "on_worker", "worker_pids"]
+
+T = TypeVar("T")
+
+
+def children(supervisor: int) -> list[int]:
+    """The workers' pids, the primary's first (it is started first)."""
+    return sorted(int(p) for p in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split())
 
 
 def worker_pids(server: ServerProcess, count: int, timeout: float = 10.0) -> list[int]:
     """The supervisor's children (its workers), once there are count of them."""
     assert server.proc is not None
-    path = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
     deadline = time.monotonic() + timeout
     while True:
-        pids = [int(p) for p in path.read_text().split()]
+        pids = children(server.proc.pid)
         if len(pids) == count or time.monotonic() > deadline:
             return pids
         time.sleep(0.05)
@@ -59,6 +65,31 @@ def _own_ports(server_port: int) -> set[int]:
     """The local ports of this process's connections to server_port."""
     mine = _socket_inodes(os.getpid())
     return {local for local, remote, inode in _connections() if remote == server_port and inode in mine}
+
+
+def held(supervisor: int, port: int) -> dict[int, set[int]]:
+    """Per worker pid: the client ports of the connections to port it holds."""
+    ends = {inode: remote for local, remote, inode in _connections() if local == port}
+    return {pid: {ends[i] for i in _socket_inodes(pid) if i in ends} for pid in children(supervisor)}
+
+
+def on_worker(supervisor: int, port: int, want: int, open_one: Callable[[], T], tries: int = 40) -> T:
+    """Opens connections (open_one connects and returns something to keep or close) until one lands
+    on worker pid want; returns that one, having closed the others (their close())."""
+    for _ in range(tries):
+        before = held(supervisor, port)
+        made = open_one()
+        deadline = time.monotonic() + 5
+        while True:
+            after = held(supervisor, port)
+            new = {pid for pid in after if after[pid] - before.get(pid, set())}
+            if new or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        if new == {want}:
+            return made
+        made.close()  # type: ignore[attr-defined]
+    raise AssertionError(f"no connection to port {port} landed on worker {want} in {tries} tries")
 
 
 def _worker_of(client_port: int, server_port: int, pids: list[int]) -> int | None:

@@ -1,6 +1,6 @@
 """Story: with `--workers 2`, what the workers share holds as in one process (issue 20 §1).
 
-Each test puts connections on both workers, checked in /proc (tests/e2e/worker_sockets.py):
+Each test puts connections on both workers, checked in /proc (tests/workers.py):
 an agent's stream cap counts its streams on both; an address over its failure budget on one
 worker is refused on the other; /metrics counts the calls of both; and `top` (the Monitor
 service, on the primary's admin socket) sees a stream, and an enrollment, on the other worker.
@@ -28,8 +28,8 @@ from kms.v1 import (
     revocation_pb2,
     revocation_pb2_grpc,
 )
-from tests.e2e.worker_sockets import held, on_worker, worker_pids
 from tests.harness import ServerProcess, agent_credentials, enroll, short_tmpdir
+from tests.workers import children, held, on_worker
 
 _ONE_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # each channel its own TCP connection
 _BAD_TOKEN = "0123456789abcdef." + "A" * 43
@@ -60,7 +60,7 @@ def _port(address: str) -> int:
 
 def _workers(server: ServerProcess) -> list[int]:
     assert server.proc is not None
-    pids = worker_pids(server.proc.pid)
+    pids = children(server.proc.pid)
     assert len(pids) == 2
     return pids
 
