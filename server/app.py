@@ -116,13 +116,14 @@ class App:
             )
             self._tasks.append(asyncio.create_task(auto.run_forever()))
 
-    async def stop(self) -> None:
-        """Graceful: refuse new calls, let in-flight ones finish within the grace period."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: refuse new calls, let in-flight ones finish within the grace period (grace:
+        shutdown_grace unless given; 0 ends every call and stream now)."""
         s = self.services
         await s.health.enter_graceful_shutdown()  # load balancers stop sending new calls
         for task in self._tasks:
             task.cancel()
-        await self.listeners.stop(self.config.shutdown_grace.total_seconds())
+        await self.listeners.stop(self.config.shutdown_grace.total_seconds() if grace is None else grace)
         s.watch.close()  # after the grace: streams still open in it get their heartbeats
         s.failures.close_interval()  # the last refusals' audit records join the final flush
         s.exchanges.close()

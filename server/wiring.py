@@ -111,10 +111,11 @@ async def open_services(
     expiring = ExpiringCertificates(store, clock)
     metrics, journal = Metrics(), Journal()
     trust = CATrust(store, ca, deployment.sealer, _token(cfg))
-    on_publish = _each(expiring.published, journal.published, trust.published, *_told(link))
+    on_publish = _each(expiring.published, journal.published, trust.published)
     events = _CAEvents(feed := RevocationFeed(await store.last_seq(), metrics, on_publish=on_publish))
+    events.here = link.committed if link is not None else events.here
     rotation, retirement, tls = await _generations(cfg, deployment, datadir, ca, clock, events, trust, link)
-    keys = _keys(cfg, deployment, clock, feed, schedule_changed := asyncio.Event())
+    keys = _keys(cfg, deployment, clock, _here(feed.publish, link), schedule_changed := asyncio.Event())
     guard, health, audit = StreamGuard(), HealthBoard(), AuditBatcher(store)
     crl = CrlPublisher(ca, store, clock, trust=trust)
     revocations = RevocationService(store, feed, guard, keys, clock, on_revoked=crl.invalidate)
@@ -148,7 +149,7 @@ async def open_services(
         exchanges=_exchanges(cfg, ca, tls, trust_domain, audit, revocations, clock, trust),
         limits=_limits(cfg),
         failures=FailureReport(audit.add, cfg.failure_report_interval.total_seconds(), wall=clock),
-        scheduler=_scheduler(cfg, store, keys, clock, feed, schedule_changed),
+        scheduler=_scheduler(cfg, store, keys, clock, _here(feed.publish, link), schedule_changed),
         observer=_observer(store, roster, journal, keys, guard, metrics, clock, authenticator),
         ca_rotation=rotation,
         ca_trust=trust,
@@ -177,7 +178,7 @@ async def _generations(
         for each in tls:  # none yet at start: it is built after, from the active CA
             await each.reissue()
 
-    retirement = CARetirement(deployment.store, clock, events.feed.publish)
+    retirement = CARetirement(deployment.store, clock, _here(events.feed.publish, link))
     trust.on_bundle(retirement.heard)  # an activation on another replica: its timer set at once
 
     rotation = CARotation(
@@ -229,9 +230,9 @@ def _observer(
     return Observer(store, roster, journal, keys, guard, Rates(metrics), clock, authenticator.last_seen)
 
 
-def _told(link: WorkerLink | None) -> list[Callable[[RevocationEvent], None]]:
-    """The other workers are told of each event this one commits (server/workers/link.py)."""
-    return [] if link is None else [link.published]
+def _here(publish: Callable[[RevocationEvent], T], link: WorkerLink | None) -> Callable[[RevocationEvent], T]:
+    """publish, for events this server commits: each is noted to the other workers first (link)."""
+    return publish if link is None else link.local(publish)
 
 
 def _watch(cfg: ServerConfig, store: Store, feed: RevocationFeed, follower: EventFollower) -> WatchService:
@@ -243,10 +244,10 @@ def _scheduler(
     store: Store,
     keys: KeyService,
     clock: Clock,
-    feed: RevocationFeed,
+    publish: Callable[[RevocationEvent], object],
     changed: asyncio.Event,
 ) -> KeyScheduler:
-    return KeyScheduler(store, keys, clock, feed.publish, cfg.key_schedule_poll.total_seconds(), changed)
+    return KeyScheduler(store, keys, clock, publish, cfg.key_schedule_poll.total_seconds(), changed)
 
 
 def _follower(
@@ -257,10 +258,10 @@ def _follower(
     link: WorkerLink | None,
 ) -> EventFollower:
     """What reads the events other replicas (and other workers: link) commit, and applies them here."""
-    apply = revocations.apply_remote if link is None else link.remote(revocations.apply_remote)
-    follower = EventFollower(store, feed, apply, StoreHealth(health))
+    follower = EventFollower(store, feed, revocations.apply_remote, StoreHealth(health))
     if link is not None:
         link.follow(follower)
+        revocations.committed_here = link.committed
     return follower
 
 
@@ -277,9 +278,11 @@ class _CAEvents:
     def __init__(self, feed: RevocationFeed) -> None:
         self.feed = feed
         self.revocations: RevocationService | None = None
+        self.here: Callable[[int], None] = lambda _seq: None  # a worker's link.committed
 
     def __call__(self, event: RevocationEvent) -> None:
         if event.kind == "bundle":
+            self.here(event.seq)
             self.feed.publish(event)
         elif self.revocations is None:  # never at run time: the server serves once wiring is done
             raise RuntimeError("a revocation before the revocation service exists")
@@ -307,14 +310,14 @@ def _keys(
     cfg: ServerConfig,
     deployment: Deployment,
     clock: Clock,
-    feed: RevocationFeed,
+    publish: Callable[[RevocationEvent], object],
     schedule_changed: asyncio.Event,
 ) -> KeyService:
     return KeyService(
         deployment.store,
         deployment.sealer,
         clock,
-        publish=feed.publish,
+        publish=publish,
         schedule_changed=schedule_changed.set,
         min_rotation_period=int(cfg.min_rotation_period.total_seconds()),
     )

@@ -17,7 +17,7 @@ import grpc
 
 from tests.harness import ServerProcess
 
-__all__ = ["channel_on_each_worker", "children", "held", "on_worker", "worker_pids"]
+__all__ = ["channel_on_each_worker", "children", "held", "on_worker", "worker_index", "worker_pids"]
 
 T = TypeVar("T")
 
@@ -27,14 +27,27 @@ def children(supervisor: int) -> list[int]:
     return sorted(int(p) for p in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split())
 
 
+def worker_index(pid: int) -> int | None:
+    """Which worker pid is (0: the primary), from the role its supervisor started it with (None:
+    not started yet, between fork and exec, or gone)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for entry in environ.split(b"\0"):
+        if entry.startswith(b"SEED_KMS_WORKER="):
+            return int(entry.split(b"=", 1)[1].split(b":", 1)[0])
+    return None
+
+
 def worker_pids(server: ServerProcess, count: int, timeout: float = 10.0) -> list[int]:
     """The supervisor's children (its workers), once there are count of them."""
     assert server.proc is not None
     deadline = time.monotonic() + timeout
     while True:
-        pids = children(server.proc.pid)
-        if len(pids) == count or time.monotonic() > deadline:
-            return pids
+        roles = {pid: worker_index(pid) for pid in children(server.proc.pid)}
+        if (len(roles) == count and None not in roles.values()) or time.monotonic() > deadline:
+            return sorted(roles, key=lambda pid: roles[pid] if roles[pid] is not None else count)
         time.sleep(0.05)
 
 

@@ -34,10 +34,9 @@ current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("
 class Settle(Protocol):
     """Holds back a call's answer until what it committed took effect in every worker (server/workers/link.py)."""
 
-    @property
-    def unsettled(self) -> bool: ...
+    def begin_call(self) -> list[int]: ...
 
-    async def settle(self) -> None: ...
+    async def settle(self, commits: list[int]) -> None: ...
 
 
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -102,6 +101,21 @@ class Chain:
             error = after(call, error)
         return error
 
+    async def _committing(self, behavior: Unary, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """The handler's answer, given only once every worker applied what it committed: a
+        revocation returns once every worker refuses what it revoked (one process: at once)."""
+        settle = self._settle_with
+        if settle is None:
+            return await behavior(request, context)
+        commits = settle.begin_call()
+        try:
+            response = await behavior(request, context)
+        except Exception:
+            await settle.settle(commits)  # a refusal after a commit, too, waits for it
+            raise
+        await settle.settle(commits)
+        return response
+
     def _unary(self, behavior: Unary, *, streaming: bool) -> Unary:
         name = behavior.__qualname__
 
@@ -113,12 +127,9 @@ class Chain:
                 request = await self._enter(call, request, streaming)
                 token = current_caller.set(call.caller)
                 try:
-                    response = await behavior(request, context)
+                    response = await self._committing(behavior, request, context)
                 finally:
                     current_caller.reset(token)
-                # A revocation returns once every worker refuses what it revoked (one worker: never waits).
-                if self._settle_with is not None and self._settle_with.unsettled:
-                    await self._settle_with.settle()
             except Exception as exc:
                 failure = exc
             except asyncio.CancelledError as exc:

@@ -77,6 +77,8 @@ class RevocationService:
         self._keys = keys
         self._clock = clock
         self._on_revoked = on_revoked
+        # Told of each event this server commits, before it is applied (server/workers/link.py).
+        self.committed_here: Callable[[int], None] = lambda _seq: None
         # Revoked serials and their reasons: the per-call check of every caller and of
         # handshake peers reads this, not the store.
         self._revoked: dict[str, str] = {}
@@ -98,9 +100,14 @@ class RevocationService:
         return now_seconds(self._clock)
 
     def _committed(self, event: RevocationEvent | None) -> Revocation | None:
-        """Applies a committed revocation in memory (None: nothing was revoked)."""
+        """Applies a revocation this server committed in memory (None: nothing was revoked)."""
         if event is None:
             return None
+        self.committed_here(event.seq)
+        return self._apply(event)
+
+    def _apply(self, event: RevocationEvent) -> Revocation:
+        """Applies a committed revocation, this server's or another's, in memory."""
         if self._feed.has_published(event.seq):
             # Applied already: another path (the follower, reading the shared log) got here first.
             return Revocation(event, already_revoked=False)
@@ -139,7 +146,7 @@ class RevocationService:
             return
         if event.kind == "key" and event.key_name is not None and event.key_version is not None:
             self._keys.forget_wrapped(event.key_name, event.key_version)
-        self._committed(event)
+        self._apply(event)
 
     async def _already(self, **subject: object) -> Revocation:
         earlier = await self._store.last_event(**subject)  # type: ignore[arg-type]

@@ -72,6 +72,8 @@ class Hub:
         self._connections: set[asyncio.Task[object]] = set()
         # The newest seq any worker announced: a worker that joins reads up to it before serving.
         self.announced = 0
+        # Set by the supervisor as it stops the workers: their connections then end as they should.
+        self.stopping = False
         # Questions to every other worker, by the hub's id: the answers so far, by worker index.
         self._asks: dict[int, dict[int, object]] = {}
         self._next_ask = 0
@@ -82,6 +84,7 @@ class Hub:
         os.chmod(self.path, 0o600)
 
     async def stop(self) -> None:
+        self.stopping = True
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
@@ -142,12 +145,18 @@ class Hub:
                 del self._peers[peer.index]
                 async with self._changed:
                     self._changed.notify_all()
+                if not self.stopping:
+                    # A worker that left the hub but may still serve hears of no revocation:
+                    # it is ended (fail closed), and started again.
+                    logger.error("worker %d left the supervisor's socket: ending it", peer.index)
+                    self._spawn(self._kill(peer.index))
 
     async def _dispatch(self, peer: _Peer, message: Message) -> None:
         op = message["op"]
         if op == "announce":
             seq = int(message["seq"])
-            peer.applied = max(peer.applied, seq)
+            # What it has read of the log: its own event may sit above one it has not read yet.
+            peer.applied = max(peer.applied, int(message["applied"]))
             self.announced = max(self.announced, seq)
             self._spawn(self._confirm(peer, seq))
         elif op == "applied":
@@ -201,9 +210,10 @@ class Hub:
         origin.send({"op": "answers", "id": message["id"], "answers": list(answers.values())})
 
     async def _confirm(self, origin: _Peer, seq: int) -> None:
-        """Wakes the others; confirms seq to origin once every live worker applied it."""
+        """Wakes every worker behind seq (origin too: it may lack an event another worker committed
+        before its own); confirms seq to origin once every live worker applied it."""
         for peer in list(self._peers.values()):
-            if peer is not origin and peer.applied < seq:
+            if peer.applied < seq:
                 peer.send({"op": "wake", "seq": seq})
 
         def behind() -> list[_Peer]:

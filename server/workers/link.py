@@ -12,9 +12,10 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kms.errors import Unavailable
 from server.revocation.follower import EventFollower
@@ -24,6 +25,11 @@ from server.workers.protocol import Message, read_message, write_message
 __all__ = ["WorkerLink", "WorkerRole"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The events the unary call in progress committed: the newest seq, in a list the call's task
+# holds (server/endpoints/chain.py begins it, link.committed raises it).
+_this_call: ContextVar[list[int] | None] = ContextVar("worker_call_commits", default=None)
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,6 @@ class WorkerLink:
         self._follower: EventFollower | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._remote = False  # the follower is applying another worker's event
         self._local = 0  # the newest seq this worker committed
         self._announced = 0
         self._confirmed = 0
@@ -78,6 +83,8 @@ class WorkerLink:
         if welcome is None or welcome["op"] != "welcome":
             raise Unavailable("the supervisor closed its socket: this worker stops")
         await self.follower.catch_up_to(int(welcome["seq"]))
+        # Told at once: a confirmation pending since before the welcome waits for this worker too.
+        self._send({"op": "applied", "seq": self.follower.applied})
         self._reader = reader
 
     def ready(self, **details: Any) -> None:
@@ -168,44 +175,49 @@ class WorkerLink:
 
     # --- events this worker commits ----------------------------------------------------
 
-    def remote(self, apply: Callable[[RevocationEvent], None]) -> Callable[[RevocationEvent], None]:
-        """apply, marked as applying another worker's event (it needs no announcing)."""
-
-        def applying(event: RevocationEvent) -> None:
-            self._remote = True
-            try:
-                apply(event)
-            finally:
-                self._remote = False
-
-        return applying
-
-    def published(self, event: RevocationEvent) -> None:
-        """The feed sent an event out; one this worker committed is announced (batched per loop turn)."""
-        if self._remote or event.seq <= self._local:
+    def committed(self, seq: int) -> None:
+        """This worker committed event seq, whichever path then publishes it here (the commit's
+        own, or the follower's read of the log that won the race to it): it is announced
+        (batched per loop turn), and the call that committed it settles on it."""
+        commits = _this_call.get()
+        if commits is not None and seq > commits[0]:
+            commits[0] = seq
+        if seq <= self._local:
             return
         first = self._local <= self._announced
-        self._local = event.seq
+        self._local = seq
         if first:
             asyncio.get_running_loop().call_soon(self._announce)
+
+    def local(self, publish: Callable[[RevocationEvent], T]) -> Callable[[RevocationEvent], T]:
+        """publish, for events this worker commits: each is noted (committed) first."""
+
+        def publishing(event: RevocationEvent) -> T:
+            self.committed(event.seq)
+            return publish(event)
+
+        return publishing
 
     def _announce(self) -> None:
         if self._local > self._announced:
             self._announced = self._local
-            self._send({"op": "announce", "seq": self._local})
+            # What this worker has read of the log, not its own event: it may lack one another
+            # worker committed just before (the hub then waits for it to read up to here too).
+            self._send({"op": "announce", "seq": self._local, "applied": self.follower.applied})
 
-    @property
-    def unsettled(self) -> bool:
-        """Whether an event this worker committed is not yet confirmed applied by every worker."""
-        return self._local > self._confirmed
+    def begin_call(self) -> list[int]:
+        """A unary call starts: the events it commits are gathered here, for settle."""
+        commits = [0]
+        _this_call.set(commits)  # each RPC runs in its own task, and so its own context
+        return commits
 
-    async def settle(self) -> None:
-        """Returns once every worker applied every event this worker committed so far.
+    async def settle(self, commits: list[int]) -> None:
+        """Returns once every worker applied every event the call committed (none: at once).
 
         Raises:
             Unavailable: the supervisor is gone (this worker is stopping).
         """
-        target = self._local
+        target = commits[0]
         if target <= self._confirmed:
             return
         if self._lost.is_set():

@@ -27,18 +27,32 @@ class Reservation:
         self.sockets: list[socket.socket] = []
 
     def hold(self, host: str, port: int, flag: str) -> int:
-        """Binds host:port (SO_REUSEPORT, not listening); returns the port bound."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        """Binds host:port on each of the host's addresses (SO_REUSEPORT, not listening), as the
+        listeners bind them; returns the port bound (port 0: the first address's, on them all)."""
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host or "0.0.0.0", port))  # noqa: S104 - the operator's address, or every one
+            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except OSError as exc:
-            sock.close()
-            raise FailedPrecondition(f"cannot listen on {host}:{port} ({flag}): {exc.strerror}") from None
-        self.sockets.append(sock)
-        return int(sock.getsockname()[1])
+            raise FailedPrecondition(
+                f"cannot listen on {host}:{port} ({flag}): {exc.strerror or exc}"
+            ) from None
+        seen: set[tuple[int, object]] = set()
+        for family, kind, proto, _, addr in infos:
+            if (family, addr[0]) in seen:
+                continue
+            seen.add((family, addr[0]))
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6 and len(infos) > 1:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((addr[0], port, *addr[2:]))
+            except OSError as exc:
+                sock.close()
+                raise FailedPrecondition(f"cannot listen on {host}:{port} ({flag}): {exc.strerror}") from None
+            self.sockets.append(sock)
+            port = int(sock.getsockname()[1])
+        return port
 
     def close(self) -> None:
         for sock in self.sockets:
@@ -46,19 +60,15 @@ class Reservation:
         self.sockets = []
 
 
-def _host_for_bind(host: str) -> str:
-    return socket.gethostbyname(host) if host and ":" not in host and not host[0].isdigit() else host
-
-
 def reserve(cfg: ServerConfig) -> tuple[Reservation, ServerConfig]:
     """Holds the config's ports; the config with the ports really held (port 0 resolved)."""
     held = Reservation()
     try:
-        listen = held.hold(_host_for_bind(cfg.listen_host), cfg.listen_port, "--listen")
-        enroll = held.hold(_host_for_bind(cfg.enroll_host), cfg.enroll_port, "--enroll-listen")
+        listen = held.hold(cfg.listen_host, cfg.listen_port, "--listen")
+        enroll = held.hold(cfg.enroll_host, cfg.enroll_port, "--enroll-listen")
         http = cfg.http_port
         if cfg.http_host is not None:
-            http = held.hold(_host_for_bind(cfg.http_host), cfg.http_port, "--http-listen")
+            http = held.hold(cfg.http_host, cfg.http_port, "--http-listen")
     except BaseException:
         held.close()
         raise

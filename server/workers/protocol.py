@@ -16,8 +16,9 @@ __all__ = ["MAX_FRAME", "Message", "read_message", "write_message"]
 
 Message = dict[str, Any]
 
-# A control message is a few hundred bytes; a larger frame is a confused peer.
-MAX_FRAME = 1 << 20
+# A control message is a few hundred bytes, a worker's /metrics samples some tens of KiB
+# compressed; a larger frame is a confused peer (its connection ends, and with it the worker).
+MAX_FRAME = 16 << 20
 _HEADER = struct.Struct(">I")
 
 

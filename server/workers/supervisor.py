@@ -33,8 +33,9 @@ __all__ = ["MUST_STOP", "ROLE_ENV", "supervise"]
 logger = logging.getLogger(__name__)
 
 # How a worker tells the supervisor the whole server must stop (the event log was rewritten).
-MUST_STOP = 3
-# The worker's index and the hub's socket: "INDEX:PATH" (set only in a worker's environment).
+MUST_STOP = 90  # no KmsError exits with it
+# The worker's index, the hub's socket and the supervisor's pid: "INDEX:PID:PATH" (set only in a
+# worker's environment, which the worker removes it from).
 ROLE_ENV = "SEED_KMS_WORKER"
 # A worker's refusal that no restart can fix (FailedPrecondition: a wrong data dir, master key or
 # token PIN): the whole server stops with it, as one process would, rather than retry (a wrong
@@ -66,7 +67,7 @@ class Supervisor:
     def _environment(self, index: int) -> dict[str, str]:
         cfg = self._cfg
         env = dict(os.environ)
-        env[ROLE_ENV] = f"{index}:{self._hub.path}"
+        env[ROLE_ENV] = f"{index}:{os.getpid()}:{self._hub.path}"
         env[PORTS_ENV] = f"{cfg.listen_port},{cfg.enroll_port},{cfg.http_port}"
         return env
 
@@ -95,7 +96,8 @@ class Supervisor:
         await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
             ready.cancel()
-            raise WorkerFailed(exited.result() or 1)
+            status = exited.result()
+            raise WorkerFailed(status if status and status > 0 else 1)  # a signal's death: 1
         exited.cancel()
         return str(ready.result()["line"])
 
@@ -139,6 +141,7 @@ class Supervisor:
     async def stop(self) -> None:
         """SIGTERM to every worker; those still running after the grace (and a margin) are killed."""
         self._stopping = True
+        self._hub.stopping = True
         running = [p for p in self._procs.values() if p.returncode is None]
         for proc in running:
             with contextlib.suppress(ProcessLookupError):
@@ -173,6 +176,7 @@ async def supervise(cfg: ServerConfig, argv: list[str]) -> int:
             line = await _until(supervisor.start(), stopping)
         except WorkerFailed as exc:
             await supervisor.stop()
+            print("kms-server stopped", file=sys.stderr, flush=True)
             return exc.status
         if line is None:  # stopped while starting
             await supervisor.stop()

@@ -9,11 +9,15 @@ until every worker applied it, and stops once its supervisor is gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
+import os
 import signal
 from pathlib import Path
 
 from kms.cli import use_json_logs
+from kms.errors import FailedPrecondition
 from server.app import create_server
 from server.config import ServerConfig
 from server.endpoints.gate import raise_open_file_limit
@@ -21,11 +25,38 @@ from server.workers.figures import share_figures
 from server.workers.link import WorkerLink, WorkerRole
 from server.workers.ports import worker_config
 from server.workers.shared import share_limits
-from server.workers.supervisor import MUST_STOP
+from server.workers.supervisor import MUST_STOP, ROLE_ENV
 
 __all__ = ["serve_worker"]
 
 logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _role(text: str) -> WorkerRole:
+    """The role the supervisor gave ("INDEX:PID:PATH"), once checked to be this process's parent.
+
+    Raises:
+        FailedPrecondition: the variable was set by hand: without a supervisor a worker would run
+            without the data dir lock and hear of no revocation.
+    """
+    index, pid, hub = text.split(":", 2)
+    if int(pid) != os.getppid():
+        raise FailedPrecondition(
+            f"{ROLE_ENV} is set, but this kms-server was not started by a kms-server supervisor:"
+            f" unset {ROLE_ENV} (it is kms-server's own, between its processes)"
+        )
+    os.environ.pop(ROLE_ENV, None)  # the worker's own children are not workers
+    return WorkerRole(int(index), Path(hub))
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel ends this worker if its supervisor dies without a word (SIGKILL, OOM),
+    even while this worker hangs; its socket closing is the first, gentler, notice."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 async def serve_worker(cfg: ServerConfig, role_text: str) -> int:
@@ -34,8 +65,8 @@ async def serve_worker(cfg: ServerConfig, role_text: str) -> int:
     if cfg.log_format == "json":
         use_json_logs()
     raise_open_file_limit()
-    index, _, hub = role_text.partition(":")
-    link = WorkerLink(WorkerRole(int(index), Path(hub)))
+    _die_with_parent()  # first: the parent check below then also covers a supervisor gone meanwhile
+    link = WorkerLink(_role(role_text))
     app = await create_server(worker_config(cfg), link=link)
     await link.connect()
     share_limits(app, link)  # one budget per client and agent, whole-server counts
@@ -57,9 +88,11 @@ async def serve_worker(cfg: ServerConfig, role_text: str) -> int:
     failure = None if app.following.cancelled() or not app.following.done() else app.following.exception()
     if failure is not None:
         logger.critical("stopping: %s", failure)
-    elif joined.done():
-        logger.error("the supervisor is gone: stopping")
-    await app.stop()
+    lost = joined.done()
+    if lost:
+        logger.error("the supervisor is gone: stopping now (no revocation reaches this worker any more)")
+    # Without its supervisor a worker hears of no revocation: every call and stream ends now.
+    await app.stop(grace=0.0 if lost else None)
     link.close()
     joined.cancel()
     return MUST_STOP if failure is not None else 0

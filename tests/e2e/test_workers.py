@@ -87,6 +87,29 @@ def test_a_revocation_is_refused_on_every_worker_before_revoke_returns(
             ch.close()
 
 
+def test_a_revocation_committed_through_the_other_worker_is_refused_everywhere_when_it_returns(
+    rig: tuple[ServerProcess, Path], rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """A --replace enrollment on the non-primary worker revokes the certificate it replaces."""
+    server, root = rig
+    enroll(server, root / "d", server.token("d", "web"))
+    agents = channel_on_each_worker(server, agent_credentials(root / "d"), 2)
+    ca = grpc.ssl_channel_credentials((root / "d" / "ca.crt").read_bytes())
+    enrollment = channel_on_each_worker(server, ca, 2, enrollment=True)
+    other = worker_pids(server, 2)[1]
+    try:
+        request = admin_pb2.CreateJoinTokenRequest(name="d", groups=["web"], replace=True)
+        token = server.stub.CreateJoinToken(request, timeout=30).token
+        enrollment_pb2_grpc.EnrollmentStub(enrollment[other]).Enroll(
+            enrollment_pb2.EnrollRequest(join_token=token, csr_der=csr_der(rsa_key)), timeout=15
+        )
+        # The replaced certificate, the moment the enrollment answered: refused on both workers.
+        assert [_who(ch) for ch in agents.values()] == [grpc.StatusCode.UNAUTHENTICATED] * 2
+    finally:
+        for ch in [*agents.values(), *enrollment.values()]:
+            ch.close()
+
+
 def test_watchers_on_both_workers_get_every_event_and_resume_on_the_other(
     rig: tuple[ServerProcess, Path],
 ) -> None:
@@ -126,7 +149,7 @@ def test_a_worker_that_cannot_confirm_is_replaced_and_a_dead_one_restarted(
     server, root = rig
     enroll(server, root / "c", server.token("c", "web"))
     channels = channel_on_each_worker(server, agent_credentials(root / "c"), 2)
-    primary, other = worker_pids(server, 2)  # the primary starts first
+    primary, other = worker_pids(server, 2)
     for ch in channels.values():
         ch.close()
     os.kill(other, signal.SIGSTOP)  # it can apply nothing now

@@ -55,7 +55,7 @@ def test_an_announced_event_is_confirmed_once_every_other_worker_applied_it(tmp_
         a, welcome = await _Worker.join(hub, 0)
         b, _ = await _Worker.join(hub, 1)
         assert welcome == {"op": "welcome", "seq": 0}
-        a.send({"op": "announce", "seq": 7})
+        a.send({"op": "announce", "seq": 7, "applied": 7})
         assert await b.next() == {"op": "wake", "seq": 7}
         b.send({"op": "applied", "seq": 6})  # not yet: no confirmation
         await asyncio.sleep(0.1)
@@ -75,7 +75,7 @@ def test_a_worker_that_does_not_apply_within_the_bound_is_killed_then_the_event_
         a, _ = await _Worker.join(hub, 0)
         b, _ = await _Worker.join(hub, 1)
         started = time.monotonic()
-        a.send({"op": "announce", "seq": 3})
+        a.send({"op": "announce", "seq": 3, "applied": 3})
         assert await b.next() == {"op": "wake", "seq": 3}  # and b never answers
         # The others drop what b held open (server/workers/shared.py), then a has its confirmation.
         assert await a.next() == {"op": "cast", "topic": "gone", "from": 1}
@@ -104,5 +104,58 @@ def test_casts_go_to_the_others_and_questions_gather_every_answer(tmp_path: Path
         answers = await a.next()
         assert answers["op"] == "answers" and answers["id"] == 5
         assert sorted(x["n"] for x in answers["answers"]) == [10, 20]
+
+    _run(tmp_path, body)
+
+
+def test_an_announce_does_not_count_as_having_read_what_another_worker_committed_before(
+    tmp_path: Path,
+) -> None:
+    async def body(hub: Hub, killed: list[int]) -> None:
+        a, _ = await _Worker.join(hub, 0)
+        b, _ = await _Worker.join(hub, 1)
+        b.send({"op": "announce", "seq": 9, "applied": 9})  # b revoked something: event 9
+        assert await a.next() == {"op": "wake", "seq": 9}
+        # Before a read the log, it committed event 10 itself: it has still not applied 9.
+        a.send({"op": "announce", "seq": 10, "applied": 8})
+        assert await a.next() == {"op": "wake", "seq": 10}  # woken for its own, to read 9 too
+        assert await b.next() == {"op": "wake", "seq": 10}
+        await asyncio.sleep(0.1)
+        b.send({"op": "applied", "seq": 10})
+        a.send({"op": "applied", "seq": 10})
+        assert await b.next() == {"op": "confirmed", "seq": 9}  # only once a read up to 9
+        assert await a.next() == {"op": "confirmed", "seq": 10}
+        assert killed == []
+
+    _run(tmp_path, body)
+
+
+def test_a_worker_joining_during_a_confirmation_is_waited_for_not_killed(tmp_path: Path) -> None:
+    async def body(hub: Hub, killed: list[int]) -> None:
+        a, _ = await _Worker.join(hub, 0)
+        b, _ = await _Worker.join(hub, 1)
+        a.send({"op": "announce", "seq": 5, "applied": 5})
+        assert await b.next() == {"op": "wake", "seq": 5}
+        c, welcome = await _Worker.join(hub, 2, applied=3)  # built its state at 3, joins now
+        assert welcome == {"op": "welcome", "seq": 5}
+        c.send({"op": "applied", "seq": 5})  # read up to the welcome, as WorkerLink.connect does
+        b.send({"op": "applied", "seq": 5})
+        assert await a.next() == {"op": "confirmed", "seq": 5}
+        assert killed == []
+
+    _run(tmp_path, body)
+
+
+def test_a_worker_whose_connection_ends_unasked_is_ended(tmp_path: Path) -> None:
+    async def body(hub: Hub, killed: list[int]) -> None:
+        a, _ = await _Worker.join(hub, 0)
+        b, _ = await _Worker.join(hub, 1)
+        b.writer.close()  # it may still serve, but hears of no revocation now
+        for _ in range(50):
+            if killed:
+                break
+            await asyncio.sleep(0.02)
+        assert killed == [1]
+        assert a.writer is not None  # a, still connected, is left alone
 
     _run(tmp_path, body)
