@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from server.workers.hub import Hub
+from server.workers.hub import WORKER_JOINED, WORKER_LEFT, Hub
 from server.workers.protocol import Message, read_message, write_message
 
 
@@ -26,10 +26,13 @@ class _Worker:
     def send(self, message: Message) -> None:
         write_message(self.writer, message)
 
-    async def next(self) -> Message:
-        message = await asyncio.wait_for(read_message(self.reader), 5)
-        assert message is not None
-        return message
+    async def next(self, notes: bool = False) -> Message:
+        """The next message (skipping the hub's notes of workers joining and leaving, unless notes)."""
+        while True:
+            message = await asyncio.wait_for(read_message(self.reader), 5)
+            assert message is not None
+            if notes or message.get("topic") not in (WORKER_JOINED, WORKER_LEFT):
+                return message
 
 
 def _run(tmp_path: Path, body: object) -> None:
@@ -102,5 +105,20 @@ def test_casts_go_to_the_others_and_questions_gather_every_answer(tmp_path: Path
         answers = await a.next()
         assert answers["op"] == "answers" and answers["id"] == 5
         assert sorted(x["n"] for x in answers["answers"]) == [10, 20]
+
+    _run(tmp_path, body)
+
+
+def test_the_others_hear_of_a_worker_that_joins_and_of_one_that_leaves(tmp_path: Path) -> None:
+    async def body(hub: Hub, killed: list[int]) -> None:
+        a, _ = await _Worker.join(hub, 0)
+        b, _ = await _Worker.join(hub, 1)
+        assert await a.next(notes=True) == {"op": "cast", "topic": WORKER_JOINED, "from": 1}
+        b.writer.close()  # its process died
+        assert await a.next(notes=True) == {"op": "cast", "topic": WORKER_LEFT, "from": 1}
+        b, _ = await _Worker.join(hub, 1)  # restarted
+        assert await a.next(notes=True) == {"op": "cast", "topic": WORKER_JOINED, "from": 1}
+        await hub.gone(0)  # the supervisor saw it exit
+        assert await b.next(notes=True) == {"op": "cast", "topic": WORKER_LEFT, "from": 0}
 
     _run(tmp_path, body)
