@@ -18,9 +18,12 @@ from tests.e2e.rig import Rig
 from tests.harness import ServerProcess, agent, assert_one_line_error, exe
 from tests.tamper_relay import TamperRelay
 
-pytestmark = pytest.mark.sqlite_only(
-    "the handshake and the relay run in memory; the store only authenticates callers, as in every story"
-)
+pytestmark = [
+    pytest.mark.every_worker_setting,
+    pytest.mark.sqlite_only(
+        "the handshake and the relay run in memory; the store only authenticates callers, as in every story"
+    ),
+]
 
 RIG = Rig("kmsex", ("--handshake-timeout", "3s"), agents=tuple((n, ()) for n in ("a", "b", "c", "lonely")))
 
