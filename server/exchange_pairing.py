@@ -23,6 +23,7 @@ from kms.errors import REASON_KEY, FailedPrecondition, KmsError, from_rpc_error
 from kms.v1 import handshake_pb2
 
 __all__ = [
+    "LARGEST_RELAYED",
     "WAITING_MAX",
     "Frame",
     "Item",
@@ -40,6 +41,11 @@ Item = Frame | KmsError
 
 # Initiators that may wait for one busy listener; more are told to retry.
 WAITING_MAX = 8
+# The largest frame relayed between workers: a genuine one is a few kilobytes (a chain is at most
+# 4 certificates of 8 KiB, kms/handshake.py), and the supervisor's socket takes messages of at
+# most 1 MiB (server/workers/protocol.py), base64 included. One process relays a larger frame
+# unchanged, for the other agent to refuse; between workers the side that sent it fails instead.
+LARGEST_RELAYED = 256 * 1024
 
 
 def not_listening(name: str) -> FailedPrecondition:
@@ -102,10 +108,19 @@ class Listener:
 
 
 def encode_item(item: Item) -> dict[str, str]:
-    """item as JSON fields of a message between workers."""
+    """item as JSON fields of a message between workers.
+
+    Raises:
+        FailedPrecondition: a frame larger than LARGEST_RELAYED.
+    """
     if isinstance(item, KmsError):
         return {"code": item.code.name, "reason": item.reason, "message": item.message}
-    return {"frame": base64.b64encode(item.SerializeToString()).decode("ascii")}
+    data = item.SerializeToString()
+    if len(data) > LARGEST_RELAYED:
+        raise FailedPrecondition(
+            f"a handshake frame of {len(data)} bytes is larger than any genuine one (at most {LARGEST_RELAYED})"
+        )
+    return {"frame": base64.b64encode(data).decode("ascii")}
 
 
 def decode_item(message: dict[str, Any]) -> Item:

@@ -11,7 +11,16 @@ import pytest
 
 from kms.errors import DeadlineExceeded, FailedPrecondition, KmsError, ResourceExhausted
 from kms.v1 import handshake_pb2
-from server.exchange_pairing import Frame, Item, Listener, Pairing, decode_item, encode_item, not_listening
+from server.exchange_pairing import (
+    LARGEST_RELAYED,
+    Frame,
+    Item,
+    Listener,
+    Pairing,
+    decode_item,
+    encode_item,
+    not_listening,
+)
 from server.exchange_relay import ExchangeRelay, ListenerDirectory
 from server.workers.hub import WORKER_JOINED, WORKER_LEFT
 
@@ -111,6 +120,12 @@ def test_an_item_crosses_as_json_and_comes_back_the_same(item: Item) -> None:
         assert type(back) is type(item) and isinstance(back, KmsError) and back.message == item.message
     else:
         assert back == item
+
+
+def test_a_frame_larger_than_any_genuine_one_is_refused_instead_of_crossing() -> None:
+    huge = Frame(resp_auth=handshake_pb2.RespAuth(signature=b"x" * (LARGEST_RELAYED + 1)))
+    with pytest.raises(FailedPrecondition, match="larger than any genuine"):
+        encode_item(huge)
 
 
 def test_a_relayed_exchange_moves_every_item_both_ways_and_cleans_up() -> None:
