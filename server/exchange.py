@@ -3,7 +3,10 @@
 The relay moves opaque frames between two streams; the handshake's
 signatures and MACs make any change it (or anyone) made fail on both ends.
 Every step has a deadline, so a stalled exchange ends on both sides; when
-one side fails, the other is told at once.
+one side fails, the other is told at once. When the two agents are on
+different worker processes (``--workers N``), the pairing's other side is on
+the other worker, reached through server/exchange_relay.py: the code here is
+the same on both sides.
 
 What one agent can do to others through here is bounded:
 
