@@ -175,22 +175,47 @@ class ExchangeService:
         self, caller: Caller, hello: Hello, frames: AsyncIterator[Frame]
     ) -> AsyncIterator[Frame]:
         peer = validate_agent_name(hello.responder)
-        elsewhere = self._elsewhere(peer)
-        if elsewhere is None:
-            pairing = Pairing(caller.name, to_frame(hello))
-            listener = self._admit(peer, pairing)
-        else:  # on another worker, which admits it (or tells this one why not)
-            assert self._relay is not None
-            pairing = self._relay.open(elsewhere, caller.name, peer, to_frame(hello))
+        pairing, done = self._pair(caller.name, peer, to_frame(hello))
         try:
-            async for out in self._initiate(caller, peer, pairing, frames):
-                yield out
+            yield await self._from(pairing.to_initiator, "resp_auth")
+            init_auth = await self._next(frames, "init_auth", min(self._timeout, _INIT_AUTH_SECONDS))
+            if _kind(init_auth) != "init_auth":
+                raise FailedPrecondition(f"an exchange continues with init_auth, not {_kind(init_auth)}")
+            pairing.tell_responder(init_auth)
+            yield await self._from(pairing.to_initiator, "finished")
+            self._audit.add(
+                AuditEntry(
+                    now_seconds(self._clock),
+                    f"agent:{caller.name}/{caller.serial}",
+                    "exchange.relay",
+                    f"agent:{peer}",
+                )
+            )
+            # DEBUG, like an exchange with the server: the audit trail has every relay.
+            logger.debug("relayed a key exchange", extra={"initiator": caller.name, "responder": peer})
+        except BaseException as exc:  # including cancellation: the peer must not wait in vain
+            pairing.abandoned = True
+            reason = exc.message if isinstance(exc, KmsError) else "it disconnected"
+            pairing.tell_responder(FailedPrecondition(f"the initiator gave up: {reason}"))
+            raise
         finally:
-            if elsewhere is None:
-                listener.initiators.discard(caller.name)
-            else:
-                assert self._relay is not None
-                self._relay.close(pairing)
+            done()
+
+    def _pair(self, initiator: str, peer: str, hello: Frame) -> tuple[Pairing, Callable[[], None]]:
+        """initiator's pairing with peer's listener, and what ends it once the initiator is done.
+
+        Raises:
+            FailedPrecondition, ResourceExhausted: as _admit (the listener on this worker).
+        """
+        elsewhere = self._elsewhere(peer)
+        if elsewhere is None or self._relay is None:
+            pairing = Pairing(initiator, hello)
+            listener = self._admit(peer, pairing)
+            return pairing, lambda: listener.initiators.discard(initiator)
+        # On another worker, which admits it (or tells this one why not, as the first answer).
+        relay = self._relay
+        pairing = relay.open(elsewhere, initiator, peer, hello)
+        return pairing, lambda: relay.close(pairing)
 
     def _elsewhere(self, peer: str) -> int | None:
         """The worker where agent peer listens, if not this one (and its certificate is not revoked)."""
@@ -225,33 +250,6 @@ class ExchangeService:
             ) from None
         listener.initiators.add(pairing.initiator)
         return listener
-
-    async def _initiate(
-        self, caller: Caller, peer: str, pairing: Pairing, frames: AsyncIterator[Frame]
-    ) -> AsyncIterator[Frame]:
-        """The initiator's steps once its hello waits for the listener."""
-        try:
-            yield await self._from(pairing.to_initiator, "resp_auth")
-            init_auth = await self._next(frames, "init_auth", min(self._timeout, _INIT_AUTH_SECONDS))
-            if _kind(init_auth) != "init_auth":
-                raise FailedPrecondition(f"an exchange continues with init_auth, not {_kind(init_auth)}")
-            pairing.tell_responder(init_auth)
-            yield await self._from(pairing.to_initiator, "finished")
-            self._audit.add(
-                AuditEntry(
-                    now_seconds(self._clock),
-                    f"agent:{caller.name}/{caller.serial}",
-                    "exchange.relay",
-                    f"agent:{peer}",
-                )
-            )
-            # DEBUG, like an exchange with the server: the audit trail has every relay.
-            logger.debug("relayed a key exchange", extra={"initiator": caller.name, "responder": peer})
-        except BaseException as exc:  # including cancellation: the peer must not wait in vain
-            pairing.abandoned = True
-            reason = exc.message if isinstance(exc, KmsError) else "it disconnected"
-            pairing.tell_responder(FailedPrecondition(f"the initiator gave up: {reason}"))
-            raise
 
     # --- the caller is a listener (responder) ----------------------------------------------
 
