@@ -32,7 +32,7 @@ from tests.e2e.raw_streams import Frame, RawStream
 from tests.e2e.rig import Rig
 from tests.harness import ServerProcess, agent_credentials, query
 
-RIG = Rig("kmsrl", ("--handshake-timeout", "6s"), agents=(("a", ()), ("b", ())))
+RIG = Rig("kmsrl", ("--handshake-timeout", "6s"), agents=(("a", ()), ("b", ()), ("c", ())))
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +206,34 @@ def test_agents_on_different_workers_agree_through_the_server_both_ways(
     while len(query(server, "SELECT seq FROM audit WHERE action='exchange.relay'")) < 2:
         assert time.monotonic() < deadline, "the relays were not audited"
         time.sleep(0.2)
+
+
+def test_a_listener_revoked_mid_way_on_the_other_worker_refuses_the_initiator_as_one_process_does(
+    rig: tuple[ServerProcess, Path],
+) -> None:
+    server, root = rig
+    listener_worker, initiator_worker = _workers(server)
+    c = _Agent(server, root / "c", listener_worker)
+    a = _Agent(server, root / "a", initiator_worker)
+    try:
+        listen = _listen(c)
+        _, exchange = _hello_delivered(a, listen, "c")  # a waits for c's answer
+        server.admin("revoke", "agent", "--yes", "c")
+        assert exchange.wait(5), "the initiator still waits after its listener was revoked"
+        assert exchange.code == grpc.StatusCode.FAILED_PRECONDITION, (exchange.code, exchange.details)
+        assert "the responder gave up" in exchange.details
+        assert listen.wait(5) and listen.code == grpc.StatusCode.UNAUTHENTICATED
+        # From now on, the one answer for an unknown, revoked or absent agent.
+        for peer in ("c", "nobody"):
+            again = a.stream("Exchange")
+            again.send(to_frame(Initiator(_identity(root / "a"), _check(root / "a", peer), peer).start()))
+            assert again.wait(10) and again.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert again.details.replace(repr(peer), "NAME").startswith("agent NAME is not listening"), (
+                again.details
+            )
+    finally:
+        a.close()
+        c.close()
 
 
 def test_a_listener_whose_worker_is_killed_ends_the_pending_exchange_at_once(
