@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 LISTENING = "exchange.listening"  # one listener started (on=True) or ended, on the sender
 LISTENERS = "exchange.listeners"  # the sender's whole list, to a worker that joined
 RELAY = "exchange.relay"
+# Listeners per message of a whole list: an entry is at most ~110 bytes of JSON (a 63-character
+# name, a 40-digit serial), so a message stays far below the socket's 1 MiB frames however many
+# agents listen.
+_LIST_CHUNK = 2000
 
 # What the surviving side hears when the other side's worker is gone: what a peer that
 # disconnects causes in one process.
@@ -61,9 +65,10 @@ class ListenerDirectory:
         if self._where.get(name, (None, ""))[0] == index:
             del self._where[name]
 
-    def replace(self, index: int, listeners: Iterable[tuple[str, str]]) -> None:
-        """Worker index's whole list (what it said when this worker joined)."""
-        self.forget(index)
+    def replace(self, index: int, listeners: Iterable[tuple[str, str]], *, first: bool = True) -> None:
+        """Worker index's whole list, told when this worker joined (in parts: first, then the others)."""
+        if first:
+            self.forget(index)
         for name, serial in listeners:
             self.started(index, name, serial)
 
@@ -136,7 +141,7 @@ class ExchangeRelay:
 
     def _on_listeners(self, message: Message) -> None:
         listeners = [(str(name), str(serial)) for name, serial in message["listeners"]]
-        self.directory.replace(int(message["from"]), listeners)
+        self.directory.replace(int(message["from"]), listeners, first=bool(message["first"]))
 
     # --- the initiator's side -------------------------------------------------------------
 
@@ -217,7 +222,9 @@ class ExchangeRelay:
         index = int(message["from"])
         self._gone(index)  # a worker that joins again is a new process: the old one's relays are over
         listeners = [[name, serial] for name, serial in self._listeners()]
-        self._link.send_to(index, LISTENERS, listeners=listeners)
+        for start in range(0, max(len(listeners), 1), _LIST_CHUNK):
+            part = listeners[start : start + _LIST_CHUNK]
+            self._link.send_to(index, LISTENERS, listeners=part, first=start == 0)
 
     def _on_left(self, message: Message) -> None:
         self._gone(int(message["from"]))

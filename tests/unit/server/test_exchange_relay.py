@@ -4,6 +4,7 @@ going both ways, over an in-memory stand-in for the supervisor's hub."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from server.exchange_pairing import (
 )
 from server.exchange_relay import ExchangeRelay, ListenerDirectory
 from server.workers.hub import WORKER_JOINED, WORKER_LEFT
+from server.workers.protocol import MAX_FRAME
 
 
 class _Hub:
@@ -30,8 +32,10 @@ class _Hub:
 
     def __init__(self) -> None:
         self.links: dict[int, _Link] = {}
+        self.sizes: list[int] = []  # of each message, as JSON
 
     def deliver(self, sender: int, target: int | None, topic: str, body: dict[str, Any]) -> None:
+        self.sizes.append(len(json.dumps(body)))
         for index, link in list(self.links.items()):
             if index != sender and target in (None, index):
                 handler = link.handlers.get(topic)
@@ -191,8 +195,15 @@ def test_a_worker_that_leaves_fails_its_relays_on_the_other_side_and_one_that_jo
         near.relay.close(outgoing)
         assert near.relay.relays == 0
 
+        for n in range(4999):  # however many listen, in messages the hub takes
+            near.listening[f"x{n}"] = Listener(f"{n:040x}")
+        hub.sizes.clear()
         joining = _Worker(hub, 1)  # restarted: it learns who listens where
         hub.deliver(1, None, WORKER_JOINED, {})
         assert joining.relay.directory.find("c") == (0, "s2")
+        assert joining.relay.directory.find("x4998") == (0, f"{4998:040x}")
+        assert (
+            len(hub.sizes) == 1 + 3 and max(hub.sizes) < MAX_FRAME // 4
+        )  # the join, then the list in 3 parts
 
     asyncio.run(main())
