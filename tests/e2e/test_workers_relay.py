@@ -170,6 +170,28 @@ def _hello_delivered(initiator: _Agent, listen: RawStream, listener: str) -> tup
         time.sleep(0.05)
 
 
+def _agree(initiator: _Agent, listener: _Agent, listen: RawStream) -> None:
+    """One whole exchange from initiator to listener (listening on listen), both sides checked."""
+    me, peer = initiator.state.name, listener.state.name
+    responder = Responder(_identity(listener.state), _check(listener.state, me), peer)
+    machine, exchange = _hello_delivered(initiator, listen, peer)
+    listen.send(to_frame(responder.receive(from_frame(_nth(listen, 1)))))
+    init_auth = machine.receive(from_frame(_nth(exchange, 1)))
+    assert init_auth is not None
+    exchange.send(to_frame(init_auth))
+    listen.send(to_frame(responder.receive(from_frame(_nth(listen, 2)))))
+    assert machine.receive(from_frame(_nth(exchange, 2))) is None
+    exchange.send(None)  # type: ignore[arg-type]  # the initiator half-closes
+    assert exchange.wait(10) and listen.wait(10)
+    assert (exchange.code, listen.code) == (grpc.StatusCode.OK, grpc.StatusCode.OK), (
+        exchange.details,
+        listen.details,
+    )
+    assert machine.session is not None and responder.session is not None
+    assert machine.session.key == responder.session.key
+    assert (machine.session.peer.name, responder.session.peer.name) == (peer, me)
+
+
 def test_agents_on_different_workers_agree_through_the_server_both_ways(
     rig: tuple[ServerProcess, Path],
 ) -> None:
@@ -180,24 +202,7 @@ def test_agents_on_different_workers_agree_through_the_server_both_ways(
         b = _Agent(server, root / "b", listener_worker)
         a = _Agent(server, root / "a", initiator_worker)
         try:
-            listen = _listen(b)
-            responder = Responder(_identity(root / "b"), _check(root / "b", "a"), "b")
-            machine, exchange = _hello_delivered(a, listen, "b")
-            listen.send(to_frame(responder.receive(from_frame(_nth(listen, 1)))))
-            init_auth = machine.receive(from_frame(_nth(exchange, 1)))
-            assert init_auth is not None
-            exchange.send(to_frame(init_auth))
-            listen.send(to_frame(responder.receive(from_frame(_nth(listen, 2)))))
-            assert machine.receive(from_frame(_nth(exchange, 2))) is None
-            exchange.send(None)  # type: ignore[arg-type]  # the initiator half-closes
-            assert exchange.wait(10) and listen.wait(10)
-            assert (exchange.code, listen.code) == (grpc.StatusCode.OK, grpc.StatusCode.OK), (
-                exchange.details,
-                listen.details,
-            )
-            assert machine.session is not None and responder.session is not None
-            assert machine.session.key == responder.session.key
-            assert (machine.session.peer.name, responder.session.peer.name) == ("b", "a")
+            _agree(a, b, _listen(b))
         finally:
             a.close()
             b.close()
@@ -236,7 +241,7 @@ def test_a_listener_revoked_mid_way_on_the_other_worker_refuses_the_initiator_as
         c.close()
 
 
-def test_a_listener_whose_worker_is_killed_ends_the_pending_exchange_at_once(
+def test_a_listener_whose_worker_is_killed_ends_the_pending_exchange_at_once_and_the_restarted_worker_relays(
     rig: tuple[ServerProcess, Path],
 ) -> None:
     server, root = rig
@@ -244,6 +249,7 @@ def test_a_listener_whose_worker_is_killed_ends_the_pending_exchange_at_once(
     b = _Agent(server, root / "b", listener_worker)
     a = _Agent(server, root / "a", initiator_worker)
     try:
+        a_listens = _listen(a)  # on the worker that stays: the restarted one must learn of it
         listen = _listen(b)
         _, exchange = _hello_delivered(a, listen, "b")  # a waits for b's answer
         killed = time.monotonic()
@@ -254,12 +260,14 @@ def test_a_listener_whose_worker_is_killed_ends_the_pending_exchange_at_once(
         assert "the responder gave up" in exchange.details
         assert took < 3.0, f"the exchange ended {took:.2f} s after the listener's worker died (timeout 6 s)"
         assert listen.wait(10) and listen.code == grpc.StatusCode.UNAVAILABLE
+        # The supervisor starts the worker again; it learns who listens on the other one, and serves.
+        deadline = time.monotonic() + 30
+        while len(restarted := set(_workers(server)) - {initiator_worker, listener_worker}) != 1:
+            assert time.monotonic() < deadline, "the killed worker was not started again"
+            time.sleep(0.2)
+        b.close()
+        b = _Agent(server, root / "b", restarted.pop())
+        _agree(b, a, a_listens)
     finally:
         a.close()
         b.close()
-    # The supervisor starts the worker again, and it serves (the module's server then stops cleanly).
-    deadline = time.monotonic() + 30
-    while len(restarted := set(_workers(server)) - {initiator_worker, listener_worker}) != 1:
-        assert time.monotonic() < deadline, "the killed worker was not started again"
-        time.sleep(0.2)
-    _Agent(server, root / "a", restarted.pop()).close()
