@@ -3,7 +3,10 @@
 The relay moves opaque frames between two streams; the handshake's
 signatures and MACs make any change it (or anyone) made fail on both ends.
 Every step has a deadline, so a stalled exchange ends on both sides; when
-one side fails, the other is told at once.
+one side fails, the other is told at once. When the two agents are on
+different worker processes (``--workers N``), the pairing's other side is on
+the other worker, reached through server/exchange_relay.py: the code here is
+the same on both sides.
 
 What one agent can do to others through here is bounded:
 
@@ -24,7 +27,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from cryptography import x509
 
@@ -38,14 +40,15 @@ from server.audit.trail import AuditBatcher
 from server.clock import Clock, now_seconds
 from server.endpoints.authn import Caller
 from server.endpoints.limits import RateLimiter
+from server.exchange_pairing import WAITING_MAX, Frame, Item, Listener, Pairing, not_listening
+from server.exchange_relay import ExchangeRelay
 from server.revocation.service import RevocationService
 from server.store import AuditEntry
+from server.workers.link import WorkerLink
 
 __all__ = ["ExchangeService"]
 
 logger = logging.getLogger(__name__)
-
-Frame = handshake_pb2.HandshakeFrame
 
 # RFC 7919 groups: tens of milliseconds of modular arithmetic per exchange, kept off the event loop.
 _SLOW_GROUPS = frozenset({"ffdhe2048", "ffdhe3072"})
@@ -53,39 +56,9 @@ _SLOW_GROUPS = frozenset({"ffdhe2048", "ffdhe3072"})
 # the GIL (two threads would not run it in parallel), and kms/groups.py silences cryptography's
 # FFDH deprecation warning with warnings.catch_warnings, which is process-wide, not thread-safe.
 _CRYPTO_THREADS = 1
-# Initiators that may wait for one busy listener; more are told to retry.
-_WAITING_MAX = 8
 # How long a relayed initiator may take to send init_auth once it has the listener's answer:
 # it holds the listener meanwhile, and it needs no input to compute it (a few milliseconds).
 _INIT_AUTH_SECONDS = 3.0
-
-
-def _not_listening(name: str) -> FailedPrecondition:
-    # One answer for unknown, revoked and absent agents: no oracle for names or revocations.
-    return FailedPrecondition(
-        f"agent {name!r} is not listening on this server: run `kms-agent listen` there (with several "
-        "replicas, connected to the same replica as this agent), then retry"
-    )
-
-
-@dataclass
-class _Pairing:
-    """One initiator's attempt with a listener; each side posts a KmsError to the other if it fails."""
-
-    initiator: str
-    hello: Frame
-    to_responder: asyncio.Queue[Frame | KmsError] = field(default_factory=asyncio.Queue)
-    to_initiator: asyncio.Queue[Frame | KmsError] = field(default_factory=asyncio.Queue)
-    abandoned: bool = False  # the initiator gave up: a listener skips it
-
-
-@dataclass
-class _Listener:
-    serial: str  # the certificate its Listen stream was opened with
-    waiting: asyncio.Queue[_Pairing] = field(default_factory=lambda: asyncio.Queue(_WAITING_MAX))
-    # Initiators with an attempt queued or under way: one each, so that no agent can fill
-    # the queue (or keep the listener busy) with attempts of its own.
-    initiators: set[str] = field(default_factory=set)
 
 
 def _kind(frame: Frame) -> str:
@@ -111,9 +84,17 @@ class ExchangeService:
         self._timeout = step_timeout
         self._rate = rate
         self.limiter = RateLimiter(rate * 60, burst=rate)  # shared by workers: server/workers/shared.py
-        self._listening: dict[str, _Listener] = {}
+        self._listening: dict[str, Listener] = {}
         self._peers = AgentPeers([ca_cert], trust_domain, revocations.is_revoked)
         self._crypto = ThreadPoolExecutor(max_workers=_CRYPTO_THREADS, thread_name_prefix="handshake")
+        # Listeners on the other workers, and the relays to them (None: the server is one process).
+        self._relay: ExchangeRelay | None = None
+
+    def relay_through(self, link: WorkerLink) -> None:
+        """As one worker of several: agents listening on the others are reached through link."""
+        self._relay = ExchangeRelay(
+            link, self._admit, lambda: [(n, li.serial) for n, li in self._listening.items()]
+        )
 
     def trust(self, roots: Sequence[x509.Certificate]) -> None:
         """Accepts agents of these CAs from now on (server/ca/trust.py: every generation not retired)."""
@@ -133,7 +114,7 @@ class ExchangeService:
         except StopAsyncIteration:
             raise FailedPrecondition(f"the stream ended before {what}") from None
 
-    async def _from(self, queue: asyncio.Queue[Frame | KmsError], what: str) -> Frame:
+    async def _from(self, queue: asyncio.Queue[Item], what: str) -> Frame:
         try:
             async with asyncio.timeout(self._timeout):
                 item = await queue.get()
@@ -194,29 +175,13 @@ class ExchangeService:
         self, caller: Caller, hello: Hello, frames: AsyncIterator[Frame]
     ) -> AsyncIterator[Frame]:
         peer = validate_agent_name(hello.responder)
-        listener = self._listening.get(peer)
-        # The store is not asked: unknown, revoked and absent agents look the same from here.
-        if listener is None or self._revocations.is_revoked(listener.serial):
-            raise _not_listening(peer)
-        if caller.name in listener.initiators:
-            raise ResourceExhausted(
-                f"an exchange of agent {caller.name!r} with {peer!r} is already waiting or under way: "
-                "finish it, then retry"
-            )
-        pairing = _Pairing(caller.name, to_frame(hello))
-        try:
-            listener.waiting.put_nowait(pairing)
-        except asyncio.QueueFull:
-            raise ResourceExhausted(
-                f"agent {peer!r} has {_WAITING_MAX} exchanges waiting for it already: retry in a few seconds"
-            ) from None
-        listener.initiators.add(caller.name)
+        pairing, done = self._pair(caller.name, peer, to_frame(hello))
         try:
             yield await self._from(pairing.to_initiator, "resp_auth")
             init_auth = await self._next(frames, "init_auth", min(self._timeout, _INIT_AUTH_SECONDS))
             if _kind(init_auth) != "init_auth":
                 raise FailedPrecondition(f"an exchange continues with init_auth, not {_kind(init_auth)}")
-            pairing.to_responder.put_nowait(init_auth)
+            pairing.tell_responder(init_auth)
             yield await self._from(pairing.to_initiator, "finished")
             self._audit.add(
                 AuditEntry(
@@ -231,10 +196,60 @@ class ExchangeService:
         except BaseException as exc:  # including cancellation: the peer must not wait in vain
             pairing.abandoned = True
             reason = exc.message if isinstance(exc, KmsError) else "it disconnected"
-            pairing.to_responder.put_nowait(FailedPrecondition(f"the initiator gave up: {reason}"))
+            pairing.tell_responder(FailedPrecondition(f"the initiator gave up: {reason}"))
             raise
         finally:
-            listener.initiators.discard(caller.name)
+            done()
+
+    def _pair(self, initiator: str, peer: str, hello: Frame) -> tuple[Pairing, Callable[[], None]]:
+        """initiator's pairing with peer's listener, and what ends it once the initiator is done.
+
+        Raises:
+            FailedPrecondition, ResourceExhausted: as _admit (the listener on this worker).
+        """
+        elsewhere = self._elsewhere(peer)
+        if elsewhere is None or self._relay is None:
+            pairing = Pairing(initiator, hello)
+            listener = self._admit(peer, pairing)
+            return pairing, lambda: listener.initiators.discard(initiator)
+        # On another worker, which admits it (or tells this one why not, as the first answer).
+        relay = self._relay
+        pairing = relay.open(elsewhere, initiator, peer, hello)
+        return pairing, lambda: relay.close(pairing)
+
+    def _elsewhere(self, peer: str) -> int | None:
+        """The worker where agent peer listens, if not this one (and its certificate is not revoked)."""
+        if self._relay is None or peer in self._listening:
+            return None
+        found = self._relay.directory.find(peer)
+        if found is None or self._revocations.is_revoked(found[1]):
+            return None
+        return found[0]
+
+    def _admit(self, peer: str, pairing: Pairing) -> Listener:
+        """Queues pairing for agent peer listening on this worker; its Listener.
+
+        Raises:
+            FailedPrecondition: peer is not listening here (unknown, revoked or absent alike).
+            ResourceExhausted: this initiator has an attempt with peer already, or too many wait.
+        """
+        listener = self._listening.get(peer)
+        # The store is not asked: unknown, revoked and absent agents look the same from here.
+        if listener is None or self._revocations.is_revoked(listener.serial):
+            raise not_listening(peer)
+        if pairing.initiator in listener.initiators:
+            raise ResourceExhausted(
+                f"an exchange of agent {pairing.initiator!r} with {peer!r} is already waiting or under way: "
+                "finish it, then retry"
+            )
+        try:
+            listener.waiting.put_nowait(pairing)
+        except asyncio.QueueFull:
+            raise ResourceExhausted(
+                f"agent {peer!r} has {WAITING_MAX} exchanges waiting for it already: retry in a few seconds"
+            ) from None
+        listener.initiators.add(pairing.initiator)
+        return listener
 
     # --- the caller is a listener (responder) ----------------------------------------------
 
@@ -242,10 +257,12 @@ class ExchangeService:
         first = await self._next(frames, "listen")
         if first.WhichOneof("frame") != "listen":
             raise FailedPrecondition("a Listen stream starts with listen")
-        if caller.name in self._listening:
+        if caller.name in self._listening or (self._relay and self._relay.directory.find(caller.name)):
             raise FailedPrecondition(f"agent {caller.name!r} is already listening on another stream")
-        listener = _Listener(caller.serial)
+        listener = Listener(caller.serial)
         self._listening[caller.name] = listener
+        if self._relay is not None:
+            self._relay.started(caller.name, caller.serial)
         try:
             while True:
                 # Waits as long as the listener wants (revocation closes the stream).
@@ -257,7 +274,7 @@ class ExchangeService:
                     answer = await self._next(frames, "resp_auth")
                     if self._refused(answer, "resp_auth", pairing, caller.name):
                         continue
-                    pairing.to_initiator.put_nowait(answer)
+                    pairing.tell_initiator(answer)
                     from_initiator = await self._initiator_step(pairing)
                     if isinstance(from_initiator, KmsError):
                         yield Frame(abort=handshake_pb2.Abort(reason=from_initiator.message))
@@ -266,25 +283,27 @@ class ExchangeService:
                     answer = await self._next(frames, "finished")
                     if self._refused(answer, "finished", pairing, caller.name):
                         continue
-                    pairing.to_initiator.put_nowait(answer)
+                    pairing.tell_initiator(answer)
                     return  # one genuine exchange: the Listen stream ends
                 except BaseException as exc:  # the listener failed or went: tell the initiator now
                     reason = exc.message if isinstance(exc, KmsError) else "it disconnected"
-                    pairing.to_initiator.put_nowait(FailedPrecondition(f"the responder gave up: {reason}"))
+                    pairing.tell_initiator(FailedPrecondition(f"the responder gave up: {reason}"))
                     raise
         finally:
             if self._listening.get(caller.name) is listener:
                 del self._listening[caller.name]
+                if self._relay is not None:
+                    self._relay.ended(caller.name)
             while not listener.waiting.empty():
-                listener.waiting.get_nowait().to_initiator.put_nowait(_not_listening(caller.name))
+                listener.waiting.get_nowait().tell_initiator(not_listening(caller.name))
 
-    def _refused(self, answer: Frame, expected: str, pairing: _Pairing, listener: str) -> bool:
+    def _refused(self, answer: Frame, expected: str, pairing: Pairing, listener: str) -> bool:
         """True if the listener aborted this attempt (the initiator is told); raises on a wrong frame."""
         if _kind(answer) == "abort":
             logger.debug(
                 "a listener refused an exchange", extra={"agent": listener, "initiator": pairing.initiator}
             )
-            pairing.to_initiator.put_nowait(
+            pairing.tell_initiator(
                 FailedPrecondition(f"agent {listener!r} refused the exchange: its log says why")
             )
             return True
@@ -292,7 +311,7 @@ class ExchangeService:
             raise FailedPrecondition(f"a listener answers with {expected} or abort, not {_kind(answer)}")
         return False
 
-    async def _initiator_step(self, pairing: _Pairing) -> Frame | KmsError:
+    async def _initiator_step(self, pairing: Pairing) -> Frame | KmsError:
         """The initiator's next frame, or why it has none (it gave up, or stalled)."""
         try:
             # Longer than the initiator is given: its own side times out first and says why.
@@ -302,5 +321,5 @@ class ExchangeService:
             item = DeadlineExceeded("the handshake stalled waiting for init_auth from the initiator")
         if isinstance(item, KmsError):
             pairing.abandoned = True
-            pairing.to_initiator.put_nowait(FailedPrecondition(f"the exchange was abandoned: {item.message}"))
+            pairing.tell_initiator(FailedPrecondition(f"the exchange was abandoned: {item.message}"))
         return item

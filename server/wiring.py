@@ -146,7 +146,7 @@ async def open_services(
         watch=_watch(cfg, store, feed, follower),
         audit=audit,
         trail=AuditTrail(store, audit, deployment.audit_key),
-        exchanges=_exchanges(cfg, ca, tls, trust_domain, audit, revocations, clock, trust),
+        exchanges=_exchanges(cfg, ca, tls, trust_domain, audit, revocations, clock, trust, link),
         limits=_limits(cfg),
         failures=FailureReport(audit.add, cfg.failure_report_interval.total_seconds(), wall=clock),
         scheduler=_scheduler(cfg, store, keys, clock, _here(feed.publish, link), schedule_changed),
@@ -365,6 +365,7 @@ def _exchanges(
     revocations: RevocationService,
     clock: Clock,
     trust: CATrust,
+    link: WorkerLink | None,
 ) -> ExchangeService:
     exchanges = ExchangeService(
         lambda: tls.handshake_identity,
@@ -377,6 +378,8 @@ def _exchanges(
         cfg.exchange_rate,
     )
     trust.listen(exchanges.trust)
+    if link is not None:  # agents listening on other workers (server/exchange_relay.py)
+        exchanges.relay_through(link)
     return exchanges
 
 

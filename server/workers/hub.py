@@ -13,7 +13,10 @@ Other messages are relayed: ``cast`` to every other worker, ``to`` one worker
 (both arrive as ``cast``, with the sender's index in ``from``), and ``ask``
 every other worker, whose ``answer``s come back together as ``answers``: for
 what each worker keeps in memory from its peers' notes, and for the figures
-of the whole server.
+of the whole server. The hub itself tells the others of a worker that joins
+(``worker.joined``, also when a restarted one takes the place of the old) and of one
+that leaves (``worker.left``), as casts from that worker: what they keep from its
+notes is then out of date.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 
 from server.workers.protocol import Message, read_message, write_message
 
-__all__ = ["ASK_BOUND", "CONFIRM_BOUND", "Hub"]
+__all__ = ["ASK_BOUND", "CONFIRM_BOUND", "WORKER_JOINED", "WORKER_LEFT", "Hub"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,9 @@ logger = logging.getLogger(__name__)
 CONFIRM_BOUND = 1.0
 # How long a question to every worker (their figures for /metrics, `top`) waits for answers.
 ASK_BOUND = 2.0
+# The topics of the casts the hub makes in a worker's name when it joins and when it leaves.
+WORKER_JOINED = "worker.joined"
+WORKER_LEFT = "worker.left"
 
 
 @dataclass(eq=False)
@@ -112,8 +118,7 @@ class Hub:
         peer = self._peers.pop(index, None)
         if peer is not None:
             peer.writer.close()
-        for other in list(self._peers.values()):
-            other.send({"op": "cast", "topic": "gone", "from": index})
+        self._tell_others(index, WORKER_LEFT)  # they drop what it held open, fail its relays
         async with self._changed:
             self._changed.notify_all()
 
@@ -135,6 +140,7 @@ class Hub:
                 old.writer.close()
             self._peers[peer.index] = peer
             peer.send({"op": "welcome", "seq": self.announced})
+            self._tell_others(peer.index, WORKER_JOINED)
             while (message := await read_message(reader)) is not None:
                 await self._dispatch(peer, message)
         except (ConnectionError, ValueError, KeyError, TypeError) as exc:
@@ -147,9 +153,16 @@ class Hub:
                     self._changed.notify_all()
                 if not self.stopping:
                     # A worker that left the hub but may still serve hears of no revocation:
-                    # it is ended (fail closed), and started again.
+                    # it is ended (fail closed), and started again; gone() tells the others.
                     logger.error("worker %d left the supervisor's socket: ending it", peer.index)
                     self._spawn(self._kill(peer.index))
+                else:
+                    self._tell_others(peer.index, WORKER_LEFT)
+
+    def _tell_others(self, index: int, topic: str) -> None:
+        for other in list(self._peers.values()):
+            if other.index != index:
+                other.send({"op": "cast", "topic": topic, "from": index})
 
     async def _dispatch(self, peer: _Peer, message: Message) -> None:
         op = message["op"]

@@ -55,7 +55,7 @@ class WorkerLink:
         self._announced = 0
         self._confirmed = 0
         self._confirmations: dict[int, list[asyncio.Future[None]]] = {}
-        self._handlers: dict[str, Callable[[Message], None]] = {}
+        self._handlers: dict[str, list[Callable[[Message], None]]] = {}
         self._questions: dict[str, Callable[[Message], Awaitable[Any]]] = {}
         self._asked: dict[int, asyncio.Future[list[Any]]] = {}
         self._next_ask = 0
@@ -117,8 +117,7 @@ class WorkerLink:
         elif op == "confirmed":
             self._confirm(int(message["seq"]))
         elif op == "cast":
-            handler = self._handlers.get(str(message.get("topic")))
-            if handler is not None:
+            for handler in self._handlers.get(str(message.get("topic")), ()):
                 handler(message)
         elif op == "ask":
             asyncio.get_running_loop().create_task(self._answer(message))
@@ -138,8 +137,8 @@ class WorkerLink:
     # --- casts between workers ----------------------------------------------------------
 
     def on_cast(self, topic: str, handler: Callable[[Message], None]) -> None:
-        """handler gets each message another worker casts on topic."""
-        self._handlers[topic] = handler
+        """handler gets each message another worker casts on topic (with any other handlers of it)."""
+        self._handlers.setdefault(topic, []).append(handler)
 
     def cast(self, topic: str, **body: Any) -> None:
         """To every other worker (each gets it with "from": this worker's index)."""

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from server.endpoints.limits import RateLimiter
+from server.workers.hub import WORKER_LEFT
 from server.workers.link import WorkerLink
 from server.workers.protocol import Message
 
@@ -64,7 +65,7 @@ class _Batch:
         if not self._keys:
             try:
                 asyncio.get_running_loop().call_soon(self._flush)
-            except RuntimeError:  # no loop: the worker is stopping, and the hub casts "gone" for it
+            except RuntimeError:  # no loop: the worker is stopping, and the hub casts WORKER_LEFT for it
                 return
         self._keys[key] = self._keys.get(key, 0) + count
 
@@ -106,7 +107,7 @@ class SharedLimits:
         link.on_cast("holders", self._on_holders)
         link.on_cast("sync", self._on_sync)
         link.on_cast("full", self._on_full)
-        link.on_cast("gone", self._on_gone)
+        link.on_cast(WORKER_LEFT, self._on_gone)
         link.cast("sync")
 
     # --- this worker's notes -----------------------------------------------------------

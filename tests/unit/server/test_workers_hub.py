@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from server.workers.hub import Hub
+from server.workers.hub import WORKER_JOINED, WORKER_LEFT, Hub
 from server.workers.protocol import Message, read_message, write_message
 
 
@@ -26,10 +26,13 @@ class _Worker:
     def send(self, message: Message) -> None:
         write_message(self.writer, message)
 
-    async def next(self) -> Message:
-        message = await asyncio.wait_for(read_message(self.reader), 5)
-        assert message is not None
-        return message
+    async def next(self, notes: bool = False) -> Message:
+        """The next message (skipping the hub's notes of workers joining and leaving, unless notes)."""
+        while True:
+            message = await asyncio.wait_for(read_message(self.reader), 5)
+            assert message is not None
+            if notes or message.get("topic") not in (WORKER_JOINED, WORKER_LEFT):
+                return message
 
 
 def _run(tmp_path: Path, body: object) -> None:
@@ -77,8 +80,9 @@ def test_a_worker_that_does_not_apply_within_the_bound_is_killed_then_the_event_
         started = time.monotonic()
         a.send({"op": "announce", "seq": 3, "applied": 3})
         assert await b.next() == {"op": "wake", "seq": 3}  # and b never answers
-        # The others drop what b held open (server/workers/shared.py), then a has its confirmation.
-        assert await a.next() == {"op": "cast", "topic": "gone", "from": 1}
+        # The others hear b left (they drop what it held open), then a has its confirmation.
+        assert await a.next(notes=True) == {"op": "cast", "topic": WORKER_JOINED, "from": 1}
+        assert await a.next(notes=True) == {"op": "cast", "topic": WORKER_LEFT, "from": 1}
         assert await a.next() == {"op": "confirmed", "seq": 3}
         assert killed == [1]
         assert 0.25 <= time.monotonic() - started < 2
@@ -157,5 +161,20 @@ def test_a_worker_whose_connection_ends_unasked_is_ended(tmp_path: Path) -> None
             await asyncio.sleep(0.02)
         assert killed == [1]
         assert a.writer is not None  # a, still connected, is left alone
+
+    _run(tmp_path, body)
+
+
+def test_the_others_hear_of_a_worker_that_joins_and_of_one_that_leaves(tmp_path: Path) -> None:
+    async def body(hub: Hub, killed: list[int]) -> None:
+        a, _ = await _Worker.join(hub, 0)
+        b, _ = await _Worker.join(hub, 1)
+        assert await a.next(notes=True) == {"op": "cast", "topic": WORKER_JOINED, "from": 1}
+        b.writer.close()  # its process died
+        assert await a.next(notes=True) == {"op": "cast", "topic": WORKER_LEFT, "from": 1}
+        b, _ = await _Worker.join(hub, 1)  # restarted
+        assert await a.next(notes=True) == {"op": "cast", "topic": WORKER_JOINED, "from": 1}
+        await hub.gone(0)  # the supervisor saw it exit
+        assert await b.next(notes=True) == {"op": "cast", "topic": WORKER_LEFT, "from": 0}
 
     _run(tmp_path, body)
