@@ -135,7 +135,7 @@ class ServerTls:
         with self._issuing:
             pair, chain = self._issue()
             with self._lock:
-                if pair.cert == self.current.cert:
+                if pair.cert == self.current.cert and chain == self._chain_ca:
                     return pair  # a worker reloading what it serves already
                 self.current, self._chain_ca = pair, chain
                 self._generation += 1
@@ -153,8 +153,10 @@ class ServerTls:
     async def reissue(self) -> bool:
         """Reissues now when the certificate is not from the active CA (after an activation was
         followed); a failure is logged, and rotate_forever retries it. Returns whether it is."""
-        if self.from_active_ca():
+        if self.from_active_ca() and self._issues:
             return True
+        # A worker that does not issue reloads all the same: the primary's certificate may have
+        # come before this worker followed the activation, sent then with the old CA's chain.
         return await self._rotate_logged()
 
     async def _rotate_logged(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,9 @@ __all__ = ["WorkerLink", "WorkerRole"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The longest a call waits for its events to be confirmed (the hub's bound is 1 s, plus a kill).
+SETTLE_TIMEOUT = 15.0
 
 # The events the unary call in progress committed: the newest seq, in a list the call's task
 # holds (server/endpoints/chain.py begins it, link.committed raises it).
@@ -60,6 +63,7 @@ class WorkerLink:
         self._asked: dict[int, asyncio.Future[list[Any]]] = {}
         self._next_ask = 0
         self._lost = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()  # held until done: the loop keeps weak references
 
     # --- joining ------------------------------------------------------------------
 
@@ -113,18 +117,23 @@ class WorkerLink:
     def _dispatch(self, message: Message) -> None:
         op = message["op"]
         if op == "wake":
-            asyncio.get_running_loop().create_task(self._wake(int(message["seq"])))
+            self._spawn(self._wake(int(message["seq"])))
         elif op == "confirmed":
             self._confirm(int(message["seq"]))
         elif op == "cast":
             for handler in self._handlers.get(str(message.get("topic")), ()):
                 handler(message)
         elif op == "ask":
-            asyncio.get_running_loop().create_task(self._answer(message))
+            self._spawn(self._answer(message))
         elif op == "answers":
             waiter = self._asked.pop(int(message["id"]), None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(list(message["answers"]))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _wake(self, seq: int) -> None:
         try:
@@ -224,7 +233,10 @@ class WorkerLink:
         self._announce()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._confirmations.setdefault(target, []).append(waiter)
-        await waiter
+        try:  # the hub answers within its bound (it kills a laggard): longer means it is stuck
+            await asyncio.wait_for(asyncio.shield(waiter), SETTLE_TIMEOUT)
+        except TimeoutError:
+            raise _unconfirmed() from None
 
     def _confirm(self, seq: int) -> None:
         self._confirmed = max(self._confirmed, seq)

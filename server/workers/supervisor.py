@@ -41,6 +41,8 @@ ROLE_ENV = "SEED_KMS_WORKER"
 # token PIN): the whole server stops with it, as one process would, rather than retry (a wrong
 # PIN retried would lock the token).
 REFUSED = FailedPrecondition.exit_code
+# A worker not serving this long after it was started is ended (and, but at the first start, retried).
+START_TIMEOUT = 120.0
 # A worker that dies again within this long of starting waits longer before the next start.
 _STABLE = 10.0
 _MAX_PAUSE = 10.0
@@ -93,7 +95,11 @@ class Supervisor:
         proc = await self._spawn(index)
         ready = asyncio.ensure_future(self._hub.wait_ready(index))
         exited = asyncio.ensure_future(proc.wait())
-        await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({ready, exited}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done() and not exited.done():
+            # Its ports are bound already (the kernel hands it connections): a hung start must end.
+            logger.error("worker %d did not start within %.0f s: ending it", index, START_TIMEOUT)
+            await self._kill(index)
         if not ready.done():
             ready.cancel()
             status = exited.result()

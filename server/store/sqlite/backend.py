@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -75,7 +76,17 @@ class SqliteBackend:
         )
 
     async def erase(self) -> bool:
-        return await self._run(lambda: connection.erase_wal(self.tx.raw))
+        return await self._run(self._erase)
+
+    def _erase(self) -> bool:
+        """The WAL scrubbed between two batches of any worker (their writes would keep it busy)."""
+        if self._writer_lock is not None:
+            fcntl.flock(self._writer_lock, fcntl.LOCK_EX)
+        try:
+            return connection.erase_wal(self.tx.raw)
+        finally:
+            if self._writer_lock is not None:
+                fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
 
     async def snapshot_to(self, target: Path) -> None:
         await self._run(lambda: connection.snapshot(self.tx.raw, target))

@@ -141,15 +141,23 @@ class GroupCommit:
         A write that raises rolls back alone (with the rows it deferred and the
         chain head it moved); if the COMMIT fails, every write fails.
         """
+        if self._writer_lock is None:
+            return self._locked_transaction(writes)
+        # Worker processes share the store (server/workers/): each still commits its queued
+        # writes as one batch, and this lock hands the write lock from one process's batch to
+        # the next's the moment it is released, where SQLite's busy handler would poll (and
+        # sleep up to 100 ms between tries). BEGIN IMMEDIATE then never waits on another
+        # process's batch; busy_timeout stays for other writers (a backup, a tool). Held until
+        # the batch's audit records are copied out too, so the audit devices get them in order.
+        fcntl.flock(self._writer_lock, fcntl.LOCK_EX)
+        try:
+            return self._locked_transaction(writes)
+        finally:
+            fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
+
+    def _locked_transaction(self, writes: list[_Write]) -> list[tuple[Any, BaseException | None]]:
         tx = self._tx
         outcomes: list[tuple[Any, BaseException | None]] = []
-        if self._writer_lock is not None:
-            # Worker processes share the store (server/workers/): each still commits its queued
-            # writes as one batch, and this lock hands the write lock from one process's batch to
-            # the next's the moment it is released, where SQLite's busy handler would poll (and
-            # sleep up to 100 ms between tries). BEGIN IMMEDIATE then never waits on another
-            # process's batch; busy_timeout stays for other writers (a backup, a tool).
-            fcntl.flock(self._writer_lock, fcntl.LOCK_EX)
         try:
             db = tx.raw
             db.execute("BEGIN IMMEDIATE")
@@ -170,8 +178,6 @@ class GroupCommit:
         finally:
             tx.chain_head = None
             tx.later.clear()
-            if self._writer_lock is not None:
-                fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
         if committed and self.sink is not None:
             # Before any write of the batch is acknowledged: a record whose action was
             # answered is outside the database too (see server/audit/devices.py).
