@@ -21,7 +21,7 @@ phase and takes one to two seconds to drain after the last push. With the
 0.4 s gap of the other scenarios that tail, and its watchers' reading, ran
 on the same two cores in the next phase: in the rotation that is
 echo-loaded after seed-kms four rounds in five, and echo-loaded fell to
-3-27 calls/s. ``kms_cores_in_echo_loaded`` and ``echo_cores_in_seed_kms``
+3-22 calls/s (bench/RESULTS.md, "Issue 20 §3: mixed", also for what is left). ``kms_cores_in_echo_loaded`` and ``echo_cores_in_seed_kms``
 (each server's CPU during the other's phases) show what is left of it.
 """
 
