@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from bench.scenarios.fan_out import FanoutRun
     from tests.pg import PostgresCluster
 
-__all__ = ["BenchContext", "LoadOutcome", "Scale", "split"]
+__all__ = ["PHASE_GAP", "BenchContext", "LoadOutcome", "Scale", "split"]
 
 # Pause between phases: the calls in flight at a phase's end finish here, not in the next phase.
 PHASE_GAP = 0.4
@@ -149,9 +149,12 @@ class BenchContext:
 
     # --- load runs --------------------------------------------------------------------
 
-    def plan(self, targets: Sequence[str]) -> tuple[list[tuple[str, float, float]], float]:
+    def plan(
+        self, targets: Sequence[str], gap: float = PHASE_GAP
+    ) -> tuple[list[tuple[str, float, float]], float]:
         """Phases [(target, start, end)] relative to go: each target gets --duration seconds in
-        rounds, and the order rotates each round so neither side always runs first."""
+        rounds, and the order rotates each round so neither side always runs first; gap
+        seconds, in no figure, between one phase and the next."""
         rounds = max(1, min(self.scale.max_rounds, math.floor(self.duration / 2)))
         length = self.duration / rounds
         phases, t = [], 0.0
@@ -159,7 +162,7 @@ class BenchContext:
             order = list(targets[r % len(targets) :]) + list(targets[: r % len(targets)])
             for name in order:
                 phases.append((name, t, t + length))
-                t += length + PHASE_GAP
+                t += length + gap
         return phases, t
 
     def run_load(
@@ -169,6 +172,7 @@ class BenchContext:
         on_go: Callable[[list[tuple[str, float, float]]], None] | None = None,
         server_pids: dict[str, int] | None = None,
         other_pids: Sequence[int] = (),
+        gap: float = PHASE_GAP,
     ) -> dict[str, LoadOutcome]:
         """Runs load_worker in one process per spec through the same plan; results per target.
 
@@ -181,10 +185,11 @@ class BenchContext:
         other_pids (and of the servers) during each target's phases is in its
         outcome's cpu_seconds_by_pid, over cpu_window_seconds. A server's CPU
         is that of its whole process tree (a supervisor and its workers).
+        gap: seconds between phases (plan), for work a phase leaves behind to finish.
         """
         pids = server_pids or {}
         names = [t.name for t in specs[0].targets]
-        phases, total = self.plan(names)
+        phases, total = self.plan(names, gap)
         with WorkerPool(load_worker, specs, label) as pool:
             self.progress.step(f"{label}: connecting and warming up {len(specs)} client processes")
             pool.wait_ready()
@@ -207,7 +212,7 @@ class BenchContext:
                 # return at its timeout, i.e. at the phase's start, to the poll's precision.
                 pool.pump(lambda: False, timeout=max(0.0, go + start - time.monotonic()))
                 began, mark = time.monotonic(), {pid: cpu(pid) for pid in watched}
-                pool.pump(_after(go + end), timeout=end - start + 5 + PHASE_GAP * 2)
+                pool.pump(_after(go + end), timeout=end - start + 5 + gap * 2)
                 now = {pid: cpu(pid) for pid in watched}
                 for pid in watched:
                     cpu_by_target[name][pid] += now[pid] - mark[pid]

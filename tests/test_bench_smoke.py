@@ -19,7 +19,7 @@ from typing import cast
 import pytest
 
 from bench.cli import main
-from bench.context import BenchContext
+from bench.context import BenchContext, Scale
 from bench.scenarios import SCENARIOS
 from bench.scenarios.fan_out import rounds_for
 from bench.softhsm import softhsm_module
@@ -86,6 +86,9 @@ def test_every_scenario_reports_a_figure_beside_its_baseline(tmp_path: Path) -> 
         }
         for key in figures.get(r["scenario"], ()):
             assert isinstance(r["details"][key], float) and r["details"][key] > 0, (key, r)
+        if r["scenario"] == "mixed":  # each server's CPU during the other's phases (may be 0)
+            for key in ("kms_cores_in_echo_loaded", "echo_cores_in_seed_kms"):
+                assert isinstance(r["details"][key], float) and r["details"][key] >= 0, (key, r)
     charts = sorted(p.name for p in tmp_path.glob("*.png"))
     assert {"fan-out-latency.png", "throughput.png"} <= set(charts), charts
     for chart in charts:
@@ -114,3 +117,11 @@ def test_fan_out_takes_enough_rounds_for_its_p99() -> None:
     assert rounds_for(at(10), 1_000) == 100
     assert rounds_for(at(10), 10_000) == 10  # a round takes over a second there
     assert rounds_for(at(1), 100) == 10  # the smoke run
+
+
+def test_mixed_phases_are_apart_for_the_fan_out_to_drain() -> None:
+    # mixed's gap lets a server's fan-out backlog finish before the other side's phase starts.
+    ctx = cast(BenchContext, SimpleNamespace(duration=4.0, scale=Scale.named("full")))
+    phases, total = BenchContext.plan(ctx, ["echo", "seed-kms"], gap=3.0)
+    assert [(round(a, 6), round(b, 6)) for _, a, b in phases[:3]] == [(0.0, 2.0), (5.0, 7.0), (10.0, 12.0)]
+    assert total == pytest.approx(20.0)

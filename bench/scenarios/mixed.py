@@ -12,6 +12,17 @@ own (the same count, clients and processes as the watchers), i.e. what the
 stack itself keeps under the same fan-out on this machine (issue 20 redefined
 it so; it was plain echo before). Plain echo still runs in phases of its own
 and is reported beside (``echo_calls_s``, ``ratio_vs_echo``), not judged.
+
+Phases are SETTLE_SECONDS apart at 1,000 watchers (scaled with the count):
+a server's fan-out outlives its phase. Under grpc.aio the completion events
+of a burst of 1,000 stream writes pass to the event loop one per loop
+iteration once its wake-up socket is full, so a backlog builds during the
+phase and takes one to two seconds to drain after the last push. With the
+0.4 s gap of the other scenarios that tail, and its watchers' reading, ran
+on the same two cores in the next phase: in the rotation that is
+echo-loaded after seed-kms four rounds in five, and echo-loaded fell to
+3-22 calls/s (bench/RESULTS.md, "Issue 20 §3: mixed", also for what is left). ``kms_cores_in_echo_loaded`` and ``echo_cores_in_seed_kms``
+(each server's CPU during the other's phases) show what is left of it.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from bench.context import BenchContext
+from bench.context import PHASE_GAP, BenchContext, LoadOutcome
 from bench.load import LoadSpec
 from bench.procs import BenchError
 from bench.results import Result, percentile
@@ -38,6 +49,8 @@ REVOCATIONS_PER_SECOND = 10
 LOADED = "echo-loaded"
 DELIVERY_P99_MS = 250.0
 MIN_RATIO = 0.80  # FetchKey under the fan-out / echo under the same fan-out
+# Seconds between phases per 1,000 watchers, for the last phase's fan-out to drain (docstring).
+SETTLE_SECONDS = 3.0
 
 
 class _Pacer:
@@ -84,6 +97,11 @@ def _with_loaded_echo(spec: LoadSpec) -> LoadSpec:
     return replace(spec, targets=(*spec.targets, replace(echo, name=LOADED)))
 
 
+def _cores(out: LoadOutcome, pid: int) -> float:
+    """pid's CPU seconds per second of out's phases."""
+    return out.cpu_seconds_by_pid[pid] / out.cpu_window_seconds if out.cpu_window_seconds else math.nan
+
+
 def run(ctx: BenchContext) -> list[Result]:
     workers = ctx.scale.client_processes
     watchers = ctx.scale.mixed_watchers
@@ -113,7 +131,7 @@ def run(ctx: BenchContext) -> list[Result]:
                 raise BenchError("mixed: not every watch stream opened")
             revoker = _Pacer("seed-kms", lambda: kms.revoke_key(REVOKED_KEY))
             publisher = _Pacer(LOADED, publish)
-            kms_pid, watcher_pids = kms.pid, watch_pool.pids
+            kms_pid, echo_pid, watcher_pids = kms.pid, echo.pid, watch_pool.pids
             try:
                 out = ctx.run_load(
                     [
@@ -125,6 +143,7 @@ def run(ctx: BenchContext) -> list[Result]:
                     server_pids={"echo": echo.pid, LOADED: echo.pid, "seed-kms": kms.pid},
                     # Where the two cores go: the watchers' processes stand for a fleet's machines.
                     other_pids=watcher_pids,
+                    gap=max(PHASE_GAP, SETTLE_SECONDS * watchers / 1000),
                 )
                 revoker.join()
                 publisher.join()
@@ -174,6 +193,11 @@ def run(ctx: BenchContext) -> list[Result]:
             "watchers_cpu_cores": watchers_cpu / kms_seconds,
             "server_cpu_cores": cpu_used[kms_pid] / kms_seconds,
             "echo_loaded_pushes_delivered": f"{base_delivered}/{len(publisher.sent)}",
+            # Each server's CPU (cores) during the other's phases: a fan-out left over from the
+            # phase before, which the settle gap is there to keep out.
+            "kms_cores_in_echo_loaded": _cores(loaded_out, kms_pid),
+            "echo_cores_in_seed_kms": _cores(kms_out, echo_pid),
+            "kms_watchers_cores_in_echo_loaded": sum(_cores(loaded_out, p) for p in watcher_pids),
             # Informative (see the module docstring): plain echo, no fan-out.
             "echo_calls_s": echo_out.rate,
             "ratio_vs_echo": kms_out.rate / echo_out.rate if echo_out.rate else math.nan,
