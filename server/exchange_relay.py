@@ -153,16 +153,11 @@ class ExchangeRelay:
         def send(item: Item) -> None:
             self._link.send_to(index, RELAY, kind="to_responder", id=relay_id, **encode_item(item))
 
+        opening = encode_item(hello)  # first: a hello too large to relay registers nothing
         pairing = RelayedPairing(initiator, hello, side="initiator", send=send, relay_id=relay_id)
         self._out[relay_id] = (index, pairing)
         self._link.send_to(
-            index,
-            RELAY,
-            kind="open",
-            id=relay_id,
-            initiator=initiator,
-            listener=listener,
-            **encode_item(hello),
+            index, RELAY, kind="open", id=relay_id, initiator=initiator, listener=listener, **opening
         )
         return pairing
 

@@ -142,6 +142,8 @@ class Hub:
             peer.send({"op": "welcome", "seq": self.announced})
             self._tell_others(peer.index, WORKER_JOINED)
             while (message := await read_message(reader)) is not None:
+                if self._peers.get(peer.index) is not peer:
+                    break  # gone (or replaced): what it still had to say is stale
                 await self._dispatch(peer, message)
         except (ConnectionError, ValueError, KeyError, TypeError) as exc:
             logger.warning("dropped a worker's connection: %s", exc)

@@ -122,7 +122,12 @@ class WorkerLink:
             self._confirm(int(message["seq"]))
         elif op == "cast":
             for handler in self._handlers.get(str(message.get("topic")), ()):
-                handler(message)
+                try:
+                    handler(message)
+                except Exception:  # one bad note loses that note, never the worker's life line
+                    logger.exception(
+                        "could not apply another worker's note", extra={"topic": message.get("topic")}
+                    )
         elif op == "ask":
             self._spawn(self._answer(message))
         elif op == "answers":

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from server.endpoints.limits import RateLimiter
-from server.workers.hub import WORKER_LEFT
+from server.workers.hub import WORKER_JOINED, WORKER_LEFT
 from server.workers.link import WorkerLink
 from server.workers.protocol import Message
 
@@ -108,6 +108,8 @@ class SharedLimits:
         link.on_cast("sync", self._on_sync)
         link.on_cast("full", self._on_full)
         link.on_cast(WORKER_LEFT, self._on_gone)
+        # A worker started again holds nothing open yet, whatever a late note of its last life said.
+        link.on_cast(WORKER_JOINED, self._on_gone)
         link.cast("sync")
 
     # --- this worker's notes -----------------------------------------------------------

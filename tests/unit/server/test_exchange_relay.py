@@ -132,6 +132,19 @@ def test_a_frame_larger_than_any_genuine_one_is_refused_instead_of_crossing() ->
         encode_item(huge)
 
 
+def test_a_hello_too_large_to_relay_is_refused_and_leaves_no_relay_behind() -> None:
+    async def main() -> None:
+        hub = _Hub()
+        near, far = _Worker(hub, 0), _Worker(hub, 1)
+        listener = far.listen("b", "s1")
+        huge = Frame(hello=handshake_pb2.Hello(responder="b", share=b"x" * (LARGEST_RELAYED + 1)))
+        with pytest.raises(FailedPrecondition, match="larger than any genuine"):
+            near.relay.open(1, "a", "b", huge)
+        assert near.relay.relays == far.relay.relays == 0 and listener.waiting.empty()
+
+    asyncio.run(main())
+
+
 def test_a_relayed_exchange_moves_every_item_both_ways_and_cleans_up() -> None:
     async def main() -> None:
         hub = _Hub()
