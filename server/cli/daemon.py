@@ -37,8 +37,9 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from server.app import serve  # imported here: the whole server, which admin commands never need
+    from server.ops import eventloop
 
-    return asyncio.run(serve(_config(args)))
+    return eventloop.run(serve(_config(args)))
 
 
 def cmd_init(args: argparse.Namespace) -> int:
