@@ -3,10 +3,10 @@
 grpc.aio drives every RPC through the event loop: each call is several
 callbacks, futures and task steps, and the SQLite store's thread wakes the
 loop once per group commit. uvloop runs those in C; measured on FetchKey
-(bench/RESULTS.md, issue 20 section 2) it cut the server's event-loop thread
-CPU per call by about a sixth, and the store thread's by about a quarter,
-with nothing else changed. Everything the server uses (grpc.aio, UNIX and TCP
-servers, signal handlers, executors, asyncio.timeout) runs on it unchanged.
+(bench/RESULTS.md, issue 20 section 2) the server's CPU per call fell by
+about a fifth, with nothing else changed (a noisy shared machine: see
+there). Everything the server uses (grpc.aio, UNIX and TCP servers, signal
+handlers, executors, asyncio.timeout) runs on it unchanged.
 """
 
 from __future__ import annotations
