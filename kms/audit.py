@@ -98,7 +98,9 @@ def record_mac(
     if len(key) != KEY_BYTES:
         raise ValueError("the audit chain key must be 32 bytes")
     message = _KEYED_CONTEXT + prev_hash + _body(seq, at, actor, action, obj, outcome)
-    return hmac.new(key, message, hashlib.sha256).digest()
+    # The one-shot C function: the same MAC as hmac.new(...).digest(), a third of its time
+    # (one record per key release, on the store's thread).
+    return hmac.digest(key, message, "sha256")
 
 
 def extend(key: bytes | None, last_seq: int, last_hash: bytes, entries: Iterable[Entry]) -> list[AuditRecord]:

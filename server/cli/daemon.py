@@ -40,15 +40,16 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     # Imported here: the whole server, which admin commands never need.
+    from server.ops import eventloop
     from server.workers.supervisor import ROLE_ENV
 
     if ROLE_ENV in os.environ:  # started by a supervisor, as one of its workers
         from server.workers.worker import serve_worker
 
-        return asyncio.run(serve_worker(_config(args), os.environ[ROLE_ENV]))
+        return eventloop.run(serve_worker(_config(args), os.environ[ROLE_ENV]))
     from server.app import serve
 
-    return asyncio.run(serve(_config(args), sys.argv[1:]))
+    return eventloop.run(serve(_config(args), sys.argv[1:]))
 
 
 def cmd_init(args: argparse.Namespace) -> int:

@@ -219,7 +219,7 @@ async def release_key_version(
     cache_key = ("release", name, version, agent, groups, key_pair)  # a key's type never changes
     cached: tuple[KeyVersionRecord, int | None] | None = tx.cached(cache_key)
     if cached is not None:
-        (record, expires_at), revoked = cached, await tx.fetchval(_REVOKED, serial)
+        (record, expires_at), revoked = cached, await _revocation(tx, serial)
     else:
         revoked, granted, current, disabled, key_type, expires_at = await tx.fetchrow(
             f"SELECT ({_REVOKED}), {granted_to(groups)},"  # noqa: S608 - placeholders only
@@ -233,6 +233,7 @@ async def release_key_version(
         )
     if revoked is not None:
         raise rules.caller_revoked(serial, revoked)
+    tx.remember(("unrevoked", serial), True)
     if cached is None:
         if not granted:
             raise rules.not_granted(name)
@@ -252,6 +253,19 @@ async def release_key_version(
         [(name, record.version, agent, serial, now)],
     )
     return record
+
+
+async def _revocation(tx: Tx, serial: str) -> str | None:
+    """Why serial was revoked (None: it was not), as _REVOKED reads it now.
+
+    SQLite's cache remembers a serial found unrevoked until any write that is more than a
+    release or an audit record (a revocation is one; server/store/sqlite/commit.py), or
+    until another connection writes: the store's word, without a query per release.
+    """
+    if tx.cached(("unrevoked", serial)):
+        return None
+    revoked: str | None = await tx.fetchval(_REVOKED, serial)
+    return revoked
 
 
 async def _releasable(tx: Tx, name: str, wanted: int) -> KeyVersionRecord:

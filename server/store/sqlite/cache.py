@@ -1,6 +1,8 @@
-"""Derived reads that hot writes repeat (release authorizations), on the SQLite thread.
+"""Derived reads that hot writes repeat (release authorizations, serials found unrevoked), on the
+SQLite thread.
 
-Cleared by every write that could change them, by any rollback, and when
+Cleared by every write that could change them (every write with a savepoint: only releases and
+audit records skip it), by any rollback, and when
 another connection has written (a tool, a restore), so a hit always equals
 what the query would say. Bounded by starting over.
 """

@@ -49,7 +49,9 @@ class _Write:
     # savepoint, since it changes nothing until the batch's end.
     savepoint: bool
     # True for a step that changes what the read cache holds (keys, grants,
-    # versions): the cache is cleared before it runs.
+    # versions): the cache is cleared before it runs. So is it before every
+    # step with a savepoint: any of them may revoke a certificate, which the
+    # cache holds as unrevoked for the releases (sql/keys.py).
     invalidates: bool
 
 
@@ -190,7 +192,7 @@ class GroupCommit:
     def _step(self, db: sqlite3.Connection, write: _Write) -> tuple[Any, BaseException | None]:
         tx = self._tx
         head, mark = tx.chain_head, tx.later.mark()
-        if write.invalidates:
+        if write.invalidates or write.savepoint:
             tx.cache.clear()
         if write.savepoint:
             db.execute("SAVEPOINT write")

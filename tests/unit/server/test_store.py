@@ -409,6 +409,29 @@ def test_no_release_commits_after_the_callers_revocation(tmp_path: Path) -> None
     asyncio.run(body())
 
 
+def test_a_revocation_by_another_connection_stops_the_next_release(tmp_path: Path) -> None:
+    """A serial found unrevoked is remembered (no query per release) only until anyone writes:
+    here another connection (another worker process, a tool)."""
+
+    async def body() -> None:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            await store.add_join_token(_token())
+            assert await store.enroll("00" * 8, b"h" * 32, NOW + 1, _cert("c1"))
+            await store.create_key("app", NOW, lambda v: b"sealed-%d" % v, [Grant("agent", "web-1")])
+            for _ in range(2):  # the second is answered from the cache
+                await store.release_key_version("app", None, "web-1", (), "c1", NOW)
+            other = sqlite3.connect(tmp_path / "kms.db", isolation_level=None)
+            other.execute("UPDATE certificates SET revoked_at=?, revocation_reason='keyCompromise'", (NOW,))
+            other.close()
+            with pytest.raises(Revoked, match="was revoked"):
+                await store.release_key_version("app", None, "web-1", (), "c1", NOW)
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
 def test_upgrade_to_lineage_finds_earlier_renewals_in_the_audit_trail(tmp_path: Path) -> None:
     path = tmp_path / "kms.db"
     conn = sqlite3.connect(path, isolation_level=None)
