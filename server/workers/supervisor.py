@@ -180,9 +180,8 @@ async def supervise(cfg: ServerConfig, argv: list[str]) -> int:
     try:
         try:
             line = await _until(supervisor.start(), stopping)
-        except WorkerFailed as exc:
+        except WorkerFailed as exc:  # its one error line is on stderr already, as one process's would be
             await supervisor.stop()
-            print("kms-server stopped", file=sys.stderr, flush=True)
             return exc.status
         if line is None:  # stopped while starting
             await supervisor.stop()
