@@ -151,3 +151,21 @@ def test_concurrent_scrapes_share_one_merge_reused_for_a_second() -> None:
 
     asyncio.run(main())
     assert made == [2]
+
+
+def test_a_flood_of_scrapes_asks_the_other_workers_once() -> None:
+    metrics, asked = Metrics(), [0]
+
+    async def others() -> list[Any]:
+        asked[0] += 1
+        await asyncio.sleep(0.01)
+        return []
+
+    async def main() -> None:
+        metrics.others = others
+        pages = await asyncio.gather(*(metrics.whole() for _ in range(20)))
+        pages.append(await metrics.whole())  # within the second: the same page
+        assert len(set(pages)) == 1
+
+    asyncio.run(main())
+    assert asked == [1]
