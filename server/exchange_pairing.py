@@ -43,7 +43,7 @@ Item = Frame | KmsError
 WAITING_MAX = 8
 # The largest frame relayed between workers: a genuine one is a few kilobytes (a chain is at most
 # 4 certificates of 8 KiB, kms/handshake.py), and the supervisor's socket takes messages of at
-# most 1 MiB (server/workers/protocol.py), base64 included. One process relays a larger frame
+# most 16 MiB (server/workers/protocol.py), base64 included. One process relays a larger frame
 # unchanged, for the other agent to refuse; between workers the side that sent it fails instead.
 LARGEST_RELAYED = 256 * 1024
 

@@ -38,7 +38,7 @@ LISTENING = "exchange.listening"  # one listener started (on=True) or ended, on 
 LISTENERS = "exchange.listeners"  # the sender's whole list, to a worker that joined
 RELAY = "exchange.relay"
 # Listeners per message of a whole list: an entry is at most ~110 bytes of JSON (a 63-character
-# name, a 40-digit serial), so a message stays far below the socket's 1 MiB frames however many
+# name, a 40-digit serial), so a message stays far below the socket's 16 MiB frames however many
 # agents listen.
 _LIST_CHUNK = 2000
 

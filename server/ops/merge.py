@@ -15,13 +15,18 @@ them up with its own:
   the store), kms_revocations (every worker publishes every event), python_info
   and process_max_fds (a limit per process, not a sum).
 
-A worker that restarts starts its counters from zero again: the sums then dip,
-which Prometheus's rate() reads as a counter reset.
+A worker that restarts starts its counters from zero again, and one may answer
+too late for a scrape: summed as they come, the totals would dip, which
+Prometheus's rate() reads as a counter reset. So the primary sums each worker's
+last answer when one is missing, and ``folded`` keeps a departed worker's last
+counters and histograms (``CUMULATIVE``) in a retained base, as prometheus-client's
+multiprocess mode does for a dead pid: the sums never go down
+(server/workers/figures.py).
 
 A worker's samples cross the hub packed (``packed``: JSON, zlib, base64): every
 method with every status code is about 250 kB of JSON but 26 kB packed, so the
-hub's one frame of answers (server/workers/protocol.py MAX_FRAME, 1 MiB) holds
-dozens of workers even then.
+hub's one frame of answers (server/workers/protocol.py MAX_FRAME, 16 MiB) holds
+hundreds of workers even then.
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
-__all__ = ["PRIMARY_ONLY", "Families", "families_of", "merged", "packed", "unpacked"]
+__all__ = ["CUMULATIVE", "PRIMARY_ONLY", "Families", "families_of", "folded", "merged", "packed", "unpacked"]
 
 # Families taken from the primary alone.
 PRIMARY_ONLY = frozenset(
     {"kms_certificates_expiring", "kms_keys_expiring", "kms_revocations", "python_info", "process_max_fds"}
 )
 _EARLIEST = frozenset({"process_start_time_seconds"})
+# Family types whose samples only grow while a process lives: kept in the base once it is gone.
+CUMULATIVE = frozenset({"counter", "histogram", "summary"})
 
 # [name, type, help, unit, [[sample name, labels, value], ...]] per family.
 Families = list[list[Any]]
@@ -78,18 +85,7 @@ def unpacked(text: str) -> Families:
 
 def merged(own: Families, others: Sequence[Families]) -> list[Metric]:
     """own (the primary's) and the others' families as one server's, in own's order."""
-    order: list[str] = []
-    heads: dict[str, tuple[str, str, str]] = {}
-    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for index, families in enumerate([own, *others]):
-        for name, kind, help_text, unit, samples in families:
-            if name not in heads:
-                order.append(name)
-                heads[name] = (kind, help_text, unit)
-                values[name] = {}
-            elif index > 0 and name in PRIMARY_ONLY:
-                continue
-            _add(values[name], samples, earliest=name in _EARLIEST)
+    order, heads, values = _gathered([own, *others], skip_after_first=PRIMARY_ONLY)
     result = []
     for name in order:
         kind, help_text, unit = heads[name]
@@ -100,8 +96,44 @@ def merged(own: Families, others: Sequence[Families]) -> list[Metric]:
     return result
 
 
+def folded(base: Families, departed: Families) -> Families:
+    """base with a departed worker's last counters and histograms added (its gauges left out)."""
+    kept = [f for f in departed if f[1] in CUMULATIVE and f[0] not in PRIMARY_ONLY]
+    order, heads, values = _gathered([base, kept], skip_after_first=frozenset())
+    return [
+        [
+            name,
+            *heads[name],
+            [[sample, dict(labels), value] for (sample, labels), value in values[name].items()],
+        ]
+        for name in order
+    ]
+
+
+_Values = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _gathered(
+    sources: Sequence[Families], *, skip_after_first: frozenset[str]
+) -> tuple[list[str], dict[str, tuple[str, str, str]], dict[str, _Values]]:
+    """Every family's samples over sources, combined: (names in order, heads, values by name)."""
+    order: list[str] = []
+    heads: dict[str, tuple[str, str, str]] = {}
+    values: dict[str, _Values] = {}
+    for index, families in enumerate(sources):
+        for name, kind, help_text, unit, samples in families:
+            if name not in heads:
+                order.append(name)
+                heads[name] = (kind, help_text, unit)
+                values[name] = {}
+            elif index > 0 and name in skip_after_first:
+                continue
+            _add(values[name], samples, earliest=name in _EARLIEST)
+    return order, heads, values
+
+
 def _add(
-    into: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    into: _Values,
     samples: Iterable[Sequence[Any]],
     *,
     earliest: bool,

@@ -14,9 +14,14 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from server.ops.coalesce import Coalesced
 from server.ops.merge import Families, families_of, merged
 
-__all__ = ["Metrics"]
+__all__ = ["WHOLE_FRESH", "Metrics"]
+
+# Seconds the whole server's merged exposition is reused (server/ops/coalesce.py): a flood of
+# scrapes asks the other workers at most once a second.
+WHOLE_FRESH = 1.0
 
 
 class Metrics:
@@ -76,6 +81,7 @@ class Metrics:
         self._started_children: dict[str, Counter] = {}
         # Of several workers: the others' samples (server/workers/figures.py); None: one process.
         self.others: Callable[[], Awaitable[list[Families]]] | None = None
+        self._whole = Coalesced(self._merged, WHOLE_FRESH)
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         children = self._rpc_children.get((method, code))
@@ -96,9 +102,14 @@ class Metrics:
         return generate_latest(self.registry)
 
     async def whole(self) -> bytes:
-        """The exposition of the whole server: this process's, or every worker's merged (server/ops/merge.py)."""
+        """The exposition of the whole server: this process's, or every worker's merged
+        (server/ops/merge.py), one merge in flight and its result reused for WHOLE_FRESH seconds."""
         if self.others is None:
             return self.exposition()
+        return await self._whole.get()
+
+    async def _merged(self) -> bytes:
+        assert self.others is not None
         others = await self.others()
         return generate_latest(_Collected(merged(families_of(self.registry), others)))
 

@@ -43,8 +43,9 @@ class Rates:
     def sample(self, monotonic: float, others: Sequence[float] = (0.0, 0.0, 0.0)) -> None:
         """Appends the rates since the last sample, once per whole second elapsed (none before one).
 
-        others: the other workers' totals, added to this one's (a worker that restarted makes
-        the sum dip: that second's rate shows 0, never a negative one).
+        others: the other workers' totals, added to this one's. They never go down
+        (server/workers/figures.py keeps a late worker's last totals and a departed one's);
+        should they, that second's rate shows 0, never a negative one.
         """
         here = self.totals()
         totals = (here[0] + others[0], here[1] + others[1], here[2] + others[2])

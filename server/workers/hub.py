@@ -11,7 +11,10 @@ afresh before it serves): failing closed, never confirming what was not done.
 
 Other messages are relayed: ``cast`` to every other worker, ``to`` one worker
 (both arrive as ``cast``, with the sender's index in ``from``), and ``ask``
-every other worker, whose ``answer``s come back together as ``answers``: for
+every other worker that is ready (one still starting answers nothing until its
+link runs), whose ``answer``s come back together as ``answers``, each as
+{"from": index, "body": answer}, within ASK_BOUND or the shorter ``within``
+the asker gave: for
 what each worker keeps in memory from its peers' notes, and for the figures
 of the whole server. The hub itself tells the others of a worker that joins
 (``worker.joined``, also when a restarted one takes the place of the old) and of one
@@ -37,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 # How long every worker has to apply an event before the laggards are killed.
 CONFIRM_BOUND = 1.0
-# How long a question to every worker (their figures for /metrics, `top`) waits for answers.
+# How long a question to every worker (their figures for /metrics, `top`) waits for answers,
+# at most (an ask may say "within": a shorter bound).
 ASK_BOUND = 2.0
 # The topics of the casts the hub makes in a worker's name when it joins and when it leaves.
 WORKER_JOINED = "worker.joined"
@@ -207,22 +211,25 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     async def _ask(self, origin: _Peer, message: Message) -> None:
-        """Asks every other live worker; answers origin with what they said within ASK_BOUND."""
+        """Asks every other worker that is ready; answers origin with what they said within the
+        bound, each answer with its worker's index."""
         self._next_ask += 1
         ask_id, answers = self._next_ask, dict[int, object]()
         self._asks[ask_id] = answers
-        asked = [p for p in self._peers.values() if p is not origin]
+        asked = [p for p in self._peers.values() if p is not origin and p.ready]
         for peer in asked:
             peer.send({**message, "id": ask_id, "from": origin.index})
+        bound = min(ASK_BOUND, max(0.0, float(message.get("within") or ASK_BOUND)))
         try:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(ASK_BOUND), self._changed:
+                async with asyncio.timeout(bound), self._changed:
                     await self._changed.wait_for(
                         lambda: all(p.index in answers or self._peers.get(p.index) is not p for p in asked)
                     )
         finally:
             del self._asks[ask_id]
-        origin.send({"op": "answers", "id": message["id"], "answers": list(answers.values())})
+        said = [{"from": index, "body": body} for index, body in answers.items()]
+        origin.send({"op": "answers", "id": message["id"], "answers": said})
 
     async def _confirm(self, origin: _Peer, seq: int) -> None:
         """Wakes every worker behind seq (origin too: it may lack an event another worker committed

@@ -166,14 +166,17 @@ class WorkerLink:
         """answer makes this worker's reply (JSON-able) to each question on topic."""
         self._questions[topic] = answer
 
-    async def ask(self, topic: str, **body: Any) -> list[Any]:
-        """Every other worker's answer on topic (those that answered within the hub's ASK_BOUND)."""
+    async def ask(self, topic: str, *, within: float | None = None, **body: Any) -> list[Any]:
+        """Every other ready worker's answer on topic, as {"from": its index, "body": its answer
+        (None: it could not say)}, of those that answered within the hub's ASK_BOUND (or within
+        seconds, if shorter)."""
         if self._lost.is_set():
             return []
         self._next_ask += 1
         waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._asked[self._next_ask] = waiter
-        self._send({"op": "ask", "id": self._next_ask, "topic": topic, **body})
+        bound = {} if within is None else {"within": within}
+        self._send({"op": "ask", "id": self._next_ask, "topic": topic, **bound, **body})
         return await waiter
 
     async def _answer(self, message: Message) -> None:

@@ -6,6 +6,8 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from server.workers.hub import WORKER_JOINED, WORKER_LEFT, Hub
 from server.workers.protocol import Message, read_message, write_message
 
@@ -100,6 +102,8 @@ def test_casts_go_to_the_others_and_questions_gather_every_answer(tmp_path: Path
         assert await c.next() == {"op": "cast", "topic": "tls", "from": 0}
         b.send({"op": "to", "index": 2, "topic": "hi", "n": 1})
         assert await c.next() == {"op": "cast", "index": 2, "topic": "hi", "n": 1, "from": 1}
+        for worker in (b, c):
+            worker.send({"op": "ready"})
         a.send({"op": "ask", "id": 5, "topic": "figures"})
         for worker, n in ((b, 10), (c, 20)):
             question = await worker.next()
@@ -107,7 +111,27 @@ def test_casts_go_to_the_others_and_questions_gather_every_answer(tmp_path: Path
             worker.send({"op": "answer", "id": question["id"], "body": {"n": n}})
         answers = await a.next()
         assert answers["op"] == "answers" and answers["id"] == 5
-        assert sorted(x["n"] for x in answers["answers"]) == [10, 20]
+        said = sorted((x["from"], x["body"]["n"]) for x in answers["answers"])
+        assert said == [(1, 10), (2, 20)]  # each answer with its worker's index
+
+    _run(tmp_path, body)
+
+
+def test_a_question_skips_workers_not_ready_and_waits_at_most_its_own_bound(tmp_path: Path) -> None:
+    async def body(hub: Hub, killed: list[int]) -> None:
+        a, _ = await _Worker.join(hub, 0)
+        b, _ = await _Worker.join(hub, 1)
+        c, _ = await _Worker.join(hub, 2)  # still starting: never asked
+        b.send({"op": "ready"})
+        started = time.monotonic()
+        a.send({"op": "ask", "id": 6, "topic": "observe", "within": 0.2})
+        assert (await b.next())["topic"] == "observe"  # and b is slow to answer
+        answers = await a.next()
+        assert answers == {"op": "answers", "id": 6, "answers": []}
+        assert 0.15 <= time.monotonic() - started < 1.0  # not the hub's ASK_BOUND (2 s)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(c.next(), 0.1)
+        assert killed == []
 
     _run(tmp_path, body)
 
