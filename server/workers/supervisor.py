@@ -171,6 +171,7 @@ async def supervise(cfg: ServerConfig, argv: list[str]) -> int:
     """
     held, cfg = reserve(cfg)
     datadir = DataDir(cfg.data_dir)
+    fresh = not cfg.data_dir.exists()
     datadir.prepare()
     supervisor = Supervisor(cfg, datadir, argv)
     stopping = asyncio.Event()
@@ -182,6 +183,8 @@ async def supervise(cfg: ServerConfig, argv: list[str]) -> int:
             line = await _until(supervisor.start(), stopping)
         except WorkerFailed as exc:  # its one error line is on stderr already, as one process's would be
             await supervisor.stop()
+            if fresh:
+                _undo_fresh(datadir)
             return exc.status
         if line is None:  # stopped while starting
             await supervisor.stop()
@@ -201,6 +204,16 @@ async def supervise(cfg: ServerConfig, argv: list[str]) -> int:
         held.close()
         datadir.release()
         (datadir.path / "hub.sock").unlink(missing_ok=True)
+
+
+def _undo_fresh(datadir: DataDir) -> None:
+    """A data dir this start created, left as it found it when the primary failed before creating
+    anything (a token refused, a port taken): one process checks those before it makes the dir."""
+    datadir.release()
+    for name in ("kms.lock", "hub.sock"):
+        (datadir.path / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: the primary created the deployment, which stays
+        datadir.path.rmdir()
 
 
 async def _until(work: Coroutine[Any, Any, str], stop: asyncio.Event) -> str | None:

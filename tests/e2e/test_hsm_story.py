@@ -115,7 +115,7 @@ def test_the_key_is_in_the_token_only(served: tuple[ServerProcess, Path], hsm: S
     assert not (server.data_dir / "ca.key").exists()
     names = {p.name for p in server.data_dir.iterdir()}
     assert names <= {"master.key", "ca.crt", "server.crt", "server.key", "kms.db", "kms.db-wal", "kms.db-shm",
-                      "kms.lock", "admin.sock", "audit-keyed-from"}, names  # fmt: skip
+                      "kms.db.writer", "kms.lock", "admin.sock", "audit-keyed-from"}, names  # fmt: skip
     held = store_bytes(server)
     assert b"PRIVATE KEY" not in held
     if backend != "sqlite":

@@ -182,7 +182,10 @@ def test_envelope_naming_a_key_the_agent_may_not_fetch(server: ServerProcess, fl
         pytest.param(["fetch-key", "app", "--version", "-1"], 2, "positive", id="negative-version"),
         pytest.param(["fetch-key", "app", "--version", "99"], 5, "no version 99", id="absent-version"),
         pytest.param(
-            ["encrypt", "--key", "app", "/nonexistent", "/tmp/x"], 2, "cannot read", id="missing-input"
+            ["encrypt", "--key", "app", "/nonexistent", "/tmp/seed-kms-test-never-written"],
+            2,
+            "cannot read",
+            id="missing-input",
         ),
     ],
 )
