@@ -17,7 +17,16 @@ import grpc
 
 from tests.harness import ServerProcess
 
-__all__ = ["channel_on_each_worker", "children", "held", "on_worker", "worker_index", "worker_pids"]
+__all__ = [
+    "channel_on_each_worker",
+    "children",
+    "connections",
+    "held",
+    "on_worker",
+    "socket_inodes",
+    "worker_index",
+    "worker_pids",
+]
 
 T = TypeVar("T")
 
@@ -51,7 +60,7 @@ def worker_pids(server: ServerProcess, count: int, timeout: float = 10.0) -> lis
         time.sleep(0.05)
 
 
-def _connections() -> Iterator[tuple[int, int, int]]:
+def connections() -> Iterator[tuple[int, int, int]]:
     """(local port, remote port, inode) of every established TCP socket of the host's namespace."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
@@ -62,7 +71,7 @@ def _connections() -> Iterator[tuple[int, int, int]]:
             yield local, remote, int(fields[9])
 
 
-def _socket_inodes(pid: int) -> set[int]:
+def socket_inodes(pid: int) -> set[int]:
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -76,14 +85,14 @@ def _socket_inodes(pid: int) -> set[int]:
 
 def _own_ports(server_port: int) -> set[int]:
     """The local ports of this process's connections to server_port."""
-    mine = _socket_inodes(os.getpid())
-    return {local for local, remote, inode in _connections() if remote == server_port and inode in mine}
+    mine = socket_inodes(os.getpid())
+    return {local for local, remote, inode in connections() if remote == server_port and inode in mine}
 
 
 def held(supervisor: int, port: int) -> dict[int, set[int]]:
     """Per worker pid: the client ports of the connections to port it holds."""
-    ends = {inode: remote for local, remote, inode in _connections() if local == port}
-    return {pid: {ends[i] for i in _socket_inodes(pid) if i in ends} for pid in children(supervisor)}
+    ends = {inode: remote for local, remote, inode in connections() if local == port}
+    return {pid: {ends[i] for i in socket_inodes(pid) if i in ends} for pid in children(supervisor)}
 
 
 def on_worker(supervisor: int, port: int, want: int, open_one: Callable[[], T], tries: int = 40) -> T:
@@ -107,10 +116,10 @@ def on_worker(supervisor: int, port: int, want: int, open_one: Callable[[], T], 
 
 def _worker_of(client_port: int, server_port: int, pids: list[int]) -> int | None:
     inodes = {
-        inode for local, remote, inode in _connections() if local == server_port and remote == client_port
+        inode for local, remote, inode in connections() if local == server_port and remote == client_port
     }
     for pid in pids:
-        if inodes & _socket_inodes(pid):
+        if inodes & socket_inodes(pid):
             return pid
     return None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness import ServerProcess, WatchProcess, short_tmpdir
+from tests.workers import connections, socket_inodes
 
 __all__ = [
     "REPLICA_ARGS",
@@ -127,25 +127,8 @@ def log_seqs(server: ServerProcess) -> list[int]:
 
 def remote_ports(pid: int) -> set[int]:
     """The remote TCP ports of pid's established connections (to tell which replica it talks to)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    ports = set()
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
-                ports.add(int(fields[2].rsplit(":", 1)[1], 16))
-    return ports
+    mine = socket_inodes(pid)
+    return {remote for _local, remote, inode in connections() if inode in mine}
 
 
 def port_of(address: str) -> int:
