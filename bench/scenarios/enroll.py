@@ -18,12 +18,13 @@ import time
 from bench.context import BenchContext, split
 from bench.kms import KmsServer
 from bench.load import LoadSpec, Target
+from bench.pki import Identity
 from bench.results import Result
 from bench.scenarios.common import throughput_result
 from bench.softhsm import BenchHsm, softhsm_module
 from kms.v1 import enrollment_pb2
 
-__all__ = ["enroll_requests", "run"]
+__all__ = ["connect_target", "enroll_requests", "enroll_target", "run"]
 
 HSM = "ecdsa-p256 HSM"  # the P-256 CA key in a SoftHSM2 token
 CA_TYPES = ("ecdsa-p256", "rsa-3072", HSM)
@@ -46,6 +47,36 @@ def enroll_requests(
         for i, t in enumerate(tokens)
     ]
     return split(requests, workers)
+
+
+def connect_target(ctx: BenchContext, address: str, identities: tuple[Identity, ...]) -> Target:
+    """The baseline: a new mTLS connection and one echo each, LANES at once."""
+    return Target(
+        "connect",
+        "connect",
+        address,
+        ctx.baseline_pki.ca_pem,
+        identities,
+        "/bench.Baseline/Echo",
+        (b"c" * 16,),
+        depth=LANES,
+    )
+
+
+def enroll_target(name: str, kms: KmsServer, requests: tuple[bytes, ...]) -> Target:
+    """Enrollments over new connections, one token each (the first WARMUP_TOKENS warm up)."""
+    return Target(
+        name,
+        "connect",
+        kms.enroll_address,
+        kms.ca_pem,
+        (),
+        "/kms.v1.Enrollment/Enroll",
+        requests[WARMUP_TOKENS:],
+        warmup_requests=requests[:WARMUP_TOKENS],
+        consume=True,
+        depth=LANES,
+    )
 
 
 def _tokens(ctx: BenchContext, kms: KmsServer, ca_type: str, workers: int) -> list[tuple[bytes, ...]]:
@@ -72,34 +103,8 @@ def run(ctx: BenchContext) -> list[Result]:
         baseline_ids = split(ctx.baseline_clients(LANES * workers), workers)
         specs = []
         for w in range(workers):
-            targets = [
-                Target(
-                    "connect",
-                    "connect",
-                    base.fields["address"],
-                    ctx.baseline_pki.ca_pem,
-                    baseline_ids[w],
-                    "/bench.Baseline/Echo",
-                    (b"c" * 16,),
-                    depth=LANES,
-                )
-            ]
-            for ca, kms in servers.items():
-                requests = per_server[ca][w]
-                targets.append(
-                    Target(
-                        ca,
-                        "connect",
-                        kms.enroll_address,
-                        kms.ca_pem,
-                        (),
-                        "/kms.v1.Enrollment/Enroll",
-                        requests[WARMUP_TOKENS:],
-                        warmup_requests=requests[:WARMUP_TOKENS],
-                        consume=True,
-                        depth=LANES,
-                    )
-                )
+            targets = [connect_target(ctx, base.fields["address"], baseline_ids[w])]
+            targets += [enroll_target(ca, kms, per_server[ca][w]) for ca, kms in servers.items()]
             specs.append(LoadSpec(tuple(targets)))
         started = time.monotonic()
         out = ctx.run_load(

@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from bench.capacity import capacity, cores_used, usable_cores, workers_args
 from bench.context import BenchContext, LoadOutcome, split
 from bench.kms import KmsServer
-from bench.load import LoadSpec, Target
+from bench.load import LoadSpec
 from bench.results import Result
 from bench.scenarios.common import load_details
-from bench.scenarios.enroll import LANES, WARMUP_TOKENS, enroll_requests
+from bench.scenarios.enroll import LANES, WARMUP_TOKENS, connect_target, enroll_requests, enroll_target
 from bench.scenarios.fetch_key import depth_for, echo_target, fetch_key_target, fetch_setup
 
 __all__ = ["run"]
@@ -72,34 +72,8 @@ def _enroll_specs(ctx: BenchContext, connect_address: str, servers: dict[int, Km
     base_ids = split(ctx.baseline_clients(LANES * clients), clients)
     specs = []
     for c in range(clients):
-        targets = [
-            Target(
-                "connect",
-                "connect",
-                connect_address,
-                ctx.baseline_pki.ca_pem,
-                base_ids[c],
-                "/bench.Baseline/Echo",
-                (b"c" * 16,),
-                depth=LANES,
-            )
-        ]
-        for n, kms in servers.items():
-            mine = requests[n][c]
-            targets.append(
-                Target(
-                    _name(n),
-                    "connect",
-                    kms.enroll_address,
-                    kms.ca_pem,
-                    (),
-                    "/kms.v1.Enrollment/Enroll",
-                    mine[WARMUP_TOKENS:],
-                    warmup_requests=mine[:WARMUP_TOKENS],
-                    consume=True,
-                    depth=LANES,
-                )
-            )
+        targets = [connect_target(ctx, connect_address, base_ids[c])]
+        targets += [enroll_target(_name(n), kms, requests[n][c]) for n, kms in servers.items()]
         specs.append(LoadSpec(tuple(targets)))
     return specs
 

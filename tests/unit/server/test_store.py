@@ -383,15 +383,20 @@ def test_a_second_renewal_within_the_window_is_refused(tmp_path: Path) -> None:
     asyncio.run(body())
 
 
+async def _enrolled_and_granted(store: SqliteStore) -> None:
+    """web-1 enrolled with certificate c1, and granted key app."""
+    await store.add_join_token(_token())
+    assert await store.enroll("00" * 8, b"h" * 32, NOW + 1, _cert("c1"))
+    await store.create_key("app", NOW, lambda v: b"sealed-%d" % v, [Grant("agent", "web-1")])
+
+
 def test_no_release_commits_after_the_callers_revocation(tmp_path: Path) -> None:
     """Even queued behind the revocation in the same group commit, the release is refused."""
 
     async def body() -> None:
         store = await SqliteStore.open(tmp_path / "kms.db")
         try:
-            await store.add_join_token(_token())
-            assert await store.enroll("00" * 8, b"h" * 32, NOW + 1, _cert("c1"))
-            await store.create_key("app", NOW, lambda v: b"sealed-%d" % v, [Grant("agent", "web-1")])
+            await _enrolled_and_granted(store)
             assert (await store.release_key_version("app", None, "web-1", (), "c1", NOW)).version == 1
             results = await asyncio.gather(
                 store.revoke_agent("web-1", "keyCompromise", NOW),
@@ -416,9 +421,7 @@ def test_a_revocation_by_another_connection_stops_the_next_release(tmp_path: Pat
     async def body() -> None:
         store = await SqliteStore.open(tmp_path / "kms.db")
         try:
-            await store.add_join_token(_token())
-            assert await store.enroll("00" * 8, b"h" * 32, NOW + 1, _cert("c1"))
-            await store.create_key("app", NOW, lambda v: b"sealed-%d" % v, [Grant("agent", "web-1")])
+            await _enrolled_and_granted(store)
             for _ in range(2):  # the second is answered from the cache
                 await store.release_key_version("app", None, "web-1", (), "c1", NOW)
             other = sqlite3.connect(tmp_path / "kms.db", isolation_level=None)
