@@ -144,7 +144,10 @@ def _workers(text: str, s: Setting) -> int:
     cpuset limits it), the count at which a CPU-bound server stops gaining."""
     if text.strip().lower() == "auto":
         return len(os.sched_getaffinity(0))
-    return _whole(text, s)
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidArgument(f"{s.flag} {text!r} is not a whole number or auto") from None
 
 
 def _at_most(high: str, note: str = "") -> tuple[Bound, ...]:
