@@ -81,7 +81,9 @@ def test_server_shell_completes_runs_and_guides(rig: tuple[ServerProcess, Path])
         (token,) = re.findall(r"[0-9a-f]{16}\.[A-Za-z0-9_-]{43}", printed)
         _type(child, "key destroy payroll-db --version 1")
         child.sendcontrol("c")  # cancels the line: nothing destroyed
-        child.expect("kms-server>")
+        # The next prompt, on a line of its own: a bare "kms-server>" also matches a redraw of the
+        # cancelled line, and a Ctrl-D sent before the new prompt reads keys is lost.
+        child.expect("\r\n[^\r\n]*kms-server>")
         assert child.waitnoecho(timeout=20)
         child.sendcontrol("d")
         child.expect(pexpect.EOF)
