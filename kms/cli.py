@@ -31,6 +31,7 @@ __all__ = [
     "add_listing_options",
     "command_parsers",
     "config_keys",
+    "tag_logs",
     "use_json_logs",
     "print_json",
     "print_table",
@@ -120,6 +121,25 @@ def use_json_logs() -> None:
     """Switches the handlers set up by run_main to one JSON object per line (--log-format json)."""
     for handler in logging.getLogger().handlers:
         handler.setFormatter(_JsonFormatter())
+
+
+class _Tag(logging.Filter):
+    def __init__(self, fields: dict[str, object]) -> None:
+        super().__init__()
+        self._fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self._fields.items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def tag_logs(**fields: object) -> None:
+    """Adds these fields to every record the handlers set up by run_main write (unless a record
+    sets its own): a process among several (a kms-server worker) says which one it is."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Tag(fields))
 
 
 def _setup_logging(verbose: bool) -> None:

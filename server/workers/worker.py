@@ -16,7 +16,7 @@ import os
 import signal
 from pathlib import Path
 
-from kms.cli import use_json_logs
+from kms.cli import tag_logs, use_json_logs
 from kms.errors import FailedPrecondition
 from server.app import create_server
 from server.config import ServerConfig
@@ -67,6 +67,7 @@ async def serve_worker(cfg: ServerConfig, role_text: str) -> int:
     raise_open_file_limit()
     _die_with_parent()  # first: the parent check below then also covers a supervisor gone meanwhile
     link = WorkerLink(_role(role_text))
+    tag_logs(worker=link.role.index)  # the workers' lines share the supervisor's stderr
     app = await create_server(worker_config(cfg), link=link)
     await link.connect()
     share_limits(app, link)  # one budget per client and agent, whole-server counts
@@ -80,7 +81,7 @@ async def serve_worker(cfg: ServerConfig, role_text: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     link.ready(line=app.ready_line())
-    logger.info("worker serving", extra={"worker": link.role.index, "address": app.address})
+    logger.info("worker serving", extra={"address": app.address})
     signalled = asyncio.create_task(stopping.wait())
     assert app.following is not None
     await asyncio.wait({signalled, app.following, joined}, return_when=asyncio.FIRST_COMPLETED)

@@ -63,6 +63,15 @@ def _until(predicate: object, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def test_each_workers_log_lines_say_which_worker_wrote_them(rig: tuple[ServerProcess, Path]) -> None:
+    server, _ = rig
+    serving = [line for line in server.output().splitlines() if "worker serving" in line]
+    assert {line.split(" worker=")[1].split()[0] for line in serving} >= {"0", "1"}, serving
+    # Every line of the workers', not just their own: the store's, say, from the same process.
+    primary = [line for line in server.output().splitlines() if line.endswith(" worker=0")]
+    assert len(primary) >= 2, server.output()
+
+
 def test_a_revocation_is_refused_on_every_worker_before_revoke_returns(
     rig: tuple[ServerProcess, Path],
 ) -> None:
