@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["DISTRIBUTION", "SubcommandErrors", "add_version", "document", "program_version", "subcommands"]
 
@@ -21,6 +20,9 @@ DISTRIBUTION = "seed-kms"
 
 def program_version(prog: str) -> str:
     """ "kms-agent 0.1.0": the installed package's version, from its metadata."""
+    # Imported here: importlib.metadata costs about 25 ms at every start of every command.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         number = version(DISTRIBUTION)
     except PackageNotFoundError:  # run from a source tree that was never installed
@@ -28,10 +30,20 @@ def program_version(prog: str) -> str:
     return f"{prog} {number}"
 
 
+class _Version(argparse.Action):
+    """argparse's "version" action, reading the version only when --version is given."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, prog: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+        self._prog = prog
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> NoReturn:
+        print(program_version(self._prog))  # on stdout, as argparse's own
+        parser.exit()
+
+
 def add_version(parser: argparse.ArgumentParser, prog: str) -> None:
-    parser.add_argument(
-        "--version", action="version", version=program_version(prog), help="print the version and exit"
-    )
+    parser.add_argument("--version", action=_Version, prog=prog, help="print the version and exit")
 
 
 # The parsers parse_args went through, outermost first: a subcommand's parser runs inside its parent's.

@@ -17,6 +17,17 @@ def test_version_is_the_installed_package_version() -> None:
     assert program_version("kms-agent") == f"kms-agent {version('seed-kms')}"
 
 
+@pytest.mark.parametrize("prog, build", [("kms-agent", agent_parser), ("kms-server", server_parser)])
+def test_dash_dash_version_prints_it_on_stdout_and_exits_0(
+    prog: str, build: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        build().parse_args(["--version"])  # type: ignore[operator]
+    assert info.value.code == 0
+    out, err = capsys.readouterr()
+    assert out == f"{prog} {version('seed-kms')}\n" and err == ""
+
+
 def _tree() -> ArgumentParser:
     parser = ArgumentParser(prog="tool")
     sub = parser.add_subparsers(dest="command", required=True)
