@@ -32,6 +32,8 @@ __all__ = ["DEFAULT_TIMEOUT", "Endpoint", "KmsClient", "quiet_closed_channel_pol
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 15.0
+# How long Endpoint.connected waits for grpc's polling thread to report the channel's state.
+_STATE_WAIT = 2.0
 
 _UNREACHABLE_HINT = (
     "a TLS handshake also fails when the server does not verify against the pinned CA,"
@@ -68,20 +70,54 @@ class Endpoint:
         self.target = target
         self._timeout = timeout
         self._channel = grpc.secure_channel(target, credentials)
-        self.connected = False  # whether the channel ever got a connection (TCP and TLS)
-        self._channel.subscribe(self._on_state)
+        self._following = False  # a stream asked to keep the connection state (follow_connection)
+        self._ever_connected = False
         self.enrollment = enrollment_pb2_grpc.EnrollmentStub(self._channel)
         self.identity = identity_pb2_grpc.IdentityStub(self._channel)
         self.keys = keys_pb2_grpc.KeysStub(self._channel)
         self.revocation = revocation_pb2_grpc.RevocationStub(self._channel)
         self.handshake = handshake_pb2_grpc.HandshakeStub(self._channel)
 
+    def follow_connection(self) -> None:
+        """From now on, connected says whether the channel ever got a connection: for a stream,
+        whose connection may come and go while it waits (a subscription for the channel's life)."""
+        if not self._following:
+            self._following = True
+            self._channel.subscribe(self._on_state)
+
     def _on_state(self, state: grpc.ChannelConnectivity) -> None:
         if state == grpc.ChannelConnectivity.READY:
-            self.connected = True
+            self._ever_connected = True
+
+    @property
+    def connected(self) -> bool:
+        """Whether the channel got a connection (TCP and TLS): since follow_connection, ever;
+        otherwise, now.
+
+        Unary calls ask only once one ran out of time, to tell a silent address from a server
+        that is slow to answer, and keep no subscription: grpc's close() waits for a
+        subscription's pending poll (up to 200 ms), which made every one-shot command that
+        much longer.
+        """
+        if self._following:
+            return self._ever_connected
+        seen: list[grpc.ChannelConnectivity] = []
+        delivered = threading.Event()
+
+        def on_state(state: grpc.ChannelConnectivity) -> None:
+            seen.append(state)  # the first is the state when subscribing
+            delivered.set()
+
+        self._channel.subscribe(on_state)
+        try:
+            delivered.wait(_STATE_WAIT)
+        finally:
+            self._channel.unsubscribe(on_state)
+        return seen[:1] == [grpc.ChannelConnectivity.READY]
 
     def close(self) -> None:
-        self._channel.unsubscribe(self._on_state)
+        if self._following:
+            self._channel.unsubscribe(self._on_state)
         self._channel.close()
 
     def unreachable(self, reason: str) -> Unreachable:
@@ -120,6 +156,7 @@ class Endpoint:
 
     def watch(self, after_seq: int) -> Any:
         """Opens a Watch stream (no deadline); iterate it, cancel() it. Errors surface while iterating."""
+        self.follow_connection()
         return self.revocation.Watch(revocation_pb2.WatchRequest(after_seq=after_seq))
 
 

@@ -138,6 +138,7 @@ def _initiate_on(
     else:
         check = agent_peer(_ca(identity), _trust_domain(identity), peer, now, _revocation_check(endpoint))
     machine = Initiator(_local(identity), check, peer, group)
+    endpoint.follow_connection()
     stream = _Stream(endpoint.handshake.Exchange, timeout)
     try:
         stream.send(to_frame(machine.start()))
@@ -243,6 +244,7 @@ def _respond_on(
         # Sign with the certificate we hold now, not the one we held when we started waiting.
         return Responder(_local((current or (lambda: identity))()), check, identity.settings.name)
 
+    endpoint.follow_connection()
     stream = _Stream(endpoint.handshake.Listen, timeout, first_timeout=_left(deadline) or 0)
     began = False
     try:
