@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from server.ops.heap import HeapKeeper
+from server.ops.heap import GROWTH_CHECK_TICKS, RECLAIM_FLOOR, HeapKeeper
 
 
 class _Node:
@@ -39,5 +39,23 @@ def test_tick_reclaims_when_due() -> None:
         del node
         keeper.tick()
         assert ref() is None
+    finally:
+        gc.unfreeze()
+
+
+def test_a_doubled_frozen_set_is_noticed_at_the_next_growth_check() -> None:
+    keeper = HeapKeeper(reclaim_every=3600)
+    try:
+        keeper.reclaim()
+        grown = [[] for _ in range(2 * max(RECLAIM_FLOOR, gc.get_freeze_count()))]
+        node = _Node()
+        ref = weakref.ref(node)
+        gc.freeze()  # what the ticks froze meanwhile, say
+        del node
+        for _ in range(GROWTH_CHECK_TICKS - 1):  # the size is not looked at on these ticks
+            keeper.tick()
+        assert ref() is not None
+        keeper.tick()
+        assert ref() is None and grown  # doubled: unfrozen and collected
     finally:
         gc.unfreeze()
