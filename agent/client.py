@@ -92,12 +92,14 @@ class Endpoint:
     @property
     def connected(self) -> bool:
         """Whether the channel got a connection (TCP and TLS): since follow_connection, ever;
-        otherwise, now.
+        otherwise, unless it is connecting now.
 
-        Unary calls ask only once one ran out of time, to tell a silent address from a server
-        that is slow to answer, and keep no subscription: grpc's close() waits for a
-        subscription's pending poll (up to 200 ms), which made every one-shot command that
-        much longer.
+        Unary calls ask only once one ran out of time, to tell a silent address (still
+        CONNECTING, or failing to) from a server that had the call: READY, or IDLE once a
+        server going away let its connection go, is the server's answer and never retried
+        elsewhere; so is a state grpc did not report in time. Not kept by a subscription for
+        the channel's life: grpc's close() waits for a subscription's pending poll (up to
+        200 ms), which made every one-shot command that much longer.
         """
         if self._following:
             return self._ever_connected
@@ -113,7 +115,10 @@ class Endpoint:
             delivered.wait(_STATE_WAIT)
         finally:
             self._channel.unsubscribe(on_state)
-        return seen[:1] == [grpc.ChannelConnectivity.READY]
+        return seen[:1] not in (
+            [grpc.ChannelConnectivity.CONNECTING],
+            [grpc.ChannelConnectivity.TRANSIENT_FAILURE],
+        )
 
     def close(self) -> None:
         if self._following:
@@ -131,10 +136,10 @@ class Endpoint:
         """The KmsError for a failed call or stream on this address.
 
         The server's error class comes back by kms.errors.from_rpc_error.
-        Unreachable for UNAVAILABLE, and for a deadline that passed before any
-        connection was made (a host that drops packets never refuses): both
-        mean "try the next address". A deadline on a connected server is its
-        answer, and final.
+        Unreachable for UNAVAILABLE, and for a deadline that passed while the
+        channel was still connecting (a host that drops packets never refuses):
+        both mean "try the next address". A deadline on a server that had the
+        call is its answer, and final (Endpoint.connected).
         """
         code, details = exc.code(), exc.details() or ""
         error = from_rpc_error(code, details, exc.trailing_metadata())

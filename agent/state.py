@@ -31,9 +31,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from agent.bundlefile import read_versioned, versioned
+from agent.issuance import own_key
 from agent.keyfile import KeyFile
 from kms.cabundle import BundleError, parse_bundle, verify_stored
 from kms.errors import FailedPrecondition
@@ -109,17 +109,6 @@ class AgentSettings:
             enroll_servers=_addresses(doc, "enroll_servers", "enroll_server"),
             ca_fingerprint=_text(doc, "ca_fingerprint"),
         )
-
-
-def _own_key(pem: bytes) -> PrivateKeyTypes:
-    """A private key this agent made and keeps in its 0600 state dir.
-
-    Without OpenSSL's RSA consistency check (about 36 ms of every command's start for a
-    2048-bit key): that check guards against keys crafted by someone else, and whoever can
-    write this file holds the agent already. The key is still checked against the agent's
-    certificate, and OpenSSL verifies each CRT result it computes with it.
-    """
-    return serialization.load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
 
 
 _ADDRESS_KEYS = ("servers", "server", "enroll_servers", "enroll_server")
@@ -230,7 +219,7 @@ class StateDir:
             )
         try:
             settings = AgentSettings.from_json(json.loads(self.settings.read_text()))
-            key = _own_key(self.key.read_bytes())
+            key = own_key(self.key.read_bytes())
             cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
             ca = self.ca.read_bytes()
             trust = self.trust(datetime.now(UTC))
@@ -346,7 +335,7 @@ class StateDir:
             doc = json.loads(self.pending.read_text())
             if not isinstance(doc, dict) or doc.get("token_id") != token_id:
                 return None
-            key = _own_key(str(doc["key_pem"]).encode())
+            key = own_key(str(doc["key_pem"]).encode())
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):
