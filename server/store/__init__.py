@@ -5,7 +5,6 @@ services type against it. Its records are in records.py.
 """
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from server.store.records import (
     AgentRecord,
@@ -23,24 +22,8 @@ from server.store.records import (
 from server.store.sql.store import SqlStore
 from server.store.sqlite import SqliteStore
 
-if TYPE_CHECKING:
-    from server.store.postgres import PostgresStore, is_postgres_url
-
 # One implementation over two backends (issue 21): no separate interface to keep in step.
 Store = SqlStore
-
-_POSTGRES = ("PostgresStore", "is_postgres_url")
-
-
-def __getattr__(name: str) -> Any:
-    # PostgreSQL's driver and our code for it, loaded on first use: importing them cost about
-    # 50 ms at every start of every kms-server process, worker and command on the default SQLite.
-    if name in _POSTGRES:
-        from server.store import postgres
-
-        return getattr(postgres, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "AgentRecord",
@@ -51,13 +34,11 @@ __all__ = [
     "JoinTokenRecord",
     "KeyRecord",
     "KeyVersionRecord",
-    "PostgresStore",
     "RevocationEvent",
     "SqliteStore",
     "Store",
     "StoreError",
     "WriteOutcomeUnknown",
-    "is_postgres_url",
     "open_store",
 ]
 
@@ -67,6 +48,8 @@ async def open_store(database: str | None, sqlite_path: Path, *, password_file: 
     given), or SQLite at sqlite_path when database is None."""
     if database is None:
         return await SqliteStore.open(sqlite_path)
+    # Imported here: PostgreSQL's driver and our code for it cost about 50 ms at every start of
+    # every kms-server process and worker on the default SQLite.
     from server.store.postgres import PostgresStore
 
     return await PostgresStore.open(database, password_file=password_file)

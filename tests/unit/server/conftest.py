@@ -9,7 +9,8 @@ from typing import TypeVar
 
 import pytest
 
-from server.store import PostgresStore, SqliteStore, Store
+from server.store import SqliteStore, Store
+from server.store.postgres import PostgresStore
 
 T = TypeVar("T")
 

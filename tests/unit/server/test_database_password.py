@@ -10,8 +10,8 @@ import pytest
 from kms.errors import InvalidArgument
 from server.config import ServerConfig
 from server.database_url import url_has_password, url_holds_secret
-from server.store import PostgresStore, StoreError
-from server.store.postgres import read_password_file
+from server.store import StoreError
+from server.store.postgres import PostgresStore, read_password_file
 from tests.pg import PostgresCluster
 
 PASSWORD = "unit-Pa55"  # noqa: S105 - a test role's password, in a throwaway cluster

@@ -9,7 +9,8 @@ import pytest
 
 from server.revocation.feed import RevocationFeed
 from server.revocation.follower import EventFollower, EventLogRewritten
-from server.store import CertificateRecord, JoinTokenRecord, PostgresStore, RevocationEvent
+from server.store import CertificateRecord, JoinTokenRecord, RevocationEvent
+from server.store.postgres import PostgresStore
 from tests.unit.server.conftest import open_store_at
 
 NOW = 1_800_000_000

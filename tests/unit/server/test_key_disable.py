@@ -14,8 +14,9 @@ from kms.events import NOT_REVOCATIONS, describe
 from kms.v1 import revocation_pb2
 from server.keys import MAX_REASON, parse_disable_reason
 from server.revocation.watch import visible
-from server.store import AuditEntry, CertificateRecord, Grant, JoinTokenRecord, PostgresStore, SqliteStore
+from server.store import AuditEntry, CertificateRecord, Grant, JoinTokenRecord, SqliteStore
 from server.store.migrations import SQLITE_MIGRATIONS
+from server.store.postgres import PostgresStore
 from server.store.records import RevocationEvent
 
 NOW = 1_800_000_000

@@ -15,7 +15,8 @@ from kms.v1 import revocation_pb2
 from server.deployment.sealing import Sealer
 from server.keys import KeyService
 from server.keys.scheduler import KeyScheduler
-from server.store import Grant, PostgresStore, RevocationEvent, Store
+from server.store import Grant, RevocationEvent, Store
+from server.store.postgres import PostgresStore
 from server.store.sql.due import EXPIRED, WARNED_1D, WARNED_7D, next_rotation_after
 from tests.unit.server.conftest import open_store_at
 

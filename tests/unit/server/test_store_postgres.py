@@ -15,8 +15,9 @@ import pytest
 
 from kms.audit import first_break
 from kms.errors import Revoked
-from server.store import AuditEntry, CertificateRecord, Grant, JoinTokenRecord, PostgresStore, StoreError
+from server.store import AuditEntry, CertificateRecord, Grant, JoinTokenRecord, StoreError
 from server.store.migrations import SCHEMA_VERSION
+from server.store.postgres import PostgresStore
 
 NOW = 1_800_000_000
 T = TypeVar("T")
