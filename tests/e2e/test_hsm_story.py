@@ -290,6 +290,9 @@ def test_a_refused_pin_is_not_offered_again_until_it_changes(hsm: SoftHsm) -> No
     key.close()
 
 
+@pytest.mark.sqlite_only(
+    "no store here; in this process python-pkcs11 loads SoftHSM2 once, with the SQLite module's token"
+)
 def test_a_key_is_made_only_for_a_new_ca_and_of_the_asked_type(hsm: SoftHsm) -> None:
     from server.ca.hsm import HsmError, HsmKey, PendingKey, _open, open_ca_key
     from server.ca.keytype import CAKeyType
