@@ -14,6 +14,16 @@ A reference cycle that was frozen while alive and died later is not
 collected until the next reclaim, which unfreezes and runs one full
 collection: every RECLAIM_EVERY, or sooner once the frozen set has doubled.
 That is one planned pause an hour instead of unplanned ones.
+
+Young collections are spaced out too (YOUNG_THRESHOLD): each one walks every
+object still alive since the last, and under load that is mostly the calls in
+flight (their tasks, coroutines, futures and messages), not garbage. At
+CPython's default of 700 the collector ran every dozen FetchKey calls and took
+about 6 us of server CPU per call (bench fetch-key, 100 calls in flight;
+about 2 % of the call); at 10,000 about a quarter of that. Garbage without
+cycles never waits for the collector (reference counting frees it), so what
+the larger threshold holds back is only cyclic garbage, for a few more
+milliseconds.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ RECLAIM_FLOOR = 200_000  # frozen objects below which growth never triggers a re
 # Ticks between looks at the frozen set's size: gc.get_freeze_count() walks the whole set (a
 # million objects with 10,000 watch streams); once a minute is soon enough to see it double.
 GROWTH_CHECK_TICKS = 12
+# Net container allocations between young collections (CPython's default: 700).
+YOUNG_THRESHOLD = 10_000
 
 
 class HeapKeeper:
@@ -71,7 +83,14 @@ class HeapKeeper:
             gc.collect()
             gc.freeze()  # O(1): a list splice
 
+    @staticmethod
+    def space_young_collections() -> None:
+        """Young collections every YOUNG_THRESHOLD allocations; the older generations' pace unchanged."""
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+
     async def run_forever(self) -> None:
+        self.space_young_collections()
         self.reclaim()  # start from a clean heap: everything from start-up is long-lived
         while True:
             await asyncio.sleep(self._freeze_every)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from server.ops.heap import GROWTH_CHECK_TICKS, RECLAIM_FLOOR, HeapKeeper
+from server.ops.heap import GROWTH_CHECK_TICKS, RECLAIM_FLOOR, YOUNG_THRESHOLD, HeapKeeper
 
 
 class _Node:
@@ -59,3 +59,20 @@ def test_a_doubled_frozen_set_is_noticed_at_the_next_growth_check() -> None:
         assert ref() is None and grown  # doubled: unfrozen and collected
     finally:
         gc.unfreeze()
+
+
+def test_young_collections_are_spaced_out_and_the_older_pace_kept() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # CPython's default, whatever the test run set
+        young = gc.get_stats()[0]["collections"]
+        held = [[] for _ in range(5_000)]  # a burst of live containers: calls in flight, say
+        assert gc.get_stats()[0]["collections"] - young >= 5  # the default walks them again and again
+        HeapKeeper.space_young_collections()
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, 10, 10)
+        young = gc.get_stats()[0]["collections"]
+        held += [[] for _ in range(5_000)]
+        assert gc.get_stats()[0]["collections"] - young <= 1  # at most the one already due
+        assert len(held) == 10_000
+    finally:
+        gc.set_threshold(*before)
