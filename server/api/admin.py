@@ -47,7 +47,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListAuditRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListAuditResponse:
         records = [r async for r in self._audit.records(request.after_seq, request.limit)]
-        return admin_pb2.ListAuditResponse(records=[admin_pb2.AuditRecord(**vars(r)) for r in records])
+        return admin_pb2.ListAuditResponse(records=[admin_pb2.AuditRecord(**r._asdict()) for r in records])
 
     async def VerifyAudit(
         self, request: admin_pb2.VerifyAuditRequest, context: grpc.aio.ServicerContext

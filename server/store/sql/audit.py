@@ -27,7 +27,7 @@ async def append(tx: Tx, key: bytes | None, entries: Sequence[AuditEntry]) -> No
     records = chain_after(key, head, [(e.at, e.actor, e.action, e.object, e.outcome) for e in entries])
     if records:
         tx.appended(records)
-        await tx.insert_later(INSERT_AUDIT, [tuple(vars(r).values()) for r in records])
+        await tx.insert_later(INSERT_AUDIT, records)
         tx.chain_head = (records[-1].seq, records[-1].hash)
 
 

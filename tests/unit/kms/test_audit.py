@@ -3,7 +3,6 @@ tampering, and the checkpoints kept outside the database."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import json
@@ -55,15 +54,11 @@ def test_known_answer() -> None:
 @pytest.mark.parametrize(
     "tamper, expected",
     [
-        pytest.param(
-            lambda c: c.__setitem__(2, dataclasses.replace(c[2], object="key:evil")), 3, id="edited"
-        ),
-        pytest.param(
-            lambda c: c.__setitem__(0, dataclasses.replace(c[0], outcome="denied")), 1, id="edited-first"
-        ),
+        pytest.param(lambda c: c.__setitem__(2, c[2]._replace(object="key:evil")), 3, id="edited"),
+        pytest.param(lambda c: c.__setitem__(0, c[0]._replace(outcome="denied")), 1, id="edited-first"),
         pytest.param(lambda c: c.pop(1), 2, id="deleted"),
         pytest.param(lambda c: c.__setitem__(slice(1, 3), [c[2], c[1]]), 2, id="swapped"),
-        pytest.param(lambda c: c.__setitem__(3, dataclasses.replace(c[3], at=1)), 4, id="redated"),
+        pytest.param(lambda c: c.__setitem__(3, c[3]._replace(at=1)), 4, id="redated"),
     ],
 )
 def test_tampering_names_the_first_bad_record(tamper, expected: int) -> None:  # type: ignore[no-untyped-def]
@@ -92,10 +87,8 @@ def _rehash(chain: list[AuditRecord], start: int, edit: dict[str, str] | None = 
     out = chain[: start - 1]
     prev = out[-1].hash if out else GENESIS
     for r in chain[start - 1 :]:
-        r = dataclasses.replace(r, **(edit or {}) if r.seq == start else {}, prev_hash=prev)
-        r = dataclasses.replace(
-            r, hash=record_hash(prev, r.seq, r.at, r.actor, r.action, r.object, r.outcome)
-        )
+        r = r._replace(**(edit or {}) if r.seq == start else {}, prev_hash=prev)
+        r = r._replace(hash=record_hash(prev, r.seq, r.at, r.actor, r.action, r.object, r.outcome))
         out.append(r)
         prev = r.hash
     return out
@@ -150,9 +143,8 @@ def test_the_trail_cannot_be_passed_off_as_unkeyed(marker: int | None, seq: int,
 
 def test_the_keyed_chain_must_begin_with_its_record() -> None:
     chain = _keyed(2, 2)
-    forged = dataclasses.replace(chain[2], object="from:9")
-    forged = dataclasses.replace(
-        forged,
+    forged = chain[2]._replace(object="from:9")
+    forged = forged._replace(
         hash=record_mac(KEY, forged.prev_hash, 3, forged.at, forged.actor, forged.action, "from:9", "ok"),
     )
     found = check_chain([*chain[:2], forged], KEY, 3)
@@ -211,11 +203,11 @@ def test_compare_against_checkpoints() -> None:
         and "record 3 is in the file but not in the store: it was deleted" in found.difference
     )
     # Edited.
-    edited = [*stored[:3], dataclasses.replace(stored[3], outcome="denied"), *stored[4:]]
+    edited = [*stored[:3], stored[3]._replace(outcome="denied"), *stored[4:]]
     found = compare(edited, stored)
     assert found.difference == "record 4 differs from the file's copy (outcome)"
     # Two stores' files mixed.
-    found = compare(stored, [stored[1], dataclasses.replace(stored[1], at=1)])
+    found = compare(stored, [stored[1], stored[1]._replace(at=1)])
     assert found.difference is not None and "two different records 2" in found.difference
 
 
