@@ -3,9 +3,10 @@
 TLS has already checked the chain for the mTLS listener; this re-checks it
 with our policy objects (chain to this CA, clientAuth, one agent ID), once per
 distinct certificate, and then on every call checks the validity window and
-revocation. Parsed certificates are cached by their PEM, and what the store
-says of a serial (its agent and groups, which never change) by serial, so the
-hot path neither re-parses, re-verifies nor waits for the store. Revocation
+revocation. Parsed certificates are cached by their PEM, each with its Caller
+once the store has named the certificate's agent and groups (which never
+change), so the hot path neither re-parses, re-verifies, waits for the store
+nor builds a Caller. Revocation
 is checked against the revocation service's in-memory map, which is loaded
 at start and updated as each revocation commits, before it is acknowledged
 and even if the revoking call was cancelled meanwhile (server/store/completion.py).
@@ -42,13 +43,22 @@ class Caller:
     public_key: rsa.RSAPublicKey
 
 
-@dataclass(frozen=True)
 class _Checked:
-    name: str
-    serial: str
-    not_before: datetime
-    not_after: datetime
-    public_key: rsa.RSAPublicKey
+    """A certificate that passed the policy, and its Caller once the store named its agent's groups."""
+
+    __slots__ = ("caller", "name", "not_after", "not_before", "public_key", "serial")
+
+    def __init__(
+        self, name: str, serial: str, not_before: datetime, not_after: datetime, public_key: rsa.RSAPublicKey
+    ) -> None:
+        self.name = name
+        self.serial = serial
+        self.not_before = not_before
+        self.not_after = not_after
+        self.public_key = public_key
+        # Built on the first call the store admitted: what it holds never changes for a
+        # certificate (its groups are the agent's at enrollment), so every later call reuses it.
+        self.caller: Caller | None = None
 
 
 class PeerAuthenticator:
@@ -66,7 +76,6 @@ class PeerAuthenticator:
         self._clock = clock
         self._revocation_reason = revocation_reason
         self._cache: OrderedDict[bytes, _Checked] = OrderedDict()
-        self._groups: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._cache_size = cache_size
         # Each agent's last authenticated call (Unix seconds), since start: `kms-server top`.
         self._seen: dict[str, int] = {}
@@ -105,8 +114,8 @@ class PeerAuthenticator:
             self._cache.popitem(last=False)
         return checked
 
-    async def _lookup(self, checked: _Checked) -> tuple[str, ...]:
-        """The store's word on a serial not seen before: its groups (cached), unless unknown or revoked."""
+    async def _lookup(self, checked: _Checked) -> Caller:
+        """The store's word on a certificate not seen before: its Caller (cached), unless unknown or revoked."""
         agent = await self._store.get_agent_by_serial(checked.serial)
         if agent is None or agent.name != checked.name:
             raise Unauthenticated(
@@ -114,10 +123,16 @@ class PeerAuthenticator:
             )
         if agent.latest.revoked_at is not None:
             raise rules.caller_revoked(checked.serial, agent.latest.revocation_reason or "unspecified")
-        self._groups[checked.serial] = agent.groups
-        if len(self._groups) > self._cache_size:
-            self._groups.popitem(last=False)
-        return agent.groups
+        checked.caller = Caller(
+            checked.name,
+            agent.groups,
+            checked.serial,
+            agent_spiffe_id(self._trust_domain, checked.name),
+            checked.not_before,
+            checked.not_after,
+            checked.public_key,
+        )
+        return checked.caller
 
     def last_seen(self, name: str) -> int:
         """When name last made an authenticated call to this server (Unix seconds; 0: not since start)."""
@@ -137,19 +152,9 @@ class PeerAuthenticator:
                 f"client certificate {checked.serial} is valid only from {checked.not_before:%Y-%m-%dT%H:%M:%SZ}"
                 f" to {checked.not_after:%Y-%m-%dT%H:%M:%SZ}: check the clock, or enroll again with a new token"
             )
-        groups = self._groups.get(checked.serial)
-        if groups is None:
-            groups = await self._lookup(checked)
+        caller = checked.caller or await self._lookup(checked)
         reason = self._revocation_reason(checked.serial)  # after any await: the freshest word
         if reason is not None:
             raise rules.caller_revoked(checked.serial, reason)
         self._seen[checked.name] = int(now.timestamp())
-        return Caller(
-            checked.name,
-            groups,
-            checked.serial,
-            agent_spiffe_id(self._trust_domain, checked.name),
-            checked.not_before,
-            checked.not_after,
-            checked.public_key,
-        )
+        return caller
