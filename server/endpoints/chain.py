@@ -67,6 +67,13 @@ class Chain:
         # Only the steps a middleware defines: each call runs no empty ones.
         self._befores = [m.before for m in middlewares if type(m).before is not Middleware.before]
         self._afters = [m.after for m in reversed(middlewares) if type(m).after is not Middleware.after]
+        # An answered call passes only the afters that look at answers (Observe): most are
+        # about errors, and every step counts on FetchKey's path.
+        self._afters_answered = [
+            m.after
+            for m in reversed(middlewares)
+            if type(m).after is not Middleware.after and m.after_success
+        ]
         self._boundary = boundary
         self._guard = guard
         self._settle_with = settle
@@ -97,7 +104,7 @@ class Chain:
         return request
 
     def _settle(self, call: Call, error: BaseException | None) -> BaseException | None:
-        for after in self._afters:
+        for after in self._afters if error is not None else self._afters_answered:
             error = after(call, error)
         return error
 

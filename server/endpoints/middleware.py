@@ -82,6 +82,10 @@ class Call:
 class Middleware:
     """One job around every call of the methods it applies to; both steps do nothing here."""
 
+    # Whether ``after`` has anything to do when the handler answered (no error): the chain
+    # skips it on that path otherwise (server/endpoints/chain.py).
+    after_success = True
+
     def applies(self, row: Method | None, streams: bool) -> bool:
         """Whether a method (its row, and whether its handler streams responses) passes through this one."""
         return row is not None
@@ -109,10 +113,11 @@ class Observe(Middleware):
 
     def after(self, call: Call, error: BaseException | None) -> BaseException | None:
         code = _code_of(call, error)
-        self._metrics.rpc_started(call.method)  # a unary call is counted as started when it ends
-        self._metrics.observe_rpc(call.method, code.name, time.perf_counter() - call.started)
+        counter = None
         if code is grpc.StatusCode.OK and call.row is not None and call.row.counter is not None:
-            self._counters[call.row.counter].inc()
+            counter = self._counters[call.row.counter]
+        # A unary call is counted as started when it ends.
+        self._metrics.unary_done(call.method, code.name, time.perf_counter() - call.started, counter)
         return error
 
 
@@ -148,6 +153,8 @@ def _code_of(call: Call, error: BaseException | None) -> grpc.StatusCode:
 class MapErrors(Middleware):
     """The error boundary (STYLE 11): every error becomes a KmsError, answered by ``answer``."""
 
+    after_success = False
+
     def applies(self, row: Method | None, streams: bool) -> bool:
         return True
 
@@ -168,6 +175,8 @@ class MapErrors(Middleware):
 
 class LimitFailures(Middleware):
     """Failed anonymous attempts draw on their address's budgets; over budget, RESOURCE_EXHAUSTED answers."""
+
+    after_success = False
 
     def __init__(self, limits: Limits, peer: Callable[[str], str]) -> None:
         self._limits = limits
@@ -190,6 +199,8 @@ class ReportRefusals(Middleware):
         audit_undecodable: whether an undecodable request is audited (on the mTLS
             port it comes from a valid agent: logged, not audited).
     """
+
+    after_success = False
 
     def __init__(self, report: FailureReport, peer: Callable[[str], str], *, audit_undecodable: bool) -> None:
         self._report = report

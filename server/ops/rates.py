@@ -38,6 +38,7 @@ class Rates:
     def totals(self) -> tuple[float, float, float]:
         """This process's running totals: RPCs, key releases, enrollments."""
         m = self._metrics
+        m.apply_pending()
         return float(m.rpc_total), _total(m.key_releases), _total(m.enrollments)
 
     def sample(self, monotonic: float, others: Sequence[float] = (0.0, 0.0, 0.0)) -> None:
