@@ -360,12 +360,13 @@ class KeyService:
             await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", outcome))
             raise
         wrapped = self._material.wrapped_for(caller, record)
-        # DEBUG: every release is in the audit trail already; at INFO this line
-        # would cost as much as the release itself under load.
-        logger.debug(
-            "key released",
-            extra={"key": name, "version": record.version, "agent": caller.name, "serial": caller.serial},
-        )
+        # DEBUG: every release is in the audit trail already; at INFO this line would cost as
+        # much as the release itself under load (and its fields are built only when logged).
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "key released",
+                extra={"key": name, "version": record.version, "agent": caller.name, "serial": caller.serial},
+            )
         return FetchedKey(record, wrapped, await self.key_type(name) if key_pair else AES_256)
 
     async def public_key(self, caller: Caller, name: str, version: int) -> PublicKey:

@@ -17,8 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from kms.audit import AuditRecord
 from kms.errors import KmsError
@@ -41,8 +40,7 @@ T = TypeVar("T")
 COMMIT_PACE = 0.008
 
 
-@dataclass(frozen=True)
-class _Write:
+class _Write(NamedTuple):  # one per write: FetchKey's path (a tuple is the cheapest to build)
     fn: Callable[[SqliteTx], Any]
     future: asyncio.Future[Any]
     # False for a step that only reads and defers its rows: it needs no
