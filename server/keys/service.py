@@ -360,8 +360,7 @@ class KeyService:
             await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", outcome))
             raise
         wrapped = self._material.wrapped_for(caller, record)
-        # DEBUG: every release is in the audit trail already; at INFO this line would cost as
-        # much as the release itself under load (and its fields are built only when logged).
+        # DEBUG, fields built only when logged: the audit trail has every release (INFO would cost as much).
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "key released",
