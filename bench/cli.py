@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep", action="store_true", help="keep the temp directory (server logs, data dirs)"
     )
+    parser.add_argument(
+        "--before",
+        default="HEAD",
+        metavar="REV",
+        help="the git revision the ab scenario compares this checkout's code with (default HEAD)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     return parser
 
@@ -128,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 make_baseline_pki(keys),
                 list(args.kms_arg),
                 postgres,
+                before=args.before,
             )
             progress.done(f"{pool} agent keys ready")
         for name in runnable:

@@ -96,6 +96,8 @@ class BenchContext:
     # fan-out's broadcast baseline per N, measured once per run and shared with
     # fan-out-replicas, so both ratios have the same denominator.
     broadcast: dict[int, FanoutRun] = field(default_factory=dict)
+    # The revision the ab scenario compares this checkout with (--before).
+    before: str = "HEAD"
 
     # --- servers ----------------------------------------------------------------------
 
@@ -139,8 +141,8 @@ class BenchContext:
             raise BenchError("no PostgreSQL cluster was started for this run")
         return self.postgres.cluster()
 
-    def kms_server(self, label: str, *extra: str) -> KmsServer:
-        return KmsServer(self.root / label, f"kms-server ({label})", [*extra, *self.kms_args])
+    def kms_server(self, label: str, *extra: str, code: Path | None = None) -> KmsServer:
+        return KmsServer(self.root / label, f"kms-server ({label})", [*extra, *self.kms_args], code)
 
     def baseline_clients(self, count: int) -> list[Identity]:
         if count > len(self.baseline_pki.clients):

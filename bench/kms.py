@@ -45,9 +45,12 @@ KMS_LIMIT_FLAGS = (
 
 
 class KmsServer:
-    """kms-server on root/data; ``extra_args`` are more ``kms-server run`` flags (e.g. --ca-key-type)."""
+    """kms-server on root/data; ``extra_args`` are more ``kms-server run`` flags (e.g. --ca-key-type);
+    ``code``, a directory of other server, kms and agent packages to run instead of this checkout's."""
 
-    def __init__(self, root: Path, label: str = "kms-server", extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, root: Path, label: str = "kms-server", extra_args: Sequence[str] = (), code: Path | None = None
+    ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
         cmd = [
@@ -65,7 +68,9 @@ class KmsServer:
             *([] if "--workers" in extra_args else ["--workers", "1"]),
             *extra_args,
         ]
-        self.process = ServerProcess(cmd, "kms-server ready ", label, root / "server.log")
+        # code: another revision's packages (bench/scenarios/ab.py), ahead of this checkout's.
+        env = {"PYTHONPATH": str(code)} if code is not None else None
+        self.process = ServerProcess(cmd, "kms-server ready ", label, root / "server.log", env)
         self._admin_channel: grpc.Channel | None = None
         self._enroll_channel: grpc.Channel | None = None
         self._versions: dict[str, int] = {}

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -116,8 +116,16 @@ def _clean_env() -> dict[str, str]:
 class ServerProcess:
     """One server child; ``fields`` holds its readiness line as key=value pairs."""
 
-    def __init__(self, cmd: Sequence[str], ready_prefix: str, label: str, log: Path) -> None:
+    def __init__(
+        self,
+        cmd: Sequence[str],
+        ready_prefix: str,
+        label: str,
+        log: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self._cmd = list(cmd)
+        self._env = {**_clean_env(), **(env or {})}
         self._prefix = ready_prefix
         self.label = label
         self.proc: subprocess.Popen[str] | None = None
@@ -150,7 +158,7 @@ class ServerProcess:
                 stderr=log,
                 stdin=subprocess.DEVNULL,
                 text=True,
-                env=_clean_env(),
+                env=self._env,
             )
         ready = threading.Event()
 

@@ -1,6 +1,6 @@
 """The bench's pure parts, without servers: the peers' load-tool output, process-tree CPU, capacity.
 
-The scenarios that run them (scaling, openbao) are named runs, not in the smoke run:
+The scenarios that run them (scaling, openbao, ab) are named runs, not in the smoke run:
 each starts several servers or OpenBao for half a minute or more.
 """
 
@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +20,8 @@ import bench.peers.openbao
 from bench.cli import main
 from bench.context import LoadOutcome
 from bench.peers.httpload import parse_ab, parse_wrk
-from bench.procs import cpu_seconds, rss_bytes, tree, tree_cpu_seconds, tree_rss_bytes
-from bench.scenarios import scaling
+from bench.procs import BenchError, BenchSkip, cpu_seconds, rss_bytes, tree, tree_cpu_seconds, tree_rss_bytes
+from bench.scenarios import ab, scaling
 
 WRK = """Running 2s test @ https://127.0.0.1:50149/v1/pki/sign/bench
   2 threads and 50 connections
@@ -108,3 +111,53 @@ def test_openbao_is_skipped_with_the_reason_before_any_setup(
     reason = report["meta"]["skipped"]["openbao"]
     assert ("no bao binary" if missing == "bao" else "neither wrk nor ab") in reason
     assert f"bench: skipped openbao: {reason}" in err
+
+
+def test_ab_exports_a_revision_whose_code_runs_ahead_of_this_checkout(tmp_path: Path) -> None:
+    code = tmp_path / "before"
+    commit = ab.export("HEAD", code)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ab.CHECKOUT, capture_output=True, text=True)
+    assert commit == head.stdout.strip()
+    shown = subprocess.run(["git", "show", "HEAD:server/__init__.py"], cwd=ab.CHECKOUT, capture_output=True)
+    assert (code / "server" / "__init__.py").read_bytes() == shown.stdout
+    # A kms-server started with the exported packages on PYTHONPATH imports them, not the checkout's.
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import server, kms, agent; print(server.__file__, kms.__file__, agent.__file__)",
+        ],
+        env={**os.environ, "PYTHONPATH": str(code)},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert where.stdout.split() == [str(code / p / "__init__.py") for p in ("server", "kms", "agent")]
+
+
+def test_ab_refuses_a_revision_git_does_not_know(tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match="is not a revision of this checkout"):
+        ab.export("no-such-revision", tmp_path / "before")
+    assert not (tmp_path / "before").exists()
+
+
+def test_ab_is_skipped_outside_a_git_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ab, "CHECKOUT", tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    with pytest.raises(BenchSkip, match="from a git checkout"):
+        ab.export("HEAD", tmp_path / "before")
+
+
+def test_ab_reports_after_over_before_as_the_geometric_mean_of_both_runs() -> None:
+    def run(echo: float, after: float, before: float, errors: int = 0) -> dict[str, LoadOutcome]:
+        out = {"echo": _outcome(3000, echo, 1, 0.8), "after": _outcome(2000, after, 2, 0.8)}
+        out["before"] = _outcome(2000, before, 3, 0.8)
+        out["after"].errors = errors
+        return out
+
+    # One way round the after server looks 10 % dearer, the other way 10 % cheaper: no change.
+    result = ab._result([run(0.25, 0.44, 0.40), run(0.25, 0.36, 0.40)], "main", "abc")
+    assert result.ratio == pytest.approx(math.sqrt(1.1 * 0.9)) and result.passed
+    assert result.details["ratio_per_run"] == [1.1, 0.9]
+    assert result.details["before_vs_echo"] == pytest.approx(1.6) and result.baseline_name == "before (main)"
+    assert not ab._result([run(0.25, 0.44, 0.40, errors=1), run(0.25, 0.36, 0.40)], "main", "abc").passed

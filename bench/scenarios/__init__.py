@@ -33,6 +33,7 @@ SCENARIOS: dict[str, str] = {
 ON_REQUEST: dict[str, str] = {
     "scaling": "bench.scenarios.scaling",
     "openbao": "bench.peers.openbao",
+    "ab": "bench.scenarios.ab",
 }
 ALL_SCENARIOS = {**SCENARIOS, **ON_REQUEST}
 
