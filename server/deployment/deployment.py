@@ -106,7 +106,9 @@ async def open_deployment(
     # Before anything is made: a device that cannot be opened stops the start.
     devices = AuditDevices(cfg.audit_file, cfg.audit_syslog)
     try:
-        store = await open_store(cfg.database, datadir.db, password_file=cfg.database_password_file)
+        store = await open_store(
+            cfg.database, datadir.db, password_file=cfg.database_password_file, workers=cfg.workers
+        )
     except BaseException:
         devices.close()
         raise

@@ -43,13 +43,16 @@ __all__ = [
 ]
 
 
-async def open_store(database: str | None, sqlite_path: Path, *, password_file: Path | None = None) -> Store:
+async def open_store(
+    database: str | None, sqlite_path: Path, *, password_file: Path | None = None, workers: int = 1
+) -> Store:
     """The store a server runs on: PostgreSQL at database (its password in password_file, if
-    given), or SQLite at sqlite_path when database is None."""
+    given), or SQLite at sqlite_path when database is None. workers: how many processes of this
+    server open it (--workers), which share a PostgreSQL replica's connections."""
     if database is None:
         return await SqliteStore.open(sqlite_path)
     # Imported here: PostgreSQL's driver and our code for it cost about 50 ms at every start of
     # every kms-server process and worker on the default SQLite.
     from server.store.postgres import PostgresStore
 
-    return await PostgresStore.open(database, password_file=password_file)
+    return await PostgresStore.open(database, password_file=password_file, workers=workers)

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from server.store.postgres.backend import PgBackend
-from server.store.postgres.connect import Conn, create_pool, is_postgres_url, migrate, read_password_file
+from server.store.postgres.connect import (
+    Conn,
+    create_pool,
+    is_postgres_url,
+    migrate,
+    pool_share,
+    read_password_file,
+)
 from server.store.records import Audit
 from server.store.sql import SqlStore
 
@@ -23,13 +30,14 @@ class PostgresStore(SqlStore):
     _backend: PgBackend
 
     @classmethod
-    async def open(cls, url: str, *, password_file: Path | None = None) -> PostgresStore:
+    async def open(cls, url: str, *, password_file: Path | None = None, workers: int = 1) -> PostgresStore:
         """Connects (waiting up to CONNECT_PATIENCE for the database) and migrates. Raises StoreError.
 
         The password comes from the URL, else password_file, else (as libpq does)
         PGPASSWORD or the PGPASSFILE (~/.pgpass) entry for the host, which asyncpg reads.
+        workers: how many worker processes of this replica each open a store (pool_share).
         """
-        store = cls(PgBackend(url, await create_pool(url, password_file)))
+        store = cls(PgBackend(url, await create_pool(url, password_file, pool_share(workers))))
         try:
             async with store._backend.conn() as conn:
                 await migrate(conn, url)

@@ -1,7 +1,8 @@
 """Reaching PostgreSQL: the pool, its session settings, the password file, migrations.
 
-Connections are pooled (asyncpg); each replica opens at most ``POOL_SIZE``
-plus one listening connection. Migrations are the same numbered steps as
+Connections are pooled (asyncpg); a replica opens at most about ``POOL_SIZE``
+in all, shared among its worker processes (``pool_share``), plus one listening
+connection per worker. Migrations are the same numbered steps as
 SQLite's, applied by whichever replica gets the migration lock first.
 """
 
@@ -29,6 +30,7 @@ __all__ = [
     "SESSION_SETTINGS",
     "Conn",
     "create_pool",
+    "pool_share",
     "is_postgres_url",
     "migrate",
     "read_password_file",
@@ -48,7 +50,12 @@ CERT_LOCKS = 0x6B6D_7304
 # The same, per key (with hashtext(name)): releases share it, disabling and enabling take it alone.
 KEY_LOCKS = 0x6B6D_7305
 
+# A replica's pooled connections, shared among its workers: PostgreSQL's max_connections (100 by
+# default) is a budget for the whole fleet, and a 16-core host running a pool of this size per
+# worker would take 176 connections alone.
 POOL_SIZE = 10
+# A worker's pool is never smaller: a long write does not hold up every read of the worker.
+WORKER_POOL_MIN = 2
 # How long a starting server waits for its database before giving up.
 CONNECT_PATIENCE = 30.0
 
@@ -142,7 +149,12 @@ def read_password_file(path: Path) -> str:
     return password
 
 
-async def create_pool(url: str, password_file: Path | None) -> Any:
+def pool_share(workers: int) -> int:
+    """The pool size of one of a replica's workers (--workers): about POOL_SIZE in all."""
+    return max(WORKER_POOL_MIN, -(-POOL_SIZE // workers))
+
+
+async def create_pool(url: str, password_file: Path | None, size: int = POOL_SIZE) -> Any:
     """The pool, once the database answers (waiting up to CONNECT_PATIENCE). Raises StoreError.
 
     The password comes from the URL, else password_file, else (as libpq does)
@@ -159,7 +171,7 @@ async def create_pool(url: str, password_file: Path | None) -> Any:
             url,
             password=password,
             min_size=0,
-            max_size=POOL_SIZE,
+            max_size=size,
             timeout=10,
             command_timeout=COMMAND_TIMEOUT,
             server_settings=SESSION_SETTINGS,

@@ -18,6 +18,7 @@ from kms.errors import Revoked
 from server.store import AuditEntry, CertificateRecord, Grant, JoinTokenRecord, StoreError
 from server.store.migrations import SCHEMA_VERSION
 from server.store.postgres import PostgresStore
+from server.store.postgres.connect import POOL_SIZE, pool_share
 
 NOW = 1_800_000_000
 T = TypeVar("T")
@@ -373,3 +374,23 @@ def test_a_replacing_enrollment_and_a_revocation_of_its_certificate_never_deadlo
 
     done = _run(pg_database, body)
     assert done is not None and [e.serial for e in done.superseded] == ["c1"]  # type: ignore[attr-defined]
+
+
+def test_the_workers_of_a_replica_share_its_pool(pg_database: str) -> None:
+    """--workers N: each worker's pool is a share of the replica's, so that the connections of a
+    many-core replica stay near one process's (PostgreSQL allows 100 by default)."""
+    assert [pool_share(n) for n in (1, 2, 3, 4, 16, 64)] == [POOL_SIZE, 5, 4, 3, 2, 2]
+
+    async def main() -> None:
+        store = await PostgresStore.open(pg_database, workers=4)
+        pool = store._pool
+        held = [await pool.acquire(timeout=5) for _ in range(pool_share(4))]
+        try:
+            with pytest.raises(asyncio.TimeoutError):  # the fourth waits: the share is the limit
+                await pool.acquire(timeout=0.3)
+        finally:
+            for conn in held:
+                await pool.release(conn)
+            await store.close()
+
+    asyncio.run(main())
