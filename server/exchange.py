@@ -24,6 +24,7 @@ What one agent can do to others through here is bounded:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,10 @@ _CRYPTO_THREADS = 1
 _INIT_AUTH_SECONDS = 3.0
 
 
+def _already_listening(name: str) -> FailedPrecondition:
+    return FailedPrecondition(f"agent {name!r} is already listening on another stream")
+
+
 def _kind(frame: Frame) -> str:
     return frame.WhichOneof("frame") or "an empty frame"
 
@@ -92,9 +97,7 @@ class ExchangeService:
 
     def relay_through(self, link: WorkerLink) -> None:
         """As one worker of several: agents listening on the others are reached through link."""
-        self._relay = ExchangeRelay(
-            link, self._admit, lambda: [(n, li.serial) for n, li in self._listening.items()]
-        )
+        self._relay = ExchangeRelay(link, self._admit, self._listening, self._supersede)
 
     def trust(self, roots: Sequence[x509.Certificate]) -> None:
         """Accepts agents of these CAs from now on (server/ca/trust.py: every generation not retired)."""
@@ -258,13 +261,15 @@ class ExchangeService:
         if first.WhichOneof("frame") != "listen":
             raise FailedPrecondition("a Listen stream starts with listen")
         if caller.name in self._listening or (self._relay and self._relay.directory.find(caller.name)):
-            raise FailedPrecondition(f"agent {caller.name!r} is already listening on another stream")
+            raise _already_listening(caller.name)
         listener = Listener(caller.serial)
         self._listening[caller.name] = listener
         if self._relay is not None:
-            self._relay.started(caller.name, caller.serial)
+            self._relay.started(caller.name, listener)
         try:
             while True:
+                if listener.superseded is not None:
+                    raise listener.superseded
                 # Waits as long as the listener wants (revocation closes the stream).
                 pairing = await listener.waiting.get()
                 if pairing.abandoned:
@@ -296,6 +301,17 @@ class ExchangeService:
                     self._relay.ended(caller.name)
             while not listener.waiting.empty():
                 listener.waiting.get_nowait().tell_initiator(not_listening(caller.name))
+
+    def _supersede(self, name: str, listener: Listener) -> None:
+        """Ends a Listen of name that another worker's earlier one outranks (server/exchange_relay.py)
+        as a second Listen on one worker is refused; an exchange under way through it finishes."""
+        if self._listening.get(name) is not listener or listener.superseded is not None:
+            return
+        listener.superseded = _already_listening(name)
+        wake = Pairing("", Frame())
+        wake.abandoned = True  # skipped by the Listen loop, which then ends
+        with contextlib.suppress(asyncio.QueueFull):  # full: the loop is not waiting, and checks first
+            listener.waiting.put_nowait(wake)
 
     def _refused(self, answer: Frame, expected: str, pairing: Pairing, listener: str) -> bool:
         """True if the listener aborted this attempt (the initiator is told); raises on a wrong frame."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,11 @@ class Listener:
     # Initiators with an attempt queued or under way: one each, so that no agent can fill
     # the queue (or keep the listener busy) with attempts of its own.
     initiators: set[str] = field(default_factory=set)
+    # When it was admitted (CLOCK_MONOTONIC: one clock for every worker of a host), which
+    # decides between two Listens of one agent admitted by two workers at once.
+    since: int = field(default_factory=time.monotonic_ns)
+    # Why its stream must end (another worker's earlier Listen of the agent stands), once so.
+    superseded: KmsError | None = None
 
 
 def encode_item(item: Item) -> dict[str, str]:

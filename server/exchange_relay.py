@@ -2,7 +2,10 @@
 
 Each worker tells the others which agents listen on it (a cast when a Listen
 stream starts and when it ends, and its whole list to a worker that joins), so
-every worker knows where each listener is without asking anyone. An Exchange
+every worker knows where each listener is without asking anyone. An agent
+listens once: a second Listen is refused as in one process, and when two
+workers admitted one each before hearing of the other, the later one ends
+with the same error (ListenerDirectory). An Exchange
 for an agent listening on another worker opens a relay there: one id per
 exchange, chosen by the initiator's worker, and each frame or failure of either
 side goes to the other worker over the supervisor's socket (``send_to``),
@@ -20,9 +23,11 @@ worker: the hello), ``to_responder`` and ``end`` (from the initiator's worker),
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from kms.errors import FailedPrecondition, KmsError
 from server.exchange_pairing import Frame, Item, Listener, Pairing, RelayedPairing, decode_item, encode_item
@@ -30,7 +35,7 @@ from server.workers.hub import WORKER_JOINED, WORKER_LEFT
 from server.workers.link import WorkerLink
 from server.workers.protocol import Message
 
-__all__ = ["ExchangeRelay", "ListenerDirectory"]
+__all__ = ["SUPERSEDE_GRACE", "Claim", "ExchangeRelay", "ListenerDirectory"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,40 +51,63 @@ _LIST_CHUNK = 2000
 # disconnects causes in one process.
 _RESPONDER_GONE = "the responder gave up: it disconnected"
 _INITIATOR_GONE = "the initiator gave up: it disconnected"
+# How long a Listen that lost to an earlier one of the same agent on another worker stays
+# open: if the earlier one's end is on its way (it ended as this one started), this one stands.
+SUPERSEDE_GRACE = 0.2
+
+
+class Claim(NamedTuple):
+    """A Listen of an agent on a worker: ordered by when it started, then by worker."""
+
+    since: int  # time.monotonic_ns() when the Listen was admitted
+    worker: int
+    serial: str
 
 
 class ListenerDirectory:
     """Which other worker each agent listens on, and with which certificate, from their notes.
 
     Notes from one worker arrive in the order it sent them; notes of different workers
-    may cross, so a worker's "ended" removes only the entry that worker made.
+    may cross, so each worker's note is kept apart and its "ended" removes only its own.
+    Two workers may each admit a Listen of one agent before hearing of the other's (an
+    agent may listen once): the earlier claim, by when it started (CLOCK_MONOTONIC, one
+    clock for every process of a host), is the listener, and the later one is ended by
+    its own worker (ExchangeRelay.supersede).
     """
 
     def __init__(self) -> None:
-        self._where: dict[str, tuple[int, str]] = {}
+        self._claims: dict[str, dict[int, Claim]] = {}
 
-    def started(self, index: int, name: str, serial: str) -> None:
-        self._where[name] = (index, serial)
+    def started(self, index: int, name: str, serial: str, since: int) -> None:
+        self._claims.setdefault(name, {})[index] = Claim(since, index, serial)
 
     def ended(self, index: int, name: str) -> None:
-        if self._where.get(name, (None, ""))[0] == index:
-            del self._where[name]
+        claims = self._claims.get(name, {})
+        claims.pop(index, None)
+        if not claims:
+            self._claims.pop(name, None)
 
-    def replace(self, index: int, listeners: Iterable[tuple[str, str]], *, first: bool = True) -> None:
+    def replace(self, index: int, listeners: Iterable[tuple[str, str, int]], *, first: bool = True) -> None:
         """Worker index's whole list, told when this worker joined (in parts: first, then the others)."""
         if first:
             self.forget(index)
-        for name, serial in listeners:
-            self.started(index, name, serial)
+        for name, serial, since in listeners:
+            self.started(index, name, serial, since)
 
     def forget(self, index: int) -> None:
         """Worker index is gone: none of its listeners are there any more."""
-        for name in [n for n, (i, _) in self._where.items() if i == index]:
-            del self._where[name]
+        for name in [n for n, claims in self._claims.items() if index in claims]:
+            self.ended(index, name)
+
+    def claim(self, name: str) -> Claim | None:
+        """The earliest claim of agent name elsewhere: the one that stands."""
+        claims = self._claims.get(name)
+        return min(claims.values()) if claims else None
 
     def find(self, name: str) -> tuple[int, str] | None:
         """(worker index, certificate serial) of agent name's listener elsewhere, or None."""
-        return self._where.get(name)
+        claim = self.claim(name)
+        return (claim.worker, claim.serial) if claim is not None else None
 
 
 @dataclass(eq=False)
@@ -95,18 +123,22 @@ class ExchangeRelay:
     link: this worker's link to the others.
     admit: queues a pairing for the agent listening here by that name; returns its Listener
         (raises the KmsError one process answers an initiator with).
-    listeners: (name, certificate serial) of each agent listening on this worker.
+    listening: the agents listening on this worker, by name (read only).
+    supersede: ends the Listen of the agent by that name on this worker, which another
+        worker's earlier Listen of it outranks (ListenerDirectory).
     """
 
     def __init__(
         self,
         link: WorkerLink,
         admit: Callable[[str, Pairing], Listener],
-        listeners: Callable[[], Iterable[tuple[str, str]]],
+        listening: Mapping[str, Listener],
+        supersede: Callable[[str, Listener], None],
     ) -> None:
         self._link = link
         self._admit = admit
-        self._listeners = listeners
+        self._listening = listening
+        self._supersede = supersede
         self.directory = ListenerDirectory()
         self._next_id = 0
         self._out: dict[int, tuple[int, RelayedPairing]] = {}  # by relay id: (listener's worker, pairing)
@@ -127,20 +159,31 @@ class ExchangeRelay:
 
     # --- agents listening on this worker ------------------------------------------------
 
-    def started(self, name: str, serial: str) -> None:
-        self._link.cast(LISTENING, name=name, serial=serial, on=True)
+    def started(self, name: str, listener: Listener) -> None:
+        self._link.cast(LISTENING, name=name, serial=listener.serial, since=listener.since, on=True)
 
     def ended(self, name: str) -> None:
         self._link.cast(LISTENING, name=name, on=False)
 
     def _on_listening(self, message: Message) -> None:
-        if message.get("on"):
-            self.directory.started(int(message["from"]), str(message["name"]), str(message["serial"]))
-        else:
-            self.directory.ended(int(message["from"]), str(message["name"]))
+        name = str(message["name"])
+        if not message.get("on"):
+            self.directory.ended(int(message["from"]), name)
+            return
+        self.directory.started(int(message["from"]), name, str(message["serial"]), int(message["since"]))
+        if name in self._listening:  # both workers admitted a Listen of name: the later one ends
+            asyncio.get_running_loop().call_later(SUPERSEDE_GRACE, self._outranked, name)
+
+    def _outranked(self, name: str) -> None:
+        """Ends this worker's Listen of name if an earlier one elsewhere still stands."""
+        local, other = self._listening.get(name), self.directory.claim(name)
+        if local is None or other is None:
+            return
+        if other < Claim(local.since, self._link.role.index, local.serial):
+            self._supersede(name, local)
 
     def _on_listeners(self, message: Message) -> None:
-        listeners = [(str(name), str(serial)) for name, serial in message["listeners"]]
+        listeners = [(str(name), str(serial), int(since)) for name, serial, since in message["listeners"]]
         self.directory.replace(int(message["from"]), listeners, first=bool(message["first"]))
 
     # --- the initiator's side -------------------------------------------------------------
@@ -216,7 +259,7 @@ class ExchangeRelay:
     def _on_joined(self, message: Message) -> None:
         index = int(message["from"])
         self._gone(index)  # a worker that joins again is a new process: the old one's relays are over
-        listeners = [[name, serial] for name, serial in self._listeners()]
+        listeners = [[name, li.serial, li.since] for name, li in self._listening.items()]
         for start in range(0, max(len(listeners), 1), _LIST_CHUNK):
             part = listeners[start : start + _LIST_CHUNK]
             self._link.send_to(index, LISTENERS, listeners=part, first=start == 0)

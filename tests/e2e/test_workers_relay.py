@@ -227,3 +227,31 @@ def test_a_listener_whose_worker_is_killed_ends_the_pending_exchange_at_once_and
     finally:
         a.close()
         b.close()
+
+
+def test_two_listens_of_one_agent_on_two_workers_leave_one_as_one_process_does(
+    rig: tuple[ServerProcess, Path],
+) -> None:
+    """Sent at once, each worker may admit its own before hearing of the other's: the later one
+    still ends with the error a second Listen gets in one process, and the other serves."""
+    server, root = rig
+    agents = [_Agent(server, root / "b", worker) for worker in _workers(server)]
+    a = _Agent(server, root / "a", _workers(server)[0])
+    try:
+        streams = [agent.stream("Listen") for agent in agents]
+        for stream in streams:
+            stream.send(Frame(listen=handshake_pb2.ListenStart()))
+        deadline = time.monotonic() + 5
+        while all(stream.code is None for stream in streams):
+            assert time.monotonic() < deadline, "both Listens of agent b are still open"
+            time.sleep(0.01)
+        time.sleep(0.5)  # the other one stays
+        (ended,) = [stream for stream in streams if stream.code is not None]
+        assert ended.code == grpc.StatusCode.FAILED_PRECONDITION, (ended.code, ended.details)
+        assert "agent 'b' is already listening on another stream" in ended.details
+        (survivor,) = [stream for stream in streams if stream is not ended]
+        _agree(a, agents[streams.index(survivor)], survivor)
+    finally:
+        a.close()
+        for agent in agents:
+            agent.close()

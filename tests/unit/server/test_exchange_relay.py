@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms.errors import DeadlineExceeded, FailedPrecondition, KmsError, ResourceExhausted
 from kms.v1 import handshake_pb2
+from server.exchange import ExchangeService
 from server.exchange_pairing import (
     LARGEST_RELAYED,
     Frame,
@@ -22,9 +26,10 @@ from server.exchange_pairing import (
     encode_item,
     not_listening,
 )
-from server.exchange_relay import ExchangeRelay, ListenerDirectory
+from server.exchange_relay import SUPERSEDE_GRACE, ExchangeRelay, ListenerDirectory
 from server.workers.hub import WORKER_JOINED, WORKER_LEFT
 from server.workers.protocol import MAX_FRAME
+from tests.pki import foreign_ca_and_client
 
 
 class _Hub:
@@ -46,6 +51,7 @@ class _Hub:
 class _Link:
     def __init__(self, hub: _Hub, index: int) -> None:
         self.hub, self.index = hub, index
+        self.role = SimpleNamespace(index=index)
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         hub.links[index] = self
 
@@ -64,7 +70,12 @@ class _Worker:
 
     def __init__(self, hub: _Hub, index: int) -> None:
         self.listening: dict[str, Listener] = {}
-        self.relay = ExchangeRelay(_Link(hub, index), self.admit, self.listeners)  # type: ignore[arg-type]
+        self.superseded: list[str] = []
+        self.relay = ExchangeRelay(_Link(hub, index), self.admit, self.listening, self.supersede)  # type: ignore[arg-type]
+
+    def supersede(self, name: str, listener: Listener) -> None:
+        assert self.listening[name] is listener
+        self.superseded.append(name)
 
     def admit(self, name: str, pairing: Pairing) -> Listener:
         listener = self.listening.get(name)
@@ -76,12 +87,11 @@ class _Worker:
         listener.initiators.add(pairing.initiator)
         return listener
 
-    def listeners(self) -> list[tuple[str, str]]:
-        return [(name, listener.serial) for name, listener in self.listening.items()]
-
-    def listen(self, name: str, serial: str) -> Listener:
+    def listen(self, name: str, serial: str, since: int | None = None) -> Listener:
         self.listening[name] = listener = Listener(serial)
-        self.relay.started(name, serial)
+        if since is not None:
+            listener.since = since
+        self.relay.started(name, listener)
         return listener
 
 
@@ -99,11 +109,11 @@ def _now(queue: asyncio.Queue[Item]) -> Item:
 
 def test_the_directory_keeps_each_workers_notes_even_when_notes_of_two_workers_cross() -> None:
     d = ListenerDirectory()
-    d.started(1, "b", "s1")
-    d.started(0, "b", "s2")  # b reconnected to worker 0 before worker 1's note of its end came
+    d.started(1, "b", "s1", 100)
+    d.started(0, "b", "s2", 200)  # b reconnected to worker 0 before worker 1's note of its end came
     d.ended(1, "b")
     assert d.find("b") == (0, "s2")
-    d.replace(2, [("c", "s3"), ("e", "s4")])
+    d.replace(2, [("c", "s3", 300), ("e", "s4", 400)])
     d.forget(0)
     assert (d.find("b"), d.find("c"), d.find("e")) == (None, (2, "s3"), (2, "s4"))
 
@@ -209,7 +219,7 @@ def test_a_worker_that_leaves_fails_its_relays_on_the_other_side_and_one_that_jo
         assert near.relay.relays == 0
 
         for n in range(4999):  # however many listen, in messages the hub takes
-            near.listening[f"x{n}"] = Listener(f"{n:040x}")
+            near.listening[f"x{n}"] = Listener(f"{n:040x}", since=10**18 + n)
         hub.sizes.clear()
         joining = _Worker(hub, 1)  # restarted: it learns who listens where
         hub.deliver(1, None, WORKER_JOINED, {})
@@ -220,3 +230,90 @@ def test_a_worker_that_leaves_fails_its_relays_on_the_other_side_and_one_that_jo
         )  # the join, then the list in 3 parts
 
     asyncio.run(main())
+
+
+class _HeldHub(_Hub):
+    """A hub whose casts wait until released: two workers act before hearing of each other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[int, int | None, str, dict[str, Any]]] = []
+
+    def deliver(self, sender: int, target: int | None, topic: str, body: dict[str, Any]) -> None:
+        self.held.append((sender, target, topic, body))
+
+    def release(self, order: list[int]) -> None:
+        """Delivers what was held, in the order of these positions."""
+        held, self.held = self.held, []
+        for i in order:
+            super().deliver(*held[i])
+
+
+@pytest.mark.parametrize("order", [[0, 1], [1, 0]], ids=["earlier-first", "later-first"])
+def test_two_listens_of_one_agent_admitted_at_once_on_two_workers_leave_the_earlier_one(
+    order: list[int],
+) -> None:
+    async def main() -> None:
+        hub = _HeldHub()
+        first, second, third = _Worker(hub, 1), _Worker(hub, 0), _Worker(hub, 2)
+        first.listen("a", "s1", since=1_000)  # earlier, though on the higher-numbered worker
+        second.listen("a", "s2", since=2_000)
+        hub.release(order)  # each hears of the other's only now, in either order
+        await asyncio.sleep(SUPERSEDE_GRACE + 0.1)
+        assert (first.superseded, second.superseded) == ([], ["a"])
+        assert third.relay.directory.find("a") == (1, "s1")
+        assert second.relay.directory.find("a") == (1, "s1")  # where its initiators go from now on
+
+    asyncio.run(main())
+
+
+def test_a_listen_whose_rival_ended_meanwhile_stands() -> None:
+    """The earlier Listen ended as the later one started: its end arrives within the grace."""
+
+    async def main() -> None:
+        hub = _HeldHub()
+        first, second = _Worker(hub, 0), _Worker(hub, 1)
+        first.listen("a", "s1", since=1_000)
+        second.listen("a", "s2", since=2_000)
+        del first.listening["a"]
+        first.relay.ended("a")
+        hub.release([0, 1, 2])
+        await asyncio.sleep(SUPERSEDE_GRACE + 0.1)
+        assert (first.superseded, second.superseded) == ([], [])
+        assert first.relay.directory.find("a") == (1, "s2")
+
+    asyncio.run(main())
+
+
+def test_a_superseded_listen_stream_ends_with_the_error_of_a_second_listen(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    """ExchangeService's side: the outranked Listen, waiting for an initiator, ends at once."""
+    ca, _ = foreign_ca_and_client(rsa_key, "example.org", "b")
+    revocations = SimpleNamespace(is_revoked=lambda serial: False)
+    clock = lambda: datetime.now(UTC)  # noqa: E731
+    service = ExchangeService(lambda: None, ca, "example.org", None, revocations, clock, 5.0, 10)  # type: ignore[arg-type]
+    caller = SimpleNamespace(name="b", serial="s1")
+
+    async def main() -> None:
+        frames: asyncio.Queue[Frame] = asyncio.Queue()
+
+        async def incoming() -> AsyncIterator[Frame]:
+            while True:
+                yield await frames.get()
+
+        stream = service.listen(caller, incoming())  # type: ignore[arg-type]
+        waiting = asyncio.ensure_future(anext(stream))
+        frames.put_nowait(Frame(listen=handshake_pb2.ListenStart()))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        listener = service._listening["b"]
+        service._supersede("b", listener)
+        with pytest.raises(FailedPrecondition, match="agent 'b' is already listening on another stream"):
+            await asyncio.wait_for(waiting, 1)
+        assert "b" not in service._listening
+
+    try:
+        asyncio.run(main())
+    finally:
+        service.close()
