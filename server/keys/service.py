@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kms.errors import InvalidArgument, KeyDisabled, KeyExpired, NotFound, PermissionDenied
+from kms.errors import InvalidArgument, KeyDisabled, KeyExpired, NotFound, PermissionDenied, WrongKeyType
 from kms.identity import validate_key_name
 from kms.keypairs import AES_256, is_key_pair, parse_key_type
 from server.clock import Clock, now_seconds
@@ -31,8 +31,15 @@ __all__ = ["FetchedKey", "KeyChange", "KeyRecord", "KeyService", "KeyStateChange
 logger = logging.getLogger(__name__)
 
 
-# Refused releases that are audited, and their outcome in the trail.
-_AUDITED_REFUSALS = ((KeyDisabled, "disabled"), (KeyExpired, "expired"), (PermissionDenied, "denied"))
+# Refused releases and public key reads that are audited, and their outcome in the trail: who
+# asks for a key not granted, disabled, expired or of the other kind is what an administrator
+# wants to know.
+_AUDITED = {
+    KeyDisabled: "disabled",
+    KeyExpired: "expired",
+    PermissionDenied: "denied",
+    WrongKeyType: "wrong-type",
+}
 
 
 @dataclass(frozen=True)
@@ -354,10 +361,8 @@ class KeyService:
                 key_pair=key_pair,
                 active_only=not (decrypt or legacy),
             )
-        except (PermissionDenied, KeyDisabled, KeyExpired) as refused:
-            # Who asks for a key not granted, disabled or expired is what an administrator wants to know.
-            outcome = next(word for cls, word in _AUDITED_REFUSALS if isinstance(refused, cls))
-            await self._store.append_audit(AuditEntry(now, actor, "key.release", f"key:{name}", outcome))
+        except (PermissionDenied, KeyDisabled, KeyExpired, WrongKeyType) as refused:
+            await self._audit_refusal(actor, "key.release", name, refused)
             raise
         wrapped = self._material.wrapped_for(caller, record)
         # DEBUG, fields built only when logged: the audit trail has every release (INFO would cost as much).
@@ -371,7 +376,8 @@ class KeyService:
     async def public_key(self, caller: Caller, name: str, version: int) -> PublicKey:
         """A key pair's public key (version 0: the current one) for a caller granted the key.
 
-        Public: no release is recorded. A compromised version is answered, with its state.
+        Public: no release is recorded (a refusal is audited). A compromised version is answered,
+        with its state.
 
         Raises:
             InvalidArgument: bad name or version. PermissionDenied: not granted (or no such key).
@@ -380,7 +386,15 @@ class KeyService:
         """
         validate_key_name(name)
         check_version(version, allow_current=True)
-        key_type, record = await self._store.public_key_version(
-            name, version or None, caller.name, caller.groups
-        )
+        try:
+            key_type, record = await self._store.public_key_version(
+                name, version or None, caller.name, caller.groups
+            )
+        except (PermissionDenied, KeyDisabled, WrongKeyType) as refused:  # an answered read is public
+            await self._audit_refusal(f"agent:{caller.name}/{caller.serial}", "key.public", name, refused)
+            raise
         return PublicKey(key_type, record)
+
+    async def _audit_refusal(self, actor: str, action: str, name: str, refused: Exception) -> None:
+        outcome = next(word for cls, word in _AUDITED.items() if isinstance(refused, cls))
+        await self._store.append_audit(AuditEntry(self._now(), actor, action, f"key:{name}", outcome))

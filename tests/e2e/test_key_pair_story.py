@@ -174,10 +174,18 @@ def test_each_kind_refuses_the_others_commands_and_a_disabled_pair_gives_nothing
     # AES keys behave as before: fetch-key still writes raw bytes.
     out = root / "app.key"
     assert agent(web, "fetch-key", "app", "--out", str(out)).returncode == 0 and len(out.read_bytes()) == 32
-    # Each refusal released nothing: of these two keys, the trail holds the AES release only.
-    trail = server.admin("audit", "list", "--json").stdout
-    releases = [r["object"] for r in json.loads(trail) if r["action"] == "key.release"]
+    # Each refusal released nothing: of these two keys, the trail holds the AES release only,
+    # and each refusal as one (the public key of an AES key as a refused read).
+    trail = json.loads(server.admin("audit", "list", "--json").stdout)
+    releases = [r["object"] for r in trail if r["action"] == "key.release" and r["outcome"] == "ok"]
     assert "key:app/v1" in releases and not [r for r in releases if r.startswith("key:pair")], releases
+    refused = [(r["action"], r["object"], r["outcome"]) for r in trail if r["outcome"] != "ok"]
+    assert refused.count(("key.release", "key:pair", "wrong-type")) == 2, refused
+    assert ("key.public", "key:app", "wrong-type") in refused and (
+        "key.public",
+        "key:pair",
+        "denied",
+    ) in refused
 
     # A disabled pair gives nothing: not the private key, not a signature, not even the public key
     # (GetPublicKey checks the key is enabled, as a release does), so verify is refused too.

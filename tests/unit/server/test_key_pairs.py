@@ -1,6 +1,6 @@
 """Managed key pairs (issue 16 §4) in KeyService over a real store, on both backends: the type is
 stored, each version's pair is sealed in its own slot with its public key beside it, the private
-key leaves only wrapped (format 2), and a request of the wrong kind releases nothing."""
+key leaves only wrapped (format 2), and a request of the wrong kind releases nothing (and is audited)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,14 @@ def test_a_key_pair_is_made_sealed_released_and_published(
             # The public key needs the grant; a destroyed version has none to give.
             with pytest.raises(PermissionDenied):
                 await keys.public_key(_caller(rsa_key, "db-1", ("db",)), "signer", 0)
+            # Each refusal is in the audit trail, as a refused release of another kind is.
+            trail = [(r.actor, r.action, r.object, r.outcome) for r in await store.audit_after(0, 1000)]
+            web, db = "agent:web-1/abc123", "agent:db-1/abc123"
+            assert (web, "key.release", "key:signer", "wrong-type") in trail
+            assert (web, "key.release", "key:aes", "wrong-type") in trail
+            assert (web, "key.public", "key:aes", "wrong-type") in trail
+            assert (db, "key.public", "key:signer", "denied") in trail
+            assert not any(action == "key.public" and outcome == "ok" for _, action, _, outcome in trail)
             await keys.destroy("signer", 1)
             with pytest.raises(FailedPrecondition, match="version 1 of key 'signer' was destroyed"):
                 await keys.public_key(caller, "signer", 1)
