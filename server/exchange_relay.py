@@ -72,7 +72,7 @@ class ListenerDirectory:
     Two workers may each admit a Listen of one agent before hearing of the other's (an
     agent may listen once): the earlier claim, by when it started (CLOCK_MONOTONIC, one
     clock for every process of a host), is the listener, and the later one is ended by
-    its own worker (ExchangeRelay.supersede).
+    its own worker (ExchangeRelay._outranked).
     """
 
     def __init__(self) -> None:

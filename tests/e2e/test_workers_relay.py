@@ -232,8 +232,10 @@ def test_a_listener_whose_worker_is_killed_ends_the_pending_exchange_at_once_and
 def test_two_listens_of_one_agent_on_two_workers_leave_one_as_one_process_does(
     rig: tuple[ServerProcess, Path],
 ) -> None:
-    """Sent at once, each worker may admit its own before hearing of the other's: the later one
-    still ends with the error a second Listen gets in one process, and the other serves."""
+    """Sent at once: whether the second is refused at once (the first one's note came first) or
+    both are admitted and the later one ends, one of them ends with the error a second Listen
+    gets in one process, and the other serves. (The race itself is forced, both ways, in
+    tests/unit/server/test_exchange_relay.py: here it is rarely hit.)"""
     server, root = rig
     agents = [_Agent(server, root / "b", worker) for worker in _workers(server)]
     a = _Agent(server, root / "a", _workers(server)[0])
