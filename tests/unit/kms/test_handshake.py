@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from kms import profile
-from kms.groups import Ephemeral, Group, _generator_power, ffdhe_prime, quadratic_character
+from kms.groups import Ephemeral, Group, ffdhe_prime, quadratic_character
 from kms.handshake import (
     AuthenticationFailed,
     Finished,
@@ -266,14 +266,21 @@ def test_quadratic_character_is_eulers_criterion(group: Group) -> None:
     assert quadratic_character(p, p) == 0 and quadratic_character(4, p) == 1
 
 
-@pytest.mark.parametrize("group", [Group.FFDHE2048, Group.FFDHE3072])
-def test_the_public_share_in_pieces_is_the_generator_power(group: Group) -> None:
-    """g^x computed 64 exponent bits at a time (so the GIL can change hands) equals pow(g, x, p)."""
+@pytest.mark.parametrize(("group", "exponent_bits"), [(Group.FFDHE2048, 225), (Group.FFDHE3072, 275)])
+def test_an_ffdhe_key_has_rfc7919s_short_exponent_and_its_share_is_the_generator_power(
+    group: Group, exponent_bits: int
+) -> None:
+    """generate: an exponent below 2^225 (ffdhe2048) or 2^275 (ffdhe3072), RFC 7919 appendix A's
+    lengths, not a short one by mistake; the share is g^x mod p; two keys agree on a secret."""
     p = ffdhe_prime(group)
-    rng = random.Random(7748)
-    edges = [0, 1, 2, 2**64 - 1, 2**64, 2**511, 2**512 - 1, 2**1024 - 1, 2**1024 + 3]
-    for x in edges + [rng.getrandbits(512) for _ in range(20)]:
-        assert _generator_power(group, x) == pow(2, x, p)
+    keys = [Ephemeral.generate(group) for _ in range(16)]
+    exponents = [k._private.private_numbers().x for k in keys]  # type: ignore[union-attr]
+    assert all(x < 2**exponent_bits for x in exponents)
+    assert max(x.bit_length() for x in exponents) >= exponent_bits - 8  # random, not short
+    assert len(set(exponents)) == len(exponents)
+    for key, x in zip(keys, exponents, strict=True):
+        assert int.from_bytes(key.public_share, "big") == pow(2, x, p)
+    assert keys[0].exchange(keys[1].public_share) == keys[1].exchange(keys[0].public_share)
     share = Ephemeral.from_private_value(group, 12345).public_share
     assert int.from_bytes(share, "big") == pow(2, 12345, p)
 
