@@ -51,7 +51,7 @@ __all__ = ["ExchangeService"]
 
 logger = logging.getLogger(__name__)
 
-# RFC 7919 groups: tens of milliseconds of modular arithmetic per exchange, kept off the event loop.
+# RFC 7919 groups: milliseconds of modular arithmetic per exchange (ffdhe3072: about 4), kept off the event loop.
 _SLOW_GROUPS = frozenset({"ffdhe2048", "ffdhe3072"})
 # Finite-field answers are computed one at a time, on one thread: its modular arithmetic holds
 # the GIL (two threads would not run it in parallel), and kms/groups.py silences cryptography's
