@@ -116,11 +116,11 @@ class Ephemeral:
     def generate(cls, group: Group) -> Ephemeral:
         if group is Group.X25519:
             return cls(group, x25519.X25519PrivateKey.generate())
-        # OpenSSL knows the RFC 7919 groups by their prime and draws a short exponent of the
-        # length RFC 7919 appendix A asks for (225 bits for ffdhe2048, 275 for ffdhe3072: twice
-        # the group's strength, §5.2), and computes g^x in well under a millisecond of C. The
-        # same in Python's pow, with a 512-bit exponent, took 13 ms of GIL-holding steps, which
-        # an agent flooding a server with ffdhe3072 hellos turned into stalls for everyone else.
+        # OpenSSL knows the RFC 7919 groups by their prime and draws a short exponent (§5.2) of
+        # the length appendix A asks for: 225 bits for ffdhe2048, 275 for ffdhe3072 (groups of
+        # about 103 and 125 bits of strength); g^x takes well under a millisecond of C. The same
+        # in Python's pow, with a 512-bit exponent, took 13 ms of GIL-holding steps, which an
+        # agent flooding a server with ffdhe3072 hellos turned into stalls for everyone else.
         with _ffdh():
             return cls(group, _parameters(group).generate_private_key())
 
