@@ -1,4 +1,5 @@
-"""The key distributor: named keys (AES-256, or key pairs) with versions, grants, and wrapped release.
+"""The key distributor: named keys (AES-256, or key pairs) with versions and grants, made,
+rotated, disabled and destroyed by administrators; what agents ask of them is release.py's.
 
 Material (material.py; key pairs: pairs.py) is sealed at rest and leaves the
 server only wrapped for the certificate that asked. A key's type never changes.
@@ -11,17 +12,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kms.errors import InvalidArgument, KeyDisabled, KeyExpired, NotFound, PermissionDenied, WrongKeyType
+from kms.errors import NotFound
 from kms.identity import validate_key_name
-from kms.keypairs import AES_256, is_key_pair, parse_key_type
+from kms.keypairs import is_key_pair, parse_key_type
 from server.clock import Clock, now_seconds
 from server.deployment.sealing import Sealer
-from server.endpoints.authn import Caller
 from server.keys.material import Material
 from server.keys.pairs import PublicKey
 from server.keys.parsing import check_version, parse_disable_reason, parse_grant
+from server.keys.release import FetchedKey, KeyReleases
 from server.keys.schedule import creation_schedule, describe, schedule_change
-from server.store import AuditEntry, Grant, KeyRecord, KeyVersionRecord, RevocationEvent, Store
+from server.store import AuditEntry, Grant, KeyRecord, RevocationEvent, Store
 from server.store.completion import after_commit
 from server.store.records import SealFn
 
@@ -29,17 +30,6 @@ from server.store.records import SealFn
 __all__ = ["FetchedKey", "KeyChange", "KeyRecord", "KeyService", "KeyStateChange", "PublicKey"]
 
 logger = logging.getLogger(__name__)
-
-
-# Refused releases and public key reads that are audited, and their outcome in the trail: who
-# asks for a key not granted, disabled, expired or of the other kind is what an administrator
-# wants to know.
-_AUDITED = {
-    KeyDisabled: "disabled",
-    KeyExpired: "expired",
-    PermissionDenied: "denied",
-    WrongKeyType: "wrong-type",
-}
 
 
 @dataclass(frozen=True)
@@ -56,13 +46,6 @@ class KeyStateChange:
 
     record: KeyRecord
     changed: bool
-
-
-@dataclass(frozen=True)
-class FetchedKey:
-    version: KeyVersionRecord
-    wrapped: bytes  # kms.wrap format 1 (AES keys) or 2 (a key pair's private key)
-    key_type: str = AES_256
 
 
 class KeyService:
@@ -87,6 +70,11 @@ class KeyService:
         # Wakes the key scheduler: a schedule changed here (or a key was enabled: an overdue
         # rotation is due at once).
         self._schedule_changed = schedule_changed
+        # What agents ask of keys (server/keys/release.py), served here under the same names.
+        self.releases = KeyReleases(store, self._material, self._now, self.key_type)
+        self.fetch = self.releases.fetch
+        self.public_key = self.releases.public_key
+        self.granted = self.releases.granted
 
     def _now(self) -> int:
         return now_seconds(self._clock)
@@ -291,10 +279,6 @@ class KeyService:
     async def list(self) -> list[KeyRecord]:
         return await self._store.list_keys()
 
-    async def granted(self, caller: Caller) -> tuple[KeyRecord, ...]:
-        """The keys granted to caller, by name or through one of its groups (no release recorded)."""
-        return tuple(await self._store.granted_keys(caller.name, caller.groups))
-
     async def destroy(self, name: str, version: int) -> KeyRecord:
         check_version(version, allow_current=False)
         now = self._now()
@@ -313,88 +297,3 @@ class KeyService:
     def forget_wrapped(self, name: str, version: int) -> None:
         """Drops the kept wrappings of a version that is compromised or destroyed."""
         self._material.forget(name, version)
-
-    async def fetch(
-        self,
-        caller: Caller,
-        name: str,
-        version: int,
-        *,
-        decrypt: bool = False,
-        key_pair: bool = False,
-        legacy: bool = False,
-    ) -> FetchedKey:
-        """Releases one version (0: the current one) wrapped for the calling certificate.
-
-        key_pair: the caller asks for a key pair's private key (wrap format 2); else an AES key.
-        For encryption unless decrypt: the key must not have expired and the version must be
-        active (a rotated-out one decrypts only). For decryption the version must be named, and
-        is released whether or not the key has expired (KMIP: a deactivated key still decrypts).
-        legacy: an agent from before purposes said nothing: encryption's expiry check, but any
-        version (it decrypts under named ones).
-
-        Raises:
-            InvalidArgument: bad name or version (or decrypt without a version).
-            PermissionDenied: not granted to the caller or its groups (or no such key).
-            NotFound: no such version. FailedPrecondition: destroyed.
-            KeyDisabled: the key is disabled (after the grant is checked).
-            WrongKeyType: the key is not of the kind key_pair asks for (nothing is released).
-            KeyExpired: for encryption, the key has expired (after the grant is checked).
-        """
-        validate_key_name(name)
-        check_version(version, allow_current=True)
-        if decrypt and not version:
-            raise InvalidArgument(
-                "fetching a key to decrypt names the version the data was encrypted under (version 0 is not one)"
-            )
-        now, actor = self._now(), f"agent:{caller.name}/{caller.serial}"
-        try:
-            record = await self._store.release_key_version(
-                name,
-                version or None,
-                caller.name,
-                caller.groups,
-                caller.serial,
-                now,
-                audit=lambda v: AuditEntry(now, actor, "key.release", f"key:{name}/v{v.version}"),
-                encrypt=not decrypt,
-                key_pair=key_pair,
-                active_only=not (decrypt or legacy),
-            )
-        except (PermissionDenied, KeyDisabled, KeyExpired, WrongKeyType) as refused:
-            await self._audit_refusal(actor, "key.release", name, refused)
-            raise
-        wrapped = self._material.wrapped_for(caller, record)
-        # DEBUG, fields built only when logged: the audit trail has every release (INFO would cost as much).
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "key released",
-                extra={"key": name, "version": record.version, "agent": caller.name, "serial": caller.serial},
-            )
-        return FetchedKey(record, wrapped, await self.key_type(name) if key_pair else AES_256)
-
-    async def public_key(self, caller: Caller, name: str, version: int) -> PublicKey:
-        """A key pair's public key (version 0: the current one) for a caller granted the key.
-
-        Public: no release is recorded (a refusal is audited). A compromised version is answered,
-        with its state.
-
-        Raises:
-            InvalidArgument: bad name or version. PermissionDenied: not granted (or no such key).
-            KeyDisabled, WrongKeyType (an AES key), NotFound (no such version),
-            FailedPrecondition (destroyed).
-        """
-        validate_key_name(name)
-        check_version(version, allow_current=True)
-        try:
-            key_type, record = await self._store.public_key_version(
-                name, version or None, caller.name, caller.groups
-            )
-        except (PermissionDenied, KeyDisabled, WrongKeyType) as refused:  # an answered read is public
-            await self._audit_refusal(f"agent:{caller.name}/{caller.serial}", "key.public", name, refused)
-            raise
-        return PublicKey(key_type, record)
-
-    async def _audit_refusal(self, actor: str, action: str, name: str, refused: Exception) -> None:
-        outcome = next(word for cls, word in _AUDITED.items() if isinstance(refused, cls))
-        await self._store.append_audit(AuditEntry(self._now(), actor, action, f"key:{name}", outcome))
