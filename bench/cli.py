@@ -93,6 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.duration <= 0:
         print("bench: error: --duration must be positive", file=sys.stderr)
         return 2
+    if "ab" in args.scenarios:  # a revision git does not know is bad usage, found before any setup
+        from bench.scenarios.ab import resolve
+
+        try:
+            resolve(args.before)
+        except BenchError as exc:
+            print(f"bench: error: {exc}", file=sys.stderr)
+            return 2
+        except BenchSkip:
+            pass  # said with the other skips below
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401

@@ -161,3 +161,15 @@ def test_ab_reports_after_over_before_as_the_geometric_mean_of_both_runs() -> No
     assert result.details["ratio_per_run"] == [1.1, 0.9]
     assert result.details["before_vs_echo"] == pytest.approx(1.6) and result.baseline_name == "before (main)"
     assert not ab._result([run(0.25, 0.44, 0.40, errors=1), run(0.25, 0.36, 0.40)], "main", "abc").passed
+
+
+def test_ab_with_an_unknown_revision_is_bad_usage_before_any_setup(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    started = time.monotonic()
+    assert main(["ab", "--before", "no-such-revision", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("bench: error: --before 'no-such-revision' is not a revision") and err.count("\n") == 1
+    )
+    assert time.monotonic() - started < 5  # no agent keys were made first

@@ -29,7 +29,7 @@ from bench.procs import BenchError, BenchSkip
 from bench.results import Result
 from bench.scenarios.fetch_key import depth_for, echo_target, fetch_key_target, fetch_setup
 
-__all__ = ["export", "geomean", "run"]
+__all__ = ["export", "geomean", "resolve", "run"]
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 PACKAGES = ("server", "kms", "agent")
@@ -37,33 +37,39 @@ PACKAGES = ("server", "kms", "agent")
 Side = tuple[str, KmsServer, list[Identity]]  # a target's name, its server, its identities
 
 
-def export(rev: str, into: Path) -> str:
-    """REV's packages under into (for PYTHONPATH); REV's commit hash.
+def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", "-C", str(CHECKOUT), *args], capture_output=True, check=False)
+
+
+def resolve(rev: str) -> str:
+    """REV's commit hash (asked before a run sets up, so that a typo costs nothing).
 
     Raises:
-        BenchSkip: this is not a git checkout.
+        BenchSkip: this is not a git checkout, or git is missing.
         BenchError: git does not know REV.
     """
-
-    def git(*args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["git", "-C", str(CHECKOUT), *args], capture_output=True, check=False)
-
     try:
-        checkout = git("rev-parse", "--git-dir").returncode == 0
+        checkout = _git("rev-parse", "--git-dir").returncode == 0
     except FileNotFoundError:  # no git on this machine
         checkout = False
     if not checkout:
         raise BenchSkip("ab compares git revisions: run it from a git checkout, with git installed")
-    commit = git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    commit = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
     if commit.returncode != 0:
         raise BenchError(f"--before {rev!r} is not a revision of this checkout: give a commit, branch or tag")
-    archive = git("archive", "--format=tar", commit.stdout.decode().strip(), *PACKAGES)
+    return commit.stdout.decode().strip()
+
+
+def export(rev: str, into: Path) -> str:
+    """REV's packages under into (for PYTHONPATH); REV's commit hash. Raises as resolve."""
+    commit = resolve(rev)
+    archive = _git("archive", "--format=tar", commit, *PACKAGES)
     if archive.returncode != 0:
         raise BenchError(f"git archive {rev}: {archive.stderr.decode(errors='replace').strip()}")
     into.mkdir(parents=True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(into, filter="data")
-    return commit.stdout.decode().strip()
+    return commit
 
 
 def geomean(values: list[float]) -> float:
