@@ -1,4 +1,4 @@
-"""The embedded store: the one SQL store over SQLite (WAL mode, one worker thread, group commit)."""
+"""The embedded store: the one SQL store over SQLite (WAL mode, one store thread, group commit)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-"""The SQLite backend: one worker thread owns the connection; writes are group-committed.
+"""The SQLite backend: one store thread runs reads and most writes; writes are group-committed.
 
-One thread, so writes are serialised without locks and the event loop never
-blocks on an fsync. ``synchronous=FULL`` makes every committed transaction
-durable before the awaiting RPC answers.
+The connection is used by one thread at a time: the store thread, or the event loop
+for a batch of releases and audit records while the store thread is idle (commit.py).
+The loop never waits on an fsync: the WAL is synced by the store thread or by the WAL
+syncer's process (walsync.py), and every committed transaction is durable before the
+awaiting RPC answers.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import contextlib
 import fcntl
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +21,9 @@ from server.store.dialect import Body, run_now
 from server.store.records import AuditSink, StoreError
 from server.store.sqlite import connection
 from server.store.sqlite.commit import GroupCommit
+from server.store.sqlite.thread import StoreThread
 from server.store.sqlite.tx import SqliteTx
+from server.store.sqlite.walsync import WalSyncer
 
 __all__ = ["SqliteBackend"]
 
@@ -28,36 +31,51 @@ T = TypeVar("T")
 
 
 class SqliteBackend:
-    def __init__(self, executor: ThreadPoolExecutor, tx: SqliteTx, writer_lock: int | None = None) -> None:
-        self._executor = executor
+    def __init__(
+        self,
+        thread: StoreThread,
+        tx: SqliteTx,
+        path: Path,
+        writer_lock: int | None = None,
+        syncer: WalSyncer | None = None,
+    ) -> None:
+        self._thread = thread
         self._tx: SqliteTx | None = tx
         self._writer_lock = writer_lock
-        self.commits = GroupCommit(executor, tx, writer_lock)
+        self._syncer = syncer
+        self.commits = GroupCommit(thread, tx, path.with_name(path.name + "-wal"), writer_lock, syncer)
 
     @classmethod
     async def open(cls, path: Path) -> SqliteBackend:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        thread = StoreThread()
         try:
-            db = await asyncio.get_running_loop().run_in_executor(executor, connection.connect, path)
+            db = await thread.run(connection.connect, path)
         except BaseException:
-            executor.shutdown(wait=True)
+            thread.shutdown()
             raise
+        # Committed batches are synced by the store itself (commit.py), checkpoints run outside
+        # a COMMIT (commit.py, walsync_process.py): a batch on the loop never waits on the disk.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")
         # Beside the store, 0600: the lock its batches take, one process at a time (commit.py).
         lock = os.open(path.with_name(path.name + ".writer"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        return cls(executor, SqliteTx(db), lock)
+        return cls(thread, SqliteTx(db), path, lock, WalSyncer.start(path))
 
     async def close(self) -> None:
-        self.commits.close()
+        await self.commits.close()
+        if self._syncer is not None:  # first, so that this connection is the last to close
+            self._syncer.close()
+            self._syncer = None
         if self._tx is not None:
             await self._run(self._tx.raw.close)
             self._tx = None
-        self._executor.shutdown(wait=True)
+        self._thread.shutdown()
         if self._writer_lock is not None:
             os.close(self._writer_lock)
             self._writer_lock = None
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    def _run(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        return self._thread.run(fn, *args)
 
     @property
     def tx(self) -> SqliteTx:

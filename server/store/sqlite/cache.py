@@ -1,5 +1,5 @@
-"""Derived reads that hot writes repeat (release authorizations, serials found unrevoked), on the
-SQLite thread.
+"""Derived reads that hot writes repeat (release authorizations, serials found unrevoked), kept
+beside the connection (used by one thread at a time).
 
 Cleared by every write that could change them (every write with a savepoint: only releases and
 audit records skip it), by any rollback, and when

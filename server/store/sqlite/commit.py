@@ -1,9 +1,20 @@
-"""Group commit: every write queued while the previous commit was syncing joins one transaction.
+"""Group commit: every write queued while the previous batch was committing joins one transaction.
 
 Each write runs in its own savepoint (a failing write rolls back alone), and
 all of them are acknowledged only after that one COMMIT is durable. Under load
 this turns one fsync per write into one per batch, and batches are paced
 (COMMIT_PACE) so that they grow; writes that come one at a time commit at once.
+
+Where a batch runs: a batch of light writes (releases and audit records: no
+savepoint, nothing the cache must forget) runs on the event loop when the store
+thread is idle, and the WAL syncer's process makes it durable (walsync.py says
+why). Any other batch, or one that meets the store thread busy or another
+worker's batch holding the writer lock, runs on the store thread, which syncs
+the WAL itself. Either way one batch is in flight at a time, and the connection
+(``synchronous=NORMAL``: a COMMIT writes the WAL, the sync is ours) is used by one
+thread at a time. Between a batch's COMMIT and its sync (about a millisecond) a read
+may see its writes before they are acknowledged; any write that builds on them is
+in the same WAL after them, so it is durable only once they are.
 """
 
 from __future__ import annotations
@@ -16,14 +27,17 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from kms.audit import AuditRecord
 from kms.errors import KmsError
 from server.store.records import AuditSink, StoreError
 from server.store.sql.audit import INSERT_AUDIT
+from server.store.sqlite.thread import StoreThread
 from server.store.sqlite.tx import SqliteTx
+from server.store.sqlite.walsync import WalSyncer
+from server.store.sqlite.walsync_process import CHECKPOINT_BYTES, Wal
 
 __all__ = ["COMMIT_PACE", "GroupCommit"]
 
@@ -53,7 +67,7 @@ class _Write(NamedTuple):  # one per write: FetchKey's path (a tuple is the chea
     invalidates: bool
 
 
-def _settle(batch: list[_Write], outcomes: list[tuple[Any, BaseException | None]]) -> None:
+def _settle(batch: list[_Write], outcomes: Outcomes) -> None:
     for write, (result, error) in zip(batch, outcomes, strict=True):
         if write.future.cancelled():  # the caller went away; the write stands (or not) all the same
             continue
@@ -61,6 +75,9 @@ def _settle(batch: list[_Write], outcomes: list[tuple[Any, BaseException | None]
             write.future.set_result(result)
         else:
             write.future.set_exception(error)
+
+
+Outcomes = list[tuple[Any, BaseException | None]]
 
 
 def _batch_failure(exc: BaseException) -> BaseException:
@@ -72,33 +89,58 @@ def _batch_failure(exc: BaseException) -> BaseException:
     return failure
 
 
+def _not_durable(error: OSError, outcomes: Outcomes) -> Outcomes:
+    """A failed WAL sync fails the batch's writes: they are committed, but a crash may lose them."""
+    logger.critical(
+        "the store's WAL could not be synced to disk (%s): recent changes may be lost in a crash", error
+    )
+    failure = StoreError(
+        f"the store could not write this change to disk ({error.strerror}): it may be lost if the machine "
+        "stops; check the disk, then check whether it took effect before retrying"
+    )
+    return [(result, failure if failed is None else failed) for result, failed in outcomes]
+
+
 class GroupCommit:
-    def __init__(self, executor: ThreadPoolExecutor, tx: SqliteTx, writer_lock: int | None = None) -> None:
-        self._executor = executor
+    def __init__(
+        self,
+        thread: StoreThread,
+        tx: SqliteTx,
+        wal: Path,
+        writer_lock: int | None = None,
+        syncer: WalSyncer | None = None,
+    ) -> None:
+        self._thread = thread
         self._tx = tx
-        # A descriptor of the store's writer lock file (see _transaction), or None.
+        self._wal = Wal(str(wal))  # synced by the store thread (the syncer has its own)
+        # A descriptor of the store's writer lock file (see _commit_queued), or None.
         self._writer_lock = writer_lock
+        self._syncer = syncer
         self._queued: list[_Write] = []
-        self._queued_lock = threading.Lock()
+        self._queued_lock = threading.Lock()  # the store thread takes its batch itself
+        self._in_flight = False  # a batch is committing; the next one starts when it settles
+        self._drained = asyncio.Event()
+        self._drained.set()
         # Where committed audit records are copied (set once, at start).
         self.sink: AuditSink | None = None
-        # When the last batch began, and how many writes it had (set on the worker thread).
+        # When the last batch began, and how many writes it had.
         self.last_commit = 0.0
         self.last_batch = 0
-        self._timer: asyncio.TimerHandle | None = None  # a paced commit, not yet submitted
+        self._timer: asyncio.TimerHandle | None = None  # a paced batch, not yet begun
         self._closing = False
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Commits what is queued now (before the connection goes); refuses later writes."""
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
             self._submit(asyncio.get_running_loop())
+        await self._drained.wait()
 
     async def write(
         self, fn: Callable[[SqliteTx], T], *, savepoint: bool = True, invalidates: bool = False
     ) -> T:
-        """Runs fn on the worker thread in a transaction shared with other queued writes; returns once durable."""
+        """Runs fn in a transaction shared with other queued writes; returns once durable."""
         if self._closing:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
@@ -106,58 +148,159 @@ class GroupCommit:
         with self._queued_lock:
             self._queued.append(_Write(fn, future, savepoint, invalidates))
             first = len(self._queued) == 1
-        if first:
-            # Under load, let the batch gather (see COMMIT_PACE); the worker thread
-            # stays free for reads meanwhile.
-            wait = self.last_commit + COMMIT_PACE - time.monotonic() if self.last_batch > 1 else 0
-            if wait > 0:
-                self._timer = loop.call_later(wait, self._submit, loop)
-            else:
-                self._submit(loop)
+        self._drained.clear()
+        if first and not self._in_flight and self._timer is None:
+            self._schedule(loop)
         return await future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Under load, let the batch gather (see COMMIT_PACE).
+        wait = self.last_commit + COMMIT_PACE - time.monotonic() if self.last_batch > 1 else 0
+        if wait > 0 and not self._closing:
+            self._timer = loop.call_later(wait, self._submit, loop)
+        else:
+            self._submit(loop)
 
     def _submit(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
-        try:
-            self._executor.submit(self._commit_queued, loop)
-        except RuntimeError:  # the executor is shut down: fail what is queued rather than leave it waiting
-            with self._queued_lock:
-                batch, self._queued = self._queued, []
-            _settle(batch, [(None, StoreError("store is closed")) for _ in batch])
-
-    def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the worker thread: everything queued so far, in one transaction."""
+        if not self._queued:
+            self._drained.set()
+            return
+        self._in_flight = True
         self.last_commit = time.monotonic()
+        if self._commit_inline(loop):
+            return
+        try:
+            # The thread takes what is queued when it begins: writes queued meanwhile join.
+            self._thread.submit(self._commit_queued, loop)
+        except RuntimeError:  # the thread is shut down: fail the batch rather than leave it waiting
+            batch = self._take()
+            self._settled(loop, batch, [(None, StoreError("store is closed")) for _ in batch])
+
+    def _take(self) -> list[_Write]:
         with self._queued_lock:
             batch, self._queued = self._queued, []
         self.last_batch = len(batch)
-        outcomes = self._transaction(batch)
-        with contextlib.suppress(RuntimeError):  # the loop closed while we committed (shutdown)
-            loop.call_soon_threadsafe(_settle, batch, outcomes)
+        return batch
 
-    def _transaction(self, writes: list[_Write]) -> list[tuple[Any, BaseException | None]]:
-        """Runs each write in its own savepoint of one BEGIN IMMEDIATE ... COMMIT.
+    def _settled(self, loop: asyncio.AbstractEventLoop, batch: list[_Write], outcomes: Outcomes) -> None:
+        """On the loop: the batch is durable (or failed); the next one may begin."""
+        _settle(batch, outcomes)
+        self._in_flight = False
+        if self._queued:
+            self._schedule(loop)
+        else:
+            self._drained.set()
 
-        A write that raises rolls back alone (with the rows it deferred and the
-        chain head it moved); if the COMMIT fails, every write fails.
+    # --- on the event loop --------------------------------------------------------------
+
+    def _commit_inline(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Commits a batch of light writes here, to be synced by the syncer; False: it is not for here.
+
+        BEGIN IMMEDIATE does not wait: this server's other processes take the writer lock
+        first, and nothing else writes a store whose server holds its data directory.
         """
-        if self._writer_lock is None:
-            return self._locked_transaction(writes)
+        if self._syncer is None or self._syncer.broken or not self._thread.idle:
+            return False
+        if any(w.savepoint or w.invalidates for w in self._queued):  # the thread is idle: no race
+            return False
+        if self._writer_lock is not None:
+            try:
+                fcntl.flock(self._writer_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another worker's batch: the store thread waits for it
+                return False
+        batch = self._take()
+        outcomes, committed = self._transaction(batch)
+        self._syncer.sync(lambda error: self._synced(loop, batch, outcomes, committed, error))
+        return True
+
+    def _synced(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[_Write],
+        outcomes: Outcomes,
+        committed: list[AuditRecord],
+        error: OSError | None,
+    ) -> None:
+        """On the loop: the syncer answered for an inline batch."""
+        if error is not None and self._syncer is not None and self._syncer.broken:
+            self._thread.submit(self._finish_on_thread, loop, batch, outcomes, committed)  # it syncs instead
+            return
+        if error is not None:
+            outcomes = _not_durable(error, outcomes)
+        elif committed and self.sink is not None:  # devices block (an fsync'd file): the thread copies
+            self._thread.submit(self._finish_on_thread, loop, batch, outcomes, committed, False)
+            return
+        self._unlock()
+        self._settled(loop, batch, outcomes)
+
+    # --- on the store thread ------------------------------------------------------------
+
+    def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
         # Worker processes share the store (server/workers/): each still commits its queued
         # writes as one batch, and this lock hands the write lock from one process's batch to
         # the next's the moment it is released, where SQLite's busy handler would poll (and
         # sleep up to 100 ms between tries). BEGIN IMMEDIATE then never waits on another
         # process's batch; busy_timeout stays for other writers (a backup, a tool). Held until
         # the batch's audit records are copied out too, so the audit devices get them in order.
-        fcntl.flock(self._writer_lock, fcntl.LOCK_EX)
+        batch = self._take()
+        if self._writer_lock is not None:
+            fcntl.flock(self._writer_lock, fcntl.LOCK_EX)
+        outcomes, committed = self._transaction(batch)
+        self._finish_on_thread(loop, batch, outcomes, committed)
+
+    def _finish_on_thread(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[_Write],
+        outcomes: Outcomes,
+        committed: list[AuditRecord],
+        sync: bool = True,
+    ) -> None:
+        """Syncs the WAL (unless the syncer did), copies the audit records out, unlocks, settles."""
         try:
-            return self._locked_transaction(writes)
+            if sync:
+                outcomes = self._sync_wal(outcomes)
+            self._copy_out(committed)
         finally:
+            self._unlock()
+        with contextlib.suppress(RuntimeError):  # the loop closed while we committed (shutdown)
+            loop.call_soon_threadsafe(self._settled, loop, batch, outcomes)
+
+    def _sync_wal(self, outcomes: Outcomes) -> Outcomes:
+        try:
+            size = self._wal.sync()
+        except OSError as exc:
+            return _not_durable(exc, outcomes)
+        if size > CHECKPOINT_BYTES:  # as SQLite's autocheckpoint would, which the store turns off
+            with contextlib.suppress(sqlite3.Error):  # a later batch tries again
+                self._tx.raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return outcomes
+
+    def _copy_out(self, committed: list[AuditRecord]) -> None:
+        if committed and self.sink is not None:
+            # Before any write of the batch is acknowledged: a record whose action was
+            # answered is outside the database too (see server/audit/devices.py).
+            try:
+                self.sink.write(committed)
+            except Exception:  # committed: the writes stand whatever a device does
+                logger.exception("audit records were not copied to the audit devices")
+
+    def _unlock(self) -> None:
+        if self._writer_lock is not None:
             fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
 
-    def _locked_transaction(self, writes: list[_Write]) -> list[tuple[Any, BaseException | None]]:
+    # --- the transaction, on whichever thread runs the batch ------------------------------
+
+    def _transaction(self, writes: list[_Write]) -> tuple[Outcomes, list[AuditRecord]]:
+        """Runs each write in its own savepoint of one BEGIN IMMEDIATE ... COMMIT; the outcomes,
+        and the audit records committed.
+
+        A write that raises rolls back alone (with the rows it deferred and the
+        chain head it moved); if the COMMIT fails, every write fails.
+        """
         tx = self._tx
-        outcomes: list[tuple[Any, BaseException | None]] = []
+        outcomes: Outcomes = []
         try:
             db = tx.raw
             db.execute("BEGIN IMMEDIATE")
@@ -166,8 +309,8 @@ class GroupCommit:
                 outcomes.append(self._step(db, write))
             tx.later.flush(db)
             db.execute("COMMIT")
-            committed = tx.later.rows(INSERT_AUDIT)
-        except BaseException as exc:  # nothing of the batch is durable: every write fails
+            committed = [AuditRecord(*row) for row in tx.later.rows(INSERT_AUDIT)]
+        except BaseException as exc:  # nothing of the batch is committed: every write fails
             tx.cache.clear()
             # A broken connection may refuse even this; the error below is what callers need.
             with contextlib.suppress(sqlite3.Error):
@@ -178,14 +321,7 @@ class GroupCommit:
         finally:
             tx.chain_head = None
             tx.later.clear()
-        if committed and self.sink is not None:
-            # Before any write of the batch is acknowledged: a record whose action was
-            # answered is outside the database too (see server/audit/devices.py).
-            try:
-                self.sink.write([AuditRecord(*row) for row in committed])
-            except Exception:  # committed: the writes stand whatever a device does
-                logger.exception("audit records were not copied to the audit devices")
-        return outcomes
+        return outcomes, committed
 
     def _step(self, db: sqlite3.Connection, write: _Write) -> tuple[Any, BaseException | None]:
         tx = self._tx

@@ -1,6 +1,6 @@
 """The SQLite connection: opened and migrated, its WAL scrubbed, copied for backups.
 
-Everything here runs on the store's one thread.
+Everything here runs on the store's thread.
 """
 
 from __future__ import annotations

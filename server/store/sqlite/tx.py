@@ -1,8 +1,8 @@
-"""The dialect's Tx over SQLite: plain calls on the store's one thread.
+"""The dialect's Tx over SQLite: plain calls, on the store's thread or the event loop's.
 
-No row or advisory locks: one thread runs every write, in BEGIN IMMEDIATE.
-Its methods never suspend, so a transaction body runs to its end in one call
-(dialect.run_now), on the thread, with no event loop.
+No row or advisory locks: one batch at a time runs its writes, in BEGIN IMMEDIATE,
+on one thread at a time (sqlite/commit.py says which). Its methods never suspend,
+so a transaction body runs to its end in one call (dialect.run_now), with no awaiting.
 """
 
 from __future__ import annotations

@@ -277,7 +277,7 @@ def test_a_batch_that_sqlite_rolled_back_fails_whole_and_leaves_nothing(tmp_path
                 busy.set()
                 go.wait(10)
 
-            store._backend._executor.submit(hold)
+            store._backend._thread.submit(hold)
             busy.wait(10)
             writes = asyncio.gather(
                 store._write(failing_read, savepoint=False),

@@ -1,0 +1,74 @@
+"""The WAL syncer's own process: makes the store's committed batches durable (walsync.py).
+
+Run by path, with the standard library only (``python -I -S walsync_process.py DB``),
+so that it starts in milliseconds and shares nothing with the server but the files.
+For each byte read on stdin it fdatasyncs the store's WAL and answers with 8 bytes:
+0, or the errno of a failed sync (negated). When the WAL has grown past
+CHECKPOINT_BYTES it then checkpoints it (PASSIVE: it waits for no reader or
+writer) from its own connection, after answering, so no commit waits on a checkpoint.
+It exits when stdin closes: when the server closes the store, or dies.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import struct
+import sys
+
+# SQLite's own default (wal_autocheckpoint=1000 pages of 4 KiB), which the server turns off.
+CHECKPOINT_BYTES = 1000 * 4096
+
+REPLY = struct.Struct("<q")
+
+
+class Wal:
+    """The WAL file, opened again whenever it is a new file at the same path."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def sync(self) -> int:
+        """Syncs the WAL's data; returns its size (0 when there is no WAL yet)."""
+        try:
+            current = os.stat(self._path)
+        except FileNotFoundError:
+            return 0
+        if self._fd is None or os.fstat(self._fd).st_ino != current.st_ino:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        # fdatasync flushes the file, whichever descriptor wrote it.
+        os.fdatasync(self._fd)
+        return os.fstat(self._fd).st_size
+
+
+def _checkpoint(db_path: str, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+    try:
+        if conn is None:
+            conn = sqlite3.connect(f"file:{db_path}?mode=rw", uri=True, isolation_level=None)
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    except sqlite3.Error as exc:  # the next sync tries again; the WAL only grows meanwhile
+        print(f"kms-server WAL syncer: checkpoint failed: {exc}", file=sys.stderr, flush=True)
+    return conn
+
+
+def main(db_path: str) -> int:
+    wal = Wal(db_path + "-wal")
+    conn: sqlite3.Connection | None = None
+    while True:
+        if not os.read(0, 1):
+            return 0
+        try:
+            size, status = wal.sync(), 0
+        except OSError as exc:
+            size, status = 0, -(exc.errno or 1)
+        os.write(1, REPLY.pack(status))
+        if size > CHECKPOINT_BYTES:
+            conn = _checkpoint(db_path, conn)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
