@@ -48,9 +48,10 @@ async def open_store(
 ) -> Store:
     """The store a server runs on: PostgreSQL at database (its password in password_file, if
     given), or SQLite at sqlite_path when database is None. workers: how many processes of this
-    server open it (--workers), which share a PostgreSQL replica's connections."""
+    server open it (--workers), which share a PostgreSQL replica's connections, or pace
+    SQLite's group commit together (sqlite/commit.py)."""
     if database is None:
-        return await SqliteStore.open(sqlite_path)
+        return await SqliteStore.open(sqlite_path, workers=workers)
     # Imported here: PostgreSQL's driver and our code for it cost about 50 ms at every start of
     # every kms-server process and worker on the default SQLite.
     from server.store.postgres import PostgresStore

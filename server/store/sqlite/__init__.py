@@ -20,9 +20,11 @@ class SqliteStore(SqlStore):
     _backend: SqliteBackend
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
-        """Opens (creating 0600 if absent) and migrates the store. Raises StoreError."""
-        return cls(await SqliteBackend.open(path))
+    async def open(cls, path: Path, *, workers: int = 1) -> SqliteStore:
+        """Opens (creating 0600 if absent) and migrates the store. Raises StoreError.
+
+        workers: how many processes of this server share it (commit.py paces by it)."""
+        return cls(await SqliteBackend.open(path, workers=workers))
 
     async def _write(
         self, fn: Callable[[sqlite3.Connection], T], audit: Audit = None, *, savepoint: bool = True

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from server.store.dialect import Body, run_now
 from server.store.records import AuditSink, StoreError
 from server.store.sqlite import connection
-from server.store.sqlite.commit import GroupCommit
+from server.store.sqlite.commit import COMMIT_PACE, GroupCommit
 from server.store.sqlite.thread import StoreThread
 from server.store.sqlite.tx import SqliteTx
 from server.store.sqlite.walsync import WalSyncer
@@ -38,15 +38,16 @@ class SqliteBackend:
         path: Path,
         writer_lock: int | None = None,
         syncer: WalSyncer | None = None,
+        workers: int = 1,
     ) -> None:
         self._thread = thread
         self._tx: SqliteTx | None = tx
         self._writer_lock = writer_lock
         self._syncer = syncer
-        self.commits = GroupCommit(thread, tx, path.with_name(path.name + "-wal"), writer_lock, syncer)
+        self.commits = GroupCommit(thread, tx, path, writer_lock, syncer, pace=COMMIT_PACE * workers)
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteBackend:
+    async def open(cls, path: Path, *, workers: int = 1) -> SqliteBackend:
         thread = StoreThread()
         try:
             db = await thread.run(connection.connect, path)
@@ -59,7 +60,7 @@ class SqliteBackend:
         db.execute("PRAGMA wal_autocheckpoint=0")
         # Beside the store, 0600: the lock its batches take, one process at a time (commit.py).
         lock = os.open(path.with_name(path.name + ".writer"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        return cls(thread, SqliteTx(db), path, lock, WalSyncer.start(path))
+        return cls(thread, SqliteTx(db), path, lock, WalSyncer.start(path), workers)
 
     async def close(self) -> None:
         await self.commits.close()

@@ -8,9 +8,10 @@ this turns one fsync per write into one per batch, and batches are paced
 Where a batch runs: a batch of light writes (releases and audit records: no
 savepoint, nothing the cache must forget) runs on the event loop when the store
 thread is idle, and the WAL syncer's process makes it durable (walsync.py says
-why). Any other batch, or one that meets the store thread busy or another
-worker's batch holding the writer lock, runs on the store thread, which syncs
-the WAL itself. Either way one batch is in flight at a time, and the connection
+why). Any other batch, one that meets the store thread busy or another worker's
+batch holding the writer lock for 10 ms, and every batch when audit devices are
+set (their copy is made under the writer lock), runs on the store thread, which
+syncs the WAL itself. Either way one batch is in flight at a time, and the connection
 (``synchronous=NORMAL``: a COMMIT writes the WAL, the sync is ours) is used by one
 thread at a time. Between a batch's COMMIT and its sync (about a millisecond) a read
 may see its writes before they are acknowledged; any write that builds on them is
@@ -28,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from kms.audit import AuditRecord
 from kms.errors import KmsError
@@ -37,9 +38,9 @@ from server.store.sql.audit import INSERT_AUDIT
 from server.store.sqlite.thread import StoreThread
 from server.store.sqlite.tx import SqliteTx
 from server.store.sqlite.walsync import WalSyncer
-from server.store.sqlite.walsync_process import CHECKPOINT_BYTES, Wal
+from server.store.sqlite.walsync_process import Wal
 
-__all__ = ["COMMIT_PACE", "GroupCommit"]
+__all__ = ["COMMIT_PACE", "LOCK_RETRY", "LOCK_TRIES", "GroupCommit"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,16 @@ T = TypeVar("T")
 # fsync. A commit's fsync and its GIL hand-offs cost the server more CPU
 # than the writes in it: FetchKey at full speed went from about 0.49 to 0.41
 # ms of server CPU per call (bench fetch-key). When writes come one at a
-# time, each commits at once.
+# time, each commits at once. With N worker processes each paces at N times
+# this, so the store (one WAL, one disk) still syncs about as often as one
+# process would, and each batch is as large: at half the pace, two workers'
+# batches cost the server about 20 % more CPU per FetchKey (bench/RESULTS.md).
 COMMIT_PACE = 0.008
+
+# A batch for the loop that finds another worker's batch holding the writer lock tries again
+# this often, this many times, before the store thread waits for the lock instead.
+LOCK_RETRY = 0.0005
+LOCK_TRIES = 20
 
 
 class _Write(NamedTuple):  # one per write: FetchKey's path (a tuple is the cheapest to build)
@@ -106,13 +115,15 @@ class GroupCommit:
         self,
         thread: StoreThread,
         tx: SqliteTx,
-        wal: Path,
+        db: Path,
         writer_lock: int | None = None,
         syncer: WalSyncer | None = None,
+        pace: float = COMMIT_PACE,
     ) -> None:
         self._thread = thread
+        self.pace = pace
         self._tx = tx
-        self._wal = Wal(str(wal))  # synced by the store thread (the syncer has its own)
+        self._wal = Wal(str(db))  # synced by the store thread (the syncer has its own)
         # A descriptor of the store's writer lock file (see _commit_queued), or None.
         self._writer_lock = writer_lock
         self._syncer = syncer
@@ -127,6 +138,7 @@ class GroupCommit:
         self.last_commit = 0.0
         self.last_batch = 0
         self._timer: asyncio.TimerHandle | None = None  # a paced batch, not yet begun
+        self._lock_waits = 0  # tries of the writer lock for the batch waiting to begin
         self._closing = False
 
     async def close(self) -> None:
@@ -155,7 +167,7 @@ class GroupCommit:
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         # Under load, let the batch gather (see COMMIT_PACE).
-        wait = self.last_commit + COMMIT_PACE - time.monotonic() if self.last_batch > 1 else 0
+        wait = self.last_commit + self.pace - time.monotonic() if self.last_batch > 1 else 0
         if wait > 0 and not self._closing:
             self._timer = loop.call_later(wait, self._submit, loop)
         else:
@@ -168,8 +180,18 @@ class GroupCommit:
             return
         self._in_flight = True
         self.last_commit = time.monotonic()
-        if self._commit_inline(loop):
+        where = self._commit_inline(loop)
+        if where == "loop":
+            self._lock_waits = 0
             return
+        if where == "locked" and self._lock_waits < LOCK_TRIES:
+            # Another worker's batch is committing (its statements take a fraction of a
+            # millisecond): try again soon, rather than hand this batch to the store thread.
+            self._lock_waits += 1
+            self._in_flight = False
+            self._timer = loop.call_later(LOCK_RETRY, self._submit, loop)
+            return
+        self._lock_waits = 0
         try:
             # The thread takes what is queued when it begins: writes queued meanwhile join.
             self._thread.submit(self._commit_queued, loop)
@@ -194,44 +216,42 @@ class GroupCommit:
 
     # --- on the event loop --------------------------------------------------------------
 
-    def _commit_inline(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Commits a batch of light writes here, to be synced by the syncer; False: it is not for here.
+    def _commit_inline(self, loop: asyncio.AbstractEventLoop) -> Literal["loop", "thread", "locked"]:
+        """Commits a batch of light writes here, to be synced by the syncer ("loop"); else says
+        whether the store thread must take it, or another process holds the writer lock.
 
         BEGIN IMMEDIATE does not wait: this server's other processes take the writer lock
         first, and nothing else writes a store whose server holds its data directory.
         """
-        if self._syncer is None or self._syncer.broken or not self._thread.idle:
-            return False
+        # With audit devices the batch's records are copied (an fsync'd file) under the writer
+        # lock, in order across processes: that is the store thread's work, as is every batch then.
+        if self._syncer is None or self._syncer.broken or self.sink is not None or not self._thread.idle:
+            return "thread"
         if any(w.savepoint or w.invalidates for w in self._queued):  # the thread is idle: no race
-            return False
+            return "thread"
         if self._writer_lock is not None:
             try:
                 fcntl.flock(self._writer_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # another worker's batch: the store thread waits for it
-                return False
+            except BlockingIOError:
+                return "locked"
         batch = self._take()
-        outcomes, committed = self._transaction(batch)
-        self._syncer.sync(lambda error: self._synced(loop, batch, outcomes, committed, error))
-        return True
+        outcomes, _ = self._transaction(batch)
+        self._unlock()  # the next process's batch commits while this one syncs (one WAL)
+        self._syncer.sync(lambda error: self._synced(loop, batch, outcomes, error))
+        return "loop"
 
     def _synced(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        batch: list[_Write],
-        outcomes: Outcomes,
-        committed: list[AuditRecord],
-        error: OSError | None,
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Write], outcomes: Outcomes, error: OSError | None
     ) -> None:
-        """On the loop: the syncer answered for an inline batch."""
+        """On the loop: the syncer answered for a batch committed on the loop."""
         if error is not None and self._syncer is not None and self._syncer.broken:
-            self._thread.submit(self._finish_on_thread, loop, batch, outcomes, committed)  # it syncs instead
-            return
+            try:  # the child is gone: the store thread syncs instead
+                self._thread.submit(self._finish_on_thread, loop, batch, outcomes, [], False)
+                return
+            except RuntimeError:
+                pass  # the thread is shut down too: nothing is known to be on disk
         if error is not None:
             outcomes = _not_durable(error, outcomes)
-        elif committed and self.sink is not None:  # devices block (an fsync'd file): the thread copies
-            self._thread.submit(self._finish_on_thread, loop, batch, outcomes, committed, False)
-            return
-        self._unlock()
         self._settled(loop, batch, outcomes)
 
     # --- on the store thread ------------------------------------------------------------
@@ -241,13 +261,17 @@ class GroupCommit:
         # writes as one batch, and this lock hands the write lock from one process's batch to
         # the next's the moment it is released, where SQLite's busy handler would poll (and
         # sleep up to 100 ms between tries). BEGIN IMMEDIATE then never waits on another
-        # process's batch; busy_timeout stays for other writers (a backup, a tool). Held until
-        # the batch's audit records are copied out too, so the audit devices get them in order.
+        # process's batch; busy_timeout stays for other writers (a backup, a tool).
         batch = self._take()
-        if self._writer_lock is not None:
-            fcntl.flock(self._writer_lock, fcntl.LOCK_EX)
-        outcomes, committed = self._transaction(batch)
-        self._finish_on_thread(loop, batch, outcomes, committed)
+        try:
+            if self._writer_lock is not None:
+                fcntl.flock(self._writer_lock, fcntl.LOCK_EX)
+        except OSError as exc:
+            outcomes: Outcomes = [(None, _batch_failure(exc)) for _ in batch]
+            committed: list[AuditRecord] = []
+        else:
+            outcomes, committed = self._transaction(batch)
+        self._finish_on_thread(loop, batch, outcomes, committed, self._keep_lock(committed))
 
     def _finish_on_thread(
         self,
@@ -255,6 +279,7 @@ class GroupCommit:
         batch: list[_Write],
         outcomes: Outcomes,
         committed: list[AuditRecord],
+        held: bool,
         sync: bool = True,
     ) -> None:
         """Syncs the WAL (unless the syncer did), copies the audit records out, unlocks, settles."""
@@ -263,7 +288,8 @@ class GroupCommit:
                 outcomes = self._sync_wal(outcomes)
             self._copy_out(committed)
         finally:
-            self._unlock()
+            if held:
+                self._unlock()
         with contextlib.suppress(RuntimeError):  # the loop closed while we committed (shutdown)
             loop.call_soon_threadsafe(self._settled, loop, batch, outcomes)
 
@@ -272,7 +298,7 @@ class GroupCommit:
             size = self._wal.sync()
         except OSError as exc:
             return _not_durable(exc, outcomes)
-        if size > CHECKPOINT_BYTES:  # as SQLite's autocheckpoint would, which the store turns off
+        if self._wal.checkpoint_due(size):  # as SQLite's autocheckpoint would, which the store turns off
             with contextlib.suppress(sqlite3.Error):  # a later batch tries again
                 self._tx.raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return outcomes
@@ -285,6 +311,15 @@ class GroupCommit:
                 self.sink.write(committed)
             except Exception:  # committed: the writes stand whatever a device does
                 logger.exception("audit records were not copied to the audit devices")
+
+    def _keep_lock(self, committed: list[AuditRecord]) -> bool:
+        """Right after COMMIT: whether the writer lock stays held for the audit devices' copy (so
+        they get every process's records in order); else it is released now, and the next
+        process's batch commits while this one syncs (one WAL: each sync covers what precedes)."""
+        if committed and self.sink is not None:
+            return True
+        self._unlock()
+        return False
 
     def _unlock(self) -> None:
         if self._writer_lock is not None:

@@ -92,12 +92,14 @@ class WalSyncer:
             logger.error("the WAL syncer exited: every batch commits on the store thread from now on")
         self.broken = True
         self._loop.remove_reader(self._reply)
+        self._proc.poll()  # reaped, if it has exited
         done, self._pending = self._pending, None
         if done is not None:
             done(OSError(errno.EPIPE, "the WAL syncer exited"))
 
     def close(self) -> None:
-        """Ends the child (it exits when its stdin closes) and waits for it."""
+        """Ends the child (it exits when its stdin closes) and waits for it (for at most 5 s,
+        which only a checkpoint in progress takes; the server is stopping)."""
         if not self.broken:
             self._loop.remove_reader(self._reply)
         self.broken = True

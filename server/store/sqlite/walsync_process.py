@@ -6,15 +6,23 @@ For each byte read on stdin it fdatasyncs the store's WAL and answers with 8 byt
 0, or the errno of a failed sync (negated). When the WAL has grown past
 CHECKPOINT_BYTES it then checkpoints it (PASSIVE: it waits for no reader or
 writer) from its own connection, after answering, so no commit waits on a checkpoint.
-It exits when stdin closes: when the server closes the store, or dies.
+It exits when stdin closes: when the server closes the store, or dies (it ignores SIGINT and
+SIGTERM).
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import struct
-import sys
+import signal
+
+# First: a Ctrl-C at the server's terminal, or systemd's SIGTERM to the whole unit, reaches this
+# process too; the server decides when it ends (it closes stdin).
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+import os  # noqa: E402 - after the signals, which a slow start must not miss
+import sqlite3  # noqa: E402
+import struct  # noqa: E402
+import sys  # noqa: E402
 
 # SQLite's own default (wal_autocheckpoint=1000 pages of 4 KiB), which the server turns off.
 CHECKPOINT_BYTES = 1000 * 4096
@@ -23,18 +31,16 @@ REPLY = struct.Struct("<q")
 
 
 class Wal:
-    """The WAL file, opened again whenever it is a new file at the same path."""
+    """The WAL of the store at db_path, opened again whenever it is a new file at its path."""
 
-    def __init__(self, path: str) -> None:
-        self._path = path
+    def __init__(self, db_path: str) -> None:
+        # Where SQLite puts it: beside the database file, symbolic links resolved.
+        self._path = os.path.realpath(db_path) + "-wal"
         self._fd: int | None = None
 
     def sync(self) -> int:
-        """Syncs the WAL's data; returns its size (0 when there is no WAL yet)."""
-        try:
-            current = os.stat(self._path)
-        except FileNotFoundError:
-            return 0
+        """Syncs the WAL's data (after a COMMIT it exists; if not, the OSError says so); its size."""
+        current = os.stat(self._path)
         if self._fd is None or os.fstat(self._fd).st_ino != current.st_ino:
             if self._fd is not None:
                 os.close(self._fd)
@@ -43,6 +49,13 @@ class Wal:
         # fdatasync flushes the file, whichever descriptor wrote it.
         os.fdatasync(self._fd)
         return os.fstat(self._fd).st_size
+
+    @staticmethod
+    def checkpoint_due(size: int) -> bool:
+        # A PASSIVE checkpoint does not shrink the file (the WAL is reused from its start once a
+        # checkpoint has caught up), so past CHECKPOINT_BYTES every sync is followed by one: each
+        # is then short, and one soon catches up between two batches, so the WAL restarts.
+        return size > CHECKPOINT_BYTES
 
 
 def _checkpoint(db_path: str, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
@@ -56,7 +69,7 @@ def _checkpoint(db_path: str, conn: sqlite3.Connection | None) -> sqlite3.Connec
 
 
 def main(db_path: str) -> int:
-    wal = Wal(db_path + "-wal")
+    wal = Wal(db_path)
     conn: sqlite3.Connection | None = None
     while True:
         if not os.read(0, 1):
@@ -65,8 +78,11 @@ def main(db_path: str) -> int:
             size, status = wal.sync(), 0
         except OSError as exc:
             size, status = 0, -(exc.errno or 1)
-        os.write(1, REPLY.pack(status))
-        if size > CHECKPOINT_BYTES:
+        try:
+            os.write(1, REPLY.pack(status))
+        except OSError:  # the server is gone
+            return 0
+        if wal.checkpoint_due(size):
             conn = _checkpoint(db_path, conn)
 
 

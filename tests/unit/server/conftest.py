@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -40,3 +41,16 @@ def run_with_store(store_at: tuple[str, str], body: Callable[[Store], Awaitable[
             await store.close()
 
     return asyncio.run(main())
+
+
+def hold_store_thread(store: SqliteStore) -> threading.Event:
+    """Keeps a SQLite store's thread busy (so writes queue, or go to it) until the event is set."""
+    busy, go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        go.wait(10)
+
+    store._backend._thread.submit(hold)
+    busy.wait(10)
+    return go

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from kms.errors import ResourceExhausted, Revoked
 from server.store import CertificateRecord, Grant, JoinTokenRecord, SqliteStore, StoreError
 from server.store.migrations import SQLITE_MIGRATIONS
+from tests.unit.server.conftest import hold_store_thread
 
 NOW = 1_800_000_000
 
@@ -271,14 +271,7 @@ def test_a_batch_that_sqlite_rolled_back_fails_whole_and_leaves_nothing(tmp_path
 
             # Both writes must share one batch: the SQLite thread is held busy until both are
             # queued (under load, it could otherwise take the first alone and the test prove nothing).
-            busy, go = threading.Event(), threading.Event()
-
-            def hold() -> None:
-                busy.set()
-                go.wait(10)
-
-            store._backend._thread.submit(hold)
-            busy.wait(10)
+            go = hold_store_thread(store)
             writes = asyncio.gather(
                 store._write(failing_read, savepoint=False),
                 store._write(meta, AuditEntry(NOW, "admin", "t", "o")),

@@ -8,11 +8,12 @@ import os
 import signal
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from server.store import SqliteStore
 from server.store.sqlite.walsync_process import CHECKPOINT_BYTES
+from tests.unit.server.conftest import hold_store_thread
 
 
 def _insert_meta(key: str, value: str = "v") -> Callable[[sqlite3.Connection], int]:
@@ -33,14 +34,7 @@ def test_light_writes_commit_on_the_loop_others_on_the_store_thread(tmp_path: Pa
             loop_thread = threading.get_ident()
             light = await store._write(_insert_meta("a"), savepoint=False)
             heavy = await store._write(_insert_meta("b"))
-            busy, go = threading.Event(), threading.Event()
-
-            def hold() -> None:
-                busy.set()
-                go.wait(10)
-
-            store._backend._thread.submit(hold)
-            busy.wait(10)
+            go = hold_store_thread(store)
             queued = asyncio.ensure_future(store._write(_insert_meta("c"), savepoint=False))
             await asyncio.sleep(0.05)
             go.set()
@@ -118,3 +112,90 @@ def test_the_syncer_process_ends_with_the_store(tmp_path: Path) -> None:
         return syncer._proc.returncode
 
     assert asyncio.run(body()) == 0
+
+
+def test_worker_processes_pace_their_batches_together(tmp_path: Path) -> None:
+    """Each of N workers sharing the store paces at N times COMMIT_PACE: the store as a whole
+    syncs about as often as one process would."""
+    from server.store.sqlite.commit import COMMIT_PACE
+
+    async def body() -> tuple[float, float]:
+        one = await SqliteStore.open(tmp_path / "one.db")
+        three = await SqliteStore.open(tmp_path / "three.db", workers=3)
+        try:
+            return one._backend.commits.pace, three._backend.commits.pace
+        finally:
+            await one.close()
+            await three.close()
+
+    assert asyncio.run(body()) == (COMMIT_PACE, 3 * COMMIT_PACE)
+
+
+def test_a_write_on_the_loop_is_acknowledged_only_once_the_syncer_answers(tmp_path: Path) -> None:
+    """Stopping the syncer's process holds the acknowledgement (the WAL is not known to be on
+    disk); it comes as soon as the process runs again."""
+
+    async def body() -> tuple[bool, int]:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            syncer = store._backend._syncer
+            assert syncer is not None
+            os.kill(syncer._proc.pid, signal.SIGSTOP)
+            try:
+                write = asyncio.ensure_future(store._write(_insert_meta("held"), savepoint=False))
+                await asyncio.sleep(0.3)
+                held = not write.done()
+            finally:
+                os.kill(syncer._proc.pid, signal.SIGCONT)
+            return held, await asyncio.wait_for(write, 5)
+        finally:
+            await store.close()
+
+    held, thread = asyncio.run(body())
+    assert held and thread == threading.get_ident()
+
+
+def test_with_audit_devices_every_batch_commits_on_the_store_thread(tmp_path: Path) -> None:
+    """The devices' copy (an fsync'd file) is made under the writer lock before the batch is
+    acknowledged: the store thread's work, so light writes do not run on the loop then."""
+    from kms.audit import AuditRecord
+    from server.store import AuditEntry
+
+    copied: list[AuditRecord] = []
+
+    class Sink:
+        def write(self, records: Sequence[AuditRecord]) -> None:
+            copied.extend(records)
+
+    async def body() -> int:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        store._backend.copy_audit_to(Sink())
+        try:
+            await store.append_audit(AuditEntry(1, "admin", "t", "o"))
+            return await store._write(_insert_meta("x"), savepoint=False)
+        finally:
+            await store.close()
+
+    where = asyncio.run(body())
+    assert where != threading.get_ident()
+    assert [r.action for r in copied] == ["t"]
+
+
+def test_the_store_thread_is_busy_while_any_job_runs_even_if_a_later_one_was_cancelled() -> None:
+    """A queued job whose caller went away is cancelled; the one running before it still uses
+    the connection, so the loop must not take it."""
+    from server.store.sqlite.thread import StoreThread
+
+    thread = StoreThread()
+    go = threading.Event()
+    try:
+        first = thread.submit(go.wait, 10)
+        second = thread.submit(lambda: None)
+        assert second.cancel()
+        assert not thread.idle
+        go.set()
+        first.result(5)
+        assert thread.idle
+    finally:
+        go.set()
+        thread.shutdown()
