@@ -20,6 +20,7 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 import os  # noqa: E402 - after the signals, which a slow start must not miss
+import pathlib  # noqa: E402
 import sqlite3  # noqa: E402
 import struct  # noqa: E402
 import sys  # noqa: E402
@@ -61,7 +62,8 @@ class Wal:
 def _checkpoint(db_path: str, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
     try:
         if conn is None:
-            conn = sqlite3.connect(f"file:{db_path}?mode=rw", uri=True, isolation_level=None)
+            uri = pathlib.Path(os.path.realpath(db_path)).as_uri() + "?mode=rw"  # never creates it
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     except sqlite3.Error as exc:  # the next sync tries again; the WAL only grows meanwhile
         print(f"kms-server WAL syncer: checkpoint failed: {exc}", file=sys.stderr, flush=True)
