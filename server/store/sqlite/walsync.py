@@ -57,6 +57,7 @@ class WalSyncer:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 close_fds=True,
+                env={},  # it needs nothing, and the server's may hold secrets (KMS_MASTER_KEY, PGPASSWORD)
             )
         except OSError as exc:
             logger.warning("the WAL syncer did not start (%s): every batch commits on the store thread", exc)

@@ -199,3 +199,24 @@ def test_the_store_thread_is_busy_while_any_job_runs_even_if_a_later_one_was_can
     finally:
         go.set()
         thread.shutdown()
+
+
+def test_the_syncer_process_gets_none_of_the_servers_environment(tmp_path: Path) -> None:
+    """The server's environment may hold secrets (a replica's KMS_MASTER_KEY, PGPASSWORD); the
+    child that only syncs a file is given none of it."""
+
+    async def body() -> bytes:
+        store = await SqliteStore.open(tmp_path / "kms.db")
+        try:
+            syncer = store._backend._syncer
+            assert syncer is not None
+            return Path(f"/proc/{syncer._proc.pid}/environ").read_bytes()
+        finally:
+            await store.close()
+
+    os.environ["SEED_KMS_TEST_SECRET"] = "s3cret"
+    try:
+        environ = asyncio.run(body())
+    finally:
+        del os.environ["SEED_KMS_TEST_SECRET"]
+    assert b"s3cret" not in environ
